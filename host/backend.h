@@ -1,0 +1,74 @@
+/* The compute backend interface. The forward driver (forward.c) and, later,
+ * the patching engine are written against these ops only; the CPU backend
+ * (backend_cpu.c), the naive reference backend (ops_ref.c) and the CUDA
+ * backend (cuda/) implement them.
+ *
+ * Memory: every tensor an op touches lives in memory from ops->alloc of the
+ * same backend ("device memory": plain host memory for the CPU backends).
+ * Shapes are row-major, last index fastest. */
+#ifndef PB_BACKEND_H
+#define PB_BACKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "patchbay.h"
+
+typedef struct pb_backend pb_backend;
+
+typedef struct pb_backend_ops {
+    const char *name;
+    void (*destroy)(pb_backend *backend);
+
+    pb_status (*alloc)(pb_backend *backend, void **out, size_t bytes);
+    void (*free)(pb_backend *backend, void *ptr); /* ptr may be NULL */
+    pb_status (*upload)(pb_backend *backend, void *dst_device, const void *src_host, size_t bytes);
+    pb_status (*download)(pb_backend *backend, void *dst_host, const void *src_device, size_t bytes);
+    pb_status (*copy)(pb_backend *backend, void *dst_device, const void *src_device, size_t bytes);
+    pb_status (*synchronize)(pb_backend *backend);
+
+    /* out (T, d) = table[ids[t]] with table (vocab, d); ids (T) in device memory. */
+    pb_status (*embed)(pb_backend *backend, float *out, const float *table, const int32_t *ids, int T, int d);
+    /* out (rows, d) = x / sqrt(mean(x^2) + eps) * weight; weight (d) may be NULL (no scaling). */
+    pb_status (*rmsnorm)(pb_backend *backend, float *out, const float *x, const float *weight, int rows, int d,
+                         float eps);
+    /* out (rows, n) = x (rows, k) @ w (n, k)^T + bias (n); bias may be NULL. */
+    pb_status (*matmul)(pb_backend *backend, float *out, const float *x, const float *w, const float *bias, int rows,
+                        int n, int k);
+    /* In place, rotate-half (Hugging Face) convention: x (T, n_heads, head_dim);
+     * pair (i, i + head_dim/2) of position positions[t] rotates by
+     * positions[t] * inv_freq[i]; inv_freq (head_dim/2); positions (T). */
+    pb_status (*rope)(pb_backend *backend, float *x, const int32_t *positions, const float *inv_freq, int T,
+                      int n_heads, int head_dim);
+    /* Causal grouped-query attention with scale 1/sqrt(head_dim).
+     * out (T, n_heads, head_dim); q (T, n_heads, head_dim);
+     * k, v (T_kv, n_kv_heads, head_dim). Query t sits at position q_start + t
+     * and attends keys 0 .. q_start + t (all < T_kv). Query head h reads
+     * key-value head h / (n_heads / n_kv_heads). */
+    pb_status (*attention)(pb_backend *backend, float *out, const float *q, const float *k, const float *v, int T,
+                           int T_kv, int q_start, int n_heads, int n_kv_heads, int head_dim);
+    /* out (n) = silu(gate) * up */
+    pb_status (*swiglu)(pb_backend *backend, float *out, const float *gate, const float *up, size_t n);
+    /* out (n) = a + b; out may alias a or b. */
+    pb_status (*add)(pb_backend *backend, float *out, const float *a, const float *b, size_t n);
+} pb_backend_ops;
+
+struct pb_backend {
+    const pb_backend_ops *ops;
+    void *impl;
+};
+
+/* OpenBLAS + OpenMP: the default. n_threads <= 0 means all cores. */
+pb_status pb_backend_cpu_create(pb_backend **out, int n_threads);
+/* Naive single-threaded loops: the oracle every faster op is tested against. */
+pb_status pb_backend_ref_create(pb_backend **out);
+/* CUDA backend on device `device`; PB_ERR_UNSUPPORTED in builds without CUDA
+ * or when no device is present (message says which). */
+pb_status pb_backend_cuda_create(pb_backend **out, int device);
+
+static inline void pb_backend_destroy(pb_backend *backend) {
+    if (backend)
+        backend->ops->destroy(backend);
+}
+
+#endif

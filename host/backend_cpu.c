@@ -1,0 +1,196 @@
+/* The CPU backend: OpenBLAS sgemm for projections, OpenMP for the rest.
+ * fp32 throughout; reductions accumulate in fp32 except where noted. */
+#include <cblas.h>
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend.h"
+#include "internal.h"
+
+/* OpenBLAS exports this; cblas.h of some builds does not declare it. */
+void openblas_set_num_threads(int num_threads);
+
+typedef struct cpu_backend {
+    pb_backend base;
+    int n_threads;
+} cpu_backend;
+
+static int cpu_threads(pb_backend *backend) { return ((cpu_backend *)backend)->n_threads; }
+
+static void cpu_destroy(pb_backend *backend) { free(backend); }
+
+static pb_status cpu_alloc(pb_backend *backend, void **out, size_t bytes) {
+    /* 64-byte alignment keeps rows friendly to sgemm and vector loads. */
+    size_t rounded = (bytes + 63) / 64 * 64;
+    *out = aligned_alloc(64, rounded ? rounded : 64);
+    if (!*out)
+        return pb_fail(PB_ERR_OOM, "CPU backend: out of memory allocating %zu bytes", bytes);
+    return PB_OK;
+}
+
+static void cpu_free(pb_backend *backend, void *ptr) { free(ptr); }
+
+static pb_status cpu_memcpy(pb_backend *backend, void *dst, const void *src, size_t bytes) {
+    if (bytes && dst != src)
+        memmove(dst, src, bytes);
+    return PB_OK;
+}
+
+static pb_status cpu_synchronize(pb_backend *backend) { return PB_OK; }
+
+static pb_status cpu_embed(pb_backend *backend, float *out, const float *table, const int32_t *ids, int T, int d) {
+    for (int t = 0; t < T; t++)
+        memcpy(out + (size_t)t * d, table + (size_t)ids[t] * d, sizeof(float) * (size_t)d);
+    return PB_OK;
+}
+
+static pb_status cpu_rmsnorm(pb_backend *backend, float *out, const float *x, const float *weight, int rows, int d,
+                             float eps) {
+#pragma omp parallel for num_threads(cpu_threads(backend)) if (rows > 4)
+    for (int r = 0; r < rows; r++) {
+        const float *xr = x + (size_t)r * d;
+        float *o = out + (size_t)r * d;
+        /* Double accumulation: the norm feeds every later layer, and rows
+         * of a few thousand squares lose bits in fp32. */
+        double sum = 0.0;
+        for (int i = 0; i < d; i++)
+            sum += (double)xr[i] * xr[i];
+        float scale = (float)(1.0 / sqrt(sum / d + eps));
+        if (weight)
+            for (int i = 0; i < d; i++)
+                o[i] = xr[i] * scale * weight[i];
+        else
+            for (int i = 0; i < d; i++)
+                o[i] = xr[i] * scale;
+    }
+    return PB_OK;
+}
+
+static pb_status cpu_matmul(pb_backend *backend, float *out, const float *x, const float *w, const float *bias,
+                            int rows, int n, int k) {
+    float beta = 0.0f;
+    if (bias) {
+        for (int r = 0; r < rows; r++)
+            memcpy(out + (size_t)r * n, bias, sizeof(float) * (size_t)n);
+        beta = 1.0f;
+    }
+    if (rows == 1)
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, n, k, 1.0f, w, k, x, 1, beta, out, 1);
+    else
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, n, k, 1.0f, x, k, w, k, beta, out, n);
+    return PB_OK;
+}
+
+static pb_status cpu_rope(pb_backend *backend, float *x, const int32_t *positions, const float *inv_freq, int T,
+                          int n_heads, int head_dim) {
+    int half = head_dim / 2;
+#pragma omp parallel for num_threads(cpu_threads(backend)) if (T > 4)
+    for (int t = 0; t < T; t++) {
+        float cosines[512], sines[512]; /* head_dim <= 1024 is checked at load */
+        for (int i = 0; i < half; i++) {
+            float angle = (float)positions[t] * inv_freq[i];
+            cosines[i] = cosf(angle);
+            sines[i] = sinf(angle);
+        }
+        for (int h = 0; h < n_heads; h++) {
+            float *v = x + ((size_t)t * n_heads + h) * head_dim;
+            for (int i = 0; i < half; i++) {
+                float a = v[i], b = v[i + half];
+                v[i] = a * cosines[i] - b * sines[i];
+                v[i + half] = b * cosines[i] + a * sines[i];
+            }
+        }
+    }
+    return PB_OK;
+}
+
+static pb_status cpu_attention(pb_backend *backend, float *out, const float *q, const float *k, const float *v, int T,
+                               int T_kv, int q_start, int n_heads, int n_kv_heads, int head_dim) {
+    int group = n_heads / n_kv_heads;
+    float scale = 1.0f / sqrtf((float)head_dim);
+    float *scores_all = malloc(sizeof(float) * (size_t)cpu_threads(backend) * (size_t)(T_kv > 0 ? T_kv : 1));
+    if (!scores_all)
+        return pb_fail(PB_ERR_OOM, "CPU attention: out of memory for %d x %d scores", cpu_threads(backend), T_kv);
+#pragma omp parallel for collapse(2) schedule(dynamic, 4) num_threads(cpu_threads(backend))
+    for (int t = 0; t < T; t++)
+        for (int h = 0; h < n_heads; h++) {
+            float *scores = scores_all + (size_t)omp_get_thread_num() * (size_t)T_kv;
+            const float *qv = q + ((size_t)t * n_heads + h) * head_dim;
+            int kvh = h / group;
+            int n_keys = q_start + t + 1 < T_kv ? q_start + t + 1 : T_kv;
+            float max = -INFINITY;
+            for (int j = 0; j < n_keys; j++) {
+                const float *kv = k + ((size_t)j * n_kv_heads + kvh) * head_dim;
+                float dot = 0.0f;
+                for (int i = 0; i < head_dim; i++)
+                    dot += qv[i] * kv[i];
+                scores[j] = dot * scale;
+                max = scores[j] > max ? scores[j] : max;
+            }
+            float total = 0.0f;
+            for (int j = 0; j < n_keys; j++) {
+                scores[j] = expf(scores[j] - max);
+                total += scores[j];
+            }
+            float *o = out + ((size_t)t * n_heads + h) * head_dim;
+            memset(o, 0, sizeof(float) * (size_t)head_dim);
+            if (n_keys == 0)
+                continue;
+            float inv_total = 1.0f / total;
+            for (int j = 0; j < n_keys; j++) {
+                const float *vv = v + ((size_t)j * n_kv_heads + kvh) * head_dim;
+                float p = scores[j] * inv_total;
+                for (int i = 0; i < head_dim; i++)
+                    o[i] += p * vv[i];
+            }
+        }
+    free(scores_all);
+    return PB_OK;
+}
+
+static pb_status cpu_swiglu(pb_backend *backend, float *out, const float *gate, const float *up, size_t n) {
+#pragma omp parallel for num_threads(cpu_threads(backend)) if (n > 65536)
+    for (size_t i = 0; i < n; i++) {
+        float g = gate[i];
+        out[i] = g / (1.0f + expf(-g)) * up[i];
+    }
+    return PB_OK;
+}
+
+static pb_status cpu_add(pb_backend *backend, float *out, const float *a, const float *b, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        out[i] = a[i] + b[i];
+    return PB_OK;
+}
+
+static const pb_backend_ops cpu_ops = {
+    .name = "cpu",
+    .destroy = cpu_destroy,
+    .alloc = cpu_alloc,
+    .free = cpu_free,
+    .upload = cpu_memcpy,
+    .download = cpu_memcpy,
+    .copy = cpu_memcpy,
+    .synchronize = cpu_synchronize,
+    .embed = cpu_embed,
+    .rmsnorm = cpu_rmsnorm,
+    .matmul = cpu_matmul,
+    .rope = cpu_rope,
+    .attention = cpu_attention,
+    .swiglu = cpu_swiglu,
+    .add = cpu_add,
+};
+
+pb_status pb_backend_cpu_create(pb_backend **out, int n_threads) {
+    *out = NULL;
+    cpu_backend *backend = calloc(1, sizeof *backend);
+    if (!backend)
+        return pb_fail(PB_ERR_OOM, "CPU backend: out of memory");
+    backend->base.ops = &cpu_ops;
+    backend->n_threads = n_threads > 0 ? n_threads : omp_get_num_procs();
+    openblas_set_num_threads(backend->n_threads);
+    *out = &backend->base;
+    return PB_OK;
+}

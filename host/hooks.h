@@ -1,0 +1,34 @@
+/* TransformerLens hook points: names, kinds and shapes. */
+#ifndef PB_HOOKS_H
+#define PB_HOOKS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "patchbay.h"
+
+typedef enum pb_hook_kind {
+    PB_HOOK_EMBED = 0,   /* hook_embed                (T, d_model) */
+    PB_HOOK_RESID_PRE,   /* blocks.L.hook_resid_pre   (T, d_model) */
+    PB_HOOK_RESID_MID,   /* blocks.L.hook_resid_mid   (T, d_model) */
+    PB_HOOK_RESID_POST,  /* blocks.L.hook_resid_post  (T, d_model) */
+    PB_HOOK_ATTN_OUT,    /* blocks.L.hook_attn_out    (T, d_model) */
+    PB_HOOK_MLP_OUT,     /* blocks.L.hook_mlp_out     (T, d_model) */
+    PB_HOOK_Z,           /* blocks.L.attn.hook_z      (T, n_heads, head_dim) */
+    PB_HOOK_Q,           /* blocks.L.attn.hook_q      (T, n_heads, head_dim), before RoPE */
+    PB_HOOK_K,           /* blocks.L.attn.hook_k      (T, n_kv_heads, head_dim), before RoPE */
+    PB_HOOK_V,           /* blocks.L.attn.hook_v      (T, n_kv_heads, head_dim) */
+    PB_HOOK_LN_FINAL,    /* ln_final.hook_normalized  (T, d_model), x / rms(x) before the weight */
+    PB_HOOK_KIND_COUNT
+} pb_hook_kind;
+
+/* Whether a kind exists once per layer (else once per model). */
+int pb_hook_kind_per_layer(pb_hook_kind kind);
+/* Writes the TransformerLens name of (kind, layer) into buf. */
+void pb_hook_name(pb_hook_kind kind, int layer, char *buf, size_t size);
+/* Parses a hook name; returns 0 if it names no hook point of this model. */
+int pb_hook_parse(const char *name, int n_layers, pb_hook_kind *kind, int *layer);
+/* Row shape after T: (d_model), (n_heads, head_dim) or (n_kv_heads, head_dim). */
+int pb_hook_shape(pb_hook_kind kind, const pb_model_config *cfg, int64_t shape[2]);
+
+#endif

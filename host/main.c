@@ -1,0 +1,354 @@
+/* The patchbay command line: forward, generate, info. */
+#define _POSIX_C_SOURCE 200809L
+#include <dirent.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "npy.h"
+#include "patchbay.h"
+
+#define PB_VERSION "0.1.0"
+
+static const char *usage_text =
+    "usage: patchbay <command> [options]\n"
+    "\n"
+    "commands:\n"
+    "  forward   --model PATH (--ids 1,2,3 | --ids-file F) [--hooks PATTERN] --out DIR [--overwrite]\n"
+    "            writes DIR/logits.npy (T x vocab, float32) and one HOOK.npy per captured hook point\n"
+    "  generate  --model PATH (--ids 1,2,3 | --ids-file F) [--max-new-tokens N]\n"
+    "            greedy continuation, printed as text and ids\n"
+    "  info      --model PATH\n"
+    "            hyperparameters\n"
+    "\n"
+    "common options: --threads N (default: all cores)\n"
+    "--model takes a .gguf file or a Hugging Face checkpoint folder (config.json + safetensors).\n"
+    "--hooks takes comma-separated globs over TransformerLens names, e.g.\n"
+    "  'blocks.*.hook_resid_pre,blocks.3.attn.hook_z,hook_embed,ln_final.hook_normalized'\n"
+    "--ids-file takes ids separated by commas or whitespace ('#' starts a comment), or an int32 .npy.\n";
+
+typedef struct options {
+    const char *model;
+    const char *ids;
+    const char *ids_file;
+    const char *hooks;
+    const char *out;
+    int max_new;
+    int threads;
+    int overwrite;
+} options;
+
+static int fail(const char *what) {
+    fprintf(stderr, "patchbay: %s%s%s\n", what, *pb_last_error() ? ": " : "", pb_last_error());
+    return 1;
+}
+
+static int parse_int(const char *flag, const char *text, int *out) {
+    char *end;
+    errno = 0;
+    long v = strtol(text, &end, 10);
+    if (errno || *end || end == text || v < 0 || v > 1000000000) {
+        fprintf(stderr, "patchbay: %s expects a non-negative integer, got '%s'\n", flag, text);
+        return 0;
+    }
+    *out = (int)v;
+    return 1;
+}
+
+static int parse_options(int argc, char **argv, options *o) {
+    memset(o, 0, sizeof *o);
+    o->max_new = 32;
+    for (int i = 2; i < argc; i++) {
+        const char *a = argv[i];
+        const char *next = i + 1 < argc ? argv[i + 1] : NULL;
+        if (strcmp(a, "--overwrite") == 0) {
+            o->overwrite = 1;
+            continue;
+        }
+        if (!next) {
+            fprintf(stderr, "patchbay: option %s needs a value (see patchbay --help)\n", a);
+            return 0;
+        }
+        if (strcmp(a, "--model") == 0) o->model = next;
+        else if (strcmp(a, "--ids") == 0) o->ids = next;
+        else if (strcmp(a, "--ids-file") == 0) o->ids_file = next;
+        else if (strcmp(a, "--hooks") == 0) o->hooks = next;
+        else if (strcmp(a, "--out") == 0) o->out = next;
+        else if (strcmp(a, "--max-new-tokens") == 0) { if (!parse_int(a, next, &o->max_new)) return 0; }
+        else if (strcmp(a, "--threads") == 0) { if (!parse_int(a, next, &o->threads)) return 0; }
+        else {
+            fprintf(stderr, "patchbay: unknown option '%s' (see patchbay --help)\n", a);
+            return 0;
+        }
+        i++;
+    }
+    if (!o->model) {
+        fprintf(stderr, "patchbay: --model PATH is required\n");
+        return 0;
+    }
+    return 1;
+}
+
+/* Parses "1, 2 3" (and '#' comments) into a malloc'd array. */
+static int parse_id_text(const char *text, const char *where, int32_t **ids, int *T) {
+    size_t cap = 64, n = 0;
+    int32_t *v = malloc(cap * sizeof *v);
+    const char *p = text;
+    while (v && *p) {
+        if (*p == '#') {
+            while (*p && *p != '\n') p++;
+            continue;
+        }
+        if (*p == ',' || *p == ' ' || *p == '\t' || *p == '\n' || *p == '\r' || *p == '[' || *p == ']') {
+            p++;
+            continue;
+        }
+        char *end;
+        errno = 0;
+        long long x = strtoll(p, &end, 10);
+        if (end == p || errno || x < 0 || x > INT32_MAX) {
+            fprintf(stderr, "patchbay: %s: '%.20s' is not a token id\n", where, p);
+            free(v);
+            return 0;
+        }
+        if (n == cap) {
+            int32_t *grown = realloc(v, (cap *= 2) * sizeof *v);
+            if (!grown) { free(v); v = NULL; break; }
+            v = grown;
+        }
+        v[n++] = (int32_t)x;
+        p = end;
+    }
+    if (!v) {
+        fprintf(stderr, "patchbay: out of memory reading ids\n");
+        return 0;
+    }
+    if (n == 0) {
+        fprintf(stderr, "patchbay: %s holds no token ids\n", where);
+        free(v);
+        return 0;
+    }
+    *ids = v;
+    *T = (int)n;
+    return 1;
+}
+
+static int read_ids(const options *o, int32_t **ids, int *T) {
+    if (!!o->ids == !!o->ids_file) {
+        fprintf(stderr, "patchbay: give exactly one of --ids or --ids-file\n");
+        return 0;
+    }
+    if (o->ids)
+        return parse_id_text(o->ids, "--ids", ids, T);
+    size_t len = strlen(o->ids_file);
+    if (len > 4 && strcmp(o->ids_file + len - 4, ".npy") == 0) {
+        int n_dims;
+        int64_t shape[8];
+        void *data;
+        if (pb_npy_read(o->ids_file, &data, PB_NPY_I32, &n_dims, shape) != PB_OK)
+            return !fail("reading --ids-file");
+        if (n_dims != 1 || shape[0] <= 0) {
+            fprintf(stderr, "patchbay: %s must hold a non-empty 1-d array of ids\n", o->ids_file);
+            free(data);
+            return 0;
+        }
+        *ids = data;
+        *T = (int)shape[0];
+        return 1;
+    }
+    FILE *f = fopen(o->ids_file, "rb");
+    if (!f) {
+        fprintf(stderr, "patchbay: cannot open %s: %s\n", o->ids_file, strerror(errno));
+        return 0;
+    }
+    char *text = NULL;
+    size_t size = 0;
+    FILE *mem = open_memstream(&text, &size);
+    char chunk[4096];
+    size_t got;
+    while ((got = fread(chunk, 1, sizeof chunk, f)) > 0)
+        fwrite(chunk, 1, got, mem);
+    fclose(f);
+    fclose(mem);
+    int ok = parse_id_text(text, o->ids_file, ids, T);
+    free(text);
+    return ok;
+}
+
+static pb_model *load(const options *o) {
+    pb_load_options lo = {.n_threads = o->threads};
+    pb_model *m = NULL;
+    if (pb_model_load(&m, o->model, &lo) != PB_OK) {
+        fail("cannot load model");
+        return NULL;
+    }
+    return m;
+}
+
+/* An existing non-empty DIR is kept unless --overwrite. */
+static int prepare_out_dir(const char *dir, int overwrite) {
+    struct stat st;
+    if (stat(dir, &st) == 0) {
+        if (!S_ISDIR(st.st_mode)) {
+            fprintf(stderr, "patchbay: --out %s exists and is not a directory\n", dir);
+            return 0;
+        }
+        DIR *d = opendir(dir);
+        int empty = 1;
+        for (struct dirent *e; d && (e = readdir(d));)
+            if (strcmp(e->d_name, ".") && strcmp(e->d_name, ".."))
+                empty = 0;
+        if (d)
+            closedir(d);
+        if (!empty && !overwrite) {
+            fprintf(stderr, "patchbay: --out %s is not empty; pass --overwrite to replace its files\n", dir);
+            return 0;
+        }
+        return 1;
+    }
+    if (mkdir(dir, 0777) != 0) {
+        fprintf(stderr, "patchbay: cannot create %s: %s\n", dir, strerror(errno));
+        return 0;
+    }
+    return 1;
+}
+
+static int cmd_forward(const options *o) {
+    if (!o->out) {
+        fprintf(stderr, "patchbay forward: --out DIR is required\n");
+        return 2;
+    }
+    int32_t *ids;
+    int T;
+    if (!read_ids(o, &ids, &T))
+        return 2;
+    pb_model *m = load(o);
+    if (!m) {
+        free(ids);
+        return 1;
+    }
+    const pb_model_config *c = pb_model_get_config(m);
+    int rc = 1;
+    pb_capture *cap = NULL;
+    float *logits = malloc(sizeof(float) * (size_t)T * (size_t)c->vocab_size);
+    if (!logits) {
+        fprintf(stderr, "patchbay: out of memory for %d x %d logits\n", T, c->vocab_size);
+        goto done;
+    }
+    if (o->hooks && pb_capture_create(&cap, m, o->hooks) != PB_OK) {
+        fail("--hooks");
+        rc = 2;
+        goto done;
+    }
+    if (pb_forward(m, ids, T, logits, cap) != PB_OK) {
+        fail("forward failed");
+        goto done;
+    }
+    if (!prepare_out_dir(o->out, o->overwrite))
+        goto done;
+    char path[4096];
+    int64_t shape[3] = {T, c->vocab_size, 0};
+    snprintf(path, sizeof path, "%s/logits.npy", o->out);
+    if (pb_npy_write(path, logits, PB_NPY_F32, 2, shape) != PB_OK) {
+        fail("writing logits");
+        goto done;
+    }
+    for (int i = 0; i < pb_capture_count(cap); i++) {
+        int n_dims;
+        const float *data = pb_capture_data(cap, i, &n_dims, shape);
+        snprintf(path, sizeof path, "%s/%s.npy", o->out, pb_capture_name(cap, i));
+        if (pb_npy_write(path, data, PB_NPY_F32, n_dims, shape) != PB_OK) {
+            fail("writing a hook point");
+            goto done;
+        }
+    }
+    fprintf(stderr, "patchbay: wrote logits (%d x %d) and %d hook points to %s\n", T, c->vocab_size,
+            pb_capture_count(cap), o->out);
+    rc = 0;
+done:
+    pb_capture_free(cap);
+    free(logits);
+    free(ids);
+    pb_model_free(m);
+    return rc;
+}
+
+static int cmd_generate(const options *o) {
+    int32_t *ids;
+    int T;
+    if (!read_ids(o, &ids, &T))
+        return 2;
+    pb_model *m = load(o);
+    if (!m) {
+        free(ids);
+        return 1;
+    }
+    int rc = 1, n = 0;
+    int32_t *out = malloc(sizeof(int32_t) * (size_t)(o->max_new > 0 ? o->max_new : 1));
+    if (!out || pb_generate(m, ids, T, o->max_new, out, &n) != PB_OK) {
+        fail("generate failed");
+        goto done;
+    }
+    char piece[1024];
+    printf("prompt: ");
+    for (int i = 0; i < T; i++) {
+        pb_model_token_text(m, ids[i], piece, sizeof piece);
+        fputs(piece, stdout);
+    }
+    printf("\ncontinuation: ");
+    for (int i = 0; i < n; i++) {
+        pb_model_token_text(m, out[i], piece, sizeof piece);
+        fputs(piece, stdout);
+    }
+    printf("\ncontinuation ids: ");
+    for (int i = 0; i < n; i++)
+        printf("%s%d", i ? "," : "", out[i]);
+    printf("\n");
+    rc = 0;
+done:
+    free(out);
+    free(ids);
+    pb_model_free(m);
+    return rc;
+}
+
+static int cmd_info(const options *o) {
+    pb_model *m = load(o);
+    if (!m)
+        return 1;
+    const pb_model_config *c = pb_model_get_config(m);
+    printf("arch %s\nn_layers %d\nd_model %d\nn_heads %d\nn_kv_heads %d\nhead_dim %d\nd_mlp %d\nvocab_size %d\n"
+           "context_length %d\nrms_eps %g\nrope_theta %g\nrope_scaling %d\nqkv_bias %d\ntied_embeddings %d\n"
+           "bos_id %d\neos_id %d\n",
+           c->arch, c->n_layers, c->d_model, c->n_heads, c->n_kv_heads, c->head_dim, c->d_mlp, c->vocab_size,
+           c->context_length, (double)c->rms_eps, (double)c->rope_theta, (int)c->rope_scaling, c->has_qkv_bias,
+           c->tied_embeddings, c->bos_id, c->eos_id);
+    pb_model_free(m);
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
+        fputs(usage_text, argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    if (strcmp(argv[1], "--version") == 0) {
+        printf("patchbay %s\n", PB_VERSION);
+        return 0;
+    }
+    options o;
+    const char *cmd = argv[1];
+    if (strcmp(cmd, "forward") && strcmp(cmd, "generate") && strcmp(cmd, "info")) {
+        fprintf(stderr, "patchbay: unknown command '%s'\n\n%s", cmd, usage_text);
+        return 2;
+    }
+    if (!parse_options(argc, argv, &o))
+        return 2;
+    if (strcmp(cmd, "forward") == 0)
+        return cmd_forward(&o);
+    if (strcmp(cmd, "generate") == 0)
+        return cmd_generate(&o);
+    return cmd_info(&o);
+}

@@ -1,0 +1,526 @@
+/* Loading a Llama-family model from GGUF or a Hugging Face checkpoint:
+ * hyperparameters, shape checks for every tensor before any compute, and
+ * dequantisation into one fp32 weight arena on the backend. */
+#define _POSIX_C_SOURCE 200809L
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "gguf.h"
+#include "hf_config.h"
+#include "internal.h"
+#include "model.h"
+#include "quant.h"
+#include "safetensors.h"
+
+/* ---- hyperparameters -------------------------------------------------- */
+
+pb_status pb_model_config_validate(const pb_model_config *c) {
+    struct { const char *name; int value; } sizes[] = {
+        {"n_layers", c->n_layers}, {"d_model", c->d_model}, {"n_heads", c->n_heads},
+        {"n_kv_heads", c->n_kv_heads}, {"head_dim", c->head_dim}, {"d_mlp", c->d_mlp},
+        {"vocab_size", c->vocab_size}, {"context_length", c->context_length},
+    };
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++)
+        if (sizes[i].value <= 0)
+            return pb_fail(PB_ERR_FORMAT, "model config: %s = %d must be positive", sizes[i].name, sizes[i].value);
+    if (c->n_heads % c->n_kv_heads != 0)
+        return pb_fail(PB_ERR_FORMAT, "model config: n_heads = %d is not a multiple of n_kv_heads = %d", c->n_heads,
+                       c->n_kv_heads);
+    if (c->head_dim % 2 != 0 || c->head_dim > 1024)
+        return pb_fail(PB_ERR_FORMAT, "model config: head_dim = %d must be even and at most 1024", c->head_dim);
+    if (!(c->rms_eps > 0.0f) || !isfinite(c->rms_eps))
+        return pb_fail(PB_ERR_FORMAT, "model config: rms_eps = %g must be positive", (double)c->rms_eps);
+    if (!(c->rope_theta > 0.0f) || !isfinite(c->rope_theta))
+        return pb_fail(PB_ERR_FORMAT, "model config: rope_theta = %g must be positive", (double)c->rope_theta);
+    if (c->rope_scaling != PB_ROPE_SCALING_NONE && !(c->rope_factor > 0.0f))
+        return pb_fail(PB_ERR_FORMAT, "model config: rope scaling factor = %g must be positive",
+                       (double)c->rope_factor);
+    if (c->rope_scaling == PB_ROPE_SCALING_LLAMA3 &&
+        (!(c->rope_high_freq_factor > c->rope_low_freq_factor) || c->rope_original_context <= 0))
+        return pb_fail(PB_ERR_FORMAT,
+                       "model config: llama3 rope scaling needs high_freq_factor (%g) > low_freq_factor (%g) "
+                       "and original_max_position_embeddings (%d) > 0",
+                       (double)c->rope_high_freq_factor, (double)c->rope_low_freq_factor, c->rope_original_context);
+    return PB_OK;
+}
+
+void pb_rope_inv_freq(const pb_model_config *c, float *out) {
+    int half = c->head_dim / 2;
+    for (int i = 0; i < half; i++) {
+        /* fp32 like transformers: 1 / base^(2i / dim). */
+        float exponent = (float)(2 * i) / (float)c->head_dim;
+        float inv = 1.0f / powf(c->rope_theta, exponent);
+        if (c->rope_scaling == PB_ROPE_SCALING_LINEAR) {
+            inv /= c->rope_factor;
+        } else if (c->rope_scaling == PB_ROPE_SCALING_LLAMA3) {
+            /* Llama 3.1: long wavelengths are slowed by `factor`, short ones
+             * kept, and the band between interpolated smoothly. */
+            float low_wavelen = (float)c->rope_original_context / c->rope_low_freq_factor;
+            float high_wavelen = (float)c->rope_original_context / c->rope_high_freq_factor;
+            float wavelen = 2.0f * 3.14159265358979323846f / inv;
+            if (wavelen > low_wavelen) {
+                inv = inv / c->rope_factor;
+            } else if (wavelen >= high_wavelen) {
+                float smooth = ((float)c->rope_original_context / wavelen - c->rope_low_freq_factor) /
+                               (c->rope_high_freq_factor - c->rope_low_freq_factor);
+                inv = (1.0f - smooth) * inv / c->rope_factor + smooth * inv;
+            }
+        }
+        out[i] = inv;
+    }
+}
+
+/* ---- weight sources --------------------------------------------------- */
+
+/* One logical tensor the model needs, with its row-major shape. */
+typedef struct wanted_tensor {
+    char gguf_name[96];
+    char hf_name[128];
+    int n_dims;
+    int64_t shape[2]; /* (rows, cols) or (n) */
+    float **dst;
+    int optional;     /* biases */
+    int unpermute_heads; /* GGUF llama Q/K: number of heads to un-permute, else 0 */
+} wanted_tensor;
+
+typedef struct source {
+    pb_gguf *gguf;
+    pb_safetensors *st;
+    const char *path;
+} source;
+
+/* Finds a wanted tensor and checks its shape; *found = 0 if absent. */
+static pb_status source_check(const source *src, const wanted_tensor *w, int *found) {
+    int64_t shape[4] = {1, 1, 1, 1};
+    int n_dims;
+    const char *name;
+    if (src->gguf) {
+        name = w->gguf_name;
+        const pb_gguf_tensor *t = pb_gguf_find_tensor(src->gguf, name);
+        *found = t != NULL;
+        if (!t)
+            return PB_OK;
+        if (!pb_ggml_type_dequantizable(t->type))
+            return pb_fail(PB_ERR_UNSUPPORTED, "%s: tensor '%s' has type %s, which patchbay cannot dequantise",
+                           src->path, name, pb_ggml_type_name(t->type));
+        n_dims = (int)t->n_dims;
+        for (int i = 0; i < n_dims; i++)
+            shape[i] = t->ne[n_dims - 1 - i]; /* ggml lists the contiguous dim first */
+    } else {
+        name = w->hf_name;
+        const pb_st_tensor *t = pb_safetensors_find(src->st, name);
+        *found = t != NULL;
+        if (!t)
+            return PB_OK;
+        n_dims = t->n_dims;
+        for (int i = 0; i < n_dims; i++)
+            shape[i] = t->shape[i];
+    }
+    int ok = n_dims == w->n_dims;
+    for (int i = 0; ok && i < n_dims; i++)
+        ok = shape[i] == w->shape[i];
+    if (!ok) {
+        char got[96], want[96];
+        if (n_dims == 1) snprintf(got, sizeof got, "(%lld)", (long long)shape[0]);
+        else snprintf(got, sizeof got, "(%lld, %lld%s)", (long long)shape[0], (long long)shape[1], n_dims > 2 ? ", ..." : "");
+        if (w->n_dims == 1) snprintf(want, sizeof want, "(%lld)", (long long)w->shape[0]);
+        else snprintf(want, sizeof want, "(%lld, %lld)", (long long)w->shape[0], (long long)w->shape[1]);
+        return pb_fail(PB_ERR_FORMAT, "%s: tensor '%s' has shape %s (%d dims) but the hyperparameters need %s",
+                       src->path, name, got, n_dims, want);
+    }
+    return PB_OK;
+}
+
+/* Dequantises one tensor to fp32 into host memory `out`. */
+static pb_status source_read(const source *src, const wanted_tensor *w, float *out) {
+    if (src->gguf) {
+        const pb_gguf_tensor *t = pb_gguf_find_tensor(src->gguf, w->gguf_name);
+        pb_status status = pb_dequantize(out, t->data, t->type, t->n_elements);
+        if (status != PB_OK)
+            return pb_fail_context(status, "%s: tensor '%s'", src->path, w->gguf_name);
+    } else {
+        pb_st_tensor_to_f32(pb_safetensors_find(src->st, w->hf_name), out);
+    }
+    return PB_OK;
+}
+
+/* llama.cpp's converter reorders each Q/K head's rows so that rotation pairs
+ * are adjacent (interleaved RoPE). Put them back in Hugging Face's
+ * rotate-half order so hook_q/hook_k match transformers. GGUF row
+ * h*hd + 2i + j holds Hugging Face row h*hd + j*hd/2 + i. */
+static pb_status unpermute_heads(float *data, int n_heads, int head_dim, int64_t cols) {
+    size_t head_floats = (size_t)head_dim * (size_t)cols;
+    float *tmp = malloc(sizeof(float) * head_floats);
+    if (!tmp)
+        return pb_fail(PB_ERR_OOM, "out of memory un-permuting Q/K heads");
+    for (int h = 0; h < n_heads; h++) {
+        float *head = data + (size_t)h * head_floats;
+        memcpy(tmp, head, sizeof(float) * head_floats);
+        for (int r = 0; r < head_dim; r++) {
+            int i = r / 2, j = r % 2;
+            int hf_row = j * (head_dim / 2) + i;
+            memcpy(head + (size_t)hf_row * (size_t)cols, tmp + (size_t)r * (size_t)cols, sizeof(float) * (size_t)cols);
+        }
+    }
+    free(tmp);
+    return PB_OK;
+}
+
+/* ---- hyperparameters from GGUF metadata --------------------------------- */
+
+static pb_status gguf_int(const pb_gguf *g, const char *arch, const char *suffix, int *out, int required, int fallback) {
+    char key[128];
+    snprintf(key, sizeof key, "%s.%s", arch, suffix);
+    if (!pb_gguf_has_key(g, key)) {
+        if (required)
+            return pb_fail(PB_ERR_FORMAT, "gguf: missing hyperparameter '%s'", key);
+        *out = fallback;
+        return PB_OK;
+    }
+    int64_t value;
+    PB_TRY(pb_gguf_get_int(g, key, &value));
+    if (value <= 0 || value > INT32_MAX)
+        return pb_fail(PB_ERR_FORMAT, "gguf: hyperparameter '%s' = %lld is out of range", key, (long long)value);
+    *out = (int)value;
+    return PB_OK;
+}
+
+static pb_status gguf_float(const pb_gguf *g, const char *arch, const char *suffix, float *out, int required,
+                            float fallback) {
+    char key[128];
+    snprintf(key, sizeof key, "%s.%s", arch, suffix);
+    if (!pb_gguf_has_key(g, key)) {
+        if (required)
+            return pb_fail(PB_ERR_FORMAT, "gguf: missing hyperparameter '%s'", key);
+        *out = fallback;
+        return PB_OK;
+    }
+    double value;
+    PB_TRY(pb_gguf_get_float(g, key, &value));
+    *out = (float)value;
+    return PB_OK;
+}
+
+static pb_status config_from_gguf(pb_model_config *c, const pb_gguf *g, const char *path) {
+    memset(c, 0, sizeof *c);
+    const char *arch;
+    size_t arch_len;
+    PB_TRY(pb_gguf_get_string(g, "general.architecture", &arch, &arch_len));
+    if (arch_len >= sizeof c->arch)
+        arch_len = sizeof c->arch - 1;
+    memcpy(c->arch, arch, arch_len);
+    if (strcmp(c->arch, "llama") != 0 && strcmp(c->arch, "qwen2") != 0 && strcmp(c->arch, "mistral") != 0)
+        return pb_fail(PB_ERR_UNSUPPORTED, "%s: architecture '%s' is not supported (llama, mistral, qwen2 are)", path,
+                       c->arch);
+    const char *a = c->arch;
+    PB_TRY(gguf_int(g, a, "block_count", &c->n_layers, 1, 0));
+    PB_TRY(gguf_int(g, a, "embedding_length", &c->d_model, 1, 0));
+    PB_TRY(gguf_int(g, a, "feed_forward_length", &c->d_mlp, 1, 0));
+    PB_TRY(gguf_int(g, a, "attention.head_count", &c->n_heads, 1, 0));
+    PB_TRY(gguf_int(g, a, "attention.head_count_kv", &c->n_kv_heads, 0, c->n_heads));
+    PB_TRY(gguf_int(g, a, "context_length", &c->context_length, 1, 0));
+    int default_head_dim = c->d_model / c->n_heads;
+    PB_TRY(gguf_int(g, a, "rope.dimension_count", &c->head_dim, 0, default_head_dim));
+    PB_TRY(gguf_int(g, a, "attention.key_length", &c->head_dim, 0, c->head_dim));
+    int value_length = 0;
+    PB_TRY(gguf_int(g, a, "attention.value_length", &value_length, 0, c->head_dim));
+    if (value_length != c->head_dim)
+        return pb_fail(PB_ERR_UNSUPPORTED, "%s: value_length %d differs from key_length %d", path, value_length,
+                       c->head_dim);
+    PB_TRY(gguf_float(g, a, "attention.layer_norm_rms_epsilon", &c->rms_eps, 1, 0));
+    PB_TRY(gguf_float(g, a, "rope.freq_base", &c->rope_theta, 0, 10000.0f));
+    char scaling_key[128];
+    snprintf(scaling_key, sizeof scaling_key, "%s.rope.scaling.type", a);
+    if (pb_gguf_has_key(g, scaling_key)) {
+        const char *type;
+        size_t len;
+        PB_TRY(pb_gguf_get_string(g, scaling_key, &type, &len));
+        if (len == 6 && memcmp(type, "linear", 6) == 0) {
+            c->rope_scaling = PB_ROPE_SCALING_LINEAR;
+            PB_TRY(gguf_float(g, a, "rope.scaling.factor", &c->rope_factor, 1, 0));
+        } else if (!(len == 4 && memcmp(type, "none", 4) == 0)) {
+            return pb_fail(PB_ERR_UNSUPPORTED, "%s: rope scaling type '%.*s' is not supported", path, (int)len, type);
+        }
+    }
+    int n_tokens = 0;
+    if (pb_gguf_has_key(g, "tokenizer.ggml.tokens")) {
+        pb_gguf_value_type type;
+        uint64_t count;
+        PB_TRY(pb_gguf_get_array_info(g, "tokenizer.ggml.tokens", &type, &count));
+        n_tokens = count > INT32_MAX ? 0 : (int)count;
+    }
+    const pb_gguf_tensor *embd = pb_gguf_find_tensor(g, "token_embd.weight");
+    int embd_rows = embd && embd->n_dims == 2 && embd->ne[1] <= INT32_MAX ? (int)embd->ne[1] : 0;
+    PB_TRY(gguf_int(g, a, "vocab_size", &c->vocab_size, 0, n_tokens ? n_tokens : embd_rows));
+    c->has_qkv_bias = pb_gguf_find_tensor(g, "blk.0.attn_q.bias") != NULL;
+    c->tied_embeddings = pb_gguf_find_tensor(g, "output.weight") == NULL;
+    c->bos_id = c->eos_id = -1;
+    int64_t id;
+    if (pb_gguf_has_key(g, "tokenizer.ggml.bos_token_id") &&
+        pb_gguf_get_int(g, "tokenizer.ggml.bos_token_id", &id) == PB_OK && id >= 0 && id < c->vocab_size)
+        c->bos_id = (int)id;
+    if (pb_gguf_has_key(g, "tokenizer.ggml.eos_token_id") &&
+        pb_gguf_get_int(g, "tokenizer.ggml.eos_token_id", &id) == PB_OK && id >= 0 && id < c->vocab_size)
+        c->eos_id = (int)id;
+    return PB_OK;
+}
+
+/* ---- the list of tensors ---------------------------------------------- */
+
+static void want(wanted_tensor *w, const char *gguf_name, const char *hf_name, int64_t rows, int64_t cols,
+                 float **dst) {
+    memset(w, 0, sizeof *w);
+    snprintf(w->gguf_name, sizeof w->gguf_name, "%s", gguf_name);
+    snprintf(w->hf_name, sizeof w->hf_name, "%s", hf_name);
+    w->n_dims = cols ? 2 : 1;
+    w->shape[0] = rows;
+    w->shape[1] = cols;
+    w->dst = dst;
+}
+
+/* Fills `list` (capacity 4 + 12 * n_layers) and returns the count. */
+static int wanted_list(pb_model *m, wanted_tensor *list, int permuted_qk) {
+    const pb_model_config *c = &m->cfg;
+    int64_t d = c->d_model, q_rows = (int64_t)c->n_heads * c->head_dim, kv_rows = (int64_t)c->n_kv_heads * c->head_dim;
+    int n = 0;
+    want(&list[n++], "token_embd.weight", "model.embed_tokens.weight", c->vocab_size, d, &m->token_embd);
+    want(&list[n++], "output_norm.weight", "model.norm.weight", d, 0, &m->final_norm);
+    if (!c->tied_embeddings)
+        want(&list[n++], "output.weight", "lm_head.weight", c->vocab_size, d, &m->output);
+    for (int l = 0; l < c->n_layers; l++) {
+        pb_layer_weights *L = &m->layers[l];
+        char g[96], h[128];
+#define WANT(gs, hs, rows, cols, field)                                   \
+    do {                                                                  \
+        snprintf(g, sizeof g, "blk.%d.%s", l, gs);                        \
+        snprintf(h, sizeof h, "model.layers.%d.%s", l, hs);               \
+        want(&list[n++], g, h, rows, cols, &L->field);                    \
+    } while (0)
+        WANT("attn_norm.weight", "input_layernorm.weight", d, 0, attn_norm);
+        WANT("attn_q.weight", "self_attn.q_proj.weight", q_rows, d, wq);
+        if (permuted_qk) list[n - 1].unpermute_heads = c->n_heads;
+        WANT("attn_k.weight", "self_attn.k_proj.weight", kv_rows, d, wk);
+        if (permuted_qk) list[n - 1].unpermute_heads = c->n_kv_heads;
+        WANT("attn_v.weight", "self_attn.v_proj.weight", kv_rows, d, wv);
+        if (c->has_qkv_bias) {
+            WANT("attn_q.bias", "self_attn.q_proj.bias", q_rows, 0, bq);
+            if (permuted_qk) list[n - 1].unpermute_heads = c->n_heads;
+            WANT("attn_k.bias", "self_attn.k_proj.bias", kv_rows, 0, bk);
+            if (permuted_qk) list[n - 1].unpermute_heads = c->n_kv_heads;
+            WANT("attn_v.bias", "self_attn.v_proj.bias", kv_rows, 0, bv);
+        }
+        WANT("attn_output.weight", "self_attn.o_proj.weight", d, q_rows, wo);
+        WANT("ffn_norm.weight", "post_attention_layernorm.weight", d, 0, mlp_norm);
+        WANT("ffn_gate.weight", "mlp.gate_proj.weight", c->d_mlp, d, w_gate);
+        WANT("ffn_up.weight", "mlp.up_proj.weight", c->d_mlp, d, w_up);
+        WANT("ffn_down.weight", "mlp.down_proj.weight", d, c->d_mlp, w_down);
+#undef WANT
+    }
+    return n;
+}
+
+static uint64_t wanted_elements(const wanted_tensor *w) {
+    return (uint64_t)w->shape[0] * (uint64_t)(w->n_dims == 2 ? w->shape[1] : 1);
+}
+
+/* ---- loading ----------------------------------------------------------- */
+
+static int is_directory(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+static pb_status load_weights(pb_model *m, const source *src, int permuted_qk) {
+    const pb_model_config *c = &m->cfg;
+    m->layers = calloc((size_t)c->n_layers, sizeof *m->layers);
+    if (!m->layers)
+        return pb_fail(PB_ERR_OOM, "out of memory for %d layers", c->n_layers);
+    int capacity = 4 + 12 * c->n_layers;
+    wanted_tensor *list = calloc((size_t)capacity, sizeof *list);
+    if (!list)
+        return pb_fail(PB_ERR_OOM, "out of memory listing %d tensors", capacity);
+    pb_status status = PB_OK;
+    float *staging = NULL;
+    int n = wanted_list(m, list, permuted_qk);
+
+    /* Pass 1: every tensor present with the right shape, before any compute. */
+    uint64_t total = 0, largest = 0;
+    for (int i = 0; i < n; i++) {
+        int found;
+        if ((status = source_check(src, &list[i], &found)) != PB_OK)
+            goto done;
+        if (!found) {
+            status = pb_fail(PB_ERR_FORMAT, "%s: missing tensor '%s'", src->path,
+                             src->gguf ? list[i].gguf_name : list[i].hf_name);
+            goto done;
+        }
+        /* Each tensor starts 64-byte aligned in the arena. */
+        total += (wanted_elements(&list[i]) + 15) / 16 * 16;
+        if (wanted_elements(&list[i]) > largest)
+            largest = wanted_elements(&list[i]);
+    }
+    uint64_t half = (uint64_t)c->head_dim / 2;
+    total += (half + 15) / 16 * 16;
+
+    m->arena_bytes = (size_t)total * sizeof(float);
+    if ((status = m->backend->ops->alloc(m->backend, &m->arena, m->arena_bytes)) != PB_OK) {
+        pb_fail_context(status, "allocating %.1f MiB of fp32 weights", (double)m->arena_bytes / (1 << 20));
+        goto done;
+    }
+    staging = malloc(sizeof(float) * (size_t)largest);
+    if (!staging) {
+        status = pb_fail(PB_ERR_OOM, "out of memory for a %llu-element staging buffer", (unsigned long long)largest);
+        goto done;
+    }
+
+    /* Pass 2: dequantise each tensor on the host and place it in the arena. */
+    float *cursor = m->arena;
+    for (int i = 0; i < n; i++) {
+        wanted_tensor *w = &list[i];
+        uint64_t count = wanted_elements(w);
+        if ((status = source_read(src, w, staging)) != PB_OK)
+            goto done;
+        if (w->unpermute_heads &&
+            (status = unpermute_heads(staging, w->unpermute_heads, c->head_dim, w->n_dims == 2 ? w->shape[1] : 1)) !=
+                PB_OK)
+            goto done;
+        for (uint64_t j = 0; j < count; j++)
+            if (!isfinite(staging[j])) {
+                status = pb_fail(PB_ERR_NUMERIC, "%s: tensor '%s' holds a non-finite value (%g) at element %llu",
+                                 src->path, src->gguf ? w->gguf_name : w->hf_name, (double)staging[j],
+                                 (unsigned long long)j);
+                goto done;
+            }
+        if ((status = m->backend->ops->upload(m->backend, cursor, staging, sizeof(float) * (size_t)count)) != PB_OK)
+            goto done;
+        *w->dst = cursor;
+        cursor += (count + 15) / 16 * 16;
+    }
+    if (c->tied_embeddings)
+        m->output = m->token_embd;
+
+    /* RoPE frequencies: GGUF files of Llama 3.1-style models carry the
+     * scaling as per-frequency divisors in rope_freqs.weight. */
+    m->inv_freq_host = malloc(sizeof(float) * half);
+    if (!m->inv_freq_host) {
+        status = pb_fail(PB_ERR_OOM, "out of memory for RoPE frequencies");
+        goto done;
+    }
+    pb_rope_inv_freq(c, m->inv_freq_host);
+    const pb_gguf_tensor *freqs = src->gguf ? pb_gguf_find_tensor(src->gguf, "rope_freqs.weight") : NULL;
+    if (freqs) {
+        if (freqs->n_elements != half || freqs->type != PB_GGML_F32) {
+            status = pb_fail(PB_ERR_FORMAT, "%s: tensor 'rope_freqs.weight' must be F32 with %llu elements, has %s with %llu",
+                             src->path, (unsigned long long)half, pb_ggml_type_name(freqs->type),
+                             (unsigned long long)freqs->n_elements);
+            goto done;
+        }
+        pb_dequantize(staging, freqs->data, freqs->type, half);
+        for (uint64_t i = 0; i < half; i++) {
+            if (!(staging[i] > 0.0f) || !isfinite(staging[i])) {
+                status = pb_fail(PB_ERR_FORMAT, "%s: 'rope_freqs.weight'[%llu] = %g is not a positive factor",
+                                 src->path, (unsigned long long)i, (double)staging[i]);
+                goto done;
+            }
+            m->inv_freq_host[i] /= staging[i];
+        }
+    }
+    if ((status = m->backend->ops->upload(m->backend, cursor, m->inv_freq_host, sizeof(float) * half)) != PB_OK)
+        goto done;
+    m->inv_freq = cursor;
+done:
+    free(staging);
+    free(list);
+    return status;
+}
+
+static pb_status model_load(pb_model *m, const char *path) {
+    source src = {.path = path};
+    pb_status status;
+    if (is_directory(path)) {
+        char file[4096];
+        snprintf(file, sizeof file, "%s/config.json", path);
+        if ((status = pb_hf_config_read(&m->cfg, file)) != PB_OK)
+            return status;
+        if ((status = pb_model_config_validate(&m->cfg)) != PB_OK)
+            return pb_fail_context(status, "%s", file);
+        if ((status = pb_safetensors_open(&src.st, path)) != PB_OK)
+            return status;
+        snprintf(file, sizeof file, "%s/tokenizer.json", path);
+        struct stat st;
+        if (stat(file, &st) == 0 && (status = pb_vocab_from_tokenizer_json(&m->vocab, file)) != PB_OK)
+            goto done;
+        status = load_weights(m, &src, 0);
+    } else {
+        if ((status = pb_gguf_open(&src.gguf, path)) != PB_OK)
+            return status;
+        if ((status = config_from_gguf(&m->cfg, src.gguf, path)) != PB_OK)
+            goto done;
+        if ((status = pb_model_config_validate(&m->cfg)) != PB_OK) {
+            pb_fail_context(status, "%s", path);
+            goto done;
+        }
+        if ((status = pb_vocab_from_gguf(&m->vocab, src.gguf)) != PB_OK)
+            goto done;
+        /* llama.cpp permutes Q/K for llama-architecture models only. */
+        int permuted = strcmp(m->cfg.arch, "llama") == 0 || strcmp(m->cfg.arch, "mistral") == 0;
+        status = load_weights(m, &src, permuted);
+    }
+done:
+    pb_gguf_close(src.gguf);
+    pb_safetensors_close(src.st);
+    return status;
+}
+
+pb_status pb_model_load(pb_model **out, const char *path, const pb_load_options *options) {
+    if (!out || !path)
+        return pb_fail(PB_ERR_ARG, "pb_model_load: out and path are required");
+    *out = NULL;
+    pb_model *m = calloc(1, sizeof *m);
+    if (!m)
+        return pb_fail(PB_ERR_OOM, "out of memory for a model");
+    pb_status status = pb_backend_cpu_create(&m->backend, options ? options->n_threads : 0);
+    if (status == PB_OK)
+        status = model_load(m, path);
+    if (status != PB_OK) {
+        pb_model_free(m);
+        return status;
+    }
+    *out = m;
+    return PB_OK;
+}
+
+void pb_model_free(pb_model *m) {
+    if (!m)
+        return;
+    if (m->backend) {
+        m->backend->ops->free(m->backend, m->arena);
+        pb_backend_destroy(m->backend);
+    }
+    free(m->layers);
+    free(m->inv_freq_host);
+    pb_vocab_free(&m->vocab);
+    free(m);
+}
+
+const pb_model_config *pb_model_get_config(const pb_model *m) { return &m->cfg; }
+
+pb_status pb_model_token_text(const pb_model *m, int id, char *buf, size_t buf_size) {
+    if (id < 0 || id >= m->cfg.vocab_size)
+        return pb_fail(PB_ERR_ARG, "token id %d is outside the vocabulary [0, %d)", id, m->cfg.vocab_size);
+    if (buf_size == 0)
+        return pb_fail(PB_ERR_ARG, "token text: empty buffer");
+    if (id >= m->vocab.n_tokens) {
+        snprintf(buf, buf_size, "<%d>", id);
+        return PB_OK;
+    }
+    size_t len = m->vocab.offsets[id + 1] - m->vocab.offsets[id];
+    if (len >= buf_size)
+        len = buf_size - 1;
+    memcpy(buf, m->vocab.bytes + m->vocab.offsets[id], len);
+    buf[len] = 0;
+    return PB_OK;
+}

@@ -1,0 +1,45 @@
+/* The model as the forward driver sees it: hyperparameters, weights carved
+ * from one backend allocation, RoPE frequencies and the vocabulary. */
+#ifndef PB_MODEL_H
+#define PB_MODEL_H
+
+#include "backend.h"
+#include "patchbay.h"
+#include "vocab.h"
+
+typedef struct pb_layer_weights {
+    float *attn_norm; /* (d_model) */
+    float *wq;        /* (n_heads * head_dim, d_model), Hugging Face row order */
+    float *wk;        /* (n_kv_heads * head_dim, d_model) */
+    float *wv;        /* (n_kv_heads * head_dim, d_model) */
+    float *bq;        /* (n_heads * head_dim) or NULL */
+    float *bk;        /* (n_kv_heads * head_dim) or NULL */
+    float *bv;        /* (n_kv_heads * head_dim) or NULL */
+    float *wo;        /* (d_model, n_heads * head_dim) */
+    float *mlp_norm;  /* (d_model) */
+    float *w_gate;    /* (d_mlp, d_model) */
+    float *w_up;      /* (d_mlp, d_model) */
+    float *w_down;    /* (d_model, d_mlp) */
+} pb_layer_weights;
+
+struct pb_model {
+    pb_model_config cfg;
+    pb_backend *backend;
+    void *arena;              /* every weight below, one backend allocation */
+    size_t arena_bytes;
+    float *token_embd;        /* (vocab_size, d_model) */
+    float *final_norm;        /* (d_model) */
+    float *output;            /* (vocab_size, d_model); == token_embd when tied */
+    float *inv_freq;          /* (head_dim / 2) in backend memory */
+    float *inv_freq_host;     /* (head_dim / 2) */
+    pb_layer_weights *layers; /* (n_layers) */
+    pb_vocab vocab;
+};
+
+/* Checks hyperparameters for consistency (positive sizes, divisibility,
+ * limits the kernels rely on). */
+pb_status pb_model_config_validate(const pb_model_config *cfg);
+/* RoPE inverse frequencies with the config's scaling: out (head_dim / 2). */
+void pb_rope_inv_freq(const pb_model_config *cfg, float *out);
+
+#endif

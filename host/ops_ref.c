@@ -1,0 +1,163 @@
+/* The reference backend: every op as the plainest single-threaded loop, with
+ * double accumulation. It is the oracle the OpenBLAS and CUDA ops are tested
+ * against, so it favours obviousness over speed. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend.h"
+#include "internal.h"
+
+static void ref_destroy(pb_backend *backend) { free(backend); }
+
+static pb_status ref_alloc(pb_backend *backend, void **out, size_t bytes) {
+    *out = malloc(bytes ? bytes : 1);
+    if (!*out)
+        return pb_fail(PB_ERR_OOM, "reference backend: out of memory allocating %zu bytes", bytes);
+    return PB_OK;
+}
+
+static void ref_free(pb_backend *backend, void *ptr) { free(ptr); }
+
+static pb_status ref_memcpy(pb_backend *backend, void *dst, const void *src, size_t bytes) {
+    if (bytes)
+        memmove(dst, src, bytes);
+    return PB_OK;
+}
+
+static pb_status ref_synchronize(pb_backend *backend) { return PB_OK; }
+
+static pb_status ref_embed(pb_backend *backend, float *out, const float *table, const int32_t *ids, int T, int d) {
+    for (int t = 0; t < T; t++)
+        for (int i = 0; i < d; i++)
+            out[(size_t)t * d + i] = table[(size_t)ids[t] * d + i];
+    return PB_OK;
+}
+
+static pb_status ref_rmsnorm(pb_backend *backend, float *out, const float *x, const float *weight, int rows, int d,
+                             float eps) {
+    for (int r = 0; r < rows; r++) {
+        const float *xr = x + (size_t)r * d;
+        double sum = 0.0;
+        for (int i = 0; i < d; i++)
+            sum += (double)xr[i] * xr[i];
+        float scale = (float)(1.0 / sqrt(sum / d + eps));
+        for (int i = 0; i < d; i++)
+            out[(size_t)r * d + i] = xr[i] * scale * (weight ? weight[i] : 1.0f);
+    }
+    return PB_OK;
+}
+
+static pb_status ref_matmul(pb_backend *backend, float *out, const float *x, const float *w, const float *bias,
+                            int rows, int n, int k) {
+    for (int r = 0; r < rows; r++)
+        for (int j = 0; j < n; j++) {
+            double acc = bias ? bias[j] : 0.0;
+            for (int i = 0; i < k; i++)
+                acc += (double)x[(size_t)r * k + i] * w[(size_t)j * k + i];
+            out[(size_t)r * n + j] = (float)acc;
+        }
+    return PB_OK;
+}
+
+static pb_status ref_rope(pb_backend *backend, float *x, const int32_t *positions, const float *inv_freq, int T,
+                          int n_heads, int head_dim) {
+    int half = head_dim / 2;
+    for (int t = 0; t < T; t++)
+        for (int h = 0; h < n_heads; h++) {
+            float *v = x + ((size_t)t * n_heads + h) * head_dim;
+            for (int i = 0; i < half; i++) {
+                /* The angle is formed in fp32, as transformers does. */
+                float angle = (float)positions[t] * inv_freq[i];
+                float c = cosf(angle), s = sinf(angle);
+                float a = v[i], b = v[i + half];
+                v[i] = a * c - b * s;
+                v[i + half] = b * c + a * s;
+            }
+        }
+    return PB_OK;
+}
+
+static pb_status ref_attention(pb_backend *backend, float *out, const float *q, const float *k, const float *v,
+                               int T, int T_kv, int q_start, int n_heads, int n_kv_heads, int head_dim) {
+    int group = n_heads / n_kv_heads;
+    double scale = 1.0 / sqrt((double)head_dim);
+    double *scores = malloc(sizeof(double) * (size_t)(T_kv > 0 ? T_kv : 1));
+    if (!scores)
+        return pb_fail(PB_ERR_OOM, "reference attention: out of memory for %d scores", T_kv);
+    for (int t = 0; t < T; t++)
+        for (int h = 0; h < n_heads; h++) {
+            const float *qv = q + ((size_t)t * n_heads + h) * head_dim;
+            int kvh = h / group;
+            int n_keys = q_start + t + 1;
+            if (n_keys > T_kv)
+                n_keys = T_kv;
+            double max = -INFINITY;
+            for (int j = 0; j < n_keys; j++) {
+                const float *kv = k + ((size_t)j * n_kv_heads + kvh) * head_dim;
+                double dot = 0.0;
+                for (int i = 0; i < head_dim; i++)
+                    dot += (double)qv[i] * kv[i];
+                scores[j] = dot * scale;
+                if (scores[j] > max)
+                    max = scores[j];
+            }
+            double total = 0.0;
+            for (int j = 0; j < n_keys; j++) {
+                scores[j] = exp(scores[j] - max);
+                total += scores[j];
+            }
+            float *o = out + ((size_t)t * n_heads + h) * head_dim;
+            for (int i = 0; i < head_dim; i++) {
+                double acc = 0.0;
+                for (int j = 0; j < n_keys; j++)
+                    acc += scores[j] * v[((size_t)j * n_kv_heads + kvh) * head_dim + i];
+                /* A query with no visible key (cannot happen causally) yields zeros. */
+                o[i] = n_keys > 0 ? (float)(acc / total) : 0.0f;
+            }
+        }
+    free(scores);
+    return PB_OK;
+}
+
+static pb_status ref_swiglu(pb_backend *backend, float *out, const float *gate, const float *up, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        double g = gate[i];
+        out[i] = (float)(g / (1.0 + exp(-g)) * up[i]);
+    }
+    return PB_OK;
+}
+
+static pb_status ref_add(pb_backend *backend, float *out, const float *a, const float *b, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        out[i] = a[i] + b[i];
+    return PB_OK;
+}
+
+static const pb_backend_ops ref_ops = {
+    .name = "reference",
+    .destroy = ref_destroy,
+    .alloc = ref_alloc,
+    .free = ref_free,
+    .upload = ref_memcpy,
+    .download = ref_memcpy,
+    .copy = ref_memcpy,
+    .synchronize = ref_synchronize,
+    .embed = ref_embed,
+    .rmsnorm = ref_rmsnorm,
+    .matmul = ref_matmul,
+    .rope = ref_rope,
+    .attention = ref_attention,
+    .swiglu = ref_swiglu,
+    .add = ref_add,
+};
+
+pb_status pb_backend_ref_create(pb_backend **out) {
+    *out = NULL;
+    pb_backend *backend = calloc(1, sizeof *backend);
+    if (!backend)
+        return pb_fail(PB_ERR_OOM, "reference backend: out of memory");
+    backend->ops = &ref_ops;
+    *out = backend;
+    return PB_OK;
+}

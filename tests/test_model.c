@@ -1,0 +1,285 @@
+/* The CPU model against transformers on the two tiny fixtures (every hook
+ * point and the logits, from both the GGUF and the safetensors copy), plus
+ * exact invariants: both formats give the same model, KV-cached greedy
+ * decoding equals argmax of a full re-run, shapes that contradict the
+ * hyperparameters are refused before compute. */
+#define _GNU_SOURCE
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "npy.h"
+#include "patchbay.h"
+#include "test_util.h"
+#include "tolerances.h"
+
+static void fixture_path(char *buf, size_t size, const char *model, const char *file) {
+    snprintf(buf, size, "%s/%s%s%s", tu_fixtures(), model, file ? "/" : "", file ? file : "");
+}
+
+static int32_t *load_ids(const char *model, int *T) {
+    char path[1024];
+    fixture_path(path, sizeof path, model, "ids.npy");
+    void *data;
+    int n_dims;
+    int64_t shape[8];
+    if (pb_npy_read(path, &data, PB_NPY_I32, &n_dims, shape) != PB_OK)
+        fail_msg("%s", pb_last_error());
+    assert_int_equal(n_dims, 1);
+    *T = (int)shape[0];
+    return data;
+}
+
+static pb_model *load_model(const char *model, const char *file) {
+    char path[1024];
+    fixture_path(path, sizeof path, model, file);
+    pb_model *m = NULL;
+    pb_load_options o = {.n_threads = 2};
+    if (pb_model_load(&m, path, &o) != PB_OK)
+        fail_msg("loading %s: %s", path, pb_last_error());
+    return m;
+}
+
+/* Forward with every hook captured; compares with the fixture. Returns the
+ * logits (caller frees). */
+static float *check_against_reference(const char *model, const char *file) {
+    pb_model *m = load_model(model, file);
+    const pb_model_config *c = pb_model_get_config(m);
+    int T;
+    int32_t *ids = load_ids(model, &T);
+    pb_capture *cap;
+    assert_int_equal(pb_capture_create(&cap, m, "*"), PB_OK);
+    /* hook_embed + ln_final + 9 per layer */
+    assert_int_equal(pb_capture_count(cap), 2 + 9 * c->n_layers);
+    float *logits = malloc(sizeof(float) * (size_t)T * c->vocab_size);
+    assert_int_equal(pb_forward(m, ids, T, logits, cap), PB_OK);
+
+    double worst = 0.0;
+    const char *worst_name = "";
+    for (int i = 0; i < pb_capture_count(cap); i++) {
+        int n_dims, ref_dims;
+        int64_t shape[3], ref_shape[8];
+        const float *got = pb_capture_data(cap, i, &n_dims, shape);
+        char path[1024], file_name[160];
+        snprintf(file_name, sizeof file_name, "%s.npy", pb_capture_name(cap, i));
+        fixture_path(path, sizeof path, model, file_name);
+        void *ref;
+        if (pb_npy_read(path, &ref, PB_NPY_F32, &ref_dims, ref_shape) != PB_OK)
+            fail_msg("%s", pb_last_error());
+        assert_int_equal(ref_dims, n_dims);
+        size_t count = 1;
+        for (int j = 0; j < n_dims; j++) {
+            assert_int_equal(ref_shape[j], shape[j]);
+            count *= (size_t)shape[j];
+        }
+        double e = tu_nmse(got, ref, count);
+        if (!(e <= PB_TOL_TINY_HOOK_NMSE))
+            fail_msg("%s %s: hook %s NMSE %.3g > %.3g", model, file ? file : "(safetensors)", pb_capture_name(cap, i),
+                     e, PB_TOL_TINY_HOOK_NMSE);
+        if (e >= worst) {
+            worst = e;
+            worst_name = pb_capture_name(cap, i);
+        }
+        free(ref);
+    }
+    char path[1024];
+    fixture_path(path, sizeof path, model, "logits.npy");
+    void *ref;
+    int ref_dims;
+    int64_t ref_shape[8];
+    assert_int_equal(pb_npy_read(path, &ref, PB_NPY_F32, &ref_dims, ref_shape), PB_OK);
+    assert_int_equal(ref_shape[0], T);
+    assert_int_equal(ref_shape[1], c->vocab_size);
+    double max_abs = tu_max_abs_diff(logits, ref, (size_t)T * c->vocab_size);
+    printf("[ MEASURE  ] %s %-13s worst hook NMSE %.3g (%s), logits max |diff| %.3g, logits NMSE %.3g\n", model,
+           file ? file : "safetensors", worst, worst_name, max_abs, tu_nmse(logits, ref, (size_t)T * c->vocab_size));
+    assert_true(max_abs <= PB_TOL_TINY_LOGITS_MAX_ABS);
+    free(ref);
+    free(ids);
+    pb_capture_free(cap);
+    pb_model_free(m);
+    return logits;
+}
+
+static void check_model(const char *model) {
+    float *from_gguf = check_against_reference(model, "model.gguf");
+    float *from_st = check_against_reference(model, NULL);
+    int T;
+    int32_t *ids = load_ids(model, &T);
+    pb_model *m = load_model(model, NULL);
+    size_t n = (size_t)T * pb_model_get_config(m)->vocab_size;
+    assert_true(tu_max_abs_diff(from_gguf, from_st, n) <= PB_TOL_FORMAT_LOGITS_MAX_ABS);
+    pb_model_free(m);
+    free(ids);
+    free(from_gguf);
+    free(from_st);
+}
+
+static void test_tiny_gqa(void **state) { check_model("tiny_gqa"); }
+static void test_tiny_bias(void **state) { check_model("tiny_bias"); }
+
+static void test_config_values(void **state) {
+    pb_model *m = load_model("tiny_gqa", "model.gguf");
+    const pb_model_config *c = pb_model_get_config(m);
+    assert_string_equal(c->arch, "llama");
+    assert_int_equal(c->n_kv_heads * 2, c->n_heads);
+    assert_true(c->tied_embeddings);
+    assert_false(c->has_qkv_bias);
+    pb_model_free(m);
+    m = load_model("tiny_bias", "model.gguf");
+    c = pb_model_get_config(m);
+    assert_string_equal(c->arch, "qwen2");
+    assert_true(c->has_qkv_bias);
+    assert_false(c->tied_embeddings);
+    assert_true(c->n_heads * c->head_dim != c->d_model);
+    pb_model_free(m);
+}
+
+/* Greedy decoding with the KV cache must pick, at each step, the argmax of
+ * a full forward over prompt + tokens so far. */
+static void test_generate_matches_full_forward(void **state) {
+    const char *models[2] = {"tiny_gqa", "tiny_bias"};
+    for (int k = 0; k < 2; k++) {
+        pb_model *m = load_model(models[k], NULL);
+        const pb_model_config *c = pb_model_get_config(m);
+        int T;
+        int32_t *ids = load_ids(models[k], &T);
+        const int n_new = 8;
+        int32_t *all = malloc(sizeof(int32_t) * (size_t)(T + n_new));
+        memcpy(all, ids, sizeof(int32_t) * (size_t)T);
+        int n_out = 0;
+        assert_int_equal(pb_generate(m, ids, T, n_new, all + T, &n_out), PB_OK);
+        assert_true(n_out >= 1);
+        float *logits = malloc(sizeof(float) * (size_t)(T + n_out) * c->vocab_size);
+        assert_int_equal(pb_forward(m, all, T + n_out, logits, NULL), PB_OK);
+        for (int i = 0; i < n_out; i++) {
+            const float *row = logits + (size_t)(T - 1 + i) * c->vocab_size;
+            int best = 0;
+            for (int j = 1; j < c->vocab_size; j++)
+                if (row[j] > row[best])
+                    best = j;
+            assert_int_equal(best, all[T + i]);
+        }
+        free(logits);
+        free(all);
+        free(ids);
+        pb_model_free(m);
+    }
+}
+
+static void test_bad_ids_refused(void **state) {
+    pb_model *m = load_model("tiny_gqa", "model.gguf");
+    const pb_model_config *c = pb_model_get_config(m);
+    int32_t ids[3] = {1, c->vocab_size, 2};
+    assert_int_equal(pb_forward(m, ids, 3, NULL, NULL), PB_ERR_ARG);
+    assert_non_null(strstr(pb_last_error(), "position 1"));
+    int32_t neg[1] = {-1};
+    assert_int_equal(pb_forward(m, neg, 1, NULL, NULL), PB_ERR_ARG);
+    int32_t *many = calloc((size_t)c->context_length + 1, sizeof(int32_t));
+    assert_int_equal(pb_forward(m, many, c->context_length + 1, NULL, NULL), PB_ERR_ARG);
+    assert_non_null(strstr(pb_last_error(), "context length"));
+    free(many);
+    pb_capture *cap = NULL;
+    assert_int_equal(pb_capture_create(&cap, m, "blocks.99.hook_resid_pre"), PB_ERR_ARG);
+    assert_null(cap);
+    assert_non_null(strstr(pb_last_error(), "matches no hook point"));
+    pb_model_free(m);
+}
+
+static char *read_file(const char *path, size_t *size) {
+    FILE *f = fopen(path, "rb");
+    assert_non_null(f);
+    fseek(f, 0, SEEK_END);
+    *size = (size_t)ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *buf = malloc(*size + 1);
+    assert_int_equal(fread(buf, 1, *size, f), *size);
+    fclose(f);
+    buf[*size] = 0;
+    return buf;
+}
+
+static void write_file(const char *path, const char *data, size_t size) {
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    assert_int_equal(fwrite(data, 1, size, f), size);
+    fclose(f);
+}
+
+/* A copy of the tiny checkpoint whose config says intermediate_size 95:
+ * refused, naming the tensor and both shapes. */
+static void test_shape_mismatch_refused(void **state) {
+    char dir[] = "/tmp/pb_model_XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char src[1024], dst[1200];
+    size_t size;
+    fixture_path(src, sizeof src, "tiny_gqa", "config.json");
+    char *config = read_file(src, &size);
+    char *at = strstr(config, "\"intermediate_size\": 96");
+    assert_non_null(at);
+    memcpy(at + strlen("\"intermediate_size\": "), "95", 2);
+    snprintf(dst, sizeof dst, "%s/config.json", dir);
+    write_file(dst, config, size);
+    free(config);
+    fixture_path(src, sizeof src, "tiny_gqa", "model.safetensors");
+    char *weights = read_file(src, &size);
+    snprintf(dst, sizeof dst, "%s/model.safetensors", dir);
+    write_file(dst, weights, size);
+    free(weights);
+
+    pb_model *m = NULL;
+    assert_int_equal(pb_model_load(&m, dir, NULL), PB_ERR_FORMAT);
+    assert_null(m);
+    assert_non_null(strstr(pb_last_error(), "gate_proj.weight"));
+    assert_non_null(strstr(pb_last_error(), "(96, 64)"));
+    assert_non_null(strstr(pb_last_error(), "(95, 64)"));
+    unlink(dst);
+    snprintf(dst, sizeof dst, "%s/config.json", dir);
+    unlink(dst);
+    rmdir(dir);
+}
+
+/* The GGUF copy with 'llama.block_count' renamed (same length, so the file
+ * stays well-formed): refused as a missing hyperparameter. */
+static void test_gguf_missing_hyperparameter(void **state) {
+    char src[1024];
+    size_t size;
+    fixture_path(src, sizeof src, "tiny_gqa", "model.gguf");
+    char *data = read_file(src, &size);
+    char *at = memmem(data, size, "llama.block_count", 17);
+    assert_non_null(at);
+    memcpy(at, "llama.block_cXunt", 17);
+    char path[] = "/tmp/pb_model_XXXXXX.gguf";
+    int fd = mkstemps(path, 5);
+    assert_true(fd >= 0);
+    close(fd);
+    write_file(path, data, size);
+    free(data);
+    pb_model *m = NULL;
+    assert_int_equal(pb_model_load(&m, path, NULL), PB_ERR_FORMAT);
+    assert_non_null(strstr(pb_last_error(), "llama.block_count"));
+    unlink(path);
+}
+
+static void test_missing_file(void **state) {
+    pb_model *m = NULL;
+    assert_int_equal(pb_model_load(&m, "/nonexistent/model.gguf", NULL), PB_ERR_IO);
+    assert_non_null(strstr(pb_last_error(), "/nonexistent/model.gguf"));
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_tiny_gqa),
+        cmocka_unit_test(test_tiny_bias),
+        cmocka_unit_test(test_config_values),
+        cmocka_unit_test(test_generate_matches_full_forward),
+        cmocka_unit_test(test_bad_ids_refused),
+        cmocka_unit_test(test_shape_mismatch_refused),
+        cmocka_unit_test(test_gguf_missing_hyperparameter),
+        cmocka_unit_test(test_missing_file),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,218 @@
+/* Backend ops: exact hand-computed cases for the reference ops, then every
+ * CPU (OpenBLAS/OpenMP) op against the reference on odd sizes, with guard
+ * sentinels after each output to catch overruns. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+#include <string.h>
+
+#include "backend.h"
+#include "test_util.h"
+#include "tolerances.h"
+
+#define GUARD 16
+#define SENTINEL 12345.0f
+
+static float *alloc_guarded(size_t n) {
+    float *p = malloc(sizeof(float) * (n + GUARD));
+    assert_non_null(p);
+    for (size_t i = 0; i < n + GUARD; i++)
+        p[i] = SENTINEL;
+    return p;
+}
+
+static void check_guard(const float *p, size_t n, const char *what) {
+    for (size_t i = n; i < n + GUARD; i++)
+        if (p[i] != SENTINEL)
+            fail_msg("%s wrote past its output (index %zu)", what, i);
+}
+
+typedef struct pair {
+    pb_backend *ref;
+    pb_backend *cpu;
+} pair;
+
+static int setup(void **state) {
+    pair *p = calloc(1, sizeof *p);
+    if (pb_backend_ref_create(&p->ref) != PB_OK || pb_backend_cpu_create(&p->cpu, 2) != PB_OK)
+        return -1;
+    *state = p;
+    return 0;
+}
+
+static int teardown(void **state) {
+    pair *p = *state;
+    pb_backend_destroy(p->ref);
+    pb_backend_destroy(p->cpu);
+    free(p);
+    return 0;
+}
+
+static void test_ref_exact_cases(void **state) {
+    pb_backend *b = ((pair *)*state)->ref;
+    /* rmsnorm of (3, 4): rms = sqrt(12.5) */
+    float x[2] = {3, 4}, w[2] = {1, 2}, out[2];
+    assert_int_equal(b->ops->rmsnorm(b, out, x, w, 1, 2, 0.0f), PB_OK);
+    assert_float_equal(out[0], 3 / sqrt(12.5), 1e-6);
+    assert_float_equal(out[1], 2 * 4 / sqrt(12.5), 1e-6);
+    /* matmul with bias: (1,2) @ [[1,2],[3,4],[5,6]]^T + (1,1,1) */
+    float a[2] = {1, 2}, m[6] = {1, 2, 3, 4, 5, 6}, bias[3] = {1, 1, 1}, mo[3];
+    assert_int_equal(b->ops->matmul(b, mo, a, m, bias, 1, 3, 2), PB_OK);
+    assert_float_equal(mo[0], 6, 0);
+    assert_float_equal(mo[1], 12, 0);
+    assert_float_equal(mo[2], 18, 0);
+    /* RoPE at position 0 is the identity; at position p it rotates pair
+     * (i, i+half) by p * inv_freq[i]. */
+    float v[4] = {1, 2, 3, 4}, inv[2] = {0.5f, 0.25f};
+    int32_t pos0 = 0, pos2 = 2;
+    assert_int_equal(b->ops->rope(b, v, &pos0, inv, 1, 1, 4), PB_OK);
+    assert_float_equal(v[0], 1, 0);
+    assert_float_equal(v[3], 4, 0);
+    assert_int_equal(b->ops->rope(b, v, &pos2, inv, 1, 1, 4), PB_OK);
+    assert_float_equal(v[0], 1 * cosf(1.0f) - 3 * sinf(1.0f), 1e-6);
+    assert_float_equal(v[2], 3 * cosf(1.0f) + 1 * sinf(1.0f), 1e-6);
+    assert_float_equal(v[1], 2 * cosf(0.5f) - 4 * sinf(0.5f), 1e-6);
+    /* Attention: the first query sees only the first key, so it returns
+     * v[0]; a zero query weighs visible keys equally. */
+    float q[4] = {0, 0, 0, 0}, k[4] = {1, 0, 0, 1}, vv[4] = {2, 4, 6, 8}, z[4];
+    assert_int_equal(b->ops->attention(b, z, q, k, vv, 2, 2, 0, 1, 1, 2), PB_OK);
+    assert_float_equal(z[0], 2, 0);
+    assert_float_equal(z[1], 4, 0);
+    assert_float_equal(z[2], 4, 1e-6);
+    assert_float_equal(z[3], 6, 1e-6);
+    /* swiglu: silu(0) = 0, silu(x) = x * sigmoid(x) */
+    float g[2] = {0, 1}, u[2] = {5, 2}, s[2];
+    assert_int_equal(b->ops->swiglu(b, s, g, u, 2), PB_OK);
+    assert_float_equal(s[0], 0, 0);
+    assert_float_equal(s[1], 2 / (1 + exp(-1.0)), 1e-6);
+}
+
+static void compare(const float *fast, const float *ref, size_t n, double tol, const char *what) {
+    double e = tu_nmse(fast, ref, n);
+    for (size_t i = 0; i < n; i++)
+        if (isnan(fast[i]) != isnan(ref[i]) || isinf(fast[i]) != isinf(ref[i]))
+            fail_msg("%s: NaN/Inf mismatch at %zu", what, i);
+    if (!(e <= tol))
+        fail_msg("%s: NMSE %.3g > %.3g", what, e, tol);
+}
+
+static void test_cpu_matches_reference(void **state) {
+    pair *p = *state;
+    pb_backend *bs[2] = {p->ref, p->cpu};
+    const int rows = 7, n = 67, k = 131, d = 67;
+    float *x = alloc_guarded((size_t)rows * k), *w = alloc_guarded((size_t)n * k), *bias = alloc_guarded(n);
+    float *nw = alloc_guarded(d);
+    tu_fill(x, (size_t)rows * k, 1, 1.0f);
+    tu_fill(w, (size_t)n * k, 2, 0.3f);
+    tu_fill(bias, n, 3, 0.5f);
+    tu_fill(nw, d, 4, 1.0f);
+    float *out[2];
+    /* matmul, with and without bias, and the single-row (gemv) path */
+    for (int variant = 0; variant < 3; variant++) {
+        int r = variant == 2 ? 1 : rows;
+        for (int i = 0; i < 2; i++) {
+            out[i] = alloc_guarded((size_t)r * n);
+            assert_int_equal(bs[i]->ops->matmul(bs[i], out[i], x, w, variant == 1 ? NULL : bias, r, n, k), PB_OK);
+            check_guard(out[i], (size_t)r * n, "matmul");
+        }
+        compare(out[1], out[0], (size_t)r * n, PB_TOL_OP_NMSE, "matmul");
+        free(out[0]);
+        free(out[1]);
+    }
+    /* rmsnorm with and without weight */
+    for (int variant = 0; variant < 2; variant++) {
+        for (int i = 0; i < 2; i++) {
+            out[i] = alloc_guarded((size_t)rows * d);
+            assert_int_equal(bs[i]->ops->rmsnorm(bs[i], out[i], x, variant ? NULL : nw, rows, d, 1e-5f), PB_OK);
+            check_guard(out[i], (size_t)rows * d, "rmsnorm");
+        }
+        compare(out[1], out[0], (size_t)rows * d, PB_TOL_ELEMENTWISE_NMSE, "rmsnorm");
+        free(out[0]);
+        free(out[1]);
+    }
+    /* swiglu and add */
+    for (int i = 0; i < 2; i++) {
+        out[i] = alloc_guarded((size_t)n * k);
+        assert_int_equal(bs[i]->ops->swiglu(bs[i], out[i], w, x, (size_t)rows * k), PB_OK);
+        check_guard(out[i], (size_t)rows * k, "swiglu");
+    }
+    compare(out[1], out[0], (size_t)rows * k, PB_TOL_ELEMENTWISE_NMSE, "swiglu");
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(bs[i]->ops->add(bs[i], out[i], w, x, (size_t)rows * k), PB_OK);
+        check_guard(out[i], (size_t)rows * k, "add");
+    }
+    compare(out[1], out[0], (size_t)rows * k, 0.0, "add");
+    free(out[0]);
+    free(out[1]);
+    free(x);
+    free(w);
+    free(bias);
+    free(nw);
+}
+
+static void test_cpu_rope_attention_embed(void **state) {
+    pair *p = *state;
+    pb_backend *bs[2] = {p->ref, p->cpu};
+    const int T = 13, n_heads = 6, n_kv = 2, hd = 18, vocab = 11;
+    /* q_start > 0 with T_kv > T: a suffix attending to a cached prefix. */
+    const int cases[2][2] = {{0, 13}, {9, 22}};
+    size_t qn = (size_t)T * n_heads * hd;
+    float *inv = alloc_guarded(hd / 2);
+    for (int i = 0; i < hd / 2; i++)
+        inv[i] = powf(10000.0f, -2.0f * i / hd);
+    int32_t pos[13];
+    for (int c = 0; c < 2; c++) {
+        int q_start = cases[c][0], T_kv = cases[c][1];
+        size_t kn = (size_t)T_kv * n_kv * hd;
+        float *q = alloc_guarded(qn), *k = alloc_guarded(kn), *v = alloc_guarded(kn);
+        tu_fill(q, qn, 10 + c, 1.0f);
+        tu_fill(k, kn, 20 + c, 1.0f);
+        tu_fill(v, kn, 30 + c, 1.0f);
+        float *rq[2], *z[2];
+        for (int t = 0; t < T; t++)
+            pos[t] = q_start + t;
+        for (int i = 0; i < 2; i++) {
+            rq[i] = alloc_guarded(qn);
+            memcpy(rq[i], q, sizeof(float) * qn);
+            assert_int_equal(bs[i]->ops->rope(bs[i], rq[i], pos, inv, T, n_heads, hd), PB_OK);
+            check_guard(rq[i], qn, "rope");
+            z[i] = alloc_guarded(qn);
+            assert_int_equal(bs[i]->ops->attention(bs[i], z[i], q, k, v, T, T_kv, q_start, n_heads, n_kv, hd), PB_OK);
+            check_guard(z[i], qn, "attention");
+        }
+        compare(rq[1], rq[0], qn, PB_TOL_ELEMENTWISE_NMSE, "rope");
+        compare(z[1], z[0], qn, PB_TOL_OP_NMSE, "attention");
+        for (int i = 0; i < 2; i++) {
+            free(rq[i]);
+            free(z[i]);
+        }
+        free(q);
+        free(k);
+        free(v);
+    }
+    /* embed */
+    float *table = alloc_guarded((size_t)vocab * hd), *e[2];
+    tu_fill(table, (size_t)vocab * hd, 40, 1.0f);
+    int32_t ids[5] = {0, 10, 3, 3, 7};
+    for (int i = 0; i < 2; i++) {
+        e[i] = alloc_guarded((size_t)5 * hd);
+        assert_int_equal(bs[i]->ops->embed(bs[i], e[i], table, ids, 5, hd), PB_OK);
+        check_guard(e[i], (size_t)5 * hd, "embed");
+    }
+    compare(e[1], e[0], (size_t)5 * hd, 0.0, "embed");
+    assert_memory_equal(e[1] + hd, table + 10 * hd, sizeof(float) * hd);
+    free(e[0]);
+    free(e[1]);
+    free(table);
+    free(inv);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_ref_exact_cases),
+        cmocka_unit_test(test_cpu_matches_reference),
+        cmocka_unit_test(test_cpu_rope_attention_embed),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
