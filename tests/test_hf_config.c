@@ -1,0 +1,380 @@
+/* Tests for host/hf_config.c: config.json files in the transformers 4 and 5
+ * layouts map onto pb_model_config with transformers' defaults, and configs
+ * the engine cannot run are refused with a message naming the key. Also
+ * reads the tiny_gqa / tiny_bias fixtures when they have been generated. */
+#define _POSIX_C_SOURCE 200809L
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "hf_config.h"
+#include "internal.h"
+#include "st_test_util.h"
+
+static int setup(void **state) {
+    st_scratch *scratch = calloc(1, sizeof *scratch);
+    if (!scratch || st_scratch_create(scratch) != 0) {
+        free(scratch);
+        return -1;
+    }
+    *state = scratch;
+    return 0;
+}
+
+static int teardown(void **state) {
+    st_scratch *scratch = *state;
+    st_scratch_destroy(scratch);
+    free(scratch);
+    return 0;
+}
+
+/* Writes text to <scratch>/config.json and reads it. */
+static pb_status read_text(void **state, const char *text, pb_model_config *cfg) {
+    st_scratch *scratch = *state;
+    char path[512];
+    st_path(path, sizeof path, scratch->dir, "config.json");
+    assert_int_equal(st_write_text(path, text), 0);
+    return pb_hf_config_read(cfg, path);
+}
+
+static void read_ok(void **state, const char *text, pb_model_config *cfg) {
+    pb_status status = read_text(state, text, cfg);
+    if (status != PB_OK)
+        print_error("%s\n", pb_last_error());
+    assert_int_equal(status, PB_OK);
+}
+
+static void expect_refused(void **state, const char *text, pb_status expected, const char *needle) {
+    pb_model_config cfg;
+    memset(&cfg, 0x5a, sizeof cfg);
+    pb_status status = read_text(state, text, &cfg);
+    if (status != expected || !strstr(pb_last_error(), needle))
+        print_error("got %s \"%s\", expected %s containing \"%s\"\n", pb_status_name(status), pb_last_error(),
+                    pb_status_name(expected), needle);
+    assert_int_equal(status, expected);
+    assert_non_null(strstr(pb_last_error(), needle));
+    /* left zeroed on failure */
+    assert_int_equal(cfg.n_layers, 0);
+    assert_int_equal(cfg.arch[0], '\0');
+}
+
+/* Llama 3.1-style: GQA, llama3 rope scaling, eos list (transformers 4 layout). */
+static const char *const llama3_v4 =
+    "{\"architectures\": [\"LlamaForCausalLM\"], \"model_type\": \"llama\", \"hidden_act\": \"silu\","
+    " \"hidden_size\": 2048, \"intermediate_size\": 8192, \"num_hidden_layers\": 16,"
+    " \"num_attention_heads\": 32, \"num_key_value_heads\": 8, \"head_dim\": 64,"
+    " \"max_position_embeddings\": 131072, \"rms_norm_eps\": 1e-05, \"rope_theta\": 500000.0,"
+    " \"rope_scaling\": {\"factor\": 32.0, \"high_freq_factor\": 4.0, \"low_freq_factor\": 1.0,"
+    "   \"original_max_position_embeddings\": 8192, \"rope_type\": \"llama3\"},"
+    " \"tie_word_embeddings\": true, \"vocab_size\": 128256, \"attention_bias\": false, \"mlp_bias\": false,"
+    " \"bos_token_id\": 128000, \"eos_token_id\": [128001, 128008, 128009], \"torch_dtype\": \"bfloat16\"}";
+
+static void check_llama3(const pb_model_config *cfg) {
+    assert_string_equal(cfg->arch, "llama");
+    assert_int_equal(cfg->n_layers, 16);
+    assert_int_equal(cfg->d_model, 2048);
+    assert_int_equal(cfg->n_heads, 32);
+    assert_int_equal(cfg->n_kv_heads, 8);
+    assert_int_equal(cfg->head_dim, 64);
+    assert_int_equal(cfg->d_mlp, 8192);
+    assert_int_equal(cfg->vocab_size, 128256);
+    assert_int_equal(cfg->context_length, 131072);
+    assert_true(cfg->rms_eps == 1e-05f);
+    assert_true(cfg->rope_theta == 500000.0f);
+    assert_int_equal(cfg->rope_scaling, PB_ROPE_SCALING_LLAMA3);
+    assert_true(cfg->rope_factor == 32.0f);
+    assert_true(cfg->rope_low_freq_factor == 1.0f);
+    assert_true(cfg->rope_high_freq_factor == 4.0f);
+    assert_int_equal(cfg->rope_original_context, 8192);
+    assert_int_equal(cfg->has_qkv_bias, 0);
+    assert_int_equal(cfg->tied_embeddings, 1);
+    assert_int_equal(cfg->bos_id, 128000);
+    assert_int_equal(cfg->eos_id, 128001);
+}
+
+static void test_llama3_gqa_v4_layout(void **state) {
+    pb_model_config cfg;
+    read_ok(state, llama3_v4, &cfg);
+    check_llama3(&cfg);
+}
+
+/* The same model as transformers 5's save_pretrained writes it. */
+static void test_llama3_gqa_v5_layout(void **state) {
+    pb_model_config cfg;
+    read_ok(state,
+            "{\"model_type\": \"llama\", \"hidden_act\": \"silu\", \"hidden_size\": 2048, \"intermediate_size\": 8192,"
+            " \"num_hidden_layers\": 16, \"num_attention_heads\": 32, \"num_key_value_heads\": 8, \"head_dim\": 64,"
+            " \"max_position_embeddings\": 131072, \"rms_norm_eps\": 1e-05, \"pad_token_id\": null,"
+            " \"rope_parameters\": {\"factor\": 32.0, \"high_freq_factor\": 4.0, \"low_freq_factor\": 1.0,"
+            "   \"original_max_position_embeddings\": 8192, \"rope_theta\": 500000.0, \"rope_type\": \"llama3\"},"
+            " \"tie_word_embeddings\": true, \"vocab_size\": 128256, \"attention_bias\": false,"
+            " \"bos_token_id\": 128000, \"eos_token_id\": [128001, 128008, 128009]}",
+            &cfg);
+    check_llama3(&cfg);
+}
+
+static void test_qwen2_explicit_head_dim(void **state) {
+    pb_model_config cfg;
+    read_ok(state,
+            "{\"model_type\": \"qwen2\", \"hidden_act\": \"silu\", \"hidden_size\": 1024, \"intermediate_size\": 2816,"
+            " \"num_hidden_layers\": 4, \"num_attention_heads\": 16, \"num_key_value_heads\": 2, \"head_dim\": 128,"
+            " \"max_position_embeddings\": 32768, \"rms_norm_eps\": 1e-06, \"rope_theta\": 1000000.0,"
+            " \"rope_scaling\": null, \"sliding_window\": 4096, \"use_sliding_window\": false,"
+            " \"tie_word_embeddings\": true, \"vocab_size\": 151936, \"bos_token_id\": null,"
+            " \"eos_token_id\": 151643}",
+            &cfg);
+    assert_string_equal(cfg.arch, "qwen2");
+    assert_int_equal(cfg.head_dim, 128); /* not hidden_size / heads = 64 */
+    assert_int_equal(cfg.n_kv_heads, 2);
+    assert_int_equal(cfg.has_qkv_bias, 1);
+    assert_int_equal(cfg.tied_embeddings, 1);
+    assert_int_equal(cfg.bos_id, -1);
+    assert_int_equal(cfg.eos_id, 151643);
+    assert_int_equal(cfg.rope_scaling, PB_ROPE_SCALING_NONE);
+    assert_true(cfg.rope_theta == 1000000.0f);
+    assert_int_equal(cfg.context_length, 32768); /* window unused */
+}
+
+static void test_defaults_filled(void **state) {
+    pb_model_config cfg;
+    read_ok(state,
+            "{\"model_type\": \"llama\", \"hidden_size\": 256, \"intermediate_size\": 688,"
+            " \"num_hidden_layers\": 2, \"num_attention_heads\": 8, \"head_dim\": null,"
+            " \"max_position_embeddings\": 512, \"rms_norm_eps\": 1e-06, \"vocab_size\": 1000}",
+            &cfg);
+    assert_int_equal(cfg.n_kv_heads, 8);
+    assert_int_equal(cfg.head_dim, 32);
+    assert_true(cfg.rope_theta == 10000.0f);
+    assert_int_equal(cfg.rope_scaling, PB_ROPE_SCALING_NONE);
+    assert_int_equal(cfg.has_qkv_bias, 0);
+    assert_int_equal(cfg.tied_embeddings, 0);
+    assert_int_equal(cfg.bos_id, -1);
+    assert_int_equal(cfg.eos_id, -1);
+}
+
+static void test_rope_variants(void **state) {
+    pb_model_config cfg;
+    /* transformers 4 "type" spelling */
+    read_ok(state,
+            "{\"model_type\": \"llama\", \"hidden_size\": 256, \"intermediate_size\": 688, \"num_hidden_layers\": 2,"
+            " \"num_attention_heads\": 8, \"max_position_embeddings\": 512, \"rms_norm_eps\": 1e-06,"
+            " \"vocab_size\": 1000, \"rope_scaling\": {\"type\": \"linear\", \"factor\": 2.0}}",
+            &cfg);
+    assert_int_equal(cfg.rope_scaling, PB_ROPE_SCALING_LINEAR);
+    assert_true(cfg.rope_factor == 2.0f);
+    /* what transformers 5 writes for LlamaConfig(rope_scaling={"type": "linear", ...}) */
+    read_ok(state,
+            "{\"model_type\": \"llama\", \"hidden_size\": 256, \"intermediate_size\": 688, \"num_hidden_layers\": 2,"
+            " \"num_attention_heads\": 8, \"max_position_embeddings\": 512, \"rms_norm_eps\": 1e-06,"
+            " \"vocab_size\": 1000, \"rope_parameters\": {\"factor\": 4.0, \"rope_theta\": 20000.0,"
+            " \"rope_type\": \"linear\", \"type\": \"linear\"}}",
+            &cfg);
+    assert_int_equal(cfg.rope_scaling, PB_ROPE_SCALING_LINEAR);
+    assert_true(cfg.rope_factor == 4.0f);
+    assert_true(cfg.rope_theta == 20000.0f);
+    /* "default" inside rope_parameters, theta from there */
+    read_ok(state,
+            "{\"model_type\": \"mistral\", \"hidden_size\": 256, \"intermediate_size\": 688, \"num_hidden_layers\": 2,"
+            " \"num_attention_heads\": 8, \"num_key_value_heads\": 2, \"max_position_embeddings\": 131072,"
+            " \"rms_norm_eps\": 1e-06, \"vocab_size\": 1000, \"sliding_window\": 4096, \"attention_bias\": true,"
+            " \"rope_parameters\": {\"rope_theta\": 1000000.0, \"rope_type\": \"default\"}}",
+            &cfg);
+    assert_string_equal(cfg.arch, "mistral");
+    assert_int_equal(cfg.rope_scaling, PB_ROPE_SCALING_NONE);
+    assert_true(cfg.rope_theta == 1000000.0f);
+    /* MistralAttention has no biases whatever attention_bias says */
+    assert_int_equal(cfg.has_qkv_bias, 0);
+    /* full attention equals sliding-window attention only inside the window */
+    assert_int_equal(cfg.context_length, 4096);
+    /* llama3 without original_max_position_embeddings: transformers uses max_position_embeddings */
+    read_ok(state,
+            "{\"model_type\": \"llama\", \"hidden_size\": 256, \"intermediate_size\": 688, \"num_hidden_layers\": 2,"
+            " \"num_attention_heads\": 8, \"max_position_embeddings\": 512, \"rms_norm_eps\": 1e-06,"
+            " \"vocab_size\": 1000, \"rope_scaling\": {\"rope_type\": \"llama3\", \"factor\": 8.0,"
+            " \"low_freq_factor\": 1.0, \"high_freq_factor\": 4.0}}",
+            &cfg);
+    assert_int_equal(cfg.rope_scaling, PB_ROPE_SCALING_LLAMA3);
+    assert_int_equal(cfg.rope_original_context, 512);
+}
+
+/* The keys every refused case shares; each case appends the rest (and one
+ * case repeats rms_norm_eps on purpose, to check duplicates are refused). */
+#define BASE_HEAD "{\"model_type\": \"llama\", \"intermediate_size\": 688, \"num_hidden_layers\": 2, " \
+                  "\"max_position_embeddings\": 512, \"rms_norm_eps\": 1e-06, \"vocab_size\": 1000"
+
+static void test_refused(void **state) {
+    static const struct {
+        const char *text;
+        pb_status status;
+        const char *needle;
+    } cases[] = {
+        {BASE_HEAD ", \"num_attention_heads\": 8}", PB_ERR_FORMAT, "config.json: missing key 'hidden_size'"},
+        {"{\"model_type\": \"gpt2\", \"hidden_size\": 256}", PB_ERR_UNSUPPORTED, "model_type 'gpt2' is not supported"},
+        {"{\"hidden_size\": 256}", PB_ERR_FORMAT, "config.json: missing key 'model_type'"},
+        {BASE_HEAD ", \"hidden_size\": \"256\", \"num_attention_heads\": 8}", PB_ERR_FORMAT,
+         "key 'hidden_size' is \"256\", expected a positive integer"},
+        {BASE_HEAD ", \"hidden_size\": 256.0, \"num_attention_heads\": 8}", PB_ERR_FORMAT,
+         "key 'hidden_size' is 256.0, expected a positive integer"},
+        {BASE_HEAD ", \"hidden_size\": 0, \"num_attention_heads\": 8}", PB_ERR_FORMAT,
+         "key 'hidden_size' is 0, expected a positive integer"},
+        {BASE_HEAD ", \"hidden_size\": -256, \"num_attention_heads\": 8}", PB_ERR_FORMAT, "is -256"},
+        {BASE_HEAD ", \"hidden_size\": 4294967296, \"num_attention_heads\": 8}", PB_ERR_FORMAT, "is 4294967296"},
+        {BASE_HEAD ", \"hidden_size\": 256, \"num_attention_heads\": 8,"
+                   " \"rope_scaling\": {\"rope_type\": \"yarn\", \"factor\": 4.0}}",
+         PB_ERR_UNSUPPORTED, "rope_scaling type 'yarn' is not supported"},
+        {BASE_HEAD ", \"hidden_size\": 256, \"num_attention_heads\": 8,"
+                   " \"rope_parameters\": {\"rope_type\": \"dynamic\", \"factor\": 4.0}}",
+         PB_ERR_UNSUPPORTED, "rope_parameters type 'dynamic' is not supported"},
+        {BASE_HEAD ", \"hidden_size\": 256, \"num_attention_heads\": 8,"
+                   " \"rope_scaling\": {\"rope_type\": \"llama3\", \"factor\": 8.0, \"high_freq_factor\": 4.0}}",
+         PB_ERR_FORMAT, "missing key 'rope_scaling.low_freq_factor'"},
+        {BASE_HEAD ", \"hidden_size\": 256, \"num_attention_heads\": 8,"
+                   " \"rope_scaling\": {\"rope_type\": \"linear\", \"factor\": \"2\"}}",
+         PB_ERR_FORMAT, "key 'rope_scaling.factor' is \"2\""},
+        {BASE_HEAD ", \"hidden_size\": 256, \"num_attention_heads\": 8, \"partial_rotary_factor\": 0.5}",
+         PB_ERR_UNSUPPORTED, "partial_rotary_factor 0.5"},
+        {BASE_HEAD ", \"hidden_size\": 256, \"num_attention_heads\": 8, \"hidden_act\": \"gelu\"}",
+         PB_ERR_UNSUPPORTED, "hidden_act \"gelu\" is not supported"},
+        {BASE_HEAD ", \"hidden_size\": 256, \"num_attention_heads\": 8, \"num_key_value_heads\": 3}", PB_ERR_FORMAT,
+         "num_attention_heads 8 is not divisible by num_key_value_heads 3"},
+        {BASE_HEAD ", \"hidden_size\": 250, \"num_attention_heads\": 8}", PB_ERR_FORMAT,
+         "hidden_size 250 is not divisible by num_attention_heads 8"},
+        {BASE_HEAD ", \"hidden_size\": 256, \"num_attention_heads\": 8, \"head_dim\": 33}", PB_ERR_FORMAT,
+         "head_dim 33 is odd"},
+        {BASE_HEAD ", \"hidden_size\": 256, \"num_attention_heads\": 8, \"attention_bias\": true}",
+         PB_ERR_UNSUPPORTED, "o_proj bias"},
+        {BASE_HEAD ", \"hidden_size\": 256, \"num_attention_heads\": 8, \"mlp_bias\": true}", PB_ERR_UNSUPPORTED,
+         "mlp_bias"},
+        {BASE_HEAD ", \"hidden_size\": 256, \"num_attention_heads\": 8, \"tie_word_embeddings\": \"yes\"}",
+         PB_ERR_FORMAT, "key 'tie_word_embeddings' is \"yes\", expected true or false"},
+        {BASE_HEAD ", \"hidden_size\": 256, \"num_attention_heads\": 8, \"eos_token_id\": \"</s>\"}", PB_ERR_FORMAT,
+         "key 'eos_token_id' is \"</s>\""},
+        {BASE_HEAD ", \"hidden_size\": 256, \"num_attention_heads\": 8, \"rms_norm_eps\": 0}", PB_ERR_FORMAT,
+         "not valid JSON: duplicate object key"},
+        {BASE_HEAD ", \"hidden_size\": 256, \"num_attention_heads\": 8, \"rope_theta\": -1.0}", PB_ERR_FORMAT,
+         "key 'rope_theta' is -1.0, expected a positive number"},
+        {"{\"model_type\": ", PB_ERR_FORMAT, "not valid JSON"},
+        {"[1]", PB_ERR_FORMAT, "top level is not a JSON object"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+        expect_refused(state, cases[i].text, cases[i].status, cases[i].needle);
+}
+
+static void test_missing_file_and_args(void **state) {
+    (void)state;
+    pb_model_config cfg;
+    assert_int_equal(pb_hf_config_read(&cfg, "/nonexistent/pb/config.json"), PB_ERR_IO);
+    assert_non_null(strstr(pb_last_error(), "/nonexistent/pb/config.json"));
+    assert_int_equal(pb_hf_config_read(NULL, "x"), PB_ERR_ARG);
+    assert_int_equal(pb_hf_config_read(&cfg, NULL), PB_ERR_ARG);
+}
+
+/* ---- generated fixtures --------------------------------------------- */
+
+static int json_int_or(const json_t *root, const char *key, int fallback) {
+    const json_t *v = json_object_get(root, key);
+    return json_is_integer(v) ? (int)json_integer_value(v) : fallback;
+}
+
+/* Checks a save_pretrained config against its own contents, computing each
+ * field independently of the reader (the fixture generator may change sizes). */
+static void check_fixture(const char *name) {
+    const char *fixtures = getenv("PB_FIXTURES");
+    char path[1024];
+    snprintf(path, sizeof path, "%s/%s/config.json", fixtures ? fixtures : "tests/fixtures", name);
+    FILE *probe = fopen(path, "rb");
+    if (!probe) {
+        print_message("skipping: %s not generated\n", path);
+        skip();
+        return;
+    }
+    fclose(probe);
+    json_error_t error;
+    json_t *root = json_load_file(path, 0, &error);
+    assert_non_null(root);
+    const char *model_type = json_string_value(json_object_get(root, "model_type"));
+    assert_non_null(model_type);
+    int attention_bias = json_is_true(json_object_get(root, "attention_bias"));
+
+    pb_model_config cfg;
+    pb_status status = pb_hf_config_read(&cfg, path);
+    if (strcmp(model_type, "llama") == 0 && attention_bias) {
+        assert_int_equal(status, PB_ERR_UNSUPPORTED);
+        json_decref(root);
+        return;
+    }
+    if (status != PB_OK)
+        print_error("%s\n", pb_last_error());
+    assert_int_equal(status, PB_OK);
+    assert_string_equal(cfg.arch, model_type);
+    int d_model = json_int_or(root, "hidden_size", -1);
+    int n_heads = json_int_or(root, "num_attention_heads", -1);
+    assert_int_equal(cfg.n_layers, json_int_or(root, "num_hidden_layers", -1));
+    assert_int_equal(cfg.d_model, d_model);
+    assert_int_equal(cfg.n_heads, n_heads);
+    assert_int_equal(cfg.n_kv_heads, json_int_or(root, "num_key_value_heads", n_heads));
+    assert_int_equal(cfg.head_dim, json_int_or(root, "head_dim", d_model / n_heads));
+    assert_int_equal(cfg.d_mlp, json_int_or(root, "intermediate_size", -1));
+    assert_int_equal(cfg.vocab_size, json_int_or(root, "vocab_size", -1));
+    assert_true(cfg.rms_eps == (float)json_number_value(json_object_get(root, "rms_norm_eps")));
+    assert_int_equal(cfg.tied_embeddings, json_is_true(json_object_get(root, "tie_word_embeddings")));
+    assert_int_equal(cfg.has_qkv_bias, strcmp(model_type, "qwen2") == 0 ? 1 : 0);
+    int bos = json_int_or(root, "bos_token_id", -1);
+    assert_int_equal(cfg.bos_id, bos);
+    const json_t *eos = json_object_get(root, "eos_token_id");
+    int eos_id = json_is_integer(eos) ? (int)json_integer_value(eos)
+                 : json_is_array(eos) && json_array_size(eos) ? (int)json_integer_value(json_array_get(eos, 0))
+                                                              : -1;
+    assert_int_equal(cfg.eos_id, eos_id);
+    /* transformers 5 keeps theta in rope_parameters; 4 at the top level */
+    const json_t *rope = json_object_get(root, "rope_parameters");
+    const json_t *theta = json_object_get(rope, "rope_theta");
+    if (!theta)
+        theta = json_object_get(root, "rope_theta");
+    assert_true(cfg.rope_theta == (theta ? (float)json_number_value(theta) : 10000.0f));
+    const char *rope_type = json_string_value(json_object_get(rope, "rope_type"));
+    if (rope_type && strcmp(rope_type, "llama3") == 0) {
+        assert_int_equal(cfg.rope_scaling, PB_ROPE_SCALING_LLAMA3);
+        assert_true(cfg.rope_factor == (float)json_number_value(json_object_get(rope, "factor")));
+        assert_true(cfg.rope_low_freq_factor == (float)json_number_value(json_object_get(rope, "low_freq_factor")));
+        assert_true(cfg.rope_high_freq_factor == (float)json_number_value(json_object_get(rope, "high_freq_factor")));
+        assert_int_equal(cfg.rope_original_context,
+                         json_integer_value(json_object_get(rope, "original_max_position_embeddings")));
+    } else if (!rope_type || strcmp(rope_type, "default") == 0) {
+        assert_int_equal(cfg.rope_scaling, PB_ROPE_SCALING_NONE);
+    }
+    json_decref(root);
+}
+
+static void test_fixture_tiny_gqa(void **state) {
+    (void)state;
+    check_fixture("tiny_gqa");
+}
+
+static void test_fixture_tiny_bias(void **state) {
+    (void)state;
+    check_fixture("tiny_bias");
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_llama3_gqa_v4_layout, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_llama3_gqa_v5_layout, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_qwen2_explicit_head_dim, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_defaults_filled, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_rope_variants, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_refused, setup, teardown),
+        cmocka_unit_test(test_missing_file_and_args),
+        cmocka_unit_test(test_fixture_tiny_gqa),
+        cmocka_unit_test(test_fixture_tiny_bias),
+    };
+    return cmocka_run_group_tests_name("hf_config", tests, NULL, NULL);
+}
