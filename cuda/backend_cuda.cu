@@ -1,0 +1,324 @@
+/* The CUDA backend: owns one device, one stream and one cuBLAS handle bound to
+ * it; implements pb_backend_ops (backend.h) in fp32. Argument checks happen
+ * here on the host; kernels live one op per file (kernels.cuh).
+ *
+ * Ordering: every op is enqueued on the backend's stream. upload and download
+ * synchronise that stream before returning, so host buffers may be reused (or
+ * read) at once; copy and the compute ops are asynchronous, and a kernel that
+ * faults reports at the next download or synchronize. */
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "cuda_check.h"
+#include "kernels.cuh"
+
+extern "C" {
+#include "backend_cuda.h"
+}
+
+typedef struct pb_cuda_backend {
+    pb_backend base;  /* base.impl points back here */
+    int device;
+    cudaStream_t stream;
+    cublasHandle_t cublas;
+} pb_cuda_backend;
+
+static pb_cuda_backend *pb_cuda_self(pb_backend *backend) { return (pb_cuda_backend *)backend->impl; }
+
+/* Makes the backend's device current, so several backends on different
+ * devices can be driven from one thread. */
+static pb_status pb_cuda_enter(pb_cuda_backend *self) {
+    PB_CUDA_CHECK(cudaSetDevice(self->device));
+    return PB_OK;
+}
+
+/* *out = a * b * c for non-negative ints; PB_ERR_ARG on a negative factor or
+ * overflow. */
+static pb_status pb_cuda_count(size_t *out, const char *op, int64_t a, int64_t b, int64_t c) {
+    uint64_t ab = 0, abc = 0;
+    if (a < 0 || b < 0 || c < 0)
+        return pb_fail(PB_ERR_ARG, "cuda %s: negative size (%lld, %lld, %lld)", op, (long long)a, (long long)b,
+                       (long long)c);
+    if (!pb_mul_u64((uint64_t)a, (uint64_t)b, &ab) || !pb_mul_u64(ab, (uint64_t)c, &abc) || abc > SIZE_MAX / 4)
+        return pb_fail(PB_ERR_ARG, "cuda %s: size %lld x %lld x %lld overflows", op, (long long)a, (long long)b,
+                       (long long)c);
+    *out = (size_t)abc;
+    return PB_OK;
+}
+
+#define PB_CUDA_REQUIRE(cond, op)                                                                    \
+    do {                                                                                             \
+        if (!(cond))                                                                                 \
+            return pb_fail(PB_ERR_ARG, "cuda %s: invalid argument: %s", (op), #cond);                \
+    } while (0)
+
+/* ---- lifetime and memory ------------------------------------------------ */
+
+static void pb_cuda_destroy(pb_backend *backend) {
+    if (!backend)
+        return;
+    pb_cuda_backend *self = pb_cuda_self(backend);
+    if (self->device >= 0)
+        PB_CUDA_CHECK_VOID(cudaSetDevice(self->device));
+    if (self->stream)
+        PB_CUDA_CHECK_VOID(cudaStreamSynchronize(self->stream));
+    if (self->cublas)
+        PB_CUBLAS_CHECK_VOID(cublasDestroy(self->cublas));
+    if (self->stream)
+        PB_CUDA_CHECK_VOID(cudaStreamDestroy(self->stream));
+    free(self);
+}
+
+static pb_status pb_cuda_alloc(pb_backend *backend, void **out, size_t bytes) {
+    pb_cuda_backend *self = pb_cuda_self(backend);
+    PB_CUDA_REQUIRE(out != NULL, "alloc");
+    *out = NULL;
+    if (bytes == 0)
+        return PB_OK;
+    PB_TRY(pb_cuda_enter(self));
+    void *ptr = NULL;
+    cudaError_t err = cudaMalloc(&ptr, bytes);
+    if (err == cudaErrorMemoryAllocation) {
+        (void)cudaGetLastError(); /* clear it: an allocation failure is not sticky */
+        size_t free_bytes = 0, total_bytes = 0;
+        PB_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+        return pb_fail(PB_ERR_OOM, "cuda alloc on device %d: need %zu bytes, have %zu free (of %zu)", self->device,
+                       bytes, free_bytes, total_bytes);
+    }
+    PB_CUDA_CHECK(err);
+    *out = ptr;
+    return PB_OK;
+}
+
+static void pb_cuda_free(pb_backend *backend, void *ptr) {
+    if (!ptr)
+        return;
+    pb_cuda_backend *self = pb_cuda_self(backend);
+    PB_CUDA_CHECK_VOID(cudaSetDevice(self->device));
+    PB_CUDA_CHECK_VOID(cudaFree(ptr));
+}
+
+static pb_status pb_cuda_upload(pb_backend *backend, void *dst_device, const void *src_host, size_t bytes) {
+    pb_cuda_backend *self = pb_cuda_self(backend);
+    if (bytes == 0)
+        return PB_OK;
+    PB_CUDA_REQUIRE(dst_device != NULL && src_host != NULL, "upload");
+    PB_TRY(pb_cuda_enter(self));
+    PB_CUDA_CHECK(cudaMemcpyAsync(dst_device, src_host, bytes, cudaMemcpyHostToDevice, self->stream));
+    PB_CUDA_CHECK(cudaStreamSynchronize(self->stream));
+    return PB_OK;
+}
+
+static pb_status pb_cuda_download(pb_backend *backend, void *dst_host, const void *src_device, size_t bytes) {
+    pb_cuda_backend *self = pb_cuda_self(backend);
+    if (bytes == 0)
+        return PB_OK;
+    PB_CUDA_REQUIRE(dst_host != NULL && src_device != NULL, "download");
+    PB_TRY(pb_cuda_enter(self));
+    PB_CUDA_CHECK(cudaMemcpyAsync(dst_host, src_device, bytes, cudaMemcpyDeviceToHost, self->stream));
+    PB_CUDA_CHECK(cudaStreamSynchronize(self->stream));
+    return PB_OK;
+}
+
+static pb_status pb_cuda_copy(pb_backend *backend, void *dst_device, const void *src_device, size_t bytes) {
+    pb_cuda_backend *self = pb_cuda_self(backend);
+    if (bytes == 0)
+        return PB_OK;
+    PB_CUDA_REQUIRE(dst_device != NULL && src_device != NULL, "copy");
+    PB_TRY(pb_cuda_enter(self));
+    PB_CUDA_CHECK(cudaMemcpyAsync(dst_device, src_device, bytes, cudaMemcpyDeviceToDevice, self->stream));
+    return PB_OK;
+}
+
+static pb_status pb_cuda_synchronize(pb_backend *backend) {
+    pb_cuda_backend *self = pb_cuda_self(backend);
+    PB_TRY(pb_cuda_enter(self));
+    PB_CUDA_CHECK(cudaStreamSynchronize(self->stream));
+    return PB_OK;
+}
+
+/* ---- ops ------------------------------------------------------------------ */
+
+static pb_status pb_cuda_embed(pb_backend *backend, float *out, const float *table, const int32_t *ids, int T,
+                               int d) {
+    pb_cuda_backend *self = pb_cuda_self(backend);
+    size_t n = 0;
+    PB_TRY(pb_cuda_count(&n, "embed", T, d, 1));
+    if (n == 0)
+        return PB_OK;
+    PB_CUDA_REQUIRE(out != NULL && table != NULL && ids != NULL, "embed");
+    PB_TRY(pb_cuda_enter(self));
+    PB_CUDA_CHECK(pb_cuda_launch_embed(self->stream, out, table, ids, T, d));
+    return PB_OK;
+}
+
+static pb_status pb_cuda_rmsnorm(pb_backend *backend, float *out, const float *x, const float *weight, int rows,
+                                 int d, float eps) {
+    pb_cuda_backend *self = pb_cuda_self(backend);
+    size_t n = 0;
+    PB_TRY(pb_cuda_count(&n, "rmsnorm", rows, d, 1));
+    if (n == 0)
+        return PB_OK;
+    PB_CUDA_REQUIRE(out != NULL && x != NULL, "rmsnorm");
+    PB_TRY(pb_cuda_enter(self));
+    PB_CUDA_CHECK(pb_cuda_launch_rmsnorm(self->stream, out, x, weight, rows, d, eps));
+    return PB_OK;
+}
+
+static pb_status pb_cuda_matmul(pb_backend *backend, float *out, const float *x, const float *w, const float *bias,
+                                int rows, int n, int k) {
+    pb_cuda_backend *self = pb_cuda_self(backend);
+    size_t out_count = 0, unused = 0;
+    PB_TRY(pb_cuda_count(&out_count, "matmul", rows, n, 1));
+    PB_TRY(pb_cuda_count(&unused, "matmul", rows, k, 1));
+    PB_TRY(pb_cuda_count(&unused, "matmul", n, k, 1));
+    if (out_count == 0)
+        return PB_OK;
+    PB_CUDA_REQUIRE(out != NULL, "matmul");
+    PB_CUDA_REQUIRE(k == 0 || (x != NULL && w != NULL), "matmul");
+    PB_TRY(pb_cuda_enter(self));
+    if (k == 0) {
+        /* An empty sum: out = bias (or 0). Not left to cuBLAS, whose k == 0
+         * handling of C is not documented. */
+        PB_CUDA_CHECK(cudaMemsetAsync(out, 0, out_count * sizeof(float), self->stream));
+    } else {
+        /* Row-major out (rows, n) = x (rows, k) @ w (n, k)^T is, read
+         * column-major, out^T (n, rows) = w^T^T (n, k) @ x^T (k, rows):
+         * A = w seen as column-major (k, n), transposed; B = x seen as
+         * column-major (k, rows); C = out seen as column-major (n, rows). */
+        const float alpha = 1.0f, beta = 0.0f;
+        PB_CUBLAS_CHECK(cublasSgemm(self->cublas, CUBLAS_OP_T, CUBLAS_OP_N, n, rows, k, &alpha, w, k, x, k, &beta,
+                                    out, n));
+    }
+    if (bias)
+        PB_CUDA_CHECK(pb_cuda_launch_add_bias(self->stream, out, bias, rows, n));
+    return PB_OK;
+}
+
+static pb_status pb_cuda_rope(pb_backend *backend, float *x, const int32_t *positions, const float *inv_freq, int T,
+                              int n_heads, int head_dim) {
+    pb_cuda_backend *self = pb_cuda_self(backend);
+    size_t n = 0;
+    PB_TRY(pb_cuda_count(&n, "rope", T, n_heads, head_dim));
+    PB_CUDA_REQUIRE(head_dim % 2 == 0, "rope");
+    if (n == 0)
+        return PB_OK;
+    PB_CUDA_REQUIRE(x != NULL && positions != NULL && inv_freq != NULL, "rope");
+    PB_TRY(pb_cuda_enter(self));
+    PB_CUDA_CHECK(pb_cuda_launch_rope(self->stream, x, positions, inv_freq, T, n_heads, head_dim));
+    return PB_OK;
+}
+
+static pb_status pb_cuda_attention(pb_backend *backend, float *out, const float *q, const float *k, const float *v,
+                                   int T, int T_kv, int q_start, int n_heads, int n_kv_heads, int head_dim) {
+    pb_cuda_backend *self = pb_cuda_self(backend);
+    size_t q_count = 0, kv_count = 0;
+    PB_TRY(pb_cuda_count(&q_count, "attention", T, n_heads, head_dim));
+    PB_TRY(pb_cuda_count(&kv_count, "attention", T_kv, n_kv_heads, head_dim));
+    PB_CUDA_REQUIRE(n_heads > 0 && n_kv_heads > 0 && head_dim > 0, "attention");
+    PB_CUDA_REQUIRE(n_heads % n_kv_heads == 0, "attention");
+    PB_CUDA_REQUIRE(q_start >= 0 && (int64_t)q_start + T <= T_kv, "attention");
+    if (T == 0)
+        return PB_OK;
+    PB_CUDA_REQUIRE(out != NULL && q != NULL && k != NULL && v != NULL, "attention");
+    if (n_heads > 65535)
+        return pb_fail(PB_ERR_UNSUPPORTED, "cuda attention: n_heads %d exceeds the grid limit 65535", n_heads);
+    const size_t shared_bytes = pb_cuda_attention_shared_bytes(head_dim);
+    if (shared_bytes > 48 * 1024)
+        return pb_fail(PB_ERR_UNSUPPORTED, "cuda attention: head_dim %d needs %zu bytes of shared memory (max 49152)",
+                       head_dim, shared_bytes);
+    PB_TRY(pb_cuda_enter(self));
+    PB_CUDA_CHECK(pb_cuda_launch_attention(self->stream, out, q, k, v, T, q_start, n_heads, n_kv_heads, head_dim));
+    return PB_OK;
+}
+
+static pb_status pb_cuda_swiglu(pb_backend *backend, float *out, const float *gate, const float *up, size_t n) {
+    pb_cuda_backend *self = pb_cuda_self(backend);
+    if (n == 0)
+        return PB_OK;
+    PB_CUDA_REQUIRE(out != NULL && gate != NULL && up != NULL, "swiglu");
+    PB_TRY(pb_cuda_enter(self));
+    PB_CUDA_CHECK(pb_cuda_launch_swiglu(self->stream, out, gate, up, n));
+    return PB_OK;
+}
+
+static pb_status pb_cuda_add(pb_backend *backend, float *out, const float *a, const float *b, size_t n) {
+    pb_cuda_backend *self = pb_cuda_self(backend);
+    if (n == 0)
+        return PB_OK;
+    PB_CUDA_REQUIRE(out != NULL && a != NULL && b != NULL, "add");
+    PB_TRY(pb_cuda_enter(self));
+    PB_CUDA_CHECK(pb_cuda_launch_add(self->stream, out, a, b, n));
+    return PB_OK;
+}
+
+/* Positional: the struct is C, and this file is C++ (no designated
+ * initialisers before C++20). Order follows pb_backend_ops. */
+static const pb_backend_ops pb_cuda_ops = {
+    "cuda",
+    pb_cuda_destroy,
+    pb_cuda_alloc,
+    pb_cuda_free,
+    pb_cuda_upload,
+    pb_cuda_download,
+    pb_cuda_copy,
+    pb_cuda_synchronize,
+    pb_cuda_embed,
+    pb_cuda_rmsnorm,
+    pb_cuda_matmul,
+    pb_cuda_rope,
+    pb_cuda_attention,
+    pb_cuda_swiglu,
+    pb_cuda_add,
+};
+
+static pb_status pb_cuda_init(pb_cuda_backend *self, int device) {
+    PB_CUDA_CHECK(cudaSetDevice(device));
+    self->device = device;
+    /* Non-blocking: the backend's work never waits on the legacy default
+     * stream that other libraries may use. */
+    PB_CUDA_CHECK(cudaStreamCreateWithFlags(&self->stream, cudaStreamNonBlocking));
+    PB_CUBLAS_CHECK(cublasCreate(&self->cublas));
+    PB_CUBLAS_CHECK(cublasSetStream(self->cublas, self->stream));
+    /* Full fp32: no TF32 tensor-core shortcut, so matmul tracks the CPU
+     * reference to fp32 rounding. */
+    PB_CUBLAS_CHECK(cublasSetMathMode(self->cublas, CUBLAS_DEFAULT_MATH));
+    return PB_OK;
+}
+
+extern "C" pb_status pb_backend_cuda_create(pb_backend **out, int device) {
+    if (!out)
+        return pb_fail(PB_ERR_ARG, "pb_backend_cuda_create: out is NULL");
+    *out = NULL;
+    int count = 0;
+    PB_CUDA_CHECK_AS(PB_ERR_UNSUPPORTED, cudaGetDeviceCount(&count));
+    if (count <= 0)
+        return pb_fail(PB_ERR_UNSUPPORTED, "cudaGetDeviceCount reports no CUDA device");
+    if (device < 0 || device >= count)
+        return pb_fail(PB_ERR_ARG, "pb_backend_cuda_create: device %d out of range (%d present)", device, count);
+
+    pb_cuda_backend *self = (pb_cuda_backend *)calloc(1, sizeof *self);
+    if (!self)
+        return pb_fail(PB_ERR_OOM, "pb_backend_cuda_create: out of host memory");
+    self->base.ops = &pb_cuda_ops;
+    self->base.impl = self;
+    self->device = -1;
+    pb_status status = pb_cuda_init(self, device);
+    if (status != PB_OK) {
+        /* Keep the init failure's message, not whatever cleanup records. */
+        char message[512];
+        snprintf(message, sizeof message, "%s", pb_last_error());
+        pb_cuda_destroy(&self->base);
+        return pb_fail(status, "%s", message);
+    }
+    *out = &self->base;
+    return PB_OK;
+}
+
+extern "C" pb_status pb_cuda_nccl_version(int *out) {
+    if (!out)
+        return pb_fail(PB_ERR_ARG, "pb_cuda_nccl_version: out is NULL");
+    *out = 0;
+    PB_NCCL_CHECK(ncclGetVersion(out));
+    return PB_OK;
+}

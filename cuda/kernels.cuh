@@ -1,0 +1,57 @@
+/* Kernel launchers of the CUDA backend, one op per .cu file, and the small
+ * device helpers they share. Each launcher enqueues its kernel on `stream` and
+ * returns cudaGetLastError() (launch-configuration errors); errors raised while
+ * the kernel runs surface at the next synchronising call.
+ *
+ * Sizes are validated by backend_cuda.cu before any launcher is called: every
+ * count here is positive and every pointer valid device memory. */
+#ifndef PB_CUDA_KERNELS_CUH
+#define PB_CUDA_KERNELS_CUH
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cuda_runtime.h>
+
+#define PB_CUDA_WARP 32
+/* Threads per block of the elementwise and row kernels. */
+#define PB_CUDA_BLOCK 256
+/* Grid-stride kernels never launch more blocks than this. */
+#define PB_CUDA_MAX_BLOCKS 65535u
+/* Warps per (query, head) block in attention; each keeps its own online
+ * softmax state over a strided subset of the keys. */
+#define PB_ATTENTION_WARPS 4
+
+static inline unsigned pb_cuda_grid_for(size_t n) {
+    size_t blocks = (n + PB_CUDA_BLOCK - 1) / PB_CUDA_BLOCK;
+    return blocks > PB_CUDA_MAX_BLOCKS ? PB_CUDA_MAX_BLOCKS : (unsigned)blocks;
+}
+
+static __device__ __forceinline__ float pb_warp_sum(float value) {
+    for (int offset = PB_CUDA_WARP / 2; offset > 0; offset /= 2)
+        value += __shfl_xor_sync(0xffffffffu, value, offset);
+    return value;
+}
+
+/* out (T, d) = table (vocab, d)[ids (T)] */
+cudaError_t pb_cuda_launch_embed(cudaStream_t stream, float *out, const float *table, const int32_t *ids, int T,
+                                 int d);
+/* out (rows, d); x (rows, d); weight (d) or NULL */
+cudaError_t pb_cuda_launch_rmsnorm(cudaStream_t stream, float *out, const float *x, const float *weight, int rows,
+                                   int d, float eps);
+/* out (rows, n) += bias (n) */
+cudaError_t pb_cuda_launch_add_bias(cudaStream_t stream, float *out, const float *bias, int rows, int n);
+/* x (T, n_heads, head_dim) in place; positions (T); inv_freq (head_dim / 2) */
+cudaError_t pb_cuda_launch_rope(cudaStream_t stream, float *x, const int32_t *positions, const float *inv_freq, int T,
+                                int n_heads, int head_dim);
+/* Dynamic shared memory one attention block needs for this head_dim. */
+size_t pb_cuda_attention_shared_bytes(int head_dim);
+/* out, q (T, n_heads, head_dim); k, v (T_kv, n_kv_heads, head_dim) */
+cudaError_t pb_cuda_launch_attention(cudaStream_t stream, float *out, const float *q, const float *k, const float *v,
+                                     int T, int q_start, int n_heads, int n_kv_heads, int head_dim);
+/* out (n) = silu(gate) * up */
+cudaError_t pb_cuda_launch_swiglu(cudaStream_t stream, float *out, const float *gate, const float *up, size_t n);
+/* out (n) = a + b; out may alias a or b */
+cudaError_t pb_cuda_launch_add(cudaStream_t stream, float *out, const float *a, const float *b, size_t n);
+
+#endif

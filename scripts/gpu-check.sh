@@ -1,0 +1,297 @@
+#!/usr/bin/env bash
+# GPU check for a lent GPU machine: configures and builds patchbay with
+# -DPB_CUDA=ON into build-gpu, runs the gpu-labelled tests and then the whole
+# ctest suite, and writes every log plus summary.json (card, CUDA versions,
+# test counts, step timings) under $OUT (default ./gpu-out).
+#
+# Works from the working tree only: no network, no package installs, no model
+# downloads. The machine's image has nvcc, CMake and Python but maybe not our
+# apt -dev packages (libopenblas-dev, libjansson-dev, libcmocka-dev); missing
+# ones are detected up front and named in the summary. Every step runs under
+# a timeout inside an overall budget (PB_GPU_CHECK_BUDGET seconds, default 450)
+# so the script ends well within 8 minutes; a failing step does not stop the
+# rest, and summary.json is always written. Exit status: 0 when every step
+# passed, 1 otherwise.
+set -u
+
+cd "$(dirname "$0")/.." || exit 1
+ROOT=$(pwd)
+OUT=${OUT:-./gpu-out}
+mkdir -p "$OUT" || exit 1
+OUT=$(cd "$OUT" && pwd)
+BUILD=${PB_GPU_BUILD_DIR:-$ROOT/build-gpu}
+BUDGET=${PB_GPU_CHECK_BUDGET:-450}
+JOBS=$(nproc 2>/dev/null || echo 4)
+START=$(date +%s)
+# Nothing here should touch the network; make sure Python tools called by
+# tests do not try either.
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
+
+NOTES=()
+note() { NOTES+=("$1"); echo "gpu-check: $1" >&2; }
+
+json_escape() {
+    local s=$1
+    s=${s//\\/\\\\}
+    s=${s//\"/\\\"}
+    s=${s//$'\n'/\\n}
+    s=${s//$'\r'/}
+    s=${s//$'\t'/ }
+    printf '"%s"' "$s"
+}
+
+# JSON list of strings from the arguments.
+json_list() {
+    local first=1 item
+    printf '['
+    for item in "$@"; do
+        [ $first -eq 1 ] || printf ', '
+        first=0
+        json_escape "$item"
+    done
+    printf ']'
+}
+
+now_ms() { date +%s%3N; }
+remaining() { echo $((BUDGET - ($(date +%s) - START))); }
+
+# run_step NAME CAP_SECONDS COMMAND...: runs COMMAND with its output in
+# $OUT/NAME.log under min(CAP, budget left - 20 s); records status and time.
+declare -A STEP_STATUS STEP_SECONDS
+STEP_ORDER=()
+run_step() {
+    local name=$1 cap=$2
+    shift 2
+    STEP_ORDER+=("$name")
+    local left=$(($(remaining) - 20))
+    local limit=$cap
+    [ "$left" -lt "$limit" ] && limit=$left
+    if [ "$limit" -le 5 ]; then
+        STEP_STATUS[$name]=skipped_no_time
+        STEP_SECONDS[$name]=0
+        note "$name: skipped, the time budget is spent"
+        return 1
+    fi
+    local command_text="$*"
+    echo "gpu-check: $name (limit ${limit}s): ${command_text:0:100}" >&2
+    local t0 t1 rc
+    t0=$(now_ms)
+    timeout --kill-after=10 "$limit" "$@" >"$OUT/$name.log" 2>&1
+    rc=$?
+    t1=$(now_ms)
+    STEP_SECONDS[$name]=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", (b - a) / 1000 }')
+    if [ $rc -eq 0 ]; then
+        STEP_STATUS[$name]=ok
+    elif [ $rc -eq 124 ] || [ $rc -eq 137 ]; then
+        STEP_STATUS[$name]=timeout
+        note "$name: timed out after ${limit}s (see $name.log)"
+    else
+        STEP_STATUS[$name]="failed_rc_$rc"
+        note "$name: exit status $rc (see $name.log)"
+    fi
+    return $rc
+}
+
+skip_step() {
+    STEP_ORDER+=("$1")
+    STEP_STATUS[$1]=$2
+    STEP_SECONDS[$1]=0
+}
+
+# ---- the machine ------------------------------------------------------------
+CARD=unknown DRIVER=unknown COMPUTE_CAP=unknown GPU_MEMORY=unknown DRIVER_CUDA=unknown GPU_COUNT=0
+if command -v nvidia-smi >/dev/null 2>&1; then
+    nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1
+    nvidia-smi -q >"$OUT/nvidia-smi-q.txt" 2>&1
+    query=$(nvidia-smi --query-gpu=name,driver_version,compute_cap,memory.total --format=csv,noheader 2>/dev/null)
+    if [ -n "$query" ]; then
+        GPU_COUNT=$(printf '%s\n' "$query" | grep -c .)
+        first=$(printf '%s\n' "$query" | head -n 1)
+        IFS=',' read -r CARD DRIVER COMPUTE_CAP GPU_MEMORY <<<"$first"
+        CARD=$(echo "$CARD" | sed 's/^ *//; s/ *$//')
+        DRIVER=$(echo "$DRIVER" | sed 's/^ *//; s/ *$//')
+        COMPUTE_CAP=$(echo "$COMPUTE_CAP" | sed 's/^ *//; s/ *$//')
+        GPU_MEMORY=$(echo "$GPU_MEMORY" | sed 's/^ *//; s/ *$//')
+    fi
+    DRIVER_CUDA=$(sed -n 's/.*CUDA Version: *\([0-9.]*\).*/\1/p' "$OUT/nvidia-smi.txt" | head -n 1)
+    [ -n "$DRIVER_CUDA" ] || DRIVER_CUDA=unknown
+else
+    note "nvidia-smi not found: no NVIDIA driver on this machine, GPU tests will skip"
+fi
+
+NVCC=$(command -v nvcc || { [ -x /usr/local/cuda/bin/nvcc ] && echo /usr/local/cuda/bin/nvcc; } || true)
+NVCC_VERSION=unknown
+if [ -n "$NVCC" ]; then
+    "$NVCC" --version >"$OUT/nvcc-version.txt" 2>&1
+    NVCC_VERSION=$(sed -n 's/.*release [0-9.]*, V\([0-9.]*\).*/\1/p' "$OUT/nvcc-version.txt" | head -n 1)
+    [ -n "$NVCC_VERSION" ] || NVCC_VERSION=unknown
+else
+    note "nvcc not found on PATH or in /usr/local/cuda/bin: the CUDA backend cannot be built"
+fi
+CMAKE_VERSION=$(cmake --version 2>/dev/null | head -n 1 | awk '{print $3}')
+[ -n "$CMAKE_VERSION" ] || { CMAKE_VERSION=missing; note "cmake not found"; }
+uname -a >"$OUT/uname.txt" 2>&1
+if command -v git >/dev/null 2>&1 && git -C "$ROOT" rev-parse HEAD >/dev/null 2>&1; then
+    { git -C "$ROOT" rev-parse HEAD; git -C "$ROOT" status --short; } >"$OUT/git-state.txt" 2>&1
+fi
+
+# ---- build dependencies the image may lack ----------------------------------
+MISSING=()
+# The unversioned lib<name>.so link comes only with the -dev package (the
+# runtime package has lib<name>.so.0), so that is what is looked for.
+have_lib() {
+    ldconfig -p 2>/dev/null | grep -qE "[[:space:]]lib$1\.so[[:space:]]" ||
+        ls /usr/lib/*/lib"$1".so /usr/lib/*/*/lib"$1".so /usr/lib/lib"$1".so /usr/local/lib/lib"$1".so \
+            >/dev/null 2>&1
+}
+have_header() {
+    local dir
+    for dir in /usr/include /usr/local/include /usr/include/*-linux-gnu; do
+        [ -e "$dir/$1" ] && return 0
+        ls "$dir"/*/"$1" >/dev/null 2>&1 && return 0
+    done
+    return 1
+}
+have_pkg() { command -v pkg-config >/dev/null 2>&1 && pkg-config --exists "$1"; }
+
+if ! command -v pkg-config >/dev/null 2>&1; then
+    MISSING+=("pkg-config")
+fi
+have_pkg jansson || MISSING+=("libjansson-dev (pkg-config jansson)")
+have_pkg cmocka || MISSING+=("libcmocka-dev (pkg-config cmocka)")
+{ have_header cblas.h && have_lib openblas; } || MISSING+=("libopenblas-dev (cblas.h + libopenblas.so)")
+CUDA_HOME_GUESS=$(dirname "$(dirname "${NVCC:-/usr/local/cuda/bin/nvcc}")")
+{ { have_header nccl.h || [ -e "$CUDA_HOME_GUESS/include/nccl.h" ]; } &&
+    { have_lib nccl || ls "$CUDA_HOME_GUESS"/lib*/libnccl.so >/dev/null 2>&1; }; } ||
+    MISSING+=("NCCL (nccl.h + libnccl.so where CMake looks: the CUDA toolkit or system dirs)")
+if [ ${#MISSING[@]} -gt 0 ]; then
+    note "missing build dependencies (no apt/pip here, so they cannot be installed): ${MISSING[*]}; CMake configure will fail and only the CUDA sources are compiled"
+fi
+
+# ---- configure, build, test ---------------------------------------------------
+CONFIGURE_OK=0
+BUILD_OK=0
+run_step configure 90 cmake -S "$ROOT" -B "$BUILD" -DPB_CUDA=ON -DCMAKE_BUILD_TYPE=Release && CONFIGURE_OK=1
+if [ $CONFIGURE_OK -eq 1 ]; then
+    run_step build 270 cmake --build "$BUILD" -j "$JOBS" && BUILD_OK=1
+else
+    skip_step build skipped_configure_failed
+fi
+# Without a configured tree, at least check that the CUDA sources compile for
+# this card's architecture (sm_90 when it cannot be read).
+if [ $CONFIGURE_OK -eq 0 ] && [ -n "$NVCC" ]; then
+    arch=$(echo "$COMPUTE_CAP" | tr -d '.')
+    case $arch in '' | *[!0-9]*) arch=90 ;; esac
+    # (a bash -c script, not a function: timeout runs programs)
+    # shellcheck disable=SC2016 # expanded by the inner bash
+    run_step nvcc_compile_only 180 bash -c '
+        nvcc=$1 root=$2 build=$3 arch=$4 rc=0
+        mkdir -p "$build/nvcc-only" || exit 1
+        for src in "$root"/cuda/*.cu; do
+            echo "== $src (sm_$arch)"
+            "$nvcc" -std=c++17 -O3 -gencode "arch=compute_$arch,code=sm_$arch" -Xcompiler=-Wall,-Wextra \
+                -I"$root/include" -I"$root/host" -I"$root/cuda" -c "$src" \
+                -o "$build/nvcc-only/$(basename "$src").o" || rc=1
+        done
+        exit $rc' _ "$NVCC" "$ROOT" "$BUILD" "$arch"
+fi
+
+# ctest_counts LOG: "total passed failed skipped" from a ctest log.
+ctest_counts() {
+    local log=$1 total passed failed skipped
+    passed=$(grep -cE 'Test +#[0-9]+: .* Passed' "$log" 2>/dev/null)
+    skipped=$(grep -cE '\*\*\*Skipped|Not Run \(Disabled\)' "$log" 2>/dev/null)
+    failed=$(grep -cE '\*\*\*(Failed|Timeout|Exception)|\*\*\*Not Run$|Not Run +[0-9.]+ sec|Child aborted' "$log" 2>/dev/null)
+    total=$(sed -n 's/.*tests failed out of \([0-9]*\).*/\1/p' "$log" | tail -n 1)
+    [ -n "$total" ] || total=$((passed + failed + skipped))
+    echo "${total:-0} ${passed:-0} ${failed:-0} ${skipped:-0}"
+}
+ctest_failed_names() {
+    sed -n '/The following tests FAILED:/,$p' "$1" 2>/dev/null |
+        sed -n 's/^[[:space:]]*[0-9]* - \([^ ]*\).*/\1/p'
+}
+
+run_tests() {
+    local name=$1 cap=$2
+    shift 2
+    if [ $CONFIGURE_OK -eq 0 ]; then
+        skip_step "$name" skipped_configure_failed
+        return
+    fi
+    [ $BUILD_OK -eq 1 ] || note "$name: running against a partial build (build step did not pass)"
+    run_step "$name" "$cap" ctest --test-dir "$BUILD" --output-on-failure --timeout 120 "$@"
+}
+# -V keeps the GPU test's own output (per-op NMSE lines, skip reasons) in the log.
+run_tests ctest_gpu 120 -L gpu -V
+run_tests ctest_all 200
+
+# ---- summary.json -----------------------------------------------------------------
+tests_json() {
+    local name=$1 log="$OUT/$1.log" counts names=()
+    if [ ! -f "$log" ]; then
+        printf '{"ran": false}'
+        return
+    fi
+    counts=$(ctest_counts "$log")
+    read -r total passed failed skipped <<<"$counts"
+    while IFS= read -r line; do [ -n "$line" ] && names+=("$line"); done < <(ctest_failed_names "$log")
+    # the GPU tests that skipped, with the reason they printed
+    local skip_reasons=()
+    while IFS= read -r line; do [ -n "$line" ] && skip_reasons+=("$line"); done < <(grep -oE 'skipping: .*' "$log" | sort -u)
+    printf '{"ran": true, "log": "%s.log", "total": %s, "passed": %s, "failed": %s, "skipped": %s, "failed_names": %s, "skip_messages": %s}' \
+        "$name" "$total" "$passed" "$failed" "$skipped" "$(json_list ${names[@]+"${names[@]}"})" \
+        "$(json_list ${skip_reasons[@]+"${skip_reasons[@]}"})"
+}
+
+OK=true
+for step in ${STEP_ORDER[@]+"${STEP_ORDER[@]}"}; do
+    [ "${STEP_STATUS[$step]}" = ok ] || OK=false
+done
+[ ${#MISSING[@]} -eq 0 ] || OK=false
+# GPU tests that all skipped on a GPU machine mean the check proved nothing.
+if [ -f "$OUT/ctest_gpu.log" ]; then
+    read -r _ gpu_passed gpu_failed _ <<<"$(ctest_counts "$OUT/ctest_gpu.log")"
+    if [ "$gpu_failed" -gt 0 ]; then OK=false; fi
+    if [ "$GPU_COUNT" -gt 0 ] && [ "$gpu_passed" -eq 0 ]; then
+        OK=false
+        note "no gpu-labelled test passed although nvidia-smi lists $GPU_COUNT GPU(s)"
+    fi
+fi
+END=$(date +%s)
+
+{
+    printf '{\n'
+    printf '  "script": "scripts/gpu-check.sh",\n'
+    printf '  "ok": %s,\n' "$OK"
+    printf '  "started_utc": %s,\n' "$(json_escape "$(date -u -d "@$START" +%Y-%m-%dT%H:%M:%SZ 2>/dev/null || echo "$START")")"
+    printf '  "total_seconds": %s,\n' "$((END - START))"
+    printf '  "card": %s,\n' "$(json_escape "$CARD")"
+    printf '  "gpu_count": %s,\n' "$GPU_COUNT"
+    printf '  "compute_capability": %s,\n' "$(json_escape "$COMPUTE_CAP")"
+    printf '  "gpu_memory": %s,\n' "$(json_escape "$GPU_MEMORY")"
+    printf '  "driver_version": %s,\n' "$(json_escape "$DRIVER")"
+    printf '  "driver_cuda_version": %s,\n' "$(json_escape "$DRIVER_CUDA")"
+    printf '  "nvcc_version": %s,\n' "$(json_escape "$NVCC_VERSION")"
+    printf '  "cmake_version": %s,\n' "$(json_escape "$CMAKE_VERSION")"
+    printf '  "build_dir": %s,\n' "$(json_escape "$BUILD")"
+    printf '  "missing_dev_packages": %s,\n' "$(json_list ${MISSING[@]+"${MISSING[@]}"})"
+    printf '  "steps": {'
+    first=1
+    for step in ${STEP_ORDER[@]+"${STEP_ORDER[@]}"}; do
+        [ $first -eq 1 ] || printf ','
+        first=0
+        log=null
+        [ -f "$OUT/$step.log" ] && log="\"$step.log\""
+        printf '\n    "%s": {"status": %s, "seconds": %s, "log": %s}' "$step" \
+            "$(json_escape "${STEP_STATUS[$step]}")" "${STEP_SECONDS[$step]}" "$log"
+    done
+    printf '\n  },\n'
+    printf '  "tests_gpu": %s,\n' "$(tests_json ctest_gpu)"
+    printf '  "tests_all": %s,\n' "$(tests_json ctest_all)"
+    printf '  "notes": %s\n' "$(json_list ${NOTES[@]+"${NOTES[@]}"})"
+    printf '}\n'
+} >"$OUT/summary.json"
+
+echo "gpu-check: summary in $OUT/summary.json (ok=$OK, $((END - START)) s)" >&2
+cat "$OUT/summary.json"
+[ "$OK" = true ]
