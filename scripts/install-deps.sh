@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(build-essential cmake pkg-config libopenblas-dev libjansson-dev libcmocka-dev libpcre2-dev
+packages=(build-essential cmake pkg-config libopenblas-openmp-dev libjansson-dev libcmocka-dev libpcre2-dev
           python3 python3-venv unzip ca-certificates)
 missing=()
 for p in "${packages[@]}"; do
