@@ -183,6 +183,12 @@ pb_status pb_npy_read(const char *path, void **data, pb_npy_dtype dtype, int *n_
         } else {
             int64_t v;
             memcpy(&v, src + i * 8, 8);
+            if (v < INT32_MIN || v > INT32_MAX) { /* would wrap silently into another id */
+                free(out);
+                status = pb_fail(PB_ERR_FORMAT, "%s: int64 value %lld at flat index %llu does not fit in int32", path,
+                                 (long long)v, (unsigned long long)i);
+                goto done;
+            }
             ((int32_t *)out)[i] = (int32_t)v;
         }
     }

@@ -1,0 +1,351 @@
+/* The patchbay command line, run as a separate process: exit statuses and
+ * messages for bad invocations, forward's files against the transformers
+ * fixtures, --overwrite, both model formats, generate and info. Skipped
+ * when $PB_BUILD_DIR/patchbay has not been built. */
+#define _XOPEN_SOURCE 700
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+#include <dirent.h>
+#include <ftw.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "npy.h"
+#include "patchbay.h"
+#include "test_util.h"
+#include "tolerances.h"
+
+static char cli[1024];
+static char tmp_dir[64];
+static char out_text[65536], err_text[65536];
+
+/* Skips the test when the binary is missing; else makes tmp_dir. */
+static void need_cli(void) {
+    const char *build = getenv("PB_BUILD_DIR");
+    snprintf(cli, sizeof cli, "%s/patchbay", build ? build : ".");
+    if (access(cli, X_OK) != 0) {
+        print_message("skipping: %s is not built (set PB_BUILD_DIR)\n", cli);
+        skip();
+    }
+    snprintf(tmp_dir, sizeof tmp_dir, "/tmp/pb_cli_XXXXXX");
+    assert_non_null(mkdtemp(tmp_dir));
+}
+
+static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) { return remove(path); }
+
+static int cleanup(void **state) {
+    if (tmp_dir[0])
+        nftw(tmp_dir, remove_entry, 8, FTW_DEPTH | FTW_PHYS);
+    tmp_dir[0] = 0;
+    return 0;
+}
+
+static void read_text(const char *path, char *buf, size_t size) {
+    FILE *f = fopen(path, "rb");
+    assert_non_null(f);
+    size_t n = fread(buf, 1, size - 1, f);
+    buf[n] = 0;
+    fclose(f);
+}
+
+/* Runs patchbay with args (NULL-terminated); out_text and err_text receive
+ * its stdout and stderr. Returns the exit status (128 + signal if killed). */
+static int run_cli(const char *const *args) {
+    char out_path[128], err_path[128];
+    snprintf(out_path, sizeof out_path, "%s/stdout", tmp_dir);
+    snprintf(err_path, sizeof err_path, "%s/stderr", tmp_dir);
+    char *argv[32] = {cli};
+    int argc = 1;
+    while (args[argc - 1] && argc < 31) {
+        argv[argc] = (char *)args[argc - 1];
+        argc++;
+    }
+    argv[argc] = NULL;
+    fflush(NULL);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        if (!freopen(out_path, "wb", stdout) || !freopen(err_path, "wb", stderr))
+            _exit(126);
+        execv(cli, argv);
+        _exit(127);
+    }
+    int status;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    read_text(out_path, out_text, sizeof out_text);
+    read_text(err_path, err_text, sizeof err_text);
+    unlink(out_path);
+    unlink(err_path);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+static void expect_in(const char *text, const char *needle) {
+    if (!strstr(text, needle))
+        fail_msg("expected '%s' in: %s", needle, text);
+}
+
+static void fixture(char *buf, size_t size, const char *model, const char *file) {
+    snprintf(buf, size, "%s/%s%s%s", tu_fixtures(), model, file ? "/" : "", file ? file : "");
+}
+
+static void test_usage_errors(void **state) {
+    need_cli();
+    const char *help[] = {"--help", NULL};
+    assert_int_equal(run_cli(help), 0);
+    expect_in(out_text, "usage: patchbay");
+    const char *none[] = {NULL};
+    assert_int_equal(run_cli(none), 2);
+    expect_in(err_text, "usage: patchbay");
+    const char *unknown[] = {"frobnicate", "--model", "x", NULL};
+    assert_int_equal(run_cli(unknown), 2);
+    expect_in(err_text, "frobnicate");
+    const char *bad_option[] = {"info", "--model", "x", "--bogus-flag", "1", NULL};
+    assert_int_equal(run_cli(bad_option), 2);
+    expect_in(err_text, "--bogus-flag");
+    const char *no_model[] = {"info", NULL};
+    assert_int_equal(run_cli(no_model), 2);
+    expect_in(err_text, "--model");
+}
+
+static void test_forward_argument_errors(void **state) {
+    need_cli();
+    char model[1024], ids_file[1024], out[128];
+    fixture(model, sizeof model, "tiny_gqa", "model.gguf");
+    fixture(ids_file, sizeof ids_file, "tiny_gqa", "ids.npy");
+    snprintf(out, sizeof out, "%s/out", tmp_dir);
+    const char *no_out[] = {"forward", "--model", model, "--ids", "1,2", NULL};
+    assert_int_equal(run_cli(no_out), 2);
+    expect_in(err_text, "--out");
+    const char *both[] = {"forward", "--model", model, "--ids", "1,2", "--ids-file", ids_file, "--out", out, NULL};
+    assert_int_equal(run_cli(both), 2);
+    expect_in(err_text, "--ids-file");
+    const char *word[] = {"forward", "--model", model, "--ids", "1,x7,3", "--out", out, NULL};
+    assert_int_equal(run_cli(word), 2);
+    expect_in(err_text, "'x7,3' is not a token id");
+    /* tiny_gqa's vocabulary is 0..127 */
+    const char *too_big[] = {"forward", "--model", model, "--ids", "1,128,3", "--out", out, NULL};
+    assert_int_not_equal(run_cli(too_big), 0);
+    expect_in(err_text, "token id 128 at position 1");
+    const char *no_hook[] = {"forward", "--model", model, "--ids", "1,2", "--hooks", "blocks.9.hook_nope",
+                             "--out", out, NULL};
+    assert_int_not_equal(run_cli(no_hook), 0);
+    expect_in(err_text, "'blocks.9.hook_nope'");
+    /* None of the failures above got as far as creating --out. */
+    assert_int_not_equal(access(out, F_OK), 0);
+}
+
+/* a.npy and b.npy hold the same shape and values within tol. */
+static void expect_npy_close(const char *a, const char *b, double tol) {
+    void *x, *y;
+    int nx = -1, ny = -2;
+    int64_t sx[8], sy[8];
+    if (pb_npy_read(a, &x, PB_NPY_F32, &nx, sx) != PB_OK)
+        fail_msg("%s", pb_last_error());
+    if (pb_npy_read(b, &y, PB_NPY_F32, &ny, sy) != PB_OK)
+        fail_msg("%s", pb_last_error());
+    assert_int_equal(nx, ny);
+    size_t n = 1;
+    for (int i = 0; i < nx; i++) {
+        assert_int_equal(sx[i], sy[i]);
+        n *= (size_t)sx[i];
+    }
+    double diff = tu_max_abs_diff(x, y, n);
+    if (!(diff <= tol))
+        fail_msg("%s vs %s: max |diff| %.3g > %.3g", a, b, diff, tol);
+    free(x);
+    free(y);
+}
+
+static const char *const expected_files[] = {"logits.npy", "blocks.0.hook_resid_pre.npy",
+                                             "blocks.1.hook_resid_pre.npy", "blocks.0.attn.hook_z.npy"};
+enum { N_EXPECTED = 4 };
+
+/* dir holds exactly expected_files: no other hooks, no temporary files. */
+static void expect_exact_files(const char *dir) {
+    DIR *d = opendir(dir);
+    assert_non_null(d);
+    int seen = 0;
+    for (struct dirent *e; (e = readdir(d));) {
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+            continue;
+        int known = 0;
+        for (int i = 0; i < N_EXPECTED; i++)
+            known |= strcmp(e->d_name, expected_files[i]) == 0;
+        if (!known)
+            fail_msg("unexpected file %s/%s", dir, e->d_name);
+        seen++;
+    }
+    closedir(d);
+    assert_int_equal(seen, N_EXPECTED);
+}
+
+static void test_forward_files(void **state) {
+    need_cli();
+    char model[1024], ids_file[1024], out[128], path[1200], ref[1200];
+    fixture(model, sizeof model, "tiny_gqa", "model.gguf");
+    fixture(ids_file, sizeof ids_file, "tiny_gqa", "ids.npy");
+    snprintf(out, sizeof out, "%s/out", tmp_dir);
+    const char *args[] = {"forward", "--model", model, "--ids-file", ids_file, "--hooks",
+                          "blocks.*.hook_resid_pre,blocks.0.attn.hook_z", "--out", out, NULL, NULL};
+    if (run_cli(args) != 0)
+        fail_msg("forward failed: %s", err_text);
+    expect_exact_files(out);
+    for (int i = 0; i < N_EXPECTED; i++) {
+        snprintf(path, sizeof path, "%s/%s", out, expected_files[i]);
+        fixture(ref, sizeof ref, "tiny_gqa", expected_files[i]);
+        expect_npy_close(path, ref, PB_TOL_TINY_LOGITS_MAX_ABS);
+    }
+
+    /* Again into the same, now non-empty, directory: refused, untouched. */
+    snprintf(path, sizeof path, "%s/logits.npy", out);
+    struct stat before, after;
+    assert_int_equal(stat(path, &before), 0);
+    int rc = run_cli(args);
+    assert_int_not_equal(rc, 0);
+    expect_in(err_text, "--overwrite");
+    assert_int_equal(stat(path, &after), 0);
+    assert_int_equal(after.st_ino, before.st_ino);
+    assert_int_equal(after.st_mtim.tv_sec, before.st_mtim.tv_sec);
+    assert_int_equal(after.st_mtim.tv_nsec, before.st_mtim.tv_nsec);
+    expect_exact_files(out);
+
+    /* With --overwrite: replaced (a new inode, since writes rename). */
+    args[9] = "--overwrite";
+    if (run_cli(args) != 0)
+        fail_msg("forward --overwrite failed: %s", err_text);
+    assert_int_equal(stat(path, &after), 0);
+    assert_int_not_equal(after.st_ino, before.st_ino);
+    expect_exact_files(out);
+    fixture(ref, sizeof ref, "tiny_gqa", "logits.npy");
+    expect_npy_close(path, ref, PB_TOL_TINY_LOGITS_MAX_ABS);
+}
+
+/* The Hugging Face folder, with ids on the command line: the same logits
+ * as the library computes in this process with the same thread count
+ * (same code, same summation order: bitwise). */
+static void test_forward_hf_folder(void **state) {
+    need_cli();
+    char model[1024], out[128], path[256];
+    fixture(model, sizeof model, "tiny_bias", NULL);
+    snprintf(out, sizeof out, "%s/hf", tmp_dir);
+    const char *args[] = {"forward", "--model", model, "--ids", "1,2,3", "--threads", "2", "--out", out, NULL};
+    if (run_cli(args) != 0)
+        fail_msg("forward failed: %s", err_text);
+    snprintf(path, sizeof path, "%s/logits.npy", out);
+    void *got;
+    int n_dims;
+    int64_t shape[8];
+    assert_int_equal(pb_npy_read(path, &got, PB_NPY_F32, &n_dims, shape), PB_OK);
+    assert_int_equal(n_dims, 2);
+    assert_int_equal(shape[0], 3);
+
+    pb_model *m = NULL;
+    pb_load_options o = {.n_threads = 2};
+    assert_int_equal(pb_model_load(&m, model, &o), PB_OK);
+    int vocab = pb_model_get_config(m)->vocab_size;
+    assert_int_equal(shape[1], vocab);
+    float *want = malloc(sizeof(float) * 3 * (size_t)vocab);
+    const int32_t ids[3] = {1, 2, 3};
+    assert_int_equal(pb_forward(m, ids, 3, want, NULL), PB_OK);
+    assert_memory_equal(got, want, sizeof(float) * 3 * (size_t)vocab);
+    free(want);
+    free(got);
+    pb_model_free(m);
+}
+
+static void test_truncated_gguf(void **state) {
+    need_cli();
+    char model[1024], copy[128], out[128];
+    fixture(model, sizeof model, "tiny_gqa", "model.gguf");
+    FILE *f = fopen(model, "rb");
+    assert_non_null(f);
+    char head[1000];
+    assert_int_equal(fread(head, 1, sizeof head, f), sizeof head);
+    fclose(f);
+    /* No "gguf" in the copy's name, so the message must say it itself. */
+    snprintf(copy, sizeof copy, "%s/truncated.bin", tmp_dir);
+    f = fopen(copy, "wb");
+    assert_non_null(f);
+    assert_int_equal(fwrite(head, 1, sizeof head, f), sizeof head);
+    fclose(f);
+    snprintf(out, sizeof out, "%s/out", tmp_dir);
+    const char *args[] = {"forward", "--model", copy, "--ids", "1,2", "--out", out, NULL};
+    assert_int_not_equal(run_cli(args), 0);
+    expect_in(err_text, "gguf");
+    expect_in(err_text, copy);
+    const char *info[] = {"info", "--model", copy, NULL};
+    assert_int_not_equal(run_cli(info), 0);
+    expect_in(err_text, "gguf");
+}
+
+/* generate prints the same ids that pb_generate returns in this process. */
+static void test_generate(void **state) {
+    need_cli();
+    char model[1024], ids_file[1024];
+    fixture(model, sizeof model, "tiny_gqa", NULL);
+    fixture(ids_file, sizeof ids_file, "tiny_gqa", "ids.npy");
+    const char *args[] = {"generate", "--model", model, "--ids-file", ids_file, "--max-new-tokens", "4", NULL};
+    if (run_cli(args) != 0)
+        fail_msg("generate failed: %s", err_text);
+    const char *line = strstr(out_text, "continuation ids: ");
+    if (!line || (line != out_text && line[-1] != '\n'))
+        fail_msg("no 'continuation ids: ' line in: %s", out_text);
+    line += strlen("continuation ids: ");
+    int printed[8], n = 0;
+    for (char *end; n < 8 && *line >= '0' && *line <= '9'; line = end + (*end == ',')) {
+        printed[n++] = (int)strtol(line, &end, 10);
+    }
+    assert_int_equal(*line, '\n');
+    assert_in_range(n, 1, 4);
+
+    pb_model *m = NULL;
+    assert_int_equal(pb_model_load(&m, model, NULL), PB_OK);
+    void *ids;
+    int n_dims, n_out = 0;
+    int64_t shape[8];
+    assert_int_equal(pb_npy_read(ids_file, &ids, PB_NPY_I32, &n_dims, shape), PB_OK);
+    int32_t want[4];
+    assert_int_equal(pb_generate(m, ids, (int)shape[0], 4, want, &n_out), PB_OK);
+    assert_int_equal(n, n_out);
+    if (n < 4) /* stopped early: only after eos */
+        assert_int_equal(want[n - 1], pb_model_get_config(m)->eos_id);
+    for (int i = 0; i < n; i++)
+        assert_int_equal(printed[i], want[i]);
+    free(ids);
+    pb_model_free(m);
+}
+
+static void test_info(void **state) {
+    need_cli();
+    char model[1024];
+    fixture(model, sizeof model, "tiny_gqa", "model.gguf");
+    const char *args[] = {"info", "--model", model, NULL};
+    if (run_cli(args) != 0)
+        fail_msg("info failed: %s", err_text);
+    expect_in(out_text, "\nn_layers 2\n");
+    expect_in(out_text, "\nn_kv_heads 2\n");
+    expect_in(out_text, "\nvocab_size 128\n");
+}
+
+int main(void) {
+    const char *build = getenv("PB_BUILD_DIR");
+    snprintf(cli, sizeof cli, "%s/patchbay", build ? build : ".");
+    if (access(cli, X_OK) != 0) {
+        printf("skipping: %s is not built (set PB_BUILD_DIR)\n", cli);
+        return 77;
+    }
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_teardown(test_usage_errors, cleanup),
+        cmocka_unit_test_teardown(test_forward_argument_errors, cleanup),
+        cmocka_unit_test_teardown(test_forward_files, cleanup),
+        cmocka_unit_test_teardown(test_forward_hf_folder, cleanup),
+        cmocka_unit_test_teardown(test_truncated_gguf, cleanup),
+        cmocka_unit_test_teardown(test_generate, cleanup),
+        cmocka_unit_test_teardown(test_info, cleanup),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
