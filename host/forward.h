@@ -1,0 +1,19 @@
+/* Forward passes with extras the public pb_forward does not expose:
+ * an embedding perturbation and an intervention called at every hook
+ * point (used by the naive patching reference and, later, generation
+ * under an intervention). */
+#ifndef PB_FORWARD_H
+#define PB_FORWARD_H
+
+#include "exec.h"
+
+typedef struct pb_forward_extras {
+    const float *embed_delta;     /* device (T, d_model) or NULL */
+    pb_exec_hook_fn intervene;    /* may modify activations; called before capture */
+    void *intervene_user;
+} pb_forward_extras;
+
+pb_status pb_forward_ex(pb_model *model, const int32_t *ids, int T, const pb_forward_extras *extras, float *logits,
+                        pb_capture *capture);
+
+#endif
