@@ -482,6 +482,11 @@ pb_status pb_model_load(pb_model **out, const char *path, const pb_load_options 
     pb_model *m = calloc(1, sizeof *m);
     if (!m)
         return pb_fail(PB_ERR_OOM, "out of memory for a model");
+    m->path = strdup(path);
+    if (!m->path) {
+        free(m);
+        return pb_fail(PB_ERR_OOM, "out of memory for a model");
+    }
     pb_status status = pb_backend_cpu_create(&m->backend, options ? options->n_threads : 0);
     if (status == PB_OK)
         status = model_load(m, path);
@@ -501,6 +506,7 @@ void pb_model_free(pb_model *m) {
         pb_backend_destroy(m->backend);
     }
     free(m->layers);
+    free(m->path);
     free(m->inv_freq_host);
     pb_vocab_free(&m->vocab);
     free(m);

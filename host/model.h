@@ -24,6 +24,7 @@ typedef struct pb_layer_weights {
 
 struct pb_model {
     pb_model_config cfg;
+    char *path;               /* as given to pb_model_load */
     pb_backend *backend;
     void *arena;              /* every weight below, one backend allocation */
     size_t arena_bytes;

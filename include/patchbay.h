@@ -112,6 +112,116 @@ pb_status pb_forward(pb_model *model, const int32_t *ids, int T, float *logits, 
 pb_status pb_generate(pb_model *model, const int32_t *ids, int T, int max_new,
                       int32_t *out_ids, int *n_out);
 
+/* ---- activation-patching sweeps (semantics: docs/patching.md) -------- */
+
+typedef enum pb_patch_mode {
+    PB_MODE_DENOISING = 0, /* run corrupted, patch clean activations in (sufficiency) */
+    PB_MODE_NOISING,       /* run clean, patch corrupted activations in (necessity) */
+    PB_MODE_INTERCHANGE    /* run base, patch source activations in at mapped positions */
+} pb_patch_mode;
+
+typedef enum pb_component {
+    PB_COMPONENT_RESID_PRE = 0,
+    PB_COMPONENT_RESID_MID,
+    PB_COMPONENT_RESID_POST,
+    PB_COMPONENT_ATTN_OUT,
+    PB_COMPONENT_MLP_OUT,
+    PB_COMPONENT_Z, /* one query head */
+    PB_COMPONENT_Q, /* one query head, before RoPE */
+    PB_COMPONENT_K, /* one key-value head, before RoPE */
+    PB_COMPONENT_V, /* one key-value head */
+    PB_COMPONENT_COUNT
+} pb_component;
+
+/* "resid_pre", ..., "v"; NULL for an invalid value. */
+const char *pb_component_name(pb_component component);
+/* TransformerLens hook name suffix: "hook_resid_pre", ..., "attn.hook_v". */
+const char *pb_component_hook(pb_component component);
+
+typedef enum pb_metric_kind {
+    PB_METRIC_LOGIT_DIFF = 0,
+    PB_METRIC_LOGPROB,
+    PB_METRIC_REFUSAL_SCORE,
+    PB_METRIC_KL,
+    PB_METRIC_PROJECTION,
+    PB_METRIC_CALLBACK
+} pb_metric_kind;
+
+/* A user metric: values are the logits (vocab_size) at the metric
+ * position, or, when the callback asks for the residual, the residual
+ * stream (d_model) entering `layer` at the metric position. */
+typedef float (*pb_metric_fn)(const float *values, int n, void *user);
+
+typedef struct pb_sweep_options {
+    size_t max_memory;      /* bytes for batch activations; 0 = 1 GiB */
+    int max_batch_rows;     /* 0 = as many as max_memory allows */
+    /* Called after each batch from the thread running the sweep. */
+    void (*progress)(int64_t rows_done, int64_t rows_total, void *user);
+    void *progress_user;
+    /* Replaces the spec's metric when set. */
+    pb_metric_fn metric_fn;
+    void *metric_user;
+    int metric_fn_residual_layer; /* -1: the callback gets logits; else the residual entering this layer (n_layers = final residual) */
+} pb_sweep_options;
+
+typedef struct pb_sweep pb_sweep;
+
+/* Parses and checks a JSON spec against the model (docs/patching.md) and
+ * plans the rows. spec_dir resolves relative file paths in the spec (NULL:
+ * the working directory). Bad specs return PB_ERR_ARG with a message naming
+ * the key path and the allowed range. */
+pb_status pb_sweep_create(pb_sweep **out, pb_model *model, const char *spec_json, const char *spec_dir,
+                          const pb_sweep_options *options);
+void pb_sweep_free(pb_sweep *sweep);
+
+/* Runs every row not yet computed. */
+pb_status pb_sweep_run(pb_sweep *sweep);
+/* Runs the given rows only (a worker's share); rows already computed are skipped. */
+pb_status pb_sweep_run_rows(pb_sweep *sweep, const int64_t *rows, int64_t n_rows);
+
+typedef struct pb_sweep_summary {
+    pb_patch_mode mode;
+    pb_metric_kind metric;
+    int n_pairs;
+    int n_pairs_used;          /* pairs whose |clean - corrupted| reaches the floor */
+    int64_t n_sites;
+    int64_t n_rows;            /* (pair, site) combinations */
+    int64_t n_rows_executed;   /* rows actually run (the rest are exactly 0 by construction) */
+    int64_t n_rows_done;
+    double clean_baseline;     /* mean over pairs; in interchange: source */
+    double corrupted_baseline; /* in interchange: base */
+    double total_effect;       /* clean - corrupted */
+    int64_t n_significant;
+    double circuit_fraction;
+    double flops_executed;     /* by the batched rows */
+    double flops_naive;        /* one full forward per (pair, site) */
+} pb_sweep_summary;
+
+typedef struct pb_site_result {
+    pb_component component;
+    int layer;
+    int head;                  /* -1 when the component has no head */
+    int position;              /* token index (negative: end-aligned); INT32_MIN when several positions were patched together */
+    int n_positions;
+    const int *positions;      /* the positions patched together (borrowed) */
+    double patched;            /* mean over used pairs of the patched metric */
+    double effect;             /* mean normalised effect; NaN when no pair is usable or not yet run */
+    double standard_error;     /* of the mean over pairs */
+    int significant;
+} pb_site_result;
+
+pb_status pb_sweep_get_summary(const pb_sweep *sweep, pb_sweep_summary *summary);
+int64_t pb_sweep_site_count(const pb_sweep *sweep);
+pb_status pb_sweep_get_site(const pb_sweep *sweep, int64_t site, pb_site_result *result);
+/* Per-pair values: base and source metric, and patched metric and
+ * normalised effect of one site (NaN where undefined). */
+pb_status pb_sweep_get_pair(const pb_sweep *sweep, int pair, double *base, double *source);
+pb_status pb_sweep_get_row(const pb_sweep *sweep, int pair, int64_t site, double *patched, double *effect);
+
+/* Writes results.json, one .npy per component and report.txt into dir
+ * (docs/patching.md). An existing non-empty dir is refused unless overwrite. */
+pb_status pb_sweep_write(const pb_sweep *sweep, const char *dir, int overwrite);
+
 #ifdef __cplusplus
 }
 #endif

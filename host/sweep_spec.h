@@ -1,0 +1,86 @@
+/* A parsed, validated sweep spec (JSON format and meaning: docs/patching.md).
+ * Parsing checks everything against the model's hyperparameters so that
+ * the planner and the engine can trust every index in here. */
+#ifndef PB_SWEEP_SPEC_H
+#define PB_SWEEP_SPEC_H
+
+#include <stdint.h>
+
+#include "patchbay.h"
+
+typedef struct pb_prompt_spec {
+    int32_t *ids;            /* (T) */
+    int T;
+    /* Gaussian-noise corruption of the *clean* prompt (only for a pair's
+     * corrupted side): ids are then the clean prompt's ids. */
+    int is_noise;
+    double noise_scale;      /* multiple of the embedding standard deviation */
+    int *noise_positions;    /* (n_noise_positions), non-negative, in the order given */
+    int n_noise_positions;
+    uint64_t noise_seed;
+} pb_prompt_spec;
+
+typedef struct pb_pair_spec {
+    /* Resolved by mode: denoising base = corrupted, source = clean;
+     * noising base = clean, source = corrupted; interchange as given. */
+    pb_prompt_spec base;
+    pb_prompt_spec source;
+    int clean_is_source;     /* 1 for denoising and interchange, 0 for noising */
+    int *position_map;       /* (base.T): source position for each base position, -1 = unmapped */
+} pb_pair_spec;
+
+typedef enum pb_position_mode {
+    PB_POSITIONS_ALL = 0,    /* every position together: one site */
+    PB_POSITIONS_EACH,       /* one site per position */
+    PB_POSITIONS_LAST,       /* one site at the last position */
+    PB_POSITIONS_LIST,       /* one site per listed index (negative: from the end) */
+    PB_POSITIONS_GROUPS      /* one site per listed group, patched together */
+} pb_position_mode;
+
+typedef struct pb_site_spec {
+    pb_component component;
+    int *layers;             /* (n_layers) in the order given; "all" expands to 0..n_layers-1 */
+    int n_layers;
+    int *heads;              /* (n_heads); NULL/0 for components without heads; "all" expands */
+    int n_heads;
+    pb_position_mode position_mode;
+    int *positions;          /* LIST: (n_positions) indices; GROUPS: all groups' indices back to back */
+    int n_positions;
+    int *group_sizes;        /* GROUPS: (n_groups) */
+    int n_groups;
+} pb_site_spec;
+
+typedef struct pb_metric_spec {
+    pb_metric_kind kind;
+    int32_t *positive;       /* logit_diff positive ids; logprob / refusal_score token set */
+    int n_positive;
+    int32_t *negative;       /* logit_diff negative ids */
+    int n_negative;
+    int position;            /* metric position; negative counts from the end; default -1 */
+    /* projection */
+    float *direction;        /* (d_model), already normalised to unit length */
+    int layer;               /* residual layer */
+    int hook_post;           /* 0: resid_pre of layer; 1: resid_post of layer */
+    char *direction_path;
+} pb_metric_spec;
+
+typedef struct pb_sweep_spec {
+    pb_patch_mode mode;
+    pb_pair_spec *pairs;
+    int n_pairs;
+    pb_site_spec *sites;
+    int n_sites;
+    pb_metric_spec metric;
+    double significance_threshold; /* default 0.1 */
+    double effect_floor;           /* default 1e-4 */
+} pb_sweep_spec;
+
+/* Parses json_text into spec. spec_dir resolves relative paths (NULL: the
+ * working directory). Errors: PB_ERR_ARG naming the key path ("sites[1].
+ * layers[2]") and the allowed range; PB_ERR_IO / PB_ERR_FORMAT for the
+ * direction file. On failure spec is left empty (safe to free). */
+pb_status pb_sweep_spec_parse(pb_sweep_spec *spec, const char *json_text, const char *spec_dir,
+                              const pb_model_config *cfg);
+void pb_sweep_spec_free(pb_sweep_spec *spec);
+
+#endif
