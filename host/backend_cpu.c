@@ -76,10 +76,10 @@ static pb_status cpu_matmul(pb_backend *backend, float *out, const float *x, con
             memcpy(out + (size_t)r * n, bias, sizeof(float) * (size_t)n);
         beta = 1.0f;
     }
-    if (rows == 1)
-        cblas_sgemv(CblasRowMajor, CblasNoTrans, n, k, 1.0f, w, k, x, 1, beta, out, 1);
-    else
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, n, k, 1.0f, x, k, w, k, beta, out, n);
+    /* Always sgemm, never sgemv for one row: a row's result must not
+     * depend on how many rows share the call, so a patching batch equals
+     * its rows run one by one. */
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, n, k, 1.0f, x, k, w, k, beta, out, n);
     return PB_OK;
 }
 

@@ -487,7 +487,11 @@ pb_status pb_model_load(pb_model **out, const char *path, const pb_load_options 
         free(m);
         return pb_fail(PB_ERR_OOM, "out of memory for a model");
     }
-    pb_status status = pb_backend_cpu_create(&m->backend, options ? options->n_threads : 0);
+    pb_backend_kind kind = options ? options->backend : PB_BACKEND_CPU;
+    pb_status status = kind == PB_BACKEND_REFERENCE ? pb_backend_ref_create(&m->backend)
+                       : kind == PB_BACKEND_CUDA    ? pb_backend_cuda_create(&m->backend, 0)
+                       : kind == PB_BACKEND_CPU     ? pb_backend_cpu_create(&m->backend, options ? options->n_threads : 0)
+                                                    : pb_fail(PB_ERR_ARG, "unknown backend %d", (int)kind);
     if (status == PB_OK)
         status = model_load(m, path);
     if (status != PB_OK) {

@@ -61,8 +61,16 @@ typedef struct pb_model_config {
 
 typedef struct pb_model pb_model;
 
+typedef enum pb_backend_kind {
+    PB_BACKEND_CPU = 0,   /* OpenBLAS + OpenMP (the default) */
+    PB_BACKEND_REFERENCE, /* naive single-threaded loops with double accumulation: the oracle; a row's
+                             result never depends on what else is in its batch */
+    PB_BACKEND_CUDA       /* GPU 0; PB_ERR_UNSUPPORTED without CUDA or a device */
+} pb_backend_kind;
+
 typedef struct pb_load_options {
-    int n_threads;      /* CPU threads; <= 0 means all cores */
+    int n_threads;           /* CPU threads; <= 0 means all cores */
+    pb_backend_kind backend;
 } pb_load_options;
 
 /* Loads a .gguf file or a Hugging Face checkpoint folder (config.json plus
@@ -162,6 +170,10 @@ typedef struct pb_sweep_options {
     pb_metric_fn metric_fn;
     void *metric_user;
     int metric_fn_residual_layer; /* -1: the callback gets logits; else the residual entering this layer (n_layers = final residual) */
+    /* Also run rows whose source and base activations are bit-identical
+     * (their effect is exactly 0): for tests and for measuring what the
+     * skip saves. Rows that cannot reach the metric are never run. */
+    int run_trivial_rows;
 } pb_sweep_options;
 
 typedef struct pb_sweep pb_sweep;

@@ -1,0 +1,448 @@
+/* The batched patching engine against (1) the PyTorch oracle fixtures
+ * (tests/fixtures/patching/<case>: one full transformers forward per site),
+ * (2) a naive C reference (one full pb_forward per site with an
+ * intervention that overwrites the hook), and (3) exact invariants. */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+#include <jansson.h>
+#include <limits.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "capture.h"
+#include "forward.h"
+#include "metric.h"
+#include "sweep.h"
+#include "test_util.h"
+#include "tolerances.h"
+
+static char *slurp(const char *path) {
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *buf = malloc((size_t)n + 1);
+    if (fread(buf, 1, (size_t)n, f) != (size_t)n) {
+        free(buf);
+        fclose(f);
+        return NULL;
+    }
+    buf[n] = 0;
+    fclose(f);
+    return buf;
+}
+
+static pb_model *load_fixture_model_on(const char *name, pb_backend_kind backend) {
+    char path[1024];
+    if (strcmp(name, "smollm2") == 0)
+        snprintf(path, sizeof path, "%s/models/SmolLM2-135M-Instruct.Q4_1.gguf", tu_source_dir());
+    else
+        snprintf(path, sizeof path, "%s/%s", tu_fixtures(), name);
+    if (access(path, R_OK) != 0)
+        return NULL;
+    pb_model *m = NULL;
+    pb_load_options o = {.n_threads = 2, .backend = backend};
+    if (pb_model_load(&m, path, &o) != PB_OK)
+        fail_msg("loading %s: %s", path, pb_last_error());
+    return m;
+}
+
+static pb_model *load_fixture_model(const char *name) { return load_fixture_model_on(name, PB_BACKEND_CPU); }
+
+/* Invariants run on the reference backend (rows independent: the issue's
+ * 1e-6) and on the CPU backend (OpenBLAS: see tolerances.h). */
+static const pb_backend_kind invariant_backends[2] = {PB_BACKEND_REFERENCE, PB_BACKEND_CPU};
+static const double invariant_tolerance[2] = {PB_TOL_INVARIANT_REF, PB_TOL_INVARIANT_CPU};
+static const char *const invariant_name[2] = {"reference", "cpu"};
+
+static pb_sweep *make_sweep(pb_model *m, const char *spec, const char *dir, const pb_sweep_options *o) {
+    pb_sweep *s = NULL;
+    if (pb_sweep_create(&s, m, spec, dir, o) != PB_OK)
+        fail_msg("pb_sweep_create: %s", pb_last_error());
+    if (pb_sweep_run(s) != PB_OK)
+        fail_msg("pb_sweep_run: %s", pb_last_error());
+    return s;
+}
+
+/* Resolved, sorted base positions of an engine site in pair p. */
+static int site_positions(const pb_sweep *s, int64_t i, int pair, int *out) {
+    const pb_site *site = &s->sites[i];
+    const pb_pair_spec *p = &s->spec.pairs[pair];
+    int n = 0;
+    if (site->all_positions) {
+        for (int t = 0; t < p->base.T; t++)
+            if (p->position_map[t] >= 0)
+                out[n++] = t;
+        return n;
+    }
+    for (int k = 0; k < site->n_positions; k++)
+        out[n++] = site->positions[k] < 0 ? p->base.T + site->positions[k] : site->positions[k];
+    for (int a = 1; a < n; a++)
+        for (int b = a; b > 0 && out[b - 1] > out[b]; b--) {
+            int t = out[b];
+            out[b] = out[b - 1];
+            out[b - 1] = t;
+        }
+    return n;
+}
+
+static int64_t find_site(const pb_sweep *s, json_t *row) {
+    const char *comp = json_string_value(json_object_get(row, "component"));
+    int layer = (int)json_integer_value(json_object_get(row, "layer"));
+    json_t *head = json_object_get(row, "head");
+    int h = json_is_null(head) ? -1 : (int)json_integer_value(head);
+    json_t *positions = json_object_get(row, "positions");
+    int buf[4096];
+    for (int64_t i = 0; i < s->n_sites; i++) {
+        const pb_site *site = &s->sites[i];
+        if (strcmp(pb_component_name(site->component), comp) || site->layer != layer || site->head != h)
+            continue;
+        int ok = 1;
+        for (int p = 0; ok && p < s->spec.n_pairs; p++) {
+            json_t *want = json_array_get(positions, (size_t)p);
+            int n = site_positions(s, i, p, buf);
+            ok = (size_t)n == json_array_size(want);
+            for (int k = 0; ok && k < n; k++)
+                ok = buf[k] == json_integer_value(json_array_get(want, (size_t)k));
+        }
+        if (ok)
+            return i;
+    }
+    return -1;
+}
+
+/* Every fixture case: same sites, baselines and patched values. */
+static void test_oracle_cases(void **state) {
+    char dir[1024];
+    snprintf(dir, sizeof dir, "%s/patching", tu_fixtures());
+    DIR *d = opendir(dir);
+    assert_non_null(d);
+    int n_cases = 0;
+    for (struct dirent *e; (e = readdir(d));) {
+        if (e->d_name[0] == '.')
+            continue;
+        char case_dir[1400], path[1600];
+        snprintf(case_dir, sizeof case_dir, "%s/%s", dir, e->d_name);
+        snprintf(path, sizeof path, "%s/expected.json", case_dir);
+        json_error_t err;
+        json_t *expected = json_load_file(path, 0, &err);
+        if (!expected)
+            fail_msg("%s: %s", path, err.text);
+        const char *model_name = json_string_value(json_object_get(expected, "model"));
+        pb_model *m = load_fixture_model(model_name);
+        if (!m) {
+            printf("[ SKIPPED  ] %s: model %s not present (scripts/fetch-model.sh)\n", e->d_name, model_name);
+            json_decref(expected);
+            continue;
+        }
+        double tol = strcmp(model_name, "smollm2") == 0 ? PB_TOL_SMOLLM2_EFFECT : PB_TOL_TINY_EFFECT;
+        snprintf(path, sizeof path, "%s/spec.json", case_dir);
+        char *spec = slurp(path);
+        assert_non_null(spec);
+        pb_sweep *s = make_sweep(m, spec, case_dir, NULL);
+        json_t *rows = json_object_get(expected, "rows");
+        assert_int_equal(json_array_size(rows), s->n_sites);
+        double worst_patched = 0, worst_effect = 0, worst_base = 0;
+        json_t *pairs = json_object_get(expected, "pairs");
+        for (int p = 0; p < s->spec.n_pairs; p++) {
+            double base, source;
+            pb_sweep_get_pair(s, p, &base, &source);
+            json_t *want = json_array_get(pairs, (size_t)p);
+            double db = fabs(base - json_real_value(json_object_get(want, "base")));
+            double ds = fabs(source - json_real_value(json_object_get(want, "source")));
+            worst_base = fmax(worst_base, fmax(db, ds));
+        }
+        size_t r;
+        json_t *row;
+        json_array_foreach(rows, r, row) {
+            int64_t site = find_site(s, row);
+            if (site < 0)
+                fail_msg("%s: oracle row %zu (%s layer %lld) has no engine site", e->d_name, r,
+                         json_string_value(json_object_get(row, "component")),
+                         json_integer_value(json_object_get(row, "layer")));
+            for (int p = 0; p < s->spec.n_pairs; p++) {
+                double patched, effect, base, source;
+                pb_sweep_get_row(s, p, site, &patched, &effect);
+                pb_sweep_get_pair(s, p, &base, &source);
+                double want = json_real_value(json_array_get(json_object_get(row, "patched"), (size_t)p));
+                double want_effect = (want - json_real_value(json_object_get(json_array_get(pairs, (size_t)p), "base"))) /
+                                     (json_real_value(json_object_get(json_array_get(pairs, (size_t)p), "source")) -
+                                      json_real_value(json_object_get(json_array_get(pairs, (size_t)p), "base")));
+                worst_patched = fmax(worst_patched, fabs(patched - want));
+                if (!isnan(effect))
+                    worst_effect = fmax(worst_effect, fabs(effect - want_effect));
+                if (!(fabs(effect - want_effect) <= tol) && !(isnan(effect) && isnan(want_effect)))
+                    fail_msg("%s: %s layer %d head %d pair %d: effect %.9g, oracle %.9g (patched %.9g vs %.9g)",
+                             e->d_name, pb_component_name(s->sites[site].component), s->sites[site].layer,
+                             s->sites[site].head, p, effect, want_effect, patched, want);
+            }
+        }
+        pb_sweep_summary sum;
+        pb_sweep_get_summary(s, &sum);
+        printf("[ MEASURE  ] %-28s %5lld rows (%lld run): max |d patched| %.2e, |d effect| %.2e, |d baseline| %.2e\n",
+               e->d_name, (long long)sum.n_rows, (long long)sum.n_rows_executed, worst_patched, worst_effect,
+               worst_base);
+        assert_true(worst_effect <= tol);
+        n_cases++;
+        pb_sweep_free(s);
+        free(spec);
+        pb_model_free(m);
+        json_decref(expected);
+    }
+    closedir(d);
+    assert_true(n_cases >= 7);
+}
+
+/* ---- invariants on tiny_gqa ---------------------------------------------- */
+
+static const char *pair_ids = "{\"clean\": {\"ids\": [5, 17, 33, 9, 120, 64, 2, 77]},"
+                              " \"corrupted\": {\"ids\": [5, 17, 40, 9, 120, 91, 2, 77]}}";
+static const char *pair_ids_2 = "{\"clean\": {\"ids\": [11, 3, 98, 42, 7, 7, 60, 1]},"
+                                " \"corrupted\": {\"ids\": [11, 3, 98, 15, 7, 7, 60, 100]}}";
+static const char *all_components =
+    "[{\"component\": \"resid_pre\", \"layers\": \"all\"}, {\"component\": \"resid_mid\", \"layers\": \"all\"},"
+    " {\"component\": \"resid_post\", \"layers\": \"all\"}, {\"component\": \"attn_out\", \"layers\": \"all\"},"
+    " {\"component\": \"mlp_out\", \"layers\": \"all\"}, {\"component\": \"z\", \"layers\": \"all\"},"
+    " {\"component\": \"q\", \"layers\": \"all\"}, {\"component\": \"k\", \"layers\": \"all\"},"
+    " {\"component\": \"v\", \"layers\": \"all\"}, {\"component\": \"resid_pre\", \"layers\": [1], \"positions\": \"all\"},"
+    " {\"component\": \"z\", \"layers\": [0], \"heads\": [1, 3], \"positions\": [[2, 5], [0, 6, 7]]}]";
+static const char *metric_json = "{\"kind\": \"logit_diff\", \"positive\": [3, 50], \"negative\": [7]}";
+
+static char *spec_text(const char *mode, const char *pairs, const char *sites, const char *metric) {
+    char *buf = NULL;
+    if (asprintf(&buf, "{\"mode\": \"%s\", \"pairs\": [%s], \"sites\": %s, \"metric\": %s}", mode, pairs, sites,
+                 metric) < 0)
+        return NULL;
+    return buf;
+}
+
+/* Patching a run with its own activations (source == base, every row
+ * forced to run) leaves the metric unchanged. */
+static void test_self_patch_changes_nothing(void **state) {
+    const char *same = "{\"clean\": {\"ids\": [5, 17, 33, 9, 120, 64, 2, 77]},"
+                       " \"corrupted\": {\"ids\": [5, 17, 33, 9, 120, 64, 2, 77]}}";
+    char *spec = spec_text("denoising", same, all_components, metric_json);
+    for (int k = 0; k < 2; k++) {
+        pb_model *m = load_fixture_model_on("tiny_gqa", invariant_backends[k]);
+        pb_sweep_options o = {.run_trivial_rows = 1, .metric_fn_residual_layer = -1};
+        assert_int_equal(pb_sweep_create(NULL, m, spec, NULL, &o), PB_ERR_ARG);
+        pb_sweep *s = NULL;
+        assert_int_equal(pb_sweep_create(&s, m, spec, NULL, &o), PB_OK);
+        /* pb_sweep_run would refuse: clean == corrupted is below the effect floor */
+        int64_t *all = malloc(sizeof(int64_t) * (size_t)s->n_rows);
+        for (int64_t r = 0; r < s->n_rows; r++)
+            all[r] = r;
+        assert_int_equal(pb_sweep_run_rows(s, all, s->n_rows), PB_OK);
+        free(all);
+        double base, source, worst = 0;
+        pb_sweep_get_pair(s, 0, &base, &source);
+        assert_true(base == source);
+        for (int64_t i = 0; i < s->n_sites; i++) {
+            double patched;
+            pb_sweep_get_row(s, 0, i, &patched, NULL);
+            worst = fmax(worst, fabs(patched - base));
+        }
+        printf("[ MEASURE  ] self-patch (%s backend): %lld rows run, max |patched - base| %.2e\n",
+               invariant_name[k], (long long)s->n_rows_executed, worst);
+        assert_true(s->n_rows_executed > s->n_sites / 2);
+        assert_true(worst <= invariant_tolerance[k]);
+        pb_sweep_free(s);
+        pb_model_free(m);
+    }
+    free(spec);
+}
+
+/* resid_pre at layer 0 over all positions replaces the whole input: the
+ * patched run is the source run. */
+static void test_layer0_all_positions_is_the_source(void **state) {
+    const char *modes[2] = {"denoising", "noising"};
+    char pairs[1024];
+    snprintf(pairs, sizeof pairs, "%s, %s", pair_ids, pair_ids_2);
+    for (int b = 0; b < 2; b++) {
+        pb_model *m = load_fixture_model_on("tiny_gqa", invariant_backends[b]);
+        double worst = 0;
+        for (int k = 0; k < 2; k++) {
+            char *spec = spec_text(modes[k], pairs,
+                                   "[{\"component\": \"resid_pre\", \"layers\": [0], \"positions\": \"all\"}]",
+                                   metric_json);
+            pb_sweep *s = make_sweep(m, spec, NULL, NULL);
+            for (int p = 0; p < 2; p++) {
+                double base, source, patched, effect;
+                pb_sweep_get_pair(s, p, &base, &source);
+                pb_sweep_get_row(s, p, 0, &patched, &effect);
+                /* the clean metric in denoising, the corrupted one in noising */
+                double clean = s->spec.pairs[p].clean_is_source ? source : base;
+                double corrupted = s->spec.pairs[p].clean_is_source ? base : source;
+                double want = k == 0 ? clean : corrupted;
+                worst = fmax(worst, fabs(patched - want));
+                assert_true(fabs(patched - want) <= invariant_tolerance[b]);
+                assert_true(fabs(effect - 1.0) <= invariant_tolerance[b] / fabs(source - base));
+            }
+            pb_sweep_free(s);
+            free(spec);
+        }
+        printf("[ MEASURE  ] layer-0 resid_pre, all positions (%s backend): max |patched - target| %.2e\n",
+               invariant_name[b], worst);
+        pb_model_free(m);
+    }
+}
+
+/* A batch of N rows equals the N rows run one by one; skipped rows are
+ * exactly zero and really skipped. */
+static void test_batch_equals_single_rows(void **state) {
+    char pairs[1024];
+    snprintf(pairs, sizeof pairs, "%s, %s", pair_ids, pair_ids_2);
+    char *spec = spec_text("noising", pairs, all_components, metric_json);
+    for (int k = 0; k < 2; k++) {
+        pb_model *m = load_fixture_model_on("tiny_gqa", invariant_backends[k]);
+        pb_sweep_options one = {.max_batch_rows = 1, .metric_fn_residual_layer = -1};
+        pb_sweep *batched = make_sweep(m, spec, NULL, NULL), *single = make_sweep(m, spec, NULL, &one);
+        double worst = 0;
+        int64_t zeros = 0;
+        for (int p = 0; p < 2; p++)
+            for (int64_t i = 0; i < batched->n_sites; i++) {
+                double a, b, effect;
+                pb_sweep_get_row(batched, p, i, &a, &effect);
+                pb_sweep_get_row(single, p, i, &b, NULL);
+                worst = fmax(worst, fabs(a - b));
+                if (batched->row_trivial[(int64_t)p * batched->n_sites + i]) {
+                    assert_true(effect == 0.0);
+                    zeros++;
+                }
+            }
+        pb_sweep_summary sum;
+        pb_sweep_get_summary(batched, &sum);
+        printf("[ MEASURE  ] batch vs single rows (%s backend): %lld rows, %lld run, %lld exactly zero, "
+               "max |diff| %.2e\n",
+               invariant_name[k], (long long)sum.n_rows, (long long)sum.n_rows_executed, (long long)zeros, worst);
+        assert_true(worst <= invariant_tolerance[k]);
+        assert_true(zeros > 0);
+        assert_int_equal(sum.n_rows_executed + zeros, sum.n_rows);
+        assert_true(sum.flops_executed < sum.flops_naive);
+        pb_sweep_free(batched);
+        pb_sweep_free(single);
+        pb_model_free(m);
+    }
+    free(spec);
+}
+
+/* ---- the naive C reference: one full forward per site ---------------------- */
+
+typedef struct naive_patch {
+    pb_hook_kind hook;
+    int layer;
+    int head;
+    int head_dim;
+    int width;
+    const int *positions;
+    int n_positions;
+    const float *source; /* (T, width) source activation of that hook */
+} naive_patch;
+
+static pb_status naive_intervene(void *user, int job, pb_hook_kind hook, int layer, float *data, int n_rows, int p0) {
+    naive_patch *np = user;
+    if (hook != np->hook || layer != np->layer)
+        return PB_OK;
+    for (int i = 0; i < np->n_positions; i++) {
+        int p = np->positions[i];
+        int col = np->head >= 0 ? np->head * np->head_dim : 0;
+        int n = np->head >= 0 ? np->head_dim : np->width;
+        for (int c = 0; c < n; c++)
+            data[(size_t)(p - p0) * np->width + col + c] = np->source[(size_t)p * np->width + col + c];
+    }
+    return PB_OK;
+}
+
+static const pb_hook_kind component_hook_kind[PB_COMPONENT_COUNT] = {
+    PB_HOOK_RESID_PRE, PB_HOOK_RESID_MID, PB_HOOK_RESID_POST, PB_HOOK_ATTN_OUT, PB_HOOK_MLP_OUT,
+    PB_HOOK_Z,         PB_HOOK_Q,         PB_HOOK_K,          PB_HOOK_V};
+
+static void test_matches_naive_forward_per_site(void **state) {
+    pb_model *m = load_fixture_model("tiny_bias");
+    const pb_model_config *c = pb_model_get_config(m);
+    const char *pair = "{\"clean\": {\"ids\": [4, 60, 12, 33, 90, 2, 41, 8, 19]},"
+                       " \"corrupted\": {\"ids\": [4, 60, 12, 71, 90, 2, 5, 8, 19]}}";
+    const char *metric = "{\"kind\": \"refusal_score\", \"tokens\": [10, 20, 30]}";
+    char *spec = spec_text("denoising", pair, all_components, metric);
+    pb_sweep_options o = {.run_trivial_rows = 1, .metric_fn_residual_layer = -1};
+    pb_sweep *s = make_sweep(m, spec, NULL, &o);
+    const pb_pair_spec *p = &s->spec.pairs[0];
+    int T = p->base.T, V = c->vocab_size;
+    pb_capture *cap;
+    assert_int_equal(pb_capture_create(&cap, m, "*"), PB_OK);
+    assert_int_equal(pb_forward(m, p->source.ids, T, NULL, cap), PB_OK);
+    float *logits = malloc(sizeof(float) * (size_t)T * V);
+    double worst = 0;
+    int positions[64];
+    for (int64_t i = 0; i < s->n_sites; i++) {
+        const pb_site *site = &s->sites[i];
+        pb_hook_kind hook = component_hook_kind[site->component];
+        pb_capture_entry *entry = pb_capture_find(cap, hook, site->layer);
+        assert_non_null(entry);
+        naive_patch np = {.hook = hook, .layer = site->layer, .head = site->head, .head_dim = c->head_dim,
+                          .width = (int)(entry->row_shape[0] * (entry->n_dims == 3 ? entry->row_shape[1] : 1)),
+                          .positions = positions, .n_positions = site_positions(s, i, 0, positions),
+                          .source = entry->data};
+        pb_forward_extras extras = {.intervene = naive_intervene, .intervene_user = &np};
+        assert_int_equal(pb_forward_ex(m, p->base.ids, T, &extras, logits, NULL), PB_OK);
+        double want = pb_metric_refusal_score(logits + (size_t)(T - 1) * V, V, s->spec.metric.positive,
+                                              s->spec.metric.n_positive);
+        double got;
+        pb_sweep_get_row(s, 0, i, &got, NULL);
+        worst = fmax(worst, fabs(got - want));
+        if (!(fabs(got - want) <= PB_TOL_TINY_EFFECT))
+            fail_msg("site %lld (%s layer %d head %d): engine %.9g, naive %.9g", (long long)i,
+                     pb_component_name(site->component), site->layer, site->head, got, want);
+    }
+    printf("[ MEASURE  ] naive C reference: %lld sites, max |engine - naive| %.2e\n", (long long)s->n_sites, worst);
+    free(logits);
+    pb_capture_free(cap);
+    pb_sweep_free(s);
+    free(spec);
+    pb_model_free(m);
+}
+
+#define assert_close(a, b, tol) assert_true(fabs((double)(a) - (double)(b)) <= (tol))
+
+static void test_metric_arithmetic(void **state) {
+    float logits[4] = {1.0f, 2.0f, 3.0f, 4.0f};
+    double lse = log(exp(1.0) + exp(2.0) + exp(3.0) + exp(4.0));
+    int32_t set[2] = {1, 3};
+    assert_close(pb_metric_logprob(logits, 4, set, 2), log(exp(2.0) + exp(4.0)) - lse, 1e-12);
+    assert_close(pb_metric_refusal_score(logits, 4, set, 2), log(exp(2.0) + exp(4.0)) - log(exp(1.0) + exp(3.0)),
+                       1e-12);
+    float selected[3] = {2.0f, 4.0f, 1.0f};
+    assert_close(pb_metric_logit_diff(selected, 2, 1), 2.0, 0);
+    double ref[4];
+    pb_log_softmax(logits, 4, ref);
+    assert_close(pb_metric_kl(ref, logits, 4), 0.0, 1e-15);
+    float other[4] = {4.0f, 3.0f, 2.0f, 1.0f};
+    double kl = 0;
+    for (int i = 0; i < 4; i++)
+        kl += exp(ref[i]) * (ref[i] - ((double)other[i] - lse));
+    assert_close(pb_metric_kl(ref, other, 4), kl, 1e-12);
+    float x[3] = {1, 2, 3}, u[3] = {0, 0.6f, 0.8f};
+    assert_close(pb_metric_projection(x, u, 3), 2 * 0.6f + 3 * 0.8f, 1e-6);
+    /* a probability near 1: log(1 - P) must not cancel to -inf */
+    float sharp[3] = {40.0f, 0.0f, 0.0f};
+    int32_t top[1] = {0};
+    assert_close(pb_metric_refusal_score(sharp, 3, top, 1), 40.0 - log(2.0), 1e-9);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_metric_arithmetic),
+        cmocka_unit_test(test_self_patch_changes_nothing),
+        cmocka_unit_test(test_layer0_all_positions_is_the_source),
+        cmocka_unit_test(test_batch_equals_single_rows),
+        cmocka_unit_test(test_matches_naive_forward_per_site),
+        cmocka_unit_test(test_oracle_cases),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
