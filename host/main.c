@@ -1,4 +1,4 @@
-/* The patchbay command line: forward, generate, info. */
+/* The patchbay command line: forward, generate, sweep, info. */
 #define _POSIX_C_SOURCE 200809L
 #include <dirent.h>
 #include <errno.h>
@@ -6,9 +6,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "npy.h"
 #include "patchbay.h"
+#include "progress.h"
 
 #define PB_VERSION "0.1.0"
 
@@ -20,6 +22,9 @@ static const char *usage_text =
     "            writes DIR/logits.npy (T x vocab, float32) and one HOOK.npy per captured hook point\n"
     "  generate  --model PATH (--ids 1,2,3 | --ids-file F) [--max-new-tokens N]\n"
     "            greedy continuation, printed as text and ids\n"
+    "  sweep     --model PATH --spec SPEC.json --out DIR [--max-memory SIZE] [--overwrite] [--no-progress]\n"
+    "            activation-patching sweep (spec format: docs/patching.md); writes DIR/results.json,\n"
+    "            one COMPONENT.npy heatmap per component and DIR/report.txt, and prints the report\n"
     "  info      --model PATH\n"
     "            hyperparameters\n"
     "\n"
@@ -27,7 +32,9 @@ static const char *usage_text =
     "--model takes a .gguf file or a Hugging Face checkpoint folder (config.json + safetensors).\n"
     "--hooks takes comma-separated globs over TransformerLens names, e.g.\n"
     "  'blocks.*.hook_resid_pre,blocks.3.attn.hook_z,hook_embed,ln_final.hook_normalized'\n"
-    "--ids-file takes ids separated by commas or whitespace ('#' starts a comment), or an int32 .npy.\n";
+    "--ids-file takes ids separated by commas or whitespace ('#' starts a comment), or an int32 .npy.\n"
+    "--max-memory bounds the sweep's batch activations (default 1G): bytes, or K/M/G/T (powers of 1024,\n"
+    "  also KiB/MiB/GiB/TiB) or KB/MB/GB/TB (powers of 1000), e.g. 512M, 2G, 1.5GiB, 100000.\n";
 
 typedef struct options {
     const char *model;
@@ -38,6 +45,9 @@ typedef struct options {
     int max_new;
     int threads;
     int overwrite;
+    const char *spec;     /* sweep */
+    size_t max_memory;    /* sweep; 0 = the library default */
+    int no_progress;      /* sweep */
 } options;
 
 static int fail(const char *what) {
@@ -67,6 +77,10 @@ static int parse_options(int argc, char **argv, options *o) {
             o->overwrite = 1;
             continue;
         }
+        if (strcmp(a, "--no-progress") == 0) {
+            o->no_progress = 1;
+            continue;
+        }
         if (!next) {
             fprintf(stderr, "patchbay: option %s needs a value (see patchbay --help)\n", a);
             return 0;
@@ -78,6 +92,13 @@ static int parse_options(int argc, char **argv, options *o) {
         else if (strcmp(a, "--out") == 0) o->out = next;
         else if (strcmp(a, "--max-new-tokens") == 0) { if (!parse_int(a, next, &o->max_new)) return 0; }
         else if (strcmp(a, "--threads") == 0) { if (!parse_int(a, next, &o->threads)) return 0; }
+        else if (strcmp(a, "--spec") == 0) o->spec = next;
+        else if (strcmp(a, "--max-memory") == 0) {
+            if (pb_parse_size(next, &o->max_memory) != PB_OK) {
+                fprintf(stderr, "patchbay: --max-memory: %s\n", pb_last_error());
+                return 0;
+            }
+        }
         else {
             fprintf(stderr, "patchbay: unknown option '%s' (see patchbay --help)\n", a);
             return 0;
@@ -314,6 +335,170 @@ done:
     return rc;
 }
 
+/* Reads a whole text file; NULL (with a message) on failure. */
+static char *read_text_file(const char *path) {
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        fprintf(stderr, "patchbay: cannot open %s: %s\n", path, strerror(errno));
+        return NULL;
+    }
+    char *text = NULL;
+    size_t size = 0;
+    FILE *mem = open_memstream(&text, &size);
+    char chunk[4096];
+    size_t got;
+    int ok = mem != NULL;
+    while (ok && (got = fread(chunk, 1, sizeof chunk, f)) > 0)
+        ok = fwrite(chunk, 1, got, mem) == got;
+    ok = ok && !ferror(f);
+    fclose(f);
+    if (mem && fclose(mem) != 0)
+        ok = 0;
+    if (!ok) {
+        fprintf(stderr, "patchbay: cannot read %s\n", path);
+        free(text);
+        return NULL;
+    }
+    return text;
+}
+
+/* Refuses, before any compute, an --out that pb_sweep_write would refuse
+ * or could not create: a non-directory, a non-empty directory without
+ * --overwrite, or a missing one under an unwritable parent. Creates
+ * nothing: the directory appears only once the results exist. */
+static int check_sweep_out_dir(const char *dir, int overwrite) {
+    struct stat st;
+    if (stat(dir, &st) == 0) {
+        if (!S_ISDIR(st.st_mode)) {
+            fprintf(stderr, "patchbay: --out %s exists and is not a directory\n", dir);
+            return 0;
+        }
+        DIR *d = opendir(dir);
+        if (!d) {
+            fprintf(stderr, "patchbay: cannot read --out %s: %s\n", dir, strerror(errno));
+            return 0;
+        }
+        int empty = 1;
+        for (struct dirent *e; empty && (e = readdir(d));)
+            if (strcmp(e->d_name, ".") && strcmp(e->d_name, ".."))
+                empty = 0;
+        closedir(d);
+        if (!empty && !overwrite) {
+            fprintf(stderr, "patchbay: --out %s is not empty; pass --overwrite to replace its files\n", dir);
+            return 0;
+        }
+        if (access(dir, W_OK | X_OK) != 0) {
+            fprintf(stderr, "patchbay: cannot write into --out %s: %s\n", dir, strerror(errno));
+            return 0;
+        }
+        return 1;
+    }
+    /* Missing: the nearest existing ancestor must be a writable directory. */
+    char parent[4096];
+    if (snprintf(parent, sizeof parent, "%s", dir) >= (int)sizeof parent) {
+        fprintf(stderr, "patchbay: --out path is too long\n");
+        return 0;
+    }
+    for (;;) {
+        char *slash = strrchr(parent, '/');
+        while (slash && slash > parent && slash[1] == 0) { /* trailing slashes */
+            *slash = 0;
+            slash = strrchr(parent, '/');
+        }
+        if (!slash) {
+            snprintf(parent, sizeof parent, ".");
+        } else if (slash == parent) {
+            parent[1] = 0;
+        } else {
+            *slash = 0;
+        }
+        if (stat(parent, &st) == 0)
+            break;
+        if (strcmp(parent, ".") == 0 || strcmp(parent, "/") == 0)
+            break;
+    }
+    if (stat(parent, &st) != 0 || !S_ISDIR(st.st_mode) || access(parent, W_OK | X_OK) != 0) {
+        fprintf(stderr, "patchbay: cannot create --out %s: %s is not a writable directory\n", dir, parent);
+        return 0;
+    }
+    return 1;
+}
+
+static int cmd_sweep(const options *o) {
+    if (!o->spec || !o->out) {
+        fprintf(stderr, "patchbay sweep: --spec SPEC.json and --out DIR are required\n");
+        return 2;
+    }
+    if (!check_sweep_out_dir(o->out, o->overwrite))
+        return 1;
+    char *spec_text = read_text_file(o->spec);
+    if (!spec_text)
+        return 2;
+    /* Relative paths in the spec (a projection's direction file) are
+     * relative to the spec's own folder. */
+    char spec_dir[4096];
+    snprintf(spec_dir, sizeof spec_dir, "%s", o->spec);
+    char *slash = strrchr(spec_dir, '/');
+    if (!slash)
+        snprintf(spec_dir, sizeof spec_dir, ".");
+    else if (slash == spec_dir)
+        spec_dir[1] = 0;
+    else
+        *slash = 0;
+
+    pb_model *m = load(o);
+    if (!m) {
+        free(spec_text);
+        return 1;
+    }
+    int rc = 1;
+    pb_sweep *sweep = NULL;
+    pb_progress progress;
+    pb_progress_init(&progress, stderr, "sweep", -1);
+    pb_sweep_options so = {.max_memory = o->max_memory, .metric_fn_residual_layer = -1};
+    if (!o->no_progress) {
+        so.progress = pb_progress_callback;
+        so.progress_user = &progress;
+    }
+    pb_status st = pb_sweep_create(&sweep, m, spec_text, spec_dir, &so);
+    if (st != PB_OK) {
+        fprintf(stderr, "patchbay: %s: %s\n", o->spec, pb_last_error());
+        rc = st == PB_ERR_ARG ? 2 : 1;
+        goto done;
+    }
+    pb_sweep_summary summary = {0};
+    if (pb_sweep_get_summary(sweep, &summary) == PB_OK && !o->no_progress)
+        fprintf(stderr, "patchbay: %lld sites x %d pairs = %lld rows\n", (long long)summary.n_sites,
+                summary.n_pairs, (long long)summary.n_rows);
+    if (!o->no_progress)
+        pb_progress_update(&progress, 0, summary.n_rows);
+    st = pb_sweep_run(sweep);
+    if (!o->no_progress)
+        pb_progress_finish(&progress);
+    if (st != PB_OK) {
+        fail("sweep failed");
+        goto done;
+    }
+    if (pb_sweep_write(sweep, o->out, o->overwrite) != PB_OK) {
+        fail("writing the sweep's results");
+        goto done;
+    }
+    char path[4200];
+    snprintf(path, sizeof path, "%s/report.txt", o->out);
+    char *report = read_text_file(path);
+    if (!report)
+        goto done;
+    fputs(report, stdout);
+    free(report);
+    fprintf(stderr, "patchbay: wrote results.json, report.txt and the .npy heatmaps to %s\n", o->out);
+    rc = 0;
+done:
+    pb_sweep_free(sweep);
+    pb_model_free(m);
+    free(spec_text);
+    return rc;
+}
+
 static int cmd_info(const options *o) {
     pb_model *m = load(o);
     if (!m)
@@ -340,7 +525,7 @@ int main(int argc, char **argv) {
     }
     options o;
     const char *cmd = argv[1];
-    if (strcmp(cmd, "forward") && strcmp(cmd, "generate") && strcmp(cmd, "info")) {
+    if (strcmp(cmd, "forward") && strcmp(cmd, "generate") && strcmp(cmd, "sweep") && strcmp(cmd, "info")) {
         fprintf(stderr, "patchbay: unknown command '%s'\n\n%s", cmd, usage_text);
         return 2;
     }
@@ -350,5 +535,7 @@ int main(int argc, char **argv) {
         return cmd_forward(&o);
     if (strcmp(cmd, "generate") == 0)
         return cmd_generate(&o);
+    if (strcmp(cmd, "sweep") == 0)
+        return cmd_sweep(&o);
     return cmd_info(&o);
 }

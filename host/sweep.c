@@ -614,6 +614,9 @@ static pb_status run_batch(pb_sweep *s, batch_buffers *bb, int n) {
     }
     double before = pb_exec_flops(bb->exec);
     PB_TRY(pb_exec_run(bb->exec, bb->jobs, n, s->metric_step, NULL, NULL));
+    s->n_batches++;
+    for (int i = 0; i < n; i++)
+        s->tokens_packed += bb->jobs[i].T - bb->jobs[i].p0;
     for (int i = 0; i < n; i++) {
         const pb_exec_job *job = &bb->jobs[i];
         int m = metric_position(s, job->T);
@@ -912,6 +915,7 @@ pb_status pb_sweep_get_site(const pb_sweep *s, int64_t i, pb_site_result *r) {
     r->layer = site->layer;
     r->head = site->head;
     r->position = site->spec_position;
+    r->all_positions = site->all_positions;
     r->n_positions = site->n_positions;
     r->positions = site->positions;
     double sum = 0.0, sum_sq = 0.0, patched = 0.0;

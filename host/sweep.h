@@ -66,6 +66,8 @@ struct pb_sweep {
     double flops_naive;
     int64_t n_rows_executed;
     int64_t n_rows_done;
+    int64_t n_batches;
+    int64_t tokens_packed; /* over all batches: the GEMM row counts */
 };
 
 /* Per-pair normalised effect of a row: (patched - base) / (source - base),

@@ -214,8 +214,9 @@ typedef struct pb_site_result {
     int layer;
     int head;                  /* -1 when the component has no head */
     int position;              /* token index (negative: end-aligned); INT32_MIN when several positions were patched together */
-    int n_positions;
-    const int *positions;      /* the positions patched together (borrowed) */
+    int all_positions;         /* 1: every (mapped) position of each pair patched together */
+    int n_positions;           /* else: the positions patched together (borrowed), negative = end-aligned */
+    const int *positions;
     double patched;            /* mean over used pairs of the patched metric */
     double effect;             /* mean normalised effect; NaN when no pair is usable or not yet run */
     double standard_error;     /* of the mean over pairs */

@@ -331,6 +331,149 @@ static void test_info(void **state) {
     expect_in(out_text, "\nvocab_size 128\n");
 }
 
+/* ---- sweep ---------------------------------------------------------------- */
+
+static const char *const sweep_spec =
+    "{\"mode\": \"denoising\",\n"
+    " \"pairs\": [{\"clean\": {\"ids\": [5, 17, 33, 60, 7, 90]}, \"corrupted\": {\"ids\": [5, 17, 44, 60, 7, 90]}},\n"
+    "           {\"clean\": {\"ids\": [9, 3, 70, 21, 100, 11]}, \"corrupted\": {\"ids\": [9, 3, 12, 21, 100, 11]}}],\n"
+    " \"sites\": [{\"component\": \"resid_pre\", \"layers\": %s, \"positions\": \"each\"},\n"
+    "           {\"component\": \"z\", \"layers\": \"all\", \"heads\": \"all\", \"positions\": \"last\"},\n"
+    "           {\"component\": \"attn_out\", \"layers\": \"all\", \"positions\": \"all\"}],\n"
+    " \"metric\": {\"kind\": \"logit_diff\", \"positive\": {\"ids\": [18]}, \"negative\": {\"ids\": [53]}}}\n";
+
+/* Writes the sweep spec with resid_pre's layers set to `layers` into
+ * tmp_dir/name; its path goes to path. */
+static void write_spec(char *path, size_t size, const char *name, const char *layers) {
+    snprintf(path, size, "%s/%s", tmp_dir, name);
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    fprintf(f, sweep_spec, layers);
+    fclose(f);
+}
+
+/* The names in dir, sorted, joined by spaces. */
+static void list_names(const char *dir, char *out, size_t size) {
+    char names[32][256];
+    int n = 0;
+    DIR *d = opendir(dir);
+    assert_non_null(d);
+    for (struct dirent *e; (e = readdir(d));)
+        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..") && n < 32)
+            snprintf(names[n++], sizeof names[0], "%s", e->d_name);
+    closedir(d);
+    for (int i = 1; i < n; i++) /* insertion sort */
+        for (int k = i; k > 0 && strcmp(names[k - 1], names[k]) > 0; k--) {
+            char t[256];
+            memcpy(t, names[k], sizeof t);
+            memcpy(names[k], names[k - 1], sizeof t);
+            memcpy(names[k - 1], t, sizeof t);
+        }
+    out[0] = 0;
+    for (int i = 0; i < n; i++) {
+        strncat(out, i ? " " : "", size - strlen(out) - 1);
+        strncat(out, names[i], size - strlen(out) - 1);
+    }
+}
+
+static void test_sweep_files(void **state) {
+    need_cli();
+    char model[1024], spec[256], out[128], names[1024], path[256];
+    fixture(model, sizeof model, "tiny_gqa", "model.gguf");
+    write_spec(spec, sizeof spec, "spec.json", "\"all\"");
+    snprintf(out, sizeof out, "%s/out", tmp_dir);
+    const char *args[] = {"sweep", "--model", model, "--spec", spec, "--out", out, "--threads", "2",
+                          "--max-memory", "64M", NULL, NULL};
+    if (run_cli(args) != 0)
+        fail_msg("sweep failed: %s", err_text);
+    list_names(out, names, sizeof names);
+    assert_string_equal(names, "attn_out_all.npy report.txt resid_pre.npy results.json z.npy");
+    /* The report goes to stdout; progress (not a terminal here) to stderr. */
+    char *report = malloc(65536);
+    snprintf(path, sizeof path, "%s/report.txt", out);
+    read_text(path, report, 65536);
+    assert_string_equal(out_text, report);
+    free(report);
+    expect_in(out_text, "\nMode: denoising\n");
+    expect_in(out_text, "\nSites patched: 22 (rows executed: ");
+    expect_in(out_text, "\nTop 15 effects:\n");
+    expect_in(err_text, "sweep [##############################] 44/44 rows");
+    expect_in(err_text, "done in");
+    void *data;
+    int n_dims;
+    int64_t shape[8];
+    snprintf(path, sizeof path, "%s/z.npy", out);
+    assert_int_equal(pb_npy_read(path, &data, PB_NPY_F32, &n_dims, shape), PB_OK);
+    assert_int_equal(n_dims, 3);
+    assert_int_equal(shape[0], 2);
+    assert_int_equal(shape[1], 4);
+    assert_int_equal(shape[2], 6);
+    free(data);
+
+    /* Again into the now non-empty directory: refused before any compute
+     * (no progress line), files untouched. */
+    snprintf(path, sizeof path, "%s/results.json", out);
+    struct stat before, after;
+    assert_int_equal(stat(path, &before), 0);
+    assert_int_equal(run_cli(args), 1);
+    expect_in(err_text, "--overwrite");
+    expect_in(err_text, out);
+    if (strstr(err_text, "rows"))
+        fail_msg("the refused sweep ran: %s", err_text);
+    assert_int_equal(stat(path, &after), 0);
+    assert_int_equal(after.st_ino, before.st_ino);
+
+    /* --overwrite, quietly: replaced, no progress. */
+    const char *quiet[] = {"sweep", "--model", model, "--spec", spec, "--out", out, "--overwrite", "--no-progress",
+                           NULL};
+    if (run_cli(quiet) != 0)
+        fail_msg("sweep --overwrite failed: %s", err_text);
+    assert_null(strstr(err_text, "sweep ["));
+    assert_int_equal(stat(path, &after), 0);
+    assert_int_not_equal(after.st_ino, before.st_ino);
+    list_names(out, names, sizeof names);
+    assert_string_equal(names, "attn_out_all.npy report.txt resid_pre.npy results.json z.npy");
+}
+
+static void test_sweep_errors(void **state) {
+    need_cli();
+    char model[1024], spec[256], bad[256], out[128];
+    fixture(model, sizeof model, "tiny_gqa", "model.gguf");
+    write_spec(spec, sizeof spec, "spec.json", "\"all\"");
+    write_spec(bad, sizeof bad, "bad.json", "[0, 5]"); /* tiny_gqa has 2 layers */
+    snprintf(out, sizeof out, "%s/out", tmp_dir);
+
+    const char *bad_spec[] = {"sweep", "--model", model, "--spec", bad, "--out", out, NULL};
+    assert_int_equal(run_cli(bad_spec), 2);
+    expect_in(err_text, "sites[0].layers[1]");
+    expect_in(err_text, "bad.json");
+    assert_int_not_equal(access(out, F_OK), 0);
+
+    const char *no_spec[] = {"sweep", "--model", model, "--out", out, NULL};
+    assert_int_equal(run_cli(no_spec), 2);
+    expect_in(err_text, "--spec");
+    const char *no_out[] = {"sweep", "--model", model, "--spec", spec, NULL};
+    assert_int_equal(run_cli(no_out), 2);
+    expect_in(err_text, "--out");
+    const char *bad_size[] = {"sweep", "--model", model, "--spec", spec, "--out", out, "--max-memory", "12Q", NULL};
+    assert_int_equal(run_cli(bad_size), 2);
+    expect_in(err_text, "--max-memory");
+    expect_in(err_text, "'12Q'");
+    char missing[256];
+    snprintf(missing, sizeof missing, "%s/missing.json", tmp_dir);
+    const char *missing_spec[] = {"sweep", "--model", model, "--spec", missing, "--out", out, NULL};
+    assert_int_equal(run_cli(missing_spec), 2);
+    expect_in(err_text, missing);
+    /* --out naming a file */
+    const char *file_out[] = {"sweep", "--model", model, "--spec", spec, "--out", spec, NULL};
+    assert_int_equal(run_cli(file_out), 1);
+    expect_in(err_text, "not a directory");
+    assert_int_not_equal(access(out, F_OK), 0);
+    const char *help[] = {"--help", NULL};
+    assert_int_equal(run_cli(help), 0);
+    expect_in(out_text, "sweep     --model PATH --spec SPEC.json --out DIR");
+}
+
 int main(void) {
     const char *build = getenv("PB_BUILD_DIR");
     snprintf(cli, sizeof cli, "%s/patchbay", build ? build : ".");
@@ -346,6 +489,8 @@ int main(void) {
         cmocka_unit_test_teardown(test_truncated_gguf, cleanup),
         cmocka_unit_test_teardown(test_generate, cleanup),
         cmocka_unit_test_teardown(test_info, cleanup),
+        cmocka_unit_test_teardown(test_sweep_files, cleanup),
+        cmocka_unit_test_teardown(test_sweep_errors, cleanup),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

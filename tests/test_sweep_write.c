@@ -1,0 +1,736 @@
+/* pb_sweep_write against the getters it reports (results.json entry by
+ * entry, every .npy cell, the report's lines and ordering), its directory
+ * rules (no temporary files left, a non-empty directory refused and left
+ * byte-identical, --overwrite replacing stale outputs), and the CLI helpers
+ * in progress.h (size parsing, progress lines for logs and terminals). */
+#define _XOPEN_SOURCE 700
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+#include <dirent.h>
+#include <ftw.h>
+#include <jansson.h>
+#include <limits.h>
+#include <math.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "npy.h"
+#include "patchbay.h"
+#include "progress.h"
+#include "test_util.h"
+
+/* Two pairs of six tokens that differ at position 2; per-position resid_pre,
+ * every z head at the last position, attn_out over all positions. */
+static const char *const main_spec =
+    "{\"mode\": \"denoising\","
+    " \"pairs\": [{\"clean\": {\"ids\": [5, 17, 33, 60, 7, 90]}, \"corrupted\": {\"ids\": [5, 17, 44, 60, 7, 90]}},"
+    "            {\"clean\": {\"ids\": [9, 3, 70, 21, 100, 11]}, \"corrupted\": {\"ids\": [9, 3, 12, 21, 100, 11]}}],"
+    " \"sites\": [{\"component\": \"resid_pre\", \"layers\": \"all\", \"positions\": \"each\"},"
+    "           {\"component\": \"z\", \"layers\": \"all\", \"heads\": \"all\", \"positions\": \"last\"},"
+    "           {\"component\": \"attn_out\", \"layers\": \"all\", \"positions\": \"all\"}],"
+    " \"metric\": {\"kind\": \"logit_diff\", \"positive\": {\"ids\": [18]}, \"negative\": {\"ids\": [53]}}}";
+
+typedef struct fixture {
+    pb_model *model;
+    pb_sweep *sweep;
+    char dir[64]; /* a fresh temporary directory per test */
+} fixture;
+
+static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) { return remove(path); }
+
+static pb_sweep *make_sweep(pb_model *m, const char *spec, int run) {
+    pb_sweep *s = NULL;
+    if (pb_sweep_create(&s, m, spec, NULL, NULL) != PB_OK)
+        fail_msg("pb_sweep_create: %s", pb_last_error());
+    if (run && pb_sweep_run(s) != PB_OK)
+        fail_msg("pb_sweep_run: %s", pb_last_error());
+    return s;
+}
+
+static pb_model *load_tiny(void) {
+    char path[1024];
+    snprintf(path, sizeof path, "%s/tiny_gqa/model.gguf", tu_fixtures());
+    pb_model *m = NULL;
+    pb_load_options o = {.n_threads = 2};
+    if (pb_model_load(&m, path, &o) != PB_OK)
+        fail_msg("loading %s: %s", path, pb_last_error());
+    return m;
+}
+
+static int setup(void **state) {
+    fixture *f = calloc(1, sizeof *f);
+    f->model = load_tiny();
+    f->sweep = make_sweep(f->model, main_spec, 1);
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state) {
+    fixture *f = *state;
+    pb_sweep_free(f->sweep);
+    pb_model_free(f->model);
+    free(f);
+    return 0;
+}
+
+static int make_dir(void **state) {
+    fixture *f = *state;
+    snprintf(f->dir, sizeof f->dir, "/tmp/pb_sweep_write_XXXXXX");
+    return mkdtemp(f->dir) ? 0 : -1;
+}
+
+static int remove_dir(void **state) {
+    fixture *f = *state;
+    if (f->dir[0])
+        nftw(f->dir, remove_entry, 8, FTW_DEPTH | FTW_PHYS);
+    f->dir[0] = 0;
+    return 0;
+}
+
+static char *slurp(const char *path, size_t *size) {
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *buf = malloc((size_t)n + 1);
+    if (fread(buf, 1, (size_t)n, f) != (size_t)n) {
+        free(buf);
+        fclose(f);
+        return NULL;
+    }
+    buf[n] = 0;
+    fclose(f);
+    if (size)
+        *size = (size_t)n;
+    return buf;
+}
+
+static json_t *load_results(const char *dir) {
+    char path[1024];
+    if (snprintf(path, sizeof path, "%s/results.json", dir) >= (int)sizeof path)
+        fail_msg("path too long");
+    json_error_t err;
+    json_t *root = json_load_file(path, 0, &err);
+    if (!root)
+        fail_msg("%s: %s (line %d)", path, err.text, err.line);
+    return root;
+}
+
+/* A JSON number or null equals x (null for NaN), bit for bit: the writer
+ * prints 17 significant digits, which round-trip doubles. */
+static void expect_number(json_t *j, double x, const char *what) {
+    if (isnan(x)) {
+        if (!json_is_null(j))
+            fail_msg("%s: expected null for NaN", what);
+        return;
+    }
+    if (!json_is_number(j))
+        fail_msg("%s: expected a number", what);
+    if (json_number_value(j) != x)
+        fail_msg("%s: %.17g in the file, %.17g from the getter", what, json_number_value(j), x);
+}
+
+static int compare_names(const void *a, const void *b) { return strcmp(a, b); }
+
+/* The names in dir, sorted, joined by spaces. */
+static void list_dir(const char *dir, char *out, size_t size) {
+    char names[32][256];
+    int n = 0;
+    DIR *d = opendir(dir);
+    assert_non_null(d);
+    for (struct dirent *e; (e = readdir(d));)
+        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..") && n < 32)
+            snprintf(names[n++], sizeof names[0], "%s", e->d_name);
+    closedir(d);
+    qsort(names, (size_t)n, sizeof names[0], compare_names);
+    out[0] = 0;
+    for (int i = 0; i < n; i++) {
+        strncat(out, i ? " " : "", size - strlen(out) - 1);
+        strncat(out, names[i], size - strlen(out) - 1);
+    }
+}
+
+static const char *const main_files = "attn_out_all.npy report.txt resid_pre.npy results.json z.npy";
+
+static void write_ok(const pb_sweep *s, const char *dir, int overwrite) {
+    if (pb_sweep_write(s, dir, overwrite) != PB_OK)
+        fail_msg("pb_sweep_write: %s", pb_last_error());
+}
+
+/* ---- results.json ---------------------------------------------------------- */
+
+static void test_results_json(void **state) {
+    fixture *f = *state;
+    const pb_sweep *s = f->sweep;
+    write_ok(s, f->dir, 0);
+    json_t *root = load_results(f->dir);
+    assert_string_equal(json_string_value(json_object_get(root, "schema")), "patchbay.sweep/1");
+    pb_sweep_summary sum;
+    assert_int_equal(pb_sweep_get_summary(s, &sum), PB_OK);
+    int64_t n_sites = pb_sweep_site_count(s);
+    assert_int_equal(n_sites, 22); /* 2 layers x 6 positions + 2 x 4 heads + 2 */
+    assert_int_equal(json_integer_value(json_object_get(root, "n_sites")), n_sites);
+    assert_int_equal(json_integer_value(json_object_get(root, "n_rows")), sum.n_rows);
+    assert_int_equal(json_integer_value(json_object_get(root, "n_rows_executed")), sum.n_rows_executed);
+    assert_int_equal(json_integer_value(json_object_get(root, "n_significant")), sum.n_significant);
+    assert_int_equal(json_integer_value(json_object_get(root, "n_pairs")), 2);
+    assert_int_equal(json_integer_value(json_object_get(root, "n_pairs_used")), sum.n_pairs_used);
+    assert_string_equal(json_string_value(json_object_get(root, "mode")), "denoising");
+    expect_number(json_object_get(root, "clean_baseline"), sum.clean_baseline, "clean_baseline");
+    expect_number(json_object_get(root, "corrupted_baseline"), sum.corrupted_baseline, "corrupted_baseline");
+    expect_number(json_object_get(root, "total_effect"), sum.total_effect, "total_effect");
+    expect_number(json_object_get(root, "circuit_fraction"), sum.circuit_fraction, "circuit_fraction");
+    expect_number(json_object_get(root, "flops_executed"), sum.flops_executed, "flops_executed");
+    expect_number(json_object_get(root, "flops_naive"), sum.flops_naive, "flops_naive");
+    expect_number(json_object_get(root, "significance_threshold"), 0.1, "significance_threshold");
+    expect_number(json_object_get(root, "effect_floor"), 1e-4, "effect_floor");
+    assert_true(json_is_false(json_object_get(root, "positions_aligned_from_end")));
+    char model_path[1024];
+    snprintf(model_path, sizeof model_path, "%s/tiny_gqa/model.gguf", tu_fixtures());
+    assert_string_equal(json_string_value(json_object_get(root, "model")), model_path);
+    json_t *mc = json_object_get(root, "model_config");
+    assert_int_equal(json_integer_value(json_object_get(mc, "n_layers")), 2);
+    assert_int_equal(json_integer_value(json_object_get(mc, "n_heads")), 4);
+    assert_int_equal(json_integer_value(json_object_get(mc, "n_kv_heads")), 2);
+    assert_int_equal(json_integer_value(json_object_get(mc, "vocab_size")), 128);
+    json_t *metric = json_object_get(root, "metric");
+    assert_string_equal(json_string_value(json_object_get(metric, "kind")), "logit_diff");
+    assert_int_equal(json_integer_value(json_array_get(json_object_get(metric, "positive"), 0)), 18);
+    assert_int_equal(json_integer_value(json_array_get(json_object_get(metric, "negative"), 0)), 53);
+    assert_int_equal(json_integer_value(json_object_get(metric, "position")), -1);
+
+    /* Pairs: in denoising the source is clean. */
+    json_t *pairs = json_object_get(root, "pairs");
+    assert_int_equal(json_array_size(pairs), 2);
+    for (int i = 0; i < 2; i++) {
+        json_t *p = json_array_get(pairs, (size_t)i);
+        double base, source;
+        assert_int_equal(pb_sweep_get_pair(s, i, &base, &source), PB_OK);
+        assert_int_equal(json_integer_value(json_object_get(p, "index")), i);
+        expect_number(json_object_get(p, "base"), base, "pairs[].base");
+        expect_number(json_object_get(p, "source"), source, "pairs[].source");
+        expect_number(json_object_get(p, "clean"), source, "pairs[].clean");
+        expect_number(json_object_get(p, "corrupted"), base, "pairs[].corrupted");
+        assert_true(json_is_true(json_object_get(p, "usable")));
+    }
+
+    /* Every site, in order, as the getters give it. */
+    json_t *sites = json_object_get(root, "sites");
+    assert_int_equal(json_array_size(sites), n_sites);
+    double max_abs[2] = {-1, -1};
+    for (int64_t i = 0; i < n_sites; i++) {
+        json_t *e = json_array_get(sites, (size_t)i);
+        pb_site_result r;
+        assert_int_equal(pb_sweep_get_site(s, i, &r), PB_OK);
+        char hook[96];
+        snprintf(hook, sizeof hook, "blocks.%d.%s", r.layer, pb_component_hook(r.component));
+        assert_string_equal(json_string_value(json_object_get(e, "component")), pb_component_name(r.component));
+        assert_string_equal(json_string_value(json_object_get(e, "hook")), hook);
+        assert_int_equal(json_integer_value(json_object_get(e, "layer")), r.layer);
+        json_t *head = json_object_get(e, "head");
+        if (r.head < 0)
+            assert_true(json_is_null(head));
+        else
+            assert_int_equal(json_integer_value(head), r.head);
+        json_t *position = json_object_get(e, "position");
+        if (r.position == INT32_MIN) {
+            assert_true(json_is_null(position));
+            assert_true(json_is_true(json_object_get(e, "all_positions"))); /* attn_out "all" */
+        } else {
+            assert_int_equal(json_integer_value(position), r.position);
+            assert_true(json_is_null(json_object_get(e, "positions")));
+        }
+        expect_number(json_object_get(e, "effect"), r.effect, "effect");
+        expect_number(json_object_get(e, "patched"), r.patched, "patched");
+        expect_number(json_object_get(e, "stderr"), r.standard_error, "stderr");
+        assert_int_equal(json_is_true(json_object_get(e, "significant")), r.significant);
+        json_t *pe = json_object_get(e, "per_pair_effect"), *pp = json_object_get(e, "per_pair_patched");
+        assert_int_equal(json_array_size(pe), 2);
+        assert_int_equal(json_array_size(pp), 2);
+        for (int p = 0; p < 2; p++) {
+            double patched, effect;
+            assert_int_equal(pb_sweep_get_row(s, p, i, &patched, &effect), PB_OK);
+            expect_number(json_array_get(pe, (size_t)p), effect, "per_pair_effect");
+            expect_number(json_array_get(pp, (size_t)p), patched, "per_pair_patched");
+        }
+        if (fabs(r.effect) > max_abs[r.layer])
+            max_abs[r.layer] = fabs(r.effect);
+    }
+
+    /* Both layers, by descending max |effect|. */
+    json_t *top = json_object_get(root, "top_layers");
+    assert_int_equal(json_array_size(top), 2);
+    int first = max_abs[1] > max_abs[0] ? 1 : 0;
+    assert_int_equal(json_integer_value(json_object_get(json_array_get(top, 0), "layer")), first);
+    assert_int_equal(json_integer_value(json_object_get(json_array_get(top, 1), "layer")), 1 - first);
+    expect_number(json_object_get(json_array_get(top, 0), "max_abs_effect"), max_abs[first], "top_layers[0]");
+
+    /* The axes say what the .npy files hold. */
+    json_t *axes = json_object_get(root, "npy_axes");
+    assert_int_equal(json_object_size(axes), 3);
+    json_t *z = json_object_get(axes, "z.npy");
+    assert_int_equal(json_array_size(json_object_get(z, "shape")), 3);
+    assert_int_equal(json_integer_value(json_array_get(json_object_get(z, "shape"), 1)), 4);
+    assert_string_equal(json_string_value(json_array_get(json_object_get(z, "axes"), 1)), "head");
+    json_t *labels = json_object_get(json_object_get(axes, "resid_pre.npy"), "positions");
+    assert_int_equal(json_array_size(labels), 6);
+    for (int t = 0; t < 6; t++)
+        assert_int_equal(json_integer_value(json_array_get(labels, (size_t)t)), t);
+    assert_non_null(json_object_get(axes, "attn_out_all.npy"));
+    json_decref(root);
+}
+
+/* ---- .npy ------------------------------------------------------------------ */
+
+static float *read_npy(const char *dir, const char *name, int n_dims_want, const int64_t *shape_want) {
+    char path[256];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    void *data;
+    int n_dims;
+    int64_t shape[8];
+    if (pb_npy_read(path, &data, PB_NPY_F32, &n_dims, shape) != PB_OK)
+        fail_msg("%s", pb_last_error());
+    assert_int_equal(n_dims, n_dims_want);
+    for (int i = 0; i < n_dims; i++)
+        if (shape[i] != shape_want[i])
+            fail_msg("%s: axis %d has %lld, expected %lld", name, i, (long long)shape[i], (long long)shape_want[i]);
+    return data;
+}
+
+static void expect_cell(float got, double effect, const char *what) {
+    float want = (float)effect;
+    if (!(got == want || (isnan(got) && isnan(want))))
+        fail_msg("%s: cell %.9g, site effect %.9g", what, (double)got, effect);
+}
+
+static void test_npy_cells(void **state) {
+    fixture *f = *state;
+    const pb_sweep *s = f->sweep;
+    write_ok(s, f->dir, 0);
+    const int64_t resid_shape[2] = {2, 6}, z_shape[3] = {2, 4, 6}, attn_shape[1] = {2};
+    float *resid = read_npy(f->dir, "resid_pre.npy", 2, resid_shape);
+    float *z = read_npy(f->dir, "z.npy", 3, z_shape);
+    float *attn = read_npy(f->dir, "attn_out_all.npy", 1, attn_shape);
+    int hit_resid[12] = {0}, hit_z[48] = {0}, hit_attn[2] = {0};
+    for (int64_t i = 0; i < pb_sweep_site_count(s); i++) {
+        pb_site_result r;
+        assert_int_equal(pb_sweep_get_site(s, i, &r), PB_OK);
+        switch (r.component) {
+        case PB_COMPONENT_RESID_PRE:
+            expect_cell(resid[r.layer * 6 + r.position], r.effect, "resid_pre.npy");
+            hit_resid[r.layer * 6 + r.position] = 1;
+            break;
+        case PB_COMPONENT_Z:
+            assert_int_equal(r.position, 5);
+            expect_cell(z[(r.layer * 4 + r.head) * 6 + r.position], r.effect, "z.npy");
+            hit_z[(r.layer * 4 + r.head) * 6 + r.position] = 1;
+            break;
+        case PB_COMPONENT_ATTN_OUT:
+            assert_int_equal(r.position, INT32_MIN);
+            expect_cell(attn[r.layer], r.effect, "attn_out_all.npy");
+            hit_attn[r.layer] = 1;
+            break;
+        default: fail_msg("unexpected component %d", (int)r.component);
+        }
+    }
+    /* Every cell is some site's, or NaN. */
+    for (int i = 0; i < 12; i++)
+        assert_true(hit_resid[i]);
+    for (int i = 0; i < 48; i++)
+        if (!hit_z[i] && !isnan(z[i]))
+            fail_msg("z.npy cell %d has no site but holds %g", i, (double)z[i]);
+    assert_true(hit_attn[0] && hit_attn[1]);
+    free(resid);
+    free(z);
+    free(attn);
+}
+
+/* ---- report.txt -------------------------------------------------------------- */
+
+static void expect_in(const char *text, const char *needle) {
+    if (!strstr(text, needle))
+        fail_msg("expected '%s' in:\n%s", needle, text);
+}
+
+static void test_report(void **state) {
+    fixture *f = *state;
+    const pb_sweep *s = f->sweep;
+    write_ok(s, f->dir, 0);
+    char path[256], line[256];
+    snprintf(path, sizeof path, "%s/report.txt", f->dir);
+    char *text = slurp(path, NULL);
+    assert_non_null(text);
+    pb_sweep_summary sum;
+    assert_int_equal(pb_sweep_get_summary(s, &sum), PB_OK);
+    expect_in(text, "\nMode: denoising\n");
+    expect_in(text, "\nMetric: logit_diff (positive ids 18; negative ids 53; at position -1)\n");
+    expect_in(text, "\nLayers: 0-1 (2)\n");
+    snprintf(line, sizeof line, "\nSites patched: 22 (rows executed: %lld of 44)\n", (long long)sum.n_rows_executed);
+    expect_in(text, line);
+    snprintf(line, sizeof line, "\nClean baseline: %.4f\n", sum.clean_baseline);
+    expect_in(text, line);
+    snprintf(line, sizeof line, "\nCorrupted baseline: %.4f\n", sum.corrupted_baseline);
+    expect_in(text, line);
+    snprintf(line, sizeof line, "\nTotal effect: %.4f\n", sum.total_effect);
+    expect_in(text, line);
+    snprintf(line, sizeof line, "\nSignificant sites (|effect| >= 0.10): %lld of 22 (circuit fraction %.3f)\n",
+             (long long)sum.n_significant, sum.circuit_fraction);
+    expect_in(text, line);
+    expect_in(text, "\nTop causal layers: ");
+    assert_null(strstr(text, "WARNING"));
+
+    /* The table: 15 rows, ranks 1..15, |effect| not increasing, and the
+     * first row is the site with the largest |effect|. */
+    const char *table = strstr(text, "\nTop 15 effects:\n");
+    assert_non_null(table);
+    table = strchr(table + 1, '\n') + 1;
+    table = strchr(table, '\n') + 1; /* the column header */
+    double previous = INFINITY, largest = 0;
+    for (int64_t i = 0; i < pb_sweep_site_count(s); i++) {
+        pb_site_result r;
+        pb_sweep_get_site(s, i, &r);
+        if (fabs(r.effect) > largest)
+            largest = fabs(r.effect);
+    }
+    int rows = 0;
+    while (*table && *table != '\n') {
+        int rank;
+        char hook[96], head[16], position[40];
+        double effect, err;
+        if (sscanf(table, "%d %95s %15s %39s %lf ± %lf", &rank, hook, head, position, &effect, &err) != 6)
+            fail_msg("cannot read table row: %.80s", table);
+        assert_int_equal(rank, rows + 1);
+        assert_true(fabs(effect) <= previous + 1e-9);
+        if (rows == 0)
+            assert_true(fabs(fabs(effect) - largest) <= 5e-5);
+        assert_true(strncmp(hook, "blocks.", 7) == 0);
+        previous = fabs(effect);
+        rows++;
+        table = strchr(table, '\n') + 1;
+    }
+    assert_int_equal(rows, 15);
+    free(text);
+}
+
+/* ---- the directory ------------------------------------------------------------ */
+
+static void test_no_temp_files_and_overwrite(void **state) {
+    fixture *f = *state;
+    char subdir[128], names[1024], path[256];
+    /* A missing directory (and its parent) is created. */
+    snprintf(subdir, sizeof subdir, "%s/a/b", f->dir);
+    write_ok(f->sweep, subdir, 0);
+    list_dir(subdir, names, sizeof names);
+    assert_string_equal(names, main_files);
+
+    /* Again without overwrite: refused by name, every byte left as it was. */
+    static const char *const files[] = {"attn_out_all.npy", "report.txt", "resid_pre.npy", "results.json", "z.npy"};
+    char *before[5];
+    size_t before_size[5];
+    for (int i = 0; i < 5; i++) {
+        snprintf(path, sizeof path, "%s/%s", subdir, files[i]);
+        before[i] = slurp(path, &before_size[i]);
+        assert_non_null(before[i]);
+    }
+    assert_int_equal(pb_sweep_write(f->sweep, subdir, 0), PB_ERR_ARG);
+    expect_in(pb_last_error(), subdir);
+    expect_in(pb_last_error(), "--overwrite");
+    for (int i = 0; i < 5; i++) {
+        size_t size;
+        snprintf(path, sizeof path, "%s/%s", subdir, files[i]);
+        char *after = slurp(path, &size);
+        assert_non_null(after);
+        assert_int_equal(size, before_size[i]);
+        assert_memory_equal(after, before[i], size);
+        free(after);
+    }
+    list_dir(subdir, names, sizeof names);
+    assert_string_equal(names, main_files);
+
+    /* With overwrite: a stale output of another sweep (q.npy) goes, a
+     * file that is not ours stays. */
+    snprintf(path, sizeof path, "%s/q.npy", subdir);
+    FILE *stale = fopen(path, "wb");
+    assert_non_null(stale);
+    fclose(stale);
+    snprintf(path, sizeof path, "%s/notes.txt", subdir);
+    FILE *notes = fopen(path, "wb");
+    assert_non_null(notes);
+    fputs("mine\n", notes);
+    fclose(notes);
+    write_ok(f->sweep, subdir, 1);
+    list_dir(subdir, names, sizeof names);
+    assert_string_equal(names, "attn_out_all.npy notes.txt report.txt resid_pre.npy results.json z.npy");
+    /* Same sweep, same bytes. */
+    for (int i = 0; i < 5; i++) {
+        size_t size;
+        snprintf(path, sizeof path, "%s/%s", subdir, files[i]);
+        char *after = slurp(path, &size);
+        assert_int_equal(size, before_size[i]);
+        assert_memory_equal(after, before[i], size);
+        free(after);
+        free(before[i]);
+    }
+
+    /* Under a regular file: refused, nothing created. */
+    snprintf(path, sizeof path, "%s/notes.txt/out", subdir);
+    assert_int_not_equal(pb_sweep_write(f->sweep, path, 0), PB_OK);
+    snprintf(path, sizeof path, "%s/notes.txt", subdir);
+    assert_int_equal(pb_sweep_write(f->sweep, path, 1), PB_ERR_ARG);
+    expect_in(pb_last_error(), "not a directory");
+    list_dir(subdir, names, sizeof names);
+    assert_string_equal(names, "attn_out_all.npy notes.txt report.txt resid_pre.npy results.json z.npy");
+}
+
+/* Pairs of different lengths (end-aligned positions), a pair whose clean and
+ * corrupted runs are the same (below the floor), position groups next to
+ * "all", and a sweep written before it ran. */
+static void test_groups_alignment_and_floor(void **state) {
+    fixture *f = *state;
+    const char *spec =
+        "{\"mode\": \"noising\","
+        " \"pairs\": [{\"clean\": {\"ids\": [5, 17, 33, 60, 7, 90, 4]}, \"corrupted\": {\"ids\": [5, 17, 44, 60, 7, 90, 4]}},"
+        "            {\"clean\": {\"ids\": [9, 3, 70, 21, 100, 11]}, \"corrupted\": {\"ids\": [9, 3, 70, 21, 100, 11]}},"
+        "            {\"clean\": {\"ids\": [8, 70, 21, 100, 12]}, \"corrupted\": {\"ids\": [8, 71, 21, 100, 12]}}],"
+        " \"sites\": [{\"component\": \"resid_pre\", \"layers\": [1], \"positions\": \"each\"},"
+        "           {\"component\": \"k\", \"layers\": \"all\", \"heads\": \"all\", \"positions\": [[-4, -3], [-2, -1]]},"
+        "           {\"component\": \"k\", \"layers\": [0], \"heads\": [1], \"positions\": \"all\"}],"
+        " \"metric\": {\"kind\": \"logprob\", \"tokens\": {\"ids\": [18, 19]}}}";
+    pb_sweep *s = make_sweep(f->model, spec, 1);
+    write_ok(s, f->dir, 0);
+    char names[1024], path[256];
+    list_dir(f->dir, names, sizeof names);
+    assert_string_equal(names, "k_all.npy k_groups.npy report.txt resid_pre.npy results.json");
+
+    json_t *root = load_results(f->dir);
+    assert_true(json_is_true(json_object_get(root, "positions_aligned_from_end")));
+    assert_string_equal(json_string_value(json_object_get(root, "mode")), "noising");
+    assert_string_equal(json_string_value(json_object_get(json_object_get(root, "metric"), "kind")), "logprob");
+    /* Noising: the base run is clean. */
+    json_t *pair0 = json_array_get(json_object_get(root, "pairs"), 0);
+    double base, source;
+    pb_sweep_get_pair(s, 0, &base, &source);
+    expect_number(json_object_get(pair0, "clean"), base, "noising clean");
+    expect_number(json_object_get(pair0, "corrupted"), source, "noising corrupted");
+    json_t *pair1 = json_array_get(json_object_get(root, "pairs"), 1);
+    assert_true(json_is_false(json_object_get(pair1, "usable")));
+    assert_true(json_is_null(json_array_get(json_object_get(json_array_get(json_object_get(root, "sites"), 0),
+                                                            "per_pair_effect"),
+                                            1)));
+    json_t *axes = json_object_get(root, "npy_axes");
+    json_t *labels = json_object_get(json_object_get(axes, "resid_pre.npy"), "positions");
+    assert_int_equal(json_array_size(labels), 5); /* T_min = 5: -5 .. -1 */
+    for (int i = 0; i < 5; i++)
+        assert_int_equal(json_integer_value(json_array_get(labels, (size_t)i)), i - 5);
+    json_t *groups = json_object_get(json_object_get(axes, "k_groups.npy"), "groups");
+    assert_int_equal(json_array_size(groups), 2);
+    assert_int_equal(json_integer_value(json_array_get(json_array_get(groups, 1), 0)), -2);
+
+    const int64_t resid_shape[2] = {2, 5}, group_shape[3] = {2, 2, 2}, all_shape[2] = {2, 2};
+    float *resid = read_npy(f->dir, "resid_pre.npy", 2, resid_shape);
+    float *kg = read_npy(f->dir, "k_groups.npy", 3, group_shape);
+    float *ka = read_npy(f->dir, "k_all.npy", 2, all_shape);
+    for (int64_t i = 0; i < pb_sweep_site_count(s); i++) {
+        pb_site_result r;
+        pb_sweep_get_site(s, i, &r);
+        json_t *e = json_array_get(json_object_get(root, "sites"), (size_t)i);
+        if (r.component == PB_COMPONENT_RESID_PRE) {
+            assert_true(r.position < 0);
+            expect_cell(resid[r.layer * 5 + (r.position + 5)], r.effect, "aligned resid_pre.npy");
+        } else if (json_is_true(json_object_get(e, "all_positions"))) {
+            expect_cell(ka[r.layer * 2 + r.head], r.effect, "k_all.npy");
+        } else {
+            int group = r.positions[0] == -4 ? 0 : 1;
+            expect_cell(kg[(r.layer * 2 + r.head) * 2 + group], r.effect, "k_groups.npy");
+            assert_int_equal(json_array_size(json_object_get(e, "positions")), 2);
+        }
+    }
+    for (int t = 0; t < 5; t++)
+        assert_true(isnan(resid[t])); /* layer 0 has no resid_pre sites */
+    assert_true(isnan(ka[2]) && isnan(ka[3]) && isnan(ka[0])); /* only layer 0 head 1 */
+    free(resid);
+    free(kg);
+    free(ka);
+    json_decref(root);
+
+    snprintf(path, sizeof path, "%s/report.txt", f->dir);
+    char *text = slurp(path, NULL);
+    expect_in(text, "\nMode: noising\n");
+    expect_in(text, "\nMetric: logprob (tokens 18, 19; at position -1)\n");
+    expect_in(text, "\nLayers: 0-1 (2)\n");
+    expect_in(text, "WARNING: 1 of 3 pairs are below the effect floor");
+    char line[128];
+    double b1, s1;
+    pb_sweep_get_pair(s, 1, &b1, &s1);
+    snprintf(line, sizeof line, "  pair 1: clean %.6f, corrupted %.6f\n", b1, s1);
+    expect_in(text, line);
+    free(text);
+    pb_sweep_free(s);
+
+    /* Written before running: every effect null, the report says so. */
+    s = make_sweep(f->model, main_spec, 0);
+    snprintf(path, sizeof path, "%s/unrun", f->dir);
+    write_ok(s, path, 0);
+    snprintf(path, sizeof path, "%s/unrun", f->dir);
+    root = load_results(path);
+    json_t *first = json_array_get(json_object_get(root, "sites"), 0);
+    assert_true(json_is_null(json_object_get(first, "effect")));
+    assert_int_equal(json_integer_value(json_object_get(root, "n_rows_done")), 0);
+    json_decref(root);
+    snprintf(path, sizeof path, "%s/unrun/report.txt", f->dir);
+    text = slurp(path, NULL);
+    expect_in(text, "\nRows done: 0 of 44");
+    expect_in(text, "(no site has an effect)");
+    free(text);
+    pb_sweep_free(s);
+}
+
+/* ---- progress.h ------------------------------------------------------------------ */
+
+static void expect_size(const char *text, size_t want) {
+    size_t got = 0;
+    if (pb_parse_size(text, &got) != PB_OK)
+        fail_msg("'%s' refused: %s", text, pb_last_error());
+    if (got != want)
+        fail_msg("'%s' -> %zu, expected %zu", text, got, want);
+}
+
+static void expect_bad_size(const char *text, const char *message) {
+    size_t got = 12345;
+    assert_int_equal(pb_parse_size(text, &got), PB_ERR_ARG);
+    assert_int_equal(got, 12345);
+    expect_in(pb_last_error(), message);
+}
+
+static void test_parse_size(void **state) {
+    expect_size("100000", 100000);
+    expect_size("512M", 512ull << 20);
+    expect_size("512m", 512ull << 20);
+    expect_size("2G", 2ull << 30);
+    expect_size("1.5GiB", 3ull << 29);
+    expect_size("64k", 65536);
+    expect_size("64KiB", 65536);
+    expect_size("2MB", 2000000);
+    expect_size("1T", 1ull << 40);
+    expect_size("100B", 100);
+    expect_size("0.1K", 102); /* 102.4 bytes, rounded down */
+    expect_size("18446744073709551615", SIZE_MAX);
+    expect_bad_size("", "empty");
+    expect_bad_size("abc", "'abc' is not a size");
+    expect_bad_size("-5M", "'-5M' is not a size");
+    expect_bad_size("2X", "unknown unit 'X'");
+    expect_bad_size("2GG", "unknown unit 'GG'");
+    expect_bad_size("1e3", "unknown unit 'e3'");
+    expect_bad_size("1.2.3", "not a size");
+    expect_bad_size("1.5", "not a whole number of bytes");
+    expect_bad_size("0", "must be positive");
+    expect_bad_size("0.0001K", "must be positive");
+    expect_bad_size("18446744073709551616", "too large");
+    expect_bad_size("100000000000T", "too large");
+    expect_bad_size(" 2G", "not a size");
+}
+
+static char *captured(FILE *f) {
+    fflush(f);
+    long n = ftell(f);
+    rewind(f);
+    char *buf = calloc((size_t)n + 1, 1);
+    assert_int_equal(fread(buf, 1, (size_t)n, f), (size_t)n);
+    return buf;
+}
+
+static int count_lines(const char *text) {
+    int n = 0;
+    for (; *text; text++)
+        n += *text == '\n';
+    return n;
+}
+
+/* In a log: a line per tenth of the work (and one per 30 s when slow), then
+ * the final line with the total time. */
+static void test_progress_log_lines(void **state) {
+    FILE *f = tmpfile();
+    assert_non_null(f);
+    pb_progress p;
+    pb_progress_init(&p, f, "sweep", -1); /* a file is not a terminal */
+    assert_int_equal(p.tty, 0);
+    pb_progress_update_at(&p, 0, 5000, 100.0);
+    for (int done = 50; done <= 5000; done += 50)
+        pb_progress_update_at(&p, done, 5000, 100.0 + done / 1000.0);
+    pb_progress_finish_at(&p, 105.0);
+    char *text = captured(f);
+    assert_int_equal(count_lines(text), 10); /* 10%..90%, then the final line */
+    assert_null(strchr(text, '\r'));
+    expect_in(text, "sweep [###...........................] 500/5000 rows  1000.0 rows/s  ETA 0:05\n");
+    expect_in(text, "sweep [###########################...] 4500/5000 rows  1000.0 rows/s  ETA 0:01\n");
+    expect_in(text, "sweep [##############################] 5000/5000 rows  1000.0 rows/s  done in 5.0 s\n");
+    free(text);
+    fclose(f);
+
+    /* Slow: a line every 30 s even within one tenth. */
+    f = tmpfile();
+    pb_progress_init(&p, f, "sweep", 0);
+    pb_progress_update_at(&p, 0, 1000, 0.0);
+    pb_progress_update_at(&p, 10, 1000, 31.0);
+    pb_progress_update_at(&p, 20, 1000, 40.0);
+    pb_progress_update_at(&p, 30, 1000, 62.0);
+    pb_progress_finish_at(&p, 3600.0 * 2 + 62.0);
+    text = captured(f);
+    assert_int_equal(count_lines(text), 3);
+    expect_in(text, "10/1000 rows  0.3 rows/s  ETA 51:09\n");
+    expect_in(text, "30/1000 rows  0.5 rows/s  ETA 33:25\n");
+    expect_in(text, "30/1000 rows  0.0 rows/s  stopped after 2:01:02\n");
+    free(text);
+    fclose(f);
+}
+
+/* On a terminal: one line redrawn with '\r' at most ten times a second. */
+static void test_progress_terminal(void **state) {
+    FILE *f = tmpfile();
+    pb_progress p;
+    pb_progress_init(&p, f, "sweep", 1);
+    pb_progress_update_at(&p, 0, 100, 0.0);
+    for (int done = 1; done <= 100; done++)
+        pb_progress_update_at(&p, done, 100, done * 0.01); /* 100 updates over 1 s */
+    pb_progress_finish_at(&p, 1.0);
+    pb_progress_finish_at(&p, 2.0); /* once only */
+    char *text = captured(f);
+    int redraws = 0;
+    for (const char *c = text; *c; c++)
+        redraws += *c == '\r';
+    assert_in_range(redraws, 10, 12); /* ~10 redraws + the final line */
+    assert_int_equal(count_lines(text), 1);
+    expect_in(text, "\rsweep [##############################] 100/100 rows  100.0 rows/s  done in 1.0 s\033[K\n");
+    free(text);
+    fclose(f);
+
+    /* A finish before any update prints nothing. */
+    f = tmpfile();
+    pb_progress_init(&p, f, "sweep", 1);
+    pb_progress_finish_at(&p, 1.0);
+    assert_int_equal(ftell(f), 0);
+    fclose(f);
+}
+
+int main(void) {
+    const struct CMUnitTest with_sweep[] = {
+        cmocka_unit_test_setup_teardown(test_results_json, make_dir, remove_dir),
+        cmocka_unit_test_setup_teardown(test_npy_cells, make_dir, remove_dir),
+        cmocka_unit_test_setup_teardown(test_report, make_dir, remove_dir),
+        cmocka_unit_test_setup_teardown(test_no_temp_files_and_overwrite, make_dir, remove_dir),
+        cmocka_unit_test_setup_teardown(test_groups_alignment_and_floor, make_dir, remove_dir),
+    };
+    const struct CMUnitTest helpers[] = {
+        cmocka_unit_test(test_parse_size),
+        cmocka_unit_test(test_progress_log_lines),
+        cmocka_unit_test(test_progress_terminal),
+    };
+    int failed = cmocka_run_group_tests_name("sweep_write", with_sweep, setup, teardown);
+    failed += cmocka_run_group_tests_name("progress", helpers, NULL, NULL);
+    return failed ? 1 : 0;
+}
