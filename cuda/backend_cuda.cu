@@ -270,6 +270,7 @@ static const pb_backend_ops pb_cuda_ops = {
     pb_cuda_attention,
     pb_cuda_swiglu,
     pb_cuda_add,
+    NULL, /* attention_jobs: the executor falls back to per-job attention */
 };
 
 static pb_status pb_cuda_init(pb_cuda_backend *self, int device) {

@@ -16,6 +16,16 @@
 
 typedef struct pb_backend pb_backend;
 
+typedef struct pb_attention_job {
+    int q_row;              /* first packed row of the job's queries and outputs */
+    int n;                  /* queries (new tokens) */
+    int p0;                 /* prefix length: position of the first query */
+    const float *k_prefix;  /* (p0, kv_dim), may be NULL when p0 == 0 */
+    const float *v_prefix;
+    const float *k_new;     /* (n, kv_dim) */
+    const float *v_new;
+} pb_attention_job;
+
 typedef struct pb_backend_ops {
     const char *name;
     void (*destroy)(pb_backend *backend);
@@ -51,6 +61,14 @@ typedef struct pb_backend_ops {
     pb_status (*swiglu)(pb_backend *backend, float *out, const float *gate, const float *up, size_t n);
     /* out (n) = a + b; out may alias a or b. */
     pb_status (*add)(pb_backend *backend, float *out, const float *a, const float *b, size_t n);
+    /* Causal attention for many ragged sequences at once (a patching
+     * batch). Job j's queries are packed rows [q_row, q_row + n) of q and
+     * out; query t sits at position p0 + t and attends the p0 prefix keys
+     * k_prefix/v_prefix (p0, kv_dim) and the new keys k_new/v_new rows
+     * 0 .. t (n, kv_dim). `jobs` is host memory. Optional: when NULL the
+     * executor assembles each job's keys and calls `attention` per job. */
+    pb_status (*attention_jobs)(pb_backend *backend, float *out, const float *q, const struct pb_attention_job *jobs,
+                                int n_jobs, int n_heads, int n_kv_heads, int head_dim);
 } pb_backend_ops;
 
 struct pb_backend {

@@ -150,6 +150,75 @@ static pb_status cpu_attention(pb_backend *backend, float *out, const float *q, 
     return PB_OK;
 }
 
+/* One (job, query, head) per iteration, all jobs in one parallel region:
+ * a batch of short suffixes would otherwise pay a region per job. */
+static pb_status cpu_attention_jobs(pb_backend *backend, float *out, const float *q, const pb_attention_job *jobs,
+                                    int n_jobs, int n_heads, int n_kv_heads, int head_dim) {
+    int group = n_heads / n_kv_heads, kvd = n_kv_heads * head_dim, qd = n_heads * head_dim;
+    float scale = 1.0f / sqrtf((float)head_dim);
+    int64_t *first = malloc(sizeof(int64_t) * (size_t)(n_jobs + 1));
+    int max_keys = 1;
+    if (!first)
+        return pb_fail(PB_ERR_OOM, "CPU attention: out of memory for %d jobs", n_jobs);
+    first[0] = 0;
+    for (int j = 0; j < n_jobs; j++) {
+        first[j + 1] = first[j] + (int64_t)jobs[j].n * n_heads;
+        if (jobs[j].p0 + jobs[j].n > max_keys)
+            max_keys = jobs[j].p0 + jobs[j].n;
+    }
+    int threads = cpu_threads(backend);
+    float *scores_all = malloc(sizeof(float) * (size_t)threads * (size_t)max_keys);
+    if (!scores_all) {
+        free(first);
+        return pb_fail(PB_ERR_OOM, "CPU attention: out of memory for %d x %d scores", threads, max_keys);
+    }
+    int64_t total = first[n_jobs];
+#pragma omp parallel for schedule(dynamic, 8) num_threads(threads)
+    for (int64_t item = 0; item < total; item++) {
+        int lo = 0, hi = n_jobs - 1; /* the job holding this item */
+        while (lo < hi) {
+            int mid = (lo + hi + 1) / 2;
+            if (first[mid] <= item)
+                lo = mid;
+            else
+                hi = mid - 1;
+        }
+        const pb_attention_job *job = &jobs[lo];
+        int t = (int)((item - first[lo]) / n_heads), h = (int)((item - first[lo]) % n_heads);
+        int kvh = h / group, n_keys = job->p0 + t + 1;
+        float *scores = scores_all + (size_t)omp_get_thread_num() * (size_t)max_keys;
+        const float *qv = q + ((size_t)(job->q_row + t)) * qd + (size_t)h * head_dim;
+        float max = -INFINITY;
+        for (int j = 0; j < n_keys; j++) {
+            const float *kv = (j < job->p0 ? job->k_prefix + (size_t)j * kvd : job->k_new + (size_t)(j - job->p0) * kvd) +
+                              (size_t)kvh * head_dim;
+            float dot = 0.0f;
+            for (int i = 0; i < head_dim; i++)
+                dot += qv[i] * kv[i];
+            scores[j] = dot * scale;
+            max = scores[j] > max ? scores[j] : max;
+        }
+        float sum = 0.0f;
+        for (int j = 0; j < n_keys; j++) {
+            scores[j] = expf(scores[j] - max);
+            sum += scores[j];
+        }
+        float *o = out + ((size_t)(job->q_row + t)) * qd + (size_t)h * head_dim;
+        memset(o, 0, sizeof(float) * (size_t)head_dim);
+        float inv = 1.0f / sum;
+        for (int j = 0; j < n_keys; j++) {
+            const float *vv = (j < job->p0 ? job->v_prefix + (size_t)j * kvd : job->v_new + (size_t)(j - job->p0) * kvd) +
+                              (size_t)kvh * head_dim;
+            float p = scores[j] * inv;
+            for (int i = 0; i < head_dim; i++)
+                o[i] += p * vv[i];
+        }
+    }
+    free(scores_all);
+    free(first);
+    return PB_OK;
+}
+
 static pb_status cpu_swiglu(pb_backend *backend, float *out, const float *gate, const float *up, size_t n) {
 #pragma omp parallel for num_threads(cpu_threads(backend)) if (n > 65536)
     for (size_t i = 0; i < n; i++) {
@@ -179,6 +248,7 @@ static const pb_backend_ops cpu_ops = {
     .matmul = cpu_matmul,
     .rope = cpu_rope,
     .attention = cpu_attention,
+    .attention_jobs = cpu_attention_jobs,
     .swiglu = cpu_swiglu,
     .add = cpu_add,
 };

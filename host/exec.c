@@ -30,6 +30,7 @@ struct pb_exec {
     /* per run (host) */
     int *order;       /* (n_jobs) job indices by start step */
     int *offset;      /* (n_jobs + 1) packed row of each job, by job index */
+    pb_attention_job *attn_jobs; /* (n_jobs) */
     int capacity_jobs;
     double flops;
 };
@@ -89,6 +90,7 @@ void pb_exec_free(pb_exec *e) {
     e->model->backend->ops->free(e->model->backend, e->arena);
     free(e->order);
     free(e->offset);
+    free(e->attn_jobs);
     free(e);
 }
 
@@ -215,6 +217,39 @@ static pb_status attention_block(pb_exec *e, const pb_exec_job *jobs, int n_acti
     PB_TRY(ops->rope(b, e->q, e->pos, m->inv_freq, rows, c->n_heads, c->head_dim));
     PB_TRY(ops->rope(b, e->k, e->pos, m->inv_freq, rows, c->n_kv_heads, c->head_dim));
     for (int a = 0; a < n_active; a++) {
+        const pb_exec_job *job = &jobs[e->order[a]];
+        int n = job->T - job->p0;
+        /* QK^T and PV over the causal window of each new query */
+        e->flops += 4.0 * qd * ((double)n * job->p0 + (double)n * (n + 1) / 2.0);
+    }
+    if (ops->attention_jobs) {
+        /* One call for the batch: prefixes are read in place from the cache,
+         * new keys from the packed buffers. */
+        for (int a = 0; a < n_active; a++) {
+            int j = e->order[a];
+            const pb_exec_job *job = &jobs[j];
+            int n = job->T - job->p0;
+            size_t off = (size_t)e->offset[j];
+            const float *kp, *vp;
+            if (job->k_prefix) {
+                size_t layer_off = (size_t)L * job->kv_prefix_capacity * kvd;
+                kp = job->k_prefix + layer_off;
+                vp = job->v_prefix + layer_off;
+            } else {
+                /* persistent: later steps read this layer's new keys from the cache */
+                float *kc = job->k_cache + (size_t)L * job->kv_capacity * kvd;
+                float *vc = job->v_cache + (size_t)L * job->kv_capacity * kvd;
+                PB_TRY(ops->copy(b, kc + (size_t)job->p0 * kvd, e->k + off * kvd, sizeof(float) * (size_t)n * kvd));
+                PB_TRY(ops->copy(b, vc + (size_t)job->p0 * kvd, e->v + off * kvd, sizeof(float) * (size_t)n * kvd));
+                kp = kc;
+                vp = vc;
+            }
+            e->attn_jobs[a] = (pb_attention_job){.q_row = (int)off, .n = n, .p0 = job->p0, .k_prefix = kp,
+                                                 .v_prefix = vp, .k_new = e->k + off * kvd, .v_new = e->v + off * kvd};
+        }
+        PB_TRY(ops->attention_jobs(b, e->z, e->q, e->attn_jobs, n_active, c->n_heads, c->n_kv_heads, c->head_dim));
+    }
+    for (int a = 0; !ops->attention_jobs && a < n_active; a++) {
         int j = e->order[a];
         const pb_exec_job *job = &jobs[j];
         int n = job->T - job->p0;
@@ -234,8 +269,6 @@ static pb_status attention_block(pb_exec *e, const pb_exec_job *jobs, int n_acti
         PB_TRY(ops->copy(b, vbuf + (size_t)job->p0 * kvd, e->v + off * kvd, sizeof(float) * (size_t)n * kvd));
         PB_TRY(ops->attention(b, e->z + off * qd, e->q + off * qd, kbuf, vbuf, n, job->T, job->p0, c->n_heads,
                               c->n_kv_heads, c->head_dim));
-        /* QK^T and PV over the causal window of each new query */
-        e->flops += 4.0 * qd * ((double)n * job->p0 + (double)n * (n + 1) / 2.0);
     }
     PB_TRY(hook_point(e, jobs, n_active, PB_HOOK_Z, L, e->z, fn, user));
     PB_TRY(ops->matmul(b, e->sub, e->z, W->wo, NULL, rows, d, qd));
@@ -291,9 +324,11 @@ pb_status pb_exec_run(pb_exec *e, const pb_exec_job *jobs, int n_jobs, int stop_
     if (n_jobs > e->capacity_jobs) {
         free(e->order);
         free(e->offset);
+        free(e->attn_jobs);
         e->order = malloc(sizeof(int) * (size_t)n_jobs);
         e->offset = malloc(sizeof(int) * (size_t)(n_jobs + 1));
-        e->capacity_jobs = e->order && e->offset ? n_jobs : 0;
+        e->attn_jobs = malloc(sizeof(pb_attention_job) * (size_t)n_jobs);
+        e->capacity_jobs = e->order && e->offset && e->attn_jobs ? n_jobs : 0;
         if (!e->capacity_jobs)
             return pb_fail(PB_ERR_OOM, "executor: out of memory for %d jobs", n_jobs);
     }

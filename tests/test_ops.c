@@ -208,11 +208,56 @@ static void test_cpu_rope_attention_embed(void **state) {
     free(inv);
 }
 
+/* attention_jobs (ragged jobs, prefix read in place) against the
+ * reference attention of each job over its assembled keys. */
+static void test_cpu_attention_jobs(void **state) {
+    pair *p = *state;
+    const int n_heads = 6, n_kv = 3, hd = 10, qd = n_heads * hd, kvd = n_kv * hd;
+    const int shapes[4][2] = {{0, 5}, {7, 1}, {3, 4}, {12, 2}}; /* (p0, n) */
+    int rows = 0;
+    pb_attention_job jobs[4];
+    float *prefix[4], *fresh[4], *vprefix[4], *vfresh[4];
+    for (int j = 0; j < 4; j++)
+        rows += shapes[j][1];
+    float *q = alloc_guarded((size_t)rows * qd), *out = alloc_guarded((size_t)rows * qd);
+    float *want = alloc_guarded((size_t)rows * qd);
+    tu_fill(q, (size_t)rows * qd, 50, 1.0f);
+    int row = 0;
+    for (int j = 0; j < 4; j++) {
+        int p0 = shapes[j][0], n = shapes[j][1], T = p0 + n;
+        float *k = alloc_guarded((size_t)T * kvd), *v = alloc_guarded((size_t)T * kvd);
+        tu_fill(k, (size_t)T * kvd, 60 + j, 1.0f);
+        tu_fill(v, (size_t)T * kvd, 70 + j, 1.0f);
+        prefix[j] = k;
+        vprefix[j] = v;
+        fresh[j] = k + (size_t)p0 * kvd;
+        vfresh[j] = v + (size_t)p0 * kvd;
+        jobs[j] = (pb_attention_job){.q_row = row, .n = n, .p0 = p0, .k_prefix = prefix[j], .v_prefix = vprefix[j],
+                                     .k_new = fresh[j], .v_new = vfresh[j]};
+        assert_int_equal(p->ref->ops->attention(p->ref, want + (size_t)row * qd, q + (size_t)row * qd, k, v, n, T, p0,
+                                                n_heads, n_kv, hd),
+                         PB_OK);
+        row += n;
+    }
+    assert_non_null(p->cpu->ops->attention_jobs);
+    assert_int_equal(p->cpu->ops->attention_jobs(p->cpu, out, q, jobs, 4, n_heads, n_kv, hd), PB_OK);
+    check_guard(out, (size_t)rows * qd, "attention_jobs");
+    compare(out, want, (size_t)rows * qd, PB_TOL_OP_NMSE, "attention_jobs");
+    for (int j = 0; j < 4; j++) {
+        free(prefix[j]);
+        free(vprefix[j]);
+    }
+    free(q);
+    free(out);
+    free(want);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_ref_exact_cases),
         cmocka_unit_test(test_cpu_matches_reference),
         cmocka_unit_test(test_cpu_rope_attention_embed),
+        cmocka_unit_test(test_cpu_attention_jobs),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
