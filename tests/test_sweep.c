@@ -16,6 +16,7 @@
 #include "capture.h"
 #include "forward.h"
 #include "metric.h"
+#include "noise.h"
 #include "sweep.h"
 #include "test_util.h"
 #include "tolerances.h"
@@ -435,9 +436,38 @@ static void test_metric_arithmetic(void **state) {
     assert_close(pb_metric_refusal_score(sharp, 3, top, 1), 40.0 - log(2.0), 1e-9);
 }
 
+/* host/noise.c against the values the Python port recorded (bit patterns). */
+static void test_noise_generator(void **state) {
+    char path[1024];
+    snprintf(path, sizeof path, "%s/patching/tiny_gqa_gaussian_noise/expected.json", tu_fixtures());
+    json_error_t err;
+    json_t *e = json_load_file(path, 0, &err);
+    assert_non_null(e);
+    json_t *noise = json_object_get(json_object_get(e, "info"), "noise");
+    double sigma = json_real_value(json_object_get(noise, "sigma"));
+    pb_model *m = load_fixture_model("tiny_gqa");
+    const pb_model_config *c = pb_model_get_config(m);
+    assert_true(fabs(pb_noise_sigma(m->token_embd, (size_t)c->vocab_size * c->d_model) - sigma) <= 1e-15);
+    float values[8 * 64];
+    pb_noise_fill(values, 3, c->d_model, json_real_value(json_object_get(noise, "scale")), sigma,
+                  (uint64_t)json_integer_value(json_object_get(noise, "seed")));
+    json_t *hex = json_object_get(noise, "first_values_float32_hex");
+    assert_int_equal(json_array_size(hex), 8);
+    for (size_t i = 0; i < 8; i++) {
+        uint32_t bits;
+        memcpy(&bits, &values[i], 4);
+        char mine[16];
+        snprintf(mine, sizeof mine, "%08x", bits);
+        assert_string_equal(mine, json_string_value(json_array_get(hex, i)));
+    }
+    pb_model_free(m);
+    json_decref(e);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_metric_arithmetic),
+        cmocka_unit_test(test_noise_generator),
         cmocka_unit_test(test_self_patch_changes_nothing),
         cmocka_unit_test(test_layer0_all_positions_is_the_source),
         cmocka_unit_test(test_batch_equals_single_rows),
