@@ -2,6 +2,7 @@
 #define _POSIX_C_SOURCE 200809L
 #include <dirent.h>
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -478,6 +479,17 @@ static int cmd_sweep(const options *o) {
     if (st != PB_OK) {
         fail("sweep failed");
         goto done;
+    }
+    pb_sweep_get_summary(sweep, &summary);
+    for (int p = 0; p < summary.n_pairs; p++) {
+        double base, source;
+        pb_sweep_get_pair(sweep, p, &base, &source);
+        if (!(fabs(source - base) >= summary.effect_floor))
+            fprintf(stderr,
+                    "patchbay: WARNING: pair %d: the patched run's baseline %.6g and the source run's %.6g differ "
+                    "by less than the effect floor %g; its normalised effects are undefined and excluded from "
+                    "the means\n",
+                    p, base, source, summary.effect_floor);
     }
     if (pb_sweep_write(sweep, o->out, o->overwrite) != PB_OK) {
         fail("writing the sweep's results");

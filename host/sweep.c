@@ -950,6 +950,8 @@ pb_status pb_sweep_get_summary(const pb_sweep *s, pb_sweep_summary *out) {
     out->n_rows_done = s->n_rows_done;
     out->flops_executed = s->flops_executed;
     out->flops_naive = s->flops_naive;
+    out->effect_floor = s->spec.effect_floor;
+    out->significance_threshold = s->spec.significance_threshold;
     double clean = 0.0, corrupted = 0.0;
     int n = 0;
     for (int p = 0; p < s->spec.n_pairs; p++) {

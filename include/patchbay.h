@@ -207,6 +207,8 @@ typedef struct pb_sweep_summary {
     double circuit_fraction;
     double flops_executed;     /* by the batched rows */
     double flops_naive;        /* one full forward per (pair, site) */
+    double effect_floor;       /* pairs with |clean - corrupted| below it are excluded */
+    double significance_threshold;
 } pb_sweep_summary;
 
 typedef struct pb_site_result {

@@ -464,6 +464,73 @@ static void test_noise_generator(void **state) {
     json_decref(e);
 }
 
+/* A user metric callback stands in for the spec's metric: computing the
+ * same logit difference from full logits gives the built-in values. */
+static float callback_logit_diff(const float *logits, int n, void *user) {
+    (void)user;
+    (void)n;
+    return (float)((logits[3] + logits[50]) / 2.0 - logits[7]);
+}
+
+static float callback_first_coordinate(const float *residual, int n, void *user) {
+    (void)n;
+    *(int *)user += 1;
+    return residual[0];
+}
+
+static void test_metric_callback_and_worker_subsets(void **state) {
+    pb_model *m = load_fixture_model("tiny_gqa");
+    char pairs[1024];
+    snprintf(pairs, sizeof pairs, "%s, %s", pair_ids, pair_ids_2);
+    char *spec = spec_text("denoising", pairs, all_components, metric_json);
+    pb_sweep *builtin = make_sweep(m, spec, NULL, NULL);
+    pb_sweep_options o = {.metric_fn = callback_logit_diff, .metric_fn_residual_layer = -1};
+    pb_sweep *callback = make_sweep(m, spec, NULL, &o);
+    /* A worker split: even rows, then odd rows, equals the whole sweep. */
+    pb_sweep *split = NULL;
+    assert_int_equal(pb_sweep_create(&split, m, spec, NULL, NULL), PB_OK);
+    int64_t n = split->n_rows, *half = malloc(sizeof(int64_t) * (size_t)n);
+    for (int parity = 0; parity < 2; parity++) {
+        int64_t k = 0;
+        for (int64_t r = parity; r < n; r += 2)
+            half[k++] = r;
+        assert_int_equal(pb_sweep_run_rows(split, half, k), PB_OK);
+    }
+    free(half);
+    double worst_callback = 0, worst_split = 0;
+    for (int p = 0; p < 2; p++)
+        for (int64_t i = 0; i < builtin->n_sites; i++) {
+            double a, b, c;
+            pb_sweep_get_row(builtin, p, i, &a, NULL);
+            pb_sweep_get_row(callback, p, i, &b, NULL);
+            pb_sweep_get_row(split, p, i, &c, NULL);
+            worst_callback = fmax(worst_callback, fabs(a - b));
+            worst_split = fmax(worst_split, fabs(a - c));
+        }
+    /* the callback returns float: allow its rounding */
+    assert_true(worst_callback <= 1e-5);
+    assert_true(worst_split <= PB_TOL_INVARIANT_CPU);
+    /* A residual callback at layer 1 sees only the residual: sites above
+     * layer 1 cannot change it. */
+    int calls = 0;
+    pb_sweep_options r = {.metric_fn = callback_first_coordinate, .metric_user = &calls,
+                          .metric_fn_residual_layer = 1};
+    pb_sweep *resid = make_sweep(m, spec, NULL, &r);
+    assert_true(calls > 0);
+    for (int64_t i = 0; i < resid->n_sites; i++) {
+        double e;
+        pb_sweep_get_row(resid, 0, i, NULL, &e);
+        if (resid->sites[i].layer >= 1 && resid->sites[i].component != PB_COMPONENT_RESID_PRE)
+            assert_true(e == 0.0);
+    }
+    pb_sweep_free(builtin);
+    pb_sweep_free(callback);
+    pb_sweep_free(split);
+    pb_sweep_free(resid);
+    free(spec);
+    pb_model_free(m);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_metric_arithmetic),
@@ -471,6 +538,7 @@ int main(void) {
         cmocka_unit_test(test_self_patch_changes_nothing),
         cmocka_unit_test(test_layer0_all_positions_is_the_source),
         cmocka_unit_test(test_batch_equals_single_rows),
+        cmocka_unit_test(test_metric_callback_and_worker_subsets),
         cmocka_unit_test(test_matches_naive_forward_per_site),
         cmocka_unit_test(test_oracle_cases),
     };
