@@ -141,6 +141,11 @@ static int argmax(const float *v, int n) {
 }
 
 pb_status pb_generate(pb_model *m, const int32_t *ids, int T, int max_new, int32_t *out_ids, int *n_out) {
+    return pb_generate_ex(m, ids, T, max_new, NULL, NULL, out_ids, n_out);
+}
+
+pb_status pb_generate_ex(pb_model *m, const int32_t *ids, int T, int max_new, pb_exec_hook_fn intervene, void *user,
+                         int32_t *out_ids, int *n_out) {
     if (!m || !n_out || (max_new > 0 && !out_ids))
         return pb_fail(PB_ERR_ARG, "pb_generate: model, out_ids and n_out are required");
     *n_out = 0;
@@ -174,7 +179,7 @@ pb_status pb_generate(pb_model *m, const int32_t *ids, int T, int max_new, int32
     for (int len = T, p0 = 0; status == PB_OK;) {
         pb_exec_job job = {.T = len, .p0 = p0, .start_step = 0, .ids = seq, .k_cache = kv.k, .v_cache = kv.v,
                            .kv_capacity = capacity};
-        if ((status = pb_exec_run(exec, &job, 1, 2 * c->n_layers, NULL, NULL)) != PB_OK)
+        if ((status = pb_exec_run(exec, &job, 1, 2 * c->n_layers, intervene, user)) != PB_OK)
             break;
         const float *last = pb_exec_output(exec, 0) + (size_t)(len - p0 - 1) * c->d_model;
         if ((status = pb_exec_unembed(exec, device_logits, last, 1, m->output, c->vocab_size)) != PB_OK ||

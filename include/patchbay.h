@@ -85,6 +85,24 @@ const pb_model_config *pb_model_get_config(const pb_model *model);
  * buf NUL-terminated. Returns PB_ERR_ARG for an id outside the vocabulary. */
 pb_status pb_model_token_text(const pb_model *model, int id, char *buf, size_t buf_size);
 
+/* ---- text ----------------------------------------------------------- */
+
+/* Tokenizes UTF-8 text with the model's tokenizer; no BOS is added.
+ * parse_special: text spelling a special token becomes that token (as in
+ * chat templates). *ids is malloc'd (release with free()). */
+pb_status pb_model_tokenize(const pb_model *model, const char *text, int parse_special, int32_t **ids, int *n_ids);
+/* One user turn (after a system turn when given; system == NULL keeps the
+ * template's default system behaviour) rendered with the model's chat
+ * template plus the generation prompt, then tokenized, as transformers'
+ * apply_chat_template(..., add_generation_prompt=True) does. */
+pb_status pb_model_chat_tokenize(const pb_model *model, const char *system, const char *user, int32_t **ids,
+                                 int *n_ids);
+/* Decodes ids to text; *text is malloc'd. */
+pb_status pb_model_detokenize(const pb_model *model, const int32_t *ids, int n_ids, char **text);
+/* Overrides the detected chat template: a name ("chatml", "llama3",
+ * "llama2", "gemma") or a file holding a Jinja template. */
+pb_status pb_model_set_chat_template(pb_model *model, const char *name_or_file);
+
 /* ---- hook capture --------------------------------------------------- */
 
 /* A set of hook points to capture, chosen by TransformerLens name:
