@@ -74,6 +74,8 @@ void pb_sweep_spec_free(pb_sweep_spec *spec) {
 
 typedef struct spec_parser {
     const pb_model_config *cfg;
+    pb_spec_tokenize_fn tokenize; /* NULL: text is refused */
+    void *tokenize_user;
     const char *spec_dir;
     pb_sweep_spec *spec;
     int max_base_T; /* over all pairs, once pairs are parsed */
@@ -214,8 +216,8 @@ static pb_status read_number(const json_t *value, const char *path, double *out)
 
 static pb_status text_unsupported(const char *path) {
     return pb_fail(PB_ERR_UNSUPPORTED,
-                   "spec: %s: text needs the tokenizer, which is not built yet; pass token ids instead "
-                   "({\"ids\": [...]})",
+                   "spec: %s: text needs the model's tokenizer, and this spec was parsed without one; pass "
+                   "token ids instead ({\"ids\": [...]})",
                    path);
 }
 
@@ -312,14 +314,54 @@ static const char *run_key(pb_patch_mode mode, int is_base) {
 
 /* ---- prompts and pairs ----------------------------------------------- */
 
+/* {"text": "...", "chat": true, "system": "..."}: the text through the
+ * model's tokenizer, chat-templated unless "chat" is false. */
+static pb_status parse_text_prompt(const spec_parser *sp, const json_t *value, const char *path, pb_prompt_spec *out) {
+    char sub[PB_SPEC_PATH_CAP];
+    path_key(sub, path, "text");
+    if (!sp->tokenize)
+        return text_unsupported(sub);
+    static const char *const keys[] = {"text", "chat", "system", NULL};
+    PB_TRY(check_keys(value, path, keys));
+    const json_t *text = json_object_get(value, "text"), *chat = json_object_get(value, "chat");
+    const json_t *system = json_object_get(value, "system");
+    if (!json_is_string(text))
+        return type_error(sub, "a string", text);
+    if (chat && !json_is_boolean(chat)) {
+        path_key(sub, path, "chat");
+        return type_error(sub, "true or false", chat);
+    }
+    if (system && !json_is_string(system)) {
+        path_key(sub, path, "system");
+        return type_error(sub, "a string", system);
+    }
+    int use_chat = chat ? json_is_true(chat) : 1;
+    if (system && !use_chat) {
+        path_key(sub, path, "system");
+        return pb_fail(PB_ERR_ARG, "spec: %s: a system prompt needs \"chat\": true", sub);
+    }
+    int32_t *ids = NULL;
+    int n = 0;
+    pb_status status = sp->tokenize(sp->tokenize_user, json_string_value(text), use_chat,
+                                    system ? json_string_value(system) : NULL, &ids, &n);
+    if (status != PB_OK)
+        return pb_fail_context(status, "spec: %s", sub);
+    if (n <= 0 || n > sp->cfg->context_length) {
+        free(ids);
+        return pb_fail(PB_ERR_ARG, "spec: %s: the text is %d tokens; it must be 1 .. %d (context_length)", sub, n,
+                       sp->cfg->context_length);
+    }
+    out->ids = ids;
+    out->T = n;
+    return PB_OK;
+}
+
 static pb_status parse_prompt(const spec_parser *sp, const json_t *value, const char *path, pb_prompt_spec *out) {
     if (!json_is_object(value))
-        return type_error(path, "an object {\"ids\": [...]}", value);
+        return type_error(path, "an object {\"ids\": [...]} or {\"text\": \"...\"}", value);
     char sub[PB_SPEC_PATH_CAP];
-    if (json_object_get(value, "text")) {
-        path_key(sub, path, "text");
-        return text_unsupported(sub);
-    }
+    if (json_object_get(value, "text"))
+        return parse_text_prompt(sp, value, path, out);
     static const char *const keys[] = {"ids", "text", NULL};
     PB_TRY(check_keys(value, path, keys));
     json_t *ids;
@@ -787,14 +829,65 @@ static pb_status parse_site(const spec_parser *sp, const json_t *value, const ch
 /* ---- metric ---------------------------------------------------------- */
 
 /* {"ids": [...]} or a bare array: distinct token ids. */
+/* Token strings ("I", "Sorry") to ids: each must be exactly one token. */
+static pb_status parse_token_strings(const spec_parser *sp, const json_t *strings, const char *path, int32_t **out,
+                                     int *n) {
+    if (!sp->tokenize)
+        return text_unsupported(path);
+    if (!json_is_array(strings) || json_array_size(strings) == 0)
+        return type_error(path, "a non-empty array of strings", strings);
+    size_t count = json_array_size(strings);
+    pb_status status = PB_OK;
+    int32_t *ids = spec_calloc(count, sizeof *ids, &status);
+    if (!ids)
+        return status;
+    for (size_t i = 0; i < count && status == PB_OK; i++) {
+        char item[PB_SPEC_PATH_CAP];
+        path_index(item, path, i);
+        const json_t *s = json_array_get(strings, i);
+        if (!json_is_string(s)) {
+            status = type_error(item, "a string", s);
+            break;
+        }
+        int32_t *piece = NULL;
+        int n_piece = 0;
+        status = sp->tokenize(sp->tokenize_user, json_string_value(s), 0, NULL, &piece, &n_piece);
+        if (status != PB_OK) {
+            pb_fail_context(status, "spec: %s", item);
+            break;
+        }
+        if (n_piece != 1)
+            status = pb_fail(PB_ERR_ARG, "spec: %s: \"%s\" is %d tokens; token sets take single tokens", item,
+                             json_string_value(s), n_piece);
+        else
+            ids[i] = piece[0];
+        for (size_t k = 0; status == PB_OK && k < i; k++)
+            if (ids[k] == ids[i])
+                status = pb_fail(PB_ERR_ARG, "spec: %s: \"%s\" is the same token (%d) as %s[%zu]", item,
+                                 json_string_value(s), (int)ids[i], path, k);
+        free(piece);
+    }
+    if (status != PB_OK) {
+        free(ids);
+        return status;
+    }
+    *out = ids;
+    *n = (int)count;
+    return PB_OK;
+}
+
 static pb_status parse_tokens(const spec_parser *sp, const json_t *value, const char *path, int32_t **out, int *n) {
     char sub[PB_SPEC_PATH_CAP];
     const json_t *ids = value;
     path_join(sub, path, "", "");
+    if (json_is_array(value) && json_array_size(value) > 0 && json_is_string(json_array_get(value, 0)))
+        return parse_token_strings(sp, value, path, out, n);
     if (json_is_object(value)) {
         if (json_object_get(value, "text")) {
+            static const char *const text_keys[] = {"text", NULL};
+            PB_TRY(check_keys(value, path, text_keys));
             path_key(sub, path, "text");
-            return text_unsupported(sub);
+            return parse_token_strings(sp, json_object_get(value, "text"), sub, out, n);
         }
         static const char *const keys[] = {"ids", "text", NULL};
         PB_TRY(check_keys(value, path, keys));
@@ -1093,6 +1186,11 @@ static pb_status parse_root(spec_parser *sp, const json_t *root) {
 
 pb_status pb_sweep_spec_parse(pb_sweep_spec *spec, const char *json_text, const char *spec_dir,
                               const pb_model_config *cfg) {
+    return pb_sweep_spec_parse_text(spec, json_text, spec_dir, cfg, NULL, NULL);
+}
+
+pb_status pb_sweep_spec_parse_text(pb_sweep_spec *spec, const char *json_text, const char *spec_dir,
+                                   const pb_model_config *cfg, pb_spec_tokenize_fn tokenize, void *user) {
     if (!spec)
         return pb_fail(PB_ERR_ARG, "pb_sweep_spec_parse: spec is NULL");
     memset(spec, 0, sizeof *spec);
@@ -1106,7 +1204,7 @@ pb_status pb_sweep_spec_parse(pb_sweep_spec *spec, const char *json_text, const 
     if (!root)
         return pb_fail(PB_ERR_ARG, "spec: not valid JSON: %s (line %d, column %d)", error.text, error.line,
                        error.column);
-    spec_parser sp = {.cfg = cfg, .spec_dir = spec_dir, .spec = spec};
+    spec_parser sp = {.cfg = cfg, .tokenize = tokenize, .tokenize_user = user, .spec_dir = spec_dir, .spec = spec};
     pb_status status = parse_root(&sp, root);
     json_decref(root);
     if (status != PB_OK)

@@ -81,6 +81,17 @@ typedef struct pb_sweep_spec {
  * direction file. On failure spec is left empty (safe to free). */
 pb_status pb_sweep_spec_parse(pb_sweep_spec *spec, const char *json_text, const char *spec_dir,
                               const pb_model_config *cfg);
+
+/* Turns text into ids for prompts ({"text": ..., "chat": true, "system":
+ * ...}) and token sets (["I", "Sorry"]): chat = 1 applies the chat
+ * template (system NULL: its default); chat = 0 tokenizes plain text.
+ * *ids malloc'd. */
+typedef pb_status (*pb_spec_tokenize_fn)(void *user, const char *text, int chat, const char *system, int32_t **ids,
+                                         int *n_ids);
+/* As pb_sweep_spec_parse, with text accepted through tokenize (NULL:
+ * text is refused with PB_ERR_UNSUPPORTED). */
+pb_status pb_sweep_spec_parse_text(pb_sweep_spec *spec, const char *json_text, const char *spec_dir,
+                                   const pb_model_config *cfg, pb_spec_tokenize_fn tokenize, void *user);
 void pb_sweep_spec_free(pb_sweep_spec *spec);
 
 #endif

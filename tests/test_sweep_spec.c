@@ -500,7 +500,7 @@ static const refusal refusals[] = {
     {"prompt_unknown_key", .pairs = "[{'clean':{'ids':[1],'tokens':[1]},'corrupted':{'ids':[1]}}]",
      .needles = {"spec: pairs[0].clean.tokens: unknown key", "ids, text"}},
     {"text_prompt", .pairs = "[{'clean':{'text':'The Eiffel Tower is in'},'corrupted':{'ids':[1]}}]",
-     .status = PB_ERR_UNSUPPORTED, .needles = {"spec: pairs[0].clean.text", "tokenizer", "not built yet"}},
+     .status = PB_ERR_UNSUPPORTED, .needles = {"spec: pairs[0].clean.text", "tokenizer", "parsed without one"}},
     {"noise_scale_zero", .pairs = "[{'clean':{'ids':[1,2,3]},'corrupted':{'noise':{'scale':0,'positions':[0]}}}]",
      .needles = {"spec: pairs[0].corrupted.noise.scale: 0 must be > 0"}},
     {"noise_scale_negative", .pairs = "[{'clean':{'ids':[1,2,3]},'corrupted':{'noise':{'scale':-2,'positions':[0]}}}]",
@@ -690,6 +690,65 @@ static void test_refusal(void **state) {
     pb_sweep_spec_free(&s);
 }
 
+/* A stand-in tokenizer: one token per byte (id = byte % 50), and a chat
+ * template that adds two tokens (7, 8) around the text. */
+static int fake_calls_chat;
+static pb_status fake_tokenize(void *user, const char *text, int chat, const char *system, int32_t **ids, int *n) {
+    (void)user;
+    size_t len = strlen(text);
+    int extra = chat ? 2 + (system ? 1 : 0) : 0;
+    *ids = malloc(sizeof(int32_t) * (len + (size_t)extra + 1));
+    int k = 0;
+    if (chat) {
+        fake_calls_chat++;
+        (*ids)[k++] = 7;
+        if (system)
+            (*ids)[k++] = 9;
+    }
+    for (size_t i = 0; i < len; i++)
+        (*ids)[k++] = (unsigned char)text[i] % 50;
+    if (chat)
+        (*ids)[k++] = 8;
+    *n = k;
+    return PB_OK;
+}
+
+static void test_text_prompts_and_token_strings(void **state) {
+    (void)state;
+    pb_model_config cfg = test_config();
+    pb_sweep_spec spec;
+    const char *json = "{\"mode\": \"denoising\", \"pairs\": [{\"clean\": {\"text\": \"abc\"},"
+                       " \"corrupted\": {\"text\": \"abd\", \"system\": \"s\"}}],"
+                       " \"sites\": [{\"component\": \"resid_pre\", \"layers\": [0]}],"
+                       " \"metric\": {\"kind\": \"logit_diff\", \"positive\": [\"a\"], \"negative\": {\"text\": [\"b\", \"c\"]}}}";
+    fake_calls_chat = 0;
+    /* unequal lengths: the system prompt adds a token */
+    assert_int_equal(pb_sweep_spec_parse_text(&spec, json, NULL, &cfg, fake_tokenize, NULL), PB_ERR_ARG);
+    assert_non_null(strstr(pb_last_error(), "pairs[0]"));
+    const char *equal = "{\"mode\": \"denoising\", \"pairs\": [{\"clean\": {\"text\": \"abc\"},"
+                        " \"corrupted\": {\"text\": \"abd\"}}],"
+                        " \"sites\": [{\"component\": \"resid_pre\", \"layers\": [0]}],"
+                        " \"metric\": {\"kind\": \"logit_diff\", \"positive\": [\"a\"], \"negative\": {\"text\": [\"b\", \"c\"]}}}";
+    assert_int_equal(pb_sweep_spec_parse_text(&spec, equal, NULL, &cfg, fake_tokenize, NULL), PB_OK);
+    assert_int_equal(spec.pairs[0].source.T, 5); /* 7 a b c 8 */
+    assert_int_equal(spec.pairs[0].source.ids[0], 7);
+    assert_int_equal(spec.pairs[0].source.ids[3], 'c' % 50);
+    assert_int_equal(spec.metric.positive[0], 'a' % 50);
+    assert_int_equal(spec.metric.n_negative, 2);
+    assert_int_equal(spec.metric.negative[1], 'c' % 50);
+    pb_sweep_spec_free(&spec);
+    /* a multi-token string in a token set */
+    const char *multi = "{\"mode\": \"denoising\", \"pairs\": [{\"clean\": {\"ids\": [1, 2]},"
+                        " \"corrupted\": {\"ids\": [1, 3]}}],"
+                        " \"sites\": [{\"component\": \"resid_pre\", \"layers\": [0]}],"
+                        " \"metric\": {\"kind\": \"logprob\", \"tokens\": [\"ab\"]}}";
+    assert_int_equal(pb_sweep_spec_parse_text(&spec, multi, NULL, &cfg, fake_tokenize, NULL), PB_ERR_ARG);
+    assert_non_null(strstr(pb_last_error(), "metric.tokens[0]"));
+    assert_non_null(strstr(pb_last_error(), "2 tokens"));
+    /* without a tokenizer the same spec is refused as unsupported */
+    assert_int_equal(pb_sweep_spec_parse(&spec, equal, NULL, &cfg), PB_ERR_UNSUPPORTED);
+}
+
 int main(void) {
     const struct CMUnitTest fixed[] = {
         cmocka_unit_test(test_component_names),
@@ -701,6 +760,7 @@ int main(void) {
         cmocka_unit_test(test_kl_and_bare_tokens),
         cmocka_unit_test(test_context_length),
         cmocka_unit_test(test_null_arguments),
+        cmocka_unit_test(test_text_prompts_and_token_strings),
     };
     size_t n_fixed = sizeof fixed / sizeof fixed[0];
     size_t n_refusals = sizeof refusals / sizeof refusals[0];
