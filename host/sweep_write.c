@@ -27,123 +27,10 @@
 #include "model.h"
 #include "npy.h"
 #include "sweep.h"
+#include "sweep_view.h"
 
 #define PB_SWEEP_SCHEMA "patchbay.sweep/1"
-enum { PB_REPORT_TOP_LAYERS = 5, PB_REPORT_TOP_EFFECTS = 15, PB_REPORT_MAX_IDS = 10 };
-
-static const char *mode_name(pb_patch_mode mode) {
-    switch (mode) {
-    case PB_MODE_DENOISING: return "denoising";
-    case PB_MODE_NOISING: return "noising";
-    case PB_MODE_INTERCHANGE: return "interchange";
-    }
-    return "unknown";
-}
-
-static const char *metric_name(pb_metric_kind kind) {
-    switch (kind) {
-    case PB_METRIC_LOGIT_DIFF: return "logit_diff";
-    case PB_METRIC_LOGPROB: return "logprob";
-    case PB_METRIC_REFUSAL_SCORE: return "refusal_score";
-    case PB_METRIC_KL: return "kl";
-    case PB_METRIC_PROJECTION: return "projection";
-    case PB_METRIC_CALLBACK: return "callback";
-    }
-    return "unknown";
-}
-
-/* Query heads for z and q, key-value heads for k and v, 0 otherwise. */
-static int head_count(pb_component c, const pb_model_config *cfg) {
-    switch (c) {
-    case PB_COMPONENT_Z:
-    case PB_COMPONENT_Q: return cfg->n_heads;
-    case PB_COMPONENT_K:
-    case PB_COMPONENT_V: return cfg->n_kv_heads;
-    default: return 0;
-    }
-}
-
-/* ---- everything read from the sweep, once -------------------------------- */
-
-typedef struct site_view {
-    pb_site_result r;
-    int all_positions; /* patches every position together ("all") */
-} site_view;
-
-typedef struct sweep_view {
-    const pb_sweep *sweep;
-    const pb_model_config *cfg;
-    pb_sweep_summary summary;
-    int64_t n_sites;
-    site_view *sites;      /* (n_sites) */
-    int n_pairs;
-    double *pair_base;     /* (n_pairs) */
-    double *pair_source;   /* (n_pairs) */
-    int *pair_usable;      /* (n_pairs) */
-    /* the position axis of <component>.npy: labels first_position .. first_position + n_columns - 1 */
-    int first_position;
-    int n_columns;
-} sweep_view;
-
-static void view_free(sweep_view *v) {
-    free(v->sites);
-    free(v->pair_base);
-    free(v->pair_source);
-    free(v->pair_usable);
-}
-
-static pb_status view_load(sweep_view *v, const pb_sweep *sweep) {
-    memset(v, 0, sizeof *v);
-    v->sweep = sweep;
-    v->cfg = &sweep->model->cfg;
-    PB_TRY(pb_sweep_get_summary(sweep, &v->summary));
-    v->n_sites = pb_sweep_site_count(sweep);
-    v->n_pairs = v->summary.n_pairs;
-    if (v->n_sites < 0 || v->n_pairs < 0)
-        return pb_fail(PB_ERR_ARG, "sweep write: the sweep reports %lld sites and %d pairs", (long long)v->n_sites,
-                       v->n_pairs);
-    v->sites = calloc((size_t)v->n_sites + 1, sizeof *v->sites);
-    v->pair_base = calloc((size_t)v->n_pairs + 1, sizeof *v->pair_base);
-    v->pair_source = calloc((size_t)v->n_pairs + 1, sizeof *v->pair_source);
-    v->pair_usable = calloc((size_t)v->n_pairs + 1, sizeof *v->pair_usable);
-    if (!v->sites || !v->pair_base || !v->pair_source || !v->pair_usable)
-        return pb_fail(PB_ERR_OOM, "sweep write: out of memory for %lld sites", (long long)v->n_sites);
-    double floor_value = sweep->spec.effect_floor;
-    for (int i = 0; i < v->n_pairs; i++) {
-        PB_TRY(pb_sweep_get_pair(sweep, i, &v->pair_base[i], &v->pair_source[i]));
-        double gap = fabs(v->pair_source[i] - v->pair_base[i]);
-        v->pair_usable[i] = isfinite(gap) && gap >= floor_value;
-    }
-    int lo = 0, hi = -1;
-    if (sweep->positions_aligned_from_end) {
-        int t_min = 0;
-        for (int i = 0; i < sweep->spec.n_pairs; i++)
-            if (i == 0 || sweep->spec.pairs[i].base.T < t_min)
-                t_min = sweep->spec.pairs[i].base.T;
-        lo = -t_min;
-    } else {
-        for (int i = 0; i < sweep->spec.n_pairs; i++)
-            if (sweep->spec.pairs[i].base.T - 1 > hi)
-                hi = sweep->spec.pairs[i].base.T - 1;
-    }
-    for (int64_t s = 0; s < v->n_sites; s++) {
-        site_view *site = &v->sites[s];
-        PB_TRY(pb_sweep_get_site(sweep, s, &site->r));
-        site->all_positions = site->r.all_positions;
-        if (site->r.position != INT32_MIN) {
-            if (site->r.position < lo)
-                lo = site->r.position;
-            if (site->r.position > hi)
-                hi = site->r.position;
-        }
-    }
-    /* End-aligned: -T_min .. -1 */
-    if (sweep->positions_aligned_from_end && hi < -1)
-        hi = -1;
-    v->first_position = lo;
-    v->n_columns = hi >= lo ? hi - lo + 1 : 0;
-    return PB_OK;
-}
+enum { PB_REPORT_TOP_LAYERS = 5, PB_REPORT_TOP_EFFECTS = 15 };
 
 /* ---- the .npy grids ------------------------------------------------------ */
 
@@ -202,11 +89,11 @@ static int find_group(const component_grids *g, const pb_site_result *r) {
     return -1;
 }
 
-static pb_status grids_build(const sweep_view *v, component_grids *grids) {
+static pb_status grids_build(const pb_sweep_view *v, component_grids *grids) {
     const int n_layers = v->cfg->n_layers;
     int present[PB_COMPONENT_COUNT][3] = {{0}};
     for (int c = 0; c < PB_COMPONENT_COUNT; c++) {
-        grids[c].n_heads = head_count((pb_component)c, v->cfg);
+        grids[c].n_heads = pb_component_head_count((pb_component)c, v->cfg);
         grids[c].group_positions = calloc((size_t)v->n_sites + 1, sizeof *grids[c].group_positions);
         grids[c].group_sizes = calloc((size_t)v->n_sites + 1, sizeof *grids[c].group_sizes);
         if (!grids[c].group_positions || !grids[c].group_sizes)
@@ -214,7 +101,7 @@ static pb_status grids_build(const sweep_view *v, component_grids *grids) {
     }
     /* Which grids exist, and the groups in order of first appearance. */
     for (int64_t s = 0; s < v->n_sites; s++) {
-        const site_view *site = &v->sites[s];
+        const pb_site_view *site = &v->sites[s];
         int c = (int)site->r.component;
         if (c < 0 || c >= PB_COMPONENT_COUNT)
             return pb_fail(PB_ERR_ARG, "sweep write: site %lld has component %d", (long long)s, c);
@@ -344,12 +231,12 @@ static json_t *jints(json_builder *b, const int *values, int n) {
     return a;
 }
 
-static json_t *metric_json(json_builder *b, const sweep_view *v) {
+static json_t *metric_json(json_builder *b, const pb_sweep_view *v) {
     const pb_sweep *sweep = v->sweep;
     const pb_metric_spec *m = &sweep->spec.metric;
     pb_metric_kind kind = v->summary.metric;
     json_t *o = jobj(b);
-    put(b, o, "kind", jstr(b, metric_name(kind)));
+    put(b, o, "kind", jstr(b, pb_sweep_metric_name(kind)));
     switch (kind) {
     case PB_METRIC_LOGIT_DIFF:
         put(b, o, "positive", jids(b, m->positive, m->n_positive));
@@ -376,27 +263,11 @@ static json_t *metric_json(json_builder *b, const sweep_view *v) {
     return o;
 }
 
-typedef struct ranked {
-    double key;
-    int64_t index;
-} ranked;
-
-/* Descending key, then ascending index; NaN keys last. */
-static int compare_ranked(const void *pa, const void *pb) {
-    const ranked *a = pa, *b = pb;
-    int a_nan = isnan(a->key), b_nan = isnan(b->key);
-    if (a_nan != b_nan)
-        return a_nan - b_nan;
-    if (!a_nan && a->key != b->key)
-        return a->key > b->key ? -1 : 1;
-    return (a->index > b->index) - (a->index < b->index);
-}
-
 /* Layers that have sites, by descending max |effect| (NaN when none of
  * their sites has an effect). *out is malloc'd (n_layers entries). */
-static pb_status rank_layers(const sweep_view *v, ranked **out, int *n_out) {
+static pb_status rank_layers(const pb_sweep_view *v, pb_ranked **out, int *n_out) {
     int n_layers = v->cfg->n_layers;
-    ranked *layers = calloc((size_t)n_layers + 1, sizeof *layers);
+    pb_ranked *layers = calloc((size_t)n_layers + 1, sizeof *layers);
     int *has_site = calloc((size_t)n_layers + 1, sizeof *has_site);
     if (!layers || !has_site) {
         free(layers);
@@ -421,7 +292,7 @@ static pb_status rank_layers(const sweep_view *v, ranked **out, int *n_out) {
         if (has_site[l])
             layers[n++] = layers[l];
     free(has_site);
-    qsort(layers, (size_t)n, sizeof *layers, compare_ranked);
+    qsort(layers, (size_t)n, sizeof *layers, pb_ranked_compare);
     *out = layers;
     *n_out = n;
     return PB_OK;
@@ -447,8 +318,8 @@ static void npy_axes_entry(json_builder *b, json_t *axes, const char *file, cons
     put(b, axes, file, e);
 }
 
-static json_t *results_json(const sweep_view *v, const component_grids *grids, const ranked *layers, int n_layers_ranked,
-                            json_builder *b) {
+static json_t *results_json(const pb_sweep_view *v, const component_grids *grids, const pb_ranked *layers,
+                            int n_layers_ranked, json_builder *b) {
     const pb_sweep *sweep = v->sweep;
     const pb_sweep_summary *sum = &v->summary;
     const pb_model_config *cfg = v->cfg;
@@ -464,7 +335,7 @@ static json_t *results_json(const sweep_view *v, const component_grids *grids, c
     put(b, mc, "head_dim", jint(b, cfg->head_dim));
     put(b, mc, "vocab_size", jint(b, cfg->vocab_size));
     put(b, root, "model_config", mc);
-    put(b, root, "mode", jstr(b, mode_name(sum->mode)));
+    put(b, root, "mode", jstr(b, pb_sweep_mode_name(sum->mode)));
     put(b, root, "metric", metric_json(b, v));
     put(b, root, "significance_threshold", jnum(b, sweep->spec.significance_threshold));
     put(b, root, "effect_floor", jnum(b, sweep->spec.effect_floor));
@@ -571,45 +442,8 @@ static json_t *results_json(const sweep_view *v, const component_grids *grids, c
 
 /* ---- report.txt ---------------------------------------------------------- */
 
-static void print_ids(FILE *f, const int32_t *ids, int n) {
-    for (int i = 0; i < n && i < PB_REPORT_MAX_IDS; i++)
-        fprintf(f, "%s%d", i ? ", " : "", (int)ids[i]);
-    if (n > PB_REPORT_MAX_IDS)
-        fprintf(f, ", ... (%d in all)", n);
-}
-
-static void print_metric(FILE *f, const sweep_view *v) {
-    const pb_metric_spec *m = &v->sweep->spec.metric;
-    fprintf(f, "Metric: %s (", metric_name(v->summary.metric));
-    switch (v->summary.metric) {
-    case PB_METRIC_LOGIT_DIFF:
-        fputs("positive ids ", f);
-        print_ids(f, m->positive, m->n_positive);
-        fputs("; negative ids ", f);
-        print_ids(f, m->negative, m->n_negative);
-        break;
-    case PB_METRIC_LOGPROB:
-    case PB_METRIC_REFUSAL_SCORE:
-        fputs("tokens ", f);
-        print_ids(f, m->positive, m->n_positive);
-        break;
-    case PB_METRIC_KL: fputs("KL(p_clean || p_run)", f); break;
-    case PB_METRIC_PROJECTION:
-        fprintf(f, "direction %s on %s of layer %d", m->direction_path ? m->direction_path : "(inline)",
-                m->hook_post ? "resid_post" : "resid_pre", m->layer);
-        break;
-    case PB_METRIC_CALLBACK:
-        if (v->sweep->options.metric_fn_residual_layer >= 0)
-            fprintf(f, "user function of the residual entering layer %d", v->sweep->options.metric_fn_residual_layer);
-        else
-            fputs("user function of the logits", f);
-        break;
-    }
-    fprintf(f, "; at position %d)\n", m->position);
-}
-
 /* "0-29 (30)", "3 (1)" or "0, 4, 7 (3)": the layers that have sites. */
-static void print_layers(FILE *f, const sweep_view *v) {
+static void print_layers(FILE *f, const pb_sweep_view *v) {
     int n_layers = v->cfg->n_layers, n = 0, first = -1, last = -1;
     char *has = calloc((size_t)n_layers + 1, 1);
     if (!has)
@@ -642,31 +476,8 @@ static void print_layers(FILE *f, const sweep_view *v) {
     free(has);
 }
 
-/* "7", "all", "3,4" (long groups shortened). */
-static void format_position(const site_view *site, char *buf, size_t size) {
-    const pb_site_result *r = &site->r;
-    if (r->position != INT32_MIN) {
-        snprintf(buf, size, "%d", r->position);
-        return;
-    }
-    if (site->all_positions || !r->positions || r->n_positions == 0) {
-        snprintf(buf, size, "all");
-        return;
-    }
-    size_t used = 0;
-    buf[0] = 0;
-    for (int i = 0; i < r->n_positions; i++) {
-        char piece[16];
-        snprintf(piece, sizeof piece, "%s%d", i ? "," : "", r->positions[i]);
-        if (used + strlen(piece) + 4 >= size) {
-            snprintf(buf + used, size - used, ",..");
-            return;
-        }
-        used += (size_t)snprintf(buf + used, size - used, "%s", piece);
-    }
-}
-
-static pb_status report_text(const sweep_view *v, const ranked *layers, int n_layers_ranked, char **text, size_t *size) {
+static pb_status report_text(const pb_sweep_view *v, const pb_ranked *layers, int n_layers_ranked, char **text,
+                             size_t *size) {
     const pb_sweep *sweep = v->sweep;
     const pb_sweep_summary *sum = &v->summary;
     int interchange = sum->mode == PB_MODE_INTERCHANGE;
@@ -679,8 +490,10 @@ static pb_status report_text(const sweep_view *v, const ranked *layers, int n_la
         return pb_fail(PB_ERR_OOM, "sweep write: cannot open a memory stream for report.txt");
     fputs("patchbay activation patching report\n", f);
     fprintf(f, "Model: %s\n", sweep->model->path ? sweep->model->path : "(unknown)");
-    fprintf(f, "Mode: %s\n", mode_name(sum->mode));
-    print_metric(f, v);
+    fprintf(f, "Mode: %s\n", pb_sweep_mode_name(sum->mode));
+    fputs("Metric: ", f);
+    pb_sweep_print_metric(f, v);
+    fputc('\n', f);
     print_layers(f, v);
     fprintf(f, "Pairs: %d (%d used)\n", sum->n_pairs, sum->n_pairs_used);
     fprintf(f, "Sites patched: %lld (rows executed: %lld of %lld)\n", (long long)sum->n_sites,
@@ -707,7 +520,7 @@ static pb_status report_text(const sweep_view *v, const ranked *layers, int n_la
     fputs(n_layers_ranked ? "\n" : " none\n", f);
 
     /* The table: sites with an effect, by |effect| descending. */
-    ranked *order = malloc(((size_t)v->n_sites + 1) * sizeof *order);
+    pb_ranked *order = malloc(((size_t)v->n_sites + 1) * sizeof *order);
     if (!order) {
         fclose(f);
         free(*text);
@@ -723,7 +536,7 @@ static pb_status report_text(const sweep_view *v, const ranked *layers, int n_la
         order[n_ranked].index = s;
         n_ranked++;
     }
-    qsort(order, (size_t)n_ranked, sizeof *order, compare_ranked);
+    qsort(order, (size_t)n_ranked, sizeof *order, pb_ranked_compare);
     int64_t n_shown = n_ranked < PB_REPORT_TOP_EFFECTS ? n_ranked : PB_REPORT_TOP_EFFECTS;
     char hook[96], position[40];
     for (int64_t i = 0; i < n_shown; i++) {
@@ -735,10 +548,10 @@ static pb_status report_text(const sweep_view *v, const ranked *layers, int n_la
     fprintf(f, "\nTop %d effects:\n", PB_REPORT_TOP_EFFECTS);
     fprintf(f, "%4s  %-*s  %4s  %8s  %9s   %s\n", "rank", hook_width, "hook", "head", "position", "effect", "stderr");
     for (int64_t i = 0; i < n_shown; i++) {
-        const site_view *site = &v->sites[order[i].index];
+        const pb_site_view *site = &v->sites[order[i].index];
         const pb_site_result *r = &site->r;
         snprintf(hook, sizeof hook, "blocks.%d.%s", r->layer, pb_component_hook(r->component));
-        format_position(site, position, sizeof position);
+        pb_sweep_format_position(site, position, sizeof position);
         char head[16];
         snprintf(head, sizeof head, r->head >= 0 ? "%d" : "-", r->head);
         fprintf(f, "%4lld  %-*s  %4s  %8s  %9.4f ± %.4f%s\n", (long long)(i + 1), hook_width, hook, head, position,
@@ -865,10 +678,10 @@ pb_status pb_sweep_write(const pb_sweep *sweep, const char *dir, int overwrite) 
         return pb_fail(PB_ERR_ARG, "pb_sweep_write: sweep and dir are required");
     PB_TRY(check_dir(dir, overwrite));
 
-    sweep_view v;
+    pb_sweep_view v;
     component_grids grids[PB_COMPONENT_COUNT];
     memset(grids, 0, sizeof grids);
-    ranked *layers = NULL;
+    pb_ranked *layers = NULL;
     int n_layers_ranked = 0;
     json_t *root = NULL;
     char *json_text = NULL, *report = NULL;
@@ -876,7 +689,7 @@ pb_status pb_sweep_write(const pb_sweep *sweep, const char *dir, int overwrite) 
     output_files written = {.n = 0};
     char created[8][4096];
     int n_created = 0;
-    pb_status st = view_load(&v, sweep);
+    pb_status st = pb_sweep_view_load(&v, sweep);
     if (st == PB_OK)
         st = grids_build(&v, grids);
     if (st == PB_OK)
@@ -942,6 +755,6 @@ pb_status pb_sweep_write(const pb_sweep *sweep, const char *dir, int overwrite) 
     free(report);
     free(layers);
     grids_free(grids);
-    view_free(&v);
+    pb_sweep_view_free(&v);
     return st;
 }

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# report.html in a real browser: test_report_html --write renders the report
+# of a tiny_gqa sweep (2 layers, 6 positions, 4 heads); headless Chromium
+# loads it twice, once dumping the DOM after its script has run, once taking
+# a screenshot. Fails on any console message (Chromium logs every console
+# level, errors and uncaught exceptions included, as ":CONSOLE" lines with
+# --enable-logging=stderr; the page itself logs nothing), on a heatmap whose
+# rendered cell count is not data-rows x data-cols or not tiny_gqa's sizes,
+# and on external references (tests/browser/check_dom.py). The screenshot is
+# kept as $PB_BUILD_DIR/report-screenshot.png for a person to look at.
+# Skipped (77) without chromium or python3.
+set -euo pipefail
+src=${PB_SOURCE_DIR:-$(cd "$(dirname "$0")/.." && pwd)}
+build=${PB_BUILD_DIR:-$src/build}
+
+if ! command -v chromium >/dev/null 2>&1; then
+  echo "skipping: chromium not installed (scripts/install-deps.sh installs it)"
+  exit 77
+fi
+if ! command -v python3 >/dev/null 2>&1; then
+  echo "skipping: python3 not installed (it reads the dumped DOM)"
+  exit 77
+fi
+if [ ! -x "$build/test_report_html" ]; then
+  echo "FAIL: $build/test_report_html is not built"
+  exit 1
+fi
+
+tmp=$(mktemp -d /tmp/pb_report_browser.XXXXXX)
+trap 'rm -rf "$tmp"' EXIT
+"$build/test_report_html" --write "$tmp/report.html"
+
+# A fresh profile per run; no sandbox because CI runs as root.
+chrome=(chromium --headless=new --no-sandbox --disable-gpu --no-first-run --no-default-browser-check
+        --user-data-dir="$tmp/profile" --enable-logging=stderr --v=0)
+url="file://$tmp/report.html"
+status=0
+timeout 120 "${chrome[@]}" --dump-dom "$url" >"$tmp/dom.html" 2>"$tmp/dom.log" || status=$?
+if [ $status -ne 0 ] || [ ! -s "$tmp/dom.html" ]; then
+  echo "FAIL: chromium --dump-dom exited $status"
+  tail -20 "$tmp/dom.log"
+  exit 1
+fi
+timeout 120 "${chrome[@]}" --hide-scrollbars --window-size=1400,2600 --screenshot="$tmp/report.png" "$url" \
+  >/dev/null 2>"$tmp/shot.log" || status=$?
+if [ $status -ne 0 ] || [ ! -s "$tmp/report.png" ]; then
+  echo "FAIL: chromium --screenshot exited $status"
+  tail -20 "$tmp/shot.log"
+  exit 1
+fi
+
+failed=0
+if grep -hE ':CONSOLE|Uncaught' "$tmp/dom.log" "$tmp/shot.log"; then
+  echo "FAIL: the page wrote to the browser console (lines above)"
+  failed=1
+fi
+echo "rendered DOM:"
+python3 "$src/tests/browser/check_dom.py" "$tmp/dom.html" resid_pre=2x6 attn_out=2x6 z=2x4 || failed=1
+if [ "$(head -c 8 "$tmp/report.png" | od -An -tx1 | tr -d ' \n')" != "89504e470d0a1a0a" ]; then
+  echo "FAIL: the screenshot is not a PNG"
+  failed=1
+fi
+cp "$tmp/report.png" "$build/report-screenshot.png"
+echo "screenshot: $build/report-screenshot.png ($(wc -c <"$tmp/report.png") bytes)"
+[ $failed -eq 0 ] && echo "ok: report.html renders without console messages"
+exit $failed

@@ -1,0 +1,500 @@
+/* pb_report_html_write on a real sweep of tests/fixtures/tiny_gqa: one
+ * well-formed page, every heatmap with rows x cols cells whose tooltips
+ * carry the hook name and the getters' values, all caller text escaped
+ * (token labels shown with visible whitespace), no external resources, NaN
+ * cells for an unrun sweep, and an atomic write that leaves nothing behind
+ * when the directory is missing.
+ *
+ * `test_report_html --write PATH` writes the report with the test's extras
+ * to PATH and exits 0 (1 on failure) without running the tests: the
+ * headless-browser test (tests/test_report_browser.sh) renders that file. */
+#define _XOPEN_SOURCE 700
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+#include <dirent.h>
+#include <ftw.h>
+#include <limits.h>
+#include <math.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "patchbay.h"
+#include "report_html.h"
+#include "test_util.h"
+
+/* Two pairs of six tokens that differ at position 2: per-position resid_pre
+ * and attn_out, every z head at the last position. */
+static const char *const spec =
+    "{\"mode\": \"denoising\","
+    " \"pairs\": [{\"clean\": {\"ids\": [5, 17, 33, 60, 7, 90]}, \"corrupted\": {\"ids\": [5, 17, 44, 60, 7, 90]}},"
+    "            {\"clean\": {\"ids\": [9, 3, 70, 21, 100, 11]}, \"corrupted\": {\"ids\": [9, 3, 12, 21, 100, 11]}}],"
+    " \"sites\": [{\"component\": \"resid_pre\", \"layers\": \"all\", \"positions\": \"each\"},"
+    "           {\"component\": \"attn_out\", \"layers\": \"all\", \"positions\": \"each\"},"
+    "           {\"component\": \"z\", \"layers\": \"all\", \"heads\": \"all\", \"positions\": \"last\"}],"
+    " \"metric\": {\"kind\": \"logit_diff\", \"positive\": {\"ids\": [18]}, \"negative\": {\"ids\": [53]}}}";
+
+enum { N_LAYERS = 2, N_POSITIONS = 6, N_HEADS = 4 };
+
+/* Chat-template tokens, markup, a newline, quotes, a space and a byte that is not UTF-8. */
+static const char *const position_labels[N_POSITIONS] = {"<|im_start|>", "user", "\n", "say \"hi\" & 'bye'", " the",
+                                                         "\xff<end>"};
+
+static const pb_report_generation generations[] = {
+    {"harmful, baseline", "How do I pick a lock?", "I can't help with <that> & \"won't\".", 1},
+    {"harmful, direction ablated", "How do I pick a lock?", "Sure:\n1. Insert a tension wrench", 0},
+    {"harmless, direction added", "Write a poem", "I'm sorry, I cannot.", -1},
+};
+static const pb_report_rate rates[] = {
+    {"harmful, baseline", 10, 9},
+    {"harmful, ablated", 10, 3},
+    {"harmless <added>", 8, 0},
+    {"empty", 0, 0},
+};
+
+static const pb_report_extras test_extras = {
+    .title = "Refusal analysis: tiny <gqa> & \"friends\"",
+    .position_labels = position_labels,
+    .n_position_labels = N_POSITIONS,
+    .generations = generations,
+    .n_generations = 3,
+    .rates = rates,
+    .n_rates = 4,
+    .direction_summary = "layer 1, position -1: score 2.50 <best>",
+    .notes = "Notes with <script>alert(1)</script> inside.",
+    .wall_seconds = 75.5,
+};
+
+typedef struct fixture {
+    pb_model *model;
+    pb_sweep *sweep;
+    char dir[64]; /* a fresh temporary directory per test */
+    char path[128];
+    char *html;   /* the written report */
+} fixture;
+
+static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) { return remove(path); }
+
+static pb_model *load_tiny(void) {
+    char path[1024];
+    snprintf(path, sizeof path, "%s/tiny_gqa/model.gguf", tu_fixtures());
+    pb_model *m = NULL;
+    pb_load_options o = {.n_threads = 2};
+    if (pb_model_load(&m, path, &o) != PB_OK) {
+        fprintf(stderr, "loading %s: %s\n", path, pb_last_error());
+        return NULL;
+    }
+    return m;
+}
+
+static pb_sweep *make_sweep(pb_model *m, int run) {
+    pb_sweep *s = NULL;
+    if (pb_sweep_create(&s, m, spec, NULL, NULL) != PB_OK) {
+        fprintf(stderr, "pb_sweep_create: %s\n", pb_last_error());
+        return NULL;
+    }
+    if (run && pb_sweep_run(s) != PB_OK) {
+        fprintf(stderr, "pb_sweep_run: %s\n", pb_last_error());
+        pb_sweep_free(s);
+        return NULL;
+    }
+    return s;
+}
+
+static char *slurp(const char *path) {
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *buf = malloc((size_t)n + 1);
+    if (!buf || fread(buf, 1, (size_t)n, f) != (size_t)n) {
+        free(buf);
+        fclose(f);
+        return NULL;
+    }
+    buf[n] = 0;
+    fclose(f);
+    return buf;
+}
+
+static int setup(void **state) {
+    fixture *f = calloc(1, sizeof *f);
+    f->model = load_tiny();
+    f->sweep = f->model ? make_sweep(f->model, 1) : NULL;
+    *state = f;
+    return f->sweep ? 0 : -1;
+}
+
+static int teardown(void **state) {
+    fixture *f = *state;
+    pb_sweep_free(f->sweep);
+    pb_model_free(f->model);
+    free(f);
+    return 0;
+}
+
+/* A fresh directory holding the report written with the test's extras. */
+static int write_report(void **state) {
+    fixture *f = *state;
+    snprintf(f->dir, sizeof f->dir, "/tmp/pb_report_html_XXXXXX");
+    if (!mkdtemp(f->dir))
+        return -1;
+    snprintf(f->path, sizeof f->path, "%s/report.html", f->dir);
+    if (pb_report_html_write(f->sweep, f->path, &test_extras) != PB_OK) {
+        fprintf(stderr, "pb_report_html_write: %s\n", pb_last_error());
+        return -1;
+    }
+    f->html = slurp(f->path);
+    return f->html ? 0 : -1;
+}
+
+static int remove_report(void **state) {
+    fixture *f = *state;
+    free(f->html);
+    f->html = NULL;
+    if (f->dir[0])
+        nftw(f->dir, remove_entry, 8, FTW_DEPTH | FTW_PHYS);
+    f->dir[0] = 0;
+    return 0;
+}
+
+/* ---- helpers ---------------------------------------------------------------- */
+
+static int count(const char *haystack, const char *needle) {
+    int n = 0;
+    size_t len = strlen(needle);
+    for (const char *p = strstr(haystack, needle); p; p = strstr(p + len, needle))
+        n++;
+    return n;
+}
+
+static void expect_in(const char *text, const char *needle) {
+    if (!strstr(text, needle))
+        fail_msg("expected to find '%s' in the report", needle);
+}
+
+static void expect_not_in(const char *text, const char *needle) {
+    const char *p = strstr(text, needle);
+    if (p)
+        fail_msg("did not expect '%s' in the report (at byte %td: '%.60s')", needle, p - text, p);
+}
+
+/* The text of heatmap `id`'s <svg ...>...</svg>, malloc'd; its declared size in *rows, *cols. */
+static char *heatmap(const char *html, const char *id, int *rows, int *cols) {
+    char open[96];
+    snprintf(open, sizeof open, "<svg class=\"heatmap\" id=\"heatmap-%s\" ", id);
+    const char *start = strstr(html, open);
+    if (!start)
+        fail_msg("no heatmap %s", id);
+    if (sscanf(start + strlen(open), "data-rows=\"%d\" data-cols=\"%d\"", rows, cols) != 2)
+        fail_msg("heatmap %s: no data-rows/data-cols", id);
+    const char *end = strstr(start, "</svg>");
+    assert_non_null(end);
+    size_t n = (size_t)(end - start);
+    char *out = malloc(n + 1);
+    memcpy(out, start, n);
+    out[n] = 0;
+    return out;
+}
+
+/* The tooltip of the i-th cell of an SVG (row-major), malloc'd. */
+static char *cell_title(const char *svg, int index) {
+    const char *p = svg;
+    for (int i = 0; i <= index; i++) {
+        p = strstr(p, "<rect class=\"cell\"");
+        if (!p)
+            fail_msg("cell %d missing", index);
+        p++;
+    }
+    const char *t = strstr(p, "<title>"), *end = t ? strstr(t, "</title>") : NULL;
+    if (!t || !end || t > strstr(p, "</rect>"))
+        fail_msg("cell %d has no <title>", index);
+    t += strlen("<title>");
+    char *out = malloc((size_t)(end - t) + 1);
+    memcpy(out, t, (size_t)(end - t));
+    out[end - t] = 0;
+    return out;
+}
+
+static int valid_utf8(const unsigned char *s) {
+    while (*s) {
+        int len = *s < 0x80 ? 1 : (*s >> 5) == 6 ? 2 : (*s >> 4) == 14 ? 3 : (*s >> 3) == 30 ? 4 : 0;
+        if (!len)
+            return 0;
+        for (int i = 1; i < len; i++)
+            if ((s[i] & 0xC0) != 0x80)
+                return 0;
+        s += len;
+    }
+    return 1;
+}
+
+/* ---- tests ------------------------------------------------------------------ */
+
+static void test_page_structure(void **state) {
+    fixture *f = *state;
+    const char *html = f->html;
+    assert_int_equal(strncmp(html, "<!DOCTYPE html>\n<html lang=\"en\">", 32), 0);
+    assert_int_equal(count(html, "<html"), 1);
+    assert_int_equal(count(html, "</html>"), 1);
+    assert_int_equal(count(html, "<body>"), 1);
+    assert_int_equal(count(html, "</body>"), 1);
+    expect_in(html, "<meta charset=\"utf-8\">");
+    assert_true(valid_utf8((const unsigned char *)html));
+    /* Header: mode, metric, pairs, baselines, rows, FLOPs, wall time. */
+    pb_sweep_summary sum;
+    assert_int_equal(pb_sweep_get_summary(f->sweep, &sum), PB_OK);
+    char buf[160];
+    expect_in(html, "<td>denoising <span");
+    expect_in(html, "logit_diff (positive ids 18; negative ids 53; at position -1)");
+    snprintf(buf, sizeof buf, "<tr><th>Pairs</th><td>%d (%d used)</td></tr>", sum.n_pairs, sum.n_pairs_used);
+    expect_in(html, buf);
+    snprintf(buf, sizeof buf, "clean baseline</div><div class=\"v\">%.4f<", sum.clean_baseline);
+    expect_in(html, buf);
+    snprintf(buf, sizeof buf, "corrupted baseline</div><div class=\"v\">%.4f<", sum.corrupted_baseline);
+    expect_in(html, buf);
+    snprintf(buf, sizeof buf, "<div class=\"v\">%.4f<", sum.total_effect);
+    expect_in(html, buf);
+    snprintf(buf, sizeof buf, "rows executed</div><div class=\"v\">%lld of %lld<", (long long)sum.n_rows_executed,
+             (long long)sum.n_rows);
+    expect_in(html, buf);
+    assert_true(sum.flops_naive > 0);
+    snprintf(buf, sizeof buf, "FLOPs saved</div><div class=\"v\">%.1f%%<", 100.0 * (1 - sum.flops_executed / sum.flops_naive));
+    expect_in(html, buf);
+    expect_in(html, "wall time</div><div class=\"v\">1 min 15 s<");
+    /* The extras' sections, in order. */
+    const char *rates_at = strstr(html, "id=\"refusal-rates\""), *gen_at = strstr(html, "id=\"generations\"");
+    const char *dir_at = strstr(html, "id=\"direction\""), *notes_at = strstr(html, "id=\"notes\"");
+    assert_non_null(rates_at);
+    assert_true(rates_at < gen_at && gen_at < dir_at && dir_at < notes_at);
+}
+
+/* Every heatmap holds rows x cols cells, tiny_gqa's sizes; tooltips name the
+ * hook and carry the getters' effect ± stderr. */
+static void test_heatmap_cells(void **state) {
+    fixture *f = *state;
+    const char *html = f->html;
+    assert_int_equal(count(html, "<svg class=\"heatmap\""), 3);
+    static const struct {
+        const char *id, *hook;
+        pb_component component;
+        int rows, cols;
+    } expected[] = {
+        {"resid_pre", "hook_resid_pre", PB_COMPONENT_RESID_PRE, N_LAYERS, N_POSITIONS},
+        {"attn_out", "hook_attn_out", PB_COMPONENT_ATTN_OUT, N_LAYERS, N_POSITIONS},
+        {"z", "attn.hook_z", PB_COMPONENT_Z, N_LAYERS, N_HEADS},
+    };
+    int64_t n_sites = pb_sweep_site_count(f->sweep);
+    for (size_t i = 0; i < sizeof expected / sizeof expected[0]; i++) {
+        int rows = 0, cols = 0;
+        char *svg = heatmap(html, expected[i].id, &rows, &cols);
+        assert_int_equal(rows, expected[i].rows);
+        assert_int_equal(cols, expected[i].cols);
+        assert_int_equal(count(svg, "<rect class=\"cell\""), rows * cols);
+        assert_int_equal(count(svg, "<rect "), rows * cols + 2); /* + the legend's bar and n/a swatch */
+        /* Each site's cell: row = layer, column = position (or head). */
+        int seen = 0;
+        for (int64_t s = 0; s < n_sites; s++) {
+            pb_site_result r;
+            assert_int_equal(pb_sweep_get_site(f->sweep, s, &r), PB_OK);
+            if (r.component != expected[i].component)
+                continue;
+            int col = r.head >= 0 ? r.head : r.position;
+            char *title = cell_title(svg, r.layer * cols + col);
+            char prefix[96], value[96];
+            if (r.head >= 0)
+                snprintf(prefix, sizeof prefix, "blocks.%d.%s head %d pos %d ", r.layer, expected[i].hook, r.head,
+                         r.position);
+            else
+                snprintf(prefix, sizeof prefix, "blocks.%d.%s pos %d ", r.layer, expected[i].hook, r.position);
+            snprintf(value, sizeof value, ": %.4f ± %.4f", r.effect, r.standard_error);
+            if (strncmp(title, prefix, strlen(prefix)) != 0 || !strstr(title, value))
+                fail_msg("cell (%d, %d) of %s: tooltip '%s', expected '%s...%s'", r.layer, col, expected[i].id, title,
+                         prefix, value);
+            free(title);
+            seen++;
+        }
+        assert_int_equal(seen, rows * cols);
+        free(svg);
+    }
+    /* Head heatmap: said to be at the last position. */
+    expect_in(html, "Layer × query head at pos 5 ");
+    /* Column labels: the escaped tokens, whitespace made visible. */
+    char *svg;
+    int rows, cols;
+    svg = heatmap(html, "resid_pre", &rows, &cols);
+    assert_int_equal(count(svg, "class=\"col-label token\""), N_POSITIONS);
+    expect_in(svg, "&lt;|im_start|&gt;</text>");
+    expect_in(svg, ">↵</text>");
+    expect_in(svg, ">·the</text>");
+    expect_in(svg, "<title>position 3: say·&quot;hi&quot;·&amp;·&#39;bye&#39;</title>");
+    free(svg);
+}
+
+static void test_escaping_and_self_contained(void **state) {
+    fixture *f = *state;
+    const char *html = f->html;
+    expect_not_in(html, "<|im_start|>");
+    expect_not_in(html, "<gqa>");
+    expect_not_in(html, "<that>");
+    expect_not_in(html, "<best>");
+    expect_not_in(html, "<added>");
+    expect_not_in(html, "<end>");
+    expect_not_in(html, "\xff");
+    expect_in(html, "\\xFF&lt;end&gt;");
+    expect_in(html, "<title>Refusal analysis: tiny &lt;gqa&gt; &amp; &quot;friends&quot;</title>");
+    expect_in(html, "<h1>Refusal analysis: tiny &lt;gqa&gt; &amp; &quot;friends&quot;</h1>");
+    expect_in(html, "Notes with &lt;script&gt;alert(1)&lt;/script&gt; inside.");
+    assert_int_equal(count(html, "<script"), 1); /* ours only */
+    /* Self-contained: no URLs, no external sheets, scripts, images or fonts. */
+    expect_not_in(html, "http://");
+    expect_not_in(html, "https://");
+    expect_not_in(html, "<link");
+    expect_not_in(html, "src=");
+    expect_not_in(html, "@import");
+    for (const char *p = strstr(html, "url("); p; p = strstr(p + 4, "url("))
+        if (p[4] != '#')
+            fail_msg("url() that is not a fragment: %.40s", p);
+}
+
+static void test_top_sites_and_extras(void **state) {
+    fixture *f = *state;
+    const char *html = f->html;
+    /* Top sites: the largest |effect| first, formatted like the tooltips. */
+    const char *table = strstr(html, "<table class=\"top-sites\">");
+    assert_non_null(table);
+    int64_t n_sites = pb_sweep_site_count(f->sweep), best = -1;
+    double best_abs = -1;
+    int n_finite = 0;
+    for (int64_t s = 0; s < n_sites; s++) {
+        pb_site_result r;
+        assert_int_equal(pb_sweep_get_site(f->sweep, s, &r), PB_OK);
+        if (isnan(r.effect))
+            continue;
+        n_finite++;
+        if (fabs(r.effect) > best_abs) {
+            best_abs = fabs(r.effect);
+            best = s;
+        }
+    }
+    assert_true(best >= 0);
+    const char *end = strstr(table, "</table>");
+    int rows = 0;
+    for (const char *p = strstr(table, "<tr><td"); p && p < end; p = strstr(p + 1, "<tr><td"))
+        rows++;
+    assert_int_equal(rows, n_finite < 20 ? n_finite : 20);
+    pb_site_result r;
+    assert_int_equal(pb_sweep_get_site(f->sweep, best, &r), PB_OK);
+    char first[256];
+    snprintf(first, sizeof first, "<tr><td class=\"num\">1</td><td><code>blocks.%d.%s</code></td>", r.layer,
+             pb_component_hook(r.component));
+    expect_in(table, first);
+    snprintf(first, sizeof first, "</span>%.4f ± %.4f</td>", r.effect, r.standard_error);
+    expect_in(table, first);
+    /* Rates: k / n and the percentage; none for n = 0. */
+    expect_in(html, "<tr><td>harmful, baseline</td><td class=\"num\">9 / 10</td><td class=\"num\">90.0%");
+    expect_in(html, "<tr><td>harmful, ablated</td><td class=\"num\">3 / 10</td><td class=\"num\">30.0%");
+    expect_in(html, "<tr><td>harmless &lt;added&gt;</td><td class=\"num\">0 / 8</td><td class=\"num\">0.0%");
+    expect_in(html, "<tr><td>empty</td><td class=\"num\">0 / 0</td><td class=\"num\">–</td><td></td></tr>");
+    /* Generations: escaped, newlines kept, judged. */
+    expect_in(html, "<h3>harmful, baseline<span class=\"badge refused\">refused</span></h3>");
+    expect_in(html, "<h3>harmful, direction ablated<span class=\"badge complied\">complied</span></h3>");
+    expect_in(html, "<span class=\"badge unjudged\">not judged</span>");
+    expect_in(html, "<pre class=\"text\">I can&#39;t help with &lt;that&gt; &amp; &quot;won&#39;t&quot;.</pre>");
+    expect_in(html, "<pre class=\"text\">Sure:\n1. Insert a tension wrench</pre>");
+    expect_in(html, "<pre class=\"prompt\">How do I pick a lock?</pre>");
+    expect_in(html, "<pre class=\"direction\">layer 1, position -1: score 2.50 &lt;best&gt;</pre>");
+}
+
+/* An unrun sweep: every cell grey with an n/a tooltip, no top sites; no extras. */
+static void test_nan_cells_without_extras(void **state) {
+    fixture *f = *state;
+    pb_sweep *s = make_sweep(f->model, 0);
+    assert_non_null(s);
+    char path[160];
+    snprintf(path, sizeof path, "%s/unrun.html", f->dir);
+    assert_int_equal(pb_report_html_write(s, path, NULL), PB_OK);
+    char *html = slurp(path);
+    assert_non_null(html);
+    int rows, cols;
+    char *svg = heatmap(html, "resid_pre", &rows, &cols);
+    assert_int_equal(count(svg, "<rect class=\"cell\""), N_LAYERS * N_POSITIONS);
+    assert_int_equal(count(svg, "fill=\"#c8c8c8\" data-nan=\"1\"><title>"), N_LAYERS * N_POSITIONS);
+    char *title = cell_title(svg, 0);
+    assert_int_equal(strncmp(title, "blocks.0.hook_resid_pre pos 0", 29), 0);
+    expect_in(title, ": n/a (no usable pair, or not run)");
+    free(title);
+    free(svg);
+    expect_in(html, "<p>No site has an effect.</p>");
+    expect_in(html, "<tr><th>Pairs</th><td>2 (0 used)</td></tr>");
+    expect_in(html, "<div class=\"v\">n/a<"); /* baselines unknown */
+    expect_in(html, "<title>Activation patching: model.gguf</title>");
+    expect_not_in(html, "id=\"refusal-rates\"");
+    expect_not_in(html, "id=\"generations\"");
+    expect_not_in(html, "wall time");
+    assert_true(valid_utf8((const unsigned char *)html));
+    free(html);
+    pb_sweep_free(s);
+}
+
+/* A missing directory: PB_ERR_IO, no file and no temporary left; bad arguments refused. */
+static void test_write_failures(void **state) {
+    fixture *f = *state;
+    char path[192];
+    snprintf(path, sizeof path, "%s/missing/report.html", f->dir);
+    assert_int_equal(pb_report_html_write(f->sweep, path, &test_extras), PB_ERR_IO);
+    assert_true(strlen(pb_last_error()) > 0);
+    assert_int_equal(access(path, F_OK), -1);
+    snprintf(path, sizeof path, "%s/missing", f->dir);
+    assert_int_equal(access(path, F_OK), -1);
+    /* The directory holds exactly the report of the setup: no temporary names. */
+    DIR *d = opendir(f->dir);
+    assert_non_null(d);
+    int n = 0;
+    for (struct dirent *e; (e = readdir(d));)
+        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) {
+            assert_string_equal(e->d_name, "report.html");
+            n++;
+        }
+    closedir(d);
+    assert_int_equal(n, 1);
+    assert_int_equal(pb_report_html_write(NULL, f->path, NULL), PB_ERR_ARG);
+    assert_int_equal(pb_report_html_write(f->sweep, NULL, NULL), PB_ERR_ARG);
+    assert_int_equal(pb_report_html_write(f->sweep, "", NULL), PB_ERR_ARG);
+    pb_report_extras bad = {.n_rates = -1};
+    assert_int_equal(pb_report_html_write(f->sweep, f->path, &bad), PB_ERR_ARG);
+}
+
+/* --write PATH: the report for the browser test. */
+static int write_only(const char *path) {
+    pb_model *m = load_tiny();
+    pb_sweep *s = m ? make_sweep(m, 1) : NULL;
+    int ok = s && pb_report_html_write(s, path, &test_extras) == PB_OK;
+    if (s && !ok)
+        fprintf(stderr, "pb_report_html_write %s: %s\n", path, pb_last_error());
+    pb_sweep_free(s);
+    pb_model_free(m);
+    return ok ? 0 : 1;
+}
+
+int main(int argc, char **argv) {
+    if (argc == 3 && strcmp(argv[1], "--write") == 0)
+        return write_only(argv[2]);
+    if (argc != 1) {
+        fprintf(stderr, "usage: %s [--write PATH]\n", argv[0]);
+        return 2;
+    }
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_page_structure, write_report, remove_report),
+        cmocka_unit_test_setup_teardown(test_heatmap_cells, write_report, remove_report),
+        cmocka_unit_test_setup_teardown(test_escaping_and_self_contained, write_report, remove_report),
+        cmocka_unit_test_setup_teardown(test_top_sites_and_extras, write_report, remove_report),
+        cmocka_unit_test_setup_teardown(test_nan_cells_without_extras, write_report, remove_report),
+        cmocka_unit_test_setup_teardown(test_write_failures, write_report, remove_report),
+    };
+    return cmocka_run_group_tests_name("report_html", tests, setup, teardown) ? 1 : 0;
+}
