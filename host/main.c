@@ -12,6 +12,7 @@
 #include "npy.h"
 #include "patchbay.h"
 #include "progress.h"
+#include "report_html.h"
 
 #define PB_VERSION "0.1.0"
 
@@ -25,11 +26,14 @@ static const char *usage_text =
     "            greedy continuation, printed as text and ids\n"
     "  sweep     --model PATH --spec SPEC.json --out DIR [--max-memory SIZE] [--overwrite] [--no-progress]\n"
     "            activation-patching sweep (spec format: docs/patching.md); writes DIR/results.json,\n"
-    "            one COMPONENT.npy heatmap per component and DIR/report.txt, and prints the report\n"
+    "            one COMPONENT.npy heatmap per component, DIR/report.txt and DIR/report.html\n"
+    "  tokenize  --model PATH --text TEXT [--chat [--system TEXT]]\n"
+    "            token ids as a JSON array (--chat: through the model's chat template)\n"
     "  info      --model PATH\n"
     "            hyperparameters\n"
     "\n"
-    "common options: --threads N (default: all cores)\n"
+    "common options: --threads N (default: all cores); --chat-template NAME|FILE overrides the model's\n"
+    "  template (chatml, llama3, llama2, gemma, or a Jinja file of one of those families)\n"
     "--model takes a .gguf file or a Hugging Face checkpoint folder (config.json + safetensors).\n"
     "--hooks takes comma-separated globs over TransformerLens names, e.g.\n"
     "  'blocks.*.hook_resid_pre,blocks.3.attn.hook_z,hook_embed,ln_final.hook_normalized'\n"
@@ -49,6 +53,10 @@ typedef struct options {
     const char *spec;     /* sweep */
     size_t max_memory;    /* sweep; 0 = the library default */
     int no_progress;      /* sweep */
+    const char *text;
+    const char *system;
+    const char *chat_template;
+    int chat;
 } options;
 
 static int fail(const char *what) {
@@ -82,6 +90,10 @@ static int parse_options(int argc, char **argv, options *o) {
             o->no_progress = 1;
             continue;
         }
+        if (strcmp(a, "--chat") == 0) {
+            o->chat = 1;
+            continue;
+        }
         if (!next) {
             fprintf(stderr, "patchbay: option %s needs a value (see patchbay --help)\n", a);
             return 0;
@@ -94,6 +106,9 @@ static int parse_options(int argc, char **argv, options *o) {
         else if (strcmp(a, "--max-new-tokens") == 0) { if (!parse_int(a, next, &o->max_new)) return 0; }
         else if (strcmp(a, "--threads") == 0) { if (!parse_int(a, next, &o->threads)) return 0; }
         else if (strcmp(a, "--spec") == 0) o->spec = next;
+        else if (strcmp(a, "--text") == 0) o->text = next;
+        else if (strcmp(a, "--system") == 0) o->system = next;
+        else if (strcmp(a, "--chat-template") == 0) o->chat_template = next;
         else if (strcmp(a, "--max-memory") == 0) {
             if (pb_parse_size(next, &o->max_memory) != PB_OK) {
                 fprintf(stderr, "patchbay: --max-memory: %s\n", pb_last_error());
@@ -206,7 +221,45 @@ static pb_model *load(const options *o) {
         fail("cannot load model");
         return NULL;
     }
+    if (o->chat_template && pb_model_set_chat_template(m, o->chat_template) != PB_OK) {
+        fail("--chat-template");
+        pb_model_free(m);
+        return NULL;
+    }
     return m;
+}
+
+/* patchbay tokenize: the ids of a text (chat-templated with --chat) as a
+ * JSON array on stdout. */
+static int cmd_tokenize(const options *o) {
+    if (!o->text) {
+        fprintf(stderr, "patchbay tokenize: --text TEXT is required\n");
+        return 2;
+    }
+    if (o->system && !o->chat) {
+        fprintf(stderr, "patchbay tokenize: --system needs --chat\n");
+        return 2;
+    }
+    pb_model *m = load(o);
+    if (!m)
+        return 1;
+    int32_t *ids = NULL;
+    int n = 0;
+    pb_status st = o->chat ? pb_model_chat_tokenize(m, o->system, o->text, &ids, &n)
+                           : pb_model_tokenize(m, o->text, 0, &ids, &n);
+    int rc = 1;
+    if (st != PB_OK) {
+        fail("tokenize");
+    } else {
+        putchar('[');
+        for (int i = 0; i < n; i++)
+            printf("%s%d", i ? ", " : "", ids[i]);
+        printf("]\n");
+        rc = 0;
+    }
+    free(ids);
+    pb_model_free(m);
+    return rc;
 }
 
 /* An existing non-empty DIR is kept unless --overwrite. */
@@ -495,6 +548,12 @@ static int cmd_sweep(const options *o) {
         fail("writing the sweep's results");
         goto done;
     }
+    char html[4200];
+    snprintf(html, sizeof html, "%s/report.html", o->out);
+    if (pb_report_html_write(sweep, html, NULL) != PB_OK) {
+        fail("writing report.html");
+        goto done;
+    }
     char path[4200];
     snprintf(path, sizeof path, "%s/report.txt", o->out);
     char *report = read_text_file(path);
@@ -502,7 +561,7 @@ static int cmd_sweep(const options *o) {
         goto done;
     fputs(report, stdout);
     free(report);
-    fprintf(stderr, "patchbay: wrote results.json, report.txt and the .npy heatmaps to %s\n", o->out);
+    fprintf(stderr, "patchbay: wrote results.json, report.txt, report.html and the .npy heatmaps to %s\n", o->out);
     rc = 0;
 done:
     pb_sweep_free(sweep);
@@ -537,7 +596,8 @@ int main(int argc, char **argv) {
     }
     options o;
     const char *cmd = argv[1];
-    if (strcmp(cmd, "forward") && strcmp(cmd, "generate") && strcmp(cmd, "sweep") && strcmp(cmd, "info")) {
+    if (strcmp(cmd, "forward") && strcmp(cmd, "generate") && strcmp(cmd, "sweep") && strcmp(cmd, "info") &&
+        strcmp(cmd, "tokenize")) {
         fprintf(stderr, "patchbay: unknown command '%s'\n\n%s", cmd, usage_text);
         return 2;
     }
@@ -549,5 +609,7 @@ int main(int argc, char **argv) {
         return cmd_generate(&o);
     if (strcmp(cmd, "sweep") == 0)
         return cmd_sweep(&o);
+    if (strcmp(cmd, "tokenize") == 0)
+        return cmd_tokenize(&o);
     return cmd_info(&o);
 }

@@ -12,6 +12,7 @@
 #include "hf_config.h"
 #include "internal.h"
 #include "model.h"
+#include "model_text.h"
 #include "quant.h"
 #include "safetensors.h"
 
@@ -454,6 +455,8 @@ static pb_status model_load(pb_model *m, const char *path) {
         if (stat(file, &st) == 0 && (status = pb_vocab_from_tokenizer_json(&m->vocab, file)) != PB_OK)
             goto done;
         status = load_weights(m, &src, 0);
+        if (status == PB_OK)
+            pb_model_text_from_folder(m, path);
     } else {
         if ((status = pb_gguf_open(&src.gguf, path)) != PB_OK)
             return status;
@@ -468,6 +471,8 @@ static pb_status model_load(pb_model *m, const char *path) {
         /* llama.cpp permutes Q/K for llama-architecture models only. */
         int permuted = strcmp(m->cfg.arch, "llama") == 0 || strcmp(m->cfg.arch, "mistral") == 0;
         status = load_weights(m, &src, permuted);
+        if (status == PB_OK)
+            pb_model_text_from_gguf(m, src.gguf);
     }
 done:
     pb_gguf_close(src.gguf);
@@ -509,6 +514,7 @@ void pb_model_free(pb_model *m) {
         m->backend->ops->free(m->backend, m->arena);
         pb_backend_destroy(m->backend);
     }
+    pb_model_text_free(m);
     free(m->layers);
     free(m->path);
     free(m->inv_freq_host);

@@ -4,8 +4,11 @@
 #define PB_MODEL_H
 
 #include "backend.h"
+#include "chat_template.h"
 #include "patchbay.h"
 #include "vocab.h"
+
+typedef struct pb_tokenizer pb_tokenizer;
 
 typedef struct pb_layer_weights {
     float *attn_norm; /* (d_model) */
@@ -35,6 +38,13 @@ struct pb_model {
     float *inv_freq_host;     /* (head_dim / 2) */
     pb_layer_weights *layers; /* (n_layers) */
     pb_vocab vocab;
+    /* text (model_text.c); a missing or unsupported tokenizer or template
+     * leaves these empty and the reason in text_error / chat_error */
+    pb_tokenizer *tokenizer;
+    pb_chat_template chat;
+    int has_chat;
+    char text_error[512];
+    char chat_error[512];
 };
 
 /* Checks hyperparameters for consistency (positive sizes, divisibility,

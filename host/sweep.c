@@ -728,6 +728,13 @@ pb_status pb_sweep_run_rows(pb_sweep *s, const int64_t *rows, int64_t n_rows) {
 
 /* ---- creation, results --------------------------------------------------- */
 
+/* Text in specs: prompts through the chat template (or plain), token
+ * strings plain; special-token spellings are honoured in chat text only. */
+static pb_status spec_tokenize(void *user, const char *text, int chat, const char *system, int32_t **ids, int *n) {
+    const pb_model *model = user;
+    return chat ? pb_model_chat_tokenize(model, system, text, ids, n) : pb_model_tokenize(model, text, 0, ids, n);
+}
+
 pb_status pb_sweep_create(pb_sweep **out, pb_model *model, const char *spec_json, const char *spec_dir,
                           const pb_sweep_options *options) {
     if (!out || !model || !spec_json)
@@ -742,7 +749,7 @@ pb_status pb_sweep_create(pb_sweep **out, pb_model *model, const char *spec_json
     else
         s->options.metric_fn_residual_layer = -1;
     const pb_model_config *c = &model->cfg;
-    pb_status status = pb_sweep_spec_parse(&s->spec, spec_json, spec_dir, c);
+    pb_status status = pb_sweep_spec_parse_text(&s->spec, spec_json, spec_dir, c, spec_tokenize, model);
     if (status != PB_OK) {
         free(s);
         return status;

@@ -387,7 +387,7 @@ static void test_sweep_files(void **state) {
     if (run_cli(args) != 0)
         fail_msg("sweep failed: %s", err_text);
     list_names(out, names, sizeof names);
-    assert_string_equal(names, "attn_out_all.npy report.txt resid_pre.npy results.json z.npy");
+    assert_string_equal(names, "attn_out_all.npy report.html report.txt resid_pre.npy results.json z.npy");
     /* The report goes to stdout; progress (not a terminal here) to stderr. */
     char *report = malloc(65536);
     snprintf(path, sizeof path, "%s/report.txt", out);
@@ -432,7 +432,7 @@ static void test_sweep_files(void **state) {
     assert_int_equal(stat(path, &after), 0);
     assert_int_not_equal(after.st_ino, before.st_ino);
     list_names(out, names, sizeof names);
-    assert_string_equal(names, "attn_out_all.npy report.txt resid_pre.npy results.json z.npy");
+    assert_string_equal(names, "attn_out_all.npy report.html report.txt resid_pre.npy results.json z.npy");
 }
 
 static void test_sweep_errors(void **state) {
