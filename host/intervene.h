@@ -7,6 +7,7 @@
 
 #include <stdint.h>
 
+#include "hooks.h"
 #include "patchbay.h"
 
 typedef enum pb_intervention_kind {
@@ -21,12 +22,12 @@ typedef struct pb_intervention {
     /* PATCH */
     pb_component component;
     int layer;             /* PATCH and ADD */
-    int head;              /* -1 when the component has no head */
+    int head;              /* head of z/q/k/v; -1: every head (values are whole rows) or no head */
     int n_positions;
     const int *positions;  /* (n_positions) prompt positions, ascending */
     const float *values;   /* (n_positions, width) host: width = d_model or head_dim */
     /* ABLATE and ADD */
-    const float *direction; /* (d_model), unit length */
+    const float *direction; /* (d_model); ABLATE normalises it, ADD adds scale * direction as given */
     double scale;
 } pb_intervention;
 
@@ -38,8 +39,32 @@ pb_status pb_forward_intervened(pb_model *model, const int32_t *ids, int T, cons
  * positions only; ABLATE and ADD to every position, generated ones too). */
 pb_status pb_generate_intervened(pb_model *model, const int32_t *ids, int T, int max_new, const pb_intervention *iv,
                                  int32_t *out_ids, int *n_out);
-/* 1 when the text starts like a refusal ("I'm sorry", "I cannot", "As an
- * AI", ...; case-insensitive, after leading whitespace), else 0. */
+/* 1 when a refusal phrase ("I'm sorry", "I cannot", "As an AI", ...;
+ * whole words, case-insensitive) starts within the first 100 characters
+ * after leading whitespace, else 0 (phrase list: intervene.c). */
 int pb_text_is_refusal(const char *text);
+
+/* ---- the executor hook behind pb_forward_intervened, for code that drives
+ * the executor with many jobs at once (direction.c) ---- */
+
+typedef struct pb_intervention_hook {
+    pb_model *model;
+    const pb_intervention *iv;
+    double *u;               /* (d_model): ABLATE the unit direction; ADD scale * direction */
+    float *scratch;          /* host rows being edited */
+    size_t scratch_capacity; /* floats */
+} pb_intervention_hook;
+
+/* The hook kind a patch of this component edits. */
+pb_hook_kind pb_component_hook_kind(pb_component component);
+/* Checks iv against the model and a prompt of T tokens (iv NULL or NONE: OK). */
+pb_status pb_intervention_check(const pb_model *model, const pb_intervention *iv, int T);
+/* Prepares h for iv (borrowed until release); T: prompt length for PATCH. */
+pb_status pb_intervention_hook_init(pb_intervention_hook *h, pb_model *model, const pb_intervention *iv, int T);
+void pb_intervention_hook_release(pb_intervention_hook *h);
+/* A pb_exec_hook_fn; user is a pb_intervention_hook. ABLATE and ADD edit
+ * every job alike; PATCH edits any job's rows at the listed positions. */
+pb_status pb_intervention_hook_fn(void *user, int job, pb_hook_kind hook, int layer, float *data, int n_rows,
+                                  int p0);
 
 #endif

@@ -9,6 +9,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "cli_analysis.h"
+#include "cli_intervene.h"
 #include "npy.h"
 #include "patchbay.h"
 #include "progress.h"
@@ -22,8 +24,7 @@ static const char *usage_text =
     "commands:\n"
     "  forward   --model PATH (--ids 1,2,3 | --ids-file F) [--hooks PATTERN] --out DIR [--overwrite]\n"
     "            writes DIR/logits.npy (T x vocab, float32) and one HOOK.npy per captured hook point\n"
-    "  generate  --model PATH (--ids 1,2,3 | --ids-file F) [--max-new-tokens N]\n"
-    "            greedy continuation, printed as text and ids\n"
+
     "  sweep     --model PATH --spec SPEC.json --out DIR [--max-memory SIZE] [--overwrite] [--no-progress]\n"
     "            activation-patching sweep (spec format: docs/patching.md); writes DIR/results.json,\n"
     "            one COMPONENT.npy heatmap per component, DIR/report.txt and DIR/report.html\n"
@@ -31,6 +32,9 @@ static const char *usage_text =
     "            token ids as a JSON array (--chat: through the model's chat template)\n"
     "  info      --model PATH\n"
     "            hyperparameters\n"
+    "  refusal-analysis --model PATH --out DIR [--pairs data/refusal_pairs.json] [--sweep-pairs N]\n"
+    "            [--max-new-tokens N] [--overwrite] [--no-progress]\n"
+    "            the main job: baseline refusal, patching sweep, refusal direction, report.html\n"
     "\n"
     "common options: --threads N (default: all cores); --chat-template NAME|FILE overrides the model's\n"
     "  template (chatml, llama3, llama2, gemma, or a Jinja file of one of those families)\n"
@@ -350,46 +354,6 @@ done:
     return rc;
 }
 
-static int cmd_generate(const options *o) {
-    int32_t *ids;
-    int T;
-    if (!read_ids(o, &ids, &T))
-        return 2;
-    pb_model *m = load(o);
-    if (!m) {
-        free(ids);
-        return 1;
-    }
-    int rc = 1, n = 0;
-    int32_t *out = malloc(sizeof(int32_t) * (size_t)(o->max_new > 0 ? o->max_new : 1));
-    if (!out || pb_generate(m, ids, T, o->max_new, out, &n) != PB_OK) {
-        fail("generate failed");
-        goto done;
-    }
-    char piece[1024];
-    printf("prompt: ");
-    for (int i = 0; i < T; i++) {
-        pb_model_token_text(m, ids[i], piece, sizeof piece);
-        fputs(piece, stdout);
-    }
-    printf("\ncontinuation: ");
-    for (int i = 0; i < n; i++) {
-        pb_model_token_text(m, out[i], piece, sizeof piece);
-        fputs(piece, stdout);
-    }
-    printf("\ncontinuation ids: ");
-    for (int i = 0; i < n; i++)
-        printf("%s%d", i ? "," : "", out[i]);
-    printf("\n");
-    rc = 0;
-done:
-    free(out);
-    free(ids);
-    pb_model_free(m);
-    return rc;
-}
-
-/* Reads a whole text file; NULL (with a message) on failure. */
 static char *read_text_file(const char *path) {
     FILE *f = fopen(path, "rb");
     if (!f) {
@@ -588,6 +552,7 @@ static int cmd_info(const options *o) {
 int main(int argc, char **argv) {
     if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
         fputs(usage_text, argc < 2 ? stderr : stdout);
+        fputs(pb_cli_intervene_usage, argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;
     }
     if (strcmp(argv[1], "--version") == 0) {
@@ -596,8 +561,16 @@ int main(int argc, char **argv) {
     }
     options o;
     const char *cmd = argv[1];
-    if (strcmp(cmd, "forward") && strcmp(cmd, "generate") && strcmp(cmd, "sweep") && strcmp(cmd, "info") &&
-        strcmp(cmd, "tokenize")) {
+    /* Commands with their own option parsers. */
+    if (strcmp(cmd, "refusal-analysis") == 0)
+        return pb_cli_refusal_analysis(argc - 1, argv + 1);
+    if (strcmp(cmd, "refusal-rate") == 0)
+        return pb_cli_refusal_rate(argc - 1, argv + 1);
+    if (strcmp(cmd, "direction") == 0)
+        return pb_cli_direction(argc - 1, argv + 1);
+    if (strcmp(cmd, "generate") == 0)
+        return pb_cli_generate(argc - 1, argv + 1);
+    if (strcmp(cmd, "forward") && strcmp(cmd, "sweep") && strcmp(cmd, "info") && strcmp(cmd, "tokenize")) {
         fprintf(stderr, "patchbay: unknown command '%s'\n\n%s", cmd, usage_text);
         return 2;
     }
@@ -605,8 +578,6 @@ int main(int argc, char **argv) {
         return 2;
     if (strcmp(cmd, "forward") == 0)
         return cmd_forward(&o);
-    if (strcmp(cmd, "generate") == 0)
-        return cmd_generate(&o);
     if (strcmp(cmd, "sweep") == 0)
         return cmd_sweep(&o);
     if (strcmp(cmd, "tokenize") == 0)

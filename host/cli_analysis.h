@@ -1,0 +1,8 @@
+/* The refusal-analysis command (the project's main job). */
+#ifndef PB_CLI_ANALYSIS_H
+#define PB_CLI_ANALYSIS_H
+
+/* argv[0] is the command name; returns the exit status. */
+int pb_cli_refusal_analysis(int argc, char **argv);
+
+#endif
