@@ -14,11 +14,28 @@ typedef enum pb_chat_format {
     PB_CHAT_GEMMA
 } pb_chat_format;
 
+/* Where a system prompt goes. */
+typedef enum pb_chat_system_style {
+    PB_CHAT_SYSTEM_TURN = 0,  /* a turn of its own (ChatML, Llama-3) */
+    PB_CHAT_SYSTEM_SYS_BLOCK, /* Llama-2: "<<SYS>>\n" S "\n<</SYS>>\n\n" folded into the first [INST] */
+    PB_CHAT_SYSTEM_PREFIX,    /* Mistral (v0.2 update, v0.3): S "\n\n" before the user text inside [INST] */
+    PB_CHAT_SYSTEM_NONE       /* Gemma-2, Mistral v0.1/v0.2 originals: the template raises on a system
+                                 message, so rendering one is refused */
+} pb_chat_system_style;
+
 typedef struct pb_chat_template {
     pb_chat_format format;
     char name[32];             /* "chatml", "llama3", "llama2", "gemma" */
     char *default_system;      /* system prompt the template adds when none is given, or NULL */
     char *bos;                 /* BOS text the template emits ("<s>", "<|begin_of_text|>", "<bos>") or NULL */
+    /* Details read from the template text (defaults when forced by name). */
+    pb_chat_system_style system_style;
+    int trim;                  /* the template strips message text (Jinja |trim, .strip()): Llama-3, Llama-2, Gemma */
+    char *system_preamble;     /* Llama-3.1+: text that always opens the system turn, even with no system
+                                  message ("Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n"),
+                                  or NULL. The date is the template's literal fallback, never today's. */
+    char inst_open[16];        /* [INST] family: "[INST] " (Llama-2, Mistral v0.1/v0.3) or " [INST] " (v0.2 update) */
+    char inst_close[16];       /* " [/INST]" or "[/INST]" (Mistral v0.3) */
 } pb_chat_template;
 
 /* Recognises template_text (a Jinja chat template). name, when not NULL,

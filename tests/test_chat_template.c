@@ -1,0 +1,233 @@
+/* Chat templates rendered in C against transformers' own renderer: every
+ * real template in tests/fixtures/chat_templates/ (SmolLM2, Qwen2/2.5,
+ * Llama-3/3.2/3.3, Llama-2-chat, Mistral v0.1/v0.2/Large, Gemma-2) is
+ * recognised, and each (system, user) case of renders.json (written by
+ * scripts/make_chat_template_fixture.py) renders byte-for-byte the same, or
+ * is refused where the template raises. Plus: name overrides, a file path
+ * as the name, unknown templates refused with the --chat-template hint. */
+#define _GNU_SOURCE
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "chat_template.h"
+#include "test_util.h"
+
+#define RENDERS_MAGIC "patchbay-chat-template-renders"
+#define RENDERS_VERSION 1
+
+static char *read_text(const char *path) {
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        fail_msg("cannot open %s", path);
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *s = malloc((size_t)n + 1);
+    assert_non_null(s);
+    assert_int_equal(fread(s, 1, (size_t)n, f), (size_t)n);
+    s[n] = '\0';
+    fclose(f);
+    return s;
+}
+
+static void template_path(char *buf, size_t size, const char *file) {
+    snprintf(buf, size, "%s/chat_templates/%s", tu_fixtures(), file);
+}
+
+/* Prints both strings with escapes at the first differing byte. */
+static void explain_mismatch(const char *what, const char *got, const char *want) {
+    size_t i = 0;
+    while (got[i] && got[i] == want[i])
+        i++;
+    size_t from = i > 30 ? i - 30 : 0;
+    printf("%s: first difference at byte %zu\n  got : ", what, i);
+    for (size_t k = from; got[k] && k < i + 30; k++)
+        printf(got[k] == '\n' ? "\\n" : "%c", got[k]);
+    printf("\n  want: ");
+    for (size_t k = from; want[k] && k < i + 30; k++)
+        printf(want[k] == '\n' ? "\\n" : "%c", want[k]);
+    printf("\n");
+}
+
+static void test_real_templates_byte_identical(void **state) {
+    char path[1024];
+    template_path(path, sizeof path, "renders.json");
+    json_error_t jerr;
+    json_t *root = json_load_file(path, 0, &jerr);
+    if (!root)
+        fail_msg("%s: %s (line %d)", path, jerr.text, jerr.line);
+    assert_string_equal(json_string_value(json_object_get(root, "magic")), RENDERS_MAGIC);
+    assert_int_equal(json_integer_value(json_object_get(root, "version")), RENDERS_VERSION);
+    json_t *templates = json_object_get(root, "templates");
+    assert_true(json_array_size(templates) >= 10);
+    size_t n_cases = 0, n_refused = 0;
+    int failures = 0;
+    for (size_t i = 0; i < json_array_size(templates); i++) {
+        json_t *tj = json_array_get(templates, i);
+        const char *file = json_string_value(json_object_get(tj, "file"));
+        template_path(path, sizeof path, file);
+        char *text = read_text(path);
+        pb_chat_template t;
+        if (pb_chat_template_init(&t, text, NULL, json_string_value(json_object_get(tj, "bos_token"))) != PB_OK)
+            fail_msg("%s: %s", file, pb_last_error());
+        if (strcmp(t.name, json_string_value(json_object_get(tj, "format"))) != 0)
+            fail_msg("%s recognised as %s, expected %s", file, t.name,
+                     json_string_value(json_object_get(tj, "format")));
+        const char *want_default = json_string_value(json_object_get(tj, "default_system"));
+        if (!want_default != !t.default_system || (want_default && strcmp(want_default, t.default_system) != 0))
+            fail_msg("%s: default system \"%s\", expected \"%s\"", file, t.default_system ? t.default_system : "(none)",
+                     want_default ? want_default : "(none)");
+        json_t *cases = json_object_get(tj, "cases");
+        for (size_t c = 0; c < json_array_size(cases); c++) {
+            json_t *cj = json_array_get(cases, c);
+            const char *system = json_string_value(json_object_get(cj, "system")); /* NULL for JSON null */
+            const char *user = json_string_value(json_object_get(cj, "user"));
+            const char *expected = json_string_value(json_object_get(cj, "expected"));
+            char *got = NULL;
+            pb_status st = pb_chat_template_render(&t, system, user, &got);
+            char what[1200];
+            snprintf(what, sizeof what, "%s case %zu", file, c);
+            if (!expected) { /* the template raises: we refuse */
+                if (st != PB_ERR_UNSUPPORTED) {
+                    printf("%s: expected a refusal (%s), got status %s\n", what,
+                           json_string_value(json_object_get(cj, "error")), pb_status_name(st));
+                    failures++;
+                }
+                n_refused++;
+            } else if (st != PB_OK) {
+                printf("%s: %s\n", what, pb_last_error());
+                failures++;
+            } else if (strcmp(got, expected) != 0) {
+                explain_mismatch(what, got, expected);
+                failures++;
+            }
+            free(got);
+            n_cases++;
+        }
+        pb_chat_template_free(&t);
+        free(text);
+    }
+    printf("[ MEASURE  ] %zu templates, %zu cases byte-identical to transformers (%zu refused as the template "
+           "raises), %d failures\n",
+           json_array_size(templates), n_cases - n_refused, n_refused, failures);
+    json_decref(root);
+    assert_int_equal(failures, 0);
+}
+
+static void render_expect(const pb_chat_template *t, const char *system, const char *user, const char *want) {
+    char *got = NULL;
+    if (pb_chat_template_render(t, system, user, &got) != PB_OK)
+        fail_msg("%s", pb_last_error());
+    if (strcmp(got, want) != 0) {
+        explain_mismatch(t->name, got, want);
+        fail();
+    }
+    free(got);
+}
+
+static void test_name_override(void **state) {
+    pb_chat_template t;
+    assert_int_equal(pb_chat_template_init(&t, NULL, "chatml", NULL), PB_OK);
+    assert_string_equal(t.name, "chatml");
+    assert_null(t.default_system);
+    render_expect(&t, NULL, "hi", "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n");
+    render_expect(&t, "S", "hi", "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n");
+    pb_chat_template_free(&t);
+
+    assert_int_equal(pb_chat_template_init(&t, NULL, "llama3", NULL), PB_OK);
+    render_expect(&t, NULL, " hi ",
+                  "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nhi<|eot_id|>"
+                  "<|start_header_id|>assistant<|end_header_id|>\n\n");
+    pb_chat_template_free(&t);
+
+    assert_int_equal(pb_chat_template_init(&t, NULL, "llama2", "<s>"), PB_OK);
+    render_expect(&t, "S", "hi", "<s>[INST] <<SYS>>\nS\n<</SYS>>\n\nhi [/INST]");
+    pb_chat_template_free(&t);
+
+    assert_int_equal(pb_chat_template_init(&t, NULL, "gemma", NULL), PB_OK);
+    render_expect(&t, NULL, "hi", "<bos><start_of_turn>user\nhi<end_of_turn>\n<start_of_turn>model\n");
+    char *text = NULL;
+    assert_int_equal(pb_chat_template_render(&t, "S", "hi", &text), PB_ERR_UNSUPPORTED);
+    assert_null(text);
+    assert_non_null(strstr(pb_last_error(), "system"));
+    pb_chat_template_free(&t);
+
+    /* A name wins over the template text: SmolLM2's ChatML forced to llama2. */
+    char path[1024];
+    template_path(path, sizeof path, "HuggingFaceTB-SmolLM2-135M-Instruct.jinja");
+    char *smol = read_text(path);
+    assert_int_equal(pb_chat_template_init(&t, smol, "llama2", "<s>"), PB_OK);
+    assert_string_equal(t.name, "llama2");
+    pb_chat_template_free(&t);
+    free(smol);
+}
+
+static void test_file_path_as_name(void **state) {
+    char path[1024];
+    template_path(path, sizeof path, "HuggingFaceTB-SmolLM2-135M-Instruct.jinja");
+    pb_chat_template t;
+    /* the file wins over the (unrecognisable) model template */
+    assert_int_equal(pb_chat_template_init(&t, "{{ nonsense }}", path, NULL), PB_OK);
+    assert_string_equal(t.name, "chatml");
+    assert_string_equal(t.default_system, "You are a helpful AI assistant named SmolLM, trained by Hugging Face");
+    pb_chat_template_free(&t);
+
+    assert_int_equal(pb_chat_template_init(&t, NULL, "/nonexistent/template.jinja", NULL), PB_ERR_ARG);
+    assert_non_null(strstr(pb_last_error(), "--chat-template"));
+}
+
+static void test_unknown_template_refused(void **state) {
+    static const char *const unknown =
+        "{% for message in messages %}{{ message['role'] + ': ' + message['content'] + '\\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}";
+    pb_chat_template t;
+    assert_int_equal(pb_chat_template_init(&t, unknown, NULL, NULL), PB_ERR_UNSUPPORTED);
+    const char *msg = pb_last_error();
+    assert_non_null(strstr(msg, "--chat-template NAME"));
+    assert_non_null(strstr(msg, "--chat-template FILE"));
+    assert_non_null(strstr(msg, "chatml, llama3, llama2, gemma"));
+
+    assert_int_equal(pb_chat_template_init(&t, NULL, NULL, NULL), PB_ERR_UNSUPPORTED);
+    assert_non_null(strstr(pb_last_error(), "--chat-template"));
+
+    /* the same through a file */
+    char path[] = "/tmp/pb_chat_template_XXXXXX.jinja";
+    int fd = mkstemps(path, 6);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, unknown, strlen(unknown)), (ssize_t)strlen(unknown));
+    close(fd);
+    assert_int_equal(pb_chat_template_init(&t, NULL, path, NULL), PB_ERR_UNSUPPORTED);
+    assert_non_null(strstr(pb_last_error(), path));
+    assert_non_null(strstr(pb_last_error(), "--chat-template"));
+    unlink(path);
+}
+
+static void test_arguments(void **state) {
+    pb_chat_template t;
+    assert_int_equal(pb_chat_template_init(&t, NULL, "chatml", NULL), PB_OK);
+    char *text = NULL;
+    assert_int_equal(pb_chat_template_render(&t, NULL, NULL, &text), PB_ERR_ARG);
+    assert_int_equal(pb_chat_template_render(NULL, NULL, "hi", &text), PB_ERR_ARG);
+    pb_chat_template_free(&t);
+    pb_chat_template_free(&t); /* idempotent */
+    pb_chat_template_free(NULL);
+    assert_int_equal(pb_chat_template_init(NULL, NULL, "chatml", NULL), PB_ERR_ARG);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_real_templates_byte_identical),
+        cmocka_unit_test(test_name_override),
+        cmocka_unit_test(test_file_path_as_name),
+        cmocka_unit_test(test_unknown_template_refused),
+        cmocka_unit_test(test_arguments),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
