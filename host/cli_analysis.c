@@ -399,7 +399,10 @@ int pb_cli_refusal_analysis(int argc, char **argv) {
              "the harmless distribution under ablation %.4f.%s Written to direction.npy / direction.json.",
              dir.layer, dir.position, dir.norm, dir.baseline_harmful, dir.ablation_score, dir.baseline_harmless,
              dir.addition_score, dir.kl,
-             dir.selected_passes ? "" : " No candidate passed every filter; the lowest ablation score was taken.");
+             dir.selected_passes ? ""
+                                 : " No candidate passed every filter (the paper asks for a positive addition score); "
+                                   "the lowest ablation score among candidates with KL below the threshold was "
+                                   "taken.");
     snprintf(notes, sizeof notes,
              "Sweep: denoising over %d validation pairs (clean = harmful, corrupted = harmless), metric = mean logit "
              "of the refusal tokens minus mean logit of the compliance tokens at the last position. Refusal is judged "

@@ -445,8 +445,13 @@ static pb_status compute(pb_model *m, const pb_direction_inputs *in, pb_directio
 
     /* 4. The paper's rule: among candidates with KL below the threshold and
      * a positive addition score (layers were limited above), the lowest
-     * ablation score; when none passes, the lowest ablation score overall. */
-    int best = -1, best_any = -1;
+     * ablation score. When none passes (a model that barely refuses never
+     * reaches a positive addition score), the addition filter is dropped
+     * but the KL filter kept, since a direction whose ablation wrecks the
+     * harmless distribution "removes refusal" only by breaking the model;
+     * only if no candidate passes even that is the lowest score overall
+     * taken. */
+    int best = -1, best_kl = -1, best_any = -1;
     for (int k = 0; k < out->n_candidates; k++) {
         pb_direction_candidate *cand = &out->candidates[k];
         if (!(cand->norm > 0))
@@ -454,6 +459,8 @@ static pb_status compute(pb_model *m, const pb_direction_inputs *in, pb_directio
         cand->passes = cand->kl < kl_max && cand->addition_score > 0;
         if (best_any < 0 || cand->ablation_score < out->candidates[best_any].ablation_score)
             best_any = k;
+        if (cand->kl < kl_max && (best_kl < 0 || cand->ablation_score < out->candidates[best_kl].ablation_score))
+            best_kl = k;
         if (cand->passes && (best < 0 || cand->ablation_score < out->candidates[best].ablation_score))
             best = k;
     }
@@ -462,7 +469,7 @@ static pb_status compute(pb_model *m, const pb_direction_inputs *in, pb_directio
                                    "the prompt sets do not differ");
     out->selected_passes = best >= 0;
     if (best < 0)
-        best = best_any;
+        best = best_kl >= 0 ? best_kl : best_any;
     const pb_direction_candidate *sel = &out->candidates[best];
     out->layer = sel->layer;
     out->position = sel->position;

@@ -60,7 +60,7 @@ typedef struct pb_direction_result {
     float *difference;         /* (d_model) the raw mean difference r(layer, position) */
     double norm;               /* |difference| */
     double ablation_score, addition_score, kl; /* of the selected candidate */
-    int selected_passes;       /* 0: no candidate passed every filter; the best by ablation score was taken */
+    int selected_passes;       /* 0: no candidate passed every filter; the best ablation score under the KL filter (or, failing that, overall) was taken */
     double baseline_harmful, baseline_harmless; /* mean refusal scores without intervention */
     float *differences;        /* (n_layers, n_post, d_model) r(l, p) for every layer and position */
     int n_candidates;
