@@ -5,14 +5,11 @@
  * added, and writes results.json, the .npy heatmaps, report.txt,
  * direction.npy/json and report.html. */
 #define _POSIX_C_SOURCE 200809L
-#include <dirent.h>
-#include <errno.h>
 #include <jansson.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -20,6 +17,7 @@
 #include "direction.h"
 #include "internal.h"
 #include "intervene.h"
+#include "outdir.h"
 #include "progress.h"
 #include "report_html.h"
 #include "sweep.h"
@@ -97,28 +95,6 @@ static int parse_args(int argc, char **argv, analysis_options *o) {
     }
     if (!o->model || !o->out) {
         fprintf(stderr, "patchbay refusal-analysis: --model PATH and --out DIR are required\n");
-        return 0;
-    }
-    return 1;
-}
-
-/* An existing non-empty DIR is refused before any compute unless --overwrite. */
-static int check_out_dir(const char *dir, int overwrite) {
-    struct stat st;
-    if (stat(dir, &st) != 0)
-        return mkdir(dir, 0777) == 0 || (fprintf(stderr, "patchbay: cannot create %s: %s\n", dir, strerror(errno)), 0);
-    if (!S_ISDIR(st.st_mode)) {
-        fprintf(stderr, "patchbay: --out %s exists and is not a directory\n", dir);
-        return 0;
-    }
-    DIR *d = opendir(dir);
-    int empty = 1;
-    for (struct dirent *e; d && (e = readdir(d));)
-        empty &= strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0;
-    if (d)
-        closedir(d);
-    if (!empty && !overwrite) {
-        fprintf(stderr, "patchbay: --out %s is not empty; pass --overwrite to replace its files\n", dir);
         return 0;
     }
     return 1;
@@ -273,8 +249,9 @@ int pb_cli_refusal_analysis(int argc, char **argv) {
     analysis_options o;
     if (!parse_args(argc, argv, &o))
         return 2;
-    if (!check_out_dir(o.out, o.overwrite))
-        return 1;
+    /* Refused before any compute; created now because direction.* is written first. */
+    if (pb_out_dir_create(o.out, o.overwrite) != PB_OK)
+        return fail("--out");
     double t0 = now();
     analysis an = {0};
     pb_load_options lo = {.n_threads = o.threads};

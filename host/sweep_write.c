@@ -26,6 +26,7 @@
 #include "internal.h"
 #include "model.h"
 #include "npy.h"
+#include "outdir.h"
 #include "sweep.h"
 #include "sweep_view.h"
 
@@ -620,26 +621,6 @@ static pb_status make_dirs(const char *dir, char created[][4096], int *n_created
     return PB_OK;
 }
 
-static pb_status check_dir(const char *dir, int overwrite) {
-    struct stat st;
-    if (stat(dir, &st) != 0)
-        return PB_OK; /* created later */
-    if (!S_ISDIR(st.st_mode))
-        return pb_fail(PB_ERR_ARG, "sweep write: %s exists and is not a directory", dir);
-    DIR *d = opendir(dir);
-    if (!d)
-        return pb_fail(PB_ERR_IO, "sweep write: cannot read directory %s: %s", dir, strerror(errno));
-    int empty = 1;
-    for (struct dirent *e; empty && (e = readdir(d));)
-        if (strcmp(e->d_name, ".") && strcmp(e->d_name, ".."))
-            empty = 0;
-    closedir(d);
-    if (!empty && !overwrite)
-        return pb_fail(PB_ERR_ARG, "sweep write: %s is not empty; pass --overwrite (overwrite = 1) to replace its files",
-                       dir);
-    return PB_OK;
-}
-
 enum { PB_MAX_OUTPUT_FILES = 3 * PB_COMPONENT_COUNT + 2 };
 
 typedef struct output_files {
@@ -676,7 +657,7 @@ static void remove_file(const char *dir, const char *name) {
 pb_status pb_sweep_write(const pb_sweep *sweep, const char *dir, int overwrite) {
     if (!sweep || !dir || !*dir)
         return pb_fail(PB_ERR_ARG, "pb_sweep_write: sweep and dir are required");
-    PB_TRY(check_dir(dir, overwrite));
+    PB_TRY(pb_out_dir_check(dir, overwrite));
 
     pb_sweep_view v;
     component_grids grids[PB_COMPONENT_COUNT];
