@@ -16,26 +16,13 @@
 #include <string.h>
 #include <time.h>
 
+#include "outdir.h"
 #include "sweep.h"
 
 static double now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static char *slurp(const char *path) {
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc((size_t)n + 1);
-    size_t got = fread(buf, 1, (size_t)n, f);
-    buf[got] = 0;
-    fclose(f);
-    return buf;
 }
 
 /* sgemm GFLOP/s at out (M, n) = x (M, k) @ w (n, k)^T for the model's
@@ -74,9 +61,9 @@ int main(int argc, char **argv) {
         return 2;
     }
     int all_rows = argc > 3 && strcmp(argv[3], "--all-rows") == 0;
-    char *spec = slurp(argv[2]);
-    if (!spec) {
-        fprintf(stderr, "bench_sweep: cannot read %s\n", argv[2]);
+    char *spec = NULL;
+    if (pb_read_text_file(argv[2], &spec, NULL) != PB_OK) {
+        fprintf(stderr, "bench_sweep: %s\n", pb_last_error());
         return 1;
     }
     pb_model *m;

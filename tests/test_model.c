@@ -189,19 +189,6 @@ static void test_bad_ids_refused(void **state) {
     pb_model_free(m);
 }
 
-static char *read_file(const char *path, size_t *size) {
-    FILE *f = fopen(path, "rb");
-    assert_non_null(f);
-    fseek(f, 0, SEEK_END);
-    *size = (size_t)ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc(*size + 1);
-    assert_int_equal(fread(buf, 1, *size, f), *size);
-    fclose(f);
-    buf[*size] = 0;
-    return buf;
-}
-
 static void write_file(const char *path, const char *data, size_t size) {
     FILE *f = fopen(path, "wb");
     assert_non_null(f);
@@ -217,7 +204,7 @@ static void test_shape_mismatch_refused(void **state) {
     char src[1024], dst[1200];
     size_t size;
     fixture_path(src, sizeof src, "tiny_gqa", "config.json");
-    char *config = read_file(src, &size);
+    char *config = tu_read_file(src, &size);
     char *at = strstr(config, "\"intermediate_size\": 96");
     assert_non_null(at);
     memcpy(at + strlen("\"intermediate_size\": "), "95", 2);
@@ -225,7 +212,7 @@ static void test_shape_mismatch_refused(void **state) {
     write_file(dst, config, size);
     free(config);
     fixture_path(src, sizeof src, "tiny_gqa", "model.safetensors");
-    char *weights = read_file(src, &size);
+    char *weights = tu_read_file(src, &size);
     snprintf(dst, sizeof dst, "%s/model.safetensors", dir);
     write_file(dst, weights, size);
     free(weights);
@@ -248,7 +235,7 @@ static void test_gguf_missing_hyperparameter(void **state) {
     char src[1024];
     size_t size;
     fixture_path(src, sizeof src, "tiny_gqa", "model.gguf");
-    char *data = read_file(src, &size);
+    char *data = tu_read_file(src, &size);
     char *at = memmem(data, size, "llama.block_count", 17);
     assert_non_null(at);
     memcpy(at, "llama.block_cXunt", 17);

@@ -103,24 +103,6 @@ static pb_sweep *make_sweep(pb_model *m, int run) {
     return s;
 }
 
-static char *slurp(const char *path) {
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc((size_t)n + 1);
-    if (!buf || fread(buf, 1, (size_t)n, f) != (size_t)n) {
-        free(buf);
-        fclose(f);
-        return NULL;
-    }
-    buf[n] = 0;
-    fclose(f);
-    return buf;
-}
-
 static int setup(void **state) {
     fixture *f = calloc(1, sizeof *f);
     f->model = load_tiny();
@@ -148,7 +130,7 @@ static int write_report(void **state) {
         fprintf(stderr, "pb_report_html_write: %s\n", pb_last_error());
         return -1;
     }
-    f->html = slurp(f->path);
+    f->html = tu_read_file(f->path, NULL);
     return f->html ? 0 : -1;
 }
 
@@ -418,7 +400,7 @@ static void test_nan_cells_without_extras(void **state) {
     char path[160];
     snprintf(path, sizeof path, "%s/unrun.html", f->dir);
     assert_int_equal(pb_report_html_write(s, path, NULL), PB_OK);
-    char *html = slurp(path);
+    char *html = tu_read_file(path, NULL);
     assert_non_null(html);
     int rows, cols;
     char *svg = heatmap(html, "resid_pre", &rows, &cols);

@@ -21,24 +21,6 @@
 #include "test_util.h"
 #include "tolerances.h"
 
-static char *slurp(const char *path) {
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc((size_t)n + 1);
-    if (fread(buf, 1, (size_t)n, f) != (size_t)n) {
-        free(buf);
-        fclose(f);
-        return NULL;
-    }
-    buf[n] = 0;
-    fclose(f);
-    return buf;
-}
-
 static pb_model *load_fixture_model_on(const char *name, pb_backend_kind backend) {
     char path[1024];
     if (strcmp(name, "smollm2") == 0)
@@ -144,7 +126,7 @@ static void test_oracle_cases(void **state) {
         }
         double tol = strcmp(model_name, "smollm2") == 0 ? PB_TOL_SMOLLM2_EFFECT : PB_TOL_TINY_EFFECT;
         snprintf(path, sizeof path, "%s/spec.json", case_dir);
-        char *spec = slurp(path);
+        char *spec = tu_read_file(path, NULL);
         assert_non_null(spec);
         pb_sweep *s = make_sweep(m, spec, case_dir, NULL);
         json_t *rows = json_object_get(expected, "rows");

@@ -90,26 +90,6 @@ static int remove_dir(void **state) {
     return 0;
 }
 
-static char *slurp(const char *path, size_t *size) {
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc((size_t)n + 1);
-    if (fread(buf, 1, (size_t)n, f) != (size_t)n) {
-        free(buf);
-        fclose(f);
-        return NULL;
-    }
-    buf[n] = 0;
-    fclose(f);
-    if (size)
-        *size = (size_t)n;
-    return buf;
-}
-
 static json_t *load_results(const char *dir) {
     char path[1024];
     if (snprintf(path, sizeof path, "%s/results.json", dir) >= (int)sizeof path)
@@ -363,7 +343,7 @@ static void test_report(void **state) {
     write_ok(s, f->dir, 0);
     char path[256], line[256];
     snprintf(path, sizeof path, "%s/report.txt", f->dir);
-    char *text = slurp(path, NULL);
+    char *text = tu_read_file(path, NULL);
     assert_non_null(text);
     pb_sweep_summary sum;
     assert_int_equal(pb_sweep_get_summary(s, &sum), PB_OK);
@@ -434,7 +414,7 @@ static void test_no_temp_files_and_overwrite(void **state) {
     size_t before_size[5];
     for (int i = 0; i < 5; i++) {
         snprintf(path, sizeof path, "%s/%s", subdir, files[i]);
-        before[i] = slurp(path, &before_size[i]);
+        before[i] = tu_read_file(path, &before_size[i]);
         assert_non_null(before[i]);
     }
     assert_int_equal(pb_sweep_write(f->sweep, subdir, 0), PB_ERR_ARG);
@@ -443,7 +423,7 @@ static void test_no_temp_files_and_overwrite(void **state) {
     for (int i = 0; i < 5; i++) {
         size_t size;
         snprintf(path, sizeof path, "%s/%s", subdir, files[i]);
-        char *after = slurp(path, &size);
+        char *after = tu_read_file(path, &size);
         assert_non_null(after);
         assert_int_equal(size, before_size[i]);
         assert_memory_equal(after, before[i], size);
@@ -470,7 +450,7 @@ static void test_no_temp_files_and_overwrite(void **state) {
     for (int i = 0; i < 5; i++) {
         size_t size;
         snprintf(path, sizeof path, "%s/%s", subdir, files[i]);
-        char *after = slurp(path, &size);
+        char *after = tu_read_file(path, &size);
         assert_int_equal(size, before_size[i]);
         assert_memory_equal(after, before[i], size);
         free(after);
@@ -559,7 +539,7 @@ static void test_groups_alignment_and_floor(void **state) {
     json_decref(root);
 
     snprintf(path, sizeof path, "%s/report.txt", f->dir);
-    char *text = slurp(path, NULL);
+    char *text = tu_read_file(path, NULL);
     expect_in(text, "\nMode: noising\n");
     expect_in(text, "\nMetric: logprob (tokens 18, 19; at position -1)\n");
     expect_in(text, "\nLayers: 0-1 (2)\n");
@@ -583,7 +563,7 @@ static void test_groups_alignment_and_floor(void **state) {
     assert_int_equal(json_integer_value(json_object_get(root, "n_rows_done")), 0);
     json_decref(root);
     snprintf(path, sizeof path, "%s/unrun/report.txt", f->dir);
-    text = slurp(path, NULL);
+    text = tu_read_file(path, NULL);
     expect_in(text, "\nRows done: 0 of 44");
     expect_in(text, "(no site has an effect)");
     free(text);

@@ -8,6 +8,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "outdir.h"
+
 /* sum (a - b)^2 / sum b^2, with 0/0 = 0. */
 static inline double tu_nmse(const float *a, const float *b, size_t n) {
     double num = 0.0, den = 0.0;
@@ -52,6 +54,12 @@ static inline const char *tu_fixtures(void) {
 static inline const char *tu_source_dir(void) {
     const char *dir = getenv("PB_SOURCE_DIR");
     return dir ? dir : ".";
+}
+
+/* The whole file (NUL-terminated, malloc'd), or NULL; size may be NULL. */
+static inline char *tu_read_file(const char *path, size_t *size) {
+    char *text = NULL;
+    return pb_read_text_file(path, &text, size) == PB_OK ? text : NULL;
 }
 
 #endif
