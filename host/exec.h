@@ -66,7 +66,12 @@ void pb_exec_free(pb_exec *exec);
 size_t pb_exec_workspace_bytes(const pb_model_config *cfg, int max_tokens, int max_T);
 
 /* Runs jobs from their start steps up to and including stop_step (the
- * residual entering stop_step is the output). hook may be NULL. */
+ * residual entering stop_step is the output). hook may be NULL.
+ * Guarantee callers may rely on: within a layer, a persistent-mode job's
+ * new keys and values are in its cache before the attention of any job
+ * that started at the same step or later and comes after it in index
+ * order, so one run can hold a shared prefix (job 0) and the prompts that
+ * read it in prefix mode. */
 pb_status pb_exec_run(pb_exec *exec, const pb_exec_job *jobs, int n_jobs, int stop_step, pb_exec_hook_fn hook,
                       void *hook_user);
 /* After a run: the residual entering stop_step for job j, rows [p0, T):
