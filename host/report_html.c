@@ -720,15 +720,7 @@ static void put_summary(FILE *f, const pb_sweep_view *v, const pb_report_extras 
 }
 
 static void put_top_sites(FILE *f, const pb_sweep_view *v, const labels *l, double range, pb_ranked *order) {
-    int64_t n = 0;
-    for (int64_t s = 0; s < v->n_sites; s++) {
-        if (isnan(v->sites[s].r.effect))
-            continue;
-        order[n].key = fabs(v->sites[s].r.effect);
-        order[n].index = s;
-        n++;
-    }
-    qsort(order, (size_t)n, sizeof *order, pb_ranked_compare);
+    int64_t n = pb_sweep_view_rank_sites(v, order);
     int64_t shown = n < TOP_SITES ? n : TOP_SITES;
     fprintf(f, "<h2 id=\"top-sites\">Top %lld sites by |effect|</h2>\n", (long long)shown);
     if (shown == 0) {

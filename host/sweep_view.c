@@ -107,6 +107,19 @@ pb_status pb_sweep_view_load(pb_sweep_view *v, const pb_sweep *sweep) {
     return PB_OK;
 }
 
+int64_t pb_sweep_view_rank_sites(const pb_sweep_view *v, pb_ranked *order) {
+    int64_t n = 0;
+    for (int64_t s = 0; s < v->n_sites; s++) {
+        if (isnan(v->sites[s].r.effect))
+            continue;
+        order[n].key = fabs(v->sites[s].r.effect);
+        order[n].index = s;
+        n++;
+    }
+    qsort(order, (size_t)n, sizeof *order, pb_ranked_compare);
+    return n;
+}
+
 int pb_ranked_compare(const void *pa, const void *pb) {
     const pb_ranked *a = pa, *b = pb;
     int a_nan = isnan(a->key), b_nan = isnan(b->key);

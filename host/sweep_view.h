@@ -54,5 +54,8 @@ typedef struct pb_ranked {
     int64_t index;
 } pb_ranked;
 int pb_ranked_compare(const void *pa, const void *pb);
+/* Fills order (capacity n_sites) with the sites that have an effect, by
+ * descending |effect|; returns how many. */
+int64_t pb_sweep_view_rank_sites(const pb_sweep_view *v, pb_ranked *order);
 
 #endif

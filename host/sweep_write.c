@@ -528,16 +528,8 @@ static pb_status report_text(const pb_sweep_view *v, const pb_ranked *layers, in
         *text = NULL;
         return pb_fail(PB_ERR_OOM, "sweep write: out of memory");
     }
-    int64_t n_ranked = 0;
     int hook_width = 4;
-    for (int64_t s = 0; s < v->n_sites; s++) {
-        if (isnan(v->sites[s].r.effect))
-            continue;
-        order[n_ranked].key = fabs(v->sites[s].r.effect);
-        order[n_ranked].index = s;
-        n_ranked++;
-    }
-    qsort(order, (size_t)n_ranked, sizeof *order, pb_ranked_compare);
+    int64_t n_ranked = pb_sweep_view_rank_sites(v, order);
     int64_t n_shown = n_ranked < PB_REPORT_TOP_EFFECTS ? n_ranked : PB_REPORT_TOP_EFFECTS;
     char hook[96], position[40];
     for (int64_t i = 0; i < n_shown; i++) {
