@@ -22,6 +22,7 @@ const char *pb_status_name(pb_status status) {
     case PB_ERR_UNSUPPORTED: return "PB_ERR_UNSUPPORTED";
     case PB_ERR_CUDA: return "PB_ERR_CUDA";
     case PB_ERR_NUMERIC: return "PB_ERR_NUMERIC";
+    case PB_ERR_INTERRUPTED: return "PB_ERR_INTERRUPTED";
     }
     return "PB_ERR_UNKNOWN";
 }

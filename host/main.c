@@ -3,14 +3,17 @@
 #include <dirent.h>
 #include <errno.h>
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "cli_analysis.h"
 #include "cli_intervene.h"
+#include "distribute.h"
 #include "npy.h"
 #include "patchbay.h"
 #include "progress.h"
@@ -26,8 +29,12 @@ static const char *usage_text =
     "            writes DIR/logits.npy (T x vocab, float32) and one HOOK.npy per captured hook point\n"
 
     "  sweep     --model PATH --spec SPEC.json --out DIR [--max-memory SIZE] [--overwrite] [--no-progress]\n"
+    "            [--checkpoint FILE] [--resume] [--rank-timeout SECONDS]\n"
     "            activation-patching sweep (spec format: docs/patching.md); writes DIR/results.json,\n"
-    "            one COMPONENT.npy heatmap per component, DIR/report.txt and DIR/report.html\n"
+    "            one COMPONENT.npy heatmap per component, DIR/report.txt and DIR/report.html.\n"
+    "            SIGTERM, SIGUSR1 or SIGINT: finish the current batch, write the checkpoint (default\n"
+    "            DIR.checkpoint, beside DIR) and exit 3; --resume continues from it. Under mpirun or srun\n"
+    "            the rows are split over the ranks by estimated cost and rank 0 writes the results.\n"
     "  tokenize  --model PATH --text TEXT [--chat [--system TEXT]]\n"
     "            token ids as a JSON array (--chat: through the model's chat template)\n"
     "  info      --model PATH\n"
@@ -43,7 +50,8 @@ static const char *usage_text =
     "  'blocks.*.hook_resid_pre,blocks.3.attn.hook_z,hook_embed,ln_final.hook_normalized'\n"
     "--ids-file takes ids separated by commas or whitespace ('#' starts a comment), or an int32 .npy.\n"
     "--max-memory bounds the sweep's batch activations (default 1G): bytes, or K/M/G/T (powers of 1024,\n"
-    "  also KiB/MiB/GiB/TiB) or KB/MB/GB/TB (powers of 1000), e.g. 512M, 2G, 1.5GiB, 100000.\n";
+    "  also KiB/MiB/GiB/TiB) or KB/MB/GB/TB (powers of 1000), e.g. 512M, 2G, 1.5GiB, 100000.\n"
+    "exit status: 0 done, 1 error, 2 usage, 3 sweep interrupted by a signal with its checkpoint written.\n";
 
 typedef struct options {
     const char *model;
@@ -57,6 +65,9 @@ typedef struct options {
     const char *spec;     /* sweep */
     size_t max_memory;    /* sweep; 0 = the library default */
     int no_progress;      /* sweep */
+    const char *checkpoint; /* sweep; NULL = DIR.checkpoint */
+    int resume;           /* sweep */
+    int rank_timeout;     /* sweep, several ranks: seconds; 0 = the default */
     const char *text;
     const char *system;
     const char *chat_template;
@@ -98,6 +109,10 @@ static int parse_options(int argc, char **argv, options *o) {
             o->chat = 1;
             continue;
         }
+        if (strcmp(a, "--resume") == 0) {
+            o->resume = 1;
+            continue;
+        }
         if (!next) {
             fprintf(stderr, "patchbay: option %s needs a value (see patchbay --help)\n", a);
             return 0;
@@ -110,6 +125,8 @@ static int parse_options(int argc, char **argv, options *o) {
         else if (strcmp(a, "--max-new-tokens") == 0) { if (!parse_int(a, next, &o->max_new)) return 0; }
         else if (strcmp(a, "--threads") == 0) { if (!parse_int(a, next, &o->threads)) return 0; }
         else if (strcmp(a, "--spec") == 0) o->spec = next;
+        else if (strcmp(a, "--checkpoint") == 0) o->checkpoint = next;
+        else if (strcmp(a, "--rank-timeout") == 0) { if (!parse_int(a, next, &o->rank_timeout)) return 0; }
         else if (strcmp(a, "--text") == 0) o->text = next;
         else if (strcmp(a, "--system") == 0) o->system = next;
         else if (strcmp(a, "--chat-template") == 0) o->chat_template = next;
@@ -442,13 +459,116 @@ static int check_sweep_out_dir(const char *dir, int overwrite) {
     return 1;
 }
 
-static int cmd_sweep(const options *o) {
+/* Set by SIGTERM / SIGUSR1 / SIGINT; the sweep reads it between batches. */
+static volatile int sweep_stop;
+
+static void on_stop_signal(int sig) {
+    (void)sig;
+    sweep_stop = 1;
+}
+
+/* One signal asks for a checkpoint; the same signal again ends the process
+ * at once (SA_RESETHAND). */
+static void install_stop_handlers(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_stop_signal;
+    sa.sa_flags = SA_RESETHAND;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGUSR1, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+}
+
+static double monotonic_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* Rank 0 after every rank reported: results, or the checkpoint. */
+static int finish_sweep(const options *o, pb_sweep *sweep, pb_status job, const char *checkpoint,
+                        const pb_sweep_fingerprint *fp) {
+    pb_sweep_summary summary = {0};
+    pb_sweep_get_summary(sweep, &summary);
+    fprintf(stderr, "patchbay: rows executed in this run: %lld (%lld more restored from the checkpoint, %lld "
+                    "executed before it)\n",
+            (long long)(summary.n_rows_executed - summary.n_rows_executed_restored),
+            (long long)summary.n_rows_restored, (long long)summary.n_rows_executed_restored);
+    if (job == PB_ERR_INTERRUPTED) {
+        if (pb_sweep_checkpoint_write(sweep, checkpoint, fp) != PB_OK)
+            return fail("interrupted, and the checkpoint could not be written");
+        fprintf(stderr,
+                "patchbay: interrupted: %lld of %lld rows done; checkpoint written to %s; rerun with --resume to "
+                "continue (exit status 3)\n",
+                (long long)summary.n_rows_done, (long long)summary.n_rows, checkpoint);
+        return 3;
+    }
+    if (job != PB_OK) {
+        fprintf(stderr, "patchbay: sweep failed\n");
+        return 1;
+    }
+    /* Every row is done: this only checks that some pair is usable. */
+    if (pb_sweep_run(sweep) != PB_OK)
+        return fail("sweep failed");
+    pb_sweep_get_summary(sweep, &summary);
+    for (int p = 0; p < summary.n_pairs; p++) {
+        double base, source;
+        pb_sweep_get_pair(sweep, p, &base, &source);
+        if (!(fabs(source - base) >= summary.effect_floor))
+            fprintf(stderr,
+                    "patchbay: WARNING: pair %d: the patched run's baseline %.6g and the source run's %.6g differ "
+                    "by less than the effect floor %g; its normalised effects are undefined and excluded from "
+                    "the means\n",
+                    p, base, source, summary.effect_floor);
+    }
+    if (pb_sweep_write(sweep, o->out, o->overwrite) != PB_OK)
+        return fail("writing the sweep's results");
+    char html[4200];
+    snprintf(html, sizeof html, "%s/report.html", o->out);
+    if (pb_report_html_write(sweep, html, NULL) != PB_OK)
+        return fail("writing report.html");
+    char path[4200];
+    snprintf(path, sizeof path, "%s/report.txt", o->out);
+    char *report = read_text_file(path);
+    if (!report)
+        return 1;
+    fputs(report, stdout);
+    free(report);
+    /* The results hold everything the checkpoint did. */
+    if (unlink(checkpoint) != 0 && errno != ENOENT)
+        fprintf(stderr, "patchbay: WARNING: cannot remove the finished checkpoint %s: %s\n", checkpoint,
+                strerror(errno));
+    fprintf(stderr, "patchbay: wrote results.json, report.txt, report.html and the .npy heatmaps to %s\n", o->out);
+    return 0;
+}
+
+static int cmd_sweep(const options *o, pb_ranks *ranks) {
     if (!o->spec || !o->out) {
         fprintf(stderr, "patchbay sweep: --spec SPEC.json and --out DIR are required\n");
         return 2;
     }
     if (!check_sweep_out_dir(o->out, o->overwrite))
         return 1;
+    /* The checkpoint lives beside DIR, never inside it: DIR stays empty
+     * until the results exist. */
+    char checkpoint[4200];
+    if (o->checkpoint) {
+        snprintf(checkpoint, sizeof checkpoint, "%s", o->checkpoint);
+    } else {
+        size_t n = strlen(o->out);
+        while (n > 1 && o->out[n - 1] == '/')
+            n--;
+        snprintf(checkpoint, sizeof checkpoint, "%.*s.checkpoint", (int)n, o->out);
+    }
+    int have_checkpoint = access(checkpoint, F_OK) == 0;
+    if (have_checkpoint && !o->resume) {
+        fprintf(stderr,
+                "patchbay: checkpoint %s exists (an interrupted sweep): pass --resume to continue it, or delete "
+                "it to start over\n",
+                checkpoint);
+        return 2;
+    }
     char *spec_text = read_text_file(o->spec);
     if (!spec_text)
         return 2;
@@ -464,70 +584,105 @@ static int cmd_sweep(const options *o) {
     else
         *slash = 0;
 
+    install_stop_handlers();
     pb_model *m = load(o);
     if (!m) {
         free(spec_text);
         return 1;
     }
-    int rc = 1;
+    int rc = 1, show = !o->no_progress && ranks->rank == 0, gathered = 0;
     pb_sweep *sweep = NULL;
+    int64_t *share = NULL, n_share = 0;
+    double *rank_seconds = NULL, *rank_costs = NULL;
     pb_progress progress;
     pb_progress_init(&progress, stderr, "sweep", -1);
-    pb_sweep_options so = {.max_memory = o->max_memory, .metric_fn_residual_layer = -1};
-    if (!o->no_progress) {
+    pb_sweep_options so = {.max_memory = o->max_memory, .metric_fn_residual_layer = -1, .stop = &sweep_stop};
+    if (show) {
         so.progress = pb_progress_callback;
         so.progress_user = &progress;
     }
+    pb_sweep_fingerprint fp;
     pb_status st = pb_sweep_create(&sweep, m, spec_text, spec_dir, &so);
     if (st != PB_OK) {
         fprintf(stderr, "patchbay: %s: %s\n", o->spec, pb_last_error());
         rc = st == PB_ERR_ARG ? 2 : 1;
         goto done;
     }
+    if (pb_sweep_fingerprint_compute(&fp, o->model, spec_text, PB_BACKEND_CPU) != PB_OK) {
+        fail("fingerprinting the sweep's inputs");
+        goto done;
+    }
     pb_sweep_summary summary = {0};
-    if (pb_sweep_get_summary(sweep, &summary) == PB_OK && !o->no_progress)
-        fprintf(stderr, "patchbay: %lld sites x %d pairs = %lld rows\n", (long long)summary.n_sites,
-                summary.n_pairs, (long long)summary.n_rows);
-    if (!o->no_progress)
-        pb_progress_update(&progress, 0, summary.n_rows);
-    st = pb_sweep_run(sweep);
-    if (!o->no_progress)
+    if (have_checkpoint) {
+        if (pb_sweep_checkpoint_load(sweep, checkpoint, &fp) != PB_OK) {
+            fail("--resume");
+            goto done;
+        }
+        pb_sweep_get_summary(sweep, &summary);
+        if (ranks->rank == 0)
+            fprintf(stderr, "patchbay: resuming from %s: %lld of %lld rows already done\n", checkpoint,
+                    (long long)summary.n_rows_restored, (long long)summary.n_rows);
+    } else if (o->resume && ranks->rank == 0) {
+        fprintf(stderr, "patchbay: --resume: no checkpoint at %s yet; starting from the beginning\n", checkpoint);
+    }
+    rank_seconds = calloc((size_t)ranks->size, sizeof *rank_seconds);
+    rank_costs = calloc((size_t)ranks->size, sizeof *rank_costs);
+    if (!rank_seconds || !rank_costs ||
+        pb_sweep_partition(sweep, ranks->rank, ranks->size, &share, &n_share, rank_costs) != PB_OK) {
+        fail("splitting the rows over the ranks");
+        goto done;
+    }
+    if (pb_sweep_get_summary(sweep, &summary) == PB_OK && show)
+        fprintf(stderr, "patchbay: %lld sites x %d pairs = %lld rows%s\n", (long long)summary.n_sites,
+                summary.n_pairs, (long long)summary.n_rows, ranks->size > 1 ? " (rank 0's progress below)" : "");
+    if (ranks->size > 1 && ranks->rank == 0) {
+        fprintf(stderr, "patchbay: %d ranks; estimated cost per rank:", ranks->size);
+        for (int k = 0; k < ranks->size; k++)
+            fprintf(stderr, " %.4g", rank_costs[k]);
+        fprintf(stderr, "\n");
+    }
+    if (show)
+        pb_progress_update(&progress, summary.n_rows_done, summary.n_rows);
+    double t0 = monotonic_s();
+    st = pb_sweep_run_rows(sweep, share, n_share);
+    double seconds = monotonic_s() - t0;
+    if (show)
         pb_progress_finish(&progress);
-    if (st != PB_OK) {
-        fail("sweep failed");
+    if (st != PB_OK && st != PB_ERR_INTERRUPTED)
+        fprintf(stderr, "patchbay: rank %d: sweep failed: %s\n", ranks->rank, pb_last_error());
+    if (o->rank_timeout > 0)
+        ranks->timeout_s = o->rank_timeout;
+    pb_status job = st;
+    gathered = 1;
+    if (pb_ranks_gather(ranks, sweep, share, n_share, st, seconds, &job, rank_seconds) != PB_OK) {
+        fail("gathering the ranks' results");
         goto done;
     }
-    pb_sweep_get_summary(sweep, &summary);
-    for (int p = 0; p < summary.n_pairs; p++) {
-        double base, source;
-        pb_sweep_get_pair(sweep, p, &base, &source);
-        if (!(fabs(source - base) >= summary.effect_floor))
-            fprintf(stderr,
-                    "patchbay: WARNING: pair %d: the patched run's baseline %.6g and the source run's %.6g differ "
-                    "by less than the effect floor %g; its normalised effects are undefined and excluded from "
-                    "the means\n",
-                    p, base, source, summary.effect_floor);
+    if (ranks->rank == 0) {
+        if (ranks->size > 1) {
+            double max = 0.0, sum = 0.0;
+            for (int k = 0; k < ranks->size; k++) {
+                sum += rank_seconds[k];
+                max = rank_seconds[k] > max ? rank_seconds[k] : max;
+            }
+            fprintf(stderr, "patchbay: seconds per rank:");
+            for (int k = 0; k < ranks->size; k++)
+                fprintf(stderr, " %.3f", rank_seconds[k]);
+            fprintf(stderr, "; load balance (max / mean) %.3f\n", sum > 0 ? max / (sum / ranks->size) : 1.0);
+        }
+        rc = finish_sweep(o, sweep, job, checkpoint, &fp);
+    } else {
+        rc = job == PB_OK ? 0 : job == PB_ERR_INTERRUPTED ? 3 : 1;
     }
-    if (pb_sweep_write(sweep, o->out, o->overwrite) != PB_OK) {
-        fail("writing the sweep's results");
-        goto done;
-    }
-    char html[4200];
-    snprintf(html, sizeof html, "%s/report.html", o->out);
-    if (pb_report_html_write(sweep, html, NULL) != PB_OK) {
-        fail("writing report.html");
-        goto done;
-    }
-    char path[4200];
-    snprintf(path, sizeof path, "%s/report.txt", o->out);
-    char *report = read_text_file(path);
-    if (!report)
-        goto done;
-    fputs(report, stdout);
-    free(report);
-    fprintf(stderr, "patchbay: wrote results.json, report.txt, report.html and the .npy heatmaps to %s\n", o->out);
-    rc = 0;
 done:
+    /* A rank that failed before the gather ends the whole job at once. */
+    if (!gathered && ranks->size > 1)
+        pb_ranks_abort(ranks, rc, "failed before its share ran (see above); aborting the job");
+    /* Every rank leaves with rank 0's verdict. */
+    rc = pb_ranks_exit_code(ranks, rc, ranks->timeout_s + 600.0);
+    free(share);
+    free(rank_seconds);
+    free(rank_costs);
     pb_sweep_free(sweep);
     pb_model_free(m);
     free(spec_text);
@@ -578,8 +733,14 @@ int main(int argc, char **argv) {
         return 2;
     if (strcmp(cmd, "forward") == 0)
         return cmd_forward(&o);
-    if (strcmp(cmd, "sweep") == 0)
-        return cmd_sweep(&o);
+    if (strcmp(cmd, "sweep") == 0) {
+        pb_ranks ranks;
+        if (pb_ranks_init(&ranks, &argc, &argv) != PB_OK)
+            return fail("starting ranks");
+        int rc = cmd_sweep(&o, &ranks);
+        pb_ranks_finalize(&ranks);
+        return rc;
+    }
     if (strcmp(cmd, "tokenize") == 0)
         return cmd_tokenize(&o);
     return cmd_info(&o);

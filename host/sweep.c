@@ -641,6 +641,13 @@ static int64_t compare_i64(const void *a, const void *b) {
 
 static int compare_rows(const void *a, const void *b) { return (int)compare_i64(a, b); }
 
+static int stop_requested(const pb_sweep *s) { return s->options.stop && *s->options.stop; }
+
+static pb_status interrupted(const pb_sweep *s) {
+    return pb_fail(PB_ERR_INTERRUPTED, "sweep interrupted on request after %lld of %lld rows", (long long)s->n_rows_done,
+                   (long long)s->n_rows);
+}
+
 pb_status pb_sweep_run_rows(pb_sweep *s, const int64_t *rows, int64_t n_rows) {
     if (!s || (n_rows > 0 && !rows))
         return pb_fail(PB_ERR_ARG, "pb_sweep_run_rows: sweep and rows are required");
@@ -673,12 +680,17 @@ pb_status pb_sweep_run_rows(pb_sweep *s, const int64_t *rows, int64_t n_rows) {
     int *positions = malloc(sizeof(int) * (size_t)(max_T + 1));
     if (status == PB_OK && (!host_a || !host_b || !positions))
         status = pb_fail(PB_ERR_OOM, "out of memory planning rows");
-    /* One pair at a time: its caches, then its rows in batches. */
+    /* One pair at a time: its caches, then its rows in batches. A stop
+     * request is honoured before a pair's caches and after each batch. */
     for (int64_t i = 0; status == PB_OK && i < n_todo;) {
         int pair = (int)(todo[i] / s->n_sites);
         int64_t end = i;
         while (end < n_todo && todo[end] / s->n_sites == pair)
             end++;
+        if (stop_requested(s)) {
+            status = interrupted(s);
+            break;
+        }
         if ((status = pair_caches(s, &bb, pair)) != PB_OK)
             break;
         int n_batch = 0, tokens = 0;
@@ -703,6 +715,10 @@ pb_status pb_sweep_run_rows(pb_sweep *s, const int64_t *rows, int64_t n_rows) {
                 if (s->options.progress)
                     s->options.progress(s->n_rows_done, s->n_rows, s->options.progress_user);
                 n_batch = tokens = 0;
+                if (stop_requested(s)) {
+                    status = interrupted(s);
+                    break;
+                }
             }
             bb.rows[n_batch++] = todo[r];
             tokens += need;
@@ -714,8 +730,10 @@ pb_status pb_sweep_run_rows(pb_sweep *s, const int64_t *rows, int64_t n_rows) {
         /* Release this pair's activations; its baselines stay. */
         cache_free(s, &s->base[pair]);
         cache_free(s, &s->source[pair]);
+        /* The baselines are known once the caches were built, also when
+         * the pair was interrupted (a checkpoint keeps them). */
+        s->baseline_ready[pair] = status == PB_OK || (status == PB_ERR_INTERRUPTED && s->cache_ready[pair]);
         s->cache_ready[pair] = 0;
-        s->baseline_ready[pair] = status == PB_OK;
         i = end;
     }
     batch_free(s, &bb);
@@ -955,6 +973,8 @@ pb_status pb_sweep_get_summary(const pb_sweep *s, pb_sweep_summary *out) {
     out->n_rows = s->n_rows;
     out->n_rows_executed = s->n_rows_executed;
     out->n_rows_done = s->n_rows_done;
+    out->n_rows_restored = s->n_rows_restored;
+    out->n_rows_executed_restored = s->n_rows_executed_restored;
     out->flops_executed = s->flops_executed;
     out->flops_naive = s->flops_naive;
     out->effect_floor = s->spec.effect_floor;
@@ -980,4 +1000,67 @@ pb_status pb_sweep_get_summary(const pb_sweep *s, pb_sweep_summary *out) {
     }
     out->circuit_fraction = s->n_sites ? (double)out->n_significant / (double)s->n_sites : 0.0;
     return PB_OK;
+}
+
+/* ---- rows computed elsewhere (ranks, checkpoints) ----------------------- */
+
+double pb_sweep_row_cost(const pb_sweep *s, int64_t row) {
+    if (!s || row < 0 || row >= s->n_rows)
+        return -1.0;
+    int pair = (int)(row / s->n_sites);
+    const pb_site *site = &s->sites[row % s->n_sites];
+    int T = s->spec.pairs[pair].base.T, first = T;
+    if (site->all_positions) {
+        const int *map = s->spec.pairs[pair].position_map;
+        for (first = 0; first < T && map[first] < 0; first++)
+            ;
+    }
+    for (int k = 0; k < site->n_positions; k++) {
+        int p = site->positions[k] < 0 ? T + site->positions[k] : site->positions[k];
+        if (p < first)
+            first = p;
+    }
+    /* Layers from the patch layer on; half a layer for patches entering at
+     * the MLP. Positions from the first patched one to the end. */
+    const pb_model_config *c = &s->model->cfg;
+    pb_hook_kind hook;
+    int hook_layer, start;
+    patch_point(c, site->component, site->layer, &hook, &hook_layer, &start);
+    double layers = (double)(2 * c->n_layers - start) / 2.0;
+    double positions_left = first < T ? (double)(T - first) : 0.0;
+    return layers > 0 && positions_left > 0 ? layers * positions_left : 0.0;
+}
+
+int pb_sweep_row_state(const pb_sweep *s, int64_t row) {
+    if (!s || row < 0 || row >= s->n_rows)
+        return -1;
+    if (s->row_state[row] != PB_ROW_DONE)
+        return 0;
+    return s->row_trivial[row] ? 2 : 1;
+}
+
+pb_status pb_sweep_set_row(pb_sweep *s, int64_t row, double patched, int trivial, int executed) {
+    if (!s || row < 0 || row >= s->n_rows)
+        return pb_fail(PB_ERR_ARG, "row %lld outside [0, %lld)", (long long)row, (long long)(s ? s->n_rows : 0));
+    if (s->row_state[row] != PB_ROW_DONE) { /* a row set twice counts once */
+        s->n_rows_done++;
+        s->n_rows_executed += executed != 0;
+    }
+    s->patched[row] = patched;
+    s->row_trivial[row] = trivial != 0;
+    s->row_state[row] = PB_ROW_DONE;
+    return PB_OK;
+}
+
+pb_status pb_sweep_set_pair(pb_sweep *s, int pair, double base, double source) {
+    if (!s || pair < 0 || pair >= s->spec.n_pairs)
+        return pb_fail(PB_ERR_ARG, "pair %d outside [0, %d)", pair, s ? s->spec.n_pairs : 0);
+    s->base_value[pair] = base;
+    s->source_value[pair] = source;
+    s->baseline_ready[pair] = 1;
+    return PB_OK;
+}
+
+int pb_sweep_pair_ready(const pb_sweep *s, int pair) {
+    return s && pair >= 0 && pair < s->spec.n_pairs && s->baseline_ready[pair];
 }

@@ -66,6 +66,9 @@ struct pb_sweep {
     double flops_naive;
     int64_t n_rows_executed;
     int64_t n_rows_done;
+    int64_t n_rows_restored;          /* done rows loaded from a checkpoint */
+    int64_t n_rows_executed_restored; /* of n_rows_executed, run before the checkpoint */
+    double flops_executed_restored;   /* of flops_executed, before the checkpoint */
     int64_t n_batches;
     int64_t tokens_packed; /* over all batches: the GEMM row counts */
 };

@@ -19,7 +19,8 @@ typedef enum pb_status {
     PB_ERR_OOM,         /* an allocation failed */
     PB_ERR_UNSUPPORTED, /* valid input this build cannot handle */
     PB_ERR_CUDA,        /* a CUDA, cuBLAS or NCCL call failed */
-    PB_ERR_NUMERIC      /* NaN or Inf where a finite number is required */
+    PB_ERR_NUMERIC,     /* NaN or Inf where a finite number is required */
+    PB_ERR_INTERRUPTED  /* stopped on request (pb_sweep_options.stop) between batches; completed rows are kept */
 } pb_status;
 
 /* Message describing the most recent failure on this thread ("" if none).
@@ -192,6 +193,11 @@ typedef struct pb_sweep_options {
      * (their effect is exactly 0): for tests and for measuring what the
      * skip saves. Rows that cannot reach the metric are never run. */
     int run_trivial_rows;
+    /* When set, read before each pair and after each batch: non-zero makes
+     * pb_sweep_run(_rows) stop after the current batch and return
+     * PB_ERR_INTERRUPTED, keeping every completed row and baseline (write them
+     * with pb_sweep_checkpoint_write). A signal handler may set it. */
+    volatile int *stop;
 } pb_sweep_options;
 
 typedef struct pb_sweep pb_sweep;
@@ -218,6 +224,8 @@ typedef struct pb_sweep_summary {
     int64_t n_rows;            /* (pair, site) combinations */
     int64_t n_rows_executed;   /* rows actually run (the rest are exactly 0 by construction) */
     int64_t n_rows_done;
+    int64_t n_rows_restored;          /* done rows loaded from a checkpoint (pb_sweep_checkpoint_load) */
+    int64_t n_rows_executed_restored; /* of n_rows_executed, those run before the checkpoint was written */
     double clean_baseline;     /* mean over pairs; in interchange: source */
     double corrupted_baseline; /* in interchange: base */
     double total_effect;       /* clean - corrupted */
@@ -250,6 +258,48 @@ pb_status pb_sweep_get_site(const pb_sweep *sweep, int64_t site, pb_site_result 
  * normalised effect of one site (NaN where undefined). */
 pb_status pb_sweep_get_pair(const pb_sweep *sweep, int pair, double *base, double *source);
 pb_status pb_sweep_get_row(const pb_sweep *sweep, int pair, int64_t site, double *patched, double *effect);
+
+/* Estimated cost of a row, for splitting rows over workers so they finish
+ * together: layers recomputed x positions recomputed, (n_layers - patch
+ * layer) * (T - first patched position), from the site alone (whether a row
+ * is trivial is known only once its pair's caches exist). -1 for a row out
+ * of range. */
+double pb_sweep_row_cost(const pb_sweep *sweep, int64_t row);
+/* Done state of a row: 0 pending, 1 done (patched value known), 2 done and
+ * trivial (patched == base by construction). -1 out of range. */
+int pb_sweep_row_state(const pb_sweep *sweep, int64_t row);
+/* Marks a row done with a value computed elsewhere (another worker);
+ * trivial as above. executed: 1 when that worker ran it through the model
+ * (it counts in n_rows_executed). */
+pb_status pb_sweep_set_row(pb_sweep *sweep, int64_t row, double patched, int trivial, int executed);
+/* Records a pair's baselines computed elsewhere. */
+pb_status pb_sweep_set_pair(pb_sweep *sweep, int pair, double base, double source);
+/* 1 when the pair's baselines are known. */
+int pb_sweep_pair_ready(const pb_sweep *sweep, int pair);
+
+/* ---- checkpoints (preemption: docs/patching.md, "Checkpoints") -------- */
+
+/* What a checkpoint must have been written for: the model file (path, size
+ * and SHA-256 of its first and last MiB; for a folder, of every file in it),
+ * the spec (SHA-256 of its canonical JSON: keys sorted, no whitespace) and
+ * the backend and compute dtype. */
+typedef struct pb_sweep_fingerprint {
+    char model_path[1024];
+    char model_digest[96];  /* "<bytes>:<sha256 hex>" */
+    char spec_digest[72];   /* sha256 hex */
+    char backend[32];       /* "cpu/f32", "reference/f32", "cuda/f32" */
+} pb_sweep_fingerprint;
+
+pb_status pb_sweep_fingerprint_compute(pb_sweep_fingerprint *fingerprint, const char *model_path,
+                                       const char *spec_json, pb_backend_kind backend);
+/* Writes every done row (patched value, trivial flag) and every known pair
+ * baseline to path (temporary file, fsync, rename). */
+pb_status pb_sweep_checkpoint_write(const pb_sweep *sweep, const char *path, const pb_sweep_fingerprint *fingerprint);
+/* Loads a checkpoint into a fresh sweep of the same spec and model: its done
+ * rows are not run again. A checkpoint written for another model file, spec
+ * or backend is refused with PB_ERR_ARG naming the mismatch; a truncated or
+ * corrupt file with PB_ERR_FORMAT. */
+pb_status pb_sweep_checkpoint_load(pb_sweep *sweep, const char *path, const pb_sweep_fingerprint *fingerprint);
 
 /* Writes results.json, one .npy per component and report.txt into dir
  * (docs/patching.md). An existing non-empty dir is refused unless overwrite. */

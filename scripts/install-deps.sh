@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Installs what building, testing and the main job need on a fresh Debian
-# machine (run as root): compilers, CMake, OpenBLAS, jansson, cmocka, PCRE2,
+# machine (run as root): compilers, CMake, OpenBLAS, jansson, cmocka, PCRE2, OpenMPI,
 # and a Python venv inside the repo (.venv, git-ignored) for pip downloads.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(build-essential cmake pkg-config libopenblas-openmp-dev libjansson-dev libcmocka-dev libpcre2-dev
-          python3 python3-venv unzip ca-certificates chromium fonts-dejavu-core)
+          python3 python3-venv unzip ca-certificates chromium fonts-dejavu-core
+          libopenmpi-dev openmpi-bin)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

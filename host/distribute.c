@@ -1,0 +1,407 @@
+/* Ranks for sweeps: detection (MPI or Slurm), cost-balanced contiguous row
+ * shares, and the gather of per-row results to rank 0 with a deadline.
+ * Messages are point-to-point and polled (MPI_Iprobe / MPI_Test) rather than
+ * blocking collectives, so a rank that never reports is named and the job
+ * aborted instead of hanging. A rank killed outright is caught earlier by
+ * the launcher (mpirun aborts the job; srun with --kill-on-bad-exit). */
+#define _POSIX_C_SOURCE 200809L
+#include <math.h>
+#include <pthread.h>
+#include <unistd.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#ifdef PB_HAVE_MPI
+#include <mpi.h>
+#endif
+
+#include "distribute.h"
+#include "internal.h"
+#include "sweep.h"
+
+enum { TAG_REPORT = 7101, TAG_EXIT = 7102 };
+enum { REPORT_HEADER = 8 }; /* doubles before the records of a report */
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static void nap(void) {
+    struct timespec ts = {0, 5 * 1000 * 1000};
+    nanosleep(&ts, NULL);
+}
+
+static int env_int(const char *name, int fallback) {
+    const char *v = getenv(name);
+    if (!v || !*v)
+        return fallback;
+    char *end;
+    long x = strtol(v, &end, 10);
+    return *end || x < 0 || x > 1000000 ? fallback : (int)x;
+}
+
+/* CUDA_VISIBLE_DEVICES="3,5,6" and local rank 1 -> "5": one GPU per rank. */
+static void narrow_visible_gpus(int local_rank) {
+    const char *v = getenv("CUDA_VISIBLE_DEVICES");
+    if (!v || !strchr(v, ','))
+        return; /* unset, or the launcher already gave this task one GPU */
+    char buf[256];
+    snprintf(buf, sizeof buf, "%s", v);
+    int i = 0;
+    for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save), i++)
+        if (i == local_rank) {
+            setenv("CUDA_VISIBLE_DEVICES", tok, 1);
+            return;
+        }
+}
+
+pb_status pb_ranks_init(pb_ranks *r, int *argc, char ***argv) {
+    memset(r, 0, sizeof *r);
+    r->size = 1;
+    r->timeout_s = 120.0;
+    int launched = getenv("OMPI_COMM_WORLD_SIZE") || getenv("PMIX_RANK") || getenv("PMI_SIZE") ||
+                   env_int("SLURM_NTASKS", 1) > 1;
+    r->local_rank = env_int("OMPI_COMM_WORLD_LOCAL_RANK", env_int("SLURM_LOCALID", 0));
+    if (!launched)
+        return PB_OK;
+#ifdef PB_HAVE_MPI
+    int provided = 0;
+    if (MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided) != MPI_SUCCESS)
+        return pb_fail(PB_ERR_UNSUPPORTED, "MPI_Init_thread failed");
+    r->mpi = 1;
+    MPI_Comm_rank(MPI_COMM_WORLD, &r->rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &r->size);
+    narrow_visible_gpus(r->local_rank);
+    return PB_OK;
+#else
+    (void)argc;
+    (void)argv;
+    int tasks = env_int("SLURM_NTASKS", env_int("OMPI_COMM_WORLD_SIZE", 1));
+    if (tasks > 1)
+        return pb_fail(PB_ERR_UNSUPPORTED,
+                       "launched as %d tasks, but this build has no MPI to gather their results (install "
+                       "libopenmpi-dev and rebuild), or run one task",
+                       tasks);
+    narrow_visible_gpus(r->local_rank);
+    return PB_OK;
+#endif
+}
+
+#ifdef PB_HAVE_MPI
+typedef struct finalize_watch {
+    pthread_mutex_t lock;
+    pthread_cond_t done_cond;
+    int done;
+    double timeout_s;
+    int rank;
+} finalize_watch;
+
+/* Watchdog: MPI_Finalize waits for every rank, so a stuck one would hang
+ * this one forever; past the timeout the process leaves on its own. */
+static void *finalize_watchdog(void *arg) {
+    finalize_watch *w = arg;
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += (time_t)w->timeout_s;
+    pthread_mutex_lock(&w->lock);
+    int rc = 0;
+    while (!w->done && rc == 0)
+        rc = pthread_cond_timedwait(&w->done_cond, &w->lock, &until);
+    int done = w->done;
+    pthread_mutex_unlock(&w->lock);
+    if (!done) {
+        fprintf(stderr, "patchbay: rank %d: MPI_Finalize did not return within %.0f s (another rank is stuck); "
+                        "exiting\n", w->rank, w->timeout_s);
+        fflush(stderr);
+        _exit(1);
+    }
+    return NULL;
+}
+#endif
+
+void pb_ranks_finalize(pb_ranks *r) {
+#ifdef PB_HAVE_MPI
+    if (r->mpi) {
+        finalize_watch w = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, r->timeout_s, r->rank};
+        pthread_t thread;
+        int watching = pthread_create(&thread, NULL, finalize_watchdog, &w) == 0;
+        MPI_Finalize();
+        if (watching) {
+            pthread_mutex_lock(&w.lock);
+            w.done = 1;
+            pthread_cond_signal(&w.done_cond);
+            pthread_mutex_unlock(&w.lock);
+            pthread_join(thread, NULL);
+        }
+    }
+#endif
+    r->mpi = 0;
+}
+
+void pb_ranks_abort(pb_ranks *r, int code, const char *message) {
+    fprintf(stderr, "patchbay: rank %d of %d: %s\n", r->rank, r->size, message);
+    fflush(stderr);
+#ifdef PB_HAVE_MPI
+    if (r->mpi)
+        MPI_Abort(MPI_COMM_WORLD, code);
+#endif
+    (void)code;
+}
+
+/* ---- shares ------------------------------------------------------------- */
+
+pb_status pb_sweep_partition(const pb_sweep *s, int rank, int size, int64_t **rows, int64_t *n_rows, double *costs) {
+    if (!s || !rows || !n_rows || size < 1 || rank < 0 || rank >= size)
+        return pb_fail(PB_ERR_ARG, "pb_sweep_partition: rank %d of %d", rank, size);
+    *rows = NULL;
+    *n_rows = 0;
+    double *cost = malloc(sizeof(double) * (size_t)(s->n_rows ? s->n_rows : 1));
+    if (!cost)
+        return pb_fail(PB_ERR_OOM, "out of memory partitioning %lld rows", (long long)s->n_rows);
+    const pb_model_config *c = &s->model->cfg;
+    double total = 0.0;
+    int last_pair = -1;
+    for (int64_t i = 0; i < s->n_rows; i++) {
+        cost[i] = s->row_state[i] == PB_ROW_DONE ? 0.0 : pb_sweep_row_cost(s, i);
+        int pair = (int)(i / s->n_sites);
+        if (cost[i] > 0 && pair != last_pair && !s->baseline_ready[pair]) {
+            /* the first pending row of a pair pays for its two cache forwards */
+            const pb_pair_spec *p = &s->spec.pairs[pair];
+            cost[i] += (double)c->n_layers * (p->base.T + p->source.T);
+            last_pair = pair;
+        }
+        total += cost[i];
+    }
+    if (costs)
+        for (int k = 0; k < size; k++)
+            costs[k] = 0.0;
+    int64_t first = -1, last = -1;
+    double before = 0.0;
+    for (int64_t i = 0; i < s->n_rows; i++) {
+        /* a row belongs to the rank whose slice of the cost line holds its midpoint */
+        int owner = total > 0 ? (int)floor((before + cost[i] / 2) / total * size)
+                              : (int)((double)i / (double)s->n_rows * size);
+        owner = owner < 0 ? 0 : owner >= size ? size - 1 : owner;
+        before += cost[i];
+        if (costs)
+            costs[owner] += cost[i];
+        if (owner == rank) {
+            if (first < 0)
+                first = i;
+            last = i;
+        }
+    }
+    free(cost);
+    if (first < 0)
+        return PB_OK;
+    *rows = malloc(sizeof(int64_t) * (size_t)(last - first + 1));
+    if (!*rows)
+        return pb_fail(PB_ERR_OOM, "out of memory for a share of %lld rows", (long long)(last - first + 1));
+    for (int64_t i = first; i <= last; i++)
+        (*rows)[i - first] = i;
+    *n_rows = last - first + 1;
+    return PB_OK;
+}
+
+/* ---- gather --------------------------------------------------------------- */
+
+static int status_rank(pb_status s) { return s == PB_OK ? 0 : s == PB_ERR_INTERRUPTED ? 1 : 2; }
+
+#ifdef PB_HAVE_MPI
+/* report: [status, n_row_records, n_pair_records, rows executed, flops, seconds, rank, 0],
+ * then (row, state, patched) triples, then (pair, base, source) triples. */
+static double *make_report(const pb_sweep *s, const int64_t *share, int64_t n_share, pb_status st, double seconds,
+                           int rank, int *count) {
+    int64_t n_row = 0, n_pair = 0;
+    for (int64_t i = 0; i < n_share; i++)
+        n_row += s->row_state[share[i]] == PB_ROW_DONE;
+    for (int p = 0; p < s->spec.n_pairs; p++)
+        n_pair += s->baseline_ready[p] != 0;
+    int64_t n = REPORT_HEADER + 3 * (n_row + n_pair);
+    if (n > 0x7fffffff)
+        return NULL;
+    double *m = malloc(sizeof(double) * (size_t)n);
+    if (!m)
+        return NULL;
+    m[0] = (double)st;
+    m[1] = (double)n_row;
+    m[2] = (double)n_pair;
+    m[3] = (double)(s->n_rows_executed - s->n_rows_executed_restored);
+    m[4] = s->flops_executed - s->flops_executed_restored;
+    m[5] = seconds;
+    m[6] = rank;
+    m[7] = 0;
+    double *w = m + REPORT_HEADER;
+    for (int64_t i = 0; i < n_share; i++) {
+        int64_t row = share[i];
+        if (s->row_state[row] != PB_ROW_DONE)
+            continue;
+        *w++ = (double)row;
+        *w++ = s->row_trivial[row] ? 2 : 1;
+        *w++ = s->patched[row];
+    }
+    for (int p = 0; p < s->spec.n_pairs; p++) {
+        if (!s->baseline_ready[p])
+            continue;
+        *w++ = p;
+        *w++ = s->base_value[p];
+        *w++ = s->source_value[p];
+    }
+    *count = (int)n;
+    return m;
+}
+
+static pb_status merge_report(pb_sweep *s, const double *m, int count) {
+    int64_t n_row = (int64_t)m[1], n_pair = (int64_t)m[2];
+    if (count != REPORT_HEADER + 3 * (n_row + n_pair))
+        return pb_fail(PB_ERR_FORMAT, "rank %d sent a report of %d values for %lld rows and %lld pairs", (int)m[6],
+                       count, (long long)n_row, (long long)n_pair);
+    const double *w = m + REPORT_HEADER;
+    for (int64_t i = 0; i < n_row; i++, w += 3)
+        PB_TRY(pb_sweep_set_row(s, (int64_t)w[0], w[2], w[1] == 2, 0));
+    for (int64_t i = 0; i < n_pair; i++, w += 3)
+        if (!s->baseline_ready[(int)w[0]])
+            PB_TRY(pb_sweep_set_pair(s, (int)w[0], w[1], w[2]));
+    s->n_rows_executed += (int64_t)m[3];
+    s->flops_executed += m[4];
+    return PB_OK;
+}
+#endif
+
+pb_status pb_ranks_gather(pb_ranks *r, pb_sweep *s, const int64_t *share, int64_t n_share, pb_status own_status,
+                          double own_seconds, pb_status *job_status, double *rank_seconds) {
+    *job_status = own_status;
+    if (rank_seconds)
+        rank_seconds[r->rank] = own_seconds;
+    if (r->size == 1)
+        return PB_OK;
+#ifdef PB_HAVE_MPI
+    int count = 0;
+    double deadline = now_s() + own_seconds + r->timeout_s;
+    if (r->rank != 0) {
+        double *m = make_report(s, share, n_share, own_status, own_seconds, r->rank, &count);
+        if (!m)
+            return pb_fail(PB_ERR_OOM, "rank %d: out of memory for its report", r->rank);
+        MPI_Request req;
+        MPI_Isend(m, count, MPI_DOUBLE, 0, TAG_REPORT, MPI_COMM_WORLD, &req);
+        for (int done = 0;;) {
+            MPI_Test(&req, &done, MPI_STATUS_IGNORE);
+            if (done)
+                break;
+            if (now_s() > deadline) {
+                free(m);
+                char msg[256];
+                snprintf(msg, sizeof msg,
+                         "rank 0 did not take this rank's results within %.0f s after the share ended: rank 0 is "
+                         "dead or stuck; aborting the job",
+                         own_seconds + r->timeout_s);
+                pb_ranks_abort(r, 1, msg);
+                return pb_fail(PB_ERR_IO, "%s", msg);
+            }
+            nap();
+        }
+        free(m);
+        return PB_OK;
+    }
+    /* rank 0: one report from every other rank, polled with a deadline */
+    char *got = calloc((size_t)r->size, 1);
+    if (!got)
+        return pb_fail(PB_ERR_OOM, "out of memory");
+    int n_got = 0, worst = status_rank(own_status);
+    pb_status merged = PB_OK;
+    while (n_got < r->size - 1) {
+        int flag = 0;
+        MPI_Status st;
+        MPI_Iprobe(MPI_ANY_SOURCE, TAG_REPORT, MPI_COMM_WORLD, &flag, &st);
+        if (!flag) {
+            if (now_s() > deadline) {
+                char msg[1024];
+                int n = snprintf(msg, sizeof msg, "no results within %.0f s after rank 0's share ended from rank",
+                                 own_seconds + r->timeout_s);
+                for (int k = 1; k < r->size && n < (int)sizeof msg - 16; k++)
+                    if (!got[k])
+                        n += snprintf(msg + n, sizeof msg - (size_t)n, " %d", k);
+                snprintf(msg + n, sizeof msg - (size_t)n, " (dead or stuck); aborting the job");
+                free(got);
+                pb_ranks_abort(r, 1, msg);
+                return pb_fail(PB_ERR_IO, "%s", msg);
+            }
+            nap();
+            continue;
+        }
+        MPI_Get_count(&st, MPI_DOUBLE, &count);
+        double *m = malloc(sizeof(double) * (size_t)(count > 0 ? count : 1));
+        if (!m) {
+            free(got);
+            return pb_fail(PB_ERR_OOM, "out of memory for rank %d's report", st.MPI_SOURCE);
+        }
+        MPI_Recv(m, count, MPI_DOUBLE, st.MPI_SOURCE, TAG_REPORT, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+        if (!got[st.MPI_SOURCE]) {
+            got[st.MPI_SOURCE] = 1;
+            n_got++;
+            int sr = status_rank((pb_status)(int)m[0]);
+            if (sr > worst || (sr == worst && sr == 2)) {
+                worst = sr;
+                *job_status = (pb_status)(int)m[0];
+            }
+            if (rank_seconds)
+                rank_seconds[st.MPI_SOURCE] = m[5];
+            if (merged == PB_OK)
+                merged = merge_report(s, m, count);
+        }
+        free(m);
+    }
+    free(got);
+    if (worst == 0)
+        *job_status = PB_OK;
+    else if (worst == 1 && status_rank(*job_status) != 1)
+        *job_status = PB_ERR_INTERRUPTED;
+    return merged;
+#else
+    (void)s;
+    (void)share;
+    (void)n_share;
+    return pb_fail(PB_ERR_UNSUPPORTED, "several ranks without MPI");
+#endif
+}
+
+int pb_ranks_exit_code(pb_ranks *r, int code, double wait_s) {
+    if (r->size == 1)
+        return code;
+#ifdef PB_HAVE_MPI
+    if (r->rank == 0) {
+        int value = code;
+        for (int k = 1; k < r->size; k++) {
+            MPI_Request req;
+            MPI_Isend(&value, 1, MPI_INT, k, TAG_EXIT, MPI_COMM_WORLD, &req);
+            MPI_Request_free(&req); /* one int: buffered eagerly; Finalize completes it */
+        }
+        return code;
+    }
+    double deadline = now_s() + wait_s;
+    for (;;) {
+        int flag = 0;
+        MPI_Iprobe(0, TAG_EXIT, MPI_COMM_WORLD, &flag, MPI_STATUS_IGNORE);
+        if (flag) {
+            int value = 1;
+            MPI_Recv(&value, 1, MPI_INT, 0, TAG_EXIT, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+            return value;
+        }
+        if (now_s() > deadline) {
+            char msg[160];
+            snprintf(msg, sizeof msg, "rank 0 did not finish writing the results within %.0f s; aborting the job",
+                     wait_s);
+            pb_ranks_abort(r, 1, msg);
+            return 1;
+        }
+        nap();
+    }
+#else
+    (void)wait_s;
+    return code;
+#endif
+}

@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# Sweeps over MPI ranks on the CPU: -np 2 and -np 3 give the one-rank
+# results; a rank killed mid-sweep (SIGKILL) or stuck (SIGSTOP) fails the
+# whole job with a message naming the rank well within 60 s.
+# Exit 77 (skipped) without mpirun, python3, or an MPI build of patchbay.
+set -euo pipefail
+build=${PB_BUILD_DIR:-build}
+fixtures=${PB_FIXTURES:-tests/fixtures}
+cli=$build/patchbay
+command -v mpirun >/dev/null || { echo "skipping: no mpirun (apt-get install openmpi-bin libopenmpi-dev)"; exit 77; }
+command -v python3 >/dev/null || { echo "skipping: no python3 to compare results"; exit 77; }
+[ -x "$cli" ] || { echo "skipping: $cli is not built"; exit 77; }
+ldd "$cli" | grep -q libmpi || { echo "skipping: $cli was built without MPI"; exit 77; }
+# OpenMPI's own allocations at MPI_Init are not ours to report (ASan builds).
+export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0"
+export OMP_NUM_THREADS=1
+mpi=(mpirun --allow-run-as-root --oversubscribe)
+tmp=$(mktemp -d /tmp/pb_mpi_XXXXXX)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done; rm -rf "$tmp"; }
+trap cleanup EXIT
+
+python3 - "$tmp/spec.json" <<'PY'
+import json, random, sys
+random.seed(7)
+pairs = []
+for _ in range(24):
+    ids = [random.randrange(3, 120) for _ in range(48)]
+    bad = list(ids); bad[5] = 3 + (ids[5] + 7) % 117
+    pairs.append({"clean": {"ids": ids}, "corrupted": {"ids": bad}})
+json.dump({"mode": "denoising", "pairs": pairs,
+           "sites": [{"component": "resid_pre", "layers": "all", "positions": "each"},
+                     {"component": "mlp_out", "layers": "all", "positions": "each"},
+                     {"component": "z", "layers": "all", "heads": "all", "positions": "last"}],
+           "metric": {"kind": "logit_diff", "positive": {"ids": [18]}, "negative": {"ids": [53]}}},
+          open(sys.argv[1], "w"))
+PY
+common=(sweep --model "$fixtures/tiny_gqa/model.gguf" --spec "$tmp/spec.json" --threads 1 --max-memory 2M --no-progress)
+
+# Kill tests need a run long enough to interrupt: 8x the pairs.
+python3 - "$tmp/spec.json" "$tmp/big.json" <<'PY'
+import json, sys
+spec = json.load(open(sys.argv[1])); spec["pairs"] = spec["pairs"] * 8
+json.dump(spec, open(sys.argv[2], "w"))
+PY
+big=(sweep --model "$fixtures/tiny_gqa/model.gguf" --spec "$tmp/big.json" --threads 1 --max-memory 2M --no-progress)
+# Waits at most 90 s for the job; kills it (and fails) past that.
+wait_job() {
+  local job=$1
+  for _ in $(seq 900); do kill -0 "$job" 2>/dev/null || break; sleep 0.1; done
+  if kill -0 "$job" 2>/dev/null; then kill -9 "$job"; echo "FAIL: the job hung"; exit 1; fi
+  set +e; wait "$job"; rc=$?; set -e
+}
+
+"$cli" "${common[@]}" --out "$tmp/one" >/dev/null 2>"$tmp/one.err"
+for n in 2 3; do
+  if ! timeout 300 "${mpi[@]}" -np $n "$cli" "${common[@]}" --out "$tmp/np$n" >/dev/null 2>"$tmp/np$n.err"; then
+    echo "FAIL: mpirun -np $n sweep failed:"; cat "$tmp/np$n.err"; exit 1
+  fi
+  grep "load balance" "$tmp/np$n.err"
+  # Raw metrics (baselines, patched values) within the CPU backend's batch
+  # tolerance (tests/tolerances.h: PB_TOL_INVARIANT_CPU, OpenBLAS blocking
+  # depends on what else is in a batch); counts exactly.
+  python3 - "$tmp/one/results.json" "$tmp/np$n/results.json" <<'PY'
+import json, math, sys
+a, b = (json.load(open(p)) for p in sys.argv[1:3])
+for k in ("n_rows", "n_rows_done", "n_rows_executed", "n_sites", "n_pairs_used"):
+    assert a[k] == b[k], (k, a[k], b[k])
+def close(x, y, tol):
+    return (x is None and y is None) or abs(x - y) <= tol * (1 + abs(x))
+worst = 0.0
+for pa, pb in zip(a["pairs"], b["pairs"]):
+    for k in ("base", "source", "clean", "corrupted"):
+        if k in pa:
+            assert close(pa[k], pb[k], 1e-5), (k, pa[k], pb[k])
+assert len(a["sites"]) == len(b["sites"])
+for sa, sb in zip(a["sites"], b["sites"]):
+    for x, y in zip(sa["per_pair_patched"], sb["per_pair_patched"]):
+        assert close(x, y, 1e-5), (sa, x, y)
+        if x is not None: worst = max(worst, abs(x - y))
+print(f"np results equal one rank: {len(a['sites'])} sites, rows executed {b['n_rows_executed']}, "
+      f"max |patched difference| {worst:.3g}")
+PY
+done
+
+# A rank killed by SIGKILL mid-sweep: mpirun aborts the job.
+start=$(date +%s.%N)
+"${mpi[@]}" -np 2 "$cli" "${big[@]}" --out "$tmp/killed" >/dev/null 2>"$tmp/killed.err" &
+job=$!; pids+=($job)
+for _ in $(seq 200); do
+  [ "$(pgrep -P $job -x patchbay | wc -l)" -ge 2 ] && break
+  sleep 0.02
+done
+sleep 0.3
+victim=$(pgrep -P $job -x patchbay | sort -n | tail -n 1)
+kill -9 "$victim" 2>/dev/null || true
+wait_job $job
+elapsed=$(python3 -c "import time,sys; print(f'{time.time()-float(sys.argv[1]):.1f}')" "$start")
+echo "killed rank: job exit $rc after ${elapsed}s"
+tail -n 5 "$tmp/killed.err"
+[ "$rc" -ne 0 ] || { echo "FAIL: the job succeeded with a killed rank"; exit 1; }
+grep -q "rank" "$tmp/killed.err" || { echo "FAIL: no message naming the rank"; exit 1; }
+python3 -c "import sys; sys.exit(0 if float(sys.argv[1]) < 60 else 1)" "$elapsed" || { echo "FAIL: took ${elapsed}s"; exit 1; }
+[ ! -e "$tmp/killed/results.json" ] || { echo "FAIL: results written by a failed job"; exit 1; }
+
+# A stuck rank (SIGSTOP): rank 0 gives up after its share + --rank-timeout, naming it.
+start=$(date +%s.%N)
+"${mpi[@]}" -np 2 "$cli" "${big[@]}" --rank-timeout 3 --out "$tmp/stuck" >/dev/null 2>"$tmp/stuck.err" &
+job=$!; pids+=($job)
+for _ in $(seq 200); do
+  [ "$(pgrep -P $job -x patchbay | wc -l)" -ge 2 ] && break
+  sleep 0.02
+done
+sleep 0.3
+victim=$(pgrep -P $job -x patchbay | sort -n | tail -n 1)   # rank 1: started second
+pids+=($victim)
+kill -STOP "$victim"
+wait_job $job
+kill -9 "$victim" 2>/dev/null || true
+elapsed=$(python3 -c "import time,sys; print(f'{time.time()-float(sys.argv[1]):.1f}')" "$start")
+echo "stuck rank: job exit $rc after ${elapsed}s"
+grep "rank" "$tmp/stuck.err" | head -n 3
+[ "$rc" -ne 0 ] || { echo "FAIL: the job succeeded with a stuck rank"; exit 1; }
+grep -q "from rank 1" "$tmp/stuck.err" || { echo "FAIL: the stuck rank is not named"; exit 1; }
+python3 -c "import sys; sys.exit(0 if float(sys.argv[1]) < 60 else 1)" "$elapsed" || { echo "FAIL: took ${elapsed}s"; exit 1; }
+echo "ok"
