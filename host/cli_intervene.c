@@ -14,6 +14,8 @@
 #include "cli_intervene.h"
 #include "direction.h"
 #include "hooks.h"
+#include "ids.h"
+#include "outdir.h"
 #include "intervene.h"
 #include "npy.h"
 #include "patchbay.h"
@@ -173,104 +175,6 @@ static pb_model *load_model(const char *cmd, const cli *o) {
 }
 
 /* ---- ids and text ----------------------------------------------------------- */
-
-static char *read_whole_file(const char *path) {
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    char *text = NULL;
-    size_t size = 0;
-    FILE *mem = open_memstream(&text, &size);
-    char chunk[4096];
-    size_t got;
-    int ok = mem != NULL;
-    while (ok && (got = fread(chunk, 1, sizeof chunk, f)) > 0)
-        ok = fwrite(chunk, 1, got, mem) == got;
-    ok = ok && !ferror(f);
-    fclose(f);
-    if (mem && fclose(mem) != 0)
-        ok = 0;
-    if (!ok) {
-        free(text);
-        return NULL;
-    }
-    return text;
-}
-
-/* "1, 2 3" ('#' comments, brackets ignored) into a malloc'd array. */
-static int parse_ids(const char *cmd, const char *text, const char *where, int32_t **ids, int *T) {
-    size_t cap = 64, n = 0;
-    int32_t *v = malloc(cap * sizeof *v);
-    for (const char *p = text; v && *p;) {
-        if (*p == '#') {
-            while (*p && *p != '\n')
-                p++;
-            continue;
-        }
-        if (strchr(", \t\r\n[]", *p)) {
-            p++;
-            continue;
-        }
-        char *end;
-        errno = 0;
-        long long x = strtoll(p, &end, 10);
-        if (end == p || errno || x < 0 || x > INT32_MAX) {
-            fprintf(stderr, "patchbay %s: %s: '%.20s' is not a token id\n", cmd, where, p);
-            free(v);
-            return 0;
-        }
-        if (n == cap) {
-            int32_t *grown = realloc(v, (cap *= 2) * sizeof *v);
-            if (!grown) {
-                free(v);
-                v = NULL;
-                break;
-            }
-            v = grown;
-        }
-        v[n++] = (int32_t)x;
-        p = end;
-    }
-    if (!v) {
-        fprintf(stderr, "patchbay %s: out of memory reading ids\n", cmd);
-        return 0;
-    }
-    if (n == 0) {
-        fprintf(stderr, "patchbay %s: %s holds no token ids\n", cmd, where);
-        free(v);
-        return 0;
-    }
-    *ids = v;
-    *T = (int)n;
-    return 1;
-}
-
-static int read_ids_file(const char *cmd, const char *path, int32_t **ids, int *T) {
-    size_t len = strlen(path);
-    if (len > 4 && strcmp(path + len - 4, ".npy") == 0) {
-        int n_dims;
-        int64_t shape[8];
-        void *data;
-        if (pb_npy_read(path, &data, PB_NPY_I32, &n_dims, shape) != PB_OK)
-            return !fail_msg(cmd, "reading --ids-file");
-        if (n_dims != 1 || shape[0] <= 0) {
-            fprintf(stderr, "patchbay %s: %s must hold a non-empty 1-d array of ids\n", cmd, path);
-            free(data);
-            return 0;
-        }
-        *ids = data;
-        *T = (int)shape[0];
-        return 1;
-    }
-    char *text = read_whole_file(path);
-    if (!text) {
-        fprintf(stderr, "patchbay %s: cannot read %s: %s\n", cmd, path, strerror(errno));
-        return 0;
-    }
-    int ok = parse_ids(cmd, text, path, ids, T);
-    free(text);
-    return ok;
-}
 
 /* A user message as ids: chat-templated unless no_chat. */
 static int text_ids(const char *cmd, pb_model *m, const cli *o, const char *text, int32_t **ids, int *T) {
@@ -543,11 +447,15 @@ int pb_cli_generate(int argc, char **argv) {
     }
     int32_t *ids = NULL, *src = NULL;
     int T = 0, T_src = 0;
-    if (o.ids && !parse_ids(cmd, o.ids, "--ids", &ids, &T))
-        return 2;
-    if (o.ids_file && !read_ids_file(cmd, o.ids_file, &ids, &T))
-        return 2;
-    if (o.from_ids && !parse_ids(cmd, o.from_ids, "--from-ids", &src, &T_src)) {
+    pb_status st = PB_OK;
+    if (o.ids)
+        st = pb_ids_parse(o.ids, "--ids", &ids, &T);
+    else if (o.ids_file)
+        st = pb_ids_read_file(o.ids_file, &ids, &T);
+    if (st == PB_OK && o.from_ids)
+        st = pb_ids_parse(o.from_ids, "--from-ids", &src, &T_src);
+    if (st != PB_OK) {
+        fail_msg(cmd, "reading token ids");
         free(ids);
         return 2;
     }
@@ -662,11 +570,9 @@ static int add_item(prompt_file *f, const char *id, const char *text, int harmfu
 /* refusal_pairs.json or one prompt per line. */
 static int load_prompt_file(const char *cmd, const char *path, prompt_file *f) {
     memset(f, 0, sizeof *f);
-    char *text = read_whole_file(path);
-    if (!text) {
-        fprintf(stderr, "patchbay %s: cannot read %s: %s\n", cmd, path, strerror(errno));
-        return 0;
-    }
+    char *text = NULL;
+    if (pb_read_text_file(path, &text, NULL) != PB_OK)
+        return !fail_msg(cmd, "--prompts");
     const char *p = text;
     while (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n')
         p++;
@@ -791,8 +697,10 @@ int pb_cli_refusal_rate(int argc, char **argv) {
     int count[2] = {0, 0}, refused[2] = {0, 0}; /* [harmless, harmful]; unlabelled prompts count as harmful */
     if (!m || !out)
         goto done;
-    if (o.from_ids && !parse_ids(cmd, o.from_ids, "--from-ids", &src, &T_src))
+    if (o.from_ids && pb_ids_parse(o.from_ids, "--from-ids", &src, &T_src) != PB_OK) {
+        fail_msg(cmd, "reading token ids");
         goto done;
+    }
     if (o.from_text && !text_ids(cmd, m, &o, o.from_text, &src, &T_src))
         goto done;
     if (!o.patch_site && !build_direction_iv(cmd, m, &o, &b))

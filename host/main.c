@@ -14,7 +14,9 @@
 #include "cli_analysis.h"
 #include "cli_intervene.h"
 #include "distribute.h"
+#include "ids.h"
 #include "npy.h"
+#include "outdir.h"
 #include "patchbay.h"
 #include "progress.h"
 #include "report_html.h"
@@ -149,90 +151,13 @@ static int parse_options(int argc, char **argv, options *o) {
     return 1;
 }
 
-/* Parses "1, 2 3" (and '#' comments) into a malloc'd array. */
-static int parse_id_text(const char *text, const char *where, int32_t **ids, int *T) {
-    size_t cap = 64, n = 0;
-    int32_t *v = malloc(cap * sizeof *v);
-    const char *p = text;
-    while (v && *p) {
-        if (*p == '#') {
-            while (*p && *p != '\n') p++;
-            continue;
-        }
-        if (*p == ',' || *p == ' ' || *p == '\t' || *p == '\n' || *p == '\r' || *p == '[' || *p == ']') {
-            p++;
-            continue;
-        }
-        char *end;
-        errno = 0;
-        long long x = strtoll(p, &end, 10);
-        if (end == p || errno || x < 0 || x > INT32_MAX) {
-            fprintf(stderr, "patchbay: %s: '%.20s' is not a token id\n", where, p);
-            free(v);
-            return 0;
-        }
-        if (n == cap) {
-            int32_t *grown = realloc(v, (cap *= 2) * sizeof *v);
-            if (!grown) { free(v); v = NULL; break; }
-            v = grown;
-        }
-        v[n++] = (int32_t)x;
-        p = end;
-    }
-    if (!v) {
-        fprintf(stderr, "patchbay: out of memory reading ids\n");
-        return 0;
-    }
-    if (n == 0) {
-        fprintf(stderr, "patchbay: %s holds no token ids\n", where);
-        free(v);
-        return 0;
-    }
-    *ids = v;
-    *T = (int)n;
-    return 1;
-}
-
 static int read_ids(const options *o, int32_t **ids, int *T) {
     if (!!o->ids == !!o->ids_file) {
         fprintf(stderr, "patchbay: give exactly one of --ids or --ids-file\n");
         return 0;
     }
-    if (o->ids)
-        return parse_id_text(o->ids, "--ids", ids, T);
-    size_t len = strlen(o->ids_file);
-    if (len > 4 && strcmp(o->ids_file + len - 4, ".npy") == 0) {
-        int n_dims;
-        int64_t shape[8];
-        void *data;
-        if (pb_npy_read(o->ids_file, &data, PB_NPY_I32, &n_dims, shape) != PB_OK)
-            return !fail("reading --ids-file");
-        if (n_dims != 1 || shape[0] <= 0) {
-            fprintf(stderr, "patchbay: %s must hold a non-empty 1-d array of ids\n", o->ids_file);
-            free(data);
-            return 0;
-        }
-        *ids = data;
-        *T = (int)shape[0];
-        return 1;
-    }
-    FILE *f = fopen(o->ids_file, "rb");
-    if (!f) {
-        fprintf(stderr, "patchbay: cannot open %s: %s\n", o->ids_file, strerror(errno));
-        return 0;
-    }
-    char *text = NULL;
-    size_t size = 0;
-    FILE *mem = open_memstream(&text, &size);
-    char chunk[4096];
-    size_t got;
-    while ((got = fread(chunk, 1, sizeof chunk, f)) > 0)
-        fwrite(chunk, 1, got, mem);
-    fclose(f);
-    fclose(mem);
-    int ok = parse_id_text(text, o->ids_file, ids, T);
-    free(text);
-    return ok;
+    pb_status st = o->ids ? pb_ids_parse(o->ids, "--ids", ids, T) : pb_ids_read_file(o->ids_file, ids, T);
+    return st == PB_OK || !fail("reading token ids");
 }
 
 static pb_model *load(const options *o) {
@@ -371,32 +296,6 @@ done:
     return rc;
 }
 
-static char *read_text_file(const char *path) {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        fprintf(stderr, "patchbay: cannot open %s: %s\n", path, strerror(errno));
-        return NULL;
-    }
-    char *text = NULL;
-    size_t size = 0;
-    FILE *mem = open_memstream(&text, &size);
-    char chunk[4096];
-    size_t got;
-    int ok = mem != NULL;
-    while (ok && (got = fread(chunk, 1, sizeof chunk, f)) > 0)
-        ok = fwrite(chunk, 1, got, mem) == got;
-    ok = ok && !ferror(f);
-    fclose(f);
-    if (mem && fclose(mem) != 0)
-        ok = 0;
-    if (!ok) {
-        fprintf(stderr, "patchbay: cannot read %s\n", path);
-        free(text);
-        return NULL;
-    }
-    return text;
-}
-
 /* Refuses, before any compute, an --out that pb_sweep_write would refuse
  * or could not create: a non-directory, a non-empty directory without
  * --overwrite, or a missing one under an unwritable parent. Creates
@@ -530,9 +429,9 @@ static int finish_sweep(const options *o, pb_sweep *sweep, pb_status job, const 
         return fail("writing report.html");
     char path[4200];
     snprintf(path, sizeof path, "%s/report.txt", o->out);
-    char *report = read_text_file(path);
-    if (!report)
-        return 1;
+    char *report = NULL;
+    if (pb_read_text_file(path, &report, NULL) != PB_OK)
+        return fail("reading report.txt");
     fputs(report, stdout);
     free(report);
     /* The results hold everything the checkpoint did. */
@@ -569,9 +468,11 @@ static int cmd_sweep(const options *o, pb_ranks *ranks) {
                 checkpoint);
         return 2;
     }
-    char *spec_text = read_text_file(o->spec);
-    if (!spec_text)
+    char *spec_text = NULL;
+    if (pb_read_text_file(o->spec, &spec_text, NULL) != PB_OK) {
+        fail("--spec");
         return 2;
+    }
     /* Relative paths in the spec (a projection's direction file) are
      * relative to the spec's own folder. */
     char spec_dir[4096];
