@@ -36,8 +36,7 @@ static int slice_width(const pb_model_config *c, pb_component comp) {
 }
 
 /* Where the executor applies a site's patch, and the job's start step. */
-static void patch_point(const pb_model_config *c, pb_component comp, int layer, pb_hook_kind *hook, int *hook_layer,
-                        int *start_step) {
+static void patch_point(pb_component comp, int layer, pb_hook_kind *hook, int *hook_layer, int *start_step) {
     *hook_layer = layer;
     switch (comp) {
     case PB_COMPONENT_RESID_PRE: *hook = PB_HOOK_RESID_PRE; *start_step = pb_step_attention(layer); break;
@@ -55,7 +54,6 @@ static void patch_point(const pb_model_config *c, pb_component comp, int layer, 
     case PB_COMPONENT_K: *hook = PB_HOOK_K; *start_step = pb_step_attention(layer); break;
     default: *hook = PB_HOOK_V; *start_step = pb_step_attention(layer); break;
     }
-    (void)c;
 }
 
 /* The first step whose entering residual carries the patch. */
@@ -130,7 +128,6 @@ static int mapped_in_all_pairs(const pb_sweep_spec *spec, int e) {
 
 static pb_status expand_sites(pb_sweep *s) {
     const pb_sweep_spec *spec = &s->spec;
-    const pb_model_config *c = &s->model->cfg;
     int T_min = INT_MAX, equal = 1;
     for (int i = 0; i < spec->n_pairs; i++) {
         if (spec->pairs[i].base.T < T_min)
@@ -210,7 +207,6 @@ static pb_status expand_sites(pb_sweep *s) {
     s->n_sites = n_sites;
     if (n_sites == 0)
         return pb_fail(PB_ERR_ARG, "spec: the sites expand to nothing (no position is mapped in every pair)");
-    (void)c;
     return PB_OK;
 }
 
@@ -588,7 +584,7 @@ static pb_status run_batch(pb_sweep *s, batch_buffers *bb, int n) {
         pos_used += n_pos;
         pb_exec_patch *patch = &bb->patches[i];
         int hook_layer, start;
-        patch_point(c, site->component, site->layer, &patch->hook, &hook_layer, &start);
+        patch_point(site->component, site->layer, &patch->hook, &hook_layer, &start);
         patch->layer = hook_layer;
         patch->head = site->head;
         patch->n_positions = n_pos;
@@ -1025,7 +1021,7 @@ double pb_sweep_row_cost(const pb_sweep *s, int64_t row) {
     const pb_model_config *c = &s->model->cfg;
     pb_hook_kind hook;
     int hook_layer, start;
-    patch_point(c, site->component, site->layer, &hook, &hook_layer, &start);
+    patch_point(site->component, site->layer, &hook, &hook_layer, &start);
     double layers = (double)(2 * c->n_layers - start) / 2.0;
     double positions_left = first < T ? (double)(T - first) : 0.0;
     return layers > 0 && positions_left > 0 ? layers * positions_left : 0.0;
