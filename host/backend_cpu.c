@@ -106,9 +106,43 @@ static pb_status cpu_rope(pb_backend *backend, float *x, const int32_t *position
     return PB_OK;
 }
 
+/* One query head over n_keys keys: keys j < split come from (k_a, v_a),
+ * the rest from (k_b, v_b) at row j - split; rows are kv_stride floats
+ * apart and the head's slice starts at `column`. Softmax with the maximum
+ * subtracted; o gets zeros when there is no key. */
+static void attend(float *o, const float *qv, int n_keys, int split, const float *k_a, const float *v_a,
+                   const float *k_b, const float *v_b, size_t kv_stride, size_t column, int head_dim, float scale,
+                   float *scores) {
+    float max = -INFINITY;
+    for (int j = 0; j < n_keys; j++) {
+        const float *kv = (j < split ? k_a + (size_t)j * kv_stride : k_b + (size_t)(j - split) * kv_stride) + column;
+        float dot = 0.0f;
+        for (int i = 0; i < head_dim; i++)
+            dot += qv[i] * kv[i];
+        scores[j] = dot * scale;
+        max = scores[j] > max ? scores[j] : max;
+    }
+    float total = 0.0f;
+    for (int j = 0; j < n_keys; j++) {
+        scores[j] = expf(scores[j] - max);
+        total += scores[j];
+    }
+    memset(o, 0, sizeof(float) * (size_t)head_dim);
+    if (n_keys == 0)
+        return;
+    float inv_total = 1.0f / total;
+    for (int j = 0; j < n_keys; j++) {
+        const float *vv = (j < split ? v_a + (size_t)j * kv_stride : v_b + (size_t)(j - split) * kv_stride) + column;
+        float p = scores[j] * inv_total;
+        for (int i = 0; i < head_dim; i++)
+            o[i] += p * vv[i];
+    }
+}
+
 static pb_status cpu_attention(pb_backend *backend, float *out, const float *q, const float *k, const float *v, int T,
                                int T_kv, int q_start, int n_heads, int n_kv_heads, int head_dim) {
     int group = n_heads / n_kv_heads;
+    size_t kvd = (size_t)n_kv_heads * head_dim;
     float scale = 1.0f / sqrtf((float)head_dim);
     float *scores_all = malloc(sizeof(float) * (size_t)cpu_threads(backend) * (size_t)(T_kv > 0 ? T_kv : 1));
     if (!scores_all)
@@ -116,35 +150,10 @@ static pb_status cpu_attention(pb_backend *backend, float *out, const float *q, 
 #pragma omp parallel for collapse(2) schedule(dynamic, 4) num_threads(cpu_threads(backend))
     for (int t = 0; t < T; t++)
         for (int h = 0; h < n_heads; h++) {
-            float *scores = scores_all + (size_t)omp_get_thread_num() * (size_t)T_kv;
-            const float *qv = q + ((size_t)t * n_heads + h) * head_dim;
-            int kvh = h / group;
             int n_keys = q_start + t + 1 < T_kv ? q_start + t + 1 : T_kv;
-            float max = -INFINITY;
-            for (int j = 0; j < n_keys; j++) {
-                const float *kv = k + ((size_t)j * n_kv_heads + kvh) * head_dim;
-                float dot = 0.0f;
-                for (int i = 0; i < head_dim; i++)
-                    dot += qv[i] * kv[i];
-                scores[j] = dot * scale;
-                max = scores[j] > max ? scores[j] : max;
-            }
-            float total = 0.0f;
-            for (int j = 0; j < n_keys; j++) {
-                scores[j] = expf(scores[j] - max);
-                total += scores[j];
-            }
-            float *o = out + ((size_t)t * n_heads + h) * head_dim;
-            memset(o, 0, sizeof(float) * (size_t)head_dim);
-            if (n_keys == 0)
-                continue;
-            float inv_total = 1.0f / total;
-            for (int j = 0; j < n_keys; j++) {
-                const float *vv = v + ((size_t)j * n_kv_heads + kvh) * head_dim;
-                float p = scores[j] * inv_total;
-                for (int i = 0; i < head_dim; i++)
-                    o[i] += p * vv[i];
-            }
+            attend(out + ((size_t)t * n_heads + h) * head_dim, q + ((size_t)t * n_heads + h) * head_dim, n_keys, T_kv,
+                   k, v, NULL, NULL, kvd, (size_t)(h / group) * head_dim, head_dim, scale,
+                   scores_all + (size_t)omp_get_thread_num() * (size_t)T_kv);
         }
     free(scores_all);
     return PB_OK;
@@ -154,7 +163,8 @@ static pb_status cpu_attention(pb_backend *backend, float *out, const float *q, 
  * a batch of short suffixes would otherwise pay a region per job. */
 static pb_status cpu_attention_jobs(pb_backend *backend, float *out, const float *q, const pb_attention_job *jobs,
                                     int n_jobs, int n_heads, int n_kv_heads, int head_dim) {
-    int group = n_heads / n_kv_heads, kvd = n_kv_heads * head_dim, qd = n_heads * head_dim;
+    int group = n_heads / n_kv_heads, qd = n_heads * head_dim;
+    size_t kvd = (size_t)n_kv_heads * head_dim;
     float scale = 1.0f / sqrtf((float)head_dim);
     int64_t *first = malloc(sizeof(int64_t) * (size_t)(n_jobs + 1));
     int max_keys = 1;
@@ -185,34 +195,10 @@ static pb_status cpu_attention_jobs(pb_backend *backend, float *out, const float
         }
         const pb_attention_job *job = &jobs[lo];
         int t = (int)((item - first[lo]) / n_heads), h = (int)((item - first[lo]) % n_heads);
-        int kvh = h / group, n_keys = job->p0 + t + 1;
-        float *scores = scores_all + (size_t)omp_get_thread_num() * (size_t)max_keys;
-        const float *qv = q + ((size_t)(job->q_row + t)) * qd + (size_t)h * head_dim;
-        float max = -INFINITY;
-        for (int j = 0; j < n_keys; j++) {
-            const float *kv = (j < job->p0 ? job->k_prefix + (size_t)j * kvd : job->k_new + (size_t)(j - job->p0) * kvd) +
-                              (size_t)kvh * head_dim;
-            float dot = 0.0f;
-            for (int i = 0; i < head_dim; i++)
-                dot += qv[i] * kv[i];
-            scores[j] = dot * scale;
-            max = scores[j] > max ? scores[j] : max;
-        }
-        float sum = 0.0f;
-        for (int j = 0; j < n_keys; j++) {
-            scores[j] = expf(scores[j] - max);
-            sum += scores[j];
-        }
-        float *o = out + ((size_t)(job->q_row + t)) * qd + (size_t)h * head_dim;
-        memset(o, 0, sizeof(float) * (size_t)head_dim);
-        float inv = 1.0f / sum;
-        for (int j = 0; j < n_keys; j++) {
-            const float *vv = (j < job->p0 ? job->v_prefix + (size_t)j * kvd : job->v_new + (size_t)(j - job->p0) * kvd) +
-                              (size_t)kvh * head_dim;
-            float p = scores[j] * inv;
-            for (int i = 0; i < head_dim; i++)
-                o[i] += p * vv[i];
-        }
+        size_t row = (size_t)(job->q_row + t) * qd + (size_t)h * head_dim;
+        attend(out + row, q + row, job->p0 + t + 1, job->p0, job->k_prefix, job->v_prefix, job->k_new, job->v_new,
+               kvd, (size_t)(h / group) * head_dim, head_dim, scale,
+               scores_all + (size_t)omp_get_thread_num() * (size_t)max_keys);
     }
     free(scores_all);
     free(first);
