@@ -66,4 +66,14 @@ extern "C" {
                            ncclGetErrorString(pb_nccl_result_));                                     \
     } while (0)
 
+/* For non-blocking communicators: ncclInProgress is not a failure (the
+ * caller polls ncclCommGetAsyncError until the operation settles). */
+#define PB_NCCL_CHECK_ASYNC(call)                                                                    \
+    do {                                                                                             \
+        ncclResult_t pb_nccl_result_ = (call);                                                       \
+        if (pb_nccl_result_ != ncclSuccess && pb_nccl_result_ != ncclInProgress)                     \
+            return pb_fail(PB_ERR_CUDA, "%s failed at %s:%d: %s", #call, __FILE__, __LINE__,         \
+                           ncclGetErrorString(pb_nccl_result_));                                     \
+    } while (0)
+
 #endif

@@ -13,6 +13,30 @@ extern "C" {
  * builds without CUDA. Needs no GPU. */
 pb_status pb_cuda_nccl_version(int *out);
 
+/* ---- NCCL gather of per-row metrics between GPU ranks (cuda/nccl_gather.cu)
+ * UNTESTED: compiled for sm_80/sm_90 but never run (no GPU where it was
+ * written), and not yet called by host/distribute.c: GPU ranks still
+ * gather over MPI. The MPI part (broadcasting the id from rank 0) belongs
+ * to the caller, so this file needs no MPI. */
+enum { PB_NCCL_ID_BYTES = 128 }; /* NCCL_UNIQUE_ID_BYTES */
+typedef struct pb_nccl_gather pb_nccl_gather;
+
+/* Rank 0: a fresh ncclUniqueId in id, to broadcast to every rank. */
+pb_status pb_nccl_id_create(unsigned char id[PB_NCCL_ID_BYTES]);
+/* A non-blocking communicator (config.blocking = 0) of `size` ranks on the
+ * current device, with its own stream. Waits for the initialisation at most
+ * timeout_s, polling ncclCommGetAsyncError; past it, or on an asynchronous
+ * error, aborts the communicator (ncclCommAbort) and returns PB_ERR_CUDA
+ * naming this rank. */
+pb_status pb_nccl_gather_create(pb_nccl_gather **out, const unsigned char id[PB_NCCL_ID_BYTES], int rank, int size,
+                                double timeout_s);
+/* recv (size * count floats, device memory) = every rank's send (count
+ * floats, device memory) in rank order: one ncclAllGather, polled like the
+ * initialisation. After a failure the communicator is aborted and every
+ * later call fails. */
+pb_status pb_nccl_gather_floats(pb_nccl_gather *g, const float *send, float *recv, size_t count);
+void pb_nccl_gather_free(pb_nccl_gather *g);
+
 #ifdef __cplusplus
 }
 #endif

@@ -21,6 +21,32 @@ pb_status pb_cuda_nccl_version(int *out) {
     return pb_fail(PB_ERR_UNSUPPORTED, "this build has no CUDA backend (configure with -DPB_CUDA=ON)");
 }
 
+pb_status pb_nccl_id_create(unsigned char id[PB_NCCL_ID_BYTES]) {
+    (void)id;
+    return pb_fail(PB_ERR_UNSUPPORTED, "this build has no CUDA backend, hence no NCCL");
+}
+
+pb_status pb_nccl_gather_create(pb_nccl_gather **out, const unsigned char id[PB_NCCL_ID_BYTES], int rank, int size,
+                                double timeout_s) {
+    (void)id;
+    (void)rank;
+    (void)size;
+    (void)timeout_s;
+    if (out)
+        *out = NULL;
+    return pb_fail(PB_ERR_UNSUPPORTED, "this build has no CUDA backend, hence no NCCL");
+}
+
+pb_status pb_nccl_gather_floats(pb_nccl_gather *g, const float *send, float *recv, size_t count) {
+    (void)g;
+    (void)send;
+    (void)recv;
+    (void)count;
+    return pb_fail(PB_ERR_UNSUPPORTED, "this build has no CUDA backend, hence no NCCL");
+}
+
+void pb_nccl_gather_free(pb_nccl_gather *g) { (void)g; }
+
 #else
 /* ISO C wants at least one declaration per translation unit. */
 typedef int pb_backend_cuda_stub_unused;

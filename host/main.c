@@ -485,7 +485,6 @@ static int cmd_sweep(const options *o, pb_ranks *ranks) {
     else
         *slash = 0;
 
-    install_stop_handlers();
     pb_model *m = load(o);
     if (!m) {
         free(spec_text);
@@ -635,6 +634,11 @@ int main(int argc, char **argv) {
     if (strcmp(cmd, "forward") == 0)
         return cmd_forward(&o);
     if (strcmp(cmd, "sweep") == 0) {
+        /* Before MPI_Init: a preemption signal that arrives while the ranks
+         * start (mpirun forwards SIGUSR1 to them at any time) must ask for a
+         * checkpoint, not kill the rank with the default action. OpenMPI
+         * keeps handlers installed before MPI_Init. */
+        install_stop_handlers();
         pb_ranks ranks;
         if (pb_ranks_init(&ranks, &argc, &argv) != PB_OK)
             return fail("starting ranks");

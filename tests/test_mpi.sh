@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Sweeps over MPI ranks on the CPU: -np 2 and -np 3 give the one-rank
 # results; a rank killed mid-sweep (SIGKILL) or stuck (SIGSTOP) fails the
-# whole job with a message naming the rank well within 60 s.
+# whole job with a message naming the rank well within 60 s; a preemption
+# signal mid-sweep (SIGUSR1 to mpirun, or SIGTERM to every rank as srun and
+# scancel deliver it) exits 3 with a checkpoint, and --resume on 1, 2 or 3
+# ranks gives the uninterrupted results with no row executed twice.
 # Exit 77 (skipped) without mpirun, python3, or an MPI build of patchbay.
 set -euo pipefail
 build=${PB_BUILD_DIR:-build}
@@ -52,16 +55,11 @@ wait_job() {
   set +e; wait "$job"; rc=$?; set -e
 }
 
-"$cli" "${common[@]}" --out "$tmp/one" >/dev/null 2>"$tmp/one.err"
-for n in 2 3; do
-  if ! timeout 300 "${mpi[@]}" -np $n "$cli" "${common[@]}" --out "$tmp/np$n" >/dev/null 2>"$tmp/np$n.err"; then
-    echo "FAIL: mpirun -np $n sweep failed:"; cat "$tmp/np$n.err"; exit 1
-  fi
-  grep "load balance" "$tmp/np$n.err"
-  # Raw metrics (baselines, patched values) within the CPU backend's batch
-  # tolerance (tests/tolerances.h: PB_TOL_INVARIANT_CPU, OpenBLAS blocking
-  # depends on what else is in a batch); counts exactly.
-  python3 - "$tmp/one/results.json" "$tmp/np$n/results.json" <<'PY'
+# compare A B: raw metrics (baselines, patched values) within the CPU backend's
+# batch tolerance (tests/tolerances.h: PB_TOL_INVARIANT_CPU, OpenBLAS blocking
+# depends on what else is in a batch); counts exactly.
+compare() {
+  python3 - "$1" "$2" <<'PY'
 import json, math, sys
 a, b = (json.load(open(p)) for p in sys.argv[1:3])
 for k in ("n_rows", "n_rows_done", "n_rows_executed", "n_sites", "n_pairs_used"):
@@ -78,9 +76,18 @@ for sa, sb in zip(a["sites"], b["sites"]):
     for x, y in zip(sa["per_pair_patched"], sb["per_pair_patched"]):
         assert close(x, y, 1e-5), (sa, x, y)
         if x is not None: worst = max(worst, abs(x - y))
-print(f"np results equal one rank: {len(a['sites'])} sites, rows executed {b['n_rows_executed']}, "
+print(f"results equal one rank: {len(a['sites'])} sites, rows executed {b['n_rows_executed']}, "
       f"max |patched difference| {worst:.3g}")
 PY
+}
+
+"$cli" "${common[@]}" --out "$tmp/one" >/dev/null 2>"$tmp/one.err"
+for n in 2 3; do
+  if ! timeout 300 "${mpi[@]}" -np $n "$cli" "${common[@]}" --out "$tmp/np$n" >/dev/null 2>"$tmp/np$n.err"; then
+    echo "FAIL: mpirun -np $n sweep failed:"; cat "$tmp/np$n.err"; exit 1
+  fi
+  grep "load balance" "$tmp/np$n.err"
+  compare "$tmp/one/results.json" "$tmp/np$n/results.json"
 done
 
 # A rank killed by SIGKILL mid-sweep: mpirun aborts the job.
@@ -123,4 +130,61 @@ grep "rank" "$tmp/stuck.err" | head -n 3
 [ "$rc" -ne 0 ] || { echo "FAIL: the job succeeded with a stuck rank"; exit 1; }
 grep -q "from rank 1" "$tmp/stuck.err" || { echo "FAIL: the stuck rank is not named"; exit 1; }
 python3 -c "import sys; sys.exit(0 if float(sys.argv[1]) < 60 else 1)" "$elapsed" || { echo "FAIL: took ${elapsed}s"; exit 1; }
+
+# Preemption. OpenMPI 4.1's mpirun forwards SIGUSR1/SIGUSR2 to the ranks
+# (ess_base_forward_signals), but not SIGTERM, which it refuses to forward: on
+# SIGTERM it ends the job itself (SIGTERM to the ranks, SIGKILL after
+# odls_base_sigkill_timeout = 1 s) and exits 1. So: SIGUSR1 to mpirun, and
+# SIGTERM straight to every rank (what srun and scancel do).
+python3 - "$tmp/spec.json" "$tmp/long.json" <<'PY'
+import json, sys
+spec = json.load(open(sys.argv[1])); spec["pairs"] = spec["pairs"] * 32
+json.dump(spec, open(sys.argv[2], "w"))
+PY
+long=(sweep --model "$fixtures/tiny_gqa/model.gguf" --spec "$tmp/long.json" --threads 1 --max-memory 2M --no-progress)
+"$cli" "${long[@]}" --out "$tmp/long1" >/dev/null 2>"$tmp/long1.err"
+executed() { sed -n 's/^patchbay: rows executed in this run: \([0-9]*\) .*/\1/p' "$1"; }
+total=$(executed "$tmp/long1.err")
+[ -n "$total" ] || { echo "FAIL: no executed-row count"; cat "$tmp/long1.err"; exit 1; }
+# interrupt NAME SIGNAL TARGET: TARGET is mpirun or ranks; expects exit 3 and a checkpoint.
+interrupt() {
+  local name=$1 sig=$2 target=$3
+  "${mpi[@]}" -np 2 "$cli" "${long[@]}" --out "$tmp/$name" >/dev/null 2>"$tmp/$name.err" &
+  job=$!; pids+=($job)
+  for _ in $(seq 200); do
+    [ "$(pgrep -P $job -x patchbay | wc -l)" -ge 2 ] && break
+    sleep 0.02
+  done
+  sleep 0.7
+  if [ "$target" = mpirun ]; then kill -"$sig" "$job"
+  else for p in $(pgrep -P $job -x patchbay); do kill -"$sig" "$p"; done; fi
+  wait_job $job
+  echo "SIG$sig to $target: job exit $rc; $(grep 'interrupted:' "$tmp/$name.err" || true)"
+  [ "$rc" -eq 3 ] || { echo "FAIL: expected exit 3"; cat "$tmp/$name.err"; exit 1; }
+  [ -s "$tmp/$name.checkpoint" ] || { echo "FAIL: no checkpoint"; exit 1; }
+  [ ! -e "$tmp/$name/results.json" ] || { echo "FAIL: results written by an interrupted job"; exit 1; }
+}
+# resume NAME INTERRUPTED N: --resume on N ranks (1: no mpirun) from a copy of
+# INTERRUPTED's checkpoint; results equal the uninterrupted run and the rows
+# executed before and after the signal add up to its count.
+resume() {
+  local name=$1 from=$2 n=$3 launch=()
+  cp "$tmp/$from.checkpoint" "$tmp/$name.checkpoint"
+  [ "$n" -gt 1 ] && launch=("${mpi[@]}" -np "$n")
+  if ! timeout 300 "${launch[@]}" "$cli" "${long[@]}" --resume --out "$tmp/$name" >/dev/null 2>"$tmp/$name.err"; then
+    echo "FAIL: --resume on $n ranks failed:"; cat "$tmp/$name.err"; exit 1
+  fi
+  [ ! -e "$tmp/$name.checkpoint" ] || { echo "FAIL: the finished checkpoint was left behind"; exit 1; }
+  local before after
+  before=$(executed "$tmp/$from.err"); after=$(executed "$tmp/$name.err")
+  echo "resumed on $n ranks: $before rows executed before the signal + $after after = $((before + after)) (uninterrupted: $total)"
+  [ "$before" -gt 0 ] && [ "$after" -gt 0 ] || { echo "FAIL: the signal did not land mid-sweep"; exit 1; }
+  [ $((before + after)) -eq "$total" ] || { echo "FAIL: rows executed twice or dropped"; exit 1; }
+  compare "$tmp/long1/results.json" "$tmp/$name/results.json"
+}
+interrupt usr1 USR1 mpirun
+resume usr1_np3 usr1 3
+resume usr1_np1 usr1 1
+interrupt term TERM ranks
+resume term_np2 term 2
 echo "ok"

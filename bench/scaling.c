@@ -1,0 +1,161 @@
+/* Cost model for sweeps split over ranks: what each rank's share costs and
+ * the rows/s N ranks should reach.
+ *
+ *   bench_scaling MODEL SPEC.json [--ranks-max N] [--single-rate ROWS_PER_S]
+ *                 [--gather-overhead SECONDS]
+ *
+ * For N = 1 .. ranks-max (default 8) the shares are the ones `patchbay
+ * sweep` uses (pb_sweep_partition); a share's cost is the sum of its rows'
+ * pb_sweep_row_cost plus the two cache forwards of every pair it touches (a
+ * pair cut by a share boundary builds its caches on both ranks, which the
+ * partition itself does not charge). Then
+ *
+ *   predicted_rate(N) = rows / (max_share_cost / cost_rate + gather_overhead)
+ *
+ * where cost_rate (cost units per second) comes from one single-rank run of
+ * the whole sweep measured here (the CPU backend; set OMP_NUM_THREADS and
+ * compare with ranks of the same thread count), or from --single-rate, a
+ * single-GPU rows/s measured elsewhere for this same sweep. The gather
+ * overhead is given (default 0): it is not measured here. The model assumes
+ * ranks do not slow each other down (one GPU, or cores, per rank). */
+#define _POSIX_C_SOURCE 200809L
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "distribute.h"
+#include "outdir.h"
+#include "sweep.h"
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* Cost of running rows (sorted) on one rank: the rows, and each pair's two
+ * cache forwards once. */
+static double share_cost(const pb_sweep *s, const int64_t *rows, int64_t n) {
+    double cost = 0.0;
+    int64_t last_pair = -1;
+    for (int64_t i = 0; i < n; i++) {
+        cost += pb_sweep_row_cost(s, rows[i]);
+        int64_t pair = rows[i] / s->n_sites;
+        if (pair != last_pair) {
+            const pb_pair_spec *p = &s->spec.pairs[pair];
+            cost += (double)s->model->cfg.n_layers * (p->base.T + p->source.T);
+            last_pair = pair;
+        }
+    }
+    return cost;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 3) {
+        fprintf(stderr, "usage: bench_scaling MODEL SPEC.json [--ranks-max N] [--single-rate ROWS_PER_S] "
+                        "[--gather-overhead SECONDS]\n");
+        return 2;
+    }
+    int ranks_max = 8;
+    double single_rate = 0.0, gather = 0.0;
+    for (int i = 3; i + 1 < argc; i += 2) {
+        if (strcmp(argv[i], "--ranks-max") == 0)
+            ranks_max = atoi(argv[i + 1]);
+        else if (strcmp(argv[i], "--single-rate") == 0)
+            single_rate = atof(argv[i + 1]);
+        else if (strcmp(argv[i], "--gather-overhead") == 0)
+            gather = atof(argv[i + 1]);
+        else {
+            fprintf(stderr, "bench_scaling: unknown option %s\n", argv[i]);
+            return 2;
+        }
+    }
+    if (ranks_max < 1 || ranks_max > 4096 || single_rate < 0 || gather < 0) {
+        fprintf(stderr, "bench_scaling: bad --ranks-max, --single-rate or --gather-overhead\n");
+        return 2;
+    }
+    char *spec = NULL;
+    pb_model *m = NULL;
+    pb_sweep *s = NULL;
+    int rc = 1;
+    if (pb_read_text_file(argv[2], &spec, NULL) != PB_OK || pb_model_load(&m, argv[1], NULL) != PB_OK) {
+        fprintf(stderr, "bench_scaling: %s\n", pb_last_error());
+        goto done;
+    }
+    pb_sweep_options o = {.metric_fn_residual_layer = -1};
+    if (pb_sweep_create(&s, m, spec, NULL, &o) != PB_OK) {
+        fprintf(stderr, "bench_scaling: %s\n", pb_last_error());
+        goto done;
+    }
+    int64_t all_n = 0, *all = NULL;
+    if (pb_sweep_partition(s, 0, 1, &all, &all_n, NULL) != PB_OK) {
+        fprintf(stderr, "bench_scaling: %s\n", pb_last_error());
+        goto done;
+    }
+    double total_cost = share_cost(s, all, all_n);
+    free(all);
+    /* The shares before anything runs (done rows would cost nothing). */
+    double *max_cost = calloc((size_t)ranks_max + 1, sizeof(double));
+    double *mean_cost = calloc((size_t)ranks_max + 1, sizeof(double));
+    if (!max_cost || !mean_cost) {
+        free(max_cost);
+        free(mean_cost);
+        goto done;
+    }
+    for (int n = 1; n <= ranks_max; n++) {
+        for (int k = 0; k < n; k++) {
+            int64_t *rows = NULL, n_rows = 0;
+            if (pb_sweep_partition(s, k, n, &rows, &n_rows, NULL) != PB_OK) {
+                fprintf(stderr, "bench_scaling: %s\n", pb_last_error());
+                free(max_cost);
+                free(mean_cost);
+                goto done;
+            }
+            double c = n_rows ? share_cost(s, rows, n_rows) : 0.0;
+            free(rows);
+            mean_cost[n] += c / n;
+            max_cost[n] = c > max_cost[n] ? c : max_cost[n];
+        }
+    }
+    double cost_rate;
+    if (single_rate > 0) {
+        cost_rate = single_rate * total_cost / (double)s->n_rows;
+        printf("single rank      %.1f rows/s (given) = %.4g cost units/s\n", single_rate, cost_rate);
+    } else {
+        int32_t warm[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+        pb_forward(m, warm, 8, NULL, NULL);
+        double t0 = now();
+        if (pb_sweep_run(s) != PB_OK) {
+            fprintf(stderr, "bench_scaling: %s\n", pb_last_error());
+            free(max_cost);
+            free(mean_cost);
+            goto done;
+        }
+        double seconds = now() - t0;
+        cost_rate = total_cost / seconds;
+        printf("single rank      %lld rows in %.3f s (measured here, CPU backend) = %.1f rows/s = %.4g cost units/s\n",
+               (long long)s->n_rows, seconds, (double)s->n_rows / seconds, cost_rate);
+    }
+    printf("gather overhead  %.3f s (given, not measured)\n", gather);
+    printf("%5s %12s %12s %10s %12s %12s %8s\n", "ranks", "max_cost", "mean_cost", "max/mean", "pred_s", "pred_rows/s",
+           "speedup");
+    double t1 = 0.0;
+    for (int n = 1; n <= ranks_max; n++) {
+        double max = max_cost[n], mean = mean_cost[n];
+        double seconds = max / cost_rate + (n > 1 ? gather : 0.0);
+        if (n == 1)
+            t1 = seconds;
+        printf("%5d %12.4g %12.4g %10.3f %12.4f %12.1f %8.2f\n", n, max, mean, max / mean, seconds,
+               (double)s->n_rows / seconds, t1 / seconds);
+    }
+    free(max_cost);
+    free(mean_cost);
+    printf("RESULT cost_rate=%.6g total_cost=%.6g rows=%lld\n", cost_rate, total_cost, (long long)s->n_rows);
+    rc = 0;
+done:
+    pb_sweep_free(s);
+    pb_model_free(m);
+    free(spec);
+    return rc;
+}
