@@ -1,6 +1,5 @@
 /* The patchbay command line: forward, generate, sweep, info. */
 #define _POSIX_C_SOURCE 200809L
-#include <dirent.h>
 #include <errno.h>
 #include <math.h>
 #include <signal.h>
@@ -208,34 +207,6 @@ static int cmd_tokenize(const options *o) {
     return rc;
 }
 
-/* An existing non-empty DIR is kept unless --overwrite. */
-static int prepare_out_dir(const char *dir, int overwrite) {
-    struct stat st;
-    if (stat(dir, &st) == 0) {
-        if (!S_ISDIR(st.st_mode)) {
-            fprintf(stderr, "patchbay: --out %s exists and is not a directory\n", dir);
-            return 0;
-        }
-        DIR *d = opendir(dir);
-        int empty = 1;
-        for (struct dirent *e; d && (e = readdir(d));)
-            if (strcmp(e->d_name, ".") && strcmp(e->d_name, ".."))
-                empty = 0;
-        if (d)
-            closedir(d);
-        if (!empty && !overwrite) {
-            fprintf(stderr, "patchbay: --out %s is not empty; pass --overwrite to replace its files\n", dir);
-            return 0;
-        }
-        return 1;
-    }
-    if (mkdir(dir, 0777) != 0) {
-        fprintf(stderr, "patchbay: cannot create %s: %s\n", dir, strerror(errno));
-        return 0;
-    }
-    return 1;
-}
-
 static int cmd_forward(const options *o) {
     if (!o->out) {
         fprintf(stderr, "patchbay forward: --out DIR is required\n");
@@ -267,8 +238,10 @@ static int cmd_forward(const options *o) {
         fail("forward failed");
         goto done;
     }
-    if (!prepare_out_dir(o->out, o->overwrite))
+    if (pb_out_dir_create(o->out, o->overwrite) != PB_OK) {
+        fail("--out");
         goto done;
+    }
     char path[4096];
     int64_t shape[3] = {T, c->vocab_size, 0};
     snprintf(path, sizeof path, "%s/logits.npy", o->out);
@@ -294,68 +267,6 @@ done:
     free(ids);
     pb_model_free(m);
     return rc;
-}
-
-/* Refuses, before any compute, an --out that pb_sweep_write would refuse
- * or could not create: a non-directory, a non-empty directory without
- * --overwrite, or a missing one under an unwritable parent. Creates
- * nothing: the directory appears only once the results exist. */
-static int check_sweep_out_dir(const char *dir, int overwrite) {
-    struct stat st;
-    if (stat(dir, &st) == 0) {
-        if (!S_ISDIR(st.st_mode)) {
-            fprintf(stderr, "patchbay: --out %s exists and is not a directory\n", dir);
-            return 0;
-        }
-        DIR *d = opendir(dir);
-        if (!d) {
-            fprintf(stderr, "patchbay: cannot read --out %s: %s\n", dir, strerror(errno));
-            return 0;
-        }
-        int empty = 1;
-        for (struct dirent *e; empty && (e = readdir(d));)
-            if (strcmp(e->d_name, ".") && strcmp(e->d_name, ".."))
-                empty = 0;
-        closedir(d);
-        if (!empty && !overwrite) {
-            fprintf(stderr, "patchbay: --out %s is not empty; pass --overwrite to replace its files\n", dir);
-            return 0;
-        }
-        if (access(dir, W_OK | X_OK) != 0) {
-            fprintf(stderr, "patchbay: cannot write into --out %s: %s\n", dir, strerror(errno));
-            return 0;
-        }
-        return 1;
-    }
-    /* Missing: the nearest existing ancestor must be a writable directory. */
-    char parent[4096];
-    if (snprintf(parent, sizeof parent, "%s", dir) >= (int)sizeof parent) {
-        fprintf(stderr, "patchbay: --out path is too long\n");
-        return 0;
-    }
-    for (;;) {
-        char *slash = strrchr(parent, '/');
-        while (slash && slash > parent && slash[1] == 0) { /* trailing slashes */
-            *slash = 0;
-            slash = strrchr(parent, '/');
-        }
-        if (!slash) {
-            snprintf(parent, sizeof parent, ".");
-        } else if (slash == parent) {
-            parent[1] = 0;
-        } else {
-            *slash = 0;
-        }
-        if (stat(parent, &st) == 0)
-            break;
-        if (strcmp(parent, ".") == 0 || strcmp(parent, "/") == 0)
-            break;
-    }
-    if (stat(parent, &st) != 0 || !S_ISDIR(st.st_mode) || access(parent, W_OK | X_OK) != 0) {
-        fprintf(stderr, "patchbay: cannot create --out %s: %s is not a writable directory\n", dir, parent);
-        return 0;
-    }
-    return 1;
 }
 
 /* Set by SIGTERM / SIGUSR1 / SIGINT; the sweep reads it between batches. */
@@ -447,8 +358,8 @@ static int cmd_sweep(const options *o, pb_ranks *ranks) {
         fprintf(stderr, "patchbay sweep: --spec SPEC.json and --out DIR are required\n");
         return 2;
     }
-    if (!check_sweep_out_dir(o->out, o->overwrite))
-        return 1;
+    if (pb_out_dir_check(o->out, o->overwrite) != PB_OK)
+        return fail("--out");
     /* The checkpoint lives beside DIR, never inside it: DIR stays empty
      * until the results exist. */
     char checkpoint[4200];
