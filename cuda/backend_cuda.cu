@@ -1,6 +1,9 @@
 /* The CUDA backend: owns one device, one stream and one cuBLAS handle bound to
- * it; implements pb_backend_ops (backend.h) in fp32. Argument checks happen
- * here on the host; kernels live one op per file (kernels.cuh).
+ * it; implements pb_backend_ops (backend.h). Activations are fp32; weight
+ * matrices are fp32 (cublasSgemm, no TF32) or bf16/fp16 (cublasGemmEx on
+ * tensor cores with the activations rounded to the weight type and fp32
+ * accumulation). Argument checks happen here on the host; kernels live one
+ * op per file (kernels.cuh).
  *
  * Ordering: every op is enqueued on the backend's stream. upload and download
  * synchronise that stream before returning, so host buffers may be reused (or
@@ -21,6 +24,9 @@ typedef struct pb_cuda_backend {
     int device;
     cudaStream_t stream;
     cublasHandle_t cublas;
+    /* The 16-bit copy of a matmul's input: grown to the largest seen, kept. */
+    uint16_t *round_scratch;
+    size_t round_scratch_elems;
 } pb_cuda_backend;
 
 static pb_cuda_backend *pb_cuda_self(pb_backend *backend) { return (pb_cuda_backend *)backend->impl; }
@@ -62,11 +68,30 @@ static void pb_cuda_destroy(pb_backend *backend) {
         PB_CUDA_CHECK_VOID(cudaSetDevice(self->device));
     if (self->stream)
         PB_CUDA_CHECK_VOID(cudaStreamSynchronize(self->stream));
+    if (self->round_scratch)
+        PB_CUDA_CHECK_VOID(cudaFree(self->round_scratch));
     if (self->cublas)
         PB_CUBLAS_CHECK_VOID(cublasDestroy(self->cublas));
     if (self->stream)
         PB_CUDA_CHECK_VOID(cudaStreamDestroy(self->stream));
     free(self);
+}
+
+/* cudaMalloc with out-of-memory reported as "need X, have Y". */
+static pb_status pb_cuda_malloc(pb_cuda_backend *self, void **out, size_t bytes) {
+    void *ptr = NULL;
+    cudaError_t err = cudaMalloc(&ptr, bytes);
+    if (err == cudaErrorMemoryAllocation) {
+        (void)cudaGetLastError(); /* clear it: an allocation failure is not sticky */
+        size_t free_bytes = 0, total_bytes = 0;
+        PB_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+        return pb_fail(PB_ERR_OOM, "cuda alloc on device %d: need %zu bytes (%.2f GiB), have %zu free (%.2f GiB of %.2f GiB)",
+                       self->device, bytes, (double)bytes / (1u << 30), free_bytes,
+                       (double)free_bytes / (1u << 30), (double)total_bytes / (1u << 30));
+    }
+    PB_CUDA_CHECK(err);
+    *out = ptr;
+    return PB_OK;
 }
 
 static pb_status pb_cuda_alloc(pb_backend *backend, void **out, size_t bytes) {
@@ -76,17 +101,31 @@ static pb_status pb_cuda_alloc(pb_backend *backend, void **out, size_t bytes) {
     if (bytes == 0)
         return PB_OK;
     PB_TRY(pb_cuda_enter(self));
+    return pb_cuda_malloc(self, out, bytes);
+}
+
+static pb_status pb_cuda_memory_info(pb_backend *backend, size_t *free_bytes, size_t *total_bytes) {
+    pb_cuda_backend *self = pb_cuda_self(backend);
+    PB_CUDA_REQUIRE(free_bytes != NULL && total_bytes != NULL, "memory_info");
+    PB_TRY(pb_cuda_enter(self));
+    PB_CUDA_CHECK(cudaMemGetInfo(free_bytes, total_bytes));
+    return PB_OK;
+}
+
+/* A round_scratch of at least n elements. Growing waits for the stream,
+ * since queued GEMMs may still read the old buffer. */
+static pb_status pb_cuda_round_scratch(pb_cuda_backend *self, size_t n) {
+    if (n <= self->round_scratch_elems)
+        return PB_OK;
+    PB_CUDA_CHECK(cudaStreamSynchronize(self->stream));
+    if (self->round_scratch)
+        PB_CUDA_CHECK(cudaFree(self->round_scratch));
+    self->round_scratch = NULL;
+    self->round_scratch_elems = 0;
     void *ptr = NULL;
-    cudaError_t err = cudaMalloc(&ptr, bytes);
-    if (err == cudaErrorMemoryAllocation) {
-        (void)cudaGetLastError(); /* clear it: an allocation failure is not sticky */
-        size_t free_bytes = 0, total_bytes = 0;
-        PB_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
-        return pb_fail(PB_ERR_OOM, "cuda alloc on device %d: need %zu bytes, have %zu free (of %zu)", self->device,
-                       bytes, free_bytes, total_bytes);
-    }
-    PB_CUDA_CHECK(err);
-    *out = ptr;
+    PB_TRY(pb_cuda_malloc(self, &ptr, n * sizeof(uint16_t)));
+    self->round_scratch = (uint16_t *)ptr;
+    self->round_scratch_elems = n;
     return PB_OK;
 }
 
@@ -139,16 +178,25 @@ static pb_status pb_cuda_synchronize(pb_backend *backend) {
 
 /* ---- ops ------------------------------------------------------------------ */
 
-static pb_status pb_cuda_embed(pb_backend *backend, float *out, const float *table, const int32_t *ids, int T,
-                               int d) {
+static int pb_cuda_dtype_ok(pb_dtype dtype) {
+    return dtype == PB_DTYPE_F32 || dtype == PB_DTYPE_BF16 || dtype == PB_DTYPE_F16;
+}
+
+static pb_status pb_cuda_embed(pb_backend *backend, float *out, const void *table, pb_dtype table_dtype,
+                               const int32_t *ids, int T, int d) {
     pb_cuda_backend *self = pb_cuda_self(backend);
     size_t n = 0;
     PB_TRY(pb_cuda_count(&n, "embed", T, d, 1));
     if (n == 0)
         return PB_OK;
     PB_CUDA_REQUIRE(out != NULL && table != NULL && ids != NULL, "embed");
+    PB_CUDA_REQUIRE(pb_cuda_dtype_ok(table_dtype), "embed");
     PB_TRY(pb_cuda_enter(self));
-    PB_CUDA_CHECK(pb_cuda_launch_embed(self->stream, out, table, ids, T, d));
+    if (table_dtype == PB_DTYPE_F32)
+        PB_CUDA_CHECK(pb_cuda_launch_embed(self->stream, out, (const float *)table, ids, T, d));
+    else
+        PB_CUDA_CHECK(pb_cuda_launch_embed16(self->stream, out, (const uint16_t *)table,
+                                             table_dtype == PB_DTYPE_BF16, ids, T, d));
     return PB_OK;
 }
 
@@ -165,8 +213,8 @@ static pb_status pb_cuda_rmsnorm(pb_backend *backend, float *out, const float *x
     return PB_OK;
 }
 
-static pb_status pb_cuda_matmul(pb_backend *backend, float *out, const float *x, const float *w, const float *bias,
-                                int rows, int n, int k) {
+static pb_status pb_cuda_matmul(pb_backend *backend, float *out, const float *x, const void *w, pb_dtype w_dtype,
+                                const float *bias, int rows, int n, int k) {
     pb_cuda_backend *self = pb_cuda_self(backend);
     size_t out_count = 0, unused = 0;
     PB_TRY(pb_cuda_count(&out_count, "matmul", rows, n, 1));
@@ -176,6 +224,7 @@ static pb_status pb_cuda_matmul(pb_backend *backend, float *out, const float *x,
         return PB_OK;
     PB_CUDA_REQUIRE(out != NULL, "matmul");
     PB_CUDA_REQUIRE(k == 0 || (x != NULL && w != NULL), "matmul");
+    PB_CUDA_REQUIRE(pb_cuda_dtype_ok(w_dtype), "matmul");
     PB_TRY(pb_cuda_enter(self));
     if (k == 0) {
         /* An empty sum: out = bias (or 0). Not left to cuBLAS, whose k == 0
@@ -187,8 +236,22 @@ static pb_status pb_cuda_matmul(pb_backend *backend, float *out, const float *x,
          * A = w seen as column-major (k, n), transposed; B = x seen as
          * column-major (k, rows); C = out seen as column-major (n, rows). */
         const float alpha = 1.0f, beta = 0.0f;
-        PB_CUBLAS_CHECK(cublasSgemm(self->cublas, CUBLAS_OP_T, CUBLAS_OP_N, n, rows, k, &alpha, w, k, x, k, &beta,
-                                    out, n));
+        if (w_dtype == PB_DTYPE_F32) {
+            PB_CUBLAS_CHECK(cublasSgemm(self->cublas, CUBLAS_OP_T, CUBLAS_OP_N, n, rows, k, &alpha, (const float *)w,
+                                        k, x, k, &beta, out, n));
+        } else {
+            /* Tensor cores want both inputs 16-bit: round x into the
+             * scratch, then bf16/fp16 x bf16/fp16 -> fp32 with fp32
+             * accumulation (CUBLAS_COMPUTE_32F). */
+            const int is_bf16 = w_dtype == PB_DTYPE_BF16;
+            const cudaDataType_t type = is_bf16 ? CUDA_R_16BF : CUDA_R_16F;
+            const size_t x_count = (size_t)rows * (size_t)k;
+            PB_TRY(pb_cuda_round_scratch(self, x_count));
+            PB_CUDA_CHECK(pb_cuda_launch_round16(self->stream, self->round_scratch, x, x_count, is_bf16));
+            PB_CUBLAS_CHECK(cublasGemmEx(self->cublas, CUBLAS_OP_T, CUBLAS_OP_N, n, rows, k, &alpha, w, type, k,
+                                         self->round_scratch, type, k, &beta, out, CUDA_R_32F, n, CUBLAS_COMPUTE_32F,
+                                         CUBLAS_GEMM_DEFAULT));
+        }
     }
     if (bias)
         PB_CUDA_CHECK(pb_cuda_launch_add_bias(self->stream, out, bias, rows, n));
@@ -271,6 +334,7 @@ static const pb_backend_ops pb_cuda_ops = {
     pb_cuda_swiglu,
     pb_cuda_add,
     NULL, /* attention_jobs: the executor falls back to per-job attention */
+    pb_cuda_memory_info,
 };
 
 static pb_status pb_cuda_init(pb_cuda_backend *self, int device) {

@@ -36,6 +36,11 @@ static __device__ __forceinline__ float pb_warp_sum(float value) {
 /* out (T, d) = table (vocab, d)[ids (T)] */
 cudaError_t pb_cuda_launch_embed(cudaStream_t stream, float *out, const float *table, const int32_t *ids, int T,
                                  int d);
+/* out (T, d) = table (vocab, d) of bf16 (is_bf16) or fp16 [ids (T)], widened */
+cudaError_t pb_cuda_launch_embed16(cudaStream_t stream, float *out, const uint16_t *table, int is_bf16,
+                                   const int32_t *ids, int T, int d);
+/* out (n) of bf16 (is_bf16) or fp16 = x (n) rounded to nearest even */
+cudaError_t pb_cuda_launch_round16(cudaStream_t stream, uint16_t *out, const float *x, size_t n, int is_bf16);
 /* out (rows, d); x (rows, d); weight (d) or NULL */
 cudaError_t pb_cuda_launch_rmsnorm(cudaStream_t stream, float *out, const float *x, const float *weight, int rows,
                                    int d, float eps);

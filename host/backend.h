@@ -37,14 +37,20 @@ typedef struct pb_backend_ops {
     pb_status (*copy)(pb_backend *backend, void *dst_device, const void *src_device, size_t bytes);
     pb_status (*synchronize)(pb_backend *backend);
 
-    /* out (T, d) = table[ids[t]] with table (vocab, d); ids (T) in device memory. */
-    pb_status (*embed)(pb_backend *backend, float *out, const float *table, const int32_t *ids, int T, int d);
+    /* out (T, d) = table[ids[t]] widened to fp32, with table (vocab, d) of
+     * table_dtype; ids (T) in device memory. */
+    pb_status (*embed)(pb_backend *backend, float *out, const void *table, pb_dtype table_dtype, const int32_t *ids,
+                       int T, int d);
     /* out (rows, d) = x / sqrt(mean(x^2) + eps) * weight; weight (d) may be NULL (no scaling). */
     pb_status (*rmsnorm)(pb_backend *backend, float *out, const float *x, const float *weight, int rows, int d,
                          float eps);
-    /* out (rows, n) = x (rows, k) @ w (n, k)^T + bias (n); bias may be NULL. */
-    pb_status (*matmul)(pb_backend *backend, float *out, const float *x, const float *w, const float *bias, int rows,
-                        int n, int k);
+    /* out (rows, n) = x (rows, k) @ w (n, k)^T + bias (n); bias may be NULL.
+     * w is stored as w_dtype. For a 16-bit w_dtype, x is first rounded to
+     * w_dtype (round to nearest even) and the products are summed in fp32
+     * or wider: the contract of a bf16/fp16 tensor-core GEMM, kept by every
+     * backend so they agree to summation order. */
+    pb_status (*matmul)(pb_backend *backend, float *out, const float *x, const void *w, pb_dtype w_dtype,
+                        const float *bias, int rows, int n, int k);
     /* In place, rotate-half (Hugging Face) convention: x (T, n_heads, head_dim);
      * pair (i, i + head_dim/2) of position positions[t] rotates by
      * positions[t] * inv_freq[i]; inv_freq (head_dim/2); positions (T). */
@@ -69,6 +75,10 @@ typedef struct pb_backend_ops {
      * executor assembles each job's keys and calls `attention` per job. */
     pb_status (*attention_jobs)(pb_backend *backend, float *out, const float *q, const struct pb_attention_job *jobs,
                                 int n_jobs, int n_heads, int n_kv_heads, int head_dim);
+    /* Free and total bytes of the backend's memory, for sizing caches and
+     * batches. Optional: NULL (the CPU backends) means unknown, and the
+     * caller's --max-memory alone rules. */
+    pb_status (*memory_info)(pb_backend *backend, size_t *free_bytes, size_t *total_bytes);
 } pb_backend_ops;
 
 struct pb_backend {

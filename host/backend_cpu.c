@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "backend.h"
+#include "dtype.h"
 #include "internal.h"
 
 /* OpenBLAS exports this; cblas.h of some builds does not declare it. */
@@ -40,9 +41,12 @@ static pb_status cpu_memcpy(pb_backend *backend, void *dst, const void *src, siz
 
 static pb_status cpu_synchronize(pb_backend *backend) { return PB_OK; }
 
-static pb_status cpu_embed(pb_backend *backend, float *out, const float *table, const int32_t *ids, int T, int d) {
+static pb_status cpu_embed(pb_backend *backend, float *out, const void *table, pb_dtype table_dtype,
+                           const int32_t *ids, int T, int d) {
+    size_t row_bytes = pb_dtype_size(table_dtype) * (size_t)d;
     for (int t = 0; t < T; t++)
-        memcpy(out + (size_t)t * d, table + (size_t)ids[t] * d, sizeof(float) * (size_t)d);
+        pb_dtype_to_f32(table_dtype, out + (size_t)t * d, (const char *)table + (size_t)ids[t] * row_bytes,
+                        (size_t)d);
     return PB_OK;
 }
 
@@ -68,8 +72,11 @@ static pb_status cpu_rmsnorm(pb_backend *backend, float *out, const float *x, co
     return PB_OK;
 }
 
-static pb_status cpu_matmul(pb_backend *backend, float *out, const float *x, const float *w, const float *bias,
-                            int rows, int n, int k) {
+/* Output columns per widened weight block of a 16-bit matmul. */
+#define CPU_WIDEN_ROWS 256
+
+static pb_status cpu_matmul(pb_backend *backend, float *out, const float *x, const void *w, pb_dtype w_dtype,
+                            const float *bias, int rows, int n, int k) {
     float beta = 0.0f;
     if (bias) {
         for (int r = 0; r < rows; r++)
@@ -79,7 +86,28 @@ static pb_status cpu_matmul(pb_backend *backend, float *out, const float *x, con
     /* Always sgemm, never sgemv for one row: a row's result must not
      * depend on how many rows share the call, so a patching batch equals
      * its rows run one by one. */
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, n, k, 1.0f, x, k, w, k, beta, out, n);
+    if (w_dtype == PB_DTYPE_F32) {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, n, k, 1.0f, x, k, w, k, beta, out, n);
+        return PB_OK;
+    }
+    /* 16-bit weights: x rounded to w_dtype, weights widened block by block
+     * (exact), then sgemm. Products of two 16-bit values are exact in fp32,
+     * so only the summation order differs from a tensor-core GEMM. */
+    size_t x_count = (size_t)rows * k, block = (size_t)CPU_WIDEN_ROWS * k;
+    float *xr = malloc(sizeof(float) * (x_count + block));
+    if (!xr)
+        return pb_fail(PB_ERR_OOM, "CPU matmul: out of memory widening a %d x %d %s weight", n, k,
+                       pb_dtype_name(w_dtype));
+    float *wide = xr + x_count;
+    for (size_t i = 0; i < x_count; i++)
+        xr[i] = pb_dtype_round(w_dtype, x[i]);
+    size_t elem = pb_dtype_size(w_dtype);
+    for (int c0 = 0; c0 < n; c0 += CPU_WIDEN_ROWS) {
+        int cols = n - c0 < CPU_WIDEN_ROWS ? n - c0 : CPU_WIDEN_ROWS;
+        pb_dtype_to_f32(w_dtype, wide, (const char *)w + (size_t)c0 * k * elem, (size_t)cols * k);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, cols, k, 1.0f, xr, k, wide, k, beta, out + c0, n);
+    }
+    free(xr);
     return PB_OK;
 }
 

@@ -211,7 +211,7 @@ static pb_status hash_folder(sha256_ctx *ctx, const char *dir, uint64_t *total) 
 }
 
 pb_status pb_sweep_fingerprint_compute(pb_sweep_fingerprint *fp, const char *model_path, const char *spec_json,
-                                       pb_backend_kind backend) {
+                                       pb_backend_kind backend, pb_dtype dtype) {
     if (!fp || !model_path || !spec_json)
         return pb_fail(PB_ERR_ARG, "pb_sweep_fingerprint_compute: fingerprint, model path and spec are required");
     memset(fp, 0, sizeof *fp);
@@ -224,9 +224,16 @@ pb_status pb_sweep_fingerprint_compute(pb_sweep_fingerprint *fp, const char *mod
     sha256_init(&ctx);
     uint64_t total = 0;
     struct stat st;
-    if (stat(model_path, &st) != 0)
-        return pb_fail(PB_ERR_IO, "fingerprint: cannot stat %s: %s", model_path, strerror(errno));
-    PB_TRY(S_ISDIR(st.st_mode) ? hash_folder(&ctx, model_path, &total) : hash_file_ends(&ctx, model_path, &total));
+    if (strncmp(model_path, "random:", 7) == 0 && stat(model_path, &st) != 0) {
+        /* A synthetic model (pb_model_random): its name, layers and seed
+         * are the whole of it. */
+        sha256_update(&ctx, model_path, strlen(model_path));
+    } else {
+        if (stat(model_path, &st) != 0)
+            return pb_fail(PB_ERR_IO, "fingerprint: cannot stat %s: %s", model_path, strerror(errno));
+        PB_TRY(S_ISDIR(st.st_mode) ? hash_folder(&ctx, model_path, &total)
+                                   : hash_file_ends(&ctx, model_path, &total));
+    }
     sha256_final(&ctx, digest);
     hex(digest, 32, digest_hex);
     snprintf(fp->model_digest, sizeof fp->model_digest, "%llu:%s", (unsigned long long)total, digest_hex);
@@ -246,12 +253,8 @@ pb_status pb_sweep_fingerprint_compute(pb_sweep_fingerprint *fp, const char *mod
     free(canonical);
     sha256_final(&ctx, digest);
     hex(digest, 32, fp->spec_digest);
-    const char *name = backend == PB_BACKEND_CPU         ? "cpu"
-                       : backend == PB_BACKEND_REFERENCE ? "reference"
-                       : backend == PB_BACKEND_CUDA      ? "cuda"
-                                                         : "unknown";
-    /* Every backend computes in fp32 (weights are dequantised on load). */
-    snprintf(fp->backend, sizeof fp->backend, "%s/f32", name);
+    /* The weight dtype changes every number; the backend changes rounding. */
+    snprintf(fp->backend, sizeof fp->backend, "%s/%s", pb_backend_name(backend), pb_dtype_name(dtype));
     return PB_OK;
 }
 

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "cli_analysis.h"
+#include "cli_model.h"
 #include "direction.h"
 #include "internal.h"
 #include "intervene.h"
@@ -23,11 +24,10 @@
 #include "sweep.h"
 
 typedef struct analysis_options {
-    const char *model;
+    pb_cli_model model;
     const char *pairs_path;
     const char *out;
     const char *chat_template;
-    int threads;
     int sweep_pairs;
     int max_new;
     int overwrite;
@@ -76,25 +76,28 @@ static int parse_args(int argc, char **argv, analysis_options *o) {
             return 0;
         }
         char *end = NULL;
-        if (strcmp(a, "--model") == 0) o->model = next;
+        int taken = pb_cli_model_option(&o->model, "refusal-analysis", a, next);
+        if (taken < 0) return 0;
+        else if (taken) { /* a model option */ }
         else if (strcmp(a, "--pairs") == 0) o->pairs_path = next;
         else if (strcmp(a, "--out") == 0) o->out = next;
         else if (strcmp(a, "--chat-template") == 0) o->chat_template = next;
-        else if (strcmp(a, "--threads") == 0) o->threads = (int)strtol(next, &end, 10);
         else if (strcmp(a, "--sweep-pairs") == 0) o->sweep_pairs = (int)strtol(next, &end, 10);
         else if (strcmp(a, "--max-new-tokens") == 0) o->max_new = (int)strtol(next, &end, 10);
         else {
             fprintf(stderr, "patchbay refusal-analysis: unknown option '%s'\n", a);
             return 0;
         }
-        if (end && (*end || o->threads < 0 || o->sweep_pairs < 1 || o->max_new < 1)) {
+        if (end && (*end || o->sweep_pairs < 1 || o->max_new < 1)) {
             fprintf(stderr, "patchbay refusal-analysis: %s expects a positive integer, got '%s'\n", a, next);
             return 0;
         }
         i++;
     }
-    if (!o->model || !o->out) {
-        fprintf(stderr, "patchbay refusal-analysis: --model PATH and --out DIR are required\n");
+    if (!pb_cli_model_check(&o->model, "refusal-analysis"))
+        return 0;
+    if (!o->out) {
+        fprintf(stderr, "patchbay refusal-analysis: --out DIR is required\n");
         return 0;
     }
     return 1;
@@ -254,8 +257,7 @@ int pb_cli_refusal_analysis(int argc, char **argv) {
         return fail("--out");
     double t0 = now();
     analysis an = {0};
-    pb_load_options lo = {.n_threads = o.threads};
-    if (pb_model_load(&an.model, o.model, &lo) != PB_OK)
+    if (pb_cli_model_load(&o.model, &an.model) != PB_OK)
         return fail("loading the model");
     if (o.chat_template && pb_model_set_chat_template(an.model, o.chat_template) != PB_OK) {
         analysis_free(&an);
@@ -319,7 +321,7 @@ int pb_cli_refusal_analysis(int argc, char **argv) {
     for (int k = 0; k < 4; k++)
         if (collect_sets(&an, k >= 2, k % 2 == 0, sets[k], &set_ids[k], &set_T[k]) != PB_OK)
             goto done;
-    pb_direction_provenance prov = {.model_path = o.model, .prompt_file = o.pairs_path};
+    pb_direction_provenance prov = {.model_path = pb_model_get_source(an.model), .prompt_file = o.pairs_path};
     if (pb_direction_compute(an.model, &din, &dir) != PB_OK || pb_direction_write(&dir, o.out, &prov) != PB_OK) {
         fail("the refusal direction");
         goto done;
@@ -396,7 +398,7 @@ int pb_cli_refusal_analysis(int argc, char **argv) {
     }
 
     /* The findings on stdout. */
-    printf("refusal analysis of %s (%.1f s)\n", o.model, now() - t0);
+    printf("refusal analysis of %s (%.1f s)\n", pb_model_get_source(an.model), now() - t0);
     for (int k = 0; k < 4; k++)
         printf("  refusal rate, %-42s %2d / %2d  (%.0f%%)\n", rates[k].label, rates[k].refused, rates[k].n,
                rates[k].n ? 100.0 * rates[k].refused / rates[k].n : 0.0);

@@ -12,6 +12,7 @@
 #include <time.h>
 
 #include "cli_intervene.h"
+#include "cli_model.h"
 #include "direction.h"
 #include "hooks.h"
 #include "ids.h"
@@ -48,10 +49,10 @@ const char pb_cli_intervene_usage[] =
 /* ---- options -------------------------------------------------------------- */
 
 typedef struct cli {
-    const char *model, *prompt, *system, *ids, *ids_file;
+    pb_cli_model model;
+    const char *prompt, *system, *ids, *ids_file;
     int no_chat;
     int max_new;
-    int threads;
     /* interventions */
     const char *patch_site, *from_text, *from_ids;
     const char *ablate_file, *add_file;
@@ -112,13 +113,14 @@ static int parse_cli(int argc, char **argv, cli *o) {
         if (strcmp(a, "--overwrite") == 0) { o->overwrite = 1; continue; }
         if (!next)
             return usage_error(cmd, "option needs a value:", a);
-        if (strcmp(a, "--model") == 0) o->model = next;
+        int taken = pb_cli_model_option(&o->model, cmd, a, next);
+        if (taken < 0) return 0;
+        else if (taken) { /* a model option */ }
         else if (strcmp(a, "--prompt") == 0) o->prompt = next;
         else if (strcmp(a, "--system") == 0) o->system = next;
         else if (strcmp(a, "--ids") == 0) o->ids = next;
         else if (strcmp(a, "--ids-file") == 0) o->ids_file = next;
         else if (strcmp(a, "--max-new-tokens") == 0) { if (!parse_int_arg(cmd, a, next, 0, &o->max_new)) return 0; }
-        else if (strcmp(a, "--threads") == 0) { if (!parse_int_arg(cmd, a, next, 0, &o->threads)) return 0; }
         else if (strcmp(a, "--patch") == 0) o->patch_site = next;
         else if (strcmp(a, "--from") == 0) o->from_text = next;
         else if (strcmp(a, "--from-ids") == 0) o->from_ids = next;
@@ -142,8 +144,8 @@ static int parse_cli(int argc, char **argv, cli *o) {
             return usage_error(cmd, "unknown option", a);
         i++;
     }
-    if (!o->model)
-        return usage_error(cmd, "--model PATH is required", NULL);
+    if (!pb_cli_model_check(&o->model, cmd))
+        return 0;
     int n_iv = !!o->patch_site + !!o->ablate_file + !!o->add_file;
     if (n_iv > 1)
         return usage_error(cmd, "give at most one of --patch, --ablate-direction, --add-direction", NULL);
@@ -165,9 +167,8 @@ static int fail_msg(const char *cmd, const char *what) {
 }
 
 static pb_model *load_model(const char *cmd, const cli *o) {
-    pb_load_options lo = {.n_threads = o->threads};
     pb_model *m = NULL;
-    if (pb_model_load(&m, o->model, &lo) != PB_OK) {
+    if (pb_cli_model_load(&o->model, &m) != PB_OK) {
         fail_msg(cmd, "cannot load model");
         return NULL;
     }
@@ -788,7 +789,7 @@ int pb_cli_refusal_rate(int argc, char **argv) {
             ((double)clock() - t0) / CLOCKS_PER_SEC);
     if (o.json_out) {
         json_object_set_new(report, "schema", json_string("patchbay.refusal_rate/1"));
-        json_object_set_new(report, "model", json_string(o.model));
+        json_object_set_new(report, "model", json_string(pb_model_get_source(m)));
         json_object_set_new(report, "prompts", json_string(o.prompts));
         json_object_set_new(report, "split", json_string(split));
         json_object_set_new(report, "max_new_tokens", json_integer(o.max_new));
@@ -964,7 +965,7 @@ int pb_cli_direction(int argc, char **argv) {
         fail_msg(cmd, "computing the direction");
         goto done;
     }
-    pb_direction_provenance prov = {.model_path = o.model, .prompt_file = o.prompts};
+    pb_direction_provenance prov = {.model_path = pb_model_get_source(m), .prompt_file = o.prompts};
     if (pb_direction_write(&r, o.out, &prov) != PB_OK) {
         fail_msg(cmd, "writing the direction");
         goto done;

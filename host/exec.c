@@ -207,9 +207,9 @@ static pb_status attention_block(pb_exec *e, const pb_exec_job *jobs, int n_acti
 
     PB_TRY(hook_point(e, jobs, n_active, PB_HOOK_RESID_PRE, L, e->x, fn, user));
     PB_TRY(ops->rmsnorm(b, e->xn, e->x, W->attn_norm, rows, d, c->rms_eps));
-    PB_TRY(ops->matmul(b, e->q, e->xn, W->wq, W->bq, rows, qd, d));
-    PB_TRY(ops->matmul(b, e->k, e->xn, W->wk, W->bk, rows, kvd, d));
-    PB_TRY(ops->matmul(b, e->v, e->xn, W->wv, W->bv, rows, kvd, d));
+    PB_TRY(ops->matmul(b, e->q, e->xn, W->wq, m->wdtype, W->bq, rows, qd, d));
+    PB_TRY(ops->matmul(b, e->k, e->xn, W->wk, m->wdtype, W->bk, rows, kvd, d));
+    PB_TRY(ops->matmul(b, e->v, e->xn, W->wv, m->wdtype, W->bv, rows, kvd, d));
     e->flops += 2.0 * rows * d * (qd + 2.0 * kvd);
     PB_TRY(hook_point(e, jobs, n_active, PB_HOOK_Q, L, e->q, fn, user));
     PB_TRY(hook_point(e, jobs, n_active, PB_HOOK_K, L, e->k, fn, user));
@@ -271,7 +271,7 @@ static pb_status attention_block(pb_exec *e, const pb_exec_job *jobs, int n_acti
                               c->n_kv_heads, c->head_dim));
     }
     PB_TRY(hook_point(e, jobs, n_active, PB_HOOK_Z, L, e->z, fn, user));
-    PB_TRY(ops->matmul(b, e->sub, e->z, W->wo, NULL, rows, d, qd));
+    PB_TRY(ops->matmul(b, e->sub, e->z, W->wo, m->wdtype, NULL, rows, d, qd));
     e->flops += 2.0 * rows * d * qd;
     PB_TRY(hook_point(e, jobs, n_active, PB_HOOK_ATTN_OUT, L, e->sub, fn, user));
     return ops->add(b, e->x, e->x, e->sub, (size_t)rows * d);
@@ -287,10 +287,10 @@ static pb_status mlp_block(pb_exec *e, const pb_exec_job *jobs, int n_active, in
     int d = c->d_model;
     PB_TRY(hook_point(e, jobs, n_active, PB_HOOK_RESID_MID, L, e->x, fn, user));
     PB_TRY(ops->rmsnorm(b, e->xn, e->x, W->mlp_norm, rows, d, c->rms_eps));
-    PB_TRY(ops->matmul(b, e->gate, e->xn, W->w_gate, NULL, rows, c->d_mlp, d));
-    PB_TRY(ops->matmul(b, e->up, e->xn, W->w_up, NULL, rows, c->d_mlp, d));
+    PB_TRY(ops->matmul(b, e->gate, e->xn, W->w_gate, m->wdtype, NULL, rows, c->d_mlp, d));
+    PB_TRY(ops->matmul(b, e->up, e->xn, W->w_up, m->wdtype, NULL, rows, c->d_mlp, d));
     PB_TRY(ops->swiglu(b, e->gate, e->gate, e->up, (size_t)rows * c->d_mlp));
-    PB_TRY(ops->matmul(b, e->sub, e->gate, W->w_down, NULL, rows, d, c->d_mlp));
+    PB_TRY(ops->matmul(b, e->sub, e->gate, W->w_down, m->wdtype, NULL, rows, d, c->d_mlp));
     e->flops += 6.0 * rows * d * c->d_mlp;
     PB_TRY(hook_point(e, jobs, n_active, PB_HOOK_MLP_OUT, L, e->sub, fn, user));
     PB_TRY(ops->add(b, e->x, e->x, e->sub, (size_t)rows * d));
@@ -308,7 +308,7 @@ static pb_status activate(pb_exec *e, const pb_exec_job *job, int j, pb_exec_hoo
         return ops->copy(b, rows, job->init_x + (size_t)job->p0 * d, sizeof(float) * (size_t)n * d);
     int32_t *ids = e->ids + e->offset[j];
     PB_TRY(ops->upload(b, ids, job->ids + job->p0, sizeof(int32_t) * (size_t)n));
-    PB_TRY(ops->embed(b, rows, m->token_embd, ids, n, d));
+    PB_TRY(ops->embed(b, rows, m->token_embd, m->wdtype, ids, n, d));
     if (job->embed_delta)
         PB_TRY(ops->add(b, rows, rows, job->embed_delta + (size_t)job->p0 * d, (size_t)n * d));
     return fn ? fn(user, j, PB_HOOK_EMBED, -1, rows, n, job->p0) : PB_OK;
@@ -375,13 +375,13 @@ pb_status pb_exec_run(pb_exec *e, const pb_exec_job *jobs, int n_jobs, int stop_
     return m->backend->ops->synchronize(m->backend);
 }
 
-pb_status pb_exec_unembed(pb_exec *e, float *out, const float *x, int rows, const float *w, int n_out) {
+pb_status pb_exec_unembed(pb_exec *e, float *out, const float *x, int rows, const void *w, int n_out) {
     pb_model *m = e->model;
     const pb_model_config *c = &m->cfg;
     if (rows > e->max_tokens)
         return pb_fail(PB_ERR_ARG, "unembed: %d rows exceed the workspace of %d", rows, e->max_tokens);
     PB_TRY(m->backend->ops->rmsnorm(m->backend, e->xn, x, m->final_norm, rows, c->d_model, c->rms_eps));
-    PB_TRY(m->backend->ops->matmul(m->backend, out, e->xn, w, NULL, rows, n_out, c->d_model));
+    PB_TRY(m->backend->ops->matmul(m->backend, out, e->xn, w, m->wdtype, NULL, rows, n_out, c->d_model));
     e->flops += 2.0 * rows * n_out * c->d_model;
     return PB_OK;
 }

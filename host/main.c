@@ -12,6 +12,7 @@
 
 #include "cli_analysis.h"
 #include "cli_intervene.h"
+#include "cli_model.h"
 #include "distribute.h"
 #include "ids.h"
 #include "npy.h"
@@ -44,9 +45,8 @@ static const char *usage_text =
     "            [--max-new-tokens N] [--overwrite] [--no-progress]\n"
     "            the main job: baseline refusal, patching sweep, refusal direction, report.html\n"
     "\n"
-    "common options: --threads N (default: all cores); --chat-template NAME|FILE overrides the model's\n"
-    "  template (chatml, llama3, llama2, gemma, or a Jinja file of one of those families)\n"
-    "--model takes a .gguf file or a Hugging Face checkpoint folder (config.json + safetensors).\n"
+    "--chat-template NAME|FILE overrides the model's template (chatml, llama3, llama2, gemma, or a Jinja\n"
+    "  file of one of those families)\n"
     "--hooks takes comma-separated globs over TransformerLens names, e.g.\n"
     "  'blocks.*.hook_resid_pre,blocks.3.attn.hook_z,hook_embed,ln_final.hook_normalized'\n"
     "--ids-file takes ids separated by commas or whitespace ('#' starts a comment), or an int32 .npy.\n"
@@ -55,13 +55,12 @@ static const char *usage_text =
     "exit status: 0 done, 1 error, 2 usage, 3 sweep interrupted by a signal with its checkpoint written.\n";
 
 typedef struct options {
-    const char *model;
+    pb_cli_model model;
     const char *ids;
     const char *ids_file;
     const char *hooks;
     const char *out;
     int max_new;
-    int threads;
     int overwrite;
     const char *spec;     /* sweep */
     size_t max_memory;    /* sweep; 0 = the library default */
@@ -118,13 +117,14 @@ static int parse_options(int argc, char **argv, options *o) {
             fprintf(stderr, "patchbay: option %s needs a value (see patchbay --help)\n", a);
             return 0;
         }
-        if (strcmp(a, "--model") == 0) o->model = next;
+        int taken = pb_cli_model_option(&o->model, argv[1], a, next);
+        if (taken < 0) return 0;
+        else if (taken) { /* a model option */ }
         else if (strcmp(a, "--ids") == 0) o->ids = next;
         else if (strcmp(a, "--ids-file") == 0) o->ids_file = next;
         else if (strcmp(a, "--hooks") == 0) o->hooks = next;
         else if (strcmp(a, "--out") == 0) o->out = next;
         else if (strcmp(a, "--max-new-tokens") == 0) { if (!parse_int(a, next, &o->max_new)) return 0; }
-        else if (strcmp(a, "--threads") == 0) { if (!parse_int(a, next, &o->threads)) return 0; }
         else if (strcmp(a, "--spec") == 0) o->spec = next;
         else if (strcmp(a, "--checkpoint") == 0) o->checkpoint = next;
         else if (strcmp(a, "--rank-timeout") == 0) { if (!parse_int(a, next, &o->rank_timeout)) return 0; }
@@ -143,10 +143,8 @@ static int parse_options(int argc, char **argv, options *o) {
         }
         i++;
     }
-    if (!o->model) {
-        fprintf(stderr, "patchbay: --model PATH is required\n");
+    if (!pb_cli_model_check(&o->model, argv[1]))
         return 0;
-    }
     return 1;
 }
 
@@ -160,9 +158,8 @@ static int read_ids(const options *o, int32_t **ids, int *T) {
 }
 
 static pb_model *load(const options *o) {
-    pb_load_options lo = {.n_threads = o->threads};
     pb_model *m = NULL;
-    if (pb_model_load(&m, o->model, &lo) != PB_OK) {
+    if (pb_cli_model_load(&o->model, &m) != PB_OK) {
         fail("cannot load model");
         return NULL;
     }
@@ -419,7 +416,8 @@ static int cmd_sweep(const options *o, pb_ranks *ranks) {
         rc = st == PB_ERR_ARG ? 2 : 1;
         goto done;
     }
-    if (pb_sweep_fingerprint_compute(&fp, o->model, spec_text, PB_BACKEND_CPU) != PB_OK) {
+    if (pb_sweep_fingerprint_compute(&fp, pb_model_get_source(m), spec_text, o->model.load.backend,
+                                     o->model.load.dtype) != PB_OK) {
         fail("fingerprinting the sweep's inputs");
         goto done;
     }
@@ -519,6 +517,7 @@ int main(int argc, char **argv) {
     if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
         fputs(usage_text, argc < 2 ? stderr : stdout);
         fputs(pb_cli_intervene_usage, argc < 2 ? stderr : stdout);
+        fputs(pb_cli_model_help, argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;
     }
     if (strcmp(argv[1], "--version") == 0) {

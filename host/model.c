@@ -1,6 +1,8 @@
 /* Loading a Llama-family model from GGUF or a Hugging Face checkpoint:
  * hyperparameters, shape checks for every tensor before any compute, and
- * dequantisation into one fp32 weight arena on the backend. */
+ * dequantisation into one weight arena on the backend (matrices in the
+ * chosen storage dtype, vectors in fp32). Synthetic models (model_random.c)
+ * go through the same path with a generator as their source. */
 #define _POSIX_C_SOURCE 200809L
 #include <math.h>
 #include <stdio.h>
@@ -8,10 +10,12 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "dtype.h"
 #include "gguf.h"
 #include "hf_config.h"
 #include "internal.h"
 #include "model.h"
+#include "model_random.h"
 #include "model_text.h"
 #include "quant.h"
 #include "safetensors.h"
@@ -82,7 +86,8 @@ typedef struct wanted_tensor {
     char hf_name[128];
     int n_dims;
     int64_t shape[2]; /* (rows, cols) or (n) */
-    float **dst;
+    void **matrix_dst;  /* matrices: stored as the model's wdtype */
+    float **vector_dst; /* vectors: stored as fp32 */
     int optional;     /* biases */
     int unpermute_heads; /* GGUF llama Q/K: number of heads to un-permute, else 0 */
 } wanted_tensor;
@@ -91,6 +96,8 @@ typedef struct source {
     pb_gguf *gguf;
     pb_safetensors *st;
     const char *path;
+    int random;    /* no file: pb_random_fill with this seed */
+    uint64_t seed;
 } source;
 
 /* Finds a wanted tensor and checks its shape; *found = 0 if absent. */
@@ -98,6 +105,10 @@ static pb_status source_check(const source *src, const wanted_tensor *w, int *fo
     int64_t shape[4] = {1, 1, 1, 1};
     int n_dims;
     const char *name;
+    if (src->random) {
+        *found = 1;
+        return PB_OK;
+    }
     if (src->gguf) {
         name = w->gguf_name;
         const pb_gguf_tensor *t = pb_gguf_find_tensor(src->gguf, name);
@@ -135,9 +146,17 @@ static pb_status source_check(const source *src, const wanted_tensor *w, int *fo
     return PB_OK;
 }
 
-/* Dequantises one tensor to fp32 into host memory `out`. */
-static pb_status source_read(const source *src, const wanted_tensor *w, float *out) {
-    if (src->gguf) {
+/* Dequantises (or generates) tensor number `index` to fp32 into host memory
+ * `out`. */
+static pb_status source_read(const source *src, const wanted_tensor *w, int index, float *out) {
+    if (src->random) {
+        const char *name = w->gguf_name;
+        size_t len = strlen(name);
+        pb_random_kind kind = w->n_dims == 2 ? PB_RANDOM_MATRIX
+                              : len >= 5 && strcmp(name + len - 5, ".bias") == 0 ? PB_RANDOM_BIAS
+                                                                                 : PB_RANDOM_NORM;
+        pb_random_fill(out, (size_t)(w->shape[0] * (w->n_dims == 2 ? w->shape[1] : 1)), src->seed, index, kind);
+    } else if (src->gguf) {
         const pb_gguf_tensor *t = pb_gguf_find_tensor(src->gguf, w->gguf_name);
         pb_status status = pb_dequantize(out, t->data, t->type, t->n_elements);
         if (status != PB_OK)
@@ -271,16 +290,30 @@ static pb_status config_from_gguf(pb_model_config *c, const pb_gguf *g, const ch
 
 /* ---- the list of tensors ---------------------------------------------- */
 
-static void want(wanted_tensor *w, const char *gguf_name, const char *hf_name, int64_t rows, int64_t cols,
-                 float **dst) {
+static void want_named(wanted_tensor *w, const char *gguf_name, const char *hf_name, int64_t rows, int64_t cols) {
     memset(w, 0, sizeof *w);
     snprintf(w->gguf_name, sizeof w->gguf_name, "%s", gguf_name);
     snprintf(w->hf_name, sizeof w->hf_name, "%s", hf_name);
     w->n_dims = cols ? 2 : 1;
     w->shape[0] = rows;
     w->shape[1] = cols;
-    w->dst = dst;
 }
+
+static void want_matrix(wanted_tensor *w, const char *gguf_name, const char *hf_name, int64_t rows, int64_t cols,
+                        void **dst) {
+    want_named(w, gguf_name, hf_name, rows, cols);
+    w->matrix_dst = dst;
+}
+
+static void want_vector(wanted_tensor *w, const char *gguf_name, const char *hf_name, int64_t rows, int64_t cols,
+                        float **dst) {
+    want_named(w, gguf_name, hf_name, rows, cols);
+    w->vector_dst = dst;
+}
+
+/* Matrix fields are void *, vector fields float *: the field's type picks. */
+#define want(w, g, h, rows, cols, dst) \
+    _Generic((dst), void **: want_matrix, float **: want_vector)(w, g, h, rows, cols, dst)
 
 /* Fills `list` (capacity 4 + 12 * n_layers) and returns the count. */
 static int wanted_list(pb_model *m, wanted_tensor *list, int permuted_qk) {
@@ -334,6 +367,13 @@ static int is_directory(const char *path) {
     return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
 }
 
+/* Bytes tensor w takes in the arena, rounded up to 64 so every tensor
+ * starts 64-byte aligned. */
+static uint64_t arena_slot(const pb_model *m, const wanted_tensor *w) {
+    uint64_t elem = w->n_dims == 2 ? pb_dtype_size(m->wdtype) : sizeof(float);
+    return (wanted_elements(w) * elem + 63) / 64 * 64;
+}
+
 static pb_status load_weights(pb_model *m, const source *src, int permuted_qk) {
     const pb_model_config *c = &m->cfg;
     m->layers = calloc((size_t)c->n_layers, sizeof *m->layers);
@@ -345,6 +385,7 @@ static pb_status load_weights(pb_model *m, const source *src, int permuted_qk) {
         return pb_fail(PB_ERR_OOM, "out of memory listing %d tensors", capacity);
     pb_status status = PB_OK;
     float *staging = NULL;
+    void *converted = NULL;
     int n = wanted_list(m, list, permuted_qk);
 
     /* Pass 1: every tensor present with the right shape, before any compute. */
@@ -358,31 +399,35 @@ static pb_status load_weights(pb_model *m, const source *src, int permuted_qk) {
                              src->gguf ? list[i].gguf_name : list[i].hf_name);
             goto done;
         }
-        /* Each tensor starts 64-byte aligned in the arena. */
-        total += (wanted_elements(&list[i]) + 15) / 16 * 16;
+        total += arena_slot(m, &list[i]);
         if (wanted_elements(&list[i]) > largest)
             largest = wanted_elements(&list[i]);
     }
     uint64_t half = (uint64_t)c->head_dim / 2;
-    total += (half + 15) / 16 * 16;
+    total += (half * sizeof(float) + 63) / 64 * 64;
 
-    m->arena_bytes = (size_t)total * sizeof(float);
+    m->arena_bytes = (size_t)total;
     if ((status = m->backend->ops->alloc(m->backend, &m->arena, m->arena_bytes)) != PB_OK) {
-        pb_fail_context(status, "allocating %.1f MiB of fp32 weights", (double)m->arena_bytes / (1 << 20));
+        pb_fail_context(status, "allocating %.1f MiB of %s weights", (double)m->arena_bytes / (1 << 20),
+                        pb_dtype_name(m->wdtype));
         goto done;
     }
     staging = malloc(sizeof(float) * (size_t)largest);
-    if (!staging) {
+    if (m->wdtype != PB_DTYPE_F32)
+        converted = malloc(pb_dtype_size(m->wdtype) * (size_t)largest);
+    if (!staging || (m->wdtype != PB_DTYPE_F32 && !converted)) {
         status = pb_fail(PB_ERR_OOM, "out of memory for a %llu-element staging buffer", (unsigned long long)largest);
         goto done;
     }
 
-    /* Pass 2: dequantise each tensor on the host and place it in the arena. */
-    float *cursor = m->arena;
+    /* Pass 2: dequantise each tensor on the host, convert matrices to the
+     * storage dtype, and place it in the arena. */
+    char *cursor = m->arena;
     for (int i = 0; i < n; i++) {
         wanted_tensor *w = &list[i];
+        const char *name = src->gguf || src->random ? w->gguf_name : w->hf_name;
         uint64_t count = wanted_elements(w);
-        if ((status = source_read(src, w, staging)) != PB_OK)
+        if ((status = source_read(src, w, i, staging)) != PB_OK)
             goto done;
         if (w->unpermute_heads &&
             (status = unpermute_heads(staging, w->unpermute_heads, c->head_dim, w->n_dims == 2 ? w->shape[1] : 1)) !=
@@ -391,14 +436,31 @@ static pb_status load_weights(pb_model *m, const source *src, int permuted_qk) {
         for (uint64_t j = 0; j < count; j++)
             if (!isfinite(staging[j])) {
                 status = pb_fail(PB_ERR_NUMERIC, "%s: tensor '%s' holds a non-finite value (%g) at element %llu",
-                                 src->path, src->gguf ? w->gguf_name : w->hf_name, (double)staging[j],
-                                 (unsigned long long)j);
+                                 src->path, name, (double)staging[j], (unsigned long long)j);
                 goto done;
             }
-        if ((status = m->backend->ops->upload(m->backend, cursor, staging, sizeof(float) * (size_t)count)) != PB_OK)
+        const void *bytes = staging;
+        size_t n_bytes = sizeof(float) * (size_t)count;
+        if (w->n_dims == 2 && m->wdtype != PB_DTYPE_F32) {
+            pb_dtype_from_f32(m->wdtype, converted, staging, (size_t)count);
+            if (m->wdtype == PB_DTYPE_F16)
+                for (uint64_t j = 0; j < count; j++)
+                    if (!isfinite(pb_fp16_to_fp32(((const uint16_t *)converted)[j]))) {
+                        status = pb_fail(PB_ERR_NUMERIC,
+                                         "%s: tensor '%s' element %llu = %g overflows f16 (max 65504); use bf16 or f32",
+                                         src->path, name, (unsigned long long)j, (double)staging[j]);
+                        goto done;
+                    }
+            bytes = converted;
+            n_bytes = pb_dtype_size(m->wdtype) * (size_t)count;
+        }
+        if ((status = m->backend->ops->upload(m->backend, cursor, bytes, n_bytes)) != PB_OK)
             goto done;
-        *w->dst = cursor;
-        cursor += (count + 15) / 16 * 16;
+        if (w->matrix_dst)
+            *w->matrix_dst = cursor;
+        else
+            *w->vector_dst = (float *)(void *)cursor;
+        cursor += arena_slot(m, w);
     }
     if (c->tied_embeddings)
         m->output = m->token_embd;
@@ -431,8 +493,9 @@ static pb_status load_weights(pb_model *m, const source *src, int permuted_qk) {
     }
     if ((status = m->backend->ops->upload(m->backend, cursor, m->inv_freq_host, sizeof(float) * half)) != PB_OK)
         goto done;
-    m->inv_freq = cursor;
+    m->inv_freq = (float *)(void *)cursor;
 done:
+    free(converted);
     free(staging);
     free(list);
     return status;
@@ -480,9 +543,29 @@ done:
     return status;
 }
 
-pb_status pb_model_load(pb_model **out, const char *path, const pb_load_options *options) {
-    if (!out || !path)
-        return pb_fail(PB_ERR_ARG, "pb_model_load: out and path are required");
+const char *pb_backend_name(pb_backend_kind kind) {
+    switch (kind) {
+    case PB_BACKEND_CPU: return "cpu";
+    case PB_BACKEND_REFERENCE: return "reference";
+    case PB_BACKEND_CUDA: return "cuda";
+    }
+    return "unknown";
+}
+
+pb_status pb_backend_parse(const char *text, pb_backend_kind *out) {
+    if (text && strcmp(text, "cpu") == 0)
+        *out = PB_BACKEND_CPU;
+    else if (text && (strcmp(text, "reference") == 0 || strcmp(text, "ref") == 0))
+        *out = PB_BACKEND_REFERENCE;
+    else if (text && (strcmp(text, "cuda") == 0 || strcmp(text, "gpu") == 0))
+        *out = PB_BACKEND_CUDA;
+    else
+        return pb_fail(PB_ERR_ARG, "unknown backend '%s' (expected cpu, reference or cuda)", text ? text : "(null)");
+    return PB_OK;
+}
+
+/* A model with its backend and storage dtype chosen, weights not loaded. */
+static pb_status model_new(pb_model **out, const char *path, const pb_load_options *options) {
     *out = NULL;
     pb_model *m = calloc(1, sizeof *m);
     if (!m)
@@ -493,18 +576,84 @@ pb_status pb_model_load(pb_model **out, const char *path, const pb_load_options 
         return pb_fail(PB_ERR_OOM, "out of memory for a model");
     }
     pb_backend_kind kind = options ? options->backend : PB_BACKEND_CPU;
-    pb_status status = kind == PB_BACKEND_REFERENCE ? pb_backend_ref_create(&m->backend)
-                       : kind == PB_BACKEND_CUDA    ? pb_backend_cuda_create(&m->backend, 0)
-                       : kind == PB_BACKEND_CPU     ? pb_backend_cpu_create(&m->backend, options ? options->n_threads : 0)
-                                                    : pb_fail(PB_ERR_ARG, "unknown backend %d", (int)kind);
-    if (status == PB_OK)
-        status = model_load(m, path);
+    pb_dtype dtype = options ? options->dtype : PB_DTYPE_F32;
+    m->backend_kind = kind;
+    m->wdtype = dtype;
+    pb_status status = PB_OK;
+    if (dtype != PB_DTYPE_F32 && dtype != PB_DTYPE_BF16 && dtype != PB_DTYPE_F16)
+        status = pb_fail(PB_ERR_ARG, "unknown weight dtype %d", (int)dtype);
+    else if (kind == PB_BACKEND_REFERENCE)
+        status = pb_backend_ref_create(&m->backend);
+    else if (kind == PB_BACKEND_CUDA)
+        status = pb_backend_cuda_create(&m->backend, options ? options->device : 0);
+    else if (kind == PB_BACKEND_CPU)
+        status = pb_backend_cpu_create(&m->backend, options ? options->n_threads : 0);
+    else
+        status = pb_fail(PB_ERR_ARG, "unknown backend %d", (int)kind);
     if (status != PB_OK) {
         pb_model_free(m);
         return status;
     }
     *out = m;
     return PB_OK;
+}
+
+pb_status pb_model_load(pb_model **out, const char *path, const pb_load_options *options) {
+    if (!out || !path)
+        return pb_fail(PB_ERR_ARG, "pb_model_load: out and path are required");
+    pb_model *m = NULL;
+    PB_TRY(model_new(&m, path, options));
+    pb_status status = model_load(m, path);
+    if (status != PB_OK) {
+        pb_model_free(m);
+        return status;
+    }
+    *out = m;
+    return PB_OK;
+}
+
+pb_status pb_model_random(pb_model **out, const char *name, uint64_t seed, const pb_load_options *options) {
+    if (!out || !name)
+        return pb_fail(PB_ERR_ARG, "pb_model_random: out and name are required");
+    *out = NULL;
+    pb_model_config cfg;
+    PB_TRY(pb_random_config(&cfg, name));
+    char source_name[160];
+    snprintf(source_name, sizeof source_name, "random:%.*s:%d:%llu", (int)strcspn(name, ":"), name, cfg.n_layers,
+             (unsigned long long)seed);
+    pb_model *m = NULL;
+    PB_TRY(model_new(&m, source_name, options));
+    m->cfg = cfg;
+    source src = {.path = m->path, .random = 1, .seed = seed};
+    pb_status status = pb_model_config_validate(&m->cfg);
+    if (status == PB_OK)
+        status = load_weights(m, &src, 0);
+    if (status != PB_OK) {
+        pb_model_free(m);
+        return status;
+    }
+    snprintf(m->text_error, sizeof m->text_error, "%s has no tokenizer (a random model): give token ids", m->path);
+    snprintf(m->chat_error, sizeof m->chat_error, "%s has no chat template (a random model): give token ids",
+             m->path);
+    *out = m;
+    return PB_OK;
+}
+
+const char *pb_model_get_source(const pb_model *m) { return m->path; }
+
+size_t pb_model_weight_bytes(const pb_model *m) { return m->arena_bytes; }
+
+pb_status pb_model_weights_download(const pb_model *m, float *out, const void *src, size_t n) {
+    if (m->wdtype == PB_DTYPE_F32)
+        return m->backend->ops->download(m->backend, out, src, n * sizeof(float));
+    uint16_t *raw = malloc(n * sizeof(uint16_t) + 1);
+    if (!raw)
+        return pb_fail(PB_ERR_OOM, "out of memory downloading %zu weights", n);
+    pb_status status = m->backend->ops->download(m->backend, raw, src, n * sizeof(uint16_t));
+    if (status == PB_OK)
+        pb_dtype_to_f32(m->wdtype, out, raw, n);
+    free(raw);
+    return status;
 }
 
 void pb_model_free(pb_model *m) {

@@ -11,29 +11,32 @@
 typedef struct pb_tokenizer pb_tokenizer;
 
 typedef struct pb_layer_weights {
+    /* Matrices are stored as the model's wdtype, vectors as fp32. */
     float *attn_norm; /* (d_model) */
-    float *wq;        /* (n_heads * head_dim, d_model), Hugging Face row order */
-    float *wk;        /* (n_kv_heads * head_dim, d_model) */
-    float *wv;        /* (n_kv_heads * head_dim, d_model) */
+    void *wq;         /* (n_heads * head_dim, d_model), Hugging Face row order */
+    void *wk;         /* (n_kv_heads * head_dim, d_model) */
+    void *wv;         /* (n_kv_heads * head_dim, d_model) */
     float *bq;        /* (n_heads * head_dim) or NULL */
     float *bk;        /* (n_kv_heads * head_dim) or NULL */
     float *bv;        /* (n_kv_heads * head_dim) or NULL */
-    float *wo;        /* (d_model, n_heads * head_dim) */
+    void *wo;         /* (d_model, n_heads * head_dim) */
     float *mlp_norm;  /* (d_model) */
-    float *w_gate;    /* (d_mlp, d_model) */
-    float *w_up;      /* (d_mlp, d_model) */
-    float *w_down;    /* (d_model, d_mlp) */
+    void *w_gate;     /* (d_mlp, d_model) */
+    void *w_up;       /* (d_mlp, d_model) */
+    void *w_down;     /* (d_model, d_mlp) */
 } pb_layer_weights;
 
 struct pb_model {
     pb_model_config cfg;
-    char *path;               /* as given to pb_model_load */
+    char *path;               /* as given to pb_model_load, or "random:NAME:LAYERS:SEED" */
+    pb_backend_kind backend_kind;
     pb_backend *backend;
+    pb_dtype wdtype;          /* storage of every weight matrix (dtype.h) */
     void *arena;              /* every weight below, one backend allocation */
     size_t arena_bytes;
-    float *token_embd;        /* (vocab_size, d_model) */
+    void *token_embd;         /* (vocab_size, d_model) of wdtype */
     float *final_norm;        /* (d_model) */
-    float *output;            /* (vocab_size, d_model); == token_embd when tied */
+    void *output;             /* (vocab_size, d_model) of wdtype; == token_embd when tied */
     float *inv_freq;          /* (head_dim / 2) in backend memory */
     float *inv_freq_host;     /* (head_dim / 2) */
     pb_layer_weights *layers; /* (n_layers) */
@@ -52,5 +55,8 @@ struct pb_model {
 pb_status pb_model_config_validate(const pb_model_config *cfg);
 /* RoPE inverse frequencies with the config's scaling: out (head_dim / 2). */
 void pb_rope_inv_freq(const pb_model_config *cfg, float *out);
+/* out (n floats) = n weight elements of the model's wdtype at backend
+ * memory src, widened on the host. */
+pb_status pb_model_weights_download(const pb_model *model, float *out, const void *src, size_t n);
 
 #endif

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "backend.h"
+#include "dtype.h"
 #include "internal.h"
 
 static void ref_destroy(pb_backend *backend) { free(backend); }
@@ -27,10 +28,20 @@ static pb_status ref_memcpy(pb_backend *backend, void *dst, const void *src, siz
 
 static pb_status ref_synchronize(pb_backend *backend) { return PB_OK; }
 
-static pb_status ref_embed(pb_backend *backend, float *out, const float *table, const int32_t *ids, int T, int d) {
+/* Element i of a weight stored as dtype, widened to fp32. */
+static float weight_at(const void *w, pb_dtype dtype, size_t i) {
+    switch (dtype) {
+    case PB_DTYPE_BF16: return pb_bf16_to_fp32(((const uint16_t *)w)[i]);
+    case PB_DTYPE_F16: return pb_fp16_to_fp32(((const uint16_t *)w)[i]);
+    default: return ((const float *)w)[i];
+    }
+}
+
+static pb_status ref_embed(pb_backend *backend, float *out, const void *table, pb_dtype table_dtype,
+                           const int32_t *ids, int T, int d) {
     for (int t = 0; t < T; t++)
         for (int i = 0; i < d; i++)
-            out[(size_t)t * d + i] = table[(size_t)ids[t] * d + i];
+            out[(size_t)t * d + i] = weight_at(table, table_dtype, (size_t)ids[t] * d + i);
     return PB_OK;
 }
 
@@ -48,13 +59,13 @@ static pb_status ref_rmsnorm(pb_backend *backend, float *out, const float *x, co
     return PB_OK;
 }
 
-static pb_status ref_matmul(pb_backend *backend, float *out, const float *x, const float *w, const float *bias,
-                            int rows, int n, int k) {
+static pb_status ref_matmul(pb_backend *backend, float *out, const float *x, const void *w, pb_dtype w_dtype,
+                            const float *bias, int rows, int n, int k) {
     for (int r = 0; r < rows; r++)
         for (int j = 0; j < n; j++) {
             double acc = bias ? bias[j] : 0.0;
             for (int i = 0; i < k; i++)
-                acc += (double)x[(size_t)r * k + i] * w[(size_t)j * k + i];
+                acc += (double)pb_dtype_round(w_dtype, x[(size_t)r * k + i]) * weight_at(w, w_dtype, (size_t)j * k + i);
             out[(size_t)r * n + j] = (float)acc;
         }
     return PB_OK;

@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "internal.h"
+#include "dtype.h"
 #include "safetensors.h"
 
 /* Same cap as the reference implementation: a larger header is a corrupt
@@ -660,27 +661,12 @@ const pb_st_tensor *pb_safetensors_find(const pb_safetensors *st, const char *na
 
 /* ---- conversion ----------------------------------------------------- */
 
-/* Own converters rather than quant.h's, so the reader stands alone.
- * Bytes are assembled explicitly: the data is little-endian and may be
+/* Bytes are assembled explicitly: the data is little-endian and may be
  * unaligned. */
 static float bits_to_f32(uint32_t bits) {
     float f;
     memcpy(&f, &bits, sizeof f);
     return f;
-}
-
-static float f16_to_f32(uint16_t h) {
-    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
-    uint32_t exponent = (h >> 10) & 0x1fu;
-    uint32_t mantissa = h & 0x3ffu;
-    if (exponent == 0) {
-        /* zero or subnormal: mantissa * 2^-24, exact in fp32 */
-        float magnitude = (float)mantissa * 0x1p-24f;
-        return sign ? -magnitude : magnitude;
-    }
-    if (exponent == 31)
-        return bits_to_f32(sign | 0x7f800000u | mantissa << 13);
-    return bits_to_f32(sign | (exponent + 112u) << 23 | mantissa << 13);
 }
 
 void pb_st_tensor_to_f32(const pb_st_tensor *tensor, float *out) {
@@ -693,7 +679,7 @@ void pb_st_tensor_to_f32(const pb_st_tensor *tensor, float *out) {
         break;
     case PB_DTYPE_F16:
         for (uint64_t i = 0; i < n; i++, p += 2)
-            out[i] = f16_to_f32((uint16_t)(p[0] | p[1] << 8));
+            out[i] = pb_fp16_to_fp32((uint16_t)(p[0] | p[1] << 8));
         break;
     case PB_DTYPE_BF16:
         for (uint64_t i = 0; i < n; i++, p += 2)

@@ -10,7 +10,7 @@
 
 #include "patchbay.h"
 
-typedef enum { PB_DTYPE_F32 = 0, PB_DTYPE_F16, PB_DTYPE_BF16 } pb_dtype;
+/* Tensor element types: pb_dtype of patchbay.h (F32, F16, BF16). */
 
 typedef struct pb_st_tensor {
     const char *name;       /* NUL-terminated */

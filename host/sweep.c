@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "dtype.h"
 #include "internal.h"
 #include "metric.h"
 #include "noise.h"
@@ -304,7 +305,7 @@ static pb_status cache_build(pb_sweep *s, pb_exec *exec, pb_run_cache *r, const 
             cache_free(s, r);
             return pb_fail(PB_ERR_OOM, "out of memory for noise");
         }
-        status = b->ops->download(b, table, m->token_embd, sizeof(float) * n_embed);
+        status = pb_model_weights_download(m, table, m->token_embd, n_embed);
         double sigma = pb_noise_sigma(table, n_embed);
         pb_noise_fill(rows, prompt->n_noise_positions, c->d_model, prompt->noise_scale, sigma, prompt->noise_seed);
         for (int i = 0; i < prompt->n_noise_positions; i++)
@@ -816,12 +817,12 @@ pb_status pb_sweep_create(pb_sweep **out, pb_model *model, const char *spec_json
         const pb_metric_spec *ms = &s->spec.metric;
         s->n_unembed = ms->n_positive + ms->n_negative;
         pb_backend *b = model->backend;
-        size_t d = (size_t)c->d_model;
-        status = b->ops->alloc(b, (void **)&s->unembed_rows, sizeof(float) * (size_t)s->n_unembed * d);
+        size_t row_bytes = pb_dtype_size(model->wdtype) * (size_t)c->d_model;
+        status = b->ops->alloc(b, &s->unembed_rows, row_bytes * (size_t)s->n_unembed);
         for (int i = 0; status == PB_OK && i < s->n_unembed; i++) {
             int id = i < ms->n_positive ? ms->positive[i] : ms->negative[i - ms->n_positive];
-            status = b->ops->copy(b, s->unembed_rows + (size_t)i * d, model->output + (size_t)id * d,
-                                  sizeof(float) * d);
+            status = b->ops->copy(b, (char *)s->unembed_rows + (size_t)i * row_bytes,
+                                  (const char *)model->output + (size_t)id * row_bytes, row_bytes);
         }
         if (status != PB_OK) {
             pb_sweep_free(s);

@@ -60,7 +60,7 @@ struct pb_sweep {
     uint8_t *row_state;   /* PB_ROW_* */
     uint8_t *row_trivial; /* 1: patched == base by construction (not run) */
     double *patched;      /* (n_rows) metric of the patched run */
-    float *unembed_rows;  /* device (n_unembed, d_model): rows of the output matrix the metric reads, or NULL = all */
+    void *unembed_rows;   /* device (n_unembed, d_model) of the model's wdtype: rows of the output matrix the metric reads, or NULL = all */
     int n_unembed;
     double flops_executed;
     double flops_naive;

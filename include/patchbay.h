@@ -69,15 +69,53 @@ typedef enum pb_backend_kind {
     PB_BACKEND_CUDA       /* GPU 0; PB_ERR_UNSUPPORTED without CUDA or a device */
 } pb_backend_kind;
 
+/* Storage type of the weight matrices (projections, embedding, unembedding);
+ * norms, biases and every activation stay fp32. With a 16-bit type a
+ * projection rounds its input activations to the same type and accumulates
+ * in fp32, as cuBLAS does with bf16/fp16 tensor-core GEMMs. */
+typedef enum pb_dtype {
+    PB_DTYPE_F32 = 0,
+    PB_DTYPE_BF16,
+    PB_DTYPE_F16
+} pb_dtype;
+
+/* "f32", "bf16", "f16" */
+const char *pb_dtype_name(pb_dtype dtype);
+/* Parses "f32"/"fp32"/"float32", "bf16"/"bfloat16", "f16"/"fp16"/"float16";
+ * PB_ERR_ARG naming the accepted spellings otherwise. */
+pb_status pb_dtype_parse(const char *text, pb_dtype *out);
+
 typedef struct pb_load_options {
     int n_threads;           /* CPU threads; <= 0 means all cores */
     pb_backend_kind backend;
+    pb_dtype dtype;          /* weight storage; PB_DTYPE_F32 (0) by default */
+    int device;              /* CUDA device ordinal (PB_BACKEND_CUDA) */
 } pb_load_options;
+
+/* "cpu", "reference", "cuda" */
+const char *pb_backend_name(pb_backend_kind kind);
+/* Parses "cpu", "reference" (or "ref"), "cuda" (or "gpu"). */
+pb_status pb_backend_parse(const char *text, pb_backend_kind *out);
 
 /* Loads a .gguf file or a Hugging Face checkpoint folder (config.json plus
  * model.safetensors or a sharded index). Every tensor shape is checked
  * against the hyperparameters before anything is computed. */
 pb_status pb_model_load(pb_model **out, const char *path, const pb_load_options *options);
+/* A model with seeded random weights at a named real shape, for benchmarks
+ * and tests where real weights cannot be had. name is "smollm2-135m",
+ * "llama3-8b", "llama3-70b", "qwen2-7b" or "tiny", optionally followed by
+ * ":LAYERS" to keep only the first LAYERS layers (e.g. "llama3-70b:4").
+ * Projection and embedding weights are uniform with standard deviation 0.02,
+ * norm weights uniform in [0.9, 1.1], biases uniform with standard deviation
+ * 0.02; element i of tensor t is a pure function of (seed, t, i), so every
+ * backend and dtype sees the same model. No tokenizer: token text is "<id>". */
+pb_status pb_model_random(pb_model **out, const char *name, uint64_t seed, const pb_load_options *options);
+/* Names pb_model_random accepts, comma-separated. */
+const char *pb_model_random_names(void);
+/* "path/to/model.gguf" or "random:NAME:LAYERS:SEED" */
+const char *pb_model_get_source(const pb_model *model);
+/* Bytes of weights resident in the backend's memory. */
+size_t pb_model_weight_bytes(const pb_model *model);
 void pb_model_free(pb_model *model);
 /* Borrowed; valid until pb_model_free. */
 const pb_model_config *pb_model_get_config(const pb_model *model);
@@ -287,11 +325,12 @@ typedef struct pb_sweep_fingerprint {
     char model_path[1024];
     char model_digest[96];  /* "<bytes>:<sha256 hex>" */
     char spec_digest[72];   /* sha256 hex */
-    char backend[32];       /* "cpu/f32", "reference/f32", "cuda/f32" */
+    char backend[32];       /* "cpu/f32", "reference/f32", "cuda/bf16", ... */
 } pb_sweep_fingerprint;
 
+/* model_path may be a pb_model_get_source() "random:..." name. */
 pb_status pb_sweep_fingerprint_compute(pb_sweep_fingerprint *fingerprint, const char *model_path,
-                                       const char *spec_json, pb_backend_kind backend);
+                                       const char *spec_json, pb_backend_kind backend, pb_dtype dtype);
 /* Writes every done row (patched value, trivial flag) and every known pair
  * baseline to path (temporary file, fsync, rename). */
 pb_status pb_sweep_checkpoint_write(const pb_sweep *sweep, const char *path, const pb_sweep_fingerprint *fingerprint);

@@ -102,7 +102,7 @@ static pb_sweep *create(pb_model *m, const char *spec, pb_sweep_options *o) {
 static void fingerprint(pb_sweep_fingerprint *fp, const char *spec, pb_backend_kind backend) {
     char path[1024];
     model_path(path, sizeof path);
-    if (pb_sweep_fingerprint_compute(fp, path, spec, backend) != PB_OK)
+    if (pb_sweep_fingerprint_compute(fp, path, spec, backend, PB_DTYPE_F32) != PB_OK)
         fail_msg("fingerprint: %s", pb_last_error());
 }
 
@@ -285,7 +285,7 @@ static void test_mismatch_refused(void **state) {
     pb_sweep_fingerprint other = fp;
     char other_model[1024];
     snprintf(other_model, sizeof other_model, "%s/tiny_bias/model.gguf", tu_fixtures());
-    assert_int_equal(pb_sweep_fingerprint_compute(&other, other_model, spec_text, PB_BACKEND_REFERENCE), PB_OK);
+    assert_int_equal(pb_sweep_fingerprint_compute(&other, other_model, spec_text, PB_BACKEND_REFERENCE, PB_DTYPE_F32), PB_OK);
     assert_string_not_equal(other.model_digest, fp.model_digest);
     expect_refused(m, path, &other, PB_ERR_ARG, "another model file");
     expect_refused(m, path, &other, PB_ERR_ARG, "tiny_bias/model.gguf");
@@ -301,6 +301,19 @@ static void test_mismatch_refused(void **state) {
     pb_sweep_fingerprint cpu;
     fingerprint(&cpu, spec_text, PB_BACKEND_CPU);
     expect_refused(m, path, &cpu, PB_ERR_ARG, "backend/dtype reference/f32, this run uses cpu/f32");
+    pb_sweep_fingerprint bf16;
+    char model_file[1024];
+    model_path(model_file, sizeof model_file);
+    assert_int_equal(pb_sweep_fingerprint_compute(&bf16, model_file, spec_text, PB_BACKEND_REFERENCE, PB_DTYPE_BF16),
+                     PB_OK);
+    expect_refused(m, path, &bf16, PB_ERR_ARG, "backend/dtype reference/f32, this run uses reference/bf16");
+    /* a synthetic model: its name is its identity */
+    pb_sweep_fingerprint r1, r2;
+    assert_int_equal(pb_sweep_fingerprint_compute(&r1, "random:tiny:4:1", spec_text, PB_BACKEND_CPU, PB_DTYPE_F32),
+                     PB_OK);
+    assert_int_equal(pb_sweep_fingerprint_compute(&r2, "random:tiny:4:2", spec_text, PB_BACKEND_CPU, PB_DTYPE_F32),
+                     PB_OK);
+    assert_string_not_equal(r1.model_digest, r2.model_digest);
     pb_model_free(m);
 }
 

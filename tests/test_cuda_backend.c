@@ -201,8 +201,8 @@ static void test_embed(void **state) {
     twin table = twin_floats(table_host, (size_t)vocab * d);
     twin ids = twin_ints(ids_host, (size_t)T);
     twin out = twin_floats(NULL, (size_t)T * d);
-    CHECK_OK(g_ref->ops->embed(g_ref, out.ref, table.ref, ids.ref, T, d));
-    CHECK_OK(g_cuda->ops->embed(g_cuda, out.cuda, table.cuda, ids.cuda, T, d));
+    CHECK_OK(g_ref->ops->embed(g_ref, out.ref, table.ref, PB_DTYPE_F32, ids.ref, T, d));
+    CHECK_OK(g_cuda->ops->embed(g_cuda, out.cuda, table.cuda, PB_DTYPE_F32, ids.cuda, T, d));
     twin_compare(&out, 0.0, "embed vocab=11 T=13 d=67 (exact)");
     twin_free(&table);
     twin_free(&ids);
@@ -248,8 +248,8 @@ static void run_matmul(int rows, int n, int k, int with_bias, int nan_row, const
     twin w = twin_floats(w_host, (size_t)n * k);
     twin b = twin_floats(b_host, (size_t)n);
     twin out = twin_floats(NULL, (size_t)rows * n);
-    CHECK_OK(g_ref->ops->matmul(g_ref, out.ref, x.ref, w.ref, with_bias ? b.ref : NULL, rows, n, k));
-    CHECK_OK(g_cuda->ops->matmul(g_cuda, out.cuda, x.cuda, w.cuda, with_bias ? b.cuda : NULL, rows, n, k));
+    CHECK_OK(g_ref->ops->matmul(g_ref, out.ref, x.ref, w.ref, PB_DTYPE_F32, with_bias ? b.ref : NULL, rows, n, k));
+    CHECK_OK(g_cuda->ops->matmul(g_cuda, out.cuda, x.cuda, w.cuda, PB_DTYPE_F32, with_bias ? b.cuda : NULL, rows, n, k));
     twin_compare(&out, PB_TOL_CUDA_OP_NMSE, what);
     twin_free(&x);
     twin_free(&w);
@@ -422,7 +422,7 @@ static void test_errors(void **state) {
                   "attention q_start + T > T_kv");
     expect_status(ops->rope(g_cuda, buffer, (const int32_t *)buffer, buffer, 2, 2, 7), PB_ERR_ARG,
                   "rope odd head_dim");
-    expect_status(ops->matmul(g_cuda, buffer, buffer, buffer, NULL, -1, 4, 4), PB_ERR_ARG, "matmul rows < 0");
+    expect_status(ops->matmul(g_cuda, buffer, buffer, buffer, PB_DTYPE_F32, NULL, -1, 4, 4), PB_ERR_ARG, "matmul rows < 0");
     ops->free(g_cuda, buffer);
 
     void *huge = NULL;

@@ -58,7 +58,7 @@ static void test_ref_exact_cases(void **state) {
     assert_float_equal(out[1], 2 * 4 / sqrt(12.5), 1e-6);
     /* matmul with bias: (1,2) @ [[1,2],[3,4],[5,6]]^T + (1,1,1) */
     float a[2] = {1, 2}, m[6] = {1, 2, 3, 4, 5, 6}, bias[3] = {1, 1, 1}, mo[3];
-    assert_int_equal(b->ops->matmul(b, mo, a, m, bias, 1, 3, 2), PB_OK);
+    assert_int_equal(b->ops->matmul(b, mo, a, m, PB_DTYPE_F32, bias, 1, 3, 2), PB_OK);
     assert_float_equal(mo[0], 6, 0);
     assert_float_equal(mo[1], 12, 0);
     assert_float_equal(mo[2], 18, 0);
@@ -113,7 +113,7 @@ static void test_cpu_matches_reference(void **state) {
         int r = variant == 2 ? 1 : rows;
         for (int i = 0; i < 2; i++) {
             out[i] = alloc_guarded((size_t)r * n);
-            assert_int_equal(bs[i]->ops->matmul(bs[i], out[i], x, w, variant == 1 ? NULL : bias, r, n, k), PB_OK);
+            assert_int_equal(bs[i]->ops->matmul(bs[i], out[i], x, w, PB_DTYPE_F32, variant == 1 ? NULL : bias, r, n, k), PB_OK);
             check_guard(out[i], (size_t)r * n, "matmul");
         }
         compare(out[1], out[0], (size_t)r * n, PB_TOL_OP_NMSE, "matmul");
@@ -197,7 +197,7 @@ static void test_cpu_rope_attention_embed(void **state) {
     int32_t ids[5] = {0, 10, 3, 3, 7};
     for (int i = 0; i < 2; i++) {
         e[i] = alloc_guarded((size_t)5 * hd);
-        assert_int_equal(bs[i]->ops->embed(bs[i], e[i], table, ids, 5, hd), PB_OK);
+        assert_int_equal(bs[i]->ops->embed(bs[i], e[i], table, PB_DTYPE_F32, ids, 5, hd), PB_OK);
         check_guard(e[i], (size_t)5 * hd, "embed");
     }
     compare(e[1], e[0], (size_t)5 * hd, 0.0, "embed");
