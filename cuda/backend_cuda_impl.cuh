@@ -1,0 +1,57 @@
+/* The CUDA backend's private state and the host-side helpers its ops share,
+ * so that ops other than the basic ones (backend_cuda.cu) can live in files
+ * of their own. C++ (nvcc) only; the C side sees backend.h alone. */
+#ifndef PB_BACKEND_CUDA_IMPL_CUH
+#define PB_BACKEND_CUDA_IMPL_CUH
+
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "cuda_check.h"
+#include "kernels.cuh"
+
+extern "C" {
+#include "backend_cuda.h"
+}
+
+typedef struct pb_cuda_backend {
+    pb_backend base;  /* base.impl points back here */
+    int device;
+    cudaStream_t stream;
+    cublasHandle_t cublas;
+    /* The 16-bit copy of a matmul's input: grown to the largest seen, kept. */
+    uint16_t *round_scratch;
+    size_t round_scratch_elems;
+} pb_cuda_backend;
+
+static inline pb_cuda_backend *pb_cuda_self(pb_backend *backend) { return (pb_cuda_backend *)backend->impl; }
+
+/* Makes the backend's device current, so several backends on different
+ * devices can be driven from one thread. */
+static inline pb_status pb_cuda_enter(pb_cuda_backend *self) {
+    PB_CUDA_CHECK(cudaSetDevice(self->device));
+    return PB_OK;
+}
+
+/* *out = a * b * c for non-negative ints; PB_ERR_ARG on a negative factor or
+ * overflow. */
+static inline pb_status pb_cuda_count(size_t *out, const char *op, int64_t a, int64_t b, int64_t c) {
+    uint64_t ab = 0, abc = 0;
+    if (a < 0 || b < 0 || c < 0)
+        return pb_fail(PB_ERR_ARG, "cuda %s: negative size (%lld, %lld, %lld)", op, (long long)a, (long long)b,
+                       (long long)c);
+    if (!pb_mul_u64((uint64_t)a, (uint64_t)b, &ab) || !pb_mul_u64(ab, (uint64_t)c, &abc) || abc > SIZE_MAX / 4)
+        return pb_fail(PB_ERR_ARG, "cuda %s: size %lld x %lld x %lld overflows", op, (long long)a, (long long)b,
+                       (long long)c);
+    *out = (size_t)abc;
+    return PB_OK;
+}
+
+#define PB_CUDA_REQUIRE(cond, op)                                                                    \
+    do {                                                                                             \
+        if (!(cond))                                                                                 \
+            return pb_fail(PB_ERR_ARG, "cuda %s: invalid argument: %s", (op), #cond);                \
+    } while (0)
+
+#endif
