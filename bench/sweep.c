@@ -1,14 +1,22 @@
 /* Throughput of the batched patching engine beside its ceiling.
  *
- *   bench_sweep MODEL SPEC.json [--all-rows]
+ *   bench_sweep (MODEL | --random-model NAME[:LAYERS]) (SPEC.json | --default-sweep T)
+ *               [--all-rows] [--backend cpu|cuda] [--dtype f32|bf16|f16] [--max-memory SIZE]
  *
  * Runs the sweep once (after a warm-up forward) and prints rows/s, the
  * FLOPs the engine actually executed and their rate, the FLOPs one full
- * forward per row would need, and OpenBLAS sgemm alone at the engine's own
- * shapes (the average packed batch height times each projection) measured
- * in the same run. --all-rows also runs rows whose effect is exactly zero
- * by construction, to show what the skips save. bench/sweep.sh runs this
- * beside the PyTorch one-forward-per-site loop. */
+ * forward per row would need, and the GEMM alone at the engine's own shapes
+ * (the average packed batch height times each projection) measured in the
+ * same run: OpenBLAS sgemm on the CPU, the CUDA backend's own cuBLAS call
+ * (pb_cuda_gemm_ceiling) on the GPU. --all-rows also runs rows whose effect
+ * is exactly zero by construction, to show what the skips save.
+ * --default-sweep T builds the project's default sweep on one pair of T
+ * seeded random token ids differing at positions T/3 and T/2: resid_pre,
+ * attn_out, mlp_out at every layer and position, z for every head at the
+ * last position, logit difference of two tokens at the last position.
+ * bench/sweep.sh runs this beside the PyTorch one-forward-per-site loop on
+ * the CPU; scripts/gpu-check.sh on a GPU. Exit 77 when --backend cuda has
+ * no device. */
 #define _POSIX_C_SOURCE 200809L
 #include <cblas.h>
 #include <stdio.h>
@@ -16,7 +24,10 @@
 #include <string.h>
 #include <time.h>
 
+#include "backend_cuda.h"
+#include "cli_model.h"
 #include "outdir.h"
+#include "progress.h"
 #include "sweep.h"
 
 static double now(void) {
@@ -55,25 +66,119 @@ static double sgemm_ceiling(const pb_model_config *c, int M) {
     return flops / seconds * 1e-9;
 }
 
+/* The GPU's GEMM rate at the engine's shapes, TFLOP/s (0 on failure). */
+static double gpu_ceiling(const pb_model_config *c, pb_dtype dtype, int M) {
+    int d = c->d_model, qd = c->n_heads * c->head_dim, kvd = c->n_kv_heads * c->head_dim;
+    int n[5] = {qd, kvd, d, c->d_mlp, d}, k[5] = {d, d, qd, d, c->d_mlp}, count[5] = {1, 2, 1, 2, 1};
+    double seconds = 0, flops = 0;
+    for (int i = 0; i < 5; i++)
+        flops += 2.0 * M * n[i] * k[i] * count[i];
+    if (pb_cuda_gemm_ceiling(0, dtype, n, k, count, 5, M, 20, &seconds) != PB_OK || seconds <= 0) {
+        fprintf(stderr, "bench_sweep: GEMM ceiling: %s\n", pb_last_error());
+        return 0;
+    }
+    return flops / seconds * 1e-12;
+}
+
+static uint64_t splitmix(uint64_t *state) {
+    uint64_t x = (*state += 0x9e3779b97f4a7c15ull);
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+}
+
+/* The default sweep on one pair of T random ids (see the header). */
+static char *default_sweep(int T, int vocab) {
+    size_t cap = (size_t)T * 32 + 1024;
+    char *spec = malloc(cap);
+    if (!spec)
+        return NULL;
+    uint64_t rng = 2024;
+    int *ids = malloc(sizeof(int) * (size_t)T);
+    for (int t = 0; t < T; t++)
+        ids[t] = (int)(splitmix(&rng) % (uint64_t)vocab);
+    size_t n = (size_t)snprintf(spec, cap, "{\"mode\": \"denoising\", \"pairs\": [{\"clean\": {\"ids\": [");
+    for (int t = 0; t < T; t++)
+        n += (size_t)snprintf(spec + n, cap - n, "%s%d", t ? ", " : "", ids[t]);
+    n += (size_t)snprintf(spec + n, cap - n, "]}, \"corrupted\": {\"ids\": [");
+    for (int t = 0; t < T; t++) {
+        int id = t == T / 3 || t == T / 2 ? (ids[t] + 101) % vocab : ids[t];
+        n += (size_t)snprintf(spec + n, cap - n, "%s%d", t ? ", " : "", id);
+    }
+    int pos = (int)(splitmix(&rng) % (uint64_t)vocab), neg = (int)(splitmix(&rng) % (uint64_t)vocab);
+    snprintf(spec + n, cap - n,
+             "]}}], \"sites\": [{\"component\": \"resid_pre\", \"layers\": \"all\", \"positions\": \"each\"},"
+             " {\"component\": \"attn_out\", \"layers\": \"all\", \"positions\": \"each\"},"
+             " {\"component\": \"mlp_out\", \"layers\": \"all\", \"positions\": \"each\"},"
+             " {\"component\": \"z\", \"layers\": \"all\", \"heads\": \"all\", \"positions\": \"last\"}],"
+             " \"metric\": {\"kind\": \"logit_diff\", \"positive\": [%d], \"negative\": [%d]}}",
+             pos, neg);
+    free(ids);
+    return spec;
+}
+
 int main(int argc, char **argv) {
-    if (argc < 3) {
-        fprintf(stderr, "usage: bench_sweep MODEL SPEC.json [--all-rows]\n");
+    pb_cli_model mo = {0};
+    const char *spec_path = NULL;
+    int all_rows = 0, default_T = 0;
+    size_t max_memory = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *next = i + 1 < argc ? argv[i + 1] : NULL;
+        int taken = next ? pb_cli_model_option(&mo, "bench_sweep", a, next) : 0;
+        if (taken < 0)
+            return 2;
+        if (taken) {
+            i++;
+        } else if (strcmp(a, "--all-rows") == 0) {
+            all_rows = 1;
+        } else if (strcmp(a, "--default-sweep") == 0 && next) {
+            default_T = atoi(next);
+            i++;
+        } else if (strcmp(a, "--max-memory") == 0 && next) {
+            if (pb_parse_size(next, &max_memory) != PB_OK) {
+                fprintf(stderr, "bench_sweep: --max-memory: %s\n", pb_last_error());
+                return 2;
+            }
+            i++;
+        } else if (a[0] != '-' && !mo.path && !mo.random_name) {
+            mo.path = a;
+        } else if (a[0] != '-' && !spec_path) {
+            spec_path = a;
+        } else {
+            fprintf(stderr, "bench_sweep: unknown argument '%s'\n", a);
+            return 2;
+        }
+    }
+    if (!pb_cli_model_check(&mo, "bench_sweep") || !!spec_path == (default_T > 0)) {
+        fprintf(stderr, "usage: bench_sweep (MODEL | --random-model NAME[:LAYERS]) (SPEC.json | --default-sweep T)\n"
+                        "                   [--all-rows] [--backend cpu|cuda] [--dtype f32|bf16|f16] [--max-memory SIZE]\n");
         return 2;
     }
-    int all_rows = argc > 3 && strcmp(argv[3], "--all-rows") == 0;
+    pb_model *m;
+    if (pb_cli_model_load(&mo, &m) != PB_OK) {
+        fprintf(stderr, "bench_sweep: %s\n", pb_last_error());
+        return mo.load.backend == PB_BACKEND_CUDA ? 77 : 1;
+    }
     char *spec = NULL;
-    if (pb_read_text_file(argv[2], &spec, NULL) != PB_OK) {
+    if (default_T > 0) {
+        spec = default_sweep(default_T, m->cfg.vocab_size);
+    } else if (pb_read_text_file(spec_path, &spec, NULL) != PB_OK) {
         fprintf(stderr, "bench_sweep: %s\n", pb_last_error());
         return 1;
     }
-    pb_model *m;
-    if (pb_model_load(&m, argv[1], NULL) != PB_OK) {
-        fprintf(stderr, "bench_sweep: %s\n", pb_last_error());
-        return 1;
+    int gpu = mo.load.backend == PB_BACKEND_CUDA;
+    if (gpu) {
+        pb_cuda_device_info info;
+        if (pb_cuda_device_query(mo.load.device, &info) == PB_OK)
+            printf("device            %s (sm_%d%d, %d SMs), %.1f of %.1f GiB free after loading %.2f GiB of %s "
+                   "weights\n",
+                   info.name, info.compute_major, info.compute_minor, info.multiprocessors,
+                   (double)info.free_bytes / (1u << 30), (double)info.total_bytes / (1u << 30),
+                   (double)pb_model_weight_bytes(m) / (1u << 30), pb_dtype_name(mo.load.dtype));
     }
     int32_t warm[8] = {1, 2, 3, 4, 5, 6, 7, 8};
     pb_forward(m, warm, 8, NULL, NULL);
-    pb_sweep_options o = {.metric_fn_residual_layer = -1, .run_trivial_rows = all_rows};
+    pb_sweep_options o = {.metric_fn_residual_layer = -1, .run_trivial_rows = all_rows, .max_memory = max_memory};
     pb_sweep *s;
     if (pb_sweep_create(&s, m, spec, NULL, &o) != PB_OK) {
         fprintf(stderr, "bench_sweep: %s\n", pb_last_error());
@@ -88,8 +193,11 @@ int main(int argc, char **argv) {
     pb_sweep_summary sum;
     pb_sweep_get_summary(s, &sum);
     int avg_M = s->n_batches ? (int)(s->tokens_packed / s->n_batches) : 1;
-    double ceiling = sgemm_ceiling(&m->cfg, avg_M > 0 ? avg_M : 1);
+    double ceiling = gpu ? gpu_ceiling(&m->cfg, mo.load.dtype, avg_M > 0 ? avg_M : 1) * 1e3
+                         : sgemm_ceiling(&m->cfg, avg_M > 0 ? avg_M : 1);
     double gflops = sum.flops_executed / seconds * 1e-9;
+    printf("model             %s on %s, %s weights, T = %d\n", pb_model_get_source(m),
+           pb_backend_name(mo.load.backend), pb_dtype_name(mo.load.dtype), s->spec.pairs[0].base.T);
     printf("engine sweep      %lld rows (%lld executed, %lld exactly zero by construction) in %.3f s\n",
            (long long)sum.n_rows, (long long)sum.n_rows_executed, (long long)(sum.n_rows - sum.n_rows_executed),
            seconds);
@@ -100,10 +208,13 @@ int main(int argc, char **argv) {
     printf("engine FLOPs      %.2f GFLOP executed (naive one-forward-per-row: %.2f GFLOP, %.1fx more)\n",
            sum.flops_executed * 1e-9, sum.flops_naive * 1e-9, sum.flops_naive / sum.flops_executed);
     printf("engine rate       %.2f GFLOP/s (wall time incl. caches and metrics)\n", gflops);
-    printf("sgemm ceiling     %.2f GFLOP/s at M = %d and the model's projection shapes\n", ceiling, avg_M);
-    printf("ratio             engine / sgemm = %.2f\n", gflops / ceiling);
-    printf("RESULT engine_rows_per_s=%.3f engine_seconds=%.4f rows=%lld\n", sum.n_rows / seconds, seconds,
-           (long long)sum.n_rows);
+    printf("%s ceiling     %.2f GFLOP/s at M = %d and the model's projection shapes\n", gpu ? "cuBLAS" : "sgemm",
+           ceiling, avg_M);
+    printf("ratio             engine / %s = %.2f\n", gpu ? "cuBLAS GEMM" : "sgemm", ceiling > 0 ? gflops / ceiling : 0.0);
+    printf("RESULT engine_rows_per_s=%.3f engine_seconds=%.4f rows=%lld engine_tflops=%.4f ceiling_tflops=%.4f "
+           "naive_over_executed=%.2f\n",
+           sum.n_rows / seconds, seconds, (long long)sum.n_rows, gflops * 1e-3, ceiling * 1e-3,
+           sum.flops_executed > 0 ? sum.flops_naive / sum.flops_executed : 0.0);
     pb_sweep_free(s);
     pb_model_free(m);
     free(spec);

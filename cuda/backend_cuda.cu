@@ -8,7 +8,8 @@
  * Ordering: every op is enqueued on the backend's stream. upload and download
  * synchronise that stream before returning, so host buffers may be reused (or
  * read) at once; copy and the compute ops are asynchronous, and a kernel that
- * faults reports at the next download or synchronize. */
+ * faults reports at the next download or synchronize. attention_jobs waits for
+ * the stream once before it launches: its job list comes from host memory. */
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -26,6 +27,9 @@ static void pb_cuda_destroy(pb_backend *backend) {
         PB_CUDA_CHECK_VOID(cudaStreamSynchronize(self->stream));
     if (self->round_scratch)
         PB_CUDA_CHECK_VOID(cudaFree(self->round_scratch));
+    if (self->attention_jobs_device)
+        PB_CUDA_CHECK_VOID(cudaFree(self->attention_jobs_device));
+    free(self->attention_jobs_host);
     if (self->cublas)
         PB_CUBLAS_CHECK_VOID(cublasDestroy(self->cublas));
     if (self->stream)
@@ -251,6 +255,108 @@ static pb_status pb_cuda_attention(pb_backend *backend, float *out, const float 
     return PB_OK;
 }
 
+/* Descriptor arrays (host and device) for at least n jobs. Growing waits for
+ * the stream, since a queued attention_jobs kernel may still read the old
+ * device array. */
+static pb_status pb_cuda_attention_job_buffers(pb_cuda_backend *self, size_t n) {
+    if (n <= self->attention_jobs_capacity)
+        return PB_OK;
+    PB_CUDA_CHECK(cudaStreamSynchronize(self->stream));
+    if (self->attention_jobs_device)
+        PB_CUDA_CHECK(cudaFree(self->attention_jobs_device));
+    free(self->attention_jobs_host);
+    self->attention_jobs_device = NULL;
+    self->attention_jobs_host = NULL;
+    self->attention_jobs_capacity = 0;
+    void *device = NULL;
+    PB_TRY(pb_cuda_malloc(self, &device, n * sizeof(pb_cuda_attention_job)));
+    pb_cuda_attention_job *host = (pb_cuda_attention_job *)malloc(n * sizeof(pb_cuda_attention_job));
+    if (!host) {
+        PB_CUDA_CHECK(cudaFree(device));
+        return pb_fail(PB_ERR_OOM, "cuda attention_jobs: out of host memory for %zu job descriptors", n);
+    }
+    self->attention_jobs_device = (pb_cuda_attention_job *)device;
+    self->attention_jobs_host = host;
+    self->attention_jobs_capacity = n;
+    return PB_OK;
+}
+
+/* Ragged causal attention (backend.h). `jobs` is host memory the caller
+ * reuses as soon as this returns (exec.c refills it every layer), so the
+ * descriptors are copied into the backend's own host array, sent to the
+ * device array on the stream, and the stream is synchronised before
+ * returning: the host array is then free for the next call, and the kernel,
+ * queued after the copy on the same stream, reads the complete array. */
+static pb_status pb_cuda_attention_jobs(pb_backend *backend, float *out, const float *q, const pb_attention_job *jobs,
+                                        int n_jobs, int n_heads, int n_kv_heads, int head_dim) {
+    pb_cuda_backend *self = pb_cuda_self(backend);
+    PB_CUDA_REQUIRE(n_jobs >= 0, "attention_jobs");
+    PB_CUDA_REQUIRE(n_heads > 0 && n_kv_heads > 0 && head_dim > 0, "attention_jobs");
+    PB_CUDA_REQUIRE(n_heads % n_kv_heads == 0, "attention_jobs");
+    if (n_jobs == 0)
+        return PB_OK;
+    PB_CUDA_REQUIRE(jobs != NULL, "attention_jobs");
+    int64_t total_rows = 0;
+    for (int j = 0; j < n_jobs; j++) {
+        const pb_attention_job *job = &jobs[j];
+        size_t unused = 0;
+        if (job->n < 0 || job->p0 < 0 || job->q_row < 0)
+            return pb_fail(PB_ERR_ARG, "cuda attention_jobs: job %d has n %d, p0 %d, q_row %d (negative)", j,
+                           job->n, job->p0, job->q_row);
+        if (job->n == 0)
+            continue;
+        const int lacks_new = job->k_new == NULL || job->v_new == NULL;
+        const int lacks_prefix = job->p0 > 0 && (job->k_prefix == NULL || job->v_prefix == NULL);
+        if (lacks_new || lacks_prefix)
+            return pb_fail(PB_ERR_ARG, "cuda attention_jobs: job %d (n %d, p0 %d) lacks its %s keys", j, job->n,
+                           job->p0, lacks_new ? "new" : "prefix");
+        /* Row and key indices (q_row + n, p0 + n) fit int, element offsets
+         * size_t. */
+        if ((int64_t)job->q_row + job->n > INT32_MAX || (int64_t)job->p0 + job->n > INT32_MAX)
+            return pb_fail(PB_ERR_ARG, "cuda attention_jobs: job %d (q_row %d, n %d, p0 %d) overflows int", j,
+                           job->q_row, job->n, job->p0);
+        PB_TRY(pb_cuda_count(&unused, "attention_jobs", (int64_t)job->q_row + job->n, n_heads, head_dim));
+        PB_TRY(pb_cuda_count(&unused, "attention_jobs", (int64_t)job->p0 + job->n, n_kv_heads, head_dim));
+        total_rows += job->n;
+    }
+    if (total_rows == 0)
+        return PB_OK;
+    PB_CUDA_REQUIRE(out != NULL && q != NULL, "attention_jobs");
+    if (total_rows > INT32_MAX)
+        return pb_fail(PB_ERR_UNSUPPORTED, "cuda attention_jobs: %lld query rows exceed the grid limit %d",
+                       (long long)total_rows, INT32_MAX);
+    if (n_heads > 65535)
+        return pb_fail(PB_ERR_UNSUPPORTED, "cuda attention_jobs: n_heads %d exceeds the grid limit 65535", n_heads);
+    const size_t shared_bytes = pb_cuda_attention_shared_bytes(head_dim);
+    if (shared_bytes > 48 * 1024)
+        return pb_fail(PB_ERR_UNSUPPORTED,
+                       "cuda attention_jobs: head_dim %d needs %zu bytes of shared memory (max 49152)", head_dim,
+                       shared_bytes);
+    PB_TRY(pb_cuda_enter(self));
+    PB_TRY(pb_cuda_attention_job_buffers(self, (size_t)n_jobs));
+    int first = 0;
+    for (int j = 0; j < n_jobs; j++) {
+        const pb_attention_job *job = &jobs[j];
+        pb_cuda_attention_job *desc = &self->attention_jobs_host[j];
+        desc->k_prefix = job->k_prefix;
+        desc->v_prefix = job->v_prefix;
+        desc->k_new = job->k_new;
+        desc->v_new = job->v_new;
+        desc->first = first;
+        desc->q_row = job->q_row;
+        desc->n = job->n;
+        desc->p0 = job->p0;
+        first += job->n; /* <= total_rows <= INT32_MAX */
+    }
+    PB_CUDA_CHECK(cudaMemcpyAsync(self->attention_jobs_device, self->attention_jobs_host,
+                                  (size_t)n_jobs * sizeof(pb_cuda_attention_job), cudaMemcpyHostToDevice,
+                                  self->stream));
+    PB_CUDA_CHECK(cudaStreamSynchronize(self->stream));
+    PB_CUDA_CHECK(pb_cuda_launch_attention_jobs(self->stream, out, q, self->attention_jobs_device, n_jobs,
+                                                (int)total_rows, n_heads, n_kv_heads, head_dim));
+    return PB_OK;
+}
+
 static pb_status pb_cuda_swiglu(pb_backend *backend, float *out, const float *gate, const float *up, size_t n) {
     pb_cuda_backend *self = pb_cuda_self(backend);
     if (n == 0)
@@ -289,8 +395,9 @@ static const pb_backend_ops pb_cuda_ops = {
     pb_cuda_attention,
     pb_cuda_swiglu,
     pb_cuda_add,
-    NULL, /* attention_jobs: the executor falls back to per-job attention */
+    pb_cuda_attention_jobs,
     pb_cuda_memory_info,
+    pb_cuda_metric_rows,
 };
 
 static pb_status pb_cuda_init(pb_cuda_backend *self, int device) {

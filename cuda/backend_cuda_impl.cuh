@@ -23,6 +23,11 @@ typedef struct pb_cuda_backend {
     /* The 16-bit copy of a matmul's input: grown to the largest seen, kept. */
     uint16_t *round_scratch;
     size_t round_scratch_elems;
+    /* attention_jobs' descriptors: built in the host array, copied to the
+     * device array; both grown to the largest batch seen, kept. */
+    pb_cuda_attention_job *attention_jobs_host;
+    pb_cuda_attention_job *attention_jobs_device;
+    size_t attention_jobs_capacity;
 } pb_cuda_backend;
 
 static inline pb_cuda_backend *pb_cuda_self(pb_backend *backend) { return (pb_cuda_backend *)backend->impl; }
@@ -53,5 +58,10 @@ static inline pb_status pb_cuda_count(size_t *out, const char *op, int64_t a, in
         if (!(cond))                                                                                 \
             return pb_fail(PB_ERR_ARG, "cuda %s: invalid argument: %s", (op), #cond);                \
     } while (0)
+
+/* metric_rows (backend.h), in metric.cu. */
+pb_status pb_cuda_metric_rows(pb_backend *backend, double *out, const float *logits, int rows, int n_out,
+                              pb_metric_kind kind, const int32_t *positive, int n_positive, const int32_t *negative,
+                              int n_negative, const double *ref_logprobs, const int32_t *ref_row, int n_ref);
 
 #endif

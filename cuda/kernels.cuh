@@ -54,6 +54,26 @@ size_t pb_cuda_attention_shared_bytes(int head_dim);
 /* out, q (T, n_heads, head_dim); k, v (T_kv, n_kv_heads, head_dim) */
 cudaError_t pb_cuda_launch_attention(cudaStream_t stream, float *out, const float *q, const float *k, const float *v,
                                      int T, int q_start, int n_heads, int n_kv_heads, int head_dim);
+/* One job of pb_cuda_launch_attention_jobs, as the kernel reads it from
+ * device memory: pb_attention_job (backend.h) plus the job's first work row. */
+typedef struct pb_cuda_attention_job {
+    const float *k_prefix;  /* (p0, kv_dim); unread when p0 == 0 (may be NULL) */
+    const float *v_prefix;
+    const float *k_new;     /* (n, kv_dim) */
+    const float *v_new;
+    int first;              /* work rows [first, first + n): sum of n over the jobs before */
+    int q_row;              /* packed row of query 0 in q and out */
+    int n;
+    int p0;
+} pb_cuda_attention_job;
+
+/* Ragged causal attention (backend.h, attention_jobs); shared memory as
+ * pb_cuda_attention_shared_bytes(head_dim).
+ * out, q (packed rows, n_heads, head_dim); jobs (n_jobs) in device memory,
+ * `first` ascending from 0; total_rows = sum of n > 0 (a job's n may be 0). */
+cudaError_t pb_cuda_launch_attention_jobs(cudaStream_t stream, float *out, const float *q,
+                                          const pb_cuda_attention_job *jobs, int n_jobs, int total_rows, int n_heads,
+                                          int n_kv_heads, int head_dim);
 /* out (n) = silu(gate) * up */
 cudaError_t pb_cuda_launch_swiglu(cudaStream_t stream, float *out, const float *gate, const float *up, size_t n);
 /* out (n) = a + b; out may alias a or b */

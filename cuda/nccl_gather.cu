@@ -121,13 +121,13 @@ extern "C" pb_status pb_nccl_gather_create(pb_nccl_gather **out, const unsigned 
     return PB_OK;
 }
 
-extern "C" pb_status pb_nccl_gather_floats(pb_nccl_gather *g, const float *send, float *recv, size_t count) {
+extern "C" pb_status pb_nccl_gather_doubles(pb_nccl_gather *g, const double *send, double *recv, size_t count) {
     if (!g || (count && (!send || !recv)))
-        return pb_fail(PB_ERR_ARG, "pb_nccl_gather_floats: communicator and device buffers are required");
+        return pb_fail(PB_ERR_ARG, "pb_nccl_gather_doubles: communicator and device buffers are required");
     if (g->aborted)
         return pb_fail(PB_ERR_CUDA, "NCCL rank %d of %d: the communicator was aborted by an earlier failure", g->rank,
                        g->size);
-    ncclResult_t r = ncclAllGather(send, recv, count, ncclFloat32, g->comm, g->stream);
+    ncclResult_t r = ncclAllGather(send, recv, count, ncclFloat64, g->comm, g->stream);
     if (r != ncclSuccess && r != ncclInProgress)
         return abort_comm(g, "ncclAllGather", ncclGetErrorString(r));
     return wait_settled(g, "ncclAllGather", 1);

@@ -79,6 +79,25 @@ typedef struct pb_backend_ops {
      * batches. Optional: NULL (the CPU backends) means unknown, and the
      * caller's --max-memory alone rules. */
     pb_status (*memory_info)(pb_backend *backend, size_t *free_bytes, size_t *total_bytes);
+    /* out (rows) = the metric of each row of logits (rows, n_out), in double
+     * with the arithmetic of metric.c (docs/patching.md), so that only one
+     * number per row leaves the device:
+     *   PB_METRIC_LOGIT_DIFF    mean(row[positive]) - mean(row[negative])
+     *   PB_METRIC_LOGPROB       logsumexp(row[set]) - logsumexp(row)
+     *   PB_METRIC_REFUSAL_SCORE logsumexp(row[set]) - logsumexp(row[not set])
+     *   PB_METRIC_KL            sum_v p (ref_v - log_softmax(row)_v), p = e^ref_v > 0,
+     *                           ref = ref_logprobs[ref_row[r]]
+     * positive (n_positive), negative (n_negative) hold column indices into
+     * the row; "set" is the distinct entries of positive. negative is read
+     * by logit_diff only; ref_logprobs (n_ref, n_out) (log-probabilities)
+     * and ref_row (rows) by kl only. Every array is device memory.
+     * A row with a non-finite logit anywhere in its n_out columns (or an
+     * index out of range) gets NaN, so that the caller can fetch that row
+     * and say which entry. Other kinds: PB_ERR_UNSUPPORTED. Optional: when
+     * NULL the caller downloads the logits and computes on the host. */
+    pb_status (*metric_rows)(pb_backend *backend, double *out, const float *logits, int rows, int n_out,
+                             pb_metric_kind kind, const int32_t *positive, int n_positive, const int32_t *negative,
+                             int n_negative, const double *ref_logprobs, const int32_t *ref_row, int n_ref);
 } pb_backend_ops;
 
 struct pb_backend {
@@ -90,6 +109,12 @@ struct pb_backend {
 pb_status pb_backend_cpu_create(pb_backend **out, int n_threads);
 /* Naive single-threaded loops: the oracle every faster op is tested against. */
 pb_status pb_backend_ref_create(pb_backend **out);
+/* metric_rows for backends whose memory is host memory (ops_ref.c): rows
+ * split over n_threads OpenMP threads (1: serial), each computed alone by
+ * metric.c, so the result does not depend on n_threads. */
+pb_status pb_metric_rows_host(double *out, const float *logits, int rows, int n_out, pb_metric_kind kind,
+                              const int32_t *positive, int n_positive, const int32_t *negative, int n_negative,
+                              const double *ref_logprobs, const int32_t *ref_row, int n_ref, int n_threads);
 /* CUDA backend on device `device`; PB_ERR_UNSUPPORTED in builds without CUDA
  * or when no device is present (message says which). */
 pb_status pb_backend_cuda_create(pb_backend **out, int device);

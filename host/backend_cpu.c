@@ -248,6 +248,15 @@ static pb_status cpu_add(pb_backend *backend, float *out, const float *a, const 
     return PB_OK;
 }
 
+/* The reference arithmetic (metric.c per row), rows over the threads. */
+static pb_status cpu_metric_rows(pb_backend *backend, double *out, const float *logits, int rows, int n_out,
+                                 pb_metric_kind kind, const int32_t *positive, int n_positive,
+                                 const int32_t *negative, int n_negative, const double *ref_logprobs,
+                                 const int32_t *ref_row, int n_ref) {
+    return pb_metric_rows_host(out, logits, rows, n_out, kind, positive, n_positive, negative, n_negative,
+                               ref_logprobs, ref_row, n_ref, cpu_threads(backend));
+}
+
 static const pb_backend_ops cpu_ops = {
     .name = "cpu",
     .destroy = cpu_destroy,
@@ -265,6 +274,7 @@ static const pb_backend_ops cpu_ops = {
     .attention_jobs = cpu_attention_jobs,
     .swiglu = cpu_swiglu,
     .add = cpu_add,
+    .metric_rows = cpu_metric_rows,
 };
 
 pb_status pb_backend_cpu_create(pb_backend **out, int n_threads) {

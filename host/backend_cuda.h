@@ -30,12 +30,39 @@ pb_status pb_nccl_id_create(unsigned char id[PB_NCCL_ID_BYTES]);
  * naming this rank. */
 pb_status pb_nccl_gather_create(pb_nccl_gather **out, const unsigned char id[PB_NCCL_ID_BYTES], int rank, int size,
                                 double timeout_s);
-/* recv (size * count floats, device memory) = every rank's send (count
- * floats, device memory) in rank order: one ncclAllGather, polled like the
+/* recv (size * count doubles, device memory) = every rank's send (count
+ * doubles, device memory) in rank order: one ncclAllGather, polled like the
  * initialisation. After a failure the communicator is aborted and every
  * later call fails. */
-pb_status pb_nccl_gather_floats(pb_nccl_gather *g, const float *send, float *recv, size_t count);
+pb_status pb_nccl_gather_doubles(pb_nccl_gather *g, const double *send, double *recv, size_t count);
 void pb_nccl_gather_free(pb_nccl_gather *g);
+
+/* ---- benchmark helpers (cuda/gemm_ceiling.cu) ---------------------------- */
+
+/* What bench programs print about a card. */
+typedef struct pb_cuda_device_info {
+    char name[256];
+    int compute_major, compute_minor;
+    int multiprocessors;
+    size_t free_bytes, total_bytes; /* device memory when queried */
+} pb_cuda_device_info;
+
+/* Fills *out for CUDA device `device`. PB_ERR_UNSUPPORTED in builds without
+ * CUDA or on a machine with no device (so benches can skip). */
+pb_status pb_cuda_device_query(int device, pb_cuda_device_info *out);
+
+/* The GEMM ceiling of a forward pass: times exactly the cuBLAS call the CUDA
+ * backend's matmul makes (cublasGemmEx, 16-bit inputs, fp32 output,
+ * CUBLAS_COMPUTE_32F, default math mode, for dtype bf16/f16; cublasSgemm
+ * without TF32 for f32), alone, on buffers of its own filled with random
+ * values. A pass runs, for each shape i, count[i] GEMMs
+ * out (m_rows, n[i]) = x (m_rows, k[i]) @ w (n[i], k[i])^T. After one
+ * warm-up pass, `repeats` passes are timed with CUDA events; their mean is
+ * *seconds_per_pass. Allocates (and frees) one weight, one input and one
+ * output buffer sized for the largest shape: PB_ERR_OOM names the bytes
+ * needed and free. PB_ERR_UNSUPPORTED without CUDA or a device. */
+pb_status pb_cuda_gemm_ceiling(int device, pb_dtype dtype, const int *n, const int *k, const int *count, int n_shapes,
+                               int m_rows, int repeats, double *seconds_per_pass);
 
 #ifdef __cplusplus
 }

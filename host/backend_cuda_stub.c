@@ -3,6 +3,7 @@
 #ifndef PB_HAVE_CUDA
 
 #include <stddef.h>
+#include <string.h>
 
 #include "backend.h"
 #include "backend_cuda.h"
@@ -37,7 +38,7 @@ pb_status pb_nccl_gather_create(pb_nccl_gather **out, const unsigned char id[PB_
     return pb_fail(PB_ERR_UNSUPPORTED, "this build has no CUDA backend, hence no NCCL");
 }
 
-pb_status pb_nccl_gather_floats(pb_nccl_gather *g, const float *send, float *recv, size_t count) {
+pb_status pb_nccl_gather_doubles(pb_nccl_gather *g, const double *send, double *recv, size_t count) {
     (void)g;
     (void)send;
     (void)recv;
@@ -46,6 +47,28 @@ pb_status pb_nccl_gather_floats(pb_nccl_gather *g, const float *send, float *rec
 }
 
 void pb_nccl_gather_free(pb_nccl_gather *g) { (void)g; }
+
+pb_status pb_cuda_device_query(int device, pb_cuda_device_info *out) {
+    (void)device;
+    if (out)
+        memset(out, 0, sizeof *out);
+    return pb_fail(PB_ERR_UNSUPPORTED, "this build has no CUDA backend (configure with -DPB_CUDA=ON)");
+}
+
+pb_status pb_cuda_gemm_ceiling(int device, pb_dtype dtype, const int *n, const int *k, const int *count, int n_shapes,
+                               int m_rows, int repeats, double *seconds_per_pass) {
+    (void)device;
+    (void)dtype;
+    (void)n;
+    (void)k;
+    (void)count;
+    (void)n_shapes;
+    (void)m_rows;
+    (void)repeats;
+    if (seconds_per_pass)
+        *seconds_per_pass = 0.0;
+    return pb_fail(PB_ERR_UNSUPPORTED, "this build has no CUDA backend (configure with -DPB_CUDA=ON)");
+}
 
 #else
 /* ISO C wants at least one declaration per translation unit. */

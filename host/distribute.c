@@ -17,8 +17,10 @@
 #include <mpi.h>
 #endif
 
+#include "backend_cuda.h"
 #include "distribute.h"
 #include "internal.h"
+#include "model.h"
 #include "sweep.h"
 
 enum { TAG_REPORT = 7101, TAG_EXIT = 7102 };
@@ -211,7 +213,6 @@ pb_status pb_sweep_partition(const pb_sweep *s, int rank, int size, int64_t **ro
 
 static int status_rank(pb_status s) { return s == PB_OK ? 0 : s == PB_ERR_INTERRUPTED ? 1 : 2; }
 
-#ifdef PB_HAVE_MPI
 /* report: [status, n_row_records, n_pair_records, rows executed, flops, seconds, rank, 0],
  * then (row, state, patched) triples, then (pair, base, source) triples. */
 static double *make_report(const pb_sweep *s, const int64_t *share, int64_t n_share, pb_status st, double seconds,
@@ -270,7 +271,6 @@ static pb_status merge_report(pb_sweep *s, const double *m, int count) {
     s->flops_executed += m[4];
     return PB_OK;
 }
-#endif
 
 pb_status pb_ranks_gather(pb_ranks *r, pb_sweep *s, const int64_t *share, int64_t n_share, pb_status own_status,
                           double own_seconds, pb_status *job_status, double *rank_seconds) {
@@ -367,6 +367,141 @@ pb_status pb_ranks_gather(pb_ranks *r, pb_sweep *s, const int64_t *share, int64_
     (void)n_share;
     return pb_fail(PB_ERR_UNSUPPORTED, "several ranks without MPI");
 #endif
+}
+
+/* ---- gather over NCCL (GPU ranks) ------------------------------------------ */
+
+/* The largest report any rank can send: its share's rows and every pair. */
+static pb_status max_report_count(const pb_sweep *s, int size, int64_t *out) {
+    int64_t max_rows = 0;
+    for (int k = 0; k < size; k++) {
+        int64_t *rows = NULL, n = 0;
+        PB_TRY(pb_sweep_partition(s, k, size, &rows, &n, NULL));
+        free(rows);
+        max_rows = n > max_rows ? n : max_rows;
+    }
+    *out = REPORT_HEADER + 3 * (max_rows + s->spec.n_pairs);
+    return PB_OK;
+}
+
+/* Rank 0's ncclUniqueId to every rank: a non-blocking broadcast polled
+ * against the deadline, so a rank that never arrives is a message, not a
+ * hang. */
+static pb_status share_nccl_id(pb_ranks *r, unsigned char id[PB_NCCL_ID_BYTES], double deadline) {
+    if (r->rank == 0)
+        PB_TRY(pb_nccl_id_create(id));
+    if (r->size == 1)
+        return PB_OK;
+#ifdef PB_HAVE_MPI
+    MPI_Request req;
+    MPI_Ibcast(id, PB_NCCL_ID_BYTES, MPI_BYTE, 0, MPI_COMM_WORLD, &req);
+    for (int done = 0;;) {
+        MPI_Test(&req, &done, MPI_STATUS_IGNORE);
+        if (done)
+            return PB_OK;
+        if (now_s() > deadline) {
+            char msg[256];
+            snprintf(msg, sizeof msg,
+                     "rank %d: the NCCL id broadcast from rank 0 did not complete in time: a rank is dead or stuck; "
+                     "aborting the job",
+                     r->rank);
+            pb_ranks_abort(r, 1, msg);
+            return pb_fail(PB_ERR_IO, "%s", msg);
+        }
+        nap();
+    }
+#else
+    return pb_fail(PB_ERR_UNSUPPORTED, "several ranks without MPI");
+#endif
+}
+
+pb_status pb_ranks_gather_nccl(pb_ranks *r, pb_sweep *s, const int64_t *share, int64_t n_share,
+                               pb_status own_status, double own_seconds, pb_status *job_status,
+                               double *rank_seconds) {
+    *job_status = own_status;
+    if (rank_seconds)
+        rank_seconds[r->rank] = own_seconds;
+    pb_backend *b = s->model->backend;
+    int64_t count = 0;
+    PB_TRY(max_report_count(s, r->size, &count));
+    int own_count = 0;
+    double *own = make_report(s, share, n_share, own_status, own_seconds, r->rank, &own_count);
+    double *host = calloc((size_t)count * (size_t)(r->size + 1), sizeof(double));
+    if (!own || !host) {
+        free(own);
+        free(host);
+        return pb_fail(PB_ERR_OOM, "rank %d: out of memory for its report", r->rank);
+    }
+    /* host: this rank's report padded to `count`, then every rank's */
+    memcpy(host, own, sizeof(double) * (size_t)own_count);
+    free(own);
+    double *all = host + count;
+    void *device = NULL;
+    pb_nccl_gather *g = NULL;
+    unsigned char id[PB_NCCL_ID_BYTES] = {0};
+    double wait_s = own_seconds + r->timeout_s;
+    pb_status st = share_nccl_id(r, id, now_s() + wait_s);
+    if (st == PB_OK)
+        st = pb_nccl_gather_create(&g, id, r->rank, r->size, wait_s);
+    if (st == PB_OK)
+        st = b->ops->alloc(b, &device, sizeof(double) * (size_t)count * (size_t)(r->size + 1));
+    double *send = device, *recv = send ? send + count : NULL;
+    if (st == PB_OK)
+        st = b->ops->upload(b, send, host, sizeof(double) * (size_t)count);
+    if (st == PB_OK)
+        st = pb_nccl_gather_doubles(g, send, recv, (size_t)count);
+    if (st == PB_OK)
+        st = b->ops->download(b, all, recv, sizeof(double) * (size_t)count * (size_t)r->size);
+    b->ops->free(b, device);
+    pb_nccl_gather_free(g);
+    if (st != PB_OK) {
+        free(host);
+        if (r->size > 1) {
+            char msg[768];
+            snprintf(msg, sizeof msg, "rank %d: NCCL gather failed: %s; aborting the job", r->rank, pb_last_error());
+            pb_ranks_abort(r, 1, msg);
+        }
+        return st;
+    }
+    /* Every rank's slot must hold the report that rank sent; this rank's
+     * own slot is checked byte for byte (it proves the data went through). */
+    if (memcmp(all + (size_t)r->rank * (size_t)count, host, sizeof(double) * (size_t)count) != 0) {
+        free(host);
+        return pb_fail(PB_ERR_CUDA, "rank %d: NCCL all-gather returned this rank's report altered", r->rank);
+    }
+    pb_status merged = PB_OK;
+    int worst = status_rank(own_status);
+    for (int k = 0; r->rank == 0 && k < r->size; k++) {
+        const double *m = all + (size_t)k * (size_t)count;
+        if (k == 0)
+            continue;
+        if ((int)m[6] != k) {
+            merged = pb_fail(PB_ERR_FORMAT, "NCCL gather: slot %d holds rank %d's report", k, (int)m[6]);
+            break;
+        }
+        int sr = status_rank((pb_status)(int)m[0]);
+        if (sr > worst || (sr == worst && sr == 2)) {
+            worst = sr;
+            *job_status = (pb_status)(int)m[0];
+        }
+        if (rank_seconds)
+            rank_seconds[k] = m[5];
+        int64_t n_records = (int64_t)m[1] + (int64_t)m[2];
+        if (n_records < 0 || REPORT_HEADER + 3 * n_records > count) {
+            merged = pb_fail(PB_ERR_FORMAT, "NCCL gather: rank %d's report claims %lld records", k,
+                             (long long)n_records);
+            break;
+        }
+        merged = merge_report(s, m, (int)(REPORT_HEADER + 3 * n_records));
+        if (merged != PB_OK)
+            break;
+    }
+    free(host);
+    if (worst == 0)
+        *job_status = PB_OK;
+    else if (worst == 1 && status_rank(*job_status) != 1)
+        *job_status = PB_ERR_INTERRUPTED;
+    return merged;
 }
 
 int pb_ranks_exit_code(pb_ranks *r, int code, double wait_s) {

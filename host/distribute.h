@@ -48,6 +48,18 @@ pb_status pb_sweep_partition(const pb_sweep *sweep, int rank, int size, int64_t 
 pb_status pb_ranks_gather(pb_ranks *ranks, pb_sweep *sweep, const int64_t *share, int64_t n_share,
                           pb_status own_status, double own_seconds, pb_status *job_status, double *rank_seconds);
 
+/* The same gather for GPU ranks over NCCL: each rank's report, padded to the
+ * largest share's length, goes through one ncclAllGather on a non-blocking
+ * communicator (its ncclUniqueId broadcast from rank 0 over MPI, polled);
+ * init and gather wait at most own_seconds + timeout_s, then the
+ * communicator is aborted and the job fails naming this rank. Works with a
+ * single rank and no MPI (the gather then only round-trips this rank's
+ * report through NCCL, which is checked byte for byte). Needs the CUDA
+ * backend (device buffers from the sweep model's backend). */
+pb_status pb_ranks_gather_nccl(pb_ranks *ranks, pb_sweep *sweep, const int64_t *share, int64_t n_share,
+                               pb_status own_status, double own_seconds, pb_status *job_status,
+                               double *rank_seconds);
+
 /* Rank 0 tells every rank the job's exit code; the others wait for it (at
  * most wait_s, then abort naming rank 0) and return it. */
 int pb_ranks_exit_code(pb_ranks *ranks, int code, double wait_s);

@@ -15,6 +15,7 @@
 #include "cli_model.h"
 #include "distribute.h"
 #include "ids.h"
+#include "model_random.h"
 #include "npy.h"
 #include "outdir.h"
 #include "patchbay.h"
@@ -31,12 +32,13 @@ static const char *usage_text =
     "            writes DIR/logits.npy (T x vocab, float32) and one HOOK.npy per captured hook point\n"
 
     "  sweep     --model PATH --spec SPEC.json --out DIR [--max-memory SIZE] [--overwrite] [--no-progress]\n"
-    "            [--checkpoint FILE] [--resume] [--rank-timeout SECONDS]\n"
+    "            [--checkpoint FILE] [--resume] [--rank-timeout SECONDS] [--gather auto|mpi|nccl]\n"
     "            activation-patching sweep (spec format: docs/patching.md); writes DIR/results.json,\n"
     "            one COMPONENT.npy heatmap per component, DIR/report.txt and DIR/report.html.\n"
     "            SIGTERM, SIGUSR1 or SIGINT: finish the current batch, write the checkpoint (default\n"
     "            DIR.checkpoint, beside DIR) and exit 3; --resume continues from it. Under mpirun or srun\n"
-    "            the rows are split over the ranks by estimated cost and rank 0 writes the results.\n"
+    "            the rows are split over the ranks by estimated cost and rank 0 writes the results;\n"
+    "            --backend cuda ranks gather them with one NCCL all-gather (auto), others over MPI.\n"
     "  tokenize  --model PATH --text TEXT [--chat [--system TEXT]]\n"
     "            token ids as a JSON array (--chat: through the model's chat template)\n"
     "  info      --model PATH\n"
@@ -68,6 +70,7 @@ typedef struct options {
     const char *checkpoint; /* sweep; NULL = DIR.checkpoint */
     int resume;           /* sweep */
     int rank_timeout;     /* sweep, several ranks: seconds; 0 = the default */
+    const char *gather;   /* sweep: "auto", "mpi" or "nccl" */
     const char *text;
     const char *system;
     const char *chat_template;
@@ -128,6 +131,13 @@ static int parse_options(int argc, char **argv, options *o) {
         else if (strcmp(a, "--spec") == 0) o->spec = next;
         else if (strcmp(a, "--checkpoint") == 0) o->checkpoint = next;
         else if (strcmp(a, "--rank-timeout") == 0) { if (!parse_int(a, next, &o->rank_timeout)) return 0; }
+        else if (strcmp(a, "--gather") == 0) {
+            if (strcmp(next, "auto") && strcmp(next, "mpi") && strcmp(next, "nccl")) {
+                fprintf(stderr, "patchbay: --gather expects auto, mpi or nccl, got '%s'\n", next);
+                return 0;
+            }
+            o->gather = next;
+        }
         else if (strcmp(a, "--text") == 0) o->text = next;
         else if (strcmp(a, "--system") == 0) o->system = next;
         else if (strcmp(a, "--chat-template") == 0) o->chat_template = next;
@@ -463,7 +473,19 @@ static int cmd_sweep(const options *o, pb_ranks *ranks) {
         ranks->timeout_s = o->rank_timeout;
     pb_status job = st;
     gathered = 1;
-    if (pb_ranks_gather(ranks, sweep, share, n_share, st, seconds, &job, rank_seconds) != PB_OK) {
+    /* GPU ranks gather over NCCL; --gather nccl forces it (also for one
+     * rank: a round trip through NCCL), --gather mpi forbids it. */
+    int automatic = !o->gather || strcmp(o->gather, "auto") == 0;
+    int nccl = automatic ? o->model.load.backend == PB_BACKEND_CUDA && ranks->size > 1
+                         : strcmp(o->gather, "nccl") == 0;
+    if (nccl && o->model.load.backend != PB_BACKEND_CUDA) {
+        fprintf(stderr, "patchbay: --gather nccl needs --backend cuda\n");
+        goto done;
+    }
+    if (nccl && ranks->rank == 0)
+        fprintf(stderr, "patchbay: gathering %d rank%s' results over NCCL\n", ranks->size, ranks->size > 1 ? "s" : "");
+    if ((nccl ? pb_ranks_gather_nccl : pb_ranks_gather)(ranks, sweep, share, n_share, st, seconds, &job,
+                                                          rank_seconds) != PB_OK) {
         fail("gathering the ranks' results");
         goto done;
     }
@@ -499,10 +521,18 @@ done:
 }
 
 static int cmd_info(const options *o) {
-    pb_model *m = load(o);
-    if (!m)
-        return 1;
-    const pb_model_config *c = pb_model_get_config(m);
+    pb_model_config random_cfg;
+    const pb_model_config *c = &random_cfg;
+    pb_model *m = NULL;
+    if (o->model.random_name) {
+        /* The shape alone: a 70B model's weights need not exist to be described. */
+        if (pb_random_config(&random_cfg, o->model.random_name) != PB_OK)
+            return fail("cannot load model");
+    } else {
+        if (!(m = load(o)))
+            return 1;
+        c = pb_model_get_config(m);
+    }
     printf("arch %s\nn_layers %d\nd_model %d\nn_heads %d\nn_kv_heads %d\nhead_dim %d\nd_mlp %d\nvocab_size %d\n"
            "context_length %d\nrms_eps %g\nrope_theta %g\nrope_scaling %d\nqkv_bias %d\ntied_embeddings %d\n"
            "bos_id %d\neos_id %d\n",

@@ -8,6 +8,7 @@
 #include "backend.h"
 #include "dtype.h"
 #include "internal.h"
+#include "metric.h"
 
 static void ref_destroy(pb_backend *backend) { free(backend); }
 
@@ -145,6 +146,82 @@ static pb_status ref_add(pb_backend *backend, float *out, const float *a, const 
     return PB_OK;
 }
 
+/* One row of metric_rows: NaN for a non-finite logit or an index outside
+ * the row (the caller then names the entry). */
+static double metric_row(const float *x, int n_out, pb_metric_kind kind, const int32_t *positive, int n_positive,
+                         const int32_t *negative, int n_negative, const double *ref_logprobs, int32_t ref,
+                         int n_ref) {
+    for (int v = 0; v < n_out; v++)
+        if (!isfinite(x[v]))
+            return NAN;
+    for (int i = 0; i < n_positive; i++)
+        if (positive[i] < 0 || positive[i] >= n_out)
+            return NAN;
+    switch (kind) {
+    case PB_METRIC_LOGIT_DIFF: {
+        for (int i = 0; i < n_negative; i++)
+            if (negative[i] < 0 || negative[i] >= n_out)
+                return NAN;
+        /* pb_metric_logit_diff's sums, in its order, over gathered columns */
+        double pos = 0.0, neg = 0.0;
+        for (int i = 0; i < n_positive; i++)
+            pos += x[positive[i]];
+        for (int i = 0; i < n_negative; i++)
+            neg += x[negative[i]];
+        return pos / n_positive - neg / n_negative;
+    }
+    case PB_METRIC_LOGPROB: return pb_metric_logprob(x, n_out, positive, n_positive);
+    case PB_METRIC_REFUSAL_SCORE: return pb_metric_refusal_score(x, n_out, positive, n_positive);
+    default: /* PB_METRIC_KL */
+        if (ref < 0 || ref >= n_ref)
+            return NAN;
+        return pb_metric_kl(ref_logprobs + (size_t)ref * n_out, x, n_out);
+    }
+}
+
+pb_status pb_metric_rows_host(double *out, const float *logits, int rows, int n_out, pb_metric_kind kind,
+                              const int32_t *positive, int n_positive, const int32_t *negative, int n_negative,
+                              const double *ref_logprobs, const int32_t *ref_row, int n_ref, int n_threads) {
+    if (rows < 0 || n_out <= 0)
+        return pb_fail(PB_ERR_ARG, "metric_rows: %d rows of %d logits", rows, n_out);
+    switch (kind) {
+    case PB_METRIC_LOGIT_DIFF:
+        if (n_positive <= 0 || n_negative <= 0 || !positive || !negative)
+            return pb_fail(PB_ERR_ARG, "metric_rows: logit_diff needs positive and negative indices");
+        break;
+    case PB_METRIC_LOGPROB:
+    case PB_METRIC_REFUSAL_SCORE:
+        if (n_positive <= 0 || !positive)
+            return pb_fail(PB_ERR_ARG, "metric_rows: %s needs a token set",
+                           kind == PB_METRIC_LOGPROB ? "logprob" : "refusal_score");
+        n_negative = 0;
+        break;
+    case PB_METRIC_KL:
+        if (n_ref <= 0 || !ref_logprobs || !ref_row)
+            return pb_fail(PB_ERR_ARG, "metric_rows: kl needs reference log-probabilities and rows");
+        n_positive = n_negative = 0;
+        break;
+    default: return pb_fail(PB_ERR_UNSUPPORTED, "metric_rows: metric kind %d is computed on the host", (int)kind);
+    }
+    if (rows == 0)
+        return PB_OK;
+    if (!out || !logits)
+        return pb_fail(PB_ERR_ARG, "metric_rows: out and logits are required");
+#pragma omp parallel for num_threads(n_threads > 0 ? n_threads : 1) if (n_threads > 1 && rows > 1)
+    for (int r = 0; r < rows; r++)
+        out[r] = metric_row(logits + (size_t)r * n_out, n_out, kind, positive, n_positive, negative, n_negative,
+                            ref_logprobs, kind == PB_METRIC_KL ? ref_row[r] : 0, n_ref);
+    return PB_OK;
+}
+
+static pb_status ref_metric_rows(pb_backend *backend, double *out, const float *logits, int rows, int n_out,
+                                 pb_metric_kind kind, const int32_t *positive, int n_positive,
+                                 const int32_t *negative, int n_negative, const double *ref_logprobs,
+                                 const int32_t *ref_row, int n_ref) {
+    return pb_metric_rows_host(out, logits, rows, n_out, kind, positive, n_positive, negative, n_negative,
+                               ref_logprobs, ref_row, n_ref, 1);
+}
+
 static const pb_backend_ops ref_ops = {
     .name = "reference",
     .destroy = ref_destroy,
@@ -161,6 +238,7 @@ static const pb_backend_ops ref_ops = {
     .attention = ref_attention,
     .swiglu = ref_swiglu,
     .add = ref_add,
+    .metric_rows = ref_metric_rows,
 };
 
 pb_status pb_backend_ref_create(pb_backend **out) {

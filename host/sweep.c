@@ -349,11 +349,47 @@ static int metric_position(const pb_sweep *s, int T) {
     return p < 0 ? T + p : p;
 }
 
+/* The first non-finite logit of a row (host, (n_out)) as the error it is. */
+static pb_status check_logits(const float *logits, int n_out, int pair) {
+    for (int v = 0; v < n_out; v++)
+        if (!isfinite(logits[v]))
+            return pb_fail(PB_ERR_NUMERIC, "metric: non-finite logit %g (pair %d, vocabulary entry %d)",
+                           (double)logits[v], pair, v);
+    return PB_OK;
+}
+
+/* The backend's metric_rows on the unembedded logits (device, (n, n_out)):
+ * only out (n) comes back. A row it reports as non-finite is downloaded
+ * and checked here, so errors read as on the host path. */
+static pb_status metric_rows_device(pb_sweep *s, const float *logits, int n, int n_out, const int32_t *pairs,
+                                    double *out, double *device_values, int32_t *device_pairs, float *host_scratch) {
+    pb_backend *b = s->model->backend;
+    const pb_metric_spec *ms = &s->spec.metric;
+    int kl = ms->kind == PB_METRIC_KL;
+    if (kl)
+        PB_TRY(b->ops->upload(b, device_pairs, pairs, sizeof(int32_t) * (size_t)n));
+    PB_TRY(b->ops->metric_rows(b, device_values, logits, n, n_out, ms->kind, s->metric_positive,
+                               kl ? 0 : ms->n_positive, s->metric_negative,
+                               ms->kind == PB_METRIC_LOGIT_DIFF ? ms->n_negative : 0, s->clean_logprobs_device,
+                               kl ? device_pairs : NULL, kl ? s->spec.n_pairs : 0));
+    PB_TRY(b->ops->download(b, out, device_values, sizeof(double) * (size_t)n));
+    for (int i = 0; i < n; i++) {
+        if (isfinite(out[i]))
+            continue;
+        PB_TRY(b->ops->download(b, host_scratch, logits + (size_t)i * n_out, sizeof(float) * (size_t)n_out));
+        PB_TRY(check_logits(host_scratch, n_out, pairs[i]));
+        return pb_fail(PB_ERR_NUMERIC, "metric: non-finite value %g for pair %d", out[i], pairs[i]);
+    }
+    return PB_OK;
+}
+
 /* Metric values of n residual rows (device, (n, d_model), the residual
  * entering metric_step at each run's metric position). pairs[i] selects
- * the clean distribution for KL. */
-static pb_status metric_rows(pb_sweep *s, pb_exec *exec, const float *rows, int n, const int *pairs, double *out,
-                             float *device_scratch, float *host_scratch) {
+ * the clean distribution for KL. device_values (n) and device_pairs (n) are
+ * the metric_rows op's buffers (NULL unless s->metric_on_device). */
+static pb_status metric_rows(pb_sweep *s, pb_exec *exec, const float *rows, int n, const int32_t *pairs, double *out,
+                             float *device_scratch, float *host_scratch, double *device_values,
+                             int32_t *device_pairs) {
     pb_model *m = s->model;
     pb_backend *b = m->backend;
     const pb_model_config *c = &m->cfg;
@@ -370,13 +406,13 @@ static pb_status metric_rows(pb_sweep *s, pb_exec *exec, const float *rows, int 
     int full = metric_needs_full_logits(s);
     int n_out = full ? c->vocab_size : s->n_unembed;
     PB_TRY(pb_exec_unembed(exec, device_scratch, rows, n, full ? m->output : s->unembed_rows, n_out));
+    if (s->metric_on_device)
+        return metric_rows_device(s, device_scratch, n, n_out, pairs, out, device_values, device_pairs,
+                                  host_scratch);
     PB_TRY(b->ops->download(b, host_scratch, device_scratch, sizeof(float) * (size_t)n * n_out));
     for (int i = 0; i < n; i++) {
         const float *logits = host_scratch + (size_t)i * n_out;
-        for (int v = 0; v < n_out; v++)
-            if (!isfinite(logits[v]))
-                return pb_fail(PB_ERR_NUMERIC, "metric: non-finite logit %g (pair %d, vocabulary entry %d)",
-                               (double)logits[v], pairs[i], v);
+        PB_TRY(check_logits(logits, n_out, pairs[i]));
         if (s->options.metric_fn) {
             out[i] = s->options.metric_fn(logits, n_out, s->options.metric_user);
             continue;
@@ -409,10 +445,13 @@ typedef struct batch_buffers {
     float *logits;       /* device (max_rows, n_out) */
     float *host;         /* host (max_rows, max(n_out, d_model)) */
     void *arena;
+    void *metric_arena;  /* device, when s->metric_on_device: the two arrays below */
+    double *metric_values;  /* device (max_rows): metric_rows' output */
+    int32_t *metric_pairs;  /* device (max_rows): KL's clean distribution per row */
     pb_exec_job *jobs;   /* (max_rows) */
     pb_exec_patch *patches;
     int *positions;      /* (max_tokens) resolved base positions of all rows */
-    int *pairs;          /* (max_rows) */
+    int32_t *pairs;      /* (max_rows) */
     int64_t *rows;       /* (max_rows) */
     double *values_out;  /* (max_rows) */
 } batch_buffers;
@@ -425,6 +464,8 @@ static void batch_free(pb_sweep *s, batch_buffers *bb) {
     pb_exec_free(bb->exec);
     if (bb->arena)
         s->model->backend->ops->free(s->model->backend, bb->arena);
+    if (bb->metric_arena)
+        s->model->backend->ops->free(s->model->backend, bb->metric_arena);
     free(bb->host);
     free(bb->jobs);
     free(bb->patches);
@@ -435,11 +476,39 @@ static void batch_free(pb_sweep *s, batch_buffers *bb) {
     memset(bb, 0, sizeof *bb);
 }
 
+/* Components whose activations a run cache must record for the sites. */
+static void needed_components(const pb_sweep *s, int needed[PB_COMPONENT_COUNT]) {
+    for (int k = 0; k < PB_COMPONENT_COUNT; k++)
+        needed[k] = 0;
+    for (int64_t i = 0; i < s->n_sites; i++)
+        if (needs_hook_array(s->sites[i].component))
+            needed[s->sites[i].component] = 1;
+}
+
 /* Sizes batches from the memory budget: executor workspace and patch
- * values per token, logits per row. */
+ * values per token, logits per row. The budget is --max-memory (default
+ * 1 GiB), capped, when the backend can tell, by free device memory: what
+ * is left once one pair's two run caches (allocated after the batch) are
+ * set aside, of which a quarter stays free for library workspaces (cuBLAS,
+ * the 16-bit rounding scratch) and allocator slack. */
 static pb_status batch_alloc(pb_sweep *s, batch_buffers *bb, int max_T) {
     const pb_model_config *c = &s->model->cfg;
+    pb_backend *b = s->model->backend;
     size_t budget = s->options.max_memory ? s->options.max_memory : ((size_t)1 << 30);
+    size_t device_free = 0, caches = 0;
+    int device_limited = 0;
+    if (b->ops->memory_info) {
+        size_t total_bytes = 0, parts[4 + PB_COMPONENT_COUNT];
+        int needed[PB_COMPONENT_COUNT];
+        PB_TRY(b->ops->memory_info(b, &device_free, &total_bytes));
+        needed_components(s, needed);
+        caches = 2 * sizeof(float) * cache_floats(s, max_T, needed, parts);
+        size_t usable = device_free > caches ? (device_free - caches) / 4 * 3 : 0;
+        if (usable < budget) {
+            budget = usable;
+            device_limited = 1;
+        }
+    }
     size_t per_token = pb_exec_workspace_bytes(c, 1, 0) + sizeof(float) * (size_t)c->d_model + sizeof(int);
     size_t n_out = (size_t)unembed_width(s);
     size_t per_row = sizeof(float) * (n_out + (size_t)c->d_model) * 2 + 256;
@@ -448,6 +517,12 @@ static pb_status batch_alloc(pb_sweep *s, batch_buffers *bb, int max_T) {
     while (max_rows > 1 && (size_t)max_rows * per_row > budget / 4)
         max_rows /= 2;
     size_t need_min = fixed + (size_t)max_T * per_token + per_row;
+    if (budget < need_min && device_limited)
+        return pb_fail(PB_ERR_OOM,
+                       "free device memory %.1f MiB leaves %.1f MiB for batches after one pair's run caches "
+                       "(%.1f MiB) and headroom: one row of %d tokens needs %.1f MiB",
+                       (double)device_free / (1 << 20), (double)budget / (1 << 20), (double)caches / (1 << 20),
+                       max_T, (double)need_min / (1 << 20));
     if (budget < need_min)
         return pb_fail(PB_ERR_OOM, "max memory %.1f MiB is too small: one row of %d tokens needs %.1f MiB",
                        (double)budget / (1 << 20), max_T, (double)need_min / (1 << 20));
@@ -466,7 +541,7 @@ static pb_status batch_alloc(pb_sweep *s, batch_buffers *bb, int max_T) {
     PB_TRY(pb_exec_create(&bb->exec, s->model, bb->max_tokens, max_T));
     size_t d = (size_t)c->d_model, width = n_out > d ? n_out : d;
     size_t floats = (size_t)bb->max_tokens * d + (size_t)bb->max_rows * d + (size_t)bb->max_rows * (n_out ? n_out : 1);
-    pb_status status = s->model->backend->ops->alloc(s->model->backend, &bb->arena, floats * sizeof(float));
+    pb_status status = b->ops->alloc(b, &bb->arena, floats * sizeof(float));
     if (status != PB_OK) {
         batch_free(s, bb);
         return status;
@@ -474,11 +549,21 @@ static pb_status batch_alloc(pb_sweep *s, batch_buffers *bb, int max_T) {
     bb->values = bb->arena;
     bb->gathered = bb->values + (size_t)bb->max_tokens * d;
     bb->logits = bb->gathered + (size_t)bb->max_rows * d;
+    if (s->metric_on_device) {
+        /* doubles first: the allocation's alignment suits both */
+        status = b->ops->alloc(b, &bb->metric_arena, (sizeof(double) + sizeof(int32_t)) * (size_t)bb->max_rows);
+        if (status != PB_OK) {
+            batch_free(s, bb);
+            return status;
+        }
+        bb->metric_values = bb->metric_arena;
+        bb->metric_pairs = (int32_t *)(bb->metric_values + bb->max_rows);
+    }
     bb->host = malloc(sizeof(float) * (size_t)bb->max_rows * width);
     bb->jobs = calloc((size_t)bb->max_rows, sizeof *bb->jobs);
     bb->patches = calloc((size_t)bb->max_rows, sizeof *bb->patches);
     bb->positions = malloc(sizeof(int) * (size_t)bb->max_tokens);
-    bb->pairs = malloc(sizeof(int) * (size_t)bb->max_rows);
+    bb->pairs = malloc(sizeof(int32_t) * (size_t)bb->max_rows);
     bb->rows = malloc(sizeof(int64_t) * (size_t)bb->max_rows);
     bb->values_out = malloc(sizeof(double) * (size_t)bb->max_rows);
     if (!bb->host || !bb->jobs || !bb->patches || !bb->positions || !bb->pairs || !bb->rows || !bb->values_out) {
@@ -495,7 +580,9 @@ static pb_status run_metric(pb_sweep *s, batch_buffers *bb, const pb_run_cache *
     const float *row = r->resid + ((size_t)(s->metric_step / 2) * r->T + m) * c->d_model;
     if (s->metric_step % 2)
         return pb_fail(PB_ERR_ARG, "internal: metric step %d is not a residual boundary", s->metric_step);
-    return metric_rows(s, bb->exec, row, 1, &pair, out, bb->logits, bb->host);
+    int32_t pair32 = pair;
+    return metric_rows(s, bb->exec, row, 1, &pair32, out, bb->logits, bb->host, bb->metric_values,
+                       bb->metric_pairs);
 }
 
 /* KL needs the clean run's log-distribution at its metric position. */
@@ -506,17 +593,19 @@ static pb_status clean_logprobs(pb_sweep *s, batch_buffers *bb, const pb_run_cac
     const float *row = clean->resid + ((size_t)c->n_layers * clean->T + pos) * c->d_model;
     PB_TRY(pb_exec_unembed(bb->exec, bb->logits, row, 1, m->output, c->vocab_size));
     PB_TRY(m->backend->ops->download(m->backend, bb->host, bb->logits, sizeof(float) * (size_t)c->vocab_size));
-    pb_log_softmax(bb->host, c->vocab_size, s->clean_logprobs_host + (size_t)pair * c->vocab_size);
+    double *logprobs = s->clean_logprobs_host + (size_t)pair * c->vocab_size;
+    pb_log_softmax(bb->host, c->vocab_size, logprobs);
+    if (s->clean_logprobs_device)
+        PB_TRY(m->backend->ops->upload(m->backend, s->clean_logprobs_device + (size_t)pair * c->vocab_size,
+                                       logprobs, sizeof(double) * (size_t)c->vocab_size));
     return PB_OK;
 }
 
 static pb_status pair_caches(pb_sweep *s, batch_buffers *bb, int pair) {
     if (s->cache_ready[pair])
         return PB_OK;
-    int needed[PB_COMPONENT_COUNT] = {0};
-    for (int64_t i = 0; i < s->n_sites; i++)
-        if (needs_hook_array(s->sites[i].component))
-            needed[s->sites[i].component] = 1;
+    int needed[PB_COMPONENT_COUNT];
+    needed_components(s, needed);
     pb_pair_spec *p = &s->spec.pairs[pair];
     PB_TRY(cache_build(s, bb->exec, &s->base[pair], &p->base, needed));
     pb_status status = cache_build(s, bb->exec, &s->source[pair], &p->source, needed);
@@ -620,7 +709,8 @@ static pb_status run_batch(pb_sweep *s, batch_buffers *bb, int n) {
         PB_TRY(b->ops->copy(b, bb->gathered + (size_t)i * d, pb_exec_output(bb->exec, i) + (size_t)(m - job->p0) * d,
                             sizeof(float) * d));
     }
-    PB_TRY(metric_rows(s, bb->exec, bb->gathered, n, bb->pairs, bb->values_out, bb->logits, bb->host));
+    PB_TRY(metric_rows(s, bb->exec, bb->gathered, n, bb->pairs, bb->values_out, bb->logits, bb->host,
+                       bb->metric_values, bb->metric_pairs));
     s->flops_executed += pb_exec_flops(bb->exec) - before;
     for (int i = 0; i < n; i++) {
         s->patched[bb->rows[i]] = bb->values_out[i];
@@ -743,6 +833,42 @@ pb_status pb_sweep_run_rows(pb_sweep *s, const int64_t *rows, int64_t n_rows) {
 
 /* ---- creation, results --------------------------------------------------- */
 
+/* The device arrays of the metric_rows op: the logit columns it reads
+ * (logit_diff: the unembedded rows are the positive then the negative ids,
+ * so columns 0 .. n_positive + n_negative - 1; logprob, refusal_score: the
+ * token ids) and, for KL, every pair's clean log-distribution. */
+static pb_status metric_device_setup(pb_sweep *s) {
+    pb_backend *b = s->model->backend;
+    const pb_metric_spec *ms = &s->spec.metric;
+    int is_kl = ms->kind == PB_METRIC_KL, is_diff = ms->kind == PB_METRIC_LOGIT_DIFF;
+    size_t n_ref = is_kl ? (size_t)s->spec.n_pairs * (size_t)s->model->cfg.vocab_size : 0;
+    int n_pos = is_kl ? 0 : ms->n_positive, n_neg = is_diff ? ms->n_negative : 0;
+    size_t n_ids = (size_t)n_pos + (size_t)n_neg;
+    int32_t *host = malloc(sizeof(int32_t) * (n_ids ? n_ids : 1));
+    if (!host)
+        return pb_fail(PB_ERR_OOM, "out of memory for the metric's token ids");
+    for (int i = 0; i < n_pos; i++)
+        host[i] = is_diff ? i : ms->positive[i];
+    for (int i = 0; i < n_neg; i++)
+        host[n_pos + i] = n_pos + i;
+    /* doubles first: the allocation's alignment suits both */
+    pb_status status = b->ops->alloc(b, &s->metric_arena, sizeof(double) * n_ref + sizeof(int32_t) * n_ids);
+    if (status == PB_OK) {
+        int32_t *ids = (int32_t *)((double *)s->metric_arena + n_ref);
+        s->clean_logprobs_device = is_kl ? s->metric_arena : NULL;
+        s->metric_positive = n_pos ? ids : NULL;
+        s->metric_negative = n_neg ? ids + n_pos : NULL;
+        if (n_ids)
+            status = b->ops->upload(b, ids, host, sizeof(int32_t) * n_ids);
+    }
+    free(host);
+    if (status != PB_OK)
+        return pb_fail_context(status, "the metric's device arrays (%.1f MiB)",
+                               (double)(sizeof(double) * n_ref + sizeof(int32_t) * n_ids) / (1 << 20));
+    s->metric_on_device = 1;
+    return PB_OK;
+}
+
 /* Text in specs: prompts through the chat template (or plain), token
  * strings plain; special-token spellings are honoured in chat text only. */
 static pb_status spec_tokenize(void *user, const char *text, int chat, const char *system, int32_t **ids, int *n) {
@@ -829,6 +955,15 @@ pb_status pb_sweep_create(pb_sweep **out, pb_model *model, const char *spec_json
             return status;
         }
     }
+    pb_metric_kind kind = s->spec.metric.kind;
+    if (!s->options.metric_fn && model->backend->ops->metric_rows &&
+        (kind == PB_METRIC_LOGIT_DIFF || kind == PB_METRIC_LOGPROB || kind == PB_METRIC_REFUSAL_SCORE ||
+         kind == PB_METRIC_KL)) {
+        if ((status = metric_device_setup(s)) != PB_OK) {
+            pb_sweep_free(s);
+            return status;
+        }
+    }
     /* FLOPs of the naive method: one full forward (logits at every
      * position) per row. */
     double d = c->d_model, qd = (double)c->n_heads * c->head_dim, kvd = (double)c->n_kv_heads * c->head_dim;
@@ -850,6 +985,8 @@ void pb_sweep_free(pb_sweep *s) {
     }
     if (s->unembed_rows)
         s->model->backend->ops->free(s->model->backend, s->unembed_rows);
+    if (s->metric_arena)
+        s->model->backend->ops->free(s->model->backend, s->metric_arena);
     free(s->base);
     free(s->source);
     free(s->cache_ready);

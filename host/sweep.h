@@ -62,6 +62,14 @@ struct pb_sweep {
     double *patched;      /* (n_rows) metric of the patched run */
     void *unembed_rows;   /* device (n_unembed, d_model) of the model's wdtype: rows of the output matrix the metric reads, or NULL = all */
     int n_unembed;
+    /* When the backend has metric_rows and the metric is logit_diff, logprob,
+     * refusal_score or kl, metrics are computed on the device and only one
+     * double per row is downloaded. */
+    int metric_on_device;
+    void *metric_arena;           /* device: the three arrays below, one allocation */
+    double *clean_logprobs_device; /* KL: device (n_pairs, vocab), clean_logprobs_host uploaded; else NULL */
+    int32_t *metric_positive;     /* device (n_positive): columns of the logits the metric reads */
+    int32_t *metric_negative;     /* device (n_negative): logit_diff only, else NULL */
     double flops_executed;
     double flops_naive;
     int64_t n_rows_executed;

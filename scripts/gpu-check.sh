@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # GPU check for a lent GPU machine: configures and builds patchbay with
 # -DPB_CUDA=ON into build-gpu, runs the gpu-labelled tests and then the whole
-# ctest suite, and writes every log plus summary.json (card, CUDA versions,
-# test counts, step timings) under $OUT (default ./gpu-out).
+# ctest suite, then the prefill benchmark at the llama3-8b shape
+# (bench_gpu_prefill beside its cuBLAS GEMM ceiling, and
+# scripts/bench_torch_prefill.py, transformers on the same GPU), and writes
+# every log plus summary.json (card, CUDA versions, test counts, step
+# timings, benchmark figures) under $OUT (default ./gpu-out).
 #
 # Works from the working tree only: no network, no package installs, no model
 # downloads. The machine's image has nvcc, CMake and Python but maybe not our
@@ -10,8 +13,10 @@
 # ones are detected up front and named in the summary. Every step runs under
 # a timeout inside an overall budget (PB_GPU_CHECK_BUDGET seconds, default 450)
 # so the script ends well within 8 minutes; a failing step does not stop the
-# rest, and summary.json is always written. Exit status: 0 when every step
-# passed, 1 otherwise.
+# rest, and summary.json is always written. A step that exits 77 is
+# "skipped" (a bench with no CUDA device, no torch). Exit status: 0 when
+# every step passed (benchmark skips allowed where they make sense), 1
+# otherwise; benchmark figures never decide it.
 set -u
 
 cd "$(dirname "$0")/.." || exit 1
@@ -82,6 +87,9 @@ run_step() {
     STEP_SECONDS[$name]=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", (b - a) / 1000 }')
     if [ $rc -eq 0 ]; then
         STEP_STATUS[$name]=ok
+    elif [ $rc -eq 77 ]; then
+        STEP_STATUS[$name]=skipped
+        note "$name: skipped: $(grep -m 1 -o 'skipping: .*' "$OUT/$name.log" | cut -c 11- | head -c 300)"
     elif [ $rc -eq 124 ] || [ $rc -eq 137 ]; then
         STEP_STATUS[$name]=timeout
         note "$name: timed out after ${limit}s (see $name.log)"
@@ -225,6 +233,105 @@ run_tests() {
 run_tests ctest_gpu 120 -L gpu -V
 run_tests ctest_all 200
 
+# ---- benchmarks -------------------------------------------------------------------
+# Prefill at the llama3-8b shape: a batch of PREFILL_SEQS x PREFILL_SEQ_LEN
+# tokens (8 x 1024 = 8192), bf16 weights, logits of every position (what
+# transformers computes by default), patchbay beside the cuBLAS GEMMs at
+# the same shapes (timed in the same run, inside bench_gpu_prefill) and
+# beside PyTorch eager on the same GPU. The layer count is the full 32 when
+# the card's free memory and the time left allow, fewer otherwise (the
+# bench's --fit-layers cuts further if its own estimate says so); the
+# PyTorch run uses the layer count the engine actually ran.
+PREFILL_SEQS=${PB_PREFILL_SEQS:-8}
+PREFILL_SEQ_LEN=${PB_PREFILL_SEQ_LEN:-1024}
+PREFILL_LAYERS=32
+PREFILL_WHY="full model"
+if [ "$GPU_COUNT" -gt 0 ]; then
+    # patchbay needs ~10 GiB besides the layers (embedding + unembedding,
+    # workspace, 4.2 GB of fp32 logits) and ~0.56 GiB per layer (weights +
+    # fp32 KV cache) at 8192 tokens; PyTorch needs less.
+    free_mib=$(nvidia-smi --query-gpu=memory.free --format=csv,noheader,nounits -i 0 2>/dev/null | head -n 1 | tr -dc '0-9')
+    if [ -n "$free_mib" ]; then
+        fit=$(awk -v f="$free_mib" 'BEGIN { n = int((f / 1024 - 10) / 0.56); print (n < 1 ? 1 : (n > 32 ? 32 : n)) }')
+        if [ "$fit" -lt "$PREFILL_LAYERS" ]; then
+            PREFILL_LAYERS=$fit
+            PREFILL_WHY="$free_mib MiB free on the card"
+        fi
+    fi
+fi
+# Weight generation on the host dominates patchbay's bench (~0.5 s a layer
+# with 16 cores, plus ~8 s for the embeddings: ~40 s in all at 32 layers);
+# the PyTorch one is mostly imports and init (~30-60 s). Both at 32 layers
+# want ~100 s of the budget, plus its 20 s reserve.
+left=$(remaining)
+if [ "$left" -lt 110 ] && [ "$PREFILL_LAYERS" -gt 4 ]; then
+    PREFILL_LAYERS=4
+    PREFILL_WHY="only ${left}s of the budget left"
+elif [ "$left" -lt 180 ] && [ "$PREFILL_LAYERS" -gt 16 ]; then
+    PREFILL_LAYERS=16
+    PREFILL_WHY="only ${left}s of the budget left"
+fi
+PREFILL_MODEL="llama3-8b:$PREFILL_LAYERS"
+if [ "$PREFILL_LAYERS" -ne 32 ]; then
+    note "prefill benchmark: $PREFILL_MODEL instead of the full 32 layers ($PREFILL_WHY)"
+else
+    echo "gpu-check: prefill benchmark on $PREFILL_MODEL ($PREFILL_WHY), $PREFILL_SEQS x $PREFILL_SEQ_LEN tokens" >&2
+fi
+
+# json_line LOG BENCH: the bench's one-line JSON result from its log, or
+# nothing. Checked with python3 when there is one, so summary.json stays valid.
+json_line() {
+    local line
+    line=$(grep -m 1 "^{\"bench\": \"$2\"" "$1" 2>/dev/null) || return 0
+    case $line in *'}') ;; *) return 0 ;; esac
+    if command -v python3 >/dev/null 2>&1; then
+        # parse_constant: NaN and Infinity are not JSON, though Python reads them
+        python3 -c 'import json, sys; json.loads(sys.argv[1], parse_constant=lambda c: 1 / 0)' "$line" \
+            2>/dev/null || return 0
+    fi
+    printf '%s' "$line"
+}
+# json_number JSON KEY: a numeric field of a flat JSON object, or "null".
+json_number() {
+    local v
+    v=$(printf '%s' "$1" | sed -n "s/.*\"$2\": *\(-\{0,1\}[0-9][0-9.eE+-]*\).*/\1/p" | head -n 1)
+    printf '%s' "${v:-null}"
+}
+
+if [ -x "$BUILD/bench_gpu_prefill" ]; then
+    run_step bench_gpu_prefill 200 "$BUILD/bench_gpu_prefill" --model-name "$PREFILL_MODEL" --seqs "$PREFILL_SEQS" \
+        --seq-len "$PREFILL_SEQ_LEN" --dtype bf16 --repeats 3 --logits all --fit-layers
+else
+    skip_step bench_gpu_prefill skipped_not_built
+fi
+PREFILL_JSON=$(json_line "$OUT/bench_gpu_prefill.log" gpu_prefill)
+TORCH_LAYERS=$PREFILL_LAYERS
+if [ -n "$PREFILL_JSON" ]; then
+    TORCH_LAYERS=$(json_number "$PREFILL_JSON" layers)
+    case $TORCH_LAYERS in '' | null | *[!0-9]*) TORCH_LAYERS=$PREFILL_LAYERS ;; esac
+fi
+PYTHON=${PB_PYTHON:-python3}
+if command -v "$PYTHON" >/dev/null 2>&1; then
+    run_step bench_torch_prefill 150 "$PYTHON" "$ROOT/scripts/bench_torch_prefill.py" --layers "$TORCH_LAYERS" \
+        --seqs "$PREFILL_SEQS" --seq-len "$PREFILL_SEQ_LEN" --repeats 3 --logits all
+else
+    skip_step bench_torch_prefill skipped
+    note "bench_torch_prefill: skipped: no $PYTHON on this machine"
+fi
+TORCH_JSON=$(json_line "$OUT/bench_torch_prefill.log" torch_prefill)
+
+# ---- hook: the sweep benchmark (issue 6) ----------------------------------------
+# bench/gpu_sweep.c, when it exists, builds to $BUILD/bench_gpu_sweep; it runs
+# here with PB_GPU_SWEEP_ARGS and its {"bench": "gpu_sweep", ...} line goes
+# into summary.json as benchmarks.gpu_sweep. Until then the step is skipped.
+if [ -x "$BUILD/bench_gpu_sweep" ]; then
+    # shellcheck disable=SC2086 # PB_GPU_SWEEP_ARGS is a list of words
+    run_step bench_gpu_sweep 120 "$BUILD/bench_gpu_sweep" ${PB_GPU_SWEEP_ARGS:-}
+else
+    skip_step bench_gpu_sweep skipped
+fi
+SWEEP_JSON=$(json_line "$OUT/bench_gpu_sweep.log" gpu_sweep)
+
 # ---- summary.json -----------------------------------------------------------------
 tests_json() {
     local name=$1 log="$OUT/$1.log" counts names=()
@@ -243,9 +350,56 @@ tests_json() {
         "$(json_list ${skip_reasons[@]+"${skip_reasons[@]}"})"
 }
 
+# The prefill figures side by side, the ratios the issue's targets are
+# about, and each bench's own JSON line; null where a bench did not run.
+benchmarks_json() {
+    local pb_tps pb_tflops ceiling ratio gemm_fraction torch_tps torch_tflops speedup meets_ceiling faster
+    pb_tps=$(json_number "$PREFILL_JSON" tokens_per_s)
+    pb_tflops=$(json_number "$PREFILL_JSON" tflops)
+    ceiling=$(json_number "$PREFILL_JSON" ceiling_tflops)
+    ratio=$(json_number "$PREFILL_JSON" ratio_vs_ceiling)
+    gemm_fraction=$(json_number "$PREFILL_JSON" gemm_time_fraction)
+    torch_tps=$(json_number "$TORCH_JSON" tokens_per_s)
+    torch_tflops=$(json_number "$TORCH_JSON" tflops)
+    speedup=null meets_ceiling=null faster=null
+    if [ "$pb_tps" != null ] && [ "$torch_tps" != null ]; then
+        speedup=$(awk -v a="$pb_tps" -v b="$torch_tps" 'BEGIN { printf "%.4f", (b > 0 ? a / b : 0) }')
+        faster=$(awk -v s="$speedup" 'BEGIN { print (s > 1 ? "true" : "false") }')
+    fi
+    [ "$ratio" != null ] && meets_ceiling=$(awk -v r="$ratio" 'BEGIN { print (r >= 0.6 ? "true" : "false") }')
+    printf '{\n    "prefill": {\n'
+    printf '      "card": %s,\n' "$(json_escape "$CARD")"
+    printf '      "model": %s, "layers_chosen": %s, "layers_chosen_because": %s,\n' \
+        "$(json_escape "$PREFILL_MODEL")" "$PREFILL_LAYERS" "$(json_escape "$PREFILL_WHY")"
+    printf '      "seqs": %s, "seq_len": %s, "logits": "all",\n' "$PREFILL_SEQS" "$PREFILL_SEQ_LEN"
+    printf '      "patchbay_tokens_per_s": %s, "patchbay_tflops": %s,\n' "$pb_tps" "$pb_tflops"
+    printf '      "cublas_ceiling_tflops": %s, "ratio_vs_ceiling": %s, "gemm_time_fraction": %s,\n' \
+        "$ceiling" "$ratio" "$gemm_fraction"
+    printf '      "pytorch_tokens_per_s": %s, "pytorch_tflops": %s, "speedup_vs_pytorch": %s,\n' \
+        "$torch_tps" "$torch_tflops" "$speedup"
+    printf '      "target_ratio_vs_ceiling_ge_0.6": %s, "target_faster_than_pytorch": %s,\n' "$meets_ceiling" "$faster"
+    printf '      "patchbay": %s,\n' "${PREFILL_JSON:-null}"
+    printf '      "pytorch": %s\n' "${TORCH_JSON:-null}"
+    printf '    },\n'
+    printf '    "gpu_sweep": %s\n' "${SWEEP_JSON:-null}"
+    printf '  }'
+}
+
 OK=true
 for step in ${STEP_ORDER[@]+"${STEP_ORDER[@]}"}; do
-    [ "${STEP_STATUS[$step]}" = ok ] || OK=false
+    case ${STEP_STATUS[$step]} in
+    ok) ;;
+    # a benchmark that skips (exit 77: no device, no torch; the sweep bench
+    # not written yet) does not fail the check, except patchbay's own
+    # prefill bench on a machine that has a GPU
+    skipped)
+        if [ "$step" = bench_gpu_prefill ] && [ "$GPU_COUNT" -gt 0 ]; then
+            OK=false
+            note "bench_gpu_prefill skipped although nvidia-smi lists $GPU_COUNT GPU(s)"
+        fi
+        ;;
+    *) OK=false ;;
+    esac
 done
 [ ${#MISSING[@]} -eq 0 ] || OK=false
 # GPU tests that all skipped on a GPU machine mean the check proved nothing.
@@ -288,6 +442,7 @@ END=$(date +%s)
     printf '\n  },\n'
     printf '  "tests_gpu": %s,\n' "$(tests_json ctest_gpu)"
     printf '  "tests_all": %s,\n' "$(tests_json ctest_all)"
+    printf '  "benchmarks": %s,\n' "$(benchmarks_json)"
     printf '  "notes": %s\n' "$(json_list ${NOTES[@]+"${NOTES[@]}"})"
     printf '}\n'
 } >"$OUT/summary.json"

@@ -474,6 +474,161 @@ static void test_sweep_errors(void **state) {
     expect_in(out_text, "sweep     --model PATH --spec SPEC.json --out DIR");
 }
 
+/* ---- random models and the shared model options ----------------------- */
+
+/* Reads dir/logits.npy (malloc'd) and checks its shape is (T, vocab). */
+static float *read_logits(const char *dir, int T, int vocab) {
+    char path[256];
+    snprintf(path, sizeof path, "%s/logits.npy", dir);
+    void *data;
+    int n_dims;
+    int64_t shape[8];
+    if (pb_npy_read(path, &data, PB_NPY_F32, &n_dims, shape) != PB_OK)
+        fail_msg("%s", pb_last_error());
+    assert_int_equal(n_dims, 2);
+    assert_int_equal(shape[0], T);
+    assert_int_equal(shape[1], vocab);
+    return data;
+}
+
+static void test_random_model_info(void **state) {
+    need_cli();
+    /* Published SmolLM2-135M hyperparameters, two layers kept. */
+    const char *args[] = {"info", "--random-model", "smollm2-135m:2", "--threads", "2", NULL};
+    if (run_cli(args) != 0)
+        fail_msg("info failed: %s", err_text);
+    expect_in(out_text, "arch llama\n");
+    expect_in(out_text, "\nn_layers 2\n");
+    expect_in(out_text, "\nd_model 576\n");
+    expect_in(out_text, "\nn_heads 9\n");
+    expect_in(out_text, "\nn_kv_heads 3\n");
+    expect_in(out_text, "\nd_mlp 1536\n");
+    expect_in(out_text, "\nvocab_size 49152\n");
+    expect_in(out_text, "\ntied_embeddings 1\n");
+    /* info describes the shape without allocating it: Llama-3-70B's
+     * published hyperparameters, two of its 80 layers (15 GB if loaded). */
+    const char *big[] = {"info", "--random-model", "llama3-70b:2", NULL};
+    if (run_cli(big) != 0)
+        fail_msg("info llama3-70b:2 failed: %s", err_text);
+    expect_in(out_text, "\nn_layers 2\n");
+    expect_in(out_text, "\nd_model 8192\n");
+    expect_in(out_text, "\nn_heads 64\n");
+    expect_in(out_text, "\nn_kv_heads 8\n");
+    expect_in(out_text, "\nd_mlp 28672\n");
+    expect_in(out_text, "\nvocab_size 128256\n");
+    expect_in(out_text, "\ntied_embeddings 0\n");
+}
+
+/* forward on the tiny random model: --ids gives logits of shape (3, 512);
+ * with seed 7 the transformers logits of tests/fixtures/random_model (f32);
+ * with --dtype bf16 the library's own bf16 run in this process (same code
+ * and thread count: bitwise), which differs from the f32 run. */
+static void test_random_model_forward(void **state) {
+    need_cli();
+    char ids_file[1024], ref_path[1024], out[128], out_bf16[128], out_ids[128], path[256];
+    fixture(ids_file, sizeof ids_file, "random_model", "ids.npy");
+    fixture(ref_path, sizeof ref_path, "random_model", "logits.npy");
+    snprintf(out, sizeof out, "%s/f32", tmp_dir);
+    snprintf(out_bf16, sizeof out_bf16, "%s/bf16", tmp_dir);
+    snprintf(out_ids, sizeof out_ids, "%s/ids", tmp_dir);
+
+    const char *ids_args[] = {"forward", "--random-model", "tiny", "--ids", "1,2,3", "--out", out_ids, NULL};
+    if (run_cli(ids_args) != 0)
+        fail_msg("forward failed: %s", err_text);
+    free(read_logits(out_ids, 3, 512));
+
+    const char *args[] = {"forward", "--random-model", "tiny", "--seed", "7", "--ids-file", ids_file,
+                          "--threads", "2", "--out", out, NULL};
+    if (run_cli(args) != 0)
+        fail_msg("forward failed: %s", err_text);
+    snprintf(path, sizeof path, "%s/logits.npy", out);
+    expect_npy_close(path, ref_path, PB_TOL_TINY_LOGITS_MAX_ABS);
+
+    const char *bf16_args[] = {"forward", "--random-model", "tiny", "--seed", "7", "--ids-file", ids_file,
+                               "--threads", "2", "--dtype", "bf16", "--backend", "cpu", "--out", out_bf16, NULL};
+    if (run_cli(bf16_args) != 0)
+        fail_msg("forward --dtype bf16 failed: %s", err_text);
+    void *ids;
+    int n_dims;
+    int64_t shape[8];
+    assert_int_equal(pb_npy_read(ids_file, &ids, PB_NPY_I32, &n_dims, shape), PB_OK);
+    int T = (int)shape[0];
+    size_t n = (size_t)T * 512;
+    float *got = read_logits(out_bf16, T, 512), *f32 = read_logits(out, T, 512);
+    pb_model *m = NULL;
+    pb_load_options o = {.n_threads = 2, .backend = PB_BACKEND_CPU, .dtype = PB_DTYPE_BF16};
+    assert_int_equal(pb_model_random(&m, "tiny", 7, &o), PB_OK);
+    float *want = malloc(sizeof(float) * n);
+    assert_int_equal(pb_forward(m, ids, T, want, NULL), PB_OK);
+    assert_memory_equal(got, want, sizeof(float) * n);
+    assert_true(memcmp(got, f32, sizeof(float) * n) != 0);
+    free(want);
+    free(got);
+    free(f32);
+    free(ids);
+    pb_model_free(m);
+}
+
+static void test_model_option_errors(void **state) {
+    need_cli();
+    char model[1024], out[128];
+    fixture(model, sizeof model, "tiny_gqa", "model.gguf");
+    snprintf(out, sizeof out, "%s/out", tmp_dir);
+    /* An unknown name is refused when the model is loaded (exit 1). */
+    const char *unknown[] = {"forward", "--random-model", "llama9", "--ids", "1,2", "--out", out, NULL};
+    assert_int_equal(run_cli(unknown), 1);
+    expect_in(err_text, "'llama9'");
+    expect_in(err_text, "tiny, smollm2-135m");
+    const char *zero[] = {"info", "--random-model", "tiny:0", NULL};
+    assert_int_equal(run_cli(zero), 1);
+    expect_in(err_text, "'0'");
+    const char *both[] = {"forward", "--model", model, "--random-model", "tiny", "--ids", "1,2", "--out", out, NULL};
+    assert_int_equal(run_cli(both), 2);
+    expect_in(err_text, "exactly one of --model");
+    const char *neither[] = {"info", "--seed", "3", NULL};
+    assert_int_equal(run_cli(neither), 2);
+    expect_in(err_text, "--random-model");
+    const char *tpu[] = {"forward", "--random-model", "tiny", "--backend", "tpu", "--ids", "1,2", "--out", out, NULL};
+    assert_int_equal(run_cli(tpu), 2);
+    expect_in(err_text, "'tpu'");
+    expect_in(err_text, "--backend");
+    const char *int8[] = {"forward", "--random-model", "tiny", "--dtype", "int8", "--ids", "1,2", "--out", out, NULL};
+    assert_int_equal(run_cli(int8), 2);
+    expect_in(err_text, "'int8'");
+    expect_in(err_text, "bf16");
+    const char *seed[] = {"info", "--random-model", "tiny", "--seed", "-4", NULL};
+    assert_int_equal(run_cli(seed), 2);
+    expect_in(err_text, "--seed");
+    /* No tokenizer: a clear refusal, not a crash. */
+    const char *tokenize[] = {"tokenize", "--random-model", "tiny", "--text", "hi", NULL};
+    assert_int_equal(run_cli(tokenize), 1);
+    expect_in(err_text, "no tokenizer");
+    assert_int_not_equal(access(out, F_OK), 0);
+}
+
+/* --backend cuda without CUDA: refused with a message, no crash. With a
+ * CUDA build it may run (a device present) or say why not. */
+static void test_backend_cuda(void **state) {
+    need_cli();
+    char out[128];
+    snprintf(out, sizeof out, "%s/out", tmp_dir);
+    const char *args[] = {"forward", "--random-model", "tiny", "--backend", "cuda", "--ids", "1,2,3", "--out", out,
+                          NULL};
+    int rc = run_cli(args);
+    assert_true(rc < 128); /* not killed by a signal */
+#ifdef PB_HAVE_CUDA
+    if (rc == 0) {
+        free(read_logits(out, 3, 512));
+        return;
+    }
+    expect_in(err_text, "CUDA");
+#else
+    assert_int_equal(rc, 1);
+    expect_in(err_text, "no CUDA backend");
+    assert_int_not_equal(access(out, F_OK), 0);
+#endif
+}
+
 int main(void) {
     const char *build = getenv("PB_BUILD_DIR");
     snprintf(cli, sizeof cli, "%s/patchbay", build ? build : ".");
@@ -491,6 +646,10 @@ int main(void) {
         cmocka_unit_test_teardown(test_info, cleanup),
         cmocka_unit_test_teardown(test_sweep_files, cleanup),
         cmocka_unit_test_teardown(test_sweep_errors, cleanup),
+        cmocka_unit_test_teardown(test_random_model_info, cleanup),
+        cmocka_unit_test_teardown(test_random_model_forward, cleanup),
+        cmocka_unit_test_teardown(test_model_option_errors, cleanup),
+        cmocka_unit_test_teardown(test_backend_cuda, cleanup),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -2,7 +2,10 @@
  * of pb_backend_ops on seeded random inputs of odd sizes, compared by NMSE
  * (sum (cuda - ref)^2 / sum ref^2) with NaN/Inf parity, and PB_GUARD sentinel
  * floats after every output that must survive the op untouched.
- * Without a CUDA device (or in a build without CUDA) it exits 77: skipped. */
+ * Without a CUDA device (or in a build without CUDA) it exits 77: skipped.
+ * PB_CUDA_TEST_STAND_IN=cpu runs the parity checks with the CPU backend in
+ * place of CUDA (the CUDA-only checks skip): a check of this file's own
+ * logic on a machine without a GPU. */
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -16,6 +19,7 @@
 
 #include "backend.h"
 #include "backend_cuda.h"
+#include "dtype.h"
 #include "tolerances.h"
 
 /* CUDA-vs-reference tolerances. They belong in tolerances.h; until they are
@@ -36,12 +40,28 @@
 #define PB_TOL_CUDA_OP_NMSE 1e-9
 #endif
 
+/* matmul with bf16/fp16 weights: x rounded to the weight type (the same
+ * round-to-nearest-even on both sides), products of two 16-bit values exact
+ * in fp32, so only the accumulation differs: the reference sums in double,
+ * the tensor cores in fp32 (Fasi et al., "Numerical behavior of NVIDIA tensor
+ * cores", 2021: exact products, truncated rather than rounded alignment).
+ * Even with every one of the ~k/16 accumulation steps losing a whole fp32
+ * ulp in the same direction, the relative error at k = 515 is ~32 * 2^-23 ~
+ * 4e-6 (NMSE ~1.5e-11); random signs give ~1e-12. 1e-9 keeps that headroom,
+ * while an x that is not rounded (NMSE ~1e-6 in bf16, ~2e-8 in fp16) or any
+ * layout mistake fails; the exact-grid cases below pin the rounding itself
+ * with a tolerance of 0. */
+#ifndef PB_TOL_CUDA_OP16_NMSE
+#define PB_TOL_CUDA_OP16_NMSE 1e-9
+#endif
+
 /* Floats appended to every output buffer, set to PB_SENTINEL. */
 #define PB_GUARD 16
 #define PB_SENTINEL 12345.0f
 
 static pb_backend *g_ref;
 static pb_backend *g_cuda;
+static int g_stand_in; /* g_cuda is another backend standing in for CUDA */
 
 #define CHECK_OK(expr)                                                                               \
     do {                                                                                             \
@@ -104,6 +124,12 @@ static twin twin_floats(const float *host, size_t n) {
 static twin twin_ints(const int32_t *host, size_t n) {
     twin t = {backend_buffer(g_ref, host, sizeof(int32_t) * n), backend_buffer(g_cuda, host, sizeof(int32_t) * n),
               n};
+    return t;
+}
+
+/* bytes of raw data (a 16-bit table or weight), no guard. */
+static twin twin_bytes(const void *host, size_t bytes) {
+    twin t = {backend_buffer(g_ref, host, bytes), backend_buffer(g_cuda, host, bytes), bytes};
     return t;
 }
 
@@ -411,8 +437,338 @@ static void expect_status(pb_status got, pb_status want, const char *what) {
     printf("  %-44s %s: %s\n", what, pb_status_name(got), pb_last_error());
 }
 
+/* ---- 16-bit weights ------------------------------------------------------ */
+
+/* A table of vocab x d random floats stored as dtype, with a NaN, +Inf (for
+ * fp16 a value beyond its range) and -Inf in it: widening is exact, so the
+ * gather must match bit for bit. */
+static void run_embed16(pb_dtype dtype, int vocab, int T, int d, const char *what) {
+    const size_t table_count = (size_t)vocab * d;
+    float *table_host = host_random(table_count, -2.0f, 2.0f);
+    table_host[0] = NAN;                                                 /* row 0 */
+    table_host[table_count - 1] = dtype == PB_DTYPE_F16 ? 1e6f : INFINITY;  /* row vocab - 1 */
+    table_host[(size_t)(vocab / 2) * d] = -INFINITY;                     /* row vocab / 2 */
+    uint16_t *table16 = malloc(sizeof(uint16_t) * table_count);
+    int32_t *ids_host = malloc(sizeof(int32_t) * (size_t)T);
+    assert_non_null(table16);
+    assert_non_null(ids_host);
+    pb_dtype_from_f32(dtype, table16, table_host, table_count);
+    for (int t = 0; t < T; t++)
+        ids_host[t] = (int32_t)((t * 7 + 3) % vocab);
+    ids_host[0] = 0;
+    ids_host[T - 1] = vocab - 1;
+    ids_host[T / 2] = vocab / 2;
+    twin table = twin_bytes(table16, sizeof(uint16_t) * table_count);
+    twin ids = twin_ints(ids_host, (size_t)T);
+    twin out = twin_floats(NULL, (size_t)T * d);
+    CHECK_OK(g_ref->ops->embed(g_ref, out.ref, table.ref, dtype, ids.ref, T, d));
+    CHECK_OK(g_cuda->ops->embed(g_cuda, out.cuda, table.cuda, dtype, ids.cuda, T, d));
+    twin_compare(&out, 0.0, what);
+    twin_free(&table);
+    twin_free(&ids);
+    twin_free(&out);
+    free(table_host);
+    free(table16);
+    free(ids_host);
+}
+
+static void test_embed16(void **state) {
+    (void)state;
+    rng_seed(9);
+    run_embed16(PB_DTYPE_BF16, 11, 13, 67, "embed bf16 vocab=11 T=13 d=67 (exact)");
+    run_embed16(PB_DTYPE_F16, 11, 13, 67, "embed f16 vocab=11 T=13 d=67 (exact)");
+    run_embed16(PB_DTYPE_BF16, 5, 3, 1, "embed bf16 vocab=5 T=3 d=1 (exact)");
+}
+
+/* A random integer in [-limit, limit] times scale. */
+static float grid_value(int limit, float scale) {
+    int m = (int)floorf(rng_uniform(-(float)limit, (float)limit + 1.0f));
+    m = m > limit ? limit : (m < -limit ? -limit : m);
+    return (float)m * scale;
+}
+
+/* out (rows, n) = x (rows, k) @ w (n, k)^T (+ bias) with w stored as dtype.
+ * On the grid (exact_grid): x and bias are multiples of 2^-12 in [-1, 1], w
+ * multiples of 2^-4 in [-2, 2] (exact in bf16 and fp16); x rounded to dtype
+ * stays a multiple of 2^-12 (rounding ties included), so every product is a
+ * multiple of 2^-16 and, with k <= 31, every partial sum (|s| < 2^6) needs 22
+ * significant bits: exact in fp32, and in a tensor core's aligned sum too,
+ * with 2 bits to spare. Any summation order gives the reference's result
+ * exactly, and only the rounding of x can differ. Otherwise uniform random
+ * values;
+ * nan_row gets a NaN in x, inf_row a value beyond fp16's range (+Inf once
+ * rounded to fp16; finite in bf16). */
+static void run_matmul16(pb_dtype dtype, int rows, int n, int k, int with_bias, int exact_grid, int nan_row,
+                         int inf_row, const char *what) {
+    const size_t x_count = (size_t)rows * k, w_count = (size_t)n * k;
+    float *x_host = host_random(x_count, -1.0f, 1.0f);
+    float *w_host = host_random(w_count, -1.0f, 1.0f);
+    float *b_host = host_random((size_t)n, -1.0f, 1.0f);
+    if (exact_grid) {
+        assert_true(k <= 31);
+        for (size_t i = 0; i < x_count; i++)
+            x_host[i] = grid_value(4096, 1.0f / 4096.0f);
+        for (size_t i = 0; i < w_count; i++)
+            w_host[i] = grid_value(32, 1.0f / 16.0f);
+        for (int i = 0; i < n; i++)
+            b_host[i] = grid_value(4096, 1.0f / 4096.0f);
+    }
+    if (nan_row >= 0)
+        x_host[(size_t)nan_row * k + k / 2] = NAN;
+    if (inf_row >= 0)
+        x_host[(size_t)inf_row * k + k - 1] = 1e5f;
+    uint16_t *w16 = malloc(sizeof(uint16_t) * w_count);
+    assert_non_null(w16);
+    pb_dtype_from_f32(dtype, w16, w_host, w_count);
+    twin x = twin_floats(x_host, x_count);
+    twin w = twin_bytes(w16, sizeof(uint16_t) * w_count);
+    twin b = twin_floats(b_host, (size_t)n);
+    twin out = twin_floats(NULL, (size_t)rows * n);
+    CHECK_OK(g_ref->ops->matmul(g_ref, out.ref, x.ref, w.ref, dtype, with_bias ? b.ref : NULL, rows, n, k));
+    CHECK_OK(g_cuda->ops->matmul(g_cuda, out.cuda, x.cuda, w.cuda, dtype, with_bias ? b.cuda : NULL, rows, n, k));
+    twin_compare(&out, exact_grid ? 0.0 : PB_TOL_CUDA_OP16_NMSE, what);
+    twin_free(&x);
+    twin_free(&w);
+    twin_free(&b);
+    twin_free(&out);
+    free(x_host);
+    free(w_host);
+    free(b_host);
+    free(w16);
+}
+
+static void test_matmul16(void **state) {
+    (void)state;
+    rng_seed(10);
+    const pb_dtype dtypes[] = {PB_DTYPE_BF16, PB_DTYPE_F16};
+    for (size_t i = 0; i < sizeof dtypes / sizeof dtypes[0]; i++) {
+        const pb_dtype dtype = dtypes[i];
+        char what[96];
+        const char *name = pb_dtype_name(dtype);
+        snprintf(what, sizeof what, "matmul %s rows=7 n=53 k=67 bias", name);
+        run_matmul16(dtype, 7, 53, 67, 1, 0, -1, -1, what);
+        snprintf(what, sizeof what, "matmul %s rows=7 n=53 k=67", name);
+        run_matmul16(dtype, 7, 53, 67, 0, 0, -1, -1, what);
+        snprintf(what, sizeof what, "matmul %s rows=13 n=301 k=515 bias", name);
+        run_matmul16(dtype, 13, 301, 515, 1, 0, -1, -1, what);
+        snprintf(what, sizeof what, "matmul %s rows=1 n=1 k=1 bias", name);
+        run_matmul16(dtype, 1, 1, 1, 1, 0, -1, -1, what);
+        snprintf(what, sizeof what, "matmul %s rows=7 n=53 k=67 NaN row 3, 1e5 row 5", name);
+        run_matmul16(dtype, 7, 53, 67, 1, 0, 3, 5, what);
+        snprintf(what, sizeof what, "matmul %s rows=5 n=37 k=29 bias, exact grid", name);
+        run_matmul16(dtype, 5, 37, 29, 1, 1, -1, -1, what);
+        snprintf(what, sizeof what, "matmul %s rows=33 n=130 k=31, exact grid", name);
+        run_matmul16(dtype, 33, 130, 31, 0, 1, -1, -1, what);
+    }
+    /* growing the rounding scratch after a small call, then a small call
+     * again with the large scratch */
+    run_matmul16(PB_DTYPE_BF16, 64, 96, 1024, 1, 0, -1, -1, "matmul bf16 rows=64 n=96 k=1024 bias");
+    run_matmul16(PB_DTYPE_BF16, 3, 5, 7, 1, 0, -1, -1, "matmul bf16 rows=3 n=5 k=7 bias");
+}
+
+/* ---- ragged attention ------------------------------------------------------- */
+
+typedef struct job_spec {
+    int n, p0;
+    int null_prefix; /* pass NULL prefix pointers (only with p0 == 0) */
+} job_spec;
+
+/* attention_jobs on the CUDA backend against the reference backend's
+ * `attention` run job by job on the job's keys assembled (prefix, then new
+ * keys), as exec.c does for backends without attention_jobs.
+ * Layout: with `scattered`, jobs' query rows are packed in reverse job order
+ * with one untouched row between jobs (q_row need not follow job order);
+ * otherwise packed in order, back to back. New keys sit at the job's query
+ * rows of packed k/v buffers (as in exec.c); each prefix lives in a buffer of
+ * p0 + 3 rows whose 3 extra rows, like the gap rows, hold large values that
+ * no query may read. out starts as 0.5 everywhere; rows no job owns must
+ * keep it. */
+static void run_attention_jobs(const job_spec *specs, int n_jobs, int n_heads, int n_kv_heads, int head_dim,
+                               int scattered, const char *what) {
+    const size_t qd = (size_t)n_heads * head_dim, kvd = (size_t)n_kv_heads * head_dim;
+    int *q_row = malloc(sizeof(int) * (size_t)n_jobs);
+    size_t *prefix_at = malloc(sizeof(size_t) * (size_t)n_jobs);
+    assert_non_null(q_row);
+    assert_non_null(prefix_at);
+    int rows = 0;
+    size_t prefix_rows = 0;
+    for (int i = 0; i < n_jobs; i++) {
+        const int j = scattered ? n_jobs - 1 - i : i;
+        q_row[j] = rows;
+        rows += specs[j].n + (scattered ? 1 : 0);
+        prefix_at[i] = prefix_rows;
+        prefix_rows += (size_t)specs[i].p0 + 3;
+    }
+    unsigned char *owned = calloc((size_t)rows + 1, 1);
+    assert_non_null(owned);
+    for (int j = 0; j < n_jobs; j++)
+        for (int t = 0; t < specs[j].n; t++)
+            owned[q_row[j] + t] = 1;
+
+    float *q_host = host_random((size_t)rows * qd, -2.0f, 2.0f);
+    float *k_host = host_random((size_t)rows * kvd, -2.0f, 2.0f);
+    float *v_host = host_random((size_t)rows * kvd, -1.0f, 1.0f);
+    float *kp_host = host_random(prefix_rows * kvd, -2.0f, 2.0f);
+    float *vp_host = host_random(prefix_rows * kvd, -1.0f, 1.0f);
+    float *out_host = malloc(sizeof(float) * ((size_t)rows * qd + 1));
+    assert_non_null(out_host);
+    for (size_t i = 0; i < (size_t)rows * qd; i++)
+        out_host[i] = 0.5f;
+    for (int r = 0; r < rows; r++)
+        if (!owned[r])
+            for (size_t i = 0; i < kvd; i++) {
+                k_host[(size_t)r * kvd + i] = 50.0f;
+                v_host[(size_t)r * kvd + i] = 1000.0f;
+            }
+    for (int j = 0; j < n_jobs; j++)
+        for (size_t r = (size_t)specs[j].p0; r < (size_t)specs[j].p0 + 3; r++)
+            for (size_t i = 0; i < kvd; i++) {
+                kp_host[(prefix_at[j] + r) * kvd + i] = 50.0f;
+                vp_host[(prefix_at[j] + r) * kvd + i] = 1000.0f;
+            }
+
+    twin q = twin_floats(q_host, (size_t)rows * qd);
+    twin k = twin_floats(k_host, (size_t)rows * kvd);
+    twin v = twin_floats(v_host, (size_t)rows * kvd);
+    twin kp = twin_floats(kp_host, prefix_rows * kvd);
+    twin vp = twin_floats(vp_host, prefix_rows * kvd);
+    twin out = twin_floats(out_host, (size_t)rows * qd);
+
+    /* the reference, job by job on assembled keys */
+    for (int j = 0; j < n_jobs; j++) {
+        const int n = specs[j].n, p0 = specs[j].p0;
+        if (n == 0)
+            continue;
+        const size_t keys = (size_t)p0 + n;
+        float *k_all = malloc(sizeof(float) * keys * kvd);
+        float *v_all = malloc(sizeof(float) * keys * kvd);
+        assert_non_null(k_all);
+        assert_non_null(v_all);
+        memcpy(k_all, kp_host + prefix_at[j] * kvd, sizeof(float) * (size_t)p0 * kvd);
+        memcpy(v_all, vp_host + prefix_at[j] * kvd, sizeof(float) * (size_t)p0 * kvd);
+        memcpy(k_all + (size_t)p0 * kvd, k_host + (size_t)q_row[j] * kvd, sizeof(float) * (size_t)n * kvd);
+        memcpy(v_all + (size_t)p0 * kvd, v_host + (size_t)q_row[j] * kvd, sizeof(float) * (size_t)n * kvd);
+        float *k_ref = backend_buffer(g_ref, k_all, sizeof(float) * keys * kvd);
+        float *v_ref = backend_buffer(g_ref, v_all, sizeof(float) * keys * kvd);
+        CHECK_OK(g_ref->ops->attention(g_ref, (float *)out.ref + (size_t)q_row[j] * qd,
+                                       (const float *)q.ref + (size_t)q_row[j] * qd, k_ref, v_ref, n, (int)keys, p0,
+                                       n_heads, n_kv_heads, head_dim));
+        g_ref->ops->free(g_ref, k_ref);
+        g_ref->ops->free(g_ref, v_ref);
+        free(k_all);
+        free(v_all);
+    }
+
+    /* the CUDA backend, all jobs in one call */
+    pb_attention_job *jobs = calloc((size_t)n_jobs + 1, sizeof *jobs);
+    assert_non_null(jobs);
+    for (int j = 0; j < n_jobs; j++) {
+        const int has_prefix = !(specs[j].null_prefix && specs[j].p0 == 0);
+        jobs[j].q_row = q_row[j];
+        jobs[j].n = specs[j].n;
+        jobs[j].p0 = specs[j].p0;
+        jobs[j].k_prefix = has_prefix ? (const float *)kp.cuda + prefix_at[j] * kvd : NULL;
+        jobs[j].v_prefix = has_prefix ? (const float *)vp.cuda + prefix_at[j] * kvd : NULL;
+        /* a job without queries needs no keys at all */
+        jobs[j].k_new = specs[j].n ? (const float *)k.cuda + (size_t)q_row[j] * kvd : NULL;
+        jobs[j].v_new = specs[j].n ? (const float *)v.cuda + (size_t)q_row[j] * kvd : NULL;
+    }
+    CHECK_OK(g_cuda->ops->attention_jobs(g_cuda, out.cuda, q.cuda, jobs, n_jobs, n_heads, n_kv_heads, head_dim));
+    /* The host array may be reused at once: scribbling on it must not
+     * change what the queued kernel reads. */
+    memset(jobs, 0xff, sizeof *jobs * (size_t)n_jobs);
+
+    twin_compare(&out, PB_TOL_CUDA_OP_NMSE, what);
+    float *got = malloc(sizeof(float) * ((size_t)rows * qd + 1));
+    assert_non_null(got);
+    CHECK_OK(g_cuda->ops->download(g_cuda, got, out.cuda, sizeof(float) * (size_t)rows * qd));
+    for (int r = 0; r < rows; r++)
+        if (!owned[r])
+            for (size_t i = 0; i < qd; i++)
+                if (got[(size_t)r * qd + i] != 0.5f)
+                    fail_msg("%s: row %d belongs to no job but element %zu became %g", what, r, i,
+                             (double)got[(size_t)r * qd + i]);
+
+    free(got);
+    free(jobs);
+    twin_free(&q);
+    twin_free(&k);
+    twin_free(&v);
+    twin_free(&kp);
+    twin_free(&vp);
+    twin_free(&out);
+    free(q_host);
+    free(k_host);
+    free(v_host);
+    free(kp_host);
+    free(vp_host);
+    free(out_host);
+    free(owned);
+    free(q_row);
+    free(prefix_at);
+}
+
+static void test_attention_jobs(void **state) {
+    (void)state;
+    rng_seed(11);
+    assert_non_null(g_cuda->ops->attention_jobs);
+    /* prefixes and none, NULL prefix pointers, single queries (decode
+     * steps), a job without queries */
+    const job_spec mixed[] = {{5, 7, 0}, {1, 0, 1}, {9, 0, 0}, {1, 20, 0}, {0, 5, 0}, {3, 0, 1}, {13, 33, 0}};
+    const int n_mixed = (int)(sizeof mixed / sizeof mixed[0]);
+    run_attention_jobs(mixed, n_mixed, 6, 2, 64, 1, "attention_jobs 7 jobs H=6 KV=2 hd=64 scattered");
+    run_attention_jobs(mixed, n_mixed, 6, 2, 64, 0, "attention_jobs 7 jobs H=6 KV=2 hd=64 packed");
+    run_attention_jobs(mixed, n_mixed, 4, 4, 67, 1, "attention_jobs 7 jobs H=KV=4 hd=67 scattered");
+    const job_spec wide[] = {{4, 10, 0}, {1, 300, 0}, {2, 0, 1}};
+    run_attention_jobs(wide, 3, 2, 1, 256, 1, "attention_jobs 3 jobs H=2 KV=1 hd=256 p0<=300");
+    const job_spec single[] = {{1, 0, 1}};
+    run_attention_jobs(single, 1, 1, 1, 1, 0, "attention_jobs 1 job n=1 H=KV=1 hd=1");
+    const job_spec leading_empty[] = {{0, 0, 1}, {0, 4, 0}, {2, 1, 0}, {0, 2, 0}};
+    run_attention_jobs(leading_empty, 4, 2, 2, 8, 1, "attention_jobs empty jobs around one");
+
+    /* a patching batch: many short jobs over a shared-length prefix, the
+     * SmolLM2 head layout; run twice (the second with fewer jobs reuses the
+     * grown descriptor buffers) */
+    enum { MANY = 300 };
+    job_spec *many = malloc(sizeof(job_spec) * MANY);
+    assert_non_null(many);
+    int many_rows = 0;
+    for (int j = 0; j < MANY; j++) {
+        many[j].n = (int)floorf(rng_uniform(0.0f, 6.0f));
+        many[j].p0 = (int)floorf(rng_uniform(0.0f, 41.0f));
+        many[j].null_prefix = j % 3 == 0;
+        many_rows += many[j].n;
+    }
+    printf("  (%d jobs, %d query rows)\n", MANY, many_rows);
+    run_attention_jobs(many, MANY, 9, 3, 64, 1, "attention_jobs 300 jobs H=9 KV=3 hd=64 scattered");
+    run_attention_jobs(many, MANY / 3, 9, 3, 64, 0, "attention_jobs 100 jobs H=9 KV=3 hd=64 packed");
+    free(many);
+
+    /* no jobs, or jobs without queries: nothing to do */
+    CHECK_OK(g_cuda->ops->attention_jobs(g_cuda, NULL, NULL, NULL, 0, 2, 1, 8));
+    const pb_attention_job empty = {0, 0, 3, NULL, NULL, NULL, NULL};
+    CHECK_OK(g_cuda->ops->attention_jobs(g_cuda, NULL, NULL, &empty, 1, 2, 1, 8));
+    CHECK_OK(g_cuda->ops->synchronize(g_cuda));
+}
+
+static void test_memory_info(void **state) {
+    (void)state;
+    if (g_stand_in)
+        skip();
+    assert_non_null(g_cuda->ops->memory_info);
+    size_t free_bytes = 0, total_bytes = 0;
+    CHECK_OK(g_cuda->ops->memory_info(g_cuda, &free_bytes, &total_bytes));
+    printf("  memory_info: %zu bytes free of %zu (%.2f of %.2f GiB)\n", free_bytes, total_bytes,
+           (double)free_bytes / (1u << 30), (double)total_bytes / (1u << 30));
+    assert_true(total_bytes >= ((size_t)1 << 30));
+    assert_true(free_bytes > 0);
+    assert_true(free_bytes <= total_bytes);
+}
+
 static void test_errors(void **state) {
     (void)state;
+    if (g_stand_in)
+        skip();
     float *buffer = NULL;
     CHECK_OK(g_cuda->ops->alloc(g_cuda, (void **)&buffer, 4096));
     const pb_backend_ops *ops = g_cuda->ops;
@@ -423,6 +779,26 @@ static void test_errors(void **state) {
     expect_status(ops->rope(g_cuda, buffer, (const int32_t *)buffer, buffer, 2, 2, 7), PB_ERR_ARG,
                   "rope odd head_dim");
     expect_status(ops->matmul(g_cuda, buffer, buffer, buffer, PB_DTYPE_F32, NULL, -1, 4, 4), PB_ERR_ARG, "matmul rows < 0");
+    pb_attention_job job = {0, 2, 1, buffer, buffer, buffer, buffer};
+    expect_status(ops->attention_jobs(g_cuda, buffer, buffer, &job, 1, 3, 2, 8), PB_ERR_ARG,
+                  "attention_jobs n_heads % n_kv_heads != 0");
+    expect_status(ops->attention_jobs(g_cuda, buffer, buffer, &job, -1, 2, 2, 8), PB_ERR_ARG,
+                  "attention_jobs n_jobs < 0");
+    job.k_prefix = NULL;
+    expect_status(ops->attention_jobs(g_cuda, buffer, buffer, &job, 1, 2, 2, 8), PB_ERR_ARG,
+                  "attention_jobs p0 > 0 without a prefix");
+    job.k_prefix = buffer;
+    job.v_new = NULL;
+    expect_status(ops->attention_jobs(g_cuda, buffer, buffer, &job, 1, 2, 2, 8), PB_ERR_ARG,
+                  "attention_jobs n > 0 without new keys");
+    job.v_new = buffer;
+    job.n = -1;
+    expect_status(ops->attention_jobs(g_cuda, buffer, buffer, &job, 1, 2, 2, 8), PB_ERR_ARG,
+                  "attention_jobs n < 0");
+    job.n = 1;
+    expect_status(ops->attention_jobs(g_cuda, buffer, buffer, &job, 1, 1, 1, 4096), PB_ERR_UNSUPPORTED,
+                  "attention_jobs head_dim 4096 (shared memory)");
+    CHECK_OK(ops->synchronize(g_cuda));
     ops->free(g_cuda, buffer);
 
     void *huge = NULL;
@@ -430,15 +806,24 @@ static void test_errors(void **state) {
     expect_status(status, PB_ERR_OOM, "alloc 1 PiB");
     assert_null(huge);
     assert_non_null(strstr(pb_last_error(), "need"));
+    assert_non_null(strstr(pb_last_error(), "have"));
     assert_non_null(strstr(pb_last_error(), "free"));
-    /* the backend still works after a refused allocation */
+    /* the backend still works after a refused allocation: memory, and ops
+     * that match the reference */
     CHECK_OK(ops->alloc(g_cuda, (void **)&buffer, 64));
     CHECK_OK(ops->synchronize(g_cuda));
     ops->free(g_cuda, buffer);
+    rng_seed(12);
+    run_matmul(7, 53, 67, 1, -1, "matmul rows=7 n=53 k=67 bias, after OOM");
+    run_matmul16(PB_DTYPE_BF16, 7, 53, 67, 1, 0, -1, -1, "matmul bf16 rows=7 n=53 k=67 bias, after OOM");
+    const job_spec after[] = {{3, 4, 0}, {2, 0, 1}};
+    run_attention_jobs(after, 2, 4, 2, 32, 1, "attention_jobs 2 jobs, after OOM");
 }
 
 static void test_nccl_linked(void **state) {
     (void)state;
+    if (g_stand_in)
+        skip();
     int version = 0;
     CHECK_OK(pb_cuda_nccl_version(&version));
     printf("  NCCL version code %d\n", version);
@@ -464,7 +849,15 @@ static int group_teardown(void **state) {
 }
 
 int main(void) {
-    pb_status status = pb_backend_cuda_create(&g_cuda, 0);
+    const char *stand_in = getenv("PB_CUDA_TEST_STAND_IN");
+    g_stand_in = stand_in && *stand_in;
+    if (g_stand_in && strcmp(stand_in, "cpu") != 0) {
+        fprintf(stderr, "PB_CUDA_TEST_STAND_IN: only \"cpu\" is known, not \"%s\"\n", stand_in);
+        return 1;
+    }
+    if (g_stand_in)
+        printf("note: PB_CUDA_TEST_STAND_IN: the cpu backend stands in for CUDA; nothing here tests the GPU\n");
+    pb_status status = g_stand_in ? pb_backend_cpu_create(&g_cuda, 0) : pb_backend_cuda_create(&g_cuda, 0);
     if (status == PB_ERR_UNSUPPORTED) {
         printf("skipping: no CUDA device: %s\n", pb_last_error());
         return 77;
@@ -476,8 +869,9 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_memory),    cmocka_unit_test(test_embed),     cmocka_unit_test(test_rmsnorm),
         cmocka_unit_test(test_matmul),    cmocka_unit_test(test_rope),      cmocka_unit_test(test_attention),
-        cmocka_unit_test(test_swiglu),    cmocka_unit_test(test_add),       cmocka_unit_test(test_errors),
-        cmocka_unit_test(test_nccl_linked),
+        cmocka_unit_test(test_swiglu),    cmocka_unit_test(test_add),       cmocka_unit_test(test_embed16),
+        cmocka_unit_test(test_matmul16),  cmocka_unit_test(test_attention_jobs), cmocka_unit_test(test_memory_info),
+        cmocka_unit_test(test_errors),    cmocka_unit_test(test_nccl_linked),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown) == 0 ? 0 : 1;
 }

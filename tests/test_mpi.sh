@@ -13,7 +13,7 @@ cli=$build/patchbay
 command -v mpirun >/dev/null || { echo "skipping: no mpirun (apt-get install openmpi-bin libopenmpi-dev)"; exit 77; }
 command -v python3 >/dev/null || { echo "skipping: no python3 to compare results"; exit 77; }
 [ -x "$cli" ] || { echo "skipping: $cli is not built"; exit 77; }
-ldd "$cli" | grep -q libmpi || { echo "skipping: $cli was built without MPI"; exit 77; }
+ldd "$cli" | grep libmpi >/dev/null || { echo "skipping: $cli was built without MPI"; exit 77; }
 # OpenMPI's own allocations at MPI_Init are not ours to report (ASan builds).
 export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0"
 export OMP_NUM_THREADS=1
