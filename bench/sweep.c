@@ -211,6 +211,15 @@ int main(int argc, char **argv) {
     printf("%s ceiling     %.2f GFLOP/s at M = %d and the model's projection shapes\n", gpu ? "cuBLAS" : "sgemm",
            ceiling, avg_M);
     printf("ratio             engine / %s = %.2f\n", gpu ? "cuBLAS GEMM" : "sgemm", ceiling > 0 ? gflops / ceiling : 0.0);
+    printf("{\"bench\": \"%s\", \"model\": \"%s\", \"backend\": \"%s\", \"dtype\": \"%s\", \"T\": %d, "
+           "\"rows\": %lld, \"rows_executed\": %lld, \"seconds\": %.4f, \"rows_per_s\": %.3f, "
+           "\"tflops_executed\": %.6f, \"engine_tflops\": %.4f, \"ceiling_tflops\": %.4f, \"ratio_vs_ceiling\": %.4f, "
+           "\"tflops_naive\": %.6f, \"naive_over_executed\": %.2f, \"avg_batch_tokens\": %d}\n",
+           gpu ? "gpu_sweep" : "sweep", pb_model_get_source(m), pb_backend_name(mo.load.backend),
+           pb_dtype_name(mo.load.dtype), s->spec.pairs[0].base.T, (long long)sum.n_rows,
+           (long long)sum.n_rows_executed, seconds, sum.n_rows / seconds, sum.flops_executed * 1e-12, gflops * 1e-3,
+           ceiling * 1e-3, ceiling > 0 ? gflops / ceiling : 0.0, sum.flops_naive * 1e-12,
+           sum.flops_executed > 0 ? sum.flops_naive / sum.flops_executed : 0.0, avg_M);
     printf("RESULT engine_rows_per_s=%.3f engine_seconds=%.4f rows=%lld engine_tflops=%.4f ceiling_tflops=%.4f "
            "naive_over_executed=%.2f\n",
            sum.n_rows / seconds, seconds, (long long)sum.n_rows, gflops * 1e-3, ceiling * 1e-3,

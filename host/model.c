@@ -367,6 +367,39 @@ static int is_directory(const char *path) {
     return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
 }
 
+/* Index of the first non-finite element of x (n), or n. Threaded: a
+ * 70B-shape tensor has billions of elements. */
+static uint64_t first_non_finite(const float *x, uint64_t n) {
+    uint64_t first = n;
+#pragma omp parallel for reduction(min : first) schedule(static) if (n > 65536)
+    for (uint64_t j = 0; j < n; j++)
+        if (!isfinite(x[j]) && j < first)
+            first = j;
+    return first;
+}
+
+/* Index of the first fp16 Inf in h (n), or n. */
+static uint64_t first_f16_overflow(const uint16_t *h, uint64_t n) {
+    uint64_t first = n;
+#pragma omp parallel for reduction(min : first) schedule(static) if (n > 65536)
+    for (uint64_t j = 0; j < n; j++)
+        if ((h[j] & 0x7c00u) == 0x7c00u && j < first)
+            first = j;
+    return first;
+}
+
+/* pb_dtype_from_f32 over threads, in chunks (the result is the same). */
+static void convert_parallel(pb_dtype dtype, void *dst, const float *src, uint64_t n) {
+    const uint64_t chunk = 1u << 20;
+    int64_t n_chunks = (int64_t)((n + chunk - 1) / chunk);
+    size_t elem = pb_dtype_size(dtype);
+#pragma omp parallel for schedule(static)
+    for (int64_t c = 0; c < n_chunks; c++) {
+        uint64_t lo = (uint64_t)c * chunk, len = n - lo < chunk ? n - lo : chunk;
+        pb_dtype_from_f32(dtype, (char *)dst + lo * elem, src + lo, (size_t)len);
+    }
+}
+
 /* Bytes tensor w takes in the arena, rounded up to 64 so every tensor
  * starts 64-byte aligned. */
 static uint64_t arena_slot(const pb_model *m, const wanted_tensor *w) {
@@ -433,24 +466,26 @@ static pb_status load_weights(pb_model *m, const source *src, int permuted_qk) {
             (status = unpermute_heads(staging, w->unpermute_heads, c->head_dim, w->n_dims == 2 ? w->shape[1] : 1)) !=
                 PB_OK)
             goto done;
-        for (uint64_t j = 0; j < count; j++)
-            if (!isfinite(staging[j])) {
-                status = pb_fail(PB_ERR_NUMERIC, "%s: tensor '%s' holds a non-finite value (%g) at element %llu",
-                                 src->path, name, (double)staging[j], (unsigned long long)j);
-                goto done;
-            }
+        uint64_t bad = first_non_finite(staging, count);
+        if (bad < count) {
+            status = pb_fail(PB_ERR_NUMERIC, "%s: tensor '%s' holds a non-finite value (%g) at element %llu",
+                             src->path, name, (double)staging[bad], (unsigned long long)bad);
+            goto done;
+        }
         const void *bytes = staging;
         size_t n_bytes = sizeof(float) * (size_t)count;
         if (w->n_dims == 2 && m->wdtype != PB_DTYPE_F32) {
-            pb_dtype_from_f32(m->wdtype, converted, staging, (size_t)count);
-            if (m->wdtype == PB_DTYPE_F16)
-                for (uint64_t j = 0; j < count; j++)
-                    if (!isfinite(pb_fp16_to_fp32(((const uint16_t *)converted)[j]))) {
-                        status = pb_fail(PB_ERR_NUMERIC,
-                                         "%s: tensor '%s' element %llu = %g overflows f16 (max 65504); use bf16 or f32",
-                                         src->path, name, (unsigned long long)j, (double)staging[j]);
-                        goto done;
-                    }
+            convert_parallel(m->wdtype, converted, staging, count);
+            if (m->wdtype == PB_DTYPE_F16) {
+                /* finite in fp32 (checked above) but not in fp16: overflow */
+                uint64_t j = first_f16_overflow(converted, count);
+                if (j < count) {
+                    status = pb_fail(PB_ERR_NUMERIC,
+                                     "%s: tensor '%s' element %llu = %g overflows f16 (max 65504); use bf16 or f32",
+                                     src->path, name, (unsigned long long)j, (double)staging[j]);
+                    goto done;
+                }
+            }
             bytes = converted;
             n_bytes = pb_dtype_size(m->wdtype) * (size_t)count;
         }

@@ -14,6 +14,7 @@ rows/s and a line `RESULT torch_rows_per_s=...`. Exit 77 when the device is
 not available.
 """
 import argparse
+import json
 import random
 import sys
 import time
@@ -148,6 +149,10 @@ def main() -> int:
           f"attention {cfg._attn_implementation}, model built in {t_load:.1f} s")
     print(f"pytorch rows/s    {len(sample) / seconds:.2f}")
     print(f"RESULT torch_rows_per_s={len(sample) / seconds:.4f} rows={len(rows)}")
+    print(json.dumps({"bench": "torch_sweep", "device": name, "shape": args.shape, "layers": L, "T": T,
+                      "dtype": args.dtype, "rows_sampled": len(sample), "rows": len(rows), "seconds": seconds,
+                      "rows_per_s": len(sample) / seconds, "torch": torch.__version__,
+                      "attention": cfg._attn_implementation}))
     return 0
 
 

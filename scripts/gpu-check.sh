@@ -230,8 +230,7 @@ run_tests() {
     run_step "$name" "$cap" ctest --test-dir "$BUILD" --output-on-failure --timeout 120 "$@"
 }
 # -V keeps the GPU test's own output (per-op NMSE lines, skip reasons) in the log.
-run_tests ctest_gpu 120 -L gpu -V
-run_tests ctest_all 200
+run_tests ctest_gpu 150 -L gpu -V
 
 # ---- benchmarks -------------------------------------------------------------------
 # Prefill at the llama3-8b shape: a batch of PREFILL_SEQS x PREFILL_SEQ_LEN
@@ -320,17 +319,33 @@ else
 fi
 TORCH_JSON=$(json_line "$OUT/bench_torch_prefill.log" torch_prefill)
 
-# ---- hook: the sweep benchmark (issue 6) ----------------------------------------
-# bench/gpu_sweep.c, when it exists, builds to $BUILD/bench_gpu_sweep; it runs
-# here with PB_GPU_SWEEP_ARGS and its {"bench": "gpu_sweep", ...} line goes
-# into summary.json as benchmarks.gpu_sweep. Until then the step is skipped.
-if [ -x "$BUILD/bench_gpu_sweep" ]; then
-    # shellcheck disable=SC2086 # PB_GPU_SWEEP_ARGS is a list of words
-    run_step bench_gpu_sweep 120 "$BUILD/bench_gpu_sweep" ${PB_GPU_SWEEP_ARGS:-}
+# ---- the sweep benchmark (issue 6) -------------------------------------------------
+# The default sweep (resid_pre, attn_out, mlp_out at every layer and
+# position; z for every head at the last position) on one pair of T = 64
+# random ids at the llama3-8b shape (bf16, the prefill's layer count):
+# bench_sweep --backend cuda prints rows/s, TFLOP/s of the FLOPs executed,
+# the cuBLAS ceiling at the engine's batch height, and the naive FLOPs; the
+# PyTorch loop (transformers + forward hooks, one forward per row, sampled
+# rows) runs on the same GPU.
+SWEEP_LAYERS=$TORCH_LAYERS
+case $SWEEP_LAYERS in '' | null | *[!0-9]*) SWEEP_LAYERS=$PREFILL_LAYERS ;; esac
+if [ -x "$BUILD/bench_sweep" ]; then
+    run_step bench_gpu_sweep 150 "$BUILD/bench_sweep" --random-model "llama3-8b:$SWEEP_LAYERS" --backend cuda \
+        --dtype bf16 --default-sweep 64
 else
-    skip_step bench_gpu_sweep skipped
+    skip_step bench_gpu_sweep skipped_not_built
 fi
 SWEEP_JSON=$(json_line "$OUT/bench_gpu_sweep.log" gpu_sweep)
+if command -v "$PYTHON" >/dev/null 2>&1; then
+    run_step bench_torch_sweep 120 "$PYTHON" "$ROOT/scripts/bench_torch_sweep_gpu.py" --shape llama3-8b \
+        --layers "$SWEEP_LAYERS" --T 64 --rows 200 --dtype bf16
+else
+    skip_step bench_torch_sweep skipped
+fi
+TORCH_SWEEP_JSON=$(json_line "$OUT/bench_torch_sweep.log" torch_sweep)
+
+# ---- the rest of the suite (CPU tests; CI runs them too) ---------------------------
+run_tests ctest_all 150 -LE gpu
 
 # ---- summary.json -----------------------------------------------------------------
 tests_json() {
@@ -381,7 +396,18 @@ benchmarks_json() {
     printf '      "patchbay": %s,\n' "${PREFILL_JSON:-null}"
     printf '      "pytorch": %s\n' "${TORCH_JSON:-null}"
     printf '    },\n'
-    printf '    "gpu_sweep": %s\n' "${SWEEP_JSON:-null}"
+    local sweep_rps torch_rps sweep_speedup=null
+    sweep_rps=$(json_number "$SWEEP_JSON" rows_per_s)
+    torch_rps=$(json_number "$TORCH_SWEEP_JSON" rows_per_s)
+    if [ "$sweep_rps" != null ] && [ "$torch_rps" != null ]; then
+        sweep_speedup=$(awk -v a="$sweep_rps" -v b="$torch_rps" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')
+    fi
+    printf '    "sweep": {"patchbay_rows_per_s": %s, "pytorch_rows_per_s": %s, "speedup_vs_pytorch": %s,\n' \
+        "$sweep_rps" "$torch_rps" "$sweep_speedup"
+    printf '      "ratio_vs_ceiling": %s, "naive_over_executed": %s,\n' \
+        "$(json_number "$SWEEP_JSON" ratio_vs_ceiling)" "$(json_number "$SWEEP_JSON" naive_over_executed)"
+    printf '      "patchbay": %s,\n' "${SWEEP_JSON:-null}"
+    printf '      "pytorch": %s}\n' "${TORCH_SWEEP_JSON:-null}"
     printf '  }'
 }
 
