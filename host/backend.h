@@ -98,6 +98,10 @@ typedef struct pb_backend_ops {
     pb_status (*metric_rows)(pb_backend *backend, double *out, const float *logits, int rows, int n_out,
                              pb_metric_kind kind, const int32_t *positive, int n_positive, const int32_t *negative,
                              int n_negative, const double *ref_logprobs, const int32_t *ref_row, int n_ref);
+    /* 1 when the backend's memory is plain host memory (the CPU backends):
+     * callers may read it directly instead of downloading. Last member, so
+     * positional initialisers that stop before it leave it 0. */
+    int host_memory;
 } pb_backend_ops;
 
 struct pb_backend {

@@ -275,6 +275,7 @@ static const pb_backend_ops cpu_ops = {
     .swiglu = cpu_swiglu,
     .add = cpu_add,
     .metric_rows = cpu_metric_rows,
+    .host_memory = 1,
 };
 
 pb_status pb_backend_cpu_create(pb_backend **out, int n_threads) {

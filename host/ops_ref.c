@@ -239,6 +239,7 @@ static const pb_backend_ops ref_ops = {
     .swiglu = ref_swiglu,
     .add = ref_add,
     .metric_rows = ref_metric_rows,
+    .host_memory = 1,
 };
 
 pb_status pb_backend_ref_create(pb_backend **out) {

@@ -216,7 +216,40 @@ static pb_status expand_sites(pb_sweep *s) {
 static void cache_free(pb_sweep *s, pb_run_cache *r) {
     if (r->arena)
         s->model->backend->ops->free(s->model->backend, r->arena);
+    free(r->mirror);
     memset(r, 0, sizeof *r);
+}
+
+/* Host mirrors of a pair's two caches are kept up to this size; past it,
+ * row_is_trivial downloads the rows it compares one by one. */
+#define PB_MIRROR_MAX_BYTES ((size_t)2 << 30)
+
+/* On a device backend, downloads both run caches of a pair in one transfer
+ * each, so that deciding which rows are trivial (bit-identical source and
+ * base activations) costs no per-row synchronising download. Best effort:
+ * without host memory for it, the per-row path is used. */
+static pb_status mirror_caches(pb_sweep *s, pb_run_cache *a, pb_run_cache *b) {
+    pb_backend *be = s->model->backend;
+    if (be->ops->host_memory || (a->arena_floats + b->arena_floats) * sizeof(float) > PB_MIRROR_MAX_BYTES)
+        return PB_OK;
+    pb_run_cache *runs[2] = {a, b};
+    for (int k = 0; k < 2; k++) {
+        runs[k]->mirror = malloc(sizeof(float) * (runs[k]->arena_floats ? runs[k]->arena_floats : 1));
+        if (!runs[k]->mirror)
+            return PB_OK;
+        PB_TRY(be->ops->download(be, runs[k]->mirror, runs[k]->arena, sizeof(float) * runs[k]->arena_floats));
+    }
+    return PB_OK;
+}
+
+/* A cache row (cache_row's pointer) as host memory: the backend's own
+ * memory, the mirror, or NULL when it must be downloaded. */
+static const float *host_row(const pb_sweep *s, const pb_run_cache *r, const float *device_row) {
+    if (s->model->backend->ops->host_memory)
+        return device_row;
+    if (r->mirror)
+        return r->mirror + (device_row - (const float *)r->arena);
+    return NULL;
 }
 
 static size_t cache_floats(const pb_sweep *s, int T, const int *needed, size_t parts[4 + PB_COMPONENT_COUNT]) {
@@ -278,6 +311,7 @@ static pb_status cache_build(pb_sweep *s, pb_exec *exec, pb_run_cache *r, const 
     memset(r, 0, sizeof *r);
     r->T = prompt->T;
     size_t total = cache_floats(s, prompt->T, needed, parts);
+    r->arena_floats = total;
     pb_status status = b->ops->alloc(b, &r->arena, total * sizeof(float));
     if (status != PB_OK)
         return pb_fail_context(status, "run cache of %d tokens (%.1f MiB)", prompt->T,
@@ -615,6 +649,8 @@ static pb_status pair_caches(pb_sweep *s, batch_buffers *bb, int pair) {
         status = run_metric(s, bb, &s->base[pair], pair, &s->base_value[pair]);
     if (status == PB_OK)
         status = run_metric(s, bb, &s->source[pair], pair, &s->source_value[pair]);
+    if (status == PB_OK)
+        status = mirror_caches(s, &s->base[pair], &s->source[pair]);
     if (status != PB_OK) {
         cache_free(s, &s->base[pair]);
         cache_free(s, &s->source[pair]);
@@ -647,9 +683,16 @@ static pb_status row_is_trivial(pb_sweep *s, int pair, const pb_site *site, cons
         const float *a = cache_row(s, &s->base[pair], site->component, site->layer, positions[i]) + column;
         const float *bsrc =
             cache_row(s, &s->source[pair], site->component, site->layer, p->position_map[positions[i]]) + column;
-        PB_TRY(b->ops->download(b, host_a, a, sizeof(float) * width));
-        PB_TRY(b->ops->download(b, host_b, bsrc, sizeof(float) * width));
-        if (memcmp(host_a, host_b, sizeof(float) * width) != 0) {
+        const float *ha = host_row(s, &s->base[pair], a), *hb = host_row(s, &s->source[pair], bsrc);
+        if (!ha) {
+            PB_TRY(b->ops->download(b, host_a, a, sizeof(float) * width));
+            ha = host_a;
+        }
+        if (!hb) {
+            PB_TRY(b->ops->download(b, host_b, bsrc, sizeof(float) * width));
+            hb = host_b;
+        }
+        if (memcmp(ha, hb, sizeof(float) * width) != 0) {
             *trivial = 0;
             return PB_OK;
         }

@@ -27,6 +27,8 @@ typedef struct pb_site {
 typedef struct pb_run_cache {
     int T;
     void *arena;
+    size_t arena_floats;
+    float *mirror;       /* host copy of the arena (device backends, while the pair's rows are planned), or NULL */
     float *resid;        /* (n_layers + 1, T, d_model): resid_pre of each layer; [n_layers] = final residual */
     float *resid_mid;    /* (n_layers, T, d_model) */
     float *k, *v;        /* (n_layers, T, kv_dim): keys after RoPE, values */

@@ -315,6 +315,55 @@ static void test_batch_equals_single_rows(void **state) {
     free(spec);
 }
 
+/* Downloads made through the pretend device backend below. */
+static int64_t g_downloads;
+static pb_status (*g_real_download)(pb_backend *, void *, const void *, size_t);
+
+static pb_status counting_download(pb_backend *b, void *dst, const void *src, size_t bytes) {
+    g_downloads++;
+    return g_real_download(b, dst, src, bytes);
+}
+
+/* The device-memory path of the trivial-row check (one host mirror of each
+ * pair's caches instead of per-row downloads), taken by pretending the
+ * reference backend's memory is not host memory: the same rows are trivial,
+ * every value is identical to the direct path, and the downloads do not
+ * grow with the rows checked. */
+static void test_device_memory_path(void **state) {
+    char pairs[1024];
+    snprintf(pairs, sizeof pairs, "%s, %s", pair_ids, pair_ids_2);
+    char *spec = spec_text("denoising", pairs, all_components, metric_json);
+    pb_model *m = load_fixture_model_on("tiny_gqa", PB_BACKEND_REFERENCE);
+    pb_sweep *direct = make_sweep(m, spec, NULL, NULL);
+    const pb_backend_ops *saved = m->backend->ops;
+    pb_backend_ops device_like = *saved;
+    device_like.host_memory = 0;
+    g_real_download = saved->download;
+    device_like.download = counting_download;
+    g_downloads = 0;
+    m->backend->ops = &device_like;
+    pb_sweep *mirrored = make_sweep(m, spec, NULL, NULL);
+    m->backend->ops = saved;
+    int64_t trivial = 0;
+    for (int64_t r = 0; r < direct->n_rows; r++) {
+        assert_int_equal(direct->row_trivial[r], mirrored->row_trivial[r]);
+        assert_true(direct->patched[r] == mirrored->patched[r]);
+        trivial += direct->row_trivial[r];
+    }
+    pb_sweep_summary sum;
+    pb_sweep_get_summary(mirrored, &sum);
+    printf("[ MEASURE  ] trivial rows through host mirrors: %lld of %lld, identical to direct reads; %lld downloads "
+           "for %lld batches\n",
+           (long long)trivial, (long long)direct->n_rows, (long long)g_downloads, (long long)mirrored->n_batches);
+    assert_true(trivial > 0);
+    /* per pair: two mirrors and the baselines; per batch: the metric */
+    assert_true(g_downloads <= 8 * direct->spec.n_pairs + 2 * mirrored->n_batches);
+    pb_sweep_free(direct);
+    pb_sweep_free(mirrored);
+    pb_model_free(m);
+    free(spec);
+}
+
 /* ---- the naive C reference: one full forward per site ---------------------- */
 
 typedef struct naive_patch {
@@ -520,6 +569,7 @@ int main(void) {
         cmocka_unit_test(test_self_patch_changes_nothing),
         cmocka_unit_test(test_layer0_all_positions_is_the_source),
         cmocka_unit_test(test_batch_equals_single_rows),
+        cmocka_unit_test(test_device_memory_path),
         cmocka_unit_test(test_metric_callback_and_worker_subsets),
         cmocka_unit_test(test_matches_naive_forward_per_site),
         cmocka_unit_test(test_oracle_cases),
