@@ -398,6 +398,7 @@ static const pb_backend_ops pb_cuda_ops = {
     pb_cuda_attention_jobs,
     pb_cuda_memory_info,
     pb_cuda_metric_rows,
+    0, /* host_memory: device memory is not host memory */
 };
 
 static pb_status pb_cuda_init(pb_cuda_backend *self, int device) {
