@@ -67,13 +67,13 @@ static double sgemm_ceiling(const pb_model_config *c, int M) {
 }
 
 /* The GPU's GEMM rate at the engine's shapes, TFLOP/s (0 on failure). */
-static double gpu_ceiling(const pb_model_config *c, pb_dtype dtype, int M) {
+static double gpu_ceiling(const pb_model_config *c, int device, pb_dtype dtype, int M) {
     int d = c->d_model, qd = c->n_heads * c->head_dim, kvd = c->n_kv_heads * c->head_dim;
     int n[5] = {qd, kvd, d, c->d_mlp, d}, k[5] = {d, d, qd, d, c->d_mlp}, count[5] = {1, 2, 1, 2, 1};
     double seconds = 0, flops = 0;
     for (int i = 0; i < 5; i++)
         flops += 2.0 * M * n[i] * k[i] * count[i];
-    if (pb_cuda_gemm_ceiling(0, dtype, n, k, count, 5, M, 20, &seconds) != PB_OK || seconds <= 0) {
+    if (pb_cuda_gemm_ceiling(device, dtype, n, k, count, 5, M, 20, &seconds) != PB_OK || seconds <= 0) {
         fprintf(stderr, "bench_sweep: GEMM ceiling: %s\n", pb_last_error());
         return 0;
     }
@@ -155,9 +155,12 @@ int main(int argc, char **argv) {
         return 2;
     }
     pb_model *m;
-    if (pb_cli_model_load(&mo, &m) != PB_OK) {
-        fprintf(stderr, "bench_sweep: %s\n", pb_last_error());
-        return mo.load.backend == PB_BACKEND_CUDA ? 77 : 1;
+    pb_status loaded = pb_cli_model_load(&mo, &m);
+    if (loaded != PB_OK) {
+        /* no CUDA build or no device: skipped; anything else is a failure */
+        int skip = mo.load.backend == PB_BACKEND_CUDA && loaded == PB_ERR_UNSUPPORTED;
+        fprintf(stderr, "bench_sweep: %s%s\n", skip ? "skipping: " : "", pb_last_error());
+        return skip ? 77 : 1;
     }
     char *spec = NULL;
     if (default_T > 0) {
@@ -193,7 +196,7 @@ int main(int argc, char **argv) {
     pb_sweep_summary sum;
     pb_sweep_get_summary(s, &sum);
     int avg_M = s->n_batches ? (int)(s->tokens_packed / s->n_batches) : 1;
-    double ceiling = gpu ? gpu_ceiling(&m->cfg, mo.load.dtype, avg_M > 0 ? avg_M : 1) * 1e3
+    double ceiling = gpu ? gpu_ceiling(&m->cfg, mo.load.device, mo.load.dtype, avg_M > 0 ? avg_M : 1) * 1e3
                          : sgemm_ceiling(&m->cfg, avg_M > 0 ? avg_M : 1);
     double gflops = sum.flops_executed / seconds * 1e-9;
     printf("model             %s on %s, %s weights, T = %d\n", pb_model_get_source(m),

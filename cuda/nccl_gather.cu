@@ -5,8 +5,9 @@
  * this rank instead of hanging in NCCL, which has no timeout of its own.
  *
  * UNTESTED: written and compiled (sm_80, sm_90) on a machine without a GPU;
- * no line of it has run. host/distribute.c does not call it yet (GPU ranks
- * gather over MPI). The ncclUniqueId travels over MPI in the caller. */
+ * no line of it has run. Its caller is pb_ranks_gather_nccl
+ * (host/distribute.c: `patchbay sweep --backend cuda` on several ranks, or
+ * --gather nccl), which sends the ncclUniqueId over MPI. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

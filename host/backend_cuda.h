@@ -14,10 +14,10 @@ extern "C" {
 pb_status pb_cuda_nccl_version(int *out);
 
 /* ---- NCCL gather of per-row metrics between GPU ranks (cuda/nccl_gather.cu)
- * UNTESTED: compiled for sm_80/sm_90 but never run (no GPU where it was
- * written), and not yet called by host/distribute.c: GPU ranks still
- * gather over MPI. The MPI part (broadcasting the id from rank 0) belongs
- * to the caller, so this file needs no MPI. */
+ * Called by pb_ranks_gather_nccl (host/distribute.c) for --backend cuda
+ * ranks. Compiled for sm_80/sm_90 but not yet run on a GPU. The MPI part
+ * (broadcasting the id from rank 0) belongs to the caller, so this file
+ * needs no MPI. */
 enum { PB_NCCL_ID_BYTES = 128 }; /* NCCL_UNIQUE_ID_BYTES */
 typedef struct pb_nccl_gather pb_nccl_gather;
 

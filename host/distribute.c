@@ -422,6 +422,11 @@ pb_status pb_ranks_gather_nccl(pb_ranks *r, pb_sweep *s, const int64_t *share, i
     if (rank_seconds)
         rank_seconds[r->rank] = own_seconds;
     pb_backend *b = s->model->backend;
+    if (s->model->backend_kind != PB_BACKEND_CUDA)
+        return pb_fail(PB_ERR_ARG, "rank %d: the NCCL gather needs the CUDA backend", r->rank);
+    /* Makes the backend's device current (the communicator binds to it)
+     * and drains its stream. */
+    PB_TRY(b->ops->synchronize(b));
     int64_t count = 0;
     PB_TRY(max_report_count(s, r->size, &count));
     int own_count = 0;

@@ -483,7 +483,8 @@ static int cmd_sweep(const options *o, pb_ranks *ranks) {
         goto done;
     }
     if (nccl && ranks->rank == 0)
-        fprintf(stderr, "patchbay: gathering %d rank%s' results over NCCL\n", ranks->size, ranks->size > 1 ? "s" : "");
+        fprintf(stderr, "patchbay: gathering %d %s' results over NCCL\n", ranks->size,
+                ranks->size > 1 ? "ranks" : "rank");
     if ((nccl ? pb_ranks_gather_nccl : pb_ranks_gather)(ranks, sweep, share, n_share, st, seconds, &job,
                                                           rank_seconds) != PB_OK) {
         fail("gathering the ranks' results");

@@ -330,9 +330,12 @@ static void test_rope(void **state) {
 }
 
 /* k and v rows at or beyond key_limit are filled with large values: the
- * causal mask must keep every query from reading them. */
-static void run_attention(int T, int T_kv, int q_start, int n_heads, int n_kv_heads, int head_dim,
-                          const char *what) {
+ * causal mask must keep every query from reading them. With `with_nan`, one
+ * query element and one element of key row 1 are NaN (needs T >= 3): the
+ * outputs that read them must be NaN as in the reference, including those
+ * where the NaN key is the only key one of the kernel's warps sees. */
+static void run_attention_nan(int T, int T_kv, int q_start, int n_heads, int n_kv_heads, int head_dim,
+                              int with_nan, const char *what) {
     const size_t q_count = (size_t)T * n_heads * head_dim;
     const size_t kv_count = (size_t)T_kv * n_kv_heads * head_dim;
     float *q_host = host_random(q_count, -2.0f, 2.0f);
@@ -342,6 +345,11 @@ static void run_attention(int T, int T_kv, int q_start, int n_heads, int n_kv_he
     for (size_t i = key_limit; i < kv_count; i++) {
         k_host[i] = 50.0f;
         v_host[i] = 1000.0f;
+    }
+    if (with_nan) {
+        assert_true(T >= 3 && head_dim >= 1);
+        q_host[((size_t)2 * n_heads + (size_t)(n_heads - 1)) * head_dim + (size_t)head_dim / 2] = NAN;
+        k_host[(size_t)1 * n_kv_heads * head_dim] = NAN;
     }
     twin q = twin_floats(q_host, q_count);
     twin k = twin_floats(k_host, kv_count);
@@ -361,6 +369,11 @@ static void run_attention(int T, int T_kv, int q_start, int n_heads, int n_kv_he
     free(v_host);
 }
 
+static void run_attention(int T, int T_kv, int q_start, int n_heads, int n_kv_heads, int head_dim,
+                          const char *what) {
+    run_attention_nan(T, T_kv, q_start, n_heads, n_kv_heads, head_dim, 0, what);
+}
+
 static void test_attention(void **state) {
     (void)state;
     rng_seed(6);
@@ -370,6 +383,7 @@ static void test_attention(void **state) {
     run_attention(33, 33, 0, 2, 2, 128, "attention T=33 T_kv=33 H=KV=2 hd=128");
     run_attention(3, 300, 297, 8, 1, 96, "attention T=3 T_kv=300 q_start=297 KV=1");
     run_attention(1, 1, 0, 1, 1, 1, "attention T=1 T_kv=1 hd=1");
+    run_attention_nan(13, 13, 0, 4, 2, 67, 1, "attention T=13 H=4 KV=2 hd=67 NaN in q and k");
 }
 
 static void test_swiglu(void **state) {

@@ -18,8 +18,14 @@ model=$fixtures/tiny_gqa/model.gguf
 under=${PB_TEST_CLI_BACKEND:-cuda}
 gather=()
 [ "$under" = cuda ] && gather=(--gather nccl)
-probe=$("$cli" info --model "$model" --backend "$under" 2>&1) || {
-  echo "skipping: no CUDA backend here: $probe"; exit 77; }
+# Only "no device / no driver / no CUDA build" is a skip; any other failure
+# to create the backend on a machine that has one is a failure.
+if ! probe=$("$cli" info --model "$model" --backend "$under" 2>&1); then
+  case $probe in
+    *cudaGetDeviceCount*|*"has no CUDA backend"*) echo "skipping: no CUDA backend here: $probe"; exit 77 ;;
+    *) echo "FAIL: patchbay info --backend $under: $probe"; exit 1 ;;
+  esac
+fi
 tmp=$(mktemp -d /tmp/pb_cuda_cli_XXXXXX)
 trap 'rm -rf "$tmp"' EXIT
 
