@@ -13,6 +13,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include <string.h>
+
 #include "backend_cuda_impl.cuh"
 
 /* ---- lifetime and memory ------------------------------------------------ */
@@ -334,7 +336,9 @@ static pb_status pb_cuda_attention_jobs(pb_backend *backend, float *out, const f
                        shared_bytes);
     PB_TRY(pb_cuda_enter(self));
     PB_TRY(pb_cuda_attention_job_buffers(self, (size_t)n_jobs));
+    const int tile_q = pb_cuda_attention_tile_queries();
     int first = 0;
+    int64_t first_tile = 0;
     for (int j = 0; j < n_jobs; j++) {
         const pb_attention_job *job = &jobs[j];
         pb_cuda_attention_job *desc = &self->attention_jobs_host[j];
@@ -343,17 +347,30 @@ static pb_status pb_cuda_attention_jobs(pb_backend *backend, float *out, const f
         desc->k_new = job->k_new;
         desc->v_new = job->v_new;
         desc->first = first;
+        desc->first_tile = (int)first_tile; /* <= total_rows */
         desc->q_row = job->q_row;
         desc->n = job->n;
         desc->p0 = job->p0;
         first += job->n; /* <= total_rows <= INT32_MAX */
+        first_tile += (job->n + tile_q - 1) / tile_q;
     }
+    /* The tiled kernel reads each key once per tile of queries; it pays off
+     * when the jobs average at least a quarter tile of queries (prefill,
+     * patching suffixes). Short jobs (decoding, patches near the end) keep
+     * the one-block-per-query kernel. */
+    const int tiled = self->attention_kernel != 1 && pb_cuda_attention_tiled_ok(head_dim) &&
+                      pb_cuda_attention_tiled_shared_bytes(head_dim) <= 48 * 1024 &&
+                      (self->attention_kernel == 2 || total_rows >= (int64_t)n_jobs * (tile_q / 4));
     PB_CUDA_CHECK(cudaMemcpyAsync(self->attention_jobs_device, self->attention_jobs_host,
                                   (size_t)n_jobs * sizeof(pb_cuda_attention_job), cudaMemcpyHostToDevice,
                                   self->stream));
     PB_CUDA_CHECK(cudaStreamSynchronize(self->stream));
-    PB_CUDA_CHECK(pb_cuda_launch_attention_jobs(self->stream, out, q, self->attention_jobs_device, n_jobs,
-                                                (int)total_rows, n_heads, n_kv_heads, head_dim));
+    if (tiled)
+        PB_CUDA_CHECK(pb_cuda_launch_attention_tiled(self->stream, out, q, self->attention_jobs_device, n_jobs,
+                                                     (int)first_tile, n_heads, n_kv_heads, head_dim));
+    else
+        PB_CUDA_CHECK(pb_cuda_launch_attention_jobs(self->stream, out, q, self->attention_jobs_device, n_jobs,
+                                                    (int)total_rows, n_heads, n_kv_heads, head_dim));
     return PB_OK;
 }
 
@@ -402,6 +419,15 @@ static const pb_backend_ops pb_cuda_ops = {
 };
 
 static pb_status pb_cuda_init(pb_cuda_backend *self, int device) {
+    const char *kernel = getenv("PB_CUDA_ATTENTION");
+    if (kernel && *kernel && strcmp(kernel, "auto") != 0) {
+        if (strcmp(kernel, "rows") == 0)
+            self->attention_kernel = 1;
+        else if (strcmp(kernel, "tiled") == 0)
+            self->attention_kernel = 2;
+        else
+            return pb_fail(PB_ERR_ARG, "PB_CUDA_ATTENTION=%s: expected auto, rows or tiled", kernel);
+    }
     PB_CUDA_CHECK(cudaSetDevice(device));
     self->device = device;
     /* Non-blocking: the backend's work never waits on the legacy default

@@ -28,6 +28,10 @@ typedef struct pb_cuda_backend {
     pb_cuda_attention_job *attention_jobs_host;
     pb_cuda_attention_job *attention_jobs_device;
     size_t attention_jobs_capacity;
+    /* attention_jobs kernel choice: 0 auto, 1 always the per-query kernel,
+     * 2 the tiled one wherever it applies (PB_CUDA_ATTENTION=auto|rows|tiled,
+     * read at creation; for tests). */
+    int attention_kernel;
 } pb_cuda_backend;
 
 static inline pb_cuda_backend *pb_cuda_self(pb_backend *backend) { return (pb_cuda_backend *)backend->impl; }

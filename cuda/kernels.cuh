@@ -62,6 +62,7 @@ typedef struct pb_cuda_attention_job {
     const float *k_new;     /* (n, kv_dim) */
     const float *v_new;
     int first;              /* work rows [first, first + n): sum of n over the jobs before */
+    int first_tile;         /* tiled kernel: tiles [first_tile, + ceil(n / tile queries)), summed likewise */
     int q_row;              /* packed row of query 0 in q and out */
     int n;
     int p0;
@@ -74,6 +75,16 @@ typedef struct pb_cuda_attention_job {
 cudaError_t pb_cuda_launch_attention_jobs(cudaStream_t stream, float *out, const float *q,
                                           const pb_cuda_attention_job *jobs, int n_jobs, int total_rows, int n_heads,
                                           int n_kv_heads, int head_dim);
+/* The tiled variant (attention_tiled.cu) for jobs with many queries: whether
+ * it takes this head_dim, its tile height in queries, its shared memory. */
+int pb_cuda_attention_tiled_ok(int head_dim);
+int pb_cuda_attention_tile_queries(void);
+size_t pb_cuda_attention_tiled_shared_bytes(int head_dim);
+/* Same contract as pb_cuda_launch_attention_jobs, over total_tiles tiles
+ * (first_tile ascending from 0). */
+cudaError_t pb_cuda_launch_attention_tiled(cudaStream_t stream, float *out, const float *q,
+                                           const pb_cuda_attention_job *jobs, int n_jobs, int total_tiles, int n_heads,
+                                           int n_kv_heads, int head_dim);
 /* out (n) = silu(gate) * up */
 cudaError_t pb_cuda_launch_swiglu(cudaStream_t stream, float *out, const float *gate, const float *up, size_t n);
 /* out (n) = a + b; out may alias a or b */

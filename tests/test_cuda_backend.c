@@ -6,6 +6,7 @@
  * PB_CUDA_TEST_STAND_IN=cpu runs the parity checks with the CPU backend in
  * place of CUDA (the CUDA-only checks skip): a check of this file's own
  * logic on a machine without a GPU. */
+#define _POSIX_C_SOURCE 200809L
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -844,6 +845,31 @@ static void test_nccl_linked(void **state) {
     assert_true(version > 0);
 }
 
+/* Both attention_jobs kernels on every case above: the one-block-per-query
+ * kernel and the tiled one (cuda/attention_tiled.cu), each forced through
+ * PB_CUDA_ATTENTION on a backend of its own (by default the backend picks
+ * per call from the jobs' average length, so the cases above alone would
+ * not reach both). */
+static void test_attention_jobs_kernels(void **state) {
+    if (g_stand_in)
+        skip();
+    static const char *modes[2] = {"rows", "tiled"};
+    pb_backend *saved = g_cuda;
+    for (int k = 0; k < 2; k++) {
+        setenv("PB_CUDA_ATTENTION", modes[k], 1);
+        pb_backend *forced = NULL;
+        pb_status status = pb_backend_cuda_create(&forced, 0);
+        unsetenv("PB_CUDA_ATTENTION");
+        if (status != PB_OK)
+            fail_msg("CUDA backend with PB_CUDA_ATTENTION=%s: %s", modes[k], pb_last_error());
+        printf("[ MEASURE  ] attention_jobs kernel forced: %s\n", modes[k]);
+        g_cuda = forced;
+        test_attention_jobs(state);
+        g_cuda = saved;
+        pb_backend_destroy(forced);
+    }
+}
+
 static int group_setup(void **state) {
     (void)state;
     pb_status status = pb_backend_ref_create(&g_ref);
@@ -884,7 +910,7 @@ int main(void) {
         cmocka_unit_test(test_memory),    cmocka_unit_test(test_embed),     cmocka_unit_test(test_rmsnorm),
         cmocka_unit_test(test_matmul),    cmocka_unit_test(test_rope),      cmocka_unit_test(test_attention),
         cmocka_unit_test(test_swiglu),    cmocka_unit_test(test_add),       cmocka_unit_test(test_embed16),
-        cmocka_unit_test(test_matmul16),  cmocka_unit_test(test_attention_jobs), cmocka_unit_test(test_memory_info),
+        cmocka_unit_test(test_matmul16),  cmocka_unit_test(test_attention_jobs), cmocka_unit_test(test_attention_jobs_kernels), cmocka_unit_test(test_memory_info),
         cmocka_unit_test(test_errors),    cmocka_unit_test(test_nccl_linked),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown) == 0 ? 0 : 1;

@@ -1,0 +1,94 @@
+/* The C side of the emulated launchers (pb_cuda_emu.h): kernels.cuh's
+ * launchers have C++ linkage, the test is C. */
+#include <stdlib.h>
+
+#include "backend_cuda_impl.cuh"
+
+extern "C" {
+#include "pb_cuda_emu.h"
+}
+
+int pb_emu_embed(float *out, const float *table, const int32_t *ids, int T, int d) {
+    return pb_cuda_launch_embed(nullptr, out, table, ids, T, d);
+}
+
+int pb_emu_embed16(float *out, const uint16_t *table, int is_bf16, const int32_t *ids, int T, int d) {
+    return pb_cuda_launch_embed16(nullptr, out, table, is_bf16, ids, T, d);
+}
+
+int pb_emu_round16(uint16_t *out, const float *x, size_t n, int is_bf16) {
+    return pb_cuda_launch_round16(nullptr, out, x, n, is_bf16);
+}
+
+int pb_emu_rmsnorm(float *out, const float *x, const float *weight, int rows, int d, float eps) {
+    return pb_cuda_launch_rmsnorm(nullptr, out, x, weight, rows, d, eps);
+}
+
+int pb_emu_add_bias(float *out, const float *bias, int rows, int n) {
+    return pb_cuda_launch_add_bias(nullptr, out, bias, rows, n);
+}
+
+int pb_emu_rope(float *x, const int32_t *positions, const float *inv_freq, int T, int n_heads, int head_dim) {
+    return pb_cuda_launch_rope(nullptr, x, positions, inv_freq, T, n_heads, head_dim);
+}
+
+size_t pb_emu_attention_shared_bytes(int head_dim) { return pb_cuda_attention_shared_bytes(head_dim); }
+
+int pb_emu_attention(float *out, const float *q, const float *k, const float *v, int T, int q_start, int n_heads,
+                     int n_kv_heads, int head_dim) {
+    return pb_cuda_launch_attention(nullptr, out, q, k, v, T, q_start, n_heads, n_kv_heads, head_dim);
+}
+
+static int g_attention_tiled; /* pb_emu_set_attention_tiled */
+
+void pb_emu_set_attention_tiled(int tiled) { g_attention_tiled = tiled; }
+
+int pb_emu_attention_tiled_ok(int head_dim) { return pb_cuda_attention_tiled_ok(head_dim); }
+
+int pb_emu_attention_jobs(float *out, const float *q, const pb_attention_job *jobs, int n_jobs, int n_heads,
+                          int n_kv_heads, int head_dim) {
+    pb_cuda_attention_job *desc = (pb_cuda_attention_job *)calloc((size_t)n_jobs, sizeof *desc);
+    if (!desc)
+        return cudaErrorInvalidValue;
+    const int tile_q = pb_cuda_attention_tile_queries();
+    int first = 0, first_tile = 0;
+    for (int j = 0; j < n_jobs; j++) { /* backend_cuda.cu's pb_cuda_attention_jobs */
+        desc[j].k_prefix = jobs[j].k_prefix;
+        desc[j].v_prefix = jobs[j].v_prefix;
+        desc[j].k_new = jobs[j].k_new;
+        desc[j].v_new = jobs[j].v_new;
+        desc[j].first = first;
+        desc[j].first_tile = first_tile;
+        desc[j].q_row = jobs[j].q_row;
+        desc[j].n = jobs[j].n;
+        desc[j].p0 = jobs[j].p0;
+        first += jobs[j].n;
+        first_tile += (jobs[j].n + tile_q - 1) / tile_q;
+    }
+    const int tiled = g_attention_tiled && pb_cuda_attention_tiled_ok(head_dim);
+    const cudaError_t error =
+        first == 0 ? cudaSuccess
+        : tiled    ? pb_cuda_launch_attention_tiled(nullptr, out, q, desc, n_jobs, first_tile, n_heads, n_kv_heads,
+                                                    head_dim)
+                   : pb_cuda_launch_attention_jobs(nullptr, out, q, desc, n_jobs, first, n_heads, n_kv_heads, head_dim);
+    free(desc);
+    return error;
+}
+
+int pb_emu_swiglu(float *out, const float *gate, const float *up, size_t n) {
+    return pb_cuda_launch_swiglu(nullptr, out, gate, up, n);
+}
+
+int pb_emu_add(float *out, const float *a, const float *b, size_t n) {
+    return pb_cuda_launch_add(nullptr, out, a, b, n);
+}
+
+pb_status pb_emu_metric_rows(double *out, const float *logits, int rows, int n_out, pb_metric_kind kind,
+                             const int32_t *positive, int n_positive, const int32_t *negative, int n_negative,
+                             const double *ref_logprobs, const int32_t *ref_row, int n_ref) {
+    pb_cuda_backend self = {};
+    self.base.impl = &self;
+    self.device = 0;
+    return pb_cuda_metric_rows(&self.base, out, logits, rows, n_out, kind, positive, n_positive, negative,
+                               n_negative, ref_logprobs, ref_row, n_ref);
+}

@@ -1,0 +1,793 @@
+/* The CUDA backend's hand-written kernels (cuda/attention.cu,
+ * attention_jobs.cu, convert.cu, elementwise.cu, rmsnorm.cu, rope.cu,
+ * metric.cu) executed on the CPU by the emulator in tests/cuda_emu, against
+ * the reference backend (ops_ref.c, metric.c) on the same inputs. No GPU and
+ * no CUDA toolkit: the unmodified .cu files are rewritten (launch syntax and
+ * __shared__ declarations only) and compiled as host C++.
+ *
+ * What this verifies: the kernels' logic. Indexing and grid/block shapes
+ * (every element written once, nothing past the end: guard floats here,
+ * AddressSanitizer on the dynamic shared memory and buffers in the sanitizer
+ * build), the synchronisation structure (every thread of a block runs as its
+ * own fiber; __syncthreads and warp shuffles are real barriers and a
+ * divergent one aborts; results must be bit-identical when the threads run
+ * in reverse order between barriers, which a missing __syncthreads breaks),
+ * the reductions, the online softmax, the job search of attention_jobs, and
+ * the numerics under the host's expf/sincosf/exp/log and an independent
+ * round-to-nearest-even implementation of the bf16/fp16 intrinsics.
+ *
+ * What it cannot: the GPU memory model (a block's threads never run
+ * concurrently here, so a race that needs true parallelism or a missing
+ * __threadfence goes unseen), warp scheduling and independent thread
+ * scheduling, the device's own expf/sincosf/exp ulps (test_cuda_backend's
+ * tolerances cover those on a GPU), cuBLAS GEMMs, NCCL, CUDA runtime error
+ * paths beyond launch-configuration checks, backend_cuda.cu's argument
+ * checks and copies (its descriptor loop for attention_jobs is mirrored in
+ * tests/cuda_emu/launchers.cpp, not run), and performance. Passing
+ * here is no claim that the kernels work on a GPU; tests/test_cuda_*.c on a
+ * device are that claim. */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "backend.h"
+#include "dtype.h"
+#include "internal.h"
+#include "metric.h"
+#include "pb_cuda_emu.h"
+#include "quant.h"
+#include "test_util.h"
+#include "tolerances.h"
+
+/* The tolerances below belong in tolerances.h; until they move there, these
+ * defaults apply.
+ *
+ * metric_rows, |emulated - ref| / max(1, |ref|): both sides in double with
+ * the same maxima, only the summation order differs (per-thread strided
+ * partial sums then a tree vs one serial loop): ~n * 2^-53 relative for
+ * n = 5e4 terms, 6e-12; then one ulp of the largest logit (3e4 in one
+ * case: 3.6e-12). 1e-10 leaves headroom; an indexing mistake moves a value
+ * by 1e-3 or more. (test_cuda_metric.c's PB_TOL_CUDA_METRIC, same reason.) */
+#ifndef PB_TOL_EMU_METRIC
+#define PB_TOL_EMU_METRIC 1e-10
+#endif
+
+/* Floats appended to every output buffer, set to PB_SENTINEL. */
+#define PB_GUARD 16
+#define PB_SENTINEL 12345.0f
+
+static pb_backend *g_ref;
+
+#define CHECK_OK(expr)                                                                               \
+    do {                                                                                             \
+        pb_status check_status_ = (expr);                                                            \
+        if (check_status_ != PB_OK)                                                                  \
+            fail_msg("%s -> %s: %s", #expr, pb_status_name(check_status_), pb_last_error());         \
+    } while (0)
+
+#define CHECK_LAUNCH(expr)                                                                           \
+    do {                                                                                             \
+        int check_error_ = (expr);                                                                   \
+        if (check_error_ != 0)                                                                       \
+            fail_msg("%s -> cudaError %d", #expr, check_error_);                                     \
+    } while (0)
+
+static void *checked_malloc(size_t bytes) {
+    void *p = malloc(bytes ? bytes : 1);
+    assert_non_null(p);
+    return p;
+}
+
+/* n floats uniform in [-scale, scale), then PB_GUARD sentinels. */
+static float *random_floats(size_t n, uint64_t seed, float scale) {
+    float *x = checked_malloc(sizeof(float) * (n + PB_GUARD));
+    tu_fill(x, n, seed, scale);
+    for (size_t i = n; i < n + PB_GUARD; i++)
+        x[i] = PB_SENTINEL;
+    return x;
+}
+
+/* n floats of `value`, then PB_GUARD sentinels. */
+static float *filled_floats(size_t n, float value) {
+    float *x = checked_malloc(sizeof(float) * (n + PB_GUARD));
+    for (size_t i = 0; i < n + PB_GUARD; i++)
+        x[i] = i < n ? value : PB_SENTINEL;
+    return x;
+}
+
+static float *copy_floats(const float *x, size_t n) {
+    float *y = checked_malloc(sizeof(float) * (n + PB_GUARD));
+    memcpy(y, x, sizeof(float) * (n + PB_GUARD));
+    return y;
+}
+
+static void check_guard(const float *x, size_t n, const char *what) {
+    for (size_t i = n; i < n + PB_GUARD; i++)
+        if (x[i] != PB_SENTINEL)
+            fail_msg("%s: written past the end: guard float %zu is %g", what, i - n, (double)x[i]);
+}
+
+/* NaN and Inf must sit at the same places; over the finite rest, NMSE and
+ * max |diff| are printed and the NMSE must stay within tol. */
+static void expect_close(const float *got, const float *want, size_t n, double tol, const char *what) {
+    double num = 0.0, den = 0.0, max_abs = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        if (isnan(got[i]) != isnan(want[i]) || ((isinf(got[i]) || isinf(want[i])) && got[i] != want[i]))
+            fail_msg("%s: element %zu is %g, the reference %g", what, i, (double)got[i], (double)want[i]);
+        if (!isfinite(want[i]))
+            continue;
+        const double d = (double)got[i] - want[i];
+        num += d * d;
+        den += (double)want[i] * want[i];
+        if (fabs(d) > max_abs)
+            max_abs = fabs(d);
+    }
+    const double nmse = den == 0.0 ? num : num / den;
+    printf("[ MEASURE  ] %s: nmse %.3g, max |diff| %.3g (tolerance nmse %.0e)\n", what, nmse, max_abs, tol);
+    if (!(nmse <= tol))
+        fail_msg("%s: nmse %g exceeds %g", what, nmse, tol);
+}
+
+/* Bit-identical, NaN payloads aside. */
+static void expect_identical(const float *got, const float *want, size_t n, const char *what) {
+    for (size_t i = 0; i < n; i++) {
+        if (isnan(got[i]) && isnan(want[i]))
+            continue;
+        if (memcmp(&got[i], &want[i], sizeof(float)) != 0)
+            fail_msg("%s: element %zu is %a, expected %a", what, i, (double)got[i], (double)want[i]);
+    }
+    printf("[ MEASURE  ] %s: %zu elements bit-identical\n", what, n);
+}
+
+/* ---- elementwise ----------------------------------------------------------- */
+
+static void test_embed(void **state) {
+    (void)state;
+    enum { VOCAB = 300, T = 41, D = 67 };
+    int32_t ids[T];
+    uint64_t s = 7;
+    for (int t = 0; t < T; t++)
+        ids[t] = (int32_t)(tu_next(&s) % VOCAB);
+    ids[0] = 0;
+    ids[T - 1] = VOCAB - 1;
+    float *want = filled_floats((size_t)T * D, 0.0f);
+    float *got = filled_floats((size_t)T * D, NAN);
+
+    float *table = random_floats((size_t)VOCAB * D, 1, 3.0f);
+    CHECK_LAUNCH(pb_emu_embed(got, table, ids, T, D));
+    CHECK_OK(g_ref->ops->embed(g_ref, want, table, PB_DTYPE_F32, ids, T, D));
+    check_guard(got, (size_t)T * D, "embed f32");
+    expect_identical(got, want, (size_t)T * D, "embed f32");
+
+    /* 16-bit tables of arbitrary bit patterns: subnormals, Inf, NaN too;
+     * widening is exact */
+    uint16_t *table16 = checked_malloc(sizeof(uint16_t) * VOCAB * D);
+    for (size_t i = 0; i < (size_t)VOCAB * D; i++)
+        table16[i] = (uint16_t)(tu_next(&s) >> 48);
+    for (int is_bf16 = 0; is_bf16 <= 1; is_bf16++) {
+        const char *what = is_bf16 ? "embed bf16" : "embed f16";
+        for (size_t i = 0; i < (size_t)T * D; i++)
+            got[i] = NAN;
+        CHECK_LAUNCH(pb_emu_embed16(got, table16, is_bf16, ids, T, D));
+        CHECK_OK(g_ref->ops->embed(g_ref, want, table16, is_bf16 ? PB_DTYPE_BF16 : PB_DTYPE_F16, ids, T, D));
+        check_guard(got, (size_t)T * D, what);
+        expect_identical(got, want, (size_t)T * D, what);
+    }
+    free(table16);
+    free(table);
+    free(got);
+    free(want);
+}
+
+static int is_nan16(uint16_t h, int is_bf16) {
+    return is_bf16 ? (h & 0x7f80u) == 0x7f80u && (h & 0x7fu) : (h & 0x7c00u) == 0x7c00u && (h & 0x3ffu);
+}
+
+static float float_from_bits(uint32_t u) {
+    float x;
+    memcpy(&x, &u, sizeof x);
+    return x;
+}
+
+static void test_round16(void **state) {
+    (void)state;
+    /* ties, overflow thresholds, subnormals of both formats, specials */
+    static const uint32_t special_bits[] = {
+        0x00000000u, 0x80000000u, 0x3f800000u, 0xbf800000u, /* +-0, +-1 */
+        0x3f808000u, 0x3f818000u, 0x3f80c000u,             /* bf16 ties to even (down, up), above a tie */
+        0x3f801000u, 0x3f803000u, 0x3f802000u,             /* fp16 ties (1 + 2^-11, 1 + 3 * 2^-11), exact */
+        0x33000000u, 0x33400000u, 0x33c00000u, 0x337fffffu, /* fp16 subnormal ties and just below: 2^-25 ... */
+        0x38800000u, 0x387fc000u, 0x387fe000u,             /* fp16: smallest normal, largest subnormals' ties */
+        0x00000001u, 0x00008000u, 0x00018000u, 0x807fffffu, /* fp32 subnormals: bf16 ties */
+        0x00800000u, 0x7f7fffffu, 0xff7fffffu, 0x7f7f7fffu, 0x7f7f8000u, /* FLT_MIN, FLT_MAX (bf16 Inf) */
+        0x477fe000u, 0x477fefffu, 0x477ff000u, 0x47800000u, /* 65504, just below 65520, 65520, 65536 */
+        0x7f800000u, 0xff800000u, 0x7fc00000u, 0xffc00000u, 0x7f800001u, 0x7fbfffffu, /* Inf, NaN */
+    };
+    const size_t n_special = sizeof special_bits / sizeof special_bits[0];
+    const size_t n_random = 100000;
+    const size_t n = n_special + 2 * n_random;
+    float *x = checked_malloc(sizeof(float) * n);
+    uint64_t s = 99;
+    for (size_t i = 0; i < n_special; i++)
+        x[i] = float_from_bits(special_bits[i]);
+    for (size_t i = 0; i < n_random; i++) /* any bit pattern */
+        x[n_special + i] = float_from_bits((uint32_t)(tu_next(&s) >> 32));
+    tu_fill(x + n_special + n_random, n_random, 5, 70000.0f); /* fp16's whole range and past it */
+    for (size_t i = n_special + n_random; i < n; i += 3)
+        x[i] *= 1e-5f;
+
+    uint16_t *got = checked_malloc(sizeof(uint16_t) * (n + PB_GUARD));
+    for (int is_bf16 = 0; is_bf16 <= 1; is_bf16++) {
+        const char *what = is_bf16 ? "round16 bf16" : "round16 f16";
+        for (size_t i = 0; i < n + PB_GUARD; i++)
+            got[i] = 0xabcdu;
+        CHECK_LAUNCH(pb_emu_round16(got, x, n, is_bf16));
+        size_t nan_payload_differs = 0;
+        for (size_t i = 0; i < n; i++) {
+            const uint16_t want = is_bf16 ? pb_fp32_to_bf16(x[i]) : pb_fp32_to_fp16(x[i]);
+            if (is_nan16(want, is_bf16) && is_nan16(got[i], is_bf16)) {
+                nan_payload_differs += got[i] != want;
+                continue;
+            }
+            if (got[i] != want)
+                fail_msg("%s: x = %a gives 0x%04x, dtype.c 0x%04x", what, (double)x[i], got[i], want);
+        }
+        for (size_t i = n; i < n + PB_GUARD; i++)
+            if (got[i] != 0xabcdu)
+                fail_msg("%s: written past the end", what);
+        /* CUDA's conversions give the canonical NaN 0x7fff; dtype.c keeps
+         * the sign (and for bf16 the payload): both are NaN, which is all
+         * the backend contract asks. */
+        printf("[ MEASURE  ] %s: %zu values bit-identical to dtype.c (%zu NaNs with another payload)\n", what, n,
+               nan_payload_differs);
+    }
+    free(got);
+    free(x);
+}
+
+/* More elements than the largest grid has threads (65535 blocks of 256):
+ * the grid-stride loops' second pass runs. round16 is the cheapest kernel
+ * for it (6 bytes an element, 100 MB here). */
+static void test_grid_stride(void **state) {
+    (void)state;
+#if defined(__SANITIZE_ADDRESS__)
+    /* 16.8M emulated threads cost ~10 s under AddressSanitizer (every fiber
+     * switch goes through its longjmp interceptor); the Release run's guard
+     * checks cover this indexing. */
+    printf("skipping: the grid-stride pass is checked in builds without AddressSanitizer\n");
+    skip();
+#endif
+    const size_t n = (size_t)65535 * 256 + 4099;
+    float *x = checked_malloc(sizeof(float) * n);
+    uint16_t *got = checked_malloc(sizeof(uint16_t) * (n + PB_GUARD));
+    for (size_t i = 0; i < n; i++)
+        x[i] = (float)(i % 9973) * 0.37f - 1000.0f;
+    for (size_t i = 0; i < n + PB_GUARD; i++)
+        got[i] = 0xabcdu;
+    CHECK_LAUNCH(pb_emu_round16(got, x, n, 1));
+    for (size_t i = 0; i < n; i++)
+        if (got[i] != pb_fp32_to_bf16(x[i]))
+            fail_msg("round16 bf16 n=%zu: element %zu is 0x%04x, dtype.c 0x%04x", n, i, got[i], pb_fp32_to_bf16(x[i]));
+    for (size_t i = n; i < n + PB_GUARD; i++)
+        if (got[i] != 0xabcdu)
+            fail_msg("round16 bf16 n=%zu: written past the end", n);
+    printf("[ MEASURE  ] round16 bf16 n=%zu (grid-stride second pass): bit-identical to dtype.c\n", n);
+    free(x);
+    free(got);
+}
+
+static void test_add_bias(void **state) {
+    (void)state;
+    enum { ROWS = 13, N = 1000 };
+    float *out = random_floats((size_t)ROWS * N, 11, 4.0f);
+    float *bias = random_floats(N, 12, 1.0f);
+    float *want = copy_floats(out, (size_t)ROWS * N);
+    for (size_t r = 0; r < ROWS; r++)
+        for (size_t i = 0; i < N; i++)
+            want[r * N + i] += bias[i];
+    CHECK_LAUNCH(pb_emu_add_bias(out, bias, ROWS, N));
+    check_guard(out, (size_t)ROWS * N, "add_bias");
+    expect_identical(out, want, (size_t)ROWS * N, "add_bias 13x1000"); /* the same one fp32 addition */
+    free(out);
+    free(bias);
+    free(want);
+}
+
+static void test_swiglu_add(void **state) {
+    (void)state;
+    const size_t n = 10007;
+    float *gate = random_floats(n, 21, 20.0f);
+    float *up = random_floats(n, 22, 3.0f);
+    gate[0] = -100.0f; /* expf(100) = Inf: silu is -0, the reference a subnormal */
+    gate[1] = 100.0f;
+    gate[2] = 0.0f;
+    float *got = filled_floats(n, NAN);
+    float *want = filled_floats(n, NAN);
+    CHECK_LAUNCH(pb_emu_swiglu(got, gate, up, n));
+    CHECK_OK(g_ref->ops->swiglu(g_ref, want, gate, up, n));
+    check_guard(got, n, "swiglu");
+    /* fp32 expf and division vs the reference's double: a few ulp */
+    expect_close(got, want, n, PB_TOL_ELEMENTWISE_NMSE, "swiglu n=10007");
+
+    CHECK_LAUNCH(pb_emu_add(got, gate, up, n));
+    CHECK_OK(g_ref->ops->add(g_ref, want, gate, up, n));
+    check_guard(got, n, "add");
+    expect_identical(got, want, n, "add n=10007");
+    /* out aliasing an input */
+    CHECK_LAUNCH(pb_emu_add(gate, gate, up, n));
+    check_guard(gate, n, "add in place");
+    expect_identical(gate, want, n, "add in place (out == a)");
+    free(gate);
+    free(up);
+    free(got);
+    free(want);
+}
+
+/* ---- rmsnorm and rope ------------------------------------------------------- */
+
+static void run_rmsnorm(int rows, int d, int with_weight, int nan_row, int in_place, const char *what) {
+    const size_t n = (size_t)rows * d;
+    float *x = random_floats(n, (uint64_t)(rows * 1000 + d), 3.0f);
+    float *weight = with_weight ? random_floats((size_t)d, 31, 2.0f) : NULL;
+    if (nan_row >= 0)
+        x[(size_t)nan_row * d + (size_t)d / 2] = NAN;
+    float *want = filled_floats(n, NAN);
+    CHECK_OK(g_ref->ops->rmsnorm(g_ref, want, x, weight, rows, d, 1e-5f));
+    float *got = in_place ? x : filled_floats(n, NAN);
+    CHECK_LAUNCH(pb_emu_rmsnorm(got, x, weight, rows, d, 1e-5f));
+    check_guard(got, n, what);
+    /* fp32 sum of squares (per-thread strided sums, then a tree) vs double;
+     * the error only scales the row: ~1e-7 relative */
+    expect_close(got, want, n, PB_TOL_OP_NMSE, what);
+    if (!in_place)
+        free(got);
+    free(x);
+    free(weight);
+    free(want);
+}
+
+static void test_rmsnorm(void **state) {
+    (void)state;
+    run_rmsnorm(3, 1, 1, -1, 0, "rmsnorm 3x1 weight");
+    run_rmsnorm(4, 7, 0, -1, 0, "rmsnorm 4x7 no weight");
+    run_rmsnorm(5, 256, 1, -1, 0, "rmsnorm 5x256 weight");
+    run_rmsnorm(3, 1000, 1, 1, 0, "rmsnorm 3x1000 weight, NaN in row 1");
+    run_rmsnorm(2, 4097, 0, -1, 0, "rmsnorm 2x4097 no weight");
+    run_rmsnorm(6, 576, 1, -1, 1, "rmsnorm 6x576 weight, in place");
+}
+
+static void run_rope(int T, int n_heads, int head_dim, const char *what) {
+    const size_t n = (size_t)T * n_heads * head_dim;
+    float *x = random_floats(n, (uint64_t)(T * 100 + head_dim), 2.0f);
+    float *want = copy_floats(x, n);
+    int32_t *positions = checked_malloc(sizeof(int32_t) * (size_t)T);
+    uint64_t s = 3;
+    for (int t = 0; t < T; t++)
+        positions[t] = (int32_t)(tu_next(&s) % 8192);
+    positions[0] = 0;
+    float *inv_freq = checked_malloc(sizeof(float) * (size_t)(head_dim / 2 + 1));
+    for (int i = 0; i < head_dim / 2; i++)
+        inv_freq[i] = powf(10000.0f, -2.0f * (float)i / (float)head_dim);
+    CHECK_LAUNCH(pb_emu_rope(x, positions, inv_freq, T, n_heads, head_dim));
+    CHECK_OK(g_ref->ops->rope(g_ref, want, positions, inv_freq, T, n_heads, head_dim));
+    check_guard(x, n, what);
+    /* the same fp32 angle; sincosf vs sinf/cosf (the same libm here, a
+     * couple of ulp apart on a GPU) */
+    expect_close(x, want, n, PB_TOL_ELEMENTWISE_NMSE, what);
+    free(x);
+    free(want);
+    free(positions);
+    free(inv_freq);
+}
+
+static void test_rope(void **state) {
+    (void)state;
+    run_rope(9, 3, 64, "rope T=9 H=3 hd=64");
+    run_rope(7, 5, 48, "rope T=7 H=5 hd=48");
+    run_rope(4, 2, 2, "rope T=4 H=2 hd=2");
+    run_rope(3, 2, 134, "rope T=3 H=2 hd=134 (half 67)");
+}
+
+/* ---- attention ------------------------------------------------------------- */
+
+/* fp32 dot products and an online softmax vs the reference's double scores
+ * and sums: score errors ~ |score| * 2^-24 * sqrt(head_dim) turn into
+ * relative errors of the weights of the same size: NMSE ~1e-13. */
+static void run_attention(int T, int q_start, int n_heads, int n_kv_heads, int head_dim, float q_scale,
+                          const char *what) {
+    const int T_kv = q_start + T;
+    const size_t qn = (size_t)T * n_heads * head_dim, kvn = (size_t)T_kv * n_kv_heads * head_dim;
+    float *q = random_floats(qn, (uint64_t)(T * 7 + head_dim), 2.0f * q_scale);
+    float *k = random_floats(kvn, (uint64_t)(T_kv * 5 + head_dim), 2.0f);
+    float *v = random_floats(kvn, (uint64_t)(T_kv * 3 + head_dim), 1.0f);
+    float *got = filled_floats(qn, NAN);
+    float *want = filled_floats(qn, NAN);
+    CHECK_LAUNCH(pb_emu_attention(got, q, k, v, T, q_start, n_heads, n_kv_heads, head_dim));
+    CHECK_OK(g_ref->ops->attention(g_ref, want, q, k, v, T, T_kv, q_start, n_heads, n_kv_heads, head_dim));
+    check_guard(got, qn, what);
+    expect_close(got, want, qn, PB_TOL_OP_NMSE, what);
+    free(q);
+    free(k);
+    free(v);
+    free(got);
+    free(want);
+}
+
+static void test_attention(void **state) {
+    (void)state;
+    run_attention(7, 0, 4, 4, 64, 1.0f, "attention T=7 H=KV=4 hd=64");
+    run_attention(5, 3, 6, 2, 48, 1.0f, "attention T=5 q_start=3 H=6 KV=2 hd=48 (GQA)");
+    run_attention(6, 10, 3, 1, 67, 1.0f, "attention T=6 q_start=10 H=3 KV=1 hd=67");
+    run_attention(3, 297, 4, 2, 67, 1.0f, "attention T=3 q_start=297 (T_kv=300) H=4 KV=2 hd=67");
+    run_attention(2, 0, 1, 1, 1, 1.0f, "attention T=2 H=KV=1 hd=1");
+    run_attention(2, 40, 2, 1, 256, 1.0f, "attention T=2 q_start=40 H=2 KV=1 hd=256");
+    /* peaked softmax: scores ~100 apart, the running max corrections matter */
+    run_attention(4, 60, 2, 2, 32, 12.0f, "attention T=4 q_start=60 hd=32 peaked (scores ~1e2)");
+}
+
+typedef struct job_spec {
+    int n, p0;
+    int null_prefix; /* pass NULL prefix pointers (only with p0 == 0) */
+} job_spec;
+
+/* attention_jobs against the reference `attention` run job by job on the
+ * job's assembled keys (prefix, then new keys), as exec.c does for backends
+ * without attention_jobs. Jobs' query rows are packed in reverse job order
+ * with a gap row between jobs; new keys sit at the job's query rows (as in
+ * exec.c); each prefix lives in a buffer of p0 + 3 rows. Gap rows and the
+ * extra prefix rows hold large keys and values no query may read; rows no
+ * job owns must keep their 0.5. */
+static void run_attention_jobs(const job_spec *specs, int n_jobs, int n_heads, int n_kv_heads, int head_dim,
+                               const char *what) {
+    const size_t qd = (size_t)n_heads * head_dim, kvd = (size_t)n_kv_heads * head_dim;
+    int *q_row = checked_malloc(sizeof(int) * (size_t)n_jobs);
+    size_t *prefix_at = checked_malloc(sizeof(size_t) * (size_t)n_jobs);
+    int rows = 0;
+    size_t prefix_rows = 0;
+    for (int i = 0; i < n_jobs; i++) {
+        const int j = n_jobs - 1 - i;
+        q_row[j] = rows;
+        rows += specs[j].n + 1;
+        prefix_at[i] = prefix_rows;
+        prefix_rows += (size_t)specs[i].p0 + 3;
+    }
+    unsigned char *owned = calloc((size_t)rows + 1, 1);
+    assert_non_null(owned);
+    for (int j = 0; j < n_jobs; j++)
+        for (int t = 0; t < specs[j].n; t++)
+            owned[q_row[j] + t] = 1;
+    float *q = random_floats((size_t)rows * qd, 41, 2.0f);
+    float *k = random_floats((size_t)rows * kvd, 42, 2.0f);
+    float *v = random_floats((size_t)rows * kvd, 43, 1.0f);
+    float *kp = random_floats(prefix_rows * kvd, 44, 2.0f);
+    float *vp = random_floats(prefix_rows * kvd, 45, 1.0f);
+    for (int r = 0; r < rows; r++)
+        if (!owned[r])
+            for (size_t i = 0; i < kvd; i++) {
+                k[(size_t)r * kvd + i] = 50.0f;
+                v[(size_t)r * kvd + i] = 1000.0f;
+            }
+    for (int j = 0; j < n_jobs; j++)
+        for (size_t r = (size_t)specs[j].p0; r < (size_t)specs[j].p0 + 3; r++)
+            for (size_t i = 0; i < kvd; i++) {
+                kp[(prefix_at[j] + r) * kvd + i] = 50.0f;
+                vp[(prefix_at[j] + r) * kvd + i] = 1000.0f;
+            }
+    float *got = filled_floats((size_t)rows * qd, 0.5f);
+    float *want = filled_floats((size_t)rows * qd, 0.5f);
+
+    for (int j = 0; j < n_jobs; j++) {
+        const int n = specs[j].n, p0 = specs[j].p0;
+        if (n == 0)
+            continue;
+        const size_t keys = (size_t)p0 + n;
+        float *k_all = checked_malloc(sizeof(float) * keys * kvd);
+        float *v_all = checked_malloc(sizeof(float) * keys * kvd);
+        memcpy(k_all, kp + prefix_at[j] * kvd, sizeof(float) * (size_t)p0 * kvd);
+        memcpy(v_all, vp + prefix_at[j] * kvd, sizeof(float) * (size_t)p0 * kvd);
+        memcpy(k_all + (size_t)p0 * kvd, k + (size_t)q_row[j] * kvd, sizeof(float) * (size_t)n * kvd);
+        memcpy(v_all + (size_t)p0 * kvd, v + (size_t)q_row[j] * kvd, sizeof(float) * (size_t)n * kvd);
+        CHECK_OK(g_ref->ops->attention(g_ref, want + (size_t)q_row[j] * qd, q + (size_t)q_row[j] * qd, k_all, v_all,
+                                       n, (int)keys, p0, n_heads, n_kv_heads, head_dim));
+        free(k_all);
+        free(v_all);
+    }
+
+    pb_attention_job *jobs = calloc((size_t)n_jobs + 1, sizeof *jobs);
+    assert_non_null(jobs);
+    for (int j = 0; j < n_jobs; j++) {
+        const int has_prefix = !(specs[j].null_prefix && specs[j].p0 == 0);
+        jobs[j].q_row = q_row[j];
+        jobs[j].n = specs[j].n;
+        jobs[j].p0 = specs[j].p0;
+        jobs[j].k_prefix = has_prefix ? kp + prefix_at[j] * kvd : NULL;
+        jobs[j].v_prefix = has_prefix ? vp + prefix_at[j] * kvd : NULL;
+        jobs[j].k_new = specs[j].n ? k + (size_t)q_row[j] * kvd : NULL;
+        jobs[j].v_new = specs[j].n ? v + (size_t)q_row[j] * kvd : NULL;
+    }
+    CHECK_LAUNCH(pb_emu_attention_jobs(got, q, jobs, n_jobs, n_heads, n_kv_heads, head_dim));
+    check_guard(got, (size_t)rows * qd, what);
+    for (int r = 0; r < rows; r++)
+        if (!owned[r])
+            for (size_t i = 0; i < qd; i++)
+                if (got[(size_t)r * qd + i] != 0.5f)
+                    fail_msg("%s: row %d belongs to no job but element %zu became %g", what, r, i,
+                             (double)got[(size_t)r * qd + i]);
+    expect_close(got, want, (size_t)rows * qd, PB_TOL_OP_NMSE, what);
+
+    free(jobs);
+    free(q);
+    free(k);
+    free(v);
+    free(kp);
+    free(vp);
+    free(got);
+    free(want);
+    free(owned);
+    free(q_row);
+    free(prefix_at);
+}
+
+static void test_attention_jobs(void **state) {
+    (void)state;
+    /* prefixes and none, NULL prefix pointers, single queries (decode
+     * steps), a job without queries */
+    const job_spec mixed[] = {{5, 7, 0}, {1, 0, 1}, {9, 0, 0}, {1, 20, 0}, {0, 5, 0}, {3, 0, 1}, {13, 33, 0}};
+    const int n_mixed = (int)(sizeof mixed / sizeof mixed[0]);
+    run_attention_jobs(mixed, n_mixed, 6, 2, 64, "attention_jobs 7 jobs H=6 KV=2 hd=64");
+    run_attention_jobs(mixed, n_mixed, 4, 4, 67, "attention_jobs 7 jobs H=KV=4 hd=67");
+    run_attention_jobs(mixed, n_mixed, 3, 1, 48, "attention_jobs 7 jobs H=3 KV=1 hd=48");
+    const job_spec wide[] = {{3, 10, 0}, {1, 299, 0}, {2, 0, 1}};
+    run_attention_jobs(wide, 3, 2, 1, 96, "attention_jobs 3 jobs H=2 KV=1 hd=96 p0<=299");
+    const job_spec single[] = {{1, 0, 1}};
+    run_attention_jobs(single, 1, 1, 1, 1, "attention_jobs 1 job n=1 H=KV=1 hd=1");
+    const job_spec around_empty[] = {{0, 0, 1}, {0, 4, 0}, {2, 1, 0}, {0, 2, 0}};
+    run_attention_jobs(around_empty, 4, 2, 2, 8, "attention_jobs empty jobs around one");
+
+    /* a patching batch: many short jobs over short prefixes */
+    enum { MANY = 120 };
+    job_spec many[MANY];
+    uint64_t s = 17;
+    int many_rows = 0;
+    for (int j = 0; j < MANY; j++) {
+        many[j].n = (int)(tu_next(&s) % 5);
+        many[j].p0 = (int)(tu_next(&s) % 30);
+        many[j].null_prefix = j % 3 == 0;
+        many_rows += many[j].n;
+    }
+    printf("  (%d jobs, %d query rows)\n", MANY, many_rows);
+    run_attention_jobs(many, MANY, 9, 3, 64, "attention_jobs 120 jobs H=9 KV=3 hd=64");
+}
+
+/* The tiled attention_jobs kernel (cuda/attention_tiled.cu) on the cases
+ * above where it applies (head_dim a multiple of 4, at most 128), plus
+ * prefill-like jobs of several query tiles, a tile boundary inside a
+ * causal window, and GQA groups of 4 at head_dim 128. */
+static void test_attention_tiled(void **state) {
+    assert_true(pb_emu_attention_tiled_ok(64) && pb_emu_attention_tiled_ok(128) && pb_emu_attention_tiled_ok(4));
+    assert_false(pb_emu_attention_tiled_ok(67) || pb_emu_attention_tiled_ok(256) || pb_emu_attention_tiled_ok(1));
+    pb_emu_set_attention_tiled(1);
+    test_attention_jobs(state);
+    const job_spec prefill[] = {{100, 0, 1}, {33, 0, 1}, {64, 0, 1}, {31, 0, 0}};
+    run_attention_jobs(prefill, 4, 8, 2, 128, "tiled: prefill jobs of 100, 33, 64, 31 H=8 KV=2 hd=128");
+    const job_spec suffixes[] = {{40, 17, 0}, {1, 63, 0}, {32, 32, 0}, {65, 3, 0}, {0, 9, 0}};
+    run_attention_jobs(suffixes, 5, 4, 1, 64, "tiled: patching suffixes after prefixes H=4 KV=1 hd=64");
+    const job_spec small_head[] = {{37, 5, 0}, {9, 0, 1}};
+    run_attention_jobs(small_head, 2, 3, 3, 4, "tiled: head_dim 4");
+    pb_emu_set_attention_tiled(0);
+}
+
+/* ---- metric_rows ------------------------------------------------------------ */
+
+static double rel_diff(double a, double b) {
+    if (isnan(a) || isnan(b))
+        return isnan(a) && isnan(b) ? 0.0 : INFINITY;
+    if (isinf(a) || isinf(b))
+        return a == b ? 0.0 : INFINITY;
+    return fabs(a - b) / fmax(1.0, fabs(b));
+}
+
+static const char *const kind_name[4] = {"logit_diff", "logprob", "refusal_score", "kl"};
+
+/* Every kind on logits (rows, V): row 1 gets an Inf logit (NaN out), row 2
+ * a huge one; kl's row 3 points outside the reference rows (NaN). */
+static void run_metric(int rows, int V, const int32_t *pos, int n_pos, const char *what) {
+    float *logits = random_floats((size_t)rows * V, (uint64_t)V, 8.0f);
+    if (rows > 1)
+        logits[(size_t)1 * V + (size_t)V / 3] = INFINITY;
+    if (rows > 2)
+        logits[(size_t)2 * V + (size_t)V / 2] = 3e4f;
+    const int32_t neg[] = {(int32_t)(V - 1), 0, (int32_t)(V / 2)};
+    enum { N_REF = 2 };
+    double *ref = checked_malloc(sizeof(double) * N_REF * (size_t)V);
+    float *ref_logits = random_floats((size_t)N_REF * V, 77, 10.0f);
+    ref_logits[0] = 200.0f; /* most of ref row 0's probabilities underflow to 0 */
+    for (int r = 0; r < N_REF; r++)
+        pb_log_softmax(ref_logits + (size_t)r * V, V, ref + (size_t)r * V);
+    int32_t *ref_row = checked_malloc(sizeof(int32_t) * (size_t)rows);
+    for (int r = 0; r < rows; r++)
+        ref_row[r] = r % N_REF;
+    if (rows > 3)
+        ref_row[3] = N_REF;
+    double *got = checked_malloc(sizeof(double) * (size_t)rows);
+    double *want = checked_malloc(sizeof(double) * (size_t)rows);
+    for (int kind = 0; kind < 4; kind++) {
+        CHECK_OK(pb_emu_metric_rows(got, logits, rows, V, (pb_metric_kind)kind, pos, n_pos, neg, 3, ref, ref_row,
+                                    N_REF));
+        CHECK_OK(g_ref->ops->metric_rows(g_ref, want, logits, rows, V, (pb_metric_kind)kind, pos, n_pos, neg, 3, ref,
+                                         ref_row, N_REF));
+        double worst = 0.0;
+        for (int r = 0; r < rows; r++) {
+            const double d = rel_diff(got[r], want[r]);
+            if (!(d <= PB_TOL_EMU_METRIC))
+                fail_msg("%s %s: row %d is %.17g, the reference %.17g", what, kind_name[kind], r, got[r], want[r]);
+            worst = fmax(worst, d);
+        }
+        printf("[ MEASURE  ] metric %s %s: max rel diff %.3g (tolerance %.0e)\n", kind_name[kind], what, worst,
+               PB_TOL_EMU_METRIC);
+    }
+    free(logits);
+    free(ref);
+    free(ref_logits);
+    free(ref_row);
+    free(got);
+    free(want);
+}
+
+static void test_metric(void **state) {
+    (void)state;
+    const int32_t pos[] = {5, 17, 5, 2}; /* a repeated id: the set is the distinct ones */
+    run_metric(5, 1000, pos, 4, "V=1000");
+    const int32_t pos_big[] = {49156, 0, 31, 32, 33, 40000};
+    run_metric(4, 49157, pos_big, 6, "V=49157");
+    int32_t all[33];
+    for (int i = 0; i < 33; i++)
+        all[i] = 32 - i;
+    run_metric(4, 33, all, 33, "V=33, set = every column"); /* refusal_score: +Inf */
+    const int32_t bad[] = {3, 33};
+    run_metric(2, 33, bad, 2, "V=33, index out of range (NaN rows)");
+
+    /* a vocabulary whose bitmap exceeds the shared memory: refused before
+     * any launch */
+    float one = 0.0f;
+    double out = 0.0;
+    const int32_t p0[] = {0};
+    assert_int_equal(pb_emu_metric_rows(&out, &one, 1, 400000, PB_METRIC_LOGPROB, p0, 1, NULL, 0, NULL, NULL, 0),
+                     PB_ERR_UNSUPPORTED);
+}
+
+/* ---- the emulation itself --------------------------------------------------- */
+
+/* A race-free kernel gives the same bits whatever order the threads of a
+ * block run in between barriers. */
+static void test_schedule_order(void **state) {
+    (void)state;
+    const int T = 5, q_start = 40, H = 6, KV = 2, hd = 67, rows = 4, d = 1000, V = 1000;
+    const size_t qn = (size_t)T * H * hd, kvn = (size_t)(q_start + T) * KV * hd;
+    float *q = random_floats(qn, 51, 2.0f), *k = random_floats(kvn, 52, 2.0f), *v = random_floats(kvn, 53, 1.0f);
+    float *x = random_floats((size_t)rows * d, 54, 3.0f);
+    float *logits = random_floats((size_t)rows * V, 55, 8.0f);
+    const int32_t pos[] = {1, 500, 999};
+    float *attn[2], *norm[2];
+    double metric[2][4][4];
+    for (int reverse = 0; reverse <= 1; reverse++) {
+        pb_emu_set_reverse_order(reverse);
+        attn[reverse] = filled_floats(qn, NAN);
+        norm[reverse] = filled_floats((size_t)rows * d, NAN);
+        CHECK_LAUNCH(pb_emu_attention(attn[reverse], q, k, v, T, q_start, H, KV, hd));
+        CHECK_LAUNCH(pb_emu_rmsnorm(norm[reverse], x, NULL, rows, d, 1e-6f));
+        for (int kind = 0; kind < 3; kind++)
+            CHECK_OK(pb_emu_metric_rows(metric[reverse][kind], logits, rows, V, (pb_metric_kind)kind, pos, 3, pos,
+                                        2, NULL, NULL, 0));
+    }
+    pb_emu_set_reverse_order(0);
+    expect_identical(attn[1], attn[0], qn, "attention, threads in reverse order");
+    expect_identical(norm[1], norm[0], (size_t)rows * d, "rmsnorm, threads in reverse order");
+    for (int kind = 0; kind < 3; kind++)
+        for (int r = 0; r < rows; r++)
+            if (memcmp(&metric[1][kind][r], &metric[0][kind][r], sizeof(double)) != 0)
+                fail_msg("metric %s row %d: %.17g in reverse order, %.17g forward", kind_name[kind], r,
+                         metric[1][kind][r], metric[0][kind][r]);
+    printf("[ MEASURE  ] metric_rows, threads in reverse order: bit-identical\n");
+    for (int i = 0; i < 2; i++) {
+        free(attn[i]);
+        free(norm[i]);
+    }
+    free(q);
+    free(k);
+    free(v);
+    free(x);
+    free(logits);
+}
+
+/* The emulator's barriers have teeth: without its __syncthreads the rotate
+ * kernel reads unwritten (poisoned) slots in one order or the other; with
+ * it, both orders give the rotation. */
+static void test_emulator_barrier(void **state) {
+    (void)state;
+    enum { BLOCKS = 3, N = BLOCKS * 64 };
+    float *in = random_floats(N, 61, 1.0f);
+    float *out = filled_floats(N, 0.0f);
+    for (int reverse = 0; reverse <= 1; reverse++) {
+        pb_emu_set_reverse_order(reverse);
+        CHECK_LAUNCH(pb_emu_selftest_rotate(out, in, BLOCKS, 1));
+        for (int i = 0; i < N; i++)
+            assert_true(out[i] == in[i / 64 * 64 + (i % 64 + 1) % 64]);
+        CHECK_LAUNCH(pb_emu_selftest_rotate(out, in, BLOCKS, 0));
+        int wrong = 0;
+        for (int i = 0; i < N; i++)
+            wrong += !(out[i] == in[i / 64 * 64 + (i % 64 + 1) % 64]);
+        printf("[ MEASURE  ] rotate without __syncthreads, %s order: %d of %d values wrong\n",
+               reverse ? "reverse" : "forward", wrong, N);
+        assert_true(wrong > 0);
+    }
+    pb_emu_set_reverse_order(0);
+    check_guard(out, N, "selftest rotate");
+    free(in);
+    free(out);
+}
+
+/* Shuffles against their definitions, in a 2-D block; a block's static
+ * __shared__ value as first read is poison, never the previous block's. */
+static void test_emulator_shuffle(void **state) {
+    (void)state;
+    enum { BLOCKS = 3, THREADS = 128 };
+    double *out = checked_malloc(sizeof(double) * BLOCKS * THREADS * 4);
+    float stale[BLOCKS];
+    CHECK_LAUNCH(pb_emu_selftest_shuffle(out, stale, BLOCKS));
+    for (int b = 0; b < BLOCKS; b++) {
+        for (int t = 0; t < THREADS; t++) {
+            const int lane = t % 32, base = 100 * (t / 32);
+            const double *row = out + ((size_t)b * THREADS + t) * 4;
+            const double want[4] = {base + (lane ^ 5), base + (lane + 3 < 32 ? lane + 3 : lane),
+                                    base + (lane >= 7 ? lane - 7 : lane), base + 9};
+            for (int k = 0; k < 4; k++)
+                if (row[k] != want[k])
+                    fail_msg("block %d thread %d shuffle %d: %g, expected %g", b, t, k, row[k], want[k]);
+        }
+        if (!isnan(stale[b]))
+            fail_msg("block %d read %g from static shared memory before writing it (expected poison)", b,
+                     (double)stale[b]);
+    }
+    free(out);
+}
+
+/* A configuration CUDA refuses (more than 48 KiB of dynamic shared memory
+ * without opting in) comes back from the launcher as an error. */
+static void test_launch_error(void **state) {
+    (void)state;
+    const int hd = 2458; /* 4 * (5 * 2458 + 8) = 49192 bytes */
+    assert_true(pb_emu_attention_shared_bytes(hd) > 48 * 1024);
+    float dummy[1] = {0.0f};
+    assert_int_not_equal(pb_emu_attention(dummy, dummy, dummy, dummy, 1, 0, 1, 1, hd), 0);
+}
+
+static int setup(void **state) {
+    (void)state;
+    return pb_backend_ref_create(&g_ref) == PB_OK ? 0 : -1;
+}
+
+static int teardown(void **state) {
+    (void)state;
+    pb_backend_destroy(g_ref);
+    return 0;
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_embed),          cmocka_unit_test(test_round16),   cmocka_unit_test(test_grid_stride),   cmocka_unit_test(test_add_bias),
+        cmocka_unit_test(test_swiglu_add),     cmocka_unit_test(test_rmsnorm),   cmocka_unit_test(test_rope),
+        cmocka_unit_test(test_attention),      cmocka_unit_test(test_attention_jobs), cmocka_unit_test(test_attention_tiled),
+        cmocka_unit_test(test_metric),
+        cmocka_unit_test(test_schedule_order), cmocka_unit_test(test_emulator_barrier),
+        cmocka_unit_test(test_emulator_shuffle), cmocka_unit_test(test_launch_error),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
