@@ -95,6 +95,7 @@ static void pb_cuda_free(pb_backend *backend, void *ptr) {
     if (!ptr)
         return;
     pb_cuda_backend *self = pb_cuda_self(backend);
+    self->rounded_x = NULL; /* the address may come back holding other data */
     PB_CUDA_CHECK_VOID(cudaSetDevice(self->device));
     PB_CUDA_CHECK_VOID(cudaFree(ptr));
 }
@@ -187,7 +188,11 @@ static pb_status pb_cuda_matmul(pb_backend *backend, float *out, const float *x,
     PB_CUDA_REQUIRE(out != NULL, "matmul");
     PB_CUDA_REQUIRE(k == 0 || (x != NULL && w != NULL), "matmul");
     PB_CUDA_REQUIRE(pb_cuda_dtype_ok(w_dtype), "matmul");
-    PB_TRY(pb_cuda_enter(self));
+    /* not pb_cuda_enter: a matmul keeps the rounded input of the last one */
+    PB_CUDA_CHECK(cudaSetDevice(self->device));
+    const float *out_end = out + out_count;
+    if (self->rounded_x && out < self->rounded_x + self->rounded_count && self->rounded_x < out_end)
+        self->rounded_x = NULL; /* this output overwrites the rounded input */
     if (k == 0) {
         /* An empty sum: out = bias (or 0). Not left to cuBLAS, whose k == 0
          * handling of C is not documented. */
@@ -208,8 +213,17 @@ static pb_status pb_cuda_matmul(pb_backend *backend, float *out, const float *x,
             const int is_bf16 = w_dtype == PB_DTYPE_BF16;
             const cudaDataType_t type = is_bf16 ? CUDA_R_16BF : CUDA_R_16F;
             const size_t x_count = (size_t)rows * (size_t)k;
-            PB_TRY(pb_cuda_round_scratch(self, x_count));
-            PB_CUDA_CHECK(pb_cuda_launch_round16(self->stream, self->round_scratch, x, x_count, is_bf16));
+            if (!(self->rounded_x == x && self->rounded_count == x_count && self->rounded_dtype == (int)w_dtype)) {
+                self->rounded_x = NULL;
+                PB_TRY(pb_cuda_round_scratch(self, x_count));
+                PB_CUDA_CHECK(pb_cuda_launch_round16(self->stream, self->round_scratch, x, x_count, is_bf16));
+                /* kept only if the output cannot overwrite x */
+                if (!(out < x + x_count && x < out_end)) {
+                    self->rounded_x = x;
+                    self->rounded_count = x_count;
+                    self->rounded_dtype = (int)w_dtype;
+                }
+            }
             PB_CUBLAS_CHECK(cublasGemmEx(self->cublas, CUBLAS_OP_T, CUBLAS_OP_N, n, rows, k, &alpha, w, type, k,
                                          self->round_scratch, type, k, &beta, out, CUDA_R_32F, n, CUBLAS_COMPUTE_32F,
                                          CUBLAS_GEMM_DEFAULT));

@@ -32,6 +32,14 @@ typedef struct pb_cuda_backend {
      * 2 the tiled one wherever it applies (PB_CUDA_ATTENTION=auto|rows|tiled,
      * read at creation; for tests). */
     int attention_kernel;
+    /* round_scratch holds rounded_x (rounded_count elements) rounded to
+     * rounded_dtype: consecutive matmuls of one input (q, k, v; gate, up)
+     * round it once. Any op other than matmul may write device memory, so
+     * pb_cuda_enter forgets it (rounded_x = NULL), as do free and a matmul
+     * whose output overlaps it. */
+    const float *rounded_x;
+    size_t rounded_count;
+    int rounded_dtype;
 } pb_cuda_backend;
 
 static inline pb_cuda_backend *pb_cuda_self(pb_backend *backend) { return (pb_cuda_backend *)backend->impl; }
@@ -39,6 +47,7 @@ static inline pb_cuda_backend *pb_cuda_self(pb_backend *backend) { return (pb_cu
 /* Makes the backend's device current, so several backends on different
  * devices can be driven from one thread. */
 static inline pb_status pb_cuda_enter(pb_cuda_backend *self) {
+    self->rounded_x = NULL; /* this op may write what was rounded */
     PB_CUDA_CHECK(cudaSetDevice(self->device));
     return PB_OK;
 }
