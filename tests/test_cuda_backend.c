@@ -23,39 +23,6 @@
 #include "dtype.h"
 #include "tolerances.h"
 
-/* CUDA-vs-reference tolerances. They belong in tolerances.h; until they are
- * added there, these defaults apply (and give way to tolerances.h once it
- * defines them).
- * Elementwise ops (rmsnorm, rope, swiglu, add): looser than the CPU's
- * PB_TOL_ELEMENTWISE_NMSE because the GPU's expf/sincosf are 1-2 ulp and the
- * reference computes parts in double: relative ~1e-7, NMSE ~1e-13; 1e-10
- * leaves three orders of headroom while any indexing mistake gives NMSE ~1. */
-#ifndef PB_TOL_CUDA_ELEMENTWISE_NMSE
-#define PB_TOL_CUDA_ELEMENTWISE_NMSE 1e-10
-#endif
-/* Reductions (matmul over k, attention over T_kv): fp32 sums in another
- * order than the reference's double sums; relative error ~ sqrt(k) * 2^-24
- * (~1e-6 at k = 515, NMSE ~1e-12). cuBLAS runs without TF32
- * (CUBLAS_DEFAULT_MATH); TF32 alone would give NMSE ~1e-7 and fail. */
-#ifndef PB_TOL_CUDA_OP_NMSE
-#define PB_TOL_CUDA_OP_NMSE 1e-9
-#endif
-
-/* matmul with bf16/fp16 weights: x rounded to the weight type (the same
- * round-to-nearest-even on both sides), products of two 16-bit values exact
- * in fp32, so only the accumulation differs: the reference sums in double,
- * the tensor cores in fp32 (Fasi et al., "Numerical behavior of NVIDIA tensor
- * cores", 2021: exact products, truncated rather than rounded alignment).
- * Even with every one of the ~k/16 accumulation steps losing a whole fp32
- * ulp in the same direction, the relative error at k = 515 is ~32 * 2^-23 ~
- * 4e-6 (NMSE ~1.5e-11); random signs give ~1e-12. 1e-9 keeps that headroom,
- * while an x that is not rounded (NMSE ~1e-6 in bf16, ~2e-8 in fp16) or any
- * layout mistake fails; the exact-grid cases below pin the rounding itself
- * with a tolerance of 0. */
-#ifndef PB_TOL_CUDA_OP16_NMSE
-#define PB_TOL_CUDA_OP16_NMSE 1e-9
-#endif
-
 /* Floats appended to every output buffer, set to PB_SENTINEL. */
 #define PB_GUARD 16
 #define PB_SENTINEL 12345.0f

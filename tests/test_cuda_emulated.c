@@ -46,19 +46,6 @@
 #include "test_util.h"
 #include "tolerances.h"
 
-/* The tolerances below belong in tolerances.h; until they move there, these
- * defaults apply.
- *
- * metric_rows, |emulated - ref| / max(1, |ref|): both sides in double with
- * the same maxima, only the summation order differs (per-thread strided
- * partial sums then a tree vs one serial loop): ~n * 2^-53 relative for
- * n = 5e4 terms, 6e-12; then one ulp of the largest logit (3e4 in one
- * case: 3.6e-12). 1e-10 leaves headroom; an indexing mistake moves a value
- * by 1e-3 or more. (test_cuda_metric.c's PB_TOL_CUDA_METRIC, same reason.) */
-#ifndef PB_TOL_EMU_METRIC
-#define PB_TOL_EMU_METRIC 1e-10
-#endif
-
 /* Floats appended to every output buffer, set to PB_SENTINEL. */
 #define PB_GUARD 16
 #define PB_SENTINEL 12345.0f

@@ -25,61 +25,6 @@
 #include "test_util.h"
 #include "tolerances.h"
 
-/* GPU-vs-CPU tolerances for whole models. They belong in tolerances.h; until
- * they are added there, these defaults apply (and give way to tolerances.h
- * once it defines them).
- *
- * fp32 weights, every hook and the logits: both backends compute in fp32 and
- * differ in summation order only (cuBLAS without TF32, online softmax vs
- * two-pass): relative error ~1e-7..1e-6 per element after a few layers, NMSE
- * ~1e-13..1e-12; 1e-9 leaves three orders of headroom, while TF32 sneaking in
- * (~1e-7) or any indexing mistake (~1) fails. */
-#ifndef PB_TOL_CUDA_MODEL_F32_NMSE
-#define PB_TOL_CUDA_MODEL_F32_NMSE 1e-9
-#endif
-/* 16-bit weights on both sides (same semantics: activations rounded to the
- * weight type before each projection, fp32 accumulation). The first
- * projections (blocks.0.attn.hook_q/k/v) see inputs that differ only by the
- * last bits of rmsnorm (~1e-7 relative), which move an input across a 16-bit
- * rounding boundary with probability ~1e-7 / 2^-7 ~ 1e-5 (bf16, whose ulp is
- * 2^-7 relative); each such flip changes one input by an ulp: NMSE ~1e-5 *
- * 2^-14 ~ 1e-9 (fp16: ~1e-10). A backend that does not round its inputs, or
- * rounds them differently, differs by the rounding error of every input,
- * NMSE ~1e-6 in bf16: 1e-7 separates the two (the exact-grid matmul cases of
- * test_cuda_backend pin the rounding exactly, fp16 included). */
-#ifndef PB_TOL_CUDA_MODEL_FIRST_PROJECTION_NMSE
-#define PB_TOL_CUDA_MODEL_FIRST_PROJECTION_NMSE 1e-7
-#endif
-/* Past the first projections no tight bound holds: a flipped rounding
- * perturbs the next layer's inputs, which flips more roundings there, and
- * the relative difference e between two correct 16-bit runs grows roughly as
- * e' ~ sqrt(e * 2^-7) per rounding stage in bf16 (flip probability e / 2^-7,
- * each flip 2^-7) until the two runs' rounding errors are independent: then
- * their NMSE is about the sum of each one's NMSE against fp32. Measured with
- * the reference backend standing in for the GPU (PB_CUDA_TEST_STAND_IN=
- * reference): tiny fixtures bf16 ~1e-14, fp16 up to 3e-7; random
- * smollm2-135m:4 bf16 3e-8 at layer 0, then 6e-6, 1.1e-5, 1.8e-5 (hooks) and
- * 7e-6 (logits), against 5e-5 for bf16 vs fp32. So every hook and the logits
- * are held to the storage type's own bound against fp32 (1e-3), and the sharp
- * checks are the first projections above and the op tests. */
-#ifndef PB_TOL_CUDA_MODEL_SAME_DTYPE_NMSE
-#define PB_TOL_CUDA_MODEL_SAME_DTYPE_NMSE 1e-3
-#endif
-/* 16-bit weights on the GPU vs fp32 weights on the CPU: the cost of the
- * storage type itself. bf16 keeps 8 significant bits (relative rounding error
- * up to 2^-8 ~ 4e-3, rms ~1e-3 per weight and per rounded input); summed over
- * dot products the errors average. Measured on the CPU backend (bf16 vs fp32
- * logits): tiny_gqa 2.4e-4, tiny_bias 1.3e-4, random smollm2-135m:4 4.6e-5,
- * SmolLM2 1.0e-4 (fp16: 4e-6 and below). 1e-3 is the acceptance bound; on
- * SmolLM2 argmax must also agree at >= 99% of the 115 positions (measured on
- * the CPU: all 115). */
-#ifndef PB_TOL_CUDA_MODEL_16BIT_NMSE
-#define PB_TOL_CUDA_MODEL_16BIT_NMSE 1e-3
-#endif
-#ifndef PB_TOL_CUDA_MODEL_16BIT_ARGMAX
-#define PB_TOL_CUDA_MODEL_16BIT_ARGMAX 0.99
-#endif
-
 #define CHECK_OK(expr)                                                                               \
     do {                                                                                             \
         pb_status check_status_ = (expr);                                                            \

@@ -26,15 +26,7 @@
 #include "backend.h"
 #include "patchbay.h"
 #include "test_util.h"
-
-/* fp32 on both sides: the GPU's sums run in another order than OpenBLAS's
- * (and attention's softmax is online), so patched metrics differ by
- * ~1e-6 relative, and normalised effects by that over |source - base|; the
- * issue's bound. */
-#define PB_TOL_CUDA_SWEEP_F32 1e-4
-/* bf16 weights and bf16-rounded GEMM inputs against fp32: ~3 significant
- * digits per projection; the issue's bound on normalised effects. */
-#define PB_TOL_CUDA_SWEEP_BF16 2e-2
+#include "tolerances.h"
 
 /* The backend under test: CUDA, or PB_TEST_SWEEP_BACKEND=cpu|reference to
  * dry-run this harness (and measure what bf16 alone does to effects) on a

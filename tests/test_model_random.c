@@ -23,36 +23,6 @@
 #include "test_util.h"
 #include "tolerances.h"
 
-/* The random tiny model vs transformers: both fp32, different summation
- * orders, logits ~0.16 in size: the issue's bounds (max |diff| is
- * PB_TOL_TINY_LOGITS_MAX_ABS, hooks PB_TOL_TINY_HOOK_NMSE). */
-#define TOL_RANDOM_LOGITS_NMSE 1e-9
-/* 16-bit weights, CPU vs reference backend. Both round each projection's
- * input to the weight type and differ only in summation order (fp32 sgemm
- * vs double), but the rounding is discontinuous: where the fp32 orders put
- * an activation on either side of a rounding boundary, that input differs
- * by a whole bf16 ulp (2^-8 relative), which moves its row by ~1e-7 NMSE and
- * then spreads through attention and later roundings. Measured on tiny at
- * T = 128: layer-0 q/k/v (bit-identical inputs, no flip possible) 1.9e-15;
- * logits bf16 1.1e-6, f16 3.8e-8 (T = 8: 2e-15, no flip; T = 16..256:
- * 3e-7..1.6e-6), while bf16 vs f32 weights is 1.4e-5. So the semantics are
- * pinned by the layer-0 projections at PB_TOL_OP_NMSE, and the logits bound
- * only catches gross divergence: ~10x the measured value (how many flips
- * happen depends on the BLAS kernel). The issue asked for 1e-9 end to end,
- * which one flip already exceeds. */
-#define TOL_BF16_BACKENDS_LOGITS_NMSE 1e-5
-#define TOL_F16_BACKENDS_LOGITS_NMSE 1e-6
-/* bf16 vs f32 weights: each weight and projection input moves by up to
- * 2^-9 relative, so the logits by ~1e-3 relative: NMSE ~1e-6, bounded
- * here by 1e-3 (the issue's bound). */
-#define TOL_BF16_VS_F32_NMSE 1e-3
-#define MIN_BF16_ARGMAX_AGREEMENT 0.99
-/* The hand-written position-0 forward of a one-layer real shape vs the CPU
- * backend, both with bf16 weights: sums in double vs fp32 sgemm over k up
- * to 18944, plus the rounding-boundary flips described above (measured
- * 1.1e-8 on qwen2-7b:1). */
-#define TOL_HAND_FORWARD_NMSE 1e-6
-
 static const uint64_t fixture_seed = 7;
 
 static pb_model *random_model(const char *name, uint64_t seed, pb_backend_kind backend, pb_dtype dtype) {
@@ -198,11 +168,11 @@ static void test_generator_distribution(void **state) {
         }
         double mean = sum / N, std = sqrt(sum_sq / N - mean * mean);
         if (kinds[k] == PB_RANDOM_NORM) {
-            assert_true(lo >= 0.9 - 1e-7 && hi <= 1.1 + 1e-7);
-            assert_true(fabs(mean - 1.0) < 1e-3);
+            assert_true(lo >= 0.9 - PB_TOL_RANDOM_NORM_RANGE && hi <= 1.1 + PB_TOL_RANDOM_NORM_RANGE);
+            assert_true(fabs(mean - 1.0) < PB_TOL_RANDOM_NORM_MEAN);
         } else {
-            assert_true(fabs(mean) < 2e-4);
-            assert_true(fabs(std - 0.02) < 2e-4);
+            assert_true(fabs(mean) < PB_TOL_RANDOM_MATRIX_MEAN);
+            assert_true(fabs(std - 0.02) < PB_TOL_RANDOM_MATRIX_STD);
         }
     }
     free(x);
@@ -259,7 +229,7 @@ static void test_tiny_matches_transformers(void **state) {
                   "NMSE %.3g\n",
                   max_abs, nmse, worst_hook);
     assert_true(max_abs <= PB_TOL_TINY_LOGITS_MAX_ABS);
-    assert_true(nmse <= TOL_RANDOM_LOGITS_NMSE);
+    assert_true(nmse <= PB_TOL_RANDOM_LOGITS_NMSE);
     free(ref);
     free(logits);
     free(ids);
@@ -439,7 +409,7 @@ static void test_determinism_and_backends(void **state) {
     double other_nmse = tu_nmse(other, a, n), backends = tu_nmse(a, ref, n);
     print_message("[ MEASURE  ] seed 7 vs seed 8 logits NMSE %.3g; cpu vs reference NMSE %.3g\n", other_nmse,
                   backends);
-    assert_true(other_nmse > 0.5); /* independent weights: ~2 */
+    assert_true(other_nmse > PB_TOL_RANDOM_SEEDS_MIN_NMSE); /* independent weights: ~2 */
     assert_true(backends <= PB_TOL_OP_NMSE);
     free(a);
     free(b);
@@ -552,7 +522,7 @@ static void test_dtype_forward(void **state) {
     assert_non_null(qkv_ref);
     float *f32 = tiny_logits(fixture_seed, PB_BACKEND_CPU, PB_DTYPE_F32, ids, T);
     const pb_dtype narrow[2] = {PB_DTYPE_BF16, PB_DTYPE_F16};
-    const double logits_tol[2] = {TOL_BF16_BACKENDS_LOGITS_NMSE, TOL_F16_BACKENDS_LOGITS_NMSE};
+    const double logits_tol[2] = {PB_TOL_BF16_BACKENDS_LOGITS_NMSE, PB_TOL_F16_BACKENDS_LOGITS_NMSE};
     double vs_f32[2];
     for (int k = 0; k < 2; k++) {
         float *cpu = tiny_logits_qkv(PB_BACKEND_CPU, narrow[k], ids, T, qkv_cpu);
@@ -569,9 +539,9 @@ static void test_dtype_forward(void **state) {
                       pb_dtype_name(narrow[k]), T, qkv_backends, backends, vs_f32[k], agree, T);
         assert_true(qkv_backends <= PB_TOL_OP_NMSE);
         assert_true(backends <= logits_tol[k]);
-        assert_true(vs_f32[k] <= TOL_BF16_VS_F32_NMSE);
+        assert_true(vs_f32[k] <= PB_TOL_BF16_VS_F32_NMSE);
         assert_true(vs_f32[k] > 0); /* the rounding did happen */
-        assert_true(agree >= MIN_BF16_ARGMAX_AGREEMENT * T);
+        assert_true(agree >= PB_TOL_MIN_BF16_ARGMAX_AGREEMENT * T);
         free(cpu);
         free(ref);
     }
@@ -710,7 +680,7 @@ static void check_real_shape(const char *name, const int32_t ids[4]) {
     for (size_t i = 0; i < 4 * V; i++)
         assert_true(isfinite(logits[i]));
     /* Later positions see the earlier ones: not a copy of position 0. */
-    assert_true(tu_nmse(logits + V, logits, V) > 1e-3);
+    assert_true(tu_nmse(logits + V, logits, V) > PB_TOL_HAND_FORWARD_POSITIONS_MIN_NMSE);
     hand_forward_position0(m, ids[0], want);
     for (size_t i = 0; i < V; i++)
         want_f[i] = (float)want[i];
@@ -718,7 +688,7 @@ static void check_real_shape(const char *name, const int32_t ids[4]) {
     print_message("[ MEASURE  ] %s bf16, position 0 vs hand forward: NMSE %.3g, max |diff| %.3g, %.0f MiB of "
                   "weights\n",
                   name, nmse, tu_max_abs_diff(logits, want_f, V), (double)pb_model_weight_bytes(m) / (1 << 20));
-    assert_true(nmse <= TOL_HAND_FORWARD_NMSE);
+    assert_true(nmse <= PB_TOL_HAND_FORWARD_NMSE);
     free(logits);
     free(want);
     free(want_f);

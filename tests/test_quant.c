@@ -19,13 +19,10 @@
 #include "internal.h"
 #include "pb_test_util.h"
 #include "quant.h"
+#include "tolerances.h"
 
-/* ggml and gguf-py evaluate the same fp32 products and sums in the same
- * order, so agreement is expected to be exact (and is, on x86-64 and with
- * FMA contraction off). The bound allows ~8 ulp should a compiler reorder
- * or fuse; relative difference is |got - want| / max(|want|, 1e-30), so an
- * exact zero must be reproduced to within 1e-36. */
-#define PB_DEQUANT_REL_TOLERANCE 1e-6
+/* Relative difference is |got - want| / max(|want|, PB_DEQUANT_REL_FLOOR);
+ * the bound is PB_TOL_DEQUANT_REL (tolerances.h). */
 #define PB_DEQUANT_REL_FLOOR 1e-30
 
 #define FIXTURE_MAGIC "PBQF"
@@ -88,10 +85,10 @@ static int check_case(uint32_t type, const char *name, size_t name_len, const ui
     }
     printf("  %-5s %-32.*s %7llu elements: max relative difference %.3g (max abs %.3g)\n",
            pb_ggml_type_name(type), (int)name_len, name, (unsigned long long)n, max_rel, max_abs);
-    if (!(max_rel <= PB_DEQUANT_REL_TOLERANCE))
+    if (!(max_rel <= PB_TOL_DEQUANT_REL))
         fprintf(stderr, "%s %.*s: element %llu = %.9g, gguf-py says %.9g\n", pb_ggml_type_name(type),
                 (int)name_len, name, (unsigned long long)worst, got[worst], want[worst]);
-    assert_true(max_rel <= PB_DEQUANT_REL_TOLERANCE);
+    assert_true(max_rel <= PB_TOL_DEQUANT_REL);
     free(got);
     free(want);
     free(unaligned);
