@@ -548,6 +548,63 @@ static void test_matmul16(void **state) {
     run_matmul16(PB_DTYPE_BF16, 3, 5, 7, 1, 0, -1, -1, "matmul bf16 rows=3 n=5 k=7 bias");
 }
 
+/* The CUDA backend rounds a matmul's input once for consecutive matmuls of
+ * the same input (q, k, v). Each of these must still see the input as it is
+ * now: three weights on one x; x rewritten by another op (upload, add) and
+ * multiplied again; x rewritten by a matmul's own output; a fresh buffer
+ * after free. Every result against the reference on the same data. */
+static void test_matmul16_reuse(void **state) {
+    (void)state;
+    rng_seed(12);
+    enum { ROWS = 9, N = 40, K = 40 };
+    float *x_host = host_random((size_t)ROWS * K, -1.0f, 1.0f);
+    float *x2_host = host_random((size_t)ROWS * K, -1.0f, 1.0f);
+    twin x = twin_floats(x_host, (size_t)ROWS * K);
+    twin w[3], out = twin_floats(NULL, (size_t)ROWS * N);
+    uint16_t *w16 = malloc(sizeof(uint16_t) * N * K);
+    assert_non_null(w16);
+    for (int i = 0; i < 3; i++) {
+        float *wf = host_random((size_t)N * K, -1.0f, 1.0f);
+        pb_dtype_from_f32(PB_DTYPE_BF16, w16, wf, (size_t)N * K);
+        w[i] = twin_bytes(w16, sizeof(uint16_t) * N * K);
+        free(wf);
+    }
+#define BOTH_MATMUL(o, xx, ww)                                                                                 \
+    do {                                                                                                         \
+        CHECK_OK(g_ref->ops->matmul(g_ref, (o).ref, (xx).ref, (ww).ref, PB_DTYPE_BF16, NULL, ROWS, N, K));        \
+        CHECK_OK(g_cuda->ops->matmul(g_cuda, (o).cuda, (xx).cuda, (ww).cuda, PB_DTYPE_BF16, NULL, ROWS, N, K));   \
+    } while (0)
+    for (int i = 0; i < 3; i++) {
+        BOTH_MATMUL(out, x, w[i]);
+        twin_compare(&out, PB_TOL_CUDA_OP16_NMSE, "matmul bf16 reuse: weight i of three on one input");
+    }
+    /* x rewritten by an upload, then by an add: each multiplication sees it */
+    CHECK_OK(g_ref->ops->upload(g_ref, x.ref, x2_host, sizeof(float) * ROWS * K));
+    CHECK_OK(g_cuda->ops->upload(g_cuda, x.cuda, x2_host, sizeof(float) * ROWS * K));
+    BOTH_MATMUL(out, x, w[0]);
+    twin_compare(&out, PB_TOL_CUDA_OP16_NMSE, "matmul bf16 reuse: input rewritten by upload");
+    CHECK_OK(g_ref->ops->add(g_ref, x.ref, x.ref, x.ref, (size_t)ROWS * K));
+    CHECK_OK(g_cuda->ops->add(g_cuda, x.cuda, x.cuda, x.cuda, (size_t)ROWS * K));
+    BOTH_MATMUL(out, x, w[0]);
+    twin_compare(&out, PB_TOL_CUDA_OP16_NMSE, "matmul bf16 reuse: input rewritten by add");
+    /* a matmul writing into another input's buffer (N == K, rows alike):
+     * the next matmul of that buffer must use the new values */
+    twin y = twin_floats(x2_host, (size_t)ROWS * K);
+    BOTH_MATMUL(out, y, w[1]);                 /* y rounded and remembered */
+    BOTH_MATMUL(y, x, w[2]);                   /* y overwritten by a matmul's output */
+    BOTH_MATMUL(out, y, w[1]);
+    twin_compare(&out, PB_TOL_CUDA_OP16_NMSE, "matmul bf16 reuse: input rewritten by a matmul");
+#undef BOTH_MATMUL
+    twin_free(&y);
+    twin_free(&x);
+    twin_free(&out);
+    for (int i = 0; i < 3; i++)
+        twin_free(&w[i]);
+    free(w16);
+    free(x_host);
+    free(x2_host);
+}
+
 /* ---- ragged attention ------------------------------------------------------- */
 
 typedef struct job_spec {
@@ -877,7 +934,7 @@ int main(void) {
         cmocka_unit_test(test_memory),    cmocka_unit_test(test_embed),     cmocka_unit_test(test_rmsnorm),
         cmocka_unit_test(test_matmul),    cmocka_unit_test(test_rope),      cmocka_unit_test(test_attention),
         cmocka_unit_test(test_swiglu),    cmocka_unit_test(test_add),       cmocka_unit_test(test_embed16),
-        cmocka_unit_test(test_matmul16),  cmocka_unit_test(test_attention_jobs), cmocka_unit_test(test_attention_jobs_kernels), cmocka_unit_test(test_memory_info),
+        cmocka_unit_test(test_matmul16), cmocka_unit_test(test_matmul16_reuse),  cmocka_unit_test(test_attention_jobs), cmocka_unit_test(test_attention_jobs_kernels), cmocka_unit_test(test_memory_info),
         cmocka_unit_test(test_errors),    cmocka_unit_test(test_nccl_linked),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown) == 0 ? 0 : 1;
