@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include <stddef.h>
 #include <string.h>
 
 #include "backend_cuda_impl.cuh"
@@ -388,6 +389,35 @@ static pb_status pb_cuda_attention_jobs(pb_backend *backend, float *out, const f
     return PB_OK;
 }
 
+static_assert(sizeof(pb_cuda_copy_region) == sizeof(pb_copy_region) &&
+                  offsetof(pb_cuda_copy_region, src) == offsetof(pb_copy_region, src) &&
+                  offsetof(pb_cuda_copy_region, n) == offsetof(pb_copy_region, n),
+              "pb_cuda_copy_region must match backend.h's pb_copy_region");
+
+/* Batched copies (backend.h): one launch per PB_COPY_REGIONS_PER_LAUNCH
+ * regions with the list as the kernel's by-value parameter, so the caller's
+ * array is free at return without any synchronisation. */
+static pb_status pb_cuda_op_copy_regions(pb_backend *backend, const pb_copy_region *regions, int n_regions) {
+    pb_cuda_backend *self = pb_cuda_self(backend);
+    PB_CUDA_REQUIRE(n_regions >= 0, "copy_regions");
+    if (n_regions == 0)
+        return PB_OK;
+    PB_CUDA_REQUIRE(regions != NULL, "copy_regions");
+    for (int i = 0; i < n_regions; i++)
+        if (regions[i].n && (!regions[i].dst || !regions[i].src))
+            return pb_fail(PB_ERR_ARG, "cuda copy_regions: region %d of %zu floats has a NULL pointer", i,
+                           regions[i].n);
+    PB_TRY(pb_cuda_enter(self));
+    pb_cuda_copy_regions batch;
+    for (int first = 0; first < n_regions; first += PB_COPY_REGIONS_PER_LAUNCH) {
+        int count = n_regions - first < PB_COPY_REGIONS_PER_LAUNCH ? n_regions - first : PB_COPY_REGIONS_PER_LAUNCH;
+        memcpy(batch.r, regions + first, sizeof(pb_cuda_copy_region) * (size_t)count);
+        batch.n = count;
+        PB_CUDA_CHECK(pb_cuda_launch_copy_regions(self->stream, &batch));
+    }
+    return PB_OK;
+}
+
 static pb_status pb_cuda_swiglu(pb_backend *backend, float *out, const float *gate, const float *up, size_t n) {
     pb_cuda_backend *self = pb_cuda_self(backend);
     if (n == 0)
@@ -430,6 +460,7 @@ static const pb_backend_ops pb_cuda_ops = {
     pb_cuda_memory_info,
     pb_cuda_metric_rows,
     0, /* host_memory: device memory is not host memory */
+    pb_cuda_op_copy_regions,
 };
 
 static pb_status pb_cuda_init(pb_cuda_backend *self, int device) {

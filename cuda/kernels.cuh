@@ -85,6 +85,20 @@ size_t pb_cuda_attention_tiled_shared_bytes(int head_dim);
 cudaError_t pb_cuda_launch_attention_tiled(cudaStream_t stream, float *out, const float *q,
                                            const pb_cuda_attention_job *jobs, int n_jobs, int total_tiles, int n_heads,
                                            int n_kv_heads, int head_dim);
+/* Up to PB_COPY_REGIONS_PER_LAUNCH regions of a batched copy, passed to the
+ * kernel by value: region i copies n floats from src to dst. The layout of
+ * one region is backend.h's pb_copy_region. */
+#define PB_COPY_REGIONS_PER_LAUNCH 128
+typedef struct pb_cuda_copy_region {
+    float *dst;
+    const float *src;
+    size_t n;
+} pb_cuda_copy_region;
+typedef struct pb_cuda_copy_regions {
+    pb_cuda_copy_region r[PB_COPY_REGIONS_PER_LAUNCH];
+    int n; /* 1 .. PB_COPY_REGIONS_PER_LAUNCH */
+} pb_cuda_copy_regions;
+cudaError_t pb_cuda_launch_copy_regions(cudaStream_t stream, const pb_cuda_copy_regions *regions);
 /* out (n) = silu(gate) * up */
 cudaError_t pb_cuda_launch_swiglu(cudaStream_t stream, float *out, const float *gate, const float *up, size_t n);
 /* out (n) = a + b; out may alias a or b */

@@ -26,6 +26,13 @@ typedef struct pb_attention_job {
     const float *v_new;
 } pb_attention_job;
 
+/* One region of a batched copy: n floats from src to dst (backend memory). */
+typedef struct pb_copy_region {
+    float *dst;
+    const float *src;
+    size_t n;
+} pb_copy_region;
+
 typedef struct pb_backend_ops {
     const char *name;
     void (*destroy)(pb_backend *backend);
@@ -99,9 +106,13 @@ typedef struct pb_backend_ops {
                              pb_metric_kind kind, const int32_t *positive, int n_positive, const int32_t *negative,
                              int n_negative, const double *ref_logprobs, const int32_t *ref_row, int n_ref);
     /* 1 when the backend's memory is plain host memory (the CPU backends):
-     * callers may read it directly instead of downloading. Last member, so
-     * positional initialisers that stop before it leave it 0. */
+     * callers may read it directly instead of downloading. */
     int host_memory;
+    /* Every region of `regions` (host array, n_regions entries) copied, in
+     * one go where the backend can: the patch writes of a batch (each row's
+     * site, at every patched position). No destination may overlap another
+     * region. Optional: NULL means one `copy` per region. */
+    pb_status (*copy_regions)(pb_backend *backend, const pb_copy_region *regions, int n_regions);
 } pb_backend_ops;
 
 struct pb_backend {

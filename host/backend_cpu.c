@@ -257,6 +257,13 @@ static pb_status cpu_metric_rows(pb_backend *backend, double *out, const float *
                                ref_logprobs, ref_row, n_ref, cpu_threads(backend));
 }
 
+static pb_status cpu_copy_regions(pb_backend *backend, const pb_copy_region *regions, int n_regions) {
+    for (int i = 0; i < n_regions; i++)
+        if (regions[i].n)
+            memmove(regions[i].dst, regions[i].src, sizeof(float) * regions[i].n);
+    return PB_OK;
+}
+
 static const pb_backend_ops cpu_ops = {
     .name = "cpu",
     .destroy = cpu_destroy,
@@ -276,6 +283,7 @@ static const pb_backend_ops cpu_ops = {
     .add = cpu_add,
     .metric_rows = cpu_metric_rows,
     .host_memory = 1,
+    .copy_regions = cpu_copy_regions,
 };
 
 pb_status pb_backend_cpu_create(pb_backend **out, int n_threads) {

@@ -32,6 +32,8 @@ struct pb_exec {
     int *offset;      /* (n_jobs + 1) packed row of each job, by job index */
     pb_attention_job *attn_jobs; /* (n_jobs) */
     int capacity_jobs;
+    pb_copy_region *regions; /* patch writes of one hook point, grown as needed */
+    int capacity_regions;
     double flops;
 };
 
@@ -91,6 +93,7 @@ void pb_exec_free(pb_exec *e) {
     free(e->order);
     free(e->offset);
     free(e->attn_jobs);
+    free(e->regions);
     free(e);
 }
 
@@ -154,12 +157,28 @@ static pb_status check_jobs(pb_exec *e, const pb_exec_job *jobs, int n_jobs, int
 }
 
 /* Patch application and the caller's hook for every active job at one
- * hook point. buffer holds the packed activation of width `width`. */
+ * hook point. buffer holds the packed activation of width `width`. Every
+ * job's patch writes at this point go to the backend as one batch of
+ * regions (one kernel on the GPU), before any hook runs. */
 static pb_status hook_point(pb_exec *e, const pb_exec_job *jobs, int n_active, pb_hook_kind hook, int layer,
                             float *buffer, pb_exec_hook_fn fn, void *user) {
     const pb_model_config *c = &e->model->cfg;
     pb_backend *b = e->model->backend;
     int width = hook_width(c, hook);
+    int n_regions = 0;
+    for (int a = 0; a < n_active; a++) {
+        const pb_exec_patch *p = jobs[e->order[a]].patch;
+        if (p && p->hook == hook && p->layer == layer)
+            n_regions += p->n_positions;
+    }
+    if (n_regions > e->capacity_regions) {
+        pb_copy_region *grown = realloc(e->regions, sizeof *grown * (size_t)n_regions);
+        if (!grown)
+            return pb_fail(PB_ERR_OOM, "executor: out of memory for %d patch writes", n_regions);
+        e->regions = grown;
+        e->capacity_regions = n_regions;
+    }
+    n_regions = 0;
     for (int a = 0; a < n_active; a++) {
         int j = e->order[a];
         const pb_exec_job *job = &jobs[j];
@@ -169,11 +188,19 @@ static pb_status hook_point(pb_exec *e, const pb_exec_job *jobs, int n_active, p
             int slice = p->head >= 0 ? c->head_dim : width;
             size_t column = p->head >= 0 ? (size_t)p->head * c->head_dim : 0;
             for (int i = 0; i < p->n_positions; i++)
-                PB_TRY(b->ops->copy(b, rows + (size_t)(p->positions[i] - job->p0) * width + column,
-                                    p->values + (size_t)i * slice, sizeof(float) * (size_t)slice));
+                e->regions[n_regions++] = (pb_copy_region){
+                    .dst = rows + (size_t)(p->positions[i] - job->p0) * width + column,
+                    .src = p->values + (size_t)i * slice,
+                    .n = (size_t)slice};
         }
-        if (fn)
-            PB_TRY(fn(user, j, hook, layer, rows, job->T - job->p0, job->p0));
+    }
+    if (n_regions && b->ops->copy_regions)
+        PB_TRY(b->ops->copy_regions(b, e->regions, n_regions));
+    for (int i = 0; n_regions && !b->ops->copy_regions && i < n_regions; i++)
+        PB_TRY(b->ops->copy(b, e->regions[i].dst, e->regions[i].src, sizeof(float) * e->regions[i].n));
+    for (int a = 0; fn && a < n_active; a++) {
+        int j = e->order[a];
+        PB_TRY(fn(user, j, hook, layer, buffer + (size_t)e->offset[j] * width, jobs[j].T - jobs[j].p0, jobs[j].p0));
     }
     return PB_OK;
 }

@@ -222,6 +222,13 @@ static pb_status ref_metric_rows(pb_backend *backend, double *out, const float *
                                ref_logprobs, ref_row, n_ref, 1);
 }
 
+static pb_status ref_copy_regions(pb_backend *backend, const pb_copy_region *regions, int n_regions) {
+    for (int i = 0; i < n_regions; i++)
+        if (regions[i].n)
+            memmove(regions[i].dst, regions[i].src, sizeof(float) * regions[i].n);
+    return PB_OK;
+}
+
 static const pb_backend_ops ref_ops = {
     .name = "reference",
     .destroy = ref_destroy,
@@ -240,6 +247,7 @@ static const pb_backend_ops ref_ops = {
     .add = ref_add,
     .metric_rows = ref_metric_rows,
     .host_memory = 1,
+    .copy_regions = ref_copy_regions,
 };
 
 pb_status pb_backend_ref_create(pb_backend **out) {

@@ -485,6 +485,7 @@ typedef struct batch_buffers {
     pb_exec_job *jobs;   /* (max_rows) */
     pb_exec_patch *patches;
     int *positions;      /* (max_tokens) resolved base positions of all rows */
+    pb_copy_region *staging; /* (max_tokens) source activations into `values`, one region per position */
     int32_t *pairs;      /* (max_rows) */
     int64_t *rows;       /* (max_rows) */
     double *values_out;  /* (max_rows) */
@@ -504,6 +505,7 @@ static void batch_free(pb_sweep *s, batch_buffers *bb) {
     free(bb->jobs);
     free(bb->patches);
     free(bb->positions);
+    free(bb->staging);
     free(bb->pairs);
     free(bb->rows);
     free(bb->values_out);
@@ -597,10 +599,12 @@ static pb_status batch_alloc(pb_sweep *s, batch_buffers *bb, int max_T) {
     bb->jobs = calloc((size_t)bb->max_rows, sizeof *bb->jobs);
     bb->patches = calloc((size_t)bb->max_rows, sizeof *bb->patches);
     bb->positions = malloc(sizeof(int) * (size_t)bb->max_tokens);
+    bb->staging = malloc(sizeof(pb_copy_region) * (size_t)bb->max_tokens);
     bb->pairs = malloc(sizeof(int32_t) * (size_t)bb->max_rows);
     bb->rows = malloc(sizeof(int64_t) * (size_t)bb->max_rows);
     bb->values_out = malloc(sizeof(double) * (size_t)bb->max_rows);
-    if (!bb->host || !bb->jobs || !bb->patches || !bb->positions || !bb->pairs || !bb->rows || !bb->values_out) {
+    if (!bb->host || !bb->jobs || !bb->patches || !bb->positions || !bb->staging || !bb->pairs || !bb->rows ||
+        !bb->values_out) {
         batch_free(s, bb);
         return pb_fail(PB_ERR_OOM, "out of memory for batch bookkeeping");
     }
@@ -728,7 +732,7 @@ static pb_status run_batch(pb_sweep *s, batch_buffers *bb, int n) {
         for (int k = 0; k < n_pos; k++) {
             const float *src =
                 cache_row(s, &s->source[pair], site->component, site->layer, p->position_map[positions[k]]) + column;
-            PB_TRY(b->ops->copy(b, bb->values + values_used, src, sizeof(float) * width));
+            bb->staging[pos_used - n_pos + k] = (pb_copy_region){.dst = bb->values + values_used, .src = src, .n = width};
             values_used += width;
         }
         const pb_run_cache *base = &s->base[pair];
@@ -741,6 +745,11 @@ static pb_status run_batch(pb_sweep *s, batch_buffers *bb, int n) {
                                     .patch = patch};
         bb->pairs[i] = pair;
     }
+    /* every row's source activations into `values`, in one batch */
+    if (b->ops->copy_regions)
+        PB_TRY(b->ops->copy_regions(b, bb->staging, pos_used));
+    for (int i = 0; !b->ops->copy_regions && i < pos_used; i++)
+        PB_TRY(b->ops->copy(b, bb->staging[i].dst, bb->staging[i].src, sizeof(float) * bb->staging[i].n));
     double before = pb_exec_flops(bb->exec);
     PB_TRY(pb_exec_run(bb->exec, bb->jobs, n, s->metric_step, NULL, NULL));
     s->n_batches++;

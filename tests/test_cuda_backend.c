@@ -411,6 +411,44 @@ static void test_add(void **state) {
     free(b_host);
 }
 
+/* copy_regions: 300 regions (three launches of at most 128) of assorted
+ * lengths, from a source buffer into disjoint places of a destination,
+ * against the reference backend's; untouched destination floats keep the
+ * sentinel on both sides. */
+static void test_copy_regions(void **state) {
+    (void)state;
+    rng_seed(13);
+    enum { N_REGIONS = 300, SRC = 40000, DST = 80000 };
+    float *src_host = host_random(SRC, -1.0f, 1.0f);
+    src_host[17] = NAN;
+    twin src = twin_floats(src_host, SRC), dst = twin_floats(NULL, DST);
+    pb_copy_region *ref_regions = malloc(sizeof *ref_regions * N_REGIONS);
+    pb_copy_region *cuda_regions = malloc(sizeof *cuda_regions * N_REGIONS);
+    assert_non_null(ref_regions);
+    assert_non_null(cuda_regions);
+    size_t at = 0;
+    for (int i = 0; i < N_REGIONS; i++) {
+        size_t n = i % 7 == 3 ? 0 : 1 + (size_t)(rng_uniform(0.0f, 1.0f) * 250.0f); /* some empty */
+        size_t from = (size_t)(rng_uniform(0.0f, 1.0f) * (float)(SRC - 256));
+        at += (size_t)(rng_uniform(0.0f, 1.0f) * 8.0f); /* gaps stay sentinels */
+        assert_true(at + n <= DST);
+        ref_regions[i] = (pb_copy_region){(float *)dst.ref + at, (const float *)src.ref + from, n};
+        cuda_regions[i] = (pb_copy_region){(float *)dst.cuda + at, (const float *)src.cuda + from, n};
+        at += n;
+    }
+    CHECK_OK(g_ref->ops->copy_regions(g_ref, ref_regions, N_REGIONS));
+    assert_non_null(g_cuda->ops->copy_regions);
+    CHECK_OK(g_cuda->ops->copy_regions(g_cuda, cuda_regions, N_REGIONS));
+    memset(cuda_regions, 0, sizeof *cuda_regions * N_REGIONS); /* the caller's array is free at return */
+    twin_compare(&dst, 0.0, "copy_regions 300 regions, NaN carried, gaps untouched");
+    CHECK_OK(g_cuda->ops->copy_regions(g_cuda, NULL, 0));
+    twin_free(&src);
+    twin_free(&dst);
+    free(ref_regions);
+    free(cuda_regions);
+    free(src_host);
+}
+
 static void expect_status(pb_status got, pb_status want, const char *what) {
     if (got != want)
         fail_msg("%s: got %s, want %s (%s)", what, pb_status_name(got), pb_status_name(want), pb_last_error());
@@ -934,7 +972,7 @@ int main(void) {
         cmocka_unit_test(test_memory),    cmocka_unit_test(test_embed),     cmocka_unit_test(test_rmsnorm),
         cmocka_unit_test(test_matmul),    cmocka_unit_test(test_rope),      cmocka_unit_test(test_attention),
         cmocka_unit_test(test_swiglu),    cmocka_unit_test(test_add),       cmocka_unit_test(test_embed16),
-        cmocka_unit_test(test_matmul16), cmocka_unit_test(test_matmul16_reuse),  cmocka_unit_test(test_attention_jobs), cmocka_unit_test(test_attention_jobs_kernels), cmocka_unit_test(test_memory_info),
+        cmocka_unit_test(test_matmul16), cmocka_unit_test(test_matmul16_reuse), cmocka_unit_test(test_copy_regions),  cmocka_unit_test(test_attention_jobs), cmocka_unit_test(test_attention_jobs_kernels), cmocka_unit_test(test_memory_info),
         cmocka_unit_test(test_errors),    cmocka_unit_test(test_nccl_linked),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown) == 0 ? 0 : 1;

@@ -287,6 +287,36 @@ static void test_add_bias(void **state) {
     free(want);
 }
 
+/* copy_regions: 300 regions of assorted lengths (some empty) in three
+ * launches, into disjoint places of a destination with gaps: each copied
+ * float identical, every gap untouched. */
+static void test_copy_regions(void **state) {
+    (void)state;
+    enum { N_REGIONS = 300, SRC = 40000, DST = 80000 };
+    float *src = random_floats(SRC, 41, 1.0f);
+    src[17] = NAN;
+    float *got = filled_floats(DST, 12345.0f), *want = filled_floats(DST, 12345.0f);
+    pb_copy_region *regions = malloc(sizeof *regions * N_REGIONS);
+    assert_non_null(regions);
+    uint64_t s = 43;
+    size_t at = 0;
+    for (int i = 0; i < N_REGIONS; i++) {
+        size_t n = i % 7 == 3 ? 0 : 1 + tu_next(&s) % 250, from = tu_next(&s) % (SRC - 256);
+        at += tu_next(&s) % 8;
+        assert_true(at + n <= DST);
+        regions[i] = (pb_copy_region){got + at, src + from, n};
+        memcpy(want + at, src + from, sizeof(float) * n);
+        at += n;
+    }
+    CHECK_LAUNCH(pb_emu_copy_regions(regions, N_REGIONS));
+    check_guard(got, DST, "copy_regions");
+    expect_identical(got, want, DST, "copy_regions 300 regions, gaps untouched");
+    free(regions);
+    free(src);
+    free(got);
+    free(want);
+}
+
 static void test_swiglu_add(void **state) {
     (void)state;
     const size_t n = 10007;
@@ -771,7 +801,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_embed),          cmocka_unit_test(test_round16),   cmocka_unit_test(test_grid_stride),   cmocka_unit_test(test_add_bias),
         cmocka_unit_test(test_swiglu_add),     cmocka_unit_test(test_rmsnorm),   cmocka_unit_test(test_rope),
-        cmocka_unit_test(test_attention),      cmocka_unit_test(test_attention_jobs), cmocka_unit_test(test_attention_tiled),
+        cmocka_unit_test(test_attention),      cmocka_unit_test(test_attention_jobs), cmocka_unit_test(test_attention_tiled), cmocka_unit_test(test_copy_regions),
         cmocka_unit_test(test_metric),
         cmocka_unit_test(test_schedule_order), cmocka_unit_test(test_emulator_barrier),
         cmocka_unit_test(test_emulator_shuffle), cmocka_unit_test(test_launch_error),

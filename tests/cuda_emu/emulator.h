@@ -42,6 +42,7 @@
 #define pb_cuda_launch_attention_tiled pb_emu_cuda_launch_attention_tiled
 #define pb_cuda_launch_swiglu pb_emu_cuda_launch_swiglu
 #define pb_cuda_launch_add pb_emu_cuda_launch_add
+#define pb_cuda_launch_copy_regions pb_emu_cuda_launch_copy_regions
 #define pb_cuda_metric_rows pb_emu_cuda_metric_rows
 
 #define __global__

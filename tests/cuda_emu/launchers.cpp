@@ -1,5 +1,6 @@
 /* The C side of the emulated launchers (pb_cuda_emu.h): kernels.cuh's
  * launchers have C++ linkage, the test is C. */
+#include <string.h>
 #include <stdlib.h>
 
 #include "backend_cuda_impl.cuh"
@@ -77,6 +78,21 @@ int pb_emu_attention_jobs(float *out, const float *q, const pb_attention_job *jo
 
 int pb_emu_swiglu(float *out, const float *gate, const float *up, size_t n) {
     return pb_cuda_launch_swiglu(nullptr, out, gate, up, n);
+}
+
+int pb_emu_copy_regions(const pb_copy_region *regions, int n_regions) {
+    /* backend_cuda.cu's pb_cuda_op_copy_regions: launches of at most
+     * PB_COPY_REGIONS_PER_LAUNCH regions, the list by value */
+    pb_cuda_copy_regions batch;
+    for (int first = 0; first < n_regions; first += PB_COPY_REGIONS_PER_LAUNCH) {
+        int count = n_regions - first < PB_COPY_REGIONS_PER_LAUNCH ? n_regions - first : PB_COPY_REGIONS_PER_LAUNCH;
+        memcpy(batch.r, regions + first, sizeof(pb_cuda_copy_region) * (size_t)count);
+        batch.n = count;
+        cudaError_t error = pb_cuda_launch_copy_regions(nullptr, &batch);
+        if (error != cudaSuccess)
+            return error;
+    }
+    return cudaSuccess;
 }
 
 int pb_emu_add(float *out, const float *a, const float *b, size_t n) {

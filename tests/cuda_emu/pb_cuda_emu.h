@@ -38,6 +38,8 @@ int pb_emu_attention_jobs(float *out, const float *q, const pb_attention_job *jo
                           int n_kv_heads, int head_dim);
 int pb_emu_swiglu(float *out, const float *gate, const float *up, size_t n);
 int pb_emu_add(float *out, const float *a, const float *b, size_t n);
+/* cuda/copy_regions.cu as backend_cuda.cu drives it. */
+int pb_emu_copy_regions(const pb_copy_region *regions, int n_regions);
 /* cuda/metric.cu's pb_cuda_metric_rows on an emulated backend (device 0). */
 pb_status pb_emu_metric_rows(double *out, const float *logits, int rows, int n_out, pb_metric_kind kind,
                              const int32_t *positive, int n_positive, const int32_t *negative, int n_negative,

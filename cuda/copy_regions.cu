@@ -1,0 +1,22 @@
+/* Batched copies (pb_backend_ops.copy_regions): the patch writes of a
+ * patching batch, every row's site at every patched position, in one launch
+ * per PB_COPY_REGIONS_PER_LAUNCH regions instead of one cudaMemcpyAsync each.
+ * The region list travels by value as the kernel's parameter (3 KiB, within
+ * the 4 KiB every architecture accepts), so nothing is uploaded and nothing
+ * waits: the call is as asynchronous as the copies it replaces.
+ *
+ * One block per region; its threads copy the region's floats with a stride
+ * of the block. Regions never overlap one another's destinations (the
+ * caller's contract), so blocks are independent. */
+#include "kernels.cuh"
+
+static __global__ void pb_copy_regions_kernel(pb_cuda_copy_regions regions) {
+    const pb_cuda_copy_region region = regions.r[blockIdx.x];
+    for (size_t i = threadIdx.x; i < region.n; i += blockDim.x)
+        region.dst[i] = region.src[i];
+}
+
+cudaError_t pb_cuda_launch_copy_regions(cudaStream_t stream, const pb_cuda_copy_regions *regions) {
+    pb_copy_regions_kernel<<<(unsigned)regions->n, PB_CUDA_BLOCK, 0, stream>>>(*regions);
+    return cudaGetLastError();
+}
