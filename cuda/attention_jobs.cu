@@ -14,11 +14,13 @@
 
 #include "kernels.cuh"
 
-/* grid (total_rows, n_heads), block PB_ATTENTION_WARPS * 32, dynamic shared
- * memory pb_cuda_attention_shared_bytes(head_dim).
- * out, q (packed rows, n_heads, head_dim); jobs (n_jobs), device memory. */
-static __global__ void pb_attention_jobs_kernel(float *out, const float *q, const pb_cuda_attention_job *jobs,
-                                                int n_jobs, int n_heads, int n_kv_heads, int head_dim, float scale) {
+/* grid (rows of the launch, n_heads), block PB_ATTENTION_WARPS * 32, dynamic
+ * shared memory pb_cuda_attention_shared_bytes(head_dim).
+ * out, q (packed rows, n_heads, head_dim); jobs by value (__grid_constant__:
+ * indexed in the parameter bank, not copied per thread). */
+static __global__ void pb_attention_jobs_kernel(float *out, const float *q,
+                                                const __grid_constant__ pb_cuda_attention_batch jobs, int n_heads,
+                                                int n_kv_heads, int head_dim, float scale) {
     extern __shared__ float shared[];
     float *q_shared = shared;                                             // (head_dim)
     float *acc_all = q_shared + head_dim;                                 // (W, head_dim)
@@ -31,15 +33,15 @@ static __global__ void pb_attention_jobs_kernel(float *out, const float *q, cons
     /* The job holding this work row: the last one with first <= row. A job
      * with n == 0 has the same `first` as its successor, so it is never the
      * last such job (and the final job, if empty, has first == total_rows). */
-    int lo = 0, hi = n_jobs - 1;
+    int lo = 0, hi = jobs.n_jobs - 1;
     while (lo < hi) {
         const int mid = lo + (hi - lo + 1) / 2;
-        if (jobs[mid].first <= row)
+        if (jobs.job[mid].first <= row)
             lo = mid;
         else
             hi = mid - 1;
     }
-    const pb_cuda_attention_job job = jobs[lo];
+    const pb_cuda_attention_job job = jobs.job[lo];
     const int t = row - job.first;  // query index within the job, 0 .. n - 1
 
     const int kv_head = h / (n_heads / n_kv_heads);
@@ -107,11 +109,21 @@ static __global__ void pb_attention_jobs_kernel(float *out, const float *q, cons
 }
 
 cudaError_t pb_cuda_launch_attention_jobs(cudaStream_t stream, float *out, const float *q,
-                                          const pb_cuda_attention_job *jobs, int n_jobs, int total_rows, int n_heads,
+                                          const pb_cuda_attention_job *jobs, int n_jobs, int n_heads,
                                           int n_kv_heads, int head_dim) {
     const float scale = 1.0f / sqrtf((float)head_dim);
-    const dim3 grid((unsigned)total_rows, (unsigned)n_heads);
-    pb_attention_jobs_kernel<<<grid, PB_ATTENTION_WARPS * PB_CUDA_WARP, pb_cuda_attention_shared_bytes(head_dim),
-                               stream>>>(out, q, jobs, n_jobs, n_heads, n_kv_heads, head_dim, scale);
-    return cudaGetLastError();
+    pb_cuda_attention_batch batch;
+    for (int first = 0; first < n_jobs; first += PB_ATTENTION_JOBS_PER_LAUNCH) {
+        const int count = n_jobs - first < PB_ATTENTION_JOBS_PER_LAUNCH ? n_jobs - first : PB_ATTENTION_JOBS_PER_LAUNCH;
+        const int rows = pb_cuda_attention_batch_fill(&batch, jobs, first, count, 0);
+        if (rows == 0)
+            continue;
+        const dim3 grid((unsigned)rows, (unsigned)n_heads);
+        pb_attention_jobs_kernel<<<grid, PB_ATTENTION_WARPS * PB_CUDA_WARP, pb_cuda_attention_shared_bytes(head_dim),
+                                   stream>>>(out, q, batch, n_heads, n_kv_heads, head_dim, scale);
+        const cudaError_t error = cudaGetLastError();
+        if (error != cudaSuccess)
+            return error;
+    }
+    return cudaSuccess;
 }

@@ -25,7 +25,7 @@
 
 #include "kernels.cuh"
 
-#define PB_TILE_Q 32
+#define PB_TILE_Q PB_ATTENTION_TILE_Q
 #define PB_TILE_K 16
 #define PB_TILE_THREADS 128
 #define PB_TILE_MAX_HEAD_DIM 128
@@ -45,13 +45,13 @@ size_t pb_cuda_attention_tiled_shared_bytes(int head_dim) {
     return sizeof(float) * (stride * (PB_TILE_Q + 2 * PB_TILE_K) + (size_t)PB_TILE_Q * PB_TILE_P_STRIDE);
 }
 
-/* grid (total tiles, n_heads), block PB_TILE_THREADS, dynamic shared memory
- * pb_cuda_attention_tiled_shared_bytes(head_dim).
- * out, q (packed rows, n_heads, head_dim); jobs (n_jobs), device memory, with
+/* grid (tiles of the launch, n_heads), block PB_TILE_THREADS, dynamic shared
+ * memory pb_cuda_attention_tiled_shared_bytes(head_dim).
+ * out, q (packed rows, n_heads, head_dim); jobs by value (__grid_constant__),
  * first_tile ascending from 0 (job j owns tiles [first_tile, first_tile +
  * ceil(n / PB_TILE_Q))). */
 static __global__ void __launch_bounds__(PB_TILE_THREADS)
-    pb_attention_tiled_kernel(float *out, const float *q, const pb_cuda_attention_job *jobs, int n_jobs,
+    pb_attention_tiled_kernel(float *out, const float *q, const __grid_constant__ pb_cuda_attention_batch jobs,
                               int n_heads, int n_kv_heads, int head_dim, float scale) {
     extern __shared__ float4 shared4[];
     const int stride4 = head_dim / 4 + 1;                                  // float4 per padded row
@@ -64,15 +64,15 @@ static __global__ void __launch_bounds__(PB_TILE_THREADS)
     const int h = blockIdx.y;
     /* The job holding this tile: the last one with first_tile <= tile (a
      * job with no queries shares first_tile with its successor). */
-    int lo = 0, hi = n_jobs - 1;
+    int lo = 0, hi = jobs.n_jobs - 1;
     while (lo < hi) {
         const int mid = lo + (hi - lo + 1) / 2;
-        if (jobs[mid].first_tile <= tile)
+        if (jobs.job[mid].first_tile <= tile)
             lo = mid;
         else
             hi = mid - 1;
     }
-    const pb_cuda_attention_job job = jobs[lo];
+    const pb_cuda_attention_job job = jobs.job[lo];
     const int t0 = (tile - job.first_tile) * PB_TILE_Q;  // first query of the tile within the job
     const int n_q = min(PB_TILE_Q, job.n - t0);          // queries in this tile, 1 .. TILE_Q
     const int kv_head = h / (n_heads / n_kv_heads);
@@ -206,11 +206,21 @@ static __global__ void __launch_bounds__(PB_TILE_THREADS)
 }
 
 cudaError_t pb_cuda_launch_attention_tiled(cudaStream_t stream, float *out, const float *q,
-                                           const pb_cuda_attention_job *jobs, int n_jobs, int total_tiles, int n_heads,
+                                           const pb_cuda_attention_job *jobs, int n_jobs, int n_heads,
                                            int n_kv_heads, int head_dim) {
     const float scale = 1.0f / sqrtf((float)head_dim);
-    const dim3 grid((unsigned)total_tiles, (unsigned)n_heads);
-    pb_attention_tiled_kernel<<<grid, PB_TILE_THREADS, pb_cuda_attention_tiled_shared_bytes(head_dim), stream>>>(
-        out, q, jobs, n_jobs, n_heads, n_kv_heads, head_dim, scale);
-    return cudaGetLastError();
+    pb_cuda_attention_batch batch;
+    for (int first = 0; first < n_jobs; first += PB_ATTENTION_JOBS_PER_LAUNCH) {
+        const int count = n_jobs - first < PB_ATTENTION_JOBS_PER_LAUNCH ? n_jobs - first : PB_ATTENTION_JOBS_PER_LAUNCH;
+        const int tiles = pb_cuda_attention_batch_fill(&batch, jobs, first, count, 1);
+        if (tiles == 0)
+            continue;
+        const dim3 grid((unsigned)tiles, (unsigned)n_heads);
+        pb_attention_tiled_kernel<<<grid, PB_TILE_THREADS, pb_cuda_attention_tiled_shared_bytes(head_dim), stream>>>(
+            out, q, batch, n_heads, n_kv_heads, head_dim, scale);
+        const cudaError_t error = cudaGetLastError();
+        if (error != cudaSuccess)
+            return error;
+    }
+    return cudaSuccess;
 }

@@ -30,8 +30,6 @@ static void pb_cuda_destroy(pb_backend *backend) {
         PB_CUDA_CHECK_VOID(cudaStreamSynchronize(self->stream));
     if (self->round_scratch)
         PB_CUDA_CHECK_VOID(cudaFree(self->round_scratch));
-    if (self->attention_jobs_device)
-        PB_CUDA_CHECK_VOID(cudaFree(self->attention_jobs_device));
     free(self->attention_jobs_host);
     if (self->cublas)
         PB_CUBLAS_CHECK_VOID(cublasDestroy(self->cublas));
@@ -275,35 +273,23 @@ static pb_status pb_cuda_attention(pb_backend *backend, float *out, const float 
 /* Descriptor arrays (host and device) for at least n jobs. Growing waits for
  * the stream, since a queued attention_jobs kernel may still read the old
  * device array. */
+/* A host descriptor array of at least n jobs (grown, kept). */
 static pb_status pb_cuda_attention_job_buffers(pb_cuda_backend *self, size_t n) {
     if (n <= self->attention_jobs_capacity)
         return PB_OK;
-    PB_CUDA_CHECK(cudaStreamSynchronize(self->stream));
-    if (self->attention_jobs_device)
-        PB_CUDA_CHECK(cudaFree(self->attention_jobs_device));
-    free(self->attention_jobs_host);
-    self->attention_jobs_device = NULL;
-    self->attention_jobs_host = NULL;
-    self->attention_jobs_capacity = 0;
-    void *device = NULL;
-    PB_TRY(pb_cuda_malloc(self, &device, n * sizeof(pb_cuda_attention_job)));
-    pb_cuda_attention_job *host = (pb_cuda_attention_job *)malloc(n * sizeof(pb_cuda_attention_job));
-    if (!host) {
-        PB_CUDA_CHECK(cudaFree(device));
+    pb_cuda_attention_job *host =
+        (pb_cuda_attention_job *)realloc(self->attention_jobs_host, n * sizeof(pb_cuda_attention_job));
+    if (!host)
         return pb_fail(PB_ERR_OOM, "cuda attention_jobs: out of host memory for %zu job descriptors", n);
-    }
-    self->attention_jobs_device = (pb_cuda_attention_job *)device;
     self->attention_jobs_host = host;
     self->attention_jobs_capacity = n;
     return PB_OK;
 }
 
-/* Ragged causal attention (backend.h). `jobs` is host memory the caller
- * reuses as soon as this returns (exec.c refills it every layer), so the
- * descriptors are copied into the backend's own host array, sent to the
- * device array on the stream, and the stream is synchronised before
- * returning: the host array is then free for the next call, and the kernel,
- * queued after the copy on the same stream, reads the complete array. */
+/* Ragged causal attention (backend.h). The descriptors are built in the
+ * backend's host array and go to the kernels by value, PB_ATTENTION_JOBS_
+ * PER_LAUNCH jobs per launch (kernels.cuh): no upload, no synchronisation,
+ * and the caller's `jobs` is free at return. */
 static pb_status pb_cuda_attention_jobs(pb_backend *backend, float *out, const float *q, const pb_attention_job *jobs,
                                         int n_jobs, int n_heads, int n_kv_heads, int head_dim) {
     pb_cuda_backend *self = pb_cuda_self(backend);
@@ -376,16 +362,12 @@ static pb_status pb_cuda_attention_jobs(pb_backend *backend, float *out, const f
     const int tiled = self->attention_kernel != 1 && pb_cuda_attention_tiled_ok(head_dim) &&
                       pb_cuda_attention_tiled_shared_bytes(head_dim) <= 48 * 1024 &&
                       (self->attention_kernel == 2 || total_rows >= (int64_t)n_jobs * (tile_q / 4));
-    PB_CUDA_CHECK(cudaMemcpyAsync(self->attention_jobs_device, self->attention_jobs_host,
-                                  (size_t)n_jobs * sizeof(pb_cuda_attention_job), cudaMemcpyHostToDevice,
-                                  self->stream));
-    PB_CUDA_CHECK(cudaStreamSynchronize(self->stream));
     if (tiled)
-        PB_CUDA_CHECK(pb_cuda_launch_attention_tiled(self->stream, out, q, self->attention_jobs_device, n_jobs,
-                                                     (int)first_tile, n_heads, n_kv_heads, head_dim));
+        PB_CUDA_CHECK(pb_cuda_launch_attention_tiled(self->stream, out, q, self->attention_jobs_host, n_jobs, n_heads,
+                                                     n_kv_heads, head_dim));
     else
-        PB_CUDA_CHECK(pb_cuda_launch_attention_jobs(self->stream, out, q, self->attention_jobs_device, n_jobs,
-                                                    (int)total_rows, n_heads, n_kv_heads, head_dim));
+        PB_CUDA_CHECK(pb_cuda_launch_attention_jobs(self->stream, out, q, self->attention_jobs_host, n_jobs, n_heads,
+                                                    n_kv_heads, head_dim));
     return PB_OK;
 }
 

@@ -23,10 +23,9 @@ typedef struct pb_cuda_backend {
     /* The 16-bit copy of a matmul's input: grown to the largest seen, kept. */
     uint16_t *round_scratch;
     size_t round_scratch_elems;
-    /* attention_jobs' descriptors: built in the host array, copied to the
-     * device array; both grown to the largest batch seen, kept. */
+    /* attention_jobs' descriptors, built here and passed to the kernels by
+     * value; grown to the largest batch seen, kept. */
     pb_cuda_attention_job *attention_jobs_host;
-    pb_cuda_attention_job *attention_jobs_device;
     size_t attention_jobs_capacity;
     /* attention_jobs kernel choice: 0 auto, 1 always the per-query kernel,
      * 2 the tiled one wherever it applies (PB_CUDA_ATTENTION=auto|rows|tiled,

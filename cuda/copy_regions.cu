@@ -10,7 +10,9 @@
  * caller's contract), so blocks are independent. */
 #include "kernels.cuh"
 
-static __global__ void pb_copy_regions_kernel(pb_cuda_copy_regions regions) {
+/* __grid_constant__: the list stays in the parameter bank when indexed by
+ * blockIdx, instead of being copied to each thread's local memory. */
+static __global__ void pb_copy_regions_kernel(const __grid_constant__ pb_cuda_copy_regions regions) {
     const pb_cuda_copy_region region = regions.r[blockIdx.x];
     for (size_t i = threadIdx.x; i < region.n; i += blockDim.x)
         region.dst[i] = region.src[i];

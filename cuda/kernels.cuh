@@ -68,23 +68,54 @@ typedef struct pb_cuda_attention_job {
     int p0;
 } pb_cuda_attention_job;
 
+/* Jobs per launch of the ragged attention kernels. The launchers take the
+ * whole list in host memory and launch once per PB_ATTENTION_JOBS_PER_LAUNCH
+ * jobs, each launch carrying its jobs by value as a kernel parameter (under
+ * 4 KiB): nothing is uploaded and nothing waits, and the caller's list is
+ * free at return. */
+#define PB_ATTENTION_JOBS_PER_LAUNCH 64
+/* Queries per block of the tiled kernel. */
+#define PB_ATTENTION_TILE_Q 32
+typedef struct pb_cuda_attention_batch {
+    pb_cuda_attention_job job[PB_ATTENTION_JOBS_PER_LAUNCH]; /* first, first_tile rebased to 0 */
+    int n_jobs;
+} pb_cuda_attention_batch;
+/* Kernel parameters are limited to 4 KiB on every architecture we build for
+ * (before CUDA 12.1); the kernels' other parameters take under 64 bytes. */
+static_assert(sizeof(pb_cuda_attention_batch) + 64 <= 4096, "attention jobs per launch exceed the parameter limit");
+
 /* Ragged causal attention (backend.h, attention_jobs); shared memory as
  * pb_cuda_attention_shared_bytes(head_dim).
- * out, q (packed rows, n_heads, head_dim); jobs (n_jobs) in device memory,
- * `first` ascending from 0; total_rows = sum of n > 0 (a job's n may be 0). */
+ * out, q (packed rows, n_heads, head_dim) device memory; jobs (n_jobs) HOST
+ * memory, `first` ascending from 0 (a job's n may be 0). */
 cudaError_t pb_cuda_launch_attention_jobs(cudaStream_t stream, float *out, const float *q,
-                                          const pb_cuda_attention_job *jobs, int n_jobs, int total_rows, int n_heads,
+                                          const pb_cuda_attention_job *jobs, int n_jobs, int n_heads,
                                           int n_kv_heads, int head_dim);
 /* The tiled variant (attention_tiled.cu) for jobs with many queries: whether
  * it takes this head_dim, its tile height in queries, its shared memory. */
 int pb_cuda_attention_tiled_ok(int head_dim);
 int pb_cuda_attention_tile_queries(void);
 size_t pb_cuda_attention_tiled_shared_bytes(int head_dim);
-/* Same contract as pb_cuda_launch_attention_jobs, over total_tiles tiles
- * (first_tile ascending from 0). */
+/* Same contract as pb_cuda_launch_attention_jobs (jobs in host memory,
+ * first_tile ascending from 0). */
 cudaError_t pb_cuda_launch_attention_tiled(cudaStream_t stream, float *out, const float *q,
-                                           const pb_cuda_attention_job *jobs, int n_jobs, int total_tiles, int n_heads,
+                                           const pb_cuda_attention_job *jobs, int n_jobs, int n_heads,
                                            int n_kv_heads, int head_dim);
+/* Copies jobs[first .. first + count) into *batch with first and
+ * first_tile rebased to 0; returns the launch's rows (tiled: tiles). */
+static inline int pb_cuda_attention_batch_fill(pb_cuda_attention_batch *batch, const pb_cuda_attention_job *jobs,
+                                               int first, int count, int tiled) {
+    const int row0 = jobs[first].first, tile0 = jobs[first].first_tile;
+    const pb_cuda_attention_job *last = &jobs[first + count - 1];
+    for (int j = 0; j < count; j++) {
+        batch->job[j] = jobs[first + j];
+        batch->job[j].first -= row0;
+        batch->job[j].first_tile -= tile0;
+    }
+    batch->n_jobs = count;
+    return tiled ? last->first_tile - tile0 + (last->n + PB_ATTENTION_TILE_Q - 1) / PB_ATTENTION_TILE_Q
+                 : last->first - row0 + last->n;
+}
 /* Up to PB_COPY_REGIONS_PER_LAUNCH regions of a batched copy, passed to the
  * kernel by value: region i copies n floats from src to dst. The layout of
  * one region is backend.h's pb_copy_region. */
@@ -98,6 +129,7 @@ typedef struct pb_cuda_copy_regions {
     pb_cuda_copy_region r[PB_COPY_REGIONS_PER_LAUNCH];
     int n; /* 1 .. PB_COPY_REGIONS_PER_LAUNCH */
 } pb_cuda_copy_regions;
+static_assert(sizeof(pb_cuda_copy_regions) <= 4096, "copy regions per launch exceed the parameter limit");
 cudaError_t pb_cuda_launch_copy_regions(cudaStream_t stream, const pb_cuda_copy_regions *regions);
 /* out (n) = silu(gate) * up */
 cudaError_t pb_cuda_launch_swiglu(cudaStream_t stream, float *out, const float *gate, const float *up, size_t n);

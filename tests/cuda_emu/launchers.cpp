@@ -69,9 +69,8 @@ int pb_emu_attention_jobs(float *out, const float *q, const pb_attention_job *jo
     const int tiled = g_attention_tiled && pb_cuda_attention_tiled_ok(head_dim);
     const cudaError_t error =
         first == 0 ? cudaSuccess
-        : tiled    ? pb_cuda_launch_attention_tiled(nullptr, out, q, desc, n_jobs, first_tile, n_heads, n_kv_heads,
-                                                    head_dim)
-                   : pb_cuda_launch_attention_jobs(nullptr, out, q, desc, n_jobs, first, n_heads, n_kv_heads, head_dim);
+        : tiled    ? pb_cuda_launch_attention_tiled(nullptr, out, q, desc, n_jobs, n_heads, n_kv_heads, head_dim)
+                   : pb_cuda_launch_attention_jobs(nullptr, out, q, desc, n_jobs, n_heads, n_kv_heads, head_dim);
     free(desc);
     return error;
 }
