@@ -392,20 +392,26 @@ static pb_status check_logits(const float *logits, int n_out, int pair) {
     return PB_OK;
 }
 
-/* The backend's metric_rows on the unembedded logits (device, (n, n_out)):
- * only out (n) comes back. A row it reports as non-finite is downloaded
- * and checked here, so errors read as on the host path. */
-static pb_status metric_rows_device(pb_sweep *s, const float *logits, int n, int n_out, const int32_t *pairs,
-                                    double *out, double *device_values, int32_t *device_pairs, float *host_scratch) {
+/* The backend's metric_rows on the unembedded logits (device, (n, n_out)),
+ * enqueued; metric_rows_collect brings out (n) back. KL's per-row pairs are
+ * uploaded first (an upload waits for the stream, so before the batch's
+ * work is queued: see launch_batch). */
+static pb_status metric_rows_enqueue(pb_sweep *s, const float *logits, int n, int n_out, double *device_values,
+                                     const int32_t *device_pairs) {
     pb_backend *b = s->model->backend;
     const pb_metric_spec *ms = &s->spec.metric;
     int kl = ms->kind == PB_METRIC_KL;
-    if (kl)
-        PB_TRY(b->ops->upload(b, device_pairs, pairs, sizeof(int32_t) * (size_t)n));
-    PB_TRY(b->ops->metric_rows(b, device_values, logits, n, n_out, ms->kind, s->metric_positive,
+    return b->ops->metric_rows(b, device_values, logits, n, n_out, ms->kind, s->metric_positive,
                                kl ? 0 : ms->n_positive, s->metric_negative,
                                ms->kind == PB_METRIC_LOGIT_DIFF ? ms->n_negative : 0, s->clean_logprobs_device,
-                               kl ? device_pairs : NULL, kl ? s->spec.n_pairs : 0));
+                               kl ? device_pairs : NULL, kl ? s->spec.n_pairs : 0);
+}
+
+/* out (n) from the device. A row the op reports as non-finite is
+ * downloaded and checked here, so errors read as on the host path. */
+static pb_status metric_rows_collect(pb_sweep *s, const float *logits, int n, int n_out, const int32_t *pairs,
+                                     double *out, const double *device_values, float *host_scratch) {
+    pb_backend *b = s->model->backend;
     PB_TRY(b->ops->download(b, out, device_values, sizeof(double) * (size_t)n));
     for (int i = 0; i < n; i++) {
         if (isfinite(out[i]))
@@ -415,6 +421,12 @@ static pb_status metric_rows_device(pb_sweep *s, const float *logits, int n, int
         return pb_fail(PB_ERR_NUMERIC, "metric: non-finite value %g for pair %d", out[i], pairs[i]);
     }
     return PB_OK;
+}
+
+/* The width of the unembedding the metric reads (full vocabulary or the
+ * selected rows). */
+static int metric_n_out(const pb_sweep *s) {
+    return metric_needs_full_logits(s) ? s->model->cfg.vocab_size : s->n_unembed;
 }
 
 /* Metric values of n residual rows (device, (n, d_model), the residual
@@ -438,11 +450,14 @@ static pb_status metric_rows(pb_sweep *s, pb_exec *exec, const float *rows, int 
         return PB_OK;
     }
     int full = metric_needs_full_logits(s);
-    int n_out = full ? c->vocab_size : s->n_unembed;
+    int n_out = metric_n_out(s);
     PB_TRY(pb_exec_unembed(exec, device_scratch, rows, n, full ? m->output : s->unembed_rows, n_out));
-    if (s->metric_on_device)
-        return metric_rows_device(s, device_scratch, n, n_out, pairs, out, device_values, device_pairs,
-                                  host_scratch);
+    if (s->metric_on_device) {
+        if (s->spec.metric.kind == PB_METRIC_KL)
+            PB_TRY(b->ops->upload(b, device_pairs, pairs, sizeof(int32_t) * (size_t)n));
+        PB_TRY(metric_rows_enqueue(s, device_scratch, n, n_out, device_values, device_pairs));
+        return metric_rows_collect(s, device_scratch, n, n_out, pairs, out, device_values, host_scratch);
+    }
     PB_TRY(b->ops->download(b, host_scratch, device_scratch, sizeof(float) * (size_t)n * n_out));
     for (int i = 0; i < n; i++) {
         const float *logits = host_scratch + (size_t)i * n_out;
@@ -487,7 +502,8 @@ typedef struct batch_buffers {
     int *positions;      /* (max_tokens) resolved base positions of all rows */
     pb_copy_region *staging; /* (max_tokens) source activations into `values`, one region per position */
     int32_t *pairs;      /* (max_rows) */
-    int64_t *rows;       /* (max_rows) */
+    int64_t *rows;       /* (max_rows) rows of the batch being planned */
+    int64_t *rows_in_flight; /* (max_rows) rows of the launched batch, until finish_batch */
     double *values_out;  /* (max_rows) */
 } batch_buffers;
 
@@ -508,6 +524,7 @@ static void batch_free(pb_sweep *s, batch_buffers *bb) {
     free(bb->staging);
     free(bb->pairs);
     free(bb->rows);
+    free(bb->rows_in_flight);
     free(bb->values_out);
     memset(bb, 0, sizeof *bb);
 }
@@ -602,8 +619,9 @@ static pb_status batch_alloc(pb_sweep *s, batch_buffers *bb, int max_T) {
     bb->staging = malloc(sizeof(pb_copy_region) * (size_t)bb->max_tokens);
     bb->pairs = malloc(sizeof(int32_t) * (size_t)bb->max_rows);
     bb->rows = malloc(sizeof(int64_t) * (size_t)bb->max_rows);
+    bb->rows_in_flight = malloc(sizeof(int64_t) * (size_t)bb->max_rows);
     bb->values_out = malloc(sizeof(double) * (size_t)bb->max_rows);
-    if (!bb->host || !bb->jobs || !bb->patches || !bb->positions || !bb->staging || !bb->pairs || !bb->rows ||
+    if (!bb->host || !bb->jobs || !bb->patches || !bb->positions || !bb->staging || !bb->pairs || !bb->rows || !bb->rows_in_flight ||
         !bb->values_out) {
         batch_free(s, bb);
         return pb_fail(PB_ERR_OOM, "out of memory for batch bookkeeping");
@@ -704,8 +722,13 @@ static pb_status row_is_trivial(pb_sweep *s, int pair, const pb_site *site, cons
     return PB_OK;
 }
 
-/* Runs the batch of rows bb->rows[0 .. n). */
-static pb_status run_batch(pb_sweep *s, batch_buffers *bb, int n) {
+/* Queues the batch of rows bb->rows[0 .. n) on the backend: patch values,
+ * the patched forward, the metric position's residuals and, when the
+ * metric is computed on the device, the unembedding and the metric. Nothing
+ * waits for the device except the upload of KL's per-row pairs, placed
+ * first, while the stream is idle. The rows move to bb->rows_in_flight;
+ * finish_batch collects them. Meanwhile the caller plans the next batch. */
+static pb_status launch_batch(pb_sweep *s, batch_buffers *bb, int n) {
     pb_backend *b = s->model->backend;
     const pb_model_config *c = &s->model->cfg;
     size_t d = (size_t)c->d_model;
@@ -750,23 +773,52 @@ static pb_status run_batch(pb_sweep *s, batch_buffers *bb, int n) {
         PB_TRY(b->ops->copy_regions(b, bb->staging, pos_used));
     for (int i = 0; !b->ops->copy_regions && i < pos_used; i++)
         PB_TRY(b->ops->copy(b, bb->staging[i].dst, bb->staging[i].src, sizeof(float) * bb->staging[i].n));
+    if (s->metric_on_device && s->spec.metric.kind == PB_METRIC_KL)
+        PB_TRY(b->ops->upload(b, bb->metric_pairs, bb->pairs, sizeof(int32_t) * (size_t)n));
     double before = pb_exec_flops(bb->exec);
     PB_TRY(pb_exec_run(bb->exec, bb->jobs, n, s->metric_step, NULL, NULL));
     s->n_batches++;
     for (int i = 0; i < n; i++)
         s->tokens_packed += bb->jobs[i].T - bb->jobs[i].p0;
+    /* each row's residual at its metric position, side by side */
     for (int i = 0; i < n; i++) {
         const pb_exec_job *job = &bb->jobs[i];
         int m = metric_position(s, job->T);
-        PB_TRY(b->ops->copy(b, bb->gathered + (size_t)i * d, pb_exec_output(bb->exec, i) + (size_t)(m - job->p0) * d,
-                            sizeof(float) * d));
+        bb->staging[i] = (pb_copy_region){.dst = bb->gathered + (size_t)i * d,
+                                          .src = pb_exec_output(bb->exec, i) + (size_t)(m - job->p0) * d,
+                                          .n = d};
     }
-    PB_TRY(metric_rows(s, bb->exec, bb->gathered, n, bb->pairs, bb->values_out, bb->logits, bb->host,
-                       bb->metric_values, bb->metric_pairs));
+    if (b->ops->copy_regions)
+        PB_TRY(b->ops->copy_regions(b, bb->staging, n));
+    for (int i = 0; !b->ops->copy_regions && i < n; i++)
+        PB_TRY(b->ops->copy(b, bb->staging[i].dst, bb->staging[i].src, sizeof(float) * d));
+    if (s->metric_on_device) {
+        int n_out = metric_n_out(s);
+        PB_TRY(pb_exec_unembed(bb->exec, bb->logits, bb->gathered, n,
+                               metric_needs_full_logits(s) ? s->model->output : s->unembed_rows, n_out));
+        PB_TRY(metric_rows_enqueue(s, bb->logits, n, n_out, bb->metric_values, bb->metric_pairs));
+    }
     s->flops_executed += pb_exec_flops(bb->exec) - before;
+    int64_t *planned = bb->rows;
+    bb->rows = bb->rows_in_flight;
+    bb->rows_in_flight = planned;
+    return PB_OK;
+}
+
+/* Waits for the launched batch of n rows and records their values. */
+static pb_status finish_batch(pb_sweep *s, batch_buffers *bb, int n) {
+    if (s->metric_on_device) {
+        PB_TRY(metric_rows_collect(s, bb->logits, n, metric_n_out(s), bb->pairs, bb->values_out, bb->metric_values,
+                                   bb->host));
+    } else {
+        double before = pb_exec_flops(bb->exec);
+        PB_TRY(metric_rows(s, bb->exec, bb->gathered, n, bb->pairs, bb->values_out, bb->logits, bb->host,
+                           bb->metric_values, bb->metric_pairs));
+        s->flops_executed += pb_exec_flops(bb->exec) - before;
+    }
     for (int i = 0; i < n; i++) {
-        s->patched[bb->rows[i]] = bb->values_out[i];
-        s->row_state[bb->rows[i]] = PB_ROW_DONE;
+        s->patched[bb->rows_in_flight[i]] = bb->values_out[i];
+        s->row_state[bb->rows_in_flight[i]] = PB_ROW_DONE;
     }
     s->n_rows_executed += n;
     s->n_rows_done += n;
@@ -819,8 +871,13 @@ pb_status pb_sweep_run_rows(pb_sweep *s, const int64_t *rows, int64_t n_rows) {
     int *positions = malloc(sizeof(int) * (size_t)(max_T + 1));
     if (status == PB_OK && (!host_a || !host_b || !positions))
         status = pb_fail(PB_ERR_OOM, "out of memory planning rows");
-    /* One pair at a time: its caches, then its rows in batches. A stop
-     * request is honoured before a pair's caches and after each batch. */
+    /* One pair at a time: its caches, then its rows in batches. A batch is
+     * launched, the next one planned while the device runs it, and only
+     * then is it finished (its values waited for and recorded). A stop
+     * request is honoured before a pair's caches and after each finished
+     * batch; a batch in flight is always finished first, so no computed row
+     * is lost. */
+    int in_flight = 0; /* rows of the launched, unfinished batch */
     for (int64_t i = 0; status == PB_OK && i < n_todo;) {
         int pair = (int)(todo[i] / s->n_sites);
         int64_t end = i;
@@ -849,21 +906,48 @@ pb_status pb_sweep_run_rows(pb_sweep *s, const int64_t *rows, int64_t n_rows) {
             }
             int need = s->spec.pairs[pair].base.T - positions[0];
             if (n_batch > 0 && (n_batch == bb.max_rows || tokens + need > bb.max_tokens)) {
-                if ((status = run_batch(s, &bb, n_batch)) != PB_OK)
-                    break;
-                if (s->options.progress)
-                    s->options.progress(s->n_rows_done, s->n_rows, s->options.progress_user);
-                n_batch = tokens = 0;
-                if (stop_requested(s)) {
-                    status = interrupted(s);
-                    break;
+                /* this batch is planned: finish the one in flight, then launch it */
+                if (in_flight) {
+                    status = finish_batch(s, &bb, in_flight);
+                    in_flight = 0;
+                    if (status != PB_OK)
+                        break;
+                    if (s->options.progress)
+                        s->options.progress(s->n_rows_done, s->n_rows, s->options.progress_user);
+                    if (stop_requested(s)) {
+                        status = interrupted(s);
+                        break;
+                    }
                 }
+                if ((status = launch_batch(s, &bb, n_batch)) != PB_OK)
+                    break;
+                in_flight = n_batch;
+                n_batch = tokens = 0;
             }
             bb.rows[n_batch++] = todo[r];
             tokens += need;
         }
-        if (status == PB_OK && n_batch > 0)
-            status = run_batch(s, &bb, n_batch);
+        if (in_flight) {
+            /* finished on every path, before the caches it reads are freed;
+             * a planning failure keeps its own message */
+            char message[512];
+            snprintf(message, sizeof message, "%s", pb_last_error());
+            pb_status finished = finish_batch(s, &bb, in_flight);
+            in_flight = 0;
+            if (status == PB_OK)
+                status = finished;
+            else
+                pb_fail(status, "%s", message);
+            if (status == PB_OK && s->options.progress)
+                s->options.progress(s->n_rows_done, s->n_rows, s->options.progress_user);
+            if (status == PB_OK && n_batch > 0 && stop_requested(s))
+                status = interrupted(s);
+        }
+        if (status == PB_OK && n_batch > 0) {
+            status = launch_batch(s, &bb, n_batch);
+            if (status == PB_OK)
+                status = finish_batch(s, &bb, n_batch);
+        }
         if (status == PB_OK && s->options.progress)
             s->options.progress(s->n_rows_done, s->n_rows, s->options.progress_user);
         /* Release this pair's activations; its baselines stay. */
