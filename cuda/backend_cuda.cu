@@ -270,9 +270,6 @@ static pb_status pb_cuda_attention(pb_backend *backend, float *out, const float 
     return PB_OK;
 }
 
-/* Descriptor arrays (host and device) for at least n jobs. Growing waits for
- * the stream, since a queued attention_jobs kernel may still read the old
- * device array. */
 /* A host descriptor array of at least n jobs (grown, kept). */
 static pb_status pb_cuda_attention_job_buffers(pb_cuda_backend *self, size_t n) {
     if (n <= self->attention_jobs_capacity)
@@ -340,6 +337,7 @@ static pb_status pb_cuda_attention_jobs(pb_backend *backend, float *out, const f
     const int tile_q = pb_cuda_attention_tile_queries();
     int first = 0;
     int64_t first_tile = 0;
+    int with_queries = 0; /* jobs with n > 0: empty ones do not lower the average */
     for (int j = 0; j < n_jobs; j++) {
         const pb_attention_job *job = &jobs[j];
         pb_cuda_attention_job *desc = &self->attention_jobs_host[j];
@@ -354,6 +352,7 @@ static pb_status pb_cuda_attention_jobs(pb_backend *backend, float *out, const f
         desc->p0 = job->p0;
         first += job->n; /* <= total_rows <= INT32_MAX */
         first_tile += (job->n + tile_q - 1) / tile_q;
+        with_queries += job->n > 0;
     }
     /* The tiled kernel reads each key once per tile of queries; it pays off
      * when the jobs average at least a quarter tile of queries (prefill,
@@ -361,7 +360,7 @@ static pb_status pb_cuda_attention_jobs(pb_backend *backend, float *out, const f
      * the one-block-per-query kernel. */
     const int tiled = self->attention_kernel != 1 && pb_cuda_attention_tiled_ok(head_dim) &&
                       pb_cuda_attention_tiled_shared_bytes(head_dim) <= 48 * 1024 &&
-                      (self->attention_kernel == 2 || total_rows >= (int64_t)n_jobs * (tile_q / 4));
+                      (self->attention_kernel == 2 || total_rows >= (int64_t)with_queries * (tile_q / 4));
     if (tiled)
         PB_CUDA_CHECK(pb_cuda_launch_attention_tiled(self->stream, out, q, self->attention_jobs_host, n_jobs, n_heads,
                                                      n_kv_heads, head_dim));

@@ -399,7 +399,9 @@ pb_status pb_exec_run(pb_exec *e, const pb_exec_job *jobs, int n_jobs, int stop_
         else
             PB_TRY(mlp_block(e, jobs, n_active, rows, L, fn, user));
     }
-    return m->backend->ops->synchronize(m->backend);
+    /* No synchronize: on a device backend the run is queued, not done, and
+     * the host goes on (planning the next batch) while it executes. */
+    return PB_OK;
 }
 
 pb_status pb_exec_unembed(pb_exec *e, float *out, const float *x, int rows, const void *w, int n_out) {

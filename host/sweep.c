@@ -724,10 +724,12 @@ static pb_status row_is_trivial(pb_sweep *s, int pair, const pb_site *site, cons
 
 /* Queues the batch of rows bb->rows[0 .. n) on the backend: patch values,
  * the patched forward, the metric position's residuals and, when the
- * metric is computed on the device, the unembedding and the metric. Nothing
- * waits for the device except the upload of KL's per-row pairs, placed
- * first, while the stream is idle. The rows move to bb->rows_in_flight;
- * finish_batch collects them. Meanwhile the caller plans the next batch. */
+ * metric is computed on the device, the unembedding and the metric. The
+ * only waits are uploads (KL's per-row pairs; the executor's ids and
+ * positions), which come before the forward is queued, when the stream
+ * holds no more than this batch's value copies (the previous batch is
+ * finished). The rows move to bb->rows_in_flight; finish_batch collects
+ * them. Meanwhile the caller plans the next batch. */
 static pb_status launch_batch(pb_sweep *s, batch_buffers *bb, int n) {
     pb_backend *b = s->model->backend;
     const pb_model_config *c = &s->model->cfg;
@@ -930,7 +932,7 @@ pb_status pb_sweep_run_rows(pb_sweep *s, const int64_t *rows, int64_t n_rows) {
         if (in_flight) {
             /* finished on every path, before the caches it reads are freed;
              * a planning failure keeps its own message */
-            char message[512];
+            char message[1024]; /* error.c's capacity: the whole message */
             snprintf(message, sizeof message, "%s", pb_last_error());
             pb_status finished = finish_batch(s, &bb, in_flight);
             in_flight = 0;

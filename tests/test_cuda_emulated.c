@@ -581,6 +581,36 @@ static void test_attention_jobs(void **state) {
     }
     printf("  (%d jobs, %d query rows)\n", MANY, many_rows);
     run_attention_jobs(many, MANY, 9, 3, 64, "attention_jobs 120 jobs H=9 KV=3 hd=64");
+
+    /* The launchers' chunks of PB_ATTENTION_JOBS_PER_LAUNCH (64) jobs, each
+     * rebased to first = first_tile = 0: empty jobs on both sides of the
+     * edges at 64 and 192, a whole chunk (128 .. 191) without queries, jobs
+     * of several tiles straddling an edge, and an empty final job. */
+    enum { EDGES = 200 };
+    job_spec edges[EDGES];
+    for (int j = 0; j < EDGES; j++) {
+        edges[j].n = 1 + j % 4;
+        edges[j].p0 = j % 13;
+        edges[j].null_prefix = j % 5 == 0;
+    }
+    for (int j = 60; j < 68; j++)
+        edges[j].n = 0;
+    for (int j = 128; j < 192; j++)
+        edges[j].n = 0;
+    edges[59].n = 70; /* three tiles ending a chunk's last queries */
+    edges[68].n = 33; /* two tiles opening the next chunk */
+    edges[127].n = 40;
+    edges[192].n = 0;
+    edges[193].n = 65;
+    edges[EDGES - 1].n = 0;
+    run_attention_jobs(edges, EDGES, 2, 1, 64, "attention_jobs 200 jobs, empty jobs at the 64-job launch edges");
+    /* exactly one chunk, then one job more whose chunk is all empty */
+    job_spec one_more[65];
+    for (int j = 0; j < 65; j++)
+        one_more[j] = (job_spec){j == 63 ? 0 : 2 + j % 3, j % 7, 0};
+    one_more[64] = (job_spec){0, 3, 0};
+    run_attention_jobs(one_more, 64, 2, 2, 32, "attention_jobs exactly 64 jobs");
+    run_attention_jobs(one_more, 65, 2, 2, 32, "attention_jobs 65 jobs, the 65th empty");
 }
 
 /* The tiled attention_jobs kernel (cuda/attention_tiled.cu) on the cases

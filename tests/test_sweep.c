@@ -15,6 +15,7 @@
 
 #include "capture.h"
 #include "forward.h"
+#include "internal.h"
 #include "metric.h"
 #include "noise.h"
 #include "sweep.h"
@@ -364,6 +365,77 @@ static void test_device_memory_path(void **state) {
     free(spec);
 }
 
+/* The download that fails in test_failure_at_every_download (1-based). */
+static int64_t g_fail_at;
+
+static pb_status failing_download(pb_backend *b, void *dst, const void *src, size_t bytes) {
+    if (++g_downloads == g_fail_at)
+        return pb_fail(PB_ERR_CUDA, "injected download failure %lld", (long long)g_fail_at);
+    return g_real_download(b, dst, src, bytes);
+}
+
+/* The launch / plan / finish pipeline of pb_sweep_run_rows, failed at each
+ * download in turn (mirrors, baselines, every batch's metric values) with
+ * two rows per batch: the failure's own message comes back, and whatever
+ * was recorded is consistent (n_rows_done counts the rows marked done, the
+ * executed and trivial rows add up, each recorded value is the value of an
+ * uninterrupted sweep); a later run completes the rest identically. */
+static void test_failure_at_every_download(void **state) {
+    (void)state;
+    char pairs[1024];
+    snprintf(pairs, sizeof pairs, "%s, %s", pair_ids, pair_ids_2);
+    char *spec = spec_text("denoising", pairs, all_components, metric_json);
+    pb_model *m = load_fixture_model_on("tiny_gqa", PB_BACKEND_REFERENCE);
+    pb_sweep_options o = {.max_batch_rows = 2, .metric_fn_residual_layer = -1};
+    pb_sweep *direct = make_sweep(m, spec, NULL, &o);
+    const pb_backend_ops *saved = m->backend->ops;
+    pb_backend_ops device_like = *saved;
+    device_like.host_memory = 0;
+    device_like.download = failing_download;
+    g_real_download = saved->download;
+    int64_t total = 0, failures = 0;
+    for (g_fail_at = 1;; g_fail_at++) {
+        pb_sweep *s = NULL;
+        if (pb_sweep_create(&s, m, spec, NULL, &o) != PB_OK)
+            fail_msg("pb_sweep_create: %s", pb_last_error());
+        g_downloads = 0;
+        m->backend->ops = &device_like;
+        pb_status status = pb_sweep_run(s);
+        m->backend->ops = saved;
+        if (status == PB_OK) {
+            total = g_downloads;
+            pb_sweep_free(s);
+            break;
+        }
+        failures++;
+        char want[64];
+        snprintf(want, sizeof want, "injected download failure %lld", (long long)g_fail_at);
+        if (!strstr(pb_last_error(), want))
+            fail_msg("failure at download %lld: message \"%s\"", (long long)g_fail_at, pb_last_error());
+        int64_t done = 0, trivial = 0;
+        for (int64_t r = 0; r < s->n_rows; r++) {
+            if (s->row_state[r] != PB_ROW_DONE)
+                continue;
+            done++;
+            trivial += s->row_trivial[r];
+            assert_true(s->patched[r] == direct->patched[r]);
+        }
+        assert_int_equal(done, s->n_rows_done);
+        assert_int_equal(done, s->n_rows_executed + trivial);
+        /* the rest, without failures */
+        assert_int_equal(pb_sweep_run(s), PB_OK);
+        for (int64_t r = 0; r < s->n_rows; r++)
+            assert_true(s->row_state[r] == PB_ROW_DONE && s->patched[r] == direct->patched[r]);
+        pb_sweep_free(s);
+    }
+    printf("[ MEASURE  ] sweep failed at each of %lld downloads (%lld batches): consistent, completed on rerun\n",
+           (long long)failures, (long long)direct->n_batches);
+    assert_true(failures > 4 && total == failures);
+    pb_sweep_free(direct);
+    pb_model_free(m);
+    free(spec);
+}
+
 /* ---- the naive C reference: one full forward per site ---------------------- */
 
 typedef struct naive_patch {
@@ -570,6 +642,7 @@ int main(void) {
         cmocka_unit_test(test_layer0_all_positions_is_the_source),
         cmocka_unit_test(test_batch_equals_single_rows),
         cmocka_unit_test(test_device_memory_path),
+        cmocka_unit_test(test_failure_at_every_download),
         cmocka_unit_test(test_metric_callback_and_worker_subsets),
         cmocka_unit_test(test_matches_naive_forward_per_site),
         cmocka_unit_test(test_oracle_cases),
