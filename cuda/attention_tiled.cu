@@ -62,17 +62,7 @@ static __global__ void __launch_bounds__(PB_TILE_THREADS)
 
     const int tile = blockIdx.x;
     const int h = blockIdx.y;
-    /* The job holding this tile: the last one with first_tile <= tile (a
-     * job with no queries shares first_tile with its successor). */
-    int lo = 0, hi = jobs.n_jobs - 1;
-    while (lo < hi) {
-        const int mid = lo + (hi - lo + 1) / 2;
-        if (jobs.job[mid].first_tile <= tile)
-            lo = mid;
-        else
-            hi = mid - 1;
-    }
-    const pb_cuda_attention_job job = jobs.job[lo];
+    const pb_cuda_attention_job &job = jobs.job[pb_cuda_find_job(jobs, tile, 1)];
     const int t0 = (tile - job.first_tile) * PB_TILE_Q;  // first query of the tile within the job
     const int n_q = min(PB_TILE_Q, job.n - t0);          // queries in this tile, 1 .. TILE_Q
     const int kv_head = h / (n_heads / n_kv_heads);

@@ -8,6 +8,7 @@
 #ifndef PB_CUDA_KERNELS_CUH
 #define PB_CUDA_KERNELS_CUH
 
+#include <math.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -31,6 +32,79 @@ static __device__ __forceinline__ float pb_warp_sum(float value) {
     for (int offset = PB_CUDA_WARP / 2; offset > 0; offset /= 2)
         value += __shfl_xor_sync(0xffffffffu, value, offset);
     return value;
+}
+
+/* One query head's attention, computed by one block of PB_ATTENTION_WARPS
+ * warps (attention.cu, attention_jobs.cu): out_row (head_dim) = softmax over
+ * keys j < n_keys of (q_row . k_j) * scale, applied to the v_j. Keys j <
+ * split come from rows j of (k_a, v_a), the rest from rows j - split of
+ * (k_b, v_b); rows are kv_stride floats apart (the key-value head's slice
+ * already added). fp32 with an online softmax: warp w walks keys w, w + W,
+ * ... keeping its running max m, denominator l and unnormalised output acc
+ * (head_dim, in shared memory, lane-strided), then the warps' states merge:
+ * out = sum_w e^(m_w - M) acc_w / sum_w e^(m_w - M) l_w. No key: zeros.
+ * shared: (head_dim) q | (W, head_dim) acc | (W) m | (W) l, as sized by
+ * pb_cuda_attention_shared_bytes. Every thread of the block must call it. */
+static __device__ __forceinline__ void pb_attend_block(float *out_row, const float *q_row, int n_keys, int split,
+                                                       const float *k_a, const float *v_a, const float *k_b,
+                                                       const float *v_b, size_t kv_stride, int head_dim, float scale,
+                                                       float *shared) {
+    float *q_shared = shared;                                             // (head_dim)
+    float *acc_all = q_shared + head_dim;                                 // (W, head_dim)
+    float *max_shared = acc_all + (size_t)PB_ATTENTION_WARPS * head_dim;  // (W)
+    float *sum_shared = max_shared + PB_ATTENTION_WARPS;                  // (W)
+    const int lane = threadIdx.x % PB_CUDA_WARP;
+    const int warp = threadIdx.x / PB_CUDA_WARP;
+    float *acc = acc_all + (size_t)warp * head_dim;  // (head_dim)
+
+    for (int i = threadIdx.x; i < head_dim; i += blockDim.x)
+        q_shared[i] = q_row[i];
+    for (int i = lane; i < head_dim; i += PB_CUDA_WARP)
+        acc[i] = 0.0f;
+    __syncthreads();
+
+    float running_max = -INFINITY;
+    float running_sum = 0.0f;
+    for (int j = warp; j < n_keys; j += PB_ATTENTION_WARPS) {
+        const float *k_row = j < split ? k_a + (size_t)j * kv_stride : k_b + (size_t)(j - split) * kv_stride;
+        const float *v_row = j < split ? v_a + (size_t)j * kv_stride : v_b + (size_t)(j - split) * kv_stride;
+        float dot = 0.0f;
+        for (int i = lane; i < head_dim; i += PB_CUDA_WARP)
+            dot += q_shared[i] * k_row[i];
+        const float score = pb_warp_sum(dot) * scale;
+        const float new_max = fmaxf(running_max, score);
+        /* First key: exp(-inf - finite) = 0 wipes the empty state. NaN
+         * scores propagate through p into sum and acc. */
+        const float correction = expf(running_max - new_max);
+        const float p = expf(score - new_max);
+        running_sum = running_sum * correction + p;
+        for (int i = lane; i < head_dim; i += PB_CUDA_WARP)
+            acc[i] = acc[i] * correction + p * v_row[i];
+        running_max = new_max;
+    }
+    if (lane == 0) {
+        max_shared[warp] = running_max;
+        sum_shared[warp] = running_sum;
+    }
+    __syncthreads();
+
+    float global_max = -INFINITY;
+    for (int w = 0; w < PB_ATTENTION_WARPS; w++)
+        global_max = fmaxf(global_max, max_shared[w]);
+    float weights[PB_ATTENTION_WARPS];
+    float total = 0.0f;
+    for (int w = 0; w < PB_ATTENTION_WARPS; w++) {
+        /* A warp that saw no key (m = -inf, l = 0, acc = 0) weighs 0, and no
+         * exp(-inf - -inf) = NaN arises when no warp saw one. */
+        weights[w] = max_shared[w] == -INFINITY ? 0.0f : expf(max_shared[w] - global_max);
+        total += weights[w] * sum_shared[w];
+    }
+    for (int i = threadIdx.x; i < head_dim; i += blockDim.x) {
+        float value = 0.0f;
+        for (int w = 0; w < PB_ATTENTION_WARPS; w++)
+            value += weights[w] * acc_all[(size_t)w * head_dim + i];
+        out_row[i] = total == 0.0f ? 0.0f : value / total;  // no keys: zeros
+    }
 }
 
 /* out (T, d) = table (vocab, d)[ids (T)] */
@@ -83,6 +157,21 @@ typedef struct pb_cuda_attention_batch {
 /* Kernel parameters are limited to 4 KiB on every architecture we build for
  * (before CUDA 12.1); the kernels' other parameters take under 64 bytes. */
 static_assert(sizeof(pb_cuda_attention_batch) + 64 <= 4096, "attention jobs per launch exceed the parameter limit");
+
+/* The job of a launch holding work item `item` (a query row, or with tiles
+ * a tile): the last job whose first (first_tile) is <= item. A job with no
+ * queries starts where its successor does, so it is never the one found. */
+static __device__ __forceinline__ int pb_cuda_find_job(const pb_cuda_attention_batch &jobs, int item, int tiles) {
+    int lo = 0, hi = jobs.n_jobs - 1;
+    while (lo < hi) {
+        const int mid = lo + (hi - lo + 1) / 2;
+        if ((tiles ? jobs.job[mid].first_tile : jobs.job[mid].first) <= item)
+            lo = mid;
+        else
+            hi = mid - 1;
+    }
+    return lo;
+}
 
 /* Ragged causal attention (backend.h, attention_jobs); shared memory as
  * pb_cuda_attention_shared_bytes(head_dim).

@@ -124,6 +124,8 @@ struct pb_backend {
 pb_status pb_backend_cpu_create(pb_backend **out, int n_threads);
 /* Naive single-threaded loops: the oracle every faster op is tested against. */
 pb_status pb_backend_ref_create(pb_backend **out);
+/* copy_regions on host memory (the CPU backends' op). */
+pb_status pb_copy_regions_host(const pb_copy_region *regions, int n_regions);
 /* metric_rows for backends whose memory is host memory (ops_ref.c): rows
  * split over n_threads OpenMP threads (1: serial), each computed alone by
  * metric.c, so the result does not depend on n_threads. */

@@ -258,10 +258,7 @@ static pb_status cpu_metric_rows(pb_backend *backend, double *out, const float *
 }
 
 static pb_status cpu_copy_regions(pb_backend *backend, const pb_copy_region *regions, int n_regions) {
-    for (int i = 0; i < n_regions; i++)
-        if (regions[i].n)
-            memmove(regions[i].dst, regions[i].src, sizeof(float) * regions[i].n);
-    return PB_OK;
+    return pb_copy_regions_host(regions, n_regions);
 }
 
 static const pb_backend_ops cpu_ops = {

@@ -222,11 +222,15 @@ static pb_status ref_metric_rows(pb_backend *backend, double *out, const float *
                                ref_logprobs, ref_row, n_ref, 1);
 }
 
-static pb_status ref_copy_regions(pb_backend *backend, const pb_copy_region *regions, int n_regions) {
+pb_status pb_copy_regions_host(const pb_copy_region *regions, int n_regions) {
     for (int i = 0; i < n_regions; i++)
         if (regions[i].n)
             memmove(regions[i].dst, regions[i].src, sizeof(float) * regions[i].n);
     return PB_OK;
+}
+
+static pb_status ref_copy_regions(pb_backend *backend, const pb_copy_region *regions, int n_regions) {
+    return pb_copy_regions_host(regions, n_regions);
 }
 
 static const pb_backend_ops ref_ops = {
