@@ -335,25 +335,8 @@ static pb_status pb_cuda_attention_jobs(pb_backend *backend, float *out, const f
     PB_TRY(pb_cuda_enter(self));
     PB_TRY(pb_cuda_attention_job_buffers(self, (size_t)n_jobs));
     const int tile_q = pb_cuda_attention_tile_queries();
-    int first = 0;
-    int64_t first_tile = 0;
     int with_queries = 0; /* jobs with n > 0: empty ones do not lower the average */
-    for (int j = 0; j < n_jobs; j++) {
-        const pb_attention_job *job = &jobs[j];
-        pb_cuda_attention_job *desc = &self->attention_jobs_host[j];
-        desc->k_prefix = job->k_prefix;
-        desc->v_prefix = job->v_prefix;
-        desc->k_new = job->k_new;
-        desc->v_new = job->v_new;
-        desc->first = first;
-        desc->first_tile = (int)first_tile; /* <= total_rows */
-        desc->q_row = job->q_row;
-        desc->n = job->n;
-        desc->p0 = job->p0;
-        first += job->n; /* <= total_rows <= INT32_MAX */
-        first_tile += (job->n + tile_q - 1) / tile_q;
-        with_queries += job->n > 0;
-    }
+    pb_cuda_describe_jobs(self->attention_jobs_host, jobs, n_jobs, NULL, NULL, &with_queries);
     /* The tiled kernel reads each key once per tile of queries; it pays off
      * when the jobs average at least a quarter tile of queries (prefill,
      * patching suffixes). Short jobs (decoding, patches near the end) keep
@@ -389,13 +372,7 @@ static pb_status pb_cuda_op_copy_regions(pb_backend *backend, const pb_copy_regi
             return pb_fail(PB_ERR_ARG, "cuda copy_regions: region %d of %zu floats has a NULL pointer", i,
                            regions[i].n);
     PB_TRY(pb_cuda_enter(self));
-    pb_cuda_copy_regions batch;
-    for (int first = 0; first < n_regions; first += PB_COPY_REGIONS_PER_LAUNCH) {
-        int count = n_regions - first < PB_COPY_REGIONS_PER_LAUNCH ? n_regions - first : PB_COPY_REGIONS_PER_LAUNCH;
-        memcpy(batch.r, regions + first, sizeof(pb_cuda_copy_region) * (size_t)count);
-        batch.n = count;
-        PB_CUDA_CHECK(pb_cuda_launch_copy_regions(self->stream, &batch));
-    }
+    PB_CUDA_CHECK(pb_cuda_launch_copy_regions(self->stream, (const pb_cuda_copy_region *)regions, n_regions));
     return PB_OK;
 }
 

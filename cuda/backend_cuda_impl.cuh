@@ -76,4 +76,35 @@ pb_status pb_cuda_metric_rows(pb_backend *backend, double *out, const float *log
                               pb_metric_kind kind, const int32_t *positive, int n_positive, const int32_t *negative,
                               int n_negative, const double *ref_logprobs, const int32_t *ref_row, int n_ref);
 
+/* desc (n_jobs) = jobs as the ragged attention kernels read them: work rows
+ * (`first`) and query tiles (`first_tile`) numbered across the jobs in order.
+ * *rows, *tiles: their totals; *with_queries: jobs with n > 0 (each output
+ * may be NULL). */
+static inline void pb_cuda_describe_jobs(pb_cuda_attention_job *desc, const pb_attention_job *jobs, int n_jobs,
+                                         int64_t *rows, int64_t *tiles, int *with_queries) {
+    const int tile_q = pb_cuda_attention_tile_queries();
+    int64_t first = 0, first_tile = 0;
+    int queries = 0;
+    for (int j = 0; j < n_jobs; j++) {
+        desc[j].k_prefix = jobs[j].k_prefix;
+        desc[j].v_prefix = jobs[j].v_prefix;
+        desc[j].k_new = jobs[j].k_new;
+        desc[j].v_new = jobs[j].v_new;
+        desc[j].first = (int)first; /* the caller checked the total fits int */
+        desc[j].first_tile = (int)first_tile;
+        desc[j].q_row = jobs[j].q_row;
+        desc[j].n = jobs[j].n;
+        desc[j].p0 = jobs[j].p0;
+        first += jobs[j].n;
+        first_tile += (jobs[j].n + tile_q - 1) / tile_q;
+        queries += jobs[j].n > 0;
+    }
+    if (rows)
+        *rows = first;
+    if (tiles)
+        *tiles = first_tile;
+    if (with_queries)
+        *with_queries = queries;
+}
+
 #endif

@@ -219,7 +219,9 @@ typedef struct pb_cuda_copy_regions {
     int n; /* 1 .. PB_COPY_REGIONS_PER_LAUNCH */
 } pb_cuda_copy_regions;
 static_assert(sizeof(pb_cuda_copy_regions) <= 4096, "copy regions per launch exceed the parameter limit");
-cudaError_t pb_cuda_launch_copy_regions(cudaStream_t stream, const pb_cuda_copy_regions *regions);
+/* regions (n_regions) in host memory, free at return: one launch per
+ * PB_COPY_REGIONS_PER_LAUNCH of them, each carrying its list by value. */
+cudaError_t pb_cuda_launch_copy_regions(cudaStream_t stream, const pb_cuda_copy_region *regions, int n_regions);
 /* out (n) = silu(gate) * up */
 cudaError_t pb_cuda_launch_swiglu(cudaStream_t stream, float *out, const float *gate, const float *up, size_t n);
 /* out (n) = a + b; out may alias a or b */

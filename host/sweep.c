@@ -423,10 +423,10 @@ static pb_status metric_rows_collect(pb_sweep *s, const float *logits, int n, in
     return PB_OK;
 }
 
-/* The width of the unembedding the metric reads (full vocabulary or the
- * selected rows). */
-static int metric_n_out(const pb_sweep *s) {
-    return metric_needs_full_logits(s) ? s->model->cfg.vocab_size : s->n_unembed;
+/* Columns of the unembedding the metric reads: the full vocabulary, the
+ * selected rows, or 0 for a metric on the residual. */
+static int unembed_width(const pb_sweep *s) {
+    return metric_on_residual(s) ? 0 : metric_needs_full_logits(s) ? s->model->cfg.vocab_size : s->n_unembed;
 }
 
 /* Metric values of n residual rows (device, (n, d_model), the residual
@@ -450,7 +450,7 @@ static pb_status metric_rows(pb_sweep *s, pb_exec *exec, const float *rows, int 
         return PB_OK;
     }
     int full = metric_needs_full_logits(s);
-    int n_out = metric_n_out(s);
+    int n_out = unembed_width(s);
     PB_TRY(pb_exec_unembed(exec, device_scratch, rows, n, full ? m->output : s->unembed_rows, n_out));
     if (s->metric_on_device) {
         if (s->spec.metric.kind == PB_METRIC_KL)
@@ -506,10 +506,6 @@ typedef struct batch_buffers {
     int64_t *rows_in_flight; /* (max_rows) rows of the launched batch, until finish_batch */
     double *values_out;  /* (max_rows) */
 } batch_buffers;
-
-static int unembed_width(const pb_sweep *s) {
-    return metric_on_residual(s) ? 0 : metric_needs_full_logits(s) ? s->model->cfg.vocab_size : s->n_unembed;
-}
 
 static void batch_free(pb_sweep *s, batch_buffers *bb) {
     pb_exec_free(bb->exec);
@@ -795,7 +791,7 @@ static pb_status launch_batch(pb_sweep *s, batch_buffers *bb, int n) {
     for (int i = 0; !b->ops->copy_regions && i < n; i++)
         PB_TRY(b->ops->copy(b, bb->staging[i].dst, bb->staging[i].src, sizeof(float) * d));
     if (s->metric_on_device) {
-        int n_out = metric_n_out(s);
+        int n_out = unembed_width(s);
         PB_TRY(pb_exec_unembed(bb->exec, bb->logits, bb->gathered, n,
                                metric_needs_full_logits(s) ? s->model->output : s->unembed_rows, n_out));
         PB_TRY(metric_rows_enqueue(s, bb->logits, n, n_out, bb->metric_values, bb->metric_pairs));
@@ -810,7 +806,7 @@ static pb_status launch_batch(pb_sweep *s, batch_buffers *bb, int n) {
 /* Waits for the launched batch of n rows and records their values. */
 static pb_status finish_batch(pb_sweep *s, batch_buffers *bb, int n) {
     if (s->metric_on_device) {
-        PB_TRY(metric_rows_collect(s, bb->logits, n, metric_n_out(s), bb->pairs, bb->values_out, bb->metric_values,
+        PB_TRY(metric_rows_collect(s, bb->logits, n, unembed_width(s), bb->pairs, bb->values_out, bb->metric_values,
                                    bb->host));
     } else {
         double before = pb_exec_flops(bb->exec);

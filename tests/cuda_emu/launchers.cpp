@@ -48,29 +48,16 @@ int pb_emu_attention_tiled_ok(int head_dim) { return pb_cuda_attention_tiled_ok(
 
 int pb_emu_attention_jobs(float *out, const float *q, const pb_attention_job *jobs, int n_jobs, int n_heads,
                           int n_kv_heads, int head_dim) {
-    pb_cuda_attention_job *desc = (pb_cuda_attention_job *)calloc((size_t)n_jobs, sizeof *desc);
+    pb_cuda_attention_job *desc = (pb_cuda_attention_job *)calloc((size_t)(n_jobs ? n_jobs : 1), sizeof *desc);
     if (!desc)
         return cudaErrorInvalidValue;
-    const int tile_q = pb_cuda_attention_tile_queries();
-    int first = 0, first_tile = 0;
-    for (int j = 0; j < n_jobs; j++) { /* backend_cuda.cu's pb_cuda_attention_jobs */
-        desc[j].k_prefix = jobs[j].k_prefix;
-        desc[j].v_prefix = jobs[j].v_prefix;
-        desc[j].k_new = jobs[j].k_new;
-        desc[j].v_new = jobs[j].v_new;
-        desc[j].first = first;
-        desc[j].first_tile = first_tile;
-        desc[j].q_row = jobs[j].q_row;
-        desc[j].n = jobs[j].n;
-        desc[j].p0 = jobs[j].p0;
-        first += jobs[j].n;
-        first_tile += (jobs[j].n + tile_q - 1) / tile_q;
-    }
+    int64_t rows = 0;
+    pb_cuda_describe_jobs(desc, jobs, n_jobs, &rows, NULL, NULL); /* what backend_cuda.cu does */
     const int tiled = g_attention_tiled && pb_cuda_attention_tiled_ok(head_dim);
     const cudaError_t error =
-        first == 0 ? cudaSuccess
-        : tiled    ? pb_cuda_launch_attention_tiled(nullptr, out, q, desc, n_jobs, n_heads, n_kv_heads, head_dim)
-                   : pb_cuda_launch_attention_jobs(nullptr, out, q, desc, n_jobs, n_heads, n_kv_heads, head_dim);
+        rows == 0 ? cudaSuccess
+        : tiled   ? pb_cuda_launch_attention_tiled(nullptr, out, q, desc, n_jobs, n_heads, n_kv_heads, head_dim)
+                  : pb_cuda_launch_attention_jobs(nullptr, out, q, desc, n_jobs, n_heads, n_kv_heads, head_dim);
     free(desc);
     return error;
 }
@@ -80,18 +67,8 @@ int pb_emu_swiglu(float *out, const float *gate, const float *up, size_t n) {
 }
 
 int pb_emu_copy_regions(const pb_copy_region *regions, int n_regions) {
-    /* backend_cuda.cu's pb_cuda_op_copy_regions: launches of at most
-     * PB_COPY_REGIONS_PER_LAUNCH regions, the list by value */
-    pb_cuda_copy_regions batch;
-    for (int first = 0; first < n_regions; first += PB_COPY_REGIONS_PER_LAUNCH) {
-        int count = n_regions - first < PB_COPY_REGIONS_PER_LAUNCH ? n_regions - first : PB_COPY_REGIONS_PER_LAUNCH;
-        memcpy(batch.r, regions + first, sizeof(pb_cuda_copy_region) * (size_t)count);
-        batch.n = count;
-        cudaError_t error = pb_cuda_launch_copy_regions(nullptr, &batch);
-        if (error != cudaSuccess)
-            return error;
-    }
-    return cudaSuccess;
+    /* as backend_cuda.cu's pb_cuda_op_copy_regions calls it */
+    return pb_cuda_launch_copy_regions(nullptr, (const pb_cuda_copy_region *)regions, n_regions);
 }
 
 int pb_emu_add(float *out, const float *a, const float *b, size_t n) {
