@@ -32,12 +32,17 @@ def build(shape: str, layers: int, dtype, device):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
     hidden, n_layers, heads, kv, inter, vocab, theta, tied = SHAPES[shape]
+    # rope scaling goes to the constructor: transformers 5 folds rope_theta
+    # and rope_scaling into rope_parameters there, and ignores (then trips
+    # over) an attribute set afterwards
+    rope_scaling = None
+    if shape.startswith("llama3"):
+        rope_scaling = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                        "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
     cfg = LlamaConfig(hidden_size=hidden, num_hidden_layers=layers or n_layers, num_attention_heads=heads,
                       num_key_value_heads=kv, intermediate_size=inter, vocab_size=vocab, rope_theta=theta,
-                      tie_word_embeddings=tied, max_position_embeddings=8192, rms_norm_eps=1e-5)
-    if shape.startswith("llama3"):
-        cfg.rope_scaling = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                            "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+                      rope_scaling=rope_scaling, tie_word_embeddings=tied, max_position_embeddings=8192,
+                      rms_norm_eps=1e-5)
     torch.manual_seed(0)
     with torch.device(device):
         model = LlamaForCausalLM(cfg).to(dtype)
