@@ -153,7 +153,7 @@ static __global__ void __launch_bounds__(PB_TILE_THREADS, D <= 128 ? 2 : 1)
         __syncthreads();
         /* K and V rows k0 .. k0 + 63 (zeros past n_keys and past head_dim):
          * D / 16 independent 16-byte loads of each per thread in flight. */
-#pragma unroll
+#pragma unroll 4
         for (int it = 0; it < PB_TILE_K * (D / 4) / PB_TILE_THREADS; it++) {
             const int idx = tid + it * PB_TILE_THREADS;
             const int kk = idx / (D / 4), c4 = idx % (D / 4);
