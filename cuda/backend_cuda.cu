@@ -334,15 +334,27 @@ static pb_status pb_cuda_attention_jobs(pb_backend *backend, float *out, const f
                        shared_bytes);
     PB_TRY(pb_cuda_enter(self));
     PB_TRY(pb_cuda_attention_job_buffers(self, (size_t)n_jobs));
-    const int tile_q = pb_cuda_attention_tile_queries();
+    const int tile_q = pb_cuda_attention_tile_queries(n_heads, n_kv_heads);
     int with_queries = 0; /* jobs with n > 0: empty ones do not lower the average */
-    pb_cuda_describe_jobs(self->attention_jobs_host, jobs, n_jobs, NULL, NULL, &with_queries);
-    /* The tiled kernel reads each key once per tile of queries; it pays off
-     * when the jobs average at least a quarter tile of queries (prefill,
-     * patching suffixes). Short jobs (decoding, patches near the end) keep
-     * the one-block-per-query kernel. */
-    const int tiled = self->attention_kernel != 1 && pb_cuda_attention_tiled_ok(head_dim) &&
-                      pb_cuda_attention_tiled_shared_bytes(head_dim) <= 48 * 1024 &&
+    pb_cuda_describe_jobs(self->attention_jobs_host, jobs, n_jobs, tile_q, NULL, NULL, &with_queries);
+    /* The tiled kernel reads each key once per tile of queries (times the
+     * query heads of a GQA group); it pays off when the jobs average at
+     * least a quarter tile of queries (prefill, patching suffixes). Short
+     * jobs (decoding, patches near the end) keep the one-block-per-query
+     * kernel. It loads 16-byte vectors, so every row must be 16-byte
+     * aligned (head_dim % 4 == 0 and every base pointer). */
+    int aligned = ((uintptr_t)out | (uintptr_t)q) % 16 == 0;
+    for (int j = 0; j < n_jobs && aligned; j++)
+        aligned = ((uintptr_t)jobs[j].k_new | (uintptr_t)jobs[j].v_new | (uintptr_t)jobs[j].k_prefix |
+                   (uintptr_t)jobs[j].v_prefix) % 16 == 0;
+    const int applies = self->attention_kernel != 1 && pb_cuda_attention_tiled_ok(head_dim) && aligned;
+    const size_t tiled_bytes = pb_cuda_attention_tiled_shared_bytes(head_dim);
+    if (applies && self->attention_kernel == 2 && tiled_bytes > self->shared_optin_bytes)
+        return pb_fail(PB_ERR_UNSUPPORTED,
+                       "cuda attention_jobs: the tiled kernel at head_dim %d needs %zu bytes of shared memory, the "
+                       "device allows %zu per block (PB_CUDA_ATTENTION=tiled)",
+                       head_dim, tiled_bytes, self->shared_optin_bytes);
+    const int tiled = applies && tiled_bytes <= self->shared_optin_bytes &&
                       (self->attention_kernel == 2 || total_rows >= (int64_t)with_queries * (tile_q / 4));
     if (tiled)
         PB_CUDA_CHECK(pb_cuda_launch_attention_tiled(self->stream, out, q, self->attention_jobs_host, n_jobs, n_heads,
@@ -433,6 +445,9 @@ static pb_status pb_cuda_init(pb_cuda_backend *self, int device) {
     }
     PB_CUDA_CHECK(cudaSetDevice(device));
     self->device = device;
+    int optin = 0;
+    PB_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+    self->shared_optin_bytes = optin > 0 ? (size_t)optin : 48 * 1024;
     /* Non-blocking: the backend's work never waits on the legacy default
      * stream that other libraries may use. */
     PB_CUDA_CHECK(cudaStreamCreateWithFlags(&self->stream, cudaStreamNonBlocking));

@@ -31,6 +31,10 @@ typedef struct pb_cuda_backend {
      * 2 the tiled one wherever it applies (PB_CUDA_ATTENTION=auto|rows|tiled,
      * read at creation; for tests). */
     int attention_kernel;
+    /* The device's shared memory per block with the opt-in
+     * (cudaDevAttrMaxSharedMemoryPerBlockOptin; 227 KiB on Hopper), read at
+     * creation: the tiled attention kernel needs more than 48 KiB. */
+    size_t shared_optin_bytes;
     /* round_scratch holds rounded_x (rounded_count elements) rounded to
      * rounded_dtype: consecutive matmuls of one input (q, k, v; gate, up)
      * round it once. Any op other than matmul may write device memory, so
@@ -77,12 +81,12 @@ pb_status pb_cuda_metric_rows(pb_backend *backend, double *out, const float *log
                               int n_negative, const double *ref_logprobs, const int32_t *ref_row, int n_ref);
 
 /* desc (n_jobs) = jobs as the ragged attention kernels read them: work rows
- * (`first`) and query tiles (`first_tile`) numbered across the jobs in order.
+ * (`first`) and query tiles of tile_q queries (`first_tile`, for the tiled
+ * kernel: pb_cuda_attention_tile_queries) numbered across the jobs in order.
  * *rows, *tiles: their totals; *with_queries: jobs with n > 0 (each output
  * may be NULL). */
 static inline void pb_cuda_describe_jobs(pb_cuda_attention_job *desc, const pb_attention_job *jobs, int n_jobs,
-                                         int64_t *rows, int64_t *tiles, int *with_queries) {
-    const int tile_q = pb_cuda_attention_tile_queries();
+                                         int tile_q, int64_t *rows, int64_t *tiles, int *with_queries) {
     int64_t first = 0, first_tile = 0;
     int queries = 0;
     for (int j = 0; j < n_jobs; j++) {

@@ -148,8 +148,6 @@ typedef struct pb_cuda_attention_job {
  * 4 KiB): nothing is uploaded and nothing waits, and the caller's list is
  * free at return. */
 #define PB_ATTENTION_JOBS_PER_LAUNCH 64
-/* Queries per block of the tiled kernel. */
-#define PB_ATTENTION_TILE_Q 32
 typedef struct pb_cuda_attention_batch {
     pb_cuda_attention_job job[PB_ATTENTION_JOBS_PER_LAUNCH]; /* first, first_tile rebased to 0 */
     int n_jobs;
@@ -181,9 +179,12 @@ cudaError_t pb_cuda_launch_attention_jobs(cudaStream_t stream, float *out, const
                                           const pb_cuda_attention_job *jobs, int n_jobs, int n_heads,
                                           int n_kv_heads, int head_dim);
 /* The tiled variant (attention_tiled.cu) for jobs with many queries: whether
- * it takes this head_dim, its tile height in queries, its shared memory. */
+ * it takes this head_dim (the rows must also be 16-byte aligned), its tile
+ * height in queries of one job (it depends on the GQA group, whose heads
+ * share a block), its shared memory (more than 48 KiB from head_dim 65 on:
+ * check it against cudaDevAttrMaxSharedMemoryPerBlockOptin). */
 int pb_cuda_attention_tiled_ok(int head_dim);
-int pb_cuda_attention_tile_queries(void);
+int pb_cuda_attention_tile_queries(int n_heads, int n_kv_heads);
 size_t pb_cuda_attention_tiled_shared_bytes(int head_dim);
 /* Same contract as pb_cuda_launch_attention_jobs (jobs in host memory,
  * first_tile ascending from 0). */
@@ -191,9 +192,10 @@ cudaError_t pb_cuda_launch_attention_tiled(cudaStream_t stream, float *out, cons
                                            const pb_cuda_attention_job *jobs, int n_jobs, int n_heads,
                                            int n_kv_heads, int head_dim);
 /* Copies jobs[first .. first + count) into *batch with first and
- * first_tile rebased to 0; returns the launch's rows (tiled: tiles). */
+ * first_tile rebased to 0; returns the launch's rows, or with tile_q > 0
+ * (the tiled kernel's queries per tile) its tiles. */
 static inline int pb_cuda_attention_batch_fill(pb_cuda_attention_batch *batch, const pb_cuda_attention_job *jobs,
-                                               int first, int count, int tiled) {
+                                               int first, int count, int tile_q) {
     const int row0 = jobs[first].first, tile0 = jobs[first].first_tile;
     const pb_cuda_attention_job *last = &jobs[first + count - 1];
     for (int j = 0; j < count; j++) {
@@ -202,8 +204,7 @@ static inline int pb_cuda_attention_batch_fill(pb_cuda_attention_batch *batch, c
         batch->job[j].first_tile -= tile0;
     }
     batch->n_jobs = count;
-    return tiled ? last->first_tile - tile0 + (last->n + PB_ATTENTION_TILE_Q - 1) / PB_ATTENTION_TILE_Q
-                 : last->first - row0 + last->n;
+    return tile_q > 0 ? last->first_tile - tile0 + (last->n + tile_q - 1) / tile_q : last->first - row0 + last->n;
 }
 /* Up to PB_COPY_REGIONS_PER_LAUNCH regions of a batched copy, passed to the
  * kernel by value: region i copies n floats from src to dst. The layout of

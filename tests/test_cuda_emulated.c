@@ -563,6 +563,7 @@ static void test_attention_jobs(void **state) {
     run_attention_jobs(mixed, n_mixed, 3, 1, 48, "attention_jobs 7 jobs H=3 KV=1 hd=48");
     const job_spec wide[] = {{3, 10, 0}, {1, 299, 0}, {2, 0, 1}};
     run_attention_jobs(wide, 3, 2, 1, 96, "attention_jobs 3 jobs H=2 KV=1 hd=96 p0<=299");
+    run_attention_jobs(wide, 3, 2, 1, 256, "attention_jobs 3 jobs H=2 KV=1 hd=256 p0<=299");
     const job_spec single[] = {{1, 0, 1}};
     run_attention_jobs(single, 1, 1, 1, 1, "attention_jobs 1 job n=1 H=KV=1 hd=1");
     const job_spec around_empty[] = {{0, 0, 1}, {0, 4, 0}, {2, 1, 0}, {0, 2, 0}};
@@ -614,12 +615,15 @@ static void test_attention_jobs(void **state) {
 }
 
 /* The tiled attention_jobs kernel (cuda/attention_tiled.cu) on the cases
- * above where it applies (head_dim a multiple of 4, at most 128), plus
+ * above where it applies (head_dim a multiple of 4, at most 256), plus
  * prefill-like jobs of several query tiles, a tile boundary inside a
- * causal window, and GQA groups of 4 at head_dim 128. */
+ * causal window, every GQA packing (1, 2, 4 and 8 query heads per block,
+ * and a group of 16 split in two), head sizes under each compiled size
+ * (64, 128, 256) and at it, and llama3's and Gemma's shapes in small. */
 static void test_attention_tiled(void **state) {
-    assert_true(pb_emu_attention_tiled_ok(64) && pb_emu_attention_tiled_ok(128) && pb_emu_attention_tiled_ok(4));
-    assert_false(pb_emu_attention_tiled_ok(67) || pb_emu_attention_tiled_ok(256) || pb_emu_attention_tiled_ok(1));
+    assert_true(pb_emu_attention_tiled_ok(64) && pb_emu_attention_tiled_ok(128) && pb_emu_attention_tiled_ok(4) &&
+                pb_emu_attention_tiled_ok(256));
+    assert_false(pb_emu_attention_tiled_ok(67) || pb_emu_attention_tiled_ok(260) || pb_emu_attention_tiled_ok(1));
     pb_emu_set_attention_tiled(1);
     test_attention_jobs(state);
     const job_spec prefill[] = {{100, 0, 1}, {33, 0, 1}, {64, 0, 1}, {31, 0, 0}};
@@ -628,6 +632,16 @@ static void test_attention_tiled(void **state) {
     run_attention_jobs(suffixes, 5, 4, 1, 64, "tiled: patching suffixes after prefixes H=4 KV=1 hd=64");
     const job_spec small_head[] = {{37, 5, 0}, {9, 0, 1}};
     run_attention_jobs(small_head, 2, 3, 3, 4, "tiled: head_dim 4");
+    const job_spec llama[] = {{70, 0, 1}, {20, 50, 0}};
+    run_attention_jobs(llama, 2, 32, 8, 128, "tiled: jobs of 70 and 20 after 50, H=32 KV=8 hd=128 (llama3)");
+    const job_spec gemma[] = {{70, 0, 1}, {13, 60, 0}};
+    run_attention_jobs(gemma, 2, 8, 4, 256, "tiled: jobs of 70 and 13 after 60, H=8 KV=4 hd=256 (Gemma)");
+    run_attention_jobs(gemma, 2, 2, 1, 160, "tiled: hd=160 (compiled 256)");
+    run_attention_jobs(gemma, 2, 4, 4, 96, "tiled: hd=96 (compiled 128) H=KV=4");
+    const job_spec groups[] = {{30, 5, 0}, {9, 0, 1}, {17, 40, 0}};
+    run_attention_jobs(groups, 3, 8, 1, 32, "tiled: GQA group of 8 (8 positions per tile) hd=32");
+    run_attention_jobs(groups, 3, 16, 1, 16, "tiled: GQA group of 16 (two blocks of 8 heads) hd=16");
+    run_attention_jobs(groups, 3, 12, 2, 64, "tiled: GQA group of 6 (2 heads per block) hd=64");
     pb_emu_set_attention_tiled(0);
 }
 
@@ -734,8 +748,27 @@ static void test_schedule_order(void **state) {
             CHECK_OK(pb_emu_metric_rows(metric[reverse][kind], logits, rows, V, (pb_metric_kind)kind, pos, 3, pos,
                                         2, NULL, NULL, 0));
     }
+    /* the tiled kernel, whose probabilities take the key tile's place */
+    const int tT = 45, tp0 = 20, tH = 8, tKV = 2, thd = 64;
+    const size_t tqn = (size_t)tT * tH * thd, tkvn = (size_t)(tp0 + tT) * tKV * thd;
+    float *tq = random_floats(tqn, 56, 2.0f), *tk = random_floats(tkvn, 57, 2.0f), *tv = random_floats(tkvn, 58, 1.0f);
+    const pb_attention_job tjob = {0, tT, tp0, tk, tv, tk + (size_t)tp0 * tKV * thd, tv + (size_t)tp0 * tKV * thd};
+    float *tiled[2];
+    pb_emu_set_attention_tiled(1);
+    for (int reverse = 0; reverse <= 1; reverse++) {
+        pb_emu_set_reverse_order(reverse);
+        tiled[reverse] = filled_floats(tqn, NAN);
+        CHECK_LAUNCH(pb_emu_attention_jobs(tiled[reverse], tq, &tjob, 1, tH, tKV, thd));
+    }
+    pb_emu_set_attention_tiled(0);
     pb_emu_set_reverse_order(0);
     expect_identical(attn[1], attn[0], qn, "attention, threads in reverse order");
+    expect_identical(tiled[1], tiled[0], tqn, "tiled attention_jobs, threads in reverse order");
+    for (int i = 0; i < 2; i++)
+        free(tiled[i]);
+    free(tq);
+    free(tk);
+    free(tv);
     expect_identical(norm[1], norm[0], (size_t)rows * d, "rmsnorm, threads in reverse order");
     for (int kind = 0; kind < 3; kind++)
         for (int r = 0; r < rows; r++)

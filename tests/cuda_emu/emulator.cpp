@@ -19,6 +19,8 @@
 
 #include <algorithm>
 #include <atomic>
+#include <map>
+#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -281,14 +283,31 @@ void fatal(const char *format, ...) {
     abort();
 }
 
-void launch(const config &cfg, void (*body)(void *), void *ctx) {
+static std::mutex g_shared_limits_lock;
+static std::map<const void *, size_t> g_shared_limits; /* kernel -> cudaFuncSetAttribute's limit */
+
+cudaError_t set_max_dynamic_shared(const void *kernel, int bytes) {
+    if (!kernel || bytes < 0 || bytes > PB_EMU_SHARED_OPTIN_BYTES)
+        return cudaErrorInvalidValue;
+    std::lock_guard<std::mutex> hold(g_shared_limits_lock);
+    g_shared_limits[kernel] = (size_t)bytes;
+    return cudaSuccess;
+}
+
+void launch(const config &cfg, void (*body)(void *), void *ctx, const void *kernel) {
     if (!config_ok(cfg)) {
         t_last_error = cudaErrorInvalidConfiguration;
         return;
     }
-    /* Above 48 KiB a kernel must opt in (cudaFuncSetAttribute), which none
-     * of ours does. */
-    if (cfg.shared_bytes > 48 * 1024) {
+    /* Above 48 KiB a kernel must have opted in (cudaFuncSetAttribute). */
+    size_t limit = 48 * 1024;
+    {
+        std::lock_guard<std::mutex> hold(g_shared_limits_lock);
+        auto found = g_shared_limits.find(kernel);
+        if (kernel && found != g_shared_limits.end())
+            limit = std::max(limit, found->second);
+    }
+    if (cfg.shared_bytes > limit) {
         t_last_error = cudaErrorInvalidValue;
         return;
     }
@@ -410,6 +429,13 @@ const char *cudaGetErrorString(cudaError_t error) {
 }
 
 cudaError_t cudaSetDevice(int device) { return device == 0 ? cudaSuccess : cudaErrorInvalidValue; }
+
+cudaError_t cudaDeviceGetAttribute(int *value, cudaDeviceAttr attr, int device) {
+    if (!value || device != 0 || attr != cudaDevAttrMaxSharedMemoryPerBlockOptin)
+        return cudaErrorInvalidValue;
+    *value = PB_EMU_SHARED_OPTIN_BYTES;
+    return cudaSuccess;
+}
 
 const char *cublasGetStatusString(cublasStatus_t status) { return status == 0 ? "success" : "cuBLAS (emulated)"; }
 const char *ncclGetErrorString(ncclResult_t result) { return result == 0 ? "success" : "NCCL (emulated)"; }

@@ -82,6 +82,14 @@ const char *cudaGetErrorString(cudaError_t error);
 const char *cudaGetErrorName(cudaError_t error);
 cudaError_t cudaSetDevice(int device);
 
+/* Dynamic shared memory past 48 KiB, as on the GPU: a kernel opts in with
+ * cudaFuncSetAttribute up to the device's limit (Hopper's 227 KiB here), and
+ * a launch above its kernel's limit fails. */
+enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
+enum cudaDeviceAttr { cudaDevAttrMaxSharedMemoryPerBlockOptin = 97 };
+#define PB_EMU_SHARED_OPTIN_BYTES (227 * 1024)
+cudaError_t cudaDeviceGetAttribute(int *value, cudaDeviceAttr attr, int device);
+
 namespace pb_emu {
 
 struct config {
@@ -97,7 +105,10 @@ inline config make_config(dim3 grid, dim3 block, size_t shared_bytes = 0, cudaSt
 /* Runs body(ctx) as every thread of every block of cfg; on a configuration
  * CUDA would refuse, records the error for cudaGetLastError and runs
  * nothing. */
-void launch(const config &cfg, void (*body)(void *), void *ctx);
+void launch(const config &cfg, void (*body)(void *), void *ctx, const void *kernel = nullptr);
+/* cudaFuncSetAttribute's record: the dynamic shared memory `kernel` may
+ * launch with (48 KiB until raised). */
+cudaError_t set_max_dynamic_shared(const void *kernel, int bytes);
 
 /* The calling emulated thread's coordinates. Functions, not variables, so
  * that no value survives a switch to another thread. */
@@ -151,7 +162,14 @@ void pb_emu_launch(void (*kernel)(Params...), const pb_emu::config &cfg, Args &&
             std::tuple<typename std::decay<Params>::type...> own = c->params;
             std::apply(c->kernel, own);
         },
-        &ctx);
+        &ctx, reinterpret_cast<const void *>(kernel));
+}
+
+template <typename... Params>
+cudaError_t cudaFuncSetAttribute(void (*kernel)(Params...), cudaFuncAttribute attr, int value) {
+    if (attr != cudaFuncAttributeMaxDynamicSharedMemorySize)
+        return cudaErrorInvalidValue;
+    return pb_emu::set_max_dynamic_shared(reinterpret_cast<const void *>(kernel), value);
 }
 
 /* Static __shared__ storage, one instance per host thread running blocks

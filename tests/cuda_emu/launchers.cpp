@@ -52,7 +52,8 @@ int pb_emu_attention_jobs(float *out, const float *q, const pb_attention_job *jo
     if (!desc)
         return cudaErrorInvalidValue;
     int64_t rows = 0;
-    pb_cuda_describe_jobs(desc, jobs, n_jobs, &rows, NULL, NULL); /* what backend_cuda.cu does */
+    /* what backend_cuda.cu does */
+    pb_cuda_describe_jobs(desc, jobs, n_jobs, pb_cuda_attention_tile_queries(n_heads, n_kv_heads), &rows, NULL, NULL);
     const int tiled = g_attention_tiled && pb_cuda_attention_tiled_ok(head_dim);
     const cudaError_t error =
         rows == 0 ? cudaSuccess
