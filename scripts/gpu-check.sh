@@ -213,7 +213,8 @@ benchmarks_json() {
     printf '      "ratio_vs_ceiling": %s, "naive_over_executed": %s,\n' \
         "$(json_number "$SWEEP_JSON" ratio_vs_ceiling)" "$(json_number "$SWEEP_JSON" naive_over_executed)"
     printf '      "patchbay": %s,\n' "${SWEEP_JSON:-null}"
-    printf '      "pytorch": %s}\n' "${TORCH_SWEEP_JSON:-null}"
+    printf '      "pytorch": %s},\n' "${TORCH_SWEEP_JSON:-null}"
+    printf '    "attention": %s\n' "${ATTENTION_JSON:-null}"
     printf '  }'
 }
 
@@ -285,7 +286,7 @@ write_summary() {
     SUMMARY_OK=$OK
 }
 
-PREFILL_JSON="" TORCH_JSON="" SWEEP_JSON="" TORCH_SWEEP_JSON=""
+ATTENTION_JSON="" PREFILL_JSON="" TORCH_JSON="" SWEEP_JSON="" TORCH_SWEEP_JSON=""
 PREFILL_MODEL=unset PREFILL_LAYERS=0 PREFILL_WHY="not run" PREFILL_SEQS=${PB_PREFILL_SEQS:-8} PREFILL_SEQ_LEN=${PB_PREFILL_SEQ_LEN:-1024}
 CARD=unknown DRIVER=unknown COMPUTE_CAP=unknown GPU_MEMORY=unknown DRIVER_CUDA=unknown GPU_COUNT=0
 NVCC_VERSION=unknown CMAKE_VERSION=unknown NCCL_LIB="" NCCL_INC="" NCCL_SOURCE=none DEPS_SOURCE=unknown
@@ -401,7 +402,8 @@ CMAKE_ARGS=("${GENERATOR[@]}" -DPB_CUDA=ON -DCMAKE_BUILD_TYPE=Release -DCMAKE_CU
 [ -n "$NCCL_LIB" ] && CMAKE_ARGS+=(-DNCCL_LIBRARY="$NCCL_LIB")
 [ -n "$NCCL_INC" ] && CMAKE_ARGS+=(-DNCCL_INCLUDE_DIR="$NCCL_INC")
 # what the GPU steps run; the CPU suite builds the rest when it gets its turn
-GPU_TARGETS=(test_cuda_backend test_cuda_metric test_cuda_model test_cuda_sweep patchbay_cli bench_gpu_prefill bench_sweep)
+GPU_TARGETS=(test_cuda_backend test_cuda_metric test_cuda_model test_cuda_sweep patchbay_cli bench_gpu_attention
+    bench_gpu_prefill bench_sweep)
 CONFIGURE_OK=0
 BUILD_OK=0
 if [ $NO_BUILD -eq 1 ] && [ -f "$BUILD/CMakeCache.txt" ]; then
@@ -460,7 +462,15 @@ if want tests; then
     run_tests ctest_gpu 150 -L gpu -V
 fi
 
+# Attention alone (both kernels forced, prefill and sweep shapes): seconds,
+# and it says where the prefill's non-GEMM time goes.
 if want prefill; then
+    if [ -x "$BUILD/bench_gpu_attention" ]; then
+        run_step bench_gpu_attention 60 "$BUILD/bench_gpu_attention"
+    else
+        skip_step bench_gpu_attention skipped_not_built
+    fi
+    ATTENTION_JSON=$(json_line "$OUT/bench_gpu_attention.log" gpu_attention)
     # ---- benchmarks -------------------------------------------------------------------
     # Prefill at the llama3-8b shape: a batch of PREFILL_SEQS x PREFILL_SEQ_LEN
     # tokens (8 x 1024 = 8192), bf16 weights, logits of every position (what

@@ -65,7 +65,7 @@ for name in ("configure", "build"):
 t = s["tests_gpu"]
 if not t["ran"] or t["total"] == 0 or t["failed"] != 0 or t["skipped"] != t["total"]:
     fail.append(f"gpu tests: {t}")
-for name in ("bench_gpu_prefill", "bench_torch_prefill", "bench_gpu_sweep", "bench_torch_sweep"):
+for name in ("bench_gpu_attention", "bench_gpu_prefill", "bench_torch_prefill", "bench_gpu_sweep", "bench_torch_sweep"):
     status = steps.get(name, {}).get("status")
     if status != "skipped":
         fail.append(f"{name}: status {status}, expected skipped")
