@@ -463,11 +463,8 @@ extern "C" pb_status pb_backend_cuda_create(pb_backend **out, int device) {
     self->device = -1;
     pb_status status = pb_cuda_init(self, device);
     if (status != PB_OK) {
-        /* Keep the init failure's message, not whatever cleanup records. */
-        char message[512];
-        snprintf(message, sizeof message, "%s", pb_last_error());
-        pb_cuda_destroy(&self->base);
-        return pb_fail(status, "%s", message);
+        pb_cuda_destroy(&self->base); /* its failures keep the init's message (PB_CUDA_CHECK_VOID) */
+        return status;
     }
     *out = &self->base;
     return PB_OK;
