@@ -396,6 +396,7 @@ const char *cudaGetErrorName(cudaError_t error) {
     case cudaSuccess: return "cudaSuccess";
     case cudaErrorInvalidValue: return "cudaErrorInvalidValue";
     case cudaErrorInvalidConfiguration: return "cudaErrorInvalidConfiguration";
+    case cudaErrorIllegalAddress: return "cudaErrorIllegalAddress";
     }
     return "cudaErrorUnknown";
 }
@@ -405,11 +406,23 @@ const char *cudaGetErrorString(cudaError_t error) {
     case cudaSuccess: return "no error";
     case cudaErrorInvalidValue: return "invalid argument";
     case cudaErrorInvalidConfiguration: return "invalid configuration argument";
+    case cudaErrorIllegalAddress: return "an illegal memory access was encountered";
     }
     return "unknown error";
 }
 
 cudaError_t cudaSetDevice(int device) { return device == 0 ? cudaSuccess : cudaErrorInvalidValue; }
+
+static thread_local cudaError_t t_stream_fault = cudaSuccess;
+
+extern "C" void pb_emu_set_stream_fault(int error) { t_stream_fault = (cudaError_t)error; }
+
+cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
+    (void)stream;
+    const cudaError_t fault = t_stream_fault;
+    t_stream_fault = cudaSuccess;
+    return fault;
+}
 
 const char *cublasGetStatusString(cublasStatus_t status) { return status == 0 ? "success" : "cuBLAS (emulated)"; }
 const char *ncclGetErrorString(ncclResult_t result) { return result == 0 ? "success" : "NCCL (emulated)"; }
