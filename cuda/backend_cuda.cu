@@ -478,6 +478,14 @@ extern "C" pb_status pb_backend_cuda_create(pb_backend **out, int device) {
     return PB_OK;
 }
 
+extern "C" pb_status pb_cuda_device_count(int *count) {
+    if (!count)
+        return pb_fail(PB_ERR_ARG, "pb_cuda_device_count: count is NULL");
+    *count = 0;
+    PB_CUDA_CHECK_AS(PB_ERR_UNSUPPORTED, cudaGetDeviceCount(count));
+    return PB_OK;
+}
+
 extern "C" pb_status pb_cuda_nccl_version(int *out) {
     if (!out)
         return pb_fail(PB_ERR_ARG, "pb_cuda_nccl_version: out is NULL");
