@@ -8,7 +8,8 @@
  * Ordering: every op is enqueued on the backend's stream. upload and download
  * synchronise that stream before returning, so host buffers may be reused (or
  * read) at once; copy and the compute ops are asynchronous, and a kernel that
- * faults reports at the next download or synchronize. attention_jobs waits for
+ * faults reports at the next download or synchronize (or, with PB_CUDA_SYNC=1,
+ * at once, naming the kernel: PB_CUDA_LAUNCHED). attention_jobs waits for
  * the stream once before it launches: its job list comes from host memory. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -155,10 +156,10 @@ static pb_status pb_cuda_embed(pb_backend *backend, float *out, const void *tabl
     PB_CUDA_REQUIRE(pb_cuda_dtype_ok(table_dtype), "embed");
     PB_TRY(pb_cuda_enter(self));
     if (table_dtype == PB_DTYPE_F32)
-        PB_CUDA_CHECK(pb_cuda_launch_embed(self->stream, out, (const float *)table, ids, T, d));
+        PB_CUDA_LAUNCHED(self, "embed", pb_cuda_launch_embed(self->stream, out, (const float *)table, ids, T, d));
     else
-        PB_CUDA_CHECK(pb_cuda_launch_embed16(self->stream, out, (const uint16_t *)table,
-                                             table_dtype == PB_DTYPE_BF16, ids, T, d));
+        PB_CUDA_LAUNCHED(self, "embed16", pb_cuda_launch_embed16(self->stream, out, (const uint16_t *)table,
+                                                                 table_dtype == PB_DTYPE_BF16, ids, T, d));
     return PB_OK;
 }
 
@@ -171,7 +172,7 @@ static pb_status pb_cuda_rmsnorm(pb_backend *backend, float *out, const float *x
         return PB_OK;
     PB_CUDA_REQUIRE(out != NULL && x != NULL, "rmsnorm");
     PB_TRY(pb_cuda_enter(self));
-    PB_CUDA_CHECK(pb_cuda_launch_rmsnorm(self->stream, out, x, weight, rows, d, eps));
+    PB_CUDA_LAUNCHED(self, "rmsnorm", pb_cuda_launch_rmsnorm(self->stream, out, x, weight, rows, d, eps));
     return PB_OK;
 }
 
@@ -205,6 +206,7 @@ static pb_status pb_cuda_matmul(pb_backend *backend, float *out, const float *x,
         if (w_dtype == PB_DTYPE_F32) {
             PB_CUBLAS_CHECK(cublasSgemm(self->cublas, CUBLAS_OP_T, CUBLAS_OP_N, n, rows, k, &alpha, (const float *)w,
                                         k, x, k, &beta, out, n));
+            PB_CUDA_LAUNCHED(self, "cublasSgemm", cudaSuccess);
         } else {
             /* Tensor cores want both inputs 16-bit: round x into the
              * scratch, then bf16/fp16 x bf16/fp16 -> fp32 with fp32
@@ -215,7 +217,8 @@ static pb_status pb_cuda_matmul(pb_backend *backend, float *out, const float *x,
             if (!(self->rounded_x == x && self->rounded_count == x_count && self->rounded_dtype == (int)w_dtype)) {
                 self->rounded_x = NULL;
                 PB_TRY(pb_cuda_round_scratch(self, x_count));
-                PB_CUDA_CHECK(pb_cuda_launch_round16(self->stream, self->round_scratch, x, x_count, is_bf16));
+                PB_CUDA_LAUNCHED(self, "round16",
+                                 pb_cuda_launch_round16(self->stream, self->round_scratch, x, x_count, is_bf16));
                 /* kept only if the output cannot overwrite x */
                 if (!(out < x + x_count && x < out_end)) {
                     self->rounded_x = x;
@@ -226,10 +229,11 @@ static pb_status pb_cuda_matmul(pb_backend *backend, float *out, const float *x,
             PB_CUBLAS_CHECK(cublasGemmEx(self->cublas, CUBLAS_OP_T, CUBLAS_OP_N, n, rows, k, &alpha, w, type, k,
                                          self->round_scratch, type, k, &beta, out, CUDA_R_32F, n, CUBLAS_COMPUTE_32F,
                                          CUBLAS_GEMM_DEFAULT));
+            PB_CUDA_LAUNCHED(self, "cublasGemmEx", cudaSuccess);
         }
     }
     if (bias)
-        PB_CUDA_CHECK(pb_cuda_launch_add_bias(self->stream, out, bias, rows, n));
+        PB_CUDA_LAUNCHED(self, "add_bias", pb_cuda_launch_add_bias(self->stream, out, bias, rows, n));
     return PB_OK;
 }
 
@@ -243,7 +247,7 @@ static pb_status pb_cuda_rope(pb_backend *backend, float *x, const int32_t *posi
         return PB_OK;
     PB_CUDA_REQUIRE(x != NULL && positions != NULL && inv_freq != NULL, "rope");
     PB_TRY(pb_cuda_enter(self));
-    PB_CUDA_CHECK(pb_cuda_launch_rope(self->stream, x, positions, inv_freq, T, n_heads, head_dim));
+    PB_CUDA_LAUNCHED(self, "rope", pb_cuda_launch_rope(self->stream, x, positions, inv_freq, T, n_heads, head_dim));
     return PB_OK;
 }
 
@@ -266,7 +270,8 @@ static pb_status pb_cuda_attention(pb_backend *backend, float *out, const float 
         return pb_fail(PB_ERR_UNSUPPORTED, "cuda attention: head_dim %d needs %zu bytes of shared memory (max 49152)",
                        head_dim, shared_bytes);
     PB_TRY(pb_cuda_enter(self));
-    PB_CUDA_CHECK(pb_cuda_launch_attention(self->stream, out, q, k, v, T, q_start, n_heads, n_kv_heads, head_dim));
+    PB_CUDA_LAUNCHED(self, "attention", pb_cuda_launch_attention(self->stream, out, q, k, v, T, q_start, n_heads,
+                                                                 n_kv_heads, head_dim));
     return PB_OK;
 }
 
@@ -356,12 +361,13 @@ static pb_status pb_cuda_attention_jobs(pb_backend *backend, float *out, const f
                        head_dim, tiled_bytes, self->shared_optin_bytes);
     const int tiled = applies && tiled_bytes <= self->shared_optin_bytes &&
                       (self->attention_kernel == 2 || total_rows >= (int64_t)with_queries * (tile_q / 4));
+    const pb_cuda_attention_job *desc = self->attention_jobs_host;
     if (tiled)
-        PB_CUDA_CHECK(pb_cuda_launch_attention_tiled(self->stream, out, q, self->attention_jobs_host, n_jobs, n_heads,
-                                                     n_kv_heads, head_dim));
+        PB_CUDA_LAUNCHED(self, "attention_tiled", pb_cuda_launch_attention_tiled(self->stream, out, q, desc, n_jobs,
+                                                                                 n_heads, n_kv_heads, head_dim));
     else
-        PB_CUDA_CHECK(pb_cuda_launch_attention_jobs(self->stream, out, q, self->attention_jobs_host, n_jobs, n_heads,
-                                                    n_kv_heads, head_dim));
+        PB_CUDA_LAUNCHED(self, "attention_jobs", pb_cuda_launch_attention_jobs(self->stream, out, q, desc, n_jobs,
+                                                                               n_heads, n_kv_heads, head_dim));
     return PB_OK;
 }
 
@@ -384,7 +390,8 @@ static pb_status pb_cuda_op_copy_regions(pb_backend *backend, const pb_copy_regi
             return pb_fail(PB_ERR_ARG, "cuda copy_regions: region %d of %zu floats has a NULL pointer", i,
                            regions[i].n);
     PB_TRY(pb_cuda_enter(self));
-    PB_CUDA_CHECK(pb_cuda_launch_copy_regions(self->stream, (const pb_cuda_copy_region *)regions, n_regions));
+    PB_CUDA_LAUNCHED(self, "copy_regions",
+                     pb_cuda_launch_copy_regions(self->stream, (const pb_cuda_copy_region *)regions, n_regions));
     return PB_OK;
 }
 
@@ -394,7 +401,7 @@ static pb_status pb_cuda_swiglu(pb_backend *backend, float *out, const float *ga
         return PB_OK;
     PB_CUDA_REQUIRE(out != NULL && gate != NULL && up != NULL, "swiglu");
     PB_TRY(pb_cuda_enter(self));
-    PB_CUDA_CHECK(pb_cuda_launch_swiglu(self->stream, out, gate, up, n));
+    PB_CUDA_LAUNCHED(self, "swiglu", pb_cuda_launch_swiglu(self->stream, out, gate, up, n));
     return PB_OK;
 }
 
@@ -404,7 +411,7 @@ static pb_status pb_cuda_add(pb_backend *backend, float *out, const float *a, co
         return PB_OK;
     PB_CUDA_REQUIRE(out != NULL && a != NULL && b != NULL, "add");
     PB_TRY(pb_cuda_enter(self));
-    PB_CUDA_CHECK(pb_cuda_launch_add(self->stream, out, a, b, n));
+    PB_CUDA_LAUNCHED(self, "add", pb_cuda_launch_add(self->stream, out, a, b, n));
     return PB_OK;
 }
 
@@ -443,6 +450,7 @@ static pb_status pb_cuda_init(pb_cuda_backend *self, int device) {
         else
             return pb_fail(PB_ERR_ARG, "PB_CUDA_ATTENTION=%s: expected auto, rows or tiled", kernel);
     }
+    PB_TRY(pb_cuda_sync_mode_parse(getenv("PB_CUDA_SYNC"), &self->sync_launches));
     PB_CUDA_CHECK(cudaSetDevice(device));
     self->device = device;
     int optin = 0;
@@ -478,13 +486,18 @@ extern "C" pb_status pb_backend_cuda_create(pb_backend **out, int device) {
     self->device = -1;
     pb_status status = pb_cuda_init(self, device);
     if (status != PB_OK) {
-        /* Keep the init failure's message, not whatever cleanup records. */
-        char message[512];
-        snprintf(message, sizeof message, "%s", pb_last_error());
-        pb_cuda_destroy(&self->base);
-        return pb_fail(status, "%s", message);
+        pb_cuda_destroy(&self->base); /* its failures keep the init's message (PB_CUDA_CHECK_VOID) */
+        return status;
     }
     *out = &self->base;
+    return PB_OK;
+}
+
+extern "C" pb_status pb_cuda_device_count(int *count) {
+    if (!count)
+        return pb_fail(PB_ERR_ARG, "pb_cuda_device_count: count is NULL");
+    *count = 0;
+    PB_CUDA_CHECK_AS(PB_ERR_UNSUPPORTED, cudaGetDeviceCount(count));
     return PB_OK;
 }
 

@@ -7,6 +7,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "cuda_check.h"
 #include "kernels.cuh"
@@ -35,6 +36,10 @@ typedef struct pb_cuda_backend {
      * (cudaDevAttrMaxSharedMemoryPerBlockOptin; 227 KiB on Hopper), read at
      * creation: the tiled attention kernel needs more than 48 KiB. */
     size_t shared_optin_bytes;
+    /* PB_CUDA_SYNC=1 (read at creation; a debug mode): every kernel launch
+     * is followed by a stream synchronisation, so a fault is reported by
+     * the op that launched the kernel, naming it (PB_CUDA_LAUNCHED). */
+    int sync_launches;
     /* round_scratch holds rounded_x (rounded_count elements) rounded to
      * rounded_dtype: consecutive matmuls of one input (q, k, v; gate, up)
      * round it once. Any op other than matmul may write device memory, so
@@ -74,6 +79,42 @@ static inline pb_status pb_cuda_count(size_t *out, const char *op, int64_t a, in
         if (!(cond))                                                                                 \
             return pb_fail(PB_ERR_ARG, "cuda %s: invalid argument: %s", (op), #cond);                \
     } while (0)
+
+/* PB_CUDA_SYNC's value: unset, "" or "0" off, "1" on, anything else
+ * PB_ERR_ARG (a typo must not silently leave the debug mode off). */
+static inline pb_status pb_cuda_sync_mode_parse(const char *value, int *sync_launches) {
+    *sync_launches = 0;
+    if (!value || !*value || strcmp(value, "0") == 0)
+        return PB_OK;
+    if (strcmp(value, "1") != 0)
+        return pb_fail(PB_ERR_ARG, "PB_CUDA_SYNC=%s: expected 0 or 1", value);
+    *sync_launches = 1;
+    return PB_OK;
+}
+
+/* After a kernel (or a cuBLAS call) was enqueued on self->stream:
+ * launch_error is what its launcher returned (cudaGetLastError: a launch the
+ * device refused). Without PB_CUDA_SYNC a fault while the kernel runs shows
+ * at the next synchronising call, under that call's name; with it the
+ * stream is synchronised here and the fault is reported naming `kernel`. */
+static inline pb_status pb_cuda_launched(pb_cuda_backend *self, const char *kernel, cudaError_t launch_error,
+                                         const char *file, int line) {
+    if (launch_error != cudaSuccess)
+        return pb_fail(PB_ERR_CUDA, "launching kernel %s failed at %s:%d: %s (%s)", kernel, file, line,
+                       cudaGetErrorString(launch_error), cudaGetErrorName(launch_error));
+    if (!self->sync_launches)
+        return PB_OK;
+    const cudaError_t run_error = cudaStreamSynchronize(self->stream);
+    if (run_error != cudaSuccess)
+        return pb_fail(PB_ERR_CUDA, "kernel %s launched at %s:%d failed while running (PB_CUDA_SYNC=1): %s (%s)",
+                       kernel, file, line, cudaGetErrorString(run_error), cudaGetErrorName(run_error));
+    return PB_OK;
+}
+
+/* Returns from the enclosing op when the launch of `kernel` failed (see
+ * pb_cuda_launched); `launch` is the launcher call, or cudaSuccess after a
+ * cuBLAS call that was checked already. */
+#define PB_CUDA_LAUNCHED(self, kernel, launch) PB_TRY(pb_cuda_launched((self), (kernel), (launch), __FILE__, __LINE__))
 
 /* metric_rows (backend.h), in metric.cu. */
 pb_status pb_cuda_metric_rows(pb_backend *backend, double *out, const float *logits, int rows, int n_out,

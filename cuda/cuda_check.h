@@ -33,13 +33,16 @@ extern "C" {
 #define PB_CUDA_CHECK(call) PB_CUDA_CHECK_AS(PB_ERR_CUDA, call)
 
 /* For paths that cannot return a status (free, destroy): records the failure
- * for pb_last_error() and carries on. */
+ * for pb_last_error() unless one is already pending (pb_fail_cleanup), and
+ * carries on. Such paths mostly run after a failure, on a device whose
+ * sticky error makes every call fail: the first message names the cause. */
 #define PB_CUDA_CHECK_VOID(call)                                                                     \
     do {                                                                                             \
         cudaError_t pb_cuda_err_ = (call);                                                           \
         if (pb_cuda_err_ != cudaSuccess)                                                             \
-            (void)pb_fail(PB_ERR_CUDA, "%s failed at %s:%d: %s (%s)", #call, __FILE__, __LINE__,     \
-                          cudaGetErrorString(pb_cuda_err_), cudaGetErrorName(pb_cuda_err_));         \
+            (void)pb_fail_cleanup(PB_ERR_CUDA, "%s failed at %s:%d: %s (%s)", #call, __FILE__,       \
+                                  __LINE__, cudaGetErrorString(pb_cuda_err_),                        \
+                                  cudaGetErrorName(pb_cuda_err_));                                   \
     } while (0)
 
 #define PB_CUBLAS_CHECK(call)                                                                        \
@@ -54,8 +57,8 @@ extern "C" {
     do {                                                                                             \
         cublasStatus_t pb_cublas_status_ = (call);                                                   \
         if (pb_cublas_status_ != CUBLAS_STATUS_SUCCESS)                                              \
-            (void)pb_fail(PB_ERR_CUDA, "%s failed at %s:%d: %s", #call, __FILE__, __LINE__,          \
-                          cublasGetStatusString(pb_cublas_status_));                                 \
+            (void)pb_fail_cleanup(PB_ERR_CUDA, "%s failed at %s:%d: %s", #call, __FILE__, __LINE__,  \
+                                  cublasGetStatusString(pb_cublas_status_));                         \
     } while (0)
 
 #define PB_NCCL_CHECK(call)                                                                          \

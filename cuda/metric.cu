@@ -218,6 +218,6 @@ pb_status pb_cuda_metric_rows(pb_backend *backend, double *out, const float *log
     PB_TRY(pb_cuda_enter(self));
     pb_metric_kernel<<<(unsigned)rows, PB_CUDA_BLOCK, shared_bytes, self->stream>>>(
         out, logits, n_out, (int)kind, positive, n_positive, negative, n_negative, ref_logprobs, ref_row, n_ref);
-    PB_CUDA_CHECK(cudaGetLastError());
+    PB_CUDA_LAUNCHED(self, "metric", cudaGetLastError());
     return PB_OK;
 }

@@ -137,6 +137,10 @@ extern "C" pb_status pb_nccl_gather_doubles(pb_nccl_gather *g, const double *sen
 extern "C" void pb_nccl_gather_free(pb_nccl_gather *g) {
     if (!g)
         return;
+    /* Like PB_CUDA_CHECK_VOID: a failure while winding down is recorded only
+     * when none is pending (wait_settled and abort_comm report via pb_fail). */
+    pb_error_saved before;
+    pb_error_save(&before);
     if (!g->aborted && g->comm) {
         /* A non-blocking destroy may return ncclInProgress; finalize first
          * so pending work completes, then destroy. */
@@ -145,12 +149,14 @@ extern "C" void pb_nccl_gather_free(pb_nccl_gather *g) {
             if (wait_settled(g, "ncclCommFinalize", 0) == PB_OK) {
                 ncclResult_t d = ncclCommDestroy(g->comm);
                 if (d != ncclSuccess && d != ncclInProgress)
-                    (void)pb_fail(PB_ERR_CUDA, "ncclCommDestroy failed: %s", ncclGetErrorString(d));
+                    (void)pb_fail_cleanup(PB_ERR_CUDA, "ncclCommDestroy failed: %s", ncclGetErrorString(d));
             }
         } else {
             (void)abort_comm(g, "ncclCommFinalize", ncclGetErrorString(r));
         }
     }
+    if (before.pending)
+        pb_error_restore(&before);
     if (g->stream)
         PB_CUDA_CHECK_VOID(cudaStreamDestroy(g->stream));
     free(g);

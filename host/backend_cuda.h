@@ -13,6 +13,11 @@ extern "C" {
  * builds without CUDA. Needs no GPU. */
 pb_status pb_cuda_nccl_version(int *out);
 
+/* The number of CUDA devices this process sees (cudaGetDeviceCount; no
+ * device is touched, no context created). PB_ERR_UNSUPPORTED in builds
+ * without CUDA or when the driver reports none usable. */
+pb_status pb_cuda_device_count(int *count);
+
 /* ---- NCCL gather of per-row metrics between GPU ranks (cuda/nccl_gather.cu)
  * Called by pb_ranks_gather_nccl (host/distribute.c) for --backend cuda
  * ranks. Compiled for sm_80/sm_90 but not yet run on a GPU. The MPI part

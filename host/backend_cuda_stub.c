@@ -16,6 +16,12 @@ pb_status pb_backend_cuda_create(pb_backend **out, int device) {
     return pb_fail(PB_ERR_UNSUPPORTED, "this build has no CUDA backend (configure with -DPB_CUDA=ON)");
 }
 
+pb_status pb_cuda_device_count(int *count) {
+    if (count)
+        *count = 0;
+    return pb_fail(PB_ERR_UNSUPPORTED, "this build has no CUDA backend (configure with -DPB_CUDA=ON)");
+}
+
 pb_status pb_cuda_nccl_version(int *out) {
     if (out)
         *out = 0;

@@ -14,7 +14,8 @@ const char *pb_cli_model_help =
     "                          LAYERS layers (e.g. llama3-70b:4); no tokenizer, so give token ids\n"
     "  --seed N                seed of --random-model (default 0)\n"
     "  --backend cpu|reference|cuda   where to compute (default cpu; cuda needs a GPU build and device)\n"
-    "  --device N              CUDA device ordinal (default 0)\n"
+    "  --device N              CUDA device ordinal (default: a sweep rank's node-local rank modulo the\n"
+    "                          devices, else 0)\n"
     "  --dtype f32|bf16|f16    storage of the weight matrices (default f32); with 16-bit weights each\n"
     "                          projection rounds its input to that type and accumulates in fp32\n"
     "  --threads N             CPU threads (default: all cores)\n";
@@ -51,6 +52,7 @@ int pb_cli_model_option(pb_cli_model *o, const char *cmd, const char *flag, cons
         if (!parse_uint(cmd, flag, value, 1024, &v))
             return -1;
         o->load.device = (int)v;
+        o->device_given = 1;
     } else if (strcmp(flag, "--backend") == 0) {
         if (pb_backend_parse(value, &o->load.backend) != PB_OK) {
             fprintf(stderr, "patchbay %s: --backend: %s\n", cmd, pb_last_error());

@@ -21,6 +21,7 @@
 #include "distribute.h"
 #include "internal.h"
 #include "model.h"
+#include "rank_device.h"
 #include "sweep.h"
 
 enum { TAG_REPORT = 7101, TAG_EXIT = 7102 };
@@ -67,7 +68,8 @@ pb_status pb_ranks_init(pb_ranks *r, int *argc, char ***argv) {
     r->timeout_s = 120.0;
     int launched = getenv("OMPI_COMM_WORLD_SIZE") || getenv("PMIX_RANK") || getenv("PMI_SIZE") ||
                    env_int("SLURM_NTASKS", 1) > 1;
-    r->local_rank = env_int("OMPI_COMM_WORLD_LOCAL_RANK", env_int("SLURM_LOCALID", 0));
+    const int env_local_rank = pb_rank_local_from_env(pb_env_process);
+    r->local_rank = env_local_rank < 0 ? 0 : env_local_rank;
     if (!launched)
         return PB_OK;
 #ifdef PB_HAVE_MPI
@@ -77,6 +79,8 @@ pb_status pb_ranks_init(pb_ranks *r, int *argc, char ***argv) {
     r->mpi = 1;
     MPI_Comm_rank(MPI_COMM_WORLD, &r->rank);
     MPI_Comm_size(MPI_COMM_WORLD, &r->size);
+    if (env_local_rank < 0)
+        PB_TRY(pb_rank_local_from_mpi(&r->local_rank)); /* a launcher that does not say */
     narrow_visible_gpus(r->local_rank);
     return PB_OK;
 #else

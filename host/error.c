@@ -6,9 +6,10 @@
 
 #include "internal.h"
 
-#define PB_ERROR_CAPACITY 1024
-
 static _Thread_local char pb_error_message[PB_ERROR_CAPACITY];
+/* 1 from a recorded failure until pb_error_clear: what pb_fail_cleanup
+ * must not replace. */
+static _Thread_local int pb_error_pending;
 
 const char *pb_last_error(void) { return pb_error_message; }
 
@@ -32,7 +33,34 @@ pb_status pb_fail(pb_status status, const char *fmt, ...) {
     va_start(args, fmt);
     vsnprintf(pb_error_message, sizeof pb_error_message, fmt, args);
     va_end(args);
+    pb_error_pending = 1;
     return status;
+}
+
+pb_status pb_fail_cleanup(pb_status status, const char *fmt, ...) {
+    if (pb_error_pending)
+        return status;
+    va_list args;
+    va_start(args, fmt);
+    vsnprintf(pb_error_message, sizeof pb_error_message, fmt, args);
+    va_end(args);
+    pb_error_pending = 1;
+    return status;
+}
+
+void pb_error_clear(void) {
+    pb_error_message[0] = 0;
+    pb_error_pending = 0;
+}
+
+void pb_error_save(pb_error_saved *saved) {
+    memcpy(saved->message, pb_error_message, sizeof saved->message);
+    saved->pending = pb_error_pending;
+}
+
+void pb_error_restore(const pb_error_saved *saved) {
+    memcpy(pb_error_message, saved->message, sizeof pb_error_message);
+    pb_error_pending = saved->pending;
 }
 
 pb_status pb_fail_context(pb_status status, const char *fmt, ...) {
@@ -51,5 +79,6 @@ pb_status pb_fail_context(pb_status status, const char *fmt, ...) {
         memcpy(pb_error_message + used + 2, previous, len);
         pb_error_message[used + 2 + len] = 0;
     }
+    pb_error_pending = 1;
     return status;
 }

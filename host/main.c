@@ -12,6 +12,7 @@
 
 #include "cli_analysis.h"
 #include "cli_intervene.h"
+#include "backend_cuda.h"
 #include "cli_model.h"
 #include "distribute.h"
 #include "ids.h"
@@ -20,6 +21,7 @@
 #include "outdir.h"
 #include "patchbay.h"
 #include "progress.h"
+#include "rank_device.h"
 #include "report_html.h"
 
 #define PB_VERSION "0.1.0"
@@ -360,6 +362,20 @@ static int finish_sweep(const options *o, pb_sweep *sweep, pb_status job, const 
     return 0;
 }
 
+/* Ranks sharing a node share its GPUs: each takes the one of its node-local
+ * rank (rank_device.h) unless --device named one, and says which on stderr. */
+static void choose_rank_device(options *o, const pb_ranks *ranks) {
+    if (o->model.load.backend != PB_BACKEND_CUDA)
+        return;
+    int count = 0;
+    if (pb_cuda_device_count(&count) != PB_OK)
+        return; /* loading the model reports it */
+    int requested = o->model.device_given ? o->model.load.device : -1;
+    o->model.load.device = pb_rank_device_choose(requested, ranks->local_rank, count);
+    fprintf(stderr, "patchbay: rank %d (node-local %d) uses CUDA device %d of %d%s\n", ranks->rank,
+            ranks->local_rank, o->model.load.device, count, o->model.device_given ? " (--device)" : "");
+}
+
 static int cmd_sweep(const options *o, pb_ranks *ranks) {
     if (!o->spec || !o->out) {
         fprintf(stderr, "patchbay sweep: --spec SPEC.json and --out DIR are required\n");
@@ -403,7 +419,9 @@ static int cmd_sweep(const options *o, pb_ranks *ranks) {
     else
         *slash = 0;
 
-    pb_model *m = load(o);
+    options local = *o;
+    choose_rank_device(&local, ranks);
+    pb_model *m = load(&local);
     if (!m) {
         free(spec_text);
         return 1;

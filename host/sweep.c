@@ -928,14 +928,14 @@ pb_status pb_sweep_run_rows(pb_sweep *s, const int64_t *rows, int64_t n_rows) {
         if (in_flight) {
             /* finished on every path, before the caches it reads are freed;
              * a planning failure keeps its own message */
-            char message[1024]; /* error.c's capacity: the whole message */
-            snprintf(message, sizeof message, "%s", pb_last_error());
+            pb_error_saved planning;
+            pb_error_save(&planning);
             pb_status finished = finish_batch(s, &bb, in_flight);
             in_flight = 0;
             if (status == PB_OK)
                 status = finished;
             else
-                pb_fail(status, "%s", message);
+                pb_error_restore(&planning);
             if (status == PB_OK && s->options.progress)
                 s->options.progress(s->n_rows_done, s->n_rows, s->options.progress_user);
             if (status == PB_OK && n_batch > 0 && stop_requested(s))

@@ -58,6 +58,9 @@ spec=$fixtures/patching/tiny_gqa_denoise_logit_diff/spec.json
 if [ "$under" = cuda ] && ! grep -q "over NCCL" "$tmp/sw_cuda.log"; then
   echo "FAIL: the sweep did not gather over NCCL"; cat "$tmp/sw_cuda.log"; exit 1
 fi
+if [ "$under" = cuda ] && ! grep -Eq "^patchbay: rank 0 \(node-local [0-9]+\) uses CUDA device [0-9]+ of [0-9]+$" "$tmp/sw_cuda.log"; then
+  echo "FAIL: the sweep did not say which CUDA device it uses"; cat "$tmp/sw_cuda.log"; exit 1
+fi
 python3 - "$tmp/sw_cpu/results.json" "$tmp/sw_cuda/results.json" <<'PY'
 import json, sys
 a, b = (json.load(open(p)) for p in sys.argv[1:3])

@@ -724,6 +724,47 @@ static void test_metric(void **state) {
                      PB_ERR_UNSUPPORTED);
 }
 
+/* PB_CUDA_SYNC: read strictly; when on, a fault raised while a kernel runs
+ * is reported by the op that launched it, naming the kernel; when off, the
+ * launch succeeds and the fault waits for the next synchronising call. */
+static void test_sync_mode(void **state) {
+    (void)state;
+    int sync = -1;
+    const char *off[] = {NULL, "", "0"};
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(pb_emu_sync_mode_parse(off[i], &sync), PB_OK);
+        assert_int_equal(sync, 0);
+    }
+    assert_int_equal(pb_emu_sync_mode_parse("1", &sync), PB_OK);
+    assert_int_equal(sync, 1);
+    assert_int_equal(pb_emu_sync_mode_parse("yes", &sync), PB_ERR_ARG);
+    assert_non_null(strstr(pb_last_error(), "PB_CUDA_SYNC=yes"));
+
+    enum { rows = 2, V = 33, illegal_address = 700 };
+    float logits[rows * V];
+    for (int i = 0; i < rows * V; i++)
+        logits[i] = (float)((i * 7) % 11) - 5.0f;
+    const int32_t pos[] = {3, 30};
+    double quiet[rows], synced[rows];
+    CHECK_OK(pb_emu_metric_rows(quiet, logits, rows, V, PB_METRIC_LOGPROB, pos, 2, NULL, 0, NULL, NULL, 0));
+    pb_emu_set_sync_launches(1);
+    CHECK_OK(pb_emu_metric_rows(synced, logits, rows, V, PB_METRIC_LOGPROB, pos, 2, NULL, 0, NULL, NULL, 0));
+    assert_memory_equal(quiet, synced, sizeof quiet); /* the mode changes when errors show, not results */
+
+    pb_emu_set_stream_fault(illegal_address);
+    assert_int_equal(pb_emu_metric_rows(synced, logits, rows, V, PB_METRIC_LOGPROB, pos, 2, NULL, 0, NULL, NULL, 0),
+                     PB_ERR_CUDA);
+    const char *message = pb_last_error();
+    if (!strstr(message, "kernel metric ") || !strstr(message, "PB_CUDA_SYNC=1") ||
+        !strstr(message, "cudaErrorIllegalAddress"))
+        fail_msg("PB_CUDA_SYNC=1 fault: message \"%s\"", message);
+
+    pb_emu_set_sync_launches(0);
+    pb_emu_set_stream_fault(illegal_address);
+    CHECK_OK(pb_emu_metric_rows(synced, logits, rows, V, PB_METRIC_LOGPROB, pos, 2, NULL, 0, NULL, NULL, 0));
+    pb_emu_set_stream_fault(0); /* the fault nobody waited for */
+}
+
 /* ---- the emulation itself --------------------------------------------------- */
 
 /* A race-free kernel gives the same bits whatever order the threads of a
@@ -865,7 +906,7 @@ int main(void) {
         cmocka_unit_test(test_embed),          cmocka_unit_test(test_round16),   cmocka_unit_test(test_grid_stride),   cmocka_unit_test(test_add_bias),
         cmocka_unit_test(test_swiglu_add),     cmocka_unit_test(test_rmsnorm),   cmocka_unit_test(test_rope),
         cmocka_unit_test(test_attention),      cmocka_unit_test(test_attention_jobs), cmocka_unit_test(test_attention_tiled), cmocka_unit_test(test_copy_regions),
-        cmocka_unit_test(test_metric),
+        cmocka_unit_test(test_metric),         cmocka_unit_test(test_sync_mode),
         cmocka_unit_test(test_schedule_order), cmocka_unit_test(test_emulator_barrier),
         cmocka_unit_test(test_emulator_shuffle), cmocka_unit_test(test_launch_error),
     };

@@ -436,6 +436,160 @@ static void test_failure_at_every_download(void **state) {
     free(spec);
 }
 
+/* A pretend device whose call g_fault_at (1-based, 0: none) faults, after
+ * which every call fails like a CUDA context after a kernel fault (the error
+ * is sticky), and free reports its own failure the way PB_CUDA_CHECK_VOID
+ * does. The memory is still released, so nothing leaks. */
+static const pb_backend_ops *g_sticky_real;
+static int64_t g_sticky_calls, g_fault_at;
+
+static pb_status sticky_check(const char *op) {
+    g_sticky_calls++;
+    if (g_fault_at && g_sticky_calls == g_fault_at)
+        return pb_fail(PB_ERR_CUDA, "injected fault in %s (call %lld)", op, (long long)g_fault_at);
+    if (g_fault_at && g_sticky_calls > g_fault_at)
+        return pb_fail(PB_ERR_CUDA, "%s after the fault: unspecified launch failure", op);
+    return PB_OK;
+}
+
+static void sticky_free(pb_backend *b, void *ptr) {
+    g_sticky_real->free(b, ptr);
+    if (ptr && g_fault_at && g_sticky_calls >= g_fault_at)
+        (void)pb_fail_cleanup(PB_ERR_CUDA, "cudaFree(ptr) after the fault: unspecified launch failure");
+}
+static pb_status sticky_alloc(pb_backend *b, void **out, size_t bytes) {
+    PB_TRY(sticky_check("alloc"));
+    return g_sticky_real->alloc(b, out, bytes);
+}
+static pb_status sticky_upload(pb_backend *b, void *dst, const void *src, size_t bytes) {
+    PB_TRY(sticky_check("upload"));
+    return g_sticky_real->upload(b, dst, src, bytes);
+}
+static pb_status sticky_download(pb_backend *b, void *dst, const void *src, size_t bytes) {
+    PB_TRY(sticky_check("download"));
+    return g_sticky_real->download(b, dst, src, bytes);
+}
+static pb_status sticky_copy(pb_backend *b, void *dst, const void *src, size_t bytes) {
+    PB_TRY(sticky_check("copy"));
+    return g_sticky_real->copy(b, dst, src, bytes);
+}
+static pb_status sticky_synchronize(pb_backend *b) {
+    PB_TRY(sticky_check("synchronize"));
+    return g_sticky_real->synchronize(b);
+}
+static pb_status sticky_embed(pb_backend *b, float *out, const void *table, pb_dtype dtype, const int32_t *ids, int T,
+                              int d) {
+    PB_TRY(sticky_check("embed"));
+    return g_sticky_real->embed(b, out, table, dtype, ids, T, d);
+}
+static pb_status sticky_rmsnorm(pb_backend *b, float *out, const float *x, const float *w, int rows, int d,
+                                float eps) {
+    PB_TRY(sticky_check("rmsnorm"));
+    return g_sticky_real->rmsnorm(b, out, x, w, rows, d, eps);
+}
+static pb_status sticky_matmul(pb_backend *b, float *out, const float *x, const void *w, pb_dtype dtype,
+                               const float *bias, int rows, int n, int k) {
+    PB_TRY(sticky_check("matmul"));
+    return g_sticky_real->matmul(b, out, x, w, dtype, bias, rows, n, k);
+}
+static pb_status sticky_rope(pb_backend *b, float *x, const int32_t *positions, const float *inv_freq, int T,
+                             int n_heads, int head_dim) {
+    PB_TRY(sticky_check("rope"));
+    return g_sticky_real->rope(b, x, positions, inv_freq, T, n_heads, head_dim);
+}
+static pb_status sticky_attention(pb_backend *b, float *out, const float *q, const float *k, const float *v, int T,
+                                  int T_kv, int q_start, int n_heads, int n_kv_heads, int head_dim) {
+    PB_TRY(sticky_check("attention"));
+    return g_sticky_real->attention(b, out, q, k, v, T, T_kv, q_start, n_heads, n_kv_heads, head_dim);
+}
+static pb_status sticky_swiglu(pb_backend *b, float *out, const float *gate, const float *up, size_t n) {
+    PB_TRY(sticky_check("swiglu"));
+    return g_sticky_real->swiglu(b, out, gate, up, n);
+}
+static pb_status sticky_add(pb_backend *b, float *out, const float *x, const float *y, size_t n) {
+    PB_TRY(sticky_check("add"));
+    return g_sticky_real->add(b, out, x, y, n);
+}
+static pb_status sticky_metric_rows(pb_backend *b, double *out, const float *logits, int rows, int n_out,
+                                    pb_metric_kind kind, const int32_t *positive, int n_positive,
+                                    const int32_t *negative, int n_negative, const double *ref_logprobs,
+                                    const int32_t *ref_row, int n_ref) {
+    PB_TRY(sticky_check("metric_rows"));
+    return g_sticky_real->metric_rows(b, out, logits, rows, n_out, kind, positive, n_positive, negative, n_negative,
+                                      ref_logprobs, ref_row, n_ref);
+}
+static pb_status sticky_copy_regions(pb_backend *b, const pb_copy_region *regions, int n_regions) {
+    PB_TRY(sticky_check("copy_regions"));
+    return g_sticky_real->copy_regions(b, regions, n_regions);
+}
+
+/* A sweep on the sticky pretend device, faulted at each backend call in
+ * turn (every one of the first 200, then a stride that visits about 200
+ * more): whatever fails after the fault (the in-flight batch being
+ * finished, caches and batch buffers freed, then pb_sweep_free), the
+ * message the caller reads is the fault's own. */
+static void test_first_failure_survives_cleanup(void **state) {
+    (void)state;
+    char pairs[1024];
+    snprintf(pairs, sizeof pairs, "%s, %s", pair_ids, pair_ids_2);
+    char *spec = spec_text("denoising", pairs, all_components, metric_json);
+    pb_model *m = load_fixture_model_on("tiny_gqa", PB_BACKEND_REFERENCE);
+    pb_sweep_options o = {.max_batch_rows = 2, .metric_fn_residual_layer = -1};
+    const pb_backend_ops *saved = m->backend->ops;
+    g_sticky_real = saved;
+    pb_backend_ops sticky = *saved;
+    sticky.host_memory = 0;
+    sticky.alloc = sticky_alloc;
+    sticky.free = sticky_free;
+    sticky.upload = sticky_upload;
+    sticky.download = sticky_download;
+    sticky.copy = sticky_copy;
+    sticky.synchronize = sticky_synchronize;
+    sticky.embed = sticky_embed;
+    sticky.rmsnorm = sticky_rmsnorm;
+    sticky.matmul = sticky_matmul;
+    sticky.rope = sticky_rope;
+    sticky.attention = sticky_attention;
+    sticky.swiglu = sticky_swiglu;
+    sticky.add = sticky_add;
+    assert_non_null(saved->metric_rows);
+    assert_non_null(saved->copy_regions);
+    assert_null(saved->attention_jobs); /* the executor's per-job path: attention is wrapped */
+    sticky.metric_rows = sticky_metric_rows;
+    sticky.copy_regions = sticky_copy_regions;
+    int64_t total = -1, faults = 0, stride = 1;
+    for (g_fault_at = 0;; g_fault_at += g_fault_at < 200 ? 1 : stride) {
+        if (total >= 0 && g_fault_at > total)
+            break;
+        g_sticky_calls = 0;
+        m->backend->ops = &sticky;
+        pb_sweep *s = NULL;
+        pb_status status = pb_sweep_create(&s, m, spec, NULL, &o);
+        if (status == PB_OK)
+            status = pb_sweep_run(s);
+        pb_sweep_free(s);
+        m->backend->ops = saved;
+        if (g_fault_at == 0) {
+            if (status != PB_OK)
+                fail_msg("without a fault: %s", pb_last_error());
+            total = g_sticky_calls;
+            stride = total > 400 ? (total - 200) / 200 : 1;
+            continue;
+        }
+        assert_int_equal(status, PB_ERR_CUDA);
+        if (!strstr(pb_last_error(), "injected fault in ") || strstr(pb_last_error(), "after the fault"))
+            fail_msg("fault at call %lld of %lld: message \"%s\"", (long long)g_fault_at, (long long)total,
+                     pb_last_error());
+        faults++;
+    }
+    printf("[ MEASURE  ] sticky fault at %lld of %lld backend calls: the fault's message survived each cleanup\n",
+           (long long)faults, (long long)total);
+    assert_true(faults >= 200 || faults == total);
+    pb_error_clear();
+    pb_model_free(m);
+    free(spec);
+}
+
 /* ---- the naive C reference: one full forward per site ---------------------- */
 
 typedef struct naive_patch {
@@ -643,6 +797,7 @@ int main(void) {
         cmocka_unit_test(test_batch_equals_single_rows),
         cmocka_unit_test(test_device_memory_path),
         cmocka_unit_test(test_failure_at_every_download),
+        cmocka_unit_test(test_first_failure_survives_cleanup),
         cmocka_unit_test(test_metric_callback_and_worker_subsets),
         cmocka_unit_test(test_matches_naive_forward_per_site),
         cmocka_unit_test(test_oracle_cases),

@@ -415,6 +415,7 @@ const char *cudaGetErrorName(cudaError_t error) {
     case cudaSuccess: return "cudaSuccess";
     case cudaErrorInvalidValue: return "cudaErrorInvalidValue";
     case cudaErrorInvalidConfiguration: return "cudaErrorInvalidConfiguration";
+    case cudaErrorIllegalAddress: return "cudaErrorIllegalAddress";
     }
     return "cudaErrorUnknown";
 }
@@ -424,6 +425,7 @@ const char *cudaGetErrorString(cudaError_t error) {
     case cudaSuccess: return "no error";
     case cudaErrorInvalidValue: return "invalid argument";
     case cudaErrorInvalidConfiguration: return "invalid configuration argument";
+    case cudaErrorIllegalAddress: return "an illegal memory access was encountered";
     }
     return "unknown error";
 }
@@ -435,6 +437,17 @@ cudaError_t cudaDeviceGetAttribute(int *value, cudaDeviceAttr attr, int device) 
         return cudaErrorInvalidValue;
     *value = PB_EMU_SHARED_OPTIN_BYTES;
     return cudaSuccess;
+}
+
+static thread_local cudaError_t t_stream_fault = cudaSuccess;
+
+extern "C" void pb_emu_set_stream_fault(int error) { t_stream_fault = (cudaError_t)error; }
+
+cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
+    (void)stream;
+    const cudaError_t fault = t_stream_fault;
+    t_stream_fault = cudaSuccess;
+    return fault;
 }
 
 const char *cublasGetStatusString(cublasStatus_t status) { return status == 0 ? "success" : "cuBLAS (emulated)"; }

@@ -74,6 +74,7 @@ enum cudaError_t {
     cudaSuccess = 0,
     cudaErrorInvalidValue = 1,
     cudaErrorInvalidConfiguration = 9,
+    cudaErrorIllegalAddress = 700,
 };
 
 cudaError_t cudaGetLastError(void);
@@ -81,6 +82,10 @@ cudaError_t cudaPeekAtLastError(void);
 const char *cudaGetErrorString(cudaError_t error);
 const char *cudaGetErrorName(cudaError_t error);
 cudaError_t cudaSetDevice(int device);
+/* Launches run at once, so there is nothing to wait for: returns the fault
+ * set by pb_emu_set_stream_fault (once), else cudaSuccess. */
+cudaError_t cudaStreamSynchronize(cudaStream_t stream);
+extern "C" void pb_emu_set_stream_fault(int error);
 
 /* Dynamic shared memory past 48 KiB, as on the GPU: a kernel opts in with
  * cudaFuncSetAttribute up to the device's limit (Hopper's 227 KiB here), and

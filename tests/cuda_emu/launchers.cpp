@@ -76,12 +76,21 @@ int pb_emu_add(float *out, const float *a, const float *b, size_t n) {
     return pb_cuda_launch_add(nullptr, out, a, b, n);
 }
 
+static int g_sync_launches; /* pb_emu_set_sync_launches */
+
+void pb_emu_set_sync_launches(int sync) { g_sync_launches = sync; }
+
+pb_status pb_emu_sync_mode_parse(const char *value, int *sync_launches) {
+    return pb_cuda_sync_mode_parse(value, sync_launches);
+}
+
 pb_status pb_emu_metric_rows(double *out, const float *logits, int rows, int n_out, pb_metric_kind kind,
                              const int32_t *positive, int n_positive, const int32_t *negative, int n_negative,
                              const double *ref_logprobs, const int32_t *ref_row, int n_ref) {
     pb_cuda_backend self = {};
     self.base.impl = &self;
     self.device = 0;
+    self.sync_launches = g_sync_launches;
     return pb_cuda_metric_rows(&self.base, out, logits, rows, n_out, kind, positive, n_positive, negative,
                                n_negative, ref_logprobs, ref_row, n_ref);
 }

@@ -44,6 +44,13 @@ int pb_emu_copy_regions(const pb_copy_region *regions, int n_regions);
 pb_status pb_emu_metric_rows(double *out, const float *logits, int rows, int n_out, pb_metric_kind kind,
                              const int32_t *positive, int n_positive, const int32_t *negative, int n_negative,
                              const double *ref_logprobs, const int32_t *ref_row, int n_ref);
+/* The PB_CUDA_SYNC debug mode of the emulated backend that
+ * pb_emu_metric_rows builds (0 off, 1 on), and a fault (a cudaError_t) that
+ * the next stream synchronisation reports, as one raised while a kernel ran. */
+void pb_emu_set_sync_launches(int sync);
+void pb_emu_set_stream_fault(int error);
+/* backend_cuda_impl.cuh's reading of PB_CUDA_SYNC. */
+pb_status pb_emu_sync_mode_parse(const char *value, int *sync_launches);
 
 /* The emulator's own checks (selftest.cu). out, in (blocks * 64): out =
  * in rotated by one within each block of 64 threads, with or without the
