@@ -376,6 +376,20 @@ static pb_status pb_cuda_op_copy_regions(pb_backend *backend, const pb_copy_regi
     return PB_OK;
 }
 
+/* copy_rows (backend.h): one 2D copy on the stream, asynchronous. */
+static pb_status pb_cuda_copy_rows(pb_backend *backend, float *dst, size_t dst_stride, const float *src,
+                                   size_t src_stride, size_t width, size_t rows) {
+    pb_cuda_backend *self = pb_cuda_self(backend);
+    if (width == 0 || rows == 0)
+        return PB_OK;
+    PB_CUDA_REQUIRE(dst != NULL && src != NULL, "copy_rows");
+    PB_CUDA_REQUIRE(dst_stride >= width && src_stride >= width, "copy_rows");
+    PB_TRY(pb_cuda_enter(self));
+    PB_CUDA_CHECK(cudaMemcpy2DAsync(dst, dst_stride * sizeof(float), src, src_stride * sizeof(float),
+                                    width * sizeof(float), rows, cudaMemcpyDeviceToDevice, self->stream));
+    return PB_OK;
+}
+
 static pb_status pb_cuda_swiglu(pb_backend *backend, float *out, const float *gate, const float *up, size_t n) {
     pb_cuda_backend *self = pb_cuda_self(backend);
     if (n == 0)
@@ -419,6 +433,7 @@ static const pb_backend_ops pb_cuda_ops = {
     pb_cuda_metric_rows,
     0, /* host_memory: device memory is not host memory */
     pb_cuda_op_copy_regions,
+    pb_cuda_copy_rows,
 };
 
 static pb_status pb_cuda_init(pb_cuda_backend *self, int device) {
