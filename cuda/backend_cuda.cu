@@ -18,6 +18,10 @@
 
 #include "backend_cuda_impl.cuh"
 
+extern "C" {
+#include "gemm_split.h"
+}
+
 /* ---- lifetime and memory ------------------------------------------------ */
 
 static void pb_cuda_destroy(pb_backend *backend) {
@@ -175,6 +179,29 @@ static pb_status pb_cuda_rmsnorm(pb_backend *backend, float *out, const float *x
     return PB_OK;
 }
 
+/* One chunk of matmul: out[row0.., col0..] (ld n) = x[row0..] (ld k) @
+ * w[col0..]^T (ld k), x already 16-bit (the round scratch) for 16-bit w.
+ * Row-major out (rows, n) = x (rows, k) @ w (n, k)^T is, read column-major,
+ * out^T (n, rows) = w^T^T (n, k) @ x^T (k, rows): A = w seen as
+ * column-major (k, n), transposed; B = x seen as column-major (k, rows);
+ * C = out seen as column-major (n, rows). */
+static pb_status pb_cuda_gemm_chunk(pb_cuda_backend *self, float *out, const void *x, const void *w, pb_dtype w_dtype,
+                                    pb_gemm_chunk c, int n, int k, float alpha, float beta) {
+    float *c_ptr = out + (size_t)c.row0 * n + c.col0;
+    if (w_dtype == PB_DTYPE_F32) {
+        PB_CUBLAS_CHECK(cublasSgemm(self->cublas, CUBLAS_OP_T, CUBLAS_OP_N, c.n_cols, c.n_rows, k, &alpha,
+                                    (const float *)w + (size_t)c.col0 * k, k, (const float *)x + (size_t)c.row0 * k,
+                                    k, &beta, c_ptr, n));
+        return PB_OK;
+    }
+    const cudaDataType_t type = w_dtype == PB_DTYPE_BF16 ? CUDA_R_16BF : CUDA_R_16F;
+    PB_CUBLAS_CHECK(cublasGemmEx(self->cublas, CUBLAS_OP_T, CUBLAS_OP_N, c.n_cols, c.n_rows, k, &alpha,
+                                 (const uint16_t *)w + (size_t)c.col0 * k, type, k,
+                                 (const uint16_t *)x + (size_t)c.row0 * k, type, k, &beta, c_ptr, CUDA_R_32F, n,
+                                 CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    return PB_OK;
+}
+
 static pb_status pb_cuda_matmul(pb_backend *backend, float *out, const float *x, const void *w, pb_dtype w_dtype,
                                 const float *bias, int rows, int n, int k) {
     pb_cuda_backend *self = pb_cuda_self(backend);
@@ -197,25 +224,18 @@ static pb_status pb_cuda_matmul(pb_backend *backend, float *out, const float *x,
          * handling of C is not documented. */
         PB_CUDA_CHECK(cudaMemsetAsync(out, 0, out_count * sizeof(float), self->stream));
     } else {
-        /* Row-major out (rows, n) = x (rows, k) @ w (n, k)^T is, read
-         * column-major, out^T (n, rows) = w^T^T (n, k) @ x^T (k, rows):
-         * A = w seen as column-major (k, n), transposed; B = x seen as
-         * column-major (k, rows); C = out seen as column-major (n, rows). */
         const float alpha = 1.0f, beta = 0.0f;
-        if (w_dtype == PB_DTYPE_F32) {
-            PB_CUBLAS_CHECK(cublasSgemm(self->cublas, CUBLAS_OP_T, CUBLAS_OP_N, n, rows, k, &alpha, (const float *)w,
-                                        k, x, k, &beta, out, n));
-        } else {
+        const void *b_input = x; /* x, or its 16-bit copy */
+        if (w_dtype != PB_DTYPE_F32) {
             /* Tensor cores want both inputs 16-bit: round x into the
              * scratch, then bf16/fp16 x bf16/fp16 -> fp32 with fp32
              * accumulation (CUBLAS_COMPUTE_32F). */
-            const int is_bf16 = w_dtype == PB_DTYPE_BF16;
-            const cudaDataType_t type = is_bf16 ? CUDA_R_16BF : CUDA_R_16F;
             const size_t x_count = (size_t)rows * (size_t)k;
             if (!(self->rounded_x == x && self->rounded_count == x_count && self->rounded_dtype == (int)w_dtype)) {
                 self->rounded_x = NULL;
                 PB_TRY(pb_cuda_round_scratch(self, x_count));
-                PB_CUDA_CHECK(pb_cuda_launch_round16(self->stream, self->round_scratch, x, x_count, is_bf16));
+                PB_CUDA_CHECK(pb_cuda_launch_round16(self->stream, self->round_scratch, x, x_count,
+                                                     w_dtype == PB_DTYPE_BF16));
                 /* kept only if the output cannot overwrite x */
                 if (!(out < x + x_count && x < out_end)) {
                     self->rounded_x = x;
@@ -223,10 +243,15 @@ static pb_status pb_cuda_matmul(pb_backend *backend, float *out, const float *x,
                     self->rounded_dtype = (int)w_dtype;
                 }
             }
-            PB_CUBLAS_CHECK(cublasGemmEx(self->cublas, CUBLAS_OP_T, CUBLAS_OP_N, n, rows, k, &alpha, w, type, k,
-                                         self->round_scratch, type, k, &beta, out, CUDA_R_32F, n, CUBLAS_COMPUTE_32F,
-                                         CUBLAS_GEMM_DEFAULT));
+            b_input = self->round_scratch;
         }
+        /* Past 2^31 elements in one matrix (a long sweep batch at 70B width)
+         * cuBLAS's int sizes no longer hold: one call per chunk (gemm_split.h). */
+        pb_gemm_split split;
+        PB_TRY(pb_gemm_split_plan(&split, rows, n, k, PB_GEMM_MAX_ELEMENTS));
+        for (int i = 0; i < pb_gemm_split_count(&split); i++)
+            PB_TRY(pb_cuda_gemm_chunk(self, out, b_input, w, w_dtype, pb_gemm_split_chunk(&split, i), n, k, alpha,
+                                      beta));
     }
     if (bias)
         PB_CUDA_CHECK(pb_cuda_launch_add_bias(self->stream, out, bias, rows, n));
