@@ -27,8 +27,9 @@ struct pb_exec {
     float *k_scratch; /* (max_T, kv_dim) one layer of one prefix-mode job */
     float *v_scratch; /* (max_T, kv_dim) */
     int32_t *ids;     /* (max_tokens) */
-    int32_t *pos;     /* (max_tokens) */
+    int32_t *pos;     /* (max_tokens), right after ids' 16-aligned slot */
     /* per run (host) */
+    int32_t *staging; /* (ids_slot + max_tokens): ids and positions as the device holds them, one upload */
     int *order;       /* (n_jobs) job indices by start step */
     int *offset;      /* (n_jobs + 1) packed row of each job, by job index */
     pb_attention_job *attn_jobs; /* (n_jobs) */
@@ -88,6 +89,11 @@ pb_status pb_exec_create(pb_exec **out, pb_model *model, int max_tokens, int max
         *slots[i] = cursor;
         cursor += round16(sizes[i]);
     }
+    e->staging = calloc(round16((size_t)max_tokens) + (size_t)max_tokens, sizeof(int32_t));
+    if (!e->staging) {
+        pb_exec_free(e);
+        return pb_fail(PB_ERR_OOM, "executor: out of memory for %d tokens' ids and positions", max_tokens);
+    }
     *out = e;
     return PB_OK;
 }
@@ -100,6 +106,7 @@ void pb_exec_free(pb_exec *e) {
     free(e->offset);
     free(e->attn_jobs);
     free(e->regions);
+    free(e->staging);
     free(e);
 }
 
@@ -383,9 +390,7 @@ static pb_status activate(pb_exec *e, const pb_exec_job *job, int j, pb_exec_hoo
     float *rows = e->x + (size_t)e->offset[j] * d;
     if (job->start_step > 0)
         return ops->copy(b, rows, job->init_x + (size_t)job->p0 * d, sizeof(float) * (size_t)n * d);
-    int32_t *ids = e->ids + e->offset[j];
-    PB_TRY(ops->upload(b, ids, job->ids + job->p0, sizeof(int32_t) * (size_t)n));
-    PB_TRY(ops->embed(b, rows, m->token_embd, m->wdtype, ids, n, d));
+    PB_TRY(ops->embed(b, rows, m->token_embd, m->wdtype, e->ids + e->offset[j], n, d));
     if (job->embed_delta)
         PB_TRY(ops->add(b, rows, rows, job->embed_delta + (size_t)job->p0 * d, (size_t)n * d));
     return fn ? fn(user, j, PB_HOOK_EMBED, -1, rows, n, job->p0) : PB_OK;
@@ -410,20 +415,22 @@ pb_status pb_exec_run(pb_exec *e, const pb_exec_job *jobs, int n_jobs, int stop_
             return pb_fail(PB_ERR_OOM, "executor: out of memory for %d jobs", n_jobs);
     }
     order_jobs(e->order, jobs, n_jobs);
-    /* Packed rows follow the start order; positions for RoPE likewise. */
-    int32_t *positions = malloc(sizeof(int32_t) * (size_t)e->max_tokens);
-    if (!positions)
-        return pb_fail(PB_ERR_OOM, "executor: out of memory for positions");
+    /* Packed rows follow the start order; positions for RoPE likewise, and
+     * the ids of the jobs that start at the embedding. Both go up in one
+     * upload (the device's ids slot is followed by its positions), so a run
+     * waits once however many jobs embed. */
+    size_t ids_slot = (size_t)(e->pos - e->ids);
+    int32_t *positions = e->staging + ids_slot;
     int total = 0;
     for (int a = 0; a < n_jobs; a++) {
         const pb_exec_job *job = &jobs[e->order[a]];
         e->offset[e->order[a]] = total;
+        if (job->start_step == 0)
+            memcpy(e->staging + total, job->ids + job->p0, sizeof(int32_t) * (size_t)(job->T - job->p0));
         for (int p = job->p0; p < job->T; p++)
             positions[total++] = p;
     }
-    pb_status status = m->backend->ops->upload(m->backend, e->pos, positions, sizeof(int32_t) * (size_t)total);
-    free(positions);
-    PB_TRY(status);
+    PB_TRY(m->backend->ops->upload(m->backend, e->ids, e->staging, sizeof(int32_t) * (ids_slot + (size_t)total)));
     e->offset[n_jobs] = total;
 
     int n_active = 0;

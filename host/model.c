@@ -17,6 +17,7 @@
 #include "model.h"
 #include "model_random.h"
 #include "model_text.h"
+#include "noise.h"
 #include "quant.h"
 #include "safetensors.h"
 
@@ -516,6 +517,13 @@ static pb_status load_weights(pb_model *m, const source *src, int permuted_qk) {
             }
             bytes = converted;
             n_bytes = pb_dtype_size(m->wdtype) * (size_t)count;
+        }
+        if (w->matrix_dst == &m->token_embd) {
+            /* the values as stored (16-bit ones widened back), which the
+             * noise of a sweep scales by */
+            if (bytes == converted)
+                pb_dtype_to_f32(m->wdtype, staging, converted, (size_t)count);
+            m->embed_sigma = pb_noise_sigma(staging, (size_t)count);
         }
         if ((status = m->backend->ops->upload(m->backend, cursor, bytes, n_bytes)) != PB_OK)
             goto done;
