@@ -5,10 +5,15 @@
  * accumulation). Argument checks happen here on the host; kernels live one
  * op per file (kernels.cuh).
  *
- * Ordering: every op is enqueued on the backend's stream. upload and download
- * synchronise that stream before returning, so host buffers may be reused (or
- * read) at once; copy and the compute ops are asynchronous, and a kernel that
- * faults reports at the next download or synchronize. attention_jobs waits for
+ * Ordering: every op is enqueued on the backend's stream. upload copies the
+ * caller's bytes into pinned staging and queues the transfer without waiting
+ * (so the caller's buffer is free at return, and ids, positions and patch
+ * values reach the device truly asynchronously); only uploads past
+ * PB_CUDA_STAGING_MAX_UPLOAD wait. download synchronises the stream before
+ * returning, so its result may be read at once; copy and the compute ops
+ * are asynchronous, and a kernel that faults reports at the next download
+ * or synchronize. Work on another stream (NCCL) must synchronize first to
+ * see an upload. attention_jobs waits for
  * the stream once before it launches: its job list comes from host memory. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -34,6 +39,11 @@ static void pb_cuda_destroy(pb_backend *backend) {
         PB_CUDA_CHECK_VOID(cudaStreamSynchronize(self->stream));
     if (self->round_scratch)
         PB_CUDA_CHECK_VOID(cudaFree(self->round_scratch));
+    for (int i = 0; i < PB_CUDA_STAGING_SLOTS; i++)
+        if (self->staging_done[i])
+            PB_CUDA_CHECK_VOID(cudaEventDestroy(self->staging_done[i]));
+    if (self->staging)
+        PB_CUDA_CHECK_VOID(cudaFreeHost(self->staging));
     free(self->attention_jobs_host);
     if (self->cublas)
         PB_CUBLAS_CHECK_VOID(cublasDestroy(self->cublas));
@@ -103,14 +113,45 @@ static void pb_cuda_free(pb_backend *backend, void *ptr) {
     PB_CUDA_CHECK_VOID(cudaFree(ptr));
 }
 
+/* The next staging slot, once its last copy has finished (normally long
+ * since). */
+static pb_status pb_cuda_staging_slot(pb_cuda_backend *self, unsigned char **out) {
+    const int slot = self->staging_next;
+    self->staging_next = (slot + 1) % PB_CUDA_STAGING_SLOTS;
+    PB_CUDA_CHECK(cudaEventSynchronize(self->staging_done[slot]));
+    *out = self->staging + (size_t)slot * PB_CUDA_STAGING_SLOT_BYTES;
+    return PB_OK;
+}
+
+/* Records the slot just taken as in use until the stream passes here. */
+static pb_status pb_cuda_staging_queued(pb_cuda_backend *self) {
+    const int slot = (self->staging_next + PB_CUDA_STAGING_SLOTS - 1) % PB_CUDA_STAGING_SLOTS;
+    PB_CUDA_CHECK(cudaEventRecord(self->staging_done[slot], self->stream));
+    return PB_OK;
+}
+
 static pb_status pb_cuda_upload(pb_backend *backend, void *dst_device, const void *src_host, size_t bytes) {
     pb_cuda_backend *self = pb_cuda_self(backend);
     if (bytes == 0)
         return PB_OK;
     PB_CUDA_REQUIRE(dst_device != NULL && src_host != NULL, "upload");
     PB_TRY(pb_cuda_enter(self));
-    PB_CUDA_CHECK(cudaMemcpyAsync(dst_device, src_host, bytes, cudaMemcpyHostToDevice, self->stream));
-    PB_CUDA_CHECK(cudaStreamSynchronize(self->stream));
+    if (!self->staging || bytes > PB_CUDA_STAGING_MAX_UPLOAD) {
+        PB_CUDA_CHECK(cudaMemcpyAsync(dst_device, src_host, bytes, cudaMemcpyHostToDevice, self->stream));
+        PB_CUDA_CHECK(cudaStreamSynchronize(self->stream));
+        return PB_OK;
+    }
+    /* through pinned slots, chunk by chunk: no wait for the device */
+    for (size_t done = 0; done < bytes;) {
+        const size_t n = bytes - done < PB_CUDA_STAGING_SLOT_BYTES ? bytes - done : PB_CUDA_STAGING_SLOT_BYTES;
+        unsigned char *slot = NULL;
+        PB_TRY(pb_cuda_staging_slot(self, &slot));
+        memcpy(slot, (const unsigned char *)src_host + done, n);
+        PB_CUDA_CHECK(cudaMemcpyAsync((unsigned char *)dst_device + done, slot, n, cudaMemcpyHostToDevice,
+                                      self->stream));
+        PB_TRY(pb_cuda_staging_queued(self));
+        done += n;
+    }
     return PB_OK;
 }
 
@@ -120,8 +161,18 @@ static pb_status pb_cuda_download(pb_backend *backend, void *dst_host, const voi
         return PB_OK;
     PB_CUDA_REQUIRE(dst_host != NULL && src_device != NULL, "download");
     PB_TRY(pb_cuda_enter(self));
-    PB_CUDA_CHECK(cudaMemcpyAsync(dst_host, src_device, bytes, cudaMemcpyDeviceToHost, self->stream));
+    if (!self->staging || bytes > PB_CUDA_STAGING_SLOT_BYTES) {
+        PB_CUDA_CHECK(cudaMemcpyAsync(dst_host, src_device, bytes, cudaMemcpyDeviceToHost, self->stream));
+        PB_CUDA_CHECK(cudaStreamSynchronize(self->stream));
+        return PB_OK;
+    }
+    /* small results (metric values, rows): DMA into a pinned slot */
+    unsigned char *slot = NULL;
+    PB_TRY(pb_cuda_staging_slot(self, &slot));
+    PB_CUDA_CHECK(cudaMemcpyAsync(slot, src_device, bytes, cudaMemcpyDeviceToHost, self->stream));
+    PB_TRY(pb_cuda_staging_queued(self));
     PB_CUDA_CHECK(cudaStreamSynchronize(self->stream));
+    memcpy(dst_host, slot, bytes);
     return PB_OK;
 }
 
@@ -481,6 +532,14 @@ static pb_status pb_cuda_init(pb_cuda_backend *self, int device) {
     /* Full fp32: no TF32 tensor-core shortcut, so matmul tracks the CPU
      * reference to fp32 rounding. */
     PB_CUBLAS_CHECK(cublasSetMathMode(self->cublas, CUBLAS_DEFAULT_MATH));
+    for (int i = 0; i < PB_CUDA_STAGING_SLOTS; i++)
+        PB_CUDA_CHECK(cudaEventCreateWithFlags(&self->staging_done[i], cudaEventDisableTiming));
+    void *pinned = NULL;
+    if (cudaHostAlloc(&pinned, PB_CUDA_STAGING_SLOTS * PB_CUDA_STAGING_SLOT_BYTES, cudaHostAllocDefault) ==
+        cudaSuccess)
+        self->staging = (unsigned char *)pinned;
+    else
+        (void)cudaGetLastError(); /* no pinned memory: the direct paths, not a failure */
     return PB_OK;
 }
 

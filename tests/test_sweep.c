@@ -437,6 +437,64 @@ static void test_device_memory_past_cap(void **state) {
     free(spec);
 }
 
+/* Uploads made through the pretend device backend below. */
+static int64_t g_uploads;
+static pb_status (*g_real_upload)(pb_backend *, void *, const void *, size_t);
+
+static pb_status counting_upload(pb_backend *b, void *dst, const void *src, size_t bytes) {
+    g_uploads++;
+    return g_real_upload(b, dst, src, bytes);
+}
+
+/* An executor run of several jobs that start at the embedding uploads
+ * their ids and positions once (one wait on a device, not one per job),
+ * and each job's output is what the job gives run alone, bit for bit. */
+static void test_exec_one_upload_per_run(void **state) {
+    (void)state;
+    enum { JOBS = 4, T = 6 };
+    pb_model *m = load_fixture_model_on("tiny_gqa", PB_BACKEND_REFERENCE);
+    const pb_model_config *c = pb_model_get_config(m);
+    int32_t ids[JOBS][T];
+    for (int j = 0; j < JOBS; j++)
+        for (int t = 0; t < T; t++)
+            ids[j][t] = (7 * j + 3 * t + 1) % c->vocab_size;
+    float *kv = calloc((size_t)2 * JOBS * c->n_layers * T * c->n_kv_heads * c->head_dim, sizeof(float));
+    assert_non_null(kv);
+    size_t kv_job = (size_t)c->n_layers * T * c->n_kv_heads * c->head_dim;
+    pb_exec_job jobs[JOBS];
+    for (int j = 0; j < JOBS; j++)
+        jobs[j] = (pb_exec_job){.T = T - j % 2, .p0 = 0, .start_step = 0, .ids = ids[j],
+                                .k_cache = kv + 2 * j * kv_job, .v_cache = kv + (2 * j + 1) * kv_job,
+                                .kv_capacity = T};
+    pb_exec *e = NULL;
+    assert_int_equal(pb_exec_create(&e, m, JOBS * T, T), PB_OK);
+    const pb_backend_ops *saved = m->backend->ops;
+    pb_backend_ops device_like = *saved;
+    device_like.host_memory = 0;
+    device_like.upload = counting_upload;
+    g_real_upload = saved->upload;
+    g_uploads = 0;
+    m->backend->ops = &device_like;
+    pb_status status = pb_exec_run(e, jobs, JOBS, 2 * c->n_layers, NULL, NULL);
+    m->backend->ops = saved;
+    assert_int_equal(status, PB_OK);
+    assert_int_equal(g_uploads, 1);
+    float *together = malloc(sizeof(float) * JOBS * T * c->d_model);
+    assert_non_null(together);
+    for (int j = 0; j < JOBS; j++)
+        memcpy(together + (size_t)j * T * c->d_model, pb_exec_output(e, j),
+               sizeof(float) * jobs[j].T * c->d_model);
+    for (int j = 0; j < JOBS; j++) {
+        assert_int_equal(pb_exec_run(e, &jobs[j], 1, 2 * c->n_layers, NULL, NULL), PB_OK);
+        assert_memory_equal(together + (size_t)j * T * c->d_model, pb_exec_output(e, 0),
+                            sizeof(float) * jobs[j].T * c->d_model);
+    }
+    free(together);
+    pb_exec_free(e);
+    free(kv);
+    pb_model_free(m);
+}
+
 /* The download that fails in test_failure_at_every_download (1-based). */
 static int64_t g_fail_at;
 
@@ -718,6 +776,7 @@ int main(void) {
         cmocka_unit_test(test_batch_equals_single_rows),
         cmocka_unit_test(test_device_memory_path),
         cmocka_unit_test(test_device_memory_past_cap),
+        cmocka_unit_test(test_exec_one_upload_per_run),
         cmocka_unit_test(test_failure_at_every_download),
         cmocka_unit_test(test_metric_callback_and_worker_subsets),
         cmocka_unit_test(test_matches_naive_forward_per_site),
