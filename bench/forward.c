@@ -2,6 +2,8 @@
  *
  *   bench_forward [MODEL] [T] [REPEATS]
  *
+ * MODEL may be random:NAME[:LAYERS] (a synthetic model, pb_model_random),
+ * so the bench runs without a downloaded file.
  * Times pb_forward on T tokens (default 128) of the model (default: SmolLM2
  * under models/), then times OpenBLAS sgemm alone at exactly the matrix
  * shapes one forward multiplies, in the same run, and prints tokens/s,
@@ -10,6 +12,7 @@
 #include <cblas.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 #include "model.h"
@@ -34,7 +37,9 @@ int main(int argc, char **argv) {
         return 2;
     }
     pb_model *m;
-    if (pb_model_load(&m, path, NULL) != PB_OK) {
+    pb_status loaded = strncmp(path, "random:", 7) == 0 ? pb_model_random(&m, path + 7, 1, NULL)
+                                                        : pb_model_load(&m, path, NULL);
+    if (loaded != PB_OK) {
         fprintf(stderr, "bench_forward: %s\n", pb_last_error());
         return 1;
     }

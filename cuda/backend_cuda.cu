@@ -5,11 +5,16 @@
  * accumulation). Argument checks happen here on the host; kernels live one
  * op per file (kernels.cuh).
  *
- * Ordering: every op is enqueued on the backend's stream. upload and download
- * synchronise that stream before returning, so host buffers may be reused (or
- * read) at once; copy and the compute ops are asynchronous, and a kernel that
- * faults reports at the next download or synchronize (or, with PB_CUDA_SYNC=1,
- * at once, naming the kernel: PB_CUDA_LAUNCHED). attention_jobs waits for
+ * Ordering: every op is enqueued on the backend's stream. upload copies the
+ * caller's bytes into pinned staging and queues the transfer without waiting
+ * (so the caller's buffer is free at return, and ids, positions and patch
+ * values reach the device truly asynchronously); only uploads past
+ * PB_CUDA_STAGING_MAX_UPLOAD wait. download synchronises the stream before
+ * returning, so its result may be read at once; copy and the compute ops
+ * are asynchronous, and a kernel that faults reports at the next download
+ * or synchronize (or, with PB_CUDA_SYNC=1, at once, naming the kernel:
+ * PB_CUDA_LAUNCHED). Work on another stream (NCCL) must synchronize first to
+ * see an upload. attention_jobs waits for
  * the stream once before it launches: its job list comes from host memory. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,6 +23,10 @@
 #include <string.h>
 
 #include "backend_cuda_impl.cuh"
+
+extern "C" {
+#include "gemm_split.h"
+}
 
 /* ---- lifetime and memory ------------------------------------------------ */
 
@@ -31,6 +40,11 @@ static void pb_cuda_destroy(pb_backend *backend) {
         PB_CUDA_CHECK_VOID(cudaStreamSynchronize(self->stream));
     if (self->round_scratch)
         PB_CUDA_CHECK_VOID(cudaFree(self->round_scratch));
+    for (int i = 0; i < PB_CUDA_STAGING_SLOTS; i++)
+        if (self->staging_done[i])
+            PB_CUDA_CHECK_VOID(cudaEventDestroy(self->staging_done[i]));
+    if (self->staging)
+        PB_CUDA_CHECK_VOID(cudaFreeHost(self->staging));
     free(self->attention_jobs_host);
     if (self->cublas)
         PB_CUBLAS_CHECK_VOID(cublasDestroy(self->cublas));
@@ -100,14 +114,45 @@ static void pb_cuda_free(pb_backend *backend, void *ptr) {
     PB_CUDA_CHECK_VOID(cudaFree(ptr));
 }
 
+/* The next staging slot, once its last copy has finished (normally long
+ * since). */
+static pb_status pb_cuda_staging_slot(pb_cuda_backend *self, unsigned char **out) {
+    const int slot = self->staging_next;
+    self->staging_next = (slot + 1) % PB_CUDA_STAGING_SLOTS;
+    PB_CUDA_CHECK(cudaEventSynchronize(self->staging_done[slot]));
+    *out = self->staging + (size_t)slot * PB_CUDA_STAGING_SLOT_BYTES;
+    return PB_OK;
+}
+
+/* Records the slot just taken as in use until the stream passes here. */
+static pb_status pb_cuda_staging_queued(pb_cuda_backend *self) {
+    const int slot = (self->staging_next + PB_CUDA_STAGING_SLOTS - 1) % PB_CUDA_STAGING_SLOTS;
+    PB_CUDA_CHECK(cudaEventRecord(self->staging_done[slot], self->stream));
+    return PB_OK;
+}
+
 static pb_status pb_cuda_upload(pb_backend *backend, void *dst_device, const void *src_host, size_t bytes) {
     pb_cuda_backend *self = pb_cuda_self(backend);
     if (bytes == 0)
         return PB_OK;
     PB_CUDA_REQUIRE(dst_device != NULL && src_host != NULL, "upload");
     PB_TRY(pb_cuda_enter(self));
-    PB_CUDA_CHECK(cudaMemcpyAsync(dst_device, src_host, bytes, cudaMemcpyHostToDevice, self->stream));
-    PB_CUDA_CHECK(cudaStreamSynchronize(self->stream));
+    if (!self->staging || bytes > PB_CUDA_STAGING_MAX_UPLOAD) {
+        PB_CUDA_CHECK(cudaMemcpyAsync(dst_device, src_host, bytes, cudaMemcpyHostToDevice, self->stream));
+        PB_CUDA_CHECK(cudaStreamSynchronize(self->stream));
+        return PB_OK;
+    }
+    /* through pinned slots, chunk by chunk: no wait for the device */
+    for (size_t done = 0; done < bytes;) {
+        const size_t n = bytes - done < PB_CUDA_STAGING_SLOT_BYTES ? bytes - done : PB_CUDA_STAGING_SLOT_BYTES;
+        unsigned char *slot = NULL;
+        PB_TRY(pb_cuda_staging_slot(self, &slot));
+        memcpy(slot, (const unsigned char *)src_host + done, n);
+        PB_CUDA_CHECK(cudaMemcpyAsync((unsigned char *)dst_device + done, slot, n, cudaMemcpyHostToDevice,
+                                      self->stream));
+        PB_TRY(pb_cuda_staging_queued(self));
+        done += n;
+    }
     return PB_OK;
 }
 
@@ -117,8 +162,18 @@ static pb_status pb_cuda_download(pb_backend *backend, void *dst_host, const voi
         return PB_OK;
     PB_CUDA_REQUIRE(dst_host != NULL && src_device != NULL, "download");
     PB_TRY(pb_cuda_enter(self));
-    PB_CUDA_CHECK(cudaMemcpyAsync(dst_host, src_device, bytes, cudaMemcpyDeviceToHost, self->stream));
+    if (!self->staging || bytes > PB_CUDA_STAGING_SLOT_BYTES) {
+        PB_CUDA_CHECK(cudaMemcpyAsync(dst_host, src_device, bytes, cudaMemcpyDeviceToHost, self->stream));
+        PB_CUDA_CHECK(cudaStreamSynchronize(self->stream));
+        return PB_OK;
+    }
+    /* small results (metric values, rows): DMA into a pinned slot */
+    unsigned char *slot = NULL;
+    PB_TRY(pb_cuda_staging_slot(self, &slot));
+    PB_CUDA_CHECK(cudaMemcpyAsync(slot, src_device, bytes, cudaMemcpyDeviceToHost, self->stream));
+    PB_TRY(pb_cuda_staging_queued(self));
     PB_CUDA_CHECK(cudaStreamSynchronize(self->stream));
+    memcpy(dst_host, slot, bytes);
     return PB_OK;
 }
 
@@ -176,6 +231,31 @@ static pb_status pb_cuda_rmsnorm(pb_backend *backend, float *out, const float *x
     return PB_OK;
 }
 
+/* One chunk of matmul: out[row0.., col0..] (ld n) = x[row0..] (ld k) @
+ * w[col0..]^T (ld k), x already 16-bit (the round scratch) for 16-bit w.
+ * Row-major out (rows, n) = x (rows, k) @ w (n, k)^T is, read column-major,
+ * out^T (n, rows) = w^T^T (n, k) @ x^T (k, rows): A = w seen as
+ * column-major (k, n), transposed; B = x seen as column-major (k, rows);
+ * C = out seen as column-major (n, rows). */
+static pb_status pb_cuda_gemm_chunk(pb_cuda_backend *self, float *out, const void *x, const void *w, pb_dtype w_dtype,
+                                    pb_gemm_chunk c, int n, int k, float alpha, float beta) {
+    float *c_ptr = out + (size_t)c.row0 * n + c.col0;
+    if (w_dtype == PB_DTYPE_F32) {
+        PB_CUBLAS_CHECK(cublasSgemm(self->cublas, CUBLAS_OP_T, CUBLAS_OP_N, c.n_cols, c.n_rows, k, &alpha,
+                                    (const float *)w + (size_t)c.col0 * k, k, (const float *)x + (size_t)c.row0 * k,
+                                    k, &beta, c_ptr, n));
+        PB_CUDA_LAUNCHED(self, "cublasSgemm", cudaSuccess);
+        return PB_OK;
+    }
+    const cudaDataType_t type = w_dtype == PB_DTYPE_BF16 ? CUDA_R_16BF : CUDA_R_16F;
+    PB_CUBLAS_CHECK(cublasGemmEx(self->cublas, CUBLAS_OP_T, CUBLAS_OP_N, c.n_cols, c.n_rows, k, &alpha,
+                                 (const uint16_t *)w + (size_t)c.col0 * k, type, k,
+                                 (const uint16_t *)x + (size_t)c.row0 * k, type, k, &beta, c_ptr, CUDA_R_32F, n,
+                                 CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    PB_CUDA_LAUNCHED(self, "cublasGemmEx", cudaSuccess);
+    return PB_OK;
+}
+
 static pb_status pb_cuda_matmul(pb_backend *backend, float *out, const float *x, const void *w, pb_dtype w_dtype,
                                 const float *bias, int rows, int n, int k) {
     pb_cuda_backend *self = pb_cuda_self(backend);
@@ -198,27 +278,18 @@ static pb_status pb_cuda_matmul(pb_backend *backend, float *out, const float *x,
          * handling of C is not documented. */
         PB_CUDA_CHECK(cudaMemsetAsync(out, 0, out_count * sizeof(float), self->stream));
     } else {
-        /* Row-major out (rows, n) = x (rows, k) @ w (n, k)^T is, read
-         * column-major, out^T (n, rows) = w^T^T (n, k) @ x^T (k, rows):
-         * A = w seen as column-major (k, n), transposed; B = x seen as
-         * column-major (k, rows); C = out seen as column-major (n, rows). */
         const float alpha = 1.0f, beta = 0.0f;
-        if (w_dtype == PB_DTYPE_F32) {
-            PB_CUBLAS_CHECK(cublasSgemm(self->cublas, CUBLAS_OP_T, CUBLAS_OP_N, n, rows, k, &alpha, (const float *)w,
-                                        k, x, k, &beta, out, n));
-            PB_CUDA_LAUNCHED(self, "cublasSgemm", cudaSuccess);
-        } else {
+        const void *b_input = x; /* x, or its 16-bit copy */
+        if (w_dtype != PB_DTYPE_F32) {
             /* Tensor cores want both inputs 16-bit: round x into the
              * scratch, then bf16/fp16 x bf16/fp16 -> fp32 with fp32
              * accumulation (CUBLAS_COMPUTE_32F). */
-            const int is_bf16 = w_dtype == PB_DTYPE_BF16;
-            const cudaDataType_t type = is_bf16 ? CUDA_R_16BF : CUDA_R_16F;
             const size_t x_count = (size_t)rows * (size_t)k;
             if (!(self->rounded_x == x && self->rounded_count == x_count && self->rounded_dtype == (int)w_dtype)) {
                 self->rounded_x = NULL;
                 PB_TRY(pb_cuda_round_scratch(self, x_count));
-                PB_CUDA_LAUNCHED(self, "round16",
-                                 pb_cuda_launch_round16(self->stream, self->round_scratch, x, x_count, is_bf16));
+                PB_CUDA_LAUNCHED(self, "round16", pb_cuda_launch_round16(self->stream, self->round_scratch, x, x_count,
+                                                                          w_dtype == PB_DTYPE_BF16));
                 /* kept only if the output cannot overwrite x */
                 if (!(out < x + x_count && x < out_end)) {
                     self->rounded_x = x;
@@ -226,11 +297,15 @@ static pb_status pb_cuda_matmul(pb_backend *backend, float *out, const float *x,
                     self->rounded_dtype = (int)w_dtype;
                 }
             }
-            PB_CUBLAS_CHECK(cublasGemmEx(self->cublas, CUBLAS_OP_T, CUBLAS_OP_N, n, rows, k, &alpha, w, type, k,
-                                         self->round_scratch, type, k, &beta, out, CUDA_R_32F, n, CUBLAS_COMPUTE_32F,
-                                         CUBLAS_GEMM_DEFAULT));
-            PB_CUDA_LAUNCHED(self, "cublasGemmEx", cudaSuccess);
+            b_input = self->round_scratch;
         }
+        /* Past 2^31 elements in one matrix (a long sweep batch at 70B width)
+         * cuBLAS's int sizes no longer hold: one call per chunk (gemm_split.h). */
+        pb_gemm_split split;
+        PB_TRY(pb_gemm_split_plan(&split, rows, n, k, PB_GEMM_MAX_ELEMENTS));
+        for (int i = 0; i < pb_gemm_split_count(&split); i++)
+            PB_TRY(pb_cuda_gemm_chunk(self, out, b_input, w, w_dtype, pb_gemm_split_chunk(&split, i), n, k, alpha,
+                                      beta));
     }
     if (bias)
         PB_CUDA_LAUNCHED(self, "add_bias", pb_cuda_launch_add_bias(self->stream, out, bias, rows, n));
@@ -395,6 +470,20 @@ static pb_status pb_cuda_op_copy_regions(pb_backend *backend, const pb_copy_regi
     return PB_OK;
 }
 
+/* copy_rows (backend.h): one 2D copy on the stream, asynchronous. */
+static pb_status pb_cuda_copy_rows(pb_backend *backend, float *dst, size_t dst_stride, const float *src,
+                                   size_t src_stride, size_t width, size_t rows) {
+    pb_cuda_backend *self = pb_cuda_self(backend);
+    if (width == 0 || rows == 0)
+        return PB_OK;
+    PB_CUDA_REQUIRE(dst != NULL && src != NULL, "copy_rows");
+    PB_CUDA_REQUIRE(dst_stride >= width && src_stride >= width, "copy_rows");
+    PB_TRY(pb_cuda_enter(self));
+    PB_CUDA_CHECK(cudaMemcpy2DAsync(dst, dst_stride * sizeof(float), src, src_stride * sizeof(float),
+                                    width * sizeof(float), rows, cudaMemcpyDeviceToDevice, self->stream));
+    return PB_OK;
+}
+
 static pb_status pb_cuda_swiglu(pb_backend *backend, float *out, const float *gate, const float *up, size_t n) {
     pb_cuda_backend *self = pb_cuda_self(backend);
     if (n == 0)
@@ -438,6 +527,7 @@ static const pb_backend_ops pb_cuda_ops = {
     pb_cuda_metric_rows,
     0, /* host_memory: device memory is not host memory */
     pb_cuda_op_copy_regions,
+    pb_cuda_copy_rows,
 };
 
 static pb_status pb_cuda_init(pb_cuda_backend *self, int device) {
@@ -464,6 +554,14 @@ static pb_status pb_cuda_init(pb_cuda_backend *self, int device) {
     /* Full fp32: no TF32 tensor-core shortcut, so matmul tracks the CPU
      * reference to fp32 rounding. */
     PB_CUBLAS_CHECK(cublasSetMathMode(self->cublas, CUBLAS_DEFAULT_MATH));
+    for (int i = 0; i < PB_CUDA_STAGING_SLOTS; i++)
+        PB_CUDA_CHECK(cudaEventCreateWithFlags(&self->staging_done[i], cudaEventDisableTiming));
+    void *pinned = NULL;
+    if (cudaHostAlloc(&pinned, PB_CUDA_STAGING_SLOTS * PB_CUDA_STAGING_SLOT_BYTES, cudaHostAllocDefault) ==
+        cudaSuccess)
+        self->staging = (unsigned char *)pinned;
+    else
+        (void)cudaGetLastError(); /* no pinned memory: the direct paths, not a failure */
     return PB_OK;
 }
 

@@ -16,6 +16,15 @@ extern "C" {
 #include "backend_cuda.h"
 }
 
+/* Pinned host staging for uploads and small downloads: PB_CUDA_STAGING_SLOTS
+ * slots of PB_CUDA_STAGING_SLOT_BYTES, used in turn, each with the event
+ * recorded after its last copy. */
+#define PB_CUDA_STAGING_SLOTS 8
+#define PB_CUDA_STAGING_SLOT_BYTES ((size_t)1 << 20)
+/* Uploads past this go straight from the caller's memory and wait (weights
+ * at load: one big copy, no host memcpy through the slots). */
+#define PB_CUDA_STAGING_MAX_UPLOAD ((size_t)64 << 20)
+
 typedef struct pb_cuda_backend {
     pb_backend base;  /* base.impl points back here */
     int device;
@@ -48,6 +57,12 @@ typedef struct pb_cuda_backend {
     const float *rounded_x;
     size_t rounded_count;
     int rounded_dtype;
+    /* (PB_CUDA_STAGING_SLOTS * PB_CUDA_STAGING_SLOT_BYTES) pinned host
+     * memory, or NULL when cudaHostAlloc refused it (then uploads and
+     * downloads go direct and wait, as pageable copies must). */
+    unsigned char *staging;
+    cudaEvent_t staging_done[PB_CUDA_STAGING_SLOTS];
+    int staging_next;
 } pb_cuda_backend;
 
 static inline pb_cuda_backend *pb_cuda_self(pb_backend *backend) { return (pb_cuda_backend *)backend->impl; }

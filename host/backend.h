@@ -113,6 +113,12 @@ typedef struct pb_backend_ops {
      * site, at every patched position). No destination may overlap another
      * region. Optional: NULL means one `copy` per region. */
     pb_status (*copy_regions)(pb_backend *backend, const pb_copy_region *regions, int n_regions);
+    /* A strided block copy: dst (rows, width) with row stride dst_stride =
+     * src (rows, width) with row stride src_stride, strides in floats; the
+     * split of a fused GEMM's output (exec.c). dst must not overlap src.
+     * Optional: NULL means one `copy` per row. */
+    pb_status (*copy_rows)(pb_backend *backend, float *dst, size_t dst_stride, const float *src, size_t src_stride,
+                           size_t width, size_t rows);
 } pb_backend_ops;
 
 struct pb_backend {
@@ -126,6 +132,9 @@ pb_status pb_backend_cpu_create(pb_backend **out, int n_threads);
 pb_status pb_backend_ref_create(pb_backend **out);
 /* copy_regions on host memory (the CPU backends' op). */
 pb_status pb_copy_regions_host(const pb_copy_region *regions, int n_regions);
+/* copy_rows on host memory (the CPU backends' op). */
+pb_status pb_copy_rows_host(float *dst, size_t dst_stride, const float *src, size_t src_stride, size_t width,
+                            size_t rows);
 /* metric_rows for backends whose memory is host memory (ops_ref.c): rows
  * split over n_threads OpenMP threads (1: serial), each computed alone by
  * metric.c, so the result does not depend on n_threads. */

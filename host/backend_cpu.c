@@ -261,6 +261,11 @@ static pb_status cpu_copy_regions(pb_backend *backend, const pb_copy_region *reg
     return pb_copy_regions_host(regions, n_regions);
 }
 
+static pb_status cpu_copy_rows(pb_backend *backend, float *dst, size_t dst_stride, const float *src,
+                               size_t src_stride, size_t width, size_t rows) {
+    return pb_copy_rows_host(dst, dst_stride, src, src_stride, width, rows);
+}
+
 static const pb_backend_ops cpu_ops = {
     .name = "cpu",
     .destroy = cpu_destroy,
@@ -281,6 +286,7 @@ static const pb_backend_ops cpu_ops = {
     .metric_rows = cpu_metric_rows,
     .host_memory = 1,
     .copy_regions = cpu_copy_regions,
+    .copy_rows = cpu_copy_rows,
 };
 
 pb_status pb_backend_cpu_create(pb_backend **out, int n_threads) {

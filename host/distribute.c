@@ -457,6 +457,10 @@ pb_status pb_ranks_gather_nccl(pb_ranks *r, pb_sweep *s, const int64_t *share, i
     double *send = device, *recv = send ? send + count : NULL;
     if (st == PB_OK)
         st = b->ops->upload(b, send, host, sizeof(double) * (size_t)count);
+    /* NCCL runs on its own stream: the upload, queued on the backend's, must
+     * have landed before it reads `send` */
+    if (st == PB_OK)
+        st = b->ops->synchronize(b);
     if (st == PB_OK)
         st = pb_nccl_gather_doubles(g, send, recv, (size_t)count);
     if (st == PB_OK)

@@ -23,11 +23,13 @@ struct pb_exec {
     float *sub;       /* (max_tokens, d_model) attention or MLP output */
     float *gate;      /* (max_tokens, d_mlp) */
     float *up;        /* (max_tokens, d_mlp) */
+    float *fused;     /* (max_tokens, max(n_heads * head_dim + 2 kv_dim, 2 d_mlp)) a fused GEMM's output */
     float *k_scratch; /* (max_T, kv_dim) one layer of one prefix-mode job */
     float *v_scratch; /* (max_T, kv_dim) */
     int32_t *ids;     /* (max_tokens) */
-    int32_t *pos;     /* (max_tokens) */
+    int32_t *pos;     /* (max_tokens), right after ids' 16-aligned slot */
     /* per run (host) */
+    int32_t *staging; /* (ids_slot + max_tokens): ids and positions as the device holds them, one upload */
     int *order;       /* (n_jobs) job indices by start step */
     int *offset;      /* (n_jobs + 1) packed row of each job, by job index */
     pb_attention_job *attn_jobs; /* (n_jobs) */
@@ -39,18 +41,21 @@ struct pb_exec {
 
 static size_t round16(size_t n) { return (n + 15) / 16 * 16; }
 
-static void workspace_sizes(const pb_model_config *c, int max_tokens, int max_T, size_t sizes[13]) {
+#define PB_EXEC_SLOTS 14
+
+static void workspace_sizes(const pb_model_config *c, int max_tokens, int max_T, size_t sizes[PB_EXEC_SLOTS]) {
     size_t T = (size_t)max_tokens, d = (size_t)c->d_model, qd = (size_t)c->n_heads * c->head_dim;
     size_t kvd = (size_t)c->n_kv_heads * c->head_dim, mlp = (size_t)c->d_mlp;
-    size_t s[13] = {T * d, T * d, T * qd, T * kvd, T * kvd, T * qd, T * d, T * mlp, T * mlp,
-                    (size_t)max_T * kvd, (size_t)max_T * kvd, T, T};
+    size_t fused = qd + 2 * kvd > 2 * mlp ? qd + 2 * kvd : 2 * mlp;
+    size_t s[PB_EXEC_SLOTS] = {T * d, T * d, T * qd, T * kvd, T * kvd, T * qd, T * d, T * mlp, T * mlp, T * fused,
+                               (size_t)max_T * kvd, (size_t)max_T * kvd, T, T};
     memcpy(sizes, s, sizeof s);
 }
 
 size_t pb_exec_workspace_bytes(const pb_model_config *cfg, int max_tokens, int max_T) {
-    size_t sizes[13], total = 0;
+    size_t sizes[PB_EXEC_SLOTS], total = 0;
     workspace_sizes(cfg, max_tokens, max_T, sizes);
-    for (int i = 0; i < 13; i++)
+    for (int i = 0; i < PB_EXEC_SLOTS; i++)
         total += round16(sizes[i]);
     return total * sizeof(float);
 }
@@ -72,15 +77,22 @@ pb_status pb_exec_create(pb_exec **out, pb_model *model, int max_tokens, int max
         return pb_fail_context(status, "executor workspace for %d tokens (%.1f MiB)", max_tokens,
                                (double)bytes / (1 << 20));
     }
-    size_t sizes[13];
+    size_t sizes[PB_EXEC_SLOTS];
     workspace_sizes(&model->cfg, max_tokens, max_T, sizes);
-    void **slots[13] = {(void **)&e->x, (void **)&e->xn, (void **)&e->q, (void **)&e->k, (void **)&e->v,
-                        (void **)&e->z, (void **)&e->sub, (void **)&e->gate, (void **)&e->up,
-                        (void **)&e->k_scratch, (void **)&e->v_scratch, (void **)&e->ids, (void **)&e->pos};
+    void **slots[PB_EXEC_SLOTS] = {(void **)&e->x,         (void **)&e->xn,        (void **)&e->q,
+                                   (void **)&e->k,         (void **)&e->v,         (void **)&e->z,
+                                   (void **)&e->sub,       (void **)&e->gate,      (void **)&e->up,
+                                   (void **)&e->fused,     (void **)&e->k_scratch, (void **)&e->v_scratch,
+                                   (void **)&e->ids,       (void **)&e->pos};
     float *cursor = e->arena;
-    for (int i = 0; i < 13; i++) {
+    for (int i = 0; i < PB_EXEC_SLOTS; i++) {
         *slots[i] = cursor;
         cursor += round16(sizes[i]);
+    }
+    e->staging = calloc(round16((size_t)max_tokens) + (size_t)max_tokens, sizeof(int32_t));
+    if (!e->staging) {
+        pb_exec_free(e);
+        return pb_fail(PB_ERR_OOM, "executor: out of memory for %d tokens' ids and positions", max_tokens);
     }
     *out = e;
     return PB_OK;
@@ -94,6 +106,7 @@ void pb_exec_free(pb_exec *e) {
     free(e->offset);
     free(e->attn_jobs);
     free(e->regions);
+    free(e->staging);
     free(e);
 }
 
@@ -205,6 +218,53 @@ static pb_status hook_point(pb_exec *e, const pb_exec_job *jobs, int n_active, p
     return PB_OK;
 }
 
+/* Columns [column, column + width) of src (rows, stride) into dst (rows,
+ * width): one piece of a fused GEMM's output. */
+static pb_status split_columns(pb_exec *e, float *dst, const float *src, size_t stride, size_t column, size_t width,
+                               int rows) {
+    pb_backend *b = e->model->backend;
+    if (b->ops->copy_rows)
+        return b->ops->copy_rows(b, dst, width, src + column, stride, width, (size_t)rows);
+    for (int r = 0; r < rows; r++)
+        PB_TRY(b->ops->copy(b, dst + (size_t)r * width, src + (size_t)r * stride + column, sizeof(float) * width));
+    return PB_OK;
+}
+
+/* q, k, v (rows, qd / kvd / kvd) of xn: one GEMM against the fused matrix
+ * where the load made one (each output column is the same dot product
+ * either way), then split, so the hooks see what separate GEMMs give. */
+static pb_status project_qkv(pb_exec *e, const pb_layer_weights *W, int rows) {
+    pb_model *m = e->model;
+    const pb_model_config *c = &m->cfg;
+    pb_backend *b = m->backend;
+    size_t d = (size_t)c->d_model, qd = (size_t)c->n_heads * c->head_dim, kvd = (size_t)c->n_kv_heads * c->head_dim;
+    if (!W->w_qkv) {
+        PB_TRY(b->ops->matmul(b, e->q, e->xn, W->wq, m->wdtype, W->bq, rows, (int)qd, (int)d));
+        PB_TRY(b->ops->matmul(b, e->k, e->xn, W->wk, m->wdtype, W->bk, rows, (int)kvd, (int)d));
+        return b->ops->matmul(b, e->v, e->xn, W->wv, m->wdtype, W->bv, rows, (int)kvd, (int)d);
+    }
+    size_t n = qd + 2 * kvd;
+    PB_TRY(b->ops->matmul(b, e->fused, e->xn, W->w_qkv, m->wdtype, W->b_qkv, rows, (int)n, (int)d));
+    PB_TRY(split_columns(e, e->q, e->fused, n, 0, qd, rows));
+    PB_TRY(split_columns(e, e->k, e->fused, n, qd, kvd, rows));
+    return split_columns(e, e->v, e->fused, n, qd + kvd, kvd, rows);
+}
+
+/* gate and up (rows, d_mlp) of xn, fused like project_qkv. */
+static pb_status project_gate_up(pb_exec *e, const pb_layer_weights *W, int rows) {
+    pb_model *m = e->model;
+    const pb_model_config *c = &m->cfg;
+    pb_backend *b = m->backend;
+    size_t mlp = (size_t)c->d_mlp;
+    if (!W->w_gate_up) {
+        PB_TRY(b->ops->matmul(b, e->gate, e->xn, W->w_gate, m->wdtype, NULL, rows, c->d_mlp, c->d_model));
+        return b->ops->matmul(b, e->up, e->xn, W->w_up, m->wdtype, NULL, rows, c->d_mlp, c->d_model);
+    }
+    PB_TRY(b->ops->matmul(b, e->fused, e->xn, W->w_gate_up, m->wdtype, NULL, rows, 2 * c->d_mlp, c->d_model));
+    PB_TRY(split_columns(e, e->gate, e->fused, 2 * mlp, 0, mlp, rows));
+    return split_columns(e, e->up, e->fused, 2 * mlp, mlp, mlp, rows);
+}
+
 static int compare_start(const void *a, const void *b, void *jobs) {
     const pb_exec_job *j = jobs;
     int x = j[*(const int *)a].start_step, y = j[*(const int *)b].start_step;
@@ -234,9 +294,7 @@ static pb_status attention_block(pb_exec *e, const pb_exec_job *jobs, int n_acti
 
     PB_TRY(hook_point(e, jobs, n_active, PB_HOOK_RESID_PRE, L, e->x, fn, user));
     PB_TRY(ops->rmsnorm(b, e->xn, e->x, W->attn_norm, rows, d, c->rms_eps));
-    PB_TRY(ops->matmul(b, e->q, e->xn, W->wq, m->wdtype, W->bq, rows, qd, d));
-    PB_TRY(ops->matmul(b, e->k, e->xn, W->wk, m->wdtype, W->bk, rows, kvd, d));
-    PB_TRY(ops->matmul(b, e->v, e->xn, W->wv, m->wdtype, W->bv, rows, kvd, d));
+    PB_TRY(project_qkv(e, W, rows));
     e->flops += 2.0 * rows * d * (qd + 2.0 * kvd);
     PB_TRY(hook_point(e, jobs, n_active, PB_HOOK_Q, L, e->q, fn, user));
     PB_TRY(hook_point(e, jobs, n_active, PB_HOOK_K, L, e->k, fn, user));
@@ -314,8 +372,7 @@ static pb_status mlp_block(pb_exec *e, const pb_exec_job *jobs, int n_active, in
     int d = c->d_model;
     PB_TRY(hook_point(e, jobs, n_active, PB_HOOK_RESID_MID, L, e->x, fn, user));
     PB_TRY(ops->rmsnorm(b, e->xn, e->x, W->mlp_norm, rows, d, c->rms_eps));
-    PB_TRY(ops->matmul(b, e->gate, e->xn, W->w_gate, m->wdtype, NULL, rows, c->d_mlp, d));
-    PB_TRY(ops->matmul(b, e->up, e->xn, W->w_up, m->wdtype, NULL, rows, c->d_mlp, d));
+    PB_TRY(project_gate_up(e, W, rows));
     PB_TRY(ops->swiglu(b, e->gate, e->gate, e->up, (size_t)rows * c->d_mlp));
     PB_TRY(ops->matmul(b, e->sub, e->gate, W->w_down, m->wdtype, NULL, rows, d, c->d_mlp));
     e->flops += 6.0 * rows * d * c->d_mlp;
@@ -333,9 +390,7 @@ static pb_status activate(pb_exec *e, const pb_exec_job *job, int j, pb_exec_hoo
     float *rows = e->x + (size_t)e->offset[j] * d;
     if (job->start_step > 0)
         return ops->copy(b, rows, job->init_x + (size_t)job->p0 * d, sizeof(float) * (size_t)n * d);
-    int32_t *ids = e->ids + e->offset[j];
-    PB_TRY(ops->upload(b, ids, job->ids + job->p0, sizeof(int32_t) * (size_t)n));
-    PB_TRY(ops->embed(b, rows, m->token_embd, m->wdtype, ids, n, d));
+    PB_TRY(ops->embed(b, rows, m->token_embd, m->wdtype, e->ids + e->offset[j], n, d));
     if (job->embed_delta)
         PB_TRY(ops->add(b, rows, rows, job->embed_delta + (size_t)job->p0 * d, (size_t)n * d));
     return fn ? fn(user, j, PB_HOOK_EMBED, -1, rows, n, job->p0) : PB_OK;
@@ -360,20 +415,22 @@ pb_status pb_exec_run(pb_exec *e, const pb_exec_job *jobs, int n_jobs, int stop_
             return pb_fail(PB_ERR_OOM, "executor: out of memory for %d jobs", n_jobs);
     }
     order_jobs(e->order, jobs, n_jobs);
-    /* Packed rows follow the start order; positions for RoPE likewise. */
-    int32_t *positions = malloc(sizeof(int32_t) * (size_t)e->max_tokens);
-    if (!positions)
-        return pb_fail(PB_ERR_OOM, "executor: out of memory for positions");
+    /* Packed rows follow the start order; positions for RoPE likewise, and
+     * the ids of the jobs that start at the embedding. Both go up in one
+     * upload (the device's ids slot is followed by its positions), so a run
+     * waits once however many jobs embed. */
+    size_t ids_slot = (size_t)(e->pos - e->ids);
+    int32_t *positions = e->staging + ids_slot;
     int total = 0;
     for (int a = 0; a < n_jobs; a++) {
         const pb_exec_job *job = &jobs[e->order[a]];
         e->offset[e->order[a]] = total;
+        if (job->start_step == 0)
+            memcpy(e->staging + total, job->ids + job->p0, sizeof(int32_t) * (size_t)(job->T - job->p0));
         for (int p = job->p0; p < job->T; p++)
             positions[total++] = p;
     }
-    pb_status status = m->backend->ops->upload(m->backend, e->pos, positions, sizeof(int32_t) * (size_t)total);
-    free(positions);
-    PB_TRY(status);
+    PB_TRY(m->backend->ops->upload(m->backend, e->ids, e->staging, sizeof(int32_t) * (ids_slot + (size_t)total)));
     e->offset[n_jobs] = total;
 
     int n_active = 0;

@@ -73,8 +73,8 @@ size_t pb_exec_workspace_bytes(const pb_model_config *cfg, int max_tokens, int m
  * order, so one run can hold a shared prefix (job 0) and the prompts that
  * read it in prefix mode.
  * On a device backend the run may still be executing when this returns
- * (only the uploads of ids and positions wait, for the work queued before
- * the run): read its results through the backend (download, synchronize),
+ * (its ids and positions go up in one upload, which on CUDA is queued
+ * through pinned staging, not waited for): read its results through the backend (download, synchronize),
  * which orders after it, and expect a device fault there. */
 pb_status pb_exec_run(pb_exec *exec, const pb_exec_job *jobs, int n_jobs, int stop_step, pb_exec_hook_fn hook,
                       void *hook_user);

@@ -17,6 +17,7 @@
 #include "model.h"
 #include "model_random.h"
 #include "model_text.h"
+#include "noise.h"
 #include "quant.h"
 #include "safetensors.h"
 
@@ -90,6 +91,7 @@ typedef struct wanted_tensor {
     float **vector_dst; /* vectors: stored as fp32 */
     int optional;     /* biases */
     int unpermute_heads; /* GGUF llama Q/K: number of heads to un-permute, else 0 */
+    int fused_with_next; /* the next tensor continues this one's rows (w_qkv, w_gate_up): no padding between */
 } wanted_tensor;
 
 typedef struct source {
@@ -336,19 +338,24 @@ static int wanted_list(pb_model *m, wanted_tensor *list, int permuted_qk) {
         WANT("attn_norm.weight", "input_layernorm.weight", d, 0, attn_norm);
         WANT("attn_q.weight", "self_attn.q_proj.weight", q_rows, d, wq);
         if (permuted_qk) list[n - 1].unpermute_heads = c->n_heads;
+        list[n - 1].fused_with_next = 1;
         WANT("attn_k.weight", "self_attn.k_proj.weight", kv_rows, d, wk);
         if (permuted_qk) list[n - 1].unpermute_heads = c->n_kv_heads;
+        list[n - 1].fused_with_next = 1;
         WANT("attn_v.weight", "self_attn.v_proj.weight", kv_rows, d, wv);
         if (c->has_qkv_bias) {
             WANT("attn_q.bias", "self_attn.q_proj.bias", q_rows, 0, bq);
             if (permuted_qk) list[n - 1].unpermute_heads = c->n_heads;
+            list[n - 1].fused_with_next = 1;
             WANT("attn_k.bias", "self_attn.k_proj.bias", kv_rows, 0, bk);
             if (permuted_qk) list[n - 1].unpermute_heads = c->n_kv_heads;
+            list[n - 1].fused_with_next = 1;
             WANT("attn_v.bias", "self_attn.v_proj.bias", kv_rows, 0, bv);
         }
         WANT("attn_output.weight", "self_attn.o_proj.weight", d, q_rows, wo);
         WANT("ffn_norm.weight", "post_attention_layernorm.weight", d, 0, mlp_norm);
         WANT("ffn_gate.weight", "mlp.gate_proj.weight", c->d_mlp, d, w_gate);
+        list[n - 1].fused_with_next = 1;
         WANT("ffn_up.weight", "mlp.up_proj.weight", c->d_mlp, d, w_up);
         WANT("ffn_down.weight", "mlp.down_proj.weight", d, c->d_mlp, w_down);
 #undef WANT
@@ -401,10 +408,32 @@ static void convert_parallel(pb_dtype dtype, void *dst, const float *src, uint64
 }
 
 /* Bytes tensor w takes in the arena, rounded up to 64 so every tensor
- * starts 64-byte aligned. */
+ * starts 64-byte aligned, except where the next tensor continues its rows
+ * (a fused matrix): there, exactly its bytes. */
 static uint64_t arena_slot(const pb_model *m, const wanted_tensor *w) {
     uint64_t elem = w->n_dims == 2 ? pb_dtype_size(m->wdtype) : sizeof(float);
-    return (wanted_elements(w) * elem + 63) / 64 * 64;
+    uint64_t bytes = wanted_elements(w) * elem;
+    return w->fused_with_next ? bytes : (bytes + 63) / 64 * 64;
+}
+
+/* 1 when b starts where a's `bytes` end. */
+static int adjacent(const void *a, size_t bytes, const void *b) {
+    return a && b && (const char *)a + bytes == (const char *)b;
+}
+
+void pb_model_fuse_views(pb_model *m) {
+    const pb_model_config *c = &m->cfg;
+    size_t elem = pb_dtype_size(m->wdtype), d = (size_t)c->d_model;
+    size_t q_rows = (size_t)c->n_heads * c->head_dim, kv_rows = (size_t)c->n_kv_heads * c->head_dim;
+    for (int l = 0; l < c->n_layers; l++) {
+        pb_layer_weights *L = &m->layers[l];
+        int qkv = adjacent(L->wq, q_rows * d * elem, L->wk) && adjacent(L->wk, kv_rows * d * elem, L->wv);
+        int no_bias = !L->bq && !L->bk && !L->bv;
+        int fused_bias = adjacent(L->bq, q_rows * sizeof(float), L->bk) && adjacent(L->bk, kv_rows * sizeof(float), L->bv);
+        L->w_qkv = qkv && (no_bias || fused_bias) ? L->wq : NULL;
+        L->b_qkv = L->w_qkv && fused_bias ? L->bq : NULL;
+        L->w_gate_up = adjacent(L->w_gate, (size_t)c->d_mlp * d * elem, L->w_up) ? L->w_gate : NULL;
+    }
 }
 
 static pb_status load_weights(pb_model *m, const source *src, int permuted_qk) {
@@ -489,6 +518,13 @@ static pb_status load_weights(pb_model *m, const source *src, int permuted_qk) {
             bytes = converted;
             n_bytes = pb_dtype_size(m->wdtype) * (size_t)count;
         }
+        if (w->matrix_dst == &m->token_embd) {
+            /* the values as stored (16-bit ones widened back), which the
+             * noise of a sweep scales by */
+            if (bytes == converted)
+                pb_dtype_to_f32(m->wdtype, staging, converted, (size_t)count);
+            m->embed_sigma = pb_noise_sigma(staging, (size_t)count);
+        }
         if ((status = m->backend->ops->upload(m->backend, cursor, bytes, n_bytes)) != PB_OK)
             goto done;
         if (w->matrix_dst)
@@ -499,6 +535,7 @@ static pb_status load_weights(pb_model *m, const source *src, int permuted_qk) {
     }
     if (c->tied_embeddings)
         m->output = m->token_embd;
+    pb_model_fuse_views(m);
 
     /* RoPE frequencies: GGUF files of Llama 3.1-style models carry the
      * scaling as per-frequency divisors in rope_freqs.weight. */

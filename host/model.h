@@ -24,6 +24,13 @@ typedef struct pb_layer_weights {
     void *w_gate;     /* (d_mlp, d_model) */
     void *w_up;       /* (d_mlp, d_model) */
     void *w_down;     /* (d_model, d_mlp) */
+    /* Fused projections: the load places wq, wk, wv (and bq, bk, bv; w_gate,
+     * w_up) back to back in the arena, so these are views of the same
+     * memory, one matrix per input for one GEMM (exec.c). NULL when the
+     * layout is not contiguous (then the executor multiplies separately). */
+    void *w_qkv;      /* (n_heads * head_dim + 2 * n_kv_heads * head_dim, d_model) == wq */
+    float *b_qkv;     /* (n_heads * head_dim + 2 * n_kv_heads * head_dim) == bq, or NULL */
+    void *w_gate_up;  /* (2 * d_mlp, d_model) == w_gate */
 } pb_layer_weights;
 
 struct pb_model {
@@ -35,6 +42,8 @@ struct pb_model {
     void *arena;              /* every weight below, one backend allocation */
     size_t arena_bytes;
     void *token_embd;         /* (vocab_size, d_model) of wdtype */
+    double embed_sigma;       /* standard deviation of token_embd's stored values (pb_noise_sigma), set at load
+                                 so that noise never downloads the table */
     float *final_norm;        /* (d_model) */
     void *output;             /* (vocab_size, d_model) of wdtype; == token_embd when tied */
     float *inv_freq;          /* (head_dim / 2) in backend memory */
@@ -57,6 +66,9 @@ pb_status pb_model_config_validate(const pb_model_config *cfg);
 void pb_rope_inv_freq(const pb_model_config *cfg, float *out);
 /* out (n floats) = n weight elements of the model's wdtype at backend
  * memory src, widened on the host. */
+/* Sets each layer's fused views (w_qkv, b_qkv, w_gate_up) where its
+ * matrices are contiguous, and clears them where they are not. */
+void pb_model_fuse_views(pb_model *model);
 pb_status pb_model_weights_download(const pb_model *model, float *out, const void *src, size_t n);
 
 #endif

@@ -233,6 +233,18 @@ static pb_status ref_copy_regions(pb_backend *backend, const pb_copy_region *reg
     return pb_copy_regions_host(regions, n_regions);
 }
 
+pb_status pb_copy_rows_host(float *dst, size_t dst_stride, const float *src, size_t src_stride, size_t width,
+                            size_t rows) {
+    for (size_t r = 0; width && r < rows; r++)
+        memcpy(dst + r * dst_stride, src + r * src_stride, sizeof(float) * width);
+    return PB_OK;
+}
+
+static pb_status ref_copy_rows(pb_backend *backend, float *dst, size_t dst_stride, const float *src,
+                               size_t src_stride, size_t width, size_t rows) {
+    return pb_copy_rows_host(dst, dst_stride, src, src_stride, width, rows);
+}
+
 static const pb_backend_ops ref_ops = {
     .name = "reference",
     .destroy = ref_destroy,
@@ -252,6 +264,7 @@ static const pb_backend_ops ref_ops = {
     .metric_rows = ref_metric_rows,
     .host_memory = 1,
     .copy_regions = ref_copy_regions,
+    .copy_rows = ref_copy_rows,
 };
 
 pb_status pb_backend_ref_create(pb_backend **out) {

@@ -217,11 +217,13 @@ static void cache_free(pb_sweep *s, pb_run_cache *r) {
     if (r->arena)
         s->model->backend->ops->free(s->model->backend, r->arena);
     free(r->mirror);
+    free(r->slab);
     memset(r, 0, sizeof *r);
 }
 
 /* Host mirrors of a pair's two caches are kept up to this size; past it,
- * row_is_trivial downloads the rows it compares one by one. */
+ * row_is_trivial mirrors one (component, layer) block of each run at a
+ * time (slab_row), and only a block pair past it too is read row by row. */
 #define PB_MIRROR_MAX_BYTES ((size_t)2 << 30)
 
 /* On a device backend, downloads both run caches of a pair in one transfer
@@ -230,7 +232,7 @@ static void cache_free(pb_sweep *s, pb_run_cache *r) {
  * without host memory for it, the per-row path is used. */
 static pb_status mirror_caches(pb_sweep *s, pb_run_cache *a, pb_run_cache *b) {
     pb_backend *be = s->model->backend;
-    if (be->ops->host_memory || (a->arena_floats + b->arena_floats) * sizeof(float) > PB_MIRROR_MAX_BYTES)
+    if (be->ops->host_memory || (a->arena_floats + b->arena_floats) * sizeof(float) > s->mirror_max_bytes)
         return PB_OK;
     pb_run_cache *runs[2] = {a, b};
     for (int k = 0; k < 2; k++) {
@@ -250,6 +252,36 @@ static const float *host_row(const pb_sweep *s, const pb_run_cache *r, const flo
     if (r->mirror)
         return r->mirror + (device_row - (const float *)r->arena);
     return NULL;
+}
+
+/* Past the mirror cap: the host copy of row device_row of the (comp,
+ * layer) block of run r, downloading the whole block (T rows, one
+ * synchronising download) when it is not the one held. Sites come grouped
+ * by component and layer, so a pair's rows cost a download per block, not
+ * per row. *out = NULL when the two runs' blocks exceed the cap or host
+ * memory runs out (then the caller reads the row itself). */
+static pb_status slab_row(pb_sweep *s, pb_run_cache *r, pb_component comp, int layer, const float *device_row,
+                          const float **out) {
+    pb_backend *b = s->model->backend;
+    *out = NULL;
+    const float *start = cache_row(s, r, comp, layer, 0);
+    size_t floats = (size_t)(cache_row(s, r, comp, layer, 1) - start) * (size_t)r->T;
+    if (2 * floats * sizeof(float) > s->mirror_max_bytes)
+        return PB_OK;
+    if (r->slab_src != start) {
+        if (floats > r->slab_capacity) {
+            free(r->slab);
+            r->slab_capacity = 0;
+            if (!(r->slab = malloc(sizeof(float) * floats)))
+                return PB_OK; /* best effort, like the mirror */
+            r->slab_capacity = floats;
+        }
+        r->slab_src = NULL;
+        PB_TRY(b->ops->download(b, r->slab, start, sizeof(float) * floats));
+        r->slab_src = start;
+    }
+    *out = r->slab + (device_row - start);
+    return PB_OK;
 }
 
 static size_t cache_floats(const pb_sweep *s, int T, const int *needed, size_t parts[4 + PB_COMPONENT_COUNT]) {
@@ -328,28 +360,24 @@ static pb_status cache_build(pb_sweep *s, pb_exec *exec, pb_run_cache *r, const 
     }
     if (prompt->is_noise) {
         /* Noise rows at the listed positions, zeros elsewhere. */
-        size_t d = (size_t)c->d_model, n_embed = (size_t)c->vocab_size * d;
+        size_t d = (size_t)c->d_model;
         float *host = calloc((size_t)prompt->T * d, sizeof(float));
         float *rows = malloc(sizeof(float) * (size_t)prompt->n_noise_positions * d);
-        float *table = malloc(sizeof(float) * n_embed);
-        if (!host || !rows || !table) {
+        if (!host || !rows) {
             free(host);
             free(rows);
-            free(table);
             cache_free(s, r);
             return pb_fail(PB_ERR_OOM, "out of memory for noise");
         }
-        status = pb_model_weights_download(m, table, m->token_embd, n_embed);
-        double sigma = pb_noise_sigma(table, n_embed);
-        pb_noise_fill(rows, prompt->n_noise_positions, c->d_model, prompt->noise_scale, sigma, prompt->noise_seed);
+        /* sigma of the embedding table, computed at load (model.h) */
+        pb_noise_fill(rows, prompt->n_noise_positions, c->d_model, prompt->noise_scale, m->embed_sigma,
+                      prompt->noise_seed);
         for (int i = 0; i < prompt->n_noise_positions; i++)
             memcpy(host + (size_t)prompt->noise_positions[i] * d, rows + (size_t)i * d, sizeof(float) * d);
         r->embed_delta = cursor;
-        if (status == PB_OK)
-            status = b->ops->upload(b, r->embed_delta, host, sizeof(float) * (size_t)prompt->T * d);
+        status = b->ops->upload(b, r->embed_delta, host, sizeof(float) * (size_t)prompt->T * d);
         free(host);
         free(rows);
-        free(table);
         if (status != PB_OK) {
             cache_free(s, r);
             return status;
@@ -698,16 +726,21 @@ static pb_status row_is_trivial(pb_sweep *s, int pair, const pb_site *site, cons
     size_t width = (size_t)slice_width(c, site->component);
     size_t column = site->head >= 0 ? (size_t)site->head * c->head_dim : 0;
     for (int i = 0; i < n; i++) {
-        const float *a = cache_row(s, &s->base[pair], site->component, site->layer, positions[i]) + column;
-        const float *bsrc =
-            cache_row(s, &s->source[pair], site->component, site->layer, p->position_map[positions[i]]) + column;
+        const float *a = cache_row(s, &s->base[pair], site->component, site->layer, positions[i]);
+        const float *bsrc = cache_row(s, &s->source[pair], site->component, site->layer, p->position_map[positions[i]]);
         const float *ha = host_row(s, &s->base[pair], a), *hb = host_row(s, &s->source[pair], bsrc);
+        if (!ha)
+            PB_TRY(slab_row(s, &s->base[pair], site->component, site->layer, a, &ha));
+        if (!hb)
+            PB_TRY(slab_row(s, &s->source[pair], site->component, site->layer, bsrc, &hb));
+        ha = ha ? ha + column : NULL;
+        hb = hb ? hb + column : NULL;
         if (!ha) {
-            PB_TRY(b->ops->download(b, host_a, a, sizeof(float) * width));
+            PB_TRY(b->ops->download(b, host_a, a + column, sizeof(float) * width));
             ha = host_a;
         }
         if (!hb) {
-            PB_TRY(b->ops->download(b, host_b, bsrc, sizeof(float) * width));
+            PB_TRY(b->ops->download(b, host_b, bsrc + column, sizeof(float) * width));
             hb = host_b;
         }
         if (memcmp(ha, hb, sizeof(float) * width) != 0) {
@@ -1019,6 +1052,7 @@ pb_status pb_sweep_create(pb_sweep **out, pb_model *model, const char *spec_json
     if (!s)
         return pb_fail(PB_ERR_OOM, "out of memory for a sweep");
     s->model = model;
+    s->mirror_max_bytes = PB_MIRROR_MAX_BYTES;
     if (options)
         s->options = *options;
     else

@@ -29,6 +29,11 @@ typedef struct pb_run_cache {
     void *arena;
     size_t arena_floats;
     float *mirror;       /* host copy of the arena (device backends, while the pair's rows are planned), or NULL */
+    /* Past the mirror cap: a host copy of one (component, layer) block,
+     * (T, row width), the one slab_src points to in the arena. */
+    float *slab;
+    const float *slab_src;
+    size_t slab_capacity; /* floats */
     float *resid;        /* (n_layers + 1, T, d_model): resid_pre of each layer; [n_layers] = final residual */
     float *resid_mid;    /* (n_layers, T, d_model) */
     float *k, *v;        /* (n_layers, T, kv_dim): keys after RoPE, values */
@@ -80,6 +85,7 @@ struct pb_sweep {
     int64_t n_rows_executed_restored; /* of n_rows_executed, run before the checkpoint */
     double flops_executed_restored;   /* of flops_executed, before the checkpoint */
     int64_t n_batches;
+    size_t mirror_max_bytes; /* host mirror cap of a pair's caches (PB_MIRROR_MAX_BYTES; tests lower it) */
     int64_t tokens_packed; /* over all batches: the GEMM row counts */
 };
 

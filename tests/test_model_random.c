@@ -695,6 +695,101 @@ static void check_real_shape(const char *name, const int32_t ids[4]) {
     pb_model_free(m);
 }
 
+/* ---- (f) fused projections ------------------------------------------------ */
+
+/* Logits (T, vocab) and every q, k, v and mlp_out hook of m on ids, one
+ * malloc'd buffer; *count gets its length. */
+static float *forward_all(pb_model *m, const int32_t *ids, int T, size_t *count) {
+    const pb_model_config *c = pb_model_get_config(m);
+    pb_capture *cap = NULL;
+    if (pb_capture_create(&cap, m, "blocks.*.attn.hook_q,blocks.*.attn.hook_k,blocks.*.attn.hook_v,"
+                                   "blocks.*.hook_mlp_out") != PB_OK)
+        fail_msg("%s", pb_last_error());
+    size_t total = (size_t)T * c->vocab_size;
+    for (int i = 0; i < pb_capture_count(cap); i++)
+        total += (size_t)T * c->d_model * 2; /* wider than any captured row */
+    float *out = calloc(total, sizeof(float));
+    assert_non_null(out);
+    if (pb_forward(m, ids, T, out, cap) != PB_OK)
+        fail_msg("%s", pb_last_error());
+    size_t used = (size_t)T * c->vocab_size;
+    for (int i = 0; i < pb_capture_count(cap); i++) {
+        int n_dims;
+        int64_t shape[3];
+        const float *x = pb_capture_data(cap, i, &n_dims, shape);
+        size_t n = (size_t)(shape[0] * shape[1] * (n_dims == 3 ? shape[2] : 1));
+        memcpy(out + used, x, sizeof(float) * n);
+        used += n;
+    }
+    pb_capture_free(cap);
+    *count = used;
+    return out;
+}
+
+/* The load lays q/k/v (and their biases) and gate/up out back to back, and
+ * the executor multiplies each group as one GEMM. Every hook (q, k, v,
+ * mlp_out) and the logits must be what separate GEMMs give: bit for bit on
+ * the reference backend (each output element is the same dot product);
+ * on OpenBLAS, whose edge kernels may sum an element in another order when
+ * the width changes, within PB_TOL_OP_NMSE for f32 and within the 16-bit
+ * backend bounds otherwise (an ulp there can flip the next layer's input
+ * rounding, as between backends). 16-bit weights round the input once
+ * either way. With and without biases (tiny_bias). */
+static void test_fused_projections(void **state) {
+    (void)state;
+    enum { T = 24 };
+    int32_t *ids = long_prompt(T);
+    char bias_path[1024];
+    snprintf(bias_path, sizeof bias_path, "%s/tiny_bias/model.gguf", tu_fixtures());
+    const pb_backend_kind backends[2] = {PB_BACKEND_REFERENCE, PB_BACKEND_CPU};
+    const pb_dtype dtypes[3] = {PB_DTYPE_F32, PB_DTYPE_BF16, PB_DTYPE_F16};
+    for (int with_bias = 0; with_bias < 2; with_bias++)
+        for (int bk = 0; bk < 2; bk++)
+            for (int dt = 0; dt < 3; dt++) {
+                pb_model *m = NULL;
+                if (with_bias) {
+                    pb_load_options o = {.backend = backends[bk], .dtype = dtypes[dt]};
+                    if (pb_model_load(&m, bias_path, &o) != PB_OK)
+                        fail_msg("%s", pb_last_error());
+                    assert_non_null(m->layers[0].bq);
+                } else {
+                    m = random_model("tiny", fixture_seed, backends[bk], dtypes[dt]);
+                }
+                const pb_model_config *c = pb_model_get_config(m);
+                for (int t = 0; t < T; t++)
+                    ids[t] %= c->vocab_size;
+                for (int l = 0; l < c->n_layers; l++) {
+                    const pb_layer_weights *L = &m->layers[l];
+                    assert_ptr_equal(L->w_qkv, L->wq);
+                    assert_ptr_equal(L->b_qkv, L->bq);
+                    assert_ptr_equal(L->w_gate_up, L->w_gate);
+                }
+                size_t n_fused, n_split;
+                float *fused = forward_all(m, ids, T, &n_fused);
+                for (int l = 0; l < c->n_layers; l++) {
+                    m->layers[l].w_qkv = m->layers[l].w_gate_up = NULL;
+                    m->layers[l].b_qkv = NULL;
+                }
+                float *split = forward_all(m, ids, T, &n_split);
+                assert_int_equal(n_fused, n_split);
+                double nmse = tu_nmse(fused, split, n_fused);
+                print_message("[ MEASURE  ] fused vs separate projections (%s, %s, %s biases): NMSE %.3g%s\n",
+                              backends[bk] == PB_BACKEND_CPU ? "cpu" : "reference", pb_dtype_name(dtypes[dt]),
+                              with_bias ? "with" : "no", nmse,
+                              memcmp(fused, split, sizeof(float) * n_fused) == 0 ? " (bit-identical)" : "");
+                if (backends[bk] == PB_BACKEND_REFERENCE)
+                    assert_memory_equal(fused, split, sizeof(float) * n_fused);
+                else
+                    assert_true(nmse <= (dtypes[dt] == PB_DTYPE_F32    ? PB_TOL_OP_NMSE
+                                         : dtypes[dt] == PB_DTYPE_BF16 ? PB_TOL_BF16_BACKENDS_LOGITS_NMSE
+                                                                       : PB_TOL_F16_BACKENDS_LOGITS_NMSE));
+                free(fused);
+                free(split);
+                pb_model_free(m);
+            }
+    free(ids);
+}
+
 static void test_truncated_real_shape(void **state) {
     const int32_t ids[4] = {49151, 0, 7777, 9};
     check_real_shape("smollm2-135m:1", ids);
@@ -724,6 +819,7 @@ int main(void) {
         cmocka_unit_test(test_determinism_and_backends),
         cmocka_unit_test(test_dtype_weights_rounded),
         cmocka_unit_test(test_dtype_forward),
+        cmocka_unit_test(test_fused_projections),
         cmocka_unit_test(test_truncated_real_shape),
         cmocka_unit_test(test_truncated_qwen2_7b),
     };

@@ -365,6 +365,136 @@ static void test_device_memory_path(void **state) {
     free(spec);
 }
 
+/* Past the mirror cap (lowered here to two blocks of the widest row), the
+ * device-memory path mirrors one (component, layer) block of each run at a
+ * time: the same rows are trivial, every value identical to the direct
+ * path, no download spans a whole cache, and the downloads follow the
+ * blocks, not the rows checked. A cap below one block falls back to
+ * per-row reads, still with the same results. */
+static int64_t g_largest_download;
+
+static pb_status measuring_download(pb_backend *b, void *dst, const void *src, size_t bytes) {
+    g_downloads++;
+    if ((int64_t)bytes > g_largest_download)
+        g_largest_download = (int64_t)bytes;
+    return g_real_download(b, dst, src, bytes);
+}
+
+static void test_device_memory_past_cap(void **state) {
+    (void)state;
+    char pairs[1024];
+    snprintf(pairs, sizeof pairs, "%s, %s", pair_ids, pair_ids_2);
+    char *spec = spec_text("denoising", pairs, all_components, metric_json);
+    pb_model *m = load_fixture_model_on("tiny_gqa", PB_BACKEND_REFERENCE);
+    const pb_model_config *c = pb_model_get_config(m);
+    pb_sweep *direct = make_sweep(m, spec, NULL, NULL);
+    int max_T = 0;
+    for (int p = 0; p < direct->spec.n_pairs; p++) {
+        max_T = direct->spec.pairs[p].base.T > max_T ? direct->spec.pairs[p].base.T : max_T;
+        max_T = direct->spec.pairs[p].source.T > max_T ? direct->spec.pairs[p].source.T : max_T;
+    }
+    int widest = c->d_model > c->n_heads * c->head_dim ? c->d_model : c->n_heads * c->head_dim;
+    size_t block_pair = 2 * sizeof(float) * (size_t)max_T * (size_t)widest;
+    const pb_backend_ops *saved = m->backend->ops;
+    pb_backend_ops device_like = *saved;
+    device_like.host_memory = 0;
+    device_like.download = measuring_download;
+    g_real_download = saved->download;
+    const size_t caps[2] = {block_pair, block_pair / 4};
+    int64_t downloads[2];
+    for (int k = 0; k < 2; k++) {
+        pb_sweep *s = NULL;
+        if (pb_sweep_create(&s, m, spec, NULL, NULL) != PB_OK)
+            fail_msg("pb_sweep_create: %s", pb_last_error());
+        s->mirror_max_bytes = caps[k];
+        g_downloads = g_largest_download = 0;
+        m->backend->ops = &device_like;
+        pb_status status = pb_sweep_run(s);
+        m->backend->ops = saved;
+        if (status != PB_OK)
+            fail_msg("pb_sweep_run: %s", pb_last_error());
+        int64_t trivial = 0;
+        for (int64_t r = 0; r < direct->n_rows; r++) {
+            assert_int_equal(direct->row_trivial[r], s->row_trivial[r]);
+            assert_true(direct->patched[r] == s->patched[r]);
+            trivial += s->row_trivial[r];
+        }
+        assert_true(trivial > 0);
+        assert_true((size_t)g_largest_download <= caps[0] / 2); /* no whole-cache mirror */
+        downloads[k] = g_downloads;
+        printf("[ MEASURE  ] mirror cap %zu bytes: %lld downloads (largest %lld bytes) for %lld rows, %lld trivial\n",
+               caps[k], (long long)g_downloads, (long long)g_largest_download, (long long)s->n_rows,
+               (long long)trivial);
+        pb_sweep_free(s);
+    }
+    /* blocks: at most two runs x (n_layers + 1) layers x every component
+     * per pair; plus the baselines and each batch's metric, as above */
+    int64_t blocks = 2 * (int64_t)direct->spec.n_pairs * (c->n_layers + 1) * PB_COMPONENT_COUNT;
+    assert_true(downloads[0] <= blocks + 8 * direct->spec.n_pairs + 2 * direct->n_batches);
+    assert_true(downloads[0] < downloads[1]); /* the per-row fallback pays per row */
+    pb_sweep_free(direct);
+    pb_model_free(m);
+    free(spec);
+}
+
+/* Uploads made through the pretend device backend below. */
+static int64_t g_uploads;
+static pb_status (*g_real_upload)(pb_backend *, void *, const void *, size_t);
+
+static pb_status counting_upload(pb_backend *b, void *dst, const void *src, size_t bytes) {
+    g_uploads++;
+    return g_real_upload(b, dst, src, bytes);
+}
+
+/* An executor run of several jobs that start at the embedding uploads
+ * their ids and positions once (one wait on a device, not one per job),
+ * and each job's output is what the job gives run alone, bit for bit. */
+static void test_exec_one_upload_per_run(void **state) {
+    (void)state;
+    enum { JOBS = 4, T = 6 };
+    pb_model *m = load_fixture_model_on("tiny_gqa", PB_BACKEND_REFERENCE);
+    const pb_model_config *c = pb_model_get_config(m);
+    int32_t ids[JOBS][T];
+    for (int j = 0; j < JOBS; j++)
+        for (int t = 0; t < T; t++)
+            ids[j][t] = (7 * j + 3 * t + 1) % c->vocab_size;
+    float *kv = calloc((size_t)2 * JOBS * c->n_layers * T * c->n_kv_heads * c->head_dim, sizeof(float));
+    assert_non_null(kv);
+    size_t kv_job = (size_t)c->n_layers * T * c->n_kv_heads * c->head_dim;
+    pb_exec_job jobs[JOBS];
+    for (int j = 0; j < JOBS; j++)
+        jobs[j] = (pb_exec_job){.T = T - j % 2, .p0 = 0, .start_step = 0, .ids = ids[j],
+                                .k_cache = kv + 2 * j * kv_job, .v_cache = kv + (2 * j + 1) * kv_job,
+                                .kv_capacity = T};
+    pb_exec *e = NULL;
+    assert_int_equal(pb_exec_create(&e, m, JOBS * T, T), PB_OK);
+    const pb_backend_ops *saved = m->backend->ops;
+    pb_backend_ops device_like = *saved;
+    device_like.host_memory = 0;
+    device_like.upload = counting_upload;
+    g_real_upload = saved->upload;
+    g_uploads = 0;
+    m->backend->ops = &device_like;
+    pb_status status = pb_exec_run(e, jobs, JOBS, 2 * c->n_layers, NULL, NULL);
+    m->backend->ops = saved;
+    assert_int_equal(status, PB_OK);
+    assert_int_equal(g_uploads, 1);
+    float *together = malloc(sizeof(float) * JOBS * T * c->d_model);
+    assert_non_null(together);
+    for (int j = 0; j < JOBS; j++)
+        memcpy(together + (size_t)j * T * c->d_model, pb_exec_output(e, j),
+               sizeof(float) * jobs[j].T * c->d_model);
+    for (int j = 0; j < JOBS; j++) {
+        assert_int_equal(pb_exec_run(e, &jobs[j], 1, 2 * c->n_layers, NULL, NULL), PB_OK);
+        assert_memory_equal(together + (size_t)j * T * c->d_model, pb_exec_output(e, 0),
+                            sizeof(float) * jobs[j].T * c->d_model);
+    }
+    free(together);
+    pb_exec_free(e);
+    free(kv);
+    pb_model_free(m);
+}
+
 /* The download that fails in test_failure_at_every_download (1-based). */
 static int64_t g_fail_at;
 
@@ -705,6 +835,9 @@ static void test_noise_generator(void **state) {
     pb_model *m = load_fixture_model("tiny_gqa");
     const pb_model_config *c = pb_model_get_config(m);
     assert_true(fabs(pb_noise_sigma(m->token_embd, (size_t)c->vocab_size * c->d_model) - sigma) <= 1e-15);
+    /* the sigma noise uses, computed at load so that no sweep downloads the
+     * table: the same arithmetic on the same values, bit for bit */
+    assert_true(m->embed_sigma == pb_noise_sigma(m->token_embd, (size_t)c->vocab_size * c->d_model));
     float values[8 * 64];
     pb_noise_fill(values, 3, c->d_model, json_real_value(json_object_get(noise, "scale")), sigma,
                   (uint64_t)json_integer_value(json_object_get(noise, "seed")));
@@ -796,6 +929,8 @@ int main(void) {
         cmocka_unit_test(test_layer0_all_positions_is_the_source),
         cmocka_unit_test(test_batch_equals_single_rows),
         cmocka_unit_test(test_device_memory_path),
+        cmocka_unit_test(test_device_memory_past_cap),
+        cmocka_unit_test(test_exec_one_upload_per_run),
         cmocka_unit_test(test_failure_at_every_download),
         cmocka_unit_test(test_first_failure_survives_cleanup),
         cmocka_unit_test(test_metric_callback_and_worker_subsets),

@@ -69,6 +69,8 @@ struct alignas(16) float4 {
 inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
 
 typedef struct pb_emu_stream *cudaStream_t;
+/* backend_cuda_impl.cuh names it (staging events); nothing here uses one. */
+typedef struct pb_emu_event *cudaEvent_t;
 
 enum cudaError_t {
     cudaSuccess = 0,
