@@ -576,6 +576,11 @@ if want sanitizer; then
         run_step sanitizer_racecheck 90 "$SANITIZER" --tool racecheck --error-exitcode 3 \
             "$BUILD/test_cuda_backend"
     fi
+    # the debug mode that synchronises after every launch must give the same results
+    if [ -x "$BUILD/test_cuda_sweep" ] && [ "$GPU_COUNT" -gt 0 ]; then
+        run_step debug_sync_sweep 60 env PB_CUDA_SYNC=1 PB_FIXTURES="$ROOT/tests/fixtures" PB_SOURCE_DIR="$ROOT" \
+            "$BUILD/test_cuda_sweep"
+    fi
 fi
 
 # ---- the rest of the suite (CPU tests; CI runs them too) ---------------------------
