@@ -484,13 +484,14 @@ static pb_status pb_cuda_copy_rows(pb_backend *backend, float *dst, size_t dst_s
     return PB_OK;
 }
 
-static pb_status pb_cuda_swiglu(pb_backend *backend, float *out, const float *gate, const float *up, size_t n) {
+static pb_status pb_cuda_swiglu(pb_backend *backend, float *out, const float *gate, const float *up, size_t rows,
+                                size_t width, size_t stride) {
     pb_cuda_backend *self = pb_cuda_self(backend);
-    if (n == 0)
+    if (rows == 0 || width == 0)
         return PB_OK;
-    PB_CUDA_REQUIRE(out != NULL && gate != NULL && up != NULL, "swiglu");
+    PB_CUDA_REQUIRE(out != NULL && gate != NULL && up != NULL && stride >= width, "swiglu");
     PB_TRY(pb_cuda_enter(self));
-    PB_CUDA_LAUNCHED(self, "swiglu", pb_cuda_launch_swiglu(self->stream, out, gate, up, n));
+    PB_CUDA_LAUNCHED(self, "swiglu", pb_cuda_launch_swiglu(self->stream, out, gate, up, rows, width, stride));
     return PB_OK;
 }
 

@@ -33,15 +33,19 @@ cudaError_t pb_cuda_launch_add_bias(cudaStream_t stream, float *out, const float
 
 /* silu(g) * u = g / (1 + exp(-g)) * u. Plain expf (no fast-math) so the
  * result stays within a few ulp of the CPU reference. */
-static __global__ void pb_swiglu_kernel(float *out, const float *gate, const float *up, size_t n) {
+static __global__ void pb_swiglu_kernel(float *out, const float *gate, const float *up, size_t n, size_t width,
+                                        size_t stride) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
-        float g = gate[i];
-        out[i] = g / (1.0f + expf(-g)) * up[i];
+        size_t in = i / width * stride + i % width;
+        float g = gate[in];
+        out[i] = g / (1.0f + expf(-g)) * up[in];
     }
 }
 
-cudaError_t pb_cuda_launch_swiglu(cudaStream_t stream, float *out, const float *gate, const float *up, size_t n) {
-    pb_swiglu_kernel<<<pb_cuda_grid_for(n), PB_CUDA_BLOCK, 0, stream>>>(out, gate, up, n);
+cudaError_t pb_cuda_launch_swiglu(cudaStream_t stream, float *out, const float *gate, const float *up, size_t rows,
+                                  size_t width, size_t stride) {
+    size_t n = rows * width;
+    pb_swiglu_kernel<<<pb_cuda_grid_for(n), PB_CUDA_BLOCK, 0, stream>>>(out, gate, up, n, width, stride);
     return cudaGetLastError();
 }
 

@@ -223,8 +223,9 @@ static_assert(sizeof(pb_cuda_copy_regions) <= 4096, "copy regions per launch exc
 /* regions (n_regions) in host memory, free at return: one launch per
  * PB_COPY_REGIONS_PER_LAUNCH of them, each carrying its list by value. */
 cudaError_t pb_cuda_launch_copy_regions(cudaStream_t stream, const pb_cuda_copy_region *regions, int n_regions);
-/* out (n) = silu(gate) * up */
-cudaError_t pb_cuda_launch_swiglu(cudaStream_t stream, float *out, const float *gate, const float *up, size_t n);
+/* out (rows, width) = silu(gate) * up; gate and up rows `stride` apart */
+cudaError_t pb_cuda_launch_swiglu(cudaStream_t stream, float *out, const float *gate, const float *up, size_t rows,
+                                  size_t width, size_t stride);
 /* out (n) = a + b; out may alias a or b */
 cudaError_t pb_cuda_launch_add(cudaStream_t stream, float *out, const float *a, const float *b, size_t n);
 

@@ -70,8 +70,12 @@ typedef struct pb_backend_ops {
      * key-value head h / (n_heads / n_kv_heads). */
     pb_status (*attention)(pb_backend *backend, float *out, const float *q, const float *k, const float *v, int T,
                            int T_kv, int q_start, int n_heads, int n_kv_heads, int head_dim);
-    /* out (n) = silu(gate) * up */
-    pb_status (*swiglu)(pb_backend *backend, float *out, const float *gate, const float *up, size_t n);
+    /* out (rows, width) = silu(gate) * up, where gate and up hold rows of
+     * `width` values `stride` apart (stride >= width: the two halves of a
+     * fused gate/up GEMM's output, stride 2 * width; or plain (rows, width)
+     * buffers, stride width). out may alias gate or up when stride == width. */
+    pb_status (*swiglu)(pb_backend *backend, float *out, const float *gate, const float *up, size_t rows, size_t width,
+                        size_t stride);
     /* out (n) = a + b; out may alias a or b. */
     pb_status (*add)(pb_backend *backend, float *out, const float *a, const float *b, size_t n);
     /* Causal attention for many ragged sequences at once (a patching

@@ -233,12 +233,14 @@ static pb_status cpu_attention_jobs(pb_backend *backend, float *out, const float
     return PB_OK;
 }
 
-static pb_status cpu_swiglu(pb_backend *backend, float *out, const float *gate, const float *up, size_t n) {
-#pragma omp parallel for num_threads(cpu_threads(backend)) if (n > 65536)
-    for (size_t i = 0; i < n; i++) {
-        float g = gate[i];
-        out[i] = g / (1.0f + expf(-g)) * up[i];
-    }
+static pb_status cpu_swiglu(pb_backend *backend, float *out, const float *gate, const float *up, size_t rows,
+                            size_t width, size_t stride) {
+#pragma omp parallel for num_threads(cpu_threads(backend)) if (rows * width > 65536)
+    for (size_t r = 0; r < rows; r++)
+        for (size_t c = 0; c < width; c++) {
+            float g = gate[r * stride + c];
+            out[r * width + c] = g / (1.0f + expf(-g)) * up[r * stride + c];
+        }
     return PB_OK;
 }
 

@@ -250,19 +250,21 @@ static pb_status project_qkv(pb_exec *e, const pb_layer_weights *W, int rows) {
     return split_columns(e, e->v, e->fused, n, qd + kvd, kvd, rows);
 }
 
-/* gate and up (rows, d_mlp) of xn, fused like project_qkv. */
-static pb_status project_gate_up(pb_exec *e, const pb_layer_weights *W, int rows) {
+/* silu(gate) * up (rows, d_mlp) of xn into e->gate. With fused weights one
+ * GEMM writes gate and up side by side and swiglu reads the two halves where
+ * they lie: no hook point sees gate or up alone, so nothing is split. */
+static pb_status mlp_activation(pb_exec *e, const pb_layer_weights *W, int rows) {
     pb_model *m = e->model;
     const pb_model_config *c = &m->cfg;
     pb_backend *b = m->backend;
     size_t mlp = (size_t)c->d_mlp;
     if (!W->w_gate_up) {
         PB_TRY(b->ops->matmul(b, e->gate, e->xn, W->w_gate, m->wdtype, NULL, rows, c->d_mlp, c->d_model));
-        return b->ops->matmul(b, e->up, e->xn, W->w_up, m->wdtype, NULL, rows, c->d_mlp, c->d_model);
+        PB_TRY(b->ops->matmul(b, e->up, e->xn, W->w_up, m->wdtype, NULL, rows, c->d_mlp, c->d_model));
+        return b->ops->swiglu(b, e->gate, e->gate, e->up, (size_t)rows, mlp, mlp);
     }
     PB_TRY(b->ops->matmul(b, e->fused, e->xn, W->w_gate_up, m->wdtype, NULL, rows, 2 * c->d_mlp, c->d_model));
-    PB_TRY(split_columns(e, e->gate, e->fused, 2 * mlp, 0, mlp, rows));
-    return split_columns(e, e->up, e->fused, 2 * mlp, mlp, mlp, rows);
+    return b->ops->swiglu(b, e->gate, e->fused, e->fused + mlp, (size_t)rows, mlp, 2 * mlp);
 }
 
 static int compare_start(const void *a, const void *b, void *jobs) {
@@ -372,8 +374,7 @@ static pb_status mlp_block(pb_exec *e, const pb_exec_job *jobs, int n_active, in
     int d = c->d_model;
     PB_TRY(hook_point(e, jobs, n_active, PB_HOOK_RESID_MID, L, e->x, fn, user));
     PB_TRY(ops->rmsnorm(b, e->xn, e->x, W->mlp_norm, rows, d, c->rms_eps));
-    PB_TRY(project_gate_up(e, W, rows));
-    PB_TRY(ops->swiglu(b, e->gate, e->gate, e->up, (size_t)rows * c->d_mlp));
+    PB_TRY(mlp_activation(e, W, rows));
     PB_TRY(ops->matmul(b, e->sub, e->gate, W->w_down, m->wdtype, NULL, rows, d, c->d_mlp));
     e->flops += 6.0 * rows * d * c->d_mlp;
     PB_TRY(hook_point(e, jobs, n_active, PB_HOOK_MLP_OUT, L, e->sub, fn, user));

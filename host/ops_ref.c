@@ -132,11 +132,13 @@ static pb_status ref_attention(pb_backend *backend, float *out, const float *q, 
     return PB_OK;
 }
 
-static pb_status ref_swiglu(pb_backend *backend, float *out, const float *gate, const float *up, size_t n) {
-    for (size_t i = 0; i < n; i++) {
-        double g = gate[i];
-        out[i] = (float)(g / (1.0 + exp(-g)) * up[i]);
-    }
+static pb_status ref_swiglu(pb_backend *backend, float *out, const float *gate, const float *up, size_t rows,
+                            size_t width, size_t stride) {
+    for (size_t r = 0; r < rows; r++)
+        for (size_t c = 0; c < width; c++) {
+            double g = gate[r * stride + c];
+            out[r * width + c] = (float)(g / (1.0 + exp(-g)) * up[r * stride + c]);
+        }
     return PB_OK;
 }
 

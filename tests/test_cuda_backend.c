@@ -363,8 +363,8 @@ static void test_swiglu(void **state) {
     twin gate = twin_floats(gate_host, n);
     twin up = twin_floats(up_host, n);
     twin out = twin_floats(NULL, n);
-    CHECK_OK(g_ref->ops->swiglu(g_ref, out.ref, gate.ref, up.ref, n));
-    CHECK_OK(g_cuda->ops->swiglu(g_cuda, out.cuda, gate.cuda, up.cuda, n));
+    CHECK_OK(g_ref->ops->swiglu(g_ref, out.ref, gate.ref, up.ref, 7, 143, 143));
+    CHECK_OK(g_cuda->ops->swiglu(g_cuda, out.cuda, gate.cuda, up.cuda, 7, 143, 143));
     twin_compare(&out, PB_TOL_CUDA_ELEMENTWISE_NMSE, "swiglu n=1001");
     twin_free(&gate);
     twin_free(&up);
@@ -375,11 +375,21 @@ static void test_swiglu(void **state) {
     gate = twin_floats(gate_host, n);
     up = twin_floats(up_host, n);
     out = twin_floats(NULL, n);
-    CHECK_OK(g_ref->ops->swiglu(g_ref, out.ref, gate.ref, up.ref, n));
-    CHECK_OK(g_cuda->ops->swiglu(g_cuda, out.cuda, gate.cuda, up.cuda, n));
+    CHECK_OK(g_ref->ops->swiglu(g_ref, out.ref, gate.ref, up.ref, 7, 143, 143));
+    CHECK_OK(g_cuda->ops->swiglu(g_cuda, out.cuda, gate.cuda, up.cuda, 7, 143, 143));
     twin_compare(&out, PB_TOL_CUDA_ELEMENTWISE_NMSE, "swiglu n=1001 with NaN");
     twin_free(&gate);
     twin_free(&up);
+    twin_free(&out);
+
+    /* a fused gate/up output (7 rows of 2 x 71 values): each half read
+     * with stride 142, out (7, 71) dense */
+    gate = twin_floats(gate_host, 7 * 142);
+    out = twin_floats(NULL, 7 * 71);
+    CHECK_OK(g_ref->ops->swiglu(g_ref, out.ref, gate.ref, gate.ref + 71, 7, 71, 142));
+    CHECK_OK(g_cuda->ops->swiglu(g_cuda, out.cuda, gate.cuda, gate.cuda + 71, 7, 71, 142));
+    twin_compare(&out, PB_TOL_CUDA_ELEMENTWISE_NMSE, "swiglu fused halves 7 x 71, stride 142");
+    twin_free(&gate);
     twin_free(&out);
     free(gate_host);
     free(up_host);

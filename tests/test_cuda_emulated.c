@@ -327,11 +327,20 @@ static void test_swiglu_add(void **state) {
     gate[2] = 0.0f;
     float *got = filled_floats(n, NAN);
     float *want = filled_floats(n, NAN);
-    CHECK_LAUNCH(pb_emu_swiglu(got, gate, up, n));
-    CHECK_OK(g_ref->ops->swiglu(g_ref, want, gate, up, n));
+    CHECK_LAUNCH(pb_emu_swiglu(got, gate, up, 1, n, n));
+    CHECK_OK(g_ref->ops->swiglu(g_ref, want, gate, up, 1, n, n));
     check_guard(got, n, "swiglu");
     /* fp32 expf and division vs the reference's double: a few ulp */
     expect_close(got, want, n, PB_TOL_ELEMENTWISE_NMSE, "swiglu n=10007");
+    /* the halves of a fused gate/up output: 37 rows of 2 x 135 values */
+    float *fused_got = filled_floats(37 * 135, NAN);
+    float *fused_want = filled_floats(37 * 135, NAN);
+    CHECK_LAUNCH(pb_emu_swiglu(fused_got, gate, gate + 135, 37, 135, 270));
+    CHECK_OK(g_ref->ops->swiglu(g_ref, fused_want, gate, gate + 135, 37, 135, 270));
+    check_guard(fused_got, 37 * 135, "swiglu fused halves");
+    expect_close(fused_got, fused_want, 37 * 135, PB_TOL_ELEMENTWISE_NMSE, "swiglu fused halves 37 x 135, stride 270");
+    free(fused_got);
+    free(fused_want);
 
     CHECK_LAUNCH(pb_emu_add(got, gate, up, n));
     CHECK_OK(g_ref->ops->add(g_ref, want, gate, up, n));

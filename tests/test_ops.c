@@ -83,7 +83,7 @@ static void test_ref_exact_cases(void **state) {
     assert_float_equal(z[3], 6, 1e-6);
     /* swiglu: silu(0) = 0, silu(x) = x * sigmoid(x) */
     float g[2] = {0, 1}, u[2] = {5, 2}, s[2];
-    assert_int_equal(b->ops->swiglu(b, s, g, u, 2), PB_OK);
+    assert_int_equal(b->ops->swiglu(b, s, g, u, 1, 2, 2), PB_OK);
     assert_float_equal(s[0], 0, 0);
     assert_float_equal(s[1], 2 / (1 + exp(-1.0)), 1e-6);
 }
@@ -134,7 +134,7 @@ static void test_cpu_matches_reference(void **state) {
     /* swiglu and add */
     for (int i = 0; i < 2; i++) {
         out[i] = alloc_guarded((size_t)n * k);
-        assert_int_equal(bs[i]->ops->swiglu(bs[i], out[i], w, x, (size_t)rows * k), PB_OK);
+        assert_int_equal(bs[i]->ops->swiglu(bs[i], out[i], w, x, (size_t)rows, (size_t)k, (size_t)k), PB_OK);
         check_guard(out[i], (size_t)rows * k, "swiglu");
     }
     compare(out[1], out[0], (size_t)rows * k, PB_TOL_ELEMENTWISE_NMSE, "swiglu");

@@ -632,9 +632,10 @@ static pb_status sticky_attention(pb_backend *b, float *out, const float *q, con
     PB_TRY(sticky_check("attention"));
     return g_sticky_real->attention(b, out, q, k, v, T, T_kv, q_start, n_heads, n_kv_heads, head_dim);
 }
-static pb_status sticky_swiglu(pb_backend *b, float *out, const float *gate, const float *up, size_t n) {
+static pb_status sticky_swiglu(pb_backend *b, float *out, const float *gate, const float *up, size_t rows,
+                               size_t width, size_t stride) {
     PB_TRY(sticky_check("swiglu"));
-    return g_sticky_real->swiglu(b, out, gate, up, n);
+    return g_sticky_real->swiglu(b, out, gate, up, rows, width, stride);
 }
 static pb_status sticky_add(pb_backend *b, float *out, const float *x, const float *y, size_t n) {
     PB_TRY(sticky_check("add"));

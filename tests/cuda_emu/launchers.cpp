@@ -63,8 +63,8 @@ int pb_emu_attention_jobs(float *out, const float *q, const pb_attention_job *jo
     return error;
 }
 
-int pb_emu_swiglu(float *out, const float *gate, const float *up, size_t n) {
-    return pb_cuda_launch_swiglu(nullptr, out, gate, up, n);
+int pb_emu_swiglu(float *out, const float *gate, const float *up, size_t rows, size_t width, size_t stride) {
+    return pb_cuda_launch_swiglu(nullptr, out, gate, up, rows, width, stride);
 }
 
 int pb_emu_copy_regions(const pb_copy_region *regions, int n_regions) {

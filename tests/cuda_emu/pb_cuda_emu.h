@@ -36,7 +36,7 @@ void pb_emu_set_attention_tiled(int tiled);
 int pb_emu_attention_tiled_ok(int head_dim);
 int pb_emu_attention_jobs(float *out, const float *q, const pb_attention_job *jobs, int n_jobs, int n_heads,
                           int n_kv_heads, int head_dim);
-int pb_emu_swiglu(float *out, const float *gate, const float *up, size_t n);
+int pb_emu_swiglu(float *out, const float *gate, const float *up, size_t rows, size_t width, size_t stride);
 int pb_emu_add(float *out, const float *a, const float *b, size_t n);
 /* cuda/copy_regions.cu as backend_cuda.cu drives it. */
 int pb_emu_copy_regions(const pb_copy_region *regions, int n_regions);
