@@ -386,8 +386,8 @@ static void test_swiglu(void **state) {
      * with stride 142, out (7, 71) dense */
     gate = twin_floats(gate_host, 7 * 142);
     out = twin_floats(NULL, 7 * 71);
-    CHECK_OK(g_ref->ops->swiglu(g_ref, out.ref, gate.ref, gate.ref + 71, 7, 71, 142));
-    CHECK_OK(g_cuda->ops->swiglu(g_cuda, out.cuda, gate.cuda, gate.cuda + 71, 7, 71, 142));
+    CHECK_OK(g_ref->ops->swiglu(g_ref, out.ref, gate.ref, (const float *)gate.ref + 71, 7, 71, 142));
+    CHECK_OK(g_cuda->ops->swiglu(g_cuda, out.cuda, gate.cuda, (const float *)gate.cuda + 71, 7, 71, 142));
     twin_compare(&out, PB_TOL_CUDA_ELEMENTWISE_NMSE, "swiglu fused halves 7 x 71, stride 142");
     twin_free(&gate);
     twin_free(&out);
