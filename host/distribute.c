@@ -57,7 +57,7 @@ const char *pb_rank_stage_name(int stage) {
     case PB_RANK_STARTING: return "while starting (loading the model, planning its share)";
     case PB_RANK_SWEEPING: return "while running its share of the sweep";
     case PB_RANK_GATHERING: return "while gathering the results";
-    case PB_RANK_FINISHING: return "while finishing (rank 0 writing the results or the checkpoint)";
+    case PB_RANK_FINISHING: return "while finishing (rank 0 writing the results or the checkpoint, the others waiting)";
     }
     return "in an unknown stage";
 }

@@ -145,9 +145,10 @@ static void check_partners(pb_rank_watchdog *w, double now) {
         double silent = now - w->last_heard[p];
         if (!w->watched[p] || silent <= w->timeout_s)
             continue;
-        fail_locked(w, "rank %d of %d: no heartbeat from rank %d for %.1f s (--rank-timeout %g s); it was last "
-                       "heard %s: rank %d is dead or stuck",
-                    w->rank, w->size, p, silent, w->timeout_s, pb_rank_stage_name(w->peer_stage[p]), p);
+        fail_locked(w, "rank %d of %d, %s: no heartbeat from rank %d for %.1f s (--rank-timeout %g s); it was "
+                       "last heard %s: rank %d is dead or stuck",
+                    w->rank, w->size, pb_rank_stage_name(w->stage), p, silent, w->timeout_s,
+                    pb_rank_stage_name(w->peer_stage[p]), p);
         return;
     }
 }
