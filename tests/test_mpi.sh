@@ -29,8 +29,11 @@ scale=${PB_TEST_TIMEOUT_SCALE:-1}
 limit() { python3 -c "import math,sys; print(math.ceil(float(sys.argv[1]) * float(sys.argv[2])))" "$1" "$scale"; }
 # Stuck-rank cases: the watchdog names a rank silent for rank_timeout; the job
 # must be over within rank_timeout + margin of the stop (README: the watchdog
-# looks every 0.1 s, the rest is mpirun ending the other ranks).
-rank_timeout=3
+# looks every 0.1 s, the rest is mpirun ending the other ranks). The timeout
+# scales too: on a loaded machine a live rank's heartbeats can be late by
+# seconds (measured: 3 s once at load 13 on 2 cores), and it must not be
+# taken for a stuck one.
+rank_timeout=$(limit 5)
 margin=$(limit 5)
 bound=$((rank_timeout + margin))
 tmp=$(mktemp -d /tmp/pb_mpi_XXXXXX)
@@ -65,11 +68,11 @@ json.dump(spec, open(sys.argv[2], "w"))
 PY
 big=(sweep --model "$fixtures/tiny_gqa/model.gguf" --spec "$tmp/big.json" --threads 1 --max-memory 2M --no-progress)
 watched=(sweep --model "$fixtures/tiny_gqa/model.gguf" --spec "$tmp/big.json" --threads 1 --max-memory 2M)
-# The stuck rank mid-sweep: a run long enough (32x) that rank 0 is still in
+# The stuck rank mid-sweep: a run long enough (64x) that rank 0 is still in
 # its own share when the stopped rank's timeout passes.
 python3 - "$tmp/spec.json" "$tmp/long.json" <<'PY'
 import json, sys
-spec = json.load(open(sys.argv[1])); spec["pairs"] = spec["pairs"] * 32
+spec = json.load(open(sys.argv[1])); spec["pairs"] = spec["pairs"] * 64
 json.dump(spec, open(sys.argv[2], "w"))
 PY
 long_watched=(sweep --model "$fixtures/tiny_gqa/model.gguf" --spec "$tmp/long.json" --threads 1 --max-memory 2M)
