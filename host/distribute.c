@@ -1,12 +1,13 @@
 /* Ranks for sweeps: detection (MPI or Slurm), cost-balanced contiguous row
- * shares, and the gather of per-row results to rank 0 with a deadline.
- * Messages are point-to-point and polled (MPI_Iprobe / MPI_Test) rather than
- * blocking collectives, so a rank that never reports is named and the job
- * aborted instead of hanging. A rank killed outright is caught earlier by
- * the launcher (mpirun aborts the job; srun with --kill-on-bad-exit). */
+ * shares, and the gather of per-row results to rank 0. Messages are
+ * point-to-point and polled (MPI_Iprobe / MPI_Test) rather than blocking
+ * collectives, and every wait asks the rank watchdog (rank_watchdog.h)
+ * whether a rank went silent, so a rank that stops answering is named and
+ * the job ended instead of hung. A rank killed outright is caught earlier by
+ * the launcher (mpirun aborts the job; srun with --kill-on-bad-exit). Every
+ * MPI call here is made under the watchdog's lock (mpi_enter / mpi_leave). */
 #define _POSIX_C_SOURCE 200809L
 #include <math.h>
-#include <pthread.h>
 #include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,21 +23,11 @@
 #include "internal.h"
 #include "model.h"
 #include "rank_device.h"
+#include "rank_watchdog.h"
 #include "sweep.h"
 
-enum { TAG_REPORT = 7101, TAG_EXIT = 7102 };
+enum { TAG_REPORT = 7101, TAG_EXIT = 7102, TAG_BYE = 7104 }; /* 7103: rank_watchdog.c's heartbeat */
 enum { REPORT_HEADER = 8 }; /* doubles before the records of a report */
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static void nap(void) {
-    struct timespec ts = {0, 5 * 1000 * 1000};
-    nanosleep(&ts, NULL);
-}
 
 static int env_int(const char *name, int fallback) {
     const char *v = getenv(name);
@@ -62,10 +53,54 @@ static void narrow_visible_gpus(int local_rank) {
         }
 }
 
-pb_status pb_ranks_init(pb_ranks *r, int *argc, char ***argv) {
+const char *pb_rank_stage_name(int stage) {
+    switch (stage) {
+    case PB_RANK_STARTING: return "while starting (loading the model, planning its share)";
+    case PB_RANK_SWEEPING: return "while running its share of the sweep";
+    case PB_RANK_GATHERING: return "while gathering the results";
+    case PB_RANK_FINISHING: return "while finishing (rank 0 writing the results or the checkpoint, the others waiting)";
+    }
+    return "in an unknown stage";
+}
+
+#ifdef PB_HAVE_MPI
+/* The launcher's rank and size, before MPI_Init can say them. */
+static void launcher_rank(int *rank, int *size) {
+    *rank = env_int("OMPI_COMM_WORLD_RANK", env_int("PMIX_RANK", env_int("PMI_RANK", env_int("SLURM_PROCID", 0))));
+    *size = env_int("OMPI_COMM_WORLD_SIZE", env_int("PMI_SIZE", env_int("SLURM_NTASKS", 1)));
+    if (*size < 1)
+        *size = 1;
+    if (*rank >= *size)
+        *rank = 0;
+}
+
+static pb_status init_mpi(pb_ranks *r, int *argc, char ***argv, const pb_ranks_options *o) {
+    int rank, size;
+    launcher_rank(&rank, &size);
+    PB_TRY(pb_rank_watchdog_start(&r->watch, rank, size, r->timeout_s, o ? o->on_stuck : NULL, o ? o->user : NULL));
+    int provided = 0;
+    if (MPI_Init_thread(argc, argv, MPI_THREAD_MULTIPLE, &provided) != MPI_SUCCESS) {
+        pb_rank_watchdog_stop(r->watch);
+        r->watch = NULL;
+        return pb_fail(PB_ERR_UNSUPPORTED, "MPI_Init_thread failed");
+    }
+    r->mpi = 1;
+    MPI_Comm_rank(MPI_COMM_WORLD, &r->rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &r->size);
+    pb_rank_watchdog_running(r->watch, r->rank, r->size);
+    if (provided < MPI_THREAD_SERIALIZED)
+        return pb_fail(PB_ERR_UNSUPPORTED,
+                       "this MPI provides thread level %d; the rank watchdog calls MPI from its own thread and "
+                       "needs MPI_THREAD_SERIALIZED (%d) or more",
+                       provided, MPI_THREAD_SERIALIZED);
+    return PB_OK;
+}
+#endif
+
+pb_status pb_ranks_init(pb_ranks *r, int *argc, char ***argv, const pb_ranks_options *options) {
     memset(r, 0, sizeof *r);
     r->size = 1;
-    r->timeout_s = 120.0;
+    r->timeout_s = options && options->timeout_s > 0 ? options->timeout_s : 120.0;
     int launched = getenv("OMPI_COMM_WORLD_SIZE") || getenv("PMIX_RANK") || getenv("PMI_SIZE") ||
                    env_int("SLURM_NTASKS", 1) > 1;
     const int env_local_rank = pb_rank_local_from_env(pb_env_process);
@@ -73,14 +108,16 @@ pb_status pb_ranks_init(pb_ranks *r, int *argc, char ***argv) {
     if (!launched)
         return PB_OK;
 #ifdef PB_HAVE_MPI
-    int provided = 0;
-    if (MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided) != MPI_SUCCESS)
-        return pb_fail(PB_ERR_UNSUPPORTED, "MPI_Init_thread failed");
-    r->mpi = 1;
-    MPI_Comm_rank(MPI_COMM_WORLD, &r->rank);
-    MPI_Comm_size(MPI_COMM_WORLD, &r->size);
-    if (env_local_rank < 0)
-        PB_TRY(pb_rank_local_from_mpi(&r->local_rank)); /* a launcher that does not say */
+    PB_TRY(init_mpi(r, argc, argv, options));
+    if (env_local_rank < 0) {
+        /* a launcher that does not say: a blocking collective, under the
+         * watchdog's lock like every MPI call of this thread; every rank
+         * has just left MPI_Init, so none is missing yet */
+        pb_rank_watchdog_lock(r->watch);
+        pb_status st = pb_rank_local_from_mpi(&r->local_rank);
+        pb_rank_watchdog_unlock(r->watch);
+        PB_TRY(st);
+    }
     narrow_visible_gpus(r->local_rank);
     return PB_OK;
 #else
@@ -97,66 +134,68 @@ pb_status pb_ranks_init(pb_ranks *r, int *argc, char ***argv) {
 #endif
 }
 
-#ifdef PB_HAVE_MPI
-typedef struct finalize_watch {
-    pthread_mutex_t lock;
-    pthread_cond_t done_cond;
-    int done;
-    double timeout_s;
-    int rank;
-} finalize_watch;
-
-/* Watchdog: MPI_Finalize waits for every rank, so a stuck one would hang
- * this one forever; past the timeout the process leaves on its own. */
-static void *finalize_watchdog(void *arg) {
-    finalize_watch *w = arg;
-    struct timespec until;
-    clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_sec += (time_t)w->timeout_s;
-    pthread_mutex_lock(&w->lock);
-    int rc = 0;
-    while (!w->done && rc == 0)
-        rc = pthread_cond_timedwait(&w->done_cond, &w->lock, &until);
-    int done = w->done;
-    pthread_mutex_unlock(&w->lock);
-    if (!done) {
-        fprintf(stderr, "patchbay: rank %d: MPI_Finalize did not return within %.0f s (another rank is stuck); "
-                        "exiting\n", w->rank, w->timeout_s);
-        fflush(stderr);
-        _exit(1);
-    }
-    return NULL;
-}
-#endif
-
 void pb_ranks_finalize(pb_ranks *r) {
 #ifdef PB_HAVE_MPI
     if (r->mpi) {
-        finalize_watch w = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, r->timeout_s, r->rank};
-        pthread_t thread;
-        int watching = pthread_create(&thread, NULL, finalize_watchdog, &w) == 0;
+        pb_rank_watchdog_finalizing(r->watch);
         MPI_Finalize();
-        if (watching) {
-            pthread_mutex_lock(&w.lock);
-            w.done = 1;
-            pthread_cond_signal(&w.done_cond);
-            pthread_mutex_unlock(&w.lock);
-            pthread_join(thread, NULL);
-        }
     }
+    pb_rank_watchdog_stop(r->watch);
+    r->watch = NULL;
 #endif
     r->mpi = 0;
 }
 
-void pb_ranks_abort(pb_ranks *r, int code, const char *message) {
-    fprintf(stderr, "patchbay: rank %d of %d: %s\n", r->rank, r->size, message);
-    fflush(stderr);
+void pb_ranks_abort(pb_ranks *r, int code) {
 #ifdef PB_HAVE_MPI
-    if (r->mpi)
-        MPI_Abort(MPI_COMM_WORLD, code);
+    if (r->mpi && r->watch && pb_rank_watchdog_lock_running(r->watch))
+        MPI_Abort(MPI_COMM_WORLD, code); /* holds the lock: no other MPI call runs beside it */
 #endif
+    (void)r;
     (void)code;
 }
+
+void pb_ranks_set_stage(pb_ranks *r, pb_rank_stage stage) {
+#ifdef PB_HAVE_MPI
+    if (r->watch)
+        pb_rank_watchdog_set_stage(r->watch, (int)stage);
+#endif
+    (void)r;
+    (void)stage;
+}
+
+#ifdef PB_HAVE_MPI
+static void nap(void) {
+    struct timespec ts = {0, 5 * 1000 * 1000};
+    nanosleep(&ts, NULL);
+}
+
+static void mpi_enter(pb_ranks *r) { pb_rank_watchdog_lock(r->watch); }
+static void mpi_leave(pb_ranks *r) { pb_rank_watchdog_unlock(r->watch); }
+
+/* PB_ERR_IO with the watchdog's message once it found a rank stuck; PB_OK
+ * after a short nap otherwise (the caller polls again). */
+static pb_status wait_a_little(pb_ranks *r) {
+    char message[512];
+    if (pb_rank_watchdog_failed(r->watch, message, sizeof message))
+        return pb_fail(PB_ERR_IO, "%s", message);
+    nap();
+    return PB_OK;
+}
+
+/* Polls req to completion (the lock is taken per test, not held between). */
+static pb_status wait_request(pb_ranks *r, MPI_Request *req) {
+    for (;;) {
+        int done = 0;
+        mpi_enter(r);
+        MPI_Test(req, &done, MPI_STATUS_IGNORE);
+        mpi_leave(r);
+        if (done)
+            return PB_OK;
+        PB_TRY(wait_a_little(r));
+    }
+}
+#endif
 
 /* ---- shares ------------------------------------------------------------- */
 
@@ -276,6 +315,90 @@ static pb_status merge_report(pb_sweep *s, const double *m, int count) {
     return PB_OK;
 }
 
+#ifdef PB_HAVE_MPI
+/* Rank k > 0: its report to rank 0, sent when rank 0 takes it. */
+static pb_status send_report(pb_ranks *r, pb_sweep *s, const int64_t *share, int64_t n_share, pb_status own_status,
+                             double own_seconds) {
+    int count = 0;
+    double *m = make_report(s, share, n_share, own_status, own_seconds, r->rank, &count);
+    if (!m)
+        return pb_fail(PB_ERR_OOM, "rank %d: out of memory for its report", r->rank);
+    MPI_Request req;
+    mpi_enter(r);
+    MPI_Isend(m, count, MPI_DOUBLE, 0, TAG_REPORT, MPI_COMM_WORLD, &req);
+    mpi_leave(r);
+    pb_status st = wait_request(r, &req);
+    if (st != PB_OK) {
+        /* the send may still read m: MPI_Abort follows, so leaving it is safe */
+        return st;
+    }
+    free(m);
+    return PB_OK;
+}
+
+/* Rank 0: the next report that arrived, malloc'd in *out (NULL when none yet). */
+static pb_status receive_report(pb_ranks *r, double **out, int *count, int *source) {
+    *out = NULL;
+    int flag = 0;
+    MPI_Status st;
+    mpi_enter(r);
+    MPI_Iprobe(MPI_ANY_SOURCE, TAG_REPORT, MPI_COMM_WORLD, &flag, &st);
+    if (flag)
+        MPI_Get_count(&st, MPI_DOUBLE, count);
+    mpi_leave(r);
+    if (!flag)
+        return PB_OK;
+    double *m = malloc(sizeof(double) * (size_t)(*count > 0 ? *count : 1));
+    if (!m)
+        return pb_fail(PB_ERR_OOM, "out of memory for rank %d's report", st.MPI_SOURCE);
+    mpi_enter(r);
+    MPI_Recv(m, *count, MPI_DOUBLE, st.MPI_SOURCE, TAG_REPORT, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+    mpi_leave(r);
+    *out = m;
+    *source = st.MPI_SOURCE;
+    return PB_OK;
+}
+
+/* Rank 0: one report from every other rank, for as long as they are heard. */
+static pb_status collect_reports(pb_ranks *r, pb_sweep *s, pb_status own_status, pb_status *job_status,
+                                 double *rank_seconds) {
+    char *got = calloc((size_t)r->size, 1);
+    if (!got)
+        return pb_fail(PB_ERR_OOM, "out of memory");
+    int n_got = 0, worst = status_rank(own_status);
+    pb_status merged = PB_OK, st = PB_OK;
+    while (st == PB_OK && n_got < r->size - 1) {
+        double *m = NULL;
+        int count = 0, source = 0;
+        st = receive_report(r, &m, &count, &source);
+        if (st == PB_OK && !m)
+            st = wait_a_little(r);
+        if (!m || got[source]) {
+            free(m);
+            continue;
+        }
+        got[source] = 1;
+        n_got++;
+        int sr = status_rank((pb_status)(int)m[0]);
+        if (sr > worst || (sr == worst && sr == 2)) {
+            worst = sr;
+            *job_status = (pb_status)(int)m[0];
+        }
+        if (rank_seconds)
+            rank_seconds[source] = m[5];
+        if (merged == PB_OK)
+            merged = merge_report(s, m, count);
+        free(m);
+    }
+    free(got);
+    if (worst == 0)
+        *job_status = PB_OK;
+    else if (worst == 1 && status_rank(*job_status) != 1)
+        *job_status = PB_ERR_INTERRUPTED;
+    return st != PB_OK ? st : merged;
+}
+#endif
+
 pb_status pb_ranks_gather(pb_ranks *r, pb_sweep *s, const int64_t *share, int64_t n_share, pb_status own_status,
                           double own_seconds, pb_status *job_status, double *rank_seconds) {
     *job_status = own_status;
@@ -284,87 +407,9 @@ pb_status pb_ranks_gather(pb_ranks *r, pb_sweep *s, const int64_t *share, int64_
     if (r->size == 1)
         return PB_OK;
 #ifdef PB_HAVE_MPI
-    int count = 0;
-    double deadline = now_s() + own_seconds + r->timeout_s;
-    if (r->rank != 0) {
-        double *m = make_report(s, share, n_share, own_status, own_seconds, r->rank, &count);
-        if (!m)
-            return pb_fail(PB_ERR_OOM, "rank %d: out of memory for its report", r->rank);
-        MPI_Request req;
-        MPI_Isend(m, count, MPI_DOUBLE, 0, TAG_REPORT, MPI_COMM_WORLD, &req);
-        for (int done = 0;;) {
-            MPI_Test(&req, &done, MPI_STATUS_IGNORE);
-            if (done)
-                break;
-            if (now_s() > deadline) {
-                free(m);
-                char msg[256];
-                snprintf(msg, sizeof msg,
-                         "rank 0 did not take this rank's results within %.0f s after the share ended: rank 0 is "
-                         "dead or stuck; aborting the job",
-                         own_seconds + r->timeout_s);
-                pb_ranks_abort(r, 1, msg);
-                return pb_fail(PB_ERR_IO, "%s", msg);
-            }
-            nap();
-        }
-        free(m);
-        return PB_OK;
-    }
-    /* rank 0: one report from every other rank, polled with a deadline */
-    char *got = calloc((size_t)r->size, 1);
-    if (!got)
-        return pb_fail(PB_ERR_OOM, "out of memory");
-    int n_got = 0, worst = status_rank(own_status);
-    pb_status merged = PB_OK;
-    while (n_got < r->size - 1) {
-        int flag = 0;
-        MPI_Status st;
-        MPI_Iprobe(MPI_ANY_SOURCE, TAG_REPORT, MPI_COMM_WORLD, &flag, &st);
-        if (!flag) {
-            if (now_s() > deadline) {
-                char msg[1024];
-                int n = snprintf(msg, sizeof msg, "no results within %.0f s after rank 0's share ended from rank",
-                                 own_seconds + r->timeout_s);
-                for (int k = 1; k < r->size && n < (int)sizeof msg - 16; k++)
-                    if (!got[k])
-                        n += snprintf(msg + n, sizeof msg - (size_t)n, " %d", k);
-                snprintf(msg + n, sizeof msg - (size_t)n, " (dead or stuck); aborting the job");
-                free(got);
-                pb_ranks_abort(r, 1, msg);
-                return pb_fail(PB_ERR_IO, "%s", msg);
-            }
-            nap();
-            continue;
-        }
-        MPI_Get_count(&st, MPI_DOUBLE, &count);
-        double *m = malloc(sizeof(double) * (size_t)(count > 0 ? count : 1));
-        if (!m) {
-            free(got);
-            return pb_fail(PB_ERR_OOM, "out of memory for rank %d's report", st.MPI_SOURCE);
-        }
-        MPI_Recv(m, count, MPI_DOUBLE, st.MPI_SOURCE, TAG_REPORT, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
-        if (!got[st.MPI_SOURCE]) {
-            got[st.MPI_SOURCE] = 1;
-            n_got++;
-            int sr = status_rank((pb_status)(int)m[0]);
-            if (sr > worst || (sr == worst && sr == 2)) {
-                worst = sr;
-                *job_status = (pb_status)(int)m[0];
-            }
-            if (rank_seconds)
-                rank_seconds[st.MPI_SOURCE] = m[5];
-            if (merged == PB_OK)
-                merged = merge_report(s, m, count);
-        }
-        free(m);
-    }
-    free(got);
-    if (worst == 0)
-        *job_status = PB_OK;
-    else if (worst == 1 && status_rank(*job_status) != 1)
-        *job_status = PB_ERR_INTERRUPTED;
-    return merged;
+    if (r->rank != 0)
+        return send_report(r, s, share, n_share, own_status, own_seconds);
+    return collect_reports(r, s, own_status, job_status, rank_seconds);
 #else
     (void)s;
     (void)share;
@@ -389,31 +434,21 @@ static pb_status max_report_count(const pb_sweep *s, int size, int64_t *out) {
 }
 
 /* Rank 0's ncclUniqueId to every rank: a non-blocking broadcast polled
- * against the deadline, so a rank that never arrives is a message, not a
- * hang. */
-static pb_status share_nccl_id(pb_ranks *r, unsigned char id[PB_NCCL_ID_BYTES], double deadline) {
+ * while the watchdog hears every rank, so a rank that never arrives is a
+ * message, not a hang. */
+static pb_status share_nccl_id(pb_ranks *r, unsigned char id[PB_NCCL_ID_BYTES]) {
     if (r->rank == 0)
         PB_TRY(pb_nccl_id_create(id));
     if (r->size == 1)
         return PB_OK;
 #ifdef PB_HAVE_MPI
     MPI_Request req;
+    mpi_enter(r);
     MPI_Ibcast(id, PB_NCCL_ID_BYTES, MPI_BYTE, 0, MPI_COMM_WORLD, &req);
-    for (int done = 0;;) {
-        MPI_Test(&req, &done, MPI_STATUS_IGNORE);
-        if (done)
-            return PB_OK;
-        if (now_s() > deadline) {
-            char msg[256];
-            snprintf(msg, sizeof msg,
-                     "rank %d: the NCCL id broadcast from rank 0 did not complete in time: a rank is dead or stuck; "
-                     "aborting the job",
-                     r->rank);
-            pb_ranks_abort(r, 1, msg);
-            return pb_fail(PB_ERR_IO, "%s", msg);
-        }
-        nap();
-    }
+    mpi_leave(r);
+    if (wait_request(r, &req) != PB_OK)
+        return pb_fail_context(PB_ERR_IO, "rank %d: the NCCL id broadcast from rank 0 did not complete", r->rank);
+    return PB_OK;
 #else
     return pb_fail(PB_ERR_UNSUPPORTED, "several ranks without MPI");
 #endif
@@ -449,7 +484,7 @@ pb_status pb_ranks_gather_nccl(pb_ranks *r, pb_sweep *s, const int64_t *share, i
     pb_nccl_gather *g = NULL;
     unsigned char id[PB_NCCL_ID_BYTES] = {0};
     double wait_s = own_seconds + r->timeout_s;
-    pb_status st = share_nccl_id(r, id, now_s() + wait_s);
+    pb_status st = share_nccl_id(r, id);
     if (st == PB_OK)
         st = pb_nccl_gather_create(&g, id, r->rank, r->size, wait_s);
     if (st == PB_OK)
@@ -469,12 +504,7 @@ pb_status pb_ranks_gather_nccl(pb_ranks *r, pb_sweep *s, const int64_t *share, i
     pb_nccl_gather_free(g);
     if (st != PB_OK) {
         free(host);
-        if (r->size > 1) {
-            char msg[768];
-            snprintf(msg, sizeof msg, "rank %d: NCCL gather failed: %s; aborting the job", r->rank, pb_last_error());
-            pb_ranks_abort(r, 1, msg);
-        }
-        return st;
+        return pb_fail_context(st, "rank %d: NCCL gather failed", r->rank);
     }
     /* Every rank's slot must hold the report that rank sent; this rank's
      * own slot is checked byte for byte (it proves the data went through). */
@@ -517,39 +547,67 @@ pb_status pb_ranks_gather_nccl(pb_ranks *r, pb_sweep *s, const int64_t *share, i
     return merged;
 }
 
-int pb_ranks_exit_code(pb_ranks *r, int code, double wait_s) {
-    if (r->size == 1)
-        return code;
 #ifdef PB_HAVE_MPI
-    if (r->rank == 0) {
-        int value = code;
-        for (int k = 1; k < r->size; k++) {
-            MPI_Request req;
-            MPI_Isend(&value, 1, MPI_INT, k, TAG_EXIT, MPI_COMM_WORLD, &req);
-            MPI_Request_free(&req); /* one int: buffered eagerly; Finalize completes it */
-        }
-        return code;
+/* Rank 0: the exit code to every rank, then each one's acknowledgement. */
+static pb_status send_exit_code(pb_ranks *r, int code) {
+    int *value = malloc(sizeof(int) * (size_t)r->size);
+    MPI_Request *reqs = malloc(sizeof(MPI_Request) * (size_t)r->size);
+    if (!value || !reqs) {
+        free(value);
+        free(reqs);
+        return pb_fail(PB_ERR_OOM, "out of memory");
     }
-    double deadline = now_s() + wait_s;
-    for (;;) {
-        int flag = 0;
-        MPI_Iprobe(0, TAG_EXIT, MPI_COMM_WORLD, &flag, MPI_STATUS_IGNORE);
-        if (flag) {
-            int value = 1;
-            MPI_Recv(&value, 1, MPI_INT, 0, TAG_EXIT, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
-            return value;
-        }
-        if (now_s() > deadline) {
-            char msg[160];
-            snprintf(msg, sizeof msg, "rank 0 did not finish writing the results within %.0f s; aborting the job",
-                     wait_s);
-            pb_ranks_abort(r, 1, msg);
-            return 1;
-        }
-        nap();
+    pb_status st = PB_OK;
+    for (int k = 1; k < r->size; k++) {
+        value[k] = code;
+        mpi_enter(r);
+        MPI_Isend(&value[k], 1, MPI_INT, k, TAG_EXIT, MPI_COMM_WORLD, &reqs[k]);
+        mpi_leave(r);
     }
+    for (int k = 1; k < r->size && st == PB_OK; k++)
+        st = wait_request(r, &reqs[k]);
+    for (int k = 1; k < r->size && st == PB_OK; k++) {
+        int bye = 0;
+        mpi_enter(r);
+        MPI_Irecv(&bye, 1, MPI_INT, k, TAG_BYE, MPI_COMM_WORLD, &reqs[k]);
+        mpi_leave(r);
+        st = wait_request(r, &reqs[k]);
+        if (st == PB_OK)
+            pb_rank_watchdog_forget(r->watch, k);
+    }
+    /* on failure MPI_Abort follows, which releases requests still reading value */
+    if (st == PB_OK)
+        free(value);
+    free(reqs);
+    return st;
+}
+
+/* Rank k > 0: rank 0's exit code, then the acknowledgement. */
+static pb_status receive_exit_code(pb_ranks *r, int *out) {
+    MPI_Request req;
+    mpi_enter(r);
+    MPI_Irecv(out, 1, MPI_INT, 0, TAG_EXIT, MPI_COMM_WORLD, &req);
+    mpi_leave(r);
+    PB_TRY(wait_request(r, &req));
+    int bye = 0;
+    mpi_enter(r);
+    MPI_Isend(&bye, 1, MPI_INT, 0, TAG_BYE, MPI_COMM_WORLD, &req);
+    mpi_leave(r);
+    PB_TRY(wait_request(r, &req));
+    pb_rank_watchdog_forget(r->watch, 0);
+    return PB_OK;
+}
+#endif
+
+pb_status pb_ranks_exit_code(pb_ranks *r, int code, int *out) {
+    *out = code;
+    if (r->size == 1)
+        return PB_OK;
+#ifdef PB_HAVE_MPI
+    if (r->rank == 0)
+        return send_exit_code(r, code);
+    return receive_exit_code(r, out);
 #else
-    (void)wait_s;
-    return code;
+    return pb_fail(PB_ERR_UNSUPPORTED, "several ranks without MPI");
 #endif
 }

@@ -299,6 +299,44 @@ static void install_stop_handlers(void) {
     sigaction(SIGINT, &sa, NULL);
 }
 
+/* The rank watchdog found a rank silent (distribute.h): report it and end
+ * the job. _exit when MPI_Abort cannot run: MPI_Init or MPI_Finalize is
+ * waiting on the stuck rank, and only leaving the process ends that (the
+ * launcher then ends the other ranks). */
+static void on_rank_stuck(const char *message, void *user) {
+    fprintf(stderr, "patchbay: %s; aborting the job\n", message);
+    fflush(stderr);
+    pb_ranks_abort(user, 1);
+    _exit(1);
+}
+
+static void abort_job(pb_ranks *ranks, int code, const char *why) {
+    if (ranks->size < 2)
+        return;
+    fprintf(stderr, "patchbay: rank %d of %d: %s; aborting the job\n", ranks->rank, ranks->size, why);
+    fflush(stderr);
+    pb_ranks_abort(ranks, code);
+}
+
+/* Testing aid for tests/test_mpi.sh: PB_TEST_STALL=RANK:STAGE makes rank
+ * RANK stop itself with SIGSTOP, as a hung node would, on reaching STAGE:
+ * start (before MPI_Init), exchange (MPI up, the first heartbeats going
+ * out), gather (its share done, before its report) or finish (rank 0 about
+ * to write the results or the checkpoint). rank < 0: the launcher's. */
+static void test_stall_point(const char *stage, int rank) {
+    const char *want = getenv("PB_TEST_STALL");
+    if (!want)
+        return;
+    if (rank < 0) {
+        const char *e = getenv("OMPI_COMM_WORLD_RANK");
+        rank = e ? atoi(e) : 0;
+    }
+    char here[64];
+    snprintf(here, sizeof here, "%d:%s", rank, stage);
+    if (strcmp(want, here) == 0)
+        raise(SIGSTOP);
+}
+
 static double monotonic_s(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -480,6 +518,7 @@ static int cmd_sweep(const options *o, pb_ranks *ranks) {
     }
     if (show)
         pb_progress_update(&progress, summary.n_rows_done, summary.n_rows);
+    pb_ranks_set_stage(ranks, PB_RANK_SWEEPING);
     double t0 = monotonic_s();
     st = pb_sweep_run_rows(sweep, share, n_share);
     double seconds = monotonic_s() - t0;
@@ -487,8 +526,8 @@ static int cmd_sweep(const options *o, pb_ranks *ranks) {
         pb_progress_finish(&progress);
     if (st != PB_OK && st != PB_ERR_INTERRUPTED)
         fprintf(stderr, "patchbay: rank %d: sweep failed: %s\n", ranks->rank, pb_last_error());
-    if (o->rank_timeout > 0)
-        ranks->timeout_s = o->rank_timeout;
+    pb_ranks_set_stage(ranks, PB_RANK_GATHERING);
+    test_stall_point("gather", ranks->rank);
     pb_status job = st;
     gathered = 1;
     /* GPU ranks gather over NCCL; --gather nccl forces it (also for one
@@ -506,8 +545,10 @@ static int cmd_sweep(const options *o, pb_ranks *ranks) {
     if ((nccl ? pb_ranks_gather_nccl : pb_ranks_gather)(ranks, sweep, share, n_share, st, seconds, &job,
                                                           rank_seconds) != PB_OK) {
         fail("gathering the ranks' results");
+        abort_job(ranks, 1, "the gather failed (see above)");
         goto done;
     }
+    pb_ranks_set_stage(ranks, PB_RANK_FINISHING);
     if (ranks->rank == 0) {
         if (ranks->size > 1) {
             double max = 0.0, sum = 0.0;
@@ -520,16 +561,22 @@ static int cmd_sweep(const options *o, pb_ranks *ranks) {
                 fprintf(stderr, " %.3f", rank_seconds[k]);
             fprintf(stderr, "; load balance (max / mean) %.3f\n", sum > 0 ? max / (sum / ranks->size) : 1.0);
         }
+        test_stall_point("finish", ranks->rank);
         rc = finish_sweep(o, sweep, job, checkpoint, &fp);
     } else {
         rc = job == PB_OK ? 0 : job == PB_ERR_INTERRUPTED ? 3 : 1;
     }
 done:
     /* A rank that failed before the gather ends the whole job at once. */
-    if (!gathered && ranks->size > 1)
-        pb_ranks_abort(ranks, rc, "failed before its share ran (see above); aborting the job");
+    if (!gathered)
+        abort_job(ranks, rc, "failed before its share ran (see above)");
     /* Every rank leaves with rank 0's verdict. */
-    rc = pb_ranks_exit_code(ranks, rc, ranks->timeout_s + 600.0);
+    pb_ranks_set_stage(ranks, PB_RANK_FINISHING);
+    if (pb_ranks_exit_code(ranks, rc, &rc) != PB_OK) {
+        fail("waiting for the job's verdict");
+        abort_job(ranks, 1, "the job's end failed (see above)");
+        rc = 1;
+    }
     free(share);
     free(rank_seconds);
     free(rank_costs);
@@ -599,8 +646,15 @@ int main(int argc, char **argv) {
          * keeps handlers installed before MPI_Init. */
         install_stop_handlers();
         pb_ranks ranks;
-        if (pb_ranks_init(&ranks, &argc, &argv) != PB_OK)
-            return fail("starting ranks");
+        pb_ranks_options rank_options = {.timeout_s = o.rank_timeout, .on_stuck = on_rank_stuck, .user = &ranks};
+        test_stall_point("start", -1);
+        if (pb_ranks_init(&ranks, &argc, &argv, &rank_options) != PB_OK) {
+            fail("starting ranks");
+            abort_job(&ranks, 1, "could not start");
+            pb_ranks_finalize(&ranks);
+            return 1;
+        }
+        test_stall_point("exchange", ranks.rank);
         int rc = cmd_sweep(&o, &ranks);
         pb_ranks_finalize(&ranks);
         return rc;
