@@ -15,14 +15,9 @@
 #include <string.h>
 #include <time.h>
 
+#include "clock.h"
 #include "model.h"
 #include "patchbay.h"
-
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 typedef struct gemm_shape {
     int n, k, count; /* out (T, n) = x (T, k) @ w (n, k)^T, `count` times per forward */
@@ -70,10 +65,10 @@ int main(int argc, char **argv) {
         fprintf(stderr, "bench_forward: %s\n", pb_last_error());
         return 1;
     }
-    double t0 = now();
+    double t0 = pb_now_seconds();
     for (int r = 0; r < repeats; r++)
         pb_forward(m, ids, T, logits, NULL);
-    double engine = (now() - t0) / repeats;
+    double engine = (pb_now_seconds() - t0) / repeats;
 
     /* The same GEMMs, alone, through the same OpenBLAS. */
     size_t max_w = 0;
@@ -91,11 +86,11 @@ int main(int argc, char **argv) {
     for (int i = 0; i < n_shapes; i++) {
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, shapes[i].n, shapes[i].k, 1.0f, x, shapes[i].k, w,
                     shapes[i].k, 0.0f, out, shapes[i].n);
-        double g0 = now();
+        double g0 = pb_now_seconds();
         for (int r = 0; r < repeats; r++)
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, shapes[i].n, shapes[i].k, 1.0f, x, shapes[i].k,
                         w, shapes[i].k, 0.0f, out, shapes[i].n);
-        gemm_time += (now() - g0) / repeats * shapes[i].count;
+        gemm_time += (pb_now_seconds() - g0) / repeats * shapes[i].count;
     }
 
     double engine_gflops = flops / engine * 1e-9, gemm_gflops = gemm_flops / gemm_time * 1e-9;

@@ -32,17 +32,12 @@
 
 #include "backend.h"
 #include "backend_cuda.h"
+#include "clock.h"
 #include "patchbay.h"
 
 /* fp32 FMA peak of an H200 SXM (= H100 SXM): 132 SMs x 128 lanes x 2 FLOP
  * x 1.98 GHz boost, the datasheet's 67 TFLOP/s. */
 #define FP32_PEAK_TFLOPS 67.0
-
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 typedef struct args {
     int seqs, seq_len, sweep_jobs, prefix, heads, kv_heads, head_dim, repeats, device;
@@ -153,13 +148,13 @@ static double run_shape(const args *a, const shape *sh, const char *kernel, floa
     if (b->ops->attention_jobs(b, out, q, jobs, sh->n_jobs, a->heads, a->kv_heads, a->head_dim) != PB_OK ||
         b->ops->synchronize(b) != PB_OK)
         goto fail;
-    const double t0 = now();
+    const double t0 = pb_now_seconds();
     for (int r = 0; r < a->repeats; r++)
         if (b->ops->attention_jobs(b, out, q, jobs, sh->n_jobs, a->heads, a->kv_heads, a->head_dim) != PB_OK)
             goto fail;
     if (b->ops->synchronize(b) != PB_OK)
         goto fail;
-    seconds = (now() - t0) / a->repeats;
+    seconds = (pb_now_seconds() - t0) / a->repeats;
     if (b->ops->download(b, host, out, q_bytes) != PB_OK) {
         seconds = -1.0;
         goto fail;

@@ -28,17 +28,12 @@
 
 #include "backend.h"
 #include "backend_cuda.h"
+#include "clock.h"
 #include "exec.h"
 #include "internal.h"
 #include "model.h"
 #include "model_random.h"
 #include "patchbay.h"
-
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 static const double GiB = 1024.0 * 1024.0 * 1024.0;
 
@@ -233,12 +228,12 @@ int main(int argc, char **argv) {
 
     pb_load_options opts = {.backend = PB_BACKEND_CUDA, .dtype = a.dtype, .device = a.device};
     run_state s = {0};
-    double t_load = now();
+    double t_load = pb_now_seconds();
     if (pb_model_random(&s.model, name, a.seed, &opts) != PB_OK) {
         fprintf(stderr, "bench_gpu_prefill: loading %s: %s\n", name, pb_last_error());
         return 1;
     }
-    t_load = now() - t_load;
+    t_load = pb_now_seconds() - t_load;
     pb_model *m = s.model;
     pb_backend *b = m->backend;
     const pb_model_config *c = &m->cfg;
@@ -296,21 +291,21 @@ int main(int argc, char **argv) {
            a.seqs, a.seq_len, tokens, a.logits_all ? "every position" : "each sequence's last position",
            unembed_rows, c->vocab_size);
     fflush(stdout);
-    double t0 = now();
+    double t0 = pb_now_seconds();
     if (prefill(&s, &a) != PB_OK) { /* warm-up: cuBLAS heuristics, the input scratch grows, clocks ramp */
         fprintf(stderr, "bench_gpu_prefill: warm-up prefill: %s\n", pb_last_error());
         goto done;
     }
-    printf("warm-up          %.3f s\n", now() - t0);
+    printf("warm-up          %.3f s\n", pb_now_seconds() - t0);
     fflush(stdout);
     double flops_before = pb_exec_flops(s.exec), best = INFINITY, total = 0.0;
     for (int r = 0; r < a.repeats; r++) {
-        double p0 = now();
+        double p0 = pb_now_seconds();
         if (prefill(&s, &a) != PB_OK) {
             fprintf(stderr, "bench_gpu_prefill: prefill: %s\n", pb_last_error());
             goto done;
         }
-        double dt = now() - p0;
+        double dt = pb_now_seconds() - p0;
         total += dt;
         best = dt < best ? dt : best;
     }

@@ -26,15 +26,10 @@
 
 #include "backend_cuda.h"
 #include "cli_model.h"
+#include "clock.h"
 #include "outdir.h"
 #include "progress.h"
 #include "sweep.h"
-
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 /* sgemm GFLOP/s at out (M, n) = x (M, k) @ w (n, k)^T for the model's
  * projections, weighted by how often a layer runs each. */
@@ -54,10 +49,10 @@ static double sgemm_ceiling(const pb_model_config *c, int M) {
     for (int i = 0; i < 5; i++) {
         int n = shapes[i][0], k = shapes[i][1];
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, n, k, 1.0f, x, k, w, k, 0.0f, out, n);
-        double t0 = now();
+        double t0 = pb_now_seconds();
         for (int r = 0; r < reps; r++)
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, n, k, 1.0f, x, k, w, k, 0.0f, out, n);
-        seconds += (now() - t0) / reps * shapes[i][2];
+        seconds += (pb_now_seconds() - t0) / reps * shapes[i][2];
         flops += 2.0 * M * n * k * shapes[i][2];
     }
     free(x);
@@ -187,12 +182,12 @@ int main(int argc, char **argv) {
         fprintf(stderr, "bench_sweep: %s\n", pb_last_error());
         return 1;
     }
-    double t0 = now();
+    double t0 = pb_now_seconds();
     if (pb_sweep_run(s) != PB_OK) {
         fprintf(stderr, "bench_sweep: %s\n", pb_last_error());
         return 1;
     }
-    double seconds = now() - t0;
+    double seconds = pb_now_seconds() - t0;
     pb_sweep_summary sum;
     pb_sweep_get_summary(s, &sum);
     int avg_M = s->n_batches ? (int)(s->tokens_packed / s->n_batches) : 1;

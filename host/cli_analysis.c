@@ -15,6 +15,7 @@
 
 #include "cli_analysis.h"
 #include "cli_model.h"
+#include "clock.h"
 #include "direction.h"
 #include "internal.h"
 #include "intervene.h"
@@ -50,12 +51,6 @@ typedef struct analysis {
     int32_t *refusal_ids;
     int n_refusal_ids;
 } analysis;
-
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 static int fail(const char *what) {
     fprintf(stderr, "patchbay refusal-analysis: %s: %s\n", what, pb_last_error());
@@ -255,7 +250,7 @@ int pb_cli_refusal_analysis(int argc, char **argv) {
     /* Refused before any compute; created now because direction.* is written first. */
     if (pb_out_dir_create(o.out, o.overwrite) != PB_OK)
         return fail("--out");
-    double t0 = now();
+    double t0 = pb_now_seconds();
     analysis an = {0};
     if (pb_cli_model_load(&o.model, &an.model) != PB_OK)
         return fail("loading the model");
@@ -389,7 +384,7 @@ int pb_cli_refusal_analysis(int argc, char **argv) {
              sweep->spec.n_pairs, o.max_new);
     pb_report_extras extras = {.title = "Refusal analysis", .position_labels = labels, .n_position_labels = T_min,
                                .generations = gens, .n_generations = 4, .rates = rates, .n_rates = 4,
-                               .direction_summary = summary, .notes = notes, .wall_seconds = now() - t0};
+                               .direction_summary = summary, .notes = notes, .wall_seconds = pb_now_seconds() - t0};
     char path[4200];
     snprintf(path, sizeof path, "%s/report.html", o.out);
     if (pb_report_html_write(sweep, path, &extras) != PB_OK) {
@@ -398,7 +393,7 @@ int pb_cli_refusal_analysis(int argc, char **argv) {
     }
 
     /* The findings on stdout. */
-    printf("refusal analysis of %s (%.1f s)\n", pb_model_get_source(an.model), now() - t0);
+    printf("refusal analysis of %s (%.1f s)\n", pb_model_get_source(an.model), pb_now_seconds() - t0);
     for (int k = 0; k < 4; k++)
         printf("  refusal rate, %-42s %2d / %2d  (%.0f%%)\n", rates[k].label, rates[k].refused, rates[k].n,
                rates[k].n ? 100.0 * rates[k].refused / rates[k].n : 0.0);

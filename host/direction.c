@@ -11,6 +11,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "clock.h"
 #include "direction.h"
 #include "exec.h"
 #include "internal.h"
@@ -22,12 +23,6 @@
 #define DEFAULT_KL_THRESHOLD 0.1
 #define DEFAULT_BATCH_TOKENS 4096
 #define MAX_INFERRED_POST 16
-
-static double now_seconds(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 /* A flat list of prompts (pointers borrowed from the inputs). */
 typedef struct prompt_list {
@@ -350,7 +345,7 @@ static pb_status compute(pb_model *m, const pb_direction_inputs *in, pb_directio
     out->n_harmless_val = nn_val;
 
     /* 1. Means of resid_pre at every layer and post-instruction position. */
-    double t0 = now_seconds();
+    double t0 = pb_now_seconds();
     size_t table = (size_t)L * n_post * d;
     w->sums = calloc(2 * table, sizeof(double));
     w->scratch = malloc(sizeof(float) * (size_t)n_post * d);
@@ -363,10 +358,10 @@ static pb_status compute(pb_model *m, const pb_direction_inputs *in, pb_directio
     PB_TRY(run_prompts(&w->r, &w->train, P_train, pb_step_attention(L - 1), means_hook_fn, &mh, NULL));
     for (size_t i = 0; i < table; i++)
         out->differences[i] = (float)(w->sums[i] / nh_train - w->sums[table + i] / nn_train);
-    out->seconds_means = now_seconds() - t0;
+    out->seconds_means = pb_now_seconds() - t0;
 
     /* 2. Baselines on the validation prompts (harmful first, then harmless). */
-    t0 = now_seconds();
+    t0 = pb_now_seconds();
     w->val_logits = malloc(sizeof(float) * (size_t)n_val * V);
     w->ref_logprobs = malloc(sizeof(double) * (size_t)nn_val * V);
     if (!w->val_logits || !w->ref_logprobs)
@@ -441,7 +436,7 @@ static pb_status compute(pb_model *m, const pb_direction_inputs *in, pb_directio
     }
     free(u);
     PB_TRY(status);
-    out->seconds_candidates = now_seconds() - t0;
+    out->seconds_candidates = pb_now_seconds() - t0;
 
     /* 4. The paper's rule: among candidates with KL below the threshold and
      * a positive addition score (layers were limited above), the lowest

@@ -14,6 +14,7 @@
 #include "cli_intervene.h"
 #include "backend_cuda.h"
 #include "cli_model.h"
+#include "clock.h"
 #include "distribute.h"
 #include "ids.h"
 #include "model_random.h"
@@ -337,12 +338,6 @@ static void test_stall_point(const char *stage, int rank) {
         raise(SIGSTOP);
 }
 
-static double monotonic_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 /* Rank 0 after every rank reported: results, or the checkpoint. */
 static int finish_sweep(const options *o, pb_sweep *sweep, pb_status job, const char *checkpoint,
                         const pb_sweep_fingerprint *fp) {
@@ -519,9 +514,9 @@ static int cmd_sweep(const options *o, pb_ranks *ranks) {
     if (show)
         pb_progress_update(&progress, summary.n_rows_done, summary.n_rows);
     pb_ranks_set_stage(ranks, PB_RANK_SWEEPING);
-    double t0 = monotonic_s();
+    double t0 = pb_now_seconds();
     st = pb_sweep_run_rows(sweep, share, n_share);
-    double seconds = monotonic_s() - t0;
+    double seconds = pb_now_seconds() - t0;
     if (show)
         pb_progress_finish(&progress);
     if (st != PB_OK && st != PB_ERR_INTERRUPTED)

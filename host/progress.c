@@ -8,6 +8,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "internal.h"
 #include "progress.h"
 
@@ -17,12 +18,6 @@ static const double PB_PROGRESS_TTY_INTERVAL_S = 0.1;
 /* Logs get a line per tenth of the work, and at least one per half minute
  * so that a slow run still shows it is alive. */
 static const double PB_PROGRESS_LOG_INTERVAL_S = 30.0;
-
-static double now_seconds(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 void pb_progress_init(pb_progress *p, FILE *out, const char *label, int tty) {
     memset(p, 0, sizeof *p);
@@ -116,7 +111,7 @@ void pb_progress_update_at(pb_progress *p, int64_t done, int64_t total, double n
 }
 
 void pb_progress_update(pb_progress *p, int64_t done, int64_t total) {
-    pb_progress_update_at(p, done, total, now_seconds());
+    pb_progress_update_at(p, done, total, pb_now_seconds());
 }
 
 void pb_progress_finish_at(pb_progress *p, double now) {
@@ -133,7 +128,7 @@ void pb_progress_finish_at(pb_progress *p, double now) {
     fflush(p->out);
 }
 
-void pb_progress_finish(pb_progress *p) { pb_progress_finish_at(p, now_seconds()); }
+void pb_progress_finish(pb_progress *p) { pb_progress_finish_at(p, pb_now_seconds()); }
 
 void pb_progress_callback(int64_t done, int64_t total, void *user) { pb_progress_update(user, done, total); }
 

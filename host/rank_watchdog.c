@@ -8,6 +8,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "clock.h"
 #include "distribute.h"
 #include "internal.h"
 #include "rank_watchdog.h"
@@ -48,12 +49,6 @@ struct pb_rank_watchdog {
     pb_rank_stuck_fn on_stuck;
     void *user;
 };
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 double pb_rank_watchdog_beat_s(double timeout_s) {
     double beat = timeout_s / 4;
@@ -154,7 +149,7 @@ static void check_partners(pb_rank_watchdog *w, double now) {
 }
 
 static void check_locked(pb_rank_watchdog *w) {
-    double now = now_s();
+    double now = pb_now_seconds();
     if (w->phase == WATCH_STARTING) {
         check_init(w, now);
     } else if (w->phase == WATCH_FINALIZING) {
@@ -221,7 +216,7 @@ pb_status pb_rank_watchdog_start(pb_rank_watchdog **out, int rank, int size, dou
     w->on_stuck = on_stuck;
     w->user = user;
     w->phase = WATCH_STARTING;
-    w->phase_since = now_s();
+    w->phase_since = pb_now_seconds();
     pthread_mutex_init(&w->lock, NULL);
     pthread_cond_init(&w->wake, NULL);
     if (pthread_create(&w->thread, NULL, watch_main, w) != 0) {
@@ -256,7 +251,7 @@ void pb_rank_watchdog_running(pb_rank_watchdog *w, int rank, int size) {
     pthread_mutex_lock(&w->lock);
     w->rank = rank;
     w->size = size;
-    double now = now_s();
+    double now = pb_now_seconds();
     if (!alloc_partners(w, now))
         fail_locked(w, "rank %d of %d: out of memory for the rank watchdog", rank, size);
     w->phase = WATCH_RUNNING;
@@ -297,7 +292,7 @@ void pb_rank_watchdog_finalizing(pb_rank_watchdog *w) {
         if (w->beats[p] != MPI_REQUEST_NULL)
             MPI_Request_free(&w->beats[p]);
     w->phase = WATCH_FINALIZING;
-    w->phase_since = now_s();
+    w->phase_since = pb_now_seconds();
     pthread_cond_signal(&w->wake);
     pthread_mutex_unlock(&w->lock);
 }
