@@ -316,13 +316,28 @@ static void test_batch_equals_single_rows(void **state) {
     free(spec);
 }
 
-/* Downloads made through the pretend device backend below. */
-static int64_t g_downloads;
+/* Downloads made through the pretend device backends below, and the
+ * largest of them. */
+static int64_t g_downloads, g_largest_download;
 static pb_status (*g_real_download)(pb_backend *, void *, const void *, size_t);
 
 static pb_status counting_download(pb_backend *b, void *dst, const void *src, size_t bytes) {
     g_downloads++;
+    if ((int64_t)bytes > g_largest_download)
+        g_largest_download = (int64_t)bytes;
     return g_real_download(b, dst, src, bytes);
+}
+
+/* Every row of `got` is trivial where `want`'s is and has its patched
+ * value, bit for bit; returns the trivial rows. */
+static int64_t assert_same_rows(const pb_sweep *want, const pb_sweep *got) {
+    int64_t trivial = 0;
+    for (int64_t r = 0; r < want->n_rows; r++) {
+        assert_int_equal(want->row_trivial[r], got->row_trivial[r]);
+        assert_true(want->patched[r] == got->patched[r]);
+        trivial += want->row_trivial[r];
+    }
+    return trivial;
 }
 
 /* The device-memory path of the trivial-row check (one host mirror of each
@@ -345,12 +360,7 @@ static void test_device_memory_path(void **state) {
     m->backend->ops = &device_like;
     pb_sweep *mirrored = make_sweep(m, spec, NULL, NULL);
     m->backend->ops = saved;
-    int64_t trivial = 0;
-    for (int64_t r = 0; r < direct->n_rows; r++) {
-        assert_int_equal(direct->row_trivial[r], mirrored->row_trivial[r]);
-        assert_true(direct->patched[r] == mirrored->patched[r]);
-        trivial += direct->row_trivial[r];
-    }
+    int64_t trivial = assert_same_rows(direct, mirrored);
     pb_sweep_summary sum;
     pb_sweep_get_summary(mirrored, &sum);
     printf("[ MEASURE  ] trivial rows through host mirrors: %lld of %lld, identical to direct reads; %lld downloads "
@@ -371,15 +381,6 @@ static void test_device_memory_path(void **state) {
  * path, no download spans a whole cache, and the downloads follow the
  * blocks, not the rows checked. A cap below one block falls back to
  * per-row reads, still with the same results. */
-static int64_t g_largest_download;
-
-static pb_status measuring_download(pb_backend *b, void *dst, const void *src, size_t bytes) {
-    g_downloads++;
-    if ((int64_t)bytes > g_largest_download)
-        g_largest_download = (int64_t)bytes;
-    return g_real_download(b, dst, src, bytes);
-}
-
 static void test_device_memory_past_cap(void **state) {
     (void)state;
     char pairs[1024];
@@ -398,7 +399,7 @@ static void test_device_memory_past_cap(void **state) {
     const pb_backend_ops *saved = m->backend->ops;
     pb_backend_ops device_like = *saved;
     device_like.host_memory = 0;
-    device_like.download = measuring_download;
+    device_like.download = counting_download;
     g_real_download = saved->download;
     const size_t caps[2] = {block_pair, block_pair / 4};
     int64_t downloads[2];
@@ -413,12 +414,7 @@ static void test_device_memory_past_cap(void **state) {
         m->backend->ops = saved;
         if (status != PB_OK)
             fail_msg("pb_sweep_run: %s", pb_last_error());
-        int64_t trivial = 0;
-        for (int64_t r = 0; r < direct->n_rows; r++) {
-            assert_int_equal(direct->row_trivial[r], s->row_trivial[r]);
-            assert_true(direct->patched[r] == s->patched[r]);
-            trivial += s->row_trivial[r];
-        }
+        int64_t trivial = assert_same_rows(direct, s);
         assert_true(trivial > 0);
         assert_true((size_t)g_largest_download <= caps[0] / 2); /* no whole-cache mirror */
         downloads[k] = g_downloads;
