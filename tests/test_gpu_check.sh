@@ -10,14 +10,20 @@
 # gpu-labelled test skipped (none failed); each benchmark "skipped" with a
 # note naming why; the outside libraries of the built programs (jansson,
 # PCRE2, OpenBLAS, libgfortran, cmocka) resolve into the prefix.
-# Exit 77 (skipped) without nvcc, git, apt-get or python3, or when the
-# Debian packages cannot be downloaded (no registry reachable).
+# Exit 77 (skipped) without nvcc, git, apt-get or python3, on a machine with
+# a GPU, or when the Debian packages cannot be downloaded (no registry
+# reachable).
 set -euo pipefail
 src=${PB_SOURCE_DIR:-$(cd "$(dirname "$0")/.." && pwd)}
 command -v nvcc >/dev/null || [ -x /usr/local/cuda/bin/nvcc ] || { echo "skipping: no nvcc"; exit 77; }
 for tool in git apt-get dpkg-deb python3; do
   command -v $tool >/dev/null || { echo "skipping: no $tool"; exit 77; }
 done
+# a dry run: on a GPU machine gpu-check.sh itself is the real run
+if command -v nvidia-smi >/dev/null && nvidia-smi -L 2>/dev/null | grep '^GPU' >/dev/null; then
+  echo "skipping: this machine has a GPU; the dry run is for machines without one"
+  exit 77
+fi
 # it builds on its own, so one build configuration's run is enough
 if grep -qs '^PB_SANITIZE:BOOL=ON' "${PB_BUILD_DIR:-build}/CMakeCache.txt"; then
   echo "skipping: the dry run does not depend on this build; the Release build's ctest runs it"
@@ -83,20 +89,24 @@ sys.exit(1 if fail else 0)
 PY
 
 prefix=$tmp/tree/build-gpu/deps-prefix
+# ldd's output is read whole first: `ldd | grep -q` under pipefail fails
+# whenever grep quits before ldd has written everything (SIGPIPE)
+ldd_cli=$(ldd "$tmp/tree/build-gpu/patchbay")
+ldd_test=$(ldd "$tmp/tree/build-gpu/test_cuda_backend")
 status=0
-for program in patchbay test_cuda_backend; do
+for listing in "$ldd_cli" "$ldd_test"; do
   for lib in libjansson libpcre2-8 libopenblas libgfortran libcmocka; do
-    line=$(ldd "$tmp/tree/build-gpu/$program" | grep "$lib" || true)
+    line=$(grep "$lib" <<<"$listing" || true)
     [ -n "$line" ] || continue
     case $line in
       *"=> $prefix/"*) ;;
-      *) echo "FAIL: $program: $lib resolves outside the prefix: $line"; status=1 ;;
+      *) echo "FAIL: $lib resolves outside the prefix: $line"; status=1 ;;
     esac
   done
 done
 for lib in libjansson libpcre2-8 libopenblas libgfortran; do
-  ldd "$tmp/tree/build-gpu/patchbay" | grep -q "$lib" || { echo "FAIL: patchbay does not link $lib"; status=1; }
+  grep -q "$lib" <<<"$ldd_cli" || { echo "FAIL: patchbay does not link $lib"; status=1; }
 done
-ldd "$tmp/tree/build-gpu/test_cuda_backend" | grep -q libcmocka || { echo "FAIL: no libcmocka in test_cuda_backend"; status=1; }
+grep -q libcmocka <<<"$ldd_test" || { echo "FAIL: no libcmocka in test_cuda_backend"; status=1; }
 [ $status -eq 0 ] && echo "gpu-check dry run: ok; every outside library from $prefix"
 exit $status

@@ -88,7 +88,7 @@ rank_pid() {
   local job=$1 k=$2
   for _ in $(seq $(($(limit 60) * 20))); do
     for p in $(pgrep -P "$job" -x patchbay); do
-      tr '\0' '\n' <"/proc/$p/environ" 2>/dev/null | grep -qx "OMPI_COMM_WORLD_RANK=$k" && { echo "$p"; return; }
+      tr '\0' '\n' <"/proc/$p/environ" 2>/dev/null | grep -x "OMPI_COMM_WORLD_RANK=$k" >/dev/null && { echo "$p"; return; }
     done
     kill -0 "$job" 2>/dev/null || break
     sleep 0.05
