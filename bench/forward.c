@@ -15,8 +15,8 @@
 #include <string.h>
 #include <time.h>
 
-#include "clock.h"
-#include "model.h"
+#include "util/clock.h"
+#include "model/model.h"
 #include "patchbay.h"
 
 typedef struct gemm_shape {

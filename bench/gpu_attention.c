@@ -30,9 +30,9 @@
 #include <string.h>
 #include <time.h>
 
-#include "backend.h"
-#include "backend_cuda.h"
-#include "clock.h"
+#include "backend/backend.h"
+#include "backend/backend_cuda.h"
+#include "util/clock.h"
 #include "patchbay.h"
 
 /* fp32 FMA peak of an H200 SXM (= H100 SXM): 132 SMs x 128 lanes x 2 FLOP

@@ -26,13 +26,13 @@
 #include <string.h>
 #include <time.h>
 
-#include "backend.h"
-#include "backend_cuda.h"
-#include "clock.h"
-#include "exec.h"
-#include "internal.h"
-#include "model.h"
-#include "model_random.h"
+#include "backend/backend.h"
+#include "backend/backend_cuda.h"
+#include "util/clock.h"
+#include "model/exec.h"
+#include "util/internal.h"
+#include "model/model.h"
+#include "model/model_random.h"
 #include "patchbay.h"
 
 static const double GiB = 1024.0 * 1024.0 * 1024.0;

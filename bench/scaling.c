@@ -24,9 +24,9 @@
 #include <string.h>
 #include <time.h>
 
-#include "distribute.h"
-#include "outdir.h"
-#include "sweep.h"
+#include "distributed/distribute.h"
+#include "util/outdir.h"
+#include "patching/sweep.h"
 
 static double now(void) {
     struct timespec ts;

@@ -24,12 +24,12 @@
 #include <string.h>
 #include <time.h>
 
-#include "backend_cuda.h"
-#include "cli_model.h"
-#include "clock.h"
-#include "outdir.h"
-#include "progress.h"
-#include "sweep.h"
+#include "backend/backend_cuda.h"
+#include "cli/cli_model.h"
+#include "util/clock.h"
+#include "util/outdir.h"
+#include "cli/progress.h"
+#include "patching/sweep.h"
 
 /* sgemm GFLOP/s at out (M, n) = x (M, k) @ w (n, k)^T for the model's
  * projections, weighted by how often a layer runs each. */

@@ -25,7 +25,7 @@
 #include "backend_cuda_impl.cuh"
 
 extern "C" {
-#include "gemm_split.h"
+#include "backend/gemm_split.h"
 }
 
 /* ---- lifetime and memory ------------------------------------------------ */

@@ -13,7 +13,7 @@
 #include "kernels.cuh"
 
 extern "C" {
-#include "backend_cuda.h"
+#include "backend/backend_cuda.h"
 }
 
 /* Pinned host staging for uploads and small downloads: PB_CUDA_STAGING_SLOTS

@@ -17,8 +17,8 @@
 /* The host headers have no __cplusplus guards of their own; everything they
  * declare (pb_fail, pb_backend_*_create) has C linkage. */
 extern "C" {
-#include "backend.h"
-#include "internal.h"
+#include "backend/backend.h"
+#include "util/internal.h"
 }
 
 /* Returns `status` from the enclosing function when `call` fails. */

@@ -14,7 +14,7 @@
 #include "kernels.cuh"
 
 extern "C" {
-#include "backend_cuda.h"
+#include "backend/backend_cuda.h"
 }
 
 /* A device count of zero and "no driver" both mean: nothing to run on. */

@@ -6,7 +6,7 @@
  *
  * UNTESTED: written and compiled (sm_80, sm_90) on a machine without a GPU;
  * no line of it has run. Its caller is pb_ranks_gather_nccl
- * (host/distribute.c: `patchbay sweep --backend cuda` on several ranks, or
+ * (host/distributed/distribute.c: `patchbay sweep --backend cuda` on several ranks, or
  * --gather nccl), which sends the ncclUniqueId over MPI. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,7 +16,7 @@
 #include "cuda_check.h"
 
 extern "C" {
-#include "backend_cuda.h"
+#include "backend/backend_cuda.h"
 }
 
 static_assert(PB_NCCL_ID_BYTES == NCCL_UNIQUE_ID_BYTES, "PB_NCCL_ID_BYTES must match nccl.h");

@@ -28,7 +28,7 @@ import time
 SKIP = 77
 
 # llama3-8b as published (config.json of Meta-Llama-3.1-8B), the shape
-# host/model_random.c calls "llama3-8b".
+# host/model/model_random.c calls "llama3-8b".
 LLAMA3_8B = dict(
     vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
     num_key_value_heads=8, max_position_embeddings=131072, rms_norm_eps=1e-5, rope_theta=500000.0,

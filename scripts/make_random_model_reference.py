@@ -1,20 +1,20 @@
 #!/usr/bin/env python3
 """Regenerates tests/fixtures/random_model/: an independent re-implementation
-of patchbay's seeded random weights (host/model_random.c, pb_random_fill) in
+of patchbay's seeded random weights (host/model/model_random.c, pb_random_fill) in
 numpy, the "tiny" random model built from them as a transformers
 LlamaForCausalLM, and its float32 logits and a few hook activations, for
 tests/test_model_random.c.
 
 Usage: .venv/bin/python scripts/make_random_model_reference.py [OUT_DIR]
 
-The generator, as documented in include/patchbay.h and host/model_random.c:
+The generator, as documented in include/patchbay.h and host/model/model_random.c:
     key  = splitmix64(splitmix64(seed) ^ (tensor + 1) * 0xd1b54a32d192ed03)
     bits = splitmix64(key + i * 0x9e3779b97f4a7c15)        (uint64, wrapping)
     unit = float32(bits >> 40) * 2^-24                      (24 bits, [0, 1))
     w    = center + half_width * (2 * unit - 1)             (float32, this order)
 with (center, half_width) = (0, 0.02 * sqrt(3)) for matrices and biases
 (uniform, standard deviation 0.02) and (1, 0.1) for norm weights. Tensor
-numbers follow the loader's list (host/model.c, wanted_list): token_embd,
+numbers follow the loader's list (host/model/model.c, wanted_list): token_embd,
 output_norm, [output when untied], then per layer attn_norm, q, k, v,
 [q/k/v biases], o, ffn_norm, gate, up, down.
 
@@ -38,7 +38,7 @@ from refgen_common import ArrayWriter, capture_hooks, manifest_header, setup_det
 
 GENERATOR = "scripts/make_random_model_reference.py"
 SEED = 7
-# The tiny entry of host/model_random.c's shape table.
+# The tiny entry of host/model/model_random.c's shape table.
 TINY = dict(n_layers=4, d_model=64, n_heads=4, n_kv_heads=2, head_dim=16, d_mlp=176, vocab_size=512,
             context_length=2048, rms_eps=1e-5, rope_theta=10000.0)
 IDS = [1, 17, 300, 42, 5, 511, 0, 99, 256, 7, 128, 64]

@@ -4,7 +4,7 @@ shares nothing with the C engine's plan (no caching, no skipping, no batching).
 
 What this owns:
 
-  * noise corruption: a bit-exact Python port of host/noise.c (xoshiro256**
+  * noise corruption: a bit-exact Python port of host/patching/noise.c (xoshiro256**
     seeded with splitmix64, Box-Muller cosine branch in double, rounded to
     float32 after multiplying by scale*sigma; sigma = population standard
     deviation of the embedding matrix, two-pass, sequential double sums);
@@ -50,7 +50,7 @@ MODES = ("denoising", "noising", "interchange")
 METRICS = ("logit_diff", "logprob", "refusal_score", "kl", "projection")
 
 # --------------------------------------------------------------------------
-# noise (host/noise.c, bit for bit)
+# noise (host/patching/noise.c, bit for bit)
 
 _M64 = (1 << 64) - 1
 

@@ -16,7 +16,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "chat_template.h"
+#include "text/chat_template.h"
 #include "test_util.h"
 
 #define RENDERS_MAGIC "patchbay-chat-template-renders"

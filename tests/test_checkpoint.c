@@ -20,7 +20,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "distribute.h"
+#include "distributed/distribute.h"
 #include "patchbay.h"
 #include "test_util.h"
 

@@ -18,9 +18,9 @@
 
 #include <cmocka.h>
 
-#include "backend.h"
-#include "backend_cuda.h"
-#include "dtype.h"
+#include "backend/backend.h"
+#include "backend/backend_cuda.h"
+#include "formats/dtype.h"
 #include "tolerances.h"
 
 /* Floats appended to every output buffer, set to PB_SENTINEL. */

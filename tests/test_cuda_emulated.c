@@ -37,12 +37,12 @@
 
 #include <cmocka.h>
 
-#include "backend.h"
-#include "dtype.h"
-#include "internal.h"
-#include "metric.h"
+#include "backend/backend.h"
+#include "formats/dtype.h"
+#include "util/internal.h"
+#include "patching/metric.h"
 #include "pb_cuda_emu.h"
-#include "quant.h"
+#include "formats/quant.h"
 #include "test_util.h"
 #include "tolerances.h"
 

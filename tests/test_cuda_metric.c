@@ -17,10 +17,10 @@
 
 #include <cmocka.h>
 
-#include "backend.h"
-#include "backend_cuda.h"
-#include "model.h"
-#include "sweep.h"
+#include "backend/backend.h"
+#include "backend/backend_cuda.h"
+#include "model/model.h"
+#include "patching/sweep.h"
 #include "test_util.h"
 #include "tolerances.h"
 

@@ -19,8 +19,8 @@
 
 #include <cmocka.h>
 
-#include "backend.h"
-#include "npy.h"
+#include "backend/backend.h"
+#include "formats/npy.h"
 #include "patchbay.h"
 #include "test_util.h"
 #include "tolerances.h"

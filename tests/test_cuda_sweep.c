@@ -23,7 +23,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "backend.h"
+#include "backend/backend.h"
 #include "patchbay.h"
 #include "test_util.h"
 #include "tolerances.h"

@@ -1,4 +1,4 @@
-/* The difference-in-means direction (host/direction.c) on tiny_gqa with
+/* The difference-in-means direction (host/analysis/direction.c) on tiny_gqa with
  * synthetic "harmful" and "harmless" prompts sharing a chat-like prefix
  * and suffix: the means equal naive means of captured activations, every
  * candidate's scores equal full intervened forwards, the selection follows
@@ -15,10 +15,10 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "direction.h"
-#include "intervene.h"
-#include "metric.h"
-#include "npy.h"
+#include "analysis/direction.h"
+#include "patching/intervene.h"
+#include "patching/metric.h"
+#include "formats/npy.h"
 #include "test_util.h"
 
 static pb_model *load_on(const char *name, pb_backend_kind backend) {

@@ -11,9 +11,9 @@
 #include <math.h>
 #include <string.h>
 
-#include "dtype.h"
+#include "formats/dtype.h"
 #include "patchbay.h"
-#include "quant.h"
+#include "formats/quant.h"
 #include "test_util.h"
 
 typedef struct conversions {

@@ -7,7 +7,7 @@
 #include <cmocka.h>
 #include <string.h>
 
-#include "internal.h"
+#include "util/internal.h"
 
 static void test_fail_always_records(void **state) {
     (void)state;

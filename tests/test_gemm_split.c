@@ -1,5 +1,5 @@
 /* The row and column chunks of GEMMs too large for 32-bit BLAS sizes
- * (host/gemm_split.c), the arithmetic the CUDA backend's matmul runs: at the
+ * (host/backend/gemm_split.h), the arithmetic the CUDA backend's matmul runs: at the
  * real shapes (70B-width sweep batches), every chunk within the limit, the
  * chunks tiling the output exactly once, each as large as the limit allows;
  * and, with a tiny limit, the chunked product on the reference backend equal
@@ -11,8 +11,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "backend.h"
-#include "gemm_split.h"
+#include "backend/backend.h"
+#include "backend/gemm_split.h"
 
 /* Checks a plan's invariants without materialising its output: each chunk
  * fits, row chunks cover [0, rows) and column chunks [0, n) in order, and a

@@ -1,4 +1,4 @@
-/* Tests for host/gguf.c: valid v2/v3 files built in memory read back
+/* Tests for host/formats/gguf.c: valid v2/v3 files built in memory read back
  * exactly; hand-corrupted files are refused with PB_ERR_FORMAT and a
  * message naming the problem; every prefix of a valid file and random byte
  * flips never crash; the real model (optional) opens with the expected
@@ -17,10 +17,10 @@
 
 #include <cmocka.h>
 
-#include "gguf.h"
-#include "internal.h"
+#include "formats/gguf.h"
+#include "util/internal.h"
 #include "pb_test_util.h"
-#include "quant.h"
+#include "formats/quant.h"
 
 /* ---- a tiny GGUF writer --------------------------------------------------- */
 

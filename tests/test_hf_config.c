@@ -1,4 +1,4 @@
-/* Tests for host/hf_config.c: config.json files in the transformers 4 and 5
+/* Tests for host/formats/hf_config.c: config.json files in the transformers 4 and 5
  * layouts map onto pb_model_config with transformers' defaults, and configs
  * the engine cannot run are refused with a message naming the key. Also
  * reads the tiny_gqa / tiny_bias fixtures when they have been generated. */
@@ -15,8 +15,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "hf_config.h"
-#include "internal.h"
+#include "formats/hf_config.h"
+#include "util/internal.h"
 #include "st_test_util.h"
 
 static int setup(void **state) {

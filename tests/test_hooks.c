@@ -9,8 +9,8 @@
 #include <cmocka.h>
 #include <string.h>
 
-#include "hooks.h"
-#include "npy.h"
+#include "model/hooks.h"
+#include "formats/npy.h"
 #include "patchbay.h"
 #include "test_util.h"
 

@@ -1,4 +1,4 @@
-/* Interventions (host/intervene.c): a patch equals the sweep engine's
+/* Interventions (host/patching/intervene.c): a patch equals the sweep engine's
  * patched run; directional ablation leaves the residual stream orthogonal
  * to the direction and equals a hand-written projection hook; activation
  * addition is exact where it must be; KV-cached decoding under every
@@ -14,11 +14,11 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "capture.h"
-#include "direction.h"
-#include "forward.h"
-#include "intervene.h"
-#include "metric.h"
+#include "model/capture.h"
+#include "analysis/direction.h"
+#include "model/forward.h"
+#include "patching/intervene.h"
+#include "patching/metric.h"
 #include "test_util.h"
 #include "tolerances.h"
 

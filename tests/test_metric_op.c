@@ -16,9 +16,9 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "backend.h"
-#include "model.h"
-#include "sweep.h"
+#include "backend/backend.h"
+#include "model/model.h"
+#include "patching/sweep.h"
 #include "test_util.h"
 #include "tolerances.h"
 

@@ -11,7 +11,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "npy.h"
+#include "formats/npy.h"
 #include "patchbay.h"
 #include "test_util.h"
 #include "tolerances.h"

@@ -15,10 +15,10 @@
 #include <math.h>
 #include <string.h>
 
-#include "dtype.h"
-#include "model.h"
-#include "model_random.h"
-#include "npy.h"
+#include "formats/dtype.h"
+#include "model/model.h"
+#include "model/model_random.h"
+#include "formats/npy.h"
 #include "patchbay.h"
 #include "test_util.h"
 #include "tolerances.h"

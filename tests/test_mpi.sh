@@ -198,7 +198,7 @@ grep -q "rank 0 of 2, while running its share of the sweep: no heartbeat from ra
   { echo "FAIL: rank 1 was not named while rank 0 still ran its share"; exit 1; }
 
 # stall NAME RANK STAGE PATTERN [RESULTS]: rank RANK stops itself at STAGE
-# (PB_TEST_STALL, host/main.c); the job must end naming it.
+# (PB_TEST_STALL, host/cli/main.c); the job must end naming it.
 stall() {
   local name=$1 rank=$2 stage=$3 pattern=$4 results=${5:-no} victim start
   PB_TEST_STALL=$rank:$stage "${mpi[@]}" -x PB_TEST_STALL -np 2 "$cli" "${big[@]}" --rank-timeout $rank_timeout \

@@ -12,7 +12,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "npy.h"
+#include "formats/npy.h"
 #include "patchbay.h"
 #include "test_util.h"
 

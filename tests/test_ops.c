@@ -7,7 +7,7 @@
 #include <cmocka.h>
 #include <string.h>
 
-#include "backend.h"
+#include "backend/backend.h"
 #include "test_util.h"
 #include "tolerances.h"
 

@@ -1,4 +1,4 @@
-/* Tests for host/quant.c: every dequantiser against gguf-py's output stored
+/* Tests for host/formats/quant.c: every dequantiser against gguf-py's output stored
  * in tests/fixtures/quant/<type>.pbqf (random blocks and blocks of the real
  * SmolLM2 file; regenerate with scripts/make_quant_fixture.py), exact
  * fp16/bf16 conversion of every special case, the type table, and the
@@ -16,9 +16,9 @@
 
 #include <cmocka.h>
 
-#include "internal.h"
+#include "util/internal.h"
 #include "pb_test_util.h"
-#include "quant.h"
+#include "formats/quant.h"
 #include "tolerances.h"
 
 /* Relative difference is |got - want| / max(|want|, PB_DEQUANT_REL_FLOOR);

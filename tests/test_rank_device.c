@@ -1,4 +1,4 @@
-/* The CUDA device each rank picks (host/rank_device.c), with the launcher's
+/* The CUDA device each rank picks (host/distributed/rank_device.c), with the launcher's
  * environment and the device count faked: two ranks on a node with two
  * GPUs take different ones, --device wins, one GPU is shared. */
 #include <setjmp.h>
@@ -7,7 +7,7 @@
 #include <cmocka.h>
 #include <string.h>
 
-#include "rank_device.h"
+#include "distributed/rank_device.h"
 
 /* A fake environment: NULL-terminated name/value pairs. */
 static const char *const *g_env;

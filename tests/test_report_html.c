@@ -22,7 +22,7 @@
 #include <unistd.h>
 
 #include "patchbay.h"
-#include "report_html.h"
+#include "analysis/report_html.h"
 #include "test_util.h"
 
 /* Two pairs of six tokens that differ at position 2: per-position resid_pre

@@ -1,4 +1,4 @@
-/* Tests for host/safetensors.c: valid single and sharded files read back
+/* Tests for host/formats/safetensors.c: valid single and sharded files read back
  * exactly, and hand-corrupted files refused with a message that names the
  * problem (in the spirit of ggml's test-gguf). Files are written from C into
  * a scratch directory per test. */
@@ -17,8 +17,8 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "internal.h"
-#include "safetensors.h"
+#include "util/internal.h"
+#include "formats/safetensors.h"
 #include "st_test_util.h"
 
 static int setup(void **state) {

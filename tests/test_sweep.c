@@ -13,12 +13,12 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "capture.h"
-#include "forward.h"
-#include "internal.h"
-#include "metric.h"
-#include "noise.h"
-#include "sweep.h"
+#include "model/capture.h"
+#include "model/forward.h"
+#include "util/internal.h"
+#include "patching/metric.h"
+#include "patching/noise.h"
+#include "patching/sweep.h"
 #include "test_util.h"
 #include "tolerances.h"
 
@@ -820,7 +820,7 @@ static void test_metric_arithmetic(void **state) {
     assert_close(pb_metric_refusal_score(sharp, 3, top, 1), 40.0 - log(2.0), 1e-9);
 }
 
-/* host/noise.c against the values the Python port recorded (bit patterns). */
+/* host/patching/noise.c against the values the Python port recorded (bit patterns). */
 static void test_noise_generator(void **state) {
     char path[1024];
     snprintf(path, sizeof path, "%s/patching/tiny_gqa_gaussian_noise/expected.json", tu_fixtures());

@@ -1,4 +1,4 @@
-/* Sweep spec parsing (host/sweep_spec.c) against a hand-made config, no
+/* Sweep spec parsing (host/patching/sweep_spec.c) against a hand-made config, no
  * model needed: valid specs of every mode with every parsed field checked,
  * and a table of refusals, each asserting the status and that the message
  * names the key path and the bad value or the allowed range. Projection
@@ -15,9 +15,9 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "npy.h"
+#include "formats/npy.h"
 #include "patchbay.h"
-#include "sweep_spec.h"
+#include "patching/sweep_spec.h"
 
 static char tmp_dir[64];
 

@@ -17,9 +17,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "npy.h"
+#include "formats/npy.h"
 #include "patchbay.h"
-#include "progress.h"
+#include "cli/progress.h"
 #include "test_util.h"
 
 /* Two pairs of six tokens that differ at position 2; per-position resid_pre,

@@ -15,10 +15,10 @@
 #include <string.h>
 #include <time.h>
 
-#include "gguf.h"
+#include "formats/gguf.h"
 #include "patchbay.h"
 #include "pb_test_util.h"
-#include "tokenizer.h"
+#include "text/tokenizer.h"
 
 static int g_compared; /* strings whose ids were compared with a reference */
 

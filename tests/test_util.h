@@ -8,7 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-#include "outdir.h"
+#include "util/outdir.h"
 
 /* sum (a - b)^2 / sum b^2, with 0/0 = 0. */
 static inline double tu_nmse(const float *a, const float *b, size_t n) {

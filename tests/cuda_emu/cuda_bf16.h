@@ -1,6 +1,6 @@
 /* Stand-in for cuda_bf16.h under the CPU emulator: __nv_bfloat16 and the
  * conversions the kernels use, with the device's semantics (round to nearest
- * even, NaN to the canonical 0x7fff); independent of host/dtype.c, as in
+ * even, NaN to the canonical 0x7fff); independent of host/formats/dtype.c, as in
  * cuda_fp16.h. */
 #ifndef PB_EMU_CUDA_BF16_H
 #define PB_EMU_CUDA_BF16_H

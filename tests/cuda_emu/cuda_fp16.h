@@ -2,7 +2,7 @@
  * conversions the kernels use, with the device's semantics: round to
  * nearest even, overflow to Inf, NaN to the canonical 0x7fff.
  *
- * Written independently of host/dtype.c (in double arithmetic rather than
+ * Written independently of host/formats/dtype.c (in double arithmetic rather than
  * bit tricks) so that comparing the round16 kernel with dtype.c also checks
  * the two roundings against each other. */
 #ifndef PB_EMU_CUDA_FP16_H

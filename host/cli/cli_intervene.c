@@ -1,0 +1,995 @@
+/* The generate, refusal-rate and direction commands (see cli_intervene.h).
+ * Text goes through the model's tokenizer and chat template
+ * (pb_model_chat_tokenize); --ids / --ids-file bypass both. */
+#define _POSIX_C_SOURCE 200809L
+#include <errno.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "cli/cli_intervene.h"
+#include "cli/cli_model.h"
+#include "analysis/direction.h"
+#include "model/hooks.h"
+#include "cli/ids.h"
+#include "util/outdir.h"
+#include "patching/intervene.h"
+#include "formats/npy.h"
+#include "patchbay.h"
+
+const char pb_cli_intervene_usage[] =
+    "  generate  --model PATH (--prompt TEXT [--system TEXT] [--no-chat] | --ids 1,2,3 | --ids-file F)\n"
+    "            [--max-new-tokens N] [INTERVENTION]\n"
+    "            greedy continuation, printed as text and ids; with an intervention the plain\n"
+    "            continuation is printed too ('without intervention: ...')\n"
+    "  refusal-rate --model PATH --prompts FILE [--split validation|train|test|all] [--side harmful|harmless|both]\n"
+    "            [--system TEXT] [--max-new-tokens N] [--limit N] [INTERVENTION] [--json OUT] [--verbose]\n"
+    "            share of prompts whose greedy continuation reads as a refusal (phrase list: host/patching/intervene.c)\n"
+    "  direction --model PATH --prompts FILE --out DIR [--overwrite] [--system TEXT] [--train N (32)] [--val N (8)]\n"
+    "            [--layer-stride S (3; 1 = every layer)] [--max-layer-fraction F (0.8)] [--kl-threshold K (0.1)]\n"
+    "            [--n-post N (default: the chat template's tokens after the user message)]\n"
+    "            difference-in-means refusal direction (Arditi et al. 2024): DIR/direction.npy (unit, d_model),\n"
+    "            DIR/direction.json (selected layer and position, scores, every candidate), DIR/differences.npy\n"
+    "INTERVENTION (one of):\n"
+    "  --patch SITE (--from TEXT | --from-ids 1,2,3)   SITE = HOOK[:HEAD][@POS,POS,...], e.g.\n"
+    "      blocks.10.hook_resid_pre, blocks.10.attn.hook_z:3, blocks.10.hook_resid_pre@-1,\n"
+    "      blocks.10.attn.hook_z:3@-3,-2,-1. The source prompt is templated like --prompt; positions are\n"
+    "      aligned from the end (negative counts from the end); default: every position of the shorter\n"
+    "      prompt, end-aligned. A head component without :HEAD patches all heads.\n"
+    "  --ablate-direction FILE.npy                      project the direction out of every residual write\n"
+    "  --add-direction FILE.npy --layer L [--scale A]   add A * direction to resid_pre of layer L; A defaults\n"
+    "      to difference_norm from direction.json beside FILE (the raw difference, as the paper adds), else 1\n"
+    "--prompts takes data/refusal_pairs.json ({\"pairs\": [{\"id\", \"split\", \"harmful\", \"harmless\"}],\n"
+    "  \"refusal_tokens\": [...]}) or a text file with one prompt per line.\n";
+
+/* ---- options -------------------------------------------------------------- */
+
+typedef struct cli {
+    pb_cli_model model;
+    const char *prompt, *system, *ids, *ids_file;
+    int no_chat;
+    int max_new;
+    /* interventions */
+    const char *patch_site, *from_text, *from_ids;
+    const char *ablate_file, *add_file;
+    double scale;
+    int scale_given;
+    int layer;
+    /* refusal-rate */
+    const char *prompts, *split, *side, *json_out;
+    int verbose;
+    int limit;
+    /* direction */
+    const char *out;
+    int overwrite;
+    int train, val, layer_stride, n_post;
+    double max_layer_fraction, kl_threshold;
+} cli;
+
+static int usage_error(const char *cmd, const char *msg, const char *arg) {
+    fprintf(stderr, "patchbay %s: %s%s%s (see patchbay --help)\n", cmd, msg, arg ? " " : "", arg ? arg : "");
+    return 0;
+}
+
+static int parse_int_arg(const char *cmd, const char *flag, const char *text, int lo, int *out) {
+    char *end;
+    errno = 0;
+    long v = strtol(text, &end, 10);
+    if (errno || *end || end == text || v < lo || v > 1000000000) {
+        fprintf(stderr, "patchbay %s: %s expects an integer >= %d, got '%s'\n", cmd, flag, lo, text);
+        return 0;
+    }
+    *out = (int)v;
+    return 1;
+}
+
+static int parse_double_arg(const char *cmd, const char *flag, const char *text, double *out) {
+    char *end;
+    errno = 0;
+    double v = strtod(text, &end);
+    if (errno || *end || end == text || !isfinite(v)) {
+        fprintf(stderr, "patchbay %s: %s expects a number, got '%s'\n", cmd, flag, text);
+        return 0;
+    }
+    *out = v;
+    return 1;
+}
+
+static int parse_cli(int argc, char **argv, cli *o) {
+    const char *cmd = argv[0];
+    memset(o, 0, sizeof *o);
+    o->max_new = 32;
+    o->layer = -1;
+    o->scale = 1.0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        const char *next = i + 1 < argc ? argv[i + 1] : NULL;
+        if (strcmp(a, "--no-chat") == 0) { o->no_chat = 1; continue; }
+        if (strcmp(a, "--verbose") == 0) { o->verbose = 1; continue; }
+        if (strcmp(a, "--overwrite") == 0) { o->overwrite = 1; continue; }
+        if (!next)
+            return usage_error(cmd, "option needs a value:", a);
+        int taken = pb_cli_model_option(&o->model, cmd, a, next);
+        if (taken < 0) return 0;
+        else if (taken) { /* a model option */ }
+        else if (strcmp(a, "--prompt") == 0) o->prompt = next;
+        else if (strcmp(a, "--system") == 0) o->system = next;
+        else if (strcmp(a, "--ids") == 0) o->ids = next;
+        else if (strcmp(a, "--ids-file") == 0) o->ids_file = next;
+        else if (strcmp(a, "--max-new-tokens") == 0) { if (!parse_int_arg(cmd, a, next, 0, &o->max_new)) return 0; }
+        else if (strcmp(a, "--patch") == 0) o->patch_site = next;
+        else if (strcmp(a, "--from") == 0) o->from_text = next;
+        else if (strcmp(a, "--from-ids") == 0) o->from_ids = next;
+        else if (strcmp(a, "--ablate-direction") == 0) o->ablate_file = next;
+        else if (strcmp(a, "--add-direction") == 0) o->add_file = next;
+        else if (strcmp(a, "--scale") == 0) { if (!parse_double_arg(cmd, a, next, &o->scale)) return 0; o->scale_given = 1; }
+        else if (strcmp(a, "--layer") == 0) { if (!parse_int_arg(cmd, a, next, 0, &o->layer)) return 0; }
+        else if (strcmp(a, "--prompts") == 0) o->prompts = next;
+        else if (strcmp(a, "--split") == 0) o->split = next;
+        else if (strcmp(a, "--side") == 0) o->side = next;
+        else if (strcmp(a, "--json") == 0) o->json_out = next;
+        else if (strcmp(a, "--limit") == 0) { if (!parse_int_arg(cmd, a, next, 1, &o->limit)) return 0; }
+        else if (strcmp(a, "--out") == 0) o->out = next;
+        else if (strcmp(a, "--train") == 0) { if (!parse_int_arg(cmd, a, next, 1, &o->train)) return 0; }
+        else if (strcmp(a, "--val") == 0) { if (!parse_int_arg(cmd, a, next, 1, &o->val)) return 0; }
+        else if (strcmp(a, "--layer-stride") == 0) { if (!parse_int_arg(cmd, a, next, 1, &o->layer_stride)) return 0; }
+        else if (strcmp(a, "--n-post") == 0) { if (!parse_int_arg(cmd, a, next, 1, &o->n_post)) return 0; }
+        else if (strcmp(a, "--max-layer-fraction") == 0) { if (!parse_double_arg(cmd, a, next, &o->max_layer_fraction)) return 0; }
+        else if (strcmp(a, "--kl-threshold") == 0) { if (!parse_double_arg(cmd, a, next, &o->kl_threshold)) return 0; }
+        else
+            return usage_error(cmd, "unknown option", a);
+        i++;
+    }
+    if (!pb_cli_model_check(&o->model, cmd))
+        return 0;
+    int n_iv = !!o->patch_site + !!o->ablate_file + !!o->add_file;
+    if (n_iv > 1)
+        return usage_error(cmd, "give at most one of --patch, --ablate-direction, --add-direction", NULL);
+    if (o->patch_site && !!o->from_text == !!o->from_ids)
+        return usage_error(cmd, "--patch needs exactly one of --from TEXT or --from-ids IDS", NULL);
+    if (!o->patch_site && (o->from_text || o->from_ids))
+        return usage_error(cmd, "--from/--from-ids only go with --patch", NULL);
+    if (o->add_file && o->layer < 0)
+        return usage_error(cmd, "--add-direction needs --layer L", NULL);
+    if (!o->add_file && (o->layer >= 0 || o->scale_given))
+        return usage_error(cmd, "--layer and --scale only go with --add-direction", NULL);
+    return 1;
+}
+
+static int fail_msg(const char *cmd, const char *what) {
+    const char *e = pb_last_error();
+    fprintf(stderr, "patchbay %s: %s%s%s\n", cmd, what, *e ? ": " : "", e);
+    return 1;
+}
+
+static pb_model *load_model(const char *cmd, const cli *o) {
+    pb_model *m = NULL;
+    if (pb_cli_model_load(&o->model, &m) != PB_OK) {
+        fail_msg(cmd, "cannot load model");
+        return NULL;
+    }
+    return m;
+}
+
+/* ---- ids and text ----------------------------------------------------------- */
+
+/* A user message as ids: chat-templated unless no_chat. */
+static int text_ids(const char *cmd, pb_model *m, const cli *o, const char *text, int32_t **ids, int *T) {
+    pb_status st = o->no_chat ? pb_model_tokenize(m, text, 0, ids, T) : pb_model_chat_tokenize(m, o->system, text, ids, T);
+    if (st != PB_OK)
+        return !fail_msg(cmd, o->no_chat ? "tokenizing" : "applying the chat template");
+    if (*T <= 0) {
+        free(*ids);
+        fprintf(stderr, "patchbay %s: the prompt tokenizes to nothing\n", cmd);
+        return 0;
+    }
+    return 1;
+}
+
+/* The tokenizer's decoding; without a tokenizer (a checkpoint folder with
+ * no tokenizer.json) the vocabulary's token texts, concatenated. */
+static char *decode(pb_model *m, const int32_t *ids, int n) {
+    char *text = NULL;
+    if (n > 0 && pb_model_detokenize(m, ids, n, &text) == PB_OK)
+        return text;
+    size_t size = 0;
+    FILE *mem = open_memstream(&text, &size);
+    if (!mem)
+        return NULL;
+    char piece[1024];
+    for (int i = 0; i < n; i++)
+        if (pb_model_token_text(m, ids[i], piece, sizeof piece) == PB_OK)
+            fputs(piece, mem);
+    fclose(mem);
+    return text;
+}
+
+/* ---- interventions from flags ---------------------------------------------------- */
+
+typedef struct iv_build {
+    pb_intervention iv;
+    float *direction; /* owned */
+    float *values;    /* owned */
+    int *positions;   /* owned */
+    char description[512];
+} iv_build;
+
+static void iv_build_free(iv_build *b) {
+    free(b->direction);
+    free(b->values);
+    free(b->positions);
+    memset(b, 0, sizeof *b);
+}
+
+static int load_direction(const char *cmd, const pb_model_config *c, const char *path, float **out) {
+    void *data;
+    int n_dims;
+    int64_t shape[8];
+    if (pb_npy_read(path, &data, PB_NPY_F32, &n_dims, shape) != PB_OK)
+        return !fail_msg(cmd, "reading the direction");
+    if (n_dims != 1 || shape[0] != c->d_model) {
+        fprintf(stderr, "patchbay %s: %s must hold a 1-d float array of d_model = %d values\n", cmd, path,
+                c->d_model);
+        free(data);
+        return 0;
+    }
+    *out = data;
+    return 1;
+}
+
+/* difference_norm from direction.json in the directory of path; NaN if absent. */
+static double sibling_difference_norm(const char *path) {
+    char json_path[4096];
+    const char *slash = strrchr(path, '/');
+    int dir_len = slash ? (int)(slash - path) : 1;
+    snprintf(json_path, sizeof json_path, "%.*s/direction.json", dir_len, slash ? path : ".");
+    json_t *j = json_load_file(json_path, 0, NULL);
+    double v = NAN;
+    if (j && json_is_number(json_object_get(j, "difference_norm")))
+        v = json_number_value(json_object_get(j, "difference_norm"));
+    json_decref(j);
+    return v;
+}
+
+static const pb_component hook_component[PB_HOOK_KIND_COUNT] = {
+    [PB_HOOK_EMBED] = PB_COMPONENT_COUNT,       [PB_HOOK_RESID_PRE] = PB_COMPONENT_RESID_PRE,
+    [PB_HOOK_RESID_MID] = PB_COMPONENT_RESID_MID, [PB_HOOK_RESID_POST] = PB_COMPONENT_RESID_POST,
+    [PB_HOOK_ATTN_OUT] = PB_COMPONENT_ATTN_OUT, [PB_HOOK_MLP_OUT] = PB_COMPONENT_MLP_OUT,
+    [PB_HOOK_Z] = PB_COMPONENT_Z,               [PB_HOOK_Q] = PB_COMPONENT_Q,
+    [PB_HOOK_K] = PB_COMPONENT_K,               [PB_HOOK_V] = PB_COMPONENT_V,
+    [PB_HOOK_LN_FINAL] = PB_COMPONENT_COUNT};
+
+/* SITE = HOOK[:HEAD][@POS,...] against a base prompt of T_base tokens and
+ * the source prompt's ids; fills the patch with the source's captured values. */
+static int build_patch(const char *cmd, pb_model *m, const char *site, const int32_t *src_ids, int T_src, int T_base,
+                       iv_build *b) {
+    const pb_model_config *c = pb_model_get_config(m);
+    char name[256];
+    const char *at = strchr(site, '@');
+    size_t hook_len = at ? (size_t)(at - site) : strlen(site);
+    if (hook_len >= sizeof name) {
+        fprintf(stderr, "patchbay %s: --patch site too long\n", cmd);
+        return 0;
+    }
+    memcpy(name, site, hook_len);
+    name[hook_len] = 0;
+    int head = -1;
+    char *colon = strchr(name, ':');
+    if (colon) {
+        *colon = 0;
+        char *end;
+        long h = strtol(colon + 1, &end, 10);
+        if (*end || end == colon + 1 || h < 0 || h > 100000) {
+            fprintf(stderr, "patchbay %s: --patch %s: head '%s' is not a non-negative integer\n", cmd, site,
+                    colon + 1);
+            return 0;
+        }
+        head = (int)h;
+    }
+    pb_hook_kind kind;
+    int layer;
+    if (!pb_hook_parse(name, c->n_layers, &kind, &layer) || hook_component[kind] == PB_COMPONENT_COUNT) {
+        fprintf(stderr,
+                "patchbay %s: --patch %s: '%s' is not a patchable hook of this model (blocks.L.hook_resid_pre, "
+                "hook_resid_mid, hook_resid_post, hook_attn_out, hook_mlp_out, attn.hook_z/q/k/v with L < %d)\n",
+                cmd, site, name, c->n_layers);
+        return 0;
+    }
+    pb_component comp = hook_component[kind];
+    int has_heads = comp == PB_COMPONENT_Z || comp == PB_COMPONENT_Q || comp == PB_COMPONENT_K || comp == PB_COMPONENT_V;
+    if (head >= 0 && !has_heads) {
+        fprintf(stderr, "patchbay %s: --patch %s: %s has no heads\n", cmd, site, name);
+        return 0;
+    }
+    /* base positions, ascending, and their end-aligned source positions */
+    int n_common = T_base < T_src ? T_base : T_src;
+    b->positions = malloc(sizeof(int) * (size_t)T_base);
+    int *src_pos = malloc(sizeof(int) * (size_t)T_base);
+    int n = 0, ok = b->positions && src_pos;
+    if (ok && at) {
+        for (const char *p = at + 1; ok && *p;) {
+            char *end;
+            long v = strtol(p, &end, 10);
+            if (end == p || (*end && *end != ',')) {
+                fprintf(stderr, "patchbay %s: --patch %s: bad position list after '@'\n", cmd, site);
+                ok = 0;
+                break;
+            }
+            long base = v < 0 ? T_base + v : v, src = base - T_base + T_src;
+            if (base < 0 || base >= T_base || src < 0 || src >= T_src) {
+                fprintf(stderr,
+                        "patchbay %s: --patch %s: position %ld is outside the prompts aligned from the end "
+                        "(%d and %d tokens)\n",
+                        cmd, site, v, T_base, T_src);
+                ok = 0;
+                break;
+            }
+            if (n >= T_base) {
+                fprintf(stderr, "patchbay %s: --patch %s: more positions than tokens\n", cmd, site);
+                ok = 0;
+                break;
+            }
+            b->positions[n] = (int)base;
+            src_pos[n++] = (int)src;
+            p = *end ? end + 1 : end;
+        }
+        /* ascending, no repeats */
+        for (int i = 1; ok && i < n; i++)
+            for (int k = i; k > 0 && b->positions[k - 1] > b->positions[k]; k--) {
+                int t = b->positions[k];
+                b->positions[k] = b->positions[k - 1];
+                b->positions[k - 1] = t;
+                t = src_pos[k];
+                src_pos[k] = src_pos[k - 1];
+                src_pos[k - 1] = t;
+            }
+        for (int i = 1; ok && i < n; i++)
+            if (b->positions[i] == b->positions[i - 1]) {
+                fprintf(stderr, "patchbay %s: --patch %s: position listed twice\n", cmd, site);
+                ok = 0;
+            }
+        if (ok && n == 0) {
+            fprintf(stderr, "patchbay %s: --patch %s: no positions after '@'\n", cmd, site);
+            ok = 0;
+        }
+    } else if (ok) {
+        for (int i = 0; i < n_common; i++) {
+            b->positions[n] = T_base - n_common + i;
+            src_pos[n++] = T_src - n_common + i;
+        }
+    }
+    pb_capture *cap = NULL;
+    if (ok && pb_capture_create(&cap, m, name) != PB_OK)
+        ok = !fail_msg(cmd, "--patch");
+    if (ok && pb_forward(m, src_ids, T_src, NULL, cap) != PB_OK)
+        ok = !fail_msg(cmd, "running the --from prompt");
+    if (ok) {
+        int n_dims;
+        int64_t shape[3];
+        const float *data = pb_capture_data(cap, 0, &n_dims, shape); /* (T_src, width) */
+        int row = (int)(shape[1] * (n_dims == 3 ? shape[2] : 1));
+        int slice = head >= 0 ? c->head_dim : row;
+        int heads = n_dims == 3 ? (int)shape[1] : 0;
+        if (head >= heads && has_heads) {
+            fprintf(stderr, "patchbay %s: --patch %s: head %d outside [0, %d)\n", cmd, site, head, heads);
+            ok = 0;
+        }
+        b->values = ok ? malloc(sizeof(float) * (size_t)n * slice) : NULL;
+        if (ok && !b->values)
+            ok = 0;
+        for (int i = 0; ok && i < n; i++)
+            memcpy(b->values + (size_t)i * slice,
+                   data + (size_t)src_pos[i] * row + (head >= 0 ? (size_t)head * c->head_dim : 0),
+                   sizeof(float) * (size_t)slice);
+    }
+    pb_capture_free(cap);
+    free(src_pos);
+    if (!ok)
+        return 0;
+    b->iv = (pb_intervention){.kind = PB_INTERVENE_PATCH, .component = comp, .layer = layer, .head = head,
+                              .n_positions = n, .positions = b->positions, .values = b->values};
+    snprintf(b->description, sizeof b->description, "patch %s at %d position%s from the source prompt", site, n,
+             n == 1 ? "" : "s");
+    return 1;
+}
+
+/* The direction interventions (patch needs the base prompt: build_patch). */
+static int build_direction_iv(const char *cmd, pb_model *m, const cli *o, iv_build *b) {
+    const pb_model_config *c = pb_model_get_config(m);
+    if (o->ablate_file) {
+        if (!load_direction(cmd, c, o->ablate_file, &b->direction))
+            return 0;
+        b->iv = (pb_intervention){.kind = PB_INTERVENE_ABLATE, .direction = b->direction};
+        snprintf(b->description, sizeof b->description, "ablate direction %s", o->ablate_file);
+    } else if (o->add_file) {
+        if (!load_direction(cmd, c, o->add_file, &b->direction))
+            return 0;
+        double scale = o->scale;
+        if (!o->scale_given) {
+            double norm = sibling_difference_norm(o->add_file);
+            if (isfinite(norm))
+                scale = norm;
+        }
+        b->iv = (pb_intervention){.kind = PB_INTERVENE_ADD, .layer = o->layer, .direction = b->direction,
+                                  .scale = scale};
+        snprintf(b->description, sizeof b->description, "add %g x direction %s at resid_pre of layer %d", scale,
+                 o->add_file, o->layer);
+    }
+    return 1;
+}
+
+/* ---- generate --------------------------------------------------------------------- */
+
+static void print_line(const char *label, const char *text) {
+    printf("%s: ", label);
+    fputs(text ? text : "(could not decode)", stdout);
+    printf("\n");
+}
+
+static void print_ids(const char *label, const int32_t *ids, int n) {
+    printf("%s: ", label);
+    for (int i = 0; i < n; i++)
+        printf("%s%d", i ? "," : "", ids[i]);
+    printf("\n");
+}
+
+int pb_cli_generate(int argc, char **argv) {
+    const char *cmd = "generate";
+    cli o;
+    if (!parse_cli(argc, argv, &o))
+        return 2;
+    if ((!!o.prompt + !!o.ids + !!o.ids_file) != 1) {
+        fprintf(stderr, "patchbay generate: give exactly one of --prompt, --ids or --ids-file\n");
+        return 2;
+    }
+    int32_t *ids = NULL, *src = NULL;
+    int T = 0, T_src = 0;
+    pb_status st = PB_OK;
+    if (o.ids)
+        st = pb_ids_parse(o.ids, "--ids", &ids, &T);
+    else if (o.ids_file)
+        st = pb_ids_read_file(o.ids_file, &ids, &T);
+    if (st == PB_OK && o.from_ids)
+        st = pb_ids_parse(o.from_ids, "--from-ids", &src, &T_src);
+    if (st != PB_OK) {
+        fail_msg(cmd, "reading token ids");
+        free(ids);
+        return 2;
+    }
+    pb_model *m = load_model(cmd, &o);
+    int rc = 1;
+    iv_build b;
+    memset(&b, 0, sizeof b);
+    int32_t *out = NULL, *plain = NULL;
+    char *prompt_text = NULL, *text = NULL, *plain_text = NULL;
+    if (!m)
+        goto done;
+    if (o.prompt && !text_ids(cmd, m, &o, o.prompt, &ids, &T))
+        goto done;
+    if (o.from_text && !text_ids(cmd, m, &o, o.from_text, &src, &T_src))
+        goto done;
+    if (o.patch_site ? !build_patch(cmd, m, o.patch_site, src, T_src, T, &b) : !build_direction_iv(cmd, m, &o, &b))
+        goto done;
+    int active = b.iv.kind != PB_INTERVENE_NONE, n = 0, n_plain = 0;
+    out = malloc(sizeof(int32_t) * (size_t)(o.max_new > 0 ? o.max_new : 1));
+    plain = malloc(sizeof(int32_t) * (size_t)(o.max_new > 0 ? o.max_new : 1));
+    if (!out || !plain) {
+        fprintf(stderr, "patchbay generate: out of memory\n");
+        goto done;
+    }
+    if (pb_generate_intervened(m, ids, T, o.max_new, active ? &b.iv : NULL, out, &n) != PB_OK) {
+        fail_msg(cmd, "generate failed");
+        goto done;
+    }
+    if (active && pb_generate(m, ids, T, o.max_new, plain, &n_plain) != PB_OK) {
+        fail_msg(cmd, "generate failed");
+        goto done;
+    }
+    prompt_text = decode(m, ids, T);
+    text = decode(m, out, n);
+    print_line("prompt", prompt_text);
+    if (active)
+        printf("intervention: %s\n", b.description);
+    print_line("continuation", text);
+    print_ids("continuation ids", out, n);
+    if (active) {
+        plain_text = decode(m, plain, n_plain);
+        print_line("without intervention", plain_text);
+        print_ids("without intervention ids", plain, n_plain);
+    }
+    rc = 0;
+done:
+    free(prompt_text);
+    free(text);
+    free(plain_text);
+    free(out);
+    free(plain);
+    free(ids);
+    free(src);
+    iv_build_free(&b);
+    pb_model_free(m);
+    return rc;
+}
+
+/* ---- prompt files --------------------------------------------------------------------- */
+
+typedef struct prompt_item {
+    char *id;
+    char *text;
+    int harmful; /* 1 harmful, 0 harmless, -1 unlabelled (text file) */
+    char *split;
+} prompt_item;
+
+typedef struct prompt_file {
+    prompt_item *items;
+    int n, cap;
+    char **refusal_tokens;
+    int n_refusal_tokens;
+} prompt_file;
+
+static void prompt_file_free(prompt_file *f) {
+    for (int i = 0; i < f->n; i++) {
+        free(f->items[i].id);
+        free(f->items[i].text);
+        free(f->items[i].split);
+    }
+    free(f->items);
+    for (int i = 0; i < f->n_refusal_tokens; i++)
+        free(f->refusal_tokens[i]);
+    free(f->refusal_tokens);
+    memset(f, 0, sizeof *f);
+}
+
+static int add_item(prompt_file *f, const char *id, const char *text, int harmful, const char *split) {
+    if (f->n == f->cap) {
+        int cap = f->cap ? 2 * f->cap : 64;
+        prompt_item *grown = realloc(f->items, sizeof *grown * (size_t)cap);
+        if (!grown)
+            return 0;
+        f->items = grown;
+        f->cap = cap;
+    }
+    prompt_item *it = &f->items[f->n];
+    it->id = strdup(id);
+    it->text = strdup(text);
+    it->split = strdup(split ? split : "");
+    it->harmful = harmful;
+    if (!it->id || !it->text || !it->split) {
+        free(it->id);
+        free(it->text);
+        free(it->split);
+        return 0;
+    }
+    f->n++;
+    return 1;
+}
+
+/* refusal_pairs.json or one prompt per line. */
+static int load_prompt_file(const char *cmd, const char *path, prompt_file *f) {
+    memset(f, 0, sizeof *f);
+    char *text = NULL;
+    if (pb_read_text_file(path, &text, NULL) != PB_OK)
+        return !fail_msg(cmd, "--prompts");
+    const char *p = text;
+    while (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n')
+        p++;
+    int ok = 1;
+    if (*p == '{') {
+        json_error_t err;
+        json_t *root = json_loads(text, 0, &err);
+        json_t *pairs = root ? json_object_get(root, "pairs") : NULL;
+        if (!root) {
+            fprintf(stderr, "patchbay %s: %s:%d:%d: %s\n", cmd, path, err.line, err.column, err.text);
+            ok = 0;
+        } else if (!json_is_array(pairs)) {
+            fprintf(stderr, "patchbay %s: %s: \"pairs\" must be an array\n", cmd, path);
+            ok = 0;
+        }
+        for (size_t i = 0; ok && i < json_array_size(pairs); i++) {
+            json_t *e = json_array_get(pairs, i);
+            const char *harmful = json_string_value(json_object_get(e, "harmful"));
+            const char *harmless = json_string_value(json_object_get(e, "harmless"));
+            const char *split = json_string_value(json_object_get(e, "split"));
+            json_t *idv = json_object_get(e, "id");
+            char id[64];
+            if (json_is_string(idv))
+                snprintf(id, sizeof id, "%s", json_string_value(idv));
+            else if (json_is_integer(idv))
+                snprintf(id, sizeof id, "%lld", (long long)json_integer_value(idv));
+            else
+                snprintf(id, sizeof id, "%zu", i);
+            if (!harmful || !harmless) {
+                fprintf(stderr, "patchbay %s: %s: pairs[%zu] needs string \"harmful\" and \"harmless\"\n", cmd, path,
+                        i);
+                ok = 0;
+                break;
+            }
+            ok = add_item(f, id, harmful, 1, split) && add_item(f, id, harmless, 0, split);
+        }
+        json_t *tokens = root ? json_object_get(root, "refusal_tokens") : NULL;
+        if (ok && json_is_array(tokens) && json_array_size(tokens) > 0) {
+            f->refusal_tokens = calloc(json_array_size(tokens), sizeof(char *));
+            ok = f->refusal_tokens != NULL;
+            for (size_t i = 0; ok && i < json_array_size(tokens); i++) {
+                const char *t = json_string_value(json_array_get(tokens, i));
+                if (!t) {
+                    fprintf(stderr, "patchbay %s: %s: refusal_tokens[%zu] must be a string\n", cmd, path, i);
+                    ok = 0;
+                    break;
+                }
+                ok = (f->refusal_tokens[f->n_refusal_tokens++] = strdup(t)) != NULL;
+            }
+        }
+        json_decref(root);
+    } else {
+        int line_no = 0;
+        for (char *line = text; ok && line && *line;) {
+            char *nl = strchr(line, '\n');
+            if (nl)
+                *nl = 0;
+            line_no++;
+            size_t len = strlen(line);
+            if (len && line[len - 1] == '\r')
+                line[--len] = 0;
+            const char *s = line;
+            while (*s == ' ' || *s == '\t')
+                s++;
+            if (*s && *s != '#') {
+                char id[32];
+                snprintf(id, sizeof id, "line%d", line_no);
+                ok = add_item(f, id, s, -1, NULL);
+            }
+            line = nl ? nl + 1 : NULL;
+        }
+    }
+    free(text);
+    if (ok && f->n == 0) {
+        fprintf(stderr, "patchbay %s: %s holds no prompts\n", cmd, path);
+        ok = 0;
+    }
+    if (!ok)
+        prompt_file_free(f);
+    return ok;
+}
+
+static int split_matches(const char *want, const char *split) {
+    if (!want || strcmp(want, "all") == 0 || !*split)
+        return 1;
+    if (strcmp(want, "validation") == 0 || strcmp(want, "val") == 0)
+        return strcmp(split, "validation") == 0 || strcmp(split, "val") == 0;
+    return strcmp(want, split) == 0;
+}
+
+/* ---- refusal-rate ----------------------------------------------------------------------- */
+
+int pb_cli_refusal_rate(int argc, char **argv) {
+    const char *cmd = "refusal-rate";
+    cli o;
+    if (!parse_cli(argc, argv, &o))
+        return 2;
+    if (!o.prompts) {
+        fprintf(stderr, "patchbay refusal-rate: --prompts FILE is required\n");
+        return 2;
+    }
+    if (o.ids || o.ids_file || o.prompt) {
+        fprintf(stderr, "patchbay refusal-rate: prompts come from --prompts; --prompt/--ids do not apply\n");
+        return 2;
+    }
+    const char *side = o.side ? o.side : "both";
+    if (strcmp(side, "harmful") && strcmp(side, "harmless") && strcmp(side, "both")) {
+        fprintf(stderr, "patchbay refusal-rate: --side must be harmful, harmless or both (got '%s')\n", side);
+        return 2;
+    }
+    const char *split = o.split ? o.split : "validation";
+    prompt_file f;
+    if (!load_prompt_file(cmd, o.prompts, &f))
+        return 2;
+    pb_model *m = load_model(cmd, &o);
+    int rc = 1;
+    iv_build b;
+    memset(&b, 0, sizeof b);
+    int32_t *src = NULL, *out = malloc(sizeof(int32_t) * (size_t)(o.max_new > 0 ? o.max_new : 1));
+    int T_src = 0;
+    json_t *report = json_object(), *items = json_array();
+    int count[2] = {0, 0}, refused[2] = {0, 0}; /* [harmless, harmful]; unlabelled prompts count as harmful */
+    if (!m || !out)
+        goto done;
+    if (o.from_ids && pb_ids_parse(o.from_ids, "--from-ids", &src, &T_src) != PB_OK) {
+        fail_msg(cmd, "reading token ids");
+        goto done;
+    }
+    if (o.from_text && !text_ids(cmd, m, &o, o.from_text, &src, &T_src))
+        goto done;
+    if (!o.patch_site && !build_direction_iv(cmd, m, &o, &b))
+        goto done;
+    if (b.description[0])
+        printf("intervention: %s\n", b.description);
+    else if (!o.patch_site)
+        printf("intervention: none\n");
+    double t0 = (double)clock();
+    int done_n = 0;
+    for (int i = 0; i < f.n; i++) {
+        prompt_item *it = &f.items[i];
+        if (!split_matches(split, it->split))
+            continue;
+        if (it->harmful >= 0 && strcmp(side, "both") && (it->harmful == 1) != (strcmp(side, "harmful") == 0))
+            continue;
+        int cls = it->harmful != 0;
+        if (o.limit && count[cls] >= o.limit)
+            continue;
+        int32_t *ids = NULL;
+        int T = 0, n = 0;
+        if (!text_ids(cmd, m, &o, it->text, &ids, &T))
+            goto done;
+        if (o.patch_site) {
+            iv_build_free(&b);
+            if (!build_patch(cmd, m, o.patch_site, src, T_src, T, &b)) {
+                free(ids);
+                goto done;
+            }
+        }
+        pb_status st = pb_generate_intervened(m, ids, T, o.max_new, b.iv.kind ? &b.iv : NULL, out, &n);
+        free(ids);
+        if (st != PB_OK) {
+            fail_msg(cmd, "generate failed");
+            goto done;
+        }
+        char *text = decode(m, out, n);
+        if (!text) {
+            fail_msg(cmd, "decoding");
+            goto done;
+        }
+        int r = pb_text_is_refusal(text);
+        count[cls]++;
+        refused[cls] += r;
+        done_n++;
+        if (o.verbose) {
+            char *flat = strdup(text);
+            for (char *q = flat; q && *q; q++)
+                if (*q == '\n' || *q == '\r')
+                    *q = ' ';
+            printf("%-9s %-8s %-10s %s -> %s\n", r ? "REFUSED" : "complied",
+                   it->harmful < 0 ? "prompt" : it->harmful ? "harmful" : "harmless", it->id, it->text,
+                   flat ? flat : text);
+            fflush(stdout);
+            free(flat);
+        }
+        json_t *e = json_object();
+        json_object_set_new(e, "id", json_string(it->id));
+        json_object_set_new(e, "side", json_string(it->harmful < 0 ? "prompt" : it->harmful ? "harmful" : "harmless"));
+        json_object_set_new(e, "prompt", json_string(it->text));
+        json_object_set_new(e, "continuation", json_string(text));
+        json_object_set_new(e, "refused", json_boolean(r));
+        json_array_append_new(items, e);
+        free(text);
+    }
+    if (done_n == 0) {
+        fprintf(stderr, "patchbay refusal-rate: no prompt of %s matches --split %s --side %s\n", o.prompts, split,
+                side);
+        rc = 2;
+        goto done;
+    }
+    json_t *sides = json_object();
+    for (int cls = 1; cls >= 0; cls--) {
+        if (count[cls] == 0)
+            continue;
+        const char *name = cls ? (f.items[0].harmful < 0 ? "prompts" : "harmful") : "harmless";
+        printf("%s: %d/%d refused (%.1f%%)\n", name, refused[cls], count[cls], 100.0 * refused[cls] / count[cls]);
+        json_t *s = json_object();
+        json_object_set_new(s, "n", json_integer(count[cls]));
+        json_object_set_new(s, "refused", json_integer(refused[cls]));
+        json_object_set_new(s, "rate", json_real((double)refused[cls] / count[cls]));
+        json_object_set_new(sides, name, s);
+    }
+    fprintf(stderr, "patchbay refusal-rate: %d prompts, %.1f s of CPU time\n", done_n,
+            ((double)clock() - t0) / CLOCKS_PER_SEC);
+    if (o.json_out) {
+        json_object_set_new(report, "schema", json_string("patchbay.refusal_rate/1"));
+        json_object_set_new(report, "model", json_string(pb_model_get_source(m)));
+        json_object_set_new(report, "prompts", json_string(o.prompts));
+        json_object_set_new(report, "split", json_string(split));
+        json_object_set_new(report, "max_new_tokens", json_integer(o.max_new));
+        json_object_set_new(report, "intervention",
+                            b.description[0] ? json_string(b.description)
+                                             : o.patch_site ? json_string(o.patch_site) : json_null());
+        json_object_set_new(report, "sides", sides);
+        json_object_set(report, "items", items);
+        char *dump = json_dumps(report, JSON_INDENT(2));
+        if (!dump || pb_write_file_atomic(o.json_out, dump, strlen(dump)) != PB_OK) {
+            free(dump);
+            fail_msg(cmd, "writing --json");
+            goto done;
+        }
+        free(dump);
+    } else {
+        json_decref(sides);
+    }
+    rc = 0;
+done:
+    json_decref(report);
+    json_decref(items);
+    free(src);
+    free(out);
+    iv_build_free(&b);
+    prompt_file_free(&f);
+    pb_model_free(m);
+    return rc;
+}
+
+/* ---- direction ----------------------------------------------------------------------------- */
+
+typedef struct id_lists {
+    int32_t **ids[4];
+    int *T[4];
+    int n[4];
+} id_lists;
+
+static int ensure_dir(const char *cmd, const char *dir, int overwrite) {
+    struct stat st;
+    if (stat(dir, &st) == 0) {
+        if (!S_ISDIR(st.st_mode)) {
+            fprintf(stderr, "patchbay %s: --out %s exists and is not a directory\n", cmd, dir);
+            return 0;
+        }
+        char path[4096];
+        snprintf(path, sizeof path, "%s/direction.json", dir);
+        if (!overwrite && stat(path, &st) == 0) {
+            fprintf(stderr, "patchbay %s: %s exists; pass --overwrite to replace it\n", cmd, path);
+            return 0;
+        }
+        return 1;
+    }
+    if (mkdir(dir, 0777) != 0) {
+        fprintf(stderr, "patchbay %s: cannot create %s: %s\n", cmd, dir, strerror(errno));
+        return 0;
+    }
+    return 1;
+}
+
+int pb_cli_direction(int argc, char **argv) {
+    const char *cmd = "direction";
+    cli o;
+    if (!parse_cli(argc, argv, &o))
+        return 2;
+    if (!o.prompts || !o.out) {
+        fprintf(stderr, "patchbay direction: --prompts FILE and --out DIR are required\n");
+        return 2;
+    }
+    if (o.no_chat) {
+        fprintf(stderr, "patchbay direction: the direction is defined on chat-templated prompts; --no-chat does "
+                        "not apply\n");
+        return 2;
+    }
+    prompt_file f;
+    if (!load_prompt_file(cmd, o.prompts, &f))
+        return 2;
+    if (f.items[0].harmful < 0) {
+        fprintf(stderr, "patchbay direction: %s must be a refusal_pairs.json file (harmful and harmless pairs)\n",
+                o.prompts);
+        prompt_file_free(&f);
+        return 2;
+    }
+    if (f.n_refusal_tokens == 0) {
+        fprintf(stderr, "patchbay direction: %s has no \"refusal_tokens\"\n", o.prompts);
+        prompt_file_free(&f);
+        return 2;
+    }
+    if (!ensure_dir(cmd, o.out, o.overwrite)) {
+        prompt_file_free(&f);
+        return 2;
+    }
+    pb_model *m = load_model(cmd, &o);
+    int rc = 1;
+    id_lists L;
+    memset(&L, 0, sizeof L);
+    int32_t *refusal = malloc(sizeof(int32_t) * (size_t)f.n_refusal_tokens);
+    int n_refusal = 0;
+    pb_direction_result r;
+    memset(&r, 0, sizeof r);
+    if (!m || !refusal)
+        goto done;
+    /* refusal token strings -> ids: the first token of each string */
+    for (int i = 0; i < f.n_refusal_tokens; i++) {
+        int32_t *t = NULL;
+        int n = 0;
+        if (pb_model_tokenize(m, f.refusal_tokens[i], 0, &t, &n) != PB_OK || n == 0) {
+            free(t);
+            fprintf(stderr, "patchbay direction: refusal token '%s' does not tokenize%s%s\n", f.refusal_tokens[i],
+                    *pb_last_error() ? ": " : "", pb_last_error());
+            goto done;
+        }
+        if (n > 1)
+            fprintf(stderr, "patchbay direction: refusal token '%s' is %d tokens; using its first (id %d)\n",
+                    f.refusal_tokens[i], n, t[0]);
+        int dup = 0;
+        for (int k = 0; k < n_refusal; k++)
+            dup |= refusal[k] == t[0];
+        if (!dup)
+            refusal[n_refusal++] = t[0];
+        free(t);
+    }
+    /* sets: 0 harmful train, 1 harmless train, 2 harmful val, 3 harmless val */
+    for (int s = 0; s < 4; s++) {
+        L.ids[s] = calloc((size_t)f.n, sizeof(int32_t *));
+        L.T[s] = calloc((size_t)f.n, sizeof(int));
+        if (!L.ids[s] || !L.T[s])
+            goto done;
+    }
+    int limits[4] = {o.train ? o.train : 32, o.train ? o.train : 32, o.val ? o.val : 8, o.val ? o.val : 8};
+    for (int i = 0; i < f.n; i++) {
+        prompt_item *it = &f.items[i];
+        int val = split_matches("validation", it->split) && *it->split;
+        int train = strcmp(it->split, "train") == 0;
+        if (!val && !train)
+            continue;
+        int s = (val ? 2 : 0) + (it->harmful ? 0 : 1);
+        if (L.n[s] >= limits[s])
+            continue;
+        if (!text_ids(cmd, m, &o, it->text, &L.ids[s][L.n[s]], &L.T[s][L.n[s]]))
+            goto done;
+        L.n[s]++;
+    }
+    int n_post = o.n_post;
+    if (n_post == 0) {
+        /* the template's tokens after the user message: the common suffix of
+         * two different templated messages (the prompts' own common suffix
+         * may include shared punctuation) */
+        int32_t *a = NULL, *c = NULL;
+        int na = 0, nc = 0;
+        if (pb_model_chat_tokenize(m, o.system, "Hello", &a, &na) == PB_OK &&
+            pb_model_chat_tokenize(m, o.system, "Bye", &c, &nc) == PB_OK)
+            while (n_post < na && n_post < nc && a[na - 1 - n_post] == c[nc - 1 - n_post])
+                n_post++;
+        free(a);
+        free(c);
+    }
+    pb_direction_inputs in = {
+        .harmful_train = {.n = L.n[0], .ids = (const int32_t *const *)L.ids[0], .T = L.T[0]},
+        .harmless_train = {.n = L.n[1], .ids = (const int32_t *const *)L.ids[1], .T = L.T[1]},
+        .harmful_val = {.n = L.n[2], .ids = (const int32_t *const *)L.ids[2], .T = L.T[2]},
+        .harmless_val = {.n = L.n[3], .ids = (const int32_t *const *)L.ids[3], .T = L.T[3]},
+        .n_post = n_post,
+        .refusal_ids = refusal,
+        .n_refusal_ids = n_refusal,
+        /* stride 3 keeps SmolLM2 (30 layers) within ~3 minutes on 2 cores; 1 is the paper's full search */
+        .layer_stride = o.layer_stride ? o.layer_stride : 3,
+        .max_layer_fraction = o.max_layer_fraction,
+        .kl_threshold = o.kl_threshold};
+    fprintf(stderr, "patchbay direction: %d + %d train, %d + %d validation prompts (harmful + harmless), %d refusal "
+                    "token ids\n", L.n[0], L.n[1], L.n[2], L.n[3], n_refusal);
+    if (pb_direction_compute(m, &in, &r) != PB_OK) {
+        fail_msg(cmd, "computing the direction");
+        goto done;
+    }
+    pb_direction_provenance prov = {.model_path = pb_model_get_source(m), .prompt_file = o.prompts};
+    if (pb_direction_write(&r, o.out, &prov) != PB_OK) {
+        fail_msg(cmd, "writing the direction");
+        goto done;
+    }
+    printf("selected: layer %d, position %d (of the last %d post-instruction tokens), |r| = %.4f%s\n", r.layer,
+           r.position, r.n_post, r.norm, r.selected_passes ? "" : " (no candidate passed every filter)");
+    printf("refusal score, harmful validation: %.3f baseline -> %.3f with the direction ablated\n",
+           r.baseline_harmful, r.ablation_score);
+    printf("refusal score, harmless validation: %.3f baseline -> %.3f with r added at layer %d\n",
+           r.baseline_harmless, r.addition_score, r.layer);
+    printf("KL on harmless validation under ablation: %.4f\n", r.kl);
+    printf("candidates: %d; means %.1f s, scoring %.1f s\n", r.n_candidates, r.seconds_means, r.seconds_candidates);
+    printf("wrote %s/direction.npy, %s/direction.json, %s/differences.npy\n", o.out, o.out, o.out);
+    rc = 0;
+done:
+    pb_direction_result_free(&r);
+    for (int s = 0; s < 4; s++) {
+        for (int i = 0; i < L.n[s]; i++)
+            free(L.ids[s][i]);
+        free(L.ids[s]);
+        free(L.T[s]);
+    }
+    free(refusal);
+    prompt_file_free(&f);
+    pb_model_free(m);
+    return rc;
+}

@@ -1,0 +1,78 @@
+/* Token ids from command-line text and files (see ids.h). */
+#define _POSIX_C_SOURCE 200809L
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli/ids.h"
+#include "util/internal.h"
+#include "formats/npy.h"
+#include "util/outdir.h"
+
+pb_status pb_ids_parse(const char *text, const char *where, int32_t **ids, int *n_ids) {
+    *ids = NULL;
+    *n_ids = 0;
+    size_t cap = 64, n = 0;
+    int32_t *v = malloc(cap * sizeof *v);
+    if (!v)
+        return pb_fail(PB_ERR_OOM, "out of memory reading ids");
+    for (const char *p = text; *p;) {
+        if (*p == '#') {
+            while (*p && *p != '\n')
+                p++;
+            continue;
+        }
+        if (strchr(", \t\r\n[]", *p)) {
+            p++;
+            continue;
+        }
+        char *end;
+        errno = 0;
+        long long x = strtoll(p, &end, 10);
+        if (end == p || errno || x < 0 || x > INT32_MAX) {
+            free(v);
+            return pb_fail(PB_ERR_ARG, "%s: '%.20s' is not a token id", where, p);
+        }
+        if (n == cap) {
+            int32_t *grown = realloc(v, (cap *= 2) * sizeof *v);
+            if (!grown) {
+                free(v);
+                return pb_fail(PB_ERR_OOM, "out of memory reading ids");
+            }
+            v = grown;
+        }
+        v[n++] = (int32_t)x;
+        p = end;
+    }
+    if (n == 0) {
+        free(v);
+        return pb_fail(PB_ERR_ARG, "%s holds no token ids", where);
+    }
+    *ids = v;
+    *n_ids = (int)n;
+    return PB_OK;
+}
+
+pb_status pb_ids_read_file(const char *path, int32_t **ids, int *n_ids) {
+    *ids = NULL;
+    *n_ids = 0;
+    size_t len = strlen(path);
+    if (len > 4 && strcmp(path + len - 4, ".npy") == 0) {
+        int n_dims;
+        int64_t shape[8];
+        void *data;
+        PB_TRY(pb_npy_read(path, &data, PB_NPY_I32, &n_dims, shape));
+        if (n_dims != 1 || shape[0] <= 0 || shape[0] > INT32_MAX) {
+            free(data);
+            return pb_fail(PB_ERR_ARG, "%s must hold a non-empty 1-d array of ids", path);
+        }
+        *ids = data;
+        *n_ids = (int)shape[0];
+        return PB_OK;
+    }
+    char *text = NULL;
+    PB_TRY(pb_read_text_file(path, &text, NULL));
+    pb_status status = pb_ids_parse(text, path, ids, n_ids);
+    free(text);
+    return status;
+}

@@ -1,0 +1,199 @@
+/* .npy reading and writing (NumPy format version 1.0). */
+#define _POSIX_C_SOURCE 200809L
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "util/internal.h"
+#include "formats/npy.h"
+
+pb_status pb_write_file_atomic(const char *path, const void *data, size_t size) {
+    char tmp[4096];
+    if (snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid()) >= (int)sizeof tmp)
+        return pb_fail(PB_ERR_ARG, "path too long: %s", path);
+    FILE *f = fopen(tmp, "wb");
+    if (!f)
+        return pb_fail(PB_ERR_IO, "cannot create %s: %s", tmp, strerror(errno));
+    int ok = fwrite(data, 1, size, f) == size;
+    ok = fflush(f) == 0 && ok;
+    ok = fsync(fileno(f)) == 0 && ok;
+    int saved = errno;
+    ok = fclose(f) == 0 && ok;
+    if (!ok) {
+        unlink(tmp);
+        return pb_fail(PB_ERR_IO, "writing %s failed: %s", path, strerror(saved));
+    }
+    if (rename(tmp, path) != 0) {
+        saved = errno;
+        unlink(tmp);
+        return pb_fail(PB_ERR_IO, "cannot rename %s to %s: %s", tmp, path, strerror(saved));
+    }
+    return PB_OK;
+}
+
+pb_status pb_npy_write(const char *path, const void *data, pb_npy_dtype dtype, int n_dims, const int64_t *shape) {
+    if (n_dims < 0 || n_dims > 8)
+        return pb_fail(PB_ERR_ARG, "npy %s: %d dims (0..8 supported)", path, n_dims);
+    char header[512];
+    int n = snprintf(header, sizeof header, "{'descr': '%s', 'fortran_order': False, 'shape': (",
+                     dtype == PB_NPY_F32 ? "<f4" : "<i4");
+    uint64_t count = 1;
+    for (int i = 0; i < n_dims; i++) {
+        n += snprintf(header + n, sizeof header - (size_t)n, "%lld%s", (long long)shape[i],
+                      n_dims == 1 ? "," : i + 1 < n_dims ? ", " : "");
+        count *= (uint64_t)shape[i];
+    }
+    n += snprintf(header + n, sizeof header - (size_t)n, "), }");
+    /* Pad so the data starts on a 64-byte boundary; the header ends in '\n'. */
+    size_t preamble = 10, total_header = ((preamble + (size_t)n + 1 + 63) / 64) * 64;
+    size_t header_len = total_header - preamble;
+    size_t bytes = total_header + count * 4;
+    unsigned char *buf = malloc(bytes);
+    if (!buf)
+        return pb_fail(PB_ERR_OOM, "npy %s: out of memory for %zu bytes", path, bytes);
+    memcpy(buf, "\x93NUMPY\x01\x00", 8);
+    buf[8] = (unsigned char)(header_len & 0xFF);
+    buf[9] = (unsigned char)(header_len >> 8);
+    memcpy(buf + preamble, header, (size_t)n);
+    memset(buf + preamble + n, ' ', header_len - (size_t)n - 1);
+    buf[total_header - 1] = '\n';
+    memcpy(buf + total_header, data, count * 4);
+    pb_status status = pb_write_file_atomic(path, buf, bytes);
+    free(buf);
+    return status;
+}
+
+static pb_status read_all(const char *path, unsigned char **out, size_t *size) {
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return pb_fail(PB_ERR_IO, "cannot open %s: %s", path, strerror(errno));
+    fseek(f, 0, SEEK_END);
+    long len = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    unsigned char *buf = len >= 0 ? malloc((size_t)len + 1) : NULL;
+    if (!buf || fread(buf, 1, (size_t)len, f) != (size_t)len) {
+        free(buf);
+        fclose(f);
+        return pb_fail(PB_ERR_IO, "cannot read %s", path);
+    }
+    fclose(f);
+    *out = buf;
+    *size = (size_t)len;
+    return PB_OK;
+}
+
+pb_status pb_npy_read(const char *path, void **data, pb_npy_dtype dtype, int *n_dims, int64_t shape[8]) {
+    *data = NULL;
+    unsigned char *buf = NULL;
+    size_t size = 0;
+    PB_TRY(read_all(path, &buf, &size));
+    pb_status status = PB_OK;
+    if (size < 10 || memcmp(buf, "\x93NUMPY", 6) != 0) {
+        status = pb_fail(PB_ERR_FORMAT, "%s: not a .npy file (bad magic)", path);
+        goto done;
+    }
+    size_t header_len, preamble;
+    if (buf[6] == 1) {
+        header_len = buf[8] | (size_t)buf[9] << 8;
+        preamble = 10;
+    } else if (buf[6] == 2 || buf[6] == 3) {
+        if (size < 12) {
+            status = pb_fail(PB_ERR_FORMAT, "%s: truncated .npy header", path);
+            goto done;
+        }
+        header_len = buf[8] | (size_t)buf[9] << 8 | (size_t)buf[10] << 16 | (size_t)buf[11] << 24;
+        preamble = 12;
+    } else {
+        status = pb_fail(PB_ERR_FORMAT, "%s: .npy version %d is not supported", path, buf[6]);
+        goto done;
+    }
+    if (header_len > size - preamble) {
+        status = pb_fail(PB_ERR_FORMAT, "%s: .npy header length %zu runs past the file", path, header_len);
+        goto done;
+    }
+    char header[4096];
+    size_t copy = header_len < sizeof header - 1 ? header_len : sizeof header - 1;
+    memcpy(header, buf + preamble, copy);
+    header[copy] = 0;
+    const char *descr = strstr(header, "'descr':");
+    const char *order = strstr(header, "'fortran_order':");
+    const char *shp = strstr(header, "'shape':");
+    if (!descr || !order || !shp) {
+        status = pb_fail(PB_ERR_FORMAT, "%s: .npy header lacks descr, fortran_order or shape: %s", path, header);
+        goto done;
+    }
+    if (strncmp(order + 16, " False", 6) != 0) {
+        status = pb_fail(PB_ERR_UNSUPPORTED, "%s: Fortran-ordered arrays are not supported", path);
+        goto done;
+    }
+    char type[8] = {0};
+    if (sscanf(descr + 8, " '%7[^']'", type) != 1) {
+        status = pb_fail(PB_ERR_FORMAT, "%s: cannot read descr in .npy header", path);
+        goto done;
+    }
+    size_t elem = strcmp(type, "<f4") == 0 || strcmp(type, "<i4") == 0 ? 4 : strcmp(type, "<f8") == 0 || strcmp(type, "<i8") == 0 ? 8 : 0;
+    int src_float = type[1] == 'f';
+    if (!elem) {
+        status = pb_fail(PB_ERR_UNSUPPORTED, "%s: dtype '%s' is not supported (float32/64, int32/64 are)", path, type);
+        goto done;
+    }
+    if (src_float != (dtype == PB_NPY_F32)) {
+        status = pb_fail(PB_ERR_FORMAT, "%s: holds %s values where %s were expected", path, type,
+                         dtype == PB_NPY_F32 ? "floats" : "integers");
+        goto done;
+    }
+    const char *p = strchr(shp, '(');
+    int dims = 0;
+    uint64_t count = 1;
+    while (p && *++p && *p != ')') {
+        if (*p == ' ' || *p == ',')
+            continue;
+        char *end;
+        long long v = strtoll(p, &end, 10);
+        if (end == p || v < 0 || dims == 8) {
+            status = pb_fail(PB_ERR_FORMAT, "%s: bad shape in .npy header: %s", path, shp);
+            goto done;
+        }
+        shape[dims++] = v;
+        count *= (uint64_t)v;
+        p = end - 1;
+    }
+    *n_dims = dims;
+    size_t offset = preamble + header_len;
+    if (count > (size - offset) / elem) {
+        status = pb_fail(PB_ERR_FORMAT, "%s: .npy data holds %zu bytes, shape needs %llu", path, size - offset,
+                         (unsigned long long)(count * elem));
+        goto done;
+    }
+    void *out = malloc(count * 4 + 4);
+    if (!out) {
+        status = pb_fail(PB_ERR_OOM, "%s: out of memory", path);
+        goto done;
+    }
+    const unsigned char *src = buf + offset;
+    for (uint64_t i = 0; i < count; i++) {
+        if (elem == 4) {
+            memcpy((char *)out + i * 4, src + i * 4, 4);
+        } else if (src_float) {
+            double v;
+            memcpy(&v, src + i * 8, 8);
+            ((float *)out)[i] = (float)v;
+        } else {
+            int64_t v;
+            memcpy(&v, src + i * 8, 8);
+            if (v < INT32_MIN || v > INT32_MAX) { /* would wrap silently into another id */
+                free(out);
+                status = pb_fail(PB_ERR_FORMAT, "%s: int64 value %lld at flat index %llu does not fit in int32", path,
+                                 (long long)v, (unsigned long long)i);
+                goto done;
+            }
+            ((int32_t *)out)[i] = (int32_t)v;
+        }
+    }
+    *data = out;
+done:
+    free(buf);
+    return status;
+}

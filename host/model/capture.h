@@ -1,0 +1,38 @@
+/* Internals of pb_capture, shared by hooks.c (which builds it) and
+ * forward.c (which fills it). */
+#ifndef PB_CAPTURE_H
+#define PB_CAPTURE_H
+
+#include "model/hooks.h"
+
+typedef struct pb_capture_entry {
+    char name[96];
+    pb_hook_kind kind;
+    int layer;           /* -1 for model-level hooks */
+    int n_dims;          /* 2 or 3 including T */
+    int64_t row_shape[2];
+    int T;
+    float *data;         /* (T, row_shape...) host memory */
+} pb_capture_entry;
+
+struct pb_capture {
+    pb_model_config cfg;
+    int count;
+    pb_capture_entry *entries;
+    int *index; /* ((n_layers + 1) * PB_HOOK_KIND_COUNT) -> entry or -1 */
+};
+
+/* Model-level hooks use the slot of layer n_layers. */
+static inline int pb_capture_slot(const pb_capture *c, pb_hook_kind kind, int layer) {
+    return (layer < 0 ? c->cfg.n_layers : layer) * PB_HOOK_KIND_COUNT + (int)kind;
+}
+static inline pb_capture_entry *pb_capture_find(pb_capture *c, pb_hook_kind kind, int layer) {
+    if (!c)
+        return NULL;
+    int i = c->index[pb_capture_slot(c, kind, layer)];
+    return i < 0 ? NULL : &c->entries[i];
+}
+/* Sizes every entry's buffer for T tokens. */
+pb_status pb_capture_prepare(pb_capture *c, int T);
+
+#endif

@@ -1,0 +1,74 @@
+/* The model as the forward driver sees it: hyperparameters, weights carved
+ * from one backend allocation, RoPE frequencies and the vocabulary. */
+#ifndef PB_MODEL_H
+#define PB_MODEL_H
+
+#include "backend/backend.h"
+#include "text/chat_template.h"
+#include "patchbay.h"
+#include "text/vocab.h"
+
+typedef struct pb_tokenizer pb_tokenizer;
+
+typedef struct pb_layer_weights {
+    /* Matrices are stored as the model's wdtype, vectors as fp32. */
+    float *attn_norm; /* (d_model) */
+    void *wq;         /* (n_heads * head_dim, d_model), Hugging Face row order */
+    void *wk;         /* (n_kv_heads * head_dim, d_model) */
+    void *wv;         /* (n_kv_heads * head_dim, d_model) */
+    float *bq;        /* (n_heads * head_dim) or NULL */
+    float *bk;        /* (n_kv_heads * head_dim) or NULL */
+    float *bv;        /* (n_kv_heads * head_dim) or NULL */
+    void *wo;         /* (d_model, n_heads * head_dim) */
+    float *mlp_norm;  /* (d_model) */
+    void *w_gate;     /* (d_mlp, d_model) */
+    void *w_up;       /* (d_mlp, d_model) */
+    void *w_down;     /* (d_model, d_mlp) */
+    /* Fused projections: the load places wq, wk, wv (and bq, bk, bv; w_gate,
+     * w_up) back to back in the arena, so these are views of the same
+     * memory, one matrix per input for one GEMM (exec.c). NULL when the
+     * layout is not contiguous (then the executor multiplies separately). */
+    void *w_qkv;      /* (n_heads * head_dim + 2 * n_kv_heads * head_dim, d_model) == wq */
+    float *b_qkv;     /* (n_heads * head_dim + 2 * n_kv_heads * head_dim) == bq, or NULL */
+    void *w_gate_up;  /* (2 * d_mlp, d_model) == w_gate */
+} pb_layer_weights;
+
+struct pb_model {
+    pb_model_config cfg;
+    char *path;               /* as given to pb_model_load, or "random:NAME:LAYERS:SEED" */
+    pb_backend_kind backend_kind;
+    pb_backend *backend;
+    pb_dtype wdtype;          /* storage of every weight matrix (dtype.h) */
+    void *arena;              /* every weight below, one backend allocation */
+    size_t arena_bytes;
+    void *token_embd;         /* (vocab_size, d_model) of wdtype */
+    double embed_sigma;       /* standard deviation of token_embd's stored values (pb_noise_sigma), set at load
+                                 so that noise never downloads the table */
+    float *final_norm;        /* (d_model) */
+    void *output;             /* (vocab_size, d_model) of wdtype; == token_embd when tied */
+    float *inv_freq;          /* (head_dim / 2) in backend memory */
+    float *inv_freq_host;     /* (head_dim / 2) */
+    pb_layer_weights *layers; /* (n_layers) */
+    pb_vocab vocab;
+    /* text (model_text.c); a missing or unsupported tokenizer or template
+     * leaves these empty and the reason in text_error / chat_error */
+    pb_tokenizer *tokenizer;
+    pb_chat_template chat;
+    int has_chat;
+    char text_error[512];
+    char chat_error[512];
+};
+
+/* Checks hyperparameters for consistency (positive sizes, divisibility,
+ * limits the kernels rely on). */
+pb_status pb_model_config_validate(const pb_model_config *cfg);
+/* RoPE inverse frequencies with the config's scaling: out (head_dim / 2). */
+void pb_rope_inv_freq(const pb_model_config *cfg, float *out);
+/* out (n floats) = n weight elements of the model's wdtype at backend
+ * memory src, widened on the host. */
+/* Sets each layer's fused views (w_qkv, b_qkv, w_gate_up) where its
+ * matrices are contiguous, and clears them where they are not. */
+void pb_model_fuse_views(pb_model *model);
+pb_status pb_model_weights_download(const pb_model *model, float *out, const void *src, size_t n);
+
+#endif

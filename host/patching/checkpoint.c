@@ -1,0 +1,526 @@
+/* Sweep checkpoints: what a preempted sweep has computed (done rows with
+ * their patched values and trivial flags, pair baselines), written
+ * atomically, and loaded into a fresh sweep of the same inputs. Also the
+ * fingerprint of those inputs and the SHA-256 it is built from.
+ *
+ * File layout (version 1), every integer little-endian, doubles as their
+ * IEEE-754 bits in a little-endian u64:
+ *   8   magic "PBCKPT\r\n"
+ *   u32 version (1)
+ *   4 x (u32 length, bytes): model path, model digest, spec digest, backend
+ *   i64 n_pairs, n_sites, n_rows, n_rows_executed
+ *   f64 flops_executed
+ *   n_pairs x (u8 ready, f64 base, f64 source)
+ *   n_rows  x (u8 state: 0 pending, 1 done, 2 done and trivial; f64 patched)
+ *   32  SHA-256 of every byte above
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <dirent.h>
+#include <errno.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "util/internal.h"
+#include "formats/npy.h"
+#include "patching/sweep.h"
+
+/* ---- SHA-256 (FIPS 180-4) ------------------------------------------------ */
+
+typedef struct sha256_ctx {
+    uint32_t h[8];
+    uint64_t bytes;
+    unsigned char block[64];
+    size_t used;
+} sha256_ctx;
+
+static const uint32_t sha256_k[64] = {
+    0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5, 0xd807aa98,
+    0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174, 0xe49b69c1, 0xefbe4786,
+    0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da, 0x983e5152, 0xa831c66d, 0xb00327c8,
+    0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967, 0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13,
+    0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85, 0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819,
+    0xd6990624, 0xf40e3585, 0x106aa070, 0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a,
+    0x5b9cca4f, 0x682e6ff3, 0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7,
+    0xc67178f2};
+
+static uint32_t rotr(uint32_t x, int n) { return (x >> n) | (x << (32 - n)); }
+
+static void sha256_block(sha256_ctx *c, const unsigned char *p) {
+    uint32_t w[64];
+    for (int i = 0; i < 16; i++)
+        w[i] = (uint32_t)p[4 * i] << 24 | (uint32_t)p[4 * i + 1] << 16 | (uint32_t)p[4 * i + 2] << 8 | p[4 * i + 3];
+    for (int i = 16; i < 64; i++) {
+        uint32_t s0 = rotr(w[i - 15], 7) ^ rotr(w[i - 15], 18) ^ (w[i - 15] >> 3);
+        uint32_t s1 = rotr(w[i - 2], 17) ^ rotr(w[i - 2], 19) ^ (w[i - 2] >> 10);
+        w[i] = w[i - 16] + s0 + w[i - 7] + s1;
+    }
+    uint32_t a = c->h[0], b = c->h[1], cc = c->h[2], d = c->h[3], e = c->h[4], f = c->h[5], g = c->h[6], h = c->h[7];
+    for (int i = 0; i < 64; i++) {
+        uint32_t t1 = h + (rotr(e, 6) ^ rotr(e, 11) ^ rotr(e, 25)) + ((e & f) ^ (~e & g)) + sha256_k[i] + w[i];
+        uint32_t t2 = (rotr(a, 2) ^ rotr(a, 13) ^ rotr(a, 22)) + ((a & b) ^ (a & cc) ^ (b & cc));
+        h = g;
+        g = f;
+        f = e;
+        e = d + t1;
+        d = cc;
+        cc = b;
+        b = a;
+        a = t1 + t2;
+    }
+    c->h[0] += a;
+    c->h[1] += b;
+    c->h[2] += cc;
+    c->h[3] += d;
+    c->h[4] += e;
+    c->h[5] += f;
+    c->h[6] += g;
+    c->h[7] += h;
+}
+
+static void sha256_init(sha256_ctx *c) {
+    static const uint32_t h0[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
+                                   0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
+    memcpy(c->h, h0, sizeof h0);
+    c->bytes = 0;
+    c->used = 0;
+}
+
+static void sha256_update(sha256_ctx *c, const void *data, size_t n) {
+    const unsigned char *p = data;
+    c->bytes += n;
+    while (n > 0) {
+        size_t take = 64 - c->used < n ? 64 - c->used : n;
+        memcpy(c->block + c->used, p, take);
+        c->used += take;
+        p += take;
+        n -= take;
+        if (c->used == 64) {
+            sha256_block(c, c->block);
+            c->used = 0;
+        }
+    }
+}
+
+static void sha256_final(sha256_ctx *c, unsigned char out[32]) {
+    uint64_t bits = c->bytes * 8;
+    unsigned char pad = 0x80, zero = 0, len[8];
+    sha256_update(c, &pad, 1);
+    while (c->used != 56)
+        sha256_update(c, &zero, 1);
+    for (int i = 0; i < 8; i++)
+        len[i] = (unsigned char)(bits >> (56 - 8 * i));
+    sha256_update(c, len, 8);
+    for (int i = 0; i < 8; i++)
+        for (int k = 0; k < 4; k++)
+            out[4 * i + k] = (unsigned char)(c->h[i] >> (24 - 8 * k));
+}
+
+static void hex(const unsigned char *digest, size_t n, char *out) {
+    for (size_t i = 0; i < n; i++)
+        snprintf(out + 2 * i, 3, "%02x", digest[i]);
+}
+
+/* ---- fingerprint ---------------------------------------------------------- */
+
+#define PB_FINGERPRINT_SPAN ((long)1 << 20) /* bytes hashed at each end of a model file */
+
+/* Hashes a file's size, first MiB and last MiB into ctx; adds its size to *total. */
+static pb_status hash_file_ends(sha256_ctx *ctx, const char *path, uint64_t *total) {
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return pb_fail(PB_ERR_IO, "fingerprint: cannot open %s: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fileno(f), &st) != 0) {
+        fclose(f);
+        return pb_fail(PB_ERR_IO, "fingerprint: cannot stat %s: %s", path, strerror(errno));
+    }
+    uint64_t size = (uint64_t)st.st_size;
+    unsigned char size_le[8];
+    for (int i = 0; i < 8; i++)
+        size_le[i] = (unsigned char)(size >> (8 * i));
+    sha256_update(ctx, size_le, 8);
+    unsigned char *buf = malloc((size_t)PB_FINGERPRINT_SPAN);
+    if (!buf) {
+        fclose(f);
+        return pb_fail(PB_ERR_OOM, "fingerprint: out of memory");
+    }
+    pb_status status = PB_OK;
+    for (int end = 0; end < 2 && status == PB_OK; end++) {
+        long offset = end == 0 ? 0 : (long)size > PB_FINGERPRINT_SPAN ? (long)size - PB_FINGERPRINT_SPAN : 0;
+        size_t want = size < (uint64_t)PB_FINGERPRINT_SPAN ? (size_t)size : (size_t)PB_FINGERPRINT_SPAN;
+        if (fseek(f, offset, SEEK_SET) != 0 || fread(buf, 1, want, f) != want)
+            status = pb_fail(PB_ERR_IO, "fingerprint: cannot read %s", path);
+        else
+            sha256_update(ctx, buf, want);
+    }
+    free(buf);
+    fclose(f);
+    *total += size;
+    return status;
+}
+
+static int compare_names(const void *a, const void *b) {
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* A folder (Hugging Face checkpoint): every regular file, by sorted name. */
+static pb_status hash_folder(sha256_ctx *ctx, const char *dir, uint64_t *total) {
+    DIR *d = opendir(dir);
+    if (!d)
+        return pb_fail(PB_ERR_IO, "fingerprint: cannot read folder %s: %s", dir, strerror(errno));
+    char **names = NULL;
+    size_t n = 0, cap = 0;
+    pb_status status = PB_OK;
+    for (struct dirent *e; status == PB_OK && (e = readdir(d));) {
+        if (e->d_name[0] == '.')
+            continue;
+        if (n == cap) {
+            cap = cap ? 2 * cap : 16;
+            char **grown = realloc(names, cap * sizeof *names);
+            if (!grown) {
+                status = pb_fail(PB_ERR_OOM, "fingerprint: out of memory");
+                break;
+            }
+            names = grown;
+        }
+        if (!(names[n] = strdup(e->d_name)))
+            status = pb_fail(PB_ERR_OOM, "fingerprint: out of memory");
+        else
+            n++;
+    }
+    closedir(d);
+    if (n > 1)
+        qsort(names, n, sizeof *names, compare_names);
+    for (size_t i = 0; status == PB_OK && i < n; i++) {
+        char path[4096];
+        struct stat st;
+        snprintf(path, sizeof path, "%s/%s", dir, names[i]);
+        if (stat(path, &st) != 0 || !S_ISREG(st.st_mode))
+            continue;
+        sha256_update(ctx, names[i], strlen(names[i]) + 1);
+        status = hash_file_ends(ctx, path, total);
+    }
+    for (size_t i = 0; i < n; i++)
+        free(names[i]);
+    free(names);
+    return status;
+}
+
+pb_status pb_sweep_fingerprint_compute(pb_sweep_fingerprint *fp, const char *model_path, const char *spec_json,
+                                       pb_backend_kind backend, pb_dtype dtype) {
+    if (!fp || !model_path || !spec_json)
+        return pb_fail(PB_ERR_ARG, "pb_sweep_fingerprint_compute: fingerprint, model path and spec are required");
+    memset(fp, 0, sizeof *fp);
+    if (strlen(model_path) >= sizeof fp->model_path)
+        return pb_fail(PB_ERR_ARG, "fingerprint: model path too long");
+    snprintf(fp->model_path, sizeof fp->model_path, "%s", model_path);
+    sha256_ctx ctx;
+    unsigned char digest[32];
+    char digest_hex[65];
+    sha256_init(&ctx);
+    uint64_t total = 0;
+    struct stat st;
+    if (strncmp(model_path, "random:", 7) == 0 && stat(model_path, &st) != 0) {
+        /* A synthetic model (pb_model_random): its name, layers and seed
+         * are the whole of it. */
+        sha256_update(&ctx, model_path, strlen(model_path));
+    } else {
+        if (stat(model_path, &st) != 0)
+            return pb_fail(PB_ERR_IO, "fingerprint: cannot stat %s: %s", model_path, strerror(errno));
+        PB_TRY(S_ISDIR(st.st_mode) ? hash_folder(&ctx, model_path, &total)
+                                   : hash_file_ends(&ctx, model_path, &total));
+    }
+    sha256_final(&ctx, digest);
+    hex(digest, 32, digest_hex);
+    snprintf(fp->model_digest, sizeof fp->model_digest, "%llu:%s", (unsigned long long)total, digest_hex);
+
+    /* Canonical spec: parsed, keys sorted, compact. Whitespace and key
+     * order do not change it; any value does. */
+    json_error_t err;
+    json_t *root = json_loads(spec_json, 0, &err);
+    if (!root)
+        return pb_fail(PB_ERR_ARG, "fingerprint: spec is not JSON (line %d: %s)", err.line, err.text);
+    char *canonical = json_dumps(root, JSON_SORT_KEYS | JSON_COMPACT | JSON_ENSURE_ASCII | JSON_REAL_PRECISION(17));
+    json_decref(root);
+    if (!canonical)
+        return pb_fail(PB_ERR_OOM, "fingerprint: out of memory");
+    sha256_init(&ctx);
+    sha256_update(&ctx, canonical, strlen(canonical));
+    free(canonical);
+    sha256_final(&ctx, digest);
+    hex(digest, 32, fp->spec_digest);
+    /* The weight dtype changes every number; the backend changes rounding. */
+    snprintf(fp->backend, sizeof fp->backend, "%s/%s", pb_backend_name(backend), pb_dtype_name(dtype));
+    return PB_OK;
+}
+
+/* ---- writing ---------------------------------------------------------------- */
+
+typedef struct byte_buf {
+    unsigned char *data;
+    size_t size, cap;
+    int failed;
+} byte_buf;
+
+static void put_bytes(byte_buf *b, const void *p, size_t n) {
+    if (b->failed)
+        return;
+    if (b->size + n > b->cap) {
+        size_t cap = b->cap ? b->cap : 4096;
+        while (cap < b->size + n)
+            cap *= 2;
+        unsigned char *grown = realloc(b->data, cap);
+        if (!grown) {
+            b->failed = 1;
+            return;
+        }
+        b->data = grown;
+        b->cap = cap;
+    }
+    memcpy(b->data + b->size, p, n);
+    b->size += n;
+}
+
+static void put_u64(byte_buf *b, uint64_t v, int bytes) {
+    unsigned char le[8];
+    for (int i = 0; i < bytes; i++)
+        le[i] = (unsigned char)(v >> (8 * i));
+    put_bytes(b, le, (size_t)bytes);
+}
+
+static void put_f64(byte_buf *b, double v) {
+    uint64_t bits;
+    memcpy(&bits, &v, sizeof bits);
+    put_u64(b, bits, 8);
+}
+
+static void put_string(byte_buf *b, const char *s) {
+    size_t n = strlen(s);
+    put_u64(b, n, 4);
+    put_bytes(b, s, n);
+}
+
+static const unsigned char checkpoint_magic[8] = {'P', 'B', 'C', 'K', 'P', 'T', '\r', '\n'};
+enum { CHECKPOINT_VERSION = 1 };
+
+pb_status pb_sweep_checkpoint_write(const pb_sweep *s, const char *path, const pb_sweep_fingerprint *fp) {
+    if (!s || !path || !fp)
+        return pb_fail(PB_ERR_ARG, "pb_sweep_checkpoint_write: sweep, path and fingerprint are required");
+    byte_buf b = {0};
+    put_bytes(&b, checkpoint_magic, sizeof checkpoint_magic);
+    put_u64(&b, CHECKPOINT_VERSION, 4);
+    put_string(&b, fp->model_path);
+    put_string(&b, fp->model_digest);
+    put_string(&b, fp->spec_digest);
+    put_string(&b, fp->backend);
+    put_u64(&b, (uint64_t)s->spec.n_pairs, 8);
+    put_u64(&b, (uint64_t)s->n_sites, 8);
+    put_u64(&b, (uint64_t)s->n_rows, 8);
+    put_u64(&b, (uint64_t)s->n_rows_executed, 8);
+    put_f64(&b, s->flops_executed);
+    for (int p = 0; p < s->spec.n_pairs; p++) {
+        unsigned char ready = s->baseline_ready[p] ? 1 : 0;
+        put_bytes(&b, &ready, 1);
+        put_f64(&b, s->base_value[p]);
+        put_f64(&b, s->source_value[p]);
+    }
+    for (int64_t r = 0; r < s->n_rows; r++) {
+        unsigned char state = s->row_state[r] != PB_ROW_DONE ? 0 : s->row_trivial[r] ? 2 : 1;
+        put_bytes(&b, &state, 1);
+        put_f64(&b, state ? s->patched[r] : 0.0);
+    }
+    unsigned char digest[32];
+    if (!b.failed) {
+        sha256_ctx ctx;
+        sha256_init(&ctx);
+        sha256_update(&ctx, b.data, b.size);
+        sha256_final(&ctx, digest);
+        put_bytes(&b, digest, sizeof digest);
+    }
+    if (b.failed) {
+        free(b.data);
+        return pb_fail(PB_ERR_OOM, "checkpoint %s: out of memory", path);
+    }
+    pb_status status = pb_write_file_atomic(path, b.data, b.size);
+    free(b.data);
+    return status == PB_OK ? PB_OK : pb_fail_context(status, "writing checkpoint %s", path);
+}
+
+/* ---- loading ---------------------------------------------------------------- */
+
+typedef struct reader {
+    const unsigned char *p;
+    size_t left;
+    int short_read;
+} reader;
+
+static uint64_t get_u64(reader *r, int bytes) {
+    if (r->left < (size_t)bytes) {
+        r->short_read = 1;
+        r->left = 0;
+        return 0;
+    }
+    uint64_t v = 0;
+    for (int i = 0; i < bytes; i++)
+        v |= (uint64_t)r->p[i] << (8 * i);
+    r->p += bytes;
+    r->left -= (size_t)bytes;
+    return v;
+}
+
+static double get_f64(reader *r) {
+    uint64_t bits = get_u64(r, 8);
+    double v;
+    memcpy(&v, &bits, sizeof v);
+    return v;
+}
+
+/* Copies a length-prefixed string into out (capacity cap); 0 when it does
+ * not fit or the file ends. */
+static int get_string(reader *r, char *out, size_t cap) {
+    uint64_t n = get_u64(r, 4);
+    if (r->short_read || n >= cap || n > r->left) {
+        r->short_read = 1;
+        return 0;
+    }
+    memcpy(out, r->p, (size_t)n);
+    out[n] = 0;
+    r->p += n;
+    r->left -= (size_t)n;
+    return 1;
+}
+
+pb_status pb_sweep_checkpoint_load(pb_sweep *s, const char *path, const pb_sweep_fingerprint *fp) {
+    if (!s || !path || !fp)
+        return pb_fail(PB_ERR_ARG, "pb_sweep_checkpoint_load: sweep, path and fingerprint are required");
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return pb_fail(PB_ERR_IO, "cannot open checkpoint %s: %s", path, strerror(errno));
+    struct stat st;
+    unsigned char *data = NULL;
+    size_t size = 0;
+    if (fstat(fileno(f), &st) == 0 && st.st_size >= 0) {
+        size = (size_t)st.st_size;
+        data = malloc(size ? size : 1);
+        if (data && fread(data, 1, size, f) != size) {
+            free(data);
+            data = NULL;
+        }
+    }
+    fclose(f);
+    if (!data)
+        return pb_fail(PB_ERR_IO, "cannot read checkpoint %s", path);
+    pb_status status = PB_OK;
+    /* Integrity first: magic, version, trailing SHA-256. */
+    if (size < sizeof checkpoint_magic + 4 + 32 || memcmp(data, checkpoint_magic, sizeof checkpoint_magic) != 0) {
+        free(data);
+        return pb_fail(PB_ERR_FORMAT, "checkpoint %s: not a patchbay checkpoint (bad magic or only %zu bytes)", path,
+                       size);
+    }
+    reader r = {data + sizeof checkpoint_magic, size - sizeof checkpoint_magic - 32, 0};
+    uint64_t version = get_u64(&r, 4);
+    if (version != CHECKPOINT_VERSION) {
+        free(data);
+        return pb_fail(PB_ERR_FORMAT, "checkpoint %s: version %llu, this build reads version %d", path,
+                       (unsigned long long)version, CHECKPOINT_VERSION);
+    }
+    unsigned char digest[32];
+    sha256_ctx ctx;
+    sha256_init(&ctx);
+    sha256_update(&ctx, data, size - 32);
+    sha256_final(&ctx, digest);
+    if (memcmp(digest, data + size - 32, 32) != 0) {
+        free(data);
+        return pb_fail(PB_ERR_FORMAT, "checkpoint %s: checksum mismatch (truncated or corrupt file of %zu bytes)",
+                       path, size);
+    }
+    pb_sweep_fingerprint have;
+    memset(&have, 0, sizeof have);
+    get_string(&r, have.model_path, sizeof have.model_path);
+    get_string(&r, have.model_digest, sizeof have.model_digest);
+    get_string(&r, have.spec_digest, sizeof have.spec_digest);
+    get_string(&r, have.backend, sizeof have.backend);
+    int64_t n_pairs = (int64_t)get_u64(&r, 8), n_sites = (int64_t)get_u64(&r, 8), n_rows = (int64_t)get_u64(&r, 8);
+    int64_t n_executed = (int64_t)get_u64(&r, 8);
+    double flops = get_f64(&r);
+    if (r.short_read) {
+        free(data);
+        return pb_fail(PB_ERR_FORMAT, "checkpoint %s: header ends early", path);
+    }
+    /* Inputs: the model file's contents (not its path: a copy elsewhere is
+     * the same model), the spec, the backend. */
+    if (strcmp(have.model_digest, fp->model_digest) != 0)
+        status = pb_fail(PB_ERR_ARG,
+                         "checkpoint %s was written for another model file: %s (size:sha256 of first/last MiB %s), "
+                         "this run uses %s (%s)",
+                         path, have.model_path, have.model_digest, fp->model_path, fp->model_digest);
+    else if (strcmp(have.spec_digest, fp->spec_digest) != 0)
+        status = pb_fail(PB_ERR_ARG, "checkpoint %s was written for another spec (sha256 %s of its canonical JSON), "
+                                     "this run's spec has %s",
+                         path, have.spec_digest, fp->spec_digest);
+    else if (strcmp(have.backend, fp->backend) != 0)
+        status = pb_fail(PB_ERR_ARG, "checkpoint %s was written with backend/dtype %s, this run uses %s", path,
+                         have.backend, fp->backend);
+    else if (n_pairs != s->spec.n_pairs || n_sites != s->n_sites || n_rows != s->n_rows)
+        status = pb_fail(PB_ERR_ARG,
+                         "checkpoint %s has %lld pairs x %lld sites = %lld rows, this sweep %d x %lld = %lld", path,
+                         (long long)n_pairs, (long long)n_sites, (long long)n_rows, s->spec.n_pairs,
+                         (long long)s->n_sites, (long long)s->n_rows);
+    else if (r.left != (size_t)n_pairs * 17 + (size_t)n_rows * 9)
+        status = pb_fail(PB_ERR_FORMAT, "checkpoint %s: %zu bytes of pairs and rows, expected %zu", path, r.left,
+                         (size_t)n_pairs * 17 + (size_t)n_rows * 9);
+    if (status != PB_OK) {
+        free(data);
+        return status;
+    }
+    /* Validate every record before changing the sweep. */
+    reader check = r;
+    for (int64_t p = 0; status == PB_OK && p < n_pairs; p++) {
+        uint64_t ready = get_u64(&check, 1);
+        double base = get_f64(&check), source = get_f64(&check);
+        if (ready > 1 || (ready && (!isfinite(base) || !isfinite(source))))
+            status = pb_fail(PB_ERR_FORMAT, "checkpoint %s: pair %lld: bad baseline record", path, (long long)p);
+    }
+    int64_t n_done = 0;
+    for (int64_t row = 0; status == PB_OK && row < n_rows; row++) {
+        uint64_t state = get_u64(&check, 1);
+        double v = get_f64(&check);
+        if (state > 2 || (state && !isfinite(v)))
+            status = pb_fail(PB_ERR_FORMAT, "checkpoint %s: row %lld: bad record (state %llu)", path, (long long)row,
+                             (unsigned long long)state);
+        n_done += state != 0;
+    }
+    if (status == PB_OK && (n_executed < 0 || n_executed > n_done))
+        status = pb_fail(PB_ERR_FORMAT, "checkpoint %s: %lld rows executed but %lld done", path,
+                         (long long)n_executed, (long long)n_done);
+    if (status != PB_OK) {
+        free(data);
+        return status;
+    }
+    for (int p = 0; p < s->spec.n_pairs; p++) {
+        int ready = (int)get_u64(&r, 1);
+        double base = get_f64(&r), source = get_f64(&r);
+        if (ready)
+            pb_sweep_set_pair(s, p, base, source);
+    }
+    int64_t restored = 0;
+    for (int64_t row = 0; row < s->n_rows; row++) {
+        int state = (int)get_u64(&r, 1);
+        double v = get_f64(&r);
+        if (state && s->row_state[row] != PB_ROW_DONE) {
+            pb_sweep_set_row(s, row, v, state == 2, 0);
+            restored++;
+        }
+    }
+    free(data);
+    s->n_rows_executed += n_executed;
+    s->n_rows_executed_restored += n_executed;
+    s->n_rows_restored += restored;
+    s->flops_executed += flops;
+    s->flops_executed_restored += flops;
+    return PB_OK;
+}

@@ -1,0 +1,1368 @@
+/* Sweeps: expand sites, build per-pair run caches, decide which rows are
+ * exactly zero by construction, pack the rest into executor batches (each
+ * job starts at its own layer and position and patches its own site),
+ * compute metrics, and aggregate effects. Semantics: docs/patching.md. */
+#define _POSIX_C_SOURCE 200809L
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "formats/dtype.h"
+#include "util/internal.h"
+#include "patching/metric.h"
+#include "patching/noise.h"
+#include "patching/sweep.h"
+
+/* ---- site geometry ---------------------------------------------------- */
+
+static int component_has_head(pb_component c) {
+    return c == PB_COMPONENT_Z || c == PB_COMPONENT_Q || c == PB_COMPONENT_K || c == PB_COMPONENT_V;
+}
+
+/* Width of a component's activation row, and of the slice a site replaces. */
+static int component_width(const pb_model_config *c, pb_component comp) {
+    switch (comp) {
+    case PB_COMPONENT_Z:
+    case PB_COMPONENT_Q: return c->n_heads * c->head_dim;
+    case PB_COMPONENT_K:
+    case PB_COMPONENT_V: return c->n_kv_heads * c->head_dim;
+    default: return c->d_model;
+    }
+}
+
+static int slice_width(const pb_model_config *c, pb_component comp) {
+    return component_has_head(comp) ? c->head_dim : c->d_model;
+}
+
+/* Where the executor applies a site's patch, and the job's start step. */
+static void patch_point(pb_component comp, int layer, pb_hook_kind *hook, int *hook_layer, int *start_step) {
+    *hook_layer = layer;
+    switch (comp) {
+    case PB_COMPONENT_RESID_PRE: *hook = PB_HOOK_RESID_PRE; *start_step = pb_step_attention(layer); break;
+    case PB_COMPONENT_RESID_MID: *hook = PB_HOOK_RESID_MID; *start_step = pb_step_mlp(layer); break;
+    case PB_COMPONENT_RESID_POST:
+        /* leaving layer L is entering layer L + 1 (or the final residual) */
+        *hook = PB_HOOK_RESID_PRE;
+        *hook_layer = layer + 1;
+        *start_step = pb_step_attention(layer + 1);
+        break;
+    case PB_COMPONENT_ATTN_OUT: *hook = PB_HOOK_ATTN_OUT; *start_step = pb_step_attention(layer); break;
+    case PB_COMPONENT_MLP_OUT: *hook = PB_HOOK_MLP_OUT; *start_step = pb_step_mlp(layer); break;
+    case PB_COMPONENT_Z: *hook = PB_HOOK_Z; *start_step = pb_step_attention(layer); break;
+    case PB_COMPONENT_Q: *hook = PB_HOOK_Q; *start_step = pb_step_attention(layer); break;
+    case PB_COMPONENT_K: *hook = PB_HOOK_K; *start_step = pb_step_attention(layer); break;
+    default: *hook = PB_HOOK_V; *start_step = pb_step_attention(layer); break;
+    }
+}
+
+/* The first step whose entering residual carries the patch. */
+static int effect_step(pb_component comp, int layer) {
+    switch (comp) {
+    case PB_COMPONENT_RESID_PRE: return pb_step_attention(layer);
+    case PB_COMPONENT_RESID_MID:
+    case PB_COMPONENT_ATTN_OUT:
+    case PB_COMPONENT_Z:
+    case PB_COMPONENT_Q:
+    case PB_COMPONENT_K:
+    case PB_COMPONENT_V: return pb_step_mlp(layer);
+    default: return pb_step_attention(layer + 1); /* MLP_OUT, RESID_POST */
+    }
+}
+
+/* Pointer to one position's activation of a component in a run cache (the
+ * whole row; add head * head_dim for a head's slice). */
+static float *cache_row(const pb_sweep *s, const pb_run_cache *r, pb_component comp, int layer, int position) {
+    const pb_model_config *c = &s->model->cfg;
+    size_t T = (size_t)r->T, d = (size_t)c->d_model, kvd = (size_t)c->n_kv_heads * c->head_dim;
+    switch (comp) {
+    case PB_COMPONENT_RESID_PRE: return r->resid + ((size_t)layer * T + position) * d;
+    case PB_COMPONENT_RESID_POST: return r->resid + ((size_t)(layer + 1) * T + position) * d;
+    case PB_COMPONENT_RESID_MID: return r->resid_mid + ((size_t)layer * T + position) * d;
+    case PB_COMPONENT_V: return r->v + ((size_t)layer * T + position) * kvd;
+    default:
+        return r->hooks[comp] + ((size_t)layer * T + position) * (size_t)component_width(c, comp);
+    }
+}
+
+/* Components that need their own recorded array (the rest live in resid,
+ * resid_mid or v). */
+static int needs_hook_array(pb_component comp) {
+    return comp == PB_COMPONENT_ATTN_OUT || comp == PB_COMPONENT_MLP_OUT || comp == PB_COMPONENT_Z ||
+           comp == PB_COMPONENT_Q || comp == PB_COMPONENT_K;
+}
+
+/* ---- site expansion --------------------------------------------------- */
+
+/* Base positions a site patches in pair i, ascending; returns the count. */
+static int resolve_positions(const pb_sweep *s, const pb_site *site, int pair, int *out) {
+    const pb_pair_spec *p = &s->spec.pairs[pair];
+    int T = p->base.T, n = 0;
+    if (site->all_positions) {
+        for (int t = 0; t < T; t++)
+            if (p->position_map[t] >= 0)
+                out[n++] = t;
+        return n;
+    }
+    for (int i = 0; i < site->n_positions; i++) {
+        int e = site->positions[i];
+        out[n++] = e < 0 ? T + e : e;
+    }
+    for (int i = 1; i < n; i++) /* insertion sort: groups are short */
+        for (int k = i; k > 0 && out[k - 1] > out[k]; k--) {
+            int t = out[k];
+            out[k] = out[k - 1];
+            out[k - 1] = t;
+        }
+    return n;
+}
+
+static int mapped_in_all_pairs(const pb_sweep_spec *spec, int e) {
+    for (int i = 0; i < spec->n_pairs; i++) {
+        int T = spec->pairs[i].base.T, p = e < 0 ? T + e : e;
+        if (p < 0 || p >= T || spec->pairs[i].position_map[p] < 0)
+            return 0;
+    }
+    return 1;
+}
+
+static pb_status expand_sites(pb_sweep *s) {
+    const pb_sweep_spec *spec = &s->spec;
+    int T_min = INT_MAX, equal = 1;
+    for (int i = 0; i < spec->n_pairs; i++) {
+        if (spec->pairs[i].base.T < T_min)
+            T_min = spec->pairs[i].base.T;
+        equal &= spec->pairs[i].base.T == spec->pairs[0].base.T;
+    }
+    s->positions_aligned_from_end = !equal;
+    /* "each" positions: absolute when every base run has the same length,
+     * else end-aligned; in interchange only those mapped in every pair. */
+    int *each = malloc(sizeof(int) * (size_t)T_min);
+    if (!each)
+        return pb_fail(PB_ERR_OOM, "out of memory expanding sites");
+    int n_each = 0;
+    for (int t = 0; t < T_min; t++) {
+        int e = equal ? t : t - T_min;
+        if (mapped_in_all_pairs(spec, e))
+            each[n_each++] = e;
+    }
+    /* Two passes: count, then fill. */
+    int64_t n_sites = 0, n_positions = 0;
+    for (int pass = 0; pass < 2; pass++) {
+        int64_t site_i = 0, pos_i = 0;
+        for (int k = 0; k < spec->n_sites; k++) {
+            const pb_site_spec *e = &spec->sites[k];
+            int n_heads = component_has_head(e->component) ? e->n_heads : 1;
+            for (int li = 0; li < e->n_layers; li++)
+                for (int hi = 0; hi < n_heads; hi++) {
+                    int n_sets = e->position_mode == PB_POSITIONS_EACH    ? n_each
+                                 : e->position_mode == PB_POSITIONS_LIST   ? e->n_positions
+                                 : e->position_mode == PB_POSITIONS_GROUPS ? e->n_groups
+                                                                           : 1;
+                    int group_start = 0;
+                    for (int q = 0; q < n_sets; q++) {
+                        int count = e->position_mode == PB_POSITIONS_ALL      ? 0
+                                    : e->position_mode == PB_POSITIONS_GROUPS ? e->group_sizes[q]
+                                                                              : 1;
+                        if (pass == 1) {
+                            pb_site *site = &s->sites[site_i];
+                            site->component = e->component;
+                            site->layer = e->layers[li];
+                            site->head = component_has_head(e->component) ? e->heads[hi] : -1;
+                            site->spec_entry = k;
+                            site->all_positions = e->position_mode == PB_POSITIONS_ALL;
+                            site->n_positions = count;
+                            site->positions = s->site_positions + pos_i;
+                            int *dst = site->positions;
+                            switch (e->position_mode) {
+                            case PB_POSITIONS_EACH: dst[0] = each[q]; break;
+                            case PB_POSITIONS_LAST: dst[0] = equal ? spec->pairs[0].base.T - 1 : -1; break;
+                            case PB_POSITIONS_LIST: dst[0] = e->positions[q]; break;
+                            case PB_POSITIONS_GROUPS:
+                                memcpy(dst, e->positions + group_start, sizeof(int) * (size_t)count);
+                                break;
+                            default: break;
+                            }
+                            site->spec_position = count == 1 ? dst[0] : INT32_MIN;
+                        }
+                        if (e->position_mode == PB_POSITIONS_GROUPS)
+                            group_start += e->group_sizes[q];
+                        site_i++;
+                        pos_i += count;
+                    }
+                }
+        }
+        if (pass == 0) {
+            n_sites = site_i;
+            n_positions = pos_i;
+            s->sites = calloc((size_t)(n_sites ? n_sites : 1), sizeof *s->sites);
+            s->site_positions = malloc(sizeof(int) * (size_t)(n_positions ? n_positions : 1));
+            if (!s->sites || !s->site_positions) {
+                free(each);
+                return pb_fail(PB_ERR_OOM, "out of memory for %lld sites", (long long)n_sites);
+            }
+        }
+    }
+    free(each);
+    s->n_sites = n_sites;
+    if (n_sites == 0)
+        return pb_fail(PB_ERR_ARG, "spec: the sites expand to nothing (no position is mapped in every pair)");
+    return PB_OK;
+}
+
+/* ---- run caches ------------------------------------------------------- */
+
+static void cache_free(pb_sweep *s, pb_run_cache *r) {
+    if (r->arena)
+        s->model->backend->ops->free(s->model->backend, r->arena);
+    free(r->mirror);
+    free(r->slab);
+    memset(r, 0, sizeof *r);
+}
+
+/* Host mirrors of a pair's two caches are kept up to this size; past it,
+ * row_is_trivial mirrors one (component, layer) block of each run at a
+ * time (slab_row), and only a block pair past it too is read row by row. */
+#define PB_MIRROR_MAX_BYTES ((size_t)2 << 30)
+
+/* On a device backend, downloads both run caches of a pair in one transfer
+ * each, so that deciding which rows are trivial (bit-identical source and
+ * base activations) costs no per-row synchronising download. Best effort:
+ * without host memory for it, the per-row path is used. */
+static pb_status mirror_caches(pb_sweep *s, pb_run_cache *a, pb_run_cache *b) {
+    pb_backend *be = s->model->backend;
+    if (be->ops->host_memory || (a->arena_floats + b->arena_floats) * sizeof(float) > s->mirror_max_bytes)
+        return PB_OK;
+    pb_run_cache *runs[2] = {a, b};
+    for (int k = 0; k < 2; k++) {
+        runs[k]->mirror = malloc(sizeof(float) * (runs[k]->arena_floats ? runs[k]->arena_floats : 1));
+        if (!runs[k]->mirror)
+            return PB_OK;
+        PB_TRY(be->ops->download(be, runs[k]->mirror, runs[k]->arena, sizeof(float) * runs[k]->arena_floats));
+    }
+    return PB_OK;
+}
+
+/* A cache row (cache_row's pointer) as host memory: the backend's own
+ * memory, the mirror, or NULL when it must be downloaded. */
+static const float *host_row(const pb_sweep *s, const pb_run_cache *r, const float *device_row) {
+    if (s->model->backend->ops->host_memory)
+        return device_row;
+    if (r->mirror)
+        return r->mirror + (device_row - (const float *)r->arena);
+    return NULL;
+}
+
+/* Past the mirror cap: the host copy of row device_row of the (comp,
+ * layer) block of run r, downloading the whole block (T rows, one
+ * synchronising download) when it is not the one held. Sites come grouped
+ * by component and layer, so a pair's rows cost a download per block, not
+ * per row. *out = NULL when the two runs' blocks exceed the cap or host
+ * memory runs out (then the caller reads the row itself). */
+static pb_status slab_row(pb_sweep *s, pb_run_cache *r, pb_component comp, int layer, const float *device_row,
+                          const float **out) {
+    pb_backend *b = s->model->backend;
+    *out = NULL;
+    const float *start = cache_row(s, r, comp, layer, 0);
+    size_t floats = (size_t)(cache_row(s, r, comp, layer, 1) - start) * (size_t)r->T;
+    if (2 * floats * sizeof(float) > s->mirror_max_bytes)
+        return PB_OK;
+    if (r->slab_src != start) {
+        if (floats > r->slab_capacity) {
+            free(r->slab);
+            r->slab_capacity = 0;
+            if (!(r->slab = malloc(sizeof(float) * floats)))
+                return PB_OK; /* best effort, like the mirror */
+            r->slab_capacity = floats;
+        }
+        r->slab_src = NULL;
+        PB_TRY(b->ops->download(b, r->slab, start, sizeof(float) * floats));
+        r->slab_src = start;
+    }
+    *out = r->slab + (device_row - start);
+    return PB_OK;
+}
+
+static size_t cache_floats(const pb_sweep *s, int T, const int *needed, size_t parts[4 + PB_COMPONENT_COUNT]) {
+    const pb_model_config *c = &s->model->cfg;
+    size_t L = (size_t)c->n_layers, d = (size_t)c->d_model, kvd = (size_t)c->n_kv_heads * c->head_dim;
+    size_t total = 0;
+    parts[0] = (L + 1) * T * d;
+    parts[1] = L * T * d;
+    parts[2] = parts[3] = L * T * kvd;
+    for (int k = 0; k < PB_COMPONENT_COUNT; k++)
+        parts[4 + k] = needed[k] ? L * T * (size_t)component_width(c, (pb_component)k) : 0;
+    for (int k = 0; k < 4 + PB_COMPONENT_COUNT; k++)
+        total += (parts[k] + 15) / 16 * 16;
+    return total + (size_t)T * d; /* room for the noise */
+}
+
+typedef struct record_ctx {
+    pb_sweep *sweep;
+    pb_run_cache *run;
+} record_ctx;
+
+/* Executor hook of a cache run: keeps every activation the sweep reads. */
+static pb_status record_hook(void *user, int job, pb_hook_kind hook, int layer, float *data, int n_rows, int p0) {
+    record_ctx *ctx = user;
+    pb_sweep *s = ctx->sweep;
+    pb_run_cache *r = ctx->run;
+    pb_backend *b = s->model->backend;
+    const pb_model_config *c = &s->model->cfg;
+    float *dst = NULL;
+    pb_component comp = PB_COMPONENT_COUNT;
+    switch (hook) {
+    case PB_HOOK_RESID_PRE: dst = r->resid + (size_t)layer * r->T * c->d_model; break;
+    case PB_HOOK_RESID_MID: dst = r->resid_mid + (size_t)layer * r->T * c->d_model; break;
+    case PB_HOOK_ATTN_OUT: comp = PB_COMPONENT_ATTN_OUT; break;
+    case PB_HOOK_MLP_OUT: comp = PB_COMPONENT_MLP_OUT; break;
+    case PB_HOOK_Z: comp = PB_COMPONENT_Z; break;
+    case PB_HOOK_Q: comp = PB_COMPONENT_Q; break;
+    case PB_HOOK_K: comp = PB_COMPONENT_K; break;
+    default: return PB_OK;
+    }
+    size_t width = (size_t)c->d_model;
+    if (!dst) {
+        if (comp >= PB_COMPONENT_COUNT || !r->hooks[comp])
+            return PB_OK;
+        width = (size_t)component_width(c, comp);
+        dst = r->hooks[comp] + (size_t)layer * r->T * width;
+    }
+    (void)job;
+    return b->ops->copy(b, dst + (size_t)p0 * width, data, sizeof(float) * width * (size_t)n_rows);
+}
+
+/* Builds one run's cache with a single executor job over the whole prompt. */
+static pb_status cache_build(pb_sweep *s, pb_exec *exec, pb_run_cache *r, const pb_prompt_spec *prompt,
+                             const int *needed) {
+    pb_model *m = s->model;
+    pb_backend *b = m->backend;
+    const pb_model_config *c = &m->cfg;
+    size_t parts[4 + PB_COMPONENT_COUNT];
+    memset(r, 0, sizeof *r);
+    r->T = prompt->T;
+    size_t total = cache_floats(s, prompt->T, needed, parts);
+    r->arena_floats = total;
+    pb_status status = b->ops->alloc(b, &r->arena, total * sizeof(float));
+    if (status != PB_OK)
+        return pb_fail_context(status, "run cache of %d tokens (%.1f MiB)", prompt->T,
+                               (double)total * sizeof(float) / (1 << 20));
+    float *cursor = r->arena;
+    float **slots[4] = {&r->resid, &r->resid_mid, &r->k, &r->v};
+    for (int k = 0; k < 4; k++) {
+        *slots[k] = cursor;
+        cursor += (parts[k] + 15) / 16 * 16;
+    }
+    for (int k = 0; k < PB_COMPONENT_COUNT; k++) {
+        r->hooks[k] = parts[4 + k] ? cursor : NULL;
+        cursor += (parts[4 + k] + 15) / 16 * 16;
+    }
+    if (prompt->is_noise) {
+        /* Noise rows at the listed positions, zeros elsewhere. */
+        size_t d = (size_t)c->d_model;
+        float *host = calloc((size_t)prompt->T * d, sizeof(float));
+        float *rows = malloc(sizeof(float) * (size_t)prompt->n_noise_positions * d);
+        if (!host || !rows) {
+            free(host);
+            free(rows);
+            cache_free(s, r);
+            return pb_fail(PB_ERR_OOM, "out of memory for noise");
+        }
+        /* sigma of the embedding table, computed at load (model.h) */
+        pb_noise_fill(rows, prompt->n_noise_positions, c->d_model, prompt->noise_scale, m->embed_sigma,
+                      prompt->noise_seed);
+        for (int i = 0; i < prompt->n_noise_positions; i++)
+            memcpy(host + (size_t)prompt->noise_positions[i] * d, rows + (size_t)i * d, sizeof(float) * d);
+        r->embed_delta = cursor;
+        status = b->ops->upload(b, r->embed_delta, host, sizeof(float) * (size_t)prompt->T * d);
+        free(host);
+        free(rows);
+        if (status != PB_OK) {
+            cache_free(s, r);
+            return status;
+        }
+    }
+    pb_exec_job job = {.T = prompt->T, .p0 = 0, .start_step = 0, .ids = prompt->ids, .embed_delta = r->embed_delta,
+                       .k_cache = r->k, .v_cache = r->v, .kv_capacity = prompt->T};
+    record_ctx ctx = {s, r};
+    status = pb_exec_run(exec, &job, 1, 2 * c->n_layers, record_hook, &ctx);
+    if (status != PB_OK)
+        cache_free(s, r);
+    return status;
+}
+
+/* ---- metrics ---------------------------------------------------------- */
+
+static int metric_needs_full_logits(const pb_sweep *s) {
+    pb_metric_kind k = s->options.metric_fn ? PB_METRIC_CALLBACK : s->spec.metric.kind;
+    return k == PB_METRIC_LOGPROB || k == PB_METRIC_REFUSAL_SCORE || k == PB_METRIC_KL ||
+           (k == PB_METRIC_CALLBACK && s->options.metric_fn_residual_layer < 0);
+}
+
+static int metric_on_residual(const pb_sweep *s) {
+    if (s->options.metric_fn)
+        return s->options.metric_fn_residual_layer >= 0;
+    return s->spec.metric.kind == PB_METRIC_PROJECTION;
+}
+
+static int metric_position(const pb_sweep *s, int T) {
+    int p = s->spec.metric.position;
+    return p < 0 ? T + p : p;
+}
+
+/* The first non-finite logit of a row (host, (n_out)) as the error it is. */
+static pb_status check_logits(const float *logits, int n_out, int pair) {
+    for (int v = 0; v < n_out; v++)
+        if (!isfinite(logits[v]))
+            return pb_fail(PB_ERR_NUMERIC, "metric: non-finite logit %g (pair %d, vocabulary entry %d)",
+                           (double)logits[v], pair, v);
+    return PB_OK;
+}
+
+/* The backend's metric_rows on the unembedded logits (device, (n, n_out)),
+ * enqueued; metric_rows_collect brings out (n) back. KL's per-row pairs are
+ * uploaded first (an upload waits for the stream, so before the batch's
+ * work is queued: see launch_batch). */
+static pb_status metric_rows_enqueue(pb_sweep *s, const float *logits, int n, int n_out, double *device_values,
+                                     const int32_t *device_pairs) {
+    pb_backend *b = s->model->backend;
+    const pb_metric_spec *ms = &s->spec.metric;
+    int kl = ms->kind == PB_METRIC_KL;
+    return b->ops->metric_rows(b, device_values, logits, n, n_out, ms->kind, s->metric_positive,
+                               kl ? 0 : ms->n_positive, s->metric_negative,
+                               ms->kind == PB_METRIC_LOGIT_DIFF ? ms->n_negative : 0, s->clean_logprobs_device,
+                               kl ? device_pairs : NULL, kl ? s->spec.n_pairs : 0);
+}
+
+/* out (n) from the device. A row the op reports as non-finite is
+ * downloaded and checked here, so errors read as on the host path. */
+static pb_status metric_rows_collect(pb_sweep *s, const float *logits, int n, int n_out, const int32_t *pairs,
+                                     double *out, const double *device_values, float *host_scratch) {
+    pb_backend *b = s->model->backend;
+    PB_TRY(b->ops->download(b, out, device_values, sizeof(double) * (size_t)n));
+    for (int i = 0; i < n; i++) {
+        if (isfinite(out[i]))
+            continue;
+        PB_TRY(b->ops->download(b, host_scratch, logits + (size_t)i * n_out, sizeof(float) * (size_t)n_out));
+        PB_TRY(check_logits(host_scratch, n_out, pairs[i]));
+        return pb_fail(PB_ERR_NUMERIC, "metric: non-finite value %g for pair %d", out[i], pairs[i]);
+    }
+    return PB_OK;
+}
+
+/* Columns of the unembedding the metric reads: the full vocabulary, the
+ * selected rows, or 0 for a metric on the residual. */
+static int unembed_width(const pb_sweep *s) {
+    return metric_on_residual(s) ? 0 : metric_needs_full_logits(s) ? s->model->cfg.vocab_size : s->n_unembed;
+}
+
+/* Metric values of n residual rows (device, (n, d_model), the residual
+ * entering metric_step at each run's metric position). pairs[i] selects
+ * the clean distribution for KL. device_values (n) and device_pairs (n) are
+ * the metric_rows op's buffers (NULL unless s->metric_on_device). */
+static pb_status metric_rows(pb_sweep *s, pb_exec *exec, const float *rows, int n, const int32_t *pairs, double *out,
+                             float *device_scratch, float *host_scratch, double *device_values,
+                             int32_t *device_pairs) {
+    pb_model *m = s->model;
+    pb_backend *b = m->backend;
+    const pb_model_config *c = &m->cfg;
+    const pb_metric_spec *ms = &s->spec.metric;
+    if (metric_on_residual(s)) {
+        PB_TRY(b->ops->download(b, host_scratch, rows, sizeof(float) * (size_t)n * c->d_model));
+        for (int i = 0; i < n; i++) {
+            const float *x = host_scratch + (size_t)i * c->d_model;
+            out[i] = s->options.metric_fn ? s->options.metric_fn(x, c->d_model, s->options.metric_user)
+                                          : pb_metric_projection(x, ms->direction, c->d_model);
+        }
+        return PB_OK;
+    }
+    int full = metric_needs_full_logits(s);
+    int n_out = unembed_width(s);
+    PB_TRY(pb_exec_unembed(exec, device_scratch, rows, n, full ? m->output : s->unembed_rows, n_out));
+    if (s->metric_on_device) {
+        if (s->spec.metric.kind == PB_METRIC_KL)
+            PB_TRY(b->ops->upload(b, device_pairs, pairs, sizeof(int32_t) * (size_t)n));
+        PB_TRY(metric_rows_enqueue(s, device_scratch, n, n_out, device_values, device_pairs));
+        return metric_rows_collect(s, device_scratch, n, n_out, pairs, out, device_values, host_scratch);
+    }
+    PB_TRY(b->ops->download(b, host_scratch, device_scratch, sizeof(float) * (size_t)n * n_out));
+    for (int i = 0; i < n; i++) {
+        const float *logits = host_scratch + (size_t)i * n_out;
+        PB_TRY(check_logits(logits, n_out, pairs[i]));
+        if (s->options.metric_fn) {
+            out[i] = s->options.metric_fn(logits, n_out, s->options.metric_user);
+            continue;
+        }
+        switch (ms->kind) {
+        case PB_METRIC_LOGIT_DIFF: out[i] = pb_metric_logit_diff(logits, ms->n_positive, ms->n_negative); break;
+        case PB_METRIC_LOGPROB: out[i] = pb_metric_logprob(logits, n_out, ms->positive, ms->n_positive); break;
+        case PB_METRIC_REFUSAL_SCORE:
+            out[i] = pb_metric_refusal_score(logits, n_out, ms->positive, ms->n_positive);
+            break;
+        case PB_METRIC_KL:
+            out[i] = pb_metric_kl(s->clean_logprobs_host + (size_t)pairs[i] * n_out, logits, n_out);
+            break;
+        default: out[i] = NAN; break;
+        }
+        if (!isfinite(out[i]))
+            return pb_fail(PB_ERR_NUMERIC, "metric: non-finite value %g for pair %d", out[i], pairs[i]);
+    }
+    return PB_OK;
+}
+
+/* ---- batches ----------------------------------------------------------- */
+
+typedef struct batch_buffers {
+    pb_exec *exec;
+    int max_tokens;
+    int max_rows;
+    float *values;       /* device (max_tokens, d_model): patch values of a batch */
+    float *gathered;     /* device (max_rows, d_model): metric-position residuals */
+    float *logits;       /* device (max_rows, n_out) */
+    float *host;         /* host (max_rows, max(n_out, d_model)) */
+    void *arena;
+    void *metric_arena;  /* device, when s->metric_on_device: the two arrays below */
+    double *metric_values;  /* device (max_rows): metric_rows' output */
+    int32_t *metric_pairs;  /* device (max_rows): KL's clean distribution per row */
+    pb_exec_job *jobs;   /* (max_rows) */
+    pb_exec_patch *patches;
+    int *positions;      /* (max_tokens) resolved base positions of all rows */
+    pb_copy_region *staging; /* (max_tokens) source activations into `values`, one region per position */
+    int32_t *pairs;      /* (max_rows) */
+    int64_t *rows;       /* (max_rows) rows of the batch being planned */
+    int64_t *rows_in_flight; /* (max_rows) rows of the launched batch, until finish_batch */
+    double *values_out;  /* (max_rows) */
+} batch_buffers;
+
+static void batch_free(pb_sweep *s, batch_buffers *bb) {
+    pb_exec_free(bb->exec);
+    if (bb->arena)
+        s->model->backend->ops->free(s->model->backend, bb->arena);
+    if (bb->metric_arena)
+        s->model->backend->ops->free(s->model->backend, bb->metric_arena);
+    free(bb->host);
+    free(bb->jobs);
+    free(bb->patches);
+    free(bb->positions);
+    free(bb->staging);
+    free(bb->pairs);
+    free(bb->rows);
+    free(bb->rows_in_flight);
+    free(bb->values_out);
+    memset(bb, 0, sizeof *bb);
+}
+
+/* Components whose activations a run cache must record for the sites. */
+static void needed_components(const pb_sweep *s, int needed[PB_COMPONENT_COUNT]) {
+    for (int k = 0; k < PB_COMPONENT_COUNT; k++)
+        needed[k] = 0;
+    for (int64_t i = 0; i < s->n_sites; i++)
+        if (needs_hook_array(s->sites[i].component))
+            needed[s->sites[i].component] = 1;
+}
+
+/* Sizes batches from the memory budget: executor workspace and patch
+ * values per token, logits per row. The budget is --max-memory (default
+ * 1 GiB), capped, when the backend can tell, by free device memory: what
+ * is left once one pair's two run caches (allocated after the batch) are
+ * set aside, of which a quarter stays free for library workspaces (cuBLAS,
+ * the 16-bit rounding scratch) and allocator slack. */
+static pb_status batch_alloc(pb_sweep *s, batch_buffers *bb, int max_T) {
+    const pb_model_config *c = &s->model->cfg;
+    pb_backend *b = s->model->backend;
+    size_t budget = s->options.max_memory ? s->options.max_memory : ((size_t)1 << 30);
+    size_t device_free = 0, caches = 0;
+    int device_limited = 0;
+    if (b->ops->memory_info) {
+        size_t total_bytes = 0, parts[4 + PB_COMPONENT_COUNT];
+        int needed[PB_COMPONENT_COUNT];
+        PB_TRY(b->ops->memory_info(b, &device_free, &total_bytes));
+        needed_components(s, needed);
+        caches = 2 * sizeof(float) * cache_floats(s, max_T, needed, parts);
+        size_t usable = device_free > caches ? (device_free - caches) / 4 * 3 : 0;
+        if (usable < budget) {
+            budget = usable;
+            device_limited = 1;
+        }
+    }
+    size_t per_token = pb_exec_workspace_bytes(c, 1, 0) + sizeof(float) * (size_t)c->d_model + sizeof(int);
+    size_t n_out = (size_t)unembed_width(s);
+    size_t per_row = sizeof(float) * (n_out + (size_t)c->d_model) * 2 + 256;
+    size_t fixed = pb_exec_workspace_bytes(c, 0, max_T);
+    int max_rows = s->options.max_batch_rows > 0 ? s->options.max_batch_rows : 256;
+    while (max_rows > 1 && (size_t)max_rows * per_row > budget / 4)
+        max_rows /= 2;
+    size_t need_min = fixed + (size_t)max_T * per_token + per_row;
+    if (budget < need_min && device_limited)
+        return pb_fail(PB_ERR_OOM,
+                       "free device memory %.1f MiB leaves %.1f MiB for batches after one pair's run caches "
+                       "(%.1f MiB) and headroom: one row of %d tokens needs %.1f MiB",
+                       (double)device_free / (1 << 20), (double)budget / (1 << 20), (double)caches / (1 << 20),
+                       max_T, (double)need_min / (1 << 20));
+    if (budget < need_min)
+        return pb_fail(PB_ERR_OOM, "max memory %.1f MiB is too small: one row of %d tokens needs %.1f MiB",
+                       (double)budget / (1 << 20), max_T, (double)need_min / (1 << 20));
+    size_t left = budget - fixed - (size_t)max_rows * per_row;
+    size_t tokens = budget > fixed + (size_t)max_rows * per_row ? left / per_token : 0;
+    /* No point exceeding every row of the sweep at full length. */
+    size_t useful = (size_t)max_rows * (size_t)max_T;
+    if (tokens > useful)
+        tokens = useful;
+    if (tokens < (size_t)max_T)
+        tokens = (size_t)max_T;
+    if (tokens > INT_MAX / 2)
+        tokens = INT_MAX / 2;
+    bb->max_tokens = (int)tokens;
+    bb->max_rows = max_rows < bb->max_tokens ? max_rows : bb->max_tokens;
+    PB_TRY(pb_exec_create(&bb->exec, s->model, bb->max_tokens, max_T));
+    size_t d = (size_t)c->d_model, width = n_out > d ? n_out : d;
+    size_t floats = (size_t)bb->max_tokens * d + (size_t)bb->max_rows * d + (size_t)bb->max_rows * (n_out ? n_out : 1);
+    pb_status status = b->ops->alloc(b, &bb->arena, floats * sizeof(float));
+    if (status != PB_OK) {
+        batch_free(s, bb);
+        return status;
+    }
+    bb->values = bb->arena;
+    bb->gathered = bb->values + (size_t)bb->max_tokens * d;
+    bb->logits = bb->gathered + (size_t)bb->max_rows * d;
+    if (s->metric_on_device) {
+        /* doubles first: the allocation's alignment suits both */
+        status = b->ops->alloc(b, &bb->metric_arena, (sizeof(double) + sizeof(int32_t)) * (size_t)bb->max_rows);
+        if (status != PB_OK) {
+            batch_free(s, bb);
+            return status;
+        }
+        bb->metric_values = bb->metric_arena;
+        bb->metric_pairs = (int32_t *)(bb->metric_values + bb->max_rows);
+    }
+    bb->host = malloc(sizeof(float) * (size_t)bb->max_rows * width);
+    bb->jobs = calloc((size_t)bb->max_rows, sizeof *bb->jobs);
+    bb->patches = calloc((size_t)bb->max_rows, sizeof *bb->patches);
+    bb->positions = malloc(sizeof(int) * (size_t)bb->max_tokens);
+    bb->staging = malloc(sizeof(pb_copy_region) * (size_t)bb->max_tokens);
+    bb->pairs = malloc(sizeof(int32_t) * (size_t)bb->max_rows);
+    bb->rows = malloc(sizeof(int64_t) * (size_t)bb->max_rows);
+    bb->rows_in_flight = malloc(sizeof(int64_t) * (size_t)bb->max_rows);
+    bb->values_out = malloc(sizeof(double) * (size_t)bb->max_rows);
+    if (!bb->host || !bb->jobs || !bb->patches || !bb->positions || !bb->staging || !bb->pairs || !bb->rows || !bb->rows_in_flight ||
+        !bb->values_out) {
+        batch_free(s, bb);
+        return pb_fail(PB_ERR_OOM, "out of memory for batch bookkeeping");
+    }
+    return PB_OK;
+}
+
+/* Computes the metric of a run from its cache (the baseline values). */
+static pb_status run_metric(pb_sweep *s, batch_buffers *bb, const pb_run_cache *r, int pair, double *out) {
+    const pb_model_config *c = &s->model->cfg;
+    int m = metric_position(s, r->T);
+    const float *row = r->resid + ((size_t)(s->metric_step / 2) * r->T + m) * c->d_model;
+    if (s->metric_step % 2)
+        return pb_fail(PB_ERR_ARG, "internal: metric step %d is not a residual boundary", s->metric_step);
+    int32_t pair32 = pair;
+    return metric_rows(s, bb->exec, row, 1, &pair32, out, bb->logits, bb->host, bb->metric_values,
+                       bb->metric_pairs);
+}
+
+/* KL needs the clean run's log-distribution at its metric position. */
+static pb_status clean_logprobs(pb_sweep *s, batch_buffers *bb, const pb_run_cache *clean, int pair) {
+    pb_model *m = s->model;
+    const pb_model_config *c = &m->cfg;
+    int pos = metric_position(s, clean->T);
+    const float *row = clean->resid + ((size_t)c->n_layers * clean->T + pos) * c->d_model;
+    PB_TRY(pb_exec_unembed(bb->exec, bb->logits, row, 1, m->output, c->vocab_size));
+    PB_TRY(m->backend->ops->download(m->backend, bb->host, bb->logits, sizeof(float) * (size_t)c->vocab_size));
+    double *logprobs = s->clean_logprobs_host + (size_t)pair * c->vocab_size;
+    pb_log_softmax(bb->host, c->vocab_size, logprobs);
+    if (s->clean_logprobs_device)
+        PB_TRY(m->backend->ops->upload(m->backend, s->clean_logprobs_device + (size_t)pair * c->vocab_size,
+                                       logprobs, sizeof(double) * (size_t)c->vocab_size));
+    return PB_OK;
+}
+
+static pb_status pair_caches(pb_sweep *s, batch_buffers *bb, int pair) {
+    if (s->cache_ready[pair])
+        return PB_OK;
+    int needed[PB_COMPONENT_COUNT];
+    needed_components(s, needed);
+    pb_pair_spec *p = &s->spec.pairs[pair];
+    PB_TRY(cache_build(s, bb->exec, &s->base[pair], &p->base, needed));
+    pb_status status = cache_build(s, bb->exec, &s->source[pair], &p->source, needed);
+    if (status == PB_OK && s->clean_logprobs_host)
+        status = clean_logprobs(s, bb, p->clean_is_source ? &s->source[pair] : &s->base[pair], pair);
+    if (status == PB_OK)
+        status = run_metric(s, bb, &s->base[pair], pair, &s->base_value[pair]);
+    if (status == PB_OK)
+        status = run_metric(s, bb, &s->source[pair], pair, &s->source_value[pair]);
+    if (status == PB_OK)
+        status = mirror_caches(s, &s->base[pair], &s->source[pair]);
+    if (status != PB_OK) {
+        cache_free(s, &s->base[pair]);
+        cache_free(s, &s->source[pair]);
+        return pb_fail_context(status, "pair %d", pair);
+    }
+    s->cache_ready[pair] = 1;
+    return PB_OK;
+}
+
+/* 1 when the site's patch cannot change the metric of this pair: all its
+ * positions come after the metric position, its effect lands after the
+ * metric's residual, or source and base activations are bit-identical. */
+static pb_status row_is_trivial(pb_sweep *s, int pair, const pb_site *site, const int *positions, int n, int *trivial,
+                                float *host_a, float *host_b) {
+    pb_backend *b = s->model->backend;
+    const pb_model_config *c = &s->model->cfg;
+    const pb_pair_spec *p = &s->spec.pairs[pair];
+    *trivial = 1;
+    if (effect_step(site->component, site->layer) > s->metric_step)
+        return PB_OK;
+    if (positions[0] > metric_position(s, p->base.T))
+        return PB_OK;
+    if (s->options.run_trivial_rows) {
+        *trivial = 0;
+        return PB_OK;
+    }
+    size_t width = (size_t)slice_width(c, site->component);
+    size_t column = site->head >= 0 ? (size_t)site->head * c->head_dim : 0;
+    for (int i = 0; i < n; i++) {
+        const float *a = cache_row(s, &s->base[pair], site->component, site->layer, positions[i]);
+        const float *bsrc = cache_row(s, &s->source[pair], site->component, site->layer, p->position_map[positions[i]]);
+        const float *ha = host_row(s, &s->base[pair], a), *hb = host_row(s, &s->source[pair], bsrc);
+        if (!ha)
+            PB_TRY(slab_row(s, &s->base[pair], site->component, site->layer, a, &ha));
+        if (!hb)
+            PB_TRY(slab_row(s, &s->source[pair], site->component, site->layer, bsrc, &hb));
+        ha = ha ? ha + column : NULL;
+        hb = hb ? hb + column : NULL;
+        if (!ha) {
+            PB_TRY(b->ops->download(b, host_a, a + column, sizeof(float) * width));
+            ha = host_a;
+        }
+        if (!hb) {
+            PB_TRY(b->ops->download(b, host_b, bsrc + column, sizeof(float) * width));
+            hb = host_b;
+        }
+        if (memcmp(ha, hb, sizeof(float) * width) != 0) {
+            *trivial = 0;
+            return PB_OK;
+        }
+    }
+    return PB_OK;
+}
+
+/* Queues the batch of rows bb->rows[0 .. n) on the backend: patch values,
+ * the patched forward, the metric position's residuals and, when the
+ * metric is computed on the device, the unembedding and the metric. The
+ * only waits are uploads (KL's per-row pairs; the executor's ids and
+ * positions), which come before the forward is queued, when the stream
+ * holds no more than this batch's value copies (the previous batch is
+ * finished). The rows move to bb->rows_in_flight; finish_batch collects
+ * them. Meanwhile the caller plans the next batch. */
+static pb_status launch_batch(pb_sweep *s, batch_buffers *bb, int n) {
+    pb_backend *b = s->model->backend;
+    const pb_model_config *c = &s->model->cfg;
+    size_t d = (size_t)c->d_model;
+    int pos_used = 0;
+    size_t values_used = 0;
+    for (int i = 0; i < n; i++) {
+        int64_t row = bb->rows[i];
+        int pair = (int)(row / s->n_sites);
+        const pb_site *site = &s->sites[row % s->n_sites];
+        const pb_pair_spec *p = &s->spec.pairs[pair];
+        int *positions = bb->positions + pos_used;
+        int n_pos = resolve_positions(s, site, pair, positions);
+        pos_used += n_pos;
+        pb_exec_patch *patch = &bb->patches[i];
+        int hook_layer, start;
+        patch_point(site->component, site->layer, &patch->hook, &hook_layer, &start);
+        patch->layer = hook_layer;
+        patch->head = site->head;
+        patch->n_positions = n_pos;
+        patch->positions = positions;
+        patch->values = bb->values + values_used;
+        size_t width = (size_t)slice_width(c, site->component);
+        size_t column = site->head >= 0 ? (size_t)site->head * c->head_dim : 0;
+        for (int k = 0; k < n_pos; k++) {
+            const float *src =
+                cache_row(s, &s->source[pair], site->component, site->layer, p->position_map[positions[k]]) + column;
+            bb->staging[pos_used - n_pos + k] = (pb_copy_region){.dst = bb->values + values_used, .src = src, .n = width};
+            values_used += width;
+        }
+        const pb_run_cache *base = &s->base[pair];
+        const float *init = start == 0 ? NULL
+                            : start % 2 ? base->resid_mid + (size_t)(start / 2) * base->T * d
+                                        : base->resid + (size_t)(start / 2) * base->T * d;
+        bb->jobs[i] = (pb_exec_job){.T = base->T, .p0 = positions[0], .start_step = start,
+                                    .ids = p->base.ids, .embed_delta = base->embed_delta, .init_x = init,
+                                    .k_prefix = base->k, .v_prefix = base->v, .kv_prefix_capacity = base->T,
+                                    .patch = patch};
+        bb->pairs[i] = pair;
+    }
+    /* every row's source activations into `values`, in one batch */
+    if (b->ops->copy_regions)
+        PB_TRY(b->ops->copy_regions(b, bb->staging, pos_used));
+    for (int i = 0; !b->ops->copy_regions && i < pos_used; i++)
+        PB_TRY(b->ops->copy(b, bb->staging[i].dst, bb->staging[i].src, sizeof(float) * bb->staging[i].n));
+    if (s->metric_on_device && s->spec.metric.kind == PB_METRIC_KL)
+        PB_TRY(b->ops->upload(b, bb->metric_pairs, bb->pairs, sizeof(int32_t) * (size_t)n));
+    double before = pb_exec_flops(bb->exec);
+    PB_TRY(pb_exec_run(bb->exec, bb->jobs, n, s->metric_step, NULL, NULL));
+    s->n_batches++;
+    for (int i = 0; i < n; i++)
+        s->tokens_packed += bb->jobs[i].T - bb->jobs[i].p0;
+    /* each row's residual at its metric position, side by side */
+    for (int i = 0; i < n; i++) {
+        const pb_exec_job *job = &bb->jobs[i];
+        int m = metric_position(s, job->T);
+        bb->staging[i] = (pb_copy_region){.dst = bb->gathered + (size_t)i * d,
+                                          .src = pb_exec_output(bb->exec, i) + (size_t)(m - job->p0) * d,
+                                          .n = d};
+    }
+    if (b->ops->copy_regions)
+        PB_TRY(b->ops->copy_regions(b, bb->staging, n));
+    for (int i = 0; !b->ops->copy_regions && i < n; i++)
+        PB_TRY(b->ops->copy(b, bb->staging[i].dst, bb->staging[i].src, sizeof(float) * d));
+    if (s->metric_on_device) {
+        int n_out = unembed_width(s);
+        PB_TRY(pb_exec_unembed(bb->exec, bb->logits, bb->gathered, n,
+                               metric_needs_full_logits(s) ? s->model->output : s->unembed_rows, n_out));
+        PB_TRY(metric_rows_enqueue(s, bb->logits, n, n_out, bb->metric_values, bb->metric_pairs));
+    }
+    s->flops_executed += pb_exec_flops(bb->exec) - before;
+    int64_t *planned = bb->rows;
+    bb->rows = bb->rows_in_flight;
+    bb->rows_in_flight = planned;
+    return PB_OK;
+}
+
+/* Waits for the launched batch of n rows and records their values. */
+static pb_status finish_batch(pb_sweep *s, batch_buffers *bb, int n) {
+    if (s->metric_on_device) {
+        PB_TRY(metric_rows_collect(s, bb->logits, n, unembed_width(s), bb->pairs, bb->values_out, bb->metric_values,
+                                   bb->host));
+    } else {
+        double before = pb_exec_flops(bb->exec);
+        PB_TRY(metric_rows(s, bb->exec, bb->gathered, n, bb->pairs, bb->values_out, bb->logits, bb->host,
+                           bb->metric_values, bb->metric_pairs));
+        s->flops_executed += pb_exec_flops(bb->exec) - before;
+    }
+    for (int i = 0; i < n; i++) {
+        s->patched[bb->rows_in_flight[i]] = bb->values_out[i];
+        s->row_state[bb->rows_in_flight[i]] = PB_ROW_DONE;
+    }
+    s->n_rows_executed += n;
+    s->n_rows_done += n;
+    return PB_OK;
+}
+
+static int64_t compare_i64(const void *a, const void *b) {
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
+static int compare_rows(const void *a, const void *b) { return (int)compare_i64(a, b); }
+
+static int stop_requested(const pb_sweep *s) { return s->options.stop && *s->options.stop; }
+
+static pb_status interrupted(const pb_sweep *s) {
+    return pb_fail(PB_ERR_INTERRUPTED, "sweep interrupted on request after %lld of %lld rows", (long long)s->n_rows_done,
+                   (long long)s->n_rows);
+}
+
+pb_status pb_sweep_run_rows(pb_sweep *s, const int64_t *rows, int64_t n_rows) {
+    if (!s || (n_rows > 0 && !rows))
+        return pb_fail(PB_ERR_ARG, "pb_sweep_run_rows: sweep and rows are required");
+    /* Pending requested rows, pair-major. */
+    int64_t *todo = malloc(sizeof(int64_t) * (size_t)(n_rows > 0 ? n_rows : 1));
+    if (!todo)
+        return pb_fail(PB_ERR_OOM, "out of memory for %lld rows", (long long)n_rows);
+    int64_t n_todo = 0;
+    for (int64_t i = 0; i < n_rows; i++) {
+        if (rows[i] < 0 || rows[i] >= s->n_rows) {
+            free(todo);
+            return pb_fail(PB_ERR_ARG, "row %lld outside [0, %lld)", (long long)rows[i], (long long)s->n_rows);
+        }
+        if (s->row_state[rows[i]] == PB_ROW_PENDING)
+            todo[n_todo++] = rows[i];
+    }
+    qsort(todo, (size_t)n_todo, sizeof *todo, compare_rows);
+    int max_T = 1;
+    for (int i = 0; i < s->spec.n_pairs; i++) {
+        if (s->spec.pairs[i].base.T > max_T)
+            max_T = s->spec.pairs[i].base.T;
+        if (s->spec.pairs[i].source.T > max_T)
+            max_T = s->spec.pairs[i].source.T;
+    }
+    batch_buffers bb = {0};
+    pb_status status = n_todo ? batch_alloc(s, &bb, max_T) : PB_OK;
+    const pb_model_config *c = &s->model->cfg;
+    size_t width = (size_t)(c->d_model > c->head_dim ? c->d_model : c->head_dim);
+    float *host_a = malloc(sizeof(float) * width), *host_b = malloc(sizeof(float) * width);
+    int *positions = malloc(sizeof(int) * (size_t)(max_T + 1));
+    if (status == PB_OK && (!host_a || !host_b || !positions))
+        status = pb_fail(PB_ERR_OOM, "out of memory planning rows");
+    /* One pair at a time: its caches, then its rows in batches. A batch is
+     * launched, the next one planned while the device runs it, and only
+     * then is it finished (its values waited for and recorded). A stop
+     * request is honoured before a pair's caches and after each finished
+     * batch; a batch in flight is always finished first, so no computed row
+     * is lost. */
+    int in_flight = 0; /* rows of the launched, unfinished batch */
+    for (int64_t i = 0; status == PB_OK && i < n_todo;) {
+        int pair = (int)(todo[i] / s->n_sites);
+        int64_t end = i;
+        while (end < n_todo && todo[end] / s->n_sites == pair)
+            end++;
+        if (stop_requested(s)) {
+            status = interrupted(s);
+            break;
+        }
+        if ((status = pair_caches(s, &bb, pair)) != PB_OK)
+            break;
+        int n_batch = 0, tokens = 0;
+        for (int64_t r = i; status == PB_OK && r < end; r++) {
+            const pb_site *site = &s->sites[todo[r] % s->n_sites];
+            int n_pos = resolve_positions(s, site, pair, positions);
+            int trivial;
+            status = row_is_trivial(s, pair, site, positions, n_pos, &trivial, host_a, host_b);
+            if (status != PB_OK)
+                break;
+            if (trivial) {
+                s->patched[todo[r]] = s->base_value[pair];
+                s->row_trivial[todo[r]] = 1;
+                s->row_state[todo[r]] = PB_ROW_DONE;
+                s->n_rows_done++;
+                continue;
+            }
+            int need = s->spec.pairs[pair].base.T - positions[0];
+            if (n_batch > 0 && (n_batch == bb.max_rows || tokens + need > bb.max_tokens)) {
+                /* this batch is planned: finish the one in flight, then launch it */
+                if (in_flight) {
+                    status = finish_batch(s, &bb, in_flight);
+                    in_flight = 0;
+                    if (status != PB_OK)
+                        break;
+                    if (s->options.progress)
+                        s->options.progress(s->n_rows_done, s->n_rows, s->options.progress_user);
+                    if (stop_requested(s)) {
+                        status = interrupted(s);
+                        break;
+                    }
+                }
+                if ((status = launch_batch(s, &bb, n_batch)) != PB_OK)
+                    break;
+                in_flight = n_batch;
+                n_batch = tokens = 0;
+            }
+            bb.rows[n_batch++] = todo[r];
+            tokens += need;
+        }
+        if (in_flight) {
+            /* finished on every path, before the caches it reads are freed;
+             * a planning failure keeps its own message */
+            pb_error_saved planning;
+            pb_error_save(&planning);
+            pb_status finished = finish_batch(s, &bb, in_flight);
+            in_flight = 0;
+            if (status == PB_OK)
+                status = finished;
+            else
+                pb_error_restore(&planning);
+            if (status == PB_OK && s->options.progress)
+                s->options.progress(s->n_rows_done, s->n_rows, s->options.progress_user);
+            if (status == PB_OK && n_batch > 0 && stop_requested(s))
+                status = interrupted(s);
+        }
+        if (status == PB_OK && n_batch > 0) {
+            status = launch_batch(s, &bb, n_batch);
+            if (status == PB_OK)
+                status = finish_batch(s, &bb, n_batch);
+        }
+        if (status == PB_OK && s->options.progress)
+            s->options.progress(s->n_rows_done, s->n_rows, s->options.progress_user);
+        /* Release this pair's activations; its baselines stay. */
+        cache_free(s, &s->base[pair]);
+        cache_free(s, &s->source[pair]);
+        /* The baselines are known once the caches were built, also when
+         * the pair was interrupted (a checkpoint keeps them). */
+        s->baseline_ready[pair] = status == PB_OK || (status == PB_ERR_INTERRUPTED && s->cache_ready[pair]);
+        s->cache_ready[pair] = 0;
+        i = end;
+    }
+    batch_free(s, &bb);
+    free(host_a);
+    free(host_b);
+    free(positions);
+    free(todo);
+    return status;
+}
+
+/* ---- creation, results --------------------------------------------------- */
+
+/* The device arrays of the metric_rows op: the logit columns it reads
+ * (logit_diff: the unembedded rows are the positive then the negative ids,
+ * so columns 0 .. n_positive + n_negative - 1; logprob, refusal_score: the
+ * token ids) and, for KL, every pair's clean log-distribution. */
+static pb_status metric_device_setup(pb_sweep *s) {
+    pb_backend *b = s->model->backend;
+    const pb_metric_spec *ms = &s->spec.metric;
+    int is_kl = ms->kind == PB_METRIC_KL, is_diff = ms->kind == PB_METRIC_LOGIT_DIFF;
+    size_t n_ref = is_kl ? (size_t)s->spec.n_pairs * (size_t)s->model->cfg.vocab_size : 0;
+    int n_pos = is_kl ? 0 : ms->n_positive, n_neg = is_diff ? ms->n_negative : 0;
+    size_t n_ids = (size_t)n_pos + (size_t)n_neg;
+    int32_t *host = malloc(sizeof(int32_t) * (n_ids ? n_ids : 1));
+    if (!host)
+        return pb_fail(PB_ERR_OOM, "out of memory for the metric's token ids");
+    for (int i = 0; i < n_pos; i++)
+        host[i] = is_diff ? i : ms->positive[i];
+    for (int i = 0; i < n_neg; i++)
+        host[n_pos + i] = n_pos + i;
+    /* doubles first: the allocation's alignment suits both */
+    pb_status status = b->ops->alloc(b, &s->metric_arena, sizeof(double) * n_ref + sizeof(int32_t) * n_ids);
+    if (status == PB_OK) {
+        int32_t *ids = (int32_t *)((double *)s->metric_arena + n_ref);
+        s->clean_logprobs_device = is_kl ? s->metric_arena : NULL;
+        s->metric_positive = n_pos ? ids : NULL;
+        s->metric_negative = n_neg ? ids + n_pos : NULL;
+        if (n_ids)
+            status = b->ops->upload(b, ids, host, sizeof(int32_t) * n_ids);
+    }
+    free(host);
+    if (status != PB_OK)
+        return pb_fail_context(status, "the metric's device arrays (%.1f MiB)",
+                               (double)(sizeof(double) * n_ref + sizeof(int32_t) * n_ids) / (1 << 20));
+    s->metric_on_device = 1;
+    return PB_OK;
+}
+
+/* Text in specs: prompts through the chat template (or plain), token
+ * strings plain; special-token spellings are honoured in chat text only. */
+static pb_status spec_tokenize(void *user, const char *text, int chat, const char *system, int32_t **ids, int *n) {
+    const pb_model *model = user;
+    return chat ? pb_model_chat_tokenize(model, system, text, ids, n) : pb_model_tokenize(model, text, 0, ids, n);
+}
+
+pb_status pb_sweep_create(pb_sweep **out, pb_model *model, const char *spec_json, const char *spec_dir,
+                          const pb_sweep_options *options) {
+    if (!out || !model || !spec_json)
+        return pb_fail(PB_ERR_ARG, "pb_sweep_create: model and spec are required");
+    *out = NULL;
+    pb_sweep *s = calloc(1, sizeof *s);
+    if (!s)
+        return pb_fail(PB_ERR_OOM, "out of memory for a sweep");
+    s->model = model;
+    s->mirror_max_bytes = PB_MIRROR_MAX_BYTES;
+    if (options)
+        s->options = *options;
+    else
+        s->options.metric_fn_residual_layer = -1;
+    const pb_model_config *c = &model->cfg;
+    pb_status status = pb_sweep_spec_parse_text(&s->spec, spec_json, spec_dir, c, spec_tokenize, model);
+    if (status != PB_OK) {
+        free(s);
+        return status;
+    }
+    if (s->options.metric_fn) {
+        int layer = s->options.metric_fn_residual_layer;
+        if (layer > c->n_layers) {
+            pb_sweep_free(s);
+            return pb_fail(PB_ERR_ARG, "metric callback: residual layer %d outside [0, %d]", layer, c->n_layers);
+        }
+        s->metric_step = layer >= 0 ? pb_step_attention(layer) : 2 * c->n_layers;
+    } else if (s->spec.metric.kind == PB_METRIC_PROJECTION) {
+        s->metric_step = pb_step_attention(s->spec.metric.layer + (s->spec.metric.hook_post ? 1 : 0));
+    } else {
+        s->metric_step = 2 * c->n_layers;
+    }
+    if ((status = expand_sites(s)) != PB_OK) {
+        pb_sweep_free(s);
+        return status;
+    }
+    int n_pairs = s->spec.n_pairs;
+    s->n_rows = (int64_t)n_pairs * s->n_sites;
+    s->base = calloc((size_t)n_pairs, sizeof *s->base);
+    s->source = calloc((size_t)n_pairs, sizeof *s->source);
+    s->cache_ready = calloc((size_t)n_pairs, sizeof *s->cache_ready);
+    s->baseline_ready = calloc((size_t)n_pairs, 1);
+    s->base_value = malloc(sizeof(double) * (size_t)n_pairs);
+    s->source_value = malloc(sizeof(double) * (size_t)n_pairs);
+    s->row_state = calloc((size_t)s->n_rows, 1);
+    s->row_trivial = calloc((size_t)s->n_rows, 1);
+    s->patched = malloc(sizeof(double) * (size_t)s->n_rows);
+    if (!s->base || !s->source || !s->cache_ready || !s->baseline_ready || !s->base_value || !s->source_value ||
+        !s->row_state || !s->row_trivial || !s->patched) {
+        pb_sweep_free(s);
+        return pb_fail(PB_ERR_OOM, "out of memory for %lld rows", (long long)s->n_rows);
+    }
+    for (int i = 0; i < n_pairs; i++)
+        s->base_value[i] = s->source_value[i] = NAN;
+    for (int64_t r = 0; r < s->n_rows; r++)
+        s->patched[r] = NAN;
+    if (!s->options.metric_fn && s->spec.metric.kind == PB_METRIC_KL) {
+        s->clean_logprobs_host = malloc(sizeof(double) * (size_t)n_pairs * c->vocab_size);
+        if (!s->clean_logprobs_host) {
+            pb_sweep_free(s);
+            return pb_fail(PB_ERR_OOM, "out of memory for %d clean distributions", n_pairs);
+        }
+    }
+    if (!s->options.metric_fn && s->spec.metric.kind == PB_METRIC_LOGIT_DIFF) {
+        /* Only the unembedding rows of the metric's tokens are ever needed. */
+        const pb_metric_spec *ms = &s->spec.metric;
+        s->n_unembed = ms->n_positive + ms->n_negative;
+        pb_backend *b = model->backend;
+        size_t row_bytes = pb_dtype_size(model->wdtype) * (size_t)c->d_model;
+        status = b->ops->alloc(b, &s->unembed_rows, row_bytes * (size_t)s->n_unembed);
+        for (int i = 0; status == PB_OK && i < s->n_unembed; i++) {
+            int id = i < ms->n_positive ? ms->positive[i] : ms->negative[i - ms->n_positive];
+            status = b->ops->copy(b, (char *)s->unembed_rows + (size_t)i * row_bytes,
+                                  (const char *)model->output + (size_t)id * row_bytes, row_bytes);
+        }
+        if (status != PB_OK) {
+            pb_sweep_free(s);
+            return status;
+        }
+    }
+    pb_metric_kind kind = s->spec.metric.kind;
+    if (!s->options.metric_fn && model->backend->ops->metric_rows &&
+        (kind == PB_METRIC_LOGIT_DIFF || kind == PB_METRIC_LOGPROB || kind == PB_METRIC_REFUSAL_SCORE ||
+         kind == PB_METRIC_KL)) {
+        if ((status = metric_device_setup(s)) != PB_OK) {
+            pb_sweep_free(s);
+            return status;
+        }
+    }
+    /* FLOPs of the naive method: one full forward (logits at every
+     * position) per row. */
+    double d = c->d_model, qd = (double)c->n_heads * c->head_dim, kvd = (double)c->n_kv_heads * c->head_dim;
+    for (int i = 0; i < n_pairs; i++) {
+        double T = s->spec.pairs[i].base.T;
+        double per_layer = T * (2 * d * (qd + 2 * kvd) + 2 * qd * d + 6 * d * c->d_mlp) + 4 * qd * T * (T + 1) / 2;
+        s->flops_naive += (double)s->n_sites * (c->n_layers * per_layer + 2 * T * d * c->vocab_size);
+    }
+    *out = s;
+    return PB_OK;
+}
+
+void pb_sweep_free(pb_sweep *s) {
+    if (!s)
+        return;
+    for (int i = 0; s->base && i < s->spec.n_pairs; i++) {
+        cache_free(s, &s->base[i]);
+        cache_free(s, &s->source[i]);
+    }
+    if (s->unembed_rows)
+        s->model->backend->ops->free(s->model->backend, s->unembed_rows);
+    if (s->metric_arena)
+        s->model->backend->ops->free(s->model->backend, s->metric_arena);
+    free(s->base);
+    free(s->source);
+    free(s->cache_ready);
+    free(s->baseline_ready);
+    free(s->base_value);
+    free(s->source_value);
+    free(s->clean_logprobs_host);
+    free(s->row_state);
+    free(s->row_trivial);
+    free(s->patched);
+    free(s->sites);
+    free(s->site_positions);
+    pb_sweep_spec_free(&s->spec);
+    free(s);
+}
+
+int pb_sweep_pair_usable(const pb_sweep *s, int pair) {
+    return s->baseline_ready[pair] && fabs(s->source_value[pair] - s->base_value[pair]) >= s->spec.effect_floor;
+}
+
+double pb_sweep_row_effect(const pb_sweep *s, int pair, int64_t site) {
+    int64_t row = (int64_t)pair * s->n_sites + site;
+    if (!pb_sweep_pair_usable(s, pair) || s->row_state[row] != PB_ROW_DONE)
+        return NAN;
+    if (s->row_trivial[row])
+        return 0.0;
+    return (s->patched[row] - s->base_value[pair]) / (s->source_value[pair] - s->base_value[pair]);
+}
+
+pb_status pb_sweep_run(pb_sweep *s) {
+    if (!s)
+        return pb_fail(PB_ERR_ARG, "pb_sweep_run: sweep is NULL");
+    int64_t *all = malloc(sizeof(int64_t) * (size_t)s->n_rows);
+    if (!all)
+        return pb_fail(PB_ERR_OOM, "out of memory for %lld rows", (long long)s->n_rows);
+    for (int64_t r = 0; r < s->n_rows; r++)
+        all[r] = r;
+    pb_status status = pb_sweep_run_rows(s, all, s->n_rows);
+    free(all);
+    if (status != PB_OK)
+        return status;
+    int usable = 0;
+    for (int i = 0; i < s->spec.n_pairs; i++)
+        usable += pb_sweep_pair_usable(s, i);
+    if (usable == 0) {
+        double clean = s->spec.pairs[0].clean_is_source ? s->source_value[0] : s->base_value[0];
+        double corrupted = s->spec.pairs[0].clean_is_source ? s->base_value[0] : s->source_value[0];
+        return pb_fail(PB_ERR_NUMERIC,
+                       "every pair has |clean - corrupted| below the effect floor %g (pair 0: clean %.6g, corrupted "
+                       "%.6g): normalised effects would divide by ~0; choose a metric or prompts that differ",
+                       s->spec.effect_floor, clean, corrupted);
+    }
+    return PB_OK;
+}
+
+int64_t pb_sweep_site_count(const pb_sweep *s) { return s ? s->n_sites : 0; }
+
+pb_status pb_sweep_get_pair(const pb_sweep *s, int pair, double *base, double *source) {
+    if (!s || pair < 0 || pair >= s->spec.n_pairs)
+        return pb_fail(PB_ERR_ARG, "pair %d outside [0, %d)", pair, s ? s->spec.n_pairs : 0);
+    if (base)
+        *base = s->base_value[pair];
+    if (source)
+        *source = s->source_value[pair];
+    return PB_OK;
+}
+
+pb_status pb_sweep_get_row(const pb_sweep *s, int pair, int64_t site, double *patched, double *effect) {
+    if (!s || pair < 0 || pair >= s->spec.n_pairs || site < 0 || site >= s->n_sites)
+        return pb_fail(PB_ERR_ARG, "row (pair %d, site %lld) is out of range", pair, (long long)site);
+    int64_t row = (int64_t)pair * s->n_sites + site;
+    if (patched)
+        *patched = s->row_state[row] == PB_ROW_DONE ? s->patched[row] : NAN;
+    if (effect)
+        *effect = pb_sweep_row_effect(s, pair, site);
+    return PB_OK;
+}
+
+pb_status pb_sweep_get_site(const pb_sweep *s, int64_t i, pb_site_result *r) {
+    if (!s || !r || i < 0 || i >= s->n_sites)
+        return pb_fail(PB_ERR_ARG, "site %lld is out of range", (long long)i);
+    const pb_site *site = &s->sites[i];
+    memset(r, 0, sizeof *r);
+    r->component = site->component;
+    r->layer = site->layer;
+    r->head = site->head;
+    r->position = site->spec_position;
+    r->all_positions = site->all_positions;
+    r->n_positions = site->n_positions;
+    r->positions = site->positions;
+    double sum = 0.0, sum_sq = 0.0, patched = 0.0;
+    int n = 0;
+    for (int p = 0; p < s->spec.n_pairs; p++) {
+        double e = pb_sweep_row_effect(s, p, i);
+        if (isnan(e))
+            continue;
+        sum += e;
+        sum_sq += e * e;
+        patched += s->patched[(int64_t)p * s->n_sites + i];
+        n++;
+    }
+    r->effect = n ? sum / n : NAN;
+    r->patched = n ? patched / n : NAN;
+    double var = n > 1 ? (sum_sq - sum * sum / n) / (n - 1) : 0.0;
+    r->standard_error = n > 1 ? sqrt(var > 0 ? var : 0) / sqrt((double)n) : (n ? 0.0 : NAN);
+    r->significant = n && fabs(r->effect) >= s->spec.significance_threshold;
+    return PB_OK;
+}
+
+pb_status pb_sweep_get_summary(const pb_sweep *s, pb_sweep_summary *out) {
+    if (!s || !out)
+        return pb_fail(PB_ERR_ARG, "pb_sweep_get_summary: sweep and summary are required");
+    memset(out, 0, sizeof *out);
+    out->mode = s->spec.mode;
+    out->metric = s->options.metric_fn ? PB_METRIC_CALLBACK : s->spec.metric.kind;
+    out->n_pairs = s->spec.n_pairs;
+    out->n_sites = s->n_sites;
+    out->n_rows = s->n_rows;
+    out->n_rows_executed = s->n_rows_executed;
+    out->n_rows_done = s->n_rows_done;
+    out->n_rows_restored = s->n_rows_restored;
+    out->n_rows_executed_restored = s->n_rows_executed_restored;
+    out->flops_executed = s->flops_executed;
+    out->flops_naive = s->flops_naive;
+    out->effect_floor = s->spec.effect_floor;
+    out->significance_threshold = s->spec.significance_threshold;
+    double clean = 0.0, corrupted = 0.0;
+    int n = 0;
+    for (int p = 0; p < s->spec.n_pairs; p++) {
+        out->n_pairs_used += pb_sweep_pair_usable(s, p);
+        if (!s->baseline_ready[p])
+            continue;
+        int cs = s->spec.pairs[p].clean_is_source;
+        clean += cs ? s->source_value[p] : s->base_value[p];
+        corrupted += cs ? s->base_value[p] : s->source_value[p];
+        n++;
+    }
+    out->clean_baseline = n ? clean / n : NAN;
+    out->corrupted_baseline = n ? corrupted / n : NAN;
+    out->total_effect = out->clean_baseline - out->corrupted_baseline;
+    for (int64_t i = 0; i < s->n_sites; i++) {
+        pb_site_result r;
+        pb_sweep_get_site(s, i, &r);
+        out->n_significant += r.significant;
+    }
+    out->circuit_fraction = s->n_sites ? (double)out->n_significant / (double)s->n_sites : 0.0;
+    return PB_OK;
+}
+
+/* ---- rows computed elsewhere (ranks, checkpoints) ----------------------- */
+
+double pb_sweep_row_cost(const pb_sweep *s, int64_t row) {
+    if (!s || row < 0 || row >= s->n_rows)
+        return -1.0;
+    int pair = (int)(row / s->n_sites);
+    const pb_site *site = &s->sites[row % s->n_sites];
+    int T = s->spec.pairs[pair].base.T, first = T;
+    if (site->all_positions) {
+        const int *map = s->spec.pairs[pair].position_map;
+        for (first = 0; first < T && map[first] < 0; first++)
+            ;
+    }
+    for (int k = 0; k < site->n_positions; k++) {
+        int p = site->positions[k] < 0 ? T + site->positions[k] : site->positions[k];
+        if (p < first)
+            first = p;
+    }
+    /* Layers from the patch layer on; half a layer for patches entering at
+     * the MLP. Positions from the first patched one to the end. */
+    const pb_model_config *c = &s->model->cfg;
+    pb_hook_kind hook;
+    int hook_layer, start;
+    patch_point(site->component, site->layer, &hook, &hook_layer, &start);
+    double layers = (double)(2 * c->n_layers - start) / 2.0;
+    double positions_left = first < T ? (double)(T - first) : 0.0;
+    return layers > 0 && positions_left > 0 ? layers * positions_left : 0.0;
+}
+
+int pb_sweep_row_state(const pb_sweep *s, int64_t row) {
+    if (!s || row < 0 || row >= s->n_rows)
+        return -1;
+    if (s->row_state[row] != PB_ROW_DONE)
+        return 0;
+    return s->row_trivial[row] ? 2 : 1;
+}
+
+pb_status pb_sweep_set_row(pb_sweep *s, int64_t row, double patched, int trivial, int executed) {
+    if (!s || row < 0 || row >= s->n_rows)
+        return pb_fail(PB_ERR_ARG, "row %lld outside [0, %lld)", (long long)row, (long long)(s ? s->n_rows : 0));
+    if (s->row_state[row] != PB_ROW_DONE) { /* a row set twice counts once */
+        s->n_rows_done++;
+        s->n_rows_executed += executed != 0;
+    }
+    s->patched[row] = patched;
+    s->row_trivial[row] = trivial != 0;
+    s->row_state[row] = PB_ROW_DONE;
+    return PB_OK;
+}
+
+pb_status pb_sweep_set_pair(pb_sweep *s, int pair, double base, double source) {
+    if (!s || pair < 0 || pair >= s->spec.n_pairs)
+        return pb_fail(PB_ERR_ARG, "pair %d outside [0, %d)", pair, s ? s->spec.n_pairs : 0);
+    s->base_value[pair] = base;
+    s->source_value[pair] = source;
+    s->baseline_ready[pair] = 1;
+    return PB_OK;
+}
+
+int pb_sweep_pair_ready(const pb_sweep *s, int pair) {
+    return s && pair >= 0 && pair < s->spec.n_pairs && s->baseline_ready[pair];
+}

@@ -1,0 +1,1164 @@
+/* Sweep spec JSON -> pb_sweep_spec, checked against the model's
+ * hyperparameters (format and meaning: docs/patching.md), plus the component
+ * names. Every refusal names the key path ("sites[1].layers[2]") and what
+ * was allowed, so a user can fix the spec without reading this file; after
+ * a successful parse the planner and the engine can trust every index. */
+#define _POSIX_C_SOURCE 200809L
+
+#include <jansson.h>
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "util/internal.h"
+#include "util/json.h"
+#include "formats/npy.h"
+#include "model/components.h"
+#include "patching/sweep_spec.h"
+
+/* ---- freeing --------------------------------------------------------- */
+
+static void prompt_free(pb_prompt_spec *prompt) {
+    free(prompt->ids);
+    free(prompt->noise_positions);
+}
+
+void pb_sweep_spec_free(pb_sweep_spec *spec) {
+    if (!spec)
+        return;
+    for (int i = 0; i < spec->n_pairs && spec->pairs; i++) {
+        prompt_free(&spec->pairs[i].base);
+        prompt_free(&spec->pairs[i].source);
+        free(spec->pairs[i].position_map);
+    }
+    free(spec->pairs);
+    for (int i = 0; i < spec->n_sites && spec->sites; i++) {
+        free(spec->sites[i].layers);
+        free(spec->sites[i].heads);
+        free(spec->sites[i].positions);
+        free(spec->sites[i].group_sizes);
+    }
+    free(spec->sites);
+    free(spec->metric.positive);
+    free(spec->metric.negative);
+    free(spec->metric.direction);
+    free(spec->metric.direction_path);
+    memset(spec, 0, sizeof *spec);
+}
+
+/* ---- helpers: paths, types, messages ---------------------------------- */
+
+/* Key paths are short ("sites[12].positions[3][4]"); a longer one is cut,
+ * which only shortens a message. */
+#define PB_SPEC_PATH_CAP 256
+
+typedef struct spec_parser {
+    const pb_model_config *cfg;
+    pb_spec_tokenize_fn tokenize; /* NULL: text is refused */
+    void *tokenize_user;
+    const char *spec_dir;
+    pb_sweep_spec *spec;
+    int max_base_T; /* over all pairs, once pairs are parsed */
+} spec_parser;
+
+/* out = parent + sep + tail, cut to fit. Built by hand rather than with
+ * snprintf so that -Wformat-truncation has nothing to warn about. */
+static void path_join(char out[PB_SPEC_PATH_CAP], const char *parent, const char *sep, const char *tail) {
+    size_t used = 0;
+    const char *parts[3] = {parent, sep, tail};
+    for (int i = 0; i < 3; i++) {
+        size_t len = strlen(parts[i]);
+        if (len > PB_SPEC_PATH_CAP - 1 - used)
+            len = PB_SPEC_PATH_CAP - 1 - used;
+        memmove(out + used, parts[i], len);
+        used += len;
+    }
+    out[used] = 0;
+}
+
+static void path_key(char out[PB_SPEC_PATH_CAP], const char *parent, const char *key) {
+    path_join(out, parent, parent[0] ? "." : "", key);
+}
+
+static void path_index(char out[PB_SPEC_PATH_CAP], const char *parent, size_t index) {
+    char tail[32];
+    snprintf(tail, sizeof tail, "[%zu]", index);
+    path_join(out, parent, "", tail);
+}
+
+static void *spec_calloc(size_t count, size_t size, pb_status *status) {
+    void *p = calloc(count ? count : 1, size);
+    if (!p)
+        *status = pb_fail(PB_ERR_OOM, "spec: out of memory");
+    return p;
+}
+
+#define ALLOC_OR_RETURN(ptr, count)                                     \
+    do {                                                                \
+        pb_status alloc_status_ = PB_OK;                                \
+        (ptr) = spec_calloc((size_t)(count), sizeof *(ptr), &alloc_status_); \
+        if (!(ptr))                                                     \
+            return alloc_status_;                                       \
+    } while (0)
+
+
+
+static pb_status type_error(const char *path, const char *expected, const json_t *value) {
+    if (json_is_null(value))
+        return pb_fail(PB_ERR_ARG, "spec: %s: expected %s, got null", path, expected);
+    char text[96];
+    return pb_fail(PB_ERR_ARG, "spec: %s: expected %s, got %s %s", path, expected, pb_json_type_name(value),
+                   pb_json_describe(value, text, sizeof text));
+}
+
+/* Refuses any key of object not in allowed (NULL-terminated). */
+static pb_status check_keys(const json_t *object, const char *path, const char *const *allowed) {
+    const char *key;
+    json_t *value;
+    json_object_foreach((json_t *)object, key, value) {
+        (void)value;
+        int known = 0;
+        for (int i = 0; allowed[i] && !known; i++)
+            known = strcmp(key, allowed[i]) == 0;
+        if (known)
+            continue;
+        char list[512] = "";
+        size_t used = 0;
+        for (int i = 0; allowed[i]; i++) {
+            int n = snprintf(list + used, sizeof list - used, "%s%s", i ? ", " : "", allowed[i]);
+            if (n < 0 || (size_t)n >= sizeof list - used)
+                break;
+            used += (size_t)n;
+        }
+        char key_path[PB_SPEC_PATH_CAP];
+        path_key(key_path, path, key);
+        return pb_fail(PB_ERR_ARG, "spec: %s: unknown key; allowed keys here: %s", key_path, list);
+    }
+    return PB_OK;
+}
+
+static pb_status get_required(const json_t *object, const char *path, const char *key, json_t **out) {
+    *out = json_object_get(object, key);
+    if (*out)
+        return PB_OK;
+    if (path[0])
+        return pb_fail(PB_ERR_ARG, "spec: %s: missing required key '%s'", path, key);
+    return pb_fail(PB_ERR_ARG, "spec: missing required key '%s'", key);
+}
+
+/* An integer in [lo, hi]; note is appended to the range message. */
+static pb_status read_int(const json_t *value, const char *path, long long lo, long long hi, const char *note,
+                          int *out) {
+    if (!json_is_integer(value))
+        return type_error(path, "an integer", value);
+    long long v = json_integer_value(value);
+    if (v < lo || v > hi)
+        return pb_fail(PB_ERR_ARG, "spec: %s: %lld is out of range [%lld, %lld]%s", path, v, lo, hi, note ? note : "");
+    *out = (int)v;
+    return PB_OK;
+}
+
+static pb_status read_number(const json_t *value, const char *path, double *out) {
+    if (!json_is_number(value))
+        return type_error(path, "a number", value);
+    *out = json_number_value(value);
+    if (!isfinite(*out))
+        return pb_fail(PB_ERR_ARG, "spec: %s: %g is not a finite number", path, *out);
+    return PB_OK;
+}
+
+static pb_status text_unsupported(const char *path) {
+    return pb_fail(PB_ERR_UNSUPPORTED,
+                   "spec: %s: text needs the model's tokenizer, and this spec was parsed without one; pass "
+                   "token ids instead ({\"ids\": [...]})",
+                   path);
+}
+
+typedef struct int_list_rules {
+    long long lo, hi;  /* allowed values, inclusive */
+    int resolve;       /* > 0: a negative value counts from the end of a run of this length */
+    int unique;        /* refuse a value (after resolving) listed twice */
+    const char *note;  /* appended to range messages */
+    const char *what;  /* "token id", "layer": for the empty-list message */
+} int_list_rules;
+
+/* A non-empty array of integers checked against rules; *out is malloc'd
+ * (NULL on failure), values resolved. */
+static pb_status read_int_list(const json_t *value, const char *path, const int_list_rules *rules, int **out,
+                               int *count) {
+    *out = NULL;
+    *count = 0;
+    if (!json_is_array(value))
+        return type_error(path, "an array of integers", value);
+    size_t n = json_array_size(value);
+    if (n == 0)
+        return pb_fail(PB_ERR_ARG, "spec: %s: is empty; expected at least one %s", path, rules->what);
+    if (n > INT_MAX)
+        return pb_fail(PB_ERR_ARG, "spec: %s: %zu entries are too many", path, n);
+    pb_status status = PB_OK;
+    int *values = spec_calloc(n, sizeof *values, &status);
+    if (!values)
+        return status;
+    /* first[v - base]: where resolved value v was first listed, -1 if not yet */
+    long long base = rules->resolve > 0 ? 0 : rules->lo;
+    size_t range = rules->resolve > 0 ? (size_t)rules->resolve : (size_t)(rules->hi - rules->lo + 1);
+    int *first = NULL;
+    if (rules->unique) {
+        first = spec_calloc(range, sizeof *first, &status);
+        if (!first) {
+            free(values);
+            return status;
+        }
+        for (size_t i = 0; i < range; i++)
+            first[i] = -1;
+    }
+    for (size_t i = 0; i < n; i++) {
+        char item[PB_SPEC_PATH_CAP];
+        path_index(item, path, i);
+        int v = 0;
+        status = read_int(json_array_get(value, i), item, rules->lo, rules->hi, rules->note, &v);
+        if (status != PB_OK)
+            break;
+        int resolved = v < 0 && rules->resolve > 0 ? v + rules->resolve : v;
+        if (first) {
+            int *seen = &first[resolved - base];
+            if (*seen >= 0) {
+                if (resolved != v)
+                    status = pb_fail(PB_ERR_ARG, "spec: %s: %d names position %d, which %s[%d] already lists", item,
+                                     v, resolved, path, *seen);
+                else
+                    status = pb_fail(PB_ERR_ARG, "spec: %s: %d is listed twice (also at %s[%d])", item, v, path,
+                                     *seen);
+                break;
+            }
+            *seen = (int)i;
+        }
+        values[i] = resolved;
+    }
+    free(first);
+    if (status != PB_OK) {
+        free(values);
+        return status;
+    }
+    *out = values;
+    *count = (int)n;
+    return PB_OK;
+}
+
+static pb_status to_int32(int *values, int n, int32_t **out) {
+    pb_status status = PB_OK;
+    *out = spec_calloc((size_t)n, sizeof **out, &status);
+    if (*out)
+        for (int i = 0; i < n; i++)
+            (*out)[i] = values[i];
+    free(values);
+    return status;
+}
+
+/* The spec's name of a pair's base or source run, as a key path. */
+static const char *run_key(pb_patch_mode mode, int is_base) {
+    switch (mode) {
+    case PB_MODE_DENOISING: return is_base ? "corrupted" : "clean";
+    case PB_MODE_NOISING: return is_base ? "clean" : "corrupted";
+    case PB_MODE_INTERCHANGE: break;
+    }
+    return is_base ? "base" : "source";
+}
+
+/* ---- prompts and pairs ----------------------------------------------- */
+
+/* {"text": "...", "chat": true, "system": "..."}: the text through the
+ * model's tokenizer, chat-templated unless "chat" is false. */
+static pb_status parse_text_prompt(const spec_parser *sp, const json_t *value, const char *path, pb_prompt_spec *out) {
+    char sub[PB_SPEC_PATH_CAP];
+    path_key(sub, path, "text");
+    if (!sp->tokenize)
+        return text_unsupported(sub);
+    static const char *const keys[] = {"text", "chat", "system", NULL};
+    PB_TRY(check_keys(value, path, keys));
+    const json_t *text = json_object_get(value, "text"), *chat = json_object_get(value, "chat");
+    const json_t *system = json_object_get(value, "system");
+    if (!json_is_string(text))
+        return type_error(sub, "a string", text);
+    if (chat && !json_is_boolean(chat)) {
+        path_key(sub, path, "chat");
+        return type_error(sub, "true or false", chat);
+    }
+    if (system && !json_is_string(system)) {
+        path_key(sub, path, "system");
+        return type_error(sub, "a string", system);
+    }
+    int use_chat = chat ? json_is_true(chat) : 1;
+    if (system && !use_chat) {
+        path_key(sub, path, "system");
+        return pb_fail(PB_ERR_ARG, "spec: %s: a system prompt needs \"chat\": true", sub);
+    }
+    int32_t *ids = NULL;
+    int n = 0;
+    pb_status status = sp->tokenize(sp->tokenize_user, json_string_value(text), use_chat,
+                                    system ? json_string_value(system) : NULL, &ids, &n);
+    if (status != PB_OK)
+        return pb_fail_context(status, "spec: %s", sub);
+    if (n <= 0 || n > sp->cfg->context_length) {
+        free(ids);
+        return pb_fail(PB_ERR_ARG, "spec: %s: the text is %d tokens; it must be 1 .. %d (context_length)", sub, n,
+                       sp->cfg->context_length);
+    }
+    out->ids = ids;
+    out->T = n;
+    return PB_OK;
+}
+
+static pb_status parse_prompt(const spec_parser *sp, const json_t *value, const char *path, pb_prompt_spec *out) {
+    if (!json_is_object(value))
+        return type_error(path, "an object {\"ids\": [...]} or {\"text\": \"...\"}", value);
+    char sub[PB_SPEC_PATH_CAP];
+    if (json_object_get(value, "text"))
+        return parse_text_prompt(sp, value, path, out);
+    static const char *const keys[] = {"ids", "text", NULL};
+    PB_TRY(check_keys(value, path, keys));
+    json_t *ids;
+    PB_TRY(get_required(value, path, "ids", &ids));
+    path_key(sub, path, "ids");
+    char note[64];
+    snprintf(note, sizeof note, " (vocab_size %d)", sp->cfg->vocab_size);
+    int_list_rules rules = {.lo = 0, .hi = sp->cfg->vocab_size - 1, .note = note, .what = "token id"};
+    int *values;
+    int n;
+    PB_TRY(read_int_list(ids, sub, &rules, &values, &n));
+    if (n > sp->cfg->context_length) {
+        free(values);
+        return pb_fail(PB_ERR_ARG, "spec: %s: %d tokens exceed the model's context_length %d", sub, n,
+                       sp->cfg->context_length);
+    }
+    out->T = n;
+    return to_int32(values, n, &out->ids);
+}
+
+/* {"noise": {...}}: the clean prompt with Gaussian noise on its embeddings. */
+static pb_status parse_noise(const json_t *noise, const char *path, const pb_prompt_spec *clean, pb_prompt_spec *out) {
+    if (!json_is_object(noise))
+        return type_error(path, "an object {\"scale\": ..., \"positions\": [...], \"seed\": ...}", noise);
+    static const char *const keys[] = {"scale", "positions", "seed", NULL};
+    PB_TRY(check_keys(noise, path, keys));
+    char sub[PB_SPEC_PATH_CAP];
+    json_t *value;
+
+    PB_TRY(get_required(noise, path, "scale", &value));
+    path_key(sub, path, "scale");
+    PB_TRY(read_number(value, sub, &out->noise_scale));
+    if (!(out->noise_scale > 0))
+        return pb_fail(PB_ERR_ARG, "spec: %s: %g must be > 0 (a multiple of the embedding standard deviation)", sub,
+                       out->noise_scale);
+
+    PB_TRY(get_required(noise, path, "positions", &value));
+    path_key(sub, path, "positions");
+    char note[96];
+    snprintf(note, sizeof note, " (the clean prompt has %d tokens)", clean->T);
+    int_list_rules rules = {.lo = -(long long)clean->T, .hi = clean->T - 1, .resolve = clean->T, .unique = 1,
+                            .note = note, .what = "position"};
+    PB_TRY(read_int_list(value, sub, &rules, &out->noise_positions, &out->n_noise_positions));
+
+    value = json_object_get(noise, "seed");
+    if (value) {
+        path_key(sub, path, "seed");
+        if (!json_is_integer(value))
+            return type_error(sub, "a non-negative integer", value);
+        if (json_integer_value(value) < 0)
+            return pb_fail(PB_ERR_ARG, "spec: %s: %lld must be a non-negative integer", sub,
+                           (long long)json_integer_value(value));
+        out->noise_seed = (uint64_t)json_integer_value(value);
+    }
+
+    pb_status status = PB_OK;
+    out->ids = spec_calloc((size_t)clean->T, sizeof *out->ids, &status);
+    if (!out->ids)
+        return status;
+    memcpy(out->ids, clean->ids, sizeof *out->ids * (size_t)clean->T);
+    out->T = clean->T;
+    out->is_noise = 1;
+    return PB_OK;
+}
+
+static pb_status parse_corrupted(const spec_parser *sp, const json_t *value, const char *path,
+                                 const pb_prompt_spec *clean, pb_prompt_spec *out) {
+    if (!json_is_object(value))
+        return type_error(path, "an object {\"ids\": [...]} or {\"noise\": {...}}", value);
+    json_t *noise = json_object_get(value, "noise");
+    if (!noise)
+        return parse_prompt(sp, value, path, out);
+    static const char *const keys[] = {"ids", "text", "noise", NULL};
+    PB_TRY(check_keys(value, path, keys));
+    if (json_object_size(value) != 1)
+        return pb_fail(PB_ERR_ARG, "spec: %s: give either a prompt (ids) or noise, not both", path);
+    char sub[PB_SPEC_PATH_CAP];
+    path_key(sub, path, "noise");
+    return parse_noise(noise, sub, clean, out);
+}
+
+/* "last", "last-K", [[base, source], ...] or absent (identity; equal lengths only). */
+static pb_status parse_position_map(const json_t *value, const char *pair_path, int T_base, int T_source, int *map) {
+    char path[PB_SPEC_PATH_CAP];
+    path_key(path, pair_path, "position_map");
+    for (int i = 0; i < T_base; i++)
+        map[i] = -1;
+    if (!value) {
+        if (T_base != T_source)
+            return pb_fail(PB_ERR_ARG,
+                           "spec: %s: base has %d tokens but source has %d; interchange between different lengths "
+                           "needs a position_map (\"last\", \"last-K\" or [[base_position, source_position], ...])",
+                           pair_path, T_base, T_source);
+        for (int i = 0; i < T_base; i++)
+            map[i] = i;
+        return PB_OK;
+    }
+    if (json_is_string(value)) {
+        const char *s = json_string_value(value);
+        int shortest = T_base < T_source ? T_base : T_source;
+        long long K = -1;
+        if (strcmp(s, "last") == 0) {
+            K = 1;
+        } else if (strncmp(s, "last-", 5) == 0 && s[5] && strspn(s + 5, "0123456789") == strlen(s + 5) &&
+                   strlen(s + 5) <= 9) {
+            K = strtoll(s + 5, NULL, 10);
+        } else {
+            return pb_fail(PB_ERR_ARG,
+                           "spec: %s: \"%s\" is not a position map; expected \"last\", \"last-K\" (K >= 1) or a list "
+                           "of [base_position, source_position] pairs",
+                           path, s);
+        }
+        if (K < 1 || K > shortest)
+            return pb_fail(PB_ERR_ARG,
+                           "spec: %s: \"%s\": K = %lld is out of range [1, %d] (base has %d tokens, source has %d)",
+                           path, s, K, shortest, T_base, T_source);
+        for (int i = 0; i < K; i++)
+            map[T_base - K + i] = T_source - (int)K + i;
+        return PB_OK;
+    }
+    if (!json_is_array(value))
+        return type_error(path, "\"last\", \"last-K\" or an array of [base_position, source_position] pairs", value);
+    size_t n = json_array_size(value);
+    if (n == 0)
+        return pb_fail(PB_ERR_ARG, "spec: %s: is empty; expected at least one [base_position, source_position] pair",
+                       path);
+    char note_base[64], note_source[64];
+    snprintf(note_base, sizeof note_base, " (base has %d tokens)", T_base);
+    snprintf(note_source, sizeof note_source, " (source has %d tokens)", T_source);
+    for (size_t i = 0; i < n; i++) {
+        char entry_path[PB_SPEC_PATH_CAP], item[PB_SPEC_PATH_CAP];
+        path_index(entry_path, path, i);
+        const json_t *entry = json_array_get(value, i);
+        if (!json_is_array(entry) || json_array_size(entry) != 2)
+            return type_error(entry_path, "a [base_position, source_position] pair", entry);
+        int b = 0, s = 0;
+        path_index(item, entry_path, 0);
+        PB_TRY(read_int(json_array_get(entry, 0), item, -(long long)T_base, T_base - 1, note_base, &b));
+        int rb = b < 0 ? b + T_base : b;
+        if (map[rb] >= 0)
+            return pb_fail(PB_ERR_ARG, "spec: %s: base position %d (%d) is mapped twice", item, rb, b);
+        path_index(item, entry_path, 1);
+        PB_TRY(read_int(json_array_get(entry, 1), item, -(long long)T_source, T_source - 1, note_source, &s));
+        map[rb] = s < 0 ? s + T_source : s;
+    }
+    return PB_OK;
+}
+
+static pb_status parse_pair(const spec_parser *sp, const json_t *value, const char *path, pb_pair_spec *pair) {
+    pb_patch_mode mode = sp->spec->mode;
+    if (!json_is_object(value))
+        return type_error(path, mode == PB_MODE_INTERCHANGE ? "an object {\"base\": ..., \"source\": ...}"
+                                                            : "an object {\"clean\": ..., \"corrupted\": ...}",
+                          value);
+    char sub[PB_SPEC_PATH_CAP];
+    json_t *first, *second;
+    if (mode == PB_MODE_INTERCHANGE) {
+        static const char *const keys[] = {"base", "source", "position_map", NULL};
+        PB_TRY(check_keys(value, path, keys));
+        PB_TRY(get_required(value, path, "base", &first));
+        PB_TRY(get_required(value, path, "source", &second));
+        const json_t *sides[2] = {first, second};
+        pb_prompt_spec *outs[2] = {&pair->base, &pair->source};
+        for (int i = 0; i < 2; i++) {
+            path_key(sub, path, i ? "source" : "base");
+            if (json_is_object(sides[i]) && json_object_get(sides[i], "noise"))
+                return pb_fail(PB_ERR_ARG,
+                               "spec: %s: noise corruption is only for modes \"denoising\" and \"noising\"; "
+                               "interchange patches between two token prompts",
+                               sub);
+            PB_TRY(parse_prompt(sp, sides[i], sub, outs[i]));
+        }
+        pair->clean_is_source = 1;
+        pb_status status = PB_OK;
+        pair->position_map = spec_calloc((size_t)pair->base.T, sizeof *pair->position_map, &status);
+        if (!pair->position_map)
+            return status;
+        return parse_position_map(json_object_get(value, "position_map"), path, pair->base.T, pair->source.T,
+                                  pair->position_map);
+    }
+    static const char *const keys[] = {"clean", "corrupted", NULL};
+    PB_TRY(check_keys(value, path, keys));
+    PB_TRY(get_required(value, path, "clean", &first));
+    PB_TRY(get_required(value, path, "corrupted", &second));
+    int denoising = mode == PB_MODE_DENOISING;
+    pb_prompt_spec *clean = denoising ? &pair->source : &pair->base;
+    pb_prompt_spec *corrupted = denoising ? &pair->base : &pair->source;
+    pair->clean_is_source = denoising;
+    path_key(sub, path, "clean");
+    PB_TRY(parse_prompt(sp, first, sub, clean));
+    path_key(sub, path, "corrupted");
+    PB_TRY(parse_corrupted(sp, second, sub, clean, corrupted));
+    if (clean->T != corrupted->T)
+        return pb_fail(PB_ERR_ARG,
+                       "spec: %s: clean has %d tokens but corrupted has %d; noising and denoising need equal "
+                       "lengths (use mode \"interchange\" with a position_map)",
+                       path, clean->T, corrupted->T);
+    pb_status status = PB_OK;
+    pair->position_map = spec_calloc((size_t)pair->base.T, sizeof *pair->position_map, &status);
+    if (!pair->position_map)
+        return status;
+    for (int i = 0; i < pair->base.T; i++)
+        pair->position_map[i] = i;
+    return PB_OK;
+}
+
+/* ---- sites ----------------------------------------------------------- */
+
+static pb_status parse_component(const json_t *value, const char *path, pb_component *out) {
+    if (!json_is_string(value))
+        return type_error(path, "a component name", value);
+    const char *s = json_string_value(value);
+    if (pb_component_parse(s, out))
+        return PB_OK;
+    char list[256] = "";
+    size_t used = 0;
+    for (int c = 0; c < PB_COMPONENT_COUNT; c++)
+        used += (size_t)snprintf(list + used, sizeof list - used, "%s%s", c ? ", " : "", pb_component_name((pb_component)c));
+    char text[96];
+    return pb_fail(PB_ERR_ARG,
+                   "spec: %s: %s is not a component; expected one of %s (or its hook name, e.g. hook_resid_pre, "
+                   "attn.hook_z)",
+                   path, pb_json_describe(value, text, sizeof text), list);
+}
+
+/* "all" (or absent) or a list of distinct indices in [0, count). */
+static pb_status parse_index_list(const json_t *value, const char *path, int count, const char *note,
+                                  const char *what, int **out, int *n) {
+    if (!value || json_is_string(value)) {
+        if (value && strcmp(json_string_value(value), "all") != 0) {
+            char text[96];
+            return pb_fail(PB_ERR_ARG, "spec: %s: %s is not allowed; expected \"all\" or an array of %ss", path,
+                           pb_json_describe(value, text, sizeof text), what);
+        }
+        pb_status status = PB_OK;
+        *out = spec_calloc((size_t)count, sizeof **out, &status);
+        if (!*out)
+            return status;
+        for (int i = 0; i < count; i++)
+            (*out)[i] = i;
+        *n = count;
+        return PB_OK;
+    }
+    if (!json_is_array(value))
+        return type_error(path, "\"all\" or an array of integers", value);
+    int_list_rules rules = {.lo = 0, .hi = count - 1, .unique = 1, .note = note, .what = what};
+    return read_int_list(value, path, &rules, out, n);
+}
+
+/* Checks one site position index p against every pair: in range for the
+ * base run, and mapped in interchange. */
+static pb_status check_site_position(const spec_parser *sp, const char *path, long long p) {
+    const pb_sweep_spec *spec = sp->spec;
+    for (int i = 0; i < spec->n_pairs; i++) {
+        const pb_pair_spec *pair = &spec->pairs[i];
+        int T = pair->base.T;
+        if (p < -T || p >= T)
+            return pb_fail(PB_ERR_ARG, "spec: %s: %lld is out of range [%d, %d] for pairs[%d].%s, which has %d tokens",
+                           path, p, -T, T - 1, i, run_key(spec->mode, 1), T);
+        int resolved = (int)(p < 0 ? p + T : p);
+        if (spec->mode == PB_MODE_INTERCHANGE && pair->position_map[resolved] < 0)
+            return pb_fail(PB_ERR_ARG,
+                           "spec: %s: base position %d (%lld) is not mapped by pairs[%d].position_map; a site "
+                           "position outside the map cannot be patched",
+                           path, resolved, p, i);
+    }
+    return PB_OK;
+}
+
+static pb_status parse_positions(const spec_parser *sp, const json_t *value, const char *path, pb_site_spec *site) {
+    if (!value) {
+        site->position_mode = PB_POSITIONS_EACH;
+        return PB_OK;
+    }
+    if (json_is_string(value)) {
+        const char *s = json_string_value(value);
+        if (strcmp(s, "all") == 0) {
+            site->position_mode = PB_POSITIONS_ALL;
+        } else if (strcmp(s, "each") == 0) {
+            site->position_mode = PB_POSITIONS_EACH;
+        } else if (strcmp(s, "last") == 0) {
+            site->position_mode = PB_POSITIONS_LAST;
+            PB_TRY(check_site_position(sp, path, -1));
+        } else {
+            char text[96];
+            return pb_fail(PB_ERR_ARG,
+                           "spec: %s: %s is not allowed; expected \"all\", \"each\", \"last\", [p, ...] or "
+                           "[[p, ...], ...]",
+                           path, pb_json_describe(value, text, sizeof text));
+        }
+        return PB_OK;
+    }
+    if (!json_is_array(value))
+        return type_error(path, "\"all\", \"each\", \"last\", an array of integers or an array of arrays", value);
+    size_t n = json_array_size(value);
+    if (n == 0)
+        return pb_fail(PB_ERR_ARG, "spec: %s: is empty; expected at least one position", path);
+    if (n > INT_MAX)
+        return pb_fail(PB_ERR_ARG, "spec: %s: %zu entries are too many", path, n);
+    size_t n_ints = 0, total = 0;
+    for (size_t i = 0; i < n; i++) {
+        const json_t *item = json_array_get(value, i);
+        char item_path[PB_SPEC_PATH_CAP];
+        path_index(item_path, path, i);
+        if (json_is_integer(item))
+            n_ints++;
+        else if (json_is_array(item))
+            total += json_array_size(item);
+        else
+            return type_error(item_path, "an integer or an array of integers", item);
+    }
+    if (n_ints != 0 && n_ints != n)
+        return pb_fail(PB_ERR_ARG,
+                       "spec: %s: mixes integers and lists; give either [p, ...] (one site per position) or "
+                       "[[p, ...], ...] (one site per group)",
+                       path);
+    int groups = n_ints == 0;
+    if (!groups)
+        total = n;
+    if (total > INT_MAX)
+        return pb_fail(PB_ERR_ARG, "spec: %s: %zu positions are too many", path, total);
+
+    /* Duplicate detection by stamping: raw values lie in [-max_T, max_T)
+     * once range-checked, and resolved values of one pair in [0, T). */
+    int max_T = sp->max_base_T;
+    pb_status status = PB_OK;
+    long long *raw_mark = spec_calloc((size_t)2 * (size_t)max_T, sizeof *raw_mark, &status);
+    long long *resolved_mark = raw_mark ? spec_calloc((size_t)max_T, sizeof *resolved_mark, &status) : NULL;
+    int *raw_where = resolved_mark ? spec_calloc((size_t)2 * (size_t)max_T, sizeof *raw_where, &status) : NULL;
+    int *resolved_where = raw_where ? spec_calloc((size_t)max_T, sizeof *resolved_where, &status) : NULL;
+    if (resolved_where) {
+        site->position_mode = groups ? PB_POSITIONS_GROUPS : PB_POSITIONS_LIST;
+        site->positions = spec_calloc(total, sizeof *site->positions, &status);
+        if (site->positions && groups) {
+            site->group_sizes = spec_calloc(n, sizeof *site->group_sizes, &status);
+            site->n_groups = site->group_sizes ? (int)n : 0;
+        }
+    }
+    if (status != PB_OK)
+        goto done;
+
+    long long stamp = 0; /* one per group (LIST: one for the whole list) */
+    size_t at = 0;
+    for (size_t g = 0; g < (groups ? n : 1) && status == PB_OK; g++) {
+        char group_path[PB_SPEC_PATH_CAP];
+        const json_t *group = value;
+        if (groups) {
+            path_index(group_path, path, g);
+            group = json_array_get(value, g);
+            if (json_array_size(group) == 0) {
+                status = pb_fail(PB_ERR_ARG, "spec: %s: is an empty group; each group needs at least one position",
+                                 group_path);
+                break;
+            }
+            site->group_sizes[g] = (int)json_array_size(group);
+        } else {
+            path_join(group_path, path, "", "");
+        }
+        stamp++;
+        size_t size = json_array_size(group);
+        for (size_t j = 0; j < size; j++) {
+            char item_path[PB_SPEC_PATH_CAP];
+            path_index(item_path, group_path, j);
+            const json_t *item = json_array_get(group, j);
+            if (!json_is_integer(item)) {
+                status = type_error(item_path, "an integer", item);
+                break;
+            }
+            long long p = json_integer_value(item);
+            status = check_site_position(sp, item_path, p);
+            if (status != PB_OK)
+                break;
+            /* in range for every pair, so |p| <= max_T */
+            size_t raw_index = (size_t)(p + max_T);
+            if (raw_mark[raw_index] == stamp) {
+                status = pb_fail(PB_ERR_ARG, "spec: %s: %lld is listed twice (also at %s[%d])", item_path, p,
+                                 group_path, raw_where[raw_index]);
+                break;
+            }
+            raw_mark[raw_index] = stamp;
+            raw_where[raw_index] = (int)j;
+            site->positions[at++] = (int)p;
+            site->n_positions = (int)at;
+        }
+        if (status != PB_OK || !groups)
+            continue;
+        /* Inside a group, two indices naming one token of some pair (2 and
+         * -1 when T = 3) would patch it twice. */
+        for (int i = 0; i < sp->spec->n_pairs && status == PB_OK; i++) {
+            int T = sp->spec->pairs[i].base.T;
+            long long pair_stamp = (long long)g * sp->spec->n_pairs + i + 1;
+            const int *members = site->positions + (at - size);
+            for (size_t j = 0; j < size; j++) {
+                int r = members[j] < 0 ? members[j] + T : members[j];
+                if (resolved_mark[r] == pair_stamp) {
+                    int k = resolved_where[r];
+                    char item_path[PB_SPEC_PATH_CAP];
+                    path_index(item_path, group_path, j);
+                    status = pb_fail(PB_ERR_ARG,
+                                     "spec: %s: %d and %d (at %s[%d]) both name position %d of pairs[%d].%s",
+                                     item_path, members[j], members[k], group_path, k, r, i,
+                                     run_key(sp->spec->mode, 1));
+                    break;
+                }
+                resolved_mark[r] = pair_stamp;
+                resolved_where[r] = (int)j;
+            }
+        }
+    }
+done:
+    free(raw_mark);
+    free(resolved_mark);
+    free(raw_where);
+    free(resolved_where);
+    return status;
+}
+
+static pb_status parse_site(const spec_parser *sp, const json_t *value, const char *path, pb_site_spec *site) {
+    if (!json_is_object(value))
+        return type_error(path, "an object {\"component\": ..., \"layers\": ...}", value);
+    static const char *const keys[] = {"component", "layers", "heads", "positions", NULL};
+    PB_TRY(check_keys(value, path, keys));
+    const pb_model_config *cfg = sp->cfg;
+    char sub[PB_SPEC_PATH_CAP], note[96];
+    json_t *item;
+
+    PB_TRY(get_required(value, path, "component", &item));
+    path_key(sub, path, "component");
+    PB_TRY(parse_component(item, sub, &site->component));
+
+    PB_TRY(get_required(value, path, "layers", &item));
+    path_key(sub, path, "layers");
+    snprintf(note, sizeof note, " (n_layers %d)", cfg->n_layers);
+    PB_TRY(parse_index_list(item, sub, cfg->n_layers, note, "layer", &site->layers, &site->n_layers));
+
+    int query_heads = site->component == PB_COMPONENT_Z || site->component == PB_COMPONENT_Q;
+    int kv_heads = site->component == PB_COMPONENT_K || site->component == PB_COMPONENT_V;
+    item = json_object_get(value, "heads");
+    path_key(sub, path, "heads");
+    if (!query_heads && !kv_heads) {
+        if (item)
+            return pb_fail(PB_ERR_ARG,
+                           "spec: %s: %s has no heads; heads apply to z and q (query heads) and k and v (key-value "
+                           "heads)",
+                           sub, pb_component_name(site->component));
+    } else {
+        int count = query_heads ? cfg->n_heads : cfg->n_kv_heads;
+        if (query_heads)
+            snprintf(note, sizeof note, " (n_heads %d)", count);
+        else
+            snprintf(note, sizeof note, " (%s indexes key-value heads; n_kv_heads %d)",
+                     pb_component_name(site->component), count);
+        /* absent: "all" */
+        PB_TRY(parse_index_list(item, sub, count, note, "head", &site->heads, &site->n_heads));
+    }
+
+    path_key(sub, path, "positions");
+    return parse_positions(sp, json_object_get(value, "positions"), sub, site);
+}
+
+/* ---- metric ---------------------------------------------------------- */
+
+/* {"ids": [...]} or a bare array: distinct token ids. */
+/* Token strings ("I", "Sorry") to ids: each must be exactly one token. */
+static pb_status parse_token_strings(const spec_parser *sp, const json_t *strings, const char *path, int32_t **out,
+                                     int *n) {
+    if (!sp->tokenize)
+        return text_unsupported(path);
+    if (!json_is_array(strings) || json_array_size(strings) == 0)
+        return type_error(path, "a non-empty array of strings", strings);
+    size_t count = json_array_size(strings);
+    pb_status status = PB_OK;
+    int32_t *ids = spec_calloc(count, sizeof *ids, &status);
+    if (!ids)
+        return status;
+    for (size_t i = 0; i < count && status == PB_OK; i++) {
+        char item[PB_SPEC_PATH_CAP];
+        path_index(item, path, i);
+        const json_t *s = json_array_get(strings, i);
+        if (!json_is_string(s)) {
+            status = type_error(item, "a string", s);
+            break;
+        }
+        int32_t *piece = NULL;
+        int n_piece = 0;
+        status = sp->tokenize(sp->tokenize_user, json_string_value(s), 0, NULL, &piece, &n_piece);
+        if (status != PB_OK) {
+            pb_fail_context(status, "spec: %s", item);
+            break;
+        }
+        if (n_piece != 1)
+            status = pb_fail(PB_ERR_ARG, "spec: %s: \"%s\" is %d tokens; token sets take single tokens", item,
+                             json_string_value(s), n_piece);
+        else
+            ids[i] = piece[0];
+        for (size_t k = 0; status == PB_OK && k < i; k++)
+            if (ids[k] == ids[i])
+                status = pb_fail(PB_ERR_ARG, "spec: %s: \"%s\" is the same token (%d) as %s[%zu]", item,
+                                 json_string_value(s), (int)ids[i], path, k);
+        free(piece);
+    }
+    if (status != PB_OK) {
+        free(ids);
+        return status;
+    }
+    *out = ids;
+    *n = (int)count;
+    return PB_OK;
+}
+
+static pb_status parse_tokens(const spec_parser *sp, const json_t *value, const char *path, int32_t **out, int *n) {
+    char sub[PB_SPEC_PATH_CAP];
+    const json_t *ids = value;
+    path_join(sub, path, "", "");
+    if (json_is_array(value) && json_array_size(value) > 0 && json_is_string(json_array_get(value, 0)))
+        return parse_token_strings(sp, value, path, out, n);
+    if (json_is_object(value)) {
+        if (json_object_get(value, "text")) {
+            static const char *const text_keys[] = {"text", NULL};
+            PB_TRY(check_keys(value, path, text_keys));
+            path_key(sub, path, "text");
+            return parse_token_strings(sp, json_object_get(value, "text"), sub, out, n);
+        }
+        static const char *const keys[] = {"ids", "text", NULL};
+        PB_TRY(check_keys(value, path, keys));
+        json_t *got;
+        PB_TRY(get_required(value, path, "ids", &got));
+        ids = got;
+        path_key(sub, path, "ids");
+    } else if (!json_is_array(value)) {
+        return type_error(path, "{\"ids\": [...]} or an array of token ids", value);
+    }
+    char note[64];
+    snprintf(note, sizeof note, " (vocab_size %d)", sp->cfg->vocab_size);
+    int_list_rules rules = {.lo = 0, .hi = sp->cfg->vocab_size - 1, .unique = 1, .note = note, .what = "token id"};
+    int *values;
+    PB_TRY(read_int_list(ids, sub, &rules, &values, n));
+    return to_int32(values, *n, out);
+}
+
+static pb_status parse_direction(const spec_parser *sp, const json_t *value, pb_metric_spec *metric) {
+    const pb_model_config *cfg = sp->cfg;
+    const char *path = "metric.direction";
+    if (!json_is_string(value))
+        return type_error(path, "a path to a .npy file", value);
+    const char *given = json_string_value(value);
+    if (!given[0])
+        return pb_fail(PB_ERR_ARG, "spec: %s: is empty; expected a path to a .npy file", path);
+    metric->direction_path = strdup(given);
+    if (!metric->direction_path)
+        return pb_fail(PB_ERR_OOM, "spec: out of memory");
+
+    int relative = given[0] != '/' && sp->spec_dir && sp->spec_dir[0];
+    size_t size = strlen(given) + (relative ? strlen(sp->spec_dir) + 1 : 0) + 1;
+    pb_status status = PB_OK;
+    char *full = spec_calloc(size, 1, &status);
+    if (!full)
+        return status;
+    if (relative)
+        snprintf(full, size, "%s/%s", sp->spec_dir, given);
+    else
+        snprintf(full, size, "%s", given);
+
+    void *data = NULL;
+    int n_dims = 0;
+    int64_t shape[8];
+    status = pb_npy_read(full, &data, PB_NPY_F32, &n_dims, shape);
+    if (status != PB_OK) {
+        free(full);
+        return pb_fail_context(status, "spec: %s", path);
+    }
+    const float *x = data;
+    const float *row = NULL;
+    if (n_dims == 1 && shape[0] == cfg->d_model)
+        row = x;
+    else if (n_dims == 2 && shape[0] == cfg->n_layers && shape[1] == cfg->d_model)
+        row = x + (size_t)metric->layer * (size_t)cfg->d_model;
+    if (!row) {
+        char got[160] = "(";
+        size_t used = 1;
+        for (int i = 0; i < n_dims && used < sizeof got; i++)
+            used += (size_t)snprintf(got + used, sizeof got - used, "%s%lld", i ? ", " : "", (long long)shape[i]);
+        if (used < sizeof got)
+            snprintf(got + used, sizeof got - used, n_dims == 1 ? ",)" : ")");
+        status = pb_fail(PB_ERR_ARG,
+                         "spec: %s: %s has shape %s; expected (%d,) (d_model) or (%d, %d) (n_layers, d_model)",
+                         path, full, got, cfg->d_model, cfg->n_layers, cfg->d_model);
+        goto done;
+    }
+    size_t count = 1;
+    for (int i = 0; i < n_dims; i++)
+        count *= (size_t)shape[i];
+    for (size_t i = 0; i < count; i++) {
+        if (!isfinite(x[i])) {
+            status = pb_fail(PB_ERR_ARG, "spec: %s: %s holds %g at flat index %zu; the direction must be finite", path,
+                             full, (double)x[i], i);
+            goto done;
+        }
+    }
+    double norm = 0.0;
+    for (int i = 0; i < cfg->d_model; i++)
+        norm += (double)row[i] * row[i];
+    norm = sqrt(norm);
+    if (!(norm > 0.0)) {
+        if (n_dims == 2)
+            status = pb_fail(PB_ERR_ARG, "spec: %s: %s row %d (metric.layer) has zero norm; a direction cannot be zero",
+                             path, full, metric->layer);
+        else
+            status = pb_fail(PB_ERR_ARG, "spec: %s: %s has zero norm; a direction cannot be zero", path, full);
+        goto done;
+    }
+    metric->direction = spec_calloc((size_t)cfg->d_model, sizeof *metric->direction, &status);
+    if (!metric->direction)
+        goto done;
+    for (int i = 0; i < cfg->d_model; i++)
+        metric->direction[i] = (float)(row[i] / norm);
+done:
+    free(data);
+    free(full);
+    return status;
+}
+
+static pb_status parse_metric(const spec_parser *sp, const json_t *value) {
+    const char *path = "metric";
+    pb_metric_spec *metric = &sp->spec->metric;
+    const pb_model_config *cfg = sp->cfg;
+    if (!json_is_object(value))
+        return type_error(path, "an object {\"kind\": ...}", value);
+    json_t *item;
+    PB_TRY(get_required(value, path, "kind", &item));
+    if (!json_is_string(item))
+        return type_error("metric.kind", "\"logit_diff\", \"logprob\", \"refusal_score\", \"kl\" or \"projection\"",
+                          item);
+    static const char *const kinds[] = {"logit_diff", "logprob", "refusal_score", "kl", "projection"};
+    static const pb_metric_kind kind_values[] = {PB_METRIC_LOGIT_DIFF, PB_METRIC_LOGPROB, PB_METRIC_REFUSAL_SCORE,
+                                                 PB_METRIC_KL, PB_METRIC_PROJECTION};
+    int kind = -1;
+    for (int i = 0; i < 5; i++)
+        if (strcmp(json_string_value(item), kinds[i]) == 0)
+            kind = i;
+    if (kind < 0) {
+        char text[96];
+        return pb_fail(PB_ERR_ARG,
+                       "spec: metric.kind: %s is not a metric; expected \"logit_diff\", \"logprob\", "
+                       "\"refusal_score\", \"kl\" or \"projection\"",
+                       pb_json_describe(item, text, sizeof text));
+    }
+    metric->kind = kind_values[kind];
+
+    static const char *const keys_logit_diff[] = {"kind", "position", "positive", "negative", NULL};
+    static const char *const keys_tokens[] = {"kind", "position", "tokens", NULL};
+    static const char *const keys_kl[] = {"kind", "position", NULL};
+    static const char *const keys_projection[] = {"kind", "position", "direction", "layer", "hook", NULL};
+    const char *const *keys = metric->kind == PB_METRIC_LOGIT_DIFF ? keys_logit_diff
+                              : metric->kind == PB_METRIC_KL       ? keys_kl
+                              : metric->kind == PB_METRIC_PROJECTION ? keys_projection
+                                                                     : keys_tokens;
+    PB_TRY(check_keys(value, path, keys));
+
+    metric->position = -1;
+    item = json_object_get(value, "position");
+    if (item) {
+        if (!json_is_integer(item))
+            return type_error("metric.position", "an integer", item);
+        long long p = json_integer_value(item);
+        const pb_sweep_spec *spec = sp->spec;
+        for (int i = 0; i < spec->n_pairs; i++) {
+            for (int is_base = 1; is_base >= 0; is_base--) {
+                int T = is_base ? spec->pairs[i].base.T : spec->pairs[i].source.T;
+                if (p < -T || p >= T)
+                    return pb_fail(PB_ERR_ARG,
+                                   "spec: metric.position: %lld is out of range [%d, %d] for pairs[%d].%s, which has "
+                                   "%d tokens",
+                                   p, -T, T - 1, i, run_key(spec->mode, is_base), T);
+            }
+        }
+        metric->position = (int)p;
+    }
+
+    switch (metric->kind) {
+    case PB_METRIC_LOGIT_DIFF:
+        PB_TRY(get_required(value, path, "positive", &item));
+        PB_TRY(parse_tokens(sp, item, "metric.positive", &metric->positive, &metric->n_positive));
+        PB_TRY(get_required(value, path, "negative", &item));
+        PB_TRY(parse_tokens(sp, item, "metric.negative", &metric->negative, &metric->n_negative));
+        for (int i = 0; i < metric->n_negative; i++) {
+            for (int j = 0; j < metric->n_positive; j++) {
+                if (metric->negative[i] == metric->positive[j])
+                    return pb_fail(PB_ERR_ARG,
+                                   "spec: metric.negative[%d]: token id %d is also in metric.positive; a token "
+                                   "cannot count on both sides of a logit difference",
+                                   i, (int)metric->negative[i]);
+            }
+        }
+        break;
+    case PB_METRIC_LOGPROB:
+    case PB_METRIC_REFUSAL_SCORE:
+        PB_TRY(get_required(value, path, "tokens", &item));
+        PB_TRY(parse_tokens(sp, item, "metric.tokens", &metric->positive, &metric->n_positive));
+        break;
+    case PB_METRIC_KL:
+    case PB_METRIC_CALLBACK:
+        break;
+    case PB_METRIC_PROJECTION: {
+        char note[64];
+        snprintf(note, sizeof note, " (n_layers %d)", cfg->n_layers);
+        PB_TRY(get_required(value, path, "layer", &item));
+        PB_TRY(read_int(item, "metric.layer", 0, cfg->n_layers - 1, note, &metric->layer));
+        item = json_object_get(value, "hook");
+        if (item) {
+            if (!json_is_string(item))
+                return type_error("metric.hook", "\"resid_pre\" or \"resid_post\"", item);
+            const char *hook = json_string_value(item);
+            if (strcmp(hook, "resid_pre") == 0) {
+                metric->hook_post = 0;
+            } else if (strcmp(hook, "resid_post") == 0) {
+                metric->hook_post = 1;
+            } else {
+                char text[96];
+                return pb_fail(PB_ERR_ARG,
+                               "spec: metric.hook: %s is not allowed; expected \"resid_pre\" or \"resid_post\"",
+                               pb_json_describe(item, text, sizeof text));
+            }
+        }
+        PB_TRY(get_required(value, path, "direction", &item));
+        PB_TRY(parse_direction(sp, item, metric));
+        break;
+    }
+    }
+    return PB_OK;
+}
+
+/* ---- top level ------------------------------------------------------- */
+
+static pb_status parse_root(spec_parser *sp, const json_t *root) {
+    pb_sweep_spec *spec = sp->spec;
+    if (!json_is_object(root))
+        return pb_fail(PB_ERR_ARG, "spec: expected a JSON object at the top level, got %s", pb_json_type_name(root));
+    static const char *const keys[] = {"mode", "pairs", "sites", "metric", "significance_threshold", "effect_floor",
+                                       "description", NULL};
+    PB_TRY(check_keys(root, "", keys));
+    json_t *mode, *pairs, *sites, *metric, *item;
+    PB_TRY(get_required(root, "", "mode", &mode));
+    PB_TRY(get_required(root, "", "pairs", &pairs));
+    PB_TRY(get_required(root, "", "sites", &sites));
+    PB_TRY(get_required(root, "", "metric", &metric));
+
+    if (!json_is_string(mode))
+        return type_error("mode", "\"denoising\", \"noising\" or \"interchange\"", mode);
+    const char *m = json_string_value(mode);
+    if (strcmp(m, "denoising") == 0) {
+        spec->mode = PB_MODE_DENOISING;
+    } else if (strcmp(m, "noising") == 0) {
+        spec->mode = PB_MODE_NOISING;
+    } else if (strcmp(m, "interchange") == 0) {
+        spec->mode = PB_MODE_INTERCHANGE;
+    } else {
+        char text[96];
+        return pb_fail(PB_ERR_ARG,
+                       "spec: mode: %s is not a mode; expected \"denoising\", \"noising\" or \"interchange\"",
+                       pb_json_describe(mode, text, sizeof text));
+    }
+
+    item = json_object_get(root, "description");
+    if (item && !json_is_string(item))
+        return type_error("description", "a string", item);
+
+    spec->significance_threshold = 0.1;
+    item = json_object_get(root, "significance_threshold");
+    if (item) {
+        PB_TRY(read_number(item, "significance_threshold", &spec->significance_threshold));
+        if (spec->significance_threshold < 0)
+            return pb_fail(PB_ERR_ARG, "spec: significance_threshold: %g must be >= 0", spec->significance_threshold);
+    }
+    spec->effect_floor = 1e-4;
+    item = json_object_get(root, "effect_floor");
+    if (item) {
+        PB_TRY(read_number(item, "effect_floor", &spec->effect_floor));
+        if (!(spec->effect_floor > 0))
+            return pb_fail(PB_ERR_ARG, "spec: effect_floor: %g must be > 0 (in the metric's units)",
+                           spec->effect_floor);
+    }
+
+    if (!json_is_array(pairs))
+        return type_error("pairs", "a non-empty array of prompt pairs", pairs);
+    size_t n = json_array_size(pairs);
+    if (n == 0)
+        return pb_fail(PB_ERR_ARG, "spec: pairs: is empty; expected at least one prompt pair");
+    if (n > INT_MAX)
+        return pb_fail(PB_ERR_ARG, "spec: pairs: %zu pairs are too many", n);
+    ALLOC_OR_RETURN(spec->pairs, n);
+    spec->n_pairs = (int)n;
+    for (size_t i = 0; i < n; i++) {
+        char path[PB_SPEC_PATH_CAP];
+        path_index(path, "pairs", i);
+        PB_TRY(parse_pair(sp, json_array_get(pairs, i), path, &spec->pairs[i]));
+        if (spec->pairs[i].base.T > sp->max_base_T)
+            sp->max_base_T = spec->pairs[i].base.T;
+    }
+
+    if (!json_is_array(sites))
+        return type_error("sites", "a non-empty array of site entries", sites);
+    n = json_array_size(sites);
+    if (n == 0)
+        return pb_fail(PB_ERR_ARG, "spec: sites: is empty; expected at least one site entry");
+    if (n > INT_MAX)
+        return pb_fail(PB_ERR_ARG, "spec: sites: %zu entries are too many", n);
+    ALLOC_OR_RETURN(spec->sites, n);
+    spec->n_sites = (int)n;
+    for (size_t i = 0; i < n; i++) {
+        char path[PB_SPEC_PATH_CAP];
+        path_index(path, "sites", i);
+        PB_TRY(parse_site(sp, json_array_get(sites, i), path, &spec->sites[i]));
+    }
+
+    return parse_metric(sp, metric);
+}
+
+pb_status pb_sweep_spec_parse(pb_sweep_spec *spec, const char *json_text, const char *spec_dir,
+                              const pb_model_config *cfg) {
+    return pb_sweep_spec_parse_text(spec, json_text, spec_dir, cfg, NULL, NULL);
+}
+
+pb_status pb_sweep_spec_parse_text(pb_sweep_spec *spec, const char *json_text, const char *spec_dir,
+                                   const pb_model_config *cfg, pb_spec_tokenize_fn tokenize, void *user) {
+    if (!spec)
+        return pb_fail(PB_ERR_ARG, "pb_sweep_spec_parse: spec is NULL");
+    memset(spec, 0, sizeof *spec);
+    if (!json_text || !cfg)
+        return pb_fail(PB_ERR_ARG, "pb_sweep_spec_parse: %s is NULL", json_text ? "cfg" : "json_text");
+    if (cfg->n_layers <= 0 || cfg->d_model <= 0 || cfg->n_heads <= 0 || cfg->n_kv_heads <= 0 ||
+        cfg->vocab_size <= 0 || cfg->context_length <= 0)
+        return pb_fail(PB_ERR_ARG, "pb_sweep_spec_parse: the model config has a non-positive dimension");
+    json_error_t error;
+    json_t *root = json_loads(json_text, JSON_REJECT_DUPLICATES, &error);
+    if (!root)
+        return pb_fail(PB_ERR_ARG, "spec: not valid JSON: %s (line %d, column %d)", error.text, error.line,
+                       error.column);
+    spec_parser sp = {.cfg = cfg, .tokenize = tokenize, .tokenize_user = user, .spec_dir = spec_dir, .spec = spec};
+    pb_status status = parse_root(&sp, root);
+    json_decref(root);
+    if (status != PB_OK)
+        pb_sweep_spec_free(spec);
+    return status;
+}

@@ -1,0 +1,60 @@
+/* A finished (or partly run) sweep read once through the public getters,
+ * for the writers of its outputs: sweep_write.c (results.json, .npy,
+ * report.txt) and report_html.c (report.html). Also the names and
+ * formatting both print the same way. */
+#ifndef PB_SWEEP_VIEW_H
+#define PB_SWEEP_VIEW_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "model/components.h"
+#include "patchbay.h"
+
+typedef struct pb_site_view {
+    pb_site_result r;
+    int all_positions; /* patches every position together ("all") */
+} pb_site_view;
+
+typedef struct pb_sweep_view {
+    const pb_sweep *sweep;
+    const pb_model_config *cfg;
+    pb_sweep_summary summary;
+    int64_t n_sites;
+    pb_site_view *sites;   /* (n_sites) */
+    int n_pairs;
+    double *pair_base;     /* (n_pairs) */
+    double *pair_source;   /* (n_pairs) */
+    int *pair_usable;      /* (n_pairs) */
+    /* the position axis of <component>.npy: labels first_position .. first_position + n_columns - 1 */
+    int first_position;
+    int n_columns;
+} pb_sweep_view;
+
+/* Fills v from the getters; on failure v holds only what pb_sweep_view_free releases. */
+pb_status pb_sweep_view_load(pb_sweep_view *v, const pb_sweep *sweep);
+void pb_sweep_view_free(pb_sweep_view *v);
+
+/* "denoising", "noising", "interchange". */
+const char *pb_sweep_mode_name(pb_patch_mode mode);
+/* "logit_diff", ..., "callback". */
+const char *pb_sweep_metric_name(pb_metric_kind kind);
+
+/* The metric and its arguments on one line, no newline:
+ * "logit_diff (positive ids 18; negative ids 53; at position -1)". */
+void pb_sweep_print_metric(FILE *f, const pb_sweep_view *v);
+/* A site's position: "7", "all", "3,4" (long groups shortened). */
+void pb_sweep_format_position(const pb_site_view *site, char *buf, size_t size);
+
+/* Ranking entries: descending key, then ascending index; NaN keys last. */
+typedef struct pb_ranked {
+    double key;
+    int64_t index;
+} pb_ranked;
+int pb_ranked_compare(const void *pa, const void *pb);
+/* Fills order (capacity n_sites) with the sites that have an effect, by
+ * descending |effect|; returns how many. */
+int64_t pb_sweep_view_rank_sites(const pb_sweep_view *v, pb_ranked *order);
+
+#endif

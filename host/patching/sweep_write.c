@@ -1,0 +1,733 @@
+/* pb_sweep_write: a finished sweep as files in one directory.
+ *
+ *   <component>.npy         float32 mean effect, (n_layers[, heads], n_positions), one column per
+ *                           single-position site; NaN where no site
+ *   <component>_all.npy     (n_layers[, heads]): sites patching every position together
+ *   <component>_groups.npy  (n_layers[, heads], n_groups): sites patching listed groups together
+ *   report.txt              the human summary (baselines, circuit fraction, top layers, top effects)
+ *   results.json            everything, including per-pair values and each .npy file's axes
+ *
+ * Site values come only from the public getters (pb_sweep_get_*); the
+ * struct is read for metadata (model, spec, position alignment). Each file
+ * is written to a temporary name and renamed, and results.json goes last,
+ * so its presence means the set is complete; a failed write removes what it
+ * wrote. */
+#define _POSIX_C_SOURCE 200809L
+#include <dirent.h>
+#include <errno.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "util/internal.h"
+#include "model/model.h"
+#include "formats/npy.h"
+#include "util/outdir.h"
+#include "patching/sweep.h"
+#include "patching/sweep_view.h"
+
+#define PB_SWEEP_SCHEMA "patchbay.sweep/1"
+enum { PB_REPORT_TOP_LAYERS = 5, PB_REPORT_TOP_EFFECTS = 15 };
+
+/* ---- the .npy grids ------------------------------------------------------ */
+
+typedef struct grid {
+    float *data;
+    int n_dims;
+    int64_t shape[3];
+    int used;
+} grid;
+
+typedef struct component_grids {
+    int n_heads;           /* 0: no head axis */
+    grid each, all, groups;
+    int n_groups;
+    const int **group_positions; /* (n_groups) borrowed from the sweep */
+    int *group_sizes;            /* (n_groups) */
+} component_grids;
+
+static pb_status grid_alloc(grid *g, int n_dims, const int64_t *shape) {
+    size_t count = 1;
+    g->n_dims = n_dims;
+    for (int i = 0; i < n_dims; i++) {
+        g->shape[i] = shape[i];
+        count *= (size_t)shape[i];
+    }
+    g->data = malloc((count ? count : 1) * sizeof(float));
+    if (!g->data)
+        return pb_fail(PB_ERR_OOM, "sweep write: out of memory for a %zu-cell grid", count);
+    for (size_t i = 0; i < count; i++)
+        g->data[i] = NAN;
+    return PB_OK;
+}
+
+/* Sets a cell once: when the spec lists a cell twice, the first site's value stays. */
+static void grid_set(grid *g, int64_t index, double value) {
+    if (!isnan(g->data[index]))
+        return;
+    g->data[index] = (float)value;
+}
+
+static void grids_free(component_grids *grids) {
+    for (int c = 0; c < PB_COMPONENT_COUNT; c++) {
+        free(grids[c].each.data);
+        free(grids[c].all.data);
+        free(grids[c].groups.data);
+        free(grids[c].group_positions);
+        free(grids[c].group_sizes);
+    }
+}
+
+static int find_group(const component_grids *g, const pb_site_result *r) {
+    for (int i = 0; i < g->n_groups; i++)
+        if (g->group_sizes[i] == r->n_positions &&
+            (r->n_positions == 0 || memcmp(g->group_positions[i], r->positions, sizeof(int) * (size_t)r->n_positions) == 0))
+            return i;
+    return -1;
+}
+
+static pb_status grids_build(const pb_sweep_view *v, component_grids *grids) {
+    const int n_layers = v->cfg->n_layers;
+    int present[PB_COMPONENT_COUNT][3] = {{0}};
+    for (int c = 0; c < PB_COMPONENT_COUNT; c++) {
+        grids[c].n_heads = pb_component_head_count((pb_component)c, v->cfg);
+        grids[c].group_positions = calloc((size_t)v->n_sites + 1, sizeof *grids[c].group_positions);
+        grids[c].group_sizes = calloc((size_t)v->n_sites + 1, sizeof *grids[c].group_sizes);
+        if (!grids[c].group_positions || !grids[c].group_sizes)
+            return pb_fail(PB_ERR_OOM, "sweep write: out of memory");
+    }
+    /* Which grids exist, and the groups in order of first appearance. */
+    for (int64_t s = 0; s < v->n_sites; s++) {
+        const pb_site_view *site = &v->sites[s];
+        int c = (int)site->r.component;
+        if (c < 0 || c >= PB_COMPONENT_COUNT)
+            return pb_fail(PB_ERR_ARG, "sweep write: site %lld has component %d", (long long)s, c);
+        if (site->r.position != INT32_MIN) {
+            present[c][0] = 1;
+        } else if (site->all_positions) {
+            present[c][1] = 1;
+        } else {
+            present[c][2] = 1;
+            component_grids *g = &grids[c];
+            if (find_group(g, &site->r) < 0) {
+                g->group_positions[g->n_groups] = site->r.positions;
+                g->group_sizes[g->n_groups] = site->r.n_positions;
+                g->n_groups++;
+            }
+        }
+    }
+    for (int c = 0; c < PB_COMPONENT_COUNT; c++) {
+        component_grids *g = &grids[c];
+        int64_t shape[3];
+        int n = 0;
+        shape[n++] = n_layers;
+        if (g->n_heads)
+            shape[n++] = g->n_heads;
+        if (present[c][0]) {
+            shape[n] = v->n_columns;
+            PB_TRY(grid_alloc(&g->each, n + 1, shape));
+        }
+        if (present[c][1])
+            PB_TRY(grid_alloc(&g->all, n, shape));
+        if (present[c][2]) {
+            shape[n] = g->n_groups;
+            PB_TRY(grid_alloc(&g->groups, n + 1, shape));
+        }
+        g->each.used = present[c][0];
+        g->all.used = present[c][1];
+        g->groups.used = present[c][2];
+    }
+    for (int64_t s = 0; s < v->n_sites; s++) {
+        const pb_site_result *r = &v->sites[s].r;
+        component_grids *g = &grids[r->component];
+        if (r->layer < 0 || r->layer >= n_layers)
+            continue;
+        int64_t cell = r->layer;
+        if (g->n_heads) {
+            if (r->head < 0 || r->head >= g->n_heads)
+                continue; /* a head component without one head: only in results.json */
+            cell = cell * g->n_heads + r->head;
+        }
+        if (r->position != INT32_MIN)
+            grid_set(&g->each, cell * v->n_columns + (r->position - v->first_position), r->effect);
+        else if (v->sites[s].all_positions)
+            grid_set(&g->all, cell, r->effect);
+        else
+            grid_set(&g->groups, cell * g->n_groups + find_group(g, r), r->effect);
+    }
+    return PB_OK;
+}
+
+/* ---- results.json -------------------------------------------------------- */
+
+/* Builders that remember an allocation failure instead of checking each call. */
+typedef struct json_builder {
+    int failed;
+} json_builder;
+
+static json_t *jnum(json_builder *b, double x) {
+    json_t *j = isfinite(x) ? json_real(x) : json_null();
+    if (!j)
+        b->failed = 1;
+    return j;
+}
+
+static json_t *jint(json_builder *b, long long x) {
+    json_t *j = json_integer(x);
+    if (!j)
+        b->failed = 1;
+    return j;
+}
+
+static json_t *jstr(json_builder *b, const char *s) {
+    json_t *j = s ? json_string(s) : json_null();
+    if (!j)
+        b->failed = 1;
+    return j;
+}
+
+static json_t *jobj(json_builder *b) {
+    json_t *j = json_object();
+    if (!j)
+        b->failed = 1;
+    return j;
+}
+
+static json_t *jarr(json_builder *b) {
+    json_t *j = json_array();
+    if (!j)
+        b->failed = 1;
+    return j;
+}
+
+static void put(json_builder *b, json_t *object, const char *key, json_t *value) {
+    if (!object || !value || json_object_set_new(object, key, value) != 0) {
+        json_decref(value);
+        b->failed = 1;
+    }
+}
+
+static void push(json_builder *b, json_t *array, json_t *value) {
+    if (!array || !value || json_array_append_new(array, value) != 0) {
+        json_decref(value);
+        b->failed = 1;
+    }
+}
+
+static json_t *jids(json_builder *b, const int32_t *ids, int n) {
+    json_t *a = jarr(b);
+    for (int i = 0; i < n; i++)
+        push(b, a, jint(b, ids[i]));
+    return a;
+}
+
+static json_t *jints(json_builder *b, const int *values, int n) {
+    json_t *a = jarr(b);
+    for (int i = 0; i < n; i++)
+        push(b, a, jint(b, values[i]));
+    return a;
+}
+
+static json_t *metric_json(json_builder *b, const pb_sweep_view *v) {
+    const pb_sweep *sweep = v->sweep;
+    const pb_metric_spec *m = &sweep->spec.metric;
+    pb_metric_kind kind = v->summary.metric;
+    json_t *o = jobj(b);
+    put(b, o, "kind", jstr(b, pb_sweep_metric_name(kind)));
+    switch (kind) {
+    case PB_METRIC_LOGIT_DIFF:
+        put(b, o, "positive", jids(b, m->positive, m->n_positive));
+        put(b, o, "negative", jids(b, m->negative, m->n_negative));
+        break;
+    case PB_METRIC_LOGPROB:
+    case PB_METRIC_REFUSAL_SCORE:
+        put(b, o, "tokens", jids(b, m->positive, m->n_positive));
+        break;
+    case PB_METRIC_PROJECTION:
+        put(b, o, "direction", jstr(b, m->direction_path));
+        put(b, o, "layer", jint(b, m->layer));
+        put(b, o, "hook", jstr(b, m->hook_post ? "resid_post" : "resid_pre"));
+        break;
+    case PB_METRIC_CALLBACK:
+        put(b, o, "residual_layer", sweep->options.metric_fn_residual_layer >= 0
+                                        ? jint(b, sweep->options.metric_fn_residual_layer)
+                                        : json_null());
+        break;
+    case PB_METRIC_KL:
+        break;
+    }
+    put(b, o, "position", jint(b, m->position));
+    return o;
+}
+
+/* Layers that have sites, by descending max |effect| (NaN when none of
+ * their sites has an effect). *out is malloc'd (n_layers entries). */
+static pb_status rank_layers(const pb_sweep_view *v, pb_ranked **out, int *n_out) {
+    int n_layers = v->cfg->n_layers;
+    pb_ranked *layers = calloc((size_t)n_layers + 1, sizeof *layers);
+    int *has_site = calloc((size_t)n_layers + 1, sizeof *has_site);
+    if (!layers || !has_site) {
+        free(layers);
+        free(has_site);
+        return pb_fail(PB_ERR_OOM, "sweep write: out of memory");
+    }
+    for (int l = 0; l < n_layers; l++) {
+        layers[l].key = NAN;
+        layers[l].index = l;
+    }
+    for (int64_t s = 0; s < v->n_sites; s++) {
+        const pb_site_result *r = &v->sites[s].r;
+        if (r->layer < 0 || r->layer >= n_layers)
+            continue;
+        has_site[r->layer] = 1;
+        double a = fabs(r->effect);
+        if (!isnan(a) && (isnan(layers[r->layer].key) || a > layers[r->layer].key))
+            layers[r->layer].key = a;
+    }
+    int n = 0;
+    for (int l = 0; l < n_layers; l++)
+        if (has_site[l])
+            layers[n++] = layers[l];
+    free(has_site);
+    qsort(layers, (size_t)n, sizeof *layers, pb_ranked_compare);
+    *out = layers;
+    *n_out = n;
+    return PB_OK;
+}
+
+static void npy_axes_entry(json_builder *b, json_t *axes, const char *file, const grid *g, const char *last_axis,
+                           int n_heads, json_t *labels) {
+    json_t *e = jobj(b);
+    json_t *shape = jarr(b), *names = jarr(b);
+    for (int i = 0; i < g->n_dims; i++)
+        push(b, shape, jint(b, g->shape[i]));
+    push(b, names, jstr(b, "layer"));
+    if (n_heads)
+        push(b, names, jstr(b, "head"));
+    if (last_axis)
+        push(b, names, jstr(b, last_axis));
+    put(b, e, "shape", shape);
+    put(b, e, "axes", names);
+    put(b, e, "dtype", jstr(b, "float32"));
+    put(b, e, "value", jstr(b, "mean normalised effect over usable pairs; NaN where no site"));
+    if (labels)
+        put(b, e, last_axis && strcmp(last_axis, "group") == 0 ? "groups" : "positions", labels);
+    put(b, axes, file, e);
+}
+
+static json_t *results_json(const pb_sweep_view *v, const component_grids *grids, const pb_ranked *layers,
+                            int n_layers_ranked, json_builder *b) {
+    const pb_sweep *sweep = v->sweep;
+    const pb_sweep_summary *sum = &v->summary;
+    const pb_model_config *cfg = v->cfg;
+    json_t *root = jobj(b);
+    put(b, root, "schema", jstr(b, PB_SWEEP_SCHEMA));
+    put(b, root, "model", jstr(b, sweep->model->path));
+    json_t *mc = jobj(b);
+    put(b, mc, "arch", jstr(b, cfg->arch));
+    put(b, mc, "n_layers", jint(b, cfg->n_layers));
+    put(b, mc, "d_model", jint(b, cfg->d_model));
+    put(b, mc, "n_heads", jint(b, cfg->n_heads));
+    put(b, mc, "n_kv_heads", jint(b, cfg->n_kv_heads));
+    put(b, mc, "head_dim", jint(b, cfg->head_dim));
+    put(b, mc, "vocab_size", jint(b, cfg->vocab_size));
+    put(b, root, "model_config", mc);
+    put(b, root, "mode", jstr(b, pb_sweep_mode_name(sum->mode)));
+    put(b, root, "metric", metric_json(b, v));
+    put(b, root, "significance_threshold", jnum(b, sweep->spec.significance_threshold));
+    put(b, root, "effect_floor", jnum(b, sweep->spec.effect_floor));
+    put(b, root, "n_pairs", jint(b, sum->n_pairs));
+    put(b, root, "n_pairs_used", jint(b, sum->n_pairs_used));
+    put(b, root, "clean_baseline", jnum(b, sum->clean_baseline));
+    put(b, root, "corrupted_baseline", jnum(b, sum->corrupted_baseline));
+    put(b, root, "total_effect", jnum(b, sum->total_effect));
+    put(b, root, "n_sites", jint(b, sum->n_sites));
+    put(b, root, "n_rows", jint(b, sum->n_rows));
+    put(b, root, "n_rows_executed", jint(b, sum->n_rows_executed));
+    put(b, root, "n_rows_done", jint(b, sum->n_rows_done));
+    put(b, root, "circuit_fraction", jnum(b, sum->circuit_fraction));
+    put(b, root, "n_significant", jint(b, sum->n_significant));
+    put(b, root, "flops_executed", jnum(b, sum->flops_executed));
+    put(b, root, "flops_naive", jnum(b, sum->flops_naive));
+    put(b, root, "positions_aligned_from_end", json_boolean(sweep->positions_aligned_from_end));
+
+    json_t *pairs = jarr(b);
+    for (int i = 0; i < v->n_pairs; i++) {
+        int clean_is_source = i < sweep->spec.n_pairs ? sweep->spec.pairs[i].clean_is_source : 1;
+        json_t *p = jobj(b);
+        put(b, p, "index", jint(b, i));
+        put(b, p, "clean", jnum(b, clean_is_source ? v->pair_source[i] : v->pair_base[i]));
+        put(b, p, "corrupted", jnum(b, clean_is_source ? v->pair_base[i] : v->pair_source[i]));
+        put(b, p, "base", jnum(b, v->pair_base[i]));
+        put(b, p, "source", jnum(b, v->pair_source[i]));
+        put(b, p, "usable", json_boolean(v->pair_usable[i]));
+        push(b, pairs, p);
+    }
+    put(b, root, "pairs", pairs);
+
+    json_t *top = jarr(b);
+    for (int i = 0; i < n_layers_ranked; i++) {
+        json_t *l = jobj(b);
+        put(b, l, "layer", jint(b, layers[i].index));
+        put(b, l, "max_abs_effect", jnum(b, layers[i].key));
+        push(b, top, l);
+    }
+    put(b, root, "top_layers", top);
+
+    /* Axes of every .npy file, so a heatmap can be labelled. */
+    json_t *axes = jobj(b);
+    char file[64];
+    for (int c = 0; c < PB_COMPONENT_COUNT; c++) {
+        const component_grids *g = &grids[c];
+        const char *name = pb_component_name((pb_component)c);
+        if (g->each.used) {
+            json_t *labels = jarr(b);
+            for (int i = 0; i < v->n_columns; i++)
+                push(b, labels, jint(b, v->first_position + i));
+            snprintf(file, sizeof file, "%s.npy", name);
+            npy_axes_entry(b, axes, file, &g->each, "position", g->n_heads, labels);
+        }
+        if (g->all.used) {
+            snprintf(file, sizeof file, "%s_all.npy", name);
+            npy_axes_entry(b, axes, file, &g->all, NULL, g->n_heads, NULL);
+        }
+        if (g->groups.used) {
+            json_t *labels = jarr(b);
+            for (int i = 0; i < g->n_groups; i++)
+                push(b, labels, jints(b, g->group_positions[i], g->group_sizes[i]));
+            snprintf(file, sizeof file, "%s_groups.npy", name);
+            npy_axes_entry(b, axes, file, &g->groups, "group", g->n_heads, labels);
+        }
+    }
+    put(b, root, "npy_axes", axes);
+
+    json_t *sites = jarr(b);
+    for (int64_t s = 0; s < v->n_sites && !b->failed; s++) {
+        const pb_site_result *r = &v->sites[s].r;
+        json_t *e = jobj(b);
+        char hook[96];
+        snprintf(hook, sizeof hook, "blocks.%d.%s", r->layer, pb_component_hook(r->component));
+        put(b, e, "component", jstr(b, pb_component_name(r->component)));
+        put(b, e, "hook", jstr(b, hook));
+        put(b, e, "layer", jint(b, r->layer));
+        put(b, e, "head", r->head >= 0 ? jint(b, r->head) : json_null());
+        put(b, e, "position", r->position != INT32_MIN ? jint(b, r->position) : json_null());
+        put(b, e, "positions",
+            r->position == INT32_MIN && !v->sites[s].all_positions && r->positions
+                ? jints(b, r->positions, r->n_positions)
+                : json_null());
+        put(b, e, "all_positions", json_boolean(v->sites[s].all_positions));
+        put(b, e, "patched", jnum(b, r->patched));
+        put(b, e, "effect", jnum(b, r->effect));
+        put(b, e, "stderr", jnum(b, r->standard_error));
+        put(b, e, "significant", json_boolean(r->significant));
+        json_t *effects = jarr(b), *patched = jarr(b);
+        for (int i = 0; i < v->n_pairs; i++) {
+            double p = NAN, x = NAN;
+            if (pb_sweep_get_row(sweep, i, s, &p, &x) != PB_OK)
+                b->failed = 1;
+            push(b, effects, jnum(b, x));
+            push(b, patched, jnum(b, p));
+        }
+        put(b, e, "per_pair_effect", effects);
+        put(b, e, "per_pair_patched", patched);
+        push(b, sites, e);
+    }
+    put(b, root, "sites", sites);
+    return root;
+}
+
+/* ---- report.txt ---------------------------------------------------------- */
+
+/* "0-29 (30)", "3 (1)" or "0, 4, 7 (3)": the layers that have sites. */
+static void print_layers(FILE *f, const pb_sweep_view *v) {
+    int n_layers = v->cfg->n_layers, n = 0, first = -1, last = -1;
+    char *has = calloc((size_t)n_layers + 1, 1);
+    if (!has)
+        return;
+    for (int64_t s = 0; s < v->n_sites; s++)
+        if (v->sites[s].r.layer >= 0 && v->sites[s].r.layer < n_layers)
+            has[v->sites[s].r.layer] = 1;
+    for (int l = 0; l < n_layers; l++) {
+        if (!has[l])
+            continue;
+        if (first < 0)
+            first = l;
+        last = l;
+        n++;
+    }
+    fputs("Layers: ", f);
+    if (n == 0) {
+        fputs("none (0)\n", f);
+    } else if (last - first + 1 == n) {
+        if (n == 1)
+            fprintf(f, "%d (1)\n", first);
+        else
+            fprintf(f, "%d-%d (%d)\n", first, last, n);
+    } else {
+        for (int l = 0, k = 0; l < n_layers; l++)
+            if (has[l])
+                fprintf(f, "%s%d", k++ ? ", " : "", l);
+        fprintf(f, " (%d)\n", n);
+    }
+    free(has);
+}
+
+static pb_status report_text(const pb_sweep_view *v, const pb_ranked *layers, int n_layers_ranked, char **text,
+                             size_t *size) {
+    const pb_sweep *sweep = v->sweep;
+    const pb_sweep_summary *sum = &v->summary;
+    int interchange = sum->mode == PB_MODE_INTERCHANGE;
+    const char *clean_word = interchange ? "Source" : "Clean";
+    const char *corrupted_word = interchange ? "Base" : "Corrupted";
+    *text = NULL;
+    *size = 0;
+    FILE *f = open_memstream(text, size);
+    if (!f)
+        return pb_fail(PB_ERR_OOM, "sweep write: cannot open a memory stream for report.txt");
+    fputs("patchbay activation patching report\n", f);
+    fprintf(f, "Model: %s\n", sweep->model->path ? sweep->model->path : "(unknown)");
+    fprintf(f, "Mode: %s\n", pb_sweep_mode_name(sum->mode));
+    fputs("Metric: ", f);
+    pb_sweep_print_metric(f, v);
+    fputc('\n', f);
+    print_layers(f, v);
+    fprintf(f, "Pairs: %d (%d used)\n", sum->n_pairs, sum->n_pairs_used);
+    fprintf(f, "Sites patched: %lld (rows executed: %lld of %lld)\n", (long long)sum->n_sites,
+            (long long)sum->n_rows_executed, (long long)sum->n_rows);
+    if (sum->n_rows_done < sum->n_rows)
+        fprintf(f, "Rows done: %lld of %lld (effects of the rest are missing)\n", (long long)sum->n_rows_done,
+                (long long)sum->n_rows);
+    if (sum->flops_executed > 0 && sum->flops_naive > 0)
+        fprintf(f, "Compute: %.3g FLOPs executed, %.3g for one forward per row (%.1fx less)\n", sum->flops_executed,
+                sum->flops_naive, sum->flops_naive / sum->flops_executed);
+    fprintf(f, "%s baseline: %.4f\n", clean_word, sum->clean_baseline);
+    fprintf(f, "%s baseline: %.4f\n", corrupted_word, sum->corrupted_baseline);
+    fprintf(f, "Total effect: %.4f\n", sum->total_effect);
+    fprintf(f, "Significant sites (|effect| >= %.2f): %lld of %lld (circuit fraction %.3f)\n",
+            sweep->spec.significance_threshold, (long long)sum->n_significant, (long long)sum->n_sites,
+            sum->circuit_fraction);
+    fputs("Top causal layers:", f);
+    for (int i = 0; i < n_layers_ranked && i < PB_REPORT_TOP_LAYERS; i++) {
+        if (isnan(layers[i].key))
+            fprintf(f, "%s %lld (n/a)", i ? "," : "", (long long)layers[i].index);
+        else
+            fprintf(f, "%s %lld (%.2f)", i ? "," : "", (long long)layers[i].index, layers[i].key);
+    }
+    fputs(n_layers_ranked ? "\n" : " none\n", f);
+
+    /* The table: sites with an effect, by |effect| descending. */
+    pb_ranked *order = malloc(((size_t)v->n_sites + 1) * sizeof *order);
+    if (!order) {
+        fclose(f);
+        free(*text);
+        *text = NULL;
+        return pb_fail(PB_ERR_OOM, "sweep write: out of memory");
+    }
+    int hook_width = 4;
+    int64_t n_ranked = pb_sweep_view_rank_sites(v, order);
+    int64_t n_shown = n_ranked < PB_REPORT_TOP_EFFECTS ? n_ranked : PB_REPORT_TOP_EFFECTS;
+    char hook[96], position[40];
+    for (int64_t i = 0; i < n_shown; i++) {
+        const pb_site_result *r = &v->sites[order[i].index].r;
+        int n = snprintf(hook, sizeof hook, "blocks.%d.%s", r->layer, pb_component_hook(r->component));
+        if (n > hook_width)
+            hook_width = n;
+    }
+    fprintf(f, "\nTop %d effects:\n", PB_REPORT_TOP_EFFECTS);
+    fprintf(f, "%4s  %-*s  %4s  %8s  %9s   %s\n", "rank", hook_width, "hook", "head", "position", "effect", "stderr");
+    for (int64_t i = 0; i < n_shown; i++) {
+        const pb_site_view *site = &v->sites[order[i].index];
+        const pb_site_result *r = &site->r;
+        snprintf(hook, sizeof hook, "blocks.%d.%s", r->layer, pb_component_hook(r->component));
+        pb_sweep_format_position(site, position, sizeof position);
+        char head[16];
+        snprintf(head, sizeof head, r->head >= 0 ? "%d" : "-", r->head);
+        fprintf(f, "%4lld  %-*s  %4s  %8s  %9.4f ± %.4f%s\n", (long long)(i + 1), hook_width, hook, head, position,
+                r->effect, r->standard_error, r->significant ? "  *" : "");
+    }
+    if (n_shown == 0)
+        fputs("  (no site has an effect)\n", f);
+    free(order);
+
+    int n_below = 0;
+    for (int i = 0; i < v->n_pairs; i++)
+        n_below += !v->pair_usable[i];
+    if (n_below) {
+        const char *rule = "************************************************************************\n";
+        fprintf(f, "\n%s", rule);
+        fprintf(f, "WARNING: %d of %d pairs are below the effect floor (|%s - %s| < %g):\n", n_below, v->n_pairs,
+                interchange ? "source" : "clean", interchange ? "base" : "corrupted", sweep->spec.effect_floor);
+        fputs("their normalised effects are undefined and they are left out of every mean.\n", f);
+        for (int i = 0; i < v->n_pairs; i++) {
+            if (v->pair_usable[i])
+                continue;
+            int clean_is_source = i < sweep->spec.n_pairs ? sweep->spec.pairs[i].clean_is_source : 1;
+            double clean = clean_is_source ? v->pair_source[i] : v->pair_base[i];
+            double corrupted = clean_is_source ? v->pair_base[i] : v->pair_source[i];
+            fprintf(f, "  pair %d: %s %.6f, %s %.6f\n", i, interchange ? "source" : "clean", clean,
+                    interchange ? "base" : "corrupted", corrupted);
+        }
+        fputs(rule, f);
+    }
+    if (fclose(f) != 0) {
+        free(*text);
+        *text = NULL;
+        return pb_fail(PB_ERR_OOM, "sweep write: out of memory for report.txt");
+    }
+    return PB_OK;
+}
+
+/* ---- the directory ------------------------------------------------------- */
+
+/* Creates dir and missing parents; records what it created (innermost
+ * last) so a failed write can remove them again. */
+static pb_status make_dirs(const char *dir, char created[][4096], int *n_created, int max_created) {
+    char path[4096];
+    size_t len = strlen(dir);
+    if (len == 0 || len >= sizeof path)
+        return pb_fail(PB_ERR_ARG, "sweep write: bad output directory '%s'", dir);
+    memcpy(path, dir, len + 1);
+    for (size_t i = 1; i <= len; i++) {
+        if (path[i] != '/' && path[i] != 0)
+            continue;
+        char saved = path[i];
+        path[i] = 0;
+        if (mkdir(path, 0777) == 0) {
+            if (*n_created < max_created)
+                memcpy(created[(*n_created)++], path, i + 1);
+        } else if (errno != EEXIST) {
+            pb_status st = pb_fail(PB_ERR_IO, "sweep write: cannot create %s: %s", path, strerror(errno));
+            path[i] = saved;
+            return st;
+        }
+        path[i] = saved;
+    }
+    struct stat st;
+    if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode))
+        return pb_fail(PB_ERR_IO, "sweep write: %s is not a directory", dir);
+    return PB_OK;
+}
+
+enum { PB_MAX_OUTPUT_FILES = 3 * PB_COMPONENT_COUNT + 2 };
+
+typedef struct output_files {
+    char names[PB_MAX_OUTPUT_FILES][64];
+    int n;
+} output_files;
+
+static int listed(const output_files *files, const char *name) {
+    for (int i = 0; i < files->n; i++)
+        if (strcmp(files->names[i], name) == 0)
+            return 1;
+    return 0;
+}
+
+static pb_status write_one(const char *dir, const char *name, output_files *written, const void *data, size_t size,
+                           const grid *g) {
+    char path[4096];
+    if (snprintf(path, sizeof path, "%s/%s", dir, name) >= (int)sizeof path)
+        return pb_fail(PB_ERR_ARG, "sweep write: path too long: %s/%s", dir, name);
+    pb_status st = g ? pb_npy_write(path, g->data, PB_NPY_F32, g->n_dims, g->shape)
+                     : pb_write_file_atomic(path, data, size);
+    if (st != PB_OK)
+        return pb_fail_context(st, "sweep write");
+    snprintf(written->names[written->n++], sizeof written->names[0], "%s", name);
+    return PB_OK;
+}
+
+static void remove_file(const char *dir, const char *name) {
+    char path[4096];
+    if (snprintf(path, sizeof path, "%s/%s", dir, name) < (int)sizeof path)
+        unlink(path);
+}
+
+pb_status pb_sweep_write(const pb_sweep *sweep, const char *dir, int overwrite) {
+    if (!sweep || !dir || !*dir)
+        return pb_fail(PB_ERR_ARG, "pb_sweep_write: sweep and dir are required");
+    PB_TRY(pb_out_dir_check(dir, overwrite));
+
+    pb_sweep_view v;
+    component_grids grids[PB_COMPONENT_COUNT];
+    memset(grids, 0, sizeof grids);
+    pb_ranked *layers = NULL;
+    int n_layers_ranked = 0;
+    json_t *root = NULL;
+    char *json_text = NULL, *report = NULL;
+    size_t report_size = 0;
+    output_files written = {.n = 0};
+    char created[8][4096];
+    int n_created = 0;
+    pb_status st = pb_sweep_view_load(&v, sweep);
+    if (st == PB_OK)
+        st = grids_build(&v, grids);
+    if (st == PB_OK)
+        st = rank_layers(&v, &layers, &n_layers_ranked);
+    if (st == PB_OK)
+        st = report_text(&v, layers, n_layers_ranked, &report, &report_size);
+    if (st == PB_OK) {
+        json_builder b = {0};
+        root = results_json(&v, grids, layers, n_layers_ranked, &b);
+        json_text = b.failed ? NULL : json_dumps(root, JSON_INDENT(2));
+        if (!json_text)
+            st = pb_fail(PB_ERR_OOM, "sweep write: cannot build results.json (out of memory or a getter failed: %s)",
+                         pb_last_error());
+    }
+    /* Everything is in memory: now touch the directory. */
+    if (st == PB_OK)
+        st = make_dirs(dir, created, &n_created, 8);
+    if (st == PB_OK && overwrite)
+        remove_file(dir, "results.json"); /* until the new set is complete, there is none */
+    char name[64];
+    for (int c = 0; st == PB_OK && c < PB_COMPONENT_COUNT; c++) {
+        const char *cname = pb_component_name((pb_component)c);
+        if (grids[c].each.used) {
+            snprintf(name, sizeof name, "%s.npy", cname);
+            st = write_one(dir, name, &written, NULL, 0, &grids[c].each);
+        }
+        if (st == PB_OK && grids[c].all.used) {
+            snprintf(name, sizeof name, "%s_all.npy", cname);
+            st = write_one(dir, name, &written, NULL, 0, &grids[c].all);
+        }
+        if (st == PB_OK && grids[c].groups.used) {
+            snprintf(name, sizeof name, "%s_groups.npy", cname);
+            st = write_one(dir, name, &written, NULL, 0, &grids[c].groups);
+        }
+    }
+    if (st == PB_OK)
+        st = write_one(dir, "report.txt", &written, report, report_size, NULL);
+    if (st == PB_OK && overwrite) {
+        /* Files an earlier sweep wrote under names this one does not use. */
+        static const char *const suffixes[] = {".npy", "_all.npy", "_groups.npy"};
+        for (int c = 0; c < PB_COMPONENT_COUNT; c++) {
+            for (int k = 0; k < 3; k++) {
+                snprintf(name, sizeof name, "%s%s", pb_component_name((pb_component)c), suffixes[k]);
+                if (!listed(&written, name))
+                    remove_file(dir, name);
+            }
+        }
+    }
+    if (st == PB_OK) {
+        size_t len = strlen(json_text);
+        json_text[len] = '\n'; /* the NUL becomes a final newline; the size excludes the old NUL */
+        st = write_one(dir, "results.json", &written, json_text, len + 1, NULL);
+        json_text[len] = 0;
+    }
+    if (st != PB_OK) {
+        for (int i = 0; i < written.n; i++)
+            remove_file(dir, written.names[i]);
+        for (int i = n_created - 1; i >= 0; i--)
+            rmdir(created[i]);
+    }
+    free(json_text);
+    json_decref(root);
+    free(report);
+    free(layers);
+    grids_free(grids);
+    pb_sweep_view_free(&v);
+    return st;
+}

@@ -1,0 +1,134 @@
+/* The model's text side: its tokenizer and chat template, loaded with the
+ * weights, and the public pb_model_tokenize / chat / detokenize calls. */
+#define _POSIX_C_SOURCE 200809L
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "text/chat_template.h"
+#include "formats/gguf.h"
+#include "util/internal.h"
+#include "model/model.h"
+#include "text/model_text.h"
+#include "text/tokenizer.h"
+
+/* Records why text is unavailable so the first text call can say it. */
+static void remember_failure(pb_model *m, const char *what) {
+    snprintf(m->text_error, sizeof m->text_error, "%s: %.400s", what, pb_last_error());
+}
+
+static char *bos_text(const pb_model *m) {
+    if (m->cfg.bos_id < 0 || m->cfg.bos_id >= m->vocab.n_tokens)
+        return NULL;
+    size_t len = m->vocab.offsets[m->cfg.bos_id + 1] - m->vocab.offsets[m->cfg.bos_id];
+    char *s = malloc(len + 1);
+    if (s) {
+        memcpy(s, m->vocab.bytes + m->vocab.offsets[m->cfg.bos_id], len);
+        s[len] = 0;
+    }
+    return s;
+}
+
+static void init_template(pb_model *m, const char *template_text) {
+    char *bos = bos_text(m);
+    if (pb_chat_template_init(&m->chat, template_text, NULL, bos) == PB_OK)
+        m->has_chat = 1;
+    else
+        snprintf(m->chat_error, sizeof m->chat_error, "%.500s", pb_last_error());
+    free(bos);
+}
+
+void pb_model_text_from_gguf(pb_model *m, const pb_gguf *g) {
+    if (pb_tokenizer_from_gguf(&m->tokenizer, g) != PB_OK)
+        remember_failure(m, "the model's tokenizer");
+    if (pb_gguf_has_key(g, "tokenizer.chat_template")) {
+        const char *text;
+        size_t len;
+        if (pb_gguf_get_string(g, "tokenizer.chat_template", &text, &len) == PB_OK) {
+            char *copy = strndup(text, len);
+            if (copy)
+                init_template(m, copy);
+            free(copy);
+        }
+    } else {
+        snprintf(m->chat_error, sizeof m->chat_error, "the model file has no tokenizer.chat_template");
+    }
+}
+
+void pb_model_text_from_folder(pb_model *m, const char *dir) {
+    char path[4096];
+    struct stat st;
+    snprintf(path, sizeof path, "%s/tokenizer.json", dir);
+    if (stat(path, &st) != 0)
+        snprintf(m->text_error, sizeof m->text_error, "%.400s is missing", path);
+    else if (pb_tokenizer_from_json(&m->tokenizer, path) != PB_OK)
+        remember_failure(m, "the model's tokenizer");
+    snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
+    json_t *config = json_load_file(path, 0, NULL);
+    const char *template_text = json_string_value(json_object_get(config, "chat_template"));
+    if (template_text)
+        init_template(m, template_text);
+    else
+        snprintf(m->chat_error, sizeof m->chat_error, "%.400s has no chat_template", path);
+    json_decref(config);
+}
+
+void pb_model_text_free(pb_model *m) {
+    pb_tokenizer_free(m->tokenizer);
+    if (m->has_chat)
+        pb_chat_template_free(&m->chat);
+}
+
+static pb_status need_tokenizer(const pb_model *m) {
+    if (m->tokenizer)
+        return PB_OK;
+    return pb_fail(PB_ERR_UNSUPPORTED, "%s", m->text_error[0] ? m->text_error : "the model has no tokenizer");
+}
+
+pb_status pb_model_tokenize(const pb_model *m, const char *text, int parse_special, int32_t **ids, int *n_ids) {
+    if (!m || !text || !ids || !n_ids)
+        return pb_fail(PB_ERR_ARG, "pb_model_tokenize: model, text, ids and n_ids are required");
+    PB_TRY(need_tokenizer(m));
+    return pb_tokenizer_encode(m->tokenizer, text, strlen(text), parse_special, ids, n_ids);
+}
+
+pb_status pb_model_chat_tokenize(const pb_model *m, const char *system, const char *user, int32_t **ids,
+                                 int *n_ids) {
+    if (!m || !user || !ids || !n_ids)
+        return pb_fail(PB_ERR_ARG, "pb_model_chat_tokenize: model, user text, ids and n_ids are required");
+    PB_TRY(need_tokenizer(m));
+    if (!m->has_chat)
+        return pb_fail(PB_ERR_UNSUPPORTED,
+                       "no usable chat template (%s); pass one with --chat-template NAME (chatml, llama3, llama2, "
+                       "gemma) or --chat-template FILE",
+                       m->chat_error);
+    char *text = NULL;
+    PB_TRY(pb_chat_template_render(&m->chat, system, user, &text));
+    pb_status status = pb_tokenizer_encode(m->tokenizer, text, strlen(text), 1, ids, n_ids);
+    free(text);
+    return status;
+}
+
+pb_status pb_model_detokenize(const pb_model *m, const int32_t *ids, int n_ids, char **text) {
+    if (!m || (!ids && n_ids) || !text)
+        return pb_fail(PB_ERR_ARG, "pb_model_detokenize: model, ids and text are required");
+    PB_TRY(need_tokenizer(m));
+    return pb_tokenizer_decode(m->tokenizer, ids, n_ids, text);
+}
+
+pb_status pb_model_set_chat_template(pb_model *m, const char *name_or_file) {
+    if (!m || !name_or_file)
+        return pb_fail(PB_ERR_ARG, "pb_model_set_chat_template: model and name are required");
+    char *bos = bos_text(m);
+    pb_chat_template t;
+    pb_status status = pb_chat_template_init(&t, NULL, name_or_file, bos);
+    free(bos);
+    PB_TRY(status);
+    if (m->has_chat)
+        pb_chat_template_free(&m->chat);
+    m->chat = t;
+    m->has_chat = 1;
+    return PB_OK;
+}
