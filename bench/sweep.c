@@ -26,6 +26,7 @@
 
 #include "backend/backend_cuda.h"
 #include "cli/cli_model.h"
+#include "cli/options.h"
 #include "util/clock.h"
 #include "util/outdir.h"
 #include "cli/progress.h"
@@ -112,90 +113,75 @@ static char *default_sweep(int T, int vocab) {
     return spec;
 }
 
-int main(int argc, char **argv) {
-    pb_cli_model mo = {0};
-    const char *spec_path = NULL;
-    int all_rows = 0, default_T = 0;
-    size_t max_memory = 0;
+typedef struct bench_args {
+    pb_cli_model model;
+    const char *spec_path;
+    int all_rows, default_T;
+    size_t max_memory;
+} bench_args;
+
+/* Positional MODEL and SPEC.json among the flags: 1, or 0 after printing why. */
+static int parse_args(int argc, char **argv, bench_args *b) {
+    memset(b, 0, sizeof *b);
+    pb_cli_option model_options[PB_CLI_MODEL_OPTIONS + 1];
+    pb_cli_model_table(&b->model, model_options);
+    const pb_cli_parser parser = {"bench_sweep", "patchbay bench_sweep", "", ""};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *next = i + 1 < argc ? argv[i + 1] : NULL;
-        int taken = next ? pb_cli_model_option(&mo, "bench_sweep", a, next) : 0;
+        int taken = next ? pb_cli_parse_one(&parser, model_options, a, next) : 0;
         if (taken < 0)
-            return 2;
+            return 0;
         if (taken) {
             i++;
         } else if (strcmp(a, "--all-rows") == 0) {
-            all_rows = 1;
+            b->all_rows = 1;
         } else if (strcmp(a, "--default-sweep") == 0 && next) {
-            default_T = atoi(next);
+            b->default_T = atoi(next);
             i++;
         } else if (strcmp(a, "--max-memory") == 0 && next) {
-            if (pb_parse_size(next, &max_memory) != PB_OK) {
+            if (pb_parse_size(next, &b->max_memory) != PB_OK) {
                 fprintf(stderr, "bench_sweep: --max-memory: %s\n", pb_last_error());
-                return 2;
+                return 0;
             }
             i++;
-        } else if (a[0] != '-' && !mo.path && !mo.random_name) {
-            mo.path = a;
-        } else if (a[0] != '-' && !spec_path) {
-            spec_path = a;
+        } else if (a[0] != '-' && !b->model.path && !b->model.random_name) {
+            b->model.path = a;
+        } else if (a[0] != '-' && !b->spec_path) {
+            b->spec_path = a;
         } else {
             fprintf(stderr, "bench_sweep: unknown argument '%s'\n", a);
-            return 2;
+            return 0;
         }
     }
-    if (!pb_cli_model_check(&mo, "bench_sweep") || !!spec_path == (default_T > 0)) {
+    if (!pb_cli_model_check(&b->model, "bench_sweep") || !!b->spec_path == (b->default_T > 0)) {
         fprintf(stderr, "usage: bench_sweep (MODEL | --random-model NAME[:LAYERS]) (SPEC.json | --default-sweep T)\n"
                         "                   [--all-rows] [--backend cpu|cuda] [--dtype f32|bf16|f16] [--max-memory SIZE]\n");
-        return 2;
+        return 0;
     }
-    pb_model *m;
-    pb_status loaded = pb_cli_model_load(&mo, &m);
-    if (loaded != PB_OK) {
-        /* no CUDA build or no device: skipped; anything else is a failure */
-        int skip = mo.load.backend == PB_BACKEND_CUDA && loaded == PB_ERR_UNSUPPORTED;
-        fprintf(stderr, "bench_sweep: %s%s\n", skip ? "skipping: " : "", pb_last_error());
-        return skip ? 77 : 1;
-    }
-    char *spec = NULL;
-    if (default_T > 0) {
-        spec = default_sweep(default_T, m->cfg.vocab_size);
-    } else if (pb_read_text_file(spec_path, &spec, NULL) != PB_OK) {
-        fprintf(stderr, "bench_sweep: %s\n", pb_last_error());
-        return 1;
-    }
-    int gpu = mo.load.backend == PB_BACKEND_CUDA;
-    if (gpu) {
-        pb_cuda_device_info info;
-        if (pb_cuda_device_query(mo.load.device, &info) == PB_OK)
-            printf("device            %s (sm_%d%d, %d SMs), %.1f of %.1f GiB free after loading %.2f GiB of %s "
-                   "weights\n",
-                   info.name, info.compute_major, info.compute_minor, info.multiprocessors,
-                   (double)info.free_bytes / (1u << 30), (double)info.total_bytes / (1u << 30),
-                   (double)pb_model_weight_bytes(m) / (1u << 30), pb_dtype_name(mo.load.dtype));
-    }
-    int32_t warm[8] = {1, 2, 3, 4, 5, 6, 7, 8};
-    pb_forward(m, warm, 8, NULL, NULL);
-    pb_sweep_options o = {.metric_fn_residual_layer = -1, .run_trivial_rows = all_rows, .max_memory = max_memory};
-    pb_sweep *s;
-    if (pb_sweep_create(&s, m, spec, NULL, &o) != PB_OK) {
-        fprintf(stderr, "bench_sweep: %s\n", pb_last_error());
-        return 1;
-    }
-    double t0 = pb_now_seconds();
-    if (pb_sweep_run(s) != PB_OK) {
-        fprintf(stderr, "bench_sweep: %s\n", pb_last_error());
-        return 1;
-    }
-    double seconds = pb_now_seconds() - t0;
+    return 1;
+}
+
+static void print_device(const pb_model *m, const pb_load_options *load) {
+    pb_cuda_device_info info;
+    if (pb_cuda_device_query(load->device, &info) == PB_OK)
+        printf("device            %s (sm_%d%d, %d SMs), %.1f of %.1f GiB free after loading %.2f GiB of %s "
+               "weights\n",
+               info.name, info.compute_major, info.compute_minor, info.multiprocessors,
+               (double)info.free_bytes / (1u << 30), (double)info.total_bytes / (1u << 30),
+               (double)pb_model_weight_bytes(m) / (1u << 30), pb_dtype_name(load->dtype));
+}
+
+/* The engine's figures beside the GEMM ceiling: text, one JSON line and a RESULT line. */
+static void print_results(const pb_model *m, const pb_sweep *s, const pb_load_options *load, double seconds) {
+    int gpu = load->backend == PB_BACKEND_CUDA;
     pb_sweep_summary sum;
     pb_sweep_get_summary(s, &sum);
     int avg_M = s->n_batches ? (int)(s->tokens_packed / s->n_batches) : 1;
-    double ceiling = gpu ? gpu_ceiling(&m->cfg, mo.load.device, mo.load.dtype, avg_M > 0 ? avg_M : 1) * 1e3
+    double ceiling = gpu ? gpu_ceiling(&m->cfg, load->device, load->dtype, avg_M > 0 ? avg_M : 1) * 1e3
                          : sgemm_ceiling(&m->cfg, avg_M > 0 ? avg_M : 1);
     double gflops = sum.flops_executed / seconds * 1e-9;
     printf("model             %s on %s, %s weights, T = %d\n", pb_model_get_source(m),
-           pb_backend_name(mo.load.backend), pb_dtype_name(mo.load.dtype), s->spec.pairs[0].base.T);
+           pb_backend_name(load->backend), pb_dtype_name(load->dtype), s->spec.pairs[0].base.T);
     printf("engine sweep      %lld rows (%lld executed, %lld exactly zero by construction) in %.3f s\n",
            (long long)sum.n_rows, (long long)sum.n_rows_executed, (long long)(sum.n_rows - sum.n_rows_executed),
            seconds);
@@ -213,8 +199,8 @@ int main(int argc, char **argv) {
            "\"rows\": %lld, \"rows_executed\": %lld, \"seconds\": %.4f, \"rows_per_s\": %.3f, "
            "\"tflops_executed\": %.6f, \"engine_tflops\": %.4f, \"ceiling_tflops\": %.4f, \"ratio_vs_ceiling\": %.4f, "
            "\"tflops_naive\": %.6f, \"naive_over_executed\": %.2f, \"avg_batch_tokens\": %d}\n",
-           gpu ? "gpu_sweep" : "sweep", pb_model_get_source(m), pb_backend_name(mo.load.backend),
-           pb_dtype_name(mo.load.dtype), s->spec.pairs[0].base.T, (long long)sum.n_rows,
+           gpu ? "gpu_sweep" : "sweep", pb_model_get_source(m), pb_backend_name(load->backend),
+           pb_dtype_name(load->dtype), s->spec.pairs[0].base.T, (long long)sum.n_rows,
            (long long)sum.n_rows_executed, seconds, sum.n_rows / seconds, sum.flops_executed * 1e-12, gflops * 1e-3,
            ceiling * 1e-3, ceiling > 0 ? gflops / ceiling : 0.0, sum.flops_naive * 1e-12,
            sum.flops_executed > 0 ? sum.flops_naive / sum.flops_executed : 0.0, avg_M);
@@ -222,6 +208,43 @@ int main(int argc, char **argv) {
            "naive_over_executed=%.2f\n",
            sum.n_rows / seconds, seconds, (long long)sum.n_rows, gflops * 1e-3, ceiling * 1e-3,
            sum.flops_executed > 0 ? sum.flops_naive / sum.flops_executed : 0.0);
+}
+
+int main(int argc, char **argv) {
+    bench_args b;
+    if (!parse_args(argc, argv, &b))
+        return 2;
+    pb_model *m;
+    pb_status loaded = pb_cli_model_load(&b.model, &m);
+    if (loaded != PB_OK) {
+        /* no CUDA build or no device: skipped; anything else is a failure */
+        int skip = b.model.load.backend == PB_BACKEND_CUDA && loaded == PB_ERR_UNSUPPORTED;
+        fprintf(stderr, "bench_sweep: %s%s\n", skip ? "skipping: " : "", pb_last_error());
+        return skip ? 77 : 1;
+    }
+    char *spec = NULL;
+    if (b.default_T > 0) {
+        spec = default_sweep(b.default_T, m->cfg.vocab_size);
+    } else if (pb_read_text_file(b.spec_path, &spec, NULL) != PB_OK) {
+        fprintf(stderr, "bench_sweep: %s\n", pb_last_error());
+        return 1;
+    }
+    if (b.model.load.backend == PB_BACKEND_CUDA)
+        print_device(m, &b.model.load);
+    int32_t warm[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+    pb_forward(m, warm, 8, NULL, NULL);
+    pb_sweep_options o = {.metric_fn_residual_layer = -1, .run_trivial_rows = b.all_rows, .max_memory = b.max_memory};
+    pb_sweep *s;
+    if (pb_sweep_create(&s, m, spec, NULL, &o) != PB_OK) {
+        fprintf(stderr, "bench_sweep: %s\n", pb_last_error());
+        return 1;
+    }
+    double t0 = pb_now_seconds();
+    if (pb_sweep_run(s) != PB_OK) {
+        fprintf(stderr, "bench_sweep: %s\n", pb_last_error());
+        return 1;
+    }
+    print_results(m, s, &b.model.load, pb_now_seconds() - t0);
     pb_sweep_free(s);
     pb_model_free(m);
     free(spec);

@@ -1,5 +1,6 @@
 /* patchbay public C API: status codes, errors, models, forward passes with
- * TransformerLens-named hook capture, greedy generation.
+ * TransformerLens-named hook capture, greedy generation, patching sweeps and
+ * their outputs, interventions, the refusal direction, report.html, .npy.
  * No CUDA types here; every handle is opaque. */
 #ifndef PATCHBAY_H
 #define PATCHBAY_H
@@ -343,6 +344,181 @@ pb_status pb_sweep_checkpoint_load(pb_sweep *sweep, const char *path, const pb_s
 /* Writes results.json, one .npy per component and report.txt into dir
  * (docs/patching.md). An existing non-empty dir is refused unless overwrite. */
 pb_status pb_sweep_write(const pb_sweep *sweep, const char *dir, int overwrite);
+
+/* Token ids of a pair's prompts as the sweep planned them: source = 0 the
+ * patched (base) run, 1 the run whose activations are patched in (clean in
+ * denoising). Borrowed; valid until pb_sweep_free. */
+pb_status pb_sweep_get_pair_tokens(const pb_sweep *sweep, int pair, int source, const int32_t **ids, int *T);
+
+/* ---- interventions during generation ------------------------------------ */
+
+typedef enum pb_intervention_kind {
+    PB_INTERVENE_NONE = 0,
+    PB_INTERVENE_PATCH,  /* replace (component, layer, head) at prompt positions by a source run's values */
+    PB_INTERVENE_ABLATE, /* x -= (x . u) u on hook_embed, every attn_out and every mlp_out, all positions */
+    PB_INTERVENE_ADD     /* resid_pre of `layer` += scale * u at every position */
+} pb_intervention_kind;
+
+/* Every pointer is borrowed for the duration of the call that takes it. */
+typedef struct pb_intervention {
+    pb_intervention_kind kind;
+    /* PATCH */
+    pb_component component;
+    int layer;             /* PATCH and ADD */
+    int head;              /* head of z/q/k/v; -1: every head (values are whole rows) or no head */
+    int n_positions;
+    const int *positions;  /* (n_positions) prompt positions, ascending */
+    const float *values;   /* (n_positions, width) host: width = d_model or head_dim */
+    /* ABLATE and ADD */
+    const float *direction; /* (d_model); ABLATE normalises it, ADD adds scale * direction as given */
+    double scale;
+} pb_intervention;
+
+/* A forward over all positions with the intervention; logits (T, vocab)
+ * host, may be NULL; capture may be NULL. */
+pb_status pb_forward_intervened(pb_model *model, const int32_t *ids, int T, const pb_intervention *iv, float *logits,
+                                pb_capture *capture);
+/* Greedy decoding under the intervention (PATCH applies to the prompt's
+ * positions only; ABLATE and ADD to every position, generated ones too). */
+pb_status pb_generate_intervened(pb_model *model, const int32_t *ids, int T, int max_new, const pb_intervention *iv,
+                                 int32_t *out_ids, int *n_out);
+/* 1 when a refusal phrase ("I'm sorry", "I cannot", "As an AI", ...;
+ * whole words, case-insensitive) starts within the first 100 characters
+ * after leading whitespace, else 0 (phrase list: host/patching/intervene.c). */
+int pb_text_is_refusal(const char *text);
+/* A TransformerLens hook name that a patch can edit, "blocks.L.hook_resid_pre"
+ * ... "blocks.L.attn.hook_v" with L < n_layers, as (component, layer).
+ * PB_ERR_ARG for any other name (hook_embed and ln_final.hook_normalized
+ * included). */
+pb_status pb_hook_name_parse(const char *name, int n_layers, pb_component *component, int *layer);
+
+/* ---- the refusal direction (difference in means, Arditi et al. 2024) ----- */
+
+/* Prompts as token ids, already chat-templated; borrowed. */
+typedef struct pb_prompt_set {
+    int n;
+    const int32_t *const *ids; /* (n) arrays of T[i] ids */
+    const int *T;              /* (n) */
+} pb_prompt_set;
+
+typedef struct pb_direction_inputs {
+    pb_prompt_set harmful_train, harmless_train;
+    pb_prompt_set harmful_val, harmless_val;
+    /* Post-instruction positions (the template tokens after the user
+     * message, e.g. ChatML's "<|im_end|>\n<|im_start|>assistant\n"): the
+     * last n_post positions of every prompt. 0: the longest common suffix
+     * of all train prompts (at most 16 tokens). */
+    int n_post;
+    const int32_t *refusal_ids; /* (n_refusal_ids) the refusal token set of the score */
+    int n_refusal_ids;
+    /* Search limits; 0 picks the default. */
+    int layer_stride;           /* candidate layers 0, s, 2s, ... (default 1) */
+    double max_layer_fraction;  /* candidates only at layers < fraction * n_layers (default 0.8) */
+    double kl_threshold;        /* KL filter (default 0.1) */
+    int max_train;              /* use at most this many prompts per train side (default: all) */
+    int max_val;                /* at most this many per validation side (default: all) */
+    int max_batch_tokens;       /* tokens packed into one executor run (default 4096) */
+} pb_direction_inputs;
+
+typedef struct pb_direction_candidate {
+    int layer;
+    int position;          /* negative: from the end (-1 = last token) */
+    double norm;           /* |r(l, p)| */
+    double ablation_score; /* mean refusal score, harmful validation, direction ablated */
+    double addition_score; /* mean refusal score, harmless validation, r added at layer l */
+    double kl;             /* mean KL(unablated || ablated), harmless validation, last position */
+    int passes;            /* 1 when it passes every filter */
+} pb_direction_candidate;
+
+/* Owns its arrays: release with pb_direction_result_free. */
+typedef struct pb_direction_result {
+    int d_model, n_layers, n_post;
+    int layer, position;       /* the selected candidate; position negative (from the end) */
+    float *direction;          /* (d_model) unit */
+    float *difference;         /* (d_model) the raw mean difference r(layer, position) */
+    double norm;               /* |difference| */
+    double ablation_score, addition_score, kl; /* of the selected candidate */
+    int selected_passes;       /* 0: no candidate passed every filter; the best ablation score under the KL filter (or, failing that, overall) was taken */
+    double baseline_harmful, baseline_harmless; /* mean refusal scores without intervention */
+    float *differences;        /* (n_layers, n_post, d_model) r(l, p) for every layer and position */
+    int n_candidates;
+    pb_direction_candidate *candidates; /* (n_candidates) */
+    int n_harmful_train, n_harmless_train, n_harmful_val, n_harmless_val; /* counts used */
+    double seconds_means, seconds_candidates;
+} pb_direction_result;
+
+/* Computes every candidate r(l, p) = mean resid_pre over harmful prompts -
+ * mean over harmless prompts, scores each on the validation prompts by
+ * directional ablation, activation addition and the KL ablation causes,
+ * and selects one by the paper's rule. On failure out is left empty (safe
+ * to free). Errors: PB_ERR_ARG with a message for empty sets, prompts
+ * shorter than n_post, out-of-vocabulary ids, bad limits. */
+pb_status pb_direction_compute(pb_model *model, const pb_direction_inputs *in, pb_direction_result *out);
+/* Frees the arrays and empties r; r may already be empty. */
+void pb_direction_result_free(pb_direction_result *r);
+
+/* Provenance written into direction.json; borrowed. */
+typedef struct pb_direction_provenance {
+    const char *model_path;
+    const char *prompt_file;
+} pb_direction_provenance;
+
+/* Writes dir/direction.npy (float32 (d_model,), unit: loads as the sweep's
+ * projection metric direction) and dir/direction.json (schema
+ * "patchbay.direction/1"), each atomically. dir must exist. */
+pb_status pb_direction_write(const pb_direction_result *r, const char *dir, const pb_direction_provenance *prov);
+
+/* ---- report.html ------------------------------------------------------- */
+
+/* One generated text: a harmful/harmless baseline, with ablation, with addition... */
+typedef struct pb_report_generation {
+    const char *label;
+    const char *prompt;
+    const char *text;
+    int refused; /* 1 refused, 0 complied, < 0 not judged */
+} pb_report_generation;
+
+/* `refused` of `n` generations under `label` refused. */
+typedef struct pb_report_rate {
+    const char *label;
+    int n;
+    int refused;
+} pb_report_rate;
+
+/* Everything the sweep itself does not know. Every pointer is borrowed and
+ * may be NULL (counts 0). */
+typedef struct pb_report_extras {
+    const char *title;                   /* e.g. "Refusal analysis: SmolLM2-135M-Instruct"; NULL: from the model path */
+    /* Column labels of the position heatmaps: the decoded tokens of the
+     * reference prompt. Position p >= 0 reads label p; a negative
+     * (end-aligned) p reads label n_position_labels + p. NULL: the tokens
+     * of pair 0's base prompt, as the model decodes them. */
+    const char *const *position_labels;
+    int n_position_labels;
+    const pb_report_generation *generations;
+    int n_generations;
+    const pb_report_rate *rates;
+    int n_rates;
+    const char *direction_summary;       /* free text (selected layer/position and scores) */
+    const char *notes;                   /* free text */
+    double wall_seconds;                 /* total run time; <= 0 to omit */
+} pb_report_extras;
+
+/* Writes a finished sweep as one self-contained HTML5 page (inline CSS and
+ * SVG) to path (a temporary name, then renamed). Reads the sweep only;
+ * extras may be NULL. A missing directory is PB_ERR_IO and leaves no file. */
+pb_status pb_report_html_write(const pb_sweep *sweep, const char *path, const pb_report_extras *extras);
+
+/* ---- .npy files (format 1.0, C order) ----------------------------------- */
+
+typedef enum pb_npy_dtype { PB_NPY_F32 = 0, PB_NPY_I32 } pb_npy_dtype;
+
+/* Writes through a temporary file renamed into place, so a killed run
+ * never leaves half a file under the final name. */
+pb_status pb_npy_write(const char *path, const void *data, pb_npy_dtype dtype, int n_dims, const int64_t *shape);
+/* Reads a whole file; *data is malloc'd (release with free()). shape has
+ * room for 8 dims. float64 and int64 files are converted on read. */
+pb_status pb_npy_read(const char *path, void **data, pb_npy_dtype dtype, int *n_dims, int64_t shape[8]);
 
 #ifdef __cplusplus
 }

@@ -14,7 +14,6 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "formats/npy.h"
 #include "patchbay.h"
 #include "test_util.h"
 #include "tolerances.h"

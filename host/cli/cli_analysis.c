@@ -10,19 +10,21 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
-#include <unistd.h>
 
 #include "cli/cli_analysis.h"
 #include "cli/cli_model.h"
-#include "util/clock.h"
-#include "analysis/direction.h"
-#include "util/internal.h"
-#include "patching/intervene.h"
-#include "util/outdir.h"
+#include "cli/options.h"
 #include "cli/progress.h"
-#include "analysis/report_html.h"
-#include "patching/sweep.h"
+#include "patchbay.h"
+#include "patchbay_tool.h"
+
+/* Returns the status of a failed call (the CLI's own PB_TRY). */
+#define PB_STATUS_CHAIN(call)                                                                                          \
+    do {                                                                                                               \
+        pb_status chained_ = (call);                                                                                   \
+        if (chained_ != PB_OK)                                                                                         \
+            return chained_;                                                                                           \
+    } while (0)
 
 typedef struct analysis_options {
     pb_cli_model model;
@@ -62,34 +64,22 @@ static int parse_args(int argc, char **argv, analysis_options *o) {
     o->pairs_path = "data/refusal_pairs.json";
     o->sweep_pairs = 8;
     o->max_new = 32;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i], *next = i + 1 < argc ? argv[i + 1] : NULL;
-        if (strcmp(a, "--overwrite") == 0) { o->overwrite = 1; continue; }
-        if (strcmp(a, "--no-progress") == 0) { o->no_progress = 1; continue; }
-        if (!next) {
-            fprintf(stderr, "patchbay refusal-analysis: option %s needs a value\n", a);
-            return 0;
-        }
-        char *end = NULL;
-        int taken = pb_cli_model_option(&o->model, "refusal-analysis", a, next);
-        if (taken < 0) return 0;
-        else if (taken) { /* a model option */ }
-        else if (strcmp(a, "--pairs") == 0) o->pairs_path = next;
-        else if (strcmp(a, "--out") == 0) o->out = next;
-        else if (strcmp(a, "--chat-template") == 0) o->chat_template = next;
-        else if (strcmp(a, "--sweep-pairs") == 0) o->sweep_pairs = (int)strtol(next, &end, 10);
-        else if (strcmp(a, "--max-new-tokens") == 0) o->max_new = (int)strtol(next, &end, 10);
-        else {
-            fprintf(stderr, "patchbay refusal-analysis: unknown option '%s'\n", a);
-            return 0;
-        }
-        if (end && (*end || o->sweep_pairs < 1 || o->max_new < 1)) {
-            fprintf(stderr, "patchbay refusal-analysis: %s expects a positive integer, got '%s'\n", a, next);
-            return 0;
-        }
-        i++;
-    }
-    if (!pb_cli_model_check(&o->model, "refusal-analysis"))
+    pb_cli_option model_options[PB_CLI_MODEL_OPTIONS + 1];
+    pb_cli_model_table(&o->model, model_options);
+    const pb_cli_option table[] = {
+        {.flag = "--overwrite", .kind = PB_OPT_FLAG, .target = &o->overwrite},
+        {.flag = "--no-progress", .kind = PB_OPT_FLAG, .target = &o->no_progress},
+        {.flag = NULL, .kind = PB_OPT_TABLE, .target = model_options},
+        {.flag = "--pairs", .kind = PB_OPT_STRING, .target = &o->pairs_path},
+        {.flag = "--out", .kind = PB_OPT_STRING, .target = &o->out},
+        {.flag = "--chat-template", .kind = PB_OPT_STRING, .target = &o->chat_template},
+        {.flag = "--sweep-pairs", .kind = PB_OPT_POSITIVE, .target = &o->sweep_pairs},
+        {.flag = "--max-new-tokens", .kind = PB_OPT_POSITIVE, .target = &o->max_new},
+        {0},
+    };
+    const pb_cli_parser parser = {"patchbay refusal-analysis", "patchbay refusal-analysis",
+                                  "%s: option %s needs a value\n", "%s: unknown option '%s'\n"};
+    if (!pb_cli_parse(&parser, table, argc, argv, 1) || !pb_cli_model_check(&o->model, "refusal-analysis"))
         return 0;
     if (!o->out) {
         fprintf(stderr, "patchbay refusal-analysis: --out DIR is required\n");
@@ -132,8 +122,8 @@ static pb_status load_pairs(analysis *an, const char *path) {
         if (!pp->harmful || !pp->harmless || !split)
             return pb_fail(PB_ERR_FORMAT, "%s: pairs[%d] needs harmful, harmless and split strings", path, i);
         pp->validation = strcmp(split, "validation") == 0;
-        PB_TRY(pb_model_chat_tokenize(an->model, NULL, pp->harmful, &pp->harmful_ids, &pp->T_harmful));
-        PB_TRY(pb_model_chat_tokenize(an->model, NULL, pp->harmless, &pp->harmless_ids, &pp->T_harmless));
+        PB_STATUS_CHAIN(pb_model_chat_tokenize(an->model, NULL, pp->harmful, &pp->harmful_ids, &pp->T_harmful));
+        PB_STATUS_CHAIN(pb_model_chat_tokenize(an->model, NULL, pp->harmless, &pp->harmless_ids, &pp->T_harmless));
         /* The CLI's own check of the shipped data: per-position patching needs equal lengths. */
         if (pp->T_harmful != pp->T_harmless)
             return pb_fail(PB_ERR_FORMAT,
@@ -163,7 +153,7 @@ static pb_status generate_text(analysis *an, const int32_t *ids, int T, int max_
         return pb_fail(PB_ERR_OOM, "out of memory");
     int n = 0;
     pb_status st = pb_generate_intervened(an->model, ids, T, max_new, iv, out, &n);
-    if (st == PB_OK && n > 0 && out[n - 1] == an->model->cfg.eos_id)
+    if (st == PB_OK && n > 0 && out[n - 1] == pb_model_get_config(an->model)->eos_id)
         n--; /* the end-of-turn token is not part of the answer */
     if (st == PB_OK)
         st = pb_model_detokenize(an->model, out, n, text);
@@ -182,7 +172,7 @@ static pb_status refusal_rate(analysis *an, int harmful, int max_new, const pb_i
             continue;
         char *text = NULL;
         int refused = 0;
-        PB_TRY(generate_text(an, harmful ? p->harmful_ids : p->harmless_ids, harmful ? p->T_harmful : p->T_harmless,
+        PB_STATUS_CHAIN(generate_text(an, harmful ? p->harmful_ids : p->harmless_ids, harmful ? p->T_harmful : p->T_harmless,
                              max_new, iv, &text, &refused));
         free(text);
         (*n)++;
@@ -223,8 +213,6 @@ static char *default_spec(const analysis *an, int n) {
     return text;
 }
 
-static void progress_cb(int64_t done, int64_t total, void *user) { pb_progress_update(user, done, total); }
-
 static pb_status collect_sets(const analysis *an, int validation, int harmful, pb_prompt_set *set,
                               const int32_t ***ids, int **T) {
     *ids = calloc((size_t)an->n_pairs, sizeof **ids);
@@ -243,6 +231,226 @@ static pb_status collect_sets(const analysis *an, int validation, int harmful, p
     return PB_OK;
 }
 
+/* What the run found, in the order it finds it: [0] harmful and [1]
+ * harmless baseline, [2] harmful with the direction ablated, [3] harmless
+ * with it added. */
+typedef struct findings {
+    const prompt_pair *first; /* the first validation pair: the texts shown */
+    char *texts[4];
+    int refused[4];
+    int n_rates[4], k_rates[4];
+    pb_direction_result dir;
+    const int32_t **set_ids[4]; /* the direction's prompt sets */
+    int *set_T[4];
+} findings;
+
+static void findings_free(findings *f) {
+    for (int k = 0; k < 4; k++) {
+        free(f->texts[k]);
+        free(f->set_ids[k]);
+        free(f->set_T[k]);
+    }
+    pb_direction_result_free(&f->dir);
+}
+
+/* Texts of the first validation pair and refusal rates over every
+ * validation pair: under iv_harmful and iv_harmless (NULL: none) into
+ * findings [first], [first + 1]. */
+static pb_status measure_refusal(analysis *an, int max_new, const pb_intervention *iv_harmful,
+                                 const pb_intervention *iv_harmless, findings *f, int first) {
+    const prompt_pair *p = f->first;
+    PB_STATUS_CHAIN(generate_text(an, p->harmful_ids, p->T_harmful, max_new, iv_harmful, &f->texts[first],
+                                  &f->refused[first]));
+    PB_STATUS_CHAIN(generate_text(an, p->harmless_ids, p->T_harmless, max_new, iv_harmless, &f->texts[first + 1],
+                                  &f->refused[first + 1]));
+    PB_STATUS_CHAIN(refusal_rate(an, 1, max_new, iv_harmful, &f->n_rates[first], &f->k_rates[first]));
+    return refusal_rate(an, 0, max_new, iv_harmless, &f->n_rates[first + 1], &f->k_rates[first + 1]);
+}
+
+/* The model, its chat template and the pairs: 0, or the exit status. */
+static int analysis_load(analysis *an, const analysis_options *o, findings *f) {
+    if (pb_cli_model_load(&o->model, &an->model) != PB_OK)
+        return fail("loading the model");
+    if (o->chat_template && pb_model_set_chat_template(an->model, o->chat_template) != PB_OK)
+        return fail("--chat-template");
+    if (load_pairs(an, o->pairs_path) != PB_OK)
+        return fail("reading the prompt pairs");
+    for (int i = 0; i < an->n_pairs && !f->first; i++)
+        if (an->pairs[i].validation)
+            f->first = &an->pairs[i];
+    if (!f->first) {
+        fprintf(stderr, "patchbay refusal-analysis: %s has no validation pairs\n", o->pairs_path);
+        return 1;
+    }
+    return 0;
+}
+
+/* Step 2: the default sweep over the first sweep_pairs validation pairs. */
+static pb_status run_default_sweep(analysis *an, const analysis_options *o, char **spec, pb_sweep **sweep) {
+    *spec = default_spec(an, o->sweep_pairs);
+    pb_progress progress;
+    pb_progress_init(&progress, stderr, "sweep", -1);
+    pb_sweep_options so = {.metric_fn_residual_layer = -1, .progress = o->no_progress ? NULL : pb_progress_callback,
+                           .progress_user = &progress};
+    if (!*spec)
+        return pb_fail(PB_ERR_OOM, "out of memory for the sweep's spec");
+    PB_STATUS_CHAIN(pb_sweep_create(sweep, an->model, *spec, NULL, &so));
+    PB_STATUS_CHAIN(pb_sweep_run(*sweep));
+    if (!o->no_progress)
+        pb_progress_finish(&progress);
+    return PB_OK;
+}
+
+/* Step 3: the refusal direction from the train split, scored on validation;
+ * direction.npy/json written into the output folder. */
+static pb_status find_direction(analysis *an, const analysis_options *o, findings *f) {
+    /* Budget: the whole default run stays within minutes on two cores. */
+    pb_direction_inputs din = {.refusal_ids = an->refusal_ids, .n_refusal_ids = an->n_refusal_ids, .layer_stride = 3,
+                               .max_train = 32, .max_val = 8};
+    pb_prompt_set *sets[4] = {&din.harmful_train, &din.harmless_train, &din.harmful_val, &din.harmless_val};
+    for (int k = 0; k < 4; k++)
+        PB_STATUS_CHAIN(collect_sets(an, k >= 2, k % 2 == 0, sets[k], &f->set_ids[k], &f->set_T[k]));
+    pb_direction_provenance prov = {.model_path = pb_model_get_source(an->model), .prompt_file = o->pairs_path};
+    PB_STATUS_CHAIN(pb_direction_compute(an->model, &din, &f->dir));
+    return pb_direction_write(&f->dir, o->out, &prov);
+}
+
+/* Column labels: the reference prompt's tokens, end-aligned like the
+ * sweep's positions (its shortest base prompt sets how many). *labels and
+ * each label malloc'd (a label NULL where decoding failed). */
+static void position_labels(const analysis *an, const pb_sweep *sweep, const char ***labels, int *n_labels) {
+    pb_sweep_summary summary = {0};
+    pb_sweep_get_summary(sweep, &summary);
+    const int32_t *ref = NULL, *ids = NULL;
+    int T_min = 0, T = 0;
+    pb_sweep_get_pair_tokens(sweep, 0, 1, &ref, &T_min);
+    int T_ref = T_min;
+    for (int i = 0; i < summary.n_pairs; i++)
+        if (pb_sweep_get_pair_tokens(sweep, i, 0, &ids, &T) == PB_OK && T < T_min)
+            T_min = T;
+    *n_labels = T_min;
+    *labels = calloc((size_t)T_min, sizeof **labels);
+    for (int i = 0; *labels && i < T_min; i++) {
+        char *piece = NULL;
+        const int32_t *id = ref + (T_ref - T_min + i);
+        (*labels)[i] = pb_model_detokenize(an->model, id, 1, &piece) == PB_OK ? piece : NULL;
+    }
+}
+
+static void fill_generations(const findings *f, pb_report_generation gens[4]) {
+    const char *labels[4] = {"harmful, baseline", "harmless, baseline", "harmful, refusal direction ablated",
+                             "harmless, refusal direction added"};
+    for (int k = 0; k < 4; k++)
+        gens[k] = (pb_report_generation){labels[k], k % 2 == 0 ? f->first->harmful : f->first->harmless, f->texts[k],
+                                         f->refused[k]};
+}
+
+static void fill_rates(const findings *f, pb_report_rate rates[4]) {
+    const char *labels[4] = {"harmful (validation), baseline", "harmless (validation), baseline",
+                             "harmful (validation), direction ablated", "harmless (validation), direction added"};
+    for (int k = 0; k < 4; k++)
+        rates[k] = (pb_report_rate){labels[k], f->n_rates[k], f->k_rates[k]};
+}
+
+/* Step 5's report.html: the sweep plus everything the run found. */
+static pb_status write_report(const analysis *an, const analysis_options *o, const pb_sweep *sweep,
+                              const findings *f, double t0) {
+    const pb_direction_result *dir = &f->dir;
+    pb_report_generation gens[4];
+    pb_report_rate rates[4];
+    fill_generations(f, gens);
+    fill_rates(f, rates);
+    pb_sweep_summary summary = {0};
+    pb_sweep_get_summary(sweep, &summary);
+    char text[1024], notes[1024];
+    snprintf(text, sizeof text,
+             "Selected candidate: layer %d, position %d (from the end); |r| = %.3f. Mean refusal score on validation "
+             "prompts: harmful %.3f -> %.3f with the direction ablated; harmless %.3f -> %.3f with it added; KL of "
+             "the harmless distribution under ablation %.4f.%s Written to direction.npy / direction.json.",
+             dir->layer, dir->position, dir->norm, dir->baseline_harmful, dir->ablation_score, dir->baseline_harmless,
+             dir->addition_score, dir->kl,
+             dir->selected_passes ? ""
+                                  : " No candidate passed every filter (the paper asks for a positive addition score); "
+                                    "the lowest ablation score among candidates with KL below the threshold was "
+                                    "taken.");
+    snprintf(notes, sizeof notes,
+             "Sweep: denoising over %d validation pairs (clean = harmful, corrupted = harmless), metric = mean logit "
+             "of the refusal tokens minus mean logit of the compliance tokens at the last position. Refusal is judged "
+             "by phrase matching on %d-token greedy continuations.",
+             summary.n_pairs, o->max_new);
+    const char **labels = NULL;
+    int n_labels = 0;
+    position_labels(an, sweep, &labels, &n_labels);
+    pb_report_extras extras = {.title = "Refusal analysis", .position_labels = labels, .n_position_labels = n_labels,
+                               .generations = gens, .n_generations = 4, .rates = rates, .n_rates = 4,
+                               .direction_summary = text, .notes = notes, .wall_seconds = pb_now_seconds() - t0};
+    char path[4200];
+    snprintf(path, sizeof path, "%s/report.html", o->out);
+    pb_status st = pb_report_html_write(sweep, path, &extras);
+    for (int i = 0; labels && i < n_labels; i++)
+        free((void *)labels[i]);
+    free(labels);
+    return st;
+}
+
+/* The findings on stdout, then report.txt. */
+static void print_findings(const analysis *an, const analysis_options *o, const findings *f, double t0) {
+    const pb_direction_result *dir = &f->dir;
+    pb_report_generation gens[4];
+    pb_report_rate rates[4];
+    fill_generations(f, gens);
+    fill_rates(f, rates);
+    printf("refusal analysis of %s (%.1f s)\n", pb_model_get_source(an->model), pb_now_seconds() - t0);
+    for (int k = 0; k < 4; k++)
+        printf("  refusal rate, %-42s %2d / %2d  (%.0f%%)\n", rates[k].label, rates[k].refused, rates[k].n,
+               rates[k].n ? 100.0 * rates[k].refused / rates[k].n : 0.0);
+    for (int k = 0; k < 4; k++)
+        printf("  %s: %s\n    -> %s%s\n", gens[k].label, gens[k].prompt, gens[k].text,
+               gens[k].refused ? "   [refusal]" : "");
+    printf("  direction: layer %d, position %d, ablation score %.3f (baseline %.3f), addition score %.3f (baseline "
+           "%.3f), KL %.4f\n",
+           dir->layer, dir->position, dir->ablation_score, dir->baseline_harmful, dir->addition_score,
+           dir->baseline_harmless, dir->kl);
+    char path[4200];
+    snprintf(path, sizeof path, "%s/report.txt", o->out);
+    FILE *file = fopen(path, "r");
+    char line[512];
+    while (file && fgets(line, sizeof line, file))
+        fputs(line, stdout);
+    if (file)
+        fclose(file);
+    printf("wrote results.json, report.txt, report.html, the .npy heatmaps and direction.npy/json to %s\n", o->out);
+}
+
+/* Steps 1 to 5 once the model and pairs are loaded: 0, or the exit status. */
+static int analysis_steps(analysis *an, const analysis_options *o, findings *f, pb_sweep **sweep, char **spec,
+                          double t0) {
+    fprintf(stderr, "patchbay: [1/5] baseline generations and refusal rates on the validation pairs\n");
+    if (measure_refusal(an, o->max_new, NULL, NULL, f, 0) != PB_OK)
+        return fail("baseline generation");
+    fprintf(stderr, "patchbay:   refusal rate harmful %d/%d, harmless %d/%d\n", f->k_rates[0], f->n_rates[0],
+            f->k_rates[1], f->n_rates[1]);
+    fprintf(stderr, "patchbay: [2/5] patching sweep over %d validation pairs\n", o->sweep_pairs);
+    if (run_default_sweep(an, o, spec, sweep) != PB_OK)
+        return fail("the patching sweep");
+    fprintf(stderr, "patchbay: [3/5] refusal direction (difference in means, train split; scored on validation)\n");
+    if (find_direction(an, o, f) != PB_OK)
+        return fail("the refusal direction");
+    fprintf(stderr, "patchbay: [4/5] refusal rates with the direction ablated and added\n");
+    pb_intervention ablate = {.kind = PB_INTERVENE_ABLATE, .direction = f->dir.direction};
+    pb_intervention add = {.kind = PB_INTERVENE_ADD, .direction = f->dir.direction, .scale = f->dir.norm,
+                           .layer = f->dir.layer};
+    if (measure_refusal(an, o->max_new, &ablate, &add, f, 2) != PB_OK)
+        return fail("generation under the direction");
+    fprintf(stderr, "patchbay: [5/5] writing %s\n", o->out);
+    if (pb_sweep_write(*sweep, o->out, 1) != PB_OK)
+        return fail("writing the sweep's results");
+    if (write_report(an, o, *sweep, f, t0) != PB_OK)
+        return fail("writing report.html");
+    print_findings(an, o, f, t0);
+    return 0;
+}
+
 int pb_cli_refusal_analysis(int argc, char **argv) {
     analysis_options o;
     if (!parse_args(argc, argv, &o))
@@ -252,178 +460,14 @@ int pb_cli_refusal_analysis(int argc, char **argv) {
         return fail("--out");
     double t0 = pb_now_seconds();
     analysis an = {0};
-    if (pb_cli_model_load(&o.model, &an.model) != PB_OK)
-        return fail("loading the model");
-    if (o.chat_template && pb_model_set_chat_template(an.model, o.chat_template) != PB_OK) {
-        analysis_free(&an);
-        return fail("--chat-template");
-    }
-    int rc = 1;
+    findings f = {0};
     pb_sweep *sweep = NULL;
-    pb_direction_result dir = {0};
-    char *spec = NULL, *texts[4] = {0};
-    const int32_t **set_ids[4] = {0};
-    int *set_T[4] = {0};
-    const char **labels = NULL;
-    int T_min = 0;
-    if (load_pairs(&an, o.pairs_path) != PB_OK) {
-        fail("reading the prompt pairs");
-        goto done;
-    }
-    const prompt_pair *first = NULL;
-    for (int i = 0; i < an.n_pairs && !first; i++)
-        if (an.pairs[i].validation)
-            first = &an.pairs[i];
-    if (!first) {
-        fprintf(stderr, "patchbay refusal-analysis: %s has no validation pairs\n", o.pairs_path);
-        goto done;
-    }
-
-    /* 1. baseline behaviour */
-    fprintf(stderr, "patchbay: [1/5] baseline generations and refusal rates on the validation pairs\n");
-    int refused[4] = {0};
-    int n_rates[4] = {0}, k_rates[4] = {0};
-    if (generate_text(&an, first->harmful_ids, first->T_harmful, o.max_new, NULL, &texts[0], &refused[0]) != PB_OK ||
-        generate_text(&an, first->harmless_ids, first->T_harmless, o.max_new, NULL, &texts[1], &refused[1]) != PB_OK ||
-        refusal_rate(&an, 1, o.max_new, NULL, &n_rates[0], &k_rates[0]) != PB_OK ||
-        refusal_rate(&an, 0, o.max_new, NULL, &n_rates[1], &k_rates[1]) != PB_OK) {
-        fail("baseline generation");
-        goto done;
-    }
-    fprintf(stderr, "patchbay:   refusal rate harmful %d/%d, harmless %d/%d\n", k_rates[0], n_rates[0], k_rates[1],
-            n_rates[1]);
-
-    /* 2. the patching sweep */
-    fprintf(stderr, "patchbay: [2/5] patching sweep over %d validation pairs\n", o.sweep_pairs);
-    spec = default_spec(&an, o.sweep_pairs);
-    pb_progress progress;
-    pb_progress_init(&progress, stderr, "sweep", -1);
-    pb_sweep_options so = {.metric_fn_residual_layer = -1, .progress = o.no_progress ? NULL : progress_cb,
-                           .progress_user = &progress};
-    if (!spec || pb_sweep_create(&sweep, an.model, spec, NULL, &so) != PB_OK || pb_sweep_run(sweep) != PB_OK) {
-        fail("the patching sweep");
-        goto done;
-    }
-    if (!o.no_progress)
-        pb_progress_finish(&progress);
-
-    /* 3. the refusal direction */
-    fprintf(stderr, "patchbay: [3/5] refusal direction (difference in means, train split; scored on validation)\n");
-    /* Budget: the whole default run stays within minutes on two cores. */
-    pb_direction_inputs din = {.refusal_ids = an.refusal_ids, .n_refusal_ids = an.n_refusal_ids, .layer_stride = 3,
-                               .max_train = 32, .max_val = 8};
-    pb_prompt_set *sets[4] = {&din.harmful_train, &din.harmless_train, &din.harmful_val, &din.harmless_val};
-    for (int k = 0; k < 4; k++)
-        if (collect_sets(&an, k >= 2, k % 2 == 0, sets[k], &set_ids[k], &set_T[k]) != PB_OK)
-            goto done;
-    pb_direction_provenance prov = {.model_path = pb_model_get_source(an.model), .prompt_file = o.pairs_path};
-    if (pb_direction_compute(an.model, &din, &dir) != PB_OK || pb_direction_write(&dir, o.out, &prov) != PB_OK) {
-        fail("the refusal direction");
-        goto done;
-    }
-
-    /* 4. refusal with the direction ablated (harmful) and added (harmless) */
-    fprintf(stderr, "patchbay: [4/5] refusal rates with the direction ablated and added\n");
-    pb_intervention ablate = {.kind = PB_INTERVENE_ABLATE, .direction = dir.direction};
-    pb_intervention add = {.kind = PB_INTERVENE_ADD, .direction = dir.direction, .scale = dir.norm,
-                           .layer = dir.layer};
-    if (generate_text(&an, first->harmful_ids, first->T_harmful, o.max_new, &ablate, &texts[2], &refused[2]) !=
-            PB_OK ||
-        generate_text(&an, first->harmless_ids, first->T_harmless, o.max_new, &add, &texts[3], &refused[3]) != PB_OK ||
-        refusal_rate(&an, 1, o.max_new, &ablate, &n_rates[2], &k_rates[2]) != PB_OK ||
-        refusal_rate(&an, 0, o.max_new, &add, &n_rates[3], &k_rates[3]) != PB_OK) {
-        fail("generation under the direction");
-        goto done;
-    }
-
-    /* 5. outputs */
-    fprintf(stderr, "patchbay: [5/5] writing %s\n", o.out);
-    if (pb_sweep_write(sweep, o.out, 1) != PB_OK) {
-        fail("writing the sweep's results");
-        goto done;
-    }
-    /* Column labels: the reference prompt's tokens, end-aligned like the sweep's positions. */
-    const pb_pair_spec *ref = &sweep->spec.pairs[0];
-    T_min = ref->source.T;
-    for (int i = 0; i < sweep->spec.n_pairs; i++)
-        if (sweep->spec.pairs[i].base.T < T_min)
-            T_min = sweep->spec.pairs[i].base.T;
-    labels = calloc((size_t)T_min, sizeof *labels);
-    for (int i = 0; labels && i < T_min; i++) {
-        char *piece = NULL;
-        const int32_t *id = ref->source.ids + (ref->source.T - T_min + i);
-        labels[i] = pb_model_detokenize(an.model, id, 1, &piece) == PB_OK ? piece : NULL;
-    }
-    pb_report_generation gens[4] = {
-        {"harmful, baseline", first->harmful, texts[0], refused[0]},
-        {"harmless, baseline", first->harmless, texts[1], refused[1]},
-        {"harmful, refusal direction ablated", first->harmful, texts[2], refused[2]},
-        {"harmless, refusal direction added", first->harmless, texts[3], refused[3]},
-    };
-    pb_report_rate rates[4] = {
-        {"harmful (validation), baseline", n_rates[0], k_rates[0]},
-        {"harmless (validation), baseline", n_rates[1], k_rates[1]},
-        {"harmful (validation), direction ablated", n_rates[2], k_rates[2]},
-        {"harmless (validation), direction added", n_rates[3], k_rates[3]},
-    };
-    char summary[1024], notes[1024];
-    snprintf(summary, sizeof summary,
-             "Selected candidate: layer %d, position %d (from the end); |r| = %.3f. Mean refusal score on validation "
-             "prompts: harmful %.3f -> %.3f with the direction ablated; harmless %.3f -> %.3f with it added; KL of "
-             "the harmless distribution under ablation %.4f.%s Written to direction.npy / direction.json.",
-             dir.layer, dir.position, dir.norm, dir.baseline_harmful, dir.ablation_score, dir.baseline_harmless,
-             dir.addition_score, dir.kl,
-             dir.selected_passes ? ""
-                                 : " No candidate passed every filter (the paper asks for a positive addition score); "
-                                   "the lowest ablation score among candidates with KL below the threshold was "
-                                   "taken.");
-    snprintf(notes, sizeof notes,
-             "Sweep: denoising over %d validation pairs (clean = harmful, corrupted = harmless), metric = mean logit "
-             "of the refusal tokens minus mean logit of the compliance tokens at the last position. Refusal is judged "
-             "by phrase matching on %d-token greedy continuations.",
-             sweep->spec.n_pairs, o.max_new);
-    pb_report_extras extras = {.title = "Refusal analysis", .position_labels = labels, .n_position_labels = T_min,
-                               .generations = gens, .n_generations = 4, .rates = rates, .n_rates = 4,
-                               .direction_summary = summary, .notes = notes, .wall_seconds = pb_now_seconds() - t0};
-    char path[4200];
-    snprintf(path, sizeof path, "%s/report.html", o.out);
-    if (pb_report_html_write(sweep, path, &extras) != PB_OK) {
-        fail("writing report.html");
-        goto done;
-    }
-
-    /* The findings on stdout. */
-    printf("refusal analysis of %s (%.1f s)\n", pb_model_get_source(an.model), pb_now_seconds() - t0);
-    for (int k = 0; k < 4; k++)
-        printf("  refusal rate, %-42s %2d / %2d  (%.0f%%)\n", rates[k].label, rates[k].refused, rates[k].n,
-               rates[k].n ? 100.0 * rates[k].refused / rates[k].n : 0.0);
-    for (int k = 0; k < 4; k++)
-        printf("  %s: %s\n    -> %s%s\n", gens[k].label, gens[k].prompt, gens[k].text,
-               gens[k].refused ? "   [refusal]" : "");
-    printf("  direction: layer %d, position %d, ablation score %.3f (baseline %.3f), addition score %.3f (baseline "
-           "%.3f), KL %.4f\n",
-           dir.layer, dir.position, dir.ablation_score, dir.baseline_harmful, dir.addition_score,
-           dir.baseline_harmless, dir.kl);
-    snprintf(path, sizeof path, "%s/report.txt", o.out);
-    FILE *f = fopen(path, "r");
-    char line[512];
-    while (f && fgets(line, sizeof line, f))
-        fputs(line, stdout);
-    if (f)
-        fclose(f);
-    printf("wrote results.json, report.txt, report.html, the .npy heatmaps and direction.npy/json to %s\n", o.out);
-    rc = 0;
-done:
-    for (int i = 0; labels && i < T_min; i++)
-        free((void *)labels[i]);
-    free(labels);
-    for (int k = 0; k < 4; k++) {
-        free(texts[k]);
-        free(set_ids[k]);
-        free(set_T[k]);
-    }
+    char *spec = NULL;
+    int rc = analysis_load(&an, &o, &f);
+    if (!rc)
+        rc = analysis_steps(&an, &o, &f, &sweep, &spec, t0);
     free(spec);
-    pb_direction_result_free(&dir);
+    findings_free(&f);
     pb_sweep_free(sweep);
     analysis_free(&an);
     return rc;

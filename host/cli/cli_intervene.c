@@ -13,13 +13,10 @@
 
 #include "cli/cli_intervene.h"
 #include "cli/cli_model.h"
-#include "analysis/direction.h"
-#include "model/hooks.h"
 #include "cli/ids.h"
-#include "util/outdir.h"
-#include "patching/intervene.h"
-#include "formats/npy.h"
+#include "cli/options.h"
 #include "patchbay.h"
+#include "patchbay_tool.h"
 
 const char pb_cli_intervene_usage[] =
     "  generate  --model PATH (--prompt TEXT [--system TEXT] [--no-chat] | --ids 1,2,3 | --ids-file F)\n"
@@ -75,76 +72,52 @@ static int usage_error(const char *cmd, const char *msg, const char *arg) {
     return 0;
 }
 
-static int parse_int_arg(const char *cmd, const char *flag, const char *text, int lo, int *out) {
-    char *end;
-    errno = 0;
-    long v = strtol(text, &end, 10);
-    if (errno || *end || end == text || v < lo || v > 1000000000) {
-        fprintf(stderr, "patchbay %s: %s expects an integer >= %d, got '%s'\n", cmd, flag, lo, text);
-        return 0;
-    }
-    *out = (int)v;
-    return 1;
-}
-
-static int parse_double_arg(const char *cmd, const char *flag, const char *text, double *out) {
-    char *end;
-    errno = 0;
-    double v = strtod(text, &end);
-    if (errno || *end || end == text || !isfinite(v)) {
-        fprintf(stderr, "patchbay %s: %s expects a number, got '%s'\n", cmd, flag, text);
-        return 0;
-    }
-    *out = v;
-    return 1;
-}
-
+/* One table for generate, refusal-rate and direction: each ignores the
+ * options it does not use; argv[0] is the command. */
 static int parse_cli(int argc, char **argv, cli *o) {
     const char *cmd = argv[0];
     memset(o, 0, sizeof *o);
     o->max_new = 32;
     o->layer = -1;
     o->scale = 1.0;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        const char *next = i + 1 < argc ? argv[i + 1] : NULL;
-        if (strcmp(a, "--no-chat") == 0) { o->no_chat = 1; continue; }
-        if (strcmp(a, "--verbose") == 0) { o->verbose = 1; continue; }
-        if (strcmp(a, "--overwrite") == 0) { o->overwrite = 1; continue; }
-        if (!next)
-            return usage_error(cmd, "option needs a value:", a);
-        int taken = pb_cli_model_option(&o->model, cmd, a, next);
-        if (taken < 0) return 0;
-        else if (taken) { /* a model option */ }
-        else if (strcmp(a, "--prompt") == 0) o->prompt = next;
-        else if (strcmp(a, "--system") == 0) o->system = next;
-        else if (strcmp(a, "--ids") == 0) o->ids = next;
-        else if (strcmp(a, "--ids-file") == 0) o->ids_file = next;
-        else if (strcmp(a, "--max-new-tokens") == 0) { if (!parse_int_arg(cmd, a, next, 0, &o->max_new)) return 0; }
-        else if (strcmp(a, "--patch") == 0) o->patch_site = next;
-        else if (strcmp(a, "--from") == 0) o->from_text = next;
-        else if (strcmp(a, "--from-ids") == 0) o->from_ids = next;
-        else if (strcmp(a, "--ablate-direction") == 0) o->ablate_file = next;
-        else if (strcmp(a, "--add-direction") == 0) o->add_file = next;
-        else if (strcmp(a, "--scale") == 0) { if (!parse_double_arg(cmd, a, next, &o->scale)) return 0; o->scale_given = 1; }
-        else if (strcmp(a, "--layer") == 0) { if (!parse_int_arg(cmd, a, next, 0, &o->layer)) return 0; }
-        else if (strcmp(a, "--prompts") == 0) o->prompts = next;
-        else if (strcmp(a, "--split") == 0) o->split = next;
-        else if (strcmp(a, "--side") == 0) o->side = next;
-        else if (strcmp(a, "--json") == 0) o->json_out = next;
-        else if (strcmp(a, "--limit") == 0) { if (!parse_int_arg(cmd, a, next, 1, &o->limit)) return 0; }
-        else if (strcmp(a, "--out") == 0) o->out = next;
-        else if (strcmp(a, "--train") == 0) { if (!parse_int_arg(cmd, a, next, 1, &o->train)) return 0; }
-        else if (strcmp(a, "--val") == 0) { if (!parse_int_arg(cmd, a, next, 1, &o->val)) return 0; }
-        else if (strcmp(a, "--layer-stride") == 0) { if (!parse_int_arg(cmd, a, next, 1, &o->layer_stride)) return 0; }
-        else if (strcmp(a, "--n-post") == 0) { if (!parse_int_arg(cmd, a, next, 1, &o->n_post)) return 0; }
-        else if (strcmp(a, "--max-layer-fraction") == 0) { if (!parse_double_arg(cmd, a, next, &o->max_layer_fraction)) return 0; }
-        else if (strcmp(a, "--kl-threshold") == 0) { if (!parse_double_arg(cmd, a, next, &o->kl_threshold)) return 0; }
-        else
-            return usage_error(cmd, "unknown option", a);
-        i++;
-    }
-    if (!pb_cli_model_check(&o->model, cmd))
+    pb_cli_option model_options[PB_CLI_MODEL_OPTIONS + 1];
+    pb_cli_model_table(&o->model, model_options);
+    const pb_cli_option table[] = {
+        {.flag = "--no-chat", .kind = PB_OPT_FLAG, .target = &o->no_chat},
+        {.flag = "--verbose", .kind = PB_OPT_FLAG, .target = &o->verbose},
+        {.flag = "--overwrite", .kind = PB_OPT_FLAG, .target = &o->overwrite},
+        {.flag = NULL, .kind = PB_OPT_TABLE, .target = model_options},
+        {.flag = "--prompt", .kind = PB_OPT_STRING, .target = &o->prompt},
+        {.flag = "--system", .kind = PB_OPT_STRING, .target = &o->system},
+        {.flag = "--ids", .kind = PB_OPT_STRING, .target = &o->ids},
+        {.flag = "--ids-file", .kind = PB_OPT_STRING, .target = &o->ids_file},
+        {.flag = "--max-new-tokens", .kind = PB_OPT_INT, .target = &o->max_new, .min = 0},
+        {.flag = "--patch", .kind = PB_OPT_STRING, .target = &o->patch_site},
+        {.flag = "--from", .kind = PB_OPT_STRING, .target = &o->from_text},
+        {.flag = "--from-ids", .kind = PB_OPT_STRING, .target = &o->from_ids},
+        {.flag = "--ablate-direction", .kind = PB_OPT_STRING, .target = &o->ablate_file},
+        {.flag = "--add-direction", .kind = PB_OPT_STRING, .target = &o->add_file},
+        {.flag = "--scale", .kind = PB_OPT_DOUBLE, .target = &o->scale, .given = &o->scale_given},
+        {.flag = "--layer", .kind = PB_OPT_INT, .target = &o->layer, .min = 0},
+        {.flag = "--prompts", .kind = PB_OPT_STRING, .target = &o->prompts},
+        {.flag = "--split", .kind = PB_OPT_STRING, .target = &o->split},
+        {.flag = "--side", .kind = PB_OPT_STRING, .target = &o->side},
+        {.flag = "--json", .kind = PB_OPT_STRING, .target = &o->json_out},
+        {.flag = "--limit", .kind = PB_OPT_INT, .target = &o->limit, .min = 1},
+        {.flag = "--out", .kind = PB_OPT_STRING, .target = &o->out},
+        {.flag = "--train", .kind = PB_OPT_INT, .target = &o->train, .min = 1},
+        {.flag = "--val", .kind = PB_OPT_INT, .target = &o->val, .min = 1},
+        {.flag = "--layer-stride", .kind = PB_OPT_INT, .target = &o->layer_stride, .min = 1},
+        {.flag = "--n-post", .kind = PB_OPT_INT, .target = &o->n_post, .min = 1},
+        {.flag = "--max-layer-fraction", .kind = PB_OPT_DOUBLE, .target = &o->max_layer_fraction},
+        {.flag = "--kl-threshold", .kind = PB_OPT_DOUBLE, .target = &o->kl_threshold},
+        {0},
+    };
+    char prefix[128];
+    snprintf(prefix, sizeof prefix, "patchbay %s", cmd);
+    const pb_cli_parser parser = {prefix, prefix, "%s: option needs a value: %s (see patchbay --help)\n",
+                                  "%s: unknown option %s (see patchbay --help)\n"};
+    if (!pb_cli_parse(&parser, table, argc, argv, 1) || !pb_cli_model_check(&o->model, cmd))
         return 0;
     int n_iv = !!o->patch_site + !!o->ablate_file + !!o->add_file;
     if (n_iv > 1)
@@ -255,29 +228,19 @@ static double sibling_difference_norm(const char *path) {
     return v;
 }
 
-static const pb_component hook_component[PB_HOOK_KIND_COUNT] = {
-    [PB_HOOK_EMBED] = PB_COMPONENT_COUNT,       [PB_HOOK_RESID_PRE] = PB_COMPONENT_RESID_PRE,
-    [PB_HOOK_RESID_MID] = PB_COMPONENT_RESID_MID, [PB_HOOK_RESID_POST] = PB_COMPONENT_RESID_POST,
-    [PB_HOOK_ATTN_OUT] = PB_COMPONENT_ATTN_OUT, [PB_HOOK_MLP_OUT] = PB_COMPONENT_MLP_OUT,
-    [PB_HOOK_Z] = PB_COMPONENT_Z,               [PB_HOOK_Q] = PB_COMPONENT_Q,
-    [PB_HOOK_K] = PB_COMPONENT_K,               [PB_HOOK_V] = PB_COMPONENT_V,
-    [PB_HOOK_LN_FINAL] = PB_COMPONENT_COUNT};
-
-/* SITE = HOOK[:HEAD][@POS,...] against a base prompt of T_base tokens and
- * the source prompt's ids; fills the patch with the source's captured values. */
-static int build_patch(const char *cmd, pb_model *m, const char *site, const int32_t *src_ids, int T_src, int T_base,
-                       iv_build *b) {
-    const pb_model_config *c = pb_model_get_config(m);
-    char name[256];
-    const char *at = strchr(site, '@');
-    size_t hook_len = at ? (size_t)(at - site) : strlen(site);
-    if (hook_len >= sizeof name) {
+/* SITE = HOOK[:HEAD][@POS,...]: the hook name (into name), the head (-1:
+ * none given), the text after '@' (NULL: none) and what the hook patches. */
+static int parse_site(const char *cmd, const pb_model_config *c, const char *site, char name[256], int *head,
+                      const char **at, pb_component *comp, int *layer) {
+    *at = strchr(site, '@');
+    size_t hook_len = *at ? (size_t)(*at - site) : strlen(site);
+    if (hook_len >= 256) {
         fprintf(stderr, "patchbay %s: --patch site too long\n", cmd);
         return 0;
     }
     memcpy(name, site, hook_len);
     name[hook_len] = 0;
-    int head = -1;
+    *head = -1;
     char *colon = strchr(name, ':');
     if (colon) {
         *colon = 0;
@@ -288,82 +251,81 @@ static int build_patch(const char *cmd, pb_model *m, const char *site, const int
                     colon + 1);
             return 0;
         }
-        head = (int)h;
+        *head = (int)h;
     }
-    pb_hook_kind kind;
-    int layer;
-    if (!pb_hook_parse(name, c->n_layers, &kind, &layer) || hook_component[kind] == PB_COMPONENT_COUNT) {
+    if (pb_hook_name_parse(name, c->n_layers, comp, layer) != PB_OK) {
         fprintf(stderr,
                 "patchbay %s: --patch %s: '%s' is not a patchable hook of this model (blocks.L.hook_resid_pre, "
                 "hook_resid_mid, hook_resid_post, hook_attn_out, hook_mlp_out, attn.hook_z/q/k/v with L < %d)\n",
                 cmd, site, name, c->n_layers);
         return 0;
     }
-    pb_component comp = hook_component[kind];
-    int has_heads = comp == PB_COMPONENT_Z || comp == PB_COMPONENT_Q || comp == PB_COMPONENT_K || comp == PB_COMPONENT_V;
-    if (head >= 0 && !has_heads) {
-        fprintf(stderr, "patchbay %s: --patch %s: %s has no heads\n", cmd, site, name);
+    return 1;
+}
+
+/* Sorts base positions ascending, carrying their source positions along. */
+static void sort_positions(int *base, int *src, int n) {
+    for (int i = 1; i < n; i++)
+        for (int k = i; k > 0 && base[k - 1] > base[k]; k--) {
+            int t = base[k];
+            base[k] = base[k - 1];
+            base[k - 1] = t;
+            t = src[k];
+            src[k] = src[k - 1];
+            src[k - 1] = t;
+        }
+}
+
+/* The positions after '@' (end-aligned between the prompts) into base and
+ * src, ascending and without repeats; *n of them. */
+static int listed_positions(const char *cmd, const char *site, const char *list, int T_base, int T_src, int *base,
+                            int *src, int *n) {
+    *n = 0;
+    for (const char *p = list; *p;) {
+        char *end;
+        long v = strtol(p, &end, 10);
+        if (end == p || (*end && *end != ',')) {
+            fprintf(stderr, "patchbay %s: --patch %s: bad position list after '@'\n", cmd, site);
+            return 0;
+        }
+        long b = v < 0 ? T_base + v : v, s = b - T_base + T_src;
+        if (b < 0 || b >= T_base || s < 0 || s >= T_src) {
+            fprintf(stderr,
+                    "patchbay %s: --patch %s: position %ld is outside the prompts aligned from the end "
+                    "(%d and %d tokens)\n",
+                    cmd, site, v, T_base, T_src);
+            return 0;
+        }
+        if (*n >= T_base) {
+            fprintf(stderr, "patchbay %s: --patch %s: more positions than tokens\n", cmd, site);
+            return 0;
+        }
+        base[*n] = (int)b;
+        src[(*n)++] = (int)s;
+        p = *end ? end + 1 : end;
+    }
+    sort_positions(base, src, *n);
+    for (int i = 1; i < *n; i++)
+        if (base[i] == base[i - 1]) {
+            fprintf(stderr, "patchbay %s: --patch %s: position listed twice\n", cmd, site);
+            return 0;
+        }
+    if (*n == 0) {
+        fprintf(stderr, "patchbay %s: --patch %s: no positions after '@'\n", cmd, site);
         return 0;
     }
-    /* base positions, ascending, and their end-aligned source positions */
-    int n_common = T_base < T_src ? T_base : T_src;
-    b->positions = malloc(sizeof(int) * (size_t)T_base);
-    int *src_pos = malloc(sizeof(int) * (size_t)T_base);
-    int n = 0, ok = b->positions && src_pos;
-    if (ok && at) {
-        for (const char *p = at + 1; ok && *p;) {
-            char *end;
-            long v = strtol(p, &end, 10);
-            if (end == p || (*end && *end != ',')) {
-                fprintf(stderr, "patchbay %s: --patch %s: bad position list after '@'\n", cmd, site);
-                ok = 0;
-                break;
-            }
-            long base = v < 0 ? T_base + v : v, src = base - T_base + T_src;
-            if (base < 0 || base >= T_base || src < 0 || src >= T_src) {
-                fprintf(stderr,
-                        "patchbay %s: --patch %s: position %ld is outside the prompts aligned from the end "
-                        "(%d and %d tokens)\n",
-                        cmd, site, v, T_base, T_src);
-                ok = 0;
-                break;
-            }
-            if (n >= T_base) {
-                fprintf(stderr, "patchbay %s: --patch %s: more positions than tokens\n", cmd, site);
-                ok = 0;
-                break;
-            }
-            b->positions[n] = (int)base;
-            src_pos[n++] = (int)src;
-            p = *end ? end + 1 : end;
-        }
-        /* ascending, no repeats */
-        for (int i = 1; ok && i < n; i++)
-            for (int k = i; k > 0 && b->positions[k - 1] > b->positions[k]; k--) {
-                int t = b->positions[k];
-                b->positions[k] = b->positions[k - 1];
-                b->positions[k - 1] = t;
-                t = src_pos[k];
-                src_pos[k] = src_pos[k - 1];
-                src_pos[k - 1] = t;
-            }
-        for (int i = 1; ok && i < n; i++)
-            if (b->positions[i] == b->positions[i - 1]) {
-                fprintf(stderr, "patchbay %s: --patch %s: position listed twice\n", cmd, site);
-                ok = 0;
-            }
-        if (ok && n == 0) {
-            fprintf(stderr, "patchbay %s: --patch %s: no positions after '@'\n", cmd, site);
-            ok = 0;
-        }
-    } else if (ok) {
-        for (int i = 0; i < n_common; i++) {
-            b->positions[n] = T_base - n_common + i;
-            src_pos[n++] = T_src - n_common + i;
-        }
-    }
+    return 1;
+}
+
+/* The source prompt's values of hook `name` (one head, or whole rows) at
+ * src_pos into b->values. */
+static int capture_patch_values(const char *cmd, pb_model *m, const char *site, const char *name,
+                                const int32_t *src_ids, int T_src, int head, int has_heads, const int *src_pos, int n,
+                                iv_build *b) {
+    const pb_model_config *c = pb_model_get_config(m);
     pb_capture *cap = NULL;
-    if (ok && pb_capture_create(&cap, m, name) != PB_OK)
+    int ok = 1;
+    if (pb_capture_create(&cap, m, name) != PB_OK)
         ok = !fail_msg(cmd, "--patch");
     if (ok && pb_forward(m, src_ids, T_src, NULL, cap) != PB_OK)
         ok = !fail_msg(cmd, "running the --from prompt");
@@ -387,6 +349,39 @@ static int build_patch(const char *cmd, pb_model *m, const char *site, const int
                    sizeof(float) * (size_t)slice);
     }
     pb_capture_free(cap);
+    return ok;
+}
+
+/* SITE = HOOK[:HEAD][@POS,...] against a base prompt of T_base tokens and
+ * the source prompt's ids; fills the patch with the source's captured values. */
+static int build_patch(const char *cmd, pb_model *m, const char *site, const int32_t *src_ids, int T_src, int T_base,
+                       iv_build *b) {
+    const pb_model_config *c = pb_model_get_config(m);
+    char name[256];
+    const char *at;
+    int head, layer;
+    pb_component comp;
+    if (!parse_site(cmd, c, site, name, &head, &at, &comp, &layer))
+        return 0;
+    int has_heads = comp == PB_COMPONENT_Z || comp == PB_COMPONENT_Q || comp == PB_COMPONENT_K || comp == PB_COMPONENT_V;
+    if (head >= 0 && !has_heads) {
+        fprintf(stderr, "patchbay %s: --patch %s: %s has no heads\n", cmd, site, name);
+        return 0;
+    }
+    /* base positions, ascending, and their end-aligned source positions */
+    int n_common = T_base < T_src ? T_base : T_src;
+    b->positions = malloc(sizeof(int) * (size_t)T_base);
+    int *src_pos = malloc(sizeof(int) * (size_t)T_base);
+    int n = 0, ok = b->positions && src_pos;
+    if (ok && at) {
+        ok = listed_positions(cmd, site, at + 1, T_base, T_src, b->positions, src_pos, &n);
+    } else if (ok) {
+        for (int i = 0; i < n_common; i++) {
+            b->positions[n] = T_base - n_common + i;
+            src_pos[n++] = T_src - n_common + i;
+        }
+    }
+    ok = ok && capture_patch_values(cmd, m, site, name, src_ids, T_src, head, has_heads, src_pos, n, b);
     free(src_pos);
     if (!ok)
         return 0;
@@ -568,6 +563,93 @@ static int add_item(prompt_file *f, const char *id, const char *text, int harmfu
     return 1;
 }
 
+/* The "id" of pairs[i]: a string, an integer, else its index. */
+static void pair_id(json_t *e, size_t i, char id[64]) {
+    json_t *idv = json_object_get(e, "id");
+    if (json_is_string(idv))
+        snprintf(id, 64, "%s", json_string_value(idv));
+    else if (json_is_integer(idv))
+        snprintf(id, 64, "%lld", (long long)json_integer_value(idv));
+    else
+        snprintf(id, 64, "%zu", i);
+}
+
+/* "refusal_tokens" of a refusal_pairs.json, when present. */
+static int read_refusal_tokens(const char *cmd, const char *path, json_t *root, prompt_file *f) {
+    json_t *tokens = json_object_get(root, "refusal_tokens");
+    if (!json_is_array(tokens) || json_array_size(tokens) == 0)
+        return 1;
+    f->refusal_tokens = calloc(json_array_size(tokens), sizeof(char *));
+    if (!f->refusal_tokens)
+        return 0;
+    for (size_t i = 0; i < json_array_size(tokens); i++) {
+        const char *t = json_string_value(json_array_get(tokens, i));
+        if (!t) {
+            fprintf(stderr, "patchbay %s: %s: refusal_tokens[%zu] must be a string\n", cmd, path, i);
+            return 0;
+        }
+        if (!(f->refusal_tokens[f->n_refusal_tokens++] = strdup(t)))
+            return 0;
+    }
+    return 1;
+}
+
+/* refusal_pairs.json: each pair's harmful and harmless prompt, and the refusal tokens. */
+static int read_pairs_json(const char *cmd, const char *path, const char *text, prompt_file *f) {
+    json_error_t err;
+    json_t *root = json_loads(text, 0, &err);
+    json_t *pairs = root ? json_object_get(root, "pairs") : NULL;
+    int ok = 1;
+    if (!root) {
+        fprintf(stderr, "patchbay %s: %s:%d:%d: %s\n", cmd, path, err.line, err.column, err.text);
+        ok = 0;
+    } else if (!json_is_array(pairs)) {
+        fprintf(stderr, "patchbay %s: %s: \"pairs\" must be an array\n", cmd, path);
+        ok = 0;
+    }
+    for (size_t i = 0; ok && i < json_array_size(pairs); i++) {
+        json_t *e = json_array_get(pairs, i);
+        const char *harmful = json_string_value(json_object_get(e, "harmful"));
+        const char *harmless = json_string_value(json_object_get(e, "harmless"));
+        const char *split = json_string_value(json_object_get(e, "split"));
+        char id[64];
+        pair_id(e, i, id);
+        if (!harmful || !harmless) {
+            fprintf(stderr, "patchbay %s: %s: pairs[%zu] needs string \"harmful\" and \"harmless\"\n", cmd, path, i);
+            ok = 0;
+            break;
+        }
+        ok = add_item(f, id, harmful, 1, split) && add_item(f, id, harmless, 0, split);
+    }
+    ok = ok && read_refusal_tokens(cmd, path, root, f);
+    json_decref(root);
+    return ok;
+}
+
+/* One prompt per line; blank lines and '#' comments skipped. Edits text. */
+static int read_prompt_lines(char *text, prompt_file *f) {
+    int ok = 1, line_no = 0;
+    for (char *line = text; ok && line && *line;) {
+        char *nl = strchr(line, '\n');
+        if (nl)
+            *nl = 0;
+        line_no++;
+        size_t len = strlen(line);
+        if (len && line[len - 1] == '\r')
+            line[--len] = 0;
+        const char *s = line;
+        while (*s == ' ' || *s == '\t')
+            s++;
+        if (*s && *s != '#') {
+            char id[32];
+            snprintf(id, sizeof id, "line%d", line_no);
+            ok = add_item(f, id, s, -1, NULL);
+        }
+        line = nl ? nl + 1 : NULL;
+    }
+    return ok;
+}
+
 /* refusal_pairs.json or one prompt per line. */
 static int load_prompt_file(const char *cmd, const char *path, prompt_file *f) {
     memset(f, 0, sizeof *f);
@@ -577,75 +659,7 @@ static int load_prompt_file(const char *cmd, const char *path, prompt_file *f) {
     const char *p = text;
     while (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n')
         p++;
-    int ok = 1;
-    if (*p == '{') {
-        json_error_t err;
-        json_t *root = json_loads(text, 0, &err);
-        json_t *pairs = root ? json_object_get(root, "pairs") : NULL;
-        if (!root) {
-            fprintf(stderr, "patchbay %s: %s:%d:%d: %s\n", cmd, path, err.line, err.column, err.text);
-            ok = 0;
-        } else if (!json_is_array(pairs)) {
-            fprintf(stderr, "patchbay %s: %s: \"pairs\" must be an array\n", cmd, path);
-            ok = 0;
-        }
-        for (size_t i = 0; ok && i < json_array_size(pairs); i++) {
-            json_t *e = json_array_get(pairs, i);
-            const char *harmful = json_string_value(json_object_get(e, "harmful"));
-            const char *harmless = json_string_value(json_object_get(e, "harmless"));
-            const char *split = json_string_value(json_object_get(e, "split"));
-            json_t *idv = json_object_get(e, "id");
-            char id[64];
-            if (json_is_string(idv))
-                snprintf(id, sizeof id, "%s", json_string_value(idv));
-            else if (json_is_integer(idv))
-                snprintf(id, sizeof id, "%lld", (long long)json_integer_value(idv));
-            else
-                snprintf(id, sizeof id, "%zu", i);
-            if (!harmful || !harmless) {
-                fprintf(stderr, "patchbay %s: %s: pairs[%zu] needs string \"harmful\" and \"harmless\"\n", cmd, path,
-                        i);
-                ok = 0;
-                break;
-            }
-            ok = add_item(f, id, harmful, 1, split) && add_item(f, id, harmless, 0, split);
-        }
-        json_t *tokens = root ? json_object_get(root, "refusal_tokens") : NULL;
-        if (ok && json_is_array(tokens) && json_array_size(tokens) > 0) {
-            f->refusal_tokens = calloc(json_array_size(tokens), sizeof(char *));
-            ok = f->refusal_tokens != NULL;
-            for (size_t i = 0; ok && i < json_array_size(tokens); i++) {
-                const char *t = json_string_value(json_array_get(tokens, i));
-                if (!t) {
-                    fprintf(stderr, "patchbay %s: %s: refusal_tokens[%zu] must be a string\n", cmd, path, i);
-                    ok = 0;
-                    break;
-                }
-                ok = (f->refusal_tokens[f->n_refusal_tokens++] = strdup(t)) != NULL;
-            }
-        }
-        json_decref(root);
-    } else {
-        int line_no = 0;
-        for (char *line = text; ok && line && *line;) {
-            char *nl = strchr(line, '\n');
-            if (nl)
-                *nl = 0;
-            line_no++;
-            size_t len = strlen(line);
-            if (len && line[len - 1] == '\r')
-                line[--len] = 0;
-            const char *s = line;
-            while (*s == ' ' || *s == '\t')
-                s++;
-            if (*s && *s != '#') {
-                char id[32];
-                snprintf(id, sizeof id, "line%d", line_no);
-                ok = add_item(f, id, s, -1, NULL);
-            }
-            line = nl ? nl + 1 : NULL;
-        }
-    }
+    int ok = *p == '{' ? read_pairs_json(cmd, path, text, f) : read_prompt_lines(text, f);
     free(text);
     if (ok && f->n == 0) {
         fprintf(stderr, "patchbay %s: %s holds no prompts\n", cmd, path);
@@ -665,6 +679,164 @@ static int split_matches(const char *want, const char *split) {
 }
 
 /* ---- refusal-rate ----------------------------------------------------------------------- */
+
+/* The counts of a refusal-rate run: [harmless, harmful]; unlabelled prompts count as harmful. */
+typedef struct rate_tally {
+    int count[2], refused[2];
+    int done;
+    json_t *items; /* one object per prompt run */
+} rate_tally;
+
+static const char *side_name(const prompt_item *it) {
+    return it->harmful < 0 ? "prompt" : it->harmful ? "harmful" : "harmless";
+}
+
+/* Whether the run takes this prompt (its split, its side, --limit). */
+static int rate_wants(const cli *o, const char *split, const char *side, const rate_tally *t, const prompt_item *it) {
+    if (!split_matches(split, it->split))
+        return 0;
+    if (it->harmful >= 0 && strcmp(side, "both") && (it->harmful == 1) != (strcmp(side, "harmful") == 0))
+        return 0;
+    return !(o->limit && t->count[it->harmful != 0] >= o->limit);
+}
+
+static void print_verbose_line(const prompt_item *it, int refused, const char *text) {
+    char *flat = strdup(text);
+    for (char *q = flat; q && *q; q++)
+        if (*q == '\n' || *q == '\r')
+            *q = ' ';
+    printf("%-9s %-8s %-10s %s -> %s\n", refused ? "REFUSED" : "complied", side_name(it), it->id, it->text,
+           flat ? flat : text);
+    fflush(stdout);
+    free(flat);
+}
+
+/* One prompt's greedy continuation under the intervention (a patch is
+ * rebuilt for each prompt's length), judged and recorded. */
+static int rate_prompt(const char *cmd, pb_model *m, const cli *o, const int32_t *src, int T_src, iv_build *b,
+                       int32_t *out, const prompt_item *it, rate_tally *t) {
+    int32_t *ids = NULL;
+    int T = 0, n = 0;
+    if (!text_ids(cmd, m, o, it->text, &ids, &T))
+        return 0;
+    if (o->patch_site) {
+        iv_build_free(b);
+        if (!build_patch(cmd, m, o->patch_site, src, T_src, T, b)) {
+            free(ids);
+            return 0;
+        }
+    }
+    pb_status st = pb_generate_intervened(m, ids, T, o->max_new, b->iv.kind ? &b->iv : NULL, out, &n);
+    free(ids);
+    if (st != PB_OK)
+        return !fail_msg(cmd, "generate failed");
+    char *text = decode(m, out, n);
+    if (!text)
+        return !fail_msg(cmd, "decoding");
+    int r = pb_text_is_refusal(text), cls = it->harmful != 0;
+    t->count[cls]++;
+    t->refused[cls] += r;
+    t->done++;
+    if (o->verbose)
+        print_verbose_line(it, r, text);
+    json_t *e = json_object();
+    json_object_set_new(e, "id", json_string(it->id));
+    json_object_set_new(e, "side", json_string(side_name(it)));
+    json_object_set_new(e, "prompt", json_string(it->text));
+    json_object_set_new(e, "continuation", json_string(text));
+    json_object_set_new(e, "refused", json_boolean(r));
+    json_array_append_new(t->items, e);
+    free(text);
+    return 1;
+}
+
+/* The rates per side on stdout, and as JSON. */
+static json_t *rate_sides(const prompt_file *f, const rate_tally *t) {
+    json_t *sides = json_object();
+    for (int cls = 1; cls >= 0; cls--) {
+        if (t->count[cls] == 0)
+            continue;
+        const char *name = cls ? (f->items[0].harmful < 0 ? "prompts" : "harmful") : "harmless";
+        printf("%s: %d/%d refused (%.1f%%)\n", name, t->refused[cls], t->count[cls],
+               100.0 * t->refused[cls] / t->count[cls]);
+        json_t *s = json_object();
+        json_object_set_new(s, "n", json_integer(t->count[cls]));
+        json_object_set_new(s, "refused", json_integer(t->refused[cls]));
+        json_object_set_new(s, "rate", json_real((double)t->refused[cls] / t->count[cls]));
+        json_object_set_new(sides, name, s);
+    }
+    return sides;
+}
+
+/* --json OUT: schema patchbay.refusal_rate/1. Takes sides. */
+static int write_rate_json(const char *cmd, const pb_model *m, const cli *o, const char *split, const iv_build *b,
+                           json_t *sides, const rate_tally *t) {
+    json_t *report = json_object();
+    json_object_set_new(report, "schema", json_string("patchbay.refusal_rate/1"));
+    json_object_set_new(report, "model", json_string(pb_model_get_source(m)));
+    json_object_set_new(report, "prompts", json_string(o->prompts));
+    json_object_set_new(report, "split", json_string(split));
+    json_object_set_new(report, "max_new_tokens", json_integer(o->max_new));
+    json_object_set_new(report, "intervention",
+                        b->description[0] ? json_string(b->description)
+                                          : o->patch_site ? json_string(o->patch_site) : json_null());
+    json_object_set_new(report, "sides", sides);
+    json_object_set(report, "items", t->items);
+    char *dump = json_dumps(report, JSON_INDENT(2));
+    json_decref(report);
+    if (!dump || pb_write_file_atomic(o->json_out, dump, strlen(dump)) != PB_OK) {
+        free(dump);
+        return !fail_msg(cmd, "writing --json");
+    }
+    free(dump);
+    return 1;
+}
+
+/* The source prompt of --patch (--from-ids or --from) and the direction
+ * interventions, announced on stdout. */
+static int rate_intervention(const char *cmd, pb_model *m, const cli *o, int32_t **src, int *T_src, iv_build *b) {
+    if (o->from_ids && pb_ids_parse(o->from_ids, "--from-ids", src, T_src) != PB_OK)
+        return !fail_msg(cmd, "reading token ids");
+    if (o->from_text && !text_ids(cmd, m, o, o->from_text, src, T_src))
+        return 0;
+    if (!o->patch_site && !build_direction_iv(cmd, m, o, b))
+        return 0;
+    if (b->description[0])
+        printf("intervention: %s\n", b->description);
+    else if (!o->patch_site)
+        printf("intervention: none\n");
+    return 1;
+}
+
+/* Runs every wanted prompt and reports: the exit status. */
+static int rate_run(const char *cmd, pb_model *m, const cli *o, const prompt_file *f, const char *split,
+                    const char *side, iv_build *b, const int32_t *src, int T_src, int32_t *out) {
+    rate_tally t = {.items = json_array()};
+    int rc = 1;
+    double t0 = (double)clock();
+    for (int i = 0; i < f->n; i++)
+        if (rate_wants(o, split, side, &t, &f->items[i]) && !rate_prompt(cmd, m, o, src, T_src, b, out, &f->items[i], &t))
+            goto done;
+    if (t.done == 0) {
+        fprintf(stderr, "patchbay refusal-rate: no prompt of %s matches --split %s --side %s\n", o->prompts, split,
+                side);
+        rc = 2;
+        goto done;
+    }
+    json_t *sides = rate_sides(f, &t);
+    fprintf(stderr, "patchbay refusal-rate: %d prompts, %.1f s of CPU time\n", t.done,
+            ((double)clock() - t0) / CLOCKS_PER_SEC);
+    if (o->json_out) {
+        if (!write_rate_json(cmd, m, o, split, b, sides, &t))
+            goto done;
+    } else {
+        json_decref(sides);
+    }
+    rc = 0;
+done:
+    json_decref(t.items);
+    return rc;
+}
 
 int pb_cli_refusal_rate(int argc, char **argv) {
     const char *cmd = "refusal-rate";
@@ -694,124 +866,8 @@ int pb_cli_refusal_rate(int argc, char **argv) {
     memset(&b, 0, sizeof b);
     int32_t *src = NULL, *out = malloc(sizeof(int32_t) * (size_t)(o.max_new > 0 ? o.max_new : 1));
     int T_src = 0;
-    json_t *report = json_object(), *items = json_array();
-    int count[2] = {0, 0}, refused[2] = {0, 0}; /* [harmless, harmful]; unlabelled prompts count as harmful */
-    if (!m || !out)
-        goto done;
-    if (o.from_ids && pb_ids_parse(o.from_ids, "--from-ids", &src, &T_src) != PB_OK) {
-        fail_msg(cmd, "reading token ids");
-        goto done;
-    }
-    if (o.from_text && !text_ids(cmd, m, &o, o.from_text, &src, &T_src))
-        goto done;
-    if (!o.patch_site && !build_direction_iv(cmd, m, &o, &b))
-        goto done;
-    if (b.description[0])
-        printf("intervention: %s\n", b.description);
-    else if (!o.patch_site)
-        printf("intervention: none\n");
-    double t0 = (double)clock();
-    int done_n = 0;
-    for (int i = 0; i < f.n; i++) {
-        prompt_item *it = &f.items[i];
-        if (!split_matches(split, it->split))
-            continue;
-        if (it->harmful >= 0 && strcmp(side, "both") && (it->harmful == 1) != (strcmp(side, "harmful") == 0))
-            continue;
-        int cls = it->harmful != 0;
-        if (o.limit && count[cls] >= o.limit)
-            continue;
-        int32_t *ids = NULL;
-        int T = 0, n = 0;
-        if (!text_ids(cmd, m, &o, it->text, &ids, &T))
-            goto done;
-        if (o.patch_site) {
-            iv_build_free(&b);
-            if (!build_patch(cmd, m, o.patch_site, src, T_src, T, &b)) {
-                free(ids);
-                goto done;
-            }
-        }
-        pb_status st = pb_generate_intervened(m, ids, T, o.max_new, b.iv.kind ? &b.iv : NULL, out, &n);
-        free(ids);
-        if (st != PB_OK) {
-            fail_msg(cmd, "generate failed");
-            goto done;
-        }
-        char *text = decode(m, out, n);
-        if (!text) {
-            fail_msg(cmd, "decoding");
-            goto done;
-        }
-        int r = pb_text_is_refusal(text);
-        count[cls]++;
-        refused[cls] += r;
-        done_n++;
-        if (o.verbose) {
-            char *flat = strdup(text);
-            for (char *q = flat; q && *q; q++)
-                if (*q == '\n' || *q == '\r')
-                    *q = ' ';
-            printf("%-9s %-8s %-10s %s -> %s\n", r ? "REFUSED" : "complied",
-                   it->harmful < 0 ? "prompt" : it->harmful ? "harmful" : "harmless", it->id, it->text,
-                   flat ? flat : text);
-            fflush(stdout);
-            free(flat);
-        }
-        json_t *e = json_object();
-        json_object_set_new(e, "id", json_string(it->id));
-        json_object_set_new(e, "side", json_string(it->harmful < 0 ? "prompt" : it->harmful ? "harmful" : "harmless"));
-        json_object_set_new(e, "prompt", json_string(it->text));
-        json_object_set_new(e, "continuation", json_string(text));
-        json_object_set_new(e, "refused", json_boolean(r));
-        json_array_append_new(items, e);
-        free(text);
-    }
-    if (done_n == 0) {
-        fprintf(stderr, "patchbay refusal-rate: no prompt of %s matches --split %s --side %s\n", o.prompts, split,
-                side);
-        rc = 2;
-        goto done;
-    }
-    json_t *sides = json_object();
-    for (int cls = 1; cls >= 0; cls--) {
-        if (count[cls] == 0)
-            continue;
-        const char *name = cls ? (f.items[0].harmful < 0 ? "prompts" : "harmful") : "harmless";
-        printf("%s: %d/%d refused (%.1f%%)\n", name, refused[cls], count[cls], 100.0 * refused[cls] / count[cls]);
-        json_t *s = json_object();
-        json_object_set_new(s, "n", json_integer(count[cls]));
-        json_object_set_new(s, "refused", json_integer(refused[cls]));
-        json_object_set_new(s, "rate", json_real((double)refused[cls] / count[cls]));
-        json_object_set_new(sides, name, s);
-    }
-    fprintf(stderr, "patchbay refusal-rate: %d prompts, %.1f s of CPU time\n", done_n,
-            ((double)clock() - t0) / CLOCKS_PER_SEC);
-    if (o.json_out) {
-        json_object_set_new(report, "schema", json_string("patchbay.refusal_rate/1"));
-        json_object_set_new(report, "model", json_string(pb_model_get_source(m)));
-        json_object_set_new(report, "prompts", json_string(o.prompts));
-        json_object_set_new(report, "split", json_string(split));
-        json_object_set_new(report, "max_new_tokens", json_integer(o.max_new));
-        json_object_set_new(report, "intervention",
-                            b.description[0] ? json_string(b.description)
-                                             : o.patch_site ? json_string(o.patch_site) : json_null());
-        json_object_set_new(report, "sides", sides);
-        json_object_set(report, "items", items);
-        char *dump = json_dumps(report, JSON_INDENT(2));
-        if (!dump || pb_write_file_atomic(o.json_out, dump, strlen(dump)) != PB_OK) {
-            free(dump);
-            fail_msg(cmd, "writing --json");
-            goto done;
-        }
-        free(dump);
-    } else {
-        json_decref(sides);
-    }
-    rc = 0;
-done:
-    json_decref(report);
-    json_decref(items);
+    if (m && out && rate_intervention(cmd, m, &o, &src, &T_src, &b))
+        rc = rate_run(cmd, m, &o, &f, split, side, &b, src, T_src, out);
     free(src);
     free(out);
     iv_build_free(&b);
@@ -850,144 +906,174 @@ static int ensure_dir(const char *cmd, const char *dir, int overwrite) {
     return 1;
 }
 
-int pb_cli_direction(int argc, char **argv) {
-    const char *cmd = "direction";
-    cli o;
-    if (!parse_cli(argc, argv, &o))
-        return 2;
-    if (!o.prompts || !o.out) {
-        fprintf(stderr, "patchbay direction: --prompts FILE and --out DIR are required\n");
-        return 2;
-    }
-    if (o.no_chat) {
-        fprintf(stderr, "patchbay direction: the direction is defined on chat-templated prompts; --no-chat does "
-                        "not apply\n");
-        return 2;
-    }
-    prompt_file f;
-    if (!load_prompt_file(cmd, o.prompts, &f))
-        return 2;
-    if (f.items[0].harmful < 0) {
-        fprintf(stderr, "patchbay direction: %s must be a refusal_pairs.json file (harmful and harmless pairs)\n",
-                o.prompts);
-        prompt_file_free(&f);
-        return 2;
-    }
-    if (f.n_refusal_tokens == 0) {
-        fprintf(stderr, "patchbay direction: %s has no \"refusal_tokens\"\n", o.prompts);
-        prompt_file_free(&f);
-        return 2;
-    }
-    if (!ensure_dir(cmd, o.out, o.overwrite)) {
-        prompt_file_free(&f);
-        return 2;
-    }
-    pb_model *m = load_model(cmd, &o);
-    int rc = 1;
-    id_lists L;
-    memset(&L, 0, sizeof L);
-    int32_t *refusal = malloc(sizeof(int32_t) * (size_t)f.n_refusal_tokens);
-    int n_refusal = 0;
-    pb_direction_result r;
-    memset(&r, 0, sizeof r);
-    if (!m || !refusal)
-        goto done;
-    /* refusal token strings -> ids: the first token of each string */
-    for (int i = 0; i < f.n_refusal_tokens; i++) {
+/* Refusal token strings as ids: the first token of each string, without repeats. */
+static int refusal_token_ids(pb_model *m, const prompt_file *f, int32_t *refusal, int *n_refusal) {
+    *n_refusal = 0;
+    for (int i = 0; i < f->n_refusal_tokens; i++) {
         int32_t *t = NULL;
         int n = 0;
-        if (pb_model_tokenize(m, f.refusal_tokens[i], 0, &t, &n) != PB_OK || n == 0) {
+        if (pb_model_tokenize(m, f->refusal_tokens[i], 0, &t, &n) != PB_OK || n == 0) {
             free(t);
-            fprintf(stderr, "patchbay direction: refusal token '%s' does not tokenize%s%s\n", f.refusal_tokens[i],
+            fprintf(stderr, "patchbay direction: refusal token '%s' does not tokenize%s%s\n", f->refusal_tokens[i],
                     *pb_last_error() ? ": " : "", pb_last_error());
-            goto done;
+            return 0;
         }
         if (n > 1)
             fprintf(stderr, "patchbay direction: refusal token '%s' is %d tokens; using its first (id %d)\n",
-                    f.refusal_tokens[i], n, t[0]);
+                    f->refusal_tokens[i], n, t[0]);
         int dup = 0;
-        for (int k = 0; k < n_refusal; k++)
+        for (int k = 0; k < *n_refusal; k++)
             dup |= refusal[k] == t[0];
         if (!dup)
-            refusal[n_refusal++] = t[0];
+            refusal[(*n_refusal)++] = t[0];
         free(t);
     }
-    /* sets: 0 harmful train, 1 harmless train, 2 harmful val, 3 harmless val */
+    return 1;
+}
+
+static void id_lists_free(id_lists *L) {
     for (int s = 0; s < 4; s++) {
-        L.ids[s] = calloc((size_t)f.n, sizeof(int32_t *));
-        L.T[s] = calloc((size_t)f.n, sizeof(int));
-        if (!L.ids[s] || !L.T[s])
-            goto done;
+        for (int i = 0; i < L->n[s]; i++)
+            free(L->ids[s][i]);
+        free(L->ids[s]);
+        free(L->T[s]);
     }
-    int limits[4] = {o.train ? o.train : 32, o.train ? o.train : 32, o.val ? o.val : 8, o.val ? o.val : 8};
-    for (int i = 0; i < f.n; i++) {
-        prompt_item *it = &f.items[i];
+}
+
+/* The prompts as ids in four sets: 0 harmful train, 1 harmless train, 2
+ * harmful val, 3 harmless val, each up to its limit (--train, --val). */
+static int collect_id_lists(const char *cmd, pb_model *m, const cli *o, const prompt_file *f, id_lists *L) {
+    for (int s = 0; s < 4; s++) {
+        L->ids[s] = calloc((size_t)f->n, sizeof(int32_t *));
+        L->T[s] = calloc((size_t)f->n, sizeof(int));
+        if (!L->ids[s] || !L->T[s])
+            return 0;
+    }
+    int limits[4] = {o->train ? o->train : 32, o->train ? o->train : 32, o->val ? o->val : 8, o->val ? o->val : 8};
+    for (int i = 0; i < f->n; i++) {
+        const prompt_item *it = &f->items[i];
         int val = split_matches("validation", it->split) && *it->split;
         int train = strcmp(it->split, "train") == 0;
         if (!val && !train)
             continue;
         int s = (val ? 2 : 0) + (it->harmful ? 0 : 1);
-        if (L.n[s] >= limits[s])
+        if (L->n[s] >= limits[s])
             continue;
-        if (!text_ids(cmd, m, &o, it->text, &L.ids[s][L.n[s]], &L.T[s][L.n[s]]))
-            goto done;
-        L.n[s]++;
+        if (!text_ids(cmd, m, o, it->text, &L->ids[s][L->n[s]], &L->T[s][L->n[s]]))
+            return 0;
+        L->n[s]++;
     }
-    int n_post = o.n_post;
-    if (n_post == 0) {
-        /* the template's tokens after the user message: the common suffix of
-         * two different templated messages (the prompts' own common suffix
-         * may include shared punctuation) */
-        int32_t *a = NULL, *c = NULL;
-        int na = 0, nc = 0;
-        if (pb_model_chat_tokenize(m, o.system, "Hello", &a, &na) == PB_OK &&
-            pb_model_chat_tokenize(m, o.system, "Bye", &c, &nc) == PB_OK)
-            while (n_post < na && n_post < nc && a[na - 1 - n_post] == c[nc - 1 - n_post])
-                n_post++;
-        free(a);
-        free(c);
-    }
-    pb_direction_inputs in = {
-        .harmful_train = {.n = L.n[0], .ids = (const int32_t *const *)L.ids[0], .T = L.T[0]},
-        .harmless_train = {.n = L.n[1], .ids = (const int32_t *const *)L.ids[1], .T = L.T[1]},
-        .harmful_val = {.n = L.n[2], .ids = (const int32_t *const *)L.ids[2], .T = L.T[2]},
-        .harmless_val = {.n = L.n[3], .ids = (const int32_t *const *)L.ids[3], .T = L.T[3]},
-        .n_post = n_post,
-        .refusal_ids = refusal,
-        .n_refusal_ids = n_refusal,
-        /* stride 3 keeps SmolLM2 (30 layers) within ~3 minutes on 2 cores; 1 is the paper's full search */
-        .layer_stride = o.layer_stride ? o.layer_stride : 3,
-        .max_layer_fraction = o.max_layer_fraction,
-        .kl_threshold = o.kl_threshold};
-    fprintf(stderr, "patchbay direction: %d + %d train, %d + %d validation prompts (harmful + harmless), %d refusal "
-                    "token ids\n", L.n[0], L.n[1], L.n[2], L.n[3], n_refusal);
-    if (pb_direction_compute(m, &in, &r) != PB_OK) {
-        fail_msg(cmd, "computing the direction");
-        goto done;
-    }
-    pb_direction_provenance prov = {.model_path = pb_model_get_source(m), .prompt_file = o.prompts};
-    if (pb_direction_write(&r, o.out, &prov) != PB_OK) {
-        fail_msg(cmd, "writing the direction");
-        goto done;
-    }
-    printf("selected: layer %d, position %d (of the last %d post-instruction tokens), |r| = %.4f%s\n", r.layer,
-           r.position, r.n_post, r.norm, r.selected_passes ? "" : " (no candidate passed every filter)");
+    return 1;
+}
+
+/* The template's tokens after the user message: the common suffix of two
+ * different templated messages (the prompts' own common suffix may include
+ * shared punctuation). */
+static int template_post_tokens(pb_model *m, const char *system) {
+    int32_t *a = NULL, *c = NULL;
+    int na = 0, nc = 0, n_post = 0;
+    if (pb_model_chat_tokenize(m, system, "Hello", &a, &na) == PB_OK &&
+        pb_model_chat_tokenize(m, system, "Bye", &c, &nc) == PB_OK)
+        while (n_post < na && n_post < nc && a[na - 1 - n_post] == c[nc - 1 - n_post])
+            n_post++;
+    free(a);
+    free(c);
+    return n_post;
+}
+
+static void print_direction(const pb_direction_result *r, const char *out) {
+    printf("selected: layer %d, position %d (of the last %d post-instruction tokens), |r| = %.4f%s\n", r->layer,
+           r->position, r->n_post, r->norm, r->selected_passes ? "" : " (no candidate passed every filter)");
     printf("refusal score, harmful validation: %.3f baseline -> %.3f with the direction ablated\n",
-           r.baseline_harmful, r.ablation_score);
+           r->baseline_harmful, r->ablation_score);
     printf("refusal score, harmless validation: %.3f baseline -> %.3f with r added at layer %d\n",
-           r.baseline_harmless, r.addition_score, r.layer);
-    printf("KL on harmless validation under ablation: %.4f\n", r.kl);
-    printf("candidates: %d; means %.1f s, scoring %.1f s\n", r.n_candidates, r.seconds_means, r.seconds_candidates);
-    printf("wrote %s/direction.npy, %s/direction.json, %s/differences.npy\n", o.out, o.out, o.out);
-    rc = 0;
-done:
-    pb_direction_result_free(&r);
-    for (int s = 0; s < 4; s++) {
-        for (int i = 0; i < L.n[s]; i++)
-            free(L.ids[s][i]);
-        free(L.ids[s]);
-        free(L.T[s]);
+           r->baseline_harmless, r->addition_score, r->layer);
+    printf("KL on harmless validation under ablation: %.4f\n", r->kl);
+    printf("candidates: %d; means %.1f s, scoring %.1f s\n", r->n_candidates, r->seconds_means, r->seconds_candidates);
+    printf("wrote %s/direction.npy, %s/direction.json, %s/differences.npy\n", out, out, out);
+}
+
+/* Tokenizes the sets, computes the direction and writes it: 1 on success. */
+static int direction_compute_write(const char *cmd, pb_model *m, const cli *o, const prompt_file *f,
+                                   const int32_t *refusal, int n_refusal) {
+    id_lists L;
+    memset(&L, 0, sizeof L);
+    pb_direction_result r;
+    memset(&r, 0, sizeof r);
+    int ok = collect_id_lists(cmd, m, o, f, &L);
+    if (ok) {
+        pb_direction_inputs in = {
+            .harmful_train = {.n = L.n[0], .ids = (const int32_t *const *)L.ids[0], .T = L.T[0]},
+            .harmless_train = {.n = L.n[1], .ids = (const int32_t *const *)L.ids[1], .T = L.T[1]},
+            .harmful_val = {.n = L.n[2], .ids = (const int32_t *const *)L.ids[2], .T = L.T[2]},
+            .harmless_val = {.n = L.n[3], .ids = (const int32_t *const *)L.ids[3], .T = L.T[3]},
+            .n_post = o->n_post ? o->n_post : template_post_tokens(m, o->system),
+            .refusal_ids = refusal,
+            .n_refusal_ids = n_refusal,
+            /* stride 3 keeps SmolLM2 (30 layers) within ~3 minutes on 2 cores; 1 is the paper's full search */
+            .layer_stride = o->layer_stride ? o->layer_stride : 3,
+            .max_layer_fraction = o->max_layer_fraction,
+            .kl_threshold = o->kl_threshold};
+        fprintf(stderr, "patchbay direction: %d + %d train, %d + %d validation prompts (harmful + harmless), %d "
+                        "refusal token ids\n", L.n[0], L.n[1], L.n[2], L.n[3], n_refusal);
+        pb_direction_provenance prov = {.model_path = pb_model_get_source(m), .prompt_file = o->prompts};
+        if (pb_direction_compute(m, &in, &r) != PB_OK)
+            ok = !fail_msg(cmd, "computing the direction");
+        else if (pb_direction_write(&r, o->out, &prov) != PB_OK)
+            ok = !fail_msg(cmd, "writing the direction");
+        else
+            print_direction(&r, o->out);
     }
+    pb_direction_result_free(&r);
+    id_lists_free(&L);
+    return ok;
+}
+
+/* The options and the prompt file the direction needs: 0, or the exit status. */
+static int direction_inputs(const char *cmd, const cli *o, prompt_file *f) {
+    if (!o->prompts || !o->out) {
+        fprintf(stderr, "patchbay direction: --prompts FILE and --out DIR are required\n");
+        return 2;
+    }
+    if (o->no_chat) {
+        fprintf(stderr, "patchbay direction: the direction is defined on chat-templated prompts; --no-chat does "
+                        "not apply\n");
+        return 2;
+    }
+    if (!load_prompt_file(cmd, o->prompts, f))
+        return 2;
+    int rc = 0;
+    if (f->items[0].harmful < 0) {
+        fprintf(stderr, "patchbay direction: %s must be a refusal_pairs.json file (harmful and harmless pairs)\n",
+                o->prompts);
+        rc = 2;
+    } else if (f->n_refusal_tokens == 0) {
+        fprintf(stderr, "patchbay direction: %s has no \"refusal_tokens\"\n", o->prompts);
+        rc = 2;
+    } else if (!ensure_dir(cmd, o->out, o->overwrite)) {
+        rc = 2;
+    }
+    if (rc)
+        prompt_file_free(f);
+    return rc;
+}
+
+int pb_cli_direction(int argc, char **argv) {
+    const char *cmd = "direction";
+    cli o;
+    if (!parse_cli(argc, argv, &o))
+        return 2;
+    prompt_file f;
+    int rc = direction_inputs(cmd, &o, &f);
+    if (rc)
+        return rc;
+    pb_model *m = load_model(cmd, &o);
+    int32_t *refusal = malloc(sizeof(int32_t) * (size_t)f.n_refusal_tokens);
+    int n_refusal = 0;
+    rc = m && refusal && refusal_token_ids(m, &f, refusal, &n_refusal) &&
+                 direction_compute_write(cmd, m, &o, &f, refusal, n_refusal)
+             ? 0
+             : 1;
     free(refusal);
     prompt_file_free(&f);
     pb_model_free(m);

@@ -1,5 +1,4 @@
 /* Parsing and loading of the shared model options (cli_model.h). */
-#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,53 +19,24 @@ const char *pb_cli_model_help =
     "                          projection rounds its input to that type and accumulates in fp32\n"
     "  --threads N             CPU threads (default: all cores)\n";
 
-static int parse_uint(const char *cmd, const char *flag, const char *value, unsigned long long max,
-                      unsigned long long *out) {
-    char *end = NULL;
-    errno = 0;
-    unsigned long long v = strtoull(value, &end, 10);
-    if (errno || end == value || *end || value[0] == '-' || v > max) {
-        fprintf(stderr, "patchbay %s: %s expects a non-negative integer (at most %llu), got '%s'\n", cmd, flag, max,
-                value);
-        return 0;
-    }
-    *out = v;
-    return 1;
-}
+/* The library's parsers as PB_OPT_PARSE functions. */
+static pb_status parse_backend(const char *value, void *target) { return pb_backend_parse(value, target); }
+static pb_status parse_dtype(const char *value, void *target) { return pb_dtype_parse(value, target); }
 
-int pb_cli_model_option(pb_cli_model *o, const char *cmd, const char *flag, const char *value) {
-    unsigned long long v = 0;
-    if (strcmp(flag, "--model") == 0) {
-        o->path = value;
-    } else if (strcmp(flag, "--random-model") == 0) {
-        o->random_name = value;
-    } else if (strcmp(flag, "--seed") == 0) {
-        if (!parse_uint(cmd, flag, value, UINT64_MAX, &v))
-            return -1;
-        o->seed = (uint64_t)v;
-    } else if (strcmp(flag, "--threads") == 0) {
-        if (!parse_uint(cmd, flag, value, 4096, &v))
-            return -1;
-        o->load.n_threads = (int)v;
-    } else if (strcmp(flag, "--device") == 0) {
-        if (!parse_uint(cmd, flag, value, 1024, &v))
-            return -1;
-        o->load.device = (int)v;
-        o->device_given = 1;
-    } else if (strcmp(flag, "--backend") == 0) {
-        if (pb_backend_parse(value, &o->load.backend) != PB_OK) {
-            fprintf(stderr, "patchbay %s: --backend: %s\n", cmd, pb_last_error());
-            return -1;
-        }
-    } else if (strcmp(flag, "--dtype") == 0) {
-        if (pb_dtype_parse(value, &o->load.dtype) != PB_OK) {
-            fprintf(stderr, "patchbay %s: --dtype: %s\n", cmd, pb_last_error());
-            return -1;
-        }
-    } else {
-        return 0;
-    }
-    return 1;
+void pb_cli_model_table(pb_cli_model *o, pb_cli_option table[PB_CLI_MODEL_OPTIONS + 1]) {
+    const pb_cli_option options[PB_CLI_MODEL_OPTIONS + 1] = {
+        {.flag = "--model", .kind = PB_OPT_STRING, .target = &o->path, .shared = 1},
+        {.flag = "--random-model", .kind = PB_OPT_STRING, .target = &o->random_name, .shared = 1},
+        {.flag = "--seed", .kind = PB_OPT_U64, .target = &o->seed, .max = UINT64_MAX, .shared = 1},
+        {.flag = "--threads", .kind = PB_OPT_UINT, .target = &o->load.n_threads, .max = 4096, .shared = 1},
+        {.flag = "--device", .kind = PB_OPT_UINT, .target = &o->load.device, .given = &o->device_given, .max = 1024,
+         .shared = 1},
+        {.flag = "--backend", .kind = PB_OPT_PARSE, .target = &o->load.backend, .parse = parse_backend,
+         .shared = 1},
+        {.flag = "--dtype", .kind = PB_OPT_PARSE, .target = &o->load.dtype, .parse = parse_dtype, .shared = 1},
+        {0},
+    };
+    memcpy(table, options, sizeof options);
 }
 
 int pb_cli_model_check(const pb_cli_model *o, const char *cmd) {
@@ -81,8 +51,4 @@ pb_status pb_cli_model_load(const pb_cli_model *o, pb_model **out) {
     if (o->random_name)
         return pb_model_random(out, o->random_name, o->seed, &o->load);
     return pb_model_load(out, o->path, &o->load);
-}
-
-const char *pb_cli_model_name(const pb_cli_model *o, const pb_model *model) {
-    return model ? pb_model_get_source(model) : o->path ? o->path : o->random_name;
 }

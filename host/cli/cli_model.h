@@ -7,6 +7,7 @@
 
 #include <stdint.h>
 
+#include "cli/options.h"
 #include "patchbay.h"
 
 typedef struct pb_cli_model {
@@ -20,10 +21,11 @@ typedef struct pb_cli_model {
 /* The options' help text, for usage messages. */
 extern const char *pb_cli_model_help;
 
-/* If `flag` is one of the options above, takes `value` into o and returns 1;
- * returns 0 for any other flag; -1 (message on stderr, prefixed by cmd) for
- * a bad value. */
-int pb_cli_model_option(pb_cli_model *o, const char *cmd, const char *flag, const char *value);
+enum { PB_CLI_MODEL_OPTIONS = 7 };
+/* Fills table (PB_CLI_MODEL_OPTIONS entries plus the PB_OPT_END) with the
+ * options above, writing into o; a command's own table reaches them
+ * through a PB_OPT_TABLE entry (options.h). */
+void pb_cli_model_table(pb_cli_model *o, pb_cli_option table[PB_CLI_MODEL_OPTIONS + 1]);
 
 /* 1 when exactly one of --model / --random-model was given; otherwise prints
  * why (prefixed by cmd) and returns 0. */
@@ -31,9 +33,5 @@ int pb_cli_model_check(const pb_cli_model *o, const char *cmd);
 
 /* Loads the model the options describe. */
 pb_status pb_cli_model_load(const pb_cli_model *o, pb_model **out);
-
-/* What the model is called in messages and fingerprints: the path, or the
- * random model's "random:NAME:LAYERS:SEED". Valid while `model` lives. */
-const char *pb_cli_model_name(const pb_cli_model *o, const pb_model *model);
 
 #endif

@@ -5,9 +5,7 @@
 #include <string.h>
 
 #include "cli/ids.h"
-#include "util/internal.h"
-#include "formats/npy.h"
-#include "util/outdir.h"
+#include "patchbay_tool.h"
 
 pb_status pb_ids_parse(const char *text, const char *where, int32_t **ids, int *n_ids) {
     *ids = NULL;
@@ -61,7 +59,9 @@ pb_status pb_ids_read_file(const char *path, int32_t **ids, int *n_ids) {
         int n_dims;
         int64_t shape[8];
         void *data;
-        PB_TRY(pb_npy_read(path, &data, PB_NPY_I32, &n_dims, shape));
+        pb_status status = pb_npy_read(path, &data, PB_NPY_I32, &n_dims, shape);
+        if (status != PB_OK)
+            return status;
         if (n_dims != 1 || shape[0] <= 0 || shape[0] > INT32_MAX) {
             free(data);
             return pb_fail(PB_ERR_ARG, "%s must hold a non-empty 1-d array of ids", path);
@@ -71,8 +71,10 @@ pb_status pb_ids_read_file(const char *path, int32_t **ids, int *n_ids) {
         return PB_OK;
     }
     char *text = NULL;
-    PB_TRY(pb_read_text_file(path, &text, NULL));
-    pb_status status = pb_ids_parse(text, path, ids, n_ids);
+    pb_status status = pb_read_text_file(path, &text, NULL);
+    if (status != PB_OK)
+        return status;
+    status = pb_ids_parse(text, path, ids, n_ids);
     free(text);
     return status;
 }

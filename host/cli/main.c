@@ -1,4 +1,8 @@
-/* The patchbay command line: forward, generate, sweep, info. */
+/* The patchbay executable: the usage text, the option table and main()'s
+ * dispatch to the commands; the forward, tokenize, info and sweep commands
+ * (the sweep with its signals, ranks and checkpoint) live here, the others
+ * in cli_analysis.c and cli_intervene.c. A client of the library:
+ * patchbay.h plus the tool's internal header. */
 #define _POSIX_C_SOURCE 200809L
 #include <errno.h>
 #include <math.h>
@@ -6,24 +10,16 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "cli/cli_analysis.h"
 #include "cli/cli_intervene.h"
-#include "backend/backend_cuda.h"
 #include "cli/cli_model.h"
-#include "util/clock.h"
-#include "distributed/distribute.h"
 #include "cli/ids.h"
-#include "model/model_random.h"
-#include "formats/npy.h"
-#include "util/outdir.h"
-#include "patchbay.h"
+#include "cli/options.h"
 #include "cli/progress.h"
-#include "distributed/rank_device.h"
-#include "analysis/report_html.h"
+#include "patchbay.h"
+#include "patchbay_tool.h"
 
 #define PB_VERSION "0.1.0"
 
@@ -85,80 +81,42 @@ static int fail(const char *what) {
     return 1;
 }
 
-static int parse_int(const char *flag, const char *text, int *out) {
-    char *end;
-    errno = 0;
-    long v = strtol(text, &end, 10);
-    if (errno || *end || end == text || v < 0 || v > 1000000000) {
-        fprintf(stderr, "patchbay: %s expects a non-negative integer, got '%s'\n", flag, text);
-        return 0;
-    }
-    *out = (int)v;
-    return 1;
-}
+static const char *const gather_choices[] = {"auto", "mpi", "nccl", NULL};
 
+/* One table for forward, sweep, tokenize and info: each ignores the
+ * options it does not use. argv[1] is the command. */
 static int parse_options(int argc, char **argv, options *o) {
     memset(o, 0, sizeof *o);
     o->max_new = 32;
-    for (int i = 2; i < argc; i++) {
-        const char *a = argv[i];
-        const char *next = i + 1 < argc ? argv[i + 1] : NULL;
-        if (strcmp(a, "--overwrite") == 0) {
-            o->overwrite = 1;
-            continue;
-        }
-        if (strcmp(a, "--no-progress") == 0) {
-            o->no_progress = 1;
-            continue;
-        }
-        if (strcmp(a, "--chat") == 0) {
-            o->chat = 1;
-            continue;
-        }
-        if (strcmp(a, "--resume") == 0) {
-            o->resume = 1;
-            continue;
-        }
-        if (!next) {
-            fprintf(stderr, "patchbay: option %s needs a value (see patchbay --help)\n", a);
-            return 0;
-        }
-        int taken = pb_cli_model_option(&o->model, argv[1], a, next);
-        if (taken < 0) return 0;
-        else if (taken) { /* a model option */ }
-        else if (strcmp(a, "--ids") == 0) o->ids = next;
-        else if (strcmp(a, "--ids-file") == 0) o->ids_file = next;
-        else if (strcmp(a, "--hooks") == 0) o->hooks = next;
-        else if (strcmp(a, "--out") == 0) o->out = next;
-        else if (strcmp(a, "--max-new-tokens") == 0) { if (!parse_int(a, next, &o->max_new)) return 0; }
-        else if (strcmp(a, "--spec") == 0) o->spec = next;
-        else if (strcmp(a, "--checkpoint") == 0) o->checkpoint = next;
-        else if (strcmp(a, "--rank-timeout") == 0) { if (!parse_int(a, next, &o->rank_timeout)) return 0; }
-        else if (strcmp(a, "--gather") == 0) {
-            if (strcmp(next, "auto") && strcmp(next, "mpi") && strcmp(next, "nccl")) {
-                fprintf(stderr, "patchbay: --gather expects auto, mpi or nccl, got '%s'\n", next);
-                return 0;
-            }
-            o->gather = next;
-        }
-        else if (strcmp(a, "--text") == 0) o->text = next;
-        else if (strcmp(a, "--system") == 0) o->system = next;
-        else if (strcmp(a, "--chat-template") == 0) o->chat_template = next;
-        else if (strcmp(a, "--max-memory") == 0) {
-            if (pb_parse_size(next, &o->max_memory) != PB_OK) {
-                fprintf(stderr, "patchbay: --max-memory: %s\n", pb_last_error());
-                return 0;
-            }
-        }
-        else {
-            fprintf(stderr, "patchbay: unknown option '%s' (see patchbay --help)\n", a);
-            return 0;
-        }
-        i++;
-    }
-    if (!pb_cli_model_check(&o->model, argv[1]))
-        return 0;
-    return 1;
+    pb_cli_option model_options[PB_CLI_MODEL_OPTIONS + 1];
+    pb_cli_model_table(&o->model, model_options);
+    const pb_cli_option table[] = {
+        {.flag = "--overwrite", .kind = PB_OPT_FLAG, .target = &o->overwrite},
+        {.flag = "--no-progress", .kind = PB_OPT_FLAG, .target = &o->no_progress},
+        {.flag = "--chat", .kind = PB_OPT_FLAG, .target = &o->chat},
+        {.flag = "--resume", .kind = PB_OPT_FLAG, .target = &o->resume},
+        {.flag = NULL, .kind = PB_OPT_TABLE, .target = model_options},
+        {.flag = "--ids", .kind = PB_OPT_STRING, .target = &o->ids},
+        {.flag = "--ids-file", .kind = PB_OPT_STRING, .target = &o->ids_file},
+        {.flag = "--hooks", .kind = PB_OPT_STRING, .target = &o->hooks},
+        {.flag = "--out", .kind = PB_OPT_STRING, .target = &o->out},
+        {.flag = "--max-new-tokens", .kind = PB_OPT_COUNT, .target = &o->max_new},
+        {.flag = "--spec", .kind = PB_OPT_STRING, .target = &o->spec},
+        {.flag = "--checkpoint", .kind = PB_OPT_STRING, .target = &o->checkpoint},
+        {.flag = "--rank-timeout", .kind = PB_OPT_COUNT, .target = &o->rank_timeout},
+        {.flag = "--gather", .kind = PB_OPT_CHOICE, .target = &o->gather, .choices = gather_choices,
+         .choices_text = "auto, mpi or nccl"},
+        {.flag = "--text", .kind = PB_OPT_STRING, .target = &o->text},
+        {.flag = "--system", .kind = PB_OPT_STRING, .target = &o->system},
+        {.flag = "--chat-template", .kind = PB_OPT_STRING, .target = &o->chat_template},
+        {.flag = "--max-memory", .kind = PB_OPT_SIZE, .target = &o->max_memory},
+        {0},
+    };
+    char command_prefix[128];
+    snprintf(command_prefix, sizeof command_prefix, "patchbay %s", argv[1]);
+    const pb_cli_parser parser = {"patchbay", command_prefix, "%s: option %s needs a value (see patchbay --help)\n",
+                                  "%s: unknown option '%s' (see patchbay --help)\n"};
+    return pb_cli_parse(&parser, table, argc, argv, 2) && pb_cli_model_check(&o->model, argv[1]);
 }
 
 static int read_ids(const options *o, int32_t **ids, int *T) {
@@ -280,7 +238,7 @@ done:
 }
 
 /* Set by SIGTERM / SIGUSR1 / SIGINT; the sweep reads it between batches. */
-static volatile int sweep_stop;
+static volatile sig_atomic_t sweep_stop;
 
 static void on_stop_signal(int sig) {
     (void)sig;
@@ -409,176 +367,237 @@ static void choose_rank_device(options *o, const pb_ranks *ranks) {
             ranks->local_rank, o->model.load.device, count, o->model.device_given ? " (--device)" : "");
 }
 
-static int cmd_sweep(const options *o, pb_ranks *ranks) {
+/* One rank's sweep job: its inputs, its share of the rows and what it owns. */
+typedef struct sweep_job {
+    const options *o;
+    pb_ranks *ranks;
+    char checkpoint[4200];
+    int have_checkpoint;
+    char *spec_text;
+    char spec_dir[4096];
+    pb_model *model;
+    pb_sweep *sweep;
+    pb_sweep_fingerprint fingerprint;
+    int64_t *share, n_share;
+    double *rank_seconds, *rank_costs;
+    int show; /* the progress bar: rank 0 without --no-progress */
+    pb_progress progress;
+} sweep_job;
+
+/* The checkpoint lives beside DIR, never inside it: DIR stays empty until
+ * the results exist. */
+static void checkpoint_path(const options *o, char *path, size_t size) {
+    if (o->checkpoint) {
+        snprintf(path, size, "%s", o->checkpoint);
+        return;
+    }
+    size_t n = strlen(o->out);
+    while (n > 1 && o->out[n - 1] == '/')
+        n--;
+    snprintf(path, size, "%.*s.checkpoint", (int)n, o->out);
+}
+
+/* Relative paths in the spec (a projection's direction file) are relative
+ * to the spec's own folder. */
+static void spec_directory(const char *spec, char *dir, size_t size) {
+    snprintf(dir, size, "%s", spec);
+    char *slash = strrchr(dir, '/');
+    if (!slash)
+        snprintf(dir, size, ".");
+    else if (slash == dir)
+        dir[1] = 0;
+    else
+        *slash = 0;
+}
+
+/* Checks the options and reads the spec before anything loads: 0, or the
+ * exit status. */
+static int sweep_inputs(sweep_job *j) {
+    const options *o = j->o;
     if (!o->spec || !o->out) {
         fprintf(stderr, "patchbay sweep: --spec SPEC.json and --out DIR are required\n");
         return 2;
     }
     if (pb_out_dir_check(o->out, o->overwrite) != PB_OK)
         return fail("--out");
-    /* The checkpoint lives beside DIR, never inside it: DIR stays empty
-     * until the results exist. */
-    char checkpoint[4200];
-    if (o->checkpoint) {
-        snprintf(checkpoint, sizeof checkpoint, "%s", o->checkpoint);
-    } else {
-        size_t n = strlen(o->out);
-        while (n > 1 && o->out[n - 1] == '/')
-            n--;
-        snprintf(checkpoint, sizeof checkpoint, "%.*s.checkpoint", (int)n, o->out);
-    }
-    int have_checkpoint = access(checkpoint, F_OK) == 0;
-    if (have_checkpoint && !o->resume) {
+    checkpoint_path(o, j->checkpoint, sizeof j->checkpoint);
+    j->have_checkpoint = access(j->checkpoint, F_OK) == 0;
+    if (j->have_checkpoint && !o->resume) {
         fprintf(stderr,
                 "patchbay: checkpoint %s exists (an interrupted sweep): pass --resume to continue it, or delete "
                 "it to start over\n",
-                checkpoint);
+                j->checkpoint);
         return 2;
     }
-    char *spec_text = NULL;
-    if (pb_read_text_file(o->spec, &spec_text, NULL) != PB_OK) {
+    if (pb_read_text_file(o->spec, &j->spec_text, NULL) != PB_OK) {
         fail("--spec");
         return 2;
     }
-    /* Relative paths in the spec (a projection's direction file) are
-     * relative to the spec's own folder. */
-    char spec_dir[4096];
-    snprintf(spec_dir, sizeof spec_dir, "%s", o->spec);
-    char *slash = strrchr(spec_dir, '/');
-    if (!slash)
-        snprintf(spec_dir, sizeof spec_dir, ".");
-    else if (slash == spec_dir)
-        spec_dir[1] = 0;
-    else
-        *slash = 0;
+    spec_directory(o->spec, j->spec_dir, sizeof j->spec_dir);
+    return 0;
+}
 
-    options local = *o;
-    choose_rank_device(&local, ranks);
-    pb_model *m = load(&local);
-    if (!m) {
-        free(spec_text);
-        return 1;
-    }
-    int rc = 1, show = !o->no_progress && ranks->rank == 0, gathered = 0;
-    pb_sweep *sweep = NULL;
-    int64_t *share = NULL, n_share = 0;
-    double *rank_seconds = NULL, *rank_costs = NULL;
-    pb_progress progress;
-    pb_progress_init(&progress, stderr, "sweep", -1);
+/* Creates the sweep, fingerprints its inputs and restores the checkpoint:
+ * 0, or the exit status. */
+static int sweep_create(sweep_job *j) {
+    const options *o = j->o;
+    pb_progress_init(&j->progress, stderr, "sweep", -1);
     pb_sweep_options so = {.max_memory = o->max_memory, .metric_fn_residual_layer = -1, .stop = &sweep_stop};
-    if (show) {
+    if (j->show) {
         so.progress = pb_progress_callback;
-        so.progress_user = &progress;
+        so.progress_user = &j->progress;
     }
-    pb_sweep_fingerprint fp;
-    pb_status st = pb_sweep_create(&sweep, m, spec_text, spec_dir, &so);
+    pb_status st = pb_sweep_create(&j->sweep, j->model, j->spec_text, j->spec_dir, &so);
     if (st != PB_OK) {
         fprintf(stderr, "patchbay: %s: %s\n", o->spec, pb_last_error());
-        rc = st == PB_ERR_ARG ? 2 : 1;
-        goto done;
+        return st == PB_ERR_ARG ? 2 : 1;
     }
-    if (pb_sweep_fingerprint_compute(&fp, pb_model_get_source(m), spec_text, o->model.load.backend,
-                                     o->model.load.dtype) != PB_OK) {
-        fail("fingerprinting the sweep's inputs");
-        goto done;
-    }
-    pb_sweep_summary summary = {0};
-    if (have_checkpoint) {
-        if (pb_sweep_checkpoint_load(sweep, checkpoint, &fp) != PB_OK) {
-            fail("--resume");
-            goto done;
-        }
-        pb_sweep_get_summary(sweep, &summary);
-        if (ranks->rank == 0)
-            fprintf(stderr, "patchbay: resuming from %s: %lld of %lld rows already done\n", checkpoint,
+    if (pb_sweep_fingerprint_compute(&j->fingerprint, pb_model_get_source(j->model), j->spec_text,
+                                     o->model.load.backend, o->model.load.dtype) != PB_OK)
+        return fail("fingerprinting the sweep's inputs");
+    if (j->have_checkpoint) {
+        if (pb_sweep_checkpoint_load(j->sweep, j->checkpoint, &j->fingerprint) != PB_OK)
+            return fail("--resume");
+        pb_sweep_summary summary = {0};
+        pb_sweep_get_summary(j->sweep, &summary);
+        if (j->ranks->rank == 0)
+            fprintf(stderr, "patchbay: resuming from %s: %lld of %lld rows already done\n", j->checkpoint,
                     (long long)summary.n_rows_restored, (long long)summary.n_rows);
-    } else if (o->resume && ranks->rank == 0) {
-        fprintf(stderr, "patchbay: --resume: no checkpoint at %s yet; starting from the beginning\n", checkpoint);
+    } else if (o->resume && j->ranks->rank == 0) {
+        fprintf(stderr, "patchbay: --resume: no checkpoint at %s yet; starting from the beginning\n", j->checkpoint);
     }
-    rank_seconds = calloc((size_t)ranks->size, sizeof *rank_seconds);
-    rank_costs = calloc((size_t)ranks->size, sizeof *rank_costs);
-    if (!rank_seconds || !rank_costs ||
-        pb_sweep_partition(sweep, ranks->rank, ranks->size, &share, &n_share, rank_costs) != PB_OK) {
-        fail("splitting the rows over the ranks");
-        goto done;
-    }
-    if (pb_sweep_get_summary(sweep, &summary) == PB_OK && show)
+    return 0;
+}
+
+/* Splits the rows over the ranks and says so: 0, or the exit status. */
+static int sweep_partition(sweep_job *j) {
+    const pb_ranks *ranks = j->ranks;
+    j->rank_seconds = calloc((size_t)ranks->size, sizeof *j->rank_seconds);
+    j->rank_costs = calloc((size_t)ranks->size, sizeof *j->rank_costs);
+    if (!j->rank_seconds || !j->rank_costs ||
+        pb_sweep_partition(j->sweep, ranks->rank, ranks->size, &j->share, &j->n_share, j->rank_costs) != PB_OK)
+        return fail("splitting the rows over the ranks");
+    pb_sweep_summary summary = {0};
+    if (pb_sweep_get_summary(j->sweep, &summary) == PB_OK && j->show)
         fprintf(stderr, "patchbay: %lld sites x %d pairs = %lld rows%s\n", (long long)summary.n_sites,
                 summary.n_pairs, (long long)summary.n_rows, ranks->size > 1 ? " (rank 0's progress below)" : "");
     if (ranks->size > 1 && ranks->rank == 0) {
         fprintf(stderr, "patchbay: %d ranks; estimated cost per rank:", ranks->size);
         for (int k = 0; k < ranks->size; k++)
-            fprintf(stderr, " %.4g", rank_costs[k]);
+            fprintf(stderr, " %.4g", j->rank_costs[k]);
         fprintf(stderr, "\n");
     }
-    if (show)
-        pb_progress_update(&progress, summary.n_rows_done, summary.n_rows);
-    pb_ranks_set_stage(ranks, PB_RANK_SWEEPING);
+    if (j->show)
+        pb_progress_update(&j->progress, summary.n_rows_done, summary.n_rows);
+    return 0;
+}
+
+/* Runs this rank's share; its status and seconds. */
+static pb_status sweep_run_share(sweep_job *j, double *seconds) {
+    pb_ranks_set_stage(j->ranks, PB_RANK_SWEEPING);
     double t0 = pb_now_seconds();
-    st = pb_sweep_run_rows(sweep, share, n_share);
-    double seconds = pb_now_seconds() - t0;
-    if (show)
-        pb_progress_finish(&progress);
+    pb_status st = pb_sweep_run_rows(j->sweep, j->share, j->n_share);
+    *seconds = pb_now_seconds() - t0;
+    if (j->show)
+        pb_progress_finish(&j->progress);
     if (st != PB_OK && st != PB_ERR_INTERRUPTED)
-        fprintf(stderr, "patchbay: rank %d: sweep failed: %s\n", ranks->rank, pb_last_error());
-    pb_ranks_set_stage(ranks, PB_RANK_GATHERING);
-    test_stall_point("gather", ranks->rank);
-    pb_status job = st;
-    gathered = 1;
-    /* GPU ranks gather over NCCL; --gather nccl forces it (also for one
-     * rank: a round trip through NCCL), --gather mpi forbids it. */
+        fprintf(stderr, "patchbay: rank %d: sweep failed: %s\n", j->ranks->rank, pb_last_error());
+    pb_ranks_set_stage(j->ranks, PB_RANK_GATHERING);
+    test_stall_point("gather", j->ranks->rank);
+    return st;
+}
+
+/* Every rank's rows to rank 0; *job becomes the job's worst status. 0, or 1
+ * on failure. GPU ranks gather over NCCL; --gather nccl forces it (also for
+ * one rank: a round trip through NCCL), --gather mpi forbids it. */
+static int sweep_gather(sweep_job *j, pb_status st, double seconds, pb_status *job) {
+    const options *o = j->o;
+    pb_ranks *ranks = j->ranks;
     int automatic = !o->gather || strcmp(o->gather, "auto") == 0;
     int nccl = automatic ? o->model.load.backend == PB_BACKEND_CUDA && ranks->size > 1
                          : strcmp(o->gather, "nccl") == 0;
     if (nccl && o->model.load.backend != PB_BACKEND_CUDA) {
         fprintf(stderr, "patchbay: --gather nccl needs --backend cuda\n");
-        goto done;
+        return 1;
     }
     if (nccl && ranks->rank == 0)
         fprintf(stderr, "patchbay: gathering %d %s' results over NCCL\n", ranks->size,
                 ranks->size > 1 ? "ranks" : "rank");
-    if ((nccl ? pb_ranks_gather_nccl : pb_ranks_gather)(ranks, sweep, share, n_share, st, seconds, &job,
-                                                          rank_seconds) != PB_OK) {
+    if ((nccl ? pb_ranks_gather_nccl : pb_ranks_gather)(ranks, j->sweep, j->share, j->n_share, st, seconds, job,
+                                                          j->rank_seconds) != PB_OK) {
         fail("gathering the ranks' results");
         abort_job(ranks, 1, "the gather failed (see above)");
-        goto done;
+        return 1;
     }
-    pb_ranks_set_stage(ranks, PB_RANK_FINISHING);
-    if (ranks->rank == 0) {
-        if (ranks->size > 1) {
-            double max = 0.0, sum = 0.0;
-            for (int k = 0; k < ranks->size; k++) {
-                sum += rank_seconds[k];
-                max = rank_seconds[k] > max ? rank_seconds[k] : max;
-            }
-            fprintf(stderr, "patchbay: seconds per rank:");
-            for (int k = 0; k < ranks->size; k++)
-                fprintf(stderr, " %.3f", rank_seconds[k]);
-            fprintf(stderr, "; load balance (max / mean) %.3f\n", sum > 0 ? max / (sum / ranks->size) : 1.0);
-        }
-        test_stall_point("finish", ranks->rank);
-        rc = finish_sweep(o, sweep, job, checkpoint, &fp);
-    } else {
-        rc = job == PB_OK ? 0 : job == PB_ERR_INTERRUPTED ? 3 : 1;
+    return 0;
+}
+
+static void print_rank_seconds(const pb_ranks *ranks, const double *rank_seconds) {
+    double max = 0.0, sum = 0.0;
+    for (int k = 0; k < ranks->size; k++) {
+        sum += rank_seconds[k];
+        max = rank_seconds[k] > max ? rank_seconds[k] : max;
     }
-done:
-    /* A rank that failed before the gather ends the whole job at once. */
+    fprintf(stderr, "patchbay: seconds per rank:");
+    for (int k = 0; k < ranks->size; k++)
+        fprintf(stderr, " %.3f", rank_seconds[k]);
+    fprintf(stderr, "; load balance (max / mean) %.3f\n", sum > 0 ? max / (sum / ranks->size) : 1.0);
+}
+
+/* The job's verdict once every rank reported: rank 0 writes the results or
+ * the checkpoint; the others' own status. */
+static int sweep_verdict(sweep_job *j, pb_status job) {
+    pb_ranks_set_stage(j->ranks, PB_RANK_FINISHING);
+    if (j->ranks->rank != 0)
+        return job == PB_OK ? 0 : job == PB_ERR_INTERRUPTED ? 3 : 1;
+    if (j->ranks->size > 1)
+        print_rank_seconds(j->ranks, j->rank_seconds);
+    test_stall_point("finish", j->ranks->rank);
+    return finish_sweep(j->o, j->sweep, job, j->checkpoint, &j->fingerprint);
+}
+
+/* Every rank leaves with rank 0's verdict; a rank that failed before the
+ * gather ends the whole job at once. */
+static int sweep_end(sweep_job *j, int rc, int gathered) {
     if (!gathered)
-        abort_job(ranks, rc, "failed before its share ran (see above)");
-    /* Every rank leaves with rank 0's verdict. */
-    pb_ranks_set_stage(ranks, PB_RANK_FINISHING);
-    if (pb_ranks_exit_code(ranks, rc, &rc) != PB_OK) {
+        abort_job(j->ranks, rc, "failed before its share ran (see above)");
+    pb_ranks_set_stage(j->ranks, PB_RANK_FINISHING);
+    if (pb_ranks_exit_code(j->ranks, rc, &rc) != PB_OK) {
         fail("waiting for the job's verdict");
-        abort_job(ranks, 1, "the job's end failed (see above)");
+        abort_job(j->ranks, 1, "the job's end failed (see above)");
         rc = 1;
     }
-    free(share);
-    free(rank_seconds);
-    free(rank_costs);
-    pb_sweep_free(sweep);
-    pb_model_free(m);
-    free(spec_text);
+    free(j->share);
+    free(j->rank_seconds);
+    free(j->rank_costs);
+    pb_sweep_free(j->sweep);
+    pb_model_free(j->model);
+    free(j->spec_text);
     return rc;
+}
+
+static int cmd_sweep(const options *o, pb_ranks *ranks) {
+    sweep_job j = {.o = o, .ranks = ranks, .show = !o->no_progress && ranks->rank == 0};
+    int rc = sweep_inputs(&j);
+    if (rc)
+        return rc;
+    options local = *o;
+    choose_rank_device(&local, ranks);
+    if (!(j.model = load(&local))) {
+        free(j.spec_text);
+        return 1;
+    }
+    rc = sweep_create(&j);
+    if (!rc)
+        rc = sweep_partition(&j);
+    if (rc)
+        return sweep_end(&j, rc, 0);
+    double seconds = 0.0;
+    pb_status st = sweep_run_share(&j, &seconds), job = st;
+    rc = sweep_gather(&j, st, seconds, &job);
+    if (!rc)
+        rc = sweep_verdict(&j, job);
+    return sweep_end(&j, rc, 1);
 }
 
 static int cmd_info(const options *o) {
@@ -604,20 +623,44 @@ static int cmd_info(const options *o) {
     return 0;
 }
 
+/* The sweep command in its ranks. Before MPI_Init: a preemption signal
+ * that arrives while the ranks start (mpirun forwards SIGUSR1 to them at any
+ * time) must ask for a checkpoint, not kill the rank with the default
+ * action. OpenMPI keeps handlers installed before MPI_Init. */
+static int run_sweep(const options *o, int *argc, char ***argv) {
+    install_stop_handlers();
+    pb_ranks ranks;
+    pb_ranks_options rank_options = {.timeout_s = o->rank_timeout, .on_stuck = on_rank_stuck, .user = &ranks};
+    test_stall_point("start", -1);
+    if (pb_ranks_init(&ranks, argc, argv, &rank_options) != PB_OK) {
+        fail("starting ranks");
+        abort_job(&ranks, 1, "could not start");
+        pb_ranks_finalize(&ranks);
+        return 1;
+    }
+    test_stall_point("exchange", ranks.rank);
+    int rc = cmd_sweep(o, &ranks);
+    pb_ranks_finalize(&ranks);
+    return rc;
+}
+
+static void print_usage(FILE *out) {
+    fputs(usage_text, out);
+    fputs(pb_cli_intervene_usage, out);
+    fputs(pb_cli_model_help, out);
+}
+
 int main(int argc, char **argv) {
     if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
-        fputs(usage_text, argc < 2 ? stderr : stdout);
-        fputs(pb_cli_intervene_usage, argc < 2 ? stderr : stdout);
-        fputs(pb_cli_model_help, argc < 2 ? stderr : stdout);
+        print_usage(argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;
     }
     if (strcmp(argv[1], "--version") == 0) {
         printf("patchbay %s\n", PB_VERSION);
         return 0;
     }
-    options o;
     const char *cmd = argv[1];
-    /* Commands with their own option parsers. */
+    /* Commands in cli_analysis.c and cli_intervene.c: argv[0] is the command. */
     if (strcmp(cmd, "refusal-analysis") == 0)
         return pb_cli_refusal_analysis(argc - 1, argv + 1);
     if (strcmp(cmd, "refusal-rate") == 0)
@@ -630,30 +673,13 @@ int main(int argc, char **argv) {
         fprintf(stderr, "patchbay: unknown command '%s'\n\n%s", cmd, usage_text);
         return 2;
     }
+    options o;
     if (!parse_options(argc, argv, &o))
         return 2;
     if (strcmp(cmd, "forward") == 0)
         return cmd_forward(&o);
-    if (strcmp(cmd, "sweep") == 0) {
-        /* Before MPI_Init: a preemption signal that arrives while the ranks
-         * start (mpirun forwards SIGUSR1 to them at any time) must ask for a
-         * checkpoint, not kill the rank with the default action. OpenMPI
-         * keeps handlers installed before MPI_Init. */
-        install_stop_handlers();
-        pb_ranks ranks;
-        pb_ranks_options rank_options = {.timeout_s = o.rank_timeout, .on_stuck = on_rank_stuck, .user = &ranks};
-        test_stall_point("start", -1);
-        if (pb_ranks_init(&ranks, &argc, &argv, &rank_options) != PB_OK) {
-            fail("starting ranks");
-            abort_job(&ranks, 1, "could not start");
-            pb_ranks_finalize(&ranks);
-            return 1;
-        }
-        test_stall_point("exchange", ranks.rank);
-        int rc = cmd_sweep(&o, &ranks);
-        pb_ranks_finalize(&ranks);
-        return rc;
-    }
+    if (strcmp(cmd, "sweep") == 0)
+        return run_sweep(&o, &argc, &argv);
     if (strcmp(cmd, "tokenize") == 0)
         return cmd_tokenize(&o);
     return cmd_info(&o);

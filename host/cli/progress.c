@@ -8,9 +8,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "util/clock.h"
-#include "util/internal.h"
 #include "cli/progress.h"
+#include "patchbay_tool.h"
 
 enum { PB_PROGRESS_BAR_WIDTH = 30 };
 /* A terminal redraw costs a write syscall; ten a second looks smooth. */

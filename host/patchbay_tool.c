@@ -1,0 +1,11 @@
+/* Compiles host/patchbay_tool.h beside the library headers it restates, so
+ * that a prototype changed in one place and not the other fails the build. */
+#include "patchbay_tool.h"
+
+#include "backend/backend_cuda.h"
+#include "distributed/rank_device.h"
+#include "formats/npy.h"
+#include "model/model_random.h"
+#include "util/clock.h"
+#include "util/internal.h"
+#include "util/outdir.h"

@@ -1,0 +1,65 @@
+/* Internal: what the patchbay tool (host/cli/) and the benchmarks need
+ * beyond the public API; no stability promise, not installed.
+ *
+ * Why it exists: the command-line tool is a client of the library and
+ * includes only include/patchbay.h and this header. Everything a library
+ * user would call (sweeps, interventions, the refusal direction,
+ * report.html, .npy) is public; what is here serves the tool alone: output
+ * directories and whole-file reads, the monotonic clock, the random models'
+ * shapes, the distribution of a sweep over ranks (MPI, the rank watchdog,
+ * which GPU a rank takes) and the library's error setter, so that the
+ * tool's parsers report through pb_last_error() like the library does.
+ * Each function is declared here with the same prototype as in its
+ * library header; host/patchbay_tool.c includes both, so the compiler
+ * checks that they agree. */
+#ifndef PB_PATCHBAY_TOOL_H
+#define PB_PATCHBAY_TOOL_H
+
+#include <stddef.h>
+
+#include "patchbay.h"
+/* The rank struct, its options and stages are read field by field by the
+ * sweep command: the one internal header the tool cannot do without. */
+#include "distributed/distribute.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- errors (util/internal.h) ---- */
+/* Records a message for pb_last_error() and returns status. */
+pb_status pb_fail(pb_status status, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+
+/* ---- time (util/clock.h) ---- */
+/* Seconds on CLOCK_MONOTONIC: differences only mean something. */
+double pb_now_seconds(void);
+
+/* ---- files (util/outdir.h, formats/npy.h) ---- */
+/* Checks, before any compute, that dir can receive a run's outputs (an
+ * empty or missing directory, or overwrite); creates nothing. */
+pb_status pb_out_dir_check(const char *dir, int overwrite);
+/* pb_out_dir_check, then mkdir -p. */
+pb_status pb_out_dir_create(const char *dir, int overwrite);
+/* The whole file, NUL-terminated; *text malloc'd; size may be NULL. */
+pb_status pb_read_text_file(const char *path, char **text, size_t *size);
+/* Writes `size` bytes to path via path.tmp.<pid> + fsync + rename. */
+pb_status pb_write_file_atomic(const char *path, const void *data, size_t size);
+
+/* ---- models (model/model_random.h) ---- */
+/* The config of a random model name ("llama3-70b:4") without its weights. */
+pb_status pb_random_config(pb_model_config *out, const char *spec);
+
+/* ---- devices (backend/backend_cuda.h, distributed/rank_device.h) ---- */
+/* CUDA devices this process sees; PB_ERR_UNSUPPORTED without CUDA. */
+pb_status pb_cuda_device_count(int *count);
+/* `requested` when >= 0, else local_rank % device_count (0 when unknown). */
+int pb_rank_device_choose(int requested, int local_rank, int device_count);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
