@@ -752,8 +752,8 @@ static pb_status parse_site(const spec_parser *sp, const json_t *value, const ch
     snprintf(note, sizeof note, " (n_layers %d)", cfg->n_layers);
     PB_TRY(parse_index_list(item, sub, cfg->n_layers, note, "layer", &site->layers, &site->n_layers));
 
-    int query_heads = site->component == PB_COMPONENT_Z || site->component == PB_COMPONENT_Q;
-    int kv_heads = site->component == PB_COMPONENT_K || site->component == PB_COMPONENT_V;
+    pb_head_axis axis = pb_component_info_of(site->component)->heads;
+    int query_heads = axis == PB_HEADS_QUERY, kv_heads = axis == PB_HEADS_KV;
     item = json_object_get(value, "heads");
     path_key(sub, path, "heads");
     if (!query_heads && !kv_heads) {
@@ -763,7 +763,7 @@ static pb_status parse_site(const spec_parser *sp, const json_t *value, const ch
                            "heads)",
                            sub, pb_component_name(site->component));
     } else {
-        int count = query_heads ? cfg->n_heads : cfg->n_kv_heads;
+        int count = pb_component_head_count(site->component, cfg);
         if (query_heads)
             snprintf(note, sizeof note, " (n_heads %d)", count);
         else
