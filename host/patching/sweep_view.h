@@ -10,6 +10,7 @@
 #include <stdio.h>
 
 #include "model/components.h"
+#include "patching/sweep_spec.h"
 #include "patchbay.h"
 
 typedef struct pb_site_view {
@@ -19,7 +20,11 @@ typedef struct pb_site_view {
 
 typedef struct pb_sweep_view {
     const pb_sweep *sweep;
+    const pb_model *model;
     const pb_model_config *cfg;
+    const pb_sweep_spec *spec;  /* pairs, metric, effect floor, significance threshold */
+    int metric_residual_layer;  /* options.metric_fn_residual_layer */
+    int positions_from_end;     /* site positions are end-aligned (pairs differ in length) */
     pb_sweep_summary summary;
     int64_t n_sites;
     pb_site_view *sites;   /* (n_sites) */

@@ -27,7 +27,6 @@
 #include "model/model.h"
 #include "formats/npy.h"
 #include "util/outdir.h"
-#include "patching/sweep.h"
 #include "patching/sweep_view.h"
 
 #define PB_SWEEP_SCHEMA "patchbay.sweep/1"
@@ -233,8 +232,7 @@ static json_t *jints(json_builder *b, const int *values, int n) {
 }
 
 static json_t *metric_json(json_builder *b, const pb_sweep_view *v) {
-    const pb_sweep *sweep = v->sweep;
-    const pb_metric_spec *m = &sweep->spec.metric;
+    const pb_metric_spec *m = &v->spec->metric;
     pb_metric_kind kind = v->summary.metric;
     json_t *o = jobj(b);
     put(b, o, "kind", jstr(b, pb_sweep_metric_name(kind)));
@@ -253,8 +251,8 @@ static json_t *metric_json(json_builder *b, const pb_sweep_view *v) {
         put(b, o, "hook", jstr(b, m->hook_post ? "resid_post" : "resid_pre"));
         break;
     case PB_METRIC_CALLBACK:
-        put(b, o, "residual_layer", sweep->options.metric_fn_residual_layer >= 0
-                                        ? jint(b, sweep->options.metric_fn_residual_layer)
+        put(b, o, "residual_layer", v->metric_residual_layer >= 0
+                                        ? jint(b, v->metric_residual_layer)
                                         : json_null());
         break;
     case PB_METRIC_KL:
@@ -321,12 +319,11 @@ static void npy_axes_entry(json_builder *b, json_t *axes, const char *file, cons
 
 static json_t *results_json(const pb_sweep_view *v, const component_grids *grids, const pb_ranked *layers,
                             int n_layers_ranked, json_builder *b) {
-    const pb_sweep *sweep = v->sweep;
     const pb_sweep_summary *sum = &v->summary;
     const pb_model_config *cfg = v->cfg;
     json_t *root = jobj(b);
     put(b, root, "schema", jstr(b, PB_SWEEP_SCHEMA));
-    put(b, root, "model", jstr(b, sweep->model->path));
+    put(b, root, "model", jstr(b, v->model->path));
     json_t *mc = jobj(b);
     put(b, mc, "arch", jstr(b, cfg->arch));
     put(b, mc, "n_layers", jint(b, cfg->n_layers));
@@ -338,8 +335,8 @@ static json_t *results_json(const pb_sweep_view *v, const component_grids *grids
     put(b, root, "model_config", mc);
     put(b, root, "mode", jstr(b, pb_sweep_mode_name(sum->mode)));
     put(b, root, "metric", metric_json(b, v));
-    put(b, root, "significance_threshold", jnum(b, sweep->spec.significance_threshold));
-    put(b, root, "effect_floor", jnum(b, sweep->spec.effect_floor));
+    put(b, root, "significance_threshold", jnum(b, v->spec->significance_threshold));
+    put(b, root, "effect_floor", jnum(b, v->spec->effect_floor));
     put(b, root, "n_pairs", jint(b, sum->n_pairs));
     put(b, root, "n_pairs_used", jint(b, sum->n_pairs_used));
     put(b, root, "clean_baseline", jnum(b, sum->clean_baseline));
@@ -353,11 +350,11 @@ static json_t *results_json(const pb_sweep_view *v, const component_grids *grids
     put(b, root, "n_significant", jint(b, sum->n_significant));
     put(b, root, "flops_executed", jnum(b, sum->flops_executed));
     put(b, root, "flops_naive", jnum(b, sum->flops_naive));
-    put(b, root, "positions_aligned_from_end", json_boolean(sweep->positions_aligned_from_end));
+    put(b, root, "positions_aligned_from_end", json_boolean(v->positions_from_end));
 
     json_t *pairs = jarr(b);
     for (int i = 0; i < v->n_pairs; i++) {
-        int clean_is_source = i < sweep->spec.n_pairs ? sweep->spec.pairs[i].clean_is_source : 1;
+        int clean_is_source = i < v->spec->n_pairs ? v->spec->pairs[i].clean_is_source : 1;
         json_t *p = jobj(b);
         put(b, p, "index", jint(b, i));
         put(b, p, "clean", jnum(b, clean_is_source ? v->pair_source[i] : v->pair_base[i]));
@@ -428,7 +425,7 @@ static json_t *results_json(const pb_sweep_view *v, const component_grids *grids
         json_t *effects = jarr(b), *patched = jarr(b);
         for (int i = 0; i < v->n_pairs; i++) {
             double p = NAN, x = NAN;
-            if (pb_sweep_get_row(sweep, i, s, &p, &x) != PB_OK)
+            if (pb_sweep_get_row(v->sweep, i, s, &p, &x) != PB_OK)
                 b->failed = 1;
             push(b, effects, jnum(b, x));
             push(b, patched, jnum(b, p));
@@ -479,7 +476,6 @@ static void print_layers(FILE *f, const pb_sweep_view *v) {
 
 static pb_status report_text(const pb_sweep_view *v, const pb_ranked *layers, int n_layers_ranked, char **text,
                              size_t *size) {
-    const pb_sweep *sweep = v->sweep;
     const pb_sweep_summary *sum = &v->summary;
     int interchange = sum->mode == PB_MODE_INTERCHANGE;
     const char *clean_word = interchange ? "Source" : "Clean";
@@ -490,7 +486,7 @@ static pb_status report_text(const pb_sweep_view *v, const pb_ranked *layers, in
     if (!f)
         return pb_fail(PB_ERR_OOM, "sweep write: cannot open a memory stream for report.txt");
     fputs("patchbay activation patching report\n", f);
-    fprintf(f, "Model: %s\n", sweep->model->path ? sweep->model->path : "(unknown)");
+    fprintf(f, "Model: %s\n", v->model->path ? v->model->path : "(unknown)");
     fprintf(f, "Mode: %s\n", pb_sweep_mode_name(sum->mode));
     fputs("Metric: ", f);
     pb_sweep_print_metric(f, v);
@@ -509,7 +505,7 @@ static pb_status report_text(const pb_sweep_view *v, const pb_ranked *layers, in
     fprintf(f, "%s baseline: %.4f\n", corrupted_word, sum->corrupted_baseline);
     fprintf(f, "Total effect: %.4f\n", sum->total_effect);
     fprintf(f, "Significant sites (|effect| >= %.2f): %lld of %lld (circuit fraction %.3f)\n",
-            sweep->spec.significance_threshold, (long long)sum->n_significant, (long long)sum->n_sites,
+            v->spec->significance_threshold, (long long)sum->n_significant, (long long)sum->n_sites,
             sum->circuit_fraction);
     fputs("Top causal layers:", f);
     for (int i = 0; i < n_layers_ranked && i < PB_REPORT_TOP_LAYERS; i++) {
@@ -561,12 +557,12 @@ static pb_status report_text(const pb_sweep_view *v, const pb_ranked *layers, in
         const char *rule = "************************************************************************\n";
         fprintf(f, "\n%s", rule);
         fprintf(f, "WARNING: %d of %d pairs are below the effect floor (|%s - %s| < %g):\n", n_below, v->n_pairs,
-                interchange ? "source" : "clean", interchange ? "base" : "corrupted", sweep->spec.effect_floor);
+                interchange ? "source" : "clean", interchange ? "base" : "corrupted", v->spec->effect_floor);
         fputs("their normalised effects are undefined and they are left out of every mean.\n", f);
         for (int i = 0; i < v->n_pairs; i++) {
             if (v->pair_usable[i])
                 continue;
-            int clean_is_source = i < sweep->spec.n_pairs ? sweep->spec.pairs[i].clean_is_source : 1;
+            int clean_is_source = i < v->spec->n_pairs ? v->spec->pairs[i].clean_is_source : 1;
             double clean = clean_is_source ? v->pair_source[i] : v->pair_base[i];
             double corrupted = clean_is_source ? v->pair_base[i] : v->pair_source[i];
             fprintf(f, "  pair %d: %s %.6f, %s %.6f\n", i, interchange ? "source" : "clean", clean,
