@@ -405,6 +405,52 @@ static void put_legend(FILE *f, const layout *L, const char *id, double range) {
 }
 
 /* One <figure>: caption and the SVG. */
+/* The cells of a heatmap (rows layers, columns L->cols), each with its
+ * hover title and, where it fits, its value. */
+static void put_cells(FILE *f, const pb_sweep_view *v, const component_sites *g, const labels *l, const layout *L,
+                      pb_component c, int variant, double range) {
+    const char *hook = pb_component_hook(c);
+    int heads = g->n_heads, rows = v->cfg->n_layers, cols = heads ? heads : g->n_keys[variant];
+    int first_key = -1, n_keys_used = heads ? keys_used(g, variant, rows, &first_key) : 0;
+    int show_values = L->cell_w >= 34 && L->cell_h >= 20;
+    char colour[8], e[32], se[32], lo[32], hi[32];
+    for (int layer = 0; layer < rows; layer++) {
+        for (int col = 0; col < cols; col++) {
+            cell_value cv = cell_at(v, g, variant, layer, col);
+            int x = L->left + col * L->cell_w, y = L->top + layer * L->cell_h;
+            effect_colour(cv.effect, range, colour);
+            fprintf(f, "<rect class=\"cell\" x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" fill=\"%s\"%s><title>", x, y,
+                    L->cell_w, L->cell_h, colour, isnan(cv.effect) ? " data-nan=\"1\"" : "");
+            fprintf(f, "blocks.%d.%s ", layer, hook);
+            if (!heads) {
+                put_key_text(f, v, g, l, variant, col);
+            } else {
+                fprintf(f, "head %d ", col);
+                if (cv.n_sites == 1 || (cv.n_sites == 0 && n_keys_used == 1))
+                    put_key_text(f, v, g, l, variant, cv.n_sites == 1 ? cv.key : first_key);
+                else
+                    fprintf(f, "mean over %d %s", cv.n_sites, variant == VARIANT_GROUPS ? "groups" : "positions");
+            }
+            fputs(": ", f);
+            if (cv.n_sites == 0)
+                fputs("not patched", f);
+            else if (isnan(cv.effect))
+                fputs("n/a (no usable pair, or not run)", f);
+            else if (cv.n_sites == 1)
+                fprintf(f, "%s ± %s", format_number(cv.effect, e, sizeof e), format_number(cv.stderr_, se, sizeof se));
+            else
+                fprintf(f, "%s (min %s, max %s over %d)", format_number(cv.effect, e, sizeof e),
+                        format_number(cv.min, lo, sizeof lo), format_number(cv.max, hi, sizeof hi), cv.n_finite);
+            fputs("</title></rect>", f);
+            if (show_values && !isnan(cv.effect))
+                fprintf(f, "<text class=\"value%s\" x=\"%d\" y=\"%d\" text-anchor=\"middle\">%.2f</text>",
+                        fabs(cv.effect / range) > 0.55 ? " light" : "", x + L->cell_w / 2, y + L->cell_h / 2 + 4,
+                        fabs(cv.effect) < 0.005 ? 0.0 : cv.effect); /* no "-0.00" */
+        }
+        fputc('\n', f);
+    }
+}
+
 static void put_heatmap(FILE *f, const pb_sweep_view *v, const component_sites *g, const labels *l, pb_component c,
                         int variant, double range) {
     static const char *const suffix[N_VARIANTS] = {"", "_all", "_groups"};
@@ -479,44 +525,7 @@ static void put_heatmap(FILE *f, const pb_sweep_view *v, const component_sites *
     fprintf(f, "\n<text class=\"axis-title\" x=\"%d\" y=\"%d\" text-anchor=\"middle\">%s</text>\n", L.left + L.grid_w / 2,
             L.top + L.grid_h + 32, heads ? "head" : variant == VARIANT_EACH ? "position" : "");
 
-    /* Cells. */
-    int show_values = L.cell_w >= 34 && L.cell_h >= 20;
-    char colour[8], e[32], se[32], lo[32], hi[32];
-    for (int layer = 0; layer < rows; layer++) {
-        for (int col = 0; col < cols; col++) {
-            cell_value cv = cell_at(v, g, variant, layer, col);
-            int x = L.left + col * L.cell_w, y = L.top + layer * L.cell_h;
-            effect_colour(cv.effect, range, colour);
-            fprintf(f, "<rect class=\"cell\" x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" fill=\"%s\"%s><title>", x, y,
-                    L.cell_w, L.cell_h, colour, isnan(cv.effect) ? " data-nan=\"1\"" : "");
-            fprintf(f, "blocks.%d.%s ", layer, hook);
-            if (!heads) {
-                put_key_text(f, v, g, l, variant, col);
-            } else {
-                fprintf(f, "head %d ", col);
-                if (cv.n_sites == 1 || (cv.n_sites == 0 && n_keys_used == 1))
-                    put_key_text(f, v, g, l, variant, cv.n_sites == 1 ? cv.key : first_key);
-                else
-                    fprintf(f, "mean over %d %s", cv.n_sites, variant == VARIANT_GROUPS ? "groups" : "positions");
-            }
-            fputs(": ", f);
-            if (cv.n_sites == 0)
-                fputs("not patched", f);
-            else if (isnan(cv.effect))
-                fputs("n/a (no usable pair, or not run)", f);
-            else if (cv.n_sites == 1)
-                fprintf(f, "%s ± %s", format_number(cv.effect, e, sizeof e), format_number(cv.stderr_, se, sizeof se));
-            else
-                fprintf(f, "%s (min %s, max %s over %d)", format_number(cv.effect, e, sizeof e),
-                        format_number(cv.min, lo, sizeof lo), format_number(cv.max, hi, sizeof hi), cv.n_finite);
-            fputs("</title></rect>", f);
-            if (show_values && !isnan(cv.effect))
-                fprintf(f, "<text class=\"value%s\" x=\"%d\" y=\"%d\" text-anchor=\"middle\">%.2f</text>",
-                        fabs(cv.effect / range) > 0.55 ? " light" : "", x + L.cell_w / 2, y + L.cell_h / 2 + 4,
-                        fabs(cv.effect) < 0.005 ? 0.0 : cv.effect); /* no "-0.00" */
-        }
-        fputc('\n', f);
-    }
+    put_cells(f, v, g, l, &L, c, variant, range);
     put_legend(f, &L, id, range);
     fputs("</svg></div>\n</figure>\n", f);
 }
@@ -666,9 +675,7 @@ static void put_summary(FILE *f, const pb_sweep_view *v, const pb_report_extras 
     if (sum->n_rows_done < sum->n_rows)
         fprintf(f, "<p class=\"warn\">Only %lld of %lld rows are done: the effects of the rest are missing (grey).</p>\n",
                 (long long)sum->n_rows_done, (long long)sum->n_rows);
-    int n_below = 0;
-    for (int i = 0; i < v->n_pairs; i++)
-        n_below += !v->pair_usable[i];
+    int n_below = pb_sweep_view_pairs_below(v);
     if (n_below) {
         fprintf(f, "<div class=\"warn\"><b>%d of %d pairs are below the effect floor</b> (|%s − %s| &lt; %g): their "
                    "normalised effects are undefined and they are left out of every mean.<ul>",
@@ -677,9 +684,8 @@ static void put_summary(FILE *f, const pb_sweep_view *v, const pb_report_extras 
         for (int i = 0; i < v->n_pairs; i++) {
             if (v->pair_usable[i])
                 continue;
-            int clean_is_source = i < v->spec->n_pairs ? v->spec->pairs[i].clean_is_source : 1;
-            double clean = clean_is_source ? v->pair_source[i] : v->pair_base[i];
-            double corrupted = clean_is_source ? v->pair_base[i] : v->pair_source[i];
+            double clean, corrupted;
+            pb_sweep_view_pair_values(v, i, &clean, &corrupted);
             fprintf(f, "<li>pair %d: %s %.6f, %s %.6f</li>", i, interchange ? "source" : "clean", clean,
                     interchange ? "base" : "corrupted", corrupted);
         }

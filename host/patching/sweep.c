@@ -838,6 +838,96 @@ static pb_status interrupted(const pb_sweep *s) {
                    (long long)s->n_rows);
 }
 
+static void report_progress(pb_sweep *s) {
+    if (s->options.progress)
+        s->options.progress(s->n_rows_done, s->n_rows, s->options.progress_user);
+}
+
+typedef struct row_scratch {
+    float *host_a, *host_b; /* (max(d_model, head_dim)) */
+    int *positions;         /* (max_T + 1) */
+} row_scratch;
+
+/* One pair's pending rows (rows, ascending): its caches, then its rows in
+ * batches. A batch is launched, the next one planned while the device runs
+ * it, and only then is it finished (its values waited for and recorded). A
+ * stop request is honoured after each finished batch; a batch in flight is
+ * always finished first, so no computed row is lost. */
+static pb_status run_pair_rows(pb_sweep *s, batch_buffers *bb, int pair, const int64_t *rows, int64_t n,
+                               const row_scratch *sc) {
+    pb_status status = pair_caches(s, bb, pair);
+    if (status != PB_OK)
+        return status;
+    int in_flight = 0; /* rows of the launched, unfinished batch */
+    int n_batch = 0, tokens = 0;
+    for (int64_t r = 0; status == PB_OK && r < n; r++) {
+        const pb_site *site = &s->sites[rows[r] % s->n_sites];
+        int n_pos = resolve_positions(s, site, pair, sc->positions);
+        int trivial;
+        status = row_is_trivial(s, pair, site, sc->positions, n_pos, &trivial, sc->host_a, sc->host_b);
+        if (status != PB_OK)
+            break;
+        if (trivial) {
+            s->patched[rows[r]] = s->base_value[pair];
+            s->row_trivial[rows[r]] = 1;
+            s->row_state[rows[r]] = PB_ROW_DONE;
+            s->n_rows_done++;
+            continue;
+        }
+        int need = s->spec.pairs[pair].base.T - sc->positions[0];
+        if (n_batch > 0 && (n_batch == bb->max_rows || tokens + need > bb->max_tokens)) {
+            /* this batch is planned: finish the one in flight, then launch it */
+            if (in_flight) {
+                status = finish_batch(s, bb, in_flight);
+                in_flight = 0;
+                if (status != PB_OK)
+                    break;
+                report_progress(s);
+                if (stop_requested(s)) {
+                    status = interrupted(s);
+                    break;
+                }
+            }
+            if ((status = launch_batch(s, bb, n_batch)) != PB_OK)
+                break;
+            in_flight = n_batch;
+            n_batch = tokens = 0;
+        }
+        bb->rows[n_batch++] = rows[r];
+        tokens += need;
+    }
+    if (in_flight) {
+        /* finished on every path, before the caches it reads are freed;
+         * a planning failure keeps its own message */
+        pb_error_saved planning;
+        pb_error_save(&planning);
+        pb_status finished = finish_batch(s, bb, in_flight);
+        if (status == PB_OK)
+            status = finished;
+        else
+            pb_error_restore(&planning);
+        if (status == PB_OK)
+            report_progress(s);
+        if (status == PB_OK && n_batch > 0 && stop_requested(s))
+            status = interrupted(s);
+    }
+    if (status == PB_OK && n_batch > 0) {
+        status = launch_batch(s, bb, n_batch);
+        if (status == PB_OK)
+            status = finish_batch(s, bb, n_batch);
+    }
+    if (status == PB_OK)
+        report_progress(s);
+    /* Release this pair's activations; its baselines stay. */
+    cache_free(s, &s->base[pair]);
+    cache_free(s, &s->source[pair]);
+    /* The baselines are known once the caches were built, also when
+     * the pair was interrupted (a checkpoint keeps them). */
+    s->baseline_ready[pair] = status == PB_OK || (status == PB_ERR_INTERRUPTED && s->cache_ready[pair]);
+    s->cache_ready[pair] = 0;
+    return status;
+}
+
 pb_status pb_sweep_run_rows(pb_sweep *s, const int64_t *rows, int64_t n_rows) {
     if (!s || (n_rows > 0 && !rows))
         return pb_fail(PB_ERR_ARG, "pb_sweep_run_rows: sweep and rows are required");
@@ -866,17 +956,11 @@ pb_status pb_sweep_run_rows(pb_sweep *s, const int64_t *rows, int64_t n_rows) {
     pb_status status = n_todo ? batch_alloc(s, &bb, max_T) : PB_OK;
     const pb_model_config *c = &s->model->cfg;
     size_t width = (size_t)(c->d_model > c->head_dim ? c->d_model : c->head_dim);
-    float *host_a = malloc(sizeof(float) * width), *host_b = malloc(sizeof(float) * width);
-    int *positions = malloc(sizeof(int) * (size_t)(max_T + 1));
-    if (status == PB_OK && (!host_a || !host_b || !positions))
+    row_scratch sc = {malloc(sizeof(float) * width), malloc(sizeof(float) * width),
+                      malloc(sizeof(int) * (size_t)(max_T + 1))};
+    if (status == PB_OK && (!sc.host_a || !sc.host_b || !sc.positions))
         status = pb_fail(PB_ERR_OOM, "out of memory planning rows");
-    /* One pair at a time: its caches, then its rows in batches. A batch is
-     * launched, the next one planned while the device runs it, and only
-     * then is it finished (its values waited for and recorded). A stop
-     * request is honoured before a pair's caches and after each finished
-     * batch; a batch in flight is always finished first, so no computed row
-     * is lost. */
-    int in_flight = 0; /* rows of the launched, unfinished batch */
+    /* One pair at a time; a stop request is also honoured before a pair's caches. */
     for (int64_t i = 0; status == PB_OK && i < n_todo;) {
         int pair = (int)(todo[i] / s->n_sites);
         int64_t end = i;
@@ -886,82 +970,13 @@ pb_status pb_sweep_run_rows(pb_sweep *s, const int64_t *rows, int64_t n_rows) {
             status = interrupted(s);
             break;
         }
-        if ((status = pair_caches(s, &bb, pair)) != PB_OK)
-            break;
-        int n_batch = 0, tokens = 0;
-        for (int64_t r = i; status == PB_OK && r < end; r++) {
-            const pb_site *site = &s->sites[todo[r] % s->n_sites];
-            int n_pos = resolve_positions(s, site, pair, positions);
-            int trivial;
-            status = row_is_trivial(s, pair, site, positions, n_pos, &trivial, host_a, host_b);
-            if (status != PB_OK)
-                break;
-            if (trivial) {
-                s->patched[todo[r]] = s->base_value[pair];
-                s->row_trivial[todo[r]] = 1;
-                s->row_state[todo[r]] = PB_ROW_DONE;
-                s->n_rows_done++;
-                continue;
-            }
-            int need = s->spec.pairs[pair].base.T - positions[0];
-            if (n_batch > 0 && (n_batch == bb.max_rows || tokens + need > bb.max_tokens)) {
-                /* this batch is planned: finish the one in flight, then launch it */
-                if (in_flight) {
-                    status = finish_batch(s, &bb, in_flight);
-                    in_flight = 0;
-                    if (status != PB_OK)
-                        break;
-                    if (s->options.progress)
-                        s->options.progress(s->n_rows_done, s->n_rows, s->options.progress_user);
-                    if (stop_requested(s)) {
-                        status = interrupted(s);
-                        break;
-                    }
-                }
-                if ((status = launch_batch(s, &bb, n_batch)) != PB_OK)
-                    break;
-                in_flight = n_batch;
-                n_batch = tokens = 0;
-            }
-            bb.rows[n_batch++] = todo[r];
-            tokens += need;
-        }
-        if (in_flight) {
-            /* finished on every path, before the caches it reads are freed;
-             * a planning failure keeps its own message */
-            pb_error_saved planning;
-            pb_error_save(&planning);
-            pb_status finished = finish_batch(s, &bb, in_flight);
-            in_flight = 0;
-            if (status == PB_OK)
-                status = finished;
-            else
-                pb_error_restore(&planning);
-            if (status == PB_OK && s->options.progress)
-                s->options.progress(s->n_rows_done, s->n_rows, s->options.progress_user);
-            if (status == PB_OK && n_batch > 0 && stop_requested(s))
-                status = interrupted(s);
-        }
-        if (status == PB_OK && n_batch > 0) {
-            status = launch_batch(s, &bb, n_batch);
-            if (status == PB_OK)
-                status = finish_batch(s, &bb, n_batch);
-        }
-        if (status == PB_OK && s->options.progress)
-            s->options.progress(s->n_rows_done, s->n_rows, s->options.progress_user);
-        /* Release this pair's activations; its baselines stay. */
-        cache_free(s, &s->base[pair]);
-        cache_free(s, &s->source[pair]);
-        /* The baselines are known once the caches were built, also when
-         * the pair was interrupted (a checkpoint keeps them). */
-        s->baseline_ready[pair] = status == PB_OK || (status == PB_ERR_INTERRUPTED && s->cache_ready[pair]);
-        s->cache_ready[pair] = 0;
+        status = run_pair_rows(s, &bb, pair, todo + i, end - i, &sc);
         i = end;
     }
     batch_free(s, &bb);
-    free(host_a);
-    free(host_b);
-    free(positions);
+    free(sc.host_a);
+    free(sc.host_b);
+    free(sc.positions);
     free(todo);
     return status;
 }

@@ -101,6 +101,19 @@ pb_status pb_sweep_view_load(pb_sweep_view *v, const pb_sweep *sweep) {
     return PB_OK;
 }
 
+void pb_sweep_view_pair_values(const pb_sweep_view *v, int i, double *clean, double *corrupted) {
+    int clean_is_source = i < v->spec->n_pairs ? v->spec->pairs[i].clean_is_source : 1;
+    *clean = clean_is_source ? v->pair_source[i] : v->pair_base[i];
+    *corrupted = clean_is_source ? v->pair_base[i] : v->pair_source[i];
+}
+
+int pb_sweep_view_pairs_below(const pb_sweep_view *v) {
+    int n_below = 0;
+    for (int i = 0; i < v->n_pairs; i++)
+        n_below += !v->pair_usable[i];
+    return n_below;
+}
+
 int64_t pb_sweep_view_rank_sites(const pb_sweep_view *v, pb_ranked *order) {
     int64_t n = 0;
     for (int64_t s = 0; s < v->n_sites; s++) {

@@ -40,6 +40,10 @@ typedef struct pb_sweep_view {
 /* Fills v from the getters; on failure v holds only what pb_sweep_view_free releases. */
 pb_status pb_sweep_view_load(pb_sweep_view *v, const pb_sweep *sweep);
 void pb_sweep_view_free(pb_sweep_view *v);
+/* A pair's baselines as clean and corrupted (interchange: source and base). */
+void pb_sweep_view_pair_values(const pb_sweep_view *v, int pair, double *clean, double *corrupted);
+/* Pairs below the effect floor. */
+int pb_sweep_view_pairs_below(const pb_sweep_view *v);
 
 /* "denoising", "noising", "interchange". */
 const char *pb_sweep_mode_name(pb_patch_mode mode);

@@ -317,6 +317,88 @@ static void npy_axes_entry(json_builder *b, json_t *axes, const char *file, cons
     put(b, axes, file, e);
 }
 
+static json_t *pairs_json(json_builder *b, const pb_sweep_view *v) {
+    json_t *pairs = jarr(b);
+    for (int i = 0; i < v->n_pairs; i++) {
+        double clean, corrupted;
+        pb_sweep_view_pair_values(v, i, &clean, &corrupted);
+        json_t *p = jobj(b);
+        put(b, p, "index", jint(b, i));
+        put(b, p, "clean", jnum(b, clean));
+        put(b, p, "corrupted", jnum(b, corrupted));
+        put(b, p, "base", jnum(b, v->pair_base[i]));
+        put(b, p, "source", jnum(b, v->pair_source[i]));
+        put(b, p, "usable", json_boolean(v->pair_usable[i]));
+        push(b, pairs, p);
+    }
+    return pairs;
+}
+
+/* Axes of every .npy file, so a heatmap can be labelled. */
+static json_t *npy_axes_json(json_builder *b, const pb_sweep_view *v, const component_grids *grids) {
+    json_t *axes = jobj(b);
+    char file[64];
+    for (int c = 0; c < PB_COMPONENT_COUNT; c++) {
+        const component_grids *g = &grids[c];
+        const char *name = pb_component_name((pb_component)c);
+        if (g->each.used) {
+            json_t *labels = jarr(b);
+            for (int i = 0; i < v->n_columns; i++)
+                push(b, labels, jint(b, v->first_position + i));
+            snprintf(file, sizeof file, "%s.npy", name);
+            npy_axes_entry(b, axes, file, &g->each, "position", g->n_heads, labels);
+        }
+        if (g->all.used) {
+            snprintf(file, sizeof file, "%s_all.npy", name);
+            npy_axes_entry(b, axes, file, &g->all, NULL, g->n_heads, NULL);
+        }
+        if (g->groups.used) {
+            json_t *labels = jarr(b);
+            for (int i = 0; i < g->n_groups; i++)
+                push(b, labels, jints(b, g->group_positions[i], g->group_sizes[i]));
+            snprintf(file, sizeof file, "%s_groups.npy", name);
+            npy_axes_entry(b, axes, file, &g->groups, "group", g->n_heads, labels);
+        }
+    }
+    return axes;
+}
+
+static json_t *sites_json(json_builder *b, const pb_sweep_view *v) {
+    json_t *sites = jarr(b);
+    for (int64_t s = 0; s < v->n_sites && !b->failed; s++) {
+        const pb_site_result *r = &v->sites[s].r;
+        json_t *e = jobj(b);
+        char hook[96];
+        snprintf(hook, sizeof hook, "blocks.%d.%s", r->layer, pb_component_hook(r->component));
+        put(b, e, "component", jstr(b, pb_component_name(r->component)));
+        put(b, e, "hook", jstr(b, hook));
+        put(b, e, "layer", jint(b, r->layer));
+        put(b, e, "head", r->head >= 0 ? jint(b, r->head) : json_null());
+        put(b, e, "position", r->position != INT32_MIN ? jint(b, r->position) : json_null());
+        put(b, e, "positions",
+            r->position == INT32_MIN && !v->sites[s].all_positions && r->positions
+                ? jints(b, r->positions, r->n_positions)
+                : json_null());
+        put(b, e, "all_positions", json_boolean(v->sites[s].all_positions));
+        put(b, e, "patched", jnum(b, r->patched));
+        put(b, e, "effect", jnum(b, r->effect));
+        put(b, e, "stderr", jnum(b, r->standard_error));
+        put(b, e, "significant", json_boolean(r->significant));
+        json_t *effects = jarr(b), *patched = jarr(b);
+        for (int i = 0; i < v->n_pairs; i++) {
+            double p = NAN, x = NAN;
+            if (pb_sweep_get_row(v->sweep, i, s, &p, &x) != PB_OK)
+                b->failed = 1;
+            push(b, effects, jnum(b, x));
+            push(b, patched, jnum(b, p));
+        }
+        put(b, e, "per_pair_effect", effects);
+        put(b, e, "per_pair_patched", patched);
+        push(b, sites, e);
+    }
+    return sites;
+}
+
 static json_t *results_json(const pb_sweep_view *v, const component_grids *grids, const pb_ranked *layers,
                             int n_layers_ranked, json_builder *b) {
     const pb_sweep_summary *sum = &v->summary;
@@ -352,19 +434,7 @@ static json_t *results_json(const pb_sweep_view *v, const component_grids *grids
     put(b, root, "flops_naive", jnum(b, sum->flops_naive));
     put(b, root, "positions_aligned_from_end", json_boolean(v->positions_from_end));
 
-    json_t *pairs = jarr(b);
-    for (int i = 0; i < v->n_pairs; i++) {
-        int clean_is_source = i < v->spec->n_pairs ? v->spec->pairs[i].clean_is_source : 1;
-        json_t *p = jobj(b);
-        put(b, p, "index", jint(b, i));
-        put(b, p, "clean", jnum(b, clean_is_source ? v->pair_source[i] : v->pair_base[i]));
-        put(b, p, "corrupted", jnum(b, clean_is_source ? v->pair_base[i] : v->pair_source[i]));
-        put(b, p, "base", jnum(b, v->pair_base[i]));
-        put(b, p, "source", jnum(b, v->pair_source[i]));
-        put(b, p, "usable", json_boolean(v->pair_usable[i]));
-        push(b, pairs, p);
-    }
-    put(b, root, "pairs", pairs);
+    put(b, root, "pairs", pairs_json(b, v));
 
     json_t *top = jarr(b);
     for (int i = 0; i < n_layers_ranked; i++) {
@@ -375,66 +445,9 @@ static json_t *results_json(const pb_sweep_view *v, const component_grids *grids
     }
     put(b, root, "top_layers", top);
 
-    /* Axes of every .npy file, so a heatmap can be labelled. */
-    json_t *axes = jobj(b);
-    char file[64];
-    for (int c = 0; c < PB_COMPONENT_COUNT; c++) {
-        const component_grids *g = &grids[c];
-        const char *name = pb_component_name((pb_component)c);
-        if (g->each.used) {
-            json_t *labels = jarr(b);
-            for (int i = 0; i < v->n_columns; i++)
-                push(b, labels, jint(b, v->first_position + i));
-            snprintf(file, sizeof file, "%s.npy", name);
-            npy_axes_entry(b, axes, file, &g->each, "position", g->n_heads, labels);
-        }
-        if (g->all.used) {
-            snprintf(file, sizeof file, "%s_all.npy", name);
-            npy_axes_entry(b, axes, file, &g->all, NULL, g->n_heads, NULL);
-        }
-        if (g->groups.used) {
-            json_t *labels = jarr(b);
-            for (int i = 0; i < g->n_groups; i++)
-                push(b, labels, jints(b, g->group_positions[i], g->group_sizes[i]));
-            snprintf(file, sizeof file, "%s_groups.npy", name);
-            npy_axes_entry(b, axes, file, &g->groups, "group", g->n_heads, labels);
-        }
-    }
-    put(b, root, "npy_axes", axes);
+    put(b, root, "npy_axes", npy_axes_json(b, v, grids));
 
-    json_t *sites = jarr(b);
-    for (int64_t s = 0; s < v->n_sites && !b->failed; s++) {
-        const pb_site_result *r = &v->sites[s].r;
-        json_t *e = jobj(b);
-        char hook[96];
-        snprintf(hook, sizeof hook, "blocks.%d.%s", r->layer, pb_component_hook(r->component));
-        put(b, e, "component", jstr(b, pb_component_name(r->component)));
-        put(b, e, "hook", jstr(b, hook));
-        put(b, e, "layer", jint(b, r->layer));
-        put(b, e, "head", r->head >= 0 ? jint(b, r->head) : json_null());
-        put(b, e, "position", r->position != INT32_MIN ? jint(b, r->position) : json_null());
-        put(b, e, "positions",
-            r->position == INT32_MIN && !v->sites[s].all_positions && r->positions
-                ? jints(b, r->positions, r->n_positions)
-                : json_null());
-        put(b, e, "all_positions", json_boolean(v->sites[s].all_positions));
-        put(b, e, "patched", jnum(b, r->patched));
-        put(b, e, "effect", jnum(b, r->effect));
-        put(b, e, "stderr", jnum(b, r->standard_error));
-        put(b, e, "significant", json_boolean(r->significant));
-        json_t *effects = jarr(b), *patched = jarr(b);
-        for (int i = 0; i < v->n_pairs; i++) {
-            double p = NAN, x = NAN;
-            if (pb_sweep_get_row(v->sweep, i, s, &p, &x) != PB_OK)
-                b->failed = 1;
-            push(b, effects, jnum(b, x));
-            push(b, patched, jnum(b, p));
-        }
-        put(b, e, "per_pair_effect", effects);
-        put(b, e, "per_pair_patched", patched);
-        push(b, sites, e);
-    }
-    put(b, root, "sites", sites);
+    put(b, root, "sites", sites_json(b, v));
     return root;
 }
 
@@ -472,6 +485,28 @@ static void print_layers(FILE *f, const pb_sweep_view *v) {
         fprintf(f, " (%d)\n", n);
     }
     free(has);
+}
+
+/* The pairs below the effect floor, framed by a rule of stars. */
+static void print_floor_warning(FILE *f, const pb_sweep_view *v) {
+    int interchange = v->summary.mode == PB_MODE_INTERCHANGE;
+    int n_below = pb_sweep_view_pairs_below(v);
+    if (n_below) {
+        const char *rule = "************************************************************************\n";
+        fprintf(f, "\n%s", rule);
+        fprintf(f, "WARNING: %d of %d pairs are below the effect floor (|%s - %s| < %g):\n", n_below, v->n_pairs,
+                interchange ? "source" : "clean", interchange ? "base" : "corrupted", v->spec->effect_floor);
+        fputs("their normalised effects are undefined and they are left out of every mean.\n", f);
+        for (int i = 0; i < v->n_pairs; i++) {
+            if (v->pair_usable[i])
+                continue;
+            double clean, corrupted;
+            pb_sweep_view_pair_values(v, i, &clean, &corrupted);
+            fprintf(f, "  pair %d: %s %.6f, %s %.6f\n", i, interchange ? "source" : "clean", clean,
+                    interchange ? "base" : "corrupted", corrupted);
+        }
+        fputs(rule, f);
+    }
 }
 
 static pb_status report_text(const pb_sweep_view *v, const pb_ranked *layers, int n_layers_ranked, char **text,
@@ -550,26 +585,7 @@ static pb_status report_text(const pb_sweep_view *v, const pb_ranked *layers, in
         fputs("  (no site has an effect)\n", f);
     free(order);
 
-    int n_below = 0;
-    for (int i = 0; i < v->n_pairs; i++)
-        n_below += !v->pair_usable[i];
-    if (n_below) {
-        const char *rule = "************************************************************************\n";
-        fprintf(f, "\n%s", rule);
-        fprintf(f, "WARNING: %d of %d pairs are below the effect floor (|%s - %s| < %g):\n", n_below, v->n_pairs,
-                interchange ? "source" : "clean", interchange ? "base" : "corrupted", v->spec->effect_floor);
-        fputs("their normalised effects are undefined and they are left out of every mean.\n", f);
-        for (int i = 0; i < v->n_pairs; i++) {
-            if (v->pair_usable[i])
-                continue;
-            int clean_is_source = i < v->spec->n_pairs ? v->spec->pairs[i].clean_is_source : 1;
-            double clean = clean_is_source ? v->pair_source[i] : v->pair_base[i];
-            double corrupted = clean_is_source ? v->pair_base[i] : v->pair_source[i];
-            fprintf(f, "  pair %d: %s %.6f, %s %.6f\n", i, interchange ? "source" : "clean", clean,
-                    interchange ? "base" : "corrupted", corrupted);
-        }
-        fputs(rule, f);
-    }
+    print_floor_warning(f, v);
     if (fclose(f) != 0) {
         free(*text);
         *text = NULL;
