@@ -17,7 +17,7 @@ typedef enum pb_head_axis {
 
 typedef enum pb_layer_half {
     PB_HALF_ATTENTION = 0, /* step pb_step_attention(L): resid_pre (read), attn_out, z, q, k, v */
-    PB_HALF_MLP = 1,       /* step pb_step_mlp(L) = pb_step_attention(L) + 1: resid_mid (read), mlp_out, resid_post */
+    PB_HALF_MLP = 1,       /* step pb_step_mlp(L): resid_mid (read), mlp_out, resid_post */
 } pb_layer_half;
 
 typedef struct pb_component_info {

@@ -127,7 +127,7 @@ static int patch_last_start(pb_hook_kind hook, int layer) {
     pb_component comp;
     if (!pb_component_from_hook(hook, &comp))
         return pb_step_attention(layer);
-    return pb_step_attention(layer) + (int)pb_component_info_of(comp)->half;
+    return pb_component_info_of(comp)->half == PB_HALF_MLP ? pb_step_mlp(layer) : pb_step_attention(layer);
 }
 
 static pb_status check_jobs(pb_exec *e, const pb_exec_job *jobs, int n_jobs, int stop_step) {

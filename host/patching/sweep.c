@@ -33,7 +33,7 @@ static void patch_point(pb_component comp, int layer, pb_hook_kind *hook, int *h
     }
     *hook = info->hook_kind;
     *hook_layer = layer;
-    *start_step = pb_step_attention(layer) + (int)info->half;
+    *start_step = info->half == PB_HALF_MLP ? pb_step_mlp(layer) : pb_step_attention(layer);
 }
 
 /* The first step whose entering residual carries the patch: the patch's
