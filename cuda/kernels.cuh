@@ -1,5 +1,6 @@
-/* Kernel launchers of the CUDA backend, one op per .cu file, and the small
- * device helpers they share. Each launcher enqueues its kernel on `stream` and
+/* Kernel launchers of the CUDA backend, grouped by kind of op in .cu files
+ * (elementwise.cu holds several small ops, convert.cu the 16-bit ones,
+ * attention a file per variant), and the small device helpers they share. Each launcher enqueues its kernel on `stream` and
  * returns cudaGetLastError() (launch-configuration errors); errors raised while
  * the kernel runs surface at the next synchronising call.
  *

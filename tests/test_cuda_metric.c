@@ -20,7 +20,7 @@
 #include "backend/backend.h"
 #include "backend/backend_cuda.h"
 #include "model/model.h"
-#include "patching/sweep.h"
+#include "patching/sweep_access.h"
 #include "test_util.h"
 #include "tolerances.h"
 
@@ -204,7 +204,7 @@ static pb_status run_sweep(pb_model *m, const char *spec, int with_op, pb_sweep 
     pb_sweep *s = NULL;
     pb_status status = pb_sweep_create(&s, m, spec, NULL, NULL);
     if (status == PB_OK) {
-        assert_int_equal(s->metric_on_device, with_op);
+        assert_int_equal(pb_sweep_metric_on_device(s), with_op);
         status = pb_sweep_run(s);
     }
     m->backend->ops = saved;
@@ -249,12 +249,12 @@ static void test_sweep_with_and_without_op(void **state) {
          * 2 (1 + |e|) tol M / |s - b|, M = max(1, |v|, |b|, |s|); the
          * check allows twice that. */
         double worst_value = 0.0, worst_effect = 0.0;
-        for (int p = 0; p < op->spec.n_pairs; p++) {
+        for (int p = 0; p < pb_sweep_spec_of(op)->n_pairs; p++) {
             double b1, s1, b2, s2;
             pb_sweep_get_pair(op, p, &b1, &s1);
             pb_sweep_get_pair(host, p, &b2, &s2);
             worst_value = fmax(worst_value, fmax(rel_diff(b1, b2), rel_diff(s1, s2)));
-            for (int64_t i = 0; i < op->n_sites; i++) {
+            for (int64_t i = 0; i < pb_sweep_site_count(op); i++) {
                 double v1, e1, v2, e2;
                 pb_sweep_get_row(op, p, i, &v1, &e1);
                 pb_sweep_get_row(host, p, i, &v2, &e2);

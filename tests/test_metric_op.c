@@ -18,7 +18,7 @@
 
 #include "backend/backend.h"
 #include "model/model.h"
-#include "patching/sweep.h"
+#include "patching/sweep_access.h"
 #include "test_util.h"
 #include "tolerances.h"
 
@@ -311,7 +311,7 @@ static pb_status run_sweep(pb_model *m, const char *spec, int with_op, pb_sweep 
     pb_sweep *s = NULL;
     pb_status status = pb_sweep_create(&s, m, spec, NULL, NULL);
     if (status == PB_OK) {
-        assert_int_equal(s->metric_on_device, with_op);
+        assert_int_equal(pb_sweep_metric_on_device(s), with_op);
         status = pb_sweep_run(s);
     }
     m->backend->ops = saved;
@@ -344,13 +344,13 @@ static void test_sweep_with_and_without_op(void **state) {
                 pb_sweep *op = NULL, *host = NULL;
                 CHECK_OK(run_sweep(m, spec, 1, &op));
                 CHECK_OK(run_sweep(m, spec, 0, &host));
-                assert_int_equal(op->n_rows, host->n_rows);
-                for (int p = 0; p < op->spec.n_pairs; p++) {
+                assert_int_equal(pb_sweep_row_count(op), pb_sweep_row_count(host));
+                for (int p = 0; p < pb_sweep_spec_of(op)->n_pairs; p++) {
                     double b1, s1, b2, s2;
                     pb_sweep_get_pair(op, p, &b1, &s1);
                     pb_sweep_get_pair(host, p, &b2, &s2);
                     worst = fmax(worst, fmax(fabs(b1 - b2), fabs(s1 - s2)));
-                    for (int64_t i = 0; i < op->n_sites; i++) {
+                    for (int64_t i = 0; i < pb_sweep_site_count(op); i++) {
                         double v1, e1, v2, e2;
                         pb_sweep_get_row(op, p, i, &v1, &e1);
                         pb_sweep_get_row(host, p, i, &v2, &e2);
@@ -448,12 +448,12 @@ static void test_sweep_sizes_batches_by_free_memory(void **state) {
     CHECK_OK(status);
     pb_sweep *tight = run_with_free(m, spec, (size_t)256 << 10, &status);
     CHECK_OK(status);
-    printf("[ MEASURE  ] batches with 1 TiB free: %lld; with 256 KiB free: %lld\n", (long long)roomy->n_batches,
-           (long long)tight->n_batches);
-    assert_true(tight->n_batches > roomy->n_batches);
+    printf("[ MEASURE  ] batches with 1 TiB free: %lld; with 256 KiB free: %lld\n", (long long)pb_sweep_batch_count(roomy),
+           (long long)pb_sweep_batch_count(tight));
+    assert_true(pb_sweep_batch_count(tight) > pb_sweep_batch_count(roomy));
     double worst = 0.0;
-    for (int p = 0; p < roomy->spec.n_pairs; p++)
-        for (int64_t i = 0; i < roomy->n_sites; i++) {
+    for (int p = 0; p < pb_sweep_spec_of(roomy)->n_pairs; p++)
+        for (int64_t i = 0; i < pb_sweep_site_count(roomy); i++) {
             double a, b;
             pb_sweep_get_row(roomy, p, i, &a, NULL);
             pb_sweep_get_row(tight, p, i, &b, NULL);

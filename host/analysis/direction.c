@@ -269,7 +269,11 @@ void pb_direction_result_free(pb_direction_result *r) {
 }
 
 typedef struct work {
-    prompt_list train, val;
+    prompt_list train, val;  /* harmful prompts first, then harmless */
+    prompt_list harmless_val; /* the harmless part of val */
+    int nh_train, nn_train, nh_val, nn_val;
+    int n_post;
+    int P_train, P_val, P_harmless; /* common prefixes run once */
     double *sums;        /* (2, n_layers, n_post, d_model) */
     float *scratch;
     float *val_logits;   /* (n_val, vocab) */
@@ -289,24 +293,26 @@ static void work_free(work *w) {
     runner_free(&w->r);
 }
 
-static pb_status compute(pb_model *m, const pb_direction_inputs *in, pb_direction_result *out, work *w) {
-    const pb_model_config *c = &m->cfg;
-    int d = c->d_model, L = c->n_layers, V = c->vocab_size;
-    int nh_train = in->max_train > 0 && in->max_train < in->harmful_train.n ? in->max_train : in->harmful_train.n;
-    int nn_train = in->max_train > 0 && in->max_train < in->harmless_train.n ? in->max_train : in->harmless_train.n;
-    int nh_val = in->max_val > 0 && in->max_val < in->harmful_val.n ? in->max_val : in->harmful_val.n;
-    int nn_val = in->max_val > 0 && in->max_val < in->harmless_val.n ? in->max_val : in->harmless_val.n;
-    int n_train = nh_train + nn_train, n_val = nh_val + nn_val;
+static int capped(int max, int n) { return max > 0 && max < n ? max : n; }
+
+/* The train and validation lists (harmful first), the post-instruction
+ * positions, the shared prefixes, and a runner sized for them. */
+static pb_status prepare(pb_model *m, const pb_direction_inputs *in, work *w) {
+    w->nh_train = capped(in->max_train, in->harmful_train.n);
+    w->nn_train = capped(in->max_train, in->harmless_train.n);
+    w->nh_val = capped(in->max_val, in->harmful_val.n);
+    w->nn_val = capped(in->max_val, in->harmless_val.n);
+    int n_train = w->nh_train + w->nn_train, n_val = w->nh_val + w->nn_val;
     w->train.ids = malloc(sizeof(int32_t *) * (size_t)n_train);
     w->train.T = malloc(sizeof(int) * (size_t)n_train);
     w->val.ids = malloc(sizeof(int32_t *) * (size_t)n_val);
     w->val.T = malloc(sizeof(int) * (size_t)n_val);
     if (!w->train.ids || !w->train.T || !w->val.ids || !w->val.T)
         return pb_fail(PB_ERR_OOM, "direction: out of memory");
-    list_append(&w->train, &in->harmful_train, nh_train);
-    list_append(&w->train, &in->harmless_train, nn_train);
-    list_append(&w->val, &in->harmful_val, nh_val);
-    list_append(&w->val, &in->harmless_val, nn_val);
+    list_append(&w->train, &in->harmful_train, w->nh_train);
+    list_append(&w->train, &in->harmless_train, w->nn_train);
+    list_append(&w->val, &in->harmful_val, w->nh_val);
+    list_append(&w->val, &in->harmless_val, w->nn_val);
 
     int n_post = in->n_post;
     if (n_post == 0) {
@@ -317,6 +323,7 @@ static pb_status compute(pb_model *m, const pb_direction_inputs *in, pb_directio
             return pb_fail(PB_ERR_ARG, "direction: the train prompts share no common suffix, so the post-instruction "
                                        "positions cannot be inferred; pass n_post");
     }
+    w->n_post = n_post;
     int max_T = 0;
     for (int i = 0; i < w->train.n; i++) {
         if (w->train.T[i] < n_post)
@@ -328,23 +335,19 @@ static pb_status compute(pb_model *m, const pb_direction_inputs *in, pb_directio
     for (int i = 0; i < w->val.n; i++)
         if (w->val.T[i] > max_T)
             max_T = w->val.T[i];
-    int P_train = common_prefix(&w->train, n_post);
-    int P_val = common_prefix(&w->val, 1);
-    prompt_list harmless_val = {.n = nn_val, .ids = w->val.ids + nh_val, .T = w->val.T + nh_val};
-    int P_harmless = common_prefix(&harmless_val, 1);
-    int P_max = P_train > P_harmless ? P_train : P_harmless; /* P_harmless >= P_val */
+    w->P_train = common_prefix(&w->train, n_post);
+    w->P_val = common_prefix(&w->val, 1);
+    w->harmless_val = (prompt_list){.n = w->nn_val, .ids = w->val.ids + w->nh_val, .T = w->val.T + w->nh_val};
+    w->P_harmless = common_prefix(&w->harmless_val, 1);
+    int P_max = w->P_train > w->P_harmless ? w->P_train : w->P_harmless; /* P_harmless >= P_val */
     int batch = in->max_batch_tokens > 0 ? in->max_batch_tokens : DEFAULT_BATCH_TOKENS;
-    PB_TRY(runner_create(&w->r, m, batch, max_T, P_max));
+    return runner_create(&w->r, m, batch, max_T, P_max);
+}
 
-    out->d_model = d;
-    out->n_layers = L;
-    out->n_post = n_post;
-    out->n_harmful_train = nh_train;
-    out->n_harmless_train = nn_train;
-    out->n_harmful_val = nh_val;
-    out->n_harmless_val = nn_val;
-
-    /* 1. Means of resid_pre at every layer and post-instruction position. */
+/* 1. Means of resid_pre at every layer and post-instruction position:
+ * out->differences = harmful mean - harmless mean. */
+static pb_status compute_means(const pb_model_config *c, pb_direction_result *out, work *w) {
+    int d = c->d_model, L = c->n_layers, n_post = w->n_post;
     double t0 = pb_now_seconds();
     size_t table = (size_t)L * n_post * d;
     w->sums = calloc(2 * table, sizeof(double));
@@ -352,31 +355,81 @@ static pb_status compute(pb_model *m, const pb_direction_inputs *in, pb_directio
     out->differences = malloc(sizeof(float) * table);
     if (!w->sums || !w->scratch || !out->differences)
         return pb_fail(PB_ERR_OOM, "direction: out of memory for the means");
-    means_hook mh = {.r = &w->r, .n_harmful = nh_train, .l = &w->train, .n_post = n_post,
+    means_hook mh = {.r = &w->r, .n_harmful = w->nh_train, .l = &w->train, .n_post = n_post,
                      .sum_harmful = w->sums, .sum_harmless = w->sums + table, .scratch = w->scratch};
     /* stop at the residual entering the last layer: nothing later is read */
-    PB_TRY(run_prompts(&w->r, &w->train, P_train, pb_step_attention(L - 1), means_hook_fn, &mh, NULL));
+    PB_TRY(run_prompts(&w->r, &w->train, w->P_train, pb_step_attention(L - 1), means_hook_fn, &mh, NULL));
     for (size_t i = 0; i < table; i++)
-        out->differences[i] = (float)(w->sums[i] / nh_train - w->sums[table + i] / nn_train);
+        out->differences[i] = (float)(w->sums[i] / w->nh_train - w->sums[table + i] / w->nn_train);
     out->seconds_means = pb_now_seconds() - t0;
+    return PB_OK;
+}
 
-    /* 2. Baselines on the validation prompts (harmful first, then harmless). */
-    t0 = pb_now_seconds();
-    w->val_logits = malloc(sizeof(float) * (size_t)n_val * V);
+/* 2. Baselines on the validation prompts (harmful first, then harmless),
+ * and the harmless prompts' reference log-probabilities for the KL. */
+static pb_status compute_baselines(const pb_model_config *c, const pb_direction_inputs *in,
+                                   pb_direction_result *out, work *w) {
+    int V = c->vocab_size, nh_val = w->nh_val, nn_val = w->nn_val;
+    w->val_logits = malloc(sizeof(float) * (size_t)(nh_val + nn_val) * V);
     w->ref_logprobs = malloc(sizeof(double) * (size_t)nn_val * V);
     if (!w->val_logits || !w->ref_logprobs)
         return pb_fail(PB_ERR_OOM, "direction: out of memory for validation logits");
-    PB_TRY(run_prompts(&w->r, &w->val, P_val, 2 * L, NULL, NULL, w->val_logits));
+    PB_TRY(run_prompts(&w->r, &w->val, w->P_val, 2 * c->n_layers, NULL, NULL, w->val_logits));
     out->baseline_harmful = mean_refusal(w->val_logits, nh_val, V, in->refusal_ids, in->n_refusal_ids);
     out->baseline_harmless =
         mean_refusal(w->val_logits + (size_t)nh_val * V, nn_val, V, in->refusal_ids, in->n_refusal_ids);
     for (int i = 0; i < nn_val; i++)
         pb_log_softmax(w->val_logits + (size_t)(nh_val + i) * V, V, w->ref_logprobs + (size_t)i * V);
+    return PB_OK;
+}
 
-    /* 3. Candidates: layers 0, stride, ... below the fraction, every position. */
+/* The validation prompts l (from prefix P) under one intervention, logits into w->val_logits. */
+static pb_status run_intervened(pb_model *m, work *w, const pb_intervention *iv, const prompt_list *l, int P) {
+    pb_intervention_hook h;
+    PB_TRY(pb_intervention_hook_init(&h, m, iv, 1));
+    pb_status status = run_prompts(&w->r, l, P, 2 * m->cfg.n_layers, pb_intervention_hook_fn, &h, w->val_logits);
+    pb_intervention_hook_release(&h);
+    return status;
+}
+
+/* Scores one candidate: the difference r (d_model) at layer cand->layer,
+ * its unit direction into u. */
+static pb_status score_candidate(pb_model *m, const pb_direction_inputs *in, const pb_direction_result *out,
+                                 work *w, pb_direction_candidate *cand, const float *r, float *u) {
+    int d = m->cfg.d_model, V = m->cfg.vocab_size, nh_val = w->nh_val, nn_val = w->nn_val;
+    double norm2 = 0;
+    for (int i = 0; i < d; i++)
+        norm2 += (double)r[i] * r[i];
+    cand->norm = sqrt(norm2);
+    if (!(norm2 > 0)) {
+        /* identical means: nothing to ablate or add */
+        cand->ablation_score = out->baseline_harmful;
+        cand->addition_score = out->baseline_harmless;
+        cand->kl = 0;
+        return PB_OK;
+    }
+    for (int i = 0; i < d; i++)
+        u[i] = (float)(r[i] / cand->norm);
+    /* ablation on all validation prompts (harmful score, harmless KL) */
+    pb_intervention ablate = {.kind = PB_INTERVENE_ABLATE, .direction = u};
+    PB_TRY(run_intervened(m, w, &ablate, &w->val, w->P_val));
+    cand->ablation_score = mean_refusal(w->val_logits, nh_val, V, in->refusal_ids, in->n_refusal_ids);
+    double kl = 0;
+    for (int i = 0; i < nn_val; i++)
+        kl += pb_metric_kl(w->ref_logprobs + (size_t)i * V, w->val_logits + (size_t)(nh_val + i) * V, V);
+    cand->kl = kl / nn_val;
+    /* addition of the raw difference at its layer, harmless prompts */
+    pb_intervention add = {.kind = PB_INTERVENE_ADD, .layer = cand->layer, .direction = r, .scale = 1.0};
+    PB_TRY(run_intervened(m, w, &add, &w->harmless_val, w->P_harmless));
+    cand->addition_score = mean_refusal(w->val_logits, nn_val, V, in->refusal_ids, in->n_refusal_ids);
+    return PB_OK;
+}
+
+/* 3. Candidates: layers 0, stride, ... below the fraction, every position. */
+static pb_status score_candidates(pb_model *m, const pb_direction_inputs *in, pb_direction_result *out, work *w) {
+    int d = m->cfg.d_model, L = m->cfg.n_layers, n_post = w->n_post;
     int stride = in->layer_stride > 0 ? in->layer_stride : 1;
     double fraction = in->max_layer_fraction > 0 ? in->max_layer_fraction : DEFAULT_MAX_LAYER_FRACTION;
-    double kl_max = in->kl_threshold > 0 ? in->kl_threshold : DEFAULT_KL_THRESHOLD;
     int n_layers_cand = 0;
     for (int l = 0; l < L && l < fraction * L; l += stride)
         n_layers_cand++;
@@ -393,59 +446,24 @@ static pb_status compute(pb_model *m, const pb_direction_inputs *in, pb_directio
     for (int k = 0; k < out->n_candidates && status == PB_OK; k++) {
         pb_direction_candidate *cand = &out->candidates[k];
         int l = (k / n_post) * stride, q = k % n_post;
-        const float *r = out->differences + ((size_t)l * n_post + q) * d;
-        double norm2 = 0;
-        for (int i = 0; i < d; i++)
-            norm2 += (double)r[i] * r[i];
         cand->layer = l;
         cand->position = q - n_post;
-        cand->norm = sqrt(norm2);
-        if (!(norm2 > 0)) {
-            /* identical means: nothing to ablate or add */
-            cand->ablation_score = out->baseline_harmful;
-            cand->addition_score = out->baseline_harmless;
-            cand->kl = 0;
-            continue;
-        }
-        for (int i = 0; i < d; i++)
-            u[i] = (float)(r[i] / cand->norm);
-        /* ablation on all validation prompts (harmful score, harmless KL) */
-        pb_intervention ablate = {.kind = PB_INTERVENE_ABLATE, .direction = u};
-        pb_intervention_hook h;
-        if ((status = pb_intervention_hook_init(&h, m, &ablate, 1)) != PB_OK)
-            break;
-        status = run_prompts(&w->r, &w->val, P_val, 2 * L, pb_intervention_hook_fn, &h, w->val_logits);
-        pb_intervention_hook_release(&h);
-        if (status != PB_OK)
-            break;
-        cand->ablation_score = mean_refusal(w->val_logits, nh_val, V, in->refusal_ids, in->n_refusal_ids);
-        double kl = 0;
-        for (int i = 0; i < nn_val; i++)
-            kl += pb_metric_kl(w->ref_logprobs + (size_t)i * V, w->val_logits + (size_t)(nh_val + i) * V, V);
-        cand->kl = kl / nn_val;
-        /* addition of the raw difference at its layer, harmless prompts */
-        pb_intervention add = {.kind = PB_INTERVENE_ADD, .layer = l, .direction = r, .scale = 1.0};
-        if ((status = pb_intervention_hook_init(&h, m, &add, 1)) != PB_OK)
-            break;
-        status = run_prompts(&w->r, &harmless_val, P_harmless, 2 * L, pb_intervention_hook_fn, &h,
-                             w->val_logits);
-        pb_intervention_hook_release(&h);
-        if (status != PB_OK)
-            break;
-        cand->addition_score = mean_refusal(w->val_logits, nn_val, V, in->refusal_ids, in->n_refusal_ids);
+        status = score_candidate(m, in, out, w, cand, out->differences + ((size_t)l * n_post + q) * d, u);
     }
     free(u);
-    PB_TRY(status);
-    out->seconds_candidates = pb_now_seconds() - t0;
+    return status;
+}
 
-    /* 4. The paper's rule: among candidates with KL below the threshold and
-     * a positive addition score (layers were limited above), the lowest
-     * ablation score. When none passes (a model that barely refuses never
-     * reaches a positive addition score), the addition filter is dropped
-     * but the KL filter kept, since a direction whose ablation wrecks the
-     * harmless distribution "removes refusal" only by breaking the model;
-     * only if no candidate passes even that is the lowest score overall
-     * taken. */
+/* 4. The paper's rule: among candidates with KL below the threshold and
+ * a positive addition score (layers were limited above), the lowest
+ * ablation score. When none passes (a model that barely refuses never
+ * reaches a positive addition score), the addition filter is dropped
+ * but the KL filter kept, since a direction whose ablation wrecks the
+ * harmless distribution "removes refusal" only by breaking the model;
+ * only if no candidate passes even that is the lowest score overall
+ * taken. */
+static pb_status select_candidate(const pb_direction_inputs *in, pb_direction_result *out, int d, int n_post) {
+    double kl_max = in->kl_threshold > 0 ? in->kl_threshold : DEFAULT_KL_THRESHOLD;
     int best = -1, best_kl = -1, best_any = -1;
     for (int k = 0; k < out->n_candidates; k++) {
         pb_direction_candidate *cand = &out->candidates[k];
@@ -481,6 +499,24 @@ static pb_status compute(pb_model *m, const pb_direction_inputs *in, pb_directio
     for (int i = 0; i < d; i++)
         out->direction[i] = (float)(r[i] / sel->norm);
     return PB_OK;
+}
+
+static pb_status compute(pb_model *m, const pb_direction_inputs *in, pb_direction_result *out, work *w) {
+    const pb_model_config *c = &m->cfg;
+    PB_TRY(prepare(m, in, w));
+    out->d_model = c->d_model;
+    out->n_layers = c->n_layers;
+    out->n_post = w->n_post;
+    out->n_harmful_train = w->nh_train;
+    out->n_harmless_train = w->nn_train;
+    out->n_harmful_val = w->nh_val;
+    out->n_harmless_val = w->nn_val;
+    PB_TRY(compute_means(c, out, w));
+    double t0 = pb_now_seconds();
+    PB_TRY(compute_baselines(c, in, out, w));
+    PB_TRY(score_candidates(m, in, out, w));
+    out->seconds_candidates = pb_now_seconds() - t0;
+    return select_candidate(in, out, c->d_model, w->n_post);
 }
 
 pb_status pb_direction_compute(pb_model *m, const pb_direction_inputs *in, pb_direction_result *out) {

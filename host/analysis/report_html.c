@@ -23,8 +23,8 @@
 #include "util/internal.h"
 #include "model/model.h"
 #include "formats/npy.h"
-#include "patching/sweep.h"
 #include "patching/sweep_view.h"
+#include "util/utf8.h"
 
 enum {
     TOP_SITES = 20,
@@ -36,37 +36,6 @@ enum {
 };
 
 /* ---- text ----------------------------------------------------------------- */
-
-/* Length of the valid UTF-8 sequence starting at s (n bytes left), 0 when invalid. */
-static int utf8_length(const unsigned char *s, size_t n) {
-    unsigned c = s[0];
-    int len;
-    unsigned lo = 0x80, hi = 0xBF; /* range of the second byte */
-    if (c < 0x80)
-        return 1;
-    if (c >= 0xC2 && c <= 0xDF)
-        len = 2;
-    else if (c >= 0xE0 && c <= 0xEF) {
-        len = 3;
-        if (c == 0xE0)
-            lo = 0xA0;
-        if (c == 0xED)
-            hi = 0x9F; /* no surrogates */
-    } else if (c >= 0xF0 && c <= 0xF4) {
-        len = 4;
-        if (c == 0xF0)
-            lo = 0x90;
-        if (c == 0xF4)
-            hi = 0x8F;
-    } else
-        return 0;
-    if ((size_t)len > n || s[1] < lo || s[1] > hi)
-        return 0;
-    for (int i = 2; i < len; i++)
-        if (s[i] < 0x80 || s[i] > 0xBF)
-            return 0;
-    return len;
-}
 
 typedef enum escape_mode {
     ESCAPE_TEXT,  /* keeps newlines and tabs (for <pre> and pre-wrap) */
@@ -88,7 +57,7 @@ static void put_escaped(FILE *f, const char *text, escape_mode mode, int max_cha
             return;
         }
         unsigned c = s[i];
-        int len = utf8_length(s + i, n - i);
+        int len = (int)pb_utf8_length(s + i, n - i);
         chars++;
         if (len > 1) {
             fwrite(s + i, 1, (size_t)len, f);
@@ -281,23 +250,23 @@ static void labels_free(labels *l) {
 
 /* The caller's labels, else pair 0's base prompt as the model decodes it
  * (tokens it cannot decode stay unlabelled). */
-static pb_status labels_load(labels *l, const pb_sweep *sweep, const pb_report_extras *extras) {
+static pb_status labels_load(labels *l, const pb_sweep_view *v, const pb_report_extras *extras) {
     memset(l, 0, sizeof *l);
     if (extras && extras->position_labels && extras->n_position_labels > 0) {
         l->text = extras->position_labels;
         l->n = extras->n_position_labels;
         return PB_OK;
     }
-    if (sweep->spec.n_pairs < 1 || !sweep->spec.pairs[0].base.ids)
+    if (v->spec->n_pairs < 1 || !v->spec->pairs[0].base.ids)
         return PB_OK;
-    const pb_prompt_spec *prompt = &sweep->spec.pairs[0].base;
+    const pb_prompt_spec *prompt = &v->spec->pairs[0].base;
     l->owned = calloc((size_t)prompt->T + 1, sizeof *l->owned);
     if (!l->owned)
         return pb_fail(PB_ERR_OOM, "report.html: out of memory");
     l->n = prompt->T;
     char buf[256];
     for (int i = 0; i < prompt->T; i++) {
-        if (pb_model_token_text(sweep->model, prompt->ids[i], buf, sizeof buf) != PB_OK)
+        if (pb_model_token_text(v->model, prompt->ids[i], buf, sizeof buf) != PB_OK)
             continue;
         l->owned[i] = strdup(buf);
         if (!l->owned[i])
@@ -436,6 +405,52 @@ static void put_legend(FILE *f, const layout *L, const char *id, double range) {
 }
 
 /* One <figure>: caption and the SVG. */
+/* The cells of a heatmap (rows layers, columns L->cols), each with its
+ * hover title and, where it fits, its value. */
+static void put_cells(FILE *f, const pb_sweep_view *v, const component_sites *g, const labels *l, const layout *L,
+                      pb_component c, int variant, double range) {
+    const char *hook = pb_component_hook(c);
+    int heads = g->n_heads, rows = v->cfg->n_layers, cols = heads ? heads : g->n_keys[variant];
+    int first_key = -1, n_keys_used = heads ? keys_used(g, variant, rows, &first_key) : 0;
+    int show_values = L->cell_w >= 34 && L->cell_h >= 20;
+    char colour[8], e[32], se[32], lo[32], hi[32];
+    for (int layer = 0; layer < rows; layer++) {
+        for (int col = 0; col < cols; col++) {
+            cell_value cv = cell_at(v, g, variant, layer, col);
+            int x = L->left + col * L->cell_w, y = L->top + layer * L->cell_h;
+            effect_colour(cv.effect, range, colour);
+            fprintf(f, "<rect class=\"cell\" x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" fill=\"%s\"%s><title>", x, y,
+                    L->cell_w, L->cell_h, colour, isnan(cv.effect) ? " data-nan=\"1\"" : "");
+            fprintf(f, "blocks.%d.%s ", layer, hook);
+            if (!heads) {
+                put_key_text(f, v, g, l, variant, col);
+            } else {
+                fprintf(f, "head %d ", col);
+                if (cv.n_sites == 1 || (cv.n_sites == 0 && n_keys_used == 1))
+                    put_key_text(f, v, g, l, variant, cv.n_sites == 1 ? cv.key : first_key);
+                else
+                    fprintf(f, "mean over %d %s", cv.n_sites, variant == VARIANT_GROUPS ? "groups" : "positions");
+            }
+            fputs(": ", f);
+            if (cv.n_sites == 0)
+                fputs("not patched", f);
+            else if (isnan(cv.effect))
+                fputs("n/a (no usable pair, or not run)", f);
+            else if (cv.n_sites == 1)
+                fprintf(f, "%s ± %s", format_number(cv.effect, e, sizeof e), format_number(cv.stderr_, se, sizeof se));
+            else
+                fprintf(f, "%s (min %s, max %s over %d)", format_number(cv.effect, e, sizeof e),
+                        format_number(cv.min, lo, sizeof lo), format_number(cv.max, hi, sizeof hi), cv.n_finite);
+            fputs("</title></rect>", f);
+            if (show_values && !isnan(cv.effect))
+                fprintf(f, "<text class=\"value%s\" x=\"%d\" y=\"%d\" text-anchor=\"middle\">%.2f</text>",
+                        fabs(cv.effect / range) > 0.55 ? " light" : "", x + L->cell_w / 2, y + L->cell_h / 2 + 4,
+                        fabs(cv.effect) < 0.005 ? 0.0 : cv.effect); /* no "-0.00" */
+        }
+        fputc('\n', f);
+    }
+}
+
 static void put_heatmap(FILE *f, const pb_sweep_view *v, const component_sites *g, const labels *l, pb_component c,
                         int variant, double range) {
     static const char *const suffix[N_VARIANTS] = {"", "_all", "_groups"};
@@ -455,7 +470,7 @@ static void put_heatmap(FILE *f, const pb_sweep_view *v, const component_sites *
                                          : "Layer × group: each listed group of positions patched together.",
               f);
     } else {
-        fprintf(f, "Layer × %s head ", c == PB_COMPONENT_K || c == PB_COMPONENT_V ? "key-value" : "query");
+        fprintf(f, "Layer × %s head ", pb_component_info_of(c)->heads == PB_HEADS_KV ? "key-value" : "query");
         if (n_keys_used == 1) {
             fputs("at ", f);
             put_key_text(f, v, g, l, variant, first_key);
@@ -510,44 +525,7 @@ static void put_heatmap(FILE *f, const pb_sweep_view *v, const component_sites *
     fprintf(f, "\n<text class=\"axis-title\" x=\"%d\" y=\"%d\" text-anchor=\"middle\">%s</text>\n", L.left + L.grid_w / 2,
             L.top + L.grid_h + 32, heads ? "head" : variant == VARIANT_EACH ? "position" : "");
 
-    /* Cells. */
-    int show_values = L.cell_w >= 34 && L.cell_h >= 20;
-    char colour[8], e[32], se[32], lo[32], hi[32];
-    for (int layer = 0; layer < rows; layer++) {
-        for (int col = 0; col < cols; col++) {
-            cell_value cv = cell_at(v, g, variant, layer, col);
-            int x = L.left + col * L.cell_w, y = L.top + layer * L.cell_h;
-            effect_colour(cv.effect, range, colour);
-            fprintf(f, "<rect class=\"cell\" x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" fill=\"%s\"%s><title>", x, y,
-                    L.cell_w, L.cell_h, colour, isnan(cv.effect) ? " data-nan=\"1\"" : "");
-            fprintf(f, "blocks.%d.%s ", layer, hook);
-            if (!heads) {
-                put_key_text(f, v, g, l, variant, col);
-            } else {
-                fprintf(f, "head %d ", col);
-                if (cv.n_sites == 1 || (cv.n_sites == 0 && n_keys_used == 1))
-                    put_key_text(f, v, g, l, variant, cv.n_sites == 1 ? cv.key : first_key);
-                else
-                    fprintf(f, "mean over %d %s", cv.n_sites, variant == VARIANT_GROUPS ? "groups" : "positions");
-            }
-            fputs(": ", f);
-            if (cv.n_sites == 0)
-                fputs("not patched", f);
-            else if (isnan(cv.effect))
-                fputs("n/a (no usable pair, or not run)", f);
-            else if (cv.n_sites == 1)
-                fprintf(f, "%s ± %s", format_number(cv.effect, e, sizeof e), format_number(cv.stderr_, se, sizeof se));
-            else
-                fprintf(f, "%s (min %s, max %s over %d)", format_number(cv.effect, e, sizeof e),
-                        format_number(cv.min, lo, sizeof lo), format_number(cv.max, hi, sizeof hi), cv.n_finite);
-            fputs("</title></rect>", f);
-            if (show_values && !isnan(cv.effect))
-                fprintf(f, "<text class=\"value%s\" x=\"%d\" y=\"%d\" text-anchor=\"middle\">%.2f</text>",
-                        fabs(cv.effect / range) > 0.55 ? " light" : "", x + L.cell_w / 2, y + L.cell_h / 2 + 4,
-                        fabs(cv.effect) < 0.005 ? 0.0 : cv.effect); /* no "-0.00" */
-        }
-        fputc('\n', f);
-    }
+    put_cells(f, v, g, l, &L, c, variant, range);
     put_legend(f, &L, id, range);
     fputs("</svg></div>\n</figure>\n", f);
 }
@@ -620,7 +598,6 @@ static void put_card(FILE *f, const char *key, const char *value) {
 }
 
 static void put_summary(FILE *f, const pb_sweep_view *v, const pb_report_extras *extras) {
-    const pb_sweep *sweep = v->sweep;
     const pb_sweep_summary *sum = &v->summary;
     const pb_model_config *cfg = v->cfg;
     int interchange = sum->mode == PB_MODE_INTERCHANGE;
@@ -654,7 +631,7 @@ static void put_summary(FILE *f, const pb_sweep_view *v, const pb_report_extras 
     fputs("</div>\n<table class=\"summary\">\n", f);
 
     fputs("<tr><th>Model</th><td>", f);
-    put_text(f, sweep->model->path ? sweep->model->path : "(unknown)");
+    put_text(f, v->model->path ? v->model->path : "(unknown)");
     fputs(" <span class=\"label\">(", f);
     put_text(f, cfg->arch);
     fprintf(f, ", %d layers, d_model %d, %d query heads, %d key-value heads)</span></td></tr>\n", cfg->n_layers,
@@ -677,7 +654,7 @@ static void put_summary(FILE *f, const pb_sweep_view *v, const pb_report_extras 
     fprintf(f, "<tr><th>Pairs</th><td>%d (%d used)</td></tr>\n", sum->n_pairs, sum->n_pairs_used);
     fprintf(f, "<tr><th>Effect</th><td>(patched − base) / (source − base), mean ± standard error over used pairs; "
                "significant when |effect| ≥ %g (circuit fraction %.3f)</td></tr>\n",
-            sweep->spec.significance_threshold, sum->circuit_fraction);
+            v->spec->significance_threshold, sum->circuit_fraction);
     fprintf(f, "<tr><th>Rows</th><td>%lld sites × %d pairs = %lld rows; %lld executed, %lld done", (long long)sum->n_sites,
             sum->n_pairs, (long long)sum->n_rows, (long long)sum->n_rows_executed, (long long)sum->n_rows_done);
     fputs(" <span class=\"label\">(the rest are exactly 0 by construction)</span></td></tr>\n", f);
@@ -698,20 +675,17 @@ static void put_summary(FILE *f, const pb_sweep_view *v, const pb_report_extras 
     if (sum->n_rows_done < sum->n_rows)
         fprintf(f, "<p class=\"warn\">Only %lld of %lld rows are done: the effects of the rest are missing (grey).</p>\n",
                 (long long)sum->n_rows_done, (long long)sum->n_rows);
-    int n_below = 0;
-    for (int i = 0; i < v->n_pairs; i++)
-        n_below += !v->pair_usable[i];
+    int n_below = pb_sweep_view_pairs_below(v);
     if (n_below) {
         fprintf(f, "<div class=\"warn\"><b>%d of %d pairs are below the effect floor</b> (|%s − %s| &lt; %g): their "
                    "normalised effects are undefined and they are left out of every mean.<ul>",
                 n_below, v->n_pairs, interchange ? "source" : "clean", interchange ? "base" : "corrupted",
-                sweep->spec.effect_floor);
+                v->spec->effect_floor);
         for (int i = 0; i < v->n_pairs; i++) {
             if (v->pair_usable[i])
                 continue;
-            int clean_is_source = i < sweep->spec.n_pairs ? sweep->spec.pairs[i].clean_is_source : 1;
-            double clean = clean_is_source ? v->pair_source[i] : v->pair_base[i];
-            double corrupted = clean_is_source ? v->pair_base[i] : v->pair_source[i];
+            double clean, corrupted;
+            pb_sweep_view_pair_values(v, i, &clean, &corrupted);
             fprintf(f, "<li>pair %d: %s %.6f, %s %.6f</li>", i, interchange ? "source" : "clean", clean,
                     interchange ? "base" : "corrupted", corrupted);
         }
@@ -829,8 +803,7 @@ static double scale_range(const pb_sweep_view *v, const component_sites *cs) {
 
 static void put_page(FILE *f, const pb_sweep_view *v, const component_sites *cs, const labels *l,
                      const pb_report_extras *extras, pb_ranked *order) {
-    const pb_sweep *sweep = v->sweep;
-    const char *path = sweep->model->path ? sweep->model->path : "model";
+    const char *path = v->model->path ? v->model->path : "model";
     const char *base = strrchr(path, '/');
     base = base && base[1] ? base + 1 : path;
     fputs("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
@@ -900,7 +873,7 @@ pb_status pb_report_html_write(const pb_sweep *sweep, const char *path, const pb
     if (st == PB_OK)
         st = sites_build(&v, cs);
     if (st == PB_OK)
-        st = labels_load(&l, sweep, extras);
+        st = labels_load(&l, &v, extras);
     if (st == PB_OK) {
         order = malloc(((size_t)v.n_sites + 1) * sizeof *order);
         if (!order)

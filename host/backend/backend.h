@@ -1,5 +1,6 @@
-/* The compute backend interface. The forward driver (forward.c) and, later,
- * the patching engine are written against these ops only; the CPU backend
+/* The compute backend interface. The executor (model/exec.c), and through
+ * it the forward passes (model/forward.c) and the patching engine
+ * (patching/), are written against these ops only; the CPU backend
  * (backend_cpu.c), the naive reference backend (ops_ref.c) and the CUDA
  * backend (cuda/) implement them.
  *

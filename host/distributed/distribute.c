@@ -24,7 +24,7 @@
 #include "model/model.h"
 #include "distributed/rank_device.h"
 #include "distributed/rank_watchdog.h"
-#include "patching/sweep.h"
+#include "patching/sweep_access.h"
 
 enum { TAG_REPORT = 7101, TAG_EXIT = 7102, TAG_BYE = 7104 }; /* 7103: rank_watchdog.c's heartbeat */
 enum { REPORT_HEADER = 8 }; /* doubles before the records of a report */
@@ -204,18 +204,19 @@ pb_status pb_sweep_partition(const pb_sweep *s, int rank, int size, int64_t **ro
         return pb_fail(PB_ERR_ARG, "pb_sweep_partition: rank %d of %d", rank, size);
     *rows = NULL;
     *n_rows = 0;
-    double *cost = malloc(sizeof(double) * (size_t)(s->n_rows ? s->n_rows : 1));
+    int64_t n_all = pb_sweep_row_count(s), n_sites = pb_sweep_site_count(s);
+    double *cost = malloc(sizeof(double) * (size_t)(n_all ? n_all : 1));
     if (!cost)
-        return pb_fail(PB_ERR_OOM, "out of memory partitioning %lld rows", (long long)s->n_rows);
-    const pb_model_config *c = &s->model->cfg;
+        return pb_fail(PB_ERR_OOM, "out of memory partitioning %lld rows", (long long)n_all);
+    const pb_model_config *c = &pb_sweep_model(s)->cfg;
     double total = 0.0;
     int last_pair = -1;
-    for (int64_t i = 0; i < s->n_rows; i++) {
-        cost[i] = s->row_state[i] == PB_ROW_DONE ? 0.0 : pb_sweep_row_cost(s, i);
-        int pair = (int)(i / s->n_sites);
-        if (cost[i] > 0 && pair != last_pair && !s->baseline_ready[pair]) {
+    for (int64_t i = 0; i < n_all; i++) {
+        cost[i] = pb_sweep_row_state(s, i) != 0 ? 0.0 : pb_sweep_row_cost(s, i);
+        int pair = (int)(i / n_sites);
+        if (cost[i] > 0 && pair != last_pair && !pb_sweep_pair_ready(s, pair)) {
             /* the first pending row of a pair pays for its two cache forwards */
-            const pb_pair_spec *p = &s->spec.pairs[pair];
+            const pb_pair_spec *p = &pb_sweep_spec_of(s)->pairs[pair];
             cost[i] += (double)c->n_layers * (p->base.T + p->source.T);
             last_pair = pair;
         }
@@ -226,10 +227,10 @@ pb_status pb_sweep_partition(const pb_sweep *s, int rank, int size, int64_t **ro
             costs[k] = 0.0;
     int64_t first = -1, last = -1;
     double before = 0.0;
-    for (int64_t i = 0; i < s->n_rows; i++) {
+    for (int64_t i = 0; i < n_all; i++) {
         /* a row belongs to the rank whose slice of the cost line holds its midpoint */
         int owner = total > 0 ? (int)floor((before + cost[i] / 2) / total * size)
-                              : (int)((double)i / (double)s->n_rows * size);
+                              : (int)((double)i / (double)n_all * size);
         owner = owner < 0 ? 0 : owner >= size ? size - 1 : owner;
         before += cost[i];
         if (costs)
@@ -260,11 +261,12 @@ static int status_rank(pb_status s) { return s == PB_OK ? 0 : s == PB_ERR_INTERR
  * then (row, state, patched) triples, then (pair, base, source) triples. */
 static double *make_report(const pb_sweep *s, const int64_t *share, int64_t n_share, pb_status st, double seconds,
                            int rank, int *count) {
-    int64_t n_row = 0, n_pair = 0;
+    int64_t n_row = 0, n_pair = 0, n_sites = pb_sweep_site_count(s), executed;
+    int n_pairs = pb_sweep_spec_of(s)->n_pairs;
     for (int64_t i = 0; i < n_share; i++)
-        n_row += s->row_state[share[i]] == PB_ROW_DONE;
-    for (int p = 0; p < s->spec.n_pairs; p++)
-        n_pair += s->baseline_ready[p] != 0;
+        n_row += pb_sweep_row_state(s, share[i]) != 0;
+    for (int p = 0; p < n_pairs; p++)
+        n_pair += pb_sweep_pair_ready(s, p);
     int64_t n = REPORT_HEADER + 3 * (n_row + n_pair);
     if (n > 0x7fffffff)
         return NULL;
@@ -274,26 +276,29 @@ static double *make_report(const pb_sweep *s, const int64_t *share, int64_t n_sh
     m[0] = (double)st;
     m[1] = (double)n_row;
     m[2] = (double)n_pair;
-    m[3] = (double)(s->n_rows_executed - s->n_rows_executed_restored);
-    m[4] = s->flops_executed - s->flops_executed_restored;
+    double flops;
+    pb_sweep_work_done_here(s, &executed, &flops);
+    m[3] = (double)executed;
+    m[4] = flops;
     m[5] = seconds;
     m[6] = rank;
     m[7] = 0;
     double *w = m + REPORT_HEADER;
     for (int64_t i = 0; i < n_share; i++) {
         int64_t row = share[i];
-        if (s->row_state[row] != PB_ROW_DONE)
+        int state = pb_sweep_row_state(s, row);
+        if (state == 0)
             continue;
         *w++ = (double)row;
-        *w++ = s->row_trivial[row] ? 2 : 1;
-        *w++ = s->patched[row];
+        *w++ = state;
+        pb_sweep_get_row(s, (int)(row / n_sites), row % n_sites, w++, NULL);
     }
-    for (int p = 0; p < s->spec.n_pairs; p++) {
-        if (!s->baseline_ready[p])
+    for (int p = 0; p < n_pairs; p++) {
+        if (!pb_sweep_pair_ready(s, p))
             continue;
         *w++ = p;
-        *w++ = s->base_value[p];
-        *w++ = s->source_value[p];
+        pb_sweep_get_pair(s, p, &w[0], &w[1]);
+        w += 2;
     }
     *count = (int)n;
     return m;
@@ -308,10 +313,9 @@ static pb_status merge_report(pb_sweep *s, const double *m, int count) {
     for (int64_t i = 0; i < n_row; i++, w += 3)
         PB_TRY(pb_sweep_set_row(s, (int64_t)w[0], w[2], w[1] == 2, 0));
     for (int64_t i = 0; i < n_pair; i++, w += 3)
-        if (!s->baseline_ready[(int)w[0]])
+        if (!pb_sweep_pair_ready(s, (int)w[0]))
             PB_TRY(pb_sweep_set_pair(s, (int)w[0], w[1], w[2]));
-    s->n_rows_executed += (int64_t)m[3];
-    s->flops_executed += m[4];
+    pb_sweep_add_work(s, (int64_t)m[3], m[4]);
     return PB_OK;
 }
 
@@ -429,7 +433,7 @@ static pb_status max_report_count(const pb_sweep *s, int size, int64_t *out) {
         free(rows);
         max_rows = n > max_rows ? n : max_rows;
     }
-    *out = REPORT_HEADER + 3 * (max_rows + s->spec.n_pairs);
+    *out = REPORT_HEADER + 3 * (max_rows + pb_sweep_spec_of(s)->n_pairs);
     return PB_OK;
 }
 
@@ -460,8 +464,9 @@ pb_status pb_ranks_gather_nccl(pb_ranks *r, pb_sweep *s, const int64_t *share, i
     *job_status = own_status;
     if (rank_seconds)
         rank_seconds[r->rank] = own_seconds;
-    pb_backend *b = s->model->backend;
-    if (s->model->backend_kind != PB_BACKEND_CUDA)
+    const pb_model *model = pb_sweep_model(s);
+    pb_backend *b = model->backend;
+    if (model->backend_kind != PB_BACKEND_CUDA)
         return pb_fail(PB_ERR_ARG, "rank %d: the NCCL gather needs the CUDA backend", r->rank);
     /* Makes the backend's device current (the communicator binds to it)
      * and drains its stream. */

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "model/components.h"
 #include "model/exec.h"
 #include "util/internal.h"
 
@@ -114,26 +115,19 @@ double pb_exec_flops(const pb_exec *e) { return e->flops; }
 
 float *pb_exec_output(pb_exec *e, int job) { return e->x + (size_t)e->offset[job] * e->model->cfg.d_model; }
 
-/* Row width of a hook's activation, and of the slice one head occupies. */
+/* Row width of a hook's activation (embedding and final norm: d_model). */
 static int hook_width(const pb_model_config *c, pb_hook_kind hook) {
-    switch (hook) {
-    case PB_HOOK_Q:
-    case PB_HOOK_Z: return c->n_heads * c->head_dim;
-    case PB_HOOK_K:
-    case PB_HOOK_V: return c->n_kv_heads * c->head_dim;
-    default: return c->d_model;
-    }
+    pb_component comp;
+    return pb_component_from_hook(hook, &comp) ? pb_component_row_width(comp, c) : c->d_model;
 }
 
-/* The step whose computation a patch at (hook, layer) falls in, and the
- * latest start step from which the patch is still applied. */
+/* The latest start step from which a patch at (hook, layer) is still
+ * applied: the step of the layer that reads or writes the hook. */
 static int patch_last_start(pb_hook_kind hook, int layer) {
-    switch (hook) {
-    case PB_HOOK_RESID_PRE: return pb_step_attention(layer);
-    case PB_HOOK_RESID_MID:
-    case PB_HOOK_MLP_OUT: return pb_step_mlp(layer);
-    default: return pb_step_attention(layer); /* Q, K, V, Z, ATTN_OUT */
-    }
+    pb_component comp;
+    if (!pb_component_from_hook(hook, &comp))
+        return pb_step_attention(layer);
+    return pb_component_info_of(comp)->half == PB_HALF_MLP ? pb_step_mlp(layer) : pb_step_attention(layer);
 }
 
 static pb_status check_jobs(pb_exec *e, const pb_exec_job *jobs, int n_jobs, int stop_step) {

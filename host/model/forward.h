@@ -1,7 +1,8 @@
-/* Forward passes with extras the public pb_forward does not expose:
- * an embedding perturbation and an intervention called at every hook
- * point (used by the naive patching reference and, later, generation
- * under an intervention). */
+/* Forward passes with extras the public pb_forward does not expose: an
+ * embedding perturbation and an intervention called at every hook point.
+ * pb_forward_ex serves interventions (patching/intervene.c) and the naive
+ * patching reference of the tests; pb_generate_ex greedy decoding under an
+ * intervention. Both run on the executor (exec.h). */
 #ifndef PB_FORWARD_H
 #define PB_FORWARD_H
 

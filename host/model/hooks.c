@@ -7,36 +7,32 @@
 #include <string.h>
 
 #include "model/capture.h"
+#include "model/components.h"
 #include "model/hooks.h"
 #include "util/internal.h"
 
-static const char *const hook_suffix[PB_HOOK_KIND_COUNT] = {
-    [PB_HOOK_EMBED] = "hook_embed",
-    [PB_HOOK_RESID_PRE] = "hook_resid_pre",
-    [PB_HOOK_RESID_MID] = "hook_resid_mid",
-    [PB_HOOK_RESID_POST] = "hook_resid_post",
-    [PB_HOOK_ATTN_OUT] = "hook_attn_out",
-    [PB_HOOK_MLP_OUT] = "hook_mlp_out",
-    [PB_HOOK_Z] = "attn.hook_z",
-    [PB_HOOK_Q] = "attn.hook_q",
-    [PB_HOOK_K] = "attn.hook_k",
-    [PB_HOOK_V] = "attn.hook_v",
-    [PB_HOOK_LN_FINAL] = "ln_final.hook_normalized",
-};
+/* The name of a kind after "blocks.L." (per-layer kinds: the component
+ * table's hook), or the whole name of a once-per-model kind. */
+static const char *hook_suffix(pb_hook_kind kind) {
+    pb_component comp;
+    if (pb_component_from_hook(kind, &comp))
+        return pb_component_info_of(comp)->hook;
+    return kind == PB_HOOK_EMBED ? "hook_embed" : "ln_final.hook_normalized";
+}
 
 int pb_hook_kind_per_layer(pb_hook_kind kind) { return kind != PB_HOOK_EMBED && kind != PB_HOOK_LN_FINAL; }
 
 void pb_hook_name(pb_hook_kind kind, int layer, char *buf, size_t size) {
     if (pb_hook_kind_per_layer(kind))
-        snprintf(buf, size, "blocks.%d.%s", layer, hook_suffix[kind]);
+        snprintf(buf, size, "blocks.%d.%s", layer, hook_suffix(kind));
     else
-        snprintf(buf, size, "%s", hook_suffix[kind]);
+        snprintf(buf, size, "%s", hook_suffix(kind));
 }
 
 int pb_hook_parse(const char *name, int n_layers, pb_hook_kind *kind, int *layer) {
     for (int k = 0; k < PB_HOOK_KIND_COUNT; k++) {
         if (!pb_hook_kind_per_layer((pb_hook_kind)k)) {
-            if (strcmp(name, hook_suffix[k]) == 0) {
+            if (strcmp(name, hook_suffix((pb_hook_kind)k)) == 0) {
                 *kind = (pb_hook_kind)k;
                 *layer = -1;
                 return 1;
@@ -45,7 +41,7 @@ int pb_hook_parse(const char *name, int n_layers, pb_hook_kind *kind, int *layer
         }
         int l, consumed = 0;
         if (sscanf(name, "blocks.%d.%n", &l, &consumed) == 1 && consumed > 0 && l >= 0 && l < n_layers &&
-            strcmp(name + consumed, hook_suffix[k]) == 0) {
+            strcmp(name + consumed, hook_suffix((pb_hook_kind)k)) == 0) {
             char canonical[96];
             pb_hook_name((pb_hook_kind)k, l, canonical, sizeof canonical);
             if (strcmp(canonical, name) != 0) /* "blocks.01." or "blocks.+1." */
@@ -59,21 +55,15 @@ int pb_hook_parse(const char *name, int n_layers, pb_hook_kind *kind, int *layer
 }
 
 int pb_hook_shape(pb_hook_kind kind, const pb_model_config *cfg, int64_t shape[2]) {
-    switch (kind) {
-    case PB_HOOK_Z:
-    case PB_HOOK_Q:
-        shape[0] = cfg->n_heads;
+    pb_component comp;
+    int heads = pb_component_from_hook(kind, &comp) ? pb_component_head_count(comp, cfg) : 0;
+    if (heads) {
+        shape[0] = heads;
         shape[1] = cfg->head_dim;
         return 2;
-    case PB_HOOK_K:
-    case PB_HOOK_V:
-        shape[0] = cfg->n_kv_heads;
-        shape[1] = cfg->head_dim;
-        return 2;
-    default:
-        shape[0] = cfg->d_model;
-        return 1;
     }
+    shape[0] = cfg->d_model;
+    return 1;
 }
 
 /* ---- capture sets ----------------------------------------------------- */

@@ -26,7 +26,7 @@
 
 #include "util/internal.h"
 #include "formats/npy.h"
-#include "patching/sweep.h"
+#include "patching/sweep_access.h"
 
 /* ---- SHA-256 (FIPS 180-4) ------------------------------------------------ */
 
@@ -317,21 +317,28 @@ pb_status pb_sweep_checkpoint_write(const pb_sweep *s, const char *path, const p
     put_string(&b, fp->model_digest);
     put_string(&b, fp->spec_digest);
     put_string(&b, fp->backend);
-    put_u64(&b, (uint64_t)s->spec.n_pairs, 8);
-    put_u64(&b, (uint64_t)s->n_sites, 8);
-    put_u64(&b, (uint64_t)s->n_rows, 8);
-    put_u64(&b, (uint64_t)s->n_rows_executed, 8);
-    put_f64(&b, s->flops_executed);
-    for (int p = 0; p < s->spec.n_pairs; p++) {
-        unsigned char ready = s->baseline_ready[p] ? 1 : 0;
+    pb_sweep_summary sum;
+    PB_TRY(pb_sweep_get_summary(s, &sum));
+    put_u64(&b, (uint64_t)sum.n_pairs, 8);
+    put_u64(&b, (uint64_t)sum.n_sites, 8);
+    put_u64(&b, (uint64_t)sum.n_rows, 8);
+    put_u64(&b, (uint64_t)sum.n_rows_executed, 8);
+    put_f64(&b, sum.flops_executed);
+    for (int p = 0; p < sum.n_pairs; p++) {
+        unsigned char ready = pb_sweep_pair_ready(s, p) ? 1 : 0;
+        double base = 0.0, source = 0.0;
+        pb_sweep_get_pair(s, p, &base, &source);
         put_bytes(&b, &ready, 1);
-        put_f64(&b, s->base_value[p]);
-        put_f64(&b, s->source_value[p]);
+        put_f64(&b, base);
+        put_f64(&b, source);
     }
-    for (int64_t r = 0; r < s->n_rows; r++) {
-        unsigned char state = s->row_state[r] != PB_ROW_DONE ? 0 : s->row_trivial[r] ? 2 : 1;
+    for (int64_t r = 0; r < sum.n_rows; r++) {
+        unsigned char state = (unsigned char)pb_sweep_row_state(s, r);
+        double patched = 0.0;
+        if (state)
+            pb_sweep_get_row(s, (int)(r / sum.n_sites), r % sum.n_sites, &patched, NULL);
         put_bytes(&b, &state, 1);
-        put_f64(&b, state ? s->patched[r] : 0.0);
+        put_f64(&b, patched);
     }
     unsigned char digest[32];
     if (!b.failed) {
@@ -394,133 +401,154 @@ static int get_string(reader *r, char *out, size_t cap) {
     return 1;
 }
 
-pb_status pb_sweep_checkpoint_load(pb_sweep *s, const char *path, const pb_sweep_fingerprint *fp) {
-    if (!s || !path || !fp)
-        return pb_fail(PB_ERR_ARG, "pb_sweep_checkpoint_load: sweep, path and fingerprint are required");
+/* The whole file in *data (malloc'd). */
+static pb_status read_whole(const char *path, unsigned char **data, size_t *size) {
     FILE *f = fopen(path, "rb");
     if (!f)
         return pb_fail(PB_ERR_IO, "cannot open checkpoint %s: %s", path, strerror(errno));
     struct stat st;
-    unsigned char *data = NULL;
-    size_t size = 0;
+    *data = NULL;
+    *size = 0;
     if (fstat(fileno(f), &st) == 0 && st.st_size >= 0) {
-        size = (size_t)st.st_size;
-        data = malloc(size ? size : 1);
-        if (data && fread(data, 1, size, f) != size) {
-            free(data);
-            data = NULL;
+        *size = (size_t)st.st_size;
+        *data = malloc(*size ? *size : 1);
+        if (*data && fread(*data, 1, *size, f) != *size) {
+            free(*data);
+            *data = NULL;
         }
     }
     fclose(f);
-    if (!data)
-        return pb_fail(PB_ERR_IO, "cannot read checkpoint %s", path);
-    pb_status status = PB_OK;
-    /* Integrity first: magic, version, trailing SHA-256. */
-    if (size < sizeof checkpoint_magic + 4 + 32 || memcmp(data, checkpoint_magic, sizeof checkpoint_magic) != 0) {
-        free(data);
+    return *data ? PB_OK : pb_fail(PB_ERR_IO, "cannot read checkpoint %s", path);
+}
+
+/* Integrity first: magic, version, trailing SHA-256. On success r reads
+ * what lies between the version and the digest. */
+static pb_status check_integrity(const char *path, const unsigned char *data, size_t size, reader *r) {
+    if (size < sizeof checkpoint_magic + 4 + 32 || memcmp(data, checkpoint_magic, sizeof checkpoint_magic) != 0)
         return pb_fail(PB_ERR_FORMAT, "checkpoint %s: not a patchbay checkpoint (bad magic or only %zu bytes)", path,
                        size);
-    }
-    reader r = {data + sizeof checkpoint_magic, size - sizeof checkpoint_magic - 32, 0};
-    uint64_t version = get_u64(&r, 4);
-    if (version != CHECKPOINT_VERSION) {
-        free(data);
+    *r = (reader){data + sizeof checkpoint_magic, size - sizeof checkpoint_magic - 32, 0};
+    uint64_t version = get_u64(r, 4);
+    if (version != CHECKPOINT_VERSION)
         return pb_fail(PB_ERR_FORMAT, "checkpoint %s: version %llu, this build reads version %d", path,
                        (unsigned long long)version, CHECKPOINT_VERSION);
-    }
     unsigned char digest[32];
     sha256_ctx ctx;
     sha256_init(&ctx);
     sha256_update(&ctx, data, size - 32);
     sha256_final(&ctx, digest);
-    if (memcmp(digest, data + size - 32, 32) != 0) {
-        free(data);
+    if (memcmp(digest, data + size - 32, 32) != 0)
         return pb_fail(PB_ERR_FORMAT, "checkpoint %s: checksum mismatch (truncated or corrupt file of %zu bytes)",
                        path, size);
-    }
+    return PB_OK;
+}
+
+typedef struct checkpoint_header {
     pb_sweep_fingerprint have;
-    memset(&have, 0, sizeof have);
-    get_string(&r, have.model_path, sizeof have.model_path);
-    get_string(&r, have.model_digest, sizeof have.model_digest);
-    get_string(&r, have.spec_digest, sizeof have.spec_digest);
-    get_string(&r, have.backend, sizeof have.backend);
-    int64_t n_pairs = (int64_t)get_u64(&r, 8), n_sites = (int64_t)get_u64(&r, 8), n_rows = (int64_t)get_u64(&r, 8);
-    int64_t n_executed = (int64_t)get_u64(&r, 8);
-    double flops = get_f64(&r);
-    if (r.short_read) {
-        free(data);
+    int64_t n_pairs, n_sites, n_rows, n_executed;
+    double flops;
+} checkpoint_header;
+
+/* Reads the header and checks it was written for this model, spec, backend
+ * and sweep shape (the model file's contents, not its path: a copy
+ * elsewhere is the same model). */
+static pb_status read_header(const char *path, const pb_sweep *s, const pb_sweep_fingerprint *fp, reader *r,
+                             checkpoint_header *h) {
+    memset(h, 0, sizeof *h);
+    get_string(r, h->have.model_path, sizeof h->have.model_path);
+    get_string(r, h->have.model_digest, sizeof h->have.model_digest);
+    get_string(r, h->have.spec_digest, sizeof h->have.spec_digest);
+    get_string(r, h->have.backend, sizeof h->have.backend);
+    h->n_pairs = (int64_t)get_u64(r, 8);
+    h->n_sites = (int64_t)get_u64(r, 8);
+    h->n_rows = (int64_t)get_u64(r, 8);
+    h->n_executed = (int64_t)get_u64(r, 8);
+    h->flops = get_f64(r);
+    if (r->short_read)
         return pb_fail(PB_ERR_FORMAT, "checkpoint %s: header ends early", path);
-    }
-    /* Inputs: the model file's contents (not its path: a copy elsewhere is
-     * the same model), the spec, the backend. */
-    if (strcmp(have.model_digest, fp->model_digest) != 0)
-        status = pb_fail(PB_ERR_ARG,
-                         "checkpoint %s was written for another model file: %s (size:sha256 of first/last MiB %s), "
-                         "this run uses %s (%s)",
-                         path, have.model_path, have.model_digest, fp->model_path, fp->model_digest);
-    else if (strcmp(have.spec_digest, fp->spec_digest) != 0)
-        status = pb_fail(PB_ERR_ARG, "checkpoint %s was written for another spec (sha256 %s of its canonical JSON), "
-                                     "this run's spec has %s",
-                         path, have.spec_digest, fp->spec_digest);
-    else if (strcmp(have.backend, fp->backend) != 0)
-        status = pb_fail(PB_ERR_ARG, "checkpoint %s was written with backend/dtype %s, this run uses %s", path,
-                         have.backend, fp->backend);
-    else if (n_pairs != s->spec.n_pairs || n_sites != s->n_sites || n_rows != s->n_rows)
-        status = pb_fail(PB_ERR_ARG,
-                         "checkpoint %s has %lld pairs x %lld sites = %lld rows, this sweep %d x %lld = %lld", path,
-                         (long long)n_pairs, (long long)n_sites, (long long)n_rows, s->spec.n_pairs,
-                         (long long)s->n_sites, (long long)s->n_rows);
-    else if (r.left != (size_t)n_pairs * 17 + (size_t)n_rows * 9)
-        status = pb_fail(PB_ERR_FORMAT, "checkpoint %s: %zu bytes of pairs and rows, expected %zu", path, r.left,
-                         (size_t)n_pairs * 17 + (size_t)n_rows * 9);
-    if (status != PB_OK) {
-        free(data);
-        return status;
-    }
-    /* Validate every record before changing the sweep. */
-    reader check = r;
-    for (int64_t p = 0; status == PB_OK && p < n_pairs; p++) {
+    int n_pairs = pb_sweep_spec_of(s)->n_pairs;
+    int64_t n_sites = pb_sweep_site_count(s), n_rows = pb_sweep_row_count(s);
+    if (strcmp(h->have.model_digest, fp->model_digest) != 0)
+        return pb_fail(PB_ERR_ARG,
+                       "checkpoint %s was written for another model file: %s (size:sha256 of first/last MiB %s), "
+                       "this run uses %s (%s)",
+                       path, h->have.model_path, h->have.model_digest, fp->model_path, fp->model_digest);
+    if (strcmp(h->have.spec_digest, fp->spec_digest) != 0)
+        return pb_fail(PB_ERR_ARG, "checkpoint %s was written for another spec (sha256 %s of its canonical JSON), "
+                                   "this run's spec has %s",
+                       path, h->have.spec_digest, fp->spec_digest);
+    if (strcmp(h->have.backend, fp->backend) != 0)
+        return pb_fail(PB_ERR_ARG, "checkpoint %s was written with backend/dtype %s, this run uses %s", path,
+                       h->have.backend, fp->backend);
+    if (h->n_pairs != n_pairs || h->n_sites != n_sites || h->n_rows != n_rows)
+        return pb_fail(PB_ERR_ARG,
+                       "checkpoint %s has %lld pairs x %lld sites = %lld rows, this sweep %d x %lld = %lld", path,
+                       (long long)h->n_pairs, (long long)h->n_sites, (long long)h->n_rows, n_pairs,
+                       (long long)n_sites, (long long)n_rows);
+    if (r->left != (size_t)h->n_pairs * 17 + (size_t)h->n_rows * 9)
+        return pb_fail(PB_ERR_FORMAT, "checkpoint %s: %zu bytes of pairs and rows, expected %zu", path, r->left,
+                       (size_t)h->n_pairs * 17 + (size_t)h->n_rows * 9);
+    return PB_OK;
+}
+
+/* Validates every pair and row record (a copy of the reader) before the sweep changes. */
+static pb_status check_records(const char *path, reader check, const checkpoint_header *h) {
+    for (int64_t p = 0; p < h->n_pairs; p++) {
         uint64_t ready = get_u64(&check, 1);
         double base = get_f64(&check), source = get_f64(&check);
         if (ready > 1 || (ready && (!isfinite(base) || !isfinite(source))))
-            status = pb_fail(PB_ERR_FORMAT, "checkpoint %s: pair %lld: bad baseline record", path, (long long)p);
+            return pb_fail(PB_ERR_FORMAT, "checkpoint %s: pair %lld: bad baseline record", path, (long long)p);
     }
     int64_t n_done = 0;
-    for (int64_t row = 0; status == PB_OK && row < n_rows; row++) {
+    for (int64_t row = 0; row < h->n_rows; row++) {
         uint64_t state = get_u64(&check, 1);
         double v = get_f64(&check);
         if (state > 2 || (state && !isfinite(v)))
-            status = pb_fail(PB_ERR_FORMAT, "checkpoint %s: row %lld: bad record (state %llu)", path, (long long)row,
-                             (unsigned long long)state);
+            return pb_fail(PB_ERR_FORMAT, "checkpoint %s: row %lld: bad record (state %llu)", path, (long long)row,
+                           (unsigned long long)state);
         n_done += state != 0;
     }
-    if (status == PB_OK && (n_executed < 0 || n_executed > n_done))
-        status = pb_fail(PB_ERR_FORMAT, "checkpoint %s: %lld rows executed but %lld done", path,
-                         (long long)n_executed, (long long)n_done);
-    if (status != PB_OK) {
-        free(data);
-        return status;
-    }
-    for (int p = 0; p < s->spec.n_pairs; p++) {
-        int ready = (int)get_u64(&r, 1);
-        double base = get_f64(&r), source = get_f64(&r);
+    if (h->n_executed < 0 || h->n_executed > n_done)
+        return pb_fail(PB_ERR_FORMAT, "checkpoint %s: %lld rows executed but %lld done", path,
+                       (long long)h->n_executed, (long long)n_done);
+    return PB_OK;
+}
+
+/* Applies the (validated) records: baselines, then rows not already done. */
+static void apply_records(pb_sweep *s, reader *r, const checkpoint_header *h) {
+    for (int p = 0; p < (int)h->n_pairs; p++) {
+        int ready = (int)get_u64(r, 1);
+        double base = get_f64(r), source = get_f64(r);
         if (ready)
             pb_sweep_set_pair(s, p, base, source);
     }
     int64_t restored = 0;
-    for (int64_t row = 0; row < s->n_rows; row++) {
-        int state = (int)get_u64(&r, 1);
-        double v = get_f64(&r);
-        if (state && s->row_state[row] != PB_ROW_DONE) {
+    for (int64_t row = 0; row < h->n_rows; row++) {
+        int state = (int)get_u64(r, 1);
+        double v = get_f64(r);
+        if (state && pb_sweep_row_state(s, row) == 0) {
             pb_sweep_set_row(s, row, v, state == 2, 0);
             restored++;
         }
     }
+    pb_sweep_add_restored(s, restored, h->n_executed, h->flops);
+}
+
+pb_status pb_sweep_checkpoint_load(pb_sweep *s, const char *path, const pb_sweep_fingerprint *fp) {
+    if (!s || !path || !fp)
+        return pb_fail(PB_ERR_ARG, "pb_sweep_checkpoint_load: sweep, path and fingerprint are required");
+    unsigned char *data = NULL;
+    size_t size = 0;
+    PB_TRY(read_whole(path, &data, &size));
+    reader r;
+    checkpoint_header h;
+    pb_status status = check_integrity(path, data, size, &r);
+    if (status == PB_OK)
+        status = read_header(path, s, fp, &r, &h);
+    if (status == PB_OK)
+        status = check_records(path, r, &h);
+    if (status == PB_OK)
+        apply_records(s, &r, &h);
     free(data);
-    s->n_rows_executed += n_executed;
-    s->n_rows_executed_restored += n_executed;
-    s->n_rows_restored += restored;
-    s->flops_executed += flops;
-    s->flops_executed_restored += flops;
-    return PB_OK;
+    return status;
 }

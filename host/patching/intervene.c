@@ -12,42 +12,11 @@
 #include <string.h>
 
 #include "analysis/direction.h"
+#include "model/components.h"
 #include "model/forward.h"
 #include "patching/intervene.h"
 #include "util/internal.h"
 #include "model/model.h"
-
-static const pb_hook_kind component_hook[PB_COMPONENT_COUNT] = {
-    [PB_COMPONENT_RESID_PRE] = PB_HOOK_RESID_PRE, [PB_COMPONENT_RESID_MID] = PB_HOOK_RESID_MID,
-    [PB_COMPONENT_RESID_POST] = PB_HOOK_RESID_POST, [PB_COMPONENT_ATTN_OUT] = PB_HOOK_ATTN_OUT,
-    [PB_COMPONENT_MLP_OUT] = PB_HOOK_MLP_OUT,     [PB_COMPONENT_Z] = PB_HOOK_Z,
-    [PB_COMPONENT_Q] = PB_HOOK_Q,                 [PB_COMPONENT_K] = PB_HOOK_K,
-    [PB_COMPONENT_V] = PB_HOOK_V};
-
-pb_hook_kind pb_component_hook_kind(pb_component component) { return component_hook[component]; }
-
-/* Width of one position of a component's activation, and of the slice a
- * head occupies (the whole row for residual-width components). */
-static void component_widths(const pb_model_config *c, pb_component comp, int *row, int *slice) {
-    switch (comp) {
-    case PB_COMPONENT_Z:
-    case PB_COMPONENT_Q:
-        *row = c->n_heads * c->head_dim;
-        *slice = c->head_dim;
-        break;
-    case PB_COMPONENT_K:
-    case PB_COMPONENT_V:
-        *row = c->n_kv_heads * c->head_dim;
-        *slice = c->head_dim;
-        break;
-    default:
-        *row = *slice = c->d_model;
-    }
-}
-
-static int component_has_heads(pb_component comp) {
-    return comp == PB_COMPONENT_Z || comp == PB_COMPONENT_Q || comp == PB_COMPONENT_K || comp == PB_COMPONENT_V;
-}
 
 pb_status pb_intervention_check(const pb_model *m, const pb_intervention *iv, int T) {
     const pb_model_config *c = &m->cfg;
@@ -55,14 +24,14 @@ pb_status pb_intervention_check(const pb_model *m, const pb_intervention *iv, in
         return PB_OK;
     switch (iv->kind) {
     case PB_INTERVENE_PATCH: {
-        if ((int)iv->component < 0 || iv->component >= PB_COMPONENT_COUNT)
+        const pb_component_info *info = pb_component_info_of(iv->component);
+        if (!info)
             return pb_fail(PB_ERR_ARG, "intervention: component %d is not a component", (int)iv->component);
         if (iv->layer < 0 || iv->layer >= c->n_layers)
             return pb_fail(PB_ERR_ARG, "intervention: patch layer %d outside [0, %d)", iv->layer, c->n_layers);
-        if (component_has_heads(iv->component)) {
+        int heads = pb_component_head_count(iv->component, c);
+        if (info->heads != PB_HEADS_NONE) {
             /* head -1 on a head component: every head (the whole row) */
-            int heads = iv->component == PB_COMPONENT_K || iv->component == PB_COMPONENT_V ? c->n_kv_heads
-                                                                                            : c->n_heads;
             if (iv->head < -1 || iv->head >= heads)
                 return pb_fail(PB_ERR_ARG, "intervention: %s head %d outside [0, %d)",
                                pb_component_name(iv->component), iv->head, heads);
@@ -152,6 +121,30 @@ static pb_status ensure_scratch(pb_intervention_hook *h, size_t n) {
     return PB_OK;
 }
 
+/* Every (d_model) row of data through the host: project h->u out
+ * (ablate) or add it. */
+static pb_status edit_rows(pb_intervention_hook *h, float *data, int n_rows, int ablate) {
+    pb_backend *b = h->model->backend;
+    int d = h->model->cfg.d_model;
+    size_t n = (size_t)n_rows * d;
+    PB_TRY(ensure_scratch(h, n));
+    PB_TRY(b->ops->download(b, h->scratch, data, sizeof(float) * n));
+    for (int r = 0; r < n_rows; r++) {
+        float *x = h->scratch + (size_t)r * d; /* (d_model) */
+        if (ablate) {
+            double dot = 0;
+            for (int i = 0; i < d; i++)
+                dot += (double)x[i] * h->u[i];
+            for (int i = 0; i < d; i++)
+                x[i] = (float)((double)x[i] - dot * h->u[i]);
+        } else {
+            for (int i = 0; i < d; i++)
+                x[i] = (float)((double)x[i] + h->u[i]);
+        }
+    }
+    return b->ops->upload(b, data, h->scratch, sizeof(float) * n);
+}
+
 pb_status pb_intervention_hook_fn(void *user, int job, pb_hook_kind hook, int layer, float *data, int n_rows,
                                   int p0) {
     pb_intervention_hook *h = user;
@@ -160,15 +153,12 @@ pb_status pb_intervention_hook_fn(void *user, int job, pb_hook_kind hook, int la
         return PB_OK;
     pb_backend *b = h->model->backend;
     const pb_model_config *c = &h->model->cfg;
-    int d = c->d_model;
     switch (iv->kind) {
     case PB_INTERVENE_PATCH: {
-        if (hook != component_hook[iv->component] || layer != iv->layer)
+        if (hook != pb_component_info_of(iv->component)->hook_kind || layer != iv->layer)
             return PB_OK;
-        int row, slice;
-        component_widths(c, iv->component, &row, &slice);
-        if (iv->head < 0)
-            slice = row;
+        int row = pb_component_row_width(iv->component, c);
+        int slice = iv->head < 0 ? row : pb_component_slice_width(iv->component, c);
         size_t column = iv->head >= 0 ? (size_t)iv->head * slice : 0;
         /* Only rows this call holds: generated positions (p0 >= T) see none. */
         for (int i = 0; i < iv->n_positions; i++) {
@@ -180,37 +170,16 @@ pb_status pb_intervention_hook_fn(void *user, int job, pb_hook_kind hook, int la
         }
         return PB_OK;
     }
-    case PB_INTERVENE_ABLATE: {
+    case PB_INTERVENE_ABLATE:
         /* Every write into the residual stream: the embedding and each
          * block's output, before it is added. */
         if (hook != PB_HOOK_EMBED && hook != PB_HOOK_ATTN_OUT && hook != PB_HOOK_MLP_OUT)
             return PB_OK;
-        size_t n = (size_t)n_rows * d;
-        PB_TRY(ensure_scratch(h, n));
-        PB_TRY(b->ops->download(b, h->scratch, data, sizeof(float) * n));
-        for (int r = 0; r < n_rows; r++) {
-            float *x = h->scratch + (size_t)r * d; /* (d_model) */
-            double dot = 0;
-            for (int i = 0; i < d; i++)
-                dot += (double)x[i] * h->u[i];
-            for (int i = 0; i < d; i++)
-                x[i] = (float)((double)x[i] - dot * h->u[i]);
-        }
-        return b->ops->upload(b, data, h->scratch, sizeof(float) * n);
-    }
-    case PB_INTERVENE_ADD: {
+        return edit_rows(h, data, n_rows, 1);
+    case PB_INTERVENE_ADD:
         if (hook != PB_HOOK_RESID_PRE || layer != iv->layer)
             return PB_OK;
-        size_t n = (size_t)n_rows * d;
-        PB_TRY(ensure_scratch(h, n));
-        PB_TRY(b->ops->download(b, h->scratch, data, sizeof(float) * n));
-        for (int r = 0; r < n_rows; r++) {
-            float *x = h->scratch + (size_t)r * d; /* (d_model) */
-            for (int i = 0; i < d; i++)
-                x[i] = (float)((double)x[i] + h->u[i]);
-        }
-        return b->ops->upload(b, data, h->scratch, sizeof(float) * n);
-    }
+        return edit_rows(h, data, n_rows, 0);
     default:
         (void)job;
         return PB_OK;

@@ -24,8 +24,6 @@ typedef struct pb_intervention_hook {
     size_t scratch_capacity; /* floats */
 } pb_intervention_hook;
 
-/* The hook kind a patch of this component edits. */
-pb_hook_kind pb_component_hook_kind(pb_component component);
 /* Checks iv against the model and a prompt of T tokens (iv NULL or NONE: OK). */
 pb_status pb_intervention_check(const pb_model *model, const pb_intervention *iv, int T);
 /* Prepares h for iv (borrowed until release); T: prompt length for PATCH. */

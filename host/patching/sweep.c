@@ -10,65 +10,39 @@
 #include <string.h>
 
 #include "formats/dtype.h"
+#include "model/components.h"
 #include "util/internal.h"
 #include "patching/metric.h"
 #include "patching/noise.h"
 #include "patching/sweep.h"
+#include "patching/sweep_access.h"
 
 /* ---- site geometry ---------------------------------------------------- */
 
-static int component_has_head(pb_component c) {
-    return c == PB_COMPONENT_Z || c == PB_COMPONENT_Q || c == PB_COMPONENT_K || c == PB_COMPONENT_V;
-}
-
-/* Width of a component's activation row, and of the slice a site replaces. */
-static int component_width(const pb_model_config *c, pb_component comp) {
-    switch (comp) {
-    case PB_COMPONENT_Z:
-    case PB_COMPONENT_Q: return c->n_heads * c->head_dim;
-    case PB_COMPONENT_K:
-    case PB_COMPONENT_V: return c->n_kv_heads * c->head_dim;
-    default: return c->d_model;
-    }
-}
-
-static int slice_width(const pb_model_config *c, pb_component comp) {
-    return component_has_head(comp) ? c->head_dim : c->d_model;
-}
+static int component_has_head(pb_component c) { return pb_component_info_of(c)->heads != PB_HEADS_NONE; }
 
 /* Where the executor applies a site's patch, and the job's start step. */
 static void patch_point(pb_component comp, int layer, pb_hook_kind *hook, int *hook_layer, int *start_step) {
-    *hook_layer = layer;
-    switch (comp) {
-    case PB_COMPONENT_RESID_PRE: *hook = PB_HOOK_RESID_PRE; *start_step = pb_step_attention(layer); break;
-    case PB_COMPONENT_RESID_MID: *hook = PB_HOOK_RESID_MID; *start_step = pb_step_mlp(layer); break;
-    case PB_COMPONENT_RESID_POST:
+    const pb_component_info *info = pb_component_info_of(comp);
+    if (comp == PB_COMPONENT_RESID_POST) {
         /* leaving layer L is entering layer L + 1 (or the final residual) */
         *hook = PB_HOOK_RESID_PRE;
         *hook_layer = layer + 1;
         *start_step = pb_step_attention(layer + 1);
-        break;
-    case PB_COMPONENT_ATTN_OUT: *hook = PB_HOOK_ATTN_OUT; *start_step = pb_step_attention(layer); break;
-    case PB_COMPONENT_MLP_OUT: *hook = PB_HOOK_MLP_OUT; *start_step = pb_step_mlp(layer); break;
-    case PB_COMPONENT_Z: *hook = PB_HOOK_Z; *start_step = pb_step_attention(layer); break;
-    case PB_COMPONENT_Q: *hook = PB_HOOK_Q; *start_step = pb_step_attention(layer); break;
-    case PB_COMPONENT_K: *hook = PB_HOOK_K; *start_step = pb_step_attention(layer); break;
-    default: *hook = PB_HOOK_V; *start_step = pb_step_attention(layer); break;
+        return;
     }
+    *hook = info->hook_kind;
+    *hook_layer = layer;
+    *start_step = info->half == PB_HALF_MLP ? pb_step_mlp(layer) : pb_step_attention(layer);
 }
 
-/* The first step whose entering residual carries the patch. */
+/* The first step whose entering residual carries the patch: the patch's
+ * own step for a residual state, the next one for a sublayer's output. */
 static int effect_step(pb_component comp, int layer) {
-    switch (comp) {
-    case PB_COMPONENT_RESID_PRE: return pb_step_attention(layer);
-    case PB_COMPONENT_RESID_MID:
-    case PB_COMPONENT_ATTN_OUT:
-    case PB_COMPONENT_Z:
-    case PB_COMPONENT_Q:
-    case PB_COMPONENT_K:
-    case PB_COMPONENT_V: return pb_step_mlp(layer);
-    default: return pb_step_attention(layer + 1); /* MLP_OUT, RESID_POST */
-    }
+    pb_hook_kind hook;
+    int hook_layer, start;
+    patch_point(comp, layer, &hook, &hook_layer, &start);
+    return start + !pb_component_info_of(comp)->residual;
 }
 
 /* Pointer to one position's activation of a component in a run cache (the
@@ -82,15 +56,14 @@ static float *cache_row(const pb_sweep *s, const pb_run_cache *r, pb_component c
     case PB_COMPONENT_RESID_MID: return r->resid_mid + ((size_t)layer * T + position) * d;
     case PB_COMPONENT_V: return r->v + ((size_t)layer * T + position) * kvd;
     default:
-        return r->hooks[comp] + ((size_t)layer * T + position) * (size_t)component_width(c, comp);
+        return r->hooks[comp] + ((size_t)layer * T + position) * (size_t)pb_component_row_width(comp, c);
     }
 }
 
-/* Components that need their own recorded array (the rest live in resid,
- * resid_mid or v). */
+/* Components that need their own recorded array: the residual states live
+ * in resid and resid_mid, v in the key-value arrays. */
 static int needs_hook_array(pb_component comp) {
-    return comp == PB_COMPONENT_ATTN_OUT || comp == PB_COMPONENT_MLP_OUT || comp == PB_COMPONENT_Z ||
-           comp == PB_COMPONENT_Q || comp == PB_COMPONENT_K;
+    return !pb_component_info_of(comp)->residual && comp != PB_COMPONENT_V;
 }
 
 /* ---- site expansion --------------------------------------------------- */
@@ -292,7 +265,7 @@ static size_t cache_floats(const pb_sweep *s, int T, const int *needed, size_t p
     parts[1] = L * T * d;
     parts[2] = parts[3] = L * T * kvd;
     for (int k = 0; k < PB_COMPONENT_COUNT; k++)
-        parts[4 + k] = needed[k] ? L * T * (size_t)component_width(c, (pb_component)k) : 0;
+        parts[4 + k] = needed[k] ? L * T * (size_t)pb_component_row_width((pb_component)k, c) : 0;
     for (int k = 0; k < 4 + PB_COMPONENT_COUNT; k++)
         total += (parts[k] + 15) / 16 * 16;
     return total + (size_t)T * d; /* room for the noise */
@@ -311,22 +284,17 @@ static pb_status record_hook(void *user, int job, pb_hook_kind hook, int layer, 
     pb_backend *b = s->model->backend;
     const pb_model_config *c = &s->model->cfg;
     float *dst = NULL;
-    pb_component comp = PB_COMPONENT_COUNT;
-    switch (hook) {
-    case PB_HOOK_RESID_PRE: dst = r->resid + (size_t)layer * r->T * c->d_model; break;
-    case PB_HOOK_RESID_MID: dst = r->resid_mid + (size_t)layer * r->T * c->d_model; break;
-    case PB_HOOK_ATTN_OUT: comp = PB_COMPONENT_ATTN_OUT; break;
-    case PB_HOOK_MLP_OUT: comp = PB_COMPONENT_MLP_OUT; break;
-    case PB_HOOK_Z: comp = PB_COMPONENT_Z; break;
-    case PB_HOOK_Q: comp = PB_COMPONENT_Q; break;
-    case PB_HOOK_K: comp = PB_COMPONENT_K; break;
-    default: return PB_OK;
-    }
+    pb_component comp;
+    if (hook == PB_HOOK_RESID_PRE)
+        dst = r->resid + (size_t)layer * r->T * c->d_model;
+    else if (hook == PB_HOOK_RESID_MID)
+        dst = r->resid_mid + (size_t)layer * r->T * c->d_model;
     size_t width = (size_t)c->d_model;
     if (!dst) {
-        if (comp >= PB_COMPONENT_COUNT || !r->hooks[comp])
+        /* hook arrays only: resid_post is the next resid_pre, v is in the key-value arrays */
+        if (!pb_component_from_hook(hook, &comp) || !r->hooks[comp])
             return PB_OK;
-        width = (size_t)component_width(c, comp);
+        width = (size_t)pb_component_row_width(comp, c);
         dst = r->hooks[comp] + (size_t)layer * r->T * width;
     }
     (void)job;
@@ -723,7 +691,7 @@ static pb_status row_is_trivial(pb_sweep *s, int pair, const pb_site *site, cons
         *trivial = 0;
         return PB_OK;
     }
-    size_t width = (size_t)slice_width(c, site->component);
+    size_t width = (size_t)pb_component_slice_width(site->component, c);
     size_t column = site->head >= 0 ? (size_t)site->head * c->head_dim : 0;
     for (int i = 0; i < n; i++) {
         const float *a = cache_row(s, &s->base[pair], site->component, site->layer, positions[i]);
@@ -781,7 +749,7 @@ static pb_status launch_batch(pb_sweep *s, batch_buffers *bb, int n) {
         patch->n_positions = n_pos;
         patch->positions = positions;
         patch->values = bb->values + values_used;
-        size_t width = (size_t)slice_width(c, site->component);
+        size_t width = (size_t)pb_component_slice_width(site->component, c);
         size_t column = site->head >= 0 ? (size_t)site->head * c->head_dim : 0;
         for (int k = 0; k < n_pos; k++) {
             const float *src =
@@ -870,6 +838,96 @@ static pb_status interrupted(const pb_sweep *s) {
                    (long long)s->n_rows);
 }
 
+static void report_progress(pb_sweep *s) {
+    if (s->options.progress)
+        s->options.progress(s->n_rows_done, s->n_rows, s->options.progress_user);
+}
+
+typedef struct row_scratch {
+    float *host_a, *host_b; /* (max(d_model, head_dim)) */
+    int *positions;         /* (max_T + 1) */
+} row_scratch;
+
+/* One pair's pending rows (rows, ascending): its caches, then its rows in
+ * batches. A batch is launched, the next one planned while the device runs
+ * it, and only then is it finished (its values waited for and recorded). A
+ * stop request is honoured after each finished batch; a batch in flight is
+ * always finished first, so no computed row is lost. */
+static pb_status run_pair_rows(pb_sweep *s, batch_buffers *bb, int pair, const int64_t *rows, int64_t n,
+                               const row_scratch *sc) {
+    pb_status status = pair_caches(s, bb, pair);
+    if (status != PB_OK)
+        return status;
+    int in_flight = 0; /* rows of the launched, unfinished batch */
+    int n_batch = 0, tokens = 0;
+    for (int64_t r = 0; status == PB_OK && r < n; r++) {
+        const pb_site *site = &s->sites[rows[r] % s->n_sites];
+        int n_pos = resolve_positions(s, site, pair, sc->positions);
+        int trivial;
+        status = row_is_trivial(s, pair, site, sc->positions, n_pos, &trivial, sc->host_a, sc->host_b);
+        if (status != PB_OK)
+            break;
+        if (trivial) {
+            s->patched[rows[r]] = s->base_value[pair];
+            s->row_trivial[rows[r]] = 1;
+            s->row_state[rows[r]] = PB_ROW_DONE;
+            s->n_rows_done++;
+            continue;
+        }
+        int need = s->spec.pairs[pair].base.T - sc->positions[0];
+        if (n_batch > 0 && (n_batch == bb->max_rows || tokens + need > bb->max_tokens)) {
+            /* this batch is planned: finish the one in flight, then launch it */
+            if (in_flight) {
+                status = finish_batch(s, bb, in_flight);
+                in_flight = 0;
+                if (status != PB_OK)
+                    break;
+                report_progress(s);
+                if (stop_requested(s)) {
+                    status = interrupted(s);
+                    break;
+                }
+            }
+            if ((status = launch_batch(s, bb, n_batch)) != PB_OK)
+                break;
+            in_flight = n_batch;
+            n_batch = tokens = 0;
+        }
+        bb->rows[n_batch++] = rows[r];
+        tokens += need;
+    }
+    if (in_flight) {
+        /* finished on every path, before the caches it reads are freed;
+         * a planning failure keeps its own message */
+        pb_error_saved planning;
+        pb_error_save(&planning);
+        pb_status finished = finish_batch(s, bb, in_flight);
+        if (status == PB_OK)
+            status = finished;
+        else
+            pb_error_restore(&planning);
+        if (status == PB_OK)
+            report_progress(s);
+        if (status == PB_OK && n_batch > 0 && stop_requested(s))
+            status = interrupted(s);
+    }
+    if (status == PB_OK && n_batch > 0) {
+        status = launch_batch(s, bb, n_batch);
+        if (status == PB_OK)
+            status = finish_batch(s, bb, n_batch);
+    }
+    if (status == PB_OK)
+        report_progress(s);
+    /* Release this pair's activations; its baselines stay. */
+    cache_free(s, &s->base[pair]);
+    cache_free(s, &s->source[pair]);
+    /* The baselines are known once the caches were built, also when
+     * the pair was interrupted (a checkpoint keeps them). */
+    s->baseline_ready[pair] = status == PB_OK || (status == PB_ERR_INTERRUPTED && s->cache_ready[pair]);
+    s->cache_ready[pair] = 0;
+    return status;
+}
+
 pb_status pb_sweep_run_rows(pb_sweep *s, const int64_t *rows, int64_t n_rows) {
     if (!s || (n_rows > 0 && !rows))
         return pb_fail(PB_ERR_ARG, "pb_sweep_run_rows: sweep and rows are required");
@@ -898,17 +956,11 @@ pb_status pb_sweep_run_rows(pb_sweep *s, const int64_t *rows, int64_t n_rows) {
     pb_status status = n_todo ? batch_alloc(s, &bb, max_T) : PB_OK;
     const pb_model_config *c = &s->model->cfg;
     size_t width = (size_t)(c->d_model > c->head_dim ? c->d_model : c->head_dim);
-    float *host_a = malloc(sizeof(float) * width), *host_b = malloc(sizeof(float) * width);
-    int *positions = malloc(sizeof(int) * (size_t)(max_T + 1));
-    if (status == PB_OK && (!host_a || !host_b || !positions))
+    row_scratch sc = {malloc(sizeof(float) * width), malloc(sizeof(float) * width),
+                      malloc(sizeof(int) * (size_t)(max_T + 1))};
+    if (status == PB_OK && (!sc.host_a || !sc.host_b || !sc.positions))
         status = pb_fail(PB_ERR_OOM, "out of memory planning rows");
-    /* One pair at a time: its caches, then its rows in batches. A batch is
-     * launched, the next one planned while the device runs it, and only
-     * then is it finished (its values waited for and recorded). A stop
-     * request is honoured before a pair's caches and after each finished
-     * batch; a batch in flight is always finished first, so no computed row
-     * is lost. */
-    int in_flight = 0; /* rows of the launched, unfinished batch */
+    /* One pair at a time; a stop request is also honoured before a pair's caches. */
     for (int64_t i = 0; status == PB_OK && i < n_todo;) {
         int pair = (int)(todo[i] / s->n_sites);
         int64_t end = i;
@@ -918,82 +970,13 @@ pb_status pb_sweep_run_rows(pb_sweep *s, const int64_t *rows, int64_t n_rows) {
             status = interrupted(s);
             break;
         }
-        if ((status = pair_caches(s, &bb, pair)) != PB_OK)
-            break;
-        int n_batch = 0, tokens = 0;
-        for (int64_t r = i; status == PB_OK && r < end; r++) {
-            const pb_site *site = &s->sites[todo[r] % s->n_sites];
-            int n_pos = resolve_positions(s, site, pair, positions);
-            int trivial;
-            status = row_is_trivial(s, pair, site, positions, n_pos, &trivial, host_a, host_b);
-            if (status != PB_OK)
-                break;
-            if (trivial) {
-                s->patched[todo[r]] = s->base_value[pair];
-                s->row_trivial[todo[r]] = 1;
-                s->row_state[todo[r]] = PB_ROW_DONE;
-                s->n_rows_done++;
-                continue;
-            }
-            int need = s->spec.pairs[pair].base.T - positions[0];
-            if (n_batch > 0 && (n_batch == bb.max_rows || tokens + need > bb.max_tokens)) {
-                /* this batch is planned: finish the one in flight, then launch it */
-                if (in_flight) {
-                    status = finish_batch(s, &bb, in_flight);
-                    in_flight = 0;
-                    if (status != PB_OK)
-                        break;
-                    if (s->options.progress)
-                        s->options.progress(s->n_rows_done, s->n_rows, s->options.progress_user);
-                    if (stop_requested(s)) {
-                        status = interrupted(s);
-                        break;
-                    }
-                }
-                if ((status = launch_batch(s, &bb, n_batch)) != PB_OK)
-                    break;
-                in_flight = n_batch;
-                n_batch = tokens = 0;
-            }
-            bb.rows[n_batch++] = todo[r];
-            tokens += need;
-        }
-        if (in_flight) {
-            /* finished on every path, before the caches it reads are freed;
-             * a planning failure keeps its own message */
-            pb_error_saved planning;
-            pb_error_save(&planning);
-            pb_status finished = finish_batch(s, &bb, in_flight);
-            in_flight = 0;
-            if (status == PB_OK)
-                status = finished;
-            else
-                pb_error_restore(&planning);
-            if (status == PB_OK && s->options.progress)
-                s->options.progress(s->n_rows_done, s->n_rows, s->options.progress_user);
-            if (status == PB_OK && n_batch > 0 && stop_requested(s))
-                status = interrupted(s);
-        }
-        if (status == PB_OK && n_batch > 0) {
-            status = launch_batch(s, &bb, n_batch);
-            if (status == PB_OK)
-                status = finish_batch(s, &bb, n_batch);
-        }
-        if (status == PB_OK && s->options.progress)
-            s->options.progress(s->n_rows_done, s->n_rows, s->options.progress_user);
-        /* Release this pair's activations; its baselines stay. */
-        cache_free(s, &s->base[pair]);
-        cache_free(s, &s->source[pair]);
-        /* The baselines are known once the caches were built, also when
-         * the pair was interrupted (a checkpoint keeps them). */
-        s->baseline_ready[pair] = status == PB_OK || (status == PB_ERR_INTERRUPTED && s->cache_ready[pair]);
-        s->cache_ready[pair] = 0;
+        status = run_pair_rows(s, &bb, pair, todo + i, end - i, &sc);
         i = end;
     }
     batch_free(s, &bb);
-    free(host_a);
-    free(host_b);
-    free(positions);
+    free(sc.host_a);
+    free(sc.host_b);
+    free(sc.positions);
     free(todo);
     return status;
 }
@@ -1363,6 +1346,35 @@ pb_status pb_sweep_set_pair(pb_sweep *s, int pair, double base, double source) {
     return PB_OK;
 }
 
+/* ---- internal readers (sweep_access.h) ----------------------------------- */
+
+const pb_model *pb_sweep_model(const pb_sweep *s) { return s->model; }
+const pb_sweep_spec *pb_sweep_spec_of(const pb_sweep *s) { return &s->spec; }
+int pb_sweep_metric_residual_layer(const pb_sweep *s) { return s->options.metric_fn_residual_layer; }
+int pb_sweep_positions_from_end(const pb_sweep *s) { return s->positions_aligned_from_end; }
+int64_t pb_sweep_row_count(const pb_sweep *s) { return s->n_rows; }
+int64_t pb_sweep_batch_count(const pb_sweep *s) { return s->n_batches; }
+int64_t pb_sweep_tokens_packed(const pb_sweep *s) { return s->tokens_packed; }
+int pb_sweep_metric_on_device(const pb_sweep *s) { return s->metric_on_device; }
+
 int pb_sweep_pair_ready(const pb_sweep *s, int pair) {
     return s && pair >= 0 && pair < s->spec.n_pairs && s->baseline_ready[pair];
+}
+
+void pb_sweep_work_done_here(const pb_sweep *s, int64_t *rows_executed, double *flops_executed) {
+    *rows_executed = s->n_rows_executed - s->n_rows_executed_restored;
+    *flops_executed = s->flops_executed - s->flops_executed_restored;
+}
+
+void pb_sweep_add_work(pb_sweep *s, int64_t rows_executed, double flops_executed) {
+    s->n_rows_executed += rows_executed;
+    s->flops_executed += flops_executed;
+}
+
+void pb_sweep_add_restored(pb_sweep *s, int64_t rows_restored, int64_t rows_executed, double flops_executed) {
+    s->n_rows_executed += rows_executed;
+    s->n_rows_executed_restored += rows_executed;
+    s->n_rows_restored += rows_restored;
+    s->flops_executed += flops_executed;
+    s->flops_executed_restored += flops_executed;
 }

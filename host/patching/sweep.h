@@ -1,6 +1,9 @@
 /* Internals of a sweep: the expanded sites, per-pair run caches, the row
- * table and results. Built by sweep.c (planning, batching, statistics);
- * read by sweep_write.c (results.json, .npy, report.txt). */
+ * table and results. Built and read by sweep.c alone (planning, batching,
+ * statistics) and its white-box test (tests/test_sweep.c). Everyone else
+ * reads a sweep through patchbay.h's getters or, inside the library,
+ * sweep_access.h; the writers of results (sweep_write.c, report_html.c)
+ * through the view of sweep_view.h. */
 #ifndef PB_SWEEP_H
 #define PB_SWEEP_H
 

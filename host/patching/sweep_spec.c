@@ -586,37 +586,37 @@ static pb_status check_site_position(const spec_parser *sp, const char *path, lo
     return PB_OK;
 }
 
-static pb_status parse_positions(const spec_parser *sp, const json_t *value, const char *path, pb_site_spec *site) {
-    if (!value) {
+/* "all", "each" or "last". */
+static pb_status parse_position_word(const spec_parser *sp, const json_t *value, const char *path,
+                                     pb_site_spec *site) {
+    const char *s = json_string_value(value);
+    if (strcmp(s, "all") == 0) {
+        site->position_mode = PB_POSITIONS_ALL;
+    } else if (strcmp(s, "each") == 0) {
         site->position_mode = PB_POSITIONS_EACH;
-        return PB_OK;
+    } else if (strcmp(s, "last") == 0) {
+        site->position_mode = PB_POSITIONS_LAST;
+        PB_TRY(check_site_position(sp, path, -1));
+    } else {
+        char text[96];
+        return pb_fail(PB_ERR_ARG,
+                       "spec: %s: %s is not allowed; expected \"all\", \"each\", \"last\", [p, ...] or "
+                       "[[p, ...], ...]",
+                       path, pb_json_describe(value, text, sizeof text));
     }
-    if (json_is_string(value)) {
-        const char *s = json_string_value(value);
-        if (strcmp(s, "all") == 0) {
-            site->position_mode = PB_POSITIONS_ALL;
-        } else if (strcmp(s, "each") == 0) {
-            site->position_mode = PB_POSITIONS_EACH;
-        } else if (strcmp(s, "last") == 0) {
-            site->position_mode = PB_POSITIONS_LAST;
-            PB_TRY(check_site_position(sp, path, -1));
-        } else {
-            char text[96];
-            return pb_fail(PB_ERR_ARG,
-                           "spec: %s: %s is not allowed; expected \"all\", \"each\", \"last\", [p, ...] or "
-                           "[[p, ...], ...]",
-                           path, pb_json_describe(value, text, sizeof text));
-        }
-        return PB_OK;
-    }
-    if (!json_is_array(value))
-        return type_error(path, "\"all\", \"each\", \"last\", an array of integers or an array of arrays", value);
+    return PB_OK;
+}
+
+/* The shape of a position array: [p, ...] (*groups = 0) or [[p, ...], ...]
+ * (*groups = 1), and how many positions it lists in all. */
+static pb_status position_array_shape(const json_t *value, const char *path, int *groups, size_t *total) {
     size_t n = json_array_size(value);
     if (n == 0)
         return pb_fail(PB_ERR_ARG, "spec: %s: is empty; expected at least one position", path);
     if (n > INT_MAX)
         return pb_fail(PB_ERR_ARG, "spec: %s: %zu entries are too many", path, n);
-    size_t n_ints = 0, total = 0;
+    size_t n_ints = 0;
+    *total = 0;
     for (size_t i = 0; i < n; i++) {
         const json_t *item = json_array_get(value, i);
         char item_path[PB_SPEC_PATH_CAP];
@@ -624,7 +624,7 @@ static pb_status parse_positions(const spec_parser *sp, const json_t *value, con
         if (json_is_integer(item))
             n_ints++;
         else if (json_is_array(item))
-            total += json_array_size(item);
+            *total += json_array_size(item);
         else
             return type_error(item_path, "an integer or an array of integers", item);
     }
@@ -633,21 +633,87 @@ static pb_status parse_positions(const spec_parser *sp, const json_t *value, con
                        "spec: %s: mixes integers and lists; give either [p, ...] (one site per position) or "
                        "[[p, ...], ...] (one site per group)",
                        path);
-    int groups = n_ints == 0;
-    if (!groups)
-        total = n;
-    if (total > INT_MAX)
-        return pb_fail(PB_ERR_ARG, "spec: %s: %zu positions are too many", path, total);
+    *groups = n_ints == 0;
+    if (!*groups)
+        *total = n;
+    if (*total > INT_MAX)
+        return pb_fail(PB_ERR_ARG, "spec: %s: %zu positions are too many", path, *total);
+    return PB_OK;
+}
 
-    /* Duplicate detection by stamping: raw values lie in [-max_T, max_T)
-     * once range-checked, and resolved values of one pair in [0, T). */
-    int max_T = sp->max_base_T;
+/* Duplicate detection by stamping: raw values lie in [-max_T, max_T) once
+ * range-checked, and resolved values of one pair in [0, T). */
+typedef struct position_marks {
+    int max_T;
+    long long *raw_mark, *resolved_mark; /* (2 max_T), (max_T) */
+    int *raw_where, *resolved_where;     /* index in the group of the stamped value */
+} position_marks;
+
+/* Appends one group's (or the whole list's) positions to site->positions,
+ * refusing a value listed twice in it. */
+static pb_status parse_position_group(const spec_parser *sp, position_marks *mk, const json_t *group,
+                                      const char *group_path, long long stamp, pb_site_spec *site, size_t *at) {
+    size_t size = json_array_size(group);
+    for (size_t j = 0; j < size; j++) {
+        char item_path[PB_SPEC_PATH_CAP];
+        path_index(item_path, group_path, j);
+        const json_t *item = json_array_get(group, j);
+        if (!json_is_integer(item))
+            return type_error(item_path, "an integer", item);
+        long long p = json_integer_value(item);
+        PB_TRY(check_site_position(sp, item_path, p));
+        /* in range for every pair, so |p| <= max_T */
+        size_t raw_index = (size_t)(p + mk->max_T);
+        if (mk->raw_mark[raw_index] == stamp)
+            return pb_fail(PB_ERR_ARG, "spec: %s: %lld is listed twice (also at %s[%d])", item_path, p, group_path,
+                           mk->raw_where[raw_index]);
+        mk->raw_mark[raw_index] = stamp;
+        mk->raw_where[raw_index] = (int)j;
+        site->positions[(*at)++] = (int)p;
+        site->n_positions = (int)*at;
+    }
+    return PB_OK;
+}
+
+/* Inside group g (its size members end at site->positions + at), two
+ * indices naming one token of some pair (2 and -1 when T = 3) would patch
+ * it twice. */
+static pb_status check_group_tokens(const spec_parser *sp, position_marks *mk, const pb_site_spec *site, size_t g,
+                                    size_t at, size_t size, const char *group_path) {
+    for (int i = 0; i < sp->spec->n_pairs; i++) {
+        int T = sp->spec->pairs[i].base.T;
+        long long pair_stamp = (long long)g * sp->spec->n_pairs + i + 1;
+        const int *members = site->positions + (at - size);
+        for (size_t j = 0; j < size; j++) {
+            int r = members[j] < 0 ? members[j] + T : members[j];
+            if (mk->resolved_mark[r] == pair_stamp) {
+                int k = mk->resolved_where[r];
+                char item_path[PB_SPEC_PATH_CAP];
+                path_index(item_path, group_path, j);
+                return pb_fail(PB_ERR_ARG, "spec: %s: %d and %d (at %s[%d]) both name position %d of pairs[%d].%s",
+                               item_path, members[j], members[k], group_path, k, r, i, run_key(sp->spec->mode, 1));
+            }
+            mk->resolved_mark[r] = pair_stamp;
+            mk->resolved_where[r] = (int)j;
+        }
+    }
+    return PB_OK;
+}
+
+/* [p, ...] or [[p, ...], ...] into site->positions (and group_sizes). */
+static pb_status parse_position_array(const spec_parser *sp, const json_t *value, const char *path,
+                                      pb_site_spec *site) {
+    int groups = 0;
+    size_t total = 0, n = json_array_size(value);
+    PB_TRY(position_array_shape(value, path, &groups, &total));
+    position_marks mk = {.max_T = sp->max_base_T};
+    int max_T = mk.max_T;
     pb_status status = PB_OK;
-    long long *raw_mark = spec_calloc((size_t)2 * (size_t)max_T, sizeof *raw_mark, &status);
-    long long *resolved_mark = raw_mark ? spec_calloc((size_t)max_T, sizeof *resolved_mark, &status) : NULL;
-    int *raw_where = resolved_mark ? spec_calloc((size_t)2 * (size_t)max_T, sizeof *raw_where, &status) : NULL;
-    int *resolved_where = raw_where ? spec_calloc((size_t)max_T, sizeof *resolved_where, &status) : NULL;
-    if (resolved_where) {
+    mk.raw_mark = spec_calloc((size_t)2 * (size_t)max_T, sizeof *mk.raw_mark, &status);
+    mk.resolved_mark = mk.raw_mark ? spec_calloc((size_t)max_T, sizeof *mk.resolved_mark, &status) : NULL;
+    mk.raw_where = mk.resolved_mark ? spec_calloc((size_t)2 * (size_t)max_T, sizeof *mk.raw_where, &status) : NULL;
+    mk.resolved_where = mk.raw_where ? spec_calloc((size_t)max_T, sizeof *mk.resolved_where, &status) : NULL;
+    if (mk.resolved_where) {
         site->position_mode = groups ? PB_POSITIONS_GROUPS : PB_POSITIONS_LIST;
         site->positions = spec_calloc(total, sizeof *site->positions, &status);
         if (site->positions && groups) {
@@ -655,9 +721,6 @@ static pb_status parse_positions(const spec_parser *sp, const json_t *value, con
             site->n_groups = site->group_sizes ? (int)n : 0;
         }
     }
-    if (status != PB_OK)
-        goto done;
-
     long long stamp = 0; /* one per group (LIST: one for the whole list) */
     size_t at = 0;
     for (size_t g = 0; g < (groups ? n : 1) && status == PB_OK; g++) {
@@ -676,62 +739,27 @@ static pb_status parse_positions(const spec_parser *sp, const json_t *value, con
             path_join(group_path, path, "", "");
         }
         stamp++;
-        size_t size = json_array_size(group);
-        for (size_t j = 0; j < size; j++) {
-            char item_path[PB_SPEC_PATH_CAP];
-            path_index(item_path, group_path, j);
-            const json_t *item = json_array_get(group, j);
-            if (!json_is_integer(item)) {
-                status = type_error(item_path, "an integer", item);
-                break;
-            }
-            long long p = json_integer_value(item);
-            status = check_site_position(sp, item_path, p);
-            if (status != PB_OK)
-                break;
-            /* in range for every pair, so |p| <= max_T */
-            size_t raw_index = (size_t)(p + max_T);
-            if (raw_mark[raw_index] == stamp) {
-                status = pb_fail(PB_ERR_ARG, "spec: %s: %lld is listed twice (also at %s[%d])", item_path, p,
-                                 group_path, raw_where[raw_index]);
-                break;
-            }
-            raw_mark[raw_index] = stamp;
-            raw_where[raw_index] = (int)j;
-            site->positions[at++] = (int)p;
-            site->n_positions = (int)at;
-        }
-        if (status != PB_OK || !groups)
-            continue;
-        /* Inside a group, two indices naming one token of some pair (2 and
-         * -1 when T = 3) would patch it twice. */
-        for (int i = 0; i < sp->spec->n_pairs && status == PB_OK; i++) {
-            int T = sp->spec->pairs[i].base.T;
-            long long pair_stamp = (long long)g * sp->spec->n_pairs + i + 1;
-            const int *members = site->positions + (at - size);
-            for (size_t j = 0; j < size; j++) {
-                int r = members[j] < 0 ? members[j] + T : members[j];
-                if (resolved_mark[r] == pair_stamp) {
-                    int k = resolved_where[r];
-                    char item_path[PB_SPEC_PATH_CAP];
-                    path_index(item_path, group_path, j);
-                    status = pb_fail(PB_ERR_ARG,
-                                     "spec: %s: %d and %d (at %s[%d]) both name position %d of pairs[%d].%s",
-                                     item_path, members[j], members[k], group_path, k, r, i,
-                                     run_key(sp->spec->mode, 1));
-                    break;
-                }
-                resolved_mark[r] = pair_stamp;
-                resolved_where[r] = (int)j;
-            }
-        }
+        status = parse_position_group(sp, &mk, group, group_path, stamp, site, &at);
+        if (status == PB_OK && groups)
+            status = check_group_tokens(sp, &mk, site, g, at, json_array_size(group), group_path);
     }
-done:
-    free(raw_mark);
-    free(resolved_mark);
-    free(raw_where);
-    free(resolved_where);
+    free(mk.raw_mark);
+    free(mk.resolved_mark);
+    free(mk.raw_where);
+    free(mk.resolved_where);
     return status;
+}
+
+static pb_status parse_positions(const spec_parser *sp, const json_t *value, const char *path, pb_site_spec *site) {
+    if (!value) {
+        site->position_mode = PB_POSITIONS_EACH;
+        return PB_OK;
+    }
+    if (json_is_string(value))
+        return parse_position_word(sp, value, path, site);
+    if (!json_is_array(value))
+        return type_error(path, "\"all\", \"each\", \"last\", an array of integers or an array of arrays", value);
+    return parse_position_array(sp, value, path, site);
 }
 
 static pb_status parse_site(const spec_parser *sp, const json_t *value, const char *path, pb_site_spec *site) {
@@ -752,8 +780,8 @@ static pb_status parse_site(const spec_parser *sp, const json_t *value, const ch
     snprintf(note, sizeof note, " (n_layers %d)", cfg->n_layers);
     PB_TRY(parse_index_list(item, sub, cfg->n_layers, note, "layer", &site->layers, &site->n_layers));
 
-    int query_heads = site->component == PB_COMPONENT_Z || site->component == PB_COMPONENT_Q;
-    int kv_heads = site->component == PB_COMPONENT_K || site->component == PB_COMPONENT_V;
+    pb_head_axis axis = pb_component_info_of(site->component)->heads;
+    int query_heads = axis == PB_HEADS_QUERY, kv_heads = axis == PB_HEADS_KV;
     item = json_object_get(value, "heads");
     path_key(sub, path, "heads");
     if (!query_heads && !kv_heads) {
@@ -763,7 +791,7 @@ static pb_status parse_site(const spec_parser *sp, const json_t *value, const ch
                            "heads)",
                            sub, pb_component_name(site->component));
     } else {
-        int count = query_heads ? cfg->n_heads : cfg->n_kv_heads;
+        int count = pb_component_head_count(site->component, cfg);
         if (query_heads)
             snprintf(note, sizeof note, " (n_heads %d)", count);
         else
@@ -939,12 +967,8 @@ done:
     return status;
 }
 
-static pb_status parse_metric(const spec_parser *sp, const json_t *value) {
-    const char *path = "metric";
-    pb_metric_spec *metric = &sp->spec->metric;
-    const pb_model_config *cfg = sp->cfg;
-    if (!json_is_object(value))
-        return type_error(path, "an object {\"kind\": ...}", value);
+/* metric.kind, and the keys that kind allows. */
+static pb_status parse_metric_kind(const json_t *value, const char *path, pb_metric_spec *metric) {
     json_t *item;
     PB_TRY(get_required(value, path, "kind", &item));
     if (!json_is_string(item))
@@ -974,28 +998,70 @@ static pb_status parse_metric(const spec_parser *sp, const json_t *value) {
                               : metric->kind == PB_METRIC_KL       ? keys_kl
                               : metric->kind == PB_METRIC_PROJECTION ? keys_projection
                                                                      : keys_tokens;
-    PB_TRY(check_keys(value, path, keys));
+    return check_keys(value, path, keys);
+}
 
+/* metric.position (default -1), in range for every run of every pair. */
+static pb_status parse_metric_position(const spec_parser *sp, const json_t *value, pb_metric_spec *metric) {
     metric->position = -1;
-    item = json_object_get(value, "position");
-    if (item) {
-        if (!json_is_integer(item))
-            return type_error("metric.position", "an integer", item);
-        long long p = json_integer_value(item);
-        const pb_sweep_spec *spec = sp->spec;
-        for (int i = 0; i < spec->n_pairs; i++) {
-            for (int is_base = 1; is_base >= 0; is_base--) {
-                int T = is_base ? spec->pairs[i].base.T : spec->pairs[i].source.T;
-                if (p < -T || p >= T)
-                    return pb_fail(PB_ERR_ARG,
-                                   "spec: metric.position: %lld is out of range [%d, %d] for pairs[%d].%s, which has "
-                                   "%d tokens",
-                                   p, -T, T - 1, i, run_key(spec->mode, is_base), T);
-            }
+    json_t *item = json_object_get(value, "position");
+    if (!item)
+        return PB_OK;
+    if (!json_is_integer(item))
+        return type_error("metric.position", "an integer", item);
+    long long p = json_integer_value(item);
+    const pb_sweep_spec *spec = sp->spec;
+    for (int i = 0; i < spec->n_pairs; i++) {
+        for (int is_base = 1; is_base >= 0; is_base--) {
+            int T = is_base ? spec->pairs[i].base.T : spec->pairs[i].source.T;
+            if (p < -T || p >= T)
+                return pb_fail(PB_ERR_ARG,
+                               "spec: metric.position: %lld is out of range [%d, %d] for pairs[%d].%s, which has "
+                               "%d tokens",
+                               p, -T, T - 1, i, run_key(spec->mode, is_base), T);
         }
-        metric->position = (int)p;
     }
+    metric->position = (int)p;
+    return PB_OK;
+}
 
+/* A projection metric's layer, hook and direction. */
+static pb_status parse_metric_projection(const spec_parser *sp, const json_t *value, const char *path,
+                                         pb_metric_spec *metric) {
+    const pb_model_config *cfg = sp->cfg;
+    json_t *item;
+    char note[64];
+    snprintf(note, sizeof note, " (n_layers %d)", cfg->n_layers);
+    PB_TRY(get_required(value, path, "layer", &item));
+    PB_TRY(read_int(item, "metric.layer", 0, cfg->n_layers - 1, note, &metric->layer));
+    item = json_object_get(value, "hook");
+    if (item) {
+        if (!json_is_string(item))
+            return type_error("metric.hook", "\"resid_pre\" or \"resid_post\"", item);
+        const char *hook = json_string_value(item);
+        if (strcmp(hook, "resid_pre") == 0) {
+            metric->hook_post = 0;
+        } else if (strcmp(hook, "resid_post") == 0) {
+            metric->hook_post = 1;
+        } else {
+            char text[96];
+            return pb_fail(PB_ERR_ARG,
+                           "spec: metric.hook: %s is not allowed; expected \"resid_pre\" or \"resid_post\"",
+                           pb_json_describe(item, text, sizeof text));
+        }
+    }
+    PB_TRY(get_required(value, path, "direction", &item));
+    return parse_direction(sp, item, metric);
+}
+
+static pb_status parse_metric(const spec_parser *sp, const json_t *value) {
+    const char *path = "metric";
+    pb_metric_spec *metric = &sp->spec->metric;
+    if (!json_is_object(value))
+        return type_error(path, "an object {\"kind\": ...}", value);
+    PB_TRY(parse_metric_kind(value, path, metric));
+    PB_TRY(parse_metric_position(sp, value, metric));
+    json_t *item;
     switch (metric->kind) {
     case PB_METRIC_LOGIT_DIFF:
         PB_TRY(get_required(value, path, "positive", &item));
@@ -1018,33 +1084,8 @@ static pb_status parse_metric(const spec_parser *sp, const json_t *value) {
         PB_TRY(parse_tokens(sp, item, "metric.tokens", &metric->positive, &metric->n_positive));
         break;
     case PB_METRIC_KL:
-    case PB_METRIC_CALLBACK:
-        break;
-    case PB_METRIC_PROJECTION: {
-        char note[64];
-        snprintf(note, sizeof note, " (n_layers %d)", cfg->n_layers);
-        PB_TRY(get_required(value, path, "layer", &item));
-        PB_TRY(read_int(item, "metric.layer", 0, cfg->n_layers - 1, note, &metric->layer));
-        item = json_object_get(value, "hook");
-        if (item) {
-            if (!json_is_string(item))
-                return type_error("metric.hook", "\"resid_pre\" or \"resid_post\"", item);
-            const char *hook = json_string_value(item);
-            if (strcmp(hook, "resid_pre") == 0) {
-                metric->hook_post = 0;
-            } else if (strcmp(hook, "resid_post") == 0) {
-                metric->hook_post = 1;
-            } else {
-                char text[96];
-                return pb_fail(PB_ERR_ARG,
-                               "spec: metric.hook: %s is not allowed; expected \"resid_pre\" or \"resid_post\"",
-                               pb_json_describe(item, text, sizeof text));
-            }
-        }
-        PB_TRY(get_required(value, path, "direction", &item));
-        PB_TRY(parse_direction(sp, item, metric));
-        break;
-    }
+    case PB_METRIC_CALLBACK: break;
+    case PB_METRIC_PROJECTION: return parse_metric_projection(sp, value, path, metric);
     }
     return PB_OK;
 }

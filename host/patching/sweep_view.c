@@ -10,7 +10,7 @@
 
 #include "util/internal.h"
 #include "model/model.h"
-#include "patching/sweep.h"
+#include "patching/sweep_access.h"
 
 enum { PB_METRIC_MAX_IDS = 10 };
 
@@ -47,7 +47,11 @@ void pb_sweep_view_free(pb_sweep_view *v) {
 pb_status pb_sweep_view_load(pb_sweep_view *v, const pb_sweep *sweep) {
     memset(v, 0, sizeof *v);
     v->sweep = sweep;
-    v->cfg = &sweep->model->cfg;
+    v->model = pb_sweep_model(sweep);
+    v->cfg = &v->model->cfg;
+    v->spec = pb_sweep_spec_of(sweep);
+    v->metric_residual_layer = pb_sweep_metric_residual_layer(sweep);
+    v->positions_from_end = pb_sweep_positions_from_end(sweep);
     PB_TRY(pb_sweep_get_summary(sweep, &v->summary));
     v->n_sites = pb_sweep_site_count(sweep);
     v->n_pairs = v->summary.n_pairs;
@@ -60,23 +64,23 @@ pb_status pb_sweep_view_load(pb_sweep_view *v, const pb_sweep *sweep) {
     v->pair_usable = calloc((size_t)v->n_pairs + 1, sizeof *v->pair_usable);
     if (!v->sites || !v->pair_base || !v->pair_source || !v->pair_usable)
         return pb_fail(PB_ERR_OOM, "sweep results: out of memory for %lld sites", (long long)v->n_sites);
-    double floor_value = sweep->spec.effect_floor;
+    double floor_value = v->spec->effect_floor;
     for (int i = 0; i < v->n_pairs; i++) {
         PB_TRY(pb_sweep_get_pair(sweep, i, &v->pair_base[i], &v->pair_source[i]));
         double gap = fabs(v->pair_source[i] - v->pair_base[i]);
         v->pair_usable[i] = isfinite(gap) && gap >= floor_value;
     }
     int lo = 0, hi = -1;
-    if (sweep->positions_aligned_from_end) {
+    if (v->positions_from_end) {
         int t_min = 0;
-        for (int i = 0; i < sweep->spec.n_pairs; i++)
-            if (i == 0 || sweep->spec.pairs[i].base.T < t_min)
-                t_min = sweep->spec.pairs[i].base.T;
+        for (int i = 0; i < v->spec->n_pairs; i++)
+            if (i == 0 || v->spec->pairs[i].base.T < t_min)
+                t_min = v->spec->pairs[i].base.T;
         lo = -t_min;
     } else {
-        for (int i = 0; i < sweep->spec.n_pairs; i++)
-            if (sweep->spec.pairs[i].base.T - 1 > hi)
-                hi = sweep->spec.pairs[i].base.T - 1;
+        for (int i = 0; i < v->spec->n_pairs; i++)
+            if (v->spec->pairs[i].base.T - 1 > hi)
+                hi = v->spec->pairs[i].base.T - 1;
     }
     for (int64_t s = 0; s < v->n_sites; s++) {
         pb_site_view *site = &v->sites[s];
@@ -90,11 +94,24 @@ pb_status pb_sweep_view_load(pb_sweep_view *v, const pb_sweep *sweep) {
         }
     }
     /* End-aligned: -T_min .. -1 */
-    if (sweep->positions_aligned_from_end && hi < -1)
+    if (v->positions_from_end && hi < -1)
         hi = -1;
     v->first_position = lo;
     v->n_columns = hi >= lo ? hi - lo + 1 : 0;
     return PB_OK;
+}
+
+void pb_sweep_view_pair_values(const pb_sweep_view *v, int i, double *clean, double *corrupted) {
+    int clean_is_source = i < v->spec->n_pairs ? v->spec->pairs[i].clean_is_source : 1;
+    *clean = clean_is_source ? v->pair_source[i] : v->pair_base[i];
+    *corrupted = clean_is_source ? v->pair_base[i] : v->pair_source[i];
+}
+
+int pb_sweep_view_pairs_below(const pb_sweep_view *v) {
+    int n_below = 0;
+    for (int i = 0; i < v->n_pairs; i++)
+        n_below += !v->pair_usable[i];
+    return n_below;
 }
 
 int64_t pb_sweep_view_rank_sites(const pb_sweep_view *v, pb_ranked *order) {
@@ -128,7 +145,7 @@ static void print_ids(FILE *f, const int32_t *ids, int n) {
 }
 
 void pb_sweep_print_metric(FILE *f, const pb_sweep_view *v) {
-    const pb_metric_spec *m = &v->sweep->spec.metric;
+    const pb_metric_spec *m = &v->spec->metric;
     fprintf(f, "%s (", pb_sweep_metric_name(v->summary.metric));
     switch (v->summary.metric) {
     case PB_METRIC_LOGIT_DIFF:
@@ -148,8 +165,8 @@ void pb_sweep_print_metric(FILE *f, const pb_sweep_view *v) {
                 m->hook_post ? "resid_post" : "resid_pre", m->layer);
         break;
     case PB_METRIC_CALLBACK:
-        if (v->sweep->options.metric_fn_residual_layer >= 0)
-            fprintf(f, "user function of the residual entering layer %d", v->sweep->options.metric_fn_residual_layer);
+        if (v->metric_residual_layer >= 0)
+            fprintf(f, "user function of the residual entering layer %d", v->metric_residual_layer);
         else
             fputs("user function of the logits", f);
         break;

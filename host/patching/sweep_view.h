@@ -10,6 +10,7 @@
 #include <stdio.h>
 
 #include "model/components.h"
+#include "patching/sweep_spec.h"
 #include "patchbay.h"
 
 typedef struct pb_site_view {
@@ -19,7 +20,11 @@ typedef struct pb_site_view {
 
 typedef struct pb_sweep_view {
     const pb_sweep *sweep;
+    const pb_model *model;
     const pb_model_config *cfg;
+    const pb_sweep_spec *spec;  /* pairs, metric, effect floor, significance threshold */
+    int metric_residual_layer;  /* options.metric_fn_residual_layer */
+    int positions_from_end;     /* site positions are end-aligned (pairs differ in length) */
     pb_sweep_summary summary;
     int64_t n_sites;
     pb_site_view *sites;   /* (n_sites) */
@@ -35,6 +40,10 @@ typedef struct pb_sweep_view {
 /* Fills v from the getters; on failure v holds only what pb_sweep_view_free releases. */
 pb_status pb_sweep_view_load(pb_sweep_view *v, const pb_sweep *sweep);
 void pb_sweep_view_free(pb_sweep_view *v);
+/* A pair's baselines as clean and corrupted (interchange: source and base). */
+void pb_sweep_view_pair_values(const pb_sweep_view *v, int pair, double *clean, double *corrupted);
+/* Pairs below the effect floor. */
+int pb_sweep_view_pairs_below(const pb_sweep_view *v);
 
 /* "denoising", "noising", "interchange". */
 const char *pb_sweep_mode_name(pb_patch_mode mode);

@@ -27,7 +27,6 @@
 #include "model/model.h"
 #include "formats/npy.h"
 #include "util/outdir.h"
-#include "patching/sweep.h"
 #include "patching/sweep_view.h"
 
 #define PB_SWEEP_SCHEMA "patchbay.sweep/1"
@@ -233,8 +232,7 @@ static json_t *jints(json_builder *b, const int *values, int n) {
 }
 
 static json_t *metric_json(json_builder *b, const pb_sweep_view *v) {
-    const pb_sweep *sweep = v->sweep;
-    const pb_metric_spec *m = &sweep->spec.metric;
+    const pb_metric_spec *m = &v->spec->metric;
     pb_metric_kind kind = v->summary.metric;
     json_t *o = jobj(b);
     put(b, o, "kind", jstr(b, pb_sweep_metric_name(kind)));
@@ -253,8 +251,8 @@ static json_t *metric_json(json_builder *b, const pb_sweep_view *v) {
         put(b, o, "hook", jstr(b, m->hook_post ? "resid_post" : "resid_pre"));
         break;
     case PB_METRIC_CALLBACK:
-        put(b, o, "residual_layer", sweep->options.metric_fn_residual_layer >= 0
-                                        ? jint(b, sweep->options.metric_fn_residual_layer)
+        put(b, o, "residual_layer", v->metric_residual_layer >= 0
+                                        ? jint(b, v->metric_residual_layer)
                                         : json_null());
         break;
     case PB_METRIC_KL:
@@ -319,66 +317,25 @@ static void npy_axes_entry(json_builder *b, json_t *axes, const char *file, cons
     put(b, axes, file, e);
 }
 
-static json_t *results_json(const pb_sweep_view *v, const component_grids *grids, const pb_ranked *layers,
-                            int n_layers_ranked, json_builder *b) {
-    const pb_sweep *sweep = v->sweep;
-    const pb_sweep_summary *sum = &v->summary;
-    const pb_model_config *cfg = v->cfg;
-    json_t *root = jobj(b);
-    put(b, root, "schema", jstr(b, PB_SWEEP_SCHEMA));
-    put(b, root, "model", jstr(b, sweep->model->path));
-    json_t *mc = jobj(b);
-    put(b, mc, "arch", jstr(b, cfg->arch));
-    put(b, mc, "n_layers", jint(b, cfg->n_layers));
-    put(b, mc, "d_model", jint(b, cfg->d_model));
-    put(b, mc, "n_heads", jint(b, cfg->n_heads));
-    put(b, mc, "n_kv_heads", jint(b, cfg->n_kv_heads));
-    put(b, mc, "head_dim", jint(b, cfg->head_dim));
-    put(b, mc, "vocab_size", jint(b, cfg->vocab_size));
-    put(b, root, "model_config", mc);
-    put(b, root, "mode", jstr(b, pb_sweep_mode_name(sum->mode)));
-    put(b, root, "metric", metric_json(b, v));
-    put(b, root, "significance_threshold", jnum(b, sweep->spec.significance_threshold));
-    put(b, root, "effect_floor", jnum(b, sweep->spec.effect_floor));
-    put(b, root, "n_pairs", jint(b, sum->n_pairs));
-    put(b, root, "n_pairs_used", jint(b, sum->n_pairs_used));
-    put(b, root, "clean_baseline", jnum(b, sum->clean_baseline));
-    put(b, root, "corrupted_baseline", jnum(b, sum->corrupted_baseline));
-    put(b, root, "total_effect", jnum(b, sum->total_effect));
-    put(b, root, "n_sites", jint(b, sum->n_sites));
-    put(b, root, "n_rows", jint(b, sum->n_rows));
-    put(b, root, "n_rows_executed", jint(b, sum->n_rows_executed));
-    put(b, root, "n_rows_done", jint(b, sum->n_rows_done));
-    put(b, root, "circuit_fraction", jnum(b, sum->circuit_fraction));
-    put(b, root, "n_significant", jint(b, sum->n_significant));
-    put(b, root, "flops_executed", jnum(b, sum->flops_executed));
-    put(b, root, "flops_naive", jnum(b, sum->flops_naive));
-    put(b, root, "positions_aligned_from_end", json_boolean(sweep->positions_aligned_from_end));
-
+static json_t *pairs_json(json_builder *b, const pb_sweep_view *v) {
     json_t *pairs = jarr(b);
     for (int i = 0; i < v->n_pairs; i++) {
-        int clean_is_source = i < sweep->spec.n_pairs ? sweep->spec.pairs[i].clean_is_source : 1;
+        double clean, corrupted;
+        pb_sweep_view_pair_values(v, i, &clean, &corrupted);
         json_t *p = jobj(b);
         put(b, p, "index", jint(b, i));
-        put(b, p, "clean", jnum(b, clean_is_source ? v->pair_source[i] : v->pair_base[i]));
-        put(b, p, "corrupted", jnum(b, clean_is_source ? v->pair_base[i] : v->pair_source[i]));
+        put(b, p, "clean", jnum(b, clean));
+        put(b, p, "corrupted", jnum(b, corrupted));
         put(b, p, "base", jnum(b, v->pair_base[i]));
         put(b, p, "source", jnum(b, v->pair_source[i]));
         put(b, p, "usable", json_boolean(v->pair_usable[i]));
         push(b, pairs, p);
     }
-    put(b, root, "pairs", pairs);
+    return pairs;
+}
 
-    json_t *top = jarr(b);
-    for (int i = 0; i < n_layers_ranked; i++) {
-        json_t *l = jobj(b);
-        put(b, l, "layer", jint(b, layers[i].index));
-        put(b, l, "max_abs_effect", jnum(b, layers[i].key));
-        push(b, top, l);
-    }
-    put(b, root, "top_layers", top);
-
-    /* Axes of every .npy file, so a heatmap can be labelled. */
+/* Axes of every .npy file, so a heatmap can be labelled. */
+static json_t *npy_axes_json(json_builder *b, const pb_sweep_view *v, const component_grids *grids) {
     json_t *axes = jobj(b);
     char file[64];
     for (int c = 0; c < PB_COMPONENT_COUNT; c++) {
@@ -403,8 +360,10 @@ static json_t *results_json(const pb_sweep_view *v, const component_grids *grids
             npy_axes_entry(b, axes, file, &g->groups, "group", g->n_heads, labels);
         }
     }
-    put(b, root, "npy_axes", axes);
+    return axes;
+}
 
+static json_t *sites_json(json_builder *b, const pb_sweep_view *v) {
     json_t *sites = jarr(b);
     for (int64_t s = 0; s < v->n_sites && !b->failed; s++) {
         const pb_site_result *r = &v->sites[s].r;
@@ -428,7 +387,7 @@ static json_t *results_json(const pb_sweep_view *v, const component_grids *grids
         json_t *effects = jarr(b), *patched = jarr(b);
         for (int i = 0; i < v->n_pairs; i++) {
             double p = NAN, x = NAN;
-            if (pb_sweep_get_row(sweep, i, s, &p, &x) != PB_OK)
+            if (pb_sweep_get_row(v->sweep, i, s, &p, &x) != PB_OK)
                 b->failed = 1;
             push(b, effects, jnum(b, x));
             push(b, patched, jnum(b, p));
@@ -437,7 +396,58 @@ static json_t *results_json(const pb_sweep_view *v, const component_grids *grids
         put(b, e, "per_pair_patched", patched);
         push(b, sites, e);
     }
-    put(b, root, "sites", sites);
+    return sites;
+}
+
+static json_t *results_json(const pb_sweep_view *v, const component_grids *grids, const pb_ranked *layers,
+                            int n_layers_ranked, json_builder *b) {
+    const pb_sweep_summary *sum = &v->summary;
+    const pb_model_config *cfg = v->cfg;
+    json_t *root = jobj(b);
+    put(b, root, "schema", jstr(b, PB_SWEEP_SCHEMA));
+    put(b, root, "model", jstr(b, v->model->path));
+    json_t *mc = jobj(b);
+    put(b, mc, "arch", jstr(b, cfg->arch));
+    put(b, mc, "n_layers", jint(b, cfg->n_layers));
+    put(b, mc, "d_model", jint(b, cfg->d_model));
+    put(b, mc, "n_heads", jint(b, cfg->n_heads));
+    put(b, mc, "n_kv_heads", jint(b, cfg->n_kv_heads));
+    put(b, mc, "head_dim", jint(b, cfg->head_dim));
+    put(b, mc, "vocab_size", jint(b, cfg->vocab_size));
+    put(b, root, "model_config", mc);
+    put(b, root, "mode", jstr(b, pb_sweep_mode_name(sum->mode)));
+    put(b, root, "metric", metric_json(b, v));
+    put(b, root, "significance_threshold", jnum(b, v->spec->significance_threshold));
+    put(b, root, "effect_floor", jnum(b, v->spec->effect_floor));
+    put(b, root, "n_pairs", jint(b, sum->n_pairs));
+    put(b, root, "n_pairs_used", jint(b, sum->n_pairs_used));
+    put(b, root, "clean_baseline", jnum(b, sum->clean_baseline));
+    put(b, root, "corrupted_baseline", jnum(b, sum->corrupted_baseline));
+    put(b, root, "total_effect", jnum(b, sum->total_effect));
+    put(b, root, "n_sites", jint(b, sum->n_sites));
+    put(b, root, "n_rows", jint(b, sum->n_rows));
+    put(b, root, "n_rows_executed", jint(b, sum->n_rows_executed));
+    put(b, root, "n_rows_done", jint(b, sum->n_rows_done));
+    put(b, root, "circuit_fraction", jnum(b, sum->circuit_fraction));
+    put(b, root, "n_significant", jint(b, sum->n_significant));
+    put(b, root, "flops_executed", jnum(b, sum->flops_executed));
+    put(b, root, "flops_naive", jnum(b, sum->flops_naive));
+    put(b, root, "positions_aligned_from_end", json_boolean(v->positions_from_end));
+
+    put(b, root, "pairs", pairs_json(b, v));
+
+    json_t *top = jarr(b);
+    for (int i = 0; i < n_layers_ranked; i++) {
+        json_t *l = jobj(b);
+        put(b, l, "layer", jint(b, layers[i].index));
+        put(b, l, "max_abs_effect", jnum(b, layers[i].key));
+        push(b, top, l);
+    }
+    put(b, root, "top_layers", top);
+
+    put(b, root, "npy_axes", npy_axes_json(b, v, grids));
+
+    put(b, root, "sites", sites_json(b, v));
     return root;
 }
 
@@ -477,9 +487,30 @@ static void print_layers(FILE *f, const pb_sweep_view *v) {
     free(has);
 }
 
+/* The pairs below the effect floor, framed by a rule of stars. */
+static void print_floor_warning(FILE *f, const pb_sweep_view *v) {
+    int interchange = v->summary.mode == PB_MODE_INTERCHANGE;
+    int n_below = pb_sweep_view_pairs_below(v);
+    if (n_below) {
+        const char *rule = "************************************************************************\n";
+        fprintf(f, "\n%s", rule);
+        fprintf(f, "WARNING: %d of %d pairs are below the effect floor (|%s - %s| < %g):\n", n_below, v->n_pairs,
+                interchange ? "source" : "clean", interchange ? "base" : "corrupted", v->spec->effect_floor);
+        fputs("their normalised effects are undefined and they are left out of every mean.\n", f);
+        for (int i = 0; i < v->n_pairs; i++) {
+            if (v->pair_usable[i])
+                continue;
+            double clean, corrupted;
+            pb_sweep_view_pair_values(v, i, &clean, &corrupted);
+            fprintf(f, "  pair %d: %s %.6f, %s %.6f\n", i, interchange ? "source" : "clean", clean,
+                    interchange ? "base" : "corrupted", corrupted);
+        }
+        fputs(rule, f);
+    }
+}
+
 static pb_status report_text(const pb_sweep_view *v, const pb_ranked *layers, int n_layers_ranked, char **text,
                              size_t *size) {
-    const pb_sweep *sweep = v->sweep;
     const pb_sweep_summary *sum = &v->summary;
     int interchange = sum->mode == PB_MODE_INTERCHANGE;
     const char *clean_word = interchange ? "Source" : "Clean";
@@ -490,7 +521,7 @@ static pb_status report_text(const pb_sweep_view *v, const pb_ranked *layers, in
     if (!f)
         return pb_fail(PB_ERR_OOM, "sweep write: cannot open a memory stream for report.txt");
     fputs("patchbay activation patching report\n", f);
-    fprintf(f, "Model: %s\n", sweep->model->path ? sweep->model->path : "(unknown)");
+    fprintf(f, "Model: %s\n", v->model->path ? v->model->path : "(unknown)");
     fprintf(f, "Mode: %s\n", pb_sweep_mode_name(sum->mode));
     fputs("Metric: ", f);
     pb_sweep_print_metric(f, v);
@@ -509,7 +540,7 @@ static pb_status report_text(const pb_sweep_view *v, const pb_ranked *layers, in
     fprintf(f, "%s baseline: %.4f\n", corrupted_word, sum->corrupted_baseline);
     fprintf(f, "Total effect: %.4f\n", sum->total_effect);
     fprintf(f, "Significant sites (|effect| >= %.2f): %lld of %lld (circuit fraction %.3f)\n",
-            sweep->spec.significance_threshold, (long long)sum->n_significant, (long long)sum->n_sites,
+            v->spec->significance_threshold, (long long)sum->n_significant, (long long)sum->n_sites,
             sum->circuit_fraction);
     fputs("Top causal layers:", f);
     for (int i = 0; i < n_layers_ranked && i < PB_REPORT_TOP_LAYERS; i++) {
@@ -554,26 +585,7 @@ static pb_status report_text(const pb_sweep_view *v, const pb_ranked *layers, in
         fputs("  (no site has an effect)\n", f);
     free(order);
 
-    int n_below = 0;
-    for (int i = 0; i < v->n_pairs; i++)
-        n_below += !v->pair_usable[i];
-    if (n_below) {
-        const char *rule = "************************************************************************\n";
-        fprintf(f, "\n%s", rule);
-        fprintf(f, "WARNING: %d of %d pairs are below the effect floor (|%s - %s| < %g):\n", n_below, v->n_pairs,
-                interchange ? "source" : "clean", interchange ? "base" : "corrupted", sweep->spec.effect_floor);
-        fputs("their normalised effects are undefined and they are left out of every mean.\n", f);
-        for (int i = 0; i < v->n_pairs; i++) {
-            if (v->pair_usable[i])
-                continue;
-            int clean_is_source = i < sweep->spec.n_pairs ? sweep->spec.pairs[i].clean_is_source : 1;
-            double clean = clean_is_source ? v->pair_source[i] : v->pair_base[i];
-            double corrupted = clean_is_source ? v->pair_base[i] : v->pair_source[i];
-            fprintf(f, "  pair %d: %s %.6f, %s %.6f\n", i, interchange ? "source" : "clean", clean,
-                    interchange ? "base" : "corrupted", corrupted);
-        }
-        fputs(rule, f);
-    }
+    print_floor_warning(f, v);
     if (fclose(f) != 0) {
         free(*text);
         *text = NULL;

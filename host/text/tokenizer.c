@@ -20,6 +20,7 @@
 #include "util/internal.h"
 #include "text/tokenizer.h"
 #include "text/vocab.h"
+#include "util/utf8.h"
 
 enum { KIND_BYTE_LEVEL = 1, KIND_SENTENCEPIECE = 2 };
 enum { TYPE_NORMAL = 1, TYPE_UNKNOWN = 2, TYPE_CONTROL = 3, TYPE_USER = 4, TYPE_UNUSED = 5, TYPE_BYTE = 6 };
@@ -160,55 +161,14 @@ static const pair_slot *pair_get(const pb_tokenizer *tok, int32_t a, int32_t b) 
 
 /* Length of the well-formed UTF-8 sequence at s (no overlongs, surrogates
  * or code points above U+10FFFF), or 0. */
-static size_t utf8_valid_len(const unsigned char *s, size_t n) {
-    unsigned c = s[0];
-    if (c < 0x80)
-        return 1;
-    size_t len;
-    unsigned lo = 0x80, hi = 0xBF;
-    if (c >= 0xC2 && c <= 0xDF)
-        len = 2;
-    else if (c >= 0xE0 && c <= 0xEF) {
-        len = 3;
-        if (c == 0xE0)
-            lo = 0xA0;
-        if (c == 0xED)
-            hi = 0x9F;
-    } else if (c >= 0xF0 && c <= 0xF4) {
-        len = 4;
-        if (c == 0xF0)
-            lo = 0x90;
-        if (c == 0xF4)
-            hi = 0x8F;
-    } else
-        return 0;
-    if (n < len)
-        return 0;
-    if (s[1] < lo || s[1] > hi)
-        return 0;
-    for (size_t i = 2; i < len; i++)
-        if ((s[i] & 0xC0) != 0x80)
-            return 0;
-    return len;
-}
+static size_t utf8_valid_len(const unsigned char *s, size_t n) { return pb_utf8_length(s, n); }
 
 /* Bytes of the maximal prefix of an ill-formed sequence (Unicode's
  * "maximal subpart", which Python and Rust replace by one U+FFFD). */
 static size_t utf8_bad_len(const unsigned char *s, size_t n) {
-    unsigned c = s[0];
-    size_t len;
-    unsigned lo = 0x80, hi = 0xBF;
-    if (c >= 0xC2 && c <= 0xDF)
-        len = 2;
-    else if (c >= 0xE0 && c <= 0xEF) {
-        len = 3;
-        lo = c == 0xE0 ? 0xA0 : 0x80;
-        hi = c == 0xED ? 0x9F : 0xBF;
-    } else if (c >= 0xF0 && c <= 0xF4) {
-        len = 4;
-        lo = c == 0xF0 ? 0x90 : 0x80;
-        hi = c == 0xF4 ? 0x8F : 0xBF;
-    } else
+    unsigned lo, hi;
+    size_t len = (size_t)pb_utf8_lead(s[0], &lo, &hi);
+    if (len < 2)
         return 1;
     size_t i = 1;
     if (i < n && s[i] >= lo && s[i] <= hi) {
