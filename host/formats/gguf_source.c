@@ -20,46 +20,42 @@ typedef struct gguf_source {
 
 /* ---- hyperparameters from GGUF metadata ------------------------------- */
 
-/* "ARCH.SUFFIX" into key; *present = 0 when the file lacks it, which is an
- * error when the hyperparameter is required. */
-static pb_status gguf_key(const pb_gguf *g, const char *arch, const char *suffix, int required, char *key,
-                          size_t key_size, int *present) {
-    snprintf(key, key_size, "%s.%s", arch, suffix);
-    *present = pb_gguf_has_key(g, key);
-    if (!*present && required)
-        return pb_fail(PB_ERR_FORMAT, "gguf: missing hyperparameter '%s'", key);
-    return PB_OK;
-}
-
-static pb_status gguf_int(const pb_gguf *g, const char *arch, const char *suffix, int *out, int required, int fallback) {
+/* ARCH.SUFFIX into *as_int (a positive int32) or *as_float, whichever is
+ * not NULL; fallback when the file lacks it and it is not required. */
+static pb_status gguf_hyperparameter(const pb_gguf *g, const char *arch, const char *suffix, int required,
+                                     double fallback, int *as_int, float *as_float) {
     char key[128];
-    int present;
-    PB_TRY(gguf_key(g, arch, suffix, required, key, sizeof key, &present));
-    if (!present) {
-        *out = fallback;
+    snprintf(key, sizeof key, "%s.%s", arch, suffix);
+    if (!pb_gguf_has_key(g, key)) {
+        if (required)
+            return pb_fail(PB_ERR_FORMAT, "gguf: missing hyperparameter '%s'", key);
+        if (as_int)
+            *as_int = (int)fallback;
+        else
+            *as_float = (float)fallback;
+        return PB_OK;
+    }
+    if (as_float) {
+        double value;
+        PB_TRY(pb_gguf_get_float(g, key, &value));
+        *as_float = (float)value;
         return PB_OK;
     }
     int64_t value;
     PB_TRY(pb_gguf_get_int(g, key, &value));
     if (value <= 0 || value > INT32_MAX)
         return pb_fail(PB_ERR_FORMAT, "gguf: hyperparameter '%s' = %lld is out of range", key, (long long)value);
-    *out = (int)value;
+    *as_int = (int)value;
     return PB_OK;
+}
+
+static pb_status gguf_int(const pb_gguf *g, const char *arch, const char *suffix, int *out, int required, int fallback) {
+    return gguf_hyperparameter(g, arch, suffix, required, fallback, out, NULL);
 }
 
 static pb_status gguf_float(const pb_gguf *g, const char *arch, const char *suffix, float *out, int required,
                             float fallback) {
-    char key[128];
-    int present;
-    PB_TRY(gguf_key(g, arch, suffix, required, key, sizeof key, &present));
-    if (!present) {
-        *out = fallback;
-        return PB_OK;
-    }
-    double value;
-    PB_TRY(pb_gguf_get_float(g, key, &value));
-    *out = (float)value;
-    return PB_OK;
+    return gguf_hyperparameter(g, arch, suffix, required, fallback, NULL, out);
 }
 
 static pb_status config_from_gguf(pb_model_config *c, const pb_gguf *g, const char *path) {
@@ -205,22 +201,16 @@ static pb_status gguf_raw(const pb_weight_source *src, const pb_tensor_info *inf
 }
 
 static void gguf_free(pb_weight_source *src) {
-    gguf_source *s = (gguf_source *)src;
-    pb_gguf_close(s->gguf);
-    free(s->base.path);
-    free(s);
+    pb_gguf_close(((gguf_source *)src)->gguf);
+    pb_weight_source_release(src);
 }
 
 static const pb_weight_source_ops gguf_ops = {gguf_find, gguf_read_f32, gguf_raw, gguf_free};
 
 pb_status pb_gguf_source_open(pb_weight_source **out, const char *path) {
-    *out = NULL;
-    gguf_source *s = calloc(1, sizeof *s);
-    if (!s || !(s->base.path = strdup(path))) {
-        free(s);
-        return pb_fail(PB_ERR_OOM, "out of memory opening %s", path);
-    }
-    s->base.ops = &gguf_ops;
+    gguf_source *s = pb_weight_source_alloc(out, sizeof *s, &gguf_ops, path);
+    if (!s)
+        return PB_ERR_OOM;
     pb_status status = pb_gguf_open(&s->gguf, path);
     if (status == PB_OK)
         status = config_from_gguf(&s->base.cfg, s->gguf, path);

@@ -63,22 +63,16 @@ static pb_status st_raw(const pb_weight_source *src, const pb_tensor_info *info,
 }
 
 static void st_free(pb_weight_source *src) {
-    safetensors_source *s = (safetensors_source *)src;
-    pb_safetensors_close(s->st);
-    free(s->base.path);
-    free(s);
+    pb_safetensors_close(((safetensors_source *)src)->st);
+    pb_weight_source_release(src);
 }
 
 static const pb_weight_source_ops safetensors_ops = {st_find, st_read_f32, st_raw, st_free};
 
 pb_status pb_safetensors_source_open(pb_weight_source **out, const char *folder) {
-    *out = NULL;
-    safetensors_source *s = calloc(1, sizeof *s);
-    if (!s || !(s->base.path = strdup(folder))) {
-        free(s);
-        return pb_fail(PB_ERR_OOM, "out of memory opening %s", folder);
-    }
-    s->base.ops = &safetensors_ops;
+    safetensors_source *s = pb_weight_source_alloc(out, sizeof *s, &safetensors_ops, folder);
+    if (!s)
+        return PB_ERR_OOM;
     s->base.folder = s->base.path;
     char file[4096];
     snprintf(file, sizeof file, "%s/config.json", folder);

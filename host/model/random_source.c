@@ -47,10 +47,7 @@ static pb_status random_raw(const pb_weight_source *src, const pb_tensor_info *i
                    info->name);
 }
 
-static void random_free(pb_weight_source *src) {
-    free(src->path);
-    free(src);
-}
+static void random_free(pb_weight_source *src) { pb_weight_source_release(src); }
 
 static const pb_weight_source_ops random_ops = {random_find, random_read_f32, random_raw, random_free};
 
@@ -63,12 +60,9 @@ pb_status pb_weight_source_open_random(pb_weight_source **out, const char *spec,
     char name[160];
     snprintf(name, sizeof name, "random:%.*s:%d:%llu", (int)strcspn(spec, ":"), spec, cfg.n_layers,
              (unsigned long long)seed);
-    random_source *s = calloc(1, sizeof *s);
-    if (!s || !(s->base.path = strdup(name))) {
-        free(s);
-        return pb_fail(PB_ERR_OOM, "out of memory for random model %s", name);
-    }
-    s->base.ops = &random_ops;
+    random_source *s = pb_weight_source_alloc(out, sizeof *s, &random_ops, name);
+    if (!s)
+        return PB_ERR_OOM;
     s->base.cfg = cfg;
     s->seed = seed;
     pb_status status = pb_model_config_validate(&s->base.cfg);

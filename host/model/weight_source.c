@@ -162,6 +162,23 @@ pb_status pb_weight_source_open(pb_weight_source **out, const char *path) {
     return is_directory(path) ? pb_safetensors_source_open(out, path) : pb_gguf_source_open(out, path);
 }
 
+void *pb_weight_source_alloc(pb_weight_source **out, size_t size, const pb_weight_source_ops *ops, const char *path) {
+    *out = NULL;
+    pb_weight_source *src = calloc(1, size);
+    if (!src || !(src->path = strdup(path))) {
+        free(src);
+        pb_fail(PB_ERR_OOM, "out of memory opening %s", path);
+        return NULL;
+    }
+    src->ops = ops;
+    return src;
+}
+
+void pb_weight_source_release(pb_weight_source *src) {
+    free(src->path);
+    free(src);
+}
+
 void pb_weight_source_free(pb_weight_source *src) {
     if (src)
         src->ops->free(src);

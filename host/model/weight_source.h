@@ -73,6 +73,12 @@ pb_status pb_weight_source_open_random(pb_weight_source **out, const char *spec,
 pb_status pb_gguf_source_open(pb_weight_source **out, const char *path);
 pb_status pb_safetensors_source_open(pb_weight_source **out, const char *folder);
 void pb_weight_source_free(pb_weight_source *src);
+/* For the constructors: a zeroed source of `size` bytes (a struct that
+ * starts with pb_weight_source) with ops and a copy of path; *out = NULL
+ * until the constructor hands it out. NULL (PB_ERR_OOM recorded) when out
+ * of memory. release frees what alloc made. */
+void *pb_weight_source_alloc(pb_weight_source **out, size_t size, const pb_weight_source_ops *ops, const char *path);
+void pb_weight_source_release(pb_weight_source *src);
 
 /* Fills info; a tensor the source lacks is PB_ERR_FORMAT "PATH: missing
  * tensor 'FILE_NAME'". */
