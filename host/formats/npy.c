@@ -84,35 +84,62 @@ static pb_status read_all(const char *path, unsigned char **out, size_t *size) {
     return PB_OK;
 }
 
-pb_status pb_npy_read(const char *path, void **data, pb_npy_dtype dtype, int *n_dims, int64_t shape[8]) {
-    *data = NULL;
-    unsigned char *buf = NULL;
-    size_t size = 0;
-    PB_TRY(read_all(path, &buf, &size));
-    pb_status status = PB_OK;
-    if (size < 10 || memcmp(buf, "\x93NUMPY", 6) != 0) {
-        status = pb_fail(PB_ERR_FORMAT, "%s: not a .npy file (bad magic)", path);
-        goto done;
-    }
-    size_t header_len, preamble;
+/* What the header says: where the data starts, its element size and kind,
+ * and its shape. */
+typedef struct npy_layout {
+    size_t offset;   /* of the data from the file start */
+    size_t elem;     /* 4 or 8 */
+    int src_float;
+    int n_dims;
+    uint64_t count;  /* elements */
+} npy_layout;
+
+/* Magic and version: *preamble and *header_len from the first bytes. */
+static pb_status parse_preamble(const char *path, const unsigned char *buf, size_t size, size_t *preamble,
+                                size_t *header_len) {
+    if (size < 10 || memcmp(buf, "\x93NUMPY", 6) != 0)
+        return pb_fail(PB_ERR_FORMAT, "%s: not a .npy file (bad magic)", path);
     if (buf[6] == 1) {
-        header_len = buf[8] | (size_t)buf[9] << 8;
-        preamble = 10;
+        *header_len = buf[8] | (size_t)buf[9] << 8;
+        *preamble = 10;
     } else if (buf[6] == 2 || buf[6] == 3) {
-        if (size < 12) {
-            status = pb_fail(PB_ERR_FORMAT, "%s: truncated .npy header", path);
-            goto done;
-        }
-        header_len = buf[8] | (size_t)buf[9] << 8 | (size_t)buf[10] << 16 | (size_t)buf[11] << 24;
-        preamble = 12;
+        if (size < 12)
+            return pb_fail(PB_ERR_FORMAT, "%s: truncated .npy header", path);
+        *header_len = buf[8] | (size_t)buf[9] << 8 | (size_t)buf[10] << 16 | (size_t)buf[11] << 24;
+        *preamble = 12;
     } else {
-        status = pb_fail(PB_ERR_FORMAT, "%s: .npy version %d is not supported", path, buf[6]);
-        goto done;
+        return pb_fail(PB_ERR_FORMAT, "%s: .npy version %d is not supported", path, buf[6]);
     }
-    if (header_len > size - preamble) {
-        status = pb_fail(PB_ERR_FORMAT, "%s: .npy header length %zu runs past the file", path, header_len);
-        goto done;
+    if (*header_len > size - *preamble)
+        return pb_fail(PB_ERR_FORMAT, "%s: .npy header length %zu runs past the file", path, *header_len);
+    return PB_OK;
+}
+
+/* The shape tuple after 'shape': into shape (at most 8 dims). */
+static pb_status parse_shape(const char *path, const char *shp, npy_layout *layout, int64_t shape[8]) {
+    const char *p = strchr(shp, '(');
+    layout->n_dims = 0;
+    layout->count = 1;
+    while (p && *++p && *p != ')') {
+        if (*p == ' ' || *p == ',')
+            continue;
+        char *end;
+        long long v = strtoll(p, &end, 10);
+        if (end == p || v < 0 || layout->n_dims == 8)
+            return pb_fail(PB_ERR_FORMAT, "%s: bad shape in .npy header: %s", path, shp);
+        shape[layout->n_dims++] = v;
+        layout->count *= (uint64_t)v;
+        p = end - 1;
     }
+    return PB_OK;
+}
+
+/* The header dictionary: dtype (checked against the wanted one), order and
+ * shape. */
+static pb_status parse_header(const char *path, const unsigned char *buf, size_t size, pb_npy_dtype dtype,
+                              npy_layout *layout, int64_t shape[8]) {
+    size_t preamble = 0, header_len = 0;
+    PB_TRY(parse_preamble(path, buf, size, &preamble, &header_len));
     char header[4096];
     size_t copy = header_len < sizeof header - 1 ? header_len : sizeof header - 1;
     memcpy(header, buf + preamble, copy);
@@ -120,80 +147,67 @@ pb_status pb_npy_read(const char *path, void **data, pb_npy_dtype dtype, int *n_
     const char *descr = strstr(header, "'descr':");
     const char *order = strstr(header, "'fortran_order':");
     const char *shp = strstr(header, "'shape':");
-    if (!descr || !order || !shp) {
-        status = pb_fail(PB_ERR_FORMAT, "%s: .npy header lacks descr, fortran_order or shape: %s", path, header);
-        goto done;
-    }
-    if (strncmp(order + 16, " False", 6) != 0) {
-        status = pb_fail(PB_ERR_UNSUPPORTED, "%s: Fortran-ordered arrays are not supported", path);
-        goto done;
-    }
+    if (!descr || !order || !shp)
+        return pb_fail(PB_ERR_FORMAT, "%s: .npy header lacks descr, fortran_order or shape: %s", path, header);
+    if (strncmp(order + 16, " False", 6) != 0)
+        return pb_fail(PB_ERR_UNSUPPORTED, "%s: Fortran-ordered arrays are not supported", path);
     char type[8] = {0};
-    if (sscanf(descr + 8, " '%7[^']'", type) != 1) {
-        status = pb_fail(PB_ERR_FORMAT, "%s: cannot read descr in .npy header", path);
-        goto done;
-    }
-    size_t elem = strcmp(type, "<f4") == 0 || strcmp(type, "<i4") == 0 ? 4 : strcmp(type, "<f8") == 0 || strcmp(type, "<i8") == 0 ? 8 : 0;
-    int src_float = type[1] == 'f';
-    if (!elem) {
-        status = pb_fail(PB_ERR_UNSUPPORTED, "%s: dtype '%s' is not supported (float32/64, int32/64 are)", path, type);
-        goto done;
-    }
-    if (src_float != (dtype == PB_NPY_F32)) {
-        status = pb_fail(PB_ERR_FORMAT, "%s: holds %s values where %s were expected", path, type,
-                         dtype == PB_NPY_F32 ? "floats" : "integers");
-        goto done;
-    }
-    const char *p = strchr(shp, '(');
-    int dims = 0;
-    uint64_t count = 1;
-    while (p && *++p && *p != ')') {
-        if (*p == ' ' || *p == ',')
-            continue;
-        char *end;
-        long long v = strtoll(p, &end, 10);
-        if (end == p || v < 0 || dims == 8) {
-            status = pb_fail(PB_ERR_FORMAT, "%s: bad shape in .npy header: %s", path, shp);
-            goto done;
-        }
-        shape[dims++] = v;
-        count *= (uint64_t)v;
-        p = end - 1;
-    }
-    *n_dims = dims;
-    size_t offset = preamble + header_len;
-    if (count > (size - offset) / elem) {
-        status = pb_fail(PB_ERR_FORMAT, "%s: .npy data holds %zu bytes, shape needs %llu", path, size - offset,
-                         (unsigned long long)(count * elem));
-        goto done;
-    }
-    void *out = malloc(count * 4 + 4);
-    if (!out) {
-        status = pb_fail(PB_ERR_OOM, "%s: out of memory", path);
-        goto done;
-    }
-    const unsigned char *src = buf + offset;
-    for (uint64_t i = 0; i < count; i++) {
-        if (elem == 4) {
+    if (sscanf(descr + 8, " '%7[^']'", type) != 1)
+        return pb_fail(PB_ERR_FORMAT, "%s: cannot read descr in .npy header", path);
+    layout->elem = strcmp(type, "<f4") == 0 || strcmp(type, "<i4") == 0 ? 4 : strcmp(type, "<f8") == 0 || strcmp(type, "<i8") == 0 ? 8 : 0;
+    layout->src_float = type[1] == 'f';
+    if (!layout->elem)
+        return pb_fail(PB_ERR_UNSUPPORTED, "%s: dtype '%s' is not supported (float32/64, int32/64 are)", path, type);
+    if (layout->src_float != (dtype == PB_NPY_F32))
+        return pb_fail(PB_ERR_FORMAT, "%s: holds %s values where %s were expected", path, type,
+                       dtype == PB_NPY_F32 ? "floats" : "integers");
+    PB_TRY(parse_shape(path, shp, layout, shape));
+    layout->offset = preamble + header_len;
+    if (layout->count > (size - layout->offset) / layout->elem)
+        return pb_fail(PB_ERR_FORMAT, "%s: .npy data holds %zu bytes, shape needs %llu", path, size - layout->offset,
+                       (unsigned long long)(layout->count * layout->elem));
+    return PB_OK;
+}
+
+/* out (count 4-byte elements) = the data, narrowed from 8 bytes where the
+ * file holds float64 / int64. */
+static pb_status convert_data(const char *path, const unsigned char *src, const npy_layout *layout, void *out) {
+    for (uint64_t i = 0; i < layout->count; i++) {
+        if (layout->elem == 4) {
             memcpy((char *)out + i * 4, src + i * 4, 4);
-        } else if (src_float) {
+        } else if (layout->src_float) {
             double v;
             memcpy(&v, src + i * 8, 8);
             ((float *)out)[i] = (float)v;
         } else {
             int64_t v;
             memcpy(&v, src + i * 8, 8);
-            if (v < INT32_MIN || v > INT32_MAX) { /* would wrap silently into another id */
-                free(out);
-                status = pb_fail(PB_ERR_FORMAT, "%s: int64 value %lld at flat index %llu does not fit in int32", path,
-                                 (long long)v, (unsigned long long)i);
-                goto done;
-            }
+            if (v < INT32_MIN || v > INT32_MAX) /* would wrap silently into another id */
+                return pb_fail(PB_ERR_FORMAT, "%s: int64 value %lld at flat index %llu does not fit in int32", path,
+                               (long long)v, (unsigned long long)i);
             ((int32_t *)out)[i] = (int32_t)v;
         }
     }
-    *data = out;
-done:
+    return PB_OK;
+}
+
+pb_status pb_npy_read(const char *path, void **data, pb_npy_dtype dtype, int *n_dims, int64_t shape[8]) {
+    *data = NULL;
+    unsigned char *buf = NULL;
+    size_t size = 0;
+    PB_TRY(read_all(path, &buf, &size));
+    npy_layout layout;
+    pb_status status = parse_header(path, buf, size, dtype, &layout, shape);
+    if (status == PB_OK) {
+        *n_dims = layout.n_dims;
+        void *out = malloc(layout.count * 4 + 4);
+        if (!out)
+            status = pb_fail(PB_ERR_OOM, "%s: out of memory", path);
+        else if ((status = convert_data(path, buf + layout.offset, &layout, out)) != PB_OK)
+            free(out);
+        else
+            *data = out;
+    }
     free(buf);
     return status;
 }

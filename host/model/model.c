@@ -1,25 +1,24 @@
-/* Loading a Llama-family model from GGUF or a Hugging Face checkpoint:
- * hyperparameters, shape checks for every tensor before any compute, and
- * dequantisation into one weight arena on the backend (matrices in the
- * chosen storage dtype, vectors in fp32). Synthetic models (model_random.c)
- * go through the same path with a generator as their source. */
+/* A Llama-family model from a weight source (weight_source.h: a GGUF file,
+ * a Hugging Face folder or the random generator; this file knows no
+ * format): hyperparameter checks, the canonical tensor list mapped to the
+ * model's fields, shape checks for every tensor before any compute, and
+ * placement in one weight arena on the backend (matrices in the chosen
+ * storage dtype, vectors in fp32), plus the backend choice, RoPE
+ * frequencies and the model's public getters. */
 #define _POSIX_C_SOURCE 200809L
+#include <assert.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include "formats/dtype.h"
-#include "formats/gguf.h"
-#include "formats/hf_config.h"
 #include "util/internal.h"
 #include "model/model.h"
-#include "model/model_random.h"
+#include "model/weight_source.h"
 #include "text/model_text.h"
 #include "patching/noise.h"
-#include "formats/quant.h"
-#include "formats/safetensors.h"
 
 /* ---- hyperparameters -------------------------------------------------- */
 
@@ -79,300 +78,83 @@ void pb_rope_inv_freq(const pb_model_config *c, float *out) {
     }
 }
 
-/* ---- weight sources --------------------------------------------------- */
-
-/* One logical tensor the model needs, with its row-major shape. */
-typedef struct wanted_tensor {
-    char gguf_name[96];
-    char hf_name[128];
-    int n_dims;
-    int64_t shape[2]; /* (rows, cols) or (n) */
-    void **matrix_dst;  /* matrices: stored as the model's wdtype */
-    float **vector_dst; /* vectors: stored as fp32 */
-    int optional;     /* biases */
-    int unpermute_heads; /* GGUF llama Q/K: number of heads to un-permute, else 0 */
-    int fused_with_next; /* the next tensor continues this one's rows (w_qkv, w_gate_up): no padding between */
-} wanted_tensor;
-
-typedef struct source {
-    pb_gguf *gguf;
-    pb_safetensors *st;
-    const char *path;
-    int random;    /* no file: pb_random_fill with this seed */
-    uint64_t seed;
-} source;
-
-/* Finds a wanted tensor and checks its shape; *found = 0 if absent. */
-static pb_status source_check(const source *src, const wanted_tensor *w, int *found) {
-    int64_t shape[4] = {1, 1, 1, 1};
-    int n_dims;
-    const char *name;
-    if (src->random) {
-        *found = 1;
-        return PB_OK;
-    }
-    if (src->gguf) {
-        name = w->gguf_name;
-        const pb_gguf_tensor *t = pb_gguf_find_tensor(src->gguf, name);
-        *found = t != NULL;
-        if (!t)
-            return PB_OK;
-        if (!pb_ggml_type_dequantizable(t->type))
-            return pb_fail(PB_ERR_UNSUPPORTED, "%s: tensor '%s' has type %s, which patchbay cannot dequantise",
-                           src->path, name, pb_ggml_type_name(t->type));
-        n_dims = (int)t->n_dims;
-        for (int i = 0; i < n_dims; i++)
-            shape[i] = t->ne[n_dims - 1 - i]; /* ggml lists the contiguous dim first */
-    } else {
-        name = w->hf_name;
-        const pb_st_tensor *t = pb_safetensors_find(src->st, name);
-        *found = t != NULL;
-        if (!t)
-            return PB_OK;
-        n_dims = t->n_dims;
-        for (int i = 0; i < n_dims; i++)
-            shape[i] = t->shape[i];
-    }
-    int ok = n_dims == w->n_dims;
-    for (int i = 0; ok && i < n_dims; i++)
-        ok = shape[i] == w->shape[i];
-    if (!ok) {
-        char got[96], want[96];
-        if (n_dims == 1) snprintf(got, sizeof got, "(%lld)", (long long)shape[0]);
-        else snprintf(got, sizeof got, "(%lld, %lld%s)", (long long)shape[0], (long long)shape[1], n_dims > 2 ? ", ..." : "");
-        if (w->n_dims == 1) snprintf(want, sizeof want, "(%lld)", (long long)w->shape[0]);
-        else snprintf(want, sizeof want, "(%lld, %lld)", (long long)w->shape[0], (long long)w->shape[1]);
-        return pb_fail(PB_ERR_FORMAT, "%s: tensor '%s' has shape %s (%d dims) but the hyperparameters need %s",
-                       src->path, name, got, n_dims, want);
-    }
-    return PB_OK;
-}
-
-/* Dequantises (or generates) tensor number `index` to fp32 into host memory
- * `out`. */
-static pb_status source_read(const source *src, const wanted_tensor *w, int index, float *out) {
-    if (src->random) {
-        const char *name = w->gguf_name;
-        size_t len = strlen(name);
-        pb_random_kind kind = w->n_dims == 2 ? PB_RANDOM_MATRIX
-                              : len >= 5 && strcmp(name + len - 5, ".bias") == 0 ? PB_RANDOM_BIAS
-                                                                                 : PB_RANDOM_NORM;
-        pb_random_fill(out, (size_t)(w->shape[0] * (w->n_dims == 2 ? w->shape[1] : 1)), src->seed, index, kind);
-    } else if (src->gguf) {
-        const pb_gguf_tensor *t = pb_gguf_find_tensor(src->gguf, w->gguf_name);
-        pb_status status = pb_dequantize(out, t->data, t->type, t->n_elements);
-        if (status != PB_OK)
-            return pb_fail_context(status, "%s: tensor '%s'", src->path, w->gguf_name);
-    } else {
-        pb_st_tensor_to_f32(pb_safetensors_find(src->st, w->hf_name), out);
-    }
-    return PB_OK;
-}
-
-/* llama.cpp's converter reorders each Q/K head's rows so that rotation pairs
- * are adjacent (interleaved RoPE). Put them back in Hugging Face's
- * rotate-half order so hook_q/hook_k match transformers. GGUF row
- * h*hd + 2i + j holds Hugging Face row h*hd + j*hd/2 + i. */
-static pb_status unpermute_heads(float *data, int n_heads, int head_dim, int64_t cols) {
-    size_t head_floats = (size_t)head_dim * (size_t)cols;
-    float *tmp = malloc(sizeof(float) * head_floats);
-    if (!tmp)
-        return pb_fail(PB_ERR_OOM, "out of memory un-permuting Q/K heads");
-    for (int h = 0; h < n_heads; h++) {
-        float *head = data + (size_t)h * head_floats;
-        memcpy(tmp, head, sizeof(float) * head_floats);
-        for (int r = 0; r < head_dim; r++) {
-            int i = r / 2, j = r % 2;
-            int hf_row = j * (head_dim / 2) + i;
-            memcpy(head + (size_t)hf_row * (size_t)cols, tmp + (size_t)r * (size_t)cols, sizeof(float) * (size_t)cols);
-        }
-    }
-    free(tmp);
-    return PB_OK;
-}
-
-/* ---- hyperparameters from GGUF metadata --------------------------------- */
-
-static pb_status gguf_int(const pb_gguf *g, const char *arch, const char *suffix, int *out, int required, int fallback) {
-    char key[128];
-    snprintf(key, sizeof key, "%s.%s", arch, suffix);
-    if (!pb_gguf_has_key(g, key)) {
-        if (required)
-            return pb_fail(PB_ERR_FORMAT, "gguf: missing hyperparameter '%s'", key);
-        *out = fallback;
-        return PB_OK;
-    }
-    int64_t value;
-    PB_TRY(pb_gguf_get_int(g, key, &value));
-    if (value <= 0 || value > INT32_MAX)
-        return pb_fail(PB_ERR_FORMAT, "gguf: hyperparameter '%s' = %lld is out of range", key, (long long)value);
-    *out = (int)value;
-    return PB_OK;
-}
-
-static pb_status gguf_float(const pb_gguf *g, const char *arch, const char *suffix, float *out, int required,
-                            float fallback) {
-    char key[128];
-    snprintf(key, sizeof key, "%s.%s", arch, suffix);
-    if (!pb_gguf_has_key(g, key)) {
-        if (required)
-            return pb_fail(PB_ERR_FORMAT, "gguf: missing hyperparameter '%s'", key);
-        *out = fallback;
-        return PB_OK;
-    }
-    double value;
-    PB_TRY(pb_gguf_get_float(g, key, &value));
-    *out = (float)value;
-    return PB_OK;
-}
-
-static pb_status config_from_gguf(pb_model_config *c, const pb_gguf *g, const char *path) {
-    memset(c, 0, sizeof *c);
-    const char *arch;
-    size_t arch_len;
-    PB_TRY(pb_gguf_get_string(g, "general.architecture", &arch, &arch_len));
-    if (arch_len >= sizeof c->arch)
-        arch_len = sizeof c->arch - 1;
-    memcpy(c->arch, arch, arch_len);
-    if (strcmp(c->arch, "llama") != 0 && strcmp(c->arch, "qwen2") != 0 && strcmp(c->arch, "mistral") != 0)
-        return pb_fail(PB_ERR_UNSUPPORTED, "%s: architecture '%s' is not supported (llama, mistral, qwen2 are)", path,
-                       c->arch);
-    const char *a = c->arch;
-    PB_TRY(gguf_int(g, a, "block_count", &c->n_layers, 1, 0));
-    PB_TRY(gguf_int(g, a, "embedding_length", &c->d_model, 1, 0));
-    PB_TRY(gguf_int(g, a, "feed_forward_length", &c->d_mlp, 1, 0));
-    PB_TRY(gguf_int(g, a, "attention.head_count", &c->n_heads, 1, 0));
-    PB_TRY(gguf_int(g, a, "attention.head_count_kv", &c->n_kv_heads, 0, c->n_heads));
-    PB_TRY(gguf_int(g, a, "context_length", &c->context_length, 1, 0));
-    int default_head_dim = c->d_model / c->n_heads;
-    PB_TRY(gguf_int(g, a, "rope.dimension_count", &c->head_dim, 0, default_head_dim));
-    PB_TRY(gguf_int(g, a, "attention.key_length", &c->head_dim, 0, c->head_dim));
-    int value_length = 0;
-    PB_TRY(gguf_int(g, a, "attention.value_length", &value_length, 0, c->head_dim));
-    if (value_length != c->head_dim)
-        return pb_fail(PB_ERR_UNSUPPORTED, "%s: value_length %d differs from key_length %d", path, value_length,
-                       c->head_dim);
-    PB_TRY(gguf_float(g, a, "attention.layer_norm_rms_epsilon", &c->rms_eps, 1, 0));
-    PB_TRY(gguf_float(g, a, "rope.freq_base", &c->rope_theta, 0, 10000.0f));
-    char scaling_key[128];
-    snprintf(scaling_key, sizeof scaling_key, "%s.rope.scaling.type", a);
-    if (pb_gguf_has_key(g, scaling_key)) {
-        const char *type;
-        size_t len;
-        PB_TRY(pb_gguf_get_string(g, scaling_key, &type, &len));
-        if (len == 6 && memcmp(type, "linear", 6) == 0) {
-            c->rope_scaling = PB_ROPE_SCALING_LINEAR;
-            PB_TRY(gguf_float(g, a, "rope.scaling.factor", &c->rope_factor, 1, 0));
-        } else if (!(len == 4 && memcmp(type, "none", 4) == 0)) {
-            return pb_fail(PB_ERR_UNSUPPORTED, "%s: rope scaling type '%.*s' is not supported", path, (int)len, type);
-        }
-    }
-    int n_tokens = 0;
-    if (pb_gguf_has_key(g, "tokenizer.ggml.tokens")) {
-        pb_gguf_value_type type;
-        uint64_t count;
-        PB_TRY(pb_gguf_get_array_info(g, "tokenizer.ggml.tokens", &type, &count));
-        n_tokens = count > INT32_MAX ? 0 : (int)count;
-    }
-    const pb_gguf_tensor *embd = pb_gguf_find_tensor(g, "token_embd.weight");
-    int embd_rows = embd && embd->n_dims == 2 && embd->ne[1] <= INT32_MAX ? (int)embd->ne[1] : 0;
-    PB_TRY(gguf_int(g, a, "vocab_size", &c->vocab_size, 0, n_tokens ? n_tokens : embd_rows));
-    c->has_qkv_bias = pb_gguf_find_tensor(g, "blk.0.attn_q.bias") != NULL;
-    c->tied_embeddings = pb_gguf_find_tensor(g, "output.weight") == NULL;
-    c->bos_id = c->eos_id = -1;
-    int64_t id;
-    if (pb_gguf_has_key(g, "tokenizer.ggml.bos_token_id") &&
-        pb_gguf_get_int(g, "tokenizer.ggml.bos_token_id", &id) == PB_OK && id >= 0 && id < c->vocab_size)
-        c->bos_id = (int)id;
-    if (pb_gguf_has_key(g, "tokenizer.ggml.eos_token_id") &&
-        pb_gguf_get_int(g, "tokenizer.ggml.eos_token_id", &id) == PB_OK && id >= 0 && id < c->vocab_size)
-        c->eos_id = (int)id;
-    return PB_OK;
-}
-
 /* ---- the list of tensors ---------------------------------------------- */
 
-static void want_named(wanted_tensor *w, const char *gguf_name, const char *hf_name, int64_t rows, int64_t cols) {
-    memset(w, 0, sizeof *w);
-    snprintf(w->gguf_name, sizeof w->gguf_name, "%s", gguf_name);
-    snprintf(w->hf_name, sizeof w->hf_name, "%s", hf_name);
-    w->n_dims = cols ? 2 : 1;
-    w->shape[0] = rows;
-    w->shape[1] = cols;
-}
+/* One tensor of the canonical list (weight_source.h) and where it goes. */
+typedef struct wanted_tensor {
+    pb_tensor_info want;  /* name and the shape the hyperparameters need */
+    pb_tensor_info found; /* as the source holds it (pass 1) */
+    void **matrix_dst;    /* matrices: stored as the model's wdtype */
+    float **vector_dst;   /* vectors: stored as fp32 */
+    int fused_with_next;  /* the next tensor continues this one's rows (w_qkv, w_gate_up): no padding between */
+} wanted_tensor;
 
-static void want_matrix(wanted_tensor *w, const char *gguf_name, const char *hf_name, int64_t rows, int64_t cols,
-                        void **dst) {
-    want_named(w, gguf_name, hf_name, rows, cols);
-    w->matrix_dst = dst;
-}
+/* The field each canonical tensor fills: in pb_model for the global ones, in
+ * pb_layer_weights for a layer's (name after "blk.L."). Matrix fields are
+ * void *, vector fields float *. */
+typedef struct destination {
+    const char *name;
+    size_t offset;
+    int fused_with_next;
+} destination;
 
-static void want_vector(wanted_tensor *w, const char *gguf_name, const char *hf_name, int64_t rows, int64_t cols,
-                        float **dst) {
-    want_named(w, gguf_name, hf_name, rows, cols);
-    w->vector_dst = dst;
-}
+static const destination model_fields[] = {
+    {"token_embd.weight", offsetof(pb_model, token_embd), 0},
+    {"output_norm.weight", offsetof(pb_model, final_norm), 0},
+    {"output.weight", offsetof(pb_model, output), 0},
+};
 
-/* Matrix fields are void *, vector fields float *: the field's type picks. */
-#define want(w, g, h, rows, cols, dst) \
-    _Generic((dst), void **: want_matrix, float **: want_vector)(w, g, h, rows, cols, dst)
+static const destination layer_fields[] = {
+    {"attn_norm.weight", offsetof(pb_layer_weights, attn_norm), 0},
+    {"attn_q.weight", offsetof(pb_layer_weights, wq), 1},
+    {"attn_k.weight", offsetof(pb_layer_weights, wk), 1},
+    {"attn_v.weight", offsetof(pb_layer_weights, wv), 0},
+    {"attn_q.bias", offsetof(pb_layer_weights, bq), 1},
+    {"attn_k.bias", offsetof(pb_layer_weights, bk), 1},
+    {"attn_v.bias", offsetof(pb_layer_weights, bv), 0},
+    {"attn_output.weight", offsetof(pb_layer_weights, wo), 0},
+    {"ffn_norm.weight", offsetof(pb_layer_weights, mlp_norm), 0},
+    {"ffn_gate.weight", offsetof(pb_layer_weights, w_gate), 1},
+    {"ffn_up.weight", offsetof(pb_layer_weights, w_up), 0},
+    {"ffn_down.weight", offsetof(pb_layer_weights, w_down), 0},
+};
 
-/* Fills `list` (capacity 4 + 12 * n_layers) and returns the count. */
-static int wanted_list(pb_model *m, wanted_tensor *list, int permuted_qk) {
-    const pb_model_config *c = &m->cfg;
-    int64_t d = c->d_model, q_rows = (int64_t)c->n_heads * c->head_dim, kv_rows = (int64_t)c->n_kv_heads * c->head_dim;
-    int n = 0;
-    want(&list[n++], "token_embd.weight", "model.embed_tokens.weight", c->vocab_size, d, &m->token_embd);
-    want(&list[n++], "output_norm.weight", "model.norm.weight", d, 0, &m->final_norm);
-    if (!c->tied_embeddings)
-        want(&list[n++], "output.weight", "lm_head.weight", c->vocab_size, d, &m->output);
-    for (int l = 0; l < c->n_layers; l++) {
-        pb_layer_weights *L = &m->layers[l];
-        char g[96], h[128];
-#define WANT(gs, hs, rows, cols, field)                                   \
-    do {                                                                  \
-        snprintf(g, sizeof g, "blk.%d.%s", l, gs);                        \
-        snprintf(h, sizeof h, "model.layers.%d.%s", l, hs);               \
-        want(&list[n++], g, h, rows, cols, &L->field);                    \
-    } while (0)
-        WANT("attn_norm.weight", "input_layernorm.weight", d, 0, attn_norm);
-        WANT("attn_q.weight", "self_attn.q_proj.weight", q_rows, d, wq);
-        if (permuted_qk) list[n - 1].unpermute_heads = c->n_heads;
-        list[n - 1].fused_with_next = 1;
-        WANT("attn_k.weight", "self_attn.k_proj.weight", kv_rows, d, wk);
-        if (permuted_qk) list[n - 1].unpermute_heads = c->n_kv_heads;
-        list[n - 1].fused_with_next = 1;
-        WANT("attn_v.weight", "self_attn.v_proj.weight", kv_rows, d, wv);
-        if (c->has_qkv_bias) {
-            WANT("attn_q.bias", "self_attn.q_proj.bias", q_rows, 0, bq);
-            if (permuted_qk) list[n - 1].unpermute_heads = c->n_heads;
-            list[n - 1].fused_with_next = 1;
-            WANT("attn_k.bias", "self_attn.k_proj.bias", kv_rows, 0, bk);
-            if (permuted_qk) list[n - 1].unpermute_heads = c->n_kv_heads;
-            list[n - 1].fused_with_next = 1;
-            WANT("attn_v.bias", "self_attn.v_proj.bias", kv_rows, 0, bv);
-        }
-        WANT("attn_output.weight", "self_attn.o_proj.weight", d, q_rows, wo);
-        WANT("ffn_norm.weight", "post_attention_layernorm.weight", d, 0, mlp_norm);
-        WANT("ffn_gate.weight", "mlp.gate_proj.weight", c->d_mlp, d, w_gate);
-        list[n - 1].fused_with_next = 1;
-        WANT("ffn_up.weight", "mlp.up_proj.weight", c->d_mlp, d, w_up);
-        WANT("ffn_down.weight", "mlp.down_proj.weight", d, c->d_mlp, w_down);
-#undef WANT
+/* Points w at its field: base is the model or the layer, name the
+ * canonical name without "blk.L.". 0 when no field has that name. */
+static int want_field(wanted_tensor *w, void *base, const destination *fields, size_t n_fields, const char *name) {
+    for (size_t i = 0; i < n_fields; i++) {
+        if (strcmp(fields[i].name, name) != 0)
+            continue;
+        char *field = (char *)base + fields[i].offset;
+        if (w->want.n_dims == 2)
+            w->matrix_dst = (void **)(void *)field;
+        else
+            w->vector_dst = (float **)(void *)field;
+        w->fused_with_next = fields[i].fused_with_next;
+        return 1;
     }
-    return n;
+    return 0;
 }
 
-static uint64_t wanted_elements(const wanted_tensor *w) {
-    return (uint64_t)w->shape[0] * (uint64_t)(w->n_dims == 2 ? w->shape[1] : 1);
+/* Fills `list` (pb_weight_list_count entries): the canonical list, each
+ * with its destination. */
+static void wanted_list(pb_model *m, wanted_tensor *list, int n) {
+    for (int i = 0; i < n; i++) {
+        wanted_tensor *w = &list[i];
+        pb_weight_list_at(&m->cfg, i, &w->want);
+        int layer, consumed = 0;
+        int ok = sscanf(w->want.name, "blk.%d.%n", &layer, &consumed) == 1 && consumed > 0
+                     ? want_field(w, &m->layers[layer], layer_fields, sizeof layer_fields / sizeof layer_fields[0],
+                                  w->want.name + consumed)
+                     : want_field(w, m, model_fields, sizeof model_fields / sizeof model_fields[0], w->want.name);
+        assert(ok && "every canonical tensor has a field");
+        (void)ok;
+    }
 }
+
+static uint64_t wanted_elements(const wanted_tensor *w) { return w->want.n_elements; }
 
 /* ---- loading ----------------------------------------------------------- */
-
-static int is_directory(const char *path) {
-    struct stat st;
-    return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
-}
 
 /* Index of the first non-finite element of x (n), or n. Threaded: a
  * 70B-shape tensor has billions of elements. */
@@ -411,7 +193,7 @@ static void convert_parallel(pb_dtype dtype, void *dst, const float *src, uint64
  * starts 64-byte aligned, except where the next tensor continues its rows
  * (a fused matrix): there, exactly its bytes. */
 static uint64_t arena_slot(const pb_model *m, const wanted_tensor *w) {
-    uint64_t elem = w->n_dims == 2 ? pb_dtype_size(m->wdtype) : sizeof(float);
+    uint64_t elem = w->want.n_dims == 2 ? pb_dtype_size(m->wdtype) : sizeof(float);
     uint64_t bytes = wanted_elements(w) * elem;
     return w->fused_with_next ? bytes : (bytes + 63) / 64 * 64;
 }
@@ -436,183 +218,172 @@ void pb_model_fuse_views(pb_model *m) {
     }
 }
 
-static pb_status load_weights(pb_model *m, const source *src, int permuted_qk) {
+/* Pass 1: every tensor present, readable and of the shape the
+ * hyperparameters need, before any compute; *total = arena bytes of the
+ * list, *largest = elements of its largest tensor. */
+static pb_status check_tensors(const pb_model *m, const pb_weight_source *src, wanted_tensor *list, int n,
+                               uint64_t *total, uint64_t *largest) {
+    *total = *largest = 0;
+    for (int i = 0; i < n; i++) {
+        const pb_tensor_info *want = &list[i].want, *got = &list[i].found;
+        PB_TRY(pb_weight_source_find(src, want->name, &list[i].found));
+        PB_TRY(pb_weight_source_check_readable(src, got));
+        int ok = got->n_dims == want->n_dims;
+        for (int d = 0; ok && d < got->n_dims; d++)
+            ok = got->shape[d] == want->shape[d];
+        if (!ok) {
+            char have[96], need[96];
+            if (got->n_dims == 1) snprintf(have, sizeof have, "(%lld)", (long long)got->shape[0]);
+            else snprintf(have, sizeof have, "(%lld, %lld%s)", (long long)got->shape[0], (long long)got->shape[1], got->n_dims > 2 ? ", ..." : "");
+            if (want->n_dims == 1) snprintf(need, sizeof need, "(%lld)", (long long)want->shape[0]);
+            else snprintf(need, sizeof need, "(%lld, %lld)", (long long)want->shape[0], (long long)want->shape[1]);
+            return pb_fail(PB_ERR_FORMAT, "%s: tensor '%s' has shape %s (%d dims) but the hyperparameters need %s",
+                           src->path, got->file_name, have, got->n_dims, need);
+        }
+        *total += arena_slot(m, &list[i]);
+        if (wanted_elements(&list[i]) > *largest)
+            *largest = wanted_elements(&list[i]);
+    }
+    return PB_OK;
+}
+
+/* Host buffers for pass 2: staging (largest floats) and, for a 16-bit
+ * wdtype, converted (largest elements of it). */
+typedef struct staging_buffers {
+    float *staging;
+    void *converted;
+} staging_buffers;
+
+/* Pass 2 for one tensor: read it as fp32 on the host, check it, convert a
+ * matrix to the storage dtype and upload it to `cursor` in the arena. */
+static pb_status place_tensor(pb_model *m, const pb_weight_source *src, wanted_tensor *w, staging_buffers *buf,
+                              char *cursor) {
+    const char *name = w->found.file_name;
+    float *staging = buf->staging;
+    uint64_t count = wanted_elements(w);
+    PB_TRY(pb_weight_source_read_f32(src, &w->found, staging));
+    uint64_t bad = first_non_finite(staging, count);
+    if (bad < count)
+        return pb_fail(PB_ERR_NUMERIC, "%s: tensor '%s' holds a non-finite value (%g) at element %llu", src->path,
+                       name, (double)staging[bad], (unsigned long long)bad);
+    const void *bytes = staging;
+    size_t n_bytes = sizeof(float) * (size_t)count;
+    if (w->want.n_dims == 2 && m->wdtype != PB_DTYPE_F32) {
+        convert_parallel(m->wdtype, buf->converted, staging, count);
+        if (m->wdtype == PB_DTYPE_F16) {
+            /* finite in fp32 (checked above) but not in fp16: overflow */
+            uint64_t j = first_f16_overflow(buf->converted, count);
+            if (j < count)
+                return pb_fail(PB_ERR_NUMERIC,
+                               "%s: tensor '%s' element %llu = %g overflows f16 (max 65504); use bf16 or f32",
+                               src->path, name, (unsigned long long)j, (double)staging[j]);
+        }
+        bytes = buf->converted;
+        n_bytes = pb_dtype_size(m->wdtype) * (size_t)count;
+    }
+    if (w->matrix_dst == &m->token_embd) {
+        /* the values as stored (16-bit ones widened back), which the
+         * noise of a sweep scales by */
+        if (bytes == buf->converted)
+            pb_dtype_to_f32(m->wdtype, staging, buf->converted, (size_t)count);
+        m->embed_sigma = pb_noise_sigma(staging, (size_t)count);
+    }
+    PB_TRY(m->backend->ops->upload(m->backend, cursor, bytes, n_bytes));
+    if (w->matrix_dst)
+        *w->matrix_dst = cursor;
+    else
+        *w->vector_dst = (float *)(void *)cursor;
+    return PB_OK;
+}
+
+/* RoPE frequencies into the arena at cursor. GGUF files of Llama 3.1-style
+ * models carry the scaling as per-frequency divisors in rope_freqs.weight;
+ * staging holds at least head_dim / 2 floats. */
+static pb_status place_rope(pb_model *m, const pb_weight_source *src, float *staging, char *cursor) {
+    uint64_t half = (uint64_t)m->cfg.head_dim / 2;
+    m->inv_freq_host = malloc(sizeof(float) * half);
+    if (!m->inv_freq_host)
+        return pb_fail(PB_ERR_OOM, "out of memory for RoPE frequencies");
+    pb_rope_inv_freq(&m->cfg, m->inv_freq_host);
+    if (pb_weight_source_has(src, "rope_freqs.weight")) {
+        pb_tensor_info freqs;
+        PB_TRY(pb_weight_source_find(src, "rope_freqs.weight", &freqs));
+        if (freqs.n_elements != half || freqs.type != PB_WEIGHT_TYPE_F32)
+            return pb_fail(PB_ERR_FORMAT,
+                           "%s: tensor 'rope_freqs.weight' must be F32 with %llu elements, has %s with %llu",
+                           src->path, (unsigned long long)half, pb_weight_type_name(freqs.type),
+                           (unsigned long long)freqs.n_elements);
+        PB_TRY(pb_weight_source_read_f32(src, &freqs, staging));
+        for (uint64_t i = 0; i < half; i++) {
+            if (!(staging[i] > 0.0f) || !isfinite(staging[i]))
+                return pb_fail(PB_ERR_FORMAT, "%s: 'rope_freqs.weight'[%llu] = %g is not a positive factor",
+                               src->path, (unsigned long long)i, (double)staging[i]);
+            m->inv_freq_host[i] /= staging[i];
+        }
+    }
+    PB_TRY(m->backend->ops->upload(m->backend, cursor, m->inv_freq_host, sizeof(float) * half));
+    m->inv_freq = (float *)(void *)cursor;
+    return PB_OK;
+}
+
+/* Allocates the arena (arena_bytes) and the host buffers for `largest`
+ * elements. */
+static pb_status alloc_buffers(pb_model *m, uint64_t largest, staging_buffers *buf) {
+    pb_status status = m->backend->ops->alloc(m->backend, &m->arena, m->arena_bytes);
+    if (status != PB_OK)
+        return pb_fail_context(status, "allocating %.1f MiB of %s weights", (double)m->arena_bytes / (1 << 20),
+                               pb_dtype_name(m->wdtype));
+    buf->staging = malloc(sizeof(float) * (size_t)largest);
+    if (m->wdtype != PB_DTYPE_F32)
+        buf->converted = malloc(pb_dtype_size(m->wdtype) * (size_t)largest);
+    if (!buf->staging || (m->wdtype != PB_DTYPE_F32 && !buf->converted))
+        return pb_fail(PB_ERR_OOM, "out of memory for a %llu-element staging buffer", (unsigned long long)largest);
+    return PB_OK;
+}
+
+/* Pass 1 (check_tensors), then pass 2: each tensor read on the host,
+ * converted and placed in the arena in list order, then the RoPE table. */
+static pb_status load_weights(pb_model *m, const pb_weight_source *src) {
     const pb_model_config *c = &m->cfg;
     m->layers = calloc((size_t)c->n_layers, sizeof *m->layers);
     if (!m->layers)
         return pb_fail(PB_ERR_OOM, "out of memory for %d layers", c->n_layers);
-    int capacity = 4 + 12 * c->n_layers;
-    wanted_tensor *list = calloc((size_t)capacity, sizeof *list);
+    int n = pb_weight_list_count(c);
+    wanted_tensor *list = calloc((size_t)n, sizeof *list);
     if (!list)
-        return pb_fail(PB_ERR_OOM, "out of memory listing %d tensors", capacity);
-    pb_status status = PB_OK;
-    float *staging = NULL;
-    void *converted = NULL;
-    int n = wanted_list(m, list, permuted_qk);
-
-    /* Pass 1: every tensor present with the right shape, before any compute. */
-    uint64_t total = 0, largest = 0;
-    for (int i = 0; i < n; i++) {
-        int found;
-        if ((status = source_check(src, &list[i], &found)) != PB_OK)
-            goto done;
-        if (!found) {
-            status = pb_fail(PB_ERR_FORMAT, "%s: missing tensor '%s'", src->path,
-                             src->gguf ? list[i].gguf_name : list[i].hf_name);
-            goto done;
-        }
-        total += arena_slot(m, &list[i]);
-        if (wanted_elements(&list[i]) > largest)
-            largest = wanted_elements(&list[i]);
+        return pb_fail(PB_ERR_OOM, "out of memory listing %d tensors", n);
+    wanted_list(m, list, n);
+    staging_buffers buf = {NULL, NULL};
+    uint64_t total, largest, half = (uint64_t)c->head_dim / 2;
+    pb_status status = check_tensors(m, src, list, n, &total, &largest);
+    if (status == PB_OK) {
+        m->arena_bytes = (size_t)(total + (half * sizeof(float) + 63) / 64 * 64);
+        status = alloc_buffers(m, largest, &buf);
     }
-    uint64_t half = (uint64_t)c->head_dim / 2;
-    total += (half * sizeof(float) + 63) / 64 * 64;
-
-    m->arena_bytes = (size_t)total;
-    if ((status = m->backend->ops->alloc(m->backend, &m->arena, m->arena_bytes)) != PB_OK) {
-        pb_fail_context(status, "allocating %.1f MiB of %s weights", (double)m->arena_bytes / (1 << 20),
-                        pb_dtype_name(m->wdtype));
-        goto done;
-    }
-    staging = malloc(sizeof(float) * (size_t)largest);
-    if (m->wdtype != PB_DTYPE_F32)
-        converted = malloc(pb_dtype_size(m->wdtype) * (size_t)largest);
-    if (!staging || (m->wdtype != PB_DTYPE_F32 && !converted)) {
-        status = pb_fail(PB_ERR_OOM, "out of memory for a %llu-element staging buffer", (unsigned long long)largest);
-        goto done;
-    }
-
-    /* Pass 2: dequantise each tensor on the host, convert matrices to the
-     * storage dtype, and place it in the arena. */
     char *cursor = m->arena;
-    for (int i = 0; i < n; i++) {
-        wanted_tensor *w = &list[i];
-        const char *name = src->gguf || src->random ? w->gguf_name : w->hf_name;
-        uint64_t count = wanted_elements(w);
-        if ((status = source_read(src, w, i, staging)) != PB_OK)
-            goto done;
-        if (w->unpermute_heads &&
-            (status = unpermute_heads(staging, w->unpermute_heads, c->head_dim, w->n_dims == 2 ? w->shape[1] : 1)) !=
-                PB_OK)
-            goto done;
-        uint64_t bad = first_non_finite(staging, count);
-        if (bad < count) {
-            status = pb_fail(PB_ERR_NUMERIC, "%s: tensor '%s' holds a non-finite value (%g) at element %llu",
-                             src->path, name, (double)staging[bad], (unsigned long long)bad);
-            goto done;
-        }
-        const void *bytes = staging;
-        size_t n_bytes = sizeof(float) * (size_t)count;
-        if (w->n_dims == 2 && m->wdtype != PB_DTYPE_F32) {
-            convert_parallel(m->wdtype, converted, staging, count);
-            if (m->wdtype == PB_DTYPE_F16) {
-                /* finite in fp32 (checked above) but not in fp16: overflow */
-                uint64_t j = first_f16_overflow(converted, count);
-                if (j < count) {
-                    status = pb_fail(PB_ERR_NUMERIC,
-                                     "%s: tensor '%s' element %llu = %g overflows f16 (max 65504); use bf16 or f32",
-                                     src->path, name, (unsigned long long)j, (double)staging[j]);
-                    goto done;
-                }
-            }
-            bytes = converted;
-            n_bytes = pb_dtype_size(m->wdtype) * (size_t)count;
-        }
-        if (w->matrix_dst == &m->token_embd) {
-            /* the values as stored (16-bit ones widened back), which the
-             * noise of a sweep scales by */
-            if (bytes == converted)
-                pb_dtype_to_f32(m->wdtype, staging, converted, (size_t)count);
-            m->embed_sigma = pb_noise_sigma(staging, (size_t)count);
-        }
-        if ((status = m->backend->ops->upload(m->backend, cursor, bytes, n_bytes)) != PB_OK)
-            goto done;
-        if (w->matrix_dst)
-            *w->matrix_dst = cursor;
-        else
-            *w->vector_dst = (float *)(void *)cursor;
-        cursor += arena_slot(m, w);
+    for (int i = 0; status == PB_OK && i < n; i++) {
+        status = place_tensor(m, src, &list[i], &buf, cursor);
+        cursor += arena_slot(m, &list[i]);
     }
-    if (c->tied_embeddings)
-        m->output = m->token_embd;
-    pb_model_fuse_views(m);
-
-    /* RoPE frequencies: GGUF files of Llama 3.1-style models carry the
-     * scaling as per-frequency divisors in rope_freqs.weight. */
-    m->inv_freq_host = malloc(sizeof(float) * half);
-    if (!m->inv_freq_host) {
-        status = pb_fail(PB_ERR_OOM, "out of memory for RoPE frequencies");
-        goto done;
+    if (status == PB_OK) {
+        if (c->tied_embeddings)
+            m->output = m->token_embd;
+        pb_model_fuse_views(m);
+        status = place_rope(m, src, buf.staging, cursor);
     }
-    pb_rope_inv_freq(c, m->inv_freq_host);
-    const pb_gguf_tensor *freqs = src->gguf ? pb_gguf_find_tensor(src->gguf, "rope_freqs.weight") : NULL;
-    if (freqs) {
-        if (freqs->n_elements != half || freqs->type != PB_GGML_F32) {
-            status = pb_fail(PB_ERR_FORMAT, "%s: tensor 'rope_freqs.weight' must be F32 with %llu elements, has %s with %llu",
-                             src->path, (unsigned long long)half, pb_ggml_type_name(freqs->type),
-                             (unsigned long long)freqs->n_elements);
-            goto done;
-        }
-        pb_dequantize(staging, freqs->data, freqs->type, half);
-        for (uint64_t i = 0; i < half; i++) {
-            if (!(staging[i] > 0.0f) || !isfinite(staging[i])) {
-                status = pb_fail(PB_ERR_FORMAT, "%s: 'rope_freqs.weight'[%llu] = %g is not a positive factor",
-                                 src->path, (unsigned long long)i, (double)staging[i]);
-                goto done;
-            }
-            m->inv_freq_host[i] /= staging[i];
-        }
-    }
-    if ((status = m->backend->ops->upload(m->backend, cursor, m->inv_freq_host, sizeof(float) * half)) != PB_OK)
-        goto done;
-    m->inv_freq = (float *)(void *)cursor;
-done:
-    free(converted);
-    free(staging);
+    free(buf.converted);
+    free(buf.staging);
     free(list);
     return status;
 }
 
-static pb_status model_load(pb_model *m, const char *path) {
-    source src = {.path = path};
-    pb_status status;
-    if (is_directory(path)) {
-        char file[4096];
-        snprintf(file, sizeof file, "%s/config.json", path);
-        if ((status = pb_hf_config_read(&m->cfg, file)) != PB_OK)
-            return status;
-        if ((status = pb_model_config_validate(&m->cfg)) != PB_OK)
-            return pb_fail_context(status, "%s", file);
-        if ((status = pb_safetensors_open(&src.st, path)) != PB_OK)
-            return status;
-        snprintf(file, sizeof file, "%s/tokenizer.json", path);
-        struct stat st;
-        if (stat(file, &st) == 0 && (status = pb_vocab_from_tokenizer_json(&m->vocab, file)) != PB_OK)
-            goto done;
-        status = load_weights(m, &src, 0);
-        if (status == PB_OK)
-            pb_model_text_from_folder(m, path);
-    } else {
-        if ((status = pb_gguf_open(&src.gguf, path)) != PB_OK)
-            return status;
-        if ((status = config_from_gguf(&m->cfg, src.gguf, path)) != PB_OK)
-            goto done;
-        if ((status = pb_model_config_validate(&m->cfg)) != PB_OK) {
-            pb_fail_context(status, "%s", path);
-            goto done;
-        }
-        if ((status = pb_vocab_from_gguf(&m->vocab, src.gguf)) != PB_OK)
-            goto done;
-        /* llama.cpp permutes Q/K for llama-architecture models only. */
-        int permuted = strcmp(m->cfg.arch, "llama") == 0 || strcmp(m->cfg.arch, "mistral") == 0;
-        status = load_weights(m, &src, permuted);
-        if (status == PB_OK)
-            pb_model_text_from_gguf(m, src.gguf);
-    }
-done:
-    pb_gguf_close(src.gguf);
-    pb_safetensors_close(src.st);
-    return status;
+/* The model's hyperparameters, vocabulary, weights and text, from src. */
+static pb_status model_load(pb_model *m, const pb_weight_source *src) {
+    m->cfg = src->cfg;
+    PB_TRY(pb_model_text_vocab(m, src));
+    PB_TRY(load_weights(m, src));
+    pb_model_text_load(m, src);
+    return PB_OK;
 }
 
 const char *pb_backend_name(pb_backend_kind kind) {
@@ -675,7 +446,11 @@ pb_status pb_model_load(pb_model **out, const char *path, const pb_load_options 
         return pb_fail(PB_ERR_ARG, "pb_model_load: out and path are required");
     pb_model *m = NULL;
     PB_TRY(model_new(&m, path, options));
-    pb_status status = model_load(m, path);
+    pb_weight_source *src = NULL;
+    pb_status status = pb_weight_source_open(&src, path);
+    if (status == PB_OK)
+        status = model_load(m, src);
+    pb_weight_source_free(src);
     if (status != PB_OK) {
         pb_model_free(m);
         return status;
@@ -688,27 +463,16 @@ pb_status pb_model_random(pb_model **out, const char *name, uint64_t seed, const
     if (!out || !name)
         return pb_fail(PB_ERR_ARG, "pb_model_random: out and name are required");
     *out = NULL;
-    pb_model_config cfg;
-    PB_TRY(pb_random_config(&cfg, name));
-    char source_name[160];
-    snprintf(source_name, sizeof source_name, "random:%.*s:%d:%llu", (int)strcspn(name, ":"), name, cfg.n_layers,
-             (unsigned long long)seed);
+    pb_weight_source *src = NULL;
+    PB_TRY(pb_weight_source_open_random(&src, name, seed));
     pb_model *m = NULL;
-    PB_TRY(model_new(&m, source_name, options));
-    m->cfg = cfg;
-    source src = {.path = m->path, .random = 1, .seed = seed};
-    pb_status status = pb_model_config_validate(&m->cfg);
-    if (status == PB_OK)
-        status = load_weights(m, &src, 0);
-    if (status != PB_OK) {
+    pb_status status = model_new(&m, src->path, options);
+    if (status == PB_OK && (status = model_load(m, src)) != PB_OK)
         pb_model_free(m);
-        return status;
-    }
-    snprintf(m->text_error, sizeof m->text_error, "%s has no tokenizer (a random model): give token ids", m->path);
-    snprintf(m->chat_error, sizeof m->chat_error, "%s has no chat template (a random model): give token ids",
-             m->path);
-    *out = m;
-    return PB_OK;
+    pb_weight_source_free(src);
+    if (status == PB_OK)
+        *out = m;
+    return status;
 }
 
 const char *pb_model_get_source(const pb_model *m) { return m->path; }

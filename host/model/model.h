@@ -1,5 +1,7 @@
-/* The model as the forward driver sees it: hyperparameters, weights carved
- * from one backend allocation, RoPE frequencies and the vocabulary. */
+/* The model as the forward driver sees it (model.c loads it from a weight
+ * source, weight_source.h): hyperparameters, the backend, weights carved
+ * from one backend allocation, RoPE frequencies, and the text side
+ * (vocabulary, tokenizer, chat template; text/model_text.c). */
 #ifndef PB_MODEL_H
 #define PB_MODEL_H
 
@@ -64,11 +66,11 @@ struct pb_model {
 pb_status pb_model_config_validate(const pb_model_config *cfg);
 /* RoPE inverse frequencies with the config's scaling: out (head_dim / 2). */
 void pb_rope_inv_freq(const pb_model_config *cfg, float *out);
-/* out (n floats) = n weight elements of the model's wdtype at backend
- * memory src, widened on the host. */
 /* Sets each layer's fused views (w_qkv, b_qkv, w_gate_up) where its
  * matrices are contiguous, and clears them where they are not. */
 void pb_model_fuse_views(pb_model *model);
+/* out (n floats) = n weight elements of the model's wdtype at backend
+ * memory src, widened on the host. */
 pb_status pb_model_weights_download(const pb_model *model, float *out, const void *src, size_t n);
 
 #endif

@@ -1,5 +1,7 @@
-/* The model's text side: its tokenizer and chat template, loaded with the
- * weights, and the public pb_model_tokenize / chat / detokenize calls. */
+/* The model's text side: its vocabulary, tokenizer and chat template, loaded
+ * from where its weight source says they live (GGUF metadata, a Hugging
+ * Face folder's tokenizer files, or nowhere for a random model), and the
+ * public pb_model_tokenize / chat / detokenize calls. */
 #define _POSIX_C_SOURCE 200809L
 #include <jansson.h>
 #include <stdio.h>
@@ -11,6 +13,7 @@
 #include "formats/gguf.h"
 #include "util/internal.h"
 #include "model/model.h"
+#include "model/weight_source.h"
 #include "text/model_text.h"
 #include "text/tokenizer.h"
 
@@ -40,7 +43,7 @@ static void init_template(pb_model *m, const char *template_text) {
     free(bos);
 }
 
-void pb_model_text_from_gguf(pb_model *m, const pb_gguf *g) {
+static void text_from_gguf(pb_model *m, const pb_gguf *g) {
     if (pb_tokenizer_from_gguf(&m->tokenizer, g) != PB_OK)
         remember_failure(m, "the model's tokenizer");
     if (pb_gguf_has_key(g, "tokenizer.chat_template")) {
@@ -57,7 +60,7 @@ void pb_model_text_from_gguf(pb_model *m, const pb_gguf *g) {
     }
 }
 
-void pb_model_text_from_folder(pb_model *m, const char *dir) {
+static void text_from_folder(pb_model *m, const char *dir) {
     char path[4096];
     struct stat st;
     snprintf(path, sizeof path, "%s/tokenizer.json", dir);
@@ -73,6 +76,30 @@ void pb_model_text_from_folder(pb_model *m, const char *dir) {
     else
         snprintf(m->chat_error, sizeof m->chat_error, "%.400s has no chat_template", path);
     json_decref(config);
+}
+
+pb_status pb_model_text_vocab(pb_model *m, const pb_weight_source *src) {
+    if (src->gguf)
+        return pb_vocab_from_gguf(&m->vocab, src->gguf);
+    if (!src->folder)
+        return PB_OK;
+    char path[4096];
+    struct stat st;
+    snprintf(path, sizeof path, "%s/tokenizer.json", src->folder);
+    return stat(path, &st) == 0 ? pb_vocab_from_tokenizer_json(&m->vocab, path) : PB_OK;
+}
+
+void pb_model_text_load(pb_model *m, const pb_weight_source *src) {
+    if (src->gguf) {
+        text_from_gguf(m, src->gguf);
+    } else if (src->folder) {
+        text_from_folder(m, src->folder);
+    } else {
+        snprintf(m->text_error, sizeof m->text_error, "%s has no tokenizer (a random model): give token ids",
+                 m->path);
+        snprintf(m->chat_error, sizeof m->chat_error, "%s has no chat template (a random model): give token ids",
+                 m->path);
+    }
 }
 
 void pb_model_text_free(pb_model *m) {

@@ -1,0 +1,227 @@
+/* The GGUF weight source: hyperparameters from the file's keys, tensors
+ * under their own (canonical) names, dequantised to fp32 with llama.cpp's
+ * Q/K row permutation undone, or handed out raw from the mapping. */
+#define _POSIX_C_SOURCE 200809L
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "formats/gguf.h"
+#include "formats/quant.h"
+#include "model/model.h"
+#include "model/weight_source.h"
+#include "util/internal.h"
+
+typedef struct gguf_source {
+    pb_weight_source base;
+    pb_gguf *gguf;
+    int permuted_qk; /* llama.cpp permutes Q/K for llama-architecture models only */
+} gguf_source;
+
+/* ---- hyperparameters from GGUF metadata ------------------------------- */
+
+/* ARCH.SUFFIX into *as_int (a positive int32) or *as_float, whichever is
+ * not NULL; fallback when the file lacks it and it is not required. */
+static pb_status gguf_hyperparameter(const pb_gguf *g, const char *arch, const char *suffix, int required,
+                                     double fallback, int *as_int, float *as_float) {
+    char key[128];
+    snprintf(key, sizeof key, "%s.%s", arch, suffix);
+    if (!pb_gguf_has_key(g, key)) {
+        if (required)
+            return pb_fail(PB_ERR_FORMAT, "gguf: missing hyperparameter '%s'", key);
+        if (as_int)
+            *as_int = (int)fallback;
+        else
+            *as_float = (float)fallback;
+        return PB_OK;
+    }
+    if (as_float) {
+        double value;
+        PB_TRY(pb_gguf_get_float(g, key, &value));
+        *as_float = (float)value;
+        return PB_OK;
+    }
+    int64_t value;
+    PB_TRY(pb_gguf_get_int(g, key, &value));
+    if (value <= 0 || value > INT32_MAX)
+        return pb_fail(PB_ERR_FORMAT, "gguf: hyperparameter '%s' = %lld is out of range", key, (long long)value);
+    *as_int = (int)value;
+    return PB_OK;
+}
+
+static pb_status gguf_int(const pb_gguf *g, const char *arch, const char *suffix, int *out, int required, int fallback) {
+    return gguf_hyperparameter(g, arch, suffix, required, fallback, out, NULL);
+}
+
+static pb_status gguf_float(const pb_gguf *g, const char *arch, const char *suffix, float *out, int required,
+                            float fallback) {
+    return gguf_hyperparameter(g, arch, suffix, required, fallback, NULL, out);
+}
+
+static pb_status config_from_gguf(pb_model_config *c, const pb_gguf *g, const char *path) {
+    memset(c, 0, sizeof *c);
+    const char *arch;
+    size_t arch_len;
+    PB_TRY(pb_gguf_get_string(g, "general.architecture", &arch, &arch_len));
+    if (arch_len >= sizeof c->arch)
+        arch_len = sizeof c->arch - 1;
+    memcpy(c->arch, arch, arch_len);
+    if (strcmp(c->arch, "llama") != 0 && strcmp(c->arch, "qwen2") != 0 && strcmp(c->arch, "mistral") != 0)
+        return pb_fail(PB_ERR_UNSUPPORTED, "%s: architecture '%s' is not supported (llama, mistral, qwen2 are)", path,
+                       c->arch);
+    const char *a = c->arch;
+    PB_TRY(gguf_int(g, a, "block_count", &c->n_layers, 1, 0));
+    PB_TRY(gguf_int(g, a, "embedding_length", &c->d_model, 1, 0));
+    PB_TRY(gguf_int(g, a, "feed_forward_length", &c->d_mlp, 1, 0));
+    PB_TRY(gguf_int(g, a, "attention.head_count", &c->n_heads, 1, 0));
+    PB_TRY(gguf_int(g, a, "attention.head_count_kv", &c->n_kv_heads, 0, c->n_heads));
+    PB_TRY(gguf_int(g, a, "context_length", &c->context_length, 1, 0));
+    int default_head_dim = c->d_model / c->n_heads;
+    PB_TRY(gguf_int(g, a, "rope.dimension_count", &c->head_dim, 0, default_head_dim));
+    PB_TRY(gguf_int(g, a, "attention.key_length", &c->head_dim, 0, c->head_dim));
+    int value_length = 0;
+    PB_TRY(gguf_int(g, a, "attention.value_length", &value_length, 0, c->head_dim));
+    if (value_length != c->head_dim)
+        return pb_fail(PB_ERR_UNSUPPORTED, "%s: value_length %d differs from key_length %d", path, value_length,
+                       c->head_dim);
+    PB_TRY(gguf_float(g, a, "attention.layer_norm_rms_epsilon", &c->rms_eps, 1, 0));
+    PB_TRY(gguf_float(g, a, "rope.freq_base", &c->rope_theta, 0, 10000.0f));
+    char scaling_key[128];
+    snprintf(scaling_key, sizeof scaling_key, "%s.rope.scaling.type", a);
+    if (pb_gguf_has_key(g, scaling_key)) {
+        const char *type;
+        size_t len;
+        PB_TRY(pb_gguf_get_string(g, scaling_key, &type, &len));
+        if (len == 6 && memcmp(type, "linear", 6) == 0) {
+            c->rope_scaling = PB_ROPE_SCALING_LINEAR;
+            PB_TRY(gguf_float(g, a, "rope.scaling.factor", &c->rope_factor, 1, 0));
+        } else if (!(len == 4 && memcmp(type, "none", 4) == 0)) {
+            return pb_fail(PB_ERR_UNSUPPORTED, "%s: rope scaling type '%.*s' is not supported", path, (int)len, type);
+        }
+    }
+    int n_tokens = 0;
+    if (pb_gguf_has_key(g, "tokenizer.ggml.tokens")) {
+        pb_gguf_value_type type;
+        uint64_t count;
+        PB_TRY(pb_gguf_get_array_info(g, "tokenizer.ggml.tokens", &type, &count));
+        n_tokens = count > INT32_MAX ? 0 : (int)count;
+    }
+    const pb_gguf_tensor *embd = pb_gguf_find_tensor(g, "token_embd.weight");
+    int embd_rows = embd && embd->n_dims == 2 && embd->ne[1] <= INT32_MAX ? (int)embd->ne[1] : 0;
+    PB_TRY(gguf_int(g, a, "vocab_size", &c->vocab_size, 0, n_tokens ? n_tokens : embd_rows));
+    c->has_qkv_bias = pb_gguf_find_tensor(g, "blk.0.attn_q.bias") != NULL;
+    c->tied_embeddings = pb_gguf_find_tensor(g, "output.weight") == NULL;
+    c->bos_id = c->eos_id = -1;
+    int64_t id;
+    if (pb_gguf_has_key(g, "tokenizer.ggml.bos_token_id") &&
+        pb_gguf_get_int(g, "tokenizer.ggml.bos_token_id", &id) == PB_OK && id >= 0 && id < c->vocab_size)
+        c->bos_id = (int)id;
+    if (pb_gguf_has_key(g, "tokenizer.ggml.eos_token_id") &&
+        pb_gguf_get_int(g, "tokenizer.ggml.eos_token_id", &id) == PB_OK && id >= 0 && id < c->vocab_size)
+        c->eos_id = (int)id;
+    return PB_OK;
+}
+
+/* llama.cpp's converter reorders each Q/K head's rows so that rotation pairs
+ * are adjacent (interleaved RoPE). Put them back in Hugging Face's
+ * rotate-half order so hook_q/hook_k match transformers. GGUF row
+ * h*hd + 2i + j holds Hugging Face row h*hd + j*hd/2 + i. data (n_heads *
+ * head_dim, cols). */
+static pb_status unpermute_heads(float *data, int n_heads, int head_dim, int64_t cols) {
+    size_t head_floats = (size_t)head_dim * (size_t)cols;
+    float *tmp = malloc(sizeof(float) * head_floats);
+    if (!tmp)
+        return pb_fail(PB_ERR_OOM, "out of memory un-permuting Q/K heads");
+    for (int h = 0; h < n_heads; h++) {
+        float *head = data + (size_t)h * head_floats;
+        memcpy(tmp, head, sizeof(float) * head_floats);
+        for (int r = 0; r < head_dim; r++) {
+            int i = r / 2, j = r % 2;
+            int hf_row = j * (head_dim / 2) + i;
+            memcpy(head + (size_t)hf_row * (size_t)cols, tmp + (size_t)r * (size_t)cols, sizeof(float) * (size_t)cols);
+        }
+    }
+    free(tmp);
+    return PB_OK;
+}
+
+/* ---- tensors ------------------------------------------------------------ */
+
+/* Heads whose rows llama.cpp interleaved in tensor `name`, or 0. */
+static int permuted_heads(const gguf_source *s, const char *name) {
+    int layer, consumed = 0;
+    if (!s->permuted_qk || sscanf(name, "blk.%d.%n", &layer, &consumed) != 1 || consumed == 0)
+        return 0;
+    const char *suffix = name + consumed;
+    if (strcmp(suffix, "attn_q.weight") == 0 || strcmp(suffix, "attn_q.bias") == 0)
+        return s->base.cfg.n_heads;
+    if (strcmp(suffix, "attn_k.weight") == 0 || strcmp(suffix, "attn_k.bias") == 0)
+        return s->base.cfg.n_kv_heads;
+    return 0;
+}
+
+static pb_status gguf_find(const pb_weight_source *src, const char *name, pb_tensor_info *info, int *found) {
+    const gguf_source *s = (const gguf_source *)src;
+    memset(info, 0, sizeof *info);
+    snprintf(info->name, sizeof info->name, "%s", name);
+    snprintf(info->file_name, sizeof info->file_name, "%s", name);
+    info->index = -1;
+    const pb_gguf_tensor *t = pb_gguf_find_tensor(s->gguf, name);
+    *found = t != NULL;
+    if (!t)
+        return PB_OK;
+    info->n_dims = (int)t->n_dims;
+    for (int i = 0; i < 4; i++)
+        info->shape[i] = i < info->n_dims ? t->ne[info->n_dims - 1 - i] : 1; /* ggml lists the contiguous dim first */
+    info->type = t->type;
+    info->n_elements = t->n_elements;
+    info->n_bytes = t->n_bytes;
+    info->permuted_heads = permuted_heads(s, name);
+    info->handle = t;
+    return PB_OK;
+}
+
+static pb_status gguf_read_f32(const pb_weight_source *src, const pb_tensor_info *info, float *out) {
+    const pb_gguf_tensor *t = info->handle;
+    pb_status status = pb_dequantize(out, t->data, t->type, t->n_elements);
+    if (status != PB_OK)
+        return pb_fail_context(status, "%s: tensor '%s'", src->path, info->file_name);
+    if (info->permuted_heads)
+        return unpermute_heads(out, info->permuted_heads, (int)(info->shape[0] / info->permuted_heads),
+                               info->n_dims == 2 ? info->shape[1] : 1);
+    return PB_OK;
+}
+
+static pb_status gguf_raw(const pb_weight_source *src, const pb_tensor_info *info, const void **data,
+                          uint64_t *n_bytes) {
+    const pb_gguf_tensor *t = info->handle;
+    *data = t->data;
+    *n_bytes = t->n_bytes;
+    return PB_OK;
+}
+
+static void gguf_free(pb_weight_source *src) {
+    pb_gguf_close(((gguf_source *)src)->gguf);
+    pb_weight_source_release(src);
+}
+
+static const pb_weight_source_ops gguf_ops = {gguf_find, gguf_read_f32, gguf_raw, gguf_free};
+
+pb_status pb_gguf_source_open(pb_weight_source **out, const char *path) {
+    gguf_source *s = pb_weight_source_alloc(out, sizeof *s, &gguf_ops, path);
+    if (!s)
+        return PB_ERR_OOM;
+    pb_status status = pb_gguf_open(&s->gguf, path);
+    if (status == PB_OK)
+        status = config_from_gguf(&s->base.cfg, s->gguf, path);
+    if (status == PB_OK && (status = pb_model_config_validate(&s->base.cfg)) != PB_OK)
+        pb_fail_context(status, "%s", path);
+    if (status != PB_OK) {
+        gguf_free(&s->base);
+        return status;
+    }
+    s->base.gguf = s->gguf;
+    s->permuted_qk = strcmp(s->base.cfg.arch, "llama") == 0 || strcmp(s->base.cfg.arch, "mistral") == 0;
+    *out = &s->base;
+    return PB_OK;
+}

@@ -1,0 +1,90 @@
+/* The Hugging Face weight source: a folder's config.json for the
+ * hyperparameters and its safetensors files for the tensors, found under
+ * the Hugging Face names of the canonical ones (model/weight_source.c). */
+#define _POSIX_C_SOURCE 200809L
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "formats/hf_config.h"
+#include "formats/quant.h"
+#include "formats/safetensors.h"
+#include "model/model.h"
+#include "model/weight_source.h"
+#include "util/internal.h"
+
+typedef struct safetensors_source {
+    pb_weight_source base;
+    pb_safetensors *st;
+} safetensors_source;
+
+/* The ggml type id of a safetensors dtype. */
+static pb_weight_type weight_type(pb_dtype dtype) {
+    return dtype == PB_DTYPE_F16 ? PB_GGML_F16 : dtype == PB_DTYPE_BF16 ? PB_GGML_BF16 : PB_GGML_F32;
+}
+
+static pb_status st_find(const pb_weight_source *src, const char *name, pb_tensor_info *info, int *found) {
+    const safetensors_source *s = (const safetensors_source *)src;
+    memset(info, 0, sizeof *info);
+    snprintf(info->name, sizeof info->name, "%s", name);
+    info->index = -1;
+    *found = 0;
+    if (pb_weight_hf_name(name, info->file_name, sizeof info->file_name) != PB_OK) {
+        /* a GGUF-only tensor (rope_freqs.weight) is absent, not an error */
+        if (strcmp(name, "rope_freqs.weight") == 0)
+            return PB_OK;
+        return pb_fail_context(PB_ERR_ARG, "%s", src->path);
+    }
+    const pb_st_tensor *t = pb_safetensors_find(s->st, info->file_name);
+    *found = t != NULL;
+    if (!t)
+        return PB_OK;
+    info->n_dims = t->n_dims;
+    for (int i = 0; i < 4; i++)
+        info->shape[i] = i < t->n_dims ? t->shape[i] : 1;
+    info->type = weight_type(t->dtype);
+    info->n_elements = t->n_elements;
+    info->n_bytes = t->n_bytes;
+    info->handle = t;
+    return PB_OK;
+}
+
+static pb_status st_read_f32(const pb_weight_source *src, const pb_tensor_info *info, float *out) {
+    pb_st_tensor_to_f32(info->handle, out);
+    return PB_OK;
+}
+
+static pb_status st_raw(const pb_weight_source *src, const pb_tensor_info *info, const void **data,
+                        uint64_t *n_bytes) {
+    const pb_st_tensor *t = info->handle;
+    *data = t->data;
+    *n_bytes = t->n_bytes;
+    return PB_OK;
+}
+
+static void st_free(pb_weight_source *src) {
+    pb_safetensors_close(((safetensors_source *)src)->st);
+    pb_weight_source_release(src);
+}
+
+static const pb_weight_source_ops safetensors_ops = {st_find, st_read_f32, st_raw, st_free};
+
+pb_status pb_safetensors_source_open(pb_weight_source **out, const char *folder) {
+    safetensors_source *s = pb_weight_source_alloc(out, sizeof *s, &safetensors_ops, folder);
+    if (!s)
+        return PB_ERR_OOM;
+    s->base.folder = s->base.path;
+    char file[4096];
+    snprintf(file, sizeof file, "%s/config.json", folder);
+    pb_status status = pb_hf_config_read(&s->base.cfg, file);
+    if (status == PB_OK && (status = pb_model_config_validate(&s->base.cfg)) != PB_OK)
+        pb_fail_context(status, "%s", file);
+    if (status == PB_OK)
+        status = pb_safetensors_open(&s->st, folder);
+    if (status != PB_OK) {
+        st_free(&s->base);
+        return status;
+    }
+    *out = &s->base;
+    return PB_OK;
+}

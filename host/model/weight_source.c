@@ -1,0 +1,241 @@
+/* What every weight source shares: the canonical tensor list (names, load
+ * order, shapes from the hyperparameters) and its Hugging Face names, the
+ * choice of source for a path, and the checks and messages around the
+ * per-format ops. */
+#define _POSIX_C_SOURCE 200809L
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "formats/quant.h"
+#include "model/weight_source.h"
+#include "util/internal.h"
+
+_Static_assert(PB_WEIGHT_TYPE_F32 == PB_GGML_F32, "weight types are ggml type ids");
+
+/* A size from the hyperparameters. */
+typedef enum dim { DIM_NONE, DIM_D_MODEL, DIM_Q_ROWS, DIM_KV_ROWS, DIM_D_MLP, DIM_VOCAB } dim;
+
+typedef struct canonical_tensor {
+    const char *name;    /* canonical, after "blk.L." for a layer's */
+    const char *hf_name; /* after "model.layers.L." for a layer's */
+    dim rows, cols;      /* cols DIM_NONE: a vector */
+    int qkv_bias;        /* present only when the config has Q/K/V biases */
+} canonical_tensor;
+
+/* Global tensors; output.weight only when the embeddings are not tied. */
+static const canonical_tensor global_tensors[] = {
+    {"token_embd.weight", "model.embed_tokens.weight", DIM_VOCAB, DIM_D_MODEL, 0},
+    {"output_norm.weight", "model.norm.weight", DIM_D_MODEL, DIM_NONE, 0},
+    {"output.weight", "lm_head.weight", DIM_VOCAB, DIM_D_MODEL, 0},
+};
+
+/* One layer's tensors in load order. */
+static const canonical_tensor layer_tensors[] = {
+    {"attn_norm.weight", "input_layernorm.weight", DIM_D_MODEL, DIM_NONE, 0},
+    {"attn_q.weight", "self_attn.q_proj.weight", DIM_Q_ROWS, DIM_D_MODEL, 0},
+    {"attn_k.weight", "self_attn.k_proj.weight", DIM_KV_ROWS, DIM_D_MODEL, 0},
+    {"attn_v.weight", "self_attn.v_proj.weight", DIM_KV_ROWS, DIM_D_MODEL, 0},
+    {"attn_q.bias", "self_attn.q_proj.bias", DIM_Q_ROWS, DIM_NONE, 1},
+    {"attn_k.bias", "self_attn.k_proj.bias", DIM_KV_ROWS, DIM_NONE, 1},
+    {"attn_v.bias", "self_attn.v_proj.bias", DIM_KV_ROWS, DIM_NONE, 1},
+    {"attn_output.weight", "self_attn.o_proj.weight", DIM_D_MODEL, DIM_Q_ROWS, 0},
+    {"ffn_norm.weight", "post_attention_layernorm.weight", DIM_D_MODEL, DIM_NONE, 0},
+    {"ffn_gate.weight", "mlp.gate_proj.weight", DIM_D_MLP, DIM_D_MODEL, 0},
+    {"ffn_up.weight", "mlp.up_proj.weight", DIM_D_MLP, DIM_D_MODEL, 0},
+    {"ffn_down.weight", "mlp.down_proj.weight", DIM_D_MODEL, DIM_D_MLP, 0},
+};
+#define N_LAYER_TENSORS (int)(sizeof layer_tensors / sizeof layer_tensors[0])
+
+static int64_t dim_size(const pb_model_config *c, dim d) {
+    switch (d) {
+    case DIM_D_MODEL: return c->d_model;
+    case DIM_Q_ROWS: return (int64_t)c->n_heads * c->head_dim;
+    case DIM_KV_ROWS: return (int64_t)c->n_kv_heads * c->head_dim;
+    case DIM_D_MLP: return c->d_mlp;
+    case DIM_VOCAB: return c->vocab_size;
+    case DIM_NONE: break;
+    }
+    return 0;
+}
+
+static int n_globals(const pb_model_config *c) { return c->tied_embeddings ? 2 : 3; }
+
+static int per_layer(const pb_model_config *c) { return c->has_qkv_bias ? N_LAYER_TENSORS : N_LAYER_TENSORS - 3; }
+
+int pb_weight_list_count(const pb_model_config *c) { return n_globals(c) + c->n_layers * per_layer(c); }
+
+/* The table row of list entry `index`, and its layer (-1 for a global). */
+static const canonical_tensor *list_entry(const pb_model_config *c, int index, int *layer) {
+    *layer = -1;
+    if (index < n_globals(c))
+        return &global_tensors[index];
+    index -= n_globals(c);
+    *layer = index / per_layer(c);
+    int k = index % per_layer(c);
+    for (int i = 0; i < N_LAYER_TENSORS; i++) {
+        if (layer_tensors[i].qkv_bias && !c->has_qkv_bias)
+            continue;
+        if (k-- == 0)
+            return &layer_tensors[i];
+    }
+    return NULL; /* unreachable for index < pb_weight_list_count */
+}
+
+void pb_weight_list_at(const pb_model_config *c, int index, pb_tensor_info *info) {
+    int layer;
+    const canonical_tensor *t = list_entry(c, index, &layer);
+    memset(info, 0, sizeof *info);
+    if (layer < 0)
+        snprintf(info->name, sizeof info->name, "%s", t->name);
+    else
+        snprintf(info->name, sizeof info->name, "blk.%d.%s", layer, t->name);
+    snprintf(info->file_name, sizeof info->file_name, "%s", info->name);
+    info->n_dims = t->cols == DIM_NONE ? 1 : 2;
+    info->shape[0] = dim_size(c, t->rows);
+    info->shape[1] = t->cols == DIM_NONE ? 1 : dim_size(c, t->cols);
+    info->shape[2] = info->shape[3] = 1;
+    info->n_elements = (uint64_t)info->shape[0] * (uint64_t)info->shape[1];
+    info->type = PB_WEIGHT_TYPE_F32;
+    info->index = index;
+}
+
+/* Splits "blk.L.SUFFIX" into L and SUFFIX; 0 when name is not a layer's. */
+static int split_layer_name(const char *name, int *layer, const char **suffix) {
+    int consumed = 0;
+    if (sscanf(name, "blk.%d.%n", layer, &consumed) != 1 || consumed == 0 || *layer < 0)
+        return 0;
+    *suffix = name + consumed;
+    return 1;
+}
+
+int pb_weight_list_find(const pb_model_config *c, const char *name) {
+    int n = pb_weight_list_count(c);
+    for (int i = 0; i < n_globals(c); i++)
+        if (strcmp(name, global_tensors[i].name) == 0)
+            return i;
+    int layer;
+    const char *suffix;
+    if (!split_layer_name(name, &layer, &suffix) || layer >= c->n_layers)
+        return -1;
+    for (int i = n_globals(c) + layer * per_layer(c); i < n; i++) {
+        int at;
+        const canonical_tensor *t = list_entry(c, i, &at);
+        if (at != layer)
+            break;
+        if (strcmp(t->name, suffix) == 0)
+            return i;
+    }
+    return -1;
+}
+
+pb_status pb_weight_hf_name(const char *name, char *out, size_t size) {
+    for (size_t i = 0; i < sizeof global_tensors / sizeof global_tensors[0]; i++)
+        if (strcmp(name, global_tensors[i].name) == 0) {
+            snprintf(out, size, "%s", global_tensors[i].hf_name);
+            return PB_OK;
+        }
+    int layer;
+    const char *suffix;
+    if (split_layer_name(name, &layer, &suffix))
+        for (int i = 0; i < N_LAYER_TENSORS; i++)
+            if (strcmp(suffix, layer_tensors[i].name) == 0) {
+                snprintf(out, size, "model.layers.%d.%s", layer, layer_tensors[i].hf_name);
+                return PB_OK;
+            }
+    snprintf(out, size, "%s", name);
+    return pb_fail(PB_ERR_ARG, "tensor '%s' has no Hugging Face name (not a canonical tensor name)", name);
+}
+
+/* ---- the interface ------------------------------------------------------ */
+
+static int is_directory(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+pb_status pb_weight_source_open(pb_weight_source **out, const char *path) {
+    if (!out || !path)
+        return pb_fail(PB_ERR_ARG, "pb_weight_source_open: out and path are required");
+    *out = NULL;
+    return is_directory(path) ? pb_safetensors_source_open(out, path) : pb_gguf_source_open(out, path);
+}
+
+void *pb_weight_source_alloc(pb_weight_source **out, size_t size, const pb_weight_source_ops *ops, const char *path) {
+    *out = NULL;
+    pb_weight_source *src = calloc(1, size);
+    if (!src || !(src->path = strdup(path))) {
+        free(src);
+        pb_fail(PB_ERR_OOM, "out of memory opening %s", path);
+        return NULL;
+    }
+    src->ops = ops;
+    return src;
+}
+
+void pb_weight_source_release(pb_weight_source *src) {
+    free(src->path);
+    free(src);
+}
+
+void pb_weight_source_free(pb_weight_source *src) {
+    if (src)
+        src->ops->free(src);
+}
+
+pb_status pb_weight_source_find(const pb_weight_source *src, const char *name, pb_tensor_info *info) {
+    if (!src || !name || !info)
+        return pb_fail(PB_ERR_ARG, "pb_weight_source_find: source, name and info are required");
+    int found = 0;
+    PB_TRY(src->ops->find(src, name, info, &found));
+    if (!found)
+        return pb_fail(PB_ERR_FORMAT, "%s: missing tensor '%s'", src->path, info->file_name);
+    return PB_OK;
+}
+
+pb_status pb_weight_source_find_layer(const pb_weight_source *src, int layer, const char *name,
+                                      pb_tensor_info *info) {
+    if (!src || !name || !info)
+        return pb_fail(PB_ERR_ARG, "pb_weight_source_find_layer: source, name and info are required");
+    if (layer < 0 || layer >= src->cfg.n_layers)
+        return pb_fail(PB_ERR_ARG, "%s: layer %d of tensor '%s' is outside [0, %d)", src->path, layer, name,
+                       src->cfg.n_layers);
+    char full[96];
+    snprintf(full, sizeof full, "blk.%d.%s", layer, name);
+    return pb_weight_source_find(src, full, info);
+}
+
+int pb_weight_source_has(const pb_weight_source *src, const char *name) {
+    pb_tensor_info info;
+    int found = 0;
+    pb_error_saved saved;
+    pb_error_save(&saved); /* a name the source cannot map is only absent here */
+    int has = src->ops->find(src, name, &info, &found) == PB_OK && found;
+    pb_error_restore(&saved);
+    return has;
+}
+
+pb_status pb_weight_source_check_readable(const pb_weight_source *src, const pb_tensor_info *info) {
+    if (!pb_ggml_type_dequantizable(info->type))
+        return pb_fail(PB_ERR_UNSUPPORTED, "%s: tensor '%s' has type %s, which patchbay cannot dequantise",
+                       src->path, info->file_name, pb_ggml_type_name(info->type));
+    return PB_OK;
+}
+
+pb_status pb_weight_source_read_f32(const pb_weight_source *src, const pb_tensor_info *info, float *out) {
+    if (!src || !info || !out)
+        return pb_fail(PB_ERR_ARG, "pb_weight_source_read_f32: source, info and out are required");
+    return src->ops->read_f32(src, info, out);
+}
+
+pb_status pb_weight_source_raw(const pb_weight_source *src, const pb_tensor_info *info, const void **data,
+                               uint64_t *n_bytes) {
+    if (!src || !info || !data || !n_bytes)
+        return pb_fail(PB_ERR_ARG, "pb_weight_source_raw: source, info, data and n_bytes are required");
+    *data = NULL;
+    *n_bytes = 0;
+    return src->ops->raw(src, info, data, n_bytes);
+}
+
+const char *pb_weight_type_name(pb_weight_type type) { return pb_ggml_type_name(type); }

@@ -1,0 +1,112 @@
+/* The seam between the model and the files its weights come from: one
+ * interface (find a tensor by its canonical name, its shape and storage
+ * type, read it as fp32 or hand out its raw bytes) that the GGUF reader
+ * (formats/gguf_source.c), the safetensors reader with config.json
+ * (formats/safetensors_source.c) and the random generator
+ * (model/random_source.c) each implement, plus the canonical tensor list of
+ * a Llama-family model. The model (model.c) knows no format. */
+#ifndef PB_WEIGHT_SOURCE_H
+#define PB_WEIGHT_SOURCE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "patchbay.h"
+
+typedef struct pb_gguf pb_gguf;
+typedef struct pb_weight_source pb_weight_source;
+
+/* Storage types are ggml type ids (formats/quant.h): a GGUF tensor's own;
+ * F32, F16 or BF16 for safetensors; F32 for the random generator. */
+typedef uint32_t pb_weight_type;
+#define PB_WEIGHT_TYPE_F32 0u /* == PB_GGML_F32 */
+
+/* Canonical names are GGUF's: "token_embd.weight", "output_norm.weight",
+ * "output.weight", "blk.L.attn_q.weight" ... "blk.L.ffn_down.weight",
+ * "rope_freqs.weight". Each source maps them to its own files' names. */
+typedef struct pb_tensor_info {
+    char name[96];         /* canonical */
+    char file_name[128];   /* the name in the source's files (for messages); set even when absent */
+    int n_dims;            /* 1..4 */
+    int64_t shape[4];      /* row-major: shape[n_dims - 1] is contiguous; unused dims 1 */
+    pb_weight_type type;
+    uint64_t n_elements;
+    uint64_t n_bytes;      /* of the stored (raw) bytes */
+    int permuted_heads;    /* raw rows interleaved per head for RoPE by llama.cpp's converter (GGUF llama
+                              Q/K): the number of heads, else 0; read_f32 hands out Hugging Face order */
+    const void *handle;    /* the source's own record of the tensor */
+    int index;             /* position in the canonical list (random source), else -1 */
+} pb_tensor_info;
+
+typedef struct pb_weight_source_ops {
+    /* Fills info for the canonical name; *found = 0 when the source has no
+     * such tensor (info->file_name still names what was looked for).
+     * PB_ERR_ARG for a name the source cannot map. */
+    pb_status (*find)(const pb_weight_source *src, const char *name, pb_tensor_info *info, int *found);
+    /* out (n_elements floats) = the tensor dequantised / converted, rows in
+     * Hugging Face order. */
+    pb_status (*read_f32)(const pb_weight_source *src, const pb_tensor_info *info, float *out);
+    /* The stored bytes as they are in the file (quantised, permuted), into
+     * the source's mapping: valid until pb_weight_source_free.
+     * PB_ERR_UNSUPPORTED where there are none (random). */
+    pb_status (*raw)(const pb_weight_source *src, const pb_tensor_info *info, const void **data, uint64_t *n_bytes);
+    void (*free)(pb_weight_source *src);
+} pb_weight_source_ops;
+
+struct pb_weight_source {
+    const pb_weight_source_ops *ops;
+    pb_model_config cfg;   /* hyperparameters, read and validated at open */
+    char *path;            /* as opened, or "random:NAME:LAYERS:SEED"; for messages */
+    /* Where the tokenizer and chat template live (text/model_text.c): the
+     * GGUF file's metadata, or a Hugging Face folder; both NULL for random. */
+    const pb_gguf *gguf;
+    const char *folder;
+};
+
+/* path: a GGUF file, or a Hugging Face folder (config.json plus
+ * safetensors). Reads and validates the hyperparameters (the same
+ * pb_model_config as always: GGUF keys, or config.json). */
+pb_status pb_weight_source_open(pb_weight_source **out, const char *path);
+/* spec "NAME" or "NAME:LAYERS" (model_random.h); weights from the seed. */
+pb_status pb_weight_source_open_random(pb_weight_source **out, const char *spec, uint64_t seed);
+/* Per-format constructors behind pb_weight_source_open. */
+pb_status pb_gguf_source_open(pb_weight_source **out, const char *path);
+pb_status pb_safetensors_source_open(pb_weight_source **out, const char *folder);
+void pb_weight_source_free(pb_weight_source *src);
+/* For the constructors: a zeroed source of `size` bytes (a struct that
+ * starts with pb_weight_source) with ops and a copy of path; *out = NULL
+ * until the constructor hands it out. NULL (PB_ERR_OOM recorded) when out
+ * of memory. release frees what alloc made. */
+void *pb_weight_source_alloc(pb_weight_source **out, size_t size, const pb_weight_source_ops *ops, const char *path);
+void pb_weight_source_release(pb_weight_source *src);
+
+/* Fills info; a tensor the source lacks is PB_ERR_FORMAT "PATH: missing
+ * tensor 'FILE_NAME'". */
+pb_status pb_weight_source_find(const pb_weight_source *src, const char *name, pb_tensor_info *info);
+/* The same for layer `layer` of a per-layer name ("attn_q.weight"). */
+pb_status pb_weight_source_find_layer(const pb_weight_source *src, int layer, const char *name,
+                                      pb_tensor_info *info);
+/* 1 when the source holds the tensor. */
+int pb_weight_source_has(const pb_weight_source *src, const char *name);
+/* PB_ERR_UNSUPPORTED naming the tensor and its type when read_f32 cannot
+ * decode it. */
+pb_status pb_weight_source_check_readable(const pb_weight_source *src, const pb_tensor_info *info);
+pb_status pb_weight_source_read_f32(const pb_weight_source *src, const pb_tensor_info *info, float *out);
+pb_status pb_weight_source_raw(const pb_weight_source *src, const pb_tensor_info *info, const void **data,
+                               uint64_t *n_bytes);
+/* "F32", "Q4_K", ... */
+const char *pb_weight_type_name(pb_weight_type type);
+
+/* The canonical list: every tensor a model with this config loads, in load
+ * order (token_embd, output_norm, output unless tied, then per layer
+ * attn_norm, attn_q/k/v, their biases when the config has them,
+ * attn_output, ffn_norm, ffn_gate, ffn_up, ffn_down), with the shapes the
+ * hyperparameters need (name, file_name, shape, n_elements, index; type F32). */
+int pb_weight_list_count(const pb_model_config *cfg);
+void pb_weight_list_at(const pb_model_config *cfg, int index, pb_tensor_info *info);
+/* Index of a canonical name in the list, or -1. */
+int pb_weight_list_find(const pb_model_config *cfg, const char *name);
+/* The Hugging Face name of a canonical one; PB_ERR_ARG when there is none. */
+pb_status pb_weight_hf_name(const char *name, char *out, size_t size);
+
+#endif
