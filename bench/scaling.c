@@ -24,7 +24,8 @@
 #include <string.h>
 
 #include "distributed/distribute.h"
-#include "patching/sweep.h"
+#include "patching/sweep_access.h"
+#include "patching/sweep_spec.h"
 #include "util/clock.h"
 #include "util/outdir.h"
 
@@ -35,10 +36,10 @@ static double share_cost(const pb_sweep *s, const int64_t *rows, int64_t n) {
     int64_t last_pair = -1;
     for (int64_t i = 0; i < n; i++) {
         cost += pb_sweep_row_cost(s, rows[i]);
-        int64_t pair = rows[i] / s->n_sites;
+        int64_t pair = rows[i] / pb_sweep_site_count(s);
         if (pair != last_pair) {
-            const pb_pair_spec *p = &s->spec.pairs[pair];
-            cost += (double)s->model->cfg.n_layers * (p->base.T + p->source.T);
+            const pb_pair_spec *p = &pb_sweep_spec_of(s)->pairs[pair];
+            cost += (double)pb_model_get_config(pb_sweep_model(s))->n_layers * (p->base.T + p->source.T);
             last_pair = pair;
         }
     }
@@ -99,7 +100,7 @@ static pb_status share_costs(const pb_sweep *s, int ranks_max, double *max_cost,
  * running the whole sweep here. */
 static pb_status cost_rate_of(pb_model *m, pb_sweep *s, double single_rate, double total_cost, double *cost_rate) {
     if (single_rate > 0) {
-        *cost_rate = single_rate * total_cost / (double)s->n_rows;
+        *cost_rate = single_rate * total_cost / (double)pb_sweep_row_count(s);
         printf("single rank      %.1f rows/s (given) = %.4g cost units/s\n", single_rate, *cost_rate);
         return PB_OK;
     }
@@ -112,7 +113,7 @@ static pb_status cost_rate_of(pb_model *m, pb_sweep *s, double single_rate, doub
     double seconds = pb_now_seconds() - t0;
     *cost_rate = total_cost / seconds;
     printf("single rank      %lld rows in %.3f s (measured here, CPU backend) = %.1f rows/s = %.4g cost units/s\n",
-           (long long)s->n_rows, seconds, (double)s->n_rows / seconds, *cost_rate);
+           (long long)pb_sweep_row_count(s), seconds, (double)pb_sweep_row_count(s) / seconds, *cost_rate);
     return PB_OK;
 }
 
@@ -128,7 +129,7 @@ static void print_table(const scaling_args *a, const pb_sweep *s, const double *
         if (n == 1)
             t1 = seconds;
         printf("%5d %12.4g %12.4g %10.3f %12.4f %12.1f %8.2f\n", n, max, mean, max / mean, seconds,
-               (double)s->n_rows / seconds, t1 / seconds);
+               (double)pb_sweep_row_count(s) / seconds, t1 / seconds);
     }
 }
 
@@ -151,7 +152,7 @@ static int predict(const scaling_args *a, pb_model *m, pb_sweep *s) {
             fprintf(stderr, "bench_scaling: %s\n", pb_last_error());
         } else {
             print_table(a, s, max_cost, mean_cost, cost_rate);
-            printf("RESULT cost_rate=%.6g total_cost=%.6g rows=%lld\n", cost_rate, total_cost, (long long)s->n_rows);
+            printf("RESULT cost_rate=%.6g total_cost=%.6g rows=%lld\n", cost_rate, total_cost, (long long)pb_sweep_row_count(s));
             rc = 0;
         }
     }

@@ -30,7 +30,8 @@
 #include "util/clock.h"
 #include "util/outdir.h"
 #include "cli/progress.h"
-#include "patching/sweep.h"
+#include "patching/sweep_access.h"
+#include "patching/sweep_spec.h"
 
 /* sgemm GFLOP/s at out (M, n) = x (M, k) @ w (n, k)^T for the model's
  * projections, weighted by how often a layer runs each. */
@@ -176,19 +177,19 @@ static void print_results(const pb_model *m, const pb_sweep *s, const pb_load_op
     int gpu = load->backend == PB_BACKEND_CUDA;
     pb_sweep_summary sum;
     pb_sweep_get_summary(s, &sum);
-    int avg_M = s->n_batches ? (int)(s->tokens_packed / s->n_batches) : 1;
-    double ceiling = gpu ? gpu_ceiling(&m->cfg, load->device, load->dtype, avg_M > 0 ? avg_M : 1) * 1e3
-                         : sgemm_ceiling(&m->cfg, avg_M > 0 ? avg_M : 1);
+    int avg_M = pb_sweep_batch_count(s) ? (int)(pb_sweep_tokens_packed(s) / pb_sweep_batch_count(s)) : 1;
+    double ceiling = gpu ? gpu_ceiling(pb_model_get_config(m), load->device, load->dtype, avg_M > 0 ? avg_M : 1) * 1e3
+                         : sgemm_ceiling(pb_model_get_config(m), avg_M > 0 ? avg_M : 1);
     double gflops = sum.flops_executed / seconds * 1e-9;
     printf("model             %s on %s, %s weights, T = %d\n", pb_model_get_source(m),
-           pb_backend_name(load->backend), pb_dtype_name(load->dtype), s->spec.pairs[0].base.T);
+           pb_backend_name(load->backend), pb_dtype_name(load->dtype), pb_sweep_spec_of(s)->pairs[0].base.T);
     printf("engine sweep      %lld rows (%lld executed, %lld exactly zero by construction) in %.3f s\n",
            (long long)sum.n_rows, (long long)sum.n_rows_executed, (long long)(sum.n_rows - sum.n_rows_executed),
            seconds);
     printf("engine rows/s     %.1f (all rows)  %.1f (executed rows)\n", sum.n_rows / seconds,
            sum.n_rows_executed / seconds);
-    printf("engine batches    %lld, %.1f packed tokens each\n", (long long)s->n_batches,
-           s->n_batches ? (double)s->tokens_packed / s->n_batches : 0.0);
+    printf("engine batches    %lld, %.1f packed tokens each\n", (long long)pb_sweep_batch_count(s),
+           pb_sweep_batch_count(s) ? (double)pb_sweep_tokens_packed(s) / pb_sweep_batch_count(s) : 0.0);
     printf("engine FLOPs      %.2f GFLOP executed (naive one-forward-per-row: %.2f GFLOP, %.1fx more)\n",
            sum.flops_executed * 1e-9, sum.flops_naive * 1e-9, sum.flops_naive / sum.flops_executed);
     printf("engine rate       %.2f GFLOP/s (wall time incl. caches and metrics)\n", gflops);
@@ -200,7 +201,7 @@ static void print_results(const pb_model *m, const pb_sweep *s, const pb_load_op
            "\"tflops_executed\": %.6f, \"engine_tflops\": %.4f, \"ceiling_tflops\": %.4f, \"ratio_vs_ceiling\": %.4f, "
            "\"tflops_naive\": %.6f, \"naive_over_executed\": %.2f, \"avg_batch_tokens\": %d}\n",
            gpu ? "gpu_sweep" : "sweep", pb_model_get_source(m), pb_backend_name(load->backend),
-           pb_dtype_name(load->dtype), s->spec.pairs[0].base.T, (long long)sum.n_rows,
+           pb_dtype_name(load->dtype), pb_sweep_spec_of(s)->pairs[0].base.T, (long long)sum.n_rows,
            (long long)sum.n_rows_executed, seconds, sum.n_rows / seconds, sum.flops_executed * 1e-12, gflops * 1e-3,
            ceiling * 1e-3, ceiling > 0 ? gflops / ceiling : 0.0, sum.flops_naive * 1e-12,
            sum.flops_executed > 0 ? sum.flops_naive / sum.flops_executed : 0.0, avg_M);
@@ -224,7 +225,7 @@ int main(int argc, char **argv) {
     }
     char *spec = NULL;
     if (b.default_T > 0) {
-        spec = default_sweep(b.default_T, m->cfg.vocab_size);
+        spec = default_sweep(b.default_T, pb_model_get_config(m)->vocab_size);
     } else if (pb_read_text_file(b.spec_path, &spec, NULL) != PB_OK) {
         fprintf(stderr, "bench_sweep: %s\n", pb_last_error());
         return 1;
