@@ -52,13 +52,6 @@
 
 static pb_backend *g_ref;
 
-#define CHECK_OK(expr)                                                                               \
-    do {                                                                                             \
-        pb_status check_status_ = (expr);                                                            \
-        if (check_status_ != PB_OK)                                                                  \
-            fail_msg("%s -> %s: %s", #expr, pb_status_name(check_status_), pb_last_error());         \
-    } while (0)
-
 #define CHECK_LAUNCH(expr)                                                                           \
     do {                                                                                             \
         int check_error_ = (expr);                                                                   \
