@@ -82,16 +82,6 @@ static double naive_metric(pb_metric_kind kind, const float *x, int V, const int
 
 static const char *const kind_name[4] = {"logit_diff", "logprob", "refusal_score", "kl"};
 
-/* |a - b| relative to max(1, |b|); 0 when both are the same infinity or
- * both NaN, +inf when only one is NaN. */
-static double rel_diff(double a, double b) {
-    if (isnan(a) || isnan(b))
-        return isnan(a) && isnan(b) ? 0.0 : INFINITY;
-    if (isinf(a) || isinf(b))
-        return a == b ? 0.0 : INFINITY;
-    return fabs(a - b) / fmax(1.0, fabs(b));
-}
-
 typedef struct op_case {
     int V;
     int rows;
@@ -176,7 +166,7 @@ static double op_vs_naive(pb_backend *b, const op_case *c, pb_metric_kind kind) 
             assert_true(isnan(got[r]));
         else
             assert_true(isfinite(got[r]));
-        double d = rel_diff(got[r], want);
+        double d = tu_rel_diff(got[r], want);
         if (d > PB_TOL_METRIC_OP_CPU)
             fail_msg("%s %s V %d row %d: op %.17g, naive %.17g", b->ops->name, kind_name[kind], c->V, r, got[r],
                      want);

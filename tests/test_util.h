@@ -126,6 +126,16 @@ static inline double tu_abs_diff(double a, double b) {
     return fabs(a - b);
 }
 
+/* |a - b| relative to max(1, |b|); 0 when both are the same infinity or
+ * both NaN, +inf when only one is NaN. */
+static inline double tu_rel_diff(double a, double b) {
+    if (isnan(a) || isnan(b))
+        return isnan(a) && isnan(b) ? 0.0 : INFINITY;
+    if (isinf(a) || isinf(b))
+        return a == b ? 0.0 : INFINITY;
+    return fabs(a - b) / fmax(1.0, fabs(b));
+}
+
 /* xorshift64*: reproducible across platforms. */
 static inline uint64_t tu_next(uint64_t *state) {
     *state ^= *state >> 12;
