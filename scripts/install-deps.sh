@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Installs what building, testing and the main job need on a fresh Debian
 # machine (run as root): compilers, CMake, OpenBLAS, jansson, cmocka, PCRE2, OpenMPI,
-# and a Python venv inside the repo (.venv, git-ignored) for pip downloads.
+# clang-format (14 on Debian 12: scripts/check-style.sh), and a Python venv
+# inside the repo (.venv, git-ignored) for pip downloads, with lizard (pinned;
+# the function-length check of scripts/check-style.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(build-essential cmake pkg-config libopenblas-openmp-dev libjansson-dev libcmocka-dev libpcre2-dev
           python3 python3-venv unzip ca-certificates chromium fonts-dejavu-core
-          libopenmpi-dev openmpi-bin)
+          libopenmpi-dev openmpi-bin clang-format)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -25,4 +27,9 @@ fi
 
 if [ ! -x .venv/bin/pip ]; then
   python3 -m venv .venv
+fi
+# lizard, pinned so the function-length check reads the same everywhere
+LIZARD_VERSION=1.24.3
+if [ "$(.venv/bin/lizard --version 2>/dev/null)" != "$LIZARD_VERSION" ]; then
+  .venv/bin/pip install -q --disable-pip-version-check "lizard==$LIZARD_VERSION"
 fi

@@ -2,19 +2,53 @@
 # Every test: installs what it needs, fetches SmolLM2 (for the tests that
 # compare against transformers' reference on it), builds the Release
 # configuration (with CUDA compiled and linked when nvcc is present; GPU
-# tests skip without a device) and an ASan+UBSan configuration, and runs
-# CTest on both.
+# tests skip without a device) and an ASan+UBSan configuration, runs the
+# style checks (scripts/check-style.sh) and CTest on both builds. Ends with
+# the seconds each stage took ("== stage seconds ==" lines), so a change can
+# say how much CI time it adds. Fails when any stage fails; the style check
+# and the suites all run even when an earlier one of them failed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/install-deps.sh
-bash scripts/fetch-model.sh
-bash scripts/build.sh build
-bash scripts/build.sh build-asan -DCMAKE_BUILD_TYPE=Debug -DPB_SANITIZE=ON -DPB_CUDA=OFF
+
+stage_names=()
+stage_seconds=()
+stage_results=()
+print_stages() {
+  [ ${#stage_names[@]} -gt 0 ] || return 0
+  echo "== stage seconds ==" >&2
+  for i in "${!stage_names[@]}"; do
+    printf '== %-28s %8s  %s\n' "${stage_names[$i]}" "${stage_seconds[$i]}" "${stage_results[$i]}" >&2
+  done
+}
+trap print_stages EXIT
+# stage NAME COMMAND...: runs COMMAND, records its wall time; returns its status.
+stage() {
+  local name=$1 start end rc=0
+  shift
+  start=$(date +%s%N)
+  "$@" || rc=$?
+  end=$(date +%s%N)
+  stage_names+=("$name")
+  stage_seconds+=("$(awk -v ns=$((end - start)) 'BEGIN { printf "%.1f", ns / 1e9 }')")
+  stage_results+=("$([ $rc -eq 0 ] && echo ok || echo "FAILED ($rc)")")
+  return $rc
+}
+
+stage "install deps" bash scripts/install-deps.sh
+stage "fetch model" bash scripts/fetch-model.sh
+stage "configure+build Release" bash scripts/build.sh build
+stage "configure+build ASan" bash scripts/build.sh build-asan -DCMAKE_BUILD_TYPE=Debug -DPB_SANITIZE=ON -DPB_CUDA=OFF
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)}
 status=0
+echo "== style check ==" >&2
+stage "style check" bash scripts/check-style.sh || status=1
 echo "== tests: Release build ==" >&2
-(cd build && ctest --output-on-failure -j 1) || status=1
+release_suite() { (cd build && ctest --output-on-failure -j 1); }
+stage "ctest Release" release_suite || status=1
 echo "== tests: ASan + UBSan build ==" >&2
-(cd build-asan && ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
-  ctest --output-on-failure -j 1) || status=1
+asan_suite() {
+  (cd build-asan && ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
+    ctest --output-on-failure -j 1)
+}
+stage "ctest ASan + UBSan" asan_suite || status=1
 exit $status

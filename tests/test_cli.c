@@ -87,10 +87,6 @@ static void expect_in(const char *text, const char *needle) {
         fail_msg("expected '%s' in: %s", needle, text);
 }
 
-static void fixture(char *buf, size_t size, const char *model, const char *file) {
-    snprintf(buf, size, "%s/%s%s%s", tu_fixtures(), model, file ? "/" : "", file ? file : "");
-}
-
 static void test_usage_errors(void **state) {
     need_cli();
     const char *help[] = {"--help", NULL};
@@ -113,8 +109,8 @@ static void test_usage_errors(void **state) {
 static void test_forward_argument_errors(void **state) {
     need_cli();
     char model[1024], ids_file[1024], out[128];
-    fixture(model, sizeof model, "tiny_gqa", "model.gguf");
-    fixture(ids_file, sizeof ids_file, "tiny_gqa", "ids.npy");
+    tu_fixture_file(model, sizeof model, "tiny_gqa", "model.gguf");
+    tu_fixture_file(ids_file, sizeof ids_file, "tiny_gqa", "ids.npy");
     snprintf(out, sizeof out, "%s/out", tmp_dir);
     const char *no_out[] = {"forward", "--model", model, "--ids", "1,2", NULL};
     assert_int_equal(run_cli(no_out), 2);
@@ -185,8 +181,8 @@ static void expect_exact_files(const char *dir) {
 static void test_forward_files(void **state) {
     need_cli();
     char model[1024], ids_file[1024], out[128], path[1200], ref[1200];
-    fixture(model, sizeof model, "tiny_gqa", "model.gguf");
-    fixture(ids_file, sizeof ids_file, "tiny_gqa", "ids.npy");
+    tu_fixture_file(model, sizeof model, "tiny_gqa", "model.gguf");
+    tu_fixture_file(ids_file, sizeof ids_file, "tiny_gqa", "ids.npy");
     snprintf(out, sizeof out, "%s/out", tmp_dir);
     const char *args[] = {"forward", "--model", model, "--ids-file", ids_file, "--hooks",
                           "blocks.*.hook_resid_pre,blocks.0.attn.hook_z", "--out", out, NULL, NULL};
@@ -195,7 +191,7 @@ static void test_forward_files(void **state) {
     expect_exact_files(out);
     for (int i = 0; i < N_EXPECTED; i++) {
         snprintf(path, sizeof path, "%s/%s", out, expected_files[i]);
-        fixture(ref, sizeof ref, "tiny_gqa", expected_files[i]);
+        tu_fixture_file(ref, sizeof ref, "tiny_gqa", expected_files[i]);
         expect_npy_close(path, ref, PB_TOL_TINY_LOGITS_MAX_ABS);
     }
 
@@ -219,7 +215,7 @@ static void test_forward_files(void **state) {
     assert_int_equal(stat(path, &after), 0);
     assert_int_not_equal(after.st_ino, before.st_ino);
     expect_exact_files(out);
-    fixture(ref, sizeof ref, "tiny_gqa", "logits.npy");
+    tu_fixture_file(ref, sizeof ref, "tiny_gqa", "logits.npy");
     expect_npy_close(path, ref, PB_TOL_TINY_LOGITS_MAX_ABS);
 }
 
@@ -229,7 +225,7 @@ static void test_forward_files(void **state) {
 static void test_forward_hf_folder(void **state) {
     need_cli();
     char model[1024], out[128], path[256];
-    fixture(model, sizeof model, "tiny_bias", NULL);
+    tu_fixture_file(model, sizeof model, "tiny_bias", NULL);
     snprintf(out, sizeof out, "%s/hf", tmp_dir);
     const char *args[] = {"forward", "--model", model, "--ids", "1,2,3", "--threads", "2", "--out", out, NULL};
     if (run_cli(args) != 0)
@@ -259,7 +255,7 @@ static void test_forward_hf_folder(void **state) {
 static void test_truncated_gguf(void **state) {
     need_cli();
     char model[1024], copy[128], out[128];
-    fixture(model, sizeof model, "tiny_gqa", "model.gguf");
+    tu_fixture_file(model, sizeof model, "tiny_gqa", "model.gguf");
     FILE *f = fopen(model, "rb");
     assert_non_null(f);
     char head[1000];
@@ -285,8 +281,8 @@ static void test_truncated_gguf(void **state) {
 static void test_generate(void **state) {
     need_cli();
     char model[1024], ids_file[1024];
-    fixture(model, sizeof model, "tiny_gqa", NULL);
-    fixture(ids_file, sizeof ids_file, "tiny_gqa", "ids.npy");
+    tu_fixture_file(model, sizeof model, "tiny_gqa", NULL);
+    tu_fixture_file(ids_file, sizeof ids_file, "tiny_gqa", "ids.npy");
     const char *args[] = {"generate", "--model", model, "--ids-file", ids_file, "--max-new-tokens", "4", NULL};
     if (run_cli(args) != 0)
         fail_msg("generate failed: %s", err_text);
@@ -321,7 +317,7 @@ static void test_generate(void **state) {
 static void test_info(void **state) {
     need_cli();
     char model[1024];
-    fixture(model, sizeof model, "tiny_gqa", "model.gguf");
+    tu_fixture_file(model, sizeof model, "tiny_gqa", "model.gguf");
     const char *args[] = {"info", "--model", model, NULL};
     if (run_cli(args) != 0)
         fail_msg("info failed: %s", err_text);
@@ -351,41 +347,17 @@ static void write_spec(char *path, size_t size, const char *name, const char *la
     fclose(f);
 }
 
-/* The names in dir, sorted, joined by spaces. */
-static void list_names(const char *dir, char *out, size_t size) {
-    char names[32][256];
-    int n = 0;
-    DIR *d = opendir(dir);
-    assert_non_null(d);
-    for (struct dirent *e; (e = readdir(d));)
-        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..") && n < 32)
-            snprintf(names[n++], sizeof names[0], "%s", e->d_name);
-    closedir(d);
-    for (int i = 1; i < n; i++) /* insertion sort */
-        for (int k = i; k > 0 && strcmp(names[k - 1], names[k]) > 0; k--) {
-            char t[256];
-            memcpy(t, names[k], sizeof t);
-            memcpy(names[k], names[k - 1], sizeof t);
-            memcpy(names[k - 1], t, sizeof t);
-        }
-    out[0] = 0;
-    for (int i = 0; i < n; i++) {
-        strncat(out, i ? " " : "", size - strlen(out) - 1);
-        strncat(out, names[i], size - strlen(out) - 1);
-    }
-}
-
 static void test_sweep_files(void **state) {
     need_cli();
     char model[1024], spec[256], out[128], names[1024], path[256];
-    fixture(model, sizeof model, "tiny_gqa", "model.gguf");
+    tu_fixture_file(model, sizeof model, "tiny_gqa", "model.gguf");
     write_spec(spec, sizeof spec, "spec.json", "\"all\"");
     snprintf(out, sizeof out, "%s/out", tmp_dir);
     const char *args[] = {"sweep", "--model", model, "--spec", spec, "--out", out, "--threads", "2",
                           "--max-memory", "64M", NULL, NULL};
     if (run_cli(args) != 0)
         fail_msg("sweep failed: %s", err_text);
-    list_names(out, names, sizeof names);
+    tu_list_dir(out, names, sizeof names);
     assert_string_equal(names, "attn_out_all.npy report.html report.txt resid_pre.npy results.json z.npy");
     /* The report goes to stdout; progress (not a terminal here) to stderr. */
     char *report = malloc(65536);
@@ -430,14 +402,14 @@ static void test_sweep_files(void **state) {
     assert_null(strstr(err_text, "sweep ["));
     assert_int_equal(stat(path, &after), 0);
     assert_int_not_equal(after.st_ino, before.st_ino);
-    list_names(out, names, sizeof names);
+    tu_list_dir(out, names, sizeof names);
     assert_string_equal(names, "attn_out_all.npy report.html report.txt resid_pre.npy results.json z.npy");
 }
 
 static void test_sweep_errors(void **state) {
     need_cli();
     char model[1024], spec[256], bad[256], out[128];
-    fixture(model, sizeof model, "tiny_gqa", "model.gguf");
+    tu_fixture_file(model, sizeof model, "tiny_gqa", "model.gguf");
     write_spec(spec, sizeof spec, "spec.json", "\"all\"");
     write_spec(bad, sizeof bad, "bad.json", "[0, 5]"); /* tiny_gqa has 2 layers */
     snprintf(out, sizeof out, "%s/out", tmp_dir);
@@ -525,8 +497,8 @@ static void test_random_model_info(void **state) {
 static void test_random_model_forward(void **state) {
     need_cli();
     char ids_file[1024], ref_path[1024], out[128], out_bf16[128], out_ids[128], path[256];
-    fixture(ids_file, sizeof ids_file, "random_model", "ids.npy");
-    fixture(ref_path, sizeof ref_path, "random_model", "logits.npy");
+    tu_fixture_file(ids_file, sizeof ids_file, "random_model", "ids.npy");
+    tu_fixture_file(ref_path, sizeof ref_path, "random_model", "logits.npy");
     snprintf(out, sizeof out, "%s/f32", tmp_dir);
     snprintf(out_bf16, sizeof out_bf16, "%s/bf16", tmp_dir);
     snprintf(out_ids, sizeof out_ids, "%s/ids", tmp_dir);
@@ -571,7 +543,7 @@ static void test_random_model_forward(void **state) {
 static void test_model_option_errors(void **state) {
     need_cli();
     char model[1024], out[128];
-    fixture(model, sizeof model, "tiny_gqa", "model.gguf");
+    tu_fixture_file(model, sizeof model, "tiny_gqa", "model.gguf");
     snprintf(out, sizeof out, "%s/out", tmp_dir);
     /* An unknown name is refused when the model is loaded (exit 1). */
     const char *unknown[] = {"forward", "--random-model", "llama9", "--ids", "1,2", "--out", out, NULL};

@@ -20,6 +20,7 @@
 
 #include "backend/backend.h"
 #include "backend/backend_cuda.h"
+#include "test_util.h"
 #include "formats/dtype.h"
 #include "tolerances.h"
 
@@ -30,13 +31,6 @@
 static pb_backend *g_ref;
 static pb_backend *g_cuda;
 static int g_stand_in; /* g_cuda is another backend standing in for CUDA */
-
-#define CHECK_OK(expr)                                                                               \
-    do {                                                                                             \
-        pb_status check_status_ = (expr);                                                            \
-        if (check_status_ != PB_OK)                                                                  \
-            fail_msg("%s -> %s: %s", #expr, pb_status_name(check_status_), pb_last_error());         \
-    } while (0)
 
 /* ---- random inputs ---------------------------------------------------- */
 
@@ -969,15 +963,9 @@ int main(void) {
     }
     if (g_stand_in)
         printf("note: PB_CUDA_TEST_STAND_IN: the cpu backend stands in for CUDA; nothing here tests the GPU\n");
-    pb_status status = g_stand_in ? pb_backend_cpu_create(&g_cuda, 0) : pb_backend_cuda_create(&g_cuda, 0);
-    if (status == PB_ERR_UNSUPPORTED) {
-        printf("skipping: no CUDA device: %s\n", pb_last_error());
-        return 77;
-    }
-    if (status != PB_OK) {
-        fprintf(stderr, "pb_backend_cuda_create: %s: %s\n", pb_status_name(status), pb_last_error());
-        return 1;
-    }
+    int exit_code = tu_cuda_exit_code(g_stand_in ? pb_backend_cpu_create(&g_cuda, 0) : pb_backend_cuda_create(&g_cuda, 0));
+    if (exit_code != 0)
+        return exit_code;
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_memory),    cmocka_unit_test(test_embed),     cmocka_unit_test(test_rmsnorm),
         cmocka_unit_test(test_matmul),    cmocka_unit_test(test_rope),      cmocka_unit_test(test_attention),

@@ -52,13 +52,6 @@
 
 static pb_backend *g_ref;
 
-#define CHECK_OK(expr)                                                                               \
-    do {                                                                                             \
-        pb_status check_status_ = (expr);                                                            \
-        if (check_status_ != PB_OK)                                                                  \
-            fail_msg("%s -> %s: %s", #expr, pb_status_name(check_status_), pb_last_error());         \
-    } while (0)
-
 #define CHECK_LAUNCH(expr)                                                                           \
     do {                                                                                             \
         int check_error_ = (expr);                                                                   \
@@ -656,14 +649,6 @@ static void test_attention_tiled(void **state) {
 
 /* ---- metric_rows ------------------------------------------------------------ */
 
-static double rel_diff(double a, double b) {
-    if (isnan(a) || isnan(b))
-        return isnan(a) && isnan(b) ? 0.0 : INFINITY;
-    if (isinf(a) || isinf(b))
-        return a == b ? 0.0 : INFINITY;
-    return fabs(a - b) / fmax(1.0, fabs(b));
-}
-
 static const char *const kind_name[4] = {"logit_diff", "logprob", "refusal_score", "kl"};
 
 /* Every kind on logits (rows, V): row 1 gets an Inf logit (NaN out), row 2
@@ -695,7 +680,7 @@ static void run_metric(int rows, int V, const int32_t *pos, int n_pos, const cha
                                          ref_row, N_REF));
         double worst = 0.0;
         for (int r = 0; r < rows; r++) {
-            const double d = rel_diff(got[r], want[r]);
+            const double d = tu_rel_diff(got[r], want[r]);
             if (!(d <= PB_TOL_EMU_METRIC))
                 fail_msg("%s %s: row %d is %.17g, the reference %.17g", what, kind_name[kind], r, got[r], want[r]);
             worst = fmax(worst, d);

@@ -27,13 +27,6 @@
 static pb_backend *g_ref;
 static pb_backend *g_cuda;
 
-#define CHECK_OK(expr)                                                                               \
-    do {                                                                                             \
-        pb_status check_status_ = (expr);                                                            \
-        if (check_status_ != PB_OK)                                                                  \
-            fail_msg("%s -> %s: %s", #expr, pb_status_name(check_status_), pb_last_error());         \
-    } while (0)
-
 static const char *const kind_name[4] = {"logit_diff", "logprob", "refusal_score", "kl"};
 
 static double rel_diff(double a, double b) {
@@ -216,12 +209,6 @@ static pb_status run_sweep(pb_model *m, const char *spec, int with_op, pb_sweep 
     return status;
 }
 
-static double abs_diff(double a, double b) {
-    if (isnan(a) || isnan(b))
-        return isnan(a) && isnan(b) ? 0.0 : INFINITY;
-    return fabs(a - b);
-}
-
 static void test_sweep_with_and_without_op(void **state) {
     (void)state;
     char path[1024];
@@ -260,12 +247,12 @@ static void test_sweep_with_and_without_op(void **state) {
                 pb_sweep_get_row(host, p, i, &v2, &e2);
                 assert_true(isfinite(v1));
                 worst_value = fmax(worst_value, rel_diff(v1, v2));
-                worst_effect = fmax(worst_effect, abs_diff(e1, e2));
+                worst_effect = fmax(worst_effect, tu_abs_diff(e1, e2));
                 if (isnan(e2))
                     continue;
                 double scale = fmax(1.0, fmax(fabs(v2), fmax(fabs(b2), fabs(s2))));
                 double bound = 4.0 * (1.0 + fabs(e2)) * PB_TOL_CUDA_METRIC * scale / fabs(s2 - b2);
-                if (abs_diff(e1, e2) > bound)
+                if (tu_abs_diff(e1, e2) > bound)
                     fail_msg("%s pair %d site %lld: effect %.17g with the op, %.17g without (bound %.2e)",
                              kind_name[kind], p, (long long)i, e1, e2, bound);
             }
@@ -299,15 +286,9 @@ static int group_teardown(void **state) {
 }
 
 int main(void) {
-    pb_status status = pb_backend_cuda_create(&g_cuda, 0);
-    if (status == PB_ERR_UNSUPPORTED) {
-        printf("skipping: no CUDA device: %s\n", pb_last_error());
-        return 77;
-    }
-    if (status != PB_OK) {
-        fprintf(stderr, "pb_backend_cuda_create: %s: %s\n", pb_status_name(status), pb_last_error());
-        return 1;
-    }
+    int exit_code = tu_cuda_exit_code(pb_backend_cuda_create(&g_cuda, 0));
+    if (exit_code != 0)
+        return exit_code;
     if (!g_cuda->ops->metric_rows) {
         fprintf(stderr, "the CUDA backend has no metric_rows op\n");
         pb_backend_destroy(g_cuda);

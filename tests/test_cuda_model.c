@@ -25,13 +25,6 @@
 #include "test_util.h"
 #include "tolerances.h"
 
-#define CHECK_OK(expr)                                                                               \
-    do {                                                                                             \
-        pb_status check_status_ = (expr);                                                            \
-        if (check_status_ != PB_OK)                                                                  \
-            fail_msg("%s -> %s: %s", #expr, pb_status_name(check_status_), pb_last_error());         \
-    } while (0)
-
 /* The backend under test: CUDA, or the stand-in. */
 static pb_backend_kind g_device = PB_BACKEND_CUDA;
 
@@ -195,21 +188,6 @@ static void expect_argmax(const measure *m, double fraction, const char *what) {
 
 /* ---- inputs --------------------------------------------------------------- */
 
-static void fixture_path(char *buf, size_t size, const char *model, const char *file) {
-    snprintf(buf, size, "%s/%s/%s", tu_fixtures(), model, file);
-}
-
-static int32_t *read_ids(const char *path, int *T) {
-    void *data = NULL;
-    int n_dims = 0;
-    int64_t shape[8];
-    if (pb_npy_read(path, &data, PB_NPY_I32, &n_dims, shape) != PB_OK)
-        fail_msg("%s", pb_last_error());
-    assert_int_equal(n_dims, 1);
-    *T = (int)shape[0];
-    return data;
-}
-
 /* T seeded ids in [0, vocab). */
 static int32_t *random_ids(int T, int vocab, uint64_t seed) {
     int32_t *ids = malloc(sizeof(int32_t) * (size_t)T);
@@ -218,14 +196,6 @@ static int32_t *random_ids(int T, int vocab, uint64_t seed) {
     for (int t = 0; t < T; t++)
         ids[t] = (int32_t)(tu_next(&state) % (uint64_t)vocab);
     return ids;
-}
-
-static int file_exists(const char *path) {
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return 0;
-    fclose(f);
-    return 1;
 }
 
 /* ---- the checks ------------------------------------------------------------ */
@@ -295,7 +265,7 @@ static void check_16bit(const model_source *source, pb_dtype dtype, const int32_
 static const char *const g_tiny[] = {"tiny_gqa", "tiny_bias"};
 
 static model_source tiny_source(const char *name, char *path, size_t path_size) {
-    fixture_path(path, path_size, name, "model.gguf");
+    tu_fixture_file(path, path_size, name, "model.gguf");
     model_source source = {name, path, NULL, 0};
     return source;
 }
@@ -305,9 +275,9 @@ static void test_tiny_f32(void **state) {
     for (size_t i = 0; i < sizeof g_tiny / sizeof g_tiny[0]; i++) {
         char path[1024], ids_path[1024];
         model_source source = tiny_source(g_tiny[i], path, sizeof path);
-        fixture_path(ids_path, sizeof ids_path, g_tiny[i], "ids.npy");
+        tu_fixture_file(ids_path, sizeof ids_path, g_tiny[i], "ids.npy");
         int T = 0;
-        int32_t *ids = read_ids(ids_path, &T);
+        int32_t *ids = tu_read_ids(ids_path, &T);
         check_f32(&source, ids, T);
         free(ids);
     }
@@ -319,9 +289,9 @@ static void test_tiny_16bit(void **state) {
     for (size_t i = 0; i < sizeof g_tiny / sizeof g_tiny[0]; i++) {
         char path[1024], ids_path[1024];
         model_source source = tiny_source(g_tiny[i], path, sizeof path);
-        fixture_path(ids_path, sizeof ids_path, g_tiny[i], "ids.npy");
+        tu_fixture_file(ids_path, sizeof ids_path, g_tiny[i], "ids.npy");
         int T = 0;
-        int32_t *ids = read_ids(ids_path, &T);
+        int32_t *ids = tu_read_ids(ids_path, &T);
         for (size_t d = 0; d < sizeof dtypes / sizeof dtypes[0]; d++)
             check_16bit(&source, dtypes[d], ids, T);
         free(ids);
@@ -348,7 +318,7 @@ static void test_smollm2(void **state) {
     (void)state;
     char path[1024];
     snprintf(path, sizeof path, "%s/models/SmolLM2-135M-Instruct.Q4_1.gguf", tu_source_dir());
-    if (!file_exists(path)) {
+    if (!tu_file_exists(path)) {
         printf("  note: %s is absent (scripts/fetch-model.sh fetches it): SmolLM2 checks skipped\n", path);
         skip();
     }
@@ -363,9 +333,9 @@ static void test_smollm2(void **state) {
     for (int prompt = 0; prompt < 3; prompt++) {
         char ids_path[1024], file[64];
         snprintf(file, sizeof file, "prompt_%d_ids.npy", prompt);
-        fixture_path(ids_path, sizeof ids_path, "smollm2", file);
+        tu_fixture_file(ids_path, sizeof ids_path, "smollm2", file);
         int T = 0;
-        int32_t *ids = read_ids(ids_path, &T);
+        int32_t *ids = tu_read_ids(ids_path, &T);
         run want = forward(cpu_f32, ids, T, 0);
         run got = forward(device_f32, ids, T, 0);
         measure_add(&f32, &got, &want, T, V, "SmolLM2 f32");
@@ -397,9 +367,9 @@ static void test_generate(void **state) {
     for (size_t i = 0; i < sizeof g_tiny / sizeof g_tiny[0]; i++) {
         char path[1024], ids_path[1024];
         model_source source = tiny_source(g_tiny[i], path, sizeof path);
-        fixture_path(ids_path, sizeof ids_path, g_tiny[i], "ids.npy");
+        tu_fixture_file(ids_path, sizeof ids_path, g_tiny[i], "ids.npy");
         int T = 0;
-        int32_t *ids = read_ids(ids_path, &T);
+        int32_t *ids = tu_read_ids(ids_path, &T);
         pb_model *device = open_model(&source, g_device, PB_DTYPE_F32);
         pb_model *cpu = open_model(&source, PB_BACKEND_CPU, PB_DTYPE_F32);
         const int prompt = T < 8 ? T : 8;
@@ -435,15 +405,9 @@ int main(void) {
                pb_backend_name(g_device));
     } else {
         pb_backend *probe = NULL;
-        pb_status status = pb_backend_cuda_create(&probe, 0);
-        if (status == PB_ERR_UNSUPPORTED) {
-            printf("skipping: no CUDA device: %s\n", pb_last_error());
-            return 77;
-        }
-        if (status != PB_OK) {
-            fprintf(stderr, "pb_backend_cuda_create: %s: %s\n", pb_status_name(status), pb_last_error());
-            return 1;
-        }
+        int exit_code = tu_cuda_exit_code(pb_backend_cuda_create(&probe, 0));
+        if (exit_code != 0)
+            return exit_code;
         pb_backend_destroy(probe);
     }
     const struct CMUnitTest tests[] = {

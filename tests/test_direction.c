@@ -21,16 +21,6 @@
 #include "formats/npy.h"
 #include "test_util.h"
 
-static pb_model *load_on(const char *name, pb_backend_kind backend) {
-    char path[1024];
-    snprintf(path, sizeof path, "%s/%s", tu_fixtures(), name);
-    pb_model *m = NULL;
-    pb_load_options o = {.n_threads = 2, .backend = backend};
-    if (pb_model_load(&m, path, &o) != PB_OK)
-        fail_msg("loading %s: %s", path, pb_last_error());
-    return m;
-}
-
 #define N_TRAIN 6
 #define N_VAL 4
 #define N_POST 3
@@ -125,7 +115,7 @@ static double full_score(pb_model *m, synthetic *s, int set, const pb_interventi
 }
 
 static void check_backend(pb_backend_kind backend, double tol_means, double tol_scores, const char *name) {
-    pb_model *m = load_on("tiny_gqa", backend);
+    pb_model *m = tu_load_model("tiny_gqa", NULL, backend);
     const pb_model_config *c = pb_model_get_config(m);
     int d = c->d_model, L = c->n_layers;
     synthetic s;
@@ -205,7 +195,7 @@ static void test_means_scores_and_selection(void **state) {
 }
 
 static void test_knobs(void **state) {
-    pb_model *m = load_on("tiny_gqa", PB_BACKEND_CPU);
+    pb_model *m = tu_load_model("tiny_gqa", NULL, PB_BACKEND_CPU);
     synthetic s;
     make_prompts(&s);
     pb_direction_inputs in = inputs_of(&s);
@@ -238,7 +228,7 @@ static void test_knobs(void **state) {
  * candidates pass and some fail: the rule picks the lowest ablation score
  * among those that pass, not overall. */
 static void test_selection_rule(void **state) {
-    pb_model *m = load_on("tiny_gqa", PB_BACKEND_CPU);
+    pb_model *m = tu_load_model("tiny_gqa", NULL, PB_BACKEND_CPU);
     synthetic s;
     make_prompts(&s);
     pb_direction_inputs in = inputs_of(&s);
@@ -274,7 +264,7 @@ static void test_selection_rule(void **state) {
 }
 
 static void test_outputs_reload(void **state) {
-    pb_model *m = load_on("tiny_gqa", PB_BACKEND_CPU);
+    pb_model *m = tu_load_model("tiny_gqa", NULL, PB_BACKEND_CPU);
     const pb_model_config *c = pb_model_get_config(m);
     synthetic s;
     make_prompts(&s);
@@ -349,7 +339,7 @@ static void expect_refused(pb_model *m, const pb_direction_inputs *in, const cha
 }
 
 static void test_bad_inputs(void **state) {
-    pb_model *m = load_on("tiny_gqa", PB_BACKEND_CPU);
+    pb_model *m = tu_load_model("tiny_gqa", NULL, PB_BACKEND_CPU);
     synthetic s;
     make_prompts(&s);
     pb_direction_inputs in = inputs_of(&s);
@@ -382,7 +372,7 @@ static void test_bad_inputs(void **state) {
     expect_refused(m, &in, "no common suffix");
     /* identical sets: every difference is zero (exactly so on the
      * reference backend, whose rows do not depend on their batch) */
-    pb_model *ref = load_on("tiny_gqa", PB_BACKEND_REFERENCE);
+    pb_model *ref = tu_load_model("tiny_gqa", NULL, PB_BACKEND_REFERENCE);
     make_prompts(&s);
     in = inputs_of(&s);
     in.harmless_train = in.harmful_train;

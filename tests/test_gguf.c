@@ -19,7 +19,7 @@
 
 #include "formats/gguf.h"
 #include "util/internal.h"
-#include "pb_test_util.h"
+#include "test_util.h"
 #include "formats/quant.h"
 
 /* ---- a tiny GGUF writer --------------------------------------------------- */
@@ -440,7 +440,7 @@ static void test_open_file(void **state) {
     (void)state;
     gguf_writer w = make_valid(3, 32, NULL);
     char path[512];
-    assert_true(pb_test_write_temp(path, sizeof path, w.data, w.size));
+    assert_true(tu_write_temp(path, sizeof path, w.data, w.size));
     pb_gguf *g = NULL;
     assert_int_equal(pb_gguf_open(&g, path), PB_OK);
     assert_int_equal(pb_gguf_tensor_count(g), N_VALID_TENSORS);
@@ -993,8 +993,8 @@ static void test_random_corruption(void **state) {
 static void test_real_model(void **state) {
     (void)state;
     char path[1024];
-    if (!pb_test_model_path(path, sizeof path)) {
-        fprintf(stderr, "skipping: real model not found (set PB_MODEL, or put " PB_TEST_MODEL_NAME
+    if (!tu_model_path(path, sizeof path)) {
+        fprintf(stderr, "skipping: real model not found (set PB_MODEL, or put " TU_SMOLLM2_FILE
                         " under $PB_SOURCE_DIR/models)\n");
         skip();
     }
@@ -1039,8 +1039,8 @@ static void test_real_model(void **state) {
 static void test_real_model_dequantizes(void **state) {
     (void)state;
     char path[1024];
-    if (!pb_test_model_path(path, sizeof path)) {
-        fprintf(stderr, "skipping: real model not found (set PB_MODEL, or put " PB_TEST_MODEL_NAME
+    if (!tu_model_path(path, sizeof path)) {
+        fprintf(stderr, "skipping: real model not found (set PB_MODEL, or put " TU_SMOLLM2_FILE
                         " under $PB_SOURCE_DIR/models)\n");
         skip();
     }

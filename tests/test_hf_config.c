@@ -17,31 +17,14 @@
 
 #include "formats/hf_config.h"
 #include "util/internal.h"
-#include "st_test_util.h"
-
-static int setup(void **state) {
-    st_scratch *scratch = calloc(1, sizeof *scratch);
-    if (!scratch || st_scratch_create(scratch) != 0) {
-        free(scratch);
-        return -1;
-    }
-    *state = scratch;
-    return 0;
-}
-
-static int teardown(void **state) {
-    st_scratch *scratch = *state;
-    st_scratch_destroy(scratch);
-    free(scratch);
-    return 0;
-}
+#include "test_util.h"
 
 /* Writes text to <scratch>/config.json and reads it. */
 static pb_status read_text(void **state, const char *text, pb_model_config *cfg) {
-    st_scratch *scratch = *state;
+    tu_scratch *scratch = *state;
     char path[512];
-    st_path(path, sizeof path, scratch->dir, "config.json");
-    assert_int_equal(st_write_text(path, text), 0);
+    tu_path(path, sizeof path, scratch->dir, "config.json");
+    assert_int_equal(tu_write_text(path, text), 0);
     return pb_hf_config_read(cfg, path);
 }
 
@@ -366,12 +349,12 @@ static void test_fixture_tiny_bias(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_llama3_gqa_v4_layout, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_llama3_gqa_v5_layout, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_qwen2_explicit_head_dim, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_defaults_filled, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_rope_variants, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_refused, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_llama3_gqa_v4_layout, tu_scratch_setup, tu_scratch_teardown),
+        cmocka_unit_test_setup_teardown(test_llama3_gqa_v5_layout, tu_scratch_setup, tu_scratch_teardown),
+        cmocka_unit_test_setup_teardown(test_qwen2_explicit_head_dim, tu_scratch_setup, tu_scratch_teardown),
+        cmocka_unit_test_setup_teardown(test_defaults_filled, tu_scratch_setup, tu_scratch_teardown),
+        cmocka_unit_test_setup_teardown(test_rope_variants, tu_scratch_setup, tu_scratch_teardown),
+        cmocka_unit_test_setup_teardown(test_refused, tu_scratch_setup, tu_scratch_teardown),
         cmocka_unit_test(test_missing_file_and_args),
         cmocka_unit_test(test_fixture_tiny_gqa),
         cmocka_unit_test(test_fixture_tiny_bias),

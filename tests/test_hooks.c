@@ -14,16 +14,6 @@
 #include "patchbay.h"
 #include "test_util.h"
 
-static pb_model *load_model(const char *model, const char *file) {
-    char path[1024];
-    snprintf(path, sizeof path, "%s/%s%s%s", tu_fixtures(), model, file ? "/" : "", file ? file : "");
-    pb_model *m = NULL;
-    pb_load_options o = {.n_threads = 2};
-    if (pb_model_load(&m, path, &o) != PB_OK)
-        fail_msg("loading %s: %s", path, pb_last_error());
-    return m;
-}
-
 /* Reads a fixture .npy; *count receives the element count. */
 static void *load_fixture(const char *model, const char *file, pb_npy_dtype dtype, size_t *count) {
     char path[1024];
@@ -148,7 +138,7 @@ static void expect_capture(const pb_model *m, const char *pattern, const char *c
 }
 
 static void test_capture_patterns(void **state) {
-    pb_model *m = load_model("tiny_gqa", "model.gguf");
+    pb_model *m = tu_load_model("tiny_gqa", "model.gguf", PB_BACKEND_CPU);
     const pb_model_config *c = pb_model_get_config(m);
     assert_int_equal(c->n_layers, 2);
 
@@ -212,7 +202,7 @@ static pb_capture *run_capture(pb_model *m, const char *pattern, int32_t *ids, i
 }
 
 static void test_capture_shapes(void **state) {
-    pb_model *m = load_model("tiny_gqa", "model.gguf");
+    pb_model *m = tu_load_model("tiny_gqa", "model.gguf", PB_BACKEND_CPU);
     const pb_model_config *c = pb_model_get_config(m);
     size_t T;
     int32_t *ids = load_fixture("tiny_gqa", "ids.npy", PB_NPY_I32, &T);
@@ -255,7 +245,7 @@ static void expect_bitwise(const float *got, const float *want, size_t n, const 
 }
 
 static void test_capture_invariants(void **state) {
-    pb_model *m = load_model("tiny_gqa", "model.gguf");
+    pb_model *m = tu_load_model("tiny_gqa", "model.gguf", PB_BACKEND_CPU);
     const pb_model_config *c = pb_model_get_config(m);
     size_t T;
     int32_t *ids = load_fixture("tiny_gqa", "ids.npy", PB_NPY_I32, &T);
@@ -322,7 +312,7 @@ static void test_capture_invariants(void **state) {
 /* Capturing is read-only: a subset has the same bits as everything, and
  * the logits are the same with or without a capture. */
 static void test_capture_subset_identical(void **state) {
-    pb_model *m = load_model("tiny_gqa", "model.gguf");
+    pb_model *m = tu_load_model("tiny_gqa", "model.gguf", PB_BACKEND_CPU);
     const pb_model_config *c = pb_model_get_config(m);
     size_t T;
     int32_t *ids = load_fixture("tiny_gqa", "ids.npy", PB_NPY_I32, &T);
@@ -353,8 +343,8 @@ static void test_capture_subset_identical(void **state) {
 }
 
 static void test_capture_other_model_refused(void **state) {
-    pb_model *gqa = load_model("tiny_gqa", "model.gguf");
-    pb_model *bias = load_model("tiny_bias", "model.gguf");
+    pb_model *gqa = tu_load_model("tiny_gqa", "model.gguf", PB_BACKEND_CPU);
+    pb_model *bias = tu_load_model("tiny_bias", "model.gguf", PB_BACKEND_CPU);
     assert_int_not_equal(pb_model_get_config(gqa)->n_layers, pb_model_get_config(bias)->n_layers);
     int32_t ids[3] = {1, 2, 3};
     pb_capture *cap = NULL;

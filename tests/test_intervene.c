@@ -22,16 +22,6 @@
 #include "test_util.h"
 #include "tolerances.h"
 
-static pb_model *load_on(const char *name, pb_backend_kind backend) {
-    char path[1024];
-    snprintf(path, sizeof path, "%s/%s", tu_fixtures(), name);
-    pb_model *m = NULL;
-    pb_load_options o = {.n_threads = 2, .backend = backend};
-    if (pb_model_load(&m, path, &o) != PB_OK)
-        fail_msg("loading %s: %s", path, pb_last_error());
-    return m;
-}
-
 static const int32_t clean_ids[9] = {4, 60, 12, 33, 90, 2, 41, 8, 19};
 static const int32_t corrupted_ids[9] = {4, 60, 12, 71, 90, 2, 5, 8, 19};
 static const int32_t refusal_set[3] = {10, 20, 30};
@@ -53,7 +43,7 @@ static double last_refusal(const float *logits, int T, int V) {
 /* PATCH through pb_forward_intervened equals the sweep's patched metric
  * for a resid_pre site and a z head site (rows run even where trivial). */
 static void test_patch_matches_sweep(void **state) {
-    pb_model *m = load_on("tiny_bias", PB_BACKEND_CPU);
+    pb_model *m = tu_load_model("tiny_bias", NULL, PB_BACKEND_CPU);
     const pb_model_config *c = pb_model_get_config(m);
     int T = 9, V = c->vocab_size;
     const char *spec = "{\"mode\": \"denoising\","
@@ -125,7 +115,7 @@ static void test_patch_matches_sweep(void **state) {
 /* head -1 on z patches every head: from the clean run at every position
  * of layer 0 it equals patching attn_out (= z @ W_O) of layer 0. */
 static void test_patch_all_heads(void **state) {
-    pb_model *m = load_on("tiny_gqa", PB_BACKEND_REFERENCE);
+    pb_model *m = tu_load_model("tiny_gqa", NULL, PB_BACKEND_REFERENCE);
     const pb_model_config *c = pb_model_get_config(m);
     int T = 9, V = c->vocab_size;
     pb_capture *cap;
@@ -177,7 +167,7 @@ static double worst_alignment(const pb_capture *cap, const float *u, int d) {
 static void test_ablation_invariant(void **state) {
     const char *models[2] = {"tiny_gqa", "tiny_bias"};
     for (int mi = 0; mi < 2; mi++) {
-        pb_model *m = load_on(models[mi], PB_BACKEND_CPU);
+        pb_model *m = tu_load_model(models[mi], NULL, PB_BACKEND_CPU);
         const pb_model_config *c = pb_model_get_config(m);
         int d = c->d_model;
         pb_capture *cap;
@@ -247,8 +237,8 @@ static pb_status manual_ablate(void *user, int job, pb_hook_kind hook, int layer
 /* Ablation equals the projection applied by hand at the hook points of
  * the naive reference backend, and the CPU backend agrees with both. */
 static void test_ablation_matches_manual_projection(void **state) {
-    pb_model *ref = load_on("tiny_gqa", PB_BACKEND_REFERENCE);
-    pb_model *cpu = load_on("tiny_gqa", PB_BACKEND_CPU);
+    pb_model *ref = tu_load_model("tiny_gqa", NULL, PB_BACKEND_REFERENCE);
+    pb_model *cpu = tu_load_model("tiny_gqa", NULL, PB_BACKEND_CPU);
     const pb_model_config *c = pb_model_get_config(ref);
     int T = 9, V = c->vocab_size, d = c->d_model;
     float u[64];
@@ -291,7 +281,7 @@ static void test_ablation_matches_manual_projection(void **state) {
 }
 
 static void test_addition(void **state) {
-    pb_model *m = load_on("tiny_gqa", PB_BACKEND_CPU);
+    pb_model *m = tu_load_model("tiny_gqa", NULL, PB_BACKEND_CPU);
     const pb_model_config *c = pb_model_get_config(m);
     int T = 9, V = c->vocab_size, d = c->d_model;
     float u[64];
@@ -393,7 +383,7 @@ static void test_generation_equals_recomputation(void **state) {
      * compare only steps whose top-two gap exceeds that noise */
     const double gaps[2] = {0.0, 1e-4};
     for (int bi = 0; bi < 2; bi++) {
-        pb_model *m = load_on("tiny_gqa", backends[bi]);
+        pb_model *m = tu_load_model("tiny_gqa", NULL, backends[bi]);
         const pb_model_config *c = pb_model_get_config(m);
         float u[64];
         unit_vector(u, c->d_model, 5);
@@ -430,7 +420,7 @@ static void test_generation_equals_recomputation(void **state) {
 }
 
 static void test_bad_interventions(void **state) {
-    pb_model *m = load_on("tiny_gqa", PB_BACKEND_CPU);
+    pb_model *m = tu_load_model("tiny_gqa", NULL, PB_BACKEND_CPU);
     float u[64] = {0}, values[64] = {0};
     int pos[2] = {4, 2}, ok_pos[1] = {9};
     int32_t out[4];

@@ -22,13 +22,6 @@
 #include "test_util.h"
 #include "tolerances.h"
 
-#define CHECK_OK(expr)                                                                               \
-    do {                                                                                             \
-        pb_status check_status_ = (expr);                                                            \
-        if (check_status_ != PB_OK)                                                                  \
-            fail_msg("%s -> %s: %s", #expr, pb_status_name(check_status_), pb_last_error());         \
-    } while (0)
-
 /* ---- naive definitions ----------------------------------------------------- */
 
 /* logsumexp of x over the columns with mask[v] == want (-inf over none). */
@@ -88,16 +81,6 @@ static double naive_metric(pb_metric_kind kind, const float *x, int V, const int
 /* ---- the op against the loops ----------------------------------------------- */
 
 static const char *const kind_name[4] = {"logit_diff", "logprob", "refusal_score", "kl"};
-
-/* |a - b| relative to max(1, |b|); 0 when both are the same infinity or
- * both NaN, +inf when only one is NaN. */
-static double rel_diff(double a, double b) {
-    if (isnan(a) || isnan(b))
-        return isnan(a) && isnan(b) ? 0.0 : INFINITY;
-    if (isinf(a) || isinf(b))
-        return a == b ? 0.0 : INFINITY;
-    return fabs(a - b) / fmax(1.0, fabs(b));
-}
 
 typedef struct op_case {
     int V;
@@ -183,7 +166,7 @@ static double op_vs_naive(pb_backend *b, const op_case *c, pb_metric_kind kind) 
             assert_true(isnan(got[r]));
         else
             assert_true(isfinite(got[r]));
-        double d = rel_diff(got[r], want);
+        double d = tu_rel_diff(got[r], want);
         if (d > PB_TOL_METRIC_OP_CPU)
             fail_msg("%s %s V %d row %d: op %.17g, naive %.17g", b->ops->name, kind_name[kind], c->V, r, got[r],
                      want);
@@ -289,16 +272,6 @@ static char *sweep_spec(const char *mode, const char *metric) {
     return text;
 }
 
-static pb_model *load_tiny(pb_backend_kind kind) {
-    char path[1024];
-    snprintf(path, sizeof path, "%s/tiny_gqa", tu_fixtures());
-    pb_model *m = NULL;
-    pb_load_options o = {.n_threads = 2, .backend = kind};
-    if (pb_model_load(&m, path, &o) != PB_OK)
-        fail_msg("loading %s: %s", path, pb_last_error());
-    return m;
-}
-
 /* Runs the sweep; with_op = 0 hides the backend's metric_rows (a copy of
  * its ops table without it) so the sweep takes the host path. Returns the
  * status and, on success, the sweep. */
@@ -323,19 +296,12 @@ static pb_status run_sweep(pb_model *m, const char *spec, int with_op, pb_sweep 
     return status;
 }
 
-/* |a - b|; 0 when both are NaN (an effect below the floor), +inf when one is. */
-static double abs_diff(double a, double b) {
-    if (isnan(a) || isnan(b))
-        return isnan(a) && isnan(b) ? 0.0 : INFINITY;
-    return fabs(a - b);
-}
-
 static void test_sweep_with_and_without_op(void **state) {
     (void)state;
     static const pb_backend_kind backends[2] = {PB_BACKEND_REFERENCE, PB_BACKEND_CPU};
     static const char *const modes[2] = {"denoising", "noising"};
     for (int k = 0; k < 2; k++) {
-        pb_model *m = load_tiny(backends[k]);
+        pb_model *m = tu_load_model("tiny_gqa", NULL, backends[k]);
         double worst = 0.0;
         int64_t compared = 0;
         for (int kind = 0; kind < 4; kind++)
@@ -355,7 +321,7 @@ static void test_sweep_with_and_without_op(void **state) {
                         pb_sweep_get_row(op, p, i, &v1, &e1);
                         pb_sweep_get_row(host, p, i, &v2, &e2);
                         assert_true(isfinite(v1));
-                        worst = fmax(worst, fmax(abs_diff(v1, v2), abs_diff(e1, e2)));
+                        worst = fmax(worst, fmax(tu_abs_diff(v1, v2), tu_abs_diff(e1, e2)));
                         compared++;
                     }
                 }
@@ -376,7 +342,7 @@ static void test_sweep_with_and_without_op(void **state) {
  * message naming the pair and the entry. */
 static void test_sweep_nonfinite_message(void **state) {
     (void)state;
-    pb_model *m = load_tiny(PB_BACKEND_CPU);
+    pb_model *m = tu_load_model("tiny_gqa", NULL, PB_BACKEND_CPU);
     if (m->wdtype != PB_DTYPE_F32) {
         pb_model_free(m);
         skip();
@@ -441,7 +407,7 @@ static pb_sweep *run_with_free(pb_model *m, const char *spec, size_t free_bytes,
  * computes each row alone); too little fails naming free memory. */
 static void test_sweep_sizes_batches_by_free_memory(void **state) {
     (void)state;
-    pb_model *m = load_tiny(PB_BACKEND_REFERENCE);
+    pb_model *m = tu_load_model("tiny_gqa", NULL, PB_BACKEND_REFERENCE);
     char *spec = sweep_spec("denoising", metric_specs[1]);
     pb_status status;
     pb_sweep *roomy = run_with_free(m, spec, (size_t)1 << 40, &status);
@@ -457,7 +423,7 @@ static void test_sweep_sizes_batches_by_free_memory(void **state) {
             double a, b;
             pb_sweep_get_row(roomy, p, i, &a, NULL);
             pb_sweep_get_row(tight, p, i, &b, NULL);
-            worst = fmax(worst, abs_diff(a, b));
+            worst = fmax(worst, tu_abs_diff(a, b));
         }
     assert_true(worst <= PB_TOL_METRIC_OP_SWEEP);
     pb_sweep_free(roomy);

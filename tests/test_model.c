@@ -16,37 +16,16 @@
 #include "test_util.h"
 #include "tolerances.h"
 
-static void fixture_path(char *buf, size_t size, const char *model, const char *file) {
-    snprintf(buf, size, "%s/%s%s%s", tu_fixtures(), model, file ? "/" : "", file ? file : "");
-}
-
 static int32_t *load_ids(const char *model, int *T) {
     char path[1024];
-    fixture_path(path, sizeof path, model, "ids.npy");
-    void *data;
-    int n_dims;
-    int64_t shape[8];
-    if (pb_npy_read(path, &data, PB_NPY_I32, &n_dims, shape) != PB_OK)
-        fail_msg("%s", pb_last_error());
-    assert_int_equal(n_dims, 1);
-    *T = (int)shape[0];
-    return data;
-}
-
-static pb_model *load_model(const char *model, const char *file) {
-    char path[1024];
-    fixture_path(path, sizeof path, model, file);
-    pb_model *m = NULL;
-    pb_load_options o = {.n_threads = 2};
-    if (pb_model_load(&m, path, &o) != PB_OK)
-        fail_msg("loading %s: %s", path, pb_last_error());
-    return m;
+    tu_fixture_file(path, sizeof path, model, "ids.npy");
+    return tu_read_ids(path, T);
 }
 
 /* Forward with every hook captured; compares with the fixture. Returns the
  * logits (caller frees). */
 static float *check_against_reference(const char *model, const char *file) {
-    pb_model *m = load_model(model, file);
+    pb_model *m = tu_load_model(model, file, PB_BACKEND_CPU);
     const pb_model_config *c = pb_model_get_config(m);
     int T;
     int32_t *ids = load_ids(model, &T);
@@ -65,7 +44,7 @@ static float *check_against_reference(const char *model, const char *file) {
         const float *got = pb_capture_data(cap, i, &n_dims, shape);
         char path[1024], file_name[160];
         snprintf(file_name, sizeof file_name, "%s.npy", pb_capture_name(cap, i));
-        fixture_path(path, sizeof path, model, file_name);
+        tu_fixture_file(path, sizeof path, model, file_name);
         void *ref;
         if (pb_npy_read(path, &ref, PB_NPY_F32, &ref_dims, ref_shape) != PB_OK)
             fail_msg("%s", pb_last_error());
@@ -86,7 +65,7 @@ static float *check_against_reference(const char *model, const char *file) {
         free(ref);
     }
     char path[1024];
-    fixture_path(path, sizeof path, model, "logits.npy");
+    tu_fixture_file(path, sizeof path, model, "logits.npy");
     void *ref;
     int ref_dims;
     int64_t ref_shape[8];
@@ -109,7 +88,7 @@ static void check_model(const char *model) {
     float *from_st = check_against_reference(model, NULL);
     int T;
     int32_t *ids = load_ids(model, &T);
-    pb_model *m = load_model(model, NULL);
+    pb_model *m = tu_load_model(model, NULL, PB_BACKEND_CPU);
     size_t n = (size_t)T * pb_model_get_config(m)->vocab_size;
     assert_true(tu_max_abs_diff(from_gguf, from_st, n) <= PB_TOL_FORMAT_LOGITS_MAX_ABS);
     pb_model_free(m);
@@ -122,14 +101,14 @@ static void test_tiny_gqa(void **state) { check_model("tiny_gqa"); }
 static void test_tiny_bias(void **state) { check_model("tiny_bias"); }
 
 static void test_config_values(void **state) {
-    pb_model *m = load_model("tiny_gqa", "model.gguf");
+    pb_model *m = tu_load_model("tiny_gqa", "model.gguf", PB_BACKEND_CPU);
     const pb_model_config *c = pb_model_get_config(m);
     assert_string_equal(c->arch, "llama");
     assert_int_equal(c->n_kv_heads * 2, c->n_heads);
     assert_true(c->tied_embeddings);
     assert_false(c->has_qkv_bias);
     pb_model_free(m);
-    m = load_model("tiny_bias", "model.gguf");
+    m = tu_load_model("tiny_bias", "model.gguf", PB_BACKEND_CPU);
     c = pb_model_get_config(m);
     assert_string_equal(c->arch, "qwen2");
     assert_true(c->has_qkv_bias);
@@ -143,7 +122,7 @@ static void test_config_values(void **state) {
 static void test_generate_matches_full_forward(void **state) {
     const char *models[2] = {"tiny_gqa", "tiny_bias"};
     for (int k = 0; k < 2; k++) {
-        pb_model *m = load_model(models[k], NULL);
+        pb_model *m = tu_load_model(models[k], NULL, PB_BACKEND_CPU);
         const pb_model_config *c = pb_model_get_config(m);
         int T;
         int32_t *ids = load_ids(models[k], &T);
@@ -171,7 +150,7 @@ static void test_generate_matches_full_forward(void **state) {
 }
 
 static void test_bad_ids_refused(void **state) {
-    pb_model *m = load_model("tiny_gqa", "model.gguf");
+    pb_model *m = tu_load_model("tiny_gqa", "model.gguf", PB_BACKEND_CPU);
     const pb_model_config *c = pb_model_get_config(m);
     int32_t ids[3] = {1, c->vocab_size, 2};
     assert_int_equal(pb_forward(m, ids, 3, NULL, NULL), PB_ERR_ARG);
@@ -203,7 +182,7 @@ static void test_shape_mismatch_refused(void **state) {
     assert_non_null(mkdtemp(dir));
     char src[1024], dst[1200];
     size_t size;
-    fixture_path(src, sizeof src, "tiny_gqa", "config.json");
+    tu_fixture_file(src, sizeof src, "tiny_gqa", "config.json");
     char *config = tu_read_file(src, &size);
     char *at = strstr(config, "\"intermediate_size\": 96");
     assert_non_null(at);
@@ -211,7 +190,7 @@ static void test_shape_mismatch_refused(void **state) {
     snprintf(dst, sizeof dst, "%s/config.json", dir);
     write_file(dst, config, size);
     free(config);
-    fixture_path(src, sizeof src, "tiny_gqa", "model.safetensors");
+    tu_fixture_file(src, sizeof src, "tiny_gqa", "model.safetensors");
     char *weights = tu_read_file(src, &size);
     snprintf(dst, sizeof dst, "%s/model.safetensors", dir);
     write_file(dst, weights, size);
@@ -234,7 +213,7 @@ static void test_shape_mismatch_refused(void **state) {
 static void test_gguf_missing_hyperparameter(void **state) {
     char src[1024];
     size_t size;
-    fixture_path(src, sizeof src, "tiny_gqa", "model.gguf");
+    tu_fixture_file(src, sizeof src, "tiny_gqa", "model.gguf");
     char *data = tu_read_file(src, &size);
     char *at = memmem(data, size, "llama.block_count", 17);
     assert_non_null(at);

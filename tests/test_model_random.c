@@ -58,15 +58,8 @@ static float *load_npy(const char *name, int *n_dims, int64_t shape[8]) {
 
 static int32_t *load_ids(int *T) {
     char path[1024];
-    snprintf(path, sizeof path, "%s/random_model/ids.npy", tu_fixtures());
-    void *data = NULL;
-    int n_dims;
-    int64_t shape[8];
-    if (pb_npy_read(path, &data, PB_NPY_I32, &n_dims, shape) != PB_OK)
-        fail_msg("%s", pb_last_error());
-    assert_int_equal(n_dims, 1);
-    *T = (int)shape[0];
-    return data;
+    tu_fixture_file(path, sizeof path, "random_model", "ids.npy");
+    return tu_read_ids(path, T);
 }
 
 static pb_random_kind kind_of(const char *text) {

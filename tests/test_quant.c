@@ -17,7 +17,7 @@
 #include <cmocka.h>
 
 #include "util/internal.h"
-#include "pb_test_util.h"
+#include "test_util.h"
 #include "formats/quant.h"
 #include "tolerances.h"
 
@@ -103,13 +103,13 @@ static int check_fixture(uint32_t type) {
         lower[k] = (char)(type_name[k] >= 'A' && type_name[k] <= 'Z' ? type_name[k] + 32 : type_name[k]);
     lower[k] = '\0';
     snprintf(relative, sizeof relative, "quant/%s.pbqf", lower);
-    if (!pb_test_fixture_path(path, sizeof path, relative)) {
+    if (!tu_fixture_path(path, sizeof path, relative)) {
         fprintf(stderr, "PB_FIXTURES is not set; it should point at tests/fixtures\n");
         fail();
     }
     uint8_t *data = NULL;
     size_t size = 0;
-    if (!pb_test_read_file(path, &data, &size)) {
+    if (!(data = (uint8_t *)tu_read_file(path, &size))) {
         fprintf(stderr, "cannot read %s (regenerate with " FIXTURE_GENERATOR ")\n", path);
         fail();
     }

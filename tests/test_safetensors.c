@@ -19,23 +19,33 @@
 
 #include "util/internal.h"
 #include "formats/safetensors.h"
-#include "st_test_util.h"
+#include "test_util.h"
 
-static int setup(void **state) {
-    st_scratch *scratch = calloc(1, sizeof *scratch);
-    if (!scratch || st_scratch_create(scratch) != 0) {
-        free(scratch);
-        return -1;
-    }
-    *state = scratch;
-    return 0;
+/* Builds a safetensors image in memory: u64 LE header length, header JSON,
+ * data. Returns a malloc'ed buffer and its size in *size (NULL on OOM). */
+static uint8_t *st_build(const char *header, const void *data, size_t data_size, size_t *size) {
+    size_t header_len = strlen(header);
+    uint8_t *image = malloc(8 + header_len + data_size + 1);
+    if (!image)
+        return NULL;
+    for (int i = 0; i < 8; i++)
+        image[i] = (uint8_t)((uint64_t)header_len >> (8 * i));
+    memcpy(image + 8, header, header_len);
+    if (data_size)
+        memcpy(image + 8 + header_len, data, data_size);
+    *size = 8 + header_len + data_size;
+    return image;
 }
 
-static int teardown(void **state) {
-    st_scratch *scratch = *state;
-    st_scratch_destroy(scratch);
-    free(scratch);
-    return 0;
+/* Writes a safetensors file from a header JSON string and data bytes. */
+static int st_write_safetensors(const char *path, const char *header, const void *data, size_t data_size) {
+    size_t size;
+    uint8_t *image = st_build(header, data, data_size, &size);
+    if (!image)
+        return -1;
+    int rc = tu_write_file(path, image, size);
+    free(image);
+    return rc;
 }
 
 static void put_u16(uint8_t *p, uint16_t v) {
@@ -155,11 +165,11 @@ static void check_mixed(const pb_safetensors *st) {
 }
 
 static void test_read_all_dtypes(void **state) {
-    st_scratch *scratch = *state;
+    tu_scratch *scratch = *state;
     uint8_t data[MIXED_DATA_SIZE];
     fill_mixed_data(data);
     char path[512];
-    st_path(path, sizeof path, scratch->dir, "mixed.safetensors");
+    tu_path(path, sizeof path, scratch->dir, "mixed.safetensors");
     assert_int_equal(st_write_safetensors(path, mixed_header, data, sizeof data), 0);
 
     pb_safetensors *st = NULL;
@@ -172,11 +182,11 @@ static void test_read_all_dtypes(void **state) {
 }
 
 static void test_open_folder_single(void **state) {
-    st_scratch *scratch = *state;
+    tu_scratch *scratch = *state;
     uint8_t data[MIXED_DATA_SIZE];
     fill_mixed_data(data);
     char path[512];
-    st_path(path, sizeof path, scratch->dir, "model.safetensors");
+    tu_path(path, sizeof path, scratch->dir, "model.safetensors");
     assert_int_equal(st_write_safetensors(path, mixed_header, data, sizeof data), 0);
 
     pb_safetensors *st = NULL;
@@ -187,9 +197,9 @@ static void test_open_folder_single(void **state) {
 
 static void test_empty_file_of_tensors(void **state) {
     /* A header with no tensors and an empty data section is valid. */
-    st_scratch *scratch = *state;
+    tu_scratch *scratch = *state;
     char path[512];
-    st_path(path, sizeof path, scratch->dir, "none.safetensors");
+    tu_path(path, sizeof path, scratch->dir, "none.safetensors");
     assert_int_equal(st_write_safetensors(path, "{\"__metadata__\": {}}", NULL, 0), 0);
     pb_safetensors *st = NULL;
     assert_int_equal(pb_safetensors_open(&st, path), PB_OK);
@@ -236,18 +246,18 @@ static void write_sharded(const char *dir, const char *header1, const char *head
     char path[512];
     /* shard1's header either ends at byte 12 (x and y) or at 8 (x alone) */
     size_t size1 = strstr(header1, "[8, 12]") ? 12 : 8;
-    assert_int_equal(st_write_safetensors(st_path(path, sizeof path, dir, SHARD1), header1, data1, size1), 0);
+    assert_int_equal(st_write_safetensors(tu_path(path, sizeof path, dir, SHARD1), header1, data1, size1), 0);
     if (header2)
-        assert_int_equal(st_write_safetensors(st_path(path, sizeof path, dir, SHARD2), header2, data2, 4), 0);
-    assert_int_equal(st_write_text(st_path(path, sizeof path, dir, "model.safetensors.index.json"), index), 0);
+        assert_int_equal(st_write_safetensors(tu_path(path, sizeof path, dir, SHARD2), header2, data2, 4), 0);
+    assert_int_equal(tu_write_text(tu_path(path, sizeof path, dir, "model.safetensors.index.json"), index), 0);
 }
 
 static void test_sharded(void **state) {
-    st_scratch *scratch = *state;
+    tu_scratch *scratch = *state;
     write_sharded(scratch->dir, shard1_header, shard2_header, good_index);
 
     char index_path[512];
-    st_path(index_path, sizeof index_path, scratch->dir, "model.safetensors.index.json");
+    tu_path(index_path, sizeof index_path, scratch->dir, "model.safetensors.index.json");
     const char *paths[] = {scratch->dir, index_path};
     for (int p = 0; p < 2; p++) {
         pb_safetensors *st = NULL;
@@ -273,7 +283,7 @@ static void test_sharded(void **state) {
 }
 
 static void test_sharded_refused(void **state) {
-    st_scratch *scratch = *state;
+    tu_scratch *scratch = *state;
     char sub[512];
     static const struct {
         const char *label, *header1, *header2, *index;
@@ -311,7 +321,7 @@ static void test_sharded_refused(void **state) {
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char name[32];
         snprintf(name, sizeof name, "case%zu", i);
-        st_path(sub, sizeof sub, scratch->dir, name);
+        tu_path(sub, sizeof sub, scratch->dir, name);
         assert_int_equal(mkdir(sub, 0700), 0);
         write_sharded(sub, cases[i].header1, cases[i].header2, cases[i].index);
         expect_refused_at(sub, cases[i].status, cases[i].needle, cases[i].label);
@@ -319,7 +329,7 @@ static void test_sharded_refused(void **state) {
 }
 
 static void test_folder_without_weights(void **state) {
-    st_scratch *scratch = *state;
+    tu_scratch *scratch = *state;
     expect_refused_at(scratch->dir, PB_ERR_IO, "neither model.safetensors nor model.safetensors.index.json",
                       "empty folder");
 }
@@ -327,34 +337,34 @@ static void test_folder_without_weights(void **state) {
 /* ---- corrupted single files ----------------------------------------- */
 
 static void test_refused_raw(void **state) {
-    st_scratch *scratch = *state;
+    tu_scratch *scratch = *state;
     char path[512];
-    st_path(path, sizeof path, scratch->dir, "raw.safetensors");
+    tu_path(path, sizeof path, scratch->dir, "raw.safetensors");
 
     uint8_t bytes[64] = {0};
-    assert_int_equal(st_write_bytes(path, bytes, 5), 0);
+    assert_int_equal(tu_write_file(path, bytes, 5), 0);
     expect_refused_at(path, PB_ERR_FORMAT, "file is 5 bytes, shorter than the 8-byte", "short file");
 
-    assert_int_equal(st_write_bytes(path, bytes, 0), 0);
+    assert_int_equal(tu_write_file(path, bytes, 0), 0);
     expect_refused_at(path, PB_ERR_FORMAT, "file is 0 bytes", "empty file");
 
     /* length 2^40 */
     memset(bytes, 0, sizeof bytes);
     bytes[5] = 1;
-    assert_int_equal(st_write_bytes(path, bytes, 16), 0);
+    assert_int_equal(tu_write_file(path, bytes, 16), 0);
     expect_refused_at(path, PB_ERR_FORMAT, "header length 1099511627776 exceeds the 100000000-byte cap",
                       "huge header length");
 
     /* length 2^64-1: must not wrap when added to 8 */
     memset(bytes, 0xff, 8);
-    assert_int_equal(st_write_bytes(path, bytes, 16), 0);
+    assert_int_equal(tu_write_file(path, bytes, 16), 0);
     expect_refused_at(path, PB_ERR_FORMAT, "header length 18446744073709551615 exceeds", "max header length");
 
     /* length 100, only 10 bytes follow */
     memset(bytes, 0, sizeof bytes);
     bytes[0] = 100;
     memcpy(bytes + 8, "{}        ", 10);
-    assert_int_equal(st_write_bytes(path, bytes, 18), 0);
+    assert_int_equal(tu_write_file(path, bytes, 18), 0);
     expect_refused_at(path, PB_ERR_FORMAT, "header length 100 runs past the end of the file (10 bytes",
                       "header past EOF");
 }
@@ -427,9 +437,9 @@ static const refused_case refused_cases[] = {
 };
 
 static void test_refused_headers(void **state) {
-    st_scratch *scratch = *state;
+    tu_scratch *scratch = *state;
     char path[512];
-    st_path(path, sizeof path, scratch->dir, "bad.safetensors");
+    tu_path(path, sizeof path, scratch->dir, "bad.safetensors");
     uint8_t data[64] = {0};
     for (size_t i = 0; i < sizeof refused_cases / sizeof refused_cases[0]; i++) {
         const refused_case *c = &refused_cases[i];
@@ -444,16 +454,16 @@ static void test_refused_headers(void **state) {
 /* ---- fuzzing-lite --------------------------------------------------- */
 
 static void test_every_truncation_refused(void **state) {
-    st_scratch *scratch = *state;
+    tu_scratch *scratch = *state;
     uint8_t data[MIXED_DATA_SIZE];
     fill_mixed_data(data);
     size_t size;
     uint8_t *image = st_build(mixed_header, data, sizeof data, &size);
     assert_non_null(image);
     char path[512];
-    st_path(path, sizeof path, scratch->dir, "cut.safetensors");
+    tu_path(path, sizeof path, scratch->dir, "cut.safetensors");
     for (size_t n = 0; n < size; n++) {
-        assert_int_equal(st_write_bytes(path, image, n), 0);
+        assert_int_equal(tu_write_file(path, image, n), 0);
         pb_safetensors *st = NULL;
         pb_status status = pb_safetensors_open(&st, path);
         if (status == PB_OK)
@@ -463,7 +473,7 @@ static void test_every_truncation_refused(void **state) {
         assert_true(strlen(pb_last_error()) > 0);
     }
     /* and the whole image is accepted */
-    assert_int_equal(st_write_bytes(path, image, size), 0);
+    assert_int_equal(tu_write_file(path, image, size), 0);
     pb_safetensors *st = NULL;
     assert_int_equal(pb_safetensors_open(&st, path), PB_OK);
     pb_safetensors_close(st);
@@ -474,14 +484,14 @@ static void test_every_truncation_refused(void **state) {
  * whatever is accepted must keep every tensor inside the file (the
  * conversion below reads each one; ASan would catch an overrun). */
 static void test_byte_corruption_never_crashes(void **state) {
-    st_scratch *scratch = *state;
+    tu_scratch *scratch = *state;
     uint8_t data[MIXED_DATA_SIZE];
     fill_mixed_data(data);
     size_t size;
     uint8_t *image = st_build(mixed_header, data, sizeof data, &size);
     assert_non_null(image);
     char path[512];
-    st_path(path, sizeof path, scratch->dir, "flip.safetensors");
+    tu_path(path, sizeof path, scratch->dir, "flip.safetensors");
     static const uint8_t values[] = {0x00, 0xff, '"', '9', '[', '}'};
     float out[64];
     int accepted = 0;
@@ -489,7 +499,7 @@ static void test_byte_corruption_never_crashes(void **state) {
         for (size_t v = 0; v < sizeof values; v++) {
             uint8_t saved = image[pos];
             image[pos] = values[v];
-            assert_int_equal(st_write_bytes(path, image, size), 0);
+            assert_int_equal(tu_write_file(path, image, size), 0);
             image[pos] = saved;
             pb_safetensors *st = NULL;
             if (pb_safetensors_open(&st, path) != PB_OK) {
@@ -566,17 +576,17 @@ static void test_fixture_tiny_bias(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_read_all_dtypes, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_open_folder_single, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_empty_file_of_tensors, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_close_null_and_bad_args, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_sharded, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_sharded_refused, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_folder_without_weights, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_refused_raw, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_refused_headers, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_every_truncation_refused, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_byte_corruption_never_crashes, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_read_all_dtypes, tu_scratch_setup, tu_scratch_teardown),
+        cmocka_unit_test_setup_teardown(test_open_folder_single, tu_scratch_setup, tu_scratch_teardown),
+        cmocka_unit_test_setup_teardown(test_empty_file_of_tensors, tu_scratch_setup, tu_scratch_teardown),
+        cmocka_unit_test_setup_teardown(test_close_null_and_bad_args, tu_scratch_setup, tu_scratch_teardown),
+        cmocka_unit_test_setup_teardown(test_sharded, tu_scratch_setup, tu_scratch_teardown),
+        cmocka_unit_test_setup_teardown(test_sharded_refused, tu_scratch_setup, tu_scratch_teardown),
+        cmocka_unit_test_setup_teardown(test_folder_without_weights, tu_scratch_setup, tu_scratch_teardown),
+        cmocka_unit_test_setup_teardown(test_refused_raw, tu_scratch_setup, tu_scratch_teardown),
+        cmocka_unit_test_setup_teardown(test_refused_headers, tu_scratch_setup, tu_scratch_teardown),
+        cmocka_unit_test_setup_teardown(test_every_truncation_refused, tu_scratch_setup, tu_scratch_teardown),
+        cmocka_unit_test_setup_teardown(test_byte_corruption_never_crashes, tu_scratch_setup, tu_scratch_teardown),
         cmocka_unit_test(test_fixture_tiny_gqa),
         cmocka_unit_test(test_fixture_tiny_bias),
     };

@@ -114,26 +114,6 @@ static void expect_number(json_t *j, double x, const char *what) {
         fail_msg("%s: %.17g in the file, %.17g from the getter", what, json_number_value(j), x);
 }
 
-static int compare_names(const void *a, const void *b) { return strcmp(a, b); }
-
-/* The names in dir, sorted, joined by spaces. */
-static void list_dir(const char *dir, char *out, size_t size) {
-    char names[32][256];
-    int n = 0;
-    DIR *d = opendir(dir);
-    assert_non_null(d);
-    for (struct dirent *e; (e = readdir(d));)
-        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..") && n < 32)
-            snprintf(names[n++], sizeof names[0], "%s", e->d_name);
-    closedir(d);
-    qsort(names, (size_t)n, sizeof names[0], compare_names);
-    out[0] = 0;
-    for (int i = 0; i < n; i++) {
-        strncat(out, i ? " " : "", size - strlen(out) - 1);
-        strncat(out, names[i], size - strlen(out) - 1);
-    }
-}
-
 static const char *const main_files = "attn_out_all.npy report.txt resid_pre.npy results.json z.npy";
 
 static void write_ok(const pb_sweep *s, const char *dir, int overwrite) {
@@ -404,7 +384,7 @@ static void test_no_temp_files_and_overwrite(void **state) {
     /* A missing directory (and its parent) is created. */
     snprintf(subdir, sizeof subdir, "%s/a/b", f->dir);
     write_ok(f->sweep, subdir, 0);
-    list_dir(subdir, names, sizeof names);
+    tu_list_dir(subdir, names, sizeof names);
     assert_string_equal(names, main_files);
 
     /* Again without overwrite: refused by name, every byte left as it was. */
@@ -428,7 +408,7 @@ static void test_no_temp_files_and_overwrite(void **state) {
         assert_memory_equal(after, before[i], size);
         free(after);
     }
-    list_dir(subdir, names, sizeof names);
+    tu_list_dir(subdir, names, sizeof names);
     assert_string_equal(names, main_files);
 
     /* With overwrite: a stale output of another sweep (q.npy) goes, a
@@ -443,7 +423,7 @@ static void test_no_temp_files_and_overwrite(void **state) {
     fputs("mine\n", notes);
     fclose(notes);
     write_ok(f->sweep, subdir, 1);
-    list_dir(subdir, names, sizeof names);
+    tu_list_dir(subdir, names, sizeof names);
     assert_string_equal(names, "attn_out_all.npy notes.txt report.txt resid_pre.npy results.json z.npy");
     /* Same sweep, same bytes. */
     for (int i = 0; i < 5; i++) {
@@ -462,7 +442,7 @@ static void test_no_temp_files_and_overwrite(void **state) {
     snprintf(path, sizeof path, "%s/notes.txt", subdir);
     assert_int_equal(pb_sweep_write(f->sweep, path, 1), PB_ERR_ARG);
     expect_in(pb_last_error(), "not a directory");
-    list_dir(subdir, names, sizeof names);
+    tu_list_dir(subdir, names, sizeof names);
     assert_string_equal(names, "attn_out_all.npy notes.txt report.txt resid_pre.npy results.json z.npy");
 }
 
@@ -483,7 +463,7 @@ static void test_groups_alignment_and_floor(void **state) {
     pb_sweep *s = make_sweep(f->model, spec, 1);
     write_ok(s, f->dir, 0);
     char names[1024], path[256];
-    list_dir(f->dir, names, sizeof names);
+    tu_list_dir(f->dir, names, sizeof names);
     assert_string_equal(names, "k_all.npy k_groups.npy report.txt resid_pre.npy results.json");
 
     json_t *root = load_results(f->dir);

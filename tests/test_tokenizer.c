@@ -17,14 +17,14 @@
 
 #include "formats/gguf.h"
 #include "patchbay.h"
-#include "pb_test_util.h"
+#include "test_util.h"
 #include "text/tokenizer.h"
 
 static int g_compared; /* strings whose ids were compared with a reference */
 
 static json_t *load_fixture(const char *relative) {
     char path[1024];
-    if (!pb_test_fixture_path(path, sizeof path, relative))
+    if (!tu_fixture_path(path, sizeof path, relative))
         fail_msg("PB_FIXTURES is not set");
     json_error_t error;
     json_t *root = json_load_file(path, JSON_ALLOW_NUL, &error);
@@ -159,8 +159,8 @@ static void check_smollm2_corpus(const pb_tokenizer *tok, const char *what) {
 static void test_smollm2_gguf(void **state) {
     (void)state;
     char path[1024];
-    if (!pb_test_model_path(path, sizeof path)) {
-        printf("SKIP: %s not found (set PB_MODEL or PB_SOURCE_DIR)\n", PB_TEST_MODEL_NAME);
+    if (!tu_model_path(path, sizeof path)) {
+        printf("SKIP: %s not found (set PB_MODEL or PB_SOURCE_DIR)\n", TU_SMOLLM2_FILE);
         skip();
     }
     pb_gguf *gguf;
@@ -182,7 +182,7 @@ static void test_smollm2_gguf(void **state) {
 static void test_smollm2_json(void **state) {
     (void)state;
     char path[1024];
-    assert_true(pb_test_fixture_path(path, sizeof path, "tokenizer/smollm2_tokenizer.json"));
+    assert_true(tu_fixture_path(path, sizeof path, "tokenizer/smollm2_tokenizer.json"));
     pb_tokenizer *tok;
     if (pb_tokenizer_from_json(&tok, path) != PB_OK)
         fail_msg("%s", pb_last_error());
@@ -196,7 +196,7 @@ static void test_smollm2_json(void **state) {
 static void test_sentencepiece(void **state) {
     (void)state;
     char path[1024];
-    assert_true(pb_test_fixture_path(path, sizeof path, "tokenizer/spm_bpe.gguf"));
+    assert_true(tu_fixture_path(path, sizeof path, "tokenizer/spm_bpe.gguf"));
     pb_gguf *gguf;
     if (pb_gguf_open(&gguf, path) != PB_OK)
         fail_msg("%s", pb_last_error());
@@ -256,7 +256,7 @@ static void test_json_variants(void **state) {
     for (size_t v = 0; v < sizeof names / sizeof names[0]; v++) {
         char relative[256], path[1024];
         snprintf(relative, sizeof relative, "tokenizer/bpe_variants/%s.json", names[v]);
-        assert_true(pb_test_fixture_path(path, sizeof path, relative));
+        assert_true(tu_fixture_path(path, sizeof path, relative));
         pb_tokenizer *tok;
         if (pb_tokenizer_from_json(&tok, path) != PB_OK)
             fail_msg("%s", pb_last_error());
@@ -394,7 +394,7 @@ static void test_refusals(void **state) {
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char path[512];
-        assert_true(pb_test_write_temp(path, sizeof path, cases[i].json, strlen(cases[i].json)));
+        assert_true(tu_write_temp(path, sizeof path, cases[i].json, strlen(cases[i].json)));
         tok = (pb_tokenizer *)&b;
         assert_int_equal(pb_tokenizer_from_json(&tok, path), PB_ERR_UNSUPPORTED);
         assert_null(tok);
@@ -422,7 +422,7 @@ static void test_null_safety(void **state) {
     assert_int_equal(pb_tokenizer_token_id(NULL, "a"), -1);
 
     char path[1024];
-    assert_true(pb_test_fixture_path(path, sizeof path, "tokenizer/bpe_variants/llama3_split.json"));
+    assert_true(tu_fixture_path(path, sizeof path, "tokenizer/bpe_variants/llama3_split.json"));
     assert_int_equal(pb_tokenizer_from_json(&tok, path), PB_OK);
     assert_int_equal(pb_tokenizer_encode(tok, NULL, 1, 1, &ids, &n), PB_ERR_ARG);
     assert_int_equal(pb_tokenizer_encode(tok, "a", 1, 1, NULL, &n), PB_ERR_ARG);
@@ -444,7 +444,7 @@ static void test_null_safety(void **state) {
 static void test_large_text(void **state) {
     (void)state;
     char path[1024];
-    assert_true(pb_test_fixture_path(path, sizeof path, "tokenizer/smollm2_tokenizer.json"));
+    assert_true(tu_fixture_path(path, sizeof path, "tokenizer/smollm2_tokenizer.json"));
     pb_tokenizer *tok;
     if (pb_tokenizer_from_json(&tok, path) != PB_OK)
         fail_msg("%s", pb_last_error());

@@ -1,14 +1,102 @@
-/* Small helpers for the model and op tests: comparison statistics, seeded
- * random numbers, fixture paths. */
-#ifndef PB_TEST_UTIL_MODEL_H
-#define PB_TEST_UTIL_MODEL_H
+/* The one test fixture loader: what every cmocka test shares. Paths from the
+ * environment (PB_FIXTURES, PB_SOURCE_DIR, PB_MODEL: the SmolLM2 model,
+ * skipped when absent), CHECK_OK, tiny models loaded from fixtures, whole
+ * files read and written, scratch directories, CUDA availability, and small
+ * numeric helpers (comparison statistics, seeded random numbers).
+ *
+ * The functions are in test_util.c (linked into every test by CMake's
+ * pb_add_test), which includes what POSIX needs itself, so a test defines no
+ * feature macro for them. Include <cmocka.h> before this header: CHECK_OK
+ * and the loaders fail the running test with fail_msg. */
+#ifndef PB_TEST_UTIL_H
+#define PB_TEST_UTIL_H
 
 #include <math.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
 
-#include "util/outdir.h"
+#include "patchbay.h"
+
+/* Fails the running test unless expr (a pb_status) is PB_OK, naming the
+ * expression, the status and pb_last_error(). */
+#define CHECK_OK(expr)                                                                               \
+    do {                                                                                             \
+        pb_status check_status_ = (expr);                                                            \
+        if (check_status_ != PB_OK)                                                                  \
+            fail_msg("%s -> %s: %s", #expr, pb_status_name(check_status_), pb_last_error());         \
+    } while (0)
+
+/* ---- paths ---------------------------------------------------------------- */
+
+#define TU_SMOLLM2_FILE "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+/* $PB_FIXTURES, else "tests/fixtures". */
+const char *tu_fixtures(void);
+/* $PB_SOURCE_DIR, else ".". */
+const char *tu_source_dir(void);
+/* $PB_FIXTURES/<relative> into buf; 0 when PB_FIXTURES is unset or the path
+ * does not fit. */
+int tu_fixture_path(char *buf, size_t size, const char *relative);
+/* <fixtures>/<model>[/<file>] into buf (file may be NULL: the model's folder). */
+void tu_fixture_file(char *buf, size_t size, const char *model, const char *file);
+/* The real model: $PB_MODEL if set, else $PB_SOURCE_DIR/models/TU_SMOLLM2_FILE.
+ * NULL when neither names a readable file (tests then skip and say why). */
+const char *tu_model_path(char *buf, size_t size);
+int tu_file_exists(const char *path);
+/* dir/name into out; returns out. */
+const char *tu_path(char *out, size_t size, const char *dir, const char *name);
+
+/* ---- files ---------------------------------------------------------------- */
+
+/* The whole file (NUL-terminated, malloc'd), or NULL; size may be NULL. */
+char *tu_read_file(const char *path, size_t *size);
+/* Writes n bytes (or text) to path. 0 on success, -1 on failure. */
+int tu_write_file(const char *path, const void *bytes, size_t n);
+int tu_write_text(const char *path, const char *text);
+/* Writes data to a new file under $TMPDIR (or /tmp); its path goes to path
+ * (capacity size). The caller removes it. 1 on success, 0 on failure. */
+int tu_write_temp(char *path, size_t size, const void *data, size_t n);
+
+/* ---- directories ---------------------------------------------------------- */
+
+/* A new directory $TMPDIR/<prefix>XXXXXX (or under /tmp) into dir. 0 on
+ * success, -1 on failure. */
+int tu_make_temp_dir(char *dir, size_t size, const char *prefix);
+/* Removes path and, for a directory, everything below it. */
+void tu_remove_tree(const char *path);
+/* The names in dir (at most 32), sorted, joined by spaces; fails the test
+ * when dir cannot be read. */
+void tu_list_dir(const char *dir, char *out, size_t size);
+
+/* A scratch directory per test: tu_scratch_setup / tu_scratch_teardown are
+ * cmocka setup and teardown functions whose state is a tu_scratch. */
+typedef struct tu_scratch {
+    char dir[256];
+} tu_scratch;
+int tu_scratch_setup(void **state);
+int tu_scratch_teardown(void **state);
+
+/* ---- models and arrays ----------------------------------------------------- */
+
+/* Loads <fixtures>/<model>[/<file>] with two threads on backend; fails the
+ * test when it does not load. */
+pb_model *tu_load_model(const char *model, const char *file, pb_backend_kind backend);
+/* Reads a 1-D int32 .npy (token ids); *T receives its length. Fails the test
+ * on a read error or another shape. */
+int32_t *tu_read_ids(const char *path, int *T);
+
+/* ---- CUDA ------------------------------------------------------------------ */
+
+/* What main returns after trying to create a CUDA backend: 0 when status is
+ * PB_OK (go on), 77 (skip, with a note) without a device, 1 (with the
+ * message) on any other failure. */
+int tu_cuda_exit_code(pb_status status);
+
+/* ---- numbers --------------------------------------------------------------- */
 
 /* sum (a - b)^2 / sum b^2, with 0/0 = 0. */
 static inline double tu_nmse(const float *a, const float *b, size_t n) {
@@ -31,6 +119,23 @@ static inline double tu_max_abs_diff(const float *a, const float *b, size_t n) {
     return m;
 }
 
+/* |a - b|; 0 when both are NaN (an effect below the floor), +inf when one is. */
+static inline double tu_abs_diff(double a, double b) {
+    if (isnan(a) || isnan(b))
+        return isnan(a) && isnan(b) ? 0.0 : INFINITY;
+    return fabs(a - b);
+}
+
+/* |a - b| relative to max(1, |b|); 0 when both are the same infinity or
+ * both NaN, +inf when only one is NaN. */
+static inline double tu_rel_diff(double a, double b) {
+    if (isnan(a) || isnan(b))
+        return isnan(a) && isnan(b) ? 0.0 : INFINITY;
+    if (isinf(a) || isinf(b))
+        return a == b ? 0.0 : INFINITY;
+    return fabs(a - b) / fmax(1.0, fabs(b));
+}
+
 /* xorshift64*: reproducible across platforms. */
 static inline uint64_t tu_next(uint64_t *state) {
     *state ^= *state >> 12;
@@ -44,22 +149,6 @@ static inline void tu_fill(float *x, size_t n, uint64_t seed, float scale) {
     uint64_t s = seed * 0x9E3779B97F4A7C15ULL + 1;
     for (size_t i = 0; i < n; i++)
         x[i] = scale * (2.0f * (float)((tu_next(&s) >> 40) / 16777216.0) - 1.0f);
-}
-
-static inline const char *tu_fixtures(void) {
-    const char *dir = getenv("PB_FIXTURES");
-    return dir ? dir : "tests/fixtures";
-}
-
-static inline const char *tu_source_dir(void) {
-    const char *dir = getenv("PB_SOURCE_DIR");
-    return dir ? dir : ".";
-}
-
-/* The whole file (NUL-terminated, malloc'd), or NULL; size may be NULL. */
-static inline char *tu_read_file(const char *path, size_t *size) {
-    char *text = NULL;
-    return pb_read_text_file(path, &text, size) == PB_OK ? text : NULL;
 }
 
 #endif

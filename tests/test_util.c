@@ -1,0 +1,220 @@
+/* The shared test helpers declared in test_util.h: fixture and model paths,
+ * whole files, scratch directories, fixture models, CUDA availability. Built
+ * once into the pb_test_util library that every test links. */
+#define _POSIX_C_SOURCE 200809L
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include <dirent.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "formats/npy.h"
+#include "test_util.h"
+#include "util/outdir.h"
+
+/* ---- paths ---------------------------------------------------------------- */
+
+const char *tu_fixtures(void) {
+    const char *dir = getenv("PB_FIXTURES");
+    return dir ? dir : "tests/fixtures";
+}
+
+const char *tu_source_dir(void) {
+    const char *dir = getenv("PB_SOURCE_DIR");
+    return dir ? dir : ".";
+}
+
+int tu_fixture_path(char *buf, size_t size, const char *relative) {
+    const char *dir = getenv("PB_FIXTURES");
+    if (!dir || !*dir)
+        return 0;
+    int n = snprintf(buf, size, "%s/%s", dir, relative);
+    return n > 0 && (size_t)n < size;
+}
+
+void tu_fixture_file(char *buf, size_t size, const char *model, const char *file) {
+    snprintf(buf, size, "%s/%s%s%s", tu_fixtures(), model, file ? "/" : "", file ? file : "");
+}
+
+int tu_file_exists(const char *path) {
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return 0;
+    fclose(f);
+    return 1;
+}
+
+const char *tu_model_path(char *buf, size_t size) {
+    const char *model = getenv("PB_MODEL");
+    if (model && *model) {
+        snprintf(buf, size, "%s", model);
+        return tu_file_exists(buf) ? buf : NULL;
+    }
+    const char *source = getenv("PB_SOURCE_DIR");
+    if (!source || !*source)
+        return NULL;
+    int n = snprintf(buf, size, "%s/models/%s", source, TU_SMOLLM2_FILE);
+    if (n <= 0 || (size_t)n >= size)
+        return NULL;
+    return tu_file_exists(buf) ? buf : NULL;
+}
+
+const char *tu_path(char *out, size_t size, const char *dir, const char *name) {
+    snprintf(out, size, "%s/%s", dir, name);
+    return out;
+}
+
+/* ---- files ---------------------------------------------------------------- */
+
+char *tu_read_file(const char *path, size_t *size) {
+    char *text = NULL;
+    return pb_read_text_file(path, &text, size) == PB_OK ? text : NULL;
+}
+
+int tu_write_file(const char *path, const void *bytes, size_t n) {
+    FILE *f = fopen(path, "wb");
+    if (!f)
+        return -1;
+    size_t written = n ? fwrite(bytes, 1, n, f) : 0;
+    int closed = fclose(f);
+    return written == n && closed == 0 ? 0 : -1;
+}
+
+int tu_write_text(const char *path, const char *text) { return tu_write_file(path, text, strlen(text)); }
+
+static const char *temp_root(void) {
+    const char *dir = getenv("TMPDIR");
+    return dir && *dir ? dir : "/tmp";
+}
+
+int tu_write_temp(char *path, size_t size, const void *data, size_t n) {
+    int len = snprintf(path, size, "%s/pb_test_XXXXXX", temp_root());
+    if (len <= 0 || (size_t)len >= size)
+        return 0;
+    int fd = mkstemp(path);
+    if (fd < 0)
+        return 0;
+    const uint8_t *p = data;
+    while (n > 0) {
+        ssize_t w = write(fd, p, n);
+        if (w <= 0) {
+            close(fd);
+            unlink(path);
+            return 0;
+        }
+        p += w;
+        n -= (size_t)w;
+    }
+    return close(fd) == 0;
+}
+
+/* ---- directories ---------------------------------------------------------- */
+
+int tu_make_temp_dir(char *dir, size_t size, const char *prefix) {
+    int n = snprintf(dir, size, "%s/%sXXXXXX", temp_root(), prefix);
+    if (n < 0 || (size_t)n >= size)
+        return -1;
+    return mkdtemp(dir) ? 0 : -1;
+}
+
+void tu_remove_tree(const char *path) {
+    struct stat info;
+    if (lstat(path, &info) != 0)
+        return;
+    if (!S_ISDIR(info.st_mode)) {
+        unlink(path);
+        return;
+    }
+    DIR *dir = opendir(path);
+    if (dir) {
+        for (struct dirent *entry; (entry = readdir(dir)) != NULL;) {
+            if (strcmp(entry->d_name, ".") == 0 || strcmp(entry->d_name, "..") == 0)
+                continue;
+            char child[1024];
+            int n = snprintf(child, sizeof child, "%s/%s", path, entry->d_name);
+            if (n > 0 && (size_t)n < sizeof child)
+                tu_remove_tree(child);
+        }
+        closedir(dir);
+    }
+    rmdir(path);
+}
+
+static int compare_names(const void *a, const void *b) { return strcmp(a, b); }
+
+void tu_list_dir(const char *dir, char *out, size_t size) {
+    char names[32][256];
+    int n = 0;
+    DIR *d = opendir(dir);
+    if (!d)
+        fail_msg("cannot list %s", dir);
+    for (struct dirent *e; (e = readdir(d));)
+        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..") && n < 32)
+            snprintf(names[n++], sizeof names[0], "%s", e->d_name);
+    closedir(d);
+    qsort(names, (size_t)n, sizeof names[0], compare_names);
+    out[0] = 0;
+    for (int i = 0; i < n; i++) {
+        strncat(out, i ? " " : "", size - strlen(out) - 1);
+        strncat(out, names[i], size - strlen(out) - 1);
+    }
+}
+
+int tu_scratch_setup(void **state) {
+    tu_scratch *scratch = calloc(1, sizeof *scratch);
+    if (!scratch || tu_make_temp_dir(scratch->dir, sizeof scratch->dir, "pb_st_test_") != 0) {
+        free(scratch);
+        return -1;
+    }
+    *state = scratch;
+    return 0;
+}
+
+int tu_scratch_teardown(void **state) {
+    tu_scratch *scratch = *state;
+    if (scratch && scratch->dir[0])
+        tu_remove_tree(scratch->dir);
+    free(scratch);
+    return 0;
+}
+
+/* ---- models and arrays ----------------------------------------------------- */
+
+pb_model *tu_load_model(const char *model, const char *file, pb_backend_kind backend) {
+    char path[1024];
+    tu_fixture_file(path, sizeof path, model, file);
+    pb_model *m = NULL;
+    pb_load_options o = {.n_threads = 2, .backend = backend};
+    if (pb_model_load(&m, path, &o) != PB_OK)
+        fail_msg("loading %s: %s", path, pb_last_error());
+    return m;
+}
+
+int32_t *tu_read_ids(const char *path, int *T) {
+    void *data = NULL;
+    int n_dims = 0;
+    int64_t shape[8];
+    if (pb_npy_read(path, &data, PB_NPY_I32, &n_dims, shape) != PB_OK)
+        fail_msg("%s", pb_last_error());
+    assert_int_equal(n_dims, 1);
+    *T = (int)shape[0];
+    return data;
+}
+
+/* ---- CUDA ------------------------------------------------------------------ */
+
+int tu_cuda_exit_code(pb_status status) {
+    if (status == PB_OK)
+        return 0;
+    if (status == PB_ERR_UNSUPPORTED) {
+        printf("skipping: no CUDA device: %s\n", pb_last_error());
+        return 77;
+    }
+    fprintf(stderr, "pb_backend_cuda_create: %s: %s\n", pb_status_name(status), pb_last_error());
+    return 1;
+}
