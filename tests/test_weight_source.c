@@ -16,7 +16,6 @@
 #include "model/model.h"
 #include "model/weight_source.h"
 #include "patchbay.h"
-#include "pb_test_util.h"
 #include "test_util.h"
 
 static void fixture(char *buf, size_t size, const char *relative) {
@@ -105,7 +104,8 @@ static void test_formats_agree_bias(void **state) { check_formats_agree("tiny_bi
 static int check_raw_layers(const char *path, uint32_t expect_type) {
     uint8_t *bytes = NULL;
     size_t size = 0;
-    assert_true(pb_test_read_file(path, &bytes, &size));
+    bytes = (uint8_t *)tu_read_file(path, &size);
+    assert_non_null(bytes);
     pb_gguf *copy = NULL;
     assert_int_equal(pb_gguf_open_buffer(&copy, bytes, size), PB_OK);
     pb_weight_source *src = open_source(path);
@@ -150,7 +150,7 @@ static void test_raw_every_layer_tiny(void **state) {
  * weights), not floats. */
 static void test_raw_quantised(void **state) {
     char path[1024];
-    if (!pb_test_model_path(path, sizeof path)) {
+    if (!tu_model_path(path, sizeof path)) {
         skip(); /* models/SmolLM2-135M-Instruct.Q4_1.gguf is absent (scripts/fetch-model.sh) */
         return;
     }
