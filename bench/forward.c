@@ -51,7 +51,7 @@ int main(int argc, char **argv) {
      * causal triangle) and the unembedding. */
     int d = c->d_model, qd = c->n_heads * c->head_dim, kvd = c->n_kv_heads * c->head_dim;
     gemm_shape shapes[] = {
-        {qd, d, c->n_layers}, {kvd, d, 2 * c->n_layers}, {d, qd, c->n_layers},
+        {qd, d, c->n_layers},           {kvd, d, 2 * c->n_layers},  {d, qd, c->n_layers},
         {c->d_mlp, d, 2 * c->n_layers}, {d, c->d_mlp, c->n_layers}, {c->vocab_size, d, 1},
     };
     int n_shapes = sizeof shapes / sizeof shapes[0];
@@ -88,18 +88,19 @@ int main(int argc, char **argv) {
                     shapes[i].k, 0.0f, out, shapes[i].n);
         double g0 = pb_now_seconds();
         for (int r = 0; r < repeats; r++)
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, shapes[i].n, shapes[i].k, 1.0f, x, shapes[i].k,
-                        w, shapes[i].k, 0.0f, out, shapes[i].n);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, shapes[i].n, shapes[i].k, 1.0f, x, shapes[i].k, w,
+                        shapes[i].k, 0.0f, out, shapes[i].n);
         gemm_time += (pb_now_seconds() - g0) / repeats * shapes[i].count;
     }
 
     double engine_gflops = flops / engine * 1e-9, gemm_gflops = gemm_flops / gemm_time * 1e-9;
     printf("model            %s (%d layers, d_model %d)\n", path, c->n_layers, d);
-    printf("tokens           %d, repeats %d, threads %s\n", T, repeats, getenv("OMP_NUM_THREADS") ? getenv("OMP_NUM_THREADS") : "all cores");
-    printf("engine forward   %.1f ms  %.1f tokens/s  %.2f GFLOP/s (%.3f GFLOP per forward)\n", engine * 1e3,
-           T / engine, engine_gflops, flops * 1e-9);
-    printf("sgemm ceiling    %.1f ms  %.2f GFLOP/s at the model's shapes (%.3f GFLOP)\n", gemm_time * 1e3,
-           gemm_gflops, gemm_flops * 1e-9);
+    printf("tokens           %d, repeats %d, threads %s\n", T, repeats,
+           getenv("OMP_NUM_THREADS") ? getenv("OMP_NUM_THREADS") : "all cores");
+    printf("engine forward   %.1f ms  %.1f tokens/s  %.2f GFLOP/s (%.3f GFLOP per forward)\n", engine * 1e3, T / engine,
+           engine_gflops, flops * 1e-9);
+    printf("sgemm ceiling    %.1f ms  %.2f GFLOP/s at the model's shapes (%.3f GFLOP)\n", gemm_time * 1e3, gemm_gflops,
+           gemm_flops * 1e-9);
     printf("ratio            engine / sgemm = %.2f\n", engine_gflops / gemm_gflops);
     free(x);
     free(w);

@@ -50,16 +50,27 @@ static int usage(void) {
 }
 
 static int parse_args(int argc, char **argv, args *a) {
-    *a = (args){.seqs = 8, .seq_len = 1024, .sweep_jobs = 512, .prefix = 64, .heads = 32, .kv_heads = 8,
-                .head_dim = 128, .repeats = 5, .device = 0};
+    *a = (args){.seqs = 8,
+                .seq_len = 1024,
+                .sweep_jobs = 512,
+                .prefix = 64,
+                .heads = 32,
+                .kv_heads = 8,
+                .head_dim = 128,
+                .repeats = 5,
+                .device = 0};
     static const struct {
         const char *flag;
         size_t offset;
         int min;
-    } flags[] = {{"--seqs", offsetof(args, seqs), 1},         {"--seq-len", offsetof(args, seq_len), 1},
-                 {"--sweep-jobs", offsetof(args, sweep_jobs), 1}, {"--prefix", offsetof(args, prefix), 0},
-                 {"--heads", offsetof(args, heads), 1},       {"--kv-heads", offsetof(args, kv_heads), 1},
-                 {"--head-dim", offsetof(args, head_dim), 1}, {"--repeats", offsetof(args, repeats), 1},
+    } flags[] = {{"--seqs", offsetof(args, seqs), 1},
+                 {"--seq-len", offsetof(args, seq_len), 1},
+                 {"--sweep-jobs", offsetof(args, sweep_jobs), 1},
+                 {"--prefix", offsetof(args, prefix), 0},
+                 {"--heads", offsetof(args, heads), 1},
+                 {"--kv-heads", offsetof(args, kv_heads), 1},
+                 {"--head-dim", offsetof(args, head_dim), 1},
+                 {"--repeats", offsetof(args, repeats), 1},
                  {"--device", offsetof(args, device), 0}};
     for (int i = 1; i < argc; i += 2) {
         size_t f = 0;
@@ -70,8 +81,8 @@ static int parse_args(int argc, char **argv, args *a) {
         char *end = NULL;
         const long v = strtol(argv[i + 1], &end, 10);
         if (!*argv[i + 1] || *end || v < flags[f].min || v > (1 << 20)) {
-            fprintf(stderr, "bench_gpu_attention: %s expects an integer >= %d, got '%s'\n", flags[f].flag,
-                    flags[f].min, argv[i + 1]);
+            fprintf(stderr, "bench_gpu_attention: %s expects an integer >= %d, got '%s'\n", flags[f].flag, flags[f].min,
+                    argv[i + 1]);
             return 0;
         }
         *(int *)((char *)a + flags[f].offset) = (int)v;
@@ -271,8 +282,7 @@ int main(int argc, char **argv) {
                    tflops, 100.0 * tflops / FP32_PEAK_TFLOPS);
         }
         agreement[s] = nmse(outputs[1], outputs[0], (size_t)shapes[s].rows * a.heads * a.head_dim);
-        printf("  tiled / rows speed-up %.2fx; NMSE tiled vs rows %.3g\n", seconds[s][0] / seconds[s][1],
-               agreement[s]);
+        printf("  tiled / rows speed-up %.2fx; NMSE tiled vs rows %.3g\n", seconds[s][0] / seconds[s][1], agreement[s]);
         free(outputs[0]);
         free(outputs[1]);
     }
@@ -287,8 +297,7 @@ int main(int argc, char **argv) {
             printf(", \"%s_ms\": %.4f, \"%s_tflops\": %.3f, \"%s_peak_fraction\": %.4f", kernels[kk],
                    seconds[s][kk] * 1e3, kernels[kk], tflops, kernels[kk], tflops / FP32_PEAK_TFLOPS);
         }
-        printf(", \"tiled_speedup\": %.3f, \"nmse_tiled_vs_rows\": %.3g}", seconds[s][0] / seconds[s][1],
-               agreement[s]);
+        printf(", \"tiled_speedup\": %.3f, \"nmse_tiled_vs_rows\": %.3g}", seconds[s][0] / seconds[s][1], agreement[s]);
     }
     printf("}\n");
     rc = 0;

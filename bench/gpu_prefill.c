@@ -63,8 +63,13 @@ static int positive(const char *flag, const char *text, int *out) {
 }
 
 static int parse_args(int argc, char **argv, args *a) {
-    *a = (args){.model_name = "llama3-8b", .seqs = 8, .seq_len = 1024, .repeats = 3, .logits_all = 1,
-                .seed = 1, .dtype = PB_DTYPE_BF16};
+    *a = (args){.model_name = "llama3-8b",
+                .seqs = 8,
+                .seq_len = 1024,
+                .repeats = 3,
+                .logits_all = 1,
+                .seed = 1,
+                .dtype = PB_DTYPE_BF16};
     for (int i = 1; i < argc; i++) {
         const char *flag = argv[i];
         if (strcmp(flag, "--fit-layers") == 0) {
@@ -74,13 +79,22 @@ static int parse_args(int argc, char **argv, args *a) {
         if (strcmp(flag, "--help") == 0 || strcmp(flag, "-h") == 0 || i + 1 >= argc)
             return 0;
         const char *v = argv[++i];
-        if (strcmp(flag, "--model-name") == 0) a->model_name = v;
-        else if (strcmp(flag, "--seqs") == 0) { if (!positive(flag, v, &a->seqs)) return 0; }
-        else if (strcmp(flag, "--seq-len") == 0) { if (!positive(flag, v, &a->seq_len)) return 0; }
-        else if (strcmp(flag, "--repeats") == 0) { if (!positive(flag, v, &a->repeats)) return 0; }
-        else if (strcmp(flag, "--device") == 0) { a->device = atoi(v); }
-        else if (strcmp(flag, "--seed") == 0) { a->seed = strtoull(v, NULL, 10); }
-        else if (strcmp(flag, "--dtype") == 0) {
+        if (strcmp(flag, "--model-name") == 0)
+            a->model_name = v;
+        else if (strcmp(flag, "--seqs") == 0) {
+            if (!positive(flag, v, &a->seqs))
+                return 0;
+        } else if (strcmp(flag, "--seq-len") == 0) {
+            if (!positive(flag, v, &a->seq_len))
+                return 0;
+        } else if (strcmp(flag, "--repeats") == 0) {
+            if (!positive(flag, v, &a->repeats))
+                return 0;
+        } else if (strcmp(flag, "--device") == 0) {
+            a->device = atoi(v);
+        } else if (strcmp(flag, "--seed") == 0) {
+            a->seed = strtoull(v, NULL, 10);
+        } else if (strcmp(flag, "--dtype") == 0) {
             if (pb_dtype_parse(v, &a->dtype) != PB_OK) {
                 fprintf(stderr, "bench_gpu_prefill: %s\n", pb_last_error());
                 return 0;
@@ -214,15 +228,15 @@ int main(int argc, char **argv) {
         need = bytes_needed(&cfg, a.dtype, a.seqs, a.seq_len, a.logits_all);
     }
     if (need > (double)dev.free_bytes) {
-        fprintf(stderr, "bench_gpu_prefill: %s at %d x %d tokens needs about %.1f GiB, %.1f GiB are free: try "
-                        "--fit-layers, fewer layers (NAME:LAYERS), --logits last or fewer tokens\n",
+        fprintf(stderr,
+                "bench_gpu_prefill: %s at %d x %d tokens needs about %.1f GiB, %.1f GiB are free: try "
+                "--fit-layers, fewer layers (NAME:LAYERS), --logits last or fewer tokens\n",
                 a.model_name, a.seqs, a.seq_len, need / GiB, dev.free_bytes / GiB);
         return 1;
     }
     if (cfg.n_layers != asked_layers) {
         snprintf(name, sizeof name, "%.*s:%d", (int)strcspn(a.model_name, ":"), a.model_name, cfg.n_layers);
-        printf("fit              %d of %d layers fit the free memory: running %s\n", cfg.n_layers, asked_layers,
-               name);
+        printf("fit              %d of %d layers fit the free memory: running %s\n", cfg.n_layers, asked_layers, name);
     }
     printf("memory estimate  %.1f GiB of %.1f GiB free\n", need / GiB, dev.free_bytes / GiB);
 
@@ -268,8 +282,13 @@ int main(int argc, char **argv) {
     }
     for (int j = 0; j < a.seqs; j++) {
         float *k_cache = (float *)s.kv + (size_t)j * 2 * kv_per_job;
-        s.jobs[j] = (pb_exec_job){.T = a.seq_len, .p0 = 0, .start_step = 0, .ids = s.ids + (size_t)j * a.seq_len,
-                                  .k_cache = k_cache, .v_cache = k_cache + kv_per_job, .kv_capacity = a.seq_len};
+        s.jobs[j] = (pb_exec_job){.T = a.seq_len,
+                                  .p0 = 0,
+                                  .start_step = 0,
+                                  .ids = s.ids + (size_t)j * a.seq_len,
+                                  .k_cache = k_cache,
+                                  .v_cache = k_cache + kv_per_job,
+                                  .kv_capacity = a.seq_len};
     }
 
     /* FLOPs of one prefill, counted like bench/forward.c and the executor:
@@ -288,8 +307,8 @@ int main(int argc, char **argv) {
 
     printf("batch            %d sequences x %d tokens = %d tokens, no padding; logits of %s (%d rows x %d, "
            "fp32)\n",
-           a.seqs, a.seq_len, tokens, a.logits_all ? "every position" : "each sequence's last position",
-           unembed_rows, c->vocab_size);
+           a.seqs, a.seq_len, tokens, a.logits_all ? "every position" : "each sequence's last position", unembed_rows,
+           c->vocab_size);
     fflush(stdout);
     double t0 = pb_now_seconds();
     if (prefill(&s, &a) != PB_OK) { /* warm-up: cuBLAS heuristics, the input scratch grows, clocks ramp */
@@ -365,9 +384,9 @@ int main(int argc, char **argv) {
            "\"prefill_best_s\": %.6f, \"tokens_per_s\": %.1f, \"tflop_per_prefill\": %.4f, "
            "\"gemm_tflop_per_prefill\": %.4f, \"tflops\": %.2f, \"ceiling_s\": %.6f, \"ceiling_tflops\": %.2f, "
            "\"ratio_vs_ceiling\": %.4f, \"gemm_time_fraction\": %.4f}\n",
-           c->n_layers, asked_layers, a.seqs, a.seq_len, tokens, pb_dtype_name(a.dtype),
-           a.logits_all ? "all" : "last", a.repeats, t_load, engine, best, tokens / engine, flops * 1e-12,
-           gemm_flops * 1e-12, engine_tflops, gemm_s, ceiling_tflops, ratio, gemm_fraction);
+           c->n_layers, asked_layers, a.seqs, a.seq_len, tokens, pb_dtype_name(a.dtype), a.logits_all ? "all" : "last",
+           a.repeats, t_load, engine, best, tokens / engine, flops * 1e-12, gemm_flops * 1e-12, engine_tflops, gemm_s,
+           ceiling_tflops, ratio, gemm_fraction);
     rc = 0;
 done:
     release(&s);

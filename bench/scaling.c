@@ -152,7 +152,8 @@ static int predict(const scaling_args *a, pb_model *m, pb_sweep *s) {
             fprintf(stderr, "bench_scaling: %s\n", pb_last_error());
         } else {
             print_table(a, s, max_cost, mean_cost, cost_rate);
-            printf("RESULT cost_rate=%.6g total_cost=%.6g rows=%lld\n", cost_rate, total_cost, (long long)pb_sweep_row_count(s));
+            printf("RESULT cost_rate=%.6g total_cost=%.6g rows=%lld\n", cost_rate, total_cost,
+                   (long long)pb_sweep_row_count(s));
             rc = 0;
         }
     }

@@ -155,8 +155,9 @@ static int parse_args(int argc, char **argv, bench_args *b) {
         }
     }
     if (!pb_cli_model_check(&b->model, "bench_sweep") || !!b->spec_path == (b->default_T > 0)) {
-        fprintf(stderr, "usage: bench_sweep (MODEL | --random-model NAME[:LAYERS]) (SPEC.json | --default-sweep T)\n"
-                        "                   [--all-rows] [--backend cpu|cuda] [--dtype f32|bf16|f16] [--max-memory SIZE]\n");
+        fprintf(stderr,
+                "usage: bench_sweep (MODEL | --random-model NAME[:LAYERS]) (SPEC.json | --default-sweep T)\n"
+                "                   [--all-rows] [--backend cpu|cuda] [--dtype f32|bf16|f16] [--max-memory SIZE]\n");
         return 0;
     }
     return 1;
@@ -181,8 +182,8 @@ static void print_results(const pb_model *m, const pb_sweep *s, const pb_load_op
     double ceiling = gpu ? gpu_ceiling(pb_model_get_config(m), load->device, load->dtype, avg_M > 0 ? avg_M : 1) * 1e3
                          : sgemm_ceiling(pb_model_get_config(m), avg_M > 0 ? avg_M : 1);
     double gflops = sum.flops_executed / seconds * 1e-9;
-    printf("model             %s on %s, %s weights, T = %d\n", pb_model_get_source(m),
-           pb_backend_name(load->backend), pb_dtype_name(load->dtype), pb_sweep_spec_of(s)->pairs[0].base.T);
+    printf("model             %s on %s, %s weights, T = %d\n", pb_model_get_source(m), pb_backend_name(load->backend),
+           pb_dtype_name(load->dtype), pb_sweep_spec_of(s)->pairs[0].base.T);
     printf("engine sweep      %lld rows (%lld executed, %lld exactly zero by construction) in %.3f s\n",
            (long long)sum.n_rows, (long long)sum.n_rows_executed, (long long)(sum.n_rows - sum.n_rows_executed),
            seconds);
@@ -195,7 +196,8 @@ static void print_results(const pb_model *m, const pb_sweep *s, const pb_load_op
     printf("engine rate       %.2f GFLOP/s (wall time incl. caches and metrics)\n", gflops);
     printf("%s ceiling     %.2f GFLOP/s at M = %d and the model's projection shapes\n", gpu ? "cuBLAS" : "sgemm",
            ceiling, avg_M);
-    printf("ratio             engine / %s = %.2f\n", gpu ? "cuBLAS GEMM" : "sgemm", ceiling > 0 ? gflops / ceiling : 0.0);
+    printf("ratio             engine / %s = %.2f\n", gpu ? "cuBLAS GEMM" : "sgemm",
+           ceiling > 0 ? gflops / ceiling : 0.0);
     printf("{\"bench\": \"%s\", \"model\": \"%s\", \"backend\": \"%s\", \"dtype\": \"%s\", \"T\": %d, "
            "\"rows\": %lld, \"rows_executed\": %lld, \"seconds\": %.4f, \"rows_per_s\": %.3f, "
            "\"tflops_executed\": %.6f, \"engine_tflops\": %.4f, \"ceiling_tflops\": %.4f, \"ratio_vs_ceiling\": %.4f, "

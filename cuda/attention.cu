@@ -28,7 +28,7 @@ cudaError_t pb_cuda_launch_attention(cudaStream_t stream, float *out, const floa
                                      int T, int q_start, int n_heads, int n_kv_heads, int head_dim) {
     const float scale = 1.0f / sqrtf((float)head_dim);
     const dim3 grid((unsigned)T, (unsigned)n_heads);
-    pb_attention_kernel<<<grid, PB_ATTENTION_WARPS * PB_CUDA_WARP, pb_cuda_attention_shared_bytes(head_dim),
-                          stream>>>(out, q, k, v, q_start, n_heads, n_kv_heads, head_dim, scale);
+    pb_attention_kernel<<<grid, PB_ATTENTION_WARPS * PB_CUDA_WARP, pb_cuda_attention_shared_bytes(head_dim), stream>>>(
+        out, q, k, v, q_start, n_heads, n_kv_heads, head_dim, scale);
     return cudaGetLastError();
 }

@@ -25,7 +25,7 @@ static __global__ void pb_attention_jobs_kernel(float *out, const float *q,
     const int row = blockIdx.x;
     const int h = blockIdx.y;
     const pb_cuda_attention_job &job = jobs.job[pb_cuda_find_job(jobs, row, 0)];
-    const int t = row - job.first;  // query index within the job, 0 .. n - 1
+    const int t = row - job.first;                                          // query index within the job, 0 .. n - 1
     const size_t column = (size_t)(h / (n_heads / n_kv_heads)) * head_dim;  // the key-value head's slice
     const size_t q_offset = (((size_t)job.q_row + (size_t)t) * n_heads + h) * head_dim;
     /* keys 0 .. p0 + t: the prefix's p0 rows, then the job's own */
@@ -35,8 +35,8 @@ static __global__ void pb_attention_jobs_kernel(float *out, const float *q,
 }
 
 cudaError_t pb_cuda_launch_attention_jobs(cudaStream_t stream, float *out, const float *q,
-                                          const pb_cuda_attention_job *jobs, int n_jobs, int n_heads,
-                                          int n_kv_heads, int head_dim) {
+                                          const pb_cuda_attention_job *jobs, int n_jobs, int n_heads, int n_kv_heads,
+                                          int head_dim) {
     const float scale = 1.0f / sqrtf((float)head_dim);
     pb_cuda_attention_batch batch;
     for (int first = 0; first < n_jobs; first += PB_ATTENTION_JOBS_PER_LAUNCH) {

@@ -61,9 +61,10 @@ static pb_status pb_cuda_malloc(pb_cuda_backend *self, void **out, size_t bytes)
         (void)cudaGetLastError(); /* clear it: an allocation failure is not sticky */
         size_t free_bytes = 0, total_bytes = 0;
         PB_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
-        return pb_fail(PB_ERR_OOM, "cuda alloc on device %d: need %zu bytes (%.2f GiB), have %zu free (%.2f GiB of %.2f GiB)",
-                       self->device, bytes, (double)bytes / (1u << 30), free_bytes,
-                       (double)free_bytes / (1u << 30), (double)total_bytes / (1u << 30));
+        return pb_fail(PB_ERR_OOM,
+                       "cuda alloc on device %d: need %zu bytes (%.2f GiB), have %zu free (%.2f GiB of %.2f GiB)",
+                       self->device, bytes, (double)bytes / (1u << 30), free_bytes, (double)free_bytes / (1u << 30),
+                       (double)total_bytes / (1u << 30));
     }
     PB_CUDA_CHECK(err);
     *out = ptr;
@@ -148,8 +149,8 @@ static pb_status pb_cuda_upload(pb_backend *backend, void *dst_device, const voi
         unsigned char *slot = NULL;
         PB_TRY(pb_cuda_staging_slot(self, &slot));
         memcpy(slot, (const unsigned char *)src_host + done, n);
-        PB_CUDA_CHECK(cudaMemcpyAsync((unsigned char *)dst_device + done, slot, n, cudaMemcpyHostToDevice,
-                                      self->stream));
+        PB_CUDA_CHECK(
+            cudaMemcpyAsync((unsigned char *)dst_device + done, slot, n, cudaMemcpyHostToDevice, self->stream));
         PB_TRY(pb_cuda_staging_queued(self));
         done += n;
     }
@@ -213,13 +214,14 @@ static pb_status pb_cuda_embed(pb_backend *backend, float *out, const void *tabl
     if (table_dtype == PB_DTYPE_F32)
         PB_CUDA_LAUNCHED(self, "embed", pb_cuda_launch_embed(self->stream, out, (const float *)table, ids, T, d));
     else
-        PB_CUDA_LAUNCHED(self, "embed16", pb_cuda_launch_embed16(self->stream, out, (const uint16_t *)table,
-                                                                 table_dtype == PB_DTYPE_BF16, ids, T, d));
+        PB_CUDA_LAUNCHED(self, "embed16",
+                         pb_cuda_launch_embed16(self->stream, out, (const uint16_t *)table,
+                                                table_dtype == PB_DTYPE_BF16, ids, T, d));
     return PB_OK;
 }
 
-static pb_status pb_cuda_rmsnorm(pb_backend *backend, float *out, const float *x, const float *weight, int rows,
-                                 int d, float eps) {
+static pb_status pb_cuda_rmsnorm(pb_backend *backend, float *out, const float *x, const float *weight, int rows, int d,
+                                 float eps) {
     pb_cuda_backend *self = pb_cuda_self(backend);
     size_t n = 0;
     PB_TRY(pb_cuda_count(&n, "rmsnorm", rows, d, 1));
@@ -242,8 +244,8 @@ static pb_status pb_cuda_gemm_chunk(pb_cuda_backend *self, float *out, const voi
     float *c_ptr = out + (size_t)c.row0 * n + c.col0;
     if (w_dtype == PB_DTYPE_F32) {
         PB_CUBLAS_CHECK(cublasSgemm(self->cublas, CUBLAS_OP_T, CUBLAS_OP_N, c.n_cols, c.n_rows, k, &alpha,
-                                    (const float *)w + (size_t)c.col0 * k, k, (const float *)x + (size_t)c.row0 * k,
-                                    k, &beta, c_ptr, n));
+                                    (const float *)w + (size_t)c.col0 * k, k, (const float *)x + (size_t)c.row0 * k, k,
+                                    &beta, c_ptr, n));
         PB_CUDA_LAUNCHED(self, "cublasSgemm", cudaSuccess);
         return PB_OK;
     }
@@ -288,8 +290,9 @@ static pb_status pb_cuda_matmul(pb_backend *backend, float *out, const float *x,
             if (!(self->rounded_x == x && self->rounded_count == x_count && self->rounded_dtype == (int)w_dtype)) {
                 self->rounded_x = NULL;
                 PB_TRY(pb_cuda_round_scratch(self, x_count));
-                PB_CUDA_LAUNCHED(self, "round16", pb_cuda_launch_round16(self->stream, self->round_scratch, x, x_count,
-                                                                          w_dtype == PB_DTYPE_BF16));
+                PB_CUDA_LAUNCHED(
+                    self, "round16",
+                    pb_cuda_launch_round16(self->stream, self->round_scratch, x, x_count, w_dtype == PB_DTYPE_BF16));
                 /* kept only if the output cannot overwrite x */
                 if (!(out < x + x_count && x < out_end)) {
                     self->rounded_x = x;
@@ -304,8 +307,8 @@ static pb_status pb_cuda_matmul(pb_backend *backend, float *out, const float *x,
         pb_gemm_split split;
         PB_TRY(pb_gemm_split_plan(&split, rows, n, k, PB_GEMM_MAX_ELEMENTS));
         for (int i = 0; i < pb_gemm_split_count(&split); i++)
-            PB_TRY(pb_cuda_gemm_chunk(self, out, b_input, w, w_dtype, pb_gemm_split_chunk(&split, i), n, k, alpha,
-                                      beta));
+            PB_TRY(
+                pb_cuda_gemm_chunk(self, out, b_input, w, w_dtype, pb_gemm_split_chunk(&split, i), n, k, alpha, beta));
     }
     if (bias)
         PB_CUDA_LAUNCHED(self, "add_bias", pb_cuda_launch_add_bias(self->stream, out, bias, rows, n));
@@ -345,8 +348,8 @@ static pb_status pb_cuda_attention(pb_backend *backend, float *out, const float 
         return pb_fail(PB_ERR_UNSUPPORTED, "cuda attention: head_dim %d needs %zu bytes of shared memory (max 49152)",
                        head_dim, shared_bytes);
     PB_TRY(pb_cuda_enter(self));
-    PB_CUDA_LAUNCHED(self, "attention", pb_cuda_launch_attention(self->stream, out, q, k, v, T, q_start, n_heads,
-                                                                 n_kv_heads, head_dim));
+    PB_CUDA_LAUNCHED(self, "attention",
+                     pb_cuda_launch_attention(self->stream, out, q, k, v, T, q_start, n_heads, n_kv_heads, head_dim));
     return PB_OK;
 }
 
@@ -354,8 +357,8 @@ static pb_status pb_cuda_attention(pb_backend *backend, float *out, const float 
 static pb_status pb_cuda_attention_job_buffers(pb_cuda_backend *self, size_t n) {
     if (n <= self->attention_jobs_capacity)
         return PB_OK;
-    pb_cuda_attention_job *host =
-        (pb_cuda_attention_job *)realloc(self->attention_jobs_host, n * sizeof(pb_cuda_attention_job));
+    pb_cuda_attention_job *host = (pb_cuda_attention_job *)realloc(self->attention_jobs_host,
+                                                                   n * sizeof(pb_cuda_attention_job));
     if (!host)
         return pb_fail(PB_ERR_OOM, "cuda attention_jobs: out of host memory for %zu job descriptors", n);
     self->attention_jobs_host = host;
@@ -381,8 +384,8 @@ static pb_status pb_cuda_attention_jobs(pb_backend *backend, float *out, const f
         const pb_attention_job *job = &jobs[j];
         size_t unused = 0;
         if (job->n < 0 || job->p0 < 0 || job->q_row < 0)
-            return pb_fail(PB_ERR_ARG, "cuda attention_jobs: job %d has n %d, p0 %d, q_row %d (negative)", j,
-                           job->n, job->p0, job->q_row);
+            return pb_fail(PB_ERR_ARG, "cuda attention_jobs: job %d has n %d, p0 %d, q_row %d (negative)", j, job->n,
+                           job->p0, job->q_row);
         if (job->n == 0)
             continue;
         const int lacks_new = job->k_new == NULL || job->v_new == NULL;
@@ -426,7 +429,9 @@ static pb_status pb_cuda_attention_jobs(pb_backend *backend, float *out, const f
     int aligned = ((uintptr_t)out | (uintptr_t)q) % 16 == 0;
     for (int j = 0; j < n_jobs && aligned; j++)
         aligned = ((uintptr_t)jobs[j].k_new | (uintptr_t)jobs[j].v_new | (uintptr_t)jobs[j].k_prefix |
-                   (uintptr_t)jobs[j].v_prefix) % 16 == 0;
+                   (uintptr_t)jobs[j].v_prefix) %
+                      16 ==
+                  0;
     const int applies = self->attention_kernel != 1 && pb_cuda_attention_tiled_ok(head_dim) && aligned;
     const size_t tiled_bytes = pb_cuda_attention_tiled_shared_bytes(head_dim);
     if (applies && self->attention_kernel == 2 && tiled_bytes > self->shared_optin_bytes)
@@ -438,11 +443,13 @@ static pb_status pb_cuda_attention_jobs(pb_backend *backend, float *out, const f
                       (self->attention_kernel == 2 || total_rows >= (int64_t)with_queries * (tile_q / 4));
     const pb_cuda_attention_job *desc = self->attention_jobs_host;
     if (tiled)
-        PB_CUDA_LAUNCHED(self, "attention_tiled", pb_cuda_launch_attention_tiled(self->stream, out, q, desc, n_jobs,
-                                                                                 n_heads, n_kv_heads, head_dim));
+        PB_CUDA_LAUNCHED(
+            self, "attention_tiled",
+            pb_cuda_launch_attention_tiled(self->stream, out, q, desc, n_jobs, n_heads, n_kv_heads, head_dim));
     else
-        PB_CUDA_LAUNCHED(self, "attention_jobs", pb_cuda_launch_attention_jobs(self->stream, out, q, desc, n_jobs,
-                                                                               n_heads, n_kv_heads, head_dim));
+        PB_CUDA_LAUNCHED(
+            self, "attention_jobs",
+            pb_cuda_launch_attention_jobs(self->stream, out, q, desc, n_jobs, n_heads, n_kv_heads, head_dim));
     return PB_OK;
 }
 
@@ -558,8 +565,7 @@ static pb_status pb_cuda_init(pb_cuda_backend *self, int device) {
     for (int i = 0; i < PB_CUDA_STAGING_SLOTS; i++)
         PB_CUDA_CHECK(cudaEventCreateWithFlags(&self->staging_done[i], cudaEventDisableTiming));
     void *pinned = NULL;
-    if (cudaHostAlloc(&pinned, PB_CUDA_STAGING_SLOTS * PB_CUDA_STAGING_SLOT_BYTES, cudaHostAllocDefault) ==
-        cudaSuccess)
+    if (cudaHostAlloc(&pinned, PB_CUDA_STAGING_SLOTS * PB_CUDA_STAGING_SLOT_BYTES, cudaHostAllocDefault) == cudaSuccess)
         self->staging = (unsigned char *)pinned;
     else
         (void)cudaGetLastError(); /* no pinned memory: the direct paths, not a failure */

@@ -26,7 +26,7 @@ extern "C" {
 #define PB_CUDA_STAGING_MAX_UPLOAD ((size_t)64 << 20)
 
 typedef struct pb_cuda_backend {
-    pb_backend base;  /* base.impl points back here */
+    pb_backend base; /* base.impl points back here */
     int device;
     cudaStream_t stream;
     cublasHandle_t cublas;
@@ -89,10 +89,10 @@ static inline pb_status pb_cuda_count(size_t *out, const char *op, int64_t a, in
     return PB_OK;
 }
 
-#define PB_CUDA_REQUIRE(cond, op)                                                                    \
-    do {                                                                                             \
-        if (!(cond))                                                                                 \
-            return pb_fail(PB_ERR_ARG, "cuda %s: invalid argument: %s", (op), #cond);                \
+#define PB_CUDA_REQUIRE(cond, op)                                                     \
+    do {                                                                              \
+        if (!(cond))                                                                  \
+            return pb_fail(PB_ERR_ARG, "cuda %s: invalid argument: %s", (op), #cond); \
     } while (0)
 
 /* PB_CUDA_SYNC's value: unset, "" or "0" off, "1" on, anything else

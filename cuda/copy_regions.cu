@@ -23,8 +23,8 @@ static __global__ void pb_copy_regions_kernel(const __grid_constant__ pb_cuda_co
 cudaError_t pb_cuda_launch_copy_regions(cudaStream_t stream, const pb_cuda_copy_region *regions, int n_regions) {
     pb_cuda_copy_regions batch;
     for (int first = 0; first < n_regions; first += PB_COPY_REGIONS_PER_LAUNCH) {
-        const int count =
-            n_regions - first < PB_COPY_REGIONS_PER_LAUNCH ? n_regions - first : PB_COPY_REGIONS_PER_LAUNCH;
+        const int count = n_regions - first < PB_COPY_REGIONS_PER_LAUNCH ? n_regions - first
+                                                                         : PB_COPY_REGIONS_PER_LAUNCH;
         memcpy(batch.r, regions + first, sizeof(pb_cuda_copy_region) * (size_t)count);
         batch.n = count;
         pb_copy_regions_kernel<<<(unsigned)count, PB_CUDA_BLOCK, 0, stream>>>(batch);

@@ -69,8 +69,8 @@ typedef struct pb_ceiling_state {
     cudaStream_t stream;
     cublasHandle_t cublas;
     cudaEvent_t start, stop;
-    void *w; /* (max n * k) of dtype: one weight buffer for every shape */
-    void *x; /* (m_rows, max k) of dtype */
+    void *w;    /* (max n * k) of dtype: one weight buffer for every shape */
+    void *x;    /* (m_rows, max k) of dtype */
     float *out; /* (m_rows, max n) */
 } pb_ceiling_state;
 
@@ -101,8 +101,7 @@ static pb_status pb_ceiling_pass(const pb_ceiling_state *s, pb_dtype dtype, cons
         for (int c = 0; c < count[i]; c++) {
             if (dtype == PB_DTYPE_F32)
                 PB_CUBLAS_CHECK(cublasSgemm(s->cublas, CUBLAS_OP_T, CUBLAS_OP_N, n[i], m_rows, k[i], &alpha,
-                                            (const float *)s->w, k[i], (const float *)s->x, k[i], &beta, s->out,
-                                            n[i]));
+                                            (const float *)s->w, k[i], (const float *)s->x, k[i], &beta, s->out, n[i]));
             else
                 PB_CUBLAS_CHECK(cublasGemmEx(s->cublas, CUBLAS_OP_T, CUBLAS_OP_N, n[i], m_rows, k[i], &alpha, s->w,
                                              type, k[i], s->x, type, k[i], &beta, s->out, CUDA_R_32F, n[i],
@@ -138,11 +137,11 @@ static pb_status pb_ceiling_run(pb_ceiling_state *s, int device, pb_dtype dtype,
     /* Weights at the random models' scale (std 0.02), inputs like RMSNorm
      * outputs (order 1). */
     pb_ceiling_fill_kernel<<<pb_cuda_grid_for(max_w), PB_CUDA_BLOCK, 0, s->stream>>>(s->w, max_w, elem_kind, 1u,
-                                                                                      0.035f);
+                                                                                     0.035f);
     PB_CUDA_CHECK(cudaGetLastError());
     const size_t x_count = (size_t)m_rows * max_k;
     pb_ceiling_fill_kernel<<<pb_cuda_grid_for(x_count), PB_CUDA_BLOCK, 0, s->stream>>>(s->x, x_count, elem_kind, 2u,
-                                                                                        1.7f);
+                                                                                       1.7f);
     PB_CUDA_CHECK(cudaGetLastError());
 
     /* Warm-up: cuBLAS picks and loads its kernels, the clocks ramp up. */
@@ -187,8 +186,7 @@ extern "C" pb_status pb_cuda_gemm_ceiling(int device, pb_dtype dtype, const int 
         return pb_fail(PB_ERR_ARG, "pb_cuda_gemm_ceiling: unknown dtype %d", (int)dtype);
     pb_ceiling_state state;
     memset(&state, 0, sizeof state);
-    pb_status status = pb_ceiling_run(&state, device, dtype, n, k, count, n_shapes, m_rows, repeats,
-                                      seconds_per_pass);
+    pb_status status = pb_ceiling_run(&state, device, dtype, n, k, count, n_shapes, m_rows, repeats, seconds_per_pass);
     pb_ceiling_release(&state); /* its failures keep the run's message (PB_CUDA_CHECK_VOID) */
     return status;
 }

@@ -109,8 +109,7 @@ static __device__ __forceinline__ void pb_attend_block(float *out_row, const flo
 }
 
 /* out (T, d) = table (vocab, d)[ids (T)] */
-cudaError_t pb_cuda_launch_embed(cudaStream_t stream, float *out, const float *table, const int32_t *ids, int T,
-                                 int d);
+cudaError_t pb_cuda_launch_embed(cudaStream_t stream, float *out, const float *table, const int32_t *ids, int T, int d);
 /* out (T, d) = table (vocab, d) of bf16 (is_bf16) or fp16 [ids (T)], widened */
 cudaError_t pb_cuda_launch_embed16(cudaStream_t stream, float *out, const uint16_t *table, int is_bf16,
                                    const int32_t *ids, int T, int d);
@@ -132,13 +131,13 @@ cudaError_t pb_cuda_launch_attention(cudaStream_t stream, float *out, const floa
 /* One job of pb_cuda_launch_attention_jobs, as the kernel reads it from
  * device memory: pb_attention_job (backend.h) plus the job's first work row. */
 typedef struct pb_cuda_attention_job {
-    const float *k_prefix;  /* (p0, kv_dim); unread when p0 == 0 (may be NULL) */
+    const float *k_prefix; /* (p0, kv_dim); unread when p0 == 0 (may be NULL) */
     const float *v_prefix;
-    const float *k_new;     /* (n, kv_dim) */
+    const float *k_new; /* (n, kv_dim) */
     const float *v_new;
-    int first;              /* work rows [first, first + n): sum of n over the jobs before */
-    int first_tile;         /* tiled kernel: tiles [first_tile, + ceil(n / tile queries)), summed likewise */
-    int q_row;              /* packed row of query 0 in q and out */
+    int first;      /* work rows [first, first + n): sum of n over the jobs before */
+    int first_tile; /* tiled kernel: tiles [first_tile, + ceil(n / tile queries)), summed likewise */
+    int q_row;      /* packed row of query 0 in q and out */
     int n;
     int p0;
 } pb_cuda_attention_job;
@@ -177,8 +176,8 @@ static __device__ __forceinline__ int pb_cuda_find_job(const pb_cuda_attention_b
  * out, q (packed rows, n_heads, head_dim) device memory; jobs (n_jobs) HOST
  * memory, `first` ascending from 0 (a job's n may be 0). */
 cudaError_t pb_cuda_launch_attention_jobs(cudaStream_t stream, float *out, const float *q,
-                                          const pb_cuda_attention_job *jobs, int n_jobs, int n_heads,
-                                          int n_kv_heads, int head_dim);
+                                          const pb_cuda_attention_job *jobs, int n_jobs, int n_heads, int n_kv_heads,
+                                          int head_dim);
 /* The tiled variant (attention_tiled.cu) for jobs with many queries: whether
  * it takes this head_dim (the rows must also be 16-byte aligned), its tile
  * height in queries of one job (it depends on the GQA group, whose heads
@@ -190,8 +189,8 @@ size_t pb_cuda_attention_tiled_shared_bytes(int head_dim);
 /* Same contract as pb_cuda_launch_attention_jobs (jobs in host memory,
  * first_tile ascending from 0). */
 cudaError_t pb_cuda_launch_attention_tiled(cudaStream_t stream, float *out, const float *q,
-                                           const pb_cuda_attention_job *jobs, int n_jobs, int n_heads,
-                                           int n_kv_heads, int head_dim);
+                                           const pb_cuda_attention_job *jobs, int n_jobs, int n_heads, int n_kv_heads,
+                                           int head_dim);
 /* Copies jobs[first .. first + count) into *batch with first and
  * first_tile rebased to 0; returns the launch's rows, or with tile_q > 0
  * (the tiled kernel's queries per tile) its tiles. */

@@ -27,7 +27,6 @@ cudaError_t pb_cuda_launch_rope(cudaStream_t stream, float *x, const int32_t *po
                                 int n_heads, int head_dim) {
     const int half = head_dim / 2;
     const size_t total = (size_t)T * (size_t)n_heads * (size_t)half;
-    pb_rope_kernel<<<pb_cuda_grid_for(total), PB_CUDA_BLOCK, 0, stream>>>(x, positions, inv_freq, total, n_heads,
-                                                                          half);
+    pb_rope_kernel<<<pb_cuda_grid_for(total), PB_CUDA_BLOCK, 0, stream>>>(x, positions, inv_freq, total, n_heads, half);
     return cudaGetLastError();
 }

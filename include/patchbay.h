@@ -39,7 +39,7 @@ typedef enum pb_rope_scaling {
 } pb_rope_scaling;
 
 typedef struct pb_model_config {
-    char arch[32];          /* "llama", "qwen2", "mistral" */
+    char arch[32]; /* "llama", "qwen2", "mistral" */
     int n_layers;
     int d_model;
     int n_heads;
@@ -51,14 +51,14 @@ typedef struct pb_model_config {
     float rms_eps;
     float rope_theta;
     pb_rope_scaling rope_scaling;
-    float rope_factor;              /* linear and llama3 */
-    float rope_low_freq_factor;     /* llama3 */
-    float rope_high_freq_factor;    /* llama3 */
-    int rope_original_context;      /* llama3 */
+    float rope_factor;           /* linear and llama3 */
+    float rope_low_freq_factor;  /* llama3 */
+    float rope_high_freq_factor; /* llama3 */
+    int rope_original_context;   /* llama3 */
     int has_qkv_bias;
     int tied_embeddings;
-    int bos_id;                     /* -1 when unknown */
-    int eos_id;                     /* -1 when unknown */
+    int bos_id; /* -1 when unknown */
+    int eos_id; /* -1 when unknown */
 } pb_model_config;
 
 typedef struct pb_model pb_model;
@@ -74,11 +74,7 @@ typedef enum pb_backend_kind {
  * norms, biases and every activation stay fp32. With a 16-bit type a
  * projection rounds its input activations to the same type and accumulates
  * in fp32, as cuBLAS does with bf16/fp16 tensor-core GEMMs. */
-typedef enum pb_dtype {
-    PB_DTYPE_F32 = 0,
-    PB_DTYPE_BF16,
-    PB_DTYPE_F16
-} pb_dtype;
+typedef enum pb_dtype { PB_DTYPE_F32 = 0, PB_DTYPE_BF16, PB_DTYPE_F16 } pb_dtype;
 
 /* "f32", "bf16", "f16" */
 const char *pb_dtype_name(pb_dtype dtype);
@@ -87,10 +83,10 @@ const char *pb_dtype_name(pb_dtype dtype);
 pb_status pb_dtype_parse(const char *text, pb_dtype *out);
 
 typedef struct pb_load_options {
-    int n_threads;           /* CPU threads; <= 0 means all cores */
+    int n_threads; /* CPU threads; <= 0 means all cores */
     pb_backend_kind backend;
-    pb_dtype dtype;          /* weight storage; PB_DTYPE_F32 (0) by default */
-    int device;              /* CUDA device ordinal (PB_BACKEND_CUDA) */
+    pb_dtype dtype; /* weight storage; PB_DTYPE_F32 (0) by default */
+    int device;     /* CUDA device ordinal (PB_BACKEND_CUDA) */
 } pb_load_options;
 
 /* "cpu", "reference", "cuda" */
@@ -175,8 +171,7 @@ pb_status pb_forward(pb_model *model, const int32_t *ids, int T, float *logits, 
 /* Greedy decoding with a KV cache: appends up to max_new tokens to
  * out_ids (capacity max_new), stopping after eos. *n_out receives the
  * number written. */
-pb_status pb_generate(pb_model *model, const int32_t *ids, int T, int max_new,
-                      int32_t *out_ids, int *n_out);
+pb_status pb_generate(pb_model *model, const int32_t *ids, int T, int max_new, int32_t *out_ids, int *n_out);
 
 /* ---- activation-patching sweeps (semantics: docs/patching.md) -------- */
 
@@ -219,8 +214,8 @@ typedef enum pb_metric_kind {
 typedef float (*pb_metric_fn)(const float *values, int n, void *user);
 
 typedef struct pb_sweep_options {
-    size_t max_memory;      /* bytes for batch activations; 0 = 1 GiB */
-    int max_batch_rows;     /* 0 = as many as max_memory allows */
+    size_t max_memory;  /* bytes for batch activations; 0 = 1 GiB */
+    int max_batch_rows; /* 0 = as many as max_memory allows */
     /* Called after each batch from the thread running the sweep. */
     void (*progress)(int64_t rows_done, int64_t rows_total, void *user);
     void *progress_user;
@@ -258,35 +253,35 @@ typedef struct pb_sweep_summary {
     pb_patch_mode mode;
     pb_metric_kind metric;
     int n_pairs;
-    int n_pairs_used;          /* pairs whose |clean - corrupted| reaches the floor */
+    int n_pairs_used; /* pairs whose |clean - corrupted| reaches the floor */
     int64_t n_sites;
-    int64_t n_rows;            /* (pair, site) combinations */
-    int64_t n_rows_executed;   /* rows actually run (the rest are exactly 0 by construction) */
+    int64_t n_rows;          /* (pair, site) combinations */
+    int64_t n_rows_executed; /* rows actually run (the rest are exactly 0 by construction) */
     int64_t n_rows_done;
     int64_t n_rows_restored;          /* done rows loaded from a checkpoint (pb_sweep_checkpoint_load) */
     int64_t n_rows_executed_restored; /* of n_rows_executed, those run before the checkpoint was written */
-    double clean_baseline;     /* mean over pairs; in interchange: source */
-    double corrupted_baseline; /* in interchange: base */
-    double total_effect;       /* clean - corrupted */
+    double clean_baseline;            /* mean over pairs; in interchange: source */
+    double corrupted_baseline;        /* in interchange: base */
+    double total_effect;              /* clean - corrupted */
     int64_t n_significant;
     double circuit_fraction;
-    double flops_executed;     /* by the batched rows */
-    double flops_naive;        /* one full forward per (pair, site) */
-    double effect_floor;       /* pairs with |clean - corrupted| below it are excluded */
+    double flops_executed; /* by the batched rows */
+    double flops_naive;    /* one full forward per (pair, site) */
+    double effect_floor;   /* pairs with |clean - corrupted| below it are excluded */
     double significance_threshold;
 } pb_sweep_summary;
 
 typedef struct pb_site_result {
     pb_component component;
     int layer;
-    int head;                  /* -1 when the component has no head */
-    int position;              /* token index (negative: end-aligned); INT32_MIN when several positions were patched together */
-    int all_positions;         /* 1: every (mapped) position of each pair patched together */
-    int n_positions;           /* else: the positions patched together (borrowed), negative = end-aligned */
+    int head;          /* -1 when the component has no head */
+    int position;      /* token index (negative: end-aligned); INT32_MIN when several positions were patched together */
+    int all_positions; /* 1: every (mapped) position of each pair patched together */
+    int n_positions;   /* else: the positions patched together (borrowed), negative = end-aligned */
     const int *positions;
-    double patched;            /* mean over used pairs of the patched metric */
-    double effect;             /* mean normalised effect; NaN when no pair is usable or not yet run */
-    double standard_error;     /* of the mean over pairs */
+    double patched;        /* mean over used pairs of the patched metric */
+    double effect;         /* mean normalised effect; NaN when no pair is usable or not yet run */
+    double standard_error; /* of the mean over pairs */
     int significant;
 } pb_site_result;
 
@@ -324,14 +319,14 @@ int pb_sweep_pair_ready(const pb_sweep *sweep, int pair);
  * the backend and compute dtype. */
 typedef struct pb_sweep_fingerprint {
     char model_path[1024];
-    char model_digest[96];  /* "<bytes>:<sha256 hex>" */
-    char spec_digest[72];   /* sha256 hex */
-    char backend[32];       /* "cpu/f32", "reference/f32", "cuda/bf16", ... */
+    char model_digest[96]; /* "<bytes>:<sha256 hex>" */
+    char spec_digest[72];  /* sha256 hex */
+    char backend[32];      /* "cpu/f32", "reference/f32", "cuda/bf16", ... */
 } pb_sweep_fingerprint;
 
 /* model_path may be a pb_model_get_source() "random:..." name. */
-pb_status pb_sweep_fingerprint_compute(pb_sweep_fingerprint *fingerprint, const char *model_path,
-                                       const char *spec_json, pb_backend_kind backend, pb_dtype dtype);
+pb_status pb_sweep_fingerprint_compute(pb_sweep_fingerprint *fingerprint, const char *model_path, const char *spec_json,
+                                       pb_backend_kind backend, pb_dtype dtype);
 /* Writes every done row (patched value, trivial flag) and every known pair
  * baseline to path (temporary file, fsync, rename). */
 pb_status pb_sweep_checkpoint_write(const pb_sweep *sweep, const char *path, const pb_sweep_fingerprint *fingerprint);
@@ -364,11 +359,11 @@ typedef struct pb_intervention {
     pb_intervention_kind kind;
     /* PATCH */
     pb_component component;
-    int layer;             /* PATCH and ADD */
-    int head;              /* head of z/q/k/v; -1: every head (values are whole rows) or no head */
+    int layer; /* PATCH and ADD */
+    int head;  /* head of z/q/k/v; -1: every head (values are whole rows) or no head */
     int n_positions;
-    const int *positions;  /* (n_positions) prompt positions, ascending */
-    const float *values;   /* (n_positions, width) host: width = d_model or head_dim */
+    const int *positions; /* (n_positions) prompt positions, ascending */
+    const float *values;  /* (n_positions, width) host: width = d_model or head_dim */
     /* ABLATE and ADD */
     const float *direction; /* (d_model); ABLATE normalises it, ADD adds scale * direction as given */
     double scale;
@@ -412,12 +407,12 @@ typedef struct pb_direction_inputs {
     const int32_t *refusal_ids; /* (n_refusal_ids) the refusal token set of the score */
     int n_refusal_ids;
     /* Search limits; 0 picks the default. */
-    int layer_stride;           /* candidate layers 0, s, 2s, ... (default 1) */
-    double max_layer_fraction;  /* candidates only at layers < fraction * n_layers (default 0.8) */
-    double kl_threshold;        /* KL filter (default 0.1) */
-    int max_train;              /* use at most this many prompts per train side (default: all) */
-    int max_val;                /* at most this many per validation side (default: all) */
-    int max_batch_tokens;       /* tokens packed into one executor run (default 4096) */
+    int layer_stride;          /* candidate layers 0, s, 2s, ... (default 1) */
+    double max_layer_fraction; /* candidates only at layers < fraction * n_layers (default 0.8) */
+    double kl_threshold;       /* KL filter (default 0.1) */
+    int max_train;             /* use at most this many prompts per train side (default: all) */
+    int max_val;               /* at most this many per validation side (default: all) */
+    int max_batch_tokens;      /* tokens packed into one executor run (default 4096) */
 } pb_direction_inputs;
 
 typedef struct pb_direction_candidate {
@@ -433,16 +428,16 @@ typedef struct pb_direction_candidate {
 /* Owns its arrays: release with pb_direction_result_free. */
 typedef struct pb_direction_result {
     int d_model, n_layers, n_post;
-    int layer, position;       /* the selected candidate; position negative (from the end) */
-    float *direction;          /* (d_model) unit */
-    float *difference;         /* (d_model) the raw mean difference r(layer, position) */
-    double norm;               /* |difference| */
+    int layer, position;                       /* the selected candidate; position negative (from the end) */
+    float *direction;                          /* (d_model) unit */
+    float *difference;                         /* (d_model) the raw mean difference r(layer, position) */
+    double norm;                               /* |difference| */
     double ablation_score, addition_score, kl; /* of the selected candidate */
-    int selected_passes;       /* 0: no candidate passed every filter; the best ablation score under the KL filter (or, failing that, overall) was taken */
+    int selected_passes; /* 0: no candidate passed every filter; the best ablation score under the KL filter (or, failing that, overall) was taken */
     double baseline_harmful, baseline_harmless; /* mean refusal scores without intervention */
-    float *differences;        /* (n_layers, n_post, d_model) r(l, p) for every layer and position */
+    float *differences;                         /* (n_layers, n_post, d_model) r(l, p) for every layer and position */
     int n_candidates;
-    pb_direction_candidate *candidates; /* (n_candidates) */
+    pb_direction_candidate *candidates;                                   /* (n_candidates) */
     int n_harmful_train, n_harmless_train, n_harmful_val, n_harmless_val; /* counts used */
     double seconds_means, seconds_candidates;
 } pb_direction_result;
@@ -488,7 +483,7 @@ typedef struct pb_report_rate {
 /* Everything the sweep itself does not know. Every pointer is borrowed and
  * may be NULL (counts 0). */
 typedef struct pb_report_extras {
-    const char *title;                   /* e.g. "Refusal analysis: SmolLM2-135M-Instruct"; NULL: from the model path */
+    const char *title; /* e.g. "Refusal analysis: SmolLM2-135M-Instruct"; NULL: from the model path */
     /* Column labels of the position heatmaps: the decoded tokens of the
      * reference prompt. Position p >= 0 reads label p; a negative
      * (end-aligned) p reads label n_position_labels + p. NULL: the tokens
@@ -499,9 +494,9 @@ typedef struct pb_report_extras {
     int n_generations;
     const pb_report_rate *rates;
     int n_rates;
-    const char *direction_summary;       /* free text (selected layer/position and scores) */
-    const char *notes;                   /* free text */
-    double wall_seconds;                 /* total run time; <= 0 to omit */
+    const char *direction_summary; /* free text (selected layer/position and scores) */
+    const char *notes;             /* free text */
+    double wall_seconds;           /* total run time; <= 0 to omit */
 } pb_report_extras;
 
 /* Writes a finished sweep as one self-contained HTML5 page (inline CSS and

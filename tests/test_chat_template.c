@@ -138,7 +138,8 @@ static void test_name_override(void **state) {
     assert_string_equal(t.name, "chatml");
     assert_null(t.default_system);
     render_expect(&t, NULL, "hi", "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n");
-    render_expect(&t, "S", "hi", "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n");
+    render_expect(&t, "S", "hi",
+                  "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n");
     pb_chat_template_free(&t);
 
     assert_int_equal(pb_chat_template_init(&t, NULL, "llama3", NULL), PB_OK);

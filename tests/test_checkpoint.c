@@ -82,8 +82,8 @@ static const char *spec_text_reformatted =
 
 typedef struct stopper {
     volatile int *stop;
-    int batches;       /* progress calls seen */
-    int stop_after;    /* raise the flag at this call */
+    int batches;    /* progress calls seen */
+    int stop_after; /* raise the flag at this call */
 } stopper;
 
 static void stop_progress(int64_t done, int64_t total, void *user) {
@@ -251,8 +251,11 @@ static void test_stop_before_start(void **state) {
 static pb_sweep *interrupted_sweep(pb_model *m, const char *path, pb_sweep_fingerprint *fp) {
     volatile int stop = 0;
     stopper st = {&stop, 0, 2};
-    pb_sweep_options o = {.max_batch_rows = 4, .metric_fn_residual_layer = -1, .stop = &stop,
-                          .progress = stop_progress, .progress_user = &st};
+    pb_sweep_options o = {.max_batch_rows = 4,
+                          .metric_fn_residual_layer = -1,
+                          .stop = &stop,
+                          .progress = stop_progress,
+                          .progress_user = &st};
     pb_sweep *s = create(m, spec_text, &o);
     assert_int_equal(pb_sweep_run(s), PB_ERR_INTERRUPTED);
     fingerprint(fp, spec_text, PB_BACKEND_REFERENCE);
@@ -285,7 +288,8 @@ static void test_mismatch_refused(void **state) {
     pb_sweep_fingerprint other = fp;
     char other_model[1024];
     snprintf(other_model, sizeof other_model, "%s/tiny_bias/model.gguf", tu_fixtures());
-    assert_int_equal(pb_sweep_fingerprint_compute(&other, other_model, spec_text, PB_BACKEND_REFERENCE, PB_DTYPE_F32), PB_OK);
+    assert_int_equal(pb_sweep_fingerprint_compute(&other, other_model, spec_text, PB_BACKEND_REFERENCE, PB_DTYPE_F32),
+                     PB_OK);
     assert_string_not_equal(other.model_digest, fp.model_digest);
     expect_refused(m, path, &other, PB_ERR_ARG, "another model file");
     expect_refused(m, path, &other, PB_ERR_ARG, "tiny_bias/model.gguf");
@@ -466,10 +470,11 @@ static void write_long_spec(const char *path) {
         }
         fprintf(f, "}");
     }
-    fprintf(f, "], \"sites\": [{\"component\": \"resid_pre\", \"layers\": \"all\", \"positions\": \"each\"},"
-               " {\"component\": \"mlp_out\", \"layers\": \"all\", \"positions\": \"each\"},"
-               " {\"component\": \"z\", \"layers\": \"all\", \"heads\": \"all\", \"positions\": \"last\"}],"
-               " \"metric\": {\"kind\": \"logit_diff\", \"positive\": {\"ids\": [18]}, \"negative\": {\"ids\": [53]}}}");
+    fprintf(f,
+            "], \"sites\": [{\"component\": \"resid_pre\", \"layers\": \"all\", \"positions\": \"each\"},"
+            " {\"component\": \"mlp_out\", \"layers\": \"all\", \"positions\": \"each\"},"
+            " {\"component\": \"z\", \"layers\": \"all\", \"heads\": \"all\", \"positions\": \"last\"}],"
+            " \"metric\": {\"kind\": \"logit_diff\", \"positive\": {\"ids\": [18]}, \"negative\": {\"ids\": [53]}}}");
     fclose(f);
 }
 
@@ -497,8 +502,8 @@ static void test_cli_sigterm_resume(void **state) {
     snprintf(whole, sizeof whole, "%s/whole", tmp_dir);
     snprintf(out, sizeof out, "%s/out", tmp_dir);
     snprintf(ckpt, sizeof ckpt, "%s/out.checkpoint", tmp_dir);
-    const char *run_whole[] = {"sweep", "--model", model, "--spec", spec, "--out", whole, "--threads", "2",
-                               "--max-memory", "8M", "--no-progress", NULL};
+    const char *run_whole[] = {"sweep", "--model",      model, "--spec",        spec, "--out", whole, "--threads",
+                               "2",     "--max-memory", "8M",  "--no-progress", NULL};
     assert_int_equal(wait_status(spawn(run_whole, "whole")), 0);
     snprintf(a, sizeof a, "%s/whole.stderr", tmp_dir);
     read_file(a, err, 65536);
@@ -508,8 +513,8 @@ static void test_cli_sigterm_resume(void **state) {
     /* SIGTERM 100 ms after the row count is printed (the model is loaded
      * then), or after 300 ms: mid-sweep on any machine where the whole run
      * takes ~0.5 s; a run that already finished is accepted below. */
-    const char *run_out[] = {"sweep", "--model", model, "--spec", spec, "--out", out, "--threads", "2",
-                             "--max-memory", "8M", NULL};
+    const char *run_out[] = {"sweep", "--model",   model, "--spec",       spec, "--out",
+                             out,     "--threads", "2",   "--max-memory", "8M", NULL};
     pid_t pid = spawn(run_out, "first");
     snprintf(a, sizeof a, "%s/first.stderr", tmp_dir);
     double t0 = now_s();
@@ -539,8 +544,8 @@ static void test_cli_sigterm_resume(void **state) {
 
         /* without --resume: refused, usage status */
         assert_int_equal(wait_status(spawn(run_out, "noresume")), 2);
-        const char *resume[] = {"sweep", "--model", model, "--spec", spec, "--out", out, "--threads", "2",
-                                "--max-memory", "8M", "--resume", NULL};
+        const char *resume[] = {"sweep",     "--model", model,          "--spec", spec,       "--out", out,
+                                "--threads", "2",       "--max-memory", "8M",     "--resume", NULL};
         rc = wait_status(spawn(resume, "second"));
         snprintf(a, sizeof a, "%s/second.stderr", tmp_dir);
         read_file(a, err, 65536);
@@ -586,8 +591,11 @@ static void test_cli_mismatch(void **state) {
     strstr(changed, "[53]")[2] = '4';
     volatile int stop = 0;
     stopper st = {&stop, 0, 1};
-    pb_sweep_options o = {.max_batch_rows = 4, .metric_fn_residual_layer = -1, .stop = &stop,
-                          .progress = stop_progress, .progress_user = &st};
+    pb_sweep_options o = {.max_batch_rows = 4,
+                          .metric_fn_residual_layer = -1,
+                          .stop = &stop,
+                          .progress = stop_progress,
+                          .progress_user = &st};
     pb_sweep *s = create(m, changed, &o);
     assert_int_equal(pb_sweep_run(s), PB_ERR_INTERRUPTED);
     pb_sweep_fingerprint fp;

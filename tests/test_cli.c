@@ -126,7 +126,7 @@ static void test_forward_argument_errors(void **state) {
     assert_int_not_equal(run_cli(too_big), 0);
     expect_in(err_text, "token id 128 at position 1");
     const char *no_hook[] = {"forward", "--model", model, "--ids", "1,2", "--hooks", "blocks.9.hook_nope",
-                             "--out", out, NULL};
+                             "--out",   out,       NULL};
     assert_int_not_equal(run_cli(no_hook), 0);
     expect_in(err_text, "'blocks.9.hook_nope'");
     /* None of the failures above got as far as creating --out. */
@@ -155,8 +155,8 @@ static void expect_npy_close(const char *a, const char *b, double tol) {
     free(y);
 }
 
-static const char *const expected_files[] = {"logits.npy", "blocks.0.hook_resid_pre.npy",
-                                             "blocks.1.hook_resid_pre.npy", "blocks.0.attn.hook_z.npy"};
+static const char *const expected_files[] = {"logits.npy", "blocks.0.hook_resid_pre.npy", "blocks.1.hook_resid_pre.npy",
+                                             "blocks.0.attn.hook_z.npy"};
 enum { N_EXPECTED = 4 };
 
 /* dir holds exactly expected_files: no other hooks, no temporary files. */
@@ -184,8 +184,9 @@ static void test_forward_files(void **state) {
     tu_fixture_file(model, sizeof model, "tiny_gqa", "model.gguf");
     tu_fixture_file(ids_file, sizeof ids_file, "tiny_gqa", "ids.npy");
     snprintf(out, sizeof out, "%s/out", tmp_dir);
-    const char *args[] = {"forward", "--model", model, "--ids-file", ids_file, "--hooks",
-                          "blocks.*.hook_resid_pre,blocks.0.attn.hook_z", "--out", out, NULL, NULL};
+    const char *args[] = {
+        "forward", "--model", model, "--ids-file", ids_file, "--hooks", "blocks.*.hook_resid_pre,blocks.0.attn.hook_z",
+        "--out",   out,       NULL,  NULL};
     if (run_cli(args) != 0)
         fail_msg("forward failed: %s", err_text);
     expect_exact_files(out);
@@ -353,8 +354,8 @@ static void test_sweep_files(void **state) {
     tu_fixture_file(model, sizeof model, "tiny_gqa", "model.gguf");
     write_spec(spec, sizeof spec, "spec.json", "\"all\"");
     snprintf(out, sizeof out, "%s/out", tmp_dir);
-    const char *args[] = {"sweep", "--model", model, "--spec", spec, "--out", out, "--threads", "2",
-                          "--max-memory", "64M", NULL, NULL};
+    const char *args[] = {"sweep",     "--model", model,          "--spec", spec, "--out", out,
+                          "--threads", "2",       "--max-memory", "64M",    NULL, NULL};
     if (run_cli(args) != 0)
         fail_msg("sweep failed: %s", err_text);
     tu_list_dir(out, names, sizeof names);
@@ -395,8 +396,8 @@ static void test_sweep_files(void **state) {
     assert_int_equal(after.st_ino, before.st_ino);
 
     /* --overwrite, quietly: replaced, no progress. */
-    const char *quiet[] = {"sweep", "--model", model, "--spec", spec, "--out", out, "--overwrite", "--no-progress",
-                           NULL};
+    const char *quiet[] = {"sweep", "--model", model,         "--spec",        spec,
+                           "--out", out,       "--overwrite", "--no-progress", NULL};
     if (run_cli(quiet) != 0)
         fail_msg("sweep --overwrite failed: %s", err_text);
     assert_null(strstr(err_text, "sweep ["));
@@ -508,15 +509,16 @@ static void test_random_model_forward(void **state) {
         fail_msg("forward failed: %s", err_text);
     free(read_logits(out_ids, 3, 512));
 
-    const char *args[] = {"forward", "--random-model", "tiny", "--seed", "7", "--ids-file", ids_file,
-                          "--threads", "2", "--out", out, NULL};
+    const char *args[] = {"forward", "--random-model", "tiny", "--seed", "7", "--ids-file",
+                          ids_file,  "--threads",      "2",    "--out",  out, NULL};
     if (run_cli(args) != 0)
         fail_msg("forward failed: %s", err_text);
     snprintf(path, sizeof path, "%s/logits.npy", out);
     expect_npy_close(path, ref_path, PB_TOL_TINY_LOGITS_MAX_ABS);
 
-    const char *bf16_args[] = {"forward", "--random-model", "tiny", "--seed", "7", "--ids-file", ids_file,
-                               "--threads", "2", "--dtype", "bf16", "--backend", "cpu", "--out", out_bf16, NULL};
+    const char *bf16_args[] = {"forward", "--random-model", "tiny",   "--seed",  "7",    "--ids-file",
+                               ids_file,  "--threads",      "2",      "--dtype", "bf16", "--backend",
+                               "cpu",     "--out",          out_bf16, NULL};
     if (run_cli(bf16_args) != 0)
         fail_msg("forward --dtype bf16 failed: %s", err_text);
     void *ids;
@@ -583,8 +585,8 @@ static void test_backend_cuda(void **state) {
     need_cli();
     char out[128];
     snprintf(out, sizeof out, "%s/out", tmp_dir);
-    const char *args[] = {"forward", "--random-model", "tiny", "--backend", "cuda", "--ids", "1,2,3", "--out", out,
-                          NULL};
+    const char *args[] = {"forward", "--random-model", "tiny",  "--backend", "cuda",
+                          "--ids",   "1,2,3",          "--out", out,         NULL};
     int rc = run_cli(args);
     assert_true(rc < 128); /* not killed by a signal */
 #ifdef PB_HAVE_CUDA

@@ -58,9 +58,9 @@ static float *host_random(size_t n, float lo, float hi) {
 /* ---- a tensor held by both backends ------------------------------------ */
 
 typedef struct twin {
-    void *ref;  /* (n + PB_GUARD) floats, or bytes for int tensors */
+    void *ref; /* (n + PB_GUARD) floats, or bytes for int tensors */
     void *cuda;
-    size_t n;   /* floats the op may touch */
+    size_t n; /* floats the op may touch */
 } twin;
 
 static void *backend_buffer(pb_backend *backend, const void *host, size_t bytes) {
@@ -84,8 +84,7 @@ static twin twin_floats(const float *host, size_t n) {
 }
 
 static twin twin_ints(const int32_t *host, size_t n) {
-    twin t = {backend_buffer(g_ref, host, sizeof(int32_t) * n), backend_buffer(g_cuda, host, sizeof(int32_t) * n),
-              n};
+    twin t = {backend_buffer(g_ref, host, sizeof(int32_t) * n), backend_buffer(g_cuda, host, sizeof(int32_t) * n), n};
     return t;
 }
 
@@ -131,8 +130,7 @@ static void twin_compare(const twin *t, double tolerance, const char *what) {
     size_t non_finite = 0;
     for (size_t i = 0; i < t->n; i++) {
         if (float_class(cuda[i]) != float_class(ref[i]))
-            fail_msg("%s: element %zu is %g on cuda but %g in the reference", what, i, (double)cuda[i],
-                     (double)ref[i]);
+            fail_msg("%s: element %zu is %g on cuda but %g in the reference", what, i, (double)cuda[i], (double)ref[i]);
         if (float_class(ref[i]) != 0) {
             non_finite++;
             continue;
@@ -237,7 +235,8 @@ static void run_matmul(int rows, int n, int k, int with_bias, int nan_row, const
     twin b = twin_floats(b_host, (size_t)n);
     twin out = twin_floats(NULL, (size_t)rows * n);
     CHECK_OK(g_ref->ops->matmul(g_ref, out.ref, x.ref, w.ref, PB_DTYPE_F32, with_bias ? b.ref : NULL, rows, n, k));
-    CHECK_OK(g_cuda->ops->matmul(g_cuda, out.cuda, x.cuda, w.cuda, PB_DTYPE_F32, with_bias ? b.cuda : NULL, rows, n, k));
+    CHECK_OK(
+        g_cuda->ops->matmul(g_cuda, out.cuda, x.cuda, w.cuda, PB_DTYPE_F32, with_bias ? b.cuda : NULL, rows, n, k));
     twin_compare(&out, PB_TOL_CUDA_OP_NMSE, what);
     twin_free(&x);
     twin_free(&w);
@@ -296,8 +295,8 @@ static void test_rope(void **state) {
  * query element and one element of key row 1 are NaN (needs T >= 3): the
  * outputs that read them must be NaN as in the reference, including those
  * where the NaN key is the only key one of the kernel's warps sees. */
-static void run_attention_nan(int T, int T_kv, int q_start, int n_heads, int n_kv_heads, int head_dim,
-                              int with_nan, const char *what) {
+static void run_attention_nan(int T, int T_kv, int q_start, int n_heads, int n_kv_heads, int head_dim, int with_nan,
+                              const char *what) {
     const size_t q_count = (size_t)T * n_heads * head_dim;
     const size_t kv_count = (size_t)T_kv * n_kv_heads * head_dim;
     float *q_host = host_random(q_count, -2.0f, 2.0f);
@@ -317,10 +316,10 @@ static void run_attention_nan(int T, int T_kv, int q_start, int n_heads, int n_k
     twin k = twin_floats(k_host, kv_count);
     twin v = twin_floats(v_host, kv_count);
     twin out = twin_floats(NULL, q_count);
-    CHECK_OK(g_ref->ops->attention(g_ref, out.ref, q.ref, k.ref, v.ref, T, T_kv, q_start, n_heads, n_kv_heads,
-                                   head_dim));
-    CHECK_OK(g_cuda->ops->attention(g_cuda, out.cuda, q.cuda, k.cuda, v.cuda, T, T_kv, q_start, n_heads,
-                                    n_kv_heads, head_dim));
+    CHECK_OK(
+        g_ref->ops->attention(g_ref, out.ref, q.ref, k.ref, v.ref, T, T_kv, q_start, n_heads, n_kv_heads, head_dim));
+    CHECK_OK(g_cuda->ops->attention(g_cuda, out.cuda, q.cuda, k.cuda, v.cuda, T, T_kv, q_start, n_heads, n_kv_heads,
+                                    head_dim));
     twin_compare(&out, PB_TOL_CUDA_OP_NMSE, what);
     twin_free(&q);
     twin_free(&k);
@@ -331,8 +330,7 @@ static void run_attention_nan(int T, int T_kv, int q_start, int n_heads, int n_k
     free(v_host);
 }
 
-static void run_attention(int T, int T_kv, int q_start, int n_heads, int n_kv_heads, int head_dim,
-                          const char *what) {
+static void run_attention(int T, int T_kv, int q_start, int n_heads, int n_kv_heads, int head_dim, const char *what) {
     run_attention_nan(T, T_kv, q_start, n_heads, n_kv_heads, head_dim, 0, what);
 }
 
@@ -469,9 +467,9 @@ static void expect_status(pb_status got, pb_status want, const char *what) {
 static void run_embed16(pb_dtype dtype, int vocab, int T, int d, const char *what) {
     const size_t table_count = (size_t)vocab * d;
     float *table_host = host_random(table_count, -2.0f, 2.0f);
-    table_host[0] = NAN;                                                 /* row 0 */
-    table_host[table_count - 1] = dtype == PB_DTYPE_F16 ? 1e6f : INFINITY;  /* row vocab - 1 */
-    table_host[(size_t)(vocab / 2) * d] = -INFINITY;                     /* row vocab / 2 */
+    table_host[0] = NAN;                                                   /* row 0 */
+    table_host[table_count - 1] = dtype == PB_DTYPE_F16 ? 1e6f : INFINITY; /* row vocab - 1 */
+    table_host[(size_t)(vocab / 2) * d] = -INFINITY;                       /* row vocab / 2 */
     uint16_t *table16 = malloc(sizeof(uint16_t) * table_count);
     int32_t *ids_host = malloc(sizeof(int32_t) * (size_t)T);
     assert_non_null(table16);
@@ -611,10 +609,10 @@ static void test_matmul16_reuse(void **state) {
         w[i] = twin_bytes(w16, sizeof(uint16_t) * N * K);
         free(wf);
     }
-#define BOTH_MATMUL(o, xx, ww)                                                                                 \
-    do {                                                                                                         \
-        CHECK_OK(g_ref->ops->matmul(g_ref, (o).ref, (xx).ref, (ww).ref, PB_DTYPE_BF16, NULL, ROWS, N, K));        \
-        CHECK_OK(g_cuda->ops->matmul(g_cuda, (o).cuda, (xx).cuda, (ww).cuda, PB_DTYPE_BF16, NULL, ROWS, N, K));   \
+#define BOTH_MATMUL(o, xx, ww)                                                                                  \
+    do {                                                                                                        \
+        CHECK_OK(g_ref->ops->matmul(g_ref, (o).ref, (xx).ref, (ww).ref, PB_DTYPE_BF16, NULL, ROWS, N, K));      \
+        CHECK_OK(g_cuda->ops->matmul(g_cuda, (o).cuda, (xx).cuda, (ww).cuda, PB_DTYPE_BF16, NULL, ROWS, N, K)); \
     } while (0)
     for (int i = 0; i < 3; i++) {
         BOTH_MATMUL(out, x, w[i]);
@@ -632,8 +630,8 @@ static void test_matmul16_reuse(void **state) {
     /* a matmul writing into another input's buffer (N == K, rows alike):
      * the next matmul of that buffer must use the new values */
     twin y = twin_floats(x2_host, (size_t)ROWS * K);
-    BOTH_MATMUL(out, y, w[1]);                 /* y rounded and remembered */
-    BOTH_MATMUL(y, x, w[2]);                   /* y overwritten by a matmul's output */
+    BOTH_MATMUL(out, y, w[1]); /* y rounded and remembered */
+    BOTH_MATMUL(y, x, w[2]);   /* y overwritten by a matmul's output */
     BOTH_MATMUL(out, y, w[1]);
     twin_compare(&out, PB_TOL_CUDA_OP16_NMSE, "matmul bf16 reuse: input rewritten by a matmul");
 #undef BOTH_MATMUL
@@ -857,9 +855,9 @@ static void test_errors(void **state) {
                   "attention n_heads % n_kv_heads != 0");
     expect_status(ops->attention(g_cuda, buffer, buffer, buffer, buffer, 4, 5, 2, 2, 2, 8), PB_ERR_ARG,
                   "attention q_start + T > T_kv");
-    expect_status(ops->rope(g_cuda, buffer, (const int32_t *)buffer, buffer, 2, 2, 7), PB_ERR_ARG,
-                  "rope odd head_dim");
-    expect_status(ops->matmul(g_cuda, buffer, buffer, buffer, PB_DTYPE_F32, NULL, -1, 4, 4), PB_ERR_ARG, "matmul rows < 0");
+    expect_status(ops->rope(g_cuda, buffer, (const int32_t *)buffer, buffer, 2, 2, 7), PB_ERR_ARG, "rope odd head_dim");
+    expect_status(ops->matmul(g_cuda, buffer, buffer, buffer, PB_DTYPE_F32, NULL, -1, 4, 4), PB_ERR_ARG,
+                  "matmul rows < 0");
     pb_attention_job job = {0, 2, 1, buffer, buffer, buffer, buffer};
     expect_status(ops->attention_jobs(g_cuda, buffer, buffer, &job, 1, 3, 2, 8), PB_ERR_ARG,
                   "attention_jobs n_heads % n_kv_heads != 0");
@@ -874,8 +872,7 @@ static void test_errors(void **state) {
                   "attention_jobs n > 0 without new keys");
     job.v_new = buffer;
     job.n = -1;
-    expect_status(ops->attention_jobs(g_cuda, buffer, buffer, &job, 1, 2, 2, 8), PB_ERR_ARG,
-                  "attention_jobs n < 0");
+    expect_status(ops->attention_jobs(g_cuda, buffer, buffer, &job, 1, 2, 2, 8), PB_ERR_ARG, "attention_jobs n < 0");
     job.n = 1;
     expect_status(ops->attention_jobs(g_cuda, buffer, buffer, &job, 1, 1, 1, 4096), PB_ERR_UNSUPPORTED,
                   "attention_jobs head_dim 4096 (shared memory)");
@@ -963,15 +960,20 @@ int main(void) {
     }
     if (g_stand_in)
         printf("note: PB_CUDA_TEST_STAND_IN: the cpu backend stands in for CUDA; nothing here tests the GPU\n");
-    int exit_code = tu_cuda_exit_code(g_stand_in ? pb_backend_cpu_create(&g_cuda, 0) : pb_backend_cuda_create(&g_cuda, 0));
+    int exit_code = tu_cuda_exit_code(g_stand_in ? pb_backend_cpu_create(&g_cuda, 0)
+                                                 : pb_backend_cuda_create(&g_cuda, 0));
     if (exit_code != 0)
         return exit_code;
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_memory),    cmocka_unit_test(test_embed),     cmocka_unit_test(test_rmsnorm),
-        cmocka_unit_test(test_matmul),    cmocka_unit_test(test_rope),      cmocka_unit_test(test_attention),
-        cmocka_unit_test(test_swiglu),    cmocka_unit_test(test_add),       cmocka_unit_test(test_embed16),
-        cmocka_unit_test(test_matmul16), cmocka_unit_test(test_matmul16_reuse), cmocka_unit_test(test_copy_regions),  cmocka_unit_test(test_attention_jobs), cmocka_unit_test(test_attention_jobs_kernels), cmocka_unit_test(test_memory_info),
-        cmocka_unit_test(test_errors),    cmocka_unit_test(test_nccl_linked),
+        cmocka_unit_test(test_memory),         cmocka_unit_test(test_embed),
+        cmocka_unit_test(test_rmsnorm),        cmocka_unit_test(test_matmul),
+        cmocka_unit_test(test_rope),           cmocka_unit_test(test_attention),
+        cmocka_unit_test(test_swiglu),         cmocka_unit_test(test_add),
+        cmocka_unit_test(test_embed16),        cmocka_unit_test(test_matmul16),
+        cmocka_unit_test(test_matmul16_reuse), cmocka_unit_test(test_copy_regions),
+        cmocka_unit_test(test_attention_jobs), cmocka_unit_test(test_attention_jobs_kernels),
+        cmocka_unit_test(test_memory_info),    cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_nccl_linked),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown) == 0 ? 0 : 1;
 }

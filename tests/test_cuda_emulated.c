@@ -52,11 +52,11 @@
 
 static pb_backend *g_ref;
 
-#define CHECK_LAUNCH(expr)                                                                           \
-    do {                                                                                             \
-        int check_error_ = (expr);                                                                   \
-        if (check_error_ != 0)                                                                       \
-            fail_msg("%s -> cudaError %d", #expr, check_error_);                                     \
+#define CHECK_LAUNCH(expr)                                       \
+    do {                                                         \
+        int check_error_ = (expr);                               \
+        if (check_error_ != 0)                                   \
+            fail_msg("%s -> cudaError %d", #expr, check_error_); \
     } while (0)
 
 static void *checked_malloc(size_t bytes) {
@@ -181,13 +181,13 @@ static void test_round16(void **state) {
     /* ties, overflow thresholds, subnormals of both formats, specials */
     static const uint32_t special_bits[] = {
         0x00000000u, 0x80000000u, 0x3f800000u, 0xbf800000u, /* +-0, +-1 */
-        0x3f808000u, 0x3f818000u, 0x3f80c000u,             /* bf16 ties to even (down, up), above a tie */
-        0x3f801000u, 0x3f803000u, 0x3f802000u,             /* fp16 ties (1 + 2^-11, 1 + 3 * 2^-11), exact */
+        0x3f808000u, 0x3f818000u, 0x3f80c000u,              /* bf16 ties to even (down, up), above a tie */
+        0x3f801000u, 0x3f803000u, 0x3f802000u,              /* fp16 ties (1 + 2^-11, 1 + 3 * 2^-11), exact */
         0x33000000u, 0x33400000u, 0x33c00000u, 0x337fffffu, /* fp16 subnormal ties and just below: 2^-25 ... */
-        0x38800000u, 0x387fc000u, 0x387fe000u,             /* fp16: smallest normal, largest subnormals' ties */
+        0x38800000u, 0x387fc000u, 0x387fe000u,              /* fp16: smallest normal, largest subnormals' ties */
         0x00000001u, 0x00008000u, 0x00018000u, 0x807fffffu, /* fp32 subnormals: bf16 ties */
         0x00800000u, 0x7f7fffffu, 0xff7fffffu, 0x7f7f7fffu, 0x7f7f8000u, /* FLT_MIN, FLT_MAX (bf16 Inf) */
-        0x477fe000u, 0x477fefffu, 0x477ff000u, 0x47800000u, /* 65504, just below 65520, 65520, 65536 */
+        0x477fe000u, 0x477fefffu, 0x477ff000u, 0x47800000u,              /* 65504, just below 65520, 65520, 65536 */
         0x7f800000u, 0xff800000u, 0x7fc00000u, 0xffc00000u, 0x7f800001u, 0x7fbfffffu, /* Inf, NaN */
     };
     const size_t n_special = sizeof special_bits / sizeof special_bits[0];
@@ -513,8 +513,8 @@ static void run_attention_jobs(const job_spec *specs, int n_jobs, int n_heads, i
         memcpy(v_all, vp + prefix_at[j] * kvd, sizeof(float) * (size_t)p0 * kvd);
         memcpy(k_all + (size_t)p0 * kvd, k + (size_t)q_row[j] * kvd, sizeof(float) * (size_t)n * kvd);
         memcpy(v_all + (size_t)p0 * kvd, v + (size_t)q_row[j] * kvd, sizeof(float) * (size_t)n * kvd);
-        CHECK_OK(g_ref->ops->attention(g_ref, want + (size_t)q_row[j] * qd, q + (size_t)q_row[j] * qd, k_all, v_all,
-                                       n, (int)keys, p0, n_heads, n_kv_heads, head_dim));
+        CHECK_OK(g_ref->ops->attention(g_ref, want + (size_t)q_row[j] * qd, q + (size_t)q_row[j] * qd, k_all, v_all, n,
+                                       (int)keys, p0, n_heads, n_kv_heads, head_dim));
         free(k_all);
         free(v_all);
     }
@@ -674,8 +674,8 @@ static void run_metric(int rows, int V, const int32_t *pos, int n_pos, const cha
     double *got = checked_malloc(sizeof(double) * (size_t)rows);
     double *want = checked_malloc(sizeof(double) * (size_t)rows);
     for (int kind = 0; kind < 4; kind++) {
-        CHECK_OK(pb_emu_metric_rows(got, logits, rows, V, (pb_metric_kind)kind, pos, n_pos, neg, 3, ref, ref_row,
-                                    N_REF));
+        CHECK_OK(
+            pb_emu_metric_rows(got, logits, rows, V, (pb_metric_kind)kind, pos, n_pos, neg, 3, ref, ref_row, N_REF));
         CHECK_OK(g_ref->ops->metric_rows(g_ref, want, logits, rows, V, (pb_metric_kind)kind, pos, n_pos, neg, 3, ref,
                                          ref_row, N_REF));
         double worst = 0.0;
@@ -780,8 +780,8 @@ static void test_schedule_order(void **state) {
         CHECK_LAUNCH(pb_emu_attention(attn[reverse], q, k, v, T, q_start, H, KV, hd));
         CHECK_LAUNCH(pb_emu_rmsnorm(norm[reverse], x, NULL, rows, d, 1e-6f));
         for (int kind = 0; kind < 3; kind++)
-            CHECK_OK(pb_emu_metric_rows(metric[reverse][kind], logits, rows, V, (pb_metric_kind)kind, pos, 3, pos,
-                                        2, NULL, NULL, 0));
+            CHECK_OK(pb_emu_metric_rows(metric[reverse][kind], logits, rows, V, (pb_metric_kind)kind, pos, 3, pos, 2,
+                                        NULL, NULL, 0));
     }
     /* the tiled kernel, whose probabilities take the key tile's place */
     const int tT = 45, tp0 = 20, tH = 8, tKV = 2, thd = 64;
@@ -897,12 +897,23 @@ static int teardown(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_embed),          cmocka_unit_test(test_round16),   cmocka_unit_test(test_grid_stride),   cmocka_unit_test(test_add_bias),
-        cmocka_unit_test(test_swiglu_add),     cmocka_unit_test(test_rmsnorm),   cmocka_unit_test(test_rope),
-        cmocka_unit_test(test_attention),      cmocka_unit_test(test_attention_jobs), cmocka_unit_test(test_attention_tiled), cmocka_unit_test(test_copy_regions),
-        cmocka_unit_test(test_metric),         cmocka_unit_test(test_sync_mode),
-        cmocka_unit_test(test_schedule_order), cmocka_unit_test(test_emulator_barrier),
-        cmocka_unit_test(test_emulator_shuffle), cmocka_unit_test(test_launch_error),
+        cmocka_unit_test(test_embed),
+        cmocka_unit_test(test_round16),
+        cmocka_unit_test(test_grid_stride),
+        cmocka_unit_test(test_add_bias),
+        cmocka_unit_test(test_swiglu_add),
+        cmocka_unit_test(test_rmsnorm),
+        cmocka_unit_test(test_rope),
+        cmocka_unit_test(test_attention),
+        cmocka_unit_test(test_attention_jobs),
+        cmocka_unit_test(test_attention_tiled),
+        cmocka_unit_test(test_copy_regions),
+        cmocka_unit_test(test_metric),
+        cmocka_unit_test(test_sync_mode),
+        cmocka_unit_test(test_schedule_order),
+        cmocka_unit_test(test_emulator_barrier),
+        cmocka_unit_test(test_emulator_shuffle),
+        cmocka_unit_test(test_launch_error),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -113,7 +113,7 @@ static void test_metric_vs_reference(void **state) {
         /* logits uniform in [-12, 12): typical final-layer spreads */
         tu_fill(x, (size_t)rows * V, 100 + (uint64_t)s, 12.0f);
         for (int v = 0; v < V; v++)
-            x[V + v] *= 0.01f; /* nearly flat */
+            x[V + v] *= 0.01f;             /* nearly flat */
         x[2 * (size_t)V + 5] = 3.0e4f;     /* huge, inside the set */
         x[3 * (size_t)V + V - 1] = 3.0e4f; /* huge, outside it */
         x[4 * (size_t)V + V / 2] = NAN;
@@ -152,8 +152,8 @@ static void test_metric_edges(void **state) {
     CHECK_OK(g_cuda->ops->metric_rows(g_cuda, d_out, d_x, 1, 4, PB_METRIC_LOGPROB, d_ids, 4, NULL, 0, NULL, NULL, 0));
     CHECK_OK(g_cuda->ops->download(g_cuda, &out, d_out, sizeof out));
     assert_true(fabs(out) <= PB_TOL_METRIC_WHOLE_VOCABULARY);
-    CHECK_OK(g_cuda->ops->metric_rows(g_cuda, d_out, d_x, 1, 4, PB_METRIC_REFUSAL_SCORE, d_ids, 4, NULL, 0, NULL,
-                                      NULL, 0));
+    CHECK_OK(
+        g_cuda->ops->metric_rows(g_cuda, d_out, d_x, 1, 4, PB_METRIC_REFUSAL_SCORE, d_ids, 4, NULL, 0, NULL, NULL, 0));
     CHECK_OK(g_cuda->ops->download(g_cuda, &out, d_out, sizeof out));
     assert_true(isinf(out) && out > 0);
     CHECK_OK(g_cuda->ops->metric_rows(g_cuda, d_out, d_x, 1, 4, PB_METRIC_LOGPROB, d_bad, 1, NULL, 0, NULL, NULL, 0));
@@ -165,12 +165,11 @@ static void test_metric_edges(void **state) {
     assert_int_equal(
         g_cuda->ops->metric_rows(g_cuda, d_out, d_x, 1, 0, PB_METRIC_LOGPROB, d_ids, 1, NULL, 0, NULL, NULL, 0),
         PB_ERR_ARG);
-    assert_int_equal(
-        g_cuda->ops->metric_rows(g_cuda, d_out, d_x, 1, 4, PB_METRIC_KL, NULL, 0, NULL, 0, NULL, NULL, 0),
-        PB_ERR_ARG);
+    assert_int_equal(g_cuda->ops->metric_rows(g_cuda, d_out, d_x, 1, 4, PB_METRIC_KL, NULL, 0, NULL, 0, NULL, NULL, 0),
+                     PB_ERR_ARG);
     /* refused on the host before any launch: the buffers are never read */
-    assert_int_equal(g_cuda->ops->metric_rows(g_cuda, d_out, d_x, 1, 400000, PB_METRIC_REFUSAL_SCORE, d_ids, 1, NULL,
-                                              0, NULL, NULL, 0),
+    assert_int_equal(g_cuda->ops->metric_rows(g_cuda, d_out, d_x, 1, 400000, PB_METRIC_REFUSAL_SCORE, d_ids, 1, NULL, 0,
+                                              NULL, NULL, 0),
                      PB_ERR_UNSUPPORTED);
     CHECK_OK(g_cuda->ops->synchronize(g_cuda));
     g_cuda->ops->free(g_cuda, d_x);

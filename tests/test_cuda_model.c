@@ -51,8 +51,8 @@ static pb_model *open_model(const model_source *source, pb_backend_kind backend,
 
 /* One forward's results. */
 typedef struct run {
-    float *logits;        /* (T, vocab) */
-    pb_capture *capture;  /* every hook point, or NULL */
+    float *logits;       /* (T, vocab) */
+    pb_capture *capture; /* every hook point, or NULL */
 } run;
 
 static run forward(pb_model *model, const int32_t *ids, int T, int with_hooks) {
@@ -77,14 +77,14 @@ static void run_free(run *r) {
 
 /* What one comparison (possibly over several prompts) measured. */
 typedef struct measure {
-    double err, norm;            /* logits: sum (got - want)^2, sum want^2 */
-    double worst_position_nmse;  /* the worst single position's logits NMSE */
+    double err, norm;           /* logits: sum (got - want)^2, sum want^2 */
+    double worst_position_nmse; /* the worst single position's logits NMSE */
     int argmax_same, positions;
     int hooks_compared;
     double worst_hook_nmse;
     char worst_hook[96];
-    double first_projection_nmse;  /* worst of blocks.0.attn.hook_q/k/v */
-    double layer_worst[64];        /* worst hook of blocks.L, L < 64 */
+    double first_projection_nmse; /* worst of blocks.0.attn.hook_q/k/v */
+    double layer_worst[64];       /* worst hook of blocks.L, L < 64 */
     int n_layers_seen;
 } measure;
 
@@ -160,8 +160,8 @@ static void measure_add(measure *m, const run *got, const run *want, int T, int 
 }
 
 static void measure_print(const measure *m, const char *what) {
-    printf("[ MEASURE  ] %s: logits NMSE %.3g (worst position %.3g), argmax %d/%d (%.1f%%)", what,
-           measure_nmse(m), m->worst_position_nmse, m->argmax_same, m->positions,
+    printf("[ MEASURE  ] %s: logits NMSE %.3g (worst position %.3g), argmax %d/%d (%.1f%%)", what, measure_nmse(m),
+           m->worst_position_nmse, m->argmax_same, m->positions,
            m->positions ? 100.0 * m->argmax_same / m->positions : 0.0);
     if (m->hooks_compared) {
         printf(", %d hooks, worst NMSE %.3g (%s), first projections %.3g; worst per layer:", m->hooks_compared,
@@ -384,10 +384,10 @@ static void test_generate(void **state) {
         assert_int_equal(n_got, n_want);
         for (int t = 0; t < n_want; t++)
             if (got[t] != want[t])
-                fail_msg("%s: greedy token %d is %d on %s, %d on cpu", g_tiny[i], t, got[t],
-                         pb_backend_name(g_device), want[t]);
-        printf("[ MEASURE  ] %s f32 greedy: %d tokens after a %d-token prompt identical on %s and cpu\n",
-               g_tiny[i], n_want, prompt, pb_backend_name(g_device));
+                fail_msg("%s: greedy token %d is %d on %s, %d on cpu", g_tiny[i], t, got[t], pb_backend_name(g_device),
+                         want[t]);
+        printf("[ MEASURE  ] %s f32 greedy: %d tokens after a %d-token prompt identical on %s and cpu\n", g_tiny[i],
+               n_want, prompt, pb_backend_name(g_device));
         pb_model_free(device);
         pb_model_free(cpu);
         free(ids);
@@ -411,8 +411,8 @@ int main(void) {
         pb_backend_destroy(probe);
     }
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_tiny_f32),     cmocka_unit_test(test_tiny_16bit), cmocka_unit_test(test_random_smollm2),
-        cmocka_unit_test(test_smollm2),      cmocka_unit_test(test_generate),
+        cmocka_unit_test(test_tiny_f32), cmocka_unit_test(test_tiny_16bit), cmocka_unit_test(test_random_smollm2),
+        cmocka_unit_test(test_smollm2),  cmocka_unit_test(test_generate),
     };
     return cmocka_run_group_tests(tests, NULL, NULL) == 0 ? 0 : 1;
 }

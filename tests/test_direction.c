@@ -59,9 +59,13 @@ static pb_prompt_set set_of(synthetic *s, int set, int n) {
 }
 
 static pb_direction_inputs inputs_of(synthetic *s) {
-    return (pb_direction_inputs){.harmful_train = set_of(s, 0, N_TRAIN), .harmless_train = set_of(s, 1, N_TRAIN),
-                                 .harmful_val = set_of(s, 2, N_VAL), .harmless_val = set_of(s, 3, N_VAL),
-                                 .refusal_ids = refusal_ids, .n_refusal_ids = 2, .max_batch_tokens = 40};
+    return (pb_direction_inputs){.harmful_train = set_of(s, 0, N_TRAIN),
+                                 .harmless_train = set_of(s, 1, N_TRAIN),
+                                 .harmful_val = set_of(s, 2, N_VAL),
+                                 .harmless_val = set_of(s, 3, N_VAL),
+                                 .refusal_ids = refusal_ids,
+                                 .n_refusal_ids = 2,
+                                 .max_batch_tokens = 40};
 }
 
 /* Captured resid_pre of layer `layer` at the last N_POST positions, summed. */
@@ -82,8 +86,8 @@ static void naive_means(pb_model *m, synthetic *s, double *out /* (n_layers, N_P
                 const float *x = pb_capture_data(cap, h, &n_dims, shape);
                 for (int q = 0; q < N_POST; q++)
                     for (int k = 0; k < d; k++)
-                        out[((size_t)layer * N_POST + q) * d + k] +=
-                            (set == 0 ? 1.0 : -1.0) * x[(size_t)(T - N_POST + q) * d + k] / N_TRAIN;
+                        out[((size_t)layer * N_POST + q) * d + k] += (set == 0 ? 1.0 : -1.0) *
+                                                                     x[(size_t)(T - N_POST + q) * d + k] / N_TRAIN;
             }
         }
     pb_capture_free(cap);
@@ -165,8 +169,8 @@ static void check_backend(pb_backend_kind backend, double tol_means, double tol_
     assert_true(fabs(full_score(m, &s, 3, NULL, 0) - r.baseline_harmless) <= tol_scores);
     printf("[ MEASURE  ] %s: max |means - naive| %.2e, max |scores - full forwards| %.2e; %d of %d candidates "
            "pass; selected layer %d position %d (ablation %.3f, addition %.3f, kl %.4f; baselines %.3f / %.3f)\n",
-           name, worst, worst_score, n_passing, r.n_candidates, r.layer, r.position, r.ablation_score,
-           r.addition_score, r.kl, r.baseline_harmful, r.baseline_harmless);
+           name, worst, worst_score, n_passing, r.n_candidates, r.layer, r.position, r.ablation_score, r.addition_score,
+           r.kl, r.baseline_harmful, r.baseline_harmless);
     assert_true(worst <= tol_means);
     assert_true(worst_score <= tol_scores);
     /* the selection rule */

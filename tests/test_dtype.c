@@ -128,17 +128,17 @@ static void test_narrowing_matches_libraries(void **state) {
 static void test_narrowing_known_values(void **state) {
     assert_int_equal(pb_fp32_to_bf16(1.0f), 0x3f80);
     assert_int_equal(pb_fp32_to_bf16(-0.0f), 0x8000);
-    assert_int_equal(pb_fp32_to_bf16(bits_float(0x3f808000u)), 0x3f80); /* tie, even kept bit: down */
-    assert_int_equal(pb_fp32_to_bf16(bits_float(0x3f818000u)), 0x3f82); /* tie, odd kept bit: up */
-    assert_int_equal(pb_fp32_to_bf16(bits_float(0x7f7fffffu)), 0x7f80); /* max float rounds to Inf */
+    assert_int_equal(pb_fp32_to_bf16(bits_float(0x3f808000u)), 0x3f80);          /* tie, even kept bit: down */
+    assert_int_equal(pb_fp32_to_bf16(bits_float(0x3f818000u)), 0x3f82);          /* tie, odd kept bit: up */
+    assert_int_equal(pb_fp32_to_bf16(bits_float(0x7f7fffffu)), 0x7f80);          /* max float rounds to Inf */
     assert_int_equal(pb_fp32_to_bf16(bits_float(0x7f800001u)) & 0x7fc0, 0x7fc0); /* sNaN stays NaN, quiet */
     assert_int_equal(pb_fp32_to_fp16(65504.0f), 0x7bff);
     assert_int_equal(pb_fp32_to_fp16(65519.99f), 0x7bff);
     assert_int_equal(pb_fp32_to_fp16(65520.0f), 0x7c00);
     assert_int_equal(pb_fp32_to_fp16(-65520.0f), 0xfc00);
-    assert_int_equal(pb_fp32_to_fp16(ldexpf(1.0f, -24)), 0x0001);  /* smallest subnormal */
-    assert_int_equal(pb_fp32_to_fp16(ldexpf(1.0f, -25)), 0x0000);  /* tie with 0: even */
-    assert_int_equal(pb_fp32_to_fp16(ldexpf(3.0f, -25)), 0x0002);  /* 1.5 units: tie to even 2 */
+    assert_int_equal(pb_fp32_to_fp16(ldexpf(1.0f, -24)), 0x0001);    /* smallest subnormal */
+    assert_int_equal(pb_fp32_to_fp16(ldexpf(1.0f, -25)), 0x0000);    /* tie with 0: even */
+    assert_int_equal(pb_fp32_to_fp16(ldexpf(3.0f, -25)), 0x0002);    /* 1.5 units: tie to even 2 */
     assert_int_equal(pb_fp32_to_fp16(ldexpf(1023.5f, -24)), 0x0400); /* rounds up into the smallest normal */
     assert_int_equal(pb_fp32_to_fp16(-0.0f), 0x8000);
     assert_int_equal(pb_fp32_to_fp16(INFINITY), 0x7c00);
@@ -204,7 +204,10 @@ static void test_widening_round_trip(void **state) {
 }
 
 static void test_dtype_names(void **state) {
-    static const struct { const char *text; pb_dtype dtype; } accepted[] = {
+    static const struct {
+        const char *text;
+        pb_dtype dtype;
+    } accepted[] = {
         {"f32", PB_DTYPE_F32},   {"fp32", PB_DTYPE_F32},      {"float32", PB_DTYPE_F32}, {"F32", PB_DTYPE_F32},
         {"bf16", PB_DTYPE_BF16}, {"bfloat16", PB_DTYPE_BF16}, {"BF16", PB_DTYPE_BF16},   {"f16", PB_DTYPE_F16},
         {"fp16", PB_DTYPE_F16},  {"float16", PB_DTYPE_F16},

@@ -47,11 +47,14 @@ static void expect_valid_plan(int rows, int n, int k, int64_t limit, int64_t *ca
 
 static void test_real_shapes(void **state) {
     (void)state;
-    struct { int rows, n, k; int64_t min_calls; } cases[] = {
-        {40000, 128256, 8192, 3},   /* unembedding of a long sweep batch at 70B width: 5.1e9 outputs */
-        {8192, 28672, 8192, 1},     /* an MLP up projection of 8192 tokens: 2.3e8, one call */
-        {131072, 28672, 8192, 2},   /* the same at 128k tokens: 3.8e9 */
-        {300000, 8192, 28672, 4},   /* a down projection whose input x is 8.6e9 elements */
+    struct {
+        int rows, n, k;
+        int64_t min_calls;
+    } cases[] = {
+        {40000, 128256, 8192, 3}, /* unembedding of a long sweep batch at 70B width: 5.1e9 outputs */
+        {8192, 28672, 8192, 1},   /* an MLP up projection of 8192 tokens: 2.3e8, one call */
+        {131072, 28672, 8192, 2}, /* the same at 128k tokens: 3.8e9 */
+        {300000, 8192, 28672, 4}, /* a down projection whose input x is 8.6e9 elements */
         {1, 128256, 8192, 1},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
@@ -109,8 +112,8 @@ static void test_chunked_product_equals_whole(void **state) {
         memset(chunked, 0xff, sizeof chunked);
         for (int i = 0; i < pb_gemm_split_count(&s); i++) {
             pb_gemm_chunk c = pb_gemm_split_chunk(&s, i);
-            assert_int_equal(ref->ops->matmul(ref, part, x + (size_t)c.row0 * K, w + (size_t)c.col0 * K,
-                                              PB_DTYPE_F32, NULL, c.n_rows, c.n_cols, K),
+            assert_int_equal(ref->ops->matmul(ref, part, x + (size_t)c.row0 * K, w + (size_t)c.col0 * K, PB_DTYPE_F32,
+                                              NULL, c.n_rows, c.n_cols, K),
                              PB_OK);
             for (int r = 0; r < c.n_rows; r++)
                 memcpy(chunked + (size_t)(c.row0 + r) * N + c.col0, part + (size_t)r * c.n_cols,

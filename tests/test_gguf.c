@@ -96,10 +96,22 @@ static void key(gguf_writer *w, const char *k, uint32_t type) {
     put_u32(w, type);
     w->n_kv++;
 }
-static void kv_u32(gguf_writer *w, const char *k, uint32_t v) { key(w, k, PB_GGUF_UINT32); put_u32(w, v); }
-static void kv_u64(gguf_writer *w, const char *k, uint64_t v) { key(w, k, PB_GGUF_UINT64); put_u64(w, v); }
-static void kv_str(gguf_writer *w, const char *k, const char *v) { key(w, k, PB_GGUF_STRING); put_str(w, v); }
-static void kv_bool(gguf_writer *w, const char *k, uint8_t v) { key(w, k, PB_GGUF_BOOL); put_u8(w, v); }
+static void kv_u32(gguf_writer *w, const char *k, uint32_t v) {
+    key(w, k, PB_GGUF_UINT32);
+    put_u32(w, v);
+}
+static void kv_u64(gguf_writer *w, const char *k, uint64_t v) {
+    key(w, k, PB_GGUF_UINT64);
+    put_u64(w, v);
+}
+static void kv_str(gguf_writer *w, const char *k, const char *v) {
+    key(w, k, PB_GGUF_STRING);
+    put_str(w, v);
+}
+static void kv_bool(gguf_writer *w, const char *k, uint8_t v) {
+    key(w, k, PB_GGUF_BOOL);
+    put_u8(w, v);
+}
 static void kv_f32(gguf_writer *w, const char *k, float v) {
     uint32_t bits;
     memcpy(&bits, &v, 4);
@@ -193,23 +205,32 @@ static gguf_writer make_valid(uint32_t version, uint32_t alignment, size_t *data
     kv_u32(&w, "llama.block_count", 30);
     if (alignment != 32 || version == 3)
         kv_u32(&w, "general.alignment", alignment);
-    key(&w, "t.u8", PB_GGUF_UINT8); put_u8(&w, 200);
-    key(&w, "t.i8", PB_GGUF_INT8); put_u8(&w, (uint8_t)-5);
-    key(&w, "t.u16", PB_GGUF_UINT16); put_le(&w, 60000, 2);
-    key(&w, "t.i16", PB_GGUF_INT16); put_le(&w, (uint16_t)-1234, 2);
-    key(&w, "t.i32", PB_GGUF_INT32); put_u32(&w, (uint32_t)-70000);
+    key(&w, "t.u8", PB_GGUF_UINT8);
+    put_u8(&w, 200);
+    key(&w, "t.i8", PB_GGUF_INT8);
+    put_u8(&w, (uint8_t)-5);
+    key(&w, "t.u16", PB_GGUF_UINT16);
+    put_le(&w, 60000, 2);
+    key(&w, "t.i16", PB_GGUF_INT16);
+    put_le(&w, (uint16_t)-1234, 2);
+    key(&w, "t.i32", PB_GGUF_INT32);
+    put_u32(&w, (uint32_t)-70000);
     kv_u64(&w, "t.u64", 1ull << 40);
     kv_u64(&w, "t.u64_huge", UINT64_MAX);
-    key(&w, "t.i64", PB_GGUF_INT64); put_u64(&w, (uint64_t)-5000000000ll);
+    key(&w, "t.i64", PB_GGUF_INT64);
+    put_u64(&w, (uint64_t)-5000000000ll);
     kv_f32(&w, "llama.attention.layer_norm_rms_epsilon", 1e-5f);
     kv_f64(&w, "t.f64", 0.125);
     kv_bool(&w, "t.bool", 1);
     kv_str(&w, "t.empty_string", "");
     kv_array_str(&w, "tokenizer.ggml.tokens", token_strings, 4);
     kv_array_header(&w, "tokenizer.ggml.token_type", PB_GGUF_INT32, 3);
-    put_u32(&w, 1); put_u32(&w, (uint32_t)-2); put_u32(&w, 3);
+    put_u32(&w, 1);
+    put_u32(&w, (uint32_t)-2);
+    put_u32(&w, 3);
     kv_array_header(&w, "t.bools", PB_GGUF_BOOL, 2);
-    put_u8(&w, 0); put_u8(&w, 1);
+    put_u8(&w, 0);
+    put_u8(&w, 1);
     kv_array_header(&w, "t.empty_array", PB_GGUF_FLOAT32, 0);
     size_t start = tensors(&w, valid_tensors, N_VALID_TENSORS, alignment, 0);
     if (data_start)
@@ -240,9 +261,7 @@ static void expect_refused_status(gguf_writer *w, pb_status expected_status, con
     w->data = NULL;
 }
 
-static void expect_refused(gguf_writer *w, const char *expected) {
-    expect_refused_status(w, PB_ERR_FORMAT, expected);
-}
+static void expect_refused(gguf_writer *w, const char *expected) { expect_refused_status(w, PB_ERR_FORMAT, expected); }
 
 static void truncate_to(gguf_writer *w, size_t size) {
     assert_true(size <= w->size);
@@ -317,7 +336,8 @@ static void check_valid(uint32_t version, uint32_t alignment) {
     assert_int_equal(pb_gguf_get_array_string(g, "tokenizer.ggml.tokens", 4, &s, &len), PB_ERR_ARG);
     assert_non_null(strstr(pb_last_error(), "index 4 is out of range (array has 4 strings)"));
     assert_int_equal(pb_gguf_get_array_data(g, "tokenizer.ggml.tokens", (const void **)&s), PB_ERR_FORMAT);
-    assert_non_null(strstr(pb_last_error(), "'tokenizer.ggml.tokens' has type array of string, expected numeric array"));
+    assert_non_null(
+        strstr(pb_last_error(), "'tokenizer.ggml.tokens' has type array of string, expected numeric array"));
 
     const void *raw;
     assert_int_equal(pb_gguf_get_array_info(g, "tokenizer.ggml.token_type", &elem, &count), PB_OK);
@@ -393,10 +413,22 @@ static void check_valid(uint32_t version, uint32_t alignment) {
     free(w.data);
 }
 
-static void test_valid_v3(void **state) { (void)state; check_valid(3, 32); }
-static void test_valid_v2(void **state) { (void)state; check_valid(2, 32); }
-static void test_valid_alignment_64(void **state) { (void)state; check_valid(3, 64); }
-static void test_valid_alignment_1(void **state) { (void)state; check_valid(3, 1); }
+static void test_valid_v3(void **state) {
+    (void)state;
+    check_valid(3, 32);
+}
+static void test_valid_v2(void **state) {
+    (void)state;
+    check_valid(2, 32);
+}
+static void test_valid_alignment_64(void **state) {
+    (void)state;
+    check_valid(3, 64);
+}
+static void test_valid_alignment_1(void **state) {
+    (void)state;
+    check_valid(3, 1);
+}
 
 static void test_valid_no_tensors_no_padding(void **state) {
     (void)state;

@@ -190,8 +190,9 @@ static void test_rope_variants(void **state) {
 
 /* The keys every refused case shares; each case appends the rest (and one
  * case repeats rms_norm_eps on purpose, to check duplicates are refused). */
-#define BASE_HEAD "{\"model_type\": \"llama\", \"intermediate_size\": 688, \"num_hidden_layers\": 2, " \
-                  "\"max_position_embeddings\": 512, \"rms_norm_eps\": 1e-06, \"vocab_size\": 1000"
+#define BASE_HEAD                                                                        \
+    "{\"model_type\": \"llama\", \"intermediate_size\": 688, \"num_hidden_layers\": 2, " \
+    "\"max_position_embeddings\": 512, \"rms_norm_eps\": 1e-06, \"vocab_size\": 1000"
 
 static void test_refused(void **state) {
     static const struct {
@@ -224,16 +225,16 @@ static void test_refused(void **state) {
          PB_ERR_FORMAT, "key 'rope_scaling.factor' is \"2\""},
         {BASE_HEAD ", \"hidden_size\": 256, \"num_attention_heads\": 8, \"partial_rotary_factor\": 0.5}",
          PB_ERR_UNSUPPORTED, "partial_rotary_factor 0.5"},
-        {BASE_HEAD ", \"hidden_size\": 256, \"num_attention_heads\": 8, \"hidden_act\": \"gelu\"}",
-         PB_ERR_UNSUPPORTED, "hidden_act \"gelu\" is not supported"},
+        {BASE_HEAD ", \"hidden_size\": 256, \"num_attention_heads\": 8, \"hidden_act\": \"gelu\"}", PB_ERR_UNSUPPORTED,
+         "hidden_act \"gelu\" is not supported"},
         {BASE_HEAD ", \"hidden_size\": 256, \"num_attention_heads\": 8, \"num_key_value_heads\": 3}", PB_ERR_FORMAT,
          "num_attention_heads 8 is not divisible by num_key_value_heads 3"},
         {BASE_HEAD ", \"hidden_size\": 250, \"num_attention_heads\": 8}", PB_ERR_FORMAT,
          "hidden_size 250 is not divisible by num_attention_heads 8"},
         {BASE_HEAD ", \"hidden_size\": 256, \"num_attention_heads\": 8, \"head_dim\": 33}", PB_ERR_FORMAT,
          "head_dim 33 is odd"},
-        {BASE_HEAD ", \"hidden_size\": 256, \"num_attention_heads\": 8, \"attention_bias\": true}",
-         PB_ERR_UNSUPPORTED, "o_proj bias"},
+        {BASE_HEAD ", \"hidden_size\": 256, \"num_attention_heads\": 8, \"attention_bias\": true}", PB_ERR_UNSUPPORTED,
+         "o_proj bias"},
         {BASE_HEAD ", \"hidden_size\": 256, \"num_attention_heads\": 8, \"mlp_bias\": true}", PB_ERR_UNSUPPORTED,
          "mlp_bias"},
         {BASE_HEAD ", \"hidden_size\": 256, \"num_attention_heads\": 8, \"tie_word_embeddings\": \"yes\"}",
@@ -313,7 +314,7 @@ static void check_fixture(const char *name) {
     int bos = json_int_or(root, "bos_token_id", -1);
     assert_int_equal(cfg.bos_id, bos);
     const json_t *eos = json_object_get(root, "eos_token_id");
-    int eos_id = json_is_integer(eos) ? (int)json_integer_value(eos)
+    int eos_id = json_is_integer(eos)                         ? (int)json_integer_value(eos)
                  : json_is_array(eos) && json_array_size(eos) ? (int)json_integer_value(json_array_get(eos, 0))
                                                               : -1;
     assert_int_equal(cfg.eos_id, eos_id);

@@ -78,10 +78,18 @@ static void test_name_parse_round_trip(void **state) {
 static void test_parse_refusals(void **state) {
     static const char *const bad[] = {
         "blocks.2.hook_resid_pre", /* n_layers is 2 */
-        "blocks.-1.hook_resid_pre", "blocks.01.hook_resid_pre", "blocks.+1.hook_resid_pre",
-        "blocks. 1.hook_resid_pre", "blocks.0.hook_nope",     "blocks.0.hook_z",
-        "blocks.0.attn.hook_resid_pre", "blocks.0.hook_resid_pre ", "hook_embed2",
-        "blocks.0.hook_embed",      "ln_final",                 "",
+        "blocks.-1.hook_resid_pre",
+        "blocks.01.hook_resid_pre",
+        "blocks.+1.hook_resid_pre",
+        "blocks. 1.hook_resid_pre",
+        "blocks.0.hook_nope",
+        "blocks.0.hook_z",
+        "blocks.0.attn.hook_resid_pre",
+        "blocks.0.hook_resid_pre ",
+        "hook_embed2",
+        "blocks.0.hook_embed",
+        "ln_final",
+        "",
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         pb_hook_kind kind;
@@ -321,8 +329,10 @@ static void test_capture_subset_identical(void **state) {
           *with_some = malloc(sizeof(float) * n_logits);
     assert_int_equal(pb_forward(m, ids, (int)T, plain, NULL), PB_OK);
     pb_capture *all = run_capture(m, "*", ids, (int)T, with_all);
-    pb_capture *some = run_capture(m, "blocks.1.hook_resid_mid,blocks.0.attn.hook_k,ln_final.hook_normalized,"
-                                      "blocks.1.attn.hook_z", ids, (int)T, with_some);
+    pb_capture *some = run_capture(m,
+                                   "blocks.1.hook_resid_mid,blocks.0.attn.hook_k,ln_final.hook_normalized,"
+                                   "blocks.1.attn.hook_z",
+                                   ids, (int)T, with_some);
     expect_bitwise(with_all, plain, n_logits, "logits with every hook captured");
     expect_bitwise(with_some, plain, n_logits, "logits with some hooks captured");
     assert_int_equal(pb_capture_count(some), 4);

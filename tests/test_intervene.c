@@ -85,12 +85,16 @@ static void test_patch_matches_sweep(void **state) {
         int width = site.component == PB_COMPONENT_Z ? c->head_dim : c->d_model;
         for (int k = 0; k < n; k++)
             for (int e = 0; e < width; e++)
-                values[k * width + e] =
-                    site.component == PB_COMPONENT_Z
-                        ? z[((size_t)positions[k] * c->n_heads + site.head) * c->head_dim + e]
-                        : resid[(size_t)positions[k] * c->d_model + e];
-        pb_intervention iv = {.kind = PB_INTERVENE_PATCH, .component = site.component, .layer = site.layer,
-                              .head = site.head, .n_positions = n, .positions = positions, .values = values};
+                values[k * width + e] = site.component == PB_COMPONENT_Z
+                                            ? z[((size_t)positions[k] * c->n_heads + site.head) * c->head_dim + e]
+                                            : resid[(size_t)positions[k] * c->d_model + e];
+        pb_intervention iv = {.kind = PB_INTERVENE_PATCH,
+                              .component = site.component,
+                              .layer = site.layer,
+                              .head = site.head,
+                              .n_positions = n,
+                              .positions = positions,
+                              .values = values};
         assert_int_equal(pb_forward_intervened(m, corrupted_ids, T, &iv, logits, NULL), PB_OK);
         double want;
         assert_int_equal(pb_sweep_get_row(s, 0, i, &want, NULL), PB_OK);
@@ -127,10 +131,20 @@ static void test_patch_all_heads(void **state) {
     const float *z = pb_capture_data(cap, zi, &n_dims, shape), *attn = pb_capture_data(cap, 1 - zi, &n_dims, shape);
     int positions[9] = {0, 1, 2, 3, 4, 5, 6, 7, 8};
     float *a = malloc(sizeof(float) * (size_t)T * V), *b = malloc(sizeof(float) * (size_t)T * V);
-    pb_intervention pz = {.kind = PB_INTERVENE_PATCH, .component = PB_COMPONENT_Z, .layer = 0, .head = -1,
-                          .n_positions = T, .positions = positions, .values = z};
-    pb_intervention pa = {.kind = PB_INTERVENE_PATCH, .component = PB_COMPONENT_ATTN_OUT, .layer = 0, .head = -1,
-                          .n_positions = T, .positions = positions, .values = attn};
+    pb_intervention pz = {.kind = PB_INTERVENE_PATCH,
+                          .component = PB_COMPONENT_Z,
+                          .layer = 0,
+                          .head = -1,
+                          .n_positions = T,
+                          .positions = positions,
+                          .values = z};
+    pb_intervention pa = {.kind = PB_INTERVENE_PATCH,
+                          .component = PB_COMPONENT_ATTN_OUT,
+                          .layer = 0,
+                          .head = -1,
+                          .n_positions = T,
+                          .positions = positions,
+                          .values = attn};
     assert_int_equal(pb_forward_intervened(m, corrupted_ids, T, &pz, a, NULL), PB_OK);
     assert_int_equal(pb_forward_intervened(m, corrupted_ids, T, &pa, b, NULL), PB_OK);
     assert_true(tu_max_abs_diff(a, b, (size_t)T * V) <= PB_TOL_INVARIANT_REF);
@@ -142,7 +156,8 @@ static void test_patch_all_heads(void **state) {
     pb_model_free(m);
 }
 
-static const char *residual_hooks = "hook_embed,blocks.*.hook_resid_pre,blocks.*.hook_resid_mid,blocks.*.hook_resid_post";
+static const char *residual_hooks =
+    "hook_embed,blocks.*.hook_resid_pre,blocks.*.hook_resid_mid,blocks.*.hook_resid_post";
 
 /* Largest |x.u| / |x| over every row of every captured residual hook. */
 static double worst_alignment(const pb_capture *cap, const float *u, int d) {
@@ -197,8 +212,8 @@ static void test_ablation_invariant(void **state) {
         pb_intervention iv = {.kind = PB_INTERVENE_ABLATE, .direction = u};
         assert_int_equal(pb_forward_intervened(m, clean_ids, 9, &iv, NULL, cap), PB_OK);
         double after = worst_alignment(cap, u, d);
-        printf("[ MEASURE  ] %s ablation: max |x.u|/|x| %.3f before, %.2e after (%d hooks x 9 positions)\n",
-               models[mi], before, after, pb_capture_count(cap));
+        printf("[ MEASURE  ] %s ablation: max |x.u|/|x| %.3f before, %.2e after (%d hooks x 9 positions)\n", models[mi],
+               before, after, pb_capture_count(cap));
         assert_true(before > 0.5);
         assert_true(after <= 1e-4);
         /* a random direction as well */
@@ -397,8 +412,12 @@ static void test_generation_equals_recomputation(void **state) {
         int64_t shape[3];
         const float *src = pb_capture_data(cap, 0, &n_dims, shape);
         int positions[6] = {3, 4, 5, 6, 7, 8};
-        pb_intervention patch = {.kind = PB_INTERVENE_PATCH, .component = PB_COMPONENT_RESID_PRE, .layer = 1,
-                                 .head = -1, .n_positions = 6, .positions = positions,
+        pb_intervention patch = {.kind = PB_INTERVENE_PATCH,
+                                 .component = PB_COMPONENT_RESID_PRE,
+                                 .layer = 1,
+                                 .head = -1,
+                                 .n_positions = 6,
+                                 .positions = positions,
                                  .values = src + 3 * (size_t)c->d_model};
         char what[64];
         snprintf(what, sizeof what, "ablate (%s)", bi ? "cpu" : "reference");
@@ -434,8 +453,13 @@ static void test_bad_interventions(void **state) {
     pb_intervention layer = {.kind = PB_INTERVENE_ADD, .layer = 3, .direction = u, .scale = 1};
     assert_int_equal(pb_forward_intervened(m, clean_ids, 9, &layer, NULL, NULL), PB_ERR_ARG);
     assert_non_null(strstr(pb_last_error(), "layer 3"));
-    pb_intervention order = {.kind = PB_INTERVENE_PATCH, .component = PB_COMPONENT_RESID_PRE, .layer = 0,
-                             .head = -1, .n_positions = 2, .positions = pos, .values = values};
+    pb_intervention order = {.kind = PB_INTERVENE_PATCH,
+                             .component = PB_COMPONENT_RESID_PRE,
+                             .layer = 0,
+                             .head = -1,
+                             .n_positions = 2,
+                             .positions = pos,
+                             .values = values};
     assert_int_equal(pb_forward_intervened(m, clean_ids, 9, &order, NULL, NULL), PB_ERR_ARG);
     assert_non_null(strstr(pb_last_error(), "ascend"));
     /* a generated position cannot be patched */
@@ -444,8 +468,13 @@ static void test_bad_interventions(void **state) {
     late.positions = ok_pos;
     assert_int_equal(pb_generate_intervened(m, clean_ids, 9, 4, &late, out, &n), PB_ERR_ARG);
     assert_non_null(strstr(pb_last_error(), "outside the prompt"));
-    pb_intervention head = {.kind = PB_INTERVENE_PATCH, .component = PB_COMPONENT_K, .layer = 0, .head = 2,
-                            .n_positions = 1, .positions = pos, .values = values};
+    pb_intervention head = {.kind = PB_INTERVENE_PATCH,
+                            .component = PB_COMPONENT_K,
+                            .layer = 0,
+                            .head = 2,
+                            .n_positions = 1,
+                            .positions = pos,
+                            .values = values};
     assert_int_equal(pb_forward_intervened(m, clean_ids, 9, &head, NULL, NULL), PB_ERR_ARG);
     assert_non_null(strstr(pb_last_error(), "head 2"));
     head.component = PB_COMPONENT_MLP_OUT;

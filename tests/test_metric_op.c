@@ -85,10 +85,10 @@ static const char *const kind_name[4] = {"logit_diff", "logprob", "refusal_score
 typedef struct op_case {
     int V;
     int rows;
-    float *logits;   /* (rows, V) */
+    float *logits; /* (rows, V) */
     int32_t pos[8], neg[8];
     int n_pos, n_neg;
-    double *ref;     /* (2, V) */
+    double *ref; /* (2, V) */
     int32_t ref_row[16];
 } op_case;
 
@@ -168,8 +168,7 @@ static double op_vs_naive(pb_backend *b, const op_case *c, pb_metric_kind kind) 
             assert_true(isfinite(got[r]));
         double d = tu_rel_diff(got[r], want);
         if (d > PB_TOL_METRIC_OP_CPU)
-            fail_msg("%s %s V %d row %d: op %.17g, naive %.17g", b->ops->name, kind_name[kind], c->V, r, got[r],
-                     want);
+            fail_msg("%s %s V %d row %d: op %.17g, naive %.17g", b->ops->name, kind_name[kind], c->V, r, got[r], want);
         worst = fmax(worst, d);
     }
     b->ops->free(b, logits);
@@ -204,8 +203,7 @@ static void test_op_matches_naive(void **state) {
                 worst = fmax(worst, op_vs_naive(b, &c, (pb_metric_kind)kind));
             case_free(&c);
         }
-        printf("[ MEASURE  ] metric_rows (%s backend) vs naive loops: max relative diff %.2e\n", b->ops->name,
-               worst);
+        printf("[ MEASURE  ] metric_rows (%s backend) vs naive loops: max relative diff %.2e\n", b->ops->name, worst);
         pb_backend_destroy(b);
     }
 }
@@ -414,8 +412,8 @@ static void test_sweep_sizes_batches_by_free_memory(void **state) {
     CHECK_OK(status);
     pb_sweep *tight = run_with_free(m, spec, (size_t)256 << 10, &status);
     CHECK_OK(status);
-    printf("[ MEASURE  ] batches with 1 TiB free: %lld; with 256 KiB free: %lld\n", (long long)pb_sweep_batch_count(roomy),
-           (long long)pb_sweep_batch_count(tight));
+    printf("[ MEASURE  ] batches with 1 TiB free: %lld; with 256 KiB free: %lld\n",
+           (long long)pb_sweep_batch_count(roomy), (long long)pb_sweep_batch_count(tight));
     assert_true(pb_sweep_batch_count(tight) > pb_sweep_batch_count(roomy));
     double worst = 0.0;
     for (int p = 0; p < pb_sweep_spec_of(roomy)->n_pairs; p++)

@@ -400,8 +400,7 @@ static void test_determinism_and_backends(void **state) {
     float *ref = tiny_logits(fixture_seed, PB_BACKEND_REFERENCE, PB_DTYPE_F32, ids, T);
     assert_memory_equal(a, b, sizeof(float) * n);
     double other_nmse = tu_nmse(other, a, n), backends = tu_nmse(a, ref, n);
-    print_message("[ MEASURE  ] seed 7 vs seed 8 logits NMSE %.3g; cpu vs reference NMSE %.3g\n", other_nmse,
-                  backends);
+    print_message("[ MEASURE  ] seed 7 vs seed 8 logits NMSE %.3g; cpu vs reference NMSE %.3g\n", other_nmse, backends);
     assert_true(other_nmse > PB_TOL_RANDOM_SEEDS_MIN_NMSE); /* independent weights: ~2 */
     assert_true(backends <= PB_TOL_OP_NMSE);
     free(a);
@@ -695,8 +694,9 @@ static void check_real_shape(const char *name, const int32_t ids[4]) {
 static float *forward_all(pb_model *m, const int32_t *ids, int T, size_t *count) {
     const pb_model_config *c = pb_model_get_config(m);
     pb_capture *cap = NULL;
-    if (pb_capture_create(&cap, m, "blocks.*.attn.hook_q,blocks.*.attn.hook_k,blocks.*.attn.hook_v,"
-                                   "blocks.*.hook_mlp_out") != PB_OK)
+    if (pb_capture_create(&cap, m,
+                          "blocks.*.attn.hook_q,blocks.*.attn.hook_k,blocks.*.attn.hook_v,"
+                          "blocks.*.hook_mlp_out") != PB_OK)
         fail_msg("%s", pb_last_error());
     size_t total = (size_t)T * c->vocab_size;
     for (int i = 0; i < pb_capture_count(cap); i++)

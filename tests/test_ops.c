@@ -113,7 +113,8 @@ static void test_cpu_matches_reference(void **state) {
         int r = variant == 2 ? 1 : rows;
         for (int i = 0; i < 2; i++) {
             out[i] = alloc_guarded((size_t)r * n);
-            assert_int_equal(bs[i]->ops->matmul(bs[i], out[i], x, w, PB_DTYPE_F32, variant == 1 ? NULL : bias, r, n, k), PB_OK);
+            assert_int_equal(bs[i]->ops->matmul(bs[i], out[i], x, w, PB_DTYPE_F32, variant == 1 ? NULL : bias, r, n, k),
+                             PB_OK);
             check_guard(out[i], (size_t)r * n, "matmul");
         }
         compare(out[1], out[0], (size_t)r * n, PB_TOL_OP_NMSE, "matmul");
@@ -232,8 +233,13 @@ static void test_cpu_attention_jobs(void **state) {
         vprefix[j] = v;
         fresh[j] = k + (size_t)p0 * kvd;
         vfresh[j] = v + (size_t)p0 * kvd;
-        jobs[j] = (pb_attention_job){.q_row = row, .n = n, .p0 = p0, .k_prefix = prefix[j], .v_prefix = vprefix[j],
-                                     .k_new = fresh[j], .v_new = vfresh[j]};
+        jobs[j] = (pb_attention_job){.q_row = row,
+                                     .n = n,
+                                     .p0 = p0,
+                                     .k_prefix = prefix[j],
+                                     .v_prefix = vprefix[j],
+                                     .k_new = fresh[j],
+                                     .v_new = vfresh[j]};
         assert_int_equal(p->ref->ops->attention(p->ref, want + (size_t)row * qd, q + (size_t)row * qd, k, v, n, T, p0,
                                                 n_heads, n_kv, hd),
                          PB_OK);

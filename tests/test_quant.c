@@ -51,7 +51,7 @@ static uint64_t take_u64(reader *r) {
 }
 
 static const uint32_t fixture_types[] = {
-    PB_GGML_F32, PB_GGML_F16, PB_GGML_BF16, PB_GGML_Q4_0, PB_GGML_Q4_1, PB_GGML_Q5_0, PB_GGML_Q5_1,
+    PB_GGML_F32,  PB_GGML_F16,  PB_GGML_BF16, PB_GGML_Q4_0, PB_GGML_Q4_1, PB_GGML_Q5_0, PB_GGML_Q5_1,
     PB_GGML_Q8_0, PB_GGML_Q2_K, PB_GGML_Q3_K, PB_GGML_Q4_K, PB_GGML_Q5_K, PB_GGML_Q6_K,
 };
 #define N_FIXTURE_TYPES (sizeof fixture_types / sizeof fixture_types[0])
@@ -83,11 +83,11 @@ static int check_case(uint32_t type, const char *name, size_t name_len, const ui
         if (fabs(a - b) > max_abs)
             max_abs = fabs(a - b);
     }
-    printf("  %-5s %-32.*s %7llu elements: max relative difference %.3g (max abs %.3g)\n",
-           pb_ggml_type_name(type), (int)name_len, name, (unsigned long long)n, max_rel, max_abs);
+    printf("  %-5s %-32.*s %7llu elements: max relative difference %.3g (max abs %.3g)\n", pb_ggml_type_name(type),
+           (int)name_len, name, (unsigned long long)n, max_rel, max_abs);
     if (!(max_rel <= PB_TOL_DEQUANT_REL))
-        fprintf(stderr, "%s %.*s: element %llu = %.9g, gguf-py says %.9g\n", pb_ggml_type_name(type),
-                (int)name_len, name, (unsigned long long)worst, got[worst], want[worst]);
+        fprintf(stderr, "%s %.*s: element %llu = %.9g, gguf-py says %.9g\n", pb_ggml_type_name(type), (int)name_len,
+                name, (unsigned long long)worst, got[worst], want[worst]);
     assert_true(max_rel <= PB_TOL_DEQUANT_REL);
     free(got);
     free(want);
@@ -182,11 +182,11 @@ static void test_fp16_specials(void **state) {
     assert_true(isnan(pb_fp16_to_fp32(0x7e00)));
     assert_true(isnan(pb_fp16_to_fp32(0xfc01)));
     assert_int_equal(bits_of(pb_fp16_to_fp32(0x7c01)), 0x7f802000u); /* payload kept */
-    assert_true(pb_fp16_to_fp32(0x0001) == ldexpf(1.0f, -24));        /* smallest subnormal */
+    assert_true(pb_fp16_to_fp32(0x0001) == ldexpf(1.0f, -24));       /* smallest subnormal */
     assert_true(pb_fp16_to_fp32(0x8001) == -ldexpf(1.0f, -24));
-    assert_true(pb_fp16_to_fp32(0x03ff) == ldexpf(1023.0f, -24));     /* largest subnormal */
+    assert_true(pb_fp16_to_fp32(0x03ff) == ldexpf(1023.0f, -24)); /* largest subnormal */
     assert_true(pb_fp16_to_fp32(0x0200) == ldexpf(1.0f, -15));
-    assert_true(pb_fp16_to_fp32(0x0400) == ldexpf(1.0f, -14));        /* smallest normal */
+    assert_true(pb_fp16_to_fp32(0x0400) == ldexpf(1.0f, -14)); /* smallest normal */
     assert_true(pb_fp16_to_fp32(0x3c00) == 1.0f);
     assert_true(pb_fp16_to_fp32(0xc000) == -2.0f);
     assert_true(pb_fp16_to_fp32(0x7bff) == 65504.0f);
@@ -252,14 +252,17 @@ static void test_type_table(void **state) {
         uint32_t block_size;
         size_t block_bytes;
     } expected[] = {
-        {PB_GGML_F32, "F32", 1, 4},       {PB_GGML_F16, "F16", 1, 2},       {PB_GGML_BF16, "BF16", 1, 2},
-        {PB_GGML_Q4_0, "Q4_0", 32, 18},   {PB_GGML_Q4_1, "Q4_1", 32, 20},   {PB_GGML_Q5_0, "Q5_0", 32, 22},
-        {PB_GGML_Q5_1, "Q5_1", 32, 24},   {PB_GGML_Q8_0, "Q8_0", 32, 34},   {PB_GGML_Q8_1, "Q8_1", 32, 40},
-        {PB_GGML_Q2_K, "Q2_K", 256, 84},  {PB_GGML_Q3_K, "Q3_K", 256, 110}, {PB_GGML_Q4_K, "Q4_K", 256, 144},
-        {PB_GGML_Q5_K, "Q5_K", 256, 176}, {PB_GGML_Q6_K, "Q6_K", 256, 210}, {PB_GGML_Q8_K, "Q8_K", 256, 292},
-        {PB_GGML_IQ2_XXS, "IQ2_XXS", 256, 66}, {PB_GGML_IQ4_NL, "IQ4_NL", 32, 18},
-        {PB_GGML_IQ4_XS, "IQ4_XS", 256, 136},  {PB_GGML_IQ1_M, "IQ1_M", 256, 56},
-        {PB_GGML_I8, "I8", 1, 1},         {PB_GGML_F64, "F64", 1, 8},       {PB_GGML_TQ2_0, "TQ2_0", 256, 66},
+        {PB_GGML_F32, "F32", 1, 4},         {PB_GGML_F16, "F16", 1, 2},
+        {PB_GGML_BF16, "BF16", 1, 2},       {PB_GGML_Q4_0, "Q4_0", 32, 18},
+        {PB_GGML_Q4_1, "Q4_1", 32, 20},     {PB_GGML_Q5_0, "Q5_0", 32, 22},
+        {PB_GGML_Q5_1, "Q5_1", 32, 24},     {PB_GGML_Q8_0, "Q8_0", 32, 34},
+        {PB_GGML_Q8_1, "Q8_1", 32, 40},     {PB_GGML_Q2_K, "Q2_K", 256, 84},
+        {PB_GGML_Q3_K, "Q3_K", 256, 110},   {PB_GGML_Q4_K, "Q4_K", 256, 144},
+        {PB_GGML_Q5_K, "Q5_K", 256, 176},   {PB_GGML_Q6_K, "Q6_K", 256, 210},
+        {PB_GGML_Q8_K, "Q8_K", 256, 292},   {PB_GGML_IQ2_XXS, "IQ2_XXS", 256, 66},
+        {PB_GGML_IQ4_NL, "IQ4_NL", 32, 18}, {PB_GGML_IQ4_XS, "IQ4_XS", 256, 136},
+        {PB_GGML_IQ1_M, "IQ1_M", 256, 56},  {PB_GGML_I8, "I8", 1, 1},
+        {PB_GGML_F64, "F64", 1, 8},         {PB_GGML_TQ2_0, "TQ2_0", 256, 66},
         {PB_GGML_MXFP4, "MXFP4", 32, 17},
     };
     for (size_t i = 0; i < sizeof expected / sizeof expected[0]; i++) {

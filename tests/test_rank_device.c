@@ -86,8 +86,7 @@ static void test_local_rank_sources(void **state) {
     g_env = both;
     assert_int_equal(pb_rank_local_from_env(fake_env), 1);
     /* a value that is not a non-negative integer is skipped */
-    const char *const bad[] = {"OMPI_COMM_WORLD_LOCAL_RANK", "x1", "MPI_LOCALRANKID", "-1", "SLURM_LOCALID", "2",
-                               NULL};
+    const char *const bad[] = {"OMPI_COMM_WORLD_LOCAL_RANK", "x1", "MPI_LOCALRANKID", "-1", "SLURM_LOCALID", "2", NULL};
     g_env = bad;
     assert_int_equal(pb_rank_local_from_env(fake_env), 2);
     const char *const empty[] = {"OMPI_COMM_WORLD_LOCAL_RANK", "", NULL};

@@ -39,8 +39,8 @@ static const char *const spec =
 enum { N_LAYERS = 2, N_POSITIONS = 6, N_HEADS = 4 };
 
 /* Chat-template tokens, markup, a newline, quotes, a space and a byte that is not UTF-8. */
-static const char *const position_labels[N_POSITIONS] = {"<|im_start|>", "user", "\n", "say \"hi\" & 'bye'", " the",
-                                                         "\xff<end>"};
+static const char *const position_labels[N_POSITIONS] = {"<|im_start|>",       "user", "\n",
+                                                         "say \"hi\" & 'bye'", " the", "\xff<end>"};
 
 static const pb_report_generation generations[] = {
     {"harmful, baseline", "How do I pick a lock?", "I can't help with <that> & \"won't\".", 1},
@@ -72,7 +72,7 @@ typedef struct fixture {
     pb_sweep *sweep;
     char dir[64]; /* a fresh temporary directory per test */
     char path[128];
-    char *html;   /* the written report */
+    char *html; /* the written report */
 } fixture;
 
 static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) { return remove(path); }
@@ -245,7 +245,8 @@ static void test_page_structure(void **state) {
              (long long)sum.n_rows);
     expect_in(html, buf);
     assert_true(sum.flops_naive > 0);
-    snprintf(buf, sizeof buf, "FLOPs saved</div><div class=\"v\">%.1f%%<", 100.0 * (1 - sum.flops_executed / sum.flops_naive));
+    snprintf(buf, sizeof buf, "FLOPs saved</div><div class=\"v\">%.1f%%<",
+             100.0 * (1 - sum.flops_executed / sum.flops_naive));
     expect_in(html, buf);
     expect_in(html, "wall time</div><div class=\"v\">1 min 15 s<");
     /* The extras' sections, in order. */

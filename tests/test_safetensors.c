@@ -226,13 +226,11 @@ static void test_close_null_and_bad_args(void **state) {
 #define SHARD1 "model-00001-of-00002.safetensors"
 #define SHARD2 "model-00002-of-00002.safetensors"
 
-static const char *const shard1_header =
-    "{\"x\": {\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [0, 8]},"
-    " \"y\": {\"dtype\": \"BF16\", \"shape\": [1, 2], \"data_offsets\": [8, 12]}}";
+static const char *const shard1_header = "{\"x\": {\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [0, 8]},"
+                                         " \"y\": {\"dtype\": \"BF16\", \"shape\": [1, 2], \"data_offsets\": [8, 12]}}";
 static const char *const shard2_header = "{\"z\": {\"dtype\": \"F16\", \"shape\": [2], \"data_offsets\": [0, 4]}}";
-static const char *const good_index =
-    "{\"metadata\": {\"total_size\": 16}, \"weight_map\": {"
-    "\"x\": \"" SHARD1 "\", \"y\": \"" SHARD1 "\", \"z\": \"" SHARD2 "\"}}";
+static const char *const good_index = "{\"metadata\": {\"total_size\": 16}, \"weight_map\": {"
+                                      "\"x\": \"" SHARD1 "\", \"y\": \"" SHARD1 "\", \"z\": \"" SHARD2 "\"}}";
 
 /* Writes the two shards (optionally with different headers) and an index. */
 static void write_sharded(const char *dir, const char *header1, const char *header2, const char *index) {
@@ -311,8 +309,8 @@ static void test_sharded_refused(void **state) {
          "missing 'weight_map'"},
         {"index with empty weight_map", shard1_header, shard2_header, "{\"weight_map\": {}}", PB_ERR_FORMAT,
          "'weight_map' is empty"},
-        {"shard name with a path", shard1_header, shard2_header,
-         "{\"weight_map\": {\"x\": \"../" SHARD1 "\"}}", PB_ERR_FORMAT, "not a plain file name"},
+        {"shard name with a path", shard1_header, shard2_header, "{\"weight_map\": {\"x\": \"../" SHARD1 "\"}}",
+         PB_ERR_FORMAT, "not a plain file name"},
         {"duplicate key in index", shard1_header, shard2_header,
          "{\"weight_map\": {\"x\": \"" SHARD1 "\", \"x\": \"" SHARD2 "\"}}", PB_ERR_FORMAT, "duplicate"},
         {"corrupt shard", shard1_header, "{\"z\": {\"dtype\": \"F16\", \"shape\": [3], \"data_offsets\": [0, 4]}}",
@@ -377,7 +375,8 @@ typedef struct refused_case {
     const char *needle;
 } refused_case;
 
-#define T(name, dtype, shape, b, e) "\"" name "\": {\"dtype\": \"" dtype "\", \"shape\": " shape ", \"data_offsets\": [" #b ", " #e "]}"
+#define T(name, dtype, shape, b, e) \
+    "\"" name "\": {\"dtype\": \"" dtype "\", \"shape\": " shape ", \"data_offsets\": [" #b ", " #e "]}"
 
 static const refused_case refused_cases[] = {
     {"header not JSON", "{\"a\": ", 0, PB_ERR_FORMAT, "header is not valid JSON"},

@@ -84,8 +84,7 @@ static void test_logits_every_position(void **state) {
                 worst_pos = t;
             }
             if (!(e <= PB_TOL_SMOLLM2_LOGITS_NMSE))
-                fail_msg("prompt %zu position %d: logits NMSE %.3g > %.3g", i_prompt, t, e,
-                         PB_TOL_SMOLLM2_LOGITS_NMSE);
+                fail_msg("prompt %zu position %d: logits NMSE %.3g > %.3g", i_prompt, t, e, PB_TOL_SMOLLM2_LOGITS_NMSE);
             int best_a = 0, best_b = 0, second_b = -1;
             for (int j = 1; j < V; j++) {
                 if (a[j] > a[best_a])
@@ -100,8 +99,8 @@ static void test_logits_every_position(void **state) {
             if (b[best_b] - b[second_b] > PB_TOL_SMOLLM2_ARGMAX_GAP) {
                 argmax_checked++;
                 if (best_a != best_b)
-                    fail_msg("prompt %zu position %d: argmax %d, reference %d (gap %.4g)", i_prompt, t, best_a,
-                             best_b, (double)(b[best_b] - b[second_b]));
+                    fail_msg("prompt %zu position %d: argmax %d, reference %d (gap %.4g)", i_prompt, t, best_a, best_b,
+                             (double)(b[best_b] - b[second_b]));
             }
         }
         free(logits);
@@ -139,8 +138,8 @@ static void test_greedy_continuations(void **state) {
         for (int i = 0; i < n_want; i++) {
             int expected = (int)json_integer_value(json_array_get(want, (size_t)i));
             if (seq[T + i] != expected)
-                fail_msg("prompt %zu step %d: generated %d, transformers %d (reference top-two gap %.4g)", i_prompt,
-                         i, seq[T + i], expected,
+                fail_msg("prompt %zu step %d: generated %d, transformers %d (reference top-two gap %.4g)", i_prompt, i,
+                         seq[T + i], expected,
                          json_real_value(json_array_get(json_object_get(greedy, "top1_top2_gaps"), (size_t)i)));
         }
         printf("[ MEASURE  ] SmolLM2 prompt %zu: %d greedy tokens identical to transformers\n", i_prompt, n_want);

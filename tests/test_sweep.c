@@ -155,7 +155,8 @@ static void test_oracle_cases(void **state) {
                 pb_sweep_get_row(s, p, site, &patched, &effect);
                 pb_sweep_get_pair(s, p, &base, &source);
                 double want = json_real_value(json_array_get(json_object_get(row, "patched"), (size_t)p));
-                double want_effect = (want - json_real_value(json_object_get(json_array_get(pairs, (size_t)p), "base"))) /
+                double want_effect = (want -
+                                      json_real_value(json_object_get(json_array_get(pairs, (size_t)p), "base"))) /
                                      (json_real_value(json_object_get(json_array_get(pairs, (size_t)p), "source")) -
                                       json_real_value(json_object_get(json_array_get(pairs, (size_t)p), "base")));
                 worst_patched = fmax(worst_patched, fabs(patched - want));
@@ -232,8 +233,8 @@ static void test_self_patch_changes_nothing(void **state) {
             pb_sweep_get_row(s, 0, i, &patched, NULL);
             worst = fmax(worst, fabs(patched - base));
         }
-        printf("[ MEASURE  ] self-patch (%s backend): %lld rows run, max |patched - base| %.2e\n",
-               invariant_name[k], (long long)s->n_rows_executed, worst);
+        printf("[ MEASURE  ] self-patch (%s backend): %lld rows run, max |patched - base| %.2e\n", invariant_name[k],
+               (long long)s->n_rows_executed, worst);
         assert_true(s->n_rows_executed > s->n_sites / 2);
         assert_true(worst <= invariant_tolerance[k]);
         pb_sweep_free(s);
@@ -459,8 +460,12 @@ static void test_exec_one_upload_per_run(void **state) {
     size_t kv_job = (size_t)c->n_layers * T * c->n_kv_heads * c->head_dim;
     pb_exec_job jobs[JOBS];
     for (int j = 0; j < JOBS; j++)
-        jobs[j] = (pb_exec_job){.T = T - j % 2, .p0 = 0, .start_step = 0, .ids = ids[j],
-                                .k_cache = kv + 2 * j * kv_job, .v_cache = kv + (2 * j + 1) * kv_job,
+        jobs[j] = (pb_exec_job){.T = T - j % 2,
+                                .p0 = 0,
+                                .start_step = 0,
+                                .ids = ids[j],
+                                .k_cache = kv + 2 * j * kv_job,
+                                .v_cache = kv + (2 * j + 1) * kv_job,
                                 .kv_capacity = T};
     pb_exec *e = NULL;
     assert_int_equal(pb_exec_create(&e, m, JOBS * T, T), PB_OK);
@@ -478,8 +483,7 @@ static void test_exec_one_upload_per_run(void **state) {
     float *together = malloc(sizeof(float) * JOBS * T * c->d_model);
     assert_non_null(together);
     for (int j = 0; j < JOBS; j++)
-        memcpy(together + (size_t)j * T * c->d_model, pb_exec_output(e, j),
-               sizeof(float) * jobs[j].T * c->d_model);
+        memcpy(together + (size_t)j * T * c->d_model, pb_exec_output(e, j), sizeof(float) * jobs[j].T * c->d_model);
     for (int j = 0; j < JOBS; j++) {
         assert_int_equal(pb_exec_run(e, &jobs[j], 1, 2 * c->n_layers, NULL, NULL), PB_OK);
         assert_memory_equal(together + (size_t)j * T * c->d_model, pb_exec_output(e, 0),
@@ -608,8 +612,7 @@ static pb_status sticky_embed(pb_backend *b, float *out, const void *table, pb_d
     PB_TRY(sticky_check("embed"));
     return g_sticky_real->embed(b, out, table, dtype, ids, T, d);
 }
-static pb_status sticky_rmsnorm(pb_backend *b, float *out, const float *x, const float *w, int rows, int d,
-                                float eps) {
+static pb_status sticky_rmsnorm(pb_backend *b, float *out, const float *x, const float *w, int rows, int d, float eps) {
     PB_TRY(sticky_check("rmsnorm"));
     return g_sticky_real->rmsnorm(b, out, x, w, rows, d, eps);
 }
@@ -628,8 +631,8 @@ static pb_status sticky_attention(pb_backend *b, float *out, const float *q, con
     PB_TRY(sticky_check("attention"));
     return g_sticky_real->attention(b, out, q, k, v, T, T_kv, q_start, n_heads, n_kv_heads, head_dim);
 }
-static pb_status sticky_swiglu(pb_backend *b, float *out, const float *gate, const float *up, size_t rows,
-                               size_t width, size_t stride) {
+static pb_status sticky_swiglu(pb_backend *b, float *out, const float *gate, const float *up, size_t rows, size_t width,
+                               size_t stride) {
     PB_TRY(sticky_check("swiglu"));
     return g_sticky_real->swiglu(b, out, gate, up, rows, width, stride);
 }
@@ -770,9 +773,13 @@ static void test_matches_naive_forward_per_site(void **state) {
         pb_hook_kind hook = component_hook_kind[site->component];
         pb_capture_entry *entry = pb_capture_find(cap, hook, site->layer);
         assert_non_null(entry);
-        naive_patch np = {.hook = hook, .layer = site->layer, .head = site->head, .head_dim = c->head_dim,
+        naive_patch np = {.hook = hook,
+                          .layer = site->layer,
+                          .head = site->head,
+                          .head_dim = c->head_dim,
                           .width = (int)(entry->row_shape[0] * (entry->n_dims == 3 ? entry->row_shape[1] : 1)),
-                          .positions = positions, .n_positions = site_positions(s, i, 0, positions),
+                          .positions = positions,
+                          .n_positions = site_positions(s, i, 0, positions),
                           .source = entry->data};
         pb_forward_extras extras = {.intervene = naive_intervene, .intervene_user = &np};
         assert_int_equal(pb_forward_ex(m, p->base.ids, T, &extras, logits, NULL), PB_OK);
@@ -801,7 +808,7 @@ static void test_metric_arithmetic(void **state) {
     int32_t set[2] = {1, 3};
     assert_close(pb_metric_logprob(logits, 4, set, 2), log(exp(2.0) + exp(4.0)) - lse, 1e-12);
     assert_close(pb_metric_refusal_score(logits, 4, set, 2), log(exp(2.0) + exp(4.0)) - log(exp(1.0) + exp(3.0)),
-                       1e-12);
+                 1e-12);
     float selected[3] = {2.0f, 4.0f, 1.0f};
     assert_close(pb_metric_logit_diff(selected, 2, 1), 2.0, 0);
     double ref[4];
@@ -900,8 +907,7 @@ static void test_metric_callback_and_worker_subsets(void **state) {
     /* A residual callback at layer 1 sees only the residual: sites above
      * layer 1 cannot change it. */
     int calls = 0;
-    pb_sweep_options r = {.metric_fn = callback_first_coordinate, .metric_user = &calls,
-                          .metric_fn_residual_layer = 1};
+    pb_sweep_options r = {.metric_fn = callback_first_coordinate, .metric_user = &calls, .metric_fn_residual_layer = 1};
     pb_sweep *resid = make_sweep(m, spec, NULL, &r);
     assert_true(calls > 0);
     for (int64_t i = 0; i < resid->n_sites; i++) {

@@ -717,18 +717,20 @@ static void test_text_prompts_and_token_strings(void **state) {
     (void)state;
     pb_model_config cfg = test_config();
     pb_sweep_spec spec;
-    const char *json = "{\"mode\": \"denoising\", \"pairs\": [{\"clean\": {\"text\": \"abc\"},"
-                       " \"corrupted\": {\"text\": \"abd\", \"system\": \"s\"}}],"
-                       " \"sites\": [{\"component\": \"resid_pre\", \"layers\": [0]}],"
-                       " \"metric\": {\"kind\": \"logit_diff\", \"positive\": [\"a\"], \"negative\": {\"text\": [\"b\", \"c\"]}}}";
+    const char *json =
+        "{\"mode\": \"denoising\", \"pairs\": [{\"clean\": {\"text\": \"abc\"},"
+        " \"corrupted\": {\"text\": \"abd\", \"system\": \"s\"}}],"
+        " \"sites\": [{\"component\": \"resid_pre\", \"layers\": [0]}],"
+        " \"metric\": {\"kind\": \"logit_diff\", \"positive\": [\"a\"], \"negative\": {\"text\": [\"b\", \"c\"]}}}";
     fake_calls_chat = 0;
     /* unequal lengths: the system prompt adds a token */
     assert_int_equal(pb_sweep_spec_parse_text(&spec, json, NULL, &cfg, fake_tokenize, NULL), PB_ERR_ARG);
     assert_non_null(strstr(pb_last_error(), "pairs[0]"));
-    const char *equal = "{\"mode\": \"denoising\", \"pairs\": [{\"clean\": {\"text\": \"abc\"},"
-                        " \"corrupted\": {\"text\": \"abd\"}}],"
-                        " \"sites\": [{\"component\": \"resid_pre\", \"layers\": [0]}],"
-                        " \"metric\": {\"kind\": \"logit_diff\", \"positive\": [\"a\"], \"negative\": {\"text\": [\"b\", \"c\"]}}}";
+    const char *equal =
+        "{\"mode\": \"denoising\", \"pairs\": [{\"clean\": {\"text\": \"abc\"},"
+        " \"corrupted\": {\"text\": \"abd\"}}],"
+        " \"sites\": [{\"component\": \"resid_pre\", \"layers\": [0]}],"
+        " \"metric\": {\"kind\": \"logit_diff\", \"positive\": [\"a\"], \"negative\": {\"text\": [\"b\", \"c\"]}}}";
     assert_int_equal(pb_sweep_spec_parse_text(&spec, equal, NULL, &cfg, fake_tokenize, NULL), PB_OK);
     assert_int_equal(spec.pairs[0].source.T, 5); /* 7 a b c 8 */
     assert_int_equal(spec.pairs[0].source.ids[0], 7);
@@ -751,16 +753,11 @@ static void test_text_prompts_and_token_strings(void **state) {
 
 int main(void) {
     const struct CMUnitTest fixed[] = {
-        cmocka_unit_test(test_component_names),
-        cmocka_unit_test(test_doc_example),
-        cmocka_unit_test(test_denoising_full),
-        cmocka_unit_test(test_noising_full),
-        cmocka_unit_test(test_interchange_full),
-        cmocka_unit_test(test_projection_paths),
-        cmocka_unit_test(test_kl_and_bare_tokens),
-        cmocka_unit_test(test_context_length),
-        cmocka_unit_test(test_null_arguments),
-        cmocka_unit_test(test_text_prompts_and_token_strings),
+        cmocka_unit_test(test_component_names),    cmocka_unit_test(test_doc_example),
+        cmocka_unit_test(test_denoising_full),     cmocka_unit_test(test_noising_full),
+        cmocka_unit_test(test_interchange_full),   cmocka_unit_test(test_projection_paths),
+        cmocka_unit_test(test_kl_and_bare_tokens), cmocka_unit_test(test_context_length),
+        cmocka_unit_test(test_null_arguments),     cmocka_unit_test(test_text_prompts_and_token_strings),
     };
     size_t n_fixed = sizeof fixed / sizeof fixed[0];
     size_t n_refusals = sizeof refusals / sizeof refusals[0];

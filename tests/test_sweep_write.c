@@ -478,9 +478,8 @@ static void test_groups_alignment_and_floor(void **state) {
     expect_number(json_object_get(pair0, "corrupted"), source, "noising corrupted");
     json_t *pair1 = json_array_get(json_object_get(root, "pairs"), 1);
     assert_true(json_is_false(json_object_get(pair1, "usable")));
-    assert_true(json_is_null(json_array_get(json_object_get(json_array_get(json_object_get(root, "sites"), 0),
-                                                            "per_pair_effect"),
-                                            1)));
+    assert_true(json_is_null(
+        json_array_get(json_object_get(json_array_get(json_object_get(root, "sites"), 0), "per_pair_effect"), 1)));
     json_t *axes = json_object_get(root, "npy_axes");
     json_t *labels = json_object_get(json_object_get(axes, "resid_pre.npy"), "positions");
     assert_int_equal(json_array_size(labels), 5); /* T_min = 5: -5 .. -1 */
@@ -510,7 +509,7 @@ static void test_groups_alignment_and_floor(void **state) {
         }
     }
     for (int t = 0; t < 5; t++)
-        assert_true(isnan(resid[t])); /* layer 0 has no resid_pre sites */
+        assert_true(isnan(resid[t]));                          /* layer 0 has no resid_pre sites */
     assert_true(isnan(ka[2]) && isnan(ka[3]) && isnan(ka[0])); /* only layer 0 head 1 */
     free(resid);
     free(kg);

@@ -80,7 +80,8 @@ static int check_ids(const pb_tokenizer *tok, json_t *text, json_t *expected, in
 }
 
 /* decode(ids) against the reference text; 1 when equal. */
-static int check_decode(const pb_tokenizer *tok, json_t *ids_json, const char *want, size_t want_len, const char *what) {
+static int check_decode(const pb_tokenizer *tok, json_t *ids_json, const char *want, size_t want_len,
+                        const char *what) {
     int n = (int)json_array_size(ids_json);
     int32_t *ids = malloc(sizeof(int32_t) * (size_t)(n + 1));
     for (int i = 0; i < n; i++)
@@ -214,7 +215,8 @@ static void test_sentencepiece(void **state) {
         json_t *text = json_object_get(c, "text");
         mismatches += !check_ids(tok, text, json_object_get(c, "ids"), 0, "sentencepiece");
         /* transformers' decode (equal to sentencepiece's on this corpus) */
-        json_t *decoded = json_object_get(c, "hf_decoded") ? json_object_get(c, "hf_decoded") : json_object_get(c, "decoded");
+        json_t *decoded = json_object_get(c, "hf_decoded") ? json_object_get(c, "hf_decoded")
+                                                           : json_object_get(c, "decoded");
         decode_failures += !check_decode(tok, json_object_get(c, "ids"), json_string_value(decoded),
                                          json_string_length(decoded), "sentencepiece");
         const char *s = json_string_value(text);
@@ -266,8 +268,8 @@ static void test_json_variants(void **state) {
         int mismatches = 0;
         size_t i;
         json_t *c;
-        json_array_foreach(cases, i, c) mismatches +=
-            !check_ids(tok, json_object_get(c, "text"), json_object_get(c, "special"), 1, names[v]);
+        json_array_foreach(cases, i, c)
+            mismatches += !check_ids(tok, json_object_get(c, "text"), json_object_get(c, "special"), 1, names[v]);
         printf("MEASURE tokenizer %s: %zu strings compared with tokenizers, %d mismatches\n", names[v],
                json_array_size(cases), mismatches);
         /* <think> is not special: matched with parse_special = 0 too. */
@@ -489,9 +491,8 @@ static void test_large_text(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_smollm2_gguf),  cmocka_unit_test(test_smollm2_json),
-        cmocka_unit_test(test_sentencepiece), cmocka_unit_test(test_json_variants),
-        cmocka_unit_test(test_refusals),      cmocka_unit_test(test_null_safety),
+        cmocka_unit_test(test_smollm2_gguf),  cmocka_unit_test(test_smollm2_json), cmocka_unit_test(test_sentencepiece),
+        cmocka_unit_test(test_json_variants), cmocka_unit_test(test_refusals),     cmocka_unit_test(test_null_safety),
         cmocka_unit_test(test_large_text),
     };
     int failed = cmocka_run_group_tests(tests, NULL, NULL);

@@ -23,11 +23,11 @@
 
 /* Fails the running test unless expr (a pb_status) is PB_OK, naming the
  * expression, the status and pb_last_error(). */
-#define CHECK_OK(expr)                                                                               \
-    do {                                                                                             \
-        pb_status check_status_ = (expr);                                                            \
-        if (check_status_ != PB_OK)                                                                  \
-            fail_msg("%s -> %s: %s", #expr, pb_status_name(check_status_), pb_last_error());         \
+#define CHECK_OK(expr)                                                                       \
+    do {                                                                                     \
+        pb_status check_status_ = (expr);                                                    \
+        if (check_status_ != PB_OK)                                                          \
+            fail_msg("%s -> %s: %s", #expr, pb_status_name(check_status_), pb_last_error()); \
     } while (0)
 
 /* ---- paths ---------------------------------------------------------------- */

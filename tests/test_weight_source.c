@@ -109,7 +109,7 @@ static int check_raw_layers(const char *path, uint32_t expect_type) {
     pb_gguf *copy = NULL;
     assert_int_equal(pb_gguf_open_buffer(&copy, bytes, size), PB_OK);
     pb_weight_source *src = open_source(path);
-    const char *per_layer[] = {"attn_q.weight", "attn_k.weight", "attn_v.weight", "attn_output.weight",
+    const char *per_layer[] = {"attn_q.weight",   "attn_k.weight", "attn_v.weight",   "attn_output.weight",
                                "ffn_gate.weight", "ffn_up.weight", "ffn_down.weight", "attn_norm.weight"};
     int compared = 0, typed = 0;
     for (int l = 0; l < src->cfg.n_layers; l++) {
@@ -174,10 +174,16 @@ static void test_random_matches_model(void **state) {
     pb_model *m = NULL;
     assert_int_equal(pb_model_random(&m, "tiny:2", 11, &options), PB_OK);
     assert_memory_equal(&src->cfg, pb_model_get_config(m), sizeof src->cfg);
-    struct { const char *name; const void *weights; } checks[] = {
-        {"token_embd.weight", m->token_embd}, {"output_norm.weight", m->final_norm},
-        {"blk.0.attn_q.weight", m->layers[0].wq}, {"blk.0.attn_norm.weight", m->layers[0].attn_norm},
-        {"blk.1.attn_k.weight", m->layers[1].wk}, {"blk.1.ffn_down.weight", m->layers[1].w_down},
+    struct {
+        const char *name;
+        const void *weights;
+    } checks[] = {
+        {"token_embd.weight", m->token_embd},
+        {"output_norm.weight", m->final_norm},
+        {"blk.0.attn_q.weight", m->layers[0].wq},
+        {"blk.0.attn_norm.weight", m->layers[0].attn_norm},
+        {"blk.1.attn_k.weight", m->layers[1].wk},
+        {"blk.1.ffn_down.weight", m->layers[1].w_down},
         {"blk.1.ffn_norm.weight", m->layers[1].mlp_norm},
     };
     for (size_t i = 0; i < sizeof checks / sizeof checks[0]; i++) {
@@ -254,7 +260,7 @@ static void test_bad_names_refused(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_formats_agree_gqa),  cmocka_unit_test(test_formats_agree_bias),
+        cmocka_unit_test(test_formats_agree_gqa),    cmocka_unit_test(test_formats_agree_bias),
         cmocka_unit_test(test_raw_every_layer_tiny), cmocka_unit_test(test_raw_quantised),
         cmocka_unit_test(test_random_matches_model), cmocka_unit_test(test_bad_names_refused),
     };

@@ -48,8 +48,8 @@ static pb_status check_set(const pb_model *m, const pb_prompt_set *s, const char
         if (!s->ids[i] || s->T[i] <= 0)
             return pb_fail(PB_ERR_ARG, "direction: %s prompt %d has no tokens", name, i);
         if (s->T[i] > m->cfg.context_length)
-            return pb_fail(PB_ERR_ARG, "direction: %s prompt %d has %d tokens, more than the context length %d",
-                           name, i, s->T[i], m->cfg.context_length);
+            return pb_fail(PB_ERR_ARG, "direction: %s prompt %d has %d tokens, more than the context length %d", name,
+                           i, s->T[i], m->cfg.context_length);
         for (int t = 0; t < s->T[i]; t++)
             if (s->ids[i][t] < 0 || s->ids[i][t] >= m->cfg.vocab_size)
                 return pb_fail(PB_ERR_ARG, "direction: %s prompt %d: token id %d at position %d is outside [0, %d)",
@@ -90,13 +90,13 @@ typedef struct runner {
     pb_model *model;
     pb_exec *exec;
     int max_tokens, max_jobs;
-    pb_exec_job *jobs;  /* (max_jobs) host */
-    float *prefix_kv;   /* device: k then v, each (n_layers, max(P, 1), kv_dim) */
+    pb_exec_job *jobs; /* (max_jobs) host */
+    float *prefix_kv;  /* device: k then v, each (n_layers, max(P, 1), kv_dim) */
     int prefix_capacity;
-    float *last_rows;   /* device (max_jobs, d_model) */
-    float *logits_dev;  /* device (max_jobs, vocab) */
-    int chunk_first;    /* index in the prompt list of the current chunk's first prompt */
-    int job_offset;     /* jobs before the first prompt's (the shared prefix): 0 or 1 */
+    float *last_rows;  /* device (max_jobs, d_model) */
+    float *logits_dev; /* device (max_jobs, vocab) */
+    int chunk_first;   /* index in the prompt list of the current chunk's first prompt */
+    int job_offset;    /* jobs before the first prompt's (the shared prefix): 0 or 1 */
 } runner;
 
 static void runner_free(runner *r) {
@@ -170,21 +170,24 @@ static pb_status run_prompts(runner *r, const prompt_list *l, int P, int stop_st
             return pb_fail(PB_ERR_ARG, "direction: prompt %d of %d tokens does not fit a batch of %d", first,
                            l->T[first], r->max_tokens);
         if (offset)
-            r->jobs[0] = (pb_exec_job){.T = P, .p0 = 0, .ids = l->ids[0], .k_cache = pk, .v_cache = pv,
-                                       .kv_capacity = r->prefix_capacity};
+            r->jobs[0] = (pb_exec_job){
+                .T = P, .p0 = 0, .ids = l->ids[0], .k_cache = pk, .v_cache = pv, .kv_capacity = r->prefix_capacity};
         for (int j = 0; j < n; j++)
-            r->jobs[offset + j] = (pb_exec_job){.T = l->T[first + j], .p0 = P, .ids = l->ids[first + j],
-                                                .k_prefix = pk, .v_prefix = pv,
+            r->jobs[offset + j] = (pb_exec_job){.T = l->T[first + j],
+                                                .p0 = P,
+                                                .ids = l->ids[first + j],
+                                                .k_prefix = pk,
+                                                .v_prefix = pv,
                                                 .kv_prefix_capacity = r->prefix_capacity};
         r->chunk_first = first;
         r->job_offset = offset;
         PB_TRY(pb_exec_run(r->exec, r->jobs, offset + n, stop_step, hook, user));
         if (logits) {
             for (int j = 0; j < n; j++)
-                PB_TRY(b->ops->copy(b, r->last_rows + (size_t)j * c->d_model,
-                                    pb_exec_output(r->exec, offset + j) +
-                                        (size_t)(l->T[first + j] - P - 1) * c->d_model,
-                                    sizeof(float) * (size_t)c->d_model));
+                PB_TRY(
+                    b->ops->copy(b, r->last_rows + (size_t)j * c->d_model,
+                                 pb_exec_output(r->exec, offset + j) + (size_t)(l->T[first + j] - P - 1) * c->d_model,
+                                 sizeof(float) * (size_t)c->d_model));
             PB_TRY(pb_exec_unembed(r->exec, r->logits_dev, r->last_rows, n, m->output, c->vocab_size));
             PB_TRY(b->ops->download(b, logits + (size_t)first * c->vocab_size, r->logits_dev,
                                     sizeof(float) * (size_t)n * c->vocab_size));
@@ -198,12 +201,12 @@ static pb_status run_prompts(runner *r, const prompt_list *l, int P, int stop_st
 
 typedef struct means_hook {
     runner *r;
-    int n_harmful;        /* prompts [0, n_harmful) of the list are harmful */
+    int n_harmful; /* prompts [0, n_harmful) of the list are harmful */
     const prompt_list *l;
     int n_post;
-    double *sum_harmful;  /* (n_layers, n_post, d_model) */
+    double *sum_harmful; /* (n_layers, n_post, d_model) */
     double *sum_harmless;
-    float *scratch;       /* (n_post, d_model) */
+    float *scratch; /* (n_post, d_model) */
 } means_hook;
 
 static pb_status means_hook_fn(void *user, int job, pb_hook_kind hook, int layer, float *data, int n_rows, int p0) {
@@ -269,15 +272,15 @@ void pb_direction_result_free(pb_direction_result *r) {
 }
 
 typedef struct work {
-    prompt_list train, val;  /* harmful prompts first, then harmless */
+    prompt_list train, val;   /* harmful prompts first, then harmless */
     prompt_list harmless_val; /* the harmless part of val */
     int nh_train, nn_train, nh_val, nn_val;
     int n_post;
     int P_train, P_val, P_harmless; /* common prefixes run once */
-    double *sums;        /* (2, n_layers, n_post, d_model) */
+    double *sums;                   /* (2, n_layers, n_post, d_model) */
     float *scratch;
-    float *val_logits;   /* (n_val, vocab) */
-    double *ref_logprobs;/* (n_harmless_val, vocab) */
+    float *val_logits;    /* (n_val, vocab) */
+    double *ref_logprobs; /* (n_harmless_val, vocab) */
     runner r;
 } work;
 
@@ -355,8 +358,13 @@ static pb_status compute_means(const pb_model_config *c, pb_direction_result *ou
     out->differences = malloc(sizeof(float) * table);
     if (!w->sums || !w->scratch || !out->differences)
         return pb_fail(PB_ERR_OOM, "direction: out of memory for the means");
-    means_hook mh = {.r = &w->r, .n_harmful = w->nh_train, .l = &w->train, .n_post = n_post,
-                     .sum_harmful = w->sums, .sum_harmless = w->sums + table, .scratch = w->scratch};
+    means_hook mh = {.r = &w->r,
+                     .n_harmful = w->nh_train,
+                     .l = &w->train,
+                     .n_post = n_post,
+                     .sum_harmful = w->sums,
+                     .sum_harmless = w->sums + table,
+                     .scratch = w->scratch};
     /* stop at the residual entering the last layer: nothing later is read */
     PB_TRY(run_prompts(&w->r, &w->train, w->P_train, pb_step_attention(L - 1), means_hook_fn, &mh, NULL));
     for (size_t i = 0; i < table; i++)
@@ -367,8 +375,8 @@ static pb_status compute_means(const pb_model_config *c, pb_direction_result *ou
 
 /* 2. Baselines on the validation prompts (harmful first, then harmless),
  * and the harmless prompts' reference log-probabilities for the KL. */
-static pb_status compute_baselines(const pb_model_config *c, const pb_direction_inputs *in,
-                                   pb_direction_result *out, work *w) {
+static pb_status compute_baselines(const pb_model_config *c, const pb_direction_inputs *in, pb_direction_result *out,
+                                   work *w) {
     int V = c->vocab_size, nh_val = w->nh_val, nn_val = w->nn_val;
     w->val_logits = malloc(sizeof(float) * (size_t)(nh_val + nn_val) * V);
     w->ref_logprobs = malloc(sizeof(double) * (size_t)nn_val * V);
@@ -376,8 +384,8 @@ static pb_status compute_baselines(const pb_model_config *c, const pb_direction_
         return pb_fail(PB_ERR_OOM, "direction: out of memory for validation logits");
     PB_TRY(run_prompts(&w->r, &w->val, w->P_val, 2 * c->n_layers, NULL, NULL, w->val_logits));
     out->baseline_harmful = mean_refusal(w->val_logits, nh_val, V, in->refusal_ids, in->n_refusal_ids);
-    out->baseline_harmless =
-        mean_refusal(w->val_logits + (size_t)nh_val * V, nn_val, V, in->refusal_ids, in->n_refusal_ids);
+    out->baseline_harmless = mean_refusal(w->val_logits + (size_t)nh_val * V, nn_val, V, in->refusal_ids,
+                                          in->n_refusal_ids);
     for (int i = 0; i < nn_val; i++)
         pb_log_softmax(w->val_logits + (size_t)(nh_val + i) * V, V, w->ref_logprobs + (size_t)i * V);
     return PB_OK;
@@ -394,8 +402,8 @@ static pb_status run_intervened(pb_model *m, work *w, const pb_intervention *iv,
 
 /* Scores one candidate: the difference r (d_model) at layer cand->layer,
  * its unit direction into u. */
-static pb_status score_candidate(pb_model *m, const pb_direction_inputs *in, const pb_direction_result *out,
-                                 work *w, pb_direction_candidate *cand, const float *r, float *u) {
+static pb_status score_candidate(pb_model *m, const pb_direction_inputs *in, const pb_direction_result *out, work *w,
+                                 pb_direction_candidate *cand, const float *r, float *u) {
     int d = m->cfg.d_model, V = m->cfg.vocab_size, nh_val = w->nh_val, nn_val = w->nn_val;
     double norm2 = 0;
     for (int i = 0; i < d; i++)

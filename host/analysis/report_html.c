@@ -38,8 +38,8 @@ enum {
 /* ---- text ----------------------------------------------------------------- */
 
 typedef enum escape_mode {
-    ESCAPE_TEXT,  /* keeps newlines and tabs (for <pre> and pre-wrap) */
-    ESCAPE_LABEL  /* shows whitespace: space "·", newline "↵", tab "⇥", CR "\r" */
+    ESCAPE_TEXT, /* keeps newlines and tabs (for <pre> and pre-wrap) */
+    ESCAPE_LABEL /* shows whitespace: space "·", newline "↵", tab "⇥", CR "\r" */
 } escape_mode;
 
 /* Writes s HTML-escaped (&, <, >, both quotes), so it is safe in text and in
@@ -143,12 +143,12 @@ static void effect_colour(double value, double range, char out[8]) {
 /* ---- the sites of each component, by (layer, head, position or group) ---- */
 
 typedef struct component_sites {
-    int n_heads;                   /* 0: residual width */
+    int n_heads; /* 0: residual width */
     int used[N_VARIANTS];
-    int n_keys[N_VARIANTS];        /* position columns, 1, groups */
-    int64_t *first[N_VARIANTS];    /* (n_layers, max(n_heads, 1), n_keys): first site of each cell, -1 none */
+    int n_keys[N_VARIANTS];     /* position columns, 1, groups */
+    int64_t *first[N_VARIANTS]; /* (n_layers, max(n_heads, 1), n_keys): first site of each cell, -1 none */
     int n_groups;
-    const pb_site_view **groups;   /* (n_sites) the first site of each group, in order of appearance */
+    const pb_site_view **groups; /* (n_sites) the first site of each group, in order of appearance */
 } component_sites;
 
 static void sites_free(component_sites *cs) {
@@ -238,7 +238,7 @@ static pb_status sites_build(const pb_sweep_view *v, component_sites *cs) {
 typedef struct labels {
     const char *const *text; /* (n) */
     int n;
-    char **owned;            /* decoded from the model when the caller gave none */
+    char **owned; /* decoded from the model when the caller gave none */
 } labels;
 
 static void labels_free(labels *l) {
@@ -290,7 +290,7 @@ typedef struct cell_value {
     double min, max; /* over the positions averaged */
     int n_sites;     /* sites behind the cell (0: not patched) */
     int n_finite;
-    int key;         /* the position column or group of a single-site cell */
+    int key; /* the position column or group of a single-site cell */
 } cell_value;
 
 /* Residual width: the cell's one site. Heads: the mean over the positions
@@ -392,15 +392,17 @@ static void put_legend(FILE *f, const layout *L, const char *id, double range) {
     }
     fputs("</linearGradient></defs>\n", f);
     fprintf(f, "<g class=\"legend\"><text x=\"%d\" y=\"%d\" class=\"axis-title\">effect</text>", x, y - 8);
-    fprintf(f, "<rect x=\"%d\" y=\"%d\" width=\"14\" height=\"%d\" fill=\"url(#scale-%s)\" stroke=\"#888\" stroke-width=\"0.5\"/>",
-            x, y, bar_h, id);
+    fprintf(
+        f,
+        "<rect x=\"%d\" y=\"%d\" width=\"14\" height=\"%d\" fill=\"url(#scale-%s)\" stroke=\"#888\" stroke-width=\"0.5\"/>",
+        x, y, bar_h, id);
     snprintf(buf, sizeof buf, "%+.3g", range);
     fprintf(f, "<text x=\"%d\" y=\"%d\" class=\"tick\">%s</text>", x + 19, y + 4, buf);
     fprintf(f, "<text x=\"%d\" y=\"%d\" class=\"tick\">0</text>", x + 19, y + bar_h / 2 + 4);
     snprintf(buf, sizeof buf, "%+.3g", -range);
     fprintf(f, "<text x=\"%d\" y=\"%d\" class=\"tick\">%s</text>", x + 19, y + bar_h + 4, buf);
-    fprintf(f, "<rect x=\"%d\" y=\"%d\" width=\"14\" height=\"10\" fill=\"%s\" stroke=\"#888\" stroke-width=\"0.5\"/>", x,
-            y + bar_h + 14, nan_colour);
+    fprintf(f, "<rect x=\"%d\" y=\"%d\" width=\"14\" height=\"10\" fill=\"%s\" stroke=\"#888\" stroke-width=\"0.5\"/>",
+            x, y + bar_h + 14, nan_colour);
     fprintf(f, "<text x=\"%d\" y=\"%d\" class=\"tick\">n/a</text></g>\n", x + 19, y + bar_h + 23);
 }
 
@@ -465,9 +467,9 @@ static void put_heatmap(FILE *f, const pb_sweep_view *v, const component_sites *
 
     fprintf(f, "<figure class=\"heatmap-figure\">\n<figcaption><h3>%s <code>blocks.L.%s</code></h3><p>", name, hook);
     if (!heads) {
-        fputs(variant == VARIANT_EACH    ? "Layer × position: each position patched alone."
-              : variant == VARIANT_ALL   ? "Layer: every position patched together."
-                                         : "Layer × group: each listed group of positions patched together.",
+        fputs(variant == VARIANT_EACH  ? "Layer × position: each position patched alone."
+              : variant == VARIANT_ALL ? "Layer: every position patched together."
+                                       : "Layer × group: each listed group of positions patched together.",
               f);
     } else {
         fprintf(f, "Layer × %s head ", pb_component_info_of(c)->heads == PB_HEADS_KV ? "key-value" : "query");
@@ -489,8 +491,10 @@ static void put_heatmap(FILE *f, const pb_sweep_view *v, const component_sites *
     fprintf(f, "<title>%s: %d rows (layers) × %d columns</title>\n", id, rows, cols);
 
     /* Axis titles and labels. */
-    fprintf(f, "<text class=\"axis-title\" transform=\"translate(14,%d) rotate(-90)\" text-anchor=\"middle\">layer</text>\n",
-            L.top + L.grid_h / 2);
+    fprintf(
+        f,
+        "<text class=\"axis-title\" transform=\"translate(14,%d) rotate(-90)\" text-anchor=\"middle\">layer</text>\n",
+        L.top + L.grid_h / 2);
     for (int layer = 0; layer < rows; layer++)
         fprintf(f, "<text class=\"row-label\" x=\"%d\" y=\"%d\" text-anchor=\"end\">%d</text>", L.left - 6,
                 L.top + layer * L.cell_h + L.cell_h / 2 + 4, layer);
@@ -501,7 +505,8 @@ static void put_heatmap(FILE *f, const pb_sweep_view *v, const component_sites *
         if (token_columns) {
             int p = v->first_position + col;
             const char *token = label_at(l, p);
-            fprintf(f, "<text class=\"col-label token\" transform=\"translate(%d,%d) rotate(-55)\">", cx + 3, L.top - 6);
+            fprintf(f, "<text class=\"col-label token\" transform=\"translate(%d,%d) rotate(-55)\">", cx + 3,
+                    L.top - 6);
             fprintf(f, "<title>position %d: ", p);
             put_escaped(f, token, ESCAPE_LABEL, 0);
             fputs("</title>", f);
@@ -522,8 +527,11 @@ static void put_heatmap(FILE *f, const pb_sweep_view *v, const component_sites *
             }
         }
     }
-    fprintf(f, "\n<text class=\"axis-title\" x=\"%d\" y=\"%d\" text-anchor=\"middle\">%s</text>\n", L.left + L.grid_w / 2,
-            L.top + L.grid_h + 32, heads ? "head" : variant == VARIANT_EACH ? "position" : "");
+    fprintf(f, "\n<text class=\"axis-title\" x=\"%d\" y=\"%d\" text-anchor=\"middle\">%s</text>\n",
+            L.left + L.grid_w / 2, L.top + L.grid_h + 32,
+            heads                     ? "head"
+            : variant == VARIANT_EACH ? "position"
+                                      : "");
 
     put_cells(f, v, g, l, &L, c, variant, range);
     put_legend(f, &L, id, range);
@@ -604,7 +612,8 @@ static void put_summary(FILE *f, const pb_sweep_view *v, const pb_report_extras 
     char buf[128], num[32];
 
     fputs("<div class=\"cards\">\n", f);
-    put_card(f, interchange ? "source baseline" : "clean baseline", format_number(sum->clean_baseline, num, sizeof num));
+    put_card(f, interchange ? "source baseline" : "clean baseline",
+             format_number(sum->clean_baseline, num, sizeof num));
     put_card(f, interchange ? "base baseline" : "corrupted baseline",
              format_number(sum->corrupted_baseline, num, sizeof num));
     put_card(f, interchange ? "total effect (source − base)" : "total effect (clean − corrupted)",
@@ -652,11 +661,13 @@ static void put_summary(FILE *f, const pb_sweep_view *v, const pb_report_extras 
     free(metric);
     fputs("</td></tr>\n", f);
     fprintf(f, "<tr><th>Pairs</th><td>%d (%d used)</td></tr>\n", sum->n_pairs, sum->n_pairs_used);
-    fprintf(f, "<tr><th>Effect</th><td>(patched − base) / (source − base), mean ± standard error over used pairs; "
-               "significant when |effect| ≥ %g (circuit fraction %.3f)</td></tr>\n",
+    fprintf(f,
+            "<tr><th>Effect</th><td>(patched − base) / (source − base), mean ± standard error over used pairs; "
+            "significant when |effect| ≥ %g (circuit fraction %.3f)</td></tr>\n",
             v->spec->significance_threshold, sum->circuit_fraction);
-    fprintf(f, "<tr><th>Rows</th><td>%lld sites × %d pairs = %lld rows; %lld executed, %lld done", (long long)sum->n_sites,
-            sum->n_pairs, (long long)sum->n_rows, (long long)sum->n_rows_executed, (long long)sum->n_rows_done);
+    fprintf(f, "<tr><th>Rows</th><td>%lld sites × %d pairs = %lld rows; %lld executed, %lld done",
+            (long long)sum->n_sites, sum->n_pairs, (long long)sum->n_rows, (long long)sum->n_rows_executed,
+            (long long)sum->n_rows_done);
     fputs(" <span class=\"label\">(the rest are exactly 0 by construction)</span></td></tr>\n", f);
     if (sum->flops_naive > 0) {
         fprintf(f, "<tr><th>Compute</th><td>%.3g FLOPs executed, %.3g for one forward per row", sum->flops_executed,
@@ -673,12 +684,14 @@ static void put_summary(FILE *f, const pb_sweep_view *v, const pb_report_extras 
     fputs("</table>\n", f);
 
     if (sum->n_rows_done < sum->n_rows)
-        fprintf(f, "<p class=\"warn\">Only %lld of %lld rows are done: the effects of the rest are missing (grey).</p>\n",
+        fprintf(f,
+                "<p class=\"warn\">Only %lld of %lld rows are done: the effects of the rest are missing (grey).</p>\n",
                 (long long)sum->n_rows_done, (long long)sum->n_rows);
     int n_below = pb_sweep_view_pairs_below(v);
     if (n_below) {
-        fprintf(f, "<div class=\"warn\"><b>%d of %d pairs are below the effect floor</b> (|%s − %s| &lt; %g): their "
-                   "normalised effects are undefined and they are left out of every mean.<ul>",
+        fprintf(f,
+                "<div class=\"warn\"><b>%d of %d pairs are below the effect floor</b> (|%s − %s| &lt; %g): their "
+                "normalised effects are undefined and they are left out of every mean.<ul>",
                 n_below, v->n_pairs, interchange ? "source" : "clean", interchange ? "base" : "corrupted",
                 v->spec->effect_floor);
         for (int i = 0; i < v->n_pairs; i++) {
@@ -702,15 +715,16 @@ static void put_top_sites(FILE *f, const pb_sweep_view *v, const labels *l, doub
         return;
     }
     fputs("<table class=\"top-sites\">\n<tr><th>#</th><th>hook</th><th>head</th><th>position</th><th>token</th>"
-          "<th>effect ± stderr</th><th>significant</th></tr>\n", f);
+          "<th>effect ± stderr</th><th>significant</th></tr>\n",
+          f);
     char colour[8], e[32], se[32], position[64];
     for (int64_t i = 0; i < shown; i++) {
         const pb_site_view *site = &v->sites[order[i].index];
         const pb_site_result *r = &site->r;
         pb_sweep_format_position(site, position, sizeof position);
         effect_colour(r->effect, range, colour);
-        fprintf(f, "<tr><td class=\"num\">%lld</td><td><code>blocks.%d.%s</code></td><td class=\"num\">", (long long)(i + 1),
-                r->layer, pb_component_hook(r->component));
+        fprintf(f, "<tr><td class=\"num\">%lld</td><td><code>blocks.%d.%s</code></td><td class=\"num\">",
+                (long long)(i + 1), r->layer, pb_component_hook(r->component));
         if (r->head >= 0)
             fprintf(f, "%d", r->head);
         else
@@ -728,7 +742,8 @@ static void put_top_sites(FILE *f, const pb_sweep_view *v, const labels *l, doub
 static void put_extras(FILE *f, const pb_report_extras *x) {
     if (x->rates && x->n_rates > 0) {
         fputs("<h2 id=\"refusal-rates\">Refusal rates</h2>\n<table class=\"rates\">\n"
-              "<tr><th>condition</th><th>refused</th><th>rate</th><th></th></tr>\n", f);
+              "<tr><th>condition</th><th>refused</th><th>rate</th><th></th></tr>\n",
+              f);
         for (int i = 0; i < x->n_rates; i++) {
             const pb_report_rate *r = &x->rates[i];
             fputs("<tr><td>", f);
@@ -737,8 +752,10 @@ static void put_extras(FILE *f, const pb_report_extras *x) {
             if (r->n > 0) {
                 double pct = 100.0 * r->refused / r->n;
                 double w = pct < 0 ? 0 : pct > 100 ? 100 : pct;
-                fprintf(f, "%.1f%%</td><td><span class=\"bar-bg\"><span class=\"bar\" style=\"width:%.1f%%\"></span></span>", pct,
-                        w);
+                fprintf(
+                    f,
+                    "%.1f%%</td><td><span class=\"bar-bg\"><span class=\"bar\" style=\"width:%.1f%%\"></span></span>",
+                    pct, w);
             } else {
                 fputs("–</td><td>", f);
             }
@@ -807,7 +824,8 @@ static void put_page(FILE *f, const pb_sweep_view *v, const component_sites *cs,
     const char *base = strrchr(path, '/');
     base = base && base[1] ? base + 1 : path;
     fputs("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-          "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n<title>", f);
+          "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n<title>",
+          f);
     if (extras && extras->title)
         put_text(f, extras->title);
     else {
@@ -827,10 +845,11 @@ static void put_page(FILE *f, const pb_sweep_view *v, const component_sites *cs,
 
     double range = scale_range(v, cs);
     fputs("<section id=\"heatmaps\">\n<h2>Heatmaps</h2>\n", f);
-    fprintf(f, "<p>Colour: the mean normalised effect over the %d used pair%s, on one scale (±%.3g) for every "
-               "heatmap. Red: the patch moves the metric towards the source run (1 = all the way); blue: away "
-               "from it; grey: no value. Hover a cell for its hook, position, head and effect ± standard "
-               "error.</p>\n",
+    fprintf(f,
+            "<p>Colour: the mean normalised effect over the %d used pair%s, on one scale (±%.3g) for every "
+            "heatmap. Red: the patch moves the metric towards the source run (1 = all the way); blue: away "
+            "from it; grey: no value. Hover a cell for its hook, position, head and effect ± standard "
+            "error.</p>\n",
             v->summary.n_pairs_used, v->summary.n_pairs_used == 1 ? "" : "s", range);
     int any = 0;
     fputs("<div class=\"figures\">\n", f);
@@ -852,7 +871,8 @@ static void put_page(FILE *f, const pb_sweep_view *v, const component_sites *cs,
         fputs("</section>\n", f);
     }
     fputs("<footer>Written by patchbay. Every number here is also in results.json (docs/patching.md defines "
-          "them).</footer>\n</main>\n<div id=\"hover-info\">Hover a heatmap cell to see its value here.</div>\n", f);
+          "them).</footer>\n</main>\n<div id=\"hover-info\">Hover a heatmap cell to see its value here.</div>\n",
+          f);
     fprintf(f, "<script>\n%s</script>\n</body>\n</html>\n", page_script);
 }
 

@@ -18,12 +18,12 @@
 typedef struct pb_backend pb_backend;
 
 typedef struct pb_attention_job {
-    int q_row;              /* first packed row of the job's queries and outputs */
-    int n;                  /* queries (new tokens) */
-    int p0;                 /* prefix length: position of the first query */
-    const float *k_prefix;  /* (p0, kv_dim), may be NULL when p0 == 0 */
+    int q_row;             /* first packed row of the job's queries and outputs */
+    int n;                 /* queries (new tokens) */
+    int p0;                /* prefix length: position of the first query */
+    const float *k_prefix; /* (p0, kv_dim), may be NULL when p0 == 0 */
     const float *v_prefix;
-    const float *k_new;     /* (n, kv_dim) */
+    const float *k_new; /* (n, kv_dim) */
     const float *v_new;
 } pb_attention_job;
 

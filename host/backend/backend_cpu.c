@@ -41,12 +41,11 @@ static pb_status cpu_memcpy(pb_backend *backend, void *dst, const void *src, siz
 
 static pb_status cpu_synchronize(pb_backend *backend) { return PB_OK; }
 
-static pb_status cpu_embed(pb_backend *backend, float *out, const void *table, pb_dtype table_dtype,
-                           const int32_t *ids, int T, int d) {
+static pb_status cpu_embed(pb_backend *backend, float *out, const void *table, pb_dtype table_dtype, const int32_t *ids,
+                           int T, int d) {
     size_t row_bytes = pb_dtype_size(table_dtype) * (size_t)d;
     for (int t = 0; t < T; t++)
-        pb_dtype_to_f32(table_dtype, out + (size_t)t * d, (const char *)table + (size_t)ids[t] * row_bytes,
-                        (size_t)d);
+        pb_dtype_to_f32(table_dtype, out + (size_t)t * d, (const char *)table + (size_t)ids[t] * row_bytes, (size_t)d);
     return PB_OK;
 }
 
@@ -224,8 +223,8 @@ static pb_status cpu_attention_jobs(pb_backend *backend, float *out, const float
         const pb_attention_job *job = &jobs[lo];
         int t = (int)((item - first[lo]) / n_heads), h = (int)((item - first[lo]) % n_heads);
         size_t row = (size_t)(job->q_row + t) * qd + (size_t)h * head_dim;
-        attend(out + row, q + row, job->p0 + t + 1, job->p0, job->k_prefix, job->v_prefix, job->k_new, job->v_new,
-               kvd, (size_t)(h / group) * head_dim, head_dim, scale,
+        attend(out + row, q + row, job->p0 + t + 1, job->p0, job->k_prefix, job->v_prefix, job->k_new, job->v_new, kvd,
+               (size_t)(h / group) * head_dim, head_dim, scale,
                scores_all + (size_t)omp_get_thread_num() * (size_t)max_keys);
     }
     free(scores_all);
@@ -252,19 +251,18 @@ static pb_status cpu_add(pb_backend *backend, float *out, const float *a, const 
 
 /* The reference arithmetic (metric.c per row), rows over the threads. */
 static pb_status cpu_metric_rows(pb_backend *backend, double *out, const float *logits, int rows, int n_out,
-                                 pb_metric_kind kind, const int32_t *positive, int n_positive,
-                                 const int32_t *negative, int n_negative, const double *ref_logprobs,
-                                 const int32_t *ref_row, int n_ref) {
-    return pb_metric_rows_host(out, logits, rows, n_out, kind, positive, n_positive, negative, n_negative,
-                               ref_logprobs, ref_row, n_ref, cpu_threads(backend));
+                                 pb_metric_kind kind, const int32_t *positive, int n_positive, const int32_t *negative,
+                                 int n_negative, const double *ref_logprobs, const int32_t *ref_row, int n_ref) {
+    return pb_metric_rows_host(out, logits, rows, n_out, kind, positive, n_positive, negative, n_negative, ref_logprobs,
+                               ref_row, n_ref, cpu_threads(backend));
 }
 
 static pb_status cpu_copy_regions(pb_backend *backend, const pb_copy_region *regions, int n_regions) {
     return pb_copy_regions_host(regions, n_regions);
 }
 
-static pb_status cpu_copy_rows(pb_backend *backend, float *dst, size_t dst_stride, const float *src,
-                               size_t src_stride, size_t width, size_t rows) {
+static pb_status cpu_copy_rows(pb_backend *backend, float *dst, size_t dst_stride, const float *src, size_t src_stride,
+                               size_t width, size_t rows) {
     return pb_copy_rows_host(dst, dst_stride, src, src_stride, width, rows);
 }
 

@@ -38,8 +38,8 @@ static float weight_at(const void *w, pb_dtype dtype, size_t i) {
     }
 }
 
-static pb_status ref_embed(pb_backend *backend, float *out, const void *table, pb_dtype table_dtype,
-                           const int32_t *ids, int T, int d) {
+static pb_status ref_embed(pb_backend *backend, float *out, const void *table, pb_dtype table_dtype, const int32_t *ids,
+                           int T, int d) {
     for (int t = 0; t < T; t++)
         for (int i = 0; i < d; i++)
             out[(size_t)t * d + i] = weight_at(table, table_dtype, (size_t)ids[t] * d + i);
@@ -90,8 +90,8 @@ static pb_status ref_rope(pb_backend *backend, float *x, const int32_t *position
     return PB_OK;
 }
 
-static pb_status ref_attention(pb_backend *backend, float *out, const float *q, const float *k, const float *v,
-                               int T, int T_kv, int q_start, int n_heads, int n_kv_heads, int head_dim) {
+static pb_status ref_attention(pb_backend *backend, float *out, const float *q, const float *k, const float *v, int T,
+                               int T_kv, int q_start, int n_heads, int n_kv_heads, int head_dim) {
     int group = n_heads / n_kv_heads;
     double scale = 1.0 / sqrt((double)head_dim);
     double *scores = malloc(sizeof(double) * (size_t)(T_kv > 0 ? T_kv : 1));
@@ -151,8 +151,7 @@ static pb_status ref_add(pb_backend *backend, float *out, const float *a, const 
 /* One row of metric_rows: NaN for a non-finite logit or an index outside
  * the row (the caller then names the entry). */
 static double metric_row(const float *x, int n_out, pb_metric_kind kind, const int32_t *positive, int n_positive,
-                         const int32_t *negative, int n_negative, const double *ref_logprobs, int32_t ref,
-                         int n_ref) {
+                         const int32_t *negative, int n_negative, const double *ref_logprobs, int32_t ref, int n_ref) {
     for (int v = 0; v < n_out; v++)
         if (!isfinite(x[v]))
             return NAN;
@@ -217,11 +216,10 @@ pb_status pb_metric_rows_host(double *out, const float *logits, int rows, int n_
 }
 
 static pb_status ref_metric_rows(pb_backend *backend, double *out, const float *logits, int rows, int n_out,
-                                 pb_metric_kind kind, const int32_t *positive, int n_positive,
-                                 const int32_t *negative, int n_negative, const double *ref_logprobs,
-                                 const int32_t *ref_row, int n_ref) {
-    return pb_metric_rows_host(out, logits, rows, n_out, kind, positive, n_positive, negative, n_negative,
-                               ref_logprobs, ref_row, n_ref, 1);
+                                 pb_metric_kind kind, const int32_t *positive, int n_positive, const int32_t *negative,
+                                 int n_negative, const double *ref_logprobs, const int32_t *ref_row, int n_ref) {
+    return pb_metric_rows_host(out, logits, rows, n_out, kind, positive, n_positive, negative, n_negative, ref_logprobs,
+                               ref_row, n_ref, 1);
 }
 
 pb_status pb_copy_regions_host(const pb_copy_region *regions, int n_regions) {
@@ -242,8 +240,8 @@ pb_status pb_copy_rows_host(float *dst, size_t dst_stride, const float *src, siz
     return PB_OK;
 }
 
-static pb_status ref_copy_rows(pb_backend *backend, float *dst, size_t dst_stride, const float *src,
-                               size_t src_stride, size_t width, size_t rows) {
+static pb_status ref_copy_rows(pb_backend *backend, float *dst, size_t dst_stride, const float *src, size_t src_stride,
+                               size_t width, size_t rows) {
     return pb_copy_rows_host(dst, dst_stride, src, src_stride, width, rows);
 }
 

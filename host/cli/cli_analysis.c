@@ -19,11 +19,11 @@
 #include "patchbay_tool.h"
 
 /* Returns the status of a failed call (the CLI's own PB_TRY). */
-#define PB_STATUS_CHAIN(call)                                                                                          \
-    do {                                                                                                               \
-        pb_status chained_ = (call);                                                                                   \
-        if (chained_ != PB_OK)                                                                                         \
-            return chained_;                                                                                           \
+#define PB_STATUS_CHAIN(call)        \
+    do {                             \
+        pb_status chained_ = (call); \
+        if (chained_ != PB_OK)       \
+            return chained_;         \
     } while (0)
 
 typedef struct analysis_options {
@@ -172,8 +172,8 @@ static pb_status refusal_rate(analysis *an, int harmful, int max_new, const pb_i
             continue;
         char *text = NULL;
         int refused = 0;
-        PB_STATUS_CHAIN(generate_text(an, harmful ? p->harmful_ids : p->harmless_ids, harmful ? p->T_harmful : p->T_harmless,
-                             max_new, iv, &text, &refused));
+        PB_STATUS_CHAIN(generate_text(an, harmful ? p->harmful_ids : p->harmless_ids,
+                                      harmful ? p->T_harmful : p->T_harmless, max_new, iv, &text, &refused));
         free(text);
         (*n)++;
         *k += refused;
@@ -191,16 +191,16 @@ static char *default_spec(const analysis *an, int n) {
     for (int i = 0, used = 0; i < an->n_pairs && used < n; i++) {
         if (!an->pairs[i].validation)
             continue;
-        json_array_append_new(pairs, json_pack("{s:{s:s},s:{s:s}}", "clean", "text", an->pairs[i].harmful,
-                                               "corrupted", "text", an->pairs[i].harmless));
+        json_array_append_new(pairs, json_pack("{s:{s:s},s:{s:s}}", "clean", "text", an->pairs[i].harmful, "corrupted",
+                                               "text", an->pairs[i].harmless));
         used++;
     }
     const char *components[3] = {"resid_pre", "attn_out", "mlp_out"};
     for (int c = 0; c < 3; c++)
-        json_array_append_new(sites, json_pack("{s:s,s:s,s:s}", "component", components[c], "layers", "all",
-                                               "positions", "each"));
-    json_array_append_new(sites, json_pack("{s:s,s:s,s:s,s:s}", "component", "z", "layers", "all", "heads", "all",
-                                           "positions", "last"));
+        json_array_append_new(
+            sites, json_pack("{s:s,s:s,s:s}", "component", components[c], "layers", "all", "positions", "each"));
+    json_array_append_new(
+        sites, json_pack("{s:s,s:s,s:s,s:s}", "component", "z", "layers", "all", "heads", "all", "positions", "last"));
     json_object_set_new(metric, "kind", json_string("logit_diff"));
     json_object_set(metric, "positive", json_object_get(an->data, "refusal_tokens"));
     json_object_set(metric, "negative", json_object_get(an->data, "compliance_tokens"));
@@ -213,8 +213,8 @@ static char *default_spec(const analysis *an, int n) {
     return text;
 }
 
-static pb_status collect_sets(const analysis *an, int validation, int harmful, pb_prompt_set *set,
-                              const int32_t ***ids, int **T) {
+static pb_status collect_sets(const analysis *an, int validation, int harmful, pb_prompt_set *set, const int32_t ***ids,
+                              int **T) {
     *ids = calloc((size_t)an->n_pairs, sizeof **ids);
     *T = calloc((size_t)an->n_pairs, sizeof **T);
     if (!*ids || !*T)
@@ -259,8 +259,8 @@ static void findings_free(findings *f) {
 static pb_status measure_refusal(analysis *an, int max_new, const pb_intervention *iv_harmful,
                                  const pb_intervention *iv_harmless, findings *f, int first) {
     const prompt_pair *p = f->first;
-    PB_STATUS_CHAIN(generate_text(an, p->harmful_ids, p->T_harmful, max_new, iv_harmful, &f->texts[first],
-                                  &f->refused[first]));
+    PB_STATUS_CHAIN(
+        generate_text(an, p->harmful_ids, p->T_harmful, max_new, iv_harmful, &f->texts[first], &f->refused[first]));
     PB_STATUS_CHAIN(generate_text(an, p->harmless_ids, p->T_harmless, max_new, iv_harmless, &f->texts[first + 1],
                                   &f->refused[first + 1]));
     PB_STATUS_CHAIN(refusal_rate(an, 1, max_new, iv_harmful, &f->n_rates[first], &f->k_rates[first]));
@@ -290,7 +290,8 @@ static pb_status run_default_sweep(analysis *an, const analysis_options *o, char
     *spec = default_spec(an, o->sweep_pairs);
     pb_progress progress;
     pb_progress_init(&progress, stderr, "sweep", -1);
-    pb_sweep_options so = {.metric_fn_residual_layer = -1, .progress = o->no_progress ? NULL : pb_progress_callback,
+    pb_sweep_options so = {.metric_fn_residual_layer = -1,
+                           .progress = o->no_progress ? NULL : pb_progress_callback,
                            .progress_user = &progress};
     if (!*spec)
         return pb_fail(PB_ERR_OOM, "out of memory for the sweep's spec");
@@ -305,8 +306,11 @@ static pb_status run_default_sweep(analysis *an, const analysis_options *o, char
  * direction.npy/json written into the output folder. */
 static pb_status find_direction(analysis *an, const analysis_options *o, findings *f) {
     /* Budget: the whole default run stays within minutes on two cores. */
-    pb_direction_inputs din = {.refusal_ids = an->refusal_ids, .n_refusal_ids = an->n_refusal_ids, .layer_stride = 3,
-                               .max_train = 32, .max_val = 8};
+    pb_direction_inputs din = {.refusal_ids = an->refusal_ids,
+                               .n_refusal_ids = an->n_refusal_ids,
+                               .layer_stride = 3,
+                               .max_train = 32,
+                               .max_val = 8};
     pb_prompt_set *sets[4] = {&din.harmful_train, &din.harmless_train, &din.harmful_val, &din.harmless_val};
     for (int k = 0; k < 4; k++)
         PB_STATUS_CHAIN(collect_sets(an, k >= 2, k % 2 == 0, sets[k], &f->set_ids[k], &f->set_T[k]));
@@ -353,8 +357,8 @@ static void fill_rates(const findings *f, pb_report_rate rates[4]) {
 }
 
 /* Step 5's report.html: the sweep plus everything the run found. */
-static pb_status write_report(const analysis *an, const analysis_options *o, const pb_sweep *sweep,
-                              const findings *f, double t0) {
+static pb_status write_report(const analysis *an, const analysis_options *o, const pb_sweep *sweep, const findings *f,
+                              double t0) {
     const pb_direction_result *dir = &f->dir;
     pb_report_generation gens[4];
     pb_report_rate rates[4];
@@ -381,9 +385,16 @@ static pb_status write_report(const analysis *an, const analysis_options *o, con
     const char **labels = NULL;
     int n_labels = 0;
     position_labels(an, sweep, &labels, &n_labels);
-    pb_report_extras extras = {.title = "Refusal analysis", .position_labels = labels, .n_position_labels = n_labels,
-                               .generations = gens, .n_generations = 4, .rates = rates, .n_rates = 4,
-                               .direction_summary = text, .notes = notes, .wall_seconds = pb_now_seconds() - t0};
+    pb_report_extras extras = {.title = "Refusal analysis",
+                               .position_labels = labels,
+                               .n_position_labels = n_labels,
+                               .generations = gens,
+                               .n_generations = 4,
+                               .rates = rates,
+                               .n_rates = 4,
+                               .direction_summary = text,
+                               .notes = notes,
+                               .wall_seconds = pb_now_seconds() - t0};
     char path[4200];
     snprintf(path, sizeof path, "%s/report.html", o->out);
     pb_status st = pb_report_html_write(sweep, path, &extras);
@@ -438,8 +449,8 @@ static int analysis_steps(analysis *an, const analysis_options *o, findings *f, 
         return fail("the refusal direction");
     fprintf(stderr, "patchbay: [4/5] refusal rates with the direction ablated and added\n");
     pb_intervention ablate = {.kind = PB_INTERVENE_ABLATE, .direction = f->dir.direction};
-    pb_intervention add = {.kind = PB_INTERVENE_ADD, .direction = f->dir.direction, .scale = f->dir.norm,
-                           .layer = f->dir.layer};
+    pb_intervention add = {
+        .kind = PB_INTERVENE_ADD, .direction = f->dir.direction, .scale = f->dir.norm, .layer = f->dir.layer};
     if (measure_refusal(an, o->max_new, &ablate, &add, f, 2) != PB_OK)
         return fail("generation under the direction");
     fprintf(stderr, "patchbay: [5/5] writing %s\n", o->out);

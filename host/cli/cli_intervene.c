@@ -152,7 +152,8 @@ static pb_model *load_model(const char *cmd, const cli *o) {
 
 /* A user message as ids: chat-templated unless no_chat. */
 static int text_ids(const char *cmd, pb_model *m, const cli *o, const char *text, int32_t **ids, int *T) {
-    pb_status st = o->no_chat ? pb_model_tokenize(m, text, 0, ids, T) : pb_model_chat_tokenize(m, o->system, text, ids, T);
+    pb_status st = o->no_chat ? pb_model_tokenize(m, text, 0, ids, T)
+                              : pb_model_chat_tokenize(m, o->system, text, ids, T);
     if (st != PB_OK)
         return !fail_msg(cmd, o->no_chat ? "tokenizing" : "applying the chat template");
     if (*T <= 0) {
@@ -205,8 +206,7 @@ static int load_direction(const char *cmd, const pb_model_config *c, const char 
     if (pb_npy_read(path, &data, PB_NPY_F32, &n_dims, shape) != PB_OK)
         return !fail_msg(cmd, "reading the direction");
     if (n_dims != 1 || shape[0] != c->d_model) {
-        fprintf(stderr, "patchbay %s: %s must hold a 1-d float array of d_model = %d values\n", cmd, path,
-                c->d_model);
+        fprintf(stderr, "patchbay %s: %s must hold a 1-d float array of d_model = %d values\n", cmd, path, c->d_model);
         free(data);
         return 0;
     }
@@ -247,8 +247,7 @@ static int parse_site(const char *cmd, const pb_model_config *c, const char *sit
         char *end;
         long h = strtol(colon + 1, &end, 10);
         if (*end || end == colon + 1 || h < 0 || h > 100000) {
-            fprintf(stderr, "patchbay %s: --patch %s: head '%s' is not a non-negative integer\n", cmd, site,
-                    colon + 1);
+            fprintf(stderr, "patchbay %s: --patch %s: head '%s' is not a non-negative integer\n", cmd, site, colon + 1);
             return 0;
         }
         *head = (int)h;
@@ -363,7 +362,8 @@ static int build_patch(const char *cmd, pb_model *m, const char *site, const int
     pb_component comp;
     if (!parse_site(cmd, c, site, name, &head, &at, &comp, &layer))
         return 0;
-    int has_heads = comp == PB_COMPONENT_Z || comp == PB_COMPONENT_Q || comp == PB_COMPONENT_K || comp == PB_COMPONENT_V;
+    int has_heads = comp == PB_COMPONENT_Z || comp == PB_COMPONENT_Q || comp == PB_COMPONENT_K ||
+                    comp == PB_COMPONENT_V;
     if (head >= 0 && !has_heads) {
         fprintf(stderr, "patchbay %s: --patch %s: %s has no heads\n", cmd, site, name);
         return 0;
@@ -385,8 +385,13 @@ static int build_patch(const char *cmd, pb_model *m, const char *site, const int
     free(src_pos);
     if (!ok)
         return 0;
-    b->iv = (pb_intervention){.kind = PB_INTERVENE_PATCH, .component = comp, .layer = layer, .head = head,
-                              .n_positions = n, .positions = b->positions, .values = b->values};
+    b->iv = (pb_intervention){.kind = PB_INTERVENE_PATCH,
+                              .component = comp,
+                              .layer = layer,
+                              .head = head,
+                              .n_positions = n,
+                              .positions = b->positions,
+                              .values = b->values};
     snprintf(b->description, sizeof b->description, "patch %s at %d position%s from the source prompt", site, n,
              n == 1 ? "" : "s");
     return 1;
@@ -409,8 +414,8 @@ static int build_direction_iv(const char *cmd, pb_model *m, const cli *o, iv_bui
             if (isfinite(norm))
                 scale = norm;
         }
-        b->iv = (pb_intervention){.kind = PB_INTERVENE_ADD, .layer = o->layer, .direction = b->direction,
-                                  .scale = scale};
+        b->iv = (pb_intervention){
+            .kind = PB_INTERVENE_ADD, .layer = o->layer, .direction = b->direction, .scale = scale};
         snprintf(b->description, sizeof b->description, "add %g x direction %s at resid_pre of layer %d", scale,
                  o->add_file, o->layer);
     }
@@ -779,7 +784,8 @@ static int write_rate_json(const char *cmd, const pb_model *m, const cli *o, con
     json_object_set_new(report, "max_new_tokens", json_integer(o->max_new));
     json_object_set_new(report, "intervention",
                         b->description[0] ? json_string(b->description)
-                                          : o->patch_site ? json_string(o->patch_site) : json_null());
+                        : o->patch_site   ? json_string(o->patch_site)
+                                          : json_null());
     json_object_set_new(report, "sides", sides);
     json_object_set(report, "items", t->items);
     char *dump = json_dumps(report, JSON_INDENT(2));
@@ -815,7 +821,8 @@ static int rate_run(const char *cmd, pb_model *m, const cli *o, const prompt_fil
     int rc = 1;
     double t0 = (double)clock();
     for (int i = 0; i < f->n; i++)
-        if (rate_wants(o, split, side, &t, &f->items[i]) && !rate_prompt(cmd, m, o, src, T_src, b, out, &f->items[i], &t))
+        if (rate_wants(o, split, side, &t, &f->items[i]) &&
+            !rate_prompt(cmd, m, o, src, T_src, b, out, &f->items[i], &t))
             goto done;
     if (t.done == 0) {
         fprintf(stderr, "patchbay refusal-rate: no prompt of %s matches --split %s --side %s\n", o->prompts, split,
@@ -984,10 +991,10 @@ static int template_post_tokens(pb_model *m, const char *system) {
 static void print_direction(const pb_direction_result *r, const char *out) {
     printf("selected: layer %d, position %d (of the last %d post-instruction tokens), |r| = %.4f%s\n", r->layer,
            r->position, r->n_post, r->norm, r->selected_passes ? "" : " (no candidate passed every filter)");
-    printf("refusal score, harmful validation: %.3f baseline -> %.3f with the direction ablated\n",
-           r->baseline_harmful, r->ablation_score);
-    printf("refusal score, harmless validation: %.3f baseline -> %.3f with r added at layer %d\n",
-           r->baseline_harmless, r->addition_score, r->layer);
+    printf("refusal score, harmful validation: %.3f baseline -> %.3f with the direction ablated\n", r->baseline_harmful,
+           r->ablation_score);
+    printf("refusal score, harmless validation: %.3f baseline -> %.3f with r added at layer %d\n", r->baseline_harmless,
+           r->addition_score, r->layer);
     printf("KL on harmless validation under ablation: %.4f\n", r->kl);
     printf("candidates: %d; means %.1f s, scoring %.1f s\n", r->n_candidates, r->seconds_means, r->seconds_candidates);
     printf("wrote %s/direction.npy, %s/direction.json, %s/differences.npy\n", out, out, out);
@@ -1014,8 +1021,10 @@ static int direction_compute_write(const char *cmd, pb_model *m, const cli *o, c
             .layer_stride = o->layer_stride ? o->layer_stride : 3,
             .max_layer_fraction = o->max_layer_fraction,
             .kl_threshold = o->kl_threshold};
-        fprintf(stderr, "patchbay direction: %d + %d train, %d + %d validation prompts (harmful + harmless), %d "
-                        "refusal token ids\n", L.n[0], L.n[1], L.n[2], L.n[3], n_refusal);
+        fprintf(stderr,
+                "patchbay direction: %d + %d train, %d + %d validation prompts (harmful + harmless), %d "
+                "refusal token ids\n",
+                L.n[0], L.n[1], L.n[2], L.n[3], n_refusal);
         pb_direction_provenance prov = {.model_path = pb_model_get_source(m), .prompt_file = o->prompts};
         if (pb_direction_compute(m, &in, &r) != PB_OK)
             ok = !fail_msg(cmd, "computing the direction");

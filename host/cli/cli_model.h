@@ -11,11 +11,11 @@
 #include "patchbay.h"
 
 typedef struct pb_cli_model {
-    const char *path;         /* --model */
-    const char *random_name;  /* --random-model */
-    uint64_t seed;            /* --seed, for --random-model */
-    pb_load_options load;     /* --backend, --dtype, --device, --threads */
-    int device_given;         /* 1 when --device was on the command line: it beats the rank's own choice */
+    const char *path;        /* --model */
+    const char *random_name; /* --random-model */
+    uint64_t seed;           /* --seed, for --random-model */
+    pb_load_options load;    /* --backend, --dtype, --device, --threads */
+    int device_given;        /* 1 when --device was on the command line: it beats the rank's own choice */
 } pb_cli_model;
 
 /* The options' help text, for usage messages. */

@@ -63,13 +63,13 @@ typedef struct options {
     const char *out;
     int max_new;
     int overwrite;
-    const char *spec;     /* sweep */
-    size_t max_memory;    /* sweep; 0 = the library default */
-    int no_progress;      /* sweep */
+    const char *spec;       /* sweep */
+    size_t max_memory;      /* sweep; 0 = the library default */
+    int no_progress;        /* sweep */
     const char *checkpoint; /* sweep; NULL = DIR.checkpoint */
-    int resume;           /* sweep */
-    int rank_timeout;     /* sweep, several ranks: seconds; 0 = the default */
-    const char *gather;   /* sweep: "auto", "mpi" or "nccl" */
+    int resume;             /* sweep */
+    int rank_timeout;       /* sweep, several ranks: seconds; 0 = the default */
+    const char *gather;     /* sweep: "auto", "mpi" or "nccl" */
     const char *text;
     const char *system;
     const char *chat_template;
@@ -104,7 +104,10 @@ static int parse_options(int argc, char **argv, options *o) {
         {.flag = "--spec", .kind = PB_OPT_STRING, .target = &o->spec},
         {.flag = "--checkpoint", .kind = PB_OPT_STRING, .target = &o->checkpoint},
         {.flag = "--rank-timeout", .kind = PB_OPT_COUNT, .target = &o->rank_timeout},
-        {.flag = "--gather", .kind = PB_OPT_CHOICE, .target = &o->gather, .choices = gather_choices,
+        {.flag = "--gather",
+         .kind = PB_OPT_CHOICE,
+         .target = &o->gather,
+         .choices = gather_choices,
          .choices_text = "auto, mpi or nccl"},
         {.flag = "--text", .kind = PB_OPT_STRING, .target = &o->text},
         {.flag = "--system", .kind = PB_OPT_STRING, .target = &o->system},
@@ -301,10 +304,11 @@ static int finish_sweep(const options *o, pb_sweep *sweep, pb_status job, const 
                         const pb_sweep_fingerprint *fp) {
     pb_sweep_summary summary = {0};
     pb_sweep_get_summary(sweep, &summary);
-    fprintf(stderr, "patchbay: rows executed in this run: %lld (%lld more restored from the checkpoint, %lld "
-                    "executed before it)\n",
-            (long long)(summary.n_rows_executed - summary.n_rows_executed_restored),
-            (long long)summary.n_rows_restored, (long long)summary.n_rows_executed_restored);
+    fprintf(stderr,
+            "patchbay: rows executed in this run: %lld (%lld more restored from the checkpoint, %lld "
+            "executed before it)\n",
+            (long long)(summary.n_rows_executed - summary.n_rows_executed_restored), (long long)summary.n_rows_restored,
+            (long long)summary.n_rows_executed_restored);
     if (job == PB_ERR_INTERRUPTED) {
         if (pb_sweep_checkpoint_write(sweep, checkpoint, fp) != PB_OK)
             return fail("interrupted, and the checkpoint could not be written");
@@ -363,8 +367,8 @@ static void choose_rank_device(options *o, const pb_ranks *ranks) {
         return; /* loading the model reports it */
     int requested = o->model.device_given ? o->model.load.device : -1;
     o->model.load.device = pb_rank_device_choose(requested, ranks->local_rank, count);
-    fprintf(stderr, "patchbay: rank %d (node-local %d) uses CUDA device %d of %d%s\n", ranks->rank,
-            ranks->local_rank, o->model.load.device, count, o->model.device_given ? " (--device)" : "");
+    fprintf(stderr, "patchbay: rank %d (node-local %d) uses CUDA device %d of %d%s\n", ranks->rank, ranks->local_rank,
+            o->model.load.device, count, o->model.device_given ? " (--device)" : "");
 }
 
 /* One rank's sweep job: its inputs, its share of the rows and what it owns. */
@@ -479,8 +483,8 @@ static int sweep_partition(sweep_job *j) {
         return fail("splitting the rows over the ranks");
     pb_sweep_summary summary = {0};
     if (pb_sweep_get_summary(j->sweep, &summary) == PB_OK && j->show)
-        fprintf(stderr, "patchbay: %lld sites x %d pairs = %lld rows%s\n", (long long)summary.n_sites,
-                summary.n_pairs, (long long)summary.n_rows, ranks->size > 1 ? " (rank 0's progress below)" : "");
+        fprintf(stderr, "patchbay: %lld sites x %d pairs = %lld rows%s\n", (long long)summary.n_sites, summary.n_pairs,
+                (long long)summary.n_rows, ranks->size > 1 ? " (rank 0's progress below)" : "");
     if (ranks->size > 1 && ranks->rank == 0) {
         fprintf(stderr, "patchbay: %d ranks; estimated cost per rank:", ranks->size);
         for (int k = 0; k < ranks->size; k++)
@@ -514,8 +518,7 @@ static int sweep_gather(sweep_job *j, pb_status st, double seconds, pb_status *j
     const options *o = j->o;
     pb_ranks *ranks = j->ranks;
     int automatic = !o->gather || strcmp(o->gather, "auto") == 0;
-    int nccl = automatic ? o->model.load.backend == PB_BACKEND_CUDA && ranks->size > 1
-                         : strcmp(o->gather, "nccl") == 0;
+    int nccl = automatic ? o->model.load.backend == PB_BACKEND_CUDA && ranks->size > 1 : strcmp(o->gather, "nccl") == 0;
     if (nccl && o->model.load.backend != PB_BACKEND_CUDA) {
         fprintf(stderr, "patchbay: --gather nccl needs --backend cuda\n");
         return 1;
@@ -524,7 +527,7 @@ static int sweep_gather(sweep_job *j, pb_status st, double seconds, pb_status *j
         fprintf(stderr, "patchbay: gathering %d %s' results over NCCL\n", ranks->size,
                 ranks->size > 1 ? "ranks" : "rank");
     if ((nccl ? pb_ranks_gather_nccl : pb_ranks_gather)(ranks, j->sweep, j->share, j->n_share, st, seconds, job,
-                                                          j->rank_seconds) != PB_OK) {
+                                                        j->rank_seconds) != PB_OK) {
         fail("gathering the ranks' results");
         abort_job(ranks, 1, "the gather failed (see above)");
         return 1;

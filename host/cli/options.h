@@ -13,40 +13,40 @@
 #include "patchbay.h"
 
 typedef enum pb_cli_option_kind {
-    PB_OPT_END = 0, /* terminates a table */
-    PB_OPT_FLAG,    /* int: set to 1; takes no value */
-    PB_OPT_STRING,  /* const char *: the value, borrowed from argv */
-    PB_OPT_INT,     /* int in [min, 1e9]: "expects an integer >= MIN" */
-    PB_OPT_COUNT,   /* int in [0, 1e9]: "expects a non-negative integer" */
+    PB_OPT_END = 0,  /* terminates a table */
+    PB_OPT_FLAG,     /* int: set to 1; takes no value */
+    PB_OPT_STRING,   /* const char *: the value, borrowed from argv */
+    PB_OPT_INT,      /* int in [min, 1e9]: "expects an integer >= MIN" */
+    PB_OPT_COUNT,    /* int in [0, 1e9]: "expects a non-negative integer" */
     PB_OPT_POSITIVE, /* int >= 1 read by strtol: "expects a positive integer" */
-    PB_OPT_UINT,    /* int in [0, max]: "expects a non-negative integer (at most MAX)" */
-    PB_OPT_U64,     /* uint64_t in [0, max], same message */
-    PB_OPT_DOUBLE,  /* double, finite: "expects a number" */
-    PB_OPT_SIZE,    /* size_t byte count (pb_parse_size): "FLAG: <why>" */
-    PB_OPT_CHOICE,  /* const char *, one of choices: "expects <choices_text>" */
-    PB_OPT_PARSE,   /* parse(value, target) returning pb_status: "FLAG: <pb_last_error()>" */
-    PB_OPT_TABLE    /* target is another table, searched in place (the shared model options) */
+    PB_OPT_UINT,     /* int in [0, max]: "expects a non-negative integer (at most MAX)" */
+    PB_OPT_U64,      /* uint64_t in [0, max], same message */
+    PB_OPT_DOUBLE,   /* double, finite: "expects a number" */
+    PB_OPT_SIZE,     /* size_t byte count (pb_parse_size): "FLAG: <why>" */
+    PB_OPT_CHOICE,   /* const char *, one of choices: "expects <choices_text>" */
+    PB_OPT_PARSE,    /* parse(value, target) returning pb_status: "FLAG: <pb_last_error()>" */
+    PB_OPT_TABLE     /* target is another table, searched in place (the shared model options) */
 } pb_cli_option_kind;
 
 typedef struct pb_cli_option {
-    const char *flag;            /* "--out" */
+    const char *flag; /* "--out" */
     pb_cli_option_kind kind;
     void *target;
-    int *given;                  /* optional: set to 1 when the flag is seen */
-    int min;                     /* PB_OPT_INT */
-    unsigned long long max;      /* PB_OPT_UINT, PB_OPT_U64 */
-    const char *const *choices;  /* PB_OPT_CHOICE: NULL-terminated */
-    const char *choices_text;    /* PB_OPT_CHOICE: "auto, mpi or nccl" */
+    int *given;                                          /* optional: set to 1 when the flag is seen */
+    int min;                                             /* PB_OPT_INT */
+    unsigned long long max;                              /* PB_OPT_UINT, PB_OPT_U64 */
+    const char *const *choices;                          /* PB_OPT_CHOICE: NULL-terminated */
+    const char *choices_text;                            /* PB_OPT_CHOICE: "auto, mpi or nccl" */
     pb_status (*parse)(const char *value, void *target); /* PB_OPT_PARSE */
-    int shared;                  /* 1: a shared model option, whose messages name the command */
+    int shared;                                          /* 1: a shared model option, whose messages name the command */
 } pb_cli_option;
 
 /* How one command words its messages. Each format is printed to stderr. */
 typedef struct pb_cli_parser {
-    const char *prefix;          /* "patchbay" or "patchbay generate": starts messages about this command's options */
-    const char *command_prefix;  /* "patchbay sweep": starts messages about the shared model options */
-    const char *missing_value;   /* format of (prefix, flag) for a flag given without its value */
-    const char *unknown;         /* format of (prefix, flag) for a flag in no table */
+    const char *prefix;         /* "patchbay" or "patchbay generate": starts messages about this command's options */
+    const char *command_prefix; /* "patchbay sweep": starts messages about the shared model options */
+    const char *missing_value;  /* format of (prefix, flag) for a flag given without its value */
+    const char *unknown;        /* format of (prefix, flag) for a flag in no table */
 } pb_cli_parser;
 
 /* Parses argv[first..argc): a PB_OPT_FLAG alone, every other flag with the

@@ -12,12 +12,12 @@
 
 typedef struct pb_progress {
     FILE *out;
-    const char *label;      /* "sweep" */
-    int tty;                /* 1: redraw one line with '\r'; 0: append whole lines */
-    double start;           /* seconds (monotonic) of the first update */
-    double last_draw;       /* seconds of the last line drawn */
-    int64_t last_done;      /* rows at the last line drawn; -1 before the first */
-    int64_t done;           /* rows at the latest update */
+    const char *label; /* "sweep" */
+    int tty;           /* 1: redraw one line with '\r'; 0: append whole lines */
+    double start;      /* seconds (monotonic) of the first update */
+    double last_draw;  /* seconds of the last line drawn */
+    int64_t last_done; /* rows at the last line drawn; -1 before the first */
+    int64_t done;      /* rows at the latest update */
     int64_t total;
     int started;
     int finished;

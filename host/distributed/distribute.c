@@ -27,7 +27,7 @@
 #include "patching/sweep_access.h"
 
 enum { TAG_REPORT = 7101, TAG_EXIT = 7102, TAG_BYE = 7104 }; /* 7103: rank_watchdog.c's heartbeat */
-enum { REPORT_HEADER = 8 }; /* doubles before the records of a report */
+enum { REPORT_HEADER = 8 };                                  /* doubles before the records of a report */
 
 static int env_int(const char *name, int fallback) {
     const char *v = getenv(name);
@@ -458,9 +458,8 @@ static pb_status share_nccl_id(pb_ranks *r, unsigned char id[PB_NCCL_ID_BYTES]) 
 #endif
 }
 
-pb_status pb_ranks_gather_nccl(pb_ranks *r, pb_sweep *s, const int64_t *share, int64_t n_share,
-                               pb_status own_status, double own_seconds, pb_status *job_status,
-                               double *rank_seconds) {
+pb_status pb_ranks_gather_nccl(pb_ranks *r, pb_sweep *s, const int64_t *share, int64_t n_share, pb_status own_status,
+                               double own_seconds, pb_status *job_status, double *rank_seconds) {
     *job_status = own_status;
     if (rank_seconds)
         rank_seconds[r->rank] = own_seconds;

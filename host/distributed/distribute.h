@@ -41,11 +41,11 @@ typedef struct pb_ranks_options {
 } pb_ranks_options;
 
 typedef struct pb_ranks {
-    int rank;          /* 0 .. size-1 */
+    int rank; /* 0 .. size-1 */
     int size;
-    int local_rank;    /* on this node (selects the GPU when a task sees several) */
-    int mpi;           /* 1 when MPI was initialised here */
-    double timeout_s;  /* how long a rank may be silent before it is named and the job aborted */
+    int local_rank;          /* on this node (selects the GPU when a task sees several) */
+    int mpi;                 /* 1 when MPI was initialised here */
+    double timeout_s;        /* how long a rank may be silent before it is named and the job aborted */
     pb_rank_watchdog *watch; /* with MPI: the watchdog thread; NULL otherwise */
 } pb_ranks;
 
@@ -74,8 +74,7 @@ void pb_ranks_set_stage(pb_ranks *ranks, pb_rank_stage stage);
  * the share builds; rows already done cost nothing) is about 1/size of the
  * total. *rows is malloc'd. costs (optional, size entries) receives every
  * rank's estimated cost. */
-pb_status pb_sweep_partition(const pb_sweep *sweep, int rank, int size, int64_t **rows, int64_t *n_rows,
-                             double *costs);
+pb_status pb_sweep_partition(const pb_sweep *sweep, int rank, int size, int64_t **rows, int64_t *n_rows, double *costs);
 
 /* After each rank ran its share (status: PB_OK, PB_ERR_INTERRUPTED or a
  * failure): every rank sends its done rows of the share, its pair baselines,
@@ -87,8 +86,8 @@ pb_status pb_sweep_partition(const pb_sweep *sweep, int rank, int size, int64_t 
  * interruption) and rank_seconds (size entries, optional) the seconds each
  * rank spent on its share. Does not abort the job: on failure, the caller
  * does (pb_ranks_abort). */
-pb_status pb_ranks_gather(pb_ranks *ranks, pb_sweep *sweep, const int64_t *share, int64_t n_share,
-                          pb_status own_status, double own_seconds, pb_status *job_status, double *rank_seconds);
+pb_status pb_ranks_gather(pb_ranks *ranks, pb_sweep *sweep, const int64_t *share, int64_t n_share, pb_status own_status,
+                          double own_seconds, pb_status *job_status, double *rank_seconds);
 
 /* The same gather for GPU ranks over NCCL: each rank's report, padded to the
  * largest share's length, goes through one ncclAllGather on a non-blocking
@@ -102,8 +101,7 @@ pb_status pb_ranks_gather(pb_ranks *ranks, pb_sweep *sweep, const int64_t *share
  * byte). Needs the CUDA backend (device buffers from the sweep model's
  * backend). Does not abort the job. */
 pb_status pb_ranks_gather_nccl(pb_ranks *ranks, pb_sweep *sweep, const int64_t *share, int64_t n_share,
-                               pb_status own_status, double own_seconds, pb_status *job_status,
-                               double *rank_seconds);
+                               pb_status own_status, double own_seconds, pb_status *job_status, double *rank_seconds);
 
 /* The job's end: rank 0 sends every rank the job's exit code (code) and
  * waits until each acknowledged it; the others wait for it and acknowledge.

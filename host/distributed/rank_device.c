@@ -13,9 +13,12 @@ const char *pb_env_process(const char *name) { return getenv(name); }
 int pb_rank_local_from_env(pb_env_lookup env) {
     /* Launcher-specific names first: SLURM_LOCALID counts srun's tasks,
      * which under mpirun-inside-an-allocation are not the MPI ranks. */
-    static const char *const names[] = {"OMPI_COMM_WORLD_LOCAL_RANK", "MV2_COMM_WORLD_LOCAL_RANK",
-                                        "MPI_LOCALRANKID",            "PMI_LOCAL_RANK",
-                                        "PALS_LOCAL_RANKID",          "SLURM_LOCALID"};
+    static const char *const names[] = {"OMPI_COMM_WORLD_LOCAL_RANK",
+                                        "MV2_COMM_WORLD_LOCAL_RANK",
+                                        "MPI_LOCALRANKID",
+                                        "PMI_LOCAL_RANK",
+                                        "PALS_LOCAL_RANKID",
+                                        "SLURM_LOCALID"};
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
         const char *value = env(names[i]);
         if (!value || !*value)

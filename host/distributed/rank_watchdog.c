@@ -37,13 +37,13 @@ struct pb_rank_watchdog {
     double timeout_s, beat_s, tick_s;
     double phase_since; /* when the phase began (the timers count from it) */
     double next_beat;
-    double last_check;  /* when the thread last looked (RUNNING) */
-    int stage;                 /* this rank's pb_rank_stage */
-    double *last_heard;        /* (size) when each partner's last heartbeat came */
-    int *peer_stage;           /* (size) the stage it carried */
-    unsigned char *watched;    /* (size) 1: a partner this rank watches and beats to */
-    MPI_Request *beats;        /* (size) the heartbeat in flight to each partner */
-    int *beat_stage;           /* (size) its payload: stays valid until the send completes */
+    double last_check;      /* when the thread last looked (RUNNING) */
+    int stage;              /* this rank's pb_rank_stage */
+    double *last_heard;     /* (size) when each partner's last heartbeat came */
+    int *peer_stage;        /* (size) the stage it carried */
+    unsigned char *watched; /* (size) 1: a partner this rank watches and beats to */
+    MPI_Request *beats;     /* (size) the heartbeat in flight to each partner */
+    int *beat_stage;        /* (size) its payload: stays valid until the send completes */
     int failed;
     char message[512];
     pb_rank_stuck_fn on_stuck;
@@ -77,18 +77,23 @@ static void check_init(pb_rank_watchdog *w, double now) {
     if (now - w->phase_since <= w->timeout_s)
         return;
     if (w->size == 2)
-        fail_locked(w, "rank %d of 2: MPI_Init did not complete within %g s: rank %d never reached it (dead or "
-                       "stuck in start-up)", w->rank, w->timeout_s, 1 - w->rank);
+        fail_locked(w,
+                    "rank %d of 2: MPI_Init did not complete within %g s: rank %d never reached it (dead or "
+                    "stuck in start-up)",
+                    w->rank, w->timeout_s, 1 - w->rank);
     else
-        fail_locked(w, "rank %d of %d: MPI_Init did not complete within %g s: one of the other %d ranks never "
-                       "reached it (dead or stuck in start-up; MPI_Init cannot tell which)",
+        fail_locked(w,
+                    "rank %d of %d: MPI_Init did not complete within %g s: one of the other %d ranks never "
+                    "reached it (dead or stuck in start-up; MPI_Init cannot tell which)",
                     w->rank, w->size, w->timeout_s, w->size - 1);
 }
 
 static void check_finalize(pb_rank_watchdog *w, double now) {
     if (now - w->phase_since > w->timeout_s)
-        fail_locked(w, "rank %d of %d: MPI_Finalize did not return within %g s: another rank stopped after the "
-                       "results were settled", w->rank, w->size, w->timeout_s);
+        fail_locked(w,
+                    "rank %d of %d: MPI_Finalize did not return within %g s: another rank stopped after the "
+                    "results were settled",
+                    w->rank, w->size, w->timeout_s);
 }
 
 static void receive_beats(pb_rank_watchdog *w, double now) {
@@ -140,8 +145,9 @@ static void check_partners(pb_rank_watchdog *w, double now) {
         double silent = now - w->last_heard[p];
         if (!w->watched[p] || silent <= w->timeout_s)
             continue;
-        fail_locked(w, "rank %d of %d, %s: no heartbeat from rank %d for %.1f s (--rank-timeout %g s); it was "
-                       "last heard %s: rank %d is dead or stuck",
+        fail_locked(w,
+                    "rank %d of %d, %s: no heartbeat from rank %d for %.1f s (--rank-timeout %g s); it was "
+                    "last heard %s: rank %d is dead or stuck",
                     w->rank, w->size, pb_rank_stage_name(w->stage), p, silent, w->timeout_s,
                     pb_rank_stage_name(w->peer_stage[p]), p);
         return;

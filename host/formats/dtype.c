@@ -19,10 +19,12 @@ const char *pb_dtype_name(pb_dtype dtype) {
 }
 
 pb_status pb_dtype_parse(const char *text, pb_dtype *out) {
-    static const struct { const char *name; pb_dtype dtype; } names[] = {
-        {"f32", PB_DTYPE_F32},   {"fp32", PB_DTYPE_F32},     {"float32", PB_DTYPE_F32},
-        {"bf16", PB_DTYPE_BF16}, {"bfloat16", PB_DTYPE_BF16}, {"f16", PB_DTYPE_F16},
-        {"fp16", PB_DTYPE_F16},  {"float16", PB_DTYPE_F16},
+    static const struct {
+        const char *name;
+        pb_dtype dtype;
+    } names[] = {
+        {"f32", PB_DTYPE_F32},       {"fp32", PB_DTYPE_F32}, {"float32", PB_DTYPE_F32}, {"bf16", PB_DTYPE_BF16},
+        {"bfloat16", PB_DTYPE_BF16}, {"f16", PB_DTYPE_F16},  {"fp16", PB_DTYPE_F16},    {"float16", PB_DTYPE_F16},
     };
     for (size_t i = 0; text && i < sizeof names / sizeof names[0]; i++)
         if (strcasecmp(text, names[i].name) == 0) {
@@ -62,14 +64,14 @@ uint16_t pb_fp32_to_fp16(float x) {
     uint32_t abs = u & 0x7fffffffu;
     if (abs > 0x7f800000u)
         return (uint16_t)(sign | 0x7e00u); /* NaN */
-    if (abs >= 0x477ff000u)                 /* >= 65520: rounds to Inf (or is Inf) */
+    if (abs >= 0x477ff000u)                /* >= 65520: rounds to Inf (or is Inf) */
         return (uint16_t)(sign | 0x7c00u);
     if (abs < 0x38800000u) {
         /* Subnormal or zero in fp16: count in units of its ulp 2^-24 (the
          * scaling is exact) and round to the nearest integer, ties to even;
          * 1024 units is the smallest normal, which the encoding gives too. */
         float scaled = bits_float(abs) * 16777216.0f; /* * 2^24, exact */
-        float rounded = nearbyintf(scaled);            /* ties to even in the default mode */
+        float rounded = nearbyintf(scaled);           /* ties to even in the default mode */
         return (uint16_t)(sign | (uint16_t)rounded);
     }
     /* Normal: rebias the exponent (127 -> 15) and round 13 dropped bits. */

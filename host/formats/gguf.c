@@ -27,8 +27,8 @@
 #define PB_GGUF_HEADER_BYTES 24u
 /* Smallest possible encodings, so that a count can be refused against the
  * bytes left before anything is allocated for it. */
-#define PB_GGUF_MIN_KV_BYTES (8u + 1u + 4u + 1u)                      /* key len, key, type, u8 */
-#define PB_GGUF_MIN_TENSOR_INFO_BYTES (8u + 1u + 4u + 8u + 4u + 8u)   /* name len, name, n_dims, dim, type, offset */
+#define PB_GGUF_MIN_KV_BYTES (8u + 1u + 4u + 1u)                    /* key len, key, type, u8 */
+#define PB_GGUF_MIN_TENSOR_INFO_BYTES (8u + 1u + 4u + 8u + 4u + 8u) /* name len, name, n_dims, dim, type, offset */
 #define PB_GGUF_NAME_BUF 96
 
 typedef struct {
@@ -37,13 +37,13 @@ typedef struct {
 } pb_gguf_string;
 
 typedef struct {
-    const char *key;            /* into the mapping, not NUL-terminated */
+    const char *key; /* into the mapping, not NUL-terminated */
     size_t key_len;
-    uint32_t type;              /* pb_gguf_value_type */
-    const uint8_t *value;       /* scalar bytes, string bytes, or the first array element */
-    uint64_t len;               /* string length or array count */
-    uint32_t elem_type;         /* arrays only */
-    uint64_t first_string;      /* string arrays: first entry in pb_gguf.strings */
+    uint32_t type;         /* pb_gguf_value_type */
+    const uint8_t *value;  /* scalar bytes, string bytes, or the first array element */
+    uint64_t len;          /* string length or array count */
+    uint32_t elem_type;    /* arrays only */
+    uint64_t first_string; /* string arrays: first entry in pb_gguf.strings */
 } pb_gguf_kv;
 
 /* Open-addressing hash of names to indices; slots hold index + 1, 0 = empty. */
@@ -55,18 +55,18 @@ typedef struct {
 struct pb_gguf {
     const uint8_t *base;
     size_t size;
-    void *mapping;              /* NULL for borrowed buffers */
+    void *mapping; /* NULL for borrowed buffers */
     size_t mapping_size;
     uint32_t version;
     uint32_t alignment;
     uint64_t data_offset;
-    pb_gguf_kv *kvs;            /* (n_kv) */
+    pb_gguf_kv *kvs; /* (n_kv) */
     int64_t n_kv;
-    pb_gguf_string *strings;    /* (n_strings) every string-array element, array by array */
+    pb_gguf_string *strings; /* (n_strings) every string-array element, array by array */
     uint64_t n_strings;
-    pb_gguf_tensor *tensors;    /* (n_tensors) */
+    pb_gguf_tensor *tensors; /* (n_tensors) */
     int64_t n_tensors;
-    char *names;                /* NUL-terminated tensor names, back to back */
+    char *names; /* NUL-terminated tensor names, back to back */
     pb_gguf_name_index kv_index;
     pb_gguf_name_index tensor_index;
 };
@@ -74,7 +74,7 @@ struct pb_gguf {
 /* Per-tensor facts needed only while opening. */
 typedef struct {
     size_t name_len;
-    uint64_t offset;            /* relative to the data section */
+    uint64_t offset; /* relative to the data section */
 } pb_gguf_info_extra;
 
 typedef struct {
@@ -82,14 +82,14 @@ typedef struct {
     const uint8_t *base;
     size_t size;
     size_t pos;
-    const char *source;         /* path for messages; NULL for buffers */
+    const char *source; /* path for messages; NULL for buffers */
 } pb_gguf_parser;
 
 /* ---- small helpers ---------------------------------------------------- */
 
 static const char *const pb_gguf_value_type_names[] = {
-    "uint8", "int8", "uint16", "int16", "uint32", "int32", "float32",
-    "bool", "string", "array", "uint64", "int64", "float64",
+    "uint8", "int8",   "uint16", "int16",  "uint32", "int32",   "float32",
+    "bool",  "string", "array",  "uint64", "int64",  "float64",
 };
 
 const char *pb_gguf_value_type_name(uint32_t type) {
@@ -99,10 +99,17 @@ const char *pb_gguf_value_type_name(uint32_t type) {
 /* Bytes of one scalar value, 0 for string/array/unknown. */
 static size_t pb_gguf_scalar_size(uint32_t type) {
     switch (type) {
-    case PB_GGUF_UINT8: case PB_GGUF_INT8: case PB_GGUF_BOOL: return 1;
-    case PB_GGUF_UINT16: case PB_GGUF_INT16: return 2;
-    case PB_GGUF_UINT32: case PB_GGUF_INT32: case PB_GGUF_FLOAT32: return 4;
-    case PB_GGUF_UINT64: case PB_GGUF_INT64: case PB_GGUF_FLOAT64: return 8;
+    case PB_GGUF_UINT8:
+    case PB_GGUF_INT8:
+    case PB_GGUF_BOOL: return 1;
+    case PB_GGUF_UINT16:
+    case PB_GGUF_INT16: return 2;
+    case PB_GGUF_UINT32:
+    case PB_GGUF_INT32:
+    case PB_GGUF_FLOAT32: return 4;
+    case PB_GGUF_UINT64:
+    case PB_GGUF_INT64:
+    case PB_GGUF_FLOAT64: return 8;
     default: return 0;
     }
 }
@@ -160,8 +167,8 @@ static pb_status pb_gguf_need(const pb_gguf_parser *p, uint64_t n, const char *f
     va_start(args, fmt);
     vsnprintf(what, sizeof what, fmt, args);
     va_end(args);
-    return pb_gguf_parse_fail(p, "truncated file: %s needs %llu bytes at offset %zu but only %zu are left",
-                              what, (unsigned long long)n, p->pos, left);
+    return pb_gguf_parse_fail(p, "truncated file: %s needs %llu bytes at offset %zu but only %zu are left", what,
+                              (unsigned long long)n, p->pos, left);
 }
 
 static uint32_t pb_gguf_take_u32(pb_gguf_parser *p) {
@@ -218,8 +225,8 @@ static void pb_gguf_tensor_name(const pb_gguf *gguf, size_t i, const char **s, s
 }
 
 /* Returns the index of `name`, or -1. */
-static int64_t pb_gguf_index_find(const pb_gguf *gguf, const pb_gguf_name_index *index,
-                                  pb_gguf_name_fn name_of, const char *name, size_t len) {
+static int64_t pb_gguf_index_find(const pb_gguf *gguf, const pb_gguf_name_index *index, pb_gguf_name_fn name_of,
+                                  const char *name, size_t len) {
     if (!index->slots)
         return -1;
     for (size_t slot = (size_t)pb_gguf_hash(name, len) & index->mask;; slot = (slot + 1) & index->mask) {
@@ -237,8 +244,8 @@ static int64_t pb_gguf_index_find(const pb_gguf *gguf, const pb_gguf_name_index 
 /* Indexes names 0..n-1. On a duplicate, *duplicate_of receives the earlier
  * index and *duplicate the later one and PB_ERR_FORMAT is returned without
  * a message (the caller knows what the names are). */
-static pb_status pb_gguf_index_build(const pb_gguf *gguf, pb_gguf_name_index *index, size_t n,
-                                     pb_gguf_name_fn name_of, size_t *duplicate_of, size_t *duplicate) {
+static pb_status pb_gguf_index_build(const pb_gguf *gguf, pb_gguf_name_index *index, size_t n, pb_gguf_name_fn name_of,
+                                     size_t *duplicate_of, size_t *duplicate) {
     size_t cap = 16;
     while (cap < 2 * n)
         cap *= 2;
@@ -274,12 +281,12 @@ static pb_status pb_gguf_parse_value(pb_gguf_parser *p, pb_gguf_kv *kv, int64_t 
     pb_gguf *g = p->gguf;
     size_t scalar = pb_gguf_scalar_size(kv->type);
     if (scalar) {
-        PB_TRY(pb_gguf_need(p, scalar, "kv %lld ('%s') %s value", (long long)i, key,
-                            pb_gguf_value_type_name(kv->type)));
+        PB_TRY(
+            pb_gguf_need(p, scalar, "kv %lld ('%s') %s value", (long long)i, key, pb_gguf_value_type_name(kv->type)));
         kv->value = p->base + p->pos;
         if (kv->type == PB_GGUF_BOOL && kv->value[0] > 1)
-            return pb_gguf_parse_fail(p, "kv %lld ('%s'): bool value %u is neither 0 nor 1", (long long)i,
-                                      key, kv->value[0]);
+            return pb_gguf_parse_fail(p, "kv %lld ('%s'): bool value %u is neither 0 nor 1", (long long)i, key,
+                                      kv->value[0]);
         p->pos += scalar;
         return PB_OK;
     }
@@ -298,19 +305,17 @@ static pb_status pb_gguf_parse_value(pb_gguf_parser *p, pb_gguf_kv *kv, int64_t 
     kv->elem_type = pb_gguf_take_u32(p);
     kv->len = pb_gguf_take_u64(p);
     if (kv->elem_type == PB_GGUF_ARRAY)
-        return pb_gguf_parse_fail(p, "kv %lld ('%s'): nested array (array of arrays) is not allowed",
-                                  (long long)i, key);
+        return pb_gguf_parse_fail(p, "kv %lld ('%s'): nested array (array of arrays) is not allowed", (long long)i,
+                                  key);
     if (kv->elem_type != PB_GGUF_STRING && pb_gguf_scalar_size(kv->elem_type) == 0)
-        return pb_gguf_parse_fail(p, "kv %lld ('%s'): unknown array element type %u", (long long)i, key,
-                                  kv->elem_type);
+        return pb_gguf_parse_fail(p, "kv %lld ('%s'): unknown array element type %u", (long long)i, key, kv->elem_type);
     size_t left = p->size - p->pos;
     if (kv->elem_type != PB_GGUF_STRING) {
         size_t elem = pb_gguf_scalar_size(kv->elem_type);
         if (kv->len > left / elem)
-            return pb_gguf_parse_fail(p,
-                                      "kv %lld ('%s'): array length %llu of %s needs more than the %zu bytes left at offset %zu",
-                                      (long long)i, key, (unsigned long long)kv->len,
-                                      pb_gguf_value_type_name(kv->elem_type), left, p->pos);
+            return pb_gguf_parse_fail(
+                p, "kv %lld ('%s'): array length %llu of %s needs more than the %zu bytes left at offset %zu",
+                (long long)i, key, (unsigned long long)kv->len, pb_gguf_value_type_name(kv->elem_type), left, p->pos);
         kv->value = p->base + p->pos;
         if (kv->elem_type == PB_GGUF_BOOL) {
             for (uint64_t j = 0; j < kv->len; j++)
@@ -325,9 +330,9 @@ static pb_status pb_gguf_parse_value(pb_gguf_parser *p, pb_gguf_kv *kv, int64_t 
     /* Strings: each needs at least its 8-byte length. Walk them once to
      * validate, then index them so that lookups by position are O(1). */
     if (kv->len > left / 8)
-        return pb_gguf_parse_fail(p,
-                                  "kv %lld ('%s'): array length %llu of strings needs more than the %zu bytes left at offset %zu",
-                                  (long long)i, key, (unsigned long long)kv->len, left, p->pos);
+        return pb_gguf_parse_fail(
+            p, "kv %lld ('%s'): array length %llu of strings needs more than the %zu bytes left at offset %zu",
+            (long long)i, key, (unsigned long long)kv->len, left, p->pos);
     kv->value = p->base + p->pos;
     size_t start = p->pos;
     for (uint64_t j = 0; j < kv->len; j++) {
@@ -339,8 +344,7 @@ static pb_status pb_gguf_parse_value(pb_gguf_parser *p, pb_gguf_kv *kv, int64_t 
         p->pos += (size_t)len;
     }
     kv->first_string = g->n_strings;
-    PB_TRY(pb_gguf_reserve((void **)&g->strings, strings_cap, (size_t)(g->n_strings + kv->len),
-                           sizeof *g->strings));
+    PB_TRY(pb_gguf_reserve((void **)&g->strings, strings_cap, (size_t)(g->n_strings + kv->len), sizeof *g->strings));
     for (size_t pos = start, j = 0; j < kv->len; j++) {
         uint64_t len = pb_gguf_le64(p->base + pos);
         g->strings[g->n_strings++] = (pb_gguf_string){(const char *)p->base + pos + 8, len};
@@ -378,8 +382,7 @@ static pb_status pb_gguf_parse_kvs(pb_gguf_parser *p, uint64_t n_kv) {
     pb_status status = pb_gguf_index_build(g, &g->kv_index, (size_t)g->n_kv, pb_gguf_kv_name, &first, &second);
     if (status == PB_ERR_FORMAT)
         return pb_gguf_parse_fail(p, "duplicate key '%s' (kv %zu and kv %zu)",
-                                  pb_gguf_printable(key, g->kvs[second].key, g->kvs[second].key_len), first,
-                                  second);
+                                  pb_gguf_printable(key, g->kvs[second].key, g->kvs[second].key_len), first, second);
     return status;
 }
 
@@ -423,8 +426,8 @@ static pb_status pb_gguf_parse_tensor_infos(pb_gguf_parser *p, uint64_t n_tensor
                 if (dim == 0)
                     return pb_gguf_parse_fail(p, "tensor '%s': dim %u (ne[%u]) is 0", name, d, d);
                 if (!pb_mul_u64(n_elements, dim, &n_elements) || n_elements > (uint64_t)INT64_MAX)
-                    return pb_gguf_parse_fail(p, "tensor '%s': element count overflows at dim %u (ne[%u] = %llu)",
-                                              name, d, d, (unsigned long long)dim);
+                    return pb_gguf_parse_fail(p, "tensor '%s': element count overflows at dim %u (ne[%u] = %llu)", name,
+                                              d, d, (unsigned long long)dim);
             }
             t->ne[d] = (int64_t)dim;
         }
@@ -436,7 +439,8 @@ static pb_status pb_gguf_parse_tensor_infos(pb_gguf_parser *p, uint64_t n_tensor
             return pb_gguf_parse_fail(p, "tensor '%s': unknown ggml type %u", name, t->type);
         uint32_t block_size = pb_ggml_block_size(t->type);
         if ((uint64_t)t->ne[0] % block_size != 0)
-            return pb_gguf_parse_fail(p, "tensor '%s': row length ne[0] = %lld is not a multiple of the %s block size %u",
+            return pb_gguf_parse_fail(p,
+                                      "tensor '%s': row length ne[0] = %lld is not a multiple of the %s block size %u",
                                       name, (long long)t->ne[0], pb_ggml_type_name(t->type), block_size);
         /* Up to 8 bytes per element (F64, I64) times up to 2^63 elements. */
         if (!pb_mul_u64(n_elements / block_size, pb_ggml_block_bytes(t->type), &t->n_bytes))
@@ -692,12 +696,9 @@ static const pb_gguf_kv *pb_gguf_lookup(const pb_gguf *gguf, const char *key) {
     return i < 0 ? NULL : &gguf->kvs[i];
 }
 
-int pb_gguf_has_key(const pb_gguf *gguf, const char *key) {
-    return gguf && key && pb_gguf_lookup(gguf, key) != NULL;
-}
+int pb_gguf_has_key(const pb_gguf *gguf, const char *key) { return gguf && key && pb_gguf_lookup(gguf, key) != NULL; }
 
-pb_status pb_gguf_key_at(const pb_gguf *gguf, int64_t index, const char **key, size_t *len,
-                         pb_gguf_value_type *type) {
+pb_status pb_gguf_key_at(const pb_gguf *gguf, int64_t index, const char **key, size_t *len, pb_gguf_value_type *type) {
     if (!gguf || !key || !len || !type)
         return pb_fail(PB_ERR_ARG, "gguf: key_at: NULL argument");
     if (index < 0 || index >= gguf->n_kv)
@@ -723,8 +724,8 @@ static pb_status pb_gguf_wrong_type(const char *key, const pb_gguf_kv *kv, const
     if (kv->type == PB_GGUF_ARRAY)
         return pb_fail(PB_ERR_FORMAT, "gguf: key '%s' has type array of %s, expected %s", key,
                        pb_gguf_value_type_name(kv->elem_type), expected);
-    return pb_fail(PB_ERR_FORMAT, "gguf: key '%s' has type %s, expected %s", key,
-                   pb_gguf_value_type_name(kv->type), expected);
+    return pb_fail(PB_ERR_FORMAT, "gguf: key '%s' has type %s, expected %s", key, pb_gguf_value_type_name(kv->type),
+                   expected);
 }
 
 /* 1 and the value when kv holds an integer type. */
@@ -809,8 +810,7 @@ pb_status pb_gguf_get_string(const pb_gguf *gguf, const char *key, const char **
     return PB_OK;
 }
 
-pb_status pb_gguf_get_array_info(const pb_gguf *gguf, const char *key, pb_gguf_value_type *elem_type,
-                                 uint64_t *count) {
+pb_status pb_gguf_get_array_info(const pb_gguf *gguf, const char *key, pb_gguf_value_type *elem_type, uint64_t *count) {
     const pb_gguf_kv *kv;
     PB_TRY(pb_gguf_require(gguf, key, elem_type, &kv));
     if (!count)

@@ -27,13 +27,13 @@ typedef enum {
 typedef struct pb_gguf pb_gguf;
 
 typedef struct pb_gguf_tensor {
-    const char *name;   /* NUL-terminated copy; valid until pb_gguf_close */
-    uint32_t n_dims;    /* 1..4 */
-    int64_t ne[4];      /* ggml order: ne[0] is the contiguous row length; unused dims = 1 */
-    uint32_t type;      /* PB_GGML_* (see quant.h) */
+    const char *name; /* NUL-terminated copy; valid until pb_gguf_close */
+    uint32_t n_dims;  /* 1..4 */
+    int64_t ne[4];    /* ggml order: ne[0] is the contiguous row length; unused dims = 1 */
+    uint32_t type;    /* PB_GGML_* (see quant.h) */
     uint64_t n_elements;
     uint64_t n_bytes;
-    const void *data;   /* into the mapping, aligned to general.alignment relative to
+    const void *data; /* into the mapping, aligned to general.alignment relative to
                            the file start; valid until pb_gguf_close */
 } pb_gguf_tensor;
 
@@ -54,8 +54,7 @@ int pb_gguf_has_key(const pb_gguf *gguf, const char *key);
 /* Key count and the i-th key in file order (not NUL-terminated, into the
  * mapping), for listing a file's metadata. */
 int64_t pb_gguf_key_count(const pb_gguf *gguf);
-pb_status pb_gguf_key_at(const pb_gguf *gguf, int64_t index, const char **key, size_t *len,
-                         pb_gguf_value_type *type);
+pb_status pb_gguf_key_at(const pb_gguf *gguf, int64_t index, const char **key, size_t *len, pb_gguf_value_type *type);
 /* "uint32", "string", ...; "unknown" otherwise. */
 const char *pb_gguf_value_type_name(uint32_t type);
 
@@ -69,11 +68,10 @@ pb_status pb_gguf_get_float(const pb_gguf *gguf, const char *key, double *out);
 pb_status pb_gguf_get_bool(const pb_gguf *gguf, const char *key, int *out);
 /* Not NUL-terminated; points into the mapping, valid until pb_gguf_close. */
 pb_status pb_gguf_get_string(const pb_gguf *gguf, const char *key, const char **data, size_t *len);
-pb_status pb_gguf_get_array_info(const pb_gguf *gguf, const char *key,
-                                 pb_gguf_value_type *elem_type, uint64_t *count);
+pb_status pb_gguf_get_array_info(const pb_gguf *gguf, const char *key, pb_gguf_value_type *elem_type, uint64_t *count);
 /* O(1): string arrays are indexed at open. index >= count is PB_ERR_ARG. */
-pb_status pb_gguf_get_array_string(const pb_gguf *gguf, const char *key, uint64_t index,
-                                   const char **data, size_t *len);
+pb_status pb_gguf_get_array_string(const pb_gguf *gguf, const char *key, uint64_t index, const char **data,
+                                   size_t *len);
 /* Numeric (and bool) arrays: raw little-endian elements, packed and possibly
  * unaligned (memcpy them out), into the mapping. String arrays are refused. */
 pb_status pb_gguf_get_array_data(const pb_gguf *gguf, const char *key, const void **data);

@@ -49,7 +49,8 @@ static pb_status gguf_hyperparameter(const pb_gguf *g, const char *arch, const c
     return PB_OK;
 }
 
-static pb_status gguf_int(const pb_gguf *g, const char *arch, const char *suffix, int *out, int required, int fallback) {
+static pb_status gguf_int(const pb_gguf *g, const char *arch, const char *suffix, int *out, int required,
+                          int fallback) {
     return gguf_hyperparameter(g, arch, suffix, required, fallback, out, NULL);
 }
 

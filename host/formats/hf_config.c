@@ -19,7 +19,6 @@
 /* transformers' RotaryEmbeddingConfigMixin.default_theta */
 #define PB_DEFAULT_ROPE_THETA 10000.0
 
-
 /* Absent and null both mean "not given" in transformers configs. */
 static const json_t *get(const json_t *object, const char *key) {
     const json_t *value = json_object_get(object, key);
@@ -41,8 +40,8 @@ static pb_status read_positive_int(const char *path, const char *where, const js
                        pb_json_describe(value, text, sizeof text));
     json_int_t v = json_integer_value(value);
     if (v <= 0 || v > INT_MAX)
-        return pb_fail(PB_ERR_FORMAT, "%s: key '%s%s' is %lld, expected a positive integer that fits in an int",
-                       path, where, key, (long long)v);
+        return pb_fail(PB_ERR_FORMAT, "%s: key '%s%s' is %lld, expected a positive integer that fits in an int", path,
+                       where, key, (long long)v);
     *out = (int)v;
     return PB_OK;
 }
@@ -63,8 +62,8 @@ static pb_status read_positive_float(const char *path, const char *where, const 
     double v = json_number_value(value);
     float f = (float)v;
     if (!(v > 0) || !isfinite(f) || f == 0.0f)
-        return pb_fail(PB_ERR_FORMAT, "%s: key '%s%s' is %s, expected a positive number within float range",
-                       path, where, key, pb_json_describe(value, text, sizeof text));
+        return pb_fail(PB_ERR_FORMAT, "%s: key '%s%s' is %s, expected a positive number within float range", path,
+                       where, key, pb_json_describe(value, text, sizeof text));
     *out = f;
     return PB_OK;
 }
@@ -98,8 +97,9 @@ static pb_status read_token_id(const char *path, const json_t *object, const cha
     }
     char text[64];
     if (!json_is_integer(id) || json_integer_value(id) < 0 || json_integer_value(id) > INT_MAX)
-        return pb_fail(PB_ERR_FORMAT, "%s: key '%s' is %s, expected a token id (a non-negative integer or a list of them)",
-                       path, key, pb_json_describe(value, text, sizeof text));
+        return pb_fail(PB_ERR_FORMAT,
+                       "%s: key '%s' is %s, expected a token id (a non-negative integer or a list of them)", path, key,
+                       pb_json_describe(value, text, sizeof text));
     *out = (int)json_integer_value(id);
     return PB_OK;
 }
@@ -137,8 +137,10 @@ static pb_status read_rope(const char *path, const json_t *root, pb_model_config
         json_t *member;
         json_object_foreach((json_t *)rope, key, member) {
             if (json_is_object(member))
-                return pb_fail(PB_ERR_UNSUPPORTED, "%s: '%s' holds a per-layer-type entry '%s'; only one global RoPE "
-                               "is supported", path, where, key);
+                return pb_fail(PB_ERR_UNSUPPORTED,
+                               "%s: '%s' holds a per-layer-type entry '%s'; only one global RoPE "
+                               "is supported",
+                               path, where, key);
         }
     }
 
@@ -205,8 +207,8 @@ static pb_status read_config(const char *path, const json_t *root, pb_model_conf
     int is_mistral = strcmp(arch, "mistral") == 0;
     int is_qwen2 = strcmp(arch, "qwen2") == 0;
     if (!is_llama && !is_mistral && !is_qwen2)
-        return pb_fail(PB_ERR_UNSUPPORTED, "%s: model_type '%s' is not supported (llama, mistral and qwen2 are)",
-                       path, arch);
+        return pb_fail(PB_ERR_UNSUPPORTED, "%s: model_type '%s' is not supported (llama, mistral and qwen2 are)", path,
+                       arch);
     snprintf(cfg->arch, sizeof cfg->arch, "%s", arch);
 
     const json_t *act = get(root, "hidden_act");
@@ -249,8 +251,10 @@ static pb_status read_config(const char *path, const json_t *root, pb_model_conf
         int attention_bias, mlp_bias;
         PB_TRY(read_bool(path, root, "attention_bias", 0, &attention_bias));
         if (attention_bias)
-            return pb_fail(PB_ERR_UNSUPPORTED, "%s: llama with attention_bias true also has an o_proj bias, which is "
-                           "not supported", path);
+            return pb_fail(PB_ERR_UNSUPPORTED,
+                           "%s: llama with attention_bias true also has an o_proj bias, which is "
+                           "not supported",
+                           path);
         PB_TRY(read_bool(path, root, "mlp_bias", 0, &mlp_bias));
         if (mlp_bias)
             return pb_fail(PB_ERR_UNSUPPORTED, "%s: llama with mlp_bias true is not supported", path);

@@ -42,7 +42,9 @@ pb_status pb_npy_write(const char *path, const void *data, pb_npy_dtype dtype, i
     uint64_t count = 1;
     for (int i = 0; i < n_dims; i++) {
         n += snprintf(header + n, sizeof header - (size_t)n, "%lld%s", (long long)shape[i],
-                      n_dims == 1 ? "," : i + 1 < n_dims ? ", " : "");
+                      n_dims == 1      ? ","
+                      : i + 1 < n_dims ? ", "
+                                       : "");
         count *= (uint64_t)shape[i];
     }
     n += snprintf(header + n, sizeof header - (size_t)n, "), }");
@@ -87,11 +89,11 @@ static pb_status read_all(const char *path, unsigned char **out, size_t *size) {
 /* What the header says: where the data starts, its element size and kind,
  * and its shape. */
 typedef struct npy_layout {
-    size_t offset;   /* of the data from the file start */
-    size_t elem;     /* 4 or 8 */
+    size_t offset; /* of the data from the file start */
+    size_t elem;   /* 4 or 8 */
     int src_float;
     int n_dims;
-    uint64_t count;  /* elements */
+    uint64_t count; /* elements */
 } npy_layout;
 
 /* Magic and version: *preamble and *header_len from the first bytes. */
@@ -154,7 +156,9 @@ static pb_status parse_header(const char *path, const unsigned char *buf, size_t
     char type[8] = {0};
     if (sscanf(descr + 8, " '%7[^']'", type) != 1)
         return pb_fail(PB_ERR_FORMAT, "%s: cannot read descr in .npy header", path);
-    layout->elem = strcmp(type, "<f4") == 0 || strcmp(type, "<i4") == 0 ? 4 : strcmp(type, "<f8") == 0 || strcmp(type, "<i8") == 0 ? 8 : 0;
+    layout->elem = strcmp(type, "<f4") == 0 || strcmp(type, "<i4") == 0   ? 4
+                   : strcmp(type, "<f8") == 0 || strcmp(type, "<i8") == 0 ? 8
+                                                                          : 0;
     layout->src_float = type[1] == 'f';
     if (!layout->elem)
         return pb_fail(PB_ERR_UNSUPPORTED, "%s: dtype '%s' is not supported (float32/64, int32/64 are)", path, type);

@@ -54,34 +54,32 @@ static const pb_ggml_type_info pb_ggml_types[PB_GGML_TYPE_LIMIT] = {
     [PB_GGML_Q1_0] = {"Q1_0", 128, 2 + 16},
 };
 
-int pb_ggml_type_known(uint32_t type) {
-    return type < PB_GGML_TYPE_LIMIT && pb_ggml_types[type].name != NULL;
-}
+int pb_ggml_type_known(uint32_t type) { return type < PB_GGML_TYPE_LIMIT && pb_ggml_types[type].name != NULL; }
 
 int pb_ggml_type_dequantizable(uint32_t type) {
     switch (type) {
-    case PB_GGML_F32: case PB_GGML_F16: case PB_GGML_BF16:
-    case PB_GGML_Q4_0: case PB_GGML_Q4_1: case PB_GGML_Q5_0: case PB_GGML_Q5_1:
+    case PB_GGML_F32:
+    case PB_GGML_F16:
+    case PB_GGML_BF16:
+    case PB_GGML_Q4_0:
+    case PB_GGML_Q4_1:
+    case PB_GGML_Q5_0:
+    case PB_GGML_Q5_1:
     case PB_GGML_Q8_0:
-    case PB_GGML_Q2_K: case PB_GGML_Q3_K: case PB_GGML_Q4_K: case PB_GGML_Q5_K:
-    case PB_GGML_Q6_K:
-        return 1;
-    default:
-        return 0;
+    case PB_GGML_Q2_K:
+    case PB_GGML_Q3_K:
+    case PB_GGML_Q4_K:
+    case PB_GGML_Q5_K:
+    case PB_GGML_Q6_K: return 1;
+    default: return 0;
     }
 }
 
-const char *pb_ggml_type_name(uint32_t type) {
-    return pb_ggml_type_known(type) ? pb_ggml_types[type].name : "unknown";
-}
+const char *pb_ggml_type_name(uint32_t type) { return pb_ggml_type_known(type) ? pb_ggml_types[type].name : "unknown"; }
 
-uint32_t pb_ggml_block_size(uint32_t type) {
-    return pb_ggml_type_known(type) ? pb_ggml_types[type].block_size : 0;
-}
+uint32_t pb_ggml_block_size(uint32_t type) { return pb_ggml_type_known(type) ? pb_ggml_types[type].block_size : 0; }
 
-size_t pb_ggml_block_bytes(uint32_t type) {
-    return pb_ggml_type_known(type) ? pb_ggml_types[type].block_bytes : 0;
-}
+size_t pb_ggml_block_bytes(uint32_t type) { return pb_ggml_type_known(type) ? pb_ggml_types[type].block_bytes : 0; }
 
 static float pb_bits_to_fp32(uint32_t bits) {
     float f;
@@ -347,25 +345,21 @@ pb_status pb_dequantize(float *out, const void *data, uint32_t type, uint64_t n_
     if (!pb_ggml_type_known(type))
         return pb_fail(PB_ERR_ARG, "dequantize: unknown ggml type id %u", type);
     if (!pb_ggml_type_dequantizable(type))
-        return pb_fail(PB_ERR_UNSUPPORTED, "dequantize: ggml type %s (%u) is not supported",
-                       pb_ggml_type_name(type), type);
+        return pb_fail(PB_ERR_UNSUPPORTED, "dequantize: ggml type %s (%u) is not supported", pb_ggml_type_name(type),
+                       type);
     uint32_t block_size = pb_ggml_block_size(type);
     if (n_elements % block_size != 0)
-        return pb_fail(PB_ERR_ARG,
-                       "dequantize: n_elements %llu is not a multiple of the %s block size %u",
+        return pb_fail(PB_ERR_ARG, "dequantize: n_elements %llu is not a multiple of the %s block size %u",
                        (unsigned long long)n_elements, pb_ggml_type_name(type), block_size);
     if (n_elements == 0)
         return PB_OK;
     if (out == NULL || data == NULL)
-        return pb_fail(PB_ERR_ARG, "dequantize: NULL %s for %llu %s elements",
-                       out == NULL ? "output" : "data", (unsigned long long)n_elements,
-                       pb_ggml_type_name(type));
+        return pb_fail(PB_ERR_ARG, "dequantize: NULL %s for %llu %s elements", out == NULL ? "output" : "data",
+                       (unsigned long long)n_elements, pb_ggml_type_name(type));
     const uint8_t *x = data;
     uint64_t n_blocks = n_elements / block_size;
     switch (type) {
-    case PB_GGML_F32:
-        memcpy(out, x, n_elements * sizeof(float));
-        break;
+    case PB_GGML_F32: memcpy(out, x, n_elements * sizeof(float)); break;
     case PB_GGML_F16:
         for (uint64_t i = 0; i < n_elements; i++)
             out[i] = pb_half_at(x + 2 * i);
@@ -385,8 +379,8 @@ pb_status pb_dequantize(float *out, const void *data, uint32_t type, uint64_t n_
     case PB_GGML_Q5_K: pb_dequantize_q5_k(out, x, n_blocks); break;
     case PB_GGML_Q6_K: pb_dequantize_q6_k(out, x, n_blocks); break;
     default:
-        return pb_fail(PB_ERR_UNSUPPORTED, "dequantize: ggml type %s (%u) is not supported",
-                       pb_ggml_type_name(type), type);
+        return pb_fail(PB_ERR_UNSUPPORTED, "dequantize: ggml type %s (%u) is not supported", pb_ggml_type_name(type),
+                       type);
     }
     return PB_OK;
 }

@@ -30,9 +30,9 @@
 #define PB_ST_MAX_DIMS 4
 
 typedef struct pb_st_file {
-    char *path;      /* as opened, for messages */
-    char *shard;     /* file name as written in the index; NULL when unsharded */
-    void *base;      /* mapping of the whole file */
+    char *path;  /* as opened, for messages */
+    char *shard; /* file name as written in the index; NULL when unsharded */
+    void *base;  /* mapping of the whole file */
     size_t size;
 } pb_st_file;
 
@@ -57,7 +57,6 @@ typedef struct pb_st_entry {
     uint64_t begin;
     uint64_t end;
 } pb_st_entry;
-
 
 static const char *dtype_name(pb_dtype dtype) {
     switch (dtype) {
@@ -119,21 +118,20 @@ static pb_status map_file(pb_st_file *file, const char *path, const char *shard,
      * confusing EINVAL. */
     if (info.st_size < 8) {
         close(fd);
-        return pb_fail(PB_ERR_FORMAT,
-                       "safetensors %s: file is %lld bytes, shorter than the 8-byte header length field",
+        return pb_fail(PB_ERR_FORMAT, "safetensors %s: file is %lld bytes, shorter than the 8-byte header length field",
                        path, (long long)info.st_size);
     }
     if ((uint64_t)info.st_size > (uint64_t)SIZE_MAX) {
         close(fd);
-        return pb_fail(PB_ERR_UNSUPPORTED, "safetensors %s: %lld bytes do not fit in this address space",
-                       path, (long long)info.st_size);
+        return pb_fail(PB_ERR_UNSUPPORTED, "safetensors %s: %lld bytes do not fit in this address space", path,
+                       (long long)info.st_size);
     }
     void *base = mmap(NULL, (size_t)info.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
     int err = errno;
     close(fd); /* the mapping keeps the file alive */
     if (base == MAP_FAILED)
-        return pb_fail(PB_ERR_IO, "safetensors %s: cannot mmap %lld bytes: %s", path,
-                       (long long)info.st_size, strerror(err));
+        return pb_fail(PB_ERR_IO, "safetensors %s: cannot mmap %lld bytes: %s", path, (long long)info.st_size,
+                       strerror(err));
     file->base = base;
     file->size = (size_t)info.st_size;
     return PB_OK;
@@ -166,12 +164,12 @@ static pb_status parse_dtype(const char *path, const char *name, const json_t *v
 static pb_status parse_u64(const char *path, const char *name, const char *what, int i, const json_t *value,
                            uint64_t *out) {
     if (!json_is_integer(value))
-        return pb_fail(PB_ERR_FORMAT, "safetensors %s: tensor '%s': %s[%d] is %s, not an integer", path, name,
-                       what, i, pb_json_type_name(value));
+        return pb_fail(PB_ERR_FORMAT, "safetensors %s: tensor '%s': %s[%d] is %s, not an integer", path, name, what, i,
+                       pb_json_type_name(value));
     json_int_t v = json_integer_value(value);
     if (v < 0)
-        return pb_fail(PB_ERR_FORMAT, "safetensors %s: tensor '%s': %s[%d] is negative (%lld)", path, name, what,
-                       i, (long long)v);
+        return pb_fail(PB_ERR_FORMAT, "safetensors %s: tensor '%s': %s[%d] is negative (%lld)", path, name, what, i,
+                       (long long)v);
     *out = (uint64_t)v;
     return PB_OK;
 }
@@ -224,16 +222,15 @@ static pb_status parse_entry(const char *path, const char *name, const json_t *v
         }
     }
     if (overflow || !pb_mul_u64(n_elements, dtype_size(entry->dtype), &entry->n_bytes))
-        return pb_fail(PB_ERR_FORMAT, "safetensors %s: tensor '%s': shape %s of %s overflows 64-bit byte size",
-                       path, name, shape_text, dtype_name(entry->dtype));
+        return pb_fail(PB_ERR_FORMAT, "safetensors %s: tensor '%s': shape %s of %s overflows 64-bit byte size", path,
+                       name, shape_text, dtype_name(entry->dtype));
     entry->n_elements = n_elements;
 
     const json_t *offsets = json_object_get(value, "data_offsets");
     if (!json_is_array(offsets) || json_array_size(offsets) != 2)
         return pb_fail(PB_ERR_FORMAT,
-                       "safetensors %s: tensor '%s': 'data_offsets' must be an array [begin, end], not %s%s",
-                       path, name, pb_json_type_name(offsets),
-                       json_is_array(offsets) ? " of another length" : "");
+                       "safetensors %s: tensor '%s': 'data_offsets' must be an array [begin, end], not %s%s", path,
+                       name, pb_json_type_name(offsets), json_is_array(offsets) ? " of another length" : "");
     PB_TRY(parse_u64(path, name, "data_offsets", 0, json_array_get(offsets, 0), &entry->begin));
     PB_TRY(parse_u64(path, name, "data_offsets", 1, json_array_get(offsets, 1), &entry->end));
     if (entry->end < entry->begin)
@@ -524,8 +521,10 @@ static pb_status open_sharded(pb_safetensors *st, const char *index_path, const 
         const pb_st_file *file = &st->files[st->tensor_file[i]];
         const json_t *listed = json_object_get(weight_map, st->tensors[i].name);
         if (!listed) {
-            status = pb_fail(PB_ERR_FORMAT, "safetensors index %s: shard %s holds tensor '%s', which the index does "
-                             "not list", index_path, file->shard, st->tensors[i].name);
+            status = pb_fail(PB_ERR_FORMAT,
+                             "safetensors index %s: shard %s holds tensor '%s', which the index does "
+                             "not list",
+                             index_path, file->shard, st->tensors[i].name);
             goto done;
         }
         if (strcmp(json_string_value(listed), file->shard) != 0) {
@@ -536,8 +535,10 @@ static pb_status open_sharded(pb_safetensors *st, const char *index_path, const 
     }
     json_object_foreach((json_t *)weight_map, name, value) {
         if (find_index(st, name) < 0) {
-            status = pb_fail(PB_ERR_FORMAT, "safetensors index %s: names tensor '%s' in shard %s, which does not "
-                             "hold it", index_path, name, json_string_value(value));
+            status = pb_fail(PB_ERR_FORMAT,
+                             "safetensors index %s: names tensor '%s' in shard %s, which does not "
+                             "hold it",
+                             index_path, name, json_string_value(value));
             goto done;
         }
     }
@@ -581,8 +582,10 @@ pb_status pb_safetensors_open(pb_safetensors **out, const char *path) {
         } else if (is_regular_file(index)) {
             status = open_sharded(st, index, path);
         } else {
-            status = pb_fail(PB_ERR_IO, "safetensors %s: folder holds neither model.safetensors nor "
-                             "model.safetensors.index.json", path);
+            status = pb_fail(PB_ERR_IO,
+                             "safetensors %s: folder holds neither model.safetensors nor "
+                             "model.safetensors.index.json",
+                             path);
         }
     } else if (ends_with(path, ".index.json")) {
         dir = copy_string(path);

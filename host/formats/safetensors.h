@@ -13,10 +13,10 @@
 /* Tensor element types: pb_dtype of patchbay.h (F32, F16, BF16). */
 
 typedef struct pb_st_tensor {
-    const char *name;       /* NUL-terminated */
+    const char *name; /* NUL-terminated */
     pb_dtype dtype;
-    int n_dims;             /* 0..4 (0 = scalar) */
-    int64_t shape[4];       /* row-major as in the header; shape[n_dims-1] is contiguous */
+    int n_dims;       /* 0..4 (0 = scalar) */
+    int64_t shape[4]; /* row-major as in the header; shape[n_dims-1] is contiguous */
     uint64_t n_elements;
     uint64_t n_bytes;
     /* Into the mapping; valid until pb_safetensors_close. Not necessarily

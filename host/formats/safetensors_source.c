@@ -54,8 +54,7 @@ static pb_status st_read_f32(const pb_weight_source *src, const pb_tensor_info *
     return PB_OK;
 }
 
-static pb_status st_raw(const pb_weight_source *src, const pb_tensor_info *info, const void **data,
-                        uint64_t *n_bytes) {
+static pb_status st_raw(const pb_weight_source *src, const pb_tensor_info *info, const void **data, uint64_t *n_bytes) {
     const pb_st_tensor *t = info->handle;
     *data = t->data;
     *n_bytes = t->n_bytes;

@@ -21,12 +21,12 @@ typedef enum pb_layer_half {
 } pb_layer_half;
 
 typedef struct pb_component_info {
-    const char *name;      /* "resid_pre", "z": specs, results.json, the CLI */
-    const char *hook;      /* "hook_resid_pre", "attn.hook_z": TransformerLens */
+    const char *name; /* "resid_pre", "z": specs, results.json, the CLI */
+    const char *hook; /* "hook_resid_pre", "attn.hook_z": TransformerLens */
     pb_hook_kind hook_kind;
     pb_head_axis heads;
-    pb_layer_half half;    /* the step of layer L that reads (resid_pre, resid_mid) or writes it */
-    int residual;          /* 1: a state of the residual stream (resid_*); 0: a sublayer's activation */
+    pb_layer_half half; /* the step of layer L that reads (resid_pre, resid_mid) or writes it */
+    int residual;       /* 1: a state of the residual stream (resid_*); 0: a sublayer's activation */
 } pb_component_info;
 
 /* The row of a component; NULL when it is out of range. */

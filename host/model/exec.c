@@ -30,9 +30,9 @@ struct pb_exec {
     int32_t *ids;     /* (max_tokens) */
     int32_t *pos;     /* (max_tokens), right after ids' 16-aligned slot */
     /* per run (host) */
-    int32_t *staging; /* (ids_slot + max_tokens): ids and positions as the device holds them, one upload */
-    int *order;       /* (n_jobs) job indices by start step */
-    int *offset;      /* (n_jobs + 1) packed row of each job, by job index */
+    int32_t *staging;            /* (ids_slot + max_tokens): ids and positions as the device holds them, one upload */
+    int *order;                  /* (n_jobs) job indices by start step */
+    int *offset;                 /* (n_jobs + 1) packed row of each job, by job index */
     pb_attention_job *attn_jobs; /* (n_jobs) */
     int capacity_jobs;
     pb_copy_region *regions; /* patch writes of one hook point, grown as needed */
@@ -48,8 +48,20 @@ static void workspace_sizes(const pb_model_config *c, int max_tokens, int max_T,
     size_t T = (size_t)max_tokens, d = (size_t)c->d_model, qd = (size_t)c->n_heads * c->head_dim;
     size_t kvd = (size_t)c->n_kv_heads * c->head_dim, mlp = (size_t)c->d_mlp;
     size_t fused = qd + 2 * kvd > 2 * mlp ? qd + 2 * kvd : 2 * mlp;
-    size_t s[PB_EXEC_SLOTS] = {T * d, T * d, T * qd, T * kvd, T * kvd, T * qd, T * d, T * mlp, T * mlp, T * fused,
-                               (size_t)max_T * kvd, (size_t)max_T * kvd, T, T};
+    size_t s[PB_EXEC_SLOTS] = {T * d,
+                               T * d,
+                               T * qd,
+                               T * kvd,
+                               T * kvd,
+                               T * qd,
+                               T * d,
+                               T * mlp,
+                               T * mlp,
+                               T * fused,
+                               (size_t)max_T * kvd,
+                               (size_t)max_T * kvd,
+                               T,
+                               T};
     memcpy(sizes, s, sizeof s);
 }
 
@@ -80,11 +92,10 @@ pb_status pb_exec_create(pb_exec **out, pb_model *model, int max_tokens, int max
     }
     size_t sizes[PB_EXEC_SLOTS];
     workspace_sizes(&model->cfg, max_tokens, max_T, sizes);
-    void **slots[PB_EXEC_SLOTS] = {(void **)&e->x,         (void **)&e->xn,        (void **)&e->q,
-                                   (void **)&e->k,         (void **)&e->v,         (void **)&e->z,
-                                   (void **)&e->sub,       (void **)&e->gate,      (void **)&e->up,
-                                   (void **)&e->fused,     (void **)&e->k_scratch, (void **)&e->v_scratch,
-                                   (void **)&e->ids,       (void **)&e->pos};
+    void **slots[PB_EXEC_SLOTS] = {(void **)&e->x,   (void **)&e->xn,    (void **)&e->q,         (void **)&e->k,
+                                   (void **)&e->v,   (void **)&e->z,     (void **)&e->sub,       (void **)&e->gate,
+                                   (void **)&e->up,  (void **)&e->fused, (void **)&e->k_scratch, (void **)&e->v_scratch,
+                                   (void **)&e->ids, (void **)&e->pos};
     float *cursor = e->arena;
     for (int i = 0; i < PB_EXEC_SLOTS; i++) {
         *slots[i] = cursor;
@@ -140,8 +151,8 @@ static pb_status check_jobs(pb_exec *e, const pb_exec_job *jobs, int n_jobs, int
         if (job->T <= 0 || job->p0 < 0 || job->p0 >= job->T)
             return pb_fail(PB_ERR_ARG, "executor: job %d has T = %d, p0 = %d", j, job->T, job->p0);
         if (job->start_step < 0 || job->start_step > stop_step)
-            return pb_fail(PB_ERR_ARG, "executor: job %d starts at step %d, after the stop step %d", j,
-                           job->start_step, stop_step);
+            return pb_fail(PB_ERR_ARG, "executor: job %d starts at step %d, after the stop step %d", j, job->start_step,
+                           stop_step);
         if (job->start_step == 0 ? !job->ids : !job->init_x)
             return pb_fail(PB_ERR_ARG, "executor: job %d lacks %s", j, job->start_step == 0 ? "ids" : "init_x");
         if (job->k_prefix ? job->T > e->max_T || job->p0 > job->kv_prefix_capacity : job->T > job->kv_capacity)
@@ -195,10 +206,10 @@ static pb_status hook_point(pb_exec *e, const pb_exec_job *jobs, int n_active, p
             int slice = p->head >= 0 ? c->head_dim : width;
             size_t column = p->head >= 0 ? (size_t)p->head * c->head_dim : 0;
             for (int i = 0; i < p->n_positions; i++)
-                e->regions[n_regions++] = (pb_copy_region){
-                    .dst = rows + (size_t)(p->positions[i] - job->p0) * width + column,
-                    .src = p->values + (size_t)i * slice,
-                    .n = (size_t)slice};
+                e->regions[n_regions++] = (pb_copy_region){.dst = rows + (size_t)(p->positions[i] - job->p0) * width +
+                                                                  column,
+                                                           .src = p->values + (size_t)i * slice,
+                                                           .n = (size_t)slice};
         }
     }
     if (n_regions && b->ops->copy_regions)
@@ -279,8 +290,8 @@ static void order_jobs(int *order, const pb_exec_job *jobs, int n) {
         }
 }
 
-static pb_status attention_block(pb_exec *e, const pb_exec_job *jobs, int n_active, int rows, int L,
-                                 pb_exec_hook_fn fn, void *user) {
+static pb_status attention_block(pb_exec *e, const pb_exec_job *jobs, int n_active, int rows, int L, pb_exec_hook_fn fn,
+                                 void *user) {
     pb_model *m = e->model;
     const pb_model_config *c = &m->cfg;
     const pb_backend_ops *ops = m->backend->ops;
@@ -325,8 +336,13 @@ static pb_status attention_block(pb_exec *e, const pb_exec_job *jobs, int n_acti
                 kp = kc;
                 vp = vc;
             }
-            e->attn_jobs[a] = (pb_attention_job){.q_row = (int)off, .n = n, .p0 = job->p0, .k_prefix = kp,
-                                                 .v_prefix = vp, .k_new = e->k + off * kvd, .v_new = e->v + off * kvd};
+            e->attn_jobs[a] = (pb_attention_job){.q_row = (int)off,
+                                                 .n = n,
+                                                 .p0 = job->p0,
+                                                 .k_prefix = kp,
+                                                 .v_prefix = vp,
+                                                 .k_new = e->k + off * kvd,
+                                                 .v_new = e->v + off * kvd};
         }
         PB_TRY(ops->attention_jobs(b, e->z, e->q, e->attn_jobs, n_active, c->n_heads, c->n_kv_heads, c->head_dim));
     }
@@ -391,8 +407,7 @@ static pb_status activate(pb_exec *e, const pb_exec_job *job, int j, pb_exec_hoo
     return fn ? fn(user, j, PB_HOOK_EMBED, -1, rows, n, job->p0) : PB_OK;
 }
 
-pb_status pb_exec_run(pb_exec *e, const pb_exec_job *jobs, int n_jobs, int stop_step, pb_exec_hook_fn fn,
-                      void *user) {
+pb_status pb_exec_run(pb_exec *e, const pb_exec_job *jobs, int n_jobs, int stop_step, pb_exec_hook_fn fn, void *user) {
     if (n_jobs <= 0)
         return PB_OK;
     PB_TRY(check_jobs(e, jobs, n_jobs, stop_step));
@@ -442,8 +457,7 @@ pb_status pb_exec_run(pb_exec *e, const pb_exec_job *jobs, int n_jobs, int stop_
         }
         if (step == stop_step) {
             /* The output is the residual entering this step, patched. */
-            PB_TRY(hook_point(e, jobs, n_active, step % 2 ? PB_HOOK_RESID_MID : PB_HOOK_RESID_PRE, L, e->x, fn,
-                              user));
+            PB_TRY(hook_point(e, jobs, n_active, step % 2 ? PB_HOOK_RESID_MID : PB_HOOK_RESID_PRE, L, e->x, fn, user));
             break;
         }
         if (step % 2 == 0)

@@ -26,19 +26,19 @@ static inline int pb_step_mlp(int layer) { return 2 * layer + 1; }
 typedef struct pb_exec_patch {
     pb_hook_kind hook;
     int layer;
-    int head;             /* query head (Q, Z) or key-value head (K, V); -1 for residual-width hooks */
+    int head; /* query head (Q, Z) or key-value head (K, V); -1 for residual-width hooks */
     int n_positions;
     const int *positions; /* (n_positions) host; every one >= the job's p0 */
     const float *values;  /* device (n_positions, width): width = d_model, or head_dim for a head */
 } pb_exec_patch;
 
 typedef struct pb_exec_job {
-    int T;                   /* sequence length */
-    int p0;                  /* first position recomputed; earlier ones come from the KV prefix */
+    int T;  /* sequence length */
+    int p0; /* first position recomputed; earlier ones come from the KV prefix */
     int start_step;
-    const int32_t *ids;      /* host (T): used when start_step == 0 */
-    const float *embed_delta;/* device (T, d_model) or NULL: added to the embeddings (start_step 0) */
-    const float *init_x;     /* device (T, d_model): residual entering start_step (start_step > 0) */
+    const int32_t *ids;       /* host (T): used when start_step == 0 */
+    const float *embed_delta; /* device (T, d_model) or NULL: added to the embeddings (start_step 0) */
+    const float *init_x;      /* device (T, d_model): residual entering start_step (start_step > 0) */
     /* Keys (after RoPE) and values. Persistent mode (kv_prefix == NULL):
      * kv (n_layers, kv_capacity, kv_dim) holds rows [0, p0) already and
      * receives rows [p0, T). Prefix mode: rows [0, p0) of layer L are read

@@ -42,9 +42,7 @@ static pb_status kv_alloc(pb_model *m, kv_cache *kv, int capacity) {
     return PB_OK;
 }
 
-static void kv_free(pb_model *m, kv_cache *kv) {
-    m->backend->ops->free(m->backend, kv->arena);
-}
+static void kv_free(pb_model *m, kv_cache *kv) { m->backend->ops->free(m->backend, kv->arena); }
 
 typedef struct forward_hooks {
     pb_model *model;
@@ -93,8 +91,14 @@ pb_status pb_forward_ex(pb_model *m, const int32_t *ids, int T, const pb_forward
         status = b->ops->alloc(b, (void **)&device_logits, sizeof(float) * (size_t)T * c->vocab_size);
     if (status != PB_OK)
         goto done;
-    pb_exec_job job = {.T = T, .p0 = 0, .start_step = 0, .ids = ids, .k_cache = kv.k, .v_cache = kv.v,
-                       .kv_capacity = T, .embed_delta = extras ? extras->embed_delta : NULL};
+    pb_exec_job job = {.T = T,
+                       .p0 = 0,
+                       .start_step = 0,
+                       .ids = ids,
+                       .k_cache = kv.k,
+                       .v_cache = kv.v,
+                       .kv_capacity = T,
+                       .embed_delta = extras ? extras->embed_delta : NULL};
     forward_hooks hooks = {.model = m, .capture = cap, .extras = extras};
     int want_hooks = cap || (extras && extras->intervene);
     if ((status = pb_exec_run(exec, &job, 1, 2 * c->n_layers, want_hooks ? forward_hook : NULL, &hooks)) != PB_OK)
@@ -177,8 +181,8 @@ pb_status pb_generate_ex(pb_model *m, const int32_t *ids, int T, int max_new, pb
     memcpy(seq, ids, sizeof(int32_t) * (size_t)T);
     /* Prefill once, then one token per step against the growing cache. */
     for (int len = T, p0 = 0; status == PB_OK;) {
-        pb_exec_job job = {.T = len, .p0 = p0, .start_step = 0, .ids = seq, .k_cache = kv.k, .v_cache = kv.v,
-                           .kv_capacity = capacity};
+        pb_exec_job job = {
+            .T = len, .p0 = p0, .start_step = 0, .ids = seq, .k_cache = kv.k, .v_cache = kv.v, .kv_capacity = capacity};
         if ((status = pb_exec_run(exec, &job, 1, 2 * c->n_layers, intervene, user)) != PB_OK)
             break;
         const float *last = pb_exec_output(exec, 0) + (size_t)(len - p0 - 1) * c->d_model;

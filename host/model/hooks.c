@@ -105,9 +105,9 @@ pb_status pb_capture_create(pb_capture **out, const pb_model *model, const char 
     for (int i = 0; i < slots; i++)
         c->index[i] = -1;
     /* Model order: embed, then each layer's hooks in compute order, then ln_final. */
-    static const pb_hook_kind layer_order[] = {PB_HOOK_RESID_PRE, PB_HOOK_Q, PB_HOOK_K, PB_HOOK_V, PB_HOOK_Z,
-                                               PB_HOOK_ATTN_OUT, PB_HOOK_RESID_MID, PB_HOOK_MLP_OUT,
-                                               PB_HOOK_RESID_POST};
+    static const pb_hook_kind layer_order[] = {PB_HOOK_RESID_PRE, PB_HOOK_Q,       PB_HOOK_K,
+                                               PB_HOOK_V,         PB_HOOK_Z,       PB_HOOK_ATTN_OUT,
+                                               PB_HOOK_RESID_MID, PB_HOOK_MLP_OUT, PB_HOOK_RESID_POST};
     for (int l = -1; l <= cfg->n_layers; l++) {
         int n_kinds = (l < 0 || l == cfg->n_layers) ? 1 : (int)(sizeof layer_order / sizeof layer_order[0]);
         for (int k = 0; k < n_kinds; k++) {

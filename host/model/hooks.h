@@ -8,17 +8,17 @@
 #include "patchbay.h"
 
 typedef enum pb_hook_kind {
-    PB_HOOK_EMBED = 0,   /* hook_embed                (T, d_model) */
-    PB_HOOK_RESID_PRE,   /* blocks.L.hook_resid_pre   (T, d_model) */
-    PB_HOOK_RESID_MID,   /* blocks.L.hook_resid_mid   (T, d_model) */
-    PB_HOOK_RESID_POST,  /* blocks.L.hook_resid_post  (T, d_model) */
-    PB_HOOK_ATTN_OUT,    /* blocks.L.hook_attn_out    (T, d_model) */
-    PB_HOOK_MLP_OUT,     /* blocks.L.hook_mlp_out     (T, d_model) */
-    PB_HOOK_Z,           /* blocks.L.attn.hook_z      (T, n_heads, head_dim) */
-    PB_HOOK_Q,           /* blocks.L.attn.hook_q      (T, n_heads, head_dim), before RoPE */
-    PB_HOOK_K,           /* blocks.L.attn.hook_k      (T, n_kv_heads, head_dim), before RoPE */
-    PB_HOOK_V,           /* blocks.L.attn.hook_v      (T, n_kv_heads, head_dim) */
-    PB_HOOK_LN_FINAL,    /* ln_final.hook_normalized  (T, d_model), x / rms(x) before the weight */
+    PB_HOOK_EMBED = 0,  /* hook_embed                (T, d_model) */
+    PB_HOOK_RESID_PRE,  /* blocks.L.hook_resid_pre   (T, d_model) */
+    PB_HOOK_RESID_MID,  /* blocks.L.hook_resid_mid   (T, d_model) */
+    PB_HOOK_RESID_POST, /* blocks.L.hook_resid_post  (T, d_model) */
+    PB_HOOK_ATTN_OUT,   /* blocks.L.hook_attn_out    (T, d_model) */
+    PB_HOOK_MLP_OUT,    /* blocks.L.hook_mlp_out     (T, d_model) */
+    PB_HOOK_Z,          /* blocks.L.attn.hook_z      (T, n_heads, head_dim) */
+    PB_HOOK_Q,          /* blocks.L.attn.hook_q      (T, n_heads, head_dim), before RoPE */
+    PB_HOOK_K,          /* blocks.L.attn.hook_k      (T, n_kv_heads, head_dim), before RoPE */
+    PB_HOOK_V,          /* blocks.L.attn.hook_v      (T, n_kv_heads, head_dim) */
+    PB_HOOK_LN_FINAL,   /* ln_final.hook_normalized  (T, d_model), x / rms(x) before the weight */
     PB_HOOK_KIND_COUNT
 } pb_hook_kind;
 

@@ -23,9 +23,13 @@
 /* ---- hyperparameters -------------------------------------------------- */
 
 pb_status pb_model_config_validate(const pb_model_config *c) {
-    struct { const char *name; int value; } sizes[] = {
-        {"n_layers", c->n_layers}, {"d_model", c->d_model}, {"n_heads", c->n_heads},
-        {"n_kv_heads", c->n_kv_heads}, {"head_dim", c->head_dim}, {"d_mlp", c->d_mlp},
+    struct {
+        const char *name;
+        int value;
+    } sizes[] = {
+        {"n_layers", c->n_layers},     {"d_model", c->d_model},
+        {"n_heads", c->n_heads},       {"n_kv_heads", c->n_kv_heads},
+        {"head_dim", c->head_dim},     {"d_mlp", c->d_mlp},
         {"vocab_size", c->vocab_size}, {"context_length", c->context_length},
     };
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++)
@@ -211,7 +215,8 @@ void pb_model_fuse_views(pb_model *m) {
         pb_layer_weights *L = &m->layers[l];
         int qkv = adjacent(L->wq, q_rows * d * elem, L->wk) && adjacent(L->wk, kv_rows * d * elem, L->wv);
         int no_bias = !L->bq && !L->bk && !L->bv;
-        int fused_bias = adjacent(L->bq, q_rows * sizeof(float), L->bk) && adjacent(L->bk, kv_rows * sizeof(float), L->bv);
+        int fused_bias = adjacent(L->bq, q_rows * sizeof(float), L->bk) &&
+                         adjacent(L->bk, kv_rows * sizeof(float), L->bv);
         L->w_qkv = qkv && (no_bias || fused_bias) ? L->wq : NULL;
         L->b_qkv = L->w_qkv && fused_bias ? L->bq : NULL;
         L->w_gate_up = adjacent(L->w_gate, (size_t)c->d_mlp * d * elem, L->w_up) ? L->w_gate : NULL;
@@ -233,10 +238,15 @@ static pb_status check_tensors(const pb_model *m, const pb_weight_source *src, w
             ok = got->shape[d] == want->shape[d];
         if (!ok) {
             char have[96], need[96];
-            if (got->n_dims == 1) snprintf(have, sizeof have, "(%lld)", (long long)got->shape[0]);
-            else snprintf(have, sizeof have, "(%lld, %lld%s)", (long long)got->shape[0], (long long)got->shape[1], got->n_dims > 2 ? ", ..." : "");
-            if (want->n_dims == 1) snprintf(need, sizeof need, "(%lld)", (long long)want->shape[0]);
-            else snprintf(need, sizeof need, "(%lld, %lld)", (long long)want->shape[0], (long long)want->shape[1]);
+            if (got->n_dims == 1)
+                snprintf(have, sizeof have, "(%lld)", (long long)got->shape[0]);
+            else
+                snprintf(have, sizeof have, "(%lld, %lld%s)", (long long)got->shape[0], (long long)got->shape[1],
+                         got->n_dims > 2 ? ", ..." : "");
+            if (want->n_dims == 1)
+                snprintf(need, sizeof need, "(%lld)", (long long)want->shape[0]);
+            else
+                snprintf(need, sizeof need, "(%lld, %lld)", (long long)want->shape[0], (long long)want->shape[1]);
             return pb_fail(PB_ERR_FORMAT, "%s: tensor '%s' has shape %s (%d dims) but the hyperparameters need %s",
                            src->path, got->file_name, have, got->n_dims, need);
         }
@@ -264,8 +274,8 @@ static pb_status place_tensor(pb_model *m, const pb_weight_source *src, wanted_t
     PB_TRY(pb_weight_source_read_f32(src, &w->found, staging));
     uint64_t bad = first_non_finite(staging, count);
     if (bad < count)
-        return pb_fail(PB_ERR_NUMERIC, "%s: tensor '%s' holds a non-finite value (%g) at element %llu", src->path,
-                       name, (double)staging[bad], (unsigned long long)bad);
+        return pb_fail(PB_ERR_NUMERIC, "%s: tensor '%s' holds a non-finite value (%g) at element %llu", src->path, name,
+                       (double)staging[bad], (unsigned long long)bad);
     const void *bytes = staging;
     size_t n_bytes = sizeof(float) * (size_t)count;
     if (w->want.n_dims == 2 && m->wdtype != PB_DTYPE_F32) {
@@ -310,14 +320,14 @@ static pb_status place_rope(pb_model *m, const pb_weight_source *src, float *sta
         PB_TRY(pb_weight_source_find(src, "rope_freqs.weight", &freqs));
         if (freqs.n_elements != half || freqs.type != PB_WEIGHT_TYPE_F32)
             return pb_fail(PB_ERR_FORMAT,
-                           "%s: tensor 'rope_freqs.weight' must be F32 with %llu elements, has %s with %llu",
-                           src->path, (unsigned long long)half, pb_weight_type_name(freqs.type),
+                           "%s: tensor 'rope_freqs.weight' must be F32 with %llu elements, has %s with %llu", src->path,
+                           (unsigned long long)half, pb_weight_type_name(freqs.type),
                            (unsigned long long)freqs.n_elements);
         PB_TRY(pb_weight_source_read_f32(src, &freqs, staging));
         for (uint64_t i = 0; i < half; i++) {
             if (!(staging[i] > 0.0f) || !isfinite(staging[i]))
-                return pb_fail(PB_ERR_FORMAT, "%s: 'rope_freqs.weight'[%llu] = %g is not a positive factor",
-                               src->path, (unsigned long long)i, (double)staging[i]);
+                return pb_fail(PB_ERR_FORMAT, "%s: 'rope_freqs.weight'[%llu] = %g is not a positive factor", src->path,
+                               (unsigned long long)i, (double)staging[i]);
             m->inv_freq_host[i] /= staging[i];
         }
     }

@@ -30,18 +30,18 @@ typedef struct pb_layer_weights {
      * w_up) back to back in the arena, so these are views of the same
      * memory, one matrix per input for one GEMM (exec.c). NULL when the
      * layout is not contiguous (then the executor multiplies separately). */
-    void *w_qkv;      /* (n_heads * head_dim + 2 * n_kv_heads * head_dim, d_model) == wq */
-    float *b_qkv;     /* (n_heads * head_dim + 2 * n_kv_heads * head_dim) == bq, or NULL */
-    void *w_gate_up;  /* (2 * d_mlp, d_model) == w_gate */
+    void *w_qkv;     /* (n_heads * head_dim + 2 * n_kv_heads * head_dim, d_model) == wq */
+    float *b_qkv;    /* (n_heads * head_dim + 2 * n_kv_heads * head_dim) == bq, or NULL */
+    void *w_gate_up; /* (2 * d_mlp, d_model) == w_gate */
 } pb_layer_weights;
 
 struct pb_model {
     pb_model_config cfg;
-    char *path;               /* as given to pb_model_load, or "random:NAME:LAYERS:SEED" */
+    char *path; /* as given to pb_model_load, or "random:NAME:LAYERS:SEED" */
     pb_backend_kind backend_kind;
     pb_backend *backend;
-    pb_dtype wdtype;          /* storage of every weight matrix (dtype.h) */
-    void *arena;              /* every weight below, one backend allocation */
+    pb_dtype wdtype; /* storage of every weight matrix (dtype.h) */
+    void *arena;     /* every weight below, one backend allocation */
     size_t arena_bytes;
     void *token_embd;         /* (vocab_size, d_model) of wdtype */
     double embed_sigma;       /* standard deviation of token_embd's stored values (pb_noise_sigma), set at load

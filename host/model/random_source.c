@@ -34,9 +34,9 @@ static pb_status random_find(const pb_weight_source *src, const char *name, pb_t
 static pb_status random_read_f32(const pb_weight_source *src, const pb_tensor_info *info, float *out) {
     const random_source *s = (const random_source *)src;
     size_t len = strlen(info->name);
-    pb_random_kind kind = info->n_dims == 2                                          ? PB_RANDOM_MATRIX
+    pb_random_kind kind = info->n_dims == 2                                        ? PB_RANDOM_MATRIX
                           : len >= 5 && strcmp(info->name + len - 5, ".bias") == 0 ? PB_RANDOM_BIAS
-                                                                                    : PB_RANDOM_NORM;
+                                                                                   : PB_RANDOM_NORM;
     pb_random_fill(out, (size_t)info->n_elements, s->seed, info->index, kind);
     return PB_OK;
 }

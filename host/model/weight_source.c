@@ -194,8 +194,7 @@ pb_status pb_weight_source_find(const pb_weight_source *src, const char *name, p
     return PB_OK;
 }
 
-pb_status pb_weight_source_find_layer(const pb_weight_source *src, int layer, const char *name,
-                                      pb_tensor_info *info) {
+pb_status pb_weight_source_find_layer(const pb_weight_source *src, int layer, const char *name, pb_tensor_info *info) {
     if (!src || !name || !info)
         return pb_fail(PB_ERR_ARG, "pb_weight_source_find_layer: source, name and info are required");
     if (layer < 0 || layer >= src->cfg.n_layers)
@@ -218,8 +217,8 @@ int pb_weight_source_has(const pb_weight_source *src, const char *name) {
 
 pb_status pb_weight_source_check_readable(const pb_weight_source *src, const pb_tensor_info *info) {
     if (!pb_ggml_type_dequantizable(info->type))
-        return pb_fail(PB_ERR_UNSUPPORTED, "%s: tensor '%s' has type %s, which patchbay cannot dequantise",
-                       src->path, info->file_name, pb_ggml_type_name(info->type));
+        return pb_fail(PB_ERR_UNSUPPORTED, "%s: tensor '%s' has type %s, which patchbay cannot dequantise", src->path,
+                       info->file_name, pb_ggml_type_name(info->type));
     return PB_OK;
 }
 

@@ -25,17 +25,17 @@ typedef uint32_t pb_weight_type;
  * "output.weight", "blk.L.attn_q.weight" ... "blk.L.ffn_down.weight",
  * "rope_freqs.weight". Each source maps them to its own files' names. */
 typedef struct pb_tensor_info {
-    char name[96];         /* canonical */
-    char file_name[128];   /* the name in the source's files (for messages); set even when absent */
-    int n_dims;            /* 1..4 */
-    int64_t shape[4];      /* row-major: shape[n_dims - 1] is contiguous; unused dims 1 */
+    char name[96];       /* canonical */
+    char file_name[128]; /* the name in the source's files (for messages); set even when absent */
+    int n_dims;          /* 1..4 */
+    int64_t shape[4];    /* row-major: shape[n_dims - 1] is contiguous; unused dims 1 */
     pb_weight_type type;
     uint64_t n_elements;
-    uint64_t n_bytes;      /* of the stored (raw) bytes */
-    int permuted_heads;    /* raw rows interleaved per head for RoPE by llama.cpp's converter (GGUF llama
+    uint64_t n_bytes;   /* of the stored (raw) bytes */
+    int permuted_heads; /* raw rows interleaved per head for RoPE by llama.cpp's converter (GGUF llama
                               Q/K): the number of heads, else 0; read_f32 hands out Hugging Face order */
-    const void *handle;    /* the source's own record of the tensor */
-    int index;             /* position in the canonical list (random source), else -1 */
+    const void *handle; /* the source's own record of the tensor */
+    int index;          /* position in the canonical list (random source), else -1 */
 } pb_tensor_info;
 
 typedef struct pb_weight_source_ops {
@@ -55,8 +55,8 @@ typedef struct pb_weight_source_ops {
 
 struct pb_weight_source {
     const pb_weight_source_ops *ops;
-    pb_model_config cfg;   /* hyperparameters, read and validated at open */
-    char *path;            /* as opened, or "random:NAME:LAYERS:SEED"; for messages */
+    pb_model_config cfg; /* hyperparameters, read and validated at open */
+    char *path;          /* as opened, or "random:NAME:LAYERS:SEED"; for messages */
     /* Where the tokenizer and chat template live (text/model_text.c): the
      * GGUF file's metadata, or a Hugging Face folder; both NULL for random. */
     const pb_gguf *gguf;
@@ -84,8 +84,7 @@ void pb_weight_source_release(pb_weight_source *src);
  * tensor 'FILE_NAME'". */
 pb_status pb_weight_source_find(const pb_weight_source *src, const char *name, pb_tensor_info *info);
 /* The same for layer `layer` of a per-layer name ("attn_q.weight"). */
-pb_status pb_weight_source_find_layer(const pb_weight_source *src, int layer, const char *name,
-                                      pb_tensor_info *info);
+pb_status pb_weight_source_find_layer(const pb_weight_source *src, int layer, const char *name, pb_tensor_info *info);
 /* 1 when the source holds the tensor. */
 int pb_weight_source_has(const pb_weight_source *src, const char *name);
 /* PB_ERR_UNSUPPORTED naming the tensor and its type when read_f32 cannot

@@ -38,14 +38,14 @@ typedef struct sha256_ctx {
 } sha256_ctx;
 
 static const uint32_t sha256_k[64] = {
-    0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5, 0xd807aa98,
-    0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174, 0xe49b69c1, 0xefbe4786,
-    0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da, 0x983e5152, 0xa831c66d, 0xb00327c8,
-    0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967, 0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13,
-    0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85, 0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819,
-    0xd6990624, 0xf40e3585, 0x106aa070, 0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a,
-    0x5b9cca4f, 0x682e6ff3, 0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7,
-    0xc67178f2};
+    0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
+    0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
+    0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
+    0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
+    0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
+    0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
+    0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+    0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2};
 
 static uint32_t rotr(uint32_t x, int n) { return (x >> n) | (x << (32 - n)); }
 
@@ -231,8 +231,7 @@ pb_status pb_sweep_fingerprint_compute(pb_sweep_fingerprint *fp, const char *mod
     } else {
         if (stat(model_path, &st) != 0)
             return pb_fail(PB_ERR_IO, "fingerprint: cannot stat %s: %s", model_path, strerror(errno));
-        PB_TRY(S_ISDIR(st.st_mode) ? hash_folder(&ctx, model_path, &total)
-                                   : hash_file_ends(&ctx, model_path, &total));
+        PB_TRY(S_ISDIR(st.st_mode) ? hash_folder(&ctx, model_path, &total) : hash_file_ends(&ctx, model_path, &total));
     }
     sha256_final(&ctx, digest);
     hex(digest, 32, digest_hex);
@@ -438,8 +437,8 @@ static pb_status check_integrity(const char *path, const unsigned char *data, si
     sha256_update(&ctx, data, size - 32);
     sha256_final(&ctx, digest);
     if (memcmp(digest, data + size - 32, 32) != 0)
-        return pb_fail(PB_ERR_FORMAT, "checkpoint %s: checksum mismatch (truncated or corrupt file of %zu bytes)",
-                       path, size);
+        return pb_fail(PB_ERR_FORMAT, "checkpoint %s: checksum mismatch (truncated or corrupt file of %zu bytes)", path,
+                       size);
     return PB_OK;
 }
 
@@ -474,16 +473,16 @@ static pb_status read_header(const char *path, const pb_sweep *s, const pb_sweep
                        "this run uses %s (%s)",
                        path, h->have.model_path, h->have.model_digest, fp->model_path, fp->model_digest);
     if (strcmp(h->have.spec_digest, fp->spec_digest) != 0)
-        return pb_fail(PB_ERR_ARG, "checkpoint %s was written for another spec (sha256 %s of its canonical JSON), "
-                                   "this run's spec has %s",
+        return pb_fail(PB_ERR_ARG,
+                       "checkpoint %s was written for another spec (sha256 %s of its canonical JSON), "
+                       "this run's spec has %s",
                        path, h->have.spec_digest, fp->spec_digest);
     if (strcmp(h->have.backend, fp->backend) != 0)
         return pb_fail(PB_ERR_ARG, "checkpoint %s was written with backend/dtype %s, this run uses %s", path,
                        h->have.backend, fp->backend);
     if (h->n_pairs != n_pairs || h->n_sites != n_sites || h->n_rows != n_rows)
-        return pb_fail(PB_ERR_ARG,
-                       "checkpoint %s has %lld pairs x %lld sites = %lld rows, this sweep %d x %lld = %lld", path,
-                       (long long)h->n_pairs, (long long)h->n_sites, (long long)h->n_rows, n_pairs,
+        return pb_fail(PB_ERR_ARG, "checkpoint %s has %lld pairs x %lld sites = %lld rows, this sweep %d x %lld = %lld",
+                       path, (long long)h->n_pairs, (long long)h->n_sites, (long long)h->n_rows, n_pairs,
                        (long long)n_sites, (long long)n_rows);
     if (r->left != (size_t)h->n_pairs * 17 + (size_t)h->n_rows * 9)
         return pb_fail(PB_ERR_FORMAT, "checkpoint %s: %zu bytes of pairs and rows, expected %zu", path, r->left,
@@ -509,8 +508,8 @@ static pb_status check_records(const char *path, reader check, const checkpoint_
         n_done += state != 0;
     }
     if (h->n_executed < 0 || h->n_executed > n_done)
-        return pb_fail(PB_ERR_FORMAT, "checkpoint %s: %lld rows executed but %lld done", path,
-                       (long long)h->n_executed, (long long)n_done);
+        return pb_fail(PB_ERR_FORMAT, "checkpoint %s: %lld rows executed but %lld done", path, (long long)h->n_executed,
+                       (long long)n_done);
     return PB_OK;
 }
 

@@ -31,7 +31,6 @@ pb_status pb_intervention_hook_init(pb_intervention_hook *h, pb_model *model, co
 void pb_intervention_hook_release(pb_intervention_hook *h);
 /* A pb_exec_hook_fn; user is a pb_intervention_hook. ABLATE and ADD edit
  * every job alike; PATCH edits any job's rows at the listed positions. */
-pb_status pb_intervention_hook_fn(void *user, int job, pb_hook_kind hook, int layer, float *data, int n_rows,
-                                  int p0);
+pb_status pb_intervention_hook_fn(void *user, int job, pb_hook_kind hook, int layer, float *data, int n_rows, int p0);
 
 #endif

@@ -55,8 +55,7 @@ static float *cache_row(const pb_sweep *s, const pb_run_cache *r, pb_component c
     case PB_COMPONENT_RESID_POST: return r->resid + ((size_t)(layer + 1) * T + position) * d;
     case PB_COMPONENT_RESID_MID: return r->resid_mid + ((size_t)layer * T + position) * d;
     case PB_COMPONENT_V: return r->v + ((size_t)layer * T + position) * kvd;
-    default:
-        return r->hooks[comp] + ((size_t)layer * T + position) * (size_t)pb_component_row_width(comp, c);
+    default: return r->hooks[comp] + ((size_t)layer * T + position) * (size_t)pb_component_row_width(comp, c);
     }
 }
 
@@ -129,7 +128,7 @@ static pb_status expand_sites(pb_sweep *s) {
             int n_heads = component_has_head(e->component) ? e->n_heads : 1;
             for (int li = 0; li < e->n_layers; li++)
                 for (int hi = 0; hi < n_heads; hi++) {
-                    int n_sets = e->position_mode == PB_POSITIONS_EACH    ? n_each
+                    int n_sets = e->position_mode == PB_POSITIONS_EACH     ? n_each
                                  : e->position_mode == PB_POSITIONS_LIST   ? e->n_positions
                                  : e->position_mode == PB_POSITIONS_GROUPS ? e->n_groups
                                                                            : 1;
@@ -351,8 +350,14 @@ static pb_status cache_build(pb_sweep *s, pb_exec *exec, pb_run_cache *r, const 
             return status;
         }
     }
-    pb_exec_job job = {.T = prompt->T, .p0 = 0, .start_step = 0, .ids = prompt->ids, .embed_delta = r->embed_delta,
-                       .k_cache = r->k, .v_cache = r->v, .kv_capacity = prompt->T};
+    pb_exec_job job = {.T = prompt->T,
+                       .p0 = 0,
+                       .start_step = 0,
+                       .ids = prompt->ids,
+                       .embed_delta = r->embed_delta,
+                       .k_cache = r->k,
+                       .v_cache = r->v,
+                       .kv_capacity = prompt->T};
     record_ctx ctx = {s, r};
     status = pb_exec_run(exec, &job, 1, 2 * c->n_layers, record_hook, &ctx);
     if (status != PB_OK)
@@ -430,8 +435,7 @@ static int unembed_width(const pb_sweep *s) {
  * the clean distribution for KL. device_values (n) and device_pairs (n) are
  * the metric_rows op's buffers (NULL unless s->metric_on_device). */
 static pb_status metric_rows(pb_sweep *s, pb_exec *exec, const float *rows, int n, const int32_t *pairs, double *out,
-                             float *device_scratch, float *host_scratch, double *device_values,
-                             int32_t *device_pairs) {
+                             float *device_scratch, float *host_scratch, double *device_values, int32_t *device_pairs) {
     pb_model *m = s->model;
     pb_backend *b = m->backend;
     const pb_model_config *c = &m->cfg;
@@ -485,22 +489,22 @@ typedef struct batch_buffers {
     pb_exec *exec;
     int max_tokens;
     int max_rows;
-    float *values;       /* device (max_tokens, d_model): patch values of a batch */
-    float *gathered;     /* device (max_rows, d_model): metric-position residuals */
-    float *logits;       /* device (max_rows, n_out) */
-    float *host;         /* host (max_rows, max(n_out, d_model)) */
+    float *values;   /* device (max_tokens, d_model): patch values of a batch */
+    float *gathered; /* device (max_rows, d_model): metric-position residuals */
+    float *logits;   /* device (max_rows, n_out) */
+    float *host;     /* host (max_rows, max(n_out, d_model)) */
     void *arena;
-    void *metric_arena;  /* device, when s->metric_on_device: the two arrays below */
-    double *metric_values;  /* device (max_rows): metric_rows' output */
-    int32_t *metric_pairs;  /* device (max_rows): KL's clean distribution per row */
-    pb_exec_job *jobs;   /* (max_rows) */
+    void *metric_arena;    /* device, when s->metric_on_device: the two arrays below */
+    double *metric_values; /* device (max_rows): metric_rows' output */
+    int32_t *metric_pairs; /* device (max_rows): KL's clean distribution per row */
+    pb_exec_job *jobs;     /* (max_rows) */
     pb_exec_patch *patches;
-    int *positions;      /* (max_tokens) resolved base positions of all rows */
+    int *positions;          /* (max_tokens) resolved base positions of all rows */
     pb_copy_region *staging; /* (max_tokens) source activations into `values`, one region per position */
-    int32_t *pairs;      /* (max_rows) */
-    int64_t *rows;       /* (max_rows) rows of the batch being planned */
+    int32_t *pairs;          /* (max_rows) */
+    int64_t *rows;           /* (max_rows) rows of the batch being planned */
     int64_t *rows_in_flight; /* (max_rows) rows of the launched batch, until finish_batch */
-    double *values_out;  /* (max_rows) */
+    double *values_out;      /* (max_rows) */
 } batch_buffers;
 
 static void batch_free(pb_sweep *s, batch_buffers *bb) {
@@ -566,8 +570,8 @@ static pb_status batch_alloc(pb_sweep *s, batch_buffers *bb, int max_T) {
         return pb_fail(PB_ERR_OOM,
                        "free device memory %.1f MiB leaves %.1f MiB for batches after one pair's run caches "
                        "(%.1f MiB) and headroom: one row of %d tokens needs %.1f MiB",
-                       (double)device_free / (1 << 20), (double)budget / (1 << 20), (double)caches / (1 << 20),
-                       max_T, (double)need_min / (1 << 20));
+                       (double)device_free / (1 << 20), (double)budget / (1 << 20), (double)caches / (1 << 20), max_T,
+                       (double)need_min / (1 << 20));
     if (budget < need_min)
         return pb_fail(PB_ERR_OOM, "max memory %.1f MiB is too small: one row of %d tokens needs %.1f MiB",
                        (double)budget / (1 << 20), max_T, (double)need_min / (1 << 20));
@@ -613,8 +617,8 @@ static pb_status batch_alloc(pb_sweep *s, batch_buffers *bb, int max_T) {
     bb->rows = malloc(sizeof(int64_t) * (size_t)bb->max_rows);
     bb->rows_in_flight = malloc(sizeof(int64_t) * (size_t)bb->max_rows);
     bb->values_out = malloc(sizeof(double) * (size_t)bb->max_rows);
-    if (!bb->host || !bb->jobs || !bb->patches || !bb->positions || !bb->staging || !bb->pairs || !bb->rows || !bb->rows_in_flight ||
-        !bb->values_out) {
+    if (!bb->host || !bb->jobs || !bb->patches || !bb->positions || !bb->staging || !bb->pairs || !bb->rows ||
+        !bb->rows_in_flight || !bb->values_out) {
         batch_free(s, bb);
         return pb_fail(PB_ERR_OOM, "out of memory for batch bookkeeping");
     }
@@ -629,8 +633,7 @@ static pb_status run_metric(pb_sweep *s, batch_buffers *bb, const pb_run_cache *
     if (s->metric_step % 2)
         return pb_fail(PB_ERR_ARG, "internal: metric step %d is not a residual boundary", s->metric_step);
     int32_t pair32 = pair;
-    return metric_rows(s, bb->exec, row, 1, &pair32, out, bb->logits, bb->host, bb->metric_values,
-                       bb->metric_pairs);
+    return metric_rows(s, bb->exec, row, 1, &pair32, out, bb->logits, bb->host, bb->metric_values, bb->metric_pairs);
 }
 
 /* KL needs the clean run's log-distribution at its metric position. */
@@ -644,8 +647,8 @@ static pb_status clean_logprobs(pb_sweep *s, batch_buffers *bb, const pb_run_cac
     double *logprobs = s->clean_logprobs_host + (size_t)pair * c->vocab_size;
     pb_log_softmax(bb->host, c->vocab_size, logprobs);
     if (s->clean_logprobs_device)
-        PB_TRY(m->backend->ops->upload(m->backend, s->clean_logprobs_device + (size_t)pair * c->vocab_size,
-                                       logprobs, sizeof(double) * (size_t)c->vocab_size));
+        PB_TRY(m->backend->ops->upload(m->backend, s->clean_logprobs_device + (size_t)pair * c->vocab_size, logprobs,
+                                       sizeof(double) * (size_t)c->vocab_size));
     return PB_OK;
 }
 
@@ -752,18 +755,26 @@ static pb_status launch_batch(pb_sweep *s, batch_buffers *bb, int n) {
         size_t width = (size_t)pb_component_slice_width(site->component, c);
         size_t column = site->head >= 0 ? (size_t)site->head * c->head_dim : 0;
         for (int k = 0; k < n_pos; k++) {
-            const float *src =
-                cache_row(s, &s->source[pair], site->component, site->layer, p->position_map[positions[k]]) + column;
-            bb->staging[pos_used - n_pos + k] = (pb_copy_region){.dst = bb->values + values_used, .src = src, .n = width};
+            const float *src = cache_row(s, &s->source[pair], site->component, site->layer,
+                                         p->position_map[positions[k]]) +
+                               column;
+            bb->staging[pos_used - n_pos + k] = (pb_copy_region){
+                .dst = bb->values + values_used, .src = src, .n = width};
             values_used += width;
         }
         const pb_run_cache *base = &s->base[pair];
-        const float *init = start == 0 ? NULL
+        const float *init = start == 0  ? NULL
                             : start % 2 ? base->resid_mid + (size_t)(start / 2) * base->T * d
                                         : base->resid + (size_t)(start / 2) * base->T * d;
-        bb->jobs[i] = (pb_exec_job){.T = base->T, .p0 = positions[0], .start_step = start,
-                                    .ids = p->base.ids, .embed_delta = base->embed_delta, .init_x = init,
-                                    .k_prefix = base->k, .v_prefix = base->v, .kv_prefix_capacity = base->T,
+        bb->jobs[i] = (pb_exec_job){.T = base->T,
+                                    .p0 = positions[0],
+                                    .start_step = start,
+                                    .ids = p->base.ids,
+                                    .embed_delta = base->embed_delta,
+                                    .init_x = init,
+                                    .k_prefix = base->k,
+                                    .v_prefix = base->v,
+                                    .kv_prefix_capacity = base->T,
                                     .patch = patch};
         bb->pairs[i] = pair;
     }
@@ -834,8 +845,8 @@ static int compare_rows(const void *a, const void *b) { return (int)compare_i64(
 static int stop_requested(const pb_sweep *s) { return s->options.stop && *s->options.stop; }
 
 static pb_status interrupted(const pb_sweep *s) {
-    return pb_fail(PB_ERR_INTERRUPTED, "sweep interrupted on request after %lld of %lld rows", (long long)s->n_rows_done,
-                   (long long)s->n_rows);
+    return pb_fail(PB_ERR_INTERRUPTED, "sweep interrupted on request after %lld of %lld rows",
+                   (long long)s->n_rows_done, (long long)s->n_rows);
 }
 
 static void report_progress(pb_sweep *s) {

@@ -18,12 +18,12 @@
 typedef struct pb_site {
     pb_component component;
     int layer;
-    int head;            /* -1 when none */
-    int spec_position;   /* reported "position"; INT32_MIN when several positions together */
+    int head;          /* -1 when none */
+    int spec_position; /* reported "position"; INT32_MIN when several positions together */
     int all_positions;
     int n_positions;
-    int *positions;      /* (n_positions) into pb_sweep.site_positions */
-    int spec_entry;      /* index of the "sites" entry it came from */
+    int *positions; /* (n_positions) into pb_sweep.site_positions */
+    int spec_entry; /* index of the "sites" entry it came from */
 } pb_site;
 
 /* Activations of one run (a pair's base or source side), in backend memory. */
@@ -31,18 +31,18 @@ typedef struct pb_run_cache {
     int T;
     void *arena;
     size_t arena_floats;
-    float *mirror;       /* host copy of the arena (device backends, while the pair's rows are planned), or NULL */
+    float *mirror; /* host copy of the arena (device backends, while the pair's rows are planned), or NULL */
     /* Past the mirror cap: a host copy of one (component, layer) block,
      * (T, row width), the one slab_src points to in the arena. */
     float *slab;
     const float *slab_src;
     size_t slab_capacity; /* floats */
-    float *resid;        /* (n_layers + 1, T, d_model): resid_pre of each layer; [n_layers] = final residual */
-    float *resid_mid;    /* (n_layers, T, d_model) */
-    float *k, *v;        /* (n_layers, T, kv_dim): keys after RoPE, values */
+    float *resid;         /* (n_layers + 1, T, d_model): resid_pre of each layer; [n_layers] = final residual */
+    float *resid_mid;     /* (n_layers, T, d_model) */
+    float *k, *v;         /* (n_layers, T, kv_dim): keys after RoPE, values */
     float *hooks[PB_COMPONENT_COUNT]; /* (n_layers, T, width) for components the sites read and that the
                                          arrays above do not already hold; NULL otherwise */
-    float *embed_delta;  /* (T, d_model) noise, or NULL */
+    float *embed_delta;               /* (T, d_model) noise, or NULL */
 } pb_run_cache;
 
 enum { PB_ROW_PENDING = 0, PB_ROW_DONE = 1 };
@@ -51,35 +51,36 @@ struct pb_sweep {
     pb_model *model;
     pb_sweep_spec spec;
     pb_sweep_options options;
-    int metric_step;     /* the residual entering this step feeds the metric */
+    int metric_step; /* the residual entering this step feeds the metric */
     /* sites */
     pb_site *sites;
     int64_t n_sites;
     int *site_positions;
     int positions_aligned_from_end;
     /* per pair */
-    pb_run_cache *base;   /* (n_pairs) */
-    pb_run_cache *source; /* (n_pairs) */
-    int *cache_ready;     /* (n_pairs) caches built */
-    uint8_t *baseline_ready; /* (n_pairs) base_value and source_value known */
-    double *base_value;   /* (n_pairs) metric of the base run */
-    double *source_value; /* (n_pairs) metric of the source run */
+    pb_run_cache *base;          /* (n_pairs) */
+    pb_run_cache *source;        /* (n_pairs) */
+    int *cache_ready;            /* (n_pairs) caches built */
+    uint8_t *baseline_ready;     /* (n_pairs) base_value and source_value known */
+    double *base_value;          /* (n_pairs) metric of the base run */
+    double *source_value;        /* (n_pairs) metric of the source run */
     double *clean_logprobs_host; /* KL only: (n_pairs, vocab) log-softmax of the clean run */
     /* rows: index = pair * n_sites + site */
     int64_t n_rows;
     uint8_t *row_state;   /* PB_ROW_* */
     uint8_t *row_trivial; /* 1: patched == base by construction (not run) */
     double *patched;      /* (n_rows) metric of the patched run */
-    void *unembed_rows;   /* device (n_unembed, d_model) of the model's wdtype: rows of the output matrix the metric reads, or NULL = all */
+    void *
+        unembed_rows; /* device (n_unembed, d_model) of the model's wdtype: rows of the output matrix the metric reads, or NULL = all */
     int n_unembed;
     /* When the backend has metric_rows and the metric is logit_diff, logprob,
      * refusal_score or kl, metrics are computed on the device and only one
      * double per row is downloaded. */
     int metric_on_device;
-    void *metric_arena;           /* device: the three arrays below, one allocation */
+    void *metric_arena;            /* device: the three arrays below, one allocation */
     double *clean_logprobs_device; /* KL: device (n_pairs, vocab), clean_logprobs_host uploaded; else NULL */
-    int32_t *metric_positive;     /* device (n_positive): columns of the logits the metric reads */
-    int32_t *metric_negative;     /* device (n_negative): logit_diff only, else NULL */
+    int32_t *metric_positive;      /* device (n_positive): columns of the logits the metric reads */
+    int32_t *metric_negative;      /* device (n_negative): logit_diff only, else NULL */
     double flops_executed;
     double flops_naive;
     int64_t n_rows_executed;
@@ -89,7 +90,7 @@ struct pb_sweep {
     double flops_executed_restored;   /* of flops_executed, before the checkpoint */
     int64_t n_batches;
     size_t mirror_max_bytes; /* host mirror cap of a pair's caches (PB_MIRROR_MAX_BYTES; tests lower it) */
-    int64_t tokens_packed; /* over all batches: the GEMM row counts */
+    int64_t tokens_packed;   /* over all batches: the GEMM row counts */
 };
 
 /* Per-pair normalised effect of a row: (patched - base) / (source - base),

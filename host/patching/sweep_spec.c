@@ -95,15 +95,13 @@ static void *spec_calloc(size_t count, size_t size, pb_status *status) {
     return p;
 }
 
-#define ALLOC_OR_RETURN(ptr, count)                                     \
-    do {                                                                \
-        pb_status alloc_status_ = PB_OK;                                \
+#define ALLOC_OR_RETURN(ptr, count)                                          \
+    do {                                                                     \
+        pb_status alloc_status_ = PB_OK;                                     \
         (ptr) = spec_calloc((size_t)(count), sizeof *(ptr), &alloc_status_); \
-        if (!(ptr))                                                     \
-            return alloc_status_;                                       \
+        if (!(ptr))                                                          \
+            return alloc_status_;                                            \
     } while (0)
-
-
 
 static pb_status type_error(const char *path, const char *expected, const json_t *value) {
     if (json_is_null(value))
@@ -177,11 +175,11 @@ static pb_status text_unsupported(const char *path) {
 }
 
 typedef struct int_list_rules {
-    long long lo, hi;  /* allowed values, inclusive */
-    int resolve;       /* > 0: a negative value counts from the end of a run of this length */
-    int unique;        /* refuse a value (after resolving) listed twice */
-    const char *note;  /* appended to range messages */
-    const char *what;  /* "token id", "layer": for the empty-list message */
+    long long lo, hi; /* allowed values, inclusive */
+    int resolve;      /* > 0: a negative value counts from the end of a run of this length */
+    int unique;       /* refuse a value (after resolving) listed twice */
+    const char *note; /* appended to range messages */
+    const char *what; /* "token id", "layer": for the empty-list message */
 } int_list_rules;
 
 /* A non-empty array of integers checked against rules; *out is malloc'd
@@ -226,11 +224,10 @@ static pb_status read_int_list(const json_t *value, const char *path, const int_
             int *seen = &first[resolved - base];
             if (*seen >= 0) {
                 if (resolved != v)
-                    status = pb_fail(PB_ERR_ARG, "spec: %s: %d names position %d, which %s[%d] already lists", item,
-                                     v, resolved, path, *seen);
+                    status = pb_fail(PB_ERR_ARG, "spec: %s: %d names position %d, which %s[%d] already lists", item, v,
+                                     resolved, path, *seen);
                 else
-                    status = pb_fail(PB_ERR_ARG, "spec: %s: %d is listed twice (also at %s[%d])", item, v, path,
-                                     *seen);
+                    status = pb_fail(PB_ERR_ARG, "spec: %s: %d is listed twice (also at %s[%d])", item, v, path, *seen);
                 break;
             }
             *seen = (int)i;
@@ -357,8 +354,12 @@ static pb_status parse_noise(const json_t *noise, const char *path, const pb_pro
     path_key(sub, path, "positions");
     char note[96];
     snprintf(note, sizeof note, " (the clean prompt has %d tokens)", clean->T);
-    int_list_rules rules = {.lo = -(long long)clean->T, .hi = clean->T - 1, .resolve = clean->T, .unique = 1,
-                            .note = note, .what = "position"};
+    int_list_rules rules = {.lo = -(long long)clean->T,
+                            .hi = clean->T - 1,
+                            .resolve = clean->T,
+                            .unique = 1,
+                            .note = note,
+                            .what = "position"};
     PB_TRY(read_int_list(value, sub, &rules, &out->noise_positions, &out->n_noise_positions));
 
     value = json_object_get(noise, "seed");
@@ -468,8 +469,9 @@ static pb_status parse_position_map(const json_t *value, const char *pair_path, 
 static pb_status parse_pair(const spec_parser *sp, const json_t *value, const char *path, pb_pair_spec *pair) {
     pb_patch_mode mode = sp->spec->mode;
     if (!json_is_object(value))
-        return type_error(path, mode == PB_MODE_INTERCHANGE ? "an object {\"base\": ..., \"source\": ...}"
-                                                            : "an object {\"clean\": ..., \"corrupted\": ...}",
+        return type_error(path,
+                          mode == PB_MODE_INTERCHANGE ? "an object {\"base\": ..., \"source\": ...}"
+                                                      : "an object {\"clean\": ..., \"corrupted\": ...}",
                           value);
     char sub[PB_SPEC_PATH_CAP];
     json_t *first, *second;
@@ -534,7 +536,8 @@ static pb_status parse_component(const json_t *value, const char *path, pb_compo
     char list[256] = "";
     size_t used = 0;
     for (int c = 0; c < PB_COMPONENT_COUNT; c++)
-        used += (size_t)snprintf(list + used, sizeof list - used, "%s%s", c ? ", " : "", pb_component_name((pb_component)c));
+        used += (size_t)snprintf(list + used, sizeof list - used, "%s%s", c ? ", " : "",
+                                 pb_component_name((pb_component)c));
     char text[96];
     return pb_fail(PB_ERR_ARG,
                    "spec: %s: %s is not a component; expected one of %s (or its hook name, e.g. hook_resid_pre, "
@@ -543,8 +546,8 @@ static pb_status parse_component(const json_t *value, const char *path, pb_compo
 }
 
 /* "all" (or absent) or a list of distinct indices in [0, count). */
-static pb_status parse_index_list(const json_t *value, const char *path, int count, const char *note,
-                                  const char *what, int **out, int *n) {
+static pb_status parse_index_list(const json_t *value, const char *path, int count, const char *note, const char *what,
+                                  int **out, int *n) {
     if (!value || json_is_string(value)) {
         if (value && strcmp(json_string_value(value), "all") != 0) {
             char text[96];
@@ -587,8 +590,7 @@ static pb_status check_site_position(const spec_parser *sp, const char *path, lo
 }
 
 /* "all", "each" or "last". */
-static pb_status parse_position_word(const spec_parser *sp, const json_t *value, const char *path,
-                                     pb_site_spec *site) {
+static pb_status parse_position_word(const spec_parser *sp, const json_t *value, const char *path, pb_site_spec *site) {
     const char *s = json_string_value(value);
     if (strcmp(s, "all") == 0) {
         site->position_mode = PB_POSITIONS_ALL;
@@ -930,8 +932,8 @@ static pb_status parse_direction(const spec_parser *sp, const json_t *value, pb_
         if (used < sizeof got)
             snprintf(got + used, sizeof got - used, n_dims == 1 ? ",)" : ")");
         status = pb_fail(PB_ERR_ARG,
-                         "spec: %s: %s has shape %s; expected (%d,) (d_model) or (%d, %d) (n_layers, d_model)",
-                         path, full, got, cfg->d_model, cfg->n_layers, cfg->d_model);
+                         "spec: %s: %s has shape %s; expected (%d,) (d_model) or (%d, %d) (n_layers, d_model)", path,
+                         full, got, cfg->d_model, cfg->n_layers, cfg->d_model);
         goto done;
     }
     size_t count = 1;
@@ -994,8 +996,8 @@ static pb_status parse_metric_kind(const json_t *value, const char *path, pb_met
     static const char *const keys_tokens[] = {"kind", "position", "tokens", NULL};
     static const char *const keys_kl[] = {"kind", "position", NULL};
     static const char *const keys_projection[] = {"kind", "position", "direction", "layer", "hook", NULL};
-    const char *const *keys = metric->kind == PB_METRIC_LOGIT_DIFF ? keys_logit_diff
-                              : metric->kind == PB_METRIC_KL       ? keys_kl
+    const char *const *keys = metric->kind == PB_METRIC_LOGIT_DIFF   ? keys_logit_diff
+                              : metric->kind == PB_METRIC_KL         ? keys_kl
                               : metric->kind == PB_METRIC_PROJECTION ? keys_projection
                                                                      : keys_tokens;
     return check_keys(value, path, keys);
@@ -1045,8 +1047,7 @@ static pb_status parse_metric_projection(const spec_parser *sp, const json_t *va
             metric->hook_post = 1;
         } else {
             char text[96];
-            return pb_fail(PB_ERR_ARG,
-                           "spec: metric.hook: %s is not allowed; expected \"resid_pre\" or \"resid_post\"",
+            return pb_fail(PB_ERR_ARG, "spec: metric.hook: %s is not allowed; expected \"resid_pre\" or \"resid_post\"",
                            pb_json_describe(item, text, sizeof text));
         }
     }
@@ -1096,8 +1097,8 @@ static pb_status parse_root(spec_parser *sp, const json_t *root) {
     pb_sweep_spec *spec = sp->spec;
     if (!json_is_object(root))
         return pb_fail(PB_ERR_ARG, "spec: expected a JSON object at the top level, got %s", pb_json_type_name(root));
-    static const char *const keys[] = {"mode", "pairs", "sites", "metric", "significance_threshold", "effect_floor",
-                                       "description", NULL};
+    static const char *const keys[] = {"mode",         "pairs",       "sites", "metric", "significance_threshold",
+                                       "effect_floor", "description", NULL};
     PB_TRY(check_keys(root, "", keys));
     json_t *mode, *pairs, *sites, *metric, *item;
     PB_TRY(get_required(root, "", "mode", &mode));
@@ -1188,8 +1189,8 @@ pb_status pb_sweep_spec_parse_text(pb_sweep_spec *spec, const char *json_text, c
     memset(spec, 0, sizeof *spec);
     if (!json_text || !cfg)
         return pb_fail(PB_ERR_ARG, "pb_sweep_spec_parse: %s is NULL", json_text ? "cfg" : "json_text");
-    if (cfg->n_layers <= 0 || cfg->d_model <= 0 || cfg->n_heads <= 0 || cfg->n_kv_heads <= 0 ||
-        cfg->vocab_size <= 0 || cfg->context_length <= 0)
+    if (cfg->n_layers <= 0 || cfg->d_model <= 0 || cfg->n_heads <= 0 || cfg->n_kv_heads <= 0 || cfg->vocab_size <= 0 ||
+        cfg->context_length <= 0)
         return pb_fail(PB_ERR_ARG, "pb_sweep_spec_parse: the model config has a non-positive dimension");
     json_error_t error;
     json_t *root = json_loads(json_text, JSON_REJECT_DUPLICATES, &error);

@@ -9,13 +9,13 @@
 #include "patchbay.h"
 
 typedef struct pb_prompt_spec {
-    int32_t *ids;            /* (T) */
+    int32_t *ids; /* (T) */
     int T;
     /* Gaussian-noise corruption of the *clean* prompt (only for a pair's
      * corrupted side): ids are then the clean prompt's ids. */
     int is_noise;
-    double noise_scale;      /* multiple of the embedding standard deviation */
-    int *noise_positions;    /* (n_noise_positions), non-negative, in the order given */
+    double noise_scale;   /* multiple of the embedding standard deviation */
+    int *noise_positions; /* (n_noise_positions), non-negative, in the order given */
     int n_noise_positions;
     uint64_t noise_seed;
 } pb_prompt_spec;
@@ -25,42 +25,42 @@ typedef struct pb_pair_spec {
      * noising base = clean, source = corrupted; interchange as given. */
     pb_prompt_spec base;
     pb_prompt_spec source;
-    int clean_is_source;     /* 1 for denoising and interchange, 0 for noising */
-    int *position_map;       /* (base.T): source position for each base position, -1 = unmapped */
+    int clean_is_source; /* 1 for denoising and interchange, 0 for noising */
+    int *position_map;   /* (base.T): source position for each base position, -1 = unmapped */
 } pb_pair_spec;
 
 typedef enum pb_position_mode {
-    PB_POSITIONS_ALL = 0,    /* every position together: one site */
-    PB_POSITIONS_EACH,       /* one site per position */
-    PB_POSITIONS_LAST,       /* one site at the last position */
-    PB_POSITIONS_LIST,       /* one site per listed index (negative: from the end) */
-    PB_POSITIONS_GROUPS      /* one site per listed group, patched together */
+    PB_POSITIONS_ALL = 0, /* every position together: one site */
+    PB_POSITIONS_EACH,    /* one site per position */
+    PB_POSITIONS_LAST,    /* one site at the last position */
+    PB_POSITIONS_LIST,    /* one site per listed index (negative: from the end) */
+    PB_POSITIONS_GROUPS   /* one site per listed group, patched together */
 } pb_position_mode;
 
 typedef struct pb_site_spec {
     pb_component component;
-    int *layers;             /* (n_layers) in the order given; "all" expands to 0..n_layers-1 */
+    int *layers; /* (n_layers) in the order given; "all" expands to 0..n_layers-1 */
     int n_layers;
-    int *heads;              /* (n_heads); NULL/0 for components without heads; "all" expands */
+    int *heads; /* (n_heads); NULL/0 for components without heads; "all" expands */
     int n_heads;
     pb_position_mode position_mode;
-    int *positions;          /* LIST: (n_positions) indices; GROUPS: all groups' indices back to back */
+    int *positions; /* LIST: (n_positions) indices; GROUPS: all groups' indices back to back */
     int n_positions;
-    int *group_sizes;        /* GROUPS: (n_groups) */
+    int *group_sizes; /* GROUPS: (n_groups) */
     int n_groups;
 } pb_site_spec;
 
 typedef struct pb_metric_spec {
     pb_metric_kind kind;
-    int32_t *positive;       /* logit_diff positive ids; logprob / refusal_score token set */
+    int32_t *positive; /* logit_diff positive ids; logprob / refusal_score token set */
     int n_positive;
-    int32_t *negative;       /* logit_diff negative ids */
+    int32_t *negative; /* logit_diff negative ids */
     int n_negative;
-    int position;            /* metric position; negative counts from the end; default -1 */
+    int position; /* metric position; negative counts from the end; default -1 */
     /* projection */
-    float *direction;        /* (d_model), already normalised to unit length */
-    int layer;               /* residual layer */
-    int hook_post;           /* 0: resid_pre of layer; 1: resid_post of layer */
+    float *direction; /* (d_model), already normalised to unit length */
+    int layer;        /* residual layer */
+    int hook_post;    /* 0: resid_pre of layer; 1: resid_post of layer */
     char *direction_path;
 } pb_metric_spec;
 

@@ -22,16 +22,16 @@ typedef struct pb_sweep_view {
     const pb_sweep *sweep;
     const pb_model *model;
     const pb_model_config *cfg;
-    const pb_sweep_spec *spec;  /* pairs, metric, effect floor, significance threshold */
-    int metric_residual_layer;  /* options.metric_fn_residual_layer */
-    int positions_from_end;     /* site positions are end-aligned (pairs differ in length) */
+    const pb_sweep_spec *spec; /* pairs, metric, effect floor, significance threshold */
+    int metric_residual_layer; /* options.metric_fn_residual_layer */
+    int positions_from_end;    /* site positions are end-aligned (pairs differ in length) */
     pb_sweep_summary summary;
     int64_t n_sites;
-    pb_site_view *sites;   /* (n_sites) */
+    pb_site_view *sites; /* (n_sites) */
     int n_pairs;
-    double *pair_base;     /* (n_pairs) */
-    double *pair_source;   /* (n_pairs) */
-    int *pair_usable;      /* (n_pairs) */
+    double *pair_base;   /* (n_pairs) */
+    double *pair_source; /* (n_pairs) */
+    int *pair_usable;    /* (n_pairs) */
     /* the position axis of <component>.npy: labels first_position .. first_position + n_columns - 1 */
     int first_position;
     int n_columns;

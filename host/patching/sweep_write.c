@@ -42,7 +42,7 @@ typedef struct grid {
 } grid;
 
 typedef struct component_grids {
-    int n_heads;           /* 0: no head axis */
+    int n_heads; /* 0: no head axis */
     grid each, all, groups;
     int n_groups;
     const int **group_positions; /* (n_groups) borrowed from the sweep */
@@ -84,7 +84,8 @@ static void grids_free(component_grids *grids) {
 static int find_group(const component_grids *g, const pb_site_result *r) {
     for (int i = 0; i < g->n_groups; i++)
         if (g->group_sizes[i] == r->n_positions &&
-            (r->n_positions == 0 || memcmp(g->group_positions[i], r->positions, sizeof(int) * (size_t)r->n_positions) == 0))
+            (r->n_positions == 0 ||
+             memcmp(g->group_positions[i], r->positions, sizeof(int) * (size_t)r->n_positions) == 0))
             return i;
     return -1;
 }
@@ -242,21 +243,16 @@ static json_t *metric_json(json_builder *b, const pb_sweep_view *v) {
         put(b, o, "negative", jids(b, m->negative, m->n_negative));
         break;
     case PB_METRIC_LOGPROB:
-    case PB_METRIC_REFUSAL_SCORE:
-        put(b, o, "tokens", jids(b, m->positive, m->n_positive));
-        break;
+    case PB_METRIC_REFUSAL_SCORE: put(b, o, "tokens", jids(b, m->positive, m->n_positive)); break;
     case PB_METRIC_PROJECTION:
         put(b, o, "direction", jstr(b, m->direction_path));
         put(b, o, "layer", jint(b, m->layer));
         put(b, o, "hook", jstr(b, m->hook_post ? "resid_post" : "resid_pre"));
         break;
     case PB_METRIC_CALLBACK:
-        put(b, o, "residual_layer", v->metric_residual_layer >= 0
-                                        ? jint(b, v->metric_residual_layer)
-                                        : json_null());
+        put(b, o, "residual_layer", v->metric_residual_layer >= 0 ? jint(b, v->metric_residual_layer) : json_null());
         break;
-    case PB_METRIC_KL:
-        break;
+    case PB_METRIC_KL: break;
     }
     put(b, o, "position", jint(b, m->position));
     return o;

@@ -68,8 +68,7 @@ static char *dup_n(const char *s, size_t n) {
 /* Code points for which Python's str.isspace() is true. */
 static int is_python_space(uint32_t c) {
     return (c >= 0x09 && c <= 0x0D) || (c >= 0x1C && c <= 0x20) || c == 0x85 || c == 0xA0 || c == 0x1680 ||
-           (c >= 0x2000 && c <= 0x200A) || c == 0x2028 || c == 0x2029 || c == 0x202F || c == 0x205F ||
-           c == 0x3000;
+           (c >= 0x2000 && c <= 0x200A) || c == 0x2028 || c == 0x2029 || c == 0x202F || c == 0x205F || c == 0x3000;
 }
 
 /* Decodes the UTF-8 sequence starting at s[i] (within n bytes); returns its
@@ -304,7 +303,8 @@ static int format_from_name(const char *name, pb_chat_format *format) {
     static const struct {
         const char *name;
         pb_chat_format format;
-    } names[] = {{"chatml", PB_CHAT_CHATML}, {"llama3", PB_CHAT_LLAMA3}, {"llama2", PB_CHAT_LLAMA2}, {"gemma", PB_CHAT_GEMMA}};
+    } names[] = {
+        {"chatml", PB_CHAT_CHATML}, {"llama3", PB_CHAT_LLAMA3}, {"llama2", PB_CHAT_LLAMA2}, {"gemma", PB_CHAT_GEMMA}};
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
         if (strcmp(name, names[i].name) == 0) {
             *format = names[i].format;
@@ -329,14 +329,10 @@ static int format_from_text(const char *text, pb_chat_format *format) {
 
 static const char *format_name(pb_chat_format f) {
     switch (f) {
-    case PB_CHAT_CHATML:
-        return "chatml";
-    case PB_CHAT_LLAMA3:
-        return "llama3";
-    case PB_CHAT_LLAMA2:
-        return "llama2";
-    case PB_CHAT_GEMMA:
-        return "gemma";
+    case PB_CHAT_CHATML: return "chatml";
+    case PB_CHAT_LLAMA3: return "llama3";
+    case PB_CHAT_LLAMA2: return "llama2";
+    case PB_CHAT_GEMMA: return "gemma";
     }
     return "?";
 }
@@ -358,7 +354,9 @@ static pb_status read_template_file(const char *path, char **out) {
         if (b.failed)
             return pb_fail(PB_ERR_OOM, "reading chat template %s: out of memory", path);
         return pb_fail(PB_ERR_IO, "reading chat template %s: %s", path,
-                       err ? "read error" : !b.data ? "empty file" : "larger than 4 MiB");
+                       err       ? "read error"
+                       : !b.data ? "empty file"
+                                 : "larger than 4 MiB");
     }
     *out = b.data;
     return PB_OK;

@@ -7,12 +7,7 @@
 
 #include "patchbay.h"
 
-typedef enum pb_chat_format {
-    PB_CHAT_CHATML = 0,
-    PB_CHAT_LLAMA3,
-    PB_CHAT_LLAMA2,
-    PB_CHAT_GEMMA
-} pb_chat_format;
+typedef enum pb_chat_format { PB_CHAT_CHATML = 0, PB_CHAT_LLAMA3, PB_CHAT_LLAMA2, PB_CHAT_GEMMA } pb_chat_format;
 
 /* Where a system prompt goes. */
 typedef enum pb_chat_system_style {
@@ -25,17 +20,17 @@ typedef enum pb_chat_system_style {
 
 typedef struct pb_chat_template {
     pb_chat_format format;
-    char name[32];             /* "chatml", "llama3", "llama2", "gemma" */
-    char *default_system;      /* system prompt the template adds when none is given, or NULL */
-    char *bos;                 /* BOS text the template emits ("<s>", "<|begin_of_text|>", "<bos>") or NULL */
+    char name[32];        /* "chatml", "llama3", "llama2", "gemma" */
+    char *default_system; /* system prompt the template adds when none is given, or NULL */
+    char *bos;            /* BOS text the template emits ("<s>", "<|begin_of_text|>", "<bos>") or NULL */
     /* Details read from the template text (defaults when forced by name). */
     pb_chat_system_style system_style;
-    int trim;                  /* the template strips message text (Jinja |trim, .strip()): Llama-3, Llama-2, Gemma */
-    char *system_preamble;     /* Llama-3.1+: text that always opens the system turn, even with no system
+    int trim;              /* the template strips message text (Jinja |trim, .strip()): Llama-3, Llama-2, Gemma */
+    char *system_preamble; /* Llama-3.1+: text that always opens the system turn, even with no system
                                   message ("Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n"),
                                   or NULL. The date is the template's literal fallback, never today's. */
-    char inst_open[16];        /* [INST] family: "[INST] " (Llama-2, Mistral v0.1/v0.3) or " [INST] " (v0.2 update) */
-    char inst_close[16];       /* " [/INST]" or "[/INST]" (Mistral v0.3) */
+    char inst_open[16];    /* [INST] family: "[INST] " (Llama-2, Mistral v0.1/v0.3) or " [INST] " (v0.2 update) */
+    char inst_close[16];   /* " [/INST]" or "[/INST]" (Mistral v0.3) */
 } pb_chat_template;
 
 /* Recognises template_text (a Jinja chat template). name, when not NULL,

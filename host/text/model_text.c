@@ -95,8 +95,7 @@ void pb_model_text_load(pb_model *m, const pb_weight_source *src) {
     } else if (src->folder) {
         text_from_folder(m, src->folder);
     } else {
-        snprintf(m->text_error, sizeof m->text_error, "%s has no tokenizer (a random model): give token ids",
-                 m->path);
+        snprintf(m->text_error, sizeof m->text_error, "%s has no tokenizer (a random model): give token ids", m->path);
         snprintf(m->chat_error, sizeof m->chat_error, "%s has no chat template (a random model): give token ids",
                  m->path);
     }
@@ -121,8 +120,7 @@ pb_status pb_model_tokenize(const pb_model *m, const char *text, int parse_speci
     return pb_tokenizer_encode(m->tokenizer, text, strlen(text), parse_special, ids, n_ids);
 }
 
-pb_status pb_model_chat_tokenize(const pb_model *m, const char *system, const char *user, int32_t **ids,
-                                 int *n_ids) {
+pb_status pb_model_chat_tokenize(const pb_model *m, const char *system, const char *user, int32_t **ids, int *n_ids) {
     if (!m || !user || !ids || !n_ids)
         return pb_fail(PB_ERR_ARG, "pb_model_chat_tokenize: model, user text, ids and n_ids are required");
     PB_TRY(need_tokenizer(m));

@@ -66,9 +66,9 @@ struct pb_tokenizer {
     int n_vocab;
     char **text; /* (n_vocab) token spelling: byte-level alphabet or SentencePiece pieces */
     size_t *text_len;
-    int32_t *type;  /* (n_vocab) TYPE_* */
-    float *score;   /* (n_vocab) SentencePiece only */
-    char *decoded;  /* packed decoded bytes of every token (pb_vocab layout) */
+    int32_t *type; /* (n_vocab) TYPE_* */
+    float *score;  /* (n_vocab) SentencePiece only */
+    char *decoded; /* packed decoded bytes of every token (pb_vocab layout) */
     size_t *decoded_offset;
     str_slot *by_text; /* all tokens, for token_id */
     size_t by_text_cap;
@@ -82,7 +82,7 @@ struct pb_tokenizer {
     int n_specials;
     pcre2_code *split[MAX_SPLITS]; /* applied in order, each splitting every piece (isolated) */
     int n_split;
-    int add_prefix_space; /* byte-level: ByteLevel(add_prefix_space); SentencePiece: dummy prefix */
+    int add_prefix_space;             /* byte-level: ByteLevel(add_prefix_space); SentencePiece: dummy prefix */
     unsigned char special_first[256]; /* 1 where some special token starts with this byte */
 };
 
@@ -132,9 +132,7 @@ static int32_t str_get(const str_slot *t, size_t cap, const char *s, size_t len)
     return -1;
 }
 
-static uint64_t pair_key(int32_t a, int32_t b) {
-    return ((uint64_t)(uint32_t)(a + 1) << 32) | (uint32_t)(b + 1);
-}
+static uint64_t pair_key(int32_t a, int32_t b) { return ((uint64_t)(uint32_t)(a + 1) << 32) | (uint32_t)(b + 1); }
 
 static void pair_put(pair_slot *t, size_t cap, int32_t a, int32_t b, int32_t rank, int32_t merged) {
     uint64_t key = pair_key(a, b);
@@ -402,8 +400,8 @@ static pb_status add_split(pb_tokenizer *tok, const char *pattern, size_t len) {
         return pb_fail(PB_ERR_OOM, "tokenizer: out of memory");
     int code;
     PCRE2_SIZE offset;
-    pcre2_code *re = pcre2_compile((PCRE2_SPTR)rewritten, PCRE2_ZERO_TERMINATED, PCRE2_UTF | PCRE2_UCP | PCRE2_NO_UTF_CHECK,
-                                   &code, &offset, NULL);
+    pcre2_code *re = pcre2_compile((PCRE2_SPTR)rewritten, PCRE2_ZERO_TERMINATED,
+                                   PCRE2_UTF | PCRE2_UCP | PCRE2_NO_UTF_CHECK, &code, &offset, NULL);
     free(rewritten);
     if (!re) {
         PCRE2_UCHAR message[256];
@@ -707,12 +705,13 @@ pb_status pb_tokenizer_from_gguf(pb_tokenizer **out, const pb_gguf *gguf) {
     if (!pb_gguf_has_key(gguf, "tokenizer.ggml.model"))
         return pb_fail(PB_ERR_FORMAT, "gguf: no tokenizer (key 'tokenizer.ggml.model' is missing)");
     PB_TRY(pb_gguf_get_string(gguf, "tokenizer.ggml.model", &model, &model_len));
-    int kind = str_is(model, model_len, "gpt2") ? KIND_BYTE_LEVEL
+    int kind = str_is(model, model_len, "gpt2")    ? KIND_BYTE_LEVEL
                : str_is(model, model_len, "llama") ? KIND_SENTENCEPIECE
                                                    : 0;
     if (!kind)
-        return pb_fail(PB_ERR_UNSUPPORTED, "tokenizer: model '%.*s' (tokenizer.ggml.model) is not supported; "
-                                           "this build reads 'gpt2' (byte-level BPE) and 'llama' (SentencePiece BPE)",
+        return pb_fail(PB_ERR_UNSUPPORTED,
+                       "tokenizer: model '%.*s' (tokenizer.ggml.model) is not supported; "
+                       "this build reads 'gpt2' (byte-level BPE) and 'llama' (SentencePiece BPE)",
                        (int)model_len, model);
     pb_gguf_value_type elem;
     uint64_t count;
@@ -836,7 +835,8 @@ static pb_status json_build(pb_tokenizer **out, json_t *root, const char *path) 
             goto fail;
         }
         tok->type[id] = special ? TYPE_CONTROL : TYPE_USER;
-        if (!tok->text[id] && (st = set_text(tok, id, json_string_value(content), json_string_length(content))) != PB_OK)
+        if (!tok->text[id] &&
+            (st = set_text(tok, id, json_string_value(content), json_string_length(content))) != PB_OK)
             goto fail;
         if ((st = add_special(tok, json_string_value(content), json_string_length(content), id, special,
                               json_is_true(json_object_get(item, "lstrip")),
@@ -864,8 +864,8 @@ static pb_status json_build(pb_tokenizer **out, json_t *root, const char *path) 
         } else if (json_is_array(item) && json_array_size(item) == 2 && json_is_string(json_array_get(item, 0)) &&
                    json_is_string(json_array_get(item, 1))) {
             json_t *a = json_array_get(item, 0), *b = json_array_get(item, 1);
-            st = add_merge(tok, json_string_value(a), json_string_length(a), json_string_value(b), json_string_length(b),
-                           (int32_t)i);
+            st = add_merge(tok, json_string_value(a), json_string_length(a), json_string_value(b),
+                           json_string_length(b), (int32_t)i);
         } else {
             st = pb_fail(PB_ERR_FORMAT, "%s: merge %zu is neither \"a b\" nor [a, b]", path, i);
         }
@@ -897,17 +897,17 @@ pb_status pb_tokenizer_from_json(pb_tokenizer **out, const char *tokenizer_json_
 
 typedef struct symbol {
     int32_t id;
-    int prev, next; /* -1 at the ends */
+    int prev, next;    /* -1 at the ends */
     size_t start, len; /* bytes of the piece (SentencePiece) */
 } symbol;
 
 typedef struct candidate {
-    float score;   /* SentencePiece: higher first */
-    int32_t rank;  /* byte-level: lower first */
-    int left;      /* leftmost first on ties */
+    float score;  /* SentencePiece: higher first */
+    int32_t rank; /* byte-level: lower first */
+    int left;     /* leftmost first on ties */
     int right;
     int32_t merged;
-    size_t size;   /* SentencePiece: bytes of the merged piece, to detect stale entries */
+    size_t size; /* SentencePiece: bytes of the merged piece, to detect stale entries */
 } candidate;
 
 typedef struct heap {
@@ -1078,8 +1078,8 @@ static pb_status split_and_encode(const pb_tokenizer *tok, work *w, pcre2_match_
     return PB_OK;
 }
 
-static pb_status byte_level_segment(const pb_tokenizer *tok, work *w, pcre2_match_data *md, const char *text, size_t len,
-                                    id_buf *out) {
+static pb_status byte_level_segment(const pb_tokenizer *tok, work *w, pcre2_match_data *md, const char *text,
+                                    size_t len, id_buf *out) {
     if (!tok->add_prefix_space || len == 0 || text[0] == ' ')
         return split_and_encode(tok, w, md, 0, text, len, out);
     char *prefixed = malloc(len + 1);
@@ -1250,7 +1250,8 @@ pb_status pb_tokenizer_encode(const pb_tokenizer *tok, const char *text, size_t 
     for (size_t i = 0; i < len;) {
         size_t n = utf8_valid_len((const unsigned char *)text + i, len - i);
         if (!n)
-            return pb_fail(PB_ERR_ARG, "tokenizer: invalid UTF-8 at byte offset %zu (0x%02X)", i, (unsigned char)text[i]);
+            return pb_fail(PB_ERR_ARG, "tokenizer: invalid UTF-8 at byte offset %zu (0x%02X)", i,
+                           (unsigned char)text[i]);
         i += n;
     }
     id_buf out = {0};
@@ -1267,8 +1268,9 @@ pb_status pb_tokenizer_encode(const pb_tokenizer *tok, const char *text, size_t 
     int prefix_pending = tok->kind == KIND_SENTENCEPIECE && tok->add_prefix_space && len > 0;
     size_t segment = 0, pos = 0;
     while (pos < len && st == PB_OK) {
-        const special_token *s =
-            tok->special_first[(unsigned char)text[pos]] ? match_special(tok, text, len, pos, parse_special) : NULL;
+        const special_token *s = tok->special_first[(unsigned char)text[pos]]
+                                     ? match_special(tok, text, len, pos, parse_special)
+                                     : NULL;
         if (!s) {
             pos++;
             continue;
@@ -1344,8 +1346,8 @@ pb_status pb_tokenizer_decode(const pb_tokenizer *tok, const int32_t *ids, int n
     size_t total = 0;
     for (int i = 0; i < n_ids; i++) {
         if (ids[i] < 0 || ids[i] >= tok->n_vocab)
-            return pb_fail(PB_ERR_ARG, "tokenizer: id %d at position %d is outside the vocabulary (%d tokens)", (int)ids[i],
-                           i, tok->n_vocab);
+            return pb_fail(PB_ERR_ARG, "tokenizer: id %d at position %d is outside the vocabulary (%d tokens)",
+                           (int)ids[i], i, tok->n_vocab);
         total += tok->decoded_offset[ids[i] + 1] - tok->decoded_offset[ids[i]];
     }
     unsigned char *raw = malloc(total + 1);
@@ -1405,9 +1407,7 @@ pb_status pb_tokenizer_decode(const pb_tokenizer *tok, const int32_t *ids, int n
     return PB_OK;
 }
 
-int pb_tokenizer_vocab_size(const pb_tokenizer *tok) {
-    return tok ? tok->n_vocab : 0;
-}
+int pb_tokenizer_vocab_size(const pb_tokenizer *tok) { return tok ? tok->n_vocab : 0; }
 
 /* The vocabulary's own spelling first ("Ġthe", "▁the"); for byte-level
  * vocabularies the text's bytes respelled (" the") as a fallback. */

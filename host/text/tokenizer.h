@@ -25,8 +25,8 @@ void pb_tokenizer_free(pb_tokenizer *tok);
  * text spelling a special/added token ("<|im_start|>") becomes that token
  * (as transformers does for chat templates); otherwise it is plain text.
  * *ids is malloc'd. Invalid UTF-8 is refused (PB_ERR_ARG, byte offset). */
-pb_status pb_tokenizer_encode(const pb_tokenizer *tok, const char *text, size_t len, int parse_special,
-                              int32_t **ids, int *n_ids);
+pb_status pb_tokenizer_encode(const pb_tokenizer *tok, const char *text, size_t len, int parse_special, int32_t **ids,
+                              int *n_ids);
 /* Decodes ids to UTF-8 (special tokens included as their text); *text is
  * malloc'd and NUL-terminated. */
 pb_status pb_tokenizer_decode(const pb_tokenizer *tok, const int32_t *ids, int n_ids, char **text);

@@ -10,8 +10,8 @@ typedef struct pb_gguf pb_gguf;
 
 typedef struct pb_vocab {
     int n_tokens;
-    char *bytes;      /* all decoded tokens back to back */
-    size_t *offsets;  /* (n_tokens + 1) into bytes */
+    char *bytes;     /* all decoded tokens back to back */
+    size_t *offsets; /* (n_tokens + 1) into bytes */
 } pb_vocab;
 
 /* Missing tokenizer metadata is not an error: the vocabulary stays empty

@@ -41,18 +41,14 @@ void pb_error_save(pb_error_saved *saved);
 void pb_error_restore(const pb_error_saved *saved);
 
 /* a * b and a + b without wrap-around; return 0 on overflow. */
-static inline int pb_mul_u64(uint64_t a, uint64_t b, uint64_t *out) {
-    return !__builtin_mul_overflow(a, b, out);
-}
-static inline int pb_add_u64(uint64_t a, uint64_t b, uint64_t *out) {
-    return !__builtin_add_overflow(a, b, out);
-}
+static inline int pb_mul_u64(uint64_t a, uint64_t b, uint64_t *out) { return !__builtin_mul_overflow(a, b, out); }
+static inline int pb_add_u64(uint64_t a, uint64_t b, uint64_t *out) { return !__builtin_add_overflow(a, b, out); }
 
-#define PB_TRY(expr)                         \
-    do {                                     \
-        pb_status pb_try_status_ = (expr);   \
-        if (pb_try_status_ != PB_OK)         \
-            return pb_try_status_;           \
+#define PB_TRY(expr)                       \
+    do {                                   \
+        pb_status pb_try_status_ = (expr); \
+        if (pb_try_status_ != PB_OK)       \
+            return pb_try_status_;         \
     } while (0)
 
 #endif

@@ -181,8 +181,8 @@ cudaError_t cudaFuncSetAttribute(void (*kernel)(Params...), cudaFuncAttribute at
 
 /* Static __shared__ storage, one instance per host thread running blocks
  * (a block's fibers all run on one host thread, one block at a time). */
-#define PB_EMU_SHARED(type, name, dims)                                                              \
-    static thread_local type name dims;                                                              \
+#define PB_EMU_SHARED(type, name, dims) \
+    static thread_local type name dims; \
     ::pb_emu::note_shared(&name, sizeof name)
 
 #define threadIdx (::pb_emu::thread_idx())

@@ -55,10 +55,11 @@ int pb_emu_attention_jobs(float *out, const float *q, const pb_attention_job *jo
     /* what backend_cuda.cu does */
     pb_cuda_describe_jobs(desc, jobs, n_jobs, pb_cuda_attention_tile_queries(n_heads, n_kv_heads), &rows, NULL, NULL);
     const int tiled = g_attention_tiled && pb_cuda_attention_tiled_ok(head_dim);
-    const cudaError_t error =
-        rows == 0 ? cudaSuccess
-        : tiled   ? pb_cuda_launch_attention_tiled(nullptr, out, q, desc, n_jobs, n_heads, n_kv_heads, head_dim)
-                  : pb_cuda_launch_attention_jobs(nullptr, out, q, desc, n_jobs, n_heads, n_kv_heads, head_dim);
+    const cudaError_t error = rows == 0 ? cudaSuccess
+                              : tiled   ? pb_cuda_launch_attention_tiled(nullptr, out, q, desc, n_jobs, n_heads,
+                                                                         n_kv_heads, head_dim)
+                                        : pb_cuda_launch_attention_jobs(nullptr, out, q, desc, n_jobs, n_heads,
+                                                                        n_kv_heads, head_dim);
     free(desc);
     return error;
 }
@@ -91,6 +92,6 @@ pb_status pb_emu_metric_rows(double *out, const float *logits, int rows, int n_o
     self.base.impl = &self;
     self.device = 0;
     self.sync_launches = g_sync_launches;
-    return pb_cuda_metric_rows(&self.base, out, logits, rows, n_out, kind, positive, n_positive, negative,
-                               n_negative, ref_logprobs, ref_row, n_ref);
+    return pb_cuda_metric_rows(&self.base, out, logits, rows, n_out, kind, positive, n_positive, negative, n_negative,
+                               ref_logprobs, ref_row, n_ref);
 }
