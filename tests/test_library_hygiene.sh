@@ -6,12 +6,11 @@
 # print". PB_HYGIENE_LIB names another archive to check. Exit 77 (skip) when nm or the built library is missing.
 set -euo pipefail
 lib=${PB_HYGIENE_LIB:-${PB_BUILD_DIR:-build}/libpatchbay.a}
-if ! command -v nm >/dev/null 2>&1; then
-  echo "skipping: nm not found"
-  exit 77
-fi
-if [ ! -f "$lib" ]; then
-  echo "skipping: $lib not built"
+missing=
+command -v nm >/dev/null 2>&1 || missing="nm not found"
+[ -f "$lib" ] || missing="${missing:+$missing; }$lib not built"
+if [ -n "$missing" ]; then
+  echo "skipping: $missing"
   exit 77
 fi
 # nm -A: one line per symbol, "archive:object: value type name"
