@@ -6,16 +6,13 @@
 #  (b) lizard (PyPI, pinned in scripts/install-deps.sh, run from .venv): no
 #      function in host/ or cuda/ longer than 100 lines; prints the ten
 #      longest with their lengths.
-# Until the tree has been formatted once, (a) only reports what it would
-# change and does not fail: PB_STYLE_FORMAT=enforce (environment) makes it
-# fail now; after the formatting commit, change the default below to
-# "enforce" (the marker to flip).
 #   scripts/check-style.sh            both checks
+#   PB_STYLE_FORMAT=report ...        (a) lists the files it would change, without failing
 #   PB_STYLE_FORMAT=skip ...          (b) only
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PB_STYLE_FORMAT=${PB_STYLE_FORMAT:-report}  # marker: "enforce" once the tree is formatted
+PB_STYLE_FORMAT=${PB_STYLE_FORMAT:-enforce}
 status=0
 
 # ---- (a) clang-format ------------------------------------------------------
@@ -57,8 +54,9 @@ else
     echo "  fix with: $cf -i --style=file <files>" >&2
     status=1
   else
-    echo "check-style: note: clang-format would change ${#unformatted[@]} of ${#files[@]} files; not failing until" \
-         "the tree is formatted once (PB_STYLE_FORMAT=enforce fails now)"
+    echo "check-style: note: clang-format would change ${#unformatted[@]} of ${#files[@]} files" \
+         "(PB_STYLE_FORMAT=report: not failing)"
+    printf '  %s\n' "${unformatted[@]}"
   fi
 fi
 
