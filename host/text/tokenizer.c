@@ -777,7 +777,9 @@ static pb_status json_pre_tokenizer(pb_tokenizer *tok, json_t *pre, const char *
     return pb_fail(PB_ERR_UNSUPPORTED, "%s: pre-tokenizer '%s' is not supported", path, type);
 }
 
-static pb_status json_build(pb_tokenizer **out, json_t *root, const char *path) {
+/* Checks the tokenizer.json's model section (byte-level BPE, no normalizer)
+ * and finds the largest token id among the vocab and the added tokens. */
+static pb_status json_check_model(json_t *root, const char *path, json_int_t *max_id) {
     json_t *model = json_object_get(root, "model");
     const char *type = json_string_value(json_object_get(model, "type"));
     if (!type)
@@ -795,7 +797,7 @@ static pb_status json_build(pb_tokenizer **out, json_t *root, const char *path) 
     json_t *added = json_object_get(root, "added_tokens");
     if (!json_is_object(vocab) || !json_is_array(merges))
         return pb_fail(PB_ERR_FORMAT, "%s: 'model.vocab' or 'model.merges' is missing", path);
-    json_int_t max_id = -1;
+    *max_id = -1;
     const char *key;
     json_t *value, *item;
     size_t i;
@@ -803,80 +805,98 @@ static pb_status json_build(pb_tokenizer **out, json_t *root, const char *path) 
         json_int_t id = json_integer_value(value);
         if (!json_is_integer(value) || id < 0 || id >= INT32_MAX - 1)
             return pb_fail(PB_ERR_FORMAT, "%s: vocab entry '%s' has no valid id", path, key);
-        if (id > max_id)
-            max_id = id;
+        if (id > *max_id)
+            *max_id = id;
     }
     json_array_foreach(added, i, item) {
         json_int_t id = json_integer_value(json_object_get(item, "id"));
         if (!json_is_string(json_object_get(item, "content")) || id < 0 || id >= INT32_MAX - 1)
             return pb_fail(PB_ERR_FORMAT, "%s: added_tokens[%zu] has no content or valid id", path, i);
-        if (id > max_id)
-            max_id = id;
+        if (id > *max_id)
+            *max_id = id;
     }
-    if (max_id < 0)
+    if (*max_id < 0)
         return pb_fail(PB_ERR_FORMAT, "%s: empty vocabulary", path);
-    pb_tokenizer *tok = tokenizer_alloc((int)max_id + 1, KIND_BYTE_LEVEL);
-    if (!tok)
-        return pb_fail(PB_ERR_OOM, "tokenizer: out of memory");
-    pb_status st = PB_OK;
+    return PB_OK;
+}
+
+/* The vocab's and the added tokens' texts, types and specials. */
+static pb_status json_tokens(pb_tokenizer *tok, json_t *root, const char *path) {
+    json_t *vocab = json_object_get(json_object_get(root, "model"), "vocab");
+    const char *key;
+    json_t *value, *item;
+    size_t i;
     json_object_foreach(vocab, key, value) {
         int id = (int)json_integer_value(value);
         tok->type[id] = TYPE_NORMAL;
-        if ((st = set_text(tok, id, key, strlen(key))) != PB_OK)
-            goto fail;
+        PB_TRY(set_text(tok, id, key, strlen(key)));
     }
-    json_array_foreach(added, i, item) {
+    json_array_foreach(json_object_get(root, "added_tokens"), i, item) {
         int id = (int)json_integer_value(json_object_get(item, "id"));
         json_t *content = json_object_get(item, "content");
         int special = json_is_true(json_object_get(item, "special"));
-        if (json_is_true(json_object_get(item, "single_word"))) {
-            st = pb_fail(PB_ERR_UNSUPPORTED, "%s: added token '%s' with single_word is not supported", path,
-                         json_string_value(content));
-            goto fail;
-        }
+        if (json_is_true(json_object_get(item, "single_word")))
+            return pb_fail(PB_ERR_UNSUPPORTED, "%s: added token '%s' with single_word is not supported", path,
+                           json_string_value(content));
         tok->type[id] = special ? TYPE_CONTROL : TYPE_USER;
-        if (!tok->text[id] &&
-            (st = set_text(tok, id, json_string_value(content), json_string_length(content))) != PB_OK)
-            goto fail;
-        if ((st = add_special(tok, json_string_value(content), json_string_length(content), id, special,
-                              json_is_true(json_object_get(item, "lstrip")),
-                              json_is_true(json_object_get(item, "rstrip")))) != PB_OK)
-            goto fail;
+        if (!tok->text[id])
+            PB_TRY(set_text(tok, id, json_string_value(content), json_string_length(content)));
+        PB_TRY(add_special(tok, json_string_value(content), json_string_length(content), id, special,
+                           json_is_true(json_object_get(item, "lstrip")),
+                           json_is_true(json_object_get(item, "rstrip"))));
     }
-    int have_byte_level = 0;
-    if ((st = json_pre_tokenizer(tok, json_object_get(root, "pre_tokenizer"), path, &have_byte_level)) != PB_OK)
-        goto fail;
-    if (!have_byte_level) {
-        st = pb_fail(PB_ERR_UNSUPPORTED, "%s: only byte-level BPE (a ByteLevel pre-tokenizer) is supported", path);
-        goto fail;
-    }
-    if ((st = finish(tok)) != PB_OK || (st = byte_level_tables(tok, json_array_size(merges))) != PB_OK)
-        goto fail;
+    return PB_OK;
+}
+
+/* The merges, each "a b" or [a, b], ranked by their order. */
+static pb_status json_merges(pb_tokenizer *tok, json_t *merges, const char *path) {
+    size_t i;
+    json_t *item;
     json_array_foreach(merges, i, item) {
         if (json_is_string(item)) {
             const char *s = json_string_value(item);
             const char *space = strchr(s, ' ');
-            if (!space) {
-                st = pb_fail(PB_ERR_FORMAT, "%s: merge %zu '%s' has no space", path, i, s);
-                goto fail;
-            }
-            st = add_merge(tok, s, (size_t)(space - s), space + 1, strlen(space + 1), (int32_t)i);
+            if (!space)
+                return pb_fail(PB_ERR_FORMAT, "%s: merge %zu '%s' has no space", path, i, s);
+            PB_TRY(add_merge(tok, s, (size_t)(space - s), space + 1, strlen(space + 1), (int32_t)i));
         } else if (json_is_array(item) && json_array_size(item) == 2 && json_is_string(json_array_get(item, 0)) &&
                    json_is_string(json_array_get(item, 1))) {
             json_t *a = json_array_get(item, 0), *b = json_array_get(item, 1);
-            st = add_merge(tok, json_string_value(a), json_string_length(a), json_string_value(b),
-                           json_string_length(b), (int32_t)i);
+            PB_TRY(add_merge(tok, json_string_value(a), json_string_length(a), json_string_value(b),
+                             json_string_length(b), (int32_t)i));
         } else {
-            st = pb_fail(PB_ERR_FORMAT, "%s: merge %zu is neither \"a b\" nor [a, b]", path, i);
+            return pb_fail(PB_ERR_FORMAT, "%s: merge %zu is neither \"a b\" nor [a, b]", path, i);
         }
-        if (st != PB_OK)
-            goto fail;
+    }
+    return PB_OK;
+}
+
+/* Everything after the vocabulary size is known, on a fresh tokenizer. */
+static pb_status json_fill(pb_tokenizer *tok, json_t *root, const char *path) {
+    PB_TRY(json_tokens(tok, root, path));
+    int have_byte_level = 0;
+    PB_TRY(json_pre_tokenizer(tok, json_object_get(root, "pre_tokenizer"), path, &have_byte_level));
+    if (!have_byte_level)
+        return pb_fail(PB_ERR_UNSUPPORTED, "%s: only byte-level BPE (a ByteLevel pre-tokenizer) is supported", path);
+    json_t *merges = json_object_get(json_object_get(root, "model"), "merges");
+    PB_TRY(finish(tok));
+    PB_TRY(byte_level_tables(tok, json_array_size(merges)));
+    return json_merges(tok, merges, path);
+}
+
+static pb_status json_build(pb_tokenizer **out, json_t *root, const char *path) {
+    json_int_t max_id = -1;
+    PB_TRY(json_check_model(root, path, &max_id));
+    pb_tokenizer *tok = tokenizer_alloc((int)max_id + 1, KIND_BYTE_LEVEL);
+    if (!tok)
+        return pb_fail(PB_ERR_OOM, "tokenizer: out of memory");
+    pb_status st = json_fill(tok, root, path);
+    if (st != PB_OK) {
+        pb_tokenizer_free(tok);
+        return st;
     }
     *out = tok;
     return PB_OK;
-fail:
-    pb_tokenizer_free(tok);
-    return st;
 }
 
 pb_status pb_tokenizer_from_json(pb_tokenizer **out, const char *tokenizer_json_path) {
