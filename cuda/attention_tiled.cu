@@ -86,6 +86,184 @@ size_t pb_cuda_attention_tiled_shared_bytes(int head_dim) {
 static_assert(PB_TILE_ROWS == 64 && PB_TILE_K == 64 && PB_TILE_THREADS == 256, "the thread layout assumes these");
 static_assert(PB_TILE_ROWS * PB_TILE_P_STRIDE <= PB_TILE_K * (64 + 4), "P must fit in the K tile");
 
+/* The steps of pb_attention_tiled_kernel, in the order it runs them. tx, ty:
+ * the thread's place in the 16 x 16 layout (keys tx + 16j, output columns
+ * 4tx + 64g, rows 4ty .. 4ty + 3). */
+
+/* Q tile: row r = (position r / group_heads, head head0 + r % group_heads),
+ * whose group_heads heads lie side by side in q. Rows past n_pos zero
+ * (their results are never written). */
+template <int D>
+static __device__ __forceinline__ void pb_tile_load_q(float *q_tile, const float *q, const pb_cuda_attention_job &job,
+                                                      int t0, int n_pos, int n_heads, int head0, int group_heads,
+                                                      int head_dim) {
+    constexpr int QS = D + 4;
+    const int hd4 = head_dim / 4;
+    for (int idx = threadIdx.x; idx < PB_TILE_ROWS * hd4; idx += PB_TILE_THREADS) {
+        const int r = idx / hd4, c4 = idx % hd4;
+        const int pos = r / group_heads;
+        float4 value = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        if (pos < n_pos)
+            value = *(const float4 *)(q + (((size_t)job.q_row + t0 + pos) * n_heads + head0 + r % group_heads) *
+                                              head_dim + 4 * c4);
+        *(float4 *)(q_tile + r * QS + 4 * c4) = value;
+    }
+}
+
+/* K and V rows k0 .. k0 + 63 (zeros past n_keys and past head_dim): D / 16
+ * independent 16-byte loads of each per thread in flight. column: the
+ * key-value head's first column; kv_stride: floats between key rows. */
+template <int D>
+static __device__ __forceinline__ void pb_tile_load_kv(float *k_tile, float *v_tile, const pb_cuda_attention_job &job,
+                                                       int k0, int n_keys, size_t column, size_t kv_stride, int hd4) {
+    constexpr int KS = D + 4, VS = D;
+#pragma unroll 4
+    for (int it = 0; it < PB_TILE_K * (D / 4) / PB_TILE_THREADS; it++) {
+        const int idx = threadIdx.x + it * PB_TILE_THREADS;
+        const int kk = idx / (D / 4), c4 = idx % (D / 4);
+        const int j = k0 + kk;
+        float4 kv = make_float4(0.0f, 0.0f, 0.0f, 0.0f), vv = kv;
+        if (j < n_keys && c4 < hd4) {
+            const size_t offset = column + 4 * (size_t)c4;
+            const float *ks = j < job.p0 ? job.k_prefix + (size_t)j * kv_stride + offset
+                                         : job.k_new + (size_t)(j - job.p0) * kv_stride + offset;
+            const float *vs = j < job.p0 ? job.v_prefix + (size_t)j * kv_stride + offset
+                                         : job.v_new + (size_t)(j - job.p0) * kv_stride + offset;
+            kv = *(const float4 *)ks;
+            vv = *(const float4 *)vs;
+        }
+        *(float4 *)(k_tile + kk * KS + 4 * c4) = kv;
+        *(float4 *)(v_tile + kk * VS + 4 * c4) = vv;
+    }
+}
+
+/* s = the dot products of rows 4ty+i with keys tx + 16j (not yet scaled: the
+ * reference's order is the dot product, then times scale). */
+template <int D>
+static __device__ __forceinline__ void pb_tile_dot_scores(float (&s)[4][4], const float *q_tile, const float *k_tile,
+                                                          int hd4, int tx, int ty) {
+    constexpr int QS = D + 4, KS = D + 4;
+    for (int i = 0; i < 4; i++)
+        for (int j = 0; j < 4; j++)
+            s[i][j] = 0.0f;
+#pragma unroll 2
+    for (int c4 = 0; c4 < hd4; c4++) {
+        float4 a[4], b[4];
+        for (int i = 0; i < 4; i++)
+            a[i] = *(const float4 *)(q_tile + (4 * ty + i) * QS + 4 * c4);
+        for (int j = 0; j < 4; j++)
+            b[j] = *(const float4 *)(k_tile + (tx + 16 * j) * KS + 4 * c4);
+        for (int i = 0; i < 4; i++)
+            for (int j = 0; j < 4; j++) {
+                s[i][j] += a[i].x * b[j].x;
+                s[i][j] += a[i].y * b[j].y;
+                s[i][j] += a[i].z * b[j].z;
+                s[i][j] += a[i].w * b[j].w;
+            }
+    }
+}
+
+/* Scales and masks the scores (masked: the key tile crosses the diagonal;
+ * keys past n_keys lie past every row's position, so the mask covers them
+ * too), then the online-softmax step: the row maxima over its 16 lanes, the
+ * probabilities p = e^(s - new max) and the correction e^(old max - new max)
+ * the earlier sums and outputs take. running_sum: this lane's share. */
+static __device__ __forceinline__ void pb_tile_online_softmax(float (&s)[4][4], float (&p)[4][4],
+                                                              float (&correction)[4], float (&running_max)[4],
+                                                              float (&running_sum)[4], const int (&position)[4],
+                                                              bool masked, int k0, int tx, float scale) {
+    for (int i = 0; i < 4; i++) {
+        float tile_max = -INFINITY;
+        for (int j = 0; j < 4; j++) {
+            s[i][j] = !masked || k0 + tx + 16 * j <= position[i] ? s[i][j] * scale : -INFINITY;
+            tile_max = fmaxf(tile_max, s[i][j]);
+        }
+        for (int offset = 1; offset < 16; offset *= 2)  // the row's 16 lanes
+            tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, offset));
+        const float new_max = fmaxf(running_max[i], tile_max);
+        /* A row with no key yet keeps its empty state: no exp(-inf - -inf). */
+        correction[i] = new_max == -INFINITY ? 1.0f : expf(running_max[i] - new_max);
+        float sum = 0.0f;
+        for (int j = 0; j < 4; j++) {
+            p[i][j] = new_max == -INFINITY ? 0.0f : expf(s[i][j] - new_max);
+            sum += p[i][j];
+        }
+        running_sum[i] = running_sum[i] * correction[i] + sum;
+        running_max[i] = new_max;
+    }
+}
+
+/* Once every thread's scores have read K, P takes its place: this thread's
+ * 16 probabilities, which the same half-warp reads back (hence __syncwarp). */
+static __device__ __forceinline__ void pb_tile_store_p(float *p_tile, const float (&p)[4][4], int tx, int ty) {
+    __syncthreads();
+    for (int i = 0; i < 4; i++)
+        for (int j = 0; j < 4; j++)
+            p_tile[(4 * ty + i) * PB_TILE_P_STRIDE + tx + 16 * j] = p[i][j];
+    __syncwarp();
+}
+
+/* acc = acc * correction + P V over the keys of the tile at k0, 4 at a time. */
+template <int D>
+static __device__ __forceinline__ void pb_tile_accumulate_pv(float4 (&acc)[4][D / 64], const float (&correction)[4],
+                                                             const float *p_tile, const float *v_tile, int k0,
+                                                             int n_keys, int tx, int ty) {
+    constexpr int VS = D, PS = PB_TILE_P_STRIDE, G = D / 64;
+    for (int i = 0; i < 4; i++)
+        for (int g = 0; g < G; g++) {
+            acc[i][g].x *= correction[i];
+            acc[i][g].y *= correction[i];
+            acc[i][g].z *= correction[i];
+            acc[i][g].w *= correction[i];
+        }
+    const int key_end = min(PB_TILE_K, n_keys - k0);  // past it P is 0 and V is 0
+    for (int kk = 0; kk < key_end; kk += 4) {
+        float4 pr[4];
+        for (int i = 0; i < 4; i++)
+            pr[i] = *(const float4 *)(p_tile + (4 * ty + i) * PS + kk);
+#pragma unroll
+        for (int u = 0; u < 4; u++) {
+            for (int g = 0; g < G; g++) {
+                const float4 v = *(const float4 *)(v_tile + (kk + u) * VS + 4 * tx + 64 * g);
+                for (int i = 0; i < 4; i++) {
+                    const float pu = u == 0 ? pr[i].x : u == 1 ? pr[i].y : u == 2 ? pr[i].z : pr[i].w;
+                    acc[i][g].x += pu * v.x;
+                    acc[i][g].y += pu * v.y;
+                    acc[i][g].z += pu * v.z;
+                    acc[i][g].w += pu * v.w;
+                }
+            }
+        }
+    }
+}
+
+/* out rows of this thread: acc divided by the row's sum over its 16 lanes
+ * (no key at all: zeros); rows past n_pos are not written. */
+template <int D>
+static __device__ __forceinline__ void pb_tile_write_output(float *out, const float4 (&acc)[4][D / 64],
+                                                            const float (&running_sum)[4],
+                                                            const pb_cuda_attention_job &job, int t0, int n_pos,
+                                                            int n_heads, int head0, int group_heads, int head_dim,
+                                                            int tx, int ty) {
+    constexpr int G = D / 64;
+    for (int i = 0; i < 4; i++) {
+        float total = running_sum[i];
+        for (int offset = 1; offset < 16; offset *= 2)
+            total += __shfl_xor_sync(0xffffffffu, total, offset);
+        const int r = 4 * ty + i, pos = r / group_heads;
+        if (pos >= n_pos)
+            continue;
+        float *dst = out + (((size_t)job.q_row + t0 + pos) * n_heads + head0 + r % group_heads) * head_dim;
+        const float inv = total == 0.0f ? 0.0f : 1.0f / total;
+        for (int g = 0; g < G; g++) {
+            const int col = 4 * tx + 64 * g;
+            if (col < head_dim)
+                *(float4 *)(dst + col) = make_float4(acc[i][g].x * inv, acc[i][g].y * inv, acc[i][g].z * inv,
+                                                     acc[i][g].w * inv);
+        }
+    }
+}
+
 /* grid (tiles of the launch, n_heads / group_heads), block PB_TILE_THREADS,
  * dynamic shared memory pb_cuda_attention_tiled_shared_bytes(head_dim);
  * D = pb_tile_padded_head_dim(head_dim).
@@ -96,12 +274,12 @@ template <int D>
 static __global__ void __launch_bounds__(PB_TILE_THREADS, D <= 128 ? 2 : 1)
     pb_attention_tiled_kernel(float *out, const float *q, const __grid_constant__ pb_cuda_attention_batch jobs,
                               int n_heads, int n_kv_heads, int head_dim, int group_heads, float scale) {
-    constexpr int QS = D + 4, KS = D + 4, VS = D, PS = PB_TILE_P_STRIDE, G = D / 64;
+    constexpr int QS = D + 4, KS = D + 4, G = D / 64;
     extern __shared__ float4 shared4[];
     float *q_tile = (float *)shared4;               // (ROWS, QS)
     float *k_tile = q_tile + PB_TILE_ROWS * QS;     // (TILE_K, KS)
-    float *p_tile = k_tile;                         // (ROWS, PS), once the scores are read
-    float *v_tile = k_tile + PB_TILE_K * KS;        // (TILE_K, VS)
+    float *p_tile = k_tile;                         // (ROWS, PB_TILE_P_STRIDE), once the scores are read
+    float *v_tile = k_tile + PB_TILE_K * KS;        // (TILE_K, D)
 
     const int head0 = blockIdx.y * group_heads;
     const pb_cuda_attention_job &job = jobs.job[pb_cuda_find_job(jobs, blockIdx.x, 1)];
@@ -122,18 +300,7 @@ static __global__ void __launch_bounds__(PB_TILE_THREADS, D <= 128 ? 2 : 1)
     const int tx = tid % 16;  // keys tx + 16j; output columns 4tx + 64g
     const int ty = tid / 16;  // rows 4ty .. 4ty + 3 (a half-warp per ty)
 
-    /* Q tile: row r = (position r / group_heads, head head0 + r % group_heads),
-     * whose group_heads heads lie side by side in q. Rows past n_pos zero
-     * (their results are never written). */
-    for (int idx = tid; idx < PB_TILE_ROWS * hd4; idx += PB_TILE_THREADS) {
-        const int r = idx / hd4, c4 = idx % hd4;
-        const int pos = r / group_heads;
-        float4 value = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        if (pos < n_pos)
-            value = *(const float4 *)(q + (((size_t)job.q_row + t0 + pos) * n_heads + head0 + r % group_heads) *
-                                              head_dim + 4 * c4);
-        *(float4 *)(q_tile + r * QS + 4 * c4) = value;
-    }
+    pb_tile_load_q<D>(q_tile, q, job, t0, n_pos, n_heads, head0, group_heads, head_dim);
 
     int position[4];  // query position of each of this thread's rows
     for (int i = 0; i < 4; i++)
@@ -151,123 +318,19 @@ static __global__ void __launch_bounds__(PB_TILE_THREADS, D <= 128 ? 2 : 1)
         /* Nobody still reads the last tile's P (in K's place) or V, and the Q
          * tile is complete the first time round. */
         __syncthreads();
-        /* K and V rows k0 .. k0 + 63 (zeros past n_keys and past head_dim):
-         * D / 16 independent 16-byte loads of each per thread in flight. */
-#pragma unroll 4
-        for (int it = 0; it < PB_TILE_K * (D / 4) / PB_TILE_THREADS; it++) {
-            const int idx = tid + it * PB_TILE_THREADS;
-            const int kk = idx / (D / 4), c4 = idx % (D / 4);
-            const int j = k0 + kk;
-            float4 kv = make_float4(0.0f, 0.0f, 0.0f, 0.0f), vv = kv;
-            if (j < n_keys && c4 < hd4) {
-                const size_t offset = column + 4 * (size_t)c4;
-                const float *ks = j < job.p0 ? job.k_prefix + (size_t)j * kv_stride + offset
-                                             : job.k_new + (size_t)(j - job.p0) * kv_stride + offset;
-                const float *vs = j < job.p0 ? job.v_prefix + (size_t)j * kv_stride + offset
-                                             : job.v_new + (size_t)(j - job.p0) * kv_stride + offset;
-                kv = *(const float4 *)ks;
-                vv = *(const float4 *)vs;
-            }
-            *(float4 *)(k_tile + kk * KS + 4 * c4) = kv;
-            *(float4 *)(v_tile + kk * VS + 4 * c4) = vv;
-        }
+        pb_tile_load_kv<D>(k_tile, v_tile, job, k0, n_keys, column, kv_stride, hd4);
         __syncthreads();
 
-        /* Scores of rows 4ty+i against keys tx + 16j, in the reference's
-         * order: the dot product, then times scale. */
-        float s[4][4];
-        for (int i = 0; i < 4; i++)
-            for (int j = 0; j < 4; j++)
-                s[i][j] = 0.0f;
-#pragma unroll 2
-        for (int c4 = 0; c4 < hd4; c4++) {
-            float4 a[4], b[4];
-            for (int i = 0; i < 4; i++)
-                a[i] = *(const float4 *)(q_tile + (4 * ty + i) * QS + 4 * c4);
-            for (int j = 0; j < 4; j++)
-                b[j] = *(const float4 *)(k_tile + (tx + 16 * j) * KS + 4 * c4);
-            for (int i = 0; i < 4; i++)
-                for (int j = 0; j < 4; j++) {
-                    s[i][j] += a[i].x * b[j].x;
-                    s[i][j] += a[i].y * b[j].y;
-                    s[i][j] += a[i].z * b[j].z;
-                    s[i][j] += a[i].w * b[j].w;
-                }
-        }
-        /* Causal mask only on tiles that cross the diagonal; keys past
-         * n_keys lie past every row's position, so it covers them too. */
+        float s[4][4], p[4][4], correction[4];
+        pb_tile_dot_scores<D>(s, q_tile, k_tile, hd4, tx, ty);
+        /* Causal mask only on tiles that cross the diagonal. */
         const bool masked = k0 + PB_TILE_K - 1 > first_position;
-        float p[4][4], correction[4];
-        for (int i = 0; i < 4; i++) {
-            float tile_max = -INFINITY;
-            for (int j = 0; j < 4; j++) {
-                s[i][j] = !masked || k0 + tx + 16 * j <= position[i] ? s[i][j] * scale : -INFINITY;
-                tile_max = fmaxf(tile_max, s[i][j]);
-            }
-            for (int offset = 1; offset < 16; offset *= 2)  // the row's 16 lanes
-                tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, offset));
-            const float new_max = fmaxf(running_max[i], tile_max);
-            /* A row with no key yet keeps its empty state: no exp(-inf - -inf). */
-            correction[i] = new_max == -INFINITY ? 1.0f : expf(running_max[i] - new_max);
-            float sum = 0.0f;
-            for (int j = 0; j < 4; j++) {
-                p[i][j] = new_max == -INFINITY ? 0.0f : expf(s[i][j] - new_max);
-                sum += p[i][j];
-            }
-            running_sum[i] = running_sum[i] * correction[i] + sum;
-            running_max[i] = new_max;
-        }
-        __syncthreads();  // every thread's scores have read K: P takes its place
-        for (int i = 0; i < 4; i++)
-            for (int j = 0; j < 4; j++)
-                p_tile[(4 * ty + i) * PS + tx + 16 * j] = p[i][j];
-        __syncwarp();  // a row's probabilities, written by its 16 lanes, are read by the same 16
-
-        /* acc = acc * correction + P V over this tile's keys, 4 at a time. */
-        for (int i = 0; i < 4; i++)
-            for (int g = 0; g < G; g++) {
-                acc[i][g].x *= correction[i];
-                acc[i][g].y *= correction[i];
-                acc[i][g].z *= correction[i];
-                acc[i][g].w *= correction[i];
-            }
-        const int key_end = min(PB_TILE_K, n_keys - k0);  // past it P is 0 and V is 0
-        for (int kk = 0; kk < key_end; kk += 4) {
-            float4 pr[4];
-            for (int i = 0; i < 4; i++)
-                pr[i] = *(const float4 *)(p_tile + (4 * ty + i) * PS + kk);
-#pragma unroll
-            for (int u = 0; u < 4; u++) {
-                for (int g = 0; g < G; g++) {
-                    const float4 v = *(const float4 *)(v_tile + (kk + u) * VS + 4 * tx + 64 * g);
-                    for (int i = 0; i < 4; i++) {
-                        const float pu = u == 0 ? pr[i].x : u == 1 ? pr[i].y : u == 2 ? pr[i].z : pr[i].w;
-                        acc[i][g].x += pu * v.x;
-                        acc[i][g].y += pu * v.y;
-                        acc[i][g].z += pu * v.z;
-                        acc[i][g].w += pu * v.w;
-                    }
-                }
-            }
-        }
+        pb_tile_online_softmax(s, p, correction, running_max, running_sum, position, masked, k0, tx, scale);
+        pb_tile_store_p(p_tile, p, tx, ty);
+        pb_tile_accumulate_pv<D>(acc, correction, p_tile, v_tile, k0, n_keys, tx, ty);
     }
 
-    for (int i = 0; i < 4; i++) {
-        float total = running_sum[i];
-        for (int offset = 1; offset < 16; offset *= 2)
-            total += __shfl_xor_sync(0xffffffffu, total, offset);
-        const int r = 4 * ty + i, pos = r / group_heads;
-        if (pos >= n_pos)
-            continue;
-        float *dst = out + (((size_t)job.q_row + t0 + pos) * n_heads + head0 + r % group_heads) * head_dim;
-        const float inv = total == 0.0f ? 0.0f : 1.0f / total;  // no key at all: zeros
-        for (int g = 0; g < G; g++) {
-            const int col = 4 * tx + 64 * g;
-            if (col < head_dim)
-                *(float4 *)(dst + col) = make_float4(acc[i][g].x * inv, acc[i][g].y * inv, acc[i][g].z * inv,
-                                                     acc[i][g].w * inv);
-        }
-    }
+    pb_tile_write_output<D>(out, acc, running_sum, job, t0, n_pos, n_heads, head0, group_heads, head_dim, tx, ty);
 }
 
 template <int D>

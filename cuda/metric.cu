@@ -54,21 +54,18 @@ static __device__ __forceinline__ bool pb_metric_member(const unsigned *bitmap, 
     return (bitmap[column / 32] >> (column % 32)) & 1u;
 }
 
-/* grid (rows), block PB_CUDA_BLOCK; dynamic shared memory: the bitmap,
- * (n_out + 31) / 32 words, for logprob and refusal_score.
- * out (rows); logits (rows, n_out); positive (n_positive); negative
- * (n_negative); ref_logprobs (n_ref, n_out); ref_row (rows). */
-static __global__ void pb_metric_kernel(double *out, const float *logits, int n_out, int kind,
-                                        const int32_t *positive, int n_positive, const int32_t *negative,
-                                        int n_negative, const double *ref_logprobs, const int32_t *ref_row,
-                                        int n_ref) {
-    extern __shared__ unsigned bitmap[];  // ((n_out + 31) / 32)
-    __shared__ double scratch[PB_CUDA_WARP + 1];
-    const size_t row = blockIdx.x;
-    const float *x = logits + row * (size_t)n_out;  // (n_out)
-    const bool uses_set = kind == PB_METRIC_LOGPROB || kind == PB_METRIC_REFUSAL_SCORE;
+/* The steps of pb_metric_kernel. Every thread of the block calls each of them
+ * (the ones that reduce synchronise); scratch is the kernel's PB_CUDA_WARP + 1
+ * doubles for pb_metric_block_reduce. */
 
-    /* Pass 0: a non-finite logit or an index outside the row gives NaN. */
+/* Pass 0: whether the row's result is NaN, the same on every thread: a
+ * non-finite logit, an index outside the row, or (kl) a reference row
+ * outside ref_logprobs. */
+static __device__ __forceinline__ bool pb_metric_row_is_bad(const float *x, int n_out, int kind,
+                                                            const int32_t *positive, int n_positive,
+                                                            const int32_t *negative, int n_negative,
+                                                            const int32_t *ref_row, size_t row, int n_ref,
+                                                            double *scratch) {
     double bad = 0.0;
     for (int v = threadIdx.x; v < n_out; v += blockDim.x)
         if (!isfinite(x[v]))
@@ -82,37 +79,45 @@ static __global__ void pb_metric_kernel(double *out, const float *logits, int n_
     if (kind == PB_METRIC_KL && threadIdx.x == 0 && (ref_row[row] < 0 || ref_row[row] >= n_ref))
         bad = 1.0;
     bad = pb_metric_block_reduce(bad, true, scratch);
-    if (bad != 0.0) { /* block-uniform: the whole block leaves */
-        if (threadIdx.x == 0)
-            out[row] = NAN;
-        return;
-    }
+    return bad != 0.0;
+}
 
-    if (kind == PB_METRIC_LOGIT_DIFF) {
-        /* A handful of columns: one thread, metric.c's order. */
-        if (threadIdx.x == 0) {
-            double pos = 0.0, neg = 0.0;
-            for (int i = 0; i < n_positive; i++)
-                pos += x[positive[i]];
-            for (int i = 0; i < n_negative; i++)
-                neg += x[negative[i]];
-            out[row] = pos / n_positive - neg / n_negative;
-        }
-        return;
+/* logit_diff: a handful of columns, read by one thread in metric.c's order. */
+static __device__ __forceinline__ void pb_metric_logit_diff(double *out_row, const float *x, const int32_t *positive,
+                                                            int n_positive, const int32_t *negative,
+                                                            int n_negative) {
+    if (threadIdx.x == 0) {
+        double pos = 0.0, neg = 0.0;
+        for (int i = 0; i < n_positive; i++)
+            pos += x[positive[i]];
+        for (int i = 0; i < n_negative; i++)
+            neg += x[negative[i]];
+        *out_row = pos / n_positive - neg / n_negative;
     }
+}
 
-    if (uses_set) {
-        const int words = n_out / 32 + (n_out % 32 != 0);
-        for (int w = threadIdx.x; w < words; w += blockDim.x)
-            bitmap[w] = 0u;
-        __syncthreads();
-        /* repeated ids set the same bit: the set is the distinct ids */
-        for (int i = threadIdx.x; i < n_positive; i += blockDim.x)
-            atomicOr(&bitmap[positive[i] / 32], 1u << (positive[i] % 32));
-        __syncthreads();
-    }
+/* The token set as a bitmap of the row's n_out columns. */
+static __device__ __forceinline__ void pb_metric_fill_bitmap(unsigned *bitmap, int n_out, const int32_t *positive,
+                                                             int n_positive) {
+    const int words = n_out / 32 + (n_out % 32 != 0);
+    for (int w = threadIdx.x; w < words; w += blockDim.x)
+        bitmap[w] = 0u;
+    __syncthreads();
+    /* repeated ids set the same bit: the set is the distinct ids */
+    for (int i = threadIdx.x; i < n_positive; i += blockDim.x)
+        atomicOr(&bitmap[positive[i] / 32], 1u << (positive[i] % 32));
+    __syncthreads();
+}
 
-    /* Pass 1: maxima over all columns, the set, and the rest. */
+/* A value for all columns, the token set, and the rest (set and rest only
+ * when the kind uses a set). */
+struct pb_metric_parts {
+    double all, set, rest;
+};
+
+/* Pass 1: maxima over all columns, the set, and the rest. */
+static __device__ __forceinline__ pb_metric_parts pb_metric_maxima(const float *x, int n_out, bool uses_set,
+                                                                   const unsigned *bitmap, double *scratch) {
     double max_all = -INFINITY, max_set = -INFINITY, max_rest = -INFINITY;
     for (int v = threadIdx.x; v < n_out; v += blockDim.x) {
         const double value = x[v];
@@ -129,19 +134,24 @@ static __global__ void pb_metric_kernel(double *out, const float *logits, int n_
         max_set = pb_metric_block_reduce(max_set, true, scratch);
         max_rest = pb_metric_block_reduce(max_rest, true, scratch);
     }
+    return pb_metric_parts{max_all, max_set, max_rest};
+}
 
-    /* Pass 2: sums of e^(x - max) of each part. An empty part (the rest,
-     * when the set is every column) adds nothing: its log-sum-exp is
-     * -inf + log 0 = -inf, as in metric.c. */
+/* Pass 2: sums of e^(x - max) of each part. An empty part (the rest, when
+ * the set is every column) adds nothing: its log-sum-exp is -inf + log 0 =
+ * -inf, as in metric.c. */
+static __device__ __forceinline__ pb_metric_parts pb_metric_exp_sums(const float *x, int n_out, bool uses_set,
+                                                                     const unsigned *bitmap, pb_metric_parts max,
+                                                                     double *scratch) {
     double sum_all = 0.0, sum_set = 0.0, sum_rest = 0.0;
     for (int v = threadIdx.x; v < n_out; v += blockDim.x) {
         const double value = x[v];
-        sum_all += exp(value - max_all);
+        sum_all += exp(value - max.all);
         if (uses_set) {
             if (pb_metric_member(bitmap, v))
-                sum_set += exp(value - max_set);
+                sum_set += exp(value - max.set);
             else
-                sum_rest += exp(value - max_rest);
+                sum_rest += exp(value - max.rest);
         }
     }
     sum_all = pb_metric_block_reduce(sum_all, false, scratch);
@@ -149,25 +159,63 @@ static __global__ void pb_metric_kernel(double *out, const float *logits, int n_
         sum_set = pb_metric_block_reduce(sum_set, false, scratch);
         sum_rest = pb_metric_block_reduce(sum_rest, false, scratch);
     }
-    const double lse_all = max_all + log(sum_all);
+    return pb_metric_parts{sum_all, sum_set, sum_rest};
+}
 
-    if (kind == PB_METRIC_LOGPROB || kind == PB_METRIC_REFUSAL_SCORE) {
-        if (threadIdx.x == 0) {
-            const double lse_set = max_set + log(sum_set);
-            out[row] = kind == PB_METRIC_LOGPROB ? lse_set - lse_all : lse_set - (max_rest + log(sum_rest));
-        }
-        return;
-    }
-
-    /* Pass 3 (kl): sum over p_ref > 0 of p_ref (log p_ref - log p). */
-    const double *ref = ref_logprobs + (size_t)ref_row[row] * (size_t)n_out;  // (n_out)
+/* Pass 3 (kl): sum over p_ref > 0 of p_ref (log p_ref - log p), returned to
+ * every thread. ref: the row's reference log-probabilities (n_out). */
+static __device__ __forceinline__ double pb_metric_kl_sum(const float *x, const double *ref, int n_out, double lse_all,
+                                                          double *scratch) {
     double kl = 0.0;
     for (int v = threadIdx.x; v < n_out; v += blockDim.x) {
         const double p = exp(ref[v]);
         if (p > 0.0)
             kl += p * (ref[v] - ((double)x[v] - lse_all));
     }
-    kl = pb_metric_block_reduce(kl, false, scratch);
+    return pb_metric_block_reduce(kl, false, scratch);
+}
+
+/* grid (rows), block PB_CUDA_BLOCK; dynamic shared memory: the bitmap,
+ * (n_out + 31) / 32 words, for logprob and refusal_score.
+ * out (rows); logits (rows, n_out); positive (n_positive); negative
+ * (n_negative); ref_logprobs (n_ref, n_out); ref_row (rows). */
+static __global__ void pb_metric_kernel(double *out, const float *logits, int n_out, int kind,
+                                        const int32_t *positive, int n_positive, const int32_t *negative,
+                                        int n_negative, const double *ref_logprobs, const int32_t *ref_row,
+                                        int n_ref) {
+    extern __shared__ unsigned bitmap[];  // ((n_out + 31) / 32)
+    __shared__ double scratch[PB_CUDA_WARP + 1];
+    const size_t row = blockIdx.x;
+    const float *x = logits + row * (size_t)n_out;  // (n_out)
+    const bool uses_set = kind == PB_METRIC_LOGPROB || kind == PB_METRIC_REFUSAL_SCORE;
+
+    if (pb_metric_row_is_bad(x, n_out, kind, positive, n_positive, negative, n_negative, ref_row, row, n_ref,
+                             scratch)) { /* block-uniform: the whole block leaves */
+        if (threadIdx.x == 0)
+            out[row] = NAN;
+        return;
+    }
+    if (kind == PB_METRIC_LOGIT_DIFF) {
+        pb_metric_logit_diff(&out[row], x, positive, n_positive, negative, n_negative);
+        return;
+    }
+
+    if (uses_set)
+        pb_metric_fill_bitmap(bitmap, n_out, positive, n_positive);
+    const pb_metric_parts max = pb_metric_maxima(x, n_out, uses_set, bitmap, scratch);
+    const pb_metric_parts sum = pb_metric_exp_sums(x, n_out, uses_set, bitmap, max, scratch);
+    const double lse_all = max.all + log(sum.all);
+
+    if (kind == PB_METRIC_LOGPROB || kind == PB_METRIC_REFUSAL_SCORE) {
+        if (threadIdx.x == 0) {
+            const double lse_set = max.set + log(sum.set);
+            out[row] = kind == PB_METRIC_LOGPROB ? lse_set - lse_all : lse_set - (max.rest + log(sum.rest));
+        }
+        return;
+    }
+
+    const double *ref = ref_logprobs + (size_t)ref_row[row] * (size_t)n_out;  // (n_out)
+    const double kl = pb_metric_kl_sum(x, ref, n_out, lse_all, scratch);
     if (threadIdx.x == 0)
         out[row] = kl;
 }
