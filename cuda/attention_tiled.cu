@@ -104,8 +104,9 @@ static __device__ __forceinline__ void pb_tile_load_q(float *q_tile, const float
         const int pos = r / group_heads;
         float4 value = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
         if (pos < n_pos)
-            value = *(const float4 *)(q + (((size_t)job.q_row + t0 + pos) * n_heads + head0 + r % group_heads) *
-                                              head_dim + 4 * c4);
+            value = *(const float4 *)(q +
+                                      (((size_t)job.q_row + t0 + pos) * n_heads + head0 + r % group_heads) * head_dim +
+                                      4 * c4);
         *(float4 *)(q_tile + r * QS + 4 * c4) = value;
     }
 }
@@ -240,11 +241,10 @@ static __device__ __forceinline__ void pb_tile_accumulate_pv(float4 (&acc)[4][D 
 /* out rows of this thread: acc divided by the row's sum over its 16 lanes
  * (no key at all: zeros); rows past n_pos are not written. */
 template <int D>
-static __device__ __forceinline__ void pb_tile_write_output(float *out, const float4 (&acc)[4][D / 64],
-                                                            const float (&running_sum)[4],
-                                                            const pb_cuda_attention_job &job, int t0, int n_pos,
-                                                            int n_heads, int head0, int group_heads, int head_dim,
-                                                            int tx, int ty) {
+static __device__ __forceinline__ void
+pb_tile_write_output(float *out, const float4 (&acc)[4][D / 64], const float (&running_sum)[4],
+                     const pb_cuda_attention_job &job, int t0, int n_pos, int n_heads, int head0, int group_heads,
+                     int head_dim, int tx, int ty) {
     constexpr int G = D / 64;
     for (int i = 0; i < 4; i++) {
         float total = running_sum[i];
@@ -276,10 +276,10 @@ static __global__ void __launch_bounds__(PB_TILE_THREADS, D <= 128 ? 2 : 1)
                               int n_heads, int n_kv_heads, int head_dim, int group_heads, float scale) {
     constexpr int QS = D + 4, KS = D + 4, G = D / 64;
     extern __shared__ float4 shared4[];
-    float *q_tile = (float *)shared4;               // (ROWS, QS)
-    float *k_tile = q_tile + PB_TILE_ROWS * QS;     // (TILE_K, KS)
-    float *p_tile = k_tile;                         // (ROWS, PB_TILE_P_STRIDE), once the scores are read
-    float *v_tile = k_tile + PB_TILE_K * KS;        // (TILE_K, D)
+    float *q_tile = (float *)shared4;            // (ROWS, QS)
+    float *k_tile = q_tile + PB_TILE_ROWS * QS;  // (TILE_K, KS)
+    float *p_tile = k_tile;                      // (ROWS, PB_TILE_P_STRIDE), once the scores are read
+    float *v_tile = k_tile + PB_TILE_K * KS;     // (TILE_K, D)
 
     const int head0 = blockIdx.y * group_heads;
     const pb_cuda_attention_job &job = jobs.job[pb_cuda_find_job(jobs, blockIdx.x, 1)];
@@ -293,8 +293,8 @@ static __global__ void __launch_bounds__(PB_TILE_THREADS, D <= 128 ? 2 : 1)
     const int hd4 = head_dim / 4;
     const size_t kv_stride = (size_t)n_kv_heads * head_dim;
     const size_t column = (size_t)kv_head * head_dim;
-    const int first_position = job.p0 + t0;        // the tile's first query attends keys 0 .. first_position
-    const int n_keys = job.p0 + t0 + n_pos;        // keys any row of the tile attends
+    const int first_position = job.p0 + t0;  // the tile's first query attends keys 0 .. first_position
+    const int n_keys = job.p0 + t0 + n_pos;  // keys any row of the tile attends
 
     const int tid = threadIdx.x;
     const int tx = tid % 16;  // keys tx + 16j; output columns 4tx + 64g
@@ -344,7 +344,8 @@ static cudaError_t pb_launch_tiled(cudaStream_t stream, float *out, const float 
     if (shared_bytes > 48 * 1024) {
         /* Past 48 KiB a kernel must opt in; the caller checked the device's
          * limit (cudaDevAttrMaxSharedMemoryPerBlockOptin). */
-        const cudaError_t error = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)shared_bytes);
+        const cudaError_t error = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                       (int)shared_bytes);
         if (error != cudaSuccess)
             return error;
     }
@@ -355,7 +356,8 @@ static cudaError_t pb_launch_tiled(cudaStream_t stream, float *out, const float 
         if (tiles == 0)
             continue;
         const dim3 grid((unsigned)tiles, (unsigned)(n_heads / group_heads));
-        kernel<<<grid, PB_TILE_THREADS, shared_bytes, stream>>>(out, q, batch, n_heads, n_kv_heads, head_dim, group_heads, scale);
+        kernel<<<grid, PB_TILE_THREADS, shared_bytes, stream>>>(out, q, batch, n_heads, n_kv_heads, head_dim,
+                                                                group_heads, scale);
         const cudaError_t error = cudaGetLastError();
         if (error != cudaSuccess)
             return error;
@@ -364,14 +366,11 @@ static cudaError_t pb_launch_tiled(cudaStream_t stream, float *out, const float 
 }
 
 cudaError_t pb_cuda_launch_attention_tiled(cudaStream_t stream, float *out, const float *q,
-                                           const pb_cuda_attention_job *jobs, int n_jobs, int n_heads,
-                                           int n_kv_heads, int head_dim) {
+                                           const pb_cuda_attention_job *jobs, int n_jobs, int n_heads, int n_kv_heads,
+                                           int head_dim) {
     switch (pb_tile_padded_head_dim(head_dim)) {
-    case 64:
-        return pb_launch_tiled<64>(stream, out, q, jobs, n_jobs, n_heads, n_kv_heads, head_dim);
-    case 128:
-        return pb_launch_tiled<128>(stream, out, q, jobs, n_jobs, n_heads, n_kv_heads, head_dim);
-    default:
-        return pb_launch_tiled<256>(stream, out, q, jobs, n_jobs, n_heads, n_kv_heads, head_dim);
+    case 64: return pb_launch_tiled<64>(stream, out, q, jobs, n_jobs, n_heads, n_kv_heads, head_dim);
+    case 128: return pb_launch_tiled<128>(stream, out, q, jobs, n_jobs, n_heads, n_kv_heads, head_dim);
+    default: return pb_launch_tiled<256>(stream, out, q, jobs, n_jobs, n_heads, n_kv_heads, head_dim);
     }
 }

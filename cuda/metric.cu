@@ -84,8 +84,7 @@ static __device__ __forceinline__ bool pb_metric_row_is_bad(const float *x, int 
 
 /* logit_diff: a handful of columns, read by one thread in metric.c's order. */
 static __device__ __forceinline__ void pb_metric_logit_diff(double *out_row, const float *x, const int32_t *positive,
-                                                            int n_positive, const int32_t *negative,
-                                                            int n_negative) {
+                                                            int n_positive, const int32_t *negative, int n_negative) {
     if (threadIdx.x == 0) {
         double pos = 0.0, neg = 0.0;
         for (int i = 0; i < n_positive; i++)
@@ -179,10 +178,9 @@ static __device__ __forceinline__ double pb_metric_kl_sum(const float *x, const 
  * (n_out + 31) / 32 words, for logprob and refusal_score.
  * out (rows); logits (rows, n_out); positive (n_positive); negative
  * (n_negative); ref_logprobs (n_ref, n_out); ref_row (rows). */
-static __global__ void pb_metric_kernel(double *out, const float *logits, int n_out, int kind,
-                                        const int32_t *positive, int n_positive, const int32_t *negative,
-                                        int n_negative, const double *ref_logprobs, const int32_t *ref_row,
-                                        int n_ref) {
+static __global__ void pb_metric_kernel(double *out, const float *logits, int n_out, int kind, const int32_t *positive,
+                                        int n_positive, const int32_t *negative, int n_negative,
+                                        const double *ref_logprobs, const int32_t *ref_row, int n_ref) {
     extern __shared__ unsigned bitmap[];  // ((n_out + 31) / 32)
     __shared__ double scratch[PB_CUDA_WARP + 1];
     const size_t row = blockIdx.x;
@@ -249,8 +247,7 @@ pb_status pb_cuda_metric_rows(pb_backend *backend, double *out, const float *log
         positive = negative = NULL;
         n_positive = n_negative = 0;
         break;
-    default:
-        return pb_fail(PB_ERR_UNSUPPORTED, "cuda metric_rows: metric kind %d is computed on the host", (int)kind);
+    default: return pb_fail(PB_ERR_UNSUPPORTED, "cuda metric_rows: metric kind %d is computed on the host", (int)kind);
     }
     if (rows == 0)
         return PB_OK;
