@@ -353,6 +353,25 @@ static pb_status pb_gguf_parse_value(pb_gguf_parser *p, pb_gguf_kv *kv, int64_t 
     return PB_OK;
 }
 
+/* A length-prefixed name (a kv's key, a tensor's name) in place: raw and len
+ * point into the file, printable gets its printable form. Messages name the
+ * owner ("kv 3"), the field ("key") and what an empty one is called. */
+static pb_status pb_gguf_take_name(pb_gguf_parser *p, const char *owner, long long index, const char *field,
+                                   const char *empty, const char **raw, size_t *len, char printable[PB_GGUF_NAME_BUF]) {
+    PB_TRY(pb_gguf_need(p, 8, "%s %lld %s length", owner, index, field));
+    uint64_t n = pb_gguf_take_u64(p);
+    if (n == 0)
+        return pb_gguf_parse_fail(p, "%s %lld: %s", owner, index, empty);
+    PB_TRY(pb_gguf_need(p, n, "%s %lld %s (length %llu)", owner, index, field, (unsigned long long)n));
+    *raw = (const char *)p->base + p->pos;
+    *len = (size_t)n;
+    p->pos += *len;
+    pb_gguf_printable(printable, *raw, *len);
+    if (memchr(*raw, '\0', *len))
+        return pb_gguf_parse_fail(p, "%s %lld: %s '%s' contains a NUL byte", owner, index, field, printable);
+    return PB_OK;
+}
+
 static pb_status pb_gguf_parse_kvs(pb_gguf_parser *p, uint64_t n_kv) {
     pb_gguf *g = p->gguf;
     size_t kv_cap = 0, strings_cap = 0;
@@ -362,17 +381,7 @@ static pb_status pb_gguf_parse_kvs(pb_gguf_parser *p, uint64_t n_kv) {
         PB_TRY(pb_gguf_reserve((void **)&g->kvs, &kv_cap, (size_t)i + 1, sizeof *g->kvs));
         pb_gguf_kv *kv = &g->kvs[i];
         memset(kv, 0, sizeof *kv);
-        PB_TRY(pb_gguf_need(p, 8, "kv %lld key length", li));
-        uint64_t key_len = pb_gguf_take_u64(p);
-        if (key_len == 0)
-            return pb_gguf_parse_fail(p, "kv %lld: empty key", li);
-        PB_TRY(pb_gguf_need(p, key_len, "kv %lld key (length %llu)", li, (unsigned long long)key_len));
-        kv->key = (const char *)p->base + p->pos;
-        kv->key_len = (size_t)key_len;
-        p->pos += kv->key_len;
-        pb_gguf_printable(key, kv->key, kv->key_len);
-        if (memchr(kv->key, '\0', kv->key_len))
-            return pb_gguf_parse_fail(p, "kv %lld: key '%s' contains a NUL byte", li, key);
+        PB_TRY(pb_gguf_take_name(p, "kv", li, "key", "empty key", &kv->key, &kv->key_len, key));
         PB_TRY(pb_gguf_need(p, 4, "kv %lld ('%s') value type", li, key));
         kv->type = pb_gguf_take_u32(p);
         g->n_kv = (int64_t)i + 1;
@@ -398,16 +407,9 @@ static pb_status pb_gguf_parse_tensor_infos(pb_gguf_parser *p, uint64_t n_tensor
         PB_TRY(pb_gguf_reserve((void **)extra, &extra_cap, (size_t)i + 1, sizeof **extra));
         pb_gguf_tensor *t = &g->tensors[i];
         memset(t, 0, sizeof *t);
-        PB_TRY(pb_gguf_need(p, 8, "tensor %lld name length", li));
-        uint64_t name_len = pb_gguf_take_u64(p);
-        if (name_len == 0)
-            return pb_gguf_parse_fail(p, "tensor %lld: empty tensor name", li);
-        PB_TRY(pb_gguf_need(p, name_len, "tensor %lld name (length %llu)", li, (unsigned long long)name_len));
-        const char *raw_name = (const char *)p->base + p->pos;
-        p->pos += (size_t)name_len;
-        pb_gguf_printable(name, raw_name, (size_t)name_len);
-        if (memchr(raw_name, '\0', (size_t)name_len))
-            return pb_gguf_parse_fail(p, "tensor %lld: name '%s' contains a NUL byte", li, name);
+        const char *raw_name;
+        size_t name_len;
+        PB_TRY(pb_gguf_take_name(p, "tensor", li, "name", "empty tensor name", &raw_name, &name_len, name));
         /* Points into the file until the names are copied out below. */
         t->name = raw_name;
         (*extra)[i].name_len = (size_t)name_len;
@@ -789,22 +791,34 @@ pb_status pb_gguf_get_float(const pb_gguf *gguf, const char *key, double *out) {
     return PB_OK;
 }
 
+/* Which elements an array getter accepts. */
+typedef enum { PB_GGUF_ELEMENTS_ANY, PB_GGUF_ELEMENTS_STRING, PB_GGUF_ELEMENTS_NUMERIC } pb_gguf_elements;
+
+/* pb_gguf_require, then the getter's second output (second_name, NULL when
+ * it has none) and the key's type: what every typed getter checks first. */
+static pb_status pb_gguf_require_type(const pb_gguf *gguf, const char *key, const void *out, const void *second,
+                                      const char *second_name, pb_gguf_value_type type, pb_gguf_elements elements,
+                                      const char *expected, const pb_gguf_kv **kv) {
+    PB_TRY(pb_gguf_require(gguf, key, out, kv));
+    if (second_name && !second)
+        return pb_fail(PB_ERR_ARG, "gguf: get '%s': %s is NULL", key, second_name);
+    int elements_ok = elements == PB_GGUF_ELEMENTS_ANY ||
+                      (elements == PB_GGUF_ELEMENTS_STRING) == ((*kv)->elem_type == PB_GGUF_STRING);
+    if ((*kv)->type != type || !elements_ok)
+        return pb_gguf_wrong_type(key, *kv, expected);
+    return PB_OK;
+}
+
 pb_status pb_gguf_get_bool(const pb_gguf *gguf, const char *key, int *out) {
     const pb_gguf_kv *kv;
-    PB_TRY(pb_gguf_require(gguf, key, out, &kv));
-    if (kv->type != PB_GGUF_BOOL)
-        return pb_gguf_wrong_type(key, kv, "bool");
+    PB_TRY(pb_gguf_require_type(gguf, key, out, NULL, NULL, PB_GGUF_BOOL, PB_GGUF_ELEMENTS_ANY, "bool", &kv));
     *out = kv->value[0];
     return PB_OK;
 }
 
 pb_status pb_gguf_get_string(const pb_gguf *gguf, const char *key, const char **data, size_t *len) {
     const pb_gguf_kv *kv;
-    PB_TRY(pb_gguf_require(gguf, key, data, &kv));
-    if (!len)
-        return pb_fail(PB_ERR_ARG, "gguf: get '%s': len is NULL", key);
-    if (kv->type != PB_GGUF_STRING)
-        return pb_gguf_wrong_type(key, kv, "string");
+    PB_TRY(pb_gguf_require_type(gguf, key, data, len, "len", PB_GGUF_STRING, PB_GGUF_ELEMENTS_ANY, "string", &kv));
     *data = (const char *)kv->value;
     *len = (size_t)kv->len;
     return PB_OK;
@@ -812,11 +826,8 @@ pb_status pb_gguf_get_string(const pb_gguf *gguf, const char *key, const char **
 
 pb_status pb_gguf_get_array_info(const pb_gguf *gguf, const char *key, pb_gguf_value_type *elem_type, uint64_t *count) {
     const pb_gguf_kv *kv;
-    PB_TRY(pb_gguf_require(gguf, key, elem_type, &kv));
-    if (!count)
-        return pb_fail(PB_ERR_ARG, "gguf: get '%s': count is NULL", key);
-    if (kv->type != PB_GGUF_ARRAY)
-        return pb_gguf_wrong_type(key, kv, "array");
+    PB_TRY(
+        pb_gguf_require_type(gguf, key, elem_type, count, "count", PB_GGUF_ARRAY, PB_GGUF_ELEMENTS_ANY, "array", &kv));
     *elem_type = (pb_gguf_value_type)kv->elem_type;
     *count = kv->len;
     return PB_OK;
@@ -825,11 +836,8 @@ pb_status pb_gguf_get_array_info(const pb_gguf *gguf, const char *key, pb_gguf_v
 pb_status pb_gguf_get_array_string(const pb_gguf *gguf, const char *key, uint64_t index, const char **data,
                                    size_t *len) {
     const pb_gguf_kv *kv;
-    PB_TRY(pb_gguf_require(gguf, key, data, &kv));
-    if (!len)
-        return pb_fail(PB_ERR_ARG, "gguf: get '%s': len is NULL", key);
-    if (kv->type != PB_GGUF_ARRAY || kv->elem_type != PB_GGUF_STRING)
-        return pb_gguf_wrong_type(key, kv, "array of string");
+    PB_TRY(pb_gguf_require_type(gguf, key, data, len, "len", PB_GGUF_ARRAY, PB_GGUF_ELEMENTS_STRING, "array of string",
+                                &kv));
     if (index >= kv->len)
         return pb_fail(PB_ERR_ARG, "gguf: key '%s': index %llu is out of range (array has %llu strings)", key,
                        (unsigned long long)index, (unsigned long long)kv->len);
@@ -841,9 +849,8 @@ pb_status pb_gguf_get_array_string(const pb_gguf *gguf, const char *key, uint64_
 
 pb_status pb_gguf_get_array_data(const pb_gguf *gguf, const char *key, const void **data) {
     const pb_gguf_kv *kv;
-    PB_TRY(pb_gguf_require(gguf, key, data, &kv));
-    if (kv->type != PB_GGUF_ARRAY || kv->elem_type == PB_GGUF_STRING)
-        return pb_gguf_wrong_type(key, kv, "numeric array");
+    PB_TRY(pb_gguf_require_type(gguf, key, data, NULL, NULL, PB_GGUF_ARRAY, PB_GGUF_ELEMENTS_NUMERIC, "numeric array",
+                                &kv));
     *data = kv->value;
     return PB_OK;
 }

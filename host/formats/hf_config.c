@@ -25,47 +25,50 @@ static const json_t *get(const json_t *object, const char *key) {
     return json_is_null(value) ? NULL : value;
 }
 
-static pb_status read_positive_int(const char *path, const char *where, const json_t *object, const char *key,
-                                   int required, int fallback, int *out) {
+/* A positive number under key into int_out (an integer that fits in an
+ * int) or else float_out (a number within float range); fallback when
+ * absent and not required. */
+static pb_status read_positive(const char *path, const char *where, const json_t *object, const char *key, int required,
+                               double fallback, int *int_out, float *float_out) {
     const json_t *value = get(object, key);
     if (!value) {
         if (required)
             return pb_fail(PB_ERR_FORMAT, "%s: missing key '%s%s'", path, where, key);
-        *out = fallback;
+        if (int_out)
+            *int_out = (int)fallback;
+        else
+            *float_out = (float)fallback;
         return PB_OK;
     }
     char text[64];
-    if (!json_is_integer(value))
-        return pb_fail(PB_ERR_FORMAT, "%s: key '%s%s' is %s, expected a positive integer", path, where, key,
-                       pb_json_describe(value, text, sizeof text));
-    json_int_t v = json_integer_value(value);
-    if (v <= 0 || v > INT_MAX)
-        return pb_fail(PB_ERR_FORMAT, "%s: key '%s%s' is %lld, expected a positive integer that fits in an int", path,
-                       where, key, (long long)v);
-    *out = (int)v;
-    return PB_OK;
-}
-
-static pb_status read_positive_float(const char *path, const char *where, const json_t *object, const char *key,
-                                     int required, double fallback, float *out) {
-    const json_t *value = get(object, key);
-    if (!value) {
-        if (required)
-            return pb_fail(PB_ERR_FORMAT, "%s: missing key '%s%s'", path, where, key);
-        *out = (float)fallback;
+    if (int_out ? !json_is_integer(value) : !json_is_number(value))
+        return pb_fail(PB_ERR_FORMAT, "%s: key '%s%s' is %s, expected a positive %s", path, where, key,
+                       pb_json_describe(value, text, sizeof text), int_out ? "integer" : "number");
+    if (int_out) {
+        json_int_t v = json_integer_value(value);
+        if (v <= 0 || v > INT_MAX)
+            return pb_fail(PB_ERR_FORMAT, "%s: key '%s%s' is %lld, expected a positive integer that fits in an int",
+                           path, where, key, (long long)v);
+        *int_out = (int)v;
         return PB_OK;
     }
-    char text[64];
-    if (!json_is_number(value))
-        return pb_fail(PB_ERR_FORMAT, "%s: key '%s%s' is %s, expected a positive number", path, where, key,
-                       pb_json_describe(value, text, sizeof text));
     double v = json_number_value(value);
     float f = (float)v;
     if (!(v > 0) || !isfinite(f) || f == 0.0f)
         return pb_fail(PB_ERR_FORMAT, "%s: key '%s%s' is %s, expected a positive number within float range", path,
                        where, key, pb_json_describe(value, text, sizeof text));
-    *out = f;
+    *float_out = f;
     return PB_OK;
+}
+
+static pb_status read_positive_int(const char *path, const char *where, const json_t *object, const char *key,
+                                   int required, int fallback, int *out) {
+    return read_positive(path, where, object, key, required, fallback, out, NULL);
+}
+
+static pb_status read_positive_float(const char *path, const char *where, const json_t *object, const char *key,
+                                     int required, double fallback, float *out) {
+    return read_positive(path, where, object, key, required, fallback, NULL, out);
 }
 
 static pb_status read_bool(const char *path, const json_t *object, const char *key, int fallback, int *out) {

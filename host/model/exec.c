@@ -290,13 +290,12 @@ static void order_jobs(int *order, const pb_exec_job *jobs, int n) {
         }
 }
 
-static pb_status attention_block(pb_exec *e, const pb_exec_job *jobs, int n_active, int rows, int L, pb_exec_hook_fn fn,
-                                 void *user) {
+static pb_status attention_block(pb_exec *e, const pb_layer_weights *W, const pb_exec_job *jobs, int n_active, int rows,
+                                 int L, pb_exec_hook_fn fn, void *user) {
     pb_model *m = e->model;
     const pb_model_config *c = &m->cfg;
     const pb_backend_ops *ops = m->backend->ops;
     pb_backend *b = m->backend;
-    const pb_layer_weights *W = &m->layers[L];
     int d = c->d_model, qd = c->n_heads * c->head_dim, kvd = c->n_kv_heads * c->head_dim;
 
     PB_TRY(hook_point(e, jobs, n_active, PB_HOOK_RESID_PRE, L, e->x, fn, user));
@@ -374,21 +373,19 @@ static pb_status attention_block(pb_exec *e, const pb_exec_job *jobs, int n_acti
     return ops->add(b, e->x, e->x, e->sub, (size_t)rows * d);
 }
 
-static pb_status mlp_block(pb_exec *e, const pb_exec_job *jobs, int n_active, int rows, int L, pb_exec_hook_fn fn,
-                           void *user) {
+static pb_status mlp_block(pb_exec *e, const pb_layer_weights *W, const pb_exec_job *jobs, int n_active, int rows,
+                           int L, pb_exec_hook_fn fn, void *user) {
     pb_model *m = e->model;
     const pb_model_config *c = &m->cfg;
-    const pb_backend_ops *ops = m->backend->ops;
     pb_backend *b = m->backend;
-    const pb_layer_weights *W = &m->layers[L];
     int d = c->d_model;
     PB_TRY(hook_point(e, jobs, n_active, PB_HOOK_RESID_MID, L, e->x, fn, user));
-    PB_TRY(ops->rmsnorm(b, e->xn, e->x, W->mlp_norm, rows, d, c->rms_eps));
+    PB_TRY(b->ops->rmsnorm(b, e->xn, e->x, W->mlp_norm, rows, d, c->rms_eps));
     PB_TRY(mlp_activation(e, W, rows));
-    PB_TRY(ops->matmul(b, e->sub, e->gate, W->w_down, m->wdtype, NULL, rows, d, c->d_mlp));
+    PB_TRY(b->ops->matmul(b, e->sub, e->gate, W->w_down, m->wdtype, NULL, rows, d, c->d_mlp));
     e->flops += 6.0 * rows * d * c->d_mlp;
     PB_TRY(hook_point(e, jobs, n_active, PB_HOOK_MLP_OUT, L, e->sub, fn, user));
-    PB_TRY(ops->add(b, e->x, e->x, e->sub, (size_t)rows * d));
+    PB_TRY(b->ops->add(b, e->x, e->x, e->sub, (size_t)rows * d));
     return hook_point(e, jobs, n_active, PB_HOOK_RESID_POST, L, e->x, fn, user);
 }
 
@@ -461,9 +458,9 @@ pb_status pb_exec_run(pb_exec *e, const pb_exec_job *jobs, int n_jobs, int stop_
             break;
         }
         if (step % 2 == 0)
-            PB_TRY(attention_block(e, jobs, n_active, rows, L, fn, user));
+            PB_TRY(attention_block(e, &m->layers[L], jobs, n_active, rows, L, fn, user));
         else
-            PB_TRY(mlp_block(e, jobs, n_active, rows, L, fn, user));
+            PB_TRY(mlp_block(e, &m->layers[L], jobs, n_active, rows, L, fn, user));
     }
     /* No synchronize: on a device backend the run is queued, not done, and
      * the host goes on (planning the next batch) while it executes. */

@@ -28,12 +28,17 @@ const char *pb_status_name(pb_status status) {
     return "PB_ERR_UNKNOWN";
 }
 
+/* Records the message; both failure paths below format it the same way. */
+static void pb_record(const char *fmt, va_list args) {
+    vsnprintf(pb_error_message, sizeof pb_error_message, fmt, args);
+    pb_error_pending = 1;
+}
+
 pb_status pb_fail(pb_status status, const char *fmt, ...) {
     va_list args;
     va_start(args, fmt);
-    vsnprintf(pb_error_message, sizeof pb_error_message, fmt, args);
+    pb_record(fmt, args);
     va_end(args);
-    pb_error_pending = 1;
     return status;
 }
 
@@ -42,9 +47,8 @@ pb_status pb_fail_cleanup(pb_status status, const char *fmt, ...) {
         return status;
     va_list args;
     va_start(args, fmt);
-    vsnprintf(pb_error_message, sizeof pb_error_message, fmt, args);
+    pb_record(fmt, args);
     va_end(args);
-    pb_error_pending = 1;
     return status;
 }
 
