@@ -89,6 +89,14 @@ pb_model *tu_load_model(const char *model, const char *file, pb_backend_kind bac
  * on a read error or another shape. */
 int32_t *tu_read_ids(const char *path, int *T);
 
+/* ---- sweeps ---------------------------------------------------------------- */
+
+/* Creates and runs a sweep of spec on m; with_op = 0 hides the backend's
+ * metric_rows (a copy of its ops table without it) so the sweep takes the
+ * host path, and checks which path the sweep took. Returns the status and,
+ * on success, the sweep (the caller frees it). */
+pb_status tu_run_sweep(pb_model *m, const char *spec, int with_op, pb_sweep **out);
+
 /* ---- CUDA ------------------------------------------------------------------ */
 
 /* What main returns after trying to create a CUDA backend: 0 when status is
