@@ -209,6 +209,16 @@ int32_t *tu_read_ids(const char *path, int *T) {
     return data;
 }
 
+float *tu_read_f32(const char *path, int n_dims, int64_t shape[8]) {
+    void *data = NULL;
+    int got_dims = 0;
+    if (pb_npy_read(path, &data, PB_NPY_F32, &got_dims, shape) != PB_OK)
+        fail_msg("%s", pb_last_error());
+    if (got_dims != n_dims)
+        fail_msg("%s: %d dimensions, expected %d", path, got_dims, n_dims);
+    return data;
+}
+
 /* ---- CUDA ------------------------------------------------------------------ */
 
 int tu_cuda_exit_code(pb_status status) {

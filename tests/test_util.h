@@ -88,6 +88,9 @@ pb_model *tu_load_model(const char *model, const char *file, pb_backend_kind bac
 /* Reads a 1-D int32 .npy (token ids); *T receives its length. Fails the test
  * on a read error or another shape. */
 int32_t *tu_read_ids(const char *path, int *T);
+/* Reads a float32 .npy of n_dims dimensions (malloc'd); its shape goes to
+ * shape. Fails the test on a read error or another number of dimensions. */
+float *tu_read_f32(const char *path, int n_dims, int64_t shape[8]);
 
 /* ---- sweeps ---------------------------------------------------------------- */
 
