@@ -29,14 +29,6 @@ static pb_backend *g_cuda;
 
 static const char *const kind_name[4] = {"logit_diff", "logprob", "refusal_score", "kl"};
 
-static double rel_diff(double a, double b) {
-    if (isnan(a) || isnan(b))
-        return isnan(a) && isnan(b) ? 0.0 : INFINITY;
-    if (isinf(a) || isinf(b))
-        return a == b ? 0.0 : INFINITY;
-    return fabs(a - b) / fmax(1.0, fabs(b));
-}
-
 static void *device_copy(pb_backend *b, const void *host, size_t bytes) {
     void *ptr = NULL;
     CHECK_OK(b->ops->alloc(b, &ptr, bytes));
@@ -45,7 +37,7 @@ static void *device_copy(pb_backend *b, const void *host, size_t bytes) {
 }
 
 /* Runs kind on both backends over logits (rows, V) and returns the worst
- * rel_diff; rows listed in nan_rows must come out NaN on both. */
+ * tu_rel_diff; rows listed in nan_rows must come out NaN on both. */
 static double compare_kind(pb_metric_kind kind, const float *logits, int rows, int V, const int32_t *pos, int n_pos,
                            const int32_t *neg, int n_neg, const double *ref, int n_ref, const int32_t *ref_row,
                            const unsigned char *nan_rows) {
@@ -78,7 +70,7 @@ static double compare_kind(pb_metric_kind kind, const float *logits, int rows, i
             assert_true(isnan(got[0][r]) && isnan(got[1][r]));
         else
             assert_true(isfinite(got[0][r]));
-        double d = rel_diff(got[1][r], got[0][r]);
+        double d = tu_rel_diff(got[1][r], got[0][r]);
         if (d > PB_TOL_CUDA_METRIC)
             fail_msg("%s V %d row %d: cuda %.17g, reference %.17g", kind_name[kind], V, r, got[1][r], got[0][r]);
         worst = fmax(worst, d);
@@ -187,27 +179,6 @@ static const char *const metric_specs[4] = {
     "{\"kind\": \"kl\"}",
 };
 
-static pb_status run_sweep(pb_model *m, const char *spec, int with_op, pb_sweep **out) {
-    const pb_backend_ops *saved = m->backend->ops;
-    pb_backend_ops hidden = *saved;
-    hidden.metric_rows = NULL;
-    if (!with_op)
-        m->backend->ops = &hidden;
-    pb_sweep *s = NULL;
-    pb_status status = pb_sweep_create(&s, m, spec, NULL, NULL);
-    if (status == PB_OK) {
-        assert_int_equal(pb_sweep_metric_on_device(s), with_op);
-        status = pb_sweep_run(s);
-    }
-    m->backend->ops = saved;
-    if (status != PB_OK) {
-        pb_sweep_free(s);
-        s = NULL;
-    }
-    *out = s;
-    return status;
-}
-
 static void test_sweep_with_and_without_op(void **state) {
     (void)state;
     char path[1024];
@@ -227,8 +198,8 @@ static void test_sweep_with_and_without_op(void **state) {
                              " {\"component\": \"z\", \"layers\": \"all\"}], \"metric\": %s}",
                              metric_specs[kind]) > 0);
         pb_sweep *op = NULL, *host = NULL;
-        CHECK_OK(run_sweep(m, spec, 1, &op));
-        CHECK_OK(run_sweep(m, spec, 0, &host));
+        CHECK_OK(tu_run_sweep(m, spec, 1, &op));
+        CHECK_OK(tu_run_sweep(m, spec, 0, &host));
         /* Values (and baselines) obey PB_TOL_CUDA_METRIC: both paths read
          * the same device logits, only the metric arithmetic differs. An
          * effect e = (v - b) / (s - b) then moves by at most
@@ -239,13 +210,13 @@ static void test_sweep_with_and_without_op(void **state) {
             double b1, s1, b2, s2;
             pb_sweep_get_pair(op, p, &b1, &s1);
             pb_sweep_get_pair(host, p, &b2, &s2);
-            worst_value = fmax(worst_value, fmax(rel_diff(b1, b2), rel_diff(s1, s2)));
+            worst_value = fmax(worst_value, fmax(tu_rel_diff(b1, b2), tu_rel_diff(s1, s2)));
             for (int64_t i = 0; i < pb_sweep_site_count(op); i++) {
                 double v1, e1, v2, e2;
                 pb_sweep_get_row(op, p, i, &v1, &e1);
                 pb_sweep_get_row(host, p, i, &v2, &e2);
                 assert_true(isfinite(v1));
-                worst_value = fmax(worst_value, rel_diff(v1, v2));
+                worst_value = fmax(worst_value, tu_rel_diff(v1, v2));
                 worst_effect = fmax(worst_effect, tu_abs_diff(e1, e2));
                 if (isnan(e2))
                     continue;

@@ -143,22 +143,21 @@ static void test_defaults_filled(void **state) {
     assert_int_equal(cfg.eos_id, -1);
 }
 
+/* The keys of a small llama config; each rope case appends its own. */
+#define LLAMA_HEAD                                                                                            \
+    "{\"model_type\": \"llama\", \"hidden_size\": 256, \"intermediate_size\": 688, \"num_hidden_layers\": 2," \
+    " \"num_attention_heads\": 8, \"max_position_embeddings\": 512, \"rms_norm_eps\": 1e-06, \"vocab_size\": 1000"
+
 static void test_rope_variants(void **state) {
     pb_model_config cfg;
     /* transformers 4 "type" spelling */
-    read_ok(state,
-            "{\"model_type\": \"llama\", \"hidden_size\": 256, \"intermediate_size\": 688, \"num_hidden_layers\": 2,"
-            " \"num_attention_heads\": 8, \"max_position_embeddings\": 512, \"rms_norm_eps\": 1e-06,"
-            " \"vocab_size\": 1000, \"rope_scaling\": {\"type\": \"linear\", \"factor\": 2.0}}",
-            &cfg);
+    read_ok(state, LLAMA_HEAD ", \"rope_scaling\": {\"type\": \"linear\", \"factor\": 2.0}}", &cfg);
     assert_int_equal(cfg.rope_scaling, PB_ROPE_SCALING_LINEAR);
     assert_true(cfg.rope_factor == 2.0f);
     /* what transformers 5 writes for LlamaConfig(rope_scaling={"type": "linear", ...}) */
     read_ok(state,
-            "{\"model_type\": \"llama\", \"hidden_size\": 256, \"intermediate_size\": 688, \"num_hidden_layers\": 2,"
-            " \"num_attention_heads\": 8, \"max_position_embeddings\": 512, \"rms_norm_eps\": 1e-06,"
-            " \"vocab_size\": 1000, \"rope_parameters\": {\"factor\": 4.0, \"rope_theta\": 20000.0,"
-            " \"rope_type\": \"linear\", \"type\": \"linear\"}}",
+            LLAMA_HEAD ", \"rope_parameters\": {\"factor\": 4.0, \"rope_theta\": 20000.0,"
+                       " \"rope_type\": \"linear\", \"type\": \"linear\"}}",
             &cfg);
     assert_int_equal(cfg.rope_scaling, PB_ROPE_SCALING_LINEAR);
     assert_true(cfg.rope_factor == 4.0f);
@@ -179,10 +178,8 @@ static void test_rope_variants(void **state) {
     assert_int_equal(cfg.context_length, 4096);
     /* llama3 without original_max_position_embeddings: transformers uses max_position_embeddings */
     read_ok(state,
-            "{\"model_type\": \"llama\", \"hidden_size\": 256, \"intermediate_size\": 688, \"num_hidden_layers\": 2,"
-            " \"num_attention_heads\": 8, \"max_position_embeddings\": 512, \"rms_norm_eps\": 1e-06,"
-            " \"vocab_size\": 1000, \"rope_scaling\": {\"rope_type\": \"llama3\", \"factor\": 8.0,"
-            " \"low_freq_factor\": 1.0, \"high_freq_factor\": 4.0}}",
+            LLAMA_HEAD ", \"rope_scaling\": {\"rope_type\": \"llama3\", \"factor\": 8.0,"
+                       " \"low_freq_factor\": 1.0, \"high_freq_factor\": 4.0}}",
             &cfg);
     assert_int_equal(cfg.rope_scaling, PB_ROPE_SCALING_LLAMA3);
     assert_int_equal(cfg.rope_original_context, 512);

@@ -209,12 +209,20 @@ static pb_capture *run_capture(pb_model *m, const char *pattern, int32_t *ids, i
     return cap;
 }
 
+/* tiny_gqa loaded and run over its fixture ids with every hook captured;
+ * the caller frees the capture, the ids and the model. */
+static pb_capture *capture_all(pb_model **m, int32_t **ids, size_t *T) {
+    *m = tu_load_model("tiny_gqa", "model.gguf", PB_BACKEND_CPU);
+    *ids = load_fixture("tiny_gqa", "ids.npy", PB_NPY_I32, T);
+    return run_capture(*m, "*", *ids, (int)*T, NULL);
+}
+
 static void test_capture_shapes(void **state) {
-    pb_model *m = tu_load_model("tiny_gqa", "model.gguf", PB_BACKEND_CPU);
-    const pb_model_config *c = pb_model_get_config(m);
+    pb_model *m;
+    int32_t *ids;
     size_t T;
-    int32_t *ids = load_fixture("tiny_gqa", "ids.npy", PB_NPY_I32, &T);
-    pb_capture *cap = run_capture(m, "*", ids, (int)T, NULL);
+    pb_capture *cap = capture_all(&m, &ids, &T);
+    const pb_model_config *c = pb_model_get_config(m);
     for (int i = 0; i < pb_capture_count(cap); i++) {
         const char *name = pb_capture_name(cap, i);
         pb_hook_kind kind;
@@ -253,11 +261,11 @@ static void expect_bitwise(const float *got, const float *want, size_t n, const 
 }
 
 static void test_capture_invariants(void **state) {
-    pb_model *m = tu_load_model("tiny_gqa", "model.gguf", PB_BACKEND_CPU);
-    const pb_model_config *c = pb_model_get_config(m);
+    pb_model *m;
+    int32_t *ids;
     size_t T;
-    int32_t *ids = load_fixture("tiny_gqa", "ids.npy", PB_NPY_I32, &T);
-    pb_capture *cap = run_capture(m, "*", ids, (int)T, NULL);
+    pb_capture *cap = capture_all(&m, &ids, &T);
+    const pb_model_config *c = pb_model_get_config(m);
     size_t n = T * (size_t)c->d_model, count;
     float *sum = malloc(sizeof(float) * n);
     for (int l = 0; l < c->n_layers; l++) {

@@ -270,30 +270,6 @@ static char *sweep_spec(const char *mode, const char *metric) {
     return text;
 }
 
-/* Runs the sweep; with_op = 0 hides the backend's metric_rows (a copy of
- * its ops table without it) so the sweep takes the host path. Returns the
- * status and, on success, the sweep. */
-static pb_status run_sweep(pb_model *m, const char *spec, int with_op, pb_sweep **out) {
-    const pb_backend_ops *saved = m->backend->ops;
-    pb_backend_ops hidden = *saved;
-    hidden.metric_rows = NULL;
-    if (!with_op)
-        m->backend->ops = &hidden;
-    pb_sweep *s = NULL;
-    pb_status status = pb_sweep_create(&s, m, spec, NULL, NULL);
-    if (status == PB_OK) {
-        assert_int_equal(pb_sweep_metric_on_device(s), with_op);
-        status = pb_sweep_run(s);
-    }
-    m->backend->ops = saved;
-    if (status != PB_OK) {
-        pb_sweep_free(s);
-        s = NULL;
-    }
-    *out = s;
-    return status;
-}
-
 static void test_sweep_with_and_without_op(void **state) {
     (void)state;
     static const pb_backend_kind backends[2] = {PB_BACKEND_REFERENCE, PB_BACKEND_CPU};
@@ -306,8 +282,8 @@ static void test_sweep_with_and_without_op(void **state) {
             for (int md = 0; md < 2; md++) {
                 char *spec = sweep_spec(modes[md], metric_specs[kind]);
                 pb_sweep *op = NULL, *host = NULL;
-                CHECK_OK(run_sweep(m, spec, 1, &op));
-                CHECK_OK(run_sweep(m, spec, 0, &host));
+                CHECK_OK(tu_run_sweep(m, spec, 1, &op));
+                CHECK_OK(tu_run_sweep(m, spec, 0, &host));
                 assert_int_equal(pb_sweep_row_count(op), pb_sweep_row_count(host));
                 for (int p = 0; p < pb_sweep_spec_of(op)->n_pairs; p++) {
                     double b1, s1, b2, s2;
@@ -354,7 +330,7 @@ static void test_sweep_nonfinite_message(void **state) {
         char message[2][1024];
         for (int with_op = 1; with_op >= 0; with_op--) {
             pb_sweep *s = NULL;
-            assert_int_equal(run_sweep(m, spec, with_op, &s), PB_ERR_NUMERIC);
+            assert_int_equal(tu_run_sweep(m, spec, with_op, &s), PB_ERR_NUMERIC);
             snprintf(message[with_op], sizeof message[with_op], "%s", pb_last_error());
         }
         printf("[ MEASURE  ] %s with a NaN unembedding row: \"%s\"\n", kind_name[kinds[i]], message[1]);

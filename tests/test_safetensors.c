@@ -164,13 +164,26 @@ static void check_mixed(const pb_safetensors *st) {
     pb_st_tensor_to_f32(e, out); /* writes nothing */
 }
 
-static void test_read_all_dtypes(void **state) {
-    tu_scratch *scratch = *state;
+/* The mixed-dtype file as bytes (malloc'd; its size in *size). */
+static uint8_t *build_mixed(size_t *size) {
     uint8_t data[MIXED_DATA_SIZE];
     fill_mixed_data(data);
-    char path[512];
-    tu_path(path, sizeof path, scratch->dir, "mixed.safetensors");
+    uint8_t *image = st_build(mixed_header, data, sizeof data, size);
+    assert_non_null(image);
+    return image;
+}
+
+/* Writes the mixed-dtype file to path. */
+static void write_mixed(const char *path) {
+    uint8_t data[MIXED_DATA_SIZE];
+    fill_mixed_data(data);
     assert_int_equal(st_write_safetensors(path, mixed_header, data, sizeof data), 0);
+}
+
+static void test_read_all_dtypes(void **state) {
+    tu_scratch *scratch = *state;
+    char path[512];
+    write_mixed(tu_path(path, sizeof path, scratch->dir, "mixed.safetensors"));
 
     pb_safetensors *st = NULL;
     pb_status status = pb_safetensors_open(&st, path);
@@ -183,11 +196,8 @@ static void test_read_all_dtypes(void **state) {
 
 static void test_open_folder_single(void **state) {
     tu_scratch *scratch = *state;
-    uint8_t data[MIXED_DATA_SIZE];
-    fill_mixed_data(data);
     char path[512];
-    tu_path(path, sizeof path, scratch->dir, "model.safetensors");
-    assert_int_equal(st_write_safetensors(path, mixed_header, data, sizeof data), 0);
+    write_mixed(tu_path(path, sizeof path, scratch->dir, "model.safetensors"));
 
     pb_safetensors *st = NULL;
     assert_int_equal(pb_safetensors_open(&st, scratch->dir), PB_OK);
@@ -454,11 +464,8 @@ static void test_refused_headers(void **state) {
 
 static void test_every_truncation_refused(void **state) {
     tu_scratch *scratch = *state;
-    uint8_t data[MIXED_DATA_SIZE];
-    fill_mixed_data(data);
     size_t size;
-    uint8_t *image = st_build(mixed_header, data, sizeof data, &size);
-    assert_non_null(image);
+    uint8_t *image = build_mixed(&size);
     char path[512];
     tu_path(path, sizeof path, scratch->dir, "cut.safetensors");
     for (size_t n = 0; n < size; n++) {
@@ -484,11 +491,8 @@ static void test_every_truncation_refused(void **state) {
  * conversion below reads each one; ASan would catch an overrun). */
 static void test_byte_corruption_never_crashes(void **state) {
     tu_scratch *scratch = *state;
-    uint8_t data[MIXED_DATA_SIZE];
-    fill_mixed_data(data);
     size_t size;
-    uint8_t *image = st_build(mixed_header, data, sizeof data, &size);
-    assert_non_null(image);
+    uint8_t *image = build_mixed(&size);
     char path[512];
     tu_path(path, sizeof path, scratch->dir, "flip.safetensors");
     static const uint8_t values[] = {0x00, 0xff, '"', '9', '[', '}'};

@@ -13,7 +13,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "backend/backend.h"
 #include "formats/npy.h"
+#include "model/model.h"
+#include "patching/sweep_access.h"
 #include "test_util.h"
 #include "util/outdir.h"
 
@@ -206,6 +209,16 @@ int32_t *tu_read_ids(const char *path, int *T) {
     return data;
 }
 
+float *tu_read_f32(const char *path, int n_dims, int64_t shape[8]) {
+    void *data = NULL;
+    int got_dims = 0;
+    if (pb_npy_read(path, &data, PB_NPY_F32, &got_dims, shape) != PB_OK)
+        fail_msg("%s", pb_last_error());
+    if (got_dims != n_dims)
+        fail_msg("%s: %d dimensions, expected %d", path, got_dims, n_dims);
+    return data;
+}
+
 /* ---- CUDA ------------------------------------------------------------------ */
 
 int tu_cuda_exit_code(pb_status status) {
@@ -217,4 +230,27 @@ int tu_cuda_exit_code(pb_status status) {
     }
     fprintf(stderr, "pb_backend_cuda_create: %s: %s\n", pb_status_name(status), pb_last_error());
     return 1;
+}
+
+/* ---- sweeps ---------------------------------------------------------------- */
+
+pb_status tu_run_sweep(pb_model *m, const char *spec, int with_op, pb_sweep **out) {
+    const pb_backend_ops *saved = m->backend->ops;
+    pb_backend_ops hidden = *saved;
+    hidden.metric_rows = NULL;
+    if (!with_op)
+        m->backend->ops = &hidden;
+    pb_sweep *s = NULL;
+    pb_status status = pb_sweep_create(&s, m, spec, NULL, NULL);
+    if (status == PB_OK) {
+        assert_int_equal(pb_sweep_metric_on_device(s), with_op);
+        status = pb_sweep_run(s);
+    }
+    m->backend->ops = saved;
+    if (status != PB_OK) {
+        pb_sweep_free(s);
+        s = NULL;
+    }
+    *out = s;
+    return status;
 }

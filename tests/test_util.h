@@ -88,6 +88,17 @@ pb_model *tu_load_model(const char *model, const char *file, pb_backend_kind bac
 /* Reads a 1-D int32 .npy (token ids); *T receives its length. Fails the test
  * on a read error or another shape. */
 int32_t *tu_read_ids(const char *path, int *T);
+/* Reads a float32 .npy of n_dims dimensions (malloc'd); its shape goes to
+ * shape. Fails the test on a read error or another number of dimensions. */
+float *tu_read_f32(const char *path, int n_dims, int64_t shape[8]);
+
+/* ---- sweeps ---------------------------------------------------------------- */
+
+/* Creates and runs a sweep of spec on m; with_op = 0 hides the backend's
+ * metric_rows (a copy of its ops table without it) so the sweep takes the
+ * host path, and checks which path the sweep took. Returns the status and,
+ * on success, the sweep (the caller frees it). */
+pb_status tu_run_sweep(pb_model *m, const char *spec, int with_op, pb_sweep **out);
 
 /* ---- CUDA ------------------------------------------------------------------ */
 
