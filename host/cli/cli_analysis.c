@@ -64,12 +64,10 @@ static int parse_args(int argc, char **argv, analysis_options *o) {
     o->pairs_path = "data/refusal_pairs.json";
     o->sweep_pairs = 8;
     o->max_new = 32;
-    pb_cli_option model_options[PB_CLI_MODEL_OPTIONS + 1];
-    pb_cli_model_table(&o->model, model_options);
+    pb_cli_common common;
+    pb_cli_common_table(&common, &o->model, &o->overwrite, &o->no_progress);
     const pb_cli_option table[] = {
-        {.flag = "--overwrite", .kind = PB_OPT_FLAG, .target = &o->overwrite},
-        {.flag = "--no-progress", .kind = PB_OPT_FLAG, .target = &o->no_progress},
-        {.flag = NULL, .kind = PB_OPT_TABLE, .target = model_options},
+        {.flag = NULL, .kind = PB_OPT_TABLE, .target = common.table},
         {.flag = "--pairs", .kind = PB_OPT_STRING, .target = &o->pairs_path},
         {.flag = "--out", .kind = PB_OPT_STRING, .target = &o->out},
         {.flag = "--chat-template", .kind = PB_OPT_STRING, .target = &o->chat_template},

@@ -80,13 +80,12 @@ static int parse_cli(int argc, char **argv, cli *o) {
     o->max_new = 32;
     o->layer = -1;
     o->scale = 1.0;
-    pb_cli_option model_options[PB_CLI_MODEL_OPTIONS + 1];
-    pb_cli_model_table(&o->model, model_options);
+    pb_cli_common common;
+    pb_cli_common_table(&common, &o->model, &o->overwrite, NULL);
     const pb_cli_option table[] = {
         {.flag = "--no-chat", .kind = PB_OPT_FLAG, .target = &o->no_chat},
         {.flag = "--verbose", .kind = PB_OPT_FLAG, .target = &o->verbose},
-        {.flag = "--overwrite", .kind = PB_OPT_FLAG, .target = &o->overwrite},
-        {.flag = NULL, .kind = PB_OPT_TABLE, .target = model_options},
+        {.flag = NULL, .kind = PB_OPT_TABLE, .target = common.table},
         {.flag = "--prompt", .kind = PB_OPT_STRING, .target = &o->prompt},
         {.flag = "--system", .kind = PB_OPT_STRING, .target = &o->system},
         {.flag = "--ids", .kind = PB_OPT_STRING, .target = &o->ids},

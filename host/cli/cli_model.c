@@ -42,6 +42,16 @@ void pb_cli_model_table(pb_cli_model *o, pb_cli_option table[PB_CLI_MODEL_OPTION
     memcpy(table, options, sizeof options);
 }
 
+void pb_cli_common_table(pb_cli_common *c, pb_cli_model *model, int *overwrite, int *no_progress) {
+    pb_cli_model_table(model, c->model);
+    pb_cli_option *t = c->table;
+    *t++ = (pb_cli_option){.flag = "--overwrite", .kind = PB_OPT_FLAG, .target = overwrite};
+    if (no_progress)
+        *t++ = (pb_cli_option){.flag = "--no-progress", .kind = PB_OPT_FLAG, .target = no_progress};
+    *t++ = (pb_cli_option){.flag = NULL, .kind = PB_OPT_TABLE, .target = c->model};
+    *t = (pb_cli_option){0};
+}
+
 int pb_cli_model_check(const pb_cli_model *o, const char *cmd) {
     if (!!o->path == !!o->random_name) {
         fprintf(stderr, "patchbay %s: give exactly one of --model PATH or --random-model NAME\n", cmd);

@@ -27,6 +27,16 @@ enum { PB_CLI_MODEL_OPTIONS = 7 };
  * through a PB_OPT_TABLE entry (options.h). */
 void pb_cli_model_table(pb_cli_model *o, pb_cli_option table[PB_CLI_MODEL_OPTIONS + 1]);
 
+/* The options the model-running commands share: --overwrite, --no-progress
+ * (left out when no_progress is NULL) and the model options. A command's
+ * table reaches them through {.kind = PB_OPT_TABLE, .target = c->table};
+ * c must outlive the parse. */
+typedef struct pb_cli_common {
+    pb_cli_option model[PB_CLI_MODEL_OPTIONS + 1];
+    pb_cli_option table[4];
+} pb_cli_common;
+void pb_cli_common_table(pb_cli_common *c, pb_cli_model *model, int *overwrite, int *no_progress);
+
 /* 1 when exactly one of --model / --random-model was given; otherwise prints
  * why (prefixed by cmd) and returns 0. */
 int pb_cli_model_check(const pb_cli_model *o, const char *cmd);

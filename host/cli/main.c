@@ -88,14 +88,12 @@ static const char *const gather_choices[] = {"auto", "mpi", "nccl", NULL};
 static int parse_options(int argc, char **argv, options *o) {
     memset(o, 0, sizeof *o);
     o->max_new = 32;
-    pb_cli_option model_options[PB_CLI_MODEL_OPTIONS + 1];
-    pb_cli_model_table(&o->model, model_options);
+    pb_cli_common common;
+    pb_cli_common_table(&common, &o->model, &o->overwrite, &o->no_progress);
     const pb_cli_option table[] = {
-        {.flag = "--overwrite", .kind = PB_OPT_FLAG, .target = &o->overwrite},
-        {.flag = "--no-progress", .kind = PB_OPT_FLAG, .target = &o->no_progress},
         {.flag = "--chat", .kind = PB_OPT_FLAG, .target = &o->chat},
         {.flag = "--resume", .kind = PB_OPT_FLAG, .target = &o->resume},
-        {.flag = NULL, .kind = PB_OPT_TABLE, .target = model_options},
+        {.flag = NULL, .kind = PB_OPT_TABLE, .target = common.table},
         {.flag = "--ids", .kind = PB_OPT_STRING, .target = &o->ids},
         {.flag = "--ids-file", .kind = PB_OPT_STRING, .target = &o->ids_file},
         {.flag = "--hooks", .kind = PB_OPT_STRING, .target = &o->hooks},

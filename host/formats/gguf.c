@@ -372,17 +372,29 @@ static pb_status pb_gguf_take_name(pb_gguf_parser *p, const char *owner, long lo
     return PB_OK;
 }
 
+/* The head of a kv or tensor-info record: grows *items to hold record i,
+ * zeroes it and reads its name (pb_gguf_take_name). */
+static pb_status pb_gguf_take_record(pb_gguf_parser *p, void **items, size_t *capacity, size_t size, uint64_t i,
+                                     const char *owner, const char *field, const char *empty, const char **raw,
+                                     size_t *len, char printable[PB_GGUF_NAME_BUF]) {
+    PB_TRY(pb_gguf_reserve(items, capacity, (size_t)i + 1, size));
+    memset((char *)*items + (size_t)i * size, 0, size);
+    return pb_gguf_take_name(p, owner, (long long)i, field, empty, raw, len, printable);
+}
+
 static pb_status pb_gguf_parse_kvs(pb_gguf_parser *p, uint64_t n_kv) {
     pb_gguf *g = p->gguf;
     size_t kv_cap = 0, strings_cap = 0;
     char key[PB_GGUF_NAME_BUF];
     for (uint64_t i = 0; i < n_kv; i++) {
-        long long li = (long long)i;
-        PB_TRY(pb_gguf_reserve((void **)&g->kvs, &kv_cap, (size_t)i + 1, sizeof *g->kvs));
+        const char *raw_key;
+        size_t key_len;
+        PB_TRY(pb_gguf_take_record(p, (void **)&g->kvs, &kv_cap, sizeof *g->kvs, i, "kv", "key", "empty key", &raw_key,
+                                   &key_len, key));
         pb_gguf_kv *kv = &g->kvs[i];
-        memset(kv, 0, sizeof *kv);
-        PB_TRY(pb_gguf_take_name(p, "kv", li, "key", "empty key", &kv->key, &kv->key_len, key));
-        PB_TRY(pb_gguf_need(p, 4, "kv %lld ('%s') value type", li, key));
+        kv->key = raw_key;
+        kv->key_len = key_len;
+        PB_TRY(pb_gguf_need(p, 4, "kv %lld ('%s') value type", (long long)i, key));
         kv->type = pb_gguf_take_u32(p);
         g->n_kv = (int64_t)i + 1;
         PB_TRY(pb_gguf_parse_value(p, kv, (int64_t)i, key, &strings_cap));
@@ -402,14 +414,12 @@ static pb_status pb_gguf_parse_tensor_infos(pb_gguf_parser *p, uint64_t n_tensor
     size_t cap = 0, extra_cap = 0;
     char name[PB_GGUF_NAME_BUF];
     for (uint64_t i = 0; i < n_tensors; i++) {
-        long long li = (long long)i;
-        PB_TRY(pb_gguf_reserve((void **)&g->tensors, &cap, (size_t)i + 1, sizeof *g->tensors));
         PB_TRY(pb_gguf_reserve((void **)extra, &extra_cap, (size_t)i + 1, sizeof **extra));
-        pb_gguf_tensor *t = &g->tensors[i];
-        memset(t, 0, sizeof *t);
         const char *raw_name;
         size_t name_len;
-        PB_TRY(pb_gguf_take_name(p, "tensor", li, "name", "empty tensor name", &raw_name, &name_len, name));
+        PB_TRY(pb_gguf_take_record(p, (void **)&g->tensors, &cap, sizeof *g->tensors, i, "tensor", "name",
+                                   "empty tensor name", &raw_name, &name_len, name));
+        pb_gguf_tensor *t = &g->tensors[i];
         /* Points into the file until the names are copied out below. */
         t->name = raw_name;
         (*extra)[i].name_len = (size_t)name_len;
