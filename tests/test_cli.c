@@ -34,6 +34,16 @@ static void need_cli(void) {
     assert_non_null(mkdtemp(tmp_dir));
 }
 
+/* need_cli, then the tiny_gqa model's path into model and tmp_dir/out into
+ * out (either may be NULL). */
+static void need_cli_in(char *model, size_t model_size, char *out, size_t out_size) {
+    need_cli();
+    if (model)
+        tu_fixture_file(model, model_size, "tiny_gqa", "model.gguf");
+    if (out)
+        snprintf(out, out_size, "%s/out", tmp_dir);
+}
+
 static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) { return remove(path); }
 
 static int cleanup(void **state) {
@@ -107,11 +117,9 @@ static void test_usage_errors(void **state) {
 }
 
 static void test_forward_argument_errors(void **state) {
-    need_cli();
     char model[1024], ids_file[1024], out[128];
-    tu_fixture_file(model, sizeof model, "tiny_gqa", "model.gguf");
+    need_cli_in(model, sizeof model, out, sizeof out);
     tu_fixture_file(ids_file, sizeof ids_file, "tiny_gqa", "ids.npy");
-    snprintf(out, sizeof out, "%s/out", tmp_dir);
     const char *no_out[] = {"forward", "--model", model, "--ids", "1,2", NULL};
     assert_int_equal(run_cli(no_out), 2);
     expect_in(err_text, "--out");
@@ -179,11 +187,9 @@ static void expect_exact_files(const char *dir) {
 }
 
 static void test_forward_files(void **state) {
-    need_cli();
     char model[1024], ids_file[1024], out[128], path[1200], ref[1200];
-    tu_fixture_file(model, sizeof model, "tiny_gqa", "model.gguf");
+    need_cli_in(model, sizeof model, out, sizeof out);
     tu_fixture_file(ids_file, sizeof ids_file, "tiny_gqa", "ids.npy");
-    snprintf(out, sizeof out, "%s/out", tmp_dir);
     const char *args[] = {
         "forward", "--model", model, "--ids-file", ids_file, "--hooks", "blocks.*.hook_resid_pre,blocks.0.attn.hook_z",
         "--out",   out,       NULL,  NULL};
@@ -251,9 +257,8 @@ static void test_forward_hf_folder(void **state) {
 }
 
 static void test_truncated_gguf(void **state) {
-    need_cli();
     char model[1024], copy[128], out[128];
-    tu_fixture_file(model, sizeof model, "tiny_gqa", "model.gguf");
+    need_cli_in(model, sizeof model, out, sizeof out);
     FILE *f = fopen(model, "rb");
     assert_non_null(f);
     char head[1000];
@@ -265,7 +270,6 @@ static void test_truncated_gguf(void **state) {
     assert_non_null(f);
     assert_int_equal(fwrite(head, 1, sizeof head, f), sizeof head);
     fclose(f);
-    snprintf(out, sizeof out, "%s/out", tmp_dir);
     const char *args[] = {"forward", "--model", copy, "--ids", "1,2", "--out", out, NULL};
     assert_int_not_equal(run_cli(args), 0);
     expect_in(err_text, "gguf");
@@ -313,9 +317,8 @@ static void test_generate(void **state) {
 }
 
 static void test_info(void **state) {
-    need_cli();
     char model[1024];
-    tu_fixture_file(model, sizeof model, "tiny_gqa", "model.gguf");
+    need_cli_in(model, sizeof model, NULL, 0);
     const char *args[] = {"info", "--model", model, NULL};
     if (run_cli(args) != 0)
         fail_msg("info failed: %s", err_text);
@@ -346,11 +349,9 @@ static void write_spec(char *path, size_t size, const char *name, const char *la
 }
 
 static void test_sweep_files(void **state) {
-    need_cli();
     char model[1024], spec[256], out[128], names[1024], path[256];
-    tu_fixture_file(model, sizeof model, "tiny_gqa", "model.gguf");
+    need_cli_in(model, sizeof model, out, sizeof out);
     write_spec(spec, sizeof spec, "spec.json", "\"all\"");
-    snprintf(out, sizeof out, "%s/out", tmp_dir);
     const char *args[] = {"sweep",     "--model", model,          "--spec", spec, "--out", out,
                           "--threads", "2",       "--max-memory", "64M",    NULL, NULL};
     if (run_cli(args) != 0)
@@ -405,12 +406,10 @@ static void test_sweep_files(void **state) {
 }
 
 static void test_sweep_errors(void **state) {
-    need_cli();
     char model[1024], spec[256], bad[256], out[128];
-    tu_fixture_file(model, sizeof model, "tiny_gqa", "model.gguf");
+    need_cli_in(model, sizeof model, out, sizeof out);
     write_spec(spec, sizeof spec, "spec.json", "\"all\"");
     write_spec(bad, sizeof bad, "bad.json", "[0, 5]"); /* tiny_gqa has 2 layers */
-    snprintf(out, sizeof out, "%s/out", tmp_dir);
 
     const char *bad_spec[] = {"sweep", "--model", model, "--spec", bad, "--out", out, NULL};
     assert_int_equal(run_cli(bad_spec), 2);
@@ -540,10 +539,8 @@ static void test_random_model_forward(void **state) {
 }
 
 static void test_model_option_errors(void **state) {
-    need_cli();
     char model[1024], out[128];
-    tu_fixture_file(model, sizeof model, "tiny_gqa", "model.gguf");
-    snprintf(out, sizeof out, "%s/out", tmp_dir);
+    need_cli_in(model, sizeof model, out, sizeof out);
     /* An unknown name is refused when the model is loaded (exit 1). */
     const char *unknown[] = {"forward", "--random-model", "llama9", "--ids", "1,2", "--out", out, NULL};
     assert_int_equal(run_cli(unknown), 1);
@@ -579,9 +576,8 @@ static void test_model_option_errors(void **state) {
 /* --backend cuda without CUDA: refused with a message, no crash. With a
  * CUDA build it may run (a device present) or say why not. */
 static void test_backend_cuda(void **state) {
-    need_cli();
     char out[128];
-    snprintf(out, sizeof out, "%s/out", tmp_dir);
+    need_cli_in(NULL, 0, out, sizeof out);
     const char *args[] = {"forward", "--random-model", "tiny",  "--backend", "cuda",
                           "--ids",   "1,2,3",          "--out", out,         NULL};
     int rc = run_cli(args);

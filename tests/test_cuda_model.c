@@ -270,32 +270,33 @@ static model_source tiny_source(const char *name, char *path, size_t path_size) 
     return source;
 }
 
-static void test_tiny_f32(void **state) {
-    (void)state;
+/* Calls check on each tiny model with its ids.npy. */
+static void for_each_tiny(void (*check)(const model_source *source, const int32_t *ids, int T)) {
     for (size_t i = 0; i < sizeof g_tiny / sizeof g_tiny[0]; i++) {
         char path[1024], ids_path[1024];
         model_source source = tiny_source(g_tiny[i], path, sizeof path);
         tu_fixture_file(ids_path, sizeof ids_path, g_tiny[i], "ids.npy");
         int T = 0;
         int32_t *ids = tu_read_ids(ids_path, &T);
-        check_f32(&source, ids, T);
+        check(&source, ids, T);
         free(ids);
     }
 }
 
+static void test_tiny_f32(void **state) {
+    (void)state;
+    for_each_tiny(check_f32);
+}
+
+static void check_tiny_16bit(const model_source *source, const int32_t *ids, int T) {
+    const pb_dtype dtypes[] = {PB_DTYPE_BF16, PB_DTYPE_F16};
+    for (size_t d = 0; d < sizeof dtypes / sizeof dtypes[0]; d++)
+        check_16bit(source, dtypes[d], ids, T);
+}
+
 static void test_tiny_16bit(void **state) {
     (void)state;
-    const pb_dtype dtypes[] = {PB_DTYPE_BF16, PB_DTYPE_F16};
-    for (size_t i = 0; i < sizeof g_tiny / sizeof g_tiny[0]; i++) {
-        char path[1024], ids_path[1024];
-        model_source source = tiny_source(g_tiny[i], path, sizeof path);
-        tu_fixture_file(ids_path, sizeof ids_path, g_tiny[i], "ids.npy");
-        int T = 0;
-        int32_t *ids = tu_read_ids(ids_path, &T);
-        for (size_t d = 0; d < sizeof dtypes / sizeof dtypes[0]; d++)
-            check_16bit(&source, dtypes[d], ids, T);
-        free(ids);
-    }
+    for_each_tiny(check_tiny_16bit);
 }
 
 /* Seeded random weights at SmolLM2-135M's shape (d_model 576, 9 heads over 3
@@ -362,36 +363,32 @@ static void test_smollm2(void **state) {
 
 /* Greedy decoding with the KV cache (prefill, then one query per step against
  * the cached prefix: attention_jobs with p0 > 0) gives the CPU's tokens. */
+static void check_generate(const model_source *source, const int32_t *ids, int T) {
+    pb_model *device = open_model(source, g_device, PB_DTYPE_F32);
+    pb_model *cpu = open_model(source, PB_BACKEND_CPU, PB_DTYPE_F32);
+    const int prompt = T < 8 ? T : 8;
+    int max_new = pb_model_get_config(cpu)->context_length - prompt;
+    if (max_new > 24)
+        max_new = 24;
+    assert_true(max_new > 0);
+    int32_t got[24], want[24];
+    int n_got = 0, n_want = 0;
+    CHECK_OK(pb_generate(device, ids, prompt, max_new, got, &n_got));
+    CHECK_OK(pb_generate(cpu, ids, prompt, max_new, want, &n_want));
+    assert_int_equal(n_got, n_want);
+    for (int t = 0; t < n_want; t++)
+        if (got[t] != want[t])
+            fail_msg("%s: greedy token %d is %d on %s, %d on cpu", source->label, t, got[t], pb_backend_name(g_device),
+                     want[t]);
+    printf("[ MEASURE  ] %s f32 greedy: %d tokens after a %d-token prompt identical on %s and cpu\n", source->label,
+           n_want, prompt, pb_backend_name(g_device));
+    pb_model_free(device);
+    pb_model_free(cpu);
+}
+
 static void test_generate(void **state) {
     (void)state;
-    for (size_t i = 0; i < sizeof g_tiny / sizeof g_tiny[0]; i++) {
-        char path[1024], ids_path[1024];
-        model_source source = tiny_source(g_tiny[i], path, sizeof path);
-        tu_fixture_file(ids_path, sizeof ids_path, g_tiny[i], "ids.npy");
-        int T = 0;
-        int32_t *ids = tu_read_ids(ids_path, &T);
-        pb_model *device = open_model(&source, g_device, PB_DTYPE_F32);
-        pb_model *cpu = open_model(&source, PB_BACKEND_CPU, PB_DTYPE_F32);
-        const int prompt = T < 8 ? T : 8;
-        int max_new = pb_model_get_config(cpu)->context_length - prompt;
-        if (max_new > 24)
-            max_new = 24;
-        assert_true(max_new > 0);
-        int32_t got[24], want[24];
-        int n_got = 0, n_want = 0;
-        CHECK_OK(pb_generate(device, ids, prompt, max_new, got, &n_got));
-        CHECK_OK(pb_generate(cpu, ids, prompt, max_new, want, &n_want));
-        assert_int_equal(n_got, n_want);
-        for (int t = 0; t < n_want; t++)
-            if (got[t] != want[t])
-                fail_msg("%s: greedy token %d is %d on %s, %d on cpu", g_tiny[i], t, got[t], pb_backend_name(g_device),
-                         want[t]);
-        printf("[ MEASURE  ] %s f32 greedy: %d tokens after a %d-token prompt identical on %s and cpu\n", g_tiny[i],
-               n_want, prompt, pb_backend_name(g_device));
-        pb_model_free(device);
-        pb_model_free(cpu);
-        free(ids);
-    }
+    for_each_tiny(check_generate);
 }
 
 int main(void) {

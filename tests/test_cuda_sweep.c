@@ -41,16 +41,7 @@ static pb_model *load_model(const char *name, pb_backend_kind backend, pb_dtype 
             fail_msg("random model %s: %s", name + 7, pb_last_error());
         return m;
     }
-    char path[1024];
-    if (strcmp(name, "smollm2") == 0)
-        snprintf(path, sizeof path, "%s/models/SmolLM2-135M-Instruct.Q4_1.gguf", tu_source_dir());
-    else
-        snprintf(path, sizeof path, "%s/%s", tu_fixtures(), name);
-    if (access(path, R_OK) != 0)
-        return NULL;
-    if (pb_model_load(&m, path, &o) != PB_OK)
-        fail_msg("loading %s: %s", path, pb_last_error());
-    return m;
+    return tu_load_case_model(name, &o);
 }
 
 static pb_sweep *run_sweep(pb_model *m, const char *spec, const char *spec_dir) {
@@ -210,34 +201,15 @@ static void check_case(const char *label, const char *model_name, const char *sp
     pb_model_free(cpu_model);
 }
 
+static int check_oracle_case(const tu_oracle_case *c, void *ctx) {
+    (void)ctx;
+    check_case(c->name, json_string_value(json_object_get(c->expected, "model")), c->spec, c->dir, 0);
+    return 1;
+}
+
 static void test_oracle_cases(void **state) {
     (void)state;
-    char dir[1024];
-    snprintf(dir, sizeof dir, "%s/patching", tu_fixtures());
-    DIR *d = opendir(dir);
-    assert_non_null(d);
-    int n_cases = 0;
-    for (struct dirent *e; (e = readdir(d));) {
-        if (e->d_name[0] == '.')
-            continue;
-        char case_dir[1400], path[1600];
-        snprintf(case_dir, sizeof case_dir, "%s/%s", dir, e->d_name);
-        snprintf(path, sizeof path, "%s/expected.json", case_dir);
-        json_error_t err;
-        json_t *expected = json_load_file(path, 0, &err);
-        if (!expected)
-            fail_msg("%s: %s", path, err.text);
-        snprintf(path, sizeof path, "%s/spec.json", case_dir);
-        char *spec = tu_read_file(path, NULL);
-        assert_non_null(spec);
-        const char *model = json_string_value(json_object_get(expected, "model"));
-        check_case(e->d_name, model, spec, case_dir, 0);
-        free(spec);
-        json_decref(expected);
-        n_cases++;
-    }
-    closedir(d);
-    assert_true(n_cases >= 7);
+    assert_true(tu_visit_cases("patching", check_oracle_case, NULL) >= 7);
 }
 
 /* The default sweep's components on a synthetic model at SmolLM2's width. */

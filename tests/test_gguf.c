@@ -242,6 +242,9 @@ static gguf_writer make_valid(uint32_t version, uint32_t alignment, size_t *data
 
 /* Opens an exact-size copy (so ASan sees any over-read) and expects
  * PB_ERR_FORMAT with `expected` in the message. Frees the writer. */
+/* The table case being checked (named in the failure message), or "". */
+static const char *refused_case = "";
+
 static void expect_refused_status(gguf_writer *w, pb_status expected_status, const char *expected) {
     uint8_t *copy = malloc(w->size ? w->size : 1);
     assert_non_null(copy);
@@ -250,8 +253,8 @@ static void expect_refused_status(gguf_writer *w, pb_status expected_status, con
     pb_gguf *g = (pb_gguf *)0x1;
     pb_status status = pb_gguf_open_buffer(&g, copy, w->size);
     if (status != expected_status || strstr(pb_last_error(), expected) == NULL) {
-        fprintf(stderr, "expected %s with '%s'; got %s: %s\n", pb_status_name(expected_status), expected,
-                pb_status_name(status), pb_last_error());
+        fprintf(stderr, "%s%sexpected %s with '%s'; got %s: %s\n", refused_case, *refused_case ? ": " : "",
+                pb_status_name(expected_status), expected, pb_status_name(status), pb_last_error());
     }
     assert_int_equal(status, expected_status);
     assert_null(g);
@@ -267,6 +270,27 @@ static void truncate_to(gguf_writer *w, size_t size) {
     assert_true(size <= w->size);
     w->size = size;
 }
+
+/* A truncated-file case: the file build makes, cut to `cut` bytes (or, when
+ * cut is negative, with -cut bytes dropped off its end), is refused with
+ * expected in the message. */
+typedef struct truncation_case {
+    const char *name;
+    gguf_writer (*build)(void);
+    long cut;
+    const char *expected;
+} truncation_case;
+
+static void check_truncations(const truncation_case *cases, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        gguf_writer w = cases[i].build();
+        truncate_to(&w, cases[i].cut >= 0 ? (size_t)cases[i].cut : w.size - (size_t)-cases[i].cut);
+        refused_case = cases[i].name;
+        expect_refused(&w, cases[i].expected);
+        refused_case = "";
+    }
+}
+#define CHECK_TRUNCATIONS(cases) check_truncations(cases, sizeof cases / sizeof cases[0])
 
 /* ---- valid files ------------------------------------------------------------- */
 
@@ -515,17 +539,16 @@ static void test_open_missing_file(void **state) {
 
 /* ---- corrupted files: header ---------------------------------------------------- */
 
+static gguf_writer build_valid(void) { return make_valid(3, 32, NULL); }
+
 static void test_truncated_header(void **state) {
     (void)state;
-    gguf_writer w = make_valid(3, 32, NULL);
-    truncate_to(&w, 2);
-    expect_refused(&w, "truncated file: header magic");
-    w = make_valid(3, 32, NULL);
-    truncate_to(&w, 6);
-    expect_refused(&w, "truncated file: header version");
-    w = make_valid(3, 32, NULL);
-    truncate_to(&w, 20);
-    expect_refused(&w, "truncated file: header tensor and kv counts");
+    static const truncation_case cases[] = {
+        {"magic", build_valid, 2, "truncated file: header magic"},
+        {"version", build_valid, 6, "truncated file: header version"},
+        {"counts", build_valid, 20, "truncated file: header tensor and kv counts"},
+    };
+    CHECK_TRUNCATIONS(cases);
 }
 
 static void test_bad_magic(void **state) {
@@ -583,74 +606,99 @@ static void test_huge_kv_count(void **state) {
  * falls inside the part under test. */
 #define LONG_KEY "general.a_rather_long_key_name_for_truncation"
 
-static void test_truncated_kv_key(void **state) {
-    (void)state;
+/* Version-3 files with one or two kvs for the truncation cases. */
+static gguf_writer build_long_u32(void) {
     gguf_writer w = begin(3);
     kv_u32(&w, LONG_KEY, 7);
     finish(&w);
-    truncate_to(&w, 24 + 8 + 20);
-    expect_refused(&w, "truncated file: kv 0 key (length 45) needs 45 bytes at offset 32 but only 20 are left");
-    w = begin(3);
+    return w;
+}
+static gguf_writer build_two_long_u32(void) {
+    gguf_writer w = begin(3);
     kv_u32(&w, LONG_KEY, 7);
     kv_u32(&w, LONG_KEY ".2", 7);
     finish(&w);
-    truncate_to(&w, w.size - (8 + 47 + 8) + 4);
-    expect_refused(&w, "truncated file: kv 1 key length");
+    return w;
 }
-
-static void test_truncated_kv_type(void **state) {
-    (void)state;
-    gguf_writer w = begin(3);
-    kv_u32(&w, LONG_KEY, 7);
-    finish(&w);
-    truncate_to(&w, w.size - 6);
-    expect_refused(&w, "truncated file: kv 0 ('" LONG_KEY "') value type");
-}
-
-static void test_truncated_kv_value(void **state) {
-    (void)state;
+static gguf_writer build_long_u64(void) {
     gguf_writer w = begin(3);
     kv_u64(&w, LONG_KEY, 7);
     finish(&w);
-    truncate_to(&w, w.size - 3);
-    expect_refused(&w, "truncated file: kv 0 ('" LONG_KEY "') uint64 value needs 8 bytes");
+    return w;
 }
-
-static void test_truncated_string(void **state) {
-    (void)state;
+static gguf_writer build_name_str(void) {
     gguf_writer w = begin(3);
     kv_str(&w, "general.name", "SmolLM2 135M Instruct, a small model");
     finish(&w);
-    truncate_to(&w, w.size - 10);
-    expect_refused(&w, "truncated file: kv 0 ('general.name') string value needs 36 bytes");
-    w = begin(3);
+    return w;
+}
+static gguf_writer build_long_str(void) {
+    gguf_writer w = begin(3);
     kv_str(&w, LONG_KEY, "x");
     finish(&w);
-    truncate_to(&w, w.size - 1 - 4);
-    expect_refused(&w, "truncated file: kv 0 ('" LONG_KEY "') string length");
+    return w;
 }
-
-static void test_truncated_array(void **state) {
-    (void)state;
+static gguf_writer build_u32_array(void) {
     gguf_writer w = begin(3);
     kv_array_header(&w, LONG_KEY, PB_GGUF_UINT32, 10);
     for (uint32_t i = 0; i < 10; i++)
         put_u32(&w, i);
     finish(&w);
-    truncate_to(&w, w.size - 2);
-    expect_refused(&w, "kv 0 ('" LONG_KEY "'): array length 10 of uint32 needs more than the 38 bytes left");
-
-    w = begin(3);
+    return w;
+}
+static gguf_writer build_str_array(void) {
+    gguf_writer w = begin(3);
     kv_array_str(&w, LONG_KEY, token_strings, 4);
     finish(&w);
-    truncate_to(&w, w.size - 3);
-    expect_refused(&w, "truncated file: kv 0 ('" LONG_KEY "') array element 3 string value needs 7 bytes");
+    return w;
+}
 
-    w = begin(3);
-    kv_array_str(&w, LONG_KEY, token_strings, 4);
-    finish(&w);
-    truncate_to(&w, 24 + 8 + 45 + 4 + 6);
-    expect_refused(&w, "truncated file: kv 0 ('" LONG_KEY "') array header");
+static void test_truncated_kv_key(void **state) {
+    (void)state;
+    static const truncation_case cases[] = {
+        {"key bytes", build_long_u32, 24 + 8 + 20,
+         "truncated file: kv 0 key (length 45) needs 45 bytes at offset 32 but only 20 are left"},
+        /* Cut 4 bytes into the second kv's 8-byte key length. */
+        {"second key length", build_two_long_u32, -((8 + 47 + 8) - 4), "truncated file: kv 1 key length"},
+    };
+    CHECK_TRUNCATIONS(cases);
+}
+
+static void test_truncated_kv_type(void **state) {
+    (void)state;
+    static const truncation_case cases[] = {
+        {"value type", build_long_u32, -6, "truncated file: kv 0 ('" LONG_KEY "') value type"},
+    };
+    CHECK_TRUNCATIONS(cases);
+}
+
+static void test_truncated_kv_value(void **state) {
+    (void)state;
+    static const truncation_case cases[] = {
+        {"uint64 value", build_long_u64, -3, "truncated file: kv 0 ('" LONG_KEY "') uint64 value needs 8 bytes"},
+    };
+    CHECK_TRUNCATIONS(cases);
+}
+
+static void test_truncated_string(void **state) {
+    (void)state;
+    static const truncation_case cases[] = {
+        {"string bytes", build_name_str, -10, "truncated file: kv 0 ('general.name') string value needs 36 bytes"},
+        {"string length", build_long_str, -(1 + 4), "truncated file: kv 0 ('" LONG_KEY "') string length"},
+    };
+    CHECK_TRUNCATIONS(cases);
+}
+
+static void test_truncated_array(void **state) {
+    (void)state;
+    static const truncation_case cases[] = {
+        {"uint32 elements", build_u32_array, -2,
+         "kv 0 ('" LONG_KEY "'): array length 10 of uint32 needs more than the 38 bytes left"},
+        {"string element", build_str_array, -3,
+         "truncated file: kv 0 ('" LONG_KEY "') array element 3 string value needs 7 bytes"},
+        {"array header", build_str_array, 24 + 8 + 45 + 4 + 6, "truncated file: kv 0 ('" LONG_KEY "') array header"},
+    };
+    CHECK_TRUNCATIONS(cases);
 }
 
 static void test_huge_string_length(void **state) {

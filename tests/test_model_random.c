@@ -233,68 +233,61 @@ static void test_tiny_matches_transformers(void **state) {
 
 /* ---- (c) names and configs ---------------------------------------------- */
 
+/* Hyperparameters as published in each model's config.json. A zero (or
+ * NULL) field is not checked; tied and qkv_bias are -1 when not checked. */
+typedef struct named_config {
+    const char *name, *arch;
+    int n_layers, d_model, n_heads, n_kv_heads, head_dim, d_mlp, vocab_size;
+    float rope_theta, rms_eps;
+    int tied, qkv_bias;
+} named_config;
+
+static const named_config named_configs[] = {
+    {"llama3-8b", "llama", 32, 4096, 32, 8, 128, 14336, 128256, 500000.0f, 1e-5f, 0, 0},
+    {"llama3-70b", "llama", 80, 8192, 64, 8, 128, 28672, 128256, 0, 0, 0, -1},
+    {"qwen2-7b", "qwen2", 28, 3584, 28, 4, 128, 18944, 152064, 1000000.0f, 1e-6f, 0, 1},
+    {"smollm2-135m", "llama", 30, 576, 9, 3, 64, 1536, 49152, 100000.0f, 0, 1, -1},
+    {"tiny", NULL, 4, 64, 0, 0, 0, 0, 512, 0, 0, 1, -1},
+};
+
+#define EXPECT_FIELD(e, c, field, check)                                                                     \
+    do {                                                                                                     \
+        if ((check) && (c).field != (e)->field)                                                              \
+            fail_msg("%s: " #field " is %g, expected %g", (e)->name, (double)(c).field, (double)(e)->field); \
+    } while (0)
+
+static void check_named_config(const named_config *e) {
+    pb_model_config c;
+    if (pb_random_config(&c, e->name) != PB_OK)
+        fail_msg("%s: %s", e->name, pb_last_error());
+    if (e->arch && strcmp(c.arch, e->arch) != 0)
+        fail_msg("%s: arch is '%s', expected '%s'", e->name, c.arch, e->arch);
+    EXPECT_FIELD(e, c, n_layers, e->n_layers);
+    EXPECT_FIELD(e, c, d_model, e->d_model);
+    EXPECT_FIELD(e, c, n_heads, e->n_heads);
+    EXPECT_FIELD(e, c, n_kv_heads, e->n_kv_heads);
+    EXPECT_FIELD(e, c, head_dim, e->head_dim);
+    EXPECT_FIELD(e, c, d_mlp, e->d_mlp);
+    EXPECT_FIELD(e, c, vocab_size, e->vocab_size);
+    EXPECT_FIELD(e, c, rope_theta, e->rope_theta != 0);
+    EXPECT_FIELD(e, c, rms_eps, e->rms_eps != 0);
+    if (e->tied >= 0 && c.tied_embeddings != e->tied)
+        fail_msg("%s: tied_embeddings is %d, expected %d", e->name, c.tied_embeddings, e->tied);
+    if (e->qkv_bias >= 0 && c.has_qkv_bias != e->qkv_bias)
+        fail_msg("%s: has_qkv_bias is %d, expected %d", e->name, c.has_qkv_bias, e->qkv_bias);
+}
+
 static void test_named_configs(void **state) {
-    /* Hyperparameters as published in each model's config.json. */
+    (void)state;
+    for (size_t i = 0; i < sizeof named_configs / sizeof named_configs[0]; i++)
+        check_named_config(&named_configs[i]);
+
+    /* Llama 3's rope scaling. */
     pb_model_config c;
     assert_int_equal(pb_random_config(&c, "llama3-8b"), PB_OK);
-    assert_string_equal(c.arch, "llama");
-    assert_int_equal(c.n_layers, 32);
-    assert_int_equal(c.d_model, 4096);
-    assert_int_equal(c.n_heads, 32);
-    assert_int_equal(c.n_kv_heads, 8);
-    assert_int_equal(c.head_dim, 128);
-    assert_int_equal(c.d_mlp, 14336);
-    assert_int_equal(c.vocab_size, 128256);
-    assert_true(c.rope_theta == 500000.0f);
-    assert_true(c.rms_eps == 1e-5f);
     assert_int_equal(c.rope_scaling, PB_ROPE_SCALING_LLAMA3);
     assert_true(c.rope_factor == 8.0f && c.rope_low_freq_factor == 1.0f && c.rope_high_freq_factor == 4.0f);
     assert_int_equal(c.rope_original_context, 8192);
-    assert_false(c.tied_embeddings);
-    assert_false(c.has_qkv_bias);
-
-    assert_int_equal(pb_random_config(&c, "llama3-70b"), PB_OK);
-    assert_string_equal(c.arch, "llama");
-    assert_int_equal(c.n_layers, 80);
-    assert_int_equal(c.d_model, 8192);
-    assert_int_equal(c.n_heads, 64);
-    assert_int_equal(c.n_kv_heads, 8);
-    assert_int_equal(c.head_dim, 128);
-    assert_int_equal(c.d_mlp, 28672);
-    assert_int_equal(c.vocab_size, 128256);
-    assert_false(c.tied_embeddings);
-
-    assert_int_equal(pb_random_config(&c, "qwen2-7b"), PB_OK);
-    assert_string_equal(c.arch, "qwen2");
-    assert_int_equal(c.n_layers, 28);
-    assert_int_equal(c.d_model, 3584);
-    assert_int_equal(c.n_heads, 28);
-    assert_int_equal(c.n_kv_heads, 4);
-    assert_int_equal(c.head_dim, 128);
-    assert_int_equal(c.d_mlp, 18944);
-    assert_int_equal(c.vocab_size, 152064);
-    assert_true(c.rope_theta == 1000000.0f);
-    assert_true(c.rms_eps == 1e-6f);
-    assert_true(c.has_qkv_bias);
-    assert_false(c.tied_embeddings);
-
-    assert_int_equal(pb_random_config(&c, "smollm2-135m"), PB_OK);
-    assert_string_equal(c.arch, "llama");
-    assert_int_equal(c.n_layers, 30);
-    assert_int_equal(c.d_model, 576);
-    assert_int_equal(c.n_heads, 9);
-    assert_int_equal(c.n_kv_heads, 3);
-    assert_int_equal(c.head_dim, 64);
-    assert_int_equal(c.d_mlp, 1536);
-    assert_int_equal(c.vocab_size, 49152);
-    assert_true(c.rope_theta == 100000.0f);
-    assert_true(c.tied_embeddings);
-
-    assert_int_equal(pb_random_config(&c, "tiny"), PB_OK);
-    assert_int_equal(c.n_layers, 4);
-    assert_int_equal(c.d_model, 64);
-    assert_int_equal(c.vocab_size, 512);
-    assert_true(c.tied_embeddings);
 
     /* Every advertised name parses and validates. */
     const char *names[] = {"tiny", "smollm2-135m", "llama3-8b", "llama3-70b", "qwen2-7b"};

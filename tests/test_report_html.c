@@ -14,7 +14,6 @@
 #include <stddef.h>
 #include <cmocka.h>
 #include <dirent.h>
-#include <ftw.h>
 #include <limits.h>
 #include <math.h>
 #include <string.h>
@@ -75,8 +74,6 @@ typedef struct fixture {
     char *html; /* the written report */
 } fixture;
 
-static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) { return remove(path); }
-
 static pb_model *load_tiny(void) {
     char path[1024];
     snprintf(path, sizeof path, "%s/tiny_gqa/model.gguf", tu_fixtures());
@@ -113,17 +110,13 @@ static int setup(void **state) {
 
 static int teardown(void **state) {
     fixture *f = *state;
-    pb_sweep_free(f->sweep);
-    pb_model_free(f->model);
-    free(f);
-    return 0;
+    return tu_free_sweep_fixture(f, f->sweep, f->model);
 }
 
 /* A fresh directory holding the report written with the test's extras. */
 static int write_report(void **state) {
     fixture *f = *state;
-    snprintf(f->dir, sizeof f->dir, "/tmp/pb_report_html_XXXXXX");
-    if (!mkdtemp(f->dir))
+    if (tu_make_temp_dir(f->dir, sizeof f->dir, "pb_report_html_") != 0)
         return -1;
     snprintf(f->path, sizeof f->path, "%s/report.html", f->dir);
     if (pb_report_html_write(f->sweep, f->path, &test_extras) != PB_OK) {
@@ -138,8 +131,7 @@ static int remove_report(void **state) {
     fixture *f = *state;
     free(f->html);
     f->html = NULL;
-    if (f->dir[0])
-        nftw(f->dir, remove_entry, 8, FTW_DEPTH | FTW_PHYS);
+    tu_remove_tree(f->dir); /* nothing when dir is "" */
     f->dir[0] = 0;
     return 0;
 }

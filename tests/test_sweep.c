@@ -23,18 +23,8 @@
 #include "tolerances.h"
 
 static pb_model *load_fixture_model_on(const char *name, pb_backend_kind backend) {
-    char path[1024];
-    if (strcmp(name, "smollm2") == 0)
-        snprintf(path, sizeof path, "%s/models/SmolLM2-135M-Instruct.Q4_1.gguf", tu_source_dir());
-    else
-        snprintf(path, sizeof path, "%s/%s", tu_fixtures(), name);
-    if (access(path, R_OK) != 0)
-        return NULL;
-    pb_model *m = NULL;
     pb_load_options o = {.n_threads = 2, .backend = backend};
-    if (pb_model_load(&m, path, &o) != PB_OK)
-        fail_msg("loading %s: %s", path, pb_last_error());
-    return m;
+    return tu_load_case_model(name, &o);
 }
 
 static pb_model *load_fixture_model(const char *name) { return load_fixture_model_on(name, PB_BACKEND_CPU); }
@@ -101,87 +91,69 @@ static int64_t find_site(const pb_sweep *s, json_t *row) {
     return -1;
 }
 
+/* One fixture case: same sites, baselines and patched values; 0 when its model is absent. */
+static int check_oracle_case(const tu_oracle_case *c, void *ctx) {
+    (void)ctx;
+    json_t *expected = c->expected;
+    const char *model_name = json_string_value(json_object_get(expected, "model"));
+    pb_model *m = load_fixture_model(model_name);
+    if (!m) {
+        printf("[ SKIPPED  ] %s: model %s not present (scripts/fetch-model.sh)\n", c->name, model_name);
+        return 0;
+    }
+    double tol = strcmp(model_name, "smollm2") == 0 ? PB_TOL_SMOLLM2_EFFECT : PB_TOL_TINY_EFFECT;
+    pb_sweep *s = make_sweep(m, c->spec, c->dir, NULL);
+    json_t *rows = json_object_get(expected, "rows");
+    assert_int_equal(json_array_size(rows), s->n_sites);
+    double worst_patched = 0, worst_effect = 0, worst_base = 0;
+    json_t *pairs = json_object_get(expected, "pairs");
+    for (int p = 0; p < s->spec.n_pairs; p++) {
+        double base, source;
+        pb_sweep_get_pair(s, p, &base, &source);
+        json_t *want = json_array_get(pairs, (size_t)p);
+        double db = fabs(base - json_real_value(json_object_get(want, "base")));
+        double ds = fabs(source - json_real_value(json_object_get(want, "source")));
+        worst_base = fmax(worst_base, fmax(db, ds));
+    }
+    size_t r;
+    json_t *row;
+    json_array_foreach(rows, r, row) {
+        int64_t site = find_site(s, row);
+        if (site < 0)
+            fail_msg("%s: oracle row %zu (%s layer %lld) has no engine site", c->name, r,
+                     json_string_value(json_object_get(row, "component")),
+                     json_integer_value(json_object_get(row, "layer")));
+        for (int p = 0; p < s->spec.n_pairs; p++) {
+            double patched, effect, base, source;
+            pb_sweep_get_row(s, p, site, &patched, &effect);
+            pb_sweep_get_pair(s, p, &base, &source);
+            double want = json_real_value(json_array_get(json_object_get(row, "patched"), (size_t)p));
+            double want_effect = (want - json_real_value(json_object_get(json_array_get(pairs, (size_t)p), "base"))) /
+                                 (json_real_value(json_object_get(json_array_get(pairs, (size_t)p), "source")) -
+                                  json_real_value(json_object_get(json_array_get(pairs, (size_t)p), "base")));
+            worst_patched = fmax(worst_patched, fabs(patched - want));
+            if (!isnan(effect))
+                worst_effect = fmax(worst_effect, fabs(effect - want_effect));
+            if (!(fabs(effect - want_effect) <= tol) && !(isnan(effect) && isnan(want_effect)))
+                fail_msg("%s: %s layer %d head %d pair %d: effect %.9g, oracle %.9g (patched %.9g vs %.9g)", c->name,
+                         pb_component_name(s->sites[site].component), s->sites[site].layer, s->sites[site].head, p,
+                         effect, want_effect, patched, want);
+        }
+    }
+    pb_sweep_summary sum;
+    pb_sweep_get_summary(s, &sum);
+    printf("[ MEASURE  ] %-28s %5lld rows (%lld run): max |d patched| %.2e, |d effect| %.2e, |d baseline| %.2e\n",
+           c->name, (long long)sum.n_rows, (long long)sum.n_rows_executed, worst_patched, worst_effect, worst_base);
+    assert_true(worst_effect <= tol);
+    pb_sweep_free(s);
+    pb_model_free(m);
+    return 1;
+}
+
 /* Every fixture case: same sites, baselines and patched values. */
 static void test_oracle_cases(void **state) {
-    char dir[1024];
-    snprintf(dir, sizeof dir, "%s/patching", tu_fixtures());
-    DIR *d = opendir(dir);
-    assert_non_null(d);
-    int n_cases = 0;
-    for (struct dirent *e; (e = readdir(d));) {
-        if (e->d_name[0] == '.')
-            continue;
-        char case_dir[1400], path[1600];
-        snprintf(case_dir, sizeof case_dir, "%s/%s", dir, e->d_name);
-        snprintf(path, sizeof path, "%s/expected.json", case_dir);
-        json_error_t err;
-        json_t *expected = json_load_file(path, 0, &err);
-        if (!expected)
-            fail_msg("%s: %s", path, err.text);
-        const char *model_name = json_string_value(json_object_get(expected, "model"));
-        pb_model *m = load_fixture_model(model_name);
-        if (!m) {
-            printf("[ SKIPPED  ] %s: model %s not present (scripts/fetch-model.sh)\n", e->d_name, model_name);
-            json_decref(expected);
-            continue;
-        }
-        double tol = strcmp(model_name, "smollm2") == 0 ? PB_TOL_SMOLLM2_EFFECT : PB_TOL_TINY_EFFECT;
-        snprintf(path, sizeof path, "%s/spec.json", case_dir);
-        char *spec = tu_read_file(path, NULL);
-        assert_non_null(spec);
-        pb_sweep *s = make_sweep(m, spec, case_dir, NULL);
-        json_t *rows = json_object_get(expected, "rows");
-        assert_int_equal(json_array_size(rows), s->n_sites);
-        double worst_patched = 0, worst_effect = 0, worst_base = 0;
-        json_t *pairs = json_object_get(expected, "pairs");
-        for (int p = 0; p < s->spec.n_pairs; p++) {
-            double base, source;
-            pb_sweep_get_pair(s, p, &base, &source);
-            json_t *want = json_array_get(pairs, (size_t)p);
-            double db = fabs(base - json_real_value(json_object_get(want, "base")));
-            double ds = fabs(source - json_real_value(json_object_get(want, "source")));
-            worst_base = fmax(worst_base, fmax(db, ds));
-        }
-        size_t r;
-        json_t *row;
-        json_array_foreach(rows, r, row) {
-            int64_t site = find_site(s, row);
-            if (site < 0)
-                fail_msg("%s: oracle row %zu (%s layer %lld) has no engine site", e->d_name, r,
-                         json_string_value(json_object_get(row, "component")),
-                         json_integer_value(json_object_get(row, "layer")));
-            for (int p = 0; p < s->spec.n_pairs; p++) {
-                double patched, effect, base, source;
-                pb_sweep_get_row(s, p, site, &patched, &effect);
-                pb_sweep_get_pair(s, p, &base, &source);
-                double want = json_real_value(json_array_get(json_object_get(row, "patched"), (size_t)p));
-                double want_effect = (want -
-                                      json_real_value(json_object_get(json_array_get(pairs, (size_t)p), "base"))) /
-                                     (json_real_value(json_object_get(json_array_get(pairs, (size_t)p), "source")) -
-                                      json_real_value(json_object_get(json_array_get(pairs, (size_t)p), "base")));
-                worst_patched = fmax(worst_patched, fabs(patched - want));
-                if (!isnan(effect))
-                    worst_effect = fmax(worst_effect, fabs(effect - want_effect));
-                if (!(fabs(effect - want_effect) <= tol) && !(isnan(effect) && isnan(want_effect)))
-                    fail_msg("%s: %s layer %d head %d pair %d: effect %.9g, oracle %.9g (patched %.9g vs %.9g)",
-                             e->d_name, pb_component_name(s->sites[site].component), s->sites[site].layer,
-                             s->sites[site].head, p, effect, want_effect, patched, want);
-            }
-        }
-        pb_sweep_summary sum;
-        pb_sweep_get_summary(s, &sum);
-        printf("[ MEASURE  ] %-28s %5lld rows (%lld run): max |d patched| %.2e, |d effect| %.2e, |d baseline| %.2e\n",
-               e->d_name, (long long)sum.n_rows, (long long)sum.n_rows_executed, worst_patched, worst_effect,
-               worst_base);
-        assert_true(worst_effect <= tol);
-        n_cases++;
-        pb_sweep_free(s);
-        free(spec);
-        pb_model_free(m);
-        json_decref(expected);
-    }
-    closedir(d);
-    assert_true(n_cases >= 7);
+    (void)state;
+    assert_true(tu_visit_cases("patching", check_oracle_case, NULL) >= 7);
 }
 
 /* ---- invariants on tiny_gqa ---------------------------------------------- */
@@ -205,6 +177,13 @@ static char *spec_text(const char *mode, const char *pairs, const char *sites, c
                  metric) < 0)
         return NULL;
     return buf;
+}
+
+/* The spec of both pairs, every component and metric_json in mode. */
+static char *two_pair_spec(const char *mode) {
+    char pairs[1024];
+    snprintf(pairs, sizeof pairs, "%s, %s", pair_ids, pair_ids_2);
+    return spec_text(mode, pairs, all_components, metric_json);
 }
 
 /* Patching a run with its own activations (source == base, every row
@@ -281,9 +260,7 @@ static void test_layer0_all_positions_is_the_source(void **state) {
 /* A batch of N rows equals the N rows run one by one; skipped rows are
  * exactly zero and really skipped. */
 static void test_batch_equals_single_rows(void **state) {
-    char pairs[1024];
-    snprintf(pairs, sizeof pairs, "%s, %s", pair_ids, pair_ids_2);
-    char *spec = spec_text("noising", pairs, all_components, metric_json);
+    char *spec = two_pair_spec("noising");
     for (int k = 0; k < 2; k++) {
         pb_model *m = load_fixture_model_on("tiny_gqa", invariant_backends[k]);
         pb_sweep_options one = {.max_batch_rows = 1, .metric_fn_residual_layer = -1};
@@ -347,9 +324,7 @@ static int64_t assert_same_rows(const pb_sweep *want, const pb_sweep *got) {
  * every value is identical to the direct path, and the downloads do not
  * grow with the rows checked. */
 static void test_device_memory_path(void **state) {
-    char pairs[1024];
-    snprintf(pairs, sizeof pairs, "%s, %s", pair_ids, pair_ids_2);
-    char *spec = spec_text("denoising", pairs, all_components, metric_json);
+    char *spec = two_pair_spec("denoising");
     pb_model *m = load_fixture_model_on("tiny_gqa", PB_BACKEND_REFERENCE);
     pb_sweep *direct = make_sweep(m, spec, NULL, NULL);
     const pb_backend_ops *saved = m->backend->ops;
@@ -384,9 +359,7 @@ static void test_device_memory_path(void **state) {
  * per-row reads, still with the same results. */
 static void test_device_memory_past_cap(void **state) {
     (void)state;
-    char pairs[1024];
-    snprintf(pairs, sizeof pairs, "%s, %s", pair_ids, pair_ids_2);
-    char *spec = spec_text("denoising", pairs, all_components, metric_json);
+    char *spec = two_pair_spec("denoising");
     pb_model *m = load_fixture_model_on("tiny_gqa", PB_BACKEND_REFERENCE);
     const pb_model_config *c = pb_model_get_config(m);
     pb_sweep *direct = make_sweep(m, spec, NULL, NULL);
@@ -512,9 +485,7 @@ static pb_status failing_download(pb_backend *b, void *dst, const void *src, siz
  * uninterrupted sweep); a later run completes the rest identically. */
 static void test_failure_at_every_download(void **state) {
     (void)state;
-    char pairs[1024];
-    snprintf(pairs, sizeof pairs, "%s, %s", pair_ids, pair_ids_2);
-    char *spec = spec_text("denoising", pairs, all_components, metric_json);
+    char *spec = two_pair_spec("denoising");
     pb_model *m = load_fixture_model_on("tiny_gqa", PB_BACKEND_REFERENCE);
     pb_sweep_options o = {.max_batch_rows = 2, .metric_fn_residual_layer = -1};
     pb_sweep *direct = make_sweep(m, spec, NULL, &o);
@@ -660,9 +631,7 @@ static pb_status sticky_copy_regions(pb_backend *b, const pb_copy_region *region
  * message the caller reads is the fault's own. */
 static void test_first_failure_survives_cleanup(void **state) {
     (void)state;
-    char pairs[1024];
-    snprintf(pairs, sizeof pairs, "%s, %s", pair_ids, pair_ids_2);
-    char *spec = spec_text("denoising", pairs, all_components, metric_json);
+    char *spec = two_pair_spec("denoising");
     pb_model *m = load_fixture_model_on("tiny_gqa", PB_BACKEND_REFERENCE);
     pb_sweep_options o = {.max_batch_rows = 2, .metric_fn_residual_layer = -1};
     const pb_backend_ops *saved = m->backend->ops;
@@ -874,9 +843,7 @@ static float callback_first_coordinate(const float *residual, int n, void *user)
 
 static void test_metric_callback_and_worker_subsets(void **state) {
     pb_model *m = load_fixture_model("tiny_gqa");
-    char pairs[1024];
-    snprintf(pairs, sizeof pairs, "%s, %s", pair_ids, pair_ids_2);
-    char *spec = spec_text("denoising", pairs, all_components, metric_json);
+    char *spec = two_pair_spec("denoising");
     pb_sweep *builtin = make_sweep(m, spec, NULL, NULL);
     pb_sweep_options o = {.metric_fn = callback_logit_diff, .metric_fn_residual_layer = -1};
     pb_sweep *callback = make_sweep(m, spec, NULL, &o);

@@ -9,7 +9,6 @@
 #include <stddef.h>
 #include <cmocka.h>
 #include <dirent.h>
-#include <ftw.h>
 #include <jansson.h>
 #include <limits.h>
 #include <math.h>
@@ -38,8 +37,6 @@ typedef struct fixture {
     char dir[64]; /* a fresh temporary directory per test */
 } fixture;
 
-static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) { return remove(path); }
-
 static pb_sweep *make_sweep(pb_model *m, const char *spec, int run) {
     pb_sweep *s = NULL;
     if (pb_sweep_create(&s, m, spec, NULL, NULL) != PB_OK)
@@ -49,19 +46,9 @@ static pb_sweep *make_sweep(pb_model *m, const char *spec, int run) {
     return s;
 }
 
-static pb_model *load_tiny(void) {
-    char path[1024];
-    snprintf(path, sizeof path, "%s/tiny_gqa/model.gguf", tu_fixtures());
-    pb_model *m = NULL;
-    pb_load_options o = {.n_threads = 2};
-    if (pb_model_load(&m, path, &o) != PB_OK)
-        fail_msg("loading %s: %s", path, pb_last_error());
-    return m;
-}
-
 static int setup(void **state) {
     fixture *f = calloc(1, sizeof *f);
-    f->model = load_tiny();
+    f->model = tu_load_model("tiny_gqa", "model.gguf", PB_BACKEND_CPU);
     f->sweep = make_sweep(f->model, main_spec, 1);
     *state = f;
     return 0;
@@ -69,22 +56,17 @@ static int setup(void **state) {
 
 static int teardown(void **state) {
     fixture *f = *state;
-    pb_sweep_free(f->sweep);
-    pb_model_free(f->model);
-    free(f);
-    return 0;
+    return tu_free_sweep_fixture(f, f->sweep, f->model);
 }
 
 static int make_dir(void **state) {
     fixture *f = *state;
-    snprintf(f->dir, sizeof f->dir, "/tmp/pb_sweep_write_XXXXXX");
-    return mkdtemp(f->dir) ? 0 : -1;
+    return tu_make_temp_dir(f->dir, sizeof f->dir, "pb_sweep_write_");
 }
 
 static int remove_dir(void **state) {
     fixture *f = *state;
-    if (f->dir[0])
-        nftw(f->dir, remove_entry, 8, FTW_DEPTH | FTW_PHYS);
+    tu_remove_tree(f->dir); /* nothing when dir is "" */
     f->dir[0] = 0;
     return 0;
 }

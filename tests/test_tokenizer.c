@@ -22,6 +22,28 @@
 
 static int g_compared; /* strings whose ids were compared with a reference */
 
+/* The tokenizer in the fixture file at relative (tokenizer.json), or in the
+ * GGUF at path; fails the test when it does not load. */
+static pb_tokenizer *load_json_tokenizer(const char *relative) {
+    char path[1024];
+    assert_true(tu_fixture_path(path, sizeof path, relative));
+    pb_tokenizer *tok;
+    if (pb_tokenizer_from_json(&tok, path) != PB_OK)
+        fail_msg("%s: %s", relative, pb_last_error());
+    return tok;
+}
+
+static pb_tokenizer *load_gguf_tokenizer(const char *path) {
+    pb_gguf *gguf;
+    if (pb_gguf_open(&gguf, path) != PB_OK)
+        fail_msg("%s: %s", path, pb_last_error());
+    pb_tokenizer *tok;
+    if (pb_tokenizer_from_gguf(&tok, gguf) != PB_OK)
+        fail_msg("%s: %s", path, pb_last_error());
+    pb_gguf_close(gguf); /* the tokenizer owns copies of everything it needs */
+    return tok;
+}
+
 static json_t *load_fixture(const char *relative) {
     char path[1024];
     if (!tu_fixture_path(path, sizeof path, relative))
@@ -164,13 +186,7 @@ static void test_smollm2_gguf(void **state) {
         printf("SKIP: %s not found (set PB_MODEL or PB_SOURCE_DIR)\n", TU_SMOLLM2_FILE);
         skip();
     }
-    pb_gguf *gguf;
-    if (pb_gguf_open(&gguf, path) != PB_OK)
-        fail_msg("%s", pb_last_error());
-    pb_tokenizer *tok;
-    if (pb_tokenizer_from_gguf(&tok, gguf) != PB_OK)
-        fail_msg("%s", pb_last_error());
-    pb_gguf_close(gguf); /* the tokenizer owns copies of everything it needs */
+    pb_tokenizer *tok = load_gguf_tokenizer(path);
     assert_int_equal(pb_tokenizer_token_id(tok, "<|im_start|>"), 1);
     assert_int_equal(pb_tokenizer_token_id(tok, "<|im_end|>"), 2);
     assert_int_equal(pb_tokenizer_token_id(tok, "\xC4\xA0the"), pb_tokenizer_token_id(tok, " the"));
@@ -182,11 +198,7 @@ static void test_smollm2_gguf(void **state) {
 
 static void test_smollm2_json(void **state) {
     (void)state;
-    char path[1024];
-    assert_true(tu_fixture_path(path, sizeof path, "tokenizer/smollm2_tokenizer.json"));
-    pb_tokenizer *tok;
-    if (pb_tokenizer_from_json(&tok, path) != PB_OK)
-        fail_msg("%s", pb_last_error());
+    pb_tokenizer *tok = load_json_tokenizer("tokenizer/smollm2_tokenizer.json");
     check_smollm2_corpus(tok, "smollm2 tokenizer.json");
     pb_tokenizer_free(tok);
 }
@@ -198,13 +210,7 @@ static void test_sentencepiece(void **state) {
     (void)state;
     char path[1024];
     assert_true(tu_fixture_path(path, sizeof path, "tokenizer/spm_bpe.gguf"));
-    pb_gguf *gguf;
-    if (pb_gguf_open(&gguf, path) != PB_OK)
-        fail_msg("%s", pb_last_error());
-    pb_tokenizer *tok;
-    if (pb_tokenizer_from_gguf(&tok, gguf) != PB_OK)
-        fail_msg("%s", pb_last_error());
-    pb_gguf_close(gguf);
+    pb_tokenizer *tok = load_gguf_tokenizer(path);
     json_t *root = load_fixture("tokenizer/spm_corpus.json");
     assert_int_equal(pb_tokenizer_vocab_size(tok), json_integer_value(json_object_get(root, "vocab_size")));
     json_t *cases = json_object_get(root, "cases");
@@ -256,12 +262,9 @@ static void test_json_variants(void **state) {
     (void)state;
     const char *names[] = {"digits_bytelevel", "llama3_split", "qwen2_split"};
     for (size_t v = 0; v < sizeof names / sizeof names[0]; v++) {
-        char relative[256], path[1024];
+        char relative[256];
         snprintf(relative, sizeof relative, "tokenizer/bpe_variants/%s.json", names[v]);
-        assert_true(tu_fixture_path(path, sizeof path, relative));
-        pb_tokenizer *tok;
-        if (pb_tokenizer_from_json(&tok, path) != PB_OK)
-            fail_msg("%s", pb_last_error());
+        pb_tokenizer *tok = load_json_tokenizer(relative);
         snprintf(relative, sizeof relative, "tokenizer/bpe_variants/%s_corpus.json", names[v]);
         json_t *root = load_fixture(relative);
         json_t *cases = json_object_get(root, "cases");
@@ -445,11 +448,7 @@ static void test_null_safety(void **state) {
 /* A 100 kB text (the corpus concatenated): encodes, and decodes back. */
 static void test_large_text(void **state) {
     (void)state;
-    char path[1024];
-    assert_true(tu_fixture_path(path, sizeof path, "tokenizer/smollm2_tokenizer.json"));
-    pb_tokenizer *tok;
-    if (pb_tokenizer_from_json(&tok, path) != PB_OK)
-        fail_msg("%s", pb_last_error());
+    pb_tokenizer *tok = load_json_tokenizer("tokenizer/smollm2_tokenizer.json");
     json_t *root = load_fixture("tokenizer/smollm2_corpus.json");
     json_t *cases = json_object_get(root, "cases");
     size_t cap = 100 * 1024, n = 0;

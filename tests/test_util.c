@@ -9,6 +9,7 @@
 #include <cmocka.h>
 
 #include <dirent.h>
+#include <jansson.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -168,6 +169,50 @@ void tu_list_dir(const char *dir, char *out, size_t size) {
     }
 }
 
+pb_model *tu_load_case_model(const char *name, const pb_load_options *o) {
+    char path[1024];
+    if (strcmp(name, "smollm2") == 0)
+        snprintf(path, sizeof path, "%s/models/%s", tu_source_dir(), TU_SMOLLM2_FILE);
+    else
+        snprintf(path, sizeof path, "%s/%s", tu_fixtures(), name);
+    if (access(path, R_OK) != 0)
+        return NULL;
+    pb_model *m = NULL;
+    if (pb_model_load(&m, path, o) != PB_OK)
+        fail_msg("loading %s: %s", path, pb_last_error());
+    return m;
+}
+
+int tu_visit_cases(const char *subdir, int (*visit)(const tu_oracle_case *c, void *ctx), void *ctx) {
+    char dir[1024];
+    snprintf(dir, sizeof dir, "%s/%s", tu_fixtures(), subdir);
+    DIR *d = opendir(dir);
+    if (!d)
+        fail_msg("cannot list %s", dir);
+    int n_counted = 0;
+    for (struct dirent *e; (e = readdir(d));) {
+        if (e->d_name[0] == '.')
+            continue;
+        tu_oracle_case c = {.name = e->d_name};
+        char path[1600];
+        snprintf(c.dir, sizeof c.dir, "%s/%s", dir, e->d_name);
+        snprintf(path, sizeof path, "%s/expected.json", c.dir);
+        json_error_t err;
+        c.expected = json_load_file(path, 0, &err);
+        if (!c.expected)
+            fail_msg("%s: %s", path, err.text);
+        snprintf(path, sizeof path, "%s/spec.json", c.dir);
+        c.spec = tu_read_file(path, NULL);
+        if (!c.spec)
+            fail_msg("%s: cannot read", path);
+        n_counted += visit(&c, ctx) != 0;
+        free(c.spec);
+        json_decref(c.expected);
+    }
+    closedir(d);
+    return n_counted;
+}
+
 int tu_scratch_setup(void **state) {
     tu_scratch *scratch = calloc(1, sizeof *scratch);
     if (!scratch || tu_make_temp_dir(scratch->dir, sizeof scratch->dir, "pb_st_test_") != 0) {
@@ -233,6 +278,13 @@ int tu_cuda_exit_code(pb_status status) {
 }
 
 /* ---- sweeps ---------------------------------------------------------------- */
+
+int tu_free_sweep_fixture(void *fixture, pb_sweep *sweep, pb_model *model) {
+    pb_sweep_free(sweep);
+    pb_model_free(model);
+    free(fixture);
+    return 0;
+}
 
 pb_status tu_run_sweep(pb_model *m, const char *spec, int with_op, pb_sweep **out) {
     const pb_backend_ops *saved = m->backend->ops;

@@ -72,6 +72,25 @@ void tu_remove_tree(const char *path);
  * when dir cannot be read. */
 void tu_list_dir(const char *dir, char *out, size_t size);
 
+/* An oracle case's model by name: "smollm2" is
+ * $PB_SOURCE_DIR/models/TU_SMOLLM2_FILE, any other name <fixtures>/<name>.
+ * NULL when that file is absent; fails the test when it does not load. */
+pb_model *tu_load_case_model(const char *name, const pb_load_options *o);
+
+/* One fixture oracle case folder, as tu_visit_cases hands it over: its name,
+ * its path, its expected.json (parsed) and its spec.json (text). */
+typedef struct tu_oracle_case {
+    const char *name;
+    char dir[1400];
+    struct json_t *expected;
+    char *spec;
+} tu_oracle_case;
+/* Visits every case folder under <fixtures>/<subdir> (names starting with '.'
+ * are skipped), loading expected.json and spec.json (failing the test when
+ * either cannot be read), and frees both after visit. Returns how many
+ * visits returned nonzero (a visit returns 0 for a case it skipped). */
+int tu_visit_cases(const char *subdir, int (*visit)(const tu_oracle_case *c, void *ctx), void *ctx);
+
 /* A scratch directory per test: tu_scratch_setup / tu_scratch_teardown are
  * cmocka setup and teardown functions whose state is a tu_scratch. */
 typedef struct tu_scratch {
@@ -99,6 +118,9 @@ float *tu_read_f32(const char *path, int n_dims, int64_t shape[8]);
  * host path, and checks which path the sweep took. Returns the status and,
  * on success, the sweep (the caller frees it). */
 pb_status tu_run_sweep(pb_model *m, const char *spec, int with_op, pb_sweep **out);
+/* A cmocka teardown's end: frees sweep, model and the fixture itself;
+ * returns 0. */
+int tu_free_sweep_fixture(void *fixture, pb_sweep *sweep, pb_model *model);
 
 /* ---- CUDA ------------------------------------------------------------------ */
 
