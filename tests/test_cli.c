@@ -316,6 +316,25 @@ static void test_generate(void **state) {
     pb_model_free(m);
 }
 
+/* A prompt that tokenizes to nothing is refused with a message, and the
+ * process ends by exit, not by an abort (it used to free the ids twice). */
+static void test_generate_empty_prompt(void **state) {
+    need_cli();
+    char model[1024];
+    if (!tu_model_path(model, sizeof model)) {
+        print_message("skipping: no SmolLM2 file (scripts/fetch-model.sh); the tiny fixtures have no tokenizer\n");
+        skip();
+    }
+    const char *prompt[] = {"generate", "--model", model, "--prompt", "", "--no-chat", NULL};
+    assert_int_equal(run_cli(prompt), 1);
+    expect_in(err_text, "the prompt tokenizes to nothing");
+    const char *from[] = {
+        "generate",  "--model", model, "--prompt", "Hi", "--from", "", "--patch", "blocks.0.hook_resid_pre",
+        "--no-chat", NULL};
+    assert_int_equal(run_cli(from), 1);
+    expect_in(err_text, "the prompt tokenizes to nothing");
+}
+
 static void test_info(void **state) {
     char model[1024];
     need_cli_in(model, sizeof model, NULL, 0);
@@ -609,6 +628,7 @@ int main(void) {
         cmocka_unit_test_teardown(test_forward_hf_folder, cleanup),
         cmocka_unit_test_teardown(test_truncated_gguf, cleanup),
         cmocka_unit_test_teardown(test_generate, cleanup),
+        cmocka_unit_test_teardown(test_generate_empty_prompt, cleanup),
         cmocka_unit_test_teardown(test_info, cleanup),
         cmocka_unit_test_teardown(test_sweep_files, cleanup),
         cmocka_unit_test_teardown(test_sweep_errors, cleanup),

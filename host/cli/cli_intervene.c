@@ -156,7 +156,9 @@ static int text_ids(const char *cmd, pb_model *m, const cli *o, const char *text
     if (st != PB_OK)
         return !fail_msg(cmd, o->no_chat ? "tokenizing" : "applying the chat template");
     if (*T <= 0) {
+        /* the caller frees *ids on every failure: hand back none */
         free(*ids);
+        *ids = NULL;
         fprintf(stderr, "patchbay %s: the prompt tokenizes to nothing\n", cmd);
         return 0;
     }
