@@ -10,6 +10,10 @@
 # Nothing waits a fixed time for the job to get somewhere: signals are sent
 # once rank 0's progress line shows rows done, and stall times are taken when
 # the stopped rank is seen stopped, so the test passes on a loaded machine.
+# Nor does it race the sweep: where a job must still be running when
+# something happens to it, every rank holds in its share after its first
+# rows (PB_TEST_STALL=hold, host/cli/main.c) until a stop signal, so the
+# test passes on a machine of any speed.
 # PB_TEST_TIMEOUT_SCALE (default 1) multiplies every limit (README, Testing).
 # Exit 77 (skipped) without mpirun, python3, or an MPI build of patchbay.
 set -euo pipefail
@@ -68,14 +72,6 @@ json.dump(spec, open(sys.argv[2], "w"))
 PY
 big=(sweep --model "$fixtures/tiny_gqa/model.gguf" --spec "$tmp/big.json" --threads 1 --max-memory 2M --no-progress)
 watched=(sweep --model "$fixtures/tiny_gqa/model.gguf" --spec "$tmp/big.json" --threads 1 --max-memory 2M)
-# The stuck rank mid-sweep: a run long enough (64x) that rank 0 is still in
-# its own share when the stopped rank's timeout passes.
-python3 - "$tmp/spec.json" "$tmp/long.json" <<'PY'
-import json, sys
-spec = json.load(open(sys.argv[1])); spec["pairs"] = spec["pairs"] * 64
-json.dump(spec, open(sys.argv[2], "w"))
-PY
-long_watched=(sweep --model "$fixtures/tiny_gqa/model.gguf" --spec "$tmp/long.json" --threads 1 --max-memory 2M)
 # Waits for the job (at most 90 s, scaled); kills it (and fails) past that.
 wait_job() {
   local job=$1
@@ -104,6 +100,16 @@ wait_rows() {
     sleep 0.05
   done
   echo "FAIL: no progress line in $err"; cat "$err"; exit 1
+}
+# wait_line JOB ERR PATTERN: until the job's stderr ERR has a line matching PATTERN.
+wait_line() {
+  local job=$1 err=$2 pattern=$3
+  for _ in $(seq $(($(limit 60) * 20))); do
+    grep -q "$pattern" "$err" && return
+    kill -0 "$job" 2>/dev/null || { echo "FAIL: the job ended before '$pattern'"; cat "$err"; exit 1; }
+    sleep 0.05
+  done
+  echo "FAIL: no '$pattern' in $err"; cat "$err"; exit 1
 }
 # wait_stopped PID: until PID is stopped (state T); prints when, in seconds.
 wait_stopped() {
@@ -151,9 +157,10 @@ for n in 2 3; do
   compare "$tmp/one/results.json" "$tmp/np$n/results.json"
 done
 
-# A rank killed by SIGKILL mid-sweep: mpirun aborts the job.
-"${mpi[@]}" -np 2 "$cli" "${watched[@]}" --rank-timeout $rank_timeout --out "$tmp/killed" >/dev/null \
-  2>"$tmp/killed.err" &
+# A rank killed by SIGKILL mid-sweep: mpirun aborts the job. The ranks hold
+# in their shares, so the job cannot have ended before the kill.
+PB_TEST_STALL=hold "${mpi[@]}" -x PB_TEST_STALL -np 2 "$cli" "${watched[@]}" --rank-timeout $rank_timeout \
+  --out "$tmp/killed" >/dev/null 2>"$tmp/killed.err" &
 job=$!; pids+=($job)
 victim=$(rank_pid $job 1)
 wait_rows $job "$tmp/killed.err"
@@ -183,12 +190,14 @@ expect_named() {
 }
 
 # A stuck rank (SIGSTOP) mid-sweep: named within the bound while rank 0 is
-# still in its own share (the watchdog, not the gather, notices it).
-"${mpi[@]}" -np 2 "$cli" "${long_watched[@]}" --rank-timeout $rank_timeout --out "$tmp/stuck" >/dev/null \
-  2>"$tmp/stuck.err" &
+# still in its own share (the watchdog, not the gather, notices it). Both
+# ranks hold in their shares, as shares of any length would, so how fast the
+# machine runs rows does not matter.
+PB_TEST_STALL=hold "${mpi[@]}" -x PB_TEST_STALL -np 2 "$cli" "${watched[@]}" --rank-timeout $rank_timeout \
+  --out "$tmp/stuck" >/dev/null 2>"$tmp/stuck.err" &
 job=$!; pids+=($job)
 victim=$(rank_pid $job 1); pids+=($victim)
-wait_rows $job "$tmp/stuck.err"
+wait_line $job "$tmp/stuck.err" "rank 1 holds in its share"
 kill -STOP "$victim"
 start=$(wait_stopped "$victim")
 wait_job $job
@@ -196,6 +205,8 @@ kill -9 "$victim" 2>/dev/null || true
 expect_named stuck 1 "rank 1 is dead or stuck" "$start"
 grep -q "rank 0 of 2, while running its share of the sweep: no heartbeat from rank 1" "$tmp/stuck.err" ||
   { echo "FAIL: rank 1 was not named while rank 0 still ran its share"; exit 1; }
+grep -q "last heard while running its share of the sweep: rank 1" "$tmp/stuck.err" ||
+  { echo "FAIL: rank 1 was not last heard in its share (the stage it was stopped in)"; exit 1; }
 
 # stall NAME RANK STAGE PATTERN [RESULTS]: rank RANK stops itself at STAGE
 # (PB_TEST_STALL, host/cli/main.c); the job must end naming it.
@@ -229,7 +240,10 @@ total=$(executed "$tmp/big1.err")
 # interrupt NAME SIGNAL TARGET: TARGET is mpirun or ranks; expects exit 3 and a checkpoint.
 interrupt() {
   local name=$1 sig=$2 target=$3
-  "${mpi[@]}" -np 2 "$cli" "${watched[@]}" --out "$tmp/$name" >/dev/null 2>"$tmp/$name.err" &
+  # The ranks hold in their shares until the signal, so it lands mid-sweep
+  # on every rank however fast the machine runs rows.
+  PB_TEST_STALL=hold "${mpi[@]}" -x PB_TEST_STALL -np 2 "$cli" "${watched[@]}" --out "$tmp/$name" >/dev/null \
+    2>"$tmp/$name.err" &
   job=$!; pids+=($job)
   # rows done on rank 0 means every rank passed MPI_Init, after its handlers
   wait_rows $job "$tmp/$name.err"

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "cli/cli_analysis.h"
@@ -297,6 +298,26 @@ static void test_stall_point(const char *stage, int rank) {
         raise(SIGSTOP);
 }
 
+/* The sweep's progress callback: the bar where it is shown (p->out set).
+ * Testing aid for tests/test_mpi.sh: PB_TEST_STALL=hold keeps every rank's
+ * main thread in its share after its first rows (rank 0: once its first
+ * progress line is out), as a share of unbounded length would, until a stop
+ * signal comes (then the sweep stops at once, with most of its rows left);
+ * the watchdog thread goes on (SIGSTOP would stop both). */
+static void progress_or_hold(int64_t done, int64_t total, void *user) {
+    pb_progress *p = user;
+    pb_progress_callback(done, total, p);
+    const char *want = getenv("PB_TEST_STALL");
+    if (!want || strcmp(want, "hold") != 0 || (p->out ? p->last_done <= 0 : done <= 0))
+        return;
+    const char *rank = getenv("OMPI_COMM_WORLD_RANK");
+    fprintf(stderr, "patchbay: rank %s holds in its share (PB_TEST_STALL=hold)\n", rank ? rank : "0");
+    fflush(stderr);
+    const struct timespec tick = {0, 10 * 1000 * 1000};
+    while (!sweep_stop)
+        nanosleep(&tick, NULL);
+}
+
 /* Rank 0 after every rank reported: results, or the checkpoint. */
 static int finish_sweep(const options *o, pb_sweep *sweep, pb_status job, const char *checkpoint,
                         const pb_sweep_fingerprint *fp) {
@@ -443,12 +464,12 @@ static int sweep_inputs(sweep_job *j) {
  * 0, or the exit status. */
 static int sweep_create(sweep_job *j) {
     const options *o = j->o;
-    pb_progress_init(&j->progress, stderr, "sweep", -1);
-    pb_sweep_options so = {.max_memory = o->max_memory, .metric_fn_residual_layer = -1, .stop = &sweep_stop};
-    if (j->show) {
-        so.progress = pb_progress_callback;
-        so.progress_user = &j->progress;
-    }
+    pb_progress_init(&j->progress, j->show ? stderr : NULL, "sweep", -1);
+    pb_sweep_options so = {.max_memory = o->max_memory,
+                           .metric_fn_residual_layer = -1,
+                           .stop = &sweep_stop,
+                           .progress = progress_or_hold,
+                           .progress_user = &j->progress};
     pb_status st = pb_sweep_create(&j->sweep, j->model, j->spec_text, j->spec_dir, &so);
     if (st != PB_OK) {
         fprintf(stderr, "patchbay: %s: %s\n", o->spec, pb_last_error());

@@ -270,7 +270,13 @@ void pb_rank_watchdog_running(pb_rank_watchdog *w, int rank, int size) {
 
 void pb_rank_watchdog_set_stage(pb_rank_watchdog *w, int stage) {
     pthread_mutex_lock(&w->lock);
-    w->stage = stage;
+    if (w->stage != stage) {
+        /* say it now: a stage shorter than a beat would otherwise go unheard,
+         * and a rank stopped in the next one be named by a stale stage */
+        w->stage = stage;
+        w->next_beat = 0;
+        pthread_cond_signal(&w->wake);
+    }
     pthread_mutex_unlock(&w->lock);
 }
 
