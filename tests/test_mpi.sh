@@ -92,15 +92,7 @@ rank_pid() {
   echo "FAIL: rank $k of job $job never appeared" >&2; exit 1
 }
 # wait_rows JOB ERR: until rank 0's progress (stderr ERR) shows rows done.
-wait_rows() {
-  local job=$1 err=$2
-  for _ in $(seq $(($(limit 60) * 20))); do
-    grep -q '^sweep \[' "$err" && return
-    kill -0 "$job" 2>/dev/null || { echo "FAIL: the job ended before any progress"; cat "$err"; exit 1; }
-    sleep 0.05
-  done
-  echo "FAIL: no progress line in $err"; cat "$err"; exit 1
-}
+wait_rows() { wait_line "$1" "$2" '^sweep \['; }
 # wait_line JOB ERR PATTERN: until the job's stderr ERR has a line matching PATTERN.
 wait_line() {
   local job=$1 err=$2 pattern=$3

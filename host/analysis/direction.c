@@ -515,11 +515,11 @@ static pb_status compute(pb_model *m, const pb_direction_inputs *in, pb_directio
     out->d_model = c->d_model;
     out->n_layers = c->n_layers;
     out->n_post = w->n_post;
-    out->n_harmful_train = w->nh_train;
+    PB_TRY(compute_means(c, out, w));
+    out->n_harmful_train = w->nh_train; /* the counts the means used */
     out->n_harmless_train = w->nn_train;
     out->n_harmful_val = w->nh_val;
     out->n_harmless_val = w->nn_val;
-    PB_TRY(compute_means(c, out, w));
     double t0 = pb_now_seconds();
     PB_TRY(compute_baselines(c, in, out, w));
     PB_TRY(score_candidates(m, in, out, w));
@@ -557,50 +557,37 @@ pb_status pb_direction_write(const pb_direction_result *r, const char *dir, cons
     snprintf(path, sizeof path, "%s/differences.npy", dir);
     PB_TRY(pb_npy_write(path, r->differences, PB_NPY_F32, 3, table_shape));
 
-    json_t *root = json_object();
-    json_object_set_new(root, "schema", json_string("patchbay.direction/1"));
-    json_object_set_new(root, "method", json_string("difference in means, Arditi et al. 2024"));
-    json_object_set_new(root, "model", prov && prov->model_path ? json_string(prov->model_path) : json_null());
-    json_object_set_new(root, "prompts", prov && prov->prompt_file ? json_string(prov->prompt_file) : json_null());
-    json_object_set_new(root, "direction", json_string("direction.npy"));
-    json_object_set_new(root, "differences", json_string("differences.npy"));
-    json_object_set_new(root, "hook", json_string("resid_pre"));
-    json_object_set_new(root, "layer", json_integer(r->layer));
-    json_object_set_new(root, "position", json_integer(r->position));
-    json_object_set_new(root, "n_post", json_integer(r->n_post));
-    json_object_set_new(root, "d_model", json_integer(r->d_model));
-    json_object_set_new(root, "n_layers", json_integer(r->n_layers));
-    json_object_set_new(root, "difference_norm", real_or_null(r->norm));
-    json_object_set_new(root, "passes_filters", json_boolean(r->selected_passes));
-    json_t *scores = json_object();
-    json_object_set_new(scores, "ablation_refusal_score_harmful", real_or_null(r->ablation_score));
-    json_object_set_new(scores, "addition_refusal_score_harmless", real_or_null(r->addition_score));
-    json_object_set_new(scores, "ablation_kl_harmless", real_or_null(r->kl));
-    json_object_set_new(scores, "baseline_refusal_score_harmful", real_or_null(r->baseline_harmful));
-    json_object_set_new(scores, "baseline_refusal_score_harmless", real_or_null(r->baseline_harmless));
-    json_object_set_new(root, "scores", scores);
-    json_t *counts = json_object();
-    json_object_set_new(counts, "harmful_train", json_integer(r->n_harmful_train));
-    json_object_set_new(counts, "harmless_train", json_integer(r->n_harmless_train));
-    json_object_set_new(counts, "harmful_validation", json_integer(r->n_harmful_val));
-    json_object_set_new(counts, "harmless_validation", json_integer(r->n_harmless_val));
-    json_object_set_new(root, "counts", counts);
-    json_t *timing = json_object();
-    json_object_set_new(timing, "means_seconds", json_real(r->seconds_means));
-    json_object_set_new(timing, "candidates_seconds", json_real(r->seconds_candidates));
-    json_object_set_new(root, "timing", timing);
+    json_t *root = json_pack("{s:s, s:s, s:o, s:o, s:s, s:s, s:s, s:i, s:i, s:i, s:i, s:i, s:o, s:b}", "schema",
+                             "patchbay.direction/1", "method", "difference in means, Arditi et al. 2024", "model",
+                             prov && prov->model_path ? json_string(prov->model_path) : json_null(), "prompts",
+                             prov && prov->prompt_file ? json_string(prov->prompt_file) : json_null(), "direction",
+                             "direction.npy", "differences", "differences.npy", "hook", "resid_pre", "layer", r->layer,
+                             "position", r->position, "n_post", r->n_post, "d_model", r->d_model, "n_layers",
+                             r->n_layers, "difference_norm", real_or_null(r->norm), "passes_filters",
+                             r->selected_passes);
+    if (!root)
+        return pb_fail(PB_ERR_OOM, "direction: out of memory for direction.json");
+    json_object_set_new(root, "scores",
+                        json_pack("{s:o, s:o, s:o, s:o, s:o}", "ablation_refusal_score_harmful",
+                                  real_or_null(r->ablation_score), "addition_refusal_score_harmless",
+                                  real_or_null(r->addition_score), "ablation_kl_harmless", real_or_null(r->kl),
+                                  "baseline_refusal_score_harmful", real_or_null(r->baseline_harmful),
+                                  "baseline_refusal_score_harmless", real_or_null(r->baseline_harmless)));
+    json_object_set_new(root, "counts",
+                        json_pack("{s:i, s:i, s:i, s:i}", "harmful_train", r->n_harmful_train, "harmless_train",
+                                  r->n_harmless_train, "harmful_validation", r->n_harmful_val, "harmless_validation",
+                                  r->n_harmless_val));
+    json_object_set_new(
+        root, "timing",
+        json_pack("{s:f, s:f}", "means_seconds", r->seconds_means, "candidates_seconds", r->seconds_candidates));
     json_t *cands = json_array();
     for (int k = 0; k < r->n_candidates; k++) {
         const pb_direction_candidate *cd = &r->candidates[k];
-        json_t *e = json_object();
-        json_object_set_new(e, "layer", json_integer(cd->layer));
-        json_object_set_new(e, "position", json_integer(cd->position));
-        json_object_set_new(e, "norm", real_or_null(cd->norm));
-        json_object_set_new(e, "ablation_score", real_or_null(cd->ablation_score));
-        json_object_set_new(e, "addition_score", real_or_null(cd->addition_score));
-        json_object_set_new(e, "kl", real_or_null(cd->kl));
-        json_object_set_new(e, "passes", json_boolean(cd->passes));
-        json_array_append_new(cands, e);
+        json_array_append_new(cands, json_pack("{s:i, s:i, s:o, s:o, s:o, s:o, s:b}", "layer", cd->layer, "position",
+                                               cd->position, "norm", real_or_null(cd->norm), "ablation_score",
+                                               real_or_null(cd->ablation_score), "addition_score",
+                                               real_or_null(cd->addition_score), "kl", real_or_null(cd->kl), "passes",
+                                               cd->passes));
     }
     json_object_set_new(root, "candidates", cands);
     char *text = json_dumps(root, JSON_INDENT(2) | JSON_REAL_PRECISION(9));

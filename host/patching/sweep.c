@@ -185,9 +185,14 @@ static pb_status expand_sites(pb_sweep *s) {
 
 /* ---- run caches ------------------------------------------------------- */
 
+/* Frees a buffer of the sweep's backend; NULL is a no-op. */
+static void device_free(pb_sweep *s, void *buffer) {
+    if (buffer)
+        s->model->backend->ops->free(s->model->backend, buffer);
+}
+
 static void cache_free(pb_sweep *s, pb_run_cache *r) {
-    if (r->arena)
-        s->model->backend->ops->free(s->model->backend, r->arena);
+    device_free(s, r->arena);
     free(r->mirror);
     free(r->slab);
     memset(r, 0, sizeof *r);
@@ -509,10 +514,8 @@ typedef struct batch_buffers {
 
 static void batch_free(pb_sweep *s, batch_buffers *bb) {
     pb_exec_free(bb->exec);
-    if (bb->arena)
-        s->model->backend->ops->free(s->model->backend, bb->arena);
-    if (bb->metric_arena)
-        s->model->backend->ops->free(s->model->backend, bb->metric_arena);
+    device_free(s, bb->arena);
+    device_free(s, bb->metric_arena);
     free(bb->host);
     free(bb->jobs);
     free(bb->patches);
@@ -1145,10 +1148,8 @@ void pb_sweep_free(pb_sweep *s) {
         cache_free(s, &s->base[i]);
         cache_free(s, &s->source[i]);
     }
-    if (s->unembed_rows)
-        s->model->backend->ops->free(s->model->backend, s->unembed_rows);
-    if (s->metric_arena)
-        s->model->backend->ops->free(s->model->backend, s->metric_arena);
+    device_free(s, s->unembed_rows);
+    device_free(s, s->metric_arena);
     free(s->base);
     free(s->source);
     free(s->cache_ready);
