@@ -214,6 +214,7 @@ stall() {
   expect_named "$name" "$rank" "$pattern" "$start" "$results"
 }
 stall stall_start 1 start "rank 1 never reached it"
+stall stall_exchange 1 exchange "last heard while starting (loading the model, planning its share): rank 1 is dead or stuck"
 stall stall_gather 1 gather "rank 1 is dead or stuck"
 # Rank 0 stopped with every rank's results in hand: mpirun's teardown
 # continues it (SIGCONT, then SIGTERM, which a sweep takes as "checkpoint",
