@@ -1,0 +1,157 @@
+#!/usr/bin/env bash
+# The sweep template under a real Slurm: a single-node cluster on this machine
+# (scripts/slurm/local-cluster.sh: munged, slurmctld, slurmd) runs
+# scripts/slurm/sweep-cpu.sbatch with 2 tasks (srun --mpi=pmix); the job is
+# preempted mid-sweep the way Slurm warns it (SIGUSR1 to the batch script, as
+# --signal=B:USR1 does), checkpoints, requeues itself, resumes from the
+# checkpoint with the rows it had done, and ends with outputs byte-identical
+# to an uninterrupted one-rank run (the reference backend computes every row
+# on its own, so how rows are split over ranks and runs changes no bit).
+# Nothing waits a fixed time: the preemption is sent once both ranks hold in
+# their shares after their first rows (PB_TEST_STALL=hold, first run only),
+# and every wait is for a line in the job's log or a job state.
+# PB_TEST_TIMEOUT_SCALE (default 1) multiplies every limit (README, Testing).
+# Exit 77 (skipped, saying why) without root, slurm-wlm, munge, python3 or an
+# MPI build of patchbay, or when the local Slurm does not start. Every daemon
+# is stopped at the end, pass or fail.
+set -euo pipefail
+build=${PB_BUILD_DIR:-build}
+fixtures=${PB_FIXTURES:-tests/fixtures}
+src=${PB_SOURCE_DIR:-.}
+skip() { echo "skipping: $*"; exit 77; }
+[ "$(id -u)" = 0 ] || skip "needs root (the local Slurm runs its jobs as SlurmUser=root)"
+for b in slurmctld slurmd sbatch scontrol scancel munged mungekey; do
+  command -v "$b" >/dev/null || skip "no $b (apt-get install slurm-wlm munge; scripts/install-deps.sh)"
+done
+command -v python3 >/dev/null || skip "no python3 (picks the cluster's free ports)"
+[ -x "$build/patchbay" ] || skip "$build/patchbay is not built"
+ldd "$build/patchbay" | grep -q libmpi || skip "$build/patchbay was built without MPI"
+src=$(cd "$src" && pwd -P)
+cli=$(cd "$build" && pwd -P)/patchbay
+model=$(cd "$fixtures/tiny_gqa" && pwd -P)/model.gguf
+scale=${PB_TEST_TIMEOUT_SCALE:-1}
+limit() { python3 -c "import math,sys; print(math.ceil(float(sys.argv[1]) * float(sys.argv[2])))" "$1" "$scale"; }
+
+# munged wants every folder above its socket reachable by everyone
+tmp=$(mktemp -d /tmp/pb_slurm_XXXXXX)
+chmod 755 "$tmp"
+cluster=$tmp/cluster
+cleanup() {
+  bash "$src/scripts/slurm/local-cluster.sh" stop "$cluster" >/dev/null 2>&1 || true
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+if ! PB_SLURM_START_TIMEOUT=$(limit 60) bash "$src/scripts/slurm/local-cluster.sh" start "$cluster" >"$tmp/start.log" 2>&1; then
+  cat "$tmp/start.log"
+  skip "the local Slurm did not start (above)"
+fi
+cat "$tmp/start.log"
+# shellcheck source=/dev/null
+. "$cluster/env"
+
+fail() {
+  echo "FAIL: $*"
+  echo "--- the job's log"; cat "$tmp/job.log" 2>/dev/null || true
+  scontrol show job "$job" 2>/dev/null || true
+  for f in slurmctld slurmd; do echo "--- the end of $f.log"; tail -n 20 "$cluster/log/$f.log" || true; done
+  exit 1
+}
+
+python3 - "$tmp/spec.json" <<'PY'
+import json, random, sys
+rng = random.Random(12)
+pairs = []
+for _ in range(12):
+    clean = [rng.randrange(3, 120) for _ in range(32)]
+    corrupted = list(clean)
+    corrupted[4] = 3 + (clean[4] + 11) % 117
+    pairs.append({"clean": {"ids": clean}, "corrupted": {"ids": corrupted}})
+json.dump({"mode": "denoising", "pairs": pairs,
+           "sites": [{"component": "resid_pre", "layers": "all", "positions": "each"},
+                     {"component": "attn_out", "layers": "all", "positions": "each"}],
+           "metric": {"kind": "logit_diff", "positive": {"ids": [21]}, "negative": {"ids": [40]}}},
+          open(sys.argv[1], "w"))
+PY
+# Small batches, so that a share has many; the reference backend, so that
+# the results do not depend on which rows share a batch.
+opts=(--threads 1 --max-memory 2M --backend reference)
+export OMP_NUM_THREADS=1
+
+# The uninterrupted run: one rank, no Slurm.
+"$cli" sweep --model "$model" --spec "$tmp/spec.json" --out "$tmp/ref" --no-progress "${opts[@]}" \
+  >/dev/null 2>"$tmp/ref.err" || { cat "$tmp/ref.err"; echo "FAIL: the uninterrupted sweep failed"; exit 1; }
+executed() { sed -n 's/^patchbay: rows executed in this run: \([0-9]*\) .*/\1/p' "$1"; }
+total=$(executed "$tmp/ref.err")
+[ -n "$total" ] || { cat "$tmp/ref.err"; echo "FAIL: no executed-row count"; exit 1; }
+
+# The ranks of the first run hold in their shares after their first rows,
+# until the preemption; the requeued run (SLURM_RESTART_COUNT 1) does not.
+cat >"$tmp/patchbay" <<EOF
+#!/bin/sh
+[ "\${SLURM_RESTART_COUNT:-0}" != 0 ] || export PB_TEST_STALL=hold
+exec "$cli" "\$@"
+EOF
+chmod +x "$tmp/patchbay"
+
+# Submitted from the repository root, as the template says.
+job=$(cd "$src" && PATCHBAY=$tmp/patchbay MAX_RESTARTS=2 sbatch --parsable --output="$tmp/job.log" \
+  scripts/slurm/sweep-cpu.sbatch "$model" "$tmp/spec.json" "$tmp/out" "${opts[@]}")
+job=${job%%;*}
+echo "submitted job $job"
+state() { scontrol show job -o "$job" 2>/dev/null | sed -n 's/.*JobState=\([A-Z_]*\).*/\1/p'; }
+field() { scontrol show job -o "$job" 2>/dev/null | sed -n "s/.* $1=\\([^ ]*\\).*/\\1/p"; }
+lines() {
+  local c
+  c=$(grep -c -- "$1" "$tmp/job.log" 2>/dev/null) || true
+  echo "${c:-0}"
+}
+# wait_lines PATTERN N SECONDS: until the job's log has N lines with PATTERN
+wait_lines() {
+  for _ in $(seq $(($(limit "$3") * 10))); do
+    [ "$(lines "$2")" -ge "$1" ] && return
+    case $(state) in COMPLETED | FAILED | CANCELLED | TIMEOUT | NODE_FAIL | OUT_OF_MEMORY | BOOT_FAIL | DEADLINE)
+      fail "the job ended ($(state)) before $1 lines '$2'" ;;
+    esac
+    sleep 0.1
+  done
+  fail "no $1 lines '$2' in the job's log within $(limit "$3") s"
+}
+wait_lines 2 "holds in its share" 120
+grep -q "^patchbay: 2 ranks;" "$tmp/job.log" || fail "the two tasks did not join one MPI job (srun --mpi=pmix)"
+scancel --signal=USR1 --batch "$job"
+
+# The job checkpoints, requeues itself, waits out the requeue delay
+# (cred_expire, local-cluster.sh) and runs again.
+for _ in $(seq $(($(limit 300) * 10))); do
+  s=$(state)
+  case $s in COMPLETED | FAILED | CANCELLED | TIMEOUT | NODE_FAIL | OUT_OF_MEMORY | BOOT_FAIL | DEADLINE) break ;; esac
+  sleep 0.1
+done
+[ "$s" = COMPLETED ] || fail "the job is $s, not COMPLETED"
+[ "$(field Restarts)" = 1 ] || fail "the job ran $(field Restarts) restarts, not 1"
+[ "$(field ExitCode)" = 0:0 ] || fail "the job's exit code is $(field ExitCode)"
+grep "^patchbay: \(preemption\|interrupted\|checkpoint written\|resuming\|rows executed\)" "$tmp/job.log"
+
+grep -q "^patchbay: preemption warning" "$tmp/job.log" || fail "the batch script did not take the warning"
+done_k=$(sed -n 's/^patchbay: interrupted: \([0-9]*\) of \([0-9]*\) rows done.*/\1 \2/p' "$tmp/job.log")
+read -r k n <<<"$done_k" || true
+if [ -z "${k:-}" ] || [ "$k" -le 0 ] || [ "$k" -ge "$n" ]; then fail "not interrupted mid-sweep ('$done_k')"; fi
+grep -q "^patchbay: checkpoint written; requeue 1 of 2" "$tmp/job.log" || fail "the job did not requeue itself"
+grep -q "^patchbay: resuming from $tmp/out.checkpoint: $k of $n rows already done" "$tmp/job.log" ||
+  fail "the requeued job did not resume with the $k rows done"
+[ "$(lines "^patchbay: 2 ranks;")" -eq 2 ] || fail "a run was not one MPI job of 2 ranks"
+read -r before after <<<"$(executed "$tmp/job.log" | tr '\n' ' ')" || true
+[ -n "${after:-}" ] || fail "not two executed-row counts (one per run)"
+echo "rows executed: $before before the preemption + $after after = $((before + after)) (uninterrupted: $total)"
+[ $((before + after)) -eq "$total" ] || fail "rows executed twice or dropped"
+[ ! -e "$tmp/out.checkpoint" ] || fail "the finished checkpoint was left behind"
+
+# The outputs, byte for byte: results.json, reports and every .npy.
+(cd "$tmp/ref" && ls) >"$tmp/ref.files"
+(cd "$tmp/out" && ls) >"$tmp/out.files"
+cmp -s "$tmp/ref.files" "$tmp/out.files" || fail "other output files: $(tr '\n' ' ' <"$tmp/out.files")"
+while read -r f; do
+  cmp "$tmp/ref/$f" "$tmp/out/$f" || fail "$f differs from the uninterrupted run's"
+done <"$tmp/ref.files"
+echo "outputs byte-identical to the uninterrupted run: $(tr '\n' ' ' <"$tmp/ref.files")"
+echo "ok"
