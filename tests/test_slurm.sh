@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The sweep template under a real Slurm: a single-node cluster on this machine
 # (scripts/slurm/local-cluster.sh: munged, slurmctld, slurmd) runs
-# scripts/slurm/sweep-cpu.sbatch with 2 tasks (srun --mpi=pmix); the job is
-# preempted mid-sweep the way Slurm warns it (SIGUSR1 to the batch script, as
-# --signal=B:USR1 does), checkpoints, requeues itself, resumes from the
-# checkpoint with the rows it had done, and ends with outputs byte-identical
+# scripts/slurm/sweep-cpu.sbatch with 2 tasks (srun --mpi=pmix), twice; the
+# job is preempted mid-sweep, once the way Slurm warns it (SIGUSR1 to the
+# batch script, as --signal=B:USR1 does: it checkpoints and requeues itself)
+# and once by `scontrol requeue` (SIGTERM to every process, Slurm requeues);
+# each time it resumes from the checkpoint with the rows it had done, runs
+# each row once, and ends with outputs byte-identical
 # to an uninterrupted one-rank run (the reference backend computes every row
 # on its own, so how rows are split over ranks and runs changes no bit).
 # Nothing waits a fixed time: the preemption is sent once both ranks hold in
@@ -51,7 +53,7 @@ cat "$tmp/start.log"
 
 fail() {
   echo "FAIL: $*"
-  echo "--- the job's log"; cat "$tmp/job.log" 2>/dev/null || true
+  echo "--- the job's log"; cat "$log" 2>/dev/null || true
   scontrol show job "$job" 2>/dev/null || true
   for f in slurmctld slurmd; do echo "--- the end of $f.log"; tail -n 20 "$cluster/log/$f.log" || true; done
   exit 1
@@ -93,65 +95,89 @@ exec "$cli" "\$@"
 EOF
 chmod +x "$tmp/patchbay"
 
-# Submitted from the repository root, as the template says.
-job=$(cd "$src" && PATCHBAY=$tmp/patchbay MAX_RESTARTS=2 sbatch --parsable --output="$tmp/job.log" \
-  scripts/slurm/sweep-cpu.sbatch "$model" "$tmp/spec.json" "$tmp/out" "${opts[@]}")
-job=${job%%;*}
-echo "submitted job $job"
 state() { scontrol show job -o "$job" 2>/dev/null | sed -n 's/.*JobState=\([A-Z_]*\).*/\1/p'; }
 field() { scontrol show job -o "$job" 2>/dev/null | sed -n "s/.* $1=\\([^ ]*\\).*/\\1/p"; }
+ended() {
+  case $1 in COMPLETED | FAILED | CANCELLED | TIMEOUT | NODE_FAIL | OUT_OF_MEMORY | BOOT_FAIL | DEADLINE) return 0 ;; esac
+  return 1
+}
 lines() {
   local c
-  c=$(grep -c -- "$1" "$tmp/job.log" 2>/dev/null) || true
+  c=$(grep -c -- "$1" "$log" 2>/dev/null) || true
   echo "${c:-0}"
 }
-# wait_lines PATTERN N SECONDS: until the job's log has N lines with PATTERN
+# wait_lines N PATTERN SECONDS: until the job's log has N lines with PATTERN
 wait_lines() {
   for _ in $(seq $(($(limit "$3") * 10))); do
     [ "$(lines "$2")" -ge "$1" ] && return
-    case $(state) in COMPLETED | FAILED | CANCELLED | TIMEOUT | NODE_FAIL | OUT_OF_MEMORY | BOOT_FAIL | DEADLINE)
-      fail "the job ended ($(state)) before $1 lines '$2'" ;;
-    esac
+    ! ended "$(state)" || fail "the job ended ($(state)) before $1 lines '$2'"
     sleep 0.1
   done
   fail "no $1 lines '$2' in the job's log within $(limit "$3") s"
 }
-wait_lines 2 "holds in its share" 120
-grep -q "^patchbay: 2 ranks;" "$tmp/job.log" || fail "the two tasks did not join one MPI job (srun --mpi=pmix)"
-scancel --signal=USR1 --batch "$job"
 
-# The job checkpoints, requeues itself, waits out the requeue delay
-# (cred_expire, local-cluster.sh) and runs again.
-for _ in $(seq $(($(limit 300) * 10))); do
-  s=$(state)
-  case $s in COMPLETED | FAILED | CANCELLED | TIMEOUT | NODE_FAIL | OUT_OF_MEMORY | BOOT_FAIL | DEADLINE) break ;; esac
-  sleep 0.1
-done
-[ "$s" = COMPLETED ] || fail "the job is $s, not COMPLETED"
-[ "$(field Restarts)" = 1 ] || fail "the job ran $(field Restarts) restarts, not 1"
-[ "$(field ExitCode)" = 0:0 ] || fail "the job's exit code is $(field ExitCode)"
-grep "^patchbay: \(preemption\|interrupted\|checkpoint written\|resuming\|rows executed\)" "$tmp/job.log"
+# preempt NAME HOW: submits the template (from the repository root, as it
+# says), preempts the job once both ranks hold in their shares, and checks
+# that it resumed from its checkpoint and ended as the uninterrupted run.
+# HOW: warning (SIGUSR1 to the batch script, as --signal=B:USR1@120 sends it
+# before the time limit or a preemption: the script forwards it, the ranks
+# checkpoint, the script requeues the job) or requeue (scontrol requeue, as
+# a preemption with PreemptMode=REQUEUE: Slurm sends SIGTERM to every
+# process of the job, the ranks checkpoint within KillWait, Slurm requeues).
+preempt() {
+  local name=$1 how=$2 s k n before after
+  log=$tmp/$name.log
+  out=$tmp/$name
+  job=$(cd "$src" && PATCHBAY=$tmp/patchbay MAX_RESTARTS=2 sbatch --parsable --output="$log" \
+    scripts/slurm/sweep-cpu.sbatch "$model" "$tmp/spec.json" "$out" "${opts[@]}")
+  job=${job%%;*}
+  echo "== $name: job $job"
+  wait_lines 2 "holds in its share" 120
+  grep -q "^patchbay: 2 ranks;" "$log" || fail "the two tasks did not join one MPI job (srun --mpi=pmix)"
+  if [ "$how" = warning ]; then scancel --signal=USR1 --batch "$job"; else scontrol requeue "$job"; fi
 
-grep -q "^patchbay: preemption warning" "$tmp/job.log" || fail "the batch script did not take the warning"
-done_k=$(sed -n 's/^patchbay: interrupted: \([0-9]*\) of \([0-9]*\) rows done.*/\1 \2/p' "$tmp/job.log")
-read -r k n <<<"$done_k" || true
-if [ -z "${k:-}" ] || [ "$k" -le 0 ] || [ "$k" -ge "$n" ]; then fail "not interrupted mid-sweep ('$done_k')"; fi
-grep -q "^patchbay: checkpoint written; requeue 1 of 2" "$tmp/job.log" || fail "the job did not requeue itself"
-grep -q "^patchbay: resuming from $tmp/out.checkpoint: $k of $n rows already done" "$tmp/job.log" ||
-  fail "the requeued job did not resume with the $k rows done"
-[ "$(lines "^patchbay: 2 ranks;")" -eq 2 ] || fail "a run was not one MPI job of 2 ranks"
-read -r before after <<<"$(executed "$tmp/job.log" | tr '\n' ' ')" || true
-[ -n "${after:-}" ] || fail "not two executed-row counts (one per run)"
-echo "rows executed: $before before the preemption + $after after = $((before + after)) (uninterrupted: $total)"
-[ $((before + after)) -eq "$total" ] || fail "rows executed twice or dropped"
-[ ! -e "$tmp/out.checkpoint" ] || fail "the finished checkpoint was left behind"
+  # The job checkpoints, is requeued, waits out the requeue delay
+  # (cred_expire, local-cluster.sh) and runs again.
+  for _ in $(seq $(($(limit 300) * 10))); do
+    s=$(state)
+    ! ended "$s" || break
+    sleep 0.1
+  done
+  [ "$s" = COMPLETED ] || fail "the job is $s, not COMPLETED"
+  [ "$(field Restarts)" = 1 ] || fail "the job ran $(field Restarts) restarts, not 1"
+  [ "$(field ExitCode)" = 0:0 ] || fail "the job's exit code is $(field ExitCode)"
+  grep "^patchbay: \(preemption\|interrupted\|checkpoint written\|resuming\|rows executed\)\|DUE TO JOB REQUEUE" "$log"
 
-# The outputs, byte for byte: results.json, reports and every .npy.
+  if [ "$how" = warning ]; then
+    grep -q "^patchbay: preemption warning" "$log" || fail "the batch script did not take the warning"
+    grep -q "^patchbay: checkpoint written; requeue 1 of 2" "$log" || fail "the job did not requeue itself"
+  else
+    grep -q "CANCELLED AT .* DUE TO JOB REQUEUE" "$log" || fail "Slurm did not say it requeued the job"
+    ! grep -q "^patchbay: \(preemption warning\|checkpoint written; requeue\)" "$log" ||
+      fail "the batch script, not Slurm, requeued the job"
+  fi
+  read -r k n <<<"$(sed -n 's/^patchbay: interrupted: \([0-9]*\) of \([0-9]*\) rows done.*/\1 \2/p' "$log")" || true
+  if [ -z "${k:-}" ] || [ "$k" -le 0 ] || [ "$k" -ge "$n" ]; then fail "not interrupted mid-sweep"; fi
+  grep -q "^patchbay: resuming from $out.checkpoint: $k of $n rows already done" "$log" ||
+    fail "the requeued job did not resume with the $k rows done"
+  [ "$(lines "^patchbay: 2 ranks;")" -eq 2 ] || fail "a run was not one MPI job of 2 ranks"
+  read -r before after <<<"$(executed "$log" | tr '\n' ' ')" || true
+  [ -n "${after:-}" ] || fail "not two executed-row counts (one per run)"
+  echo "rows executed: $before before the preemption + $after after = $((before + after)) (uninterrupted: $total)"
+  [ $((before + after)) -eq "$total" ] || fail "rows executed twice or dropped"
+  [ ! -e "$out.checkpoint" ] || fail "the finished checkpoint was left behind"
+
+  # The outputs, byte for byte: results.json, reports and every .npy.
+  (cd "$out" && ls) >"$out.files"
+  cmp -s "$tmp/ref.files" "$out.files" || fail "other output files: $(tr '\n' ' ' <"$out.files")"
+  while read -r f; do
+    cmp "$tmp/ref/$f" "$out/$f" || fail "$f differs from the uninterrupted run's"
+  done <"$tmp/ref.files"
+  echo "outputs byte-identical to the uninterrupted run: $(tr '\n' ' ' <"$tmp/ref.files")"
+}
 (cd "$tmp/ref" && ls) >"$tmp/ref.files"
-(cd "$tmp/out" && ls) >"$tmp/out.files"
-cmp -s "$tmp/ref.files" "$tmp/out.files" || fail "other output files: $(tr '\n' ' ' <"$tmp/out.files")"
-while read -r f; do
-  cmp "$tmp/ref/$f" "$tmp/out/$f" || fail "$f differs from the uninterrupted run's"
-done <"$tmp/ref.files"
-echo "outputs byte-identical to the uninterrupted run: $(tr '\n' ' ' <"$tmp/ref.files")"
+log=/dev/null
+job=
+preempt warned warning
+preempt requeued requeue
 echo "ok"

@@ -15,8 +15,8 @@
 # test run) can run side by side. cred_expire=10 (Slurm's default: 120) is
 # also how long a requeued job waits before it may start again. MpiDefault is pmix (OpenMPI 4.1's ranks
 # connect through it; README, Slurm). Exits 1 with the reason (and the log's
-# tail) when something does not start; every daemon it started is stopped
-# then.
+# tail) when something does not start (waiting PB_SLURM_START_TIMEOUT
+# seconds, default 60, for each); every daemon it started is stopped then.
 set -euo pipefail
 
 usage() { echo "usage: $0 start|stop|status DIR" >&2; exit 2; }
