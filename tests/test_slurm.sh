@@ -15,7 +15,7 @@
 # PB_TEST_TIMEOUT_SCALE (default 1) multiplies every limit (README, Testing).
 # Exit 77 (skipped, saying why) without root, slurm-wlm, munge, python3 or an
 # MPI build of patchbay, or when the local Slurm does not start. Every daemon
-# is stopped at the end, pass or fail.
+# is stopped at the end, pass or fail, or by a guard if the test is killed.
 set -euo pipefail
 build=${PB_BUILD_DIR:-build}
 fixtures=${PB_FIXTURES:-tests/fixtures}
@@ -38,11 +38,22 @@ limit() { python3 -c "import math,sys; print(math.ceil(float(sys.argv[1]) * floa
 tmp=$(mktemp -d /tmp/pb_slurm_XXXXXX)
 chmod 755 "$tmp"
 cluster=$tmp/cluster
-cleanup() {
+stop_all() {
   bash "$src/scripts/slurm/local-cluster.sh" stop "$cluster" >/dev/null 2>&1 || true
   rm -rf "$tmp"
 }
+# The daemons outlive a test killed outright (CTest's timeout): a guard in
+# its own session stops them once this script is gone, however it ended.
+# shellcheck disable=SC2016 # expanded by the guard's shell
+setsid bash -c 'while kill -0 "$1" 2>/dev/null; do sleep 1; done; bash "$2" stop "$3"; rm -rf "$4"' \
+  guard $$ "$src/scripts/slurm/local-cluster.sh" "$cluster" "$tmp" </dev/null >/dev/null 2>&1 &
+guard=$!
+cleanup() {
+  kill "$guard" 2>/dev/null || true
+  stop_all
+}
 trap cleanup EXIT
+trap 'exit 1' INT TERM HUP
 if ! PB_SLURM_START_TIMEOUT=$(limit 60) bash "$src/scripts/slurm/local-cluster.sh" start "$cluster" >"$tmp/start.log" 2>&1; then
   cat "$tmp/start.log"
   skip "the local Slurm did not start (above)"
