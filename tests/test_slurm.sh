@@ -27,7 +27,8 @@ for b in slurmctld slurmd sbatch scontrol scancel munged mungekey; do
 done
 command -v python3 >/dev/null || skip "no python3 (picks the cluster's free ports)"
 [ -x "$build/patchbay" ] || skip "$build/patchbay is not built"
-ldd "$build/patchbay" | grep -q libmpi || skip "$build/patchbay was built without MPI"
+# (not grep -q: under pipefail, ldd cut short by SIGPIPE would fail the pipeline)
+ldd "$build/patchbay" | grep libmpi >/dev/null || skip "$build/patchbay was built without MPI"
 src=$(cd "$src" && pwd -P)
 cli=$(cd "$build" && pwd -P)/patchbay
 model=$(cd "$fixtures/tiny_gqa" && pwd -P)/model.gguf

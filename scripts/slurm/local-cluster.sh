@@ -27,7 +27,7 @@ wait_s=${PB_SLURM_START_TIMEOUT:-60}
 
 # Every daemon carries PB_SLURM_DAEMON=DIR in its environment (and slurmd
 # passes it to its slurmstepd): stop kills only processes that have it.
-ours() { tr '\0' '\n' <"/proc/$1/environ" 2>/dev/null | grep -qxF "PB_SLURM_DAEMON=$dir"; }
+ours() { grep -qzxF "PB_SLURM_DAEMON=$dir" "/proc/$1/environ" 2>/dev/null; }
 pid_of() { local f=$1 p; [ -s "$f" ] && p=$(tr -dc '0-9' <"$f") && [ -n "$p" ] && ours "$p" && echo "$p"; }
 running() { pid_of "$dir/run/$1.pid" >/dev/null; }
 
