@@ -34,6 +34,9 @@ cli=$(cd "$build" && pwd -P)/patchbay
 model=$(cd "$fixtures/tiny_gqa" && pwd -P)/model.gguf
 scale=${PB_TEST_TIMEOUT_SCALE:-1}
 limit() { python3 -c "import math,sys; print(math.ceil(float(sys.argv[1]) * float(sys.argv[2])))" "$1" "$scale"; }
+# Its own limits add up to less than CTest's (600 s, scaled alike): the
+# cluster's start (3 waits of 30 s), and per case 60 s for the ranks to hold
+# and 180 s for the job to end, so it fails with its own message first.
 
 # munged wants every folder above its socket reachable by everyone
 tmp=$(mktemp -d /tmp/pb_slurm_XXXXXX)
@@ -55,7 +58,7 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 1' INT TERM HUP
-if ! PB_SLURM_START_TIMEOUT=$(limit 60) bash "$src/scripts/slurm/local-cluster.sh" start "$cluster" >"$tmp/start.log" 2>&1; then
+if ! PB_SLURM_START_TIMEOUT=$(limit 30) bash "$src/scripts/slurm/local-cluster.sh" start "$cluster" >"$tmp/start.log" 2>&1; then
   cat "$tmp/start.log"
   skip "the local Slurm did not start (above)"
 fi
@@ -120,7 +123,8 @@ lines() {
 }
 # wait_lines N PATTERN SECONDS: until the job's log has N lines with PATTERN
 wait_lines() {
-  for _ in $(seq $(($(limit "$3") * 10))); do
+  local end=$((SECONDS + $(limit "$3")))
+  while [ "$SECONDS" -le "$end" ]; do
     [ "$(lines "$2")" -ge "$1" ] && return
     ! ended "$(state)" || fail "the job ended ($(state)) before $1 lines '$2'"
     sleep 0.1
@@ -144,13 +148,14 @@ preempt() {
     scripts/slurm/sweep-cpu.sbatch "$model" "$tmp/spec.json" "$out" "${opts[@]}")
   job=${job%%;*}
   echo "== $name: job $job"
-  wait_lines 2 "holds in its share" 120
+  wait_lines 2 "holds in its share" 60
   grep -q "^patchbay: 2 ranks;" "$log" || fail "the two tasks did not join one MPI job (srun --mpi=pmix)"
   if [ "$how" = warning ]; then scancel --signal=USR1 --batch "$job"; else scontrol requeue "$job"; fi
 
   # The job checkpoints, is requeued, waits out the requeue delay
   # (cred_expire, local-cluster.sh) and runs again.
-  for _ in $(seq $(($(limit 300) * 10))); do
+  local end=$((SECONDS + $(limit 180)))
+  while [ "$SECONDS" -le "$end" ]; do
     s=$(state)
     ! ended "$s" || break
     sleep 0.1

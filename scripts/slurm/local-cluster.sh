@@ -35,7 +35,8 @@ running() { pid_of "$dir/run/$1.pid" >/dev/null; }
 wait_for() {
   local what=$1
   shift
-  for _ in $(seq $((wait_s * 10))); do
+  local end=$((SECONDS + wait_s))
+  while [ "$SECONDS" -le "$end" ]; do
     "$@" >/dev/null 2>&1 && return 0
     sleep 0.1
   done
