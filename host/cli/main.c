@@ -490,15 +490,17 @@ static int remove_stale_temps(const sweep_job *j) {
     const char *base = strrchr(j->checkpoint, '/');
     snprintf(folder, sizeof folder, "%.*s", base ? (int)(base - j->checkpoint) : 1, base ? j->checkpoint : ".");
     base = base ? base + 1 : j->checkpoint;
-    snprintf(cache, sizeof cache, "%s.model-hash", base);
-    int removed = 0, n = 0;
-    if (pb_remove_stale_temps(o->out, NULL, &n) != PB_OK)
-        return fail("--out");
-    removed += n;
-    if (pb_remove_stale_temps(*folder ? folder : "/", base, &n) != PB_OK ||
-        (removed += n, pb_remove_stale_temps(*folder ? folder : "/", cache, &n)) != PB_OK)
-        return fail("--checkpoint");
-    removed += n;
+    hash_cache_path(base, cache, sizeof cache);
+    /* The output folder (any name), the checkpoint's and its hash cache's. */
+    const char *dirs[3] = {o->out, *folder ? folder : "/", *folder ? folder : "/"};
+    const char *prefixes[3] = {NULL, base, cache};
+    int removed = 0;
+    for (int k = 0; k < 3; k++) {
+        int n = 0;
+        if (pb_remove_stale_temps(dirs[k], prefixes[k], &n) != PB_OK)
+            return fail(k == 0 ? "--out" : "--checkpoint");
+        removed += n;
+    }
     if (removed > 0 && j->ranks->rank == 0)
         fprintf(stderr, "patchbay: removed %d temporary files of an earlier run that was killed while writing\n",
                 removed);
