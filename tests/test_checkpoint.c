@@ -373,9 +373,11 @@ static void test_fingerprint_every_byte(void **state) {
         model_fingerprint(&changed, file);
         if (strcmp(changed.model_digest, fp.model_digest) == 0)
             fail_msg("byte %ld changed, same digest %s", at[k], fp.model_digest);
-        expect_refused(m, ckpt, &changed, PB_ERR_ARG, "another model");
-        expect_refused(m, ckpt, &changed, PB_ERR_ARG, ckpt);
-        expect_refused(m, ckpt, &changed, PB_ERR_ARG, "weights.bin");
+        if (k == 0) { /* the first (middle) change: the load refuses it by name */
+            expect_refused(m, ckpt, &changed, PB_ERR_ARG, "another model");
+            expect_refused(m, ckpt, &changed, PB_ERR_ARG, ckpt);
+            expect_refused(m, ckpt, &changed, PB_ERR_ARG, "weights.bin");
+        }
         flip_byte(file, at[k]);
         model_fingerprint(&restored, file);
         assert_string_equal(restored.model_digest, fp.model_digest);
