@@ -13,7 +13,9 @@
 #   5. --overwrite under a file size limit (a nearly full disk): the old
 #      outputs stay byte for byte, no temporary file is left, the finished
 #      rows are kept in a checkpoint that is named; --resume then writes the
-#      results without running a row.
+#      results without running a row. 5b: the same on a really full tiny
+#      tmpfs (ENOSPC), where mount is allowed (root); skipped, saying so,
+#      elsewhere.
 #   2. (with SmolLM2 under models/) the model changed past its first MiB
 #      between the interruption and --resume: refused, naming the model and
 #      the checkpoint, exit 1, the checkpoint kept byte for byte.
@@ -33,7 +35,12 @@ scale=${PB_TEST_TIMEOUT_SCALE:-1}
 ticks=$((60 * scale * 20)) # 0.05 s each
 tmp=$(mktemp -d /tmp/pb_safety_XXXXXX)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done; chmod -R u+w "$tmp"; rm -rf "$tmp"; }
+mounted="" mounted_ok=""
+cleanup() {
+  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  [ -z "$mounted" ] || umount "$mounted" || true
+  chmod -R u+w "$tmp"; rm -rf "$tmp"
+}
 trap cleanup EXIT
 fail() { echo "FAIL: $*"; exit 1; }
 
@@ -150,6 +157,7 @@ no_temps "$tmp/o4" "$tmp"
 other=("${sweep[@]}"); other[5]=$tmp/other.json # the earlier results: another spec
 run old "${other[@]}" --out "$tmp/o5"
 expect_rc 0 old
+cp -r "$tmp/o5" "$tmp/o5.old" # for case 5b
 (cd "$tmp/o5" && md5sum -- * >"$tmp/o5.md5")
 # 20 KiB per file (ulimit -f counts KiB in bash): the checkpoint fits, the
 # new results.json does not. The tool ignores SIGXFSZ, so writes fail with EFBIG.
@@ -168,11 +176,35 @@ expect_rc 0 resume5
 expect_err resume5 "rows executed in this run: 0 "
 cmp "$tmp/o5/results.json" "$tmp/ref/results.json" || fail "o5: results differ from the uninterrupted run"
 
+# ---- 5b: the same on a file system that is really full ------------------------
+# A tmpfs holding the old set with 40 KiB to spare: the new set's small files
+# fit, its results.json (~60 kB) does not; once they are removed again the
+# checkpoint (~6 kB) fits. Mounting needs root and a container that allows it.
+if [ "$(id -u)" = 0 ] && mkdir "$tmp/full" && mount -t tmpfs -o size=4m tmpfs "$tmp/full" 2>/dev/null; then
+  mounted=$tmp/full
+  cp -r "$tmp/o5.old" "$tmp/full/o"
+  used=$(df -k --output=used "$tmp/full" | tail -1 | tr -d ' ')
+  mount -o remount,size=$((used + 40))k "$tmp/full"
+  run enospc "${sweep[@]}" --out "$tmp/full/o" --overwrite
+  expect_rc 1 enospc
+  expect_err enospc "No space left on device"
+  expect_err enospc "finished rows are kept in the checkpoint $tmp/full/o.checkpoint"
+  (cd "$tmp/full/o" && md5sum --quiet -c "$tmp/o5.md5") || fail "5b: the old outputs changed"
+  no_temps "$tmp/full/o" "$tmp/full"
+  mount -o remount,size=4m "$tmp/full"
+  run resume5b "${sweep[@]}" --out "$tmp/full/o" --overwrite --resume
+  expect_rc 0 resume5b
+  cmp "$tmp/full/o/results.json" "$tmp/ref/results.json" || fail "5b: results differ from the uninterrupted run"
+  umount "$tmp/full" && mounted="" && mounted_ok=1
+else
+  echo "case 5b skipped: cannot mount a tmpfs here (needs root and a container that allows mount); case 5's file size limit covers the same path"
+fi
+
 # ---- 2: the model changed past its first MiB before --resume -----------------
 smollm2=$source_dir/models/SmolLM2-135M-Instruct.Q4_1.gguf
 if [ ! -r "$smollm2" ]; then
   echo "case 2 skipped: no $smollm2 (scripts/fetch-model.sh); test_checkpoint covers the fingerprint itself"
-  echo "PASS (cases 3, 6, 4, 5)"
+  echo "PASS (cases 3, 6, 4, 5${mounted_ok:+, 5b})"
   exit 0
 fi
 cp "$smollm2" "$tmp/m.gguf"
@@ -201,4 +233,4 @@ expect_err changed "checkpoint $tmp/o2.checkpoint was written for another model:
 expect_err changed "the checkpoint is kept"
 cmp "$tmp/o2.checkpoint" "$tmp/o2.kept" || fail "o2: the checkpoint changed"
 [ ! -e "$tmp/o2" ] || fail "o2: a refused resume wrote results"
-echo "PASS (cases 3, 6, 4, 5, 2)"
+echo "PASS (cases 3, 6, 4, 5${mounted_ok:+, 5b}, 2)"
