@@ -44,6 +44,12 @@ double pb_now_seconds(void);
 pb_status pb_out_dir_check(const char *dir, int overwrite);
 /* pb_out_dir_check, then mkdir -p. */
 pb_status pb_out_dir_create(const char *dir, int overwrite);
+/* Creates, writes and removes a probe file beside path: PB_ERR_IO naming
+ * path, its folder and why when a file cannot be written there. */
+pb_status pb_file_probe_writable(const char *path);
+/* Removes "<prefix>.tmp.<pid>" files (any name when prefix is NULL) of
+ * processes that no longer exist from dir. */
+pb_status pb_remove_stale_temps(const char *dir, const char *prefix, int *n_removed);
 /* The whole file, NUL-terminated; *text malloc'd; size may be NULL. */
 pb_status pb_read_text_file(const char *path, char **text, size_t *size);
 /* Writes `size` bytes to path via path.tmp.<pid> + fsync + rename. */

@@ -314,19 +314,39 @@ int pb_sweep_pair_ready(const pb_sweep *sweep, int pair);
 /* ---- checkpoints (preemption: docs/patching.md, "Checkpoints") -------- */
 
 /* What a checkpoint must have been written for: the model file (path, size
- * and SHA-256 of its first and last MiB; for a folder, of every file in it),
- * the spec (SHA-256 of its canonical JSON: keys sorted, no whitespace) and
- * the backend and compute dtype. */
+ * and a 64-bit hash of every byte, util/file_hash.h; for a folder, of every
+ * file in it: config, tokenizer and each shard), the spec (SHA-256 of its
+ * canonical JSON: keys sorted, no whitespace) and the backend and compute
+ * dtype. */
 typedef struct pb_sweep_fingerprint {
     char model_path[1024];
-    char model_digest[96]; /* "<bytes>:<sha256 hex>" */
+    char model_digest[96]; /* "<bytes>:<16 hex digits>" */
     char spec_digest[72];  /* sha256 hex */
     char backend[32];      /* "cpu/f32", "reference/f32", "cuda/bf16", ... */
+    int model_unchecked;   /* 1: no model digest (skip_model): loading skips the model check, writing is refused */
 } pb_sweep_fingerprint;
 
-/* model_path may be a pb_model_get_source() "random:..." name. */
+/* How pb_sweep_fingerprint_compute_with hashes the model. */
+typedef struct pb_fingerprint_options {
+    /* A file caching model hashes by (device, inode, size, mtime, ctime):
+     * a later run on the same unchanged file reads it instead of every byte.
+     * NULL: no cache. Created or updated as needed; failures to write it are
+     * ignored (it only saves time). */
+    const char *hash_cache;
+    /* 1: do not hash the model at all (ranks other than rank 0 of a job,
+     * whose rank 0 checks the model for everyone). */
+    int skip_model;
+} pb_fingerprint_options;
+
+/* model_path may be a pb_model_get_source() "random:..." name. Reads every
+ * byte of the model (no cache): pb_sweep_fingerprint_compute_with with
+ * options NULL. */
 pb_status pb_sweep_fingerprint_compute(pb_sweep_fingerprint *fingerprint, const char *model_path, const char *spec_json,
                                        pb_backend_kind backend, pb_dtype dtype);
+/* The same with options (may be NULL). */
+pb_status pb_sweep_fingerprint_compute_with(pb_sweep_fingerprint *fingerprint, const char *model_path,
+                                            const char *spec_json, pb_backend_kind backend, pb_dtype dtype,
+                                            const pb_fingerprint_options *options);
 /* Writes every done row (patched value, trivial flag) and every known pair
  * baseline to path (temporary file, fsync, rename). */
 pb_status pb_sweep_checkpoint_write(const pb_sweep *sweep, const char *path, const pb_sweep_fingerprint *fingerprint);
@@ -339,6 +359,9 @@ pb_status pb_sweep_checkpoint_load(pb_sweep *sweep, const char *path, const pb_s
 /* Writes results.json, one .npy per component and report.txt into dir
  * (docs/patching.md). An existing non-empty dir is refused unless overwrite. */
 pb_status pb_sweep_write(const pb_sweep *sweep, const char *dir, int overwrite);
+/* 1 when name (no folder) is one a sweep's outputs use: results.json,
+ * report.txt, report.html or a component's .npy. */
+int pb_sweep_is_output_name(const char *name);
 
 /* Token ids of a pair's prompts as the sweep planned them: source = 0 the
  * patched (base) run, 1 the run whose activations are patched in (clean in

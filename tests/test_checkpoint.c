@@ -291,7 +291,7 @@ static void test_mismatch_refused(void **state) {
     assert_int_equal(pb_sweep_fingerprint_compute(&other, other_model, spec_text, PB_BACKEND_REFERENCE, PB_DTYPE_F32),
                      PB_OK);
     assert_string_not_equal(other.model_digest, fp.model_digest);
-    expect_refused(m, path, &other, PB_ERR_ARG, "another model file");
+    expect_refused(m, path, &other, PB_ERR_ARG, "another model");
     expect_refused(m, path, &other, PB_ERR_ARG, "tiny_bias/model.gguf");
     /* another spec: one threshold changed */
     pb_sweep_fingerprint spec2;
@@ -326,6 +326,107 @@ static void write_bytes(const char *path, const unsigned char *data, size_t n) {
     assert_non_null(f);
     assert_int_equal(fwrite(data, 1, n, f), n);
     fclose(f);
+}
+
+/* Flips one bit of byte `at` of path in place. */
+static void flip_byte(const char *path, long at) {
+    FILE *f = fopen(path, "r+b");
+    assert_non_null(f);
+    assert_int_equal(fseek(f, at, SEEK_SET), 0);
+    int c = fgetc(f);
+    assert_true(c != EOF);
+    assert_int_equal(fseek(f, at, SEEK_SET), 0);
+    fputc(c ^ 0x04, f);
+    assert_int_equal(fclose(f), 0);
+}
+
+static void model_fingerprint(pb_sweep_fingerprint *fp, const char *model) {
+    if (pb_sweep_fingerprint_compute(fp, model, spec_text, PB_BACKEND_REFERENCE, PB_DTYPE_F32) != PB_OK)
+        fail_msg("fingerprint of %s: %s", model, pb_last_error());
+}
+
+/* Issue 12, failure 2: a model changed past its first MiB (a re-downloaded
+ * file) must not pass for the one a checkpoint was written for. The model
+ * digest covers every byte: a 3 MiB file with one byte changed at 1.5 MiB
+ * (first, middle and last byte too), and a folder whose second shard
+ * changed in its middle, are refused, naming the checkpoint and both model
+ * paths; restored, the same digest as before. */
+static void test_fingerprint_every_byte(void **state) {
+    pb_model *m = load(PB_BACKEND_REFERENCE);
+    char ckpt[256], file[256], folder[256], shard[300];
+    snprintf(ckpt, sizeof ckpt, "%s/sweep.checkpoint", tmp_dir);
+    snprintf(file, sizeof file, "%s/weights.bin", tmp_dir);
+    size_t n = (size_t)3 << 20;
+    unsigned char *bytes = malloc(n);
+    uint64_t seed = 5;
+    for (size_t i = 0; i < n; i++)
+        bytes[i] = (unsigned char)(tu_next(&seed) >> 56);
+    write_bytes(file, bytes, n);
+    pb_sweep_fingerprint fp, changed, restored;
+    model_fingerprint(&fp, file);
+    pb_sweep *s = interrupted_sweep(m, ckpt, &(pb_sweep_fingerprint){0});
+    assert_int_equal(pb_sweep_checkpoint_write(s, ckpt, &fp), PB_OK);
+    pb_sweep_free(s);
+    const long at[] = {(long)n / 2, 0, (long)n - 1, ((long)1 << 20) + 4093};
+    for (size_t k = 0; k < sizeof at / sizeof *at; k++) {
+        flip_byte(file, at[k]);
+        model_fingerprint(&changed, file);
+        if (strcmp(changed.model_digest, fp.model_digest) == 0)
+            fail_msg("byte %ld changed, same digest %s", at[k], fp.model_digest);
+        if (k == 0) { /* the first (middle) change: the load refuses it by name */
+            expect_refused(m, ckpt, &changed, PB_ERR_ARG, "another model");
+            expect_refused(m, ckpt, &changed, PB_ERR_ARG, ckpt);
+            expect_refused(m, ckpt, &changed, PB_ERR_ARG, "weights.bin");
+        }
+        flip_byte(file, at[k]);
+        model_fingerprint(&restored, file);
+        assert_string_equal(restored.model_digest, fp.model_digest);
+    }
+    /* A sharded folder: every shard counts, not only its ends. */
+    snprintf(folder, sizeof folder, "%s/hf", tmp_dir);
+    assert_int_equal(mkdir(folder, 0700), 0);
+    for (int i = 1; i <= 2; i++) {
+        snprintf(shard, sizeof shard, "%s/model-%05d-of-00002.safetensors", folder, i);
+        write_bytes(shard, bytes, n);
+    }
+    snprintf(shard, sizeof shard, "%s/config.json", folder);
+    write_bytes(shard, (const unsigned char *)"{}", 2);
+    model_fingerprint(&fp, folder);
+    snprintf(shard, sizeof shard, "%s/model-00002-of-00002.safetensors", folder);
+    flip_byte(shard, (long)n / 2);
+    model_fingerprint(&changed, folder);
+    assert_string_not_equal(changed.model_digest, fp.model_digest);
+    free(bytes);
+    pb_model_free(m);
+}
+
+/* Ranks other than 0 skip the model (skip_model): their fingerprint loads a
+ * checkpoint of any model (rank 0 checks it for the job) but cannot write
+ * one. */
+static void test_fingerprint_skip_model(void **state) {
+    pb_model *m = load(PB_BACKEND_REFERENCE);
+    char ckpt[256], other_model[1024];
+    snprintf(ckpt, sizeof ckpt, "%s/sweep.checkpoint", tmp_dir);
+    pb_sweep_fingerprint fp, skip;
+    pb_sweep *s = interrupted_sweep(m, ckpt, &fp);
+    snprintf(other_model, sizeof other_model, "%s/tiny_bias/model.gguf", tu_fixtures());
+    pb_fingerprint_options fo = {.skip_model = 1};
+    assert_int_equal(
+        pb_sweep_fingerprint_compute_with(&skip, other_model, spec_text, PB_BACKEND_REFERENCE, PB_DTYPE_F32, &fo),
+        PB_OK);
+    assert_int_equal(skip.model_unchecked, 1);
+    assert_int_equal(pb_sweep_checkpoint_write(s, ckpt, &skip), PB_ERR_ARG);
+    pb_sweep_options o = {.max_batch_rows = 4, .metric_fn_residual_layer = -1};
+    pb_sweep *fresh = create(m, spec_text, &o);
+    assert_int_equal(pb_sweep_checkpoint_load(fresh, ckpt, &skip), PB_OK);
+    pb_sweep_summary a, b;
+    pb_sweep_get_summary(s, &a);
+    pb_sweep_get_summary(fresh, &b);
+    assert_true(b.n_rows_done > 0);
+    assert_int_equal(b.n_rows_done, a.n_rows_done);
+    pb_sweep_free(fresh);
+    pb_sweep_free(s);
+    pb_model_free(m);
 }
 
 static void test_corrupt_refused(void **state) {
@@ -623,6 +724,8 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_stop_before_start, make_tmp, remove_tmp),
         cmocka_unit_test_setup_teardown(test_mismatch_refused, make_tmp, remove_tmp),
         cmocka_unit_test_setup_teardown(test_corrupt_refused, make_tmp, remove_tmp),
+        cmocka_unit_test_setup_teardown(test_fingerprint_every_byte, make_tmp, remove_tmp),
+        cmocka_unit_test_setup_teardown(test_fingerprint_skip_model, make_tmp, remove_tmp),
         cmocka_unit_test_setup_teardown(test_partition, make_tmp, remove_tmp),
         cmocka_unit_test_setup_teardown(test_cli_sigterm_resume, make_tmp, remove_tmp),
         cmocka_unit_test_setup_teardown(test_cli_mismatch, make_tmp, remove_tmp),

@@ -1,7 +1,8 @@
 /* pb_sweep_write against the getters it reports (results.json entry by
  * entry, every .npy cell, the report's lines and ordering), its directory
  * rules (no temporary files left, a non-empty directory refused and left
- * byte-identical, --overwrite replacing stale outputs). The CLI's size
+ * byte-identical, --overwrite replacing stale outputs, a failed overwrite
+ * (file size limit) leaving the old set as it was). The CLI's size
  * parser and progress lines: test_cli_progress.c. */
 #define _XOPEN_SOURCE 700
 #include <setjmp.h>
@@ -9,10 +10,13 @@
 #include <stddef.h>
 #include <cmocka.h>
 #include <dirent.h>
+#include <errno.h>
 #include <jansson.h>
 #include <limits.h>
 #include <math.h>
+#include <signal.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -428,6 +432,73 @@ static void test_no_temp_files_and_overwrite(void **state) {
     assert_string_equal(names, "attn_out_all.npy notes.txt report.txt resid_pre.npy results.json z.npy");
 }
 
+/* Every file of dir (by name) byte for byte; the names in names. */
+static void snapshot(const char *dir, char *names, size_t names_size, char **data, size_t *sizes, int max) {
+    tu_list_dir(dir, names, names_size);
+    char copy[1024], path[1024];
+    snprintf(copy, sizeof copy, "%s", names);
+    int i = 0;
+    for (char *name = strtok(copy, " "); name; name = strtok(NULL, " ")) {
+        assert_true(i < max);
+        snprintf(path, sizeof path, "%s/%s", dir, name);
+        data[i] = tu_read_file(path, &sizes[i]);
+        assert_non_null(data[i]);
+        i++;
+    }
+    data[i] = NULL;
+}
+
+/* A nearly full disk, as a file size limit (RLIMIT_FSIZE; SIGXFSZ ignored
+ * so a write fails with EFBIG instead of ending the process): --overwrite
+ * of another sweep's set fails on its large results.json, after its small
+ * files were written; the old set must be left whole, byte for byte, with
+ * no temporary file and none of the new set's names. Without the limit the
+ * same write replaces it. */
+static void test_failed_overwrite_keeps_old(void **state) {
+    fixture *f = *state;
+    char *spec = strdup(main_spec); /* another set: mlp_out per position instead of z */
+    const char *zsite = "{\"component\": \"z\", \"layers\": \"all\", \"heads\": \"all\", \"positions\": \"last\"}";
+    const char *mlp = "{\"component\": \"mlp_out\", \"layers\": \"all\", \"positions\": \"each\"}";
+    char *z = strstr(spec, zsite);
+    assert_non_null(z);
+    assert_true(strlen(mlp) <= strlen(zsite));
+    memmove(z + strlen(mlp), z + strlen(zsite), strlen(z + strlen(zsite)) + 1);
+    memcpy(z, mlp, strlen(mlp));
+    pb_sweep *other = make_sweep(f->model, spec, 1);
+    free(spec);
+    write_ok(f->sweep, f->dir, 0);
+    char names[1024], names_after[1024], *before[16], *after[16];
+    size_t before_size[16], after_size[16];
+    snapshot(f->dir, names, sizeof names, before, before_size, 15);
+    assert_string_equal(names, main_files);
+
+    struct rlimit old_limit, small;
+    assert_int_equal(getrlimit(RLIMIT_FSIZE, &old_limit), 0);
+    small = old_limit;
+    small.rlim_cur = 4096; /* above every .npy and report.txt of the new set, below its results.json */
+    void (*old_handler)(int) = signal(SIGXFSZ, SIG_IGN);
+    assert_int_equal(setrlimit(RLIMIT_FSIZE, &small), 0);
+    pb_status st = pb_sweep_write(other, f->dir, 1);
+    assert_int_equal(setrlimit(RLIMIT_FSIZE, &old_limit), 0);
+    signal(SIGXFSZ, old_handler);
+    assert_int_equal(st, PB_ERR_IO);
+    expect_in(pb_last_error(), "results.json");
+    expect_in(pb_last_error(), strerror(EFBIG));
+
+    snapshot(f->dir, names_after, sizeof names_after, after, after_size, 15);
+    assert_string_equal(names_after, names);
+    for (int i = 0; before[i]; i++) {
+        assert_int_equal(after_size[i], before_size[i]);
+        assert_memory_equal(after[i], before[i], before_size[i]);
+        free(after[i]);
+        free(before[i]);
+    }
+    write_ok(other, f->dir, 1);
+    tu_list_dir(f->dir, names, sizeof names);
+    assert_string_equal(names, "attn_out_all.npy mlp_out.npy report.txt resid_pre.npy results.json");
+    pb_sweep_free(other);
+}
+
 /* Pairs of different lengths (end-aligned positions), a pair whose clean and
  * corrupted runs are the same (below the floor), position groups next to
  * "all", and a sweep written before it ran. */
@@ -536,6 +607,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_npy_cells, make_dir, remove_dir),
         cmocka_unit_test_setup_teardown(test_report, make_dir, remove_dir),
         cmocka_unit_test_setup_teardown(test_no_temp_files_and_overwrite, make_dir, remove_dir),
+        cmocka_unit_test_setup_teardown(test_failed_overwrite_keeps_old, make_dir, remove_dir),
         cmocka_unit_test_setup_teardown(test_groups_alignment_and_floor, make_dir, remove_dir),
     };
     return cmocka_run_group_tests_name("sweep_write", with_sweep, setup, teardown) ? 1 : 0;

@@ -4,6 +4,7 @@
  * in cli_analysis.c and cli_intervene.c. A client of the library:
  * patchbay.h plus the tool's internal header. */
 #define _POSIX_C_SOURCE 200809L
+#include <dirent.h>
 #include <errno.h>
 #include <math.h>
 #include <signal.h>
@@ -36,7 +37,8 @@ static const char *usage_text =
     "            activation-patching sweep (spec format: docs/patching.md); writes DIR/results.json,\n"
     "            one COMPONENT.npy heatmap per component, DIR/report.txt and DIR/report.html.\n"
     "            SIGTERM, SIGUSR1 or SIGINT: finish the current batch, write the checkpoint (default\n"
-    "            DIR.checkpoint, beside DIR) and exit 3; --resume continues from it. Under mpirun or srun\n"
+    "            DIR.checkpoint, beside DIR; more signals meanwhile are ignored) and exit 3; --resume\n"
+    "            continues from it (and clears temporary files a killed run left). Under mpirun or srun\n"
     "            the rows are split over the ranks by estimated cost and rank 0 writes the results;\n"
     "            --backend cuda ranks gather them with one NCCL all-gather (auto), others over MPI.\n"
     "  tokenize  --model PATH --text TEXT [--chat [--system TEXT]]\n"
@@ -247,17 +249,21 @@ static void on_stop_signal(int sig) {
     sweep_stop = 1;
 }
 
-/* One signal asks for a checkpoint; the same signal again ends the process
- * at once (SA_RESETHAND). */
+/* The first stop signal asks for a checkpoint; later ones (a second Ctrl-C,
+ * scancel's repeated SIGTERM) only set the flag again, so they cannot cut
+ * that checkpoint short: the handler stays installed until the process
+ * exits (SIGKILL still ends it at once). A file size limit (RLIMIT_FSIZE)
+ * makes a write fail with EFBIG, reported like a full disk, instead of
+ * killing the process with SIGXFSZ before it can keep its rows. */
 static void install_stop_handlers(void) {
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_stop_signal;
-    sa.sa_flags = SA_RESETHAND;
     sigemptyset(&sa.sa_mask);
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGUSR1, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
+    signal(SIGXFSZ, SIG_IGN);
 }
 
 /* The rank watchdog found a rank silent (distribute.h): report it and end
@@ -279,14 +285,25 @@ static void abort_job(pb_ranks *ranks, int code, const char *why) {
     pb_ranks_abort(ranks, code);
 }
 
-/* Testing aid for tests/test_mpi.sh: PB_TEST_STALL=RANK:STAGE makes rank
- * RANK stop itself with SIGSTOP, as a hung node would, on reaching STAGE:
- * start (before MPI_Init), exchange (MPI up, the first heartbeats going
- * out), gather (its share done, before its report) or finish (rank 0 about
- * to write the results or the checkpoint). rank < 0: the launcher's. */
-static void test_stall_point(const char *stage, int rank) {
+/* 1 when PB_TEST_STALL (a comma-separated list) holds item. */
+static int test_stall_wants(const char *item) {
     const char *want = getenv("PB_TEST_STALL");
-    if (!want)
+    size_t n = strlen(item);
+    for (const char *p = want; p && *p; p = strchr(p, ',') ? strchr(p, ',') + 1 : NULL)
+        if (strncmp(p, item, n) == 0 && (p[n] == ',' || p[n] == 0))
+            return 1;
+    return 0;
+}
+
+/* Testing aid for tests/test_mpi.sh and tests/test_sweep_safety.sh:
+ * PB_TEST_STALL=RANK:STAGE makes rank RANK stop itself with SIGSTOP, as a
+ * hung node would, on reaching STAGE: start (before MPI_Init), exchange (MPI
+ * up, the first heartbeats going out), gather (its share done, before its
+ * report) or finish (rank 0 about to write the results or the checkpoint).
+ * rank < 0: the launcher's. PB_TEST_STALL is a comma-separated list (e.g.
+ * "hold,0:finish"). */
+static void test_stall_point(const char *stage, int rank) {
+    if (!getenv("PB_TEST_STALL"))
         return;
     if (rank < 0) {
         const char *e = getenv("OMPI_COMM_WORLD_RANK");
@@ -294,7 +311,7 @@ static void test_stall_point(const char *stage, int rank) {
     }
     char here[64];
     snprintf(here, sizeof here, "%d:%s", rank, stage);
-    if (strcmp(want, here) == 0)
+    if (test_stall_wants(here))
         raise(SIGSTOP);
 }
 
@@ -307,8 +324,7 @@ static void test_stall_point(const char *stage, int rank) {
 static void progress_or_hold(int64_t done, int64_t total, void *user) {
     pb_progress *p = user;
     pb_progress_callback(done, total, p);
-    const char *want = getenv("PB_TEST_STALL");
-    if (!want || strcmp(want, "hold") != 0 || (p->out ? p->last_done <= 0 : done <= 0))
+    if (!test_stall_wants("hold") || (p->out ? p->last_done <= 0 : done <= 0))
         return;
     const char *rank = getenv("OMPI_COMM_WORLD_RANK");
     fprintf(stderr, "patchbay: rank %s holds in its share (PB_TEST_STALL=hold)\n", rank ? rank : "0");
@@ -316,6 +332,44 @@ static void progress_or_hold(int64_t done, int64_t total, void *user) {
     const struct timespec tick = {0, 10 * 1000 * 1000};
     while (!sweep_stop)
         nanosleep(&tick, NULL);
+}
+
+/* Where the model hash of a checkpoint's job is cached: beside it. */
+static void hash_cache_path(const char *checkpoint, char *path, size_t size) {
+    snprintf(path, size, "%s.model-hash", checkpoint);
+}
+
+/* The results of a finished sweep: results.json, the heatmaps, report.txt
+ * (also on stdout) and report.html. 0, or 1 with the failure printed. */
+static int write_outputs(const options *o, pb_sweep *sweep) {
+    if (pb_sweep_write(sweep, o->out, o->overwrite) != PB_OK)
+        return fail("writing the sweep's results");
+    char html[4200];
+    snprintf(html, sizeof html, "%s/report.html", o->out);
+    if (pb_report_html_write(sweep, html, NULL) != PB_OK)
+        return fail("writing report.html");
+    char path[4200];
+    snprintf(path, sizeof path, "%s/report.txt", o->out);
+    char *report = NULL;
+    if (pb_read_text_file(path, &report, NULL) != PB_OK)
+        return fail("reading report.txt");
+    fputs(report, stdout);
+    free(report);
+    return 0;
+}
+
+/* The results could not be written (a full disk, a file size limit): every
+ * row is done, so a checkpoint keeps them all for --resume. Exit status 1. */
+static int keep_rows(const options *o, const char *checkpoint, const pb_sweep *sweep, const pb_sweep_fingerprint *fp) {
+    pb_sweep_summary summary = {0};
+    pb_sweep_get_summary(sweep, &summary);
+    if (pb_sweep_checkpoint_write(sweep, checkpoint, fp) != PB_OK)
+        return fail("and the checkpoint that would keep the finished rows could not be written either");
+    fprintf(stderr,
+            "patchbay: the results were not written (see above); all %lld finished rows are kept in the checkpoint "
+            "%s: make room and rerun with --resume%s to write them without running any row again\n",
+            (long long)summary.n_rows_done, checkpoint, o->overwrite ? " --overwrite" : "");
+    return 1;
 }
 
 /* Rank 0 after every rank reported: results, or the checkpoint. */
@@ -355,23 +409,15 @@ static int finish_sweep(const options *o, pb_sweep *sweep, pb_status job, const 
                     "the means\n",
                     p, base, source, summary.effect_floor);
     }
-    if (pb_sweep_write(sweep, o->out, o->overwrite) != PB_OK)
-        return fail("writing the sweep's results");
-    char html[4200];
-    snprintf(html, sizeof html, "%s/report.html", o->out);
-    if (pb_report_html_write(sweep, html, NULL) != PB_OK)
-        return fail("writing report.html");
-    char path[4200];
-    snprintf(path, sizeof path, "%s/report.txt", o->out);
-    char *report = NULL;
-    if (pb_read_text_file(path, &report, NULL) != PB_OK)
-        return fail("reading report.txt");
-    fputs(report, stdout);
-    free(report);
+    if (write_outputs(o, sweep) != 0)
+        return keep_rows(o, checkpoint, sweep, fp);
     /* The results hold everything the checkpoint did. */
+    char cache[4300];
+    hash_cache_path(checkpoint, cache, sizeof cache);
     if (unlink(checkpoint) != 0 && errno != ENOENT)
         fprintf(stderr, "patchbay: WARNING: cannot remove the finished checkpoint %s: %s\n", checkpoint,
                 strerror(errno));
+    unlink(cache);
     fprintf(stderr, "patchbay: wrote results.json, report.txt, report.html and the .npy heatmaps to %s\n", o->out);
     return 0;
 }
@@ -396,6 +442,7 @@ typedef struct sweep_job {
     pb_ranks *ranks;
     char checkpoint[4200];
     int have_checkpoint;
+    int replace_partial; /* --resume found a killed run's partial outputs: overwrite them */
     char *spec_text;
     char spec_dir[4096];
     pb_model *model;
@@ -433,6 +480,50 @@ static void spec_directory(const char *spec, char *dir, size_t size) {
         *slash = 0;
 }
 
+/* --resume / --overwrite: temporary files that a killed run left (kill -9
+ * while writing the results, the checkpoint or the hash cache) are removed
+ * when their process is gone, so that a requeued job finds the output
+ * directory as empty as the killed one left it. */
+static int remove_stale_temps(const sweep_job *j) {
+    const options *o = j->o;
+    char folder[4200], cache[4300];
+    const char *base = strrchr(j->checkpoint, '/');
+    snprintf(folder, sizeof folder, "%.*s", base ? (int)(base - j->checkpoint) : 1, base ? j->checkpoint : ".");
+    base = base ? base + 1 : j->checkpoint;
+    hash_cache_path(base, cache, sizeof cache);
+    /* The output folder (any name), the checkpoint's and its hash cache's. */
+    const char *dirs[3] = {o->out, *folder ? folder : "/", *folder ? folder : "/"};
+    const char *prefixes[3] = {NULL, base, cache};
+    int removed = 0;
+    for (int k = 0; k < 3; k++) {
+        int n = 0;
+        if (pb_remove_stale_temps(dirs[k], prefixes[k], &n) != PB_OK)
+            return fail(k == 0 ? "--out" : "--checkpoint");
+        removed += n;
+    }
+    if (removed > 0 && j->ranks->rank == 0)
+        fprintf(stderr, "patchbay: removed %d temporary files of an earlier run that was killed while writing\n",
+                removed);
+    return 0;
+}
+
+/* 1 when dir holds an incomplete set of sweep outputs: only files named
+ * like them, and no results.json (the set's last file). */
+static int partial_sweep_outputs(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d)
+        return 0;
+    int ours = 1, n = 0;
+    for (struct dirent *e; ours && (e = readdir(d));) {
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+            continue;
+        ours = pb_sweep_is_output_name(e->d_name) && strcmp(e->d_name, "results.json") != 0;
+        n++;
+    }
+    closedir(d);
+    return ours && n > 0;
+}
+
 /* Checks the options and reads the spec before anything loads: 0, or the
  * exit status. */
 static int sweep_inputs(sweep_job *j) {
@@ -441,10 +532,25 @@ static int sweep_inputs(sweep_job *j) {
         fprintf(stderr, "patchbay sweep: --spec SPEC.json and --out DIR are required\n");
         return 2;
     }
-    if (pb_out_dir_check(o->out, o->overwrite) != PB_OK)
-        return fail("--out");
     checkpoint_path(o, j->checkpoint, sizeof j->checkpoint);
+    if ((o->resume || o->overwrite) && remove_stale_temps(j))
+        return 1;
     j->have_checkpoint = access(j->checkpoint, F_OK) == 0;
+    j->replace_partial = o->resume && j->have_checkpoint && !o->overwrite && partial_sweep_outputs(o->out);
+    if (j->replace_partial && j->ranks->rank == 0)
+        fprintf(stderr,
+                "patchbay: %s holds part of a sweep's outputs (no results.json) and the checkpoint %s is still "
+                "there: a run killed while writing its results left them; they are replaced\n",
+                o->out, j->checkpoint);
+    if (pb_out_dir_check(o->out, o->overwrite || j->replace_partial) != PB_OK)
+        return fail("--out");
+    /* Rank 0 writes the checkpoint: a place that cannot take it must fail
+     * now, not at the signal, when every row would be lost. */
+    if (j->ranks->rank == 0 && pb_file_probe_writable(j->checkpoint) != PB_OK) {
+        fail(o->checkpoint ? "--checkpoint" : "the checkpoint (beside --out; --checkpoint FILE puts it elsewhere)");
+        abort_job(j->ranks, 2, "its checkpoint cannot be written (see above)");
+        return 2;
+    }
     if (j->have_checkpoint && !o->resume) {
         fprintf(stderr,
                 "patchbay: checkpoint %s exists (an interrupted sweep): pass --resume to continue it, or delete "
@@ -475,8 +581,13 @@ static int sweep_create(sweep_job *j) {
         fprintf(stderr, "patchbay: %s: %s\n", o->spec, pb_last_error());
         return st == PB_ERR_ARG ? 2 : 1;
     }
-    if (pb_sweep_fingerprint_compute(&j->fingerprint, pb_model_get_source(j->model), j->spec_text,
-                                     o->model.load.backend, o->model.load.dtype) != PB_OK)
+    /* Rank 0 hashes the model (it alone checks and writes checkpoints), once
+     * per model file: the hash is cached beside the checkpoint. */
+    char cache[4300];
+    hash_cache_path(j->checkpoint, cache, sizeof cache);
+    pb_fingerprint_options fo = {.hash_cache = cache, .skip_model = j->ranks->rank != 0};
+    if (pb_sweep_fingerprint_compute_with(&j->fingerprint, pb_model_get_source(j->model), j->spec_text,
+                                          o->model.load.backend, o->model.load.dtype, &fo) != PB_OK)
         return fail("fingerprinting the sweep's inputs");
     if (j->have_checkpoint) {
         if (pb_sweep_checkpoint_load(j->sweep, j->checkpoint, &j->fingerprint) != PB_OK)
@@ -603,7 +714,9 @@ static int cmd_sweep(const options *o, pb_ranks *ranks) {
     int rc = sweep_inputs(&j);
     if (rc)
         return rc;
-    options local = *o;
+    options local = *o; /* this rank's device; --overwrite when a killed run's outputs are replaced */
+    local.overwrite |= j.replace_partial;
+    j.o = &local;
     choose_rank_device(&local, ranks);
     if (!(j.model = load(&local))) {
         free(j.spec_text);

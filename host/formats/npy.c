@@ -9,31 +9,42 @@
 #include "util/internal.h"
 #include "formats/npy.h"
 
-pb_status pb_write_file_atomic(const char *path, const void *data, size_t size) {
-    char tmp[4096];
-    if (snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid()) >= (int)sizeof tmp)
+pb_status pb_write_file_temp(const char *path, const void *data, size_t size, char *tmp, size_t tmp_size) {
+    if (snprintf(tmp, tmp_size, "%s.tmp.%ld", path, (long)getpid()) >= (int)tmp_size)
         return pb_fail(PB_ERR_ARG, "path too long: %s", path);
     FILE *f = fopen(tmp, "wb");
     if (!f)
         return pb_fail(PB_ERR_IO, "cannot create %s: %s", tmp, strerror(errno));
-    int ok = fwrite(data, 1, size, f) == size;
-    ok = fflush(f) == 0 && ok;
-    ok = fsync(fileno(f)) == 0 && ok;
-    int saved = errno;
-    ok = fclose(f) == 0 && ok;
-    if (!ok) {
+    int saved = 0; /* the first failure's errno */
+    if (fwrite(data, 1, size, f) != size)
+        saved = errno ? errno : EIO;
+    if (fflush(f) != 0 && !saved)
+        saved = errno;
+    if (fsync(fileno(f)) != 0 && !saved)
+        saved = errno;
+    if (fclose(f) != 0 && !saved)
+        saved = errno;
+    if (saved) {
         unlink(tmp);
         return pb_fail(PB_ERR_IO, "writing %s failed: %s", path, strerror(saved));
     }
+    return PB_OK;
+}
+
+pb_status pb_write_file_atomic(const char *path, const void *data, size_t size) {
+    char tmp[4096];
+    PB_TRY(pb_write_file_temp(path, data, size, tmp, sizeof tmp));
     if (rename(tmp, path) != 0) {
-        saved = errno;
+        int saved = errno;
         unlink(tmp);
         return pb_fail(PB_ERR_IO, "cannot rename %s to %s: %s", tmp, path, strerror(saved));
     }
     return PB_OK;
 }
 
-pb_status pb_npy_write(const char *path, const void *data, pb_npy_dtype dtype, int n_dims, const int64_t *shape) {
+/* The whole .npy file in *out (malloc'd). */
+static pb_status npy_encode(const char *path, const void *data, pb_npy_dtype dtype, int n_dims, const int64_t *shape,
+                            unsigned char **out, size_t *out_size) {
     if (n_dims < 0 || n_dims > 8)
         return pb_fail(PB_ERR_ARG, "npy %s: %d dims (0..8 supported)", path, n_dims);
     char header[512];
@@ -62,7 +73,26 @@ pb_status pb_npy_write(const char *path, const void *data, pb_npy_dtype dtype, i
     memset(buf + preamble + n, ' ', header_len - (size_t)n - 1);
     buf[total_header - 1] = '\n';
     memcpy(buf + total_header, data, count * 4);
+    *out = buf;
+    *out_size = bytes;
+    return PB_OK;
+}
+
+pb_status pb_npy_write(const char *path, const void *data, pb_npy_dtype dtype, int n_dims, const int64_t *shape) {
+    unsigned char *buf = NULL;
+    size_t bytes = 0;
+    PB_TRY(npy_encode(path, data, dtype, n_dims, shape, &buf, &bytes));
     pb_status status = pb_write_file_atomic(path, buf, bytes);
+    free(buf);
+    return status;
+}
+
+pb_status pb_npy_write_temp(const char *path, const void *data, pb_npy_dtype dtype, int n_dims, const int64_t *shape,
+                            char *tmp, size_t tmp_size) {
+    unsigned char *buf = NULL;
+    size_t bytes = 0;
+    PB_TRY(npy_encode(path, data, dtype, n_dims, shape, &buf, &bytes));
+    pb_status status = pb_write_file_temp(path, buf, bytes, tmp, tmp_size);
     free(buf);
     return status;
 }

@@ -1,12 +1,14 @@
 /* Sweep checkpoints: what a preempted sweep has computed (done rows with
  * their patched values and trivial flags, pair baselines), written
  * atomically, and loaded into a fresh sweep of the same inputs. Also the
- * fingerprint of those inputs and the SHA-256 it is built from.
+ * fingerprint of those inputs (the model's bytes through file_hash.h, the
+ * spec through SHA-256) and the SHA-256 the file's integrity check uses.
  *
- * File layout (version 1), every integer little-endian, doubles as their
+ * File layout (version 2), every integer little-endian, doubles as their
  * IEEE-754 bits in a little-endian u64:
  *   8   magic "PBCKPT\r\n"
- *   u32 version (1)
+ *   u32 version (2; version 1's model digest hashed only the model's first
+ *       and last MiB, so a version-1 file is refused, not trusted)
  *   4 x (u32 length, bytes): model path, model digest, spec digest, backend
  *   i64 n_pairs, n_sites, n_rows, n_rows_executed
  *   f64 flops_executed
@@ -27,6 +29,7 @@
 #include "util/internal.h"
 #include "formats/npy.h"
 #include "patching/sweep_access.h"
+#include "util/file_hash.h"
 
 /* ---- SHA-256 (FIPS 180-4) ------------------------------------------------ */
 
@@ -126,116 +129,119 @@ static void hex(const unsigned char *digest, size_t n, char *out) {
 
 /* ---- fingerprint ---------------------------------------------------------- */
 
-#define PB_FINGERPRINT_SPAN ((long)1 << 20) /* bytes hashed at each end of a model file */
-
-/* Hashes a file's size, first MiB and last MiB into ctx; adds its size to *total. */
-static pb_status hash_file_ends(sha256_ctx *ctx, const char *path, uint64_t *total) {
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return pb_fail(PB_ERR_IO, "fingerprint: cannot open %s: %s", path, strerror(errno));
-    struct stat st;
-    if (fstat(fileno(f), &st) != 0) {
-        fclose(f);
-        return pb_fail(PB_ERR_IO, "fingerprint: cannot stat %s: %s", path, strerror(errno));
-    }
-    uint64_t size = (uint64_t)st.st_size;
-    unsigned char size_le[8];
+static void put_le64(pb_hash64_state *h, uint64_t v) {
+    unsigned char le[8];
     for (int i = 0; i < 8; i++)
-        size_le[i] = (unsigned char)(size >> (8 * i));
-    sha256_update(ctx, size_le, 8);
-    unsigned char *buf = malloc((size_t)PB_FINGERPRINT_SPAN);
-    if (!buf) {
-        fclose(f);
-        return pb_fail(PB_ERR_OOM, "fingerprint: out of memory");
-    }
-    pb_status status = PB_OK;
-    for (int end = 0; end < 2 && status == PB_OK; end++) {
-        long offset = end == 0 ? 0 : (long)size > PB_FINGERPRINT_SPAN ? (long)size - PB_FINGERPRINT_SPAN : 0;
-        size_t want = size < (uint64_t)PB_FINGERPRINT_SPAN ? (size_t)size : (size_t)PB_FINGERPRINT_SPAN;
-        if (fseek(f, offset, SEEK_SET) != 0 || fread(buf, 1, want, f) != want)
-            status = pb_fail(PB_ERR_IO, "fingerprint: cannot read %s", path);
-        else
-            sha256_update(ctx, buf, want);
-    }
-    free(buf);
-    fclose(f);
-    *total += size;
-    return status;
+        le[i] = (unsigned char)(v >> (8 * i));
+    pb_hash64_update(h, le, 8);
 }
 
 static int compare_names(const void *a, const void *b) {
     return strcmp(*(const char *const *)a, *(const char *const *)b);
 }
 
-/* A folder (Hugging Face checkpoint): every regular file, by sorted name. */
-static pb_status hash_folder(sha256_ctx *ctx, const char *dir, uint64_t *total) {
+/* The names in dir, sorted (hidden ones skipped); *names malloc'd. */
+static pb_status list_folder(const char *dir, char ***names, size_t *n) {
     DIR *d = opendir(dir);
     if (!d)
         return pb_fail(PB_ERR_IO, "fingerprint: cannot read folder %s: %s", dir, strerror(errno));
-    char **names = NULL;
-    size_t n = 0, cap = 0;
+    size_t cap = 0;
     pb_status status = PB_OK;
+    *names = NULL;
+    *n = 0;
     for (struct dirent *e; status == PB_OK && (e = readdir(d));) {
         if (e->d_name[0] == '.')
             continue;
-        if (n == cap) {
+        if (*n == cap) {
             cap = cap ? 2 * cap : 16;
-            char **grown = realloc(names, cap * sizeof *names);
+            char **grown = realloc(*names, cap * sizeof **names);
             if (!grown) {
                 status = pb_fail(PB_ERR_OOM, "fingerprint: out of memory");
                 break;
             }
-            names = grown;
+            *names = grown;
         }
-        if (!(names[n] = strdup(e->d_name)))
+        if (!((*names)[*n] = strdup(e->d_name)))
             status = pb_fail(PB_ERR_OOM, "fingerprint: out of memory");
         else
-            n++;
+            (*n)++;
     }
     closedir(d);
-    if (n > 1)
-        qsort(names, n, sizeof *names, compare_names);
+    if (*n > 1)
+        qsort(*names, *n, sizeof **names, compare_names);
+    return status;
+}
+
+/* A folder (Hugging Face checkpoint: config, tokenizer, every shard): each
+ * regular file's name, size and whole-file hash, by sorted name. */
+static pb_status hash_folder(pb_hash64_state *h, const char *dir, const char *cache, uint64_t *total) {
+    char **names = NULL;
+    size_t n = 0;
+    pb_status status = list_folder(dir, &names, &n);
     for (size_t i = 0; status == PB_OK && i < n; i++) {
         char path[4096];
         struct stat st;
         snprintf(path, sizeof path, "%s/%s", dir, names[i]);
         if (stat(path, &st) != 0 || !S_ISREG(st.st_mode))
             continue;
-        sha256_update(ctx, names[i], strlen(names[i]) + 1);
-        status = hash_file_ends(ctx, path, total);
+        uint64_t hash = 0, size = 0;
+        status = pb_file_hash(path, cache, &hash, &size, NULL);
+        pb_hash64_update(h, names[i], strlen(names[i]) + 1);
+        put_le64(h, size);
+        put_le64(h, hash);
+        *total += size;
     }
     for (size_t i = 0; i < n; i++)
         free(names[i]);
     free(names);
-    return status;
+    return status == PB_OK ? PB_OK : pb_fail_context(status, "fingerprint of %s", dir);
+}
+
+/* model_digest: "<bytes>:<16 hex digits>", the hash of every byte of the
+ * model (file_hash.h); "random:" names are their own digest. */
+static pb_status model_digest(pb_sweep_fingerprint *fp, const char *model_path, const char *cache) {
+    pb_hash64_state h;
+    pb_hash64_init(&h);
+    uint64_t total = 0, hash = 0;
+    struct stat st;
+    if (strncmp(model_path, "random:", 7) == 0 && stat(model_path, &st) != 0) {
+        /* A synthetic model (pb_model_random): its name, layers and seed
+         * are the whole of it. */
+        pb_hash64_update(&h, model_path, strlen(model_path));
+        hash = pb_hash64_final(&h);
+    } else if (stat(model_path, &st) != 0) {
+        return pb_fail(PB_ERR_IO, "fingerprint: cannot stat %s: %s", model_path, strerror(errno));
+    } else if (S_ISDIR(st.st_mode)) {
+        PB_TRY(hash_folder(&h, model_path, cache, &total));
+        hash = pb_hash64_final(&h);
+    } else {
+        pb_status status = pb_file_hash(model_path, cache, &hash, &total, NULL);
+        if (status != PB_OK)
+            return pb_fail_context(status, "fingerprint");
+    }
+    snprintf(fp->model_digest, sizeof fp->model_digest, "%llu:%016llx", (unsigned long long)total,
+             (unsigned long long)hash);
+    return PB_OK;
 }
 
 pb_status pb_sweep_fingerprint_compute(pb_sweep_fingerprint *fp, const char *model_path, const char *spec_json,
                                        pb_backend_kind backend, pb_dtype dtype) {
+    return pb_sweep_fingerprint_compute_with(fp, model_path, spec_json, backend, dtype, NULL);
+}
+
+pb_status pb_sweep_fingerprint_compute_with(pb_sweep_fingerprint *fp, const char *model_path, const char *spec_json,
+                                            pb_backend_kind backend, pb_dtype dtype,
+                                            const pb_fingerprint_options *options) {
     if (!fp || !model_path || !spec_json)
         return pb_fail(PB_ERR_ARG, "pb_sweep_fingerprint_compute: fingerprint, model path and spec are required");
     memset(fp, 0, sizeof *fp);
     if (strlen(model_path) >= sizeof fp->model_path)
         return pb_fail(PB_ERR_ARG, "fingerprint: model path too long");
     snprintf(fp->model_path, sizeof fp->model_path, "%s", model_path);
-    sha256_ctx ctx;
-    unsigned char digest[32];
-    char digest_hex[65];
-    sha256_init(&ctx);
-    uint64_t total = 0;
-    struct stat st;
-    if (strncmp(model_path, "random:", 7) == 0 && stat(model_path, &st) != 0) {
-        /* A synthetic model (pb_model_random): its name, layers and seed
-         * are the whole of it. */
-        sha256_update(&ctx, model_path, strlen(model_path));
-    } else {
-        if (stat(model_path, &st) != 0)
-            return pb_fail(PB_ERR_IO, "fingerprint: cannot stat %s: %s", model_path, strerror(errno));
-        PB_TRY(S_ISDIR(st.st_mode) ? hash_folder(&ctx, model_path, &total) : hash_file_ends(&ctx, model_path, &total));
-    }
-    sha256_final(&ctx, digest);
-    hex(digest, 32, digest_hex);
-    snprintf(fp->model_digest, sizeof fp->model_digest, "%llu:%s", (unsigned long long)total, digest_hex);
+    if (options && options->skip_model)
+        fp->model_unchecked = 1;
+    else
+        PB_TRY(model_digest(fp, model_path, options ? options->hash_cache : NULL));
 
     /* Canonical spec: parsed, keys sorted, compact. Whitespace and key
      * order do not change it; any value does. */
@@ -247,6 +253,8 @@ pb_status pb_sweep_fingerprint_compute(pb_sweep_fingerprint *fp, const char *mod
     json_decref(root);
     if (!canonical)
         return pb_fail(PB_ERR_OOM, "fingerprint: out of memory");
+    sha256_ctx ctx;
+    unsigned char digest[32];
     sha256_init(&ctx);
     sha256_update(&ctx, canonical, strlen(canonical));
     free(canonical);
@@ -304,11 +312,14 @@ static void put_string(byte_buf *b, const char *s) {
 }
 
 static const unsigned char checkpoint_magic[8] = {'P', 'B', 'C', 'K', 'P', 'T', '\r', '\n'};
-enum { CHECKPOINT_VERSION = 1 };
+enum { CHECKPOINT_VERSION = 2 };
 
 pb_status pb_sweep_checkpoint_write(const pb_sweep *s, const char *path, const pb_sweep_fingerprint *fp) {
     if (!s || !path || !fp)
         return pb_fail(PB_ERR_ARG, "pb_sweep_checkpoint_write: sweep, path and fingerprint are required");
+    if (fp->model_unchecked)
+        return pb_fail(PB_ERR_ARG, "checkpoint %s: the fingerprint has no model digest (computed with skip_model)",
+                       path);
     byte_buf b = {0};
     put_bytes(&b, checkpoint_magic, sizeof checkpoint_magic);
     put_u64(&b, CHECKPOINT_VERSION, 4);
@@ -467,10 +478,11 @@ static pb_status read_header(const char *path, const pb_sweep *s, const pb_sweep
         return pb_fail(PB_ERR_FORMAT, "checkpoint %s: header ends early", path);
     int n_pairs = pb_sweep_spec_of(s)->n_pairs;
     int64_t n_sites = pb_sweep_site_count(s), n_rows = pb_sweep_row_count(s);
-    if (strcmp(h->have.model_digest, fp->model_digest) != 0)
+    if (!fp->model_unchecked && strcmp(h->have.model_digest, fp->model_digest) != 0)
         return pb_fail(PB_ERR_ARG,
-                       "checkpoint %s was written for another model file: %s (size:sha256 of first/last MiB %s), "
-                       "this run uses %s (%s)",
+                       "checkpoint %s was written for another model: %s (bytes:hash of every byte %s), but this "
+                       "run's model %s has %s (changed or re-downloaded since?); the checkpoint is kept: resume "
+                       "with the model it was written for, or delete it to start over",
                        path, h->have.model_path, h->have.model_digest, fp->model_path, fp->model_digest);
     if (strcmp(h->have.spec_digest, fp->spec_digest) != 0)
         return pb_fail(PB_ERR_ARG,

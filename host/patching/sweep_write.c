@@ -8,10 +8,14 @@
  *   results.json            everything, including per-pair values and each .npy file's axes
  *
  * Site values come only from the public getters (pb_sweep_get_*); the
- * struct is read for metadata (model, spec, position alignment). Each file
- * is written to a temporary name and renamed, and results.json goes last,
- * so its presence means the set is complete; a failed write removes what it
- * wrote. */
+ * struct is read for metadata (model, spec, position alignment). Two
+ * phases: every file of the new set is written and fsynced under a
+ * temporary name (NAME.tmp.<pid>) first, and only once all are safe do
+ * they replace the old outputs (--overwrite): the old results.json is
+ * removed, the new files renamed into place, results.json last (its
+ * presence means the set is complete), then old files of names this set
+ * does not use are removed. A failed write (disk full, file size limit)
+ * removes its temporary files and leaves the old outputs as they were. */
 #define _POSIX_C_SOURCE 200809L
 #include <dirent.h>
 #include <errno.h>
@@ -623,8 +627,11 @@ static pb_status make_dirs(const char *dir, char created[][4096], int *n_created
 
 enum { PB_MAX_OUTPUT_FILES = 3 * PB_COMPONENT_COUNT + 2 };
 
+/* The new set: each file's final name and, once written, its temporary
+ * path (NAME.tmp.<pid>, pb_write_file_temp). */
 typedef struct output_files {
     char names[PB_MAX_OUTPUT_FILES][64];
+    char temps[PB_MAX_OUTPUT_FILES][4096];
     int n;
 } output_files;
 
@@ -635,16 +642,18 @@ static int listed(const output_files *files, const char *name) {
     return 0;
 }
 
-static pb_status write_one(const char *dir, const char *name, output_files *written, const void *data, size_t size,
+/* Writes one file of the set under its temporary name. */
+static pb_status stage_one(const char *dir, const char *name, output_files *files, const void *data, size_t size,
                            const grid *g) {
     char path[4096];
     if (snprintf(path, sizeof path, "%s/%s", dir, name) >= (int)sizeof path)
         return pb_fail(PB_ERR_ARG, "sweep write: path too long: %s/%s", dir, name);
-    pb_status st = g ? pb_npy_write(path, g->data, PB_NPY_F32, g->n_dims, g->shape)
-                     : pb_write_file_atomic(path, data, size);
+    char *tmp = files->temps[files->n];
+    pb_status st = g ? pb_npy_write_temp(path, g->data, PB_NPY_F32, g->n_dims, g->shape, tmp, sizeof files->temps[0])
+                     : pb_write_file_temp(path, data, size, tmp, sizeof files->temps[0]);
     if (st != PB_OK)
         return pb_fail_context(st, "sweep write");
-    snprintf(written->names[written->n++], sizeof written->names[0], "%s", name);
+    snprintf(files->names[files->n++], sizeof files->names[0], "%s", name);
     return PB_OK;
 }
 
@@ -652,6 +661,107 @@ static void remove_file(const char *dir, const char *name) {
     char path[4096];
     if (snprintf(path, sizeof path, "%s/%s", dir, name) < (int)sizeof path)
         unlink(path);
+}
+
+/* Phase one: every file of the set under a temporary name, results.json
+ * last in the list. */
+static pb_status stage_all(const char *dir, const component_grids *grids, const char *report, size_t report_size,
+                           char *json_text, output_files *files) {
+    static const char *const suffixes[] = {".npy", "_all.npy", "_groups.npy"};
+    pb_status st = PB_OK;
+    char name[64];
+    for (int c = 0; st == PB_OK && c < PB_COMPONENT_COUNT; c++) {
+        const grid *each[3] = {&grids[c].each, &grids[c].all, &grids[c].groups};
+        for (int k = 0; st == PB_OK && k < 3; k++) {
+            if (!each[k]->used)
+                continue;
+            snprintf(name, sizeof name, "%s%s", pb_component_name((pb_component)c), suffixes[k]);
+            st = stage_one(dir, name, files, NULL, 0, each[k]);
+        }
+    }
+    if (st == PB_OK)
+        st = stage_one(dir, "report.txt", files, report, report_size, NULL);
+    if (st == PB_OK) {
+        size_t len = strlen(json_text);
+        json_text[len] = '\n'; /* the NUL becomes a final newline; the size excludes the old NUL */
+        st = stage_one(dir, "results.json", files, json_text, len + 1, NULL);
+        json_text[len] = 0;
+    }
+    return st;
+}
+
+/* Phase two: the staged set replaces the old one. */
+static pb_status commit_all(const char *dir, int overwrite, output_files *files) {
+    if (overwrite)
+        remove_file(dir, "results.json"); /* until the new set is complete, there is none */
+    pb_status st = PB_OK;
+    char path[4096];
+    int i = 0;
+    for (; st == PB_OK && i < files->n; i++) {
+        if (i == files->n - 1 && overwrite) {
+            /* Files an earlier sweep wrote under names this one does not use. */
+            static const char *const suffixes[] = {".npy", "_all.npy", "_groups.npy"};
+            char name[64];
+            for (int c = 0; c < PB_COMPONENT_COUNT; c++)
+                for (int k = 0; k < 3; k++) {
+                    snprintf(name, sizeof name, "%s%s", pb_component_name((pb_component)c), suffixes[k]);
+                    if (!listed(files, name))
+                        remove_file(dir, name);
+                }
+        }
+        snprintf(path, sizeof path, "%s/%s", dir, files->names[i]);
+        if (rename(files->temps[i], path) != 0)
+            st = pb_fail(PB_ERR_IO, "sweep write: cannot rename %s to %s: %s", files->temps[i], path, strerror(errno));
+        else
+            files->temps[i][0] = 0;
+    }
+    return st;
+}
+
+/* Unlinks what is left under a temporary name. */
+static void remove_staged(output_files *files) {
+    for (int i = 0; i < files->n; i++)
+        if (files->temps[i][0])
+            unlink(files->temps[i]);
+}
+
+/* The set in memory: report.txt's text and results.json's. */
+static pb_status build_outputs(const pb_sweep_view *v, component_grids *grids, char **report, size_t *report_size,
+                               char **json_text) {
+    pb_ranked *layers = NULL;
+    int n_layers_ranked = 0;
+    pb_status st = grids_build(v, grids);
+    if (st == PB_OK)
+        st = rank_layers(v, &layers, &n_layers_ranked);
+    if (st == PB_OK)
+        st = report_text(v, layers, n_layers_ranked, report, report_size);
+    if (st == PB_OK) {
+        json_builder b = {0};
+        json_t *root = results_json(v, grids, layers, n_layers_ranked, &b);
+        *json_text = b.failed ? NULL : json_dumps(root, JSON_INDENT(2));
+        json_decref(root);
+        if (!*json_text)
+            st = pb_fail(PB_ERR_OOM, "sweep write: cannot build results.json (out of memory or a getter failed: %s)",
+                         pb_last_error());
+    }
+    free(layers);
+    return st;
+}
+
+int pb_sweep_is_output_name(const char *name) {
+    static const char *const suffixes[] = {".npy", "_all.npy", "_groups.npy"};
+    if (!name)
+        return 0;
+    if (strcmp(name, "results.json") == 0 || strcmp(name, "report.txt") == 0 || strcmp(name, "report.html") == 0)
+        return 1;
+    char want[64];
+    for (int c = 0; c < PB_COMPONENT_COUNT; c++)
+        for (int k = 0; k < 3; k++) {
+            snprintf(want, sizeof want, "%s%s", pb_component_name((pb_component)c), suffixes[k]);
+            if (strcmp(name, want) == 0)
+                return 1;
+        }
+    return 0;
 }
 
 pb_status pb_sweep_write(const pb_sweep *sweep, const char *dir, int overwrite) {
@@ -662,80 +772,31 @@ pb_status pb_sweep_write(const pb_sweep *sweep, const char *dir, int overwrite) 
     pb_sweep_view v;
     component_grids grids[PB_COMPONENT_COUNT];
     memset(grids, 0, sizeof grids);
-    pb_ranked *layers = NULL;
-    int n_layers_ranked = 0;
-    json_t *root = NULL;
     char *json_text = NULL, *report = NULL;
     size_t report_size = 0;
-    output_files written = {.n = 0};
+    output_files *files = calloc(1, sizeof *files);
     char created[8][4096];
     int n_created = 0;
+    if (!files)
+        return pb_fail(PB_ERR_OOM, "sweep write: out of memory");
     pb_status st = pb_sweep_view_load(&v, sweep);
     if (st == PB_OK)
-        st = grids_build(&v, grids);
-    if (st == PB_OK)
-        st = rank_layers(&v, &layers, &n_layers_ranked);
-    if (st == PB_OK)
-        st = report_text(&v, layers, n_layers_ranked, &report, &report_size);
-    if (st == PB_OK) {
-        json_builder b = {0};
-        root = results_json(&v, grids, layers, n_layers_ranked, &b);
-        json_text = b.failed ? NULL : json_dumps(root, JSON_INDENT(2));
-        if (!json_text)
-            st = pb_fail(PB_ERR_OOM, "sweep write: cannot build results.json (out of memory or a getter failed: %s)",
-                         pb_last_error());
-    }
+        st = build_outputs(&v, grids, &report, &report_size, &json_text);
+    pb_sweep_view_free(&v);
     /* Everything is in memory: now touch the directory. */
     if (st == PB_OK)
         st = make_dirs(dir, created, &n_created, 8);
-    if (st == PB_OK && overwrite)
-        remove_file(dir, "results.json"); /* until the new set is complete, there is none */
-    char name[64];
-    for (int c = 0; st == PB_OK && c < PB_COMPONENT_COUNT; c++) {
-        const char *cname = pb_component_name((pb_component)c);
-        if (grids[c].each.used) {
-            snprintf(name, sizeof name, "%s.npy", cname);
-            st = write_one(dir, name, &written, NULL, 0, &grids[c].each);
-        }
-        if (st == PB_OK && grids[c].all.used) {
-            snprintf(name, sizeof name, "%s_all.npy", cname);
-            st = write_one(dir, name, &written, NULL, 0, &grids[c].all);
-        }
-        if (st == PB_OK && grids[c].groups.used) {
-            snprintf(name, sizeof name, "%s_groups.npy", cname);
-            st = write_one(dir, name, &written, NULL, 0, &grids[c].groups);
-        }
-    }
     if (st == PB_OK)
-        st = write_one(dir, "report.txt", &written, report, report_size, NULL);
-    if (st == PB_OK && overwrite) {
-        /* Files an earlier sweep wrote under names this one does not use. */
-        static const char *const suffixes[] = {".npy", "_all.npy", "_groups.npy"};
-        for (int c = 0; c < PB_COMPONENT_COUNT; c++) {
-            for (int k = 0; k < 3; k++) {
-                snprintf(name, sizeof name, "%s%s", pb_component_name((pb_component)c), suffixes[k]);
-                if (!listed(&written, name))
-                    remove_file(dir, name);
-            }
-        }
-    }
-    if (st == PB_OK) {
-        size_t len = strlen(json_text);
-        json_text[len] = '\n'; /* the NUL becomes a final newline; the size excludes the old NUL */
-        st = write_one(dir, "results.json", &written, json_text, len + 1, NULL);
-        json_text[len] = 0;
-    }
-    if (st != PB_OK) {
-        for (int i = 0; i < written.n; i++)
-            remove_file(dir, written.names[i]);
+        st = stage_all(dir, grids, report, report_size, json_text, files);
+    if (st == PB_OK)
+        st = commit_all(dir, overwrite, files);
+    remove_staged(files);
+    if (st != PB_OK)
         for (int i = n_created - 1; i >= 0; i--)
             rmdir(created[i]);
-    }
+    free(files);
     free(json_text);
-    json_decref(root);
     free(report);
-    free(layers);
     grids_free(grids);
-    pb_sweep_view_free(&v);
     return st;
 }

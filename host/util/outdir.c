@@ -1,7 +1,10 @@
-/* Output-directory checks and whole-file reads (see outdir.h). */
+/* Output-directory checks, write probes, stale temporary files and whole-file
+ * reads (see outdir.h). */
 #define _POSIX_C_SOURCE 200809L
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -112,4 +115,87 @@ pb_status pb_read_text_file(const char *path, char **text, size_t *size) {
     if (size)
         *size = used;
     return PB_OK;
+}
+
+/* The folder part of a file path ("." when it has none). */
+static void folder_of(const char *path, char *folder, size_t size) {
+    snprintf(folder, size, "%s", path);
+    char *slash = strrchr(folder, '/');
+    if (!slash)
+        snprintf(folder, size, ".");
+    else if (slash == folder)
+        folder[1] = 0;
+    else
+        *slash = 0;
+}
+
+pb_status pb_file_probe_writable(const char *path) {
+    if (!path || !*path || strlen(path) >= 4000)
+        return pb_fail(PB_ERR_ARG, "bad file path '%s'", path ? path : "");
+    char folder[4096], probe[4200];
+    folder_of(path, folder, sizeof folder);
+    struct stat st;
+    if (stat(folder, &st) != 0)
+        return pb_fail(PB_ERR_IO, "cannot write %s: folder %s: %s", path, folder, strerror(errno));
+    if (!S_ISDIR(st.st_mode))
+        return pb_fail(PB_ERR_IO, "cannot write %s: %s is not a folder", path, folder);
+    if (stat(path, &st) == 0 && S_ISDIR(st.st_mode))
+        return pb_fail(PB_ERR_IO, "cannot write %s: it is a folder", path);
+    snprintf(probe, sizeof probe, "%s/.patchbay-probe.%ld", folder, (long)getpid());
+    int fd = open(probe, O_WRONLY | O_CREAT | O_EXCL, 0600);
+    if (fd < 0)
+        return pb_fail(PB_ERR_IO, "cannot write %s: cannot create a file in %s: %s", path, folder, strerror(errno));
+    int failed = write(fd, "x", 1) != 1 ? errno : 0;
+    if (close(fd) != 0 && !failed)
+        failed = errno;
+    unlink(probe);
+    if (failed)
+        return pb_fail(PB_ERR_IO, "cannot write %s: writing in %s failed: %s", path, folder, strerror(failed));
+    return PB_OK;
+}
+
+/* The pid of a name "<prefix>.tmp.<digits>" (prefix any non-empty name
+ * when want is NULL, else exactly want); 0 when it is not one. */
+static long temp_file_pid(const char *name, const char *want) {
+    const char *mark = NULL;
+    for (const char *p = strstr(name, ".tmp."); p; p = strstr(p + 1, ".tmp."))
+        mark = p; /* the last one: "a.tmp.1.tmp.2" is a temporary of "a.tmp.1" */
+    if (!mark || mark == name || !mark[5])
+        return 0;
+    if (want && ((size_t)(mark - name) != strlen(want) || strncmp(name, want, strlen(want)) != 0))
+        return 0;
+    long pid = 0;
+    for (const char *d = mark + 5; *d; d++) {
+        if (*d < '0' || *d > '9' || pid > 100000000)
+            return 0;
+        pid = pid * 10 + (*d - '0');
+    }
+    return pid;
+}
+
+pb_status pb_remove_stale_temps(const char *dir, const char *prefix, int *n_removed) {
+    *n_removed = 0;
+    DIR *d = opendir(dir);
+    if (!d)
+        return errno == ENOENT ? PB_OK : pb_fail(PB_ERR_IO, "cannot read %s: %s", dir, strerror(errno));
+    pb_status status = PB_OK;
+    for (struct dirent *e; (e = readdir(d));) {
+        long pid = temp_file_pid(e->d_name, prefix);
+        /* kill(pid, 0) fails with ESRCH only when no such process exists:
+         * a live writer's file (EPERM included) is left alone. */
+        if (pid <= 0 || pid == (long)getpid() || kill((pid_t)pid, 0) == 0 || errno != ESRCH)
+            continue;
+        char path[4200];
+        struct stat st;
+        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+        if (lstat(path, &st) != 0 || !S_ISREG(st.st_mode))
+            continue;
+        if (unlink(path) != 0 && errno != ENOENT) { /* ENOENT: another rank removed it */
+            status = pb_fail(PB_ERR_IO, "cannot remove the stale temporary file %s: %s", path, strerror(errno));
+            break;
+        }
+        (*n_removed)++;
+    }
+    closedir(d);
+    return status;
 }
