@@ -683,7 +683,7 @@ pb_status pb_gguf_open(pb_gguf **out, const char *path) {
     if (!out || !path)
         return pb_fail(PB_ERR_ARG, "gguf: open: %s is NULL", out ? "path" : "out");
     *out = NULL;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK); /* a FIFO must not block the open */
     if (fd < 0)
         return pb_fail(PB_ERR_IO, "gguf: cannot open '%s': %s", path, strerror(errno));
     struct stat st;

@@ -2,6 +2,9 @@
 #define _POSIX_C_SOURCE 200809L
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -78,38 +81,83 @@ pb_status pb_out_dir_create(const char *dir, int overwrite) {
     return PB_OK;
 }
 
-pb_status pb_read_text_file(const char *path, char **text, size_t *size) {
-    *text = NULL;
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return pb_fail(PB_ERR_IO, "cannot open %s: %s", path, strerror(errno));
-    char *buf = NULL;
-    size_t used = 0, cap = 0;
-    for (;;) {
-        if (cap - used < 4096) {
-            cap = cap ? cap * 2 : 65536;
-            char *grown = realloc(buf, cap + 1);
-            if (!grown) {
-                free(buf);
-                fclose(f);
-                return pb_fail(PB_ERR_OOM, "out of memory reading %s", path);
-            }
-            buf = grown;
+/* Appends what one read() gives to *buf, grown as needed up to one byte
+ * past max_bytes (so that a larger input shows): bytes read, 0 at end of
+ * file, -1 with errno on failure (EAGAIN: nothing yet). */
+static ssize_t read_more(int fd, char **buf, size_t *used, size_t *cap, size_t max_bytes) {
+    if (*used == *cap) {
+        size_t limit = max_bytes + 1, grown_cap = *cap ? *cap * 2 : 65536;
+        if (grown_cap > limit || grown_cap < *cap)
+            grown_cap = limit;
+        char *grown = realloc(*buf, grown_cap + 1); /* + the NUL */
+        if (!grown) {
+            errno = ENOMEM;
+            return -1;
         }
-        size_t got = fread(buf + used, 1, cap - used, f);
-        used += got;
+        *buf = grown;
+        *cap = grown_cap;
+    }
+    ssize_t got = read(fd, *buf + *used, *cap - *used);
+    if (got > 0)
+        *used += (size_t)got;
+    return got;
+}
+
+/* Reads fd to its end, waiting in poll() (so a pipe whose writer has not
+ * come yet does not block a signal's effect) and looking at *stop between
+ * waits. */
+static pb_status read_fd(int fd, const char *path, size_t max_bytes, const volatile int *stop, char **buf,
+                         size_t *used) {
+    size_t cap = 0;
+    for (;;) {
+        if (stop && *stop)
+            return pb_fail(PB_ERR_INTERRUPTED, "reading %s was interrupted by a signal", path);
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        int ready = poll(&p, 1, 200); /* wakes to look at *stop even if the signal came just before */
+        if (ready < 0 && errno != EINTR)
+            return pb_fail(PB_ERR_IO, "cannot read %s: %s", path, strerror(errno));
+        if (ready <= 0)
+            continue;
+        ssize_t got = read_more(fd, buf, used, &cap, max_bytes);
         if (got == 0)
-            break;
+            return PB_OK;
+        if (got < 0 && errno == ENOMEM)
+            return pb_fail(PB_ERR_OOM, "out of memory reading %s", path);
+        if (got < 0 && errno != EAGAIN && errno != EINTR)
+            return pb_fail(PB_ERR_IO, "cannot read %s: %s", path, strerror(errno));
+        if (*used > max_bytes)
+            return pb_fail(PB_ERR_ARG, "%s holds more than %zu MiB, the most this input may be", path, max_bytes >> 20);
     }
-    int error = ferror(f);
-    fclose(f);
-    if (error) {
+}
+
+pb_status pb_read_input_file(const char *path, size_t max_bytes, const volatile int *stop, char **text, size_t *size) {
+    *text = NULL;
+    /* O_NONBLOCK: opening a FIFO no writer holds yet must not block. */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0)
+        return pb_fail(PB_ERR_IO, "cannot open %s: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) == 0 && S_ISDIR(st.st_mode)) {
+        close(fd);
+        return pb_fail(PB_ERR_IO, "cannot read %s: it is a directory", path);
+    }
+    char *buf = NULL;
+    size_t used = 0;
+    pb_status status = read_fd(fd, path, max_bytes, stop, &buf, &used);
+    close(fd);
+    if (status != PB_OK) {
         free(buf);
-        return pb_fail(PB_ERR_IO, "cannot read %s", path);
+        return status;
     }
+    if (!buf && !(buf = malloc(1)))
+        return pb_fail(PB_ERR_OOM, "out of memory reading %s", path);
     buf[used] = 0;
     *text = buf;
     if (size)
         *size = used;
     return PB_OK;
+}
+
+pb_status pb_read_text_file(const char *path, char **text, size_t *size) {
+    return pb_read_input_file(path, SIZE_MAX / 2, NULL, text, size);
 }
