@@ -21,6 +21,9 @@
 /* The rank struct, its options and stages are read field by field by the
  * sweep command: the one internal header the tool cannot do without. */
 #include "distributed/distribute.h"
+/* pb_file_set (outputs that appear together or not at all): its struct is
+ * on the caller's stack. */
+#include "util/outdir.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -42,6 +45,9 @@ double pb_now_seconds(void);
 /* Checks, before any compute, that dir can receive a run's outputs (an
  * empty or missing directory, or overwrite); creates nothing. */
 pb_status pb_out_dir_check(const char *dir, int overwrite);
+/* The same rule for one output file, before any compute: path missing (or
+ * overwrite, and not a directory) in an existing writable directory. */
+pb_status pb_out_file_check(const char *path, int overwrite);
 /* pb_out_dir_check, then mkdir -p. */
 pb_status pb_out_dir_create(const char *dir, int overwrite);
 /* The whole file, NUL-terminated; *text malloc'd; size may be NULL. */

@@ -742,6 +742,111 @@ static void test_hostile_spec_and_model(void **state) {
     assert_int_not_equal(access(out, F_OK), 0);
 }
 
+/* Size in bytes of dir/name (-1 if missing). */
+static long file_size(const char *dir, const char *name) {
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    struct stat st;
+    return stat(path, &st) == 0 ? (long)st.st_size : -1;
+}
+
+/* Failure 8: direction into a folder holding only an earlier direction.npy,
+ * and refusal-rate --json onto an existing file, are refused before any
+ * work unless --overwrite, the files untouched; a --json in a missing
+ * folder is refused at once too. */
+static void test_no_overwrite_direction_and_rate(void **state) {
+    char model[1024], out[128], prompts[1024], path[256], text[64];
+    need_cli_in(model, sizeof model, out, sizeof out);
+    snprintf(prompts, sizeof prompts, "%s/data/refusal_pairs.json", tu_source_dir());
+    assert_int_equal(mkdir(out, 0700), 0);
+    snprintf(path, sizeof path, "%s/direction.npy", out);
+    assert_int_equal(tu_write_text(path, "an earlier direction"), 0);
+    const char *direction[] = {"direction", "--model", model, "--prompts", prompts, "--out", out, NULL};
+    assert_int_equal(run_cli(direction), 2);
+    expect_in(err_text, "is not empty; pass --overwrite to replace its files");
+    read_text(path, text, sizeof text);
+    assert_string_equal(text, "an earlier direction");
+
+    snprintf(path, sizeof path, "%s/rate.json", tmp_dir);
+    assert_int_equal(tu_write_text(path, "an earlier rate"), 0);
+    const char *rate[] = {"refusal-rate", "--model", model, "--prompts", prompts, "--json", path, NULL};
+    assert_int_equal(run_cli(rate), 2);
+    expect_in(err_text, "rate.json exists; pass --overwrite to replace it");
+    read_text(path, text, sizeof text);
+    assert_string_equal(text, "an earlier rate");
+    snprintf(path, sizeof path, "%s/missing/rate.json", tmp_dir);
+    assert_int_equal(run_cli(rate), 2);
+    expect_in(err_text, "missing is not a writable directory");
+}
+
+/* Failure 10: refusal-analysis with bad --pairs fails before it makes its
+ * folder; sweep writes report.html before its set, so when report.html
+ * cannot be written (a file size limit as a full disk: the limit lies
+ * between the largest other output and report.html, measured on a run
+ * without it) no results.json claims the folder complete. */
+static void test_outputs_complete_or_absent(void **state) {
+    char model[1024], out[128], bad[256], spec[256];
+    need_cli_in(model, sizeof model, out, sizeof out);
+    snprintf(bad, sizeof bad, "%s/pairs.json", tmp_dir);
+    assert_int_equal(tu_write_text(bad, "{\"pairs\": [}"), 0);
+    const char *analysis[] = {"refusal-analysis", "--model", model, "--pairs", bad, "--out", out, NULL};
+    assert_int_equal(run_cli(analysis), 1);
+    expect_in(err_text, "pairs.json");
+    assert_int_not_equal(access(out, F_OK), 0);
+
+    write_spec(spec, sizeof spec, "spec.json", "\"all\"");
+    const char *sweep[] = {"sweep", "--model", model, "--spec", spec, "--out", out, "--no-progress", NULL};
+    if (run_cli(sweep) != 0)
+        fail_msg("sweep failed: %s", err_text);
+    static const char *const others[] = {"results.json", "report.txt", "resid_pre.npy", "z.npy", "attn_out_all.npy"};
+    long html = file_size(out, "report.html"), largest = 0;
+    for (size_t i = 0; i < sizeof others / sizeof others[0]; i++)
+        largest = file_size(out, others[i]) > largest ? file_size(out, others[i]) : largest;
+    if (!(largest < html))
+        fail_msg("report.html (%ld bytes) is no longer the largest output (%ld): pick another file to fail", html,
+                 largest);
+    snprintf(out, sizeof out, "%s/out2", tmp_dir);
+    const cli_limits full = {.alarm_s = 120, .file_size = (largest + html) / 2};
+    assert_int_equal(run_cli_limited(sweep, &full), 1);
+    expect_in(err_text, "writing report.html");
+    expect_in(err_text, "File too large");
+    assert_int_equal(file_size(out, "results.json"), -1);
+}
+
+/* Failure 10: forward --hooks '*' writes all its files or none. With a
+ * file size limit between the hook files and logits.npy (written last), a
+ * fresh --out is not left behind at all, and --overwrite of an earlier
+ * run's folder leaves that run's files as they were, with no temporary
+ * file beside them. */
+static void test_forward_all_or_nothing(void **state) {
+    char model[1024], out[128], fresh[128], before[2048], after[2048], path[256];
+    need_cli_in(model, sizeof model, out, sizeof out);
+    const char *forward[] = {"forward", "--model", model,         "--ids", "1,2,3,4,5,6,7,8,9,10", "--hooks", "*",
+                             "--out",   out,       "--overwrite", NULL};
+    if (run_cli(forward) != 0)
+        fail_msg("forward failed: %s", err_text);
+    long logits = file_size(out, "logits.npy"), hook = file_size(out, "blocks.1.hook_resid_post.npy");
+    assert_true(hook > 0 && hook < logits); /* (10, 64) floats against (10, 128) */
+    tu_list_dir(out, before, sizeof before);
+    snprintf(path, sizeof path, "%s/logits.npy", out);
+    struct stat old, now;
+    assert_int_equal(stat(path, &old), 0);
+
+    const cli_limits full = {.alarm_s = 120, .file_size = (hook + logits) / 2};
+    assert_int_equal(run_cli_limited(forward, &full), 1);
+    expect_in(err_text, "File too large");
+    tu_list_dir(out, after, sizeof after);
+    assert_string_equal(after, before);
+    assert_int_equal(stat(path, &now), 0);
+    assert_int_equal(now.st_ino, old.st_ino);
+
+    snprintf(fresh, sizeof fresh, "%s/new", tmp_dir);
+    snprintf(out, sizeof out, "%s/new/sub", tmp_dir);
+    assert_int_equal(run_cli_limited(forward, &full), 1);
+    expect_in(err_text, "File too large");
+    assert_int_not_equal(access(fresh, F_OK), 0);
+}
+
 int main(void) {
     const char *build = getenv("PB_BUILD_DIR");
     snprintf(cli, sizeof cli, "%s/patchbay", build ? build : ".");
@@ -765,6 +870,9 @@ int main(void) {
         cmocka_unit_test_teardown(test_model_option_errors, cleanup),
         cmocka_unit_test_teardown(test_backend_cuda, cleanup),
         cmocka_unit_test_teardown(test_hostile_spec_and_model, cleanup),
+        cmocka_unit_test_teardown(test_no_overwrite_direction_and_rate, cleanup),
+        cmocka_unit_test_teardown(test_outputs_complete_or_absent, cleanup),
+        cmocka_unit_test_teardown(test_forward_all_or_nothing, cleanup),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

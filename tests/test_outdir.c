@@ -1,6 +1,8 @@
-/* Tests for host/util/outdir.c's whole-file reads of inputs that may be
- * pipes or devices: the size cap at its exact boundary, a stop flag that
- * is already set, a folder refused, and a FIFO read to its end. */
+/* Tests for host/util/outdir.c: whole-file reads of inputs that may be
+ * pipes or devices (the size cap at its exact boundary, a stop flag that
+ * is already set, a folder refused, a FIFO read to its end) and sets of
+ * output files (nothing in place before the commit, everything after it;
+ * a discard leaves the folder as it was). */
 #define _POSIX_C_SOURCE 200809L
 #include <setjmp.h>
 #include <stdarg.h>
@@ -20,6 +22,15 @@
 #include "util/outdir.h"
 
 static char dir[256];
+
+/* path's text into buf (size bytes, NUL-terminated). */
+static void read_text_into(const char *path, char *buf, size_t size) {
+    size_t n = 0;
+    char *text = tu_read_file(path, &n);
+    assert_non_null(text);
+    snprintf(buf, size, "%s", text);
+    free(text);
+}
 
 static int make_dir(void **state) {
     (void)state;
@@ -118,11 +129,72 @@ static void test_read_input_fifo(void **state) {
     free(text);
 }
 
+/* Writes text to a set's pending file for name. */
+static void add_to_set(pb_file_set *set, const char *name, const char *text) {
+    char path[4400];
+    assert_int_equal(pb_file_set_pending(set, name, path, sizeof path), PB_OK);
+    assert_non_null(strstr(path, ".tmp."));
+    assert_int_equal(tu_write_text(path, text), 0);
+}
+
+/* A set in a folder that holds an earlier file of one of its names: until
+ * the commit the earlier file is untouched and no new name exists; the
+ * commit puts every file in place and leaves nothing pending. */
+static void test_file_set_commit(void **state) {
+    (void)state;
+    char path[512], names[1024], text[64];
+    snprintf(path, sizeof path, "%s/a.npy", dir);
+    assert_int_equal(tu_write_text(path, "old a"), 0);
+    pb_file_set set;
+    assert_int_equal(pb_file_set_begin(&set, dir), PB_OK);
+    add_to_set(&set, "a.npy", "new a");
+    add_to_set(&set, "b.npy", "new b");
+    char b[512];
+    snprintf(b, sizeof b, "%s/b.npy", dir);
+    assert_int_not_equal(access(b, F_OK), 0);
+    read_text_into(path, text, sizeof text);
+    assert_string_equal(text, "old a");
+    assert_int_equal(pb_file_set_commit(&set), PB_OK);
+    tu_list_dir(dir, names, sizeof names);
+    assert_string_equal(names, "a.npy b.npy");
+    read_text_into(path, text, sizeof text);
+    assert_string_equal(text, "new a");
+}
+
+/* Discarding removes the pending files and the folders begin made, and
+ * nothing that was there before. */
+static void test_file_set_discard(void **state) {
+    (void)state;
+    char out[512], names[1024], path[512];
+    snprintf(path, sizeof path, "%s/keep.txt", dir);
+    assert_int_equal(tu_write_text(path, "kept"), 0);
+    snprintf(out, sizeof out, "%s/x/y", dir);
+    pb_file_set set;
+    assert_int_equal(pb_file_set_begin(&set, out), PB_OK);
+    add_to_set(&set, "a.npy", "a");
+    add_to_set(&set, "b.npy", "b");
+    pb_file_set_discard(&set);
+    tu_list_dir(dir, names, sizeof names);
+    assert_string_equal(names, "keep.txt");
+
+    /* in an existing folder: only the pending files go */
+    assert_int_equal(pb_file_set_begin(&set, dir), PB_OK);
+    add_to_set(&set, "a.npy", "a");
+    pb_file_set_discard(&set);
+    tu_list_dir(dir, names, sizeof names);
+    assert_string_equal(names, "keep.txt");
+    assert_int_equal(pb_file_set_begin(&set, dir), PB_OK);
+    assert_int_equal(pb_file_set_pending(&set, "sub/a.npy", path, sizeof path), PB_ERR_ARG);
+    pb_file_set_discard(&set);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_read_input_cap, make_dir, remove_dir),
         cmocka_unit_test_setup_teardown(test_read_input_refusals, make_dir, remove_dir),
         cmocka_unit_test_setup_teardown(test_read_input_fifo, make_dir, remove_dir),
+        cmocka_unit_test_setup_teardown(test_file_set_commit, make_dir, remove_dir),
+        cmocka_unit_test_setup_teardown(test_file_set_discard, make_dir, remove_dir),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

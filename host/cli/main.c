@@ -177,11 +177,50 @@ static int cmd_tokenize(const options *o) {
     return rc;
 }
 
+/* Writes one .npy per captured hook point and logits.npy (renamed into
+ * place last) into --out as one set: all of them, or (a write failed: a
+ * full disk) none and no folder this run made. 0, or the exit status. */
+static int forward_write(const options *o, const float *logits, int T, int vocab, const pb_capture *cap) {
+    pb_file_set set;
+    if (pb_file_set_begin(&set, o->out) != PB_OK) {
+        pb_file_set_discard(&set);
+        return fail("--out");
+    }
+    char path[4400];
+    int64_t shape[3];
+    pb_status st = PB_OK;
+    for (int i = 0; st == PB_OK && i < pb_capture_count(cap); i++) {
+        int n_dims;
+        const float *data = pb_capture_data(cap, i, &n_dims, shape);
+        char name[300];
+        snprintf(name, sizeof name, "%s.npy", pb_capture_name(cap, i));
+        st = pb_file_set_pending(&set, name, path, sizeof path);
+        if (st == PB_OK)
+            st = pb_npy_write(path, data, PB_NPY_F32, n_dims, shape);
+    }
+    shape[0] = T;
+    shape[1] = vocab;
+    if (st == PB_OK)
+        st = pb_file_set_pending(&set, "logits.npy", path, sizeof path);
+    if (st == PB_OK)
+        st = pb_npy_write(path, logits, PB_NPY_F32, 2, shape);
+    if (st != PB_OK) {
+        pb_file_set_discard(&set);
+        return fail("writing the outputs (none of this run's was kept)");
+    }
+    if (pb_file_set_commit(&set) != PB_OK)
+        return fail("writing the outputs");
+    return 0;
+}
+
 static int cmd_forward(const options *o) {
     if (!o->out) {
         fprintf(stderr, "patchbay forward: --out DIR is required\n");
         return 2;
     }
+    /* Refused before any work; the folder is made when the outputs are written. */
+    if (pb_out_dir_check(o->out, o->overwrite) != PB_OK)
+        return fail("--out");
     int32_t *ids;
     int T;
     if (!read_ids(o, &ids, &T))
@@ -208,26 +247,8 @@ static int cmd_forward(const options *o) {
         fail("forward failed");
         goto done;
     }
-    if (pb_out_dir_create(o->out, o->overwrite) != PB_OK) {
-        fail("--out");
+    if (forward_write(o, logits, T, c->vocab_size, cap) != 0)
         goto done;
-    }
-    char path[4096];
-    int64_t shape[3] = {T, c->vocab_size, 0};
-    snprintf(path, sizeof path, "%s/logits.npy", o->out);
-    if (pb_npy_write(path, logits, PB_NPY_F32, 2, shape) != PB_OK) {
-        fail("writing logits");
-        goto done;
-    }
-    for (int i = 0; i < pb_capture_count(cap); i++) {
-        int n_dims;
-        const float *data = pb_capture_data(cap, i, &n_dims, shape);
-        snprintf(path, sizeof path, "%s/%s.npy", o->out, pb_capture_name(cap, i));
-        if (pb_npy_write(path, data, PB_NPY_F32, n_dims, shape) != PB_OK) {
-            fail("writing a hook point");
-            goto done;
-        }
-    }
     fprintf(stderr, "patchbay: wrote logits (%d x %d) and %d hook points to %s\n", T, c->vocab_size,
             pb_capture_count(cap), o->out);
     rc = 0;
@@ -359,13 +380,19 @@ static int finish_sweep(const options *o, pb_sweep *sweep, pb_status job, const 
                     "the means\n",
                     p, base, source, summary.effect_floor);
     }
-    if (pb_sweep_write(sweep, o->out, o->overwrite) != PB_OK)
-        return fail("writing the sweep's results");
-    char html[4200];
+    /* report.html before the sweep's set, whose results.json (renamed into
+     * place last) marks the folder complete; an earlier results.json
+     * (--overwrite) stops marking it now. The folder was checked at the
+     * start (empty, or --overwrite): the set may replace what is there. */
+    char html[4200], path[4200];
     snprintf(html, sizeof html, "%s/report.html", o->out);
+    snprintf(path, sizeof path, "%s/results.json", o->out);
+    if (pb_out_dir_create(o->out, 1) != PB_OK || (unlink(path) != 0 && errno != ENOENT))
+        return fail("--out");
     if (pb_report_html_write(sweep, html, NULL) != PB_OK)
         return fail("writing report.html");
-    char path[4200];
+    if (pb_sweep_write(sweep, o->out, 1) != PB_OK)
+        return fail("writing the sweep's results");
     snprintf(path, sizeof path, "%s/report.txt", o->out);
     char *report = NULL;
     if (pb_read_text_file(path, &report, NULL) != PB_OK)

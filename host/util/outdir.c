@@ -64,6 +64,30 @@ pb_status pb_out_dir_check(const char *dir, int overwrite) {
     return PB_OK;
 }
 
+pb_status pb_out_file_check(const char *path, int overwrite) {
+    if (!path || !*path)
+        return pb_fail(PB_ERR_ARG, "output file: empty path");
+    if (strlen(path) >= 4000)
+        return pb_fail(PB_ERR_ARG, "output file: path too long");
+    struct stat st;
+    if (stat(path, &st) == 0) {
+        if (S_ISDIR(st.st_mode))
+            return pb_fail(PB_ERR_ARG, "output file %s is a directory", path);
+        if (!overwrite)
+            return pb_fail(PB_ERR_ARG, "output file %s exists; pass --overwrite to replace it", path);
+    }
+    char parent[4096];
+    snprintf(parent, sizeof parent, "%s", path);
+    char *slash = strrchr(parent, '/');
+    if (!slash)
+        snprintf(parent, sizeof parent, ".");
+    else
+        slash[slash == parent] = 0; /* "/f" -> "/" */
+    if (stat(parent, &st) != 0 || !S_ISDIR(st.st_mode) || access(parent, W_OK | X_OK) != 0)
+        return pb_fail(PB_ERR_IO, "cannot write output file %s: %s is not a writable directory", path, parent);
+    return PB_OK;
+}
+
 pb_status pb_out_dir_create(const char *dir, int overwrite) {
     PB_TRY(pb_out_dir_check(dir, overwrite));
     char path[4096];
@@ -161,3 +185,79 @@ pb_status pb_read_input_file(const char *path, size_t max_bytes, const volatile 
 pb_status pb_read_text_file(const char *path, char **text, size_t *size) {
     return pb_read_input_file(path, SIZE_MAX / 2, NULL, text, size);
 }
+
+/* ---- sets of files that appear together ------------------------------------ */
+
+pb_status pb_file_set_begin(pb_file_set *set, const char *dir) {
+    memset(set, 0, sizeof *set);
+    if (!dir || !*dir || strlen(dir) >= sizeof set->dir)
+        return pb_fail(PB_ERR_ARG, "output directory: empty or too long a path");
+    snprintf(set->dir, sizeof set->dir, "%s", dir);
+    char path[sizeof set->dir];
+    snprintf(path, sizeof path, "%s", dir);
+    size_t len = strlen(path);
+    for (size_t i = 1; i <= len; i++) {
+        if (path[i] != '/' && path[i] != 0)
+            continue;
+        path[i] = 0;
+        if (mkdir(path, 0777) == 0) {
+            if (set->n_created < PB_FILE_SET_MAX_CREATED) /* deeper new folders stay on a failure */
+                set->created[set->n_created++] = (int)i;  /* the length of dir's prefix it is */
+        } else if (errno != EEXIST) {
+            return pb_fail(PB_ERR_IO, "cannot create %s: %s", path, strerror(errno));
+        }
+        path[i] = i < len ? '/' : 0;
+    }
+    return PB_OK;
+}
+
+pb_status pb_file_set_pending(pb_file_set *set, const char *name, char *path, size_t size) {
+    if (set->n == set->cap) {
+        int cap = set->cap ? set->cap * 2 : 16;
+        char(*grown)[PB_FILE_SET_NAME] = realloc(set->names, (size_t)cap * sizeof *grown);
+        if (!grown)
+            return pb_fail(PB_ERR_OOM, "out of memory for the names of %d output files", cap);
+        set->names = grown;
+        set->cap = cap;
+    }
+    if (strlen(name) >= PB_FILE_SET_NAME || strchr(name, '/') ||
+        snprintf(path, size, "%s/%s.tmp.%ld", set->dir, name, (long)getpid()) >= (int)size)
+        return pb_fail(PB_ERR_ARG, "output file name too long: %s/%s", set->dir, name);
+    snprintf(set->names[set->n++], PB_FILE_SET_NAME, "%s", name);
+    return PB_OK;
+}
+
+/* Removes the pending files, and from index `from` on, then the folders
+ * the set created (only if empty: rmdir). */
+static void file_set_remove(pb_file_set *set, int from, int folders) {
+    char path[sizeof set->dir + PB_FILE_SET_NAME + 32];
+    for (int i = from; i < set->n; i++) {
+        snprintf(path, sizeof path, "%s/%s.tmp.%ld", set->dir, set->names[i], (long)getpid());
+        unlink(path);
+    }
+    for (int i = set->n_created - 1; folders && i >= 0; i--) {
+        snprintf(path, sizeof path, "%.*s", set->created[i], set->dir);
+        rmdir(path);
+    }
+    free(set->names);
+    set->names = NULL;
+    set->n = set->cap = 0;
+}
+
+pb_status pb_file_set_commit(pb_file_set *set) {
+    char pending[sizeof set->dir + PB_FILE_SET_NAME + 32], final[sizeof set->dir + PB_FILE_SET_NAME + 2];
+    for (int i = 0; i < set->n; i++) {
+        snprintf(pending, sizeof pending, "%s/%s.tmp.%ld", set->dir, set->names[i], (long)getpid());
+        snprintf(final, sizeof final, "%s/%s", set->dir, set->names[i]);
+        if (rename(pending, final) != 0) {
+            pb_status status = pb_fail(PB_ERR_IO, "cannot rename %s to %s: %s (%d of %d files in place)", pending,
+                                       final, strerror(errno), i, set->n);
+            file_set_remove(set, i, 0);
+            return status;
+        }
+    }
+    file_set_remove(set, set->n, 0);
+    return PB_OK;
+}
+
+void pb_file_set_discard(pb_file_set *set) { file_set_remove(set, 0, 1); }
