@@ -194,7 +194,7 @@ static const header_case header_cases[] = {
     {"llama.rope.dimension_count", 1000, PB_ERR_FORMAT,
      "llama.rope.dimension_count = 1000 is more than the head dimension 16"},
     {"llama.rope.dimension_count", 8, PB_ERR_UNSUPPORTED,
-     "llama.rope.dimension_count = 8 is less than the head dimension 16: partial rotary"},
+     "llama.rope.dimension_count = 8 is less than the head dimension 16 (llama.attention.key_length): partial rotary"},
     {"tokenizer.ggml.bos_token_id", 128, PB_ERR_FORMAT,
      "tokenizer.ggml.bos_token_id = 128 is outside the vocabulary (ids 0 to 127)"},
     {"tokenizer.ggml.eos_token_id", 4000000000u, PB_ERR_FORMAT, "tokenizer.ggml.eos_token_id = 4000000000 is outside"},

@@ -102,17 +102,17 @@ static pb_status gguf_head_dim(pb_model_config *c, const pb_gguf *g, const char 
     PB_TRY(gguf_int(g, arch, "rope.dimension_count", &rope_dims, 0, c->head_dim));
     char key_length[128];
     snprintf(key_length, sizeof key_length, "%s.attention.key_length", arch);
+    const char *from = pb_gguf_has_key(g, key_length) ? key_length : "embedding_length / head_count";
     if (rope_dims > c->head_dim)
         return pb_fail(PB_ERR_FORMAT,
                        "%s: %s.rope.dimension_count = %d is more than the head dimension %d (%s): a head cannot "
                        "rotate more dimensions than it has",
-                       path, arch, rope_dims, c->head_dim,
-                       pb_gguf_has_key(g, key_length) ? key_length : "embedding_length / head_count");
+                       path, arch, rope_dims, c->head_dim, from);
     if (rope_dims < c->head_dim)
         return pb_fail(PB_ERR_UNSUPPORTED,
-                       "%s: %s.rope.dimension_count = %d is less than the head dimension %d: partial rotary "
+                       "%s: %s.rope.dimension_count = %d is less than the head dimension %d (%s): partial rotary "
                        "embeddings are not supported",
-                       path, arch, rope_dims, c->head_dim);
+                       path, arch, rope_dims, c->head_dim, from);
     return PB_OK;
 }
 

@@ -149,8 +149,10 @@ static pb_status read_fd(int fd, const char *path, size_t max_bytes, const volat
             return pb_fail(PB_ERR_OOM, "out of memory reading %s", path);
         if (got < 0 && errno != EAGAIN && errno != EINTR)
             return pb_fail(PB_ERR_IO, "cannot read %s: %s", path, strerror(errno));
-        if (*used > max_bytes)
+        if (*used > max_bytes && max_bytes % (1 << 20) == 0)
             return pb_fail(PB_ERR_ARG, "%s holds more than %zu MiB, the most this input may be", path, max_bytes >> 20);
+        if (*used > max_bytes)
+            return pb_fail(PB_ERR_ARG, "%s holds more than %zu bytes, the most this input may be", path, max_bytes);
     }
 }
 
