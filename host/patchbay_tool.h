@@ -54,6 +54,10 @@ pb_status pb_out_dir_create(const char *dir, int overwrite);
 pb_status pb_read_text_file(const char *path, char **text, size_t *size);
 /* pb_read_text_file for inputs that may be pipes: at most max_bytes, given
  * up with PB_ERR_INTERRUPTED once *stop is set (may be NULL). */
+/* The most the tool reads of a text input it takes whole (a sweep spec,
+ * prompts, pairs, ids): far beyond any real one, and a bound on what
+ * /dev/zero given as one costs before it is refused. */
+#define PB_INPUT_MAX_BYTES ((size_t)64 << 20)
 pb_status pb_read_input_file(const char *path, size_t max_bytes, const volatile int *stop, char **text, size_t *size);
 /* Writes `size` bytes to path via path.tmp.<pid> + fsync + rename. */
 pb_status pb_write_file_atomic(const char *path, const void *data, size_t size);

@@ -685,8 +685,9 @@ static int open_fifo_writer(const char *fifo, pid_t pid) {
 
 /* Failure 7: a FIFO or a device as the model is refused at once; a spec
  * is read from a pipe, capped at 64 MiB (/dev/zero is refused, not read
- * without end), and a stop signal while it is read ends the run with a
- * message. A hang would end in the alarm (SIGALRM, status 142). */
+ * without end; so are --prompts and --ids-file), and a stop signal while it
+ * is read ends the run with a message. A hang would end in the alarm
+ * (SIGALRM, status 142). */
 static void test_hostile_spec_and_model(void **state) {
     char model[1024], out[128], fifo[128], folder[128], path[256];
     need_cli_in(model, sizeof model, out, sizeof out);
@@ -711,6 +712,13 @@ static void test_hostile_spec_and_model(void **state) {
     assert_int_equal(run_cli_limited(zero_spec, &guard), 2);
     expect_in(err_text, "/dev/zero holds more than 64 MiB");
     assert_int_not_equal(access(out, F_OK), 0);
+    /* the other text inputs read whole: the same cap */
+    const char *zero_prompts[] = {"refusal-rate", "--model", model, "--prompts", "/dev/zero", NULL};
+    assert_int_equal(run_cli_limited(zero_prompts, &guard), 2);
+    expect_in(err_text, "--prompts: /dev/zero holds more than 64 MiB");
+    const char *zero_ids[] = {"forward", "--model", model, "--ids-file", "/dev/zero", "--out", out, NULL};
+    assert_int_equal(run_cli_limited(zero_ids, &guard), 2);
+    expect_in(err_text, "/dev/zero holds more than 64 MiB");
 
     /* A pipe: the spec arrives once patchbay is reading. */
     const char *fifo_spec[] = {"sweep", "--model", model, "--spec", fifo, "--out", out, "--no-progress", NULL};

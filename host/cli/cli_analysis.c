@@ -90,9 +90,13 @@ static int parse_args(int argc, char **argv, analysis_options *o) {
 
 static pb_status load_pairs(analysis *an, const char *path) {
     json_error_t err;
-    an->data = json_load_file(path, JSON_REJECT_DUPLICATES, &err);
+    char *text = NULL;
+    size_t size = 0;
+    PB_STATUS_CHAIN(pb_read_input_file(path, PB_INPUT_MAX_BYTES, NULL, &text, &size));
+    an->data = json_loadb(text, size, JSON_REJECT_DUPLICATES, &err);
+    free(text);
     if (!an->data)
-        return pb_fail(PB_ERR_IO, "%s: %s (line %d)", path, err.text, err.line);
+        return pb_fail(PB_ERR_FORMAT, "%s: %s (line %d)", path, err.text, err.line);
     json_t *pairs = json_object_get(an->data, "pairs"), *tokens = json_object_get(an->data, "refusal_tokens");
     if (!json_is_array(pairs) || json_array_size(pairs) == 0 || !json_is_array(tokens) || !json_array_size(tokens))
         return pb_fail(PB_ERR_FORMAT, "%s: needs a non-empty \"pairs\" array and \"refusal_tokens\"", path);

@@ -661,7 +661,7 @@ static int read_prompt_lines(char *text, prompt_file *f) {
 static int load_prompt_file(const char *cmd, const char *path, prompt_file *f) {
     memset(f, 0, sizeof *f);
     char *text = NULL;
-    if (pb_read_text_file(path, &text, NULL) != PB_OK)
+    if (pb_read_input_file(path, PB_INPUT_MAX_BYTES, NULL, &text, NULL) != PB_OK)
         return !fail_msg(cmd, "--prompts");
     const char *p = text;
     while (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n')

@@ -260,10 +260,6 @@ done:
     return rc;
 }
 
-/* The most a sweep spec may be: far beyond any real spec (a few KiB), and
- * a bound on what --spec /dev/zero reads before it is refused. */
-#define PB_SPEC_MAX_BYTES ((size_t)64 << 20)
-
 /* Set by SIGTERM / SIGUSR1 / SIGINT; the sweep reads it between batches. */
 static volatile sig_atomic_t sweep_stop;
 
@@ -485,7 +481,7 @@ static int sweep_inputs(sweep_job *j) {
     }
     /* A spec may be a pipe (--spec <(jq ...)): capped, and given up when a
      * stop signal comes while it is read. */
-    pb_status read = pb_read_input_file(o->spec, PB_SPEC_MAX_BYTES, &sweep_stop, &j->spec_text, NULL);
+    pb_status read = pb_read_input_file(o->spec, PB_INPUT_MAX_BYTES, &sweep_stop, &j->spec_text, NULL);
     if (read == PB_ERR_INTERRUPTED) {
         fprintf(stderr, "patchbay: --spec: %s; stopping before any work\n", pb_last_error());
         return 1;
