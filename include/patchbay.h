@@ -482,8 +482,12 @@ typedef struct pb_direction_provenance {
 } pb_direction_provenance;
 
 /* Writes dir/direction.npy (float32 (d_model,), unit: loads as the sweep's
- * projection metric direction) and dir/direction.json (schema
- * "patchbay.direction/1"), each atomically. dir must exist. */
+ * projection metric direction), dir/differences.npy (float32 (n_layers,
+ * n_post, d_model), every candidate) and dir/direction.json (schema
+ * "patchbay.direction/1") as one set: all three, or on a failed write
+ * (a full disk) none of them, an earlier direction in dir left whole.
+ * Creates dir (mkdir -p) when missing. Checking that dir may be written
+ * (empty, or the caller allows overwriting) is the caller's. */
 pb_status pb_direction_write(const pb_direction_result *r, const char *dir, const pb_direction_provenance *prov);
 
 /* ---- report.html ------------------------------------------------------- */

@@ -7,11 +7,17 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <cmocka.h>
+#include <jansson.h>
 #include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <ftw.h>
+#include <signal.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "patchbay.h"
@@ -61,9 +67,25 @@ static void read_text(const char *path, char *buf, size_t size) {
     fclose(f);
 }
 
-/* Runs patchbay with args (NULL-terminated); out_text and err_text receive
- * its stdout and stderr. Returns the exit status (128 + signal if killed). */
-static int run_cli(const char *const *args) {
+/* What a test imposes on the process it runs: an alarm that kills a hung
+ * run (seconds, 0: none; scaled by PB_TEST_TIMEOUT_SCALE) and a file-size
+ * limit (RLIMIT_FSIZE, bytes, 0: none; SIGXFSZ ignored so that a write
+ * past it fails with EFBIG, as on a full disk). */
+typedef struct cli_limits {
+    unsigned alarm_s;
+    long file_size;
+} cli_limits;
+
+/* PB_TEST_TIMEOUT_SCALE (README, Testing): every limit a test waits under
+ * is multiplied by it. */
+static unsigned timeout_scale(void) {
+    const char *e = getenv("PB_TEST_TIMEOUT_SCALE");
+    return e && atoi(e) > 0 ? (unsigned)atoi(e) : 1;
+}
+
+/* Starts patchbay with args (NULL-terminated), its stdout and stderr going
+ * to files in tmp_dir; wait_cli collects it. */
+static pid_t spawn_cli(const char *const *args, const cli_limits *limits) {
     char out_path[128], err_path[128];
     snprintf(out_path, sizeof out_path, "%s/stdout", tmp_dir);
     snprintf(err_path, sizeof err_path, "%s/stderr", tmp_dir);
@@ -80,9 +102,26 @@ static int run_cli(const char *const *args) {
     if (pid == 0) {
         if (!freopen(out_path, "wb", stdout) || !freopen(err_path, "wb", stderr))
             _exit(126);
+        if (limits && limits->file_size) {
+            struct rlimit rl = {(rlim_t)limits->file_size, (rlim_t)limits->file_size};
+            signal(SIGXFSZ, SIG_IGN); /* kept across exec */
+            if (setrlimit(RLIMIT_FSIZE, &rl) != 0)
+                _exit(125);
+        }
+        if (limits && limits->alarm_s)
+            alarm(limits->alarm_s * timeout_scale()); /* kept across exec: a hang ends in SIGALRM */
         execv(cli, argv);
         _exit(127);
     }
+    return pid;
+}
+
+/* Waits for pid; out_text and err_text receive its stdout and stderr.
+ * Returns the exit status (128 + signal if killed). */
+static int wait_cli(pid_t pid) {
+    char out_path[128], err_path[128];
+    snprintf(out_path, sizeof out_path, "%s/stdout", tmp_dir);
+    snprintf(err_path, sizeof err_path, "%s/stderr", tmp_dir);
     int status;
     assert_int_equal(waitpid(pid, &status, 0), pid);
     read_text(out_path, out_text, sizeof out_text);
@@ -90,6 +129,15 @@ static int run_cli(const char *const *args) {
     unlink(out_path);
     unlink(err_path);
     return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+/* Runs patchbay with args (NULL-terminated); out_text and err_text receive
+ * its stdout and stderr. Returns the exit status (128 + signal if killed). */
+static int run_cli(const char *const *args) { return wait_cli(spawn_cli(args, NULL)); }
+
+/* run_cli under limits. */
+static int run_cli_limited(const char *const *args, const cli_limits *limits) {
+    return wait_cli(spawn_cli(args, limits));
 }
 
 static void expect_in(const char *text, const char *needle) {
@@ -614,6 +662,208 @@ static void test_backend_cuda(void **state) {
 #endif
 }
 
+/* ---- hostile input and faults (issue 12, failures 7 to 10) ------------ */
+
+/* Opens fifo for writing as soon as patchbay (pid) opens it for reading:
+ * that open is the evidence that it is reading. Polls for it (the
+ * non-blocking open fails with ENXIO until then); -1 when pid ended first
+ * or 60 s (scaled) passed. */
+static int open_fifo_writer(const char *fifo, pid_t pid) {
+    struct timespec step = {0, 10 * 1000 * 1000};
+    for (long waited = 0; waited < 6000L * (long)timeout_scale(); waited++) {
+        int fd = open(fifo, O_WRONLY | O_NONBLOCK);
+        if (fd >= 0) {
+            fcntl(fd, F_SETFL, 0);
+            return fd;
+        }
+        siginfo_t info = {0};
+        if (errno != ENXIO || waitid(P_PID, (id_t)pid, &info, WEXITED | WNOHANG | WNOWAIT) != 0 || info.si_pid)
+            return -1;
+        nanosleep(&step, NULL);
+    }
+    return -1;
+}
+
+/* Failure 7: a FIFO or a device as the model is refused at once; a spec
+ * is read from a pipe, capped at 64 MiB (/dev/zero is refused, not read
+ * without end; so are --prompts and --ids-file), and a stop signal while it
+ * is read ends the run with a message. A hang would end in the alarm
+ * (SIGALRM, status 142). */
+static void test_hostile_spec_and_model(void **state) {
+    char model[1024], out[128], fifo[128], folder[128], path[256];
+    need_cli_in(model, sizeof model, out, sizeof out);
+    const cli_limits guard = {.alarm_s = 60};
+    snprintf(fifo, sizeof fifo, "%s/fifo", tmp_dir);
+    assert_int_equal(mkfifo(fifo, 0600), 0);
+    const char *fifo_model[] = {"info", "--model", fifo, NULL};
+    assert_int_equal(run_cli_limited(fifo_model, &guard), 1);
+    expect_in(err_text, "is a FIFO (named pipe): a model is a regular file (GGUF) or a folder");
+    const char *device_model[] = {"info", "--model", "/dev/zero", NULL};
+    assert_int_equal(run_cli_limited(device_model, &guard), 1);
+    expect_in(err_text, "model /dev/zero is a character device");
+    snprintf(folder, sizeof folder, "%s/hf", tmp_dir);
+    snprintf(path, sizeof path, "%s/config.json", folder);
+    assert_int_equal(mkdir(folder, 0700), 0);
+    assert_int_equal(mkfifo(path, 0600), 0);
+    const char *fifo_config[] = {"info", "--model", folder, NULL};
+    assert_int_equal(run_cli_limited(fifo_config, &guard), 1);
+    expect_in(err_text, "config.json is a FIFO (named pipe), not a regular file");
+
+    const char *zero_spec[] = {"sweep", "--model", model, "--spec", "/dev/zero", "--out", out, NULL};
+    assert_int_equal(run_cli_limited(zero_spec, &guard), 2);
+    expect_in(err_text, "/dev/zero holds more than 64 MiB");
+    assert_int_not_equal(access(out, F_OK), 0);
+    /* the other text inputs read whole: the same cap */
+    const char *zero_prompts[] = {"refusal-rate", "--model", model, "--prompts", "/dev/zero", NULL};
+    assert_int_equal(run_cli_limited(zero_prompts, &guard), 2);
+    expect_in(err_text, "--prompts: /dev/zero holds more than 64 MiB");
+    const char *zero_ids[] = {"forward", "--model", model, "--ids-file", "/dev/zero", "--out", out, NULL};
+    assert_int_equal(run_cli_limited(zero_ids, &guard), 2);
+    expect_in(err_text, "/dev/zero holds more than 64 MiB");
+
+    /* A pipe: the spec arrives once patchbay is reading. */
+    const char *fifo_spec[] = {"sweep", "--model", model, "--spec", fifo, "--out", out, "--no-progress", NULL};
+    pid_t pid = spawn_cli(fifo_spec, &guard);
+    int fd = open_fifo_writer(fifo, pid);
+    assert_true(fd >= 0);
+    char text[2048];
+    int n = snprintf(text, sizeof text, sweep_spec, "\"all\"");
+    assert_int_equal(write(fd, text, (size_t)n), n);
+    close(fd);
+    if (wait_cli(pid) != 0)
+        fail_msg("sweep with the spec from a pipe failed: %s", err_text);
+    snprintf(path, sizeof path, "%s/results.json", out);
+    assert_int_equal(access(path, F_OK), 0);
+
+    /* SIGTERM while the spec is half written: a message, nothing created. */
+    snprintf(out, sizeof out, "%s/out2", tmp_dir);
+    pid = spawn_cli(fifo_spec, &guard);
+    fd = open_fifo_writer(fifo, pid);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, text, 10), 10);
+    assert_int_equal(kill(pid, SIGTERM), 0);
+    int rc = wait_cli(pid);
+    close(fd);
+    if (rc != 1)
+        fail_msg("exit %d after SIGTERM while reading the spec: %s", rc, err_text);
+    expect_in(err_text, "--spec: reading ");
+    expect_in(err_text, "was interrupted by a signal; stopping before any work");
+    assert_int_not_equal(access(out, F_OK), 0);
+}
+
+/* Size in bytes of dir/name (-1 if missing). */
+static long file_size(const char *dir, const char *name) {
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    struct stat st;
+    return stat(path, &st) == 0 ? (long)st.st_size : -1;
+}
+
+/* Failure 8: direction into a folder holding only an earlier direction.npy,
+ * and refusal-rate --json onto an existing file, are refused before any
+ * work unless --overwrite, the files untouched; a --json in a missing
+ * folder is refused at once too. */
+static void test_no_overwrite_direction_and_rate(void **state) {
+    char model[1024], out[128], prompts[1024], path[256], text[64];
+    need_cli_in(model, sizeof model, out, sizeof out);
+    snprintf(prompts, sizeof prompts, "%s/data/refusal_pairs.json", tu_source_dir());
+    assert_int_equal(mkdir(out, 0700), 0);
+    snprintf(path, sizeof path, "%s/direction.npy", out);
+    assert_int_equal(tu_write_text(path, "an earlier direction"), 0);
+    const char *direction[] = {"direction", "--model", model, "--prompts", prompts, "--out", out, NULL};
+    assert_int_equal(run_cli(direction), 2);
+    expect_in(err_text, "is not empty; pass --overwrite to replace its files");
+    read_text(path, text, sizeof text);
+    assert_string_equal(text, "an earlier direction");
+
+    snprintf(path, sizeof path, "%s/rate.json", tmp_dir);
+    assert_int_equal(tu_write_text(path, "an earlier rate"), 0);
+    const char *rate[] = {"refusal-rate", "--model", model, "--prompts", prompts, "--json", path, NULL};
+    assert_int_equal(run_cli(rate), 2);
+    expect_in(err_text, "rate.json exists; pass --overwrite to replace it");
+    read_text(path, text, sizeof text);
+    assert_string_equal(text, "an earlier rate");
+    snprintf(path, sizeof path, "%s/missing/rate.json", tmp_dir);
+    assert_int_equal(run_cli(rate), 2);
+    expect_in(err_text, "missing is not a writable directory");
+}
+
+/* Failure 10: refusal-analysis with bad --pairs fails before it makes its
+ * folder; sweep writes its set (results.json last) and then report.html, so
+ * when report.html cannot be written (a file size limit as a full disk: the
+ * limit lies between the largest other output and report.html, measured on
+ * a run without it) the command fails, the results stand whole and the
+ * finished rows are kept in a checkpoint as well. */
+static void test_outputs_complete_or_absent(void **state) {
+    char model[1024], out[128], bad[256], spec[256];
+    need_cli_in(model, sizeof model, out, sizeof out);
+    snprintf(bad, sizeof bad, "%s/pairs.json", tmp_dir);
+    assert_int_equal(tu_write_text(bad, "{\"pairs\": [}"), 0);
+    const char *analysis[] = {"refusal-analysis", "--model", model, "--pairs", bad, "--out", out, NULL};
+    assert_int_equal(run_cli(analysis), 1);
+    expect_in(err_text, "pairs.json");
+    assert_int_not_equal(access(out, F_OK), 0);
+
+    write_spec(spec, sizeof spec, "spec.json", "\"all\"");
+    const char *sweep[] = {"sweep", "--model", model, "--spec", spec, "--out", out, "--no-progress", NULL};
+    if (run_cli(sweep) != 0)
+        fail_msg("sweep failed: %s", err_text);
+    static const char *const others[] = {"results.json", "report.txt", "resid_pre.npy", "z.npy", "attn_out_all.npy"};
+    long html = file_size(out, "report.html"), largest = 0;
+    for (size_t i = 0; i < sizeof others / sizeof others[0]; i++)
+        largest = file_size(out, others[i]) > largest ? file_size(out, others[i]) : largest;
+    if (!(largest < html))
+        fail_msg("report.html (%ld bytes) is no longer the largest output (%ld): pick another file to fail", html,
+                 largest);
+    snprintf(out, sizeof out, "%s/out2", tmp_dir);
+    const cli_limits full = {.alarm_s = 120, .file_size = (largest + html) / 2};
+    assert_int_equal(run_cli_limited(sweep, &full), 1);
+    expect_in(err_text, "writing report.html");
+    expect_in(err_text, "File too large");
+    expect_in(err_text, "finished rows are kept in the checkpoint");
+    assert_int_equal(file_size(out, "report.html"), -1);
+    char path[256];
+    snprintf(path, sizeof path, "%s/results.json", out);
+    json_t *results = json_load_file(path, 0, NULL);
+    assert_non_null(results); /* whole: it parses, and holds every site */
+    assert_true(json_array_size(json_object_get(results, "sites")) > 0);
+    json_decref(results);
+}
+
+/* Failure 10: forward --hooks '*' writes all its files or none. With a
+ * file size limit between the hook files and logits.npy (written last), a
+ * fresh --out is not left behind at all, and --overwrite of an earlier
+ * run's folder leaves that run's files as they were, with no temporary
+ * file beside them. */
+static void test_forward_all_or_nothing(void **state) {
+    char model[1024], out[128], fresh[128], before[2048], after[2048], path[256];
+    need_cli_in(model, sizeof model, out, sizeof out);
+    const char *forward[] = {"forward", "--model", model,         "--ids", "1,2,3,4,5,6,7,8,9,10", "--hooks", "*",
+                             "--out",   out,       "--overwrite", NULL};
+    if (run_cli(forward) != 0)
+        fail_msg("forward failed: %s", err_text);
+    long logits = file_size(out, "logits.npy"), hook = file_size(out, "blocks.1.hook_resid_post.npy");
+    assert_true(hook > 0 && hook < logits); /* (10, 64) floats against (10, 128) */
+    tu_list_dir(out, before, sizeof before);
+    snprintf(path, sizeof path, "%s/logits.npy", out);
+    struct stat old, now;
+    assert_int_equal(stat(path, &old), 0);
+
+    const cli_limits full = {.alarm_s = 120, .file_size = (hook + logits) / 2};
+    assert_int_equal(run_cli_limited(forward, &full), 1);
+    expect_in(err_text, "File too large");
+    tu_list_dir(out, after, sizeof after);
+    assert_string_equal(after, before);
+    assert_int_equal(stat(path, &now), 0);
+    assert_int_equal(now.st_ino, old.st_ino);
+
+    snprintf(fresh, sizeof fresh, "%s/new", tmp_dir);
+    snprintf(out, sizeof out, "%s/new/sub", tmp_dir);
+    assert_int_equal(run_cli_limited(forward, &full), 1);
+    expect_in(err_text, "File too large");
+    assert_int_not_equal(access(fresh, F_OK), 0);
+}
+
 int main(void) {
     const char *build = getenv("PB_BUILD_DIR");
     snprintf(cli, sizeof cli, "%s/patchbay", build ? build : ".");
@@ -636,6 +886,10 @@ int main(void) {
         cmocka_unit_test_teardown(test_random_model_forward, cleanup),
         cmocka_unit_test_teardown(test_model_option_errors, cleanup),
         cmocka_unit_test_teardown(test_backend_cuda, cleanup),
+        cmocka_unit_test_teardown(test_hostile_spec_and_model, cleanup),
+        cmocka_unit_test_teardown(test_no_overwrite_direction_and_rate, cleanup),
+        cmocka_unit_test_teardown(test_outputs_complete_or_absent, cleanup),
+        cmocka_unit_test_teardown(test_forward_all_or_nothing, cleanup),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -999,6 +999,82 @@ static void test_data_overlap(void **state) {
     expect_refused(&w, "tensor 'b.weight' (data offset 64) overlaps tensor 'a.weight'");
 }
 
+/* Tensor data laid out other than a GGUF writer lays it out (regions packed
+ * in offset order, each at the previous end rounded up to the alignment,
+ * nothing after the last but its padding) is refused; the infos' order is
+ * free. */
+typedef struct layout_case {
+    const char *name;
+    tensor_spec tensors[3];
+    size_t n;
+    int64_t extra_data;   /* bytes after the tensors' data */
+    const char *expected; /* NULL: the file opens */
+} layout_case;
+
+static const layout_case layout_cases[] = {
+    {"a 64-byte gap between two regions",
+     {{"a.weight", 1, {64}, PB_GGML_F32, 0}, {"b.weight", 1, {8}, PB_GGML_F32, 256 + 64}},
+     2,
+     0,
+     "tensor 'b.weight' (data offset 320) leaves a 64-byte gap after tensor 'a.weight' (which ends at 256; padded "
+     "to alignment 32, the next tensor starts at 256): tensor data must be packed"},
+    {"a gap wider than the padding after an unaligned end",
+     {{"a.weight", 1, {5}, PB_GGML_F32, 0}, {"b.weight", 1, {8}, PB_GGML_F32, 64}},
+     2,
+     0,
+     "tensor 'b.weight' (data offset 64) leaves a 32-byte gap after tensor 'a.weight' (which ends at 20"},
+    {"the first region not at offset 0",
+     {{"a.weight", 1, {8}, PB_GGML_F32, 32}},
+     1,
+     0,
+     "tensor 'a.weight': the first tensor data starts at data offset 32, not 0"},
+    {"bytes after the last region",
+     {{"a.weight", 1, {8}, PB_GGML_F32, 0}, {"b.weight", 1, {8}, PB_GGML_F32, 32}},
+     2,
+     32,
+     "32 bytes after the last tensor data (tensor 'b.weight' ends at data offset 64; padded to alignment 32, the "
+     "data section would end at 64) belong to no tensor"},
+    {"padding after the last region, then more",
+     {{"a.weight", 1, {5}, PB_GGML_F32, 0}},
+     1,
+     12 + 1,
+     "13 bytes after the last tensor data (tensor 'a.weight' ends at data offset 20; padded to alignment 32"},
+    {"regions overlapping",
+     {{"a.weight", 1, {64}, PB_GGML_F32, 0}, {"b.weight", 1, {64}, PB_GGML_F32, 224}},
+     2,
+     0,
+     "tensor 'b.weight' (data offset 224) overlaps tensor 'a.weight' (data offset 0, 256 bytes)"},
+    {"infos out of offset order, packed: valid",
+     {{"b.weight", 1, {8}, PB_GGML_F32, 32}, {"a.weight", 1, {5}, PB_GGML_F32, 0}},
+     2,
+     0,
+     NULL},
+    {"the last region's padding present: valid", {{"a.weight", 1, {5}, PB_GGML_F32, 0}}, 1, 12, NULL},
+};
+
+static void test_data_layout(void **state) {
+    (void)state;
+    for (size_t i = 0; i < sizeof layout_cases / sizeof layout_cases[0]; i++) {
+        const layout_case *c = &layout_cases[i];
+        gguf_writer w = begin(3);
+        tensors(&w, c->tensors, c->n, 32, c->extra_data);
+        refused_case = c->name;
+        if (c->expected) {
+            expect_refused(&w, c->expected);
+        } else {
+            pb_gguf *g = NULL;
+            pb_status status = pb_gguf_open_buffer(&g, w.data, w.size);
+            if (status != PB_OK)
+                fprintf(stderr, "%s: %s\n", c->name, pb_last_error());
+            assert_int_equal(status, PB_OK);
+            assert_int_equal(pb_gguf_tensor_count(g), (int64_t)c->n);
+            pb_gguf_close(g);
+            free(w.data);
+        }
+        refused_case = "";
+    }
+}
+
 static void test_tensor_name_escaped(void **state) {
     (void)state;
     expect_tensor_refused((tensor_spec){"bad\n\x01name", 0, {0}, PB_GGML_F32, 128},
@@ -1196,6 +1272,7 @@ int main(void) {
         cmocka_unit_test(test_offset_past_end),
         cmocka_unit_test(test_data_overlap),
         cmocka_unit_test(test_tensor_name_escaped),
+        cmocka_unit_test(test_data_layout),
         cmocka_unit_test(test_every_prefix_refused),
         cmocka_unit_test(test_random_corruption),
         cmocka_unit_test(test_real_model),

@@ -175,6 +175,60 @@ static void write_file(const char *path, const char *data, size_t size) {
     fclose(f);
 }
 
+/* Hyperparameters a GGUF header gets wrong, each refused at load with a
+ * message naming the key: tiny_gqa's file (2 layers, head_dim 16, 128
+ * tokens) with one uint32 value replaced. */
+typedef struct header_case {
+    const char *key;
+    uint32_t value;
+    pb_status status;
+    const char *expected;
+} header_case;
+
+static const header_case header_cases[] = {
+    {"llama.block_count", 1000, PB_ERR_FORMAT,
+     "llama.block_count: 1000 layers declared, but the file holds 2 (tensors blk.0 to blk.1)"},
+    /* refused before anything is sized by it (a billion layers once asked for ~96 GB) */
+    {"llama.block_count", 1000000000, PB_ERR_FORMAT, "llama.block_count: 1000000000 layers declared"},
+    {"llama.block_count", 1, PB_ERR_FORMAT, "llama.block_count: 1 layers declared, but the file holds 2"},
+    {"llama.rope.dimension_count", 1000, PB_ERR_FORMAT,
+     "llama.rope.dimension_count = 1000 is more than the head dimension 16"},
+    {"llama.rope.dimension_count", 8, PB_ERR_UNSUPPORTED,
+     "llama.rope.dimension_count = 8 is less than the head dimension 16 (llama.attention.key_length): partial rotary"},
+    {"tokenizer.ggml.bos_token_id", 128, PB_ERR_FORMAT,
+     "tokenizer.ggml.bos_token_id = 128 is outside the vocabulary (ids 0 to 127)"},
+    {"tokenizer.ggml.eos_token_id", 4000000000u, PB_ERR_FORMAT, "tokenizer.ggml.eos_token_id = 4000000000 is outside"},
+};
+
+static void test_gguf_header_refused(void **state) {
+    char src[1024];
+    size_t size;
+    tu_fixture_file(src, sizeof src, "tiny_gqa", "model.gguf");
+    char *data = tu_read_file(src, &size);
+    for (size_t i = 0; i < sizeof header_cases / sizeof header_cases[0]; i++) {
+        const header_case *c = &header_cases[i];
+        char *copy = malloc(size);
+        assert_non_null(copy);
+        memcpy(copy, data, size);
+        size_t key_len = strlen(c->key);
+        char *at = memmem(copy, size, c->key, key_len);
+        assert_non_null(at);
+        assert_memory_equal(at + key_len, "\x04\0\0\0", 4); /* type uint32, then the value */
+        memcpy(at + key_len + 4, &c->value, 4);             /* little-endian host */
+        char path[512];
+        assert_true(tu_write_temp(path, sizeof path, copy, size));
+        free(copy);
+        pb_model *m = NULL;
+        pb_status status = pb_model_load(&m, path, NULL);
+        if (status != c->status || !strstr(pb_last_error(), c->expected))
+            fail_msg("%s = %u: expected %s with '%s'; got %s: %s", c->key, c->value, pb_status_name(c->status),
+                     c->expected, pb_status_name(status), pb_last_error());
+        assert_null(m);
+        unlink(path);
+    }
+    free(data);
+}
+
 /* A copy of the tiny checkpoint whose config says intermediate_size 95:
  * refused, naming the tensor and both shapes. */
 static void test_shape_mismatch_refused(void **state) {
@@ -243,6 +297,7 @@ int main(void) {
         cmocka_unit_test(test_config_values),
         cmocka_unit_test(test_generate_matches_full_forward),
         cmocka_unit_test(test_bad_ids_refused),
+        cmocka_unit_test(test_gguf_header_refused),
         cmocka_unit_test(test_shape_mismatch_refused),
         cmocka_unit_test(test_gguf_missing_hyperparameter),
         cmocka_unit_test(test_missing_file),

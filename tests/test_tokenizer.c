@@ -410,6 +410,67 @@ static void test_refusals(void **state) {
     assert_int_equal(pb_tokenizer_from_json(&tok, "/nonexistent/tokenizer.json"), PB_ERR_IO);
 }
 
+/* A SentencePiece GGUF with tokens {<unk>, <0x41>, last} typed {2, 6,
+ * last_type}: opened and handed to the tokenizer. */
+static pb_status spm_with_last_token(gguf_buf *b, const char *last, int32_t last_type) {
+    const char *const tokens[] = {"<unk>", "<0x41>", last};
+    int32_t types[] = {2, 6, last_type};
+    b->n = 0;
+    put(b, "GGUF", 4);
+    put_u32(b, 3);
+    put_u64(b, 0);
+    put_u64(b, 3);
+    put_kv_str(b, "tokenizer.ggml.model", "llama");
+    put_kv_strs(b, "tokenizer.ggml.tokens", tokens, 3);
+    put_str(b, "tokenizer.ggml.token_type");
+    put_u32(b, PB_GGUF_ARRAY);
+    put_u32(b, PB_GGUF_INT32);
+    put_u64(b, 3);
+    put(b, types, sizeof types);
+    pb_gguf *gguf;
+    if (pb_gguf_open_buffer(&gguf, b->data, b->n) != PB_OK)
+        fail_msg("%s", pb_last_error());
+    pb_tokenizer *tok = NULL;
+    pb_status st = pb_tokenizer_from_gguf(&tok, gguf);
+    pb_gguf_close(gguf);
+    if (st == PB_OK) {
+        /* the byte token decodes to its byte */
+        int32_t id = 1;
+        char *text = NULL;
+        assert_int_equal(pb_tokenizer_decode(tok, &id, 1, &text), PB_OK);
+        assert_string_equal(text, "A");
+        free(text);
+    } else {
+        assert_null(tok);
+    }
+    pb_tokenizer_free(tok);
+    return st;
+}
+
+/* Byte tokens must be spelled <0xNN> with two hex digits, and token types
+ * must be 0..6 (llama.cpp's undefined .. byte): anything else is refused,
+ * naming the token. */
+static void test_bad_token_metadata(void **state) {
+    (void)state;
+    gguf_buf b = {0};
+    assert_int_equal(spm_with_last_token(&b, "<0x42>", 6), PB_OK);
+    assert_int_equal(spm_with_last_token(&b, "<0xfF>", 6), PB_OK);
+    assert_int_equal(spm_with_last_token(&b, "hello", 1), PB_OK);
+    static const char *const bad_bytes[] = {"<0x-1>", "<0xZZ>", "<0x100>", "<0x+1>", "<0x 1>", "<0x4>", "0x41"};
+    for (size_t i = 0; i < sizeof bad_bytes / sizeof bad_bytes[0]; i++) {
+        assert_int_equal(spm_with_last_token(&b, bad_bytes[i], 6), PB_ERR_FORMAT);
+        char want[96];
+        snprintf(want, sizeof want, "token 2 is a byte token (type 6) spelled '%s', not <0xNN>", bad_bytes[i]);
+        if (!strstr(pb_last_error(), want))
+            fail_msg("'%s': expected '%s' in '%s'", bad_bytes[i], want, pb_last_error());
+    }
+    assert_int_equal(spm_with_last_token(&b, "hello", 99), PB_ERR_FORMAT);
+    assert_non_null(strstr(pb_last_error(), "'tokenizer.ggml.token_type' of token 2 is 99, not a token type (0 to 6)"));
+    assert_int_equal(spm_with_last_token(&b, "hello", -5), PB_ERR_FORMAT);
+    assert_non_null(strstr(pb_last_error(), "'tokenizer.ggml.token_type' of token 2 is -5, not a token type"));
+    free(b.data);
+}
+
 static void test_null_safety(void **state) {
     (void)state;
     pb_tokenizer_free(NULL);
@@ -490,9 +551,10 @@ static void test_large_text(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_smollm2_gguf),  cmocka_unit_test(test_smollm2_json), cmocka_unit_test(test_sentencepiece),
-        cmocka_unit_test(test_json_variants), cmocka_unit_test(test_refusals),     cmocka_unit_test(test_null_safety),
-        cmocka_unit_test(test_large_text),
+        cmocka_unit_test(test_smollm2_gguf),  cmocka_unit_test(test_smollm2_json),
+        cmocka_unit_test(test_sentencepiece), cmocka_unit_test(test_bad_token_metadata),
+        cmocka_unit_test(test_json_variants), cmocka_unit_test(test_refusals),
+        cmocka_unit_test(test_null_safety),   cmocka_unit_test(test_large_text),
     };
     int failed = cmocka_run_group_tests(tests, NULL, NULL);
     printf("MEASURE tokenizer: %d strings compared with references\n", g_compared);

@@ -18,6 +18,7 @@
 #include "patching/metric.h"
 #include "model/model.h"
 #include "formats/npy.h"
+#include "util/outdir.h"
 
 #define DEFAULT_MAX_LAYER_FRACTION 0.8
 #define DEFAULT_KL_THRESHOLD 0.1
@@ -545,18 +546,8 @@ pb_status pb_direction_compute(pb_model *m, const pb_direction_inputs *in, pb_di
 
 static json_t *real_or_null(double x) { return isfinite(x) ? json_real(x) : json_null(); }
 
-pb_status pb_direction_write(const pb_direction_result *r, const char *dir, const pb_direction_provenance *prov) {
-    if (!r || !dir || !r->direction)
-        return pb_fail(PB_ERR_ARG, "direction: nothing to write");
-    char path[4096];
-    int64_t shape[3] = {r->d_model, 0, 0};
-    if (snprintf(path, sizeof path, "%s/direction.npy", dir) >= (int)sizeof path)
-        return pb_fail(PB_ERR_ARG, "direction: output path too long");
-    PB_TRY(pb_npy_write(path, r->direction, PB_NPY_F32, 1, shape));
-    int64_t table_shape[3] = {r->n_layers, r->n_post, r->d_model};
-    snprintf(path, sizeof path, "%s/differences.npy", dir);
-    PB_TRY(pb_npy_write(path, r->differences, PB_NPY_F32, 3, table_shape));
-
+/* direction.json's text (malloc'd, ending in a newline), or NULL. */
+static char *direction_json(const pb_direction_result *r, const pb_direction_provenance *prov) {
     json_t *root = json_pack("{s:s, s:s, s:o, s:o, s:s, s:s, s:s, s:i, s:i, s:i, s:i, s:i, s:o, s:b}", "schema",
                              "patchbay.direction/1", "method", "difference in means, Arditi et al. 2024", "model",
                              prov && prov->model_path ? json_string(prov->model_path) : json_null(), "prompts",
@@ -566,7 +557,7 @@ pb_status pb_direction_write(const pb_direction_result *r, const char *dir, cons
                              r->n_layers, "difference_norm", real_or_null(r->norm), "passes_filters",
                              r->selected_passes);
     if (!root)
-        return pb_fail(PB_ERR_OOM, "direction: out of memory for direction.json");
+        return NULL;
     json_object_set_new(root, "scores",
                         json_pack("{s:o, s:o, s:o, s:o, s:o}", "ablation_refusal_score_harmful",
                                   real_or_null(r->ablation_score), "addition_refusal_score_harmless",
@@ -593,11 +584,39 @@ pb_status pb_direction_write(const pb_direction_result *r, const char *dir, cons
     char *text = json_dumps(root, JSON_INDENT(2) | JSON_REAL_PRECISION(9));
     json_decref(root);
     if (!text)
-        return pb_fail(PB_ERR_OOM, "direction: out of memory for direction.json");
-    snprintf(path, sizeof path, "%s/direction.json", dir);
+        return NULL;
     size_t len = strlen(text);
-    text[len] = '\n'; /* replaces the NUL; the size below excludes nothing else */
-    pb_status status = pb_write_file_atomic(path, text, len + 1);
-    free(text);
-    return status;
+    char *lined = realloc(text, len + 2);
+    if (!lined) {
+        free(text);
+        return NULL;
+    }
+    memcpy(lined + len, "\n", 2);
+    return lined;
+}
+
+pb_status pb_direction_write(const pb_direction_result *r, const char *dir, const pb_direction_provenance *prov) {
+    if (!r || !dir || !r->direction)
+        return pb_fail(PB_ERR_ARG, "direction: nothing to write");
+    char *json = direction_json(r, prov);
+    if (!json)
+        return pb_fail(PB_ERR_OOM, "direction: out of memory for direction.json");
+    /* One set: a failed write (a full disk) leaves none of the three, and
+     * an earlier direction in dir stays whole until the new one is. */
+    pb_file_set set;
+    pb_status status = pb_file_set_begin(&set, dir);
+    char path[4400];
+    int64_t shape[3] = {r->d_model, 0, 0}, table_shape[3] = {r->n_layers, r->n_post, r->d_model};
+    if (status == PB_OK && (status = pb_file_set_pending(&set, "differences.npy", path, sizeof path)) == PB_OK)
+        status = pb_npy_write(path, r->differences, PB_NPY_F32, 3, table_shape);
+    if (status == PB_OK && (status = pb_file_set_pending(&set, "direction.npy", path, sizeof path)) == PB_OK)
+        status = pb_npy_write(path, r->direction, PB_NPY_F32, 1, shape);
+    if (status == PB_OK && (status = pb_file_set_pending(&set, "direction.json", path, sizeof path)) == PB_OK)
+        status = pb_write_file_atomic(path, json, strlen(json));
+    free(json);
+    if (status != PB_OK) {
+        pb_file_set_discard(&set);
+        return pb_fail_context(status, "direction: writing into %s (nothing of it kept)", dir);
+    }
+    return pb_file_set_commit(&set);
 }

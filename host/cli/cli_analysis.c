@@ -5,11 +5,13 @@
  * added, and writes results.json, the .npy heatmaps, report.txt,
  * direction.npy/json and report.html. */
 #define _POSIX_C_SOURCE 200809L
+#include <errno.h>
 #include <jansson.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cli/cli_analysis.h"
 #include "cli/cli_model.h"
@@ -88,9 +90,13 @@ static int parse_args(int argc, char **argv, analysis_options *o) {
 
 static pb_status load_pairs(analysis *an, const char *path) {
     json_error_t err;
-    an->data = json_load_file(path, JSON_REJECT_DUPLICATES, &err);
+    char *text = NULL;
+    size_t size = 0;
+    PB_STATUS_CHAIN(pb_read_input_file(path, PB_INPUT_MAX_BYTES, NULL, &text, &size));
+    an->data = json_loadb(text, size, JSON_REJECT_DUPLICATES, &err);
+    free(text);
     if (!an->data)
-        return pb_fail(PB_ERR_IO, "%s: %s (line %d)", path, err.text, err.line);
+        return pb_fail(PB_ERR_FORMAT, "%s: %s (line %d)", path, err.text, err.line);
     json_t *pairs = json_object_get(an->data, "pairs"), *tokens = json_object_get(an->data, "refusal_tokens");
     if (!json_is_array(pairs) || json_array_size(pairs) == 0 || !json_is_array(tokens) || !json_array_size(tokens))
         return pb_fail(PB_ERR_FORMAT, "%s: needs a non-empty \"pairs\" array and \"refusal_tokens\"", path);
@@ -314,6 +320,12 @@ static pb_status find_direction(analysis *an, const analysis_options *o, finding
         PB_STATUS_CHAIN(collect_sets(an, k >= 2, k % 2 == 0, sets[k], &f->set_ids[k], &f->set_T[k]));
     pb_direction_provenance prov = {.model_path = pb_model_get_source(an->model), .prompt_file = o->pairs_path};
     PB_STATUS_CHAIN(pb_direction_compute(an->model, &din, &f->dir));
+    /* The first output: an earlier run's results.json (--overwrite) stops
+     * marking the folder complete now, not when the new one replaces it. */
+    char marker[4200];
+    snprintf(marker, sizeof marker, "%s/results.json", o->out);
+    if (unlink(marker) != 0 && errno != ENOENT)
+        return pb_fail(PB_ERR_IO, "cannot remove the earlier %s: %s", marker, strerror(errno));
     return pb_direction_write(&f->dir, o->out, &prov);
 }
 
@@ -452,10 +464,12 @@ static int analysis_steps(analysis *an, const analysis_options *o, findings *f, 
     if (measure_refusal(an, o->max_new, &ablate, &add, f, 2) != PB_OK)
         return fail("generation under the direction");
     fprintf(stderr, "patchbay: [5/5] writing %s\n", o->out);
-    if (pb_sweep_write(*sweep, o->out, 1) != PB_OK)
-        return fail("writing the sweep's results");
+    /* report.html before the sweep's set, whose results.json (renamed into
+     * place last) marks the folder complete. */
     if (write_report(an, o, *sweep, f, t0) != PB_OK)
         return fail("writing report.html");
+    if (pb_sweep_write(*sweep, o->out, 1) != PB_OK)
+        return fail("writing the sweep's results");
     print_findings(an, o, f, t0);
     return 0;
 }
@@ -464,8 +478,9 @@ int pb_cli_refusal_analysis(int argc, char **argv) {
     analysis_options o;
     if (!parse_args(argc, argv, &o))
         return 2;
-    /* Refused before any compute; created now because direction.* is written first. */
-    if (pb_out_dir_create(o.out, o.overwrite) != PB_OK)
+    /* Refused before any work; made when the first output (direction.*) is
+     * written, so a run that fails before that leaves no folder. */
+    if (pb_out_dir_check(o.out, o.overwrite) != PB_OK)
         return fail("--out");
     double t0 = pb_now_seconds();
     analysis an = {0};

@@ -24,7 +24,8 @@ const char pb_cli_intervene_usage[] =
     "            greedy continuation, printed as text and ids; with an intervention the plain\n"
     "            continuation is printed too ('without intervention: ...')\n"
     "  refusal-rate --model PATH --prompts FILE [--split validation|train|test|all] [--side harmful|harmless|both]\n"
-    "            [--system TEXT] [--max-new-tokens N] [--limit N] [INTERVENTION] [--json OUT] [--verbose]\n"
+    "            [--system TEXT] [--max-new-tokens N] [--limit N] [INTERVENTION] [--json OUT [--overwrite]]\n"
+    "            [--verbose]\n"
     "            share of prompts whose greedy continuation reads as a refusal (phrase list: host/patching/intervene.c)\n"
     "  direction --model PATH --prompts FILE --out DIR [--overwrite] [--system TEXT] [--train N (32)] [--val N (8)]\n"
     "            [--layer-stride S (3; 1 = every layer)] [--max-layer-fraction F (0.8)] [--kl-threshold K (0.1)]\n"
@@ -660,7 +661,7 @@ static int read_prompt_lines(char *text, prompt_file *f) {
 static int load_prompt_file(const char *cmd, const char *path, prompt_file *f) {
     memset(f, 0, sizeof *f);
     char *text = NULL;
-    if (pb_read_text_file(path, &text, NULL) != PB_OK)
+    if (pb_read_input_file(path, PB_INPUT_MAX_BYTES, NULL, &text, NULL) != PB_OK)
         return !fail_msg(cmd, "--prompts");
     const char *p = text;
     while (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n')
@@ -864,6 +865,11 @@ int pb_cli_refusal_rate(int argc, char **argv) {
         fprintf(stderr, "patchbay refusal-rate: --side must be harmful, harmless or both (got '%s')\n", side);
         return 2;
     }
+    /* Refused before any work, as every command refuses to replace outputs. */
+    if (o.json_out && pb_out_file_check(o.json_out, o.overwrite) != PB_OK) {
+        fprintf(stderr, "patchbay refusal-rate: --json: %s\n", pb_last_error());
+        return 2;
+    }
     const char *split = o.split ? o.split : "validation";
     prompt_file f;
     if (!load_prompt_file(cmd, o.prompts, &f))
@@ -892,26 +898,13 @@ typedef struct id_lists {
     int n[4];
 } id_lists;
 
-static int ensure_dir(const char *cmd, const char *dir, int overwrite) {
-    struct stat st;
-    if (stat(dir, &st) == 0) {
-        if (!S_ISDIR(st.st_mode)) {
-            fprintf(stderr, "patchbay %s: --out %s exists and is not a directory\n", cmd, dir);
-            return 0;
-        }
-        char path[4096];
-        snprintf(path, sizeof path, "%s/direction.json", dir);
-        if (!overwrite && stat(path, &st) == 0) {
-            fprintf(stderr, "patchbay %s: %s exists; pass --overwrite to replace it\n", cmd, path);
-            return 0;
-        }
+/* --out, before any work: an empty or missing folder, or --overwrite (the
+ * rule of every command; pb_direction_write makes the folder). */
+static int check_out_dir(const char *cmd, const char *dir, int overwrite) {
+    if (pb_out_dir_check(dir, overwrite) == PB_OK)
         return 1;
-    }
-    if (mkdir(dir, 0777) != 0) {
-        fprintf(stderr, "patchbay %s: cannot create %s: %s\n", cmd, dir, strerror(errno));
-        return 0;
-    }
-    return 1;
+    fprintf(stderr, "patchbay %s: --out: %s\n", cmd, pb_last_error());
+    return 0;
 }
 
 /* Refusal token strings as ids: the first token of each string, without repeats. */
@@ -1060,7 +1053,7 @@ static int direction_inputs(const char *cmd, const cli *o, prompt_file *f) {
     } else if (f->n_refusal_tokens == 0) {
         fprintf(stderr, "patchbay direction: %s has no \"refusal_tokens\"\n", o->prompts);
         rc = 2;
-    } else if (!ensure_dir(cmd, o->out, o->overwrite)) {
+    } else if (!check_out_dir(cmd, o->out, o->overwrite)) {
         rc = 2;
     }
     if (rc)

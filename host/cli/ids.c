@@ -71,7 +71,7 @@ pb_status pb_ids_read_file(const char *path, int32_t **ids, int *n_ids) {
         return PB_OK;
     }
     char *text = NULL;
-    pb_status status = pb_read_text_file(path, &text, NULL);
+    pb_status status = pb_read_input_file(path, PB_INPUT_MAX_BYTES, NULL, &text, NULL);
     if (status != PB_OK)
         return status;
     status = pb_ids_parse(text, path, ids, n_ids);

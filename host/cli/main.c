@@ -179,11 +179,50 @@ static int cmd_tokenize(const options *o) {
     return rc;
 }
 
+/* Writes one .npy per captured hook point and logits.npy (renamed into
+ * place last) into --out as one set: all of them, or (a write failed: a
+ * full disk) none and no folder this run made. 0, or the exit status. */
+static int forward_write(const options *o, const float *logits, int T, int vocab, const pb_capture *cap) {
+    pb_file_set set;
+    if (pb_file_set_begin(&set, o->out) != PB_OK) {
+        pb_file_set_discard(&set);
+        return fail("--out");
+    }
+    char path[4400];
+    int64_t shape[3];
+    pb_status st = PB_OK;
+    for (int i = 0; st == PB_OK && i < pb_capture_count(cap); i++) {
+        int n_dims;
+        const float *data = pb_capture_data(cap, i, &n_dims, shape);
+        char name[300];
+        snprintf(name, sizeof name, "%s.npy", pb_capture_name(cap, i));
+        st = pb_file_set_pending(&set, name, path, sizeof path);
+        if (st == PB_OK)
+            st = pb_npy_write(path, data, PB_NPY_F32, n_dims, shape);
+    }
+    shape[0] = T;
+    shape[1] = vocab;
+    if (st == PB_OK)
+        st = pb_file_set_pending(&set, "logits.npy", path, sizeof path);
+    if (st == PB_OK)
+        st = pb_npy_write(path, logits, PB_NPY_F32, 2, shape);
+    if (st != PB_OK) {
+        pb_file_set_discard(&set);
+        return fail("writing the outputs (none of this run's was kept)");
+    }
+    if (pb_file_set_commit(&set) != PB_OK)
+        return fail("writing the outputs");
+    return 0;
+}
+
 static int cmd_forward(const options *o) {
     if (!o->out) {
         fprintf(stderr, "patchbay forward: --out DIR is required\n");
         return 2;
     }
+    /* Refused before any work; the folder is made when the outputs are written. */
+    if (pb_out_dir_check(o->out, o->overwrite) != PB_OK)
+        return fail("--out");
     int32_t *ids;
     int T;
     if (!read_ids(o, &ids, &T))
@@ -210,26 +249,8 @@ static int cmd_forward(const options *o) {
         fail("forward failed");
         goto done;
     }
-    if (pb_out_dir_create(o->out, o->overwrite) != PB_OK) {
-        fail("--out");
+    if (forward_write(o, logits, T, c->vocab_size, cap) != 0)
         goto done;
-    }
-    char path[4096];
-    int64_t shape[3] = {T, c->vocab_size, 0};
-    snprintf(path, sizeof path, "%s/logits.npy", o->out);
-    if (pb_npy_write(path, logits, PB_NPY_F32, 2, shape) != PB_OK) {
-        fail("writing logits");
-        goto done;
-    }
-    for (int i = 0; i < pb_capture_count(cap); i++) {
-        int n_dims;
-        const float *data = pb_capture_data(cap, i, &n_dims, shape);
-        snprintf(path, sizeof path, "%s/%s.npy", o->out, pb_capture_name(cap, i));
-        if (pb_npy_write(path, data, PB_NPY_F32, n_dims, shape) != PB_OK) {
-            fail("writing a hook point");
-            goto done;
-        }
-    }
     fprintf(stderr, "patchbay: wrote logits (%d x %d) and %d hook points to %s\n", T, c->vocab_size,
             pb_capture_count(cap), o->out);
     rc = 0;
@@ -558,7 +579,14 @@ static int sweep_inputs(sweep_job *j) {
                 j->checkpoint);
         return 2;
     }
-    if (pb_read_text_file(o->spec, &j->spec_text, NULL) != PB_OK) {
+    /* A spec may be a pipe (--spec <(jq ...)): capped, and given up when a
+     * stop signal comes while it is read. */
+    pb_status read = pb_read_input_file(o->spec, PB_INPUT_MAX_BYTES, &sweep_stop, &j->spec_text, NULL);
+    if (read == PB_ERR_INTERRUPTED) {
+        fprintf(stderr, "patchbay: --spec: %s; stopping before any work\n", pb_last_error());
+        return 1;
+    }
+    if (read != PB_OK) {
         fail("--spec");
         return 2;
     }

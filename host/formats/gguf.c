@@ -481,12 +481,64 @@ static int pb_gguf_range_cmp(const void *a, const void *b) {
     return x->index < y->index ? -1 : (x->index > y->index);
 }
 
+/* The tensors' data regions, sorted by offset (ranges, absolute), must tile
+ * the data section as GGUF writers lay it out: the first at offset 0, each
+ * next one where the one before ends rounded up to general.alignment, and
+ * nothing after the last one but its padding. An overlap, a gap wider than
+ * the padding or bytes no tensor owns are refused: such a file was not
+ * written by a GGUF writer, and bytes that no tensor names can hide
+ * anything. The order of the tensor infos is free. */
+static pb_status pb_gguf_check_layout(pb_gguf_parser *p, const pb_gguf_range *ranges, size_t n,
+                                      const pb_gguf_info_extra *extra) {
+    const pb_gguf *g = p->gguf;
+    char name[PB_GGUF_NAME_BUF], other[PB_GGUF_NAME_BUF];
+#define PB_GGUF_RANGE_NAME(buf, r) pb_gguf_printable(buf, g->tensors[(r)->index].name, extra[(r)->index].name_len)
+    uint64_t base = g->data_offset, expected = 0; /* where the next region must start, relative */
+    for (size_t i = 1; i < n; i++) {
+        const pb_gguf_range *a = &ranges[i - 1], *b = &ranges[i];
+        if (b->start < a->end)
+            return pb_gguf_parse_fail(
+                p, "tensor '%s' (data offset %llu) overlaps tensor '%s' (data offset %llu, %llu bytes)",
+                PB_GGUF_RANGE_NAME(name, b), (unsigned long long)(b->start - base), PB_GGUF_RANGE_NAME(other, a),
+                (unsigned long long)(a->start - base), (unsigned long long)(a->end - a->start));
+    }
+    for (size_t i = 0; i < n; i++) {
+        const pb_gguf_range *a = i ? &ranges[i - 1] : NULL, *b = &ranges[i];
+        uint64_t start = b->start - base;
+        if (start != expected && !a)
+            return pb_gguf_parse_fail(p,
+                                      "tensor '%s': the first tensor data starts at data offset %llu, not 0 "
+                                      "(%llu bytes of the data section belong to no tensor)",
+                                      PB_GGUF_RANGE_NAME(name, b), (unsigned long long)start,
+                                      (unsigned long long)start);
+        if (start != expected)
+            return pb_gguf_parse_fail(p,
+                                      "tensor '%s' (data offset %llu) leaves a %llu-byte gap after tensor '%s' "
+                                      "(which ends at %llu; padded to alignment %u, the next tensor starts at %llu): "
+                                      "tensor data must be packed",
+                                      PB_GGUF_RANGE_NAME(name, b), (unsigned long long)start,
+                                      (unsigned long long)(start - expected), PB_GGUF_RANGE_NAME(other, a),
+                                      (unsigned long long)(a->end - base), g->alignment, (unsigned long long)expected);
+        /* end <= file size: rounding up cannot wrap */
+        expected = (b->end - base + g->alignment - 1) / g->alignment * g->alignment;
+    }
+    uint64_t section = p->size - base, last_end = ranges[n - 1].end - base;
+    if (section > expected)
+        return pb_gguf_parse_fail(p,
+                                  "%llu bytes after the last tensor data (tensor '%s' ends at data offset %llu; "
+                                  "padded to alignment %u, the data section would end at %llu) belong to no tensor",
+                                  (unsigned long long)(section - last_end), PB_GGUF_RANGE_NAME(name, &ranges[n - 1]),
+                                  (unsigned long long)last_end, g->alignment, (unsigned long long)expected);
+#undef PB_GGUF_RANGE_NAME
+    return PB_OK;
+}
+
 /* Copies the names out, indexes them, and places every tensor in the data
- * section: inside the file and not overlapping another. */
+ * section: inside the file, packed as pb_gguf_check_layout says. */
 static pb_status pb_gguf_place_tensors(pb_gguf_parser *p, const pb_gguf_info_extra *extra) {
     pb_gguf *g = p->gguf;
     size_t n = (size_t)g->n_tensors;
-    char name[PB_GGUF_NAME_BUF], other[PB_GGUF_NAME_BUF];
+    char name[PB_GGUF_NAME_BUF];
 
     size_t total = 0;
     for (size_t i = 0; i < n; i++)
@@ -539,18 +591,7 @@ static pb_status pb_gguf_place_tensors(pb_gguf_parser *p, const pb_gguf_info_ext
     }
     if (status == PB_OK) {
         qsort(ranges, n, sizeof *ranges, pb_gguf_range_cmp);
-        for (size_t i = 1; i < n; i++) {
-            if (ranges[i].start < ranges[i - 1].end) {
-                const pb_gguf_range *a = &ranges[i - 1], *b = &ranges[i];
-                status = pb_gguf_parse_fail(
-                    p, "tensor '%s' (data offset %llu) overlaps tensor '%s' (data offset %llu, %llu bytes)",
-                    pb_gguf_printable(name, g->tensors[b->index].name, extra[b->index].name_len),
-                    (unsigned long long)(b->start - data_offset),
-                    pb_gguf_printable(other, g->tensors[a->index].name, extra[a->index].name_len),
-                    (unsigned long long)(a->start - data_offset), (unsigned long long)(a->end - a->start));
-                break;
-            }
-        }
+        status = pb_gguf_check_layout(p, ranges, n, extra);
     }
     free(ranges);
     return status;
@@ -642,7 +683,7 @@ pb_status pb_gguf_open(pb_gguf **out, const char *path) {
     if (!out || !path)
         return pb_fail(PB_ERR_ARG, "gguf: open: %s is NULL", out ? "path" : "out");
     *out = NULL;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK); /* a FIFO must not block the open */
     if (fd < 0)
         return pb_fail(PB_ERR_IO, "gguf: cannot open '%s': %s", path, strerror(errno));
     struct stat st;

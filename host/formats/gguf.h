@@ -39,6 +39,11 @@ typedef struct pb_gguf_tensor {
 
 /* Maps path read-only. Every structural rule is checked here, so later
  * getters only fail on a missing key or a type the caller did not expect.
+ * Tensor data must tile the data section as GGUF writers lay it out:
+ * sorted by offset, the first region at 0, each next at the previous end
+ * rounded up to general.alignment, nothing after the last but its padding
+ * (the order of the infos is free); overlaps, gaps and unowned bytes are
+ * refused.
  * PB_ERR_IO when the file cannot be opened or mapped, PB_ERR_FORMAT when
  * its contents are malformed, PB_ERR_UNSUPPORTED for big-endian files. */
 pb_status pb_gguf_open(pb_gguf **out, const char *path);

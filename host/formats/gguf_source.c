@@ -59,6 +59,82 @@ static pb_status gguf_float(const pb_gguf *g, const char *arch, const char *suff
     return gguf_hyperparameter(g, arch, suffix, required, fallback, NULL, out);
 }
 
+/* One more than the largest N of a 'blk.N.' tensor name: the layers the
+ * tensor table holds (0 when none). The table is bounded by the file. */
+static int64_t gguf_layers_held(const pb_gguf *g) {
+    int64_t held = 0;
+    for (int64_t i = 0; i < pb_gguf_tensor_count(g); i++) {
+        const char *s = pb_gguf_tensor_at(g, i)->name;
+        if (strncmp(s, "blk.", 4) != 0 || s[4] < '0' || s[4] > '9')
+            continue;
+        int64_t n = 0;
+        for (s += 4; *s >= '0' && *s <= '9' && n <= INT32_MAX; s++)
+            n = n * 10 + (*s - '0');
+        if (*s == '.' && n < INT32_MAX && n + 1 > held)
+            held = n + 1;
+    }
+    return held;
+}
+
+/* ARCH.block_count must be the number of layers the file holds: checked
+ * before anything is sized by it, and named as the key that is wrong. */
+static pb_status check_block_count(const pb_gguf *g, const char *path, const char *arch, int n_layers) {
+    int64_t held = gguf_layers_held(g);
+    if (n_layers == held)
+        return PB_OK;
+    char missing[96] = "";
+    if (n_layers > held)
+        snprintf(missing, sizeof missing, "; tensor blk.%d.attn_norm.weight is missing", n_layers - 1);
+    if (held == 0)
+        return pb_fail(PB_ERR_FORMAT, "%s: %s.block_count: %d layers declared, but the file holds no layer tensors%s",
+                       path, arch, n_layers, missing);
+    return pb_fail(PB_ERR_FORMAT,
+                   "%s: %s.block_count: %d layers declared, but the file holds %lld (tensors blk.0 to blk.%lld)%s",
+                   path, arch, n_layers, (long long)held, (long long)(held - 1), missing);
+}
+
+/* The head dimension is ARCH.attention.key_length, else embedding_length /
+ * head_count (llama.cpp's rule); ARCH.rope.dimension_count, when given,
+ * must equal it: fewer (partial rotary) is not supported, more impossible. */
+static pb_status gguf_head_dim(pb_model_config *c, const pb_gguf *g, const char *path, const char *arch) {
+    PB_TRY(gguf_int(g, arch, "attention.key_length", &c->head_dim, 0, c->d_model / c->n_heads));
+    int rope_dims = 0;
+    PB_TRY(gguf_int(g, arch, "rope.dimension_count", &rope_dims, 0, c->head_dim));
+    char key_length[128];
+    snprintf(key_length, sizeof key_length, "%s.attention.key_length", arch);
+    const char *from = pb_gguf_has_key(g, key_length) ? key_length : "embedding_length / head_count";
+    if (rope_dims > c->head_dim)
+        return pb_fail(PB_ERR_FORMAT,
+                       "%s: %s.rope.dimension_count = %d is more than the head dimension %d (%s): a head cannot "
+                       "rotate more dimensions than it has",
+                       path, arch, rope_dims, c->head_dim, from);
+    if (rope_dims < c->head_dim)
+        return pb_fail(PB_ERR_UNSUPPORTED,
+                       "%s: %s.rope.dimension_count = %d is less than the head dimension %d (%s): partial rotary "
+                       "embeddings are not supported",
+                       path, arch, rope_dims, c->head_dim, from);
+    return PB_OK;
+}
+
+/* tokenizer.ggml.KEY (bos_token_id, eos_token_id), when present, must be an
+ * integer id inside the vocabulary: *id, or -1 when absent. */
+static pb_status gguf_token_id(const pb_gguf *g, const char *path, const char *key, int vocab_size, int *id) {
+    *id = -1;
+    char full[96];
+    snprintf(full, sizeof full, "tokenizer.ggml.%s", key);
+    if (!pb_gguf_has_key(g, full))
+        return PB_OK;
+    int64_t value;
+    pb_status status = pb_gguf_get_int(g, full, &value);
+    if (status != PB_OK)
+        return pb_fail_context(status, "%s", path);
+    if (value < 0 || value >= vocab_size)
+        return pb_fail(PB_ERR_FORMAT, "%s: %s = %lld is outside the vocabulary (ids 0 to %d)", path, full,
+                       (long long)value, vocab_size - 1);
+    *id = (int)value;
+    return PB_OK;
+}
+
 static pb_status config_from_gguf(pb_model_config *c, const pb_gguf *g, const char *path) {
     memset(c, 0, sizeof *c);
     const char *arch;
@@ -72,14 +148,13 @@ static pb_status config_from_gguf(pb_model_config *c, const pb_gguf *g, const ch
                        c->arch);
     const char *a = c->arch;
     PB_TRY(gguf_int(g, a, "block_count", &c->n_layers, 1, 0));
+    PB_TRY(check_block_count(g, path, a, c->n_layers));
     PB_TRY(gguf_int(g, a, "embedding_length", &c->d_model, 1, 0));
     PB_TRY(gguf_int(g, a, "feed_forward_length", &c->d_mlp, 1, 0));
     PB_TRY(gguf_int(g, a, "attention.head_count", &c->n_heads, 1, 0));
     PB_TRY(gguf_int(g, a, "attention.head_count_kv", &c->n_kv_heads, 0, c->n_heads));
     PB_TRY(gguf_int(g, a, "context_length", &c->context_length, 1, 0));
-    int default_head_dim = c->d_model / c->n_heads;
-    PB_TRY(gguf_int(g, a, "rope.dimension_count", &c->head_dim, 0, default_head_dim));
-    PB_TRY(gguf_int(g, a, "attention.key_length", &c->head_dim, 0, c->head_dim));
+    PB_TRY(gguf_head_dim(c, g, path, a));
     int value_length = 0;
     PB_TRY(gguf_int(g, a, "attention.value_length", &value_length, 0, c->head_dim));
     if (value_length != c->head_dim)
@@ -112,14 +187,8 @@ static pb_status config_from_gguf(pb_model_config *c, const pb_gguf *g, const ch
     PB_TRY(gguf_int(g, a, "vocab_size", &c->vocab_size, 0, n_tokens ? n_tokens : embd_rows));
     c->has_qkv_bias = pb_gguf_find_tensor(g, "blk.0.attn_q.bias") != NULL;
     c->tied_embeddings = pb_gguf_find_tensor(g, "output.weight") == NULL;
-    c->bos_id = c->eos_id = -1;
-    int64_t id;
-    if (pb_gguf_has_key(g, "tokenizer.ggml.bos_token_id") &&
-        pb_gguf_get_int(g, "tokenizer.ggml.bos_token_id", &id) == PB_OK && id >= 0 && id < c->vocab_size)
-        c->bos_id = (int)id;
-    if (pb_gguf_has_key(g, "tokenizer.ggml.eos_token_id") &&
-        pb_gguf_get_int(g, "tokenizer.ggml.eos_token_id", &id) == PB_OK && id >= 0 && id < c->vocab_size)
-        c->eos_id = (int)id;
+    PB_TRY(gguf_token_id(g, path, "bos_token_id", c->vocab_size, &c->bos_id));
+    PB_TRY(gguf_token_id(g, path, "eos_token_id", c->vocab_size, &c->eos_id));
     return PB_OK;
 }
 

@@ -97,7 +97,7 @@ static pb_status map_file(pb_st_file *file, const char *path, const char *shard,
     if (!file->path || (shard && !(file->shard = copy_string(shard))))
         return pb_fail(PB_ERR_OOM, "safetensors %s: out of memory", path);
 
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK); /* a FIFO must not block the open */
     if (fd < 0) {
         if (index_path)
             return pb_fail(PB_ERR_IO, "safetensors index %s names shard '%s', which cannot be opened (%s): %s",

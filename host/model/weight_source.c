@@ -150,16 +150,45 @@ pb_status pb_weight_hf_name(const char *name, char *out, size_t size) {
 
 /* ---- the interface ------------------------------------------------------ */
 
-static int is_directory(const char *path) {
+static const char *file_kind(mode_t mode) {
+    return S_ISFIFO(mode)   ? "a FIFO (named pipe)"
+           : S_ISCHR(mode)  ? "a character device"
+           : S_ISBLK(mode)  ? "a block device"
+           : S_ISSOCK(mode) ? "a socket"
+                            : "not a regular file";
+}
+
+/* A model is a regular file (GGUF) or a folder (Hugging Face): anything
+ * else (a FIFO would block the open forever, a device has no end) is
+ * refused before it is opened, and so are the folder's own files. */
+static pb_status check_model_path(const char *path, int *is_folder) {
     struct stat st;
-    return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+    *is_folder = stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+    if (*is_folder) {
+        static const char *const names[] = {"config.json", "model.safetensors", "model.safetensors.index.json",
+                                            "tokenizer.json", "tokenizer_config.json"};
+        char file[4096];
+        for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+            snprintf(file, sizeof file, "%s/%s", path, names[i]);
+            if (stat(file, &st) == 0 && !S_ISREG(st.st_mode))
+                return pb_fail(PB_ERR_IO, "model folder %s: %s is %s, not a regular file", path, names[i],
+                               file_kind(st.st_mode));
+        }
+        return PB_OK;
+    }
+    if (stat(path, &st) == 0 && !S_ISREG(st.st_mode))
+        return pb_fail(PB_ERR_IO, "model %s is %s: a model is a regular file (GGUF) or a folder (Hugging Face)", path,
+                       file_kind(st.st_mode));
+    return PB_OK; /* a missing file is named by the format's open */
 }
 
 pb_status pb_weight_source_open(pb_weight_source **out, const char *path) {
     if (!out || !path)
         return pb_fail(PB_ERR_ARG, "pb_weight_source_open: out and path are required");
     *out = NULL;
-    return is_directory(path) ? pb_safetensors_source_open(out, path) : pb_gguf_source_open(out, path);
+    int is_folder;
+    PB_TRY(check_model_path(path, &is_folder));
+    return is_folder ? pb_safetensors_source_open(out, path) : pb_gguf_source_open(out, path);
 }
 
 void *pb_weight_source_alloc(pb_weight_source **out, size_t size, const pb_weight_source_ops *ops, const char *path) {

@@ -11,6 +11,7 @@
  * or follows an added token) we follow sentencepiece, which the model was
  * trained with and llama.cpp also follows. */
 #define PCRE2_CODE_UNIT_WIDTH 8
+#include <ctype.h>
 #include <jansson.h>
 #include <pcre2.h>
 #include <stdlib.h>
@@ -553,8 +554,15 @@ static pb_status gguf_types(pb_tokenizer *tok, const pb_gguf *gguf, uint64_t cou
         return pb_fail(PB_ERR_FORMAT, "gguf: 'tokenizer.ggml.token_type' has %llu entries of type %s for %llu tokens",
                        (unsigned long long)n, pb_gguf_value_type_name(elem), (unsigned long long)count);
     PB_TRY(pb_gguf_get_array_data(gguf, "tokenizer.ggml.token_type", &data));
-    for (uint64_t i = 0; i < n; i++)
+    for (uint64_t i = 0; i < n; i++) {
         memcpy(&tok->type[i], (const char *)data + 4 * i, 4);
+        /* 0 is llama.cpp's "undefined"; 1..6 normal .. byte */
+        if (tok->type[i] < 0 || tok->type[i] > TYPE_BYTE)
+            return pb_fail(PB_ERR_FORMAT,
+                           "gguf: 'tokenizer.ggml.token_type' of token %llu is %lld, not a token type (0 to 6)",
+                           (unsigned long long)i,
+                           elem == PB_GGUF_UINT32 ? (long long)(uint32_t)tok->type[i] : (long long)tok->type[i]);
+    }
     return PB_OK;
 }
 
@@ -619,6 +627,16 @@ static pb_status gguf_byte_level(pb_tokenizer *tok, const pb_gguf *gguf, uint64_
     return PB_OK;
 }
 
+/* The byte of a "<0xNN>" token (exactly two hex digits), or -1. */
+static int byte_token_value(const pb_tokenizer *tok, int32_t id) {
+    const char *s = tok->text[id];
+    if (!s || tok->text_len[id] != 6 || memcmp(s, "<0x", 3) != 0 || s[5] != '>' || !isxdigit((unsigned char)s[3]) ||
+        !isxdigit((unsigned char)s[4]))
+        return -1;
+    char hex[3] = {s[3], s[4], 0};
+    return (int)strtol(hex, NULL, 16);
+}
+
 /* SentencePiece: the pieces merges may produce (normal and user-defined),
  * the <0xNN> byte pieces and the unknown piece. */
 static pb_status sentencepiece_tables(pb_tokenizer *tok) {
@@ -633,11 +651,14 @@ static pb_status sentencepiece_tables(pb_tokenizer *tok) {
             continue;
         if (t == TYPE_NORMAL || t == TYPE_USER)
             str_put(tok->pieces, tok->pieces_cap, s, tok->text_len[i], i);
-        if (t == TYPE_BYTE && tok->text_len[i] == 6 && memcmp(s, "<0x", 3) == 0 && s[5] == '>') {
-            char hex[3] = {s[3], s[4], 0}, *end;
-            long v = strtol(hex, &end, 16);
-            if (*end == 0 && v >= 0 && v < 256)
-                tok->byte_id[v] = i;
+        if (t == TYPE_BYTE) {
+            int v = byte_token_value(tok, i);
+            if (v < 0)
+                return pb_fail(PB_ERR_FORMAT,
+                               "gguf: token %d is a byte token (type 6) spelled '%.*s', not <0xNN> with two hex "
+                               "digits",
+                               i, (int)(tok->text_len[i] < 32 ? tok->text_len[i] : 32), s);
+            tok->byte_id[v] = i;
         }
         if (t == TYPE_UNKNOWN && tok->unk_id < 0)
             tok->unk_id = i;
@@ -1347,15 +1368,6 @@ static size_t append_lossy(char *out, const unsigned char *s, size_t len) {
         }
     }
     return n;
-}
-
-static int byte_token_value(const pb_tokenizer *tok, int32_t id) {
-    const char *s = tok->text[id];
-    if (!s || tok->text_len[id] != 6 || memcmp(s, "<0x", 3) != 0 || s[5] != '>')
-        return -1;
-    char hex[3] = {s[3], s[4], 0}, *end;
-    long v = strtol(hex, &end, 16);
-    return *end == 0 && v >= 0 && v < 256 ? (int)v : -1;
 }
 
 pb_status pb_tokenizer_decode(const pb_tokenizer *tok, const int32_t *ids, int n_ids, char **text) {

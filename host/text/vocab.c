@@ -2,6 +2,7 @@
  * style, used by SmolLM2, Llama-3, Qwen2) spell raw bytes as printable code
  * points; SentencePiece vocabularies use U+2581 for spaces and <0xNN> for
  * byte fallback. Full tokenization arrives with the tokenizer module. */
+#include <ctype.h>
 #include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
@@ -72,14 +73,11 @@ size_t pb_vocab_byte_level_decode(const char *token, size_t len, char *out) {
 
 /* SentencePiece: "<0xNN>" is one raw byte; U+2581 is a space. */
 static size_t sentencepiece_decode(const char *token, size_t len, char *out) {
-    if (len == 6 && token[0] == '<' && token[1] == '0' && token[2] == 'x' && token[5] == '>') {
+    if (len == 6 && memcmp(token, "<0x", 3) == 0 && token[5] == '>' && isxdigit((unsigned char)token[3]) &&
+        isxdigit((unsigned char)token[4])) {
         char hex[3] = {token[3], token[4], 0};
-        char *end;
-        long value = strtol(hex, &end, 16);
-        if (*end == 0) {
-            out[0] = (char)value;
-            return 1;
-        }
+        out[0] = (char)strtol(hex, NULL, 16);
+        return 1;
     }
     size_t used = 0;
     for (size_t i = 0; i < len;) {

@@ -5,6 +5,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <poll.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -64,6 +66,30 @@ pb_status pb_out_dir_check(const char *dir, int overwrite) {
     return PB_OK;
 }
 
+pb_status pb_out_file_check(const char *path, int overwrite) {
+    if (!path || !*path)
+        return pb_fail(PB_ERR_ARG, "output file: empty path");
+    if (strlen(path) >= 4000)
+        return pb_fail(PB_ERR_ARG, "output file: path too long");
+    struct stat st;
+    if (stat(path, &st) == 0) {
+        if (S_ISDIR(st.st_mode))
+            return pb_fail(PB_ERR_ARG, "output file %s is a directory", path);
+        if (!overwrite)
+            return pb_fail(PB_ERR_ARG, "output file %s exists; pass --overwrite to replace it", path);
+    }
+    char parent[4096];
+    snprintf(parent, sizeof parent, "%s", path);
+    char *slash = strrchr(parent, '/');
+    if (!slash)
+        snprintf(parent, sizeof parent, ".");
+    else
+        slash[slash == parent] = 0; /* "/f" -> "/" */
+    if (stat(parent, &st) != 0 || !S_ISDIR(st.st_mode) || access(parent, W_OK | X_OK) != 0)
+        return pb_fail(PB_ERR_IO, "cannot write output file %s: %s is not a writable directory", path, parent);
+    return PB_OK;
+}
+
 pb_status pb_out_dir_create(const char *dir, int overwrite) {
     PB_TRY(pb_out_dir_check(dir, overwrite));
     char path[4096];
@@ -81,35 +107,78 @@ pb_status pb_out_dir_create(const char *dir, int overwrite) {
     return PB_OK;
 }
 
-pb_status pb_read_text_file(const char *path, char **text, size_t *size) {
-    *text = NULL;
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return pb_fail(PB_ERR_IO, "cannot open %s: %s", path, strerror(errno));
-    char *buf = NULL;
-    size_t used = 0, cap = 0;
-    for (;;) {
-        if (cap - used < 4096) {
-            cap = cap ? cap * 2 : 65536;
-            char *grown = realloc(buf, cap + 1);
-            if (!grown) {
-                free(buf);
-                fclose(f);
-                return pb_fail(PB_ERR_OOM, "out of memory reading %s", path);
-            }
-            buf = grown;
+/* Appends what one read() gives to *buf, grown as needed up to one byte
+ * past max_bytes (so that a larger input shows): bytes read, 0 at end of
+ * file, -1 with errno on failure (EAGAIN: nothing yet). */
+static ssize_t read_more(int fd, char **buf, size_t *used, size_t *cap, size_t max_bytes) {
+    if (*used == *cap) {
+        size_t limit = max_bytes + 1, grown_cap = *cap ? *cap * 2 : 65536;
+        if (grown_cap > limit || grown_cap < *cap)
+            grown_cap = limit;
+        char *grown = realloc(*buf, grown_cap + 1); /* + the NUL */
+        if (!grown) {
+            errno = ENOMEM;
+            return -1;
         }
-        size_t got = fread(buf + used, 1, cap - used, f);
-        used += got;
+        *buf = grown;
+        *cap = grown_cap;
+    }
+    ssize_t got = read(fd, *buf + *used, *cap - *used);
+    if (got > 0)
+        *used += (size_t)got;
+    return got;
+}
+
+/* Reads fd to its end, waiting in poll() (so a pipe whose writer has not
+ * come yet does not block a signal's effect) and looking at *stop between
+ * waits. */
+static pb_status read_fd(int fd, const char *path, size_t max_bytes, const volatile int *stop, char **buf,
+                         size_t *used) {
+    size_t cap = 0;
+    for (;;) {
+        if (stop && *stop)
+            return pb_fail(PB_ERR_INTERRUPTED, "reading %s was interrupted by a signal", path);
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        int ready = poll(&p, 1, 200); /* wakes to look at *stop even if the signal came just before */
+        if (ready < 0 && errno != EINTR)
+            return pb_fail(PB_ERR_IO, "cannot read %s: %s", path, strerror(errno));
+        if (ready <= 0)
+            continue;
+        ssize_t got = read_more(fd, buf, used, &cap, max_bytes);
         if (got == 0)
-            break;
+            return PB_OK;
+        if (got < 0 && errno == ENOMEM)
+            return pb_fail(PB_ERR_OOM, "out of memory reading %s", path);
+        if (got < 0 && errno != EAGAIN && errno != EINTR)
+            return pb_fail(PB_ERR_IO, "cannot read %s: %s", path, strerror(errno));
+        if (*used > max_bytes && max_bytes % (1 << 20) == 0)
+            return pb_fail(PB_ERR_ARG, "%s holds more than %zu MiB, the most this input may be", path, max_bytes >> 20);
+        if (*used > max_bytes)
+            return pb_fail(PB_ERR_ARG, "%s holds more than %zu bytes, the most this input may be", path, max_bytes);
     }
-    int error = ferror(f);
-    fclose(f);
-    if (error) {
+}
+
+pb_status pb_read_input_file(const char *path, size_t max_bytes, const volatile int *stop, char **text, size_t *size) {
+    *text = NULL;
+    /* O_NONBLOCK: opening a FIFO no writer holds yet must not block. */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0)
+        return pb_fail(PB_ERR_IO, "cannot open %s: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) == 0 && S_ISDIR(st.st_mode)) {
+        close(fd);
+        return pb_fail(PB_ERR_IO, "cannot read %s: it is a directory", path);
+    }
+    char *buf = NULL;
+    size_t used = 0;
+    pb_status status = read_fd(fd, path, max_bytes, stop, &buf, &used);
+    close(fd);
+    if (status != PB_OK) {
         free(buf);
-        return pb_fail(PB_ERR_IO, "cannot read %s", path);
+        return status;
     }
+    if (!buf && !(buf = malloc(1)))
+        return pb_fail(PB_ERR_OOM, "out of memory reading %s", path);
     buf[used] = 0;
     *text = buf;
     if (size)
@@ -199,3 +268,82 @@ pb_status pb_remove_stale_temps(const char *dir, const char *prefix, int *n_remo
     closedir(d);
     return status;
 }
+pb_status pb_read_text_file(const char *path, char **text, size_t *size) {
+    return pb_read_input_file(path, SIZE_MAX / 2, NULL, text, size);
+}
+
+/* ---- sets of files that appear together ------------------------------------ */
+
+pb_status pb_file_set_begin(pb_file_set *set, const char *dir) {
+    memset(set, 0, sizeof *set);
+    if (!dir || !*dir || strlen(dir) >= sizeof set->dir)
+        return pb_fail(PB_ERR_ARG, "output directory: empty or too long a path");
+    snprintf(set->dir, sizeof set->dir, "%s", dir);
+    char path[sizeof set->dir];
+    snprintf(path, sizeof path, "%s", dir);
+    size_t len = strlen(path);
+    for (size_t i = 1; i <= len; i++) {
+        if (path[i] != '/' && path[i] != 0)
+            continue;
+        path[i] = 0;
+        if (mkdir(path, 0777) == 0) {
+            if (set->n_created < PB_FILE_SET_MAX_CREATED) /* deeper new folders stay on a failure */
+                set->created[set->n_created++] = (int)i;  /* the length of dir's prefix it is */
+        } else if (errno != EEXIST) {
+            return pb_fail(PB_ERR_IO, "cannot create %s: %s", path, strerror(errno));
+        }
+        path[i] = i < len ? '/' : 0;
+    }
+    return PB_OK;
+}
+
+pb_status pb_file_set_pending(pb_file_set *set, const char *name, char *path, size_t size) {
+    if (set->n == set->cap) {
+        int cap = set->cap ? set->cap * 2 : 16;
+        char(*grown)[PB_FILE_SET_NAME] = realloc(set->names, (size_t)cap * sizeof *grown);
+        if (!grown)
+            return pb_fail(PB_ERR_OOM, "out of memory for the names of %d output files", cap);
+        set->names = grown;
+        set->cap = cap;
+    }
+    if (strlen(name) >= PB_FILE_SET_NAME || strchr(name, '/') ||
+        snprintf(path, size, "%s/%s.tmp.%ld", set->dir, name, (long)getpid()) >= (int)size)
+        return pb_fail(PB_ERR_ARG, "output file name too long: %s/%s", set->dir, name);
+    snprintf(set->names[set->n++], PB_FILE_SET_NAME, "%s", name);
+    return PB_OK;
+}
+
+/* Removes the pending files, and from index `from` on, then the folders
+ * the set created (only if empty: rmdir). */
+static void file_set_remove(pb_file_set *set, int from, int folders) {
+    char path[sizeof set->dir + PB_FILE_SET_NAME + 32];
+    for (int i = from; i < set->n; i++) {
+        snprintf(path, sizeof path, "%s/%s.tmp.%ld", set->dir, set->names[i], (long)getpid());
+        unlink(path);
+    }
+    for (int i = set->n_created - 1; folders && i >= 0; i--) {
+        snprintf(path, sizeof path, "%.*s", set->created[i], set->dir);
+        rmdir(path);
+    }
+    free(set->names);
+    set->names = NULL;
+    set->n = set->cap = 0;
+}
+
+pb_status pb_file_set_commit(pb_file_set *set) {
+    char pending[sizeof set->dir + PB_FILE_SET_NAME + 32], final[sizeof set->dir + PB_FILE_SET_NAME + 2];
+    for (int i = 0; i < set->n; i++) {
+        snprintf(pending, sizeof pending, "%s/%s.tmp.%ld", set->dir, set->names[i], (long)getpid());
+        snprintf(final, sizeof final, "%s/%s", set->dir, set->names[i]);
+        if (rename(pending, final) != 0) {
+            pb_status status = pb_fail(PB_ERR_IO, "cannot rename %s to %s: %s (%d of %d files in place)", pending,
+                                       final, strerror(errno), i, set->n);
+            file_set_remove(set, i, 0);
+            return status;
+        }
+    }
+    file_set_remove(set, set->n, 0);
+    return PB_OK;
+}
+
+void pb_file_set_discard(pb_file_set *set) { file_set_remove(set, 0, 1); }
