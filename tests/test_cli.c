@@ -9,6 +9,7 @@
 #include <cmocka.h>
 #include <dirent.h>
 #include <ftw.h>
+#include <jansson.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -396,8 +397,10 @@ static void test_sweep_files(void **state) {
     assert_int_equal(n_dims, 3);
     assert_int_equal(shape[0], 2);
     assert_int_equal(shape[1], 4);
-    assert_int_equal(shape[2], 6);
+    assert_int_equal(shape[2], 1); /* z at "last": one position column */
     free(data);
+    /* The prompts' treatment comes first: ids, used as given. */
+    expect_in(err_text, "patchbay: prompts: 4 of 4 token ids, used as given, BOS added: no");
 
     /* Again into the now non-empty directory: refused before any compute
      * (no progress line), files untouched. */
@@ -422,6 +425,89 @@ static void test_sweep_files(void **state) {
     assert_int_not_equal(after.st_ino, before.st_ino);
     tu_list_dir(out, names, sizeof names);
     assert_string_equal(names, "attn_out_all.npy report.html report.txt resid_pre.npy results.json z.npy");
+}
+
+/* SmolLM2, text prompts and per-pair answers: the notice of how the prompts
+ * were tokenized, --no-chat, positions resolved against the prompt, the
+ * tokens as text in the metric line and results.json, and a multi-token
+ * answer refused naming the pair and its tokens. */
+static const char *const text_spec =
+    "{\"mode\": \"denoising\",\n"
+    " \"pairs\": [{\"clean\": {\"text\": \"The Eiffel Tower is in the city of\"},\n"
+    "            \"corrupted\": {\"text\": \"The Colosseum is in the city of\"},\n"
+    "            \"positive\": \"%s\", \"negative\": [\" Rome\"]}],\n"
+    " \"sites\": [{\"component\": \"resid_pre\", \"layers\": [0, 1], \"positions\": [2, -1]}],\n"
+    " \"metric\": {\"kind\": \"logit_diff\"}}\n";
+
+/* Runs the text spec (answer as positive) into out; its results.json, or NULL on failure. */
+static json_t *run_text_sweep(const char *model, const char *answer, int no_chat, const char *out) {
+    char spec[256];
+    snprintf(spec, sizeof spec, "%s/text_spec.json", tmp_dir);
+    FILE *f = fopen(spec, "wb");
+    assert_non_null(f);
+    fprintf(f, text_spec, answer);
+    fclose(f);
+    const char *args[] = {"sweep", "--model", model,         "--spec",        spec,
+                          "--out", out,       "--overwrite", "--no-progress", no_chat ? "--no-chat" : NULL,
+                          NULL};
+    if (run_cli(args) != 0)
+        return NULL;
+    char path[512];
+    snprintf(path, sizeof path, "%s/results.json", out);
+    json_t *root = json_load_file(path, 0, NULL);
+    assert_non_null(root);
+    return root;
+}
+
+static void test_sweep_text_prompts(void **state) {
+    need_cli();
+    char model[1024], out[128];
+    if (!tu_model_path(model, sizeof model)) {
+        print_message("skipping: no SmolLM2 file (scripts/fetch-model.sh); the tiny fixtures have no tokenizer\n");
+        skip();
+    }
+    snprintf(out, sizeof out, "%s/text", tmp_dir);
+    /* --no-chat: the nine tokens meant */
+    json_t *root = run_text_sweep(model, " Paris", 1, out);
+    if (!root)
+        fail_msg("sweep --no-chat failed: %s", err_text);
+    expect_in(err_text, "patchbay: prompts: 2 of 2 text, plain (no chat template), BOS added: no\n");
+    expect_in(out_text, "Metric: logit_diff (positive 7042 \" Paris\"; negative 7268 \" Rome\"; at position -1)");
+    json_t *pair = json_array_get(json_object_get(root, "pairs"), 0);
+    json_t *clean = json_object_get(json_object_get(pair, "prompts"), "clean");
+    assert_string_equal(json_string_value(json_object_get(clean, "text")), "The Eiffel Tower is in the city of");
+    assert_true(json_is_false(json_object_get(clean, "chat")));
+    json_t *tokens = json_object_get(clean, "tokens");
+    assert_int_equal(json_array_size(tokens), 9);
+    assert_string_equal(json_string_value(json_array_get(tokens, 1)), " E");
+    assert_string_equal(json_string_value(json_array_get(tokens, 8)), " of");
+    assert_string_equal(
+        json_string_value(json_object_get(json_array_get(json_object_get(pair, "positive"), 0), "text")), " Paris");
+    json_t *axes = json_object_get(json_object_get(root, "npy_axes"), "resid_pre.npy");
+    json_t *labels = json_object_get(axes, "positions");
+    assert_int_equal(json_array_size(labels), 2); /* [2, -1] on 9 tokens: columns 2 and 8 */
+    assert_int_equal(json_integer_value(json_array_get(labels, 1)), 8);
+    json_decref(root);
+
+    /* the default: the chat template with its system prompt, which starts with BOS */
+    root = run_text_sweep(model, " Paris", 0, out);
+    if (!root)
+        fail_msg("sweep failed: %s", err_text);
+    expect_in(err_text, "patchbay: prompts: 2 of 2 text, chat template applied (system prompt: default of the "
+                        "template), BOS added: no (each starts with the model's BOS <|im_start|>)\n");
+    clean = json_object_get(json_object_get(json_array_get(json_object_get(root, "pairs"), 0), "prompts"), "clean");
+    assert_true(json_is_true(json_object_get(clean, "chat")));
+    assert_true(json_is_true(json_object_get(clean, "starts_with_bos")));
+    int T = (int)json_array_size(json_object_get(clean, "ids"));
+    assert_true(T > 9);
+    labels = json_object_get(json_object_get(json_object_get(root, "npy_axes"), "resid_pre.npy"), "positions");
+    assert_int_equal(json_integer_value(json_array_get(labels, 1)), T - 1);
+    json_decref(root);
+
+    /* an answer of two tokens */
+    assert_null(run_text_sweep(model, " Eiffel", 1, out));
+    expect_in(err_text, "pairs[0].positive");
+    expect_in(err_text, "\" Eiffel\" is 2 tokens: 414 \" E\", 46682 \"iffel\"");
 }
 
 static void test_sweep_errors(void **state) {
@@ -632,6 +718,7 @@ int main(void) {
         cmocka_unit_test_teardown(test_info, cleanup),
         cmocka_unit_test_teardown(test_sweep_files, cleanup),
         cmocka_unit_test_teardown(test_sweep_errors, cleanup),
+        cmocka_unit_test_teardown(test_sweep_text_prompts, cleanup),
         cmocka_unit_test_teardown(test_random_model_info, cleanup),
         cmocka_unit_test_teardown(test_random_model_forward, cleanup),
         cmocka_unit_test_teardown(test_model_option_errors, cleanup),
