@@ -1,9 +1,10 @@
 /* pb_sweep_write: a finished sweep as files in one directory.
  *
- *   <component>.npy         float32 mean effect, (n_layers[, heads], n_positions), one column per
- *                           single-position site; NaN where no site
- *   <component>_all.npy     (n_layers[, heads]): sites patching every position together
- *   <component>_groups.npy  (n_layers[, heads], n_groups): sites patching listed groups together
+ *   <component>.npy         float32 mean effect, (layers[, heads], positions): the layers and heads
+ *                           its sites have, and its positions in the order the spec lists them
+ *   <component>_all.npy     (layers[, heads]): sites patching every position together
+ *   <component>_groups.npy  (layers[, heads], groups): sites patching listed groups together
+ *                           (npy_axes in results.json names every axis's entries)
  *   report.txt              the human summary (baselines, circuit fraction, top layers, top effects)
  *   results.json            everything, including per-pair values and each .npy file's axes
  *
@@ -103,9 +104,8 @@ static int find_group(const component_grids *g, const pb_site_result *r) {
     return -1;
 }
 
-static grid *grid_of(const pb_sweep_view *v, component_grids *grids, const pb_site_view *site) {
+static grid *grid_of(component_grids *grids, const pb_site_view *site) {
     component_grids *g = &grids[site->r.component];
-    (void)v;
     return site->r.position != INT32_MIN ? &g->each : site->all_positions ? &g->all : &g->groups;
 }
 
@@ -165,7 +165,7 @@ static pb_status grids_build(const pb_sweep_view *v, component_grids *grids) {
         if (c < 0 || c >= PB_COMPONENT_COUNT)
             return pb_fail(PB_ERR_ARG, "sweep write: site %lld has component %d", (long long)s, c);
         component_grids *g = &grids[c];
-        grid *target = grid_of(v, grids, site);
+        grid *target = grid_of(grids, site);
         PB_TRY(grid_mark(v, g, target, &site->r));
         if (target == &g->groups && find_group(g, &site->r) < 0) {
             g->group_positions[g->n_groups] = site->r.positions;
@@ -182,7 +182,7 @@ static pb_status grids_build(const pb_sweep_view *v, component_grids *grids) {
     for (int64_t s = 0; s < v->n_sites; s++) {
         const pb_site_result *r = &v->sites[s].r;
         component_grids *g = &grids[r->component];
-        grid *target = grid_of(v, grids, &v->sites[s]);
+        grid *target = grid_of(grids, &v->sites[s]);
         if (r->layer < 0 || r->layer >= v->cfg->n_layers)
             continue;
         int64_t cell = target->layer_at[r->layer];
