@@ -1,5 +1,5 @@
-/* Every spec position form (integers, negatives, duplicates, "each",
- * "last", groups, "all", unequal lengths, interchange maps) gives .npy
+/* Every spec position form (integers, negatives, duplicates, ranges,
+ * "each", "last", groups, "all", unequal lengths, interchange maps) gives .npy
  * files whose shapes, axis labels and cells agree with results.json's
  * per-site records, read back from the files as a user would: each site
  * record is placed by the axes npy_axes states and must hold its effect,
@@ -53,6 +53,11 @@ static const position_case cases[] = {
     /* -1 names token 5 again and -6 token 0: the first listing stays, in the order asked */
     {"duplicates", .sites = "[{'component':'mlp_out','layers':'all','positions':[5,-1,2,-6]}]", .file = "mlp_out.npy",
      .n_labels = 3, .labels = {5, 2, 0}, .n_dims = 2, .shape = {2, 3}},
+    /* ranges, Python slice style, END excluded */
+    {"range", .sites = "[{'component':'resid_pre','layers':'all','positions':'1:4'}]", .file = "resid_pre.npy",
+     .n_labels = 3, .labels = {1, 2, 3}, .n_dims = 2, .shape = {2, 3}},
+    {"range_from_end", .sites = "[{'component':'attn_out','layers':[0],'positions':'-2:'}]", .file = "attn_out.npy",
+     .n_labels = 2, .labels = {4, 5}, .n_dims = 2, .shape = {1, 2}},
     {"each", .sites = "[{'component':'attn_out','layers':[1],'positions':'each'}]", .file = "attn_out.npy",
      .n_labels = 6, .labels = {0, 1, 2, 3, 4, 5}, .n_dims = 2, .shape = {1, 6}},
     {"last", .sites = "[{'component':'z','layers':'all','heads':'all','positions':'last'}]", .file = "z.npy",
@@ -72,6 +77,9 @@ static const position_case cases[] = {
     {"unequal_each", .pairs = "[" PAIR6A "," PAIR5 "]",
      .sites = "[{'component':'resid_mid','layers':'all','positions':'each'}]", .file = "resid_mid.npy", .n_labels = 5,
      .labels = {-5, -4, -3, -2, -1}, .n_dims = 2, .shape = {2, 5}},
+    {"unequal_range", .pairs = "[" PAIR6A "," PAIR5 "]",
+     .sites = "[{'component':'mlp_out','layers':'all','positions':'-3:'}]", .file = "mlp_out.npy", .n_labels = 3,
+     .labels = {-3, -2, -1}, .n_dims = 2, .shape = {2, 3}},
     {"unequal_list", .pairs = "[" PAIR6A "," PAIR5 "]",
      .sites = "[{'component':'resid_post','layers':[0],'positions':[0,-1,-2]}]", .file = "resid_post.npy",
      .n_labels = 3, .labels = {0, -1, -2}, .n_dims = 2, .shape = {1, 3}},

@@ -599,9 +599,73 @@ static pb_status check_site_position(const spec_parser *sp, const char *path, lo
     return PB_OK;
 }
 
-/* "all", "each" or "last". */
+/* One bound of a range ("" = absent), into *out. */
+static int range_bound(const char *text, size_t len, int *present, long long *out) {
+    char buf[24];
+    *present = len > 0;
+    if (!*present)
+        return 1;
+    if (len >= sizeof buf)
+        return 0;
+    memcpy(buf, text, len);
+    buf[len] = 0;
+    char *end = NULL;
+    *out = strtoll(buf, &end, 10);
+    return end && *end == 0 && end != buf;
+}
+
+/* "START:END" (END excluded, either omitted, negative from the end, as a
+ * Python slice): one site per position, a list as if written out. With
+ * prompts of one length it is resolved against it; otherwise both bounds
+ * must count from the same end, so that the range names the same slots in
+ * every pair. */
+static pb_status parse_position_range(const spec_parser *sp, const char *text, const char *path, pb_site_spec *site) {
+    const char *colon = strchr(text, ':');
+    int has_lo, has_hi;
+    long long lo = 0, hi = 0;
+    if (!range_bound(text, (size_t)(colon - text), &has_lo, &lo) ||
+        !range_bound(colon + 1, strlen(colon + 1), &has_hi, &hi))
+        return pb_fail(PB_ERR_ARG,
+                       "spec: %s: \"%s\" is not a range; expected \"START:END\" with integers, e.g. \"2:5\", "
+                       "\"-4:\"",
+                       path, text);
+    const pb_sweep_spec *spec = sp->spec;
+    int equal = 1;
+    for (int i = 1; i < spec->n_pairs; i++)
+        equal &= spec->pairs[i].base.T == spec->pairs[0].base.T;
+    int T = spec->pairs[0].base.T;
+    if (equal) {
+        lo = has_lo ? (lo < 0 ? lo + T : lo) : 0;
+        hi = has_hi ? (hi < 0 ? hi + T : hi) : T;
+    } else if ((!has_lo || lo >= 0) && has_hi && hi >= 0) {
+        lo = has_lo ? lo : 0;
+    } else if (has_lo && lo < 0 && (!has_hi || hi < 0)) {
+        hi = has_hi ? hi : 0;
+    } else {
+        return pb_fail(PB_ERR_ARG,
+                       "spec: %s: \"%s\" counts from both ends, and the prompts differ in length; give both bounds "
+                       "from the start (\"0:5\") or both from the end (\"-4:\")",
+                       path, text);
+    }
+    if (lo >= hi)
+        return pb_fail(PB_ERR_ARG, "spec: %s: \"%s\" is empty (positions %lld .. %lld)", path, text, lo, hi - 1);
+    pb_status status = PB_OK;
+    site->positions = spec_calloc((size_t)(hi - lo), sizeof *site->positions, &status);
+    if (!site->positions)
+        return status;
+    site->position_mode = PB_POSITIONS_LIST;
+    for (long long p = lo; p < hi; p++) {
+        PB_TRY(check_site_position(sp, path, p));
+        site->positions[site->n_positions++] = (int)p;
+    }
+    return PB_OK;
+}
+
+/* "all", "each", "last" or "START:END". */
 static pb_status parse_position_word(const spec_parser *sp, const json_t *value, const char *path, pb_site_spec *site) {
     const char *s = json_string_value(value);
+    if (strchr(s, ':'))
+        return parse_position_range(sp, s, path, site);
     if (strcmp(s, "all") == 0) {
         site->position_mode = PB_POSITIONS_ALL;
     } else if (strcmp(s, "each") == 0) {
@@ -612,8 +676,8 @@ static pb_status parse_position_word(const spec_parser *sp, const json_t *value,
     } else {
         char text[96];
         return pb_fail(PB_ERR_ARG,
-                       "spec: %s: %s is not allowed; expected \"all\", \"each\", \"last\", [p, ...] or "
-                       "[[p, ...], ...]",
+                       "spec: %s: %s is not allowed; expected \"all\", \"each\", \"last\", \"START:END\", [p, ...] "
+                       "or [[p, ...], ...]",
                        path, pb_json_describe(value, text, sizeof text));
     }
     return PB_OK;
