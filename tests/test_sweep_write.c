@@ -110,7 +110,7 @@ static void test_results_json(void **state) {
     const pb_sweep *s = f->sweep;
     write_ok(s, f->dir, 0);
     json_t *root = load_results(f->dir);
-    assert_string_equal(json_string_value(json_object_get(root, "schema")), "patchbay.sweep/1");
+    assert_string_equal(json_string_value(json_object_get(root, "schema")), "patchbay.sweep/2");
     pb_sweep_summary sum;
     assert_int_equal(pb_sweep_get_summary(s, &sum), PB_OK);
     int64_t n_sites = pb_sweep_site_count(s);

@@ -31,7 +31,7 @@
 #include "patching/sweep_view.h"
 #include "util/utf8.h"
 
-#define PB_SWEEP_SCHEMA "patchbay.sweep/1"
+#define PB_SWEEP_SCHEMA "patchbay.sweep/2"
 enum { PB_REPORT_TOP_LAYERS = 5, PB_REPORT_TOP_EFFECTS = 15 };
 
 /* ---- the .npy grids ------------------------------------------------------ */
