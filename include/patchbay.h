@@ -367,6 +367,16 @@ int pb_sweep_is_output_name(const char *name);
  * patched (base) run, 1 the run whose activations are patched in (clean in
  * denoising). Borrowed; valid until pb_sweep_free. */
 pb_status pb_sweep_get_pair_tokens(const pb_sweep *sweep, int pair, int source, const int32_t **ids, int *T);
+/* How a pair's prompt (source as above) became token ids. patchbay never
+ * adds a BOS token; a chat template may begin with it (SmolLM2's does). */
+typedef struct pb_prompt_info {
+    const char *text;    /* the text given, or NULL (token ids, or noise) */
+    int chat;            /* 1: rendered with the model's chat template */
+    const char *system;  /* chat: the system prompt given; NULL: the template's default */
+    int is_noise;        /* the clean prompt's ids with noise on their embeddings */
+    int starts_with_bos; /* the first id is the model's BOS token */
+} pb_prompt_info;
+pb_status pb_sweep_get_prompt_info(const pb_sweep *sweep, int pair, int source, pb_prompt_info *info);
 
 /* ---- interventions during generation ------------------------------------ */
 

@@ -444,8 +444,10 @@ static void test_sweep_files(void **state) {
     assert_int_equal(n_dims, 3);
     assert_int_equal(shape[0], 2);
     assert_int_equal(shape[1], 4);
-    assert_int_equal(shape[2], 6);
+    assert_int_equal(shape[2], 1); /* z at "last": one position column */
     free(data);
+    /* The prompts' treatment comes first: ids, used as given. */
+    expect_in(err_text, "patchbay: prompts: 4 of 4 token ids, used as given, BOS added: no");
 
     /* Again into the now non-empty directory: refused before any compute
      * (no progress line), files untouched. */
@@ -470,6 +472,98 @@ static void test_sweep_files(void **state) {
     assert_int_not_equal(after.st_ino, before.st_ino);
     tu_list_dir(out, names, sizeof names);
     assert_string_equal(names, "attn_out_all.npy report.html report.txt resid_pre.npy results.json z.npy");
+}
+
+/* SmolLM2, text prompts and per-pair answers, in one run with --no-chat
+ * whose second pair asks for the chat template itself: the notice of how
+ * each kind of prompt was tokenized, the tokens as text in the metric line
+ * and results.json; then a multi-token answer refused naming the pair and
+ * its tokens. */
+static const char *const text_spec =
+    "{\"mode\": \"denoising\",\n"
+    " \"pairs\": [{\"clean\": {\"text\": \"The Eiffel Tower is in the city of\"},\n"
+    "            \"corrupted\": {\"text\": \"The Colosseum is in the city of\"},\n"
+    "            \"positive\": \"%s\", \"negative\": [\" Rome\"]},\n"
+    "           {\"clean\": {\"text\": \"The Eiffel Tower is in the city of\", \"chat\": true},\n"
+    "            \"corrupted\": {\"text\": \"The Colosseum is in the city of\", \"chat\": true},\n"
+    "            \"positive\": {\"ids\": [7268]}, \"negative\": \" Paris\"}],\n"
+    " \"sites\": [{\"component\": \"resid_pre\", \"layers\": [0], \"positions\": [2, -1]}],\n"
+    " \"metric\": {\"kind\": \"logit_diff\"}}\n";
+
+/* Runs the text spec (answer as pair 0's positive) into out with --no-chat;
+ * its results.json, or NULL on failure. */
+static json_t *run_text_sweep(const char *model, const char *answer, const char *out) {
+    char spec[256];
+    snprintf(spec, sizeof spec, "%s/text_spec.json", tmp_dir);
+    FILE *f = fopen(spec, "wb");
+    assert_non_null(f);
+    fprintf(f, text_spec, answer);
+    fclose(f);
+    const char *args[] = {"sweep", "--model",     model,           "--spec",    spec, "--out",
+                          out,     "--overwrite", "--no-progress", "--no-chat", NULL};
+    if (run_cli(args) != 0)
+        return NULL;
+    char path[512];
+    snprintf(path, sizeof path, "%s/results.json", out);
+    json_t *root = json_load_file(path, 0, NULL);
+    assert_non_null(root);
+    return root;
+}
+
+static json_t *clean_prompt(json_t *root, int pair) {
+    return json_object_get(json_object_get(json_array_get(json_object_get(root, "pairs"), (size_t)pair), "prompts"),
+                           "clean");
+}
+
+static void test_sweep_text_prompts(void **state) {
+    need_cli();
+    char model[1024], out[128];
+    if (!tu_model_path(model, sizeof model)) {
+        print_message("skipping: no SmolLM2 file (scripts/fetch-model.sh); the tiny fixtures have no tokenizer\n");
+        skip();
+    }
+    snprintf(out, sizeof out, "%s/text", tmp_dir);
+    json_t *root = run_text_sweep(model, " Paris", out);
+    if (!root)
+        fail_msg("sweep --no-chat failed: %s", err_text);
+    /* pair 0: the nine tokens meant; pair 1: the chat template with its system prompt, which starts with BOS */
+    expect_in(err_text, "patchbay: prompts: 2 of 4 text, plain (no chat template), BOS added: no\n");
+    expect_in(err_text, "patchbay: prompts: 2 of 4 text, chat template applied (system prompt: default of the "
+                        "template), BOS added: no (each starts with the model's BOS <|im_start|>)\n");
+    expect_in(out_text, "Metric: logit_diff (positive and negative tokens per pair (results.json: pairs)");
+    json_t *clean = clean_prompt(root, 0);
+    assert_string_equal(json_string_value(json_object_get(clean, "text")), "The Eiffel Tower is in the city of");
+    assert_true(json_is_false(json_object_get(clean, "chat")));
+    assert_true(json_is_false(json_object_get(clean, "starts_with_bos")));
+    json_t *tokens = json_object_get(clean, "tokens");
+    assert_int_equal(json_array_size(tokens), 9);
+    assert_string_equal(json_string_value(json_array_get(tokens, 1)), " E");
+    assert_string_equal(json_string_value(json_array_get(tokens, 8)), " of");
+    json_t *pair0 = json_array_get(json_object_get(root, "pairs"), 0),
+           *pair1 = json_array_get(json_object_get(root, "pairs"), 1);
+    json_t *paris = json_array_get(json_object_get(pair0, "positive"), 0);
+    assert_string_equal(json_string_value(json_object_get(paris, "text")), " Paris");
+    /* the same token as pair 1's negative, given there as text; pair 1's positive given as an id is " Rome" */
+    assert_int_equal(json_integer_value(json_object_get(json_array_get(json_object_get(pair1, "negative"), 0), "id")),
+                     json_integer_value(json_object_get(paris, "id")));
+    assert_string_equal(
+        json_string_value(json_object_get(json_array_get(json_object_get(pair1, "positive"), 0), "text")), " Rome");
+    assert_true(json_is_true(json_object_get(clean_prompt(root, 1), "chat")));
+    assert_true(json_is_true(json_object_get(clean_prompt(root, 1), "starts_with_bos")));
+    assert_true(json_is_false(json_object_get(json_object_get(root, "prompts"), "chat_default")));
+    /* 9 and 39 tokens: [2, -1] stays as asked, and -1 is token 8 of the one, 38 of the other */
+    json_t *axes = json_object_get(json_object_get(root, "npy_axes"), "resid_pre.npy");
+    assert_int_equal(json_integer_value(json_array_get(json_object_get(axes, "positions"), 1)), -1);
+    json_t *last = json_object_get(json_array_get(json_object_get(axes, "position_index"), 1), "clean");
+    assert_int_equal(json_integer_value(json_array_get(last, 0)), 8);
+    assert_int_equal(json_integer_value(json_array_get(last, 1)),
+                     json_array_size(json_object_get(clean_prompt(root, 1), "ids")) - 1);
+    json_decref(root);
+
+    /* an answer of two tokens */
+    assert_null(run_text_sweep(model, " Eiffel", out));
+    expect_in(err_text, "pairs[0].positive");
+    expect_in(err_text, "\" Eiffel\" is 2 tokens: 414 \" E\", 46682 \"iffel\"");
 }
 
 static void test_sweep_errors(void **state) {
@@ -882,6 +976,7 @@ int main(void) {
         cmocka_unit_test_teardown(test_info, cleanup),
         cmocka_unit_test_teardown(test_sweep_files, cleanup),
         cmocka_unit_test_teardown(test_sweep_errors, cleanup),
+        cmocka_unit_test_teardown(test_sweep_text_prompts, cleanup),
         cmocka_unit_test_teardown(test_random_model_info, cleanup),
         cmocka_unit_test_teardown(test_random_model_forward, cleanup),
         cmocka_unit_test_teardown(test_model_option_errors, cleanup),

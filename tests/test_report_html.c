@@ -224,7 +224,7 @@ static void test_page_structure(void **state) {
     assert_int_equal(pb_sweep_get_summary(f->sweep, &sum), PB_OK);
     char buf[160];
     expect_in(html, "<td>denoising <span");
-    expect_in(html, "logit_diff (positive ids 18; negative ids 53; at position -1)");
+    expect_in(html, "logit_diff (positive 18 &quot;n&quot;; negative 53 &quot;G&quot;; at position -1)");
     snprintf(buf, sizeof buf, "<tr><th>Pairs</th><td>%d (%d used)</td></tr>", sum.n_pairs, sum.n_pairs_used);
     expect_in(html, buf);
     snprintf(buf, sizeof buf, "clean baseline</div><div class=\"v\">%.4f<", sum.clean_baseline);

@@ -599,6 +599,15 @@ static const refusal refusals[] = {
      .needles = {"spec: sites[0].positions[0][2]: 0 is listed twice (also at sites[0].positions[0][0])"}},
     {"group_same_token", .sites = "[{'component':'resid_pre','layers':[0],'positions':[[1],[2,-1]]}]",
      .needles = {"spec: sites[0].positions[1][1]: -1 and 2", "both name position 2 of pairs[0].corrupted"}},
+    {"range_not_a_range", .sites = "[{'component':'resid_pre','layers':[0],'positions':'1:x'}]",
+     .needles = {"spec: sites[0].positions: \"1:x\" is not a range", "\"START:END\""}},
+    {"range_empty", .sites = "[{'component':'resid_pre','layers':[0],'positions':'2:-1'}]",
+     .needles = {"spec: sites[0].positions: \"2:-1\" is empty (positions 2 .. 1)"}},
+    {"range_out_of_range", .sites = "[{'component':'resid_pre','layers':[0],'positions':'1:5'}]",
+     .needles = {"spec: sites[0].positions: 3 is out of range [-3, 2]"}},
+    {"range_both_ends_unequal", .pairs = "[" PAIR5 "," PAIR3 "]",
+     .sites = "[{'component':'resid_pre','layers':[0],'positions':'1:-1'}]",
+     .needles = {"\"1:-1\" counts from both ends, and the prompts differ in length"}},
     {"group_out_of_range", .sites = "[{'component':'resid_pre','layers':[0],'positions':[[0,3]]}]",
      .needles = {"spec: sites[0].positions[0][1]: 3 is out of range [-3, 2] for pairs[0].corrupted"}},
     {"position_not_in_map", .mode = "interchange",
@@ -629,11 +638,32 @@ static const refusal refusals[] = {
      .needles = {"spec: metric.tokens[2]: 5 is listed twice"}},
     {"tokens_empty", .metric = "{'kind':'logprob','tokens':[]}", .needles = {"spec: metric.tokens: is empty"}},
     {"tokens_wrong_type", .metric = "{'kind':'logprob','tokens':7}",
-     .needles = {"spec: metric.tokens: expected {\"ids\": [...]} or an array of token ids, got an integer 7"}},
+     .needles =
+         {"spec: metric.tokens: expected {\"ids\": [...]}, an array of token ids, a string or an array of strings, got an integer 7"}},
     {"tokens_text", .metric = "{'kind':'logit_diff','positive':{'text':' Paris'},'negative':[1]}",
      .status = PB_ERR_UNSUPPORTED, .needles = {"spec: metric.positive.text", "tokenizer"}},
     {"overlapping_positive_negative", .metric = "{'kind':'logit_diff','positive':[40,2],'negative':[7,2]}",
      .needles = {"spec: metric.negative[1]: token id 2 is also in metric.positive"}},
+    /* per-pair tokens */
+    {"pair_tokens_missing", .pairs = "[{'clean':{'ids':[1,2,3]},'corrupted':{'ids':[1,4,3]},'positive':[5]}]",
+     .metric = "{'kind':'logit_diff','positive':[40]}",
+     .needles = {"spec: metric: missing required key 'negative'", "\"negative\" in every pair; pairs[0] has none"}},
+    {"pair_tokens_second_missing",
+     .pairs = "[{'clean':{'ids':[1,2,3]},'corrupted':{'ids':[1,4,3]},'tokens':[5]}," PAIR3 "]",
+     .metric = "{'kind':'logprob'}", .needles = {"spec: metric: missing required key 'tokens'", "pairs[1] has none"}},
+    {"pair_tokens_wrong_kind", .pairs = "[{'clean':{'ids':[1,2,3]},'corrupted':{'ids':[1,4,3]},'tokens':[5]}]",
+     .metric = "{'kind':'kl'}", .needles = {"spec: pairs[0].tokens: metric kl has no \"tokens\" tokens"}},
+    {"pair_tokens_diff_key", .pairs = "[{'clean':{'ids':[1,2,3]},'corrupted':{'ids':[1,4,3]},'tokens':[5]}]",
+     .needles = {"spec: pairs[0].tokens: metric logit_diff has no \"tokens\" tokens",
+                 "takes \"positive\" and \"negative\""}},
+    {"pair_token_out_of_vocab",
+     .pairs = "[" PAIR3 ",{'clean':{'ids':[1,2,3]},'corrupted':{'ids':[1,4,3]},'positive':[50]}]",
+     .needles = {"spec: pairs[1].positive[0]: 50 is out of range [0, 49]"}},
+    {"pair_tokens_overlap", .pairs = "[{'clean':{'ids':[1,2,3]},'corrupted':{'ids':[1,4,3]},'negative':[40]}]",
+     .needles = {"spec: pairs[0].negative[0]: token id 40 is also in metric.positive"}},
+    {"pair_answer_key", .pairs = "[{'clean':{'ids':[1,2,3]},'corrupted':{'ids':[1,4,3]},'answer':[40]}]",
+     .needles = {"spec: pairs[0].answer: unknown key", "positive, negative, tokens"}},
+    {"chat_wrong_type", .extra = ",'chat':'no'", .needles = {"spec: chat: expected true or false"}},
     {"metric_position_out_of_range", .pairs = "[" PAIR5 "," PAIR3 "]", .metric = "{'kind':'kl','position':3}",
      .needles = {"spec: metric.position: 3 is out of range [-3, 2] for pairs[1]", "which has 3 tokens"}},
     {"metric_position_source_shorter", .mode = "interchange", .pairs = "[" IPAIR("'last'") "]",
@@ -713,6 +743,8 @@ static pb_status fake_tokenize(void *user, const char *text, int chat, const cha
     return PB_OK;
 }
 
+static const pb_spec_text fake_text = {.tokenize = fake_tokenize};
+
 static void test_text_prompts_and_token_strings(void **state) {
     (void)state;
     pb_model_config cfg = test_config();
@@ -724,14 +756,14 @@ static void test_text_prompts_and_token_strings(void **state) {
         " \"metric\": {\"kind\": \"logit_diff\", \"positive\": [\"a\"], \"negative\": {\"text\": [\"b\", \"c\"]}}}";
     fake_calls_chat = 0;
     /* unequal lengths: the system prompt adds a token */
-    assert_int_equal(pb_sweep_spec_parse_text(&spec, json, NULL, &cfg, fake_tokenize, NULL), PB_ERR_ARG);
+    assert_int_equal(pb_sweep_spec_parse_text(&spec, json, NULL, &cfg, &fake_text), PB_ERR_ARG);
     assert_non_null(strstr(pb_last_error(), "pairs[0]"));
     const char *equal =
         "{\"mode\": \"denoising\", \"pairs\": [{\"clean\": {\"text\": \"abc\"},"
         " \"corrupted\": {\"text\": \"abd\"}}],"
         " \"sites\": [{\"component\": \"resid_pre\", \"layers\": [0]}],"
         " \"metric\": {\"kind\": \"logit_diff\", \"positive\": [\"a\"], \"negative\": {\"text\": [\"b\", \"c\"]}}}";
-    assert_int_equal(pb_sweep_spec_parse_text(&spec, equal, NULL, &cfg, fake_tokenize, NULL), PB_OK);
+    assert_int_equal(pb_sweep_spec_parse_text(&spec, equal, NULL, &cfg, &fake_text), PB_OK);
     assert_int_equal(spec.pairs[0].source.T, 5); /* 7 a b c 8 */
     assert_int_equal(spec.pairs[0].source.ids[0], 7);
     assert_int_equal(spec.pairs[0].source.ids[3], 'c' % 50);
@@ -744,9 +776,40 @@ static void test_text_prompts_and_token_strings(void **state) {
                         " \"corrupted\": {\"ids\": [1, 3]}}],"
                         " \"sites\": [{\"component\": \"resid_pre\", \"layers\": [0]}],"
                         " \"metric\": {\"kind\": \"logprob\", \"tokens\": [\"ab\"]}}";
-    assert_int_equal(pb_sweep_spec_parse_text(&spec, multi, NULL, &cfg, fake_tokenize, NULL), PB_ERR_ARG);
+    assert_int_equal(pb_sweep_spec_parse_text(&spec, multi, NULL, &cfg, &fake_text), PB_ERR_ARG);
     assert_non_null(strstr(pb_last_error(), "metric.tokens[0]"));
     assert_non_null(strstr(pb_last_error(), "2 tokens"));
+    /* a pair's answer as one string; a multi-token one names the pair */
+    const char *answers =
+        "{\"mode\": \"denoising\", \"chat\": false, \"pairs\": [{\"clean\": {\"text\": \"abc\"},"
+        " \"corrupted\": {\"text\": \"abd\", \"chat\": true}, \"positive\": \"x\", \"negative\": [\"y\"]}],"
+        " \"sites\": [{\"component\": \"resid_pre\", \"layers\": [0]}],"
+        " \"metric\": {\"kind\": \"logit_diff\"}}";
+    assert_int_equal(pb_sweep_spec_parse_text(&spec, answers, NULL, &cfg, &fake_text), PB_ERR_ARG);
+    /* the corrupted prompt's own "chat": true beats the spec's false: 5 tokens against 3 */
+    assert_non_null(strstr(pb_last_error(), "clean has 3 tokens but corrupted has 5"));
+    const char *plain = "{\"mode\": \"denoising\", \"chat\": false, \"pairs\": [{\"clean\": {\"text\": \"abc\"},"
+                        " \"corrupted\": {\"text\": \"abd\"}, \"positive\": \"x\", \"negative\": [\"y\"]}],"
+                        " \"sites\": [{\"component\": \"resid_pre\", \"layers\": [0]}],"
+                        " \"metric\": {\"kind\": \"logit_diff\"}}";
+    assert_int_equal(pb_sweep_spec_parse_text(&spec, plain, NULL, &cfg, &fake_text), PB_OK);
+    assert_int_equal(spec.pairs[0].base.T, 3);
+    assert_int_equal(spec.pairs[0].base.chat, 0);
+    assert_string_equal(spec.pairs[0].base.text, "abd");
+    assert_int_equal(spec.pairs[0].n_positive, 1);
+    assert_int_equal(spec.pairs[0].positive[0], 'x' % 50);
+    assert_int_equal(spec.pairs[0].negative[0], 'y' % 50);
+    assert_true(spec.pairs[0].own_positive && spec.pairs[0].own_negative);
+    assert_null(spec.metric.positive);
+    pb_sweep_spec_free(&spec);
+    const char *long_answer = "{\"mode\": \"denoising\", \"pairs\": [{\"clean\": {\"ids\": [1, 2]},"
+                              " \"corrupted\": {\"ids\": [1, 3]}}, {\"clean\": {\"ids\": [1, 2]},"
+                              " \"corrupted\": {\"ids\": [1, 3]}, \"tokens\": \"pq\"}],"
+                              " \"sites\": [{\"component\": \"resid_pre\", \"layers\": [0]}],"
+                              " \"metric\": {\"kind\": \"logprob\", \"tokens\": [3]}}";
+    assert_int_equal(pb_sweep_spec_parse_text(&spec, long_answer, NULL, &cfg, &fake_text), PB_ERR_ARG);
+    assert_non_null(strstr(pb_last_error(), "pairs[1].tokens"));
+    assert_non_null(strstr(pb_last_error(), "\"pq\" is 2 tokens: 12 \"?\", 13 \"?\""));
     /* without a tokenizer the same spec is refused as unsupported */
     assert_int_equal(pb_sweep_spec_parse(&spec, equal, NULL, &cfg), PB_ERR_UNSUPPORTED);
 }

@@ -114,7 +114,7 @@ static void test_results_json(void **state) {
     const pb_sweep *s = f->sweep;
     write_ok(s, f->dir, 0);
     json_t *root = load_results(f->dir);
-    assert_string_equal(json_string_value(json_object_get(root, "schema")), "patchbay.sweep/1");
+    assert_string_equal(json_string_value(json_object_get(root, "schema")), "patchbay.sweep/2");
     pb_sweep_summary sum;
     assert_int_equal(pb_sweep_get_summary(s, &sum), PB_OK);
     int64_t n_sites = pb_sweep_site_count(s);
@@ -145,8 +145,14 @@ static void test_results_json(void **state) {
     assert_int_equal(json_integer_value(json_object_get(mc, "vocab_size")), 128);
     json_t *metric = json_object_get(root, "metric");
     assert_string_equal(json_string_value(json_object_get(metric, "kind")), "logit_diff");
-    assert_int_equal(json_integer_value(json_array_get(json_object_get(metric, "positive"), 0)), 18);
-    assert_int_equal(json_integer_value(json_array_get(json_object_get(metric, "negative"), 0)), 53);
+    /* tokens as ids with their text (the tiny model's vocabulary: id 18 is "n", 53 "G") */
+    json_t *positive = json_array_get(json_object_get(metric, "positive"), 0);
+    assert_int_equal(json_integer_value(json_object_get(positive, "id")), 18);
+    assert_string_equal(json_string_value(json_object_get(positive, "text")), "n");
+    json_t *negative = json_array_get(json_object_get(metric, "negative"), 0);
+    assert_int_equal(json_integer_value(json_object_get(negative, "id")), 53);
+    assert_string_equal(json_string_value(json_object_get(negative, "text")), "G");
+    assert_true(json_is_false(json_object_get(metric, "tokens_per_pair")));
     assert_int_equal(json_integer_value(json_object_get(metric, "position")), -1);
 
     /* Pairs: in denoising the source is clean. */
@@ -257,11 +263,12 @@ static void test_npy_cells(void **state) {
     fixture *f = *state;
     const pb_sweep *s = f->sweep;
     write_ok(s, f->dir, 0);
-    const int64_t resid_shape[2] = {2, 6}, z_shape[3] = {2, 4, 6}, attn_shape[1] = {2};
+    /* z at "last" only: one position column (5) */
+    const int64_t resid_shape[2] = {2, 6}, z_shape[3] = {2, 4, 1}, attn_shape[1] = {2};
     float *resid = read_npy(f->dir, "resid_pre.npy", 2, resid_shape);
     float *z = read_npy(f->dir, "z.npy", 3, z_shape);
     float *attn = read_npy(f->dir, "attn_out_all.npy", 1, attn_shape);
-    int hit_resid[12] = {0}, hit_z[48] = {0}, hit_attn[2] = {0};
+    int hit_resid[12] = {0}, hit_z[8] = {0}, hit_attn[2] = {0};
     for (int64_t i = 0; i < pb_sweep_site_count(s); i++) {
         pb_site_result r;
         assert_int_equal(pb_sweep_get_site(s, i, &r), PB_OK);
@@ -272,8 +279,8 @@ static void test_npy_cells(void **state) {
             break;
         case PB_COMPONENT_Z:
             assert_int_equal(r.position, 5);
-            expect_cell(z[(r.layer * 4 + r.head) * 6 + r.position], r.effect, "z.npy");
-            hit_z[(r.layer * 4 + r.head) * 6 + r.position] = 1;
+            expect_cell(z[r.layer * 4 + r.head], r.effect, "z.npy");
+            hit_z[r.layer * 4 + r.head] = 1;
             break;
         case PB_COMPONENT_ATTN_OUT:
             assert_int_equal(r.position, INT32_MIN);
@@ -283,12 +290,11 @@ static void test_npy_cells(void **state) {
         default: fail_msg("unexpected component %d", (int)r.component);
         }
     }
-    /* Every cell is some site's, or NaN. */
+    /* Every cell is some site's: none is NaN. */
     for (int i = 0; i < 12; i++)
-        assert_true(hit_resid[i]);
-    for (int i = 0; i < 48; i++)
-        if (!hit_z[i] && !isnan(z[i]))
-            fail_msg("z.npy cell %d has no site but holds %g", i, (double)z[i]);
+        assert_true(hit_resid[i] && !isnan(resid[i]));
+    for (int i = 0; i < 8; i++)
+        assert_true(hit_z[i] && !isnan(z[i]));
     assert_true(hit_attn[0] && hit_attn[1]);
     free(resid);
     free(z);
@@ -313,7 +319,7 @@ static void test_report(void **state) {
     pb_sweep_summary sum;
     assert_int_equal(pb_sweep_get_summary(s, &sum), PB_OK);
     expect_in(text, "\nMode: denoising\n");
-    expect_in(text, "\nMetric: logit_diff (positive ids 18; negative ids 53; at position -1)\n");
+    expect_in(text, "\nMetric: logit_diff (positive 18 \"n\"; negative 53 \"G\"; at position -1)\n");
     expect_in(text, "\nLayers: 0-1 (2)\n");
     snprintf(line, sizeof line, "\nSites patched: 22 (rows executed: %lld of 44)\n", (long long)sum.n_rows_executed);
     expect_in(text, line);
@@ -542,7 +548,8 @@ static void test_groups_alignment_and_floor(void **state) {
     assert_int_equal(json_array_size(groups), 2);
     assert_int_equal(json_integer_value(json_array_get(json_array_get(groups, 1), 0)), -2);
 
-    const int64_t resid_shape[2] = {2, 5}, group_shape[3] = {2, 2, 2}, all_shape[2] = {2, 2};
+    /* Each axis holds what the spec asked: resid_pre layer 1 only, k_all layer 0 head 1 only. */
+    const int64_t resid_shape[2] = {1, 5}, group_shape[3] = {2, 2, 2}, all_shape[2] = {1, 1};
     float *resid = read_npy(f->dir, "resid_pre.npy", 2, resid_shape);
     float *kg = read_npy(f->dir, "k_groups.npy", 3, group_shape);
     float *ka = read_npy(f->dir, "k_all.npy", 2, all_shape);
@@ -552,18 +559,23 @@ static void test_groups_alignment_and_floor(void **state) {
         json_t *e = json_array_get(json_object_get(root, "sites"), (size_t)i);
         if (r.component == PB_COMPONENT_RESID_PRE) {
             assert_true(r.position < 0);
-            expect_cell(resid[r.layer * 5 + (r.position + 5)], r.effect, "aligned resid_pre.npy");
+            assert_int_equal(r.layer, 1);
+            expect_cell(resid[r.position + 5], r.effect, "aligned resid_pre.npy");
         } else if (json_is_true(json_object_get(e, "all_positions"))) {
-            expect_cell(ka[r.layer * 2 + r.head], r.effect, "k_all.npy");
+            assert_true(r.layer == 0 && r.head == 1);
+            expect_cell(ka[0], r.effect, "k_all.npy");
         } else {
             int group = r.positions[0] == -4 ? 0 : 1;
             expect_cell(kg[(r.layer * 2 + r.head) * 2 + group], r.effect, "k_groups.npy");
             assert_int_equal(json_array_size(json_object_get(e, "positions")), 2);
         }
     }
-    for (int t = 0; t < 5; t++)
-        assert_true(isnan(resid[t]));                          /* layer 0 has no resid_pre sites */
-    assert_true(isnan(ka[2]) && isnan(ka[3]) && isnan(ka[0])); /* only layer 0 head 1 */
+    json_t *resid_layers = json_object_get(json_object_get(axes, "resid_pre.npy"), "layers");
+    assert_int_equal(json_array_size(resid_layers), 1);
+    assert_int_equal(json_integer_value(json_array_get(resid_layers, 0)), 1);
+    json_t *all_heads = json_object_get(json_object_get(axes, "k_all.npy"), "heads");
+    assert_int_equal(json_array_size(all_heads), 1);
+    assert_int_equal(json_integer_value(json_array_get(all_heads, 0)), 1);
     free(resid);
     free(kg);
     free(ka);
@@ -572,7 +584,7 @@ static void test_groups_alignment_and_floor(void **state) {
     snprintf(path, sizeof path, "%s/report.txt", f->dir);
     char *text = tu_read_file(path, NULL);
     expect_in(text, "\nMode: noising\n");
-    expect_in(text, "\nMetric: logprob (tokens 18, 19; at position -1)\n");
+    expect_in(text, "\nMetric: logprob (tokens 18 \"n\", 19 \"o\"; at position -1)\n");
     expect_in(text, "\nLayers: 0-1 (2)\n");
     expect_in(text, "WARNING: 1 of 3 pairs are below the effect floor");
     char line[128];

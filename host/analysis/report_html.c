@@ -149,6 +149,7 @@ typedef struct component_sites {
     int64_t *first[N_VARIANTS]; /* (n_layers, max(n_heads, 1), n_keys): first site of each cell, -1 none */
     int n_groups;
     const pb_site_view **groups; /* (n_sites) the first site of each group, in order of appearance */
+    const int *columns;          /* the position of each column (the view's axis of the component) */
 } component_sites;
 
 static void sites_free(component_sites *cs) {
@@ -178,7 +179,7 @@ static int find_group(const component_sites *cs, const pb_site_result *r) {
 /* Key of a site within its variant: position column, 0, or group index. */
 static int site_key(const pb_sweep_view *v, const component_sites *cs, const pb_site_view *site) {
     switch (variant_of(site)) {
-    case VARIANT_EACH: return site->r.position - v->first_position;
+    case VARIANT_EACH: return pb_sweep_view_column(v, site->r.component, site->r.position);
     case VARIANT_ALL: return 0;
     default: return find_group(cs, &site->r);
     }
@@ -203,7 +204,8 @@ static pb_status sites_build(const pb_sweep_view *v, component_sites *cs) {
             cs[c].groups[cs[c].n_groups++] = site;
     }
     for (int c = 0; c < PB_COMPONENT_COUNT; c++) {
-        cs[c].n_keys[VARIANT_EACH] = v->n_columns;
+        cs[c].n_keys[VARIANT_EACH] = v->n_columns[c];
+        cs[c].columns = v->columns[c];
         cs[c].n_keys[VARIANT_ALL] = 1;
         cs[c].n_keys[VARIANT_GROUPS] = cs[c].n_groups;
         int heads = cs[c].n_heads ? cs[c].n_heads : 1;
@@ -343,7 +345,7 @@ static int keys_used(const component_sites *g, int variant, int n_layers, int *f
 static void put_key_text(FILE *f, const pb_sweep_view *v, const component_sites *g, const labels *l, int variant,
                          int key) {
     if (variant == VARIANT_EACH) {
-        int p = v->first_position + key;
+        int p = g->columns[key];
         const char *token = label_at(l, p);
         fprintf(f, "pos %d", p);
         if (token) {
@@ -503,7 +505,7 @@ static void put_heatmap(FILE *f, const pb_sweep_view *v, const component_sites *
     for (int col = 0; col < cols; col++) {
         int cx = L.left + col * L.cell_w + L.cell_w / 2;
         if (token_columns) {
-            int p = v->first_position + col;
+            int p = g->columns[col];
             const char *token = label_at(l, p);
             fprintf(f, "<text class=\"col-label token\" transform=\"translate(%d,%d) rotate(-55)\">", cx + 3,
                     L.top - 6);
@@ -519,7 +521,7 @@ static void put_heatmap(FILE *f, const pb_sweep_view *v, const component_sites *
                 fprintf(f, "<text class=\"col-label\" x=\"%d\" y=\"%d\" text-anchor=\"middle\">%d</text>", cx, y, col);
             else if (variant == VARIANT_EACH)
                 fprintf(f, "<text class=\"col-label\" x=\"%d\" y=\"%d\" text-anchor=\"middle\">%d</text>", cx, y,
-                        v->first_position + col);
+                        g->columns[col]);
             else {
                 fprintf(f, "<text class=\"col-label\" x=\"%d\" y=\"%d\" text-anchor=\"middle\">", cx, y);
                 put_key_text(f, v, g, l, variant, col);

@@ -17,6 +17,7 @@
 #include "cli/cli_model.h"
 #include "cli/options.h"
 #include "cli/progress.h"
+#include "cli/prompt_notice.h"
 #include "patchbay.h"
 #include "patchbay_tool.h"
 
@@ -300,6 +301,7 @@ static pb_status run_default_sweep(analysis *an, const analysis_options *o, char
     if (!*spec)
         return pb_fail(PB_ERR_OOM, "out of memory for the sweep's spec");
     PB_STATUS_CHAIN(pb_sweep_create(sweep, an->model, *spec, NULL, &so));
+    pb_cli_prompt_notice(stderr, *sweep, an->model);
     PB_STATUS_CHAIN(pb_sweep_run(*sweep));
     if (!o->no_progress)
         pb_progress_finish(&progress);

@@ -20,6 +20,7 @@
 #include "cli/ids.h"
 #include "cli/options.h"
 #include "cli/progress.h"
+#include "cli/prompt_notice.h"
 #include "patchbay.h"
 #include "patchbay_tool.h"
 
@@ -33,9 +34,11 @@ static const char *usage_text =
     "            writes DIR/logits.npy (T x vocab, float32) and one HOOK.npy per captured hook point\n"
 
     "  sweep     --model PATH --spec SPEC.json --out DIR [--max-memory SIZE] [--overwrite] [--no-progress]\n"
-    "            [--checkpoint FILE] [--resume] [--rank-timeout SECONDS] [--gather auto|mpi|nccl]\n"
+    "            [--checkpoint FILE] [--resume] [--rank-timeout SECONDS] [--gather auto|mpi|nccl] [--no-chat]\n"
     "            activation-patching sweep (spec format: docs/patching.md); writes DIR/results.json,\n"
     "            one COMPONENT.npy heatmap per component, DIR/report.txt and DIR/report.html.\n"
+    "            Text prompts get the model's chat template unless --no-chat (or \"chat\": false in the\n"
+    "            spec or the prompt); the prompts' treatment is printed first. No BOS token is added.\n"
     "            SIGTERM, SIGUSR1 or SIGINT: finish the current batch, write the checkpoint (default\n"
     "            DIR.checkpoint, beside DIR; more signals meanwhile are ignored) and exit 3; --resume\n"
     "            continues from it (and clears temporary files a killed run left). Under mpirun or srun\n"
@@ -77,6 +80,7 @@ typedef struct options {
     const char *system;
     const char *chat_template;
     int chat;
+    int no_chat; /* sweep: text prompts plain unless they say "chat": true */
 } options;
 
 static int fail(const char *what) {
@@ -96,6 +100,7 @@ static int parse_options(int argc, char **argv, options *o) {
     const pb_cli_option table[] = {
         {.flag = "--chat", .kind = PB_OPT_FLAG, .target = &o->chat},
         {.flag = "--resume", .kind = PB_OPT_FLAG, .target = &o->resume},
+        {.flag = "--no-chat", .kind = PB_OPT_FLAG, .target = &o->no_chat},
         {.flag = NULL, .kind = PB_OPT_TABLE, .target = common.table},
         {.flag = "--ids", .kind = PB_OPT_STRING, .target = &o->ids},
         {.flag = "--ids-file", .kind = PB_OPT_STRING, .target = &o->ids_file},
@@ -591,6 +596,10 @@ static int sweep_inputs(sweep_job *j) {
         return 2;
     }
     spec_directory(o->spec, j->spec_dir, sizeof j->spec_dir);
+    if (o->no_chat && pb_cli_spec_plain_text(&j->spec_text) != 0) {
+        fprintf(stderr, "patchbay sweep: out of memory applying --no-chat\n");
+        return 1;
+    }
     return 0;
 }
 
@@ -609,6 +618,8 @@ static int sweep_create(sweep_job *j) {
         fprintf(stderr, "patchbay: %s: %s\n", o->spec, pb_last_error());
         return st == PB_ERR_ARG ? 2 : 1;
     }
+    if (j->ranks->rank == 0)
+        pb_cli_prompt_notice(stderr, j->sweep, j->model);
     /* Rank 0 hashes the model (it alone checks and writes checkpoints), once
      * per model file: the hash is cached beside the checkpoint. */
     char cache[4300];

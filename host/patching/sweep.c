@@ -99,6 +99,93 @@ static int mapped_in_all_pairs(const pb_sweep_spec *spec, int e) {
     return 1;
 }
 
+/* The position sets of one site entry, resolved: what its sites patch. */
+typedef struct entry_sets {
+    int n_sets;
+    int *sizes;     /* (n_sets) */
+    int *positions; /* all sets' positions back to back */
+} entry_sets;
+
+/* A spec position as reported: when every base run has T tokens, a negative
+ * index becomes the token index T + e; otherwise it stays end-aligned. */
+static int position_label(int equal_T, int e) { return equal_T > 0 && e < 0 ? equal_T + e : e; }
+
+/* Resolves an entry's positions. "each": every position mapped in all pairs
+ * (absolute when the lengths are equal, else end-aligned -T_min .. -1);
+ * "last": T - 1 or -1; a list: its indices in the order given, an index
+ * naming a token already listed (8 and -1 when T = 9) dropped; groups: each
+ * group's members resolved. */
+static pb_status entry_resolve(const pb_sweep_spec *spec, const pb_site_spec *e, int equal_T, int T_min,
+                               entry_sets *out) {
+    int cap = e->position_mode == PB_POSITIONS_EACH ? T_min : e->n_positions > 0 ? e->n_positions : 1;
+    out->sizes = malloc(sizeof(int) * (size_t)(cap + 1));
+    out->positions = malloc(sizeof(int) * (size_t)(cap + 1));
+    if (!out->sizes || !out->positions)
+        return pb_fail(PB_ERR_OOM, "out of memory expanding sites");
+    int n = 0, at = 0;
+    switch (e->position_mode) {
+    case PB_POSITIONS_ALL: out->sizes[n++] = 0; break;
+    case PB_POSITIONS_LAST:
+        out->sizes[n++] = 1;
+        out->positions[at++] = position_label(equal_T, -1);
+        break;
+    case PB_POSITIONS_EACH:
+        for (int t = 0; t < T_min; t++) {
+            int label = equal_T > 0 ? t : t - T_min;
+            if (!mapped_in_all_pairs(spec, label))
+                continue;
+            out->sizes[n++] = 1;
+            out->positions[at++] = label;
+        }
+        break;
+    case PB_POSITIONS_LIST:
+        for (int q = 0; q < e->n_positions; q++) {
+            int label = position_label(equal_T, e->positions[q]), seen = 0;
+            for (int k = 0; k < at; k++)
+                seen |= out->positions[k] == label;
+            if (seen)
+                continue;
+            out->sizes[n++] = 1;
+            out->positions[at++] = label;
+        }
+        break;
+    case PB_POSITIONS_GROUPS:
+        for (int g = 0, from = 0; g < e->n_groups; from += e->group_sizes[g], g++) {
+            out->sizes[n++] = e->group_sizes[g];
+            for (int k = 0; k < e->group_sizes[g]; k++)
+                out->positions[at++] = position_label(equal_T, e->positions[from + k]);
+        }
+        break;
+    }
+    out->n_sets = n;
+    return PB_OK;
+}
+
+/* The sites of one entry (site_i, pos_i advance); with fill, written. */
+static void entry_sites(pb_sweep *s, int k, const entry_sets *sets, int fill, int64_t *site_i, int64_t *pos_i) {
+    const pb_site_spec *e = &s->spec.sites[k];
+    int n_heads = component_has_head(e->component) ? e->n_heads : 1;
+    for (int li = 0; li < e->n_layers; li++)
+        for (int hi = 0; hi < n_heads; hi++)
+            for (int q = 0, from = 0; q < sets->n_sets; from += sets->sizes[q], q++) {
+                int count = sets->sizes[q];
+                if (fill) {
+                    pb_site *site = &s->sites[*site_i];
+                    site->component = e->component;
+                    site->layer = e->layers[li];
+                    site->head = component_has_head(e->component) ? e->heads[hi] : -1;
+                    site->spec_entry = k;
+                    site->all_positions = e->position_mode == PB_POSITIONS_ALL;
+                    site->n_positions = count;
+                    site->positions = s->site_positions + *pos_i;
+                    memcpy(site->positions, sets->positions + from, sizeof(int) * (size_t)count);
+                    site->spec_position = count == 1 ? site->positions[0] : INT32_MIN;
+                }
+                (*site_i)++;
+                *pos_i += count;
+            }
+}
+
 static pb_status expand_sites(pb_sweep *s) {
     const pb_sweep_spec *spec = &s->spec;
     int T_min = INT_MAX, equal = 1;
@@ -108,75 +195,30 @@ static pb_status expand_sites(pb_sweep *s) {
         equal &= spec->pairs[i].base.T == spec->pairs[0].base.T;
     }
     s->positions_aligned_from_end = !equal;
-    /* "each" positions: absolute when every base run has the same length,
-     * else end-aligned; in interchange only those mapped in every pair. */
-    int *each = malloc(sizeof(int) * (size_t)T_min);
-    if (!each)
-        return pb_fail(PB_ERR_OOM, "out of memory expanding sites");
-    int n_each = 0;
-    for (int t = 0; t < T_min; t++) {
-        int e = equal ? t : t - T_min;
-        if (mapped_in_all_pairs(spec, e))
-            each[n_each++] = e;
-    }
+    int equal_T = equal ? spec->pairs[0].base.T : 0;
+    entry_sets *sets = calloc((size_t)spec->n_sites, sizeof *sets);
+    pb_status status = sets ? PB_OK : pb_fail(PB_ERR_OOM, "out of memory expanding sites");
+    for (int k = 0; status == PB_OK && k < spec->n_sites; k++)
+        status = entry_resolve(spec, &spec->sites[k], equal_T, T_min, &sets[k]);
     /* Two passes: count, then fill. */
     int64_t n_sites = 0, n_positions = 0;
-    for (int pass = 0; pass < 2; pass++) {
-        int64_t site_i = 0, pos_i = 0;
-        for (int k = 0; k < spec->n_sites; k++) {
-            const pb_site_spec *e = &spec->sites[k];
-            int n_heads = component_has_head(e->component) ? e->n_heads : 1;
-            for (int li = 0; li < e->n_layers; li++)
-                for (int hi = 0; hi < n_heads; hi++) {
-                    int n_sets = e->position_mode == PB_POSITIONS_EACH     ? n_each
-                                 : e->position_mode == PB_POSITIONS_LIST   ? e->n_positions
-                                 : e->position_mode == PB_POSITIONS_GROUPS ? e->n_groups
-                                                                           : 1;
-                    int group_start = 0;
-                    for (int q = 0; q < n_sets; q++) {
-                        int count = e->position_mode == PB_POSITIONS_ALL      ? 0
-                                    : e->position_mode == PB_POSITIONS_GROUPS ? e->group_sizes[q]
-                                                                              : 1;
-                        if (pass == 1) {
-                            pb_site *site = &s->sites[site_i];
-                            site->component = e->component;
-                            site->layer = e->layers[li];
-                            site->head = component_has_head(e->component) ? e->heads[hi] : -1;
-                            site->spec_entry = k;
-                            site->all_positions = e->position_mode == PB_POSITIONS_ALL;
-                            site->n_positions = count;
-                            site->positions = s->site_positions + pos_i;
-                            int *dst = site->positions;
-                            switch (e->position_mode) {
-                            case PB_POSITIONS_EACH: dst[0] = each[q]; break;
-                            case PB_POSITIONS_LAST: dst[0] = equal ? spec->pairs[0].base.T - 1 : -1; break;
-                            case PB_POSITIONS_LIST: dst[0] = e->positions[q]; break;
-                            case PB_POSITIONS_GROUPS:
-                                memcpy(dst, e->positions + group_start, sizeof(int) * (size_t)count);
-                                break;
-                            default: break;
-                            }
-                            site->spec_position = count == 1 ? dst[0] : INT32_MIN;
-                        }
-                        if (e->position_mode == PB_POSITIONS_GROUPS)
-                            group_start += e->group_sizes[q];
-                        site_i++;
-                        pos_i += count;
-                    }
-                }
-        }
-        if (pass == 0) {
-            n_sites = site_i;
-            n_positions = pos_i;
-            s->sites = calloc((size_t)(n_sites ? n_sites : 1), sizeof *s->sites);
-            s->site_positions = malloc(sizeof(int) * (size_t)(n_positions ? n_positions : 1));
-            if (!s->sites || !s->site_positions) {
-                free(each);
-                return pb_fail(PB_ERR_OOM, "out of memory for %lld sites", (long long)n_sites);
-            }
-        }
+    for (int k = 0; status == PB_OK && k < spec->n_sites; k++)
+        entry_sites(s, k, &sets[k], 0, &n_sites, &n_positions);
+    if (status == PB_OK) {
+        s->sites = calloc((size_t)(n_sites ? n_sites : 1), sizeof *s->sites);
+        s->site_positions = malloc(sizeof(int) * (size_t)(n_positions ? n_positions : 1));
+        if (!s->sites || !s->site_positions)
+            status = pb_fail(PB_ERR_OOM, "out of memory for %lld sites", (long long)n_sites);
     }
-    free(each);
+    int64_t site_i = 0, pos_i = 0;
+    for (int k = 0; status == PB_OK && k < spec->n_sites; k++)
+        entry_sites(s, k, &sets[k], 1, &site_i, &pos_i);
+    for (int k = 0; sets && k < spec->n_sites; k++) {
+        free(sets[k].sizes);
+        free(sets[k].positions);
+    }
+    free(sets);
+    PB_TRY(status);
     s->n_sites = n_sites;
     if (n_sites == 0)
         return pb_fail(PB_ERR_ARG, "spec: the sites expand to nothing (no position is mapped in every pair)");
@@ -403,14 +445,15 @@ static pb_status check_logits(const float *logits, int n_out, int pair) {
  * uploaded first (an upload waits for the stream, so before the batch's
  * work is queued: see launch_batch). */
 static pb_status metric_rows_enqueue(pb_sweep *s, const float *logits, int n, int n_out, double *device_values,
-                                     const int32_t *device_pairs) {
+                                     const int32_t *device_pairs, int pair) {
     pb_backend *b = s->model->backend;
     const pb_metric_spec *ms = &s->spec.metric;
-    int kl = ms->kind == PB_METRIC_KL;
-    return b->ops->metric_rows(b, device_values, logits, n, n_out, ms->kind, s->metric_positive,
-                               kl ? 0 : ms->n_positive, s->metric_negative,
-                               ms->kind == PB_METRIC_LOGIT_DIFF ? ms->n_negative : 0, s->clean_logprobs_device,
-                               kl ? device_pairs : NULL, kl ? s->spec.n_pairs : 0);
+    const pb_pair_spec *p = &s->spec.pairs[pair];
+    int kl = ms->kind == PB_METRIC_KL, diff = ms->kind == PB_METRIC_LOGIT_DIFF;
+    const int32_t *positive = kl ? NULL : s->metric_ids + s->pair_ids_at[pair];
+    return b->ops->metric_rows(b, device_values, logits, n, n_out, ms->kind, positive, kl ? 0 : p->n_positive,
+                               diff ? positive + p->n_positive : NULL, diff ? p->n_negative : 0,
+                               s->clean_logprobs_device, kl ? device_pairs : NULL, kl ? s->spec.n_pairs : 0);
 }
 
 /* out (n) from the device. A row the op reports as non-finite is
@@ -429,10 +472,28 @@ static pb_status metric_rows_collect(pb_sweep *s, const float *logits, int n, in
     return PB_OK;
 }
 
-/* Columns of the unembedding the metric reads: the full vocabulary, the
- * selected rows, or 0 for a metric on the residual. */
-static int unembed_width(const pb_sweep *s) {
-    return metric_on_residual(s) ? 0 : metric_needs_full_logits(s) ? s->model->cfg.vocab_size : s->n_unembed;
+/* Columns of the unembedding the metric reads for a pair (-1: the most of
+ * any pair): the full vocabulary, the pair's selected rows, or 0 for a
+ * metric on the residual. */
+static int unembed_width(const pb_sweep *s, int pair) {
+    if (metric_on_residual(s))
+        return 0;
+    if (metric_needs_full_logits(s))
+        return s->model->cfg.vocab_size;
+    int most = 0;
+    for (int i = pair < 0 ? 0 : pair; i < (pair < 0 ? s->spec.n_pairs : pair + 1); i++) {
+        int n = s->spec.pairs[i].n_positive + s->spec.pairs[i].n_negative;
+        most = n > most ? n : most;
+    }
+    return most;
+}
+
+/* The output matrix, or the rows of it a logit_diff pair reads. */
+static const void *unembed_matrix(const pb_sweep *s, int pair) {
+    if (metric_needs_full_logits(s))
+        return s->model->output;
+    size_t row_bytes = pb_dtype_size(s->model->wdtype) * (size_t)s->model->cfg.d_model;
+    return (const char *)s->unembed_rows + (size_t)s->pair_unembed[pair] * row_bytes;
 }
 
 /* Metric values of n residual rows (device, (n, d_model), the residual
@@ -445,6 +506,9 @@ static pb_status metric_rows(pb_sweep *s, pb_exec *exec, const float *rows, int 
     pb_backend *b = m->backend;
     const pb_model_config *c = &m->cfg;
     const pb_metric_spec *ms = &s->spec.metric;
+    for (int i = 1; i < n; i++) /* one pair's tokens per call: batches hold one pair's rows */
+        if (pairs[i] != pairs[0] && !metric_on_residual(s) && ms->kind != PB_METRIC_KL)
+            return pb_fail(PB_ERR_ARG, "internal: a metric batch mixes pairs %d and %d", pairs[0], pairs[i]);
     if (metric_on_residual(s)) {
         PB_TRY(b->ops->download(b, host_scratch, rows, sizeof(float) * (size_t)n * c->d_model));
         for (int i = 0; i < n; i++) {
@@ -454,13 +518,13 @@ static pb_status metric_rows(pb_sweep *s, pb_exec *exec, const float *rows, int 
         }
         return PB_OK;
     }
-    int full = metric_needs_full_logits(s);
-    int n_out = unembed_width(s);
-    PB_TRY(pb_exec_unembed(exec, device_scratch, rows, n, full ? m->output : s->unembed_rows, n_out));
+    int n_out = unembed_width(s, pairs[0]);
+    const pb_pair_spec *p = &s->spec.pairs[pairs[0]];
+    PB_TRY(pb_exec_unembed(exec, device_scratch, rows, n, unembed_matrix(s, pairs[0]), n_out));
     if (s->metric_on_device) {
         if (s->spec.metric.kind == PB_METRIC_KL)
             PB_TRY(b->ops->upload(b, device_pairs, pairs, sizeof(int32_t) * (size_t)n));
-        PB_TRY(metric_rows_enqueue(s, device_scratch, n, n_out, device_values, device_pairs));
+        PB_TRY(metric_rows_enqueue(s, device_scratch, n, n_out, device_values, device_pairs, pairs[0]));
         return metric_rows_collect(s, device_scratch, n, n_out, pairs, out, device_values, host_scratch);
     }
     PB_TRY(b->ops->download(b, host_scratch, device_scratch, sizeof(float) * (size_t)n * n_out));
@@ -472,10 +536,10 @@ static pb_status metric_rows(pb_sweep *s, pb_exec *exec, const float *rows, int 
             continue;
         }
         switch (ms->kind) {
-        case PB_METRIC_LOGIT_DIFF: out[i] = pb_metric_logit_diff(logits, ms->n_positive, ms->n_negative); break;
-        case PB_METRIC_LOGPROB: out[i] = pb_metric_logprob(logits, n_out, ms->positive, ms->n_positive); break;
+        case PB_METRIC_LOGIT_DIFF: out[i] = pb_metric_logit_diff(logits, p->n_positive, p->n_negative); break;
+        case PB_METRIC_LOGPROB: out[i] = pb_metric_logprob(logits, n_out, p->positive, p->n_positive); break;
         case PB_METRIC_REFUSAL_SCORE:
-            out[i] = pb_metric_refusal_score(logits, n_out, ms->positive, ms->n_positive);
+            out[i] = pb_metric_refusal_score(logits, n_out, p->positive, p->n_positive);
             break;
         case PB_METRIC_KL:
             out[i] = pb_metric_kl(s->clean_logprobs_host + (size_t)pairs[i] * n_out, logits, n_out);
@@ -562,7 +626,7 @@ static pb_status batch_alloc(pb_sweep *s, batch_buffers *bb, int max_T) {
         }
     }
     size_t per_token = pb_exec_workspace_bytes(c, 1, 0) + sizeof(float) * (size_t)c->d_model + sizeof(int);
-    size_t n_out = (size_t)unembed_width(s);
+    size_t n_out = (size_t)unembed_width(s, -1);
     size_t per_row = sizeof(float) * (n_out + (size_t)c->d_model) * 2 + 256;
     size_t fixed = pb_exec_workspace_bytes(c, 0, max_T);
     int max_rows = s->options.max_batch_rows > 0 ? s->options.max_batch_rows : 256;
@@ -806,10 +870,9 @@ static pb_status launch_batch(pb_sweep *s, batch_buffers *bb, int n) {
     for (int i = 0; !b->ops->copy_regions && i < n; i++)
         PB_TRY(b->ops->copy(b, bb->staging[i].dst, bb->staging[i].src, sizeof(float) * d));
     if (s->metric_on_device) {
-        int n_out = unembed_width(s);
-        PB_TRY(pb_exec_unembed(bb->exec, bb->logits, bb->gathered, n,
-                               metric_needs_full_logits(s) ? s->model->output : s->unembed_rows, n_out));
-        PB_TRY(metric_rows_enqueue(s, bb->logits, n, n_out, bb->metric_values, bb->metric_pairs));
+        int n_out = unembed_width(s, bb->pairs[0]);
+        PB_TRY(pb_exec_unembed(bb->exec, bb->logits, bb->gathered, n, unembed_matrix(s, bb->pairs[0]), n_out));
+        PB_TRY(metric_rows_enqueue(s, bb->logits, n, n_out, bb->metric_values, bb->metric_pairs, bb->pairs[0]));
     }
     s->flops_executed += pb_exec_flops(bb->exec) - before;
     int64_t *planned = bb->rows;
@@ -821,8 +884,8 @@ static pb_status launch_batch(pb_sweep *s, batch_buffers *bb, int n) {
 /* Waits for the launched batch of n rows and records their values. */
 static pb_status finish_batch(pb_sweep *s, batch_buffers *bb, int n) {
     if (s->metric_on_device) {
-        PB_TRY(metric_rows_collect(s, bb->logits, n, unembed_width(s), bb->pairs, bb->values_out, bb->metric_values,
-                                   bb->host));
+        PB_TRY(metric_rows_collect(s, bb->logits, n, unembed_width(s, bb->pairs[0]), bb->pairs, bb->values_out,
+                                   bb->metric_values, bb->host));
     } else {
         double before = pb_exec_flops(bb->exec);
         PB_TRY(metric_rows(s, bb->exec, bb->gathered, n, bb->pairs, bb->values_out, bb->logits, bb->host,
@@ -1001,29 +1064,58 @@ pb_status pb_sweep_run_rows(pb_sweep *s, const int64_t *rows, int64_t n_rows) {
  * (logit_diff: the unembedded rows are the positive then the negative ids,
  * so columns 0 .. n_positive + n_negative - 1; logprob, refusal_score: the
  * token ids) and, for KL, every pair's clean log-distribution. */
+/* 1 when pair i reads the same metric tokens as pair i - 1. */
+static int same_tokens_as_previous(const pb_sweep_spec *spec, int i) {
+    if (i == 0)
+        return 0;
+    const pb_pair_spec *a = &spec->pairs[i - 1], *b = &spec->pairs[i];
+    return a->n_positive == b->n_positive && a->n_negative == b->n_negative &&
+           memcmp(a->positive, b->positive, sizeof(int32_t) * (size_t)a->n_positive) == 0 &&
+           (a->n_negative == 0 || memcmp(a->negative, b->negative, sizeof(int32_t) * (size_t)a->n_negative) == 0);
+}
+
+/* Where each pair's tokens start in a per-pair table (its rows of the
+ * unembedding, its device ids): a pair with the previous pair's tokens
+ * shares its entry. at (n_pairs); returns the table's length. */
+static int pair_token_offsets(const pb_sweep_spec *spec, int *at) {
+    int used = 0;
+    for (int i = 0; i < spec->n_pairs; i++) {
+        if (same_tokens_as_previous(spec, i)) {
+            at[i] = at[i - 1];
+            continue;
+        }
+        at[i] = used;
+        used += spec->pairs[i].n_positive + spec->pairs[i].n_negative;
+    }
+    return used;
+}
+
 static pb_status metric_device_setup(pb_sweep *s) {
     pb_backend *b = s->model->backend;
     const pb_metric_spec *ms = &s->spec.metric;
     int is_kl = ms->kind == PB_METRIC_KL, is_diff = ms->kind == PB_METRIC_LOGIT_DIFF;
     size_t n_ref = is_kl ? (size_t)s->spec.n_pairs * (size_t)s->model->cfg.vocab_size : 0;
-    int n_pos = is_kl ? 0 : ms->n_positive, n_neg = is_diff ? ms->n_negative : 0;
-    size_t n_ids = (size_t)n_pos + (size_t)n_neg;
+    s->pair_ids_at = malloc(sizeof(int) * (size_t)s->spec.n_pairs);
+    if (!s->pair_ids_at)
+        return pb_fail(PB_ERR_OOM, "out of memory for the metric's token ids");
+    size_t n_ids = is_kl ? 0 : (size_t)pair_token_offsets(&s->spec, s->pair_ids_at);
     int32_t *host = malloc(sizeof(int32_t) * (n_ids ? n_ids : 1));
     if (!host)
         return pb_fail(PB_ERR_OOM, "out of memory for the metric's token ids");
-    for (int i = 0; i < n_pos; i++)
-        host[i] = is_diff ? i : ms->positive[i];
-    for (int i = 0; i < n_neg; i++)
-        host[n_pos + i] = n_pos + i;
+    /* logit_diff reads columns of the pair's unembedded rows (positive then
+     * negative); logprob and refusal_score read the token ids. */
+    for (int i = 0; !is_kl && i < s->spec.n_pairs; i++) {
+        const pb_pair_spec *p = &s->spec.pairs[i];
+        for (int k = 0; k < p->n_positive + p->n_negative; k++)
+            host[s->pair_ids_at[i] + k] = is_diff ? k : p->positive[k];
+    }
     /* doubles first: the allocation's alignment suits both */
     pb_status status = b->ops->alloc(b, &s->metric_arena, sizeof(double) * n_ref + sizeof(int32_t) * n_ids);
     if (status == PB_OK) {
-        int32_t *ids = (int32_t *)((double *)s->metric_arena + n_ref);
+        s->metric_ids = (int32_t *)((double *)s->metric_arena + n_ref);
         s->clean_logprobs_device = is_kl ? s->metric_arena : NULL;
-        s->metric_positive = n_pos ? ids : NULL;
-        s->metric_negative = n_neg ? ids + n_pos : NULL;
         if (n_ids)
-            status = b->ops->upload(b, ids, host, sizeof(int32_t) * n_ids);
+            status = b->ops->upload(b, s->metric_ids, host, sizeof(int32_t) * n_ids);
     }
     free(host);
     if (status != PB_OK)
@@ -1033,11 +1125,39 @@ static pb_status metric_device_setup(pb_sweep *s) {
     return PB_OK;
 }
 
+/* logit_diff reads only the unembedding rows of its tokens: each pair's
+ * positive then negative rows, shared between neighbours with equal tokens. */
+static pb_status unembed_rows_setup(pb_sweep *s) {
+    pb_model *model = s->model;
+    pb_backend *b = model->backend;
+    s->pair_unembed = malloc(sizeof(int) * (size_t)s->spec.n_pairs);
+    if (!s->pair_unembed)
+        return pb_fail(PB_ERR_OOM, "out of memory for the metric's rows");
+    s->n_unembed = pair_token_offsets(&s->spec, s->pair_unembed);
+    size_t row_bytes = pb_dtype_size(model->wdtype) * (size_t)model->cfg.d_model;
+    PB_TRY(b->ops->alloc(b, &s->unembed_rows, row_bytes * (size_t)s->n_unembed));
+    for (int i = 0; i < s->spec.n_pairs; i++) {
+        const pb_pair_spec *p = &s->spec.pairs[i];
+        if (same_tokens_as_previous(&s->spec, i))
+            continue;
+        for (int k = 0; k < p->n_positive + p->n_negative; k++) {
+            int id = k < p->n_positive ? p->positive[k] : p->negative[k - p->n_positive];
+            PB_TRY(b->ops->copy(b, (char *)s->unembed_rows + (size_t)(s->pair_unembed[i] + k) * row_bytes,
+                                (const char *)model->output + (size_t)id * row_bytes, row_bytes));
+        }
+    }
+    return PB_OK;
+}
+
 /* Text in specs: prompts through the chat template (or plain), token
  * strings plain; special-token spellings are honoured in chat text only. */
 static pb_status spec_tokenize(void *user, const char *text, int chat, const char *system, int32_t **ids, int *n) {
     const pb_model *model = user;
     return chat ? pb_model_chat_tokenize(model, system, text, ids, n) : pb_model_tokenize(model, text, 0, ids, n);
+}
+
+static pb_status spec_token_text(void *user, int id, char *buf, size_t size) {
+    return pb_model_token_text(user, id, buf, size);
 }
 
 pb_status pb_sweep_create(pb_sweep **out, pb_model *model, const char *spec_json, const char *spec_dir,
@@ -1055,7 +1175,8 @@ pb_status pb_sweep_create(pb_sweep **out, pb_model *model, const char *spec_json
     else
         s->options.metric_fn_residual_layer = -1;
     const pb_model_config *c = &model->cfg;
-    pb_status status = pb_sweep_spec_parse_text(&s->spec, spec_json, spec_dir, c, spec_tokenize, model);
+    const pb_spec_text text = {.tokenize = spec_tokenize, .token_text = spec_token_text, .user = model};
+    pb_status status = pb_sweep_spec_parse_text(&s->spec, spec_json, spec_dir, c, &text);
     if (status != PB_OK) {
         free(s);
         return status;
@@ -1103,22 +1224,10 @@ pb_status pb_sweep_create(pb_sweep **out, pb_model *model, const char *spec_json
             return pb_fail(PB_ERR_OOM, "out of memory for %d clean distributions", n_pairs);
         }
     }
-    if (!s->options.metric_fn && s->spec.metric.kind == PB_METRIC_LOGIT_DIFF) {
-        /* Only the unembedding rows of the metric's tokens are ever needed. */
-        const pb_metric_spec *ms = &s->spec.metric;
-        s->n_unembed = ms->n_positive + ms->n_negative;
-        pb_backend *b = model->backend;
-        size_t row_bytes = pb_dtype_size(model->wdtype) * (size_t)c->d_model;
-        status = b->ops->alloc(b, &s->unembed_rows, row_bytes * (size_t)s->n_unembed);
-        for (int i = 0; status == PB_OK && i < s->n_unembed; i++) {
-            int id = i < ms->n_positive ? ms->positive[i] : ms->negative[i - ms->n_positive];
-            status = b->ops->copy(b, (char *)s->unembed_rows + (size_t)i * row_bytes,
-                                  (const char *)model->output + (size_t)id * row_bytes, row_bytes);
-        }
-        if (status != PB_OK) {
-            pb_sweep_free(s);
-            return status;
-        }
+    if (!s->options.metric_fn && s->spec.metric.kind == PB_METRIC_LOGIT_DIFF &&
+        (status = unembed_rows_setup(s)) != PB_OK) {
+        pb_sweep_free(s);
+        return status;
     }
     pb_metric_kind kind = s->spec.metric.kind;
     if (!s->options.metric_fn && model->backend->ops->metric_rows &&
@@ -1150,6 +1259,8 @@ void pb_sweep_free(pb_sweep *s) {
     }
     device_free(s, s->unembed_rows);
     device_free(s, s->metric_arena);
+    free(s->pair_unembed);
+    free(s->pair_ids_at);
     free(s->base);
     free(s->source);
     free(s->cache_ready);

@@ -70,17 +70,20 @@ struct pb_sweep {
     uint8_t *row_state;   /* PB_ROW_* */
     uint8_t *row_trivial; /* 1: patched == base by construction (not run) */
     double *patched;      /* (n_rows) metric of the patched run */
-    void *
-        unembed_rows; /* device (n_unembed, d_model) of the model's wdtype: rows of the output matrix the metric reads, or NULL = all */
+    /* logit_diff: device (n_unembed, d_model) of the model's wdtype, the rows
+     * of the output matrix the metric reads; pair i's positive then negative
+     * ids from row pair_unembed[i] (pairs with the same tokens share rows). */
+    void *unembed_rows;
     int n_unembed;
+    int *pair_unembed; /* (n_pairs) logit_diff, else NULL */
     /* When the backend has metric_rows and the metric is logit_diff, logprob,
      * refusal_score or kl, metrics are computed on the device and only one
      * double per row is downloaded. */
     int metric_on_device;
     void *metric_arena;            /* device: the three arrays below, one allocation */
     double *clean_logprobs_device; /* KL: device (n_pairs, vocab), clean_logprobs_host uploaded; else NULL */
-    int32_t *metric_positive;      /* device (n_positive): columns of the logits the metric reads */
-    int32_t *metric_negative;      /* device (n_negative): logit_diff only, else NULL */
+    int32_t *metric_ids; /* device: each pair's columns of the logits the metric reads, positive then negative */
+    int *pair_ids_at;    /* (n_pairs) where pair i's columns start in metric_ids (shared when equal), or NULL */
     double flops_executed;
     double flops_naive;
     int64_t n_rows_executed;

@@ -23,6 +23,8 @@
 static void prompt_free(pb_prompt_spec *prompt) {
     free(prompt->ids);
     free(prompt->noise_positions);
+    free(prompt->text);
+    free(prompt->system);
 }
 
 void pb_sweep_spec_free(pb_sweep_spec *spec) {
@@ -32,6 +34,8 @@ void pb_sweep_spec_free(pb_sweep_spec *spec) {
         prompt_free(&spec->pairs[i].base);
         prompt_free(&spec->pairs[i].source);
         free(spec->pairs[i].position_map);
+        free(spec->pairs[i].positive);
+        free(spec->pairs[i].negative);
     }
     free(spec->pairs);
     for (int i = 0; i < spec->n_sites && spec->sites; i++) {
@@ -57,6 +61,7 @@ void pb_sweep_spec_free(pb_sweep_spec *spec) {
 typedef struct spec_parser {
     const pb_model_config *cfg;
     pb_spec_tokenize_fn tokenize; /* NULL: text is refused */
+    pb_spec_token_text_fn token_text;
     void *tokenize_user;
     const char *spec_dir;
     pb_sweep_spec *spec;
@@ -287,7 +292,7 @@ static pb_status parse_text_prompt(const spec_parser *sp, const json_t *value, c
         path_key(sub, path, "system");
         return type_error(sub, "a string", system);
     }
-    int use_chat = chat ? json_is_true(chat) : 1;
+    int use_chat = chat ? json_is_true(chat) : sp->spec->chat_default;
     if (system && !use_chat) {
         path_key(sub, path, "system");
         return pb_fail(PB_ERR_ARG, "spec: %s: a system prompt needs \"chat\": true", sub);
@@ -305,6 +310,11 @@ static pb_status parse_text_prompt(const spec_parser *sp, const json_t *value, c
     }
     out->ids = ids;
     out->T = n;
+    out->chat = use_chat;
+    out->text = strdup(json_string_value(text));
+    out->system = system ? strdup(json_string_value(system)) : NULL;
+    if (!out->text || (system && !out->system))
+        return pb_fail(PB_ERR_OOM, "spec: out of memory");
     return PB_OK;
 }
 
@@ -476,7 +486,7 @@ static pb_status parse_pair(const spec_parser *sp, const json_t *value, const ch
     char sub[PB_SPEC_PATH_CAP];
     json_t *first, *second;
     if (mode == PB_MODE_INTERCHANGE) {
-        static const char *const keys[] = {"base", "source", "position_map", NULL};
+        static const char *const keys[] = {"base", "source", "position_map", "positive", "negative", "tokens", NULL};
         PB_TRY(check_keys(value, path, keys));
         PB_TRY(get_required(value, path, "base", &first));
         PB_TRY(get_required(value, path, "source", &second));
@@ -499,7 +509,7 @@ static pb_status parse_pair(const spec_parser *sp, const json_t *value, const ch
         return parse_position_map(json_object_get(value, "position_map"), path, pair->base.T, pair->source.T,
                                   pair->position_map);
     }
-    static const char *const keys[] = {"clean", "corrupted", NULL};
+    static const char *const keys[] = {"clean", "corrupted", "positive", "negative", "tokens", NULL};
     PB_TRY(check_keys(value, path, keys));
     PB_TRY(get_required(value, path, "clean", &first));
     PB_TRY(get_required(value, path, "corrupted", &second));
@@ -589,9 +599,73 @@ static pb_status check_site_position(const spec_parser *sp, const char *path, lo
     return PB_OK;
 }
 
-/* "all", "each" or "last". */
+/* One bound of a range ("" = absent), into *out. */
+static int range_bound(const char *text, size_t len, int *present, long long *out) {
+    char buf[24];
+    *present = len > 0;
+    if (!*present)
+        return 1;
+    if (len >= sizeof buf)
+        return 0;
+    memcpy(buf, text, len);
+    buf[len] = 0;
+    char *end = NULL;
+    *out = strtoll(buf, &end, 10);
+    return end && *end == 0 && end != buf;
+}
+
+/* "START:END" (END excluded, either omitted, negative from the end, as a
+ * Python slice): one site per position, a list as if written out. With
+ * prompts of one length it is resolved against it; otherwise both bounds
+ * must count from the same end, so that the range names the same slots in
+ * every pair. */
+static pb_status parse_position_range(const spec_parser *sp, const char *text, const char *path, pb_site_spec *site) {
+    const char *colon = strchr(text, ':');
+    int has_lo, has_hi;
+    long long lo = 0, hi = 0;
+    if (!range_bound(text, (size_t)(colon - text), &has_lo, &lo) ||
+        !range_bound(colon + 1, strlen(colon + 1), &has_hi, &hi))
+        return pb_fail(PB_ERR_ARG,
+                       "spec: %s: \"%s\" is not a range; expected \"START:END\" with integers, e.g. \"2:5\", "
+                       "\"-4:\"",
+                       path, text);
+    const pb_sweep_spec *spec = sp->spec;
+    int equal = 1;
+    for (int i = 1; i < spec->n_pairs; i++)
+        equal &= spec->pairs[i].base.T == spec->pairs[0].base.T;
+    int T = spec->pairs[0].base.T;
+    if (equal) {
+        lo = has_lo ? (lo < 0 ? lo + T : lo) : 0;
+        hi = has_hi ? (hi < 0 ? hi + T : hi) : T;
+    } else if ((!has_lo || lo >= 0) && has_hi && hi >= 0) {
+        lo = has_lo ? lo : 0;
+    } else if (has_lo && lo < 0 && (!has_hi || hi < 0)) {
+        hi = has_hi ? hi : 0;
+    } else {
+        return pb_fail(PB_ERR_ARG,
+                       "spec: %s: \"%s\" counts from both ends, and the prompts differ in length; give both bounds "
+                       "from the start (\"0:5\") or both from the end (\"-4:\")",
+                       path, text);
+    }
+    if (lo >= hi)
+        return pb_fail(PB_ERR_ARG, "spec: %s: \"%s\" is empty (positions %lld .. %lld)", path, text, lo, hi - 1);
+    pb_status status = PB_OK;
+    site->positions = spec_calloc((size_t)(hi - lo), sizeof *site->positions, &status);
+    if (!site->positions)
+        return status;
+    site->position_mode = PB_POSITIONS_LIST;
+    for (long long p = lo; p < hi; p++) {
+        PB_TRY(check_site_position(sp, path, p));
+        site->positions[site->n_positions++] = (int)p;
+    }
+    return PB_OK;
+}
+
+/* "all", "each", "last" or "START:END". */
 static pb_status parse_position_word(const spec_parser *sp, const json_t *value, const char *path, pb_site_spec *site) {
     const char *s = json_string_value(value);
+    if (strchr(s, ':'))
+        return parse_position_range(sp, s, path, site);
     if (strcmp(s, "all") == 0) {
         site->position_mode = PB_POSITIONS_ALL;
     } else if (strcmp(s, "each") == 0) {
@@ -602,8 +676,8 @@ static pb_status parse_position_word(const spec_parser *sp, const json_t *value,
     } else {
         char text[96];
         return pb_fail(PB_ERR_ARG,
-                       "spec: %s: %s is not allowed; expected \"all\", \"each\", \"last\", [p, ...] or "
-                       "[[p, ...], ...]",
+                       "spec: %s: %s is not allowed; expected \"all\", \"each\", \"last\", \"START:END\", [p, ...] "
+                       "or [[p, ...], ...]",
                        path, pb_json_describe(value, text, sizeof text));
     }
     return PB_OK;
@@ -810,6 +884,24 @@ static pb_status parse_site(const spec_parser *sp, const json_t *value, const ch
 /* ---- metric ---------------------------------------------------------- */
 
 /* {"ids": [...]} or a bare array: distinct token ids. */
+/* The refusal of a token string that is not one token, naming the tokens it
+ * produced: '" Parisian" is 2 tokens: 12 " Par", 55 "isian"'. */
+static pb_status not_one_token(const spec_parser *sp, const char *path, const char *text, const int32_t *ids, int n) {
+    char listing[512] = "";
+    size_t used = 0;
+    for (int i = 0; i < n && used + 64 < sizeof listing; i++) {
+        char piece[64] = "?";
+        if (sp->token_text && sp->token_text(sp->tokenize_user, ids[i], piece, sizeof piece) != PB_OK)
+            snprintf(piece, sizeof piece, "?");
+        used += (size_t)snprintf(listing + used, sizeof listing - used, "%s%d \"%s\"", i ? ", " : ": ", (int)ids[i],
+                                 piece);
+    }
+    return pb_fail(PB_ERR_ARG,
+                   "spec: %s: \"%s\" is %d tokens%s; a metric token must be exactly one token (give its id, or "
+                   "text that is one token)",
+                   path, text, n, listing);
+}
+
 /* Token strings ("I", "Sorry") to ids: each must be exactly one token. */
 static pb_status parse_token_strings(const spec_parser *sp, const json_t *strings, const char *path, int32_t **out,
                                      int *n) {
@@ -818,6 +910,8 @@ static pb_status parse_token_strings(const spec_parser *sp, const json_t *string
     if (!json_is_array(strings) || json_array_size(strings) == 0)
         return type_error(path, "a non-empty array of strings", strings);
     size_t count = json_array_size(strings);
+    if (count > INT_MAX)
+        return pb_fail(PB_ERR_ARG, "spec: %s: %zu entries are too many", path, count);
     pb_status status = PB_OK;
     int32_t *ids = spec_calloc(count, sizeof *ids, &status);
     if (!ids)
@@ -838,8 +932,7 @@ static pb_status parse_token_strings(const spec_parser *sp, const json_t *string
             break;
         }
         if (n_piece != 1)
-            status = pb_fail(PB_ERR_ARG, "spec: %s: \"%s\" is %d tokens; token sets take single tokens", item,
-                             json_string_value(s), n_piece);
+            status = not_one_token(sp, item, json_string_value(s), piece, n_piece);
         else
             ids[i] = piece[0];
         for (size_t k = 0; status == PB_OK && k < i; k++)
@@ -863,6 +956,14 @@ static pb_status parse_tokens(const spec_parser *sp, const json_t *value, const 
     path_join(sub, path, "", "");
     if (json_is_array(value) && json_array_size(value) > 0 && json_is_string(json_array_get(value, 0)))
         return parse_token_strings(sp, value, path, out, n);
+    if (json_is_string(value)) { /* one token as text: " Paris" */
+        json_t *one = json_pack("[O]", value);
+        if (!one)
+            return pb_fail(PB_ERR_OOM, "spec: out of memory");
+        pb_status status = parse_token_strings(sp, one, path, out, n);
+        json_decref(one);
+        return status;
+    }
     if (json_is_object(value)) {
         if (json_object_get(value, "text")) {
             static const char *const text_keys[] = {"text", NULL};
@@ -877,7 +978,7 @@ static pb_status parse_tokens(const spec_parser *sp, const json_t *value, const 
         ids = got;
         path_key(sub, path, "ids");
     } else if (!json_is_array(value)) {
-        return type_error(path, "{\"ids\": [...]} or an array of token ids", value);
+        return type_error(path, "{\"ids\": [...]}, an array of token ids, a string or an array of strings", value);
     }
     char note[64];
     snprintf(note, sizeof note, " (vocab_size %d)", sp->cfg->vocab_size);
@@ -1055,6 +1156,17 @@ static pb_status parse_metric_projection(const spec_parser *sp, const json_t *va
     return parse_direction(sp, item, metric);
 }
 
+/* One token set of the metric ("metric.positive"), when given. */
+static pb_status parse_metric_tokens(const spec_parser *sp, const json_t *metric, const char *key, int32_t **out,
+                                     int *n) {
+    const json_t *item = json_object_get(metric, key);
+    if (!item)
+        return PB_OK;
+    char path[PB_SPEC_PATH_CAP];
+    path_key(path, "metric", key);
+    return parse_tokens(sp, item, path, out, n);
+}
+
 static pb_status parse_metric(const spec_parser *sp, const json_t *value) {
     const char *path = "metric";
     pb_metric_spec *metric = &sp->spec->metric;
@@ -1062,31 +1174,108 @@ static pb_status parse_metric(const spec_parser *sp, const json_t *value) {
         return type_error(path, "an object {\"kind\": ...}", value);
     PB_TRY(parse_metric_kind(value, path, metric));
     PB_TRY(parse_metric_position(sp, value, metric));
-    json_t *item;
+    /* Token sets may instead be given by every pair (parse_pair_tokens). */
     switch (metric->kind) {
     case PB_METRIC_LOGIT_DIFF:
-        PB_TRY(get_required(value, path, "positive", &item));
-        PB_TRY(parse_tokens(sp, item, "metric.positive", &metric->positive, &metric->n_positive));
-        PB_TRY(get_required(value, path, "negative", &item));
-        PB_TRY(parse_tokens(sp, item, "metric.negative", &metric->negative, &metric->n_negative));
-        for (int i = 0; i < metric->n_negative; i++) {
-            for (int j = 0; j < metric->n_positive; j++) {
-                if (metric->negative[i] == metric->positive[j])
-                    return pb_fail(PB_ERR_ARG,
-                                   "spec: metric.negative[%d]: token id %d is also in metric.positive; a token "
-                                   "cannot count on both sides of a logit difference",
-                                   i, (int)metric->negative[i]);
-            }
-        }
+        PB_TRY(parse_metric_tokens(sp, value, "positive", &metric->positive, &metric->n_positive));
+        PB_TRY(parse_metric_tokens(sp, value, "negative", &metric->negative, &metric->n_negative));
         break;
     case PB_METRIC_LOGPROB:
     case PB_METRIC_REFUSAL_SCORE:
-        PB_TRY(get_required(value, path, "tokens", &item));
-        PB_TRY(parse_tokens(sp, item, "metric.tokens", &metric->positive, &metric->n_positive));
+        PB_TRY(parse_metric_tokens(sp, value, "tokens", &metric->positive, &metric->n_positive));
         break;
     case PB_METRIC_KL:
     case PB_METRIC_CALLBACK: break;
     case PB_METRIC_PROJECTION: return parse_metric_projection(sp, value, path, metric);
+    }
+    return PB_OK;
+}
+
+static const char *metric_kind_name(pb_metric_kind kind) {
+    switch (kind) {
+    case PB_METRIC_LOGIT_DIFF: return "logit_diff";
+    case PB_METRIC_LOGPROB: return "logprob";
+    case PB_METRIC_REFUSAL_SCORE: return "refusal_score";
+    case PB_METRIC_KL: return "kl";
+    case PB_METRIC_PROJECTION: return "projection";
+    case PB_METRIC_CALLBACK: break;
+    }
+    return "callback";
+}
+
+/* A pair's token set: its own (pairs[i].<key>) or a copy of the metric's. */
+static pb_status pair_token_set(const spec_parser *sp, const json_t *pair, size_t index, const char *key,
+                                const int32_t *fallback, int n_fallback, int32_t **out, int *n, int *own) {
+    char path[PB_SPEC_PATH_CAP], pair_path[PB_SPEC_PATH_CAP];
+    path_index(pair_path, "pairs", index);
+    path_key(path, pair_path, key);
+    const json_t *item = json_object_get(pair, key);
+    *own = item != NULL;
+    if (item)
+        return parse_tokens(sp, item, path, out, n);
+    if (!fallback)
+        return pb_fail(PB_ERR_ARG,
+                       "spec: metric: missing required key '%s' (metric %s needs it, or \"%s\" in every pair; %s has "
+                       "none)",
+                       key, metric_kind_name(sp->spec->metric.kind), key, pair_path);
+    pb_status status = PB_OK;
+    *out = spec_calloc((size_t)n_fallback, sizeof **out, &status);
+    if (!*out)
+        return status;
+    memcpy(*out, fallback, sizeof **out * (size_t)n_fallback);
+    *n = n_fallback;
+    return PB_OK;
+}
+
+/* A logit_diff token on both sides: named where each side was given. */
+static pb_status overlap_error(int i, const pb_pair_spec *p, int a) {
+    char negative[64], positive[64];
+    if (p->own_negative)
+        snprintf(negative, sizeof negative, "pairs[%d].negative[%d]", i, a);
+    else
+        snprintf(negative, sizeof negative, "metric.negative[%d]", a);
+    if (p->own_positive)
+        snprintf(positive, sizeof positive, "pairs[%d].positive", i);
+    else
+        snprintf(positive, sizeof positive, "metric.positive");
+    return pb_fail(PB_ERR_ARG,
+                   "spec: %s: token id %d is also in %s; a token cannot count on both sides of a logit difference",
+                   negative, (int)p->negative[a], positive);
+}
+
+/* Per-pair metric tokens (after the metric): each pair's own
+ * "positive"/"negative" (logit_diff) or "tokens" (logprob, refusal_score),
+ * else the metric's. */
+static pb_status parse_pair_tokens(const spec_parser *sp, const json_t *pairs) {
+    pb_sweep_spec *spec = sp->spec;
+    const pb_metric_spec *m = &spec->metric;
+    int diff = m->kind == PB_METRIC_LOGIT_DIFF;
+    int sets = diff || m->kind == PB_METRIC_LOGPROB || m->kind == PB_METRIC_REFUSAL_SCORE;
+    static const char *const keys[] = {"positive", "negative", "tokens"};
+    for (int i = 0; i < spec->n_pairs; i++) {
+        const json_t *pair = json_array_get(pairs, (size_t)i);
+        pb_pair_spec *p = &spec->pairs[i];
+        for (int k = 0; k < 3; k++) {
+            int allowed = diff ? k < 2 : sets && k == 2;
+            if (json_object_get(pair, keys[k]) && !allowed)
+                return pb_fail(PB_ERR_ARG, "spec: pairs[%d].%s: metric %s has no \"%s\" tokens%s", i, keys[k],
+                               metric_kind_name(m->kind), keys[k],
+                               diff   ? " (logit_diff takes \"positive\" and \"negative\")"
+                               : sets ? " (it takes \"tokens\")"
+                                      : "");
+        }
+        if (!sets)
+            continue;
+        PB_TRY(pair_token_set(sp, pair, (size_t)i, diff ? "positive" : "tokens", m->positive, m->n_positive,
+                              &p->positive, &p->n_positive, &p->own_positive));
+        if (!diff)
+            continue;
+        PB_TRY(pair_token_set(sp, pair, (size_t)i, "negative", m->negative, m->n_negative, &p->negative, &p->n_negative,
+                              &p->own_negative));
+        for (int a = 0; a < p->n_negative; a++)
+            for (int k = 0; k < p->n_positive; k++)
+                if (p->negative[a] == p->positive[k])
+                    return overlap_error(i, p, a);
     }
     return PB_OK;
 }
@@ -1098,7 +1287,7 @@ static pb_status parse_root(spec_parser *sp, const json_t *root) {
     if (!json_is_object(root))
         return pb_fail(PB_ERR_ARG, "spec: expected a JSON object at the top level, got %s", pb_json_type_name(root));
     static const char *const keys[] = {"mode",         "pairs",       "sites", "metric", "significance_threshold",
-                                       "effect_floor", "description", NULL};
+                                       "effect_floor", "description", "chat",  NULL};
     PB_TRY(check_keys(root, "", keys));
     json_t *mode, *pairs, *sites, *metric, *item;
     PB_TRY(get_required(root, "", "mode", &mode));
@@ -1125,6 +1314,13 @@ static pb_status parse_root(spec_parser *sp, const json_t *root) {
     item = json_object_get(root, "description");
     if (item && !json_is_string(item))
         return type_error("description", "a string", item);
+    /* The default for text prompts that do not say: the chat template. */
+    spec->chat_default = 1;
+    item = json_object_get(root, "chat");
+    if (item && !json_is_boolean(item))
+        return type_error("chat", "true or false (the default for text prompts without \"chat\")", item);
+    if (item)
+        spec->chat_default = json_is_true(item);
 
     spec->significance_threshold = 0.1;
     item = json_object_get(root, "significance_threshold");
@@ -1174,16 +1370,17 @@ static pb_status parse_root(spec_parser *sp, const json_t *root) {
         PB_TRY(parse_site(sp, json_array_get(sites, i), path, &spec->sites[i]));
     }
 
-    return parse_metric(sp, metric);
+    PB_TRY(parse_metric(sp, metric));
+    return parse_pair_tokens(sp, pairs);
 }
 
 pb_status pb_sweep_spec_parse(pb_sweep_spec *spec, const char *json_text, const char *spec_dir,
                               const pb_model_config *cfg) {
-    return pb_sweep_spec_parse_text(spec, json_text, spec_dir, cfg, NULL, NULL);
+    return pb_sweep_spec_parse_text(spec, json_text, spec_dir, cfg, NULL);
 }
 
 pb_status pb_sweep_spec_parse_text(pb_sweep_spec *spec, const char *json_text, const char *spec_dir,
-                                   const pb_model_config *cfg, pb_spec_tokenize_fn tokenize, void *user) {
+                                   const pb_model_config *cfg, const pb_spec_text *text) {
     if (!spec)
         return pb_fail(PB_ERR_ARG, "pb_sweep_spec_parse: spec is NULL");
     memset(spec, 0, sizeof *spec);
@@ -1197,7 +1394,12 @@ pb_status pb_sweep_spec_parse_text(pb_sweep_spec *spec, const char *json_text, c
     if (!root)
         return pb_fail(PB_ERR_ARG, "spec: not valid JSON: %s (line %d, column %d)", error.text, error.line,
                        error.column);
-    spec_parser sp = {.cfg = cfg, .tokenize = tokenize, .tokenize_user = user, .spec_dir = spec_dir, .spec = spec};
+    spec_parser sp = {.cfg = cfg,
+                      .tokenize = text ? text->tokenize : NULL,
+                      .token_text = text ? text->token_text : NULL,
+                      .tokenize_user = text ? text->user : NULL,
+                      .spec_dir = spec_dir,
+                      .spec = spec};
     pb_status status = parse_root(&sp, root);
     json_decref(root);
     if (status != PB_OK)

@@ -4,6 +4,7 @@
 #ifndef PB_SWEEP_SPEC_H
 #define PB_SWEEP_SPEC_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "patchbay.h"
@@ -11,6 +12,10 @@
 typedef struct pb_prompt_spec {
     int32_t *ids; /* (T) */
     int T;
+    /* How the ids came about, for the record (results.json, the CLI's notice). */
+    char *text;   /* the prompt's text when given as text, else NULL */
+    int chat;     /* 1: text rendered with the chat template */
+    char *system; /* chat: the system prompt given, NULL = the template's default */
     /* Gaussian-noise corruption of the *clean* prompt (only for a pair's
      * corrupted side): ids are then the clean prompt's ids. */
     int is_noise;
@@ -27,6 +32,14 @@ typedef struct pb_pair_spec {
     pb_prompt_spec source;
     int clean_is_source; /* 1 for denoising and interchange, 0 for noising */
     int *position_map;   /* (base.T): source position for each base position, -1 = unmapped */
+    /* The metric's tokens for this pair (logit_diff, logprob, refusal_score):
+     * the pair's own ("positive"/"negative"/"tokens" keys of the pair) or a
+     * copy of the metric's. Always filled for those kinds. */
+    int32_t *positive; /* logit_diff positive ids; logprob / refusal_score token set */
+    int n_positive;
+    int32_t *negative; /* logit_diff negative ids */
+    int n_negative;
+    int own_positive, own_negative; /* 1: given by the pair */
 } pb_pair_spec;
 
 typedef enum pb_position_mode {
@@ -52,6 +65,8 @@ typedef struct pb_site_spec {
 
 typedef struct pb_metric_spec {
     pb_metric_kind kind;
+    /* The default token sets (NULL when every pair gives its own); what a
+     * pair uses is in pb_pair_spec.positive / negative. */
     int32_t *positive; /* logit_diff positive ids; logprob / refusal_score token set */
     int n_positive;
     int32_t *negative; /* logit_diff negative ids */
@@ -73,6 +88,7 @@ typedef struct pb_sweep_spec {
     pb_metric_spec metric;
     double significance_threshold; /* default 0.1 */
     double effect_floor;           /* default 1e-4 */
+    int chat_default;              /* text prompts without "chat": 1 chat template (default), 0 plain */
 } pb_sweep_spec;
 
 /* Parses json_text into spec. spec_dir resolves relative paths (NULL: the
@@ -88,10 +104,17 @@ pb_status pb_sweep_spec_parse(pb_sweep_spec *spec, const char *json_text, const 
  * *ids malloc'd. */
 typedef pb_status (*pb_spec_tokenize_fn)(void *user, const char *text, int chat, const char *system, int32_t **ids,
                                          int *n_ids);
-/* As pb_sweep_spec_parse, with text accepted through tokenize (NULL:
- * text is refused with PB_ERR_UNSUPPORTED). */
+/* The text of one token id into buf (for messages naming the tokens a
+ * string produced). */
+typedef pb_status (*pb_spec_token_text_fn)(void *user, int id, char *buf, size_t size);
+typedef struct pb_spec_text {
+    pb_spec_tokenize_fn tokenize;     /* NULL: text is refused with PB_ERR_UNSUPPORTED */
+    pb_spec_token_text_fn token_text; /* NULL: messages give ids only */
+    void *user;
+} pb_spec_text;
+/* As pb_sweep_spec_parse, with text accepted through text (NULL: refused). */
 pb_status pb_sweep_spec_parse_text(pb_sweep_spec *spec, const char *json_text, const char *spec_dir,
-                                   const pb_model_config *cfg, pb_spec_tokenize_fn tokenize, void *user);
+                                   const pb_model_config *cfg, const pb_spec_text *text);
 void pb_sweep_spec_free(pb_sweep_spec *spec);
 
 #endif

@@ -38,10 +38,31 @@ const char *pb_sweep_metric_name(pb_metric_kind kind) {
 /* ---- everything read from the sweep, once -------------------------------- */
 
 void pb_sweep_view_free(pb_sweep_view *v) {
+    for (int c = 0; c < PB_COMPONENT_COUNT; c++)
+        free(v->columns[c]);
     free(v->sites);
     free(v->pair_base);
     free(v->pair_source);
     free(v->pair_usable);
+}
+
+/* Each component's position axis: its single-position sites' positions,
+ * first appearance first (the spec's order). */
+static pb_status view_columns(pb_sweep_view *v) {
+    for (int c = 0; c < PB_COMPONENT_COUNT; c++) {
+        v->columns[c] = malloc(sizeof(int) * ((size_t)v->n_sites + 1));
+        if (!v->columns[c])
+            return pb_fail(PB_ERR_OOM, "sweep results: out of memory for %lld sites", (long long)v->n_sites);
+    }
+    for (int64_t s = 0; s < v->n_sites; s++) {
+        const pb_site_result *r = &v->sites[s].r;
+        int c = (int)r->component;
+        if (c < 0 || c >= PB_COMPONENT_COUNT)
+            return pb_fail(PB_ERR_ARG, "sweep results: site %lld has component %d", (long long)s, c);
+        if (r->position != INT32_MIN && pb_sweep_view_column(v, r->component, r->position) < 0)
+            v->columns[c][v->n_columns[c]++] = r->position;
+    }
+    return PB_OK;
 }
 
 pb_status pb_sweep_view_load(pb_sweep_view *v, const pb_sweep *sweep) {
@@ -70,35 +91,38 @@ pb_status pb_sweep_view_load(pb_sweep_view *v, const pb_sweep *sweep) {
         double gap = fabs(v->pair_source[i] - v->pair_base[i]);
         v->pair_usable[i] = isfinite(gap) && gap >= floor_value;
     }
-    int lo = 0, hi = -1;
-    if (v->positions_from_end) {
-        int t_min = 0;
-        for (int i = 0; i < v->spec->n_pairs; i++)
-            if (i == 0 || v->spec->pairs[i].base.T < t_min)
-                t_min = v->spec->pairs[i].base.T;
-        lo = -t_min;
-    } else {
-        for (int i = 0; i < v->spec->n_pairs; i++)
-            if (v->spec->pairs[i].base.T - 1 > hi)
-                hi = v->spec->pairs[i].base.T - 1;
-    }
     for (int64_t s = 0; s < v->n_sites; s++) {
         pb_site_view *site = &v->sites[s];
         PB_TRY(pb_sweep_get_site(sweep, s, &site->r));
         site->all_positions = site->r.all_positions;
-        if (site->r.position != INT32_MIN) {
-            if (site->r.position < lo)
-                lo = site->r.position;
-            if (site->r.position > hi)
-                hi = site->r.position;
-        }
     }
-    /* End-aligned: -T_min .. -1 */
-    if (v->positions_from_end && hi < -1)
-        hi = -1;
-    v->first_position = lo;
-    v->n_columns = hi >= lo ? hi - lo + 1 : 0;
-    return PB_OK;
+    return view_columns(v);
+}
+
+int pb_sweep_view_column(const pb_sweep_view *v, pb_component c, int position) {
+    for (int k = 0; k < v->n_columns[c]; k++)
+        if (v->columns[c][k] == position)
+            return k;
+    return -1;
+}
+
+void pb_sweep_view_resolve(const pb_sweep_view *v, int pair, int label, int *base, int *source) {
+    const pb_pair_spec *p = &v->spec->pairs[pair];
+    int t = label < 0 ? p->base.T + label : label;
+    *base = t >= 0 && t < p->base.T ? t : -1;
+    *source = *base >= 0 ? p->position_map[*base] : -1;
+}
+
+int pb_sweep_view_tokens_shared(const pb_sweep_view *v) {
+    const pb_pair_spec *a = &v->spec->pairs[0];
+    for (int i = 1; i < v->spec->n_pairs; i++) {
+        const pb_pair_spec *b = &v->spec->pairs[i];
+        if (a->n_positive != b->n_positive || a->n_negative != b->n_negative ||
+            (a->n_positive && memcmp(a->positive, b->positive, sizeof(int32_t) * (size_t)a->n_positive) != 0) ||
+            (a->n_negative && memcmp(a->negative, b->negative, sizeof(int32_t) * (size_t)a->n_negative) != 0))
+            return 0;
+    }
+    return 1;
 }
 
 void pb_sweep_view_pair_values(const pb_sweep_view *v, int i, double *clean, double *corrupted) {
@@ -137,28 +161,50 @@ int pb_ranked_compare(const void *pa, const void *pb) {
     return (a->index > b->index) - (a->index < b->index);
 }
 
-static void print_ids(FILE *f, const int32_t *ids, int n) {
-    for (int i = 0; i < n && i < PB_METRIC_MAX_IDS; i++)
+/* "7042 " Paris", 8441 " Rome"": ids with their text, at most
+ * PB_METRIC_MAX_IDS. */
+static void print_tokens(FILE *f, const pb_model *model, const int32_t *ids, int n) {
+    for (int i = 0; i < n && i < PB_METRIC_MAX_IDS; i++) {
+        char text[64];
         fprintf(f, "%s%d", i ? ", " : "", (int)ids[i]);
+        if (pb_model_token_text(model, ids[i], text, sizeof text) == PB_OK) {
+            fputs(" \"", f);
+            for (const char *c = text; *c; c++)
+                if ((unsigned char)*c < 0x20)
+                    fprintf(f, "\\x%02x", (unsigned char)*c);
+                else
+                    fputc(*c, f);
+            fputc('"', f);
+        }
+    }
     if (n > PB_METRIC_MAX_IDS)
         fprintf(f, ", ... (%d in all)", n);
+}
+
+/* The token sets: pair 0's when every pair shares them. */
+static void print_metric_tokens(FILE *f, const pb_sweep_view *v, int diff) {
+    const pb_pair_spec *p = &v->spec->pairs[0];
+    if (!pb_sweep_view_tokens_shared(v)) {
+        fputs(diff ? "positive and negative tokens per pair (results.json: pairs)"
+                   : "tokens per pair (results.json: pairs)",
+              f);
+        return;
+    }
+    fputs(diff ? "positive " : "tokens ", f);
+    print_tokens(f, v->model, p->positive, p->n_positive);
+    if (diff) {
+        fputs("; negative ", f);
+        print_tokens(f, v->model, p->negative, p->n_negative);
+    }
 }
 
 void pb_sweep_print_metric(FILE *f, const pb_sweep_view *v) {
     const pb_metric_spec *m = &v->spec->metric;
     fprintf(f, "%s (", pb_sweep_metric_name(v->summary.metric));
     switch (v->summary.metric) {
-    case PB_METRIC_LOGIT_DIFF:
-        fputs("positive ids ", f);
-        print_ids(f, m->positive, m->n_positive);
-        fputs("; negative ids ", f);
-        print_ids(f, m->negative, m->n_negative);
-        break;
+    case PB_METRIC_LOGIT_DIFF: print_metric_tokens(f, v, 1); break;
     case PB_METRIC_LOGPROB:
-    case PB_METRIC_REFUSAL_SCORE:
-        fputs("tokens ", f);
-        print_ids(f, m->positive, m->n_positive);
-        break;
+    case PB_METRIC_REFUSAL_SCORE: print_metric_tokens(f, v, 0); break;
     case PB_METRIC_KL: fputs("KL(p_clean || p_run)", f); break;
     case PB_METRIC_PROJECTION:
         fprintf(f, "direction %s on %s of layer %d", m->direction_path ? m->direction_path : "(inline)",

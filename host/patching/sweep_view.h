@@ -32,14 +32,23 @@ typedef struct pb_sweep_view {
     double *pair_base;   /* (n_pairs) */
     double *pair_source; /* (n_pairs) */
     int *pair_usable;    /* (n_pairs) */
-    /* the position axis of <component>.npy: labels first_position .. first_position + n_columns - 1 */
-    int first_position;
-    int n_columns;
+    /* The position axis of <component>.npy: the distinct positions of the
+     * component's single-position sites, in the order the spec lists them
+     * (token indices; end-aligned negative ones when pairs differ in length). */
+    int *columns[PB_COMPONENT_COUNT]; /* (n_columns[c]) */
+    int n_columns[PB_COMPONENT_COUNT];
 } pb_sweep_view;
 
 /* Fills v from the getters; on failure v holds only what pb_sweep_view_free releases. */
 pb_status pb_sweep_view_load(pb_sweep_view *v, const pb_sweep *sweep);
 void pb_sweep_view_free(pb_sweep_view *v);
+/* The column of a position on component c's axis, or -1. */
+int pb_sweep_view_column(const pb_sweep_view *v, pb_component c, int position);
+/* A pair's token index of a column label: in its base run (-1 when out of
+ * range) and, through the position map, in its source run. */
+void pb_sweep_view_resolve(const pb_sweep_view *v, int pair, int label, int *base, int *source);
+/* 1 when every pair reads the metric with the same tokens. */
+int pb_sweep_view_tokens_shared(const pb_sweep_view *v);
 /* A pair's baselines as clean and corrupted (interchange: source and base). */
 void pb_sweep_view_pair_values(const pb_sweep_view *v, int pair, double *clean, double *corrupted);
 /* Pairs below the effect floor. */
@@ -51,7 +60,8 @@ const char *pb_sweep_mode_name(pb_patch_mode mode);
 const char *pb_sweep_metric_name(pb_metric_kind kind);
 
 /* The metric and its arguments on one line, no newline:
- * "logit_diff (positive ids 18; negative ids 53; at position -1)". */
+ * "logit_diff (positive 7042 " Paris"; negative 8441 " Rome"; at position -1)";
+ * per-pair tokens are summarised ("positive and negative tokens per pair"). */
 void pb_sweep_print_metric(FILE *f, const pb_sweep_view *v);
 /* A site's position: "7", "all", "3,4" (long groups shortened). */
 void pb_sweep_format_position(const pb_site_view *site, char *buf, size_t size);

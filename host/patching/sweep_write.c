@@ -1,9 +1,10 @@
 /* pb_sweep_write: a finished sweep as files in one directory.
  *
- *   <component>.npy         float32 mean effect, (n_layers[, heads], n_positions), one column per
- *                           single-position site; NaN where no site
- *   <component>_all.npy     (n_layers[, heads]): sites patching every position together
- *   <component>_groups.npy  (n_layers[, heads], n_groups): sites patching listed groups together
+ *   <component>.npy         float32 mean effect, (layers[, heads], positions): the layers and heads
+ *                           its sites have, and its positions in the order the spec lists them
+ *   <component>_all.npy     (layers[, heads]): sites patching every position together
+ *   <component>_groups.npy  (layers[, heads], groups): sites patching listed groups together
+ *                           (npy_axes in results.json names every axis's entries)
  *   report.txt              the human summary (baselines, circuit fraction, top layers, top effects)
  *   results.json            everything, including per-pair values and each .npy file's axes
  *
@@ -32,21 +33,28 @@
 #include "formats/npy.h"
 #include "util/outdir.h"
 #include "patching/sweep_view.h"
+#include "util/utf8.h"
 
-#define PB_SWEEP_SCHEMA "patchbay.sweep/1"
+#define PB_SWEEP_SCHEMA "patchbay.sweep/2"
 enum { PB_REPORT_TOP_LAYERS = 5, PB_REPORT_TOP_EFFECTS = 15 };
 
 /* ---- the .npy grids ------------------------------------------------------ */
 
+/* One .npy: (layers[, heads], positions or groups), over the layers and
+ * heads its sites have, ascending (all of them when the spec asks for all,
+ * as TransformerLens's patching helpers lay them out). */
 typedef struct grid {
     float *data;
     int n_dims;
     int64_t shape[3];
     int used;
+    int *layer_at; /* (model layers) row of each layer, -1 when none of the grid's sites has it */
+    int *head_at;  /* (model heads of the component) index on the head axis, or -1 */
+    int n_layers, n_heads;
 } grid;
 
 typedef struct component_grids {
-    int n_heads; /* 0: no head axis */
+    int n_heads; /* of the component in the model; 0: no head axis */
     grid each, all, groups;
     int n_groups;
     const int **group_positions; /* (n_groups) borrowed from the sweep */
@@ -75,11 +83,17 @@ static void grid_set(grid *g, int64_t index, double value) {
     g->data[index] = (float)value;
 }
 
+static void grid_free(grid *g) {
+    free(g->data);
+    free(g->layer_at);
+    free(g->head_at);
+}
+
 static void grids_free(component_grids *grids) {
     for (int c = 0; c < PB_COMPONENT_COUNT; c++) {
-        free(grids[c].each.data);
-        free(grids[c].all.data);
-        free(grids[c].groups.data);
+        grid_free(&grids[c].each);
+        grid_free(&grids[c].all);
+        grid_free(&grids[c].groups);
         free(grids[c].group_positions);
         free(grids[c].group_sizes);
     }
@@ -94,9 +108,53 @@ static int find_group(const component_grids *g, const pb_site_result *r) {
     return -1;
 }
 
+static grid *grid_of(component_grids *grids, const pb_site_view *site) {
+    component_grids *g = &grids[site->r.component];
+    return site->r.position != INT32_MIN ? &g->each : site->all_positions ? &g->all : &g->groups;
+}
+
+/* Marks the grid a site lands in as used, with its layer and head. */
+static pb_status grid_mark(const pb_sweep_view *v, component_grids *g, grid *target, const pb_site_result *r) {
+    if (!target->layer_at) {
+        target->layer_at = malloc(sizeof(int) * (size_t)v->cfg->n_layers);
+        target->head_at = malloc(sizeof(int) * (size_t)(g->n_heads + 1));
+        if (!target->layer_at || !target->head_at)
+            return pb_fail(PB_ERR_OOM, "sweep write: out of memory");
+        for (int l = 0; l < v->cfg->n_layers; l++)
+            target->layer_at[l] = -1;
+        for (int h = 0; h <= g->n_heads; h++)
+            target->head_at[h] = -1;
+    }
+    target->used = 1;
+    if (r->layer >= 0 && r->layer < v->cfg->n_layers)
+        target->layer_at[r->layer] = 0;
+    if (g->n_heads && r->head >= 0 && r->head < g->n_heads)
+        target->head_at[r->head] = 0;
+    return PB_OK;
+}
+
+/* Numbers the marked layers and heads in ascending order and allocates the
+ * grid: (layers[, heads], last) with last = 0 for none. */
+static pb_status grid_shape(const pb_sweep_view *v, const component_grids *g, grid *target, int64_t last) {
+    if (!target->used)
+        return PB_OK;
+    for (int l = 0; l < v->cfg->n_layers; l++)
+        if (target->layer_at[l] >= 0)
+            target->layer_at[l] = target->n_layers++;
+    for (int h = 0; h < g->n_heads; h++)
+        if (target->head_at[h] >= 0)
+            target->head_at[h] = target->n_heads++;
+    int64_t shape[3];
+    int n = 0;
+    shape[n++] = target->n_layers;
+    if (g->n_heads)
+        shape[n++] = target->n_heads;
+    if (last > 0)
+        shape[n++] = last;
+    return grid_alloc(target, n, shape);
+}
+
 static pb_status grids_build(const pb_sweep_view *v, component_grids *grids) {
-    const int n_layers = v->cfg->n_layers;
-    int present[PB_COMPONENT_COUNT][3] = {{0}};
     for (int c = 0; c < PB_COMPONENT_COUNT; c++) {
         grids[c].n_heads = pb_component_head_count((pb_component)c, v->cfg);
         grids[c].group_positions = calloc((size_t)v->n_sites + 1, sizeof *grids[c].group_positions);
@@ -104,64 +162,44 @@ static pb_status grids_build(const pb_sweep_view *v, component_grids *grids) {
         if (!grids[c].group_positions || !grids[c].group_sizes)
             return pb_fail(PB_ERR_OOM, "sweep write: out of memory");
     }
-    /* Which grids exist, and the groups in order of first appearance. */
+    /* Which grids exist, their layers and heads, and the groups in order of first appearance. */
     for (int64_t s = 0; s < v->n_sites; s++) {
         const pb_site_view *site = &v->sites[s];
         int c = (int)site->r.component;
         if (c < 0 || c >= PB_COMPONENT_COUNT)
             return pb_fail(PB_ERR_ARG, "sweep write: site %lld has component %d", (long long)s, c);
-        if (site->r.position != INT32_MIN) {
-            present[c][0] = 1;
-        } else if (site->all_positions) {
-            present[c][1] = 1;
-        } else {
-            present[c][2] = 1;
-            component_grids *g = &grids[c];
-            if (find_group(g, &site->r) < 0) {
-                g->group_positions[g->n_groups] = site->r.positions;
-                g->group_sizes[g->n_groups] = site->r.n_positions;
-                g->n_groups++;
-            }
+        component_grids *g = &grids[c];
+        grid *target = grid_of(grids, site);
+        PB_TRY(grid_mark(v, g, target, &site->r));
+        if (target == &g->groups && find_group(g, &site->r) < 0) {
+            g->group_positions[g->n_groups] = site->r.positions;
+            g->group_sizes[g->n_groups] = site->r.n_positions;
+            g->n_groups++;
         }
     }
     for (int c = 0; c < PB_COMPONENT_COUNT; c++) {
         component_grids *g = &grids[c];
-        int64_t shape[3];
-        int n = 0;
-        shape[n++] = n_layers;
-        if (g->n_heads)
-            shape[n++] = g->n_heads;
-        if (present[c][0]) {
-            shape[n] = v->n_columns;
-            PB_TRY(grid_alloc(&g->each, n + 1, shape));
-        }
-        if (present[c][1])
-            PB_TRY(grid_alloc(&g->all, n, shape));
-        if (present[c][2]) {
-            shape[n] = g->n_groups;
-            PB_TRY(grid_alloc(&g->groups, n + 1, shape));
-        }
-        g->each.used = present[c][0];
-        g->all.used = present[c][1];
-        g->groups.used = present[c][2];
+        PB_TRY(grid_shape(v, g, &g->each, v->n_columns[c]));
+        PB_TRY(grid_shape(v, g, &g->all, 0));
+        PB_TRY(grid_shape(v, g, &g->groups, g->n_groups));
     }
     for (int64_t s = 0; s < v->n_sites; s++) {
         const pb_site_result *r = &v->sites[s].r;
         component_grids *g = &grids[r->component];
-        if (r->layer < 0 || r->layer >= n_layers)
+        grid *target = grid_of(grids, &v->sites[s]);
+        if (r->layer < 0 || r->layer >= v->cfg->n_layers)
             continue;
-        int64_t cell = r->layer;
+        int64_t cell = target->layer_at[r->layer];
         if (g->n_heads) {
             if (r->head < 0 || r->head >= g->n_heads)
                 continue; /* a head component without one head: only in results.json */
-            cell = cell * g->n_heads + r->head;
+            cell = cell * target->n_heads + target->head_at[r->head];
         }
-        if (r->position != INT32_MIN)
-            grid_set(&g->each, cell * v->n_columns + (r->position - v->first_position), r->effect);
-        else if (v->sites[s].all_positions)
-            grid_set(&g->all, cell, r->effect);
-        else
-            grid_set(&g->groups, cell * g->n_groups + find_group(g, r), r->effect);
+        if (target == &g->each)
+            cell = cell * v->n_columns[r->component] + pb_sweep_view_column(v, r->component, r->position);
+        else if (target == &g->groups)
+            cell = cell * g->n_groups + find_group(g, r);
+        grid_set(target, cell, r->effect);
     }
     return PB_OK;
 }
@@ -229,6 +267,42 @@ static json_t *jids(json_builder *b, const int32_t *ids, int n) {
     return a;
 }
 
+/* A token's text as a JSON string: bytes that are not UTF-8 on their own
+ * (a piece of a multi-byte character) appear as "\xNN". */
+static json_t *jtoken_text(json_builder *b, const pb_model *model, int id) {
+    char raw[256], text[1024];
+    if (pb_model_token_text(model, id, raw, sizeof raw) != PB_OK)
+        return json_null();
+    size_t n = strlen(raw), used = 0;
+    for (size_t i = 0; i < n && used + 5 < sizeof text;) {
+        size_t len = pb_utf8_length((const unsigned char *)raw + i, n - i);
+        if (len == 0) {
+            used += (size_t)snprintf(text + used, sizeof text - used, "\\x%02x", (unsigned char)raw[i]);
+            i++;
+            continue;
+        }
+        if (used + len >= sizeof text)
+            break;
+        memcpy(text + used, raw + i, len);
+        used += len;
+        i += len;
+    }
+    text[used] = 0;
+    return jstr(b, text);
+}
+
+/* [{"id": 7042, "text": " Paris"}, ...] */
+static json_t *jtokens(json_builder *b, const pb_model *model, const int32_t *ids, int n) {
+    json_t *a = jarr(b);
+    for (int i = 0; i < n; i++) {
+        json_t *t = jobj(b);
+        put(b, t, "id", jint(b, ids[i]));
+        put(b, t, "text", jtoken_text(b, model, ids[i]));
+        push(b, a, t);
+    }
+    return a;
+}
+
 static json_t *jints(json_builder *b, const int *values, int n) {
     json_t *a = jarr(b);
     for (int i = 0; i < n; i++)
@@ -243,11 +317,15 @@ static json_t *metric_json(json_builder *b, const pb_sweep_view *v) {
     put(b, o, "kind", jstr(b, pb_sweep_metric_name(kind)));
     switch (kind) {
     case PB_METRIC_LOGIT_DIFF:
-        put(b, o, "positive", jids(b, m->positive, m->n_positive));
-        put(b, o, "negative", jids(b, m->negative, m->n_negative));
+        put(b, o, "positive", m->positive ? jtokens(b, v->model, m->positive, m->n_positive) : json_null());
+        put(b, o, "negative", m->negative ? jtokens(b, v->model, m->negative, m->n_negative) : json_null());
+        put(b, o, "tokens_per_pair", json_boolean(!pb_sweep_view_tokens_shared(v)));
         break;
     case PB_METRIC_LOGPROB:
-    case PB_METRIC_REFUSAL_SCORE: put(b, o, "tokens", jids(b, m->positive, m->n_positive)); break;
+    case PB_METRIC_REFUSAL_SCORE:
+        put(b, o, "tokens", m->positive ? jtokens(b, v->model, m->positive, m->n_positive) : json_null());
+        put(b, o, "tokens_per_pair", json_boolean(!pb_sweep_view_tokens_shared(v)));
+        break;
     case PB_METRIC_PROJECTION:
         put(b, o, "direction", jstr(b, m->direction_path));
         put(b, o, "layer", jint(b, m->layer));
@@ -298,7 +376,7 @@ static pb_status rank_layers(const pb_sweep_view *v, pb_ranked **out, int *n_out
 }
 
 static void npy_axes_entry(json_builder *b, json_t *axes, const char *file, const grid *g, const char *last_axis,
-                           int n_heads, json_t *labels) {
+                           int n_heads, int n_model_layers, json_t *labels) {
     json_t *e = jobj(b);
     json_t *shape = jarr(b), *names = jarr(b);
     for (int i = 0; i < g->n_dims; i++)
@@ -310,11 +388,65 @@ static void npy_axes_entry(json_builder *b, json_t *axes, const char *file, cons
         push(b, names, jstr(b, last_axis));
     put(b, e, "shape", shape);
     put(b, e, "axes", names);
+    json_t *layers = jarr(b), *heads = jarr(b);
+    for (int l = 0; g->layer_at && l < n_model_layers; l++)
+        if (g->layer_at[l] >= 0)
+            push(b, layers, jint(b, l));
+    for (int h = 0; g->head_at && h < n_heads; h++)
+        if (g->head_at[h] >= 0)
+            push(b, heads, jint(b, h));
+    put(b, e, "layers", layers);
+    if (n_heads)
+        put(b, e, "heads", heads);
+    else
+        json_decref(heads);
     put(b, e, "dtype", jstr(b, "float32"));
     put(b, e, "value", jstr(b, "mean normalised effect over usable pairs; NaN where no site"));
     if (labels)
         put(b, e, last_axis && strcmp(last_axis, "group") == 0 ? "groups" : "positions", labels);
     put(b, axes, file, e);
+}
+
+/* A prompt as run: its text and how it was rendered, its ids and their text. */
+static json_t *prompt_json(json_builder *b, const pb_sweep_view *v, const pb_prompt_spec *prompt) {
+    json_t *o = jobj(b);
+    put(b, o, "text", jstr(b, prompt->text));
+    put(b, o, "chat", json_boolean(prompt->chat));
+    put(b, o, "system", jstr(b, prompt->system)); /* chat with null: the template's default */
+    if (prompt->is_noise) {
+        json_t *noise = jobj(b);
+        put(b, noise, "scale", jnum(b, prompt->noise_scale));
+        put(b, noise, "positions", jints(b, prompt->noise_positions, prompt->n_noise_positions));
+        put(b, noise, "seed", jint(b, (long long)prompt->noise_seed));
+        put(b, o, "noise", noise);
+    }
+    put(b, o, "ids", jids(b, prompt->ids, prompt->T));
+    json_t *tokens = jarr(b);
+    for (int t = 0; t < prompt->T; t++)
+        push(b, tokens, jtoken_text(b, v->model, prompt->ids[t]));
+    put(b, o, "tokens", tokens);
+    put(b, o, "starts_with_bos",
+        json_boolean(v->cfg->bos_id >= 0 && prompt->T > 0 && prompt->ids[0] == v->cfg->bos_id));
+    return o;
+}
+
+/* A pair's prompts (by their role) and the metric tokens it reads. */
+static void pair_tokens_json(json_builder *b, const pb_sweep_view *v, int i, json_t *p) {
+    const pb_pair_spec *pair = &v->spec->pairs[i];
+    int interchange = v->summary.mode == PB_MODE_INTERCHANGE;
+    const pb_prompt_spec *clean = pair->clean_is_source ? &pair->source : &pair->base;
+    const pb_prompt_spec *corrupted = pair->clean_is_source ? &pair->base : &pair->source;
+    json_t *prompts = jobj(b);
+    put(b, prompts, interchange ? "source" : "clean", prompt_json(b, v, clean));
+    put(b, prompts, interchange ? "base" : "corrupted", prompt_json(b, v, corrupted));
+    put(b, p, "prompts", prompts);
+    pb_metric_kind kind = v->summary.metric;
+    if (kind == PB_METRIC_LOGIT_DIFF) {
+        put(b, p, "positive", jtokens(b, v->model, pair->positive, pair->n_positive));
+        put(b, p, "negative", jtokens(b, v->model, pair->negative, pair->n_negative));
+    } else if (kind == PB_METRIC_LOGPROB || kind == PB_METRIC_REFUSAL_SCORE) {
+        put(b, p, "tokens", jtokens(b, v->model, pair->positive, pair->n_positive));
+    }
 }
 
 static json_t *pairs_json(json_builder *b, const pb_sweep_view *v) {
@@ -329,9 +461,31 @@ static json_t *pairs_json(json_builder *b, const pb_sweep_view *v) {
         put(b, p, "base", jnum(b, v->pair_base[i]));
         put(b, p, "source", jnum(b, v->pair_source[i]));
         put(b, p, "usable", json_boolean(v->pair_usable[i]));
+        pair_tokens_json(b, v, i, p);
         push(b, pairs, p);
     }
     return pairs;
+}
+
+/* Per column of component c's position axis, each pair's token index in
+ * its clean and corrupted prompts (interchange: source and base). */
+static json_t *position_index_json(json_builder *b, const pb_sweep_view *v, int c) {
+    json_t *columns = jarr(b);
+    for (int k = 0; k < v->n_columns[c]; k++) {
+        json_t *clean = jarr(b), *corrupted = jarr(b), *e = jobj(b);
+        for (int i = 0; i < v->spec->n_pairs; i++) {
+            int base, source;
+            pb_sweep_view_resolve(v, i, v->columns[c][k], &base, &source);
+            int clean_is_source = v->spec->pairs[i].clean_is_source;
+            push(b, clean, jint(b, clean_is_source ? source : base));
+            push(b, corrupted, jint(b, clean_is_source ? base : source));
+        }
+        int interchange = v->summary.mode == PB_MODE_INTERCHANGE;
+        put(b, e, interchange ? "source" : "clean", clean);
+        put(b, e, interchange ? "base" : "corrupted", corrupted);
+        push(b, columns, e);
+    }
+    return columns;
 }
 
 /* Axes of every .npy file, so a heatmap can be labelled. */
@@ -342,22 +496,21 @@ static json_t *npy_axes_json(json_builder *b, const pb_sweep_view *v, const comp
         const component_grids *g = &grids[c];
         const char *name = pb_component_name((pb_component)c);
         if (g->each.used) {
-            json_t *labels = jarr(b);
-            for (int i = 0; i < v->n_columns; i++)
-                push(b, labels, jint(b, v->first_position + i));
+            json_t *labels = jints(b, v->columns[c], v->n_columns[c]);
             snprintf(file, sizeof file, "%s.npy", name);
-            npy_axes_entry(b, axes, file, &g->each, "position", g->n_heads, labels);
+            npy_axes_entry(b, axes, file, &g->each, "position", g->n_heads, v->cfg->n_layers, labels);
+            put(b, json_object_get(axes, file), "position_index", position_index_json(b, v, c));
         }
         if (g->all.used) {
             snprintf(file, sizeof file, "%s_all.npy", name);
-            npy_axes_entry(b, axes, file, &g->all, NULL, g->n_heads, NULL);
+            npy_axes_entry(b, axes, file, &g->all, NULL, g->n_heads, v->cfg->n_layers, NULL);
         }
         if (g->groups.used) {
             json_t *labels = jarr(b);
             for (int i = 0; i < g->n_groups; i++)
                 push(b, labels, jints(b, g->group_positions[i], g->group_sizes[i]));
             snprintf(file, sizeof file, "%s_groups.npy", name);
-            npy_axes_entry(b, axes, file, &g->groups, "group", g->n_heads, labels);
+            npy_axes_entry(b, axes, file, &g->groups, "group", g->n_heads, v->cfg->n_layers, labels);
         }
     }
     return axes;
@@ -433,6 +586,12 @@ static json_t *results_json(const pb_sweep_view *v, const component_grids *grids
     put(b, root, "flops_executed", jnum(b, sum->flops_executed));
     put(b, root, "flops_naive", jnum(b, sum->flops_naive));
     put(b, root, "positions_aligned_from_end", json_boolean(v->positions_from_end));
+    json_t *prompts = jobj(b);
+    put(b, prompts, "chat_default", json_boolean(v->spec->chat_default));
+    put(b, prompts, "bos_added", json_boolean(0)); /* patchbay never adds one; a chat template may hold it */
+    put(b, prompts, "bos_token",
+        v->cfg->bos_id >= 0 ? jtokens(b, v->model, (const int32_t[]){v->cfg->bos_id}, 1) : json_null());
+    put(b, root, "prompts", prompts);
 
     put(b, root, "pairs", pairs_json(b, v));
 
