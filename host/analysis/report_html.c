@@ -287,11 +287,11 @@ static pb_status labels_decode(labels *l, const pb_sweep_view *v) {
     if (!l->owned || !l->differs)
         return pb_fail(PB_ERR_OOM, "report.html: out of memory");
     l->n = T;
-    if (v->summary.mode != PB_MODE_INTERCHANGE && T_other == T)
-        snprintf(l->other, sizeof l->other, "%s", run_name(v, 0, !source));
+    int compare = v->summary.mode != PB_MODE_INTERCHANGE && T_other == T, any = 0;
     char buf[256];
     for (int i = 0; i < T; i++) {
-        l->differs[i] = l->other[0] && ids[i] != other[i];
+        l->differs[i] = compare && ids[i] != other[i];
+        any |= l->differs[i];
         if (pb_model_token_text(v->model, ids[i], buf, sizeof buf) != PB_OK)
             continue;
         l->owned[i] = strdup(buf);
@@ -299,6 +299,8 @@ static pb_status labels_decode(labels *l, const pb_sweep_view *v) {
             return pb_fail(PB_ERR_OOM, "report.html: out of memory");
     }
     l->text = (const char *const *)l->owned;
+    if (any) /* e.g. not for a noise corruption, which keeps the clean tokens */
+        snprintf(l->other, sizeof l->other, "%s", run_name(v, 0, !source));
     return PB_OK;
 }
 
