@@ -524,9 +524,14 @@ typedef struct pb_report_extras {
     /* Column labels of the position heatmaps: the decoded tokens of the
      * reference prompt. Position p >= 0 reads label p; a negative
      * (end-aligned) p reads label n_position_labels + p. NULL: the tokens
-     * of pair 0's base prompt, as the model decodes them. */
+     * of pair 0's clean prompt (interchange: its base prompt), as the
+     * model decodes them. */
     const char *const *position_labels;
     int n_position_labels;
+    /* Whose tokens position_labels are, shown on every position axis
+     * ("pair 0's clean prompt"); NULL: "the reference prompt". Without
+     * position_labels the report says which prompt it labelled with. */
+    const char *position_labels_from;
     const pb_report_generation *generations;
     int n_generations;
     const pb_report_rate *rates;

@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # report.html in a real browser: test_report_html --write renders the report
-# of a tiny_gqa sweep (2 layers, 6 positions, 4 heads); headless Chromium
-# loads it twice, once dumping the DOM after its script has run, once taking
-# a screenshot. Fails on any console message (Chromium logs every console
-# level, errors and uncaught exceptions included, as ":CONSOLE" lines with
-# --enable-logging=stderr; the page itself logs nothing), on a heatmap whose
-# rendered cell count is not data-rows x data-cols or not tiny_gqa's sizes,
-# and on external references (tests/browser/check_dom.py). The screenshot is
-# kept as $PB_BUILD_DIR/report-screenshot.png for a person to look at.
+# of a tiny_gqa sweep (2 pairs of 6 tokens, 2 layers, 4 heads); headless
+# Chromium loads it twice, once dumping the DOM after its script has run
+# (opened with #export-all, so the script renders every heatmap's PNG
+# download too; --virtual-time-budget lets those image loads finish), once
+# taking a screenshot. Fails on any console message (Chromium logs every
+# console level, errors and uncaught exceptions included, as ":CONSOLE"
+# lines with --enable-logging=stderr; the page itself logs nothing), on a
+# heatmap whose rendered cell count is not data-rows x data-cols or not
+# tiny_gqa's sizes, whose legend does not end at its own component's
+# data-range, or whose SVG/PNG download is missing or wrong, on prompts not
+# showing their 24 tokens, and on external references
+# (tests/browser/check_dom.py). The screenshot is kept as
+# $PB_BUILD_DIR/report-screenshot.png for a person to look at.
 # Skipped (77) without chromium or python3.
 set -euo pipefail
 src=${PB_SOURCE_DIR:-$(cd "$(dirname "$0")/.." && pwd)}
@@ -35,7 +40,8 @@ chrome=(chromium --headless=new --no-sandbox --disable-gpu --no-first-run --no-d
         --user-data-dir="$tmp/profile" --enable-logging=stderr --v=0)
 url="file://$tmp/report.html"
 status=0
-timeout 120 "${chrome[@]}" --dump-dom "$url" >"$tmp/dom.html" 2>"$tmp/dom.log" || status=$?
+timeout 120 "${chrome[@]}" --virtual-time-budget=10000 --dump-dom "$url#export-all" >"$tmp/dom.html" \
+  2>"$tmp/dom.log" || status=$?
 if [ $status -ne 0 ] || [ ! -s "$tmp/dom.html" ]; then
   echo "FAIL: chromium --dump-dom exited $status"
   tail -20 "$tmp/dom.log"
@@ -55,7 +61,7 @@ if grep -hE ':CONSOLE|Uncaught' "$tmp/dom.log" "$tmp/shot.log"; then
   failed=1
 fi
 echo "rendered DOM:"
-python3 "$src/tests/browser/check_dom.py" "$tmp/dom.html" resid_pre=2x6 attn_out=2x6 z=2x4 || failed=1
+python3 "$src/tests/browser/check_dom.py" "$tmp/dom.html" --tokens 24 resid_pre=2x6 attn_out=2x6 z=2x4 || failed=1
 if [ "$(head -c 8 "$tmp/report.png" | od -An -tx1 | tr -d ' \n')" != "89504e470d0a1a0a" ]; then
   echo "FAIL: the screenshot is not a PNG"
   failed=1

@@ -3,7 +3,10 @@
  * carry the hook name and the getters' values, all caller text escaped
  * (token labels shown with visible whitespace), no external resources, NaN
  * cells for an unrun sweep, and an atomic write that leaves nothing behind
- * when the directory is missing.
+ * when the directory is missing. Each heatmap on its component's own scale
+ * (the max |effect| of its .npy array), every pair's prompts with their
+ * tokens, an SVG and a PNG download per heatmap, and one head map per
+ * position (end-aligned when pairs differ in length).
  *
  * `test_report_html --write PATH` writes the report with the test's extras
  * to PATH and exits 0 (1 on failure) without running the tests: the
@@ -57,6 +60,7 @@ static const pb_report_extras test_extras = {
     .title = "Refusal analysis: tiny <gqa> & \"friends\"",
     .position_labels = position_labels,
     .n_position_labels = N_POSITIONS,
+    .position_labels_from = "pair 0's chat-templated prompt",
     .generations = generations,
     .n_generations = 3,
     .rates = rates,
@@ -270,7 +274,7 @@ static void test_heatmap_cells(void **state) {
         assert_int_equal(rows, expected[i].rows);
         assert_int_equal(cols, expected[i].cols);
         assert_int_equal(count(svg, "<rect class=\"cell\""), rows * cols);
-        assert_int_equal(count(svg, "<rect "), rows * cols + 2); /* + the legend's bar and n/a swatch */
+        assert_int_equal(count(svg, "<rect "), rows * cols + 3); /* + background, the legend's bar and n/a swatch */
         /* Each site's cell: row = layer, column = position (or head). */
         int seen = 0;
         for (int64_t s = 0; s < n_sites; s++) {
@@ -444,6 +448,200 @@ static void test_write_failures(void **state) {
     assert_int_equal(pb_report_html_write(f->sweep, f->path, &bad), PB_ERR_ARG);
 }
 
+/* The attribute `name="..."` of the first tag at or after p, as a double. */
+static double attribute_number(const char *p, const char *name) {
+    char key[64];
+    snprintf(key, sizeof key, " %s=\"", name);
+    const char *a = strstr(p, key);
+    if (!a)
+        fail_msg("no %s attribute", name);
+    return strtod(a + strlen(key), NULL);
+}
+
+/* The largest |value| of a float32 .npy file (NaN cells skipped). */
+static double npy_max_abs(const char *dir, const char *name, int n_dims) {
+    char path[256];
+    snprintf(path, sizeof path, "%s/%s.npy", dir, name);
+    int64_t shape[8];
+    float *x = tu_read_f32(path, n_dims, shape);
+    int64_t n = 1;
+    for (int d = 0; d < n_dims; d++)
+        n *= shape[d];
+    double max_abs = 0;
+    for (int64_t i = 0; i < n; i++)
+        if (isfinite(x[i]) && fabs(x[i]) > max_abs)
+            max_abs = fabs(x[i]);
+    free(x);
+    return max_abs;
+}
+
+/* Each heatmap's scale is its own component's: data-range is the largest
+ * |value| of that component's .npy array as pb_sweep_write writes it, the
+ * legend's ends are ±that, and the cell holding it has the scale's end
+ * colour (a shared scale would give it a paler one). */
+static void test_scale_per_component(void **state) {
+    fixture *f = *state;
+    char dir[128];
+    snprintf(dir, sizeof dir, "%s/sweep", f->dir);
+    assert_int_equal(pb_sweep_write(f->sweep, dir, 0), PB_OK);
+    static const struct {
+        const char *id;
+        pb_component component;
+        int n_dims;
+    } maps[] = {
+        {"resid_pre", PB_COMPONENT_RESID_PRE, 2}, {"attn_out", PB_COMPONENT_ATTN_OUT, 2}, {"z", PB_COMPONENT_Z, 3}};
+    for (size_t i = 0; i < sizeof maps / sizeof maps[0]; i++) {
+        double want = npy_max_abs(dir, maps[i].id, maps[i].n_dims);
+        int rows, cols;
+        char *svg = heatmap(f->html, maps[i].id, &rows, &cols);
+        double got = attribute_number(svg, "data-range");
+        if (!(fabs(got - want) <= 1e-6 * want))
+            fail_msg("%s: scale %.9g, the array's max |effect| %.9g", maps[i].id, got, want);
+        char tick[64];
+        snprintf(tick, sizeof tick, "class=\"tick scale-max\">%+.3g</text>", got);
+        expect_in(svg, tick);
+        snprintf(tick, sizeof tick, "class=\"tick scale-min\">%+.3g</text>", -got);
+        expect_in(svg, tick);
+        /* The site with the largest |effect|: the end colour of its sign. */
+        pb_site_result best = {0};
+        double best_abs = -1;
+        for (int64_t s = 0; s < pb_sweep_site_count(f->sweep); s++) {
+            pb_site_result r;
+            assert_int_equal(pb_sweep_get_site(f->sweep, s, &r), PB_OK);
+            if (r.component == maps[i].component && isfinite(r.effect) && fabs(r.effect) > best_abs) {
+                best_abs = fabs(r.effect);
+                best = r;
+            }
+        }
+        const char *cell = svg;
+        int index = best.layer * cols + (best.head >= 0 ? best.head : best.position);
+        for (int k = 0; k <= index; k++)
+            cell = strstr(cell + 1, "<rect class=\"cell\"");
+        assert_non_null(cell);
+        const char *fill = best.effect > 0 ? "fill=\"#b2182b\"" : "fill=\"#2166ac\"";
+        if (strncmp(strstr(cell, "fill="), fill, strlen(fill)) != 0)
+            fail_msg("%s: the cell of max |effect| %.4f is %.16s, expected %s", maps[i].id, best.effect,
+                     strstr(cell, "fill="), fill);
+        free(svg);
+    }
+}
+
+/* The prompt block of one run of a pair: its tokens' ids in order, and how
+ * many are marked as differing from the other prompt. */
+static int prompt_ids(const char *html, int pair, const char *run, int32_t *ids, int capacity, int *n_differs) {
+    char open[96];
+    snprintf(open, sizeof open, "<div class=\"prompt\" data-pair=\"%d\" data-run=\"%s\">", pair, run);
+    const char *p = strstr(html, open);
+    if (!p)
+        fail_msg("no prompt block for pair %d's %s run", pair, run);
+    const char *end = strstr(p, "</div></div>");
+    assert_non_null(end);
+    int n = 0;
+    *n_differs = 0;
+    for (const char *t = strstr(p, "<span class=\"tok"); t && t < end; t = strstr(t + 1, "<span class=\"tok")) {
+        assert_true(n < capacity);
+        *n_differs += strncmp(t, "<span class=\"tok differs\"", 25) == 0;
+        ids[n++] = (int32_t)attribute_number(t, "data-id");
+    }
+    return n;
+}
+
+/* Every pair's clean and corrupted prompts are shown with their tokens in
+ * order (the spec's ids), the differing position marked, and the position
+ * axes say whose tokens label them. */
+static void test_prompts_shown(void **state) {
+    fixture *f = *state;
+    static const int32_t clean[2][N_POSITIONS] = {{5, 17, 33, 60, 7, 90}, {9, 3, 70, 21, 100, 11}};
+    static const int32_t corrupted[2][N_POSITIONS] = {{5, 17, 44, 60, 7, 90}, {9, 3, 12, 21, 100, 11}};
+    for (int pair = 0; pair < 2; pair++) {
+        int32_t ids[16];
+        int n_differs;
+        assert_int_equal(prompt_ids(f->html, pair, "clean", ids, 16, &n_differs), N_POSITIONS);
+        assert_memory_equal(ids, clean[pair], sizeof clean[pair]);
+        assert_int_equal(n_differs, 1);
+        assert_int_equal(prompt_ids(f->html, pair, "corrupted", ids, 16, &n_differs), N_POSITIONS);
+        assert_memory_equal(ids, corrupted[pair], sizeof corrupted[pair]);
+        assert_int_equal(n_differs, 1);
+    }
+    /* The caller's labels, named as the caller named them, on each position axis. */
+    int rows, cols;
+    char *svg = heatmap(f->html, "resid_pre", &rows, &cols);
+    expect_in(svg, ">position · tokens of pair 0&#39;s chat-templated prompt</text>");
+    free(svg);
+}
+
+/* Every heatmap has one SVG and one PNG download link of its own. */
+static void test_every_heatmap_exports(void **state) {
+    fixture *f = *state;
+    int n = 0;
+    for (const char *p = strstr(f->html, "<svg class=\"heatmap\" id=\"heatmap-"); p;
+         p = strstr(p + 1, "<svg class=\"heatmap\" id=\"heatmap-")) {
+        char id[64], link[256];
+        assert_int_equal(sscanf(p, "<svg class=\"heatmap\" id=\"heatmap-%63[^\"]\"", id), 1);
+        snprintf(link, sizeof link, "class=\"export-svg\" data-for=\"heatmap-%s\" download=\"%s.svg\"", id, id);
+        assert_int_equal(count(f->html, link), 1);
+        snprintf(link, sizeof link, "class=\"export-png\" data-for=\"heatmap-%s\" download=\"%s.png\"", id, id);
+        assert_int_equal(count(f->html, link), 1);
+        n++;
+    }
+    assert_int_equal(n, 3);
+    assert_int_equal(count(f->html, "class=\"export-svg\""), n);
+    assert_int_equal(count(f->html, "class=\"export-png\""), n);
+}
+
+/* Pairs of unequal length (end-aligned positions) with every z head at
+ * every position: the mean map, then one layer x head map per position whose
+ * cells carry that site's getter values; the mean map's cells are the mean
+ * of those; the note says positions count from the end. */
+static void test_head_maps_per_position(void **state) {
+    fixture *f = *state;
+    static const char *const unequal =
+        "{\"mode\": \"denoising\","
+        " \"pairs\": [{\"clean\": {\"ids\": [5, 17, 33, 60, 7, 90]}, \"corrupted\": {\"ids\": [5, 17, 44, 60, 7, 90]}},"
+        "            {\"clean\": {\"ids\": [3, 70, 21, 100, 11]}, \"corrupted\": {\"ids\": [3, 12, 21, 100, 11]}}],"
+        " \"sites\": [{\"component\": \"z\", \"layers\": \"all\", \"heads\": \"all\", \"positions\": \"each\"}],"
+        " \"metric\": {\"kind\": \"logit_diff\", \"positive\": {\"ids\": [18]}, \"negative\": {\"ids\": [53]}}}";
+    pb_sweep *s = NULL;
+    assert_int_equal(tu_run_sweep(f->model, unequal, 1, &s), PB_OK);
+    char path[160];
+    snprintf(path, sizeof path, "%s/unequal.html", f->dir);
+    assert_int_equal(pb_report_html_write(s, path, NULL), PB_OK);
+    char *html = tu_read_file(path, NULL);
+    assert_non_null(html);
+    expect_in(html, "positions count from the end of each prompt");
+    assert_int_equal(count(html, "<svg class=\"heatmap\""), 1 + 5); /* the mean, positions -5..-1 */
+    double sum[N_LAYERS][N_HEADS] = {{0}};
+    for (int64_t i = 0; i < pb_sweep_site_count(s); i++) {
+        pb_site_result r;
+        assert_int_equal(pb_sweep_get_site(s, i, &r), PB_OK);
+        assert_true(r.position >= -5 && r.position <= -1);
+        char id[32], want[96];
+        snprintf(id, sizeof id, "z_pos%d", r.position);
+        int rows, cols;
+        char *svg = heatmap(html, id, &rows, &cols);
+        char *title = cell_title(svg, r.layer * N_HEADS + r.head);
+        snprintf(want, sizeof want, "blocks.%d.attn.hook_z head %d pos %d ", r.layer, r.head, r.position);
+        assert_int_equal(strncmp(title, want, strlen(want)), 0);
+        snprintf(want, sizeof want, ": %.4f ± %.4f", r.effect, r.standard_error);
+        expect_in(title, want);
+        free(title);
+        free(svg);
+        sum[r.layer][r.head] += r.effect;
+    }
+    int rows, cols;
+    char *svg = heatmap(html, "z", &rows, &cols);
+    for (int layer = 0; layer < N_LAYERS; layer++)
+        for (int head = 0; head < N_HEADS; head++) {
+            char *title = cell_title(svg, layer * N_HEADS + head), want[64];
+            snprintf(want, sizeof want, "mean over 5 positions: %.4f (min", sum[layer][head] / 5);
+            expect_in(title, want);
+            free(title);
+        }
+    free(svg);
+    free(html);
+    pb_sweep_free(s);
+}
+
 /* --write PATH: the report for the browser test. */
 static int write_only(const char *path) {
     pb_model *m = load_tiny();
@@ -470,6 +668,10 @@ int main(int argc, char **argv) {
         cmocka_unit_test_setup_teardown(test_top_sites_and_extras, write_report, remove_report),
         cmocka_unit_test_setup_teardown(test_nan_cells_without_extras, write_report, remove_report),
         cmocka_unit_test_setup_teardown(test_write_failures, write_report, remove_report),
+        cmocka_unit_test_setup_teardown(test_scale_per_component, write_report, remove_report),
+        cmocka_unit_test_setup_teardown(test_prompts_shown, write_report, remove_report),
+        cmocka_unit_test_setup_teardown(test_every_heatmap_exports, write_report, remove_report),
+        cmocka_unit_test_setup_teardown(test_head_maps_per_position, write_report, remove_report),
     };
     return cmocka_run_group_tests_name("report_html", tests, setup, teardown) ? 1 : 0;
 }

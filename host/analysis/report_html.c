@@ -1,17 +1,23 @@
 /* pb_report_html_write: report.html, one self-contained page.
  *
  *   header     model, mode, metric, pairs, baselines, rows executed, FLOPs saved, wall time
+ *   prompts    each pair's two prompts: decoded text and tokens (ids from
+ *              pb_sweep_get_pair_tokens, text from the model's vocabulary), differing
+ *              positions marked
  *   heatmaps   one inline SVG per component and position kind: residual-width components as
- *              layer x position (columns labelled by the prompt's tokens), head components as
- *              layer x head (at their one position, or the mean over several, said in the
- *              caption); a diverging scale centred at 0 shared by every heatmap
+ *              layer x position (columns labelled by pair 0's clean prompt, or the caller's
+ *              labels, and the axis says whose), head components as layer x head (at their
+ *              one position; at several, the mean and then one map per position); each
+ *              component on its own diverging scale, centred at 0 and ending at its largest
+ *              |effect|, written in its legend; SVG and PNG downloads per figure
  *   tables     the top sites by |effect|, refusal rates, generated texts, direction, notes
  *
  * Structure for tests and tools: every heatmap is <svg class="heatmap"
- * id="heatmap-<component>[_all|_groups]" data-rows data-cols> holding exactly
- * rows x cols <rect class="cell">, each with a <title> tooltip. Values come from
- * the sweep's getters through pb_sweep_view, as results.json's do. The page is
- * built in memory and written with pb_write_file_atomic. */
+ * id="heatmap-<component>[_all|_groups][_pos<p>|<group>]" data-rows data-cols
+ * data-range> holding exactly rows x cols <rect class="cell">, each with a
+ * <title> tooltip; data-range is the component's largest |effect|. Values come
+ * from the sweep's getters through pb_sweep_view, as results.json's do. The
+ * page is built in memory and written with pb_write_file_atomic. */
 #define _POSIX_C_SOURCE 200809L
 #include "analysis/report_html.h"
 
@@ -29,6 +35,9 @@
 enum {
     TOP_SITES = 20,
     LABEL_MAX_CHARS = 16, /* longer token labels are cut with an ellipsis */
+    MAX_KEY_MAPS = 32,    /* head components: one map per position up to this many positions */
+    PAIRS_OPEN = 4,       /* pairs whose prompts are shown open; the rest are folded */
+    PAIRS_SHOWN = 64,     /* pairs whose prompts are shown at all */
     VARIANT_EACH = 0,     /* one site per position */
     VARIANT_ALL,          /* every position together */
     VARIANT_GROUPS,       /* listed groups of positions together */
@@ -240,7 +249,10 @@ static pb_status sites_build(const pb_sweep_view *v, component_sites *cs) {
 typedef struct labels {
     const char *const *text; /* (n) */
     int n;
-    char **owned; /* decoded from the model when the caller gave none */
+    char **owned;   /* decoded from the model when the caller gave none */
+    char *differs;  /* (n) 1 where pair 0's other prompt has another token; NULL: not compared */
+    char from[160]; /* whose tokens these are: "pair 0's clean prompt" */
+    char other[32]; /* the prompt compared with: "corrupted" */
 } labels;
 
 static void labels_free(labels *l) {
@@ -248,43 +260,93 @@ static void labels_free(labels *l) {
         for (int i = 0; i < l->n; i++)
             free(l->owned[i]);
     free(l->owned);
+    free(l->differs);
 }
 
-/* The caller's labels, else pair 0's base prompt as the model decodes it
- * (tokens it cannot decode stay unlabelled). */
-static pb_status labels_load(labels *l, const pb_sweep_view *v, const pb_report_extras *extras) {
-    memset(l, 0, sizeof *l);
-    if (extras && extras->position_labels && extras->n_position_labels > 0) {
-        l->text = extras->position_labels;
-        l->n = extras->n_position_labels;
-        return PB_OK;
-    }
-    if (v->spec->n_pairs < 1 || !v->spec->pairs[0].base.ids)
-        return PB_OK;
-    const pb_prompt_spec *prompt = &v->spec->pairs[0].base;
-    l->owned = calloc((size_t)prompt->T + 1, sizeof *l->owned);
-    if (!l->owned)
+/* "clean", "corrupted", "base", "source" for a pair's run (source = 1: the
+ * run whose activations are patched in). */
+static const char *run_name(const pb_sweep_view *v, int pair, int source) {
+    if (v->summary.mode == PB_MODE_INTERCHANGE)
+        return source ? "source" : "base";
+    int clean_is_source = pair < v->spec->n_pairs ? v->spec->pairs[pair].clean_is_source : 1;
+    return source == clean_is_source ? "clean" : "corrupted";
+}
+
+/* Pair 0's prompt that names the columns: the clean one (denoising and
+ * noising share positions, and the clean prompt is the one a reader knows),
+ * the base one in interchange (positions are the base run's). Its tokens
+ * are decoded with the model's vocabulary; a token it cannot decode stays
+ * unlabelled. */
+static pb_status labels_decode(labels *l, const pb_sweep_view *v) {
+    int source = v->summary.mode == PB_MODE_INTERCHANGE ? 0 : v->spec->pairs[0].clean_is_source;
+    const int32_t *ids = NULL, *other = NULL;
+    int T = 0, T_other = 0;
+    PB_TRY(pb_sweep_get_pair_tokens(v->sweep, 0, source, &ids, &T));
+    PB_TRY(pb_sweep_get_pair_tokens(v->sweep, 0, !source, &other, &T_other));
+    snprintf(l->from, sizeof l->from, "pair 0's %s prompt", run_name(v, 0, source));
+    l->owned = calloc((size_t)T + 1, sizeof *l->owned);
+    l->differs = calloc((size_t)T + 1, 1);
+    if (!l->owned || !l->differs)
         return pb_fail(PB_ERR_OOM, "report.html: out of memory");
-    l->n = prompt->T;
+    l->n = T;
+    int compare = v->summary.mode != PB_MODE_INTERCHANGE && T_other == T, any = 0;
     char buf[256];
-    for (int i = 0; i < prompt->T; i++) {
-        if (pb_model_token_text(v->model, prompt->ids[i], buf, sizeof buf) != PB_OK)
+    for (int i = 0; i < T; i++) {
+        l->differs[i] = compare && ids[i] != other[i];
+        any |= l->differs[i];
+        if (pb_model_token_text(v->model, ids[i], buf, sizeof buf) != PB_OK)
             continue;
         l->owned[i] = strdup(buf);
         if (!l->owned[i])
             return pb_fail(PB_ERR_OOM, "report.html: out of memory");
     }
     l->text = (const char *const *)l->owned;
+    if (any) /* e.g. not for a noise corruption, which keeps the clean tokens */
+        snprintf(l->other, sizeof l->other, "%s", run_name(v, 0, !source));
     return PB_OK;
 }
 
-/* The token at a spec position (negative: end-aligned), or NULL. */
-static const char *label_at(const labels *l, int position) {
+/* The caller's labels (said to come from extras->position_labels_from),
+ * else pair 0's prompt as labels_decode reads it. */
+static pb_status labels_load(labels *l, const pb_sweep_view *v, const pb_report_extras *extras) {
+    memset(l, 0, sizeof *l);
+    if (extras && extras->position_labels && extras->n_position_labels > 0) {
+        l->text = extras->position_labels;
+        l->n = extras->n_position_labels;
+        snprintf(l->from, sizeof l->from, "%s",
+                 extras->position_labels_from ? extras->position_labels_from : "the reference prompt");
+        return PB_OK;
+    }
+    if (v->n_pairs < 1)
+        return PB_OK;
+    return labels_decode(l, v);
+}
+
+/* The label index of a spec position (negative: end-aligned), or -1. */
+static int label_index(const labels *l, int position) {
     int i = position >= 0 ? position : l->n + position;
-    return i >= 0 && i < l->n ? l->text[i] : NULL;
+    return i >= 0 && i < l->n ? i : -1;
+}
+
+/* The token at a spec position, or NULL. */
+static const char *label_at(const labels *l, int position) {
+    int i = label_index(l, position);
+    return i >= 0 ? l->text[i] : NULL;
 }
 
 /* ---- heatmaps ------------------------------------------------------------- */
+
+/* One heatmap: a component's sites of one variant, all of them or (head
+ * components) those at one position key. */
+typedef struct heatmap_spec {
+    const component_sites *g;
+    pb_component component;
+    int variant;
+    int key;        /* head components: the one position (or group) shown; -1: the mean over every key */
+    double max_abs; /* the largest |effect| in the component's array (0: none) */
+    double range;   /* the colour scale's end: max_abs, or 1 when there is no value */
+    char id[64];    /* "z", "z_pos3", "resid_pre_all" */
+} heatmap_spec;
 
 typedef struct cell_value {
     double effect;   /* NaN: no value */
@@ -295,16 +357,18 @@ typedef struct cell_value {
     int key; /* the position column or group of a single-site cell */
 } cell_value;
 
-/* Residual width: the cell's one site. Heads: the mean over the positions
- * (or groups) that have a site. */
-static cell_value cell_at(const pb_sweep_view *v, const component_sites *g, int variant, int layer, int col) {
+/* Residual width: the cell's one site. Heads: the site at key, or (key -1)
+ * the mean over the positions (or groups) that have a site. */
+static cell_value cell_at(const pb_sweep_view *v, const heatmap_spec *m, int layer, int col) {
+    const component_sites *g = m->g;
     cell_value out = {NAN, NAN, NAN, NAN, 0, 0, -1};
-    int heads = g->n_heads ? g->n_heads : 1, n_keys = g->n_keys[variant];
+    int heads = g->n_heads ? g->n_heads : 1, n_keys = g->n_keys[m->variant];
     int head = g->n_heads ? col : 0;
-    int key_lo = g->n_heads ? 0 : col, key_hi = g->n_heads ? n_keys : col + 1;
+    int key_lo = g->n_heads ? (m->key >= 0 ? m->key : 0) : col;
+    int key_hi = g->n_heads ? (m->key >= 0 ? m->key + 1 : n_keys) : col + 1;
     double sum = 0;
     for (int k = key_lo; k < key_hi; k++) {
-        int64_t s = g->first[variant][((int64_t)layer * heads + head) * n_keys + k];
+        int64_t s = g->first[m->variant][((int64_t)layer * heads + head) * n_keys + k];
         if (s < 0)
             continue;
         const pb_site_result *r = &v->sites[s].r;
@@ -327,18 +391,38 @@ static cell_value cell_at(const pb_sweep_view *v, const component_sites *g, int 
     return out;
 }
 
+/* Head components: whether position key has any site. */
+static int key_used(const component_sites *g, int variant, int n_layers, int key) {
+    int n_keys = g->n_keys[variant], heads = g->n_heads ? g->n_heads : 1;
+    for (int64_t i = 0; i < (int64_t)n_layers * heads; i++)
+        if (g->first[variant][i * n_keys + key] >= 0)
+            return 1;
+    return 0;
+}
+
 /* Head components: the position keys that have any site (how many, and the first). */
 static int keys_used(const component_sites *g, int variant, int n_layers, int *first_key) {
-    int n_keys = g->n_keys[variant], heads = g->n_heads ? g->n_heads : 1, count = 0;
+    int count = 0;
     *first_key = -1;
-    for (int k = 0; k < n_keys; k++) {
-        int any = 0;
-        for (int64_t i = 0; i < (int64_t)n_layers * heads && !any; i++)
-            any = g->first[variant][i * n_keys + k] >= 0;
-        if (any && count++ == 0)
+    for (int k = 0; k < g->n_keys[variant]; k++)
+        if (key_used(g, variant, n_layers, k) && count++ == 0)
             *first_key = k;
-    }
     return count;
+}
+
+/* The largest |effect| over every cell of a component's variant: the
+ * largest |value| of its .npy array, which holds the same first sites. */
+static double component_max_abs(const pb_sweep_view *v, const component_sites *g, int variant) {
+    int heads = g->n_heads ? g->n_heads : 1;
+    int64_t n = (int64_t)v->cfg->n_layers * heads * g->n_keys[variant];
+    double max_abs = 0;
+    for (int64_t i = 0; i < n; i++) {
+        int64_t s = g->first[variant][i];
+        double e = s >= 0 ? fabs(v->sites[s].r.effect) : NAN;
+        if (isfinite(e) && e > max_abs)
+            max_abs = e;
+    }
+    return max_abs;
 }
 
 /* "pos 5 (“tok”)", "all positions", "positions 3,4,5" for a key of a variant. */
@@ -366,10 +450,11 @@ typedef struct layout {
     int left, top, cell_w, cell_h, grid_w, grid_h, width, height, legend_x, legend_h;
 } layout;
 
-static layout heatmap_layout(int rows, int cols, int token_columns) {
+/* compact: small multiples (one head map per position), narrower cells without values. */
+static layout heatmap_layout(int rows, int cols, int token_columns, int compact) {
     layout L;
-    L.cell_w = cols <= 12 ? 48 : cols <= 24 ? 34 : cols <= 48 ? 26 : 18;
-    L.cell_h = rows <= 8 ? 26 : rows <= 16 ? 20 : 16;
+    L.cell_w = compact ? 22 : cols <= 12 ? 40 : cols <= 24 ? 34 : cols <= 48 ? 26 : 18;
+    L.cell_h = compact && rows > 8 ? 14 : rows <= 8 ? 26 : rows <= 16 ? 20 : 16;
     L.left = 64;
     L.top = token_columns ? 104 : 40;
     L.grid_w = cols * L.cell_w;
@@ -381,6 +466,8 @@ static layout heatmap_layout(int rows, int cols, int token_columns) {
     return L;
 }
 
+/* The colour bar from -range to +range, its ends written out (the scale of
+ * this heatmap alone), and the n/a swatch. */
 static void put_legend(FILE *f, const layout *L, const char *id, double range) {
     int bar_h = L->legend_h;
     int x = L->legend_x, y = L->top;
@@ -399,145 +486,207 @@ static void put_legend(FILE *f, const layout *L, const char *id, double range) {
         "<rect x=\"%d\" y=\"%d\" width=\"14\" height=\"%d\" fill=\"url(#scale-%s)\" stroke=\"#888\" stroke-width=\"0.5\"/>",
         x, y, bar_h, id);
     snprintf(buf, sizeof buf, "%+.3g", range);
-    fprintf(f, "<text x=\"%d\" y=\"%d\" class=\"tick\">%s</text>", x + 19, y + 4, buf);
+    fprintf(f, "<text x=\"%d\" y=\"%d\" class=\"tick scale-max\">%s</text>", x + 19, y + 4, buf);
     fprintf(f, "<text x=\"%d\" y=\"%d\" class=\"tick\">0</text>", x + 19, y + bar_h / 2 + 4);
     snprintf(buf, sizeof buf, "%+.3g", -range);
-    fprintf(f, "<text x=\"%d\" y=\"%d\" class=\"tick\">%s</text>", x + 19, y + bar_h + 4, buf);
+    fprintf(f, "<text x=\"%d\" y=\"%d\" class=\"tick scale-min\">%s</text>", x + 19, y + bar_h + 4, buf);
     fprintf(f, "<rect x=\"%d\" y=\"%d\" width=\"14\" height=\"10\" fill=\"%s\" stroke=\"#888\" stroke-width=\"0.5\"/>",
             x, y + bar_h + 14, nan_colour);
     fprintf(f, "<text x=\"%d\" y=\"%d\" class=\"tick\">n/a</text></g>\n", x + 19, y + bar_h + 23);
 }
 
-/* One <figure>: caption and the SVG. */
-/* The cells of a heatmap (rows layers, columns L->cols), each with its
- * hover title and, where it fits, its value. */
-static void put_cells(FILE *f, const pb_sweep_view *v, const component_sites *g, const labels *l, const layout *L,
-                      pb_component c, int variant, double range) {
-    const char *hook = pb_component_hook(c);
-    int heads = g->n_heads, rows = v->cfg->n_layers, cols = heads ? heads : g->n_keys[variant];
-    int first_key = -1, n_keys_used = heads ? keys_used(g, variant, rows, &first_key) : 0;
+/* A cell's hover title after its hook: where, and its value. */
+static void put_cell_title(FILE *f, const pb_sweep_view *v, const labels *l, const heatmap_spec *m, int col,
+                           const cell_value *cv, int first_key, int n_keys_used) {
+    char e[32], se[32], lo[32], hi[32];
+    if (!m->g->n_heads) {
+        put_key_text(f, v, m->g, l, m->variant, col);
+    } else {
+        fprintf(f, "head %d ", col);
+        if (cv->n_sites == 1 || (cv->n_sites == 0 && (m->key >= 0 || n_keys_used == 1)))
+            put_key_text(f, v, m->g, l, m->variant, cv->n_sites == 1 ? cv->key : m->key >= 0 ? m->key : first_key);
+        else
+            fprintf(f, "mean over %d %s", cv->n_sites, m->variant == VARIANT_GROUPS ? "groups" : "positions");
+    }
+    fputs(": ", f);
+    if (cv->n_sites == 0)
+        fputs("not patched", f);
+    else if (isnan(cv->effect))
+        fputs("n/a (no usable pair, or not run)", f);
+    else if (cv->n_sites == 1)
+        fprintf(f, "%s ± %s", format_number(cv->effect, e, sizeof e), format_number(cv->stderr_, se, sizeof se));
+    else
+        fprintf(f, "%s (min %s, max %s over %d)", format_number(cv->effect, e, sizeof e),
+                format_number(cv->min, lo, sizeof lo), format_number(cv->max, hi, sizeof hi), cv->n_finite);
+}
+
+/* The cells of a heatmap (rows layers, columns positions or heads), each
+ * with its hover title and, where it fits, its value. */
+static void put_cells(FILE *f, const pb_sweep_view *v, const labels *l, const layout *L, const heatmap_spec *m) {
+    const char *hook = pb_component_hook(m->component);
+    int heads = m->g->n_heads, rows = v->cfg->n_layers, cols = heads ? heads : m->g->n_keys[m->variant];
+    int first_key = -1, n_keys_used = heads ? keys_used(m->g, m->variant, rows, &first_key) : 0;
     int show_values = L->cell_w >= 34 && L->cell_h >= 20;
-    char colour[8], e[32], se[32], lo[32], hi[32];
+    char colour[8];
     for (int layer = 0; layer < rows; layer++) {
         for (int col = 0; col < cols; col++) {
-            cell_value cv = cell_at(v, g, variant, layer, col);
+            cell_value cv = cell_at(v, m, layer, col);
             int x = L->left + col * L->cell_w, y = L->top + layer * L->cell_h;
-            effect_colour(cv.effect, range, colour);
+            effect_colour(cv.effect, m->range, colour);
             fprintf(f, "<rect class=\"cell\" x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" fill=\"%s\"%s><title>", x, y,
                     L->cell_w, L->cell_h, colour, isnan(cv.effect) ? " data-nan=\"1\"" : "");
             fprintf(f, "blocks.%d.%s ", layer, hook);
-            if (!heads) {
-                put_key_text(f, v, g, l, variant, col);
-            } else {
-                fprintf(f, "head %d ", col);
-                if (cv.n_sites == 1 || (cv.n_sites == 0 && n_keys_used == 1))
-                    put_key_text(f, v, g, l, variant, cv.n_sites == 1 ? cv.key : first_key);
-                else
-                    fprintf(f, "mean over %d %s", cv.n_sites, variant == VARIANT_GROUPS ? "groups" : "positions");
-            }
-            fputs(": ", f);
-            if (cv.n_sites == 0)
-                fputs("not patched", f);
-            else if (isnan(cv.effect))
-                fputs("n/a (no usable pair, or not run)", f);
-            else if (cv.n_sites == 1)
-                fprintf(f, "%s ± %s", format_number(cv.effect, e, sizeof e), format_number(cv.stderr_, se, sizeof se));
-            else
-                fprintf(f, "%s (min %s, max %s over %d)", format_number(cv.effect, e, sizeof e),
-                        format_number(cv.min, lo, sizeof lo), format_number(cv.max, hi, sizeof hi), cv.n_finite);
+            put_cell_title(f, v, l, m, col, &cv, first_key, n_keys_used);
             fputs("</title></rect>", f);
             if (show_values && !isnan(cv.effect))
                 fprintf(f, "<text class=\"value%s\" x=\"%d\" y=\"%d\" text-anchor=\"middle\">%.2f</text>",
-                        fabs(cv.effect / range) > 0.55 ? " light" : "", x + L->cell_w / 2, y + L->cell_h / 2 + 4,
+                        fabs(cv.effect / m->range) > 0.55 ? " light" : "", x + L->cell_w / 2, y + L->cell_h / 2 + 4,
                         fabs(cv.effect) < 0.005 ? 0.0 : cv.effect); /* no "-0.00" */
         }
         fputc('\n', f);
     }
 }
 
-static void put_heatmap(FILE *f, const pb_sweep_view *v, const component_sites *g, const labels *l, pb_component c,
-                        int variant, double range) {
-    static const char *const suffix[N_VARIANTS] = {"", "_all", "_groups"};
-    const int n_layers = v->cfg->n_layers;
-    const char *name = pb_component_name(c), *hook = pb_component_hook(c);
-    char id[48];
-    snprintf(id, sizeof id, "%s%s", name, suffix[variant]);
-    int heads = g->n_heads, rows = n_layers, cols = heads ? heads : g->n_keys[variant];
-    int token_columns = !heads && variant == VARIANT_EACH && l->n > 0;
-    int first_key = -1, n_keys_used = heads ? keys_used(g, variant, n_layers, &first_key) : 0;
-    layout L = heatmap_layout(rows, cols, token_columns);
+/* The token above a position column, bold where pair 0's other prompt has
+ * another token, with the full token in its title. */
+static void put_token_label(FILE *f, const labels *l, int p, int cx, int top) {
+    int i = label_index(l, p);
+    const char *token = i >= 0 ? l->text[i] : NULL;
+    int differs = i >= 0 && l->differs && l->differs[i];
+    fprintf(f, "<text class=\"col-label token%s\" transform=\"translate(%d,%d) rotate(-55)\">",
+            differs ? " differs" : "", cx + 3, top - 6);
+    fprintf(f, "<title>position %d: ", p);
+    put_escaped(f, token, ESCAPE_LABEL, 0);
+    if (differs)
+        fprintf(f, " (the %s prompt has another token here)", l->other);
+    fputs("</title>", f);
+    put_escaped(f, token ? token : "", ESCAPE_LABEL, LABEL_MAX_CHARS);
+    fputs("</text>", f);
+}
 
-    fprintf(f, "<figure class=\"heatmap-figure\">\n<figcaption><h3>%s <code>blocks.L.%s</code></h3><p>", name, hook);
-    if (!heads) {
-        fputs(variant == VARIANT_EACH  ? "Layer × position: each position patched alone."
-              : variant == VARIANT_ALL ? "Layer: every position patched together."
-                                       : "Layer × group: each listed group of positions patched together.",
-              f);
-    } else {
-        fprintf(f, "Layer × %s head ", pb_component_info_of(c)->heads == PB_HEADS_KV ? "key-value" : "query");
-        if (n_keys_used == 1) {
-            fputs("at ", f);
-            put_key_text(f, v, g, l, variant, first_key);
-            fputs(".", f);
-        } else if (variant == VARIANT_GROUPS) {
-            fprintf(f, "— mean over %d groups of positions (each patched on its own).", n_keys_used);
-        } else {
-            fprintf(f, "— mean over %d positions (each patched on its own).", n_keys_used);
-        }
-    }
-    fputs("</p></figcaption>\n", f);
-    fprintf(f,
-            "<div class=\"scroll\"><svg class=\"heatmap\" id=\"heatmap-%s\" data-rows=\"%d\" data-cols=\"%d\" "
-            "width=\"%d\" height=\"%d\" viewBox=\"0 0 %d %d\" role=\"img\">\n",
-            id, rows, cols, L.width, L.height, L.width, L.height);
-    fprintf(f, "<title>%s: %d rows (layers) × %d columns</title>\n", id, rows, cols);
-
-    /* Axis titles and labels. */
+/* Row and column labels and the axis titles; a position axis says whose
+ * tokens label it, and that it counts from the end when it does. */
+static void put_axes(FILE *f, const pb_sweep_view *v, const labels *l, const layout *L, const heatmap_spec *m,
+                     int token_columns) {
+    int heads = m->g->n_heads, rows = v->cfg->n_layers, cols = heads ? heads : m->g->n_keys[m->variant];
     fprintf(
         f,
         "<text class=\"axis-title\" transform=\"translate(14,%d) rotate(-90)\" text-anchor=\"middle\">layer</text>\n",
-        L.top + L.grid_h / 2);
+        L->top + L->grid_h / 2);
     for (int layer = 0; layer < rows; layer++)
-        fprintf(f, "<text class=\"row-label\" x=\"%d\" y=\"%d\" text-anchor=\"end\">%d</text>", L.left - 6,
-                L.top + layer * L.cell_h + L.cell_h / 2 + 4, layer);
+        fprintf(f, "<text class=\"row-label\" x=\"%d\" y=\"%d\" text-anchor=\"end\">%d</text>", L->left - 6,
+                L->top + layer * L->cell_h + L->cell_h / 2 + 4, layer);
     fputc('\n', f);
-    int label_every = L.cell_w >= 18 ? 1 : 2;
+    int label_every = L->cell_w >= 18 ? 1 : 2;
     for (int col = 0; col < cols; col++) {
-        int cx = L.left + col * L.cell_w + L.cell_w / 2;
+        int cx = L->left + col * L->cell_w + L->cell_w / 2, y = L->top + L->grid_h + 14;
+        if (token_columns)
+            put_token_label(f, l, m->g->columns[col], cx, L->top);
+        if (col % label_every != 0)
+            continue;
+        fprintf(f, "<text class=\"col-label\" x=\"%d\" y=\"%d\" text-anchor=\"middle\">", cx, y);
+        if (heads)
+            fprintf(f, "%d", col);
+        else if (m->variant == VARIANT_EACH)
+            fprintf(f, "%d", m->g->columns[col]);
+        else
+            put_key_text(f, v, m->g, l, m->variant, col);
+        fputs("</text>", f);
+    }
+    fprintf(f, "\n<text class=\"axis-title\" x=\"%d\" y=\"%d\">", L->left, L->top + L->grid_h + 32);
+    if (heads) {
+        fputs("head", f);
+    } else if (m->variant == VARIANT_EACH) {
+        fputs(v->positions_from_end ? "position from the end" : "position", f);
         if (token_columns) {
-            int p = g->columns[col];
-            const char *token = label_at(l, p);
-            fprintf(f, "<text class=\"col-label token\" transform=\"translate(%d,%d) rotate(-55)\">", cx + 3,
-                    L.top - 6);
-            fprintf(f, "<title>position %d: ", p);
-            put_escaped(f, token, ESCAPE_LABEL, 0);
-            fputs("</title>", f);
-            put_escaped(f, token ? token : "", ESCAPE_LABEL, LABEL_MAX_CHARS);
-            fputs("</text>", f);
-        }
-        if (col % label_every == 0) {
-            int y = L.top + L.grid_h + 14;
-            if (heads)
-                fprintf(f, "<text class=\"col-label\" x=\"%d\" y=\"%d\" text-anchor=\"middle\">%d</text>", cx, y, col);
-            else if (variant == VARIANT_EACH)
-                fprintf(f, "<text class=\"col-label\" x=\"%d\" y=\"%d\" text-anchor=\"middle\">%d</text>", cx, y,
-                        g->columns[col]);
-            else {
-                fprintf(f, "<text class=\"col-label\" x=\"%d\" y=\"%d\" text-anchor=\"middle\">", cx, y);
-                put_key_text(f, v, g, l, variant, col);
-                fputs("</text>", f);
-            }
+            fputs(" · tokens of ", f);
+            put_text(f, l->from);
         }
     }
-    fprintf(f, "\n<text class=\"axis-title\" x=\"%d\" y=\"%d\" text-anchor=\"middle\">%s</text>\n",
-            L.left + L.grid_w / 2, L.top + L.grid_h + 32,
-            heads                     ? "head"
-            : variant == VARIANT_EACH ? "position"
-                                      : "");
+    fputs("</text>\n", f);
+}
 
-    put_cells(f, v, g, l, &L, c, variant, range);
-    put_legend(f, &L, id, range);
-    fputs("</svg></div>\n</figure>\n", f);
+/* The figure's caption: what is patched, at which position. */
+static void put_caption(FILE *f, const pb_sweep_view *v, const labels *l, const heatmap_spec *m) {
+    const char *name = pb_component_name(m->component), *hook = pb_component_hook(m->component);
+    int first_key = -1, n_keys_used = m->g->n_heads ? keys_used(m->g, m->variant, v->cfg->n_layers, &first_key) : 0;
+    fprintf(f, "<figcaption><h3>%s <code>blocks.L.%s</code></h3><p>", name, hook);
+    if (!m->g->n_heads) {
+        fputs(m->variant == VARIANT_EACH  ? "Layer × position: each position patched alone."
+              : m->variant == VARIANT_ALL ? "Layer: every position patched together."
+                                          : "Layer × group: each listed group of positions patched together.",
+              f);
+    } else {
+        fprintf(f, "Layer × %s head ",
+                pb_component_info_of(m->component)->heads == PB_HEADS_KV ? "key-value" : "query");
+        if (m->key >= 0 || n_keys_used == 1) {
+            fputs("at ", f);
+            put_key_text(f, v, m->g, l, m->variant, m->key >= 0 ? m->key : first_key);
+            fputs(".", f);
+        } else {
+            fprintf(f, "— mean over %d %s (each patched on its own; one map per %s follows).", n_keys_used,
+                    m->variant == VARIANT_GROUPS ? "groups of positions" : "positions",
+                    m->variant == VARIANT_GROUPS ? "group" : "position");
+        }
+    }
+    fprintf(f, " Scale ±%.3g: the largest |effect| of %s.</p>", m->range, name);
+    fprintf(f,
+            "<p class=\"export\">download <a class=\"export-svg\" data-for=\"heatmap-%s\" download=\"%s.svg\" "
+            "href=\"#heatmap-%s\">SVG</a> · <a class=\"export-png\" data-for=\"heatmap-%s\" download=\"%s.png\" "
+            "href=\"#heatmap-%s\">PNG</a></p></figcaption>\n",
+            m->id, m->id, m->id, m->id, m->id, m->id);
+}
+
+/* One <figure>: caption with its export links, the SVG, a line for the hovered cell. */
+static void put_heatmap(FILE *f, const pb_sweep_view *v, const labels *l, const heatmap_spec *m) {
+    int heads = m->g->n_heads, rows = v->cfg->n_layers, cols = heads ? heads : m->g->n_keys[m->variant];
+    int token_columns = !heads && m->variant == VARIANT_EACH && l->n > 0;
+    layout L = heatmap_layout(rows, cols, token_columns, m->key >= 0);
+    if (token_columns) { /* room for the position axis's title, about 7.5 px a character */
+        int chars = 40;
+        for (const char *c = l->from; *c; c++)
+            chars += ((unsigned char)*c & 0xC0) != 0x80;
+        if (L.left + chars * 15 / 2 > L.width)
+            L.width = L.left + chars * 15 / 2;
+    }
+    fputs("<figure class=\"heatmap-figure\">\n", f);
+    put_caption(f, v, l, m);
+    fprintf(f,
+            "<div class=\"scroll\"><svg class=\"heatmap\" id=\"heatmap-%s\" data-rows=\"%d\" data-cols=\"%d\" "
+            "data-range=\"%.17g\" width=\"%d\" height=\"%d\" viewBox=\"0 0 %d %d\" role=\"img\">\n",
+            m->id, rows, cols, m->max_abs, L.width, L.height, L.width, L.height);
+    fprintf(f, "<title>%s: %d rows (layers) × %d columns</title>\n", m->id, rows, cols);
+    fprintf(f, "<rect class=\"background\" width=\"%d\" height=\"%d\" fill=\"#fff\"/>\n", L.width, L.height);
+    put_axes(f, v, l, &L, m, token_columns);
+    put_cells(f, v, l, &L, m);
+    put_legend(f, &L, m->id, m->range);
+    fputs("</svg></div>\n<div class=\"cell-info\">Hover a cell for its value.</div>\n</figure>\n", f);
+}
+
+/* Every heatmap of one component's variant: the map itself and, for head
+ * components patched at several positions (or groups), one map per
+ * position after the mean. All on the component's own scale. */
+static void put_component(FILE *f, const pb_sweep_view *v, const component_sites *g, const labels *l, pb_component c,
+                          int variant) {
+    static const char *const suffix[N_VARIANTS] = {"", "_all", "_groups"};
+    heatmap_spec m = {g, c, variant, -1, 0, 1, ""};
+    m.max_abs = component_max_abs(v, g, variant);
+    m.range = m.max_abs > 0 ? m.max_abs : 1;
+    snprintf(m.id, sizeof m.id, "%s%s", pb_component_name(c), suffix[variant]);
+    put_heatmap(f, v, l, &m);
+    int first_key = -1, n_keys_used = g->n_heads ? keys_used(g, variant, v->cfg->n_layers, &first_key) : 0;
+    if (n_keys_used < 2 || n_keys_used > MAX_KEY_MAPS)
+        return;
+    for (int key = 0; key < g->n_keys[variant]; key++) {
+        if (!key_used(g, variant, v->cfg->n_layers, key))
+            continue;
+        m.key = key;
+        if (variant == VARIANT_EACH)
+            snprintf(m.id, sizeof m.id, "%s_pos%d", pb_component_name(c), g->columns[key]);
+        else
+            snprintf(m.id, sizeof m.id, "%s%s%d", pb_component_name(c), suffix[variant], key);
+        put_heatmap(f, v, l, &m);
+    }
 }
 
 /* ---- the page ------------------------------------------------------------- */
@@ -564,11 +713,15 @@ static const char *const page_style =
     ".heatmap-figure{flex:0 1 auto;width:min-content;min-width:340px;max-width:100%;box-sizing:border-box;margin:0;background:#fff;border:1px solid #e1e1e1;border-radius:6px;padding:12px 14px}\n"
     ".heatmap-figure p{margin:0 0 6px;color:#555}\n"
     ".scroll{overflow-x:auto}\n"
-    "svg.heatmap{display:block;font-family:'DejaVu Sans',sans-serif}\n"
-    "svg .row-label,svg .col-label{font-size:11px;fill:#333}svg .token{font-family:'DejaVu Sans Mono',monospace}\n"
-    "svg .axis-title{font-size:12px;fill:#555;font-weight:600}svg .tick{font-size:11px;fill:#333}\n"
-    "svg .value{font-size:10px;fill:#222;pointer-events:none}svg .value.light{fill:#fff}\n"
-    "rect.cell{stroke:#e4e4e4;stroke-width:1}rect.cell:hover{stroke:#111;stroke-width:2}\n"
+    ".export{font-size:12px;margin:0 0 4px}.export a{color:#2166ac}\n"
+    ".cell-info{font-family:'DejaVu Sans Mono',monospace;font-size:12px;color:#444;min-height:16px;margin-top:4px}\n"
+    ".pair{background:#fff;border:1px solid #e1e1e1;border-radius:6px;padding:8px 14px;margin:0 0 10px}\n"
+    ".prompt{margin:4px 0 8px}.prompt .run{font-weight:600;font-size:13px}\n"
+    ".tokens{display:flex;flex-wrap:wrap;gap:3px;margin-top:3px}\n"
+    ".tok{font-family:'DejaVu Sans Mono',monospace;font-size:12.5px;background:#f1f1f1;border:1px solid #ddd;"
+    "border-radius:3px;padding:0 4px;white-space:pre}.tok sub{color:#888;font-size:9.5px;margin-left:2px}\n"
+    ".tok.differs{background:#fde0c5;border-color:#e08a3c;font-weight:700}.tok.noised{background:#d9e8f5}\n"
+    "details summary{cursor:pointer;color:#2166ac;margin:6px 0}\n"
     ".swatch{display:inline-block;width:11px;height:11px;border:1px solid #999;margin-right:6px;vertical-align:-1px}\n"
     ".sig{color:#b2182b;font-weight:700}\n"
     ".bar{display:block;height:9px;background:#b2182b}"
@@ -581,20 +734,78 @@ static const char *const page_style =
     "padding:8px 10px;margin:4px 0;font-family:'DejaVu Sans Mono',monospace;font-size:12.5px}\n"
     ".label{font-size:12px;color:#666;margin-top:6px}\n"
     ".prose{white-space:pre-wrap}\n"
-    "#hover-info{position:sticky;bottom:0;background:#fffffff0;border-top:1px solid #ddd;padding:6px 28px;"
-    "font-family:'DejaVu Sans Mono',monospace;font-size:12.5px;color:#333;min-height:18px}\n"
     "footer{color:#888;font-size:12px;margin-top:30px}\n";
 
-/* Optional: the hovered cell's tooltip also shown in the bar at the bottom. */
+/* The heatmaps' own styles, in the page and copied into every exported SVG
+ * so that a downloaded figure looks as it does here. */
+static const char *const svg_style =
+    "svg.heatmap{display:block;font-family:'DejaVu Sans',sans-serif}\n"
+    "svg .row-label,svg .col-label{font-size:11px;fill:#333}svg .token{font-family:'DejaVu Sans Mono',monospace}\n"
+    "svg .token.differs{font-weight:700;fill:#b35806}\n"
+    "svg .axis-title{font-size:12px;fill:#555;font-weight:600}svg .tick{font-size:11px;fill:#333}\n"
+    "svg .value{font-size:10px;fill:#222;pointer-events:none}svg .value.light{fill:#fff}\n"
+    "svg rect.cell{stroke:#e4e4e4;stroke-width:1}svg rect.cell:hover{stroke:#111;stroke-width:2}\n";
+
+/* Optional, and self-contained: the hovered cell's tooltip in a line under
+ * its figure; each "SVG" link gets the figure as a standalone SVG (styles
+ * copied in), each "PNG" link renders it on a canvas at twice its size when
+ * clicked. With #export-all in the address every PNG is rendered at once
+ * (for the browser test), and body data-png counts them. */
 static const char *const page_script =
     "(function () {\n"
-    "  var info = document.getElementById('hover-info');\n"
-    "  if (!info) return;\n"
+    "  var css = document.getElementById('svg-style').textContent;\n"
+    "  function standalone(svg) {\n"
+    "    var copy = svg.cloneNode(true);\n"
+    "    var style = document.createElementNS(svg.namespaceURI, 'style');\n"
+    "    style.textContent = css;\n"
+    "    copy.insertBefore(style, copy.firstChild);\n"
+    "    return new XMLSerializer().serializeToString(copy);\n"
+    "  }\n"
+    "  function svgUrl(svg) {\n"
+    "    return 'data:image/svg+xml;charset=utf-8,' + encodeURIComponent(standalone(svg));\n"
+    "  }\n"
+    "  function renderPng(link, done) {\n"
+    "    var svg = document.getElementById(link.getAttribute('data-for'));\n"
+    "    var w = +svg.getAttribute('width') * 2, h = +svg.getAttribute('height') * 2, image = new Image();\n"
+    "    image.onload = function () {\n"
+    "      var canvas = document.createElement('canvas');\n"
+    "      canvas.width = w;\n"
+    "      canvas.height = h;\n"
+    "      var context = canvas.getContext('2d');\n"
+    "      context.fillStyle = '#fff';\n"
+    "      context.fillRect(0, 0, w, h);\n"
+    "      context.drawImage(image, 0, 0, w, h);\n"
+    "      link.href = canvas.toDataURL('image/png');\n"
+    "      link.setAttribute('data-ready', '1');\n"
+    "      done();\n"
+    "    };\n"
+    "    image.src = svgUrl(svg);\n"
+    "  }\n"
+    "  document.querySelectorAll('a.export-svg').forEach(function (link) {\n"
+    "    link.href = svgUrl(document.getElementById(link.getAttribute('data-for')));\n"
+    "  });\n"
+    "  var pngs = document.querySelectorAll('a.export-png');\n"
+    "  pngs.forEach(function (link) {\n"
+    "    link.addEventListener('click', function (event) {\n"
+    "      if (link.getAttribute('data-ready')) return;\n"
+    "      event.preventDefault();\n"
+    "      renderPng(link, function () { link.click(); });\n"
+    "    });\n"
+    "  });\n"
+    "  if (location.hash === '#export-all') {\n"
+    "    var left = pngs.length;\n"
+    "    pngs.forEach(function (link) {\n"
+    "      renderPng(link, function () {\n"
+    "        if (--left === 0) document.body.setAttribute('data-png', String(pngs.length));\n"
+    "      });\n"
+    "    });\n"
+    "  }\n"
     "  document.addEventListener('mouseover', function (event) {\n"
     "    var target = event.target;\n"
     "    if (!target.classList || !target.classList.contains('cell')) return;\n"
-    "    var title = target.querySelector('title');\n"
-    "    if (title) info.textContent = title.textContent;\n"
+    "    var figure = target.closest('figure'), title = target.querySelector('title');\n"
+    "    var info = figure && figure.querySelector('.cell-info');\n"
+    "    if (info && title) info.textContent = title.textContent;\n"
     "  });\n"
     "  document.body.setAttribute('data-script', 'ok'); /* for tests: the script ran to its end */\n"
     "})();\n";
@@ -708,7 +919,8 @@ static void put_summary(FILE *f, const pb_sweep_view *v, const pb_report_extras 
     }
 }
 
-static void put_top_sites(FILE *f, const pb_sweep_view *v, const labels *l, double range, pb_ranked *order) {
+static void put_top_sites(FILE *f, const pb_sweep_view *v, const component_sites *cs, const labels *l,
+                          pb_ranked *order) {
     int64_t n = pb_sweep_view_rank_sites(v, order);
     int64_t shown = n < TOP_SITES ? n : TOP_SITES;
     fprintf(f, "<h2 id=\"top-sites\">Top %lld sites by |effect|</h2>\n", (long long)shown);
@@ -724,7 +936,8 @@ static void put_top_sites(FILE *f, const pb_sweep_view *v, const labels *l, doub
         const pb_site_view *site = &v->sites[order[i].index];
         const pb_site_result *r = &site->r;
         pb_sweep_format_position(site, position, sizeof position);
-        effect_colour(r->effect, range, colour);
+        double range = component_max_abs(v, &cs[r->component], variant_of(site));
+        effect_colour(r->effect, range > 0 ? range : 1, colour);
         fprintf(f, "<tr><td class=\"num\">%lld</td><td><code>blocks.%d.%s</code></td><td class=\"num\">",
                 (long long)(i + 1), r->layer, pb_component_hook(r->component));
         if (r->head >= 0)
@@ -800,24 +1013,122 @@ static void put_extras(FILE *f, const pb_report_extras *x) {
     }
 }
 
-/* The largest |effect| of any cell any heatmap shows (mean cells included), 1 when none. */
-static double scale_range(const pb_sweep_view *v, const component_sites *cs) {
-    double range = 0;
-    for (int c = 0; c < PB_COMPONENT_COUNT; c++) {
-        const component_sites *g = &cs[c];
-        for (int k = 0; k < N_VARIANTS; k++) {
-            if (!g->used[k])
-                continue;
-            int cols = g->n_heads ? g->n_heads : g->n_keys[k];
-            for (int layer = 0; layer < v->cfg->n_layers; layer++)
-                for (int col = 0; col < cols; col++) {
-                    cell_value cv = cell_at(v, g, k, layer, col);
-                    if (!isnan(cv.effect) && fabs(cv.effect) > range)
-                        range = fabs(cv.effect);
-                }
-        }
+/* ---- the prompts ------------------------------------------------------------ */
+
+/* What a run is for, beside its name. */
+static const char *run_role(int source) {
+    return source ? "its activations are patched in" : "the run that is patched";
+}
+
+/* One prompt of a pair: its decoded text and its tokens, each with its
+ * position and id; a token that differs from the other prompt's at the
+ * same position (same lengths only) is marked, as are noised positions. */
+static void put_prompt(FILE *f, const pb_sweep_view *v, int pair, int source) {
+    const int32_t *ids = NULL, *other = NULL;
+    int T = 0, T_other = 0;
+    if (pb_sweep_get_pair_tokens(v->sweep, pair, source, &ids, &T) != PB_OK)
+        return;
+    if (pb_sweep_get_pair_tokens(v->sweep, pair, !source, &other, &T_other) != PB_OK || T_other != T)
+        other = NULL;
+    const pb_prompt_spec *spec = source ? &v->spec->pairs[pair].source : &v->spec->pairs[pair].base;
+    fprintf(f,
+            "<div class=\"prompt\" data-pair=\"%d\" data-run=\"%s\"><div class=\"run\">%s <span class=\"label\">(%s; "
+            "%d tokens)</span></div>\n",
+            pair, run_name(v, pair, source), run_name(v, pair, source), run_role(source), T);
+    char *text = NULL;
+    if (spec->is_noise) {
+        fprintf(f,
+                "<p class=\"label\">the clean prompt's tokens with Gaussian noise (%g × the embedding standard "
+                "deviation) added to the embeddings at the marked positions</p>\n",
+                spec->noise_scale);
+    } else if (pb_model_detokenize(v->model, ids, T, &text) == PB_OK) {
+        fputs("<pre class=\"prompt-text\">", f);
+        put_text(f, text);
+        fputs("</pre>\n", f);
     }
-    return range > 0 && isfinite(range) ? range : 1.0;
+    free(text);
+    fputs("<div class=\"tokens\">", f);
+    char buf[256];
+    for (int i = 0; i < T; i++) {
+        int noised = 0;
+        for (int k = 0; k < spec->n_noise_positions && spec->is_noise; k++)
+            noised |= spec->noise_positions[k] == i;
+        int differs = other && other[i] != ids[i];
+        fprintf(f, "<span class=\"tok%s%s\" data-pos=\"%d\" data-id=\"%d\" title=\"position %d · id %d%s\">",
+                differs ? " differs" : "", noised ? " noised" : "", i, ids[i], i, ids[i],
+                differs  ? " · the other prompt differs here"
+                : noised ? " · noised"
+                         : "");
+        if (pb_model_token_text(v->model, ids[i], buf, sizeof buf) == PB_OK)
+            put_escaped(f, buf, ESCAPE_LABEL, 24);
+        fprintf(f, "<sub>%d</sub></span>", i);
+    }
+    fputs("</div></div>\n", f);
+}
+
+/* Every pair's prompts (the first PAIRS_OPEN open, the rest folded, at most
+ * PAIRS_SHOWN), clean before corrupted (interchange: base before source). */
+static void put_prompts(FILE *f, const pb_sweep_view *v) {
+    int interchange = v->summary.mode == PB_MODE_INTERCHANGE;
+    fputs("<section id=\"prompts\">\n<h2>Prompts</h2>\n<p>Each pair's prompts as the model read them: the decoded "
+          "text, then its tokens (· a space, ↵ a newline; the small number is the position). Marked tokens differ "
+          "from the pair's other prompt at the same position.</p>\n",
+          f);
+    int shown = v->n_pairs < PAIRS_SHOWN ? v->n_pairs : PAIRS_SHOWN;
+    char a[32], b[32];
+    for (int i = 0; i < shown && i < v->spec->n_pairs; i++) {
+        if (i == PAIRS_OPEN)
+            fprintf(f, "<details><summary>%d more pairs</summary>\n", shown - PAIRS_OPEN);
+        double clean, corrupted;
+        pb_sweep_view_pair_values(v, i, &clean, &corrupted);
+        fprintf(f, "<div class=\"pair\" id=\"pair-%d\"><h3>pair %d <span class=\"label\">%s metric %s · %s metric %s%s",
+                i, i, interchange ? "source" : "clean", format_number(clean, a, sizeof a),
+                interchange ? "base" : "corrupted", format_number(corrupted, b, sizeof b),
+                v->pair_usable[i] ? "" : " · below the effect floor, left out");
+        fputs("</span></h3>\n", f);
+        int first = interchange ? 0 : v->spec->pairs[i].clean_is_source;
+        put_prompt(f, v, i, first);
+        put_prompt(f, v, i, !first);
+        fputs("</div>\n", f);
+    }
+    if (shown > PAIRS_OPEN)
+        fputs("</details>\n", f);
+    if (v->n_pairs > shown)
+        fprintf(f, "<p>… and %d more pairs, not shown.</p>\n", v->n_pairs - shown);
+    fputs("</section>\n", f);
+}
+
+/* How the position columns map onto the prompts. */
+static void put_positions_note(FILE *f, const pb_sweep_view *v, const labels *l) {
+    int t_min = 0, t_max = 0;
+    for (int i = 0; i < v->n_pairs; i++) {
+        const int32_t *ids;
+        int T = 0;
+        if (pb_sweep_get_pair_tokens(v->sweep, i, 0, &ids, &T) != PB_OK)
+            continue;
+        t_min = i == 0 || T < t_min ? T : t_min;
+        t_max = T > t_max ? T : t_max;
+    }
+    fputs("<p class=\"positions-note\">", f);
+    if (l->n > 0) {
+        fputs("Position columns are labelled with the tokens of ", f);
+        put_text(f, l->from);
+        if (l->other[0])
+            fprintf(f, " (bold: pair 0's %s prompt has another token there)", l->other);
+        fputs(". ", f);
+    }
+    if (v->positions_from_end)
+        fprintf(f,
+                "The pairs' prompts differ in length (%d to %d tokens in the patched runs), so positions count from "
+                "the end of each prompt: column −k is the k-th last token of every pair's prompt. ",
+                t_min, t_max);
+    else if (v->n_pairs > 1)
+        fputs("Column p is position p of every pair's prompts. ", f);
+    if (v->summary.mode == PB_MODE_INTERCHANGE)
+        fputs("Positions are the base run's; each pair's position map says which source position is patched into "
+              "each.",
+              f);
+    fputs("</p>\n", f);
 }
 
 static void put_page(FILE *f, const pb_sweep_view *v, const component_sites *cs, const labels *l,
@@ -834,7 +1145,8 @@ static void put_page(FILE *f, const pb_sweep_view *v, const component_sites *cs,
         fputs("Activation patching: ", f);
         put_text(f, base);
     }
-    fprintf(f, "</title>\n<style>\n%s</style>\n</head>\n<body>\n<main>\n<h1>", page_style);
+    fprintf(f, "</title>\n<style>\n%s</style>\n<style id=\"svg-style\">\n%s</style>\n</head>\n<body>\n<main>\n<h1>",
+            page_style, svg_style);
     if (extras && extras->title)
         put_text(f, extras->title);
     else {
@@ -845,27 +1157,29 @@ static void put_page(FILE *f, const pb_sweep_view *v, const component_sites *cs,
     put_summary(f, v, extras);
     fputs("</section>\n", f);
 
-    double range = scale_range(v, cs);
+    put_prompts(f, v);
     fputs("<section id=\"heatmaps\">\n<h2>Heatmaps</h2>\n", f);
     fprintf(f,
-            "<p>Colour: the mean normalised effect over the %d used pair%s, on one scale (±%.3g) for every "
-            "heatmap. Red: the patch moves the metric towards the source run (1 = all the way); blue: away "
-            "from it; grey: no value. Hover a cell for its hook, position, head and effect ± standard "
-            "error.</p>\n",
-            v->summary.n_pairs_used, v->summary.n_pairs_used == 1 ? "" : "s", range);
+            "<p>Colour: the mean normalised effect over the %d used pair%s. Each component has its own scale, "
+            "symmetric around 0 and ending at its largest |effect| (its legend says the value). Red: the patch "
+            "moves the metric towards the source run (1 = all the way); blue: away from it; grey: no value. "
+            "Hover a cell for its hook, position, head and effect ± standard error; each figure downloads as "
+            "SVG or PNG.</p>\n",
+            v->summary.n_pairs_used, v->summary.n_pairs_used == 1 ? "" : "s");
+    put_positions_note(f, v, l);
     int any = 0;
     fputs("<div class=\"figures\">\n", f);
     for (int c = 0; c < PB_COMPONENT_COUNT; c++)
         for (int k = 0; k < N_VARIANTS; k++)
             if (cs[c].used[k]) {
-                put_heatmap(f, v, &cs[c], l, (pb_component)c, k, range);
+                put_component(f, v, &cs[c], l, (pb_component)c, k);
                 any = 1;
             }
     fputs("</div>\n", f);
     if (!any)
         fputs("<p>No sites.</p>\n", f);
     fputs("</section>\n<section>\n", f);
-    put_top_sites(f, v, l, range, order);
+    put_top_sites(f, v, cs, l, order);
     fputs("</section>\n", f);
     if (extras) {
         fputs("<section id=\"extras\">\n", f);
@@ -873,7 +1187,7 @@ static void put_page(FILE *f, const pb_sweep_view *v, const component_sites *cs,
         fputs("</section>\n", f);
     }
     fputs("<footer>Written by patchbay. Every number here is also in results.json (docs/patching.md defines "
-          "them).</footer>\n</main>\n<div id=\"hover-info\">Hover a heatmap cell to see its value here.</div>\n",
+          "them).</footer>\n</main>\n",
           f);
     fprintf(f, "<script>\n%s</script>\n</body>\n</html>\n", page_script);
 }

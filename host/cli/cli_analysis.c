@@ -400,6 +400,7 @@ static pb_status write_report(const analysis *an, const analysis_options *o, con
     pb_report_extras extras = {.title = "Refusal analysis",
                                .position_labels = labels,
                                .n_position_labels = n_labels,
+                               .position_labels_from = "pair 0's clean (harmful) prompt",
                                .generations = gens,
                                .n_generations = 4,
                                .rates = rates,
