@@ -50,7 +50,7 @@ void pb_cli_print_options(FILE *out, const pb_cli_option *table, const char *com
             continue;
         char left[64];
         snprintf(left, sizeof left, "%s%s%s", o->flag, o->value ? " " : "", o->value ? o->value : "");
-        fprintf(out, "  %-26s %s\n", left, o->help ? o->help : "");
+        fprintf(out, "  %-28s %s\n", left, o->help ? o->help : "");
     }
 }
 
