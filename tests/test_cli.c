@@ -891,6 +891,24 @@ static void test_logit_lens_cli(void **state) {
     free(metric);
     free(lens);
     pb_model_free(m);
+    /* --top-k beyond the vocabulary (tiny_bias: 96) lists every id once */
+    char bias[1024], all_ids[160];
+    tu_fixture_file(bias, sizeof bias, "tiny_bias", "model.gguf");
+    snprintf(all_ids, sizeof all_ids, "%s/all", tmp_dir);
+    const char *every[] = {"logit-lens", "--model", bias, "--ids", "5,9", "--top-k", "100", "--out", all_ids, NULL};
+    assert_int_equal(run_cli(every), 0);
+    assert_int_equal(pb_npy_read(tu_path(path, sizeof path, all_ids, "top_ids.npy"), &top, PB_NPY_I32, &n_dims, shape),
+                     PB_OK);
+    assert_int_equal(shape[2], 96);
+    for (int r = 0; r < (int)shape[0]; r++) {
+        int seen[96] = {0};
+        for (int k = 0; k < 96; k++) {
+            int32_t id = ((const int32_t *)top)[r * 96 + k];
+            assert_true(id >= 0 && id < 96 && !seen[id]);
+            seen[id] = 1;
+        }
+    }
+    free(top);
     /* refusals, before anything is written */
     char other[160];
     snprintf(other, sizeof other, "%s/other", tmp_dir);

@@ -331,7 +331,10 @@ static int lens_compute(lens_job *j) {
     const char *cmd = "logit-lens";
     const pb_model_config *c = pb_model_get_config(j->model);
     lens_result *r = &j->r;
-    *r = (lens_result){.model = j->model, .rows = c->n_layers + 1, .vocab = c->vocab_size, .top_k = j->o.top_k};
+    *r = (lens_result){.model = j->model,
+                       .rows = c->n_layers + 1,
+                       .vocab = c->vocab_size,
+                       .top_k = j->o.top_k < c->vocab_size ? j->o.top_k : c->vocab_size};
     int rc = metric_side(cmd, j->model, j->o.positive, j->o.positive_ids, "positive", &r->positive, &r->n_positive);
     if (!rc)
         rc = metric_side(cmd, j->model, j->o.negative, j->o.negative_ids, "negative", &r->negative, &r->n_negative);

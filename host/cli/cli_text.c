@@ -163,7 +163,7 @@ int pb_cli_prompt_ids(const char *cmd, pb_model *m, const pb_cli_prompt *p, int3
 static void quote_bytes(const char *bytes, size_t n, char *buf, size_t size) {
     size_t o = 0;
     const unsigned char *s = (const unsigned char *)bytes;
-#define PUT(...) (o += (size_t)snprintf(buf + o, o < size ? size - o : 0, __VA_ARGS__))
+#define PUT(...) (o += (size_t)snprintf(o < size ? buf + o : NULL, o < size ? size - o : 0, __VA_ARGS__))
     PUT("\"");
     for (size_t i = 0; i < n;) {
         size_t len = s[i] < 0x80 ? 1 : pb_utf8_length(s + i, n - i);
