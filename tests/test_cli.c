@@ -63,9 +63,10 @@ static void read_text(const char *path, char *buf, size_t size) {
     fclose(f);
 }
 
-/* Runs patchbay with args (NULL-terminated); out_text and err_text receive
- * its stdout and stderr. Returns the exit status (128 + signal if killed). */
-static int run_cli(const char *const *args) {
+/* Runs patchbay with args (NULL-terminated) and stdin from in_path (NULL:
+ * inherited); out_text and err_text receive its stdout and stderr. Returns
+ * the exit status (128 + signal if killed). */
+static int run_cli_in(const char *const *args, const char *in_path) {
     char out_path[128], err_path[128];
     snprintf(out_path, sizeof out_path, "%s/stdout", tmp_dir);
     snprintf(err_path, sizeof err_path, "%s/stderr", tmp_dir);
@@ -80,7 +81,8 @@ static int run_cli(const char *const *args) {
     pid_t pid = fork();
     assert_true(pid >= 0);
     if (pid == 0) {
-        if (!freopen(out_path, "wb", stdout) || !freopen(err_path, "wb", stderr))
+        if (!freopen(out_path, "wb", stdout) || !freopen(err_path, "wb", stderr) ||
+            (in_path && !freopen(in_path, "rb", stdin)))
             _exit(126);
         execv(cli, argv);
         _exit(127);
@@ -93,6 +95,8 @@ static int run_cli(const char *const *args) {
     unlink(err_path);
     return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
+
+static int run_cli(const char *const *args) { return run_cli_in(args, NULL); }
 
 static void expect_in(const char *text, const char *needle) {
     if (!strstr(text, needle))
@@ -763,6 +767,9 @@ static void test_tokenize_decode(void **state) {
     const char *from_file[] = {"decode", "--model", model, "--ids-file", path, NULL};
     assert_int_equal(run_cli(from_file), 0);
     snprintf(want, sizeof want, "%s\n", text);
+    assert_string_equal(out_text, want);
+    const char *from_stdin[] = {"decode", "--model", model, "--ids-file", "-", NULL};
+    assert_int_equal(run_cli_in(from_stdin, path), 0);
     assert_string_equal(out_text, want);
     char args_text[1024];
     ids_text(ids, args_text, sizeof args_text, ",");
