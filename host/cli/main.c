@@ -729,8 +729,9 @@ static const command commands[] = {
      "DIR/report.txt and DIR/report.html. SIGTERM, SIGUSR1 or SIGINT: finish the current batch, write the\n"
      "checkpoint and exit 3; --resume continues from it. Under mpirun or srun the rows are split over\n"
      "the ranks by estimated cost and rank 0 writes the results.\n",
-     "patchbay sweep --model " SMOLLM2 " --spec data/smollm2_sweep.json --out /tmp/sweep", run_sweep_command,
-     main_options_help},
+     "patchbay sweep --model tests/fixtures/tiny_gqa/model.gguf \\\n"
+     "    --spec tests/fixtures/patching/tiny_gqa_denoise_logit_diff/spec.json --out /tmp/sweep",
+     run_sweep_command, main_options_help},
     {"tokenize", "token ids of a text (plain, or through the chat template)",
      "--text TEXT [--chat [--system TEXT]] [--pieces]",
      "Prints the ids as a JSON array, or with --pieces one line per token (position, id, quoted piece).\n",
@@ -809,7 +810,13 @@ static void print_command_help(FILE *out, const command *c) {
         fprintf(out, "%s", c->about);
     fprintf(out, "\noptions:\n");
     c->options(out, c->name);
-    fprintf(out, "\nExample:\n  %s\n\n", c->example);
+    fprintf(out, "\nExample:\n");
+    for (const char *line = c->example; *line;) {
+        size_t n = strcspn(line, "\n");
+        fprintf(out, "  %.*s\n", (int)n, line);
+        line += n + (line[n] == '\n');
+    }
+    fputc('\n', out);
     fputs(exit_status_footer, out);
 }
 
