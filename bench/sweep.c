@@ -126,7 +126,8 @@ static int parse_args(int argc, char **argv, bench_args *b) {
     memset(b, 0, sizeof *b);
     pb_cli_option model_options[PB_CLI_MODEL_OPTIONS + 1];
     pb_cli_model_table(&b->model, model_options);
-    const pb_cli_parser parser = {"bench_sweep", "patchbay bench_sweep", "", ""};
+    const pb_cli_parser parser = {
+        .prefix = "bench_sweep", .command_prefix = "patchbay bench_sweep", .missing_value = "", .unknown = ""};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *next = i + 1 < argc ? argv[i + 1] : NULL;
         int taken = next ? pb_cli_parse_one(&parser, model_options, a, next) : 0;

@@ -9,3 +9,4 @@
 #include "util/clock.h"
 #include "util/internal.h"
 #include "util/outdir.h"
+#include "util/utf8.h"

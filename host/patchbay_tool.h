@@ -37,6 +37,11 @@ pb_status pb_fail(pb_status status, const char *fmt, ...)
 #endif
     ;
 
+/* ---- text (util/utf8.h) ---- */
+/* Length of the well-formed UTF-8 sequence at s (n bytes left), 0 when it
+ * is ill-formed or cut short. */
+size_t pb_utf8_length(const unsigned char *s, size_t n);
+
 /* ---- time (util/clock.h) ---- */
 /* Seconds on CLOCK_MONOTONIC: differences only mean something. */
 double pb_now_seconds(void);

@@ -145,7 +145,9 @@ pb_status pb_model_set_chat_template(pb_model *model, const char *name_or_file);
  * hook_embed, blocks.L.hook_resid_pre, blocks.L.hook_resid_mid,
  * blocks.L.hook_resid_post, blocks.L.hook_attn_out, blocks.L.hook_mlp_out,
  * blocks.L.attn.hook_z, blocks.L.attn.hook_q, blocks.L.attn.hook_k,
- * blocks.L.attn.hook_v, ln_final.hook_normalized.
+ * blocks.L.attn.hook_v, blocks.L.attn.hook_attn_scores,
+ * blocks.L.attn.hook_pattern, ln_final.hook_normalized. The attention
+ * patterns take n_heads * T * T floats per layer each.
  * The pattern is a comma-separated list of globs ('*' matches any run of
  * characters, '?' one character), e.g. "blocks.*.hook_resid_pre,hook_embed".
  * A pattern that matches no hook point is refused (PB_ERR_ARG). */
@@ -158,9 +160,26 @@ int pb_capture_count(const pb_capture *capture);
 const char *pb_capture_name(const pb_capture *capture, int index);
 /* After a forward: the captured tensor, row-major, with its shape:
  * (T, d_model) for residual-width hooks, (T, n_heads, head_dim) for z and q,
- * (T, n_kv_heads, head_dim) for k and v. Borrowed; valid until the next
+ * (T, n_kv_heads, head_dim) for k and v, (n_heads, T, T) [head, query, key]
+ * for attn.hook_attn_scores (q.k / sqrt(head_dim) after RoPE, -inf above
+ * the diagonal, as TransformerLens) and attn.hook_pattern (their softmax,
+ * 0 above the diagonal). Borrowed; valid until the next
  * forward with this capture or pb_capture_free. */
 const float *pb_capture_data(const pb_capture *capture, int index, int *n_dims, int64_t shape[3]);
+
+/* ---- logit lens ------------------------------------------------------ */
+
+/* The logit lens: the final RMSNorm (with its weight) and the unembedding
+ * applied to the residual stream entering every layer and to the last
+ * layer's output, as TransformerLens's
+ * cache.accumulated_resid(apply_ln=True) @ W_U (with incl_mid=False).
+ * out (n_layers + 1, n_positions, vocab_size) float32, caller-allocated:
+ * row 0 reads blocks.0.hook_resid_pre (the embeddings), row L + 1
+ * blocks.L.hook_resid_post, so row n_layers is the model's own logits.
+ * positions (n_positions) index the prompt, negative ones from its end;
+ * positions NULL means every position (n_positions is then ignored and
+ * out holds T positions). One forward pass. */
+pb_status pb_logit_lens(pb_model *model, const int32_t *ids, int T, const int *positions, int n_positions, float *out);
 
 /* ---- forward and generation ----------------------------------------- */
 

@@ -7,12 +7,15 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <cmocka.h>
+#include <jansson.h>
+#include <math.h>
 #include <string.h>
 
 #include "model/hooks.h"
 #include "formats/npy.h"
 #include "patchbay.h"
 #include "test_util.h"
+#include "tolerances.h"
 
 /* Reads a fixture .npy; *count receives the element count. */
 static void *load_fixture(const char *model, const char *file, pb_npy_dtype dtype, size_t *count) {
@@ -123,6 +126,9 @@ static void test_hook_shape(void **state) {
             assert_int_equal(n, 2);
             assert_int_equal(shape[0], 2);
             assert_int_equal(shape[1], 16);
+        } else if (pb_hook_is_pattern((pb_hook_kind)k)) {
+            assert_int_equal(n, 1); /* (n_heads), of a (n_heads, T, T) tensor */
+            assert_int_equal(shape[0], 8);
         } else {
             assert_int_equal(n, 1);
             assert_int_equal(shape[0], 96);
@@ -174,7 +180,7 @@ static void test_capture_patterns(void **state) {
     /* Everything: each name once, each a valid hook point. */
     assert_int_equal(pb_capture_create(&cap, m, "*"), PB_OK);
     int n = pb_capture_count(cap);
-    assert_int_equal(n, 2 + 9 * c->n_layers);
+    assert_int_equal(n, 2 + 11 * c->n_layers);
     assert_string_equal(pb_capture_name(cap, 0), "hook_embed");
     assert_string_equal(pb_capture_name(cap, n - 1), "ln_final.hook_normalized");
     for (int i = 0; i < n; i++) {
@@ -231,6 +237,12 @@ static void test_capture_shapes(void **state) {
         int n_dims = 0;
         int64_t shape[3] = {-1, -1, -1};
         assert_non_null(pb_capture_data(cap, i, &n_dims, shape));
+        if (pb_hook_is_pattern(kind)) {
+            if (n_dims != 3 || shape[0] != c->n_heads || shape[1] != (int64_t)T || shape[2] != (int64_t)T)
+                fail_msg("%s: %d dims (%lld, %lld, %lld)", name, n_dims, (long long)shape[0], (long long)shape[1],
+                         (long long)shape[2]);
+            continue;
+        }
         assert_int_equal(shape[0], (int64_t)T);
         if (kind == PB_HOOK_Z || kind == PB_HOOK_Q || kind == PB_HOOK_K || kind == PB_HOOK_V) {
             int heads = kind == PB_HOOK_K || kind == PB_HOOK_V ? c->n_kv_heads : c->n_heads;
@@ -379,6 +391,105 @@ static void test_capture_other_model_refused(void **state) {
     pb_model_free(gqa);
 }
 
+/* ---- attention patterns against transformers -------------------------- */
+
+/* Layer l of the fixture's pattern layers for case `name`: -1 when absent. */
+static int fixture_pattern_slot(json_t *layers, int layer) {
+    for (size_t i = 0; i < json_array_size(layers); i++)
+        if (json_integer_value(json_array_get(layers, i)) == layer)
+            return (int)i;
+    return -1;
+}
+
+/* scores: -inf exactly above the diagonal, finite on and below it, and
+ * softmax(scores) = pattern. */
+static void check_scores(const char *name, const float *scores, const float *pattern, int n_heads, int T) {
+    for (int h = 0; h < n_heads; h++)
+        for (int i = 0; i < T; i++) {
+            const float *s = scores + ((size_t)h * T + (size_t)i) * T;
+            const float *p = pattern + ((size_t)h * T + (size_t)i) * T;
+            double max = -INFINITY, sum = 0.0;
+            for (int j = 0; j <= i; j++)
+                max = fmax(max, s[j]);
+            for (int j = 0; j <= i; j++)
+                sum += exp(s[j] - max);
+            for (int j = 0; j < T; j++) {
+                if (j > i && !(isinf(s[j]) && s[j] < 0))
+                    fail_msg("%s head %d query %d key %d: score %g above the diagonal, want -inf", name, h, i, j,
+                             (double)s[j]);
+                if (j > i && p[j] != 0.0f)
+                    fail_msg("%s head %d query %d key %d: pattern %g above the diagonal", name, h, i, j, (double)p[j]);
+                if (j <= i && !(fabs(exp(s[j] - max) / sum - p[j]) <= PB_TOL_PATTERN_SOFTMAX))
+                    fail_msg("%s head %d query %d key %d: softmax(scores) %.9g, pattern %.9g", name, h, i, j,
+                             exp(s[j] - max) / sum, (double)p[j]);
+            }
+        }
+}
+
+static void check_pattern_case(const char *name) {
+    pb_model *m = tu_load_case_model(name, NULL);
+    if (!m) {
+        print_message("skipping %s: the model is absent\n", name);
+        return;
+    }
+    const pb_model_config *c = pb_model_get_config(m);
+    char path[1200];
+    snprintf(path, sizeof path, "%s/lens_patterns/reference.json", tu_fixtures());
+    json_error_t error;
+    json_t *ref = json_load_file(path, 0, &error);
+    if (!ref)
+        fail_msg("%s: %s", path, error.text);
+    json_t *layers = json_object_get(json_object_get(json_object_get(ref, "models"), name), "pattern_layers");
+    assert_true(json_array_size(layers) > 0);
+    int T;
+    snprintf(path, sizeof path, "%s/lens_patterns/%s_ids.npy", tu_fixtures(), name);
+    int32_t *ids = tu_read_ids(path, &T);
+    int64_t shape[8];
+    snprintf(path, sizeof path, "%s/lens_patterns/%s_pattern.npy", tu_fixtures(), name);
+    float *want = tu_read_f32(path, 4, shape); /* (n_selected, n_heads, T, T) */
+    assert_int_equal(shape[0], (int64_t)json_array_size(layers));
+    assert_int_equal(shape[1], c->n_heads);
+    assert_int_equal(shape[2], T);
+    pb_capture *cap = run_capture(m, "blocks.*.attn.hook_pattern,blocks.*.attn.hook_attn_scores", ids, T, NULL);
+    assert_int_equal(pb_capture_count(cap), 2 * c->n_layers);
+    size_t per_layer = (size_t)c->n_heads * (size_t)T * (size_t)T, count;
+    double worst = 0.0;
+    for (int l = 0; l < c->n_layers; l++) {
+        char hook[96], what[160];
+        snprintf(hook, sizeof hook, "blocks.%d.attn.hook_pattern", l);
+        const float *pattern = captured(cap, hook, &count);
+        assert_int_equal(count, per_layer);
+        snprintf(hook, sizeof hook, "blocks.%d.attn.hook_attn_scores", l);
+        snprintf(what, sizeof what, "%s layer %d", name, l);
+        check_scores(what, captured(cap, hook, &count), pattern, c->n_heads, T);
+        int slot = fixture_pattern_slot(layers, l);
+        for (size_t i = 0; slot >= 0 && i < per_layer; i++) {
+            double d = fabs((double)pattern[i] - want[(size_t)slot * per_layer + i]);
+            worst = fmax(worst, d);
+            if (!(d <= PB_TOL_PATTERN_MAX_ABS))
+                fail_msg("%s: pattern element %zu is %.9g, transformers %.9g", what, i, (double)pattern[i],
+                         (double)want[(size_t)slot * per_layer + i]);
+        }
+    }
+    printf("[ MEASURE  ] %s: attention patterns vs transformers, max |delta| %.2e over %zu layers\n", name, worst,
+           json_array_size(layers));
+    pb_capture_free(cap);
+    free(want);
+    free(ids);
+    json_decref(ref);
+    pb_model_free(m);
+}
+
+static void test_pattern_tiny_gqa(void **state) { check_pattern_case("tiny_gqa"); }
+static void test_pattern_tiny_bias(void **state) { check_pattern_case("tiny_bias"); }
+static void test_pattern_smollm2(void **state) {
+    pb_model *m = tu_load_case_model("smollm2", NULL);
+    if (!m)
+        skip();
+    pb_model_free(m);
+    check_pattern_case("smollm2");
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_name_parse_round_trip),
@@ -389,6 +500,9 @@ int main(void) {
         cmocka_unit_test(test_capture_invariants),
         cmocka_unit_test(test_capture_subset_identical),
         cmocka_unit_test(test_capture_other_model_refused),
+        cmocka_unit_test(test_pattern_tiny_gqa),
+        cmocka_unit_test(test_pattern_tiny_bias),
+        cmocka_unit_test(test_pattern_smollm2),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -225,4 +225,16 @@
  * within 1e-36. */
 #define PB_TOL_DEQUANT_REL 1e-6
 
+/* Attention patterns (attn.hook_pattern) against transformers' eager
+ * attentions (tests/fixtures/lens_patterns): probabilities in [0, 1] from
+ * fp32 q.k in both; the issue's bound. */
+#define PB_TOL_PATTERN_MAX_ABS 1e-5
+/* softmax(hook_attn_scores) against hook_pattern, both ours: the same
+ * doubles rounded to float once each. */
+#define PB_TOL_PATTERN_SOFTMAX 1e-6
+/* Logit-lens logits against transformers' lm_head(norm(hidden_states[l]))
+ * (tests/fixtures/lens_patterns): the bound SmolLM2's logits already meet
+ * (PB_TOL_SMOLLM2_LOGITS_NMSE), here for every layer's residual. */
+#define PB_TOL_LENS_NMSE 1e-7
+
 #endif

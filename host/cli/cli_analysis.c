@@ -62,24 +62,61 @@ static int fail(const char *what) {
     return 1;
 }
 
+enum { ANALYSIS_OPTIONS = 6 };
+
+/* The command's option table (ANALYSIS_OPTIONS entries plus the end),
+ * writing into o; common must outlive it. */
+static void analysis_table(analysis_options *o, pb_cli_common *common, pb_cli_option table[ANALYSIS_OPTIONS + 1]) {
+    pb_cli_common_table(common, &o->model, &o->overwrite, NULL, &o->no_progress, NULL);
+    const pb_cli_option options[ANALYSIS_OPTIONS + 1] = {
+        {.flag = "--out", .kind = PB_OPT_STRING, .target = &o->out, .value = "DIR", .help = "output folder (required)"},
+        {.flag = "--pairs",
+         .kind = PB_OPT_STRING,
+         .target = &o->pairs_path,
+         .value = "FILE",
+         .help = "harmful/harmless pairs and refusal tokens (default data/refusal_pairs.json)"},
+        {.flag = "--chat-template",
+         .kind = PB_OPT_STRING,
+         .target = &o->chat_template,
+         .value = "NAME|FILE",
+         .help = "override the model's chat template (chatml, llama3, llama2, gemma, or a Jinja file)"},
+        {.flag = "--sweep-pairs",
+         .kind = PB_OPT_POSITIVE,
+         .target = &o->sweep_pairs,
+         .value = "N",
+         .help = "pairs the patching sweep averages over (default 8)"},
+        {.flag = "--max-new-tokens",
+         .kind = PB_OPT_POSITIVE,
+         .target = &o->max_new,
+         .value = "N",
+         .help = "greedy tokens generated per prompt (default 32)"},
+        {.flag = NULL, .kind = PB_OPT_TABLE, .target = common->table},
+        {0},
+    };
+    memcpy(table, options, sizeof options);
+}
+
+void pb_cli_refusal_analysis_options(FILE *out, const char *cmd) {
+    analysis_options o;
+    pb_cli_common common;
+    pb_cli_option table[ANALYSIS_OPTIONS + 1];
+    analysis_table(&o, &common, table);
+    pb_cli_print_options(out, table, cmd);
+}
+
 static int parse_args(int argc, char **argv, analysis_options *o) {
     memset(o, 0, sizeof *o);
     o->pairs_path = "data/refusal_pairs.json";
     o->sweep_pairs = 8;
     o->max_new = 32;
     pb_cli_common common;
-    pb_cli_common_table(&common, &o->model, &o->overwrite, &o->no_progress);
-    const pb_cli_option table[] = {
-        {.flag = NULL, .kind = PB_OPT_TABLE, .target = common.table},
-        {.flag = "--pairs", .kind = PB_OPT_STRING, .target = &o->pairs_path},
-        {.flag = "--out", .kind = PB_OPT_STRING, .target = &o->out},
-        {.flag = "--chat-template", .kind = PB_OPT_STRING, .target = &o->chat_template},
-        {.flag = "--sweep-pairs", .kind = PB_OPT_POSITIVE, .target = &o->sweep_pairs},
-        {.flag = "--max-new-tokens", .kind = PB_OPT_POSITIVE, .target = &o->max_new},
-        {0},
-    };
-    const pb_cli_parser parser = {"patchbay refusal-analysis", "patchbay refusal-analysis",
-                                  "%s: option %s needs a value\n", "%s: unknown option '%s'\n"};
+    pb_cli_option table[ANALYSIS_OPTIONS + 1];
+    analysis_table(o, &common, table);
+    const pb_cli_parser parser = {.prefix = "patchbay refusal-analysis",
+                                  .command_prefix = "patchbay refusal-analysis",
+                                  .missing_value = "%s: option %s needs a value\n",
+                                  .unknown = "%s: unknown option '%s' (see patchbay help refusal-analysis)\n",
+                                  .command = "refusal-analysis"};
     if (!pb_cli_parse(&parser, table, argc, argv, 1) || !pb_cli_model_check(&o->model, "refusal-analysis"))
         return 0;
     if (!o->out) {

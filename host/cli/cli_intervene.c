@@ -18,32 +18,6 @@
 #include "patchbay.h"
 #include "patchbay_tool.h"
 
-const char pb_cli_intervene_usage[] =
-    "  generate  --model PATH (--prompt TEXT [--system TEXT] [--no-chat] | --ids 1,2,3 | --ids-file F)\n"
-    "            [--max-new-tokens N] [INTERVENTION]\n"
-    "            greedy continuation, printed as text and ids; with an intervention the plain\n"
-    "            continuation is printed too ('without intervention: ...')\n"
-    "  refusal-rate --model PATH --prompts FILE [--split validation|train|test|all] [--side harmful|harmless|both]\n"
-    "            [--system TEXT] [--max-new-tokens N] [--limit N] [INTERVENTION] [--json OUT [--overwrite]]\n"
-    "            [--verbose]\n"
-    "            share of prompts whose greedy continuation reads as a refusal (phrase list: host/patching/intervene.c)\n"
-    "  direction --model PATH --prompts FILE --out DIR [--overwrite] [--system TEXT] [--train N (32)] [--val N (8)]\n"
-    "            [--layer-stride S (3; 1 = every layer)] [--max-layer-fraction F (0.8)] [--kl-threshold K (0.1)]\n"
-    "            [--n-post N (default: the chat template's tokens after the user message)]\n"
-    "            difference-in-means refusal direction (Arditi et al. 2024): DIR/direction.npy (unit, d_model),\n"
-    "            DIR/direction.json (selected layer and position, scores, every candidate), DIR/differences.npy\n"
-    "INTERVENTION (one of):\n"
-    "  --patch SITE (--from TEXT | --from-ids 1,2,3)   SITE = HOOK[:HEAD][@POS,POS,...], e.g.\n"
-    "      blocks.10.hook_resid_pre, blocks.10.attn.hook_z:3, blocks.10.hook_resid_pre@-1,\n"
-    "      blocks.10.attn.hook_z:3@-3,-2,-1. The source prompt is templated like --prompt; positions are\n"
-    "      aligned from the end (negative counts from the end); default: every position of the shorter\n"
-    "      prompt, end-aligned. A head component without :HEAD patches all heads.\n"
-    "  --ablate-direction FILE.npy                      project the direction out of every residual write\n"
-    "  --add-direction FILE.npy --layer L [--scale A]   add A * direction to resid_pre of layer L; A defaults\n"
-    "      to difference_norm from direction.json beside FILE (the raw difference, as the paper adds), else 1\n"
-    "--prompts takes data/refusal_pairs.json ({\"pairs\": [{\"id\", \"split\", \"harmful\", \"harmless\"}],\n"
-    "  \"refusal_tokens\": [...]}) or a text file with one prompt per line.\n";
-
 /* ---- options -------------------------------------------------------------- */
 
 typedef struct cli {
@@ -68,13 +42,182 @@ typedef struct cli {
     double max_layer_fraction, kl_threshold;
 } cli;
 
+#define GENERATE_RATE "generate refusal-rate"
+#define TEXT_COMMANDS "generate refusal-rate direction"
+#define RATE "refusal-rate"
+#define DIRECTION "direction"
+
+/* The table's rows: each names the commands that take it. */
+static const pb_cli_option option_rows[] = {
+    {.flag = "--prompt", .kind = PB_OPT_STRING, .value = "TEXT", .help = "the user message", .commands = "generate"},
+    {.flag = "--system",
+     .kind = PB_OPT_STRING,
+     .value = "TEXT",
+     .help = "system message of the chat template (default: the template's own)",
+     .commands = TEXT_COMMANDS},
+    {.flag = "--no-chat",
+     .kind = PB_OPT_FLAG,
+     .help = "tokenize the text as it is, without the chat template (no BOS is added either)",
+     .commands = GENERATE_RATE},
+    {.flag = "--ids",
+     .kind = PB_OPT_STRING,
+     .value = "1,2,3",
+     .help = "token ids instead of --prompt",
+     .commands = "generate"},
+    {.flag = "--ids-file",
+     .kind = PB_OPT_STRING,
+     .value = "FILE",
+     .help = "token ids from a file (commas or whitespace, '#' comments, or an int32 .npy)",
+     .commands = "generate"},
+    {.flag = "--max-new-tokens",
+     .kind = PB_OPT_INT,
+     .min = 0,
+     .value = "N",
+     .help = "greedy tokens to generate (default 32)",
+     .commands = GENERATE_RATE},
+    {.flag = "--patch",
+     .kind = PB_OPT_STRING,
+     .value = "SITE",
+     .help = "patch SITE = HOOK[:HEAD][@POS,...] from the --from run, e.g. blocks.10.attn.hook_z:3@-1",
+     .commands = GENERATE_RATE},
+    {.flag = "--from",
+     .kind = PB_OPT_STRING,
+     .value = "TEXT",
+     .help = "source prompt of --patch (templated like --prompt; positions aligned from the end)",
+     .commands = GENERATE_RATE},
+    {.flag = "--from-ids",
+     .kind = PB_OPT_STRING,
+     .value = "1,2,3",
+     .help = "source ids of --patch",
+     .commands = GENERATE_RATE},
+    {.flag = "--ablate-direction",
+     .kind = PB_OPT_STRING,
+     .value = "FILE.npy",
+     .help = "project the direction out of every residual write",
+     .commands = GENERATE_RATE},
+    {.flag = "--add-direction",
+     .kind = PB_OPT_STRING,
+     .value = "FILE.npy",
+     .help = "add scale * direction to resid_pre of --layer",
+     .commands = GENERATE_RATE},
+    {.flag = "--layer",
+     .kind = PB_OPT_INT,
+     .min = 0,
+     .value = "L",
+     .help = "layer of --add-direction",
+     .commands = GENERATE_RATE},
+    {.flag = "--scale",
+     .kind = PB_OPT_DOUBLE,
+     .value = "A",
+     .help = "scale of --add-direction (default: difference_norm from direction.json beside FILE, else 1)",
+     .commands = GENERATE_RATE},
+    {.flag = "--prompts",
+     .kind = PB_OPT_STRING,
+     .value = "FILE",
+     .help = "data/refusal_pairs.json-style pairs, or a text file with one prompt per line",
+     .commands = RATE " " DIRECTION},
+    {.flag = "--split",
+     .kind = PB_OPT_STRING,
+     .value = "NAME",
+     .help = "validation (default), train, test or all",
+     .commands = RATE},
+    {.flag = "--side",
+     .kind = PB_OPT_STRING,
+     .value = "SIDE",
+     .help = "harmful, harmless or both (default)",
+     .commands = RATE},
+    {.flag = "--limit",
+     .kind = PB_OPT_INT,
+     .min = 1,
+     .value = "N",
+     .help = "at most N prompts per side",
+     .commands = RATE},
+    {.flag = "--json",
+     .kind = PB_OPT_STRING,
+     .value = "OUT",
+     .help = "also write the rates as JSON to OUT",
+     .commands = RATE},
+    {.flag = "--verbose", .kind = PB_OPT_FLAG, .help = "print every prompt's continuation", .commands = RATE},
+    {.flag = "--out", .kind = PB_OPT_STRING, .value = "DIR", .help = "output folder (required)", .commands = DIRECTION},
+    {.flag = "--train",
+     .kind = PB_OPT_INT,
+     .min = 1,
+     .value = "N",
+     .help = "training pairs (default 32)",
+     .commands = DIRECTION},
+    {.flag = "--val",
+     .kind = PB_OPT_INT,
+     .min = 1,
+     .value = "N",
+     .help = "validation pairs (default 8)",
+     .commands = DIRECTION},
+    {.flag = "--layer-stride",
+     .kind = PB_OPT_INT,
+     .min = 1,
+     .value = "S",
+     .help = "candidate layers every S layers (default 3; 1 = every layer)",
+     .commands = DIRECTION},
+    {.flag = "--n-post",
+     .kind = PB_OPT_INT,
+     .min = 1,
+     .value = "N",
+     .help = "candidate positions (default: the chat template's tokens after the user message)",
+     .commands = DIRECTION},
+    {.flag = "--max-layer-fraction",
+     .kind = PB_OPT_DOUBLE,
+     .value = "F",
+     .help = "candidate layers below F * n_layers (default 0.8)",
+     .commands = DIRECTION},
+    {.flag = "--kl-threshold",
+     .kind = PB_OPT_DOUBLE,
+     .value = "K",
+     .help = "largest KL on harmless prompts when ablating (default 0.1)",
+     .commands = DIRECTION},
+};
+enum { N_OPTION_ROWS = sizeof option_rows / sizeof option_rows[0] };
+
+/* The rows' targets in o, in option_rows' order. */
+static void option_targets(cli *o, void *targets[N_OPTION_ROWS]) {
+    void *t[] = {&o->prompt,      &o->system,     &o->no_chat,      &o->ids,      &o->ids_file,
+                 &o->max_new,     &o->patch_site, &o->from_text,    &o->from_ids, &o->ablate_file,
+                 &o->add_file,    &o->layer,      &o->scale,        &o->prompts,  &o->split,
+                 &o->side,        &o->limit,      &o->json_out,     &o->verbose,  &o->out,
+                 &o->train,       &o->val,        &o->layer_stride, &o->n_post,   &o->max_layer_fraction,
+                 &o->kl_threshold};
+    _Static_assert(sizeof t / sizeof t[0] == N_OPTION_ROWS, "one target per option row");
+    memcpy(targets, t, sizeof t);
+}
+
+/* One table for generate, refusal-rate and direction, each row naming the
+ * commands that take it; common must outlive it. */
+static void cli_table(cli *o, pb_cli_common *common, pb_cli_option table[N_OPTION_ROWS + 2]) {
+    pb_cli_common_table(common, &o->model, &o->overwrite, DIRECTION, NULL, NULL);
+    void *targets[N_OPTION_ROWS];
+    option_targets(o, targets);
+    for (int i = 0; i < N_OPTION_ROWS; i++) {
+        table[i] = option_rows[i];
+        table[i].target = targets[i];
+        if (strcmp(table[i].flag, "--scale") == 0)
+            table[i].given = &o->scale_given;
+    }
+    table[N_OPTION_ROWS] = (pb_cli_option){.kind = PB_OPT_TABLE, .target = common->table};
+    table[N_OPTION_ROWS + 1] = (pb_cli_option){0};
+}
+
+void pb_cli_intervene_options(FILE *out, const char *cmd) {
+    cli o;
+    pb_cli_common common;
+    pb_cli_option table[N_OPTION_ROWS + 2];
+    cli_table(&o, &common, table);
+    pb_cli_print_options(out, table, cmd);
+}
+
 static int usage_error(const char *cmd, const char *msg, const char *arg) {
-    fprintf(stderr, "patchbay %s: %s%s%s (see patchbay --help)\n", cmd, msg, arg ? " " : "", arg ? arg : "");
+    fprintf(stderr, "patchbay %s: %s%s%s (see patchbay help %s)\n", cmd, msg, arg ? " " : "", arg ? arg : "", cmd);
     return 0;
 }
 
-/* One table for generate, refusal-rate and direction: each ignores the
- * options it does not use; argv[0] is the command. */
+/* argv[0] is the command. */
 static int parse_cli(int argc, char **argv, cli *o) {
     const char *cmd = argv[0];
     memset(o, 0, sizeof *o);
@@ -82,41 +225,15 @@ static int parse_cli(int argc, char **argv, cli *o) {
     o->layer = -1;
     o->scale = 1.0;
     pb_cli_common common;
-    pb_cli_common_table(&common, &o->model, &o->overwrite, NULL);
-    const pb_cli_option table[] = {
-        {.flag = "--no-chat", .kind = PB_OPT_FLAG, .target = &o->no_chat},
-        {.flag = "--verbose", .kind = PB_OPT_FLAG, .target = &o->verbose},
-        {.flag = NULL, .kind = PB_OPT_TABLE, .target = common.table},
-        {.flag = "--prompt", .kind = PB_OPT_STRING, .target = &o->prompt},
-        {.flag = "--system", .kind = PB_OPT_STRING, .target = &o->system},
-        {.flag = "--ids", .kind = PB_OPT_STRING, .target = &o->ids},
-        {.flag = "--ids-file", .kind = PB_OPT_STRING, .target = &o->ids_file},
-        {.flag = "--max-new-tokens", .kind = PB_OPT_INT, .target = &o->max_new, .min = 0},
-        {.flag = "--patch", .kind = PB_OPT_STRING, .target = &o->patch_site},
-        {.flag = "--from", .kind = PB_OPT_STRING, .target = &o->from_text},
-        {.flag = "--from-ids", .kind = PB_OPT_STRING, .target = &o->from_ids},
-        {.flag = "--ablate-direction", .kind = PB_OPT_STRING, .target = &o->ablate_file},
-        {.flag = "--add-direction", .kind = PB_OPT_STRING, .target = &o->add_file},
-        {.flag = "--scale", .kind = PB_OPT_DOUBLE, .target = &o->scale, .given = &o->scale_given},
-        {.flag = "--layer", .kind = PB_OPT_INT, .target = &o->layer, .min = 0},
-        {.flag = "--prompts", .kind = PB_OPT_STRING, .target = &o->prompts},
-        {.flag = "--split", .kind = PB_OPT_STRING, .target = &o->split},
-        {.flag = "--side", .kind = PB_OPT_STRING, .target = &o->side},
-        {.flag = "--json", .kind = PB_OPT_STRING, .target = &o->json_out},
-        {.flag = "--limit", .kind = PB_OPT_INT, .target = &o->limit, .min = 1},
-        {.flag = "--out", .kind = PB_OPT_STRING, .target = &o->out},
-        {.flag = "--train", .kind = PB_OPT_INT, .target = &o->train, .min = 1},
-        {.flag = "--val", .kind = PB_OPT_INT, .target = &o->val, .min = 1},
-        {.flag = "--layer-stride", .kind = PB_OPT_INT, .target = &o->layer_stride, .min = 1},
-        {.flag = "--n-post", .kind = PB_OPT_INT, .target = &o->n_post, .min = 1},
-        {.flag = "--max-layer-fraction", .kind = PB_OPT_DOUBLE, .target = &o->max_layer_fraction},
-        {.flag = "--kl-threshold", .kind = PB_OPT_DOUBLE, .target = &o->kl_threshold},
-        {0},
-    };
+    pb_cli_option table[N_OPTION_ROWS + 2];
+    cli_table(o, &common, table);
     char prefix[128];
     snprintf(prefix, sizeof prefix, "patchbay %s", cmd);
-    const pb_cli_parser parser = {prefix, prefix, "%s: option needs a value: %s (see patchbay --help)\n",
-                                  "%s: unknown option %s (see patchbay --help)\n"};
+    const pb_cli_parser parser = {.prefix = prefix,
+                                  .command_prefix = prefix,
+                                  .missing_value = "%s: option needs a value: %s (see patchbay help)\n",
+                                  .unknown = "%s: unknown option %s (see patchbay help)\n",
+                                  .command = cmd};
     if (!pb_cli_parse(&parser, table, argc, argv, 1) || !pb_cli_model_check(&o->model, cmd))
         return 0;
     int n_iv = !!o->patch_site + !!o->ablate_file + !!o->add_file;
@@ -856,10 +973,6 @@ int pb_cli_refusal_rate(int argc, char **argv) {
         fprintf(stderr, "patchbay refusal-rate: --prompts FILE is required\n");
         return 2;
     }
-    if (o.ids || o.ids_file || o.prompt) {
-        fprintf(stderr, "patchbay refusal-rate: prompts come from --prompts; --prompt/--ids do not apply\n");
-        return 2;
-    }
     const char *side = o.side ? o.side : "both";
     if (strcmp(side, "harmful") && strcmp(side, "harmless") && strcmp(side, "both")) {
         fprintf(stderr, "patchbay refusal-rate: --side must be harmful, harmless or both (got '%s')\n", side);
@@ -1036,11 +1149,6 @@ static int direction_compute_write(const char *cmd, pb_model *m, const cli *o, c
 static int direction_inputs(const char *cmd, const cli *o, prompt_file *f) {
     if (!o->prompts || !o->out) {
         fprintf(stderr, "patchbay direction: --prompts FILE and --out DIR are required\n");
-        return 2;
-    }
-    if (o->no_chat) {
-        fprintf(stderr, "patchbay direction: the direction is defined on chat-templated prompts; --no-chat does "
-                        "not apply\n");
         return 2;
     }
     if (!load_prompt_file(cmd, o->prompts, f))

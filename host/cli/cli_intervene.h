@@ -8,11 +8,14 @@
 #ifndef PB_CLI_INTERVENE_H
 #define PB_CLI_INTERVENE_H
 
+#include <stdio.h>
+
 int pb_cli_generate(int argc, char **argv);
 int pb_cli_refusal_rate(int argc, char **argv);
 int pb_cli_direction(int argc, char **argv);
 
-/* Usage lines for the three commands, for the main help text. */
-extern const char pb_cli_intervene_usage[];
+/* The options command (one of the three) takes, one line each, for the
+ * help. */
+void pb_cli_intervene_options(FILE *out, const char *cmd);
 
 #endif

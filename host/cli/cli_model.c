@@ -5,49 +5,82 @@
 
 #include "cli/cli_model.h"
 
-const char *pb_cli_model_help =
-    "model options (every command):\n"
-    "  --model PATH            a .gguf file or a Hugging Face checkpoint folder (config.json + safetensors)\n"
-    "  --random-model NAME[:LAYERS]  seeded random weights at a real shape instead of --model: tiny,\n"
-    "                          smollm2-135m, llama3-8b, llama3-70b, qwen2-7b; :LAYERS keeps the first\n"
-    "                          LAYERS layers (e.g. llama3-70b:4); no tokenizer, so give token ids\n"
-    "  --seed N                seed of --random-model (default 0)\n"
-    "  --backend cpu|reference|cuda   where to compute (default cpu; cuda needs a GPU build and device)\n"
-    "  --device N              CUDA device ordinal (default: a sweep rank's node-local rank modulo the\n"
-    "                          devices, else 0)\n"
-    "  --dtype f32|bf16|f16    storage of the weight matrices (default f32); with 16-bit weights each\n"
-    "                          projection rounds its input to that type and accumulates in fp32\n"
-    "  --threads N             CPU threads (default: all cores)\n";
-
 /* The library's parsers as PB_OPT_PARSE functions. */
 static pb_status parse_backend(const char *value, void *target) { return pb_backend_parse(value, target); }
 static pb_status parse_dtype(const char *value, void *target) { return pb_dtype_parse(value, target); }
 
 void pb_cli_model_table(pb_cli_model *o, pb_cli_option table[PB_CLI_MODEL_OPTIONS + 1]) {
     const pb_cli_option options[PB_CLI_MODEL_OPTIONS + 1] = {
-        {.flag = "--model", .kind = PB_OPT_STRING, .target = &o->path, .shared = 1},
-        {.flag = "--random-model", .kind = PB_OPT_STRING, .target = &o->random_name, .shared = 1},
-        {.flag = "--seed", .kind = PB_OPT_U64, .target = &o->seed, .max = UINT64_MAX, .shared = 1},
-        {.flag = "--threads", .kind = PB_OPT_UINT, .target = &o->load.n_threads, .max = 4096, .shared = 1},
+        {.flag = "--model",
+         .kind = PB_OPT_STRING,
+         .target = &o->path,
+         .shared = 1,
+         .value = "PATH",
+         .help = "a .gguf file or a Hugging Face checkpoint folder (config.json + safetensors)"},
+        {.flag = "--random-model",
+         .kind = PB_OPT_STRING,
+         .target = &o->random_name,
+         .shared = 1,
+         .value = "NAME[:LAYERS]",
+         .help = "seeded random weights at a real shape instead of --model (tiny, smollm2-135m, llama3-8b, "
+                 "llama3-70b, qwen2-7b; :LAYERS keeps the first LAYERS layers); no tokenizer: give ids"},
+        {.flag = "--seed",
+         .kind = PB_OPT_U64,
+         .target = &o->seed,
+         .max = UINT64_MAX,
+         .shared = 1,
+         .value = "N",
+         .help = "seed of --random-model (default 0)"},
+        {.flag = "--threads",
+         .kind = PB_OPT_UINT,
+         .target = &o->load.n_threads,
+         .max = 4096,
+         .shared = 1,
+         .value = "N",
+         .help = "CPU threads (default: all cores)"},
         {.flag = "--device",
          .kind = PB_OPT_UINT,
          .target = &o->load.device,
          .given = &o->device_given,
          .max = 1024,
-         .shared = 1},
-        {.flag = "--backend", .kind = PB_OPT_PARSE, .target = &o->load.backend, .parse = parse_backend, .shared = 1},
-        {.flag = "--dtype", .kind = PB_OPT_PARSE, .target = &o->load.dtype, .parse = parse_dtype, .shared = 1},
+         .shared = 1,
+         .value = "N",
+         .help = "CUDA device ordinal (default: a sweep rank's node-local rank modulo the devices, else 0)"},
+        {.flag = "--backend",
+         .kind = PB_OPT_PARSE,
+         .target = &o->load.backend,
+         .parse = parse_backend,
+         .shared = 1,
+         .value = "cpu|reference|cuda",
+         .help = "where to compute (default cpu; cuda needs a GPU build and device)"},
+        {.flag = "--dtype",
+         .kind = PB_OPT_PARSE,
+         .target = &o->load.dtype,
+         .parse = parse_dtype,
+         .shared = 1,
+         .value = "f32|bf16|f16",
+         .help = "storage of the weight matrices (default f32); 16-bit weights round each projection's input "
+                 "to that type and accumulate in fp32"},
         {0},
     };
     memcpy(table, options, sizeof options);
 }
 
-void pb_cli_common_table(pb_cli_common *c, pb_cli_model *model, int *overwrite, int *no_progress) {
+void pb_cli_common_table(pb_cli_common *c, pb_cli_model *model, int *overwrite, const char *overwrite_commands,
+                         int *no_progress, const char *no_progress_commands) {
     pb_cli_model_table(model, c->model);
     pb_cli_option *t = c->table;
-    *t++ = (pb_cli_option){.flag = "--overwrite", .kind = PB_OPT_FLAG, .target = overwrite};
+    *t++ = (pb_cli_option){.flag = "--overwrite",
+                           .kind = PB_OPT_FLAG,
+                           .target = overwrite,
+                           .help = "replace an existing --out folder (otherwise it must be absent or empty)",
+                           .commands = overwrite_commands};
     if (no_progress)
-        *t++ = (pb_cli_option){.flag = "--no-progress", .kind = PB_OPT_FLAG, .target = no_progress};
+        *t++ = (pb_cli_option){.flag = "--no-progress",
+                               .kind = PB_OPT_FLAG,
+                               .target = no_progress,
+                               .help = "no progress bar on stderr",
+                               .commands = no_progress_commands};
     *t++ = (pb_cli_option){.flag = NULL, .kind = PB_OPT_TABLE, .target = c->model};
     *t = (pb_cli_option){0};
 }

@@ -18,24 +18,24 @@ typedef struct pb_cli_model {
     int device_given;        /* 1 when --device was on the command line: it beats the rank's own choice */
 } pb_cli_model;
 
-/* The options' help text, for usage messages. */
-extern const char *pb_cli_model_help;
-
 enum { PB_CLI_MODEL_OPTIONS = 7 };
 /* Fills table (PB_CLI_MODEL_OPTIONS entries plus the PB_OPT_END) with the
  * options above, writing into o; a command's own table reaches them
  * through a PB_OPT_TABLE entry (options.h). */
 void pb_cli_model_table(pb_cli_model *o, pb_cli_option table[PB_CLI_MODEL_OPTIONS + 1]);
 
-/* The options the model-running commands share: --overwrite, --no-progress
- * (left out when no_progress is NULL) and the model options. A command's
+/* The options the model-running commands share: --overwrite (taken by the
+ * space-separated overwrite_commands; NULL: by all), --no-progress (left
+ * out when no_progress is NULL; taken by no_progress_commands) and the model
+ * options. A command's
  * table reaches them through {.kind = PB_OPT_TABLE, .target = c->table};
  * c must outlive the parse. */
 typedef struct pb_cli_common {
     pb_cli_option model[PB_CLI_MODEL_OPTIONS + 1];
     pb_cli_option table[4];
 } pb_cli_common;
-void pb_cli_common_table(pb_cli_common *c, pb_cli_model *model, int *overwrite, int *no_progress);
+void pb_cli_common_table(pb_cli_common *c, pb_cli_model *model, int *overwrite, const char *overwrite_commands,
+                         int *no_progress, const char *no_progress_commands);
 
 /* 1 when exactly one of --model / --random-model was given; otherwise prints
  * why (prefixed by cmd) and returns 0. */

@@ -17,6 +17,8 @@
 #include "cli/cli_analysis.h"
 #include "cli/cli_intervene.h"
 #include "cli/cli_model.h"
+#include "cli/cli_lens.h"
+#include "cli/cli_text.h"
 #include "cli/ids.h"
 #include "cli/options.h"
 #include "cli/progress.h"
@@ -26,48 +28,11 @@
 
 #define PB_VERSION "0.1.0"
 
-static const char *usage_text =
-    "usage: patchbay <command> [options]\n"
-    "\n"
-    "commands:\n"
-    "  forward   --model PATH (--ids 1,2,3 | --ids-file F) [--hooks PATTERN] --out DIR [--overwrite]\n"
-    "            writes DIR/logits.npy (T x vocab, float32) and one HOOK.npy per captured hook point\n"
-
-    "  sweep     --model PATH --spec SPEC.json --out DIR [--max-memory SIZE] [--overwrite] [--no-progress]\n"
-    "            [--checkpoint FILE] [--resume] [--rank-timeout SECONDS] [--gather auto|mpi|nccl] [--no-chat]\n"
-    "            activation-patching sweep (spec format: docs/patching.md); writes DIR/results.json,\n"
-    "            one COMPONENT.npy heatmap per component, DIR/report.txt and DIR/report.html.\n"
-    "            Text prompts get the model's chat template unless --no-chat (or \"chat\": false in the\n"
-    "            spec or the prompt); the prompts' treatment is printed first. No BOS token is added.\n"
-    "            SIGTERM, SIGUSR1 or SIGINT: finish the current batch, write the checkpoint (default\n"
-    "            DIR.checkpoint, beside DIR; more signals meanwhile are ignored) and exit 3; --resume\n"
-    "            continues from it (and clears temporary files a killed run left). Under mpirun or srun\n"
-    "            the rows are split over the ranks by estimated cost and rank 0 writes the results;\n"
-    "            --backend cuda ranks gather them with one NCCL all-gather (auto), others over MPI.\n"
-    "  tokenize  --model PATH --text TEXT [--chat [--system TEXT]]\n"
-    "            token ids as a JSON array (--chat: through the model's chat template)\n"
-    "  info      --model PATH\n"
-    "            hyperparameters\n"
-    "  refusal-analysis --model PATH --out DIR [--pairs data/refusal_pairs.json] [--sweep-pairs N]\n"
-    "            [--max-new-tokens N] [--overwrite] [--no-progress]\n"
-    "            the main job: baseline refusal, patching sweep, refusal direction, report.html\n"
-    "\n"
-    "--chat-template NAME|FILE overrides the model's template (chatml, llama3, llama2, gemma, or a Jinja\n"
-    "  file of one of those families)\n"
-    "--hooks takes comma-separated globs over TransformerLens names, e.g.\n"
-    "  'blocks.*.hook_resid_pre,blocks.3.attn.hook_z,hook_embed,ln_final.hook_normalized'\n"
-    "--ids-file takes ids separated by commas or whitespace ('#' starts a comment), or an int32 .npy.\n"
-    "--max-memory bounds the sweep's batch activations (default 1G): bytes, or K/M/G/T (powers of 1024,\n"
-    "  also KiB/MiB/GiB/TiB) or KB/MB/GB/TB (powers of 1000), e.g. 512M, 2G, 1.5GiB, 100000.\n"
-    "exit status: 0 done, 1 error, 2 usage, 3 sweep interrupted by a signal with its checkpoint written.\n";
-
 typedef struct options {
     pb_cli_model model;
-    const char *ids;
-    const char *ids_file;
+    pb_cli_prompt prompt; /* forward, tokenize; --chat-template also sweep */
     const char *hooks;
     const char *out;
-    int max_new;
     int overwrite;
     const char *spec;       /* sweep */
     size_t max_memory;      /* sweep; 0 = the library default */
@@ -76,11 +41,7 @@ typedef struct options {
     int resume;             /* sweep */
     int rank_timeout;       /* sweep, several ranks: seconds; 0 = the default */
     const char *gather;     /* sweep: "auto", "mpi" or "nccl" */
-    const char *text;
-    const char *system;
-    const char *chat_template;
-    int chat;
-    int no_chat; /* sweep: text prompts plain unless they say "chat": true */
+    int pieces;             /* tokenize */
 } options;
 
 static int fail(const char *what) {
@@ -90,61 +51,113 @@ static int fail(const char *what) {
 
 static const char *const gather_choices[] = {"auto", "mpi", "nccl", NULL};
 
-/* One table for forward, sweep, tokenize and info: each ignores the
- * options it does not use. argv[1] is the command. */
-static int parse_options(int argc, char **argv, options *o) {
-    memset(o, 0, sizeof *o);
-    o->max_new = 32;
+enum { MAIN_OPTIONS = 12 };
+
+/* Where a main-file command's options live while it parses. */
+typedef struct main_tables {
     pb_cli_common common;
-    pb_cli_common_table(&common, &o->model, &o->overwrite, &o->no_progress);
-    const pb_cli_option table[] = {
-        {.flag = "--chat", .kind = PB_OPT_FLAG, .target = &o->chat},
-        {.flag = "--resume", .kind = PB_OPT_FLAG, .target = &o->resume},
-        {.flag = "--no-chat", .kind = PB_OPT_FLAG, .target = &o->no_chat},
-        {.flag = NULL, .kind = PB_OPT_TABLE, .target = common.table},
-        {.flag = "--ids", .kind = PB_OPT_STRING, .target = &o->ids},
-        {.flag = "--ids-file", .kind = PB_OPT_STRING, .target = &o->ids_file},
-        {.flag = "--hooks", .kind = PB_OPT_STRING, .target = &o->hooks},
-        {.flag = "--out", .kind = PB_OPT_STRING, .target = &o->out},
-        {.flag = "--max-new-tokens", .kind = PB_OPT_COUNT, .target = &o->max_new},
-        {.flag = "--spec", .kind = PB_OPT_STRING, .target = &o->spec},
-        {.flag = "--checkpoint", .kind = PB_OPT_STRING, .target = &o->checkpoint},
-        {.flag = "--rank-timeout", .kind = PB_OPT_COUNT, .target = &o->rank_timeout},
+    pb_cli_option prompt[PB_CLI_PROMPT_OPTIONS + 1];
+    pb_cli_option table[MAIN_OPTIONS + 1];
+} main_tables;
+
+/* One table for forward, sweep, tokenize and info, each row naming the
+ * commands that take it. */
+static void main_table(options *o, main_tables *t) {
+    pb_cli_common_table(&t->common, &o->model, &o->overwrite, "forward sweep", &o->no_progress, "sweep");
+    pb_cli_prompt_table(&o->prompt, "forward tokenize", "forward", "forward tokenize sweep", "forward tokenize sweep",
+                        t->prompt);
+    const pb_cli_option table[MAIN_OPTIONS + 1] = {
+        {.flag = "--spec",
+         .kind = PB_OPT_STRING,
+         .target = &o->spec,
+         .value = "SPEC.json",
+         .help = "the sweep's prompts, components, positions and metric (docs/patching.md; required)",
+         .commands = "sweep"},
+        {.flag = "--out",
+         .kind = PB_OPT_STRING,
+         .target = &o->out,
+         .value = "DIR",
+         .help = "output folder (required)",
+         .commands = "forward sweep"},
+        {.flag = NULL, .kind = PB_OPT_TABLE, .target = t->prompt},
+        {.flag = "--hooks",
+         .kind = PB_OPT_STRING,
+         .target = &o->hooks,
+         .value = "PATTERN",
+         .help = "hook points to write, comma-separated globs over TransformerLens names, e.g. "
+                 "'blocks.*.hook_resid_pre,blocks.3.attn.hook_pattern'",
+         .commands = "forward"},
+        {.flag = "--pieces",
+         .kind = PB_OPT_FLAG,
+         .target = &o->pieces,
+         .help = "print a table of position, id and token piece instead of the JSON array of ids",
+         .commands = "tokenize"},
+        {.flag = "--max-memory",
+         .kind = PB_OPT_SIZE,
+         .target = &o->max_memory,
+         .value = "SIZE",
+         .help = "bound on the batch activations (default 1G): bytes, K/M/G/T (1024s, also KiB...) or KB/MB/GB/TB",
+         .commands = "sweep"},
+        {.flag = "--checkpoint",
+         .kind = PB_OPT_STRING,
+         .target = &o->checkpoint,
+         .value = "FILE",
+         .help = "where an interrupted sweep saves its rows (default DIR.checkpoint, beside DIR)",
+         .commands = "sweep"},
+        {.flag = "--resume",
+         .kind = PB_OPT_FLAG,
+         .target = &o->resume,
+         .help = "continue from the checkpoint",
+         .commands = "sweep"},
+        {.flag = "--rank-timeout",
+         .kind = PB_OPT_COUNT,
+         .target = &o->rank_timeout,
+         .value = "SECONDS",
+         .help = "several ranks: a rank silent this long ends the job (default: the library's)",
+         .commands = "sweep"},
         {.flag = "--gather",
          .kind = PB_OPT_CHOICE,
          .target = &o->gather,
          .choices = gather_choices,
-         .choices_text = "auto, mpi or nccl"},
-        {.flag = "--text", .kind = PB_OPT_STRING, .target = &o->text},
-        {.flag = "--system", .kind = PB_OPT_STRING, .target = &o->system},
-        {.flag = "--chat-template", .kind = PB_OPT_STRING, .target = &o->chat_template},
-        {.flag = "--max-memory", .kind = PB_OPT_SIZE, .target = &o->max_memory},
+         .choices_text = "auto, mpi or nccl",
+         .value = "auto|mpi|nccl",
+         .help = "how ranks send rows to rank 0 (auto: NCCL for --backend cuda ranks, else MPI)",
+         .commands = "sweep"},
+        {.flag = NULL, .kind = PB_OPT_TABLE, .target = t->common.table},
         {0},
     };
+    memcpy(t->table, table, sizeof table);
+}
+
+static void main_options_help(FILE *out, const char *cmd) {
+    options o;
+    main_tables t;
+    main_table(&o, &t);
+    pb_cli_print_options(out, t.table, cmd);
+}
+
+/* argv[0] is the command. */
+static int parse_options(int argc, char **argv, options *o) {
+    memset(o, 0, sizeof *o);
+    main_tables t;
+    main_table(o, &t);
     char command_prefix[128];
-    snprintf(command_prefix, sizeof command_prefix, "patchbay %s", argv[1]);
-    const pb_cli_parser parser = {"patchbay", command_prefix, "%s: option %s needs a value (see patchbay --help)\n",
-                                  "%s: unknown option '%s' (see patchbay --help)\n"};
-    return pb_cli_parse(&parser, table, argc, argv, 2) && pb_cli_model_check(&o->model, argv[1]);
+    snprintf(command_prefix, sizeof command_prefix, "patchbay %s", argv[0]);
+    const pb_cli_parser parser = {.prefix = "patchbay",
+                                  .command_prefix = command_prefix,
+                                  .missing_value = "%s: option %s needs a value (see patchbay help)\n",
+                                  .unknown = "%s: unknown option '%s' (see patchbay help)\n",
+                                  .command = argv[0]};
+    return pb_cli_parse(&parser, t.table, argc, argv, 1) && pb_cli_model_check(&o->model, argv[0]);
 }
 
-static int read_ids(const options *o, int32_t **ids, int *T) {
-    if (!!o->ids == !!o->ids_file) {
-        fprintf(stderr, "patchbay: give exactly one of --ids or --ids-file\n");
-        return 0;
-    }
-    pb_status st = o->ids ? pb_ids_parse(o->ids, "--ids", ids, T) : pb_ids_read_file(o->ids_file, ids, T);
-    return st == PB_OK || !fail("reading token ids");
-}
-
-static pb_model *load(const options *o) {
+static pb_model *load(const options *o, const char *cmd) {
     pb_model *m = NULL;
     if (pb_cli_model_load(&o->model, &m) != PB_OK) {
         fail("cannot load model");
         return NULL;
     }
-    if (o->chat_template && pb_model_set_chat_template(m, o->chat_template) != PB_OK) {
-        fail("--chat-template");
+    if (!pb_cli_prompt_template(cmd, m, &o->prompt)) {
         pb_model_free(m);
         return NULL;
     }
@@ -152,32 +165,28 @@ static pb_model *load(const options *o) {
 }
 
 /* patchbay tokenize: the ids of a text (chat-templated with --chat) as a
- * JSON array on stdout. */
+ * JSON array on stdout, or with --pieces a table of ids and pieces. */
 static int cmd_tokenize(const options *o) {
-    if (!o->text) {
+    if (!o->prompt.text) {
         fprintf(stderr, "patchbay tokenize: --text TEXT is required\n");
         return 2;
     }
-    if (o->system && !o->chat) {
-        fprintf(stderr, "patchbay tokenize: --system needs --chat\n");
-        return 2;
-    }
-    pb_model *m = load(o);
+    int rc = pb_cli_prompt_check("tokenize", &o->prompt, 1);
+    if (rc)
+        return rc;
+    pb_model *m = load(o, "tokenize");
     if (!m)
         return 1;
     int32_t *ids = NULL;
     int n = 0;
-    pb_status st = o->chat ? pb_model_chat_tokenize(m, o->system, o->text, &ids, &n)
-                           : pb_model_tokenize(m, o->text, 0, &ids, &n);
-    int rc = 1;
-    if (st != PB_OK) {
-        fail("tokenize");
-    } else {
+    rc = pb_cli_prompt_ids("tokenize", m, &o->prompt, &ids, &n);
+    if (!rc && o->pieces) {
+        pb_cli_print_pieces(stdout, m, ids, n);
+    } else if (!rc) {
         putchar('[');
         for (int i = 0; i < n; i++)
             printf("%s%d", i ? ", " : "", ids[i]);
         printf("]\n");
-        rc = 0;
     }
     free(ids);
     pb_model_free(m);
@@ -217,6 +226,8 @@ static int forward_write(const options *o, const float *logits, int T, int vocab
     }
     if (pb_file_set_commit(&set) != PB_OK)
         return fail("writing the outputs");
+    fprintf(stderr, "patchbay: wrote logits (%d x %d) and %d hook points to %s\n", T, vocab, pb_capture_count(cap),
+            o->out);
     return 0;
 }
 
@@ -225,41 +236,35 @@ static int cmd_forward(const options *o) {
         fprintf(stderr, "patchbay forward: --out DIR is required\n");
         return 2;
     }
-    /* Refused before any work; the folder is made when the outputs are written. */
+    int rc = pb_cli_prompt_check("forward", &o->prompt, 1);
+    if (rc)
+        return rc;
     if (pb_out_dir_check(o->out, o->overwrite) != PB_OK)
         return fail("--out");
-    int32_t *ids;
-    int T;
-    if (!read_ids(o, &ids, &T))
-        return 2;
-    pb_model *m = load(o);
-    if (!m) {
-        free(ids);
+    pb_model *m = load(o, "forward");
+    if (!m)
         return 1;
+    int32_t *ids = NULL;
+    int T = 0;
+    rc = pb_cli_prompt_ids("forward", m, &o->prompt, &ids, &T);
+    if (rc) {
+        pb_model_free(m);
+        return rc;
     }
     const pb_model_config *c = pb_model_get_config(m);
-    int rc = 1;
     pb_capture *cap = NULL;
     float *logits = malloc(sizeof(float) * (size_t)T * (size_t)c->vocab_size);
+    rc = 1;
     if (!logits) {
         fprintf(stderr, "patchbay: out of memory for %d x %d logits\n", T, c->vocab_size);
-        goto done;
-    }
-    if (o->hooks && pb_capture_create(&cap, m, o->hooks) != PB_OK) {
+    } else if (o->hooks && pb_capture_create(&cap, m, o->hooks) != PB_OK) {
         fail("--hooks");
         rc = 2;
-        goto done;
-    }
-    if (pb_forward(m, ids, T, logits, cap) != PB_OK) {
+    } else if (pb_forward(m, ids, T, logits, cap) != PB_OK) {
         fail("forward failed");
-        goto done;
+    } else {
+        rc = forward_write(o, logits, T, c->vocab_size, cap);
     }
-    if (forward_write(o, logits, T, c->vocab_size, cap) != 0)
-        goto done;
-    fprintf(stderr, "patchbay: wrote logits (%d x %d) and %d hook points to %s\n", T, c->vocab_size,
-            pb_capture_count(cap), o->out);
-    rc = 0;
-done:
     pb_capture_free(cap);
     free(logits);
     free(ids);
@@ -596,7 +601,7 @@ static int sweep_inputs(sweep_job *j) {
         return 2;
     }
     spec_directory(o->spec, j->spec_dir, sizeof j->spec_dir);
-    if (o->no_chat && pb_cli_spec_plain_text(&j->spec_text) != 0) {
+    if (o->prompt.no_chat && pb_cli_spec_plain_text(&j->spec_text) != 0) {
         fprintf(stderr, "patchbay sweep: out of memory applying --no-chat\n");
         return 1;
     }
@@ -757,7 +762,7 @@ static int cmd_sweep(const options *o, pb_ranks *ranks) {
     local.overwrite |= j.replace_partial;
     j.o = &local;
     choose_rank_device(&local, ranks);
-    if (!(j.model = load(&local))) {
+    if (!(j.model = load(&local, "sweep"))) {
         free(j.spec_text);
         return 1;
     }
@@ -783,7 +788,7 @@ static int cmd_info(const options *o) {
         if (pb_random_config(&random_cfg, o->model.random_name) != PB_OK)
             return fail("cannot load model");
     } else {
-        if (!(m = load(o)))
+        if (!(m = load(o, "info")))
             return 1;
         c = pb_model_get_config(m);
     }
@@ -818,14 +823,170 @@ static int run_sweep(const options *o, int *argc, char ***argv) {
     return rc;
 }
 
+static int run_forward(int argc, char **argv) {
+    options o;
+    return parse_options(argc, argv, &o) ? cmd_forward(&o) : 2;
+}
+
+static int run_tokenize(int argc, char **argv) {
+    options o;
+    return parse_options(argc, argv, &o) ? cmd_tokenize(&o) : 2;
+}
+
+static int run_info(int argc, char **argv) {
+    options o;
+    return parse_options(argc, argv, &o) ? cmd_info(&o) : 2;
+}
+
+static int run_sweep_command(int argc, char **argv) {
+    options o;
+    return parse_options(argc, argv, &o) ? run_sweep(&o, &argc, &argv) : 2;
+}
+
+/* ---- the command table and the help it generates ---------------------- */
+
+typedef struct command {
+    const char *name;
+    const char *summary;                          /* one line, for the list of commands */
+    const char *usage;                            /* the arguments after "patchbay NAME" */
+    const char *about;                            /* what it writes and how it reads its inputs; lines of text */
+    const char *example;                          /* shell lines, each a command that works from the repository root */
+    int (*run)(int argc, char **argv);            /* argv[0] is the command; the exit status */
+    void (*options)(FILE *out, const char *name); /* prints its options, from its option table */
+} command;
+
+#define SMOLLM2 "models/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+static const command commands[] = {
+    {"forward", "one forward pass: logits and any hook points as .npy",
+     "(--text TEXT [--chat] | --ids 1,2,3 | --ids-file F) [--hooks PATTERN] --out DIR",
+     "Writes DIR/logits.npy (T x vocab, float32) and one HOOK.npy per captured hook point: (T, d_model)\n"
+     "for residual-width hooks, (T, heads, head_dim) for attn.hook_q/k/v/z, (n_heads, T, T) for\n"
+     "attn.hook_attn_scores (scaled, causal mask -inf) and attn.hook_pattern (softmax). --text is\n"
+     "tokenized as it is unless --chat; stderr says whether a chat template and BOS were applied.\n",
+     "patchbay forward --model " SMOLLM2 " --text 'The Eiffel Tower is in the city of' \\\n"
+     "    --hooks 'blocks.*.hook_resid_post,blocks.3.attn.hook_pattern' --out /tmp/fwd",
+     run_forward, main_options_help},
+    {"sweep", "activation-patching sweep over components, layers, heads and positions",
+     "--spec SPEC.json --out DIR [--no-chat] [--max-memory SIZE] [--checkpoint FILE] [--resume]",
+     "Spec format: docs/patching.md. Writes DIR/results.json (renamed into place last of the set), one\n"
+     "COMPONENT.npy heatmap per component, DIR/report.txt, then DIR/report.html. Text prompts get the\n"
+     "model's chat template unless --no-chat (or \"chat\": false in the spec or the prompt); how the\n"
+     "prompts were tokenized is printed first. No BOS token is added. SIGTERM, SIGUSR1 or SIGINT: finish\n"
+     "the current batch, write the checkpoint (default DIR.checkpoint; more signals meanwhile are ignored)\n"
+     "and exit 3; --resume continues from it (and clears temporary files a killed run left). Under mpirun\n"
+     "or srun the rows are split over the ranks by estimated cost and rank 0 writes the results.\n",
+     "patchbay sweep --model tests/fixtures/tiny_gqa/model.gguf \\\n"
+     "    --spec tests/fixtures/patching/tiny_gqa_denoise_logit_diff/spec.json --out /tmp/sweep",
+     run_sweep_command, main_options_help},
+    {"tokenize", "token ids of a text (plain, or through the chat template)",
+     "--text TEXT [--chat [--system TEXT]] [--pieces]",
+     "Prints the ids as a JSON array, or with --pieces one line per token (position, id, quoted piece).\n",
+     "patchbay tokenize --model " SMOLLM2 " --text 'The Eiffel Tower is in the city of' --pieces", run_tokenize,
+     main_options_help},
+    {"decode", "text and per-token pieces of token ids", "[IDS... | --ids 1,2,3 | --ids-file F|-] [--pieces] [--json]",
+     "Ids as arguments, --ids, or a file or stdin (--ids-file -) as tokenize prints them. Prints the\n"
+     "decoded text; --pieces adds one line per token, --json prints {\"text\", \"tokens\": [{\"id\", \"piece\"}]}.\n",
+     "patchbay tokenize --model " SMOLLM2 " --text 'Hello world' | patchbay decode --model " SMOLLM2
+     " --ids-file - --pieces",
+     pb_cli_decode, pb_cli_decode_options},
+    {"logit-lens", "the top tokens and a metric read from every layer's residual stream",
+     "(--text TEXT [--chat] | --ids 1,2,3) [--positions -1] [--top-k 5] [--positive T --negative T] [--out DIR]",
+     "Applies the final norm and the unembedding to the residual stream entering each layer and to the\n"
+     "last layer's output (TransformerLens's accumulated_resid with apply_ln: row 0 is the embedding,\n"
+     "row L+1 is blocks.L.hook_resid_post; the last row gives the model's logits). Prints per layer and\n"
+     "position the top tokens and, with --positive/--negative, mean(positive) - mean(negative) lens\n"
+     "logits. --out DIR writes lens.json and lens_logits.npy (see docs/ARCHITECTURE.md).\n",
+     "patchbay logit-lens --model " SMOLLM2 " --text 'The Eiffel Tower is in the city of' \\\n"
+     "    --positive ' Paris' --negative ' Rome' --top-k 3",
+     pb_cli_logit_lens, pb_cli_logit_lens_options},
+    {"info", "the model's hyperparameters", "", NULL,
+     "patchbay info --model " SMOLLM2 "\npatchbay info --random-model llama3-70b", run_info, main_options_help},
+    {"generate", "greedy continuation, optionally with a patch, ablation or added direction",
+     "(--prompt TEXT [--system TEXT] [--no-chat] | --ids 1,2,3 | --ids-file F) [--max-new-tokens N] [INTERVENTION]",
+     "Prints the continuation as text and ids; with an intervention (--patch SITE --from TEXT,\n"
+     "--ablate-direction FILE.npy, or --add-direction FILE.npy --layer L) the plain continuation too.\n"
+     "--prompt goes through the chat template unless --no-chat.\n",
+     "patchbay generate --model " SMOLLM2 " --prompt 'What is the capital of France?' --max-new-tokens 16",
+     pb_cli_generate, pb_cli_intervene_options},
+    {"refusal-rate", "share of prompts whose greedy continuation reads as a refusal",
+     "--prompts FILE [--split validation|train|test|all] [--side harmful|harmless|both] [INTERVENTION]",
+     "Phrase list: host/patching/intervene.c. --prompts takes data/refusal_pairs.json ({\"pairs\": [{\"id\",\n"
+     "\"split\", \"harmful\", \"harmless\"}], \"refusal_tokens\": [...]}) or a text file with one prompt per line.\n",
+     "patchbay refusal-rate --model " SMOLLM2 " --prompts data/refusal_pairs.json --limit 4", pb_cli_refusal_rate,
+     pb_cli_intervene_options},
+    {"direction", "difference-in-means refusal direction (Arditi et al. 2024)", "--prompts FILE --out DIR",
+     "Writes DIR/direction.npy (unit, d_model), DIR/direction.json (selected layer and position, scores,\n"
+     "every candidate) and DIR/differences.npy, from chat-templated prompts.\n",
+     "patchbay direction --model " SMOLLM2 " --prompts data/refusal_pairs.json --out /tmp/direction", pb_cli_direction,
+     pb_cli_intervene_options},
+    {"refusal-analysis", "the main job: baseline refusal, patching sweep, refusal direction, report.html",
+     "--out DIR [--pairs data/refusal_pairs.json] [--sweep-pairs N]",
+     "Writes results.json, the .npy heatmaps, report.txt, direction.npy/json and report.html to DIR.\n",
+     "patchbay refusal-analysis --model " SMOLLM2 " --out /tmp/analysis", pb_cli_refusal_analysis,
+     pb_cli_refusal_analysis_options},
+};
+enum { N_COMMANDS = sizeof commands / sizeof commands[0] };
+
+static const char *exit_status_footer =
+    "exit status: 0 done, 1 error, 2 usage, 3 sweep interrupted by a signal with its checkpoint written.\n";
+
+static const command *find_command(const char *name) {
+    for (int i = 0; i < N_COMMANDS; i++)
+        if (strcmp(commands[i].name, name) == 0)
+            return &commands[i];
+    return NULL;
+}
+
 static void print_usage(FILE *out) {
-    fputs(usage_text, out);
-    fputs(pb_cli_intervene_usage, out);
-    fputs(pb_cli_model_help, out);
+    fputs("usage: patchbay <command> [options]\n       patchbay help <command>   (or: patchbay <command> --help)\n"
+          "\ncommands:\n",
+          out);
+    for (int i = 0; i < N_COMMANDS; i++)
+        fprintf(out, "  %-17s %s\n", commands[i].name, commands[i].summary);
+    fputs("\nEvery command takes the model options (--model PATH or --random-model NAME, --backend, --dtype,\n"
+          "--device, --threads); 'patchbay help <command>' lists a command's options with an example.\n",
+          out);
+    fputs(exit_status_footer, out);
+}
+
+static void print_command_help(FILE *out, const command *c) {
+    fprintf(out, "usage: patchbay %s %s%s[model options]\n\n%s.\n", c->name, c->usage, *c->usage ? " " : "",
+            c->summary);
+    if (c->about)
+        fprintf(out, "%s", c->about);
+    fprintf(out, "\noptions:\n");
+    c->options(out, c->name);
+    fprintf(out, "\nExample:\n");
+    for (const char *line = c->example; *line;) {
+        size_t n = strcspn(line, "\n");
+        fprintf(out, "  %.*s\n", (int)n, line);
+        line += n + (line[n] == '\n');
+    }
+    fputc('\n', out);
+    fputs(exit_status_footer, out);
+}
+
+static int is_help_flag(const char *arg) { return strcmp(arg, "--help") == 0 || strcmp(arg, "-h") == 0; }
+
+/* patchbay help [CMD] */
+static int cmd_help(int argc, char **argv) {
+    if (argc < 3) {
+        print_usage(stdout);
+        return 0;
+    }
+    const command *c = find_command(argv[2]);
+    if (!c) {
+        fprintf(stderr, "patchbay help: unknown command '%s'\n\n", argv[2]);
+        print_usage(stderr);
+        return 2;
+    }
+    print_command_help(stdout, c);
+    return 0;
 }
 
 int main(int argc, char **argv) {
-    if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
+    if (argc < 2 || is_help_flag(argv[1])) {
         print_usage(argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;
     }
@@ -833,28 +994,18 @@ int main(int argc, char **argv) {
         printf("patchbay %s\n", PB_VERSION);
         return 0;
     }
-    const char *cmd = argv[1];
-    /* Commands in cli_analysis.c and cli_intervene.c: argv[0] is the command. */
-    if (strcmp(cmd, "refusal-analysis") == 0)
-        return pb_cli_refusal_analysis(argc - 1, argv + 1);
-    if (strcmp(cmd, "refusal-rate") == 0)
-        return pb_cli_refusal_rate(argc - 1, argv + 1);
-    if (strcmp(cmd, "direction") == 0)
-        return pb_cli_direction(argc - 1, argv + 1);
-    if (strcmp(cmd, "generate") == 0)
-        return pb_cli_generate(argc - 1, argv + 1);
-    if (strcmp(cmd, "forward") && strcmp(cmd, "sweep") && strcmp(cmd, "info") && strcmp(cmd, "tokenize")) {
-        fprintf(stderr, "patchbay: unknown command '%s'\n\n%s", cmd, usage_text);
+    if (strcmp(argv[1], "help") == 0)
+        return cmd_help(argc, argv);
+    const command *c = find_command(argv[1]);
+    if (!c) {
+        fprintf(stderr, "patchbay: unknown command '%s'\n\n", argv[1]);
+        print_usage(stderr);
         return 2;
     }
-    options o;
-    if (!parse_options(argc, argv, &o))
-        return 2;
-    if (strcmp(cmd, "forward") == 0)
-        return cmd_forward(&o);
-    if (strcmp(cmd, "sweep") == 0)
-        return run_sweep(&o, &argc, &argv);
-    if (strcmp(cmd, "tokenize") == 0)
-        return cmd_tokenize(&o);
-    return cmd_info(&o);
+    for (int i = 2; i < argc; i++)
+        if (is_help_flag(argv[i])) {
+            print_command_help(stdout, c);
+            return 0;
+        }
+    return c->run(argc - 1, argv + 1);
 }

@@ -8,6 +8,24 @@
 #include "cli/options.h"
 #include "cli/progress.h"
 
+int pb_cli_command_listed(const char *commands, const char *command) {
+    size_t n = strlen(command);
+    for (const char *c = commands; c && *c;) {
+        while (*c == ' ')
+            c++;
+        size_t len = strcspn(c, " ");
+        if (len == n && strncmp(c, command, n) == 0)
+            return 1;
+        c += len;
+    }
+    return 0;
+}
+
+/* Whether command takes o (NULL command: every option counts). */
+static int takes(const pb_cli_option *o, const char *command) {
+    return !command || !o->commands || pb_cli_command_listed(o->commands, command);
+}
+
 /* The entry for flag, searching nested tables in place; NULL when none. */
 static const pb_cli_option *find_option(const pb_cli_option *table, const char *flag) {
     for (const pb_cli_option *o = table; o->kind != PB_OPT_END; o++) {
@@ -20,6 +38,20 @@ static const pb_cli_option *find_option(const pb_cli_option *table, const char *
         }
     }
     return NULL;
+}
+
+void pb_cli_print_options(FILE *out, const pb_cli_option *table, const char *command) {
+    for (const pb_cli_option *o = table; o->kind != PB_OPT_END; o++) {
+        if (o->kind == PB_OPT_TABLE) {
+            pb_cli_print_options(out, o->target, command);
+            continue;
+        }
+        if (!takes(o, command))
+            continue;
+        char left[64];
+        snprintf(left, sizeof left, "%s%s%s", o->flag, o->value ? " " : "", o->value ? o->value : "");
+        fprintf(out, "  %-28s %s\n", left, o->help ? o->help : "");
+    }
 }
 
 static int read_int(const pb_cli_option *o, const char *prefix, const char *value) {
@@ -133,17 +165,26 @@ int pb_cli_parse_one(const pb_cli_parser *parser, const pb_cli_option *table, co
 int pb_cli_parse(const pb_cli_parser *parser, const pb_cli_option *table, int argc, char **argv, int first) {
     for (int i = first; i < argc; i++) {
         const char *flag = argv[i];
+        if (parser->positional && flag[0] != '-') {
+            parser->positional[(*parser->n_positional)++] = flag;
+            continue;
+        }
         const pb_cli_option *o = find_option(table, flag);
+        if (o && !takes(o, parser->command)) {
+            fprintf(stderr, "%s: option %s is not an option of %s (see patchbay help %s)\n", parser->prefix, flag,
+                    parser->command, parser->command);
+            return 0;
+        }
         if (o && o->kind == PB_OPT_FLAG) {
             *(int *)o->target = 1;
             continue;
         }
-        if (i + 1 >= argc) {
-            fprintf(stderr, parser->missing_value, parser->prefix, flag);
-            return 0;
-        }
         if (!o) {
             fprintf(stderr, parser->unknown, parser->prefix, flag);
+            return 0;
+        }
+        if (i + 1 >= argc) {
+            fprintf(stderr, parser->missing_value, parser->prefix, flag);
             return 0;
         }
         if (!read_value(parser, o, argv[++i]))

@@ -9,6 +9,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "patchbay.h"
 
@@ -39,6 +40,10 @@ typedef struct pb_cli_option {
     const char *choices_text;                            /* PB_OPT_CHOICE: "auto, mpi or nccl" */
     pb_status (*parse)(const char *value, void *target); /* PB_OPT_PARSE */
     int shared;                                          /* 1: a shared model option, whose messages name the command */
+    /* The help, generated from the table (pb_cli_print_options): */
+    const char *value;    /* the value's placeholder ("PATH"); NULL for a PB_OPT_FLAG */
+    const char *help;     /* one line: what it does, its default */
+    const char *commands; /* space-separated commands that take it; NULL: every command parsing this table */
 } pb_cli_option;
 
 /* How one command words its messages. Each format is printed to stderr. */
@@ -47,6 +52,11 @@ typedef struct pb_cli_parser {
     const char *command_prefix; /* "patchbay sweep": starts messages about the shared model options */
     const char *missing_value;  /* format of (prefix, flag) for a flag given without its value */
     const char *unknown;        /* format of (prefix, flag) for a flag in no table */
+    const char *command;        /* "sweep": options whose `commands` leave it out are refused; NULL: none is */
+    /* Optional: arguments not starting with '-' are stored here in order
+     * (room for argc) instead of being refused as unknown options. */
+    const char **positional;
+    int *n_positional;
 } pb_cli_parser;
 
 /* Parses argv[first..argc): a PB_OPT_FLAG alone, every other flag with the
@@ -58,5 +68,12 @@ int pb_cli_parse(const pb_cli_parser *parser, const pb_cli_option *table, int ar
  * 0 when the flag is not in the table, -1 after printing why the value is
  * bad. For commands with positional arguments (bench_sweep). */
 int pb_cli_parse_one(const pb_cli_parser *parser, const pb_cli_option *table, const char *flag, const char *value);
+
+/* The options of table (nested tables included) that command takes, one
+ * line each: "  --flag VALUE   help". command NULL: every option. */
+void pb_cli_print_options(FILE *out, const pb_cli_option *table, const char *command);
+
+/* 1 when `command` is one of the space-separated names in `commands`. */
+int pb_cli_command_listed(const char *commands, const char *command);
 
 #endif

@@ -8,11 +8,11 @@
 typedef struct pb_capture_entry {
     char name[96];
     pb_hook_kind kind;
-    int layer;  /* -1 for model-level hooks */
-    int n_dims; /* 2 or 3 including T */
-    int64_t row_shape[2];
+    int layer;            /* -1 for model-level hooks */
+    int n_dims;           /* 2 or 3 including T */
+    int64_t row_shape[2]; /* pattern kinds (pb_hook_is_pattern): (n_heads) */
     int T;
-    float *data; /* (T, row_shape...) host memory */
+    float *data; /* (T, row_shape...) host memory; pattern kinds (n_heads, T, T) */
 } pb_capture_entry;
 
 struct pb_capture {

@@ -44,11 +44,111 @@ static pb_status kv_alloc(pb_model *m, kv_cache *kv, int capacity) {
 
 static void kv_free(pb_model *m, kv_cache *kv) { m->backend->ops->free(m->backend, kv->arena); }
 
+/* Attention patterns (attn.hook_attn_scores, attn.hook_pattern) are no
+ * activation the executor holds: they are recomputed on the host from the
+ * layer's queries (copied at hook_q, rotated with the backend's own RoPE)
+ * and its keys after RoPE (read from the KV cache once the layer's
+ * attention ran, at hook_z), so every backend gives them the same way. */
+typedef struct pattern_work {
+    int T;
+    int32_t *positions; /* device (T): 0 .. T-1 */
+    float *q_device;    /* device (T, n_heads * head_dim) */
+    float *q, *k;       /* host (T, n_heads * head_dim), (T, kv_dim), after RoPE */
+    double *row;        /* host (T): one query's scores */
+} pattern_work;
+
+static pb_status pattern_work_init(pb_model *m, pattern_work *w, int T) {
+    const pb_model_config *c = &m->cfg;
+    pb_backend *b = m->backend;
+    w->T = T;
+    w->q = malloc(sizeof(float) * (size_t)T * c->n_heads * c->head_dim);
+    w->k = malloc(sizeof(float) * (size_t)T * c->n_kv_heads * c->head_dim);
+    w->row = malloc(sizeof(double) * (size_t)T);
+    int32_t *pos = malloc(sizeof(int32_t) * (size_t)T);
+    if (!w->q || !w->k || !w->row || !pos) {
+        free(pos);
+        return pb_fail(PB_ERR_OOM, "out of memory for attention patterns of %d tokens", T);
+    }
+    for (int t = 0; t < T; t++)
+        pos[t] = t;
+    pb_status st = b->ops->alloc(b, (void **)&w->positions, sizeof(int32_t) * (size_t)T);
+    if (st == PB_OK)
+        st = b->ops->upload(b, w->positions, pos, sizeof(int32_t) * (size_t)T);
+    if (st == PB_OK)
+        st = b->ops->alloc(b, (void **)&w->q_device, sizeof(float) * (size_t)T * c->n_heads * c->head_dim);
+    free(pos);
+    return st;
+}
+
+static void pattern_work_free(pb_model *m, pattern_work *w) {
+    if (w->positions)
+        m->backend->ops->free(m->backend, w->positions);
+    if (w->q_device)
+        m->backend->ops->free(m->backend, w->q_device);
+    free(w->q);
+    free(w->k);
+    free(w->row);
+}
+
+/* scores (n_heads, T, T) = q.k / sqrt(head_dim) with -inf above the
+ * diagonal (TransformerLens's hook_attn_scores), pattern its row softmax
+ * (hook_pattern); either may be NULL. */
+static void attention_patterns(const pb_model_config *c, const pattern_work *w, float *scores, float *pattern) {
+    int T = w->T, hd = c->head_dim, group = c->n_heads / c->n_kv_heads;
+    int qd = c->n_heads * hd, kvd = c->n_kv_heads * hd;
+    double scale = 1.0 / sqrt((double)hd), *row = w->row;
+    for (int h = 0; h < c->n_heads; h++)
+        for (int i = 0; i < T; i++) {
+            const float *q = w->q + (size_t)i * qd + (size_t)h * hd;
+            double max = -INFINITY, sum = 0.0;
+            for (int j = 0; j <= i; j++) {
+                const float *k = w->k + (size_t)j * kvd + (size_t)(h / group) * hd;
+                double dot = 0.0;
+                for (int d = 0; d < hd; d++)
+                    dot += (double)q[d] * (double)k[d];
+                row[j] = dot * scale;
+                max = row[j] > max ? row[j] : max;
+            }
+            for (int j = 0; j <= i; j++)
+                sum += exp(row[j] - max);
+            size_t at = ((size_t)h * T + (size_t)i) * T;
+            for (int j = 0; j < T; j++) {
+                if (scores)
+                    scores[at + j] = j <= i ? (float)row[j] : -INFINITY;
+                if (pattern)
+                    pattern[at + j] = j <= i ? (float)(exp(row[j] - max) / sum) : 0.0f;
+            }
+        }
+}
+
 typedef struct forward_hooks {
     pb_model *model;
     pb_capture *capture;
     const pb_forward_extras *extras;
+    const float *k_cache; /* device (n_layers, T, kv_dim) */
+    pattern_work patterns;
 } forward_hooks;
+
+/* At hook_q: the rotated queries; at hook_z: the keys and the patterns. */
+static pb_status pattern_hook(forward_hooks *h, pb_hook_kind hook, int layer, const float *data) {
+    pb_capture_entry *scores = pb_capture_find(h->capture, PB_HOOK_ATTN_SCORES, layer);
+    pb_capture_entry *pattern = pb_capture_find(h->capture, PB_HOOK_PATTERN, layer);
+    if (!scores && !pattern)
+        return PB_OK;
+    pb_model *m = h->model;
+    const pb_model_config *c = &m->cfg;
+    pb_backend *b = m->backend;
+    pattern_work *w = &h->patterns;
+    size_t T = (size_t)w->T, qd = (size_t)c->n_heads * c->head_dim, kvd = (size_t)c->n_kv_heads * c->head_dim;
+    if (hook == PB_HOOK_Q) {
+        PB_TRY(b->ops->copy(b, w->q_device, data, sizeof(float) * T * qd));
+        PB_TRY(b->ops->rope(b, w->q_device, w->positions, m->inv_freq, w->T, c->n_heads, c->head_dim));
+        return b->ops->download(b, w->q, w->q_device, sizeof(float) * T * qd);
+    }
+    PB_TRY(b->ops->download(b, w->k, h->k_cache + (size_t)layer * T * kvd, sizeof(float) * T * kvd));
+    attention_patterns(c, w, scores ? scores->data : NULL, pattern ? pattern->data : NULL);
+    return PB_OK;
+}
 
 static pb_status forward_hook(void *user, int job, pb_hook_kind hook, int layer, float *data, int n_rows, int p0) {
     forward_hooks *h = user;
@@ -56,12 +156,22 @@ static pb_status forward_hook(void *user, int job, pb_hook_kind hook, int layer,
         PB_TRY(h->extras->intervene(h->extras->intervene_user, job, hook, layer, data, n_rows, p0));
     if (hook == PB_HOOK_RESID_PRE && layer == h->model->cfg.n_layers)
         return PB_OK; /* the final residual has no hook name of its own */
+    if (h->patterns.q && (hook == PB_HOOK_Q || hook == PB_HOOK_Z))
+        PB_TRY(pattern_hook(h, hook, layer, data));
     pb_capture_entry *e = pb_capture_find(h->capture, hook, layer);
     if (!e)
         return PB_OK;
     size_t row = (size_t)e->row_shape[0] * (size_t)(e->n_dims == 3 ? e->row_shape[1] : 1);
     return h->model->backend->ops->download(h->model->backend, e->data + (size_t)p0 * row, data,
                                             sizeof(float) * row * (size_t)n_rows);
+}
+
+/* Whether the capture holds an attention pattern or scores. */
+static int wants_patterns(const pb_capture *cap) {
+    for (int i = 0; cap && i < cap->count; i++)
+        if (pb_hook_is_pattern(cap->entries[i].kind))
+            return 1;
+    return 0;
 }
 
 static int same_shapes(const pb_model_config *a, const pb_model_config *b) {
@@ -84,6 +194,7 @@ pb_status pb_forward_ex(pb_model *m, const int32_t *ids, int T, const pb_forward
     pb_exec *exec = NULL;
     kv_cache kv = {0};
     float *device_logits = NULL;
+    forward_hooks hooks = {.model = m, .capture = cap, .extras = extras};
     pb_status status = pb_exec_create(&exec, m, T, T);
     if (status == PB_OK)
         status = kv_alloc(m, &kv, T);
@@ -99,7 +210,9 @@ pb_status pb_forward_ex(pb_model *m, const int32_t *ids, int T, const pb_forward
                        .v_cache = kv.v,
                        .kv_capacity = T,
                        .embed_delta = extras ? extras->embed_delta : NULL};
-    forward_hooks hooks = {.model = m, .capture = cap, .extras = extras};
+    hooks.k_cache = kv.k;
+    if (wants_patterns(cap) && (status = pattern_work_init(m, &hooks.patterns, T)) != PB_OK)
+        goto done;
     int want_hooks = cap || (extras && extras->intervene);
     if ((status = pb_exec_run(exec, &job, 1, 2 * c->n_layers, want_hooks ? forward_hook : NULL, &hooks)) != PB_OK)
         goto done;
@@ -125,6 +238,7 @@ pb_status pb_forward_ex(pb_model *m, const int32_t *ids, int T, const pb_forward
             status = check_finite(logits, (size_t)T * c->vocab_size, "forward");
     }
 done:
+    pattern_work_free(m, &hooks.patterns);
     if (device_logits)
         b->ops->free(b, device_logits);
     kv_free(m, &kv);

@@ -17,8 +17,15 @@ static const char *hook_suffix(pb_hook_kind kind) {
     pb_component comp;
     if (pb_component_from_hook(kind, &comp))
         return pb_component_info_of(comp)->hook;
-    return kind == PB_HOOK_EMBED ? "hook_embed" : "ln_final.hook_normalized";
+    switch (kind) {
+    case PB_HOOK_EMBED: return "hook_embed";
+    case PB_HOOK_ATTN_SCORES: return "attn.hook_attn_scores";
+    case PB_HOOK_PATTERN: return "attn.hook_pattern";
+    default: return "ln_final.hook_normalized";
+    }
 }
+
+int pb_hook_is_pattern(pb_hook_kind kind) { return kind == PB_HOOK_ATTN_SCORES || kind == PB_HOOK_PATTERN; }
 
 int pb_hook_kind_per_layer(pb_hook_kind kind) { return kind != PB_HOOK_EMBED && kind != PB_HOOK_LN_FINAL; }
 
@@ -62,7 +69,7 @@ int pb_hook_shape(pb_hook_kind kind, const pb_model_config *cfg, int64_t shape[2
         shape[1] = cfg->head_dim;
         return 2;
     }
-    shape[0] = cfg->d_model;
+    shape[0] = pb_hook_is_pattern(kind) ? cfg->n_heads : cfg->d_model;
     return 1;
 }
 
@@ -105,9 +112,9 @@ pb_status pb_capture_create(pb_capture **out, const pb_model *model, const char 
     for (int i = 0; i < slots; i++)
         c->index[i] = -1;
     /* Model order: embed, then each layer's hooks in compute order, then ln_final. */
-    static const pb_hook_kind layer_order[] = {PB_HOOK_RESID_PRE, PB_HOOK_Q,       PB_HOOK_K,
-                                               PB_HOOK_V,         PB_HOOK_Z,       PB_HOOK_ATTN_OUT,
-                                               PB_HOOK_RESID_MID, PB_HOOK_MLP_OUT, PB_HOOK_RESID_POST};
+    static const pb_hook_kind layer_order[] = {
+        PB_HOOK_RESID_PRE, PB_HOOK_Q,        PB_HOOK_K,         PB_HOOK_V,       PB_HOOK_ATTN_SCORES, PB_HOOK_PATTERN,
+        PB_HOOK_Z,         PB_HOOK_ATTN_OUT, PB_HOOK_RESID_MID, PB_HOOK_MLP_OUT, PB_HOOK_RESID_POST};
     for (int l = -1; l <= cfg->n_layers; l++) {
         int n_kinds = (l < 0 || l == cfg->n_layers) ? 1 : (int)(sizeof layer_order / sizeof layer_order[0]);
         for (int k = 0; k < n_kinds; k++) {
@@ -122,6 +129,8 @@ pb_status pb_capture_create(pb_capture **out, const pb_model *model, const char 
             e->layer = layer;
             snprintf(e->name, sizeof e->name, "%s", name);
             e->n_dims = 1 + pb_hook_shape(kind, cfg, e->row_shape);
+            if (pb_hook_is_pattern(kind))
+                e->n_dims = 3; /* (n_heads, T, T) */
             c->index[pb_capture_slot(c, kind, layer)] = c->count++;
         }
     }
@@ -129,7 +138,8 @@ pb_status pb_capture_create(pb_capture **out, const pb_model *model, const char 
         pb_capture_free(c);
         return pb_fail(PB_ERR_ARG,
                        "hook pattern '%s' matches no hook point (names look like blocks.0.hook_resid_pre, "
-                       "blocks.3.attn.hook_z, hook_embed, ln_final.hook_normalized; layers 0..%d)",
+                       "blocks.3.attn.hook_z, blocks.3.attn.hook_pattern, hook_embed, ln_final.hook_normalized; "
+                       "layers 0..%d)",
                        pattern, cfg->n_layers - 1);
     }
     *out = c;
@@ -159,7 +169,10 @@ const float *pb_capture_data(const pb_capture *c, int i, int *n_dims, int64_t sh
     const pb_capture_entry *e = &c->entries[i];
     if (n_dims)
         *n_dims = e->n_dims;
-    if (shape) {
+    if (shape && pb_hook_is_pattern(e->kind)) {
+        shape[0] = e->row_shape[0];
+        shape[1] = shape[2] = e->T;
+    } else if (shape) {
         shape[0] = e->T;
         shape[1] = e->row_shape[0];
         shape[2] = e->n_dims == 3 ? e->row_shape[1] : 0;
@@ -170,7 +183,10 @@ const float *pb_capture_data(const pb_capture *c, int i, int *n_dims, int64_t sh
 pb_status pb_capture_prepare(pb_capture *c, int T) {
     for (int i = 0; i < c->count; i++) {
         pb_capture_entry *e = &c->entries[i];
-        size_t row = (size_t)e->row_shape[0] * (size_t)(e->n_dims == 3 ? e->row_shape[1] : 1);
+        /* Per position: a row, or one (n_heads, T) slice of a pattern. */
+        size_t row = pb_hook_is_pattern(e->kind)
+                         ? (size_t)e->row_shape[0] * (size_t)T
+                         : (size_t)e->row_shape[0] * (size_t)(e->n_dims == 3 ? e->row_shape[1] : 1);
         if (e->T != T || !e->data) {
             free(e->data);
             e->data = malloc(sizeof(float) * row * (size_t)T);

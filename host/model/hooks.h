@@ -19,6 +19,8 @@ typedef enum pb_hook_kind {
     PB_HOOK_K,          /* blocks.L.attn.hook_k      (T, n_kv_heads, head_dim), before RoPE */
     PB_HOOK_V,          /* blocks.L.attn.hook_v      (T, n_kv_heads, head_dim) */
     PB_HOOK_LN_FINAL,   /* ln_final.hook_normalized  (T, d_model), x / rms(x) before the weight */
+    PB_HOOK_ATTN_SCORES, /* blocks.L.attn.hook_attn_scores (n_heads, T, T): q.k / sqrt(head_dim), -inf above the diagonal */
+    PB_HOOK_PATTERN, /* blocks.L.attn.hook_pattern     (n_heads, T, T): softmax of the scores, 0 above the diagonal */
     PB_HOOK_KIND_COUNT
 } pb_hook_kind;
 
@@ -28,7 +30,12 @@ int pb_hook_kind_per_layer(pb_hook_kind kind);
 void pb_hook_name(pb_hook_kind kind, int layer, char *buf, size_t size);
 /* Parses a hook name; returns 0 if it names no hook point of this model. */
 int pb_hook_parse(const char *name, int n_layers, pb_hook_kind *kind, int *layer);
-/* Row shape after T: (d_model), (n_heads, head_dim) or (n_kv_heads, head_dim). */
+/* Row shape after T: (d_model), (n_heads, head_dim) or (n_kv_heads, head_dim);
+ * for the attention-pattern kinds (n_heads): their tensor is (n_heads, T, T). */
 int pb_hook_shape(pb_hook_kind kind, const pb_model_config *cfg, int64_t shape[2]);
+/* 1 for attn.hook_attn_scores and attn.hook_pattern: (n_heads, query, key)
+ * tensors, computed by pb_forward from the layer's queries and keys rather
+ * than seen by the executor. */
+int pb_hook_is_pattern(pb_hook_kind kind);
 
 #endif
