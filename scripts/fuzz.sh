@@ -3,22 +3,22 @@
 # README "Fuzzing"): configures and builds build-fuzz/ (clang, libFuzzer,
 # ASan + UBSan), gathers seed corpora from tests/fixtures
 # (tests/fuzz/make_seeds.py), replays tests/fuzz/regressions/<harness>/,
-# then fuzzes each harness for PB_FUZZ_SECONDS (default 4) seconds and
+# then fuzzes each harness for PB_FUZZ_SECONDS (default 2) seconds and
 # prints executions, exec/s and coverage per harness and in total. Fails
 # when any harness crashes or a sanitizer reports (the input is left in
 # build-fuzz/fuzz/artifacts/). Without clang or libFuzzer it says so and
 # exits 0.
-#   scripts/fuzz.sh [HARNESS...]          e.g. scripts/fuzz.sh gguf npy
+#   scripts/fuzz.sh [HARNESS[:SECONDS]...]   e.g. scripts/fuzz.sh gguf npy:30
 # Environment: PB_FUZZ_SECONDS (per harness), PB_FUZZ_ARGS (more libFuzzer
 # flags, e.g. "-runs=1000000" for a long run), PB_FUZZ_CC (default clang),
 # PB_FUZZ_NO_BUILD=1 (reuse build-fuzz/ as it is).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-harnesses=(gguf gguf_vocab model_gguf safetensors safetensors_index hf_config npy tokenizer_json tokenize chat_template
-           sweep_spec checkpoint)
+harnesses=(gguf gguf_vocab model_gguf safetensors safetensors_index model_hf hf_config npy tokenizer_json tokenize
+           chat_template sweep_spec checkpoint)
 [ $# -gt 0 ] && harnesses=("$@")
-seconds=${PB_FUZZ_SECONDS:-4}
+seconds=${PB_FUZZ_SECONDS:-2}
 cc=${PB_FUZZ_CC:-clang}
 dir=build-fuzz
 work=$dir/fuzz
@@ -28,6 +28,7 @@ dicts_of() {
   case $1 in
     gguf | gguf_vocab | model_gguf) echo gguf ;;
     safetensors | safetensors_index) echo json safetensors ;;
+    model_hf) echo json hf_config safetensors ;;
     hf_config) echo json hf_config ;;
     npy) echo npy ;;
     tokenizer_json) echo json tokenizer ;;
@@ -60,6 +61,7 @@ if [ "${PB_FUZZ_NO_BUILD:-0}" != 1 ]; then
   echo "fuzz.sh: build $(awk -v ns=$((end - start)) 'BEGIN { printf "%.1f", ns / 1e9 }') s" >&2
 fi
 
+fuzz_start=$(date +%s%N)
 export PB_FIXTURES=$PWD/tests/fixtures OMP_NUM_THREADS=1
 rm -rf "$work/seeds"
 mkdir -p "$work/seeds" "$work/corpus" "$work/artifacts" "$work/logs" "$work/dict"
@@ -69,8 +71,11 @@ PB_FUZZ_WRITE_SEED="$work/seeds/checkpoint/seed" "$dir/tests/fuzz/fuzz_checkpoin
 
 failed=()
 total=0
-printf '%-18s %10s %9s %6s %7s  %s\n' harness executions exec/s cov ft result >&2
-for h in "${harnesses[@]}"; do
+printf '%-18s %10s %9s %6s %7s %7s  %s\n' harness executions exec/s cov ft corpus result >&2
+for spec in "${harnesses[@]}"; do
+  h=${spec%%:*}
+  secs=$seconds
+  [[ $spec == *:* ]] && secs=${spec#*:}
   bin=$dir/tests/fuzz/fuzz_$h
   log=$work/logs/$h.log
   dict=$work/dict/$h.dict
@@ -87,7 +92,7 @@ for h in "${harnesses[@]}"; do
   fi
   if [ $rc -eq 0 ]; then
     # shellcheck disable=SC2086 # PB_FUZZ_ARGS is a list of flags
-    "$bin" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=4096 -print_final_stats=1 -dict="$dict" \
+    "$bin" -max_total_time="$secs" -timeout=10 -rss_limit_mb=4096 -print_final_stats=1 -dict="$dict" \
       -artifact_prefix="$work/artifacts/$h-" ${PB_FUZZ_ARGS:-} "${inputs[@]}" >"$log" 2>&1 || rc=$?
   else
     log=$work/logs/$h.regressions.log
@@ -103,9 +108,14 @@ for h in "${harnesses[@]}"; do
     grep -E 'ERROR|SUMMARY|Test unit written|runtime error|ParseDictionaryFile' "$log" | head -5 >&2 || true
   fi
   total=$((total + ${execs:-0}))
-  printf '%-18s %10s %9s %6s %7s  %s\n' "$h" "${execs:-?}" "${rate:-?}" "${cov:-?}" "${ft:-?}" "$result" >&2
+  corpus=$(find "$work/corpus/$h" -type f | wc -l)
+  printf '%-18s %10s %9s %6s %7s %7s  %s\n' "$h" "${execs:-?}" "${rate:-?}" "${cov:-?}" "${ft:-?}" "$corpus" \
+    "$result" >&2
 done
 printf '%-18s %10s\n' total "$total" >&2
+fuzz_end=$(date +%s%N)
+echo "fuzz.sh: seeds, replay and fuzzing $(awk -v ns=$((fuzz_end - fuzz_start)) 'BEGIN { printf "%.1f", ns / 1e9 }') s" \
+  "(${#harnesses[@]} harnesses)" >&2
 if [ ${#failed[@]} -gt 0 ]; then
   echo "fuzz.sh: crashes or sanitizer reports in: ${failed[*]} (inputs in $work/artifacts/)" >&2
   exit 1

@@ -184,6 +184,33 @@ def make_safetensors():
         json.dumps(index).encode() + sep + safetensors([a, b]) + sep + safetensors([c]))
 
 
+def make_model_hf():
+    """config.json, model.safetensors and tokenizer_config.json of a
+    one-layer model (d_model 4, two query heads and one key-value head of 2,
+    MLP 8, vocab 16, tied embeddings) for fuzz_model_hf, in HF [out, in]
+    shapes; one variant in BF16 with an untied lm_head."""
+    config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 4,
+              "intermediate_size": 8, "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 2,
+              "num_hidden_layers": 1, "vocab_size": 16, "max_position_embeddings": 32, "rms_norm_eps": 1e-5,
+              "rope_theta": 10000.0, "tie_word_embeddings": True, "bos_token_id": 1, "eos_token_id": 2}
+    layer = "model.layers.0."
+    shapes = [("model.embed_tokens.weight", [16, 4]), ("model.norm.weight", [4]),
+              (layer + "input_layernorm.weight", [4]), (layer + "self_attn.q_proj.weight", [4, 4]),
+              (layer + "self_attn.k_proj.weight", [2, 4]), (layer + "self_attn.v_proj.weight", [2, 4]),
+              (layer + "self_attn.o_proj.weight", [4, 4]), (layer + "post_attention_layernorm.weight", [4]),
+              (layer + "mlp.gate_proj.weight", [8, 4]), (layer + "mlp.up_proj.weight", [8, 4]),
+              (layer + "mlp.down_proj.weight", [4, 8])]
+    template = {"chat_template": "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}"
+                                 "<|im_end|>\n{% endfor %}"}
+    sep = b"\n--file--\n"
+    weights = safetensors([(name, "F32", shape, f32(*shape)) for name, shape in shapes])
+    put("model_hf", "one_layer", json.dumps(config).encode() + sep + weights + sep + json.dumps(template).encode())
+    config["tie_word_embeddings"] = False
+    bf16 = [(name, "BF16", shape, f32(*shape)[: len(f32(*shape)) // 2]) for name, shape in shapes]
+    bf16.append(("lm_head.weight", "BF16", [16, 4], f32(16, 4)[:128]))
+    put("model_hf", "untied_bf16", json.dumps(config).encode() + sep + safetensors(bf16))
+
+
 # ---- .npy ---------------------------------------------------------------
 def npy(descr, shape, data, version=1):
     dims = "".join("%d," % n for n in shape) if len(shape) == 1 else ", ".join(str(n) for n in shape)
@@ -263,6 +290,7 @@ def make_text_seeds():
 
 make_gguf()
 make_safetensors()
+make_model_hf()
 make_npy()
 make_tokenizer_json()
 make_text_seeds()
