@@ -28,7 +28,7 @@ dicts_of() {
   case $1 in
     gguf | gguf_vocab | model_gguf) echo gguf ;;
     safetensors | safetensors_index) echo json safetensors ;;
-    model_hf) echo json hf_config safetensors ;;
+    model_hf) echo json hf_config safetensors model_hf ;;
     hf_config) echo json hf_config ;;
     npy) echo npy ;;
     tokenizer_json) echo json tokenizer ;;

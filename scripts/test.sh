@@ -52,6 +52,6 @@ asan_suite() {
     ctest --output-on-failure -j 1)
 }
 stage "ctest ASan + UBSan" asan_suite || status=1
-echo "== fuzz smoke (libFuzzer, 4 s per harness) ==" >&2
+echo "== fuzz smoke (libFuzzer, 2 s per harness) ==" >&2
 stage "fuzz smoke" bash scripts/fuzz.sh || status=1
 exit $status
