@@ -103,6 +103,23 @@ def tensors_small():
             ("blk.0.ffn_down.weight", [32, 1], 8, q8_0)]
 
 
+def tensors_quantized():
+    """One block of every type the loader dequantises (ggml id, elements,
+    bytes per block), filled with bytes that vary, so fuzz_gguf reaches each
+    dequantiser from a seed instead of waiting for a mutation of the type."""
+    kinds = [(1, 1, 2), (30, 1, 2), (2, 32, 18), (3, 32, 20), (6, 32, 22), (7, 32, 24), (8, 32, 34),
+             (10, 256, 84), (11, 256, 110), (12, 256, 144), (13, 256, 176), (14, 256, 210)]
+    out = []
+    for kind, elements, size in kinds:
+        blob = bytes((i * 37 + kind) % 251 for i in range(size))
+        if elements == 1:  # F16 / BF16: a small row of ordinary values
+            elements, blob = 8, struct.pack("<8e", *[i / 4 - 1 for i in range(8)])
+            if kind == 30:
+                blob = b"".join(struct.pack("<f", i / 4 - 1)[2:] for i in range(8))
+        out.append(("q.%d.weight" % kind, [elements, 1], kind, blob))
+    return out
+
+
 def f32(*shape):
     """A tensor of shape ne (ggml order) holding small distinct values."""
     count = 1
@@ -135,6 +152,7 @@ def make_gguf():
         ("tokenizer.chat_template", STR, "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
                                          "{{ m['content'] }}<|im_end|>\n{% endfor %}")]
     put("gguf", "byte_level.gguf", gguf(kvs, tensors_small()))
+    put("gguf", "quantized.gguf", gguf(llama_kvs(4), tensors_quantized()))
     put("model_gguf", "one_layer.gguf", gguf(kvs, model_tensors(n)))
     put("gguf_vocab", "byte_level.gguf", gguf(kvs, []))
 
