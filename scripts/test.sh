@@ -3,7 +3,8 @@
 # compare against transformers' reference on it), builds the Release
 # configuration (with CUDA compiled and linked when nvcc is present; GPU
 # tests skip without a device) and an ASan+UBSan configuration, runs the
-# style checks (scripts/check-style.sh) and CTest on both builds. Ends with
+# style checks (scripts/check-style.sh), CTest on both builds and a short
+# run of every libFuzzer harness (scripts/fuzz.sh). Ends with
 # the seconds each stage took ("== stage seconds ==" lines), so a change can
 # say how much CI time it adds. Fails when any stage fails; the style check
 # and the suites all run even when an earlier one of them failed.
@@ -51,4 +52,6 @@ asan_suite() {
     ctest --output-on-failure -j 1)
 }
 stage "ctest ASan + UBSan" asan_suite || status=1
+echo "== fuzz smoke (libFuzzer, 2 s per harness) ==" >&2
+stage "fuzz smoke" bash scripts/fuzz.sh || status=1
 exit $status

@@ -286,6 +286,36 @@ static void test_gguf_missing_hyperparameter(void **state) {
     unlink(path);
 }
 
+/* A header that declares far more layers than the file holds is refused
+ * before anything is sized by the layer count (the fuzzer's input, 16.6M
+ * layers, once made the loader ask for 96 GB): tests/fuzz/regressions/
+ * model_gguf/, and tiny_gqa with block_count INT32_MAX. */
+static void test_gguf_layer_count_refused(void **state) {
+    char path[1024];
+    snprintf(path, sizeof path, "%s/tests/fuzz/regressions/model_gguf/block-count-huge.gguf", tu_source_dir());
+    pb_model *m = NULL;
+    assert_int_equal(pb_model_load(&m, path, NULL), PB_ERR_FORMAT);
+    assert_non_null(strstr(pb_last_error(), "16580609 layers declared"));
+
+    char src[1024];
+    size_t size;
+    tu_fixture_file(src, sizeof src, "tiny_gqa", "model.gguf");
+    char *data = tu_read_file(src, &size);
+    char *at = memmem(data, size, "llama.block_count\x04\0\0\0", 21); /* key, then type uint32 */
+    assert_non_null(at);
+    memcpy(at + 21, "\xff\xff\xff\x7f", 4);
+    char copy[] = "/tmp/pb_model_XXXXXX.gguf";
+    int fd = mkstemps(copy, 5);
+    assert_true(fd >= 0);
+    close(fd);
+    write_file(copy, data, size);
+    free(data);
+    assert_int_equal(pb_model_load(&m, copy, NULL), PB_ERR_FORMAT);
+    assert_non_null(strstr(pb_last_error(), "2147483647 layers declared"));
+    assert_non_null(strstr(pb_last_error(), "blk.2147483646.attn_norm.weight"));
+    unlink(copy);
+}
+
 static void test_missing_file(void **state) {
     pb_model *m = NULL;
     assert_int_equal(pb_model_load(&m, "/nonexistent/model.gguf", NULL), PB_ERR_IO);
@@ -302,6 +332,7 @@ int main(void) {
         cmocka_unit_test(test_gguf_header_refused),
         cmocka_unit_test(test_shape_mismatch_refused),
         cmocka_unit_test(test_gguf_missing_hyperparameter),
+        cmocka_unit_test(test_gguf_layer_count_refused),
         cmocka_unit_test(test_missing_file),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

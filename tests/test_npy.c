@@ -284,6 +284,16 @@ static void test_refusals(void **state) {
     assert_non_null(strstr(pb_last_error(), path));
 }
 
+/* Inputs the fuzzer found (tests/fuzz/regressions/npy/), each refused
+ * with a message. shape-product-wraps: a shape of three dims of 2^32 and
+ * more, whose element count wrapped to a size the empty data passed. */
+static void test_fuzz_regressions(void **state) {
+    size_t size = 0;
+    char *bytes = tu_fuzz_input("npy", "shape-product-wraps.npy", &size);
+    expect_refusal(bytes, size, PB_NPY_F32, PB_ERR_FORMAT, "more elements than fit in 64 bits");
+    free(bytes);
+}
+
 /* Writes a version 1.0 file with the given descr and 1-d length by hand
  * (the writer only makes 4-byte types). */
 static void write_npy64(const char *path, const char *descr, int n, const void *data) {
@@ -374,6 +384,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_header_bytes, make_dir, remove_dir),
         cmocka_unit_test(test_read_numpy_files),
         cmocka_unit_test_setup_teardown(test_refusals, make_dir, remove_dir),
+        cmocka_unit_test_setup_teardown(test_fuzz_regressions, make_dir, remove_dir),
         cmocka_unit_test_setup_teardown(test_read_64bit, make_dir, remove_dir),
         cmocka_unit_test_setup_teardown(test_write_atomic, make_dir, remove_dir),
     };

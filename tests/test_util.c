@@ -80,6 +80,15 @@ char *tu_read_file(const char *path, size_t *size) {
     return pb_read_text_file(path, &text, size) == PB_OK ? text : NULL;
 }
 
+char *tu_fuzz_input(const char *harness, const char *name, size_t *size) {
+    char path[1024];
+    snprintf(path, sizeof path, "%s/tests/fuzz/regressions/%s/%s", tu_source_dir(), harness, name);
+    char *bytes = tu_read_file(path, size);
+    if (!bytes)
+        fail_msg("cannot read the fuzz regression input %s: %s", path, pb_last_error());
+    return bytes;
+}
+
 int tu_write_file(const char *path, const void *bytes, size_t n) {
     FILE *f = fopen(path, "wb");
     if (!f)

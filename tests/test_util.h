@@ -60,6 +60,10 @@ int tu_write_text(const char *path, const char *text);
 /* Writes data to a new file under $TMPDIR (or /tmp); its path goes to path
  * (capacity size). The caller removes it. 1 on success, 0 on failure. */
 int tu_write_temp(char *path, size_t size, const void *data, size_t n);
+/* An input the fuzzer once crashed a parser with:
+ * $PB_SOURCE_DIR/tests/fuzz/regressions/<harness>/<name> (malloc'd, NUL-terminated);
+ * fails the test when it cannot be read. */
+char *tu_fuzz_input(const char *harness, const char *name, size_t *size);
 
 /* ---- directories ---------------------------------------------------------- */
 

@@ -159,6 +159,10 @@ static pb_status parse_shape(const char *path, const char *shp, npy_layout *layo
         long long v = strtoll(p, &end, 10);
         if (end == p || v < 0 || layout->n_dims == 8)
             return pb_fail(PB_ERR_FORMAT, "%s: bad shape in .npy header: %s", path, shp);
+        /* A product that wraps would pass the size check below with a
+         * shape no caller can index. */
+        if (v > 0 && layout->count > UINT64_MAX / (uint64_t)v)
+            return pb_fail(PB_ERR_FORMAT, "%s: .npy shape has more elements than fit in 64 bits: %s", path, shp);
         shape[layout->n_dims++] = v;
         layout->count *= (uint64_t)v;
         p = end - 1;

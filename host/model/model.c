@@ -355,6 +355,12 @@ static pb_status alloc_buffers(pb_model *m, uint64_t largest, staging_buffers *b
  * converted and placed in the arena in list order, then the RoPE table. */
 static pb_status load_weights(pb_model *m, const pb_weight_source *src) {
     const pb_model_config *c = &m->cfg;
+    /* The file's header may claim any layer count: its last layer must be
+     * there before tables sized by n_layers are allocated. */
+    pb_tensor_info last;
+    pb_status found = pb_weight_source_find_layer(src, c->n_layers - 1, "attn_norm.weight", &last);
+    if (found != PB_OK)
+        return pb_fail_context(found, "%d layers declared", c->n_layers);
     m->layers = calloc((size_t)c->n_layers, sizeof *m->layers);
     if (!m->layers)
         return pb_fail(PB_ERR_OOM, "out of memory for %d layers", c->n_layers);

@@ -447,9 +447,11 @@ static pb_status check_integrity(const char *path, const unsigned char *data, si
     sha256_init(&ctx);
     sha256_update(&ctx, data, size - 32);
     sha256_final(&ctx, digest);
+#ifndef FUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION /* tests/fuzz: reach the records behind the checksum */
     if (memcmp(digest, data + size - 32, 32) != 0)
         return pb_fail(PB_ERR_FORMAT, "checkpoint %s: checksum mismatch (truncated or corrupt file of %zu bytes)", path,
                        size);
+#endif
     return PB_OK;
 }
 

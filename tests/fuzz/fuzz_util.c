@@ -1,0 +1,85 @@
+/* Scratch files and input splitting for the harnesses (fuzz_util.h). */
+#define _POSIX_C_SOURCE 200809L
+#include "fuzz_util.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+enum { MAX_SCRATCH = 8 };
+static char scratch[MAX_SCRATCH][256];
+static int n_scratch;
+
+static void remove_scratch(void) {
+    for (int i = 0; i < n_scratch; i++)
+        unlink(scratch[i]);
+}
+
+int fuzz_scratch_path(char *buf, size_t size, const char *name) {
+    const char *dir = access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp";
+    int n = snprintf(buf, size, "%s/pb_fuzz_%ld_%s", dir, (long)getpid(), name);
+    if (n < 0 || (size_t)n >= size)
+        return 0;
+    for (int i = 0; i < n_scratch; i++)
+        if (strcmp(scratch[i], buf) == 0)
+            return 1;
+    if (n_scratch < MAX_SCRATCH && (size_t)n < sizeof scratch[0]) {
+        if (n_scratch == 0)
+            atexit(remove_scratch);
+        memcpy(scratch[n_scratch++], buf, (size_t)n + 1);
+    }
+    return 1;
+}
+
+void fuzz_write_file(const char *path, const uint8_t *data, size_t size) {
+    FILE *f = fopen(path, "wb");
+    if (!f || (size && fwrite(data, 1, size, f) != size) || fclose(f) != 0) {
+        perror(path);
+        abort();
+    }
+}
+
+pb_status fuzz_note(const char *what, pb_status status) {
+    static int verbose = -1;
+    if (verbose < 0) {
+        const char *env = getenv("PB_FUZZ_VERBOSE");
+        verbose = env && env[0] == '1';
+    }
+    if (verbose)
+        fprintf(stderr, "%s: %s\n", what, status == PB_OK ? "ok" : pb_last_error());
+    return status;
+}
+
+char *fuzz_string(const uint8_t *data, size_t size) {
+    char *s = malloc(size + 1);
+    if (!s)
+        abort();
+    if (size)
+        memcpy(s, data, size);
+    s[size] = '\0';
+    return s;
+}
+
+/* First occurrence of marker (length m) in data, or NULL. */
+static const uint8_t *find_marker(const uint8_t *data, size_t size, const char *marker, size_t m) {
+    for (size_t i = 0; m && i + m <= size; i++)
+        if (data[i] == (uint8_t)marker[0] && memcmp(data + i, marker, m) == 0)
+            return data + i;
+    return NULL;
+}
+
+int fuzz_split(const uint8_t *data, size_t size, const char *marker, fuzz_part *parts, int max) {
+    size_t m = strlen(marker);
+    int n = 0;
+    while (n < max - 1) {
+        const uint8_t *at = find_marker(data, size, marker, m);
+        if (!at)
+            break;
+        parts[n++] = (fuzz_part){data, (size_t)(at - data)};
+        size -= (size_t)(at - data) + m;
+        data = at + m;
+    }
+    parts[n++] = (fuzz_part){data, size};
+    return n;
+}
