@@ -66,13 +66,21 @@ static pb_status tokenize(void *user, const char *text, int chat, const char *sy
     return PB_OK;
 }
 
+/* A token's text for messages: its id in angle brackets. */
+static pb_status token_text(void *user, int id, char *buf, size_t size) {
+    (void)user;
+    snprintf(buf, size, "<%d>", id);
+    return PB_OK;
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (!model)
         setup();
     char *text = fuzz_string(data, size);
     pb_sweep_spec spec;
-    pb_status status = fuzz_note(
-        "spec", pb_sweep_spec_parse_text(&spec, text, dir, pb_model_get_config(model), tokenize, NULL));
+    const pb_spec_text with_text = {.tokenize = tokenize, .token_text = token_text};
+    pb_status status = fuzz_note("spec",
+                                 pb_sweep_spec_parse_text(&spec, text, dir, pb_model_get_config(model), &with_text));
     pb_sweep_spec_free(&spec);
     if (status == PB_OK) {
         pb_sweep *sweep = NULL;
