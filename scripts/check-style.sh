@@ -23,7 +23,7 @@ clang_format() {
   fi
   if command -v clang-format >/dev/null 2>&1; then
     local major
-    major=$(clang-format --version | sed -n 's/.*version \([0-9][0-9]*\)\..*/\1/p' | head -n 1)
+    major=$(clang-format --version | sed -n 's/.*version \([0-9][0-9]*\)\..*/\1/p' | awk 'NR == 1')
     if [ "$major" = 14 ]; then
       echo clang-format
       return
@@ -81,7 +81,7 @@ lizard_out=$("$lizard" host cuda "$scratch/cuda" | unrename || true)
 echo "check-style: the ten longest functions of host/ and cuda/ (lines):"
 printf '%s\n' "$lizard_out" |
   awk '$6 ~ /@[0-9]+-[0-9]+@/ { split($6, at, "@"); split(at[2], lines, "-"); printf "%5d  %s:%s %s\n", $5, at[3], lines[1], at[1] }' |
-  sort -u | sort -rn | head -n 10
+  sort -u | sort -rn | awk 'NR <= 10' # awk reads to the end: head's early exit would SIGPIPE sort (pipefail)
 if ! long=$("$lizard" -L 100 -C 1000 -a 100 -w host cuda "$scratch/cuda" | unrename); then
   echo "check-style: functions over 100 lines:" >&2
   printf '%s\n' "$long" | sed 's/^/  /' >&2
