@@ -962,350 +962,350 @@ static void test_forward_all_or_nothing(void **state) {
     assert_int_equal(run_cli_limited(forward, &full), 1);
     expect_in(err_text, "File too large");
     assert_int_not_equal(access(fresh, F_OK), 0);
-    /* ---- help ------------------------------------------------------------------ */
+}
 
-    /* Every command, from the list: the top-level help must name each. */
-    static const char *const all_commands[] = {"forward", "sweep",    "tokenize",     "decode",    "logit-lens",
-                                               "info",    "generate", "refusal-rate", "direction", "refusal-analysis"};
-    enum { N_ALL_COMMANDS = sizeof all_commands / sizeof all_commands[0] };
+/* ---- help ------------------------------------------------------------------ */
 
-    /* The flags a command's help lists (lines "  --flag ..." after "options:"),
+/* Every command, from the list: the top-level help must name each. */
+static const char *const all_commands[] = {"forward", "sweep",    "tokenize",     "decode",    "logit-lens",
+                                           "info",    "generate", "refusal-rate", "direction", "refusal-analysis"};
+enum { N_ALL_COMMANDS = sizeof all_commands / sizeof all_commands[0] };
+
+/* The flags a command's help lists (lines "  --flag ..." after "options:"),
  * appended to flags (each at most 40 characters) unless already there. */
-    static int help_flags(const char *help, char flags[][41], int n, int cap) {
-        const char *at = strstr(help, "\noptions:\n");
-        assert_non_null(at);
-        for (const char *line = at + 10; *line && *line != '\n'; line = strchr(line, '\n') + 1) {
-            char flag[41];
-            if (sscanf(line, "  %40s", flag) == 1 && strncmp(flag, "--", 2) == 0) {
-                int seen = 0;
-                for (int i = 0; i < n && !seen; i++)
-                    seen = strcmp(flags[i], flag) == 0;
-                if (!seen && n < cap)
-                    snprintf(flags[n++], sizeof flags[0], "%s", flag);
-            }
-            if (!strchr(line, '\n'))
-                break;
+static int help_flags(const char *help, char flags[][41], int n, int cap) {
+    const char *at = strstr(help, "\noptions:\n");
+    assert_non_null(at);
+    for (const char *line = at + 10; *line && *line != '\n'; line = strchr(line, '\n') + 1) {
+        char flag[41];
+        if (sscanf(line, "  %40s", flag) == 1 && strncmp(flag, "--", 2) == 0) {
+            int seen = 0;
+            for (int i = 0; i < n && !seen; i++)
+                seen = strcmp(flags[i], flag) == 0;
+            if (!seen && n < cap)
+                snprintf(flags[n++], sizeof flags[0], "%s", flag);
         }
-        return n;
+        if (!strchr(line, '\n'))
+            break;
     }
+    return n;
+}
 
-    /* Whether `CMD FLAG` gets past the parser's table: neither unknown nor
+/* Whether `CMD FLAG` gets past the parser's table: neither unknown nor
  * another command's option (it may fail later, for want of --model). */
-    static int flag_accepted(const char *cmd, const char *flag) {
-        const char *args[] = {cmd, flag, NULL};
-        run_cli(args);
-        return !strstr(err_text, "unknown option") && !strstr(err_text, "is not an option of");
+static int flag_accepted(const char *cmd, const char *flag) {
+    const char *args[] = {cmd, flag, NULL};
+    run_cli(args);
+    return !strstr(err_text, "unknown option") && !strstr(err_text, "is not an option of");
+}
+
+static void test_help_every_command(void **state) {
+    need_cli();
+    const char *top[] = {"--help", NULL};
+    assert_int_equal(run_cli(top), 0);
+    static char top_text[sizeof out_text];
+    snprintf(top_text, sizeof top_text, "%s", out_text);
+    const char *footer = strstr(top_text, "exit status:");
+    assert_non_null(footer);
+    /* The footer is the last line: nothing is listed after it. */
+    assert_int_equal(strlen(footer), (size_t)(strchr(footer, '\n') - footer) + 1);
+    static char flags[N_ALL_COMMANDS][64][41];
+    int n_flags[N_ALL_COMMANDS];
+    for (int c = 0; c < N_ALL_COMMANDS; c++) {
+        char listed[64];
+        snprintf(listed, sizeof listed, "\n  %s ", all_commands[c]);
+        const char *at = strstr(top_text, listed);
+        if (!at || at > footer)
+            fail_msg("the top-level help lists no '%s' before its footer:\n%s", all_commands[c], top_text);
+        char usage[96];
+        static char help_text[sizeof out_text];
+        snprintf(usage, sizeof usage, "usage: patchbay %s ", all_commands[c]);
+        const char *by_help[] = {"help", all_commands[c], NULL}, *by_flag[] = {all_commands[c], "--help", NULL},
+                   *by_h[] = {all_commands[c], "--model", "x", "-h", NULL};
+        assert_int_equal(run_cli(by_help), 0);
+        snprintf(help_text, sizeof help_text, "%s", out_text);
+        expect_in(help_text, usage);
+        expect_in(help_text, "\nExample:\n  patchbay ");
+        expect_in(help_text, "--model PATH");
+        assert_int_equal(run_cli(by_flag), 0);
+        assert_string_equal(out_text, help_text);
+        assert_int_equal(run_cli(by_h), 0);
+        assert_string_equal(out_text, help_text);
+        n_flags[c] = help_flags(help_text, flags[c], 0, 64);
     }
+    /* A flag is listed exactly when the command takes it. */
+    int checked = 0;
+    for (int c = 0; c < N_ALL_COMMANDS; c++)
+        for (int o = 0; o < N_ALL_COMMANDS; o++)
+            for (int f = 0; f < n_flags[o]; f++) {
+                int listed = 0;
+                for (int g = 0; g < n_flags[c] && !listed; g++)
+                    listed = strcmp(flags[c][g], flags[o][f]) == 0;
+                if (o != c && listed)
+                    continue; /* checked from c's own list */
+                if (flag_accepted(all_commands[c], flags[o][f]) != listed)
+                    fail_msg("%s %s: listed in its help %d, but the parser says: %s", all_commands[c], flags[o][f],
+                             listed, err_text);
+                checked++;
+            }
+    printf("[ MEASURE  ] help: %d commands, %d (command, flag) pairs checked against the parser\n", N_ALL_COMMANDS,
+           checked);
+    const char *unknown[] = {"help", "frobnicate", NULL};
+    assert_int_equal(run_cli(unknown), 2);
+    expect_in(err_text, "unknown command 'frobnicate'");
+}
 
-    static void test_help_every_command(void **state) {
-        need_cli();
-        const char *top[] = {"--help", NULL};
-        assert_int_equal(run_cli(top), 0);
-        static char top_text[sizeof out_text];
-        snprintf(top_text, sizeof top_text, "%s", out_text);
-        const char *footer = strstr(top_text, "exit status:");
-        assert_non_null(footer);
-        /* The footer is the last line: nothing is listed after it. */
-        assert_int_equal(strlen(footer), (size_t)(strchr(footer, '\n') - footer) + 1);
-        static char flags[N_ALL_COMMANDS][64][41];
-        int n_flags[N_ALL_COMMANDS];
-        for (int c = 0; c < N_ALL_COMMANDS; c++) {
-            char listed[64];
-            snprintf(listed, sizeof listed, "\n  %s ", all_commands[c]);
-            const char *at = strstr(top_text, listed);
-            if (!at || at > footer)
-                fail_msg("the top-level help lists no '%s' before its footer:\n%s", all_commands[c], top_text);
-            char usage[96];
-            static char help_text[sizeof out_text];
-            snprintf(usage, sizeof usage, "usage: patchbay %s ", all_commands[c]);
-            const char *by_help[] = {"help", all_commands[c], NULL}, *by_flag[] = {all_commands[c], "--help", NULL},
-                       *by_h[] = {all_commands[c], "--model", "x", "-h", NULL};
-            assert_int_equal(run_cli(by_help), 0);
-            snprintf(help_text, sizeof help_text, "%s", out_text);
-            expect_in(help_text, usage);
-            expect_in(help_text, "\nExample:\n  patchbay ");
-            expect_in(help_text, "--model PATH");
-            assert_int_equal(run_cli(by_flag), 0);
-            assert_string_equal(out_text, help_text);
-            assert_int_equal(run_cli(by_h), 0);
-            assert_string_equal(out_text, help_text);
-            n_flags[c] = help_flags(help_text, flags[c], 0, 64);
-        }
-        /* A flag is listed exactly when the command takes it. */
-        int checked = 0;
-        for (int c = 0; c < N_ALL_COMMANDS; c++)
-            for (int o = 0; o < N_ALL_COMMANDS; o++)
-                for (int f = 0; f < n_flags[o]; f++) {
-                    int listed = 0;
-                    for (int g = 0; g < n_flags[c] && !listed; g++)
-                        listed = strcmp(flags[c][g], flags[o][f]) == 0;
-                    if (o != c && listed)
-                        continue; /* checked from c's own list */
-                    if (flag_accepted(all_commands[c], flags[o][f]) != listed)
-                        fail_msg("%s %s: listed in its help %d, but the parser says: %s", all_commands[c], flags[o][f],
-                                 listed, err_text);
-                    checked++;
-                }
-        printf("[ MEASURE  ] help: %d commands, %d (command, flag) pairs checked against the parser\n", N_ALL_COMMANDS,
-               checked);
-        const char *unknown[] = {"help", "frobnicate", NULL};
-        assert_int_equal(run_cli(unknown), 2);
-        expect_in(err_text, "unknown command 'frobnicate'");
-    }
+/* ---- text: tokenize, decode, forward --text, logit-lens ------------------- */
 
-    /* ---- text: tokenize, decode, forward --text, logit-lens ------------------- */
-
-    /* The SmolLM2 record of tests/fixtures/lens_patterns (transformers'
+/* The SmolLM2 record of tests/fixtures/lens_patterns (transformers'
  * tokenizer): its text, ids and pieces; skips without the model. */
-    static json_t *smollm2_text_fixture(char *model, size_t size) {
-        need_cli();
-        if (!tu_model_path(model, size)) {
-            print_message("skipping: no SmolLM2 file (scripts/fetch-model.sh); the tiny fixtures have no tokenizer\n");
-            skip();
-        }
-        char path[1024];
-        assert_true(tu_fixture_path(path, sizeof path, "lens_patterns/reference.json") > 0);
-        json_error_t error;
-        json_t *ref = json_load_file(path, 0, &error);
-        if (!ref)
-            fail_msg("%s: %s", path, error.text);
-        json_t *smollm2 = json_incref(json_object_get(json_object_get(ref, "models"), "smollm2"));
-        json_decref(ref);
-        assert_non_null(smollm2);
-        return smollm2;
+static json_t *smollm2_text_fixture(char *model, size_t size) {
+    need_cli();
+    if (!tu_model_path(model, size)) {
+        print_message("skipping: no SmolLM2 file (scripts/fetch-model.sh); the tiny fixtures have no tokenizer\n");
+        skip();
     }
+    char path[1024];
+    assert_true(tu_fixture_path(path, sizeof path, "lens_patterns/reference.json") > 0);
+    json_error_t error;
+    json_t *ref = json_load_file(path, 0, &error);
+    if (!ref)
+        fail_msg("%s: %s", path, error.text);
+    json_t *smollm2 = json_incref(json_object_get(json_object_get(ref, "models"), "smollm2"));
+    json_decref(ref);
+    assert_non_null(smollm2);
+    return smollm2;
+}
 
-    static void ids_text(json_t * ids, char *out, size_t size, const char *sep) {
-        out[0] = 0;
-        for (size_t i = 0; i < json_array_size(ids); i++)
-            snprintf(out + strlen(out), size - strlen(out), "%s%lld", i ? sep : "",
-                     (long long)json_integer_value(json_array_get(ids, i)));
+static void ids_text(json_t *ids, char *out, size_t size, const char *sep) {
+    out[0] = 0;
+    for (size_t i = 0; i < json_array_size(ids); i++)
+        snprintf(out + strlen(out), size - strlen(out), "%s%lld", i ? sep : "",
+                 (long long)json_integer_value(json_array_get(ids, i)));
+}
+
+static void test_tokenize_decode(void **state) {
+    char model[1024], want[1024], line[256], path[256];
+    json_t *fx = smollm2_text_fixture(model, sizeof model);
+    const char *text = json_string_value(json_object_get(fx, "text"));
+    json_t *ids = json_object_get(fx, "ids"), *pieces = json_object_get(fx, "pieces");
+    /* tokenize: transformers' ids, and the same ids with their pieces */
+    const char *tok[] = {"tokenize", "--model", model, "--text", text, NULL};
+    assert_int_equal(run_cli(tok), 0);
+    ids_text(ids, want, sizeof want, ", ");
+    assert_true(out_text[0] == '[');
+    assert_memory_equal(out_text + 1, want, strlen(want));
+    expect_in(err_text, "chat template not applied");
+    snprintf(path, sizeof path, "%s/ids.txt", tmp_dir);
+    FILE *f = fopen(path, "w");
+    fputs(out_text, f);
+    fclose(f);
+    const char *tok_pieces[] = {"tokenize", "--model", model, "--text", text, "--pieces", NULL};
+    assert_int_equal(run_cli(tok_pieces), 0);
+    for (size_t i = 0; i < json_array_size(ids); i++) {
+        snprintf(line, sizeof line, "\n%-5zu %-8lld \"%s\"\n", i, (long long)json_integer_value(json_array_get(ids, i)),
+                 json_string_value(json_array_get(pieces, i)));
+        expect_in(out_text, line);
     }
-
-    static void test_tokenize_decode(void **state) {
-        char model[1024], want[1024], line[256], path[256];
-        json_t *fx = smollm2_text_fixture(model, sizeof model);
-        const char *text = json_string_value(json_object_get(fx, "text"));
-        json_t *ids = json_object_get(fx, "ids"), *pieces = json_object_get(fx, "pieces");
-        /* tokenize: transformers' ids, and the same ids with their pieces */
-        const char *tok[] = {"tokenize", "--model", model, "--text", text, NULL};
-        assert_int_equal(run_cli(tok), 0);
-        ids_text(ids, want, sizeof want, ", ");
-        assert_true(out_text[0] == '[');
-        assert_memory_equal(out_text + 1, want, strlen(want));
-        expect_in(err_text, "chat template not applied");
-        snprintf(path, sizeof path, "%s/ids.txt", tmp_dir);
-        FILE *f = fopen(path, "w");
-        fputs(out_text, f);
-        fclose(f);
-        const char *tok_pieces[] = {"tokenize", "--model", model, "--text", text, "--pieces", NULL};
-        assert_int_equal(run_cli(tok_pieces), 0);
-        for (size_t i = 0; i < json_array_size(ids); i++) {
-            snprintf(line, sizeof line, "\n%-5zu %-8lld \"%s\"\n", i,
-                     (long long)json_integer_value(json_array_get(ids, i)),
-                     json_string_value(json_array_get(pieces, i)));
-            expect_in(out_text, line);
-        }
-        /* decode: the ids as tokenize printed them, as arguments, and as JSON */
-        const char *from_file[] = {"decode", "--model", model, "--ids-file", path, NULL};
-        assert_int_equal(run_cli(from_file), 0);
-        snprintf(want, sizeof want, "%s\n", text);
-        assert_string_equal(out_text, want);
-        const char *from_stdin[] = {"decode", "--model", model, "--ids-file", "-", NULL};
-        assert_int_equal(run_cli_in(from_stdin, path), 0);
-        assert_string_equal(out_text, want);
-        char args_text[1024];
-        ids_text(ids, args_text, sizeof args_text, ",");
-        const char *as_json[] = {"decode", "--model", model, "--json", "--ids", args_text, NULL};
-        assert_int_equal(run_cli(as_json), 0);
-        json_error_t error;
-        json_t *got = json_loads(out_text, 0, &error);
-        assert_non_null(got);
-        assert_string_equal(json_string_value(json_object_get(got, "text")), text);
-        json_t *tokens = json_object_get(got, "tokens");
-        assert_int_equal(json_array_size(tokens), json_array_size(ids));
-        for (size_t i = 0; i < json_array_size(ids); i++) {
-            json_t *t = json_array_get(tokens, i);
-            assert_int_equal(json_integer_value(json_object_get(t, "id")), json_integer_value(json_array_get(ids, i)));
-            assert_string_equal(json_string_value(json_object_get(t, "piece")),
-                                json_string_value(json_array_get(pieces, i)));
-        }
-        json_decref(got);
-        const char *positional[] = {"decode", "--model", model, "[504,", "3000]", NULL};
-        assert_int_equal(run_cli(positional), 0);
-        const char *bad[] = {"decode", "--model", model, "--ids", "1,99999999", NULL};
-        assert_int_equal(run_cli(bad), 1);
-        expect_in(err_text, "99999999");
-        const char *both[] = {"decode", "--model", model, "1", "--ids", "2", NULL};
-        assert_int_equal(run_cli(both), 2);
-        json_decref(fx);
+    /* decode: the ids as tokenize printed them, as arguments, and as JSON */
+    const char *from_file[] = {"decode", "--model", model, "--ids-file", path, NULL};
+    assert_int_equal(run_cli(from_file), 0);
+    snprintf(want, sizeof want, "%s\n", text);
+    assert_string_equal(out_text, want);
+    const char *from_stdin[] = {"decode", "--model", model, "--ids-file", "-", NULL};
+    assert_int_equal(run_cli_in(from_stdin, path), 0);
+    assert_string_equal(out_text, want);
+    char args_text[1024];
+    ids_text(ids, args_text, sizeof args_text, ",");
+    const char *as_json[] = {"decode", "--model", model, "--json", "--ids", args_text, NULL};
+    assert_int_equal(run_cli(as_json), 0);
+    json_error_t error;
+    json_t *got = json_loads(out_text, 0, &error);
+    assert_non_null(got);
+    assert_string_equal(json_string_value(json_object_get(got, "text")), text);
+    json_t *tokens = json_object_get(got, "tokens");
+    assert_int_equal(json_array_size(tokens), json_array_size(ids));
+    for (size_t i = 0; i < json_array_size(ids); i++) {
+        json_t *t = json_array_get(tokens, i);
+        assert_int_equal(json_integer_value(json_object_get(t, "id")), json_integer_value(json_array_get(ids, i)));
+        assert_string_equal(json_string_value(json_object_get(t, "piece")),
+                            json_string_value(json_array_get(pieces, i)));
     }
+    json_decref(got);
+    const char *positional[] = {"decode", "--model", model, "[504,", "3000]", NULL};
+    assert_int_equal(run_cli(positional), 0);
+    const char *bad[] = {"decode", "--model", model, "--ids", "1,99999999", NULL};
+    assert_int_equal(run_cli(bad), 1);
+    expect_in(err_text, "99999999");
+    const char *both[] = {"decode", "--model", model, "1", "--ids", "2", NULL};
+    assert_int_equal(run_cli(both), 2);
+    json_decref(fx);
+}
 
-    static void test_forward_text(void **state) {
-        char model[1024], out[256], out_ids[256], args_text[1024], path[512];
-        json_t *fx = smollm2_text_fixture(model, sizeof model);
-        const char *text = json_string_value(json_object_get(fx, "text"));
-        int T = (int)json_array_size(json_object_get(fx, "ids"));
-        snprintf(out, sizeof out, "%s/text", tmp_dir);
-        snprintf(out_ids, sizeof out_ids, "%s/ids", tmp_dir);
-        ids_text(json_object_get(fx, "ids"), args_text, sizeof args_text, ",");
-        const char *by_text[] = {"forward", "--model", model, "--text", text, "--hooks", "blocks.2.attn.hook_pattern",
-                                 "--out",   out,       NULL};
-        assert_int_equal(run_cli(by_text), 0);
-        expect_in(err_text, "chat template not applied");
-        expect_in(err_text, "BOS not prepended");
-        const char *by_ids[] = {"forward", "--model", model, "--ids", args_text, "--out", out_ids, NULL};
-        assert_int_equal(run_cli(by_ids), 0);
-        float *a = read_logits(out, T, 49152), *b = read_logits(out_ids, T, 49152);
-        assert_memory_equal(a, b, sizeof(float) * (size_t)T * 49152);
-        free(a);
-        free(b);
-        int64_t shape[8];
-        float *pattern = tu_read_f32(tu_path(path, sizeof path, out, "blocks.2.attn.hook_pattern.npy"), 3, shape);
-        assert_int_equal(shape[0], 9); /* SmolLM2's heads */
-        assert_int_equal(shape[1], T);
-        assert_int_equal(shape[2], T);
-        free(pattern);
-        snprintf(out, sizeof out, "%s/chat", tmp_dir);
-        const char *chat[] = {"forward", "--model", model, "--text", text, "--chat", "--out", out, NULL};
-        assert_int_equal(run_cli(chat), 0);
-        expect_in(err_text, "chat template applied (with the template's default system prompt)");
-        const char *contradict[] = {"forward", "--model",   model,   "--text", text,
-                                    "--chat",  "--no-chat", "--out", out,      NULL};
-        assert_int_equal(run_cli(contradict), 2);
-        const char *system[] = {"forward", "--model", model, "--text", text, "--system", "x", "--out", out, NULL};
-        assert_int_equal(run_cli(system), 2);
-        expect_in(err_text, "--system needs --chat");
-        const char *two[] = {"forward", "--model", model, "--text", text, "--ids", "1", "--out", out, NULL};
-        assert_int_equal(run_cli(two), 2);
-        /* --bos prepends SmolLM2's BOS (id 1) */
-        const char *bos[] = {"tokenize", "--model", model, "--text", text, "--bos", NULL};
-        assert_int_equal(run_cli(bos), 0);
-        assert_memory_equal(out_text, "[1, ", 4);
-        expect_in(err_text, "BOS prepended (--bos)");
-        json_decref(fx);
-    }
+static void test_forward_text(void **state) {
+    char model[1024], out[256], out_ids[256], args_text[1024], path[512];
+    json_t *fx = smollm2_text_fixture(model, sizeof model);
+    const char *text = json_string_value(json_object_get(fx, "text"));
+    int T = (int)json_array_size(json_object_get(fx, "ids"));
+    snprintf(out, sizeof out, "%s/text", tmp_dir);
+    snprintf(out_ids, sizeof out_ids, "%s/ids", tmp_dir);
+    ids_text(json_object_get(fx, "ids"), args_text, sizeof args_text, ",");
+    const char *by_text[] = {"forward", "--model", model, "--text", text, "--hooks", "blocks.2.attn.hook_pattern",
+                             "--out",   out,       NULL};
+    assert_int_equal(run_cli(by_text), 0);
+    expect_in(err_text, "chat template not applied");
+    expect_in(err_text, "BOS not prepended");
+    const char *by_ids[] = {"forward", "--model", model, "--ids", args_text, "--out", out_ids, NULL};
+    assert_int_equal(run_cli(by_ids), 0);
+    float *a = read_logits(out, T, 49152), *b = read_logits(out_ids, T, 49152);
+    assert_memory_equal(a, b, sizeof(float) * (size_t)T * 49152);
+    free(a);
+    free(b);
+    int64_t shape[8];
+    float *pattern = tu_read_f32(tu_path(path, sizeof path, out, "blocks.2.attn.hook_pattern.npy"), 3, shape);
+    assert_int_equal(shape[0], 9); /* SmolLM2's heads */
+    assert_int_equal(shape[1], T);
+    assert_int_equal(shape[2], T);
+    free(pattern);
+    snprintf(out, sizeof out, "%s/chat", tmp_dir);
+    const char *chat[] = {"forward", "--model", model, "--text", text, "--chat", "--out", out, NULL};
+    assert_int_equal(run_cli(chat), 0);
+    expect_in(err_text, "chat template applied (with the template's default system prompt)");
+    const char *contradict[] = {"forward", "--model", model, "--text", text, "--chat", "--no-chat", "--out", out, NULL};
+    assert_int_equal(run_cli(contradict), 2);
+    const char *system[] = {"forward", "--model", model, "--text", text, "--system", "x", "--out", out, NULL};
+    assert_int_equal(run_cli(system), 2);
+    expect_in(err_text, "--system needs --chat");
+    const char *two[] = {"forward", "--model", model, "--text", text, "--ids", "1", "--out", out, NULL};
+    assert_int_equal(run_cli(two), 2);
+    /* --bos prepends SmolLM2's BOS (id 1) */
+    const char *bos[] = {"tokenize", "--model", model, "--text", text, "--bos", NULL};
+    assert_int_equal(run_cli(bos), 0);
+    assert_memory_equal(out_text, "[1, ", 4);
+    expect_in(err_text, "BOS prepended (--bos)");
+    json_decref(fx);
+}
 
-    /* logit-lens on tiny_gqa by ids: its files against the library's lens. */
-    static void test_logit_lens_cli(void **state) {
-        char model[1024], out[128], path[512];
-        need_cli_in(model, sizeof model, out, sizeof out);
-        const char *args[] = {
-            "logit-lens", "--model",        model, "--ids",          "5,9,17,33,2", "--positions", "-1,1", "--top-k",
-            "3",          "--positive-ids", "7",   "--negative-ids", "11,12",       "--out",       out,    NULL};
-        if (run_cli(args) != 0)
-            fail_msg("logit-lens failed: %s", err_text);
-        expect_in(out_text, "position 4 ");
-        expect_in(out_text, "final_post");
-        pb_model *m = NULL;
-        assert_int_equal(pb_model_load(&m, model, NULL), PB_OK);
-        const int32_t ids[5] = {5, 9, 17, 33, 2};
-        const int positions[2] = {4, 1};
-        int rows = pb_model_get_config(m)->n_layers + 1, V = pb_model_get_config(m)->vocab_size;
-        float *lens = malloc(sizeof(float) * (size_t)rows * 2 * V);
-        assert_int_equal(pb_logit_lens(m, ids, 5, positions, 2, lens), PB_OK);
-        int64_t shape[8];
-        float *metric = tu_read_f32(tu_path(path, sizeof path, out, "metric_logits.npy"), 3, shape);
-        assert_int_equal(shape[0], rows);
-        assert_int_equal(shape[1], 2);
-        assert_int_equal(shape[2], 3);
-        void *top;
-        int n_dims;
-        assert_int_equal(pb_npy_read(tu_path(path, sizeof path, out, "top_ids.npy"), &top, PB_NPY_I32, &n_dims, shape),
-                         PB_OK);
-        for (int r = 0; r < rows; r++)
-            for (int p = 0; p < 2; p++) {
-                const float *v = lens + ((size_t)r * 2 + p) * V;
-                const float *mv = metric + ((size_t)r * 2 + p) * 3;
-                assert_true(mv[0] == v[7] && mv[1] == v[11] && mv[2] == v[12]);
-                const int32_t *t = (const int32_t *)top + ((size_t)r * 2 + p) * 3;
-                /* top 3 by a naive count: how many ids beat each */
-                for (int k = 0; k < 3; k++) {
-                    int above = 0;
-                    for (int id = 0; id < V; id++)
-                        above += v[id] > v[t[k]];
-                    assert_int_equal(above, k);
-                }
-            }
-        json_error_t error;
-        json_t *json = json_load_file(tu_path(path, sizeof path, out, "lens.json"), 0, &error);
-        assert_non_null(json);
-        json_t *labels = json_object_get(json, "rows");
-        assert_string_equal(json_string_value(json_array_get(labels, 0)), "0_pre");
-        assert_string_equal(json_string_value(json_array_get(labels, (size_t)rows - 1)), "final_post");
-        double value = json_real_value(json_array_get(
-            json_array_get(json_object_get(json_object_get(json, "metric"), "values [row][position]"), 1), 0));
-        const float *v = lens + (size_t)2 * V;
-        assert_true(fabs(value - (v[7] - ((double)v[11] + v[12]) / 2)) <= 1e-6);
-        json_decref(json);
-        free(top);
-        free(metric);
-        free(lens);
-        pb_model_free(m);
-        /* --top-k beyond the vocabulary (tiny_bias: 96) lists every id once */
-        char bias[1024], all_ids[160];
-        tu_fixture_file(bias, sizeof bias, "tiny_bias", "model.gguf");
-        snprintf(all_ids, sizeof all_ids, "%s/all", tmp_dir);
-        const char *every[] = {"logit-lens", "--model", bias, "--ids", "5,9", "--top-k", "100", "--out", all_ids, NULL};
-        assert_int_equal(run_cli(every), 0);
-        assert_int_equal(
-            pb_npy_read(tu_path(path, sizeof path, all_ids, "top_ids.npy"), &top, PB_NPY_I32, &n_dims, shape), PB_OK);
-        assert_int_equal(shape[2], 96);
-        for (int r = 0; r < (int)shape[0]; r++) {
-            int seen[96] = {0};
-            for (int k = 0; k < 96; k++) {
-                int32_t id = ((const int32_t *)top)[r * 96 + k];
-                assert_true(id >= 0 && id < 96 && !seen[id]);
-                seen[id] = 1;
+/* logit-lens on tiny_gqa by ids: its files against the library's lens. */
+static void test_logit_lens_cli(void **state) {
+    char model[1024], out[128], path[512];
+    need_cli_in(model, sizeof model, out, sizeof out);
+    const char *args[] = {
+        "logit-lens", "--model",        model, "--ids",          "5,9,17,33,2", "--positions", "-1,1", "--top-k",
+        "3",          "--positive-ids", "7",   "--negative-ids", "11,12",       "--out",       out,    NULL};
+    if (run_cli(args) != 0)
+        fail_msg("logit-lens failed: %s", err_text);
+    expect_in(out_text, "position 4 ");
+    expect_in(out_text, "final_post");
+    pb_model *m = NULL;
+    assert_int_equal(pb_model_load(&m, model, NULL), PB_OK);
+    const int32_t ids[5] = {5, 9, 17, 33, 2};
+    const int positions[2] = {4, 1};
+    int rows = pb_model_get_config(m)->n_layers + 1, V = pb_model_get_config(m)->vocab_size;
+    float *lens = malloc(sizeof(float) * (size_t)rows * 2 * V);
+    assert_int_equal(pb_logit_lens(m, ids, 5, positions, 2, lens), PB_OK);
+    int64_t shape[8];
+    float *metric = tu_read_f32(tu_path(path, sizeof path, out, "metric_logits.npy"), 3, shape);
+    assert_int_equal(shape[0], rows);
+    assert_int_equal(shape[1], 2);
+    assert_int_equal(shape[2], 3);
+    void *top;
+    int n_dims;
+    assert_int_equal(pb_npy_read(tu_path(path, sizeof path, out, "top_ids.npy"), &top, PB_NPY_I32, &n_dims, shape),
+                     PB_OK);
+    for (int r = 0; r < rows; r++)
+        for (int p = 0; p < 2; p++) {
+            const float *v = lens + ((size_t)r * 2 + p) * V;
+            const float *mv = metric + ((size_t)r * 2 + p) * 3;
+            assert_true(mv[0] == v[7] && mv[1] == v[11] && mv[2] == v[12]);
+            const int32_t *t = (const int32_t *)top + ((size_t)r * 2 + p) * 3;
+            /* top 3 by a naive count: how many ids beat each */
+            for (int k = 0; k < 3; k++) {
+                int above = 0;
+                for (int id = 0; id < V; id++)
+                    above += v[id] > v[t[k]];
+                assert_int_equal(above, k);
             }
         }
-        free(top);
-        /* refusals, before anything is written */
-        char other[160];
-        snprintf(other, sizeof other, "%s/other", tmp_dir);
-        const char *bad_position[] = {"logit-lens",  "--model", model,   "--ids", "5,9",
-                                      "--positions", "2",       "--out", other,   NULL};
-        assert_int_equal(run_cli(bad_position), 2);
-        expect_in(err_text, "--positions");
-        const char *bad_id[] = {"logit-lens", "--model", model, "--ids", "5,9", "--positive-ids", "128", NULL};
-        assert_int_equal(run_cli(bad_id), 2);
-        expect_in(err_text, "id 128 is outside the vocabulary");
-        const char *negative_only[] = {"logit-lens", "--model", model, "--ids", "5,9", "--negative-ids", "3", NULL};
-        assert_int_equal(run_cli(negative_only), 2);
-        assert_int_not_equal(access(other, F_OK), 0);
-    }
-
-    int main(void) {
-        const char *build = getenv("PB_BUILD_DIR");
-        snprintf(cli, sizeof cli, "%s/patchbay", build ? build : ".");
-        if (access(cli, X_OK) != 0) {
-            printf("skipping: %s is not built (set PB_BUILD_DIR)\n", cli);
-            return 77;
+    json_error_t error;
+    json_t *json = json_load_file(tu_path(path, sizeof path, out, "lens.json"), 0, &error);
+    assert_non_null(json);
+    json_t *labels = json_object_get(json, "rows");
+    assert_string_equal(json_string_value(json_array_get(labels, 0)), "0_pre");
+    assert_string_equal(json_string_value(json_array_get(labels, (size_t)rows - 1)), "final_post");
+    double value = json_real_value(json_array_get(
+        json_array_get(json_object_get(json_object_get(json, "metric"), "values [row][position]"), 1), 0));
+    const float *v = lens + (size_t)2 * V;
+    assert_true(fabs(value - (v[7] - ((double)v[11] + v[12]) / 2)) <= 1e-6);
+    json_decref(json);
+    free(top);
+    free(metric);
+    free(lens);
+    pb_model_free(m);
+    /* --top-k beyond the vocabulary (tiny_bias: 96) lists every id once */
+    char bias[1024], all_ids[160];
+    tu_fixture_file(bias, sizeof bias, "tiny_bias", "model.gguf");
+    snprintf(all_ids, sizeof all_ids, "%s/all", tmp_dir);
+    const char *every[] = {"logit-lens", "--model", bias, "--ids", "5,9", "--top-k", "100", "--out", all_ids, NULL};
+    assert_int_equal(run_cli(every), 0);
+    assert_int_equal(pb_npy_read(tu_path(path, sizeof path, all_ids, "top_ids.npy"), &top, PB_NPY_I32, &n_dims, shape),
+                     PB_OK);
+    assert_int_equal(shape[2], 96);
+    for (int r = 0; r < (int)shape[0]; r++) {
+        int seen[96] = {0};
+        for (int k = 0; k < 96; k++) {
+            int32_t id = ((const int32_t *)top)[r * 96 + k];
+            assert_true(id >= 0 && id < 96 && !seen[id]);
+            seen[id] = 1;
         }
-        const struct CMUnitTest tests[] = {
-            cmocka_unit_test_teardown(test_usage_errors, cleanup),
-            cmocka_unit_test_teardown(test_forward_argument_errors, cleanup),
-            cmocka_unit_test_teardown(test_forward_files, cleanup),
-            cmocka_unit_test_teardown(test_forward_hf_folder, cleanup),
-            cmocka_unit_test_teardown(test_truncated_gguf, cleanup),
-            cmocka_unit_test_teardown(test_generate, cleanup),
-            cmocka_unit_test_teardown(test_generate_empty_prompt, cleanup),
-            cmocka_unit_test_teardown(test_info, cleanup),
-            cmocka_unit_test_teardown(test_sweep_files, cleanup),
-            cmocka_unit_test_teardown(test_sweep_errors, cleanup),
-            cmocka_unit_test_teardown(test_sweep_text_prompts, cleanup),
-            cmocka_unit_test_teardown(test_random_model_info, cleanup),
-            cmocka_unit_test_teardown(test_random_model_forward, cleanup),
-            cmocka_unit_test_teardown(test_model_option_errors, cleanup),
-            cmocka_unit_test_teardown(test_backend_cuda, cleanup),
-            cmocka_unit_test_teardown(test_hostile_spec_and_model, cleanup),
-            cmocka_unit_test_teardown(test_no_overwrite_direction_and_rate, cleanup),
-            cmocka_unit_test_teardown(test_outputs_complete_or_absent, cleanup),
-            cmocka_unit_test_teardown(test_forward_all_or_nothing, cleanup),
-            cmocka_unit_test_teardown(test_help_every_command, cleanup),
-            cmocka_unit_test_teardown(test_tokenize_decode, cleanup),
-            cmocka_unit_test_teardown(test_forward_text, cleanup),
-            cmocka_unit_test_teardown(test_logit_lens_cli, cleanup),
-        };
-        return cmocka_run_group_tests(tests, NULL, NULL);
     }
+    free(top);
+    /* refusals, before anything is written */
+    char other[160];
+    snprintf(other, sizeof other, "%s/other", tmp_dir);
+    const char *bad_position[] = {"logit-lens",  "--model", model,   "--ids", "5,9",
+                                  "--positions", "2",       "--out", other,   NULL};
+    assert_int_equal(run_cli(bad_position), 2);
+    expect_in(err_text, "--positions");
+    const char *bad_id[] = {"logit-lens", "--model", model, "--ids", "5,9", "--positive-ids", "128", NULL};
+    assert_int_equal(run_cli(bad_id), 2);
+    expect_in(err_text, "id 128 is outside the vocabulary");
+    const char *negative_only[] = {"logit-lens", "--model", model, "--ids", "5,9", "--negative-ids", "3", NULL};
+    assert_int_equal(run_cli(negative_only), 2);
+    assert_int_not_equal(access(other, F_OK), 0);
+}
+
+int main(void) {
+    const char *build = getenv("PB_BUILD_DIR");
+    snprintf(cli, sizeof cli, "%s/patchbay", build ? build : ".");
+    if (access(cli, X_OK) != 0) {
+        printf("skipping: %s is not built (set PB_BUILD_DIR)\n", cli);
+        return 77;
+    }
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_teardown(test_usage_errors, cleanup),
+        cmocka_unit_test_teardown(test_forward_argument_errors, cleanup),
+        cmocka_unit_test_teardown(test_forward_files, cleanup),
+        cmocka_unit_test_teardown(test_forward_hf_folder, cleanup),
+        cmocka_unit_test_teardown(test_truncated_gguf, cleanup),
+        cmocka_unit_test_teardown(test_generate, cleanup),
+        cmocka_unit_test_teardown(test_generate_empty_prompt, cleanup),
+        cmocka_unit_test_teardown(test_info, cleanup),
+        cmocka_unit_test_teardown(test_sweep_files, cleanup),
+        cmocka_unit_test_teardown(test_sweep_errors, cleanup),
+        cmocka_unit_test_teardown(test_sweep_text_prompts, cleanup),
+        cmocka_unit_test_teardown(test_random_model_info, cleanup),
+        cmocka_unit_test_teardown(test_random_model_forward, cleanup),
+        cmocka_unit_test_teardown(test_model_option_errors, cleanup),
+        cmocka_unit_test_teardown(test_backend_cuda, cleanup),
+        cmocka_unit_test_teardown(test_hostile_spec_and_model, cleanup),
+        cmocka_unit_test_teardown(test_no_overwrite_direction_and_rate, cleanup),
+        cmocka_unit_test_teardown(test_outputs_complete_or_absent, cleanup),
+        cmocka_unit_test_teardown(test_forward_all_or_nothing, cleanup),
+        cmocka_unit_test_teardown(test_help_every_command, cleanup),
+        cmocka_unit_test_teardown(test_tokenize_decode, cleanup),
+        cmocka_unit_test_teardown(test_forward_text, cleanup),
+        cmocka_unit_test_teardown(test_logit_lens_cli, cleanup),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
