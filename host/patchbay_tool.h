@@ -10,8 +10,8 @@
  * which GPU a rank takes) and the library's error setter, so that the
  * tool's parsers report through pb_last_error() like the library does.
  * Each function is declared here with the same prototype as in its
- * library header; host/patchbay_tool.c includes both, so the compiler
- * checks that they agree. */
+ * library header (util/outdir.h, included whole, excepted); host/
+ * patchbay_tool.c includes both, so the compiler checks that they agree. */
 #ifndef PB_PATCHBAY_TOOL_H
 #define PB_PATCHBAY_TOOL_H
 
@@ -47,29 +47,12 @@ size_t pb_utf8_length(const unsigned char *s, size_t n);
 double pb_now_seconds(void);
 
 /* ---- files (util/outdir.h, formats/npy.h) ---- */
-/* Checks, before any compute, that dir can receive a run's outputs (an
- * empty or missing directory, or overwrite); creates nothing. */
-pb_status pb_out_dir_check(const char *dir, int overwrite);
-/* The same rule for one output file, before any compute: path missing (or
- * overwrite, and not a directory) in an existing writable directory. */
-pb_status pb_out_file_check(const char *path, int overwrite);
-/* pb_out_dir_check, then mkdir -p. */
-pb_status pb_out_dir_create(const char *dir, int overwrite);
-/* Creates, writes and removes a probe file beside path: PB_ERR_IO naming
- * path, its folder and why when a file cannot be written there. */
-pb_status pb_file_probe_writable(const char *path);
-/* Removes "<prefix>.tmp.<pid>" files (any name when prefix is NULL) of
- * processes that no longer exist from dir. */
-pb_status pb_remove_stale_temps(const char *dir, const char *prefix, int *n_removed);
-/* The whole file, NUL-terminated; *text malloc'd; size may be NULL. */
-pb_status pb_read_text_file(const char *path, char **text, size_t *size);
-/* pb_read_text_file for inputs that may be pipes: at most max_bytes, given
- * up with PB_ERR_INTERRUPTED once *stop is set (may be NULL). */
+/* Output folders, whole-file reads and pb_file_set: util/outdir.h, included
+ * above, is their one declaration. */
 /* The most the tool reads of a text input it takes whole (a sweep spec,
  * prompts, pairs, ids): far beyond any real one, and a bound on what
  * /dev/zero given as one costs before it is refused. */
 #define PB_INPUT_MAX_BYTES ((size_t)64 << 20)
-pb_status pb_read_input_file(const char *path, size_t max_bytes, const volatile int *stop, char **text, size_t *size);
 /* Writes `size` bytes to path via path.tmp.<pid> + fsync + rename. */
 pb_status pb_write_file_atomic(const char *path, const void *data, size_t size);
 

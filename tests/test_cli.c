@@ -859,30 +859,34 @@ static long file_size(const char *dir, const char *name) {
     return stat(path, &st) == 0 ? (long)st.st_size : -1;
 }
 
+/* Writes earlier into path, runs args and expects them refused (exit 2)
+ * with msg on stderr, path still holding earlier. */
+static void expect_refused_untouched(const char *path, const char *earlier, const char *const *args, const char *msg) {
+    char text[64];
+    assert_int_equal(tu_write_text(path, earlier), 0);
+    assert_int_equal(run_cli(args), 2);
+    expect_in(err_text, msg);
+    read_text(path, text, sizeof text);
+    assert_string_equal(text, earlier);
+}
+
 /* Failure 8: direction into a folder holding only an earlier direction.npy,
  * and refusal-rate --json onto an existing file, are refused before any
  * work unless --overwrite, the files untouched; a --json in a missing
  * folder is refused at once too. */
 static void test_no_overwrite_direction_and_rate(void **state) {
-    char model[1024], out[128], prompts[1024], path[256], text[64];
+    char model[1024], out[128], prompts[1024], path[256];
     need_cli_in(model, sizeof model, out, sizeof out);
     snprintf(prompts, sizeof prompts, "%s/data/refusal_pairs.json", tu_source_dir());
     assert_int_equal(mkdir(out, 0700), 0);
     snprintf(path, sizeof path, "%s/direction.npy", out);
-    assert_int_equal(tu_write_text(path, "an earlier direction"), 0);
     const char *direction[] = {"direction", "--model", model, "--prompts", prompts, "--out", out, NULL};
-    assert_int_equal(run_cli(direction), 2);
-    expect_in(err_text, "is not empty; pass --overwrite to replace its files");
-    read_text(path, text, sizeof text);
-    assert_string_equal(text, "an earlier direction");
+    expect_refused_untouched(path, "an earlier direction", direction,
+                             "is not empty; pass --overwrite to replace its files");
 
     snprintf(path, sizeof path, "%s/rate.json", tmp_dir);
-    assert_int_equal(tu_write_text(path, "an earlier rate"), 0);
     const char *rate[] = {"refusal-rate", "--model", model, "--prompts", prompts, "--json", path, NULL};
-    assert_int_equal(run_cli(rate), 2);
-    expect_in(err_text, "rate.json exists; pass --overwrite to replace it");
-    read_text(path, text, sizeof text);
-    assert_string_equal(text, "an earlier rate");
+    expect_refused_untouched(path, "an earlier rate", rate, "rate.json exists; pass --overwrite to replace it");
     snprintf(path, sizeof path, "%s/missing/rate.json", tmp_dir);
     assert_int_equal(run_cli(rate), 2);
     expect_in(err_text, "missing is not a writable directory");

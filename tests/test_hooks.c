@@ -427,11 +427,7 @@ static void check_scores(const char *name, const float *scores, const float *pat
 }
 
 static void check_pattern_case(const char *name) {
-    pb_model *m = tu_load_case_model(name, NULL);
-    if (!m) {
-        print_message("skipping %s: the model is absent\n", name);
-        return;
-    }
+    pb_model *m = tu_load_case_model_or_skip(name);
     const pb_model_config *c = pb_model_get_config(m);
     char path[1200];
     snprintf(path, sizeof path, "%s/lens_patterns/reference.json", tu_fixtures());
@@ -482,13 +478,7 @@ static void check_pattern_case(const char *name) {
 
 static void test_pattern_tiny_gqa(void **state) { check_pattern_case("tiny_gqa"); }
 static void test_pattern_tiny_bias(void **state) { check_pattern_case("tiny_bias"); }
-static void test_pattern_smollm2(void **state) {
-    pb_model *m = tu_load_case_model("smollm2", NULL);
-    if (!m)
-        skip();
-    pb_model_free(m);
-    check_pattern_case("smollm2");
-}
+static void test_pattern_smollm2(void **state) { check_pattern_case("smollm2"); }
 
 int main(void) {
     const struct CMUnitTest tests[] = {

@@ -22,11 +22,7 @@ static void case_file(char *path, size_t size, const char *name, const char *suf
 
 /* The lens of every position against the fixture's columns: NMSE per row. */
 static void check_lens_case(const char *name) {
-    pb_model *m = tu_load_case_model(name, NULL);
-    if (!m) {
-        print_message("skipping %s: the model is absent\n", name);
-        return;
-    }
+    pb_model *m = tu_load_case_model_or_skip(name);
     const pb_model_config *c = pb_model_get_config(m);
     char path[1200];
     int T, n_columns;
@@ -75,13 +71,7 @@ static void check_lens_case(const char *name) {
 
 static void test_lens_tiny_gqa(void **state) { check_lens_case("tiny_gqa"); }
 static void test_lens_tiny_bias(void **state) { check_lens_case("tiny_bias"); }
-static void test_lens_smollm2(void **state) {
-    pb_model *m = tu_load_case_model("smollm2", NULL);
-    if (!m)
-        skip();
-    pb_model_free(m);
-    check_lens_case("smollm2");
-}
+static void test_lens_smollm2(void **state) { check_lens_case("smollm2"); }
 
 /* Chosen positions (negative from the end) give the rows of the
  * all-positions run, bit for bit. */

@@ -264,22 +264,29 @@ static void test_shape_mismatch_refused(void **state) {
     rmdir(dir);
 }
 
-/* The GGUF copy with 'llama.block_count' renamed (same length, so the file
- * stays well-formed): refused as a missing hyperparameter. */
-static void test_gguf_missing_hyperparameter(void **state) {
+/* A temporary copy of tiny_gqa's model.gguf (its path into copy, which holds
+ * "/tmp/pb_model_XXXXXX.gguf") in which the n bytes at offset past the first
+ * occurrence of key (key_len bytes) are replaced by bytes. */
+static void write_edited_gguf(char *copy, const char *key, size_t key_len, size_t offset, const char *bytes, size_t n) {
     char src[1024];
     size_t size;
     tu_fixture_file(src, sizeof src, "tiny_gqa", "model.gguf");
     char *data = tu_read_file(src, &size);
-    char *at = memmem(data, size, "llama.block_count", 17);
+    char *at = memmem(data, size, key, key_len);
     assert_non_null(at);
-    memcpy(at, "llama.block_cXunt", 17);
-    char path[] = "/tmp/pb_model_XXXXXX.gguf";
-    int fd = mkstemps(path, 5);
+    memcpy(at + offset, bytes, n);
+    int fd = mkstemps(copy, 5);
     assert_true(fd >= 0);
     close(fd);
-    write_file(path, data, size);
+    write_file(copy, data, size);
     free(data);
+}
+
+/* The GGUF copy with 'llama.block_count' renamed (same length, so the file
+ * stays well-formed): refused as a missing hyperparameter. */
+static void test_gguf_missing_hyperparameter(void **state) {
+    char path[] = "/tmp/pb_model_XXXXXX.gguf";
+    write_edited_gguf(path, "llama.block_count", 17, 0, "llama.block_cXunt", 17);
     pb_model *m = NULL;
     assert_int_equal(pb_model_load(&m, path, NULL), PB_ERR_FORMAT);
     assert_non_null(strstr(pb_last_error(), "llama.block_count"));
@@ -297,19 +304,9 @@ static void test_gguf_layer_count_refused(void **state) {
     assert_int_equal(pb_model_load(&m, path, NULL), PB_ERR_FORMAT);
     assert_non_null(strstr(pb_last_error(), "16580609 layers declared"));
 
-    char src[1024];
-    size_t size;
-    tu_fixture_file(src, sizeof src, "tiny_gqa", "model.gguf");
-    char *data = tu_read_file(src, &size);
-    char *at = memmem(data, size, "llama.block_count\x04\0\0\0", 21); /* key, then type uint32 */
-    assert_non_null(at);
-    memcpy(at + 21, "\xff\xff\xff\x7f", 4);
     char copy[] = "/tmp/pb_model_XXXXXX.gguf";
-    int fd = mkstemps(copy, 5);
-    assert_true(fd >= 0);
-    close(fd);
-    write_file(copy, data, size);
-    free(data);
+    /* key, then type uint32: the value follows */
+    write_edited_gguf(copy, "llama.block_count\x04\0\0\0", 21, 21, "\xff\xff\xff\x7f", 4);
     assert_int_equal(pb_model_load(&m, copy, NULL), PB_ERR_FORMAT);
     assert_non_null(strstr(pb_last_error(), "2147483647 layers declared"));
     assert_non_null(strstr(pb_last_error(), "blk.2147483646.attn_norm.weight"));

@@ -240,14 +240,9 @@ static void test_results_json(void **state) {
 
 static float *read_npy(const char *dir, const char *name, int n_dims_want, const int64_t *shape_want) {
     char path[256];
-    snprintf(path, sizeof path, "%s/%s", dir, name);
-    void *data;
-    int n_dims;
     int64_t shape[8];
-    if (pb_npy_read(path, &data, PB_NPY_F32, &n_dims, shape) != PB_OK)
-        fail_msg("%s", pb_last_error());
-    assert_int_equal(n_dims, n_dims_want);
-    for (int i = 0; i < n_dims; i++)
+    float *data = tu_read_f32(tu_path(path, sizeof path, dir, name), n_dims_want, shape);
+    for (int i = 0; i < n_dims_want; i++)
         if (shape[i] != shape_want[i])
             fail_msg("%s: axis %d has %lld, expected %lld", name, i, (long long)shape[i], (long long)shape_want[i]);
     return data;

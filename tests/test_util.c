@@ -192,6 +192,15 @@ pb_model *tu_load_case_model(const char *name, const pb_load_options *o) {
     return m;
 }
 
+pb_model *tu_load_case_model_or_skip(const char *name) {
+    pb_model *m = tu_load_case_model(name, NULL);
+    if (!m) {
+        print_message("skipping %s: the model is absent\n", name);
+        skip();
+    }
+    return m;
+}
+
 int tu_visit_cases(const char *subdir, int (*visit)(const tu_oracle_case *c, void *ctx), void *ctx) {
     char dir[1024];
     snprintf(dir, sizeof dir, "%s/%s", tu_fixtures(), subdir);

@@ -80,6 +80,9 @@ void tu_list_dir(const char *dir, char *out, size_t size);
  * $PB_SOURCE_DIR/models/TU_SMOLLM2_FILE, any other name <fixtures>/<name>.
  * NULL when that file is absent; fails the test when it does not load. */
 pb_model *tu_load_case_model(const char *name, const pb_load_options *o);
+/* tu_load_case_model with default options, the running test skipped (and
+ * the absent model named) when the file is absent. */
+pb_model *tu_load_case_model_or_skip(const char *name);
 
 /* One fixture oracle case folder, as tu_visit_cases hands it over: its name,
  * its path, its expected.json (parsed) and its spec.json (text). */

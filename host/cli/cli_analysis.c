@@ -15,6 +15,7 @@
 
 #include "cli/cli_analysis.h"
 #include "cli/cli_model.h"
+#include "cli/cli_text.h"
 #include "cli/options.h"
 #include "cli/progress.h"
 #include "cli/prompt_notice.h"
@@ -64,10 +65,12 @@ static int fail(const char *what) {
 
 enum { ANALYSIS_OPTIONS = 6 };
 
-/* The command's option table (ANALYSIS_OPTIONS entries plus the end),
- * writing into o; common must outlive it. */
-static void analysis_table(analysis_options *o, pb_cli_common *common, pb_cli_option table[ANALYSIS_OPTIONS + 1]) {
-    pb_cli_common_table(common, &o->model, &o->overwrite, NULL, &o->no_progress, NULL);
+_Static_assert(ANALYSIS_OPTIONS + 1 <= PB_CLI_COMMAND_ROWS, "analysis options fit pb_cli_tables");
+
+/* The command's option table (ANALYSIS_OPTIONS entries plus the end) in
+ * t->table, writing into o. */
+static void analysis_table(analysis_options *o, pb_cli_tables *t) {
+    pb_cli_common_table(&t->common, &o->model, &o->overwrite, NULL, &o->no_progress, NULL);
     const pb_cli_option options[ANALYSIS_OPTIONS + 1] = {
         {.flag = "--out", .kind = PB_OPT_STRING, .target = &o->out, .value = "DIR", .help = "output folder (required)"},
         {.flag = "--pairs",
@@ -90,34 +93,29 @@ static void analysis_table(analysis_options *o, pb_cli_common *common, pb_cli_op
          .target = &o->max_new,
          .value = "N",
          .help = "greedy tokens generated per prompt (default 32)"},
-        {.flag = NULL, .kind = PB_OPT_TABLE, .target = common->table},
+        {.flag = NULL, .kind = PB_OPT_TABLE, .target = t->common.table},
         {0},
     };
-    memcpy(table, options, sizeof options);
+    memcpy(t->table, options, sizeof options);
 }
 
 void pb_cli_refusal_analysis_options(FILE *out, const char *cmd) {
     analysis_options o;
-    pb_cli_common common;
-    pb_cli_option table[ANALYSIS_OPTIONS + 1];
-    analysis_table(&o, &common, table);
-    pb_cli_print_options(out, table, cmd);
+    pb_cli_tables t;
+    analysis_table(&o, &t);
+    pb_cli_print_options(out, t.table, cmd);
 }
 
 static int parse_args(int argc, char **argv, analysis_options *o) {
-    memset(o, 0, sizeof *o);
-    o->pairs_path = "data/refusal_pairs.json";
-    o->sweep_pairs = 8;
-    o->max_new = 32;
-    pb_cli_common common;
-    pb_cli_option table[ANALYSIS_OPTIONS + 1];
-    analysis_table(o, &common, table);
+    *o = (analysis_options){.pairs_path = "data/refusal_pairs.json", .sweep_pairs = 8, .max_new = 32};
+    pb_cli_tables t;
+    analysis_table(o, &t);
     const pb_cli_parser parser = {.prefix = "patchbay refusal-analysis",
                                   .command_prefix = "patchbay refusal-analysis",
                                   .missing_value = "%s: option %s needs a value\n",
                                   .unknown = "%s: unknown option '%s' (see patchbay help refusal-analysis)\n",
                                   .command = "refusal-analysis"};
-    if (!pb_cli_parse(&parser, table, argc, argv, 1) || !pb_cli_model_check(&o->model, "refusal-analysis"))
+    if (!pb_cli_parse(&parser, t.table, argc, argv, 1) || !pb_cli_model_check(&o->model, "refusal-analysis"))
         return 0;
     if (!o->out) {
         fprintf(stderr, "patchbay refusal-analysis: --out DIR is required\n");

@@ -13,6 +13,7 @@
 
 #include "cli/cli_intervene.h"
 #include "cli/cli_model.h"
+#include "cli/cli_text.h"
 #include "cli/ids.h"
 #include "cli/options.h"
 #include "patchbay.h"
@@ -175,6 +176,7 @@ static const pb_cli_option option_rows[] = {
      .commands = DIRECTION},
 };
 enum { N_OPTION_ROWS = sizeof option_rows / sizeof option_rows[0] };
+_Static_assert(N_OPTION_ROWS + 2 <= PB_CLI_COMMAND_ROWS, "intervene options fit pb_cli_tables");
 
 /* The rows' targets in o, in option_rows' order. */
 static void option_targets(cli *o, void *targets[N_OPTION_ROWS]) {
@@ -189,9 +191,10 @@ static void option_targets(cli *o, void *targets[N_OPTION_ROWS]) {
 }
 
 /* One table for generate, refusal-rate and direction, each row naming the
- * commands that take it; common must outlive it. */
-static void cli_table(cli *o, pb_cli_common *common, pb_cli_option table[N_OPTION_ROWS + 2]) {
-    pb_cli_common_table(common, &o->model, &o->overwrite, DIRECTION, NULL, NULL);
+ * commands that take it, in t->table. */
+static void cli_table(cli *o, pb_cli_tables *t) {
+    pb_cli_option *table = t->table;
+    pb_cli_common_table(&t->common, &o->model, &o->overwrite, DIRECTION, NULL, NULL);
     void *targets[N_OPTION_ROWS];
     option_targets(o, targets);
     for (int i = 0; i < N_OPTION_ROWS; i++) {
@@ -200,16 +203,15 @@ static void cli_table(cli *o, pb_cli_common *common, pb_cli_option table[N_OPTIO
         if (strcmp(table[i].flag, "--scale") == 0)
             table[i].given = &o->scale_given;
     }
-    table[N_OPTION_ROWS] = (pb_cli_option){.kind = PB_OPT_TABLE, .target = common->table};
+    table[N_OPTION_ROWS] = (pb_cli_option){.kind = PB_OPT_TABLE, .target = t->common.table};
     table[N_OPTION_ROWS + 1] = (pb_cli_option){0};
 }
 
 void pb_cli_intervene_options(FILE *out, const char *cmd) {
     cli o;
-    pb_cli_common common;
-    pb_cli_option table[N_OPTION_ROWS + 2];
-    cli_table(&o, &common, table);
-    pb_cli_print_options(out, table, cmd);
+    pb_cli_tables t;
+    cli_table(&o, &t);
+    pb_cli_print_options(out, t.table, cmd);
 }
 
 static int usage_error(const char *cmd, const char *msg, const char *arg) {
@@ -220,13 +222,9 @@ static int usage_error(const char *cmd, const char *msg, const char *arg) {
 /* argv[0] is the command. */
 static int parse_cli(int argc, char **argv, cli *o) {
     const char *cmd = argv[0];
-    memset(o, 0, sizeof *o);
-    o->max_new = 32;
-    o->layer = -1;
-    o->scale = 1.0;
-    pb_cli_common common;
-    pb_cli_option table[N_OPTION_ROWS + 2];
-    cli_table(o, &common, table);
+    *o = (cli){.max_new = 32, .layer = -1, .scale = 1.0};
+    pb_cli_tables t;
+    cli_table(o, &t);
     char prefix[128];
     snprintf(prefix, sizeof prefix, "patchbay %s", cmd);
     const pb_cli_parser parser = {.prefix = prefix,
@@ -234,7 +232,7 @@ static int parse_cli(int argc, char **argv, cli *o) {
                                   .missing_value = "%s: option needs a value: %s (see patchbay help)\n",
                                   .unknown = "%s: unknown option %s (see patchbay help)\n",
                                   .command = cmd};
-    if (!pb_cli_parse(&parser, table, argc, argv, 1) || !pb_cli_model_check(&o->model, cmd))
+    if (!pb_cli_parse(&parser, t.table, argc, argv, 1) || !pb_cli_model_check(&o->model, cmd))
         return 0;
     int n_iv = !!o->patch_site + !!o->ablate_file + !!o->add_file;
     if (n_iv > 1)

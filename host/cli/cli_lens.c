@@ -23,13 +23,9 @@ typedef struct lens_options {
 
 enum { LENS_OPTIONS = 7 };
 
-typedef struct lens_tables {
-    pb_cli_common common;
-    pb_cli_option prompt[PB_CLI_PROMPT_OPTIONS + 1];
-    pb_cli_option table[LENS_OPTIONS + 3];
-} lens_tables;
+_Static_assert(LENS_OPTIONS + 3 <= PB_CLI_COMMAND_ROWS, "lens options fit pb_cli_tables");
 
-static void lens_table(lens_options *o, lens_tables *t) {
+static void lens_table(lens_options *o, pb_cli_tables *t) {
     pb_cli_common_table(&t->common, &o->model, &o->overwrite, NULL, NULL, NULL);
     pb_cli_prompt_table(&o->prompt, NULL, NULL, NULL, NULL, t->prompt);
     const pb_cli_option table[LENS_OPTIONS + 3] = {
@@ -78,7 +74,7 @@ static void lens_table(lens_options *o, lens_tables *t) {
 
 void pb_cli_logit_lens_options(FILE *out, const char *cmd) {
     lens_options o;
-    lens_tables t;
+    pb_cli_tables t;
     lens_table(&o, &t);
     pb_cli_print_options(out, t.table, cmd);
 }
@@ -367,9 +363,8 @@ static int lens_compute(lens_job *j) {
 }
 
 static int lens_parse(int argc, char **argv, lens_options *o) {
-    memset(o, 0, sizeof *o);
-    o->top_k = 5;
-    lens_tables t;
+    *o = (lens_options){.top_k = 5};
+    pb_cli_tables t;
     lens_table(o, &t);
     const pb_cli_parser parser = {.prefix = "patchbay logit-lens",
                                   .command_prefix = "patchbay logit-lens",

@@ -235,10 +235,10 @@ typedef struct decode_options {
     int json, pieces, overwrite;
 } decode_options;
 
-static void decode_table(decode_options *o, pb_cli_common *common, pb_cli_option prompt[PB_CLI_PROMPT_OPTIONS + 1],
-                         pb_cli_option table[5]) {
-    pb_cli_common_table(common, &o->model, &o->overwrite, "", NULL, NULL);
-    pb_cli_prompt_table(&o->prompt, "", "decode", "", "", prompt);
+static void decode_table(decode_options *o, pb_cli_tables *t) {
+    pb_cli_common_table(&t->common, &o->model, &o->overwrite, "", NULL, NULL);
+    pb_cli_prompt_table(&o->prompt, "", "decode", "", "", t->prompt);
+    pb_cli_option *table = t->table;
     table[0] = (pb_cli_option){.flag = "--json",
                                .kind = PB_OPT_FLAG,
                                .target = &o->json,
@@ -247,17 +247,16 @@ static void decode_table(decode_options *o, pb_cli_common *common, pb_cli_option
                                .kind = PB_OPT_FLAG,
                                .target = &o->pieces,
                                .help = "after the text, one line per token: position, id, quoted piece"};
-    table[2] = (pb_cli_option){.kind = PB_OPT_TABLE, .target = prompt};
-    table[3] = (pb_cli_option){.kind = PB_OPT_TABLE, .target = common->table};
+    table[2] = (pb_cli_option){.kind = PB_OPT_TABLE, .target = t->prompt};
+    table[3] = (pb_cli_option){.kind = PB_OPT_TABLE, .target = t->common.table};
     table[4] = (pb_cli_option){0};
 }
 
 void pb_cli_decode_options(FILE *out, const char *cmd) {
     decode_options o;
-    pb_cli_common common;
-    pb_cli_option prompt[PB_CLI_PROMPT_OPTIONS + 1], table[5];
-    decode_table(&o, &common, prompt, table);
-    pb_cli_print_options(out, table, cmd);
+    pb_cli_tables t;
+    decode_table(&o, &t);
+    pb_cli_print_options(out, t.table, cmd);
 }
 
 /* All of stdin, NUL-terminated; NULL on failure. */
@@ -335,9 +334,8 @@ static int print_decode_json(const pb_model *m, const char *text, const int32_t 
 int pb_cli_decode(int argc, char **argv) {
     decode_options o;
     memset(&o, 0, sizeof o);
-    pb_cli_common common;
-    pb_cli_option prompt[PB_CLI_PROMPT_OPTIONS + 1], table[5];
-    decode_table(&o, &common, prompt, table);
+    pb_cli_tables t;
+    decode_table(&o, &t);
     const char **args = calloc((size_t)argc + 1, sizeof *args);
     int n_args = 0, rc = 2;
     int32_t *ids = NULL;
@@ -351,7 +349,7 @@ int pb_cli_decode(int argc, char **argv) {
                                   .n_positional = &n_args};
     pb_model *m = NULL;
     char *text = NULL;
-    if (!args || !pb_cli_parse(&parser, table, argc, argv, 1) || !pb_cli_model_check(&o.model, "decode") ||
+    if (!args || !pb_cli_parse(&parser, t.table, argc, argv, 1) || !pb_cli_model_check(&o.model, "decode") ||
         decode_ids(&o, args, n_args, &ids, &T))
         goto done;
     rc = 1;

@@ -8,6 +8,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "cli/cli_model.h"
 #include "cli/options.h"
 #include "patchbay.h"
 
@@ -25,6 +26,19 @@ enum { PB_CLI_PROMPT_OPTIONS = 8 };
 void pb_cli_prompt_table(pb_cli_prompt *p, const char *text_commands, const char *ids_commands,
                          const char *template_commands, const char *no_chat_commands,
                          pb_cli_option table[PB_CLI_PROMPT_OPTIONS + 1]);
+
+/* Where a command's option tables live while it parses argv or prints its
+ * help (one layout for every command): the shared model options (common),
+ * the prompt options for the commands that take a prompt (filled by
+ * pb_cli_prompt_table, else unused) and the command's own rows, which
+ * reach the shared ones through PB_OPT_TABLE entries and end with the
+ * PB_OPT_END; at most PB_CLI_COMMAND_ROWS in all. t must outlive the parse. */
+enum { PB_CLI_COMMAND_ROWS = 32 };
+typedef struct pb_cli_tables {
+    pb_cli_common common;
+    pb_cli_option prompt[PB_CLI_PROMPT_OPTIONS + 1];
+    pb_cli_option table[PB_CLI_COMMAND_ROWS];
+} pb_cli_tables;
 
 /* Applies --chat-template to a loaded model: 1, or 0 after saying why. */
 int pb_cli_prompt_template(const char *cmd, pb_model *m, const pb_cli_prompt *p);

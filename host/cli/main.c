@@ -53,16 +53,11 @@ static const char *const gather_choices[] = {"auto", "mpi", "nccl", NULL};
 
 enum { MAIN_OPTIONS = 12 };
 
-/* Where a main-file command's options live while it parses. */
-typedef struct main_tables {
-    pb_cli_common common;
-    pb_cli_option prompt[PB_CLI_PROMPT_OPTIONS + 1];
-    pb_cli_option table[MAIN_OPTIONS + 1];
-} main_tables;
+_Static_assert(MAIN_OPTIONS + 1 <= PB_CLI_COMMAND_ROWS, "main options fit pb_cli_tables");
 
 /* One table for forward, sweep, tokenize and info, each row naming the
  * commands that take it. */
-static void main_table(options *o, main_tables *t) {
+static void main_table(options *o, pb_cli_tables *t) {
     pb_cli_common_table(&t->common, &o->model, &o->overwrite, "forward sweep", &o->no_progress, "sweep");
     pb_cli_prompt_table(&o->prompt, "forward tokenize", "forward", "forward tokenize sweep", "forward tokenize sweep",
                         t->prompt);
@@ -131,7 +126,7 @@ static void main_table(options *o, main_tables *t) {
 
 static void main_options_help(FILE *out, const char *cmd) {
     options o;
-    main_tables t;
+    pb_cli_tables t;
     main_table(&o, &t);
     pb_cli_print_options(out, t.table, cmd);
 }
@@ -139,7 +134,7 @@ static void main_options_help(FILE *out, const char *cmd) {
 /* argv[0] is the command. */
 static int parse_options(int argc, char **argv, options *o) {
     memset(o, 0, sizeof *o);
-    main_tables t;
+    pb_cli_tables t;
     main_table(o, &t);
     char command_prefix[128];
     snprintf(command_prefix, sizeof command_prefix, "patchbay %s", argv[0]);

@@ -1191,16 +1191,16 @@ static pb_status parse_metric(const spec_parser *sp, const json_t *value) {
     return PB_OK;
 }
 
-static const char *metric_kind_name(pb_metric_kind kind) {
+const char *pb_sweep_metric_name(pb_metric_kind kind) {
     switch (kind) {
     case PB_METRIC_LOGIT_DIFF: return "logit_diff";
     case PB_METRIC_LOGPROB: return "logprob";
     case PB_METRIC_REFUSAL_SCORE: return "refusal_score";
     case PB_METRIC_KL: return "kl";
     case PB_METRIC_PROJECTION: return "projection";
-    case PB_METRIC_CALLBACK: break;
+    case PB_METRIC_CALLBACK: return "callback";
     }
-    return "callback";
+    return "unknown";
 }
 
 /* A pair's token set: its own (pairs[i].<key>) or a copy of the metric's. */
@@ -1217,7 +1217,7 @@ static pb_status pair_token_set(const spec_parser *sp, const json_t *pair, size_
         return pb_fail(PB_ERR_ARG,
                        "spec: metric: missing required key '%s' (metric %s needs it, or \"%s\" in every pair; %s has "
                        "none)",
-                       key, metric_kind_name(sp->spec->metric.kind), key, pair_path);
+                       key, pb_sweep_metric_name(sp->spec->metric.kind), key, pair_path);
     pb_status status = PB_OK;
     *out = spec_calloc((size_t)n_fallback, sizeof **out, &status);
     if (!*out)
@@ -1259,7 +1259,7 @@ static pb_status parse_pair_tokens(const spec_parser *sp, const json_t *pairs) {
             int allowed = diff ? k < 2 : sets && k == 2;
             if (json_object_get(pair, keys[k]) && !allowed)
                 return pb_fail(PB_ERR_ARG, "spec: pairs[%d].%s: metric %s has no \"%s\" tokens%s", i, keys[k],
-                               metric_kind_name(m->kind), keys[k],
+                               pb_sweep_metric_name(m->kind), keys[k],
                                diff   ? " (logit_diff takes \"positive\" and \"negative\")"
                                : sets ? " (it takes \"tokens\")"
                                       : "");

@@ -117,4 +117,8 @@ pb_status pb_sweep_spec_parse_text(pb_sweep_spec *spec, const char *json_text, c
                                    const pb_model_config *cfg, const pb_spec_text *text);
 void pb_sweep_spec_free(pb_sweep_spec *spec);
 
+/* The spec name of a metric kind: "logit_diff", ..., "callback"; the
+ * parser's messages and the writers of results both use it. */
+const char *pb_sweep_metric_name(pb_metric_kind kind);
+
 #endif

@@ -23,18 +23,6 @@ const char *pb_sweep_mode_name(pb_patch_mode mode) {
     return "unknown";
 }
 
-const char *pb_sweep_metric_name(pb_metric_kind kind) {
-    switch (kind) {
-    case PB_METRIC_LOGIT_DIFF: return "logit_diff";
-    case PB_METRIC_LOGPROB: return "logprob";
-    case PB_METRIC_REFUSAL_SCORE: return "refusal_score";
-    case PB_METRIC_KL: return "kl";
-    case PB_METRIC_PROJECTION: return "projection";
-    case PB_METRIC_CALLBACK: return "callback";
-    }
-    return "unknown";
-}
-
 /* ---- everything read from the sweep, once -------------------------------- */
 
 void pb_sweep_view_free(pb_sweep_view *v) {

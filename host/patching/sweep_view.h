@@ -56,8 +56,7 @@ int pb_sweep_view_pairs_below(const pb_sweep_view *v);
 
 /* "denoising", "noising", "interchange". */
 const char *pb_sweep_mode_name(pb_patch_mode mode);
-/* "logit_diff", ..., "callback". */
-const char *pb_sweep_metric_name(pb_metric_kind kind);
+/* pb_sweep_metric_name ("logit_diff", ...): sweep_spec.h, beside the parser. */
 
 /* The metric and its arguments on one line, no newline:
  * "logit_diff (positive 7042 " Paris"; negative 8441 " Rome"; at position -1)";

@@ -64,9 +64,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     static char path[256];
-    if (!path[0] && !fuzz_scratch_path(path, sizeof path, "sweep.checkpoint"))
-        abort();
-    fuzz_write_file(path, data, size);
+    fuzz_scratch_input(path, sizeof path, "sweep.checkpoint", data, size);
     if (fuzz_note("checkpoint", pb_sweep_checkpoint_load(sweep, path, &fingerprint)) == PB_OK) {
         pb_sweep_summary summary;
         check(pb_sweep_get_summary(sweep, &summary));

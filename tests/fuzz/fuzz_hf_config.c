@@ -2,16 +2,13 @@
  * the hyperparameters, rope scaling of both transformers layouts and the
  * token ids, each refused when the engine cannot run it. */
 #include <stdint.h>
-#include <stdlib.h>
 
 #include "formats/hf_config.h"
 #include "fuzz_util.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     static char path[256];
-    if (!path[0] && !fuzz_scratch_path(path, sizeof path, "config.json"))
-        abort();
-    fuzz_write_file(path, data, size);
+    fuzz_scratch_input(path, sizeof path, "config.json", data, size);
     pb_model_config cfg;
     (void)fuzz_note("config", pb_hf_config_read(&cfg, path));
     return 0;

@@ -29,9 +29,7 @@ static void use_text(const pb_model *model) {
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     static char path[256];
-    if (!path[0] && !fuzz_scratch_path(path, sizeof path, "model.gguf"))
-        abort();
-    fuzz_write_file(path, data, size);
+    fuzz_scratch_input(path, sizeof path, "model.gguf", data, size);
     pb_load_options options = {.n_threads = 1, .backend = PB_BACKEND_REFERENCE};
     pb_model *model = NULL;
     if (fuzz_note("model", pb_model_load(&model, path, &options)) == PB_OK) {

@@ -31,9 +31,7 @@ static void read_as(const char *path, pb_npy_dtype dtype) {
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     static char path[256];
-    if (!path[0] && !fuzz_scratch_path(path, sizeof path, "array.npy"))
-        abort();
-    fuzz_write_file(path, data, size);
+    fuzz_scratch_input(path, sizeof path, "array.npy", data, size);
     read_as(path, PB_NPY_F32);
     read_as(path, PB_NPY_I32);
     return 0;

@@ -25,9 +25,7 @@ static void read_tensors(const pb_safetensors *st) {
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     static char path[256];
-    if (!path[0] && !fuzz_scratch_path(path, sizeof path, "model.safetensors"))
-        abort();
-    fuzz_write_file(path, data, size);
+    fuzz_scratch_input(path, sizeof path, "model.safetensors", data, size);
     pb_safetensors *st = NULL;
     if (fuzz_note("safetensors", pb_safetensors_open(&st, path)) == PB_OK) {
         read_tensors(st);

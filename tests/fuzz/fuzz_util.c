@@ -7,6 +7,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "text/tokenizer.h"
+
 enum { MAX_SCRATCH = 8 };
 static char scratch[MAX_SCRATCH][256];
 static int n_scratch;
@@ -82,4 +84,29 @@ int fuzz_split(const uint8_t *data, size_t size, const char *marker, fuzz_part *
     }
     parts[n++] = (fuzz_part){data, size};
     return n;
+}
+
+void fuzz_scratch_input(char *path, size_t path_size, const char *name, const uint8_t *data, size_t size) {
+    if (!path[0] && !fuzz_scratch_path(path, path_size, name))
+        abort();
+    fuzz_write_file(path, data, size);
+}
+
+static const char tokenizer_sample[] =
+    "Hello, world! It's 2024: caf\xc3\xa9 \xe4\xbd\xa0\xe5\xa5\xbd <s> </s> <|im_start|>user\n"
+    "  spaces\t\ttabs 12345678 \xf0\x9f\x98\x80";
+
+void fuzz_tokenizer_exercise(const struct pb_tokenizer *tok) {
+    for (int special = 0; special < 2; special++) {
+        int32_t *ids = NULL;
+        int n = 0;
+        if (pb_tokenizer_encode(tok, tokenizer_sample, sizeof tokenizer_sample - 1, special, &ids, &n) == PB_OK) {
+            char *text = NULL;
+            if (pb_tokenizer_decode(tok, ids, n, &text) == PB_OK)
+                free(text);
+        }
+        free(ids);
+    }
+    (void)pb_tokenizer_token_id(tok, "<s>");
+    (void)pb_tokenizer_vocab_size(tok);
 }
