@@ -13,6 +13,11 @@
 # showing their 24 tokens, and on external references
 # (tests/browser/check_dom.py). The screenshot is kept as
 # $PB_BUILD_DIR/report-screenshot.png for a person to look at.
+# Then the same for patterns.html (test_patterns_html --write: tiny_gqa's
+# attention patterns over 7 tokens, 2 layers x 4 heads): no console
+# messages, 8 lower-triangle heatmaps of 7 x 7 with their downloads, the 7
+# prompt tokens (check_dom.py --patterns); its screenshot is kept as
+# $PB_BUILD_DIR/patterns-screenshot.png.
 # Skipped (77) without chromium or python3.
 set -euo pipefail
 src=${PB_SOURCE_DIR:-$(cd "$(dirname "$0")/.." && pwd)}
@@ -26,14 +31,17 @@ if ! command -v python3 >/dev/null 2>&1; then
   echo "skipping: python3 not installed (it reads the dumped DOM)"
   exit 77
 fi
-if [ ! -x "$build/test_report_html" ]; then
-  echo "FAIL: $build/test_report_html is not built"
-  exit 1
-fi
+for exe in test_report_html test_patterns_html; do
+  if [ ! -x "$build/$exe" ]; then
+    echo "FAIL: $build/$exe is not built"
+    exit 1
+  fi
+done
 
 tmp=$(mktemp -d /tmp/pb_report_browser.XXXXXX)
 trap 'rm -rf "$tmp"' EXIT
 "$build/test_report_html" --write "$tmp/report.html"
+"$build/test_patterns_html" --write "$tmp/patterns.html"
 
 # A fresh profile per run; no sandbox because CI runs as root.
 chrome=(chromium --headless=new --no-sandbox --disable-gpu --no-first-run --no-default-browser-check
@@ -69,4 +77,28 @@ fi
 cp "$tmp/report.png" "$build/report-screenshot.png"
 echo "screenshot: $build/report-screenshot.png ($(wc -c <"$tmp/report.png") bytes)"
 [ $failed -eq 0 ] && echo "ok: report.html renders without console messages"
+
+url="file://$tmp/patterns.html"
+timeout 120 "${chrome[@]}" --virtual-time-budget=10000 --dump-dom "$url#export-all" >"$tmp/patterns-dom.html" \
+  2>"$tmp/patterns-dom.log" || status=$?
+timeout 120 "${chrome[@]}" --hide-scrollbars --window-size=1400,1600 --screenshot="$tmp/patterns.png" "$url" \
+  >/dev/null 2>"$tmp/patterns-shot.log" || status=$?
+if [ $status -ne 0 ] || [ ! -s "$tmp/patterns-dom.html" ] || [ ! -s "$tmp/patterns.png" ]; then
+  echo "FAIL: chromium on patterns.html exited $status"
+  tail -20 "$tmp/patterns-dom.log" "$tmp/patterns-shot.log"
+  exit 1
+fi
+if grep -hE ':CONSOLE|Uncaught' "$tmp/patterns-dom.log" "$tmp/patterns-shot.log"; then
+  echo "FAIL: patterns.html wrote to the browser console (lines above)"
+  failed=1
+fi
+echo "patterns.html, rendered DOM:"
+maps=()
+for layer in 0 1; do
+  for head in 0 1 2 3; do maps+=("L$layer-H$head=7x7"); done
+done
+python3 "$src/tests/browser/check_dom.py" "$tmp/patterns-dom.html" --patterns --tokens 7 "${maps[@]}" || failed=1
+cp "$tmp/patterns.png" "$build/patterns-screenshot.png"
+echo "screenshot: $build/patterns-screenshot.png ($(wc -c <"$tmp/patterns.png") bytes)"
+[ $failed -eq 0 ] && echo "ok: patterns.html renders without console messages"
 exit $failed
