@@ -38,6 +38,8 @@ for exe in test_report_html test_patterns_html; do
   fi
 done
 
+# Chromium's limit per run scales with PB_TEST_TIMEOUT_SCALE (README, Testing).
+limit=$((120 * ${PB_TEST_TIMEOUT_SCALE:-1}))
 tmp=$(mktemp -d /tmp/pb_report_browser.XXXXXX)
 trap 'rm -rf "$tmp"' EXIT
 "$build/test_report_html" --write "$tmp/report.html"
@@ -48,14 +50,14 @@ chrome=(chromium --headless=new --no-sandbox --disable-gpu --no-first-run --no-d
         --user-data-dir="$tmp/profile" --enable-logging=stderr --v=0)
 url="file://$tmp/report.html"
 status=0
-timeout 120 "${chrome[@]}" --virtual-time-budget=10000 --dump-dom "$url#export-all" >"$tmp/dom.html" \
+timeout "$limit" "${chrome[@]}" --virtual-time-budget=10000 --dump-dom "$url#export-all" >"$tmp/dom.html" \
   2>"$tmp/dom.log" || status=$?
 if [ $status -ne 0 ] || [ ! -s "$tmp/dom.html" ]; then
   echo "FAIL: chromium --dump-dom exited $status"
   tail -20 "$tmp/dom.log"
   exit 1
 fi
-timeout 120 "${chrome[@]}" --hide-scrollbars --window-size=1400,2600 --screenshot="$tmp/report.png" "$url" \
+timeout "$limit" "${chrome[@]}" --hide-scrollbars --window-size=1400,2600 --screenshot="$tmp/report.png" "$url" \
   >/dev/null 2>"$tmp/shot.log" || status=$?
 if [ $status -ne 0 ] || [ ! -s "$tmp/report.png" ]; then
   echo "FAIL: chromium --screenshot exited $status"
@@ -79,9 +81,9 @@ echo "screenshot: $build/report-screenshot.png ($(wc -c <"$tmp/report.png") byte
 [ $failed -eq 0 ] && echo "ok: report.html renders without console messages"
 
 url="file://$tmp/patterns.html"
-timeout 120 "${chrome[@]}" --virtual-time-budget=10000 --dump-dom "$url#export-all" >"$tmp/patterns-dom.html" \
+timeout "$limit" "${chrome[@]}" --virtual-time-budget=10000 --dump-dom "$url#export-all" >"$tmp/patterns-dom.html" \
   2>"$tmp/patterns-dom.log" || status=$?
-timeout 120 "${chrome[@]}" --hide-scrollbars --window-size=1400,1600 --screenshot="$tmp/patterns.png" "$url" \
+timeout "$limit" "${chrome[@]}" --hide-scrollbars --window-size=1400,1600 --screenshot="$tmp/patterns.png" "$url" \
   >/dev/null 2>"$tmp/patterns-shot.log" || status=$?
 if [ $status -ne 0 ] || [ ! -s "$tmp/patterns-dom.html" ] || [ ! -s "$tmp/patterns.png" ]; then
   echo "FAIL: chromium on patterns.html exited $status"
