@@ -565,6 +565,22 @@ typedef struct pb_report_extras {
  * extras may be NULL. A missing directory is PB_ERR_IO and leaves no file. */
 pb_status pb_report_html_write(const pb_sweep *sweep, const char *path, const pb_report_extras *extras);
 
+/* ---- patterns.html: attention patterns as heatmaps -------------------- */
+
+/* How many of capture's hook points are blocks.L.attn.hook_pattern. */
+int pb_capture_pattern_count(const pb_capture *capture);
+/* Writes the attention patterns capture holds after a pb_forward over
+ * ids[0..T) as one self-contained HTML5 page (inline CSS and SVG) to path
+ * (a temporary name, then renamed): the prompt's tokens, then for each
+ * captured blocks.L.attn.hook_pattern one query x key heatmap per head,
+ * coloured 0..1, axes labelled with the token pieces (pb_model_token_text:
+ * "<id>" without a tokenizer), the causal upper triangle blank, each map
+ * downloadable as SVG or PNG. PB_ERR_ARG when capture holds no
+ * hook_pattern or none for this T; a missing directory is PB_ERR_IO and
+ * leaves no file. */
+pb_status pb_patterns_html_write(const pb_model *model, const pb_capture *capture, const int32_t *ids, int T,
+                                 const char *path);
+
 /* ---- .npy files (format 1.0, C order) ----------------------------------- */
 
 typedef enum pb_npy_dtype { PB_NPY_F32 = 0, PB_NPY_I32 } pb_npy_dtype;

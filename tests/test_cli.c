@@ -968,6 +968,71 @@ static void test_forward_all_or_nothing(void **state) {
     assert_int_not_equal(access(fresh, F_OK), 0);
 }
 
+/* forward --html: patterns.html beside the .npy files, its cells the values
+ * of those files; refused without a hook_pattern before anything is made;
+ * a patterns.html that cannot be written takes the whole set with it. */
+static void test_forward_html(void **state) {
+    char model[1024], out[128], path[256], listing[1024];
+    need_cli_in(model, sizeof model, out, sizeof out);
+    const char *no_pattern[] = {"forward", "--model", model, "--ids", "1,2,3", "--hooks", "blocks.0.hook_resid_pre",
+                                "--html",  "--out",   out,   NULL};
+    assert_int_equal(run_cli(no_pattern), 2);
+    expect_in(err_text, "hook_pattern");
+    assert_int_not_equal(access(out, F_OK), 0);
+
+    const char *forward[] = {
+        "forward", "--model", model, "--ids", "1,5,3,17,4", "--hooks", "blocks.*.attn.hook_pattern",
+        "--html",  "--out",   out,   NULL};
+    if (run_cli(forward) != 0)
+        fail_msg("forward --html failed: %s", err_text);
+    tu_list_dir(out, listing, sizeof listing);
+    assert_string_equal(listing, "blocks.0.attn.hook_pattern.npy blocks.1.attn.hook_pattern.npy logits.npy "
+                                 "patterns.html");
+    snprintf(path, sizeof path, "%s/blocks.1.attn.hook_pattern.npy", out);
+    int64_t shape[8];
+    float *pattern = tu_read_f32(path, 3, shape);
+    snprintf(path, sizeof path, "%s/patterns.html", out);
+    char *html = tu_read_file(path, NULL);
+    assert_non_null(html);
+    int T = (int)shape[1], cells = 0;
+    for (int h = 0; h < (int)shape[0]; h++) {
+        char id[64];
+        snprintf(id, sizeof id, "id=\"pattern-L1-H%d\"", h);
+        const char *svg = strstr(html, id), *end = svg ? strstr(svg, "</svg>") : NULL;
+        assert_non_null(end);
+        for (int q = 0; q < T; q++)
+            for (int k = 0; k < T; k++) {
+                char cell[64];
+                snprintf(cell, sizeof cell, "data-q=\"%d\" data-k=\"%d\" data-value=\"", q, k);
+                const char *at = strstr(svg, cell);
+                if (k > q) { /* blank above the diagonal */
+                    assert_true(!at || at > end);
+                    continue;
+                }
+                assert_true(at && at < end);
+                assert_true(strtof(at + strlen(cell), NULL) == pattern[((size_t)h * T + q) * T + k]);
+                cells++;
+            }
+    }
+    assert_int_equal(cells, (int)shape[0] * T * (T + 1) / 2);
+    long html_size = (long)strlen(html);
+    free(html);
+    free(pattern);
+
+    /* A limit that the .npy files fit under and patterns.html does not:
+     * nothing of the run is left, the earlier outputs untouched. */
+    const char *again[] = {
+        "forward", "--model", model, "--ids",       "1,5,3,17,4", "--hooks", "blocks.*.attn.hook_pattern",
+        "--html",  "--out",   out,   "--overwrite", NULL};
+    assert_true(file_size(out, "logits.npy") < html_size / 2);
+    const cli_limits full = {.alarm_s = 120, .file_size = html_size / 2};
+    assert_int_equal(run_cli_limited(again, &full), 1);
+    expect_in(err_text, "File too large");
+    tu_list_dir(out, path, sizeof path);
+    assert_string_equal(path, listing);
+    assert_int_equal(file_size(out, "patterns.html"), html_size);
+}
+
 /* ---- help ------------------------------------------------------------------ */
 
 /* Every command, from the issue's list: the top-level help must name each. */
@@ -1306,6 +1371,7 @@ int main(void) {
         cmocka_unit_test_teardown(test_no_overwrite_direction_and_rate, cleanup),
         cmocka_unit_test_teardown(test_outputs_complete_or_absent, cleanup),
         cmocka_unit_test_teardown(test_forward_all_or_nothing, cleanup),
+        cmocka_unit_test_teardown(test_forward_html, cleanup),
         cmocka_unit_test_teardown(test_help_every_command, cleanup),
         cmocka_unit_test_teardown(test_tokenize_decode, cleanup),
         cmocka_unit_test_teardown(test_forward_text, cleanup),

@@ -13,6 +13,11 @@
 # showing their 24 tokens, and on external references
 # (tests/browser/check_dom.py). The screenshot is kept as
 # $PB_BUILD_DIR/report-screenshot.png for a person to look at.
+# Then the same for patterns.html (test_patterns_html --write: tiny_gqa's
+# attention patterns over 7 tokens, 2 layers x 4 heads): no console
+# messages, 8 lower-triangle heatmaps of 7 x 7 with their downloads, the 7
+# prompt tokens (check_dom.py --patterns). One Chromium run (the DOM dump;
+# no screenshot) to keep the seconds this adds small.
 # Skipped (77) without chromium or python3.
 set -euo pipefail
 src=${PB_SOURCE_DIR:-$(cd "$(dirname "$0")/.." && pwd)}
@@ -26,28 +31,33 @@ if ! command -v python3 >/dev/null 2>&1; then
   echo "skipping: python3 not installed (it reads the dumped DOM)"
   exit 77
 fi
-if [ ! -x "$build/test_report_html" ]; then
-  echo "FAIL: $build/test_report_html is not built"
-  exit 1
-fi
+for exe in test_report_html test_patterns_html; do
+  if [ ! -x "$build/$exe" ]; then
+    echo "FAIL: $build/$exe is not built"
+    exit 1
+  fi
+done
 
+# Chromium's limit per run scales with PB_TEST_TIMEOUT_SCALE (README, Testing).
+limit=$((120 * ${PB_TEST_TIMEOUT_SCALE:-1}))
 tmp=$(mktemp -d /tmp/pb_report_browser.XXXXXX)
 trap 'rm -rf "$tmp"' EXIT
 "$build/test_report_html" --write "$tmp/report.html"
+"$build/test_patterns_html" --write "$tmp/patterns.html"
 
 # A fresh profile per run; no sandbox because CI runs as root.
 chrome=(chromium --headless=new --no-sandbox --disable-gpu --no-first-run --no-default-browser-check
         --user-data-dir="$tmp/profile" --enable-logging=stderr --v=0)
 url="file://$tmp/report.html"
 status=0
-timeout 120 "${chrome[@]}" --virtual-time-budget=10000 --dump-dom "$url#export-all" >"$tmp/dom.html" \
+timeout "$limit" "${chrome[@]}" --virtual-time-budget=10000 --dump-dom "$url#export-all" >"$tmp/dom.html" \
   2>"$tmp/dom.log" || status=$?
 if [ $status -ne 0 ] || [ ! -s "$tmp/dom.html" ]; then
   echo "FAIL: chromium --dump-dom exited $status"
   tail -20 "$tmp/dom.log"
   exit 1
 fi
-timeout 120 "${chrome[@]}" --hide-scrollbars --window-size=1400,2600 --screenshot="$tmp/report.png" "$url" \
+timeout "$limit" "${chrome[@]}" --hide-scrollbars --window-size=1400,2600 --screenshot="$tmp/report.png" "$url" \
   >/dev/null 2>"$tmp/shot.log" || status=$?
 if [ $status -ne 0 ] || [ ! -s "$tmp/report.png" ]; then
   echo "FAIL: chromium --screenshot exited $status"
@@ -69,4 +79,24 @@ fi
 cp "$tmp/report.png" "$build/report-screenshot.png"
 echo "screenshot: $build/report-screenshot.png ($(wc -c <"$tmp/report.png") bytes)"
 [ $failed -eq 0 ] && echo "ok: report.html renders without console messages"
+
+url="file://$tmp/patterns.html"
+timeout "$limit" "${chrome[@]}" --virtual-time-budget=10000 --dump-dom "$url#export-all" >"$tmp/patterns-dom.html" \
+  2>"$tmp/patterns-dom.log" || status=$?
+if [ $status -ne 0 ] || [ ! -s "$tmp/patterns-dom.html" ]; then
+  echo "FAIL: chromium --dump-dom on patterns.html exited $status"
+  tail -20 "$tmp/patterns-dom.log"
+  exit 1
+fi
+if grep -hE ':CONSOLE|Uncaught' "$tmp/patterns-dom.log"; then
+  echo "FAIL: patterns.html wrote to the browser console (lines above)"
+  failed=1
+fi
+echo "patterns.html, rendered DOM:"
+maps=()
+for layer in 0 1; do
+  for head in 0 1 2 3; do maps+=("L$layer-H$head=7x7"); done
+done
+python3 "$src/tests/browser/check_dom.py" "$tmp/patterns-dom.html" --patterns --tokens 7 "${maps[@]}" || failed=1
+[ $failed -eq 0 ] && echo "ok: patterns.html renders without console messages"
 exit $failed

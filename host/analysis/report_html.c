@@ -26,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "analysis/svg_heatmap.h"
 #include "util/internal.h"
 #include "model/model.h"
 #include "formats/npy.h"
@@ -46,64 +47,7 @@ enum {
 
 /* ---- text ----------------------------------------------------------------- */
 
-typedef enum escape_mode {
-    ESCAPE_TEXT, /* keeps newlines and tabs (for <pre> and pre-wrap) */
-    ESCAPE_LABEL /* shows whitespace: space "·", newline "↵", tab "⇥", CR "\r" */
-} escape_mode;
-
-/* Writes s HTML-escaped (&, <, >, both quotes), so it is safe in text and in
- * attribute values. Invalid UTF-8 and control bytes become a visible "\xNN".
- * max_chars > 0 cuts after that many characters with "…". */
-static void put_escaped(FILE *f, const char *text, escape_mode mode, int max_chars) {
-    if (!text)
-        return;
-    const unsigned char *s = (const unsigned char *)text;
-    size_t n = strlen(text);
-    int chars = 0;
-    for (size_t i = 0; i < n;) {
-        if (max_chars > 0 && chars == max_chars) {
-            fputs("…", f);
-            return;
-        }
-        unsigned c = s[i];
-        int len = (int)pb_utf8_length(s + i, n - i);
-        chars++;
-        if (len > 1) {
-            fwrite(s + i, 1, (size_t)len, f);
-            i += (size_t)len;
-            continue;
-        }
-        i++;
-        if (len == 0) {
-            fprintf(f, "\\x%02X", c);
-            continue;
-        }
-        switch (c) {
-        case '&': fputs("&amp;", f); continue;
-        case '<': fputs("&lt;", f); continue;
-        case '>': fputs("&gt;", f); continue;
-        case '"': fputs("&quot;", f); continue;
-        case '\'': fputs("&#39;", f); continue;
-        default: break;
-        }
-        if (mode == ESCAPE_LABEL) {
-            const char *shown = c == ' ' ? "·" : c == '\n' ? "↵" : c == '\t' ? "⇥" : c == '\r' ? "\\r" : NULL;
-            if (shown) {
-                fputs(shown, f);
-                continue;
-            }
-        } else if (c == '\n' || c == '\t') {
-            fputc((int)c, f);
-            continue;
-        }
-        if (c < 0x20 || c == 0x7F)
-            fprintf(f, "\\x%02X", c);
-        else
-            fputc((int)c, f);
-    }
-}
-
-static void put_text(FILE *f, const char *s) { put_escaped(f, s, ESCAPE_TEXT, 0); }
+static void put_text(FILE *f, const char *s) { pb_html_put_escaped(f, s, PB_HTML_TEXT, 0); }
 
 /* Effects and baselines: 4 decimals, "n/a" for NaN. */
 static const char *format_number(double x, char *buf, size_t size) {
@@ -126,28 +70,6 @@ static void put_duration(FILE *f, double seconds) {
 }
 
 /* ---- colours -------------------------------------------------------------- */
-
-/* Diverging scale: blue (negative), white (0), red (positive); stops at |t| = 0, 0.5, 1. */
-static const unsigned char scale_red[3][3] = {{255, 255, 255}, {244, 165, 130}, {178, 24, 43}};
-static const unsigned char scale_blue[3][3] = {{255, 255, 255}, {146, 197, 222}, {33, 102, 172}};
-static const char *const nan_colour = "#c8c8c8";
-
-static void effect_colour(double value, double range, char out[8]) {
-    if (isnan(value)) {
-        snprintf(out, 8, "%s", nan_colour);
-        return;
-    }
-    double t = value / range;
-    t = t > 1 ? 1 : t < -1 ? -1 : t;
-    const unsigned char(*stops)[3] = t >= 0 ? scale_red : scale_blue;
-    double a = fabs(t) * 2;
-    int k = a >= 1 ? 1 : 0;
-    double u = a - k;
-    int rgb[3];
-    for (int i = 0; i < 3; i++)
-        rgb[i] = (int)lround(stops[k][i] + (stops[k + 1][i] - stops[k][i]) * u);
-    snprintf(out, 8, "#%02x%02x%02x", rgb[0] & 255, rgb[1] & 255, rgb[2] & 255);
-}
 
 /* ---- the sites of each component, by (layer, head, position or group) ---- */
 
@@ -434,7 +356,7 @@ static void put_key_text(FILE *f, const pb_sweep_view *v, const component_sites 
         fprintf(f, "pos %d", p);
         if (token) {
             fputs(" “", f);
-            put_escaped(f, token, ESCAPE_LABEL, LABEL_MAX_CHARS);
+            pb_html_put_escaped(f, token, PB_HTML_LABEL, LABEL_MAX_CHARS);
             fputs("”", f);
         }
     } else if (variant == VARIANT_ALL) {
@@ -476,7 +398,7 @@ static void put_legend(FILE *f, const layout *L, const char *id, double range) {
     static const double offsets[5] = {0, 0.25, 0.5, 0.75, 1};
     for (int i = 0; i < 5; i++) {
         char colour[8];
-        effect_colour(range * (1 - 2 * offsets[i]), range, colour);
+        pb_colour_diverging(range * (1 - 2 * offsets[i]), range, colour);
         fprintf(f, "<stop offset=\"%g\" stop-color=\"%s\"/>", offsets[i], colour);
     }
     fputs("</linearGradient></defs>\n", f);
@@ -491,7 +413,7 @@ static void put_legend(FILE *f, const layout *L, const char *id, double range) {
     snprintf(buf, sizeof buf, "%+.3g", -range);
     fprintf(f, "<text x=\"%d\" y=\"%d\" class=\"tick scale-min\">%s</text>", x + 19, y + bar_h + 4, buf);
     fprintf(f, "<rect x=\"%d\" y=\"%d\" width=\"14\" height=\"10\" fill=\"%s\" stroke=\"#888\" stroke-width=\"0.5\"/>",
-            x, y + bar_h + 14, nan_colour);
+            x, y + bar_h + 14, pb_colour_nan);
     fprintf(f, "<text x=\"%d\" y=\"%d\" class=\"tick\">n/a</text></g>\n", x + 19, y + bar_h + 23);
 }
 
@@ -532,7 +454,7 @@ static void put_cells(FILE *f, const pb_sweep_view *v, const labels *l, const la
         for (int col = 0; col < cols; col++) {
             cell_value cv = cell_at(v, m, layer, col);
             int x = L->left + col * L->cell_w, y = L->top + layer * L->cell_h;
-            effect_colour(cv.effect, m->range, colour);
+            pb_colour_diverging(cv.effect, m->range, colour);
             fprintf(f, "<rect class=\"cell\" x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" fill=\"%s\"%s><title>", x, y,
                     L->cell_w, L->cell_h, colour, isnan(cv.effect) ? " data-nan=\"1\"" : "");
             fprintf(f, "blocks.%d.%s ", layer, hook);
@@ -556,11 +478,11 @@ static void put_token_label(FILE *f, const labels *l, int p, int cx, int top) {
     fprintf(f, "<text class=\"col-label token%s\" transform=\"translate(%d,%d) rotate(-55)\">",
             differs ? " differs" : "", cx + 3, top - 6);
     fprintf(f, "<title>position %d: ", p);
-    put_escaped(f, token, ESCAPE_LABEL, 0);
+    pb_html_put_escaped(f, token, PB_HTML_LABEL, 0);
     if (differs)
         fprintf(f, " (the %s prompt has another token here)", l->other);
     fputs("</title>", f);
-    put_escaped(f, token ? token : "", ESCAPE_LABEL, LABEL_MAX_CHARS);
+    pb_html_put_escaped(f, token ? token : "", PB_HTML_LABEL, LABEL_MAX_CHARS);
     fputs("</text>", f);
 }
 
@@ -630,11 +552,10 @@ static void put_caption(FILE *f, const pb_sweep_view *v, const labels *l, const 
         }
     }
     fprintf(f, " Scale ±%.3g: the largest |effect| of %s.</p>", m->range, name);
-    fprintf(f,
-            "<p class=\"export\">download <a class=\"export-svg\" data-for=\"heatmap-%s\" download=\"%s.svg\" "
-            "href=\"#heatmap-%s\">SVG</a> · <a class=\"export-png\" data-for=\"heatmap-%s\" download=\"%s.png\" "
-            "href=\"#heatmap-%s\">PNG</a></p></figcaption>\n",
-            m->id, m->id, m->id, m->id, m->id, m->id);
+    char svg_id[80];
+    snprintf(svg_id, sizeof svg_id, "heatmap-%s", m->id);
+    pb_svg_put_export_links(f, svg_id, m->id);
+    fputs("</figcaption>\n", f);
 }
 
 /* One <figure>: caption with its export links, the SVG, a line for the hovered cell. */
@@ -735,80 +656,6 @@ static const char *const page_style =
     ".label{font-size:12px;color:#666;margin-top:6px}\n"
     ".prose{white-space:pre-wrap}\n"
     "footer{color:#888;font-size:12px;margin-top:30px}\n";
-
-/* The heatmaps' own styles, in the page and copied into every exported SVG
- * so that a downloaded figure looks as it does here. */
-static const char *const svg_style =
-    "svg.heatmap{display:block;font-family:'DejaVu Sans',sans-serif}\n"
-    "svg .row-label,svg .col-label{font-size:11px;fill:#333}svg .token{font-family:'DejaVu Sans Mono',monospace}\n"
-    "svg .token.differs{font-weight:700;fill:#b35806}\n"
-    "svg .axis-title{font-size:12px;fill:#555;font-weight:600}svg .tick{font-size:11px;fill:#333}\n"
-    "svg .value{font-size:10px;fill:#222;pointer-events:none}svg .value.light{fill:#fff}\n"
-    "svg rect.cell{stroke:#e4e4e4;stroke-width:1}svg rect.cell:hover{stroke:#111;stroke-width:2}\n";
-
-/* Optional, and self-contained: the hovered cell's tooltip in a line under
- * its figure; each "SVG" link gets the figure as a standalone SVG (styles
- * copied in), each "PNG" link renders it on a canvas at twice its size when
- * clicked. With #export-all in the address every PNG is rendered at once
- * (for the browser test), and body data-png counts them. */
-static const char *const page_script =
-    "(function () {\n"
-    "  var css = document.getElementById('svg-style').textContent;\n"
-    "  function standalone(svg) {\n"
-    "    var copy = svg.cloneNode(true);\n"
-    "    var style = document.createElementNS(svg.namespaceURI, 'style');\n"
-    "    style.textContent = css;\n"
-    "    copy.insertBefore(style, copy.firstChild);\n"
-    "    return new XMLSerializer().serializeToString(copy);\n"
-    "  }\n"
-    "  function svgUrl(svg) {\n"
-    "    return 'data:image/svg+xml;charset=utf-8,' + encodeURIComponent(standalone(svg));\n"
-    "  }\n"
-    "  function renderPng(link, done) {\n"
-    "    var svg = document.getElementById(link.getAttribute('data-for'));\n"
-    "    var w = +svg.getAttribute('width') * 2, h = +svg.getAttribute('height') * 2, image = new Image();\n"
-    "    image.onload = function () {\n"
-    "      var canvas = document.createElement('canvas');\n"
-    "      canvas.width = w;\n"
-    "      canvas.height = h;\n"
-    "      var context = canvas.getContext('2d');\n"
-    "      context.fillStyle = '#fff';\n"
-    "      context.fillRect(0, 0, w, h);\n"
-    "      context.drawImage(image, 0, 0, w, h);\n"
-    "      link.href = canvas.toDataURL('image/png');\n"
-    "      link.setAttribute('data-ready', '1');\n"
-    "      done();\n"
-    "    };\n"
-    "    image.src = svgUrl(svg);\n"
-    "  }\n"
-    "  document.querySelectorAll('a.export-svg').forEach(function (link) {\n"
-    "    link.href = svgUrl(document.getElementById(link.getAttribute('data-for')));\n"
-    "  });\n"
-    "  var pngs = document.querySelectorAll('a.export-png');\n"
-    "  pngs.forEach(function (link) {\n"
-    "    link.addEventListener('click', function (event) {\n"
-    "      if (link.getAttribute('data-ready')) return;\n"
-    "      event.preventDefault();\n"
-    "      renderPng(link, function () { link.click(); });\n"
-    "    });\n"
-    "  });\n"
-    "  if (location.hash === '#export-all') {\n"
-    "    var left = pngs.length;\n"
-    "    pngs.forEach(function (link) {\n"
-    "      renderPng(link, function () {\n"
-    "        if (--left === 0) document.body.setAttribute('data-png', String(pngs.length));\n"
-    "      });\n"
-    "    });\n"
-    "  }\n"
-    "  document.addEventListener('mouseover', function (event) {\n"
-    "    var target = event.target;\n"
-    "    if (!target.classList || !target.classList.contains('cell')) return;\n"
-    "    var figure = target.closest('figure'), title = target.querySelector('title');\n"
-    "    var info = figure && figure.querySelector('.cell-info');\n"
-    "    if (info && title) info.textContent = title.textContent;\n"
-    "  });\n"
-    "  document.body.setAttribute('data-script', 'ok'); /* for tests: the script ran to its end */\n"
-    "})();\n";
 
 static void put_card(FILE *f, const char *key, const char *value) {
     fputs("<div class=\"card\"><div class=\"k\">", f);
@@ -937,7 +784,7 @@ static void put_top_sites(FILE *f, const pb_sweep_view *v, const component_sites
         const pb_site_result *r = &site->r;
         pb_sweep_format_position(site, position, sizeof position);
         double range = component_max_abs(v, &cs[r->component], variant_of(site));
-        effect_colour(r->effect, range > 0 ? range : 1, colour);
+        pb_colour_diverging(r->effect, range > 0 ? range : 1, colour);
         fprintf(f, "<tr><td class=\"num\">%lld</td><td><code>blocks.%d.%s</code></td><td class=\"num\">",
                 (long long)(i + 1), r->layer, pb_component_hook(r->component));
         if (r->head >= 0)
@@ -946,7 +793,7 @@ static void put_top_sites(FILE *f, const pb_sweep_view *v, const component_sites
             fputs("–", f);
         fprintf(f, "</td><td class=\"num\">%s</td><td><code>", position);
         if (r->position != INT32_MIN)
-            put_escaped(f, label_at(l, r->position), ESCAPE_LABEL, 24);
+            pb_html_put_escaped(f, label_at(l, r->position), PB_HTML_LABEL, 24);
         fprintf(f, "</code></td><td class=\"num\"><span class=\"swatch\" style=\"background:%s\"></span>%s ± %s</td>",
                 colour, format_number(r->effect, e, sizeof e), format_number(r->standard_error, se, sizeof se));
         fprintf(f, "<td>%s</td></tr>\n", r->significant ? "<span class=\"sig\">✓ significant</span>" : "");
@@ -1060,7 +907,7 @@ static void put_prompt(FILE *f, const pb_sweep_view *v, int pair, int source) {
                 : noised ? " · noised"
                          : "");
         if (pb_model_token_text(v->model, ids[i], buf, sizeof buf) == PB_OK)
-            put_escaped(f, buf, ESCAPE_LABEL, 24);
+            pb_html_put_escaped(f, buf, PB_HTML_LABEL, 24);
         fprintf(f, "<sub>%d</sub></span>", i);
     }
     fputs("</div></div>\n", f);
@@ -1146,7 +993,7 @@ static void put_page(FILE *f, const pb_sweep_view *v, const component_sites *cs,
         put_text(f, base);
     }
     fprintf(f, "</title>\n<style>\n%s</style>\n<style id=\"svg-style\">\n%s</style>\n</head>\n<body>\n<main>\n<h1>",
-            page_style, svg_style);
+            page_style, pb_svg_heatmap_style);
     if (extras && extras->title)
         put_text(f, extras->title);
     else {
@@ -1189,7 +1036,7 @@ static void put_page(FILE *f, const pb_sweep_view *v, const component_sites *cs,
     fputs("<footer>Written by patchbay. Every number here is also in results.json (docs/patching.md defines "
           "them).</footer>\n</main>\n",
           f);
-    fprintf(f, "<script>\n%s</script>\n</body>\n</html>\n", page_script);
+    fprintf(f, "<script>\n%s</script>\n</body>\n</html>\n", pb_svg_page_script);
 }
 
 pb_status pb_report_html_write(const pb_sweep *sweep, const char *path, const pb_report_extras *extras) {

@@ -33,6 +33,7 @@ typedef struct options {
     pb_cli_prompt prompt; /* forward, tokenize; --chat-template also sweep */
     const char *hooks;
     const char *out;
+    int html; /* forward: patterns.html */
     int overwrite;
     const char *spec;       /* sweep */
     size_t max_memory;      /* sweep; 0 = the library default */
@@ -81,6 +82,12 @@ static void main_table(options *o, pb_cli_tables *t) {
          .value = "PATTERN",
          .help = "hook points to write, comma-separated globs over TransformerLens names, e.g. "
                  "'blocks.*.hook_resid_pre,blocks.3.attn.hook_pattern'",
+         .commands = "forward"},
+        {.flag = "--html",
+         .kind = PB_OPT_FLAG,
+         .target = &o->html,
+         .help = "also write DIR/patterns.html: each captured attn.hook_pattern as query x key heatmaps, one per "
+                 "head, labelled with the prompt's tokens",
          .commands = "forward"},
         {.flag = "--pieces",
          .kind = PB_OPT_FLAG,
@@ -191,7 +198,9 @@ static int cmd_tokenize(const options *o) {
 /* Writes one .npy per captured hook point and logits.npy (renamed into
  * place last) into --out as one set: all of them, or (a write failed: a
  * full disk) none and no folder this run made. 0, or the exit status. */
-static int forward_write(const options *o, const float *logits, int T, int vocab, const pb_capture *cap) {
+static int forward_write(const options *o, const pb_model *m, const int32_t *ids, int T, const float *logits,
+                         const pb_capture *cap) {
+    int vocab = pb_model_get_config(m)->vocab_size;
     pb_file_set set;
     if (pb_file_set_begin(&set, o->out) != PB_OK) {
         pb_file_set_discard(&set);
@@ -215,14 +224,18 @@ static int forward_write(const options *o, const float *logits, int T, int vocab
         st = pb_file_set_pending(&set, "logits.npy", path, sizeof path);
     if (st == PB_OK)
         st = pb_npy_write(path, logits, PB_NPY_F32, 2, shape);
+    if (st == PB_OK && o->html)
+        st = pb_file_set_pending(&set, "patterns.html", path, sizeof path);
+    if (st == PB_OK && o->html)
+        st = pb_patterns_html_write(m, cap, ids, T, path);
     if (st != PB_OK) {
         pb_file_set_discard(&set);
         return fail("writing the outputs (none of this run's was kept)");
     }
     if (pb_file_set_commit(&set) != PB_OK)
         return fail("writing the outputs");
-    fprintf(stderr, "patchbay: wrote logits (%d x %d) and %d hook points to %s\n", T, vocab, pb_capture_count(cap),
-            o->out);
+    fprintf(stderr, "patchbay: wrote logits (%d x %d) and %d hook points%s to %s\n", T, vocab, pb_capture_count(cap),
+            o->html ? ", and patterns.html" : "", o->out);
     return 0;
 }
 
@@ -255,10 +268,14 @@ static int cmd_forward(const options *o) {
     } else if (o->hooks && pb_capture_create(&cap, m, o->hooks) != PB_OK) {
         fail("--hooks");
         rc = 2;
+    } else if (o->html && pb_capture_pattern_count(cap) == 0) {
+        fprintf(stderr, "patchbay forward: --html draws attention patterns: --hooks must capture at least one "
+                        "blocks.L.attn.hook_pattern (e.g. 'blocks.*.attn.hook_pattern')\n");
+        rc = 2;
     } else if (pb_forward(m, ids, T, logits, cap) != PB_OK) {
         fail("forward failed");
     } else {
-        rc = forward_write(o, logits, T, c->vocab_size, cap);
+        rc = forward_write(o, m, ids, T, logits, cap);
     }
     pb_capture_free(cap);
     free(logits);
@@ -854,13 +871,14 @@ typedef struct command {
 
 static const command commands[] = {
     {"forward", "one forward pass: logits and any hook points as .npy",
-     "(--text TEXT [--chat] | --ids 1,2,3 | --ids-file F) [--hooks PATTERN] --out DIR",
+     "(--text TEXT [--chat] | --ids 1,2,3 | --ids-file F) [--hooks PATTERN] [--html] --out DIR",
      "Writes DIR/logits.npy (T x vocab, float32) and one HOOK.npy per captured hook point: (T, d_model)\n"
      "for residual-width hooks, (T, heads, head_dim) for attn.hook_q/k/v/z, (n_heads, T, T) for\n"
      "attn.hook_attn_scores (scaled, causal mask -inf) and attn.hook_pattern (softmax). --text is\n"
-     "tokenized as it is unless --chat; stderr says whether a chat template and BOS were applied.\n",
+     "tokenized as it is unless --chat; stderr says whether a chat template and BOS were applied.\n"
+     "--html adds DIR/patterns.html: every captured attn.hook_pattern as one heatmap per head.\n",
      "patchbay forward --model " SMOLLM2 " --text 'The Eiffel Tower is in the city of' \\\n"
-     "    --hooks 'blocks.*.hook_resid_post,blocks.3.attn.hook_pattern' --out /tmp/fwd",
+     "    --hooks 'blocks.*.hook_resid_post,blocks.3.attn.hook_pattern' --html --out /tmp/fwd",
      run_forward, main_options_help},
     {"sweep", "activation-patching sweep over components, layers, heads and positions",
      "--spec SPEC.json --out DIR [--no-chat] [--max-memory SIZE] [--checkpoint FILE] [--resume]",

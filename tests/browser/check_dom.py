@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Checks the DOM of report.html as headless Chromium rendered it (--dump-dom).
 
-usage: check_dom.py DOM.html [--tokens N] NAME=ROWSxCOLS ...
+usage: check_dom.py DOM.html [--patterns] [--tokens N] NAME=ROWSxCOLS ...
 
 Every <svg class="heatmap"> must hold exactly data-rows x data-cols
 <rect class="cell"> elements, each with a <title> naming a hook
@@ -14,7 +14,12 @@ Scales: each heatmap's legend ends at ±its own data-range (the largest
 (<span class="tok">) in all. Exports (the page opened with #export-all):
 each heatmap's SVG link holds a standalone SVG (its style inside, the same
 cells) and its PNG link a PNG of twice the SVG's size; body data-png
-counts every PNG. Prints what it checked; exits 1 on any failure."""
+counts every PNG. Prints what it checked; exits 1 on any failure.
+
+--patterns: the page is patterns.html (forward --html): the heatmaps are
+<svg id="pattern-NAME">, each holding only the cells on and below its
+diagonal (rows (rows + 1) / 2 of them), its legend ending at 1, and the
+tokens are those of section#prompt."""
 import base64
 import struct
 import sys
@@ -53,7 +58,7 @@ class Dom(HTMLParser):
             self.body_script = a.get("data-script")
             self.body_png = a.get("data-png")
         if tag == "section":
-            self.in_prompts = a.get("id") == "prompts"
+            self.in_prompts = a.get("id") in ("prompts", "prompt")
         if tag == "span" and self.in_prompts and "tok" in classes:
             self.tokens += 1
         if tag == "style" and self.current is not None:
@@ -61,7 +66,7 @@ class Dom(HTMLParser):
         if tag == "svg" and "heatmap" in classes:
             hid = a.get("id", "")
             self.current = {"rows": int(a["data-rows"]), "cols": int(a["data-cols"]), "cells": 0, "titles": [],
-                            "range": float(a["data-range"]), "width": int(a["width"]),
+                            "range": float(a.get("data-range", "1")), "width": int(a["width"]),
                             "height": int(a["height"]), "scale_max": ""}
             self.heatmaps[hid] = self.current
         elif tag == "rect" and self.current is not None and classes == ["cell"]:
@@ -128,27 +133,32 @@ def main():
     expected = {}
     args = sys.argv[2:]
     want_tokens = None
+    patterns = args[:1] == ["--patterns"]
+    if patterns:
+        args = args[1:]
     if args[:1] == ["--tokens"]:
         want_tokens = int(args[1])
         args = args[2:]
     for arg in args:
         name, size = arg.split("=")
         rows, cols = size.split("x")
-        expected["heatmap-" + name] = (int(rows), int(cols))
+        expected[("pattern-" if patterns else "heatmap-") + name] = (int(rows), int(cols))
     failures = []
     if sorted(dom.heatmaps) != sorted(expected):
         failures.append(f"heatmaps {sorted(dom.heatmaps)}, expected {sorted(expected)}")
     for hid, h in sorted(dom.heatmaps.items()):
         want = expected.get(hid)
         line = f"{hid}: data-rows {h['rows']} data-cols {h['cols']}, {h['cells']} cells"
-        if h["cells"] != h["rows"] * h["cols"]:
+        if patterns and h["cells"] != h["rows"] * (h["rows"] + 1) // 2:
+            failures.append(line + " (cells != rows (rows + 1) / 2: not the lower triangle)")
+        elif not patterns and h["cells"] != h["rows"] * h["cols"]:
             failures.append(line + " (cells != rows x cols)")
         if want and (h["rows"], h["cols"]) != want:
             failures.append(line + f" (expected {want[0]} x {want[1]})")
         untitled = [t for t in h["titles"] if not t.startswith("blocks.")]
         if len(h["titles"]) != h["cells"] or untitled:
             failures.append(f"{hid}: {len(h['titles'])} tooltips for {h['cells']} cells, bad: {untitled[:3]}")
-        scale = "%+.3g" % (h["range"] if h["range"] > 0 else 1)
+        scale = "1" if patterns else "%+.3g" % (h["range"] if h["range"] > 0 else 1)
         if h["scale_max"] != scale:
             failures.append(f"{hid}: legend ends at {h['scale_max']!r}, its data-range {h['range']} says {scale!r}")
         print(f"  {line}, scale ±{h['range']:.4g}")
