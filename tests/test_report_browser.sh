@@ -48,15 +48,21 @@ trap 'rm -rf "$tmp"' EXIT
 # A fresh profile per run; no sandbox because CI runs as root.
 chrome=(chromium --headless=new --no-sandbox --disable-gpu --no-first-run --no-default-browser-check
         --user-data-dir="$tmp/profile" --enable-logging=stderr --v=0)
+# dump_dom PAGE OUT: the DOM of PAGE (its #export-all run) into OUT, the
+# browser's log into OUT.log; exits the test when chromium fails.
+dump_dom() {
+  local rc=0
+  timeout "$limit" "${chrome[@]}" --virtual-time-budget=10000 --dump-dom "file://$1#export-all" >"$2" \
+    2>"$2.log" || rc=$?
+  if [ $rc -ne 0 ] || [ ! -s "$2" ]; then
+    echo "FAIL: chromium --dump-dom on $1 exited $rc"
+    tail -20 "$2.log"
+    exit 1
+  fi
+}
 url="file://$tmp/report.html"
 status=0
-timeout "$limit" "${chrome[@]}" --virtual-time-budget=10000 --dump-dom "$url#export-all" >"$tmp/dom.html" \
-  2>"$tmp/dom.log" || status=$?
-if [ $status -ne 0 ] || [ ! -s "$tmp/dom.html" ]; then
-  echo "FAIL: chromium --dump-dom exited $status"
-  tail -20 "$tmp/dom.log"
-  exit 1
-fi
+dump_dom "$tmp/report.html" "$tmp/dom.html"
 timeout "$limit" "${chrome[@]}" --hide-scrollbars --window-size=1400,2600 --screenshot="$tmp/report.png" "$url" \
   >/dev/null 2>"$tmp/shot.log" || status=$?
 if [ $status -ne 0 ] || [ ! -s "$tmp/report.png" ]; then
@@ -66,7 +72,7 @@ if [ $status -ne 0 ] || [ ! -s "$tmp/report.png" ]; then
 fi
 
 failed=0
-if grep -hE ':CONSOLE|Uncaught' "$tmp/dom.log" "$tmp/shot.log"; then
+if grep -hE ':CONSOLE|Uncaught' "$tmp/dom.html.log" "$tmp/shot.log"; then
   echo "FAIL: the page wrote to the browser console (lines above)"
   failed=1
 fi
@@ -80,15 +86,8 @@ cp "$tmp/report.png" "$build/report-screenshot.png"
 echo "screenshot: $build/report-screenshot.png ($(wc -c <"$tmp/report.png") bytes)"
 [ $failed -eq 0 ] && echo "ok: report.html renders without console messages"
 
-url="file://$tmp/patterns.html"
-timeout "$limit" "${chrome[@]}" --virtual-time-budget=10000 --dump-dom "$url#export-all" >"$tmp/patterns-dom.html" \
-  2>"$tmp/patterns-dom.log" || status=$?
-if [ $status -ne 0 ] || [ ! -s "$tmp/patterns-dom.html" ]; then
-  echo "FAIL: chromium --dump-dom on patterns.html exited $status"
-  tail -20 "$tmp/patterns-dom.log"
-  exit 1
-fi
-if grep -hE ':CONSOLE|Uncaught' "$tmp/patterns-dom.log"; then
+dump_dom "$tmp/patterns.html" "$tmp/patterns-dom.html"
+if grep -hE ':CONSOLE|Uncaught' "$tmp/patterns-dom.html.log"; then
   echo "FAIL: patterns.html wrote to the browser console (lines above)"
   failed=1
 fi
