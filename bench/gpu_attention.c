@@ -156,12 +156,12 @@ static double run_shape(const args *a, const shape *sh, const char *kernel, floa
         jobs[j].k_new = k + new_at * kvd;
         jobs[j].v_new = v + new_at * kvd;
     }
-    if (b->ops->attention_jobs(b, out, q, jobs, sh->n_jobs, a->heads, a->kv_heads, a->head_dim) != PB_OK ||
+    if (b->ops->attention_jobs(b, out, q, jobs, sh->n_jobs, a->heads, a->kv_heads, a->head_dim, NULL) != PB_OK ||
         b->ops->synchronize(b) != PB_OK)
         goto fail;
     const double t0 = pb_now_seconds();
     for (int r = 0; r < a->repeats; r++)
-        if (b->ops->attention_jobs(b, out, q, jobs, sh->n_jobs, a->heads, a->kv_heads, a->head_dim) != PB_OK)
+        if (b->ops->attention_jobs(b, out, q, jobs, sh->n_jobs, a->heads, a->kv_heads, a->head_dim, NULL) != PB_OK)
             goto fail;
     if (b->ops->synchronize(b) != PB_OK)
         goto fail;

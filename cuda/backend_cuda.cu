@@ -201,9 +201,21 @@ static int pb_cuda_dtype_ok(pb_dtype dtype) {
     return dtype == PB_DTYPE_F32 || dtype == PB_DTYPE_BF16 || dtype == PB_DTYPE_F16;
 }
 
+/* Until the kernels for the architectures beyond Llama land: a clear
+ * refusal instead of a silently different forward. */
+static pb_status pb_cuda_not_yet(const char *what) {
+    return pb_fail(PB_ERR_UNSUPPORTED, "cuda backend: %s is not implemented on the GPU yet", what);
+}
+
+static int pb_cuda_plain_attention(const pb_attention_params *params, int head_dim) {
+    return !params || (params->softcap <= 0.0f && params->window <= 0 && params->scale == 1.0f / sqrtf((float)head_dim));
+}
+
 static pb_status pb_cuda_embed(pb_backend *backend, float *out, const void *table, pb_dtype table_dtype,
-                               const int32_t *ids, int T, int d) {
+                               const int32_t *ids, int T, int d, float scale) {
     pb_cuda_backend *self = pb_cuda_self(backend);
+    if (scale != 1.0f)
+        return pb_cuda_not_yet("a scaled embedding");
     size_t n = 0;
     PB_TRY(pb_cuda_count(&n, "embed", T, d, 1));
     if (n == 0)
@@ -330,8 +342,11 @@ static pb_status pb_cuda_rope(pb_backend *backend, float *x, const int32_t *posi
 }
 
 static pb_status pb_cuda_attention(pb_backend *backend, float *out, const float *q, const float *k, const float *v,
-                                   int T, int T_kv, int q_start, int n_heads, int n_kv_heads, int head_dim) {
+                                   int T, int T_kv, int q_start, int n_heads, int n_kv_heads, int head_dim,
+                                   const pb_attention_params *params) {
     pb_cuda_backend *self = pb_cuda_self(backend);
+    if (!pb_cuda_plain_attention(params, head_dim))
+        return pb_cuda_not_yet("attention with a query scale, softcap or sliding window");
     size_t q_count = 0, kv_count = 0;
     PB_TRY(pb_cuda_count(&q_count, "attention", T, n_heads, head_dim));
     PB_TRY(pb_cuda_count(&kv_count, "attention", T_kv, n_kv_heads, head_dim));
@@ -371,8 +386,11 @@ static pb_status pb_cuda_attention_job_buffers(pb_cuda_backend *self, size_t n) 
  * PER_LAUNCH jobs per launch (kernels.cuh): no upload, no synchronisation,
  * and the caller's `jobs` is free at return. */
 static pb_status pb_cuda_attention_jobs(pb_backend *backend, float *out, const float *q, const pb_attention_job *jobs,
-                                        int n_jobs, int n_heads, int n_kv_heads, int head_dim) {
+                                        int n_jobs, int n_heads, int n_kv_heads, int head_dim,
+                                        const pb_attention_params *params) {
     pb_cuda_backend *self = pb_cuda_self(backend);
+    if (!pb_cuda_plain_attention(params, head_dim))
+        return pb_cuda_not_yet("attention with a query scale, softcap or sliding window");
     PB_CUDA_REQUIRE(n_jobs >= 0, "attention_jobs");
     PB_CUDA_REQUIRE(n_heads > 0 && n_kv_heads > 0 && head_dim > 0, "attention_jobs");
     PB_CUDA_REQUIRE(n_heads % n_kv_heads == 0, "attention_jobs");
@@ -491,15 +509,21 @@ static pb_status pb_cuda_copy_rows(pb_backend *backend, float *dst, size_t dst_s
     return PB_OK;
 }
 
-static pb_status pb_cuda_swiglu(pb_backend *backend, float *out, const float *gate, const float *up, size_t rows,
-                                size_t width, size_t stride) {
+static pb_status pb_cuda_glu(pb_backend *backend, float *out, const float *gate, const float *up, size_t rows,
+                             size_t width, size_t stride, pb_activation act) {
     pb_cuda_backend *self = pb_cuda_self(backend);
+    if (act != PB_ACTIVATION_SILU)
+        return pb_cuda_not_yet("the GELU-tanh gated MLP");
     if (rows == 0 || width == 0)
         return PB_OK;
     PB_CUDA_REQUIRE(out != NULL && gate != NULL && up != NULL && stride >= width, "swiglu");
     PB_TRY(pb_cuda_enter(self));
     PB_CUDA_LAUNCHED(self, "swiglu", pb_cuda_launch_swiglu(self->stream, out, gate, up, rows, width, stride));
     return PB_OK;
+}
+
+static pb_status pb_cuda_softcap(pb_backend *backend, float *x, size_t n, float cap) {
+    return n == 0 ? PB_OK : pb_cuda_not_yet("softcapping");
 }
 
 static pb_status pb_cuda_add(pb_backend *backend, float *out, const float *a, const float *b, size_t n) {
@@ -528,7 +552,8 @@ static const pb_backend_ops pb_cuda_ops = {
     pb_cuda_matmul,
     pb_cuda_rope,
     pb_cuda_attention,
-    pb_cuda_swiglu,
+    pb_cuda_glu,
+    pb_cuda_softcap,
     pb_cuda_add,
     pb_cuda_attention_jobs,
     pb_cuda_memory_info,

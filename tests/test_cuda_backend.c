@@ -187,8 +187,8 @@ static void test_embed(void **state) {
     twin table = twin_floats(table_host, (size_t)vocab * d);
     twin ids = twin_ints(ids_host, (size_t)T);
     twin out = twin_floats(NULL, (size_t)T * d);
-    CHECK_OK(g_ref->ops->embed(g_ref, out.ref, table.ref, PB_DTYPE_F32, ids.ref, T, d));
-    CHECK_OK(g_cuda->ops->embed(g_cuda, out.cuda, table.cuda, PB_DTYPE_F32, ids.cuda, T, d));
+    CHECK_OK(g_ref->ops->embed(g_ref, out.ref, table.ref, PB_DTYPE_F32, ids.ref, T, d, 1.0f));
+    CHECK_OK(g_cuda->ops->embed(g_cuda, out.cuda, table.cuda, PB_DTYPE_F32, ids.cuda, T, d, 1.0f));
     twin_compare(&out, 0.0, "embed vocab=11 T=13 d=67 (exact)");
     twin_free(&table);
     twin_free(&ids);
@@ -317,9 +317,9 @@ static void run_attention_nan(int T, int T_kv, int q_start, int n_heads, int n_k
     twin v = twin_floats(v_host, kv_count);
     twin out = twin_floats(NULL, q_count);
     CHECK_OK(
-        g_ref->ops->attention(g_ref, out.ref, q.ref, k.ref, v.ref, T, T_kv, q_start, n_heads, n_kv_heads, head_dim));
+        g_ref->ops->attention(g_ref, out.ref, q.ref, k.ref, v.ref, T, T_kv, q_start, n_heads, n_kv_heads, head_dim, NULL));
     CHECK_OK(g_cuda->ops->attention(g_cuda, out.cuda, q.cuda, k.cuda, v.cuda, T, T_kv, q_start, n_heads, n_kv_heads,
-                                    head_dim));
+                                    head_dim, NULL));
     twin_compare(&out, PB_TOL_CUDA_OP_NMSE, what);
     twin_free(&q);
     twin_free(&k);
@@ -355,8 +355,8 @@ static void test_swiglu(void **state) {
     twin gate = twin_floats(gate_host, n);
     twin up = twin_floats(up_host, n);
     twin out = twin_floats(NULL, n);
-    CHECK_OK(g_ref->ops->swiglu(g_ref, out.ref, gate.ref, up.ref, 7, 143, 143));
-    CHECK_OK(g_cuda->ops->swiglu(g_cuda, out.cuda, gate.cuda, up.cuda, 7, 143, 143));
+    CHECK_OK(g_ref->ops->glu(g_ref, out.ref, gate.ref, up.ref, 7, 143, 143, PB_ACTIVATION_SILU));
+    CHECK_OK(g_cuda->ops->glu(g_cuda, out.cuda, gate.cuda, up.cuda, 7, 143, 143, PB_ACTIVATION_SILU));
     twin_compare(&out, PB_TOL_CUDA_ELEMENTWISE_NMSE, "swiglu n=1001");
     twin_free(&gate);
     twin_free(&up);
@@ -367,8 +367,8 @@ static void test_swiglu(void **state) {
     gate = twin_floats(gate_host, n);
     up = twin_floats(up_host, n);
     out = twin_floats(NULL, n);
-    CHECK_OK(g_ref->ops->swiglu(g_ref, out.ref, gate.ref, up.ref, 7, 143, 143));
-    CHECK_OK(g_cuda->ops->swiglu(g_cuda, out.cuda, gate.cuda, up.cuda, 7, 143, 143));
+    CHECK_OK(g_ref->ops->glu(g_ref, out.ref, gate.ref, up.ref, 7, 143, 143, PB_ACTIVATION_SILU));
+    CHECK_OK(g_cuda->ops->glu(g_cuda, out.cuda, gate.cuda, up.cuda, 7, 143, 143, PB_ACTIVATION_SILU));
     twin_compare(&out, PB_TOL_CUDA_ELEMENTWISE_NMSE, "swiglu n=1001 with NaN");
     twin_free(&gate);
     twin_free(&up);
@@ -378,8 +378,8 @@ static void test_swiglu(void **state) {
      * with stride 142, out (7, 71) dense */
     gate = twin_floats(gate_host, 7 * 142);
     out = twin_floats(NULL, 7 * 71);
-    CHECK_OK(g_ref->ops->swiglu(g_ref, out.ref, gate.ref, (const float *)gate.ref + 71, 7, 71, 142));
-    CHECK_OK(g_cuda->ops->swiglu(g_cuda, out.cuda, gate.cuda, (const float *)gate.cuda + 71, 7, 71, 142));
+    CHECK_OK(g_ref->ops->glu(g_ref, out.ref, gate.ref, (const float *)gate.ref + 71, 7, 71, 142, PB_ACTIVATION_SILU));
+    CHECK_OK(g_cuda->ops->glu(g_cuda, out.cuda, gate.cuda, (const float *)gate.cuda + 71, 7, 71, 142, PB_ACTIVATION_SILU));
     twin_compare(&out, PB_TOL_CUDA_ELEMENTWISE_NMSE, "swiglu fused halves 7 x 71, stride 142");
     twin_free(&gate);
     twin_free(&out);
@@ -483,8 +483,8 @@ static void run_embed16(pb_dtype dtype, int vocab, int T, int d, const char *wha
     twin table = twin_bytes(table16, sizeof(uint16_t) * table_count);
     twin ids = twin_ints(ids_host, (size_t)T);
     twin out = twin_floats(NULL, (size_t)T * d);
-    CHECK_OK(g_ref->ops->embed(g_ref, out.ref, table.ref, dtype, ids.ref, T, d));
-    CHECK_OK(g_cuda->ops->embed(g_cuda, out.cuda, table.cuda, dtype, ids.cuda, T, d));
+    CHECK_OK(g_ref->ops->embed(g_ref, out.ref, table.ref, dtype, ids.ref, T, d, 1.0f));
+    CHECK_OK(g_cuda->ops->embed(g_cuda, out.cuda, table.cuda, dtype, ids.cuda, T, d, 1.0f));
     twin_compare(&out, 0.0, what);
     twin_free(&table);
     twin_free(&ids);
@@ -731,7 +731,7 @@ static void run_attention_jobs(const job_spec *specs, int n_jobs, int n_heads, i
         float *v_ref = backend_buffer(g_ref, v_all, sizeof(float) * keys * kvd);
         CHECK_OK(g_ref->ops->attention(g_ref, (float *)out.ref + (size_t)q_row[j] * qd,
                                        (const float *)q.ref + (size_t)q_row[j] * qd, k_ref, v_ref, n, (int)keys, p0,
-                                       n_heads, n_kv_heads, head_dim));
+                                       n_heads, n_kv_heads, head_dim, NULL));
         g_ref->ops->free(g_ref, k_ref);
         g_ref->ops->free(g_ref, v_ref);
         free(k_all);
@@ -752,7 +752,7 @@ static void run_attention_jobs(const job_spec *specs, int n_jobs, int n_heads, i
         jobs[j].k_new = specs[j].n ? (const float *)k.cuda + (size_t)q_row[j] * kvd : NULL;
         jobs[j].v_new = specs[j].n ? (const float *)v.cuda + (size_t)q_row[j] * kvd : NULL;
     }
-    CHECK_OK(g_cuda->ops->attention_jobs(g_cuda, out.cuda, q.cuda, jobs, n_jobs, n_heads, n_kv_heads, head_dim));
+    CHECK_OK(g_cuda->ops->attention_jobs(g_cuda, out.cuda, q.cuda, jobs, n_jobs, n_heads, n_kv_heads, head_dim, NULL));
     /* The host array may be reused at once: scribbling on it must not
      * change what the queued kernel reads. */
     memset(jobs, 0xff, sizeof *jobs * (size_t)n_jobs);
@@ -824,9 +824,9 @@ static void test_attention_jobs(void **state) {
     free(many);
 
     /* no jobs, or jobs without queries: nothing to do */
-    CHECK_OK(g_cuda->ops->attention_jobs(g_cuda, NULL, NULL, NULL, 0, 2, 1, 8));
+    CHECK_OK(g_cuda->ops->attention_jobs(g_cuda, NULL, NULL, NULL, 0, 2, 1, 8, NULL));
     const pb_attention_job empty = {0, 0, 3, NULL, NULL, NULL, NULL};
-    CHECK_OK(g_cuda->ops->attention_jobs(g_cuda, NULL, NULL, &empty, 1, 2, 1, 8));
+    CHECK_OK(g_cuda->ops->attention_jobs(g_cuda, NULL, NULL, &empty, 1, 2, 1, 8, NULL));
     CHECK_OK(g_cuda->ops->synchronize(g_cuda));
 }
 
@@ -851,30 +851,30 @@ static void test_errors(void **state) {
     float *buffer = NULL;
     CHECK_OK(g_cuda->ops->alloc(g_cuda, (void **)&buffer, 4096));
     const pb_backend_ops *ops = g_cuda->ops;
-    expect_status(ops->attention(g_cuda, buffer, buffer, buffer, buffer, 2, 2, 0, 3, 2, 8), PB_ERR_ARG,
+    expect_status(ops->attention(g_cuda, buffer, buffer, buffer, buffer, 2, 2, 0, 3, 2, 8, NULL), PB_ERR_ARG,
                   "attention n_heads % n_kv_heads != 0");
-    expect_status(ops->attention(g_cuda, buffer, buffer, buffer, buffer, 4, 5, 2, 2, 2, 8), PB_ERR_ARG,
+    expect_status(ops->attention(g_cuda, buffer, buffer, buffer, buffer, 4, 5, 2, 2, 2, 8, NULL), PB_ERR_ARG,
                   "attention q_start + T > T_kv");
     expect_status(ops->rope(g_cuda, buffer, (const int32_t *)buffer, buffer, 2, 2, 7), PB_ERR_ARG, "rope odd head_dim");
     expect_status(ops->matmul(g_cuda, buffer, buffer, buffer, PB_DTYPE_F32, NULL, -1, 4, 4), PB_ERR_ARG,
                   "matmul rows < 0");
     pb_attention_job job = {0, 2, 1, buffer, buffer, buffer, buffer};
-    expect_status(ops->attention_jobs(g_cuda, buffer, buffer, &job, 1, 3, 2, 8), PB_ERR_ARG,
+    expect_status(ops->attention_jobs(g_cuda, buffer, buffer, &job, 1, 3, 2, 8, NULL), PB_ERR_ARG,
                   "attention_jobs n_heads % n_kv_heads != 0");
-    expect_status(ops->attention_jobs(g_cuda, buffer, buffer, &job, -1, 2, 2, 8), PB_ERR_ARG,
+    expect_status(ops->attention_jobs(g_cuda, buffer, buffer, &job, -1, 2, 2, 8, NULL), PB_ERR_ARG,
                   "attention_jobs n_jobs < 0");
     job.k_prefix = NULL;
-    expect_status(ops->attention_jobs(g_cuda, buffer, buffer, &job, 1, 2, 2, 8), PB_ERR_ARG,
+    expect_status(ops->attention_jobs(g_cuda, buffer, buffer, &job, 1, 2, 2, 8, NULL), PB_ERR_ARG,
                   "attention_jobs p0 > 0 without a prefix");
     job.k_prefix = buffer;
     job.v_new = NULL;
-    expect_status(ops->attention_jobs(g_cuda, buffer, buffer, &job, 1, 2, 2, 8), PB_ERR_ARG,
+    expect_status(ops->attention_jobs(g_cuda, buffer, buffer, &job, 1, 2, 2, 8, NULL), PB_ERR_ARG,
                   "attention_jobs n > 0 without new keys");
     job.v_new = buffer;
     job.n = -1;
-    expect_status(ops->attention_jobs(g_cuda, buffer, buffer, &job, 1, 2, 2, 8), PB_ERR_ARG, "attention_jobs n < 0");
+    expect_status(ops->attention_jobs(g_cuda, buffer, buffer, &job, 1, 2, 2, 8, NULL), PB_ERR_ARG, "attention_jobs n < 0");
     job.n = 1;
-    expect_status(ops->attention_jobs(g_cuda, buffer, buffer, &job, 1, 1, 1, 4096), PB_ERR_UNSUPPORTED,
+    expect_status(ops->attention_jobs(g_cuda, buffer, buffer, &job, 1, 1, 1, 4096, NULL), PB_ERR_UNSUPPORTED,
                   "attention_jobs head_dim 4096 (shared memory)");
     CHECK_OK(ops->synchronize(g_cuda));
     ops->free(g_cuda, buffer);

@@ -142,7 +142,7 @@ static void test_embed(void **state) {
 
     float *table = random_floats((size_t)VOCAB * D, 1, 3.0f);
     CHECK_LAUNCH(pb_emu_embed(got, table, ids, T, D));
-    CHECK_OK(g_ref->ops->embed(g_ref, want, table, PB_DTYPE_F32, ids, T, D));
+    CHECK_OK(g_ref->ops->embed(g_ref, want, table, PB_DTYPE_F32, ids, T, D, 1.0f));
     check_guard(got, (size_t)T * D, "embed f32");
     expect_identical(got, want, (size_t)T * D, "embed f32");
 
@@ -156,7 +156,7 @@ static void test_embed(void **state) {
         for (size_t i = 0; i < (size_t)T * D; i++)
             got[i] = NAN;
         CHECK_LAUNCH(pb_emu_embed16(got, table16, is_bf16, ids, T, D));
-        CHECK_OK(g_ref->ops->embed(g_ref, want, table16, is_bf16 ? PB_DTYPE_BF16 : PB_DTYPE_F16, ids, T, D));
+        CHECK_OK(g_ref->ops->embed(g_ref, want, table16, is_bf16 ? PB_DTYPE_BF16 : PB_DTYPE_F16, ids, T, D, 1.0f));
         check_guard(got, (size_t)T * D, what);
         expect_identical(got, want, (size_t)T * D, what);
     }
@@ -321,7 +321,7 @@ static void test_swiglu_add(void **state) {
     float *got = filled_floats(n, NAN);
     float *want = filled_floats(n, NAN);
     CHECK_LAUNCH(pb_emu_swiglu(got, gate, up, 1, n, n));
-    CHECK_OK(g_ref->ops->swiglu(g_ref, want, gate, up, 1, n, n));
+    CHECK_OK(g_ref->ops->glu(g_ref, want, gate, up, 1, n, n, PB_ACTIVATION_SILU));
     check_guard(got, n, "swiglu");
     /* fp32 expf and division vs the reference's double: a few ulp */
     expect_close(got, want, n, PB_TOL_ELEMENTWISE_NMSE, "swiglu n=10007");
@@ -329,7 +329,7 @@ static void test_swiglu_add(void **state) {
     float *fused_got = filled_floats(37 * 135, NAN);
     float *fused_want = filled_floats(37 * 135, NAN);
     CHECK_LAUNCH(pb_emu_swiglu(fused_got, gate, gate + 135, 37, 135, 270));
-    CHECK_OK(g_ref->ops->swiglu(g_ref, fused_want, gate, gate + 135, 37, 135, 270));
+    CHECK_OK(g_ref->ops->glu(g_ref, fused_want, gate, gate + 135, 37, 135, 270, PB_ACTIVATION_SILU));
     check_guard(fused_got, 37 * 135, "swiglu fused halves");
     expect_close(fused_got, fused_want, 37 * 135, PB_TOL_ELEMENTWISE_NMSE, "swiglu fused halves 37 x 135, stride 270");
     free(fused_got);
@@ -429,7 +429,7 @@ static void run_attention(int T, int q_start, int n_heads, int n_kv_heads, int h
     float *got = filled_floats(qn, NAN);
     float *want = filled_floats(qn, NAN);
     CHECK_LAUNCH(pb_emu_attention(got, q, k, v, T, q_start, n_heads, n_kv_heads, head_dim));
-    CHECK_OK(g_ref->ops->attention(g_ref, want, q, k, v, T, T_kv, q_start, n_heads, n_kv_heads, head_dim));
+    CHECK_OK(g_ref->ops->attention(g_ref, want, q, k, v, T, T_kv, q_start, n_heads, n_kv_heads, head_dim, NULL));
     check_guard(got, qn, what);
     expect_close(got, want, qn, PB_TOL_OP_NMSE, what);
     free(q);
@@ -514,7 +514,7 @@ static void run_attention_jobs(const job_spec *specs, int n_jobs, int n_heads, i
         memcpy(k_all + (size_t)p0 * kvd, k + (size_t)q_row[j] * kvd, sizeof(float) * (size_t)n * kvd);
         memcpy(v_all + (size_t)p0 * kvd, v + (size_t)q_row[j] * kvd, sizeof(float) * (size_t)n * kvd);
         CHECK_OK(g_ref->ops->attention(g_ref, want + (size_t)q_row[j] * qd, q + (size_t)q_row[j] * qd, k_all, v_all, n,
-                                       (int)keys, p0, n_heads, n_kv_heads, head_dim));
+                                       (int)keys, p0, n_heads, n_kv_heads, head_dim, NULL));
         free(k_all);
         free(v_all);
     }

@@ -118,11 +118,11 @@ static void test_hook_shape(void **state) {
     for (int k = 0; k < PB_HOOK_KIND_COUNT; k++) {
         int64_t shape[2] = {-1, -1};
         int n = pb_hook_shape((pb_hook_kind)k, &cfg, shape);
-        if (k == PB_HOOK_Z || k == PB_HOOK_Q) {
+        if (k == PB_HOOK_Z || k == PB_HOOK_Q || k == PB_HOOK_ROT_Q) {
             assert_int_equal(n, 2);
             assert_int_equal(shape[0], 8);
             assert_int_equal(shape[1], 16);
-        } else if (k == PB_HOOK_K || k == PB_HOOK_V) {
+        } else if (k == PB_HOOK_K || k == PB_HOOK_V || k == PB_HOOK_ROT_K) {
             assert_int_equal(n, 2);
             assert_int_equal(shape[0], 2);
             assert_int_equal(shape[1], 16);
@@ -180,7 +180,7 @@ static void test_capture_patterns(void **state) {
     /* Everything: each name once, each a valid hook point. */
     assert_int_equal(pb_capture_create(&cap, m, "*"), PB_OK);
     int n = pb_capture_count(cap);
-    assert_int_equal(n, 2 + 11 * c->n_layers);
+    assert_int_equal(n, 2 + 13 * c->n_layers); /* no sandwich norms: no ln1_post / ln2_post */
     assert_string_equal(pb_capture_name(cap, 0), "hook_embed");
     assert_string_equal(pb_capture_name(cap, n - 1), "ln_final.hook_normalized");
     for (int i = 0; i < n; i++) {
@@ -244,8 +244,9 @@ static void test_capture_shapes(void **state) {
             continue;
         }
         assert_int_equal(shape[0], (int64_t)T);
-        if (kind == PB_HOOK_Z || kind == PB_HOOK_Q || kind == PB_HOOK_K || kind == PB_HOOK_V) {
-            int heads = kind == PB_HOOK_K || kind == PB_HOOK_V ? c->n_kv_heads : c->n_heads;
+        if (kind == PB_HOOK_Z || kind == PB_HOOK_Q || kind == PB_HOOK_K || kind == PB_HOOK_V || kind == PB_HOOK_ROT_Q ||
+            kind == PB_HOOK_ROT_K) {
+            int heads = kind == PB_HOOK_K || kind == PB_HOOK_V || kind == PB_HOOK_ROT_K ? c->n_kv_heads : c->n_heads;
             if (n_dims != 3 || shape[1] != heads || shape[2] != c->head_dim)
                 fail_msg("%s: %d dims (%lld, %lld, %lld)", name, n_dims, (long long)shape[0], (long long)shape[1],
                          (long long)shape[2]);

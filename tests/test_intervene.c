@@ -342,7 +342,7 @@ static void test_addition(void **state) {
                     assert_true(fabs(a[t * d + k] - (b[t * d + k] + scale * u[k])) <= 1e-6);
         }
     }
-    assert_int_equal(checked_before, 1 + 11); /* hook_embed and the eleven hooks of block 0 (patterns included) */
+    assert_int_equal(checked_before, 1 + 13); /* hook_embed and the thirteen hooks of block 0 (patterns included) */
     assert_true(tu_max_abs_diff(got, plain, (size_t)T * V) > 1e-3);
     free(plain);
     free(got);

@@ -31,8 +31,8 @@ static float *check_against_reference(const char *model, const char *file) {
     int32_t *ids = load_ids(model, &T);
     pb_capture *cap;
     assert_int_equal(pb_capture_create(&cap, m, "*"), PB_OK);
-    /* hook_embed + ln_final + 11 per layer */
-    assert_int_equal(pb_capture_count(cap), 2 + 11 * c->n_layers);
+    /* hook_embed + ln_final + 13 per layer, 15 with sandwich norms */
+    assert_int_equal(pb_capture_count(cap), 2 + (c->sandwich_norm ? 15 : 13) * c->n_layers);
     float *logits = malloc(sizeof(float) * (size_t)T * c->vocab_size);
     assert_int_equal(pb_forward(m, ids, T, logits, cap), PB_OK);
 
@@ -48,6 +48,8 @@ static float *check_against_reference(const char *model, const char *file) {
         snprintf(file_name, sizeof file_name, "%s.npy", pb_capture_name(cap, i));
         tu_fixture_file(path, sizeof path, model, file_name);
         void *ref;
+        if (strstr(pb_capture_name(cap, i), "attn.hook_rot_") && access(path, F_OK) != 0)
+            continue; /* fixtures older than these hooks; the patterns test_hooks checks are computed from them */
         if (pb_npy_read(path, &ref, PB_NPY_F32, &ref_dims, ref_shape) != PB_OK)
             fail_msg("%s", pb_last_error());
         assert_int_equal(ref_dims, n_dims);

@@ -76,14 +76,14 @@ static void test_ref_exact_cases(void **state) {
     /* Attention: the first query sees only the first key, so it returns
      * v[0]; a zero query weighs visible keys equally. */
     float q[4] = {0, 0, 0, 0}, k[4] = {1, 0, 0, 1}, vv[4] = {2, 4, 6, 8}, z[4];
-    assert_int_equal(b->ops->attention(b, z, q, k, vv, 2, 2, 0, 1, 1, 2), PB_OK);
+    assert_int_equal(b->ops->attention(b, z, q, k, vv, 2, 2, 0, 1, 1, 2, NULL), PB_OK);
     assert_float_equal(z[0], 2, 0);
     assert_float_equal(z[1], 4, 0);
     assert_float_equal(z[2], 4, 1e-6);
     assert_float_equal(z[3], 6, 1e-6);
     /* swiglu: silu(0) = 0, silu(x) = x * sigmoid(x) */
     float g[2] = {0, 1}, u[2] = {5, 2}, s[2];
-    assert_int_equal(b->ops->swiglu(b, s, g, u, 1, 2, 2), PB_OK);
+    assert_int_equal(b->ops->glu(b, s, g, u, 1, 2, 2, PB_ACTIVATION_SILU), PB_OK);
     assert_float_equal(s[0], 0, 0);
     assert_float_equal(s[1], 2 / (1 + exp(-1.0)), 1e-6);
 }
@@ -135,7 +135,7 @@ static void test_cpu_matches_reference(void **state) {
     /* swiglu and add */
     for (int i = 0; i < 2; i++) {
         out[i] = alloc_guarded((size_t)n * k);
-        assert_int_equal(bs[i]->ops->swiglu(bs[i], out[i], w, x, (size_t)rows, (size_t)k, (size_t)k), PB_OK);
+        assert_int_equal(bs[i]->ops->glu(bs[i], out[i], w, x, (size_t)rows, (size_t)k, (size_t)k, PB_ACTIVATION_SILU), PB_OK);
         check_guard(out[i], (size_t)rows * k, "swiglu");
     }
     compare(out[1], out[0], (size_t)rows * k, PB_TOL_ELEMENTWISE_NMSE, "swiglu");
@@ -179,7 +179,7 @@ static void test_cpu_rope_attention_embed(void **state) {
             assert_int_equal(bs[i]->ops->rope(bs[i], rq[i], pos, inv, T, n_heads, hd), PB_OK);
             check_guard(rq[i], qn, "rope");
             z[i] = alloc_guarded(qn);
-            assert_int_equal(bs[i]->ops->attention(bs[i], z[i], q, k, v, T, T_kv, q_start, n_heads, n_kv, hd), PB_OK);
+            assert_int_equal(bs[i]->ops->attention(bs[i], z[i], q, k, v, T, T_kv, q_start, n_heads, n_kv, hd, NULL), PB_OK);
             check_guard(z[i], qn, "attention");
         }
         compare(rq[1], rq[0], qn, PB_TOL_ELEMENTWISE_NMSE, "rope");
@@ -198,7 +198,7 @@ static void test_cpu_rope_attention_embed(void **state) {
     int32_t ids[5] = {0, 10, 3, 3, 7};
     for (int i = 0; i < 2; i++) {
         e[i] = alloc_guarded((size_t)5 * hd);
-        assert_int_equal(bs[i]->ops->embed(bs[i], e[i], table, PB_DTYPE_F32, ids, 5, hd), PB_OK);
+        assert_int_equal(bs[i]->ops->embed(bs[i], e[i], table, PB_DTYPE_F32, ids, 5, hd, 1.0f), PB_OK);
         check_guard(e[i], (size_t)5 * hd, "embed");
     }
     compare(e[1], e[0], (size_t)5 * hd, 0.0, "embed");
@@ -241,12 +241,12 @@ static void test_cpu_attention_jobs(void **state) {
                                      .k_new = fresh[j],
                                      .v_new = vfresh[j]};
         assert_int_equal(p->ref->ops->attention(p->ref, want + (size_t)row * qd, q + (size_t)row * qd, k, v, n, T, p0,
-                                                n_heads, n_kv, hd),
+                                                n_heads, n_kv, hd, NULL),
                          PB_OK);
         row += n;
     }
     assert_non_null(p->cpu->ops->attention_jobs);
-    assert_int_equal(p->cpu->ops->attention_jobs(p->cpu, out, q, jobs, 4, n_heads, n_kv, hd), PB_OK);
+    assert_int_equal(p->cpu->ops->attention_jobs(p->cpu, out, q, jobs, 4, n_heads, n_kv, hd, NULL), PB_OK);
     check_guard(out, (size_t)rows * qd, "attention_jobs");
     compare(out, want, (size_t)rows * qd, PB_TOL_OP_NMSE, "attention_jobs");
     for (int j = 0; j < 4; j++) {

@@ -579,9 +579,9 @@ static pb_status sticky_synchronize(pb_backend *b) {
     return g_sticky_real->synchronize(b);
 }
 static pb_status sticky_embed(pb_backend *b, float *out, const void *table, pb_dtype dtype, const int32_t *ids, int T,
-                              int d) {
+                              int d, float scale) {
     PB_TRY(sticky_check("embed"));
-    return g_sticky_real->embed(b, out, table, dtype, ids, T, d);
+    return g_sticky_real->embed(b, out, table, dtype, ids, T, d, scale);
 }
 static pb_status sticky_rmsnorm(pb_backend *b, float *out, const float *x, const float *w, int rows, int d, float eps) {
     PB_TRY(sticky_check("rmsnorm"));
@@ -598,14 +598,15 @@ static pb_status sticky_rope(pb_backend *b, float *x, const int32_t *positions, 
     return g_sticky_real->rope(b, x, positions, inv_freq, T, n_heads, head_dim);
 }
 static pb_status sticky_attention(pb_backend *b, float *out, const float *q, const float *k, const float *v, int T,
-                                  int T_kv, int q_start, int n_heads, int n_kv_heads, int head_dim) {
+                                  int T_kv, int q_start, int n_heads, int n_kv_heads, int head_dim,
+                                  const pb_attention_params *params) {
     PB_TRY(sticky_check("attention"));
-    return g_sticky_real->attention(b, out, q, k, v, T, T_kv, q_start, n_heads, n_kv_heads, head_dim);
+    return g_sticky_real->attention(b, out, q, k, v, T, T_kv, q_start, n_heads, n_kv_heads, head_dim, params);
 }
-static pb_status sticky_swiglu(pb_backend *b, float *out, const float *gate, const float *up, size_t rows, size_t width,
-                               size_t stride) {
-    PB_TRY(sticky_check("swiglu"));
-    return g_sticky_real->swiglu(b, out, gate, up, rows, width, stride);
+static pb_status sticky_glu(pb_backend *b, float *out, const float *gate, const float *up, size_t rows, size_t width,
+                            size_t stride, pb_activation act) {
+    PB_TRY(sticky_check("glu"));
+    return g_sticky_real->glu(b, out, gate, up, rows, width, stride, act);
 }
 static pb_status sticky_add(pb_backend *b, float *out, const float *x, const float *y, size_t n) {
     PB_TRY(sticky_check("add"));
@@ -649,7 +650,7 @@ static void test_first_failure_survives_cleanup(void **state) {
     sticky.matmul = sticky_matmul;
     sticky.rope = sticky_rope;
     sticky.attention = sticky_attention;
-    sticky.swiglu = sticky_swiglu;
+    sticky.glu = sticky_glu;
     sticky.add = sticky_add;
     assert_non_null(saved->metric_rows);
     assert_non_null(saved->copy_regions);

@@ -10,6 +10,7 @@
 #ifndef PB_BACKEND_H
 #define PB_BACKEND_H
 
+#include <math.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -26,6 +27,27 @@ typedef struct pb_attention_job {
     const float *k_new; /* (n, kv_dim) */
     const float *v_new;
 } pb_attention_job;
+
+/* How one layer's attention turns q.k into weights. */
+typedef struct pb_attention_params {
+    float scale;   /* score = q.k * scale (1 / sqrt(head_dim) in Llama) */
+    float softcap; /* > 0: score = softcap * tanh(score / softcap), before the mask */
+    int window;    /* > 0: the query at position i sees keys j with i - window < j <= i; 0: all j <= i */
+} pb_attention_params;
+
+/* params, or the Llama defaults (scale 1 / sqrt(head_dim)) when NULL. */
+static inline pb_attention_params pb_attention_params_or_default(const pb_attention_params *params, int head_dim) {
+    if (params)
+        return *params;
+    pb_attention_params plain = {1.0f / sqrtf((float)head_dim), 0.0f, 0};
+    return plain;
+}
+
+/* First key a query at `position` sees: 0, or the window's start. */
+static inline int pb_attention_first_key(const pb_attention_params *params, int position) {
+    int first = params->window > 0 ? position - params->window + 1 : 0;
+    return first > 0 ? first : 0;
+}
 
 /* One region of a batched copy: n floats from src to dst (backend memory). */
 typedef struct pb_copy_region {
@@ -45,11 +67,11 @@ typedef struct pb_backend_ops {
     pb_status (*copy)(pb_backend *backend, void *dst_device, const void *src_device, size_t bytes);
     pb_status (*synchronize)(pb_backend *backend);
 
-    /* out (T, d) = table[ids[t]] widened to fp32, with table (vocab, d) of
-     * table_dtype; ids (T) in device memory. */
+    /* out (T, d) = table[ids[t]] widened to fp32, times scale (in fp32; 1:
+     * none), with table (vocab, d) of table_dtype; ids (T) in device memory. */
     pb_status (*embed)(pb_backend *backend, float *out, const void *table, pb_dtype table_dtype, const int32_t *ids,
-                       int T, int d);
-    /* out (rows, d) = x / sqrt(mean(x^2) + eps) * weight; weight (d) may be NULL (no scaling). */
+                       int T, int d, float scale);
+    /* out (rows, d) = x / sqrt(mean(x^2) + eps) * weight; weight (d) may be NULL (no scaling); out may be x. */
     pb_status (*rmsnorm)(pb_backend *backend, float *out, const float *x, const float *weight, int rows, int d,
                          float eps);
     /* out (rows, n) = x (rows, k) @ w (n, k)^T + bias (n); bias may be NULL.
@@ -64,19 +86,23 @@ typedef struct pb_backend_ops {
      * positions[t] * inv_freq[i]; inv_freq (head_dim/2); positions (T). */
     pb_status (*rope)(pb_backend *backend, float *x, const int32_t *positions, const float *inv_freq, int T,
                       int n_heads, int head_dim);
-    /* Causal grouped-query attention with scale 1/sqrt(head_dim).
+    /* Causal grouped-query attention, scores shaped by params (host memory;
+     * NULL: scale 1/sqrt(head_dim), no softcap, no window).
      * out (T, n_heads, head_dim); q (T, n_heads, head_dim);
      * k, v (T_kv, n_kv_heads, head_dim). Query t sits at position q_start + t
-     * and attends keys 0 .. q_start + t (all < T_kv). Query head h reads
-     * key-value head h / (n_heads / n_kv_heads). */
+     * and attends keys 0 .. q_start + t (all < T_kv), within the window.
+     * Query head h reads key-value head h / (n_heads / n_kv_heads). */
     pb_status (*attention)(pb_backend *backend, float *out, const float *q, const float *k, const float *v, int T,
-                           int T_kv, int q_start, int n_heads, int n_kv_heads, int head_dim);
-    /* out (rows, width) = silu(gate) * up, where gate and up hold rows of
+                           int T_kv, int q_start, int n_heads, int n_kv_heads, int head_dim,
+                           const pb_attention_params *params);
+    /* out (rows, width) = act(gate) * up, where gate and up hold rows of
      * `width` values `stride` apart (stride >= width: the two halves of a
      * fused gate/up GEMM's output, stride 2 * width; or plain (rows, width)
      * buffers, stride width). out may alias gate or up when stride == width. */
-    pb_status (*swiglu)(pb_backend *backend, float *out, const float *gate, const float *up, size_t rows, size_t width,
-                        size_t stride);
+    pb_status (*glu)(pb_backend *backend, float *out, const float *gate, const float *up, size_t rows, size_t width,
+                     size_t stride, pb_activation act);
+    /* In place: x (n) = cap * tanh(x / cap), in fp32 as torch computes it. */
+    pb_status (*softcap)(pb_backend *backend, float *x, size_t n, float cap);
     /* out (n) = a + b; out may alias a or b. */
     pb_status (*add)(pb_backend *backend, float *out, const float *a, const float *b, size_t n);
     /* Causal attention for many ragged sequences at once (a patching
@@ -86,7 +112,8 @@ typedef struct pb_backend_ops {
      * 0 .. t (n, kv_dim). `jobs` is host memory. Optional: when NULL the
      * executor assembles each job's keys and calls `attention` per job. */
     pb_status (*attention_jobs)(pb_backend *backend, float *out, const float *q, const struct pb_attention_job *jobs,
-                                int n_jobs, int n_heads, int n_kv_heads, int head_dim);
+                                int n_jobs, int n_heads, int n_kv_heads, int head_dim,
+                                const pb_attention_params *params);
     /* Free and total bytes of the backend's memory, for sizing caches and
      * batches. Optional: NULL (the CPU backends) means unknown, and the
      * caller's --max-memory alone rules. */

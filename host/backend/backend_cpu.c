@@ -42,10 +42,12 @@ static pb_status cpu_memcpy(pb_backend *backend, void *dst, const void *src, siz
 static pb_status cpu_synchronize(pb_backend *backend) { return PB_OK; }
 
 static pb_status cpu_embed(pb_backend *backend, float *out, const void *table, pb_dtype table_dtype, const int32_t *ids,
-                           int T, int d) {
+                           int T, int d, float scale) {
     size_t row_bytes = pb_dtype_size(table_dtype) * (size_t)d;
     for (int t = 0; t < T; t++)
         pb_dtype_to_f32(table_dtype, out + (size_t)t * d, (const char *)table + (size_t)ids[t] * row_bytes, (size_t)d);
+    for (size_t i = 0; scale != 1.0f && i < (size_t)T * d; i++)
+        out[i] *= scale;
     return PB_OK;
 }
 
@@ -133,32 +135,35 @@ static pb_status cpu_rope(pb_backend *backend, float *x, const int32_t *position
     return PB_OK;
 }
 
-/* One query head over n_keys keys: keys j < split come from (k_a, v_a),
- * the rest from (k_b, v_b) at row j - split; rows are kv_stride floats
- * apart and the head's slice starts at `column`. Softmax with the maximum
- * subtracted; o gets zeros when there is no key. */
-static void attend(float *o, const float *qv, int n_keys, int split, const float *k_a, const float *v_a,
-                   const float *k_b, const float *v_b, size_t kv_stride, size_t column, int head_dim, float scale,
-                   float *scores) {
+/* One query head over keys first .. n_keys - 1: keys j < split come from
+ * (k_a, v_a), the rest from (k_b, v_b) at row j - split; rows are
+ * kv_stride floats apart and the head's slice starts at `column`. Scores
+ * shaped by a (scale, softcap), softmax with the maximum subtracted; o gets
+ * zeros when there is no key. */
+static void attend(float *o, const float *qv, int first, int n_keys, int split, const float *k_a, const float *v_a,
+                   const float *k_b, const float *v_b, size_t kv_stride, size_t column, int head_dim,
+                   const pb_attention_params *a, float *scores) {
     float max = -INFINITY;
-    for (int j = 0; j < n_keys; j++) {
+    for (int j = first; j < n_keys; j++) {
         const float *kv = (j < split ? k_a + (size_t)j * kv_stride : k_b + (size_t)(j - split) * kv_stride) + column;
         float dot = 0.0f;
         for (int i = 0; i < head_dim; i++)
             dot += qv[i] * kv[i];
-        scores[j] = dot * scale;
+        scores[j] = dot * a->scale;
+        if (a->softcap > 0.0f)
+            scores[j] = a->softcap * tanhf(scores[j] / a->softcap);
         max = scores[j] > max ? scores[j] : max;
     }
     float total = 0.0f;
-    for (int j = 0; j < n_keys; j++) {
+    for (int j = first; j < n_keys; j++) {
         scores[j] = expf(scores[j] - max);
         total += scores[j];
     }
     memset(o, 0, sizeof(float) * (size_t)head_dim);
-    if (n_keys == 0)
+    if (n_keys <= first)
         return;
     float inv_total = 1.0f / total;
-    for (int j = 0; j < n_keys; j++) {
+    for (int j = first; j < n_keys; j++) {
         const float *vv = (j < split ? v_a + (size_t)j * kv_stride : v_b + (size_t)(j - split) * kv_stride) + column;
         float p = scores[j] * inv_total;
         for (int i = 0; i < head_dim; i++)
@@ -167,10 +172,11 @@ static void attend(float *o, const float *qv, int n_keys, int split, const float
 }
 
 static pb_status cpu_attention(pb_backend *backend, float *out, const float *q, const float *k, const float *v, int T,
-                               int T_kv, int q_start, int n_heads, int n_kv_heads, int head_dim) {
+                               int T_kv, int q_start, int n_heads, int n_kv_heads, int head_dim,
+                               const pb_attention_params *params) {
     int group = n_heads / n_kv_heads;
     size_t kvd = (size_t)n_kv_heads * head_dim;
-    float scale = 1.0f / sqrtf((float)head_dim);
+    pb_attention_params a = pb_attention_params_or_default(params, head_dim);
     float *scores_all = malloc(sizeof(float) * (size_t)cpu_threads(backend) * (size_t)(T_kv > 0 ? T_kv : 1));
     if (!scores_all)
         return pb_fail(PB_ERR_OOM, "CPU attention: out of memory for %d x %d scores", cpu_threads(backend), T_kv);
@@ -178,8 +184,9 @@ static pb_status cpu_attention(pb_backend *backend, float *out, const float *q, 
     for (int t = 0; t < T; t++)
         for (int h = 0; h < n_heads; h++) {
             int n_keys = q_start + t + 1 < T_kv ? q_start + t + 1 : T_kv;
-            attend(out + ((size_t)t * n_heads + h) * head_dim, q + ((size_t)t * n_heads + h) * head_dim, n_keys, T_kv,
-                   k, v, NULL, NULL, kvd, (size_t)(h / group) * head_dim, head_dim, scale,
+            attend(out + ((size_t)t * n_heads + h) * head_dim, q + ((size_t)t * n_heads + h) * head_dim,
+                   pb_attention_first_key(&a, q_start + t), n_keys, T_kv, k, v, NULL, NULL, kvd,
+                   (size_t)(h / group) * head_dim, head_dim, &a,
                    scores_all + (size_t)omp_get_thread_num() * (size_t)T_kv);
         }
     free(scores_all);
@@ -189,10 +196,11 @@ static pb_status cpu_attention(pb_backend *backend, float *out, const float *q, 
 /* One (job, query, head) per iteration, all jobs in one parallel region:
  * a batch of short suffixes would otherwise pay a region per job. */
 static pb_status cpu_attention_jobs(pb_backend *backend, float *out, const float *q, const pb_attention_job *jobs,
-                                    int n_jobs, int n_heads, int n_kv_heads, int head_dim) {
+                                    int n_jobs, int n_heads, int n_kv_heads, int head_dim,
+                                    const pb_attention_params *params) {
     int group = n_heads / n_kv_heads, qd = n_heads * head_dim;
     size_t kvd = (size_t)n_kv_heads * head_dim;
-    float scale = 1.0f / sqrtf((float)head_dim);
+    pb_attention_params a = pb_attention_params_or_default(params, head_dim);
     int64_t *first = malloc(sizeof(int64_t) * (size_t)(n_jobs + 1));
     int max_keys = 1;
     if (!first)
@@ -223,8 +231,8 @@ static pb_status cpu_attention_jobs(pb_backend *backend, float *out, const float
         const pb_attention_job *job = &jobs[lo];
         int t = (int)((item - first[lo]) / n_heads), h = (int)((item - first[lo]) % n_heads);
         size_t row = (size_t)(job->q_row + t) * qd + (size_t)h * head_dim;
-        attend(out + row, q + row, job->p0 + t + 1, job->p0, job->k_prefix, job->v_prefix, job->k_new, job->v_new, kvd,
-               (size_t)(h / group) * head_dim, head_dim, scale,
+        attend(out + row, q + row, pb_attention_first_key(&a, job->p0 + t), job->p0 + t + 1, job->p0, job->k_prefix,
+               job->v_prefix, job->k_new, job->v_new, kvd, (size_t)(h / group) * head_dim, head_dim, &a,
                scores_all + (size_t)omp_get_thread_num() * (size_t)max_keys);
     }
     free(scores_all);
@@ -232,14 +240,24 @@ static pb_status cpu_attention_jobs(pb_backend *backend, float *out, const float
     return PB_OK;
 }
 
-static pb_status cpu_swiglu(pb_backend *backend, float *out, const float *gate, const float *up, size_t rows,
-                            size_t width, size_t stride) {
+static pb_status cpu_glu(pb_backend *backend, float *out, const float *gate, const float *up, size_t rows, size_t width,
+                         size_t stride, pb_activation act) {
+    int gelu = act == PB_ACTIVATION_GELU_TANH;
 #pragma omp parallel for num_threads(cpu_threads(backend)) if (rows * width > 65536)
     for (size_t r = 0; r < rows; r++)
         for (size_t c = 0; c < width; c++) {
             float g = gate[r * stride + c];
-            out[r * width + c] = g / (1.0f + expf(-g)) * up[r * stride + c];
+            float a = gelu ? 0.5f * g * (1.0f + tanhf(0.7978845608f * (g + 0.044715f * g * g * g)))
+                           : g / (1.0f + expf(-g));
+            out[r * width + c] = a * up[r * stride + c];
         }
+    return PB_OK;
+}
+
+static pb_status cpu_softcap(pb_backend *backend, float *x, size_t n, float cap) {
+#pragma omp parallel for num_threads(cpu_threads(backend)) if (n > 65536)
+    for (size_t i = 0; i < n; i++)
+        x[i] = cap * tanhf(x[i] / cap);
     return PB_OK;
 }
 
@@ -281,7 +299,8 @@ static const pb_backend_ops cpu_ops = {
     .rope = cpu_rope,
     .attention = cpu_attention,
     .attention_jobs = cpu_attention_jobs,
-    .swiglu = cpu_swiglu,
+    .glu = cpu_glu,
+    .softcap = cpu_softcap,
     .add = cpu_add,
     .metric_rows = cpu_metric_rows,
     .host_memory = 1,

@@ -39,10 +39,10 @@ static float weight_at(const void *w, pb_dtype dtype, size_t i) {
 }
 
 static pb_status ref_embed(pb_backend *backend, float *out, const void *table, pb_dtype table_dtype, const int32_t *ids,
-                           int T, int d) {
+                           int T, int d, float scale) {
     for (int t = 0; t < T; t++)
         for (int i = 0; i < d; i++)
-            out[(size_t)t * d + i] = weight_at(table, table_dtype, (size_t)ids[t] * d + i);
+            out[(size_t)t * d + i] = weight_at(table, table_dtype, (size_t)ids[t] * d + i) * scale;
     return PB_OK;
 }
 
@@ -91,9 +91,10 @@ static pb_status ref_rope(pb_backend *backend, float *x, const int32_t *position
 }
 
 static pb_status ref_attention(pb_backend *backend, float *out, const float *q, const float *k, const float *v, int T,
-                               int T_kv, int q_start, int n_heads, int n_kv_heads, int head_dim) {
+                               int T_kv, int q_start, int n_heads, int n_kv_heads, int head_dim,
+                               const pb_attention_params *params) {
     int group = n_heads / n_kv_heads;
-    double scale = 1.0 / sqrt((double)head_dim);
+    pb_attention_params a = pb_attention_params_or_default(params, head_dim);
     double *scores = malloc(sizeof(double) * (size_t)(T_kv > 0 ? T_kv : 1));
     if (!scores)
         return pb_fail(PB_ERR_OOM, "reference attention: out of memory for %d scores", T_kv);
@@ -104,41 +105,56 @@ static pb_status ref_attention(pb_backend *backend, float *out, const float *q, 
             int n_keys = q_start + t + 1;
             if (n_keys > T_kv)
                 n_keys = T_kv;
+            int first = pb_attention_first_key(&a, q_start + t);
             double max = -INFINITY;
-            for (int j = 0; j < n_keys; j++) {
+            for (int j = first; j < n_keys; j++) {
                 const float *kv = k + ((size_t)j * n_kv_heads + kvh) * head_dim;
                 double dot = 0.0;
                 for (int i = 0; i < head_dim; i++)
                     dot += (double)qv[i] * kv[i];
-                scores[j] = dot * scale;
+                scores[j] = dot * a.scale;
+                if (a.softcap > 0.0f)
+                    scores[j] = a.softcap * tanh(scores[j] / a.softcap);
                 if (scores[j] > max)
                     max = scores[j];
             }
             double total = 0.0;
-            for (int j = 0; j < n_keys; j++) {
+            for (int j = first; j < n_keys; j++) {
                 scores[j] = exp(scores[j] - max);
                 total += scores[j];
             }
             float *o = out + ((size_t)t * n_heads + h) * head_dim;
             for (int i = 0; i < head_dim; i++) {
                 double acc = 0.0;
-                for (int j = 0; j < n_keys; j++)
+                for (int j = first; j < n_keys; j++)
                     acc += scores[j] * v[((size_t)j * n_kv_heads + kvh) * head_dim + i];
                 /* A query with no visible key (cannot happen causally) yields zeros. */
-                o[i] = n_keys > 0 ? (float)(acc / total) : 0.0f;
+                o[i] = n_keys > first ? (float)(acc / total) : 0.0f;
             }
         }
     free(scores);
     return PB_OK;
 }
 
-static pb_status ref_swiglu(pb_backend *backend, float *out, const float *gate, const float *up, size_t rows,
-                            size_t width, size_t stride) {
+/* act(g) in double: SiLU g * sigmoid(g), or GELU's tanh form
+ * g/2 (1 + tanh(sqrt(2/pi) (g + 0.044715 g^3))). */
+static double activation(pb_activation act, double g) {
+    if (act == PB_ACTIVATION_GELU_TANH)
+        return 0.5 * g * (1.0 + tanh(0.7978845608028654 * (g + 0.044715 * g * g * g)));
+    return g / (1.0 + exp(-g));
+}
+
+static pb_status ref_glu(pb_backend *backend, float *out, const float *gate, const float *up, size_t rows, size_t width,
+                         size_t stride, pb_activation act) {
     for (size_t r = 0; r < rows; r++)
-        for (size_t c = 0; c < width; c++) {
-            double g = gate[r * stride + c];
-            out[r * width + c] = (float)(g / (1.0 + exp(-g)) * up[r * stride + c]);
-        }
+        for (size_t c = 0; c < width; c++)
+            out[r * width + c] = (float)(activation(act, gate[r * stride + c]) * up[r * stride + c]);
+    return PB_OK;
+}
+
+static pb_status ref_softcap(pb_backend *backend, float *x, size_t n, float cap) {
+    for (size_t i = 0; i < n; i++)
+        x[i] = (float)(cap * tanh((double)x[i] / cap));
     return PB_OK;
 }
 
@@ -259,7 +275,8 @@ static const pb_backend_ops ref_ops = {
     .matmul = ref_matmul,
     .rope = ref_rope,
     .attention = ref_attention,
-    .swiglu = ref_swiglu,
+    .glu = ref_glu,
+    .softcap = ref_softcap,
     .add = ref_add,
     .metric_rows = ref_metric_rows,
     .host_memory = 1,

@@ -128,8 +128,9 @@ float *pb_exec_output(pb_exec *e, int job) { return e->x + (size_t)e->offset[job
 
 /* Row width of a hook's activation (embedding and final norm: d_model). */
 static int hook_width(const pb_model_config *c, pb_hook_kind hook) {
-    pb_component comp;
-    return pb_component_from_hook(hook, &comp) ? pb_component_row_width(comp, c) : c->d_model;
+    int64_t shape[2] = {0, 1};
+    int n_dims = pb_hook_shape(hook, c, shape);
+    return (int)(n_dims == 2 ? shape[0] * shape[1] : shape[0]);
 }
 
 /* The latest start step from which a patch at (hook, layer) is still
@@ -255,7 +256,7 @@ static pb_status project_qkv(pb_exec *e, const pb_layer_weights *W, int rows) {
     return split_columns(e, e->v, e->fused, n, qd + kvd, kvd, rows);
 }
 
-/* silu(gate) * up (rows, d_mlp) of xn into e->gate. With fused weights one
+/* act(gate) * up (rows, d_mlp) of xn into e->gate. With fused weights one
  * GEMM writes gate and up side by side and swiglu reads the two halves where
  * they lie: no hook point sees gate or up alone, so nothing is split. */
 static pb_status mlp_activation(pb_exec *e, const pb_layer_weights *W, int rows) {
@@ -266,10 +267,10 @@ static pb_status mlp_activation(pb_exec *e, const pb_layer_weights *W, int rows)
     if (!W->w_gate_up) {
         PB_TRY(b->ops->matmul(b, e->gate, e->xn, W->w_gate, m->wdtype, NULL, rows, c->d_mlp, c->d_model));
         PB_TRY(b->ops->matmul(b, e->up, e->xn, W->w_up, m->wdtype, NULL, rows, c->d_mlp, c->d_model));
-        return b->ops->swiglu(b, e->gate, e->gate, e->up, (size_t)rows, mlp, mlp);
+        return b->ops->glu(b, e->gate, e->gate, e->up, (size_t)rows, mlp, mlp, c->activation);
     }
     PB_TRY(b->ops->matmul(b, e->fused, e->xn, W->w_gate_up, m->wdtype, NULL, rows, 2 * c->d_mlp, c->d_model));
-    return b->ops->swiglu(b, e->gate, e->fused, e->fused + mlp, (size_t)rows, mlp, 2 * mlp);
+    return b->ops->glu(b, e->gate, e->fused, e->fused + mlp, (size_t)rows, mlp, 2 * mlp, c->activation);
 }
 
 static int compare_start(const void *a, const void *b, void *jobs) {
@@ -290,6 +291,29 @@ static void order_jobs(int *order, const pb_exec_job *jobs, int n) {
         }
 }
 
+/* Query-key pairs n new queries after a p0 prefix attend: every earlier
+ * position, or at most `window` of them. */
+static double attended_pairs(int p0, int n, int window) {
+    double pairs = 0.0;
+    for (int t = 0; t < n; t++) {
+        int keys = p0 + t + 1;
+        pairs += window > 0 && keys > window ? window : keys;
+    }
+    return pairs;
+}
+
+/* Sandwich norm (Gemma-2/3): the sublayer output in e->sub, seen at its
+ * own hook point, normalised in place before it becomes hook_attn_out or
+ * hook_mlp_out. Nothing in other architectures. */
+static pb_status post_norm(pb_exec *e, const pb_exec_job *jobs, int n_active, int rows, pb_hook_kind hook, int L,
+                           const float *weight, pb_exec_hook_fn fn, void *user) {
+    const pb_model_config *c = &e->model->cfg;
+    if (!c->sandwich_norm)
+        return PB_OK;
+    PB_TRY(hook_point(e, jobs, n_active, hook, L, e->sub, fn, user));
+    return e->model->backend->ops->rmsnorm(e->model->backend, e->sub, e->sub, weight, rows, c->d_model, c->rms_eps);
+}
+
 static pb_status attention_block(pb_exec *e, const pb_layer_weights *W, const pb_exec_job *jobs, int n_active, int rows,
                                  int L, pb_exec_hook_fn fn, void *user) {
     pb_model *m = e->model;
@@ -305,13 +329,22 @@ static pb_status attention_block(pb_exec *e, const pb_layer_weights *W, const pb
     PB_TRY(hook_point(e, jobs, n_active, PB_HOOK_Q, L, e->q, fn, user));
     PB_TRY(hook_point(e, jobs, n_active, PB_HOOK_K, L, e->k, fn, user));
     PB_TRY(hook_point(e, jobs, n_active, PB_HOOK_V, L, e->v, fn, user));
-    PB_TRY(ops->rope(b, e->q, e->pos, m->inv_freq, rows, c->n_heads, c->head_dim));
-    PB_TRY(ops->rope(b, e->k, e->pos, m->inv_freq, rows, c->n_kv_heads, c->head_dim));
+    if (c->qk_norm) {
+        /* every head of every row is one norm over head_dim */
+        PB_TRY(ops->rmsnorm(b, e->q, e->q, W->q_norm, rows * c->n_heads, c->head_dim, c->rms_eps));
+        PB_TRY(ops->rmsnorm(b, e->k, e->k, W->k_norm, rows * c->n_kv_heads, c->head_dim, c->rms_eps));
+    }
+    const float *inv_freq = pb_model_inv_freq(m, L);
+    PB_TRY(ops->rope(b, e->q, e->pos, inv_freq, rows, c->n_heads, c->head_dim));
+    PB_TRY(ops->rope(b, e->k, e->pos, inv_freq, rows, c->n_kv_heads, c->head_dim));
+    PB_TRY(hook_point(e, jobs, n_active, PB_HOOK_ROT_Q, L, e->q, fn, user));
+    PB_TRY(hook_point(e, jobs, n_active, PB_HOOK_ROT_K, L, e->k, fn, user));
+    pb_attention_params params = pb_model_attention_params(c, L);
     for (int a = 0; a < n_active; a++) {
         const pb_exec_job *job = &jobs[e->order[a]];
         int n = job->T - job->p0;
         /* QK^T and PV over the causal window of each new query */
-        e->flops += 4.0 * qd * ((double)n * job->p0 + (double)n * (n + 1) / 2.0);
+        e->flops += 4.0 * qd * attended_pairs(job->p0, n, params.window);
     }
     if (ops->attention_jobs) {
         /* One call for the batch: prefixes are read in place from the cache,
@@ -343,7 +376,8 @@ static pb_status attention_block(pb_exec *e, const pb_layer_weights *W, const pb
                                                  .k_new = e->k + off * kvd,
                                                  .v_new = e->v + off * kvd};
         }
-        PB_TRY(ops->attention_jobs(b, e->z, e->q, e->attn_jobs, n_active, c->n_heads, c->n_kv_heads, c->head_dim));
+        PB_TRY(ops->attention_jobs(b, e->z, e->q, e->attn_jobs, n_active, c->n_heads, c->n_kv_heads, c->head_dim,
+                                   &params));
     }
     for (int a = 0; !ops->attention_jobs && a < n_active; a++) {
         int j = e->order[a];
@@ -364,11 +398,12 @@ static pb_status attention_block(pb_exec *e, const pb_layer_weights *W, const pb
         PB_TRY(ops->copy(b, kbuf + (size_t)job->p0 * kvd, e->k + off * kvd, sizeof(float) * (size_t)n * kvd));
         PB_TRY(ops->copy(b, vbuf + (size_t)job->p0 * kvd, e->v + off * kvd, sizeof(float) * (size_t)n * kvd));
         PB_TRY(ops->attention(b, e->z + off * qd, e->q + off * qd, kbuf, vbuf, n, job->T, job->p0, c->n_heads,
-                              c->n_kv_heads, c->head_dim));
+                              c->n_kv_heads, c->head_dim, &params));
     }
     PB_TRY(hook_point(e, jobs, n_active, PB_HOOK_Z, L, e->z, fn, user));
     PB_TRY(ops->matmul(b, e->sub, e->z, W->wo, m->wdtype, NULL, rows, d, qd));
     e->flops += 2.0 * rows * d * qd;
+    PB_TRY(post_norm(e, jobs, n_active, rows, PB_HOOK_ATTN_POST_IN, L, W->attn_post_norm, fn, user));
     PB_TRY(hook_point(e, jobs, n_active, PB_HOOK_ATTN_OUT, L, e->sub, fn, user));
     return ops->add(b, e->x, e->x, e->sub, (size_t)rows * d);
 }
@@ -384,6 +419,7 @@ static pb_status mlp_block(pb_exec *e, const pb_layer_weights *W, const pb_exec_
     PB_TRY(mlp_activation(e, W, rows));
     PB_TRY(b->ops->matmul(b, e->sub, e->gate, W->w_down, m->wdtype, NULL, rows, d, c->d_mlp));
     e->flops += 6.0 * rows * d * c->d_mlp;
+    PB_TRY(post_norm(e, jobs, n_active, rows, PB_HOOK_MLP_POST_IN, L, W->mlp_post_norm, fn, user));
     PB_TRY(hook_point(e, jobs, n_active, PB_HOOK_MLP_OUT, L, e->sub, fn, user));
     PB_TRY(b->ops->add(b, e->x, e->x, e->sub, (size_t)rows * d));
     return hook_point(e, jobs, n_active, PB_HOOK_RESID_POST, L, e->x, fn, user);
@@ -398,7 +434,8 @@ static pb_status activate(pb_exec *e, const pb_exec_job *job, int j, pb_exec_hoo
     float *rows = e->x + (size_t)e->offset[j] * d;
     if (job->start_step > 0)
         return ops->copy(b, rows, job->init_x + (size_t)job->p0 * d, sizeof(float) * (size_t)n * d);
-    PB_TRY(ops->embed(b, rows, m->token_embd, m->wdtype, e->ids + e->offset[j], n, d));
+    float scale = m->cfg.embed_scale > 0.0f ? m->cfg.embed_scale : 1.0f;
+    PB_TRY(ops->embed(b, rows, m->token_embd, m->wdtype, e->ids + e->offset[j], n, d, scale));
     if (job->embed_delta)
         PB_TRY(ops->add(b, rows, rows, job->embed_delta + (size_t)job->p0 * d, (size_t)n * d));
     return fn ? fn(user, j, PB_HOOK_EMBED, -1, rows, n, job->p0) : PB_OK;
@@ -474,6 +511,8 @@ pb_status pb_exec_unembed(pb_exec *e, float *out, const float *x, int rows, cons
         return pb_fail(PB_ERR_ARG, "unembed: %d rows exceed the workspace of %d", rows, e->max_tokens);
     PB_TRY(m->backend->ops->rmsnorm(m->backend, e->xn, x, m->final_norm, rows, c->d_model, c->rms_eps));
     PB_TRY(m->backend->ops->matmul(m->backend, out, e->xn, w, m->wdtype, NULL, rows, n_out, c->d_model));
+    if (c->final_softcap > 0.0f)
+        PB_TRY(m->backend->ops->softcap(m->backend, out, (size_t)rows * n_out, c->final_softcap));
     e->flops += 2.0 * rows * n_out * c->d_model;
     return PB_OK;
 }

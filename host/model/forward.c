@@ -46,77 +46,66 @@ static void kv_free(pb_model *m, kv_cache *kv) { m->backend->ops->free(m->backen
 
 /* Attention patterns (attn.hook_attn_scores, attn.hook_pattern) are no
  * activation the executor holds: they are recomputed on the host from the
- * layer's queries (copied at hook_q, rotated with the backend's own RoPE)
- * and its keys after RoPE (read from the KV cache once the layer's
- * attention ran, at hook_z), so every backend gives them the same way. */
+ * layer's queries after q/k norm and RoPE (hook_rot_q) and its keys after
+ * RoPE (read from the KV cache once the layer's attention ran, at hook_z),
+ * so every backend gives them the same way. */
 typedef struct pattern_work {
     int T;
-    int32_t *positions; /* device (T): 0 .. T-1 */
-    float *q_device;    /* device (T, n_heads * head_dim) */
-    float *q, *k;       /* host (T, n_heads * head_dim), (T, kv_dim), after RoPE */
-    double *row;        /* host (T): one query's scores */
+    float *q, *k; /* host (T, n_heads * head_dim), (T, kv_dim), after RoPE */
+    double *row;  /* host (T): one query's scores */
 } pattern_work;
 
 static pb_status pattern_work_init(pb_model *m, pattern_work *w, int T) {
     const pb_model_config *c = &m->cfg;
-    pb_backend *b = m->backend;
     w->T = T;
     w->q = malloc(sizeof(float) * (size_t)T * c->n_heads * c->head_dim);
     w->k = malloc(sizeof(float) * (size_t)T * c->n_kv_heads * c->head_dim);
     w->row = malloc(sizeof(double) * (size_t)T);
-    int32_t *pos = malloc(sizeof(int32_t) * (size_t)T);
-    if (!w->q || !w->k || !w->row || !pos) {
-        free(pos);
+    if (!w->q || !w->k || !w->row)
         return pb_fail(PB_ERR_OOM, "out of memory for attention patterns of %d tokens", T);
-    }
-    for (int t = 0; t < T; t++)
-        pos[t] = t;
-    pb_status st = b->ops->alloc(b, (void **)&w->positions, sizeof(int32_t) * (size_t)T);
-    if (st == PB_OK)
-        st = b->ops->upload(b, w->positions, pos, sizeof(int32_t) * (size_t)T);
-    if (st == PB_OK)
-        st = b->ops->alloc(b, (void **)&w->q_device, sizeof(float) * (size_t)T * c->n_heads * c->head_dim);
-    free(pos);
-    return st;
+    return PB_OK;
 }
 
 static void pattern_work_free(pb_model *m, pattern_work *w) {
-    if (w->positions)
-        m->backend->ops->free(m->backend, w->positions);
-    if (w->q_device)
-        m->backend->ops->free(m->backend, w->q_device);
     free(w->q);
     free(w->k);
     free(w->row);
 }
 
-/* scores (n_heads, T, T) = q.k / sqrt(head_dim) with -inf above the
- * diagonal (TransformerLens's hook_attn_scores), pattern its row softmax
+/* scores (n_heads, T, T) = q.k * scale, soft-capped, with -inf where the
+ * query does not see the key (above the diagonal, outside a sliding
+ * window): TransformerLens's hook_attn_scores; pattern its row softmax
  * (hook_pattern); either may be NULL. */
-static void attention_patterns(const pb_model_config *c, const pattern_work *w, float *scores, float *pattern) {
+static void attention_patterns(const pb_model_config *c, int layer, const pattern_work *w, float *scores,
+                               float *pattern) {
     int T = w->T, hd = c->head_dim, group = c->n_heads / c->n_kv_heads;
     int qd = c->n_heads * hd, kvd = c->n_kv_heads * hd;
-    double scale = 1.0 / sqrt((double)hd), *row = w->row;
+    pb_attention_params a = pb_model_attention_params(c, layer);
+    double *row = w->row;
     for (int h = 0; h < c->n_heads; h++)
         for (int i = 0; i < T; i++) {
             const float *q = w->q + (size_t)i * qd + (size_t)h * hd;
+            int first = pb_attention_first_key(&a, i);
             double max = -INFINITY, sum = 0.0;
-            for (int j = 0; j <= i; j++) {
+            for (int j = first; j <= i; j++) {
                 const float *k = w->k + (size_t)j * kvd + (size_t)(h / group) * hd;
                 double dot = 0.0;
                 for (int d = 0; d < hd; d++)
                     dot += (double)q[d] * (double)k[d];
-                row[j] = dot * scale;
+                row[j] = dot * a.scale;
+                if (a.softcap > 0.0f)
+                    row[j] = a.softcap * tanh(row[j] / a.softcap);
                 max = row[j] > max ? row[j] : max;
             }
-            for (int j = 0; j <= i; j++)
+            for (int j = first; j <= i; j++)
                 sum += exp(row[j] - max);
             size_t at = ((size_t)h * T + (size_t)i) * T;
             for (int j = 0; j < T; j++) {
+                int seen = j >= first && j <= i;
                 if (scores)
-                    scores[at + j] = j <= i ? (float)row[j] : -INFINITY;
+                    scores[at + j] = seen ? (float)row[j] : -INFINITY;
                 if (pattern)
-                    pattern[at + j] = j <= i ? (float)(exp(row[j] - max) / sum) : 0.0f;
+                    pattern[at + j] = seen ? (float)(exp(row[j] - max) / sum) : 0.0f;
             }
         }
 }
@@ -129,7 +118,7 @@ typedef struct forward_hooks {
     pattern_work patterns;
 } forward_hooks;
 
-/* At hook_q: the rotated queries; at hook_z: the keys and the patterns. */
+/* At hook_rot_q: the queries; at hook_z: the keys and the patterns. */
 static pb_status pattern_hook(forward_hooks *h, pb_hook_kind hook, int layer, const float *data) {
     pb_capture_entry *scores = pb_capture_find(h->capture, PB_HOOK_ATTN_SCORES, layer);
     pb_capture_entry *pattern = pb_capture_find(h->capture, PB_HOOK_PATTERN, layer);
@@ -140,13 +129,10 @@ static pb_status pattern_hook(forward_hooks *h, pb_hook_kind hook, int layer, co
     pb_backend *b = m->backend;
     pattern_work *w = &h->patterns;
     size_t T = (size_t)w->T, qd = (size_t)c->n_heads * c->head_dim, kvd = (size_t)c->n_kv_heads * c->head_dim;
-    if (hook == PB_HOOK_Q) {
-        PB_TRY(b->ops->copy(b, w->q_device, data, sizeof(float) * T * qd));
-        PB_TRY(b->ops->rope(b, w->q_device, w->positions, m->inv_freq, w->T, c->n_heads, c->head_dim));
-        return b->ops->download(b, w->q, w->q_device, sizeof(float) * T * qd);
-    }
+    if (hook == PB_HOOK_ROT_Q)
+        return b->ops->download(b, w->q, data, sizeof(float) * T * qd);
     PB_TRY(b->ops->download(b, w->k, h->k_cache + (size_t)layer * T * kvd, sizeof(float) * T * kvd));
-    attention_patterns(c, w, scores ? scores->data : NULL, pattern ? pattern->data : NULL);
+    attention_patterns(c, layer, w, scores ? scores->data : NULL, pattern ? pattern->data : NULL);
     return PB_OK;
 }
 
@@ -156,7 +142,7 @@ static pb_status forward_hook(void *user, int job, pb_hook_kind hook, int layer,
         PB_TRY(h->extras->intervene(h->extras->intervene_user, job, hook, layer, data, n_rows, p0));
     if (hook == PB_HOOK_RESID_PRE && layer == h->model->cfg.n_layers)
         return PB_OK; /* the final residual has no hook name of its own */
-    if (h->patterns.q && (hook == PB_HOOK_Q || hook == PB_HOOK_Z))
+    if (h->patterns.q && (hook == PB_HOOK_ROT_Q || hook == PB_HOOK_Z))
         PB_TRY(pattern_hook(h, hook, layer, data));
     pb_capture_entry *e = pb_capture_find(h->capture, hook, layer);
     if (!e)

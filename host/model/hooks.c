@@ -21,6 +21,10 @@ static const char *hook_suffix(pb_hook_kind kind) {
     case PB_HOOK_EMBED: return "hook_embed";
     case PB_HOOK_ATTN_SCORES: return "attn.hook_attn_scores";
     case PB_HOOK_PATTERN: return "attn.hook_pattern";
+    case PB_HOOK_ROT_Q: return "attn.hook_rot_q";
+    case PB_HOOK_ROT_K: return "attn.hook_rot_k";
+    case PB_HOOK_ATTN_POST_IN: return "ln1_post.hook_in";
+    case PB_HOOK_MLP_POST_IN: return "ln2_post.hook_in";
     default: return "ln_final.hook_normalized";
     }
 }
@@ -28,6 +32,10 @@ static const char *hook_suffix(pb_hook_kind kind) {
 int pb_hook_is_pattern(pb_hook_kind kind) { return kind == PB_HOOK_ATTN_SCORES || kind == PB_HOOK_PATTERN; }
 
 int pb_hook_kind_per_layer(pb_hook_kind kind) { return kind != PB_HOOK_EMBED && kind != PB_HOOK_LN_FINAL; }
+
+int pb_hook_kind_exists(pb_hook_kind kind, const pb_model_config *cfg) {
+    return (kind != PB_HOOK_ATTN_POST_IN && kind != PB_HOOK_MLP_POST_IN) || cfg->sandwich_norm;
+}
 
 void pb_hook_name(pb_hook_kind kind, int layer, char *buf, size_t size) {
     if (pb_hook_kind_per_layer(kind))
@@ -64,6 +72,8 @@ int pb_hook_parse(const char *name, int n_layers, pb_hook_kind *kind, int *layer
 int pb_hook_shape(pb_hook_kind kind, const pb_model_config *cfg, int64_t shape[2]) {
     pb_component comp;
     int heads = pb_component_from_hook(kind, &comp) ? pb_component_head_count(comp, cfg) : 0;
+    if (kind == PB_HOOK_ROT_Q || kind == PB_HOOK_ROT_K)
+        heads = kind == PB_HOOK_ROT_Q ? cfg->n_heads : cfg->n_kv_heads;
     if (heads) {
         shape[0] = heads;
         shape[1] = cfg->head_dim;
@@ -113,13 +123,17 @@ pb_status pb_capture_create(pb_capture **out, const pb_model *model, const char 
         c->index[i] = -1;
     /* Model order: embed, then each layer's hooks in compute order, then ln_final. */
     static const pb_hook_kind layer_order[] = {
-        PB_HOOK_RESID_PRE, PB_HOOK_Q,        PB_HOOK_K,         PB_HOOK_V,       PB_HOOK_ATTN_SCORES, PB_HOOK_PATTERN,
-        PB_HOOK_Z,         PB_HOOK_ATTN_OUT, PB_HOOK_RESID_MID, PB_HOOK_MLP_OUT, PB_HOOK_RESID_POST};
+        PB_HOOK_RESID_PRE,    PB_HOOK_Q,         PB_HOOK_K,           PB_HOOK_V,
+        PB_HOOK_ROT_Q,        PB_HOOK_ROT_K,     PB_HOOK_ATTN_SCORES, PB_HOOK_PATTERN,
+        PB_HOOK_Z,            PB_HOOK_ATTN_POST_IN, PB_HOOK_ATTN_OUT, PB_HOOK_RESID_MID,
+        PB_HOOK_MLP_POST_IN,  PB_HOOK_MLP_OUT,   PB_HOOK_RESID_POST};
     for (int l = -1; l <= cfg->n_layers; l++) {
         int n_kinds = (l < 0 || l == cfg->n_layers) ? 1 : (int)(sizeof layer_order / sizeof layer_order[0]);
         for (int k = 0; k < n_kinds; k++) {
             pb_hook_kind kind = l < 0 ? PB_HOOK_EMBED : l == cfg->n_layers ? PB_HOOK_LN_FINAL : layer_order[k];
             int layer = pb_hook_kind_per_layer(kind) ? l : -1;
+            if (!pb_hook_kind_exists(kind, cfg))
+                continue;
             char name[96];
             pb_hook_name(kind, layer, name, sizeof name);
             if (!pattern_matches(pattern, name))

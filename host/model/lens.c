@@ -36,6 +36,8 @@ static pb_status lens_hook(void *user, int job, pb_hook_kind hook, int layer, fl
     PB_TRY(b->ops->rmsnorm(b, r->normed, r->rows, m->final_norm, r->n_positions, c->d_model, c->rms_eps));
     PB_TRY(
         b->ops->matmul(b, r->logits, r->normed, m->output, m->wdtype, NULL, r->n_positions, c->vocab_size, c->d_model));
+    if (c->final_softcap > 0.0f)
+        PB_TRY(b->ops->softcap(b, r->logits, n * vocab, c->final_softcap));
     return b->ops->download(b, r->out + (size_t)layer * n * vocab, r->logits, sizeof(float) * n * vocab);
 }
 

@@ -306,7 +306,12 @@ static pb_status place_tensor(pb_model *m, const pb_weight_source *src, wanted_t
     return PB_OK;
 }
 
-/* RoPE frequencies into the arena at cursor. GGUF files of Llama 3.1-style
+/* Arena bytes of one set of RoPE frequencies, 64-aligned. */
+static uint64_t rope_slot_bytes(const pb_model_config *c) {
+    return ((uint64_t)c->head_dim / 2 * sizeof(float) + 63) / 64 * 64;
+}
+
+/* RoPE frequencies into the arena at cursor (two sets with a local base). GGUF files of Llama 3.1-style
  * models carry the scaling as per-frequency divisors in rope_freqs.weight;
  * staging holds at least head_dim / 2 floats. */
 static pb_status place_rope(pb_model *m, const pb_weight_source *src, float *staging, char *cursor) {
@@ -333,7 +338,27 @@ static pb_status place_rope(pb_model *m, const pb_weight_source *src, float *sta
     }
     PB_TRY(m->backend->ops->upload(m->backend, cursor, m->inv_freq_host, sizeof(float) * half));
     m->inv_freq = (float *)(void *)cursor;
+    if (m->cfg.rope_theta_local > 0.0f) {
+        /* Sliding layers: their own base, never scaled (Gemma-3). */
+        pb_model_config local = m->cfg;
+        local.rope_theta = m->cfg.rope_theta_local;
+        local.rope_scaling = PB_ROPE_SCALING_NONE;
+        pb_rope_inv_freq(&local, staging);
+        cursor += rope_slot_bytes(&m->cfg);
+        PB_TRY(m->backend->ops->upload(m->backend, cursor, staging, sizeof(float) * half));
+        m->inv_freq_local = (float *)(void *)cursor;
+    }
     return PB_OK;
+}
+
+pb_attention_params pb_model_attention_params(const pb_model_config *c, int layer) {
+    pb_attention_params p = {c->attn_scale > 0.0f ? c->attn_scale : 1.0f / sqrtf((float)c->head_dim), c->attn_softcap,
+                             pb_layer_is_sliding(c, layer) ? c->sliding_window : 0};
+    return p;
+}
+
+const float *pb_model_inv_freq(const pb_model *m, int layer) {
+    return m->inv_freq_local && pb_layer_is_sliding(&m->cfg, layer) ? m->inv_freq_local : m->inv_freq;
 }
 
 /* Allocates the arena (arena_bytes) and the host buffers for `largest`
@@ -370,10 +395,10 @@ static pb_status load_weights(pb_model *m, const pb_weight_source *src) {
         return pb_fail(PB_ERR_OOM, "out of memory listing %d tensors", n);
     wanted_list(m, list, n);
     staging_buffers buf = {NULL, NULL};
-    uint64_t total, largest, half = (uint64_t)c->head_dim / 2;
+    uint64_t total, largest;
     pb_status status = check_tensors(m, src, list, n, &total, &largest);
     if (status == PB_OK) {
-        m->arena_bytes = (size_t)(total + (half * sizeof(float) + 63) / 64 * 64);
+        m->arena_bytes = (size_t)(total + (c->rope_theta_local > 0.0f ? 2 : 1) * rope_slot_bytes(c));
         status = alloc_buffers(m, largest, &buf);
     }
     char *cursor = m->arena;

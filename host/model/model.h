@@ -26,6 +26,12 @@ typedef struct pb_layer_weights {
     void *w_gate;     /* (d_mlp, d_model) */
     void *w_up;       /* (d_mlp, d_model) */
     void *w_down;     /* (d_model, d_mlp) */
+    /* Beyond Llama (NULL where the architecture lacks them); norm weights
+     * are stored as multiplied, Gemma's 1 + w already added. */
+    float *q_norm;         /* (head_dim) qk_norm: every query head */
+    float *k_norm;         /* (head_dim) qk_norm: every key head */
+    float *attn_post_norm; /* (d_model) sandwich_norm: the attention output before the residual add */
+    float *mlp_post_norm;  /* (d_model) sandwich_norm: the MLP output before the residual add */
     /* Fused projections: the load places wq, wk, wv (and bq, bk, bv; w_gate,
      * w_up) back to back in the arena, so these are views of the same
      * memory, one matrix per input for one GEMM (exec.c). NULL when the
@@ -50,6 +56,7 @@ struct pb_model {
     void *output;             /* (vocab_size, d_model) of wdtype; == token_embd when tied */
     float *inv_freq;          /* (head_dim / 2) in backend memory */
     float *inv_freq_host;     /* (head_dim / 2) */
+    float *inv_freq_local;    /* (head_dim / 2) in backend memory: sliding layers' RoPE (rope_theta_local > 0), else NULL */
     pb_layer_weights *layers; /* (n_layers) */
     pb_vocab vocab;
     /* text (model_text.c); a missing or unsupported tokenizer or template
@@ -66,6 +73,11 @@ struct pb_model {
 pb_status pb_model_config_validate(const pb_model_config *cfg);
 /* RoPE inverse frequencies with the config's scaling: out (head_dim / 2). */
 void pb_rope_inv_freq(const pb_model_config *cfg, float *out);
+/* Layer L's attention: scale, softcap, and window when it slides. */
+pb_attention_params pb_model_attention_params(const pb_model_config *cfg, int layer);
+/* Layer L's RoPE frequencies in backend memory (local on sliding layers
+ * when the model has a local base). */
+const float *pb_model_inv_freq(const pb_model *model, int layer);
 /* Sets each layer's fused views (w_qkv, b_qkv, w_gate_up) where its
  * matrices are contiguous, and clears them where they are not. */
 void pb_model_fuse_views(pb_model *model);
