@@ -208,7 +208,8 @@ static pb_status pb_cuda_not_yet(const char *what) {
 }
 
 static int pb_cuda_plain_attention(const pb_attention_params *params, int head_dim) {
-    return !params || (params->softcap <= 0.0f && params->window <= 0 && params->scale == 1.0f / sqrtf((float)head_dim));
+    return !params ||
+           (params->softcap <= 0.0f && params->window <= 0 && params->scale == 1.0f / sqrtf((float)head_dim));
 }
 
 static pb_status pb_cuda_embed(pb_backend *backend, float *out, const void *table, pb_dtype table_dtype,

@@ -316,8 +316,8 @@ static void run_attention_nan(int T, int T_kv, int q_start, int n_heads, int n_k
     twin k = twin_floats(k_host, kv_count);
     twin v = twin_floats(v_host, kv_count);
     twin out = twin_floats(NULL, q_count);
-    CHECK_OK(
-        g_ref->ops->attention(g_ref, out.ref, q.ref, k.ref, v.ref, T, T_kv, q_start, n_heads, n_kv_heads, head_dim, NULL));
+    CHECK_OK(g_ref->ops->attention(g_ref, out.ref, q.ref, k.ref, v.ref, T, T_kv, q_start, n_heads, n_kv_heads, head_dim,
+                                   NULL));
     CHECK_OK(g_cuda->ops->attention(g_cuda, out.cuda, q.cuda, k.cuda, v.cuda, T, T_kv, q_start, n_heads, n_kv_heads,
                                     head_dim, NULL));
     twin_compare(&out, PB_TOL_CUDA_OP_NMSE, what);
@@ -379,7 +379,8 @@ static void test_swiglu(void **state) {
     gate = twin_floats(gate_host, 7 * 142);
     out = twin_floats(NULL, 7 * 71);
     CHECK_OK(g_ref->ops->glu(g_ref, out.ref, gate.ref, (const float *)gate.ref + 71, 7, 71, 142, PB_ACTIVATION_SILU));
-    CHECK_OK(g_cuda->ops->glu(g_cuda, out.cuda, gate.cuda, (const float *)gate.cuda + 71, 7, 71, 142, PB_ACTIVATION_SILU));
+    CHECK_OK(
+        g_cuda->ops->glu(g_cuda, out.cuda, gate.cuda, (const float *)gate.cuda + 71, 7, 71, 142, PB_ACTIVATION_SILU));
     twin_compare(&out, PB_TOL_CUDA_ELEMENTWISE_NMSE, "swiglu fused halves 7 x 71, stride 142");
     twin_free(&gate);
     twin_free(&out);
@@ -872,7 +873,8 @@ static void test_errors(void **state) {
                   "attention_jobs n > 0 without new keys");
     job.v_new = buffer;
     job.n = -1;
-    expect_status(ops->attention_jobs(g_cuda, buffer, buffer, &job, 1, 2, 2, 8, NULL), PB_ERR_ARG, "attention_jobs n < 0");
+    expect_status(ops->attention_jobs(g_cuda, buffer, buffer, &job, 1, 2, 2, 8, NULL), PB_ERR_ARG,
+                  "attention_jobs n < 0");
     job.n = 1;
     expect_status(ops->attention_jobs(g_cuda, buffer, buffer, &job, 1, 1, 1, 4096, NULL), PB_ERR_UNSUPPORTED,
                   "attention_jobs head_dim 4096 (shared memory)");

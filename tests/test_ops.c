@@ -135,7 +135,8 @@ static void test_cpu_matches_reference(void **state) {
     /* swiglu and add */
     for (int i = 0; i < 2; i++) {
         out[i] = alloc_guarded((size_t)n * k);
-        assert_int_equal(bs[i]->ops->glu(bs[i], out[i], w, x, (size_t)rows, (size_t)k, (size_t)k, PB_ACTIVATION_SILU), PB_OK);
+        assert_int_equal(bs[i]->ops->glu(bs[i], out[i], w, x, (size_t)rows, (size_t)k, (size_t)k, PB_ACTIVATION_SILU),
+                         PB_OK);
         check_guard(out[i], (size_t)rows * k, "swiglu");
     }
     compare(out[1], out[0], (size_t)rows * k, PB_TOL_ELEMENTWISE_NMSE, "swiglu");
@@ -179,7 +180,8 @@ static void test_cpu_rope_attention_embed(void **state) {
             assert_int_equal(bs[i]->ops->rope(bs[i], rq[i], pos, inv, T, n_heads, hd), PB_OK);
             check_guard(rq[i], qn, "rope");
             z[i] = alloc_guarded(qn);
-            assert_int_equal(bs[i]->ops->attention(bs[i], z[i], q, k, v, T, T_kv, q_start, n_heads, n_kv, hd, NULL), PB_OK);
+            assert_int_equal(bs[i]->ops->attention(bs[i], z[i], q, k, v, T, T_kv, q_start, n_heads, n_kv, hd, NULL),
+                             PB_OK);
             check_guard(z[i], qn, "attention");
         }
         compare(rq[1], rq[0], qn, PB_TOL_ELEMENTWISE_NMSE, "rope");

@@ -123,10 +123,9 @@ pb_status pb_capture_create(pb_capture **out, const pb_model *model, const char 
         c->index[i] = -1;
     /* Model order: embed, then each layer's hooks in compute order, then ln_final. */
     static const pb_hook_kind layer_order[] = {
-        PB_HOOK_RESID_PRE,    PB_HOOK_Q,         PB_HOOK_K,           PB_HOOK_V,
-        PB_HOOK_ROT_Q,        PB_HOOK_ROT_K,     PB_HOOK_ATTN_SCORES, PB_HOOK_PATTERN,
-        PB_HOOK_Z,            PB_HOOK_ATTN_POST_IN, PB_HOOK_ATTN_OUT, PB_HOOK_RESID_MID,
-        PB_HOOK_MLP_POST_IN,  PB_HOOK_MLP_OUT,   PB_HOOK_RESID_POST};
+        PB_HOOK_RESID_PRE, PB_HOOK_Q,           PB_HOOK_K,           PB_HOOK_V,       PB_HOOK_ROT_Q,
+        PB_HOOK_ROT_K,     PB_HOOK_ATTN_SCORES, PB_HOOK_PATTERN,     PB_HOOK_Z,       PB_HOOK_ATTN_POST_IN,
+        PB_HOOK_ATTN_OUT,  PB_HOOK_RESID_MID,   PB_HOOK_MLP_POST_IN, PB_HOOK_MLP_OUT, PB_HOOK_RESID_POST};
     for (int l = -1; l <= cfg->n_layers; l++) {
         int n_kinds = (l < 0 || l == cfg->n_layers) ? 1 : (int)(sizeof layer_order / sizeof layer_order[0]);
         for (int k = 0; k < n_kinds; k++) {

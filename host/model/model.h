@@ -49,14 +49,15 @@ struct pb_model {
     pb_dtype wdtype; /* storage of every weight matrix (dtype.h) */
     void *arena;     /* every weight below, one backend allocation */
     size_t arena_bytes;
-    void *token_embd;         /* (vocab_size, d_model) of wdtype */
-    double embed_sigma;       /* standard deviation of token_embd's stored values (pb_noise_sigma), set at load
+    void *token_embd;     /* (vocab_size, d_model) of wdtype */
+    double embed_sigma;   /* standard deviation of token_embd's stored values (pb_noise_sigma), set at load
                                  so that noise never downloads the table */
-    float *final_norm;        /* (d_model) */
-    void *output;             /* (vocab_size, d_model) of wdtype; == token_embd when tied */
-    float *inv_freq;          /* (head_dim / 2) in backend memory */
-    float *inv_freq_host;     /* (head_dim / 2) */
-    float *inv_freq_local;    /* (head_dim / 2) in backend memory: sliding layers' RoPE (rope_theta_local > 0), else NULL */
+    float *final_norm;    /* (d_model) */
+    void *output;         /* (vocab_size, d_model) of wdtype; == token_embd when tied */
+    float *inv_freq;      /* (head_dim / 2) in backend memory */
+    float *inv_freq_host; /* (head_dim / 2) */
+    float
+        *inv_freq_local; /* (head_dim / 2) in backend memory: sliding layers' RoPE (rope_theta_local > 0), else NULL */
     pb_layer_weights *layers; /* (n_layers) */
     pb_vocab vocab;
     /* text (model_text.c); a missing or unsupported tokenizer or template

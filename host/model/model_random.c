@@ -22,16 +22,18 @@ typedef struct named_shape {
  * eps, theta, scaling, factor, low, high, original context, qkv bias, tied,
  * bos, eos, then the architecture fields */
 static const named_shape shapes[] = {
-    {"tiny",
-     {"llama", 4, 64, 4, 2, 16, 176, 512, 2048, 1e-5f, 10000.0f, PB_ROPE_SCALING_NONE, 0, 0, 0, 0, 0, 1, -1, -1, LLAMA_BASELINE}},
-    {"smollm2-135m",
-     {"llama", 30, 576, 9, 3, 64, 1536, 49152, 8192, 1e-5f, 100000.0f, PB_ROPE_SCALING_NONE, 0, 0, 0, 0, 0, 1, -1, -1, LLAMA_BASELINE}},
-    {"llama3-8b", {"llama", 32,   4096, 32,   8, 128, 14336, 128256, 131072, 1e-5f, 500000.0f, PB_ROPE_SCALING_LLAMA3,
-                   8.0f,    1.0f, 4.0f, 8192, 0, 0,   -1,    -1, LLAMA_BASELINE}},
-    {"llama3-70b", {"llama", 80,   8192, 64,   8, 128, 28672, 128256, 131072, 1e-5f, 500000.0f, PB_ROPE_SCALING_LLAMA3,
-                    8.0f,    1.0f, 4.0f, 8192, 0, 0,   -1,    -1, LLAMA_BASELINE}},
-    {"qwen2-7b", {"qwen2", 28, 3584, 28, 4, 128, 18944, 152064, 32768, 1e-6f, 1000000.0f, PB_ROPE_SCALING_NONE,
-                  0,       0,  0,    0,  1, 0,   -1,    -1, LLAMA_BASELINE}},
+    {"tiny", {"llama", 4, 64, 4, 2, 16, 176, 512, 2048,          1e-5f, 10000.0f, PB_ROPE_SCALING_NONE,
+              0,       0, 0,  0, 0, 1,  -1,  -1,  LLAMA_BASELINE}},
+    {"smollm2-135m", {"llama", 30, 576, 9, 3, 64, 1536, 49152, 8192,          1e-5f, 100000.0f, PB_ROPE_SCALING_NONE,
+                      0,       0,  0,   0, 0, 1,  -1,   -1,    LLAMA_BASELINE}},
+    {"llama3-8b",
+     {"llama", 32,   4096, 32,   8, 128, 14336, 128256, 131072,        1e-5f, 500000.0f, PB_ROPE_SCALING_LLAMA3,
+      8.0f,    1.0f, 4.0f, 8192, 0, 0,   -1,    -1,     LLAMA_BASELINE}},
+    {"llama3-70b",
+     {"llama", 80,   8192, 64,   8, 128, 28672, 128256, 131072,        1e-5f, 500000.0f, PB_ROPE_SCALING_LLAMA3,
+      8.0f,    1.0f, 4.0f, 8192, 0, 0,   -1,    -1,     LLAMA_BASELINE}},
+    {"qwen2-7b", {"qwen2", 28, 3584, 28, 4, 128, 18944, 152064, 32768,         1e-6f, 1000000.0f, PB_ROPE_SCALING_NONE,
+                  0,       0,  0,    0,  1, 0,   -1,    -1,     LLAMA_BASELINE}},
 };
 
 const char *pb_model_random_names(void) { return "tiny, smollm2-135m, llama3-8b, llama3-70b, qwen2-7b"; }
