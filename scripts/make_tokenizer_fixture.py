@@ -4,6 +4,8 @@ tests/test_tokenizer.c.
 
 Usage: HF_HUB_OFFLINE=1 .venv/bin/python scripts/make_tokenizer_fixture.py \
            [MODEL.gguf] [OUT_DIR] [--llama-cpp]
+       HF_HUB_OFFLINE=1 .venv/bin/python scripts/make_tokenizer_fixture.py --gemma3 \
+           [GEMMA.gguf] [OUT_DIR]        (gemma3_corpus.json alone)
 
 Files written (all JSON; every one opens with "magic", "version" and
 "generator"):
@@ -31,6 +33,13 @@ Files written (all JSON; every one opens with "magic", "version" and
                         here with `tokenizers` (Digits + ByteLevel with
                         "a b" merge strings; Split with the Llama-3 regex;
                         Split with the Qwen2 regex) and their ids.
+  gemma3_corpus.json    (with --gemma3; needs models/gemma-3-270m-q4_k_m.gguf,
+                        scripts/fetch-model.sh gemma3-270m) ids only: for
+                        every text of smollm2_corpus.json (by index, same
+                        order) and for extra Gemma-specific texts (spelled
+                        here), the ids of transformers' tokenizer loaded
+                        from the Gemma 3 GGUF: "special" and "plain" as
+                        above ("plain" only where it differs).
   llama_cpp_comparison.json (with --llama-cpp) llama-cpp-python's
                         tokenizer against transformers on the SmolLM2
                         corpus, every disagreement listed.
@@ -414,8 +423,59 @@ def bpe_variants(out, rng, smollm2_texts):
         print("variant %s: %d cases" % (name, len(cases)))
 
 
+GEMMA3_EXTRA = [
+    "<start_of_turn>user\nHello!<end_of_turn>\n<start_of_turn>model\n",
+    "<bos><start_of_turn>user\nYou are terse.\n\nHi<end_of_turn>\n<start_of_turn>model\n",
+    "<start_of_turn>", "<end_of_turn>", "<start_of_turn>user", " <start_of_turn> ", "x<end_of_turn>y",
+    "<bos>", "<eos>", "<pad>", "<unk>", "<mask>", "[multimodal]", "<start_of_image>", "<end_of_image>",
+    "<unused0>", "<unused6241>", "<start_of_turn", "<Start_Of_Turn>",
+    "<table><tr><td>1</td></tr></table>", "<b>bold</b> <i>it</i>", "<div>x</div>", "<s>", "</s>",
+    " ", "  ", "   ", "    ", " " * 31, " " * 32, " " * 33, " " * 70, "a" + " " * 35 + "b",
+    " leading", "  leading", "   three", "trailing  ", "a b", "a  b", "a   b  c    d",
+    "\n", "\n\n", "\n" * 31, "\n" * 32, "\n" * 45, "x\n\ny", "x \n y", " \n\n ", "\r\n\r\n",
+    "\t", "\t\t", "\t" * 31, "\t" * 40, "\t \t", "a\tb\t\tc", " \t\n \t\n",
+    "def f():\n    return 1\n\n\nclass A:\n\tpass\n",
+    "😀", "👨‍👩‍👧‍👦", "🏳️‍🌈 🇫🇷", "你好，世界！", "日本語のテキストです。", "한국어 텍스트", "ภาษาไทย",
+    "\U0001f9ff\U0001fae8", "\U0001d54f\U0001d550", "\U00010348\U00011000", "\U000e0041", "\ue000\uf8ff",
+    "\U0010fffd", "\U0001e4d0\U0001e4d1", "\x00", "a\x00b", "\x01\x02\x7f", "\u00ad\u200b\ufeff",
+    "\u2581", "\u2581\u2581x", "x\u2581 y", "<0x41>", "<0x0A>", "\u0300\u0301", "\U0001f600" * 5,
+]
+
+
+def gemma3(model, out):
+    from transformers import AutoTokenizer
+    import transformers
+    tok = AutoTokenizer.from_pretrained(str(model.parent), gguf_file=model.name)
+    corpus = json.loads((out / "smollm2_corpus.json").read_text())
+    texts = [c["text"] for c in corpus["cases"]]
+
+    def ids(text):
+        special = tok(text, add_special_tokens=False)["input_ids"]
+        plain = tok(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        case = {"special": special}
+        if plain != special:
+            case["plain"] = plain
+        return case
+
+    cases = [ids(t) for t in texts]
+    extra = [{"text": t, **ids(t)} for t in GEMMA3_EXTRA]
+    write_json(out / "gemma3_corpus.json", {
+        **header("sentencepiece-bpe corpus", model=model.name, vocab_size=len(tok),
+                 texts="smollm2_corpus.json cases, by index",
+                 reference="transformers %s AutoTokenizer.from_pretrained(gguf_file=...) (%s)" %
+                           (transformers.__version__, type(tok).__name__)),
+        "cases": cases, "extra": extra})
+    print("gemma3: %d corpus cases + %d extra, %d with plain != special" %
+          (len(cases), len(extra), sum("plain" in c for c in cases + extra)))
+
+
 def main():
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    if "--gemma3" in sys.argv:
+        model = Path(args[0] if args else ROOT / "models" / "gemma-3-270m-q4_k_m.gguf").resolve()
+        out = Path(args[1] if len(args) > 1 else ROOT / "tests" / "fixtures" / "tokenizer")
+        gemma3(model, out)
+        return
     model = Path(args[0] if args else ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf").resolve()
     out = Path(args[1] if len(args) > 1 else ROOT / "tests" / "fixtures" / "tokenizer")
     out.mkdir(parents=True, exist_ok=True)

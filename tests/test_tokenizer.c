@@ -3,7 +3,8 @@
  * GGUF and from its tokenizer.json against transformers, ids for both
  * parse_special settings and decodes; a SentencePiece BPE model against
  * sentencepiece; small tokenizer.json files with Digits and Split
- * pre-tokenizers against tokenizers. Plus refusals (invalid UTF-8,
+ * pre-tokenizers against tokenizers; Gemma 3's vocabulary (the real GGUF,
+ * when fetched) against transformers. Plus refusals (invalid UTF-8,
  * unsupported models and pre-tokenizers), NULL arguments and a 100 kB
  * text. */
 #define _POSIX_C_SOURCE 200809L
@@ -288,6 +289,81 @@ static void test_json_variants(void **state) {
     }
 }
 
+/* The Gemma 3 270M GGUF (scripts/fetch-model.sh gemma3-270m): $PB_GEMMA3_MODEL,
+ * else $PB_SOURCE_DIR/models/gemma-3-270m-q4_k_m.gguf; NULL when absent. */
+static const char *gemma3_model_path(char *buf, size_t size) {
+    const char *env = getenv("PB_GEMMA3_MODEL");
+    if (env && *env)
+        snprintf(buf, size, "%s", env);
+    else
+        snprintf(buf, size, "%s/models/gemma-3-270m-q4_k_m.gguf", tu_source_dir());
+    return tu_file_exists(buf) ? buf : NULL;
+}
+
+static double seconds_since(const struct timespec *t0) {
+    struct timespec t1;
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    return (double)(t1.tv_sec - t0->tv_sec) + (double)(t1.tv_nsec - t0->tv_nsec) / 1e9;
+}
+
+/* Gemma 3's SentencePiece BPE (262,144 tokens, no dummy prefix, byte
+ * fallback, user-defined runs of spaces, tabs and newlines, thousands of
+ * control tokens) against transformers' tokenizer loaded from the same
+ * GGUF: the SmolLM2 corpus (texts from smollm2_corpus.json, ids from
+ * gemma3_corpus.json) and Gemma-specific texts, both parse_special
+ * settings, every disagreement listed. Also times the build and encode. */
+static void test_gemma3_gguf(void **state) {
+    (void)state;
+    char path[1024];
+    if (!gemma3_model_path(path, sizeof path)) {
+        printf("SKIP: %s not found (scripts/fetch-model.sh gemma3-270m fetches it; or set PB_GEMMA3_MODEL)\n", path);
+        skip();
+    }
+    struct timespec t0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    pb_tokenizer *tok = load_gguf_tokenizer(path);
+    double build_s = seconds_since(&t0);
+    json_t *root = load_fixture("tokenizer/gemma3_corpus.json");
+    json_t *texts_root = load_fixture("tokenizer/smollm2_corpus.json");
+    assert_int_equal(pb_tokenizer_vocab_size(tok), json_integer_value(json_object_get(root, "vocab_size")));
+    assert_int_equal(pb_tokenizer_token_id(tok, "<start_of_turn>"), 105);
+    assert_int_equal(pb_tokenizer_token_id(tok, "<end_of_turn>"), 106);
+    json_t *cases = json_object_get(root, "cases"), *texts = json_object_get(texts_root, "cases");
+    assert_int_equal(json_array_size(cases), json_array_size(texts));
+    assert_true(json_array_size(cases) >= 2000);
+    int mismatches = 0, strings = 0;
+    size_t i, bytes = 0;
+    json_t *c;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    json_array_foreach(cases, i, c) {
+        json_t *text = json_object_get(json_array_get(texts, i), "text");
+        json_t *special = json_object_get(c, "special"), *plain = json_object_get(c, "plain");
+        mismatches += !check_ids(tok, text, special, 1, "gemma3 corpus");
+        mismatches += !check_ids(tok, text, plain ? plain : special, 0, "gemma3 corpus");
+        strings++;
+        bytes += 2 * json_string_length(text);
+    }
+    double encode_s = seconds_since(&t0);
+    json_array_foreach(json_object_get(root, "extra"), i, c) {
+        json_t *text = json_object_get(c, "text");
+        json_t *special = json_object_get(c, "special"), *plain = json_object_get(c, "plain");
+        mismatches += !check_ids(tok, text, special, 1, "gemma3 extra");
+        mismatches += !check_ids(tok, text, plain ? plain : special, 0, "gemma3 extra");
+        strings++;
+    }
+    printf("MEASURE tokenizer gemma3 gguf: %d strings x 2 parse_special settings compared with transformers, %d "
+           "mismatches\n",
+           strings, mismatches);
+    printf("MEASURE tokenizer gemma3 gguf: built from the GGUF (262,144 tokens) in %.3f s; corpus encoded %zu "
+           "times (%zu bytes) in %.3f s: %.0f strings/s, %.2f MB/s\n",
+           build_s, 2 * json_array_size(cases), bytes, encode_s, 2.0 * (double)json_array_size(cases) / encode_s,
+           (double)bytes / encode_s / 1e6);
+    json_decref(texts_root);
+    json_decref(root);
+    pb_tokenizer_free(tok);
+    assert_int_equal(mismatches, 0);
+}
+
 /* ---- a minimal GGUF writer for the refusal cases ---- */
 
 typedef struct gguf_buf {
@@ -555,6 +631,7 @@ int main(void) {
         cmocka_unit_test(test_sentencepiece), cmocka_unit_test(test_bad_token_metadata),
         cmocka_unit_test(test_json_variants), cmocka_unit_test(test_refusals),
         cmocka_unit_test(test_null_safety),   cmocka_unit_test(test_large_text),
+        cmocka_unit_test(test_gemma3_gguf),
     };
     int failed = cmocka_run_group_tests(tests, NULL, NULL);
     printf("MEASURE tokenizer: %d strings compared with references\n", g_compared);

@@ -666,6 +666,49 @@ static pb_status sentencepiece_tables(pb_tokenizer *tok) {
     return PB_OK;
 }
 
+/* Gemma 1/2/3 (general.architecture), whose SentencePiece vocabulary
+ * needs the two fixes of gguf_sentencepiece. */
+static int gguf_is_gemma(const pb_gguf *gguf) {
+    const char *arch;
+    size_t len;
+    if (!pb_gguf_has_key(gguf, "general.architecture") ||
+        pb_gguf_get_string(gguf, "general.architecture", &arch, &len) != PB_OK)
+        return 0;
+    return str_is(arch, len, "gemma") || str_is(arch, len, "gemma2") || str_is(arch, len, "gemma3");
+}
+
+/* 1 when s holds a space and nothing but white space (Python's
+ * str.isspace, which transformers tests). */
+static int is_space_run(const char *s, size_t len) {
+    int space = 0;
+    for (size_t i = 0; i < len;) {
+        size_t n = utf8_valid_len((const unsigned char *)s + i, len - i);
+        if (!n)
+            return 0;
+        unsigned c = utf8_decode_at((const unsigned char *)s + i, n);
+        if (!is_white_space(c) && !(c >= 0x1C && c <= 0x1F))
+            return 0;
+        space |= c == ' ';
+        i += n;
+    }
+    return space;
+}
+
+/* The token spelled as one U+2581 per character of s. */
+static pb_status set_space_run(pb_tokenizer *tok, int id, const char *s, size_t len) {
+    size_t chars = 0;
+    for (size_t i = 0; i < len; i += utf8_valid_len((const unsigned char *)s + i, len - i))
+        chars++;
+    char *run = malloc(3 * chars + 1);
+    if (!run)
+        return pb_fail(PB_ERR_OOM, "tokenizer: out of memory");
+    for (size_t i = 0; i < chars; i++)
+        memcpy(run + 3 * i, "\xE2\x96\x81", 3);
+    pb_status st = set_text(tok, id, run, 3 * chars);
+    free(run);
+    return st;
+}
+
 static pb_status gguf_sentencepiece(pb_tokenizer *tok, const pb_gguf *gguf, uint64_t count) {
     tok->score = calloc((size_t)count + 1, sizeof *tok->score);
     if (!tok->score)
@@ -681,10 +724,23 @@ static pb_status gguf_sentencepiece(pb_tokenizer *tok, const pb_gguf *gguf, uint
         PB_TRY(pb_gguf_get_array_data(gguf, "tokenizer.ggml.scores", &data));
         memcpy(tok->score, data, 4 * (size_t)n);
     }
+    int gemma = gguf_is_gemma(gguf);
     for (uint64_t i = 0; i < count; i++) {
         const char *s;
         size_t len;
         PB_TRY(pb_gguf_get_array_string(gguf, "tokenizer.ggml.tokens", i, &s, &len));
+        if (gemma) {
+            /* Gemma's merge order is the file order (its scores put every
+             * user-defined token at -1000), and its runs of spaces are
+             * spelled with real spaces: respelled as U+2581 runs they are
+             * ordinary pieces, merged by BPE rather than matched whole, as
+             * transformers' GGUF loader builds them. */
+            tok->score[i] = -(float)i;
+            if (is_space_run(s, len)) {
+                PB_TRY(set_space_run(tok, (int)i, s, len));
+                continue;
+            }
+        }
         PB_TRY(set_text(tok, (int)i, s, len));
         if (tok->type[i] == TYPE_CONTROL || tok->type[i] == TYPE_USER) {
             /* Matched in raw text, where U+2581 is a space. */
