@@ -6,6 +6,7 @@
 #include "distributed/rank_device.h"
 #include "formats/npy.h"
 #include "model/model_random.h"
+#include "text/model_text.h"
 #include "util/clock.h"
 #include "util/internal.h"
 #include "util/outdir.h"

@@ -56,6 +56,13 @@ double pb_now_seconds(void);
 /* Writes `size` bytes to path via path.tmp.<pid> + fsync + rename. */
 pb_status pb_write_file_atomic(const char *path, const void *data, size_t size);
 
+/* ---- text only (text/model_text.h) ---- */
+/* A model with its text side only (vocabulary, tokenizer, chat template,
+ * BOS/EOS ids), from a .gguf's metadata or a folder's tokenizer files,
+ * without reading a weight or checking the architecture: for tokenize and
+ * decode. Only text calls, pb_model_get_config and pb_model_free take it. */
+pb_status pb_model_load_text(pb_model **out, const char *path);
+
 /* ---- models (model/model_random.h) ---- */
 /* The config of a random model name ("llama3-70b:4") without its weights. */
 pb_status pb_random_config(pb_model_config *out, const char *spec);

@@ -1,4 +1,5 @@
-/* Prompt options, token pieces and the decode command (cli_text.h). */
+/* Prompt options, token pieces, the text-only model load and the decode
+ * command (cli_text.h). */
 #define _POSIX_C_SOURCE 200809L
 #include <jansson.h>
 #include <stdlib.h>
@@ -156,6 +157,12 @@ int pb_cli_prompt_ids(const char *cmd, pb_model *m, const pb_cli_prompt *p, int3
     }
     text_notice(cmd, m, p, *ids, *T);
     return 0;
+}
+
+pb_status pb_cli_text_model_load(const pb_cli_model *o, pb_model **out) {
+    if (o->random_name)
+        return pb_cli_model_load(o, out);
+    return pb_model_load_text(out, o->path);
 }
 
 /* ---- pieces ------------------------------------------------------------ */
@@ -353,7 +360,7 @@ int pb_cli_decode(int argc, char **argv) {
         decode_ids(&o, args, n_args, &ids, &T))
         goto done;
     rc = 1;
-    if (pb_cli_model_load(&o.model, &m) != PB_OK || pb_model_detokenize(m, ids, T, &text) != PB_OK) {
+    if (pb_cli_text_model_load(&o.model, &m) != PB_OK || pb_model_detokenize(m, ids, T, &text) != PB_OK) {
         fprintf(stderr, "patchbay decode: %s\n", pb_last_error());
         goto done;
     }

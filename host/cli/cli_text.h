@@ -59,6 +59,11 @@ void pb_cli_print_pieces(FILE *out, const pb_model *m, const int32_t *ids, int n
 
 /* patchbay decode; argv[0] is the command. Ids as arguments, --ids,
  * --ids-file (- for stdin). */
+/* The model's text side alone for --model (pb_model_load_text: no weights
+ * read, any architecture), the whole random model for --random-model (whose
+ * missing tokenizer then says so): what tokenize and decode need. */
+pb_status pb_cli_text_model_load(const pb_cli_model *o, pb_model **out);
+
 int pb_cli_decode(int argc, char **argv);
 void pb_cli_decode_options(FILE *out, const char *cmd);
 

@@ -153,9 +153,11 @@ static int parse_options(int argc, char **argv, options *o) {
     return pb_cli_parse(&parser, t.table, argc, argv, 1) && pb_cli_model_check(&o->model, argv[0]);
 }
 
-static pb_model *load(const options *o, const char *cmd) {
+/* text_only: the vocabulary, tokenizer and chat template without the
+ * weights (tokenize). */
+static pb_model *load_model(const options *o, const char *cmd, int text_only) {
     pb_model *m = NULL;
-    if (pb_cli_model_load(&o->model, &m) != PB_OK) {
+    if ((text_only ? pb_cli_text_model_load(&o->model, &m) : pb_cli_model_load(&o->model, &m)) != PB_OK) {
         fail("cannot load model");
         return NULL;
     }
@@ -165,6 +167,8 @@ static pb_model *load(const options *o, const char *cmd) {
     }
     return m;
 }
+
+static pb_model *load(const options *o, const char *cmd) { return load_model(o, cmd, 0); }
 
 /* patchbay tokenize: the ids of a text (chat-templated with --chat) as a
  * JSON array on stdout, or with --pieces a table of ids and pieces. */
@@ -176,7 +180,7 @@ static int cmd_tokenize(const options *o) {
     int rc = pb_cli_prompt_check("tokenize", &o->prompt, 1);
     if (rc)
         return rc;
-    pb_model *m = load(o, "tokenize");
+    pb_model *m = load_model(o, "tokenize", 1);
     if (!m)
         return 1;
     int32_t *ids = NULL;

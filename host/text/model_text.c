@@ -3,6 +3,7 @@
  * Face folder's tokenizer files, or nowhere for a random model), and the
  * public pb_model_tokenize / chat / detokenize calls. */
 #define _POSIX_C_SOURCE 200809L
+#include <errno.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -99,6 +100,92 @@ void pb_model_text_load(pb_model *m, const pb_weight_source *src) {
         snprintf(m->chat_error, sizeof m->chat_error, "%s has no chat template (a random model): give token ids",
                  m->path);
     }
+}
+
+/* ---- text only ---------------------------------------------------------- */
+
+/* GGUF token id key ("tokenizer.ggml.bos_token_id") into *id; -1 when absent. */
+static pb_status gguf_token_id(const pb_gguf *g, const char *path, const char *key, int n_tokens, int *id) {
+    *id = -1;
+    if (!pb_gguf_has_key(g, key))
+        return PB_OK;
+    int64_t value;
+    PB_TRY(pb_gguf_get_int(g, key, &value));
+    if (value < 0 || value >= n_tokens)
+        return pb_fail(PB_ERR_FORMAT, "%s: '%s' is %lld, outside the vocabulary [0, %d)", path, key, (long long)value,
+                       n_tokens);
+    *id = (int)value;
+    return PB_OK;
+}
+
+static pb_status text_only_gguf(pb_model *m, const char *path) {
+    pb_gguf *g = NULL;
+    PB_TRY(pb_gguf_open(&g, path));
+    pb_status st = pb_vocab_from_gguf(&m->vocab, g);
+    if (st == PB_OK && m->vocab.n_tokens == 0)
+        st = pb_fail(PB_ERR_FORMAT, "%s: no tokenizer (key 'tokenizer.ggml.tokens' is missing)", path);
+    if (st == PB_OK)
+        st = gguf_token_id(g, path, "tokenizer.ggml.bos_token_id", m->vocab.n_tokens, &m->cfg.bos_id);
+    if (st == PB_OK)
+        st = gguf_token_id(g, path, "tokenizer.ggml.eos_token_id", m->vocab.n_tokens, &m->cfg.eos_id);
+    if (st == PB_OK) {
+        m->cfg.vocab_size = m->vocab.n_tokens;
+        text_from_gguf(m, g);
+    }
+    pb_gguf_close(g);
+    return st;
+}
+
+/* config.json's key as a token id (the first of a list), or -1. */
+static int folder_token_id(json_t *config, const char *key, int n_tokens) {
+    json_t *value = json_object_get(config, key);
+    if (json_is_array(value))
+        value = json_array_get(value, 0);
+    json_int_t id = json_is_integer(value) ? json_integer_value(value) : -1;
+    return id >= 0 && id < n_tokens ? (int)id : -1;
+}
+
+static pb_status text_only_folder(pb_model *m, const char *dir) {
+    char path[4096];
+    struct stat st;
+    snprintf(path, sizeof path, "%s/tokenizer.json", dir);
+    if (stat(path, &st) != 0 || !S_ISREG(st.st_mode))
+        return pb_fail(PB_ERR_IO, "%s: no tokenizer (%s is missing or not a regular file)", dir, path);
+    PB_TRY(pb_vocab_from_tokenizer_json(&m->vocab, path));
+    m->cfg.vocab_size = m->vocab.n_tokens;
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    json_t *config = stat(path, &st) == 0 && S_ISREG(st.st_mode) ? json_load_file(path, 0, NULL) : NULL;
+    m->cfg.bos_id = folder_token_id(config, "bos_token_id", m->vocab.n_tokens);
+    m->cfg.eos_id = folder_token_id(config, "eos_token_id", m->vocab.n_tokens);
+    json_decref(config);
+    text_from_folder(m, dir);
+    return PB_OK;
+}
+
+pb_status pb_model_load_text(pb_model **out, const char *path) {
+    if (!out || !path)
+        return pb_fail(PB_ERR_ARG, "pb_model_load_text: out and path are required");
+    *out = NULL;
+    struct stat st;
+    if (stat(path, &st) != 0)
+        return pb_fail(PB_ERR_IO, "%s: cannot stat: %s", path, strerror(errno));
+    if (!S_ISREG(st.st_mode) && !S_ISDIR(st.st_mode))
+        return pb_fail(PB_ERR_IO, "%s is neither a .gguf file nor a checkpoint folder", path);
+    pb_model *m = calloc(1, sizeof *m);
+    if (!m || !(m->path = strdup(path))) {
+        free(m);
+        return pb_fail(PB_ERR_OOM, "out of memory for a model");
+    }
+    m->cfg.bos_id = m->cfg.eos_id = -1;
+    pb_status status = S_ISDIR(st.st_mode) ? text_only_folder(m, path) : text_only_gguf(m, path);
+    if (status == PB_OK && !m->tokenizer)
+        status = pb_fail(PB_ERR_UNSUPPORTED, "%s", m->text_error[0] ? m->text_error : "the model has no tokenizer");
+    if (status != PB_OK) {
+        pb_model_free(m);
+        return status;
+    }
+    *out = m;
+    return PB_OK;
 }
 
 void pb_model_text_free(pb_model *m) {

@@ -1,5 +1,5 @@
 /* Loading the model's vocabulary, tokenizer and chat template from its
- * weight source (model_text.c). A model whose tokenizer or template is
+ * weight source, or alone from a model's path (model_text.c). A model whose tokenizer or template is
  * missing or unsupported still loads; the text calls then fail with the
  * remembered reason. */
 #ifndef PB_MODEL_TEXT_H
@@ -15,5 +15,15 @@ pb_status pb_model_text_vocab(pb_model *model, const pb_weight_source *source);
 /* Tokenizer and chat template (after the weights); never fails. */
 void pb_model_text_load(pb_model *model, const pb_weight_source *source);
 void pb_model_text_free(pb_model *model);
+
+/* A model with its text side only (vocabulary, tokenizer, chat template,
+ * BOS/EOS ids and vocab_size in its config), read from a .gguf's metadata
+ * or a folder's tokenizer.json / tokenizer_config.json / config.json
+ * without reading a weight or checking the architecture, so that models
+ * the engine cannot run yet still tokenize. Only the text calls
+ * (tokenize, chat, detokenize, token text, chat template) and
+ * pb_model_get_config / pb_model_free may be given it. A missing or
+ * unsupported tokenizer is an error here. */
+pb_status pb_model_load_text(pb_model **out, const char *path);
 
 #endif
