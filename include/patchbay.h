@@ -161,8 +161,8 @@ pb_status pb_model_chat_tokenize(const pb_model *model, const char *system, cons
                                  int *n_ids);
 /* Decodes ids to text; *text is malloc'd. */
 pb_status pb_model_detokenize(const pb_model *model, const int32_t *ids, int n_ids, char **text);
-/* Overrides the detected chat template: a name ("chatml", "llama3",
- * "llama2", "gemma") or a file holding a Jinja template. */
+/* Overrides the detected chat template: a name ("chatml", "qwen3",
+ * "llama3", "llama2", "gemma", "gemma3") or a file holding a Jinja template. */
 pb_status pb_model_set_chat_template(pb_model *model, const char *name_or_file);
 
 /* ---- hook capture --------------------------------------------------- */

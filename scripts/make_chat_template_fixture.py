@@ -69,6 +69,15 @@ TEMPLATES = {
     "gemma-2-2b-it.jinja": (
         "gemma", None, {"bos_token": "<bos>", "eos_token": "<eos>"},
         "llama.cpp models/templates/google-gemma-2-2b-it.jinja (sha256 ecd6ae51..., as llama.cpp's LFS pointer)"),
+    "google-gemma-3-it.jinja": (
+        "gemma3", None, {"bos_token": "<bos>", "eos_token": "<eos>"},
+        "google/gemma-3 (-270m-it, -1b-it, ...) tokenizer_config.json chat_template, as quoted (JSON-escaped) in "
+        "the Berkeley Function Calling Leaderboard's Gemma handler (bfcl/model_handler/local_inference/gemma.py); "
+        "the Gemma 3 270M GGUF carries no tokenizer.chat_template"),
+    "Qwen-Qwen3-0.6B.jinja": (
+        "qwen3", None, {"bos_token": None, "eos_token": "<|im_end|>"},
+        "llama.cpp models/templates/Qwen-Qwen3-0.6B.jinja (llama-cpp-python 0.3.36 sdist, vendor/llama.cpp); "
+        "rendered without enable_thinking, transformers' default"),
 }
 
 CASES = [
@@ -83,6 +92,9 @@ CASES = [
     (None, "quote ' and \" and {{ braces }} and [INST] <|im_end|> text"),
     (None, ""),
     ("", "   "),
+    ("\n System with edges \n", "Ask:\n\n- one\n- two\r\n\ttabbed  "),
+    (None, "<start_of_turn> and <end_of_turn> and <think>x</think> typed by the user"),
+    ("Réponds brièvement.", "\u00a0Quelle heure est-il ? ⏰\u2003"),
 ]
 
 

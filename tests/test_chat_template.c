@@ -1,6 +1,6 @@
 /* Chat templates rendered in C against transformers' own renderer: every
- * real template in tests/fixtures/chat_templates/ (SmolLM2, Qwen2/2.5,
- * Llama-3/3.2/3.3, Llama-2-chat, Mistral v0.1/v0.2/Large, Gemma-2) is
+ * real template in tests/fixtures/chat_templates/ (SmolLM2, Qwen2/2.5, Qwen3,
+ * Llama-3/3.2/3.3, Llama-2-chat, Mistral v0.1/v0.2/Large, Gemma-2, Gemma-3) is
  * recognised, and each (system, user) case of renders.json (written by
  * scripts/make_chat_template_fixture.py) renders byte-for-byte the same, or
  * is refused where the template raises. Plus: name overrides, a file path
@@ -160,6 +160,21 @@ static void test_name_override(void **state) {
     assert_non_null(strstr(pb_last_error(), "system"));
     pb_chat_template_free(&t);
 
+    /* Gemma-3: the system text (as given) and a blank line open the first
+     * user turn, whose text is stripped. */
+    assert_int_equal(pb_chat_template_init(&t, NULL, "gemma3", NULL), PB_OK);
+    assert_string_equal(t.name, "gemma3");
+    render_expect(&t, NULL, " hi\n", "<bos><start_of_turn>user\nhi<end_of_turn>\n<start_of_turn>model\n");
+    render_expect(&t, " S ", " hi", "<bos><start_of_turn>user\n S \n\nhi<end_of_turn>\n<start_of_turn>model\n");
+    pb_chat_template_free(&t);
+
+    /* Qwen3: ChatML with no default system prompt. */
+    assert_int_equal(pb_chat_template_init(&t, NULL, "qwen3", NULL), PB_OK);
+    assert_null(t.default_system);
+    assert_null(t.bos);
+    render_expect(&t, NULL, "hi", "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n");
+    pb_chat_template_free(&t);
+
     /* A name wins over the template text: SmolLM2's ChatML forced to llama2. */
     char path[1024];
     template_path(path, sizeof path, "HuggingFaceTB-SmolLM2-135M-Instruct.jinja");
@@ -193,7 +208,7 @@ static void test_unknown_template_refused(void **state) {
     const char *msg = pb_last_error();
     assert_non_null(strstr(msg, "--chat-template NAME"));
     assert_non_null(strstr(msg, "--chat-template FILE"));
-    assert_non_null(strstr(msg, "chatml, llama3, llama2, gemma"));
+    assert_non_null(strstr(msg, "chatml, qwen3, llama3, llama2, gemma, gemma3"));
 
     assert_int_equal(pb_chat_template_init(&t, NULL, NULL, NULL), PB_ERR_UNSUPPORTED);
     assert_non_null(strstr(pb_last_error(), "--chat-template"));

@@ -116,9 +116,9 @@ enum { T_UINT32 = 4, T_INT32 = 5, T_FLOAT32 = 6, T_BOOL = 7, T_STRING = 8, T_ARR
 /* Tokens, scores and types of a tiny Gemma-like SentencePiece vocabulary;
  * no tensors at all. */
 static void write_vocab_only_gguf(const char *path) {
-    static const char *const tokens[] = {"<pad>",  "<eos>", "<bos>", "<unk>",      "<start_of_turn>", "<end_of_turn>",
-                                         "\n",     "h",     "i",     "\xE2\x96\x81", "hi",             "\xE2\x96\x81hi",
-                                         "<0x21>"};
+    static const char *const tokens[] = {
+        "<pad>", "<eos>", "<bos>",        "<unk>", "<start_of_turn>", "<end_of_turn>", "\n",
+        "h",     "i",     "\xE2\x96\x81", "hi",    "\xE2\x96\x81hi",  "<0x21>"};
     static const int32_t types[] = {3, 3, 3, 2, 3, 3, 4, 1, 1, 1, 1, 1, 6};
     enum { N = sizeof tokens / sizeof tokens[0] };
     gguf_buf b = {0};

@@ -1,4 +1,5 @@
-/* Chat templates without a Jinja interpreter: a template's family is
+/* Chat templates without a Jinja interpreter (ChatML, Qwen3, Llama-3,
+ * Llama-2 / Mistral, Gemma, Gemma-3): a template's family is
  * recognised by its special-token signatures, the few facts that vary
  * inside a family (default system prompt, BOS, [INST] spacing, where a
  * system prompt goes, the Llama-3.1 date preamble) are read from the
@@ -19,7 +20,8 @@
 #define PB_LLAMA3_FALLBACK_DATE "26 Jul 2024"
 
 static const char *const chat_usage =
-    "pass --chat-template NAME (chatml, llama3, llama2, gemma) or --chat-template FILE (a Jinja template)";
+    "pass --chat-template NAME (chatml, qwen3, llama3, llama2, gemma, gemma3) or --chat-template FILE (a Jinja "
+    "template)";
 
 /* ---- growing string buffer ------------------------------------------ */
 
@@ -303,8 +305,8 @@ static int format_from_name(const char *name, pb_chat_format *format) {
     static const struct {
         const char *name;
         pb_chat_format format;
-    } names[] = {
-        {"chatml", PB_CHAT_CHATML}, {"llama3", PB_CHAT_LLAMA3}, {"llama2", PB_CHAT_LLAMA2}, {"gemma", PB_CHAT_GEMMA}};
+    } names[] = {{"chatml", PB_CHAT_CHATML}, {"llama3", PB_CHAT_LLAMA3}, {"llama2", PB_CHAT_LLAMA2},
+                 {"gemma", PB_CHAT_GEMMA},   {"gemma3", PB_CHAT_GEMMA3}, {"qwen3", PB_CHAT_QWEN3}};
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
         if (strcmp(name, names[i].name) == 0) {
             *format = names[i].format;
@@ -313,9 +315,14 @@ static int format_from_name(const char *name, pb_chat_format *format) {
     return 0;
 }
 
+/* Qwen3 is told from other ChatML templates by its enable_thinking switch,
+ * Gemma-3 from Gemma-1/2 by the first_user_prefix its system message
+ * becomes. */
 static int format_from_text(const char *text, pb_chat_format *format) {
     if (strstr(text, "<|im_start|>") && strstr(text, "<|im_end|>"))
-        *format = PB_CHAT_CHATML;
+        *format = strstr(text, "enable_thinking") ? PB_CHAT_QWEN3 : PB_CHAT_CHATML;
+    else if (strstr(text, "<start_of_turn>") && strstr(text, "<end_of_turn>") && strstr(text, "first_user_prefix"))
+        *format = PB_CHAT_GEMMA3;
     else if (strstr(text, "<|start_header_id|>") && strstr(text, "<|eot_id|>"))
         *format = PB_CHAT_LLAMA3;
     else if (strstr(text, "<start_of_turn>") && strstr(text, "<end_of_turn>"))
@@ -333,6 +340,8 @@ static const char *format_name(pb_chat_format f) {
     case PB_CHAT_LLAMA3: return "llama3";
     case PB_CHAT_LLAMA2: return "llama2";
     case PB_CHAT_GEMMA: return "gemma";
+    case PB_CHAT_GEMMA3: return "gemma3";
+    case PB_CHAT_QWEN3: return "qwen3";
     }
     return "?";
 }
@@ -402,6 +411,12 @@ static pb_status fill_details(pb_chat_template *t, const char *text, const char 
         t->trim = 1;
         t->system_style = PB_CHAT_SYSTEM_NONE; /* Gemma-2 raises "System role not supported" */
         break;
+    case PB_CHAT_GEMMA3:
+        family_bos = "<bos>";
+        t->trim = 1; /* the user text only: message['content'] | trim */
+        t->system_style = PB_CHAT_SYSTEM_PREFIX;
+        break;
+    case PB_CHAT_QWEN3: break; /* no default system prompt: a system turn only when one is given */
     }
     /* BOS: emitted where the template says bos_token (ChatML templates of
      * SmolLM2 and Qwen do not); with no template, the family's habit. */
@@ -439,8 +454,8 @@ pb_status pb_chat_template_init(pb_chat_template *out, const char *template_text
         }
         if (!format_from_text(text, &out->format)) {
             pb_status st = pb_fail(PB_ERR_UNSUPPORTED,
-                                   "unrecognised chat template%s%s (none of ChatML <|im_start|>, Llama-3 "
-                                   "<|start_header_id|>, Llama-2/Mistral [INST], Gemma <start_of_turn>); %s",
+                                   "unrecognised chat template%s%s (none of ChatML/Qwen3 <|im_start|>, Llama-3 "
+                                   "<|start_header_id|>, Llama-2/Mistral [INST], Gemma/Gemma-3 <start_of_turn>); %s",
                                    file_text ? " in " : "", file_text ? name : "", chat_usage);
             free(file_text);
             return st;
@@ -483,6 +498,7 @@ pb_status pb_chat_template_render(const pb_chat_template *t, const char *system,
     sb_append(&b, t->bos);
     switch (t->format) {
     case PB_CHAT_CHATML:
+    case PB_CHAT_QWEN3:
         if (sys) {
             sb_append(&b, "<|im_start|>system\n");
             sb_append(&b, sys);
@@ -526,7 +542,12 @@ pb_status pb_chat_template_render(const pb_chat_template *t, const char *system,
         break;
     }
     case PB_CHAT_GEMMA:
+    case PB_CHAT_GEMMA3:
         sb_append(&b, "<start_of_turn>user\n");
+        if (sys) { /* Gemma-3's first_user_prefix: the system text as given, then a blank line */
+            sb_append(&b, sys);
+            sb_append(&b, "\n\n");
+        }
         sb_append_stripped(&b, user, t->trim);
         sb_append(&b, "<end_of_turn>\n<start_of_turn>model\n");
         break;

@@ -1,26 +1,35 @@
 /* Chat templates, recognised from a model's tokenizer.chat_template (or
- * named explicitly) and rendered in C: ChatML (SmolLM2, Qwen2), Llama-3,
- * Llama-2 / Mistral [INST], Gemma. Rendering yields text that spells the
+ * named explicitly) and rendered in C: ChatML (SmolLM2, Qwen2), Qwen3,
+ * Llama-3, Llama-2 / Mistral [INST], Gemma (1/2), Gemma-3. Rendering yields text that spells the
  * template's special tokens; encode it with parse_special = 1. */
 #ifndef PB_CHAT_TEMPLATE_H
 #define PB_CHAT_TEMPLATE_H
 
 #include "patchbay.h"
 
-typedef enum pb_chat_format { PB_CHAT_CHATML = 0, PB_CHAT_LLAMA3, PB_CHAT_LLAMA2, PB_CHAT_GEMMA } pb_chat_format;
+typedef enum pb_chat_format {
+    PB_CHAT_CHATML = 0,
+    PB_CHAT_LLAMA3,
+    PB_CHAT_LLAMA2,
+    PB_CHAT_GEMMA,
+    PB_CHAT_GEMMA3, /* Gemma-3: BOS, the system message folded into the first user turn */
+    PB_CHAT_QWEN3   /* ChatML without a default system prompt; rendered as transformers does without
+                       enable_thinking (thinking on: the generation prompt is "<|im_start|>assistant\n") */
+} pb_chat_format;
 
 /* Where a system prompt goes. */
 typedef enum pb_chat_system_style {
     PB_CHAT_SYSTEM_TURN = 0,  /* a turn of its own (ChatML, Llama-3) */
     PB_CHAT_SYSTEM_SYS_BLOCK, /* Llama-2: "<<SYS>>\n" S "\n<</SYS>>\n\n" folded into the first [INST] */
-    PB_CHAT_SYSTEM_PREFIX,    /* Mistral (v0.2 update, v0.3): S "\n\n" before the user text inside [INST] */
+    PB_CHAT_SYSTEM_PREFIX,    /* Mistral (v0.2 update, v0.3): S "\n\n" before the user text inside [INST];
+                                 Gemma-3: S "\n\n" (S unstripped) before the stripped user text */
     PB_CHAT_SYSTEM_NONE       /* Gemma-2, Mistral v0.1/v0.2 originals: the template raises on a system
                                  message, so rendering one is refused */
 } pb_chat_system_style;
 
 typedef struct pb_chat_template {
     pb_chat_format format;
-    char name[32];        /* "chatml", "llama3", "llama2", "gemma" */
+    char name[32];        /* "chatml", "qwen3", "llama3", "llama2", "gemma", "gemma3" */
     char *default_system; /* system prompt the template adds when none is given, or NULL */
     char *bos;            /* BOS text the template emits ("<s>", "<|begin_of_text|>", "<bos>") or NULL */
     /* Details read from the template text (defaults when forced by name). */
@@ -34,7 +43,7 @@ typedef struct pb_chat_template {
 } pb_chat_template;
 
 /* Recognises template_text (a Jinja chat template). name, when not NULL,
- * forces a format ("chatml", "llama3", "llama2", "gemma") and template_text
+ * forces a format ("chatml", "qwen3", "llama3", "llama2", "gemma", "gemma3") and template_text
  * may then be NULL; a file path is also accepted as name (its contents are
  * recognised). bos_text is the model's BOS token text (may be NULL).
  * Unrecognised: PB_ERR_UNSUPPORTED with a message saying how to pass a

@@ -212,10 +212,11 @@ pb_status pb_model_chat_tokenize(const pb_model *m, const char *system, const ch
         return pb_fail(PB_ERR_ARG, "pb_model_chat_tokenize: model, user text, ids and n_ids are required");
     PB_TRY(need_tokenizer(m));
     if (!m->has_chat)
-        return pb_fail(PB_ERR_UNSUPPORTED,
-                       "no usable chat template (%s); pass one with --chat-template NAME (chatml, llama3, llama2, "
-                       "gemma) or --chat-template FILE",
-                       m->chat_error);
+        return pb_fail(
+            PB_ERR_UNSUPPORTED,
+            "no usable chat template (%s); pass one with --chat-template NAME (chatml, qwen3, llama3, llama2, "
+            "gemma, gemma3) or --chat-template FILE",
+            m->chat_error);
     char *text = NULL;
     PB_TRY(pb_chat_template_render(&m->chat, system, user, &text));
     pb_status status = pb_tokenizer_encode(m->tokenizer, text, strlen(text), 1, ids, n_ids);
