@@ -85,6 +85,14 @@ struct pb_tokenizer {
     int n_split;
     int add_prefix_space;             /* byte-level: ByteLevel(add_prefix_space); SentencePiece: dummy prefix */
     unsigned char special_first[256]; /* 1 where some special token starts with this byte */
+    /* Specials by text (-> index into specials) and, per first byte b, the
+     * distinct lengths of those starting with b, longest first, in
+     * special_lens[special_len_from[b] .. special_len_from[b + 1]): a
+     * match is a few hash lookups, not a scan of Gemma's 6,400 "<...>". */
+    str_slot *special_index;
+    size_t special_index_cap;
+    size_t *special_lens;
+    int special_len_from[257];
 };
 
 /* ------------------------------------------------------------ hashing */
@@ -319,6 +327,8 @@ void pb_tokenizer_free(pb_tokenizer *tok) {
     for (int i = 0; i < tok->n_specials; i++)
         free(tok->specials[i].text);
     free(tok->specials);
+    free(tok->special_index);
+    free(tok->special_lens);
     for (int i = 0; i < tok->n_split; i++)
         pcre2_code_free(tok->split[i]);
     free(tok);
@@ -415,8 +425,12 @@ static pb_status add_split(pb_tokenizer *tok, const char *pattern, size_t len) {
     return PB_OK;
 }
 
+/* By first byte (so each byte's candidates are one run: Gemma has 6,400
+ * specials, most starting with '<'), then longest first. */
 static int special_cmp(const void *a, const void *b) {
     const special_token *x = a, *y = b;
+    if (x->text[0] != y->text[0])
+        return (unsigned char)x->text[0] < (unsigned char)y->text[0] ? -1 : 1;
     if (x->len != y->len)
         return x->len > y->len ? -1 : 1; /* longest first */
     return memcmp(x->text, y->text, x->len);
@@ -451,6 +465,27 @@ static pb_status add_special(pb_tokenizer *tok, const char *text, size_t len, in
     s->rstrip = rstrip;
     tok->special_first[(unsigned char)text[0]] = 1;
     tok->n_specials++;
+    return PB_OK;
+}
+
+/* special_index and special_lens over the sorted specials. */
+static pb_status special_tables(pb_tokenizer *tok) {
+    tok->special_index_cap = table_cap((size_t)tok->n_specials);
+    tok->special_index = calloc(tok->special_index_cap, sizeof *tok->special_index);
+    tok->special_lens = malloc(sizeof(size_t) * ((size_t)tok->n_specials + 1));
+    if (!tok->special_index || !tok->special_lens)
+        return pb_fail(PB_ERR_OOM, "tokenizer: out of memory for %d special tokens", tok->n_specials);
+    /* backwards, so that of two specials spelled alike the first sorted wins */
+    for (int i = tok->n_specials - 1; i >= 0; i--)
+        str_put(tok->special_index, tok->special_index_cap, tok->specials[i].text, tok->specials[i].len, i);
+    int n_lens = 0;
+    for (int b = 0, i = 0; b < 256; b++) {
+        tok->special_len_from[b] = n_lens;
+        for (; i < tok->n_specials && (unsigned char)tok->specials[i].text[0] == b; i++)
+            if (n_lens == tok->special_len_from[b] || tok->special_lens[n_lens - 1] != tok->specials[i].len)
+                tok->special_lens[n_lens++] = tok->specials[i].len;
+    }
+    tok->special_len_from[256] = n_lens;
     return PB_OK;
 }
 
@@ -498,7 +533,7 @@ static pb_status finish(pb_tokenizer *tok) {
                     tok->specials[i].id);
     if (tok->n_specials > 1)
         qsort(tok->specials, (size_t)tok->n_specials, sizeof *tok->specials, special_cmp);
-    return PB_OK;
+    return special_tables(tok);
 }
 
 /* Byte-level: the single-byte tokens, and merges (a, b, rank). */
@@ -1296,12 +1331,14 @@ static pb_status sentencepiece_segment(const pb_tokenizer *tok, work *w, const c
 /* The special token matching at text[pos], longest first, or NULL. */
 static const special_token *match_special(const pb_tokenizer *tok, const char *text, size_t len, size_t pos,
                                           int parse_special) {
-    for (int i = 0; i < tok->n_specials; i++) {
-        const special_token *s = &tok->specials[i];
-        if ((s->special && !parse_special) || s->len > len - pos)
+    unsigned char first = (unsigned char)text[pos];
+    for (int k = tok->special_len_from[first]; k < tok->special_len_from[first + 1]; k++) {
+        size_t n = tok->special_lens[k];
+        if (n > len - pos)
             continue;
-        if (text[pos] == s->text[0] && memcmp(text + pos, s->text, s->len) == 0)
-            return s;
+        int32_t i = str_get(tok->special_index, tok->special_index_cap, text + pos, n);
+        if (i >= 0 && (parse_special || !tok->specials[i].special))
+            return &tok->specials[i];
     }
     return NULL;
 }
