@@ -9,7 +9,13 @@
  * SentencePiece vocabularies, sentencepiece itself. Where the two disagree
  * (transformers adds no dummy prefix before text that starts with a space
  * or follows an added token) we follow sentencepiece, which the model was
- * trained with and llama.cpp also follows. */
+ * trained with and llama.cpp also follows. Gemma (1/2/3) vocabularies
+ * follow transformers' GGUF loader instead, whose two fixes we share (see
+ * gguf_sentencepiece): merges in file order, and runs of spaces merged by
+ * BPE rather than matched whole as user-defined tokens. Against
+ * sentencepiece's longest match of user-defined pieces we expect that to
+ * differ only on runs of more than 31 spaces (the longest such token),
+ * which BPE splits 16 + ... (not checked: no Gemma .model file here). */
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <ctype.h>
 #include <jansson.h>
