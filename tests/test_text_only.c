@@ -170,6 +170,7 @@ static void test_vocab_only_gguf(void **state) {
     CHECK_OK(pb_model_load_text(&m, path));
     assert_int_equal(pb_model_get_config(m)->vocab_size, 13);
     assert_int_equal(pb_model_get_config(m)->bos_id, 2);
+    assert_string_equal(pb_model_get_config(m)->arch, "gemma3");
     int32_t *ids;
     int n;
     CHECK_OK(pb_model_tokenize(m, "hi hi!\n", 0, &ids, &n));

@@ -130,6 +130,11 @@ static pb_status text_only_gguf(pb_model *m, const char *path) {
         st = gguf_token_id(g, path, "tokenizer.ggml.eos_token_id", m->vocab.n_tokens, &m->cfg.eos_id);
     if (st == PB_OK) {
         m->cfg.vocab_size = m->vocab.n_tokens;
+        const char *arch;
+        size_t len;
+        if (pb_gguf_has_key(g, "general.architecture") &&
+            pb_gguf_get_string(g, "general.architecture", &arch, &len) == PB_OK)
+            snprintf(m->cfg.arch, sizeof m->cfg.arch, "%.*s", (int)(len < sizeof m->cfg.arch ? len : 0), arch);
         text_from_gguf(m, g);
     }
     pb_gguf_close(g);
