@@ -189,6 +189,16 @@ def main() -> int:
     writer.save("greedy_top2_gap", np.array(gaps), "<f4")
     t_done = time.time()
 
+    # Independent check of how transformers read the file: a float64 numpy
+    # forward from the GGUF alone with llama.cpp's rules (refgen_common), on
+    # prompt 0, last position.
+    np_last, rules = rc.gguf_numpy_forward(path, np.array(all_ids[0]), last_only=True)
+    hf_last = model(input_ids=torch.tensor([all_ids[0]]), use_cache=False).logits[0, -1].double().numpy()
+    numpy_check = {"prompt": 0, "position": "last", "max_abs_diff": float(np.abs(np_last[0] - hf_last).max()),
+                   "argmax_equal": bool(np.argmax(np_last[0]) == np.argmax(hf_last)), "rules": rules}
+    print(f"numpy float64 GGUF forward vs transformers, prompt 0 last position: {numpy_check['max_abs_diff']:.3g}")
+    assert numpy_check["argmax_equal"] and numpy_check["max_abs_diff"] < 1e-2, numpy_check
+
     size = sum(f.stat().st_size for f in out.glob("*.npy"))
     ref = rc.manifest_header(GENERATOR, None)
     ref.update({
@@ -216,6 +226,7 @@ def main() -> int:
             "bytes_npy": size,
         },
         "arrays": writer.records,
+        "check_numpy_gguf_forward": numpy_check,
         "timing": {"load_s": t_loaded - t_start, "forward_and_greedy_s": t_done - t_fwd,
                    "total_s": t_done - t_start, "torch_threads": torch.get_num_threads()},
     })

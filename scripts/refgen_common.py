@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import random
 from pathlib import Path
@@ -468,3 +469,111 @@ def capture_hooks_arch(model: torch.nn.Module, input_ids: torch.Tensor) -> tuple
         relogits = torch.tanh(relogits / cap) * cap
     assert torch.allclose(relogits, logits, atol=1e-5, rtol=1e-5), "ln_final.hook_normalized does not reproduce logits"
     return logits, {name: acts[name] for name in expected}
+
+
+# --------------------------------------------------------------------------
+# an independent float64 forward over the GGUF with llama.cpp's rules
+
+
+def gguf_numpy_forward(path: Path, ids: np.ndarray, last_only: bool = False) -> tuple[np.ndarray, dict[str, Any]]:
+    """Logits (T, vocab) (last_only: (1, vocab)) in float64 from a GGUF file alone
+    (quantized tensors dequantized by the gguf package), with the hyper-
+    parameters llama.cpp's loader derives for these architectures (read from
+    src/models/{gemma,gemma2,gemma3,qwen3}.cpp of the pinned sdist):
+      embeddings x sqrt(n_embd) (gemma*); RMSNorm with the stored weight
+      (Gemma's already 1 + w); NeoX RoPE over head_dim; rope.freq_base default
+      10000 when absent (the gemma and gemma2 converters write none); sliding
+      layers: gemma2 pattern 2, gemma3 pattern 6 (il % n < n - 1), base
+      rope.freq_base_swa (gemma3; gemma2 uses freq_base), keys with
+      i - j >= sliding_window masked; query scale 1/sqrt(head_dim) (the 27B
+      layer counts aside, which no tiny model has); attention soft-cap before the
+      mask (gemma2); GELU-tanh (gemma*) or SiLU gate; sandwich norms
+      (gemma2/3); final soft-cap; output = token_embd when output.weight is absent."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(path))
+    arch = reader.fields["general.architecture"].contents()
+
+    def field(key: str, default=None):
+        f = reader.fields.get(f"{arch}.{key}")
+        return default if f is None else f.contents()
+
+    def tensor(t) -> np.ndarray:
+        shape = list(reversed([int(n) for n in t.shape]))
+        if t.tensor_type == gguf.GGMLQuantizationType.F32:
+            return np.asarray(t.data, dtype=np.float64).reshape(shape)
+        return gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float64).reshape(shape)
+
+    W = {t.name: tensor(t) for t in reader.tensors}
+    d, n_layer = field("embedding_length"), field("block_count")
+    H, Hkv, hd = field("attention.head_count"), field("attention.head_count_kv"), field("attention.key_length")
+    eps = field("attention.layer_norm_rms_epsilon")
+    base = field("rope.freq_base", 10000.0)
+    window = field("attention.sliding_window", 0) if arch in ("gemma2", "gemma3") else 0
+    pattern = {"gemma2": 2, "gemma3": 6}.get(arch)
+    base_swa = field("rope.freq_base_swa", 10000.0) if arch == "gemma3" else base
+    attn_cap = field("attn_logit_softcapping") if arch == "gemma2" else None
+    final_cap = field("final_logit_softcapping")
+    gemma = arch.startswith("gemma")
+    sandwich = arch in ("gemma2", "gemma3")
+    used = {"arch": arch, "rope_freq_base": base, "rope_freq_base_swa": base_swa if window else None,
+            "sliding_window": window or None, "swa_pattern": pattern if window else None,
+            "attention_scale": 1.0 / math.sqrt(hd), "attn_softcap": attn_cap, "final_softcap": final_cap,
+            "embed_scale": math.sqrt(d) if gemma else 1.0}
+
+    def rms(x, w):
+        return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * w
+
+    def rope(x, theta):  # (T, heads, hd), NeoX halves
+        T = x.shape[0]
+        inv = theta ** (-np.arange(0, hd, 2, dtype=np.float64) / hd)
+        ang = np.arange(T, dtype=np.float64)[:, None] * inv[None, :]
+        cos, sin = np.cos(ang)[:, None, :], np.sin(ang)[:, None, :]
+        a, b = x[..., :hd // 2], x[..., hd // 2:]
+        return np.concatenate([a * cos - b * sin, a * sin + b * cos], axis=-1)
+
+    def act(g):
+        if gemma:
+            return 0.5 * g * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (g + 0.044715 * g ** 3)))
+        return g / (1.0 + np.exp(-g))
+
+    T = len(ids)
+    x = W["token_embd.weight"][ids] * (float(np.float32(math.sqrt(d))) if gemma else 1.0)
+    qi, ki = np.arange(T)[:, None], np.arange(T)[None, :]
+    for il in range(n_layer):
+        g = f"blk.{il}."
+        swa = bool(window) and il % pattern < pattern - 1
+        h = rms(x, W[g + "attn_norm.weight"])
+        q = (h @ W[g + "attn_q.weight"].T).reshape(T, H, hd)
+        k = (h @ W[g + "attn_k.weight"].T).reshape(T, Hkv, hd)
+        v = (h @ W[g + "attn_v.weight"].T).reshape(T, Hkv, hd)
+        if g + "attn_q_norm.weight" in W:
+            q, k = rms(q, W[g + "attn_q_norm.weight"]), rms(k, W[g + "attn_k_norm.weight"])
+        theta = base_swa if swa else base
+        q, k = rope(q, theta), rope(k, theta)
+        allowed = (ki <= qi) & ((qi - ki < window) if swa else True)
+        z = np.empty((T, H, hd))
+        for head in range(H):
+            kv = head // (H // Hkv)
+            sc = q[:, head] @ k[:, kv].T / math.sqrt(hd)
+            if attn_cap:
+                sc = attn_cap * np.tanh(sc / attn_cap)
+            sc = np.where(allowed, sc, -np.inf)
+            p = np.exp(sc - sc.max(-1, keepdims=True))
+            z[:, head] = (p / p.sum(-1, keepdims=True)) @ v[:, kv]
+        a = z.reshape(T, H * hd) @ W[g + "attn_output.weight"].T
+        if sandwich:
+            a = rms(a, W[g + "post_attention_norm.weight"])
+        x = x + a
+        h = rms(x, W[g + "ffn_norm.weight"])
+        m = (act(h @ W[g + "ffn_gate.weight"].T) * (h @ W[g + "ffn_up.weight"].T)) @ W[g + "ffn_down.weight"].T
+        if sandwich:
+            m = rms(m, W[g + "post_ffw_norm.weight"])
+        x = x + m
+    if last_only:
+        x = x[-1:]
+    out = rms(x, W["output_norm.weight"]) @ W.get("output.weight", W["token_embd.weight"]).T
+    if final_cap:
+        out = final_cap * np.tanh(out / final_cap)
+    return out, used
+
