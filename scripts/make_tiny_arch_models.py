@@ -27,7 +27,9 @@ Pinned tools (the converter is NOT vendored into this repository):
   Cached under .cache/llama-cpp-sdist/ (git-ignored), downloaded with
   `pip download --no-deps --no-binary :all: llama-cpp-python==0.3.36`.
   Generated with transformers 5.25.0, torch 2.15.0, sentencepiece 0.2.x,
-  tokenizers 0.23.x (the exact versions land in each reference.json).
+  tokenizers 0.23.x, protobuf (transformers' SentencePiece -> tokenizer.json
+  conversion needs it), accelerate (transformers' GGUF loading needs it); the
+  exact versions of the first ones land in each reference.json.
 
 Usage: .venv/bin/python scripts/make_tiny_arch_models.py [--out tests/fixtures] [--only gemma2,qwen3]
 
@@ -210,6 +212,15 @@ def make_sentencepiece(folder: Path, vocab_size: int) -> None:
         "tokenizer_class": "GemmaTokenizer", "add_bos_token": True, "add_eos_token": False,
         "bos_token": "<bos>", "eos_token": "<eos>", "unk_token": "<unk>", "pad_token": "<pad>",
         "model_max_length": 64})
+    # tokenizer.json (what transformers 5 and patchbay's folder tokenizer read),
+    # converted by transformers from tokenizer.model (needs protobuf); written
+    # before the GGUF conversion so the converter sees the folder as committed.
+    from transformers import AutoTokenizer
+
+    hf_tok = AutoTokenizer.from_pretrained(str(folder))
+    text = "The keeper saw a ship 123 \u00fc"
+    assert hf_tok(text, add_special_tokens=False)["input_ids"] == sp.encode(text)
+    hf_tok.backend_tokenizer.save(str(folder / "tokenizer.json"))
 
 
 def make_byte_bpe(folder: Path, vocab_size: int) -> None:
