@@ -24,6 +24,16 @@ Hook points on a HF Llama/Qwen2 decoder layer (batch 1):
   k, v        k_proj / v_proj output (before RoPE)      (T, n_kv_heads, head_dim)
   z           input of o_proj                           (T, n_heads, head_dim)
 
+Other architectures (Gemma 1/2/3, Qwen3): the same hooks through
+refgen_common.layer_modules, which names each role's module. For sandwich-norm
+layers (Gemma 2/3) attn_out is the OUTPUT of post_attention_layernorm (what is
+added to the residual), mlp_out the output of post_feedforward_layernorm, and
+resid_mid the input of pre_feedforward_layernorm; for Llama/Qwen2/Gemma 1/Qwen3
+they are the modules above. Gemma multiplies the token embedding by
+sqrt(d_model) inside embed_tokens; the oracle feeds inputs_embeds, so it applies
+the same float32 multiplication itself (Oracle.embeds). Noise corruption is
+only defined here for unscaled embeddings (Llama/Qwen) and refused otherwise.
+
 Patching resid_mid: HF keeps the residual after attention in a local variable
 that feeds both post_attention_layernorm and the final add, so there is no
 single module boundary. The oracle (1) replaces the input of
@@ -41,8 +51,14 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from refgen_common import layer_modules  # noqa: E402
 
 COMPONENTS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "z", "q", "k", "v")
 HEAD_COMPONENTS = ("z", "q", "k", "v")
@@ -182,6 +198,10 @@ class Oracle:
         self.layers = model.model.layers
         emb = model.model.embed_tokens.weight.detach().to(torch.float32)
         self.embedding = emb
+        # Gemma's scaled embedding (a float32 0-d buffer); None for plain nn.Embedding
+        scale = getattr(model.model.embed_tokens, "embed_scale", None)
+        self.embed_scale = None if scale is None else scale.detach().to(torch.float32)
+        self.modules = [layer_modules(layer) for layer in self.layers]
         self.sigma = noise_sigma(emb.numpy())
         self.forwards = 0
         assert model.config._attn_implementation == "eager"
@@ -191,7 +211,11 @@ class Oracle:
     def embeds(self, run: RunInput) -> torch.Tensor:
         """(1, T, d) float32 token embeddings, noise added at the listed positions."""
         x = self.embedding[torch.tensor(run.ids, dtype=torch.long)].clone()
+        if self.embed_scale is not None:
+            x = x * self.embed_scale  # as Gemma's embed_tokens does, in float32
         if run.noise is not None:
+            if self.embed_scale is not None:
+                raise NotImplementedError("noise corruption of scaled (Gemma) embeddings is not defined")
             pos = run.noise_positions()
             noise = noise_fill(len(pos), self.d_model, float(run.noise["scale"]), self.sigma,
                                int(run.noise["seed"]))
@@ -239,6 +263,7 @@ class Oracle:
         # ---- patch hooks
         for layer_index, plist in by_layer.items():
             layer = self.layers[layer_index]
+            mods = self.modules[layer_index]
             attn = layer.self_attn
             kinds = {c: [p for p in plist if p.component == c] for c in COMPONENTS}
 
@@ -258,11 +283,11 @@ class Oracle:
                 handles.append(attn.o_proj.register_forward_pre_hook(
                     lambda mod, args, pl=kinds["z"]: (apply(args[0], pl), *args[1:])))
             if kinds["attn_out"]:
-                handles.append(attn.register_forward_hook(
+                handles.append(mods["attn_out"].register_forward_hook(
                     lambda mod, args, out, pl=kinds["attn_out"]: _replace_first(out, apply(_first_tensor(out), pl))))
             # mlp_out before resid_mid: see_mlp must record the patched mlp output
             if kinds["mlp_out"]:
-                handles.append(layer.mlp.register_forward_hook(
+                handles.append(mods["mlp_out"].register_forward_hook(
                     lambda mod, args, out, pl=kinds["mlp_out"]: _replace_first(out, apply(_first_tensor(out), pl))))
             if kinds["resid_mid"]:
                 mid_pl = kinds["resid_mid"]
@@ -286,8 +311,8 @@ class Oracle:
                         t[0, pos, :] = p.values.to(t.dtype) + m[0, pos, :]
                     return _replace_first(out, t)
 
-                handles.append(layer.post_attention_layernorm.register_forward_pre_hook(pre_norm, with_kwargs=True))
-                handles.append(layer.mlp.register_forward_hook(see_mlp))
+                handles.append(mods["mid_norm"].register_forward_pre_hook(pre_norm, with_kwargs=True))
+                handles.append(mods["mlp_out"].register_forward_hook(see_mlp))
                 # registered before any mlp_out / resid_post patch of this layer
                 handles.append(layer.register_forward_hook(fix_layer_out, with_kwargs=True))
             if kinds["resid_post"]:
@@ -306,6 +331,7 @@ class Oracle:
         if capture:
             for li, layer in enumerate(self.layers):
                 attn = layer.self_attn
+                mods = self.modules[li]
 
                 def c_pre(mod, args, kwargs, li=li):
                     store(("resid_pre", li), args[0] if args else kwargs["hidden_states"])
@@ -318,10 +344,10 @@ class Oracle:
                 handles.append(attn.k_proj.register_forward_hook(lambda m, a, o, li=li: store(("k", li), o)))
                 handles.append(attn.v_proj.register_forward_hook(lambda m, a, o, li=li: store(("v", li), o)))
                 handles.append(attn.o_proj.register_forward_pre_hook(lambda m, a, li=li: store(("z", li), a[0])))
-                handles.append(attn.register_forward_hook(
+                handles.append(mods["attn_out"].register_forward_hook(
                     lambda m, a, o, li=li: store(("attn_out", li), _first_tensor(o))))
-                handles.append(layer.post_attention_layernorm.register_forward_pre_hook(c_mid, with_kwargs=True))
-                handles.append(layer.mlp.register_forward_hook(
+                handles.append(mods["mid_norm"].register_forward_pre_hook(c_mid, with_kwargs=True))
+                handles.append(mods["mlp_out"].register_forward_hook(
                     lambda m, a, o, li=li: store(("mlp_out", li), _first_tensor(o))))
                 handles.append(layer.register_forward_hook(
                     lambda m, a, o, li=li: store(("resid_post", li), _first_tensor(o))))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import random
 from pathlib import Path
@@ -251,3 +252,328 @@ def capture_hooks(model: torch.nn.Module, input_ids: torch.Tensor) -> tuple[torc
     assert torch.allclose(relogits, logits, atol=1e-5, rtol=1e-5), "ln_final.hook_normalized does not reproduce logits"
 
     return logits, {name: acts[name] for name in expected}
+
+
+# --------------------------------------------------------------------------
+# Gemma 1/2/3 and Qwen3 (make_tiny_arch_models.py). A separate capture path so
+# that the Llama/Qwen2 fixtures above keep their exact behaviour.
+
+ARCH_HOOK_CONVENTIONS = {
+    "batch_dim": "dropped; every activation is (T, ...)",
+    "hook_embed": "output of embed_tokens: for Gemma the embedding row times sqrt(d_model) (float32 "
+                  "sqrt, multiplied in float32), as TransformerLens folds the scale into W_E; it is "
+                  "exactly blocks.0.hook_resid_pre",
+    "attn.hook_q/k/v": "q_proj/k_proj/v_proj outputs, before q/k norm and before RoPE, (T, heads, head_dim)",
+    "attn.hook_rot_q/rot_k": "the query/key entering attention: after q_norm/k_norm (Gemma 3, Qwen3) and "
+                             "RoPE (rotate-half / NeoX pairs (i, i + head_dim/2)), before the attention "
+                             "scale; (T, n_heads, head_dim) / (T, n_kv_heads, head_dim)",
+    "attn.hook_pattern": "(n_heads, T, T) [head, query, key]: softmax over keys of "
+                         "softcap(q.k * scale) + mask; 0 exactly where masked (above the diagonal; on "
+                         "sliding layers also where query - key >= sliding_window); scale = "
+                         "query_pre_attn_scalar^-0.5 (Gemma 2/3) or head_dim^-0.5; softcap(x) = "
+                         "c * tanh(x / c) (Gemma 2 only)",
+    "attn.hook_z": "input of o_proj, (T, n_heads, head_dim)",
+    "ln1_post.hook_in": "Gemma 2/3 only (patchbay's name; TransformerLens has no single hook here): "
+                        "o_proj output, the input of the post-attention norm",
+    "hook_attn_out": "what attention adds to the residual stream: o_proj output (Gemma 1, Qwen3) or the "
+                     "post-attention norm's output (Gemma 2/3, sandwich norms)",
+    "hook_resid_mid": "resid_pre + attn_out (input of the pre-MLP norm)",
+    "ln2_post.hook_in": "Gemma 2/3 only (patchbay's name): down_proj output, the input of the "
+                        "post-feedforward norm",
+    "hook_mlp_out": "what the MLP adds to the residual stream: down_proj output (Gemma 1, Qwen3) or the "
+                    "post-feedforward norm's output (Gemma 2/3)",
+    "ln_final.hook_normalized": "x * rsqrt(mean(x^2) + eps) in float32, before the norm weight (1 + w for Gemma)",
+    "logits": "after the final soft-cap where the model has one: c * tanh(logits / c)",
+    "norms": "Gemma: x * rsqrt(mean(x^2) + eps) * (1 + w), GGUF stores 1 + w; Qwen3: ... * w",
+}
+
+
+def arch_hook_names(n_layers: int, sandwich: bool) -> list[str]:
+    """Hook points of capture_hooks_arch, in forward order."""
+    names = ["hook_embed"]
+    for layer in range(n_layers):
+        p = f"blocks.{layer}."
+        names += [p + "hook_resid_pre", p + "attn.hook_q", p + "attn.hook_k", p + "attn.hook_v",
+                  p + "attn.hook_rot_q", p + "attn.hook_rot_k", p + "attn.hook_pattern", p + "attn.hook_z"]
+        if sandwich:
+            names.append(p + "ln1_post.hook_in")
+        names += [p + "hook_attn_out", p + "hook_resid_mid"]
+        if sandwich:
+            names.append(p + "ln2_post.hook_in")
+        names += [p + "hook_mlp_out", p + "hook_resid_post"]
+    names.append("ln_final.hook_normalized")
+    return names
+
+
+def layer_modules(layer: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    """The module boundaries of one decoder layer, by role. Sandwich-norm
+    layers (Gemma 2/3) have pre_feedforward_layernorm; there
+    post_attention_layernorm is the norm AFTER attention whose output is added
+    to the residual. Elsewhere post_attention_layernorm is the pre-MLP norm."""
+    sandwich = hasattr(layer, "pre_feedforward_layernorm")
+    return {
+        "sandwich": sandwich,
+        "attn": layer.self_attn,
+        # output = hook_attn_out
+        "attn_out": layer.post_attention_layernorm if sandwich else layer.self_attn,
+        # input = hook_resid_mid
+        "mid_norm": layer.pre_feedforward_layernorm if sandwich else layer.post_attention_layernorm,
+        "mlp": layer.mlp,
+        # output = hook_mlp_out
+        "mlp_out": layer.post_feedforward_layernorm if sandwich else layer.mlp,
+    }
+
+
+class _EagerTap:
+    """Wraps the modeling module's eager_attention_forward (the function each
+    attention layer looks up at call time for attn_implementation "eager") and
+    records the query/key it receives (after q/k norm and RoPE) and the
+    attention weights it returns. The computation itself is transformers'."""
+
+    def __init__(self, model: torch.nn.Module):
+        import importlib
+
+        attn = model.model.layers[0].self_attn
+        self.module = importlib.import_module(type(attn).__module__)
+        self.original = self.module.eager_attention_forward
+        self.records: dict[int, dict[str, torch.Tensor]] = {}
+
+    def __enter__(self):
+        original, records = self.original, self.records
+
+        def tapped(module, query, key, value, attention_mask, *args, **kwargs):
+            out, weights = original(module, query, key, value, attention_mask, *args, **kwargs)
+            assert module.layer_idx not in records, f"layer {module.layer_idx} attention ran twice"
+            records[module.layer_idx] = {"rot_q": query.detach().clone(), "rot_k": key.detach().clone(),
+                                         "pattern": weights.detach().clone()}
+            return out, weights
+
+        self.module.eager_attention_forward = tapped
+        return self
+
+    def __exit__(self, *exc):
+        self.module.eager_attention_forward = self.original
+        return False
+
+
+def capture_hooks_arch(model: torch.nn.Module, input_ids: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """capture_hooks for Gemma/Gemma2/Gemma3(text)/Qwen3 (also works for
+    Llama/Qwen2), batch 1, eager attention. Returns (logits (T, vocab), {hook
+    name: activation}) with the names of arch_hook_names; see
+    ARCH_HOOK_CONVENTIONS for what each one is. Module forward hooks wherever
+    a module boundary exists; RoPE output and attention weights through the
+    eager attention function (_EagerTap)."""
+    config = model.config
+    assert config._attn_implementation == "eager", "eager attention needed for soft-caps and patterns"
+    n_heads = config.num_attention_heads
+    n_kv_heads = config.num_key_value_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // n_heads
+    eps = config.rms_norm_eps
+    base = model.model
+    sandwich = layer_modules(base.layers[0])["sandwich"]
+    acts: dict[str, torch.Tensor] = {}
+    handles = []
+
+    def store(name: str, tensor: torch.Tensor, shape: tuple[int, ...] | None = None) -> None:
+        assert tensor.shape[0] == 1, "batch 1 only"
+        t = tensor[0].detach().to(torch.float32).clone()
+        if shape is not None:
+            t = t.reshape(t.shape[0], *shape)
+        assert name not in acts, f"hook {name} fired twice"
+        acts[name] = t
+
+    def first_input(args, kwargs):
+        return args[0] if args else kwargs["hidden_states"]
+
+    handles.append(base.embed_tokens.register_forward_hook(lambda m, a, o: store("hook_embed", o)))
+    for li, layer in enumerate(base.layers):
+        p = f"blocks.{li}."
+        mods = layer_modules(layer)
+        attn = mods["attn"]
+        handles.append(layer.register_forward_pre_hook(
+            lambda m, a, k, p=p: store(p + "hook_resid_pre", first_input(a, k)), with_kwargs=True))
+        handles.append(layer.register_forward_hook(
+            lambda m, a, k, o, p=p: store(p + "hook_resid_post", _first_tensor(o)), with_kwargs=True))
+        handles.append(attn.q_proj.register_forward_hook(
+            lambda m, a, o, p=p: store(p + "attn.hook_q", o, (n_heads, head_dim))))
+        handles.append(attn.k_proj.register_forward_hook(
+            lambda m, a, o, p=p: store(p + "attn.hook_k", o, (n_kv_heads, head_dim))))
+        handles.append(attn.v_proj.register_forward_hook(
+            lambda m, a, o, p=p: store(p + "attn.hook_v", o, (n_kv_heads, head_dim))))
+        handles.append(attn.o_proj.register_forward_pre_hook(
+            lambda m, a, p=p: store(p + "attn.hook_z", a[0], (n_heads, head_dim))))
+        if sandwich:
+            handles.append(attn.register_forward_hook(
+                lambda m, a, k, o, p=p: store(p + "ln1_post.hook_in", _first_tensor(o)), with_kwargs=True))
+            handles.append(mods["mlp"].register_forward_hook(
+                lambda m, a, o, p=p: store(p + "ln2_post.hook_in", _first_tensor(o))))
+        handles.append(mods["attn_out"].register_forward_hook(
+            lambda m, a, o, p=p: store(p + "hook_attn_out", _first_tensor(o))))
+        handles.append(mods["mid_norm"].register_forward_pre_hook(
+            lambda m, a, k, p=p: store(p + "hook_resid_mid", first_input(a, k)), with_kwargs=True))
+        handles.append(mods["mlp_out"].register_forward_hook(
+            lambda m, a, o, p=p: store(p + "hook_mlp_out", _first_tensor(o))))
+
+    def pre_final_norm(mod, args, kwargs):
+        hidden = first_input(args, kwargs)
+        acts["ln_final.hook_normalized"] = rms_normalized(hidden[0], eps).clone()
+
+    handles.append(base.norm.register_forward_pre_hook(pre_final_norm, with_kwargs=True))
+    try:
+        with _EagerTap(model) as tap:
+            out = model(input_ids=input_ids, use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+    logits = out.logits[0].detach().to(torch.float32)
+    n_layers = len(base.layers)
+    for li, rec in tap.records.items():
+        p = f"blocks.{li}."
+        acts[p + "attn.hook_rot_q"] = rec["rot_q"][0].transpose(0, 1).contiguous()   # (T, H, hd)
+        acts[p + "attn.hook_rot_k"] = rec["rot_k"][0].transpose(0, 1).contiguous()   # (T, Hkv, hd)
+        acts[p + "attn.hook_pattern"] = rec["pattern"][0].contiguous()               # (H, T, T)
+
+    expected = arch_hook_names(n_layers, sandwich)
+    missing = [n for n in expected if n not in acts]
+    assert not missing, f"hooks did not fire: {missing}"
+    assert set(acts) == set(expected), set(acts) ^ set(expected)
+
+    # Exact invariants of the residual stream (HF adds in this order).
+    assert torch.equal(acts["hook_embed"], acts["blocks.0.hook_resid_pre"]), "embed != resid_pre 0"
+    for li in range(n_layers):
+        p = f"blocks.{li}."
+        assert torch.equal(acts[p + "hook_resid_mid"], acts[p + "hook_resid_pre"] + acts[p + "hook_attn_out"]), \
+            f"layer {li}: resid_mid != resid_pre + attn_out"
+        assert torch.equal(acts[p + "hook_resid_post"], acts[p + "hook_resid_mid"] + acts[p + "hook_mlp_out"]), \
+            f"layer {li}: resid_post != resid_mid + mlp_out"
+        if li + 1 < n_layers:
+            assert torch.equal(acts[p + "hook_resid_post"], acts[f"blocks.{li + 1}.hook_resid_pre"])
+        layer = base.layers[li]
+        if sandwich:  # the post norms really map ln*_post.hook_in to the *_out hooks
+            again = layer.post_attention_layernorm(acts[p + "ln1_post.hook_in"].unsqueeze(0))[0]
+            assert torch.equal(again, acts[p + "hook_attn_out"]), f"layer {li}: post-attention norm"
+            again = layer.post_feedforward_layernorm(acts[p + "ln2_post.hook_in"].unsqueeze(0))[0]
+            assert torch.equal(again, acts[p + "hook_mlp_out"]), f"layer {li}: post-feedforward norm"
+        # the per-head z really is the pattern applied to v (GQA: kv head = head // group)
+        group = n_heads // n_kv_heads
+        v = acts[p + "attn.hook_v"].repeat_interleave(group, dim=1)                  # (T, H, hd)
+        z = torch.einsum("hqk,khd->qhd", acts[p + "attn.hook_pattern"], v)
+        assert torch.allclose(z, acts[p + "attn.hook_z"], atol=1e-5, rtol=1e-5), f"layer {li}: z != pattern @ v"
+    # The captured normalized activation reproduces the logits.
+    w = base.norm.weight.detach().to(torch.float32)
+    if "Gemma" in type(base.norm).__name__:
+        w = 1.0 + w
+    relogits = model.lm_head((acts["ln_final.hook_normalized"] * w).unsqueeze(0))[0]
+    cap = getattr(config, "final_logit_softcapping", None)
+    if cap is not None:
+        relogits = torch.tanh(relogits / cap) * cap
+    assert torch.allclose(relogits, logits, atol=1e-5, rtol=1e-5), "ln_final.hook_normalized does not reproduce logits"
+    return logits, {name: acts[name] for name in expected}
+
+
+# --------------------------------------------------------------------------
+# an independent float64 forward over the GGUF with llama.cpp's rules
+
+
+def gguf_numpy_forward(path: Path, ids: np.ndarray, last_only: bool = False) -> tuple[np.ndarray, dict[str, Any]]:
+    """Logits (T, vocab) (last_only: (1, vocab)) in float64 from a GGUF file alone
+    (quantized tensors dequantized by the gguf package), with the hyper-
+    parameters llama.cpp's loader derives for these architectures (read from
+    src/models/{gemma,gemma2,gemma3,qwen3}.cpp of the pinned sdist):
+      embeddings x sqrt(n_embd) (gemma*); RMSNorm with the stored weight
+      (Gemma's already 1 + w); NeoX RoPE over head_dim; rope.freq_base default
+      10000 when absent (the gemma and gemma2 converters write none); sliding
+      layers: gemma2 pattern 2, gemma3 pattern 6 (il % n < n - 1), base
+      rope.freq_base_swa (gemma3; gemma2 uses freq_base), keys with
+      i - j >= sliding_window masked; query scale 1/sqrt(head_dim) (the 27B
+      layer counts aside, which no tiny model has); attention soft-cap before the
+      mask (gemma2); GELU-tanh (gemma*) or SiLU gate; sandwich norms
+      (gemma2/3); final soft-cap; output = token_embd when output.weight is absent."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(path))
+    arch = reader.fields["general.architecture"].contents()
+
+    def field(key: str, default=None):
+        f = reader.fields.get(f"{arch}.{key}")
+        return default if f is None else f.contents()
+
+    def tensor(t) -> np.ndarray:
+        shape = list(reversed([int(n) for n in t.shape]))
+        if t.tensor_type == gguf.GGMLQuantizationType.F32:
+            return np.asarray(t.data, dtype=np.float64).reshape(shape)
+        return gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float64).reshape(shape)
+
+    W = {t.name: tensor(t) for t in reader.tensors}
+    d, n_layer = field("embedding_length"), field("block_count")
+    H, Hkv, hd = field("attention.head_count"), field("attention.head_count_kv"), field("attention.key_length")
+    eps = field("attention.layer_norm_rms_epsilon")
+    base = field("rope.freq_base", 10000.0)
+    window = field("attention.sliding_window", 0) if arch in ("gemma2", "gemma3") else 0
+    pattern = {"gemma2": 2, "gemma3": 6}.get(arch)
+    base_swa = field("rope.freq_base_swa", 10000.0) if arch == "gemma3" else base
+    attn_cap = field("attn_logit_softcapping") if arch == "gemma2" else None
+    final_cap = field("final_logit_softcapping")
+    gemma = arch.startswith("gemma")
+    sandwich = arch in ("gemma2", "gemma3")
+    used = {"arch": arch, "rope_freq_base": base, "rope_freq_base_swa": base_swa if window else None,
+            "sliding_window": window or None, "swa_pattern": pattern if window else None,
+            "attention_scale": 1.0 / math.sqrt(hd), "attn_softcap": attn_cap, "final_softcap": final_cap,
+            "embed_scale": math.sqrt(d) if gemma else 1.0}
+
+    def rms(x, w):
+        return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * w
+
+    def rope(x, theta):  # (T, heads, hd), NeoX halves
+        T = x.shape[0]
+        inv = theta ** (-np.arange(0, hd, 2, dtype=np.float64) / hd)
+        ang = np.arange(T, dtype=np.float64)[:, None] * inv[None, :]
+        cos, sin = np.cos(ang)[:, None, :], np.sin(ang)[:, None, :]
+        a, b = x[..., :hd // 2], x[..., hd // 2:]
+        return np.concatenate([a * cos - b * sin, a * sin + b * cos], axis=-1)
+
+    def act(g):
+        if gemma:
+            return 0.5 * g * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (g + 0.044715 * g ** 3)))
+        return g / (1.0 + np.exp(-g))
+
+    T = len(ids)
+    x = W["token_embd.weight"][ids] * (float(np.float32(math.sqrt(d))) if gemma else 1.0)
+    qi, ki = np.arange(T)[:, None], np.arange(T)[None, :]
+    for il in range(n_layer):
+        g = f"blk.{il}."
+        swa = bool(window) and il % pattern < pattern - 1
+        h = rms(x, W[g + "attn_norm.weight"])
+        q = (h @ W[g + "attn_q.weight"].T).reshape(T, H, hd)
+        k = (h @ W[g + "attn_k.weight"].T).reshape(T, Hkv, hd)
+        v = (h @ W[g + "attn_v.weight"].T).reshape(T, Hkv, hd)
+        if g + "attn_q_norm.weight" in W:
+            q, k = rms(q, W[g + "attn_q_norm.weight"]), rms(k, W[g + "attn_k_norm.weight"])
+        theta = base_swa if swa else base
+        q, k = rope(q, theta), rope(k, theta)
+        allowed = (ki <= qi) & ((qi - ki < window) if swa else True)
+        z = np.empty((T, H, hd))
+        for head in range(H):
+            kv = head // (H // Hkv)
+            sc = q[:, head] @ k[:, kv].T / math.sqrt(hd)
+            if attn_cap:
+                sc = attn_cap * np.tanh(sc / attn_cap)
+            sc = np.where(allowed, sc, -np.inf)
+            p = np.exp(sc - sc.max(-1, keepdims=True))
+            z[:, head] = (p / p.sum(-1, keepdims=True)) @ v[:, kv]
+        a = z.reshape(T, H * hd) @ W[g + "attn_output.weight"].T
+        if sandwich:
+            a = rms(a, W[g + "post_attention_norm.weight"])
+        x = x + a
+        h = rms(x, W[g + "ffn_norm.weight"])
+        m = (act(h @ W[g + "ffn_gate.weight"].T) * (h @ W[g + "ffn_up.weight"].T)) @ W[g + "ffn_down.weight"].T
+        if sandwich:
+            m = rms(m, W[g + "post_ffw_norm.weight"])
+        x = x + m
+    if last_only:
+        x = x[-1:]
+    out = rms(x, W["output_norm.weight"]) @ W.get("output.weight", W["token_embd.weight"]).T
+    if final_cap:
+        out = final_cap * np.tanh(out / final_cap)
+    return out, used
+
