@@ -87,6 +87,12 @@ static inline int pb_layer_is_sliding(const pb_model_config *cfg, int layer) {
     return cfg->sliding_period <= 0 || (layer + 1) % cfg->sliding_period != 0;
 }
 
+/* What the loader took from the model family rather than from the file
+ * (values GGUF does not store, Gemma's norm offset, the sliding pattern),
+ * as one line of text for people to read; "" for the Llama baseline.
+ * Borrowed static text. */
+const char *pb_arch_assumptions(const pb_model_config *cfg);
+
 typedef struct pb_model pb_model;
 
 typedef enum pb_backend_kind {
@@ -126,7 +132,7 @@ pb_status pb_backend_parse(const char *text, pb_backend_kind *out);
 pb_status pb_model_load(pb_model **out, const char *path, const pb_load_options *options);
 /* A model with seeded random weights at a named real shape, for benchmarks
  * and tests where real weights cannot be had. name is "smollm2-135m",
- * "llama3-8b", "llama3-70b", "qwen2-7b" or "tiny", optionally followed by
+ * "llama3-8b", "llama3-70b", "qwen2-7b", "gemma3-270m" or "tiny", optionally followed by
  * ":LAYERS" to keep only the first LAYERS layers (e.g. "llama3-70b:4").
  * Projection and embedding weights are uniform with standard deviation 0.02,
  * norm weights uniform in [0.9, 1.1], biases uniform with standard deviation

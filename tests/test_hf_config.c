@@ -198,7 +198,9 @@ static void test_refused(void **state) {
         const char *needle;
     } cases[] = {
         {BASE_HEAD ", \"num_attention_heads\": 8}", PB_ERR_FORMAT, "config.json: missing key 'hidden_size'"},
-        {"{\"model_type\": \"gpt2\", \"hidden_size\": 256}", PB_ERR_UNSUPPORTED, "model_type 'gpt2' is not supported"},
+        {"{\"model_type\": \"gpt2\", \"hidden_size\": 256}", PB_ERR_UNSUPPORTED,
+         "config.json: model_type: architecture 'gpt2' is not supported (supported: llama, mistral, qwen2, qwen3, gemma, "
+         "gemma2, gemma3)"},
         {"{\"hidden_size\": 256}", PB_ERR_FORMAT, "config.json: missing key 'model_type'"},
         {BASE_HEAD ", \"hidden_size\": \"256\", \"num_attention_heads\": 8}", PB_ERR_FORMAT,
          "key 'hidden_size' is \"256\", expected a positive integer"},

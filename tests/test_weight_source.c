@@ -71,7 +71,7 @@ static void check_formats_agree(const char *model) {
         assert_string_equal(from_st.name, want.name);
         assert_string_equal(from_gguf.file_name, want.name); /* GGUF names are the canonical ones */
         char hf[128];
-        assert_int_equal(pb_weight_hf_name(want.name, hf, sizeof hf), PB_OK);
+        assert_int_equal(pb_weight_hf_name(b, want.name, hf, sizeof hf), PB_OK);
         assert_string_equal(from_st.file_name, hf);
         assert_int_equal(from_gguf.n_dims, want.n_dims);
         assert_int_equal(from_st.n_dims, want.n_dims);

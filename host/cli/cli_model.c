@@ -23,7 +23,7 @@ void pb_cli_model_table(pb_cli_model *o, pb_cli_option table[PB_CLI_MODEL_OPTION
          .shared = 1,
          .value = "NAME[:LAYERS]",
          .help = "seeded random weights at a real shape instead of --model (tiny, smollm2-135m, llama3-8b, "
-                 "llama3-70b, qwen2-7b; :LAYERS keeps the first LAYERS layers); no tokenizer: give ids"},
+                 "llama3-70b, qwen2-7b, gemma3-270m; :LAYERS keeps the first LAYERS layers); no tokenizer: give ids"},
         {.flag = "--seed",
          .kind = PB_OPT_U64,
          .target = &o->seed,

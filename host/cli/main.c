@@ -814,6 +814,12 @@ static int cmd_info(const options *o) {
            c->arch, c->n_layers, c->d_model, c->n_heads, c->n_kv_heads, c->head_dim, c->d_mlp, c->vocab_size,
            c->context_length, (double)c->rms_eps, (double)c->rope_theta, (int)c->rope_scaling, c->has_qkv_bias,
            c->tied_embeddings, c->bos_id, c->eos_id);
+    printf("activation %s\nqk_norm %d\nsandwich_norm %d\nembed_scale %g\nattn_scale %g\nattn_softcap %g\n"
+           "final_softcap %g\nsliding_window %d\nsliding_period %d\nrope_theta_local %g\nassumptions %s\n",
+           c->activation == PB_ACTIVATION_GELU_TANH ? "gelu_tanh" : "silu", c->qk_norm, c->sandwich_norm,
+           (double)c->embed_scale, (double)c->attn_scale, (double)c->attn_softcap, (double)c->final_softcap,
+           c->sliding_window, c->sliding_period, (double)c->rope_theta_local,
+           *pb_arch_assumptions(c) ? pb_arch_assumptions(c) : "none (every value is from the file)");
     pb_model_free(m);
     return 0;
 }

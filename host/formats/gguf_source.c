@@ -2,12 +2,14 @@
  * under their own (canonical) names, dequantised to fp32 with llama.cpp's
  * Q/K row permutation undone, or handed out raw from the mapping. */
 #define _POSIX_C_SOURCE 200809L
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "formats/gguf.h"
 #include "formats/quant.h"
+#include "model/arch.h"
 #include "model/model.h"
 #include "model/weight_source.h"
 #include "util/internal.h"
@@ -15,7 +17,7 @@
 typedef struct gguf_source {
     pb_weight_source base;
     pb_gguf *gguf;
-    int permuted_qk; /* llama.cpp permutes Q/K for llama-architecture models only */
+    int permuted_qk; /* llama.cpp permuted Q/K rows (the family's descriptor says) */
 } gguf_source;
 
 /* ---- hyperparameters from GGUF metadata ------------------------------- */
@@ -135,17 +137,107 @@ static pb_status gguf_token_id(const pb_gguf *g, const char *path, const char *k
     return PB_OK;
 }
 
+/* ARCH.rope.scaling.type: none or linear (with its factor); llama.cpp's
+ * converter writes the global layers' scaling there (Gemma-3's linear 8). */
+static pb_status gguf_rope_scaling(pb_model_config *c, const pb_gguf *g, const char *path, const char *a) {
+    char scaling_key[128];
+    snprintf(scaling_key, sizeof scaling_key, "%s.rope.scaling.type", a);
+    if (pb_gguf_has_key(g, scaling_key)) {
+        const char *type;
+        size_t len;
+        PB_TRY(pb_gguf_get_string(g, scaling_key, &type, &len));
+        if (len == 6 && memcmp(type, "linear", 6) == 0) {
+            c->rope_scaling = PB_ROPE_SCALING_LINEAR;
+            PB_TRY(gguf_float(g, a, "rope.scaling.factor", &c->rope_factor, 1, 0));
+        } else if (!(len == 4 && memcmp(type, "none", 4) == 0)) {
+            return pb_fail(PB_ERR_UNSUPPORTED, "%s: rope scaling type '%.*s' is not supported", path, (int)len, type);
+        }
+    }
+    return PB_OK;
+}
+
+/* ARCH.attention.sliding_window_pattern, when present: a period (llama.cpp's
+ * rule: layer L slides iff L % n < n - 1, ours with period n) or one bool
+ * per layer, which must follow the family's period. */
+static pb_status gguf_sliding_pattern(pb_model_config *c, const pb_gguf *g, const char *path, const char *a) {
+    char key[128];
+    snprintf(key, sizeof key, "%s.attention.sliding_window_pattern", a);
+    if (!pb_gguf_has_key(g, key))
+        return PB_OK;
+    pb_gguf_value_type type;
+    uint64_t count;
+    pb_error_saved saved;
+    pb_error_save(&saved);
+    if (pb_gguf_get_array_info(g, key, &type, &count) != PB_OK) {
+        pb_error_restore(&saved);
+        int64_t period;
+        PB_TRY(pb_gguf_get_int(g, key, &period));
+        if (period < 0 || period > INT32_MAX)
+            return pb_fail(PB_ERR_FORMAT, "%s: %s = %lld is out of range", path, key, (long long)period);
+        c->sliding_period = (int)period;
+        return PB_OK;
+    }
+    const uint8_t *flags;
+    if (type != PB_GGUF_BOOL || count != (uint64_t)c->n_layers)
+        return pb_fail(PB_ERR_FORMAT, "%s: %s must be %d bools (one per layer), is %llu of type %s", path, key,
+                       c->n_layers, (unsigned long long)count, pb_gguf_value_type_name(type));
+    PB_TRY(pb_gguf_get_array_data(g, key, (const void **)&flags));
+    for (int l = 0; l < c->n_layers; l++)
+        if ((flags[l] != 0) != pb_layer_is_sliding(c, l))
+            return pb_fail(PB_ERR_UNSUPPORTED,
+                           "%s: %s: layer %d is %s, but %s models have layer L global iff (L + 1) %% %d == 0; "
+                           "other patterns are not supported",
+                           path, key, l, flags[l] ? "sliding" : "global", a, c->sliding_period);
+    return PB_OK;
+}
+
+/* The architecture beyond Llama: the family's traits, and the keys
+ * llama.cpp's converter writes for it, with llama.cpp's values where the
+ * file has none (model/arch.c). */
+static pb_status gguf_family(pb_model_config *c, const pb_gguf *g, const char *path, const pb_arch *arch) {
+    const char *a = arch->name;
+    c->activation = arch->activation;
+    c->qk_norm = arch->qk_norm;
+    c->sandwich_norm = arch->sandwich_norm;
+    if (arch->embed_scaled)
+        c->embed_scale = (float)sqrt((double)c->d_model); /* as torch: computed in double, rounded to fp32 */
+    if (arch->query_pre_attn_scalar > 0) {
+        /* llama.cpp: the 27B scales by (d_model / n_heads)^-1/2, every other size by head_dim^-1/2 */
+        int scalar = c->n_layers == arch->gguf_large_layers ? c->d_model / c->n_heads : c->head_dim;
+        c->attn_scale = (float)pow((double)scalar, -0.5);
+    }
+    if (arch->softcaps) {
+        PB_TRY(gguf_float(g, a, "attn_logit_softcapping", &c->attn_softcap, 0, arch->attn_softcap_default));
+        PB_TRY(gguf_float(g, a, "final_logit_softcapping", &c->final_softcap, 0, arch->final_softcap_default));
+        if (!(c->attn_softcap >= 0.0f) || !(c->final_softcap >= 0.0f) || !isfinite(c->attn_softcap) ||
+            !isfinite(c->final_softcap))
+            return pb_fail(PB_ERR_FORMAT, "%s: %s.attn_logit_softcapping = %g / final_logit_softcapping = %g must "
+                           "be finite and not negative", path, a, (double)c->attn_softcap, (double)c->final_softcap);
+    }
+    if (arch->window != PB_WINDOW_PATTERN)
+        return PB_OK;
+    char key[128];
+    snprintf(key, sizeof key, "%s.attention.sliding_window", a);
+    if (pb_gguf_has_key(g, key) || arch->gguf_window_default > 0)
+        PB_TRY(gguf_int(g, a, "attention.sliding_window", &c->sliding_window, 0, arch->gguf_window_default));
+    if (c->sliding_window <= 0)
+        return PB_OK;
+    c->sliding_period = arch->sliding_period;
+    PB_TRY(gguf_sliding_pattern(c, g, path, a));
+    return gguf_float(g, a, "rope.freq_base_swa", &c->rope_theta_local, 0, arch->rope_theta_local);
+}
+
 static pb_status config_from_gguf(pb_model_config *c, const pb_gguf *g, const char *path) {
     memset(c, 0, sizeof *c);
-    const char *arch;
-    size_t arch_len;
-    PB_TRY(pb_gguf_get_string(g, "general.architecture", &arch, &arch_len));
-    if (arch_len >= sizeof c->arch)
-        arch_len = sizeof c->arch - 1;
-    memcpy(c->arch, arch, arch_len);
-    if (strcmp(c->arch, "llama") != 0 && strcmp(c->arch, "qwen2") != 0 && strcmp(c->arch, "mistral") != 0)
-        return pb_fail(PB_ERR_UNSUPPORTED, "%s: architecture '%s' is not supported (llama, mistral, qwen2 are)", path,
-                       c->arch);
+    const char *name;
+    size_t name_len;
+    PB_TRY(pb_gguf_get_string(g, "general.architecture", &name, &name_len));
+    if (name_len >= sizeof c->arch)
+        name_len = sizeof c->arch - 1;
+    memcpy(c->arch, name, name_len);
+    const pb_arch *arch = pb_arch_find(c->arch);
+    if (!arch)
+        return pb_arch_refuse(path, c->arch);
     const char *a = c->arch;
     PB_TRY(gguf_int(g, a, "block_count", &c->n_layers, 1, 0));
     PB_TRY(check_block_count(g, path, a, c->n_layers));
@@ -162,19 +254,7 @@ static pb_status config_from_gguf(pb_model_config *c, const pb_gguf *g, const ch
                        c->head_dim);
     PB_TRY(gguf_float(g, a, "attention.layer_norm_rms_epsilon", &c->rms_eps, 1, 0));
     PB_TRY(gguf_float(g, a, "rope.freq_base", &c->rope_theta, 0, 10000.0f));
-    char scaling_key[128];
-    snprintf(scaling_key, sizeof scaling_key, "%s.rope.scaling.type", a);
-    if (pb_gguf_has_key(g, scaling_key)) {
-        const char *type;
-        size_t len;
-        PB_TRY(pb_gguf_get_string(g, scaling_key, &type, &len));
-        if (len == 6 && memcmp(type, "linear", 6) == 0) {
-            c->rope_scaling = PB_ROPE_SCALING_LINEAR;
-            PB_TRY(gguf_float(g, a, "rope.scaling.factor", &c->rope_factor, 1, 0));
-        } else if (!(len == 4 && memcmp(type, "none", 4) == 0)) {
-            return pb_fail(PB_ERR_UNSUPPORTED, "%s: rope scaling type '%.*s' is not supported", path, (int)len, type);
-        }
-    }
+    PB_TRY(gguf_rope_scaling(c, g, path, a));
     int n_tokens = 0;
     if (pb_gguf_has_key(g, "tokenizer.ggml.tokens")) {
         pb_gguf_value_type type;
@@ -189,7 +269,7 @@ static pb_status config_from_gguf(pb_model_config *c, const pb_gguf *g, const ch
     c->tied_embeddings = pb_gguf_find_tensor(g, "output.weight") == NULL;
     PB_TRY(gguf_token_id(g, path, "bos_token_id", c->vocab_size, &c->bos_id));
     PB_TRY(gguf_token_id(g, path, "eos_token_id", c->vocab_size, &c->eos_id));
-    return PB_OK;
+    return gguf_family(c, g, path, arch);
 }
 
 /* llama.cpp's converter reorders each Q/K head's rows so that rotation pairs
@@ -291,7 +371,7 @@ pb_status pb_gguf_source_open(pb_weight_source **out, const char *path) {
         return status;
     }
     s->base.gguf = s->gguf;
-    s->permuted_qk = strcmp(s->base.cfg.arch, "llama") == 0 || strcmp(s->base.cfg.arch, "mistral") == 0;
+    s->permuted_qk = pb_arch_find(s->base.cfg.arch)->gguf_permuted_qk;
     *out = &s->base;
     return PB_OK;
 }

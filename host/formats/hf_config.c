@@ -13,11 +13,9 @@
 #include <string.h>
 
 #include "formats/hf_config.h"
+#include "model/arch.h"
 #include "util/internal.h"
 #include "util/json.h"
-
-/* transformers' RotaryEmbeddingConfigMixin.default_theta */
-#define PB_DEFAULT_ROPE_THETA 10000.0
 
 /* Absent and null both mean "not given" in transformers configs. */
 static const json_t *get(const json_t *object, const char *key) {
@@ -111,8 +109,10 @@ static pb_status read_token_id(const char *path, const json_t *object, const cha
  * convert_rope_params_to_dict/standardize_rope_params do: a non-empty
  * rope_scaling wins over rope_parameters; the type is "rope_type", else
  * "type", else default; rope_theta comes from that dict, else the top level,
- * else 10000; llama3's original context defaults to max_position_embeddings. */
-static pb_status read_rope(const char *path, const json_t *root, pb_model_config *cfg) {
+ * else the family's default (transformers' default_theta: 10000, Gemma-3's
+ * global layers 1e6); llama3's original context defaults to
+ * max_position_embeddings. */
+static pb_status read_rope(const char *path, const json_t *root, double default_theta, pb_model_config *cfg) {
     const json_t *scaling = get(root, "rope_scaling");
     const json_t *parameters = get(root, "rope_parameters");
     const json_t *rope = NULL;
@@ -150,7 +150,7 @@ static pb_status read_rope(const char *path, const json_t *root, pb_model_config
     /* rope_theta: the dict's value first, then the top level. */
     const json_t *theta_holder = rope && get(rope, "rope_theta") ? rope : root;
     PB_TRY(read_positive_float(path, theta_holder == rope ? prefix : "", theta_holder, "rope_theta", 0,
-                               PB_DEFAULT_ROPE_THETA, &cfg->rope_theta));
+                               default_theta, &cfg->rope_theta));
 
     /* Partial rotary embeddings rotate only part of each head; the engine
      * rotates all of it. */
@@ -197,41 +197,77 @@ static pb_status read_rope(const char *path, const json_t *root, pb_model_config
                    name);
 }
 
-static pb_status read_config(const char *path, const json_t *root, pb_model_config *cfg) {
+/* Where the text model's settings live: the top level, or text_config
+ * for a multimodal checkpoint (Gemma3ForConditionalGeneration), whose text
+ * tower is all that is loaded. */
+typedef struct config_view {
+    const char *path;
+    const json_t *top;
+    const json_t *root; /* top or its text_config */
+    const char *where;  /* "" or "text_config." for messages */
+    const pb_arch *arch;
+} config_view;
+
+static pb_status read_family(config_view *v) {
     char text[64];
-    const json_t *model_type = get(root, "model_type");
+    const json_t *model_type = get(v->top, "model_type");
     if (!model_type)
-        return pb_fail(PB_ERR_FORMAT, "%s: missing key 'model_type'", path);
+        return pb_fail(PB_ERR_FORMAT, "%s: missing key 'model_type'", v->path);
     if (!json_is_string(model_type))
-        return pb_fail(PB_ERR_FORMAT, "%s: key 'model_type' is %s, expected a string", path,
+        return pb_fail(PB_ERR_FORMAT, "%s: key 'model_type' is %s, expected a string", v->path,
                        pb_json_describe(model_type, text, sizeof text));
-    const char *arch = json_string_value(model_type);
-    int is_llama = strcmp(arch, "llama") == 0;
-    int is_mistral = strcmp(arch, "mistral") == 0;
-    int is_qwen2 = strcmp(arch, "qwen2") == 0;
-    if (!is_llama && !is_mistral && !is_qwen2)
-        return pb_fail(PB_ERR_UNSUPPORTED, "%s: model_type '%s' is not supported (llama, mistral and qwen2 are)", path,
-                       arch);
-    snprintf(cfg->arch, sizeof cfg->arch, "%s", arch);
+    v->arch = pb_arch_find_hf(json_string_value(model_type));
+    if (!v->arch) {
+        char where[600];
+        snprintf(where, sizeof where, "%s: model_type", v->path);
+        return pb_arch_refuse(where, json_string_value(model_type));
+    }
+    v->root = v->top;
+    v->where = "";
+    const json_t *text_config = get(v->top, "text_config");
+    if (text_config) {
+        if (!json_is_object(text_config))
+            return pb_fail(PB_ERR_FORMAT, "%s: key 'text_config' is %s, expected an object", v->path,
+                           pb_json_describe(text_config, text, sizeof text));
+        v->root = text_config;
+        v->where = "text_config.";
+    }
+    return PB_OK;
+}
 
-    const json_t *act = get(root, "hidden_act");
-    /* transformers maps "swish" to the same SiLU. */
-    if (act && !(json_is_string(act) &&
-                 (strcmp(json_string_value(act), "silu") == 0 || strcmp(json_string_value(act), "swish") == 0)))
-        return pb_fail(PB_ERR_UNSUPPORTED, "%s: hidden_act %s is not supported (only \"silu\")", path,
-                       pb_json_describe(act, text, sizeof text));
+/* The MLP activation: the family's own (transformers maps Gemma-1's legacy
+ * "gelu" and Llama's "swish" to it); anything else would run wrongly. */
+static pb_status read_activation(const config_view *v, pb_model_config *cfg) {
+    const json_t *act = get(v->root, v->arch->hf_act_key);
+    cfg->activation = v->arch->activation;
+    if (!act)
+        return PB_OK;
+    const char *name = json_is_string(act) ? json_string_value(act) : "";
+    int ok = v->arch->activation == PB_ACTIVATION_SILU
+                 ? strcmp(name, "silu") == 0 || strcmp(name, "swish") == 0
+                 : strcmp(name, "gelu_pytorch_tanh") == 0 || (strcmp(name, "gelu") == 0 && !v->arch->sandwich_norm &&
+                                                              strcmp(v->arch->hf_act_key, "hidden_act") == 0);
+    char text[64];
+    if (!ok)
+        return pb_fail(PB_ERR_UNSUPPORTED, "%s: %s%s %s is not supported for %s (only \"%s\")", v->path, v->where,
+                       v->arch->hf_act_key, pb_json_describe(act, text, sizeof text), v->arch->name,
+                       v->arch->activation == PB_ACTIVATION_SILU ? "silu" : "gelu_pytorch_tanh");
+    return PB_OK;
+}
 
-    PB_TRY(read_positive_int(path, "", root, "num_hidden_layers", 1, 0, &cfg->n_layers));
-    PB_TRY(read_positive_int(path, "", root, "hidden_size", 1, 0, &cfg->d_model));
-    PB_TRY(read_positive_int(path, "", root, "num_attention_heads", 1, 0, &cfg->n_heads));
-    PB_TRY(read_positive_int(path, "", root, "num_key_value_heads", 0, cfg->n_heads, &cfg->n_kv_heads));
-    PB_TRY(read_positive_int(path, "", root, "intermediate_size", 1, 0, &cfg->d_mlp));
-    PB_TRY(read_positive_int(path, "", root, "vocab_size", 1, 0, &cfg->vocab_size));
-    PB_TRY(read_positive_int(path, "", root, "max_position_embeddings", 1, 0, &cfg->context_length));
-    PB_TRY(read_positive_float(path, "", root, "rms_norm_eps", 1, 0, &cfg->rms_eps));
-
-    if (get(root, "head_dim")) {
-        PB_TRY(read_positive_int(path, "", root, "head_dim", 1, 0, &cfg->head_dim));
+static pb_status read_sizes(const config_view *v, pb_model_config *cfg) {
+    const char *path = v->path, *w = v->where;
+    const json_t *r = v->root;
+    PB_TRY(read_positive_int(path, w, r, "num_hidden_layers", 1, 0, &cfg->n_layers));
+    PB_TRY(read_positive_int(path, w, r, "hidden_size", 1, 0, &cfg->d_model));
+    PB_TRY(read_positive_int(path, w, r, "num_attention_heads", 1, 0, &cfg->n_heads));
+    PB_TRY(read_positive_int(path, w, r, "num_key_value_heads", 0, cfg->n_heads, &cfg->n_kv_heads));
+    PB_TRY(read_positive_int(path, w, r, "intermediate_size", 1, 0, &cfg->d_mlp));
+    PB_TRY(read_positive_int(path, w, r, "vocab_size", 1, 0, &cfg->vocab_size));
+    PB_TRY(read_positive_int(path, w, r, "max_position_embeddings", 1, 0, &cfg->context_length));
+    PB_TRY(read_positive_float(path, w, r, "rms_norm_eps", 1, 0, &cfg->rms_eps));
+    if (get(r, "head_dim")) {
+        PB_TRY(read_positive_int(path, w, r, "head_dim", 1, 0, &cfg->head_dim));
     } else {
         if (cfg->d_model % cfg->n_heads != 0)
             return pb_fail(PB_ERR_FORMAT,
@@ -245,47 +281,197 @@ static pb_status read_config(const char *path, const json_t *root, pb_model_conf
     /* RoPE rotates pairs of dimensions. */
     if (cfg->head_dim % 2 != 0)
         return pb_fail(PB_ERR_FORMAT, "%s: head_dim %d is odd; RoPE needs an even head_dim", path, cfg->head_dim);
+    return PB_OK;
+}
 
-    PB_TRY(read_rope(path, root, cfg));
+/* Q/K/V biases: qwen2 always has them (attention_bias is not read there,
+ * nor by mistral, whose attention is built without bias whatever the config
+ * says); elsewhere attention_bias true adds an o_proj bias the engine lacks. */
+static pb_status read_biases(const config_view *v, pb_model_config *cfg) {
+    cfg->has_qkv_bias = v->arch->qkv_bias;
+    int attention_bias = 0, mlp_bias = 0;
+    if (!v->arch->qkv_bias && v->arch->window != PB_WINDOW_CONTEXT)
+        PB_TRY(read_bool(v->path, v->root, "attention_bias", 0, &attention_bias));
+    if (attention_bias)
+        return pb_fail(PB_ERR_UNSUPPORTED,
+                       "%s: %s with attention_bias true also has an o_proj bias, which is not supported", v->path,
+                       v->arch->name);
+    PB_TRY(read_bool(v->path, v->root, "mlp_bias", 0, &mlp_bias));
+    if (mlp_bias)
+        return pb_fail(PB_ERR_UNSUPPORTED, "%s: %s with mlp_bias true is not supported", v->path, v->arch->name);
+    return PB_OK;
+}
 
-    if (is_qwen2) {
-        cfg->has_qkv_bias = 1;
-    } else if (is_llama) {
-        int attention_bias, mlp_bias;
-        PB_TRY(read_bool(path, root, "attention_bias", 0, &attention_bias));
-        if (attention_bias)
-            return pb_fail(PB_ERR_UNSUPPORTED,
-                           "%s: llama with attention_bias true also has an o_proj bias, which is "
-                           "not supported",
-                           path);
-        PB_TRY(read_bool(path, root, "mlp_bias", 0, &mlp_bias));
-        if (mlp_bias)
-            return pb_fail(PB_ERR_UNSUPPORTED, "%s: llama with mlp_bias true is not supported", path);
-        cfg->has_qkv_bias = 0;
-    } else {
-        /* transformers' MistralAttention builds q/k/v/o without bias whatever
-         * the config says, so attention_bias is ignored here as there. */
-        cfg->has_qkv_bias = 0;
-    }
-    PB_TRY(read_bool(path, root, "tie_word_embeddings", 0, &cfg->tied_embeddings));
-    PB_TRY(read_token_id(path, root, "bos_token_id", &cfg->bos_id));
-    PB_TRY(read_token_id(path, root, "eos_token_id", &cfg->eos_id));
-
-    /* Sliding-window attention equals full attention while the sequence fits
-     * in the window; the engine has only full attention, so the usable
-     * context ends at the window. mistral applies sliding_window whenever it
-     * is set; qwen2 only with use_sliding_window. */
-    int window = 0;
-    if (is_mistral || is_qwen2) {
-        int use_window = 1;
-        if (is_qwen2)
-            PB_TRY(read_bool(path, root, "use_sliding_window", 0, &use_window));
-        if (use_window)
-            PB_TRY(read_positive_int(path, "", root, "sliding_window", 0, 0, &window));
-    }
+/* Sliding windows of mistral and qwen2/3: equal to full attention while
+ * the sequence fits in the window; the engine runs them as full attention,
+ * so the usable context ends at the window. mistral applies sliding_window
+ * whenever it is set; qwen2/3 only with use_sliding_window. */
+static pb_status read_window_context(const config_view *v, pb_model_config *cfg) {
+    int window = 0, use_window = v->arch->window == PB_WINDOW_CONTEXT;
+    if (v->arch->window == PB_WINDOW_NONE)
+        return PB_OK;
+    if (v->arch->window == PB_WINDOW_CONTEXT_IF_USED)
+        PB_TRY(read_bool(v->path, v->root, "use_sliding_window", 0, &use_window));
+    if (use_window)
+        PB_TRY(read_positive_int(v->path, v->where, v->root, "sliding_window", 0, 0, &window));
     if (window > 0 && window < cfg->context_length)
         cfg->context_length = window;
     return PB_OK;
+}
+
+/* Gemma-3's two RoPEs: the global layers' base and scaling, and the
+ * sliding layers' base, never scaled. transformers 5 writes rope_parameters
+ * with one dict per layer type; older configs rope_theta, rope_scaling (for
+ * the global layers) and rope_local_base_freq. */
+static pb_status read_rope_by_layer_type(const config_view *v, pb_model_config *cfg) {
+    const json_t *params = get(v->root, "rope_parameters");
+    const json_t *full = json_is_object(params) ? get(params, "full_attention") : NULL;
+    const json_t *sliding = json_is_object(params) ? get(params, "sliding_attention") : NULL;
+    const pb_arch *a = v->arch;
+    if (!full && !sliding) {
+        PB_TRY(read_rope(v->path, v->root, a->hf_rope_theta_default, cfg));
+        return read_positive_float(v->path, v->where, v->root, "rope_local_base_freq", 0, a->rope_theta_local,
+                                   &cfg->rope_theta_local);
+    }
+    json_t *global = json_object(); /* {"rope_parameters": full_attention} */
+    if (!global || (full && json_object_set(global, "rope_parameters", (json_t *)full) != 0)) {
+        json_decref(global);
+        return pb_fail(PB_ERR_OOM, "%s: out of memory reading rope_parameters", v->path);
+    }
+    pb_status status = read_rope(v->path, global, a->hf_rope_theta_default, cfg);
+    json_decref(global);
+    PB_TRY(status);
+    cfg->rope_theta_local = a->rope_theta_local;
+    if (!sliding)
+        return PB_OK;
+    const json_t *type = get(sliding, "rope_type");
+    char text[64];
+    if (type && !(json_is_string(type) && strcmp(json_string_value(type), "default") == 0))
+        return pb_fail(PB_ERR_UNSUPPORTED,
+                       "%s: rope_parameters.sliding_attention type %s is not supported (the sliding layers' RoPE is "
+                       "never scaled)",
+                       v->path, pb_json_describe(type, text, sizeof text));
+    return read_positive_float(v->path, "rope_parameters.sliding_attention.", sliding, "rope_theta", 0,
+                               a->rope_theta_local, &cfg->rope_theta_local);
+}
+
+/* A softcap: absent is the family's default, null none, else a positive
+ * number. */
+static pb_status read_softcap(const config_view *v, const char *key, float fallback, float *out) {
+    const json_t *value = json_object_get(v->root, key);
+    *out = 0.0f;
+    if (json_is_null(value))
+        return PB_OK;
+    return read_positive_float(v->path, v->where, v->root, key, 0, fallback, out);
+}
+
+/* layer_types (one "sliding_attention" / "full_attention" per layer) must
+ * be what a period expresses (layer L global iff (L + 1) % period == 0, the
+ * period set by the first global layer; none: every layer slides). */
+static pb_status check_layer_types(const config_view *v, const json_t *types, pb_model_config *cfg) {
+    char text[64];
+    if (!json_is_array(types) || json_array_size(types) != (size_t)cfg->n_layers)
+        return pb_fail(PB_ERR_FORMAT, "%s: key '%slayer_types' is %s, expected a list of %d layer types", v->path,
+                       v->where, pb_json_describe(types, text, sizeof text), cfg->n_layers);
+    cfg->sliding_period = 0;
+    for (int l = 0; l < cfg->n_layers; l++) {
+        const char *t = json_string_value(json_array_get(types, (size_t)l));
+        if (!t || (strcmp(t, "sliding_attention") != 0 && strcmp(t, "full_attention") != 0))
+            return pb_fail(PB_ERR_FORMAT, "%s: %slayer_types[%d] is %s, expected \"sliding_attention\" or "
+                           "\"full_attention\"", v->path, v->where, l,
+                           pb_json_describe(json_array_get(types, (size_t)l), text, sizeof text));
+        if (!cfg->sliding_period && strcmp(t, "full_attention") == 0)
+            cfg->sliding_period = l + 1;
+    }
+    for (int l = 0; l < cfg->n_layers; l++) {
+        int sliding = strcmp(json_string_value(json_array_get(types, (size_t)l)), "sliding_attention") == 0;
+        if (sliding != pb_layer_is_sliding(cfg, l))
+            return pb_fail(PB_ERR_UNSUPPORTED,
+                           "%s: %slayer_types: layer %d is %s, but the pattern must be 'layer L global iff (L + 1) %% "
+                           "%d == 0' (the first global layer is %d); other patterns are not supported",
+                           v->path, v->where, l, sliding ? "sliding" : "global", cfg->sliding_period,
+                           cfg->sliding_period - 1);
+    }
+    return PB_OK;
+}
+
+/* Gemma-2/3: a window on the sliding layers, which alternate with global
+ * ones by the family's period, sliding_window_pattern, or layer_types. */
+static pb_status read_sliding_pattern(const config_view *v, pb_model_config *cfg) {
+    const json_t *window = json_object_get(v->root, "sliding_window");
+    if (window && json_is_null(window))
+        return PB_OK; /* transformers: no window on any layer */
+    PB_TRY(read_positive_int(v->path, v->where, v->root, "sliding_window", 0, v->arch->hf_window_default,
+                             &cfg->sliding_window));
+    cfg->sliding_period = v->arch->sliding_period;
+    PB_TRY(read_positive_int(v->path, v->where, v->root, "sliding_window_pattern", 0, cfg->sliding_period,
+                             &cfg->sliding_period));
+    const json_t *types = get(v->root, "layer_types");
+    return types ? check_layer_types(v, types, cfg) : PB_OK;
+}
+
+/* The architecture beyond Llama: the family's traits and what config.json
+ * says of them (transformers' defaults where it says nothing). */
+static pb_status read_architecture(const config_view *v, pb_model_config *cfg) {
+    const pb_arch *a = v->arch;
+    cfg->qk_norm = a->qk_norm;
+    cfg->sandwich_norm = a->sandwich_norm;
+    if (a->embed_scaled)
+        cfg->embed_scale = (float)sqrt((double)cfg->d_model); /* torch: hidden_size**0.5 rounded to fp32 */
+    if (a->query_pre_attn_scalar > 0) {
+        float scalar;
+        PB_TRY(read_positive_float(v->path, v->where, v->root, "query_pre_attn_scalar", 0, a->query_pre_attn_scalar,
+                                   &scalar));
+        cfg->attn_scale = (float)pow((double)scalar, -0.5);
+    }
+    if (a->softcaps) {
+        PB_TRY(read_softcap(v, "attn_logit_softcapping", a->attn_softcap_default, &cfg->attn_softcap));
+        PB_TRY(read_softcap(v, "final_logit_softcapping", a->final_softcap_default, &cfg->final_softcap));
+    }
+    int bidirectional = 0;
+    PB_TRY(read_bool(v->path, v->root, "use_bidirectional_attention", 0, &bidirectional));
+    if (bidirectional)
+        return pb_fail(PB_ERR_UNSUPPORTED, "%s: %suse_bidirectional_attention true is not supported (causal only)",
+                       v->path, v->where);
+    return a->window == PB_WINDOW_PATTERN ? read_sliding_pattern(v, cfg) : read_window_context(v, cfg);
+}
+
+static pb_status read_text_config(config_view *v, pb_model_config *cfg) {
+    const char *path = v->path;
+    PB_TRY(read_activation(v, cfg));
+    PB_TRY(read_sizes(v, cfg));
+    if (v->arch->rope_theta_local > 0.0f)
+        PB_TRY(read_rope_by_layer_type(v, cfg));
+    else
+        PB_TRY(read_rope(path, v->root, v->arch->hf_rope_theta_default, cfg));
+    PB_TRY(read_biases(v, cfg));
+    /* a multimodal checkpoint may keep these at the top level */
+    const json_t *top = v->top, *r = v->root;
+    PB_TRY(read_bool(path, get(r, "tie_word_embeddings") ? r : top, "tie_word_embeddings", v->arch->tied_default,
+                     &cfg->tied_embeddings));
+    PB_TRY(read_token_id(path, get(r, "bos_token_id") ? r : top, "bos_token_id", &cfg->bos_id));
+    PB_TRY(read_token_id(path, get(r, "eos_token_id") ? r : top, "eos_token_id", &cfg->eos_id));
+    return read_architecture(v, cfg);
+}
+
+static pb_status read_config(const char *path, const json_t *top, pb_model_config *cfg) {
+    config_view v = {path, top, top, "", NULL};
+    PB_TRY(read_family(&v));
+    snprintf(cfg->arch, sizeof cfg->arch, "%s", v.arch->name);
+    if (!v.arch->hf_defaults)
+        return read_text_config(&v, cfg);
+    /* the family's config class defaults under what the file says (a
+     * multimodal Gemma-3's text_config names little more than its sizes) */
+    json_error_t error;
+    json_t *merged = json_loads(v.arch->hf_defaults, 0, &error);
+    if (!merged || json_object_update(merged, (json_t *)v.root) != 0) {
+        json_decref(merged);
+        return pb_fail(PB_ERR_OOM, "%s: out of memory merging %s defaults", path, v.arch->name);
+    }
+    v.root = merged;
+    pb_status status = read_text_config(&v, cfg);
+    json_decref(merged);
+    return status;
 }
 
 pb_status pb_hf_config_read(pb_model_config *cfg, const char *config_json_path) {

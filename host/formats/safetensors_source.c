@@ -1,6 +1,8 @@
 /* The Hugging Face weight source: a folder's config.json for the
  * hyperparameters and its safetensors files for the tensors, found under
- * the Hugging Face names of the canonical ones (model/weight_source.c). */
+ * the Hugging Face names of the canonical ones (model/weight_source.c), in
+ * the layout of a causal LM or of a multimodal checkpoint's text tower;
+ * norm weights offset as the family's descriptor says (model/arch.h). */
 #define _POSIX_C_SOURCE 200809L
 #include <stdio.h>
 #include <stdlib.h>
@@ -9,6 +11,7 @@
 #include "formats/hf_config.h"
 #include "formats/quant.h"
 #include "formats/safetensors.h"
+#include "model/arch.h"
 #include "model/model.h"
 #include "model/weight_source.h"
 #include "util/internal.h"
@@ -16,7 +19,44 @@
 typedef struct safetensors_source {
     pb_weight_source base;
     pb_safetensors *st;
+    float norm_offset;    /* added to every norm weight (Gemma stores w and multiplies by 1 + w) */
+    const char *body;     /* what the files write for "model." (the text tower of a multimodal checkpoint) */
+    const char *head;     /* prefix of "lm_head.weight" */
 } safetensors_source;
+
+/* Where a checkpoint keeps its text model: "model." in a causal LM;
+ * "model.language_model." (transformers 5) or "language_model.model."
+ * (earlier releases) in Gemma3ForConditionalGeneration, whose text tower is
+ * all that is loaded. */
+static const struct {
+    const char *body, *head;
+} layouts[] = {
+    {"model.", ""},
+    {"model.language_model.", ""},
+    {"language_model.model.", "language_model."},
+};
+
+/* The layout whose embedding table the files hold (the first when none). */
+static void choose_layout(safetensors_source *s) {
+    char name[128];
+    for (size_t i = sizeof layouts / sizeof layouts[0]; i-- > 0;) {
+        s->body = layouts[i].body;
+        s->head = layouts[i].head;
+        snprintf(name, sizeof name, "%sembed_tokens.weight", s->body);
+        if (pb_safetensors_find(s->st, name))
+            return;
+    }
+}
+
+/* name (a text model's Hugging Face name) as this checkpoint writes it. */
+static void apply_layout(const safetensors_source *s, char *name, size_t size) {
+    char text[128];
+    snprintf(text, sizeof text, "%s", name);
+    if (strncmp(text, "model.", 6) == 0)
+        snprintf(name, size, "%s%s", s->body, text + 6);
+    else
+        snprintf(name, size, "%s%s", s->head, text);
+}
 
 /* The ggml type id of a safetensors dtype. */
 static pb_weight_type weight_type(pb_dtype dtype) {
@@ -29,12 +69,13 @@ static pb_status st_find(const pb_weight_source *src, const char *name, pb_tenso
     snprintf(info->name, sizeof info->name, "%s", name);
     info->index = -1;
     *found = 0;
-    if (pb_weight_hf_name(name, info->file_name, sizeof info->file_name) != PB_OK) {
+    if (pb_weight_hf_name(&src->cfg, name, info->file_name, sizeof info->file_name) != PB_OK) {
         /* a GGUF-only tensor (rope_freqs.weight) is absent, not an error */
         if (strcmp(name, "rope_freqs.weight") == 0)
             return PB_OK;
         return pb_fail_context(PB_ERR_ARG, "%s", src->path);
     }
+    apply_layout(s, info->file_name, sizeof info->file_name);
     const pb_st_tensor *t = pb_safetensors_find(s->st, info->file_name);
     *found = t != NULL;
     if (!t)
@@ -49,8 +90,15 @@ static pb_status st_find(const pb_weight_source *src, const char *name, pb_tenso
     return PB_OK;
 }
 
+/* The values as the model multiplies by them: Gemma's norm weights get
+ * their 1 added in fp32 after widening, as transformers' (1.0 +
+ * weight.float()) does. */
 static pb_status st_read_f32(const pb_weight_source *src, const pb_tensor_info *info, float *out) {
+    const safetensors_source *s = (const safetensors_source *)src;
     pb_st_tensor_to_f32(info->handle, out);
+    if (s->norm_offset != 0.0f && pb_arch_is_norm(info->name))
+        for (uint64_t i = 0; i < info->n_elements; i++)
+            out[i] += s->norm_offset;
     return PB_OK;
 }
 
@@ -84,6 +132,8 @@ pb_status pb_safetensors_source_open(pb_weight_source **out, const char *folder)
         st_free(&s->base);
         return status;
     }
+    s->norm_offset = pb_arch_find(s->base.cfg.arch)->hf_norm_offset;
+    choose_layout(s);
     *out = &s->base;
     return PB_OK;
 }

@@ -1,4 +1,4 @@
-/* A Llama-family model from a weight source (weight_source.h: a GGUF file,
+/* A model of any family in model/arch.h from a weight source (weight_source.h: a GGUF file,
  * a Hugging Face folder or the random generator; this file knows no
  * format): hyperparameter checks, the canonical tensor list mapped to the
  * model's fields, shape checks for every tensor before any compute, and
@@ -21,6 +21,26 @@
 #include "patching/noise.h"
 
 /* ---- hyperparameters -------------------------------------------------- */
+
+/* The architecture fields: none negative or non-finite (0 is "off"). */
+static pb_status pb_model_config_validate_arch(const pb_model_config *c) {
+    struct {
+        const char *name;
+        float value;
+    } scales[] = {{"embed_scale", c->embed_scale},   {"attn_scale", c->attn_scale},
+                  {"attn_softcap", c->attn_softcap}, {"final_softcap", c->final_softcap},
+                  {"rope_theta_local", c->rope_theta_local}};
+    for (size_t i = 0; i < sizeof scales / sizeof scales[0]; i++)
+        if (!(scales[i].value >= 0.0f) || !isfinite(scales[i].value))
+            return pb_fail(PB_ERR_FORMAT, "model config: %s = %g must be finite and not negative", scales[i].name,
+                           (double)scales[i].value);
+    if (c->sliding_window < 0 || c->sliding_period < 0)
+        return pb_fail(PB_ERR_FORMAT, "model config: sliding_window = %d and sliding_period = %d must not be negative",
+                       c->sliding_window, c->sliding_period);
+    if (c->activation != PB_ACTIVATION_SILU && c->activation != PB_ACTIVATION_GELU_TANH)
+        return pb_fail(PB_ERR_FORMAT, "model config: unknown activation %d", (int)c->activation);
+    return PB_OK;
+}
 
 pb_status pb_model_config_validate(const pb_model_config *c) {
     struct {
@@ -53,7 +73,7 @@ pb_status pb_model_config_validate(const pb_model_config *c) {
                        "model config: llama3 rope scaling needs high_freq_factor (%g) > low_freq_factor (%g) "
                        "and original_max_position_embeddings (%d) > 0",
                        (double)c->rope_high_freq_factor, (double)c->rope_low_freq_factor, c->rope_original_context);
-    return PB_OK;
+    return pb_model_config_validate_arch(c);
 }
 
 void pb_rope_inv_freq(const pb_model_config *c, float *out) {
@@ -116,11 +136,15 @@ static const destination layer_fields[] = {
     {"attn_q.bias", offsetof(pb_layer_weights, bq), 1},
     {"attn_k.bias", offsetof(pb_layer_weights, bk), 1},
     {"attn_v.bias", offsetof(pb_layer_weights, bv), 0},
+    {"attn_q_norm.weight", offsetof(pb_layer_weights, q_norm), 0},
+    {"attn_k_norm.weight", offsetof(pb_layer_weights, k_norm), 0},
     {"attn_output.weight", offsetof(pb_layer_weights, wo), 0},
+    {"post_attention_norm.weight", offsetof(pb_layer_weights, attn_post_norm), 0},
     {"ffn_norm.weight", offsetof(pb_layer_weights, mlp_norm), 0},
     {"ffn_gate.weight", offsetof(pb_layer_weights, w_gate), 1},
     {"ffn_up.weight", offsetof(pb_layer_weights, w_up), 0},
     {"ffn_down.weight", offsetof(pb_layer_weights, w_down), 0},
+    {"post_ffw_norm.weight", offsetof(pb_layer_weights, mlp_post_norm), 0},
 };
 
 /* Points w at its field: base is the model or the layer, name the

@@ -34,9 +34,34 @@ static const named_shape shapes[] = {
       8.0f,    1.0f, 4.0f, 8192, 0, 0,   -1,    -1,     LLAMA_BASELINE}},
     {"qwen2-7b", {"qwen2", 28, 3584, 28, 4, 128, 18944, 152064, 32768,         1e-6f, 1000000.0f, PB_ROPE_SCALING_NONE,
                   0,       0,  0,    0,  1, 0,   -1,    -1,     LLAMA_BASELINE}},
+    /* google/gemma-3-270m: beyond Llama in every architecture field */
+    {"gemma3-270m",
+     {.arch = "gemma3",
+      .n_layers = 18,
+      .d_model = 640,
+      .n_heads = 4,
+      .n_kv_heads = 1,
+      .head_dim = 256,
+      .d_mlp = 2048,
+      .vocab_size = 262144,
+      .context_length = 32768,
+      .rms_eps = 1e-6f,
+      .rope_theta = 1000000.0f,
+      .rope_scaling = PB_ROPE_SCALING_NONE,
+      .tied_embeddings = 1,
+      .bos_id = -1,
+      .eos_id = -1,
+      .activation = PB_ACTIVATION_GELU_TANH,
+      .qk_norm = 1,
+      .sandwich_norm = 1,
+      .embed_scale = 25.298221281347036f, /* sqrt(640) */
+      .attn_scale = 0.0625f,              /* query_pre_attn_scalar 256 ^ -1/2 */
+      .sliding_window = 512,
+      .sliding_period = 6,
+      .rope_theta_local = 10000.0f}},
 };
 
-const char *pb_model_random_names(void) { return "tiny, smollm2-135m, llama3-8b, llama3-70b, qwen2-7b"; }
+const char *pb_model_random_names(void) { return "tiny, smollm2-135m, llama3-8b, llama3-70b, qwen2-7b, gemma3-270m"; }
 
 pb_status pb_random_config(pb_model_config *out, const char *spec) {
     if (!spec || !*spec)

@@ -9,44 +9,66 @@
 #include <sys/stat.h>
 
 #include "formats/quant.h"
+#include "model/arch.h"
 #include "model/weight_source.h"
 #include "util/internal.h"
 
 _Static_assert(PB_WEIGHT_TYPE_F32 == PB_GGML_F32, "weight types are ggml type ids");
 
 /* A size from the hyperparameters. */
-typedef enum dim { DIM_NONE, DIM_D_MODEL, DIM_Q_ROWS, DIM_KV_ROWS, DIM_D_MLP, DIM_VOCAB } dim;
+typedef enum dim { DIM_NONE, DIM_D_MODEL, DIM_Q_ROWS, DIM_KV_ROWS, DIM_D_MLP, DIM_VOCAB, DIM_HEAD } dim;
+
+/* When a layer tensor is part of the model. */
+typedef enum presence { ALWAYS, WITH_QKV_BIAS, WITH_QK_NORM, WITH_SANDWICH_NORM } presence;
 
 typedef struct canonical_tensor {
-    const char *name;    /* canonical, after "blk.L." for a layer's */
-    const char *hf_name; /* after "model.layers.L." for a layer's */
-    dim rows, cols;      /* cols DIM_NONE: a vector */
-    int qkv_bias;        /* present only when the config has Q/K/V biases */
+    const char *name; /* canonical, after "blk.L." for a layer's */
+    dim rows, cols;   /* cols DIM_NONE: a vector */
+    presence when;
 } canonical_tensor;
 
-/* Global tensors; output.weight only when the embeddings are not tied. */
+/* Global tensors with their Hugging Face names (the same in every family);
+ * output.weight only when the embeddings are not tied. */
 static const canonical_tensor global_tensors[] = {
-    {"token_embd.weight", "model.embed_tokens.weight", DIM_VOCAB, DIM_D_MODEL, 0},
-    {"output_norm.weight", "model.norm.weight", DIM_D_MODEL, DIM_NONE, 0},
-    {"output.weight", "lm_head.weight", DIM_VOCAB, DIM_D_MODEL, 0},
+    {"token_embd.weight", DIM_VOCAB, DIM_D_MODEL, ALWAYS},
+    {"output_norm.weight", DIM_D_MODEL, DIM_NONE, ALWAYS},
+    {"output.weight", DIM_VOCAB, DIM_D_MODEL, ALWAYS},
 };
+static const char *const global_hf_names[] = {"model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"};
 
-/* One layer's tensors in load order. */
+/* One layer's tensors in load order: q, k, v (and their biases; gate and
+ * up) back to back, which the fused views rely on (model.c). Their Hugging
+ * Face names depend on the family (model/arch.c). */
 static const canonical_tensor layer_tensors[] = {
-    {"attn_norm.weight", "input_layernorm.weight", DIM_D_MODEL, DIM_NONE, 0},
-    {"attn_q.weight", "self_attn.q_proj.weight", DIM_Q_ROWS, DIM_D_MODEL, 0},
-    {"attn_k.weight", "self_attn.k_proj.weight", DIM_KV_ROWS, DIM_D_MODEL, 0},
-    {"attn_v.weight", "self_attn.v_proj.weight", DIM_KV_ROWS, DIM_D_MODEL, 0},
-    {"attn_q.bias", "self_attn.q_proj.bias", DIM_Q_ROWS, DIM_NONE, 1},
-    {"attn_k.bias", "self_attn.k_proj.bias", DIM_KV_ROWS, DIM_NONE, 1},
-    {"attn_v.bias", "self_attn.v_proj.bias", DIM_KV_ROWS, DIM_NONE, 1},
-    {"attn_output.weight", "self_attn.o_proj.weight", DIM_D_MODEL, DIM_Q_ROWS, 0},
-    {"ffn_norm.weight", "post_attention_layernorm.weight", DIM_D_MODEL, DIM_NONE, 0},
-    {"ffn_gate.weight", "mlp.gate_proj.weight", DIM_D_MLP, DIM_D_MODEL, 0},
-    {"ffn_up.weight", "mlp.up_proj.weight", DIM_D_MLP, DIM_D_MODEL, 0},
-    {"ffn_down.weight", "mlp.down_proj.weight", DIM_D_MODEL, DIM_D_MLP, 0},
+    {"attn_norm.weight", DIM_D_MODEL, DIM_NONE, ALWAYS},
+    {"attn_q.weight", DIM_Q_ROWS, DIM_D_MODEL, ALWAYS},
+    {"attn_k.weight", DIM_KV_ROWS, DIM_D_MODEL, ALWAYS},
+    {"attn_v.weight", DIM_KV_ROWS, DIM_D_MODEL, ALWAYS},
+    {"attn_q.bias", DIM_Q_ROWS, DIM_NONE, WITH_QKV_BIAS},
+    {"attn_k.bias", DIM_KV_ROWS, DIM_NONE, WITH_QKV_BIAS},
+    {"attn_v.bias", DIM_KV_ROWS, DIM_NONE, WITH_QKV_BIAS},
+    {"attn_q_norm.weight", DIM_HEAD, DIM_NONE, WITH_QK_NORM},
+    {"attn_k_norm.weight", DIM_HEAD, DIM_NONE, WITH_QK_NORM},
+    {"attn_output.weight", DIM_D_MODEL, DIM_Q_ROWS, ALWAYS},
+    {"post_attention_norm.weight", DIM_D_MODEL, DIM_NONE, WITH_SANDWICH_NORM},
+    {"ffn_norm.weight", DIM_D_MODEL, DIM_NONE, ALWAYS},
+    {"ffn_gate.weight", DIM_D_MLP, DIM_D_MODEL, ALWAYS},
+    {"ffn_up.weight", DIM_D_MLP, DIM_D_MODEL, ALWAYS},
+    {"ffn_down.weight", DIM_D_MODEL, DIM_D_MLP, ALWAYS},
+    {"post_ffw_norm.weight", DIM_D_MODEL, DIM_NONE, WITH_SANDWICH_NORM},
 };
 #define N_LAYER_TENSORS (int)(sizeof layer_tensors / sizeof layer_tensors[0])
+
+/* 1 when the config's model has the layer tensor t. */
+static int present(const pb_model_config *c, const canonical_tensor *t) {
+    switch (t->when) {
+    case ALWAYS: return 1;
+    case WITH_QKV_BIAS: return c->has_qkv_bias;
+    case WITH_QK_NORM: return c->qk_norm;
+    case WITH_SANDWICH_NORM: return c->sandwich_norm;
+    }
+    return 0;
+}
 
 static int64_t dim_size(const pb_model_config *c, dim d) {
     switch (d) {
@@ -55,6 +77,7 @@ static int64_t dim_size(const pb_model_config *c, dim d) {
     case DIM_KV_ROWS: return (int64_t)c->n_kv_heads * c->head_dim;
     case DIM_D_MLP: return c->d_mlp;
     case DIM_VOCAB: return c->vocab_size;
+    case DIM_HEAD: return c->head_dim;
     case DIM_NONE: break;
     }
     return 0;
@@ -62,7 +85,12 @@ static int64_t dim_size(const pb_model_config *c, dim d) {
 
 static int n_globals(const pb_model_config *c) { return c->tied_embeddings ? 2 : 3; }
 
-static int per_layer(const pb_model_config *c) { return c->has_qkv_bias ? N_LAYER_TENSORS : N_LAYER_TENSORS - 3; }
+static int per_layer(const pb_model_config *c) {
+    int n = 0;
+    for (int i = 0; i < N_LAYER_TENSORS; i++)
+        n += present(c, &layer_tensors[i]);
+    return n;
+}
 
 int pb_weight_list_count(const pb_model_config *c) { return n_globals(c) + c->n_layers * per_layer(c); }
 
@@ -75,7 +103,7 @@ static const canonical_tensor *list_entry(const pb_model_config *c, int index, i
     *layer = index / per_layer(c);
     int k = index % per_layer(c);
     for (int i = 0; i < N_LAYER_TENSORS; i++) {
-        if (layer_tensors[i].qkv_bias && !c->has_qkv_bias)
+        if (!present(c, &layer_tensors[i]))
             continue;
         if (k-- == 0)
             return &layer_tensors[i];
@@ -130,22 +158,24 @@ int pb_weight_list_find(const pb_model_config *c, const char *name) {
     return -1;
 }
 
-pb_status pb_weight_hf_name(const char *name, char *out, size_t size) {
+pb_status pb_weight_hf_name(const pb_model_config *c, const char *name, char *out, size_t size) {
+    snprintf(out, size, "%s", name);
     for (size_t i = 0; i < sizeof global_tensors / sizeof global_tensors[0]; i++)
         if (strcmp(name, global_tensors[i].name) == 0) {
-            snprintf(out, size, "%s", global_tensors[i].hf_name);
+            snprintf(out, size, "%s", global_hf_names[i]);
             return PB_OK;
         }
+    const pb_arch *arch = pb_arch_find(c->arch);
+    if (!arch)
+        return pb_arch_refuse("Hugging Face tensor names", c->arch);
     int layer;
-    const char *suffix;
-    if (split_layer_name(name, &layer, &suffix))
-        for (int i = 0; i < N_LAYER_TENSORS; i++)
-            if (strcmp(suffix, layer_tensors[i].name) == 0) {
-                snprintf(out, size, "model.layers.%d.%s", layer, layer_tensors[i].hf_name);
-                return PB_OK;
-            }
-    snprintf(out, size, "%s", name);
-    return pb_fail(PB_ERR_ARG, "tensor '%s' has no Hugging Face name (not a canonical tensor name)", name);
+    const char *suffix, *hf;
+    if (split_layer_name(name, &layer, &suffix) && (hf = pb_arch_hf_layer_name(arch, suffix))) {
+        snprintf(out, size, "model.layers.%d.%s", layer, hf);
+        return PB_OK;
+    }
+    return pb_fail(PB_ERR_ARG, "tensor '%s' has no Hugging Face name in %s models (not a canonical tensor name)", name,
+                   c->arch);
 }
 
 /* ---- the interface ------------------------------------------------------ */

@@ -99,13 +99,17 @@ const char *pb_weight_type_name(pb_weight_type type);
 /* The canonical list: every tensor a model with this config loads, in load
  * order (token_embd, output_norm, output unless tied, then per layer
  * attn_norm, attn_q/k/v, their biases when the config has them,
- * attn_output, ffn_norm, ffn_gate, ffn_up, ffn_down), with the shapes the
+ * attn_q_norm/attn_k_norm (head_dim) with qk_norm, attn_output,
+ * post_attention_norm with sandwich_norm, ffn_norm, ffn_gate, ffn_up,
+ * ffn_down, post_ffw_norm with sandwich_norm), with the shapes the
  * hyperparameters need (name, file_name, shape, n_elements, index; type F32). */
 int pb_weight_list_count(const pb_model_config *cfg);
 void pb_weight_list_at(const pb_model_config *cfg, int index, pb_tensor_info *info);
 /* Index of a canonical name in the list, or -1. */
 int pb_weight_list_find(const pb_model_config *cfg, const char *name);
-/* The Hugging Face name of a canonical one; PB_ERR_ARG when there is none. */
-pb_status pb_weight_hf_name(const char *name, char *out, size_t size);
+/* The Hugging Face name of a canonical one in a text checkpoint of cfg's
+ * family ("model.layers.L.post_feedforward_layernorm.weight"; model/arch.h);
+ * PB_ERR_ARG when there is none. */
+pb_status pb_weight_hf_name(const pb_model_config *cfg, const char *name, char *out, size_t size);
 
 #endif
