@@ -1,6 +1,7 @@
 /* Tests for host/formats/hf_config.c: config.json files in the transformers 4 and 5
  * layouts map onto pb_model_config with transformers' defaults, and configs
- * the engine cannot run are refused with a message naming the key. Also
+ * the engine cannot run are refused with a message naming the key; the
+ * Gemma-1/2/3 and Qwen3 families with their architecture fields. Also
  * reads the tiny_gqa / tiny_bias fixtures when they have been generated. */
 #define _POSIX_C_SOURCE 200809L
 
@@ -11,6 +12,7 @@
 #include <cmocka.h>
 
 #include <jansson.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -251,6 +253,158 @@ static void test_refused(void **state) {
         expect_refused(state, cases[i].text, cases[i].status, cases[i].needle);
 }
 
+/* ---- families beyond Llama (model/arch.c) ---------------------------- */
+
+/* Gemma-1: GELU-tanh (its legacy "gelu" means the same in transformers),
+ * embeddings scaled by sqrt(hidden_size) rounded to fp32 from double, tied
+ * by default, query scale left at head_dim^-1/2. */
+static void test_gemma(void **state) {
+    pb_model_config c;
+    read_ok(state,
+            "{\"model_type\": \"gemma\", \"hidden_act\": \"gelu\", \"hidden_size\": 640, \"intermediate_size\": 96,"
+            " \"num_hidden_layers\": 2, \"num_attention_heads\": 4, \"num_key_value_heads\": 1, \"head_dim\": 32,"
+            " \"max_position_embeddings\": 512, \"rms_norm_eps\": 1e-06, \"vocab_size\": 300}",
+            &c);
+    assert_string_equal(c.arch, "gemma");
+    assert_int_equal(c.activation, PB_ACTIVATION_GELU_TANH);
+    assert_true(c.embed_scale == (float)sqrt(640.0));
+    assert_true(c.tied_embeddings);
+    assert_true(c.attn_scale == 0.0f && c.sliding_window == 0 && c.final_softcap == 0.0f);
+    assert_false(c.qk_norm || c.sandwich_norm || c.has_qkv_bias);
+}
+
+/* Gemma-2 with transformers' defaults: window 4096 on every other layer
+ * starting with layer 0, softcaps 50 / 30, query_pre_attn_scalar 256. */
+static void test_gemma2_defaults(void **state) {
+    pb_model_config c;
+    read_ok(state,
+            "{\"model_type\": \"gemma2\", \"hidden_activation\": \"gelu_pytorch_tanh\", \"hidden_size\": 64,"
+            " \"intermediate_size\": 96, \"num_hidden_layers\": 4, \"num_attention_heads\": 4, \"head_dim\": 16,"
+            " \"max_position_embeddings\": 8192, \"rms_norm_eps\": 1e-06, \"vocab_size\": 300}",
+            &c);
+    assert_string_equal(c.arch, "gemma2");
+    assert_true(c.sandwich_norm && !c.qk_norm && c.tied_embeddings);
+    assert_true(c.attn_scale == 0.0625f && c.attn_softcap == 50.0f && c.final_softcap == 30.0f);
+    assert_int_equal(c.sliding_window, 4096);
+    assert_int_equal(c.context_length, 8192); /* the window is per layer, not a context cap */
+    assert_true(pb_layer_is_sliding(&c, 0) && !pb_layer_is_sliding(&c, 1) && pb_layer_is_sliding(&c, 2));
+    assert_true(c.rope_theta == 10000.0f && c.rope_theta_local == 0.0f);
+    /* null softcaps and window: none */
+    read_ok(state,
+            "{\"model_type\": \"gemma2\", \"hidden_size\": 64, \"intermediate_size\": 96, \"num_hidden_layers\": 4,"
+            " \"num_attention_heads\": 4, \"head_dim\": 16, \"max_position_embeddings\": 8192,"
+            " \"rms_norm_eps\": 1e-06, \"vocab_size\": 300, \"attn_logit_softcapping\": null,"
+            " \"final_logit_softcapping\": null, \"sliding_window\": null, \"query_pre_attn_scalar\": 144}",
+            &c);
+    assert_true(c.attn_softcap == 0.0f && c.final_softcap == 0.0f && c.sliding_window == 0);
+    assert_true(c.attn_scale == (float)pow(144.0, -0.5));
+}
+
+/* Gemma-3 as transformers 5 writes it: rope_parameters per layer type (the
+ * global layers' linear scaling, the sliding layers' own base) and
+ * layer_types, checked against the period its first global layer sets. */
+static void test_gemma3_v5_layout(void **state) {
+    pb_model_config c;
+    read_ok(state,
+            "{\"model_type\": \"gemma3_text\", \"hidden_activation\": \"gelu_pytorch_tanh\", \"hidden_size\": 72,"
+            " \"intermediate_size\": 64, \"num_hidden_layers\": 7, \"num_attention_heads\": 4,"
+            " \"num_key_value_heads\": 1, \"head_dim\": 20, \"max_position_embeddings\": 64,"
+            " \"rms_norm_eps\": 1e-06, \"vocab_size\": 320, \"query_pre_attn_scalar\": 20, \"sliding_window\": 4,"
+            " \"final_logit_softcapping\": 3.0, \"attn_logit_softcapping\": null,"
+            " \"layer_types\": [\"sliding_attention\", \"sliding_attention\", \"sliding_attention\","
+            "   \"sliding_attention\", \"sliding_attention\", \"full_attention\", \"sliding_attention\"],"
+            " \"rope_parameters\": {\"full_attention\": {\"rope_theta\": 100000.0, \"rope_type\": \"linear\","
+            "   \"factor\": 8.0}, \"sliding_attention\": {\"rope_theta\": 5000.0, \"rope_type\": \"default\"}}}",
+            &c);
+    assert_string_equal(c.arch, "gemma3");
+    assert_true(c.qk_norm && c.sandwich_norm && c.tied_embeddings);
+    assert_true(c.attn_scale == (float)pow(20.0, -0.5) && c.embed_scale == (float)sqrt(72.0));
+    assert_true(c.attn_softcap == 0.0f && c.final_softcap == 3.0f);
+    assert_true(c.sliding_window == 4 && c.sliding_period == 6);
+    assert_true(c.rope_theta == 100000.0f && c.rope_scaling == PB_ROPE_SCALING_LINEAR && c.rope_factor == 8.0f);
+    assert_true(c.rope_theta_local == 5000.0f);
+}
+
+/* A multimodal Gemma-3 (Gemma3ForConditionalGeneration) as published: the
+ * text settings under text_config, most of them left to Gemma3TextConfig's
+ * defaults, the transformers 4 RoPE keys, tie_word_embeddings at the top. */
+static void test_gemma3_multimodal(void **state) {
+    pb_model_config c;
+    read_ok(state,
+            "{\"architectures\": [\"Gemma3ForConditionalGeneration\"], \"model_type\": \"gemma3\","
+            " \"eos_token_id\": [1, 106], \"tie_word_embeddings\": true,"
+            " \"text_config\": {\"model_type\": \"gemma3_text\", \"hidden_size\": 2560,"
+            "   \"intermediate_size\": 10240, \"num_hidden_layers\": 34, \"sliding_window\": 1024,"
+            "   \"rope_scaling\": {\"factor\": 8.0, \"rope_type\": \"linear\"}},"
+            " \"vision_config\": {\"model_type\": \"siglip_vision_model\"}}",
+            &c);
+    assert_string_equal(c.arch, "gemma3");
+    assert_true(c.n_heads == 8 && c.n_kv_heads == 4 && c.head_dim == 256 && c.vocab_size == 262208);
+    assert_true(c.context_length == 131072 && c.rms_eps == 1e-6f);
+    assert_true(c.rope_theta == 1000000.0f && c.rope_scaling == PB_ROPE_SCALING_LINEAR && c.rope_factor == 8.0f);
+    assert_true(c.rope_theta_local == 10000.0f && c.sliding_window == 1024 && c.sliding_period == 6);
+    assert_true(c.attn_scale == 0.0625f && c.tied_embeddings && c.eos_id == 1);
+}
+
+/* Qwen3: q/k norms, no biases, untied unless said. */
+static void test_qwen3(void **state) {
+    pb_model_config c;
+    read_ok(state,
+            "{\"model_type\": \"qwen3\", \"hidden_act\": \"silu\", \"hidden_size\": 64, \"intermediate_size\": 96,"
+            " \"num_hidden_layers\": 2, \"num_attention_heads\": 4, \"num_key_value_heads\": 2, \"head_dim\": 32,"
+            " \"max_position_embeddings\": 4096, \"rms_norm_eps\": 1e-06, \"vocab_size\": 300,"
+            " \"rope_theta\": 1000000, \"attention_bias\": false, \"use_sliding_window\": false,"
+            " \"sliding_window\": null}",
+            &c);
+    assert_string_equal(c.arch, "qwen3");
+    assert_true(c.qk_norm && !c.sandwich_norm && !c.has_qkv_bias && !c.tied_embeddings);
+    assert_true(c.activation == PB_ACTIVATION_SILU && c.embed_scale == 0.0f && c.attn_scale == 0.0f);
+    assert_int_equal(c.context_length, 4096);
+}
+
+#define GEMMA3_HEAD                                                                                           \
+    "{\"model_type\": \"gemma3_text\", \"hidden_size\": 64, \"intermediate_size\": 96, \"num_hidden_layers\": 4," \
+    " \"num_attention_heads\": 4, \"head_dim\": 16, \"max_position_embeddings\": 512, \"rms_norm_eps\": 1e-06,"   \
+    " \"vocab_size\": 300"
+
+static void test_families_refused(void **state) {
+    static const struct {
+        const char *text;
+        pb_status status;
+        const char *needle;
+    } cases[] = {
+        {"{\"model_type\": \"phi3\"}", PB_ERR_UNSUPPORTED,
+         "architecture 'phi3' is not supported (supported: llama, mistral, qwen2, qwen3, gemma, gemma2, gemma3)"},
+        {GEMMA3_HEAD ", \"hidden_activation\": \"gelu\"}", PB_ERR_UNSUPPORTED,
+         "hidden_activation \"gelu\" is not supported for gemma3 (only \"gelu_pytorch_tanh\")"},
+        {"{\"model_type\": \"gemma2\", \"hidden_activation\": \"silu\"}", PB_ERR_UNSUPPORTED,
+         "hidden_activation \"silu\" is not supported for gemma2"},
+        {GEMMA3_HEAD ", \"layer_types\": [\"sliding_attention\", \"full_attention\", \"full_attention\","
+                     " \"sliding_attention\"]}",
+         PB_ERR_UNSUPPORTED, "layer_types: layer 2 is global, but the pattern must be 'layer L global iff (L + 1) % 2"},
+        {GEMMA3_HEAD ", \"layer_types\": [\"sliding_attention\", \"full_attention\"]}", PB_ERR_FORMAT,
+         "key 'layer_types' is"},
+        {GEMMA3_HEAD ", \"layer_types\": [\"sliding_attention\", \"chunked_attention\", \"full_attention\","
+                     " \"sliding_attention\"]}",
+         PB_ERR_FORMAT, "layer_types[1] is \"chunked_attention\""},
+        {GEMMA3_HEAD ", \"rope_parameters\": {\"full_attention\": {\"rope_type\": \"default\"},"
+                     " \"sliding_attention\": {\"rope_type\": \"linear\", \"factor\": 2.0}}}",
+         PB_ERR_UNSUPPORTED, "rope_parameters.sliding_attention type \"linear\" is not supported"},
+        {GEMMA3_HEAD ", \"use_bidirectional_attention\": true}", PB_ERR_UNSUPPORTED, "use_bidirectional_attention"},
+        {GEMMA3_HEAD ", \"query_pre_attn_scalar\": 0}", PB_ERR_FORMAT, "key 'query_pre_attn_scalar' is 0"},
+        {"{\"model_type\": \"gemma3\", \"text_config\": [1]}", PB_ERR_FORMAT,
+         "key 'text_config' is [1], expected an object"},
+        {"{\"model_type\": \"gemma3\", \"text_config\": {\"hidden_size\": 64, \"rms_norm_eps\": -1}}", PB_ERR_FORMAT,
+         "key 'text_config.rms_norm_eps' is -1"},
+        {"{\"model_type\": \"qwen3\", \"hidden_size\": 64, \"intermediate_size\": 96, \"num_hidden_layers\": 2,"
+         " \"num_attention_heads\": 4, \"max_position_embeddings\": 512, \"rms_norm_eps\": 1e-06,"
+         " \"vocab_size\": 300, \"attention_bias\": true}",
+         PB_ERR_UNSUPPORTED, "qwen3 with attention_bias true"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+        expect_refused(state, cases[i].text, cases[i].status, cases[i].needle);
+}
+
 static void test_missing_file_and_args(void **state) {
     (void)state;
     pb_model_config cfg;
@@ -355,6 +509,12 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_defaults_filled, tu_scratch_setup, tu_scratch_teardown),
         cmocka_unit_test_setup_teardown(test_rope_variants, tu_scratch_setup, tu_scratch_teardown),
         cmocka_unit_test_setup_teardown(test_refused, tu_scratch_setup, tu_scratch_teardown),
+        cmocka_unit_test_setup_teardown(test_gemma, tu_scratch_setup, tu_scratch_teardown),
+        cmocka_unit_test_setup_teardown(test_gemma2_defaults, tu_scratch_setup, tu_scratch_teardown),
+        cmocka_unit_test_setup_teardown(test_gemma3_v5_layout, tu_scratch_setup, tu_scratch_teardown),
+        cmocka_unit_test_setup_teardown(test_gemma3_multimodal, tu_scratch_setup, tu_scratch_teardown),
+        cmocka_unit_test_setup_teardown(test_qwen3, tu_scratch_setup, tu_scratch_teardown),
+        cmocka_unit_test_setup_teardown(test_families_refused, tu_scratch_setup, tu_scratch_teardown),
         cmocka_unit_test(test_missing_file_and_args),
         cmocka_unit_test(test_fixture_tiny_gqa),
         cmocka_unit_test(test_fixture_tiny_bias),

@@ -248,6 +248,7 @@ static const named_config named_configs[] = {
     {"qwen2-7b", "qwen2", 28, 3584, 28, 4, 128, 18944, 152064, 1000000.0f, 1e-6f, 0, 1},
     {"smollm2-135m", "llama", 30, 576, 9, 3, 64, 1536, 49152, 100000.0f, 0, 1, -1},
     {"tiny", NULL, 4, 64, 0, 0, 0, 0, 512, 0, 0, 1, -1},
+    {"gemma3-270m", "gemma3", 18, 640, 4, 1, 256, 2048, 262144, 1000000.0f, 1e-6f, 1, 0},
 };
 
 #define EXPECT_FIELD(e, c, field, check)                                                                     \
@@ -290,12 +291,20 @@ static void test_named_configs(void **state) {
     assert_int_equal(c.rope_original_context, 8192);
 
     /* Every advertised name parses and validates. */
-    const char *names[] = {"tiny", "smollm2-135m", "llama3-8b", "llama3-70b", "qwen2-7b"};
-    for (int i = 0; i < 5; i++) {
+    const char *names[] = {"tiny", "smollm2-135m", "llama3-8b", "llama3-70b", "qwen2-7b", "gemma3-270m"};
+    for (int i = 0; i < 6; i++) {
         assert_non_null(strstr(pb_model_random_names(), names[i]));
         assert_int_equal(pb_random_config(&c, names[i]), PB_OK);
         assert_int_equal(pb_model_config_validate(&c), PB_OK);
     }
+
+    /* Gemma-3 270M: every architecture field of google/gemma-3-270m's config. */
+    assert_int_equal(pb_random_config(&c, "gemma3-270m"), PB_OK);
+    assert_int_equal(c.activation, PB_ACTIVATION_GELU_TANH);
+    assert_true(c.qk_norm && c.sandwich_norm);
+    assert_true(c.embed_scale == (float)sqrt(640.0) && c.attn_scale == 1.0f / 16.0f);
+    assert_true(c.sliding_window == 512 && c.sliding_period == 6 && c.rope_theta_local == 10000.0f);
+    assert_true(pb_layer_is_sliding(&c, 4) && !pb_layer_is_sliding(&c, 5));
 
     /* :LAYERS keeps the first LAYERS layers and nothing else changes. */
     pb_model_config full, cut;
