@@ -362,7 +362,7 @@ static void test_qwen3(void **state) {
     assert_int_equal(c.context_length, 4096);
 }
 
-#define GEMMA3_HEAD                                                                                           \
+#define GEMMA3_HEAD                                                                                               \
     "{\"model_type\": \"gemma3_text\", \"hidden_size\": 64, \"intermediate_size\": 96, \"num_hidden_layers\": 4," \
     " \"num_attention_heads\": 4, \"head_dim\": 16, \"max_position_embeddings\": 512, \"rms_norm_eps\": 1e-06,"   \
     " \"vocab_size\": 300"

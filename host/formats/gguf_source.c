@@ -211,8 +211,10 @@ static pb_status gguf_family(pb_model_config *c, const pb_gguf *g, const char *p
         PB_TRY(gguf_float(g, a, "final_logit_softcapping", &c->final_softcap, 0, arch->final_softcap_default));
         if (!(c->attn_softcap >= 0.0f) || !(c->final_softcap >= 0.0f) || !isfinite(c->attn_softcap) ||
             !isfinite(c->final_softcap))
-            return pb_fail(PB_ERR_FORMAT, "%s: %s.attn_logit_softcapping = %g / final_logit_softcapping = %g must "
-                           "be finite and not negative", path, a, (double)c->attn_softcap, (double)c->final_softcap);
+            return pb_fail(PB_ERR_FORMAT,
+                           "%s: %s.attn_logit_softcapping = %g / final_logit_softcapping = %g must "
+                           "be finite and not negative",
+                           path, a, (double)c->attn_softcap, (double)c->final_softcap);
     }
     if (arch->window != PB_WINDOW_PATTERN)
         return PB_OK;

@@ -149,8 +149,8 @@ static pb_status read_rope(const char *path, const json_t *root, double default_
 
     /* rope_theta: the dict's value first, then the top level. */
     const json_t *theta_holder = rope && get(rope, "rope_theta") ? rope : root;
-    PB_TRY(read_positive_float(path, theta_holder == rope ? prefix : "", theta_holder, "rope_theta", 0,
-                               default_theta, &cfg->rope_theta));
+    PB_TRY(read_positive_float(path, theta_holder == rope ? prefix : "", theta_holder, "rope_theta", 0, default_theta,
+                               &cfg->rope_theta));
 
     /* Partial rotary embeddings rotate only part of each head; the engine
      * rotates all of it. */
@@ -377,9 +377,10 @@ static pb_status check_layer_types(const config_view *v, const json_t *types, pb
     for (int l = 0; l < cfg->n_layers; l++) {
         const char *t = json_string_value(json_array_get(types, (size_t)l));
         if (!t || (strcmp(t, "sliding_attention") != 0 && strcmp(t, "full_attention") != 0))
-            return pb_fail(PB_ERR_FORMAT, "%s: %slayer_types[%d] is %s, expected \"sliding_attention\" or "
-                           "\"full_attention\"", v->path, v->where, l,
-                           pb_json_describe(json_array_get(types, (size_t)l), text, sizeof text));
+            return pb_fail(PB_ERR_FORMAT,
+                           "%s: %slayer_types[%d] is %s, expected \"sliding_attention\" or "
+                           "\"full_attention\"",
+                           v->path, v->where, l, pb_json_describe(json_array_get(types, (size_t)l), text, sizeof text));
         if (!cfg->sliding_period && strcmp(t, "full_attention") == 0)
             cfg->sliding_period = l + 1;
     }

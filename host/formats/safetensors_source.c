@@ -19,9 +19,9 @@
 typedef struct safetensors_source {
     pb_weight_source base;
     pb_safetensors *st;
-    float norm_offset;    /* added to every norm weight (Gemma stores w and multiplies by 1 + w) */
-    const char *body;     /* what the files write for "model." (the text tower of a multimodal checkpoint) */
-    const char *head;     /* prefix of "lm_head.weight" */
+    float norm_offset; /* added to every norm weight (Gemma stores w and multiplies by 1 + w) */
+    const char *body;  /* what the files write for "model." (the text tower of a multimodal checkpoint) */
+    const char *head;  /* prefix of "lm_head.weight" */
 } safetensors_source;
 
 /* Where a checkpoint keeps its text model: "model." in a causal LM;

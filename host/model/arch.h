@@ -28,29 +28,29 @@ typedef struct pb_arch_tensor_name {
 } pb_arch_tensor_name;
 
 typedef struct pb_arch {
-    const char *name;            /* GGUF general.architecture, and pb_model_config.arch */
-    const char *hf_types[3];     /* config.json model_type values it answers to, NULL-terminated */
-    const char *hf_act_key;      /* config.json key of the MLP activation */
-    pb_activation activation;    /* the only activation the family runs */
-    int qk_norm;                 /* q_norm / k_norm per head */
-    int sandwich_norm;           /* post-attention and post-MLP norms */
-    int embed_scaled;            /* embeddings * sqrt(d_model) */
-    float hf_norm_offset;        /* safetensors norm weights are used as offset + w (GGUF: already added) */
-    int gguf_permuted_qk;        /* llama.cpp's converter interleaved Q/K rows per head */
-    int qkv_bias;                /* Q/K/V projections always have biases */
-    int tied_default;            /* tie_word_embeddings when config.json omits it */
-    pb_window_rule window;       /* how sliding windows apply */
-    int sliding_period;          /* PB_WINDOW_PATTERN: layer L is global iff (L + 1) % period == 0 */
-    int gguf_window_default;     /* PB_WINDOW_PATTERN: window when the GGUF omits it (0: no window) */
-    int hf_window_default;       /* PB_WINDOW_PATTERN: window when config.json omits it */
-    float hf_rope_theta_default; /* config.json without rope_theta (GGUF without freq_base: 10000) */
-    float rope_theta_local;      /* > 0: base of the sliding layers when the file omits it */
-    int query_pre_attn_scalar;   /* > 0: scores scale by its -1/2 power (config.json default) */
-    int gguf_large_layers;       /* > 0: a GGUF with this many layers (the 27B) scales queries by
+    const char *name;                       /* GGUF general.architecture, and pb_model_config.arch */
+    const char *hf_types[3];                /* config.json model_type values it answers to, NULL-terminated */
+    const char *hf_act_key;                 /* config.json key of the MLP activation */
+    pb_activation activation;               /* the only activation the family runs */
+    int qk_norm;                            /* q_norm / k_norm per head */
+    int sandwich_norm;                      /* post-attention and post-MLP norms */
+    int embed_scaled;                       /* embeddings * sqrt(d_model) */
+    float hf_norm_offset;                   /* safetensors norm weights are used as offset + w (GGUF: already added) */
+    int gguf_permuted_qk;                   /* llama.cpp's converter interleaved Q/K rows per head */
+    int qkv_bias;                           /* Q/K/V projections always have biases */
+    int tied_default;                       /* tie_word_embeddings when config.json omits it */
+    pb_window_rule window;                  /* how sliding windows apply */
+    int sliding_period;                     /* PB_WINDOW_PATTERN: layer L is global iff (L + 1) % period == 0 */
+    int gguf_window_default;                /* PB_WINDOW_PATTERN: window when the GGUF omits it (0: no window) */
+    int hf_window_default;                  /* PB_WINDOW_PATTERN: window when config.json omits it */
+    float hf_rope_theta_default;            /* config.json without rope_theta (GGUF without freq_base: 10000) */
+    float rope_theta_local;                 /* > 0: base of the sliding layers when the file omits it */
+    int query_pre_attn_scalar;              /* > 0: scores scale by its -1/2 power (config.json default) */
+    int gguf_large_layers;                  /* > 0: a GGUF with this many layers (the 27B) scales queries by
                                     (d_model / n_heads)^-1/2, any other by head_dim^-1/2 */
-    int softcaps;                /* the files may say attention and logit softcaps */
-    float attn_softcap_default;  /* attention softcap when the file omits it (0: none) */
-    float final_softcap_default; /* logit softcap when the file omits it (0: none) */
+    int softcaps;                           /* the files may say attention and logit softcaps */
+    float attn_softcap_default;             /* attention softcap when the file omits it (0: none) */
+    float final_softcap_default;            /* logit softcap when the file omits it (0: none) */
     const char *hf_defaults;                /* JSON: config.json keys' defaults in transformers' config class,
                                                where the family's checkpoints rely on them; NULL: none */
     const pb_arch_tensor_name *layer_names; /* canonical -> Hugging Face, NULL-terminated */

@@ -27,8 +27,10 @@ static pb_status pb_model_config_validate_arch(const pb_model_config *c) {
     struct {
         const char *name;
         float value;
-    } scales[] = {{"embed_scale", c->embed_scale},   {"attn_scale", c->attn_scale},
-                  {"attn_softcap", c->attn_softcap}, {"final_softcap", c->final_softcap},
+    } scales[] = {{"embed_scale", c->embed_scale},
+                  {"attn_scale", c->attn_scale},
+                  {"attn_softcap", c->attn_softcap},
+                  {"final_softcap", c->final_softcap},
                   {"rope_theta_local", c->rope_theta_local}};
     for (size_t i = 0; i < sizeof scales / sizeof scales[0]; i++)
         if (!(scales[i].value >= 0.0f) || !isfinite(scales[i].value))

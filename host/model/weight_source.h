@@ -44,9 +44,11 @@ typedef struct pb_weight_source_ops {
      * PB_ERR_ARG for a name the source cannot map. */
     pb_status (*find)(const pb_weight_source *src, const char *name, pb_tensor_info *info, int *found);
     /* out (n_elements floats) = the tensor dequantised / converted, rows in
-     * Hugging Face order. */
+     * Hugging Face order, norm weights as the model multiplies by them
+     * (Gemma's 1 + w from safetensors; model/arch.h). */
     pb_status (*read_f32)(const pb_weight_source *src, const pb_tensor_info *info, float *out);
-    /* The stored bytes as they are in the file (quantised, permuted), into
+    /* The stored bytes as they are in the file (quantised, permuted; Gemma's
+     * safetensors norms without the 1 read_f32 adds), into
      * the source's mapping: valid until pb_weight_source_free.
      * PB_ERR_UNSUPPORTED where there are none (random). */
     pb_status (*raw)(const pb_weight_source *src, const pb_tensor_info *info, const void **data, uint64_t *n_bytes);

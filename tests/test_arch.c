@@ -1,0 +1,597 @@
+/* Tests for host/model/arch.c and the loaders that follow it: the family
+ * table and its Hugging Face names, the canonical tensor list with q/k and
+ * sandwich norms, GGUF metadata of gemma2/gemma3 as llama.cpp's converter
+ * writes it (with llama.cpp's values where a file is silent), Gemma's +1
+ * norm offset for safetensors and none for GGUF, the multimodal layouts, and
+ * the new tensors' shape checks. Every model here is written by the test:
+ * d_model 8, 2 heads of 8, 1 KV head, d_mlp 12, 16 tokens, F32. */
+#define _POSIX_C_SOURCE 200809L
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "model/arch.h"
+#include "model/model.h"
+#include "model/weight_source.h"
+#include "patchbay.h"
+#include "test_util.h"
+
+/* ---- writing small models ---------------------------------------------- */
+
+typedef struct bytes {
+    uint8_t *p;
+    size_t n, cap;
+} bytes;
+
+static void put(bytes *b, const void *x, size_t n) {
+    if (b->n + n > b->cap) {
+        b->cap = (b->n + n) * 2 + 64;
+        b->p = realloc(b->p, b->cap);
+        assert_non_null(b->p);
+    }
+    memcpy(b->p + b->n, x, n);
+    b->n += n;
+}
+static void put_u32(bytes *b, uint32_t v) { put(b, &v, 4); } /* little-endian host */
+static void put_u64(bytes *b, uint64_t v) { put(b, &v, 8); }
+static void put_str(bytes *b, const char *s) {
+    put_u64(b, strlen(s));
+    put(b, s, strlen(s));
+}
+
+/* GGUF metadata under construction. */
+typedef struct gguf_keys {
+    bytes b;
+    uint64_t n;
+} gguf_keys;
+
+static void kv_u32(gguf_keys *k, const char *key, uint32_t v) {
+    put_str(&k->b, key);
+    put_u32(&k->b, 4);
+    put_u32(&k->b, v);
+    k->n++;
+}
+static void kv_f32(gguf_keys *k, const char *key, float v) {
+    put_str(&k->b, key);
+    put_u32(&k->b, 6);
+    put(&k->b, &v, 4);
+    k->n++;
+}
+static void kv_str(gguf_keys *k, const char *key, const char *v) {
+    put_str(&k->b, key);
+    put_u32(&k->b, 8);
+    put_str(&k->b, v);
+    k->n++;
+}
+static void kv_bools(gguf_keys *k, const char *key, const uint8_t *v, int n) {
+    put_str(&k->b, key);
+    put_u32(&k->b, 9);
+    put_u32(&k->b, 7);
+    put_u64(&k->b, (uint64_t)n);
+    put(&k->b, v, (size_t)n);
+    k->n++;
+}
+
+/* How a written model departs from its config. */
+typedef struct variant {
+    const char *skip;   /* canonical name left out */
+    const char *resize; /* canonical name of a vector written 2 longer */
+    const char *body;   /* safetensors: what "model." is written as */
+    const char *head;   /* safetensors: prefix of lm_head.weight */
+} variant;
+
+/* Stored element i of canonical tensor t: norms near 0.25 (so 1 + w is
+ * told apart from w), everything else small. */
+static float stored_value(const char *name, uint64_t i, int t) {
+    if (pb_arch_is_norm(name))
+        return 0.25f + 0.01f * (float)((i + (uint64_t)t) % 5);
+    return 0.02f * (float)((i * 7 + (uint64_t)t * 3) % 11) - 0.1f;
+}
+
+/* Tensor t of the canonical list as written: info (shape changed for
+ * v->resize) and its values (malloc'd); 0 when v skips it. */
+static int written_tensor(const pb_model_config *c, const variant *v, int t, pb_tensor_info *info, float **data) {
+    pb_weight_list_at(c, t, info);
+    if (v->skip && strcmp(info->name, v->skip) == 0)
+        return 0;
+    if (v->resize && strcmp(info->name, v->resize) == 0) {
+        info->shape[0] += 2;
+        info->n_elements = (uint64_t)(info->shape[0] * info->shape[1]);
+    }
+    *data = malloc(sizeof(float) * info->n_elements);
+    assert_non_null(*data);
+    for (uint64_t i = 0; i < info->n_elements; i++)
+        (*data)[i] = stored_value(info->name, i, t);
+    return 1;
+}
+
+/* A GGUF of cfg's tensors with the given metadata (consumed). */
+static void write_gguf(const char *path, const pb_model_config *c, const variant *v, gguf_keys *keys) {
+    bytes infos = {0}, data = {0}, file = {0};
+    uint64_t n_tensors = 0;
+    for (int t = 0; t < pb_weight_list_count(c); t++) {
+        pb_tensor_info info;
+        float *x;
+        if (!written_tensor(c, v, t, &info, &x))
+            continue;
+        put_str(&infos, info.name);
+        put_u32(&infos, (uint32_t)info.n_dims);
+        for (int d = info.n_dims - 1; d >= 0; d--) /* ggml: contiguous dimension first */
+            put_u64(&infos, (uint64_t)info.shape[d]);
+        put_u32(&infos, 0); /* F32 */
+        put_u64(&infos, data.n);
+        put(&data, x, sizeof(float) * info.n_elements);
+        while (data.n % 32)
+            put(&data, "", 1);
+        free(x);
+        n_tensors++;
+    }
+    put(&file, "GGUF", 4);
+    put_u32(&file, 3);
+    put_u64(&file, n_tensors);
+    put_u64(&file, keys->n);
+    put(&file, keys->b.p, keys->b.n);
+    put(&file, infos.p, infos.n);
+    while (file.n % 32)
+        put(&file, "", 1);
+    put(&file, data.p, data.n);
+    assert_int_equal(tu_write_file(path, file.p, file.n), 0);
+    free(keys->b.p);
+    free(infos.p);
+    free(data.p);
+    free(file.p);
+}
+
+/* The metadata llama.cpp's converter writes for every family. */
+static gguf_keys base_keys(const pb_model_config *c) {
+    gguf_keys k = {{0}, 0};
+    char key[96];
+    kv_str(&k, "general.architecture", c->arch);
+#define ARCH_KEY(suffix) (snprintf(key, sizeof key, "%s.%s", c->arch, suffix), key)
+    kv_u32(&k, ARCH_KEY("block_count"), (uint32_t)c->n_layers);
+    kv_u32(&k, ARCH_KEY("context_length"), (uint32_t)c->context_length);
+    kv_u32(&k, ARCH_KEY("embedding_length"), (uint32_t)c->d_model);
+    kv_u32(&k, ARCH_KEY("feed_forward_length"), (uint32_t)c->d_mlp);
+    kv_u32(&k, ARCH_KEY("attention.head_count"), (uint32_t)c->n_heads);
+    kv_u32(&k, ARCH_KEY("attention.head_count_kv"), (uint32_t)c->n_kv_heads);
+    kv_u32(&k, ARCH_KEY("attention.key_length"), (uint32_t)c->head_dim);
+    kv_u32(&k, ARCH_KEY("attention.value_length"), (uint32_t)c->head_dim);
+    kv_f32(&k, ARCH_KEY("attention.layer_norm_rms_epsilon"), c->rms_eps);
+#undef ARCH_KEY
+    return k;
+}
+
+/* The small model's hyperparameters in family `arch` (its traits set as
+ * the loader would, so the canonical list has the family's tensors). */
+static pb_model_config small_config(const char *arch, int n_layers) {
+    const pb_arch *a = pb_arch_find(arch);
+    assert_non_null(a);
+    pb_model_config c = {.n_layers = n_layers,
+                         .d_model = 8,
+                         .n_heads = 2,
+                         .n_kv_heads = 1,
+                         .head_dim = 8,
+                         .d_mlp = 12,
+                         .vocab_size = 16,
+                         .context_length = 64,
+                         .rms_eps = 1e-6f,
+                         .rope_theta = 10000.0f,
+                         .tied_embeddings = 1,
+                         .qk_norm = a->qk_norm,
+                         .sandwich_norm = a->sandwich_norm,
+                         .has_qkv_bias = a->qkv_bias};
+    snprintf(c.arch, sizeof c.arch, "%s", arch);
+    return c;
+}
+
+/* A Hugging Face folder of cfg's tensors: model.safetensors (names through
+ * pb_weight_hf_name and v's layout) and config.json text. */
+static void write_folder(const char *dir, const pb_model_config *c, const variant *v, const char *config_json) {
+    bytes header = {0}, data = {0}, file = {0};
+    put(&header, "{", 1);
+    for (int t = 0; t < pb_weight_list_count(c); t++) {
+        pb_tensor_info info;
+        float *x;
+        if (!written_tensor(c, v, t, &info, &x))
+            continue;
+        char hf[160], name[200], entry[400];
+        assert_int_equal(pb_weight_hf_name(c, info.name, hf, sizeof hf), PB_OK);
+        if (strncmp(hf, "model.", 6) == 0)
+            snprintf(name, sizeof name, "%s%s", v->body ? v->body : "model.", hf + 6);
+        else
+            snprintf(name, sizeof name, "%s%s", v->head ? v->head : "", hf);
+        int len = info.n_dims == 1
+                      ? snprintf(entry, sizeof entry, "%s\"%s\": {\"dtype\": \"F32\", \"shape\": [%lld], ",
+                                 header.n > 1 ? ", " : "", name, (long long)info.shape[0])
+                      : snprintf(entry, sizeof entry, "%s\"%s\": {\"dtype\": \"F32\", \"shape\": [%lld, %lld], ",
+                                 header.n > 1 ? ", " : "", name, (long long)info.shape[0], (long long)info.shape[1]);
+        put(&header, entry, (size_t)len);
+        len = snprintf(entry, sizeof entry, "\"data_offsets\": [%zu, %zu]}", data.n,
+                       data.n + sizeof(float) * info.n_elements);
+        put(&header, entry, (size_t)len);
+        put(&data, x, sizeof(float) * info.n_elements);
+        free(x);
+    }
+    put(&header, "}", 1);
+    while (header.n % 8)
+        put(&header, " ", 1);
+    put_u64(&file, header.n);
+    put(&file, header.p, header.n);
+    put(&file, data.p, data.n);
+    char path[512];
+    tu_path(path, sizeof path, dir, "model.safetensors");
+    assert_int_equal(tu_write_file(path, file.p, file.n), 0);
+    tu_path(path, sizeof path, dir, "config.json");
+    assert_int_equal(tu_write_text(path, config_json), 0);
+    free(header.p);
+    free(data.p);
+    free(file.p);
+}
+
+static const char *const gemma3_json =
+    "{\"model_type\": \"gemma3_text\", \"hidden_size\": 8, \"intermediate_size\": 12, \"num_hidden_layers\": 2,"
+    " \"num_attention_heads\": 2, \"num_key_value_heads\": 1, \"head_dim\": 8, \"max_position_embeddings\": 64,"
+    " \"rms_norm_eps\": 1e-06, \"vocab_size\": 16, \"sliding_window\": 4, \"query_pre_attn_scalar\": 8}";
+
+static pb_weight_source *open_ok(const char *path) {
+    pb_weight_source *src = NULL;
+    if (pb_weight_source_open(&src, path) != PB_OK)
+        fail_msg("opening %s: %s", path, pb_last_error());
+    return src;
+}
+
+static void expect_open_refused(const char *path, pb_status status, const char *needle) {
+    pb_weight_source *src = NULL;
+    pb_status got = pb_weight_source_open(&src, path);
+    if (got != status || !strstr(pb_last_error(), needle))
+        fail_msg("%s: got %s \"%s\", expected %s containing \"%s\"", path, pb_status_name(got), pb_last_error(),
+                 pb_status_name(status), needle);
+    assert_null(src);
+}
+
+/* ---- the table ----------------------------------------------------------- */
+
+/* pb_arch_supported lists the table in order; every family answers to its
+ * names; the Hugging Face names follow each family's mapping. */
+static void test_table(void **state) {
+    (void)state;
+    char list[256];
+    snprintf(list, sizeof list, "%s", pb_arch_supported());
+    int n = 0;
+    for (char *save = NULL, *name = strtok_r(list, ", ", &save); name; name = strtok_r(NULL, ", ", &save), n++) {
+        const pb_arch *a = pb_arch_find(name);
+        assert_non_null(a);
+        for (const char *const *t = a->hf_types; *t; t++)
+            assert_ptr_equal(pb_arch_find_hf(*t), a);
+        assert_non_null(pb_arch_hf_layer_name(a, "ffn_down.weight"));
+    }
+    assert_int_equal(n, 7);
+    assert_null(pb_arch_find("phi3"));
+    assert_ptr_equal(pb_arch_find_hf("gemma3"), pb_arch_find("gemma3")); /* multimodal */
+    assert_true(pb_arch_find("llama")->gguf_permuted_qk && pb_arch_find("mistral")->gguf_permuted_qk);
+    assert_false(pb_arch_find("qwen3")->gguf_permuted_qk || pb_arch_find("gemma3")->gguf_permuted_qk);
+
+    static const struct {
+        const char *arch, *canonical, *hf;
+    } names[] = {
+        {"llama", "blk.2.ffn_norm.weight", "model.layers.2.post_attention_layernorm.weight"},
+        {"gemma", "blk.2.ffn_norm.weight", "model.layers.2.post_attention_layernorm.weight"},
+        {"gemma2", "blk.2.ffn_norm.weight", "model.layers.2.pre_feedforward_layernorm.weight"},
+        {"gemma2", "blk.2.post_attention_norm.weight", "model.layers.2.post_attention_layernorm.weight"},
+        {"gemma3", "blk.0.post_ffw_norm.weight", "model.layers.0.post_feedforward_layernorm.weight"},
+        {"gemma3", "blk.1.attn_k_norm.weight", "model.layers.1.self_attn.k_norm.weight"},
+        {"qwen3", "blk.1.attn_q_norm.weight", "model.layers.1.self_attn.q_norm.weight"},
+        {"gemma3", "output_norm.weight", "model.norm.weight"},
+    };
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        pb_model_config c = small_config(names[i].arch, 3);
+        char hf[128];
+        assert_int_equal(pb_weight_hf_name(&c, names[i].canonical, hf, sizeof hf), PB_OK);
+        assert_string_equal(hf, names[i].hf);
+    }
+    pb_model_config llama = small_config("llama", 3);
+    char hf[128];
+    assert_int_equal(pb_weight_hf_name(&llama, "blk.0.post_ffw_norm.weight", hf, sizeof hf), PB_ERR_ARG);
+    assert_non_null(strstr(pb_last_error(), "'blk.0.post_ffw_norm.weight' has no Hugging Face name in llama"));
+    assert_string_equal(pb_arch_assumptions(&llama), "");
+    pb_model_config gemma3 = small_config("gemma3", 3);
+    assert_non_null(strstr(pb_arch_assumptions(&gemma3), "(L + 1) % 6 == 0"));
+}
+
+/* A Gemma-3 layer lists 13 tensors: the q/k norms (head_dim) after the
+ * projections and the sandwich norms (d_model) around the MLP, with q, k, v
+ * and gate, up still consecutive (the fused views need them adjacent). */
+static void test_tensor_list(void **state) {
+    (void)state;
+    pb_model_config c = small_config("gemma3", 2);
+    assert_int_equal(pb_weight_list_count(&c), 2 + 2 * 13);
+    static const char *const layer[] = {
+        "attn_norm.weight",    "attn_q.weight",      "attn_k.weight",      "attn_v.weight",
+        "attn_q_norm.weight",  "attn_k_norm.weight", "attn_output.weight", "post_attention_norm.weight",
+        "ffn_norm.weight",     "ffn_gate.weight",    "ffn_up.weight",      "ffn_down.weight",
+        "post_ffw_norm.weight"};
+    for (int k = 0; k < 13; k++) {
+        pb_tensor_info info;
+        char want[96];
+        snprintf(want, sizeof want, "blk.1.%s", layer[k]);
+        pb_weight_list_at(&c, 2 + 13 + k, &info);
+        assert_string_equal(info.name, want);
+        assert_int_equal(pb_weight_list_find(&c, want), 2 + 13 + k);
+        if (strstr(layer[k], "_q_norm") || strstr(layer[k], "_k_norm"))
+            assert_true(info.n_dims == 1 && info.shape[0] == c.head_dim);
+        if (strstr(layer[k], "post_"))
+            assert_true(info.n_dims == 1 && info.shape[0] == c.d_model);
+    }
+    pb_model_config qwen3 = small_config("qwen3", 2);
+    assert_int_equal(pb_weight_list_count(&qwen3), 2 + 2 * 11);
+    pb_model_config llama = small_config("llama", 2);
+    assert_int_equal(pb_weight_list_count(&llama), 2 + 2 * 9);
+    assert_int_equal(pb_weight_list_find(&llama, "blk.0.attn_q_norm.weight"), -1);
+}
+
+/* ---- GGUF metadata -------------------------------------------------------- */
+
+/* Writes <scratch>/NAME.gguf of cfg with keys and opens it. */
+static pb_weight_source *gguf_source(void **state, const char *name, const pb_model_config *c, gguf_keys *keys) {
+    char path[512], file[64];
+    snprintf(file, sizeof file, "%s.gguf", name);
+    tu_path(path, sizeof path, ((tu_scratch *)*state)->dir, file);
+    variant none = {0};
+    write_gguf(path, c, &none, keys);
+    return open_ok(path);
+}
+
+/* Gemma-3 as llama.cpp's converter writes it. Without
+ * attention.sliding_window no layer slides (llama.cpp's rule); with it,
+ * the period is 6, the sliding layers' base 10000 unless
+ * rope.freq_base_swa says otherwise, and the global layers keep the rope
+ * scaling. Queries scale by head_dim^-1/2 below the 27B's 62 layers. */
+static void test_gguf_gemma3(void **state) {
+    pb_model_config c = small_config("gemma3", 7);
+    gguf_keys k = base_keys(&c);
+    pb_weight_source *src = gguf_source(state, "plain", &c, &k);
+    const pb_model_config *got = &src->cfg;
+    assert_string_equal(got->arch, "gemma3");
+    assert_true(got->qk_norm && got->sandwich_norm && got->tied_embeddings);
+    assert_int_equal(got->activation, PB_ACTIVATION_GELU_TANH);
+    assert_true(got->embed_scale == (float)sqrt(8.0) && got->attn_scale == (float)pow(8.0, -0.5));
+    assert_true(got->sliding_window == 0 && got->rope_theta_local == 0.0f && got->rope_theta == 10000.0f);
+    assert_true(got->attn_softcap == 0.0f && got->final_softcap == 0.0f);
+    pb_weight_source_free(src);
+
+    k = base_keys(&c);
+    kv_u32(&k, "gemma3.attention.sliding_window", 4);
+    kv_f32(&k, "gemma3.rope.freq_base", 1000000.0f);
+    kv_str(&k, "gemma3.rope.scaling.type", "linear");
+    kv_f32(&k, "gemma3.rope.scaling.factor", 8.0f);
+    src = gguf_source(state, "window", &c, &k);
+    got = &src->cfg;
+    assert_true(got->sliding_window == 4 && got->sliding_period == 6 && got->rope_theta_local == 10000.0f);
+    assert_true(got->rope_theta == 1000000.0f && got->rope_scaling == PB_ROPE_SCALING_LINEAR);
+    assert_true(got->rope_factor == 8.0f);
+    assert_true(pb_layer_is_sliding(got, 4) && !pb_layer_is_sliding(got, 5) && pb_layer_is_sliding(got, 6));
+    pb_weight_source_free(src);
+
+    static const uint8_t pattern[7] = {1, 1, 1, 1, 1, 0, 1};
+    k = base_keys(&c);
+    kv_u32(&k, "gemma3.attention.sliding_window", 4);
+    kv_f32(&k, "gemma3.rope.freq_base_swa", 5000.0f);
+    kv_bools(&k, "gemma3.attention.sliding_window_pattern", pattern, 7);
+    kv_f32(&k, "gemma3.final_logit_softcapping", 30.0f);
+    src = gguf_source(state, "pattern", &c, &k);
+    assert_true(src->cfg.rope_theta_local == 5000.0f && src->cfg.sliding_period == 6);
+    assert_true(src->cfg.final_softcap == 30.0f);
+    pb_weight_source_free(src);
+
+    k = base_keys(&c);
+    kv_u32(&k, "gemma3.attention.sliding_window", 4);
+    kv_u32(&k, "gemma3.attention.sliding_window_pattern", 2);
+    src = gguf_source(state, "period", &c, &k);
+    assert_true(src->cfg.sliding_period == 2 && !pb_layer_is_sliding(&src->cfg, 1));
+    pb_weight_source_free(src);
+}
+
+/* Gemma-2: llama.cpp's window 4096 and softcaps 50 / 30 when the file is
+ * silent, layer 0 sliding; the 46-layer 27B scales queries by
+ * (d_model / n_heads)^-1/2 instead of head_dim^-1/2. */
+static void test_gguf_gemma2(void **state) {
+    pb_model_config c = small_config("gemma2", 2);
+    gguf_keys k = base_keys(&c);
+    pb_weight_source *src = gguf_source(state, "small", &c, &k);
+    const pb_model_config *got = &src->cfg;
+    assert_true(got->sandwich_norm && !got->qk_norm);
+    assert_true(got->sliding_window == 4096 && got->sliding_period == 2 && got->rope_theta_local == 0.0f);
+    assert_true(pb_layer_is_sliding(got, 0) && !pb_layer_is_sliding(got, 1));
+    assert_true(got->attn_softcap == 50.0f && got->final_softcap == 30.0f);
+    assert_true(got->attn_scale == (float)pow(8.0, -0.5));
+    pb_weight_source_free(src);
+
+    c = small_config("gemma2", 46);
+    k = base_keys(&c);
+    kv_f32(&k, "gemma2.attn_logit_softcapping", 20.0f);
+    kv_u32(&k, "gemma2.attention.sliding_window", 16);
+    src = gguf_source(state, "large", &c, &k);
+    assert_true(src->cfg.attn_scale == 0.5f); /* (8 / 2)^-1/2 */
+    assert_true(src->cfg.attn_softcap == 20.0f && src->cfg.sliding_window == 16);
+    pb_weight_source_free(src);
+}
+
+static void test_gguf_refused(void **state) {
+    char path[512];
+    variant none = {0};
+    pb_model_config c = small_config("llama", 2);
+    snprintf(c.arch, sizeof c.arch, "phi3");
+    gguf_keys k = base_keys(&c);
+    tu_path(path, sizeof path, ((tu_scratch *)*state)->dir, "phi3.gguf");
+    write_gguf(path, &c, &none, &k);
+    expect_open_refused(path, PB_ERR_UNSUPPORTED,
+                        "phi3.gguf: architecture 'phi3' is not supported (supported: llama, mistral, qwen2, qwen3, "
+                        "gemma, gemma2, gemma3)");
+
+    c = small_config("gemma3", 7);
+    static const uint8_t pattern[7] = {1, 0, 1, 1, 1, 0, 1};
+    k = base_keys(&c);
+    kv_u32(&k, "gemma3.attention.sliding_window", 4);
+    kv_bools(&k, "gemma3.attention.sliding_window_pattern", pattern, 7);
+    tu_path(path, sizeof path, ((tu_scratch *)*state)->dir, "pattern.gguf");
+    write_gguf(path, &c, &none, &k);
+    expect_open_refused(path, PB_ERR_UNSUPPORTED,
+                        "gemma3.attention.sliding_window_pattern: layer 1 is global, but gemma3 models have layer L "
+                        "global iff (L + 1) % 6 == 0");
+}
+
+/* ---- loading: the norm offset, layouts, shape checks ------------------------ */
+
+/* <scratch>/NAME, created. */
+static void scratch_folder(void **state, const char *name, char *dir, size_t size) {
+    tu_path(dir, size, ((tu_scratch *)*state)->dir, name);
+    assert_int_equal(mkdir(dir, 0700), 0);
+}
+
+static pb_model *load_ok(const char *path) {
+    pb_load_options o = {.n_threads = 1, .backend = PB_BACKEND_REFERENCE};
+    pb_model *m = NULL;
+    if (pb_model_load(&m, path, &o) != PB_OK)
+        fail_msg("loading %s: %s", path, pb_last_error());
+    return m;
+}
+
+/* The vector the model holds for canonical tensor `name` equals the file's
+ * stored values plus offset, exactly (fp32). */
+static void expect_vector(const pb_model *m, const float *field, const char *name, float offset) {
+    pb_tensor_info info;
+    int t = pb_weight_list_find(&m->cfg, name);
+    assert_true(t >= 0);
+    pb_weight_list_at(&m->cfg, t, &info);
+    float got[64];
+    assert_true(info.n_elements <= 64 && field != NULL);
+    assert_int_equal(m->backend->ops->download(m->backend, got, field, sizeof(float) * info.n_elements), PB_OK);
+    for (uint64_t i = 0; i < info.n_elements; i++)
+        if (got[i] != stored_value(name, i, t) + offset)
+            fail_msg("%s[%llu] = %g, expected %g + %g", name, (unsigned long long)i, (double)got[i],
+                     (double)stored_value(name, i, t), (double)offset);
+}
+
+static void expect_norms(const pb_model *m, float offset) {
+    const pb_layer_weights *L = &m->layers[1];
+    expect_vector(m, L->attn_norm, "blk.1.attn_norm.weight", offset);
+    expect_vector(m, L->q_norm, "blk.1.attn_q_norm.weight", offset);
+    expect_vector(m, L->k_norm, "blk.1.attn_k_norm.weight", offset);
+    expect_vector(m, L->attn_post_norm, "blk.1.post_attention_norm.weight", offset);
+    expect_vector(m, L->mlp_norm, "blk.1.ffn_norm.weight", offset);
+    expect_vector(m, L->mlp_post_norm, "blk.1.post_ffw_norm.weight", offset);
+    expect_vector(m, m->final_norm, "output_norm.weight", offset);
+    /* the new vectors leave q, k, v and gate, up adjacent: one GEMM each */
+    assert_non_null(L->w_qkv);
+    assert_non_null(L->w_gate_up);
+}
+
+/* The same stored Gemma-3 values: a GGUF (llama.cpp's converter already
+ * added Gemma's 1) loads them as they are, a safetensors checkpoint (w as
+ * transformers stores it) loads 1 + w for every norm weight, and the
+ * matrices agree. */
+static void test_norm_offset(void **state) {
+    pb_model_config c = small_config("gemma3", 2);
+    char gguf[512], folder[512];
+    tu_path(gguf, sizeof gguf, ((tu_scratch *)*state)->dir, "m.gguf");
+    gguf_keys k = base_keys(&c);
+    kv_u32(&k, "gemma3.attention.sliding_window", 4);
+    variant none = {0};
+    write_gguf(gguf, &c, &none, &k);
+    scratch_folder(state, "hf", folder, sizeof folder);
+    write_folder(folder, &c, &none, gemma3_json);
+    pb_model *g = load_ok(gguf), *s = load_ok(folder);
+    expect_norms(g, 0.0f);
+    expect_norms(s, 1.0f);
+    float a[16 * 8], b[16 * 8];
+    assert_int_equal(pb_model_weights_download(g, a, g->layers[1].wq, 16 * 8), PB_OK);
+    assert_int_equal(pb_model_weights_download(s, b, s->layers[1].wq, 16 * 8), PB_OK);
+    assert_memory_equal(a, b, sizeof a);
+    assert_true(g->cfg.attn_scale == s->cfg.attn_scale && g->cfg.embed_scale == s->cfg.embed_scale);
+    assert_true(g->cfg.sliding_window == s->cfg.sliding_window && g->cfg.sliding_period == s->cfg.sliding_period);
+    pb_model_free(g);
+    pb_model_free(s);
+}
+
+/* Gemma3ForConditionalGeneration checkpoints: the text tower under
+ * model.language_model. (transformers 5) or language_model.model.
+ * (earlier), settings under text_config; both load their text model. */
+static void test_multimodal_layouts(void **state) {
+    static const variant layouts[] = {{.body = "model.language_model."},
+                                      {.body = "language_model.model.", .head = "language_model."}};
+    static const char *const q_norm[] = {"model.language_model.layers.0.self_attn.q_norm.weight",
+                                         "language_model.model.layers.0.self_attn.q_norm.weight"};
+    char config[1024];
+    snprintf(config, sizeof config,
+             "{\"model_type\": \"gemma3\", \"architectures\": "
+             "[\"Gemma3ForConditionalGeneration\"], \"text_config\": %s}",
+             gemma3_json);
+    pb_model_config c = small_config("gemma3", 2);
+    for (int i = 0; i < 2; i++) {
+        char folder[512], name[16];
+        snprintf(name, sizeof name, "mm%d", i);
+        scratch_folder(state, name, folder, sizeof folder);
+        write_folder(folder, &c, &layouts[i], config);
+        pb_weight_source *src = open_ok(folder);
+        pb_tensor_info info;
+        assert_int_equal(pb_weight_source_find(src, "blk.0.attn_q_norm.weight", &info), PB_OK);
+        assert_string_equal(info.file_name, q_norm[i]);
+        pb_weight_source_free(src);
+        pb_model *m = load_ok(folder);
+        expect_norms(m, 1.0f);
+        pb_model_free(m);
+    }
+}
+
+static void expect_load_refused(const char *path, const char *needle) {
+    pb_model *m = NULL;
+    pb_status status = pb_model_load(&m, path, NULL);
+    if (status != PB_ERR_FORMAT || !strstr(pb_last_error(), needle))
+        fail_msg("%s: got %s \"%s\", expected PB_ERR_FORMAT containing \"%s\"", path, pb_status_name(status),
+                 pb_last_error(), needle);
+    assert_null(m);
+}
+
+/* The new tensors are shape-checked before compute, and a missing one is
+ * named as the file names it. */
+static void test_new_tensor_shapes(void **state) {
+    pb_model_config c = small_config("gemma3", 2);
+    char path[512];
+    tu_path(path, sizeof path, ((tu_scratch *)*state)->dir, "k_norm.gguf");
+    gguf_keys k = base_keys(&c);
+    variant resized = {.resize = "blk.1.attn_k_norm.weight"};
+    write_gguf(path, &c, &resized, &k);
+    expect_load_refused(path, "tensor 'blk.1.attn_k_norm.weight' has shape (10) (1 dims) but the hyperparameters "
+                              "need (8)");
+
+    scratch_folder(state, "post", path, sizeof path);
+    variant post = {.resize = "blk.0.post_attention_norm.weight"};
+    write_folder(path, &c, &post, gemma3_json);
+    expect_load_refused(path, "tensor 'model.layers.0.post_attention_layernorm.weight' has shape (10)");
+
+    scratch_folder(state, "missing", path, sizeof path);
+    variant missing = {.skip = "blk.0.post_ffw_norm.weight"};
+    write_folder(path, &c, &missing, gemma3_json);
+    expect_load_refused(path, "missing tensor 'model.layers.0.post_feedforward_layernorm.weight'");
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_table),
+        cmocka_unit_test(test_tensor_list),
+        cmocka_unit_test_setup_teardown(test_gguf_gemma3, tu_scratch_setup, tu_scratch_teardown),
+        cmocka_unit_test_setup_teardown(test_gguf_gemma2, tu_scratch_setup, tu_scratch_teardown),
+        cmocka_unit_test_setup_teardown(test_gguf_refused, tu_scratch_setup, tu_scratch_teardown),
+        cmocka_unit_test_setup_teardown(test_norm_offset, tu_scratch_setup, tu_scratch_teardown),
+        cmocka_unit_test_setup_teardown(test_multimodal_layouts, tu_scratch_setup, tu_scratch_teardown),
+        cmocka_unit_test_setup_teardown(test_new_tensor_shapes, tu_scratch_setup, tu_scratch_teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
