@@ -8,8 +8,9 @@
  * (total_rows, n_heads): rows on grid.x, whose limit is 2^31 - 1, since a
  * batch easily has more than 65535 rows. A block finds its job by binary
  * search over the descriptors' `first` (pb_cuda_find_job), then runs
- * pb_attend_block, as attention.cu does, over keys j = 0 .. p0 + t: j < p0
- * from the prefix, the rest from the new keys at row j - p0. */
+ * pb_attend_block, as attention.cu does, over keys j = first .. p0 + t
+ * (first: the start of the window of position p0 + t, else 0): j < p0 from
+ * the prefix, the rest from the new keys at row j - p0. */
 #include <math.h>
 
 #include "kernels.cuh"
@@ -20,7 +21,7 @@
  * indexed in the parameter bank, not copied per thread). */
 static __global__ void pb_attention_jobs_kernel(float *out, const float *q,
                                                 const __grid_constant__ pb_cuda_attention_batch jobs, int n_heads,
-                                                int n_kv_heads, int head_dim, float scale) {
+                                                int n_kv_heads, int head_dim, pb_cuda_attention_score score) {
     extern __shared__ float shared[];
     const int row = blockIdx.x;
     const int h = blockIdx.y;
@@ -28,16 +29,16 @@ static __global__ void pb_attention_jobs_kernel(float *out, const float *q,
     const int t = row - job.first;                                          // query index within the job, 0 .. n - 1
     const size_t column = (size_t)(h / (n_heads / n_kv_heads)) * head_dim;  // the key-value head's slice
     const size_t q_offset = (((size_t)job.q_row + (size_t)t) * n_heads + h) * head_dim;
-    /* keys 0 .. p0 + t: the prefix's p0 rows, then the job's own */
+    /* keys first .. p0 + t: the prefix's p0 rows, then the job's own */
     const float *k_prefix = job.p0 ? job.k_prefix + column : NULL, *v_prefix = job.p0 ? job.v_prefix + column : NULL;
-    pb_attend_block(out + q_offset, q + q_offset, job.p0 + t + 1, job.p0, k_prefix, v_prefix, job.k_new + column,
-                    job.v_new + column, (size_t)n_kv_heads * head_dim, head_dim, scale, shared);
+    const int first = pb_attention_window_start(score.window, job.p0 + t);
+    pb_attend_block(out + q_offset, q + q_offset, first, job.p0 + t + 1, job.p0, k_prefix, v_prefix, job.k_new + column,
+                    job.v_new + column, (size_t)n_kv_heads * head_dim, head_dim, score, shared);
 }
 
 cudaError_t pb_cuda_launch_attention_jobs(cudaStream_t stream, float *out, const float *q,
                                           const pb_cuda_attention_job *jobs, int n_jobs, int n_heads, int n_kv_heads,
-                                          int head_dim) {
-    const float scale = 1.0f / sqrtf((float)head_dim);
+                                          int head_dim, pb_cuda_attention_score score) {
     pb_cuda_attention_batch batch;
     for (int first = 0; first < n_jobs; first += PB_ATTENTION_JOBS_PER_LAUNCH) {
         const int count = n_jobs - first < PB_ATTENTION_JOBS_PER_LAUNCH ? n_jobs - first : PB_ATTENTION_JOBS_PER_LAUNCH;
@@ -46,7 +47,7 @@ cudaError_t pb_cuda_launch_attention_jobs(cudaStream_t stream, float *out, const
             continue;
         const dim3 grid((unsigned)rows, (unsigned)n_heads);
         pb_attention_jobs_kernel<<<grid, PB_ATTENTION_WARPS * PB_CUDA_WARP, pb_cuda_attention_shared_bytes(head_dim),
-                                   stream>>>(out, q, batch, n_heads, n_kv_heads, head_dim, scale);
+                                   stream>>>(out, q, batch, n_heads, n_kv_heads, head_dim, score);
         const cudaError_t error = cudaGetLastError();
         if (error != cudaSuccess)
             return error;

@@ -10,8 +10,12 @@
  * key-value head (GQA), row r = (position r / group_heads, head r %
  * group_heads), so every key and value row it stages serves all of them.
  * Keys and values stream through shared memory PB_TILE_K = 64 at a time;
- * key tiles past the tile's last query are never visited (causal), and only
- * tiles that cross the diagonal are masked.
+ * key tiles past the tile's last query are never visited (causal), nor,
+ * with a sliding window, those wholly before the window of its first query
+ * (pb_tile_key_range: a query tile costs at most ceil(window / 64) + 2 key
+ * tiles, whatever the prefix), and only tiles that cross the diagonal or a
+ * window's start are masked. Scores are scaled and soft-capped as
+ * pb_attention_score (kernels.cuh) before the mask.
  *
  * Register tiling, 256 threads as 16 x 16: thread (ty, tx) owns rows 4ty ..
  * 4ty+3. For the (64, 64) scores it computes keys tx, tx+16, tx+32, tx+48
@@ -164,19 +168,35 @@ static __device__ __forceinline__ void pb_tile_dot_scores(float (&s)[4][4], cons
     }
 }
 
-/* Scales and masks the scores (masked: the key tile crosses the diagonal;
- * keys past n_keys lie past every row's position, so the mask covers them
- * too), then the online-softmax step: the row maxima over its 16 lanes, the
- * probabilities p = e^(s - new max) and the correction e^(old max - new max)
- * the earlier sums and outputs take. running_sum: this lane's share. */
+/* Keys [*begin, *end) some query of positions first_position ..
+ * last_position sees, *begin rounded down to a key tile: the key tiles a
+ * query tile visits (host and device). */
+static __host__ __device__ __forceinline__ void pb_tile_key_range(int first_position, int last_position, int window,
+                                                                  int *begin, int *end) {
+    *begin = pb_attention_window_start(window, first_position) / PB_TILE_K * PB_TILE_K;
+    *end = last_position + 1;
+}
+
+/* Scores (pb_attention_score) and the mask (masked: the key tile crosses
+ * the diagonal or a window's start; keys past n_keys lie past every row's
+ * position, so the mask covers them too), then the online-softmax step: the
+ * row maxima over its 16 lanes, the probabilities p = e^(s - new max) and the
+ * correction e^(old max - new max) the earlier sums and outputs take.
+ * running_sum: this lane's share. A row whose keys all lie in later tiles
+ * (a window starting past this one) sees only -inf here and keeps its empty
+ * state (max -inf, sum 0, acc 0) until its first visible key. */
 static __device__ __forceinline__ void pb_tile_online_softmax(float (&s)[4][4], float (&p)[4][4],
                                                               float (&correction)[4], float (&running_max)[4],
                                                               float (&running_sum)[4], const int (&position)[4],
-                                                              bool masked, int k0, int tx, float scale) {
+                                                              bool masked, int k0, int tx,
+                                                              const pb_cuda_attention_score &score) {
     for (int i = 0; i < 4; i++) {
         float tile_max = -INFINITY;
+        const int first_key = pb_attention_window_start(score.window, position[i]);
         for (int j = 0; j < 4; j++) {
-            s[i][j] = !masked || k0 + tx + 16 * j <= position[i] ? s[i][j] * scale : -INFINITY;
+            const int key = k0 + tx + 16 * j;
+            const bool visible = !masked || (key <= position[i] && key >= first_key);
+            s[i][j] = visible ? pb_attention_score(s[i][j], score) : -INFINITY;
             tile_max = fmaxf(tile_max, s[i][j]);
         }
         for (int offset = 1; offset < 16; offset *= 2)  // the row's 16 lanes
@@ -273,7 +293,8 @@ pb_tile_write_output(float *out, const float4 (&acc)[4][D / 64], const float (&r
 template <int D>
 static __global__ void __launch_bounds__(PB_TILE_THREADS, D <= 128 ? 2 : 1)
     pb_attention_tiled_kernel(float *out, const float *q, const __grid_constant__ pb_cuda_attention_batch jobs,
-                              int n_heads, int n_kv_heads, int head_dim, int group_heads, float scale) {
+                              int n_heads, int n_kv_heads, int head_dim, int group_heads,
+                              pb_cuda_attention_score score) {
     constexpr int QS = D + 4, KS = D + 4, G = D / 64;
     extern __shared__ float4 shared4[];
     float *q_tile = (float *)shared4;            // (ROWS, QS)
@@ -293,8 +314,13 @@ static __global__ void __launch_bounds__(PB_TILE_THREADS, D <= 128 ? 2 : 1)
     const int hd4 = head_dim / 4;
     const size_t kv_stride = (size_t)n_kv_heads * head_dim;
     const size_t column = (size_t)kv_head * head_dim;
-    const int first_position = job.p0 + t0;  // the tile's first query attends keys 0 .. first_position
-    const int n_keys = job.p0 + t0 + n_pos;  // keys any row of the tile attends
+    const int first_position = job.p0 + t0;  // the tile's first query attends keys .. first_position
+    const int last_position = first_position + n_pos - 1;
+    int k_begin, n_keys;  // key tiles from k_begin (a tile start) up to the keys any row attends, n_keys
+    pb_tile_key_range(first_position, last_position, score.window, &k_begin, &n_keys);
+    /* Keys from here on lie in every row's window: tiles wholly in
+     * [window_all, first_position] need no mask. */
+    const int window_all = pb_attention_window_start(score.window, last_position);
 
     const int tid = threadIdx.x;
     const int tx = tid % 16;  // keys tx + 16j; output columns 4tx + 64g
@@ -314,7 +340,7 @@ static __global__ void __launch_bounds__(PB_TILE_THREADS, D <= 128 ? 2 : 1)
             acc[i][g] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     }
 
-    for (int k0 = 0; k0 < n_keys; k0 += PB_TILE_K) {
+    for (int k0 = k_begin; k0 < n_keys; k0 += PB_TILE_K) {
         /* Nobody still reads the last tile's P (in K's place) or V, and the Q
          * tile is complete the first time round. */
         __syncthreads();
@@ -323,9 +349,9 @@ static __global__ void __launch_bounds__(PB_TILE_THREADS, D <= 128 ? 2 : 1)
 
         float s[4][4], p[4][4], correction[4];
         pb_tile_dot_scores<D>(s, q_tile, k_tile, hd4, tx, ty);
-        /* Causal mask only on tiles that cross the diagonal. */
-        const bool masked = k0 + PB_TILE_K - 1 > first_position;
-        pb_tile_online_softmax(s, p, correction, running_max, running_sum, position, masked, k0, tx, scale);
+        /* Masks only on tiles that cross the diagonal or a window's start. */
+        const bool masked = k0 + PB_TILE_K - 1 > first_position || k0 < window_all;
+        pb_tile_online_softmax(s, p, correction, running_max, running_sum, position, masked, k0, tx, score);
         pb_tile_store_p(p_tile, p, tx, ty);
         pb_tile_accumulate_pv<D>(acc, correction, p_tile, v_tile, k0, n_keys, tx, ty);
     }
@@ -335,8 +361,8 @@ static __global__ void __launch_bounds__(PB_TILE_THREADS, D <= 128 ? 2 : 1)
 
 template <int D>
 static cudaError_t pb_launch_tiled(cudaStream_t stream, float *out, const float *q, const pb_cuda_attention_job *jobs,
-                                   int n_jobs, int n_heads, int n_kv_heads, int head_dim) {
-    const float scale = 1.0f / sqrtf((float)head_dim);
+                                   int n_jobs, int n_heads, int n_kv_heads, int head_dim,
+                                   pb_cuda_attention_score score) {
     const int group_heads = pb_tile_group_heads(n_heads, n_kv_heads);
     const int tile_positions = PB_TILE_ROWS / group_heads;
     const size_t shared_bytes = pb_cuda_attention_tiled_shared_bytes(head_dim);
@@ -357,7 +383,7 @@ static cudaError_t pb_launch_tiled(cudaStream_t stream, float *out, const float 
             continue;
         const dim3 grid((unsigned)tiles, (unsigned)(n_heads / group_heads));
         kernel<<<grid, PB_TILE_THREADS, shared_bytes, stream>>>(out, q, batch, n_heads, n_kv_heads, head_dim,
-                                                                group_heads, scale);
+                                                                group_heads, score);
         const cudaError_t error = cudaGetLastError();
         if (error != cudaSuccess)
             return error;
@@ -367,10 +393,22 @@ static cudaError_t pb_launch_tiled(cudaStream_t stream, float *out, const float 
 
 cudaError_t pb_cuda_launch_attention_tiled(cudaStream_t stream, float *out, const float *q,
                                            const pb_cuda_attention_job *jobs, int n_jobs, int n_heads, int n_kv_heads,
-                                           int head_dim) {
+                                           int head_dim, pb_cuda_attention_score score) {
     switch (pb_tile_padded_head_dim(head_dim)) {
-    case 64: return pb_launch_tiled<64>(stream, out, q, jobs, n_jobs, n_heads, n_kv_heads, head_dim);
-    case 128: return pb_launch_tiled<128>(stream, out, q, jobs, n_jobs, n_heads, n_kv_heads, head_dim);
-    default: return pb_launch_tiled<256>(stream, out, q, jobs, n_jobs, n_heads, n_kv_heads, head_dim);
+    case 64: return pb_launch_tiled<64>(stream, out, q, jobs, n_jobs, n_heads, n_kv_heads, head_dim, score);
+    case 128: return pb_launch_tiled<128>(stream, out, q, jobs, n_jobs, n_heads, n_kv_heads, head_dim, score);
+    default: return pb_launch_tiled<256>(stream, out, q, jobs, n_jobs, n_heads, n_kv_heads, head_dim, score);
     }
+}
+
+int64_t pb_cuda_attention_tiled_key_tiles(const pb_cuda_attention_job *jobs, int n_jobs, int tile_q, int window) {
+    int64_t visited = 0;
+    for (int j = 0; j < n_jobs; j++)
+        for (int t0 = 0; t0 < jobs[j].n; t0 += tile_q) {
+            const int n_pos = jobs[j].n - t0 < tile_q ? jobs[j].n - t0 : tile_q;
+            int begin, end;
+            pb_tile_key_range(jobs[j].p0 + t0, jobs[j].p0 + t0 + n_pos - 1, window, &begin, &end);
+            visited += (end - begin + PB_TILE_K - 1) / PB_TILE_K;
+        }
+    return visited;
 }

@@ -201,22 +201,9 @@ static int pb_cuda_dtype_ok(pb_dtype dtype) {
     return dtype == PB_DTYPE_F32 || dtype == PB_DTYPE_BF16 || dtype == PB_DTYPE_F16;
 }
 
-/* Until the kernels for the architectures beyond Llama land: a clear
- * refusal instead of a silently different forward. */
-static pb_status pb_cuda_not_yet(const char *what) {
-    return pb_fail(PB_ERR_UNSUPPORTED, "cuda backend: %s is not implemented on the GPU yet", what);
-}
-
-static int pb_cuda_plain_attention(const pb_attention_params *params, int head_dim) {
-    return !params ||
-           (params->softcap <= 0.0f && params->window <= 0 && params->scale == 1.0f / sqrtf((float)head_dim));
-}
-
 static pb_status pb_cuda_embed(pb_backend *backend, float *out, const void *table, pb_dtype table_dtype,
                                const int32_t *ids, int T, int d, float scale) {
     pb_cuda_backend *self = pb_cuda_self(backend);
-    if (scale != 1.0f)
-        return pb_cuda_not_yet("a scaled embedding");
     size_t n = 0;
     PB_TRY(pb_cuda_count(&n, "embed", T, d, 1));
     if (n == 0)
@@ -225,11 +212,12 @@ static pb_status pb_cuda_embed(pb_backend *backend, float *out, const void *tabl
     PB_CUDA_REQUIRE(pb_cuda_dtype_ok(table_dtype), "embed");
     PB_TRY(pb_cuda_enter(self));
     if (table_dtype == PB_DTYPE_F32)
-        PB_CUDA_LAUNCHED(self, "embed", pb_cuda_launch_embed(self->stream, out, (const float *)table, ids, T, d));
+        PB_CUDA_LAUNCHED(self, "embed",
+                         pb_cuda_launch_embed(self->stream, out, (const float *)table, ids, T, d, scale));
     else
         PB_CUDA_LAUNCHED(self, "embed16",
                          pb_cuda_launch_embed16(self->stream, out, (const uint16_t *)table,
-                                                table_dtype == PB_DTYPE_BF16, ids, T, d));
+                                                table_dtype == PB_DTYPE_BF16, ids, T, d, scale));
     return PB_OK;
 }
 
@@ -346,8 +334,6 @@ static pb_status pb_cuda_attention(pb_backend *backend, float *out, const float 
                                    int T, int T_kv, int q_start, int n_heads, int n_kv_heads, int head_dim,
                                    const pb_attention_params *params) {
     pb_cuda_backend *self = pb_cuda_self(backend);
-    if (!pb_cuda_plain_attention(params, head_dim))
-        return pb_cuda_not_yet("attention with a query scale, softcap or sliding window");
     size_t q_count = 0, kv_count = 0;
     PB_TRY(pb_cuda_count(&q_count, "attention", T, n_heads, head_dim));
     PB_TRY(pb_cuda_count(&kv_count, "attention", T_kv, n_kv_heads, head_dim));
@@ -365,7 +351,8 @@ static pb_status pb_cuda_attention(pb_backend *backend, float *out, const float 
                        head_dim, shared_bytes);
     PB_TRY(pb_cuda_enter(self));
     PB_CUDA_LAUNCHED(self, "attention",
-                     pb_cuda_launch_attention(self->stream, out, q, k, v, T, q_start, n_heads, n_kv_heads, head_dim));
+                     pb_cuda_launch_attention(self->stream, out, q, k, v, T, q_start, n_heads, n_kv_heads, head_dim,
+                                              pb_cuda_attention_score_of(params, head_dim)));
     return PB_OK;
 }
 
@@ -390,8 +377,6 @@ static pb_status pb_cuda_attention_jobs(pb_backend *backend, float *out, const f
                                         int n_jobs, int n_heads, int n_kv_heads, int head_dim,
                                         const pb_attention_params *params) {
     pb_cuda_backend *self = pb_cuda_self(backend);
-    if (!pb_cuda_plain_attention(params, head_dim))
-        return pb_cuda_not_yet("attention with a query scale, softcap or sliding window");
     PB_CUDA_REQUIRE(n_jobs >= 0, "attention_jobs");
     PB_CUDA_REQUIRE(n_heads > 0 && n_kv_heads > 0 && head_dim > 0, "attention_jobs");
     PB_CUDA_REQUIRE(n_heads % n_kv_heads == 0, "attention_jobs");
@@ -461,14 +446,15 @@ static pb_status pb_cuda_attention_jobs(pb_backend *backend, float *out, const f
     const int tiled = applies && tiled_bytes <= self->shared_optin_bytes &&
                       (self->attention_kernel == 2 || total_rows >= (int64_t)with_queries * (tile_q / 4));
     const pb_cuda_attention_job *desc = self->attention_jobs_host;
+    const pb_cuda_attention_score score = pb_cuda_attention_score_of(params, head_dim);
     if (tiled)
         PB_CUDA_LAUNCHED(
             self, "attention_tiled",
-            pb_cuda_launch_attention_tiled(self->stream, out, q, desc, n_jobs, n_heads, n_kv_heads, head_dim));
+            pb_cuda_launch_attention_tiled(self->stream, out, q, desc, n_jobs, n_heads, n_kv_heads, head_dim, score));
     else
         PB_CUDA_LAUNCHED(
             self, "attention_jobs",
-            pb_cuda_launch_attention_jobs(self->stream, out, q, desc, n_jobs, n_heads, n_kv_heads, head_dim));
+            pb_cuda_launch_attention_jobs(self->stream, out, q, desc, n_jobs, n_heads, n_kv_heads, head_dim, score));
     return PB_OK;
 }
 
@@ -513,18 +499,26 @@ static pb_status pb_cuda_copy_rows(pb_backend *backend, float *dst, size_t dst_s
 static pb_status pb_cuda_glu(pb_backend *backend, float *out, const float *gate, const float *up, size_t rows,
                              size_t width, size_t stride, pb_activation act) {
     pb_cuda_backend *self = pb_cuda_self(backend);
-    if (act != PB_ACTIVATION_SILU)
-        return pb_cuda_not_yet("the GELU-tanh gated MLP");
+    if (act != PB_ACTIVATION_SILU && act != PB_ACTIVATION_GELU_TANH)
+        return pb_fail(PB_ERR_UNSUPPORTED, "cuda glu: activation %d", (int)act);
     if (rows == 0 || width == 0)
         return PB_OK;
-    PB_CUDA_REQUIRE(out != NULL && gate != NULL && up != NULL && stride >= width, "swiglu");
+    PB_CUDA_REQUIRE(out != NULL && gate != NULL && up != NULL && stride >= width, "glu");
     PB_TRY(pb_cuda_enter(self));
-    PB_CUDA_LAUNCHED(self, "swiglu", pb_cuda_launch_swiglu(self->stream, out, gate, up, rows, width, stride));
+    PB_CUDA_LAUNCHED(
+        self, "glu",
+        pb_cuda_launch_glu(self->stream, out, gate, up, rows, width, stride, act == PB_ACTIVATION_GELU_TANH));
     return PB_OK;
 }
 
 static pb_status pb_cuda_softcap(pb_backend *backend, float *x, size_t n, float cap) {
-    return n == 0 ? PB_OK : pb_cuda_not_yet("softcapping");
+    pb_cuda_backend *self = pb_cuda_self(backend);
+    if (n == 0)
+        return PB_OK;
+    PB_CUDA_REQUIRE(x != NULL && cap > 0.0f, "softcap");
+    PB_TRY(pb_cuda_enter(self));
+    PB_CUDA_LAUNCHED(self, "softcap", pb_cuda_launch_softcap(self->stream, x, n, cap));
+    return PB_OK;
 }
 
 static pb_status pb_cuda_add(pb_backend *backend, float *out, const float *a, const float *b, size_t n) {

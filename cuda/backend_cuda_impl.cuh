@@ -136,6 +136,17 @@ pb_status pb_cuda_metric_rows(pb_backend *backend, double *out, const float *log
                               pb_metric_kind kind, const int32_t *positive, int n_positive, const int32_t *negative,
                               int n_negative, const double *ref_logprobs, const int32_t *ref_row, int n_ref);
 
+/* The kernels' copy of backend.h's pb_attention_params (NULL: Llama's
+ * defaults); a window <= 0 is none, a softcap <= 0 none, as in the reference. */
+static inline pb_cuda_attention_score pb_cuda_attention_score_of(const pb_attention_params *params, int head_dim) {
+    const pb_attention_params a = pb_attention_params_or_default(params, head_dim);
+    pb_cuda_attention_score score;
+    score.scale = a.scale;
+    score.softcap = a.softcap > 0.0f ? a.softcap : 0.0f;
+    score.window = a.window > 0 ? a.window : 0;
+    return score;
+}
+
 /* desc (n_jobs) = jobs as the ragged attention kernels read them: work rows
  * (`first`) and query tiles of tile_q queries (`first_tile`, for the tiled
  * kernel: pb_cuda_attention_tile_queries) numbered across the jobs in order.

@@ -13,20 +13,21 @@ static __device__ __forceinline__ float pb_widen(uint16_t bits, int is_bf16) {
     return __half2float(__ushort_as_half(bits));
 }
 
-/* out (T, d) = widen(table (vocab, d)[ids (T)]) */
+/* out (T, d) = widen(table (vocab, d)[ids (T)]) * scale: the widening is
+ * exact, then one fp32 product, as the reference's. */
 static __global__ void pb_embed16_kernel(float *out, const uint16_t *table, int is_bf16, const int32_t *ids,
-                                         size_t total, int d) {
+                                         size_t total, int d, float scale) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
         size_t t = i / (size_t)d;
         size_t c = i % (size_t)d;
-        out[i] = pb_widen(table[(size_t)ids[t] * (size_t)d + c], is_bf16);
+        out[i] = pb_widen(table[(size_t)ids[t] * (size_t)d + c], is_bf16) * scale;
     }
 }
 
 cudaError_t pb_cuda_launch_embed16(cudaStream_t stream, float *out, const uint16_t *table, int is_bf16,
-                                   const int32_t *ids, int T, int d) {
+                                   const int32_t *ids, int T, int d, float scale) {
     size_t total = (size_t)T * (size_t)d;
-    pb_embed16_kernel<<<pb_cuda_grid_for(total), PB_CUDA_BLOCK, 0, stream>>>(out, table, is_bf16, ids, total, d);
+    pb_embed16_kernel<<<pb_cuda_grid_for(total), PB_CUDA_BLOCK, 0, stream>>>(out, table, is_bf16, ids, total, d, scale);
     return cudaGetLastError();
 }
 

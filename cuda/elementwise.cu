@@ -1,21 +1,25 @@
-/* Memory-bound elementwise kernels: embedding gather, matmul bias, SwiGLU and
- * residual add. All are grid-stride loops over size_t indices. */
+/* Memory-bound elementwise kernels: embedding gather, matmul bias, the gated
+ * MLP's activation (SiLU or GELU-tanh), logit soft-capping and residual add.
+ * All are grid-stride loops over size_t indices. */
 #include "kernels.cuh"
 
-/* out (T, d) = table (vocab, d)[ids (T)]; ids are trusted to be < vocab (the
- * op has no vocab argument; the forward driver checks ids on the host). */
-static __global__ void pb_embed_kernel(float *out, const float *table, const int32_t *ids, size_t total, int d) {
+/* out (T, d) = table (vocab, d)[ids (T)] * scale; ids are trusted to be <
+ * vocab (the op has no vocab argument; the forward driver checks ids on the
+ * host). One fp32 product, as the reference's (Gemma's sqrt(d_model); 1 for
+ * the others, exact). */
+static __global__ void pb_embed_kernel(float *out, const float *table, const int32_t *ids, size_t total, int d,
+                                       float scale) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
         size_t t = i / (size_t)d;
         size_t c = i % (size_t)d;
-        out[i] = table[(size_t)ids[t] * (size_t)d + c];
+        out[i] = table[(size_t)ids[t] * (size_t)d + c] * scale;
     }
 }
 
-cudaError_t pb_cuda_launch_embed(cudaStream_t stream, float *out, const float *table, const int32_t *ids, int T,
-                                 int d) {
+cudaError_t pb_cuda_launch_embed(cudaStream_t stream, float *out, const float *table, const int32_t *ids, int T, int d,
+                                 float scale) {
     size_t total = (size_t)T * (size_t)d;
-    pb_embed_kernel<<<pb_cuda_grid_for(total), PB_CUDA_BLOCK, 0, stream>>>(out, table, ids, total, d);
+    pb_embed_kernel<<<pb_cuda_grid_for(total), PB_CUDA_BLOCK, 0, stream>>>(out, table, ids, total, d, scale);
     return cudaGetLastError();
 }
 
@@ -31,21 +35,47 @@ cudaError_t pb_cuda_launch_add_bias(cudaStream_t stream, float *out, const float
     return cudaGetLastError();
 }
 
-/* silu(g) * u = g / (1 + exp(-g)) * u. Plain expf (no fast-math) so the
- * result stays within a few ulp of the CPU reference. */
-static __global__ void pb_swiglu_kernel(float *out, const float *gate, const float *up, size_t n, size_t width,
-                                        size_t stride) {
+/* act(g) in fp32 as torch computes it for fp32 tensors: SiLU g / (1 +
+ * exp(-g)), or GELU's tanh form g/2 (1 + tanh(sqrt(2/pi) (g + 0.044715 g^3)))
+ * with torch's order of operations (gelu(approximate='tanh')). Plain expf and
+ * tanhf (no fast-math) keep it within a few ulp of the double reference. */
+static __device__ __forceinline__ float pb_glu_activation(float g, int gelu_tanh) {
+    if (gelu_tanh) {
+        const float cube = g * g * g;
+        const float inner = 0.7978845608028654f * (g + 0.044715f * cube);
+        return 0.5f * g * (1.0f + tanhf(inner));
+    }
+    return g / (1.0f + expf(-g));
+}
+
+/* out (rows, width) = act(gate) * up; element (r, c) of gate and up at r *
+ * stride + c (stride 2 * width: the halves of a fused gate/up GEMM's rows).
+ * out may alias gate or up when stride == width: each element is read by the
+ * thread that writes it. */
+static __global__ void pb_glu_kernel(float *out, const float *gate, const float *up, size_t n, size_t width,
+                                     size_t stride, int gelu_tanh) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
         size_t in = i / width * stride + i % width;
-        float g = gate[in];
-        out[i] = g / (1.0f + expf(-g)) * up[in];
+        out[i] = pb_glu_activation(gate[in], gelu_tanh) * up[in];
     }
 }
 
-cudaError_t pb_cuda_launch_swiglu(cudaStream_t stream, float *out, const float *gate, const float *up, size_t rows,
-                                  size_t width, size_t stride) {
+cudaError_t pb_cuda_launch_glu(cudaStream_t stream, float *out, const float *gate, const float *up, size_t rows,
+                               size_t width, size_t stride, int gelu_tanh) {
     size_t n = rows * width;
-    pb_swiglu_kernel<<<pb_cuda_grid_for(n), PB_CUDA_BLOCK, 0, stream>>>(out, gate, up, n, width, stride);
+    pb_glu_kernel<<<pb_cuda_grid_for(n), PB_CUDA_BLOCK, 0, stream>>>(out, gate, up, n, width, stride, gelu_tanh);
+    return cudaGetLastError();
+}
+
+/* x (n) = cap * tanh(x / cap) in place (Gemma 2's final-logit cap): fp32
+ * division and tanhf, as torch does for fp32 logits. */
+static __global__ void pb_softcap_kernel(float *x, size_t n, float cap) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        x[i] = cap * tanhf(x[i] / cap);
+}
+
+cudaError_t pb_cuda_launch_softcap(cudaStream_t stream, float *x, size_t n, float cap) {
+    pb_softcap_kernel<<<pb_cuda_grid_for(n), PB_CUDA_BLOCK, 0, stream>>>(x, n, cap);
     return cudaGetLastError();
 }
 

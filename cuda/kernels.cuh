@@ -35,21 +35,47 @@ static __device__ __forceinline__ float pb_warp_sum(float value) {
     return value;
 }
 
+/* How one layer's attention turns q.k into a weight (backend.h's
+ * pb_attention_params, which the backend copies field by field): score =
+ * dot * scale, then softcap * tanh(score / softcap) when softcap > 0; a query at
+ * position i sees keys j with i - window < j <= i (window 0: all j <= i). */
+typedef struct pb_cuda_attention_score {
+    float scale;
+    float softcap;
+    int window;
+} pb_cuda_attention_score;
+
+/* The score of a visible key from its dot product, in fp32, in the
+ * reference's order: scale, then the cap (tanhf, not a fast-math tanh). */
+static __device__ __forceinline__ float pb_attention_score(float dot, const pb_cuda_attention_score &score) {
+    const float scaled = dot * score.scale;
+    return score.softcap > 0.0f ? score.softcap * tanhf(scaled / score.softcap) : scaled;
+}
+
+/* The first key a query at `position` sees: 0, or its window's start. Host
+ * and device: the tiled kernel's tile range and its host-side count share it. */
+static __host__ __device__ __forceinline__ int pb_attention_window_start(int window, int position) {
+    const int first = window > 0 ? position - window + 1 : 0;
+    return first > 0 ? first : 0;
+}
+
 /* One query head's attention, computed by one block of PB_ATTENTION_WARPS
  * warps (attention.cu, attention_jobs.cu): out_row (head_dim) = softmax over
- * keys j < n_keys of (q_row . k_j) * scale, applied to the v_j. Keys j <
- * split come from rows j of (k_a, v_a), the rest from rows j - split of
- * (k_b, v_b); rows are kv_stride floats apart (the key-value head's slice
- * already added). fp32 with an online softmax: warp w walks keys w, w + W,
- * ... keeping its running max m, denominator l and unnormalised output acc
- * (head_dim, in shared memory, lane-strided), then the warps' states merge:
- * out = sum_w e^(m_w - M) acc_w / sum_w e^(m_w - M) l_w. No key: zeros.
- * shared: (head_dim) q | (W, head_dim) acc | (W) m | (W) l, as sized by
- * pb_cuda_attention_shared_bytes. Every thread of the block must call it. */
-static __device__ __forceinline__ void pb_attend_block(float *out_row, const float *q_row, int n_keys, int split,
-                                                       const float *k_a, const float *v_a, const float *k_b,
-                                                       const float *v_b, size_t kv_stride, int head_dim, float scale,
-                                                       float *shared) {
+ * keys first_key <= j < n_keys of pb_attention_score(q_row . k_j), applied to
+ * the v_j. Keys j < split come from rows j of (k_a, v_a), the rest from rows
+ * j - split of (k_b, v_b); rows are kv_stride floats apart (the key-value
+ * head's slice already added). fp32 with an online softmax: warp w walks keys
+ * first_key + w, first_key + w + W, ... (a sliding window costs its width,
+ * not the prefix) keeping its running max m, denominator l and unnormalised
+ * output acc (head_dim, in shared memory, lane-strided), then the warps'
+ * states merge: out = sum_w e^(m_w - M) acc_w / sum_w e^(m_w - M) l_w. No
+ * key: zeros. shared: (head_dim) q | (W, head_dim) acc | (W) m | (W) l, as
+ * sized by pb_cuda_attention_shared_bytes. Every thread of the block must
+ * call it. */
+static __device__ __forceinline__ void pb_attend_block(float *out_row, const float *q_row, int first_key, int n_keys,
+                                                       int split, const float *k_a, const float *v_a, const float *k_b,
+                                                       const float *v_b, size_t kv_stride, int head_dim,
+                                                       const pb_cuda_attention_score &score_params, float *shared) {
     float *q_shared = shared;                                             // (head_dim)
     float *acc_all = q_shared + head_dim;                                 // (W, head_dim)
     float *max_shared = acc_all + (size_t)PB_ATTENTION_WARPS * head_dim;  // (W)
@@ -66,13 +92,13 @@ static __device__ __forceinline__ void pb_attend_block(float *out_row, const flo
 
     float running_max = -INFINITY;
     float running_sum = 0.0f;
-    for (int j = warp; j < n_keys; j += PB_ATTENTION_WARPS) {
+    for (int j = first_key + warp; j < n_keys; j += PB_ATTENTION_WARPS) {
         const float *k_row = j < split ? k_a + (size_t)j * kv_stride : k_b + (size_t)(j - split) * kv_stride;
         const float *v_row = j < split ? v_a + (size_t)j * kv_stride : v_b + (size_t)(j - split) * kv_stride;
         float dot = 0.0f;
         for (int i = lane; i < head_dim; i += PB_CUDA_WARP)
             dot += q_shared[i] * k_row[i];
-        const float score = pb_warp_sum(dot) * scale;
+        const float score = pb_attention_score(pb_warp_sum(dot), score_params);
         const float new_max = fmaxf(running_max, score);
         /* First key: exp(-inf - finite) = 0 wipes the empty state. NaN
          * scores propagate through p into sum and acc. */
@@ -108,11 +134,13 @@ static __device__ __forceinline__ void pb_attend_block(float *out_row, const flo
     }
 }
 
-/* out (T, d) = table (vocab, d)[ids (T)] */
-cudaError_t pb_cuda_launch_embed(cudaStream_t stream, float *out, const float *table, const int32_t *ids, int T, int d);
-/* out (T, d) = table (vocab, d) of bf16 (is_bf16) or fp16 [ids (T)], widened */
+/* out (T, d) = table (vocab, d)[ids (T)] * scale (one fp32 product) */
+cudaError_t pb_cuda_launch_embed(cudaStream_t stream, float *out, const float *table, const int32_t *ids, int T, int d,
+                                 float scale);
+/* out (T, d) = table (vocab, d) of bf16 (is_bf16) or fp16 [ids (T)], widened,
+ * times scale (one fp32 product) */
 cudaError_t pb_cuda_launch_embed16(cudaStream_t stream, float *out, const uint16_t *table, int is_bf16,
-                                   const int32_t *ids, int T, int d);
+                                   const int32_t *ids, int T, int d, float scale);
 /* out (n) of bf16 (is_bf16) or fp16 = x (n) rounded to nearest even */
 cudaError_t pb_cuda_launch_round16(cudaStream_t stream, uint16_t *out, const float *x, size_t n, int is_bf16);
 /* out (rows, d); x (rows, d); weight (d) or NULL */
@@ -127,7 +155,8 @@ cudaError_t pb_cuda_launch_rope(cudaStream_t stream, float *x, const int32_t *po
 size_t pb_cuda_attention_shared_bytes(int head_dim);
 /* out, q (T, n_heads, head_dim); k, v (T_kv, n_kv_heads, head_dim) */
 cudaError_t pb_cuda_launch_attention(cudaStream_t stream, float *out, const float *q, const float *k, const float *v,
-                                     int T, int q_start, int n_heads, int n_kv_heads, int head_dim);
+                                     int T, int q_start, int n_heads, int n_kv_heads, int head_dim,
+                                     pb_cuda_attention_score score);
 /* One job of pb_cuda_launch_attention_jobs, as the kernel reads it from
  * device memory: pb_attention_job (backend.h) plus the job's first work row. */
 typedef struct pb_cuda_attention_job {
@@ -177,7 +206,7 @@ static __device__ __forceinline__ int pb_cuda_find_job(const pb_cuda_attention_b
  * memory, `first` ascending from 0 (a job's n may be 0). */
 cudaError_t pb_cuda_launch_attention_jobs(cudaStream_t stream, float *out, const float *q,
                                           const pb_cuda_attention_job *jobs, int n_jobs, int n_heads, int n_kv_heads,
-                                          int head_dim);
+                                          int head_dim, pb_cuda_attention_score score);
 /* The tiled variant (attention_tiled.cu) for jobs with many queries: whether
  * it takes this head_dim (the rows must also be 16-byte aligned), its tile
  * height in queries of one job (it depends on the GQA group, whose heads
@@ -190,7 +219,11 @@ size_t pb_cuda_attention_tiled_shared_bytes(int head_dim);
  * first_tile ascending from 0). */
 cudaError_t pb_cuda_launch_attention_tiled(cudaStream_t stream, float *out, const float *q,
                                            const pb_cuda_attention_job *jobs, int n_jobs, int n_heads, int n_kv_heads,
-                                           int head_dim);
+                                           int head_dim, pb_cuda_attention_score score);
+/* Key tiles the tiled kernel visits for the query tiles of jobs (n_jobs,
+ * host memory) at tile_q queries per tile: what a sliding window saves,
+ * computed with the kernel's own tile range (pb_tile_key_range). */
+int64_t pb_cuda_attention_tiled_key_tiles(const pb_cuda_attention_job *jobs, int n_jobs, int tile_q, int window);
 /* Copies jobs[first .. first + count) into *batch with first and
  * first_tile rebased to 0; returns the launch's rows, or with tile_q > 0
  * (the tiled kernel's queries per tile) its tiles. */
@@ -223,9 +256,12 @@ static_assert(sizeof(pb_cuda_copy_regions) <= 4096, "copy regions per launch exc
 /* regions (n_regions) in host memory, free at return: one launch per
  * PB_COPY_REGIONS_PER_LAUNCH of them, each carrying its list by value. */
 cudaError_t pb_cuda_launch_copy_regions(cudaStream_t stream, const pb_cuda_copy_region *regions, int n_regions);
-/* out (rows, width) = silu(gate) * up; gate and up rows `stride` apart */
-cudaError_t pb_cuda_launch_swiglu(cudaStream_t stream, float *out, const float *gate, const float *up, size_t rows,
-                                  size_t width, size_t stride);
+/* out (rows, width) = act(gate) * up, act SiLU (gelu_tanh 0) or GELU's tanh
+ * form (gelu_tanh 1); gate and up rows `stride` apart */
+cudaError_t pb_cuda_launch_glu(cudaStream_t stream, float *out, const float *gate, const float *up, size_t rows,
+                               size_t width, size_t stride, int gelu_tanh);
+/* x (n) = cap * tanh(x / cap), in place */
+cudaError_t pb_cuda_launch_softcap(cudaStream_t stream, float *x, size_t n, float cap);
 /* out (n) = a + b; out may alias a or b */
 cudaError_t pb_cuda_launch_add(cudaStream_t stream, float *out, const float *a, const float *b, size_t n);
 

@@ -1,5 +1,6 @@
 /* RMSNorm: one block per row, sum of squares accumulated in fp32 by a block
- * reduction (warp shuffles, then one warp over the per-warp partials). */
+ * reduction (warp shuffles, then one warp over the per-warp partials), then
+ * the normalisation; in place as well (out == x). */
 #include "kernels.cuh"
 
 /* Sum of `value` over the block, returned to every thread. blockDim.x must be
@@ -25,8 +26,13 @@ static __device__ float pb_block_sum(float value) {
     return total;
 }
 
-/* out (rows, d); x (rows, d); weight (d) or NULL. Every element of the row is
- * read by the same thread that later writes it, so out may alias x. */
+/* out (rows, d); x (rows, d); weight (d) or NULL. out may be x (in place:
+ * the per-head q/k norms, rows = T * n_heads, d = head_dim): a row belongs to
+ * one block, whose every thread reads its elements of the row into the sum of
+ * squares before pb_block_sum's barriers, so the whole row is reduced before
+ * any write; the second pass then reads x_row[i] and writes out_row[i] in the
+ * same thread, which read and writes nothing else of the row. No
+ * __restrict__ for that reason. */
 static __global__ void pb_rmsnorm_kernel(float *out, const float *x, const float *weight, int d, float eps) {
     const size_t row = blockIdx.x;
     const float *x_row = x + row * (size_t)d;  // (d)

@@ -190,13 +190,18 @@ static void test_embed(void **state) {
     CHECK_OK(g_ref->ops->embed(g_ref, out.ref, table.ref, PB_DTYPE_F32, ids.ref, T, d, 1.0f));
     CHECK_OK(g_cuda->ops->embed(g_cuda, out.cuda, table.cuda, PB_DTYPE_F32, ids.cuda, T, d, 1.0f));
     twin_compare(&out, 0.0, "embed vocab=11 T=13 d=67 (exact)");
+    /* Gemma's sqrt(d_model) scale: one fp32 product on both sides */
+    CHECK_OK(g_ref->ops->embed(g_ref, out.ref, table.ref, PB_DTYPE_F32, ids.ref, T, d, 45.254833995939045f));
+    CHECK_OK(g_cuda->ops->embed(g_cuda, out.cuda, table.cuda, PB_DTYPE_F32, ids.cuda, T, d, 45.254833995939045f));
+    twin_compare(&out, 0.0, "embed f32 scale sqrt(2048) (exact)");
     twin_free(&table);
     twin_free(&ids);
     twin_free(&out);
     free(table_host);
 }
 
-static void run_rmsnorm(int rows, int d, int with_weight, int nan_row, const char *what) {
+/* in_place: out == x (the per-head q/k norms). */
+static void run_rmsnorm(int rows, int d, int with_weight, int nan_row, int in_place, const char *what) {
     float *x_host = host_random((size_t)rows * d, -3.0f, 3.0f);
     float *w_host = host_random((size_t)d, 0.5f, 1.5f);
     if (nan_row >= 0)
@@ -204,9 +209,10 @@ static void run_rmsnorm(int rows, int d, int with_weight, int nan_row, const cha
     twin x = twin_floats(x_host, (size_t)rows * d);
     twin w = twin_floats(w_host, (size_t)d);
     twin out = twin_floats(NULL, (size_t)rows * d);
-    CHECK_OK(g_ref->ops->rmsnorm(g_ref, out.ref, x.ref, with_weight ? w.ref : NULL, rows, d, 1e-5f));
-    CHECK_OK(g_cuda->ops->rmsnorm(g_cuda, out.cuda, x.cuda, with_weight ? w.cuda : NULL, rows, d, 1e-5f));
-    twin_compare(&out, PB_TOL_CUDA_ELEMENTWISE_NMSE, what);
+    twin *result = in_place ? &x : &out;
+    CHECK_OK(g_ref->ops->rmsnorm(g_ref, result->ref, x.ref, with_weight ? w.ref : NULL, rows, d, 1e-5f));
+    CHECK_OK(g_cuda->ops->rmsnorm(g_cuda, result->cuda, x.cuda, with_weight ? w.cuda : NULL, rows, d, 1e-5f));
+    twin_compare(result, PB_TOL_CUDA_ELEMENTWISE_NMSE, what);
     twin_free(&x);
     twin_free(&w);
     twin_free(&out);
@@ -217,11 +223,14 @@ static void run_rmsnorm(int rows, int d, int with_weight, int nan_row, const cha
 static void test_rmsnorm(void **state) {
     (void)state;
     rng_seed(3);
-    run_rmsnorm(7, 67, 1, -1, "rmsnorm rows=7 d=67");
-    run_rmsnorm(7, 67, 0, -1, "rmsnorm rows=7 d=67 weight=NULL");
-    run_rmsnorm(3, 4099, 1, -1, "rmsnorm rows=3 d=4099");
-    run_rmsnorm(1, 1, 1, -1, "rmsnorm rows=1 d=1");
-    run_rmsnorm(7, 67, 1, 2, "rmsnorm rows=7 d=67 NaN in row 2");
+    run_rmsnorm(7, 67, 1, -1, 0, "rmsnorm rows=7 d=67");
+    run_rmsnorm(7, 67, 0, -1, 0, "rmsnorm rows=7 d=67 weight=NULL");
+    run_rmsnorm(3, 4099, 1, -1, 0, "rmsnorm rows=3 d=4099");
+    run_rmsnorm(1, 1, 1, -1, 0, "rmsnorm rows=1 d=1");
+    run_rmsnorm(7, 67, 1, 2, 0, "rmsnorm rows=7 d=67 NaN in row 2");
+    /* q/k norms: rows = T * n_heads, d = head_dim, in place */
+    run_rmsnorm(13 * 8, 128, 1, 5, 1, "rmsnorm in place T=13 x 8 heads hd=128");
+    run_rmsnorm(7 * 4, 256, 1, -1, 1, "rmsnorm in place T=7 x 4 heads hd=256");
 }
 
 static void run_matmul(int rows, int n, int k, int with_bias, int nan_row, const char *what) {
@@ -296,10 +305,10 @@ static void test_rope(void **state) {
  * outputs that read them must be NaN as in the reference, including those
  * where the NaN key is the only key one of the kernel's warps sees. */
 static void run_attention_nan(int T, int T_kv, int q_start, int n_heads, int n_kv_heads, int head_dim, int with_nan,
-                              const char *what) {
+                              const pb_attention_params *params, float q_range, const char *what) {
     const size_t q_count = (size_t)T * n_heads * head_dim;
     const size_t kv_count = (size_t)T_kv * n_kv_heads * head_dim;
-    float *q_host = host_random(q_count, -2.0f, 2.0f);
+    float *q_host = host_random(q_count, -q_range, q_range);
     float *k_host = host_random(kv_count, -2.0f, 2.0f);
     float *v_host = host_random(kv_count, -1.0f, 1.0f);
     const size_t key_limit = (size_t)(q_start + T) * n_kv_heads * head_dim;
@@ -317,9 +326,9 @@ static void run_attention_nan(int T, int T_kv, int q_start, int n_heads, int n_k
     twin v = twin_floats(v_host, kv_count);
     twin out = twin_floats(NULL, q_count);
     CHECK_OK(g_ref->ops->attention(g_ref, out.ref, q.ref, k.ref, v.ref, T, T_kv, q_start, n_heads, n_kv_heads, head_dim,
-                                   NULL));
+                                   params));
     CHECK_OK(g_cuda->ops->attention(g_cuda, out.cuda, q.cuda, k.cuda, v.cuda, T, T_kv, q_start, n_heads, n_kv_heads,
-                                    head_dim, NULL));
+                                    head_dim, params));
     twin_compare(&out, PB_TOL_CUDA_OP_NMSE, what);
     twin_free(&q);
     twin_free(&k);
@@ -331,7 +340,7 @@ static void run_attention_nan(int T, int T_kv, int q_start, int n_heads, int n_k
 }
 
 static void run_attention(int T, int T_kv, int q_start, int n_heads, int n_kv_heads, int head_dim, const char *what) {
-    run_attention_nan(T, T_kv, q_start, n_heads, n_kv_heads, head_dim, 0, what);
+    run_attention_nan(T, T_kv, q_start, n_heads, n_kv_heads, head_dim, 0, NULL, 2.0f, what);
 }
 
 static void test_attention(void **state) {
@@ -343,21 +352,48 @@ static void test_attention(void **state) {
     run_attention(33, 33, 0, 2, 2, 128, "attention T=33 T_kv=33 H=KV=2 hd=128");
     run_attention(3, 300, 297, 8, 1, 96, "attention T=3 T_kv=300 q_start=297 KV=1");
     run_attention(1, 1, 0, 1, 1, 1, "attention T=1 T_kv=1 hd=1");
-    run_attention_nan(13, 13, 0, 4, 2, 67, 1, "attention T=13 H=4 KV=2 hd=67 NaN in q and k");
+    run_attention_nan(13, 13, 0, 4, 2, 67, 1, NULL, 2.0f, "attention T=13 H=4 KV=2 hd=67 NaN in q and k");
 }
 
-static void test_swiglu(void **state) {
+/* Gemma's and Qwen3's score shapes (pb_attention_params): a query scale
+ * other than 1/sqrt(head_dim), soft caps that bind (scores ~1e2 capped at
+ * 5; Gemma 2's 50), sliding windows of 1, under the prefix q_start, past
+ * T_kv and exactly T, with GQA and head_dim 256. */
+static void test_attention_params(void **state) {
     (void)state;
-    rng_seed(7);
+    rng_seed(20);
+    const pb_attention_params scaled = {1.0f / 12.0f, 0.0f, 0};
+    run_attention_nan(5, 14, 9, 4, 2, 128, 0, &scaled, 2.0f, "attention scale 1/12 hd=128 GQA");
+    const pb_attention_params capped = {1.0f / sqrtf(32.0f), 5.0f, 0};
+    run_attention_nan(4, 64, 60, 2, 2, 32, 0, &capped, 24.0f, "attention softcap 5 binding (scores ~1e2)");
+    const pb_attention_params gemma2 = {1.0f / 16.0f, 50.0f, 0};
+    run_attention_nan(3, 33, 30, 4, 2, 256, 0, &gemma2, 24.0f, "attention softcap 50 scale 1/16 hd=256 GQA");
+    const int windows[] = {1, 7, 1000, 12};
+    const char *names[] = {"attention window 1 T=12 q_start=20", "attention window 7 < q_start=20 T=12",
+                           "attention window 1000 > T_kv=32", "attention window 12 = T, q_start=20"};
+    for (int w = 0; w < 4; w++) {
+        const pb_attention_params windowed = {1.0f / 8.0f, 0.0f, windows[w]};
+        run_attention_nan(12, 32, 20, 6, 2, 64, 0, &windowed, 2.0f, names[w]);
+    }
+    /* a NaN key (row 1) outside every window but the first queries' */
+    const pb_attention_params local = {0.0625f, 20.0f, 3};
+    run_attention_nan(13, 13, 0, 8, 2, 256, 1, &local, 12.0f, "attention window 3 softcap 20 hd=256 NaN in q, k");
+}
+
+/* act (SiLU or GELU-tanh) on plain rows, with NaN in gate and up, and on
+ * the halves of a fused gate/up output. */
+static void run_glu(pb_activation act, const char *name) {
+    char what[96];
     const size_t n = 1001;
     float *gate_host = host_random(n, -8.0f, 8.0f);
     float *up_host = host_random(n, -2.0f, 2.0f);
     twin gate = twin_floats(gate_host, n);
     twin up = twin_floats(up_host, n);
     twin out = twin_floats(NULL, n);
-    CHECK_OK(g_ref->ops->glu(g_ref, out.ref, gate.ref, up.ref, 7, 143, 143, PB_ACTIVATION_SILU));
-    CHECK_OK(g_cuda->ops->glu(g_cuda, out.cuda, gate.cuda, up.cuda, 7, 143, 143, PB_ACTIVATION_SILU));
-    twin_compare(&out, PB_TOL_CUDA_ELEMENTWISE_NMSE, "swiglu n=1001");
+    CHECK_OK(g_ref->ops->glu(g_ref, out.ref, gate.ref, up.ref, 7, 143, 143, act));
+    CHECK_OK(g_cuda->ops->glu(g_cuda, out.cuda, gate.cuda, up.cuda, 7, 143, 143, act));
+    snprintf(what, sizeof what, "%s n=1001", name);
+    twin_compare(&out, PB_TOL_CUDA_ELEMENTWISE_NMSE, what);
     twin_free(&gate);
     twin_free(&up);
     twin_free(&out);
@@ -367,9 +403,10 @@ static void test_swiglu(void **state) {
     gate = twin_floats(gate_host, n);
     up = twin_floats(up_host, n);
     out = twin_floats(NULL, n);
-    CHECK_OK(g_ref->ops->glu(g_ref, out.ref, gate.ref, up.ref, 7, 143, 143, PB_ACTIVATION_SILU));
-    CHECK_OK(g_cuda->ops->glu(g_cuda, out.cuda, gate.cuda, up.cuda, 7, 143, 143, PB_ACTIVATION_SILU));
-    twin_compare(&out, PB_TOL_CUDA_ELEMENTWISE_NMSE, "swiglu n=1001 with NaN");
+    CHECK_OK(g_ref->ops->glu(g_ref, out.ref, gate.ref, up.ref, 7, 143, 143, act));
+    CHECK_OK(g_cuda->ops->glu(g_cuda, out.cuda, gate.cuda, up.cuda, 7, 143, 143, act));
+    snprintf(what, sizeof what, "%s n=1001 with NaN", name);
+    twin_compare(&out, PB_TOL_CUDA_ELEMENTWISE_NMSE, what);
     twin_free(&gate);
     twin_free(&up);
     twin_free(&out);
@@ -378,14 +415,62 @@ static void test_swiglu(void **state) {
      * with stride 142, out (7, 71) dense */
     gate = twin_floats(gate_host, 7 * 142);
     out = twin_floats(NULL, 7 * 71);
-    CHECK_OK(g_ref->ops->glu(g_ref, out.ref, gate.ref, (const float *)gate.ref + 71, 7, 71, 142, PB_ACTIVATION_SILU));
-    CHECK_OK(
-        g_cuda->ops->glu(g_cuda, out.cuda, gate.cuda, (const float *)gate.cuda + 71, 7, 71, 142, PB_ACTIVATION_SILU));
-    twin_compare(&out, PB_TOL_CUDA_ELEMENTWISE_NMSE, "swiglu fused halves 7 x 71, stride 142");
+    CHECK_OK(g_ref->ops->glu(g_ref, out.ref, gate.ref, (const float *)gate.ref + 71, 7, 71, 142, act));
+    CHECK_OK(g_cuda->ops->glu(g_cuda, out.cuda, gate.cuda, (const float *)gate.cuda + 71, 7, 71, 142, act));
+    snprintf(what, sizeof what, "%s fused halves 7 x 71, stride 142", name);
+    twin_compare(&out, PB_TOL_CUDA_ELEMENTWISE_NMSE, what);
     twin_free(&gate);
     twin_free(&out);
     free(gate_host);
     free(up_host);
+}
+
+static void test_swiglu(void **state) {
+    (void)state;
+    rng_seed(7);
+    run_glu(PB_ACTIVATION_SILU, "swiglu");
+}
+
+/* GELU-tanh (Gemma) as SiLU above, then its edges apart (their size would
+ * swamp the NMSE): |g| whose cube overflows fp32, +-Inf (Inf; -Inf * 0 =
+ * NaN in both), NaN, and g ~ -5 where 1 + tanh cancels. */
+static void test_glu_gelu(void **state) {
+    (void)state;
+    rng_seed(21);
+    run_glu(PB_ACTIVATION_GELU_TANH, "glu gelu_tanh");
+    const float edges[] = {-100.0f, 100.0f, 0.0f, 1e20f, -1e20f, INFINITY, -INFINITY, NAN, -5.0f, -4.5f, 3e-20f};
+    const size_t n = sizeof edges / sizeof edges[0];
+    float up_host[sizeof edges / sizeof edges[0]];
+    for (size_t i = 0; i < n; i++)
+        up_host[i] = 1.5f;
+    twin gate = twin_floats(edges, n), up = twin_floats(up_host, n), out = twin_floats(NULL, n);
+    CHECK_OK(g_ref->ops->glu(g_ref, out.ref, gate.ref, up.ref, 1, n, n, PB_ACTIVATION_GELU_TANH));
+    CHECK_OK(g_cuda->ops->glu(g_cuda, out.cuda, gate.cuda, up.cuda, 1, n, n, PB_ACTIVATION_GELU_TANH));
+    twin_compare(&out, PB_TOL_CUDA_ELEMENTWISE_NMSE, "glu gelu_tanh edges (Inf, NaN, 1e20, -5)");
+    twin_free(&gate);
+    twin_free(&up);
+    twin_free(&out);
+}
+
+/* In place, values far beyond the cap (|x| to 200 for caps 30 and 5),
+ * +-Inf (+-cap), NaN, signed zeros. */
+static void test_softcap(void **state) {
+    (void)state;
+    rng_seed(22);
+    const size_t n = 1001;
+    const float caps[] = {30.0f, 5.0f};
+    for (int c = 0; c < 2; c++) {
+        float *x_host = host_random(n, -200.0f, 200.0f);
+        const float edges[] = {INFINITY, -INFINITY, NAN, 0.0f, -0.0f, 1e-30f, 1e30f};
+        for (size_t i = 0; i < sizeof edges / sizeof edges[0]; i++)
+            x_host[i] = edges[i];
+        twin x = twin_floats(x_host, n);
+        CHECK_OK(g_ref->ops->softcap(g_ref, x.ref, n, caps[c]));
+        CHECK_OK(g_cuda->ops->softcap(g_cuda, x.cuda, n, caps[c]));
+        twin_compare(&x, PB_TOL_CUDA_ELEMENTWISE_NMSE, c == 0 ? "softcap 30 |x| to 200" : "softcap 5 |x| to 200");
+        twin_free(&x);
+        free(x_host);
+    }
 }
 
 static void test_add(void **state) {
@@ -465,7 +550,7 @@ static void expect_status(pb_status got, pb_status want, const char *what) {
 /* A table of vocab x d random floats stored as dtype, with a NaN, +Inf (for
  * fp16 a value beyond its range) and -Inf in it: widening is exact, so the
  * gather must match bit for bit. */
-static void run_embed16(pb_dtype dtype, int vocab, int T, int d, const char *what) {
+static void run_embed16(pb_dtype dtype, int vocab, int T, int d, float scale, const char *what) {
     const size_t table_count = (size_t)vocab * d;
     float *table_host = host_random(table_count, -2.0f, 2.0f);
     table_host[0] = NAN;                                                   /* row 0 */
@@ -484,8 +569,8 @@ static void run_embed16(pb_dtype dtype, int vocab, int T, int d, const char *wha
     twin table = twin_bytes(table16, sizeof(uint16_t) * table_count);
     twin ids = twin_ints(ids_host, (size_t)T);
     twin out = twin_floats(NULL, (size_t)T * d);
-    CHECK_OK(g_ref->ops->embed(g_ref, out.ref, table.ref, dtype, ids.ref, T, d, 1.0f));
-    CHECK_OK(g_cuda->ops->embed(g_cuda, out.cuda, table.cuda, dtype, ids.cuda, T, d, 1.0f));
+    CHECK_OK(g_ref->ops->embed(g_ref, out.ref, table.ref, dtype, ids.ref, T, d, scale));
+    CHECK_OK(g_cuda->ops->embed(g_cuda, out.cuda, table.cuda, dtype, ids.cuda, T, d, scale));
     twin_compare(&out, 0.0, what);
     twin_free(&table);
     twin_free(&ids);
@@ -498,9 +583,12 @@ static void run_embed16(pb_dtype dtype, int vocab, int T, int d, const char *wha
 static void test_embed16(void **state) {
     (void)state;
     rng_seed(9);
-    run_embed16(PB_DTYPE_BF16, 11, 13, 67, "embed bf16 vocab=11 T=13 d=67 (exact)");
-    run_embed16(PB_DTYPE_F16, 11, 13, 67, "embed f16 vocab=11 T=13 d=67 (exact)");
-    run_embed16(PB_DTYPE_BF16, 5, 3, 1, "embed bf16 vocab=5 T=3 d=1 (exact)");
+    run_embed16(PB_DTYPE_BF16, 11, 13, 67, 1.0f, "embed bf16 vocab=11 T=13 d=67 (exact)");
+    run_embed16(PB_DTYPE_F16, 11, 13, 67, 1.0f, "embed f16 vocab=11 T=13 d=67 (exact)");
+    run_embed16(PB_DTYPE_BF16, 5, 3, 1, 1.0f, "embed bf16 vocab=5 T=3 d=1 (exact)");
+    /* Gemma's scale (sqrt(2048)): widening exact, then one fp32 product */
+    run_embed16(PB_DTYPE_BF16, 11, 13, 67, 45.254833995939045f, "embed bf16 scale sqrt(2048) (exact)");
+    run_embed16(PB_DTYPE_F16, 11, 13, 67, 45.254833995939045f, "embed f16 scale sqrt(2048) (exact)");
 }
 
 /* A random integer in [-limit, limit] times scale. */
@@ -662,9 +750,11 @@ typedef struct job_spec {
  * rows of packed k/v buffers (as in exec.c); each prefix lives in a buffer of
  * p0 + 3 rows whose 3 extra rows, like the gap rows, hold large values that
  * no query may read. out starts as 0.5 everywhere; rows no job owns must
- * keep it. */
-static void run_attention_jobs(const job_spec *specs, int n_jobs, int n_heads, int n_kv_heads, int head_dim,
-                               int scattered, const char *what) {
+ * keep it. With a sliding window in params, the prefix keys and values in
+ * the 64-key tiles wholly before every window of their job are NaN: a kernel
+ * that reads them instead of skipping them gives NaN. */
+static void run_attention_jobs_with(const job_spec *specs, int n_jobs, int n_heads, int n_kv_heads, int head_dim,
+                                    int scattered, const pb_attention_params *params, const char *what) {
     const size_t qd = (size_t)n_heads * head_dim, kvd = (size_t)n_kv_heads * head_dim;
     int *q_row = malloc(sizeof(int) * (size_t)n_jobs);
     size_t *prefix_at = malloc(sizeof(size_t) * (size_t)n_jobs);
@@ -706,6 +796,11 @@ static void run_attention_jobs(const job_spec *specs, int n_jobs, int n_heads, i
                 kp_host[(prefix_at[j] + r) * kvd + i] = 50.0f;
                 vp_host[(prefix_at[j] + r) * kvd + i] = 1000.0f;
             }
+    for (int j = 0; params && params->window > 0 && j < n_jobs; j++) {
+        const size_t unread = (size_t)pb_attention_first_key(params, specs[j].p0) / 64 * 64;
+        for (size_t i = 0; i < unread * kvd; i++)
+            kp_host[prefix_at[j] * kvd + i] = vp_host[prefix_at[j] * kvd + i] = NAN;
+    }
 
     twin q = twin_floats(q_host, (size_t)rows * qd);
     twin k = twin_floats(k_host, (size_t)rows * kvd);
@@ -732,7 +827,7 @@ static void run_attention_jobs(const job_spec *specs, int n_jobs, int n_heads, i
         float *v_ref = backend_buffer(g_ref, v_all, sizeof(float) * keys * kvd);
         CHECK_OK(g_ref->ops->attention(g_ref, (float *)out.ref + (size_t)q_row[j] * qd,
                                        (const float *)q.ref + (size_t)q_row[j] * qd, k_ref, v_ref, n, (int)keys, p0,
-                                       n_heads, n_kv_heads, head_dim, NULL));
+                                       n_heads, n_kv_heads, head_dim, params));
         g_ref->ops->free(g_ref, k_ref);
         g_ref->ops->free(g_ref, v_ref);
         free(k_all);
@@ -753,7 +848,8 @@ static void run_attention_jobs(const job_spec *specs, int n_jobs, int n_heads, i
         jobs[j].k_new = specs[j].n ? (const float *)k.cuda + (size_t)q_row[j] * kvd : NULL;
         jobs[j].v_new = specs[j].n ? (const float *)v.cuda + (size_t)q_row[j] * kvd : NULL;
     }
-    CHECK_OK(g_cuda->ops->attention_jobs(g_cuda, out.cuda, q.cuda, jobs, n_jobs, n_heads, n_kv_heads, head_dim, NULL));
+    CHECK_OK(
+        g_cuda->ops->attention_jobs(g_cuda, out.cuda, q.cuda, jobs, n_jobs, n_heads, n_kv_heads, head_dim, params));
     /* The host array may be reused at once: scribbling on it must not
      * change what the queued kernel reads. */
     memset(jobs, 0xff, sizeof *jobs * (size_t)n_jobs);
@@ -786,6 +882,43 @@ static void run_attention_jobs(const job_spec *specs, int n_jobs, int n_heads, i
     free(owned);
     free(q_row);
     free(prefix_at);
+}
+
+static void run_attention_jobs(const job_spec *specs, int n_jobs, int n_heads, int n_kv_heads, int head_dim,
+                               int scattered, const char *what) {
+    run_attention_jobs_with(specs, n_jobs, n_heads, n_kv_heads, head_dim, scattered, NULL, what);
+}
+
+/* attention_jobs with Gemma's and Qwen3's score shapes: sliding windows of
+ * 1, under a key tile (5), of one and more tiles (64, 100), exactly the
+ * longest job's keys (340) and past every job's, with whole key tiles before
+ * the windows (poisoned, run_attention_jobs_with); a binding soft cap; a
+ * query scale; Gemma 2's window + cap + scale at head_dim 256; a window at a
+ * GQA group of 8 (8 positions per tiled block). Jobs long enough that the
+ * backend's own choice is mostly the tiled kernel; test_attention_jobs_kernels
+ * forces each kernel. */
+static void test_attention_jobs_params(void **state) {
+    (void)state;
+    rng_seed(23);
+    char what[128];
+    const job_spec skipping[] = {{40, 300, 0}, {70, 0, 1}, {1, 200, 0}, {17, 63, 0}, {0, 9, 0}};
+    const int windows[] = {64, 1, 5, 100, 340, 5000};
+    for (int w = 0; w < 6; w++) {
+        const pb_attention_params params = {0.125f, 0.0f, windows[w]};
+        snprintf(what, sizeof what, "attention_jobs window %d, prefixes to 300", windows[w]);
+        run_attention_jobs_with(skipping, 5, 4, 2, 64, 1, &params, what);
+    }
+    const pb_attention_params capped = {1.0f, 5.0f, 0};
+    run_attention_jobs_with(skipping, 5, 4, 2, 64, 0, &capped, "attention_jobs softcap 5 binding (scale 1)");
+    const pb_attention_params scaled = {1.0f / 12.0f, 0.0f, 0};
+    const job_spec llama[] = {{70, 0, 1}, {20, 50, 0}};
+    run_attention_jobs_with(llama, 2, 8, 2, 128, 1, &scaled, "attention_jobs scale 1/12 H=8 KV=2 hd=128");
+    const pb_attention_params gemma2 = {0.0625f, 50.0f, 100};
+    const job_spec gemma[] = {{70, 0, 1}, {13, 260, 0}};
+    run_attention_jobs_with(gemma, 2, 8, 4, 256, 1, &gemma2, "attention_jobs window 100 softcap 50 hd=256");
+    const pb_attention_params group_window = {0.25f, 0.0f, 20};
+    const job_spec groups[] = {{30, 100, 0}, {9, 0, 1}, {17, 40, 0}};
+    run_attention_jobs_with(groups, 3, 8, 1, 32, 1, &group_window, "attention_jobs window 20 GQA group 8 hd=32");
 }
 
 static void test_attention_jobs(void **state) {
@@ -857,6 +990,9 @@ static void test_errors(void **state) {
     expect_status(ops->attention(g_cuda, buffer, buffer, buffer, buffer, 4, 5, 2, 2, 2, 8, NULL), PB_ERR_ARG,
                   "attention q_start + T > T_kv");
     expect_status(ops->rope(g_cuda, buffer, (const int32_t *)buffer, buffer, 2, 2, 7), PB_ERR_ARG, "rope odd head_dim");
+    expect_status(ops->softcap(g_cuda, buffer, 4, 0.0f), PB_ERR_ARG, "softcap cap 0");
+    expect_status(ops->glu(g_cuda, buffer, buffer, buffer, 1, 4, 4, (pb_activation)7), PB_ERR_UNSUPPORTED,
+                  "glu unknown activation");
     expect_status(ops->matmul(g_cuda, buffer, buffer, buffer, PB_DTYPE_F32, NULL, -1, 4, 4), PB_ERR_ARG,
                   "matmul rows < 0");
     pb_attention_job job = {0, 2, 1, buffer, buffer, buffer, buffer};
@@ -930,6 +1066,7 @@ static void test_attention_jobs_kernels(void **state) {
         printf("[ MEASURE  ] attention_jobs kernel forced: %s\n", modes[k]);
         g_cuda = forced;
         test_attention_jobs(state);
+        test_attention_jobs_params(state);
         g_cuda = saved;
         pb_backend_destroy(forced);
     }
@@ -967,14 +1104,26 @@ int main(void) {
     if (exit_code != 0)
         return exit_code;
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_memory),         cmocka_unit_test(test_embed),
-        cmocka_unit_test(test_rmsnorm),        cmocka_unit_test(test_matmul),
-        cmocka_unit_test(test_rope),           cmocka_unit_test(test_attention),
-        cmocka_unit_test(test_swiglu),         cmocka_unit_test(test_add),
-        cmocka_unit_test(test_embed16),        cmocka_unit_test(test_matmul16),
-        cmocka_unit_test(test_matmul16_reuse), cmocka_unit_test(test_copy_regions),
-        cmocka_unit_test(test_attention_jobs), cmocka_unit_test(test_attention_jobs_kernels),
-        cmocka_unit_test(test_memory_info),    cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_memory),
+        cmocka_unit_test(test_embed),
+        cmocka_unit_test(test_rmsnorm),
+        cmocka_unit_test(test_matmul),
+        cmocka_unit_test(test_rope),
+        cmocka_unit_test(test_attention),
+        cmocka_unit_test(test_attention_params),
+        cmocka_unit_test(test_softcap),
+        cmocka_unit_test(test_glu_gelu),
+        cmocka_unit_test(test_swiglu),
+        cmocka_unit_test(test_add),
+        cmocka_unit_test(test_embed16),
+        cmocka_unit_test(test_matmul16),
+        cmocka_unit_test(test_matmul16_reuse),
+        cmocka_unit_test(test_copy_regions),
+        cmocka_unit_test(test_attention_jobs),
+        cmocka_unit_test(test_attention_jobs_params),
+        cmocka_unit_test(test_attention_jobs_kernels),
+        cmocka_unit_test(test_memory_info),
+        cmocka_unit_test(test_errors),
         cmocka_unit_test(test_nccl_linked),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown) == 0 ? 0 : 1;

@@ -141,7 +141,7 @@ static void test_embed(void **state) {
     float *got = filled_floats((size_t)T * D, NAN);
 
     float *table = random_floats((size_t)VOCAB * D, 1, 3.0f);
-    CHECK_LAUNCH(pb_emu_embed(got, table, ids, T, D));
+    CHECK_LAUNCH(pb_emu_embed(got, table, ids, T, D, 1.0f));
     CHECK_OK(g_ref->ops->embed(g_ref, want, table, PB_DTYPE_F32, ids, T, D, 1.0f));
     check_guard(got, (size_t)T * D, "embed f32");
     expect_identical(got, want, (size_t)T * D, "embed f32");
@@ -155,10 +155,30 @@ static void test_embed(void **state) {
         const char *what = is_bf16 ? "embed bf16" : "embed f16";
         for (size_t i = 0; i < (size_t)T * D; i++)
             got[i] = NAN;
-        CHECK_LAUNCH(pb_emu_embed16(got, table16, is_bf16, ids, T, D));
+        CHECK_LAUNCH(pb_emu_embed16(got, table16, is_bf16, ids, T, D, 1.0f));
         CHECK_OK(g_ref->ops->embed(g_ref, want, table16, is_bf16 ? PB_DTYPE_BF16 : PB_DTYPE_F16, ids, T, D, 1.0f));
         check_guard(got, (size_t)T * D, what);
         expect_identical(got, want, (size_t)T * D, what);
+    }
+    /* Gemma's scale sqrt(d_model) (here sqrt(2048), not a power of two, and
+     * 48 = sqrt(2304)): one fp32 product on both sides, bit-identical; the
+     * 16-bit tables' Inf, NaN and subnormals go through it too */
+    const float scales[] = {45.254833995939045f, 48.0f};
+    for (int k = 0; k < 2; k++) {
+        char what[64];
+        snprintf(what, sizeof what, "embed f32 scale %g", (double)scales[k]);
+        CHECK_LAUNCH(pb_emu_embed(got, table, ids, T, D, scales[k]));
+        CHECK_OK(g_ref->ops->embed(g_ref, want, table, PB_DTYPE_F32, ids, T, D, scales[k]));
+        check_guard(got, (size_t)T * D, what);
+        expect_identical(got, want, (size_t)T * D, what);
+        for (int is_bf16 = 0; is_bf16 <= 1; is_bf16++) {
+            snprintf(what, sizeof what, "embed %s scale %g", is_bf16 ? "bf16" : "f16", (double)scales[k]);
+            CHECK_LAUNCH(pb_emu_embed16(got, table16, is_bf16, ids, T, D, scales[k]));
+            CHECK_OK(
+                g_ref->ops->embed(g_ref, want, table16, is_bf16 ? PB_DTYPE_BF16 : PB_DTYPE_F16, ids, T, D, scales[k]));
+            check_guard(got, (size_t)T * D, what);
+            expect_identical(got, want, (size_t)T * D, what);
+        }
     }
     free(table16);
     free(table);
@@ -320,7 +340,7 @@ static void test_swiglu_add(void **state) {
     gate[2] = 0.0f;
     float *got = filled_floats(n, NAN);
     float *want = filled_floats(n, NAN);
-    CHECK_LAUNCH(pb_emu_swiglu(got, gate, up, 1, n, n));
+    CHECK_LAUNCH(pb_emu_glu(got, gate, up, 1, n, n, PB_ACTIVATION_SILU));
     CHECK_OK(g_ref->ops->glu(g_ref, want, gate, up, 1, n, n, PB_ACTIVATION_SILU));
     check_guard(got, n, "swiglu");
     /* fp32 expf and division vs the reference's double: a few ulp */
@@ -328,7 +348,7 @@ static void test_swiglu_add(void **state) {
     /* the halves of a fused gate/up output: 37 rows of 2 x 135 values */
     float *fused_got = filled_floats(37 * 135, NAN);
     float *fused_want = filled_floats(37 * 135, NAN);
-    CHECK_LAUNCH(pb_emu_swiglu(fused_got, gate, gate + 135, 37, 135, 270));
+    CHECK_LAUNCH(pb_emu_glu(fused_got, gate, gate + 135, 37, 135, 270, PB_ACTIVATION_SILU));
     CHECK_OK(g_ref->ops->glu(g_ref, fused_want, gate, gate + 135, 37, 135, 270, PB_ACTIVATION_SILU));
     check_guard(fused_got, 37 * 135, "swiglu fused halves");
     expect_close(fused_got, fused_want, 37 * 135, PB_TOL_ELEMENTWISE_NMSE, "swiglu fused halves 37 x 135, stride 270");
@@ -349,6 +369,79 @@ static void test_swiglu_add(void **state) {
     free(want);
 }
 
+/* The GELU-tanh gate (Gemma) over gates in [-20, 20) plus the edges: |g| so
+ * large that g^3 overflows fp32 (the tanh saturates first: g or -0), +-Inf
+ * (Inf, and -Inf * 0 = NaN, as the reference), NaN in gate and in up, and
+ * the cancellation region g ~ -5 where 1 + tanh loses digits. Plain rows,
+ * the halves of a fused gate/up output, and out aliasing gate. */
+static void test_glu_gelu(void **state) {
+    (void)state;
+    const size_t n = 10007;
+    float *gate = random_floats(n, 23, 20.0f);
+    float *up = random_floats(n, 24, 3.0f);
+    const float edges[] = {-100.0f, 100.0f, 0.0f, 1e20f, -1e20f, INFINITY, -INFINITY, NAN, -5.0f, -4.5f, 3e-20f};
+    for (size_t i = 0; i < sizeof edges / sizeof edges[0]; i++)
+        gate[i] = edges[i];
+    up[20] = NAN;
+    float *got = filled_floats(n, NAN);
+    float *want = filled_floats(n, NAN);
+    CHECK_LAUNCH(pb_emu_glu(got, gate, up, 1, n, n, PB_ACTIVATION_GELU_TANH));
+    CHECK_OK(g_ref->ops->glu(g_ref, want, gate, up, 1, n, n, PB_ACTIVATION_GELU_TANH));
+    check_guard(got, n, "glu gelu");
+    /* fp32 tanhf and products vs the reference's double: a few ulp. The
+     * edges apart (their 1e20 would swamp the NMSE of the rest) */
+    expect_close(got, want, 32, PB_TOL_ELEMENTWISE_NMSE, "glu gelu_tanh edges (Inf, NaN, 1e20, -5)");
+    expect_close(got + 32, want + 32, n - 32, PB_TOL_ELEMENTWISE_NMSE, "glu gelu_tanh n=9975 in [-20, 20)");
+
+    /* 36 rows of 2 x 135 values from gate[270] on: within the n gates,
+     * past the edges */
+    float *fused_got = filled_floats(36 * 135, NAN);
+    float *fused_want = filled_floats(36 * 135, NAN);
+    CHECK_LAUNCH(pb_emu_glu(fused_got, gate + 270, gate + 405, 36, 135, 270, PB_ACTIVATION_GELU_TANH));
+    CHECK_OK(g_ref->ops->glu(g_ref, fused_want, gate + 270, gate + 405, 36, 135, 270, PB_ACTIVATION_GELU_TANH));
+    check_guard(fused_got, 36 * 135, "glu gelu fused halves");
+    expect_close(fused_got, fused_want, 36 * 135, PB_TOL_ELEMENTWISE_NMSE,
+                 "glu gelu_tanh fused halves 36 x 135, stride 270");
+
+    /* in place, out == gate: the same values as out of place */
+    CHECK_LAUNCH(pb_emu_glu(gate, gate, up, 1, n, n, PB_ACTIVATION_GELU_TANH));
+    check_guard(gate, n, "glu gelu in place");
+    expect_identical(gate, got, n, "glu gelu_tanh in place (out == gate)");
+    free(fused_got);
+    free(fused_want);
+    free(gate);
+    free(up);
+    free(got);
+    free(want);
+}
+
+/* softcap in place: values up to 40x the cap (saturated: +-cap), +-Inf
+ * (+-cap), NaN, zeros of both signs and a tiny value (x itself), for
+ * Gemma 2's final cap 30 and a cap of 5. */
+static void test_softcap(void **state) {
+    (void)state;
+    const size_t n = 10007;
+    const float caps[] = {30.0f, 5.0f};
+    for (int c = 0; c < 2; c++) {
+        float *x = random_floats(n, 25, 200.0f);
+        const float edges[] = {INFINITY, -INFINITY, NAN, 0.0f, -0.0f, 1e-30f, 1e30f, -1e30f, 30.0f, -5.0f};
+        for (size_t i = 0; i < sizeof edges / sizeof edges[0]; i++)
+            x[i] = edges[i];
+        float *want = copy_floats(x, n);
+        CHECK_LAUNCH(pb_emu_softcap(x, n, caps[c]));
+        CHECK_OK(g_ref->ops->softcap(g_ref, want, n, caps[c]));
+        char what[64];
+        snprintf(what, sizeof what, "softcap cap %g n=10007, |x| to 200", (double)caps[c]);
+        check_guard(x, n, what);
+        expect_close(x, want, n, PB_TOL_ELEMENTWISE_NMSE, what);
+        for (size_t i = 0; i < n; i++)
+            if (!isnan(x[i]) && fabsf(x[i]) > caps[c])
+                fail_msg("%s: element %zu is %g, beyond the cap", what, i, (double)x[i]);
+        free(x);
+        free(want);
+    }
+}
+
 /* ---- rmsnorm and rope ------------------------------------------------------- */
 
 static void run_rmsnorm(int rows, int d, int with_weight, int nan_row, int in_place, const char *what) {
@@ -359,14 +452,29 @@ static void run_rmsnorm(int rows, int d, int with_weight, int nan_row, int in_pl
         x[(size_t)nan_row * d + (size_t)d / 2] = NAN;
     float *want = filled_floats(n, NAN);
     CHECK_OK(g_ref->ops->rmsnorm(g_ref, want, x, weight, rows, d, 1e-5f));
-    float *got = in_place ? x : filled_floats(n, NAN);
-    CHECK_LAUNCH(pb_emu_rmsnorm(got, x, weight, rows, d, 1e-5f));
+    float *apart = filled_floats(n, NAN);
+    CHECK_LAUNCH(pb_emu_rmsnorm(apart, x, weight, rows, d, 1e-5f));
+    float *got = apart;
+    if (in_place) {
+        /* out == x, threads forward and in reverse between barriers: the
+         * bits of the out-of-place run (no element written before its row
+         * is reduced, none read after another thread wrote it) */
+        float *x_again = copy_floats(x, n);
+        pb_emu_set_reverse_order(1);
+        CHECK_LAUNCH(pb_emu_rmsnorm(x_again, x_again, weight, rows, d, 1e-5f));
+        pb_emu_set_reverse_order(0);
+        CHECK_LAUNCH(pb_emu_rmsnorm(x, x, weight, rows, d, 1e-5f));
+        expect_identical(x, apart, n, what);
+        expect_identical(x_again, apart, n, what);
+        check_guard(x_again, n, what);
+        free(x_again);
+        got = x;
+    }
     check_guard(got, n, what);
     /* fp32 sum of squares (per-thread strided sums, then a tree) vs double;
      * the error only scales the row: ~1e-7 relative */
     expect_close(got, want, n, PB_TOL_OP_NMSE, what);
-    if (!in_place)
-        free(got);
+    free(apart);
     free(x);
     free(weight);
     free(want);
@@ -380,6 +488,9 @@ static void test_rmsnorm(void **state) {
     run_rmsnorm(3, 1000, 1, 1, 0, "rmsnorm 3x1000 weight, NaN in row 1");
     run_rmsnorm(2, 4097, 0, -1, 0, "rmsnorm 2x4097 no weight");
     run_rmsnorm(6, 576, 1, -1, 1, "rmsnorm 6x576 weight, in place");
+    /* the per-head q/k norms (Gemma 3, Qwen3): rows = T * n_heads, d = head_dim */
+    run_rmsnorm(7 * 8, 128, 1, 9, 1, "rmsnorm q/k norm in place T=7 x 8 heads, hd=128, NaN in row 9");
+    run_rmsnorm(5 * 4, 256, 1, -1, 1, "rmsnorm q/k norm in place T=5 x 4 heads, hd=256");
 }
 
 static void run_rope(int T, int n_heads, int head_dim, const char *what) {
@@ -419,8 +530,8 @@ static void test_rope(void **state) {
 /* fp32 dot products and an online softmax vs the reference's double scores
  * and sums: score errors ~ |score| * 2^-24 * sqrt(head_dim) turn into
  * relative errors of the weights of the same size: NMSE ~1e-13. */
-static void run_attention(int T, int q_start, int n_heads, int n_kv_heads, int head_dim, float q_scale,
-                          const char *what) {
+static void run_attention_with(int T, int q_start, int n_heads, int n_kv_heads, int head_dim, float q_scale,
+                               const pb_attention_params *params, const char *what) {
     const int T_kv = q_start + T;
     const size_t qn = (size_t)T * n_heads * head_dim, kvn = (size_t)T_kv * n_kv_heads * head_dim;
     float *q = random_floats(qn, (uint64_t)(T * 7 + head_dim), 2.0f * q_scale);
@@ -428,8 +539,8 @@ static void run_attention(int T, int q_start, int n_heads, int n_kv_heads, int h
     float *v = random_floats(kvn, (uint64_t)(T_kv * 3 + head_dim), 1.0f);
     float *got = filled_floats(qn, NAN);
     float *want = filled_floats(qn, NAN);
-    CHECK_LAUNCH(pb_emu_attention(got, q, k, v, T, q_start, n_heads, n_kv_heads, head_dim));
-    CHECK_OK(g_ref->ops->attention(g_ref, want, q, k, v, T, T_kv, q_start, n_heads, n_kv_heads, head_dim, NULL));
+    CHECK_LAUNCH(pb_emu_attention(got, q, k, v, T, q_start, n_heads, n_kv_heads, head_dim, params));
+    CHECK_OK(g_ref->ops->attention(g_ref, want, q, k, v, T, T_kv, q_start, n_heads, n_kv_heads, head_dim, params));
     check_guard(got, qn, what);
     expect_close(got, want, qn, PB_TOL_OP_NMSE, what);
     free(q);
@@ -437,6 +548,11 @@ static void run_attention(int T, int q_start, int n_heads, int n_kv_heads, int h
     free(v);
     free(got);
     free(want);
+}
+
+static void run_attention(int T, int q_start, int n_heads, int n_kv_heads, int head_dim, float q_scale,
+                          const char *what) {
+    run_attention_with(T, q_start, n_heads, n_kv_heads, head_dim, q_scale, NULL, what);
 }
 
 static void test_attention(void **state) {
@@ -451,6 +567,33 @@ static void test_attention(void **state) {
     run_attention(4, 60, 2, 2, 32, 12.0f, "attention T=4 q_start=60 hd=32 peaked (scores ~1e2)");
 }
 
+/* Gemma's and Qwen3's scores: a query scale other than 1/sqrt(head_dim)
+ * (Gemma 2 27B: 1/12 at head_dim 128), a binding soft cap (scores ~1e2
+ * capped at 5, and Gemma 2's 50), sliding windows of 1 (each query sees
+ * itself only), under the prefix q_start, past T_kv (no effect) and exactly
+ * T, with GQA and at head_dim 256. */
+static void test_attention_params(void **state) {
+    (void)state;
+    const pb_attention_params scaled = {1.0f / 12.0f, 0.0f, 0};
+    run_attention_with(5, 9, 4, 2, 128, 1.0f, &scaled, "attention scale 1/12 hd=128 GQA");
+    const pb_attention_params capped = {1.0f / sqrtf(32.0f), 5.0f, 0};
+    run_attention_with(4, 60, 2, 2, 32, 12.0f, &capped, "attention softcap 5 binding (scores ~1e2) hd=32");
+    const pb_attention_params gemma2 = {1.0f / 16.0f, 50.0f, 0};
+    run_attention_with(3, 30, 4, 2, 256, 12.0f, &gemma2, "attention softcap 50 scale 1/16 hd=256 GQA");
+    const int windows[] = {1, 7, 1000, 12};
+    const char *names[] = {"attention window 1 (itself only) T=12 q_start=20 GQA",
+                           "attention window 7 < q_start=20 T=12 GQA", "attention window 1000 > T_kv=32 T=12 GQA",
+                           "attention window 12 = T, T=12 q_start=20 GQA"};
+    for (int w = 0; w < 4; w++) {
+        const pb_attention_params windowed = {1.0f / 8.0f, 0.0f, windows[w]};
+        run_attention_with(12, 20, 6, 2, 64, 1.0f, &windowed, names[w]);
+    }
+    const pb_attention_params all = {0.0625f, 50.0f, 4096};
+    run_attention_with(6, 4, 8, 4, 256, 6.0f, &all, "attention window 4096, softcap 50, scale 1/16 hd=256 (Gemma 2)");
+    const pb_attention_params local = {0.0625f, 20.0f, 3};
+    run_attention_with(6, 4, 8, 2, 256, 6.0f, &local, "attention window 3, softcap 20, hd=256 GQA");
+}
+
 typedef struct job_spec {
     int n, p0;
     int null_prefix; /* pass NULL prefix pointers (only with p0 == 0) */
@@ -462,9 +605,11 @@ typedef struct job_spec {
  * with a gap row between jobs; new keys sit at the job's query rows (as in
  * exec.c); each prefix lives in a buffer of p0 + 3 rows. Gap rows and the
  * extra prefix rows hold large keys and values no query may read; rows no
- * job owns must keep their 0.5. */
-static void run_attention_jobs(const job_spec *specs, int n_jobs, int n_heads, int n_kv_heads, int head_dim,
-                               const char *what) {
+ * job owns must keep their 0.5. With a sliding window, the prefix keys and
+ * values in the 64-key tiles wholly before every window of the job are NaN:
+ * a kernel that reads them (rather than skipping them) gives NaN. */
+static void run_attention_jobs_with(const job_spec *specs, int n_jobs, int n_heads, int n_kv_heads, int head_dim,
+                                    const pb_attention_params *params, const char *what) {
     const size_t qd = (size_t)n_heads * head_dim, kvd = (size_t)n_kv_heads * head_dim;
     int *q_row = checked_malloc(sizeof(int) * (size_t)n_jobs);
     size_t *prefix_at = checked_malloc(sizeof(size_t) * (size_t)n_jobs);
@@ -499,6 +644,11 @@ static void run_attention_jobs(const job_spec *specs, int n_jobs, int n_heads, i
                 kp[(prefix_at[j] + r) * kvd + i] = 50.0f;
                 vp[(prefix_at[j] + r) * kvd + i] = 1000.0f;
             }
+    for (int j = 0; params && params->window > 0 && j < n_jobs; j++) {
+        const size_t unread = (size_t)pb_attention_first_key(params, specs[j].p0) / 64 * 64;
+        for (size_t i = 0; i < unread * kvd; i++)
+            kp[prefix_at[j] * kvd + i] = vp[prefix_at[j] * kvd + i] = NAN;
+    }
     float *got = filled_floats((size_t)rows * qd, 0.5f);
     float *want = filled_floats((size_t)rows * qd, 0.5f);
 
@@ -514,7 +664,7 @@ static void run_attention_jobs(const job_spec *specs, int n_jobs, int n_heads, i
         memcpy(k_all + (size_t)p0 * kvd, k + (size_t)q_row[j] * kvd, sizeof(float) * (size_t)n * kvd);
         memcpy(v_all + (size_t)p0 * kvd, v + (size_t)q_row[j] * kvd, sizeof(float) * (size_t)n * kvd);
         CHECK_OK(g_ref->ops->attention(g_ref, want + (size_t)q_row[j] * qd, q + (size_t)q_row[j] * qd, k_all, v_all, n,
-                                       (int)keys, p0, n_heads, n_kv_heads, head_dim, NULL));
+                                       (int)keys, p0, n_heads, n_kv_heads, head_dim, params));
         free(k_all);
         free(v_all);
     }
@@ -531,7 +681,7 @@ static void run_attention_jobs(const job_spec *specs, int n_jobs, int n_heads, i
         jobs[j].k_new = specs[j].n ? k + (size_t)q_row[j] * kvd : NULL;
         jobs[j].v_new = specs[j].n ? v + (size_t)q_row[j] * kvd : NULL;
     }
-    CHECK_LAUNCH(pb_emu_attention_jobs(got, q, jobs, n_jobs, n_heads, n_kv_heads, head_dim));
+    CHECK_LAUNCH(pb_emu_attention_jobs(got, q, jobs, n_jobs, n_heads, n_kv_heads, head_dim, params));
     check_guard(got, (size_t)rows * qd, what);
     for (int r = 0; r < rows; r++)
         if (!owned[r])
@@ -552,6 +702,11 @@ static void run_attention_jobs(const job_spec *specs, int n_jobs, int n_heads, i
     free(owned);
     free(q_row);
     free(prefix_at);
+}
+
+static void run_attention_jobs(const job_spec *specs, int n_jobs, int n_heads, int n_kv_heads, int head_dim,
+                               const char *what) {
+    run_attention_jobs_with(specs, n_jobs, n_heads, n_kv_heads, head_dim, NULL, what);
 }
 
 static void test_attention_jobs(void **state) {
@@ -645,6 +800,76 @@ static void test_attention_tiled(void **state) {
     run_attention_jobs(groups, 3, 16, 1, 16, "tiled: GQA group of 16 (two blocks of 8 heads) hd=16");
     run_attention_jobs(groups, 3, 12, 2, 64, "tiled: GQA group of 6 (2 heads per block) hd=64");
     pb_emu_set_attention_tiled(0);
+}
+
+/* attention_jobs with Gemma's and Qwen3's score shapes, on the kernel the
+ * launcher is set to (`kernel` names it): a query scale, soft caps that
+ * bind, sliding windows of 1, under a tile (5), across tiles (64, 100),
+ * exactly the longest job's keys and past every job's, at GQA groups of 2
+ * and 8 and head_dim 256. Jobs with long prefixes have whole key tiles
+ * before every window, poisoned with NaN (run_attention_jobs_with). */
+static void run_attention_jobs_params(const char *kernel) {
+    char what[160];
+    /* The one-block-per-query kernel costs the emulator a fiber switch per
+     * lane and key: half the heads there (the scores are computed per head
+     * alike; the GQA packing is the tiled kernel's). */
+    const int half = strcmp(kernel, "rows") == 0 ? 2 : 1;
+    const job_spec skipping[] = {{24, 200, 0}, {70, 0, 1}, {1, 150, 0}, {17, 63, 0}, {0, 9, 0}};
+    /* 224: the first job's p0 + n, all its keys */
+    const int windows[] = {64, 1, 5, 100, 224, 5000};
+    for (int w = 0; w < 6; w++) {
+        const pb_attention_params params = {0.125f, 0.0f, windows[w]};
+        snprintf(what, sizeof what, "%s: window %d, prefixes to 200, H=2 KV=1 hd=64", kernel, windows[w]);
+        run_attention_jobs_with(skipping, 5, 2, 1, 64, &params, what);
+    }
+    const pb_attention_params capped = {1.0f, 5.0f, 0};
+    const job_spec short_prefixes[] = {{40, 60, 0}, {70, 0, 1}, {1, 100, 0}};
+    snprintf(what, sizeof what, "%s: softcap 5 binding (scores ~10 at scale 1) H=%d KV=%d hd=64", kernel, 4 / half,
+             2 / half);
+    run_attention_jobs_with(short_prefixes, 3, 4 / half, 2 / half, 64, &capped, what);
+    const pb_attention_params scaled = {1.0f / 12.0f, 0.0f, 0};
+    const job_spec llama[] = {{70, 0, 1}, {20, 50, 0}};
+    snprintf(what, sizeof what, "%s: scale 1/12 H=%d KV=%d hd=128", kernel, 8 / half, 2 / half);
+    run_attention_jobs_with(llama, 2, 8 / half, 2 / half, 128, &scaled, what);
+    const pb_attention_params gemma2 = {0.0625f, 50.0f, 100};
+    const job_spec gemma[] = {{70, 0, 1}, {13, 260, 0}};
+    snprintf(what, sizeof what, "%s: window 100, softcap 50, scale 1/16, H=%d KV=%d hd=256 (Gemma 2)", kernel, 8 / half,
+             4 / half);
+    run_attention_jobs_with(gemma, 2, 8 / half, 4 / half, 256, &gemma2, what);
+    const pb_attention_params group_window = {0.25f, 0.0f, 20};
+    const job_spec groups[] = {{30, 100, 0}, {9, 0, 1}, {17, 40, 0}};
+    snprintf(what, sizeof what, "%s: window 20, GQA group of 8 (8 positions per tile) hd=32", kernel);
+    run_attention_jobs_with(groups, 3, 8, 1, 32, &group_window, what);
+}
+
+static void test_attention_jobs_params(void **state) {
+    (void)state;
+    run_attention_jobs_params("rows");
+}
+
+/* The same on the tiled kernel, and the key tiles it visits for one
+ * prefill of T = 4096 with and without a window of 512 (Gemma 2/3's local
+ * layers have 4096 and 512..1024): query tile i of 64 positions visits keys
+ * from its window's start, rounded down to a tile, to its last position: 9
+ * tiles once i >= 8 (min(i + 1, 9) in all: 540) instead of i + 1 (2080); at
+ * 8 positions per tile (a GQA group of 8) 4320 instead of 16640. */
+static void test_attention_tiled_params(void **state) {
+    (void)state;
+    pb_emu_set_attention_tiled(1);
+    run_attention_jobs_params("tiled");
+    pb_emu_set_attention_tiled(0);
+    const pb_attention_job prefill = {0, 4096, 0, NULL, NULL, NULL, NULL};
+    const long long full = pb_emu_attention_tiled_key_tiles(&prefill, 1, 8, 8, 0);
+    const long long local = pb_emu_attention_tiled_key_tiles(&prefill, 1, 8, 8, 512);
+    const long long full8 = pb_emu_attention_tiled_key_tiles(&prefill, 1, 8, 1, 0);
+    const long long local8 = pb_emu_attention_tiled_key_tiles(&prefill, 1, 8, 1, 512);
+    printf("[ MEASURE  ] tiled key tiles, T=4096: %lld causal, %lld with window 512 (%.2fx fewer); GQA group 8: %lld, "
+           "%lld (%.2fx)\n",
+           full, local, (double)full / (double)local, full8, local8, (double)full8 / (double)local8);
+    assert_int_equal(full, 2080);
+    assert_int_equal(local, 540);
+    assert_int_equal(full8, 16640);
+    assert_int_equal(local8, 4320);
 }
 
 /* ---- metric_rows ------------------------------------------------------------ */
@@ -777,7 +1002,7 @@ static void test_schedule_order(void **state) {
         pb_emu_set_reverse_order(reverse);
         attn[reverse] = filled_floats(qn, NAN);
         norm[reverse] = filled_floats((size_t)rows * d, NAN);
-        CHECK_LAUNCH(pb_emu_attention(attn[reverse], q, k, v, T, q_start, H, KV, hd));
+        CHECK_LAUNCH(pb_emu_attention(attn[reverse], q, k, v, T, q_start, H, KV, hd, NULL));
         CHECK_LAUNCH(pb_emu_rmsnorm(norm[reverse], x, NULL, rows, d, 1e-6f));
         for (int kind = 0; kind < 3; kind++)
             CHECK_OK(pb_emu_metric_rows(metric[reverse][kind], logits, rows, V, (pb_metric_kind)kind, pos, 3, pos, 2,
@@ -793,7 +1018,7 @@ static void test_schedule_order(void **state) {
     for (int reverse = 0; reverse <= 1; reverse++) {
         pb_emu_set_reverse_order(reverse);
         tiled[reverse] = filled_floats(tqn, NAN);
-        CHECK_LAUNCH(pb_emu_attention_jobs(tiled[reverse], tq, &tjob, 1, tH, tKV, thd));
+        CHECK_LAUNCH(pb_emu_attention_jobs(tiled[reverse], tq, &tjob, 1, tH, tKV, thd, NULL));
     }
     pb_emu_set_attention_tiled(0);
     pb_emu_set_reverse_order(0);
@@ -881,7 +1106,7 @@ static void test_launch_error(void **state) {
     const int hd = 2458; /* 4 * (5 * 2458 + 8) = 49192 bytes */
     assert_true(pb_emu_attention_shared_bytes(hd) > 48 * 1024);
     float dummy[1] = {0.0f};
-    assert_int_not_equal(pb_emu_attention(dummy, dummy, dummy, dummy, 1, 0, 1, 1, hd), 0);
+    assert_int_not_equal(pb_emu_attention(dummy, dummy, dummy, dummy, 1, 0, 1, 1, hd, NULL), 0);
 }
 
 static int setup(void **state) {
@@ -902,11 +1127,16 @@ int main(void) {
         cmocka_unit_test(test_grid_stride),
         cmocka_unit_test(test_add_bias),
         cmocka_unit_test(test_swiglu_add),
+        cmocka_unit_test(test_glu_gelu),
+        cmocka_unit_test(test_softcap),
         cmocka_unit_test(test_rmsnorm),
         cmocka_unit_test(test_rope),
         cmocka_unit_test(test_attention),
+        cmocka_unit_test(test_attention_params),
         cmocka_unit_test(test_attention_jobs),
         cmocka_unit_test(test_attention_tiled),
+        cmocka_unit_test(test_attention_jobs_params),
+        cmocka_unit_test(test_attention_tiled_params),
         cmocka_unit_test(test_copy_regions),
         cmocka_unit_test(test_metric),
         cmocka_unit_test(test_sync_mode),

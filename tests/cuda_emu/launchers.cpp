@@ -9,12 +9,12 @@ extern "C" {
 #include "pb_cuda_emu.h"
 }
 
-int pb_emu_embed(float *out, const float *table, const int32_t *ids, int T, int d) {
-    return pb_cuda_launch_embed(nullptr, out, table, ids, T, d);
+int pb_emu_embed(float *out, const float *table, const int32_t *ids, int T, int d, float scale) {
+    return pb_cuda_launch_embed(nullptr, out, table, ids, T, d, scale);
 }
 
-int pb_emu_embed16(float *out, const uint16_t *table, int is_bf16, const int32_t *ids, int T, int d) {
-    return pb_cuda_launch_embed16(nullptr, out, table, is_bf16, ids, T, d);
+int pb_emu_embed16(float *out, const uint16_t *table, int is_bf16, const int32_t *ids, int T, int d, float scale) {
+    return pb_cuda_launch_embed16(nullptr, out, table, is_bf16, ids, T, d, scale);
 }
 
 int pb_emu_round16(uint16_t *out, const float *x, size_t n, int is_bf16) {
@@ -36,8 +36,9 @@ int pb_emu_rope(float *x, const int32_t *positions, const float *inv_freq, int T
 size_t pb_emu_attention_shared_bytes(int head_dim) { return pb_cuda_attention_shared_bytes(head_dim); }
 
 int pb_emu_attention(float *out, const float *q, const float *k, const float *v, int T, int q_start, int n_heads,
-                     int n_kv_heads, int head_dim) {
-    return pb_cuda_launch_attention(nullptr, out, q, k, v, T, q_start, n_heads, n_kv_heads, head_dim);
+                     int n_kv_heads, int head_dim, const pb_attention_params *params) {
+    return pb_cuda_launch_attention(nullptr, out, q, k, v, T, q_start, n_heads, n_kv_heads, head_dim,
+                                    pb_cuda_attention_score_of(params, head_dim));
 }
 
 static int g_attention_tiled; /* pb_emu_set_attention_tiled */
@@ -47,7 +48,7 @@ void pb_emu_set_attention_tiled(int tiled) { g_attention_tiled = tiled; }
 int pb_emu_attention_tiled_ok(int head_dim) { return pb_cuda_attention_tiled_ok(head_dim); }
 
 int pb_emu_attention_jobs(float *out, const float *q, const pb_attention_job *jobs, int n_jobs, int n_heads,
-                          int n_kv_heads, int head_dim) {
+                          int n_kv_heads, int head_dim, const pb_attention_params *params) {
     pb_cuda_attention_job *desc = (pb_cuda_attention_job *)calloc((size_t)(n_jobs ? n_jobs : 1), sizeof *desc);
     if (!desc)
         return cudaErrorInvalidValue;
@@ -55,18 +56,34 @@ int pb_emu_attention_jobs(float *out, const float *q, const pb_attention_job *jo
     /* what backend_cuda.cu does */
     pb_cuda_describe_jobs(desc, jobs, n_jobs, pb_cuda_attention_tile_queries(n_heads, n_kv_heads), &rows, NULL, NULL);
     const int tiled = g_attention_tiled && pb_cuda_attention_tiled_ok(head_dim);
+    const pb_cuda_attention_score score = pb_cuda_attention_score_of(params, head_dim);
     const cudaError_t error = rows == 0 ? cudaSuccess
                               : tiled   ? pb_cuda_launch_attention_tiled(nullptr, out, q, desc, n_jobs, n_heads,
-                                                                         n_kv_heads, head_dim)
+                                                                         n_kv_heads, head_dim, score)
                                         : pb_cuda_launch_attention_jobs(nullptr, out, q, desc, n_jobs, n_heads,
-                                                                        n_kv_heads, head_dim);
+                                                                        n_kv_heads, head_dim, score);
     free(desc);
     return error;
 }
 
-int pb_emu_swiglu(float *out, const float *gate, const float *up, size_t rows, size_t width, size_t stride) {
-    return pb_cuda_launch_swiglu(nullptr, out, gate, up, rows, width, stride);
+long long pb_emu_attention_tiled_key_tiles(const pb_attention_job *jobs, int n_jobs, int n_heads, int n_kv_heads,
+                                           int window) {
+    pb_cuda_attention_job *desc = (pb_cuda_attention_job *)calloc((size_t)(n_jobs ? n_jobs : 1), sizeof *desc);
+    if (!desc)
+        return -1;
+    const int tile_q = pb_cuda_attention_tile_queries(n_heads, n_kv_heads);
+    pb_cuda_describe_jobs(desc, jobs, n_jobs, tile_q, NULL, NULL, NULL);
+    const long long tiles = (long long)pb_cuda_attention_tiled_key_tiles(desc, n_jobs, tile_q, window);
+    free(desc);
+    return tiles;
 }
+
+int pb_emu_glu(float *out, const float *gate, const float *up, size_t rows, size_t width, size_t stride,
+               pb_activation act) {
+    return pb_cuda_launch_glu(nullptr, out, gate, up, rows, width, stride, act == PB_ACTIVATION_GELU_TANH);
+}
+
+int pb_emu_softcap(float *x, size_t n, float cap) { return pb_cuda_launch_softcap(nullptr, x, n, cap); }
 
 int pb_emu_copy_regions(const pb_copy_region *regions, int n_regions) {
     /* as backend_cuda.cu's pb_cuda_op_copy_regions calls it */

@@ -18,15 +18,17 @@ extern "C" {
  * barriers: a race-free kernel gives the same bits either way. */
 void pb_emu_set_reverse_order(int reverse);
 
-int pb_emu_embed(float *out, const float *table, const int32_t *ids, int T, int d);
-int pb_emu_embed16(float *out, const uint16_t *table, int is_bf16, const int32_t *ids, int T, int d);
+int pb_emu_embed(float *out, const float *table, const int32_t *ids, int T, int d, float scale);
+int pb_emu_embed16(float *out, const uint16_t *table, int is_bf16, const int32_t *ids, int T, int d, float scale);
 int pb_emu_round16(uint16_t *out, const float *x, size_t n, int is_bf16);
 int pb_emu_rmsnorm(float *out, const float *x, const float *weight, int rows, int d, float eps);
 int pb_emu_add_bias(float *out, const float *bias, int rows, int n);
 int pb_emu_rope(float *x, const int32_t *positions, const float *inv_freq, int T, int n_heads, int head_dim);
 size_t pb_emu_attention_shared_bytes(int head_dim);
+/* params as backend.h's (NULL: the defaults), converted as backend_cuda.cu
+ * does. */
 int pb_emu_attention(float *out, const float *q, const float *k, const float *v, int T, int q_start, int n_heads,
-                     int n_kv_heads, int head_dim);
+                     int n_kv_heads, int head_dim, const pb_attention_params *params);
 /* Builds the kernel's descriptors from `jobs` as backend_cuda.cu does
  * (`first` = the sum of n over the jobs before, `first_tile` likewise in
  * tiles) and launches the one-block-per-query kernel, or, after
@@ -35,8 +37,13 @@ int pb_emu_attention(float *out, const float *q, const float *k, const float *v,
 void pb_emu_set_attention_tiled(int tiled);
 int pb_emu_attention_tiled_ok(int head_dim);
 int pb_emu_attention_jobs(float *out, const float *q, const pb_attention_job *jobs, int n_jobs, int n_heads,
-                          int n_kv_heads, int head_dim);
-int pb_emu_swiglu(float *out, const float *gate, const float *up, size_t rows, size_t width, size_t stride);
+                          int n_kv_heads, int head_dim, const pb_attention_params *params);
+/* The key tiles the tiled kernel visits for these jobs (its own tile range). */
+long long pb_emu_attention_tiled_key_tiles(const pb_attention_job *jobs, int n_jobs, int n_heads, int n_kv_heads,
+                                           int window);
+int pb_emu_glu(float *out, const float *gate, const float *up, size_t rows, size_t width, size_t stride,
+               pb_activation act);
+int pb_emu_softcap(float *x, size_t n, float cap);
 int pb_emu_add(float *out, const float *a, const float *b, size_t n);
 /* cuda/copy_regions.cu as backend_cuda.cu drives it. */
 int pb_emu_copy_regions(const pb_copy_region *regions, int n_regions);
