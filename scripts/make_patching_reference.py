@@ -433,7 +433,7 @@ ARCH_FAMILIES = {
     "gemma": ("logit_diff", 10, 811),
     "gemma2": ("logprob", 12, 812),
     "gemma3": ("logit_diff", 12, 813),
-    "qwen3": ("refusal_score", 10, 814),
+    "qwen3": ("refusal_score", 10, 818),
 }
 
 
@@ -670,8 +670,13 @@ def validate(oracle: po.Oracle, spec: dict[str, Any], spec_dir: Path, result: po
     n_fwd0 = oracle.forwards
 
     # margins: every pair's effect is defined, comfortably
+    # The tiny architecture cases are held to 1e-5 on the normalised effect,
+    # (patched - base) / (source - base): a float32 error of 1e-6 in a metric
+    # near 5 is 4e-6 of the effect at |source - base| = 0.25 but 1e-5 near 0.1, so
+    # their pairs must be better separated (qwen3's seed was chosen for it).
+    min_gap = 0.25 if model.config.model_type not in MANUAL_FORWARD_TYPES else MIN_GAP
     for i, p in enumerate(result.pairs):
-        assert abs(p["source"] - p["base"]) >= MIN_GAP, f"pair {i}: |source-base| too small: {p}"
+        assert abs(p["source"] - p["base"]) >= min_gap, f"pair {i}: |source-base| too small: {p}"
     report["min_abs_source_minus_base"] = min(abs(p["source"] - p["base"]) for p in result.pairs)
 
     # independent capture path: refgen_common.capture_hooks on token-id runs

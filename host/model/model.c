@@ -323,6 +323,10 @@ static pb_status place_tensor(pb_model *m, const pb_weight_source *src, wanted_t
         if (bytes == buf->converted)
             pb_dtype_to_f32(m->wdtype, staging, buf->converted, (size_t)count);
         m->embed_sigma = pb_noise_sigma(staging, (size_t)count);
+        /* noise is added to the embeddings as the residual receives them:
+         * scaled ones in Gemma */
+        if (m->cfg.embed_scale > 0.0f)
+            m->embed_sigma *= m->cfg.embed_scale;
     }
     PB_TRY(m->backend->ops->upload(m->backend, cursor, bytes, n_bytes));
     if (w->matrix_dst)

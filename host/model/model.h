@@ -50,7 +50,7 @@ struct pb_model {
     void *arena;     /* every weight below, one backend allocation */
     size_t arena_bytes;
     void *token_embd;     /* (vocab_size, d_model) of wdtype */
-    double embed_sigma;   /* standard deviation of token_embd's stored values (pb_noise_sigma), set at load
+    double embed_sigma;   /* standard deviation of token_embd's values (pb_noise_sigma) times embed_scale, set at load
                                  so that noise never downloads the table */
     float *final_norm;    /* (d_model) */
     void *output;         /* (vocab_size, d_model) of wdtype; == token_embd when tied */
