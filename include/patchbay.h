@@ -426,6 +426,8 @@ typedef struct pb_prompt_info {
     const char *system;  /* chat: the system prompt given; NULL: the template's default */
     int is_noise;        /* the clean prompt's ids with noise on their embeddings */
     int starts_with_bos; /* the first id is the model's BOS token */
+    int bos_added;       /* plain text: patchbay put the BOS first (the spec's "bos", else the tokenizer's
+                            add_bos_token, as transformers' tokenizer does; Gemma) */
 } pb_prompt_info;
 pb_status pb_sweep_get_prompt_info(const pb_sweep *sweep, int pair, int source, pb_prompt_info *info);
 

@@ -168,10 +168,66 @@ static void test_greedy_continuation(void **state) {
     free(ids);
 }
 
+/* A sweep over plain-text prompts: the base model's tokenizer puts BOS
+ * first (add_bos_token), every row's metric is finite, resid_pre at layer 0
+ * over every position restores the clean run exactly (effect 1), and the
+ * results and the report are written. */
+static void test_sweep_and_report(void **state) {
+    if (!model)
+        skip();
+    const char *spec =
+        "{\"mode\": \"denoising\", \"chat\": false,"
+        " \"pairs\": [{\"clean\": {\"text\": \"The Eiffel Tower is in the city of\"},"
+        "              \"corrupted\": {\"text\": \"The Colosseum is in the city of\"}}],"
+        " \"sites\": [{\"component\": \"resid_pre\", \"layers\": \"all\", \"positions\": \"each\"},"
+        "           {\"component\": \"resid_pre\", \"layers\": [0], \"positions\": \"all\"},"
+        "           {\"component\": \"attn_out\", \"layers\": \"all\", \"positions\": \"last\"}],"
+        " \"metric\": {\"kind\": \"logit_diff\", \"positive\": [\" Paris\"], \"negative\": [\" Rome\"]}}";
+    pb_sweep *s = NULL;
+    if (pb_sweep_create(&s, model, spec, NULL, NULL) != PB_OK)
+        fail_msg("%s", pb_last_error());
+    pb_prompt_info info;
+    assert_int_equal(pb_sweep_get_prompt_info(s, 0, 0, &info), PB_OK);
+    assert_true(info.starts_with_bos && !info.chat);
+    assert_int_equal(pb_sweep_run(s), PB_OK);
+    pb_sweep_summary sum;
+    assert_int_equal(pb_sweep_get_summary(s, &sum), PB_OK);
+    double base, source, worst_all = 0.0;
+    assert_int_equal(pb_sweep_get_pair(s, 0, &base, &source), PB_OK);
+    for (int64_t site = 0; site < sum.n_rows; site++) {
+        pb_site_result r;
+        double patched, effect;
+        assert_int_equal(pb_sweep_get_site(s, site, &r), PB_OK);
+        assert_int_equal(pb_sweep_get_row(s, 0, site, &patched, &effect), PB_OK);
+        assert_true(isfinite(patched));
+        if (r.component == PB_COMPONENT_RESID_PRE && r.layer == 0 && r.all_positions)
+            worst_all = fmax(worst_all, fabs(effect - 1.0));
+    }
+    printf("[ MEASURE  ] gemma3 sweep: %lld rows, logit_diff clean %.4f corrupted %.4f, "
+           "resid_pre 0 all positions |effect - 1| %.3g\n",
+           (long long)sum.n_rows, source, base, worst_all);
+    assert_true(worst_all <= PB_TOL_INVARIANT_CPU);
+    char dir[512], path[1024];
+    assert_int_equal(tu_make_temp_dir(dir, sizeof dir, "gemma3-sweep"), 0);
+    tu_path(path, sizeof path, dir, "out");
+    assert_int_equal(pb_sweep_write(s, path, 0), PB_OK);
+    tu_path(path, sizeof path, dir, "report.html");
+    assert_int_equal(pb_report_html_write(s, path, NULL), PB_OK);
+    size_t size = 0;
+    char *html = tu_read_file(path, &size);
+    assert_non_null(html);
+    assert_non_null(strstr(html, "<svg"));
+    assert_non_null(strstr(html, "Eiffel"));
+    free(html);
+    tu_remove_tree(dir);
+    pb_sweep_free(s);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_logits_every_position),
         cmocka_unit_test(test_greedy_continuation),
+        cmocka_unit_test(test_sweep_and_report),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -720,15 +720,20 @@ static void test_refusal(void **state) {
     pb_sweep_spec_free(&s);
 }
 
-/* A stand-in tokenizer: one token per byte (id = byte % 50), and a chat
- * template that adds two tokens (7, 8) around the text. */
-static int fake_calls_chat;
-static pb_status fake_tokenize(void *user, const char *text, int chat, const char *system, int32_t **ids, int *n) {
+/* A stand-in tokenizer: one token per byte (id = byte % 50), a chat
+ * template that adds two tokens (7, 8) around the text, and a BOS (1) before
+ * plain text when bos is 1; the last bos asked for is kept. */
+static int fake_calls_chat, fake_last_bos;
+static pb_status fake_tokenize(void *user, const char *text, int chat, int bos, const char *system, int32_t **ids,
+                               int *n) {
     (void)user;
     size_t len = strlen(text);
     int extra = chat ? 2 + (system ? 1 : 0) : 0;
     *ids = malloc(sizeof(int32_t) * (len + (size_t)extra + 1));
     int k = 0;
+    fake_last_bos = bos;
+    if (!chat && bos == 1)
+        (*ids)[k++] = 1;
     if (chat) {
         fake_calls_chat++;
         (*ids)[k++] = 7;
@@ -744,6 +749,47 @@ static pb_status fake_tokenize(void *user, const char *text, int chat, const cha
 }
 
 static const pb_spec_text fake_text = {.tokenize = fake_tokenize};
+
+/* "bos" on plain text: the spec's default, a prompt's own, -1 (the
+ * tokenizer's choice) when neither says; refused with a chat prompt. */
+static void test_text_bos(void **state) {
+    (void)state;
+    pb_model_config cfg = test_config();
+    pb_sweep_spec spec;
+    const char *tail = " \"sites\": [{\"component\": \"resid_pre\", \"layers\": [0]}],"
+                       " \"metric\": {\"kind\": \"logprob\", \"tokens\": [\"x\"]}}";
+    char json[1024];
+    snprintf(json, sizeof json,
+             "{\"mode\": \"denoising\", \"chat\": false, \"bos\": true, \"pairs\": [{\"clean\": {\"text\": \"abc\"},"
+             " \"corrupted\": {\"text\": \"abd\"}}],%s",
+             tail);
+    if (pb_sweep_spec_parse_text(&spec, json, NULL, &cfg, &fake_text) != PB_OK)
+        fail_msg("%s", pb_last_error());
+    assert_true(spec.pairs[0].base.T == 4 && spec.pairs[0].base.ids[0] == 1 && spec.pairs[0].base.bos == 1);
+    assert_int_equal(fake_last_bos, 0); /* the token set's string is tokenized without one */
+    pb_sweep_spec_free(&spec);
+    snprintf(json, sizeof json,
+             "{\"mode\": \"denoising\", \"chat\": false, \"pairs\": [{\"clean\": {\"text\": \"abc\", \"bos\": false},"
+             " \"corrupted\": {\"text\": \"abd\"}}],%s",
+             tail);
+    assert_int_equal(pb_sweep_spec_parse_text(&spec, json, NULL, &cfg, &fake_text), PB_OK);
+    assert_int_equal(spec.pairs[0].source.bos, 0);
+    assert_int_equal(spec.pairs[0].base.bos, -1);
+    pb_sweep_spec_free(&spec);
+    snprintf(json, sizeof json,
+             "{\"mode\": \"denoising\", \"pairs\": [{\"clean\": {\"text\": \"abc\", \"bos\": true},"
+             " \"corrupted\": {\"text\": \"abd\"}}],%s",
+             tail);
+    assert_int_equal(pb_sweep_spec_parse_text(&spec, json, NULL, &cfg, &fake_text), PB_ERR_ARG);
+    assert_non_null(strstr(pb_last_error(), "pairs[0].clean.bos"));
+    assert_non_null(strstr(pb_last_error(), "the template decides"));
+    snprintf(json, sizeof json,
+             "{\"mode\": \"denoising\", \"bos\": \"yes\", \"pairs\": [{\"clean\": {\"text\": \"abc\"},"
+             " \"corrupted\": {\"text\": \"abd\"}}],%s",
+             tail);
+    assert_int_equal(pb_sweep_spec_parse_text(&spec, json, NULL, &cfg, &fake_text), PB_ERR_ARG);
+    assert_non_null(strstr(pb_last_error(), "bos"));
+}
 
 static void test_text_prompts_and_token_strings(void **state) {
     (void)state;
@@ -821,6 +867,7 @@ int main(void) {
         cmocka_unit_test(test_interchange_full),   cmocka_unit_test(test_projection_paths),
         cmocka_unit_test(test_kl_and_bare_tokens), cmocka_unit_test(test_context_length),
         cmocka_unit_test(test_null_arguments),     cmocka_unit_test(test_text_prompts_and_token_strings),
+        cmocka_unit_test(test_text_bos),
     };
     size_t n_fixed = sizeof fixed / sizeof fixed[0];
     size_t n_refusals = sizeof refusals / sizeof refusals[0];

@@ -895,7 +895,8 @@ static const command commands[] = {
      "Spec format: docs/patching.md. Writes DIR/results.json (renamed into place last of the set), one\n"
      "COMPONENT.npy heatmap per component, DIR/report.txt, then DIR/report.html. Text prompts get the\n"
      "model's chat template unless --no-chat (or \"chat\": false in the spec or the prompt); how the\n"
-     "prompts were tokenized is printed first. No BOS token is added. SIGTERM, SIGUSR1 or SIGINT: finish\n"
+     "prompts were tokenized is printed first. Plain text gets the BOS where the model's tokenizer adds\n"
+     "one (add_bos_token: Gemma) unless the spec says \"bos\": false. SIGTERM, SIGUSR1 or SIGINT: finish\n"
      "the current batch, write the checkpoint (default DIR.checkpoint; more signals meanwhile are ignored)\n"
      "and exit 3; --resume continues from it (and clears temporary files a killed run left). Under mpirun\n"
      "or srun the rows are split over the ranks by estimated cost and rank 0 writes the results.\n",

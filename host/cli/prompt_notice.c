@@ -12,7 +12,7 @@ typedef enum prompt_kind { KIND_CHAT = 0, KIND_PLAIN, KIND_IDS, KIND_NOISE } pro
 typedef struct notice_kind {
     prompt_kind kind;
     const char *system; /* KIND_CHAT: NULL = the template's default */
-    int count, with_bos;
+    int count, with_bos, bos_added;
 } notice_kind;
 
 static prompt_kind kind_of(const pb_prompt_info *info) {
@@ -32,12 +32,13 @@ static int count_prompt(notice_kind *kinds, int *n_kinds, const pb_prompt_info *
         if (kinds[i].kind == k && (k != KIND_CHAT || same_system(kinds[i].system, info->system))) {
             kinds[i].count++;
             kinds[i].with_bos += info->starts_with_bos;
+            kinds[i].bos_added += info->bos_added;
             return 1;
         }
     }
     if (*n_kinds == NOTICE_MAX_KINDS)
         return 0;
-    kinds[(*n_kinds)++] = (notice_kind){k, info->system, 1, info->starts_with_bos};
+    kinds[(*n_kinds)++] = (notice_kind){k, info->system, 1, info->starts_with_bos, info->bos_added};
     return 1;
 }
 
@@ -56,7 +57,15 @@ static void print_kind(FILE *f, const notice_kind *k, int total, const char *bos
     case KIND_IDS: fputs("token ids, used as given", f); break;
     case KIND_NOISE: fputs("noise on the clean prompt's embeddings", f); break;
     }
-    fprintf(f, ", BOS added: no");
+    if (k->bos_added == k->count) {
+        fprintf(f, ", BOS added: yes, %s (the tokenizer's add_bos_token; \"bos\": false in the spec turns it off)\n",
+                bos_text);
+        return;
+    }
+    if (k->bos_added > 0)
+        fprintf(f, ", BOS added: to %d", k->bos_added);
+    else
+        fprintf(f, ", BOS added: no");
     if (k->with_bos == k->count)
         fprintf(f, " (each starts with the model's BOS %s)", bos_text);
     else if (k->with_bos > 0)

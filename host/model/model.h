@@ -65,6 +65,8 @@ struct pb_model {
     pb_tokenizer *tokenizer;
     pb_chat_template chat;
     int has_chat;
+    int add_bos; /* the tokenizer puts BOS before plain text (GGUF tokenizer.ggml.add_bos_token,
+                    tokenizer_config.json add_bos_token): Gemma */
     char text_error[512];
     char chat_error[512];
 };

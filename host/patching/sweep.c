@@ -1149,11 +1149,33 @@ static pb_status unembed_rows_setup(pb_sweep *s) {
     return PB_OK;
 }
 
-/* Text in specs: prompts through the chat template (or plain), token
- * strings plain; special-token spellings are honoured in chat text only. */
-static pb_status spec_tokenize(void *user, const char *text, int chat, const char *system, int32_t **ids, int *n) {
+/* Text in specs: prompts through the chat template (or plain, with BOS
+ * as asked or as the tokenizer adds it), token strings plain;
+ * special-token spellings are honoured in chat text only. */
+static pb_status spec_tokenize(void *user, const char *text, int chat, int bos, const char *system, int32_t **ids,
+                               int *n) {
     const pb_model *model = user;
-    return chat ? pb_model_chat_tokenize(model, system, text, ids, n) : pb_model_tokenize(model, text, 0, ids, n);
+    if (chat)
+        return pb_model_chat_tokenize(model, system, text, ids, n);
+    PB_TRY(pb_model_tokenize(model, text, 0, ids, n));
+    if (!(bos > 0 || (bos < 0 && model->add_bos)))
+        return PB_OK;
+    if (model->cfg.bos_id < 0) {
+        free(*ids);
+        *ids = NULL;
+        return pb_fail(PB_ERR_ARG, "\"bos\": the model names no BOS token");
+    }
+    int32_t *grown = realloc(*ids, sizeof(int32_t) * (size_t)(*n + 1));
+    if (!grown) {
+        free(*ids);
+        *ids = NULL;
+        return pb_fail(PB_ERR_OOM, "out of memory for a prompt's BOS");
+    }
+    memmove(grown + 1, grown, sizeof(int32_t) * (size_t)*n);
+    grown[0] = model->cfg.bos_id;
+    *ids = grown;
+    (*n)++;
+    return PB_OK;
 }
 
 static pb_status spec_token_text(void *user, int id, char *buf, size_t size) {

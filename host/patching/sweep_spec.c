@@ -271,16 +271,18 @@ static const char *run_key(pb_patch_mode mode, int is_base) {
 
 /* ---- prompts and pairs ----------------------------------------------- */
 
-/* {"text": "...", "chat": true, "system": "..."}: the text through the
- * model's tokenizer, chat-templated unless "chat" is false. */
+/* {"text": "...", "chat": true, "system": "...", "bos": true}: the text
+ * through the model's tokenizer, chat-templated unless "chat" is false;
+ * plain text gets the model's BOS as "bos" (or the spec's default) says. */
 static pb_status parse_text_prompt(const spec_parser *sp, const json_t *value, const char *path, pb_prompt_spec *out) {
     char sub[PB_SPEC_PATH_CAP];
     path_key(sub, path, "text");
     if (!sp->tokenize)
         return text_unsupported(sub);
-    static const char *const keys[] = {"text", "chat", "system", NULL};
+    static const char *const keys[] = {"text", "chat", "system", "bos", NULL};
     PB_TRY(check_keys(value, path, keys));
     const json_t *text = json_object_get(value, "text"), *chat = json_object_get(value, "chat");
+    const json_t *bos = json_object_get(value, "bos");
     const json_t *system = json_object_get(value, "system");
     if (!json_is_string(text))
         return type_error(sub, "a string", text);
@@ -292,14 +294,26 @@ static pb_status parse_text_prompt(const spec_parser *sp, const json_t *value, c
         path_key(sub, path, "system");
         return type_error(sub, "a string", system);
     }
+    if (bos && !json_is_boolean(bos)) {
+        path_key(sub, path, "bos");
+        return type_error(sub, "true or false", bos);
+    }
     int use_chat = chat ? json_is_true(chat) : sp->spec->chat_default;
     if (system && !use_chat) {
         path_key(sub, path, "system");
         return pb_fail(PB_ERR_ARG, "spec: %s: a system prompt needs \"chat\": true", sub);
     }
+    if (bos && use_chat) {
+        path_key(sub, path, "bos");
+        return pb_fail(PB_ERR_ARG,
+                       "spec: %s: \"bos\" goes with plain text; with the chat template the template "
+                       "decides the BOS",
+                       sub);
+    }
+    int use_bos = bos ? json_is_true(bos) : sp->spec->bos_default;
     int32_t *ids = NULL;
     int n = 0;
-    pb_status status = sp->tokenize(sp->tokenize_user, json_string_value(text), use_chat,
+    pb_status status = sp->tokenize(sp->tokenize_user, json_string_value(text), use_chat, use_bos,
                                     system ? json_string_value(system) : NULL, &ids, &n);
     if (status != PB_OK)
         return pb_fail_context(status, "spec: %s", sub);
@@ -311,6 +325,7 @@ static pb_status parse_text_prompt(const spec_parser *sp, const json_t *value, c
     out->ids = ids;
     out->T = n;
     out->chat = use_chat;
+    out->bos = use_bos;
     out->text = strdup(json_string_value(text));
     out->system = system ? strdup(json_string_value(system)) : NULL;
     if (!out->text || (system && !out->system))
@@ -926,7 +941,7 @@ static pb_status parse_token_strings(const spec_parser *sp, const json_t *string
         }
         int32_t *piece = NULL;
         int n_piece = 0;
-        status = sp->tokenize(sp->tokenize_user, json_string_value(s), 0, NULL, &piece, &n_piece);
+        status = sp->tokenize(sp->tokenize_user, json_string_value(s), 0, 0, NULL, &piece, &n_piece);
         if (status != PB_OK) {
             pb_fail_context(status, "spec: %s", item);
             break;
@@ -1287,7 +1302,7 @@ static pb_status parse_root(spec_parser *sp, const json_t *root) {
     if (!json_is_object(root))
         return pb_fail(PB_ERR_ARG, "spec: expected a JSON object at the top level, got %s", pb_json_type_name(root));
     static const char *const keys[] = {"mode",         "pairs",       "sites", "metric", "significance_threshold",
-                                       "effect_floor", "description", "chat",  NULL};
+                                       "effect_floor", "description", "chat",  "bos",    NULL};
     PB_TRY(check_keys(root, "", keys));
     json_t *mode, *pairs, *sites, *metric, *item;
     PB_TRY(get_required(root, "", "mode", &mode));
@@ -1321,6 +1336,13 @@ static pb_status parse_root(spec_parser *sp, const json_t *root) {
         return type_error("chat", "true or false (the default for text prompts without \"chat\")", item);
     if (item)
         spec->chat_default = json_is_true(item);
+    /* Plain text's BOS: the tokenizer's choice unless the spec says. */
+    spec->bos_default = -1;
+    item = json_object_get(root, "bos");
+    if (item && !json_is_boolean(item))
+        return type_error("bos", "true or false (the default for plain text prompts without \"bos\")", item);
+    if (item)
+        spec->bos_default = json_is_true(item);
 
     spec->significance_threshold = 0.1;
     item = json_object_get(root, "significance_threshold");

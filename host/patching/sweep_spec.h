@@ -16,6 +16,7 @@ typedef struct pb_prompt_spec {
     char *text;   /* the prompt's text when given as text, else NULL */
     int chat;     /* 1: text rendered with the chat template */
     char *system; /* chat: the system prompt given, NULL = the template's default */
+    int bos;      /* plain text: 1 BOS asked for, 0 refused, -1 as the model's tokenizer does */
     /* Gaussian-noise corruption of the *clean* prompt (only for a pair's
      * corrupted side): ids are then the clean prompt's ids. */
     int is_noise;
@@ -24,6 +25,10 @@ typedef struct pb_prompt_spec {
     int n_noise_positions;
     uint64_t noise_seed;
 } pb_prompt_spec;
+
+/* 1 when patchbay put the model's BOS before a plain text prompt (its
+ * "bos", else the tokenizer's add_bos_token); patching/sweep_tokens.c. */
+int pb_prompt_bos_added(const pb_prompt_spec *prompt, const pb_model *model);
 
 typedef struct pb_pair_spec {
     /* Resolved by mode: denoising base = corrupted, source = clean;
@@ -89,6 +94,7 @@ typedef struct pb_sweep_spec {
     double significance_threshold; /* default 0.1 */
     double effect_floor;           /* default 1e-4 */
     int chat_default;              /* text prompts without "chat": 1 chat template (default), 0 plain */
+    int bos_default;               /* plain text prompts without "bos": 1 BOS, 0 none, -1 as the tokenizer (default) */
 } pb_sweep_spec;
 
 /* Parses json_text into spec. spec_dir resolves relative paths (NULL: the
@@ -100,10 +106,11 @@ pb_status pb_sweep_spec_parse(pb_sweep_spec *spec, const char *json_text, const 
 
 /* Turns text into ids for prompts ({"text": ..., "chat": true, "system":
  * ...}) and token sets (["I", "Sorry"]): chat = 1 applies the chat
- * template (system NULL: its default); chat = 0 tokenizes plain text.
- * *ids malloc'd. */
-typedef pb_status (*pb_spec_tokenize_fn)(void *user, const char *text, int chat, const char *system, int32_t **ids,
-                                         int *n_ids);
+ * template (system NULL: its default); chat = 0 tokenizes plain text, with
+ * the model's BOS first when bos = 1, or bos = -1 and the model's tokenizer
+ * adds one (Gemma); bos = 0 never. *ids malloc'd. */
+typedef pb_status (*pb_spec_tokenize_fn)(void *user, const char *text, int chat, int bos, const char *system,
+                                         int32_t **ids, int *n_ids);
 /* The text of one token id into buf (for messages naming the tokens a
  * string produced). */
 typedef pb_status (*pb_spec_token_text_fn)(void *user, int id, char *buf, size_t size);

@@ -21,6 +21,10 @@ pb_status pb_sweep_get_pair_tokens(const pb_sweep *sweep, int pair, int source, 
     return PB_OK;
 }
 
+int pb_prompt_bos_added(const pb_prompt_spec *prompt, const pb_model *model) {
+    return prompt->text && !prompt->chat && (prompt->bos > 0 || (prompt->bos < 0 && model->add_bos));
+}
+
 pb_status pb_sweep_get_prompt_info(const pb_sweep *sweep, int pair, int source, pb_prompt_info *info) {
     const pb_prompt_spec *prompt = NULL;
     PB_TRY(pair_prompt(sweep, pair, source, &prompt));
@@ -31,5 +35,6 @@ pb_status pb_sweep_get_prompt_info(const pb_sweep *sweep, int pair, int source, 
     info->is_noise = prompt->is_noise;
     int bos = sweep->model->cfg.bos_id;
     info->starts_with_bos = bos >= 0 && prompt->T > 0 && prompt->ids[0] == bos;
+    info->bos_added = pb_prompt_bos_added(prompt, sweep->model);
     return PB_OK;
 }

@@ -427,6 +427,7 @@ static json_t *prompt_json(json_builder *b, const pb_sweep_view *v, const pb_pro
     put(b, o, "tokens", tokens);
     put(b, o, "starts_with_bos",
         json_boolean(v->cfg->bos_id >= 0 && prompt->T > 0 && prompt->ids[0] == v->cfg->bos_id));
+    put(b, o, "bos_added", json_boolean(pb_prompt_bos_added(prompt, v->model)));
     return o;
 }
 
@@ -588,7 +589,11 @@ static json_t *results_json(const pb_sweep_view *v, const component_grids *grids
     put(b, root, "positions_aligned_from_end", json_boolean(v->positions_from_end));
     json_t *prompts = jobj(b);
     put(b, prompts, "chat_default", json_boolean(v->spec->chat_default));
-    put(b, prompts, "bos_added", json_boolean(0)); /* patchbay never adds one; a chat template may hold it */
+    int bos_added = 0; /* to plain text only; a chat template renders its own */
+    for (int p = 0; p < v->spec->n_pairs; p++)
+        bos_added |= pb_prompt_bos_added(&v->spec->pairs[p].base, v->model) |
+                     pb_prompt_bos_added(&v->spec->pairs[p].source, v->model);
+    put(b, prompts, "bos_added", json_boolean(bos_added));
     put(b, prompts, "bos_token",
         v->cfg->bos_id >= 0 ? jtokens(b, v->model, (const int32_t[]){v->cfg->bos_id}, 1) : json_null());
     put(b, root, "prompts", prompts);

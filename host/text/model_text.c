@@ -47,6 +47,9 @@ static void init_template(pb_model *m, const char *template_text) {
 static void text_from_gguf(pb_model *m, const pb_gguf *g) {
     if (pb_tokenizer_from_gguf(&m->tokenizer, g) != PB_OK)
         remember_failure(m, "the model's tokenizer");
+    if (pb_gguf_has_key(g, "tokenizer.ggml.add_bos_token") &&
+        pb_gguf_get_bool(g, "tokenizer.ggml.add_bos_token", &m->add_bos) != PB_OK)
+        m->add_bos = 0;
     if (pb_gguf_has_key(g, "tokenizer.chat_template")) {
         const char *text;
         size_t len;
@@ -71,6 +74,7 @@ static void text_from_folder(pb_model *m, const char *dir) {
         remember_failure(m, "the model's tokenizer");
     snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
     json_t *config = json_load_file(path, 0, NULL);
+    m->add_bos = json_is_true(json_object_get(config, "add_bos_token"));
     const char *template_text = json_string_value(json_object_get(config, "chat_template"));
     if (template_text)
         init_template(m, template_text);

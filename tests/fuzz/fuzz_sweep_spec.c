@@ -45,7 +45,8 @@ static void setup(void) {
 
 /* One id per byte of text (and of the system prompt), inside the vocabulary;
  * chat wraps them in ids 1 and 2 as a template would. */
-static pb_status tokenize(void *user, const char *text, int chat, const char *system, int32_t **ids, int *n_ids) {
+static pb_status tokenize(void *user, const char *text, int chat, int bos, const char *system, int32_t **ids,
+                          int *n_ids) {
     int vocab = pb_model_get_config(model)->vocab_size;
     size_t n_text = strlen(text), n_system = chat && system ? strlen(system) : 0;
     size_t n = n_text + n_system + (chat ? 2 : 0);
