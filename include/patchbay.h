@@ -38,11 +38,24 @@ typedef enum pb_rope_scaling {
     PB_ROPE_SCALING_LLAMA3
 } pb_rope_scaling;
 
-/* The gated MLP's activation: act(gate) * up. */
+/* The MLP's activation: act(gate) * up, or act(up) without a gate. */
 typedef enum pb_activation {
-    PB_ACTIVATION_SILU = 0,  /* Llama, Mistral, Qwen2/3 */
-    PB_ACTIVATION_GELU_TANH, /* Gemma: GELU with the tanh approximation */
+    PB_ACTIVATION_SILU = 0,  /* Llama, Mistral, Qwen2/3, Phi-3, OLMo-2 */
+    PB_ACTIVATION_GELU_TANH, /* Gemma, GPT-2 ("gelu_new"): GELU with the tanh approximation */
+    PB_ACTIVATION_GELU,      /* GPT-NeoX: exact GELU, x/2 (1 + erf(x / sqrt 2)) */
 } pb_activation;
+
+/* How a residual stream is normalised before (or after) a sublayer. */
+typedef enum pb_norm_kind {
+    PB_NORM_RMS = 0, /* x / rms(x) * w */
+    PB_NORM_LAYER,   /* (x - mean) / std(x) * w + b: GPT-2, GPT-NeoX */
+} pb_norm_kind;
+
+/* Where positions enter. */
+typedef enum pb_position_kind {
+    PB_POSITION_ROPE = 0, /* rotary embeddings of q and k */
+    PB_POSITION_LEARNED,  /* a learned row per position added to the token embedding (GPT-2) */
+} pb_position_kind;
 
 typedef struct pb_model_config {
     char arch[32]; /* "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3" */
@@ -78,6 +91,18 @@ typedef struct pb_model_config {
     int sliding_period;     /* > 0: layer L is global (full causal) iff (L + 1) % sliding_period == 0, every
                              other layer slides; 0: every layer slides (when sliding_window > 0) */
     float rope_theta_local; /* > 0: RoPE base of the sliding layers, never scaled (Gemma-3: 10000) */
+    pb_norm_kind norm;         /* every norm of the model; rms_eps is its epsilon */
+    pb_position_kind position; /* RoPE, or learned absolute embeddings (GPT-2: no RoPE) */
+    int rotary_dims;           /* > 0: RoPE turns only the first rotary_dims of each head (GPT-NeoX
+                                  rotary_pct); 0: all head_dim */
+    int plain_mlp;             /* MLP without a gate: down(act(up x + b_up)) + b_down (GPT-2, GPT-NeoX) */
+    int has_dense_bias;        /* biases on the attention output and the MLP projections (GPT-2, GPT-NeoX) */
+    int parallel_block;        /* attention and MLP both read the block's input and add to it: no
+                                  hook_resid_mid (GPT-NeoX use_parallel_residual) */
+    int no_pre_norm;           /* sublayers read the raw residual; with sandwich_norm, norms after the
+                                  sublayers only (OLMo-2) */
+    int qk_norm_full;          /* with qk_norm: one norm over the whole q (n_heads * head_dim) and k
+                                  (n_kv_heads * head_dim) projection, not per head (OLMo-2) */
 } pb_model_config;
 
 /* 1 when layer L attends through the sliding window. */

@@ -74,6 +74,13 @@ typedef struct pb_backend_ops {
     /* out (rows, d) = x / sqrt(mean(x^2) + eps) * weight; weight (d) may be NULL (no scaling); out may be x. */
     pb_status (*rmsnorm)(pb_backend *backend, float *out, const float *x, const float *weight, int rows, int d,
                          float eps);
+    /* out (rows, d) = (x - mean(x)) / sqrt(var(x) + eps) * weight + bias, the
+     * variance without Bessel's correction; weight and bias (d) may each be
+     * NULL (not applied); out may be x. */
+    pb_status (*layernorm)(pb_backend *backend, float *out, const float *x, const float *weight, const float *bias,
+                           int rows, int d, float eps);
+    /* In place: x (n) = act(x), the MLP's activation without a gate. */
+    pb_status (*activate)(pb_backend *backend, float *x, size_t n, pb_activation act);
     /* out (rows, n) = x (rows, k) @ w (n, k)^T + bias (n); bias may be NULL.
      * w is stored as w_dtype. For a 16-bit w_dtype, x is first rounded to
      * w_dtype (round to nearest even) and the products are summed in fp32
@@ -81,11 +88,13 @@ typedef struct pb_backend_ops {
      * backend so they agree to summation order. */
     pb_status (*matmul)(pb_backend *backend, float *out, const float *x, const void *w, pb_dtype w_dtype,
                         const float *bias, int rows, int n, int k);
-    /* In place, rotate-half (Hugging Face) convention: x (T, n_heads, head_dim);
-     * pair (i, i + head_dim/2) of position positions[t] rotates by
-     * positions[t] * inv_freq[i]; inv_freq (head_dim/2); positions (T). */
+    /* In place, rotate-half (Hugging Face) convention over the first
+     * rotary_dims (even, <= head_dim) of each head: x (T, n_heads, head_dim);
+     * pair (i, i + rotary_dims/2) of position positions[t] rotates by
+     * positions[t] * inv_freq[i]; inv_freq (rotary_dims/2); positions (T);
+     * dims from rotary_dims on are left as they are (GPT-NeoX). */
     pb_status (*rope)(pb_backend *backend, float *x, const int32_t *positions, const float *inv_freq, int T,
-                      int n_heads, int head_dim);
+                      int n_heads, int head_dim, int rotary_dims);
     /* Causal grouped-query attention, scores shaped by params (host memory;
      * NULL: scale 1/sqrt(head_dim), no softcap, no window).
      * out (T, n_heads, head_dim); q (T, n_heads, head_dim);

@@ -28,8 +28,13 @@ typedef struct pb_layer_weights {
     void *w_down;     /* (d_model, d_mlp) */
     /* Beyond Llama (NULL where the architecture lacks them); norm weights
      * are stored as multiplied, Gemma's 1 + w already added. */
-    float *q_norm;         /* (head_dim) qk_norm: every query head */
-    float *k_norm;         /* (head_dim) qk_norm: every key head */
+    float *q_norm;         /* (head_dim) qk_norm: every query head; (n_heads * head_dim) with qk_norm_full */
+    float *k_norm;         /* (head_dim) qk_norm: every key head; (n_kv_heads * head_dim) with qk_norm_full */
+    float *attn_norm_b;    /* (d_model) PB_NORM_LAYER: the bias of attn_norm */
+    float *mlp_norm_b;     /* (d_model) PB_NORM_LAYER: the bias of mlp_norm */
+    float *bo;             /* (d_model) has_dense_bias: attention output projection */
+    float *b_up;           /* (d_mlp) has_dense_bias */
+    float *b_down;         /* (d_model) has_dense_bias */
     float *attn_post_norm; /* (d_model) sandwich_norm: the attention output before the residual add */
     float *mlp_post_norm;  /* (d_model) sandwich_norm: the MLP output before the residual add */
     /* Fused projections: the load places wq, wk, wv (and bq, bk, bv; w_gate,
@@ -53,6 +58,8 @@ struct pb_model {
     double embed_sigma;   /* standard deviation of token_embd's values (pb_noise_sigma) times embed_scale, set at load
                                  so that noise never downloads the table */
     float *final_norm;    /* (d_model) */
+    float *final_norm_b;  /* (d_model) PB_NORM_LAYER, else NULL */
+    float *pos_embd;      /* (context_length, d_model) PB_POSITION_LEARNED, else NULL */
     void *output;         /* (vocab_size, d_model) of wdtype; == token_embd when tied */
     float *inv_freq;      /* (head_dim / 2) in backend memory */
     float *inv_freq_host; /* (head_dim / 2) */
@@ -76,6 +83,10 @@ struct pb_model {
 pb_status pb_model_config_validate(const pb_model_config *cfg);
 /* RoPE inverse frequencies with the config's scaling: out (head_dim / 2). */
 void pb_rope_inv_freq(const pb_model_config *cfg, float *out);
+/* out (rows, d) = the model's norm (RMSNorm or LayerNorm, cfg.norm) of x
+ * with weight and bias (either may be NULL: not applied). out may be x. */
+pb_status pb_model_norm(const pb_model *model, float *out, const float *x, const float *weight, const float *bias,
+                        int rows, int d);
 /* Layer L's attention: scale, softcap, and window when it slides. */
 pb_attention_params pb_model_attention_params(const pb_model_config *cfg, int layer);
 /* Layer L's RoPE frequencies in backend memory (local on sliding layers
