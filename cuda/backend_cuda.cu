@@ -316,9 +316,28 @@ static pb_status pb_cuda_matmul(pb_backend *backend, float *out, const float *x,
     return PB_OK;
 }
 
+/* Until the kernels of the issue-16 families land: a clear refusal
+ * instead of a silently different forward. */
+static pb_status pb_cuda_not_yet(const char *what) {
+    return pb_fail(PB_ERR_UNSUPPORTED, "cuda backend: %s is not implemented on the GPU yet", what);
+}
+
+static pb_status pb_cuda_layernorm(pb_backend *backend, float *out, const float *x, const float *weight,
+                                   const float *bias, int rows, int d, float eps) {
+    (void)backend, (void)out, (void)x, (void)weight, (void)bias, (void)rows, (void)d, (void)eps;
+    return pb_cuda_not_yet("LayerNorm");
+}
+
+static pb_status pb_cuda_activate(pb_backend *backend, float *x, size_t n, pb_activation act) {
+    (void)backend, (void)x, (void)n, (void)act;
+    return pb_cuda_not_yet("an MLP without a gate");
+}
+
 static pb_status pb_cuda_rope(pb_backend *backend, float *x, const int32_t *positions, const float *inv_freq, int T,
-                              int n_heads, int head_dim) {
+                              int n_heads, int head_dim, int rotary_dims) {
     pb_cuda_backend *self = pb_cuda_self(backend);
+    if (rotary_dims != head_dim)
+        return pb_cuda_not_yet("partial rotary embeddings");
     size_t n = 0;
     PB_TRY(pb_cuda_count(&n, "rope", T, n_heads, head_dim));
     PB_CUDA_REQUIRE(head_dim % 2 == 0, "rope");
@@ -544,6 +563,8 @@ static const pb_backend_ops pb_cuda_ops = {
     pb_cuda_synchronize,
     pb_cuda_embed,
     pb_cuda_rmsnorm,
+    pb_cuda_layernorm,
+    pb_cuda_activate,
     pb_cuda_matmul,
     pb_cuda_rope,
     pb_cuda_attention,

@@ -81,16 +81,16 @@ typedef struct pb_model_config {
     /* The architecture beyond the Llama baseline, filled by the loader from
      * the family's descriptor and the file. Zero everywhere is plain Llama. */
     pb_activation activation;
-    int qk_norm;            /* RMSNorm of every q and k head (head_dim weights) before RoPE: Qwen3, Gemma-3 */
-    int sandwich_norm;      /* RMSNorm of the attention and MLP outputs before the residual add: Gemma-2/3 */
-    float embed_scale;      /* embeddings are multiplied by it (Gemma: sqrt(d_model)); 0 means 1 */
-    float attn_scale;       /* scores = q.k * attn_scale; 0 means 1 / sqrt(head_dim) */
-    float attn_softcap;     /* > 0: scores = cap * tanh(scores / cap) before the mask (Gemma-2) */
-    float final_softcap;    /* > 0: the same on the logits (Gemma-2) */
-    int sliding_window;     /* > 0: on a sliding layer the query at i sees keys j with i - j < sliding_window */
-    int sliding_period;     /* > 0: layer L is global (full causal) iff (L + 1) % sliding_period == 0, every
+    int qk_norm;               /* RMSNorm of every q and k head (head_dim weights) before RoPE: Qwen3, Gemma-3 */
+    int sandwich_norm;         /* RMSNorm of the attention and MLP outputs before the residual add: Gemma-2/3 */
+    float embed_scale;         /* embeddings are multiplied by it (Gemma: sqrt(d_model)); 0 means 1 */
+    float attn_scale;          /* scores = q.k * attn_scale; 0 means 1 / sqrt(head_dim) */
+    float attn_softcap;        /* > 0: scores = cap * tanh(scores / cap) before the mask (Gemma-2) */
+    float final_softcap;       /* > 0: the same on the logits (Gemma-2) */
+    int sliding_window;        /* > 0: on a sliding layer the query at i sees keys j with i - j < sliding_window */
+    int sliding_period;        /* > 0: layer L is global (full causal) iff (L + 1) % sliding_period == 0, every
                              other layer slides; 0: every layer slides (when sliding_window > 0) */
-    float rope_theta_local; /* > 0: RoPE base of the sliding layers, never scaled (Gemma-3: 10000) */
+    float rope_theta_local;    /* > 0: RoPE base of the sliding layers, never scaled (Gemma-3: 10000) */
     pb_norm_kind norm;         /* every norm of the model; rms_eps is its epsilon */
     pb_position_kind position; /* RoPE, or learned absolute embeddings (GPT-2: no RoPE) */
     int rotary_dims;           /* > 0: RoPE turns only the first rotary_dims of each head (GPT-NeoX

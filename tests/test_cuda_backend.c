@@ -280,8 +280,8 @@ static void run_rope(int T, int n_heads, int head_dim, int first_position, const
     twin x = twin_floats(x_host, (size_t)T * n_heads * head_dim);
     twin freq = twin_floats(freq_host, (size_t)half);
     twin pos = twin_ints(pos_host, (size_t)T);
-    CHECK_OK(g_ref->ops->rope(g_ref, x.ref, pos.ref, freq.ref, T, n_heads, head_dim));
-    CHECK_OK(g_cuda->ops->rope(g_cuda, x.cuda, pos.cuda, freq.cuda, T, n_heads, head_dim));
+    CHECK_OK(g_ref->ops->rope(g_ref, x.ref, pos.ref, freq.ref, T, n_heads, head_dim, head_dim));
+    CHECK_OK(g_cuda->ops->rope(g_cuda, x.cuda, pos.cuda, freq.cuda, T, n_heads, head_dim, head_dim));
     twin_compare(&x, PB_TOL_CUDA_ELEMENTWISE_NMSE, what);
     twin_free(&x);
     twin_free(&freq);
@@ -989,7 +989,8 @@ static void test_errors(void **state) {
                   "attention n_heads % n_kv_heads != 0");
     expect_status(ops->attention(g_cuda, buffer, buffer, buffer, buffer, 4, 5, 2, 2, 2, 8, NULL), PB_ERR_ARG,
                   "attention q_start + T > T_kv");
-    expect_status(ops->rope(g_cuda, buffer, (const int32_t *)buffer, buffer, 2, 2, 7), PB_ERR_ARG, "rope odd head_dim");
+    expect_status(ops->rope(g_cuda, buffer, (const int32_t *)buffer, buffer, 2, 2, 7, 7), PB_ERR_ARG,
+                  "rope odd head_dim");
     expect_status(ops->softcap(g_cuda, buffer, 4, 0.0f), PB_ERR_ARG, "softcap cap 0");
     expect_status(ops->glu(g_cuda, buffer, buffer, buffer, 1, 4, 4, (pb_activation)7), PB_ERR_UNSUPPORTED,
                   "glu unknown activation");

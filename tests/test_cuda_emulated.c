@@ -506,7 +506,7 @@ static void run_rope(int T, int n_heads, int head_dim, const char *what) {
     for (int i = 0; i < head_dim / 2; i++)
         inv_freq[i] = powf(10000.0f, -2.0f * (float)i / (float)head_dim);
     CHECK_LAUNCH(pb_emu_rope(x, positions, inv_freq, T, n_heads, head_dim));
-    CHECK_OK(g_ref->ops->rope(g_ref, want, positions, inv_freq, T, n_heads, head_dim));
+    CHECK_OK(g_ref->ops->rope(g_ref, want, positions, inv_freq, T, n_heads, head_dim, head_dim));
     check_guard(x, n, what);
     /* the same fp32 angle; sincosf vs sinf/cosf (the same libm here, a
      * couple of ulp apart on a GPU) */

@@ -66,10 +66,10 @@ static void test_ref_exact_cases(void **state) {
      * (i, i+half) by p * inv_freq[i]. */
     float v[4] = {1, 2, 3, 4}, inv[2] = {0.5f, 0.25f};
     int32_t pos0 = 0, pos2 = 2;
-    assert_int_equal(b->ops->rope(b, v, &pos0, inv, 1, 1, 4), PB_OK);
+    assert_int_equal(b->ops->rope(b, v, &pos0, inv, 1, 1, 4, 4), PB_OK);
     assert_float_equal(v[0], 1, 0);
     assert_float_equal(v[3], 4, 0);
-    assert_int_equal(b->ops->rope(b, v, &pos2, inv, 1, 1, 4), PB_OK);
+    assert_int_equal(b->ops->rope(b, v, &pos2, inv, 1, 1, 4, 4), PB_OK);
     assert_float_equal(v[0], 1 * cosf(1.0f) - 3 * sinf(1.0f), 1e-6);
     assert_float_equal(v[2], 3 * cosf(1.0f) + 1 * sinf(1.0f), 1e-6);
     assert_float_equal(v[1], 2 * cosf(0.5f) - 4 * sinf(0.5f), 1e-6);
@@ -177,7 +177,7 @@ static void test_cpu_rope_attention_embed(void **state) {
         for (int i = 0; i < 2; i++) {
             rq[i] = alloc_guarded(qn);
             memcpy(rq[i], q, sizeof(float) * qn);
-            assert_int_equal(bs[i]->ops->rope(bs[i], rq[i], pos, inv, T, n_heads, hd), PB_OK);
+            assert_int_equal(bs[i]->ops->rope(bs[i], rq[i], pos, inv, T, n_heads, hd, hd), PB_OK);
             check_guard(rq[i], qn, "rope");
             z[i] = alloc_guarded(qn);
             assert_int_equal(bs[i]->ops->attention(bs[i], z[i], q, k, v, T, T_kv, q_start, n_heads, n_kv, hd, NULL),

@@ -601,9 +601,9 @@ static pb_status sticky_matmul(pb_backend *b, float *out, const float *x, const 
     return g_sticky_real->matmul(b, out, x, w, dtype, bias, rows, n, k);
 }
 static pb_status sticky_rope(pb_backend *b, float *x, const int32_t *positions, const float *inv_freq, int T,
-                             int n_heads, int head_dim) {
+                             int n_heads, int head_dim, int rotary_dims) {
     PB_TRY(sticky_check("rope"));
-    return g_sticky_real->rope(b, x, positions, inv_freq, T, n_heads, head_dim);
+    return g_sticky_real->rope(b, x, positions, inv_freq, T, n_heads, head_dim, rotary_dims);
 }
 static pb_status sticky_attention(pb_backend *b, float *out, const float *q, const float *k, const float *v, int T,
                                   int T_kv, int q_start, int n_heads, int n_kv_heads, int head_dim,

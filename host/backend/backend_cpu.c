@@ -113,8 +113,8 @@ static pb_status cpu_matmul(pb_backend *backend, float *out, const float *x, con
 }
 
 static pb_status cpu_rope(pb_backend *backend, float *x, const int32_t *positions, const float *inv_freq, int T,
-                          int n_heads, int head_dim) {
-    int half = head_dim / 2;
+                          int n_heads, int head_dim, int rotary_dims) {
+    int half = rotary_dims / 2;
 #pragma omp parallel for num_threads(cpu_threads(backend)) if (T > 4)
     for (int t = 0; t < T; t++) {
         float cosines[512], sines[512]; /* head_dim <= 1024 is checked at load */
@@ -240,17 +240,48 @@ static pb_status cpu_attention_jobs(pb_backend *backend, float *out, const float
     return PB_OK;
 }
 
+/* act(g) in fp32, as torch computes each. */
+static inline float activation(pb_activation act, float g) {
+    switch (act) {
+    case PB_ACTIVATION_GELU_TANH: return 0.5f * g * (1.0f + tanhf(0.7978845608f * (g + 0.044715f * g * g * g)));
+    case PB_ACTIVATION_GELU: return 0.5f * g * (1.0f + erff(g * 0.70710678f));
+    default: return g / (1.0f + expf(-g));
+    }
+}
+
 static pb_status cpu_glu(pb_backend *backend, float *out, const float *gate, const float *up, size_t rows, size_t width,
                          size_t stride, pb_activation act) {
-    int gelu = act == PB_ACTIVATION_GELU_TANH;
 #pragma omp parallel for num_threads(cpu_threads(backend)) if (rows * width > 65536)
     for (size_t r = 0; r < rows; r++)
-        for (size_t c = 0; c < width; c++) {
-            float g = gate[r * stride + c];
-            float a = gelu ? 0.5f * g * (1.0f + tanhf(0.7978845608f * (g + 0.044715f * g * g * g)))
-                           : g / (1.0f + expf(-g));
-            out[r * width + c] = a * up[r * stride + c];
-        }
+        for (size_t c = 0; c < width; c++)
+            out[r * width + c] = activation(act, gate[r * stride + c]) * up[r * stride + c];
+    return PB_OK;
+}
+
+static pb_status cpu_activate(pb_backend *backend, float *x, size_t n, pb_activation act) {
+#pragma omp parallel for num_threads(cpu_threads(backend)) if (n > 65536)
+    for (size_t i = 0; i < n; i++)
+        x[i] = activation(act, x[i]);
+    return PB_OK;
+}
+
+/* Double accumulation of the mean and the variance, as in cpu_rmsnorm. */
+static pb_status cpu_layernorm(pb_backend *backend, float *out, const float *x, const float *weight, const float *bias,
+                               int rows, int d, float eps) {
+#pragma omp parallel for num_threads(cpu_threads(backend)) if (rows > 4)
+    for (int r = 0; r < rows; r++) {
+        const float *xr = x + (size_t)r * d;
+        float *o = out + (size_t)r * d;
+        double mean = 0.0, var = 0.0;
+        for (int i = 0; i < d; i++)
+            mean += xr[i];
+        mean /= d;
+        for (int i = 0; i < d; i++)
+            var += ((double)xr[i] - mean) * ((double)xr[i] - mean);
+        float m = (float)mean, inv = (float)(1.0 / sqrt(var / d + eps));
+        for (int i = 0; i < d; i++)
+            o[i] = (xr[i] - m) * inv * (weight ? weight[i] : 1.0f) + (bias ? bias[i] : 0.0f);
+    }
     return PB_OK;
 }
 
@@ -300,6 +331,8 @@ static const pb_backend_ops cpu_ops = {
     .attention = cpu_attention,
     .attention_jobs = cpu_attention_jobs,
     .glu = cpu_glu,
+    .layernorm = cpu_layernorm,
+    .activate = cpu_activate,
     .softcap = cpu_softcap,
     .add = cpu_add,
     .metric_rows = cpu_metric_rows,

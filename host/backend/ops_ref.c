@@ -60,6 +60,24 @@ static pb_status ref_rmsnorm(pb_backend *backend, float *out, const float *x, co
     return PB_OK;
 }
 
+static pb_status ref_layernorm(pb_backend *backend, float *out, const float *x, const float *weight, const float *bias,
+                               int rows, int d, float eps) {
+    for (int r = 0; r < rows; r++) {
+        const float *xr = x + (size_t)r * d;
+        double mean = 0.0, var = 0.0;
+        for (int i = 0; i < d; i++)
+            mean += xr[i];
+        mean /= d;
+        for (int i = 0; i < d; i++)
+            var += ((double)xr[i] - mean) * ((double)xr[i] - mean);
+        double inv = 1.0 / sqrt(var / d + eps);
+        for (int i = 0; i < d; i++)
+            out[(size_t)r * d + i] = (float)(((double)xr[i] - mean) * inv * (weight ? weight[i] : 1.0) +
+                                             (bias ? bias[i] : 0.0));
+    }
+    return PB_OK;
+}
+
 static pb_status ref_matmul(pb_backend *backend, float *out, const float *x, const void *w, pb_dtype w_dtype,
                             const float *bias, int rows, int n, int k) {
     for (int r = 0; r < rows; r++)
@@ -73,8 +91,8 @@ static pb_status ref_matmul(pb_backend *backend, float *out, const float *x, con
 }
 
 static pb_status ref_rope(pb_backend *backend, float *x, const int32_t *positions, const float *inv_freq, int T,
-                          int n_heads, int head_dim) {
-    int half = head_dim / 2;
+                          int n_heads, int head_dim, int rotary_dims) {
+    int half = rotary_dims / 2;
     for (int t = 0; t < T; t++)
         for (int h = 0; h < n_heads; h++) {
             float *v = x + ((size_t)t * n_heads + h) * head_dim;
@@ -136,12 +154,21 @@ static pb_status ref_attention(pb_backend *backend, float *out, const float *q, 
     return PB_OK;
 }
 
-/* act(g) in double: SiLU g * sigmoid(g), or GELU's tanh form
- * g/2 (1 + tanh(sqrt(2/pi) (g + 0.044715 g^3))). */
+/* act(g) in double: SiLU g * sigmoid(g), GELU's tanh form
+ * g/2 (1 + tanh(sqrt(2/pi) (g + 0.044715 g^3))), or exact GELU
+ * g/2 (1 + erf(g / sqrt 2)). */
 static double activation(pb_activation act, double g) {
     if (act == PB_ACTIVATION_GELU_TANH)
         return 0.5 * g * (1.0 + tanh(0.7978845608028654 * (g + 0.044715 * g * g * g)));
+    if (act == PB_ACTIVATION_GELU)
+        return 0.5 * g * (1.0 + erf(g * 0.7071067811865476));
     return g / (1.0 + exp(-g));
+}
+
+static pb_status ref_activate(pb_backend *backend, float *x, size_t n, pb_activation act) {
+    for (size_t i = 0; i < n; i++)
+        x[i] = (float)activation(act, x[i]);
+    return PB_OK;
 }
 
 static pb_status ref_glu(pb_backend *backend, float *out, const float *gate, const float *up, size_t rows, size_t width,
@@ -276,6 +303,8 @@ static const pb_backend_ops ref_ops = {
     .rope = ref_rope,
     .attention = ref_attention,
     .glu = ref_glu,
+    .layernorm = ref_layernorm,
+    .activate = ref_activate,
     .softcap = ref_softcap,
     .add = ref_add,
     .metric_rows = ref_metric_rows,

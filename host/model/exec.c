@@ -22,6 +22,7 @@ struct pb_exec {
     float *v;         /* (max_tokens, kv_dim) new values */
     float *z;         /* (max_tokens, n_heads * head_dim) */
     float *sub;       /* (max_tokens, d_model) attention or MLP output */
+    float *block_in;  /* (max_tokens, d_model) parallel blocks: the residual entering the layer; else unused */
     float *gate;      /* (max_tokens, d_mlp) */
     float *up;        /* (max_tokens, d_mlp) */
     float *fused;     /* (max_tokens, max(n_heads * head_dim + 2 kv_dim, 2 d_mlp)) a fused GEMM's output */
@@ -42,7 +43,7 @@ struct pb_exec {
 
 static size_t round16(size_t n) { return (n + 15) / 16 * 16; }
 
-#define PB_EXEC_SLOTS 14
+#define PB_EXEC_SLOTS 15
 
 static void workspace_sizes(const pb_model_config *c, int max_tokens, int max_T, size_t sizes[PB_EXEC_SLOTS]) {
     size_t T = (size_t)max_tokens, d = (size_t)c->d_model, qd = (size_t)c->n_heads * c->head_dim;
@@ -61,7 +62,8 @@ static void workspace_sizes(const pb_model_config *c, int max_tokens, int max_T,
                                (size_t)max_T * kvd,
                                (size_t)max_T * kvd,
                                T,
-                               T};
+                               T,
+                               c->parallel_block ? T * d : 0};
     memcpy(sizes, s, sizeof s);
 }
 
@@ -95,7 +97,7 @@ pb_status pb_exec_create(pb_exec **out, pb_model *model, int max_tokens, int max
     void **slots[PB_EXEC_SLOTS] = {(void **)&e->x,   (void **)&e->xn,    (void **)&e->q,         (void **)&e->k,
                                    (void **)&e->v,   (void **)&e->z,     (void **)&e->sub,       (void **)&e->gate,
                                    (void **)&e->up,  (void **)&e->fused, (void **)&e->k_scratch, (void **)&e->v_scratch,
-                                   (void **)&e->ids, (void **)&e->pos};
+                                   (void **)&e->ids, (void **)&e->pos,   (void **)&e->block_in};
     float *cursor = e->arena;
     for (int i = 0; i < PB_EXEC_SLOTS; i++) {
         *slots[i] = cursor;
@@ -134,10 +136,11 @@ static int hook_width(const pb_model_config *c, pb_hook_kind hook) {
 }
 
 /* The latest start step from which a patch at (hook, layer) is still
- * applied: the step of the layer that reads or writes the hook. */
-static int patch_last_start(pb_hook_kind hook, int layer) {
+ * applied: the step of the layer that reads or writes the hook (a parallel
+ * block does both halves in its attention step). */
+static int patch_last_start(const pb_model_config *c, pb_hook_kind hook, int layer) {
     pb_component comp;
-    if (!pb_component_from_hook(hook, &comp))
+    if (!pb_component_from_hook(hook, &comp) || c->parallel_block)
         return pb_step_attention(layer);
     return pb_component_info_of(comp)->half == PB_HALF_MLP ? pb_step_mlp(layer) : pb_step_attention(layer);
 }
@@ -156,12 +159,14 @@ static pb_status check_jobs(pb_exec *e, const pb_exec_job *jobs, int n_jobs, int
                            stop_step);
         if (job->start_step == 0 ? !job->ids : !job->init_x)
             return pb_fail(PB_ERR_ARG, "executor: job %d lacks %s", j, job->start_step == 0 ? "ids" : "init_x");
+        if (c->parallel_block && job->start_step % 2 && job->start_step < final)
+            return pb_fail(PB_ERR_ARG, "executor: job %d starts at an MLP step; a parallel block has none", j);
         if (job->k_prefix ? job->T > e->max_T || job->p0 > job->kv_prefix_capacity : job->T > job->kv_capacity)
             return pb_fail(PB_ERR_ARG, "executor: job %d of %d tokens does not fit its key-value buffer", j, job->T);
         total += job->T - job->p0;
         const pb_exec_patch *p = job->patch;
         if (p) {
-            if (job->start_step > patch_last_start(p->hook, p->layer))
+            if (job->start_step > patch_last_start(c, p->hook, p->layer))
                 return pb_fail(PB_ERR_ARG, "executor: job %d starts at step %d, after its patch at layer %d", j,
                                job->start_step, p->layer);
             for (int i = 0; i < p->n_positions; i++)
@@ -264,6 +269,11 @@ static pb_status mlp_activation(pb_exec *e, const pb_layer_weights *W, int rows)
     const pb_model_config *c = &m->cfg;
     pb_backend *b = m->backend;
     size_t mlp = (size_t)c->d_mlp;
+    if (c->plain_mlp) {
+        /* act(up x + b_up), no gate (GPT-2, GPT-NeoX) */
+        PB_TRY(b->ops->matmul(b, e->gate, e->xn, W->w_up, m->wdtype, W->b_up, rows, c->d_mlp, c->d_model));
+        return b->ops->activate(b, e->gate, (size_t)rows * mlp, c->activation);
+    }
     if (!W->w_gate_up) {
         PB_TRY(b->ops->matmul(b, e->gate, e->xn, W->w_gate, m->wdtype, NULL, rows, c->d_mlp, c->d_model));
         PB_TRY(b->ops->matmul(b, e->up, e->xn, W->w_up, m->wdtype, NULL, rows, c->d_mlp, c->d_model));
@@ -311,8 +321,53 @@ static pb_status post_norm(pb_exec *e, const pb_exec_job *jobs, int n_active, in
     if (!c->sandwich_norm)
         return PB_OK;
     PB_TRY(hook_point(e, jobs, n_active, hook, L, e->sub, fn, user));
-    return e->model->backend->ops->rmsnorm(e->model->backend, e->sub, e->sub, weight, rows, c->d_model, c->rms_eps);
+    return pb_model_norm(e->model, e->sub, e->sub, weight, NULL, rows, c->d_model);
 }
+
+/* xn (rows, d_model) = the sublayer's input: the model's norm of the
+ * residual `from`, or the residual itself without pre-norms (OLMo-2). */
+static pb_status sublayer_input(pb_exec *e, const float *from, const float *weight, const float *bias, int rows) {
+    pb_model *m = e->model;
+    size_t d = (size_t)m->cfg.d_model;
+    if (m->cfg.no_pre_norm)
+        return m->backend->ops->copy(m->backend, e->xn, from, sizeof(float) * (size_t)rows * d);
+    return pb_model_norm(m, e->xn, from, weight, bias, rows, (int)d);
+}
+
+/* q, k, v of xn (hook_q/k/v), then q/k norms and RoPE (hook_rot_q/k). */
+static pb_status queries_keys_values(pb_exec *e, const pb_layer_weights *W, const pb_exec_job *jobs, int n_active,
+                                     int rows, int L, pb_exec_hook_fn fn, void *user) {
+    pb_model *m = e->model;
+    const pb_model_config *c = &m->cfg;
+    const pb_backend_ops *ops = m->backend->ops;
+    pb_backend *b = m->backend;
+    int d = c->d_model, qd = c->n_heads * c->head_dim, kvd = c->n_kv_heads * c->head_dim;
+    PB_TRY(project_qkv(e, W, rows));
+    e->flops += 2.0 * rows * d * (qd + 2.0 * kvd);
+    PB_TRY(hook_point(e, jobs, n_active, PB_HOOK_Q, L, e->q, fn, user));
+    PB_TRY(hook_point(e, jobs, n_active, PB_HOOK_K, L, e->k, fn, user));
+    PB_TRY(hook_point(e, jobs, n_active, PB_HOOK_V, L, e->v, fn, user));
+    if (c->qk_norm && c->qk_norm_full) {
+        /* one norm over each row's whole projection (OLMo-2) */
+        PB_TRY(ops->rmsnorm(b, e->q, e->q, W->q_norm, rows, qd, c->rms_eps));
+        PB_TRY(ops->rmsnorm(b, e->k, e->k, W->k_norm, rows, kvd, c->rms_eps));
+    } else if (c->qk_norm) {
+        /* every head of every row is one norm over head_dim */
+        PB_TRY(ops->rmsnorm(b, e->q, e->q, W->q_norm, rows * c->n_heads, c->head_dim, c->rms_eps));
+        PB_TRY(ops->rmsnorm(b, e->k, e->k, W->k_norm, rows * c->n_kv_heads, c->head_dim, c->rms_eps));
+    }
+    if (c->position == PB_POSITION_ROPE) {
+        const float *inv_freq = pb_model_inv_freq(m, L);
+        int dims = c->rotary_dims > 0 ? c->rotary_dims : c->head_dim;
+        PB_TRY(ops->rope(b, e->q, e->pos, inv_freq, rows, c->n_heads, c->head_dim, dims));
+        PB_TRY(ops->rope(b, e->k, e->pos, inv_freq, rows, c->n_kv_heads, c->head_dim, dims));
+    }
+    PB_TRY(hook_point(e, jobs, n_active, PB_HOOK_ROT_Q, L, e->q, fn, user));
+    return hook_point(e, jobs, n_active, PB_HOOK_ROT_K, L, e->k, fn, user);
+}
+
+static pb_status mlp_sublayer(pb_exec *e, const pb_layer_weights *W, const pb_exec_job *jobs, int n_active, int rows,
+                              int L, const float *from, pb_exec_hook_fn fn, void *user);
 
 static pb_status attention_block(pb_exec *e, const pb_layer_weights *W, const pb_exec_job *jobs, int n_active, int rows,
                                  int L, pb_exec_hook_fn fn, void *user) {
@@ -323,22 +378,14 @@ static pb_status attention_block(pb_exec *e, const pb_layer_weights *W, const pb
     int d = c->d_model, qd = c->n_heads * c->head_dim, kvd = c->n_kv_heads * c->head_dim;
 
     PB_TRY(hook_point(e, jobs, n_active, PB_HOOK_RESID_PRE, L, e->x, fn, user));
-    PB_TRY(ops->rmsnorm(b, e->xn, e->x, W->attn_norm, rows, d, c->rms_eps));
-    PB_TRY(project_qkv(e, W, rows));
-    e->flops += 2.0 * rows * d * (qd + 2.0 * kvd);
-    PB_TRY(hook_point(e, jobs, n_active, PB_HOOK_Q, L, e->q, fn, user));
-    PB_TRY(hook_point(e, jobs, n_active, PB_HOOK_K, L, e->k, fn, user));
-    PB_TRY(hook_point(e, jobs, n_active, PB_HOOK_V, L, e->v, fn, user));
-    if (c->qk_norm) {
-        /* every head of every row is one norm over head_dim */
-        PB_TRY(ops->rmsnorm(b, e->q, e->q, W->q_norm, rows * c->n_heads, c->head_dim, c->rms_eps));
-        PB_TRY(ops->rmsnorm(b, e->k, e->k, W->k_norm, rows * c->n_kv_heads, c->head_dim, c->rms_eps));
+    const float *from = e->x;
+    if (c->parallel_block) {
+        /* both halves read the layer's input (GPT-NeoX) */
+        PB_TRY(ops->copy(b, e->block_in, e->x, sizeof(float) * (size_t)rows * d));
+        from = e->block_in;
     }
-    const float *inv_freq = pb_model_inv_freq(m, L);
-    PB_TRY(ops->rope(b, e->q, e->pos, inv_freq, rows, c->n_heads, c->head_dim));
-    PB_TRY(ops->rope(b, e->k, e->pos, inv_freq, rows, c->n_kv_heads, c->head_dim));
-    PB_TRY(hook_point(e, jobs, n_active, PB_HOOK_ROT_Q, L, e->q, fn, user));
-    PB_TRY(hook_point(e, jobs, n_active, PB_HOOK_ROT_K, L, e->k, fn, user));
+    PB_TRY(sublayer_input(e, from, W->attn_norm, W->attn_norm_b, rows));
+    PB_TRY(queries_keys_values(e, W, jobs, n_active, rows, L, fn, user));
     pb_attention_params params = pb_model_attention_params(c, L);
     for (int a = 0; a < n_active; a++) {
         const pb_exec_job *job = &jobs[e->order[a]];
@@ -401,28 +448,38 @@ static pb_status attention_block(pb_exec *e, const pb_layer_weights *W, const pb
                               c->n_kv_heads, c->head_dim, &params));
     }
     PB_TRY(hook_point(e, jobs, n_active, PB_HOOK_Z, L, e->z, fn, user));
-    PB_TRY(ops->matmul(b, e->sub, e->z, W->wo, m->wdtype, NULL, rows, d, qd));
+    PB_TRY(ops->matmul(b, e->sub, e->z, W->wo, m->wdtype, W->bo, rows, d, qd));
     e->flops += 2.0 * rows * d * qd;
     PB_TRY(post_norm(e, jobs, n_active, rows, PB_HOOK_ATTN_POST_IN, L, W->attn_post_norm, fn, user));
     PB_TRY(hook_point(e, jobs, n_active, PB_HOOK_ATTN_OUT, L, e->sub, fn, user));
-    return ops->add(b, e->x, e->x, e->sub, (size_t)rows * d);
+    PB_TRY(ops->add(b, e->x, e->x, e->sub, (size_t)rows * d));
+    return c->parallel_block ? mlp_sublayer(e, W, jobs, n_active, rows, L, e->block_in, fn, user) : PB_OK;
 }
 
-static pb_status mlp_block(pb_exec *e, const pb_layer_weights *W, const pb_exec_job *jobs, int n_active, int rows,
-                           int L, pb_exec_hook_fn fn, void *user) {
+/* The MLP of layer L on the residual `from` (e->x, or a parallel block's
+ * input), added to e->x, then hook_resid_post. */
+static pb_status mlp_sublayer(pb_exec *e, const pb_layer_weights *W, const pb_exec_job *jobs, int n_active, int rows,
+                              int L, const float *from, pb_exec_hook_fn fn, void *user) {
     pb_model *m = e->model;
     const pb_model_config *c = &m->cfg;
     pb_backend *b = m->backend;
     int d = c->d_model;
-    PB_TRY(hook_point(e, jobs, n_active, PB_HOOK_RESID_MID, L, e->x, fn, user));
-    PB_TRY(b->ops->rmsnorm(b, e->xn, e->x, W->mlp_norm, rows, d, c->rms_eps));
+    PB_TRY(sublayer_input(e, from, W->mlp_norm, W->mlp_norm_b, rows));
     PB_TRY(mlp_activation(e, W, rows));
-    PB_TRY(b->ops->matmul(b, e->sub, e->gate, W->w_down, m->wdtype, NULL, rows, d, c->d_mlp));
-    e->flops += 6.0 * rows * d * c->d_mlp;
+    PB_TRY(b->ops->matmul(b, e->sub, e->gate, W->w_down, m->wdtype, W->b_down, rows, d, c->d_mlp));
+    e->flops += (c->plain_mlp ? 4.0 : 6.0) * rows * d * c->d_mlp;
     PB_TRY(post_norm(e, jobs, n_active, rows, PB_HOOK_MLP_POST_IN, L, W->mlp_post_norm, fn, user));
     PB_TRY(hook_point(e, jobs, n_active, PB_HOOK_MLP_OUT, L, e->sub, fn, user));
     PB_TRY(b->ops->add(b, e->x, e->x, e->sub, (size_t)rows * d));
     return hook_point(e, jobs, n_active, PB_HOOK_RESID_POST, L, e->x, fn, user);
+}
+
+static pb_status mlp_block(pb_exec *e, const pb_layer_weights *W, const pb_exec_job *jobs, int n_active, int rows,
+                           int L, pb_exec_hook_fn fn, void *user) {
+    if (e->model->cfg.parallel_block)
+        return PB_OK; /* done in the layer's attention step */
+    PB_TRY(hook_point(e, jobs, n_active, PB_HOOK_RESID_MID, L, e->x, fn, user));
+    return mlp_sublayer(e, W, jobs, n_active, rows, L, e->x, fn, user);
 }
 
 /* Brings a job's rows into the packed residual at its start step. */
@@ -438,7 +495,16 @@ static pb_status activate(pb_exec *e, const pb_exec_job *job, int j, pb_exec_hoo
     PB_TRY(ops->embed(b, rows, m->token_embd, m->wdtype, e->ids + e->offset[j], n, d, scale));
     if (job->embed_delta)
         PB_TRY(ops->add(b, rows, rows, job->embed_delta + (size_t)job->p0 * d, (size_t)n * d));
-    return fn ? fn(user, j, PB_HOOK_EMBED, -1, rows, n, job->p0) : PB_OK;
+    if (fn)
+        PB_TRY(fn(user, j, PB_HOOK_EMBED, -1, rows, n, job->p0));
+    if (m->cfg.position != PB_POSITION_LEARNED)
+        return PB_OK;
+    /* GPT-2: each position's learned row, seen at hook_pos_embed, added */
+    float *pos_rows = e->sub + (size_t)e->offset[j] * d;
+    PB_TRY(ops->embed(b, pos_rows, m->pos_embd, PB_DTYPE_F32, e->pos + e->offset[j], n, d, 1.0f));
+    if (fn)
+        PB_TRY(fn(user, j, PB_HOOK_POS_EMBED, -1, pos_rows, n, job->p0));
+    return ops->add(b, rows, rows, pos_rows, (size_t)n * d);
 }
 
 pb_status pb_exec_run(pb_exec *e, const pb_exec_job *jobs, int n_jobs, int stop_step, pb_exec_hook_fn fn, void *user) {
@@ -509,7 +575,7 @@ pb_status pb_exec_unembed(pb_exec *e, float *out, const float *x, int rows, cons
     const pb_model_config *c = &m->cfg;
     if (rows > e->max_tokens)
         return pb_fail(PB_ERR_ARG, "unembed: %d rows exceed the workspace of %d", rows, e->max_tokens);
-    PB_TRY(m->backend->ops->rmsnorm(m->backend, e->xn, x, m->final_norm, rows, c->d_model, c->rms_eps));
+    PB_TRY(pb_model_norm(m, e->xn, x, m->final_norm, m->final_norm_b, rows, c->d_model));
     PB_TRY(m->backend->ops->matmul(m->backend, out, e->xn, w, m->wdtype, NULL, rows, n_out, c->d_model));
     if (c->final_softcap > 0.0f)
         PB_TRY(m->backend->ops->softcap(m->backend, out, (size_t)rows * n_out, c->final_softcap));

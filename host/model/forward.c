@@ -205,11 +205,12 @@ pb_status pb_forward_ex(pb_model *m, const int32_t *ids, int T, const pb_forward
     float *final = pb_exec_output(exec, 0);
     pb_capture_entry *ln = pb_capture_find(cap, PB_HOOK_LN_FINAL, -1);
     if (ln) {
-        /* x / rms(x) before the weight (TransformerLens's hook_normalized). */
+        /* x / rms(x), or (x - mean) / std for LayerNorm, before the weight
+         * and bias (TransformerLens's hook_normalized). */
         float *scratch = NULL;
         if ((status = b->ops->alloc(b, (void **)&scratch, sizeof(float) * (size_t)T * c->d_model)) != PB_OK)
             goto done;
-        status = b->ops->rmsnorm(b, scratch, final, NULL, T, c->d_model, c->rms_eps);
+        status = pb_model_norm(m, scratch, final, NULL, NULL, T, c->d_model);
         if (status == PB_OK)
             status = b->ops->download(b, ln->data, scratch, sizeof(float) * (size_t)T * c->d_model);
         b->ops->free(b, scratch);

@@ -25,16 +25,25 @@ static const char *hook_suffix(pb_hook_kind kind) {
     case PB_HOOK_ROT_K: return "attn.hook_rot_k";
     case PB_HOOK_ATTN_POST_IN: return "ln1_post.hook_in";
     case PB_HOOK_MLP_POST_IN: return "ln2_post.hook_in";
+    case PB_HOOK_POS_EMBED: return "hook_pos_embed";
     default: return "ln_final.hook_normalized";
     }
 }
 
 int pb_hook_is_pattern(pb_hook_kind kind) { return kind == PB_HOOK_ATTN_SCORES || kind == PB_HOOK_PATTERN; }
 
-int pb_hook_kind_per_layer(pb_hook_kind kind) { return kind != PB_HOOK_EMBED && kind != PB_HOOK_LN_FINAL; }
+int pb_hook_kind_per_layer(pb_hook_kind kind) {
+    return kind != PB_HOOK_EMBED && kind != PB_HOOK_LN_FINAL && kind != PB_HOOK_POS_EMBED;
+}
 
 int pb_hook_kind_exists(pb_hook_kind kind, const pb_model_config *cfg) {
-    return (kind != PB_HOOK_ATTN_POST_IN && kind != PB_HOOK_MLP_POST_IN) || cfg->sandwich_norm;
+    switch (kind) {
+    case PB_HOOK_ATTN_POST_IN:
+    case PB_HOOK_MLP_POST_IN: return cfg->sandwich_norm;
+    case PB_HOOK_POS_EMBED: return cfg->position == PB_POSITION_LEARNED;
+    case PB_HOOK_RESID_MID: return !cfg->parallel_block;
+    default: return 1;
+    }
 }
 
 void pb_hook_name(pb_hook_kind kind, int layer, char *buf, size_t size) {
@@ -126,10 +135,11 @@ pb_status pb_capture_create(pb_capture **out, const pb_model *model, const char 
         PB_HOOK_RESID_PRE, PB_HOOK_Q,           PB_HOOK_K,           PB_HOOK_V,       PB_HOOK_ROT_Q,
         PB_HOOK_ROT_K,     PB_HOOK_ATTN_SCORES, PB_HOOK_PATTERN,     PB_HOOK_Z,       PB_HOOK_ATTN_POST_IN,
         PB_HOOK_ATTN_OUT,  PB_HOOK_RESID_MID,   PB_HOOK_MLP_POST_IN, PB_HOOK_MLP_OUT, PB_HOOK_RESID_POST};
+    static const pb_hook_kind embed_order[] = {PB_HOOK_EMBED, PB_HOOK_POS_EMBED};
     for (int l = -1; l <= cfg->n_layers; l++) {
-        int n_kinds = (l < 0 || l == cfg->n_layers) ? 1 : (int)(sizeof layer_order / sizeof layer_order[0]);
+        int n_kinds = l < 0 ? 2 : l == cfg->n_layers ? 1 : (int)(sizeof layer_order / sizeof layer_order[0]);
         for (int k = 0; k < n_kinds; k++) {
-            pb_hook_kind kind = l < 0 ? PB_HOOK_EMBED : l == cfg->n_layers ? PB_HOOK_LN_FINAL : layer_order[k];
+            pb_hook_kind kind = l < 0 ? embed_order[k] : l == cfg->n_layers ? PB_HOOK_LN_FINAL : layer_order[k];
             int layer = pb_hook_kind_per_layer(kind) ? l : -1;
             if (!pb_hook_kind_exists(kind, cfg))
                 continue;

@@ -29,13 +29,15 @@ typedef enum pb_hook_kind {
      * (what is added to the residual). */
     PB_HOOK_ATTN_POST_IN, /* blocks.L.ln1_post.hook_in (T, d_model): o_proj output */
     PB_HOOK_MLP_POST_IN,  /* blocks.L.ln2_post.hook_in (T, d_model): down_proj output */
+    PB_HOOK_POS_EMBED,    /* hook_pos_embed (T, d_model): learned position embeddings only (GPT-2) */
     PB_HOOK_KIND_COUNT
 } pb_hook_kind;
 
 /* Whether a kind exists once per layer (else once per model). */
 int pb_hook_kind_per_layer(pb_hook_kind kind);
-/* Whether the model has the kind at all (the post-norm inputs exist in
- * sandwich-norm models only). */
+/* Whether the model has the kind at all: the post-norm inputs in
+ * sandwich-norm models only, hook_pos_embed with learned positions only,
+ * no hook_resid_mid in parallel blocks. */
 int pb_hook_kind_exists(pb_hook_kind kind, const pb_model_config *cfg);
 /* Writes the TransformerLens name of (kind, layer) into buf. */
 void pb_hook_name(pb_hook_kind kind, int layer, char *buf, size_t size);

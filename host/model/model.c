@@ -62,6 +62,9 @@ pb_status pb_model_config_validate(const pb_model_config *c) {
                        c->n_kv_heads);
     if (c->head_dim % 2 != 0 || c->head_dim > 1024)
         return pb_fail(PB_ERR_FORMAT, "model config: head_dim = %d must be even and at most 1024", c->head_dim);
+    if (c->rotary_dims < 0 || c->rotary_dims % 2 != 0 || c->rotary_dims > c->head_dim)
+        return pb_fail(PB_ERR_FORMAT, "model config: rotary_dims = %d must be even and within [0, head_dim = %d]",
+                       c->rotary_dims, c->head_dim);
     if (!(c->rms_eps > 0.0f) || !isfinite(c->rms_eps))
         return pb_fail(PB_ERR_FORMAT, "model config: rms_eps = %g must be positive", (double)c->rms_eps);
     if (!(c->rope_theta > 0.0f) || !isfinite(c->rope_theta))
@@ -79,10 +82,10 @@ pb_status pb_model_config_validate(const pb_model_config *c) {
 }
 
 void pb_rope_inv_freq(const pb_model_config *c, float *out) {
-    int half = c->head_dim / 2;
+    int dims = c->rotary_dims > 0 ? c->rotary_dims : c->head_dim, half = dims / 2;
     for (int i = 0; i < half; i++) {
-        /* fp32 like transformers: 1 / base^(2i / dim). */
-        float exponent = (float)(2 * i) / (float)c->head_dim;
+        /* fp32 like transformers: 1 / base^(2i / dim), dim the rotated dims. */
+        float exponent = (float)(2 * i) / (float)dims;
         float inv = 1.0f / powf(c->rope_theta, exponent);
         if (c->rope_scaling == PB_ROPE_SCALING_LINEAR) {
             inv /= c->rope_factor;
@@ -379,6 +382,14 @@ static pb_status place_rope(pb_model *m, const pb_weight_source *src, float *sta
         m->inv_freq_local = (float *)(void *)cursor;
     }
     return PB_OK;
+}
+
+pb_status pb_model_norm(const pb_model *m, float *out, const float *x, const float *weight, const float *bias, int rows,
+                        int d) {
+    pb_backend *b = m->backend;
+    if (m->cfg.norm == PB_NORM_LAYER)
+        return b->ops->layernorm(b, out, x, weight, bias, rows, d, m->cfg.rms_eps);
+    return b->ops->rmsnorm(b, out, x, weight, rows, d, m->cfg.rms_eps);
 }
 
 pb_attention_params pb_model_attention_params(const pb_model_config *c, int layer) {

@@ -21,8 +21,10 @@
 
 static int component_has_head(pb_component c) { return pb_component_info_of(c)->heads != PB_HEADS_NONE; }
 
-/* Where the executor applies a site's patch, and the job's start step. */
-static void patch_point(pb_component comp, int layer, pb_hook_kind *hook, int *hook_layer, int *start_step) {
+/* Where the executor applies a site's patch, and the job's start step (a
+ * parallel block runs its MLP in its attention step). */
+static void patch_point(const pb_model_config *c, pb_component comp, int layer, pb_hook_kind *hook, int *hook_layer,
+                        int *start_step) {
     const pb_component_info *info = pb_component_info_of(comp);
     if (comp == PB_COMPONENT_RESID_POST) {
         /* leaving layer L is entering layer L + 1 (or the final residual) */
@@ -33,15 +35,15 @@ static void patch_point(pb_component comp, int layer, pb_hook_kind *hook, int *h
     }
     *hook = info->hook_kind;
     *hook_layer = layer;
-    *start_step = info->half == PB_HALF_MLP ? pb_step_mlp(layer) : pb_step_attention(layer);
+    *start_step = info->half == PB_HALF_MLP && !c->parallel_block ? pb_step_mlp(layer) : pb_step_attention(layer);
 }
 
 /* The first step whose entering residual carries the patch: the patch's
  * own step for a residual state, the next one for a sublayer's output. */
-static int effect_step(pb_component comp, int layer) {
+static int effect_step(const pb_model_config *c, pb_component comp, int layer) {
     pb_hook_kind hook;
     int hook_layer, start;
-    patch_point(comp, layer, &hook, &hook_layer, &start);
+    patch_point(c, comp, layer, &hook, &hook_layer, &start);
     return start + !pb_component_info_of(comp)->residual;
 }
 
@@ -753,7 +755,7 @@ static pb_status row_is_trivial(pb_sweep *s, int pair, const pb_site *site, cons
     const pb_model_config *c = &s->model->cfg;
     const pb_pair_spec *p = &s->spec.pairs[pair];
     *trivial = 1;
-    if (effect_step(site->component, site->layer) > s->metric_step)
+    if (effect_step(&s->model->cfg, site->component, site->layer) > s->metric_step)
         return PB_OK;
     if (positions[0] > metric_position(s, p->base.T))
         return PB_OK;
@@ -813,7 +815,7 @@ static pb_status launch_batch(pb_sweep *s, batch_buffers *bb, int n) {
         pos_used += n_pos;
         pb_exec_patch *patch = &bb->patches[i];
         int hook_layer, start;
-        patch_point(site->component, site->layer, &patch->hook, &hook_layer, &start);
+        patch_point(&s->model->cfg, site->component, site->layer, &patch->hook, &hook_layer, &start);
         patch->layer = hook_layer;
         patch->head = site->head;
         patch->n_positions = n_pos;
@@ -1455,7 +1457,7 @@ double pb_sweep_row_cost(const pb_sweep *s, int64_t row) {
     const pb_model_config *c = &s->model->cfg;
     pb_hook_kind hook;
     int hook_layer, start;
-    patch_point(site->component, site->layer, &hook, &hook_layer, &start);
+    patch_point(c, site->component, site->layer, &hook, &hook_layer, &start);
     double layers = (double)(2 * c->n_layers - start) / 2.0;
     double positions_left = first < T ? (double)(T - first) : 0.0;
     return layers > 0 && positions_left > 0 ? layers * positions_left : 0.0;

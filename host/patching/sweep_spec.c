@@ -865,6 +865,11 @@ static pb_status parse_site(const spec_parser *sp, const json_t *value, const ch
     PB_TRY(get_required(value, path, "component", &item));
     path_key(sub, path, "component");
     PB_TRY(parse_component(item, sub, &site->component));
+    if (site->component == PB_COMPONENT_RESID_MID && cfg->parallel_block)
+        return pb_fail(PB_ERR_ARG,
+                       "spec: %s: resid_mid does not exist in this model: its attention and MLP run in parallel "
+                       "(%s), as in TransformerLens, which has no hook_resid_mid for such blocks",
+                       sub, cfg->arch);
 
     PB_TRY(get_required(value, path, "layers", &item));
     path_key(sub, path, "layers");
