@@ -97,6 +97,92 @@ static void compare(const float *fast, const float *ref, size_t n, double tol, c
         fail_msg("%s: NMSE %.3g > %.3g", what, e, tol);
 }
 
+/* Issue 16's ops: LayerNorm against hand values and the CPU against the
+ * reference (with and without weight and bias, in place, a large mean);
+ * the three activations with and without a gate; RoPE over part of each
+ * head leaves the rest bit-identical and turns the part as a head of that
+ * size. */
+static void test_layernorm_activations_partial_rope(void **state) {
+    pair *p = *state;
+    pb_backend *bs[2] = {p->ref, p->cpu};
+    float four[4] = {1, 2, 3, 4}, out4[4];
+    assert_int_equal(p->ref->ops->layernorm(p->ref, out4, four, NULL, NULL, 1, 4, 0.0f), PB_OK);
+    /* mean 2.5, variance 1.25 */
+    for (int i = 0; i < 4; i++)
+        assert_true(fabs(out4[i] - (four[i] - 2.5) / sqrt(1.25)) < 1e-6);
+    const int rows = 5, d = 96;
+    float *x = alloc_guarded((size_t)rows * d), *w = alloc_guarded(d), *bias = alloc_guarded(d);
+    tu_fill(x, (size_t)rows * d, 11, 1.0f);
+    for (int i = 0; i < d; i++)
+        x[d + i] += 1000.0f; /* row 1: a large mean over small spread */
+    tu_fill(w, d, 12, 1.0f);
+    tu_fill(bias, d, 13, 0.5f);
+    float *out[2];
+    for (int variant = 0; variant < 3; variant++) {
+        for (int i = 0; i < 2; i++) {
+            out[i] = alloc_guarded((size_t)rows * d);
+            memcpy(out[i], x, sizeof(float) * (size_t)rows * d);
+            const float *in = variant == 2 ? out[i] : x; /* 2: in place */
+            assert_int_equal(
+                bs[i]->ops->layernorm(bs[i], out[i], in, variant ? w : NULL, variant ? bias : NULL, rows, d, 1e-5f),
+                PB_OK);
+            check_guard(out[i], (size_t)rows * d, "layernorm");
+        }
+        compare(out[1], out[0], (size_t)rows * d, PB_TOL_ELEMENTWISE_NMSE, "layernorm");
+        free(out[0]);
+        free(out[1]);
+    }
+    /* exact GELU at 1: 0.841344746 */
+    float one = 1.0f;
+    assert_int_equal(p->ref->ops->activate(p->ref, &one, 1, PB_ACTIVATION_GELU), PB_OK);
+    assert_true(fabs(one - 0.841344746) < 1e-6);
+    const pb_activation acts[3] = {PB_ACTIVATION_SILU, PB_ACTIVATION_GELU_TANH, PB_ACTIVATION_GELU};
+    for (int a = 0; a < 3; a++) {
+        for (int i = 0; i < 2; i++) {
+            out[i] = alloc_guarded((size_t)rows * d);
+            memcpy(out[i], x, sizeof(float) * (size_t)rows * d);
+            assert_int_equal(bs[i]->ops->activate(bs[i], out[i], (size_t)rows * d, acts[a]), PB_OK);
+            check_guard(out[i], (size_t)rows * d, "activate");
+        }
+        compare(out[1], out[0], (size_t)rows * d, PB_TOL_ELEMENTWISE_NMSE, "activate");
+        for (int i = 0; i < 2; i++)
+            assert_int_equal(bs[i]->ops->glu(bs[i], out[i], x, w, 1, (size_t)d, (size_t)d, acts[a]), PB_OK);
+        compare(out[1], out[0], (size_t)d, PB_TOL_ELEMENTWISE_NMSE, "glu");
+        free(out[0]);
+        free(out[1]);
+    }
+    /* partial rotary: 16 of 64 dims of 3 heads at 4 positions */
+    const int T = 4, heads = 3, hd = 64, rot = 16;
+    float inv[8];
+    for (int i = 0; i < rot / 2; i++)
+        inv[i] = 1.0f / powf(10000.0f, (float)(2 * i) / rot);
+    int32_t pos[4] = {0, 1, 5, 9};
+    float *q = alloc_guarded((size_t)T * heads * hd), *head = alloc_guarded(rot);
+    tu_fill(q, (size_t)T * heads * hd, 14, 1.0f);
+    for (int i = 0; i < 2; i++) {
+        out[i] = alloc_guarded((size_t)T * heads * hd);
+        memcpy(out[i], q, sizeof(float) * (size_t)T * heads * hd);
+        assert_int_equal(bs[i]->ops->rope(bs[i], out[i], pos, inv, T, heads, hd, rot), PB_OK);
+        check_guard(out[i], (size_t)T * heads * hd, "rope");
+    }
+    compare(out[1], out[0], (size_t)T * heads * hd, PB_TOL_ELEMENTWISE_NMSE, "partial rope");
+    for (int t = 0; t < T; t++)
+        for (int h = 0; h < heads; h++) {
+            size_t at = ((size_t)t * heads + h) * hd;
+            assert_memory_equal(out[0] + at + rot, q + at + rot, sizeof(float) * (size_t)(hd - rot));
+            memcpy(head, q + at, sizeof(float) * rot);
+            assert_int_equal(p->ref->ops->rope(p->ref, head, &pos[t], inv, 1, 1, rot, rot), PB_OK);
+            assert_memory_equal(head, out[0] + at, sizeof(float) * rot);
+        }
+    free(out[0]);
+    free(out[1]);
+    free(head);
+    free(q);
+    free(bias);
+    free(w);
+    free(x);
+}
+
 static void test_cpu_matches_reference(void **state) {
     pair *p = *state;
     pb_backend *bs[2] = {p->ref, p->cpu};
@@ -264,6 +350,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_ref_exact_cases),
         cmocka_unit_test(test_cpu_matches_reference),
+        cmocka_unit_test(test_layernorm_activations_partial_rope),
         cmocka_unit_test(test_cpu_rope_attention_embed),
         cmocka_unit_test(test_cpu_attention_jobs),
     };

@@ -278,9 +278,10 @@ static pb_status cpu_layernorm(pb_backend *backend, float *out, const float *x, 
         mean /= d;
         for (int i = 0; i < d; i++)
             var += ((double)xr[i] - mean) * ((double)xr[i] - mean);
-        float m = (float)mean, inv = (float)(1.0 / sqrt(var / d + eps));
+        double inv = 1.0 / sqrt(var / d + eps);
+        /* centred in double: a large mean would eat float bits */
         for (int i = 0; i < d; i++)
-            o[i] = (xr[i] - m) * inv * (weight ? weight[i] : 1.0f) + (bias ? bias[i] : 0.0f);
+            o[i] = (float)(((double)xr[i] - mean) * inv) * (weight ? weight[i] : 1.0f) + (bias ? bias[i] : 0.0f);
     }
     return PB_OK;
 }
