@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "formats/npy.h"
+#include "model/hooks.h"
 #include "patchbay.h"
 #include "test_util.h"
 #include "tolerances.h"
@@ -34,8 +35,17 @@ static float *check_against_reference(const char *model, const char *file) {
     int32_t *ids = load_ids(model, &T);
     pb_capture *cap;
     assert_int_equal(pb_capture_create(&cap, m, "*"), PB_OK);
-    /* hook_embed + ln_final + 13 per layer, 15 with sandwich norms */
-    assert_int_equal(pb_capture_count(cap), 2 + (c->sandwich_norm ? 15 : 13) * c->n_layers);
+    /* every hook point the model has (pb_hook_kind_exists), once per
+     * layer or once: 13 per layer in Llama, 15 with sandwich norms, 12 in
+     * parallel blocks; hook_embed, ln_final and hook_pos_embed with learned
+     * positions */
+    int expected = 0;
+    for (int k = 0; k < PB_HOOK_KIND_COUNT; k++)
+        if (pb_hook_kind_exists((pb_hook_kind)k, c))
+            expected += pb_hook_kind_per_layer((pb_hook_kind)k) ? c->n_layers : 1;
+    assert_int_equal(pb_capture_count(cap), expected);
+    assert_int_equal(expected, 2 + (c->sandwich_norm ? 15 : 13) * c->n_layers +
+                                   (c->position == PB_POSITION_LEARNED) - (c->parallel_block ? c->n_layers : 0));
     float *logits = malloc(sizeof(float) * (size_t)T * c->vocab_size);
     assert_int_equal(pb_forward(m, ids, T, logits, cap), PB_OK);
 
