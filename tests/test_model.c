@@ -1,7 +1,8 @@
 /* The CPU model against transformers on the tiny fixtures, one per family
- * (llama, qwen2, gemma, gemma2, gemma3, qwen3: every hook point, the
- * attention patterns where the fixture has them, and the logits, from both
- * the GGUF llama.cpp's converter wrote and the safetensors copy), plus
+ * (llama, qwen2, gemma, gemma2, gemma3, qwen3, gpt2, gpt_neox, phi3,
+ * olmo2: every hook point, the attention patterns where the fixture has
+ * them, and the logits, from both the GGUF llama.cpp's converter wrote and
+ * the safetensors copy), plus
  * exact invariants: both formats give the same model, KV-cached greedy
  * decoding equals argmax of a full re-run, shapes that contradict the
  * hyperparameters are refused before compute. */
@@ -44,8 +45,8 @@ static float *check_against_reference(const char *model, const char *file) {
         if (pb_hook_kind_exists((pb_hook_kind)k, c))
             expected += pb_hook_kind_per_layer((pb_hook_kind)k) ? c->n_layers : 1;
     assert_int_equal(pb_capture_count(cap), expected);
-    assert_int_equal(expected, 2 + (c->sandwich_norm ? 15 : 13) * c->n_layers +
-                                   (c->position == PB_POSITION_LEARNED) - (c->parallel_block ? c->n_layers : 0));
+    assert_int_equal(expected, 2 + (c->sandwich_norm ? 15 : 13) * c->n_layers + (c->position == PB_POSITION_LEARNED) -
+                                   (c->parallel_block ? c->n_layers : 0));
     float *logits = malloc(sizeof(float) * (size_t)T * c->vocab_size);
     assert_int_equal(pb_forward(m, ids, T, logits, cap), PB_OK);
 
@@ -125,6 +126,10 @@ static void test_tiny_gemma(void **state) { check_model("tiny_gemma"); }
 static void test_tiny_gemma2(void **state) { check_model("tiny_gemma2"); }
 static void test_tiny_gemma3(void **state) { check_model("tiny_gemma3"); }
 static void test_tiny_qwen3(void **state) { check_model("tiny_qwen3"); }
+static void test_tiny_gpt2(void **state) { check_model("tiny_gpt2"); }
+static void test_tiny_gpt_neox(void **state) { check_model("tiny_gpt_neox"); }
+static void test_tiny_phi3(void **state) { check_model("tiny_phi3"); }
+static void test_tiny_olmo2(void **state) { check_model("tiny_olmo2"); }
 
 /* The descriptor's fields as both formats fill them: from config.json,
  * and from a GGUF that stores only some of them (the rest come from the
@@ -226,8 +231,9 @@ static void test_config_values(void **state) {
  * a full forward over prompt + tokens so far. */
 static void test_generate_matches_full_forward(void **state) {
     /* the sliding-window families decode past their window (4) */
-    const char *models[5] = {"tiny_gqa", "tiny_bias", "tiny_gemma2", "tiny_gemma3", "tiny_qwen3"};
-    for (int k = 0; k < 5; k++) {
+    const char *models[9] = {"tiny_gqa",  "tiny_bias",     "tiny_gemma2", "tiny_gemma3", "tiny_qwen3",
+                             "tiny_gpt2", "tiny_gpt_neox", "tiny_phi3",   "tiny_olmo2"};
+    for (int k = 0; k < 9; k++) {
         pb_model *m = tu_load_model(models[k], NULL, PB_BACKEND_CPU);
         const pb_model_config *c = pb_model_get_config(m);
         int T;
@@ -432,6 +438,10 @@ int main(void) {
         cmocka_unit_test(test_tiny_gemma2),
         cmocka_unit_test(test_tiny_gemma3),
         cmocka_unit_test(test_tiny_qwen3),
+        cmocka_unit_test(test_tiny_gpt2),
+        cmocka_unit_test(test_tiny_gpt_neox),
+        cmocka_unit_test(test_tiny_phi3),
+        cmocka_unit_test(test_tiny_olmo2),
         cmocka_unit_test(test_arch_config_values),
         cmocka_unit_test(test_query_scale_variant),
         cmocka_unit_test(test_generate_matches_full_forward),
