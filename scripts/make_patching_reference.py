@@ -434,7 +434,17 @@ ARCH_FAMILIES = {
     "gemma2": ("logprob", 12, 812),
     "gemma3": ("logit_diff", 12, 813),
     "qwen3": ("refusal_score", 10, 818),
+    # issue 16 (scripts/make_tiny_classic_models.py); seeds chosen so every
+    # pair has |source - base| >= 0.25
+    "gpt2": ("kl", 10, 841),
+    "gpt_neox": ("logit_diff", 10, 832),
+    "phi3": ("logprob", 10, 823),
+    "olmo2": ("refusal_score", 10, 824),
 }
+# the modes written per family (default: all three)
+ARCH_MODES = {"gpt2": ("denoising",), "gpt_neox": ("denoising", "noising"), "phi3": ("denoising",),
+              "olmo2": ("denoising",)}
+CLASSIC_TYPES = ("gpt2", "gpt_neox", "phi3", "olmo2")   # captured by refgen_common.capture_hooks_classic
 
 
 def _arch_sites(family: str, model) -> list[dict[str, Any]]:
@@ -451,6 +461,8 @@ def _arch_sites(family: str, model) -> list[dict[str, Any]]:
         {"component": "k", "layers": mid, "heads": "all", "positions": "all"},
         {"component": "v", "layers": [L - 1], "heads": [0], "positions": [-3, -1]},
     ]
+    if getattr(model.config, "use_parallel_residual", False):   # GPT-NeoX parallel: no resid_mid
+        sites = [s for s in sites if s["component"] != "resid_mid"]
     if family in ("gemma2", "gemma3"):
         # positions 1 and 3 lie outside the last query's 4-token window
         # (11 - 3 = 8 >= 4) on the sliding layers: the effect must still reach
@@ -498,7 +510,7 @@ def _make_arch_case(family: str, mode: str):
 
 
 for _family in ARCH_FAMILIES:
-    for _mode in ("denoising", "noising", "interchange"):
+    for _mode in ARCH_MODES.get(_family, ("denoising", "noising", "interchange")):
         CASES[f"tiny_{_family}_{_mode}"] = _make_arch_case(_family, _mode)
 
 
@@ -681,7 +693,8 @@ def validate(oracle: po.Oracle, spec: dict[str, Any], spec_dir: Path, result: po
 
     # independent capture path: refgen_common.capture_hooks on token-id runs
     # (capture_hooks_arch for the Gemma / Qwen3 families)
-    capture = rc.capture_hooks if model.config.model_type in MANUAL_FORWARD_TYPES else rc.capture_hooks_arch
+    capture = (rc.capture_hooks if model.config.model_type in MANUAL_FORWARD_TYPES
+               else rc.capture_hooks_classic if model.config.model_type in CLASSIC_TYPES else rc.capture_hooks_arch)
     cap_dev = 0.0
     for pair, r in zip(pairs, runs):
         for run, acts in ((pair.base, r.base_acts), (pair.source, r.source_acts)):

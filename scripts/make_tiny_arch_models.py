@@ -223,20 +223,27 @@ def make_sentencepiece(folder: Path, vocab_size: int) -> None:
     hf_tok.backend_tokenizer.save(str(folder / "tokenizer.json"))
 
 
-def make_byte_bpe(folder: Path, vocab_size: int) -> None:
+def make_byte_bpe(folder: Path, vocab_size: int, style: str = "qwen2") -> None:
     """Qwen-style byte-level BPE (tokenizer.json): 256 byte symbols, merges
-    learned on the synthetic corpus, two special tokens at the end."""
+    learned on the synthetic corpus, two special tokens at the end.
+    style "gpt2" (GPT-2 / GPT-NeoX folders, make_tiny_classic_models.py):
+    GPT-2's own byte-level regex instead of Qwen2's and one special token,
+    <|endoftext|>, the last id."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    specials = ["<|endoftext|>", "<|im_start|>"]
+    assert style in ("qwen2", "gpt2"), style
+    specials = ["<|endoftext|>", "<|im_start|>"] if style == "qwen2" else ["<|endoftext|>"]
     tok = Tokenizer(models.BPE())
-    # Qwen2's split regex, then byte-level mapping without GPT-2's own regex
-    split = Regex(r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-                  r"|\s*[\r\n]+|\s+(?!\S)|\s+")
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(split, behavior="isolated", invert=False),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    if style == "gpt2":
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    else:
+        # Qwen2's split regex, then byte-level mapping without GPT-2's own regex
+        split = Regex(r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                      r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(split, behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size - len(specials), show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), special_tokens=[])
@@ -269,7 +276,11 @@ def llama_cpp_dir() -> Path:
     return top / "vendor" / "llama.cpp"
 
 
-# Runs in a subprocess so the converter imports its own gguf-py. For qwen3 the
+# Runs in a subprocess so the converter imports its own gguf-py. raw_keys
+# (make_tiny_classic_models.py, gpt_neox: "rotary_pct"): config.json keys that
+# transformers 5's config class consumes on load (so AutoConfig's dict, which
+# the converter reads, lacks them) are added back from the raw config.json.
+# For qwen3 the
 # converter identifies a BPE pre-tokenizer by hashing the ids of a test string;
 # this made-up vocabulary has no known hash, so (and only then) the detection
 # is overridden to "qwen2" -- the pre-tokenizer regex make_byte_bpe uses.
@@ -278,22 +289,38 @@ import sys
 llama = sys.argv[1]
 sys.path.insert(0, llama)
 override = sys.argv[2]
-sys.argv = ["convert_hf_to_gguf.py"] + sys.argv[3:]
+raw_keys = [k for k in sys.argv[3].split(",") if k]
+sys.argv = ["convert_hf_to_gguf.py"] + sys.argv[4:]
 import convert_hf_to_gguf as conv
 if override:
     import conversion.base
     conversion.base.TextModel.get_vocab_base_pre = lambda self, tokenizer: override
+if raw_keys:
+    import json
+    import conversion.base
+    loader = conversion.base.ModelBase.load_hparams
+    def load_hparams(dir_model, is_mistral_format):
+        hparams = loader(dir_model, is_mistral_format)
+        raw = json.loads((dir_model / "config.json").read_text())
+        for key in raw_keys:
+            hparams.setdefault(key, raw[key])
+        return hparams
+    conversion.base.ModelBase.load_hparams = staticmethod(load_hparams)
 conv.main()
 """
 
 
-def convert(folder: Path, family: str) -> dict[str, Any]:
+def convert(folder: Path, family: str, override: str | None = None,
+            raw_keys: tuple[str, ...] = ()) -> dict[str, Any]:
+    """override: the pre-tokenizer name to force (see _CONVERT); default:
+    "qwen2" for qwen3, none otherwise. raw_keys: see _CONVERT."""
     llama = llama_cpp_dir()
-    override = "qwen2" if family == "qwen3" else ""
+    if override is None:
+        override = "qwen2" if family == "qwen3" else ""
     out = folder / "model.gguf"
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONHASHSEED="0")
     env.pop("NO_LOCAL_GGUF", None)
-    proc = subprocess.run([sys.executable, "-c", _CONVERT, str(llama), override, str(folder),
+    proc = subprocess.run([sys.executable, "-c", _CONVERT, str(llama), override, ",".join(raw_keys), str(folder),
                            "--outfile", str(out), "--outtype", "f32", "--model-name", f"tiny_{family}"],
                           env=env, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -301,7 +328,8 @@ def convert(folder: Path, family: str) -> dict[str, Any]:
         raise RuntimeError(f"convert_hf_to_gguf.py failed for {folder}")
     return {"converter": f"vendor/llama.cpp/convert_hf_to_gguf.py from {SDIST_PIN} (sha256 {SDIST_SHA256})",
             "args": ["--outtype", "f32", "--model-name", f"tiny_{family}"],
-            "pre_tokenizer_override": override or None}
+            "pre_tokenizer_override": override or None,
+            **({"config_keys_added_back_from_config_json": list(raw_keys)} if raw_keys else {})}
 
 
 # --------------------------------------------------------------------------

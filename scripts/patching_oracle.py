@@ -34,6 +34,17 @@ sqrt(d_model) inside embed_tokens; the oracle feeds inputs_embeds, so it applies
 the same float32 multiplication itself (Oracle.embeds). Noise corruption is
 only defined here for unscaled embeddings (Llama/Qwen) and refused otherwise.
 
+Issue-16 families (GPT-2, GPT-NeoX, Phi-3, OLMo-2), also through
+layer_modules: q/k/v are column ranges of a fused projection output where
+the model fuses them (GPT-2 c_attn and Phi-3 qkv_proj: [Q | K | V]; GPT-NeoX
+query_key_value: per head [q_h | k_h | v_h]) -- captured and replaced there,
+so the bias is included and nothing else of the fused output changes; z is
+the input of c_proj / dense / o_proj; attn_out / mlp_out the attention / MLP
+module outputs (OLMo-2: the outputs of its post norms, resid_mid the MLP's
+input). GPT-NeoX with use_parallel_residual has no resid_mid (the oracle
+refuses it; resid_post = (mlp_out + attn_out) + resid_pre). GPT-2's learned
+position rows are added by the model to the inputs_embeds the oracle feeds.
+
 Patching resid_mid: HF keeps the residual after attention in a local variable
 that feeds both post_attention_layernorm and the final add, so there is no
 single module boundary. The oracle (1) replaces the input of
@@ -58,7 +69,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from refgen_common import layer_modules  # noqa: E402
+from refgen_common import attention_shape, layer_modules, model_parts  # noqa: E402
 
 COMPONENTS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "z", "q", "k", "v")
 HEAD_COMPONENTS = ("z", "q", "k", "v")
@@ -190,18 +201,20 @@ class Oracle:
         self.model = model.eval()
         cfg = model.config
         self.n_layers = cfg.num_hidden_layers
-        self.n_heads = cfg.num_attention_heads
-        self.n_kv = cfg.num_key_value_heads
-        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads
+        self.n_heads, self.n_kv, self.head_dim = attention_shape(cfg)
         self.d_model = cfg.hidden_size
         self.vocab = cfg.vocab_size
-        self.layers = model.model.layers
-        emb = model.model.embed_tokens.weight.detach().to(torch.float32)
+        self.layers = model_parts(model)["layers"]
+        embed = model.get_input_embeddings()
+        emb = embed.weight.detach().to(torch.float32)
         self.embedding = emb
         # Gemma's scaled embedding (a float32 0-d buffer); None for plain nn.Embedding
-        scale = getattr(model.model.embed_tokens, "embed_scale", None)
+        scale = getattr(embed, "embed_scale", None)
         self.embed_scale = None if scale is None else scale.detach().to(torch.float32)
-        self.modules = [layer_modules(layer) for layer in self.layers]
+        self.modules = [layer_modules(layer, cfg) for layer in self.layers]
+        # GPT-NeoX parallel blocks: no resid_mid (resid_post = mlp_out + attn_out + resid_pre)
+        self.parallel = self.modules[0]["parallel"]
+        self.components = tuple(c for c in COMPONENTS if not (self.parallel and c == "resid_mid"))
         self.sigma = noise_sigma(emb.numpy())
         self.forwards = 0
         assert model.config._attn_implementation == "eager"
@@ -249,22 +262,27 @@ class Oracle:
             assert len(p.positions) == p.values.shape[0]
             by_layer.setdefault(p.layer, []).append(p)
 
-        def apply(t: torch.Tensor, plist: list[Patch]) -> torch.Tensor:
-            """t: (1, T, width) float32; returns a patched copy."""
+        def apply(t: torch.Tensor, plist: list[Patch], cols: torch.Tensor | None = None) -> torch.Tensor:
+            """t: (1, T, width) float32; returns a patched copy. cols: the
+            columns of t holding the component (fused q/k/v projections),
+            head-major; None = all columns in order."""
             t = t.clone()
             for p in plist:
                 pos = torch.tensor(p.positions, dtype=torch.long)
-                if p.head is None:
+                if p.head is None and cols is None:
                     t[0, pos, :] = p.values.to(t.dtype)
-                else:
+                elif cols is None:
                     t[0, pos, p.head * hd:(p.head + 1) * hd] = p.values.to(t.dtype)
+                else:
+                    c = cols if p.head is None else cols[p.head * hd:(p.head + 1) * hd]
+                    t[0, pos[:, None], c[None, :]] = p.values.to(t.dtype)
             return t
 
         # ---- patch hooks
         for layer_index, plist in by_layer.items():
             layer = self.layers[layer_index]
             mods = self.modules[layer_index]
-            attn = layer.self_attn
+            attn = mods["attn"]
             kinds = {c: [p for p in plist if p.component == c] for c in COMPONENTS}
 
             if kinds["resid_pre"]:
@@ -275,12 +293,14 @@ class Oracle:
                     kwargs["hidden_states"] = apply(kwargs["hidden_states"], pl)
                     return args, kwargs
                 handles.append(layer.register_forward_pre_hook(pre, with_kwargs=True))
-            for comp, proj in (("q", attn.q_proj), ("k", attn.k_proj), ("v", attn.v_proj)):
+            for comp in ("q", "k", "v"):
                 if kinds[comp]:
+                    proj, cols = mods["qkv"][comp]
+                    separate = mods["fused"] is None     # q/k/v_proj: every column, in order
                     handles.append(proj.register_forward_hook(
-                        lambda mod, args, out, pl=kinds[comp]: apply(out, pl)))
+                        lambda mod, args, out, pl=kinds[comp], cols=None if separate else cols: apply(out, pl, cols)))
             if kinds["z"]:
-                handles.append(attn.o_proj.register_forward_pre_hook(
+                handles.append(mods["o_proj"].register_forward_pre_hook(
                     lambda mod, args, pl=kinds["z"]: (apply(args[0], pl), *args[1:])))
             if kinds["attn_out"]:
                 handles.append(mods["attn_out"].register_forward_hook(
@@ -290,6 +310,7 @@ class Oracle:
                 handles.append(mods["mlp_out"].register_forward_hook(
                     lambda mod, args, out, pl=kinds["mlp_out"]: _replace_first(out, apply(_first_tensor(out), pl))))
             if kinds["resid_mid"]:
+                assert mods["mid_norm"] is not None, "resid_mid does not exist in a parallel block"
                 mid_pl = kinds["resid_mid"]
                 mlp_seen: dict[str, torch.Tensor] = {}
 
@@ -330,7 +351,6 @@ class Oracle:
 
         if capture:
             for li, layer in enumerate(self.layers):
-                attn = layer.self_attn
                 mods = self.modules[li]
 
                 def c_pre(mod, args, kwargs, li=li):
@@ -340,13 +360,19 @@ class Oracle:
                     store(("resid_mid", li), args[0] if args else kwargs["hidden_states"])
 
                 handles.append(layer.register_forward_pre_hook(c_pre, with_kwargs=True))
-                handles.append(attn.q_proj.register_forward_hook(lambda m, a, o, li=li: store(("q", li), o)))
-                handles.append(attn.k_proj.register_forward_hook(lambda m, a, o, li=li: store(("k", li), o)))
-                handles.append(attn.v_proj.register_forward_hook(lambda m, a, o, li=li: store(("v", li), o)))
-                handles.append(attn.o_proj.register_forward_pre_hook(lambda m, a, li=li: store(("z", li), a[0])))
+                for comp in ("q", "k", "v"):
+                    proj, cols = mods["qkv"][comp]
+                    if mods["fused"] is None:
+                        handles.append(proj.register_forward_hook(
+                            lambda m, a, o, li=li, comp=comp: store((comp, li), o)))
+                    else:
+                        handles.append(proj.register_forward_hook(
+                            lambda m, a, o, li=li, comp=comp, cols=cols: store((comp, li), o[..., cols])))
+                handles.append(mods["o_proj"].register_forward_pre_hook(lambda m, a, li=li: store(("z", li), a[0])))
                 handles.append(mods["attn_out"].register_forward_hook(
                     lambda m, a, o, li=li: store(("attn_out", li), _first_tensor(o))))
-                handles.append(mods["mid_norm"].register_forward_pre_hook(c_mid, with_kwargs=True))
+                if mods["mid_norm"] is not None:
+                    handles.append(mods["mid_norm"].register_forward_pre_hook(c_mid, with_kwargs=True))
                 handles.append(mods["mlp_out"].register_forward_hook(
                     lambda m, a, o, li=li: store(("mlp_out", li), _first_tensor(o))))
                 handles.append(layer.register_forward_hook(
@@ -379,9 +405,13 @@ class Oracle:
         self.forwards += 1
         result: dict[str, Any] = {"logits": out.logits[0].detach().to(torch.float32)}
         if capture:
-            assert len(acts) == 9 * self.n_layers
+            assert len(acts) == len(self.components) * self.n_layers
             # exact residual-stream invariants of the captured run
             for li in range(self.n_layers):
+                if self.parallel:   # transformers' order: (mlp_out + attn_out) + resid_pre
+                    assert torch.equal(acts[("resid_post", li)], acts[("mlp_out", li)] + acts[("attn_out", li)]
+                                       + acts[("resid_pre", li)])
+                    continue
                 assert torch.equal(acts[("resid_mid", li)], acts[("resid_pre", li)] + acts[("attn_out", li)])
                 assert torch.equal(acts[("resid_post", li)], acts[("resid_mid", li)] + acts[("mlp_out", li)])
                 if li + 1 < self.n_layers:
@@ -529,6 +559,7 @@ def expand_sites(spec: dict[str, Any], pairs: list[Pair], oracle: Oracle) -> lis
     for entry in spec["sites"]:
         comp = entry["component"]
         assert comp in COMPONENTS, comp
+        assert comp in oracle.components, f"{comp} does not exist in this model (parallel block)"
         layers = list(range(oracle.n_layers)) if entry.get("layers", "all") == "all" else list(entry["layers"])
         if comp in HEAD_COMPONENTS:
             nh = oracle.n_heads_of(comp)

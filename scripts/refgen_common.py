@@ -305,23 +305,99 @@ def arch_hook_names(n_layers: int, sandwich: bool) -> list[str]:
     return names
 
 
-def layer_modules(layer: torch.nn.Module) -> dict[str, torch.nn.Module]:
+def layer_modules(layer: torch.nn.Module, config: Any = None) -> dict[str, Any]:
     """The module boundaries of one decoder layer, by role. Sandwich-norm
     layers (Gemma 2/3) have pre_feedforward_layernorm; there
     post_attention_layernorm is the norm AFTER attention whose output is added
-    to the residual. Elsewhere post_attention_layernorm is the pre-MLP norm."""
-    sandwich = hasattr(layer, "pre_feedforward_layernorm")
-    return {
-        "sandwich": sandwich,
-        "attn": layer.self_attn,
-        # output = hook_attn_out
-        "attn_out": layer.post_attention_layernorm if sandwich else layer.self_attn,
-        # input = hook_resid_mid
-        "mid_norm": layer.pre_feedforward_layernorm if sandwich else layer.post_attention_layernorm,
-        "mlp": layer.mlp,
-        # output = hook_mlp_out
-        "mlp_out": layer.post_feedforward_layernorm if sandwich else layer.mlp,
-    }
+    to the residual. Elsewhere post_attention_layernorm is the pre-MLP norm,
+    except for OLMo-2 (post norms only, no pre norms): there
+    post_attention_layernorm / post_feedforward_layernorm are the norms after
+    attention / MLP and resid_mid is the input of the MLP itself.
+
+    The issue-16 families (GPT-2 transformer.h[i], GPT-NeoX gpt_neox.layers[i],
+    Phi-3 with fused projections) are named here too:
+
+      attn      the attention module (its layer_idx keys _EagerTap's records)
+      o_proj    the output projection; its input is hook_z
+      attn_out  output = hook_attn_out;  mid_norm  first input = hook_resid_mid
+                (None for GPT-NeoX parallel blocks: no resid_mid there)
+      mlp, mlp_out  output of mlp_out = hook_mlp_out
+      post_norms  o_proj / MLP outputs pass a norm before the residual add
+                  (Gemma 2/3, OLMo-2): ln1_post.hook_in / ln2_post.hook_in
+      parallel  GPT-NeoX use_parallel_residual: resid_post = mlp_out + attn_out + resid_pre
+      qkv       (with config) {"q"|"k"|"v": (module, columns)}: the module whose
+                output holds the projection and the column of that output for
+                each (head, dim), head-major, as a LongTensor -- arange for
+                separate q/k/v_proj, offsets into GPT-2's c_attn / Phi-3's
+                qkv_proj ([Q | K | V]), and GPT-NeoX's per-head interleaved
+                query_key_value (head h: [q_h | k_h | v_h], 3 * head_dim columns)
+    """
+    if hasattr(layer, "ln_1"):                       # GPT-2
+        attn = layer.attn
+        roles = {"family": "gpt2", "sandwich": False, "post_norms": False, "parallel": False, "attn": attn,
+                 "o_proj": attn.c_proj, "attn_out": attn, "mid_norm": layer.ln_2, "mlp": layer.mlp,
+                 "mlp_out": layer.mlp, "fused": attn.c_attn}
+    elif hasattr(layer, "attention") and hasattr(layer, "use_parallel_residual"):   # GPT-NeoX
+        attn = layer.attention
+        parallel = bool(layer.use_parallel_residual)
+        roles = {"family": "gpt_neox", "sandwich": False, "post_norms": False, "parallel": parallel,
+                 "attn": attn, "o_proj": attn.dense, "attn_out": attn,
+                 "mid_norm": None if parallel else layer.post_attention_layernorm, "mlp": layer.mlp,
+                 "mlp_out": layer.mlp, "fused": attn.query_key_value}
+    elif hasattr(layer, "post_feedforward_layernorm") and not hasattr(layer, "pre_feedforward_layernorm"):
+        attn = layer.self_attn                       # OLMo-2: post norms only
+        roles = {"family": "olmo2", "sandwich": False, "post_norms": True, "parallel": False, "attn": attn,
+                 "o_proj": attn.o_proj, "attn_out": layer.post_attention_layernorm, "mid_norm": layer.mlp,
+                 "mlp": layer.mlp, "mlp_out": layer.post_feedforward_layernorm, "fused": None}
+    else:
+        sandwich = hasattr(layer, "pre_feedforward_layernorm")
+        attn = layer.self_attn
+        roles = {
+            "sandwich": sandwich,
+            "attn": attn,
+            # output = hook_attn_out
+            "attn_out": layer.post_attention_layernorm if sandwich else attn,
+            # input = hook_resid_mid
+            "mid_norm": layer.pre_feedforward_layernorm if sandwich else layer.post_attention_layernorm,
+            "mlp": layer.mlp,
+            # output = hook_mlp_out
+            "mlp_out": layer.post_feedforward_layernorm if sandwich else layer.mlp,
+            "family": "phi3" if hasattr(attn, "qkv_proj") else "llama-like",
+            "post_norms": sandwich, "parallel": False, "o_proj": attn.o_proj,
+            "fused": getattr(attn, "qkv_proj", None),
+        }
+    if config is not None:
+        roles["qkv"] = qkv_columns(roles, config)
+    return roles
+
+
+def attention_shape(config: Any) -> tuple[int, int, int]:
+    """(n_heads, n_kv_heads, head_dim) of a Hugging Face config (GPT-2 and
+    GPT-NeoX have no kv heads / head_dim fields)."""
+    n_heads = config.num_attention_heads
+    n_kv = getattr(config, "num_key_value_heads", None) or n_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // n_heads
+    return n_heads, n_kv, head_dim
+
+
+def qkv_columns(roles: dict[str, Any], config: Any) -> dict[str, tuple[torch.nn.Module, torch.Tensor]]:
+    H, Hkv, hd = attention_shape(config)
+    fam, fused = roles["family"], roles["fused"]
+    if fam == "gpt_neox":
+        assert H == Hkv
+        heads = torch.arange(H)[:, None] * (3 * hd)
+        return {c: (fused, (heads + i * hd + torch.arange(hd)[None, :]).reshape(-1))
+                for i, c in enumerate(("q", "k", "v"))}
+    if fused is not None:                            # GPT-2 c_attn, Phi-3 qkv_proj: [Q | K | V]
+        sizes = {"q": H * hd, "k": Hkv * hd, "v": Hkv * hd}
+        out, start = {}, 0
+        for c in ("q", "k", "v"):
+            out[c] = (fused, start + torch.arange(sizes[c]))
+            start += sizes[c]
+        return out
+    attn = roles["attn"]
+    return {"q": (attn.q_proj, torch.arange(H * hd)), "k": (attn.k_proj, torch.arange(Hkv * hd)),
+            "v": (attn.v_proj, torch.arange(Hkv * hd))}
 
 
 class _EagerTap:
@@ -330,10 +406,10 @@ class _EagerTap:
     records the query/key it receives (after q/k norm and RoPE) and the
     attention weights it returns. The computation itself is transformers'."""
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, attn: torch.nn.Module | None = None):
         import importlib
 
-        attn = model.model.layers[0].self_attn
+        attn = model.model.layers[0].self_attn if attn is None else attn
         self.module = importlib.import_module(type(attn).__module__)
         self.original = self.module.eager_attention_forward
         self.records: dict[int, dict[str, torch.Tensor]] = {}
@@ -468,6 +544,206 @@ def capture_hooks_arch(model: torch.nn.Module, input_ids: torch.Tensor) -> tuple
     if cap is not None:
         relogits = torch.tanh(relogits / cap) * cap
     assert torch.allclose(relogits, logits, atol=1e-5, rtol=1e-5), "ln_final.hook_normalized does not reproduce logits"
+    return logits, {name: acts[name] for name in expected}
+
+
+# --------------------------------------------------------------------------
+# GPT-2, GPT-NeoX (Pythia), Phi-3, OLMo-2 (issue 16; make_tiny_classic_models.py).
+# A capture path of its own (as capture_hooks_arch is) so the earlier fixtures
+# keep their exact behaviour; module roles from layer_modules.
+
+CLASSIC_HOOK_CONVENTIONS = {
+    "batch_dim": "dropped; every activation is (T, ...)",
+    "hook_embed": "output of the token embedding (wte / embed_in / embed_tokens), unscaled",
+    "hook_pos_embed": "GPT-2 only: output of wpe, the learned position rows 0..T-1; "
+                      "blocks.0.hook_resid_pre = hook_embed + hook_pos_embed (float32 add, exact)",
+    "attn.hook_q/k/v": "the projection outputs INCLUDING their biases, before q/k norm and RoPE, "
+                       "(T, heads, head_dim): GPT-2 c_attn output split [Q | K | V] along its columns; "
+                       "GPT-NeoX query_key_value output viewed (T, heads, 3 * head_dim) and split "
+                       "[q | k | v] within each head (transformers' view + chunk); Phi-3 qkv_proj "
+                       "output split [Q (heads*hd) | K (kv*hd) | V (kv*hd)]; OLMo-2 q/k/v_proj outputs",
+    "attn.hook_rot_q/rot_k": "the query/key entering attention: after q/k norm (OLMo-2: RMSNorm over the "
+                             "whole projection, heads*hd / kv*hd wide, before the per-head split) and "
+                             "RoPE (rotate-half / NeoX pairs (i, i + rot/2) over the first rot dims; GPT-NeoX "
+                             "rot = head_dim * partial_rotary_factor < head_dim, the other dims pass "
+                             "through); GPT-2 has no RoPE: rot_q == q, rot_k == k exactly",
+    "attn.hook_pattern": "(n_heads, T, T) [head, query, key]: softmax(q.k * head_dim^-0.5 + causal mask); "
+                         "0 exactly above the diagonal",
+    "attn.hook_z": "input of the output projection (c_proj / dense / o_proj), (T, n_heads, head_dim)",
+    "hook_attn_out": "what attention adds to the residual: output projection INCLUDING its bias; OLMo-2: "
+                     "the output of post_attention_layernorm (applied to o_proj's output)",
+    "ln1_post.hook_in": "OLMo-2 only (patchbay's name, as for Gemma 2/3): o_proj output, input of "
+                        "post_attention_layernorm",
+    "hook_resid_mid": "resid_pre + attn_out (input of ln_2 / post_attention_layernorm (Phi-3) / the MLP "
+                      "(OLMo-2)); NOT written for GPT-NeoX with use_parallel_residual (no such point, as "
+                      "in TransformerLens)",
+    "ln2_post.hook_in": "OLMo-2 only: the MLP's down_proj output, input of post_feedforward_layernorm",
+    "hook_mlp_out": "what the MLP adds to the residual, including its output bias; OLMo-2: the output "
+                    "of post_feedforward_layernorm",
+    "hook_resid_post": "resid_mid + mlp_out; GPT-NeoX parallel: (mlp_out + attn_out) + resid_pre, in "
+                       "that float32 order (transformers')",
+    "ln_final.hook_normalized": "LayerNorm (GPT-2, GPT-NeoX): (x - mean) / sqrt(var + eps), var the biased "
+                                "mean of squares of x - mean, before weight and bias; RMSNorm (Phi-3, "
+                                "OLMo-2): x * rsqrt(mean(x^2) + eps), before the weight; float32",
+}
+
+
+def model_parts(model: torch.nn.Module) -> dict[str, Any]:
+    """Embedding, optional position embedding, layers and final norm of a
+    GPT-2 / GPT-NeoX / Phi-3 / OLMo-2 (or Llama-like) causal LM."""
+    mt = model.config.model_type
+    if mt == "gpt2":
+        base = model.transformer
+        return {"embed": base.wte, "pos_embed": base.wpe, "layers": base.h, "final_norm": base.ln_f,
+                "final_kind": "layernorm", "eps": model.config.layer_norm_epsilon}
+    if mt == "gpt_neox":
+        base = model.gpt_neox
+        return {"embed": base.embed_in, "pos_embed": None, "layers": base.layers,
+                "final_norm": base.final_layer_norm, "final_kind": "layernorm", "eps": model.config.layer_norm_eps}
+    base = model.model
+    return {"embed": base.embed_tokens, "pos_embed": None, "layers": base.layers, "final_norm": base.norm,
+            "final_kind": "rmsnorm", "eps": model.config.rms_norm_eps}
+
+
+def layer_normalized(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """TransformerLens LayerNorm hook_normalized, float32: centre, then divide
+    by sqrt(mean of squares + eps)."""
+    x = x.to(torch.float32)
+    x = x - x.mean(-1, keepdim=True)
+    return x / (x.pow(2).mean(-1, keepdim=True) + eps).sqrt()
+
+
+def classic_hook_names(n_layers: int, pos_embed: bool, post_norms: bool, parallel: bool) -> list[str]:
+    names = ["hook_embed"] + (["hook_pos_embed"] if pos_embed else [])
+    for layer in range(n_layers):
+        p = f"blocks.{layer}."
+        names += [p + "hook_resid_pre", p + "attn.hook_q", p + "attn.hook_k", p + "attn.hook_v",
+                  p + "attn.hook_rot_q", p + "attn.hook_rot_k", p + "attn.hook_pattern", p + "attn.hook_z"]
+        if post_norms:
+            names.append(p + "ln1_post.hook_in")
+        names.append(p + "hook_attn_out")
+        if not parallel:
+            names.append(p + "hook_resid_mid")
+        if post_norms:
+            names.append(p + "ln2_post.hook_in")
+        names += [p + "hook_mlp_out", p + "hook_resid_post"]
+    names.append("ln_final.hook_normalized")
+    return names
+
+
+def capture_hooks_classic(model: torch.nn.Module, input_ids: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """capture_hooks for GPT-2 / GPT-NeoX / Phi-3 / OLMo-2, batch 1, eager
+    attention: (logits (T, vocab), {hook name: activation}), names of
+    classic_hook_names, meanings in CLASSIC_HOOK_CONVENTIONS. Forward hooks on
+    the HF modules; RoPE'd q/k and the pattern through _EagerTap."""
+    config = model.config
+    assert config._attn_implementation == "eager"
+    H, Hkv, hd = attention_shape(config)
+    parts = model_parts(model)
+    layers = parts["layers"]
+    roles = [layer_modules(layer, config) for layer in layers]
+    post_norms, parallel = roles[0]["post_norms"], roles[0]["parallel"]
+    acts: dict[str, torch.Tensor] = {}
+    handles = []
+
+    def store(name: str, tensor: torch.Tensor, shape: tuple[int, ...] | None = None) -> None:
+        assert tensor.shape[0] == 1, "batch 1 only"
+        t = tensor[0].detach().to(torch.float32).clone()
+        if shape is not None:
+            t = t.reshape(t.shape[0], *shape)
+        assert name not in acts, f"hook {name} fired twice"
+        acts[name] = t
+
+    def first_input(args, kwargs):
+        return args[0] if args else kwargs["hidden_states"]
+
+    handles.append(parts["embed"].register_forward_hook(lambda m, a, o: store("hook_embed", o)))
+    if parts["pos_embed"] is not None:
+        handles.append(parts["pos_embed"].register_forward_hook(lambda m, a, o: store("hook_pos_embed", o)))
+    for li, (layer, mods) in enumerate(zip(layers, roles)):
+        p = f"blocks.{li}."
+        handles.append(layer.register_forward_pre_hook(
+            lambda m, a, k, p=p: store(p + "hook_resid_pre", first_input(a, k)), with_kwargs=True))
+        handles.append(layer.register_forward_hook(
+            lambda m, a, k, o, p=p: store(p + "hook_resid_post", _first_tensor(o)), with_kwargs=True))
+        for comp, (module, cols) in mods["qkv"].items():
+            n = H if comp == "q" else Hkv
+            handles.append(module.register_forward_hook(
+                lambda m, a, o, p=p, comp=comp, cols=cols, n=n: store(p + "attn.hook_" + comp, o[..., cols],
+                                                                      (n, hd))))
+        handles.append(mods["o_proj"].register_forward_pre_hook(
+            lambda m, a, p=p: store(p + "attn.hook_z", a[0], (H, hd))))
+        if post_norms:
+            handles.append(mods["attn"].register_forward_hook(
+                lambda m, a, k, o, p=p: store(p + "ln1_post.hook_in", _first_tensor(o)), with_kwargs=True))
+            handles.append(mods["mlp"].register_forward_hook(
+                lambda m, a, o, p=p: store(p + "ln2_post.hook_in", _first_tensor(o))))
+        handles.append(mods["attn_out"].register_forward_hook(
+            lambda m, a, o, p=p: store(p + "hook_attn_out", _first_tensor(o))))
+        if mods["mid_norm"] is not None:
+            handles.append(mods["mid_norm"].register_forward_pre_hook(
+                lambda m, a, k, p=p: store(p + "hook_resid_mid", first_input(a, k)), with_kwargs=True))
+        handles.append(mods["mlp_out"].register_forward_hook(
+            lambda m, a, o, p=p: store(p + "hook_mlp_out", _first_tensor(o))))
+
+    eps, kind = parts["eps"], parts["final_kind"]
+
+    def pre_final_norm(mod, args, kwargs):
+        hidden = first_input(args, kwargs)[0]
+        acts["ln_final.hook_normalized"] = (layer_normalized(hidden, eps) if kind == "layernorm"
+                                            else rms_normalized(hidden, eps)).clone()
+
+    handles.append(parts["final_norm"].register_forward_pre_hook(pre_final_norm, with_kwargs=True))
+    try:
+        with _EagerTap(model, roles[0]["attn"]) as tap:
+            out = model(input_ids=input_ids, use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+    logits = out.logits[0].detach().to(torch.float32)
+    n_layers = len(layers)
+    for li, rec in tap.records.items():
+        p = f"blocks.{li}."
+        acts[p + "attn.hook_rot_q"] = rec["rot_q"][0].transpose(0, 1).contiguous()
+        acts[p + "attn.hook_rot_k"] = rec["rot_k"][0].transpose(0, 1).contiguous()
+        acts[p + "attn.hook_pattern"] = rec["pattern"][0].contiguous()
+
+    expected = classic_hook_names(n_layers, parts["pos_embed"] is not None, post_norms, parallel)
+    assert set(acts) == set(expected), set(acts) ^ set(expected)
+
+    # exact residual-stream invariants (transformers' float32 adds)
+    first = acts["hook_embed"]
+    if parts["pos_embed"] is not None:
+        first = first + acts["hook_pos_embed"]
+    assert torch.equal(first, acts["blocks.0.hook_resid_pre"]), "embed (+ pos) != resid_pre 0"
+    for li in range(n_layers):
+        p = f"blocks.{li}."
+        if parallel:
+            assert torch.equal(acts[p + "hook_resid_post"],
+                               acts[p + "hook_mlp_out"] + acts[p + "hook_attn_out"] + acts[p + "hook_resid_pre"])
+        else:
+            assert torch.equal(acts[p + "hook_resid_mid"], acts[p + "hook_resid_pre"] + acts[p + "hook_attn_out"])
+            assert torch.equal(acts[p + "hook_resid_post"], acts[p + "hook_resid_mid"] + acts[p + "hook_mlp_out"])
+        if li + 1 < n_layers:
+            assert torch.equal(acts[p + "hook_resid_post"], acts[f"blocks.{li + 1}.hook_resid_pre"])
+        if post_norms:
+            layer = layers[li]
+            again = layer.post_attention_layernorm(acts[p + "ln1_post.hook_in"].unsqueeze(0))[0]
+            assert torch.equal(again, acts[p + "hook_attn_out"])
+            again = layer.post_feedforward_layernorm(acts[p + "ln2_post.hook_in"].unsqueeze(0))[0]
+            assert torch.equal(again, acts[p + "hook_mlp_out"])
+        if config.model_type == "gpt2":
+            assert torch.equal(acts[p + "attn.hook_rot_q"], acts[p + "attn.hook_q"])
+            assert torch.equal(acts[p + "attn.hook_rot_k"], acts[p + "attn.hook_k"])
+        v = acts[p + "attn.hook_v"].repeat_interleave(H // Hkv, dim=1)
+        z = torch.einsum("hqk,khd->qhd", acts[p + "attn.hook_pattern"], v)
+        assert torch.allclose(z, acts[p + "attn.hook_z"], atol=1e-5, rtol=1e-5), f"layer {li}: z != pattern @ v"
+    norm = parts["final_norm"]
+    y = acts["ln_final.hook_normalized"] * norm.weight.detach().to(torch.float32)
+    if getattr(norm, "bias", None) is not None:
+        y = y + norm.bias.detach().to(torch.float32)
+    relogits = model.get_output_embeddings()(y.unsqueeze(0))[0]
+    assert torch.allclose(relogits, logits, atol=1e-4, rtol=1e-5), "ln_final.hook_normalized does not reproduce logits"
     return logits, {name: acts[name] for name in expected}
 
 
