@@ -12,6 +12,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <cmocka.h>
+#include <jansson.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -208,6 +209,70 @@ static void test_query_scale_variant(void **state) {
         pb_model_free(m);
         tu_remove_tree(dir);
     }
+}
+
+/* A GPT-2-shaped model against TransformerLens 3.9 itself
+ * (tiny_gpt2/transformer_lens_hooks.json: run_with_cache's names and shapes
+ * with the batch dimension): every hook point patchbay captures exists there
+ * with the same shape but hook_rot_q/k (TransformerLens hooks them for
+ * rotary models only), and every residual, sublayer, attention and
+ * embedding hook TransformerLens has is one patchbay captures. */
+static void test_transformer_lens_names(void **state) {
+    char path[1024];
+    tu_fixture_file(path, sizeof path, "tiny_gpt2", "transformer_lens_hooks.json");
+    json_error_t error;
+    json_t *root = json_load_file(path, 0, &error);
+    if (!root)
+        fail_msg("%s: %s", path, error.text);
+    json_t *hooks = json_object_get(root, "hooks");
+    pb_model *m = tu_load_model("tiny_gpt2", "model.gguf", PB_BACKEND_CPU);
+    int T;
+    int32_t *ids = load_ids("tiny_gpt2", &T);
+    pb_capture *cap;
+    assert_int_equal(pb_capture_create(&cap, m, "*"), PB_OK);
+    assert_int_equal(pb_forward(m, ids, T, NULL, cap), PB_OK);
+    int matched = 0;
+    for (int i = 0; i < pb_capture_count(cap); i++) {
+        const char *name = pb_capture_name(cap, i);
+        json_t *tl = json_object_get(hooks, name);
+        if (!tl && strstr(name, "attn.hook_rot_"))
+            continue;
+        if (!tl)
+            fail_msg("%s: not a TransformerLens hook of GPT-2", name);
+        int n_dims;
+        int64_t shape[3];
+        assert_non_null(pb_capture_data(cap, i, &n_dims, shape));
+        if ((int)json_array_size(tl) != n_dims + 1 || json_integer_value(json_array_get(tl, 0)) != 1)
+            fail_msg("%s: %d dimensions, TransformerLens %zu with the batch", name, n_dims, json_array_size(tl));
+        for (int k = 0; k < n_dims; k++)
+            if (json_integer_value(json_array_get(tl, (size_t)k + 1)) != shape[k])
+                fail_msg("%s: dimension %d is %lld, TransformerLens %lld", name, k, (long long)shape[k],
+                         (long long)json_integer_value(json_array_get(tl, (size_t)k + 1)));
+        matched++;
+    }
+    static const char *const standard[] = {
+        "hook_embed",    "hook_pos_embed",    "hook_resid_pre",       "hook_resid_mid", "hook_resid_post",
+        "hook_attn_out", "hook_mlp_out",      "attn.hook_q",          "attn.hook_k",    "attn.hook_v",
+        "attn.hook_z",   "attn.hook_pattern", "attn.hook_attn_scores"};
+    const char *key;
+    json_t *value;
+    json_object_foreach(hooks, key, value) {
+        for (size_t k = 0; k < sizeof standard / sizeof standard[0]; k++) {
+            size_t n = strlen(key), len = strlen(standard[k]);
+            if (n >= len && strcmp(key + n - len, standard[k]) == 0 && (n == len || key[n - len - 1] == '.')) {
+                int found = 0;
+                for (int i = 0; i < pb_capture_count(cap) && !found; i++)
+                    found = strcmp(pb_capture_name(cap, i), key) == 0;
+                if (!found)
+                    fail_msg("TransformerLens hook %s is not captured", key);
+            }
+        }
+    }
+    printf("[ MEASURE  ] tiny_gpt2: %d hook points with TransformerLens's names and shapes\n", matched);
+    pb_capture_free(cap);
+    free(ids);
+    pb_model_free(m);
+    json_decref(root);
 }
 
 static void test_config_values(void **state) {
@@ -442,6 +507,7 @@ int main(void) {
         cmocka_unit_test(test_tiny_gpt_neox),
         cmocka_unit_test(test_tiny_phi3),
         cmocka_unit_test(test_tiny_olmo2),
+        cmocka_unit_test(test_transformer_lens_names),
         cmocka_unit_test(test_arch_config_values),
         cmocka_unit_test(test_query_scale_variant),
         cmocka_unit_test(test_generate_matches_full_forward),
