@@ -200,9 +200,9 @@ static void test_refused(void **state) {
         const char *needle;
     } cases[] = {
         {BASE_HEAD ", \"num_attention_heads\": 8}", PB_ERR_FORMAT, "config.json: missing key 'hidden_size'"},
-        {"{\"model_type\": \"gpt2\", \"hidden_size\": 256}", PB_ERR_UNSUPPORTED,
-         "config.json: model_type: architecture 'gpt2' is not supported (supported: llama, mistral, qwen2, qwen3, gemma, "
-         "gemma2, gemma3)"},
+        {"{\"model_type\": \"bloom\", \"hidden_size\": 256}", PB_ERR_UNSUPPORTED,
+         "config.json: model_type: architecture 'bloom' is not supported (supported: llama, mistral, qwen2, qwen3, gemma, "
+         "gemma2, gemma3, gpt2, gptneox, phi3, olmo2)"},
         {"{\"hidden_size\": 256}", PB_ERR_FORMAT, "config.json: missing key 'model_type'"},
         {BASE_HEAD ", \"hidden_size\": \"256\", \"num_attention_heads\": 8}", PB_ERR_FORMAT,
          "key 'hidden_size' is \"256\", expected a positive integer"},
@@ -373,8 +373,9 @@ static void test_families_refused(void **state) {
         pb_status status;
         const char *needle;
     } cases[] = {
-        {"{\"model_type\": \"phi3\"}", PB_ERR_UNSUPPORTED,
-         "architecture 'phi3' is not supported (supported: llama, mistral, qwen2, qwen3, gemma, gemma2, gemma3)"},
+        {"{\"model_type\": \"phi\"}", PB_ERR_UNSUPPORTED,
+         "architecture 'phi' is not supported (supported: llama, mistral, qwen2, qwen3, gemma, gemma2, gemma3, gpt2, "
+         "gptneox, phi3, olmo2)"},
         {GEMMA3_HEAD ", \"hidden_activation\": \"gelu\"}", PB_ERR_UNSUPPORTED,
          "hidden_activation \"gelu\" is not supported for gemma3 (only \"gelu_pytorch_tanh\")"},
         {"{\"model_type\": \"gemma2\", \"hidden_activation\": \"silu\"}", PB_ERR_UNSUPPORTED,
@@ -400,6 +401,143 @@ static void test_families_refused(void **state) {
          " \"num_attention_heads\": 4, \"max_position_embeddings\": 512, \"rms_norm_eps\": 1e-06,"
          " \"vocab_size\": 300, \"attention_bias\": true}",
          PB_ERR_UNSUPPORTED, "qwen3 with attention_bias true"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+        expect_refused(state, cases[i].text, cases[i].status, cases[i].needle);
+}
+
+/* GPT-2 as the hub writes it: its own key names, n_inner null (4 *
+ * n_embd), gelu_new, LayerNorm epsilon, tied; learned positions over
+ * n_positions, no RoPE, biases everywhere, plain MLP. */
+static void test_gpt2(void **state) {
+    pb_model_config cfg;
+    read_ok(state,
+            "{\"model_type\": \"gpt2\", \"activation_function\": \"gelu_new\", \"n_embd\": 768, \"n_head\": 12,"
+            " \"n_layer\": 12, \"n_positions\": 1024, \"n_ctx\": 1024, \"n_inner\": null,"
+            " \"layer_norm_epsilon\": 1e-05, \"vocab_size\": 50257, \"bos_token_id\": 50256, \"eos_token_id\": 50256}",
+            &cfg);
+    assert_string_equal(cfg.arch, "gpt2");
+    assert_true(cfg.n_layers == 12 && cfg.d_model == 768 && cfg.n_heads == 12 && cfg.n_kv_heads == 12);
+    assert_true(cfg.head_dim == 64 && cfg.d_mlp == 3072 && cfg.context_length == 1024 && cfg.vocab_size == 50257);
+    assert_true(cfg.rms_eps == 1e-05f);
+    assert_int_equal(cfg.activation, PB_ACTIVATION_GELU_TANH);
+    assert_int_equal(cfg.norm, PB_NORM_LAYER);
+    assert_int_equal(cfg.position, PB_POSITION_LEARNED);
+    assert_true(cfg.plain_mlp && cfg.has_dense_bias && cfg.has_qkv_bias && cfg.tied_embeddings);
+    assert_true(!cfg.parallel_block && !cfg.no_pre_norm && !cfg.qk_norm && cfg.rotary_dims == 0);
+    assert_true(cfg.bos_id == 50256 && cfg.eos_id == 50256);
+    read_ok(state,
+            "{\"model_type\": \"gpt2\", \"n_embd\": 8, \"n_head\": 2, \"n_layer\": 1, \"n_positions\": 4,"
+            " \"n_inner\": 20, \"layer_norm_epsilon\": 1e-05, \"vocab_size\": 9}",
+            &cfg);
+    assert_int_equal(cfg.d_mlp, 20);
+}
+
+/* GPT-NeoX (Pythia) in both layouts: transformers 4 (rotary_pct,
+ * rotary_emb_base) and 5 (rope_parameters with partial_rotary_factor):
+ * rotary_dims = int(head_dim * fraction); use_parallel_residual defaults
+ * to true; untied. */
+static void test_gptneox(void **state) {
+    static const char *const texts[] = {
+        "{\"model_type\": \"gpt_neox\", \"hidden_act\": \"gelu\", \"hidden_size\": 512, \"num_attention_heads\": 8,"
+        " \"num_hidden_layers\": 6, \"intermediate_size\": 2048, \"max_position_embeddings\": 2048,"
+        " \"layer_norm_eps\": 1e-05, \"rotary_pct\": 0.25, \"rotary_emb_base\": 10000, \"tie_word_embeddings\": false,"
+        " \"use_parallel_residual\": true, \"vocab_size\": 50304, \"bos_token_id\": 0, \"eos_token_id\": 0}",
+        "{\"model_type\": \"gpt_neox\", \"hidden_act\": \"gelu\", \"hidden_size\": 512, \"num_attention_heads\": 8,"
+        " \"num_hidden_layers\": 6, \"intermediate_size\": 2048, \"max_position_embeddings\": 2048,"
+        " \"layer_norm_eps\": 1e-05, \"rope_parameters\": {\"partial_rotary_factor\": 0.25, \"rope_theta\": 10000,"
+        " \"rope_type\": \"default\"}, \"vocab_size\": 50304}",
+    };
+    for (int i = 0; i < 2; i++) {
+        pb_model_config cfg;
+        read_ok(state, texts[i], &cfg);
+        assert_string_equal(cfg.arch, "gptneox");
+        assert_true(cfg.head_dim == 64 && cfg.rotary_dims == 16 && cfg.rope_theta == 10000.0f);
+        assert_int_equal(cfg.activation, PB_ACTIVATION_GELU);
+        assert_int_equal(cfg.norm, PB_NORM_LAYER);
+        assert_int_equal(cfg.position, PB_POSITION_ROPE);
+        assert_true(cfg.plain_mlp && cfg.has_dense_bias && cfg.has_qkv_bias && cfg.parallel_block);
+        assert_true(!cfg.tied_embeddings && cfg.rms_eps == 1e-05f && cfg.d_mlp == 2048);
+    }
+    pb_model_config cfg;
+    read_ok(state,
+            "{\"model_type\": \"gpt_neox\", \"hidden_size\": 64, \"num_attention_heads\": 4, \"num_hidden_layers\": 1,"
+            " \"intermediate_size\": 8, \"max_position_embeddings\": 8, \"layer_norm_eps\": 1e-05,"
+            " \"use_parallel_residual\": false, \"vocab_size\": 8}",
+            &cfg);
+    assert_true(!cfg.parallel_block && cfg.rotary_dims == 4); /* rotary_pct default 0.25 of 16 */
+}
+
+/* Phi-3: llama-like, every layer slides when sliding_window is set (null:
+ * none); OLMo-2: post norms only, full-width q/k norms. */
+static void test_phi3_olmo2(void **state) {
+    pb_model_config cfg;
+    read_ok(state,
+            "{\"model_type\": \"phi3\", \"hidden_act\": \"silu\", \"hidden_size\": 3072, \"num_attention_heads\": 32,"
+            " \"num_key_value_heads\": 32, \"num_hidden_layers\": 32, \"intermediate_size\": 8192,"
+            " \"max_position_embeddings\": 4096, \"original_max_position_embeddings\": 4096, \"rms_norm_eps\": 1e-05,"
+            " \"rope_theta\": 10000.0, \"rope_scaling\": null, \"sliding_window\": 2047,"
+            " \"tie_word_embeddings\": false, \"vocab_size\": 32064}",
+            &cfg);
+    assert_string_equal(cfg.arch, "phi3");
+    assert_true(cfg.sliding_window == 2047 && cfg.sliding_period == 0 && cfg.context_length == 4096);
+    assert_true(!cfg.plain_mlp && !cfg.has_dense_bias && !cfg.has_qkv_bias && cfg.norm == PB_NORM_RMS);
+    read_ok(state,
+            "{\"model_type\": \"phi3\", \"hidden_size\": 64, \"num_attention_heads\": 4, \"num_hidden_layers\": 1,"
+            " \"intermediate_size\": 8, \"max_position_embeddings\": 8, \"rms_norm_eps\": 1e-05,"
+            " \"sliding_window\": null, \"vocab_size\": 8}",
+            &cfg);
+    assert_int_equal(cfg.sliding_window, 0);
+    read_ok(state,
+            "{\"model_type\": \"olmo2\", \"hidden_act\": \"silu\", \"hidden_size\": 2048, \"num_attention_heads\": 16,"
+            " \"num_key_value_heads\": 16, \"num_hidden_layers\": 16, \"intermediate_size\": 8192,"
+            " \"max_position_embeddings\": 4096, \"rms_norm_eps\": 1e-06, \"rope_theta\": 500000,"
+            " \"attention_bias\": false, \"tie_word_embeddings\": false, \"vocab_size\": 100352}",
+            &cfg);
+    assert_string_equal(cfg.arch, "olmo2");
+    assert_true(cfg.qk_norm && cfg.qk_norm_full && cfg.sandwich_norm && cfg.no_pre_norm);
+    assert_true(!cfg.plain_mlp && cfg.norm == PB_NORM_RMS && cfg.rope_theta == 500000.0f);
+}
+
+/* What the new families cannot run, refused naming the key and value. */
+static void test_new_families_refused(void **state) {
+    static const struct {
+        const char *text;
+        pb_status status;
+        const char *needle;
+    } cases[] = {
+        {"{\"model_type\": \"gpt2\", \"activation_function\": \"relu\"}", PB_ERR_UNSUPPORTED,
+         "activation_function \"relu\" is not supported for gpt2 (only \"gelu_new\")"},
+        {"{\"model_type\": \"gpt_neox\", \"hidden_act\": \"gelu_new\"}", PB_ERR_UNSUPPORTED,
+         "hidden_act \"gelu_new\" is not supported for gptneox (only \"gelu\")"},
+        {"{\"model_type\": \"gpt_neox\", \"hidden_act\": \"gelu_fast\"}", PB_ERR_UNSUPPORTED,
+         "hidden_act \"gelu_fast\" is not supported for gptneox"},
+        {"{\"model_type\": \"phi3\", \"hidden_size\": 64, \"num_attention_heads\": 4, \"num_hidden_layers\": 1,"
+         " \"intermediate_size\": 8, \"max_position_embeddings\": 8, \"rms_norm_eps\": 1e-05, \"vocab_size\": 8,"
+         " \"rope_scaling\": {\"type\": \"longrope\", \"long_factor\": [1.0], \"short_factor\": [1.0]}}",
+         PB_ERR_UNSUPPORTED, "rope_scaling type 'longrope' (LongRoPE, Phi-3's long-context scaling) is not supported"},
+        {"{\"model_type\": \"phi3\", \"hidden_size\": 64, \"num_attention_heads\": 4, \"num_hidden_layers\": 1,"
+         " \"intermediate_size\": 8, \"max_position_embeddings\": 8, \"rms_norm_eps\": 1e-05, \"vocab_size\": 8,"
+         " \"rope_scaling\": {\"type\": \"su\"}}",
+         PB_ERR_UNSUPPORTED, "rope_scaling type 'su' (LongRoPE"},
+        {"{\"model_type\": \"phi3\", \"hidden_size\": 64, \"num_attention_heads\": 4, \"num_hidden_layers\": 1,"
+         " \"intermediate_size\": 8, \"max_position_embeddings\": 8, \"rms_norm_eps\": 1e-05, \"vocab_size\": 8,"
+         " \"partial_rotary_factor\": 0.75}",
+         PB_ERR_UNSUPPORTED, "partial_rotary_factor 0.75 is not supported for phi3 (only 1.0)"},
+        {"{\"model_type\": \"gpt_neox\", \"hidden_size\": 64, \"num_attention_heads\": 4, \"num_hidden_layers\": 1,"
+         " \"intermediate_size\": 8, \"max_position_embeddings\": 8, \"layer_norm_eps\": 1e-05, \"vocab_size\": 8,"
+         " \"attention_bias\": false}",
+         PB_ERR_UNSUPPORTED, "attention_bias false (no attention biases) is not supported for gptneox"},
+        {"{\"model_type\": \"gpt_neox\", \"hidden_size\": 64, \"num_attention_heads\": 4, \"num_hidden_layers\": 1,"
+         " \"intermediate_size\": 8, \"max_position_embeddings\": 8, \"layer_norm_eps\": 1e-05, \"vocab_size\": 8,"
+         " \"rotary_pct\": 0.1}",
+         PB_ERR_FORMAT, "rotary_pct 0.1 turns 1 dimensions of each head: RoPE needs a positive even number"},
+        {"{\"model_type\": \"gpt2\", \"n_embd\": 8, \"n_head\": 2, \"n_layer\": 1, \"vocab_size\": 9}", PB_ERR_FORMAT,
+         "missing key 'n_positions'"},
+        {"{\"model_type\": \"olmo2\", \"hidden_size\": 64, \"num_attention_heads\": 4, \"num_hidden_layers\": 1,"
+         " \"intermediate_size\": 8, \"max_position_embeddings\": 8, \"rms_norm_eps\": 1e-05, \"vocab_size\": 8,"
+         " \"attention_bias\": true}",
+         PB_ERR_UNSUPPORTED, "olmo2 with attention_bias true"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
         expect_refused(state, cases[i].text, cases[i].status, cases[i].needle);
@@ -515,6 +653,10 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_gemma3_multimodal, tu_scratch_setup, tu_scratch_teardown),
         cmocka_unit_test_setup_teardown(test_qwen3, tu_scratch_setup, tu_scratch_teardown),
         cmocka_unit_test_setup_teardown(test_families_refused, tu_scratch_setup, tu_scratch_teardown),
+        cmocka_unit_test_setup_teardown(test_gpt2, tu_scratch_setup, tu_scratch_teardown),
+        cmocka_unit_test_setup_teardown(test_gptneox, tu_scratch_setup, tu_scratch_teardown),
+        cmocka_unit_test_setup_teardown(test_phi3_olmo2, tu_scratch_setup, tu_scratch_teardown),
+        cmocka_unit_test_setup_teardown(test_new_families_refused, tu_scratch_setup, tu_scratch_teardown),
         cmocka_unit_test(test_missing_file_and_args),
         cmocka_unit_test(test_fixture_tiny_gqa),
         cmocka_unit_test(test_fixture_tiny_bias),

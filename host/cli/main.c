@@ -816,10 +816,16 @@ static int cmd_info(const options *o) {
            c->tied_embeddings, c->bos_id, c->eos_id);
     printf("activation %s\nqk_norm %d\nsandwich_norm %d\nembed_scale %g\nattn_scale %g\nattn_softcap %g\n"
            "final_softcap %g\nsliding_window %d\nsliding_period %d\nrope_theta_local %g\nassumptions %s\n",
-           c->activation == PB_ACTIVATION_GELU_TANH ? "gelu_tanh" : "silu", c->qk_norm, c->sandwich_norm,
-           (double)c->embed_scale, (double)c->attn_scale, (double)c->attn_softcap, (double)c->final_softcap,
-           c->sliding_window, c->sliding_period, (double)c->rope_theta_local,
+           c->activation == PB_ACTIVATION_GELU_TANH ? "gelu_tanh"
+           : c->activation == PB_ACTIVATION_GELU    ? "gelu"
+                                                    : "silu",
+           c->qk_norm, c->sandwich_norm, (double)c->embed_scale, (double)c->attn_scale, (double)c->attn_softcap,
+           (double)c->final_softcap, c->sliding_window, c->sliding_period, (double)c->rope_theta_local,
            *pb_arch_assumptions(c) ? pb_arch_assumptions(c) : "none (every value is from the file)");
+    printf("norm %s\nposition %s\nrotary_dims %d\nplain_mlp %d\ndense_bias %d\nparallel_block %d\nno_pre_norm %d\n"
+           "qk_norm_full %d\n",
+           c->norm == PB_NORM_LAYER ? "layernorm" : "rmsnorm", c->position == PB_POSITION_LEARNED ? "learned" : "rope",
+           c->rotary_dims, c->plain_mlp, c->has_dense_bias, c->parallel_block, c->no_pre_norm, c->qk_norm_full);
     pb_model_free(m);
     return 0;
 }

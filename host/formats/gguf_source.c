@@ -97,24 +97,30 @@ static pb_status check_block_count(const pb_gguf *g, const char *path, const cha
 
 /* The head dimension is ARCH.attention.key_length, else embedding_length /
  * head_count (llama.cpp's rule); ARCH.rope.dimension_count, when given,
- * must equal it: fewer (partial rotary) is not supported, more impossible. */
-static pb_status gguf_head_dim(pb_model_config *c, const pb_gguf *g, const char *path, const char *arch) {
-    PB_TRY(gguf_int(g, arch, "attention.key_length", &c->head_dim, 0, c->d_model / c->n_heads));
+ * must equal it, or in a family with partial rotary (gptneox) be fewer and
+ * even: the rotary dimensions. */
+static pb_status gguf_head_dim(pb_model_config *c, const pb_gguf *g, const char *path, const pb_arch *arch) {
+    const char *a = arch->name;
+    PB_TRY(gguf_int(g, a, "attention.key_length", &c->head_dim, 0, c->d_model / c->n_heads));
     int rope_dims = 0;
-    PB_TRY(gguf_int(g, arch, "rope.dimension_count", &rope_dims, 0, c->head_dim));
+    PB_TRY(gguf_int(g, a, "rope.dimension_count", &rope_dims, 0, c->head_dim));
     char key_length[128];
-    snprintf(key_length, sizeof key_length, "%s.attention.key_length", arch);
+    snprintf(key_length, sizeof key_length, "%s.attention.key_length", a);
     const char *from = pb_gguf_has_key(g, key_length) ? key_length : "embedding_length / head_count";
     if (rope_dims > c->head_dim)
         return pb_fail(PB_ERR_FORMAT,
                        "%s: %s.rope.dimension_count = %d is more than the head dimension %d (%s): a head cannot "
                        "rotate more dimensions than it has",
-                       path, arch, rope_dims, c->head_dim, from);
-    if (rope_dims < c->head_dim)
+                       path, a, rope_dims, c->head_dim, from);
+    if (rope_dims < c->head_dim && !arch->partial_rotary)
         return pb_fail(PB_ERR_UNSUPPORTED,
                        "%s: %s.rope.dimension_count = %d is less than the head dimension %d (%s): partial rotary "
-                       "embeddings are not supported",
-                       path, arch, rope_dims, c->head_dim, from);
+                       "embeddings are not supported for %s",
+                       path, a, rope_dims, c->head_dim, from, a);
+    if (rope_dims % 2 != 0)
+        return pb_fail(PB_ERR_FORMAT, "%s: %s.rope.dimension_count = %d is odd: RoPE turns pairs of dimensions", path,
+                       a, rope_dims);
+    c->rotary_dims = rope_dims < c->head_dim ? rope_dims : 0;
     return PB_OK;
 }
 
@@ -191,6 +197,51 @@ static pb_status gguf_sliding_pattern(pb_model_config *c, const pb_gguf *g, cons
     return PB_OK;
 }
 
+/* The block's shape beyond Llama: norms, positions, MLP, biases, parallel
+ * sublayers (ARCH.use_parallel_residual, the family's default when absent),
+ * and what the family's llama.cpp graph cannot run (Phi-3's LongRoPE). */
+static pb_status gguf_blocks(pb_model_config *c, const pb_gguf *g, const char *path, const pb_arch *arch) {
+    c->norm = arch->norm;
+    c->position = arch->position;
+    c->plain_mlp = arch->plain_mlp;
+    c->has_dense_bias = arch->dense_bias;
+    c->no_pre_norm = arch->no_pre_norm;
+    c->qk_norm_full = arch->qk_norm_full;
+    c->parallel_block = arch->parallel_default;
+    char key[128];
+    snprintf(key, sizeof key, "%s.use_parallel_residual", arch->name);
+    if (pb_gguf_has_key(g, key)) {
+        pb_status status = pb_gguf_get_bool(g, key, &c->parallel_block);
+        if (status != PB_OK)
+            return pb_fail_context(status, "%s", path);
+        c->parallel_block = c->parallel_block != 0;
+    }
+    if (pb_gguf_find_tensor(g, "rope_factors_long.weight") || pb_gguf_find_tensor(g, "rope_factors_short.weight"))
+        return pb_fail(PB_ERR_UNSUPPORTED,
+                       "%s: tensor 'rope_factors_long.weight' / 'rope_factors_short.weight': LongRoPE (Phi-3 "
+                       "128k context) is not supported",
+                       path);
+    return PB_OK;
+}
+
+/* ARCH.attention.sliding_window for a family whose every layer slides
+ * (phi3): llama.cpp's converter writes 0 for none. */
+static pb_status gguf_window_all(pb_model_config *c, const pb_gguf *g, const char *path, const char *a) {
+    char key[128];
+    snprintf(key, sizeof key, "%s.attention.sliding_window", a);
+    if (!pb_gguf_has_key(g, key))
+        return PB_OK;
+    int64_t window;
+    pb_status status = pb_gguf_get_int(g, key, &window);
+    if (status != PB_OK)
+        return pb_fail_context(status, "%s", path);
+    if (window < 0 || window > INT32_MAX)
+        return pb_fail(PB_ERR_FORMAT, "%s: %s = %lld is out of range", path, key, (long long)window);
+    c->sliding_window = (int)window;
+    c->sliding_period = 0; /* every layer */
+    return PB_OK;
+}
+
 /* The architecture beyond Llama: the family's traits, and the keys
  * llama.cpp's converter writes for it, with llama.cpp's values where the
  * file has none (model/arch.c). */
@@ -199,6 +250,7 @@ static pb_status gguf_family(pb_model_config *c, const pb_gguf *g, const char *p
     c->activation = arch->activation;
     c->qk_norm = arch->qk_norm;
     c->sandwich_norm = arch->sandwich_norm;
+    PB_TRY(gguf_blocks(c, g, path, arch));
     if (arch->embed_scaled)
         c->embed_scale = (float)sqrt((double)c->d_model); /* as torch: computed in double, rounded to fp32 */
     if (arch->query_pre_attn_scalar > 0) {
@@ -216,6 +268,8 @@ static pb_status gguf_family(pb_model_config *c, const pb_gguf *g, const char *p
                            "be finite and not negative",
                            path, a, (double)c->attn_softcap, (double)c->final_softcap);
     }
+    if (arch->window == PB_WINDOW_ALL)
+        return gguf_window_all(c, g, path, a);
     if (arch->window != PB_WINDOW_PATTERN)
         return PB_OK;
     char key[128];
@@ -248,13 +302,16 @@ static pb_status config_from_gguf(pb_model_config *c, const pb_gguf *g, const ch
     PB_TRY(gguf_int(g, a, "attention.head_count", &c->n_heads, 1, 0));
     PB_TRY(gguf_int(g, a, "attention.head_count_kv", &c->n_kv_heads, 0, c->n_heads));
     PB_TRY(gguf_int(g, a, "context_length", &c->context_length, 1, 0));
-    PB_TRY(gguf_head_dim(c, g, path, a));
+    PB_TRY(gguf_head_dim(c, g, path, arch));
     int value_length = 0;
     PB_TRY(gguf_int(g, a, "attention.value_length", &value_length, 0, c->head_dim));
     if (value_length != c->head_dim)
         return pb_fail(PB_ERR_UNSUPPORTED, "%s: value_length %d differs from key_length %d", path, value_length,
                        c->head_dim);
-    PB_TRY(gguf_float(g, a, "attention.layer_norm_rms_epsilon", &c->rms_eps, 1, 0));
+    /* LayerNorm families store their epsilon under another key */
+    PB_TRY(gguf_float(g, a,
+                      arch->norm == PB_NORM_LAYER ? "attention.layer_norm_epsilon" : "attention.layer_norm_rms_epsilon",
+                      &c->rms_eps, 1, 0));
     PB_TRY(gguf_float(g, a, "rope.freq_base", &c->rope_theta, 0, 10000.0f));
     PB_TRY(gguf_rope_scaling(c, g, path, a));
     int n_tokens = 0;
@@ -267,7 +324,8 @@ static pb_status config_from_gguf(pb_model_config *c, const pb_gguf *g, const ch
     const pb_gguf_tensor *embd = pb_gguf_find_tensor(g, "token_embd.weight");
     int embd_rows = embd && embd->n_dims == 2 && embd->ne[1] <= INT32_MAX ? (int)embd->ne[1] : 0;
     PB_TRY(gguf_int(g, a, "vocab_size", &c->vocab_size, 0, n_tokens ? n_tokens : embd_rows));
-    c->has_qkv_bias = pb_gguf_find_tensor(g, "blk.0.attn_q.bias") != NULL;
+    c->has_qkv_bias = pb_gguf_find_tensor(g, "blk.0.attn_q.bias") != NULL ||
+                      pb_gguf_find_tensor(g, "blk.0.attn_qkv.bias") != NULL;
     c->tied_embeddings = pb_gguf_find_tensor(g, "output.weight") == NULL;
     PB_TRY(gguf_token_id(g, path, "bos_token_id", c->vocab_size, &c->bos_id));
     PB_TRY(gguf_token_id(g, path, "eos_token_id", c->vocab_size, &c->eos_id));
@@ -312,13 +370,67 @@ static int permuted_heads(const gguf_source *s, const char *name) {
     return 0;
 }
 
+/* Where llama.cpp's converter fused a canonical tensor: Q, K and V (and
+ * their biases) in blk.L.attn_qkv as rows [Q; K; V] (gpt2, gptneox, phi3),
+ * gate and up in blk.L.ffn_up as rows [gate; up] (phi3: 2 * d_mlp rows,
+ * no ffn_gate). The fused tensor's name into fused; 0 when none. */
+static int gguf_fused_name(const gguf_source *s, const char *name, char *fused, size_t size, pb_fused_split *split,
+                           int *part) {
+    static const struct {
+        const char *suffix, *fused;
+        pb_fused_split split;
+        int part;
+    } parts[] = {
+        {"attn_q.weight", "attn_qkv.weight", PB_SPLIT_QKV, 0},
+        {"attn_k.weight", "attn_qkv.weight", PB_SPLIT_QKV, 1},
+        {"attn_v.weight", "attn_qkv.weight", PB_SPLIT_QKV, 2},
+        {"attn_q.bias", "attn_qkv.bias", PB_SPLIT_QKV, 0},
+        {"attn_k.bias", "attn_qkv.bias", PB_SPLIT_QKV, 1},
+        {"attn_v.bias", "attn_qkv.bias", PB_SPLIT_QKV, 2},
+        {"ffn_gate.weight", "ffn_up.weight", PB_SPLIT_HALVES, 0},
+        {"ffn_up.weight", "ffn_up.weight", PB_SPLIT_HALVES, 1},
+    };
+    int layer, consumed = 0;
+    if (sscanf(name, "blk.%d.%n", &layer, &consumed) != 1 || consumed == 0)
+        return 0;
+    for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) {
+        if (strcmp(name + consumed, parts[i].suffix) != 0)
+            continue;
+        if (parts[i].split == PB_SPLIT_HALVES) {
+            /* only a gated MLP without ffn_gate keeps both halves in ffn_up */
+            char gate[96];
+            snprintf(gate, sizeof gate, "blk.%d.ffn_gate.weight", layer);
+            if (s->base.cfg.plain_mlp || pb_gguf_find_tensor(s->gguf, gate))
+                return 0;
+        }
+        snprintf(fused, size, "blk.%d.%s", layer, parts[i].fused);
+        *split = parts[i].split;
+        *part = parts[i].part;
+        return 1;
+    }
+    return 0;
+}
+
 static pb_status gguf_find(const pb_weight_source *src, const char *name, pb_tensor_info *info, int *found) {
     const gguf_source *s = (const gguf_source *)src;
     memset(info, 0, sizeof *info);
     snprintf(info->name, sizeof info->name, "%s", name);
     snprintf(info->file_name, sizeof info->file_name, "%s", name);
     info->index = -1;
-    const pb_gguf_tensor *t = pb_gguf_find_tensor(s->gguf, name);
+    char fused[96];
+    pb_fused_split split = PB_SPLIT_NONE;
+    int part = 0;
+    /* the canonical tensor itself unless only its fused one is there */
+    const pb_gguf_tensor *t = NULL;
+    if (gguf_fused_name(s, name, fused, sizeof fused, &split, &part) &&
+        (split == PB_SPLIT_HALVES || !pb_gguf_find_tensor(s->gguf, name)))
+        t = pb_gguf_find_tensor(s->gguf, fused);
+    if (t) {
+        snprintf(info->file_name, sizeof info->file_name, "%s", fused);
+    } else {
+        t = pb_gguf_find_tensor(s->gguf, name);
+        split = PB_SPLIT_NONE;
+    }
     *found = t != NULL;
     if (!t)
         return PB_OK;
@@ -330,11 +442,21 @@ static pb_status gguf_find(const pb_weight_source *src, const char *name, pb_ten
     info->n_bytes = t->n_bytes;
     info->permuted_heads = permuted_heads(s, name);
     info->handle = t;
-    return PB_OK;
+    return split == PB_SPLIT_NONE ? PB_OK : pb_tensor_part_set(&src->cfg, src->path, info, split, part, 0);
 }
 
 static pb_status gguf_read_f32(const pb_weight_source *src, const pb_tensor_info *info, float *out) {
     const pb_gguf_tensor *t = info->handle;
+    if (pb_tensor_is_view(info)) {
+        float *whole = malloc(sizeof(float) * (size_t)t->n_elements);
+        if (!whole)
+            return pb_fail(PB_ERR_OOM, "%s: out of memory reading fused tensor '%s'", src->path, info->file_name);
+        pb_status status = pb_dequantize(whole, t->data, t->type, t->n_elements);
+        if (status == PB_OK)
+            pb_tensor_part_extract(info, whole, out);
+        free(whole);
+        return status == PB_OK ? PB_OK : pb_fail_context(status, "%s: tensor '%s'", src->path, info->file_name);
+    }
     pb_status status = pb_dequantize(out, t->data, t->type, t->n_elements);
     if (status != PB_OK)
         return pb_fail_context(status, "%s: tensor '%s'", src->path, info->file_name);

@@ -1,8 +1,10 @@
-/* Hugging Face config.json -> pb_model_config for llama, mistral and qwen2.
+/* Hugging Face config.json -> pb_model_config for every family of
+ * model/arch.h (each family's own key names: GPT-2's n_embd, n_layer ...).
  * Defaults follow transformers' own config classes (checked against
  * transformers 5.x), so a checkpoint means the same here as there; what the
- * engine cannot reproduce (other activations, o_proj/MLP biases, other RoPE
- * variants) is refused instead of being run wrongly. */
+ * engine cannot reproduce (other activations, missing biases, LongRoPE and
+ * other RoPE variants, partial rotary outside GPT-NeoX) is refused instead
+ * of being run wrongly. */
 #define _POSIX_C_SOURCE 200809L
 
 #include <jansson.h>
@@ -105,6 +107,36 @@ static pb_status read_token_id(const char *path, const json_t *object, const cha
     return PB_OK;
 }
 
+/* The fraction of each head RoPE turns: partial_rotary_factor (in the
+ * RoPE dict, else the top level; GPT-NeoX's older configs: rotary_pct),
+ * the family's default when absent. Only a family with partial rotary
+ * (gptneox) may turn less than all of it; rotary_dims must be even. */
+static pb_status read_partial_rotary(const char *path, const json_t *root, const json_t *rope, const pb_arch *arch,
+                                     pb_model_config *cfg) {
+    const char *key = "partial_rotary_factor";
+    const json_t *partial = rope ? get(rope, key) : NULL;
+    if (!partial)
+        partial = get(root, key);
+    if (!partial && arch->partial_rotary && get(root, "rotary_pct"))
+        partial = get(root, key = "rotary_pct");
+    double fraction = arch->partial_rotary ? arch->hf_partial_rotary_default : 1.0;
+    char text[64];
+    if (partial && !(json_is_number(partial) && json_number_value(partial) > 0.0 && json_number_value(partial) <= 1.0))
+        return pb_fail(PB_ERR_FORMAT, "%s: %s %s must be a number in (0, 1]", path, key,
+                       pb_json_describe(partial, text, sizeof text));
+    if (partial)
+        fraction = json_number_value(partial);
+    if (fraction != 1.0 && !arch->partial_rotary)
+        return pb_fail(PB_ERR_UNSUPPORTED, "%s: %s %s is not supported for %s (only 1.0)", path, key,
+                       pb_json_describe(partial, text, sizeof text), arch->name);
+    int dims = (int)(fraction * cfg->head_dim); /* transformers: int(head_dim * partial_rotary_factor) */
+    if (dims % 2 != 0 || dims <= 0)
+        return pb_fail(PB_ERR_FORMAT, "%s: %s %g turns %d dimensions of each head: RoPE needs a positive even number",
+                       path, key, fraction, dims);
+    cfg->rotary_dims = dims < cfg->head_dim ? dims : 0;
+    return PB_OK;
+}
+
 /* The RoPE description, resolved the way transformers'
  * convert_rope_params_to_dict/standardize_rope_params do: a non-empty
  * rope_scaling wins over rope_parameters; the type is "rope_type", else
@@ -112,7 +144,8 @@ static pb_status read_token_id(const char *path, const json_t *object, const cha
  * else the family's default (transformers' default_theta: 10000, Gemma-3's
  * global layers 1e6); llama3's original context defaults to
  * max_position_embeddings. */
-static pb_status read_rope(const char *path, const json_t *root, double default_theta, pb_model_config *cfg) {
+static pb_status read_rope(const char *path, const json_t *root, const pb_arch *arch, double default_theta,
+                           pb_model_config *cfg) {
     const json_t *scaling = get(root, "rope_scaling");
     const json_t *parameters = get(root, "rope_parameters");
     const json_t *rope = NULL;
@@ -147,18 +180,15 @@ static pb_status read_rope(const char *path, const json_t *root, double default_
         }
     }
 
-    /* rope_theta: the dict's value first, then the top level. */
+    /* rope_theta: the dict's value first, then the top level (GPT-NeoX's
+     * older configs: rotary_emb_base). */
     const json_t *theta_holder = rope && get(rope, "rope_theta") ? rope : root;
-    PB_TRY(read_positive_float(path, theta_holder == rope ? prefix : "", theta_holder, "rope_theta", 0, default_theta,
+    const char *theta_key = theta_holder == root && !get(root, "rope_theta") && get(root, "rotary_emb_base")
+                                ? "rotary_emb_base"
+                                : "rope_theta";
+    PB_TRY(read_positive_float(path, theta_holder == rope ? prefix : "", theta_holder, theta_key, 0, default_theta,
                                &cfg->rope_theta));
-
-    /* Partial rotary embeddings rotate only part of each head; the engine
-     * rotates all of it. */
-    const json_t *partial = rope && get(rope, "partial_rotary_factor") ? get(rope, "partial_rotary_factor")
-                                                                       : get(root, "partial_rotary_factor");
-    if (partial && !(json_is_number(partial) && json_number_value(partial) == 1.0))
-        return pb_fail(PB_ERR_UNSUPPORTED, "%s: partial_rotary_factor %s is not supported (only 1.0)", path,
-                       pb_json_describe(partial, text, sizeof text));
+    PB_TRY(read_partial_rotary(path, root, rope, arch, cfg));
 
     cfg->rope_scaling = PB_ROPE_SCALING_NONE;
     if (!rope)
@@ -192,6 +222,11 @@ static pb_status read_rope(const char *path, const json_t *root, double default_
                            (double)cfg->rope_high_freq_factor, (double)cfg->rope_low_freq_factor);
         return PB_OK;
     }
+    if (strcmp(name, "longrope") == 0 || strcmp(name, "su") == 0)
+        return pb_fail(PB_ERR_UNSUPPORTED,
+                       "%s: %s type '%s' (LongRoPE, Phi-3's long-context scaling) is not supported (patchbay "
+                       "implements default, linear and llama3)",
+                       path, where, name);
     return pb_fail(PB_ERR_UNSUPPORTED,
                    "%s: %s type '%s' is not supported (patchbay implements default, linear and llama3)", path, where,
                    name);
@@ -235,44 +270,50 @@ static pb_status read_family(config_view *v) {
     return PB_OK;
 }
 
-/* The MLP activation: the family's own (transformers maps Gemma-1's legacy
- * "gelu" and Llama's "swish" to it); anything else would run wrongly. */
+/* The MLP activation: the family's own, under the names transformers
+ * gives it for the family (Gemma-1's legacy "gelu", Llama's "swish");
+ * anything else would run wrongly. */
 static pb_status read_activation(const config_view *v, pb_model_config *cfg) {
     const json_t *act = get(v->root, v->arch->hf_act_key);
     cfg->activation = v->arch->activation;
     if (!act)
         return PB_OK;
+    static const char *const silu[] = {"silu", "swish", NULL};
+    const char *const *names = v->arch->hf_act_names[0] ? v->arch->hf_act_names : silu;
     const char *name = json_is_string(act) ? json_string_value(act) : "";
-    int ok = v->arch->activation == PB_ACTIVATION_SILU
-                 ? strcmp(name, "silu") == 0 || strcmp(name, "swish") == 0
-                 : strcmp(name, "gelu_pytorch_tanh") == 0 || (strcmp(name, "gelu") == 0 && !v->arch->sandwich_norm &&
-                                                              strcmp(v->arch->hf_act_key, "hidden_act") == 0);
+    for (const char *const *n = names; *n; n++)
+        if (strcmp(name, *n) == 0)
+            return PB_OK;
     char text[64];
-    if (!ok)
-        return pb_fail(PB_ERR_UNSUPPORTED, "%s: %s%s %s is not supported for %s (only \"%s\")", v->path, v->where,
-                       v->arch->hf_act_key, pb_json_describe(act, text, sizeof text), v->arch->name,
-                       v->arch->activation == PB_ACTIVATION_SILU ? "silu" : "gelu_pytorch_tanh");
-    return PB_OK;
+    return pb_fail(PB_ERR_UNSUPPORTED, "%s: %s%s %s is not supported for %s (only \"%s\")", v->path, v->where,
+                   v->arch->hf_act_key, pb_json_describe(act, text, sizeof text), v->arch->name, names[0]);
 }
+
+/* key, or Llama's name for it when the family has none of its own. */
+static const char *key_or(const char *key, const char *llama) { return key ? key : llama; }
 
 static pb_status read_sizes(const config_view *v, pb_model_config *cfg) {
     const char *path = v->path, *w = v->where;
     const json_t *r = v->root;
-    PB_TRY(read_positive_int(path, w, r, "num_hidden_layers", 1, 0, &cfg->n_layers));
-    PB_TRY(read_positive_int(path, w, r, "hidden_size", 1, 0, &cfg->d_model));
-    PB_TRY(read_positive_int(path, w, r, "num_attention_heads", 1, 0, &cfg->n_heads));
+    const pb_arch_hf_keys *k = &v->arch->hf_keys;
+    int mlp_factor = v->arch->hf_mlp_factor;
+    PB_TRY(read_positive_int(path, w, r, key_or(k->n_layers, "num_hidden_layers"), 1, 0, &cfg->n_layers));
+    PB_TRY(read_positive_int(path, w, r, key_or(k->d_model, "hidden_size"), 1, 0, &cfg->d_model));
+    PB_TRY(read_positive_int(path, w, r, key_or(k->n_heads, "num_attention_heads"), 1, 0, &cfg->n_heads));
     PB_TRY(read_positive_int(path, w, r, "num_key_value_heads", 0, cfg->n_heads, &cfg->n_kv_heads));
-    PB_TRY(read_positive_int(path, w, r, "intermediate_size", 1, 0, &cfg->d_mlp));
+    /* GPT-2's n_inner: null means 4 * n_embd */
+    PB_TRY(read_positive_int(path, w, r, key_or(k->d_mlp, "intermediate_size"), mlp_factor == 0,
+                             (double)mlp_factor * cfg->d_model, &cfg->d_mlp));
     PB_TRY(read_positive_int(path, w, r, "vocab_size", 1, 0, &cfg->vocab_size));
-    PB_TRY(read_positive_int(path, w, r, "max_position_embeddings", 1, 0, &cfg->context_length));
-    PB_TRY(read_positive_float(path, w, r, "rms_norm_eps", 1, 0, &cfg->rms_eps));
+    PB_TRY(read_positive_int(path, w, r, key_or(k->context, "max_position_embeddings"), 1, 0, &cfg->context_length));
+    PB_TRY(read_positive_float(path, w, r, key_or(k->eps, "rms_norm_eps"), 1, 0, &cfg->rms_eps));
     if (get(r, "head_dim")) {
         PB_TRY(read_positive_int(path, w, r, "head_dim", 1, 0, &cfg->head_dim));
     } else {
         if (cfg->d_model % cfg->n_heads != 0)
-            return pb_fail(PB_ERR_FORMAT,
-                           "%s: hidden_size %d is not divisible by num_attention_heads %d (and head_dim is not given)",
-                           path, cfg->d_model, cfg->n_heads);
+            return pb_fail(PB_ERR_FORMAT, "%s: %s %d is not divisible by %s %d (and head_dim is not given)", path,
+                           key_or(k->d_model, "hidden_size"), cfg->d_model, key_or(k->n_heads, "num_attention_heads"),
+                           cfg->n_heads);
         cfg->head_dim = cfg->d_model / cfg->n_heads;
     }
     if (cfg->n_heads % cfg->n_kv_heads != 0)
@@ -289,7 +330,19 @@ static pb_status read_sizes(const config_view *v, pb_model_config *cfg) {
  * says); elsewhere attention_bias true adds an o_proj bias the engine lacks. */
 static pb_status read_biases(const config_view *v, pb_model_config *cfg) {
     cfg->has_qkv_bias = v->arch->qkv_bias;
-    int attention_bias = 0, mlp_bias = 0;
+    cfg->has_dense_bias = v->arch->dense_bias;
+    int attention_bias = 1, mlp_bias = 0;
+    if (v->arch->dense_bias) {
+        /* GPT-NeoX: attention_bias (default true) puts biases on q, k, v
+         * and dense together; GPT-2 always has them */
+        PB_TRY(read_bool(v->path, v->root, "attention_bias", 1, &attention_bias));
+        if (!attention_bias)
+            return pb_fail(PB_ERR_UNSUPPORTED,
+                           "%s: %sattention_bias false (no attention biases) is not supported for %s", v->path,
+                           v->where, v->arch->name);
+        return PB_OK;
+    }
+    attention_bias = 0;
     if (!v->arch->qkv_bias && v->arch->window != PB_WINDOW_CONTEXT)
         PB_TRY(read_bool(v->path, v->root, "attention_bias", 0, &attention_bias));
     if (attention_bias)
@@ -310,6 +363,12 @@ static pb_status read_window_context(const config_view *v, pb_model_config *cfg)
     int window = 0, use_window = v->arch->window == PB_WINDOW_CONTEXT;
     if (v->arch->window == PB_WINDOW_NONE)
         return PB_OK;
+    if (v->arch->window == PB_WINDOW_ALL) {
+        /* Phi-3: transformers masks every layer to the window when
+         * sliding_window is set (null: none); so does llama.cpp */
+        cfg->sliding_period = 0;
+        return read_positive_int(v->path, v->where, v->root, "sliding_window", 0, 0, &cfg->sliding_window);
+    }
     if (v->arch->window == PB_WINDOW_CONTEXT_IF_USED)
         PB_TRY(read_bool(v->path, v->root, "use_sliding_window", 0, &use_window));
     if (use_window)
@@ -329,7 +388,7 @@ static pb_status read_rope_by_layer_type(const config_view *v, pb_model_config *
     const json_t *sliding = json_is_object(params) ? get(params, "sliding_attention") : NULL;
     const pb_arch *a = v->arch;
     if (!full && !sliding) {
-        PB_TRY(read_rope(v->path, v->root, a->hf_rope_theta_default, cfg));
+        PB_TRY(read_rope(v->path, v->root, a, a->hf_rope_theta_default, cfg));
         return read_positive_float(v->path, v->where, v->root, "rope_local_base_freq", 0, a->rope_theta_local,
                                    &cfg->rope_theta_local);
     }
@@ -338,7 +397,7 @@ static pb_status read_rope_by_layer_type(const config_view *v, pb_model_config *
         json_decref(global);
         return pb_fail(PB_ERR_OOM, "%s: out of memory reading rope_parameters", v->path);
     }
-    pb_status status = read_rope(v->path, global, a->hf_rope_theta_default, cfg);
+    pb_status status = read_rope(v->path, global, a, a->hf_rope_theta_default, cfg);
     json_decref(global);
     PB_TRY(status);
     cfg->rope_theta_local = a->rope_theta_local;
@@ -417,6 +476,14 @@ static pb_status read_architecture(const config_view *v, pb_model_config *cfg) {
     const pb_arch *a = v->arch;
     cfg->qk_norm = a->qk_norm;
     cfg->sandwich_norm = a->sandwich_norm;
+    cfg->norm = a->norm;
+    cfg->position = a->position;
+    cfg->plain_mlp = a->plain_mlp;
+    cfg->no_pre_norm = a->no_pre_norm;
+    cfg->qk_norm_full = a->qk_norm_full;
+    cfg->parallel_block = a->parallel_default;
+    if (a->parallel_default)
+        PB_TRY(read_bool(v->path, v->root, "use_parallel_residual", 1, &cfg->parallel_block));
     if (a->embed_scaled)
         cfg->embed_scale = (float)sqrt((double)cfg->d_model); /* torch: hidden_size**0.5 rounded to fp32 */
     if (a->query_pre_attn_scalar > 0) {
@@ -444,7 +511,7 @@ static pb_status read_text_config(config_view *v, pb_model_config *cfg) {
     if (v->arch->rope_theta_local > 0.0f)
         PB_TRY(read_rope_by_layer_type(v, cfg));
     else
-        PB_TRY(read_rope(path, v->root, v->arch->hf_rope_theta_default, cfg));
+        PB_TRY(read_rope(path, v->root, v->arch, v->arch->hf_rope_theta_default, cfg));
     PB_TRY(read_biases(v, cfg));
     /* a multimodal checkpoint may keep these at the top level */
     const json_t *top = v->top, *r = v->root;

@@ -63,20 +63,34 @@ static pb_weight_type weight_type(pb_dtype dtype) {
     return dtype == PB_DTYPE_F16 ? PB_GGML_F16 : dtype == PB_DTYPE_BF16 ? PB_GGML_BF16 : PB_GGML_F32;
 }
 
+/* The tensor under file_name, or, in a checkpoint of the base model alone
+ * (GPT-2's "wte.weight" for "transformer.wte.weight"), under file_name
+ * without the family's base prefix (then file_name is rewritten). */
+static const pb_st_tensor *st_lookup(const safetensors_source *s, char *file_name) {
+    const pb_st_tensor *t = pb_safetensors_find(s->st, file_name);
+    const char *base = pb_arch_find(s->base.cfg.arch)->hf_base_prefix;
+    size_t len = base ? strlen(base) : 0;
+    if (t || !base || strncmp(file_name, base, len) != 0 || !(t = pb_safetensors_find(s->st, file_name + len)))
+        return t;
+    memmove(file_name, file_name + len, strlen(file_name + len) + 1);
+    return t;
+}
+
 static pb_status st_find(const pb_weight_source *src, const char *name, pb_tensor_info *info, int *found) {
     const safetensors_source *s = (const safetensors_source *)src;
     memset(info, 0, sizeof *info);
     snprintf(info->name, sizeof info->name, "%s", name);
     info->index = -1;
     *found = 0;
-    if (pb_weight_hf_name(&src->cfg, name, info->file_name, sizeof info->file_name) != PB_OK) {
+    const pb_arch_tensor_name *entry;
+    if (pb_weight_hf_tensor(&src->cfg, name, info->file_name, sizeof info->file_name, &entry) != PB_OK) {
         /* a GGUF-only tensor (rope_freqs.weight) is absent, not an error */
         if (strcmp(name, "rope_freqs.weight") == 0)
             return PB_OK;
         return pb_fail_context(PB_ERR_ARG, "%s", src->path);
     }
     apply_layout(s, info->file_name, sizeof info->file_name);
-    const pb_st_tensor *t = pb_safetensors_find(s->st, info->file_name);
+    const pb_st_tensor *t = st_lookup(s, info->file_name);
     *found = t != NULL;
     if (!t)
         return PB_OK;
@@ -87,7 +101,9 @@ static pb_status st_find(const pb_weight_source *src, const char *name, pb_tenso
     info->n_elements = t->n_elements;
     info->n_bytes = t->n_bytes;
     info->handle = t;
-    return PB_OK;
+    if (entry->split == PB_SPLIT_NONE && !entry->transposed)
+        return PB_OK;
+    return pb_tensor_part_set(&src->cfg, src->path, info, entry->split, entry->part, entry->transposed);
 }
 
 /* The values as the model multiplies by them: Gemma's norm weights get
@@ -95,7 +111,17 @@ static pb_status st_find(const pb_weight_source *src, const char *name, pb_tenso
  * weight.float()) does. */
 static pb_status st_read_f32(const pb_weight_source *src, const pb_tensor_info *info, float *out) {
     const safetensors_source *s = (const safetensors_source *)src;
-    pb_st_tensor_to_f32(info->handle, out);
+    if (pb_tensor_is_view(info)) {
+        const pb_st_tensor *t = info->handle;
+        float *whole = malloc(sizeof(float) * (size_t)t->n_elements);
+        if (!whole)
+            return pb_fail(PB_ERR_OOM, "%s: out of memory reading tensor '%s'", src->path, info->file_name);
+        pb_st_tensor_to_f32(t, whole);
+        pb_tensor_part_extract(info, whole, out);
+        free(whole);
+    } else {
+        pb_st_tensor_to_f32(info->handle, out);
+    }
     if (s->norm_offset != 0.0f && pb_arch_is_norm(info->name))
         for (uint64_t i = 0; i < info->n_elements; i++)
             out[i] += s->norm_offset;

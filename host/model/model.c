@@ -39,8 +39,15 @@ static pb_status pb_model_config_validate_arch(const pb_model_config *c) {
     if (c->sliding_window < 0 || c->sliding_period < 0)
         return pb_fail(PB_ERR_FORMAT, "model config: sliding_window = %d and sliding_period = %d must not be negative",
                        c->sliding_window, c->sliding_period);
-    if (c->activation != PB_ACTIVATION_SILU && c->activation != PB_ACTIVATION_GELU_TANH)
+    if (c->activation != PB_ACTIVATION_SILU && c->activation != PB_ACTIVATION_GELU_TANH &&
+        c->activation != PB_ACTIVATION_GELU)
         return pb_fail(PB_ERR_FORMAT, "model config: unknown activation %d", (int)c->activation);
+    if (c->norm != PB_NORM_RMS && c->norm != PB_NORM_LAYER)
+        return pb_fail(PB_ERR_FORMAT, "model config: unknown norm %d", (int)c->norm);
+    if (c->position != PB_POSITION_ROPE && c->position != PB_POSITION_LEARNED)
+        return pb_fail(PB_ERR_FORMAT, "model config: unknown position kind %d", (int)c->position);
+    if (c->no_pre_norm && !c->sandwich_norm)
+        return pb_fail(PB_ERR_FORMAT, "model config: no_pre_norm needs sandwich_norm (a model without any norm)");
     return PB_OK;
 }
 
@@ -114,7 +121,7 @@ typedef struct wanted_tensor {
     pb_tensor_info want;  /* name and the shape the hyperparameters need */
     pb_tensor_info found; /* as the source holds it (pass 1) */
     void **matrix_dst;    /* matrices: stored as the model's wdtype */
-    float **vector_dst;   /* vectors: stored as fp32 */
+    float **vector_dst;   /* vectors, and matrices the executor reads as fp32 (pos_embd): stored as fp32 */
     int fused_with_next;  /* the next tensor continues this one's rows (w_qkv, w_gate_up): no padding between */
 } wanted_tensor;
 
@@ -125,31 +132,39 @@ typedef struct destination {
     const char *name;
     size_t offset;
     int fused_with_next;
+    int fp32; /* a matrix stored as fp32, not wdtype (a float * field) */
 } destination;
 
 static const destination model_fields[] = {
-    {"token_embd.weight", offsetof(pb_model, token_embd), 0},
-    {"output_norm.weight", offsetof(pb_model, final_norm), 0},
-    {"output.weight", offsetof(pb_model, output), 0},
+    {"token_embd.weight", offsetof(pb_model, token_embd), 0, 0},
+    {"position_embd.weight", offsetof(pb_model, pos_embd), 0, 1}, /* embed() reads it as PB_DTYPE_F32 */
+    {"output_norm.weight", offsetof(pb_model, final_norm), 0, 0},
+    {"output_norm.bias", offsetof(pb_model, final_norm_b), 0, 0},
+    {"output.weight", offsetof(pb_model, output), 0, 0},
 };
 
 static const destination layer_fields[] = {
-    {"attn_norm.weight", offsetof(pb_layer_weights, attn_norm), 0},
-    {"attn_q.weight", offsetof(pb_layer_weights, wq), 1},
-    {"attn_k.weight", offsetof(pb_layer_weights, wk), 1},
-    {"attn_v.weight", offsetof(pb_layer_weights, wv), 0},
-    {"attn_q.bias", offsetof(pb_layer_weights, bq), 1},
-    {"attn_k.bias", offsetof(pb_layer_weights, bk), 1},
-    {"attn_v.bias", offsetof(pb_layer_weights, bv), 0},
-    {"attn_q_norm.weight", offsetof(pb_layer_weights, q_norm), 0},
-    {"attn_k_norm.weight", offsetof(pb_layer_weights, k_norm), 0},
-    {"attn_output.weight", offsetof(pb_layer_weights, wo), 0},
-    {"post_attention_norm.weight", offsetof(pb_layer_weights, attn_post_norm), 0},
-    {"ffn_norm.weight", offsetof(pb_layer_weights, mlp_norm), 0},
-    {"ffn_gate.weight", offsetof(pb_layer_weights, w_gate), 1},
-    {"ffn_up.weight", offsetof(pb_layer_weights, w_up), 0},
-    {"ffn_down.weight", offsetof(pb_layer_weights, w_down), 0},
-    {"post_ffw_norm.weight", offsetof(pb_layer_weights, mlp_post_norm), 0},
+    {"attn_norm.weight", offsetof(pb_layer_weights, attn_norm), 0, 0},
+    {"attn_norm.bias", offsetof(pb_layer_weights, attn_norm_b), 0, 0},
+    {"attn_q.weight", offsetof(pb_layer_weights, wq), 1, 0},
+    {"attn_k.weight", offsetof(pb_layer_weights, wk), 1, 0},
+    {"attn_v.weight", offsetof(pb_layer_weights, wv), 0, 0},
+    {"attn_q.bias", offsetof(pb_layer_weights, bq), 1, 0},
+    {"attn_k.bias", offsetof(pb_layer_weights, bk), 1, 0},
+    {"attn_v.bias", offsetof(pb_layer_weights, bv), 0, 0},
+    {"attn_q_norm.weight", offsetof(pb_layer_weights, q_norm), 0, 0},
+    {"attn_k_norm.weight", offsetof(pb_layer_weights, k_norm), 0, 0},
+    {"attn_output.weight", offsetof(pb_layer_weights, wo), 0, 0},
+    {"attn_output.bias", offsetof(pb_layer_weights, bo), 0, 0},
+    {"post_attention_norm.weight", offsetof(pb_layer_weights, attn_post_norm), 0, 0},
+    {"ffn_norm.weight", offsetof(pb_layer_weights, mlp_norm), 0, 0},
+    {"ffn_norm.bias", offsetof(pb_layer_weights, mlp_norm_b), 0, 0},
+    {"ffn_gate.weight", offsetof(pb_layer_weights, w_gate), 1, 0},
+    {"ffn_up.weight", offsetof(pb_layer_weights, w_up), 0, 0},
+    {"ffn_up.bias", offsetof(pb_layer_weights, b_up), 0, 0},
+    {"ffn_down.weight", offsetof(pb_layer_weights, w_down), 0, 0},
+    {"ffn_down.bias", offsetof(pb_layer_weights, b_down), 0, 0},
+    {"post_ffw_norm.weight", offsetof(pb_layer_weights, mlp_post_norm), 0, 0},
 };
 
 /* Points w at its field: base is the model or the layer, name the
@@ -159,7 +174,7 @@ static int want_field(wanted_tensor *w, void *base, const destination *fields, s
         if (strcmp(fields[i].name, name) != 0)
             continue;
         char *field = (char *)base + fields[i].offset;
-        if (w->want.n_dims == 2)
+        if (w->want.n_dims == 2 && !fields[i].fp32)
             w->matrix_dst = (void **)(void *)field;
         else
             w->vector_dst = (float **)(void *)field;
@@ -226,7 +241,7 @@ static void convert_parallel(pb_dtype dtype, void *dst, const float *src, uint64
  * starts 64-byte aligned, except where the next tensor continues its rows
  * (a fused matrix): there, exactly its bytes. */
 static uint64_t arena_slot(const pb_model *m, const wanted_tensor *w) {
-    uint64_t elem = w->want.n_dims == 2 ? pb_dtype_size(m->wdtype) : sizeof(float);
+    uint64_t elem = w->matrix_dst ? pb_dtype_size(m->wdtype) : sizeof(float);
     uint64_t bytes = wanted_elements(w) * elem;
     return w->fused_with_next ? bytes : (bytes + 63) / 64 * 64;
 }
@@ -307,7 +322,7 @@ static pb_status place_tensor(pb_model *m, const pb_weight_source *src, wanted_t
                        (double)staging[bad], (unsigned long long)bad);
     const void *bytes = staging;
     size_t n_bytes = sizeof(float) * (size_t)count;
-    if (w->want.n_dims == 2 && m->wdtype != PB_DTYPE_F32) {
+    if (w->matrix_dst && m->wdtype != PB_DTYPE_F32) {
         convert_parallel(m->wdtype, buf->converted, staging, count);
         if (m->wdtype == PB_DTYPE_F16) {
             /* finite in fp32 (checked above) but not in fp16: overflow */
@@ -424,7 +439,7 @@ static pb_status load_weights(pb_model *m, const pb_weight_source *src) {
     /* The file's header may claim any layer count: its last layer must be
      * there before tables sized by n_layers are allocated. */
     pb_tensor_info last;
-    pb_status found = pb_weight_source_find_layer(src, c->n_layers - 1, "attn_norm.weight", &last);
+    pb_status found = pb_weight_source_find_layer(src, c->n_layers - 1, "attn_output.weight", &last);
     if (found != PB_OK)
         return pb_fail_context(found, "%d layers declared", c->n_layers);
     m->layers = calloc((size_t)c->n_layers, sizeof *m->layers);

@@ -16,10 +16,32 @@
 _Static_assert(PB_WEIGHT_TYPE_F32 == PB_GGML_F32, "weight types are ggml type ids");
 
 /* A size from the hyperparameters. */
-typedef enum dim { DIM_NONE, DIM_D_MODEL, DIM_Q_ROWS, DIM_KV_ROWS, DIM_D_MLP, DIM_VOCAB, DIM_HEAD } dim;
+typedef enum dim {
+    DIM_NONE,
+    DIM_D_MODEL,
+    DIM_Q_ROWS,
+    DIM_KV_ROWS,
+    DIM_D_MLP,
+    DIM_VOCAB,
+    DIM_CONTEXT,
+    DIM_Q_NORM, /* head_dim, or n_heads * head_dim with qk_norm_full */
+    DIM_K_NORM  /* head_dim, or n_kv_heads * head_dim with qk_norm_full */
+} dim;
 
-/* When a layer tensor is part of the model. */
-typedef enum presence { ALWAYS, WITH_QKV_BIAS, WITH_QK_NORM, WITH_SANDWICH_NORM } presence;
+/* When a tensor is part of the model. */
+typedef enum presence {
+    ALWAYS,
+    WITH_QKV_BIAS,
+    WITH_QK_NORM,
+    WITH_SANDWICH_NORM,
+    WITH_PRE_NORM,      /* not no_pre_norm */
+    WITH_PRE_NORM_BIAS, /* not no_pre_norm, LayerNorm */
+    WITH_NORM_BIAS,     /* LayerNorm */
+    WITH_DENSE_BIAS,    /* has_dense_bias */
+    WITH_GATE,          /* not plain_mlp */
+    WITH_LEARNED_POS,   /* PB_POSITION_LEARNED */
+    WITH_UNTIED         /* not tied_embeddings */
+} presence;
 
 typedef struct canonical_tensor {
     const char *name; /* canonical, after "blk.L." for a layer's */
@@ -27,45 +49,58 @@ typedef struct canonical_tensor {
     presence when;
 } canonical_tensor;
 
-/* Global tensors with their Hugging Face names (the same in every family);
- * output.weight only when the embeddings are not tied. */
+/* Global tensors (Hugging Face names per family: model/arch.c). */
 static const canonical_tensor global_tensors[] = {
     {"token_embd.weight", DIM_VOCAB, DIM_D_MODEL, ALWAYS},
+    {"position_embd.weight", DIM_CONTEXT, DIM_D_MODEL, WITH_LEARNED_POS},
     {"output_norm.weight", DIM_D_MODEL, DIM_NONE, ALWAYS},
-    {"output.weight", DIM_VOCAB, DIM_D_MODEL, ALWAYS},
+    {"output_norm.bias", DIM_D_MODEL, DIM_NONE, WITH_NORM_BIAS},
+    {"output.weight", DIM_VOCAB, DIM_D_MODEL, WITH_UNTIED},
 };
-static const char *const global_hf_names[] = {"model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"};
+#define N_GLOBAL_TENSORS (int)(sizeof global_tensors / sizeof global_tensors[0])
 
 /* One layer's tensors in load order: q, k, v (and their biases; gate and
  * up) back to back, which the fused views rely on (model.c). Their Hugging
  * Face names depend on the family (model/arch.c). */
 static const canonical_tensor layer_tensors[] = {
-    {"attn_norm.weight", DIM_D_MODEL, DIM_NONE, ALWAYS},
+    {"attn_norm.weight", DIM_D_MODEL, DIM_NONE, WITH_PRE_NORM},
+    {"attn_norm.bias", DIM_D_MODEL, DIM_NONE, WITH_PRE_NORM_BIAS},
     {"attn_q.weight", DIM_Q_ROWS, DIM_D_MODEL, ALWAYS},
     {"attn_k.weight", DIM_KV_ROWS, DIM_D_MODEL, ALWAYS},
     {"attn_v.weight", DIM_KV_ROWS, DIM_D_MODEL, ALWAYS},
     {"attn_q.bias", DIM_Q_ROWS, DIM_NONE, WITH_QKV_BIAS},
     {"attn_k.bias", DIM_KV_ROWS, DIM_NONE, WITH_QKV_BIAS},
     {"attn_v.bias", DIM_KV_ROWS, DIM_NONE, WITH_QKV_BIAS},
-    {"attn_q_norm.weight", DIM_HEAD, DIM_NONE, WITH_QK_NORM},
-    {"attn_k_norm.weight", DIM_HEAD, DIM_NONE, WITH_QK_NORM},
+    {"attn_q_norm.weight", DIM_Q_NORM, DIM_NONE, WITH_QK_NORM},
+    {"attn_k_norm.weight", DIM_K_NORM, DIM_NONE, WITH_QK_NORM},
     {"attn_output.weight", DIM_D_MODEL, DIM_Q_ROWS, ALWAYS},
+    {"attn_output.bias", DIM_D_MODEL, DIM_NONE, WITH_DENSE_BIAS},
     {"post_attention_norm.weight", DIM_D_MODEL, DIM_NONE, WITH_SANDWICH_NORM},
-    {"ffn_norm.weight", DIM_D_MODEL, DIM_NONE, ALWAYS},
-    {"ffn_gate.weight", DIM_D_MLP, DIM_D_MODEL, ALWAYS},
+    {"ffn_norm.weight", DIM_D_MODEL, DIM_NONE, WITH_PRE_NORM},
+    {"ffn_norm.bias", DIM_D_MODEL, DIM_NONE, WITH_PRE_NORM_BIAS},
+    {"ffn_gate.weight", DIM_D_MLP, DIM_D_MODEL, WITH_GATE},
     {"ffn_up.weight", DIM_D_MLP, DIM_D_MODEL, ALWAYS},
+    {"ffn_up.bias", DIM_D_MLP, DIM_NONE, WITH_DENSE_BIAS},
     {"ffn_down.weight", DIM_D_MODEL, DIM_D_MLP, ALWAYS},
+    {"ffn_down.bias", DIM_D_MODEL, DIM_NONE, WITH_DENSE_BIAS},
     {"post_ffw_norm.weight", DIM_D_MODEL, DIM_NONE, WITH_SANDWICH_NORM},
 };
 #define N_LAYER_TENSORS (int)(sizeof layer_tensors / sizeof layer_tensors[0])
 
-/* 1 when the config's model has the layer tensor t. */
+/* 1 when the config's model has tensor t. */
 static int present(const pb_model_config *c, const canonical_tensor *t) {
     switch (t->when) {
     case ALWAYS: return 1;
     case WITH_QKV_BIAS: return c->has_qkv_bias;
     case WITH_QK_NORM: return c->qk_norm;
     case WITH_SANDWICH_NORM: return c->sandwich_norm;
+    case WITH_PRE_NORM: return !c->no_pre_norm;
+    case WITH_PRE_NORM_BIAS: return !c->no_pre_norm && c->norm == PB_NORM_LAYER;
+    case WITH_NORM_BIAS: return c->norm == PB_NORM_LAYER;
+    case WITH_DENSE_BIAS: return c->has_dense_bias;
+    case WITH_GATE: return !c->plain_mlp;
+    case WITH_LEARNED_POS: return c->position == PB_POSITION_LEARNED;
+    case WITH_UNTIED: return !c->tied_embeddings;
     }
     return 0;
 }
@@ -77,38 +112,46 @@ static int64_t dim_size(const pb_model_config *c, dim d) {
     case DIM_KV_ROWS: return (int64_t)c->n_kv_heads * c->head_dim;
     case DIM_D_MLP: return c->d_mlp;
     case DIM_VOCAB: return c->vocab_size;
-    case DIM_HEAD: return c->head_dim;
+    case DIM_CONTEXT: return c->context_length;
+    case DIM_Q_NORM: return c->qk_norm_full ? (int64_t)c->n_heads * c->head_dim : c->head_dim;
+    case DIM_K_NORM: return c->qk_norm_full ? (int64_t)c->n_kv_heads * c->head_dim : c->head_dim;
     case DIM_NONE: break;
     }
     return 0;
 }
 
-static int n_globals(const pb_model_config *c) { return c->tied_embeddings ? 2 : 3; }
-
-static int per_layer(const pb_model_config *c) {
-    int n = 0;
-    for (int i = 0; i < N_LAYER_TENSORS; i++)
-        n += present(c, &layer_tensors[i]);
-    return n;
+static int count_present(const pb_model_config *c, const canonical_tensor *table, int n) {
+    int k = 0;
+    for (int i = 0; i < n; i++)
+        k += present(c, &table[i]);
+    return k;
 }
 
+static int n_globals(const pb_model_config *c) { return count_present(c, global_tensors, N_GLOBAL_TENSORS); }
+
+static int per_layer(const pb_model_config *c) { return count_present(c, layer_tensors, N_LAYER_TENSORS); }
+
 int pb_weight_list_count(const pb_model_config *c) { return n_globals(c) + c->n_layers * per_layer(c); }
+
+/* The k-th present row of table. */
+static const canonical_tensor *nth_present(const pb_model_config *c, const canonical_tensor *table, int n, int k) {
+    for (int i = 0; i < n; i++) {
+        if (!present(c, &table[i]))
+            continue;
+        if (k-- == 0)
+            return &table[i];
+    }
+    return NULL; /* unreachable for k < count_present */
+}
 
 /* The table row of list entry `index`, and its layer (-1 for a global). */
 static const canonical_tensor *list_entry(const pb_model_config *c, int index, int *layer) {
     *layer = -1;
     if (index < n_globals(c))
-        return &global_tensors[index];
+        return nth_present(c, global_tensors, N_GLOBAL_TENSORS, index);
     index -= n_globals(c);
     *layer = index / per_layer(c);
-    int k = index % per_layer(c);
-    for (int i = 0; i < N_LAYER_TENSORS; i++) {
-        if (!present(c, &layer_tensors[i]))
-            continue;
-        if (k-- == 0)
-            return &layer_tensors[i];
-    }
-    return NULL; /* unreachable for index < pb_weight_list_count */
+    return nth_present(c, layer_tensors, N_LAYER_TENSORS, index % per_layer(c));
 }
 
 void pb_weight_list_at(const pb_model_config *c, int index, pb_tensor_info *info) {
@@ -141,7 +184,7 @@ static int split_layer_name(const char *name, int *layer, const char **suffix) {
 int pb_weight_list_find(const pb_model_config *c, const char *name) {
     int n = pb_weight_list_count(c);
     for (int i = 0; i < n_globals(c); i++)
-        if (strcmp(name, global_tensors[i].name) == 0)
+        if (strcmp(name, nth_present(c, global_tensors, N_GLOBAL_TENSORS, i)->name) == 0)
             return i;
     int layer;
     const char *suffix;
@@ -158,24 +201,117 @@ int pb_weight_list_find(const pb_model_config *c, const char *name) {
     return -1;
 }
 
-pb_status pb_weight_hf_name(const pb_model_config *c, const char *name, char *out, size_t size) {
+pb_status pb_weight_hf_tensor(const pb_model_config *c, const char *name, char *out, size_t size,
+                              const pb_arch_tensor_name **entry) {
     snprintf(out, size, "%s", name);
-    for (size_t i = 0; i < sizeof global_tensors / sizeof global_tensors[0]; i++)
-        if (strcmp(name, global_tensors[i].name) == 0) {
-            snprintf(out, size, "%s", global_hf_names[i]);
-            return PB_OK;
-        }
+    *entry = NULL;
     const pb_arch *arch = pb_arch_find(c->arch);
     if (!arch)
         return pb_arch_refuse("Hugging Face tensor names", c->arch);
     int layer;
-    const char *suffix, *hf;
-    if (split_layer_name(name, &layer, &suffix) && (hf = pb_arch_hf_layer_name(arch, suffix))) {
-        snprintf(out, size, "model.layers.%d.%s", layer, hf);
-        return PB_OK;
+    const char *suffix;
+    const pb_arch_tensor_name *hf = NULL;
+    if (split_layer_name(name, &layer, &suffix) && (hf = pb_arch_hf_layer_name(arch, suffix)))
+        snprintf(out, size, "%s%d.%s", arch->hf_layer_prefix ? arch->hf_layer_prefix : "model.layers.", layer, hf->hf);
+    else if ((hf = pb_arch_hf_global_name(arch, name)))
+        snprintf(out, size, "%s", hf->hf);
+    else
+        return pb_fail(PB_ERR_ARG, "tensor '%s' has no Hugging Face name in %s models (not a canonical tensor name)",
+                       name, c->arch);
+    *entry = hf;
+    return PB_OK;
+}
+
+pb_status pb_weight_hf_name(const pb_model_config *c, const char *name, char *out, size_t size) {
+    const pb_arch_tensor_name *entry;
+    return pb_weight_hf_tensor(c, name, out, size, &entry);
+}
+
+/* ---- views of fused and transposed file tensors ------------------------ */
+
+/* The fused layout's blocks: *groups blocks of *group_rows rows, the part
+ * *rows rows from *offset of each; 0 for a layout the config cannot have. */
+static int64_t fused_layout(const pb_model_config *c, pb_fused_split split, int part, int64_t *groups,
+                            int64_t *group_rows, int64_t *offset, int64_t *rows) {
+    int64_t q = (int64_t)c->n_heads * c->head_dim, kv = (int64_t)c->n_kv_heads * c->head_dim;
+    *groups = 1;
+    *group_rows = *offset = *rows = 0;
+    switch (split) {
+    case PB_SPLIT_QKV:
+        *group_rows = q + 2 * kv;
+        *offset = part == 0 ? 0 : part == 1 ? q : q + kv;
+        *rows = part == 0 ? q : kv;
+        break;
+    case PB_SPLIT_QKV_PER_HEAD: /* multi-head attention only: one k and one v per head */
+        if (c->n_kv_heads != c->n_heads)
+            return 0;
+        *groups = c->n_heads;
+        *group_rows = 3 * (int64_t)c->head_dim;
+        *offset = part * (int64_t)c->head_dim;
+        *rows = c->head_dim;
+        break;
+    case PB_SPLIT_HALVES:
+        *group_rows = 2 * (int64_t)c->d_mlp;
+        *offset = part * (int64_t)c->d_mlp;
+        *rows = c->d_mlp;
+        break;
+    case PB_SPLIT_NONE: return 0;
     }
-    return pb_fail(PB_ERR_ARG, "tensor '%s' has no Hugging Face name in %s models (not a canonical tensor name)", name,
-                   c->arch);
+    return *groups * *group_rows;
+}
+
+pb_status pb_tensor_part_set(const pb_model_config *c, const char *path, pb_tensor_info *info, pb_fused_split split,
+                             int part, int transposed) {
+    if (info->n_dims > 2 || (transposed && info->n_dims != 2))
+        return pb_fail(PB_ERR_FORMAT, "%s: tensor '%s' has %d dims, expected %s", path, info->file_name, info->n_dims,
+                       transposed ? "2 (a Conv1D weight, stored (in, out))" : "1 or 2");
+    info->file_shape[0] = info->shape[0];
+    info->file_shape[1] = info->n_dims == 2 ? info->shape[1] : 1;
+    info->file_elements = info->n_elements;
+    info->transposed = transposed;
+    if (transposed) { /* the view is (out, in) */
+        info->shape[0] = info->file_shape[1];
+        info->shape[1] = info->file_shape[0];
+    }
+    if (split == PB_SPLIT_NONE)
+        return PB_OK;
+    int64_t groups, group_rows, offset, rows;
+    int64_t need = fused_layout(c, split, part, &groups, &group_rows, &offset, &rows);
+    if (need == 0)
+        return pb_fail(PB_ERR_UNSUPPORTED,
+                       "%s: tensor '%s' interleaves q, k and v per head, which needs n_kv_heads (%d) == n_heads (%d)",
+                       path, info->file_name, c->n_kv_heads, c->n_heads);
+    if (info->shape[0] != need)
+        return pb_fail(PB_ERR_FORMAT, "%s: fused tensor '%s' has %lld rows%s, but the hyperparameters need %lld (%s)",
+                       path, info->file_name, (long long)info->shape[0], transposed ? " (as (out, in))" : "",
+                       (long long)need, split == PB_SPLIT_HALVES ? "2 * d_mlp" : "q, k and v rows");
+    info->part_groups = groups;
+    info->part_group_rows = group_rows;
+    info->part_offset = offset;
+    info->part_rows = rows;
+    info->shape[0] = groups * rows;
+    info->n_elements = (uint64_t)info->shape[0] * (uint64_t)(info->n_dims == 2 ? info->shape[1] : 1);
+    return PB_OK;
+}
+
+int pb_tensor_is_view(const pb_tensor_info *info) { return info->transposed || info->part_groups > 0; }
+
+void pb_tensor_part_extract(const pb_tensor_info *info, const float *whole, float *out) {
+    int64_t cols = info->n_dims == 2 ? info->shape[1] : 1; /* of the view */
+    int64_t groups = info->part_groups > 0 ? info->part_groups : 1;
+    int64_t group_rows = info->part_groups > 0 ? info->part_group_rows : info->shape[0];
+    int64_t offset = info->part_offset, rows = info->part_groups > 0 ? info->part_rows : info->shape[0];
+    for (int64_t g = 0; g < groups; g++)
+        for (int64_t j = 0; j < rows; j++) {
+            int64_t src_row = g * group_rows + offset + j; /* a row of the (transposed) file tensor */
+            float *dst = out + (g * rows + j) * cols;
+            if (!info->transposed) {
+                memcpy(dst, whole + src_row * cols, sizeof(float) * (size_t)cols);
+                continue;
+            }
+            for (int64_t k = 0; k < cols; k++) /* file (cols, all rows): element (k, src_row) */
+                dst[k] = whole[k * info->file_shape[1] + src_row];
+        }
 }
 
 /* ---- the interface ------------------------------------------------------ */
@@ -293,6 +429,9 @@ pb_status pb_weight_source_raw(const pb_weight_source *src, const pb_tensor_info
         return pb_fail(PB_ERR_ARG, "pb_weight_source_raw: source, info, data and n_bytes are required");
     *data = NULL;
     *n_bytes = 0;
+    if (pb_tensor_is_view(info))
+        return pb_fail(PB_ERR_UNSUPPORTED, "%s: tensor '%s' is %s in the file: it has no raw bytes of its own",
+                       src->path, info->name, info->part_groups > 0 ? "part of a fused tensor" : "transposed");
     return src->ops->raw(src, info, data, n_bytes);
 }
 

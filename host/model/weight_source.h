@@ -11,6 +11,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "model/arch.h"
 #include "patchbay.h"
 
 typedef struct pb_gguf pb_gguf;
@@ -36,6 +37,17 @@ typedef struct pb_tensor_info {
                               Q/K): the number of heads, else 0; read_f32 hands out Hugging Face order */
     const void *handle; /* the source's own record of the tensor */
     int index;          /* position in the canonical list (random source), else -1 */
+    /* A view of the file tensor `handle` (pb_tensor_part_set): transposed
+     * (a Conv1D stored (in, out)) and/or rows of a fused projection (file
+     * rows, after transposing, are part_groups blocks of part_group_rows;
+     * the tensor is part_rows rows from part_offset of each block). shape
+     * and n_elements above are the view's; read_f32 reads the whole file
+     * tensor (file_elements) and hands out the view; raw is refused. */
+    int transposed;
+    int64_t part_groups; /* 0: not a part */
+    int64_t part_group_rows, part_offset, part_rows;
+    int64_t file_shape[2]; /* as stored: (rows, cols), or (n, 1) for a vector */
+    uint64_t file_elements;
 } pb_tensor_info;
 
 typedef struct pb_weight_source_ops {
@@ -95,16 +107,31 @@ pb_status pb_weight_source_check_readable(const pb_weight_source *src, const pb_
 pb_status pb_weight_source_read_f32(const pb_weight_source *src, const pb_tensor_info *info, float *out);
 pb_status pb_weight_source_raw(const pb_weight_source *src, const pb_tensor_info *info, const void **data,
                                uint64_t *n_bytes);
+/* Makes info (filled with the file tensor's own shape) a view of it:
+ * part `part` of a fused tensor laid out as `split`, transposed first
+ * when `transposed`. PB_ERR_FORMAT naming the file tensor when its shape
+ * is not the fused shape cfg needs. */
+pb_status pb_tensor_part_set(const pb_model_config *cfg, const char *path, pb_tensor_info *info, pb_fused_split split,
+                             int part, int transposed);
+/* 1 when read_f32 must read the whole file tensor and extract the view. */
+int pb_tensor_is_view(const pb_tensor_info *info);
+/* out (info->n_elements) = the view of whole (info->file_elements, the
+ * file tensor as fp32). */
+void pb_tensor_part_extract(const pb_tensor_info *info, const float *whole, float *out);
 /* "F32", "Q4_K", ... */
 const char *pb_weight_type_name(pb_weight_type type);
 
 /* The canonical list: every tensor a model with this config loads, in load
- * order (token_embd, output_norm, output unless tied, then per layer
- * attn_norm, attn_q/k/v, their biases when the config has them,
- * attn_q_norm/attn_k_norm (head_dim) with qk_norm, attn_output,
- * post_attention_norm with sandwich_norm, ffn_norm, ffn_gate, ffn_up,
- * ffn_down, post_ffw_norm with sandwich_norm), with the shapes the
- * hyperparameters need (name, file_name, shape, n_elements, index; type F32). */
+ * order (token_embd, position_embd with learned positions, output_norm,
+ * output_norm.bias with LayerNorm, output unless tied, then per layer
+ * attn_norm (and .bias with LayerNorm) unless no_pre_norm, attn_q/k/v,
+ * their biases when the config has them, attn_q_norm/attn_k_norm
+ * (head_dim, or the whole projection with qk_norm_full) with qk_norm,
+ * attn_output (and .bias with has_dense_bias), post_attention_norm with
+ * sandwich_norm, ffn_norm (and .bias) unless no_pre_norm, ffn_gate unless
+ * plain_mlp, ffn_up, ffn_down (each with .bias with has_dense_bias),
+ * post_ffw_norm with sandwich_norm), with the shapes the hyperparameters
+ * need (name, file_name, shape, n_elements, index; type F32). */
 int pb_weight_list_count(const pb_model_config *cfg);
 void pb_weight_list_at(const pb_model_config *cfg, int index, pb_tensor_info *info);
 /* Index of a canonical name in the list, or -1. */
@@ -113,5 +140,8 @@ int pb_weight_list_find(const pb_model_config *cfg, const char *name);
  * family ("model.layers.L.post_feedforward_layernorm.weight"; model/arch.h);
  * PB_ERR_ARG when there is none. */
 pb_status pb_weight_hf_name(const pb_model_config *cfg, const char *name, char *out, size_t size);
+/* The same, with the family's entry (fused split, transposed) in *entry. */
+pb_status pb_weight_hf_tensor(const pb_model_config *cfg, const char *name, char *out, size_t size,
+                              const pb_arch_tensor_name **entry);
 
 #endif
