@@ -1157,6 +1157,19 @@ static void test_new_families_refused(void **state) {
         expect_open_refused(path, i == 0 ? PB_ERR_UNSUPPORTED : PB_ERR_FORMAT, cases[i].needle);
     }
 
+    /* OLMo-3, which llama.cpp's converter writes as olmo2 with sliding layers */
+    pb_model_config olmo = family_config("olmo2", 1, 12);
+    gguf_keys ko = family_keys(&olmo);
+    static const uint8_t olmo3_pattern[2] = {1, 1};
+    kv_u32(&ko, "olmo2.attention.sliding_window", 4);
+    kv_bools(&ko, "olmo2.attention.sliding_window_pattern", olmo3_pattern, 2);
+    tu_path(path, sizeof path, ((tu_scratch *)*state)->dir, "olmo3.gguf");
+    variant none = {0};
+    write_gguf(path, &olmo, &none, &ko);
+    expect_open_refused(path, PB_ERR_UNSUPPORTED,
+                        "olmo2.attention.sliding_window_pattern: sliding-window layers (OLMo-3 written as olmo2) are "
+                        "not supported");
+
     /* LongRoPE: the converter writes rope_factors_long / _short */
     pb_model_config c = family_config("phi3", 1, 12);
     truth w;

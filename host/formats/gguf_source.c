@@ -270,9 +270,16 @@ static pb_status gguf_family(pb_model_config *c, const pb_gguf *g, const char *p
     }
     if (arch->window == PB_WINDOW_ALL)
         return gguf_window_all(c, g, path, a);
+    char key[128];
+    snprintf(key, sizeof key, "%s.attention.sliding_window_pattern", a);
+    if (arch->window == PB_WINDOW_NONE && pb_gguf_has_key(g, key))
+        /* llama.cpp's converter writes OLMo-3 as olmo2 with sliding layers */
+        return pb_fail(PB_ERR_UNSUPPORTED,
+                       "%s: %s: sliding-window layers (OLMo-3 written as %s) are not supported; %s runs full causal "
+                       "attention",
+                       path, key, a, a);
     if (arch->window != PB_WINDOW_PATTERN)
         return PB_OK;
-    char key[128];
     snprintf(key, sizeof key, "%s.attention.sliding_window", a);
     if (pb_gguf_has_key(g, key) || arch->gguf_window_default > 0)
         PB_TRY(gguf_int(g, a, "attention.sliding_window", &c->sliding_window, 0, arch->gguf_window_default));

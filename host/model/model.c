@@ -364,7 +364,7 @@ static uint64_t rope_slot_bytes(const pb_model_config *c) {
  * staging holds at least head_dim / 2 floats. */
 static pb_status place_rope(pb_model *m, const pb_weight_source *src, float *staging, char *cursor) {
     uint64_t half = (uint64_t)m->cfg.head_dim / 2;
-    m->inv_freq_host = malloc(sizeof(float) * half);
+    m->inv_freq_host = calloc(half, sizeof(float)); /* partial rotary fills rotary_dims / 2 of them */
     if (!m->inv_freq_host)
         return pb_fail(PB_ERR_OOM, "out of memory for RoPE frequencies");
     pb_rope_inv_freq(&m->cfg, m->inv_freq_host);
