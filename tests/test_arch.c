@@ -879,6 +879,14 @@ static void expect_both_formats(void **state, const char *name, const truth *w, 
         assert_int_equal(got->sliding_window, c->sliding_window);
         assert_int_equal(got->sliding_period, c->sliding_period);
         expect_truth(src, w);
+        /* a part of a fused tensor, or a transposed one, has no raw bytes */
+        pb_tensor_info q;
+        const void *raw;
+        uint64_t n_bytes;
+        assert_int_equal(pb_weight_source_find(src, "blk.0.attn_q.weight", &q), PB_OK);
+        assert_int_equal(pb_weight_source_raw(src, &q, &raw, &n_bytes),
+                         pb_tensor_is_view(&q) ? PB_ERR_UNSUPPORTED : PB_OK);
+        assert_true(pb_tensor_is_view(&q) == (strcmp(c->arch, "olmo2") != 0));
         pb_weight_source_free(src);
         pb_model *m = load_ok(paths[i]);
         /* the split q, k, v (and gate, up) still sit back to back */
