@@ -316,36 +316,44 @@ static pb_status pb_cuda_matmul(pb_backend *backend, float *out, const float *x,
     return PB_OK;
 }
 
-/* Until the kernels of the issue-16 families land: a clear refusal
- * instead of a silently different forward. */
-static pb_status pb_cuda_not_yet(const char *what) {
-    return pb_fail(PB_ERR_UNSUPPORTED, "cuda backend: %s is not implemented on the GPU yet", what);
-}
-
 static pb_status pb_cuda_layernorm(pb_backend *backend, float *out, const float *x, const float *weight,
                                    const float *bias, int rows, int d, float eps) {
-    (void)backend, (void)out, (void)x, (void)weight, (void)bias, (void)rows, (void)d, (void)eps;
-    return pb_cuda_not_yet("LayerNorm");
+    pb_cuda_backend *self = pb_cuda_self(backend);
+    size_t n = 0;
+    PB_TRY(pb_cuda_count(&n, "layernorm", rows, d, 1));
+    if (n == 0)
+        return PB_OK;
+    PB_CUDA_REQUIRE(out != NULL && x != NULL, "layernorm");
+    PB_TRY(pb_cuda_enter(self));
+    PB_CUDA_LAUNCHED(self, "layernorm", pb_cuda_launch_layernorm(self->stream, out, x, weight, bias, rows, d, eps));
+    return PB_OK;
 }
 
 static pb_status pb_cuda_activate(pb_backend *backend, float *x, size_t n, pb_activation act) {
-    (void)backend, (void)x, (void)n, (void)act;
-    return pb_cuda_not_yet("an MLP without a gate");
+    pb_cuda_backend *self = pb_cuda_self(backend);
+    pb_cuda_activation kernel_act;
+    if (!pb_cuda_activation_of(act, &kernel_act))
+        return pb_fail(PB_ERR_UNSUPPORTED, "cuda activate: activation %d", (int)act);
+    if (n == 0)
+        return PB_OK;
+    PB_CUDA_REQUIRE(x != NULL, "activate");
+    PB_TRY(pb_cuda_enter(self));
+    PB_CUDA_LAUNCHED(self, "activate", pb_cuda_launch_activate(self->stream, x, n, kernel_act));
+    return PB_OK;
 }
 
 static pb_status pb_cuda_rope(pb_backend *backend, float *x, const int32_t *positions, const float *inv_freq, int T,
                               int n_heads, int head_dim, int rotary_dims) {
     pb_cuda_backend *self = pb_cuda_self(backend);
-    if (rotary_dims != head_dim)
-        return pb_cuda_not_yet("partial rotary embeddings");
     size_t n = 0;
     PB_TRY(pb_cuda_count(&n, "rope", T, n_heads, head_dim));
-    PB_CUDA_REQUIRE(head_dim % 2 == 0, "rope");
+    PB_CUDA_REQUIRE(rotary_dims > 0 && rotary_dims <= head_dim && rotary_dims % 2 == 0, "rope");
     if (n == 0)
         return PB_OK;
     PB_CUDA_REQUIRE(x != NULL && positions != NULL && inv_freq != NULL, "rope");
     PB_TRY(pb_cuda_enter(self));
-    PB_CUDA_LAUNCHED(self, "rope", pb_cuda_launch_rope(self->stream, x, positions, inv_freq, T, n_heads, head_dim));
+    PB_CUDA_LAUNCHED(self, "rope",
+                     pb_cuda_launch_rope(self->stream, x, positions, inv_freq, T, n_heads, head_dim, rotary_dims));
     return PB_OK;
 }
 
@@ -518,15 +526,14 @@ static pb_status pb_cuda_copy_rows(pb_backend *backend, float *dst, size_t dst_s
 static pb_status pb_cuda_glu(pb_backend *backend, float *out, const float *gate, const float *up, size_t rows,
                              size_t width, size_t stride, pb_activation act) {
     pb_cuda_backend *self = pb_cuda_self(backend);
-    if (act != PB_ACTIVATION_SILU && act != PB_ACTIVATION_GELU_TANH)
+    pb_cuda_activation kernel_act;
+    if (!pb_cuda_activation_of(act, &kernel_act))
         return pb_fail(PB_ERR_UNSUPPORTED, "cuda glu: activation %d", (int)act);
     if (rows == 0 || width == 0)
         return PB_OK;
     PB_CUDA_REQUIRE(out != NULL && gate != NULL && up != NULL && stride >= width, "glu");
     PB_TRY(pb_cuda_enter(self));
-    PB_CUDA_LAUNCHED(
-        self, "glu",
-        pb_cuda_launch_glu(self->stream, out, gate, up, rows, width, stride, act == PB_ACTIVATION_GELU_TANH));
+    PB_CUDA_LAUNCHED(self, "glu", pb_cuda_launch_glu(self->stream, out, gate, up, rows, width, stride, kernel_act));
     return PB_OK;
 }
 

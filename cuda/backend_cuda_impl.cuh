@@ -95,6 +95,17 @@ static inline pb_status pb_cuda_count(size_t *out, const char *op, int64_t a, in
             return pb_fail(PB_ERR_ARG, "cuda %s: invalid argument: %s", (op), #cond); \
     } while (0)
 
+/* *out = the kernels' name for act (kernels.cuh); 0 for an activation the
+ * kernels lack, which the op refuses with PB_ERR_UNSUPPORTED. */
+static inline int pb_cuda_activation_of(pb_activation act, pb_cuda_activation *out) {
+    switch ((int)act) { /* an int: act may hold any value the C caller passed */
+    case PB_ACTIVATION_SILU: *out = PB_CUDA_SILU; return 1;
+    case PB_ACTIVATION_GELU_TANH: *out = PB_CUDA_GELU_TANH; return 1;
+    case PB_ACTIVATION_GELU: *out = PB_CUDA_GELU; return 1;
+    }
+    return 0;
+}
+
 /* PB_CUDA_SYNC's value: unset, "" or "0" off, "1" on, anything else
  * PB_ERR_ARG (a typo must not silently leave the debug mode off). */
 static inline pb_status pb_cuda_sync_mode_parse(const char *value, int *sync_launches) {

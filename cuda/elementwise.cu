@@ -1,6 +1,7 @@
-/* Memory-bound elementwise kernels: embedding gather, matmul bias, the gated
- * MLP's activation (SiLU or GELU-tanh), logit soft-capping and residual add.
- * All are grid-stride loops over size_t indices. */
+/* Memory-bound elementwise kernels: embedding gather, matmul bias, the MLP's
+ * activation with a gate (glu) and without one (activate), logit
+ * soft-capping and residual add. All are grid-stride loops over size_t
+ * indices. */
 #include "kernels.cuh"
 
 /* out (T, d) = table (vocab, d)[ids (T)] * scale; ids are trusted to be <
@@ -36,15 +37,20 @@ cudaError_t pb_cuda_launch_add_bias(cudaStream_t stream, float *out, const float
 }
 
 /* act(g) in fp32 as torch computes it for fp32 tensors: SiLU g / (1 +
- * exp(-g)), or GELU's tanh form g/2 (1 + tanh(sqrt(2/pi) (g + 0.044715 g^3)))
- * with torch's order of operations (gelu(approximate='tanh')). Plain expf and
- * tanhf (no fast-math) keep it within a few ulp of the double reference. */
-static __device__ __forceinline__ float pb_glu_activation(float g, int gelu_tanh) {
-    if (gelu_tanh) {
+ * exp(-g)); GELU's tanh form g/2 (1 + tanh(sqrt(2/pi) (g + 0.044715 g^3)))
+ * with torch's order of operations (gelu(approximate='tanh')); exact GELU as
+ * torch's kernel writes it, g * 0.5 * (1 + erf(g * M_SQRT1_2)). Plain expf,
+ * tanhf and erff (no fast-math) keep it within a few ulp of the double
+ * reference; where 1 + tanh or 1 + erf cancels (g ~ -5) both torch and this
+ * lose the same digits. */
+static __device__ __forceinline__ float pb_activation_value(float g, pb_cuda_activation act) {
+    if (act == PB_CUDA_GELU_TANH) {
         const float cube = g * g * g;
         const float inner = 0.7978845608028654f * (g + 0.044715f * cube);
         return 0.5f * g * (1.0f + tanhf(inner));
     }
+    if (act == PB_CUDA_GELU)
+        return g * 0.5f * (1.0f + erff(g * 0.7071067811865476f));
     return g / (1.0f + expf(-g));
 }
 
@@ -53,17 +59,28 @@ static __device__ __forceinline__ float pb_glu_activation(float g, int gelu_tanh
  * out may alias gate or up when stride == width: each element is read by the
  * thread that writes it. */
 static __global__ void pb_glu_kernel(float *out, const float *gate, const float *up, size_t n, size_t width,
-                                     size_t stride, int gelu_tanh) {
+                                     size_t stride, pb_cuda_activation act) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
         size_t in = i / width * stride + i % width;
-        out[i] = pb_glu_activation(gate[in], gelu_tanh) * up[in];
+        out[i] = pb_activation_value(gate[in], act) * up[in];
     }
 }
 
 cudaError_t pb_cuda_launch_glu(cudaStream_t stream, float *out, const float *gate, const float *up, size_t rows,
-                               size_t width, size_t stride, int gelu_tanh) {
+                               size_t width, size_t stride, pb_cuda_activation act) {
     size_t n = rows * width;
-    pb_glu_kernel<<<pb_cuda_grid_for(n), PB_CUDA_BLOCK, 0, stream>>>(out, gate, up, n, width, stride, gelu_tanh);
+    pb_glu_kernel<<<pb_cuda_grid_for(n), PB_CUDA_BLOCK, 0, stream>>>(out, gate, up, n, width, stride, act);
+    return cudaGetLastError();
+}
+
+/* x (n) = act(x) in place: the MLP without a gate (GPT-2, GPT-NeoX). */
+static __global__ void pb_activate_kernel(float *x, size_t n, pb_cuda_activation act) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        x[i] = pb_activation_value(x[i], act);
+}
+
+cudaError_t pb_cuda_launch_activate(cudaStream_t stream, float *x, size_t n, pb_cuda_activation act) {
+    pb_activate_kernel<<<pb_cuda_grid_for(n), PB_CUDA_BLOCK, 0, stream>>>(x, n, act);
     return cudaGetLastError();
 }
 

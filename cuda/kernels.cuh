@@ -146,11 +146,16 @@ cudaError_t pb_cuda_launch_round16(cudaStream_t stream, uint16_t *out, const flo
 /* out (rows, d); x (rows, d); weight (d) or NULL */
 cudaError_t pb_cuda_launch_rmsnorm(cudaStream_t stream, float *out, const float *x, const float *weight, int rows,
                                    int d, float eps);
+/* out (rows, d) = (x - mean) / sqrt(var + eps) * weight + bias per row;
+ * x (rows, d); weight, bias (d) or NULL; out may be x */
+cudaError_t pb_cuda_launch_layernorm(cudaStream_t stream, float *out, const float *x, const float *weight,
+                                     const float *bias, int rows, int d, float eps);
 /* out (rows, n) += bias (n) */
 cudaError_t pb_cuda_launch_add_bias(cudaStream_t stream, float *out, const float *bias, int rows, int n);
-/* x (T, n_heads, head_dim) in place; positions (T); inv_freq (head_dim / 2) */
+/* x (T, n_heads, head_dim) in place over the first rotary_dims (even, <=
+ * head_dim) of each head; positions (T); inv_freq (rotary_dims / 2) */
 cudaError_t pb_cuda_launch_rope(cudaStream_t stream, float *x, const int32_t *positions, const float *inv_freq, int T,
-                                int n_heads, int head_dim);
+                                int n_heads, int head_dim, int rotary_dims);
 /* Dynamic shared memory one attention block needs for this head_dim. */
 size_t pb_cuda_attention_shared_bytes(int head_dim);
 /* out, q (T, n_heads, head_dim); k, v (T_kv, n_kv_heads, head_dim) */
@@ -256,10 +261,19 @@ static_assert(sizeof(pb_cuda_copy_regions) <= 4096, "copy regions per launch exc
 /* regions (n_regions) in host memory, free at return: one launch per
  * PB_COPY_REGIONS_PER_LAUNCH of them, each carrying its list by value. */
 cudaError_t pb_cuda_launch_copy_regions(cudaStream_t stream, const pb_cuda_copy_region *regions, int n_regions);
-/* out (rows, width) = act(gate) * up, act SiLU (gelu_tanh 0) or GELU's tanh
- * form (gelu_tanh 1); gate and up rows `stride` apart */
+/* The MLP activations the kernels compute: patchbay.h's pb_activation as
+ * the kernels see it (backend_cuda_impl.cuh's pb_cuda_activation_of maps
+ * one to the other and refuses the rest). */
+typedef enum pb_cuda_activation {
+    PB_CUDA_SILU,      /* g / (1 + e^-g) */
+    PB_CUDA_GELU_TANH, /* g/2 (1 + tanh(sqrt(2/pi) (g + 0.044715 g^3))) */
+    PB_CUDA_GELU,      /* g/2 (1 + erf(g / sqrt 2)) */
+} pb_cuda_activation;
+/* out (rows, width) = act(gate) * up; gate and up rows `stride` apart */
 cudaError_t pb_cuda_launch_glu(cudaStream_t stream, float *out, const float *gate, const float *up, size_t rows,
-                               size_t width, size_t stride, int gelu_tanh);
+                               size_t width, size_t stride, pb_cuda_activation act);
+/* x (n) = act(x), in place */
+cudaError_t pb_cuda_launch_activate(cudaStream_t stream, float *x, size_t n, pb_cuda_activation act);
 /* x (n) = cap * tanh(x / cap), in place */
 cudaError_t pb_cuda_launch_softcap(cudaStream_t stream, float *x, size_t n, float cap);
 /* out (n) = a + b; out may alias a or b */

@@ -1,10 +1,14 @@
 /* Rotary position embedding, rotate-half (Hugging Face) convention, in place:
- * one thread per (t, head, i < head_dim/2) rotates the pair (i, i + half). */
+ * one thread per (t, head, i < rotary_dims/2) rotates the pair (i, i + half)
+ * of its head. With rotary_dims < head_dim (GPT-NeoX's partial rotary) the
+ * dims from rotary_dims on are never read or written, so they keep their
+ * bits. */
 #include "kernels.cuh"
 
-/* x (T, n_heads, head_dim); positions (T); inv_freq (half) */
+/* x (T, n_heads, head_dim); positions (T); inv_freq (half); half =
+ * rotary_dims / 2 */
 static __global__ void pb_rope_kernel(float *x, const int32_t *positions, const float *inv_freq, size_t total,
-                                      int n_heads, int half) {
+                                      int n_heads, int head_dim, int half) {
     for (size_t idx = blockIdx.x * (size_t)blockDim.x + threadIdx.x; idx < total;
          idx += (size_t)gridDim.x * blockDim.x) {
         const size_t i = idx % (size_t)half;
@@ -15,7 +19,7 @@ static __global__ void pb_rope_kernel(float *x, const int32_t *positions, const 
         const float angle = (float)positions[t] * inv_freq[i];
         float sin_angle, cos_angle;
         sincosf(angle, &sin_angle, &cos_angle);
-        float *pair = x + row * (size_t)(2 * half);
+        float *pair = x + row * (size_t)head_dim;  // (head_dim): this head's vector
         const float x0 = pair[i];
         const float x1 = pair[i + half];
         pair[i] = x0 * cos_angle - x1 * sin_angle;
@@ -24,9 +28,10 @@ static __global__ void pb_rope_kernel(float *x, const int32_t *positions, const 
 }
 
 cudaError_t pb_cuda_launch_rope(cudaStream_t stream, float *x, const int32_t *positions, const float *inv_freq, int T,
-                                int n_heads, int head_dim) {
-    const int half = head_dim / 2;
+                                int n_heads, int head_dim, int rotary_dims) {
+    const int half = rotary_dims / 2;
     const size_t total = (size_t)T * (size_t)n_heads * (size_t)half;
-    pb_rope_kernel<<<pb_cuda_grid_for(total), PB_CUDA_BLOCK, 0, stream>>>(x, positions, inv_freq, total, n_heads, half);
+    pb_rope_kernel<<<pb_cuda_grid_for(total), PB_CUDA_BLOCK, 0, stream>>>(x, positions, inv_freq, total, n_heads,
+                                                                          head_dim, half);
     return cudaGetLastError();
 }

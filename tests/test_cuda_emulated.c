@@ -1,6 +1,6 @@
 /* The CUDA backend's hand-written kernels (cuda/attention.cu,
- * attention_jobs.cu, convert.cu, elementwise.cu, rmsnorm.cu, rope.cu,
- * metric.cu) executed on the CPU by the emulator in tests/cuda_emu, against
+ * attention_jobs.cu, convert.cu, elementwise.cu, layernorm.cu, rmsnorm.cu,
+ * rope.cu, metric.cu) executed on the CPU by the emulator in tests/cuda_emu, against
  * the reference backend (ops_ref.c, metric.c) on the same inputs. No GPU and
  * no CUDA toolkit: the unmodified .cu files are rewritten (launch syntax and
  * __shared__ declarations only) and compiled as host C++.
@@ -19,7 +19,7 @@
  * What it cannot: the GPU memory model (a block's threads never run
  * concurrently here, so a race that needs true parallelism or a missing
  * __threadfence goes unseen), warp scheduling and independent thread
- * scheduling, the device's own expf/sincosf/exp ulps (test_cuda_backend's
+ * scheduling, the device's own expf/sincosf/erff/exp ulps (test_cuda_backend's
  * tolerances cover those on a GPU), cuBLAS GEMMs, NCCL, CUDA runtime error
  * paths beyond launch-configuration checks, backend_cuda.cu's argument
  * checks and copies (its descriptor loop for attention_jobs is mirrored in
@@ -369,13 +369,14 @@ static void test_swiglu_add(void **state) {
     free(want);
 }
 
-/* The GELU-tanh gate (Gemma) over gates in [-20, 20) plus the edges: |g| so
- * large that g^3 overflows fp32 (the tanh saturates first: g or -0), +-Inf
- * (Inf, and -Inf * 0 = NaN, as the reference), NaN in gate and in up, and
- * the cancellation region g ~ -5 where 1 + tanh loses digits. Plain rows,
- * the halves of a fused gate/up output, and out aliasing gate. */
-static void test_glu_gelu(void **state) {
-    (void)state;
+/* A GELU gate, tanh form (Gemma) or exact (GPT-NeoX), over gates in
+ * [-20, 20) plus the edges: |g| so large that g^3 overflows fp32 (the tanh
+ * saturates first: g or -0), +-Inf (Inf, and -Inf * 0 = NaN, as the
+ * reference), NaN in gate and in up, and the cancellation region g ~ -5
+ * where 1 + tanh (1 + erf) loses digits. Plain rows, the halves of a fused
+ * gate/up output, and out aliasing gate. */
+static void run_glu_gelu(pb_activation act, const char *name) {
+    char what[128];
     const size_t n = 10007;
     float *gate = random_floats(n, 23, 20.0f);
     float *up = random_floats(n, 24, 3.0f);
@@ -385,34 +386,78 @@ static void test_glu_gelu(void **state) {
     up[20] = NAN;
     float *got = filled_floats(n, NAN);
     float *want = filled_floats(n, NAN);
-    CHECK_LAUNCH(pb_emu_glu(got, gate, up, 1, n, n, PB_ACTIVATION_GELU_TANH));
-    CHECK_OK(g_ref->ops->glu(g_ref, want, gate, up, 1, n, n, PB_ACTIVATION_GELU_TANH));
-    check_guard(got, n, "glu gelu");
-    /* fp32 tanhf and products vs the reference's double: a few ulp. The
-     * edges apart (their 1e20 would swamp the NMSE of the rest) */
-    expect_close(got, want, 32, PB_TOL_ELEMENTWISE_NMSE, "glu gelu_tanh edges (Inf, NaN, 1e20, -5)");
-    expect_close(got + 32, want + 32, n - 32, PB_TOL_ELEMENTWISE_NMSE, "glu gelu_tanh n=9975 in [-20, 20)");
+    CHECK_LAUNCH(pb_emu_glu(got, gate, up, 1, n, n, act));
+    CHECK_OK(g_ref->ops->glu(g_ref, want, gate, up, 1, n, n, act));
+    check_guard(got, n, name);
+    /* fp32 tanhf/erff and products vs the reference's double: a few ulp.
+     * The edges apart (their 1e20 would swamp the NMSE of the rest) */
+    snprintf(what, sizeof what, "glu %s edges (Inf, NaN, 1e20, -5)", name);
+    expect_close(got, want, 32, PB_TOL_ELEMENTWISE_NMSE, what);
+    snprintf(what, sizeof what, "glu %s n=9975 in [-20, 20)", name);
+    expect_close(got + 32, want + 32, n - 32, PB_TOL_ELEMENTWISE_NMSE, what);
 
     /* 36 rows of 2 x 135 values from gate[270] on: within the n gates,
      * past the edges */
     float *fused_got = filled_floats(36 * 135, NAN);
     float *fused_want = filled_floats(36 * 135, NAN);
-    CHECK_LAUNCH(pb_emu_glu(fused_got, gate + 270, gate + 405, 36, 135, 270, PB_ACTIVATION_GELU_TANH));
-    CHECK_OK(g_ref->ops->glu(g_ref, fused_want, gate + 270, gate + 405, 36, 135, 270, PB_ACTIVATION_GELU_TANH));
-    check_guard(fused_got, 36 * 135, "glu gelu fused halves");
-    expect_close(fused_got, fused_want, 36 * 135, PB_TOL_ELEMENTWISE_NMSE,
-                 "glu gelu_tanh fused halves 36 x 135, stride 270");
+    CHECK_LAUNCH(pb_emu_glu(fused_got, gate + 270, gate + 405, 36, 135, 270, act));
+    CHECK_OK(g_ref->ops->glu(g_ref, fused_want, gate + 270, gate + 405, 36, 135, 270, act));
+    snprintf(what, sizeof what, "glu %s fused halves 36 x 135, stride 270", name);
+    check_guard(fused_got, 36 * 135, what);
+    expect_close(fused_got, fused_want, 36 * 135, PB_TOL_ELEMENTWISE_NMSE, what);
 
     /* in place, out == gate: the same values as out of place */
-    CHECK_LAUNCH(pb_emu_glu(gate, gate, up, 1, n, n, PB_ACTIVATION_GELU_TANH));
-    check_guard(gate, n, "glu gelu in place");
-    expect_identical(gate, got, n, "glu gelu_tanh in place (out == gate)");
+    CHECK_LAUNCH(pb_emu_glu(gate, gate, up, 1, n, n, act));
+    snprintf(what, sizeof what, "glu %s in place (out == gate)", name);
+    check_guard(gate, n, what);
+    expect_identical(gate, got, n, what);
     free(fused_got);
     free(fused_want);
     free(gate);
     free(up);
     free(got);
     free(want);
+}
+
+static void test_glu_gelu(void **state) {
+    (void)state;
+    run_glu_gelu(PB_ACTIVATION_GELU_TANH, "gelu_tanh");
+    run_glu_gelu(PB_ACTIVATION_GELU, "gelu exact");
+}
+
+/* activate, in place (the MLP without a gate), each activation over
+ * x in [-20, 20) and the glu tests' edges (+-Inf, NaN, 1e20 whose cube
+ * overflows, the cancellation near -5, a tiny value) compared apart; an
+ * activation the kernels lack is refused and launches nothing. */
+static void test_activate(void **state) {
+    (void)state;
+    const pb_activation acts[] = {PB_ACTIVATION_SILU, PB_ACTIVATION_GELU_TANH, PB_ACTIVATION_GELU};
+    const char *names[] = {"silu", "gelu_tanh", "gelu exact"};
+    const size_t n = 10007;
+    for (int a = 0; a < 3; a++) {
+        char what[96];
+        float *x = random_floats(n, 26, 20.0f);
+        const float edges[] = {-100.0f, 100.0f, 0.0f, 1e20f, -1e20f, INFINITY, -INFINITY, NAN, -5.0f, -4.5f, 3e-20f};
+        for (size_t i = 0; i < sizeof edges / sizeof edges[0]; i++)
+            x[i] = edges[i];
+        float *want = copy_floats(x, n);
+        CHECK_LAUNCH(pb_emu_activate(x, n, acts[a]));
+        CHECK_OK(g_ref->ops->activate(g_ref, want, n, acts[a]));
+        snprintf(what, sizeof what, "activate %s edges (Inf, NaN, 1e20, -5)", names[a]);
+        check_guard(x, n, what);
+        expect_close(x, want, 32, PB_TOL_ELEMENTWISE_NMSE, what);
+        snprintf(what, sizeof what, "activate %s n=9975 in [-20, 20)", names[a]);
+        expect_close(x + 32, want + 32, n - 32, PB_TOL_ELEMENTWISE_NMSE, what);
+        free(x);
+        free(want);
+    }
+    float *x = filled_floats(8, 1.0f);
+    assert_int_not_equal(pb_emu_activate(x, 8, (pb_activation)7), 0);
+    assert_int_not_equal(pb_emu_glu(x, x, x, 1, 8, 8, (pb_activation)7), 0);
+    for (int i = 0; i < 8; i++)
+        assert_true(x[i] == 1.0f);
+    check_guard(x, 8, "unknown activation");
+    free(x);
 }
 
 /* softcap in place: values up to 40x the cap (saturated: +-cap), +-Inf
@@ -493,25 +538,103 @@ static void test_rmsnorm(void **state) {
     run_rmsnorm(5 * 4, 256, 1, -1, 1, "rmsnorm q/k norm in place T=5 x 4 heads, hd=256");
 }
 
-static void run_rope(int T, int n_heads, int head_dim, const char *what) {
+/* LayerNorm on rows of `mean` plus noise in [-3, 3): a mean of 1e3 next to
+ * that spread is what a variance taken as E[x^2] - E[x]^2, or sums kept in
+ * fp32, gets wrong (centred values off by ~1e-4 relative, NMSE ~1e-8);
+ * weight and bias each present or NULL; in place (forward and reverse
+ * thread order) bit-identical to out of place. */
+static void run_layernorm(int rows, int d, float mean, int with_weight, int with_bias, int in_place, const char *what) {
+    const size_t n = (size_t)rows * d;
+    float *x = random_floats(n, (uint64_t)(rows * 1000 + d), 3.0f);
+    for (size_t i = 0; i < n; i++)
+        x[i] += mean;
+    float *weight = with_weight ? random_floats((size_t)d, 32, 2.0f) : NULL;
+    float *bias = with_bias ? random_floats((size_t)d, 33, 1.0f) : NULL;
+    float *want = filled_floats(n, NAN);
+    CHECK_OK(g_ref->ops->layernorm(g_ref, want, x, weight, bias, rows, d, 1e-5f));
+    float *got = filled_floats(n, NAN);
+    CHECK_LAUNCH(pb_emu_layernorm(got, x, weight, bias, rows, d, 1e-5f));
+    check_guard(got, n, what);
+    /* double sums on both sides; the kernel rounds the centred, scaled
+     * value to fp32 and applies weight and bias in fp32 (a few ulp) */
+    expect_close(got, want, n, PB_TOL_OP_NMSE, what);
+    if (in_place) {
+        float *x_again = copy_floats(x, n);
+        pb_emu_set_reverse_order(1);
+        CHECK_LAUNCH(pb_emu_layernorm(x_again, x_again, weight, bias, rows, d, 1e-5f));
+        pb_emu_set_reverse_order(0);
+        CHECK_LAUNCH(pb_emu_layernorm(x, x, weight, bias, rows, d, 1e-5f));
+        check_guard(x, n, what);
+        check_guard(x_again, n, what);
+        expect_identical(x, got, n, what);
+        expect_identical(x_again, got, n, what);
+        free(x_again);
+    }
+    free(x);
+    free(weight);
+    free(bias);
+    free(want);
+    free(got);
+}
+
+static void test_layernorm(void **state) {
+    (void)state;
+    run_layernorm(3, 1, 0.0f, 1, 1, 0, "layernorm 3x1 weight bias (output = bias)");
+    run_layernorm(5, 64, 0.0f, 1, 1, 0, "layernorm 5x64 weight bias");
+    run_layernorm(5, 64, 0.0f, 0, 0, 0, "layernorm 5x64 weight NULL bias NULL");
+    run_layernorm(4, 768, 1e3f, 1, 1, 0, "layernorm 4x768 mean 1e3 weight bias");
+    run_layernorm(4, 768, -1e3f, 0, 1, 0, "layernorm 4x768 mean -1e3 weight NULL bias");
+    run_layernorm(3, 1000, 1e3f, 1, 0, 0, "layernorm 3x1000 mean 1e3 weight bias NULL");
+    run_layernorm(6, 768, 1e3f, 1, 1, 1, "layernorm 6x768 mean 1e3 weight bias, in place");
+    run_layernorm(7, 1000, 0.0f, 0, 0, 1, "layernorm 7x1000 weight NULL bias NULL, in place");
+    run_layernorm(2, 1, 5.0f, 0, 0, 1, "layernorm 2x1 no weight no bias, in place (output 0)");
+    /* a NaN poisons its row only */
+    float *x = random_floats(3 * 64, 34, 3.0f);
+    x[64 + 7] = NAN;
+    float *want = filled_floats(3 * 64, 0.0f), *got = filled_floats(3 * 64, 0.0f);
+    CHECK_OK(g_ref->ops->layernorm(g_ref, want, x, NULL, NULL, 3, 64, 1e-5f));
+    CHECK_LAUNCH(pb_emu_layernorm(got, x, NULL, NULL, 3, 64, 1e-5f));
+    check_guard(got, 3 * 64, "layernorm NaN in row 1");
+    for (int i = 0; i < 3 * 64; i++)
+        if (isnan(got[i]) != (i / 64 == 1))
+            fail_msg("layernorm NaN in row 1: element %d is %g", i, (double)got[i]);
+    expect_close(got, want, 3 * 64, PB_TOL_OP_NMSE, "layernorm 3x64 NaN in row 1");
+    free(x);
+    free(want);
+    free(got);
+}
+
+/* rotary_dims < head_dim: GPT-NeoX's partial rotary; the dims from
+ * rotary_dims on must keep their bits. */
+static void run_rope(int T, int n_heads, int head_dim, int rotary_dims, const char *what) {
     const size_t n = (size_t)T * n_heads * head_dim;
     float *x = random_floats(n, (uint64_t)(T * 100 + head_dim), 2.0f);
+    float *before = copy_floats(x, n);
     float *want = copy_floats(x, n);
     int32_t *positions = checked_malloc(sizeof(int32_t) * (size_t)T);
     uint64_t s = 3;
     for (int t = 0; t < T; t++)
         positions[t] = (int32_t)(tu_next(&s) % 8192);
     positions[0] = 0;
-    float *inv_freq = checked_malloc(sizeof(float) * (size_t)(head_dim / 2 + 1));
-    for (int i = 0; i < head_dim / 2; i++)
-        inv_freq[i] = powf(10000.0f, -2.0f * (float)i / (float)head_dim);
-    CHECK_LAUNCH(pb_emu_rope(x, positions, inv_freq, T, n_heads, head_dim));
-    CHECK_OK(g_ref->ops->rope(g_ref, want, positions, inv_freq, T, n_heads, head_dim, head_dim));
+    float *inv_freq = checked_malloc(sizeof(float) * (size_t)(rotary_dims / 2 + 1));
+    for (int i = 0; i < rotary_dims / 2; i++)
+        inv_freq[i] = powf(10000.0f, -2.0f * (float)i / (float)rotary_dims);
+    CHECK_LAUNCH(pb_emu_rope(x, positions, inv_freq, T, n_heads, head_dim, rotary_dims));
+    CHECK_OK(g_ref->ops->rope(g_ref, want, positions, inv_freq, T, n_heads, head_dim, rotary_dims));
     check_guard(x, n, what);
     /* the same fp32 angle; sincosf vs sinf/cosf (the same libm here, a
      * couple of ulp apart on a GPU) */
     expect_close(x, want, n, PB_TOL_ELEMENTWISE_NMSE, what);
+    for (size_t row = 0; row < (size_t)T * n_heads; row++) {
+        const size_t at = row * head_dim + rotary_dims;
+        if (memcmp(x + at, before + at, sizeof(float) * (size_t)(head_dim - rotary_dims)) != 0)
+            fail_msg("%s: head row %zu changed past rotary_dims %d", what, row, rotary_dims);
+    }
+    if (rotary_dims < head_dim)
+        printf("[ MEASURE  ] %s: dims %d..%d of every head bit-identical to the input\n", what, rotary_dims,
+               head_dim - 1);
     free(x);
+    free(before);
     free(want);
     free(positions);
     free(inv_freq);
@@ -519,10 +642,19 @@ static void run_rope(int T, int n_heads, int head_dim, const char *what) {
 
 static void test_rope(void **state) {
     (void)state;
-    run_rope(9, 3, 64, "rope T=9 H=3 hd=64");
-    run_rope(7, 5, 48, "rope T=7 H=5 hd=48");
-    run_rope(4, 2, 2, "rope T=4 H=2 hd=2");
-    run_rope(3, 2, 134, "rope T=3 H=2 hd=134 (half 67)");
+    run_rope(9, 3, 64, 64, "rope T=9 H=3 hd=64");
+    run_rope(7, 5, 48, 48, "rope T=7 H=5 hd=48");
+    run_rope(4, 2, 2, 2, "rope T=4 H=2 hd=2");
+    run_rope(3, 2, 134, 134, "rope T=3 H=2 hd=134 (half 67)");
+}
+
+/* GPT-NeoX's partial rotary (Pythia-70m: rotary_pct 0.25, 16 of 64), the whole
+ * head given as rotary_dims, and the smallest pair. */
+static void test_rope_partial(void **state) {
+    (void)state;
+    run_rope(9, 3, 64, 16, "rope partial T=9 H=3 hd=64 rotary 16");
+    run_rope(7, 5, 32, 32, "rope partial T=7 H=5 hd=32 rotary 32 (all)");
+    run_rope(6, 4, 8, 2, "rope partial T=6 H=4 hd=8 rotary 2");
 }
 
 /* ---- attention ------------------------------------------------------------- */
@@ -1128,9 +1260,12 @@ int main(void) {
         cmocka_unit_test(test_add_bias),
         cmocka_unit_test(test_swiglu_add),
         cmocka_unit_test(test_glu_gelu),
+        cmocka_unit_test(test_activate),
         cmocka_unit_test(test_softcap),
         cmocka_unit_test(test_rmsnorm),
+        cmocka_unit_test(test_layernorm),
         cmocka_unit_test(test_rope),
+        cmocka_unit_test(test_rope_partial),
         cmocka_unit_test(test_attention),
         cmocka_unit_test(test_attention_params),
         cmocka_unit_test(test_attention_jobs),

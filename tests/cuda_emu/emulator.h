@@ -31,6 +31,7 @@
 #define pb_cuda_launch_embed16 pb_emu_cuda_launch_embed16
 #define pb_cuda_launch_round16 pb_emu_cuda_launch_round16
 #define pb_cuda_launch_rmsnorm pb_emu_cuda_launch_rmsnorm
+#define pb_cuda_launch_layernorm pb_emu_cuda_launch_layernorm
 #define pb_cuda_launch_add_bias pb_emu_cuda_launch_add_bias
 #define pb_cuda_launch_rope pb_emu_cuda_launch_rope
 #define pb_cuda_attention_shared_bytes pb_emu_cuda_attention_shared_bytes
@@ -42,6 +43,7 @@
 #define pb_cuda_launch_attention_tiled pb_emu_cuda_launch_attention_tiled
 #define pb_cuda_attention_tiled_key_tiles pb_emu_cuda_attention_tiled_key_tiles
 #define pb_cuda_launch_glu pb_emu_cuda_launch_glu
+#define pb_cuda_launch_activate pb_emu_cuda_launch_activate
 #define pb_cuda_launch_softcap pb_emu_cuda_launch_softcap
 #define pb_cuda_launch_add pb_emu_cuda_launch_add
 #define pb_cuda_launch_copy_regions pb_emu_cuda_launch_copy_regions

@@ -29,8 +29,13 @@ int pb_emu_add_bias(float *out, const float *bias, int rows, int n) {
     return pb_cuda_launch_add_bias(nullptr, out, bias, rows, n);
 }
 
-int pb_emu_rope(float *x, const int32_t *positions, const float *inv_freq, int T, int n_heads, int head_dim) {
-    return pb_cuda_launch_rope(nullptr, x, positions, inv_freq, T, n_heads, head_dim);
+int pb_emu_layernorm(float *out, const float *x, const float *weight, const float *bias, int rows, int d, float eps) {
+    return pb_cuda_launch_layernorm(nullptr, out, x, weight, bias, rows, d, eps);
+}
+
+int pb_emu_rope(float *x, const int32_t *positions, const float *inv_freq, int T, int n_heads, int head_dim,
+                int rotary_dims) {
+    return pb_cuda_launch_rope(nullptr, x, positions, inv_freq, T, n_heads, head_dim, rotary_dims);
 }
 
 size_t pb_emu_attention_shared_bytes(int head_dim) { return pb_cuda_attention_shared_bytes(head_dim); }
@@ -80,7 +85,17 @@ long long pb_emu_attention_tiled_key_tiles(const pb_attention_job *jobs, int n_j
 
 int pb_emu_glu(float *out, const float *gate, const float *up, size_t rows, size_t width, size_t stride,
                pb_activation act) {
-    return pb_cuda_launch_glu(nullptr, out, gate, up, rows, width, stride, act == PB_ACTIVATION_GELU_TANH);
+    pb_cuda_activation kernel_act;
+    if (!pb_cuda_activation_of(act, &kernel_act)) /* as backend_cuda.cu refuses it */
+        return cudaErrorInvalidValue;
+    return pb_cuda_launch_glu(nullptr, out, gate, up, rows, width, stride, kernel_act);
+}
+
+int pb_emu_activate(float *x, size_t n, pb_activation act) {
+    pb_cuda_activation kernel_act;
+    if (!pb_cuda_activation_of(act, &kernel_act))
+        return cudaErrorInvalidValue;
+    return pb_cuda_launch_activate(nullptr, x, n, kernel_act);
 }
 
 int pb_emu_softcap(float *x, size_t n, float cap) { return pb_cuda_launch_softcap(nullptr, x, n, cap); }

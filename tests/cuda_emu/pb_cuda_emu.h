@@ -23,7 +23,9 @@ int pb_emu_embed16(float *out, const uint16_t *table, int is_bf16, const int32_t
 int pb_emu_round16(uint16_t *out, const float *x, size_t n, int is_bf16);
 int pb_emu_rmsnorm(float *out, const float *x, const float *weight, int rows, int d, float eps);
 int pb_emu_add_bias(float *out, const float *bias, int rows, int n);
-int pb_emu_rope(float *x, const int32_t *positions, const float *inv_freq, int T, int n_heads, int head_dim);
+int pb_emu_layernorm(float *out, const float *x, const float *weight, const float *bias, int rows, int d, float eps);
+int pb_emu_rope(float *x, const int32_t *positions, const float *inv_freq, int T, int n_heads, int head_dim,
+                int rotary_dims);
 size_t pb_emu_attention_shared_bytes(int head_dim);
 /* params as backend.h's (NULL: the defaults), converted as backend_cuda.cu
  * does. */
@@ -41,8 +43,11 @@ int pb_emu_attention_jobs(float *out, const float *q, const pb_attention_job *jo
 /* The key tiles the tiled kernel visits for these jobs (its own tile range). */
 long long pb_emu_attention_tiled_key_tiles(const pb_attention_job *jobs, int n_jobs, int n_heads, int n_kv_heads,
                                            int window);
+/* glu and activate return cudaErrorInvalidValue for an activation the
+ * kernels lack (the backend's PB_ERR_UNSUPPORTED), launching nothing. */
 int pb_emu_glu(float *out, const float *gate, const float *up, size_t rows, size_t width, size_t stride,
                pb_activation act);
+int pb_emu_activate(float *x, size_t n, pb_activation act);
 int pb_emu_softcap(float *x, size_t n, float cap);
 int pb_emu_add(float *out, const float *a, const float *b, size_t n);
 /* cuda/copy_regions.cu as backend_cuda.cu drives it. */
