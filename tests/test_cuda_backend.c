@@ -233,6 +233,50 @@ static void test_rmsnorm(void **state) {
     run_rmsnorm(7 * 4, 256, 1, -1, 1, "rmsnorm in place T=7 x 4 heads hd=256");
 }
 
+/* Rows of `mean` plus noise in [-3, 3): at mean 1e3 a variance taken as
+ * E[x^2] - E[x]^2, or sums kept in fp32, misses the tolerance. weight and
+ * bias each present or NULL; in_place: out == x. */
+static void run_layernorm(int rows, int d, float mean, int with_weight, int with_bias, int nan_row, int in_place,
+                          const char *what) {
+    const size_t n = (size_t)rows * d;
+    float *x_host = host_random(n, mean - 3.0f, mean + 3.0f);
+    float *w_host = host_random((size_t)d, 0.5f, 1.5f);
+    float *b_host = host_random((size_t)d, -1.0f, 1.0f);
+    if (nan_row >= 0)
+        x_host[(size_t)nan_row * d + d / 2] = NAN;
+    twin x = twin_floats(x_host, n);
+    twin w = twin_floats(w_host, (size_t)d);
+    twin b = twin_floats(b_host, (size_t)d);
+    twin out = twin_floats(NULL, n);
+    twin *result = in_place ? &x : &out;
+    CHECK_OK(g_ref->ops->layernorm(g_ref, result->ref, x.ref, with_weight ? w.ref : NULL, with_bias ? b.ref : NULL,
+                                   rows, d, 1e-5f));
+    CHECK_OK(g_cuda->ops->layernorm(g_cuda, result->cuda, x.cuda, with_weight ? w.cuda : NULL,
+                                    with_bias ? b.cuda : NULL, rows, d, 1e-5f));
+    twin_compare(result, PB_TOL_CUDA_ELEMENTWISE_NMSE, what);
+    twin_free(&x);
+    twin_free(&w);
+    twin_free(&b);
+    twin_free(&out);
+    free(x_host);
+    free(w_host);
+    free(b_host);
+}
+
+static void test_layernorm(void **state) {
+    (void)state;
+    rng_seed(23);
+    run_layernorm(7, 1, 0.0f, 1, 1, -1, 0, "layernorm rows=7 d=1 (output = bias)");
+    run_layernorm(7, 64, 0.0f, 1, 1, -1, 0, "layernorm rows=7 d=64");
+    run_layernorm(7, 64, 0.0f, 0, 0, -1, 0, "layernorm rows=7 d=64 weight, bias NULL");
+    run_layernorm(5, 768, 1e3f, 1, 1, -1, 0, "layernorm rows=5 d=768 mean 1e3");
+    run_layernorm(5, 768, -1e3f, 0, 1, -1, 0, "layernorm rows=5 d=768 mean -1e3 weight NULL");
+    run_layernorm(3, 1000, 1e3f, 1, 0, -1, 0, "layernorm rows=3 d=1000 mean 1e3 bias NULL");
+    run_layernorm(7, 64, 0.0f, 1, 1, 2, 0, "layernorm rows=7 d=64 NaN in row 2");
+    run_layernorm(13, 768, 1e3f, 1, 1, -1, 1, "layernorm in place rows=13 d=768 mean 1e3");
+    run_layernorm(4, 1000, 0.0f, 0, 0, -1, 1, "layernorm in place rows=4 d=1000 no weight/bias");
+}
+
 static void run_matmul(int rows, int n, int k, int with_bias, int nan_row, const char *what) {
     float *x_host = host_random((size_t)rows * k, -1.0f, 1.0f);
     float *w_host = host_random((size_t)n * k, -1.0f, 1.0f);
@@ -266,27 +310,39 @@ static void test_matmul(void **state) {
     run_matmul(7, 53, 67, 1, 3, "matmul rows=7 n=53 k=67 NaN in row 3");
 }
 
-static void run_rope(int T, int n_heads, int head_dim, int first_position, const char *what) {
-    const int half = head_dim / 2;
-    float *x_host = host_random((size_t)T * n_heads * head_dim, -1.0f, 1.0f);
+/* rotary_dims < head_dim (GPT-NeoX's partial rotary): the dims from
+ * rotary_dims on must come back from the device bit-identical. */
+static void run_rope(int T, int n_heads, int head_dim, int rotary_dims, int first_position, const char *what) {
+    const int half = rotary_dims / 2;
+    const size_t n = (size_t)T * n_heads * head_dim;
+    float *x_host = host_random(n, -1.0f, 1.0f);
     float *freq_host = malloc(sizeof(float) * (size_t)half);
     int32_t *pos_host = malloc(sizeof(int32_t) * (size_t)T);
+    float *x_back = malloc(sizeof(float) * n);
     assert_non_null(freq_host);
     assert_non_null(pos_host);
+    assert_non_null(x_back);
     for (int i = 0; i < half; i++)
-        freq_host[i] = powf(10000.0f, -2.0f * (float)i / (float)head_dim);
+        freq_host[i] = powf(10000.0f, -2.0f * (float)i / (float)rotary_dims);
     for (int t = 0; t < T; t++)
         pos_host[t] = first_position + t;
-    twin x = twin_floats(x_host, (size_t)T * n_heads * head_dim);
+    twin x = twin_floats(x_host, n);
     twin freq = twin_floats(freq_host, (size_t)half);
     twin pos = twin_ints(pos_host, (size_t)T);
-    CHECK_OK(g_ref->ops->rope(g_ref, x.ref, pos.ref, freq.ref, T, n_heads, head_dim, head_dim));
-    CHECK_OK(g_cuda->ops->rope(g_cuda, x.cuda, pos.cuda, freq.cuda, T, n_heads, head_dim, head_dim));
+    CHECK_OK(g_ref->ops->rope(g_ref, x.ref, pos.ref, freq.ref, T, n_heads, head_dim, rotary_dims));
+    CHECK_OK(g_cuda->ops->rope(g_cuda, x.cuda, pos.cuda, freq.cuda, T, n_heads, head_dim, rotary_dims));
     twin_compare(&x, PB_TOL_CUDA_ELEMENTWISE_NMSE, what);
+    CHECK_OK(g_cuda->ops->download(g_cuda, x_back, x.cuda, sizeof(float) * n));
+    for (size_t row = 0; row < (size_t)T * n_heads; row++) {
+        const size_t at = row * head_dim + rotary_dims;
+        if (memcmp(x_back + at, x_host + at, sizeof(float) * (size_t)(head_dim - rotary_dims)) != 0)
+            fail_msg("%s: head row %zu changed past rotary_dims %d", what, row, rotary_dims);
+    }
     twin_free(&x);
     twin_free(&freq);
     twin_free(&pos);
     free(x_host);
+    free(x_back);
     free(freq_host);
     free(pos_host);
 }
@@ -294,9 +350,20 @@ static void run_rope(int T, int n_heads, int head_dim, int first_position, const
 static void test_rope(void **state) {
     (void)state;
     rng_seed(5);
-    run_rope(13, 3, 18, 0, "rope T=13 heads=3 head_dim=18 pos 0..");
-    run_rope(13, 3, 18, 5, "rope T=13 heads=3 head_dim=18 pos 5..");
-    run_rope(7, 4, 128, 4090, "rope T=7 heads=4 head_dim=128 pos 4090..");
+    run_rope(13, 3, 18, 18, 0, "rope T=13 heads=3 head_dim=18 pos 0..");
+    run_rope(13, 3, 18, 18, 5, "rope T=13 heads=3 head_dim=18 pos 5..");
+    run_rope(7, 4, 128, 128, 4090, "rope T=7 heads=4 head_dim=128 pos 4090..");
+}
+
+/* Partial rotary: Pythia-70m's 16 of 64, all 32 of 32 given explicitly,
+ * the smallest pair (2 of 8). */
+static void test_rope_partial(void **state) {
+    (void)state;
+    rng_seed(24);
+    run_rope(13, 3, 64, 16, 0, "rope partial hd=64 rotary 16 pos 0..");
+    run_rope(7, 4, 64, 16, 2040, "rope partial hd=64 rotary 16 pos 2040..");
+    run_rope(13, 3, 32, 32, 5, "rope partial hd=32 rotary 32 (all) pos 5..");
+    run_rope(9, 2, 8, 2, 100, "rope partial hd=8 rotary 2 pos 100..");
 }
 
 /* k and v rows at or beyond key_limit are filled with large values: the
@@ -380,7 +447,7 @@ static void test_attention_params(void **state) {
     run_attention_nan(13, 13, 0, 8, 2, 256, 1, &local, 12.0f, "attention window 3 softcap 20 hd=256 NaN in q, k");
 }
 
-/* act (SiLU or GELU-tanh) on plain rows, with NaN in gate and up, and on
+/* act (SiLU, GELU-tanh or exact GELU) on plain rows, with NaN in gate and up, and on
  * the halves of a fused gate/up output. */
 static void run_glu(pb_activation act, const char *name) {
     char what[96];
@@ -431,25 +498,62 @@ static void test_swiglu(void **state) {
     run_glu(PB_ACTIVATION_SILU, "swiglu");
 }
 
-/* GELU-tanh (Gemma) as SiLU above, then its edges apart (their size would
- * swamp the NMSE): |g| whose cube overflows fp32, +-Inf (Inf; -Inf * 0 =
- * NaN in both), NaN, and g ~ -5 where 1 + tanh cancels. */
-static void test_glu_gelu(void **state) {
-    (void)state;
-    rng_seed(21);
-    run_glu(PB_ACTIVATION_GELU_TANH, "glu gelu_tanh");
+/* The edges of a GELU gate apart (their size would swamp the NMSE): |g|
+ * whose cube overflows fp32, +-Inf (Inf; -Inf * 0 = NaN in both), NaN, and
+ * g ~ -5 where 1 + tanh (1 + erf) cancels. */
+static void run_glu_edges(pb_activation act, const char *what) {
     const float edges[] = {-100.0f, 100.0f, 0.0f, 1e20f, -1e20f, INFINITY, -INFINITY, NAN, -5.0f, -4.5f, 3e-20f};
     const size_t n = sizeof edges / sizeof edges[0];
     float up_host[sizeof edges / sizeof edges[0]];
     for (size_t i = 0; i < n; i++)
         up_host[i] = 1.5f;
     twin gate = twin_floats(edges, n), up = twin_floats(up_host, n), out = twin_floats(NULL, n);
-    CHECK_OK(g_ref->ops->glu(g_ref, out.ref, gate.ref, up.ref, 1, n, n, PB_ACTIVATION_GELU_TANH));
-    CHECK_OK(g_cuda->ops->glu(g_cuda, out.cuda, gate.cuda, up.cuda, 1, n, n, PB_ACTIVATION_GELU_TANH));
-    twin_compare(&out, PB_TOL_CUDA_ELEMENTWISE_NMSE, "glu gelu_tanh edges (Inf, NaN, 1e20, -5)");
+    CHECK_OK(g_ref->ops->glu(g_ref, out.ref, gate.ref, up.ref, 1, n, n, act));
+    CHECK_OK(g_cuda->ops->glu(g_cuda, out.cuda, gate.cuda, up.cuda, 1, n, n, act));
+    twin_compare(&out, PB_TOL_CUDA_ELEMENTWISE_NMSE, what);
     twin_free(&gate);
     twin_free(&up);
     twin_free(&out);
+}
+
+/* GELU-tanh (Gemma) and exact GELU (GPT-NeoX) as SiLU above, then their
+ * edges. */
+static void test_glu_gelu(void **state) {
+    (void)state;
+    rng_seed(21);
+    run_glu(PB_ACTIVATION_GELU_TANH, "glu gelu_tanh");
+    run_glu_edges(PB_ACTIVATION_GELU_TANH, "glu gelu_tanh edges (Inf, NaN, 1e20, -5)");
+    run_glu(PB_ACTIVATION_GELU, "glu gelu exact");
+    run_glu_edges(PB_ACTIVATION_GELU, "glu gelu exact edges (Inf, NaN, 1e20, -5)");
+}
+
+/* activate in place (the MLP without a gate), each activation on x in
+ * [-8, 8) with a NaN, then on the edges apart. */
+static void test_activate(void **state) {
+    (void)state;
+    rng_seed(25);
+    const pb_activation acts[] = {PB_ACTIVATION_SILU, PB_ACTIVATION_GELU_TANH, PB_ACTIVATION_GELU};
+    const char *names[] = {"silu", "gelu_tanh", "gelu exact"};
+    const float edges[] = {-100.0f, 100.0f, 0.0f, 1e20f, -1e20f, INFINITY, -INFINITY, NAN, -5.0f, -4.5f, 3e-20f};
+    const size_t n = 1001, n_edges = sizeof edges / sizeof edges[0];
+    for (int a = 0; a < 3; a++) {
+        char what[96];
+        float *x_host = host_random(n, -8.0f, 8.0f);
+        x_host[10] = NAN;
+        twin x = twin_floats(x_host, n);
+        CHECK_OK(g_ref->ops->activate(g_ref, x.ref, n, acts[a]));
+        CHECK_OK(g_cuda->ops->activate(g_cuda, x.cuda, n, acts[a]));
+        snprintf(what, sizeof what, "activate %s n=1001 with NaN", names[a]);
+        twin_compare(&x, PB_TOL_CUDA_ELEMENTWISE_NMSE, what);
+        twin_free(&x);
+        twin e = twin_floats(edges, n_edges);
+        CHECK_OK(g_ref->ops->activate(g_ref, e.ref, n_edges, acts[a]));
+        CHECK_OK(g_cuda->ops->activate(g_cuda, e.cuda, n_edges, acts[a]));
+        snprintf(what, sizeof what, "activate %s edges (Inf, NaN, 1e20, -5)", names[a]);
+        twin_compare(&e, PB_TOL_CUDA_ELEMENTWISE_NMSE, what);
+        twin_free(&e);
+        free(x_host);
+    }
 }
 
 /* In place, values far beyond the cap (|x| to 200 for caps 30 and 5),
@@ -990,7 +1094,25 @@ static void test_errors(void **state) {
     expect_status(ops->attention(g_cuda, buffer, buffer, buffer, buffer, 4, 5, 2, 2, 2, 8, NULL), PB_ERR_ARG,
                   "attention q_start + T > T_kv");
     expect_status(ops->rope(g_cuda, buffer, (const int32_t *)buffer, buffer, 2, 2, 7, 7), PB_ERR_ARG,
-                  "rope odd head_dim");
+                  "rope odd rotary_dims = head_dim");
+    const int bad_rotary[][2] = {{8, 7}, {8, 0}, {8, 10}, {8, -2}}; /* head_dim, rotary_dims */
+    for (int i = 0; i < 4; i++) {
+        char what[64];
+        snprintf(what, sizeof what, "rope head_dim %d rotary_dims %d", bad_rotary[i][0], bad_rotary[i][1]);
+        expect_status(
+            ops->rope(g_cuda, buffer, (const int32_t *)buffer, buffer, 2, 2, bad_rotary[i][0], bad_rotary[i][1]),
+            PB_ERR_ARG, what);
+        assert_non_null(strstr(pb_last_error(), "rope"));
+    }
+    expect_status(ops->layernorm(g_cuda, buffer, buffer, NULL, NULL, -1, 8, 1e-5f), PB_ERR_ARG, "layernorm rows < 0");
+    assert_non_null(strstr(pb_last_error(), "layernorm"));
+    expect_status(ops->layernorm(g_cuda, NULL, buffer, NULL, NULL, 2, 8, 1e-5f), PB_ERR_ARG, "layernorm out NULL");
+    assert_non_null(strstr(pb_last_error(), "layernorm"));
+    expect_status(ops->activate(g_cuda, buffer, 4, (pb_activation)7), PB_ERR_UNSUPPORTED,
+                  "activate unknown activation");
+    expect_status(ops->activate(g_cuda, NULL, 4, PB_ACTIVATION_GELU), PB_ERR_ARG, "activate x NULL");
+    CHECK_OK(ops->glu(g_cuda, buffer, buffer, buffer, 1, 4, 4, PB_ACTIVATION_GELU));
+    CHECK_OK(ops->activate(g_cuda, buffer, 4, PB_ACTIVATION_GELU));
     expect_status(ops->softcap(g_cuda, buffer, 4, 0.0f), PB_ERR_ARG, "softcap cap 0");
     expect_status(ops->glu(g_cuda, buffer, buffer, buffer, 1, 4, 4, (pb_activation)7), PB_ERR_UNSUPPORTED,
                   "glu unknown activation");
@@ -1108,13 +1230,16 @@ int main(void) {
         cmocka_unit_test(test_memory),
         cmocka_unit_test(test_embed),
         cmocka_unit_test(test_rmsnorm),
+        cmocka_unit_test(test_layernorm),
         cmocka_unit_test(test_matmul),
         cmocka_unit_test(test_rope),
+        cmocka_unit_test(test_rope_partial),
         cmocka_unit_test(test_attention),
         cmocka_unit_test(test_attention_params),
         cmocka_unit_test(test_softcap),
         cmocka_unit_test(test_glu_gelu),
         cmocka_unit_test(test_swiglu),
+        cmocka_unit_test(test_activate),
         cmocka_unit_test(test_add),
         cmocka_unit_test(test_embed16),
         cmocka_unit_test(test_matmul16),
