@@ -162,6 +162,19 @@ static pb_status gguf_rope_scaling(pb_model_config *c, const pb_gguf *g, const c
     return PB_OK;
 }
 
+/* key (present) as a non-negative int32 into *out: 0 is a value here
+ * ("none", "every layer"), unlike the sizes gguf_int reads. */
+static pb_status gguf_count(const pb_gguf *g, const char *path, const char *key, int *out) {
+    int64_t value;
+    pb_status status = pb_gguf_get_int(g, key, &value);
+    if (status != PB_OK)
+        return pb_fail_context(status, "%s", path);
+    if (value < 0 || value > INT32_MAX)
+        return pb_fail(PB_ERR_FORMAT, "%s: %s = %lld is out of range", path, key, (long long)value);
+    *out = (int)value;
+    return PB_OK;
+}
+
 /* ARCH.attention.sliding_window_pattern, when present: a period (llama.cpp's
  * rule: layer L slides iff L % n < n - 1, ours with period n) or one bool
  * per layer, which must follow the family's period. */
@@ -176,12 +189,7 @@ static pb_status gguf_sliding_pattern(pb_model_config *c, const pb_gguf *g, cons
     pb_error_save(&saved);
     if (pb_gguf_get_array_info(g, key, &type, &count) != PB_OK) {
         pb_error_restore(&saved);
-        int64_t period;
-        PB_TRY(pb_gguf_get_int(g, key, &period));
-        if (period < 0 || period > INT32_MAX)
-            return pb_fail(PB_ERR_FORMAT, "%s: %s = %lld is out of range", path, key, (long long)period);
-        c->sliding_period = (int)period;
-        return PB_OK;
+        return gguf_count(g, path, key, &c->sliding_period);
     }
     const uint8_t *flags;
     if (type != PB_GGUF_BOOL || count != (uint64_t)c->n_layers)
@@ -231,13 +239,7 @@ static pb_status gguf_window_all(pb_model_config *c, const pb_gguf *g, const cha
     snprintf(key, sizeof key, "%s.attention.sliding_window", a);
     if (!pb_gguf_has_key(g, key))
         return PB_OK;
-    int64_t window;
-    pb_status status = pb_gguf_get_int(g, key, &window);
-    if (status != PB_OK)
-        return pb_fail_context(status, "%s", path);
-    if (window < 0 || window > INT32_MAX)
-        return pb_fail(PB_ERR_FORMAT, "%s: %s = %lld is out of range", path, key, (long long)window);
-    c->sliding_window = (int)window;
+    PB_TRY(gguf_count(g, path, key, &c->sliding_window));
     c->sliding_period = 0; /* every layer */
     return PB_OK;
 }
