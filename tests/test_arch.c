@@ -28,57 +28,36 @@
 
 /* ---- writing small models ---------------------------------------------- */
 
-typedef struct bytes {
-    uint8_t *p;
-    size_t n, cap;
-} bytes;
-
-static void put(bytes *b, const void *x, size_t n) {
-    if (b->n + n > b->cap) {
-        b->cap = (b->n + n) * 2 + 64;
-        b->p = realloc(b->p, b->cap);
-        assert_non_null(b->p);
-    }
-    memcpy(b->p + b->n, x, n);
-    b->n += n;
-}
-static void put_u32(bytes *b, uint32_t v) { put(b, &v, 4); } /* little-endian host */
-static void put_u64(bytes *b, uint64_t v) { put(b, &v, 8); }
-static void put_str(bytes *b, const char *s) {
-    put_u64(b, strlen(s));
-    put(b, s, strlen(s));
-}
-
 /* GGUF metadata under construction. */
 typedef struct gguf_keys {
-    bytes b;
+    tu_bytes b;
     uint64_t n;
 } gguf_keys;
 
 static void kv_u32(gguf_keys *k, const char *key, uint32_t v) {
-    put_str(&k->b, key);
-    put_u32(&k->b, 4);
-    put_u32(&k->b, v);
+    tu_put_str(&k->b, key);
+    tu_put_u32(&k->b, 4);
+    tu_put_u32(&k->b, v);
     k->n++;
 }
 static void kv_f32(gguf_keys *k, const char *key, float v) {
-    put_str(&k->b, key);
-    put_u32(&k->b, 6);
-    put(&k->b, &v, 4);
+    tu_put_str(&k->b, key);
+    tu_put_u32(&k->b, 6);
+    tu_put(&k->b, &v, 4);
     k->n++;
 }
 static void kv_str(gguf_keys *k, const char *key, const char *v) {
-    put_str(&k->b, key);
-    put_u32(&k->b, 8);
-    put_str(&k->b, v);
+    tu_put_str(&k->b, key);
+    tu_put_u32(&k->b, 8);
+    tu_put_str(&k->b, v);
     k->n++;
 }
 static void kv_bools(gguf_keys *k, const char *key, const uint8_t *v, int n) {
-    put_str(&k->b, key);
-    put_u32(&k->b, 9);
-    put_u32(&k->b, 7);
-    put_u64(&k->b, (uint64_t)n);
-    put(&k->b, v, (size_t)n);
+    tu_put_str(&k->b, key);
+    tu_put_u32(&k->b, 9);
+    tu_put_u32(&k->b, 7);
+    tu_put_u64(&k->b, (uint64_t)n);
+    tu_put(&k->b, v, (size_t)n);
     k->n++;
 }
 
@@ -117,39 +96,39 @@ static int written_tensor(const pb_model_config *c, const variant *v, int t, pb_
 
 /* A GGUF of cfg's tensors with the given metadata (consumed). */
 static void write_gguf(const char *path, const pb_model_config *c, const variant *v, gguf_keys *keys) {
-    bytes infos = {0}, data = {0}, file = {0};
+    tu_bytes infos = {0}, data = {0}, file = {0};
     uint64_t n_tensors = 0;
     for (int t = 0; t < pb_weight_list_count(c); t++) {
         pb_tensor_info info;
         float *x;
         if (!written_tensor(c, v, t, &info, &x))
             continue;
-        put_str(&infos, info.name);
-        put_u32(&infos, (uint32_t)info.n_dims);
+        tu_put_str(&infos, info.name);
+        tu_put_u32(&infos, (uint32_t)info.n_dims);
         for (int d = info.n_dims - 1; d >= 0; d--) /* ggml: contiguous dimension first */
-            put_u64(&infos, (uint64_t)info.shape[d]);
-        put_u32(&infos, 0); /* F32 */
-        put_u64(&infos, data.n);
-        put(&data, x, sizeof(float) * info.n_elements);
+            tu_put_u64(&infos, (uint64_t)info.shape[d]);
+        tu_put_u32(&infos, 0); /* F32 */
+        tu_put_u64(&infos, data.n);
+        tu_put(&data, x, sizeof(float) * info.n_elements);
         while (data.n % 32)
-            put(&data, "", 1);
+            tu_put(&data, "", 1);
         free(x);
         n_tensors++;
     }
-    put(&file, "GGUF", 4);
-    put_u32(&file, 3);
-    put_u64(&file, n_tensors);
-    put_u64(&file, keys->n);
-    put(&file, keys->b.p, keys->b.n);
-    put(&file, infos.p, infos.n);
+    tu_put(&file, "GGUF", 4);
+    tu_put_u32(&file, 3);
+    tu_put_u64(&file, n_tensors);
+    tu_put_u64(&file, keys->n);
+    tu_put(&file, keys->b.data, keys->b.n);
+    tu_put(&file, infos.data, infos.n);
     while (file.n % 32)
-        put(&file, "", 1);
-    put(&file, data.p, data.n);
-    assert_int_equal(tu_write_file(path, file.p, file.n), 0);
-    free(keys->b.p);
-    free(infos.p);
-    free(data.p);
-    free(file.p);
+        tu_put(&file, "", 1);
+    tu_put(&file, data.data, data.n);
+    assert_int_equal(tu_write_file(path, file.data, file.n), 0);
+    free(keys->b.data);
+    free(infos.data);
+    free(data.data);
+    free(file.data);
 }
 
 /* The metadata llama.cpp's converter writes for every family. */
@@ -197,8 +176,8 @@ static pb_model_config small_config(const char *arch, int n_layers) {
 /* A Hugging Face folder of cfg's tensors: model.safetensors (names through
  * pb_weight_hf_name and v's layout) and config.json text. */
 static void write_folder(const char *dir, const pb_model_config *c, const variant *v, const char *config_json) {
-    bytes header = {0}, data = {0}, file = {0};
-    put(&header, "{", 1);
+    tu_bytes header = {0}, data = {0}, file = {0};
+    tu_put(&header, "{", 1);
     for (int t = 0; t < pb_weight_list_count(c); t++) {
         pb_tensor_info info;
         float *x;
@@ -215,27 +194,27 @@ static void write_folder(const char *dir, const pb_model_config *c, const varian
                                  header.n > 1 ? ", " : "", name, (long long)info.shape[0])
                       : snprintf(entry, sizeof entry, "%s\"%s\": {\"dtype\": \"F32\", \"shape\": [%lld, %lld], ",
                                  header.n > 1 ? ", " : "", name, (long long)info.shape[0], (long long)info.shape[1]);
-        put(&header, entry, (size_t)len);
+        tu_put(&header, entry, (size_t)len);
         len = snprintf(entry, sizeof entry, "\"data_offsets\": [%zu, %zu]}", data.n,
                        data.n + sizeof(float) * info.n_elements);
-        put(&header, entry, (size_t)len);
-        put(&data, x, sizeof(float) * info.n_elements);
+        tu_put(&header, entry, (size_t)len);
+        tu_put(&data, x, sizeof(float) * info.n_elements);
         free(x);
     }
-    put(&header, "}", 1);
+    tu_put(&header, "}", 1);
     while (header.n % 8)
-        put(&header, " ", 1);
-    put_u64(&file, header.n);
-    put(&file, header.p, header.n);
-    put(&file, data.p, data.n);
+        tu_put(&header, " ", 1);
+    tu_put_u64(&file, header.n);
+    tu_put(&file, header.data, header.n);
+    tu_put(&file, data.data, data.n);
     char path[512];
     tu_path(path, sizeof path, dir, "model.safetensors");
-    assert_int_equal(tu_write_file(path, file.p, file.n), 0);
+    assert_int_equal(tu_write_file(path, file.data, file.n), 0);
     tu_path(path, sizeof path, dir, "config.json");
     assert_int_equal(tu_write_text(path, config_json), 0);
-    free(header.p);
-    free(data.p);
-    free(file.p);
+    free(header.data);
+    free(data.data);
+    free(file.data);
 }
 
 static const char *const gemma3_json =
@@ -625,39 +604,39 @@ static void ft_free(file_tensors *f) {
 }
 
 static void gguf_file(const char *path, gguf_keys *keys, file_tensors *f) {
-    bytes infos = {0}, data = {0}, file = {0};
+    tu_bytes infos = {0}, data = {0}, file = {0};
     for (int i = 0; i < f->n; i++) {
         const file_tensor *t = &f->t[i];
-        put_str(&infos, t->name);
-        put_u32(&infos, (uint32_t)t->n_dims);
+        tu_put_str(&infos, t->name);
+        tu_put_u32(&infos, (uint32_t)t->n_dims);
         if (t->n_dims == 2)
-            put_u64(&infos, (uint64_t)t->cols); /* ggml: contiguous dimension first */
-        put_u64(&infos, (uint64_t)t->rows);
-        put_u32(&infos, 0);
-        put_u64(&infos, data.n);
-        put(&data, t->data, sizeof(float) * (size_t)(t->rows * t->cols));
+            tu_put_u64(&infos, (uint64_t)t->cols); /* ggml: contiguous dimension first */
+        tu_put_u64(&infos, (uint64_t)t->rows);
+        tu_put_u32(&infos, 0);
+        tu_put_u64(&infos, data.n);
+        tu_put(&data, t->data, sizeof(float) * (size_t)(t->rows * t->cols));
         while (data.n % 32)
-            put(&data, "", 1);
+            tu_put(&data, "", 1);
     }
-    put(&file, "GGUF", 4);
-    put_u32(&file, 3);
-    put_u64(&file, (uint64_t)f->n);
-    put_u64(&file, keys->n);
-    put(&file, keys->b.p, keys->b.n);
-    put(&file, infos.p, infos.n);
+    tu_put(&file, "GGUF", 4);
+    tu_put_u32(&file, 3);
+    tu_put_u64(&file, (uint64_t)f->n);
+    tu_put_u64(&file, keys->n);
+    tu_put(&file, keys->b.data, keys->b.n);
+    tu_put(&file, infos.data, infos.n);
     while (file.n % 32)
-        put(&file, "", 1);
-    put(&file, data.p, data.n);
-    assert_int_equal(tu_write_file(path, file.p, file.n), 0);
-    free(keys->b.p);
-    free(infos.p);
-    free(data.p);
-    free(file.p);
+        tu_put(&file, "", 1);
+    tu_put(&file, data.data, data.n);
+    assert_int_equal(tu_write_file(path, file.data, file.n), 0);
+    free(keys->b.data);
+    free(infos.data);
+    free(data.data);
+    free(file.data);
 }
 
 static void safetensors_folder(const char *dir, file_tensors *f, const char *config_json) {
-    bytes header = {0}, data = {0}, file = {0};
-    put(&header, "{", 1);
+    tu_bytes header = {0}, data = {0}, file = {0};
+    tu_put(&header, "{", 1);
     for (int i = 0; i < f->n; i++) {
         const file_tensor *t = &f->t[i];
         char entry[400], shape[64];
@@ -669,23 +648,23 @@ static void safetensors_folder(const char *dir, file_tensors *f, const char *con
         int len = snprintf(entry, sizeof entry,
                            "%s\"%s\": {\"dtype\": \"F32\", \"shape\": %s, \"data_offsets\": [%zu, %zu]}", i ? ", " : "",
                            t->name, shape, data.n, data.n + bytes_n);
-        put(&header, entry, (size_t)len);
-        put(&data, t->data, bytes_n);
+        tu_put(&header, entry, (size_t)len);
+        tu_put(&data, t->data, bytes_n);
     }
-    put(&header, "}", 1);
+    tu_put(&header, "}", 1);
     while (header.n % 8)
-        put(&header, " ", 1);
-    put_u64(&file, header.n);
-    put(&file, header.p, header.n);
-    put(&file, data.p, data.n);
+        tu_put(&header, " ", 1);
+    tu_put_u64(&file, header.n);
+    tu_put(&file, header.data, header.n);
+    tu_put(&file, data.data, data.n);
     char path[512];
     tu_path(path, sizeof path, dir, "model.safetensors");
-    assert_int_equal(tu_write_file(path, file.p, file.n), 0);
+    assert_int_equal(tu_write_file(path, file.data, file.n), 0);
     tu_path(path, sizeof path, dir, "config.json");
     assert_int_equal(tu_write_text(path, config_json), 0);
-    free(header.p);
-    free(data.p);
-    free(file.p);
+    free(header.data);
+    free(data.data);
+    free(file.data);
 }
 
 /* Every canonical tensor's values, distinct everywhere (a misplaced row or
@@ -879,7 +858,7 @@ static void expect_both_formats(void **state, const char *name, const truth *w, 
         assert_int_equal(got->sliding_window, c->sliding_window);
         assert_int_equal(got->sliding_period, c->sliding_period);
         expect_truth(src, w);
-        /* a part of a fused tensor, or a transposed one, has no raw bytes */
+        /* a part of a fused tensor, or a transposed one, has no raw tu_bytes */
         pb_tensor_info q;
         const void *raw;
         uint64_t n_bytes;
@@ -921,9 +900,9 @@ static gguf_keys family_keys(const pb_model_config *c) {
 
 static void kv_bool(gguf_keys *k, const char *key, int v) {
     uint8_t b = (uint8_t)(v != 0);
-    put_str(&k->b, key);
-    put_u32(&k->b, 7);
-    put(&k->b, &b, 1);
+    tu_put_str(&k->b, key);
+    tu_put_u32(&k->b, 7);
+    tu_put(&k->b, &b, 1);
     k->n++;
 }
 

@@ -85,29 +85,9 @@ static int printed_ids_equal(const char *printed, json_t *want, const char *what
 
 /* ---- a vocabulary-only GGUF of an architecture the engine cannot run ---- */
 
-typedef struct gguf_buf {
-    unsigned char *data;
-    size_t n, cap;
-} gguf_buf;
-
-static void put(gguf_buf *b, const void *p, size_t n) {
-    if (b->n + n > b->cap) {
-        b->cap = (b->n + n) * 2 + 64;
-        b->data = realloc(b->data, b->cap);
-        assert_non_null(b->data);
-    }
-    memcpy(b->data + b->n, p, n);
-    b->n += n;
-}
-static void put_u32(gguf_buf *b, uint32_t v) { put(b, &v, 4); }
-static void put_u64(gguf_buf *b, uint64_t v) { put(b, &v, 8); }
-static void put_str(gguf_buf *b, const char *s) {
-    put_u64(b, strlen(s));
-    put(b, s, strlen(s));
-}
-static void put_key(gguf_buf *b, const char *key, uint32_t type) {
-    put_str(b, key);
-    put_u32(b, type);
+static void put_key(tu_bytes *b, const char *key, uint32_t type) {
+    tu_put_str(b, key);
+    tu_put_u32(b, type);
 }
 
 /* GGUF value types (the format's numbering). */
@@ -121,37 +101,37 @@ static void write_vocab_only_gguf(const char *path) {
         "h",     "i",     "\xE2\x96\x81", "hi",    "\xE2\x96\x81hi",  "<0x21>"};
     static const int32_t types[] = {3, 3, 3, 2, 3, 3, 4, 1, 1, 1, 1, 1, 6};
     enum { N = sizeof tokens / sizeof tokens[0] };
-    gguf_buf b = {0};
-    put(&b, "GGUF", 4);
-    put_u32(&b, 3);
-    put_u64(&b, 0); /* tensors */
-    put_u64(&b, 7); /* keys */
+    tu_bytes b = {0};
+    tu_put(&b, "GGUF", 4);
+    tu_put_u32(&b, 3);
+    tu_put_u64(&b, 0); /* tensors */
+    tu_put_u64(&b, 7); /* keys */
     put_key(&b, "general.architecture", T_STRING);
-    put_str(&b, "gemma3");
+    tu_put_str(&b, "gemma3");
     put_key(&b, "tokenizer.ggml.model", T_STRING);
-    put_str(&b, "llama");
+    tu_put_str(&b, "llama");
     put_key(&b, "tokenizer.ggml.tokens", T_ARRAY);
-    put_u32(&b, T_STRING);
-    put_u64(&b, N);
+    tu_put_u32(&b, T_STRING);
+    tu_put_u64(&b, N);
     for (int i = 0; i < N; i++)
-        put_str(&b, tokens[i]);
+        tu_put_str(&b, tokens[i]);
     put_key(&b, "tokenizer.ggml.scores", T_ARRAY);
-    put_u32(&b, T_FLOAT32);
-    put_u64(&b, N);
+    tu_put_u32(&b, T_FLOAT32);
+    tu_put_u64(&b, N);
     for (int i = 0; i < N; i++) {
         float score = -(float)i;
-        put(&b, &score, 4);
+        tu_put(&b, &score, 4);
     }
     put_key(&b, "tokenizer.ggml.token_type", T_ARRAY);
-    put_u32(&b, T_INT32);
-    put_u64(&b, N);
-    put(&b, types, sizeof types);
+    tu_put_u32(&b, T_INT32);
+    tu_put_u64(&b, N);
+    tu_put(&b, types, sizeof types);
     put_key(&b, "tokenizer.ggml.bos_token_id", T_UINT32);
-    put_u32(&b, 2);
+    tu_put_u32(&b, 2);
     put_key(&b, "tokenizer.ggml.add_space_prefix", T_BOOL);
-    put(&b, "", 1);
+    tu_put(&b, "", 1);
     while (b.n % 32)
-        put(&b, "", 1);
+        tu_put(&b, "", 1);
     assert_int_equal(tu_write_file(path, b.data, b.n), 0);
     free(b.data);
 }

@@ -366,57 +366,37 @@ static void test_gemma3_gguf(void **state) {
 
 /* ---- a minimal GGUF writer for the refusal cases ---- */
 
-typedef struct gguf_buf {
-    uint8_t *data;
-    size_t n, cap;
-} gguf_buf;
-
-static void put(gguf_buf *b, const void *p, size_t n) {
-    if (b->n + n > b->cap) {
-        b->cap = (b->n + n) * 2 + 64;
-        b->data = realloc(b->data, b->cap);
-        assert_non_null(b->data);
-    }
-    memcpy(b->data + b->n, p, n);
-    b->n += n;
+static void put_kv_str(tu_bytes *b, const char *key, const char *value) {
+    tu_put_str(b, key);
+    tu_put_u32(b, PB_GGUF_STRING);
+    tu_put_str(b, value);
 }
-static void put_u32(gguf_buf *b, uint32_t v) { put(b, &v, 4); }
-static void put_u64(gguf_buf *b, uint64_t v) { put(b, &v, 8); }
-static void put_str(gguf_buf *b, const char *s) {
-    put_u64(b, strlen(s));
-    put(b, s, strlen(s));
-}
-static void put_kv_str(gguf_buf *b, const char *key, const char *value) {
-    put_str(b, key);
-    put_u32(b, PB_GGUF_STRING);
-    put_str(b, value);
-}
-static void put_kv_strs(gguf_buf *b, const char *key, const char *const *values, int n) {
-    put_str(b, key);
-    put_u32(b, PB_GGUF_ARRAY);
-    put_u32(b, PB_GGUF_STRING);
-    put_u64(b, (uint64_t)n);
+static void put_kv_strs(tu_bytes *b, const char *key, const char *const *values, int n) {
+    tu_put_str(b, key);
+    tu_put_u32(b, PB_GGUF_ARRAY);
+    tu_put_u32(b, PB_GGUF_STRING);
+    tu_put_u64(b, (uint64_t)n);
     for (int i = 0; i < n; i++)
-        put_str(b, values[i]);
+        tu_put_str(b, values[i]);
 }
 
 /* A GGUF with tokens {a, b, ab, Ġ} and one merge, with the given model and
  * (if not NULL) pre-tokenizer. */
-static pb_status tokenizer_from_small_gguf(pb_tokenizer **tok, const char *model, const char *pre, gguf_buf *b) {
+static pb_status tokenizer_from_small_gguf(pb_tokenizer **tok, const char *model, const char *pre, tu_bytes *b) {
     static const char *const tokens[] = {"a", "b", "ab", "\xC4\xA0"};
     static const char *const merges[] = {"a b"};
     b->n = 0;
-    put(b, "GGUF", 4);
-    put_u32(b, 3);
-    put_u64(b, 0);
-    put_u64(b, pre ? 4 : 3);
+    tu_put(b, "GGUF", 4);
+    tu_put_u32(b, 3);
+    tu_put_u64(b, 0);
+    tu_put_u64(b, pre ? 4 : 3);
     put_kv_str(b, "tokenizer.ggml.model", model);
     if (pre)
         put_kv_str(b, "tokenizer.ggml.pre", pre);
     put_kv_strs(b, "tokenizer.ggml.tokens", tokens, 4);
     put_kv_strs(b, "tokenizer.ggml.merges", merges, 1);
     while (b->n % 32)
-        put(b, "", 1);
+        tu_put(b, "", 1);
     pb_gguf *gguf;
     if (pb_gguf_open_buffer(&gguf, b->data, b->n) != PB_OK)
         fail_msg("%s", pb_last_error());
@@ -427,7 +407,7 @@ static pb_status tokenizer_from_small_gguf(pb_tokenizer **tok, const char *model
 
 static void test_refusals(void **state) {
     (void)state;
-    gguf_buf b = {0};
+    tu_bytes b = {0};
     pb_tokenizer *tok = (pb_tokenizer *)&b;
     assert_int_equal(tokenizer_from_small_gguf(&tok, "bert", NULL, &b), PB_ERR_UNSUPPORTED);
     assert_null(tok);
@@ -488,21 +468,21 @@ static void test_refusals(void **state) {
 
 /* A SentencePiece GGUF with tokens {<unk>, <0x41>, last} typed {2, 6,
  * last_type}: opened and handed to the tokenizer. */
-static pb_status spm_with_last_token(gguf_buf *b, const char *last, int32_t last_type) {
+static pb_status spm_with_last_token(tu_bytes *b, const char *last, int32_t last_type) {
     const char *const tokens[] = {"<unk>", "<0x41>", last};
     int32_t types[] = {2, 6, last_type};
     b->n = 0;
-    put(b, "GGUF", 4);
-    put_u32(b, 3);
-    put_u64(b, 0);
-    put_u64(b, 3);
+    tu_put(b, "GGUF", 4);
+    tu_put_u32(b, 3);
+    tu_put_u64(b, 0);
+    tu_put_u64(b, 3);
     put_kv_str(b, "tokenizer.ggml.model", "llama");
     put_kv_strs(b, "tokenizer.ggml.tokens", tokens, 3);
-    put_str(b, "tokenizer.ggml.token_type");
-    put_u32(b, PB_GGUF_ARRAY);
-    put_u32(b, PB_GGUF_INT32);
-    put_u64(b, 3);
-    put(b, types, sizeof types);
+    tu_put_str(b, "tokenizer.ggml.token_type");
+    tu_put_u32(b, PB_GGUF_ARRAY);
+    tu_put_u32(b, PB_GGUF_INT32);
+    tu_put_u64(b, 3);
+    tu_put(b, types, sizeof types);
     pb_gguf *gguf;
     if (pb_gguf_open_buffer(&gguf, b->data, b->n) != PB_OK)
         fail_msg("%s", pb_last_error());
@@ -528,7 +508,7 @@ static pb_status spm_with_last_token(gguf_buf *b, const char *last, int32_t last
  * naming the token. */
 static void test_bad_token_metadata(void **state) {
     (void)state;
-    gguf_buf b = {0};
+    tu_bytes b = {0};
     assert_int_equal(spm_with_last_token(&b, "<0x42>", 6), PB_OK);
     assert_int_equal(spm_with_last_token(&b, "<0xfF>", 6), PB_OK);
     assert_int_equal(spm_with_last_token(&b, "hello", 1), PB_OK);

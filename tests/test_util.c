@@ -128,6 +128,24 @@ int tu_write_temp(char *path, size_t size, const void *data, size_t n) {
 
 /* ---- directories ---------------------------------------------------------- */
 
+void tu_put(tu_bytes *b, const void *p, size_t n) {
+    if (b->n + n > b->cap) {
+        b->cap = (b->n + n) * 2 + 64;
+        b->data = realloc(b->data, b->cap);
+        assert_non_null(b->data);
+    }
+    memcpy(b->data + b->n, p, n);
+    b->n += n;
+}
+
+void tu_put_u32(tu_bytes *b, uint32_t v) { tu_put(b, &v, 4); }
+void tu_put_u64(tu_bytes *b, uint64_t v) { tu_put(b, &v, 8); }
+
+void tu_put_str(tu_bytes *b, const char *s) {
+    tu_put_u64(b, strlen(s));
+    tu_put(b, s, strlen(s));
+}
+
 int tu_make_temp_dir(char *dir, size_t size, const char *prefix) {
     int n = snprintf(dir, size, "%s/%sXXXXXX", temp_root(), prefix);
     if (n < 0 || (size_t)n >= size)

@@ -65,6 +65,20 @@ int tu_write_temp(char *path, size_t size, const void *data, size_t n);
  * fails the test when it cannot be read. */
 char *tu_fuzz_input(const char *harness, const char *name, size_t *size);
 
+/* ---- bytes ---------------------------------------------------------------- */
+
+/* A growing buffer for the small files tests write (GGUF, safetensors),
+ * little-endian as the host is; fails the test when out of memory. */
+typedef struct tu_bytes {
+    uint8_t *data;
+    size_t n, cap;
+} tu_bytes;
+void tu_put(tu_bytes *b, const void *p, size_t n);
+void tu_put_u32(tu_bytes *b, uint32_t v);
+void tu_put_u64(tu_bytes *b, uint64_t v);
+/* A GGUF string: its length as u64, then its bytes. */
+void tu_put_str(tu_bytes *b, const char *s);
+
 /* ---- directories ---------------------------------------------------------- */
 
 /* A new directory $TMPDIR/<prefix>XXXXXX (or under /tmp) into dir. 0 on
