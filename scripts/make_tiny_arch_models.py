@@ -651,14 +651,16 @@ def make_one(family: str, out_root: Path) -> dict[str, Any]:
     return ref
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def run_families(doc: str, specs: dict[str, Any], make_one) -> int:
+    """The command line of a tiny-model generator: --out, --only; each
+    family's folder made by make_one(family, out) and kept under 2 MB."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--out", type=Path, default=rc.REPO_ROOT / "tests" / "fixtures")
-    parser.add_argument("--only", default=None, help="comma-separated families: " + ",".join(SPECS))
+    parser.add_argument("--only", default=None, help="comma-separated families: " + ",".join(specs))
     args = parser.parse_args()
-    families = list(SPECS) if args.only is None else args.only.split(",")
+    families = list(specs) if args.only is None else args.only.split(",")
     for family in families:
-        assert family in SPECS, family
+        assert family in specs, family
         print(f"tiny_{family}:")
         ref = make_one(family, args.out)
         folder = args.out / f"tiny_{family}"
@@ -667,6 +669,10 @@ def main() -> int:
         print(f"  T={ref['T']} hooks={len(ref['hooks'])} bytes={size} stats={json.dumps(ref['checks']['stats'])}")
         print(f"  transformers GGUF load: {json.dumps(ref['checks']['transformers_gguf_load'])[:400]}")
     return 0
+
+
+def main() -> int:
+    return run_families(__doc__, SPECS, make_one)
 
 
 if __name__ == "__main__":

@@ -68,8 +68,6 @@ Deterministic: seeded generators everywhere; run twice and compare bytes.
 
 from __future__ import annotations
 
-import argparse
-import json
 import shutil
 import sys
 from pathlib import Path
@@ -553,21 +551,7 @@ def make_one(family: str, out_root: Path) -> dict[str, Any]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=rc.REPO_ROOT / "tests" / "fixtures")
-    parser.add_argument("--only", default=None, help="comma-separated families: " + ",".join(SPECS))
-    args = parser.parse_args()
-    families = list(SPECS) if args.only is None else args.only.split(",")
-    for family in families:
-        assert family in SPECS, family
-        print(f"tiny_{family}:")
-        ref = make_one(family, args.out)
-        folder = args.out / f"tiny_{family}"
-        size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
-        assert size < 2 * 1024 * 1024, f"{folder}: {size} bytes"
-        print(f"  T={ref['T']} hooks={len(ref['hooks'])} bytes={size} stats={json.dumps(ref['checks']['stats'])}")
-        print(f"  transformers GGUF load: {json.dumps(ref['checks']['transformers_gguf_load'])[:400]}")
-    return 0
+    return arch.run_families(__doc__, SPECS, make_one)
 
 
 if __name__ == "__main__":
