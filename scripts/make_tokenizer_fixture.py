@@ -44,6 +44,7 @@ Files written (all JSON; every one opens with "magic", "version" and
                         tokenizer against transformers on the SmolLM2
                         corpus, every disagreement listed.
 """
+import hashlib
 import json
 import os
 import random
@@ -387,8 +388,8 @@ QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[
                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 
 
-def bpe_variants(out, rng, smollm2_texts):
-    from tokenizers import Tokenizer, Regex, models, pre_tokenizers, decoders, trainers, AddedToken
+def bpe_variants(out, rng, smollm2_texts, only=None):
+    from tokenizers import Tokenizer, Regex, models, normalizers, pre_tokenizers, decoders, trainers, AddedToken
     out = out / "bpe_variants"
     out.mkdir(exist_ok=True)
     train = spm_training_text(rng) + CODE * 20 + smollm2_texts[:500]
@@ -401,10 +402,16 @@ def bpe_variants(out, rng, smollm2_texts):
         "qwen2_split": pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated"),
                                                pre_tokenizers.ByteLevel(add_prefix_space=False,
                                                                         use_regex=False)]),
+        # GPT-NeoX's shape: an NFC normaliser before byte-level BPE
+        "nfc_bytelevel": pre_tokenizers.ByteLevel(add_prefix_space=False),
     }
     for name, pre in variants.items():
+        if only and name not in only:
+            continue
         tk = Tokenizer(models.BPE())
         tk.pre_tokenizer = pre
+        if name == "nfc_bytelevel":
+            tk.normalizer = normalizers.NFC()
         tk.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(vocab_size=1200, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                       special_tokens=["<|end|>", "<|start|>"], show_progress=False)
@@ -416,6 +423,8 @@ def bpe_variants(out, rng, smollm2_texts):
         (out / (name + ".json")).write_text(json.dumps(js, ensure_ascii=False, separators=(",", ":")))
         tk = Tokenizer.from_str(json.dumps(js))
         texts = smollm2_texts[::3] + ["<|end|><think>x</think>", "1234567", "I'M they'll"]
+        if name == "nfc_bytelevel":
+            texts += VOCAB_EXTRA
         cases = [{"text": t, "special": tk.encode(t, add_special_tokens=False).ids} for t in texts]
         write_json(out / (name + "_corpus.json"),
                    {**header("tokenizer.json corpus", tokenizer=name + ".json",
@@ -469,8 +478,136 @@ def gemma3(model, out):
           (len(cases), len(extra), sum("plain" in c for c in cases + extra)))
 
 
+# ---------------------------------------------------------------- vocab-only GGUFs
+
+# The vocabulary-only GGUFs llama.cpp ships for its tokenizer tests
+# (scripts/fetch-model.sh vocab puts them under models/vocab/), each with the
+# texts and ids llama.cpp's convert_hf_to_gguf_update.py wrote from the
+# original Hugging Face tokenizer (.inp/.out; none for gpt-neox).
+VOCABS = {"gpt2": "ggml-vocab-gpt-2.gguf", "gpt_neox": "ggml-vocab-gpt-neox.gguf", "phi3": "ggml-vocab-phi-3.gguf"}
+
+VOCAB_EXTRA = [
+    "<|endoftext|>", "x<|endoftext|>y", " <|endoftext|> ", "<|padding|>", "<|end|>", "<|user|>\nHi<|end|>\n<|assistant|>\n",
+    "<|system|>\nBe terse.<|end|>\n<|user|>\nHi<|end|>\n<|assistant|>\n", "<s>", "</s>", "<unk>", "<|end",
+    " ", "  ", "   ", " " * 23, " " * 24, " " * 25, " " * 50, "a  b", "a   b    c", "  leading", "trailing   ",
+    "\n  x", "x  \n", "\t  \t",
+    # NFC: decomposed forms (the GPT-NeoX tokenizer normalises to NFC)
+    "e\u0301le\u0300ve", "A\u030angstro\u0308m", "\u1100\u1161\u11a8", "n\u0303o", "\u0041\u030a\u0301",
+    "\u212b", "\u2126", "\ufb01", "\u00c5", "Cafe\u0301 cre\u0300me bru\u0302le\u0301e",
+    "\u0300\u0301", "x\u0327\u0301", "\u0915\u093c", "\u30ab\u3099",
+]
+
+
+def vocab_reference(name, path):
+    """transformers' tokenizer loaded from the GGUF (GPT-2, Phi-3); for
+    GPT-NeoX, which transformers cannot load from a GGUF, a `tokenizers`
+    tokenizer built from the GGUF's vocabulary and merges with the
+    structure of EleutherAI's 20B tokenizer.json: NFC normaliser, byte-level
+    pre-tokenizer without a prefix space, <|endoftext|> and <|padding|> as
+    special tokens, the 23 runs of 2 to 24 spaces (ids 50254..50276) as
+    normalised added tokens, and llama.cpp's padding tokens after them."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+    if name != "gpt_neox":
+        tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        return tok, "transformers AutoTokenizer.from_pretrained(gguf_file=...) (%s)" % type(tok).__name__
+    from gguf import GGUFReader
+    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers
+    r = GGUFReader(str(path))
+    field = r.fields["tokenizer.ggml.tokens"]
+    tokens = [bytes(field.parts[i]).decode("utf-8") for i in field.data]
+    field = r.fields["tokenizer.ggml.merges"]
+    merges = [tuple(bytes(field.parts[i]).decode("utf-8").split(" ", 1)) for i in field.data]
+    base = {t: i for i, t in enumerate(tokens[:50254])}
+    bpe = Tokenizer(models.BPE(vocab=base, merges=merges, unk_token=None, fuse_unk=False))
+    bpe.normalizer = normalizers.NFC()
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.add_special_tokens([AddedToken(tokens[0], special=True, normalized=False),
+                            AddedToken(tokens[1], special=True, normalized=False)])
+    spaces = [AddedToken(tokens[i], special=False, normalized=True) for i in range(50254, 50277)]
+    bpe.add_tokens(spaces)
+    # llama.cpp pads the vocabulary to the embedding's 50432 rows with
+    # user-defined "[PAD<id>]" tokens; kept, as a GGUF reader sees them
+    bpe.add_tokens([AddedToken(t, special=False, normalized=False) for t in tokens[50277:]])
+    assert [bpe.token_to_id(t) for t in tokens[50254:]] == list(range(50254, len(tokens)))
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token=tokens[0], eos_token=tokens[0])
+    return tok, ("tokenizers Tokenizer from the GGUF vocabulary and merges with the 20B tokenizer.json "
+                 "structure (NFC, ByteLevel add_prefix_space=false, added tokens 0, 1 special and "
+                 "50254..50276 normalized)")
+
+
+def llama_cpp_cases(path):
+    """llama.cpp's .inp/.out pairs: texts and the original tokenizer's ids."""
+    inp, out = Path(str(path) + ".inp"), Path(str(path) + ".out")
+    if not inp.exists():
+        return []
+    texts = inp.read_text(encoding="utf-8").split("\n__ggml_vocab_test__\n")
+    if texts and texts[-1] == "":
+        texts.pop()
+    lines = out.read_text(encoding="utf-8").split("\n")
+    return [{"text": t, "ids": [int(x) for x in lines[i].split()]} for i, t in enumerate(texts)]
+
+
+def vocab_corpora(vocab_dir, out):
+    import transformers
+    corpus = json.loads((out / "smollm2_corpus.json").read_text())
+    texts = [c["text"] for c in corpus["cases"]]
+    for name, file in VOCABS.items():
+        path = vocab_dir / file
+        tok, how = vocab_reference(name, path)
+
+        def ids(text):
+            special = tok(text, add_special_tokens=False)["input_ids"]
+            plain = tok(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+            case = {"special": special}
+            if plain != special:
+                case["plain"] = plain
+            return case
+
+        upstream = llama_cpp_cases(path)
+        for c in upstream:  # the reference agrees with the original tokenizer where llama.cpp recorded it
+            got = tok(c["text"], add_special_tokens=False)["input_ids"]
+            assert got == c["ids"], (name, c["text"], got, c["ids"])
+        cases = [ids(t) for t in texts]
+        extra = [{"text": t, **ids(t)} for t in VOCAB_EXTRA]
+        # A token the GGUF marks user-defined (a plain added token, which
+        # split_special_tokens leaves whole) that transformers still splits
+        # there: for Phi-3, "</s>", which LlamaTokenizer first registers as
+        # its default EOS (special) before the GGUF's types make it plain.
+        quirks = []
+        from gguf import GGUFReader
+        r = GGUFReader(str(path))
+        field, types = r.fields["tokenizer.ggml.tokens"], r.fields["tokenizer.ggml.token_type"]
+        for i, part in enumerate(field.data):
+            if int(types.parts[types.data[i]][0]) != 4:
+                continue
+            t = bytes(field.parts[part]).decode("utf-8").replace("\u2581", " ")
+            if tok(t, add_special_tokens=False, split_special_tokens=True)["input_ids"] != [i]:
+                quirks.append({"text": t, "parse_special": 0,
+                               "why": "user-defined in the GGUF, yet split by transformers under "
+                                      "split_special_tokens (registered as a special token first)"})
+        write_json(out / ("vocab_%s_corpus.json" % name), {
+            **header("vocabulary-only corpus", vocab=file, vocab_size=len(tok),
+                     vocab_sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
+                     texts="smollm2_corpus.json cases, by index",
+                     reference="transformers %s; %s" % (transformers.__version__, how),
+                     llama_cpp="texts and ids of llama.cpp's %s.inp/.out (the original Hugging Face tokenizer), "
+                               "equal to the reference" % file if upstream else None),
+            "cases": cases, "extra": extra, "llama_cpp": upstream, "reference_quirks": quirks})
+        print("%s: %d corpus cases + %d extra + %d llama.cpp cases (all equal to the reference), "
+              "%d with plain != special, reference quirks %s" % (name, len(cases), len(extra), len(upstream),
+                                            sum("plain" in c for c in cases + extra),
+                                            [q["text"] for q in quirks]))
+
+
 def main():
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    if "--vocab" in sys.argv:
+        vocab_dir = Path(args[0] if args else ROOT / "models" / "vocab").resolve()
+        out = Path(args[1] if len(args) > 1 else ROOT / "tests" / "fixtures" / "tokenizer")
+        vocab_corpora(vocab_dir, out)
+        bpe_variants(out, random.Random(SEED + 2), make_corpus(random.Random(SEED)), only=["nfc_bytelevel"])
+        return
     if "--gemma3" in sys.argv:
         model = Path(args[0] if args else ROOT / "models" / "gemma-3-270m-q4_k_m.gguf").resolve()
         out = Path(args[1] if len(args) > 1 else ROOT / "tests" / "fixtures" / "tokenizer")

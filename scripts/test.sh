@@ -38,6 +38,7 @@ stage() {
 stage "install deps" bash scripts/install-deps.sh
 stage "fetch model" bash scripts/fetch-model.sh
 stage "fetch Gemma 3 270M" bash scripts/fetch-model.sh gemma3-270m
+stage "fetch vocabularies" bash scripts/fetch-model.sh vocab
 stage "configure+build Release" bash scripts/build.sh build
 stage "configure+build ASan" bash scripts/build.sh build-asan -DCMAKE_BUILD_TYPE=Debug -DPB_SANITIZE=ON -DPB_CUDA=OFF
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)}

@@ -20,6 +20,7 @@
 #include <ctype.h>
 #include <jansson.h>
 #include <pcre2.h>
+#include <utf8proc.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -90,6 +91,8 @@ struct pb_tokenizer {
     pcre2_code *split[MAX_SPLITS]; /* applied in order, each splitting every piece (isolated) */
     int n_split;
     int add_prefix_space;             /* byte-level: ByteLevel(add_prefix_space); SentencePiece: dummy prefix */
+    int nfc;                          /* the text is put in Unicode NFC first (the GPT-NeoX tokenizer's normalizer) */
+    int prefix_each_segment;          /* SentencePiece: the dummy prefix on every stretch between added tokens */
     unsigned char special_first[256]; /* 1 where some special token starts with this byte */
     /* Specials by text (-> index into specials) and, per first byte b, the
      * distinct lengths of those starting with b, longest first, in
@@ -707,15 +710,20 @@ static pb_status sentencepiece_tables(pb_tokenizer *tok) {
     return PB_OK;
 }
 
-/* Gemma 1/2/3 (general.architecture), whose SentencePiece vocabulary
- * needs the two fixes of gguf_sentencepiece. */
-static int gguf_is_gemma(const pb_gguf *gguf) {
+/* 1 when general.architecture is `name`. */
+static int gguf_arch_is(const pb_gguf *gguf, const char *name) {
     const char *arch;
     size_t len;
     if (!pb_gguf_has_key(gguf, "general.architecture") ||
         pb_gguf_get_string(gguf, "general.architecture", &arch, &len) != PB_OK)
         return 0;
-    return str_is(arch, len, "gemma") || str_is(arch, len, "gemma2") || str_is(arch, len, "gemma3");
+    return str_is(arch, len, name);
+}
+
+/* Gemma 1/2/3, whose SentencePiece vocabulary needs the two fixes of
+ * gguf_sentencepiece. */
+static int gguf_is_gemma(const pb_gguf *gguf) {
+    return gguf_arch_is(gguf, "gemma") || gguf_arch_is(gguf, "gemma2") || gguf_arch_is(gguf, "gemma3");
 }
 
 /* 1 when s holds a space and nothing but white space (Python's
@@ -842,6 +850,13 @@ pb_status pb_tokenizer_from_gguf(pb_tokenizer **out, const pb_gguf *gguf) {
     pb_status st = gguf_types(tok, gguf, count);
     if (st == PB_OK)
         st = kind == KIND_BYTE_LEVEL ? gguf_byte_level(tok, gguf, count) : gguf_sentencepiece(tok, gguf, count);
+    /* A GGUF keeps no Hugging Face normalizer; GPT-NeoX's tokenizer.json
+     * (gpt-neox-20b, Pythia) has NFC, which llama.cpp's converter drops. */
+    tok->nfc = gguf_arch_is(gguf, "gptneox");
+    /* Phi-3's tokenizer.json puts the SentencePiece prefix in a Prepend
+     * normalizer, not a Metaspace pre-tokenizer: transformers prefixes each
+     * stretch of text between added tokens, Llama's only the first. */
+    tok->prefix_each_segment = gguf_arch_is(gguf, "phi3");
     if (st != PB_OK) {
         pb_tokenizer_free(tok);
         return st;
@@ -895,9 +910,10 @@ static pb_status json_pre_tokenizer(pb_tokenizer *tok, json_t *pre, const char *
     return pb_fail(PB_ERR_UNSUPPORTED, "%s: pre-tokenizer '%s' is not supported", path, type);
 }
 
-/* Checks the tokenizer.json's model section (byte-level BPE, no normalizer)
- * and finds the largest token id among the vocab and the added tokens. */
-static pb_status json_check_model(json_t *root, const char *path, json_int_t *max_id) {
+/* Checks the tokenizer.json's model section (byte-level BPE; no normalizer
+ * or NFC, *nfc says which) and finds the largest token id among the vocab
+ * and the added tokens. */
+static pb_status json_check_model(json_t *root, const char *path, json_int_t *max_id, int *nfc) {
     json_t *model = json_object_get(root, "model");
     const char *type = json_string_value(json_object_get(model, "type"));
     if (!type)
@@ -905,9 +921,13 @@ static pb_status json_check_model(json_t *root, const char *path, json_int_t *ma
     if (strcmp(type, "BPE") != 0)
         return pb_fail(PB_ERR_UNSUPPORTED, "%s: tokenizer model '%s' is not supported (only BPE)", path, type);
     json_t *normalizer = json_object_get(root, "normalizer");
+    *nfc = 0;
     if (normalizer && !json_is_null(normalizer)) {
         const char *name = json_string_value(json_object_get(normalizer, "type"));
-        return pb_fail(PB_ERR_UNSUPPORTED, "%s: normalizer '%s' is not supported", path, name ? name : "?");
+        if (!name || strcmp(name, "NFC") != 0)
+            return pb_fail(PB_ERR_UNSUPPORTED, "%s: normalizer '%s' is not supported (only NFC)", path,
+                           name ? name : "?");
+        *nfc = 1;
     }
     if (json_is_true(json_object_get(model, "byte_fallback")) || json_is_true(json_object_get(model, "ignore_merges")))
         return pb_fail(PB_ERR_UNSUPPORTED, "%s: BPE with byte_fallback or ignore_merges is not supported", path);
@@ -1004,10 +1024,12 @@ static pb_status json_fill(pb_tokenizer *tok, json_t *root, const char *path) {
 
 static pb_status json_build(pb_tokenizer **out, json_t *root, const char *path) {
     json_int_t max_id = -1;
-    PB_TRY(json_check_model(root, path, &max_id));
+    int nfc = 0;
+    PB_TRY(json_check_model(root, path, &max_id, &nfc));
     pb_tokenizer *tok = tokenizer_alloc((int)max_id + 1, KIND_BYTE_LEVEL);
     if (!tok)
         return pb_fail(PB_ERR_OOM, "tokenizer: out of memory");
+    tok->nfc = nfc;
     pb_status st = json_fill(tok, root, path);
     if (st != PB_OK) {
         pb_tokenizer_free(tok);
@@ -1379,21 +1401,9 @@ static pb_status encode_segment(const pb_tokenizer *tok, work *w, pcre2_match_da
     return byte_level_segment(tok, w, md, text, len, out);
 }
 
-pb_status pb_tokenizer_encode(const pb_tokenizer *tok, const char *text, size_t len, int parse_special, int32_t **ids,
-                              int *n_ids) {
-    if (ids)
-        *ids = NULL;
-    if (n_ids)
-        *n_ids = 0;
-    if (!tok || !ids || !n_ids || (!text && len))
-        return pb_fail(PB_ERR_ARG, "pb_tokenizer_encode: NULL argument");
-    for (size_t i = 0; i < len;) {
-        size_t n = utf8_valid_len((const unsigned char *)text + i, len - i);
-        if (!n)
-            return pb_fail(PB_ERR_ARG, "tokenizer: invalid UTF-8 at byte offset %zu (0x%02X)", i,
-                           (unsigned char)text[i]);
-        i += n;
-    }
+/* Encodes valid UTF-8 (pb_tokenizer_encode without the checks). */
+static pb_status encode_text(const pb_tokenizer *tok, const char *text, size_t len, int parse_special, int32_t **ids,
+                             int *n_ids) {
     id_buf out = {0};
     work w = {0};
     pcre2_match_data *md = NULL;
@@ -1406,6 +1416,10 @@ pb_status pb_tokenizer_encode(const pb_tokenizer *tok, const char *text, size_t 
      * user-defined token too, as sentencepiece does), but after control
      * tokens the text starts with. */
     int prefix_pending = tok->kind == KIND_SENTENCEPIECE && tok->add_prefix_space && len > 0;
+    /* Phi-3: every stretch of text between added tokens gets its own prefix
+     * (a Prepend normalizer, which transformers runs on each stretch), and
+     * none goes before an added token. */
+    int prefix_each = prefix_pending && tok->prefix_each_segment;
     size_t segment = 0, pos = 0;
     while (pos < len && st == PB_OK) {
         const special_token *s = tok->special_first[(unsigned char)text[pos]]
@@ -1416,7 +1430,10 @@ pb_status pb_tokenizer_encode(const pb_tokenizer *tok, const char *text, size_t 
             continue;
         }
         size_t seg_end = s->lstrip ? white_space_before(text, segment, pos) : pos;
-        if (prefix_pending && (seg_end > segment || !s->special)) {
+        if (prefix_each) {
+            if (seg_end > segment)
+                st = encode_segment(tok, &w, md, text + segment, seg_end - segment, 1, &out);
+        } else if (prefix_pending && (seg_end > segment || !s->special)) {
             st = encode_segment(tok, &w, md, text + segment, seg_end - segment, 1, &out);
             prefix_pending = 0;
         } else if (seg_end > segment) {
@@ -1430,7 +1447,7 @@ pb_status pb_tokenizer_encode(const pb_tokenizer *tok, const char *text, size_t 
         segment = pos;
     }
     if (st == PB_OK && segment < len)
-        st = encode_segment(tok, &w, md, text + segment, len - segment, prefix_pending, &out);
+        st = encode_segment(tok, &w, md, text + segment, len - segment, prefix_pending || prefix_each, &out);
     if (st == PB_OK && out.n > (size_t)INT32_MAX)
         st = pb_fail(PB_ERR_ARG, "tokenizer: text yields more than INT32_MAX tokens");
 done:
@@ -1446,6 +1463,40 @@ done:
         return pb_fail(PB_ERR_OOM, "tokenizer: out of memory");
     *n_ids = (int)out.n;
     return PB_OK;
+}
+
+pb_status pb_tokenizer_encode(const pb_tokenizer *tok, const char *text, size_t len, int parse_special, int32_t **ids,
+                              int *n_ids) {
+    if (ids)
+        *ids = NULL;
+    if (n_ids)
+        *n_ids = 0;
+    if (!tok || !ids || !n_ids || (!text && len))
+        return pb_fail(PB_ERR_ARG, "pb_tokenizer_encode: NULL argument");
+    int ascii = 1;
+    for (size_t i = 0; i < len;) {
+        size_t n = utf8_valid_len((const unsigned char *)text + i, len - i);
+        if (!n)
+            return pb_fail(PB_ERR_ARG, "tokenizer: invalid UTF-8 at byte offset %zu (0x%02X)", i,
+                           (unsigned char)text[i]);
+        ascii &= n == 1;
+        i += n;
+    }
+    if (!tok->nfc || ascii)
+        return encode_text(tok, text, len, parse_special, ids, n_ids);
+    /* NFC of the whole text: the special and added tokens a NeoX
+     * vocabulary holds are ASCII, which NFC leaves alone and nothing
+     * composes with, so normalising before matching them is the same as
+     * transformers' normalising between them. */
+    utf8proc_uint8_t *nfc = NULL;
+    utf8proc_ssize_t n = utf8proc_map((const utf8proc_uint8_t *)text, (utf8proc_ssize_t)len, &nfc,
+                                      UTF8PROC_STABLE | UTF8PROC_COMPOSE);
+    if (n < 0)
+        return pb_fail(n == UTF8PROC_ERROR_NOMEM ? PB_ERR_OOM : PB_ERR_ARG, "tokenizer: NFC normalisation failed: %s",
+                       utf8proc_errmsg(n));
+    pb_status st = encode_text(tok, (const char *)nfc, (size_t)n, parse_special, ids, n_ids);
+    free(nfc);
+    return st;
 }
 
 /* ------------------------------------------------------------ decode */
