@@ -16,6 +16,12 @@ Dates: Llama-3.2's template calls strftime_now("%d %b %Y") (today's date);
 patchbay renders the template's literal fallback "26 Jul 2024" instead so a
 prompt set tokenizes the same every day, so those cases pass
 date_string="26 Jul 2024" (a variable the template itself honours).
+
+Refusals: a case whose template raises (Gemma-2: "System role not
+supported") expects a refusal; so does a case with a system message for a
+template in SYSTEM_REFUSED, which drops system messages silently (the
+original Phi-3-mini template), where patchbay refuses rather than lose the
+prompt; transformers' render is kept beside it as "transformers".
 """
 import argparse
 import json
@@ -78,6 +84,31 @@ TEMPLATES = {
         "qwen3", None, {"bos_token": None, "eos_token": "<|im_end|>"},
         "llama.cpp models/templates/Qwen-Qwen3-0.6B.jinja (llama-cpp-python 0.3.36 sdist, vendor/llama.cpp); "
         "rendered without enable_thinking, transformers' default"),
+    "microsoft-Phi-3.5-mini-instruct.jinja": (
+        "phi3", None, {"bos_token": "<s>", "eos_token": "<|endoftext|>"},
+        "llama.cpp models/templates/microsoft-Phi-3.5-mini-instruct.jinja (llama-cpp-python 0.3.36 sdist, "
+        "vendor/llama.cpp; sdist sha256 832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e); "
+        "a system turn only for non-empty content"),
+    "microsoft-Phi-3-mini-4k-instruct.jinja": (
+        "phi3", None, {"bos_token": "<s>", "eos_token": "<|endoftext|>"},
+        "tokenizer.chat_template of llama.cpp models/ggml-vocab-phi-3.gguf (same sdist): the original Phi-3-mini "
+        "template, BOS, no system branch, the user turn ends with the generation prompt"),
+    "allenai-OLMo-2-1124-7B-Instruct.jinja": (
+        "olmo2", None, {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>"},
+        "allenai/OLMo-2-1124-7B-SFT tokenizer_config.json chat_template (the Tulu 3 template with bos_token, used by "
+        "the OLMo-2-*-Instruct models), as quoted identically in several public repositories"),
+    "allenai-tulu-3.jinja": (
+        "olmo2", None, {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>"},
+        "the OLMo-2 template above without its leading {{ bos_token }} (Tulu 3's own template): exercises BOS "
+        "detection"),
+}
+
+# Templates that accept a system message but drop it without a word (no
+# system branch). transformers renders them as if none were given;
+# patchbay refuses rather than lose the caller's prompt, so every case with
+# a system message (even "") expects a refusal. file -> why
+SYSTEM_REFUSED = {
+    "microsoft-Phi-3-mini-4k-instruct.jinja": "the template ignores system messages (no system branch)",
 }
 
 CASES = [
@@ -129,7 +160,12 @@ def main():
         cases = []
         for system, user in CASES:
             expected, error = render(text, tokens, system, user)
-            cases.append({"system": system, "user": user, "expected": expected, "error": error})
+            case = {"system": system, "user": user, "expected": expected, "error": error}
+            if system is not None and name in SYSTEM_REFUSED and expected is not None:
+                # keep what transformers renders beside the refusal, for the record
+                case.update(expected=None, error="refused by patchbay: " + SYSTEM_REFUSED[name],
+                            transformers=expected)
+            cases.append(case)
         templates.append({"file": name, "source": source, "format": fmt, "default_system": default_system,
                           "bos_token": tokens["bos_token"], "cases": cases})
     out = {"magic": MAGIC, "version": VERSION, "generator": "scripts/make_chat_template_fixture.py",

@@ -1,10 +1,13 @@
 /* Chat templates rendered in C against transformers' own renderer: every
  * real template in tests/fixtures/chat_templates/ (SmolLM2, Qwen2/2.5, Qwen3,
- * Llama-3/3.2/3.3, Llama-2-chat, Mistral v0.1/v0.2/Large, Gemma-2, Gemma-3) is
- * recognised, and each (system, user) case of renders.json (written by
+ * Llama-3/3.2/3.3, Llama-2-chat, Mistral v0.1/v0.2/Large, Gemma-2, Gemma-3,
+ * Phi-3-mini, Phi-3.5-mini, OLMo-2, Tulu 3) is recognised, and each
+ * (system, user) case of renders.json (written by
  * scripts/make_chat_template_fixture.py) renders byte-for-byte the same, or
- * is refused where the template raises. Plus: name overrides, a file path
- * as the name, unknown templates refused with the --chat-template hint. */
+ * is refused where the template raises or would drop the system prompt.
+ * Plus: name overrides, a file path as the name, the system prompt of the
+ * Phi-3 variants, unknown and look-alike (Zephyr) templates refused with the
+ * --chat-template hint. */
 #define _GNU_SOURCE
 #include <setjmp.h>
 #include <stdarg.h>
@@ -94,7 +97,7 @@ static void test_real_templates_byte_identical(void **state) {
             pb_status st = pb_chat_template_render(&t, system, user, &got);
             char what[1200];
             snprintf(what, sizeof what, "%s case %zu", file, c);
-            if (!expected) { /* the template raises: we refuse */
+            if (!expected) { /* the template raises or drops the system prompt: we refuse */
                 if (st != PB_ERR_UNSUPPORTED) {
                     printf("%s: expected a refusal (%s), got status %s\n", what,
                            json_string_value(json_object_get(cj, "error")), pb_status_name(st));
@@ -114,8 +117,8 @@ static void test_real_templates_byte_identical(void **state) {
         pb_chat_template_free(&t);
         free(text);
     }
-    printf("[ MEASURE  ] %zu templates, %zu cases byte-identical to transformers (%zu refused as the template "
-           "raises), %d failures\n",
+    printf("[ MEASURE  ] %zu templates, %zu cases byte-identical to transformers (%zu refused: the template "
+           "raises or drops the system prompt), %d failures\n",
            json_array_size(templates), n_cases - n_refused, n_refused, failures);
     json_decref(root);
     assert_int_equal(failures, 0);
@@ -175,6 +178,28 @@ static void test_name_override(void **state) {
     render_expect(&t, NULL, "hi", "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n");
     pb_chat_template_free(&t);
 
+    /* Phi-3 by name: Phi-3.5's layout (no BOS, no turn for an empty system
+     * prompt). */
+    assert_int_equal(pb_chat_template_init(&t, NULL, "phi3", "<s>"), PB_OK);
+    assert_string_equal(t.name, "phi3");
+    assert_null(t.bos);
+    render_expect(&t, NULL, " hi", "<|user|>\n hi<|end|>\n<|assistant|>\n");
+    render_expect(&t, "", "hi", "<|user|>\nhi<|end|>\n<|assistant|>\n");
+    render_expect(&t, "S", "hi", "<|system|>\nS<|end|>\n<|user|>\nhi<|end|>\n<|assistant|>\n");
+    pb_chat_template_free(&t);
+
+    /* OLMo-2 by name: its BOS (the model's, else <|endoftext|>), texts as
+     * given, an empty system prompt still a turn. */
+    assert_int_equal(pb_chat_template_init(&t, NULL, "olmo2", NULL), PB_OK);
+    assert_string_equal(t.name, "olmo2");
+    assert_string_equal(t.bos, "<|endoftext|>");
+    render_expect(&t, NULL, "hi ", "<|endoftext|><|user|>\nhi \n<|assistant|>\n");
+    render_expect(&t, "", "hi", "<|endoftext|><|system|>\n\n<|user|>\nhi\n<|assistant|>\n");
+    pb_chat_template_free(&t);
+    assert_int_equal(pb_chat_template_init(&t, NULL, "olmo2", "<BOS>"), PB_OK);
+    render_expect(&t, "S", "hi", "<BOS><|system|>\nS\n<|user|>\nhi\n<|assistant|>\n");
+    pb_chat_template_free(&t);
+
     /* A name wins over the template text: SmolLM2's ChatML forced to llama2. */
     char path[1024];
     template_path(path, sizeof path, "HuggingFaceTB-SmolLM2-135M-Instruct.jinja");
@@ -183,6 +208,57 @@ static void test_name_override(void **state) {
     assert_string_equal(t.name, "llama2");
     pb_chat_template_free(&t);
     free(smol);
+}
+
+/* The original Phi-3-mini template has no system branch: transformers
+ * renders a system message as if there were none. patchbay refuses it
+ * (even "") rather than lose the prompt, and renders without one. */
+static void test_phi3_original_refuses_system(void **state) {
+    char path[1024];
+    template_path(path, sizeof path, "microsoft-Phi-3-mini-4k-instruct.jinja");
+    char *phi3 = read_text(path);
+    pb_chat_template t;
+    assert_int_equal(pb_chat_template_init(&t, phi3, NULL, NULL), PB_OK); /* no model BOS: Phi-3's <s> */
+    assert_string_equal(t.name, "phi3");
+    assert_int_equal(t.system_style, PB_CHAT_SYSTEM_DROPPED);
+    render_expect(&t, NULL, "hi", "<s><|user|>\nhi<|end|>\n<|assistant|>\n");
+    const char *systems[] = {"You are a pirate.", ""};
+    for (size_t i = 0; i < sizeof systems / sizeof systems[0]; i++) {
+        char *text = NULL;
+        assert_int_equal(pb_chat_template_render(&t, systems[i], "hi", &text), PB_ERR_UNSUPPORTED);
+        assert_null(text);
+        assert_non_null(strstr(pb_last_error(), "phi3 chat template ignores system messages"));
+        assert_non_null(strstr(pb_last_error(), "render without a system prompt"));
+    }
+    pb_chat_template_free(&t);
+    free(phi3);
+}
+
+/* Phi-3.5 adds a system turn only for non-empty content ({% if ... and
+ * message['content'] %}): "" gives none, " " (true in Jinja) gives one. */
+static void test_phi35_empty_system(void **state) {
+    char path[1024];
+    template_path(path, sizeof path, "microsoft-Phi-3.5-mini-instruct.jinja");
+    char *phi35 = read_text(path);
+    pb_chat_template t;
+    assert_int_equal(pb_chat_template_init(&t, phi35, NULL, "<s>"), PB_OK);
+    assert_string_equal(t.name, "phi3");
+    assert_null(t.bos);
+    assert_true(t.skip_empty_system);
+    render_expect(&t, "", "hi", "<|user|>\nhi<|end|>\n<|assistant|>\n");
+    render_expect(&t, " ", "hi", "<|system|>\n <|end|>\n<|user|>\nhi<|end|>\n<|assistant|>\n");
+    pb_chat_template_free(&t);
+
+    /* OLMo-2 tests only the role: "" is a turn of its own */
+    template_path(path, sizeof path, "allenai-OLMo-2-1124-7B-Instruct.jinja");
+    char *olmo = read_text(path);
+    assert_int_equal(pb_chat_template_init(&t, olmo, NULL, "<|endoftext|>"), PB_OK);
+    assert_string_equal(t.name, "olmo2");
+    assert_false(t.skip_empty_system);
+    render_expect(&t, "", "hi", "<|endoftext|><|system|>\n\n<|user|>\nhi\n<|assistant|>\n");
+    pb_chat_template_free(&t);
+    free(olmo);
+    free(phi35);
 }
 
 static void test_file_path_as_name(void **state) {
@@ -208,7 +284,7 @@ static void test_unknown_template_refused(void **state) {
     const char *msg = pb_last_error();
     assert_non_null(strstr(msg, "--chat-template NAME"));
     assert_non_null(strstr(msg, "--chat-template FILE"));
-    assert_non_null(strstr(msg, "chatml, qwen3, llama3, llama2, gemma, gemma3"));
+    assert_non_null(strstr(msg, "chatml, qwen3, llama3, llama2, gemma, gemma3, phi3, olmo2"));
 
     assert_int_equal(pb_chat_template_init(&t, NULL, NULL, NULL), PB_ERR_UNSUPPORTED);
     assert_non_null(strstr(pb_last_error(), "--chat-template"));
@@ -223,6 +299,50 @@ static void test_unknown_template_refused(void **state) {
     assert_non_null(strstr(pb_last_error(), path));
     assert_non_null(strstr(pb_last_error(), "--chat-template"));
     unlink(path);
+}
+
+/* Templates that share the <|user|> tags but not the layout stay
+ * unrecognised: Zephyr ends each turn with eos_token, not '\n' or <|end|>;
+ * a trimmed user text is not rendered as given; a user turn that carries
+ * the generation prompt next to an add_generation_prompt of its own would
+ * prompt twice. */
+static void test_user_tag_look_alikes_refused(void **state) {
+    static const char *const look_alikes[] = {
+        /* Zephyr (HuggingFaceH4/zephyr-7b-beta's layout) */
+        "{% for message in messages %}\n{% if message['role'] == 'user' %}\n{{ '<|user|>\n' + message['content'] + "
+        "eos_token }}\n{% elif message['role'] == 'system' %}\n{{ '<|system|>\n' + message['content'] + eos_token "
+        "}}\n{% elif message['role'] == 'assistant' %}\n{{ '<|assistant|>\n'  + message['content'] + eos_token "
+        "}}\n{% endif %}\n{% if loop.last and add_generation_prompt %}\n{{ '<|assistant|>' }}\n{% endif %}\n"
+        "{% endfor %}",
+        /* Zephyr-like with a literal </s> */
+        "{% for message in messages %}{% if message['role'] == 'user' %}{{ '<|user|>\\n' + message['content'] + "
+        "'</s>\\n' }}{% endif %}{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}",
+        /* Phi-3-like, user text trimmed */
+        "{% for message in messages %}{% if message['role'] == 'user' %}{{ '<|user|>\n' + message['content'] | trim "
+        "+ '<|end|>\n' }}{% endif %}{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}",
+        /* Phi-3-mini's user turn plus a generation prompt of its own */
+        "{% for message in messages %}{% if message['role'] == 'user' %}{{ '<|user|>\n' + message['content'] + "
+        "'<|end|>\n' + '<|assistant|>\n' }}{% endif %}{% endfor %}{% if add_generation_prompt %}"
+        "{{ '<|assistant|>\n' }}{% endif %}",
+    };
+    for (size_t i = 0; i < sizeof look_alikes / sizeof look_alikes[0]; i++) {
+        pb_chat_template t;
+        if (pb_chat_template_init(&t, look_alikes[i], NULL, "</s>") != PB_ERR_UNSUPPORTED)
+            fail_msg("look-alike %zu recognised as %s", i, t.name);
+        assert_non_null(strstr(pb_last_error(), "unrecognised chat template"));
+        assert_non_null(strstr(pb_last_error(), "--chat-template NAME"));
+    }
+    /* the same layout with '\n' after the user text is OLMo-2's */
+    static const char *const tulu_like =
+        "{% for message in messages %}{% if message['role'] == 'user' %}{{ '<|user|>\\n' + message.content + "
+        "'\\n' }}{% endif %}{% if loop.last and add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
+        "{% endfor %}";
+    pb_chat_template t;
+    assert_int_equal(pb_chat_template_init(&t, tulu_like, NULL, NULL), PB_OK);
+    assert_string_equal(t.name, "olmo2");
+    assert_int_equal(t.system_style, PB_CHAT_SYSTEM_DROPPED); /* no <|system|> branch */
+    render_expect(&t, NULL, "hi", "<|user|>\nhi\n<|assistant|>\n");
+    pb_chat_template_free(&t);
 }
 
 static void test_arguments(void **state) {
@@ -241,8 +361,11 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_real_templates_byte_identical),
         cmocka_unit_test(test_name_override),
+        cmocka_unit_test(test_phi3_original_refuses_system),
+        cmocka_unit_test(test_phi35_empty_system),
         cmocka_unit_test(test_file_path_as_name),
         cmocka_unit_test(test_unknown_template_refused),
+        cmocka_unit_test(test_user_tag_look_alikes_refused),
         cmocka_unit_test(test_arguments),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -82,7 +82,8 @@ static void analysis_table(analysis_options *o, pb_cli_tables *t) {
          .kind = PB_OPT_STRING,
          .target = &o->chat_template,
          .value = "NAME|FILE",
-         .help = "override the model's chat template (chatml, qwen3, llama3, llama2, gemma, gemma3, or a Jinja file)"},
+         .help = "override the model's chat template (chatml, qwen3, llama3, llama2, gemma, gemma3, phi3, olmo2, "
+                 "or a Jinja file)"},
         {.flag = "--sweep-pairs",
          .kind = PB_OPT_POSITIVE,
          .target = &o->sweep_pairs,

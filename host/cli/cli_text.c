@@ -58,7 +58,8 @@ void pb_cli_prompt_table(pb_cli_prompt *p, const char *text_commands, const char
          .kind = PB_OPT_STRING,
          .target = &p->chat_template,
          .value = "NAME|FILE",
-         .help = "override the model's chat template (chatml, qwen3, llama3, llama2, gemma, gemma3, or a Jinja file)",
+         .help = "override the model's chat template (chatml, qwen3, llama3, llama2, gemma, gemma3, phi3, olmo2, "
+                 "or a Jinja file)",
          .commands = template_commands},
         {0},
     };

@@ -1,11 +1,13 @@
 /* Chat templates without a Jinja interpreter (ChatML, Qwen3, Llama-3,
- * Llama-2 / Mistral, Gemma, Gemma-3): a template's family is
- * recognised by its special-token signatures, the few facts that vary
+ * Llama-2 / Mistral, Gemma, Gemma-3, Phi-3, OLMo-2): a template's family is
+ * recognised by its special-token signatures (and, for the <|user|>
+ * families, by the literals around the user text), the few facts that vary
  * inside a family (default system prompt, BOS, [INST] spacing, where a
- * system prompt goes, the Llama-3.1 date preamble) are read from the
- * template text, and one (system +) user turn plus the generation prompt is
- * rendered by hand, byte-identical to transformers' apply_chat_template.
- * tests/test_chat_template.c checks that against real templates. */
+ * system prompt goes or whether there is a place for one, the Llama-3.1
+ * date preamble) are read from the template text, and one (system +) user
+ * turn plus the generation prompt is rendered by hand, byte-identical to
+ * transformers' apply_chat_template. tests/test_chat_template.c checks that
+ * against real templates. */
 #define _POSIX_C_SOURCE 200809L
 #include "text/chat_template.h"
 
@@ -20,8 +22,8 @@
 #define PB_LLAMA3_FALLBACK_DATE "26 Jul 2024"
 
 static const char *const chat_usage =
-    "pass --chat-template NAME (chatml, qwen3, llama3, llama2, gemma, gemma3) or --chat-template FILE (a Jinja "
-    "template)";
+    "pass --chat-template NAME (chatml, qwen3, llama3, llama2, gemma, gemma3, phi3, olmo2) or --chat-template FILE "
+    "(a Jinja template)";
 
 /* ---- growing string buffer ------------------------------------------ */
 
@@ -299,6 +301,159 @@ static void inst_literal(const char *text, const char *tag, const char *fallback
     snprintf(out, size, "%s", fallback);
 }
 
+/* ---- the <|user|> families: Phi-3, OLMo-2 / Tulu 3 --------------------- */
+
+/* Past the blanks between the terms of a Jinja expression (a template's
+ * own line breaks included). */
+static size_t skip_blanks(const char *text, size_t i) {
+    while (text[i] == ' ' || text[i] == '\t' || text[i] == '\n' || text[i] == '\r')
+        i++;
+    return i;
+}
+
+/* Whether text[i] starts the message text unchanged: message['content'],
+ * message["content"] or message.content, with no filter after it. Sets
+ * *after past it. */
+static int content_term(const char *text, size_t i, size_t *after) {
+    static const char *const spellings[] = {"message['content']", "message[\"content\"]", "message.content"};
+    for (size_t k = 0; k < sizeof spellings / sizeof spellings[0]; k++) {
+        size_t n = strlen(spellings[k]);
+        if (strncmp(text + i, spellings[k], n) == 0) {
+            size_t j = skip_blanks(text, i + n);
+            if (text[j] == '|')
+                return 0; /* | trim and the like change the text */
+            *after = i + n;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* Reads the string literals joined by '+' from text[*i] on into b, up to
+ * the first term that is not a literal; *i ends past the last literal. */
+static void join_literals(const char *text, size_t *i, strbuf *b) {
+    for (;;) {
+        size_t j = skip_blanks(text, *i);
+        if (text[j] != '+')
+            return;
+        j = skip_blanks(text, j + 1);
+        if (text[j] != '\'' && text[j] != '"')
+            return;
+        size_t after;
+        char *lit = read_literal(text, j, &after);
+        if (!lit)
+            return;
+        sb_append(b, lit);
+        free(lit);
+        *i = after;
+    }
+}
+
+/* How a template writes a turn as one expression,
+ * '<|user|>\n' + message['content'] + '<|end|>\n': *prefix is the literals
+ * before the message text (the first one starting with tag), *suffix those
+ * after it, up to a term that is not a literal (eos_token, say) or the end
+ * of the expression; *at (unless NULL) is where the first literal opens.
+ * 0 (and nothing allocated) when no expression of that shape spells tag. */
+static int turn_layout(const char *text, const char *tag, char **prefix, char **suffix, size_t *at) {
+    for (const char *p = strstr(text, tag); p; p = strstr(p + 1, tag)) {
+        long q = enclosing_quote(text, (size_t)(p - text));
+        size_t i;
+        char *first = q >= 0 ? read_literal(text, (size_t)q, &i) : NULL;
+        if (!first)
+            continue;
+        strbuf head = {0}, tail = {0};
+        sb_append(&head, first);
+        int starts = strncmp(first, tag, strlen(tag)) == 0;
+        free(first);
+        join_literals(text, &i, &head);
+        i = skip_blanks(text, i);
+        if (starts && text[i] == '+' && content_term(text, skip_blanks(text, i + 1), &i)) {
+            join_literals(text, &i, &tail);
+            if (!tail.data)
+                sb_append_n(&tail, "", 0); /* nothing after the message text */
+            if (!head.failed && !tail.failed) {
+                *prefix = head.data;
+                *suffix = tail.data;
+                if (at)
+                    *at = (size_t)q;
+                return 1;
+            }
+        }
+        free(head.data);
+        free(tail.data);
+    }
+    return 0;
+}
+
+/* Phi-3: "<|user|>\n" U "<|end|>\n", the generation prompt either after
+ * the user turn (Phi-3-mini's original, which has no add_generation_prompt)
+ * or added at the end (Phi-3.5). OLMo-2 / Tulu 3: "<|user|>\n" U "\n" and
+ * no <|end|>. Zephyr's "<|user|>\n" U eos_token is neither. */
+static int user_tag_format(const char *text, pb_chat_format *format) {
+    char *prefix, *suffix;
+    if (!strstr(text, "<|assistant|>") || !turn_layout(text, "<|user|>", &prefix, &suffix, NULL))
+        return 0;
+    int found = 0;
+    if (strcmp(prefix, "<|user|>\n") == 0) {
+        int has_end = strstr(text, "<|end|>") != NULL;
+        int own_prompt = strstr(text, "add_generation_prompt") != NULL;
+        if (has_end &&
+            (strcmp(suffix, "<|end|>\n") == 0 || (strcmp(suffix, "<|end|>\n<|assistant|>\n") == 0 && !own_prompt))) {
+            *format = PB_CHAT_PHI3;
+            found = 1;
+        } else if (!has_end && strcmp(suffix, "\n") == 0) {
+            *format = PB_CHAT_OLMO2;
+            found = 1;
+        }
+    }
+    free(prefix);
+    free(suffix);
+    return found;
+}
+
+/* Whether the {% if %} / {% elif %} tag that ends right before text[at]
+ * ends in "and message['content']" (Phi-3.5's
+ * {% if message['role'] == 'system' and message['content'] %}): then a
+ * message with empty content, false in Jinja, renders nothing. */
+static int guard_tests_content(const char *text, size_t at) {
+    const char *open = NULL;
+    for (const char *p = strstr(text, "{%"); p && (size_t)(p - text) < at; p = strstr(p + 2, "{%"))
+        open = p;
+    const char *close = open ? strstr(open, "%}") : NULL;
+    if (!close || (size_t)(close - text) >= at)
+        return 0;
+    size_t end = (size_t)(close - text);
+    if (text[end - 1] == '-') /* {%- ... -%} */
+        end--;
+    for (const char *a = strstr(open, " and "); a && a < close; a = strstr(a + 1, " and ")) {
+        size_t after;
+        if (content_term(text, skip_blanks(text, (size_t)(a - text) + 5), &after) && skip_blanks(text, after) == end)
+            return 1;
+    }
+    return 0;
+}
+
+/* The system turn of a <|user|> family: none (the template drops system
+ * messages), or "<|system|>\n" S end, skipped for empty content where the
+ * template's guard says so. */
+static pb_status user_tag_system(pb_chat_template *t, const char *text, const char *end) {
+    if (!strstr(text, "<|system|>")) {
+        t->system_style = PB_CHAT_SYSTEM_DROPPED;
+        return PB_OK;
+    }
+    char *prefix = NULL, *suffix = NULL;
+    size_t at = 0;
+    int ok = turn_layout(text, "<|system|>", &prefix, &suffix, &at) && strcmp(prefix, "<|system|>\n") == 0 &&
+             strcmp(suffix, end) == 0;
+    free(prefix);
+    free(suffix);
+    if (!ok)
+        return pb_fail(PB_ERR_UNSUPPORTED, "%s chat template: cannot read its system turn; %s", t->name, chat_usage);
+    t->skip_empty_system = guard_tests_content(text, at);
+    return PB_OK;
+}
+
 /* ---- init ------------------------------------------------------------ */
 
 static int format_from_name(const char *name, pb_chat_format *format) {
@@ -306,7 +461,8 @@ static int format_from_name(const char *name, pb_chat_format *format) {
         const char *name;
         pb_chat_format format;
     } names[] = {{"chatml", PB_CHAT_CHATML}, {"llama3", PB_CHAT_LLAMA3}, {"llama2", PB_CHAT_LLAMA2},
-                 {"gemma", PB_CHAT_GEMMA},   {"gemma3", PB_CHAT_GEMMA3}, {"qwen3", PB_CHAT_QWEN3}};
+                 {"gemma", PB_CHAT_GEMMA},   {"gemma3", PB_CHAT_GEMMA3}, {"qwen3", PB_CHAT_QWEN3},
+                 {"phi3", PB_CHAT_PHI3},     {"olmo2", PB_CHAT_OLMO2}};
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
         if (strcmp(name, names[i].name) == 0) {
             *format = names[i].format;
@@ -317,7 +473,7 @@ static int format_from_name(const char *name, pb_chat_format *format) {
 
 /* Qwen3 is told from other ChatML templates by its enable_thinking switch,
  * Gemma-3 from Gemma-1/2 by the first_user_prefix its system message
- * becomes. */
+ * becomes, Phi-3 from OLMo-2 by what follows the user text. */
 static int format_from_text(const char *text, pb_chat_format *format) {
     if (strstr(text, "<|im_start|>") && strstr(text, "<|im_end|>"))
         *format = strstr(text, "enable_thinking") ? PB_CHAT_QWEN3 : PB_CHAT_CHATML;
@@ -330,7 +486,7 @@ static int format_from_text(const char *text, pb_chat_format *format) {
     else if (strstr(text, "[INST]") && strstr(text, "[/INST]"))
         *format = PB_CHAT_LLAMA2;
     else
-        return 0;
+        return user_tag_format(text, format);
     return 1;
 }
 
@@ -342,6 +498,8 @@ static const char *format_name(pb_chat_format f) {
     case PB_CHAT_GEMMA: return "gemma";
     case PB_CHAT_GEMMA3: return "gemma3";
     case PB_CHAT_QWEN3: return "qwen3";
+    case PB_CHAT_PHI3: return "phi3";
+    case PB_CHAT_OLMO2: return "olmo2";
     }
     return "?";
 }
@@ -375,6 +533,7 @@ static pb_status read_template_file(const char *path, char **out) {
  * defaults). */
 static pb_status fill_details(pb_chat_template *t, const char *text, const char *bos_text) {
     const char *family_bos = NULL;
+    int forced_bos = 1; /* a forced name emits family_bos */
     t->system_style = PB_CHAT_SYSTEM_TURN;
     t->trim = 0;
     switch (t->format) {
@@ -417,10 +576,23 @@ static pb_status fill_details(pb_chat_template *t, const char *text, const char 
         t->system_style = PB_CHAT_SYSTEM_PREFIX;
         break;
     case PB_CHAT_QWEN3: break; /* no default system prompt: a system turn only when one is given */
+    case PB_CHAT_PHI3:
+        family_bos = "<s>"; /* the original's {{ bos_token }}; Phi-3.5, the default, has none */
+        forced_bos = 0;
+        if (text)
+            PB_TRY(user_tag_system(t, text, "<|end|>\n"));
+        else
+            t->skip_empty_system = 1;
+        break;
+    case PB_CHAT_OLMO2:
+        family_bos = "<|endoftext|>";
+        if (text)
+            PB_TRY(user_tag_system(t, text, "\n"));
+        break;
     }
     /* BOS: emitted where the template says bos_token (ChatML templates of
      * SmolLM2 and Qwen do not); with no template, the family's habit. */
-    int emits_bos = text ? strstr(text, "bos_token") != NULL : family_bos != NULL;
+    int emits_bos = text ? strstr(text, "bos_token") != NULL : family_bos != NULL && forced_bos;
     if (emits_bos) {
         const char *b = bos_text && *bos_text ? bos_text : family_bos;
         if (!b)
@@ -455,7 +627,8 @@ pb_status pb_chat_template_init(pb_chat_template *out, const char *template_text
         if (!format_from_text(text, &out->format)) {
             pb_status st = pb_fail(PB_ERR_UNSUPPORTED,
                                    "unrecognised chat template%s%s (none of ChatML/Qwen3 <|im_start|>, Llama-3 "
-                                   "<|start_header_id|>, Llama-2/Mistral [INST], Gemma/Gemma-3 <start_of_turn>); %s",
+                                   "<|start_header_id|>, Llama-2/Mistral [INST], Gemma/Gemma-3 <start_of_turn>, "
+                                   "Phi-3 <|user|>\\n U <|end|>, OLMo-2/Tulu 3 <|user|>\\n U \\n); %s",
                                    file_text ? " in " : "", file_text ? name : "", chat_usage);
             free(file_text);
             return st;
@@ -484,16 +657,33 @@ void pb_chat_template_free(pb_chat_template *t) {
 
 /* ---- render ---------------------------------------------------------- */
 
-pb_status pb_chat_template_render(const pb_chat_template *t, const char *system, const char *user, char **text) {
-    if (!t || !user || !text)
-        return pb_fail(PB_ERR_ARG, "pb_chat_template_render: template, user and text must not be NULL");
-    *text = NULL;
-    const char *sys = system ? system : t->default_system; /* NULL: no system message at all */
+/* The system text to render (*sys NULL: no system turn) for the caller's
+ * system prompt, or a refusal where the template has no place for it. */
+static pb_status system_text(const pb_chat_template *t, const char *system, const char **sys) {
+    *sys = system ? system : t->default_system; /* NULL: no system message at all */
     if (system && t->system_style == PB_CHAT_SYSTEM_NONE)
         return pb_fail(PB_ERR_UNSUPPORTED,
                        "the %s chat template has no system role (the template itself raises on a system "
                        "message); render without a system prompt",
                        t->name);
+    /* Even "", which the template would drop harmlessly: a caller who
+     * passes a system prompt asks for a turn this template cannot write. */
+    if (system && t->system_style == PB_CHAT_SYSTEM_DROPPED)
+        return pb_fail(PB_ERR_UNSUPPORTED,
+                       "the %s chat template ignores system messages (it has no system role and would drop "
+                       "the system prompt without a word); render without a system prompt",
+                       t->name);
+    if (*sys && t->skip_empty_system && !**sys)
+        *sys = NULL; /* {% if ... and message['content'] %}: no turn for "" */
+    return PB_OK;
+}
+
+pb_status pb_chat_template_render(const pb_chat_template *t, const char *system, const char *user, char **text) {
+    if (!t || !user || !text)
+        return pb_fail(PB_ERR_ARG, "pb_chat_template_render: template, user and text must not be NULL");
+    *text = NULL;
+    const char *sys;
+    PB_TRY(system_text(t, system, &sys));
     strbuf b = {0};
     sb_append(&b, t->bos);
     switch (t->format) {
@@ -551,6 +741,20 @@ pb_status pb_chat_template_render(const pb_chat_template *t, const char *system,
         sb_append_stripped(&b, user, t->trim);
         sb_append(&b, "<end_of_turn>\n<start_of_turn>model\n");
         break;
+    case PB_CHAT_PHI3:
+    case PB_CHAT_OLMO2: {
+        const char *end = t->format == PB_CHAT_PHI3 ? "<|end|>\n" : "\n";
+        if (sys) {
+            sb_append(&b, "<|system|>\n");
+            sb_append(&b, sys);
+            sb_append(&b, end);
+        }
+        sb_append(&b, "<|user|>\n");
+        sb_append(&b, user);
+        sb_append(&b, end);
+        sb_append(&b, "<|assistant|>\n");
+        break;
+    }
     }
     if (b.failed || !b.data) {
         free(b.data);

@@ -224,7 +224,7 @@ pb_status pb_model_chat_tokenize(const pb_model *m, const char *system, const ch
         return pb_fail(
             PB_ERR_UNSUPPORTED,
             "no usable chat template (%s); pass one with --chat-template NAME (chatml, qwen3, llama3, llama2, "
-            "gemma, gemma3) or --chat-template FILE",
+            "gemma, gemma3, phi3, olmo2) or --chat-template FILE",
             m->chat_error);
     char *text = NULL;
     PB_TRY(pb_chat_template_render(&m->chat, system, user, &text));
