@@ -333,8 +333,7 @@ static int is_reference_quirk(json_t *root, json_t *text) {
  * root's "cases") and of root's "extra" texts, both parse_special
  * settings, against the reference; counts the strings compared into
  * *strings and returns the mismatches. */
-static int check_corpus_ids(const pb_tokenizer *tok, json_t *root, json_t *texts_root, const char *what,
-                            int *strings) {
+static int check_corpus_ids(const pb_tokenizer *tok, json_t *root, json_t *texts_root, const char *what, int *strings) {
     json_t *cases = json_object_get(root, "cases"), *texts = json_object_get(texts_root, "cases");
     assert_int_equal(json_array_size(cases), json_array_size(texts));
     assert_true(json_array_size(cases) >= 2000);
@@ -362,7 +361,8 @@ static int check_corpus_ids(const pb_tokenizer *tok, json_t *root, json_t *texts
 static size_t corpus_bytes(json_t *texts_root) {
     size_t i, bytes = 0;
     json_t *c;
-    json_array_foreach(json_object_get(texts_root, "cases"), i, c) bytes += json_string_length(json_object_get(c, "text"));
+    json_array_foreach(json_object_get(texts_root, "cases"), i, c)
+        bytes += json_string_length(json_object_get(c, "text"));
     return bytes;
 }
 
@@ -410,8 +410,8 @@ static void test_vocab_ggufs(void **state) {
     (void)state;
     static const struct {
         const char *name, *file;
-    } vocabs[] = {{"gpt2", "ggml-vocab-gpt-2.gguf"}, {"gpt_neox", "ggml-vocab-gpt-neox.gguf"},
-                  {"phi3", "ggml-vocab-phi-3.gguf"}};
+    } vocabs[] = {
+        {"gpt2", "ggml-vocab-gpt-2.gguf"}, {"gpt_neox", "ggml-vocab-gpt-neox.gguf"}, {"phi3", "ggml-vocab-phi-3.gguf"}};
     const char *env = getenv("PB_VOCAB_DIR");
     char dir[900];
     snprintf(dir, sizeof dir, "%s", env && *env ? env : "");
