@@ -343,17 +343,19 @@ static pb_status pb_cuda_activate(pb_backend *backend, float *x, size_t n, pb_ac
 }
 
 static pb_status pb_cuda_rope(pb_backend *backend, float *x, const int32_t *positions, const float *inv_freq, int T,
-                              int n_heads, int head_dim, int rotary_dims) {
+                              int n_heads, int head_dim, int rotary_dims, float scale) {
     pb_cuda_backend *self = pb_cuda_self(backend);
     size_t n = 0;
     PB_TRY(pb_cuda_count(&n, "rope", T, n_heads, head_dim));
     PB_CUDA_REQUIRE(rotary_dims > 0 && rotary_dims <= head_dim && rotary_dims % 2 == 0, "rope");
+    PB_CUDA_REQUIRE(scale > 0.0f && isfinite(scale), "rope");
     if (n == 0)
         return PB_OK;
     PB_CUDA_REQUIRE(x != NULL && positions != NULL && inv_freq != NULL, "rope");
     PB_TRY(pb_cuda_enter(self));
-    PB_CUDA_LAUNCHED(self, "rope",
-                     pb_cuda_launch_rope(self->stream, x, positions, inv_freq, T, n_heads, head_dim, rotary_dims));
+    PB_CUDA_LAUNCHED(
+        self, "rope",
+        pb_cuda_launch_rope(self->stream, x, positions, inv_freq, T, n_heads, head_dim, rotary_dims, scale));
     return PB_OK;
 }
 

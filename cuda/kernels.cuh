@@ -153,9 +153,10 @@ cudaError_t pb_cuda_launch_layernorm(cudaStream_t stream, float *out, const floa
 /* out (rows, n) += bias (n) */
 cudaError_t pb_cuda_launch_add_bias(cudaStream_t stream, float *out, const float *bias, int rows, int n);
 /* x (T, n_heads, head_dim) in place over the first rotary_dims (even, <=
- * head_dim) of each head; positions (T); inv_freq (rotary_dims / 2) */
+ * head_dim) of each head; positions (T); inv_freq (rotary_dims / 2); cos
+ * and sin multiplied by scale (LongRoPE's attention factor, else 1) */
 cudaError_t pb_cuda_launch_rope(cudaStream_t stream, float *x, const int32_t *positions, const float *inv_freq, int T,
-                                int n_heads, int head_dim, int rotary_dims);
+                                int n_heads, int head_dim, int rotary_dims, float scale);
 /* Dynamic shared memory one attention block needs for this head_dim. */
 size_t pb_cuda_attention_shared_bytes(int head_dim);
 /* out, q (T, n_heads, head_dim); k, v (T_kv, n_kv_heads, head_dim) */

@@ -8,7 +8,7 @@
 /* x (T, n_heads, head_dim); positions (T); inv_freq (half); half =
  * rotary_dims / 2 */
 static __global__ void pb_rope_kernel(float *x, const int32_t *positions, const float *inv_freq, size_t total,
-                                      int n_heads, int head_dim, int half) {
+                                      int n_heads, int head_dim, int half, float scale) {
     for (size_t idx = blockIdx.x * (size_t)blockDim.x + threadIdx.x; idx < total;
          idx += (size_t)gridDim.x * blockDim.x) {
         const size_t i = idx % (size_t)half;
@@ -19,6 +19,10 @@ static __global__ void pb_rope_kernel(float *x, const int32_t *positions, const 
         const float angle = (float)positions[t] * inv_freq[i];
         float sin_angle, cos_angle;
         sincosf(angle, &sin_angle, &cos_angle);
+        /* LongRoPE's attention factor scales cos and sin before they meet
+         * x, as transformers does; 1 changes no bit */
+        sin_angle *= scale;
+        cos_angle *= scale;
         float *pair = x + row * (size_t)head_dim;  // (head_dim): this head's vector
         const float x0 = pair[i];
         const float x1 = pair[i + half];
@@ -28,10 +32,10 @@ static __global__ void pb_rope_kernel(float *x, const int32_t *positions, const 
 }
 
 cudaError_t pb_cuda_launch_rope(cudaStream_t stream, float *x, const int32_t *positions, const float *inv_freq, int T,
-                                int n_heads, int head_dim, int rotary_dims) {
+                                int n_heads, int head_dim, int rotary_dims, float scale) {
     const int half = rotary_dims / 2;
     const size_t total = (size_t)T * (size_t)n_heads * (size_t)half;
     pb_rope_kernel<<<pb_cuda_grid_for(total), PB_CUDA_BLOCK, 0, stream>>>(x, positions, inv_freq, total, n_heads,
-                                                                          head_dim, half);
+                                                                          head_dim, half, scale);
     return cudaGetLastError();
 }

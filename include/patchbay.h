@@ -32,10 +32,14 @@ const char *pb_status_name(pb_status status);
 
 /* ---- model ---------------------------------------------------------- */
 
+/* head_dim is at most 1024, so RoPE turns at most this many pairs. */
+#define PB_MAX_ROPE_PAIRS 512
+
 typedef enum pb_rope_scaling {
     PB_ROPE_SCALING_NONE = 0,
     PB_ROPE_SCALING_LINEAR,
-    PB_ROPE_SCALING_LLAMA3
+    PB_ROPE_SCALING_LLAMA3,
+    PB_ROPE_SCALING_LONGROPE /* Phi-3 128k / 3.5, Phi-4-mini: per-dimension short and long factors */
 } pb_rope_scaling;
 
 /* The MLP's activation: act(gate) * up, or act(up) without a gate. */
@@ -73,7 +77,7 @@ typedef struct pb_model_config {
     float rope_factor;           /* linear and llama3 */
     float rope_low_freq_factor;  /* llama3 */
     float rope_high_freq_factor; /* llama3 */
-    int rope_original_context;   /* llama3 */
+    int rope_original_context;   /* llama3, longrope (a sequence longer than this uses the long factors) */
     int has_qkv_bias;
     int tied_embeddings;
     int bos_id; /* -1 when unknown */
@@ -103,6 +107,14 @@ typedef struct pb_model_config {
                                   sublayers only (OLMo-2) */
     int qk_norm_full;          /* with qk_norm: one norm over the whole q (n_heads * head_dim) and k
                                   (n_kv_heads * head_dim) projection, not per head (OLMo-2) */
+    /* LongRoPE (rope_scaling PB_ROPE_SCALING_LONGROPE: Phi-3 128k, Phi-3.5,
+     * Phi-4-mini): inv_freq[i] is divided by rope_long_factors[i] for a
+     * sequence longer than rope_original_context, else by
+     * rope_short_factors[i] (i < rotated dims / 2), and the rotated dims of q
+     * and k are multiplied by rope_attn_factor */
+    float rope_attn_factor;
+    float rope_short_factors[PB_MAX_ROPE_PAIRS];
+    float rope_long_factors[PB_MAX_ROPE_PAIRS];
 } pb_model_config;
 
 /* 1 when layer L attends through the sliding window. */

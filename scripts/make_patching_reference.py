@@ -440,10 +440,13 @@ ARCH_FAMILIES = {
     "gpt_neox": ("logit_diff", 10, 832),
     "phi3": ("logprob", 10, 823),
     "olmo2": ("refusal_score", 10, 824),
+    # LongRoPE (make_tiny_classic_models.py): T = 20 > original_max_position_embeddings
+    # (16), so every forward (both prompts of a pair have length T) uses the long factors
+    "phi3_longrope": ("logit_diff", 20, 825),
 }
 # the modes written per family (default: all three)
 ARCH_MODES = {"gpt2": ("denoising",), "gpt_neox": ("denoising", "noising"), "phi3": ("denoising",),
-              "olmo2": ("denoising",)}
+              "olmo2": ("denoising",), "phi3_longrope": ("denoising",)}
 CLASSIC_TYPES = ("gpt2", "gpt_neox", "phi3", "olmo2")   # captured by refgen_common.capture_hooks_classic
 
 
@@ -483,6 +486,14 @@ def _make_arch_case(family: str, mode: str):
         info: dict[str, Any] = {"family": family, "sliding_window": getattr(model.config, "sliding_window", None)
                                 if family in ("gemma2", "gemma3") else None,
                                 "layer_types": list(getattr(model.config, "layer_types", None) or [])}
+        rope = model.config.rope_parameters
+        if rope.get("rope_type") == "longrope":
+            orig = rope["original_max_position_embeddings"]
+            assert mode == "denoising" and T > orig, (mode, T, orig)   # equal lengths, all > orig: long factors
+            info["rope"] = {"type": "longrope", "T": T, "original_max_position_embeddings": orig,
+                            "factors_used": "long",
+                            "rule": "transformers: long iff max position + 1 > original_max_position_embeddings, "
+                                    "per forward; every prompt here has T = 20 > 16"}
         if mode == "interchange":
             b0, s0 = rand_ids(rng, V, T), rand_ids(rng, V, T + 2)
             b1, s1 = rand_ids(rng, V, T), rand_ids(rng, V, T + 2)
@@ -503,6 +514,12 @@ def _make_arch_case(family: str, mode: str):
                      {"clean": ids_prompt(c1), "corrupted": ids_prompt(x1)}]
             metric = _arch_metric(model, kind, c0, x0)
             sites = _arch_sites(family, model)
+        if "rope" in info:   # _arch_metric's T-token forwards left transformers on the long factors
+            rot = int(model.config.hidden_size // model.config.num_attention_heads * rope["partial_rotary_factor"])
+            want = 1.0 / (torch.tensor(rope["long_factor"], dtype=torch.float64)
+                          * rope["rope_theta"] ** (torch.arange(0, rot, 2, dtype=torch.float64) / rot))
+            got = model.model.rotary_emb.inv_freq.double()
+            assert float(((got - want) / want).abs().max()) <= 1e-6, (got, want)
         info["token_choice"] = "from pair 0's last-position logits (source/clean minus base/corrupted)"
         spec = {"mode": mode, "pairs": pairs, "sites": sites, "metric": metric, "significance_threshold": 0.1}
         return name, spec, {}, info

@@ -504,7 +504,7 @@ def softcap_stats(model, acts: dict[str, torch.Tensor], pre_cap_logits: torch.Te
 def check_masks(acts: dict[str, torch.Tensor], layer_types: list[str], window: int | None) -> dict[str, Any]:
     """hook_pattern is 0 exactly where masked: above the diagonal, and on
     sliding layers where query - key >= window; positive elsewhere."""
-    T = SEQ_LEN
+    T = acts["blocks.0.attn.hook_pattern"].shape[-1]   # SEQ_LEN, or a family's own length
     qi = torch.arange(T)[:, None]
     ki = torch.arange(T)[None, :]
     report = {}

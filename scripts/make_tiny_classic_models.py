@@ -1,12 +1,22 @@
 #!/usr/bin/env python3
-"""Writes the tiny random GPT-2, GPT-NeoX (Pythia), Phi-3 and OLMo-2 test
-models (issue 16) and their references:
+"""Writes the tiny random GPT-2, GPT-NeoX (Pythia), Phi-3 (plain and LongRoPE)
+and OLMo-2 test models (issue 16) and their references:
 
   tests/fixtures/tiny_gpt2/      GPT2LMHeadModel: learned positions, LayerNorm with bias, biases on every
                                  projection (Conv1D), gelu_new MLP, tied output
   tests/fixtures/tiny_gpt_neox/  GPTNeoXForCausalLM: parallel residual, partial rotary (0.25 of head_dim),
                                  per-head interleaved fused query_key_value, biases, exact-erf GELU, untied
   tests/fixtures/tiny_phi3/      Phi3ForCausalLM: fused qkv_proj and gate_up_proj, GQA, no rope scaling, untied
+  tests/fixtures/tiny_phi3_longrope/
+                                 Phi3ForCausalLM as tiny_phi3 plus LongRoPE ("longrope", Phi-3-mini-128k /
+                                 Phi-3.5 / Phi-4-mini style): partial rotary 0.75 (12 of 16 dims),
+                                 original_max_position_embeddings 16 < max_position_embeddings 64, seeded
+                                 short/long factor lists, attention factor sqrt(1 + ln(64/16) / ln(16)) =
+                                 sqrt(1.5) (implicit: no "factor" / "attention_factor" in config.json).
+                                 Two references: the folder's own (T = 20 > 16: LONG factors) and short/
+                                 (ids.npy, logits.npy, every hook .npy; T = 16 = original max: SHORT
+                                 factors). transformers' rule: long iff max(position_ids) + 1 >
+                                 original_max_position_embeddings, one set for the whole forward.
   tests/fixtures/tiny_olmo2/     Olmo2ForCausalLM: post norms only (after attention / MLP), q/k RMSNorm over
                                  the whole projection, GQA, rope_theta 500000, untied
 
@@ -58,16 +68,30 @@ tensor in check_gguf and recorded in reference.json "gguf_layout"):
   * phi3: qkv_proj stays fused (attn_qkv, [Q | K | V] rows), gate_up_proj
     stays fused (ffn_up, [gate | up] rows); rope dims from n_embd / n_head.
     original_max_position_embeddings must be present (= max_position_embeddings).
+  * phi3_longrope: as phi3; phi3.rope.dimension_count = int(partial_rotary_factor
+    * n_embd) // n_head (12), phi3.context_length = max_position_embeddings (64),
+    phi3.rope.scaling.original_context_length = 16, phi3.rope.scaling.attn_factor
+    = sqrt(1 + ln(64/16) / ln(16)), and two extra F32 tensors
+    rope_factors_long.weight / rope_factors_short.weight (rotary dims / 2 = 6
+    each, the config lists as float32). No rope scaling type key is written:
+    llama.cpp picks the long set iff the context size per sequence (n_ctx_seq) >
+    original_context_length (a per-context choice, not transformers' per-forward
+    one -- the reference data are transformers').
   * olmo2: nothing transformed; attn_q_norm / attn_k_norm are heads*hd / kv*hd
     wide; post_attention_layernorm -> post_attention_norm,
     post_feedforward_layernorm -> post_ffw_norm.
 
 Usage: .venv/bin/python scripts/make_tiny_classic_models.py [--out tests/fixtures] [--only gpt2,olmo2]
 Deterministic: seeded generators everywhere; run twice and compare bytes.
+transformers' GGUF loading (reference.json checks.transformers_gguf_load,
+recorded, not fatal) needs accelerate; to keep it out of the shared venv:
+  .venv/bin/python -m pip install --target .cache/accel --no-deps accelerate psutil
+  PYTHONPATH=.cache/accel .venv/bin/python scripts/make_tiny_classic_models.py --only phi3_longrope
 """
 
 from __future__ import annotations
 
+import math
 import shutil
 import sys
 from pathlib import Path
@@ -102,12 +126,50 @@ SPECS: dict[str, dict[str, Any]] = {
              "head_dim": 16, "intermediate_size": 112, "rope_theta": 10000.0, "max_position_embeddings": 64,
              "eps": 1e-5, "tie": False, "act": "silu", "norm": "rmsnorm", "tokenizer": "sentencepiece",
              "pre_override": ""},
+    # LongRoPE: partial rotary 0.75 (12 dims, 6 factors a set); factors drawn in
+    # longrope_factors (numpy seed factor_seed): short U[1, 2], long U[1.5, 12],
+    # 4 decimals. T = 20 > 16 (long set) in the folder, T = 16 (short set) in short/
+    "phi3_longrope": {"seed": 1605, "hf_class": "Phi3ForCausalLM", "gguf_arch": "phi3", "vocab_size": 320,
+                      "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+                      "head_dim": 16, "intermediate_size": 112, "rope_theta": 10000.0, "max_position_embeddings": 64,
+                      "original_max_position_embeddings": 16, "partial_rotary_factor": 0.75,
+                      "factor_seed": 16051, "seq_len": 20, "short_seq_len": 16, "short_ids_seed": 16052,
+                      "eps": 1e-5, "tie": False, "act": "silu", "norm": "rmsnorm", "tokenizer": "sentencepiece",
+                      "pre_override": ""},
     "olmo2": {"seed": 1604, "hf_class": "Olmo2ForCausalLM", "gguf_arch": "olmo2", "vocab_size": 352,
               "hidden_size": 80, "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 2,
               "head_dim": 20, "intermediate_size": 128, "rope_theta": 500000.0, "max_position_embeddings": 64,
               "eps": 1e-6, "tie": False, "act": "silu", "norm": "rmsnorm", "tokenizer": "qwen2",
               "pre_override": "qwen2"},
 }
+
+
+PHI3 = ("phi3", "phi3_longrope")
+
+
+def rotary_dims(family: str, spec: dict[str, Any]) -> int:
+    if family == "gpt2":
+        return 0
+    return int(spec.get("rotary_pct", spec.get("partial_rotary_factor", 1.0)) * spec["head_dim"])
+
+
+def longrope_factors(spec: dict[str, Any]) -> tuple[list[float], list[float]]:
+    """(short_factor, long_factor): rotary_dims / 2 floats each from numpy's
+    default_rng(factor_seed), short uniform in [1, 2], long in [1.5, 12],
+    rounded to 4 decimals (clean in config.json)."""
+    n = int(spec["partial_rotary_factor"] * spec["head_dim"]) // 2
+    rng = np.random.default_rng(spec["factor_seed"])
+    short = np.round(rng.uniform(1.0, 2.0, n), 4)
+    long = np.round(rng.uniform(1.5, 12.0, n), 4)
+    return [float(x) for x in short], [float(x) for x in long]
+
+
+def longrope_attention_factor(spec: dict[str, Any]) -> float:
+    """transformers' (and the phi3 converter's) implicit attention factor:
+    sqrt(1 + ln(s) / ln(original)), s = max_position_embeddings / original."""
+    orig = spec["original_max_position_embeddings"]
+    scale = spec["max_position_embeddings"] / orig
+    return math.sqrt(1 + math.log(scale) / math.log(orig)) if scale > 1.0 else 1.0
 
 
 def special_ids(family: str, spec: dict[str, Any]) -> dict[str, Any]:
@@ -141,14 +203,22 @@ def build_config(family: str, spec: dict[str, Any]):
                                                 "partial_rotary_factor": spec["rotary_pct"]},
                                attention_dropout=0.0, hidden_dropout=0.0, tie_word_embeddings=False, **ids)
         cfg.rotary_pct = spec["rotary_pct"]   # what the converter reads (see the docstring)
-    elif family == "phi3":
+    elif family in PHI3:
+        rope: dict[str, Any] = {"rope_type": "default", "rope_theta": spec["rope_theta"]}
+        orig = spec.get("original_max_position_embeddings", spec["max_position_embeddings"])
+        if family == "phi3_longrope":
+            # no "factor" / "attention_factor": transformers derives the attention
+            # factor from max_position_embeddings / original_max_position_embeddings
+            short, long = longrope_factors(spec)
+            rope = {"rope_type": "longrope", "rope_theta": spec["rope_theta"],
+                    "partial_rotary_factor": spec["partial_rotary_factor"], "short_factor": short,
+                    "long_factor": long, "original_max_position_embeddings": orig}
         cfg = tf.Phi3Config(vocab_size=spec["vocab_size"], hidden_size=d, num_hidden_layers=L,
                             num_attention_heads=H, num_key_value_heads=spec["num_key_value_heads"],
                             intermediate_size=spec["intermediate_size"], hidden_act="silu",
                             max_position_embeddings=spec["max_position_embeddings"],
-                            original_max_position_embeddings=spec["max_position_embeddings"],
-                            rms_norm_eps=spec["eps"], rope_parameters={"rope_type": "default",
-                                                                         "rope_theta": spec["rope_theta"]},
+                            original_max_position_embeddings=orig,
+                            rms_norm_eps=spec["eps"], rope_parameters=rope,
                             resid_pdrop=0.0, embd_pdrop=0.0, attention_dropout=0.0, sliding_window=None,
                             tie_word_embeddings=False, **ids)
     else:
@@ -269,14 +339,36 @@ def check_gguf(folder: Path, family: str, spec: dict[str, Any], model) -> dict[s
     assert field(f"{arch_name}.attention.head_count") == spec["num_attention_heads"]
     assert field(f"{arch_name}.feed_forward_length") == spec["intermediate_size"]
     assert len(field("tokenizer.ggml.tokens")) == spec["vocab_size"]
-    if family in ("phi3", "olmo2"):
+    if family in PHI3 + ("olmo2",):
         assert field(f"{arch_name}.attention.head_count_kv") == spec["num_key_value_heads"]
         assert field(f"{arch_name}.rope.freq_base") == spec["rope_theta"], field(f"{arch_name}.rope.freq_base")
     if family == "gpt_neox":
         assert field(f"{arch_name}.rope.dimension_count") == int(spec["rotary_pct"] * spec["head_dim"])
         assert field(f"{arch_name}.use_parallel_residual") is True
-    if family == "phi3":
-        assert field(f"{arch_name}.rope.dimension_count") == spec["head_dim"]
+    if family in PHI3:
+        assert field(f"{arch_name}.rope.dimension_count") == rotary_dims(family, spec)
+        assert field(f"{arch_name}.context_length") == spec["max_position_embeddings"]
+        assert field(f"{arch_name}.rope.scaling.original_context_length") == spec.get(
+            "original_max_position_embeddings", spec["max_position_embeddings"])
+    rope_factor_rows = []
+    if family == "phi3_longrope":
+        # longrope: attention factor (float32) and the two factor tensors
+        attn = field(f"{arch_name}.rope.scaling.attn_factor")
+        assert attn is not None and np.float32(attn) == np.float32(longrope_attention_factor(spec)), attn
+        short, long = longrope_factors(spec)
+        n = rotary_dims(family, spec) // 2
+        for gname, want in (("rope_factors_long.weight", long), ("rope_factors_short.weight", short)):
+            t = next(x for x in reader.tensors if x.name == gname)
+            assert t.tensor_type == gguf.GGMLQuantizationType.F32, (gname, t.tensor_type)
+            assert [int(x) for x in t.shape] == [n], (gname, t.shape)
+            got = np.asarray(t.data).reshape(n)
+            assert np.array_equal(got, np.asarray(want, dtype=np.float32)), (gname, got, want)
+            rope_factor_rows.append({"gguf": gname, "gguf_ne": [n], "type": "F32",
+                                     "values": [float(x) for x in got],
+                                     "equals": "config.json rope_parameters." + gname.split("_")[2].split(".")[0]
+                                               + "_factor as float32"})
+    else:
+        assert field(f"{arch_name}.rope.scaling.attn_factor") is None
 
     from safetensors.numpy import load_file
 
@@ -289,6 +381,8 @@ def check_gguf(folder: Path, family: str, spec: dict[str, Any], model) -> dict[s
         assert k in params or k == "embed_out.weight", k
         assert v.dtype == np.float32 and np.array_equal(v, hf.detach().numpy()), k
     by_gguf = {t.name: t for t in reader.tensors}
+    for r in rope_factor_rows:   # checked above: no safetensors counterpart (derived from config.json)
+        by_gguf.pop(r["gguf"])
     rows, dropped = [], []
     for name in sorted(sd):
         exp = expected_gguf(family, name, sd[name], spec)
@@ -312,7 +406,9 @@ def check_gguf(folder: Path, family: str, spec: dict[str, Any], model) -> dict[s
               f"{'x'.join(map(str, r['gguf_ne'])):10s} {r['transform']}")
     if dropped:
         print(f"  not written (tied or derived): {dropped}")
-    return {"tensors": rows, "not_written": dropped,
+    if rope_factor_rows:
+        print(f"  rope factor tensors: " + ", ".join(f"{r['gguf']} {r['values']}" for r in rope_factor_rows))
+    return {"tensors": rows, "not_written": dropped, "rope_factor_tensors": rope_factor_rows,
             "metadata": {k: (v if not isinstance(v, float) else float(v)) for k, v in meta.items()}}
 
 
@@ -334,7 +430,7 @@ def check_gguf_qkv(folder: Path, family: str, spec: dict[str, Any], model, acts:
             x = layer.ln_1(x)
         elif family == "gpt_neox":
             x = layer.input_layernorm(x)
-        elif family == "phi3":
+        elif family in PHI3:
             x = layer.input_layernorm(x)
         x = x[0].double().numpy()
         g = f"blk.{li}."
@@ -379,6 +475,24 @@ GGUF_LAYOUT_NOTES = {
                          "ffn = ffn_down(silu(gate) * up); there is no ffn_gate tensor",
         "rope": "phi3.rope.dimension_count = head_dim (full rotary), NeoX pairs; no rope_factors tensors "
                 "(no rope scaling)",
+        "output.weight": "present (untied)",
+    },
+    "phi3_longrope": {
+        "attn_qkv.weight": "as phi3: FUSED [Q (heads*hd) | K (kv*hd) | V (kv*hd)] rows, exactly HF qkv_proj.weight",
+        "ffn_up.weight": "as phi3: FUSED gate_up_proj, rows [gate | up]; no ffn_gate tensor",
+        "rope": "phi3.rope.dimension_count = int(partial_rotary_factor * n_embd) // n_head = 12 of head_dim 16 "
+                "(partial rotary, NeoX pairs (i, i + 6) on dims 0..11; dims 12..15 pass through unrotated); "
+                "phi3.rope.freq_base = rope_theta",
+        "rope_factors_long.weight / rope_factors_short.weight": "EXTRA F32 tensors, ne [6] (= rotary dims / 2), no "
+                "safetensors counterpart: config.json rope_parameters long_factor / short_factor as float32; "
+                "inv_freq[i] = 1 / (factor[i] * rope_theta ** (2i / rotary_dims))",
+        "longrope metadata": "phi3.context_length = max_position_embeddings (64); "
+                             "phi3.rope.scaling.original_context_length = original_max_position_embeddings (16); "
+                             "phi3.rope.scaling.attn_factor = sqrt(1 + ln(64 / 16) / ln(16)) = sqrt(1.5) (float32): "
+                             "cos and sin are multiplied by it (q.k scaled by its square); no rope.scaling.type key",
+        "factor set": "transformers: LONG iff max(position_ids) + 1 > original_max_position_embeddings, for the whole "
+                      "forward (T = 20 here: long; short/ T = 16: short); llama.cpp: long iff the per-sequence "
+                      "context size (cparams.n_ctx_seq) > original_context_length (llama_model::get_rope_factors)",
         "output.weight": "present (untied)",
     },
     "olmo2": {
@@ -438,11 +552,73 @@ def write_transformer_lens_hooks(folder: Path, spec: dict[str, Any], ids: np.nda
 # --------------------------------------------------------------------------
 
 
-def draw_ids(spec: dict[str, Any], bos: int) -> np.ndarray:
-    rng = np.random.default_rng(spec["seed"])
-    ids = rng.integers(4, spec["vocab_size"] - 2, size=SEQ_LEN)
+def draw_ids(spec: dict[str, Any], bos: int, T: int = SEQ_LEN, seed: int | None = None) -> np.ndarray:
+    rng = np.random.default_rng(spec["seed"] if seed is None else seed)
+    ids = rng.integers(4, spec["vocab_size"] - 2, size=T)
     ids[0] = bos
     return ids.astype(np.int32)
+
+
+def rope_reference(q: torch.Tensor, factors: list[float], spec: dict[str, Any], scaling: float) -> torch.Tensor:
+    """float64 partial NeoX RoPE of q (T, heads, hd) at positions 0..T-1 with
+    inv_freq = 1 / (factor * theta ** (arange(0, rot, 2) / rot)), cos/sin
+    times scaling; dims rot.. pass through (transformers' Phi-3 convention)."""
+    rot = rotary_dims("phi3_longrope", spec)
+    q = q.double()
+    inv = 1.0 / (torch.tensor(factors, dtype=torch.float64)
+                 * spec["rope_theta"] ** (torch.arange(0, rot, 2, dtype=torch.float64) / rot))
+    ang = torch.arange(q.shape[0], dtype=torch.float64)[:, None] * inv[None, :]
+    cos = (torch.cat([ang.cos(), ang.cos()], -1) * scaling)[:, None, :]
+    sin = (torch.cat([ang.sin(), ang.sin()], -1) * scaling)[:, None, :]
+    x = q[..., :rot]
+    half = torch.cat([-x[..., rot // 2:], x[..., :rot // 2]], -1)
+    return torch.cat([x * cos + half * sin, q[..., rot:]], -1)
+
+
+def check_longrope_forward(model, spec: dict[str, Any], acts: dict[str, torch.Tensor], T: int,
+                           expect: str) -> dict[str, Any]:
+    """After a forward of length T: transformers' rotary module holds the
+    expected factor set (inv_freq) and attention factor sqrt(1.5); hook_rot_q /
+    hook_rot_k are RoPE of hook_q / hook_k with that set (float64 reference)
+    and NOT with the other one; dims rot.. of rot_q / rot_k equal q / k."""
+    rotary = model.model.rotary_emb
+    short, long = longrope_factors(spec)
+    sets = {"short": short, "long": long}
+    other = "short" if expect == "long" else "long"
+    orig = spec["original_max_position_embeddings"]
+    assert (T > orig) == (expect == "long"), (T, orig, expect)   # transformers' rule, max position + 1 = T
+    rot = rotary_dims("phi3_longrope", spec)
+    want_scale = math.sqrt(1.5)
+    assert abs(longrope_attention_factor(spec) - want_scale) <= 1e-12
+    assert abs(float(rotary.attention_scaling) - want_scale) <= 1e-12, rotary.attention_scaling
+
+    def inv_freq(factors):
+        return 1.0 / (torch.tensor(factors, dtype=torch.float64)
+                      * spec["rope_theta"] ** (torch.arange(0, rot, 2, dtype=torch.float64) / rot))
+
+    got = rotary.inv_freq.double()
+    inv_dev = {k: float(((got - inv_freq(v)) / inv_freq(v)).abs().max()) for k, v in sets.items()}
+    assert inv_dev[expect] <= 1e-6 and inv_dev[other] > 1e-2, (expect, inv_dev)
+    worst_match, worst_other, min_other = 0.0, 0.0, math.inf
+    scaling = float(rotary.attention_scaling)
+    for li in range(spec["num_hidden_layers"]):
+        p = f"blocks.{li}.attn."
+        for c in ("q", "k"):
+            pre, post = acts[p + "hook_" + c], acts[p + "hook_rot_" + c]
+            assert torch.equal(post[..., rot:], pre[..., rot:]), f"{p}{c}: dims {rot}.. rotated"
+            d_exp = float((rope_reference(pre, sets[expect], spec, scaling) - post.double()).abs().max())
+            d_oth = float((rope_reference(pre, sets[other], spec, scaling) - post.double()).abs().max())
+            worst_match = max(worst_match, d_exp)
+            min_other = min(min_other, d_oth)
+    assert worst_match <= 1e-4, f"hook_rot_q/k != RoPE with the {expect} factors: {worst_match}"
+    assert min_other >= 0.05, f"hook_rot_q/k with the {other} factors too close: {min_other}"
+    print(f"  T={T}: transformers used the {expect.upper()} factors: inv_freq rel dev {inv_dev[expect]:.2e} "
+          f"({other}: {inv_dev[other]:.3g}); attention_scaling {scaling!r}; rot_q/rot_k vs float64 RoPE "
+          f"({expect}) {worst_match:.2e}, vs {other} factors >= {min_other:.3g}; dims {rot}.. == q/k")
+    return {"T": T, "factors_used": expect, "inv_freq_rel_dev": inv_dev, "attention_scaling": scaling,
+            f"rot_qk_vs_float64_rope_{expect}_max_abs": worst_match,
+            f"rot_qk_vs_float64_rope_{other}_min_over_hooks_of_max_abs": min_other,
+            "dims_past_rotary_equal_q_k": True}
 
 
 def make_one(family: str, out_root: Path) -> dict[str, Any]:
@@ -469,9 +645,41 @@ def make_one(family: str, out_root: Path) -> dict[str, Any]:
     if family == "gpt_neox":
         assert cfg.use_parallel_residual and cfg.rope_parameters["partial_rotary_factor"] == spec["rotary_pct"]
         assert model.gpt_neox.layers[0].attention.rotary_ndims == int(spec["rotary_pct"] * spec["head_dim"])
-    ids = draw_ids(spec, special_ids(family, spec)["bos_token_id"])
+    bos = special_ids(family, spec)["bos_token_id"]
+    ids = draw_ids(spec, bos, spec.get("seq_len", SEQ_LEN))
     ids_t = torch.from_numpy(ids.astype(np.int64)).unsqueeze(0)
     logits, acts = rc.capture_hooks_classic(model, ids_t)
+    longrope = None
+    if family == "phi3_longrope":
+        rp = cfg.rope_parameters
+        short, long = longrope_factors(spec)
+        assert rp["rope_type"] == "longrope" and rp["short_factor"] == short and rp["long_factor"] == long
+        assert "factor" not in rp and "attention_factor" not in rp, rp
+        assert rp["original_max_position_embeddings"] == spec["original_max_position_embeddings"]
+        print(f"  short_factor {short}\n  long_factor  {long}\n  attention factor sqrt(1 + ln(64/16)/ln(16)) = "
+              f"{longrope_attention_factor(spec)!r}")
+        main_check = check_longrope_forward(model, spec, acts, len(ids), "long")
+        # the short sequence on a freshly loaded model (nothing cached from the T = 20 forward) ...
+        short_ids = draw_ids(spec, bos, spec["short_seq_len"], spec["short_ids_seed"])
+        short_t = torch.from_numpy(short_ids.astype(np.int64)).unsqueeze(0)
+        fresh = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32,
+                                                     attn_implementation="eager").float().eval()
+        short_logits, short_acts = rc.capture_hooks_classic(fresh, short_t)
+        short_check = check_longrope_forward(fresh, spec, short_acts, len(short_ids), "short")
+        # ... and on the model that just ran T = 20: bit-identical (the switch is per forward)
+        again = model(input_ids=short_t, use_cache=False).logits[0].float()
+        assert torch.equal(again, short_logits), "T = 16 forward depends on the previous T = 20 one"
+        check_longrope_forward(model, spec, short_acts, len(short_ids), "short")
+        # and the main sequence again after it: long factors, bit-identical logits
+        again = model(input_ids=ids_t, use_cache=False).logits[0].float()
+        assert torch.equal(again, logits), "T = 20 forward depends on the previous T = 16 one"
+        check_longrope_forward(model, spec, acts, len(ids), "long")
+        arch.check_masks(short_acts, ["full_attention"] * spec["num_hidden_layers"], None)
+        longrope = {"short_ids": short_ids, "short_logits": short_logits, "short_acts": short_acts,
+                    "checks": {"main": main_check, "short": short_check,
+                               "order_independent": "T=16 logits on a fresh model == on the model after the T=20 "
+                                                    "forward; T=20 logits again after that == first T=20 run "
+                                                    "(bit for bit)"}}
     stats = {"logits_std": float(logits.std()), "logits_abs_max": float(logits.abs().max()),
              "min_top1_top2_gap": float((torch.topk(logits, 2, -1).values[:, 0]
                                          - torch.topk(logits, 2, -1).values[:, 1]).min())}
@@ -496,12 +704,21 @@ def make_one(family: str, out_root: Path) -> dict[str, Any]:
     names = list(acts)
     for hook in names:
         writer.save(hook, acts[hook], "<f4")
+    short_writer = None
+    if longrope is not None:
+        (folder / "short").mkdir()
+        short_writer = rc.ArrayWriter(folder / "short")
+        short_writer.save("ids", longrope["short_ids"], "<i4")
+        short_writer.save("logits", longrope["short_logits"], "<f4")
+        assert list(longrope["short_acts"]) == names
+        for hook in names:
+            short_writer.save(hook, longrope["short_acts"][hook], "<f4")
     tl_report = None
     if family == "gpt2":
         tl_report = write_transformer_lens_hooks(folder, spec, ids,
                                                  {n: list(acts[n].shape) for n in names})
 
-    for f in folder.iterdir():
+    for f in folder.rglob("*"):
         if f.is_file():
             f.chmod(0o644)
     files = {}
@@ -516,15 +733,28 @@ def make_one(family: str, out_root: Path) -> dict[str, Any]:
         "vocab_size": spec["vocab_size"], "d_model": spec["hidden_size"], "n_layers": spec["num_hidden_layers"],
         "n_heads": H, "n_kv_heads": Hkv, "head_dim": hd, "d_mlp": spec["intermediate_size"],
         "norm": spec["norm"], "norm_eps": spec["eps"], "norm_has_bias": spec["norm"] == "layernorm",
-        "rotary_dims": (0 if family == "gpt2" else int(spec.get("rotary_pct", 1.0) * hd)),
+        "rotary_dims": rotary_dims(family, spec),
         "rope_theta": spec.get("rope_theta"), "positional": "learned" if family == "gpt2" else "rope",
         "n_positions": spec.get("n_positions", spec.get("max_position_embeddings")),
-        "linear_biases": family in ("gpt2", "gpt_neox"), "mlp": "gated silu" if family in ("phi3", "olmo2")
+        "linear_biases": family in ("gpt2", "gpt_neox"), "mlp": "gated silu" if family in PHI3 + ("olmo2",)
         else f"plain {spec['act']}", "mlp_activation": spec["act"],
         "parallel_residual": family == "gpt_neox", "qk_norm": "whole projection" if family == "olmo2" else None,
         "post_norms_only": family == "olmo2", "tie_word_embeddings": spec["tie"],
         "attention_scale": hd ** -0.5, **special_ids(family, spec),
     }
+    if family == "phi3_longrope":
+        short, long = longrope_factors(spec)
+        config_rec["rope_scaling"] = {
+            "type": "longrope", "original_max_position_embeddings": spec["original_max_position_embeddings"],
+            "max_position_embeddings": spec["max_position_embeddings"],
+            "attention_factor": longrope_attention_factor(spec),
+            "attention_factor_rule": "sqrt(1 + ln(max_position_embeddings / original_max_position_embeddings) / "
+                                     "ln(original_max_position_embeddings)), implicit (not in config.json); "
+                                     "multiplies cos and sin",
+            "short_factor": short, "long_factor": long,
+            "inv_freq": "1 / (factor[i] * rope_theta ** (2i / rotary_dims)), i < rotary_dims / 2",
+            "factor_draw": f"numpy default_rng({spec['factor_seed']}): short uniform [1, 2], then long uniform "
+                           "[1.5, 12], rounded to 4 decimals"}
     ref = rc.manifest_header(GENERATOR, spec["seed"])
     ref.update({
         "model": name, "hf_class": spec["hf_class"], "model_type": cfg.model_type, "gguf_arch": spec["gguf_arch"],
@@ -546,6 +776,20 @@ def make_one(family: str, out_root: Path) -> dict[str, Any]:
                    "numpy_gguf_forward": "not run: refgen_common.gguf_numpy_forward covers llama-like "
                                          "architectures only"},
     })
+    if longrope is not None:
+        short_ids = longrope["short_ids"]
+        ref["cases"] = {
+            "rule": "long iff T (max position + 1) > original_max_position_embeddings (transformers' rule)",
+            "main": {"folder": ".", "T": int(len(ids)), "ids": ids.tolist(), "rope_factors": "long",
+                     "ids_draw": f"numpy default_rng({spec['seed']}), bos first"},
+            "short": {"folder": "short", "T": int(len(short_ids)), "ids": short_ids.tolist(), "rope_factors": "short",
+                      "ids_draw": f"numpy default_rng({spec['short_ids_seed']}), bos first",
+                      "stats": {"logits_std": float(longrope["short_logits"].std()),
+                                "logits_abs_max": float(longrope["short_logits"].abs().max())},
+                      "arrays": short_writer.records},
+        }
+        ref["gguf_layout"]["rope_factor_tensors"] = gguf_check["rope_factor_tensors"]
+        ref["checks"]["longrope"] = longrope["checks"]
     rc.write_json(folder / "reference.json", ref)
     return ref
 

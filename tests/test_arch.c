@@ -1118,8 +1118,8 @@ static void test_olmo2(void **state) {
     truth_free(&w);
 }
 
-/* The new families' GGUF refusals: partial rotary outside gptneox, an odd
- * rotary count, LongRoPE factors (Phi-3 128k), a fused tensor of the wrong
+/* The new families' GGUF refusals: partial rotary outside gptneox and phi3,
+ * an odd rotary count, half of LongRoPE's factors, a fused tensor of the wrong
  * size (named as the file names it). */
 static void test_new_families_refused(void **state) {
     char path[512];
@@ -1128,9 +1128,8 @@ static void test_new_families_refused(void **state) {
         uint32_t rope_dims;
         const char *needle;
     } cases[] = {
-        {"phi3", "partial.gguf", "phi3.rope.dimension_count", 2,
-         "phi3.rope.dimension_count = 2 is less than the head dimension 4 (embedding_length / head_count): partial "
-         "rotary embeddings are not supported for phi3"},
+        {"olmo2", "partial.gguf", "olmo2.rope.dimension_count", 2,
+         "olmo2.rope.dimension_count = 2 is less than the head dimension"},
         {"gptneox", "odd.gguf", "gptneox.rope.dimension_count", 3,
          "gptneox.rope.dimension_count = 3 is odd: RoPE turns pairs of dimensions"},
     };
@@ -1157,7 +1156,7 @@ static void test_new_families_refused(void **state) {
                         "olmo2.attention.sliding_window_pattern: sliding-window layers (OLMo-3 written as olmo2) are "
                         "not supported");
 
-    /* LongRoPE: the converter writes rope_factors_long / _short */
+    /* LongRoPE: the converter writes rope_factors_long and _short; one alone is malformed */
     pb_model_config c = family_config("phi3", 1, 12);
     truth w;
     truth_make(&w, &c);
@@ -1173,7 +1172,9 @@ static void test_new_families_refused(void **state) {
     tu_path(path, sizeof path, ((tu_scratch *)*state)->dir, "longrope.gguf");
     gguf_file(path, &k, &g);
     ft_free(&g);
-    expect_open_refused(path, PB_ERR_UNSUPPORTED, "LongRoPE (Phi-3 128k context) is not supported");
+    expect_open_refused(path, PB_ERR_FORMAT,
+                        "LongRoPE needs both 'rope_factors_short.weight' and 'rope_factors_long.weight'; "
+                        "'rope_factors_short.weight' is missing");
 
     /* a fused attn_qkv one row short (values: zeros, large enough for any tensor here) */
     truth_free(&w);

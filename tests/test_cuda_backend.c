@@ -312,7 +312,8 @@ static void test_matmul(void **state) {
 
 /* rotary_dims < head_dim (GPT-NeoX's partial rotary): the dims from
  * rotary_dims on must come back from the device bit-identical. */
-static void run_rope(int T, int n_heads, int head_dim, int rotary_dims, int first_position, const char *what) {
+static void run_rope_scaled(int T, int n_heads, int head_dim, int rotary_dims, int first_position, float scale,
+                            const char *what) {
     const int half = rotary_dims / 2;
     const size_t n = (size_t)T * n_heads * head_dim;
     float *x_host = host_random(n, -1.0f, 1.0f);
@@ -329,8 +330,8 @@ static void run_rope(int T, int n_heads, int head_dim, int rotary_dims, int firs
     twin x = twin_floats(x_host, n);
     twin freq = twin_floats(freq_host, (size_t)half);
     twin pos = twin_ints(pos_host, (size_t)T);
-    CHECK_OK(g_ref->ops->rope(g_ref, x.ref, pos.ref, freq.ref, T, n_heads, head_dim, rotary_dims));
-    CHECK_OK(g_cuda->ops->rope(g_cuda, x.cuda, pos.cuda, freq.cuda, T, n_heads, head_dim, rotary_dims));
+    CHECK_OK(g_ref->ops->rope(g_ref, x.ref, pos.ref, freq.ref, T, n_heads, head_dim, rotary_dims, scale));
+    CHECK_OK(g_cuda->ops->rope(g_cuda, x.cuda, pos.cuda, freq.cuda, T, n_heads, head_dim, rotary_dims, scale));
     twin_compare(&x, PB_TOL_CUDA_ELEMENTWISE_NMSE, what);
     CHECK_OK(g_cuda->ops->download(g_cuda, x_back, x.cuda, sizeof(float) * n));
     for (size_t row = 0; row < (size_t)T * n_heads; row++) {
@@ -345,6 +346,10 @@ static void run_rope(int T, int n_heads, int head_dim, int rotary_dims, int firs
     free(x_back);
     free(freq_host);
     free(pos_host);
+}
+
+static void run_rope(int T, int n_heads, int head_dim, int rotary_dims, int first_position, const char *what) {
+    run_rope_scaled(T, n_heads, head_dim, rotary_dims, first_position, 1.0f, what);
 }
 
 static void test_rope(void **state) {
@@ -364,6 +369,13 @@ static void test_rope_partial(void **state) {
     run_rope(7, 4, 64, 16, 2040, "rope partial hd=64 rotary 16 pos 2040..");
     run_rope(13, 3, 32, 32, 5, "rope partial hd=32 rotary 32 (all) pos 5..");
     run_rope(9, 2, 8, 2, 100, "rope partial hd=8 rotary 2 pos 100..");
+}
+
+/* LongRoPE's attention factor on the rotated dims (Phi-4-mini: 96 of 128). */
+static void test_rope_scaled(void **state) {
+    (void)state;
+    run_rope_scaled(7, 4, 128, 96, 4090, 1.1902380714f, "rope scaled hd=128 rotary 96 pos 4090..");
+    run_rope_scaled(13, 3, 96, 96, 0, 1.1902380714f, "rope scaled hd=96 pos 0..");
 }
 
 /* k and v rows at or beyond key_limit are filled with large values: the
@@ -1093,14 +1105,14 @@ static void test_errors(void **state) {
                   "attention n_heads % n_kv_heads != 0");
     expect_status(ops->attention(g_cuda, buffer, buffer, buffer, buffer, 4, 5, 2, 2, 2, 8, NULL), PB_ERR_ARG,
                   "attention q_start + T > T_kv");
-    expect_status(ops->rope(g_cuda, buffer, (const int32_t *)buffer, buffer, 2, 2, 7, 7), PB_ERR_ARG,
+    expect_status(ops->rope(g_cuda, buffer, (const int32_t *)buffer, buffer, 2, 2, 7, 7, 1.0f), PB_ERR_ARG,
                   "rope odd rotary_dims = head_dim");
     const int bad_rotary[][2] = {{8, 7}, {8, 0}, {8, 10}, {8, -2}}; /* head_dim, rotary_dims */
     for (int i = 0; i < 4; i++) {
         char what[64];
         snprintf(what, sizeof what, "rope head_dim %d rotary_dims %d", bad_rotary[i][0], bad_rotary[i][1]);
         expect_status(
-            ops->rope(g_cuda, buffer, (const int32_t *)buffer, buffer, 2, 2, bad_rotary[i][0], bad_rotary[i][1]),
+            ops->rope(g_cuda, buffer, (const int32_t *)buffer, buffer, 2, 2, bad_rotary[i][0], bad_rotary[i][1], 1.0f),
             PB_ERR_ARG, what);
         assert_non_null(strstr(pb_last_error(), "rope"));
     }
@@ -1234,6 +1246,7 @@ int main(void) {
         cmocka_unit_test(test_matmul),
         cmocka_unit_test(test_rope),
         cmocka_unit_test(test_rope_partial),
+        cmocka_unit_test(test_rope_scaled),
         cmocka_unit_test(test_attention),
         cmocka_unit_test(test_attention_params),
         cmocka_unit_test(test_softcap),

@@ -605,8 +605,9 @@ static void test_layernorm(void **state) {
 }
 
 /* rotary_dims < head_dim: GPT-NeoX's partial rotary; the dims from
- * rotary_dims on must keep their bits. */
-static void run_rope(int T, int n_heads, int head_dim, int rotary_dims, const char *what) {
+ * rotary_dims on must keep their bits. scale != 1: LongRoPE's attention
+ * factor on the rotated dims. */
+static void run_rope(int T, int n_heads, int head_dim, int rotary_dims, float scale, const char *what) {
     const size_t n = (size_t)T * n_heads * head_dim;
     float *x = random_floats(n, (uint64_t)(T * 100 + head_dim), 2.0f);
     float *before = copy_floats(x, n);
@@ -619,8 +620,8 @@ static void run_rope(int T, int n_heads, int head_dim, int rotary_dims, const ch
     float *inv_freq = checked_malloc(sizeof(float) * (size_t)(rotary_dims / 2 + 1));
     for (int i = 0; i < rotary_dims / 2; i++)
         inv_freq[i] = powf(10000.0f, -2.0f * (float)i / (float)rotary_dims);
-    CHECK_LAUNCH(pb_emu_rope(x, positions, inv_freq, T, n_heads, head_dim, rotary_dims));
-    CHECK_OK(g_ref->ops->rope(g_ref, want, positions, inv_freq, T, n_heads, head_dim, rotary_dims));
+    CHECK_LAUNCH(pb_emu_rope(x, positions, inv_freq, T, n_heads, head_dim, rotary_dims, scale));
+    CHECK_OK(g_ref->ops->rope(g_ref, want, positions, inv_freq, T, n_heads, head_dim, rotary_dims, scale));
     check_guard(x, n, what);
     /* the same fp32 angle; sincosf vs sinf/cosf (the same libm here, a
      * couple of ulp apart on a GPU) */
@@ -642,19 +643,27 @@ static void run_rope(int T, int n_heads, int head_dim, int rotary_dims, const ch
 
 static void test_rope(void **state) {
     (void)state;
-    run_rope(9, 3, 64, 64, "rope T=9 H=3 hd=64");
-    run_rope(7, 5, 48, 48, "rope T=7 H=5 hd=48");
-    run_rope(4, 2, 2, 2, "rope T=4 H=2 hd=2");
-    run_rope(3, 2, 134, 134, "rope T=3 H=2 hd=134 (half 67)");
+    run_rope(9, 3, 64, 64, 1.0f, "rope T=9 H=3 hd=64");
+    run_rope(7, 5, 48, 48, 1.0f, "rope T=7 H=5 hd=48");
+    run_rope(4, 2, 2, 2, 1.0f, "rope T=4 H=2 hd=2");
+    run_rope(3, 2, 134, 134, 1.0f, "rope T=3 H=2 hd=134 (half 67)");
+}
+
+/* LongRoPE (Phi-3 128k: attention factor sqrt(1 + ln 32 / ln 4096) on
+ * the whole head; Phi-4-mini: 0.75 of it). */
+static void test_rope_scaled(void **state) {
+    (void)state;
+    run_rope(9, 3, 96, 96, 1.1902380714f, "rope scaled T=9 H=3 hd=96 factor 1.19");
+    run_rope(7, 4, 128, 96, 1.1902380714f, "rope scaled partial T=7 H=4 hd=128 rotary 96");
 }
 
 /* GPT-NeoX's partial rotary (Pythia-70m: rotary_pct 0.25, 16 of 64), the whole
  * head given as rotary_dims, and the smallest pair. */
 static void test_rope_partial(void **state) {
     (void)state;
-    run_rope(9, 3, 64, 16, "rope partial T=9 H=3 hd=64 rotary 16");
-    run_rope(7, 5, 32, 32, "rope partial T=7 H=5 hd=32 rotary 32 (all)");
-    run_rope(6, 4, 8, 2, "rope partial T=6 H=4 hd=8 rotary 2");
+    run_rope(9, 3, 64, 16, 1.0f, "rope partial T=9 H=3 hd=64 rotary 16");
+    run_rope(7, 5, 32, 32, 1.0f, "rope partial T=7 H=5 hd=32 rotary 32 (all)");
+    run_rope(6, 4, 8, 2, 1.0f, "rope partial T=6 H=4 hd=8 rotary 2");
 }
 
 /* ---- attention ------------------------------------------------------------- */
@@ -1266,6 +1275,7 @@ int main(void) {
         cmocka_unit_test(test_layernorm),
         cmocka_unit_test(test_rope),
         cmocka_unit_test(test_rope_partial),
+        cmocka_unit_test(test_rope_scaled),
         cmocka_unit_test(test_attention),
         cmocka_unit_test(test_attention_params),
         cmocka_unit_test(test_attention_jobs),

@@ -514,16 +514,26 @@ static void test_new_families_refused(void **state) {
          "hidden_act \"gelu_fast\" is not supported for gptneox"},
         {"{\"model_type\": \"phi3\", \"hidden_size\": 64, \"num_attention_heads\": 4, \"num_hidden_layers\": 1,"
          " \"intermediate_size\": 8, \"max_position_embeddings\": 8, \"rms_norm_eps\": 1e-05, \"vocab_size\": 8,"
+         " \"original_max_position_embeddings\": 4,"
          " \"rope_scaling\": {\"type\": \"longrope\", \"long_factor\": [1.0], \"short_factor\": [1.0]}}",
-         PB_ERR_UNSUPPORTED, "rope_scaling type 'longrope' (LongRoPE, Phi-3's long-context scaling) is not supported"},
+         PB_ERR_FORMAT, "expected a list of 8 numbers (one per rotated pair)"},
+        {"{\"model_type\": \"phi3\", \"hidden_size\": 64, \"num_attention_heads\": 4, \"num_hidden_layers\": 1,"
+         " \"intermediate_size\": 8, \"max_position_embeddings\": 8, \"rms_norm_eps\": 1e-05, \"vocab_size\": 8,"
+         " \"original_max_position_embeddings\": 4, \"partial_rotary_factor\": 0.25, \"rope_scaling\": {\"type\":"
+         " \"longrope\", \"long_factor\": [1.0, 2.0], \"short_factor\": [1.0, -1.0]}}",
+         PB_ERR_FORMAT, "'rope_scaling.short_factor'[1] is -1"},
         {"{\"model_type\": \"phi3\", \"hidden_size\": 64, \"num_attention_heads\": 4, \"num_hidden_layers\": 1,"
          " \"intermediate_size\": 8, \"max_position_embeddings\": 8, \"rms_norm_eps\": 1e-05, \"vocab_size\": 8,"
          " \"rope_scaling\": {\"type\": \"su\"}}",
-         PB_ERR_UNSUPPORTED, "rope_scaling type 'su' (LongRoPE"},
+         PB_ERR_FORMAT, "missing key 'rope_scaling.original_max_position_embeddings'"},
         {"{\"model_type\": \"phi3\", \"hidden_size\": 64, \"num_attention_heads\": 4, \"num_hidden_layers\": 1,"
          " \"intermediate_size\": 8, \"max_position_embeddings\": 8, \"rms_norm_eps\": 1e-05, \"vocab_size\": 8,"
+         " \"partial_rotary_factor\": 0.5625}",
+         PB_ERR_FORMAT, "partial_rotary_factor 0.5625 turns 9 dimensions of each head"},
+        {"{\"model_type\": \"qwen2\", \"hidden_size\": 64, \"num_attention_heads\": 4, \"num_hidden_layers\": 1,"
+         " \"intermediate_size\": 8, \"max_position_embeddings\": 8, \"rms_norm_eps\": 1e-05, \"vocab_size\": 8,"
          " \"partial_rotary_factor\": 0.75}",
-         PB_ERR_UNSUPPORTED, "partial_rotary_factor 0.75 is not supported for phi3 (only 1.0)"},
+         PB_ERR_UNSUPPORTED, "partial_rotary_factor 0.75 is not supported for qwen2 (only 1.0)"},
         {"{\"model_type\": \"gpt_neox\", \"hidden_size\": 64, \"num_attention_heads\": 4, \"num_hidden_layers\": 1,"
          " \"intermediate_size\": 8, \"max_position_embeddings\": 8, \"layer_norm_eps\": 1e-05, \"vocab_size\": 8,"
          " \"attention_bias\": false}",

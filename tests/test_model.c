@@ -1,6 +1,6 @@
 /* The CPU model against transformers on the tiny fixtures, one per family
- * (llama, qwen2, gemma, gemma2, gemma3, qwen3, gpt2, gpt_neox, phi3,
- * olmo2: every hook point, the attention patterns where the fixture has
+ * (llama, qwen2, gemma, gemma2, gemma3, qwen3, gpt2, gpt_neox, phi3 and
+ * phi3 with LongRoPE, olmo2: every hook point, the attention patterns where the fixture has
  * them, and the logits, from both the GGUF llama.cpp's converter wrote and
  * the safetensors copy), plus
  * exact invariants: both formats give the same model, KV-cached greedy
@@ -18,23 +18,34 @@
 
 #include "formats/npy.h"
 #include "model/hooks.h"
+#include "model/model.h"
 #include "patchbay.h"
 #include "test_util.h"
 #include "tolerances.h"
 
-static int32_t *load_ids(const char *model, int *T) {
+/* A reference array of the fixture: sub (a case's subfolder, "short/", or
+ * "") then name. */
+static void case_file(char *path, size_t size, const char *model, const char *sub, const char *name) {
+    char file[256];
+    snprintf(file, sizeof file, "%s%s", sub, name);
+    tu_fixture_file(path, size, model, file);
+}
+
+static int32_t *load_case_ids(const char *model, const char *sub, int *T) {
     char path[1024];
-    tu_fixture_file(path, sizeof path, model, "ids.npy");
+    case_file(path, sizeof path, model, sub, "ids.npy");
     return tu_read_ids(path, T);
 }
 
-/* Forward with every hook captured; compares with the fixture. Returns the
- * logits (caller frees). */
-static float *check_against_reference(const char *model, const char *file) {
+static int32_t *load_ids(const char *model, int *T) { return load_case_ids(model, "", T); }
+
+/* Forward with every hook captured; compares with the fixture's case in
+ * subfolder sub ("" for the main one). Returns the logits (caller frees). */
+static float *check_case(const char *model, const char *file, const char *sub) {
     pb_model *m = tu_load_model(model, file, PB_BACKEND_CPU);
     const pb_model_config *c = pb_model_get_config(m);
     int T;
-    int32_t *ids = load_ids(model, &T);
+    int32_t *ids = load_case_ids(model, sub, &T);
     pb_capture *cap;
     assert_int_equal(pb_capture_create(&cap, m, "*"), PB_OK);
     /* every hook point the model has (pb_hook_kind_exists), once per
@@ -59,7 +70,7 @@ static float *check_against_reference(const char *model, const char *file) {
         const float *got = pb_capture_data(cap, i, &n_dims, shape);
         char path[1024], file_name[160];
         snprintf(file_name, sizeof file_name, "%s.npy", pb_capture_name(cap, i));
-        tu_fixture_file(path, sizeof path, model, file_name);
+        case_file(path, sizeof path, model, sub, file_name);
         void *ref;
         /* Fixtures older than the architecture issue lack the patterns
          * (test_hooks compares them with tests/fixtures/lens_patterns) and
@@ -89,7 +100,7 @@ static float *check_against_reference(const char *model, const char *file) {
         free(ref);
     }
     char path[1024];
-    tu_fixture_file(path, sizeof path, model, "logits.npy");
+    case_file(path, sizeof path, model, sub, "logits.npy");
     void *ref;
     int ref_dims;
     int64_t ref_shape[8];
@@ -97,8 +108,9 @@ static float *check_against_reference(const char *model, const char *file) {
     assert_int_equal(ref_shape[0], T);
     assert_int_equal(ref_shape[1], c->vocab_size);
     double max_abs = tu_max_abs_diff(logits, ref, (size_t)T * c->vocab_size);
-    printf("[ MEASURE  ] %s %-13s worst hook NMSE %.3g (%s), logits max |diff| %.3g, logits NMSE %.3g\n", model,
-           file ? file : "safetensors", worst, worst_name, max_abs, tu_nmse(logits, ref, (size_t)T * c->vocab_size));
+    printf("[ MEASURE  ] %s%s%s %-13s T=%d worst hook NMSE %.3g (%s), logits max |diff| %.3g, logits NMSE %.3g\n",
+           model, *sub ? " " : "", sub, file ? file : "safetensors", T, worst, worst_name, max_abs,
+           tu_nmse(logits, ref, (size_t)T * c->vocab_size));
     assert_true(max_abs <= PB_TOL_TINY_LOGITS_MAX_ABS);
     free(ref);
     free(ids);
@@ -106,6 +118,8 @@ static float *check_against_reference(const char *model, const char *file) {
     pb_model_free(m);
     return logits;
 }
+
+static float *check_against_reference(const char *model, const char *file) { return check_case(model, file, ""); }
 
 static void check_model(const char *model) {
     float *from_gguf = check_against_reference(model, "model.gguf");
@@ -131,6 +145,33 @@ static void test_tiny_gpt2(void **state) { check_model("tiny_gpt2"); }
 static void test_tiny_gpt_neox(void **state) { check_model("tiny_gpt_neox"); }
 static void test_tiny_phi3(void **state) { check_model("tiny_phi3"); }
 static void test_tiny_olmo2(void **state) { check_model("tiny_olmo2"); }
+
+/* LongRoPE (Phi-3 128k / Phi-4-mini: 12 of 16 dims rotated, original
+ * context 16): the main case has 20 tokens (long factors), short/ exactly
+ * 16 (short factors), each against transformers from both formats, which
+ * must read the same factors and attention factor. */
+static void test_tiny_phi3_longrope(void **state) {
+    (void)state;
+    check_model("tiny_phi3_longrope");
+    free(check_case("tiny_phi3_longrope", "model.gguf", "short/"));
+    free(check_case("tiny_phi3_longrope", NULL, "short/"));
+    pb_model *from_gguf = tu_load_model("tiny_phi3_longrope", "model.gguf", PB_BACKEND_CPU);
+    pb_model *from_st = tu_load_model("tiny_phi3_longrope", NULL, PB_BACKEND_CPU);
+    const pb_model_config *g = pb_model_get_config(from_gguf), *s = pb_model_get_config(from_st);
+    for (int f = 0; f < 2; f++) {
+        const pb_model_config *c = f ? s : g;
+        assert_int_equal(c->rope_scaling, PB_ROPE_SCALING_LONGROPE);
+        assert_int_equal(c->rotary_dims, 12);
+        assert_int_equal(c->rope_original_context, 16);
+        assert_float_equal(c->rope_attn_factor, sqrt(1.5), 1e-6);
+        assert_false(pb_rope_uses_long_factors(c, 16));
+        assert_true(pb_rope_uses_long_factors(c, 17));
+    }
+    assert_memory_equal(g->rope_short_factors, s->rope_short_factors, sizeof(float) * 6);
+    assert_memory_equal(g->rope_long_factors, s->rope_long_factors, sizeof(float) * 6);
+    pb_model_free(from_gguf);
+    pb_model_free(from_st);
+}
 
 /* The descriptor's fields as both formats fill them: from config.json,
  * and from a GGUF that stores only some of them (the rest come from the
@@ -506,6 +547,7 @@ int main(void) {
         cmocka_unit_test(test_tiny_gpt2),
         cmocka_unit_test(test_tiny_gpt_neox),
         cmocka_unit_test(test_tiny_phi3),
+        cmocka_unit_test(test_tiny_phi3_longrope),
         cmocka_unit_test(test_tiny_olmo2),
         cmocka_unit_test(test_transformer_lens_names),
         cmocka_unit_test(test_arch_config_values),

@@ -66,13 +66,24 @@ static void test_ref_exact_cases(void **state) {
      * (i, i+half) by p * inv_freq[i]. */
     float v[4] = {1, 2, 3, 4}, inv[2] = {0.5f, 0.25f};
     int32_t pos0 = 0, pos2 = 2;
-    assert_int_equal(b->ops->rope(b, v, &pos0, inv, 1, 1, 4, 4), PB_OK);
+    assert_int_equal(b->ops->rope(b, v, &pos0, inv, 1, 1, 4, 4, 1.0f), PB_OK);
     assert_float_equal(v[0], 1, 0);
     assert_float_equal(v[3], 4, 0);
-    assert_int_equal(b->ops->rope(b, v, &pos2, inv, 1, 1, 4, 4), PB_OK);
+    assert_int_equal(b->ops->rope(b, v, &pos2, inv, 1, 1, 4, 4, 1.0f), PB_OK);
     assert_float_equal(v[0], 1 * cosf(1.0f) - 3 * sinf(1.0f), 1e-6);
     assert_float_equal(v[2], 3 * cosf(1.0f) + 1 * sinf(1.0f), 1e-6);
     assert_float_equal(v[1], 2 * cosf(0.5f) - 4 * sinf(0.5f), 1e-6);
+    /* LongRoPE's attention factor scales the rotated pair: at position 0
+     * it is a plain multiply, at 2 the rotation times the factor */
+    float r[4] = {1, 2, 3, 4};
+    assert_int_equal(b->ops->rope(b, r, &pos0, inv, 1, 1, 4, 4, 1.5f), PB_OK);
+    assert_float_equal(r[0], 1.5, 0);
+    assert_float_equal(r[3], 6, 0);
+    assert_int_equal(b->ops->rope(b, r, &pos2, inv, 1, 1, 4, 2, 2.0f), PB_OK);
+    assert_float_equal(r[0], 2 * (1.5f * cosf(1.0f) - 3 * sinf(1.0f)), 1e-5);
+    assert_float_equal(r[1], 2 * (3 * cosf(1.0f) + 1.5f * sinf(1.0f)), 1e-5);
+    assert_float_equal(r[2], 4.5, 0); /* past rotary_dims = 2: untouched */
+    assert_float_equal(r[3], 6, 0);
     /* Attention: the first query sees only the first key, so it returns
      * v[0]; a zero query weighs visible keys equally. */
     float q[4] = {0, 0, 0, 0}, k[4] = {1, 0, 0, 1}, vv[4] = {2, 4, 6, 8}, z[4];
@@ -162,7 +173,7 @@ static void test_layernorm_activations_partial_rope(void **state) {
     for (int i = 0; i < 2; i++) {
         out[i] = alloc_guarded((size_t)T * heads * hd);
         memcpy(out[i], q, sizeof(float) * (size_t)T * heads * hd);
-        assert_int_equal(bs[i]->ops->rope(bs[i], out[i], pos, inv, T, heads, hd, rot), PB_OK);
+        assert_int_equal(bs[i]->ops->rope(bs[i], out[i], pos, inv, T, heads, hd, rot, 1.0f), PB_OK);
         check_guard(out[i], (size_t)T * heads * hd, "rope");
     }
     compare(out[1], out[0], (size_t)T * heads * hd, PB_TOL_ELEMENTWISE_NMSE, "partial rope");
@@ -171,7 +182,7 @@ static void test_layernorm_activations_partial_rope(void **state) {
             size_t at = ((size_t)t * heads + h) * hd;
             assert_memory_equal(out[0] + at + rot, q + at + rot, sizeof(float) * (size_t)(hd - rot));
             memcpy(head, q + at, sizeof(float) * rot);
-            assert_int_equal(p->ref->ops->rope(p->ref, head, &pos[t], inv, 1, 1, rot, rot), PB_OK);
+            assert_int_equal(p->ref->ops->rope(p->ref, head, &pos[t], inv, 1, 1, rot, rot, 1.0f), PB_OK);
             assert_memory_equal(head, out[0] + at, sizeof(float) * rot);
         }
     free(out[0]);
@@ -263,7 +274,7 @@ static void test_cpu_rope_attention_embed(void **state) {
         for (int i = 0; i < 2; i++) {
             rq[i] = alloc_guarded(qn);
             memcpy(rq[i], q, sizeof(float) * qn);
-            assert_int_equal(bs[i]->ops->rope(bs[i], rq[i], pos, inv, T, n_heads, hd, hd), PB_OK);
+            assert_int_equal(bs[i]->ops->rope(bs[i], rq[i], pos, inv, T, n_heads, hd, hd, 1.0f), PB_OK);
             check_guard(rq[i], qn, "rope");
             z[i] = alloc_guarded(qn);
             assert_int_equal(bs[i]->ops->attention(bs[i], z[i], q, k, v, T, T_kv, q_start, n_heads, n_kv, hd, NULL),

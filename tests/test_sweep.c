@@ -476,6 +476,60 @@ static void test_exec_one_upload_per_run(void **state) {
     pb_model_free(m);
 }
 
+/* LongRoPE picks its frequencies by each job's length: one run holding
+ * jobs of 16 tokens (short factors) and 20 (long), interleaved, gives each
+ * the final residual transformers computes for it alone. */
+static void test_exec_longrope_mixed_lengths(void **state) {
+    (void)state;
+    pb_model *m = load_fixture_model_on("tiny_phi3_longrope", PB_BACKEND_REFERENCE);
+    const pb_model_config *c = pb_model_get_config(m);
+    char path[1024];
+    int T[2];
+    int32_t *ids[2];
+    float *want[2];
+    const char *sub[2] = {"short/", ""};
+    for (int k = 0; k < 2; k++) {
+        char file[128];
+        snprintf(file, sizeof file, "%sids.npy", sub[k]);
+        tu_fixture_file(path, sizeof path, "tiny_phi3_longrope", file);
+        ids[k] = tu_read_ids(path, &T[k]);
+        snprintf(file, sizeof file, "%sblocks.%d.hook_resid_post.npy", sub[k], c->n_layers - 1);
+        tu_fixture_file(path, sizeof path, "tiny_phi3_longrope", file);
+        int n_dims;
+        int64_t shape[8];
+        if (pb_npy_read(path, (void **)&want[k], PB_NPY_F32, &n_dims, shape) != PB_OK)
+            fail_msg("%s", pb_last_error());
+    }
+    assert_true(!pb_rope_uses_long_factors(c, T[0]) && pb_rope_uses_long_factors(c, T[1]));
+    enum { JOBS = 4 };
+    size_t kv_job = (size_t)c->n_layers * T[1] * c->n_kv_heads * c->head_dim;
+    float *kv = calloc(2 * JOBS * kv_job, sizeof(float));
+    assert_non_null(kv);
+    pb_exec_job jobs[JOBS];
+    for (int j = 0; j < JOBS; j++)
+        jobs[j] = (pb_exec_job){.T = T[j % 2],
+                                .ids = ids[j % 2],
+                                .k_cache = kv + 2 * j * kv_job,
+                                .v_cache = kv + (2 * j + 1) * kv_job,
+                                .kv_capacity = T[1]};
+    pb_exec *e = NULL;
+    assert_int_equal(pb_exec_create(&e, m, 2 * (T[0] + T[1]), T[1]), PB_OK);
+    assert_int_equal(pb_exec_run(e, jobs, JOBS, 2 * c->n_layers, NULL, NULL), PB_OK);
+    for (int j = 0; j < JOBS; j++) {
+        double nmse = tu_nmse(pb_exec_output(e, j), want[j % 2], (size_t)T[j % 2] * c->d_model);
+        printf("[ MEASURE  ] longrope job %d (T=%d, %s factors): final residual NMSE %.3g vs transformers\n", j,
+               T[j % 2], j % 2 ? "long" : "short", nmse);
+        assert_true(nmse <= PB_TOL_TINY_HOOK_NMSE);
+    }
+    pb_exec_free(e);
+    free(kv);
+    for (int k = 0; k < 2; k++) {
+        free(ids[k]);
+        free(want[k]);
+    }
+    pb_model_free(m);
+}
+
 /* The download that fails in test_failure_at_every_download (1-based). */
 static int64_t g_fail_at;
 
@@ -601,9 +655,9 @@ static pb_status sticky_matmul(pb_backend *b, float *out, const float *x, const 
     return g_sticky_real->matmul(b, out, x, w, dtype, bias, rows, n, k);
 }
 static pb_status sticky_rope(pb_backend *b, float *x, const int32_t *positions, const float *inv_freq, int T,
-                             int n_heads, int head_dim, int rotary_dims) {
+                             int n_heads, int head_dim, int rotary_dims, float scale) {
     PB_TRY(sticky_check("rope"));
-    return g_sticky_real->rope(b, x, positions, inv_freq, T, n_heads, head_dim, rotary_dims);
+    return g_sticky_real->rope(b, x, positions, inv_freq, T, n_heads, head_dim, rotary_dims, scale);
 }
 static pb_status sticky_attention(pb_backend *b, float *out, const float *q, const float *k, const float *v, int T,
                                   int T_kv, int q_start, int n_heads, int n_kv_heads, int head_dim,
@@ -910,6 +964,7 @@ int main(void) {
         cmocka_unit_test(test_device_memory_path),
         cmocka_unit_test(test_device_memory_past_cap),
         cmocka_unit_test(test_exec_one_upload_per_run),
+        cmocka_unit_test(test_exec_longrope_mixed_lengths),
         cmocka_unit_test(test_failure_at_every_download),
         cmocka_unit_test(test_first_failure_survives_cleanup),
         cmocka_unit_test(test_metric_callback_and_worker_subsets),

@@ -74,6 +74,16 @@ static int common_prefix(const prompt_list *l, int keep) {
     return P > 0 ? P : 0;
 }
 
+/* P, or 0 when a prompt of l would rotate with other RoPE frequencies
+ * than a prefix of P positions (LongRoPE picks them by length): the
+ * prefix's keys must be the ones each prompt's own forward computes. */
+static int rope_safe_prefix(const pb_model_config *c, const prompt_list *l, int P) {
+    for (int i = 0; i < l->n; i++)
+        if (pb_rope_uses_long_factors(c, l->T[i]) != pb_rope_uses_long_factors(c, P))
+            return 0;
+    return P;
+}
+
 static int common_suffix(const prompt_list *l) {
     int S = l->T[0];
     for (int i = 1; i < l->n; i++) {
@@ -339,11 +349,13 @@ static pb_status prepare(pb_model *m, const pb_direction_inputs *in, work *w) {
     for (int i = 0; i < w->val.n; i++)
         if (w->val.T[i] > max_T)
             max_T = w->val.T[i];
-    w->P_train = common_prefix(&w->train, n_post);
-    w->P_val = common_prefix(&w->val, 1);
+    w->P_train = rope_safe_prefix(&m->cfg, &w->train, common_prefix(&w->train, n_post));
+    w->P_val = rope_safe_prefix(&m->cfg, &w->val, common_prefix(&w->val, 1));
     w->harmless_val = (prompt_list){.n = w->nn_val, .ids = w->val.ids + w->nh_val, .T = w->val.T + w->nh_val};
-    w->P_harmless = common_prefix(&w->harmless_val, 1);
-    int P_max = w->P_train > w->P_harmless ? w->P_train : w->P_harmless; /* P_harmless >= P_val */
+    w->P_harmless = rope_safe_prefix(&m->cfg, &w->harmless_val, common_prefix(&w->harmless_val, 1));
+    /* P_harmless >= P_val: the harmless prompts are some of val's, and
+     * when rope_safe_prefix zeroes P_harmless it zeroes P_val too */
+    int P_max = w->P_train > w->P_harmless ? w->P_train : w->P_harmless;
     int batch = in->max_batch_tokens > 0 ? in->max_batch_tokens : DEFAULT_BATCH_TOKENS;
     return runner_create(&w->r, m, batch, max_T, P_max);
 }

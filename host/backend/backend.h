@@ -91,10 +91,12 @@ typedef struct pb_backend_ops {
     /* In place, rotate-half (Hugging Face) convention over the first
      * rotary_dims (even, <= head_dim) of each head: x (T, n_heads, head_dim);
      * pair (i, i + rotary_dims/2) of position positions[t] rotates by
-     * positions[t] * inv_freq[i]; inv_freq (rotary_dims/2); positions (T);
-     * dims from rotary_dims on are left as they are (GPT-NeoX). */
+     * positions[t] * inv_freq[i] with its cosine and sine each multiplied
+     * by scale (LongRoPE's attention factor; 1 otherwise, which changes no
+     * bit); inv_freq (rotary_dims/2); positions (T); dims from rotary_dims
+     * on are left as they are (GPT-NeoX). */
     pb_status (*rope)(pb_backend *backend, float *x, const int32_t *positions, const float *inv_freq, int T,
-                      int n_heads, int head_dim, int rotary_dims);
+                      int n_heads, int head_dim, int rotary_dims, float scale);
     /* Causal grouped-query attention, scores shaped by params (host memory;
      * NULL: scale 1/sqrt(head_dim), no softcap, no window).
      * out (T, n_heads, head_dim); q (T, n_heads, head_dim);

@@ -113,15 +113,15 @@ static pb_status cpu_matmul(pb_backend *backend, float *out, const float *x, con
 }
 
 static pb_status cpu_rope(pb_backend *backend, float *x, const int32_t *positions, const float *inv_freq, int T,
-                          int n_heads, int head_dim, int rotary_dims) {
+                          int n_heads, int head_dim, int rotary_dims, float scale) {
     int half = rotary_dims / 2;
 #pragma omp parallel for num_threads(cpu_threads(backend)) if (T > 4)
     for (int t = 0; t < T; t++) {
-        float cosines[512], sines[512]; /* head_dim <= 1024 is checked at load */
+        float cosines[PB_MAX_ROPE_PAIRS], sines[PB_MAX_ROPE_PAIRS]; /* head_dim <= 1024 is checked at load */
         for (int i = 0; i < half; i++) {
             float angle = (float)positions[t] * inv_freq[i];
-            cosines[i] = cosf(angle);
-            sines[i] = sinf(angle);
+            cosines[i] = cosf(angle) * scale;
+            sines[i] = sinf(angle) * scale;
         }
         for (int h = 0; h < n_heads; h++) {
             float *v = x + ((size_t)t * n_heads + h) * head_dim;

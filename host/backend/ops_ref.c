@@ -91,15 +91,16 @@ static pb_status ref_matmul(pb_backend *backend, float *out, const float *x, con
 }
 
 static pb_status ref_rope(pb_backend *backend, float *x, const int32_t *positions, const float *inv_freq, int T,
-                          int n_heads, int head_dim, int rotary_dims) {
+                          int n_heads, int head_dim, int rotary_dims, float scale) {
     int half = rotary_dims / 2;
     for (int t = 0; t < T; t++)
         for (int h = 0; h < n_heads; h++) {
             float *v = x + ((size_t)t * n_heads + h) * head_dim;
             for (int i = 0; i < half; i++) {
-                /* The angle is formed in fp32, as transformers does. */
+                /* The angle is formed in fp32, as transformers does, and
+                 * the scale applied to cos and sin before they meet x. */
                 float angle = (float)positions[t] * inv_freq[i];
-                float c = cosf(angle), s = sinf(angle);
+                float c = cosf(angle) * scale, s = sinf(angle) * scale;
                 float a = v[i], b = v[i + half];
                 v[i] = a * c - b * s;
                 v[i + half] = b * c + a * s;

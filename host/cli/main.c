@@ -826,6 +826,10 @@ static int cmd_info(const options *o) {
            "qk_norm_full %d\n",
            c->norm == PB_NORM_LAYER ? "layernorm" : "rmsnorm", c->position == PB_POSITION_LEARNED ? "learned" : "rope",
            c->rotary_dims, c->plain_mlp, c->has_dense_bias, c->parallel_block, c->no_pre_norm, c->qk_norm_full);
+    if (c->rope_scaling == PB_ROPE_SCALING_LONGROPE)
+        printf("longrope_original_context %d\nlongrope_attn_factor %g\nlongrope_rule short factors for prompts of at "
+               "most %d tokens, long above (transformers' rule)\n",
+               c->rope_original_context, (double)c->rope_attn_factor, c->rope_original_context);
     pb_model_free(m);
     return 0;
 }

@@ -97,7 +97,7 @@ static pb_status check_block_count(const pb_gguf *g, const char *path, const cha
 
 /* The head dimension is ARCH.attention.key_length, else embedding_length /
  * head_count (llama.cpp's rule); ARCH.rope.dimension_count, when given,
- * must equal it, or in a family with partial rotary (gptneox) be fewer and
+ * must equal it, or in a family with partial rotary (gptneox, phi3) be fewer and
  * even: the rotary dimensions. */
 static pb_status gguf_head_dim(pb_model_config *c, const pb_gguf *g, const char *path, const pb_arch *arch) {
     const char *a = arch->name;
@@ -162,6 +162,48 @@ static pb_status gguf_rope_scaling(pb_model_config *c, const pb_gguf *g, const c
     return PB_OK;
 }
 
+/* One LongRoPE factor tensor (F32, one factor per rotated pair) into out. */
+static pb_status gguf_rope_factors(const pb_gguf *g, const char *path, const char *name, int pairs, float *out) {
+    const pb_gguf_tensor *t = pb_gguf_find_tensor(g, name);
+    if (!t)
+        return pb_fail(PB_ERR_FORMAT,
+                       "%s: LongRoPE needs both 'rope_factors_short.weight' and "
+                       "'rope_factors_long.weight'; '%s' is missing",
+                       path, name);
+    if (t->type != PB_GGML_F32 || t->n_elements != (uint64_t)pairs)
+        return pb_fail(PB_ERR_FORMAT,
+                       "%s: tensor '%s' must be F32 with %d elements (one per rotated pair), has %s "
+                       "with %llu",
+                       path, name, pairs, pb_ggml_type_name(t->type), (unsigned long long)t->n_elements);
+    memcpy(out, t->data, sizeof(float) * (size_t)pairs);
+    for (int i = 0; i < pairs; i++)
+        if (!(out[i] > 0.0f) || !isfinite(out[i]))
+            return pb_fail(PB_ERR_FORMAT, "%s: '%s'[%d] = %g is not a positive factor", path, name, i, (double)out[i]);
+    return PB_OK;
+}
+
+/* LongRoPE, as llama.cpp's converter writes it for Phi-3 (128k, 3.5,
+ * Phi-4-mini): the tensors rope_factors_short / rope_factors_long,
+ * ARCH.rope.scaling.original_context_length and ARCH.rope.scaling.attn_factor
+ * (when absent: sqrt(1 + ln(factor) / ln(original)), factor = context_length
+ * / original, as the converter computes it). */
+static pb_status gguf_longrope(pb_model_config *c, const pb_gguf *g, const char *path, const char *a) {
+    if (!pb_gguf_find_tensor(g, "rope_factors_short.weight") && !pb_gguf_find_tensor(g, "rope_factors_long.weight"))
+        return PB_OK;
+    if (c->rope_scaling != PB_ROPE_SCALING_NONE)
+        return pb_fail(PB_ERR_FORMAT, "%s: LongRoPE factor tensors together with %s.rope.scaling.type", path, a);
+    int pairs = (c->rotary_dims > 0 ? c->rotary_dims : c->head_dim) / 2;
+    c->rope_scaling = PB_ROPE_SCALING_LONGROPE;
+    PB_TRY(gguf_rope_factors(g, path, "rope_factors_short.weight", pairs, c->rope_short_factors));
+    PB_TRY(gguf_rope_factors(g, path, "rope_factors_long.weight", pairs, c->rope_long_factors));
+    PB_TRY(gguf_int(g, a, "rope.scaling.original_context_length", &c->rope_original_context, 1, 0));
+    double factor = (double)c->context_length / c->rope_original_context, fallback = 1.0;
+    if (factor > 1.0 && c->rope_original_context > 1)
+        fallback = sqrt(1.0 + log(factor) / log((double)c->rope_original_context));
+    c->rope_factor = (float)factor;
+    return gguf_float(g, a, "rope.scaling.attn_factor", &c->rope_attn_factor, 0, (float)fallback);
+}
+
 /* key (present) as a non-negative int32 into *out: 0 is a value here
  * ("none", "every layer"), unlike the sizes gguf_int reads. */
 static pb_status gguf_count(const pb_gguf *g, const char *path, const char *key, int *out) {
@@ -206,8 +248,7 @@ static pb_status gguf_sliding_pattern(pb_model_config *c, const pb_gguf *g, cons
 }
 
 /* The block's shape beyond Llama: norms, positions, MLP, biases, parallel
- * sublayers (ARCH.use_parallel_residual, the family's default when absent),
- * and what the family's llama.cpp graph cannot run (Phi-3's LongRoPE). */
+ * sublayers (ARCH.use_parallel_residual, the family's default when absent). */
 static pb_status gguf_blocks(pb_model_config *c, const pb_gguf *g, const char *path, const pb_arch *arch) {
     c->norm = arch->norm;
     c->position = arch->position;
@@ -224,11 +265,6 @@ static pb_status gguf_blocks(pb_model_config *c, const pb_gguf *g, const char *p
             return pb_fail_context(status, "%s", path);
         c->parallel_block = c->parallel_block != 0;
     }
-    if (pb_gguf_find_tensor(g, "rope_factors_long.weight") || pb_gguf_find_tensor(g, "rope_factors_short.weight"))
-        return pb_fail(PB_ERR_UNSUPPORTED,
-                       "%s: tensor 'rope_factors_long.weight' / 'rope_factors_short.weight': LongRoPE (Phi-3 "
-                       "128k context) is not supported",
-                       path);
     return PB_OK;
 }
 
@@ -323,6 +359,7 @@ static pb_status config_from_gguf(pb_model_config *c, const pb_gguf *g, const ch
                       &c->rms_eps, 1, 0));
     PB_TRY(gguf_float(g, a, "rope.freq_base", &c->rope_theta, 0, 10000.0f));
     PB_TRY(gguf_rope_scaling(c, g, path, a));
+    PB_TRY(gguf_longrope(c, g, path, a));
     int n_tokens = 0;
     if (pb_gguf_has_key(g, "tokenizer.ggml.tokens")) {
         pb_gguf_value_type type;

@@ -2,8 +2,9 @@
  * model/arch.h (each family's own key names: GPT-2's n_embd, n_layer ...).
  * Defaults follow transformers' own config classes (checked against
  * transformers 5.x), so a checkpoint means the same here as there; what the
- * engine cannot reproduce (other activations, missing biases, LongRoPE and
- * other RoPE variants, partial rotary outside GPT-NeoX) is refused instead
+ * engine cannot reproduce (other activations, missing biases, RoPE variants
+ * other than linear, llama3 and LongRoPE, partial rotary outside GPT-NeoX and
+ * Phi-3) is refused instead
  * of being run wrongly. */
 #define _POSIX_C_SOURCE 200809L
 
@@ -110,7 +111,7 @@ static pb_status read_token_id(const char *path, const json_t *object, const cha
 /* The fraction of each head RoPE turns: partial_rotary_factor (in the
  * RoPE dict, else the top level; GPT-NeoX's older configs: rotary_pct),
  * the family's default when absent. Only a family with partial rotary
- * (gptneox) may turn less than all of it; rotary_dims must be even. */
+ * (gptneox, phi3) may turn less than all of it; rotary_dims must be even. */
 static pb_status read_partial_rotary(const char *path, const json_t *root, const json_t *rope, const pb_arch *arch,
                                      pb_model_config *cfg) {
     const char *key = "partial_rotary_factor";
@@ -135,6 +136,53 @@ static pb_status read_partial_rotary(const char *path, const json_t *root, const
                        path, key, fraction, dims);
     cfg->rotary_dims = dims < cfg->head_dim ? dims : 0;
     return PB_OK;
+}
+
+/* rope[key]: one positive number per rotated pair into out. */
+static pb_status read_factor_list(const char *path, const char *prefix, const json_t *rope, const char *key,
+                                  const pb_model_config *cfg, float *out) {
+    int pairs = (cfg->rotary_dims > 0 ? cfg->rotary_dims : cfg->head_dim) / 2;
+    const json_t *list = get(rope, key);
+    char text[64];
+    if (!list)
+        return pb_fail(PB_ERR_FORMAT, "%s: missing key '%s%s'", path, prefix, key);
+    if (!json_is_array(list) || json_array_size(list) != (size_t)pairs)
+        return pb_fail(PB_ERR_FORMAT, "%s: key '%s%s' is %s, expected a list of %d numbers (one per rotated pair)",
+                       path, prefix, key, pb_json_describe(list, text, sizeof text), pairs);
+    for (int i = 0; i < pairs; i++) {
+        const json_t *item = json_array_get(list, (size_t)i);
+        float f = json_is_number(item) ? (float)json_number_value(item) : 0.0f;
+        if (!(f > 0.0f) || !isfinite(f))
+            return pb_fail(PB_ERR_FORMAT, "%s: '%s%s'[%d] is %s, expected a positive number", path, prefix, key, i,
+                           pb_json_describe(item, text, sizeof text));
+        out[i] = f;
+    }
+    return PB_OK;
+}
+
+/* LongRoPE as transformers' _compute_longrope_parameters reads it: the
+ * original context from the top level (Phi-3's own key, which
+ * standardize_rope_params lets win), else the dict; factor from the dict,
+ * else max_position_embeddings / original; attention_factor from the dict,
+ * else sqrt(1 + ln(factor) / ln(original)) (1 when factor <= 1). */
+static pb_status read_longrope(const char *path, const char *prefix, const json_t *root, const json_t *rope,
+                               pb_model_config *cfg) {
+    const char *key = "original_max_position_embeddings";
+    cfg->rope_scaling = PB_ROPE_SCALING_LONGROPE;
+    if (get(root, key))
+        PB_TRY(read_positive_int(path, "", root, key, 1, 0, &cfg->rope_original_context));
+    else
+        PB_TRY(read_positive_int(path, prefix, rope, key, 1, 0, &cfg->rope_original_context));
+    float factor;
+    PB_TRY(read_positive_float(path, prefix, rope, "factor", 0,
+                               (double)cfg->context_length / cfg->rope_original_context, &factor));
+    double fallback = 1.0;
+    if (factor > 1.0f && cfg->rope_original_context > 1)
+        fallback = sqrt(1.0 + log((double)factor) / log((double)cfg->rope_original_context));
+    PB_TRY(read_positive_float(path, prefix, rope, "attention_factor", 0, fallback, &cfg->rope_attn_factor));
+    cfg->rope_factor = factor;
+    PB_TRY(read_factor_list(path, prefix, rope, "short_factor", cfg, cfg->rope_short_factors));
+    return read_factor_list(path, prefix, rope, "long_factor", cfg, cfg->rope_long_factors);
 }
 
 /* The RoPE description, resolved the way transformers'
@@ -223,13 +271,10 @@ static pb_status read_rope(const char *path, const json_t *root, const pb_arch *
         return PB_OK;
     }
     if (strcmp(name, "longrope") == 0 || strcmp(name, "su") == 0)
-        return pb_fail(PB_ERR_UNSUPPORTED,
-                       "%s: %s type '%s' (LongRoPE, Phi-3's long-context scaling) is not supported (patchbay "
-                       "implements default, linear and llama3)",
-                       path, where, name);
+        return read_longrope(path, prefix, root, rope, cfg);
     return pb_fail(PB_ERR_UNSUPPORTED,
-                   "%s: %s type '%s' is not supported (patchbay implements default, linear and llama3)", path, where,
-                   name);
+                   "%s: %s type '%s' is not supported (patchbay implements default, linear, llama3 and longrope)", path,
+                   where, name);
 }
 
 /* Where the text model's settings live: the top level, or text_config

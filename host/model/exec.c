@@ -334,6 +334,31 @@ static pb_status sublayer_input(pb_exec *e, const float *from, const float *weig
     return pb_model_norm(m, e->xn, from, weight, bias, rows, (int)d);
 }
 
+/* RoPE on the packed q and k rows of the active jobs, one call per run of
+ * consecutive jobs whose sequences use the same frequencies (LongRoPE picks
+ * them by each job's length T; every other model has one run). */
+static pb_status rotate_queries_keys(pb_exec *e, const pb_exec_job *jobs, int n_active, int rows, int L) {
+    pb_model *m = e->model;
+    const pb_model_config *c = &m->cfg;
+    pb_backend *b = m->backend;
+    int dims = c->rotary_dims > 0 ? c->rotary_dims : c->head_dim;
+    size_t qd = (size_t)c->n_heads * c->head_dim, kvd = (size_t)c->n_kv_heads * c->head_dim;
+    float scale = pb_rope_scale(c);
+    for (int a = 0; a < n_active;) {
+        const float *inv_freq = pb_model_inv_freq(m, L, jobs[e->order[a]].T);
+        int next = a + 1;
+        while (next < n_active && pb_model_inv_freq(m, L, jobs[e->order[next]].T) == inv_freq)
+            next++;
+        int first = e->offset[e->order[a]], end = next < n_active ? e->offset[e->order[next]] : rows;
+        const int32_t *pos = e->pos + first;
+        PB_TRY(b->ops->rope(b, e->q + first * qd, pos, inv_freq, end - first, c->n_heads, c->head_dim, dims, scale));
+        PB_TRY(
+            b->ops->rope(b, e->k + first * kvd, pos, inv_freq, end - first, c->n_kv_heads, c->head_dim, dims, scale));
+        a = next;
+    }
+    return PB_OK;
+}
+
 /* q, k, v of xn (hook_q/k/v), then q/k norms and RoPE (hook_rot_q/k). */
 static pb_status queries_keys_values(pb_exec *e, const pb_layer_weights *W, const pb_exec_job *jobs, int n_active,
                                      int rows, int L, pb_exec_hook_fn fn, void *user) {
@@ -356,12 +381,8 @@ static pb_status queries_keys_values(pb_exec *e, const pb_layer_weights *W, cons
         PB_TRY(ops->rmsnorm(b, e->q, e->q, W->q_norm, rows * c->n_heads, c->head_dim, c->rms_eps));
         PB_TRY(ops->rmsnorm(b, e->k, e->k, W->k_norm, rows * c->n_kv_heads, c->head_dim, c->rms_eps));
     }
-    if (c->position == PB_POSITION_ROPE) {
-        const float *inv_freq = pb_model_inv_freq(m, L);
-        int dims = c->rotary_dims > 0 ? c->rotary_dims : c->head_dim;
-        PB_TRY(ops->rope(b, e->q, e->pos, inv_freq, rows, c->n_heads, c->head_dim, dims));
-        PB_TRY(ops->rope(b, e->k, e->pos, inv_freq, rows, c->n_kv_heads, c->head_dim, dims));
-    }
+    if (c->position == PB_POSITION_ROPE)
+        PB_TRY(rotate_queries_keys(e, jobs, n_active, rows, L));
     PB_TRY(hook_point(e, jobs, n_active, PB_HOOK_ROT_Q, L, e->q, fn, user));
     return hook_point(e, jobs, n_active, PB_HOOK_ROT_K, L, e->k, fn, user);
 }

@@ -85,16 +85,42 @@ pb_status pb_model_config_validate(const pb_model_config *c) {
                        "model config: llama3 rope scaling needs high_freq_factor (%g) > low_freq_factor (%g) "
                        "and original_max_position_embeddings (%d) > 0",
                        (double)c->rope_high_freq_factor, (double)c->rope_low_freq_factor, c->rope_original_context);
+    if (c->rope_scaling == PB_ROPE_SCALING_LONGROPE) {
+        if (c->rope_original_context <= 0 || !(c->rope_attn_factor > 0.0f) || !isfinite(c->rope_attn_factor))
+            return pb_fail(PB_ERR_FORMAT,
+                           "model config: longrope needs original_max_position_embeddings (%d) > 0 and a positive "
+                           "attention factor (%g)",
+                           c->rope_original_context, (double)c->rope_attn_factor);
+        int pairs = (c->rotary_dims > 0 ? c->rotary_dims : c->head_dim) / 2;
+        for (int i = 0; i < pairs; i++)
+            if (!(c->rope_short_factors[i] > 0.0f) || !(c->rope_long_factors[i] > 0.0f) ||
+                !isfinite(c->rope_short_factors[i]) || !isfinite(c->rope_long_factors[i]))
+                return pb_fail(PB_ERR_FORMAT,
+                               "model config: longrope factor pair %d (short %g, long %g) must be positive", i,
+                               (double)c->rope_short_factors[i], (double)c->rope_long_factors[i]);
+    }
     return pb_model_config_validate_arch(c);
 }
 
-void pb_rope_inv_freq(const pb_model_config *c, float *out) {
+int pb_rope_uses_long_factors(const pb_model_config *c, int T) {
+    return c->rope_scaling == PB_ROPE_SCALING_LONGROPE && T > c->rope_original_context;
+}
+
+float pb_rope_scale(const pb_model_config *c) {
+    return c->rope_scaling == PB_ROPE_SCALING_LONGROPE ? c->rope_attn_factor : 1.0f;
+}
+
+void pb_rope_inv_freq(const pb_model_config *c, int long_factors, float *out) {
     int dims = c->rotary_dims > 0 ? c->rotary_dims : c->head_dim, half = dims / 2;
     for (int i = 0; i < half; i++) {
         /* fp32 like transformers: 1 / base^(2i / dim), dim the rotated dims. */
         float exponent = (float)(2 * i) / (float)dims;
         float inv = 1.0f / powf(c->rope_theta, exponent);
-        if (c->rope_scaling == PB_ROPE_SCALING_LINEAR) {
+        if (c->rope_scaling == PB_ROPE_SCALING_LONGROPE) {
+            /* transformers: 1 / (factor * base^(2i / dim)), one rounding */
+            float factor = long_factors ? c->rope_long_factors[i] : c->rope_short_factors[i];
+            inv = 1.0f / (factor * powf(c->rope_theta, exponent));
+        } else if (c->rope_scaling == PB_ROPE_SCALING_LINEAR) {
             inv /= c->rope_factor;
         } else if (c->rope_scaling == PB_ROPE_SCALING_LLAMA3) {
             /* Llama 3.1: long wavelengths are slowed by `factor`, short ones
@@ -367,7 +393,7 @@ static pb_status place_rope(pb_model *m, const pb_weight_source *src, float *sta
     m->inv_freq_host = calloc(half, sizeof(float)); /* partial rotary fills rotary_dims / 2 of them */
     if (!m->inv_freq_host)
         return pb_fail(PB_ERR_OOM, "out of memory for RoPE frequencies");
-    pb_rope_inv_freq(&m->cfg, m->inv_freq_host);
+    pb_rope_inv_freq(&m->cfg, 0, m->inv_freq_host);
     if (pb_weight_source_has(src, "rope_freqs.weight")) {
         pb_tensor_info freqs;
         PB_TRY(pb_weight_source_find(src, "rope_freqs.weight", &freqs));
@@ -391,12 +417,25 @@ static pb_status place_rope(pb_model *m, const pb_weight_source *src, float *sta
         pb_model_config local = m->cfg;
         local.rope_theta = m->cfg.rope_theta_local;
         local.rope_scaling = PB_ROPE_SCALING_NONE;
-        pb_rope_inv_freq(&local, staging);
+        pb_rope_inv_freq(&local, 0, staging);
         cursor += rope_slot_bytes(&m->cfg);
         PB_TRY(m->backend->ops->upload(m->backend, cursor, staging, sizeof(float) * half));
         m->inv_freq_local = (float *)(void *)cursor;
     }
+    if (m->cfg.rope_scaling == PB_ROPE_SCALING_LONGROPE) {
+        /* LongRoPE: inv_freq holds the short factors' set, this the long one */
+        memset(staging, 0, sizeof(float) * half);
+        pb_rope_inv_freq(&m->cfg, 1, staging);
+        cursor += rope_slot_bytes(&m->cfg);
+        PB_TRY(m->backend->ops->upload(m->backend, cursor, staging, sizeof(float) * half));
+        m->inv_freq_long = (float *)(void *)cursor;
+    }
     return PB_OK;
+}
+
+/* Sets of RoPE frequencies the arena holds. */
+static int rope_slots(const pb_model_config *c) {
+    return 1 + (c->rope_theta_local > 0.0f) + (c->rope_scaling == PB_ROPE_SCALING_LONGROPE);
 }
 
 pb_status pb_model_norm(const pb_model *m, float *out, const float *x, const float *weight, const float *bias, int rows,
@@ -413,8 +452,10 @@ pb_attention_params pb_model_attention_params(const pb_model_config *c, int laye
     return p;
 }
 
-const float *pb_model_inv_freq(const pb_model *m, int layer) {
-    return m->inv_freq_local && pb_layer_is_sliding(&m->cfg, layer) ? m->inv_freq_local : m->inv_freq;
+const float *pb_model_inv_freq(const pb_model *m, int layer, int T) {
+    if (m->inv_freq_local && pb_layer_is_sliding(&m->cfg, layer))
+        return m->inv_freq_local;
+    return m->inv_freq_long && pb_rope_uses_long_factors(&m->cfg, T) ? m->inv_freq_long : m->inv_freq;
 }
 
 /* Allocates the arena (arena_bytes) and the host buffers for `largest`
@@ -454,7 +495,7 @@ static pb_status load_weights(pb_model *m, const pb_weight_source *src) {
     uint64_t total, largest;
     pb_status status = check_tensors(m, src, list, n, &total, &largest);
     if (status == PB_OK) {
-        m->arena_bytes = (size_t)(total + (c->rope_theta_local > 0.0f ? 2 : 1) * rope_slot_bytes(c));
+        m->arena_bytes = (size_t)(total + (uint64_t)rope_slots(c) * rope_slot_bytes(c));
         status = alloc_buffers(m, largest, &buf);
     }
     char *cursor = m->arena;

@@ -64,7 +64,9 @@ struct pb_model {
     float *inv_freq;      /* (head_dim / 2) in backend memory */
     float *inv_freq_host; /* (head_dim / 2) */
     float
-        *inv_freq_local; /* (head_dim / 2) in backend memory: sliding layers' RoPE (rope_theta_local > 0), else NULL */
+        *inv_freq_local;  /* (head_dim / 2) in backend memory: sliding layers' RoPE (rope_theta_local > 0), else NULL */
+    float *inv_freq_long; /* (head_dim / 2) in backend memory: LongRoPE's long factors (inv_freq: the short), else
+                             NULL */
     pb_layer_weights *layers; /* (n_layers) */
     pb_vocab vocab;
     /* text (model_text.c); a missing or unsupported tokenizer or template
@@ -81,17 +83,26 @@ struct pb_model {
 /* Checks hyperparameters for consistency (positive sizes, divisibility,
  * limits the kernels rely on). */
 pb_status pb_model_config_validate(const pb_model_config *cfg);
-/* RoPE inverse frequencies with the config's scaling: out (head_dim / 2). */
-void pb_rope_inv_freq(const pb_model_config *cfg, float *out);
+/* RoPE inverse frequencies with the config's scaling: out (rotated dims /
+ * 2); LongRoPE's long factors when long_factors, else its short ones. */
+void pb_rope_inv_freq(const pb_model_config *cfg, int long_factors, float *out);
+/* LongRoPE's rule, transformers': a sequence of T positions (the largest
+ * position + 1) uses the long factors iff T > rope_original_context. 0 for
+ * every other RoPE. */
+int pb_rope_uses_long_factors(const pb_model_config *cfg, int T);
+/* What RoPE multiplies the rotated dimensions by: LongRoPE's attention
+ * factor, else 1. */
+float pb_rope_scale(const pb_model_config *cfg);
 /* out (rows, d) = the model's norm (RMSNorm or LayerNorm, cfg.norm) of x
  * with weight and bias (either may be NULL: not applied). out may be x. */
 pb_status pb_model_norm(const pb_model *model, float *out, const float *x, const float *weight, const float *bias,
                         int rows, int d);
 /* Layer L's attention: scale, softcap, and window when it slides. */
 pb_attention_params pb_model_attention_params(const pb_model_config *cfg, int layer);
-/* Layer L's RoPE frequencies in backend memory (local on sliding layers
- * when the model has a local base). */
-const float *pb_model_inv_freq(const pb_model *model, int layer);
+/* Layer L's RoPE frequencies in backend memory for a sequence of T
+ * positions (local on sliding layers when the model has a local base;
+ * LongRoPE's set for T, pb_rope_uses_long_factors). */
+const float *pb_model_inv_freq(const pb_model *model, int layer, int T);
 /* Sets each layer's fused views (w_qkv, b_qkv, w_gate_up) where its
  * matrices are contiguous, and clears them where they are not. */
 void pb_model_fuse_views(pb_model *model);

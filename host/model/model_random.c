@@ -16,8 +16,11 @@ typedef struct named_shape {
 } named_shape;
 
 /* The architecture fields of a Llama-family shape: nothing beyond Llama. */
-#define LLAMA_BASELINE \
-    PB_ACTIVATION_SILU, 0, 0, 0.0f, 0.0f, 0.0f, 0.0f, 0, 0, 0.0f, PB_NORM_RMS, PB_POSITION_ROPE, 0, 0, 0, 0, 0, 0
+#define LLAMA_BASELINE                                                                                             \
+    PB_ACTIVATION_SILU, 0, 0, 0.0f, 0.0f, 0.0f, 0.0f, 0, 0, 0.0f, PB_NORM_RMS, PB_POSITION_ROPE, 0, 0, 0, 0, 0, 0, \
+        0.0f, {0}, {                                                                                               \
+        0                                                                                                          \
+    }
 
 /* arch, layers, d_model, heads, kv heads, head_dim, d_mlp, vocab, context,
  * eps, theta, scaling, factor, low, high, original context, qkv bias, tied,

@@ -428,6 +428,8 @@ static json_t *prompt_json(json_builder *b, const pb_sweep_view *v, const pb_pro
     put(b, o, "starts_with_bos",
         json_boolean(v->cfg->bos_id >= 0 && prompt->T > 0 && prompt->ids[0] == v->cfg->bos_id));
     put(b, o, "bos_added", json_boolean(pb_prompt_bos_added(prompt, v->model)));
+    if (v->cfg->rope_scaling == PB_ROPE_SCALING_LONGROPE)
+        put(b, o, "rope_factors", jstr(b, pb_rope_uses_long_factors(v->cfg, prompt->T) ? "long" : "short"));
     return o;
 }
 
@@ -553,6 +555,19 @@ static json_t *sites_json(json_builder *b, const pb_sweep_view *v) {
     return sites;
 }
 
+/* LongRoPE's settings and the rule that picked each prompt's factors (its
+ * "rope_factors"): transformers', not llama.cpp's (by context size). */
+static json_t *longrope_json(json_builder *b, const pb_model_config *cfg) {
+    json_t *r = jobj(b);
+    put(b, r, "scaling", jstr(b, "longrope"));
+    put(b, r, "original_context", jint(b, cfg->rope_original_context));
+    put(b, r, "attention_factor", jnum(b, cfg->rope_attn_factor));
+    put(b, r, "rule",
+        jstr(b, "a prompt of T tokens uses the long factors iff T > original_context (transformers: "
+                "largest position + 1), else the short ones"));
+    return r;
+}
+
 static json_t *results_json(const pb_sweep_view *v, const component_grids *grids, const pb_ranked *layers,
                             int n_layers_ranked, json_builder *b) {
     const pb_sweep_summary *sum = &v->summary;
@@ -568,6 +583,8 @@ static json_t *results_json(const pb_sweep_view *v, const component_grids *grids
     put(b, mc, "n_kv_heads", jint(b, cfg->n_kv_heads));
     put(b, mc, "head_dim", jint(b, cfg->head_dim));
     put(b, mc, "vocab_size", jint(b, cfg->vocab_size));
+    if (cfg->rope_scaling == PB_ROPE_SCALING_LONGROPE)
+        put(b, mc, "rope", longrope_json(b, cfg));
     put(b, root, "model_config", mc);
     put(b, root, "mode", jstr(b, pb_sweep_mode_name(sum->mode)));
     put(b, root, "metric", metric_json(b, v));

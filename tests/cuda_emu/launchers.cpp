@@ -34,8 +34,8 @@ int pb_emu_layernorm(float *out, const float *x, const float *weight, const floa
 }
 
 int pb_emu_rope(float *x, const int32_t *positions, const float *inv_freq, int T, int n_heads, int head_dim,
-                int rotary_dims) {
-    return pb_cuda_launch_rope(nullptr, x, positions, inv_freq, T, n_heads, head_dim, rotary_dims);
+                int rotary_dims, float scale) {
+    return pb_cuda_launch_rope(nullptr, x, positions, inv_freq, T, n_heads, head_dim, rotary_dims, scale);
 }
 
 size_t pb_emu_attention_shared_bytes(int head_dim) { return pb_cuda_attention_shared_bytes(head_dim); }

@@ -25,7 +25,7 @@ int pb_emu_rmsnorm(float *out, const float *x, const float *weight, int rows, in
 int pb_emu_add_bias(float *out, const float *bias, int rows, int n);
 int pb_emu_layernorm(float *out, const float *x, const float *weight, const float *bias, int rows, int d, float eps);
 int pb_emu_rope(float *x, const int32_t *positions, const float *inv_freq, int T, int n_heads, int head_dim,
-                int rotary_dims);
+                int rotary_dims, float scale);
 size_t pb_emu_attention_shared_bytes(int head_dim);
 /* params as backend.h's (NULL: the defaults), converted as backend_cuda.cu
  * does. */
