@@ -165,14 +165,15 @@ static pb_status prefill(run_state *s, const args *a) {
     PB_TRY(pb_exec_run(s->exec, s->jobs, a->seqs, 2 * c->n_layers, NULL, NULL));
     if (a->logits_all) {
         /* every job starts at step 0, so the packed rows are job 0's onwards */
-        PB_TRY(pb_exec_unembed(s->exec, s->logits, pb_exec_output(s->exec, 0), a->seqs * a->seq_len, m->output,
-                               c->vocab_size));
+        PB_TRY(pb_exec_unembed(s->exec, s->logits, pb_exec_output(s->exec, 0), a->seqs * a->seq_len, m->output.data,
+                               m->output.dtype, c->vocab_size));
     } else {
         for (int j = 0; j < a->seqs; j++) {
             const float *last = pb_exec_output(s->exec, j) + (size_t)(a->seq_len - 1) * c->d_model;
             PB_TRY(b->ops->copy(b, s->last_rows + (size_t)j * c->d_model, last, sizeof(float) * c->d_model));
         }
-        PB_TRY(pb_exec_unembed(s->exec, s->logits, s->last_rows, a->seqs, m->output, c->vocab_size));
+        PB_TRY(
+            pb_exec_unembed(s->exec, s->logits, s->last_rows, a->seqs, m->output.data, m->output.dtype, c->vocab_size));
     }
     return b->ops->synchronize(b);
 }

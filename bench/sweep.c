@@ -1,7 +1,7 @@
 /* Throughput of the batched patching engine beside its ceiling.
  *
  *   bench_sweep (MODEL | --random-model NAME[:LAYERS]) (SPEC.json | --default-sweep T)
- *               [--all-rows] [--backend cpu|cuda] [--dtype f32|bf16|f16] [--max-memory SIZE]
+ *               [--all-rows] [--backend cpu|cuda] [--dtype f32|bf16|f16|file] [--max-memory SIZE]
  *
  * Runs the sweep once (after a warm-up forward) and prints rows/s, the
  * FLOPs the engine actually executed and their rate, the FLOPs one full
@@ -156,9 +156,10 @@ static int parse_args(int argc, char **argv, bench_args *b) {
         }
     }
     if (!pb_cli_model_check(&b->model, "bench_sweep") || !!b->spec_path == (b->default_T > 0)) {
-        fprintf(stderr,
-                "usage: bench_sweep (MODEL | --random-model NAME[:LAYERS]) (SPEC.json | --default-sweep T)\n"
-                "                   [--all-rows] [--backend cpu|cuda] [--dtype f32|bf16|f16] [--max-memory SIZE]\n");
+        fprintf(
+            stderr,
+            "usage: bench_sweep (MODEL | --random-model NAME[:LAYERS]) (SPEC.json | --default-sweep T)\n"
+            "                   [--all-rows] [--backend cpu|cuda] [--dtype f32|bf16|f16|file] [--max-memory SIZE]\n");
         return 0;
     }
     return 1;
@@ -185,6 +186,8 @@ static void print_results(const pb_model *m, const pb_sweep *s, const pb_load_op
     double gflops = sum.flops_executed / seconds * 1e-9;
     printf("model             %s on %s, %s weights, T = %d\n", pb_model_get_source(m), pb_backend_name(load->backend),
            pb_dtype_name(load->dtype), pb_sweep_spec_of(s)->pairs[0].base.T);
+    printf("weights           %.1f MiB in memory (%s)\n", (double)pb_model_weight_bytes(m) / (1 << 20),
+           pb_dtype_name(load->dtype));
     printf("engine sweep      %lld rows (%lld executed, %lld exactly zero by construction) in %.3f s\n",
            (long long)sum.n_rows, (long long)sum.n_rows_executed, (long long)(sum.n_rows - sum.n_rows_executed),
            seconds);

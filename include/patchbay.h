@@ -142,13 +142,34 @@ typedef enum pb_backend_kind {
 /* Storage type of the weight matrices (projections, embedding, unembedding);
  * norms, biases and every activation stay fp32. With a 16-bit type a
  * projection rounds its input activations to the same type and accumulates
- * in fp32, as cuBLAS does with bf16/fp16 tensor-core GEMMs. */
-typedef enum pb_dtype { PB_DTYPE_F32 = 0, PB_DTYPE_BF16, PB_DTYPE_F16 } pb_dtype;
+ * in fp32, as cuBLAS does with bf16/fp16 tensor-core GEMMs.
+ * PB_DTYPE_FILE keeps each matrix a GGUF stores in ggml's quantised blocks
+ * (Q4_0 ... Q6_K) as it is, decoded into fp32 inside each projection with
+ * fp32 inputs, and holds every other matrix as fp32: the results equal
+ * those of the f32 load in a fraction of the memory (CPU and reference
+ * backends). The quantised members name a matrix's storage and are not
+ * load options. */
+typedef enum pb_dtype {
+    PB_DTYPE_F32 = 0,
+    PB_DTYPE_BF16,
+    PB_DTYPE_F16,
+    PB_DTYPE_FILE, /* load option only: every matrix as stored */
+    PB_DTYPE_Q4_0,
+    PB_DTYPE_Q4_1,
+    PB_DTYPE_Q5_0,
+    PB_DTYPE_Q5_1,
+    PB_DTYPE_Q8_0,
+    PB_DTYPE_Q2_K,
+    PB_DTYPE_Q3_K,
+    PB_DTYPE_Q4_K,
+    PB_DTYPE_Q5_K,
+    PB_DTYPE_Q6_K,
+} pb_dtype;
 
-/* "f32", "bf16", "f16" */
+/* "f32", "bf16", "f16", "file", "q4_0" ... "q6_k" */
 const char *pb_dtype_name(pb_dtype dtype);
-/* Parses "f32"/"fp32"/"float32", "bf16"/"bfloat16", "f16"/"fp16"/"float16";
- * PB_ERR_ARG naming the accepted spellings otherwise. */
+/* Parses "f32"/"fp32"/"float32", "bf16"/"bfloat16", "f16"/"fp16"/"float16",
+ * "file"/"native"; PB_ERR_ARG naming the accepted spellings otherwise. */
 pb_status pb_dtype_parse(const char *text, pb_dtype *out);
 
 typedef struct pb_load_options {
@@ -182,6 +203,8 @@ const char *pb_model_random_names(void);
 const char *pb_model_get_source(const pb_model *model);
 /* Bytes of weights resident in the backend's memory. */
 size_t pb_model_weight_bytes(const pb_model *model);
+/* 1 when some weight matrix is held in a quantised type (--dtype file). */
+int pb_model_has_quantised(const pb_model *model);
 void pb_model_free(pb_model *model);
 /* Borrowed; valid until pb_model_free. */
 const pb_model_config *pb_model_get_config(const pb_model *model);

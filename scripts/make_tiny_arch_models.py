@@ -310,24 +310,33 @@ conv.main()
 """
 
 
+def gguf_file_name(outtype: str) -> str:
+    """model.gguf for f32 (the folders' reference GGUF); model.<outtype>.gguf otherwise."""
+    return "model.gguf" if outtype == "f32" else f"model.{outtype}.gguf"
+
+
 def convert(folder: Path, family: str, override: str | None = None,
-            raw_keys: tuple[str, ...] = ()) -> dict[str, Any]:
+            raw_keys: tuple[str, ...] = (), outtype: str = "f32",
+            outfile: Path | None = None) -> dict[str, Any]:
     """override: the pre-tokenizer name to force (see _CONVERT); default:
-    "qwen2" for qwen3, none otherwise. raw_keys: see _CONVERT."""
+    "qwen2" for qwen3, none otherwise. raw_keys: see _CONVERT. outtype: the
+    converter's --outtype (f32 for the folders' model.gguf; q8_0 for
+    model.q8_0.gguf, scripts/make_q8_fixtures.py). outfile: default
+    folder / gguf_file_name(outtype)."""
     llama = llama_cpp_dir()
     if override is None:
         override = "qwen2" if family == "qwen3" else ""
-    out = folder / "model.gguf"
+    out = outfile if outfile is not None else folder / gguf_file_name(outtype)
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONHASHSEED="0")
     env.pop("NO_LOCAL_GGUF", None)
     proc = subprocess.run([sys.executable, "-c", _CONVERT, str(llama), override, ",".join(raw_keys), str(folder),
-                           "--outfile", str(out), "--outtype", "f32", "--model-name", f"tiny_{family}"],
+                           "--outfile", str(out), "--outtype", outtype, "--model-name", f"tiny_{family}"],
                           env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
         raise RuntimeError(f"convert_hf_to_gguf.py failed for {folder}")
     return {"converter": f"vendor/llama.cpp/convert_hf_to_gguf.py from {SDIST_PIN} (sha256 {SDIST_SHA256})",
-            "args": ["--outtype", "f32", "--model-name", f"tiny_{family}"],
+            "args": ["--outtype", outtype, "--model-name", f"tiny_{family}"],
             "pre_tokenizer_override": override or None,
             **({"config_keys_added_back_from_config_json": list(raw_keys)} if raw_keys else {})}
 

@@ -147,6 +147,15 @@ SPECS: dict[str, dict[str, Any]] = {
 PHI3 = ("phi3", "phi3_longrope")
 
 
+def convert_options(family: str) -> dict[str, Any]:
+    """The keyword arguments of make_tiny_arch_models.convert for a family:
+    the pre-tokenizer override and, for gpt_neox, rotary_pct added back to the
+    converter's hparams (see the module docstring). Also used by
+    scripts/make_q8_fixtures.py."""
+    return {"override": SPECS[family]["pre_override"],
+            "raw_keys": ("rotary_pct",) if family == "gpt_neox" else ()}
+
+
 def rotary_dims(family: str, spec: dict[str, Any]) -> int:
     if family == "gpt2":
         return 0
@@ -691,8 +700,7 @@ def make_one(family: str, out_root: Path) -> dict[str, Any]:
             assert torch.equal(acts[p + "hook_rot_q"][..., rot:], acts[p + "hook_q"][..., rot:])
             assert not torch.equal(acts[p + "hook_rot_q"][1:, :, :rot], acts[p + "hook_q"][1:, :, :rot])
 
-    conversion = arch.convert(folder, family, override=spec["pre_override"],
-                              raw_keys=("rotary_pct",) if family == "gpt_neox" else ())
+    conversion = arch.convert(folder, family, **convert_options(family))
     gguf_check = check_gguf(folder, family, spec, model)
     qkv_diff = check_gguf_qkv(folder, family, spec, model, acts)
     print(f"  GGUF q/k/v rows (layout as documented) vs hook_q/k/v: max |diff| {qkv_diff:.3g}")

@@ -279,9 +279,30 @@ def gguf_tensors(model, spec: dict[str, Any]) -> dict[str, np.ndarray]:
     return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in out.items()}
 
 
-def write_gguf(path: Path, model, spec: dict[str, Any]) -> dict[str, np.ndarray]:
+def converter_qtype(name: str, data: np.ndarray, outtype: str):
+    """The GGML type llama.cpp's convert_hf_to_gguf.py gives a tensor
+    (conversion/base.py ModelBase.prepare_tensors of the pinned sdist, see
+    make_tiny_arch_models.SDIST_PIN), for the tensors of these two models
+    (none is in the converter's always-F32 list): 1-D tensors and *_norm.weight
+    F32; other .weight tensors the --outtype's type. Q8_0 needs rows (the last
+    numpy axis) that are a multiple of 32; where not, gguf.quants.quantize
+    raises QuantError and the converter falls back to F16, as write_gguf does."""
     import gguf
 
+    if outtype == "f32" or data.ndim <= 1 or name.endswith("_norm.weight") or not name.endswith(".weight"):
+        return gguf.GGMLQuantizationType.F32
+    assert outtype == "q8_0", outtype
+    return gguf.GGMLQuantizationType.Q8_0
+
+
+def write_gguf(path: Path, model, spec: dict[str, Any], outtype: str = "f32") -> dict[str, np.ndarray]:
+    """outtype "f32": the folders' model.gguf. "q8_0": model.q8_0.gguf
+    (scripts/make_q8_fixtures.py), the same file but for general.file_type and
+    the tensors converter_qtype makes Q8_0 (or F16). Returns the float32
+    tensors either way."""
+    import gguf
+
+    assert outtype in ("f32", "q8_0"), outtype
     arch = spec["arch"]
     tensors = gguf_tensors(model, spec)
     tokens, types, merges = build_vocab(spec["vocab_size"])
@@ -305,7 +326,7 @@ def write_gguf(path: Path, model, spec: dict[str, Any]) -> dict[str, np.ndarray]
     # n_heads * head_dim (64) != d_model (48).
     writer.add_key_length(spec["head_dim"])
     writer.add_value_length(spec["head_dim"])
-    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+    writer.add_file_type(gguf.LlamaFileType.ALL_F32 if outtype == "f32" else gguf.LlamaFileType.MOSTLY_Q8_0)
     writer.add_vocab_size(spec["vocab_size"])
     writer.add_rope_dimension_count(spec["head_dim"])
     writer.add_tokenizer_model("gpt2")
@@ -319,7 +340,16 @@ def write_gguf(path: Path, model, spec: dict[str, Any]) -> dict[str, np.ndarray]
     writer.add_add_bos_token(False)
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     for name, data in tensors.items():
-        writer.add_tensor(name, data)
+        qtype = converter_qtype(name, data, outtype)
+        if qtype == gguf.GGMLQuantizationType.F32:
+            writer.add_tensor(name, data)
+            continue
+        try:
+            qdata = gguf.quants.quantize(data, qtype)
+        except gguf.QuantError:
+            qtype = gguf.GGMLQuantizationType.F16
+            qdata = gguf.quants.quantize(data, qtype)
+        writer.add_tensor(name, qdata, raw_dtype=qtype)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

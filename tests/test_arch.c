@@ -472,8 +472,8 @@ static void expect_norms(const pb_model *m, float offset) {
     expect_vector(m, L->mlp_post_norm, "blk.1.post_ffw_norm.weight", offset);
     expect_vector(m, m->final_norm, "output_norm.weight", offset);
     /* the new vectors leave q, k, v and gate, up adjacent: one GEMM each */
-    assert_non_null(L->w_qkv);
-    assert_non_null(L->w_gate_up);
+    assert_non_null(L->w_qkv.data);
+    assert_non_null(L->w_gate_up.data);
 }
 
 /* The same stored Gemma-3 values: a GGUF (llama.cpp's converter already
@@ -494,8 +494,8 @@ static void test_norm_offset(void **state) {
     expect_norms(g, 0.0f);
     expect_norms(s, 1.0f);
     float a[16 * 8], b[16 * 8];
-    assert_int_equal(pb_model_weights_download(g, a, g->layers[1].wq, 16 * 8), PB_OK);
-    assert_int_equal(pb_model_weights_download(s, b, s->layers[1].wq, 16 * 8), PB_OK);
+    assert_int_equal(pb_model_weights_download(g, a, g->layers[1].wq.data, g->layers[1].wq.dtype, 16 * 8), PB_OK);
+    assert_int_equal(pb_model_weights_download(s, b, s->layers[1].wq.data, s->layers[1].wq.dtype, 16 * 8), PB_OK);
     assert_memory_equal(a, b, sizeof a);
     assert_true(g->cfg.attn_scale == s->cfg.attn_scale && g->cfg.embed_scale == s->cfg.embed_scale);
     assert_true(g->cfg.sliding_window == s->cfg.sliding_window && g->cfg.sliding_period == s->cfg.sliding_period);
@@ -869,8 +869,8 @@ static void expect_both_formats(void **state, const char *name, const truth *w, 
         pb_weight_source_free(src);
         pb_model *m = load_ok(paths[i]);
         /* the split q, k, v (and gate, up) still sit back to back */
-        assert_non_null(m->layers[1].w_qkv);
-        assert_true(!m->cfg.plain_mlp == (m->layers[1].w_gate_up != NULL));
+        assert_non_null(m->layers[1].w_qkv.data);
+        assert_true(!m->cfg.plain_mlp == (m->layers[1].w_gate_up.data != NULL));
         assert_true((m->cfg.position == PB_POSITION_LEARNED) == (m->pos_embd != NULL));
         assert_true((m->cfg.norm == PB_NORM_LAYER) == (m->final_norm_b != NULL && m->layers[0].mlp_norm_b != NULL));
         assert_true(m->cfg.has_dense_bias == (m->layers[0].bo != NULL && m->layers[0].b_down != NULL));

@@ -321,7 +321,7 @@ static void test_sweep_nonfinite_message(void **state) {
         pb_model_free(m);
         skip();
     }
-    float *row = (float *)m->output + (size_t)50 * m->cfg.d_model; /* CPU backend: host memory */
+    float *row = (float *)m->output.data + (size_t)50 * m->cfg.d_model; /* CPU backend: host memory */
     float saved = row[3];
     row[3] = NAN;
     static const int kinds[3] = {0, 1, 3};

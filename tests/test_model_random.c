@@ -78,10 +78,10 @@ static uint32_t float_bits(float x) {
 }
 
 /* Widened weights of a matrix (rows x cols) of the model, malloc'd. */
-static float *matrix_f32(const pb_model *m, const void *w, size_t n) {
+static float *matrix_f32(const pb_model *m, const pb_matrix *w, size_t n) {
     float *out = malloc(sizeof(float) * n);
     assert_non_null(out);
-    if (pb_model_weights_download(m, out, w, n) != PB_OK)
+    if (pb_model_weights_download(m, out, w->data, w->dtype, n) != PB_OK)
         fail_msg("%s", pb_last_error());
     return out;
 }
@@ -130,7 +130,9 @@ static void test_generator_matches_numpy(void **state) {
             if (tensor == 1)
                 loaded = vector_f32(m, m->final_norm, (size_t)cfg->d_model);
             else {
-                const void *w = tensor == 0 ? m->token_embd : tensor == 3 ? m->layers[0].wq : m->layers[3].w_down;
+                const pb_matrix *w = tensor == 0   ? &m->token_embd
+                                     : tensor == 3 ? &m->layers[0].wq
+                                                   : &m->layers[3].w_down;
                 loaded = matrix_f32(m, w, n);
             }
             assert_memory_equal(loaded, got, sizeof(float) * n);
@@ -421,19 +423,19 @@ static void expect_rounded(const pb_model *f32, const pb_model *narrow, pb_dtype
     size_t changed = 0, total = 0;
     for (int l = -1; l < c->n_layers; l++) {
         const pb_layer_weights *A = l >= 0 ? &f32->layers[l] : NULL, *B = l >= 0 ? &narrow->layers[l] : NULL;
-        const void *wa[7], *wb[7];
+        const pb_matrix *wa[7], *wb[7];
         size_t count[7];
         int k = 0;
         if (l < 0) {
-            wa[k] = f32->token_embd, wb[k] = narrow->token_embd, count[k++] = (size_t)c->vocab_size * d;
+            wa[k] = &f32->token_embd, wb[k] = &narrow->token_embd, count[k++] = (size_t)c->vocab_size * d;
         } else {
-            wa[k] = A->wq, wb[k] = B->wq, count[k++] = q * d;
-            wa[k] = A->wk, wb[k] = B->wk, count[k++] = kv * d;
-            wa[k] = A->wv, wb[k] = B->wv, count[k++] = kv * d;
-            wa[k] = A->wo, wb[k] = B->wo, count[k++] = d * q;
-            wa[k] = A->w_gate, wb[k] = B->w_gate, count[k++] = (size_t)c->d_mlp * d;
-            wa[k] = A->w_up, wb[k] = B->w_up, count[k++] = (size_t)c->d_mlp * d;
-            wa[k] = A->w_down, wb[k] = B->w_down, count[k++] = d * (size_t)c->d_mlp;
+            wa[k] = &A->wq, wb[k] = &B->wq, count[k++] = q * d;
+            wa[k] = &A->wk, wb[k] = &B->wk, count[k++] = kv * d;
+            wa[k] = &A->wv, wb[k] = &B->wv, count[k++] = kv * d;
+            wa[k] = &A->wo, wb[k] = &B->wo, count[k++] = d * q;
+            wa[k] = &A->w_gate, wb[k] = &B->w_gate, count[k++] = (size_t)c->d_mlp * d;
+            wa[k] = &A->w_up, wb[k] = &B->w_up, count[k++] = (size_t)c->d_mlp * d;
+            wa[k] = &A->w_down, wb[k] = &B->w_down, count[k++] = d * (size_t)c->d_mlp;
         }
         for (int i = 0; i < k; i++) {
             float *x = matrix_f32(f32, wa[i], count[i]), *y = matrix_f32(narrow, wb[i], count[i]);
@@ -455,7 +457,7 @@ static void expect_rounded(const pb_model *f32, const pb_model *narrow, pb_dtype
         free(x);
         free(y);
     }
-    assert_ptr_equal(narrow->output, narrow->token_embd); /* tied */
+    assert_ptr_equal(narrow->output.data, narrow->token_embd.data); /* tied */
     /* A 16-bit copy that equalled the f32 one would prove nothing. */
     assert_true(changed > total / 2);
 }
@@ -556,17 +558,18 @@ static double rms_scale(const double *x, int d, double eps) {
 }
 
 /* out (n) = W (n, k) @ round(x) + bias, W widened, sums in double. */
-static void hand_matmul(double *out, const pb_model *m, const void *w, const float *bias, const double *x, int n,
+static void hand_matmul(double *out, const pb_model *m, const pb_matrix *w, const float *bias, const double *x, int n,
                         int k) {
     float *xr = malloc(sizeof(float) * (size_t)k), *row = malloc(sizeof(float) * (size_t)k);
     float *b = bias ? vector_f32(m, bias, (size_t)n) : NULL;
     assert_non_null(xr);
     assert_non_null(row);
     for (int i = 0; i < k; i++)
-        xr[i] = pb_dtype_round(m->wdtype, (float)x[i]);
-    size_t row_bytes = pb_dtype_size(m->wdtype) * (size_t)k;
+        xr[i] = pb_dtype_round(w->dtype, (float)x[i]);
+    size_t row_bytes = pb_dtype_bytes(w->dtype, (uint64_t)k);
     for (int r = 0; r < n; r++) {
-        if (pb_model_weights_download(m, row, (const char *)w + (size_t)r * row_bytes, (size_t)k) != PB_OK)
+        if (pb_model_weights_download(m, row, (const char *)w->data + (size_t)r * row_bytes, w->dtype, (size_t)k) !=
+            PB_OK)
             fail_msg("%s", pb_last_error());
         double s = b ? b[r] : 0.0;
         for (int i = 0; i < k; i++)
@@ -590,7 +593,9 @@ static void hand_forward_position0(const pb_model *m, int32_t id, double *logits
     double *v = calloc((size_t)kv, sizeof(double)), *z = calloc((size_t)q, sizeof(double));
     double *gate = calloc((size_t)c->d_mlp, sizeof(double)), *up = calloc((size_t)c->d_mlp, sizeof(double));
     double *o = calloc((size_t)d, sizeof(double));
-    float *row = matrix_f32(m, (const char *)m->token_embd + (size_t)id * d * pb_dtype_size(m->wdtype), (size_t)d);
+    pb_matrix embd_row = {(char *)m->token_embd.data + pb_dtype_bytes(m->token_embd.dtype, (uint64_t)id * d),
+                          m->token_embd.dtype};
+    float *row = matrix_f32(m, &embd_row, (size_t)d);
     for (int i = 0; i < d; i++)
         x[i] = row[i]; /* (d_model) */
     free(row);
@@ -600,11 +605,11 @@ static void hand_forward_position0(const pb_model *m, int32_t id, double *logits
     for (int i = 0; i < d; i++)
         h[i] = x[i] * s * norm[i];
     free(norm);
-    hand_matmul(v, m, L->wv, L->bv, h, kv, d); /* (n_kv_heads * head_dim) */
+    hand_matmul(v, m, &L->wv, L->bv, h, kv, d); /* (n_kv_heads * head_dim) */
     int group = c->n_heads / c->n_kv_heads;
     for (int head = 0; head < c->n_heads; head++)
         memcpy(z + (size_t)head * hd, v + (size_t)(head / group) * hd, sizeof(double) * (size_t)hd);
-    hand_matmul(o, m, L->wo, NULL, z, d, q);
+    hand_matmul(o, m, &L->wo, NULL, z, d, q);
     for (int i = 0; i < d; i++)
         x[i] += o[i];
     norm = vector_f32(m, L->mlp_norm, (size_t)d);
@@ -612,11 +617,11 @@ static void hand_forward_position0(const pb_model *m, int32_t id, double *logits
     for (int i = 0; i < d; i++)
         h[i] = x[i] * s * norm[i];
     free(norm);
-    hand_matmul(gate, m, L->w_gate, NULL, h, c->d_mlp, d);
-    hand_matmul(up, m, L->w_up, NULL, h, c->d_mlp, d);
+    hand_matmul(gate, m, &L->w_gate, NULL, h, c->d_mlp, d);
+    hand_matmul(up, m, &L->w_up, NULL, h, c->d_mlp, d);
     for (int i = 0; i < c->d_mlp; i++)
         gate[i] = gate[i] / (1.0 + exp(-gate[i])) * up[i];
-    hand_matmul(o, m, L->w_down, NULL, gate, d, c->d_mlp);
+    hand_matmul(o, m, &L->w_down, NULL, gate, d, c->d_mlp);
     for (int i = 0; i < d; i++)
         x[i] += o[i];
     norm = vector_f32(m, m->final_norm, (size_t)d);
@@ -624,7 +629,7 @@ static void hand_forward_position0(const pb_model *m, int32_t id, double *logits
     for (int i = 0; i < d; i++)
         h[i] = x[i] * s * norm[i];
     free(norm);
-    hand_matmul(logits, m, m->output, NULL, h, c->vocab_size, d);
+    hand_matmul(logits, m, &m->output, NULL, h, c->vocab_size, d);
     free(x);
     free(h);
     free(v);
@@ -645,11 +650,11 @@ static void check_real_shape(const char *name, const int32_t ids[4]) {
     assert_string_equal(pb_model_get_source(m), source);
     assert_int_equal(c->n_layers, 1);
     if (c->tied_embeddings) {
-        assert_ptr_equal(m->output, m->token_embd);
+        assert_ptr_equal(m->output.data, m->token_embd.data);
     } else {
         /* tensor 2 is the unembedding, its own weights */
-        assert_ptr_not_equal(m->output, m->token_embd);
-        float want[16], *got = matrix_f32(m, m->output, 16);
+        assert_ptr_not_equal(m->output.data, m->token_embd.data);
+        float want[16], *got = matrix_f32(m, &m->output, 16);
         pb_random_fill(want, 16, seed, 2, PB_RANDOM_MATRIX);
         for (int i = 0; i < 16; i++)
             assert_true(got[i] == pb_dtype_round(PB_DTYPE_BF16, want[i]));
@@ -755,14 +760,14 @@ static void test_fused_projections(void **state) {
                     ids[t] %= c->vocab_size;
                 for (int l = 0; l < c->n_layers; l++) {
                     const pb_layer_weights *L = &m->layers[l];
-                    assert_ptr_equal(L->w_qkv, L->wq);
+                    assert_ptr_equal(L->w_qkv.data, L->wq.data);
                     assert_ptr_equal(L->b_qkv, L->bq);
-                    assert_ptr_equal(L->w_gate_up, L->w_gate);
+                    assert_ptr_equal(L->w_gate_up.data, L->w_gate.data);
                 }
                 size_t n_fused, n_split;
                 float *fused = forward_all(m, ids, T, &n_fused);
                 for (int l = 0; l < c->n_layers; l++) {
-                    m->layers[l].w_qkv = m->layers[l].w_gate_up = NULL;
+                    m->layers[l].w_qkv.data = m->layers[l].w_gate_up.data = NULL;
                     m->layers[l].b_qkv = NULL;
                 }
                 float *split = forward_all(m, ids, T, &n_split);

@@ -870,10 +870,10 @@ static void test_noise_generator(void **state) {
     double sigma = json_real_value(json_object_get(noise, "sigma"));
     pb_model *m = load_fixture_model("tiny_gqa");
     const pb_model_config *c = pb_model_get_config(m);
-    assert_true(fabs(pb_noise_sigma(m->token_embd, (size_t)c->vocab_size * c->d_model) - sigma) <= 1e-15);
+    assert_true(fabs(pb_noise_sigma(m->token_embd.data, (size_t)c->vocab_size * c->d_model) - sigma) <= 1e-15);
     /* the sigma noise uses, computed at load so that no sweep downloads the
      * table: the same arithmetic on the same values, bit for bit */
-    assert_true(m->embed_sigma == pb_noise_sigma(m->token_embd, (size_t)c->vocab_size * c->d_model));
+    assert_true(m->embed_sigma == pb_noise_sigma(m->token_embd.data, (size_t)c->vocab_size * c->d_model));
     float values[8 * 64];
     pb_noise_fill(values, 3, c->d_model, json_real_value(json_object_get(noise, "scale")), sigma,
                   (uint64_t)json_integer_value(json_object_get(noise, "seed")));

@@ -178,12 +178,9 @@ static void test_random_matches_model(void **state) {
         const char *name;
         const void *weights;
     } checks[] = {
-        {"token_embd.weight", m->token_embd},
-        {"output_norm.weight", m->final_norm},
-        {"blk.0.attn_q.weight", m->layers[0].wq},
-        {"blk.0.attn_norm.weight", m->layers[0].attn_norm},
-        {"blk.1.attn_k.weight", m->layers[1].wk},
-        {"blk.1.ffn_down.weight", m->layers[1].w_down},
+        {"token_embd.weight", m->token_embd.data},        {"output_norm.weight", m->final_norm},
+        {"blk.0.attn_q.weight", m->layers[0].wq.data},    {"blk.0.attn_norm.weight", m->layers[0].attn_norm},
+        {"blk.1.attn_k.weight", m->layers[1].wk.data},    {"blk.1.ffn_down.weight", m->layers[1].w_down.data},
         {"blk.1.ffn_norm.weight", m->layers[1].mlp_norm},
     };
     for (size_t i = 0; i < sizeof checks / sizeof checks[0]; i++) {
@@ -192,7 +189,8 @@ static void test_random_matches_model(void **state) {
         float *expect = read_all(src, &info);
         float *got = malloc(sizeof(float) * (size_t)info.n_elements);
         assert_non_null(got);
-        assert_int_equal(pb_model_weights_download(m, got, checks[i].weights, (size_t)info.n_elements), PB_OK);
+        assert_int_equal(pb_model_weights_download(m, got, checks[i].weights, PB_DTYPE_F32, (size_t)info.n_elements),
+                         PB_OK);
         assert_memory_equal(got, expect, sizeof(float) * (size_t)info.n_elements);
         free(got);
         free(expect);

@@ -199,7 +199,8 @@ static pb_status run_prompts(runner *r, const prompt_list *l, int P, int stop_st
                     b->ops->copy(b, r->last_rows + (size_t)j * c->d_model,
                                  pb_exec_output(r->exec, offset + j) + (size_t)(l->T[first + j] - P - 1) * c->d_model,
                                  sizeof(float) * (size_t)c->d_model));
-            PB_TRY(pb_exec_unembed(r->exec, r->logits_dev, r->last_rows, n, m->output, c->vocab_size));
+            PB_TRY(pb_exec_unembed(r->exec, r->logits_dev, r->last_rows, n, m->output.data, m->output.dtype,
+                                   c->vocab_size));
             PB_TRY(b->ops->download(b, logits + (size_t)first * c->vocab_size, r->logits_dev,
                                     sizeof(float) * (size_t)n * c->vocab_size));
         }

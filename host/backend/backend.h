@@ -67,8 +67,9 @@ typedef struct pb_backend_ops {
     pb_status (*copy)(pb_backend *backend, void *dst_device, const void *src_device, size_t bytes);
     pb_status (*synchronize)(pb_backend *backend);
 
-    /* out (T, d) = table[ids[t]] widened to fp32, times scale (in fp32; 1:
-     * none), with table (vocab, d) of table_dtype; ids (T) in device memory. */
+    /* out (T, d) = table[ids[t]] widened (or decoded) to fp32, times scale
+     * (in fp32; 1: none), with table (vocab, d) of table_dtype (a quantised
+     * one: CPU backends only); ids (T) in device memory. */
     pb_status (*embed)(pb_backend *backend, float *out, const void *table, pb_dtype table_dtype, const int32_t *ids,
                        int T, int d, float scale);
     /* out (rows, d) = x / sqrt(mean(x^2) + eps) * weight; weight (d) may be NULL (no scaling); out may be x. */
@@ -85,7 +86,9 @@ typedef struct pb_backend_ops {
      * w is stored as w_dtype. For a 16-bit w_dtype, x is first rounded to
      * w_dtype (round to nearest even) and the products are summed in fp32
      * or wider: the contract of a bf16/fp16 tensor-core GEMM, kept by every
-     * backend so they agree to summation order. */
+     * backend so they agree to summation order. A quantised w_dtype (CPU
+     * backends only; rows of k / block blocks) is decoded to fp32 and x is
+     * used as it is: the product of the dequantised matrix. */
     pb_status (*matmul)(pb_backend *backend, float *out, const float *x, const void *w, pb_dtype w_dtype,
                         const float *bias, int rows, int n, int k);
     /* In place, rotate-half (Hugging Face) convention over the first

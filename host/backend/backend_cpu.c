@@ -43,7 +43,7 @@ static pb_status cpu_synchronize(pb_backend *backend) { return PB_OK; }
 
 static pb_status cpu_embed(pb_backend *backend, float *out, const void *table, pb_dtype table_dtype, const int32_t *ids,
                            int T, int d, float scale) {
-    size_t row_bytes = pb_dtype_size(table_dtype) * (size_t)d;
+    size_t row_bytes = pb_dtype_bytes(table_dtype, (uint64_t)d);
     for (int t = 0; t < T; t++)
         pb_dtype_to_f32(table_dtype, out + (size_t)t * d, (const char *)table + (size_t)ids[t] * row_bytes, (size_t)d);
     for (size_t i = 0; scale != 1.0f && i < (size_t)T * d; i++)
@@ -73,8 +73,17 @@ static pb_status cpu_rmsnorm(pb_backend *backend, float *out, const float *x, co
     return PB_OK;
 }
 
-/* Output columns per widened weight block of a 16-bit matmul. */
+/* Output columns per widened weight block of a 16-bit or quantised matmul. */
 #define CPU_WIDEN_ROWS 256
+
+/* out (rows, k) fp32 = rows of w_dtype from w, row_bytes apart, in
+ * parallel (each row decodes alone: the result is the same). */
+static void widen_rows(pb_backend *backend, pb_dtype w_dtype, float *out, const char *w, size_t row_bytes, int rows,
+                       int k) {
+#pragma omp parallel for num_threads(cpu_threads(backend)) if (rows >= 16)
+    for (int r = 0; r < rows; r++)
+        pb_dtype_to_f32(w_dtype, out + (size_t)r * k, w + (size_t)r * row_bytes, (size_t)k);
+}
 
 static pb_status cpu_matmul(pb_backend *backend, float *out, const float *x, const void *w, pb_dtype w_dtype,
                             const float *bias, int rows, int n, int k) {
@@ -93,7 +102,9 @@ static pb_status cpu_matmul(pb_backend *backend, float *out, const float *x, con
     }
     /* 16-bit weights: x rounded to w_dtype, weights widened block by block
      * (exact), then sgemm. Products of two 16-bit values are exact in fp32,
-     * so only the summation order differs from a tensor-core GEMM. */
+     * so only the summation order differs from a tensor-core GEMM.
+     * Quantised weights: decoded block by block (the values a dequantised
+     * model holds), x as it is. */
     size_t x_count = (size_t)rows * k, block = (size_t)CPU_WIDEN_ROWS * k;
     float *xr = malloc(sizeof(float) * (x_count + block));
     if (!xr)
@@ -102,10 +113,10 @@ static pb_status cpu_matmul(pb_backend *backend, float *out, const float *x, con
     float *wide = xr + x_count;
     for (size_t i = 0; i < x_count; i++)
         xr[i] = pb_dtype_round(w_dtype, x[i]);
-    size_t elem = pb_dtype_size(w_dtype);
+    size_t row_bytes = pb_dtype_bytes(w_dtype, (uint64_t)k);
     for (int c0 = 0; c0 < n; c0 += CPU_WIDEN_ROWS) {
         int cols = n - c0 < CPU_WIDEN_ROWS ? n - c0 : CPU_WIDEN_ROWS;
-        pb_dtype_to_f32(w_dtype, wide, (const char *)w + (size_t)c0 * k * elem, (size_t)cols * k);
+        widen_rows(backend, w_dtype, wide, (const char *)w + (size_t)c0 * row_bytes, row_bytes, cols, k);
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, cols, k, 1.0f, xr, k, wide, k, beta, out + c0, n);
     }
     free(xr);

@@ -29,20 +29,19 @@ static pb_status ref_memcpy(pb_backend *backend, void *dst, const void *src, siz
 
 static pb_status ref_synchronize(pb_backend *backend) { return PB_OK; }
 
-/* Element i of a weight stored as dtype, widened to fp32. */
-static float weight_at(const void *w, pb_dtype dtype, size_t i) {
-    switch (dtype) {
-    case PB_DTYPE_BF16: return pb_bf16_to_fp32(((const uint16_t *)w)[i]);
-    case PB_DTYPE_F16: return pb_fp16_to_fp32(((const uint16_t *)w)[i]);
-    default: return ((const float *)w)[i];
-    }
+/* Row r of a (rows, k) weight stored as dtype, widened or decoded to fp32. */
+static void weight_row(float *out, const void *w, pb_dtype dtype, size_t r, int k) {
+    pb_dtype_to_f32(dtype, out, (const char *)w + r * pb_dtype_bytes(dtype, (uint64_t)k), (size_t)k);
 }
 
 static pb_status ref_embed(pb_backend *backend, float *out, const void *table, pb_dtype table_dtype, const int32_t *ids,
                            int T, int d, float scale) {
-    for (int t = 0; t < T; t++)
+    for (int t = 0; t < T; t++) {
+        float *row = out + (size_t)t * d;
+        weight_row(row, table, table_dtype, (size_t)ids[t], d);
         for (int i = 0; i < d; i++)
-            out[(size_t)t * d + i] = weight_at(table, table_dtype, (size_t)ids[t] * d + i) * scale;
+            row[i] *= scale;
+    }
     return PB_OK;
 }
 
@@ -80,13 +79,24 @@ static pb_status ref_layernorm(pb_backend *backend, float *out, const float *x, 
 
 static pb_status ref_matmul(pb_backend *backend, float *out, const float *x, const void *w, pb_dtype w_dtype,
                             const float *bias, int rows, int n, int k) {
-    for (int r = 0; r < rows; r++)
-        for (int j = 0; j < n; j++) {
+    /* x rounded to a 16-bit w_dtype (used as it is for f32 and quantised
+     * weights), then each weight row decoded once */
+    float *xr = malloc(sizeof(float) * ((size_t)rows * k + (size_t)k));
+    if (!xr)
+        return pb_fail(PB_ERR_OOM, "reference matmul: out of memory for %d x %d inputs", rows, k);
+    float *wrow = xr + (size_t)rows * k;
+    for (size_t i = 0; i < (size_t)rows * k; i++)
+        xr[i] = pb_dtype_round(w_dtype, x[i]);
+    for (int j = 0; j < n; j++) {
+        weight_row(wrow, w, w_dtype, (size_t)j, k);
+        for (int r = 0; r < rows; r++) {
             double acc = bias ? bias[j] : 0.0;
             for (int i = 0; i < k; i++)
-                acc += (double)pb_dtype_round(w_dtype, x[(size_t)r * k + i]) * weight_at(w, w_dtype, (size_t)j * k + i);
+                acc += (double)xr[(size_t)r * k + i] * wrow[i];
             out[(size_t)r * n + j] = (float)acc;
         }
+    }
+    free(xr);
     return PB_OK;
 }
 

@@ -58,9 +58,11 @@ void pb_cli_model_table(pb_cli_model *o, pb_cli_option table[PB_CLI_MODEL_OPTION
          .target = &o->load.dtype,
          .parse = parse_dtype,
          .shared = 1,
-         .value = "f32|bf16|f16",
+         .value = "f32|bf16|f16|file",
          .help = "storage of the weight matrices (default f32); 16-bit weights round each projection's input "
-                 "to that type and accumulate in fp32"},
+                 "to that type and accumulate in fp32; file keeps a GGUF's quantised matrices (Q4_0 ... Q6_K) "
+                 "as stored, decoded inside each projection, the rest f32: the f32 results in a fraction of "
+                 "the memory (cpu and reference backends)"},
         {0},
     };
     memcpy(table, options, sizeof options);

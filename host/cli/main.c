@@ -830,6 +830,9 @@ static int cmd_info(const options *o) {
         printf("longrope_original_context %d\nlongrope_attn_factor %g\nlongrope_rule short factors for prompts of at "
                "most %d tokens, long above (transformers' rule)\n",
                c->rope_original_context, (double)c->rope_attn_factor, c->rope_original_context);
+    if (m)
+        printf("weights_dtype %s\nweights_mib %.1f\nweights_quantised %d\n", pb_dtype_name(o->model.load.dtype),
+               (double)pb_model_weight_bytes(m) / (1 << 20), pb_model_has_quantised(m));
     pb_model_free(m);
     return 0;
 }

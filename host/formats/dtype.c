@@ -1,6 +1,7 @@
 /* fp32 <-> bf16 / fp16 by bit manipulation, so the host's conversions are
  * the same on every compiler and match CUDA's __float2bfloat16_rn and
  * __float2half_rn (round to nearest even). Widening is quant.h's. */
+#include <assert.h>
 #include <math.h>
 #include <string.h>
 #include <strings.h>
@@ -9,12 +10,26 @@
 #include "util/internal.h"
 #include "formats/quant.h"
 
+/* Every dtype: its name and ggml type id (0 for FILE, which stores none). */
+static const struct {
+    pb_dtype dtype;
+    const char *name;
+    uint32_t ggml;
+} dtypes[] = {
+    {PB_DTYPE_F32, "f32", PB_GGML_F32},    {PB_DTYPE_BF16, "bf16", PB_GGML_BF16},
+    {PB_DTYPE_F16, "f16", PB_GGML_F16},    {PB_DTYPE_FILE, "file", 0},
+    {PB_DTYPE_Q4_0, "q4_0", PB_GGML_Q4_0}, {PB_DTYPE_Q4_1, "q4_1", PB_GGML_Q4_1},
+    {PB_DTYPE_Q5_0, "q5_0", PB_GGML_Q5_0}, {PB_DTYPE_Q5_1, "q5_1", PB_GGML_Q5_1},
+    {PB_DTYPE_Q8_0, "q8_0", PB_GGML_Q8_0}, {PB_DTYPE_Q2_K, "q2_k", PB_GGML_Q2_K},
+    {PB_DTYPE_Q3_K, "q3_k", PB_GGML_Q3_K}, {PB_DTYPE_Q4_K, "q4_k", PB_GGML_Q4_K},
+    {PB_DTYPE_Q5_K, "q5_k", PB_GGML_Q5_K}, {PB_DTYPE_Q6_K, "q6_k", PB_GGML_Q6_K},
+};
+#define N_DTYPES (sizeof dtypes / sizeof dtypes[0])
+
 const char *pb_dtype_name(pb_dtype dtype) {
-    switch (dtype) {
-    case PB_DTYPE_F32: return "f32";
-    case PB_DTYPE_BF16: return "bf16";
-    case PB_DTYPE_F16: return "f16";
-    }
+    for (size_t i = 0; i < N_DTYPES; i++)
+        if (dtypes[i].dtype == dtype)
+            return dtypes[i].name;
     return "unknown";
 }
 
@@ -23,18 +38,50 @@ pb_status pb_dtype_parse(const char *text, pb_dtype *out) {
         const char *name;
         pb_dtype dtype;
     } names[] = {
-        {"f32", PB_DTYPE_F32},       {"fp32", PB_DTYPE_F32}, {"float32", PB_DTYPE_F32}, {"bf16", PB_DTYPE_BF16},
-        {"bfloat16", PB_DTYPE_BF16}, {"f16", PB_DTYPE_F16},  {"fp16", PB_DTYPE_F16},    {"float16", PB_DTYPE_F16},
+        {"f32", PB_DTYPE_F32},       {"fp32", PB_DTYPE_F32},    {"float32", PB_DTYPE_F32}, {"bf16", PB_DTYPE_BF16},
+        {"bfloat16", PB_DTYPE_BF16}, {"f16", PB_DTYPE_F16},     {"fp16", PB_DTYPE_F16},    {"float16", PB_DTYPE_F16},
+        {"file", PB_DTYPE_FILE},     {"native", PB_DTYPE_FILE},
     };
     for (size_t i = 0; text && i < sizeof names / sizeof names[0]; i++)
         if (strcasecmp(text, names[i].name) == 0) {
             *out = names[i].dtype;
             return PB_OK;
         }
-    return pb_fail(PB_ERR_ARG, "unknown dtype '%s' (expected f32, bf16 or f16)", text ? text : "(null)");
+    return pb_fail(PB_ERR_ARG, "unknown dtype '%s' (expected f32, bf16, f16 or file)", text ? text : "(null)");
 }
 
-size_t pb_dtype_size(pb_dtype dtype) { return dtype == PB_DTYPE_F32 ? 4 : 2; }
+size_t pb_dtype_size(pb_dtype dtype) {
+    return dtype == PB_DTYPE_F32 ? 4 : dtype == PB_DTYPE_BF16 || dtype == PB_DTYPE_F16 ? 2 : 0;
+}
+
+int pb_dtype_is_quantised(pb_dtype dtype) { return dtype >= PB_DTYPE_Q4_0 && dtype <= PB_DTYPE_Q6_K; }
+
+int pb_dtype_block(pb_dtype dtype) {
+    return pb_dtype_is_quantised(dtype) ? (int)pb_ggml_block_size(pb_dtype_ggml(dtype)) : 1;
+}
+
+size_t pb_dtype_bytes(pb_dtype dtype, uint64_t n) {
+    if (!pb_dtype_is_quantised(dtype))
+        return pb_dtype_size(dtype) * (size_t)n;
+    uint32_t type = pb_dtype_ggml(dtype);
+    return (size_t)(n / pb_ggml_block_size(type)) * pb_ggml_block_bytes(type);
+}
+
+uint32_t pb_dtype_ggml(pb_dtype dtype) {
+    for (size_t i = 0; i < N_DTYPES; i++)
+        if (dtypes[i].dtype == dtype)
+            return dtypes[i].ggml;
+    return 0;
+}
+
+int pb_dtype_from_ggml(uint32_t type, pb_dtype *out) {
+    for (size_t i = 0; i < N_DTYPES; i++)
+        if (dtypes[i].dtype != PB_DTYPE_FILE && dtypes[i].ggml == type) {
+            *out = dtypes[i].dtype;
+            return 1;
+        }
+    return 0;
+}
 
 static uint32_t float_bits(float x) {
     uint32_t u;
@@ -104,6 +151,14 @@ void pb_dtype_from_f32(pb_dtype dtype, void *dst, const float *src, size_t n) {
 void pb_dtype_to_f32(pb_dtype dtype, float *dst, const void *src, size_t n) {
     if (dtype == PB_DTYPE_F32) {
         memcpy(dst, src, n * sizeof(float));
+        return;
+    }
+    if (pb_dtype_is_quantised(dtype)) {
+        /* n is a whole number of blocks of a type quant.c decodes: the
+         * loader stored only such matrices */
+        pb_status status = pb_dequantize(dst, src, pb_dtype_ggml(dtype), n);
+        assert(status == PB_OK);
+        (void)status;
         return;
     }
     const uint16_t *in = src;

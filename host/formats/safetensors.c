@@ -63,8 +63,8 @@ static const char *dtype_name(pb_dtype dtype) {
     case PB_DTYPE_F32: return "F32";
     case PB_DTYPE_F16: return "F16";
     case PB_DTYPE_BF16: return "BF16";
+    default: return "?"; /* safetensors holds no other */
     }
-    return "?";
 }
 
 static uint64_t dtype_size(pb_dtype dtype) { return dtype == PB_DTYPE_F32 ? 4 : 2; }
@@ -676,5 +676,6 @@ void pb_st_tensor_to_f32(const pb_st_tensor *tensor, float *out) {
         for (uint64_t i = 0; i < n; i++, p += 2)
             out[i] = bits_to_f32(((uint32_t)p[0] | (uint32_t)p[1] << 8) << 16);
         break;
+    default: break; /* the parser admits no other dtype */
     }
 }

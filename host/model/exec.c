@@ -249,13 +249,13 @@ static pb_status project_qkv(pb_exec *e, const pb_layer_weights *W, int rows) {
     const pb_model_config *c = &m->cfg;
     pb_backend *b = m->backend;
     size_t d = (size_t)c->d_model, qd = (size_t)c->n_heads * c->head_dim, kvd = (size_t)c->n_kv_heads * c->head_dim;
-    if (!W->w_qkv) {
-        PB_TRY(b->ops->matmul(b, e->q, e->xn, W->wq, m->wdtype, W->bq, rows, (int)qd, (int)d));
-        PB_TRY(b->ops->matmul(b, e->k, e->xn, W->wk, m->wdtype, W->bk, rows, (int)kvd, (int)d));
-        return b->ops->matmul(b, e->v, e->xn, W->wv, m->wdtype, W->bv, rows, (int)kvd, (int)d);
+    if (!W->w_qkv.data) {
+        PB_TRY(b->ops->matmul(b, e->q, e->xn, W->wq.data, W->wq.dtype, W->bq, rows, (int)qd, (int)d));
+        PB_TRY(b->ops->matmul(b, e->k, e->xn, W->wk.data, W->wk.dtype, W->bk, rows, (int)kvd, (int)d));
+        return b->ops->matmul(b, e->v, e->xn, W->wv.data, W->wv.dtype, W->bv, rows, (int)kvd, (int)d);
     }
     size_t n = qd + 2 * kvd;
-    PB_TRY(b->ops->matmul(b, e->fused, e->xn, W->w_qkv, m->wdtype, W->b_qkv, rows, (int)n, (int)d));
+    PB_TRY(b->ops->matmul(b, e->fused, e->xn, W->w_qkv.data, W->w_qkv.dtype, W->b_qkv, rows, (int)n, (int)d));
     PB_TRY(split_columns(e, e->q, e->fused, n, 0, qd, rows));
     PB_TRY(split_columns(e, e->k, e->fused, n, qd, kvd, rows));
     return split_columns(e, e->v, e->fused, n, qd + kvd, kvd, rows);
@@ -271,15 +271,16 @@ static pb_status mlp_activation(pb_exec *e, const pb_layer_weights *W, int rows)
     size_t mlp = (size_t)c->d_mlp;
     if (c->plain_mlp) {
         /* act(up x + b_up), no gate (GPT-2, GPT-NeoX) */
-        PB_TRY(b->ops->matmul(b, e->gate, e->xn, W->w_up, m->wdtype, W->b_up, rows, c->d_mlp, c->d_model));
+        PB_TRY(b->ops->matmul(b, e->gate, e->xn, W->w_up.data, W->w_up.dtype, W->b_up, rows, c->d_mlp, c->d_model));
         return b->ops->activate(b, e->gate, (size_t)rows * mlp, c->activation);
     }
-    if (!W->w_gate_up) {
-        PB_TRY(b->ops->matmul(b, e->gate, e->xn, W->w_gate, m->wdtype, NULL, rows, c->d_mlp, c->d_model));
-        PB_TRY(b->ops->matmul(b, e->up, e->xn, W->w_up, m->wdtype, NULL, rows, c->d_mlp, c->d_model));
+    if (!W->w_gate_up.data) {
+        PB_TRY(b->ops->matmul(b, e->gate, e->xn, W->w_gate.data, W->w_gate.dtype, NULL, rows, c->d_mlp, c->d_model));
+        PB_TRY(b->ops->matmul(b, e->up, e->xn, W->w_up.data, W->w_up.dtype, NULL, rows, c->d_mlp, c->d_model));
         return b->ops->glu(b, e->gate, e->gate, e->up, (size_t)rows, mlp, mlp, c->activation);
     }
-    PB_TRY(b->ops->matmul(b, e->fused, e->xn, W->w_gate_up, m->wdtype, NULL, rows, 2 * c->d_mlp, c->d_model));
+    PB_TRY(b->ops->matmul(b, e->fused, e->xn, W->w_gate_up.data, W->w_gate_up.dtype, NULL, rows, 2 * c->d_mlp,
+                          c->d_model));
     return b->ops->glu(b, e->gate, e->fused, e->fused + mlp, (size_t)rows, mlp, 2 * mlp, c->activation);
 }
 
@@ -469,7 +470,7 @@ static pb_status attention_block(pb_exec *e, const pb_layer_weights *W, const pb
                               c->n_kv_heads, c->head_dim, &params));
     }
     PB_TRY(hook_point(e, jobs, n_active, PB_HOOK_Z, L, e->z, fn, user));
-    PB_TRY(ops->matmul(b, e->sub, e->z, W->wo, m->wdtype, W->bo, rows, d, qd));
+    PB_TRY(ops->matmul(b, e->sub, e->z, W->wo.data, W->wo.dtype, W->bo, rows, d, qd));
     e->flops += 2.0 * rows * d * qd;
     PB_TRY(post_norm(e, jobs, n_active, rows, PB_HOOK_ATTN_POST_IN, L, W->attn_post_norm, fn, user));
     PB_TRY(hook_point(e, jobs, n_active, PB_HOOK_ATTN_OUT, L, e->sub, fn, user));
@@ -487,7 +488,7 @@ static pb_status mlp_sublayer(pb_exec *e, const pb_layer_weights *W, const pb_ex
     int d = c->d_model;
     PB_TRY(sublayer_input(e, from, W->mlp_norm, W->mlp_norm_b, rows));
     PB_TRY(mlp_activation(e, W, rows));
-    PB_TRY(b->ops->matmul(b, e->sub, e->gate, W->w_down, m->wdtype, W->b_down, rows, d, c->d_mlp));
+    PB_TRY(b->ops->matmul(b, e->sub, e->gate, W->w_down.data, W->w_down.dtype, W->b_down, rows, d, c->d_mlp));
     e->flops += (c->plain_mlp ? 4.0 : 6.0) * rows * d * c->d_mlp;
     PB_TRY(post_norm(e, jobs, n_active, rows, PB_HOOK_MLP_POST_IN, L, W->mlp_post_norm, fn, user));
     PB_TRY(hook_point(e, jobs, n_active, PB_HOOK_MLP_OUT, L, e->sub, fn, user));
@@ -513,7 +514,7 @@ static pb_status activate(pb_exec *e, const pb_exec_job *job, int j, pb_exec_hoo
     if (job->start_step > 0)
         return ops->copy(b, rows, job->init_x + (size_t)job->p0 * d, sizeof(float) * (size_t)n * d);
     float scale = m->cfg.embed_scale > 0.0f ? m->cfg.embed_scale : 1.0f;
-    PB_TRY(ops->embed(b, rows, m->token_embd, m->wdtype, e->ids + e->offset[j], n, d, scale));
+    PB_TRY(ops->embed(b, rows, m->token_embd.data, m->token_embd.dtype, e->ids + e->offset[j], n, d, scale));
     if (job->embed_delta)
         PB_TRY(ops->add(b, rows, rows, job->embed_delta + (size_t)job->p0 * d, (size_t)n * d));
     if (fn)
@@ -591,13 +592,14 @@ pb_status pb_exec_run(pb_exec *e, const pb_exec_job *jobs, int n_jobs, int stop_
     return PB_OK;
 }
 
-pb_status pb_exec_unembed(pb_exec *e, float *out, const float *x, int rows, const void *w, int n_out) {
+pb_status pb_exec_unembed(pb_exec *e, float *out, const float *x, int rows, const void *w, pb_dtype w_dtype,
+                          int n_out) {
     pb_model *m = e->model;
     const pb_model_config *c = &m->cfg;
     if (rows > e->max_tokens)
         return pb_fail(PB_ERR_ARG, "unembed: %d rows exceed the workspace of %d", rows, e->max_tokens);
     PB_TRY(pb_model_norm(m, e->xn, x, m->final_norm, m->final_norm_b, rows, c->d_model));
-    PB_TRY(m->backend->ops->matmul(m->backend, out, e->xn, w, m->wdtype, NULL, rows, n_out, c->d_model));
+    PB_TRY(m->backend->ops->matmul(m->backend, out, e->xn, w, w_dtype, NULL, rows, n_out, c->d_model));
     if (c->final_softcap > 0.0f)
         PB_TRY(m->backend->ops->softcap(m->backend, out, (size_t)rows * n_out, c->final_softcap));
     e->flops += 2.0 * rows * n_out * c->d_model;

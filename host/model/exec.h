@@ -86,7 +86,9 @@ double pb_exec_flops(const pb_exec *exec);
 
 /* Final RMSNorm then unembedding of `rows` residual rows (device,
  * (rows, d_model)): out (rows, n_out) = norm(x) @ w^T with w (n_out,
- * d_model) device (the output matrix or a gathered subset). */
-pb_status pb_exec_unembed(pb_exec *exec, float *out, const float *x, int rows, const void *w, int n_out);
+ * d_model) device, stored as w_dtype (the output matrix or a gathered
+ * subset of its rows). */
+pb_status pb_exec_unembed(pb_exec *exec, float *out, const float *x, int rows, const void *w, pb_dtype w_dtype,
+                          int n_out);
 
 #endif

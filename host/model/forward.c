@@ -218,7 +218,8 @@ pb_status pb_forward_ex(pb_model *m, const int32_t *ids, int T, const pb_forward
             goto done;
     }
     if (logits) {
-        if ((status = pb_exec_unembed(exec, device_logits, final, T, m->output, c->vocab_size)) != PB_OK)
+        if ((status = pb_exec_unembed(exec, device_logits, final, T, m->output.data, m->output.dtype, c->vocab_size)) !=
+            PB_OK)
             goto done;
         status = b->ops->download(b, logits, device_logits, sizeof(float) * (size_t)T * c->vocab_size);
         if (status == PB_OK)
@@ -287,7 +288,8 @@ pb_status pb_generate_ex(pb_model *m, const int32_t *ids, int T, int max_new, pb
         if ((status = pb_exec_run(exec, &job, 1, 2 * c->n_layers, intervene, user)) != PB_OK)
             break;
         const float *last = pb_exec_output(exec, 0) + (size_t)(len - p0 - 1) * c->d_model;
-        if ((status = pb_exec_unembed(exec, device_logits, last, 1, m->output, c->vocab_size)) != PB_OK ||
+        if ((status = pb_exec_unembed(exec, device_logits, last, 1, m->output.data, m->output.dtype, c->vocab_size)) !=
+                PB_OK ||
             (status = b->ops->download(b, logits, device_logits, sizeof(float) * (size_t)c->vocab_size)) != PB_OK ||
             (status = check_finite(logits, (size_t)c->vocab_size, "generate")) != PB_OK)
             break;

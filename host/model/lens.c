@@ -34,8 +34,8 @@ static pb_status lens_hook(void *user, int job, pb_hook_kind hook, int layer, fl
     for (size_t i = 0; i < n; i++)
         PB_TRY(b->ops->copy(b, r->rows + i * d, data + (size_t)r->positions[i] * d, sizeof(float) * d));
     PB_TRY(pb_model_norm(m, r->normed, r->rows, m->final_norm, m->final_norm_b, r->n_positions, c->d_model));
-    PB_TRY(
-        b->ops->matmul(b, r->logits, r->normed, m->output, m->wdtype, NULL, r->n_positions, c->vocab_size, c->d_model));
+    PB_TRY(b->ops->matmul(b, r->logits, r->normed, m->output.data, m->output.dtype, NULL, r->n_positions, c->vocab_size,
+                          c->d_model));
     if (c->final_softcap > 0.0f)
         PB_TRY(b->ops->softcap(b, r->logits, n * vocab, c->final_softcap));
     return b->ops->download(b, r->out + (size_t)layer * n * vocab, r->logits, sizeof(float) * n * vocab);

@@ -144,16 +144,17 @@ void pb_rope_inv_freq(const pb_model_config *c, int long_factors, float *out) {
 
 /* One tensor of the canonical list (weight_source.h) and where it goes. */
 typedef struct wanted_tensor {
-    pb_tensor_info want;  /* name and the shape the hyperparameters need */
-    pb_tensor_info found; /* as the source holds it (pass 1) */
-    void **matrix_dst;    /* matrices: stored as the model's wdtype */
-    float **vector_dst;   /* vectors, and matrices the executor reads as fp32 (pos_embd): stored as fp32 */
-    int fused_with_next;  /* the next tensor continues this one's rows (w_qkv, w_gate_up): no padding between */
+    pb_tensor_info want;   /* name and the shape the hyperparameters need */
+    pb_tensor_info found;  /* as the source holds it (pass 1) */
+    pb_matrix *matrix_dst; /* matrices: stored as `dtype` */
+    pb_dtype dtype;        /* a matrix's storage (pass 1): the model's wdtype, or with FILE the file's */
+    float **vector_dst;    /* vectors, and matrices the executor reads as fp32 (pos_embd): stored as fp32 */
+    int fused_with_next;   /* the next tensor continues this one's rows (w_qkv, w_gate_up): no padding between */
 } wanted_tensor;
 
 /* The field each canonical tensor fills: in pb_model for the global ones, in
  * pb_layer_weights for a layer's (name after "blk.L."). Matrix fields are
- * void *, vector fields float *. */
+ * pb_matrix, vector fields float *. */
 typedef struct destination {
     const char *name;
     size_t offset;
@@ -201,7 +202,7 @@ static int want_field(wanted_tensor *w, void *base, const destination *fields, s
             continue;
         char *field = (char *)base + fields[i].offset;
         if (w->want.n_dims == 2 && !fields[i].fp32)
-            w->matrix_dst = (void **)(void *)field;
+            w->matrix_dst = (pb_matrix *)(void *)field;
         else
             w->vector_dst = (float **)(void *)field;
         w->fused_with_next = fields[i].fused_with_next;
@@ -251,6 +252,24 @@ static uint64_t first_f16_overflow(const uint16_t *h, uint64_t n) {
     return first;
 }
 
+/* The storage of tensor w: fp32 for a vector; for a matrix the model's
+ * wdtype or, with PB_DTYPE_FILE, the file's quantised type where the matrix
+ * is whole blocks of rows that are not transposed, else f32 (16-bit ones
+ * too: a 16-bit matrix would round its inputs, and FILE computes what the
+ * f32 load does). */
+static pb_dtype storage_dtype(const pb_model *m, const wanted_tensor *w) {
+    if (!w->matrix_dst)
+        return PB_DTYPE_F32;
+    if (m->wdtype != PB_DTYPE_FILE)
+        return m->wdtype;
+    pb_dtype stored;
+    const pb_tensor_info *f = &w->found;
+    if (!pb_dtype_from_ggml(f->type, &stored) || !pb_dtype_is_quantised(stored) || f->transposed ||
+        f->shape[1] % pb_dtype_block(stored) != 0)
+        return PB_DTYPE_F32;
+    return stored;
+}
+
 /* pb_dtype_from_f32 over threads, in chunks (the result is the same). */
 static void convert_parallel(pb_dtype dtype, void *dst, const float *src, uint64_t n) {
     const uint64_t chunk = 1u << 20;
@@ -266,9 +285,8 @@ static void convert_parallel(pb_dtype dtype, void *dst, const float *src, uint64
 /* Bytes tensor w takes in the arena, rounded up to 64 so every tensor
  * starts 64-byte aligned, except where the next tensor continues its rows
  * (a fused matrix): there, exactly its bytes. */
-static uint64_t arena_slot(const pb_model *m, const wanted_tensor *w) {
-    uint64_t elem = w->matrix_dst ? pb_dtype_size(m->wdtype) : sizeof(float);
-    uint64_t bytes = wanted_elements(w) * elem;
+static uint64_t arena_slot(const wanted_tensor *w) {
+    uint64_t bytes = pb_dtype_bytes(w->dtype, wanted_elements(w));
     return w->fused_with_next ? bytes : (bytes + 63) / 64 * 64;
 }
 
@@ -277,28 +295,35 @@ static int adjacent(const void *a, size_t bytes, const void *b) {
     return a && b && (const char *)a + bytes == (const char *)b;
 }
 
+/* 1 when matrix b, of a's storage, starts where a's `rows` rows of d end. */
+static int continues(const pb_matrix *a, size_t rows, size_t d, const pb_matrix *b) {
+    return a->dtype == b->dtype && adjacent(a->data, pb_dtype_bytes(a->dtype, rows * d), b->data);
+}
+
 void pb_model_fuse_views(pb_model *m) {
     const pb_model_config *c = &m->cfg;
-    size_t elem = pb_dtype_size(m->wdtype), d = (size_t)c->d_model;
+    size_t d = (size_t)c->d_model;
     size_t q_rows = (size_t)c->n_heads * c->head_dim, kv_rows = (size_t)c->n_kv_heads * c->head_dim;
+    pb_matrix none = {NULL, PB_DTYPE_F32};
     for (int l = 0; l < c->n_layers; l++) {
         pb_layer_weights *L = &m->layers[l];
-        int qkv = adjacent(L->wq, q_rows * d * elem, L->wk) && adjacent(L->wk, kv_rows * d * elem, L->wv);
+        int qkv = continues(&L->wq, q_rows, d, &L->wk) && continues(&L->wk, kv_rows, d, &L->wv);
         int no_bias = !L->bq && !L->bk && !L->bv;
         int fused_bias = adjacent(L->bq, q_rows * sizeof(float), L->bk) &&
                          adjacent(L->bk, kv_rows * sizeof(float), L->bv);
-        L->w_qkv = qkv && (no_bias || fused_bias) ? L->wq : NULL;
-        L->b_qkv = L->w_qkv && fused_bias ? L->bq : NULL;
-        L->w_gate_up = adjacent(L->w_gate, (size_t)c->d_mlp * d * elem, L->w_up) ? L->w_gate : NULL;
+        L->w_qkv = qkv && (no_bias || fused_bias) ? L->wq : none;
+        L->b_qkv = L->w_qkv.data && fused_bias ? L->bq : NULL;
+        L->w_gate_up = continues(&L->w_gate, (size_t)c->d_mlp, d, &L->w_up) ? L->w_gate : none;
     }
 }
 
 /* Pass 1: every tensor present, readable and of the shape the
- * hyperparameters need, before any compute; *total = arena bytes of the
- * list, *largest = elements of its largest tensor. */
+ * hyperparameters need, before any compute, and each matrix's storage;
+ * *total = arena bytes of the list, *largest = elements of its largest
+ * tensor, *largest_bytes = bytes of its largest stored matrix. */
 static pb_status check_tensors(const pb_model *m, const pb_weight_source *src, wanted_tensor *list, int n,
-                               uint64_t *total, uint64_t *largest) {
-    *total = *largest = 0;
+                               uint64_t *total, uint64_t *largest, uint64_t *largest_bytes) {
+    *total = *largest = *largest_bytes = 0;
     for (int i = 0; i < n; i++) {
         const pb_tensor_info *want = &list[i].want, *got = &list[i].found;
         PB_TRY(pb_weight_source_find(src, want->name, &list[i].found));
@@ -320,15 +345,23 @@ static pb_status check_tensors(const pb_model *m, const pb_weight_source *src, w
             return pb_fail(PB_ERR_FORMAT, "%s: tensor '%s' has shape %s (%d dims) but the hyperparameters need %s",
                            src->path, got->file_name, have, got->n_dims, need);
         }
-        *total += arena_slot(m, &list[i]);
+        list[i].dtype = storage_dtype(m, &list[i]);
+        if (pb_dtype_is_quantised(list[i].dtype) && m->backend_kind == PB_BACKEND_CUDA)
+            return pb_fail(PB_ERR_UNSUPPORTED,
+                           "%s: tensor '%s' is %s, which --dtype file keeps as stored; the CUDA backend multiplies "
+                           "f32, bf16 and f16 matrices only (use --dtype bf16, or the cpu backend)",
+                           src->path, got->file_name, pb_ggml_type_name(got->type));
+        *total += arena_slot(&list[i]);
         if (wanted_elements(&list[i]) > *largest)
             *largest = wanted_elements(&list[i]);
+        if (list[i].matrix_dst && pb_dtype_bytes(list[i].dtype, wanted_elements(&list[i])) > *largest_bytes)
+            *largest_bytes = pb_dtype_bytes(list[i].dtype, wanted_elements(&list[i]));
     }
     return PB_OK;
 }
 
-/* Host buffers for pass 2: staging (largest floats) and, for a 16-bit
- * wdtype, converted (largest elements of it). */
+/* Host buffers for pass 2: staging (largest floats) and converted (the
+ * largest matrix as stored, where that is not fp32). */
 typedef struct staging_buffers {
     float *staging;
     void *converted;
@@ -348,9 +381,15 @@ static pb_status place_tensor(pb_model *m, const pb_weight_source *src, wanted_t
                        (double)staging[bad], (unsigned long long)bad);
     const void *bytes = staging;
     size_t n_bytes = sizeof(float) * (size_t)count;
-    if (w->matrix_dst && m->wdtype != PB_DTYPE_F32) {
-        convert_parallel(m->wdtype, buf->converted, staging, count);
-        if (m->wdtype == PB_DTYPE_F16) {
+    if (pb_dtype_is_quantised(w->dtype)) {
+        /* the file's blocks, rows in Hugging Face order: the values just
+         * checked, undecoded */
+        PB_TRY(pb_weight_source_read_rows(src, &w->found, buf->converted));
+        bytes = buf->converted;
+        n_bytes = pb_dtype_bytes(w->dtype, count);
+    } else if (w->dtype != PB_DTYPE_F32) {
+        convert_parallel(w->dtype, buf->converted, staging, count);
+        if (w->dtype == PB_DTYPE_F16) {
             /* finite in fp32 (checked above) but not in fp16: overflow */
             uint64_t j = first_f16_overflow(buf->converted, count);
             if (j < count)
@@ -359,13 +398,13 @@ static pb_status place_tensor(pb_model *m, const pb_weight_source *src, wanted_t
                                src->path, name, (unsigned long long)j, (double)staging[j]);
         }
         bytes = buf->converted;
-        n_bytes = pb_dtype_size(m->wdtype) * (size_t)count;
+        n_bytes = pb_dtype_size(w->dtype) * (size_t)count;
     }
     if (w->matrix_dst == &m->token_embd) {
-        /* the values as stored (16-bit ones widened back), which the
-         * noise of a sweep scales by */
-        if (bytes == buf->converted)
-            pb_dtype_to_f32(m->wdtype, staging, buf->converted, (size_t)count);
+        /* the values as stored (16-bit ones widened back; quantised ones
+         * are decoded already), which the noise of a sweep scales by */
+        if (bytes == buf->converted && !pb_dtype_is_quantised(w->dtype))
+            pb_dtype_to_f32(w->dtype, staging, buf->converted, (size_t)count);
         m->embed_sigma = pb_noise_sigma(staging, (size_t)count);
         /* noise is added to the embeddings as the residual receives them:
          * scaled ones in Gemma */
@@ -374,7 +413,7 @@ static pb_status place_tensor(pb_model *m, const pb_weight_source *src, wanted_t
     }
     PB_TRY(m->backend->ops->upload(m->backend, cursor, bytes, n_bytes));
     if (w->matrix_dst)
-        *w->matrix_dst = cursor;
+        *w->matrix_dst = (pb_matrix){cursor, w->dtype};
     else
         *w->vector_dst = (float *)(void *)cursor;
     return PB_OK;
@@ -460,14 +499,14 @@ const float *pb_model_inv_freq(const pb_model *m, int layer, int T) {
 
 /* Allocates the arena (arena_bytes) and the host buffers for `largest`
  * elements. */
-static pb_status alloc_buffers(pb_model *m, uint64_t largest, staging_buffers *buf) {
+static pb_status alloc_buffers(pb_model *m, uint64_t largest, uint64_t largest_bytes, staging_buffers *buf) {
     pb_status status = m->backend->ops->alloc(m->backend, &m->arena, m->arena_bytes);
     if (status != PB_OK)
         return pb_fail_context(status, "allocating %.1f MiB of %s weights", (double)m->arena_bytes / (1 << 20),
                                pb_dtype_name(m->wdtype));
     buf->staging = malloc(sizeof(float) * (size_t)largest);
     if (m->wdtype != PB_DTYPE_F32)
-        buf->converted = malloc(pb_dtype_size(m->wdtype) * (size_t)largest);
+        buf->converted = malloc((size_t)largest_bytes + 1);
     if (!buf->staging || (m->wdtype != PB_DTYPE_F32 && !buf->converted))
         return pb_fail(PB_ERR_OOM, "out of memory for a %llu-element staging buffer", (unsigned long long)largest);
     return PB_OK;
@@ -492,16 +531,16 @@ static pb_status load_weights(pb_model *m, const pb_weight_source *src) {
         return pb_fail(PB_ERR_OOM, "out of memory listing %d tensors", n);
     wanted_list(m, list, n);
     staging_buffers buf = {NULL, NULL};
-    uint64_t total, largest;
-    pb_status status = check_tensors(m, src, list, n, &total, &largest);
+    uint64_t total, largest, largest_bytes;
+    pb_status status = check_tensors(m, src, list, n, &total, &largest, &largest_bytes);
     if (status == PB_OK) {
         m->arena_bytes = (size_t)(total + (uint64_t)rope_slots(c) * rope_slot_bytes(c));
-        status = alloc_buffers(m, largest, &buf);
+        status = alloc_buffers(m, largest, largest_bytes, &buf);
     }
     char *cursor = m->arena;
     for (int i = 0; status == PB_OK && i < n; i++) {
         status = place_tensor(m, src, &list[i], &buf, cursor);
-        cursor += arena_slot(m, &list[i]);
+        cursor += arena_slot(&list[i]);
     }
     if (status == PB_OK) {
         if (c->tied_embeddings)
@@ -561,8 +600,9 @@ static pb_status model_new(pb_model **out, const char *path, const pb_load_optio
     m->backend_kind = kind;
     m->wdtype = dtype;
     pb_status status = PB_OK;
-    if (dtype != PB_DTYPE_F32 && dtype != PB_DTYPE_BF16 && dtype != PB_DTYPE_F16)
-        status = pb_fail(PB_ERR_ARG, "unknown weight dtype %d", (int)dtype);
+    if (dtype != PB_DTYPE_F32 && dtype != PB_DTYPE_BF16 && dtype != PB_DTYPE_F16 && dtype != PB_DTYPE_FILE)
+        status = pb_fail(PB_ERR_ARG, "weight dtype %s is not a load option (f32, bf16, f16 or file)",
+                         pb_dtype_name(dtype));
     else if (kind == PB_BACKEND_REFERENCE)
         status = pb_backend_ref_create(&m->backend);
     else if (kind == PB_BACKEND_CUDA)
@@ -617,17 +657,34 @@ const char *pb_model_get_source(const pb_model *m) { return m->path; }
 
 size_t pb_model_weight_bytes(const pb_model *m) { return m->arena_bytes; }
 
-pb_status pb_model_weights_download(const pb_model *m, float *out, const void *src, size_t n) {
-    if (m->wdtype == PB_DTYPE_F32)
+pb_status pb_model_weights_download(const pb_model *m, float *out, const void *src, pb_dtype dtype, size_t n) {
+    if (dtype == PB_DTYPE_F32)
         return m->backend->ops->download(m->backend, out, src, n * sizeof(float));
-    uint16_t *raw = malloc(n * sizeof(uint16_t) + 1);
+    if (n % (size_t)pb_dtype_block(dtype) != 0)
+        return pb_fail(PB_ERR_ARG, "downloading %zu %s weights: not whole blocks of %d", n, pb_dtype_name(dtype),
+                       pb_dtype_block(dtype));
+    size_t bytes = pb_dtype_bytes(dtype, n);
+    void *raw = malloc(bytes + 1);
     if (!raw)
         return pb_fail(PB_ERR_OOM, "out of memory downloading %zu weights", n);
-    pb_status status = m->backend->ops->download(m->backend, raw, src, n * sizeof(uint16_t));
+    pb_status status = m->backend->ops->download(m->backend, raw, src, bytes);
     if (status == PB_OK)
-        pb_dtype_to_f32(m->wdtype, out, raw, n);
+        pb_dtype_to_f32(dtype, out, raw, n);
     free(raw);
     return status;
+}
+
+int pb_model_has_quantised(const pb_model *m) {
+    if (pb_dtype_is_quantised(m->token_embd.dtype) || pb_dtype_is_quantised(m->output.dtype))
+        return 1;
+    for (int l = 0; l < m->cfg.n_layers; l++) {
+        const pb_layer_weights *L = &m->layers[l];
+        const pb_matrix *all[7] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
+        for (int i = 0; i < 7; i++)
+            if (pb_dtype_is_quantised(all[i]->dtype))
+                return 1;
+    }
+    return 0;
 }
 
 void pb_model_free(pb_model *m) {

@@ -12,20 +12,29 @@
 
 typedef struct pb_tokenizer pb_tokenizer;
 
+/* A weight matrix in backend memory, (rows, cols) row-major, and its
+ * storage: the model's wdtype, or with PB_DTYPE_FILE the file's own type
+ * (quantised rows are whole blocks, so a row starts at r *
+ * pb_dtype_bytes(dtype, cols)). */
+typedef struct pb_matrix {
+    void *data;
+    pb_dtype dtype;
+} pb_matrix;
+
 typedef struct pb_layer_weights {
-    /* Matrices are stored as the model's wdtype, vectors as fp32. */
+    /* Matrices are pb_matrix, vectors fp32. */
     float *attn_norm; /* (d_model) */
-    void *wq;         /* (n_heads * head_dim, d_model), Hugging Face row order */
-    void *wk;         /* (n_kv_heads * head_dim, d_model) */
-    void *wv;         /* (n_kv_heads * head_dim, d_model) */
+    pb_matrix wq;     /* (n_heads * head_dim, d_model), Hugging Face row order */
+    pb_matrix wk;     /* (n_kv_heads * head_dim, d_model) */
+    pb_matrix wv;     /* (n_kv_heads * head_dim, d_model) */
     float *bq;        /* (n_heads * head_dim) or NULL */
     float *bk;        /* (n_kv_heads * head_dim) or NULL */
     float *bv;        /* (n_kv_heads * head_dim) or NULL */
-    void *wo;         /* (d_model, n_heads * head_dim) */
+    pb_matrix wo;     /* (d_model, n_heads * head_dim) */
     float *mlp_norm;  /* (d_model) */
-    void *w_gate;     /* (d_mlp, d_model) */
-    void *w_up;       /* (d_mlp, d_model) */
-    void *w_down;     /* (d_model, d_mlp) */
+    pb_matrix w_gate; /* (d_mlp, d_model) */
+    pb_matrix w_up;   /* (d_mlp, d_model) */
+    pb_matrix w_down; /* (d_model, d_mlp) */
     /* Beyond Llama (NULL where the architecture lacks them); norm weights
      * are stored as multiplied, Gemma's 1 + w already added. */
     float *q_norm;         /* (head_dim) qk_norm: every query head; (n_heads * head_dim) with qk_norm_full */
@@ -39,11 +48,12 @@ typedef struct pb_layer_weights {
     float *mlp_post_norm;  /* (d_model) sandwich_norm: the MLP output before the residual add */
     /* Fused projections: the load places wq, wk, wv (and bq, bk, bv; w_gate,
      * w_up) back to back in the arena, so these are views of the same
-     * memory, one matrix per input for one GEMM (exec.c). NULL when the
-     * layout is not contiguous (then the executor multiplies separately). */
-    void *w_qkv;     /* (n_heads * head_dim + 2 * n_kv_heads * head_dim, d_model) == wq */
-    float *b_qkv;    /* (n_heads * head_dim + 2 * n_kv_heads * head_dim) == bq, or NULL */
-    void *w_gate_up; /* (2 * d_mlp, d_model) == w_gate */
+     * memory, one matrix per input for one GEMM (exec.c). data NULL when
+     * the layout is not contiguous or the parts' storage differs (then the
+     * executor multiplies separately). */
+    pb_matrix w_qkv;     /* (n_heads * head_dim + 2 * n_kv_heads * head_dim, d_model) == wq */
+    float *b_qkv;        /* (n_heads * head_dim + 2 * n_kv_heads * head_dim) == bq, or NULL */
+    pb_matrix w_gate_up; /* (2 * d_mlp, d_model) == w_gate */
 } pb_layer_weights;
 
 struct pb_model {
@@ -51,16 +61,16 @@ struct pb_model {
     char *path; /* as given to pb_model_load, or "random:NAME:LAYERS:SEED" */
     pb_backend_kind backend_kind;
     pb_backend *backend;
-    pb_dtype wdtype; /* storage of every weight matrix (dtype.h) */
+    pb_dtype wdtype; /* storage of the weight matrices as asked (dtype.h): every one's, or PB_DTYPE_FILE */
     void *arena;     /* every weight below, one backend allocation */
     size_t arena_bytes;
-    void *token_embd;     /* (vocab_size, d_model) of wdtype */
+    pb_matrix token_embd; /* (vocab_size, d_model) */
     double embed_sigma;   /* standard deviation of token_embd's values (pb_noise_sigma) times embed_scale, set at load
                                  so that noise never downloads the table */
     float *final_norm;    /* (d_model) */
     float *final_norm_b;  /* (d_model) PB_NORM_LAYER, else NULL */
     float *pos_embd;      /* (context_length, d_model) PB_POSITION_LEARNED, else NULL */
-    void *output;         /* (vocab_size, d_model) of wdtype; == token_embd when tied */
+    pb_matrix output;     /* (vocab_size, d_model); == token_embd when tied */
     float *inv_freq;      /* (head_dim / 2) in backend memory */
     float *inv_freq_host; /* (head_dim / 2) */
     float
@@ -106,8 +116,8 @@ const float *pb_model_inv_freq(const pb_model *model, int layer, int T);
 /* Sets each layer's fused views (w_qkv, b_qkv, w_gate_up) where its
  * matrices are contiguous, and clears them where they are not. */
 void pb_model_fuse_views(pb_model *model);
-/* out (n floats) = n weight elements of the model's wdtype at backend
- * memory src, widened on the host. */
-pb_status pb_model_weights_download(const pb_model *model, float *out, const void *src, size_t n);
+/* out (n floats) = n weight elements of dtype at backend memory src
+ * (whole blocks of a quantised type), widened or decoded on the host. */
+pb_status pb_model_weights_download(const pb_model *model, float *out, const void *src, pb_dtype dtype, size_t n);
 
 #endif

@@ -435,4 +435,37 @@ pb_status pb_weight_source_raw(const pb_weight_source *src, const pb_tensor_info
     return src->ops->raw(src, info, data, n_bytes);
 }
 
+/* The file row holding row r of the view info (Hugging Face order): a
+ * part's rows within each group, llama.cpp's per-head interleave of Q/K
+ * undone (GGUF row h*hd + 2i + j holds row h*hd + j*hd/2 + i). */
+static int64_t file_row(const pb_tensor_info *info, int64_t r) {
+    if (info->part_groups > 0)
+        return r / info->part_rows * info->part_group_rows + info->part_offset + r % info->part_rows;
+    if (info->permuted_heads) {
+        int64_t hd = info->shape[0] / info->permuted_heads, half = hd / 2, within = r % hd;
+        return r - within + 2 * (within % half) + within / half;
+    }
+    return r;
+}
+
+pb_status pb_weight_source_read_rows(const pb_weight_source *src, const pb_tensor_info *info, void *out) {
+    uint32_t block = pb_ggml_block_size(info->type);
+    if (info->transposed || info->n_dims != 2 || block == 0 || info->shape[1] % block != 0)
+        return pb_fail(PB_ERR_UNSUPPORTED, "%s: tensor '%s' (%s) cannot be kept as stored: %s", src->path,
+                       info->file_name, pb_ggml_type_name(info->type),
+                       info->transposed ? "it is transposed in the file" : "its rows are not whole blocks");
+    const void *data;
+    uint64_t n_bytes;
+    PB_TRY(src->ops->raw(src, info, &data, &n_bytes));
+    size_t row_bytes = (size_t)(info->shape[1] / block) * pb_ggml_block_bytes(info->type);
+    int64_t file_rows = info->part_groups > 0 ? info->file_shape[0] : info->shape[0];
+    if (n_bytes < row_bytes * (uint64_t)file_rows)
+        return pb_fail(PB_ERR_FORMAT, "%s: tensor '%s' holds %llu bytes, fewer than its %lld rows of %zu", src->path,
+                       info->file_name, (unsigned long long)n_bytes, (long long)file_rows, row_bytes);
+    for (int64_t r = 0; r < info->shape[0]; r++)
+        memcpy((char *)out + (size_t)r * row_bytes, (const char *)data + (size_t)file_row(info, r) * row_bytes,
+               row_bytes);
+    return PB_OK;
+}
+
 const char *pb_weight_type_name(pb_weight_type type) { return pb_ggml_type_name(type); }

@@ -493,8 +493,8 @@ static int unembed_width(const pb_sweep *s, int pair) {
 /* The output matrix, or the rows of it a logit_diff pair reads. */
 static const void *unembed_matrix(const pb_sweep *s, int pair) {
     if (metric_needs_full_logits(s))
-        return s->model->output;
-    size_t row_bytes = pb_dtype_size(s->model->wdtype) * (size_t)s->model->cfg.d_model;
+        return s->model->output.data;
+    size_t row_bytes = pb_dtype_bytes(s->model->output.dtype, (size_t)s->model->cfg.d_model);
     return (const char *)s->unembed_rows + (size_t)s->pair_unembed[pair] * row_bytes;
 }
 
@@ -522,7 +522,7 @@ static pb_status metric_rows(pb_sweep *s, pb_exec *exec, const float *rows, int 
     }
     int n_out = unembed_width(s, pairs[0]);
     const pb_pair_spec *p = &s->spec.pairs[pairs[0]];
-    PB_TRY(pb_exec_unembed(exec, device_scratch, rows, n, unembed_matrix(s, pairs[0]), n_out));
+    PB_TRY(pb_exec_unembed(exec, device_scratch, rows, n, unembed_matrix(s, pairs[0]), s->model->output.dtype, n_out));
     if (s->metric_on_device) {
         if (s->spec.metric.kind == PB_METRIC_KL)
             PB_TRY(b->ops->upload(b, device_pairs, pairs, sizeof(int32_t) * (size_t)n));
@@ -711,7 +711,7 @@ static pb_status clean_logprobs(pb_sweep *s, batch_buffers *bb, const pb_run_cac
     const pb_model_config *c = &m->cfg;
     int pos = metric_position(s, clean->T);
     const float *row = clean->resid + ((size_t)c->n_layers * clean->T + pos) * c->d_model;
-    PB_TRY(pb_exec_unembed(bb->exec, bb->logits, row, 1, m->output, c->vocab_size));
+    PB_TRY(pb_exec_unembed(bb->exec, bb->logits, row, 1, m->output.data, m->output.dtype, c->vocab_size));
     PB_TRY(m->backend->ops->download(m->backend, bb->host, bb->logits, sizeof(float) * (size_t)c->vocab_size));
     double *logprobs = s->clean_logprobs_host + (size_t)pair * c->vocab_size;
     pb_log_softmax(bb->host, c->vocab_size, logprobs);
@@ -873,7 +873,8 @@ static pb_status launch_batch(pb_sweep *s, batch_buffers *bb, int n) {
         PB_TRY(b->ops->copy(b, bb->staging[i].dst, bb->staging[i].src, sizeof(float) * d));
     if (s->metric_on_device) {
         int n_out = unembed_width(s, bb->pairs[0]);
-        PB_TRY(pb_exec_unembed(bb->exec, bb->logits, bb->gathered, n, unembed_matrix(s, bb->pairs[0]), n_out));
+        PB_TRY(pb_exec_unembed(bb->exec, bb->logits, bb->gathered, n, unembed_matrix(s, bb->pairs[0]),
+                               s->model->output.dtype, n_out));
         PB_TRY(metric_rows_enqueue(s, bb->logits, n, n_out, bb->metric_values, bb->metric_pairs, bb->pairs[0]));
     }
     s->flops_executed += pb_exec_flops(bb->exec) - before;
@@ -1136,7 +1137,7 @@ static pb_status unembed_rows_setup(pb_sweep *s) {
     if (!s->pair_unembed)
         return pb_fail(PB_ERR_OOM, "out of memory for the metric's rows");
     s->n_unembed = pair_token_offsets(&s->spec, s->pair_unembed);
-    size_t row_bytes = pb_dtype_size(model->wdtype) * (size_t)model->cfg.d_model;
+    size_t row_bytes = pb_dtype_bytes(model->output.dtype, (size_t)model->cfg.d_model);
     PB_TRY(b->ops->alloc(b, &s->unembed_rows, row_bytes * (size_t)s->n_unembed));
     for (int i = 0; i < s->spec.n_pairs; i++) {
         const pb_pair_spec *p = &s->spec.pairs[i];
@@ -1145,7 +1146,7 @@ static pb_status unembed_rows_setup(pb_sweep *s) {
         for (int k = 0; k < p->n_positive + p->n_negative; k++) {
             int id = k < p->n_positive ? p->positive[k] : p->negative[k - p->n_positive];
             PB_TRY(b->ops->copy(b, (char *)s->unembed_rows + (size_t)(s->pair_unembed[i] + k) * row_bytes,
-                                (const char *)model->output + (size_t)id * row_bytes, row_bytes));
+                                (const char *)model->output.data + (size_t)id * row_bytes, row_bytes));
         }
     }
     return PB_OK;
