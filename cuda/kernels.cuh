@@ -279,5 +279,14 @@ cudaError_t pb_cuda_launch_activate(cudaStream_t stream, float *x, size_t n, pb_
 cudaError_t pb_cuda_launch_softcap(cudaStream_t stream, float *x, size_t n, float cap);
 /* out (n) = a + b; out may alias a or b */
 cudaError_t pb_cuda_launch_add(cudaStream_t stream, float *out, const float *a, const float *b, size_t n);
+/* out (rows, k) fp32 = rows of quantised ggml_type blocks (quant.h's ids:
+ * F16 BF16 Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q2_K..Q6_K), row r at src + r *
+ * row_bytes (k a multiple of the type's block size; row_bytes = k / block *
+ * block_bytes, or more for a column tile of wider rows), decoded bit for bit
+ * as host/formats/quant.c's pb_dequantize (dequant.cu). src has no
+ * alignment. cudaErrorInvalidValue for a type it does not decode (F32
+ * included) or a k that is no multiple of the block, launching nothing. */
+cudaError_t pb_cuda_launch_dequant_rows(cudaStream_t stream, float *out, const void *src, uint32_t ggml_type,
+                                        size_t row_bytes, int rows, int k);
 
 #endif

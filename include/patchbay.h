@@ -172,11 +172,29 @@ const char *pb_dtype_name(pb_dtype dtype);
  * "file"/"native"; PB_ERR_ARG naming the accepted spellings otherwise. */
 pb_status pb_dtype_parse(const char *text, pb_dtype *out);
 
+/* Where the layers' weight matrices live. Resident: all in the backend's
+ * memory from the load on. Stream: in the file (a GGUF), each layer's
+ * matrices brought into one of two slots just before the layer runs (an
+ * executor run advances every row of its batch through layer l before
+ * l + 1, so each layer is read once per run); the embedding and
+ * unembedding are read in place from the file's mapping where its bytes are
+ * the storage (quantised with --dtype file, or f32), else held resident.
+ * Auto: resident when that fits weight_memory, else stream. CPU and
+ * reference backends. */
+typedef enum pb_weights_mode { PB_WEIGHTS_RESIDENT = 0, PB_WEIGHTS_STREAM, PB_WEIGHTS_AUTO } pb_weights_mode;
+
+/* "resident", "stream", "auto" */
+const char *pb_weights_mode_name(pb_weights_mode mode);
+pb_status pb_weights_mode_parse(const char *text, pb_weights_mode *out);
+
 typedef struct pb_load_options {
     int n_threads; /* CPU threads; <= 0 means all cores */
     pb_backend_kind backend;
     pb_dtype dtype; /* weight storage; PB_DTYPE_F32 (0) by default */
     int device;     /* CUDA device ordinal (PB_BACKEND_CUDA) */
+    pb_weights_mode weights;
+    size_t weight_memory; /* > 0: cap on the bytes the weights take in memory (stream, auto); the load is
+                             refused, naming the numbers, when even streaming exceeds it */
 } pb_load_options;
 
 /* "cpu", "reference", "cuda" */
@@ -205,6 +223,8 @@ const char *pb_model_get_source(const pb_model *model);
 size_t pb_model_weight_bytes(const pb_model *model);
 /* 1 when some weight matrix is held in a quantised type (--dtype file). */
 int pb_model_has_quantised(const pb_model *model);
+/* 1 when the layers' weights stream from the file (pb_weights_mode). */
+int pb_model_streams_weights(const pb_model *model);
 void pb_model_free(pb_model *model);
 /* Borrowed; valid until pb_model_free. */
 const pb_model_config *pb_model_get_config(const pb_model *model);

@@ -1,7 +1,8 @@
 /* The CUDA backend's hand-written kernels (cuda/attention.cu,
- * attention_jobs.cu, convert.cu, elementwise.cu, layernorm.cu, rmsnorm.cu,
- * rope.cu, metric.cu) executed on the CPU by the emulator in tests/cuda_emu, against
- * the reference backend (ops_ref.c, metric.c) on the same inputs. No GPU and
+ * attention_jobs.cu, convert.cu, dequant.cu, elementwise.cu, layernorm.cu,
+ * rmsnorm.cu, rope.cu, metric.cu) executed on the CPU by the emulator in
+ * tests/cuda_emu, against the reference backend (ops_ref.c, metric.c) and
+ * host/formats/quant.c on the same inputs. No GPU and
  * no CUDA toolkit: the unmodified .cu files are rewritten (launch syntax and
  * __shared__ declarations only) and compiled as host C++.
  *
@@ -1013,6 +1014,127 @@ static void test_attention_tiled_params(void **state) {
     assert_int_equal(local8, 4320);
 }
 
+/* ---- dequant ---------------------------------------------------------------- */
+
+/* A type cuda/dequant.cu decodes, and the byte offsets of the fp16 scales
+ * in one of its blocks (quant.c's layouts; -1 ends the list). */
+typedef struct dequant_case {
+    uint32_t type;
+    const char *name;
+    int half_at[3];
+} dequant_case;
+
+static const dequant_case dequant_cases[] = {
+    {PB_GGML_F16, "f16", {-1}},         {PB_GGML_BF16, "bf16", {-1}},         {PB_GGML_Q4_0, "q4_0", {0, -1}},
+    {PB_GGML_Q4_1, "q4_1", {0, 2, -1}}, {PB_GGML_Q5_0, "q5_0", {0, -1}},      {PB_GGML_Q5_1, "q5_1", {0, 2, -1}},
+    {PB_GGML_Q8_0, "q8_0", {0, -1}},    {PB_GGML_Q2_K, "q2_k", {80, 82, -1}}, {PB_GGML_Q3_K, "q3_k", {108, -1}},
+    {PB_GGML_Q4_K, "q4_k", {0, 2, -1}}, {PB_GGML_Q5_K, "q5_k", {0, 2, -1}},   {PB_GGML_Q6_K, "q6_k", {208, -1}},
+};
+
+/* A finite fp16 scale: moderate (|x| < 1, exponents down to 2^-12), one in
+ * eight subnormal, either sign. */
+static uint16_t random_half_scale(uint64_t *s) {
+    const uint64_t r = tu_next(s);
+    if (r % 8 == 0)
+        return (uint16_t)(((r >> 8) & 0x8000u) | ((r >> 24) & 0x3ffu));
+    const float x = ldexpf(2.0f * (float)((r >> 40) / 16777216.0) - 1.0f, -(int)((r >> 3) % 13));
+    return pb_fp32_to_fp16(x);
+}
+
+/* n_blocks blocks of random bytes (any bits are valid codes and 6-bit
+ * packed scales) with finite fp16 scales; F16/BF16 keep every bit pattern
+ * (subnormals, Inf, NaN payloads). */
+static uint8_t *random_blocks(const dequant_case *c, size_t n_blocks, uint64_t seed) {
+    const size_t block_bytes = pb_ggml_block_bytes(c->type);
+    uint8_t *data = checked_malloc(n_blocks * block_bytes);
+    uint64_t s = seed * 0x9E3779B97F4A7C15ULL + 1;
+    for (size_t i = 0; i < n_blocks * block_bytes; i++)
+        data[i] = (uint8_t)(tu_next(&s) >> 56);
+    for (size_t b = 0; b < n_blocks; b++)
+        for (const int *at = c->half_at; *at >= 0; at++) {
+            const uint16_t h = random_half_scale(&s);
+            data[b * block_bytes + (size_t)*at] = (uint8_t)(h & 0xff);
+            data[b * block_bytes + (size_t)*at + 1] = (uint8_t)(h >> 8);
+        }
+    return data;
+}
+
+static uint32_t float_bits(float x) {
+    uint32_t u;
+    memcpy(&u, &x, sizeof u);
+    return u;
+}
+
+static void expect_same_bits(const float *got, const float *want, size_t n, const char *what) {
+    for (size_t i = 0; i < n; i++)
+        if (memcmp(&got[i], &want[i], sizeof(float)) != 0)
+            fail_msg("%s: element %zu is %a (0x%08x), host/quant.c %a (0x%08x)", what, i, (double)got[i],
+                     float_bits(got[i]), (double)want[i], float_bits(want[i]));
+}
+
+/* rows of row_k elements; the kernel decodes columns [first, first + k) of
+ * each (a column tile when k < row_k), threads forward and in reverse, and
+ * must give pb_dequantize's bits for each row's slice. */
+static void run_dequant(const dequant_case *c, int rows, int k, int first, int row_k, uint64_t seed) {
+    const uint32_t block = pb_ggml_block_size(c->type);
+    const size_t block_bytes = pb_ggml_block_bytes(c->type);
+    const size_t row_bytes = (size_t)row_k / block * block_bytes;
+    const size_t n = (size_t)rows * k;
+    uint8_t *data = random_blocks(c, (size_t)rows * row_k / block, seed);
+    const uint8_t *src = data + (size_t)first / block * block_bytes;
+    float *want = filled_floats(n, NAN);
+    for (int r = 0; r < rows; r++)
+        CHECK_OK(pb_dequantize(want + (size_t)r * k, src + (size_t)r * row_bytes, c->type, (uint64_t)k));
+    char what[96];
+    snprintf(what, sizeof what, "dequant %s %dx%d", c->name, rows, k);
+    if (k < row_k)
+        snprintf(what + strlen(what), sizeof what - strlen(what), " (columns %d.. of %d)", first, row_k);
+    for (int reverse = 0; reverse <= 1; reverse++) {
+        float *got = filled_floats(n, NAN);
+        pb_emu_set_reverse_order(reverse);
+        CHECK_LAUNCH(pb_emu_dequant_rows(got, src, c->type, row_bytes, rows, k));
+        pb_emu_set_reverse_order(0);
+        check_guard(got, n, what);
+        expect_same_bits(got, want, n, what);
+        free(got);
+    }
+    printf("[ MEASURE  ] %s: bit-identical to host/quant.c (threads forward and reversed)\n", what);
+    free(want);
+    free(data);
+}
+
+static void test_dequant(void **state) {
+    (void)state;
+    for (size_t i = 0; i < sizeof dequant_cases / sizeof dequant_cases[0]; i++) {
+        const dequant_case *c = &dequant_cases[i];
+        /* two blocks' worth per row (K-quants 512, others 64), then 37 rows
+         * of three blocks cut from rows of four */
+        const int unit = pb_ggml_block_size(c->type) == 256 ? 256 : 32;
+        run_dequant(c, 5, 2 * unit, 0, 2 * unit, 100 + i);
+        run_dequant(c, 37, 3 * unit, unit, 4 * unit, 200 + i);
+    }
+}
+
+/* A type the kernel does not decode (F32 included), or k not a whole number
+ * of blocks: an error, and nothing written. */
+static void test_dequant_refused(void **state) {
+    (void)state;
+    static const uint32_t types[] = {PB_GGML_F32, PB_GGML_Q8_1,       PB_GGML_Q8_K, PB_GGML_IQ2_XXS, PB_GGML_TQ2_0,
+                                     4,           PB_GGML_TYPE_LIMIT, 1000};
+    uint8_t data[256 * 4] = {0};
+    float *out = filled_floats(256, PB_SENTINEL);
+    for (size_t i = 0; i < sizeof types / sizeof types[0]; i++)
+        assert_int_not_equal(pb_emu_dequant_rows(out, data, types[i], 1024, 1, 256), 0);
+    assert_int_not_equal(pb_emu_dequant_rows(out, data, PB_GGML_Q4_K, 144, 1, 128), 0);
+    assert_int_not_equal(pb_emu_dequant_rows(out, data, PB_GGML_Q4_0, 18, 1, 48), 0);
+    for (size_t i = 0; i < 256 + PB_GUARD; i++)
+        if (out[i] != PB_SENTINEL)
+            fail_msg("dequant refused: element %zu written (%g)", i, (double)out[i]);
+    printf("[ MEASURE  ] dequant: %zu types it does not decode and partial blocks refused, nothing written\n",
+           sizeof types / sizeof types[0]);
+    free(out);
+}
+
 /* ---- metric_rows ------------------------------------------------------------ */
 
 static const char *const kind_name[4] = {"logit_diff", "logprob", "refusal_score", "kl"};
@@ -1283,6 +1405,8 @@ int main(void) {
         cmocka_unit_test(test_attention_jobs_params),
         cmocka_unit_test(test_attention_tiled_params),
         cmocka_unit_test(test_copy_regions),
+        cmocka_unit_test(test_dequant),
+        cmocka_unit_test(test_dequant_refused),
         cmocka_unit_test(test_metric),
         cmocka_unit_test(test_sync_mode),
         cmocka_unit_test(test_schedule_order),

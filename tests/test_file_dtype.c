@@ -45,33 +45,6 @@ static int case_model_path(const char *model, char *path, size_t size) {
     return tu_file_exists(path);
 }
 
-static pb_sweep *run_sweep(pb_model *m, const tu_oracle_case *c) {
-    pb_sweep *s = NULL;
-    if (pb_sweep_create(&s, m, c->spec, c->dir, NULL) != PB_OK || pb_sweep_run(s) != PB_OK)
-        fail_msg("%s: %s", c->name, pb_last_error());
-    return s;
-}
-
-/* Largest |a - b| / max(1, |b|) over every pair's baselines and every
- * row's patched value. */
-static double sweep_difference(const pb_sweep *a, const pb_sweep *b) {
-    double worst = 0.0;
-    for (int p = 0; p < a->spec.n_pairs; p++) {
-        double base[2], source[2];
-        pb_sweep_get_pair(a, p, &base[0], &source[0]);
-        pb_sweep_get_pair(b, p, &base[1], &source[1]);
-        worst = fmax(worst, fabs(base[0] - base[1]) / fmax(1.0, fabs(base[1])));
-        worst = fmax(worst, fabs(source[0] - source[1]) / fmax(1.0, fabs(source[1])));
-        for (int64_t site = 0; site < a->n_sites; site++) {
-            double patched[2], effect[2];
-            pb_sweep_get_row(a, p, site, &patched[0], &effect[0]);
-            pb_sweep_get_row(b, p, site, &patched[1], &effect[1]);
-            worst = fmax(worst, fabs(patched[0] - patched[1]) / fmax(1.0, fabs(patched[1])));
-        }
-    }
-    return worst;
-}
-
 /* One oracle case on one backend: the file-dtype sweep against the f32
  * one of the same file. */
 static int check_case_on(const tu_oracle_case *c, pb_backend_kind backend, double tol) {
@@ -86,9 +59,9 @@ static int check_case_on(const tu_oracle_case *c, pb_backend_kind backend, doubl
      * converter wrote f16 there, which file holds as f32 */
     assert_true(pb_model_has_quantised(kept) == (strcmp(model, "tiny_gemma2") != 0));
     assert_false(pb_model_has_quantised(wide));
-    pb_sweep *a = run_sweep(kept, c), *b = run_sweep(wide, c);
+    pb_sweep *a = tu_run_case_sweep(kept, c), *b = tu_run_case_sweep(wide, c);
     assert_int_equal(a->n_sites, b->n_sites);
-    double diff = sweep_difference(a, b);
+    double diff = tu_sweep_difference(a, b);
     printf("[ MEASURE  ] %-30s %-9s %s %5.1f of %5.1f MiB of weights: max |d| %.2e (bound %.0e)\n", c->name,
            pb_backend_name(backend), model, (double)pb_model_weight_bytes(kept) / (1 << 20),
            (double)pb_model_weight_bytes(wide) / (1 << 20), diff, tol);

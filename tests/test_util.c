@@ -3,6 +3,7 @@
  * once into the pb_test_util library that every test links. */
 #define _POSIX_C_SOURCE 200809L
 
+#include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -17,6 +18,7 @@
 #include "backend/backend.h"
 #include "formats/npy.h"
 #include "model/model.h"
+#include "patching/sweep.h"
 #include "patching/sweep_access.h"
 #include "test_util.h"
 #include "util/outdir.h"
@@ -341,4 +343,29 @@ pb_status tu_run_sweep(pb_model *m, const char *spec, int with_op, pb_sweep **ou
     }
     *out = s;
     return status;
+}
+
+pb_sweep *tu_run_case_sweep(pb_model *m, const tu_oracle_case *c) {
+    pb_sweep *s = NULL;
+    if (pb_sweep_create(&s, m, c->spec, c->dir, NULL) != PB_OK || pb_sweep_run(s) != PB_OK)
+        fail_msg("%s: %s", c->name, pb_last_error());
+    return s;
+}
+
+double tu_sweep_difference(const pb_sweep *a, const pb_sweep *b) {
+    double worst = 0.0;
+    for (int p = 0; p < a->spec.n_pairs; p++) {
+        double x[2], y[2];
+        pb_sweep_get_pair(a, p, &x[0], &x[1]);
+        pb_sweep_get_pair(b, p, &y[0], &y[1]);
+        for (int i = 0; i < 2; i++)
+            worst = fmax(worst, fabs(x[i] - y[i]) / fmax(1.0, fabs(y[i])));
+        for (int64_t site = 0; site < a->n_sites; site++) {
+            double pa, pb, ea, eb;
+            pb_sweep_get_row(a, p, site, &pa, &ea);
+            pb_sweep_get_row(b, p, site, &pb, &eb);
+            worst = fmax(worst, fabs(pa - pb) / fmax(1.0, fabs(pb)));
+        }
+    }
+    return worst;
 }

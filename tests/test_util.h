@@ -139,6 +139,12 @@ float *tu_read_f32(const char *path, int n_dims, int64_t shape[8]);
  * host path, and checks which path the sweep took. Returns the status and,
  * on success, the sweep (the caller frees it). */
 pb_status tu_run_sweep(pb_model *m, const char *spec, int with_op, pb_sweep **out);
+/* Creates and runs the sweep of an oracle case on m (failing the test on
+ * an error). */
+pb_sweep *tu_run_case_sweep(pb_model *m, const tu_oracle_case *c);
+/* Largest |a - b| / max(1, |b|) over two sweeps' pair baselines and every
+ * row's patched value (the same spec on two models). */
+double tu_sweep_difference(const pb_sweep *a, const pb_sweep *b);
 /* A cmocka teardown's end: frees sweep, model and the fixture itself;
  * returns 0. */
 int tu_free_sweep_fixture(void *fixture, pb_sweep *sweep, pb_model *model);

@@ -8,6 +8,7 @@
 /* The library's parsers as PB_OPT_PARSE functions. */
 static pb_status parse_backend(const char *value, void *target) { return pb_backend_parse(value, target); }
 static pb_status parse_dtype(const char *value, void *target) { return pb_dtype_parse(value, target); }
+static pb_status parse_weights(const char *value, void *target) { return pb_weights_mode_parse(value, target); }
 
 void pb_cli_model_table(pb_cli_model *o, pb_cli_option table[PB_CLI_MODEL_OPTIONS + 1]) {
     const pb_cli_option options[PB_CLI_MODEL_OPTIONS + 1] = {
@@ -63,6 +64,23 @@ void pb_cli_model_table(pb_cli_model *o, pb_cli_option table[PB_CLI_MODEL_OPTION
                  "to that type and accumulate in fp32; file keeps a GGUF's quantised matrices (Q4_0 ... Q6_K) "
                  "as stored, decoded inside each projection, the rest f32: the f32 results in a fraction of "
                  "the memory (cpu and reference backends)"},
+        {.flag = "--weights",
+         .kind = PB_OPT_PARSE,
+         .target = &o->load.weights,
+         .parse = parse_weights,
+         .shared = 1,
+         .value = "resident|stream|auto",
+         .help = "where the layers' weights live (default resident): stream reads each layer from the GGUF "
+                 "into one of two slots when the layer runs (every row of a batch passes a layer before the "
+                 "next), so a model larger than memory can be swept; auto streams when resident weights would "
+                 "exceed --weight-memory (cpu and reference backends)"},
+        {.flag = "--weight-memory",
+         .kind = PB_OPT_SIZE,
+         .target = &o->load.weight_memory,
+         .shared = 1,
+         .value = "SIZE",
+         .help = "cap on the weights' memory for stream and auto (apart from --max-memory, which sizes "
+                 "batches); a model that cannot run within it, even streamed, is refused with the numbers"},
         {0},
     };
     memcpy(table, options, sizeof options);

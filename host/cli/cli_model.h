@@ -1,7 +1,8 @@
 /* The model options every command shares: where the weights come from
  * (--model PATH or --random-model NAME[:LAYERS] [--seed N]), where they run
  * (--backend cpu|reference|cuda, --device N, --threads N) and how they are
- * stored (--dtype f32|bf16|f16). */
+ * stored (--dtype f32|bf16|f16|file, --weights resident|stream|auto,
+ * --weight-memory SIZE). */
 #ifndef PB_CLI_MODEL_H
 #define PB_CLI_MODEL_H
 
@@ -14,11 +15,11 @@ typedef struct pb_cli_model {
     const char *path;        /* --model */
     const char *random_name; /* --random-model */
     uint64_t seed;           /* --seed, for --random-model */
-    pb_load_options load;    /* --backend, --dtype, --device, --threads */
+    pb_load_options load;    /* --backend, --dtype, --device, --threads, --weights, --weight-memory */
     int device_given;        /* 1 when --device was on the command line: it beats the rank's own choice */
 } pb_cli_model;
 
-enum { PB_CLI_MODEL_OPTIONS = 7 };
+enum { PB_CLI_MODEL_OPTIONS = 9 };
 /* Fills table (PB_CLI_MODEL_OPTIONS entries plus the PB_OPT_END) with the
  * options above, writing into o; a command's own table reaches them
  * through a PB_OPT_TABLE entry (options.h). */

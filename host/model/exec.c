@@ -582,6 +582,7 @@ pb_status pb_exec_run(pb_exec *e, const pb_exec_job *jobs, int n_jobs, int stop_
             PB_TRY(hook_point(e, jobs, n_active, step % 2 ? PB_HOOK_RESID_MID : PB_HOOK_RESID_PRE, L, e->x, fn, user));
             break;
         }
+        PB_TRY(pb_model_layer_acquire(m, L)); /* streamed weights: read before the layer's first step */
         if (step % 2 == 0)
             PB_TRY(attention_block(e, &m->layers[L], jobs, n_active, rows, L, fn, user));
         else

@@ -9,6 +9,7 @@
 #include <assert.h>
 #include <math.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,6 +17,7 @@
 #include "formats/dtype.h"
 #include "util/internal.h"
 #include "model/model.h"
+#include "model/stream.h"
 #include "model/weight_source.h"
 #include "text/model_text.h"
 #include "patching/noise.h"
@@ -148,9 +150,15 @@ typedef struct wanted_tensor {
     pb_tensor_info found;  /* as the source holds it (pass 1) */
     pb_matrix *matrix_dst; /* matrices: stored as `dtype` */
     pb_dtype dtype;        /* a matrix's storage (pass 1): the model's wdtype, or with FILE the file's */
+    int layer;             /* a layer's tensor: its index; a global one: -1 */
+    int place;             /* where pass 2 puts it (a place) */
     float **vector_dst;    /* vectors, and matrices the executor reads as fp32 (pos_embd): stored as fp32 */
     int fused_with_next;   /* the next tensor continues this one's rows (w_qkv, w_gate_up): no padding between */
 } wanted_tensor;
+
+/* Where a tensor lives: the arena, a layer slot of a streamed model (read
+ * when the layer runs), or the file's own mapping (read in place). */
+enum place { PLACE_ARENA = 0, PLACE_SLOT, PLACE_FILE };
 
 /* The field each canonical tensor fills: in pb_model for the global ones, in
  * pb_layer_weights for a layer's (name after "blk.L."). Matrix fields are
@@ -218,7 +226,8 @@ static void wanted_list(pb_model *m, wanted_tensor *list, int n) {
         wanted_tensor *w = &list[i];
         pb_weight_list_at(&m->cfg, i, &w->want);
         int layer, consumed = 0;
-        int ok = sscanf(w->want.name, "blk.%d.%n", &layer, &consumed) == 1 && consumed > 0
+        w->layer = sscanf(w->want.name, "blk.%d.%n", &layer, &consumed) == 1 && consumed > 0 ? layer : -1;
+        int ok = w->layer >= 0
                      ? want_field(w, &m->layers[layer], layer_fields, sizeof layer_fields / sizeof layer_fields[0],
                                   w->want.name + consumed)
                      : want_field(w, m, model_fields, sizeof model_fields / sizeof model_fields[0], w->want.name);
@@ -300,30 +309,28 @@ static int continues(const pb_matrix *a, size_t rows, size_t d, const pb_matrix 
     return a->dtype == b->dtype && adjacent(a->data, pb_dtype_bytes(a->dtype, rows * d), b->data);
 }
 
-void pb_model_fuse_views(pb_model *m) {
+void pb_model_fuse_layer(pb_model *m, int l) {
     const pb_model_config *c = &m->cfg;
     size_t d = (size_t)c->d_model;
     size_t q_rows = (size_t)c->n_heads * c->head_dim, kv_rows = (size_t)c->n_kv_heads * c->head_dim;
     pb_matrix none = {NULL, PB_DTYPE_F32};
-    for (int l = 0; l < c->n_layers; l++) {
-        pb_layer_weights *L = &m->layers[l];
-        int qkv = continues(&L->wq, q_rows, d, &L->wk) && continues(&L->wk, kv_rows, d, &L->wv);
-        int no_bias = !L->bq && !L->bk && !L->bv;
-        int fused_bias = adjacent(L->bq, q_rows * sizeof(float), L->bk) &&
-                         adjacent(L->bk, kv_rows * sizeof(float), L->bv);
-        L->w_qkv = qkv && (no_bias || fused_bias) ? L->wq : none;
-        L->b_qkv = L->w_qkv.data && fused_bias ? L->bq : NULL;
-        L->w_gate_up = continues(&L->w_gate, (size_t)c->d_mlp, d, &L->w_up) ? L->w_gate : none;
-    }
+    pb_layer_weights *L = &m->layers[l];
+    int qkv = continues(&L->wq, q_rows, d, &L->wk) && continues(&L->wk, kv_rows, d, &L->wv);
+    int no_bias = !L->bq && !L->bk && !L->bv;
+    int fused_bias = adjacent(L->bq, q_rows * sizeof(float), L->bk) && adjacent(L->bk, kv_rows * sizeof(float), L->bv);
+    L->w_qkv = qkv && (no_bias || fused_bias) ? L->wq : none;
+    L->b_qkv = L->w_qkv.data && fused_bias ? L->bq : NULL;
+    L->w_gate_up = continues(&L->w_gate, (size_t)c->d_mlp, d, &L->w_up) ? L->w_gate : none;
+}
+
+void pb_model_fuse_views(pb_model *m) {
+    for (int l = 0; l < m->cfg.n_layers; l++)
+        pb_model_fuse_layer(m, l);
 }
 
 /* Pass 1: every tensor present, readable and of the shape the
- * hyperparameters need, before any compute, and each matrix's storage;
- * *total = arena bytes of the list, *largest = elements of its largest
- * tensor, *largest_bytes = bytes of its largest stored matrix. */
-static pb_status check_tensors(const pb_model *m, const pb_weight_source *src, wanted_tensor *list, int n,
-                               uint64_t *total, uint64_t *largest, uint64_t *largest_bytes) {
-    *total = *largest = *largest_bytes = 0;
+ * hyperparameters need, before any compute, and each matrix's storage. */
+static pb_status check_tensors(const pb_model *m, const pb_weight_source *src, wanted_tensor *list, int n) {
     for (int i = 0; i < n; i++) {
         const pb_tensor_info *want = &list[i].want, *got = &list[i].found;
         PB_TRY(pb_weight_source_find(src, want->name, &list[i].found));
@@ -351,13 +358,57 @@ static pb_status check_tensors(const pb_model *m, const pb_weight_source *src, w
                            "%s: tensor '%s' is %s, which --dtype file keeps as stored; the CUDA backend multiplies "
                            "f32, bf16 and f16 matrices only (use --dtype bf16, or the cpu backend)",
                            src->path, got->file_name, pb_ggml_type_name(got->type));
-        *total += arena_slot(&list[i]);
-        if (wanted_elements(&list[i]) > *largest)
-            *largest = wanted_elements(&list[i]);
-        if (list[i].matrix_dst && pb_dtype_bytes(list[i].dtype, wanted_elements(&list[i])) > *largest_bytes)
-            *largest_bytes = pb_dtype_bytes(list[i].dtype, wanted_elements(&list[i]));
     }
     return PB_OK;
+}
+
+/* The sizes pass 2 needs for the places chosen. */
+typedef struct layout {
+    uint64_t arena;         /* bytes of the tensors placed in the arena (without slots and RoPE) */
+    uint64_t slot;          /* bytes of one layer slot: the largest layer's streamed matrices */
+    uint64_t largest;       /* floats of the largest tensor read whole into staging */
+    uint64_t largest_bytes; /* bytes of the largest arena matrix converted on the host */
+} layout;
+
+/* Sizes of the list as placed. */
+static layout measure(const wanted_tensor *list, int n) {
+    layout out = {0, 0, 0, 0};
+    uint64_t layer_bytes = 0;
+    for (int i = 0; i < n; i++) {
+        const wanted_tensor *w = &list[i];
+        if (i > 0 && w->layer != list[i - 1].layer)
+            layer_bytes = 0;
+        if (w->place == PLACE_SLOT) {
+            layer_bytes += arena_slot(w);
+            out.slot = layer_bytes > out.slot ? layer_bytes : out.slot;
+        } else if (w->place == PLACE_ARENA) {
+            out.arena += arena_slot(w);
+            out.largest = wanted_elements(w) > out.largest ? wanted_elements(w) : out.largest;
+            if (w->matrix_dst && pb_dtype_bytes(w->dtype, wanted_elements(w)) > out.largest_bytes)
+                out.largest_bytes = pb_dtype_bytes(w->dtype, wanted_elements(w));
+        }
+    }
+    return out;
+}
+
+/* 1 when the file's bytes of w are its storage as they lie in the mapping:
+ * a GGUF tensor of the storage type, neither part of another nor with
+ * rows to reorder. */
+static int usable_in_place(const pb_weight_source *src, const wanted_tensor *w) {
+    return src->gguf && !pb_tensor_is_view(&w->found) && !w->found.permuted_heads &&
+           pb_dtype_ggml(w->dtype) == w->found.type;
+}
+
+/* Places for a streamed model: layer matrices in the slots, the global
+ * ones in place where they can be, every other tensor in the arena. */
+static void place_streamed(const pb_weight_source *src, wanted_tensor *list, int n) {
+    for (int i = 0; i < n; i++) {
+        wanted_tensor *w = &list[i];
+        w->place = !w->matrix_dst            ? PLACE_ARENA
+                   : w->layer >= 0           ? PLACE_SLOT
+                   : usable_in_place(src, w) ? PLACE_FILE
+                                             : PLACE_ARENA;
+    }
 }
 
 /* Host buffers for pass 2: staging (largest floats) and converted (the
@@ -384,7 +435,7 @@ static pb_status place_tensor(pb_model *m, const pb_weight_source *src, wanted_t
     if (pb_dtype_is_quantised(w->dtype)) {
         /* the file's blocks, rows in Hugging Face order: the values just
          * checked, undecoded */
-        PB_TRY(pb_weight_source_read_rows(src, &w->found, buf->converted));
+        PB_TRY(pb_weight_source_read_rows(src, &w->found, 0, w->found.shape[0], buf->converted));
         bytes = buf->converted;
         n_bytes = pb_dtype_bytes(w->dtype, count);
     } else if (w->dtype != PB_DTYPE_F32) {
@@ -512,14 +563,218 @@ static pb_status alloc_buffers(pb_model *m, uint64_t largest, uint64_t largest_b
     return PB_OK;
 }
 
-/* Pass 1 (check_tensors), then pass 2: each tensor read on the host,
- * converted and placed in the arena in list order, then the RoPE table. */
-static pb_status load_weights(pb_model *m, const pb_weight_source *src) {
+/* Floats one chunk of a streamed tensor's check decodes. */
+#define CHECK_CHUNK_FLOATS ((size_t)1 << 20)
+
+/* Chunk `k` of w (rows of at most CHECK_CHUNK_FLOATS values) decoded into
+ * out; *count = its values, 0 past the end. raw holds the chunk's bytes. */
+static pb_status read_chunk(const pb_weight_source *src, const wanted_tensor *w, int64_t k, void *raw, float *out,
+                            size_t *count) {
+    const pb_tensor_info *f = &w->found;
+    int64_t cols = f->shape[1], per = (int64_t)(CHECK_CHUNK_FLOATS / (size_t)cols), first = k * (per ? per : 1);
+    int64_t rows = f->shape[0] - first < (per ? per : 1) ? f->shape[0] - first : (per ? per : 1);
+    *count = 0;
+    if (rows <= 0)
+        return PB_OK;
+    pb_dtype stored;
+    if (!pb_dtype_from_ggml(f->type, &stored))
+        return pb_fail(PB_ERR_UNSUPPORTED, "%s: tensor '%s' (%s) cannot be streamed", src->path, f->file_name,
+                       pb_ggml_type_name(f->type));
+    PB_TRY(pb_weight_source_read_rows(src, f, first, rows, raw));
+    *count = (size_t)(rows * cols);
+    pb_dtype_to_f32(stored, out, raw, *count);
+    return PB_OK;
+}
+
+/* A tensor pass 2 does not copy (a slot's or one read in place), checked
+ * chunk by chunk as place_tensor checks a whole one: every value finite,
+ * and the embedding's standard deviation for noise (pb_noise_sigma's two
+ * sums in its order). */
+static pb_status check_uncopied(pb_model *m, const pb_weight_source *src, const wanted_tensor *w, void *raw,
+                                float *chunk) {
+    int embedding = w->matrix_dst == &m->token_embd;
+    double sum = 0.0, mean = 0.0, var = 0.0;
+    uint64_t seen = 0, n = wanted_elements(w);
+    for (int pass = 0; pass < (embedding ? 2 : 1); pass++) {
+        size_t count;
+        seen = 0;
+        for (int64_t k = 0; seen < n; k++) {
+            PB_TRY(read_chunk(src, w, k, raw, chunk, &count));
+            uint64_t bad = first_non_finite(chunk, count);
+            if (bad < count)
+                return pb_fail(PB_ERR_NUMERIC, "%s: tensor '%s' holds a non-finite value (%g) at element %llu",
+                               src->path, w->found.file_name, (double)chunk[bad], (unsigned long long)(seen + bad));
+            for (size_t i = 0; embedding && i < count; i++) {
+                double d = (double)chunk[i] - mean;
+                if (pass == 0)
+                    sum += chunk[i];
+                else
+                    var += d * d;
+            }
+            seen += count;
+        }
+        mean = sum / (double)n;
+    }
+    if (embedding)
+        m->embed_sigma = sqrt(var / (double)n) * (m->cfg.embed_scale > 0.0f ? m->cfg.embed_scale : 1.0);
+    return PB_OK;
+}
+
+/* The weight source's own record and bytes of an in-place tensor. */
+static pb_status point_in_place(const pb_weight_source *src, wanted_tensor *w) {
+    const void *data;
+    uint64_t n_bytes;
+    PB_TRY(pb_weight_source_raw(src, &w->found, &data, &n_bytes));
+    *w->matrix_dst = (pb_matrix){(void *)(uintptr_t)data, w->dtype};
+    return PB_OK;
+}
+
+/* The streamed tensors of list for pb_stream_create, grouped by layer
+ * (the list's order), and first (n_layers + 1). */
+static int stream_records(const pb_model *m, const wanted_tensor *list, int n, pb_stream_tensor *out, int *first) {
+    int k = 0, layer = 0;
+    uint64_t offset = 0;
+    first[0] = 0;
+    for (int i = 0; i < n; i++) {
+        const wanted_tensor *w = &list[i];
+        if (w->place != PLACE_SLOT)
+            continue;
+        for (; layer < w->layer; layer++, offset = 0)
+            first[layer + 1] = k;
+        out[k++] = (pb_stream_tensor){w->found, w->dtype, (size_t)offset,
+                                      (size_t)((const char *)w->matrix_dst - (const char *)&m->layers[w->layer])};
+        offset += arena_slot(w);
+    }
+    for (; layer < m->cfg.n_layers; layer++)
+        first[layer + 1] = k;
+    return k;
+}
+
+/* The stream of a streamed model: two slots after `cursor`, the source
+ * handed over (*src NULL afterwards). */
+static pb_status start_stream(pb_model *m, pb_weight_source **src, const wanted_tensor *list, int n, char *cursor,
+                              uint64_t slot) {
+    pb_stream_tensor *records = malloc(sizeof *records * (size_t)n);
+    int *first = malloc(sizeof(int) * (size_t)(m->cfg.n_layers + 1));
+    if (!records || !first) {
+        free(records);
+        free(first);
+        return pb_fail(PB_ERR_OOM, "out of memory listing the streamed tensors");
+    }
+    stream_records(m, list, n, records, first);
+    void *slots[2] = {cursor, cursor + slot};
+    pb_weight_source *taken = *src;
+    *src = NULL;
+    pb_status status = pb_stream_create(&m->stream, taken, records, first, m->cfg.n_layers, slots, (size_t)slot);
+    free(records);
+    free(first);
+    return status;
+}
+
+/* What streaming needs, refused by name where it cannot run. */
+static pb_status check_streamable(const pb_model *m, const pb_weight_source *src) {
+    if (m->backend_kind == PB_BACKEND_CUDA)
+        return pb_fail(PB_ERR_UNSUPPORTED, "--weights stream: streaming to a GPU is not implemented yet; the cpu and "
+                                           "reference backends stream");
+    if (!src->gguf)
+        return pb_fail(PB_ERR_UNSUPPORTED, "%s: --weights stream reads a GGUF file's mapping; this is not one",
+                       src->path);
+    if (m->wdtype != PB_DTYPE_F32 && m->wdtype != PB_DTYPE_FILE)
+        return pb_fail(PB_ERR_UNSUPPORTED,
+                       "--weights stream keeps matrices as f32 or as the file stores them "
+                       "(--dtype f32 or file), not %s",
+                       pb_dtype_name(m->wdtype));
+    return PB_OK;
+}
+
+/* Resident or streamed: as asked, auto choosing resident when its arena
+ * fits the cap; a stream that does not fit the cap is refused with the
+ * numbers. Sets each tensor's place and *out. */
+static pb_status choose_layout(pb_model *m, const pb_weight_source *src, wanted_tensor *list, int n, layout *out) {
+    const pb_model_config *c = &m->cfg;
+    uint64_t rope = (uint64_t)rope_slots(c) * rope_slot_bytes(c);
+    *out = measure(list, n);
+    int stream = m->weights == PB_WEIGHTS_STREAM ||
+                 (m->weights == PB_WEIGHTS_AUTO && m->weight_memory > 0 && out->arena + rope > m->weight_memory);
+    if (!stream)
+        return PB_OK;
+    PB_TRY(check_streamable(m, src));
+    place_streamed(src, list, n);
+    *out = measure(list, n);
+    uint64_t staging = 0;
+    for (int i = 0; i < n; i++)
+        if (list[i].place == PLACE_SLOT) {
+            uint64_t bytes = pb_dtype_ggml(list[i].dtype) == list[i].found.type
+                                 ? pb_dtype_bytes(list[i].dtype, wanted_elements(&list[i]))
+                                 : sizeof(float) * wanted_elements(&list[i]);
+            staging = bytes > staging ? bytes : staging;
+        }
+    uint64_t need = out->arena + 2 * out->slot + rope + staging + sizeof(float) * out->largest;
+    if (m->weight_memory > 0 && need > m->weight_memory)
+        return pb_fail(PB_ERR_OOM,
+                       "--weights stream needs %.1f MiB of weight memory (%.1f MiB resident: norms, biases and "
+                       "what cannot be read in place; two layer slots of %.1f MiB; %.1f MiB of staging), more than "
+                       "--weight-memory %.1f MiB",
+                       (double)need / (1 << 20), (double)(out->arena + rope) / (1 << 20), (double)out->slot / (1 << 20),
+                       (double)(staging + sizeof(float) * out->largest) / (1 << 20),
+                       (double)m->weight_memory / (1 << 20));
+    m->weights = PB_WEIGHTS_STREAM;
+    return PB_OK;
+}
+
+/* Pass 2 for tensor w at cursor: copied into the arena, or checked and
+ * pointed at the file (in place), or checked only (a slot's). */
+static pb_status place_one(pb_model *m, const pb_weight_source *src, wanted_tensor *w, staging_buffers *buf,
+                           char *cursor, void *chunk_raw, float *chunk) {
+    if (w->place == PLACE_ARENA)
+        return place_tensor(m, src, w, buf, cursor);
+    PB_TRY(check_uncopied(m, src, w, chunk_raw, chunk));
+    return w->place == PLACE_FILE ? point_in_place(src, w) : PB_OK;
+}
+
+/* Pass 2 over the list: the arena's tensors in list order, then the two
+ * slots (streamed), then the RoPE table. */
+static pb_status place_all(pb_model *m, pb_weight_source **src, wanted_tensor *list, int n, const layout *lay,
+                           staging_buffers *buf) {
+    const pb_model_config *c = &m->cfg;
+    float *chunk = NULL;
+    void *chunk_raw = NULL;
+    if (m->weights == PB_WEIGHTS_STREAM) {
+        chunk = malloc(sizeof(float) * CHECK_CHUNK_FLOATS * 2);
+        chunk_raw = malloc(sizeof(float) * CHECK_CHUNK_FLOATS * 2);
+        if (!chunk || !chunk_raw) {
+            free(chunk);
+            free(chunk_raw);
+            return pb_fail(PB_ERR_OOM, "out of memory for the streamed tensors' checks");
+        }
+    }
+    char *cursor = m->arena;
+    pb_status status = PB_OK;
+    for (int i = 0; status == PB_OK && i < n; i++) {
+        status = place_one(m, *src, &list[i], buf, cursor, chunk_raw, chunk);
+        cursor += list[i].place == PLACE_ARENA ? arena_slot(&list[i]) : 0;
+    }
+    free(chunk);
+    free(chunk_raw);
+    PB_TRY(status);
+    if (c->tied_embeddings)
+        m->output = m->token_embd;
+    pb_model_fuse_views(m);
+    char *slots = cursor;
+    if (m->weights == PB_WEIGHTS_STREAM)
+        cursor += 2 * lay->slot;
+    PB_TRY(place_rope(m, *src, buf->staging, cursor));
+    return m->weights == PB_WEIGHTS_STREAM ? start_stream(m, src, list, n, slots, lay->slot) : PB_OK;
+}
+
+/* Pass 1 (check_tensors, choose_layout), then pass 2 (place_all). A
+ * streamed model takes *src (set to NULL). */
+static pb_status load_weights(pb_model *m, pb_weight_source **src) {
     const pb_model_config *c = &m->cfg;
     /* The file's header may claim any layer count: its last layer must be
      * there before tables sized by n_layers are allocated. */
     pb_tensor_info last;
-    pb_status found = pb_weight_source_find_layer(src, c->n_layers - 1, "attn_output.weight", &last);
+    pb_status found = pb_weight_source_find_layer(*src, c->n_layers - 1, "attn_output.weight", &last);
     if (found != PB_OK)
         return pb_fail_context(found, "%d layers declared", c->n_layers);
     m->layers = calloc((size_t)c->n_layers, sizeof *m->layers);
@@ -531,35 +786,32 @@ static pb_status load_weights(pb_model *m, const pb_weight_source *src) {
         return pb_fail(PB_ERR_OOM, "out of memory listing %d tensors", n);
     wanted_list(m, list, n);
     staging_buffers buf = {NULL, NULL};
-    uint64_t total, largest, largest_bytes;
-    pb_status status = check_tensors(m, src, list, n, &total, &largest, &largest_bytes);
+    layout lay;
+    pb_status status = check_tensors(m, *src, list, n);
+    if (status == PB_OK)
+        status = choose_layout(m, *src, list, n, &lay);
     if (status == PB_OK) {
-        m->arena_bytes = (size_t)(total + (uint64_t)rope_slots(c) * rope_slot_bytes(c));
-        status = alloc_buffers(m, largest, largest_bytes, &buf);
+        uint64_t slots = m->weights == PB_WEIGHTS_STREAM ? 2 * lay.slot : 0;
+        m->arena_bytes = (size_t)(lay.arena + slots + (uint64_t)rope_slots(c) * rope_slot_bytes(c));
+        status = alloc_buffers(m, lay.largest > (uint64_t)c->head_dim ? lay.largest : (uint64_t)c->head_dim,
+                               lay.largest_bytes, &buf);
     }
-    char *cursor = m->arena;
-    for (int i = 0; status == PB_OK && i < n; i++) {
-        status = place_tensor(m, src, &list[i], &buf, cursor);
-        cursor += arena_slot(&list[i]);
-    }
-    if (status == PB_OK) {
-        if (c->tied_embeddings)
-            m->output = m->token_embd;
-        pb_model_fuse_views(m);
-        status = place_rope(m, src, buf.staging, cursor);
-    }
+    if (status == PB_OK)
+        status = place_all(m, src, list, n, &lay, &buf);
     free(buf.converted);
     free(buf.staging);
     free(list);
     return status;
 }
 
-/* The model's hyperparameters, vocabulary, weights and text, from src. */
-static pb_status model_load(pb_model *m, const pb_weight_source *src) {
-    m->cfg = src->cfg;
-    PB_TRY(pb_model_text_vocab(m, src));
+/* The model's hyperparameters, vocabulary, weights and text, from *src
+ * (taken, *src NULL, when the model streams from it). */
+static pb_status model_load(pb_model *m, pb_weight_source **src) {
+    m->cfg = (*src)->cfg;
+    PB_TRY(pb_model_text_vocab(m, *src));
+    const pb_weight_source *text = *src;
     PB_TRY(load_weights(m, src));
-    pb_model_text_load(m, src);
+    pb_model_text_load(m, *src ? *src : text);
     return PB_OK;
 }
 
@@ -599,10 +851,14 @@ static pb_status model_new(pb_model **out, const char *path, const pb_load_optio
     pb_dtype dtype = options ? options->dtype : PB_DTYPE_F32;
     m->backend_kind = kind;
     m->wdtype = dtype;
+    m->weights = options ? options->weights : PB_WEIGHTS_RESIDENT;
+    m->weight_memory = options ? options->weight_memory : 0;
     pb_status status = PB_OK;
     if (dtype != PB_DTYPE_F32 && dtype != PB_DTYPE_BF16 && dtype != PB_DTYPE_F16 && dtype != PB_DTYPE_FILE)
         status = pb_fail(PB_ERR_ARG, "weight dtype %s is not a load option (f32, bf16, f16 or file)",
                          pb_dtype_name(dtype));
+    else if (m->weights != PB_WEIGHTS_RESIDENT && m->weights != PB_WEIGHTS_STREAM && m->weights != PB_WEIGHTS_AUTO)
+        status = pb_fail(PB_ERR_ARG, "unknown weights mode %d", (int)m->weights);
     else if (kind == PB_BACKEND_REFERENCE)
         status = pb_backend_ref_create(&m->backend);
     else if (kind == PB_BACKEND_CUDA)
@@ -627,8 +883,8 @@ pb_status pb_model_load(pb_model **out, const char *path, const pb_load_options 
     pb_weight_source *src = NULL;
     pb_status status = pb_weight_source_open(&src, path);
     if (status == PB_OK)
-        status = model_load(m, src);
-    pb_weight_source_free(src);
+        status = model_load(m, &src);
+    pb_weight_source_free(src); /* NULL when the model streams from it */
     if (status != PB_OK) {
         pb_model_free(m);
         return status;
@@ -645,7 +901,7 @@ pb_status pb_model_random(pb_model **out, const char *name, uint64_t seed, const
     PB_TRY(pb_weight_source_open_random(&src, name, seed));
     pb_model *m = NULL;
     pb_status status = model_new(&m, src->path, options);
-    if (status == PB_OK && (status = model_load(m, src)) != PB_OK)
+    if (status == PB_OK && (status = model_load(m, &src)) != PB_OK)
         pb_model_free(m);
     pb_weight_source_free(src);
     if (status == PB_OK)
@@ -674,8 +930,29 @@ pb_status pb_model_weights_download(const pb_model *m, float *out, const void *s
     return status;
 }
 
+int pb_model_streams_weights(const pb_model *m) { return m->stream != NULL; }
+
+pb_status pb_model_layer_acquire(pb_model *m, int layer) {
+    return m->stream ? pb_stream_acquire(m->stream, m, layer) : PB_OK;
+}
+
+const char *pb_weights_mode_name(pb_weights_mode mode) {
+    return mode == PB_WEIGHTS_STREAM ? "stream" : mode == PB_WEIGHTS_AUTO ? "auto" : "resident";
+}
+
+pb_status pb_weights_mode_parse(const char *text, pb_weights_mode *out) {
+    static const pb_weights_mode modes[3] = {PB_WEIGHTS_RESIDENT, PB_WEIGHTS_STREAM, PB_WEIGHTS_AUTO};
+    for (int i = 0; text && i < 3; i++)
+        if (strcmp(text, pb_weights_mode_name(modes[i])) == 0) {
+            *out = modes[i];
+            return PB_OK;
+        }
+    return pb_fail(PB_ERR_ARG, "unknown weights mode '%s' (expected resident, stream or auto)", text ? text : "(null)");
+}
+
 int pb_model_has_quantised(const pb_model *m) {
-    if (pb_dtype_is_quantised(m->token_embd.dtype) || pb_dtype_is_quantised(m->output.dtype))
+    if (pb_dtype_is_quantised(m->token_embd.dtype) || pb_dtype_is_quantised(m->output.dtype) ||
+        (m->stream && pb_stream_has_quantised(m->stream)))
         return 1;
     for (int l = 0; l < m->cfg.n_layers; l++) {
         const pb_layer_weights *L = &m->layers[l];
@@ -694,6 +971,7 @@ void pb_model_free(pb_model *m) {
         m->backend->ops->free(m->backend, m->arena);
         pb_backend_destroy(m->backend);
     }
+    pb_stream_free(m->stream); /* after the arena: in-place matrices point into its source's mapping */
     pb_model_text_free(m);
     free(m->layers);
     free(m->path);

@@ -64,7 +64,10 @@ struct pb_model {
     pb_dtype wdtype; /* storage of the weight matrices as asked (dtype.h): every one's, or PB_DTYPE_FILE */
     void *arena;     /* every weight below, one backend allocation */
     size_t arena_bytes;
-    pb_matrix token_embd; /* (vocab_size, d_model) */
+    pb_weights_mode weights;  /* as loaded: resident or stream */
+    size_t weight_memory;     /* the cap asked for (0: none) */
+    struct pb_stream *stream; /* streamed layers (model/stream.h), or NULL when resident */
+    pb_matrix token_embd;     /* (vocab_size, d_model) */
     double embed_sigma;   /* standard deviation of token_embd's values (pb_noise_sigma) times embed_scale, set at load
                                  so that noise never downloads the table */
     float *final_norm;    /* (d_model) */
@@ -116,6 +119,12 @@ const float *pb_model_inv_freq(const pb_model *model, int layer, int T);
 /* Sets each layer's fused views (w_qkv, b_qkv, w_gate_up) where its
  * matrices are contiguous, and clears them where they are not. */
 void pb_model_fuse_views(pb_model *model);
+/* The same for layer l alone (a streamed layer when it arrives). */
+void pb_model_fuse_layer(pb_model *model, int layer);
+/* Makes layer l's matrices usable: with streamed weights, reads them into
+ * their slot unless it holds them (model/stream.h); a no-op when resident.
+ * The executor calls it before each layer runs. */
+pb_status pb_model_layer_acquire(pb_model *model, int layer);
 /* out (n floats) = n weight elements of dtype at backend memory src
  * (whole blocks of a quantised type), widened or decoded on the host. */
 pb_status pb_model_weights_download(const pb_model *model, float *out, const void *src, pb_dtype dtype, size_t n);

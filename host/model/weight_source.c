@@ -448,7 +448,8 @@ static int64_t file_row(const pb_tensor_info *info, int64_t r) {
     return r;
 }
 
-pb_status pb_weight_source_read_rows(const pb_weight_source *src, const pb_tensor_info *info, void *out) {
+pb_status pb_weight_source_read_rows(const pb_weight_source *src, const pb_tensor_info *info, int64_t first, int64_t n,
+                                     void *out) {
     uint32_t block = pb_ggml_block_size(info->type);
     if (info->transposed || info->n_dims != 2 || block == 0 || info->shape[1] % block != 0)
         return pb_fail(PB_ERR_UNSUPPORTED, "%s: tensor '%s' (%s) cannot be kept as stored: %s", src->path,
@@ -462,8 +463,11 @@ pb_status pb_weight_source_read_rows(const pb_weight_source *src, const pb_tenso
     if (n_bytes < row_bytes * (uint64_t)file_rows)
         return pb_fail(PB_ERR_FORMAT, "%s: tensor '%s' holds %llu bytes, fewer than its %lld rows of %zu", src->path,
                        info->file_name, (unsigned long long)n_bytes, (long long)file_rows, row_bytes);
-    for (int64_t r = 0; r < info->shape[0]; r++)
-        memcpy((char *)out + (size_t)r * row_bytes, (const char *)data + (size_t)file_row(info, r) * row_bytes,
+    if (first < 0 || n < 0 || first + n > info->shape[0])
+        return pb_fail(PB_ERR_ARG, "%s: rows %lld..%lld of tensor '%s', which has %lld", src->path, (long long)first,
+                       (long long)(first + n), info->file_name, (long long)info->shape[0]);
+    for (int64_t r = 0; r < n; r++)
+        memcpy((char *)out + (size_t)r * row_bytes, (const char *)data + (size_t)file_row(info, first + r) * row_bytes,
                row_bytes);
     return PB_OK;
 }

@@ -107,12 +107,14 @@ pb_status pb_weight_source_check_readable(const pb_weight_source *src, const pb_
 pb_status pb_weight_source_read_f32(const pb_weight_source *src, const pb_tensor_info *info, float *out);
 pb_status pb_weight_source_raw(const pb_weight_source *src, const pb_tensor_info *info, const void **data,
                                uint64_t *n_bytes);
-/* out = a matrix's stored bytes (quantised blocks as they are) in Hugging
- * Face row order: rows of a fused tensor's part taken, llama.cpp's Q/K head
- * interleave undone; shape[0] rows of shape[1] / block blocks. The same
- * values read_f32 hands out, undecoded. PB_ERR_UNSUPPORTED for a transposed
- * view or rows that are not whole blocks. */
-pb_status pb_weight_source_read_rows(const pb_weight_source *src, const pb_tensor_info *info, void *out);
+/* out = rows [first, first + n) of a matrix's stored bytes (quantised
+ * blocks as they are) in Hugging Face row order: rows of a fused tensor's
+ * part taken, llama.cpp's Q/K head interleave undone; each row shape[1] /
+ * block blocks. The same values read_f32 hands out, undecoded.
+ * PB_ERR_UNSUPPORTED for a transposed view or rows that are not whole
+ * blocks. */
+pb_status pb_weight_source_read_rows(const pb_weight_source *src, const pb_tensor_info *info, int64_t first, int64_t n,
+                                     void *out);
 /* Makes info (filled with the file tensor's own shape) a view of it:
  * part `part` of a fused tensor laid out as `split`, transposed first
  * when `transposed`. PB_ERR_FORMAT naming the file tensor when its shape

@@ -46,6 +46,7 @@
 #define pb_cuda_launch_activate pb_emu_cuda_launch_activate
 #define pb_cuda_launch_softcap pb_emu_cuda_launch_softcap
 #define pb_cuda_launch_add pb_emu_cuda_launch_add
+#define pb_cuda_launch_dequant_rows pb_emu_cuda_launch_dequant_rows
 #define pb_cuda_launch_copy_regions pb_emu_cuda_launch_copy_regions
 #define pb_cuda_metric_rows pb_emu_cuda_metric_rows
 

@@ -109,6 +109,10 @@ int pb_emu_add(float *out, const float *a, const float *b, size_t n) {
     return pb_cuda_launch_add(nullptr, out, a, b, n);
 }
 
+int pb_emu_dequant_rows(float *out, const void *src, uint32_t ggml_type, size_t row_bytes, int rows, int k) {
+    return pb_cuda_launch_dequant_rows(nullptr, out, src, ggml_type, row_bytes, rows, k);
+}
+
 static int g_sync_launches; /* pb_emu_set_sync_launches */
 
 void pb_emu_set_sync_launches(int sync) { g_sync_launches = sync; }

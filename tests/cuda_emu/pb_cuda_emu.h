@@ -50,6 +50,10 @@ int pb_emu_glu(float *out, const float *gate, const float *up, size_t rows, size
 int pb_emu_activate(float *x, size_t n, pb_activation act);
 int pb_emu_softcap(float *x, size_t n, float cap);
 int pb_emu_add(float *out, const float *a, const float *b, size_t n);
+/* cuda/dequant.cu: out (rows, k) from rows of quantised ggml blocks at
+ * src + r * row_bytes; cudaErrorInvalidValue, launching nothing, for a type
+ * it does not decode. */
+int pb_emu_dequant_rows(float *out, const void *src, uint32_t ggml_type, size_t row_bytes, int rows, int k);
 /* cuda/copy_regions.cu as backend_cuda.cu drives it. */
 int pb_emu_copy_regions(const pb_copy_region *regions, int n_regions);
 /* cuda/metric.cu's pb_cuda_metric_rows on an emulated backend (device 0). */

@@ -1,0 +1,176 @@
+/* --weights stream (model/stream.h): every oracle patching case swept with
+ * the layers read from the GGUF into two slots equals the resident sweep of
+ * the same file (the Q8_0 files kept quantised, and the f32 ones), on the
+ * reference backend within 1e-6 and on the CPU backend within its bound;
+ * the embedding and unembedding are read in place; each layer is read once
+ * per executor run; auto picks by the cap; what cannot stream, or would not
+ * fit the cap even streamed, is refused with the numbers. */
+#define _GNU_SOURCE
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "model/model.h"
+#include "model/stream.h"
+#include "patching/sweep.h"
+#include "test_util.h"
+#include "tolerances.h"
+
+static pb_status try_load(pb_model **m, const char *path, pb_backend_kind backend, pb_dtype dtype,
+                          pb_weights_mode weights, size_t cap) {
+    pb_load_options o = {.n_threads = 2, .backend = backend, .dtype = dtype, .weights = weights, .weight_memory = cap};
+    *m = NULL;
+    return pb_model_load(m, path, &o);
+}
+
+static pb_model *load(const char *path, pb_backend_kind backend, pb_dtype dtype, pb_weights_mode weights) {
+    pb_model *m;
+    if (try_load(&m, path, backend, dtype, weights, 0) != PB_OK)
+        fail_msg("loading %s (%s, %s): %s", path, pb_dtype_name(dtype), pb_weights_mode_name(weights), pb_last_error());
+    return m;
+}
+
+typedef struct case_setup {
+    pb_backend_kind backend;
+    const char *file; /* in the model's fixture folder */
+    pb_dtype dtype;
+    double tol;
+} case_setup;
+
+static int check_case(const tu_oracle_case *c, void *ctx) {
+    const case_setup *setup = ctx;
+    const char *model = json_string_value(json_object_get(c->expected, "model"));
+    char path[1400];
+    if (strcmp(model, "smollm2") == 0) {
+        /* the real model: the CPU backend only (the naive one would take minutes) */
+        if (setup->backend != PB_BACKEND_CPU || setup->dtype != PB_DTYPE_FILE || !tu_model_path(path, sizeof path))
+            return 0;
+    } else {
+        tu_fixture_file(path, sizeof path, model, setup->file);
+        if (!tu_file_exists(path))
+            return 0;
+    }
+    pb_model *streamed = load(path, setup->backend, setup->dtype, PB_WEIGHTS_STREAM);
+    pb_model *resident = load(path, setup->backend, setup->dtype, PB_WEIGHTS_RESIDENT);
+    assert_true(pb_model_streams_weights(streamed));
+    assert_false(pb_model_streams_weights(resident));
+    pb_sweep *a = tu_run_case_sweep(streamed, c), *b = tu_run_case_sweep(resident, c);
+    double diff = tu_sweep_difference(a, b);
+    long long layers;
+    double bytes;
+    pb_stream_counters(streamed->stream, &layers, &bytes);
+    printf("[ MEASURE  ] %-30s %-9s %-5s %s: weights %.2f MiB streamed vs %.2f resident, %lld layer reads "
+           "(%.1f MiB), max |d| %.2e\n",
+           c->name, pb_backend_name(setup->backend), pb_dtype_name(setup->dtype), model,
+           (double)pb_model_weight_bytes(streamed) / (1 << 20), (double)pb_model_weight_bytes(resident) / (1 << 20),
+           layers, bytes / (1 << 20), diff);
+    assert_true(diff <= setup->tol);
+    assert_true(layers >= pb_model_get_config(streamed)->n_layers);
+    pb_sweep_free(a);
+    pb_sweep_free(b);
+    pb_model_free(streamed);
+    pb_model_free(resident);
+    return 1;
+}
+
+static void test_oracle_cases_reference_q8(void **state) {
+    (void)state;
+    case_setup setup = {PB_BACKEND_REFERENCE, "model.q8_0.gguf", PB_DTYPE_FILE, PB_TOL_INVARIANT_REF};
+    assert_true(tu_visit_cases("patching", check_case, &setup) >= 20);
+}
+
+static void test_oracle_cases_cpu_q8(void **state) {
+    (void)state;
+    case_setup setup = {PB_BACKEND_CPU, "model.q8_0.gguf", PB_DTYPE_FILE, PB_TOL_FILE_DTYPE_CPU};
+    assert_true(tu_visit_cases("patching", check_case, &setup) >= 20);
+}
+
+static void test_oracle_cases_cpu_f32(void **state) {
+    (void)state;
+    case_setup setup = {PB_BACKEND_CPU, "model.gguf", PB_DTYPE_F32, PB_TOL_INVARIANT_CPU};
+    assert_true(tu_visit_cases("patching", check_case, &setup) >= 20);
+}
+
+/* The quantised embedding and unembedding are read where the file's
+ * mapping holds them; the layers' matrices only while a slot holds them;
+ * one forward reads each layer once, a second forward again (two slots,
+ * more layers). */
+static void test_in_place_and_reads(void **state) {
+    (void)state;
+    char path[1024];
+    tu_fixture_file(path, sizeof path, "tiny_qwen3", "model.q8_0.gguf");
+    pb_model *m = load(path, PB_BACKEND_CPU, PB_DTYPE_FILE, PB_WEIGHTS_STREAM);
+    const pb_model_config *c = pb_model_get_config(m);
+    const char *arena = m->arena, *end = arena + pb_model_weight_bytes(m);
+    const char *embd = m->token_embd.data;
+    assert_true(embd < arena || embd >= end);
+    assert_int_equal(m->token_embd.dtype, PB_DTYPE_Q8_0);
+    for (int l = 0; l < c->n_layers; l++)
+        assert_null(m->layers[l].wq.data);
+    int32_t ids[6] = {3, 40, 7, 19, 88, 5};
+    float *logits = malloc(sizeof(float) * 6 * (size_t)c->vocab_size);
+    assert_non_null(logits);
+    long long after[2];
+    for (int run = 0; run < 2; run++) {
+        CHECK_OK(pb_forward(m, ids, 6, logits, NULL));
+        double bytes;
+        pb_stream_counters(m->stream, &after[run], &bytes);
+    }
+    /* the first forward reads every layer; the second every one but the
+     * layer still in its slot from the first (n_layers - 2, in slot 1 - n % 2
+     * ... held until layer 0's read evicts the other slot) */
+    assert_int_equal(after[0], c->n_layers);
+    assert_true(c->n_layers >= 3);
+    assert_int_equal(after[1] - after[0], c->n_layers - 1);
+    /* the last two layers sit in their slots, the earlier ones nowhere */
+    assert_non_null(m->layers[c->n_layers - 1].wq.data);
+    assert_null(m->layers[0].wq.data);
+    free(logits);
+    pb_model_free(m);
+}
+
+/* auto: resident under a cap that holds it, streamed under one that does
+ * not; a cap below even the stream's needs, a safetensors folder and a
+ * 16-bit storage are refused by name. */
+static void test_auto_and_refusals(void **state) {
+    (void)state;
+    char path[1024];
+    tu_fixture_file(path, sizeof path, "tiny_qwen3", "model.q8_0.gguf");
+    pb_model *m = load(path, PB_BACKEND_CPU, PB_DTYPE_FILE, PB_WEIGHTS_RESIDENT);
+    size_t resident = pb_model_weight_bytes(m);
+    pb_model_free(m);
+    CHECK_OK(try_load(&m, path, PB_BACKEND_CPU, PB_DTYPE_FILE, PB_WEIGHTS_AUTO, resident + 4096));
+    assert_false(pb_model_streams_weights(m));
+    pb_model_free(m);
+    CHECK_OK(try_load(&m, path, PB_BACKEND_CPU, PB_DTYPE_FILE, PB_WEIGHTS_AUTO, resident - 4096));
+    assert_true(pb_model_streams_weights(m));
+    assert_true(pb_model_weight_bytes(m) < resident);
+    pb_model_free(m);
+    assert_int_equal(try_load(&m, path, PB_BACKEND_CPU, PB_DTYPE_FILE, PB_WEIGHTS_STREAM, 1024), PB_ERR_OOM);
+    assert_non_null(strstr(pb_last_error(), "more than --weight-memory 0.0 MiB"));
+    assert_non_null(strstr(pb_last_error(), "two layer slots of"));
+    assert_int_equal(try_load(&m, path, PB_BACKEND_CPU, PB_DTYPE_BF16, PB_WEIGHTS_STREAM, 0), PB_ERR_UNSUPPORTED);
+    assert_non_null(strstr(pb_last_error(), "not bf16"));
+    char folder[1024];
+    tu_fixture_file(folder, sizeof folder, "tiny_qwen3", NULL);
+    assert_int_equal(try_load(&m, folder, PB_BACKEND_CPU, PB_DTYPE_F32, PB_WEIGHTS_STREAM, 0), PB_ERR_UNSUPPORTED);
+    assert_non_null(strstr(pb_last_error(), "reads a GGUF file's mapping"));
+    pb_weights_mode mode;
+    assert_int_equal(pb_weights_mode_parse("stream", &mode), PB_OK);
+    assert_int_equal(mode, PB_WEIGHTS_STREAM);
+    assert_int_equal(pb_weights_mode_parse("mmap", &mode), PB_ERR_ARG);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_in_place_and_reads),        cmocka_unit_test(test_auto_and_refusals),
+        cmocka_unit_test(test_oracle_cases_reference_q8), cmocka_unit_test(test_oracle_cases_cpu_q8),
+        cmocka_unit_test(test_oracle_cases_cpu_f32),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
