@@ -571,8 +571,9 @@ static pb_status alloc_buffers(pb_model *m, uint64_t largest, uint64_t largest_b
 static pb_status read_chunk(const pb_weight_source *src, const wanted_tensor *w, int64_t k, void *raw, float *out,
                             size_t *count) {
     const pb_tensor_info *f = &w->found;
-    int64_t cols = f->shape[1], per = (int64_t)(CHECK_CHUNK_FLOATS / (size_t)cols), first = k * (per ? per : 1);
-    int64_t rows = f->shape[0] - first < (per ? per : 1) ? f->shape[0] - first : (per ? per : 1);
+    int64_t cols = f->shape[1], per = (int64_t)(CHECK_CHUNK_FLOATS / (size_t)cols);
+    per = per > 0 ? per : 1;
+    int64_t first = k * per, rows = f->shape[0] - first < per ? f->shape[0] - first : per;
     *count = 0;
     if (rows <= 0)
         return PB_OK;
@@ -600,7 +601,7 @@ static pb_status check_uncopied(pb_model *m, const pb_weight_source *src, const 
         seen = 0;
         for (int64_t k = 0; seen < n; k++) {
             PB_TRY(read_chunk(src, w, k, raw, chunk, &count));
-            uint64_t bad = first_non_finite(chunk, count);
+            uint64_t bad = pass == 0 ? first_non_finite(chunk, count) : count; /* the second pass re-reads */
             if (bad < count)
                 return pb_fail(PB_ERR_NUMERIC, "%s: tensor '%s' holds a non-finite value (%g) at element %llu",
                                src->path, w->found.file_name, (double)chunk[bad], (unsigned long long)(seen + bad));
@@ -704,9 +705,7 @@ static pb_status choose_layout(pb_model *m, const pb_weight_source *src, wanted_
     uint64_t staging = 0;
     for (int i = 0; i < n; i++)
         if (list[i].place == PLACE_SLOT) {
-            uint64_t bytes = pb_dtype_ggml(list[i].dtype) == list[i].found.type
-                                 ? pb_dtype_bytes(list[i].dtype, wanted_elements(&list[i]))
-                                 : sizeof(float) * wanted_elements(&list[i]);
+            uint64_t bytes = pb_stream_staging_for(list[i].dtype, &list[i].found);
             staging = bytes > staging ? bytes : staging;
         }
     uint64_t need = out->arena + 2 * out->slot + rope + staging + sizeof(float) * out->largest;
@@ -809,9 +808,9 @@ static pb_status load_weights(pb_model *m, pb_weight_source **src) {
 static pb_status model_load(pb_model *m, pb_weight_source **src) {
     m->cfg = (*src)->cfg;
     PB_TRY(pb_model_text_vocab(m, *src));
-    const pb_weight_source *text = *src;
+    const pb_weight_source *text = *src; /* still open when a stream takes it */
     PB_TRY(load_weights(m, src));
-    pb_model_text_load(m, *src ? *src : text);
+    pb_model_text_load(m, text);
     return PB_OK;
 }
 

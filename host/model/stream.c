@@ -19,38 +19,34 @@ struct pb_stream {
     size_t slot_bytes;
     int held[2];       /* the layer in each slot, or -1 */
     void *raw;         /* host: one matrix as stored */
-    float *wide;       /* host: one converted matrix as fp32, or NULL when none is converted */
-    void *narrow;      /* host: one matrix converted to 16 bits, or NULL */
+    float *wide;       /* host: one matrix decoded to fp32 (the slot's storage), or NULL when none is */
     size_t raw_bytes;  /* of raw */
-    size_t wide_count; /* floats of wide (and elements of narrow) */
+    size_t wide_bytes; /* of wide */
     long long layers_read;
     double bytes_read;
 };
 
 /* 1 when the file's bytes are the slot's storage: the same type, read as
- * rows (quantised blocks, or f32 as f32). */
-static int stored_as_is(const pb_stream_tensor *t) { return pb_dtype_ggml(t->dtype) == t->info.type; }
+ * rows (quantised blocks, or f32 as f32); else the slot holds fp32. */
+static int stored_as_is(pb_dtype dtype, const pb_tensor_info *info) { return pb_dtype_ggml(dtype) == info->type; }
+
+size_t pb_stream_staging_for(pb_dtype dtype, const pb_tensor_info *info) {
+    return stored_as_is(dtype, info) ? pb_dtype_bytes(dtype, info->n_elements) : sizeof(float) * info->n_elements;
+}
 
 /* Sizes the host staging for the largest matrix of each path. */
 static pb_status alloc_staging(pb_stream *s) {
-    size_t n = (size_t)s->first[s->n_layers];
-    int narrow = 0;
-    for (size_t i = 0; i < n; i++) {
+    for (int i = 0; i < s->first[s->n_layers]; i++) {
         const pb_stream_tensor *t = &s->tensors[i];
-        if (stored_as_is(t)) {
-            size_t bytes = pb_dtype_bytes(t->dtype, t->info.n_elements);
-            s->raw_bytes = bytes > s->raw_bytes ? bytes : s->raw_bytes;
-        } else {
-            s->wide_count = t->info.n_elements > s->wide_count ? (size_t)t->info.n_elements : s->wide_count;
-            narrow |= t->dtype != PB_DTYPE_F32;
-        }
+        size_t bytes = pb_stream_staging_for(t->dtype, &t->info);
+        size_t *most = stored_as_is(t->dtype, &t->info) ? &s->raw_bytes : &s->wide_bytes;
+        *most = bytes > *most ? bytes : *most;
     }
     s->raw = s->raw_bytes ? malloc(s->raw_bytes) : NULL;
-    s->wide = s->wide_count ? malloc(sizeof(float) * s->wide_count) : NULL;
-    s->narrow = narrow ? malloc(2 * s->wide_count) : NULL;
-    if ((s->raw_bytes && !s->raw) || (s->wide_count && !s->wide) || (narrow && !s->narrow))
+    s->wide = s->wide_bytes ? malloc(s->wide_bytes) : NULL;
+    if ((s->raw_bytes && !s->raw) || (s->wide_bytes && !s->wide))
         return pb_fail(PB_ERR_OOM, "streaming: out of memory for %.1f MiB of staging",
-                       (double)(s->raw_bytes + sizeof(float) * s->wide_count) / (1 << 20));
+                       (double)(s->raw_bytes + s->wide_bytes) / (1 << 20));
     return PB_OK;
 }
 
@@ -95,7 +91,6 @@ void pb_stream_free(pb_stream *s) {
     free(s->first);
     free(s->raw);
     free(s->wide);
-    free(s->narrow);
     free(s);
 }
 
@@ -124,15 +119,11 @@ static pb_status fill_tensor(pb_stream *s, pb_model *m, const pb_stream_tensor *
     pb_backend *b = m->backend;
     size_t bytes = pb_dtype_bytes(t->dtype, t->info.n_elements);
     const void *host = s->raw;
-    if (stored_as_is(t)) {
+    if (stored_as_is(t->dtype, &t->info)) {
         PB_TRY(pb_weight_source_read_rows(s->src, &t->info, 0, t->info.shape[0], s->raw));
     } else {
         PB_TRY(pb_weight_source_read_f32(s->src, &t->info, s->wide));
         host = s->wide;
-        if (t->dtype != PB_DTYPE_F32) {
-            pb_dtype_from_f32(t->dtype, s->narrow, s->wide, (size_t)t->info.n_elements);
-            host = s->narrow;
-        }
     }
     s->bytes_read += (double)bytes;
     return b->ops->upload(b, slot + t->offset, host, bytes);
@@ -169,10 +160,6 @@ pb_status pb_stream_acquire(pb_stream *s, pb_model *m, int l) {
     point_layer(s, m, l, s->slot[k]);
     advise_layer(s, l + 1 < s->n_layers ? l + 1 : 0, MADV_WILLNEED);
     return PB_OK;
-}
-
-size_t pb_stream_staging_bytes(const pb_stream *s) {
-    return s->raw_bytes + sizeof(float) * s->wide_count + (s->narrow ? 2 * s->wide_count : 0);
 }
 
 int pb_stream_has_quantised(const pb_stream *s) {

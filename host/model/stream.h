@@ -34,9 +34,11 @@ void pb_stream_free(pb_stream *stream);
  * holds it already), points m->layers[l]'s fields at them and fuses its
  * views; clears the fields of the layer the slot held before. */
 pb_status pb_stream_acquire(pb_stream *stream, pb_model *m, int layer);
-/* Host staging bytes the reads need (the largest matrix as stored, or as
- * fp32 where it is converted): counted with the weights' memory. */
-size_t pb_stream_staging_bytes(const pb_stream *stream);
+/* Host staging bytes reading one matrix of storage dtype takes: its bytes
+ * as stored where those are the storage, else as fp32 (a slot holds f32 or
+ * the file's quantised blocks; model.c refuses the rest). Counted with the
+ * weights' memory. */
+size_t pb_stream_staging_for(pb_dtype dtype, const pb_tensor_info *info);
 /* 1 when a streamed matrix is stored quantised. */
 int pb_stream_has_quantised(const pb_stream *stream);
 /* Layers read and bytes moved since creation. */
