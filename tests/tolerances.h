@@ -39,8 +39,12 @@
  * by the pair's gap and scales it with the effect itself, so its bound is
  * tol * max(1, |effect|) / min(1, |source - base|), and a patched metric's
  * tol * max(1, |metric|): the same tol where the gap is at least 1 and the
- * values at most 1 (test_sweep.c). */
-#define PB_TOL_TINY_EFFECT 1e-5
+ * values at most 1 (test_sweep.c). OpenBLAS picks its kernels by CPU, and
+ * on one it does not recognise (a VM's "Intel Xeon Processor") falls back
+ * to generic ones: measured worst |d patched| over the tiny cases 1.13e-5
+ * with those (Prescott), 1.11e-5 with Haswell's, on values of ~0.6 (1e-5
+ * held on the machines the oracle was first run on). */
+#define PB_TOL_TINY_EFFECT 3e-5
 #define PB_TOL_SMOLLM2_EFFECT 1e-3
 
 /* Invariants that hold exactly in real arithmetic (a batch of N rows vs
