@@ -26,6 +26,7 @@
 
 extern "C" {
 #include "backend/gemm_split.h"
+#include "formats/dtype.h"
 }
 
 /* ---- lifetime and memory ------------------------------------------------ */
@@ -40,6 +41,8 @@ static void pb_cuda_destroy(pb_backend *backend) {
         PB_CUDA_CHECK_VOID(cudaStreamSynchronize(self->stream));
     if (self->round_scratch)
         PB_CUDA_CHECK_VOID(cudaFree(self->round_scratch));
+    if (self->dequant_scratch)
+        PB_CUDA_CHECK_VOID(cudaFree(self->dequant_scratch));
     for (int i = 0; i < PB_CUDA_STAGING_SLOTS; i++)
         if (self->staging_done[i])
             PB_CUDA_CHECK_VOID(cudaEventDestroy(self->staging_done[i]));
@@ -89,21 +92,36 @@ static pb_status pb_cuda_memory_info(pb_backend *backend, size_t *free_bytes, si
     return PB_OK;
 }
 
-/* A round_scratch of at least n elements. Growing waits for the stream,
- * since queued GEMMs may still read the old buffer. */
-static pb_status pb_cuda_round_scratch(pb_cuda_backend *self, size_t n) {
-    if (n <= self->round_scratch_elems)
+/* *buffer of at least n elements of `size` bytes (*capacity of them now),
+ * grown and kept. Growing waits for the stream, since queued GEMMs may
+ * still read the old buffer. */
+static pb_status pb_cuda_scratch(pb_cuda_backend *self, void **buffer, size_t *capacity, size_t n, size_t size) {
+    if (n <= *capacity)
         return PB_OK;
     PB_CUDA_CHECK(cudaStreamSynchronize(self->stream));
-    if (self->round_scratch)
-        PB_CUDA_CHECK(cudaFree(self->round_scratch));
-    self->round_scratch = NULL;
-    self->round_scratch_elems = 0;
-    void *ptr = NULL;
-    PB_TRY(pb_cuda_malloc(self, &ptr, n * sizeof(uint16_t)));
-    self->round_scratch = (uint16_t *)ptr;
-    self->round_scratch_elems = n;
+    if (*buffer)
+        PB_CUDA_CHECK(cudaFree(*buffer));
+    *buffer = NULL;
+    *capacity = 0;
+    PB_TRY(pb_cuda_malloc(self, buffer, n * size));
+    *capacity = n;
     return PB_OK;
+}
+
+/* The 16-bit copy of a matmul's input, of at least n elements. */
+static pb_status pb_cuda_round_scratch(pb_cuda_backend *self, size_t n) {
+    void *buffer = self->round_scratch;
+    pb_status status = pb_cuda_scratch(self, &buffer, &self->round_scratch_elems, n, sizeof(uint16_t));
+    self->round_scratch = (uint16_t *)buffer;
+    return status;
+}
+
+/* A quantised matrix's decoded rows, at least n floats. */
+static pb_status pb_cuda_dequant_scratch(pb_cuda_backend *self, size_t n) {
+    void *buffer = self->dequant_scratch;
+    pb_status status = pb_cuda_scratch(self, &buffer, &self->dequant_scratch_elems, n, sizeof(float));
+    self->dequant_scratch = (float *)buffer;
+    return status;
 }
 
 static void pb_cuda_free(pb_backend *backend, void *ptr) {
@@ -197,8 +215,10 @@ static pb_status pb_cuda_synchronize(pb_backend *backend) {
 
 /* ---- ops ------------------------------------------------------------------ */
 
+/* Storage a matrix may have: fp32, 16-bit, or a GGUF's quantised blocks
+ * (--dtype file, decoded on the device: dequant.cu). */
 static int pb_cuda_dtype_ok(pb_dtype dtype) {
-    return dtype == PB_DTYPE_F32 || dtype == PB_DTYPE_BF16 || dtype == PB_DTYPE_F16;
+    return dtype == PB_DTYPE_F32 || dtype == PB_DTYPE_BF16 || dtype == PB_DTYPE_F16 || pb_dtype_is_quantised(dtype);
 }
 
 static pb_status pb_cuda_embed(pb_backend *backend, float *out, const void *table, pb_dtype table_dtype,
@@ -214,6 +234,10 @@ static pb_status pb_cuda_embed(pb_backend *backend, float *out, const void *tabl
     if (table_dtype == PB_DTYPE_F32)
         PB_CUDA_LAUNCHED(self, "embed",
                          pb_cuda_launch_embed(self->stream, out, (const float *)table, ids, T, d, scale));
+    else if (pb_dtype_is_quantised(table_dtype))
+        PB_CUDA_LAUNCHED(
+            self, "dequant_gather",
+            pb_cuda_launch_dequant_gather(self->stream, out, table, pb_dtype_ggml(table_dtype), ids, T, d, scale));
     else
         PB_CUDA_LAUNCHED(self, "embed16",
                          pb_cuda_launch_embed16(self->stream, out, (const uint16_t *)table,
@@ -259,6 +283,31 @@ static pb_status pb_cuda_gemm_chunk(pb_cuda_backend *self, float *out, const voi
     return PB_OK;
 }
 
+/* out (rows, n) (ld n) = x (rows, k) @ w^T for quantised w (n rows of k):
+ * tiles of w's rows decoded into the fp32 scratch, each multiplied in fp32
+ * (the f32 load's arithmetic: --dtype file equals it). */
+static pb_status pb_cuda_matmul_quantised(pb_cuda_backend *self, float *out, const float *x, const void *w,
+                                          pb_dtype w_dtype, int rows, int n, int k) {
+    const size_t row_bytes = pb_dtype_bytes(w_dtype, (uint64_t)k);
+    size_t tile = PB_CUDA_DEQUANT_MAX_ELEMS / (size_t)k;
+    tile = tile < 1 ? 1 : tile > (size_t)n ? (size_t)n : tile;
+    PB_TRY(pb_cuda_dequant_scratch(self, tile * (size_t)k));
+    const float alpha = 1.0f, beta = 0.0f;
+    for (int col0 = 0; col0 < n; col0 += (int)tile) {
+        const int cols = n - col0 < (int)tile ? n - col0 : (int)tile;
+        PB_CUDA_LAUNCHED(self, "dequant_rows",
+                         pb_cuda_launch_dequant_rows(self->stream, self->dequant_scratch,
+                                                     (const char *)w + (size_t)col0 * row_bytes, pb_dtype_ggml(w_dtype),
+                                                     row_bytes, cols, k));
+        pb_gemm_split split;
+        PB_TRY(pb_gemm_split_plan(&split, rows, cols, k, PB_GEMM_MAX_ELEMENTS));
+        for (int i = 0; i < pb_gemm_split_count(&split); i++)
+            PB_TRY(pb_cuda_gemm_chunk(self, out + col0, x, self->dequant_scratch, PB_DTYPE_F32,
+                                      pb_gemm_split_chunk(&split, i), n, k, alpha, beta));
+    }
+    return PB_OK;
+}
+
 static pb_status pb_cuda_matmul(pb_backend *backend, float *out, const float *x, const void *w, pb_dtype w_dtype,
                                 const float *bias, int rows, int n, int k) {
     pb_cuda_backend *self = pb_cuda_self(backend);
@@ -280,6 +329,8 @@ static pb_status pb_cuda_matmul(pb_backend *backend, float *out, const float *x,
         /* An empty sum: out = bias (or 0). Not left to cuBLAS, whose k == 0
          * handling of C is not documented. */
         PB_CUDA_CHECK(cudaMemsetAsync(out, 0, out_count * sizeof(float), self->stream));
+    } else if (pb_dtype_is_quantised(w_dtype)) {
+        PB_TRY(pb_cuda_matmul_quantised(self, out, x, w, w_dtype, rows, n, k));
     } else {
         const float alpha = 1.0f, beta = 0.0f;
         const void *b_input = x; /* x, or its 16-bit copy */

@@ -25,6 +25,10 @@ extern "C" {
  * at load: one big copy, no host memcpy through the slots). */
 #define PB_CUDA_STAGING_MAX_UPLOAD ((size_t)64 << 20)
 
+/* The most fp32 elements a quantised matrix is decoded into at once (256
+ * MiB): wider matrices (a 128k-row unembedding) go through in row tiles. */
+#define PB_CUDA_DEQUANT_MAX_ELEMS ((size_t)64 << 20)
+
 typedef struct pb_cuda_backend {
     pb_backend base; /* base.impl points back here */
     int device;
@@ -33,6 +37,10 @@ typedef struct pb_cuda_backend {
     /* The 16-bit copy of a matmul's input: grown to the largest seen, kept. */
     uint16_t *round_scratch;
     size_t round_scratch_elems;
+    /* A quantised matrix's rows decoded to fp32 before cuBLAS (--dtype
+     * file): grown up to PB_CUDA_DEQUANT_MAX_ELEMS, kept. */
+    float *dequant_scratch;
+    size_t dequant_scratch_elems;
     /* attention_jobs' descriptors, built here and passed to the kernels by
      * value; grown to the largest batch seen, kept. */
     pb_cuda_attention_job *attention_jobs_host;

@@ -198,3 +198,30 @@ cudaError_t pb_cuda_launch_dequant_rows(cudaStream_t stream, float *out, const v
         out, (const uint8_t *)src, ggml_type, row_bytes, k, block, block_bytes, total);
     return cudaGetLastError();
 }
+
+/* out (T, d) = row ids[t] of the table (rows of d / block blocks, row_bytes
+ * apart) decoded, times scale (the embedding of quantised tokens: decoded
+ * first, then scaled, as the CPU backend does it) */
+static __global__ void pb_dequant_gather_kernel(float *out, const uint8_t *table, uint32_t type, size_t row_bytes,
+                                                const int32_t *ids, int d, int block, int block_bytes, float scale,
+                                                size_t total) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
+        const size_t t = i / (size_t)d;
+        const int column = (int)(i % (size_t)d);
+        const uint8_t *x = table + (size_t)ids[t] * row_bytes + (size_t)(column / block) * (size_t)block_bytes;
+        const float v = pb_dequant_element(type, x, column % block);
+        out[i] = scale == 1.0f ? v : v * scale;
+    }
+}
+
+cudaError_t pb_cuda_launch_dequant_gather(cudaStream_t stream, float *out, const void *table, uint32_t ggml_type,
+                                          const int32_t *ids, int T, int d, float scale) {
+    int block_bytes;
+    const int block = pb_dequant_geometry(ggml_type, &block_bytes);
+    if (block == 0 || d % block != 0)
+        return cudaErrorInvalidValue;
+    const size_t total = (size_t)T * (size_t)d, row_bytes = (size_t)(d / block) * (size_t)block_bytes;
+    pb_dequant_gather_kernel<<<pb_cuda_grid_for(total), PB_CUDA_BLOCK, 0, stream>>>(
+        out, (const uint8_t *)table, ggml_type, row_bytes, ids, d, block, block_bytes, scale, total);
+    return cudaGetLastError();
+}

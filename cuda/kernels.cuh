@@ -288,5 +288,11 @@ cudaError_t pb_cuda_launch_add(cudaStream_t stream, float *out, const float *a, 
  * included) or a k that is no multiple of the block, launching nothing. */
 cudaError_t pb_cuda_launch_dequant_rows(cudaStream_t stream, float *out, const void *src, uint32_t ggml_type,
                                         size_t row_bytes, int rows, int k);
+/* out (T, d) fp32 = the table's rows ids[t] (each d elements of ggml_type,
+ * whole blocks, packed) decoded as pb_dequant_rows decodes them, then
+ * multiplied by scale unless it is 1: the embedding of a quantised token
+ * table. cudaErrorInvalidValue as pb_cuda_launch_dequant_rows. */
+cudaError_t pb_cuda_launch_dequant_gather(cudaStream_t stream, float *out, const void *table, uint32_t ggml_type,
+                                          const int32_t *ids, int T, int d, float scale);
 
 #endif

@@ -178,9 +178,9 @@ pb_status pb_dtype_parse(const char *text, pb_dtype *out);
  * executor run advances every row of its batch through layer l before
  * l + 1, so each layer is read once per run); the embedding and
  * unembedding are read in place from the file's mapping where its bytes are
- * the storage (quantised with --dtype file, or f32), else held resident.
- * Auto: resident when that fits weight_memory, else stream. CPU and
- * reference backends. */
+ * the storage (quantised with --dtype file, or f32) on a host backend, else
+ * held resident (always on CUDA, whose slots are device memory). Auto:
+ * resident when that fits weight_memory, else stream. */
 typedef enum pb_weights_mode { PB_WEIGHTS_RESIDENT = 0, PB_WEIGHTS_STREAM, PB_WEIGHTS_AUTO } pb_weights_mode;
 
 /* "resident", "stream", "auto" */
@@ -195,6 +195,9 @@ typedef struct pb_load_options {
     pb_weights_mode weights;
     size_t weight_memory; /* > 0: cap on the bytes the weights take in memory (stream, auto); the load is
                              refused, naming the numbers, when even streaming exceeds it */
+    int shape_only;       /* 1: the hyperparameters, tokenizer and checked tensor table only, no weights read and
+                             no device opened: for planning (pb_sweep_plan) a model this machine cannot hold;
+                             running it is refused */
 } pb_load_options;
 
 /* "cpu", "reference", "cuda" */
@@ -441,6 +444,61 @@ pb_status pb_sweep_set_row(pb_sweep *sweep, int64_t row, double patched, int tri
 pb_status pb_sweep_set_pair(pb_sweep *sweep, int pair, double base, double source);
 /* 1 when the pair's baselines are known. */
 int pb_sweep_pair_ready(const pb_sweep *sweep, int pair);
+
+/* ---- planning (docs/patching.md, "Planning") ------------------------- */
+
+/* What a plan may use; zeros take the defaults. */
+typedef struct pb_plan_options {
+    size_t device_memory;    /* bytes one rank may hold; 0: this machine's physical memory (cpu, reference),
+                                the device's total (cuda, when present) */
+    int n_ranks;             /* ranks (GPUs) splitting the rows; 0: one */
+    pb_weights_mode weights; /* as the load's: auto holds the weights resident when they fit beside the caches
+                                and one row's activations, else streams them */
+    size_t weight_memory;    /* the load's cap (0: none) */
+    size_t max_memory;       /* the sweep's batch budget (0: its default, 1 GiB, resident; streamed, all that is
+                                left, as waves read every layer once) */
+    double flops_per_s;      /* compute rate for the time bound (0: the backend's assumed rate) */
+    double link_bytes_per_s; /* rate streamed layers arrive at (0: the backend's assumed rate) */
+} pb_plan_options;
+
+/* A sweep's plan, per rank where it says so. Run with the same model
+ * options plus --weights, --weight-memory and --max-memory as planned, a
+ * sweep sizes its batches (waves) the same way and streams the same bytes. */
+typedef struct pb_plan {
+    pb_weights_mode weights; /* resident or stream */
+    size_t weight_memory;    /* a cap that admits the plan's weights (the --weight-memory to pass) */
+    size_t max_memory;       /* the batch budget (the --max-memory to pass) */
+    size_t device_memory;    /* per rank, as given or found */
+    int n_ranks;
+    int rows_per_wave;         /* a batch's rows at most */
+    int tokens_per_wave;       /* and tokens */
+    int64_t rows;              /* pending rows, all ranks */
+    int64_t rows_run;          /* of those, rows that reach the metric (an upper bound on the rows run) */
+    int64_t waves;             /* batches, all ranks */
+    int64_t waves_max_rank;    /* on the busiest rank */
+    double bytes_streamed;     /* layer bytes read per sweep, all ranks (0 resident) */
+    double bytes_loaded;       /* weights read once at load, all ranks */
+    uint64_t weights_resident; /* bytes the weights take held resident */
+    uint64_t weights_streamed; /* and streamed (0 when the model cannot stream) */
+    uint64_t peak_weights;     /* per rank at the plan's peak: the weights as planned */
+    uint64_t peak_caches;      /* one pair's two run caches and the metric's arrays */
+    uint64_t peak_activations; /* the batch: executor workspace, patch values, logits, host scratch */
+    uint64_t peak_total;
+    double flops;       /* all ranks: base runs and batches */
+    double flops_per_s; /* rates assumed */
+    double link_bytes_per_s;
+    double seconds_compute; /* the slowest rank's FLOPs at flops_per_s */
+    double seconds_link;    /* its streamed bytes at link_bytes_per_s */
+    double seconds_bound;   /* the larger: no run of this plan is faster */
+    char why_not[512];      /* when the plan cannot run: why, with the numbers; else "" */
+} pb_plan;
+
+/* Plans the sweep's pending rows for options (NULL: defaults). The model
+ * may be loaded shape-only (pb_load_options.shape_only). PB_ERR_OOM (the
+ * plan filled and why_not set) when even streamed weights, one pair's caches
+ * and one row's activations exceed the memory; PB_ERR_UNSUPPORTED when the
+ * model must stream and cannot. */
+pb_status pb_sweep_plan(const pb_sweep *sweep, const pb_plan_options *options, pb_plan *plan);
 
 /* ---- checkpoints (preemption: docs/patching.md, "Checkpoints") -------- */
 

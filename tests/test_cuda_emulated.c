@@ -1115,6 +1115,39 @@ static void test_dequant(void **state) {
     }
 }
 
+/* The embedding of a quantised table: rows picked by id (repeated, out of
+ * order), decoded to host/quant.c's bits, then scaled as the CPU backend
+ * scales them (not at all when the scale is 1). */
+static void test_dequant_gather(void **state) {
+    (void)state;
+    const int32_t ids[5] = {3, 0, 6, 3, 5};
+    const float scales[2] = {1.0f, 3.7f};
+    for (size_t i = 0; i < sizeof dequant_cases / sizeof dequant_cases[0]; i++) {
+        const dequant_case *c = &dequant_cases[i];
+        const int d = 2 * (pb_ggml_block_size(c->type) == 256 ? 256 : 32), vocab = 7;
+        const size_t row_bytes = (size_t)d / pb_ggml_block_size(c->type) * pb_ggml_block_bytes(c->type);
+        uint8_t *table = random_blocks(c, (size_t)vocab * d / pb_ggml_block_size(c->type), 300 + i);
+        for (int k = 0; k < 2; k++) {
+            float *want = filled_floats((size_t)5 * d, NAN), *got = filled_floats((size_t)5 * d, NAN);
+            for (int t = 0; t < 5; t++) {
+                CHECK_OK(pb_dequantize(want + (size_t)t * d, table + (size_t)ids[t] * row_bytes, c->type, (uint64_t)d));
+                for (int j = 0; scales[k] != 1.0f && j < d; j++)
+                    want[(size_t)t * d + j] *= scales[k];
+            }
+            char what[96];
+            snprintf(what, sizeof what, "dequant gather %s, scale %g", c->name, (double)scales[k]);
+            CHECK_LAUNCH(pb_emu_dequant_gather(got, table, c->type, ids, 5, d, scales[k]));
+            check_guard(got, (size_t)5 * d, what);
+            expect_same_bits(got, want, (size_t)5 * d, what);
+            free(want);
+            free(got);
+        }
+        free(table);
+    }
+    printf("[ MEASURE  ] dequant gather: %zu types, scale 1 and 3.7, bit-identical to host/quant.c\n",
+           sizeof dequant_cases / sizeof dequant_cases[0]);
+}
+
 /* A type the kernel does not decode (F32 included), or k not a whole number
  * of blocks: an error, and nothing written. */
 static void test_dequant_refused(void **state) {
@@ -1406,6 +1439,7 @@ int main(void) {
         cmocka_unit_test(test_attention_tiled_params),
         cmocka_unit_test(test_copy_regions),
         cmocka_unit_test(test_dequant),
+        cmocka_unit_test(test_dequant_gather),
         cmocka_unit_test(test_dequant_refused),
         cmocka_unit_test(test_metric),
         cmocka_unit_test(test_sync_mode),

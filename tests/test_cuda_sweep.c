@@ -8,7 +8,9 @@
  *    and the same top-10 sites (by mean |effect|, where the CPU's ranking
  *    is not a near-tie); against fp32 on the CPU the same top-10 sites
  *    (and the effect bound on the synthetic model: see check_case);
- *  - a synthetic model at a real shape (random "smollm2-135m:4") in both.
+ *  - a synthetic model at a real shape (random "smollm2-135m:4") in both;
+ *  - every case's Q8_0 file with --dtype file (decoded on the device),
+ *    resident and streamed, against the CPU's --dtype file: the f32 bound.
  * Without a CUDA device (or in a build without CUDA) it exits 77: skipped. */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -212,6 +214,49 @@ static void test_oracle_cases(void **state) {
     assert_true(tu_visit_cases("patching", check_oracle_case, NULL) >= 7);
 }
 
+/* --dtype file (the Q8_0 matrices decoded on the device before each
+ * product) held resident and streamed layer by layer (two slots in device
+ * memory), against the CPU backend's --dtype file sweep of the same file:
+ * the f32 bound, as both compute the f32 load's products. */
+static int check_file_case(const tu_oracle_case *c, void *ctx) {
+    (void)ctx;
+    const char *model = json_string_value(json_object_get(c->expected, "model"));
+    char path[1400];
+    tu_fixture_file(path, sizeof path, model, "model.q8_0.gguf");
+    if (!tu_file_exists(path))
+        return 0;
+    pb_load_options o = {.backend = PB_BACKEND_CPU, .dtype = PB_DTYPE_FILE};
+    pb_model *cpu_model = NULL;
+    if (pb_model_load(&cpu_model, path, &o) != PB_OK)
+        fail_msg("%s: %s", path, pb_last_error());
+    pb_sweep *cpu = run_sweep(cpu_model, c->spec, c->dir);
+    for (int stream = 0; stream <= 1; stream++) {
+        o.backend = g_under_test;
+        o.weights = stream ? PB_WEIGHTS_STREAM : PB_WEIGHTS_RESIDENT;
+        pb_model *gm = NULL;
+        if (pb_model_load(&gm, path, &o) != PB_OK)
+            fail_msg("%s (%s): %s", path, pb_weights_mode_name(o.weights), pb_last_error());
+        pb_sweep *gpu = run_sweep(gm, c->spec, c->dir);
+        comparison cmp;
+        compare(gpu, cpu, &cmp, 0, PB_TOL_CUDA_SWEEP_F32);
+        char what[64];
+        snprintf(what, sizeof what, "%s file %s vs cpu file", pb_backend_name(g_under_test),
+                 stream ? "stream" : "resident");
+        report(what, c->name, &cmp);
+        expect_within(what, c->name, &cmp, PB_TOL_CUDA_SWEEP_F32);
+        pb_sweep_free(gpu);
+        pb_model_free(gm);
+    }
+    pb_sweep_free(cpu);
+    pb_model_free(cpu_model);
+    return 1;
+}
+
+static void test_file_and_stream(void **state) {
+    (void)state;
+    assert_true(tu_visit_cases("patching", check_file_case, NULL) >= 20);
+}
+
 /* The default sweep's components on a synthetic model at SmolLM2's width. */
 static void test_random_model(void **state) {
     (void)state;
@@ -262,6 +307,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_oracle_cases),
         cmocka_unit_test(test_random_model),
+        cmocka_unit_test(test_file_and_stream),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -63,7 +63,7 @@ void pb_cli_model_table(pb_cli_model *o, pb_cli_option table[PB_CLI_MODEL_OPTION
          .help = "storage of the weight matrices (default f32); 16-bit weights round each projection's input "
                  "to that type and accumulate in fp32; file keeps a GGUF's quantised matrices (Q4_0 ... Q6_K) "
                  "as stored, decoded inside each projection, the rest f32: the f32 results in a fraction of "
-                 "the memory (cpu and reference backends)"},
+                 "the memory (decoded on the device with --backend cuda)"},
         {.flag = "--weights",
          .kind = PB_OPT_PARSE,
          .target = &o->load.weights,
@@ -73,7 +73,7 @@ void pb_cli_model_table(pb_cli_model *o, pb_cli_option table[PB_CLI_MODEL_OPTION
          .help = "where the layers' weights live (default resident): stream reads each layer from the GGUF "
                  "into one of two slots when the layer runs (every row of a batch passes a layer before the "
                  "next), so a model larger than memory can be swept; auto streams when resident weights would "
-                 "exceed --weight-memory (cpu and reference backends)"},
+                 "exceed --weight-memory (a GGUF; --dtype f32 or file)"},
         {.flag = "--weight-memory",
          .kind = PB_OPT_SIZE,
          .target = &o->load.weight_memory,

@@ -17,6 +17,7 @@
 #include "cli/cli_analysis.h"
 #include "cli/cli_intervene.h"
 #include "cli/cli_model.h"
+#include "cli/cli_plan.h"
 #include "cli/cli_lens.h"
 #include "cli/cli_text.h"
 #include "cli/ids.h"
@@ -514,19 +515,6 @@ static void checkpoint_path(const options *o, char *path, size_t size) {
     snprintf(path, size, "%.*s.checkpoint", (int)n, o->out);
 }
 
-/* Relative paths in the spec (a projection's direction file) are relative
- * to the spec's own folder. */
-static void spec_directory(const char *spec, char *dir, size_t size) {
-    snprintf(dir, size, "%s", spec);
-    char *slash = strrchr(dir, '/');
-    if (!slash)
-        snprintf(dir, size, ".");
-    else if (slash == dir)
-        dir[1] = 0;
-    else
-        *slash = 0;
-}
-
 /* --resume / --overwrite: temporary files that a killed run left (kill -9
  * while writing the results, the checkpoint or the hash cache) are removed
  * when their process is gone, so that a requeued job finds the output
@@ -616,7 +604,7 @@ static int sweep_inputs(sweep_job *j) {
         fail("--spec");
         return 2;
     }
-    spec_directory(o->spec, j->spec_dir, sizeof j->spec_dir);
+    pb_cli_spec_directory(o->spec, j->spec_dir, sizeof j->spec_dir);
     if (o->prompt.no_chat && pb_cli_spec_plain_text(&j->spec_text) != 0) {
         fprintf(stderr, "patchbay sweep: out of memory applying --no-chat\n");
         return 1;
@@ -916,6 +904,20 @@ static const command commands[] = {
      "patchbay sweep --model tests/fixtures/tiny_gqa/model.gguf \\\n"
      "    --spec tests/fixtures/patching/tiny_gqa_denoise_logit_diff/spec.json --out /tmp/sweep",
      run_sweep_command, main_options_help},
+    {"plan", "how a sweep would run: resident or streamed weights, waves, bytes moved, peak memory, time bound",
+     "--spec SPEC.json [--device-memory SIZE] [--gpus N] [--weights auto|resident|stream] [--max-memory SIZE]",
+     "Reads the model's hyperparameters, tokenizer and tensor table only (a 70B file plans in a moment),\n"
+     "then plans the sweep as patchbay sweep would run it: weights held resident when they fit beside one\n"
+     "pair's run caches and one row (--weights auto, the default here), else streamed layer by layer;\n"
+     "rows per wave (batch), waves, weight bytes loaded and streamed, the memory at the peak per rank,\n"
+     "and a lower bound on the time from the FLOPs and the link rate (assumed rates printed; --tflops,\n"
+     "--link-gbs). Ends with the options that make the sweep run this plan. A sweep that cannot fit even\n"
+     "streamed is refused with the numbers (exit 1).\n",
+     "patchbay plan --model tests/fixtures/tiny_gqa/model.gguf \\\n"
+     "    --spec tests/fixtures/patching/tiny_gqa_denoise_logit_diff/spec.json --device-memory 64MiB\n"
+     "patchbay plan --random-model llama3-70b --backend cuda --dtype bf16 --device-memory 80GiB --gpus 8 \\\n"
+     "    --spec tests/fixtures/patching/tiny_gqa_denoise_logit_diff/spec.json",
+     pb_cli_plan, pb_cli_plan_options},
     {"tokenize", "token ids of a text (plain, or through the chat template)",
      "--text TEXT [--chat [--system TEXT]] [--pieces]",
      "Prints the ids as a JSON array, or with --pieces one line per token (position, id, quoted piece).\n",

@@ -1,6 +1,7 @@
-/* What the sweep command says about its prompts before it runs: whether a
- * chat template (and which system prompt) and a BOS token went in, one line
- * per kind of prompt; and --no-chat, the switch to plain text. */
+/* What the sweep and plan commands do with a spec's prompts: say before a
+ * sweep runs whether a chat template (and which system prompt) and a BOS
+ * token went in, one line per kind of prompt; --no-chat, the switch to
+ * plain text; the folder relative paths in a spec resolve against. */
 #ifndef PB_CLI_PROMPT_NOTICE_H
 #define PB_CLI_PROMPT_NOTICE_H
 
@@ -16,5 +17,9 @@ void pb_cli_prompt_notice(FILE *f, const pb_sweep *sweep, const pb_model *model)
  * the default of text prompts that do not say. A text that is not a JSON
  * object is left for the spec parser to refuse. 0, or 1 out of memory. */
 int pb_cli_spec_plain_text(char **spec_text);
+
+/* Relative paths in a spec (a projection's direction file) are relative to
+ * the spec's own folder: dir (size bytes) = that folder, or ".". */
+void pb_cli_spec_directory(const char *spec, char *dir, size_t size);
 
 #endif

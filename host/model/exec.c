@@ -79,6 +79,8 @@ pb_status pb_exec_create(pb_exec **out, pb_model *model, int max_tokens, int max
     *out = NULL;
     if (max_tokens <= 0 || max_T <= 0)
         return pb_fail(PB_ERR_ARG, "executor: max_tokens = %d and max_T = %d must be positive", max_tokens, max_T);
+    if (model->shape_only)
+        return pb_fail(PB_ERR_ARG, "%s was loaded shape-only (for planning): it has no weights to run", model->path);
     pb_exec *e = calloc(1, sizeof *e);
     if (!e)
         return pb_fail(PB_ERR_OOM, "executor: out of memory");
@@ -313,6 +315,19 @@ static double attended_pairs(int p0, int n, int window) {
     return pairs;
 }
 
+double pb_exec_step_flops(const pb_model_config *c, int step, int p0, int T) {
+    double d = c->d_model, qd = (double)c->n_heads * c->head_dim, kvd = (double)c->n_kv_heads * c->head_dim;
+    double n = T - p0;
+    double mlp = (c->plain_mlp ? 4.0 : 6.0) * n * d * c->d_mlp;
+    if (step % 2)
+        return c->parallel_block ? 0.0 : mlp; /* a parallel block's MLP runs in its attention step */
+    int window = pb_model_attention_params(c, step / 2).window;
+    /* the projections in and out, QK^T and PV over each new query's causal window */
+    double attention = 2.0 * n * d * (qd + 2.0 * kvd) + 2.0 * n * d * qd +
+                       4.0 * qd * attended_pairs(p0, T - p0, window);
+    return attention + (c->parallel_block ? mlp : 0.0);
+}
+
 /* Sandwich norm (Gemma-2/3): the sublayer output in e->sub, seen at its
  * own hook point, normalised in place before it becomes hook_attn_out or
  * hook_mlp_out. Nothing in other architectures. */
@@ -367,9 +382,8 @@ static pb_status queries_keys_values(pb_exec *e, const pb_layer_weights *W, cons
     const pb_model_config *c = &m->cfg;
     const pb_backend_ops *ops = m->backend->ops;
     pb_backend *b = m->backend;
-    int d = c->d_model, qd = c->n_heads * c->head_dim, kvd = c->n_kv_heads * c->head_dim;
+    int qd = c->n_heads * c->head_dim, kvd = c->n_kv_heads * c->head_dim;
     PB_TRY(project_qkv(e, W, rows));
-    e->flops += 2.0 * rows * d * (qd + 2.0 * kvd);
     PB_TRY(hook_point(e, jobs, n_active, PB_HOOK_Q, L, e->q, fn, user));
     PB_TRY(hook_point(e, jobs, n_active, PB_HOOK_K, L, e->k, fn, user));
     PB_TRY(hook_point(e, jobs, n_active, PB_HOOK_V, L, e->v, fn, user));
@@ -409,12 +423,6 @@ static pb_status attention_block(pb_exec *e, const pb_layer_weights *W, const pb
     PB_TRY(sublayer_input(e, from, W->attn_norm, W->attn_norm_b, rows));
     PB_TRY(queries_keys_values(e, W, jobs, n_active, rows, L, fn, user));
     pb_attention_params params = pb_model_attention_params(c, L);
-    for (int a = 0; a < n_active; a++) {
-        const pb_exec_job *job = &jobs[e->order[a]];
-        int n = job->T - job->p0;
-        /* QK^T and PV over the causal window of each new query */
-        e->flops += 4.0 * qd * attended_pairs(job->p0, n, params.window);
-    }
     if (ops->attention_jobs) {
         /* One call for the batch: prefixes are read in place from the cache,
          * new keys from the packed buffers. */
@@ -471,7 +479,6 @@ static pb_status attention_block(pb_exec *e, const pb_layer_weights *W, const pb
     }
     PB_TRY(hook_point(e, jobs, n_active, PB_HOOK_Z, L, e->z, fn, user));
     PB_TRY(ops->matmul(b, e->sub, e->z, W->wo.data, W->wo.dtype, W->bo, rows, d, qd));
-    e->flops += 2.0 * rows * d * qd;
     PB_TRY(post_norm(e, jobs, n_active, rows, PB_HOOK_ATTN_POST_IN, L, W->attn_post_norm, fn, user));
     PB_TRY(hook_point(e, jobs, n_active, PB_HOOK_ATTN_OUT, L, e->sub, fn, user));
     PB_TRY(ops->add(b, e->x, e->x, e->sub, (size_t)rows * d));
@@ -489,7 +496,6 @@ static pb_status mlp_sublayer(pb_exec *e, const pb_layer_weights *W, const pb_ex
     PB_TRY(sublayer_input(e, from, W->mlp_norm, W->mlp_norm_b, rows));
     PB_TRY(mlp_activation(e, W, rows));
     PB_TRY(b->ops->matmul(b, e->sub, e->gate, W->w_down.data, W->w_down.dtype, W->b_down, rows, d, c->d_mlp));
-    e->flops += (c->plain_mlp ? 4.0 : 6.0) * rows * d * c->d_mlp;
     PB_TRY(post_norm(e, jobs, n_active, rows, PB_HOOK_MLP_POST_IN, L, W->mlp_post_norm, fn, user));
     PB_TRY(hook_point(e, jobs, n_active, PB_HOOK_MLP_OUT, L, e->sub, fn, user));
     PB_TRY(b->ops->add(b, e->x, e->x, e->sub, (size_t)rows * d));
@@ -587,6 +593,8 @@ pb_status pb_exec_run(pb_exec *e, const pb_exec_job *jobs, int n_jobs, int stop_
             PB_TRY(attention_block(e, &m->layers[L], jobs, n_active, rows, L, fn, user));
         else
             PB_TRY(mlp_block(e, &m->layers[L], jobs, n_active, rows, L, fn, user));
+        for (int a = 0; a < n_active; a++)
+            e->flops += pb_exec_step_flops(c, step, jobs[e->order[a]].p0, jobs[e->order[a]].T);
     }
     /* No synchronize: on a device backend the run is queued, not done, and
      * the host goes on (planning the next batch) while it executes. */

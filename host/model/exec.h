@@ -83,6 +83,10 @@ pb_status pb_exec_run(pb_exec *exec, const pb_exec_job *jobs, int n_jobs, int st
 float *pb_exec_output(pb_exec *exec, int job);
 /* FLOPs the last runs executed (projections, attention, accumulated). */
 double pb_exec_flops(const pb_exec *exec);
+/* FLOPs pb_exec_run counts for one job of T positions from p0 at `step`
+ * (2L: layer L's attention, 2L + 1: its MLP): matrix products and
+ * attention scores, not norms or activations. */
+double pb_exec_step_flops(const pb_model_config *cfg, int step, int p0, int T);
 
 /* Final RMSNorm then unembedding of `rows` residual rows (device,
  * (rows, d_model)): out (rows, n_out) = norm(x) @ w^T with w (n_out,

@@ -353,11 +353,6 @@ static pb_status check_tensors(const pb_model *m, const pb_weight_source *src, w
                            src->path, got->file_name, have, got->n_dims, need);
         }
         list[i].dtype = storage_dtype(m, &list[i]);
-        if (pb_dtype_is_quantised(list[i].dtype) && m->backend_kind == PB_BACKEND_CUDA)
-            return pb_fail(PB_ERR_UNSUPPORTED,
-                           "%s: tensor '%s' is %s, which --dtype file keeps as stored; the CUDA backend multiplies "
-                           "f32, bf16 and f16 matrices only (use --dtype bf16, or the cpu backend)",
-                           src->path, got->file_name, pb_ggml_type_name(got->type));
     }
     return PB_OK;
 }
@@ -400,14 +395,16 @@ static int usable_in_place(const pb_weight_source *src, const wanted_tensor *w) 
 }
 
 /* Places for a streamed model: layer matrices in the slots, the global
- * ones in place where they can be, every other tensor in the arena. */
-static void place_streamed(const pb_weight_source *src, wanted_tensor *list, int n) {
+ * ones in place where they can be (a host backend reading the file's
+ * mapping; a device cannot), every other tensor in the arena. */
+static void place_streamed(const pb_model *m, const pb_weight_source *src, wanted_tensor *list, int n) {
+    int host = m->backend_kind != PB_BACKEND_CUDA;
     for (int i = 0; i < n; i++) {
         wanted_tensor *w = &list[i];
-        w->place = !w->matrix_dst            ? PLACE_ARENA
-                   : w->layer >= 0           ? PLACE_SLOT
-                   : usable_in_place(src, w) ? PLACE_FILE
-                                             : PLACE_ARENA;
+        w->place = !w->matrix_dst                    ? PLACE_ARENA
+                   : w->layer >= 0                   ? PLACE_SLOT
+                   : host && usable_in_place(src, w) ? PLACE_FILE
+                                                     : PLACE_ARENA;
     }
 }
 
@@ -674,9 +671,6 @@ static pb_status start_stream(pb_model *m, pb_weight_source **src, const wanted_
 
 /* What streaming needs, refused by name where it cannot run. */
 static pb_status check_streamable(const pb_model *m, const pb_weight_source *src) {
-    if (m->backend_kind == PB_BACKEND_CUDA)
-        return pb_fail(PB_ERR_UNSUPPORTED, "--weights stream: streaming to a GPU is not implemented yet; the cpu and "
-                                           "reference backends stream");
     if (!src->gguf)
         return pb_fail(PB_ERR_UNSUPPORTED, "%s: --weights stream reads a GGUF file's mapping; this is not one",
                        src->path);
@@ -688,36 +682,72 @@ static pb_status check_streamable(const pb_model *m, const pb_weight_source *src
     return PB_OK;
 }
 
-/* Resident or streamed: as asked, auto choosing resident when its arena
- * fits the cap; a stream that does not fit the cap is refused with the
- * numbers. Sets each tensor's place and *out. */
-static pb_status choose_layout(pb_model *m, const pb_weight_source *src, wanted_tensor *list, int n, layout *out) {
+/* m->layout from the list as checked (places left resident): both ways
+ * of holding the weights, and why streaming cannot run, if it cannot. */
+static pb_status measure_layouts(pb_model *m, const pb_weight_source *src, wanted_tensor *list, int n) {
     const pb_model_config *c = &m->cfg;
+    pb_weight_layout *out = &m->layout;
     uint64_t rope = (uint64_t)rope_slots(c) * rope_slot_bytes(c);
-    *out = measure(list, n);
-    int stream = m->weights == PB_WEIGHTS_STREAM ||
-                 (m->weights == PB_WEIGHTS_AUTO && m->weight_memory > 0 && out->arena + rope > m->weight_memory);
+    out->layer_bytes = calloc((size_t)c->n_layers, sizeof *out->layer_bytes);
+    if (!out->layer_bytes)
+        return pb_fail(PB_ERR_OOM, "out of memory for %d layers' sizes", c->n_layers);
+    out->resident = measure(list, n).arena + rope;
+    if (check_streamable(m, src) != PB_OK) {
+        snprintf(out->no_stream, sizeof out->no_stream, "%s", pb_last_error());
+        pb_error_clear();
+    }
+    place_streamed(m, src, list, n);
+    layout streamed = measure(list, n);
+    uint64_t staging = 0;
+    for (int i = 0; i < n; i++) {
+        const wanted_tensor *w = &list[i];
+        if (w->place == PLACE_SLOT) {
+            uint64_t bytes = pb_stream_staging_for(w->dtype, &w->found);
+            staging = bytes > staging ? bytes : staging;
+            out->layer_bytes[w->layer] += pb_dtype_bytes(w->dtype, wanted_elements(w));
+        }
+        if (w->matrix_dst == &m->output || (c->tied_embeddings && w->matrix_dst == &m->token_embd))
+            out->output_bytes = pb_dtype_bytes(w->dtype, wanted_elements(w));
+        list[i].place = PLACE_ARENA;
+    }
+    out->slot = streamed.slot;
+    out->stream_arena = streamed.arena + 2 * streamed.slot + rope;
+    out->stream_host = staging + sizeof(float) * streamed.largest;
+    return PB_OK;
+}
+
+uint64_t pb_weights_bytes(const pb_weight_layout *l, pb_weights_mode mode) {
+    return mode == PB_WEIGHTS_STREAM ? l->stream_arena + l->stream_host : l->resident;
+}
+
+pb_status pb_weights_decide(const pb_weight_layout *l, pb_weights_mode mode, uint64_t cap, pb_weights_mode *chosen) {
+    int stream = mode == PB_WEIGHTS_STREAM || (mode == PB_WEIGHTS_AUTO && cap > 0 && l->resident > cap);
+    *chosen = stream ? PB_WEIGHTS_STREAM : PB_WEIGHTS_RESIDENT;
     if (!stream)
         return PB_OK;
-    PB_TRY(check_streamable(m, src));
-    place_streamed(src, list, n);
-    *out = measure(list, n);
-    uint64_t staging = 0;
-    for (int i = 0; i < n; i++)
-        if (list[i].place == PLACE_SLOT) {
-            uint64_t bytes = pb_stream_staging_for(list[i].dtype, &list[i].found);
-            staging = bytes > staging ? bytes : staging;
-        }
-    uint64_t need = out->arena + 2 * out->slot + rope + staging + sizeof(float) * out->largest;
-    if (m->weight_memory > 0 && need > m->weight_memory)
+    if (l->no_stream[0])
+        return pb_fail(PB_ERR_UNSUPPORTED, "%s", l->no_stream);
+    uint64_t need = pb_weights_bytes(l, PB_WEIGHTS_STREAM);
+    if (cap > 0 && need > cap)
         return pb_fail(PB_ERR_OOM,
                        "--weights stream needs %.1f MiB of weight memory (%.1f MiB resident: norms, biases and "
                        "what cannot be read in place; two layer slots of %.1f MiB; %.1f MiB of staging), more than "
                        "--weight-memory %.1f MiB",
-                       (double)need / (1 << 20), (double)(out->arena + rope) / (1 << 20), (double)out->slot / (1 << 20),
-                       (double)(staging + sizeof(float) * out->largest) / (1 << 20),
-                       (double)m->weight_memory / (1 << 20));
-    m->weights = PB_WEIGHTS_STREAM;
+                       (double)need / (1 << 20), (double)(l->stream_arena - 2 * l->slot) / (1 << 20),
+                       (double)l->slot / (1 << 20), (double)l->stream_host / (1 << 20), (double)cap / (1 << 20));
+    return PB_OK;
+}
+
+/* Resident or streamed by pb_weights_decide; sets each tensor's place and
+ * *out. */
+static pb_status choose_layout(pb_model *m, const pb_weight_source *src, wanted_tensor *list, int n, layout *out) {
+    PB_TRY(measure_layouts(m, src, list, n));
+    pb_weights_mode chosen;
+    PB_TRY(pb_weights_decide(&m->layout, m->weights, m->weight_memory, &chosen));
+    m->weights = chosen;
+    if (chosen == PB_WEIGHTS_STREAM)
+        place_streamed(m, src, list, n);
+    *out = measure(list, n);
     return PB_OK;
 }
 
@@ -787,6 +817,11 @@ static pb_status load_weights(pb_model *m, pb_weight_source **src) {
     staging_buffers buf = {NULL, NULL};
     layout lay;
     pb_status status = check_tensors(m, *src, list, n);
+    if (status == PB_OK && m->shape_only) {
+        status = measure_layouts(m, *src, list, n);
+        free(list);
+        return status;
+    }
     if (status == PB_OK)
         status = choose_layout(m, *src, list, n, &lay);
     if (status == PB_OK) {
@@ -852,13 +887,18 @@ static pb_status model_new(pb_model **out, const char *path, const pb_load_optio
     m->wdtype = dtype;
     m->weights = options ? options->weights : PB_WEIGHTS_RESIDENT;
     m->weight_memory = options ? options->weight_memory : 0;
+    m->shape_only = options ? options->shape_only : 0;
     pb_status status = PB_OK;
     if (dtype != PB_DTYPE_F32 && dtype != PB_DTYPE_BF16 && dtype != PB_DTYPE_F16 && dtype != PB_DTYPE_FILE)
         status = pb_fail(PB_ERR_ARG, "weight dtype %s is not a load option (f32, bf16, f16 or file)",
                          pb_dtype_name(dtype));
     else if (m->weights != PB_WEIGHTS_RESIDENT && m->weights != PB_WEIGHTS_STREAM && m->weights != PB_WEIGHTS_AUTO)
         status = pb_fail(PB_ERR_ARG, "unknown weights mode %d", (int)m->weights);
-    else if (kind == PB_BACKEND_REFERENCE)
+    else if (m->shape_only && kind != PB_BACKEND_CPU && kind != PB_BACKEND_REFERENCE && kind != PB_BACKEND_CUDA)
+        status = pb_fail(PB_ERR_ARG, "unknown backend %d", (int)kind);
+    else if (m->shape_only || kind == PB_BACKEND_REFERENCE)
+        /* shape-only: a host backend whatever the kind, so that every entry point cleans up after the executor
+         * refuses to run (no device is needed to plan for one) */
         status = pb_backend_ref_create(&m->backend);
     else if (kind == PB_BACKEND_CUDA)
         status = pb_backend_cuda_create(&m->backend, options ? options->device : 0);
@@ -972,6 +1012,7 @@ void pb_model_free(pb_model *m) {
     }
     pb_stream_free(m->stream); /* after the arena: in-place matrices point into its source's mapping */
     pb_model_text_free(m);
+    free(m->layout.layer_bytes);
     free(m->layers);
     free(m->path);
     free(m->inv_freq_host);

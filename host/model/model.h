@@ -56,6 +56,29 @@ typedef struct pb_layer_weights {
     pb_matrix w_gate_up; /* (2 * d_mlp, d_model) == w_gate */
 } pb_layer_weights;
 
+/* What the weights take, resident and streamed, measured from the file's
+ * tensor table by every load (a shape-only one too): the load decides with
+ * it (pb_weights_decide) and the planner reports and decides with it. */
+typedef struct pb_weight_layout {
+    uint64_t resident;     /* arena bytes when resident: every tensor as stored, RoPE tables */
+    uint64_t stream_arena; /* arena bytes when streamed: the tensors that stay (norms, biases, globals not read in
+                              place), the two layer slots, RoPE tables */
+    uint64_t stream_host;  /* host buffers a streamed model holds besides: the slot's staging, the load's checks */
+    uint64_t slot;         /* bytes of one layer slot */
+    uint64_t *layer_bytes; /* (n_layers) bytes bringing layer l into its slot reads (the stream's counter) */
+    uint64_t output_bytes; /* the unembedding matrix as stored */
+    char no_stream[320];   /* why this model cannot stream (backend, source, dtype), or "" */
+} pb_weight_layout;
+
+/* The load's rule: resident or stream for `mode` under a weight cap (0:
+ * none); auto streams when resident exceeds the cap. PB_ERR_OOM with the
+ * numbers when the stream exceeds the cap, PB_ERR_UNSUPPORTED (the reason)
+ * when the model must stream and cannot. */
+pb_status pb_weights_decide(const pb_weight_layout *layout, pb_weights_mode mode, uint64_t cap,
+                            pb_weights_mode *chosen);
+/* Bytes the weights take under a decided mode. */
+uint64_t pb_weights_bytes(const pb_weight_layout *layout, pb_weights_mode mode);
+
 struct pb_model {
     pb_model_config cfg;
     char *path; /* as given to pb_model_load, or "random:NAME:LAYERS:SEED" */
@@ -67,6 +90,8 @@ struct pb_model {
     pb_weights_mode weights;  /* as loaded: resident or stream */
     size_t weight_memory;     /* the cap asked for (0: none) */
     struct pb_stream *stream; /* streamed layers (model/stream.h), or NULL when resident */
+    pb_weight_layout layout;  /* both ways of holding the weights, measured at load */
+    int shape_only;           /* pb_load_options.shape_only: no weights; a host backend that runs nothing */
     pb_matrix token_embd;     /* (vocab_size, d_model) */
     double embed_sigma;   /* standard deviation of token_embd's values (pb_noise_sigma) times embed_scale, set at load
                                  so that noise never downloads the table */

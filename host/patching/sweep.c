@@ -603,30 +603,8 @@ static void needed_components(const pb_sweep *s, int needed[PB_COMPONENT_COUNT])
             needed[s->sites[i].component] = 1;
 }
 
-/* Sizes batches from the memory budget: executor workspace and patch
- * values per token, logits per row. The budget is --max-memory (default
- * 1 GiB), capped, when the backend can tell, by free device memory: what
- * is left once one pair's two run caches (allocated after the batch) are
- * set aside, of which a quarter stays free for library workspaces (cuBLAS,
- * the 16-bit rounding scratch) and allocator slack. */
-static pb_status batch_alloc(pb_sweep *s, batch_buffers *bb, int max_T) {
+pb_status pb_sweep_batch_shape(const pb_sweep *s, size_t budget, int max_T, pb_batch_shape *out) {
     const pb_model_config *c = &s->model->cfg;
-    pb_backend *b = s->model->backend;
-    size_t budget = s->options.max_memory ? s->options.max_memory : ((size_t)1 << 30);
-    size_t device_free = 0, caches = 0;
-    int device_limited = 0;
-    if (b->ops->memory_info) {
-        size_t total_bytes = 0, parts[4 + PB_COMPONENT_COUNT];
-        int needed[PB_COMPONENT_COUNT];
-        PB_TRY(b->ops->memory_info(b, &device_free, &total_bytes));
-        needed_components(s, needed);
-        caches = 2 * sizeof(float) * cache_floats(s, max_T, needed, parts);
-        size_t usable = device_free > caches ? (device_free - caches) / 4 * 3 : 0;
-        if (usable < budget) {
-            budget = usable;
-            device_limited = 1;
-        }
-    }
     size_t per_token = pb_exec_workspace_bytes(c, 1, 0) + sizeof(float) * (size_t)c->d_model + sizeof(int);
     size_t n_out = (size_t)unembed_width(s, -1);
     size_t per_row = sizeof(float) * (n_out + (size_t)c->d_model) * 2 + 256;
@@ -634,16 +612,12 @@ static pb_status batch_alloc(pb_sweep *s, batch_buffers *bb, int max_T) {
     int max_rows = s->options.max_batch_rows > 0 ? s->options.max_batch_rows : 256;
     while (max_rows > 1 && (size_t)max_rows * per_row > budget / 4)
         max_rows /= 2;
-    size_t need_min = fixed + (size_t)max_T * per_token + per_row;
-    if (budget < need_min && device_limited)
-        return pb_fail(PB_ERR_OOM,
-                       "free device memory %.1f MiB leaves %.1f MiB for batches after one pair's run caches "
-                       "(%.1f MiB) and headroom: one row of %d tokens needs %.1f MiB",
-                       (double)device_free / (1 << 20), (double)budget / (1 << 20), (double)caches / (1 << 20), max_T,
-                       (double)need_min / (1 << 20));
-    if (budget < need_min)
-        return pb_fail(PB_ERR_OOM, "max memory %.1f MiB is too small: one row of %d tokens needs %.1f MiB",
-                       (double)budget / (1 << 20), max_T, (double)need_min / (1 << 20));
+    memset(out, 0, sizeof *out);
+    out->max_T = max_T;
+    out->need_min = fixed + (size_t)max_T * per_token + per_row;
+    if (budget < out->need_min)
+        return pb_fail(PB_ERR_OOM, "%.1f MiB for batches is too small: one row of %d tokens needs %.1f MiB",
+                       (double)budget / (1 << 20), max_T, (double)out->need_min / (1 << 20));
     size_t left = budget - fixed - (size_t)max_rows * per_row;
     size_t tokens = budget > fixed + (size_t)max_rows * per_row ? left / per_token : 0;
     /* No point exceeding every row of the sweep at full length. */
@@ -654,12 +628,74 @@ static pb_status batch_alloc(pb_sweep *s, batch_buffers *bb, int max_T) {
         tokens = (size_t)max_T;
     if (tokens > INT_MAX / 2)
         tokens = INT_MAX / 2;
-    bb->max_tokens = (int)tokens;
-    bb->max_rows = max_rows < bb->max_tokens ? max_rows : bb->max_tokens;
+    out->max_tokens = (int)tokens;
+    out->max_rows = max_rows < out->max_tokens ? max_rows : out->max_tokens;
+    size_t d = (size_t)c->d_model;
+    out->arena_floats = (size_t)out->max_tokens * d + (size_t)out->max_rows * d +
+                        (size_t)out->max_rows * (n_out ? n_out : 1);
+    out->device_bytes = pb_exec_workspace_bytes(c, out->max_tokens, max_T) + out->arena_floats * sizeof(float) +
+                        (s->metric_on_device ? (sizeof(double) + sizeof(int32_t)) * (size_t)out->max_rows : 0);
+    out->host_bytes = sizeof(float) * (size_t)out->max_rows * (n_out > d ? n_out : d);
+    return PB_OK;
+}
+
+size_t pb_sweep_cache_bytes(const pb_sweep *s, int T) {
+    size_t parts[4 + PB_COMPONENT_COUNT];
+    int needed[PB_COMPONENT_COUNT];
+    needed_components(s, needed);
+    return sizeof(float) * cache_floats(s, T, needed, parts);
+}
+
+int pb_sweep_max_T(const pb_sweep *s) {
+    int max_T = 1;
+    for (int i = 0; i < s->spec.n_pairs; i++) {
+        if (s->spec.pairs[i].base.T > max_T)
+            max_T = s->spec.pairs[i].base.T;
+        if (s->spec.pairs[i].source.T > max_T)
+            max_T = s->spec.pairs[i].source.T;
+    }
+    return max_T;
+}
+
+/* Allocates batches of the shape the memory budget allows
+ * (pb_sweep_batch_shape). The budget is --max-memory (default 1 GiB),
+ * capped, when the backend can tell, by free device memory: what is left
+ * once one pair's two run caches (allocated after the batch) are set
+ * aside, of which a quarter stays free for library workspaces (cuBLAS, the
+ * 16-bit rounding scratch) and allocator slack. */
+static pb_status batch_alloc(pb_sweep *s, batch_buffers *bb, int max_T) {
+    const pb_model_config *c = &s->model->cfg;
+    pb_backend *b = s->model->backend;
+    size_t budget = s->options.max_memory ? s->options.max_memory : ((size_t)1 << 30);
+    size_t device_free = 0, caches = 0;
+    int device_limited = 0;
+    if (b->ops->memory_info) {
+        size_t total_bytes = 0;
+        PB_TRY(b->ops->memory_info(b, &device_free, &total_bytes));
+        caches = 2 * pb_sweep_cache_bytes(s, max_T);
+        size_t usable = device_free > caches ? (device_free - caches) / 4 * 3 : 0;
+        if (usable < budget) {
+            budget = usable;
+            device_limited = 1;
+        }
+    }
+    pb_batch_shape shape;
+    pb_status fits = pb_sweep_batch_shape(s, budget, max_T, &shape);
+    if (fits != PB_OK && device_limited)
+        return pb_fail(PB_ERR_OOM,
+                       "free device memory %.1f MiB leaves %.1f MiB for batches after one pair's run caches "
+                       "(%.1f MiB) and headroom: one row of %d tokens needs %.1f MiB",
+                       (double)device_free / (1 << 20), (double)budget / (1 << 20), (double)caches / (1 << 20), max_T,
+                       (double)shape.need_min / (1 << 20));
+    if (fits != PB_OK)
+        return pb_fail(PB_ERR_OOM, "max memory %.1f MiB is too small: one row of %d tokens needs %.1f MiB",
+                       (double)budget / (1 << 20), max_T, (double)shape.need_min / (1 << 20));
+    bb->max_tokens = shape.max_tokens;
+    bb->max_rows = shape.max_rows;
     PB_TRY(pb_exec_create(&bb->exec, s->model, bb->max_tokens, max_T));
+    size_t n_out = (size_t)unembed_width(s, -1);
     size_t d = (size_t)c->d_model, width = n_out > d ? n_out : d;
-    size_t floats = (size_t)bb->max_tokens * d + (size_t)bb->max_rows * d + (size_t)bb->max_rows * (n_out ? n_out : 1);
-    pb_status status = b->ops->alloc(b, &bb->arena, floats * sizeof(float));
+    pb_status status = b->ops->alloc(b, &bb->arena, shape.arena_floats * sizeof(float));
     if (status != PB_OK) {
         batch_free(s, bb);
         return status;
@@ -746,6 +782,20 @@ static pb_status pair_caches(pb_sweep *s, batch_buffers *bb, int pair) {
     return PB_OK;
 }
 
+/* 1 when a row patching from position `first` cannot reach the metric: the
+ * patch lands after the metric's residual, or every position after the
+ * metric position. */
+static int row_unreachable(const pb_sweep *s, int pair, const pb_site *site, int first) {
+    return effect_step(&s->model->cfg, site->component, site->layer) > s->metric_step ||
+           first > metric_position(s, s->spec.pairs[pair].base.T);
+}
+
+/* 1 when a row needing `need` tokens starts a new batch: the one being
+ * planned (n rows, `tokens` tokens) is full. */
+static int batch_full(int n, int tokens, int need, int max_rows, int max_tokens) {
+    return n > 0 && (n == max_rows || tokens + need > max_tokens);
+}
+
 /* 1 when the site's patch cannot change the metric of this pair: all its
  * positions come after the metric position, its effect lands after the
  * metric's residual, or source and base activations are bit-identical. */
@@ -755,9 +805,7 @@ static pb_status row_is_trivial(pb_sweep *s, int pair, const pb_site *site, cons
     const pb_model_config *c = &s->model->cfg;
     const pb_pair_spec *p = &s->spec.pairs[pair];
     *trivial = 1;
-    if (effect_step(&s->model->cfg, site->component, site->layer) > s->metric_step)
-        return PB_OK;
-    if (positions[0] > metric_position(s, p->base.T))
+    if (row_unreachable(s, pair, site, positions[0]))
         return PB_OK;
     if (s->options.run_trivial_rows) {
         *trivial = 0;
@@ -955,7 +1003,7 @@ static pb_status run_pair_rows(pb_sweep *s, batch_buffers *bb, int pair, const i
             continue;
         }
         int need = s->spec.pairs[pair].base.T - sc->positions[0];
-        if (n_batch > 0 && (n_batch == bb->max_rows || tokens + need > bb->max_tokens)) {
+        if (batch_full(n_batch, tokens, need, bb->max_rows, bb->max_tokens)) {
             /* this batch is planned: finish the one in flight, then launch it */
             if (in_flight) {
                 status = finish_batch(s, bb, in_flight);
@@ -1008,10 +1056,8 @@ static pb_status run_pair_rows(pb_sweep *s, batch_buffers *bb, int pair, const i
     return status;
 }
 
-pb_status pb_sweep_run_rows(pb_sweep *s, const int64_t *rows, int64_t n_rows) {
-    if (!s || (n_rows > 0 && !rows))
-        return pb_fail(PB_ERR_ARG, "pb_sweep_run_rows: sweep and rows are required");
-    /* Pending requested rows, pair-major. */
+/* The requested rows still pending, ascending (pair-major): *out (free it). */
+static pb_status pending_rows(const pb_sweep *s, const int64_t *rows, int64_t n_rows, int64_t **out, int64_t *n_out) {
     int64_t *todo = malloc(sizeof(int64_t) * (size_t)(n_rows > 0 ? n_rows : 1));
     if (!todo)
         return pb_fail(PB_ERR_OOM, "out of memory for %lld rows", (long long)n_rows);
@@ -1025,13 +1071,19 @@ pb_status pb_sweep_run_rows(pb_sweep *s, const int64_t *rows, int64_t n_rows) {
             todo[n_todo++] = rows[i];
     }
     qsort(todo, (size_t)n_todo, sizeof *todo, compare_rows);
-    int max_T = 1;
-    for (int i = 0; i < s->spec.n_pairs; i++) {
-        if (s->spec.pairs[i].base.T > max_T)
-            max_T = s->spec.pairs[i].base.T;
-        if (s->spec.pairs[i].source.T > max_T)
-            max_T = s->spec.pairs[i].source.T;
-    }
+    *out = todo;
+    *n_out = n_todo;
+    return PB_OK;
+}
+
+pb_status pb_sweep_run_rows(pb_sweep *s, const int64_t *rows, int64_t n_rows) {
+    if (!s || (n_rows > 0 && !rows))
+        return pb_fail(PB_ERR_ARG, "pb_sweep_run_rows: sweep and rows are required");
+    if (s->model->shape_only)
+        return pb_fail(PB_ERR_ARG, "%s was loaded shape-only (for planning): it has no weights to run", s->model->path);
+    int64_t *todo, n_todo;
+    PB_TRY(pending_rows(s, rows, n_rows, &todo, &n_todo));
+    int max_T = pb_sweep_max_T(s);
     batch_buffers bb = {0};
     pb_status status = n_todo ? batch_alloc(s, &bb, max_T) : PB_OK;
     const pb_model_config *c = &s->model->cfg;
@@ -1059,6 +1111,102 @@ pb_status pb_sweep_run_rows(pb_sweep *s, const int64_t *rows, int64_t n_rows) {
     free(sc.positions);
     free(todo);
     return status;
+}
+
+/* ---- planning: the batches a run would launch, counted ---------------- */
+
+/* A run of one job from `start` to `stop` (exclusive) as the executor
+ * does it: FLOPs added, layers brought into the two slots of a stream
+ * (layer_bytes NULL: resident). */
+static void count_run(const pb_sweep *s, int start, int stop, int p0, int T, int *held, const uint64_t *layer_bytes,
+                      double *flops, pb_wave_counts *out) {
+    const pb_model_config *c = &s->model->cfg;
+    for (int step = start; step < stop && step < 2 * c->n_layers; step++)
+        *flops += pb_exec_step_flops(c, step, p0, T);
+    for (int l = start / 2; layer_bytes && l <= (stop - 1) / 2 && l < c->n_layers; l++) {
+        if (held[l % 2] == l)
+            continue;
+        held[l % 2] = l;
+        out->layers_read++;
+        out->bytes_read += (double)layer_bytes[l];
+    }
+}
+
+/* A pair's base runs: both caches, the baselines' unembedding (and KL's
+ * clean distribution). */
+static void count_pair(const pb_sweep *s, int pair, int *held, const uint64_t *layer_bytes, pb_wave_counts *out) {
+    const pb_model_config *c = &s->model->cfg;
+    const pb_pair_spec *p = &s->spec.pairs[pair];
+    count_run(s, 0, 2 * c->n_layers, 0, p->base.T, held, layer_bytes, &out->flops_base, out);
+    count_run(s, 0, 2 * c->n_layers, 0, p->source.T, held, layer_bytes, &out->flops_base, out);
+    out->flops_base += 2.0 * 2 * unembed_width(s, pair) * c->d_model;
+    if (s->clean_logprobs_host)
+        out->flops_base += 2.0 * c->vocab_size * c->d_model;
+    out->pairs++;
+}
+
+/* One batch of n rows (their start steps and first positions). */
+static void count_batch(const pb_sweep *s, int pair, const int *start, const int *p0, int n, int *held,
+                        const uint64_t *layer_bytes, pb_wave_counts *out) {
+    const pb_model_config *c = &s->model->cfg;
+    int T = s->spec.pairs[pair].base.T, first = 2 * c->n_layers, ignore[2] = {-1, -1};
+    for (int i = 0; i < n; i++) {
+        count_run(s, start[i], s->metric_step, p0[i], T, ignore, NULL, &out->flops_rows, out);
+        out->flops_rows += 2.0 * unembed_width(s, pair) * c->d_model;
+        first = start[i] < first ? start[i] : first;
+    }
+    double unused = 0.0;
+    count_run(s, first, s->metric_step, 0, 0, held, layer_bytes, &unused, out);
+    out->waves++;
+    out->rows += n;
+}
+
+pb_status pb_sweep_count_waves(const pb_sweep *s, const int64_t *rows, int64_t n_rows, const pb_batch_shape *shape,
+                               const uint64_t *layer_bytes, pb_wave_counts *out) {
+    memset(out, 0, sizeof *out);
+    int64_t *todo, n_todo;
+    PB_TRY(pending_rows(s, rows, n_rows, &todo, &n_todo));
+    int *positions = malloc(sizeof(int) * (size_t)(shape->max_T + 1));
+    int *start = malloc(sizeof(int) * (size_t)shape->max_rows), *p0 = malloc(sizeof(int) * (size_t)shape->max_rows);
+    if (!positions || !start || !p0) {
+        free(todo);
+        free(positions);
+        free(start);
+        free(p0);
+        return pb_fail(PB_ERR_OOM, "out of memory counting batches");
+    }
+    int held[2] = {-1, -1}, n = 0, tokens = 0, pair = -1;
+    for (int64_t r = 0; r < n_todo; r++) {
+        int row_pair = (int)(todo[r] / s->n_sites);
+        if (row_pair != pair) {
+            if (n > 0)
+                count_batch(s, pair, start, p0, n, held, layer_bytes, out);
+            n = tokens = 0;
+            pair = row_pair;
+            count_pair(s, pair, held, layer_bytes, out);
+        }
+        const pb_site *site = &s->sites[todo[r] % s->n_sites];
+        resolve_positions(s, site, pair, positions);
+        if (row_unreachable(s, pair, site, positions[0]))
+            continue;
+        int need = s->spec.pairs[pair].base.T - positions[0];
+        if (batch_full(n, tokens, need, shape->max_rows, shape->max_tokens)) {
+            count_batch(s, pair, start, p0, n, held, layer_bytes, out);
+            n = tokens = 0;
+        }
+        pb_hook_kind hook;
+        int hook_layer;
+        patch_point(&s->model->cfg, site->component, site->layer, &hook, &hook_layer, &start[n]);
+        p0[n++] = positions[0];
+        tokens += need;
+    }
+    if (n > 0)
+        count_batch(s, pair, start, p0, n, held, layer_bytes, out);
+    free(todo);
+    free(positions);
+    free(start);
+    free(p0);
+    return PB_OK;
 }
 
 /* ---- creation, results --------------------------------------------------- */
@@ -1249,13 +1397,14 @@ pb_status pb_sweep_create(pb_sweep **out, pb_model *model, const char *spec_json
             return pb_fail(PB_ERR_OOM, "out of memory for %d clean distributions", n_pairs);
         }
     }
-    if (!s->options.metric_fn && s->spec.metric.kind == PB_METRIC_LOGIT_DIFF &&
+    /* A shape-only model (planning) has no weights to gather nor a device. */
+    if (!s->options.metric_fn && s->spec.metric.kind == PB_METRIC_LOGIT_DIFF && !model->shape_only &&
         (status = unembed_rows_setup(s)) != PB_OK) {
         pb_sweep_free(s);
         return status;
     }
     pb_metric_kind kind = s->spec.metric.kind;
-    if (!s->options.metric_fn && model->backend->ops->metric_rows &&
+    if (!s->options.metric_fn && !model->shape_only && model->backend->ops->metric_rows &&
         (kind == PB_METRIC_LOGIT_DIFF || kind == PB_METRIC_LOGPROB || kind == PB_METRIC_REFUSAL_SCORE ||
          kind == PB_METRIC_KL)) {
         if ((status = metric_device_setup(s)) != PB_OK) {

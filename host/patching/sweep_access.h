@@ -25,6 +25,43 @@ int64_t pb_sweep_tokens_packed(const pb_sweep *sweep);
 /* 1 when the metric is computed on the device (the backend's metric_rows). */
 int pb_sweep_metric_on_device(const pb_sweep *sweep);
 
+/* Batches under an activation budget (bytes): what a run allocates, and
+ * what the planner (plan.c) reports. */
+typedef struct pb_batch_shape {
+    int max_T;           /* the longest prompt */
+    int max_rows;        /* rows a batch holds at most */
+    int max_tokens;      /* tokens (rows' positions from their first patched one) a batch holds at most */
+    size_t need_min;     /* bytes one row of max_T tokens needs */
+    size_t arena_floats; /* the batch's patch values, gathered residuals and logits */
+    size_t device_bytes; /* executor workspace, that arena and the metric's arrays */
+    size_t host_bytes;   /* the batch's host scratch */
+} pb_batch_shape;
+
+/* PB_ERR_OOM (numbers in the message) when budget < need_min. */
+pb_status pb_sweep_batch_shape(const pb_sweep *sweep, size_t budget, int max_T, pb_batch_shape *out);
+/* Tokens of the longest prompt, base or source. */
+int pb_sweep_max_T(const pb_sweep *sweep);
+/* Bytes of one run cache of T tokens (a pair holds two at a time). */
+size_t pb_sweep_cache_bytes(const pb_sweep *sweep, int T);
+
+/* What running `rows` (those pending) would do, counted without running:
+ * the order, batching and skips of pb_sweep_run_rows. */
+typedef struct pb_wave_counts {
+    int64_t waves;       /* executor batches */
+    int64_t rows;        /* rows in them: an upper bound, as rows found bit-identical at run time are skipped
+                          (exact with run_trivial_rows) */
+    int64_t pairs;       /* pairs whose base runs are made */
+    double flops_rows;   /* the batches' executor FLOPs with their unembedding (pb_sweep_summary.flops_executed) */
+    double flops_base;   /* the base runs' FLOPs, with the baselines' unembedding */
+    int64_t layers_read; /* streamed: layers read into a slot, simulated slot by slot */
+    double bytes_read;   /* and their bytes (the stream's counter) */
+} pb_wave_counts;
+
+/* layer_bytes: (n_layers) bytes each streamed layer's read moves, or NULL
+ * for resident weights. */
+pb_status pb_sweep_count_waves(const pb_sweep *sweep, const int64_t *rows, int64_t n_rows, const pb_batch_shape *shape,
+                               const uint64_t *layer_bytes, pb_wave_counts *out);
+
 /* Work of this process since the sweep was created or restored: rows
  * executed and their FLOPs, not counting those a checkpoint brought in. */
 void pb_sweep_work_done_here(const pb_sweep *sweep, int64_t *rows_executed, double *flops_executed);

@@ -113,6 +113,11 @@ int pb_emu_dequant_rows(float *out, const void *src, uint32_t ggml_type, size_t 
     return pb_cuda_launch_dequant_rows(nullptr, out, src, ggml_type, row_bytes, rows, k);
 }
 
+int pb_emu_dequant_gather(float *out, const void *table, uint32_t ggml_type, const int32_t *ids, int T, int d,
+                          float scale) {
+    return pb_cuda_launch_dequant_gather(nullptr, out, table, ggml_type, ids, T, d, scale);
+}
+
 static int g_sync_launches; /* pb_emu_set_sync_launches */
 
 void pb_emu_set_sync_launches(int sync) { g_sync_launches = sync; }

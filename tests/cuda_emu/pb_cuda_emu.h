@@ -54,6 +54,8 @@ int pb_emu_add(float *out, const float *a, const float *b, size_t n);
  * src + r * row_bytes; cudaErrorInvalidValue, launching nothing, for a type
  * it does not decode. */
 int pb_emu_dequant_rows(float *out, const void *src, uint32_t ggml_type, size_t row_bytes, int rows, int k);
+int pb_emu_dequant_gather(float *out, const void *table, uint32_t ggml_type, const int32_t *ids, int T, int d,
+                          float scale);
 /* cuda/copy_regions.cu as backend_cuda.cu drives it. */
 int pb_emu_copy_regions(const pb_copy_region *regions, int n_regions);
 /* cuda/metric.cu's pb_cuda_metric_rows on an emulated backend (device 0). */

@@ -1,0 +1,168 @@
+/* A sweep's plan before it runs (pb_sweep_plan): resident or streamed
+ * weights, the batches (waves) the memory allows, the bytes they move, the
+ * memory at the peak and a lower bound on the time. Built from the model's
+ * measured layout (model.h: the load's own rule decides), the sweep's own
+ * batch sizing and a count of the batches its run would launch
+ * (sweep_access.h), each rank's share split as a distributed run splits it. */
+#define _POSIX_C_SOURCE 200809L
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "backend/backend_cuda.h"
+#include "distributed/distribute.h"
+#include "model/model.h"
+#include "patching/sweep_access.h"
+#include "util/internal.h"
+
+#define MIB(x) ((double)(x) / (1 << 20))
+
+/* Rates the time bound assumes when none is given. CUDA: the bf16 matrix
+ * rate measured on this project's H100/H200 machines (device notes, about
+ * 790 TFLOP/s) for 16-bit weights, plain fp32's datasheet 67 TFLOP/s
+ * for f32 and quantised ones (decoded to fp32 before the product), and
+ * pinned host-to-device copies over PCIe 5 at about 50 GB/s. CPU: 100
+ * GFLOP/s and a page-cache copy at 5 GB/s, a small server's order. */
+static void default_rates(const pb_model *m, double *flops, double *link) {
+    switch (m->backend_kind) {
+    case PB_BACKEND_CUDA:
+        *flops = m->wdtype == PB_DTYPE_BF16 || m->wdtype == PB_DTYPE_F16 ? 790e12 : 67e12;
+        *link = 50e9;
+        return;
+    case PB_BACKEND_REFERENCE:
+        *flops = 1e9;
+        *link = 5e9;
+        return;
+    case PB_BACKEND_CPU: break;
+    }
+    *flops = 100e9;
+    *link = 5e9;
+}
+
+/* One rank's memory when none is given: the device's (cuda) or this
+ * machine's physical memory. */
+static pb_status default_device_memory(const pb_model *m, size_t *out) {
+    if (m->backend_kind == PB_BACKEND_CUDA) {
+        pb_cuda_device_info info;
+        if (pb_cuda_device_query(0, &info) != PB_OK) {
+            pb_error_clear();
+            return pb_fail(PB_ERR_ARG, "planning for cuda with no device here: give the device memory "
+                                       "(--device-memory, e.g. 80GiB)");
+        }
+        *out = info.total_bytes;
+        return PB_OK;
+    }
+    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    if (pages <= 0 || page <= 0)
+        return pb_fail(PB_ERR_ARG, "cannot read this machine's memory: give --device-memory");
+    *out = (size_t)pages * (size_t)page;
+    return PB_OK;
+}
+
+/* Resident or streamed: as asked; auto as the load decides it under a cap,
+ * and streamed besides when resident weights leave no room for one pair's
+ * caches and one row. The load's refusals (cannot stream, over the cap). */
+static pb_status choose_weights(const pb_weight_layout *l, const pb_plan_options *o, uint64_t others, pb_plan *p) {
+    pb_weights_mode mode = o->weights;
+    if (mode == PB_WEIGHTS_AUTO && o->weight_memory == 0 && l->resident + others > p->device_memory)
+        mode = PB_WEIGHTS_STREAM;
+    return pb_weights_decide(l, mode, o->weight_memory, &p->weights);
+}
+
+/* The batch budget: as asked (or the sweep's default resident, everything
+ * streamed), within three quarters of what the weights and caches leave,
+ * as a device sweep keeps a quarter free; one not asked for in whole MiB,
+ * as --max-memory prints it, so that the sweep sizes the same batches. */
+static size_t batch_budget(const pb_plan_options *o, const pb_plan *p, size_t left, size_t need_min) {
+    const size_t mib = (size_t)1 << 20;
+    size_t usable = left / 4 * 3;
+    size_t budget = o->max_memory ? o->max_memory : p->weights == PB_WEIGHTS_STREAM ? usable : (size_t)1 << 30;
+    budget = budget < usable ? budget : usable;
+    if (!o->max_memory && budget / mib * mib >= need_min)
+        budget = budget / mib * mib;
+    return budget < need_min && left >= need_min ? need_min : budget;
+}
+
+/* Waves, bytes and FLOPs of each rank's share; the slowest rank's time. */
+static pb_status count_ranks(const pb_sweep *s, const pb_batch_shape *shape, const uint64_t *layer_bytes, pb_plan *p) {
+    for (int rank = 0; rank < p->n_ranks; rank++) {
+        int64_t *rows = NULL, n_rows = 0;
+        PB_TRY(pb_sweep_partition(s, rank, p->n_ranks, &rows, &n_rows, NULL));
+        pb_wave_counts w;
+        pb_status status = pb_sweep_count_waves(s, rows, n_rows, shape, layer_bytes, &w);
+        free(rows);
+        PB_TRY(status);
+        double flops = w.flops_rows + w.flops_base;
+        p->rows_run += w.rows;
+        p->waves += w.waves;
+        p->waves_max_rank = w.waves > p->waves_max_rank ? w.waves : p->waves_max_rank;
+        p->bytes_streamed += w.bytes_read;
+        p->flops += flops;
+        double compute = flops / p->flops_per_s, link = w.bytes_read / p->link_bytes_per_s;
+        if ((compute > link ? compute : link) > p->seconds_bound) {
+            p->seconds_compute = compute;
+            p->seconds_link = link;
+            p->seconds_bound = compute > link ? compute : link;
+        }
+    }
+    return PB_OK;
+}
+
+/* Refuses the plan: why_not and the error carry the numbers. */
+static pb_status refuse(pb_plan *p, uint64_t need_min) {
+    snprintf(p->why_not, sizeof p->why_not,
+             "%s weights %.2f MiB + one pair's run caches %.2f MiB + one row's activations %.2f MiB = %.2f MiB, "
+             "more than the %.2f MiB of memory per rank",
+             pb_weights_mode_name(p->weights), MIB(p->peak_weights), MIB(p->peak_caches), MIB(need_min),
+             MIB(p->peak_weights + p->peak_caches + need_min), MIB(p->device_memory));
+    return pb_fail(PB_ERR_OOM, "%s", p->why_not);
+}
+
+pb_status pb_sweep_plan(const pb_sweep *s, const pb_plan_options *options, pb_plan *p) {
+    if (!s || !p)
+        return pb_fail(PB_ERR_ARG, "pb_sweep_plan: sweep and plan are required");
+    pb_plan_options o = options ? *options : (pb_plan_options){0};
+    const pb_model *m = pb_sweep_model(s);
+    const pb_weight_layout *l = &m->layout;
+    const pb_sweep_spec *spec = pb_sweep_spec_of(s);
+    memset(p, 0, sizeof *p);
+    p->n_ranks = o.n_ranks > 0 ? o.n_ranks : 1;
+    p->device_memory = o.device_memory;
+    if (!p->device_memory)
+        PB_TRY(default_device_memory(m, &p->device_memory));
+    default_rates(m, &p->flops_per_s, &p->link_bytes_per_s);
+    p->flops_per_s = o.flops_per_s > 0 ? o.flops_per_s : p->flops_per_s;
+    p->link_bytes_per_s = o.link_bytes_per_s > 0 ? o.link_bytes_per_s : p->link_bytes_per_s;
+    p->weights_resident = l->resident;
+    p->weights_streamed = l->no_stream[0] ? 0 : pb_weights_bytes(l, PB_WEIGHTS_STREAM);
+    for (int64_t r = 0; r < pb_sweep_row_count(s); r++)
+        p->rows += pb_sweep_row_state(s, r) == 0;
+
+    int max_T = pb_sweep_max_T(s);
+    pb_batch_shape shape;
+    if (pb_sweep_batch_shape(s, 0, max_T, &shape) != PB_OK)
+        pb_error_clear(); /* a zero budget: the need for one row is all this asks */
+    uint64_t need_min = shape.need_min;
+    p->peak_caches = 2 * (uint64_t)pb_sweep_cache_bytes(s, max_T);
+    if (spec->metric.kind == PB_METRIC_KL) /* every pair's clean log-distribution */
+        p->peak_caches += sizeof(double) * (uint64_t)spec->n_pairs * (uint64_t)m->cfg.vocab_size;
+    pb_status status = choose_weights(l, &o, p->peak_caches + need_min, p);
+    if (status != PB_OK) {
+        snprintf(p->why_not, sizeof p->why_not, "%s", pb_last_error());
+        return status;
+    }
+    p->peak_weights = pb_weights_bytes(l, p->weights);
+    if (p->peak_weights + p->peak_caches + need_min > p->device_memory)
+        return refuse(p, need_min);
+    p->weight_memory = p->weights == PB_WEIGHTS_STREAM ? (size_t)p->peak_weights : o.weight_memory;
+    p->max_memory = batch_budget(&o, p, p->device_memory - p->peak_weights - p->peak_caches, need_min);
+    PB_TRY(pb_sweep_batch_shape(s, p->max_memory, max_T, &shape));
+    p->rows_per_wave = shape.max_rows;
+    p->tokens_per_wave = shape.max_tokens;
+    p->peak_activations = shape.device_bytes + shape.host_bytes;
+    p->peak_total = p->peak_weights + p->peak_caches + p->peak_activations;
+    int stream = p->weights == PB_WEIGHTS_STREAM;
+    p->bytes_loaded = (double)p->n_ranks * (double)(stream ? l->stream_arena - 2 * l->slot : l->resident);
+    return count_ranks(s, &shape, stream ? l->layer_bytes : NULL, p);
+}

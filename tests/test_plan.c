@@ -1,0 +1,260 @@
+/* The planner (pb_sweep_plan, patchbay plan) against the runs it plans:
+ * on every oracle case, a shape-only load measures the same weight bytes as
+ * the real loads, and the plan's waves, rows and streamed bytes equal what
+ * the streamed sweep then does (its batch count, rows executed and the
+ * stream's own read counter), the FLOPs counted without running equal the
+ * executor's; split over ranks, the shares' runs add up to the plan; a
+ * sweep that cannot fit is refused with the numbers; a shape-only model
+ * refuses to run. */
+#define _GNU_SOURCE
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "distributed/distribute.h"
+#include "model/model.h"
+#include "model/stream.h"
+#include "patching/sweep.h"
+#include "patching/sweep_access.h"
+#include "test_util.h"
+#include "util/internal.h"
+
+static pb_model *load(const char *path, pb_weights_mode weights, int shape_only) {
+    pb_load_options o = {.n_threads = 2,
+                         .backend = PB_BACKEND_CPU,
+                         .dtype = PB_DTYPE_FILE,
+                         .weights = weights,
+                         .shape_only = shape_only};
+    pb_model *m = NULL;
+    if (pb_model_load(&m, path, &o) != PB_OK)
+        fail_msg("loading %s: %s", path, pb_last_error());
+    return m;
+}
+
+static pb_sweep *create(pb_model *m, const tu_oracle_case *c, size_t max_memory) {
+    pb_sweep_options so = {.max_memory = max_memory, .metric_fn_residual_layer = -1, .run_trivial_rows = 1};
+    pb_sweep *s = NULL;
+    if (pb_sweep_create(&s, m, c->spec, c->dir, &so) != PB_OK)
+        fail_msg("%s: %s", c->name, pb_last_error());
+    return s;
+}
+
+/* A batch budget of three rows of the longest prompt: several waves. */
+static size_t small_budget(const pb_sweep *s) {
+    pb_batch_shape shape;
+    if (pb_sweep_batch_shape(s, 0, pb_sweep_max_T(s), &shape) != PB_OK)
+        pb_error_clear();
+    return 3 * shape.need_min;
+}
+
+static void all_rows(const pb_sweep *s, int64_t **rows, int64_t *n) {
+    *n = pb_sweep_row_count(s);
+    *rows = malloc(sizeof(int64_t) * (size_t)*n);
+    assert_non_null(*rows);
+    for (int64_t i = 0; i < *n; i++)
+        (*rows)[i] = i;
+}
+
+static int check_case(const tu_oracle_case *c, void *ctx) {
+    (void)ctx;
+    const char *model = json_string_value(json_object_get(c->expected, "model"));
+    char path[1400];
+    tu_fixture_file(path, sizeof path, model, "model.q8_0.gguf");
+    if (strcmp(model, "smollm2") == 0 || !tu_file_exists(path))
+        return 0;
+    pb_model *shape = load(path, PB_WEIGHTS_RESIDENT, 1);
+    pb_model *resident = load(path, PB_WEIGHTS_RESIDENT, 0), *streamed = load(path, PB_WEIGHTS_STREAM, 0);
+    /* the layout a shape-only load measures is what the loads hold */
+    assert_int_equal(shape->layout.resident, pb_model_weight_bytes(resident));
+    assert_int_equal(shape->layout.stream_arena, pb_model_weight_bytes(streamed));
+    pb_sweep *planned = create(shape, c, 0);
+    size_t budget = small_budget(planned);
+    pb_plan_options po = {.device_memory = (size_t)1 << 30, .weights = PB_WEIGHTS_STREAM, .max_memory = budget};
+    pb_plan plan;
+    if (pb_sweep_plan(planned, &po, &plan) != PB_OK)
+        fail_msg("%s: plan: %s", c->name, pb_last_error());
+    assert_int_equal(plan.weights, PB_WEIGHTS_STREAM);
+    assert_int_equal(plan.max_memory, budget);
+    /* the FLOPs counted for the batches, before the run */
+    pb_sweep *run = create(streamed, c, plan.max_memory);
+    int64_t *rows, n_rows;
+    all_rows(run, &rows, &n_rows);
+    pb_batch_shape shape_run;
+    CHECK_OK(pb_sweep_batch_shape(run, plan.max_memory, pb_sweep_max_T(run), &shape_run));
+    assert_int_equal(shape_run.max_rows, plan.rows_per_wave);
+    assert_int_equal(shape_run.max_tokens, plan.tokens_per_wave);
+    pb_wave_counts counted;
+    CHECK_OK(pb_sweep_count_waves(run, rows, n_rows, &shape_run, streamed->layout.layer_bytes, &counted));
+    CHECK_OK(pb_sweep_run(run));
+    pb_sweep_summary sum;
+    CHECK_OK(pb_sweep_get_summary(run, &sum));
+    long long layers;
+    double bytes;
+    pb_stream_counters(streamed->stream, &layers, &bytes);
+    printf("[ MEASURE  ] %-30s plan: %lld waves of <= %d rows, %lld rows, %.3f MiB streamed; run: %lld batches, "
+           "%lld rows, %.3f MiB (%lld layer reads); FLOPs %.6g counted, %.6g executed\n",
+           c->name, (long long)plan.waves, plan.rows_per_wave, (long long)plan.rows_run, plan.bytes_streamed / 1048576,
+           (long long)pb_sweep_batch_count(run), (long long)sum.n_rows_executed, bytes / 1048576, layers,
+           counted.flops_rows, sum.flops_executed);
+    assert_int_equal(plan.waves, pb_sweep_batch_count(run));
+    assert_int_equal(plan.rows_run, sum.n_rows_executed);
+    assert_int_equal(counted.layers_read, layers);
+    assert_true(plan.bytes_streamed == bytes);
+    assert_true(fabs(counted.flops_rows - sum.flops_executed) <= 1e-12 * sum.flops_executed);
+    assert_true(plan.peak_total == plan.peak_weights + plan.peak_caches + plan.peak_activations);
+    free(rows);
+    pb_sweep_free(run);
+    pb_sweep_free(planned);
+    pb_model_free(shape);
+    pb_model_free(resident);
+    pb_model_free(streamed);
+    return 1;
+}
+
+static void test_plans_equal_runs(void **state) {
+    (void)state;
+    assert_true(tu_visit_cases("patching", check_case, NULL) >= 20);
+}
+
+typedef struct found_case {
+    const char *name;
+    char *spec;
+    char dir[1400];
+} found_case;
+
+static int find_case(const tu_oracle_case *c, void *ctx) {
+    found_case *f = ctx;
+    if (strcmp(c->name, f->name) != 0)
+        return 0;
+    f->spec = strdup(c->spec);
+    snprintf(f->dir, sizeof f->dir, "%s", c->dir);
+    return 1;
+}
+
+/* Split over three ranks as a distributed sweep splits it: each share run
+ * on its own streamed model, the batches and bytes add up to the plan. */
+static void test_ranks_add_up(void **state) {
+    (void)state;
+    found_case f = {.name = "tiny_gqa_denoise_logit_diff"};
+    assert_int_equal(tu_visit_cases("patching", find_case, &f), 1);
+    tu_oracle_case c = {.name = f.name, .spec = f.spec};
+    snprintf(c.dir, sizeof c.dir, "%s", f.dir);
+    char path[1400];
+    tu_fixture_file(path, sizeof path, "tiny_gqa", "model.q8_0.gguf");
+    pb_model *shape = load(path, PB_WEIGHTS_RESIDENT, 1);
+    pb_sweep *planned = create(shape, &c, 0);
+    pb_plan_options po = {.device_memory = (size_t)1 << 30,
+                          .n_ranks = 3,
+                          .weights = PB_WEIGHTS_STREAM,
+                          .max_memory = small_budget(planned)};
+    pb_plan plan;
+    CHECK_OK(pb_sweep_plan(planned, &po, &plan));
+    int64_t waves = 0, busiest = 0;
+    double bytes_all = 0.0;
+    for (int rank = 0; rank < 3; rank++) {
+        pb_model *m = load(path, PB_WEIGHTS_STREAM, 0);
+        pb_sweep *s = create(m, &c, plan.max_memory);
+        int64_t *share, n_share;
+        CHECK_OK(pb_sweep_partition(s, rank, 3, &share, &n_share, NULL));
+        CHECK_OK(pb_sweep_run_rows(s, share, n_share));
+        long long layers;
+        double bytes;
+        pb_stream_counters(m->stream, &layers, &bytes);
+        waves += pb_sweep_batch_count(s);
+        busiest = pb_sweep_batch_count(s) > busiest ? pb_sweep_batch_count(s) : busiest;
+        bytes_all += bytes;
+        free(share);
+        pb_sweep_free(s);
+        pb_model_free(m);
+    }
+    printf("[ MEASURE  ] 3 ranks: plan %lld waves (busiest %lld), %.3f MiB; runs %lld (busiest %lld), %.3f MiB\n",
+           (long long)plan.waves, (long long)plan.waves_max_rank, plan.bytes_streamed / 1048576, (long long)waves,
+           (long long)busiest, bytes_all / 1048576);
+    assert_int_equal(plan.waves, waves);
+    assert_int_equal(plan.waves_max_rank, busiest);
+    assert_true(plan.bytes_streamed == bytes_all);
+    pb_sweep_free(planned);
+    pb_model_free(shape);
+    free(f.spec);
+}
+
+/* Auto holds the weights resident when they fit, streams when only that
+ * fits, and refuses with the numbers when neither does; a streamed CUDA
+ * plan of 16-bit weights is refused by name, of the file's blocks made
+ * with the embedding and unembedding on the device; a shape-only model
+ * does not run. */
+static void test_choices_and_refusals(void **state) {
+    (void)state;
+    found_case f = {.name = "tiny_gqa_denoise_logit_diff"};
+    assert_int_equal(tu_visit_cases("patching", find_case, &f), 1);
+    char path[1400];
+    tu_fixture_file(path, sizeof path, "tiny_gqa", "model.q8_0.gguf");
+    pb_model *shape = load(path, PB_WEIGHTS_RESIDENT, 1);
+    pb_sweep *s = NULL;
+    CHECK_OK(pb_sweep_create(&s, shape, f.spec, f.dir, NULL));
+    const pb_weight_layout *l = &shape->layout;
+    assert_true(l->stream_arena + l->stream_host < l->resident);
+    pb_plan plan;
+    pb_plan_options po = {.device_memory = (size_t)1 << 30, .weights = PB_WEIGHTS_AUTO};
+    CHECK_OK(pb_sweep_plan(s, &po, &plan));
+    assert_int_equal(plan.weights, PB_WEIGHTS_RESIDENT);
+    assert_true(plan.bytes_streamed == 0.0);
+    /* room for the streamed weights, one pair's caches and one row, not for the resident weights */
+    pb_batch_shape one;
+    if (pb_sweep_batch_shape(s, 0, pb_sweep_max_T(s), &one) != PB_OK)
+        pb_error_clear();
+    uint64_t streamed = l->stream_arena + l->stream_host, others = plan.peak_caches + one.need_min;
+    po.device_memory = (size_t)(streamed + others + (l->resident - streamed) / 2);
+    CHECK_OK(pb_sweep_plan(s, &po, &plan));
+    assert_int_equal(plan.weights, PB_WEIGHTS_STREAM);
+    assert_true(plan.bytes_streamed > 0.0);
+    po.device_memory = 4096;
+    assert_int_equal(pb_sweep_plan(s, &po, &plan), PB_ERR_OOM);
+    assert_non_null(strstr(plan.why_not, "more than the 0.00 MiB of memory per rank"));
+    assert_non_null(strstr(pb_last_error(), "one pair's run caches"));
+    /* a shape-only model plans but does not run */
+    assert_int_not_equal(pb_sweep_run(s), PB_OK);
+    assert_non_null(strstr(pb_last_error(), "shape-only"));
+    int32_t ids[3] = {1, 2, 3};
+    float logits[3 * 128];
+    assert_true(pb_model_get_config(shape)->vocab_size <= 128);
+    assert_int_not_equal(pb_forward(shape, ids, 3, logits, NULL), PB_OK);
+    assert_non_null(strstr(pb_last_error(), "shape-only"));
+    uint64_t host_streamed = l->stream_arena + l->stream_host;
+    pb_sweep_free(s);
+    pb_model_free(shape);
+    /* planning for a GPU needs none: 16-bit weights cannot stream, the
+     * file's blocks can, with the embedding and unembedding resident */
+    pb_load_options cuda = {.backend = PB_BACKEND_CUDA, .dtype = PB_DTYPE_BF16, .shape_only = 1};
+    CHECK_OK(pb_model_load(&shape, path, &cuda));
+    CHECK_OK(pb_sweep_create(&s, shape, f.spec, f.dir, NULL));
+    po = (pb_plan_options){.device_memory = (size_t)1 << 30, .weights = PB_WEIGHTS_STREAM};
+    assert_int_equal(pb_sweep_plan(s, &po, &plan), PB_ERR_UNSUPPORTED);
+    assert_non_null(strstr(plan.why_not, "not bf16"));
+    pb_sweep_free(s);
+    pb_model_free(shape);
+    cuda.dtype = PB_DTYPE_FILE;
+    CHECK_OK(pb_model_load(&shape, path, &cuda));
+    CHECK_OK(pb_sweep_create(&s, shape, f.spec, f.dir, NULL));
+    CHECK_OK(pb_sweep_plan(s, &po, &plan));
+    assert_int_equal(plan.weights, PB_WEIGHTS_STREAM);
+    assert_true(plan.peak_weights > host_streamed); /* the embedding and unembedding on the device */
+    pb_sweep_free(s);
+    pb_model_free(shape);
+    free(f.spec);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_plans_equal_runs),
+        cmocka_unit_test(test_ranks_add_up),
+        cmocka_unit_test(test_choices_and_refusals),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
