@@ -365,6 +365,10 @@ typedef struct layout {
     uint64_t largest_bytes; /* bytes of the largest arena matrix converted on the host */
 } layout;
 
+/* 1 when w is a matrix kept as the file's quantised blocks: checked,
+ * read and uploaded in chunks of rows, never staged whole as fp32. */
+static int kept_quantised(const wanted_tensor *w) { return w->matrix_dst && pb_dtype_is_quantised(w->dtype); }
+
 /* Sizes of the list as placed. */
 static layout measure(const wanted_tensor *list, int n) {
     layout out = {0, 0, 0, 0};
@@ -378,6 +382,8 @@ static layout measure(const wanted_tensor *list, int n) {
             out.slot = layer_bytes > out.slot ? layer_bytes : out.slot;
         } else if (w->place == PLACE_ARENA) {
             out.arena += arena_slot(w);
+            if (kept_quantised(w))
+                continue; /* read in chunks, never whole */
             out.largest = wanted_elements(w) > out.largest ? wanted_elements(w) : out.largest;
             if (w->matrix_dst && pb_dtype_bytes(w->dtype, wanted_elements(w)) > out.largest_bytes)
                 out.largest_bytes = pb_dtype_bytes(w->dtype, wanted_elements(w));
@@ -751,13 +757,33 @@ static pb_status choose_layout(pb_model *m, const pb_weight_source *src, wanted_
     return PB_OK;
 }
 
-/* Pass 2 for tensor w at cursor: copied into the arena, or checked and
- * pointed at the file (in place), or checked only (a slot's). */
+/* A kept-quantised matrix into the arena at cursor, its blocks as stored,
+ * a chunk of rows at a time through raw (checked before, by
+ * check_uncopied). */
+static pb_status upload_blocks(pb_model *m, const pb_weight_source *src, wanted_tensor *w, char *cursor, void *raw) {
+    const pb_tensor_info *f = &w->found;
+    size_t row_bytes = pb_dtype_bytes(w->dtype, (uint64_t)f->shape[1]);
+    int64_t per = (int64_t)(CHECK_CHUNK_FLOATS / (size_t)f->shape[1]);
+    per = per > 0 ? per : 1;
+    for (int64_t first = 0; first < f->shape[0]; first += per) {
+        int64_t rows = f->shape[0] - first < per ? f->shape[0] - first : per;
+        PB_TRY(pb_weight_source_read_rows(src, f, first, rows, raw));
+        PB_TRY(m->backend->ops->upload(m->backend, cursor + (size_t)first * row_bytes, raw, (size_t)rows * row_bytes));
+    }
+    *w->matrix_dst = (pb_matrix){cursor, w->dtype};
+    return PB_OK;
+}
+
+/* Pass 2 for tensor w at cursor: copied into the arena (whole, or a kept-
+ * quantised one checked and copied in chunks), or checked and pointed at
+ * the file (in place), or checked only (a slot's). */
 static pb_status place_one(pb_model *m, const pb_weight_source *src, wanted_tensor *w, staging_buffers *buf,
                            char *cursor, void *chunk_raw, float *chunk) {
-    if (w->place == PLACE_ARENA)
+    if (w->place == PLACE_ARENA && !kept_quantised(w))
         return place_tensor(m, src, w, buf, cursor);
     PB_TRY(check_uncopied(m, src, w, chunk_raw, chunk));
+    if (w->place == PLACE_ARENA)
+        return upload_blocks(m, src, w, cursor, chunk_raw);
     return w->place == PLACE_FILE ? point_in_place(src, w) : PB_OK;
 }
 
@@ -766,16 +792,13 @@ static pb_status place_one(pb_model *m, const pb_weight_source *src, wanted_tens
 static pb_status place_all(pb_model *m, pb_weight_source **src, wanted_tensor *list, int n, const layout *lay,
                            staging_buffers *buf) {
     const pb_model_config *c = &m->cfg;
-    float *chunk = NULL;
-    void *chunk_raw = NULL;
-    if (m->weights == PB_WEIGHTS_STREAM) {
-        chunk = malloc(sizeof(float) * CHECK_CHUNK_FLOATS * 2);
-        chunk_raw = malloc(sizeof(float) * CHECK_CHUNK_FLOATS * 2);
-        if (!chunk || !chunk_raw) {
-            free(chunk);
-            free(chunk_raw);
-            return pb_fail(PB_ERR_OOM, "out of memory for the streamed tensors' checks");
-        }
+    /* chunks for the tensors checked or copied a chunk of rows at a time */
+    float *chunk = malloc(sizeof(float) * CHECK_CHUNK_FLOATS * 2);
+    void *chunk_raw = malloc(sizeof(float) * CHECK_CHUNK_FLOATS * 2);
+    if (!chunk || !chunk_raw) {
+        free(chunk);
+        free(chunk_raw);
+        return pb_fail(PB_ERR_OOM, "out of memory for the tensors' chunked checks");
     }
     char *cursor = m->arena;
     pb_status status = PB_OK;
