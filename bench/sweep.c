@@ -2,6 +2,7 @@
  *
  *   bench_sweep (MODEL | --random-model NAME[:LAYERS]) (SPEC.json | --default-sweep T)
  *               [--all-rows] [--backend cpu|cuda] [--dtype f32|bf16|f16|file] [--max-memory SIZE]
+ *               [--weights resident|stream|auto] [--weight-memory SIZE]
  *
  * Runs the sweep once (after a warm-up forward) and prints rows/s, the
  * FLOPs the engine actually executed and their rate, the FLOPs one full
@@ -156,10 +157,10 @@ static int parse_args(int argc, char **argv, bench_args *b) {
         }
     }
     if (!pb_cli_model_check(&b->model, "bench_sweep") || !!b->spec_path == (b->default_T > 0)) {
-        fprintf(
-            stderr,
-            "usage: bench_sweep (MODEL | --random-model NAME[:LAYERS]) (SPEC.json | --default-sweep T)\n"
-            "                   [--all-rows] [--backend cpu|cuda] [--dtype f32|bf16|f16|file] [--max-memory SIZE]\n");
+        fprintf(stderr,
+                "usage: bench_sweep (MODEL | --random-model NAME[:LAYERS]) (SPEC.json | --default-sweep T)\n"
+                "                   [--all-rows] [--backend cpu|cuda] [--dtype f32|bf16|f16|file] [--max-memory SIZE]\n"
+                "                   [--weights resident|stream|auto] [--weight-memory SIZE]\n");
         return 0;
     }
     return 1;

@@ -125,6 +125,25 @@ static void print_plan(const pb_plan *p, const pb_sweep_summary *sum, const char
            p->n_ranks > 1 ? " (under mpirun/srun with that many ranks)" : "");
 }
 
+void pb_cli_plan_line(FILE *f, const pb_sweep *sweep, const pb_model *model, const pb_cli_model *options,
+                      size_t max_memory, int n_ranks) {
+    pb_plan_options po = {.n_ranks = n_ranks,
+                          .weights = pb_model_streams_weights(model) ? PB_WEIGHTS_STREAM : PB_WEIGHTS_RESIDENT,
+                          .weight_memory = options->load.weight_memory,
+                          .max_memory = max_memory};
+    pb_plan p;
+    if (pb_sweep_plan(sweep, &po, &p) != PB_OK)
+        return; /* the sweep's own checks say what does not fit */
+    char a[32], b[32], c[32];
+    int stream = p.weights == PB_WEIGHTS_STREAM;
+    fprintf(f,
+            "patchbay: plan: %s weights (%s), at most %lld waves of up to %d rows, %s%speak %s per rank "
+            "(patchbay plan explains)\n",
+            pb_weights_mode_name(p.weights), human(a, (double)p.peak_weights), (long long)p.waves, p.rows_per_wave,
+            stream ? human(b, p.bytes_streamed) : "", stream ? " of layers streamed, " : "",
+            human(c, (double)p.peak_total));
+}
+
 /* The spec read, relative paths against its folder, plain text with --no-chat. */
 static int read_spec(const plan_options *o, char **text, char *dir, size_t dir_size) {
     if (pb_read_input_file(o->spec, PB_INPUT_MAX_BYTES, NULL, text, NULL) != PB_OK) {

@@ -663,6 +663,8 @@ static int sweep_partition(sweep_job *j) {
     if (pb_sweep_get_summary(j->sweep, &summary) == PB_OK && j->show)
         fprintf(stderr, "patchbay: %lld sites x %d pairs = %lld rows%s\n", (long long)summary.n_sites, summary.n_pairs,
                 (long long)summary.n_rows, ranks->size > 1 ? " (rank 0's progress below)" : "");
+    if (j->show)
+        pb_cli_plan_line(stderr, j->sweep, j->model, &j->o->model, j->o->max_memory, ranks->size);
     if (ranks->size > 1 && ranks->rank == 0) {
         fprintf(stderr, "patchbay: %d ranks; estimated cost per rank:", ranks->size);
         for (int k = 0; k < ranks->size; k++)
