@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # patchbay plan from the command line: a plan that fits prints its waves
 # and the options that run it, and those options make patchbay sweep run
-# with streamed weights to the same results as a resident sweep; a memory
-# too small is refused with the numbers (exit 1); a missing spec is a usage
-# error (exit 2). The numbers themselves are checked in test_plan.c.
+# with streamed weights, saying the same waves, to the same results as a
+# resident sweep; a memory too small is refused with the numbers (exit 1);
+# a missing spec is a usage error (exit 2). The numbers themselves are
+# checked in test_plan.c.
 set -euo pipefail
 build=${PB_BUILD_DIR:-build}
 fixtures=${PB_FIXTURES:-tests/fixtures}
@@ -23,8 +24,12 @@ grep -q '^waves  *[0-9]' "$tmp/plan.txt" || fail "no waves line"
 options=$(sed -n 's/^run it with  *//p' "$tmp/plan.txt")
 case "$options" in *"--weights stream --weight-memory "*) ;; *) fail "run options: $options" ;; esac
 # shellcheck disable=SC2086  # the printed options are words
-"$cli" sweep --model "$model" --dtype file --spec "$spec" $options --out "$tmp/streamed" --no-progress \
+"$cli" sweep --model "$model" --dtype file --spec "$spec" $options --out "$tmp/streamed" \
   >/dev/null 2>"$tmp/err" || { cat "$tmp/err"; fail "sweep with the plan's options"; }
+# the sweep says the same plan: its waves and rows per wave
+waves=$(sed -n 's/^waves  *\([0-9]*\) (\([0-9]*\) rows.*/\1 \2/p' "$tmp/plan.txt")
+said=$(sed -n 's/^patchbay: plan: stream weights .*at most \([0-9]*\) waves of up to \([0-9]*\) rows.*/\1 \2/p' "$tmp/err")
+[ -n "$waves" ] && [ "$waves" = "$said" ] || { cat "$tmp/err"; fail "the sweep's plan ($said) is not the plan's ($waves)"; }
 "$cli" sweep --model "$model" --dtype file --spec "$spec" --out "$tmp/resident" --no-progress >/dev/null 2>&1 \
   || fail "resident sweep"
 python3 - "$tmp" <<'PY' || fail "streamed and resident results differ"
