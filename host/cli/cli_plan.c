@@ -115,8 +115,8 @@ static void print_plan(const pb_plan *p, const pb_sweep_summary *sum, const char
            human(d, (double)p->peak_activations));
     printf("time, at least    %.3g s: %.4g TFLOP at %.4g TFLOP/s = %.3g s; %s streamed at %.4g GB/s = %.3g s "
            "(busiest rank)\n",
-           p->seconds_bound, p->flops / 1e12, p->flops_per_s / 1e12, p->seconds_compute,
-           human(e, p->bytes_streamed / p->n_ranks), p->link_bytes_per_s / 1e9, p->seconds_link);
+           p->seconds_bound, p->seconds_compute * p->flops_per_s / 1e12, p->flops_per_s / 1e12, p->seconds_compute,
+           human(e, p->seconds_link * p->link_bytes_per_s), p->link_bytes_per_s / 1e9, p->seconds_link);
     char weight_memory[32], max_memory[32];
     size_option(weight_memory, sizeof weight_memory, p->weight_memory, 1);
     size_option(max_memory, sizeof max_memory, p->max_memory, 0);

@@ -590,12 +590,14 @@ static pb_status read_chunk(const pb_weight_source *src, const wanted_tensor *w,
     return PB_OK;
 }
 
-/* A tensor pass 2 does not copy (a slot's or one read in place), checked
- * chunk by chunk as place_tensor checks a whole one: every value finite,
- * and the embedding's standard deviation for noise (pb_noise_sigma's two
- * sums in its order). */
+/* A tensor pass 2 does not stage whole (a slot's, one read in place, a
+ * kept-quantised one), checked chunk by chunk as place_tensor checks a
+ * whole one: every value finite, and the embedding's standard deviation
+ * for noise (pb_noise_sigma's two sums in its order). copy_to: backend
+ * memory each chunk's bytes as stored go to as they are read (the arena's
+ * place of a kept-quantised matrix), or NULL. */
 static pb_status check_uncopied(pb_model *m, const pb_weight_source *src, const wanted_tensor *w, void *raw,
-                                float *chunk) {
+                                float *chunk, char *copy_to) {
     int embedding = w->matrix_dst == &m->token_embd;
     double sum = 0.0, mean = 0.0, var = 0.0;
     uint64_t seen = 0, n = wanted_elements(w);
@@ -608,6 +610,9 @@ static pb_status check_uncopied(pb_model *m, const pb_weight_source *src, const 
             if (bad < count)
                 return pb_fail(PB_ERR_NUMERIC, "%s: tensor '%s' holds a non-finite value (%g) at element %llu",
                                src->path, w->found.file_name, (double)chunk[bad], (unsigned long long)(seen + bad));
+            if (pass == 0 && copy_to) /* chunks are whole rows: seen elements are whole rows too */
+                PB_TRY(m->backend->ops->upload(m->backend, copy_to + pb_dtype_bytes(w->dtype, seen), raw,
+                                               pb_dtype_bytes(w->dtype, count)));
             for (size_t i = 0; embedding && i < count; i++) {
                 double d = (double)chunk[i] - mean;
                 if (pass == 0)
@@ -757,23 +762,6 @@ static pb_status choose_layout(pb_model *m, const pb_weight_source *src, wanted_
     return PB_OK;
 }
 
-/* A kept-quantised matrix into the arena at cursor, its blocks as stored,
- * a chunk of rows at a time through raw (checked before, by
- * check_uncopied). */
-static pb_status upload_blocks(pb_model *m, const pb_weight_source *src, wanted_tensor *w, char *cursor, void *raw) {
-    const pb_tensor_info *f = &w->found;
-    size_t row_bytes = pb_dtype_bytes(w->dtype, (uint64_t)f->shape[1]);
-    int64_t per = (int64_t)(CHECK_CHUNK_FLOATS / (size_t)f->shape[1]);
-    per = per > 0 ? per : 1;
-    for (int64_t first = 0; first < f->shape[0]; first += per) {
-        int64_t rows = f->shape[0] - first < per ? f->shape[0] - first : per;
-        PB_TRY(pb_weight_source_read_rows(src, f, first, rows, raw));
-        PB_TRY(m->backend->ops->upload(m->backend, cursor + (size_t)first * row_bytes, raw, (size_t)rows * row_bytes));
-    }
-    *w->matrix_dst = (pb_matrix){cursor, w->dtype};
-    return PB_OK;
-}
-
 /* Pass 2 for tensor w at cursor: copied into the arena (whole, or a kept-
  * quantised one checked and copied in chunks), or checked and pointed at
  * the file (in place), or checked only (a slot's). */
@@ -781,9 +769,10 @@ static pb_status place_one(pb_model *m, const pb_weight_source *src, wanted_tens
                            char *cursor, void *chunk_raw, float *chunk) {
     if (w->place == PLACE_ARENA && !kept_quantised(w))
         return place_tensor(m, src, w, buf, cursor);
-    PB_TRY(check_uncopied(m, src, w, chunk_raw, chunk));
-    if (w->place == PLACE_ARENA)
-        return upload_blocks(m, src, w, cursor, chunk_raw);
+    int copied = w->place == PLACE_ARENA;
+    PB_TRY(check_uncopied(m, src, w, chunk_raw, chunk, copied ? cursor : NULL));
+    if (copied)
+        *w->matrix_dst = (pb_matrix){cursor, w->dtype};
     return w->place == PLACE_FILE ? point_in_place(src, w) : PB_OK;
 }
 
@@ -917,7 +906,7 @@ static pb_status model_new(pb_model **out, const char *path, const pb_load_optio
                          pb_dtype_name(dtype));
     else if (m->weights != PB_WEIGHTS_RESIDENT && m->weights != PB_WEIGHTS_STREAM && m->weights != PB_WEIGHTS_AUTO)
         status = pb_fail(PB_ERR_ARG, "unknown weights mode %d", (int)m->weights);
-    else if (m->shape_only && kind != PB_BACKEND_CPU && kind != PB_BACKEND_REFERENCE && kind != PB_BACKEND_CUDA)
+    else if (kind != PB_BACKEND_CPU && kind != PB_BACKEND_REFERENCE && kind != PB_BACKEND_CUDA)
         status = pb_fail(PB_ERR_ARG, "unknown backend %d", (int)kind);
     else if (m->shape_only || kind == PB_BACKEND_REFERENCE)
         /* shape-only: a host backend whatever the kind, so that every entry point cleans up after the executor
@@ -925,10 +914,8 @@ static pb_status model_new(pb_model **out, const char *path, const pb_load_optio
         status = pb_backend_ref_create(&m->backend);
     else if (kind == PB_BACKEND_CUDA)
         status = pb_backend_cuda_create(&m->backend, options ? options->device : 0);
-    else if (kind == PB_BACKEND_CPU)
-        status = pb_backend_cpu_create(&m->backend, options ? options->n_threads : 0);
     else
-        status = pb_fail(PB_ERR_ARG, "unknown backend %d", (int)kind);
+        status = pb_backend_cpu_create(&m->backend, options ? options->n_threads : 0);
     if (status != PB_OK) {
         pb_model_free(m);
         return status;

@@ -693,8 +693,7 @@ static pb_status batch_alloc(pb_sweep *s, batch_buffers *bb, int max_T) {
     bb->max_tokens = shape.max_tokens;
     bb->max_rows = shape.max_rows;
     PB_TRY(pb_exec_create(&bb->exec, s->model, bb->max_tokens, max_T));
-    size_t n_out = (size_t)unembed_width(s, -1);
-    size_t d = (size_t)c->d_model, width = n_out > d ? n_out : d;
+    size_t d = (size_t)c->d_model;
     pb_status status = b->ops->alloc(b, &bb->arena, shape.arena_floats * sizeof(float));
     if (status != PB_OK) {
         batch_free(s, bb);
@@ -713,7 +712,7 @@ static pb_status batch_alloc(pb_sweep *s, batch_buffers *bb, int max_T) {
         bb->metric_values = bb->metric_arena;
         bb->metric_pairs = (int32_t *)(bb->metric_values + bb->max_rows);
     }
-    bb->host = malloc(sizeof(float) * (size_t)bb->max_rows * width);
+    bb->host = malloc(shape.host_bytes);
     bb->jobs = calloc((size_t)bb->max_rows, sizeof *bb->jobs);
     bb->patches = calloc((size_t)bb->max_rows, sizeof *bb->patches);
     bb->positions = malloc(sizeof(int) * (size_t)bb->max_tokens);
@@ -1079,8 +1078,6 @@ static pb_status pending_rows(const pb_sweep *s, const int64_t *rows, int64_t n_
 pb_status pb_sweep_run_rows(pb_sweep *s, const int64_t *rows, int64_t n_rows) {
     if (!s || (n_rows > 0 && !rows))
         return pb_fail(PB_ERR_ARG, "pb_sweep_run_rows: sweep and rows are required");
-    if (s->model->shape_only)
-        return pb_fail(PB_ERR_ARG, "%s was loaded shape-only (for planning): it has no weights to run", s->model->path);
     int64_t *todo, n_todo;
     PB_TRY(pending_rows(s, rows, n_rows, &todo, &n_todo));
     int max_T = pb_sweep_max_T(s);
@@ -1115,15 +1112,22 @@ pb_status pb_sweep_run_rows(pb_sweep *s, const int64_t *rows, int64_t n_rows) {
 
 /* ---- planning: the batches a run would launch, counted ---------------- */
 
-/* A run of one job from `start` to `stop` (exclusive) as the executor
- * does it: FLOPs added, layers brought into the two slots of a stream
- * (layer_bytes NULL: resident). */
-static void count_run(const pb_sweep *s, int start, int stop, int p0, int T, int *held, const uint64_t *layer_bytes,
-                      double *flops, pb_wave_counts *out) {
+/* FLOPs the executor counts for a job of T positions from p0, steps
+ * [start, stop). */
+static double run_flops(const pb_sweep *s, int start, int stop, int p0, int T) {
     const pb_model_config *c = &s->model->cfg;
+    double flops = 0.0;
     for (int step = start; step < stop && step < 2 * c->n_layers; step++)
-        *flops += pb_exec_step_flops(c, step, p0, T);
-    for (int l = start / 2; layer_bytes && l <= (stop - 1) / 2 && l < c->n_layers; l++) {
+        flops += pb_exec_step_flops(c, step, p0, T);
+    return flops;
+}
+
+/* The layers a run of steps [start, stop) acquires, brought into a
+ * stream's two slots (held) and counted; nothing for resident weights
+ * (layer_bytes NULL). */
+static void read_layers(const pb_sweep *s, int start, int stop, int *held, const uint64_t *layer_bytes,
+                        pb_wave_counts *out) {
+    for (int l = start / 2; layer_bytes && l <= (stop - 1) / 2 && l < s->model->cfg.n_layers; l++) {
         if (held[l % 2] == l)
             continue;
         held[l % 2] = l;
@@ -1137,8 +1141,10 @@ static void count_run(const pb_sweep *s, int start, int stop, int p0, int T, int
 static void count_pair(const pb_sweep *s, int pair, int *held, const uint64_t *layer_bytes, pb_wave_counts *out) {
     const pb_model_config *c = &s->model->cfg;
     const pb_pair_spec *p = &s->spec.pairs[pair];
-    count_run(s, 0, 2 * c->n_layers, 0, p->base.T, held, layer_bytes, &out->flops_base, out);
-    count_run(s, 0, 2 * c->n_layers, 0, p->source.T, held, layer_bytes, &out->flops_base, out);
+    int end = 2 * c->n_layers;
+    out->flops_base += run_flops(s, 0, end, 0, p->base.T) + run_flops(s, 0, end, 0, p->source.T);
+    read_layers(s, 0, end, held, layer_bytes, out);
+    read_layers(s, 0, end, held, layer_bytes, out);
     out->flops_base += 2.0 * 2 * unembed_width(s, pair) * c->d_model;
     if (s->clean_logprobs_host)
         out->flops_base += 2.0 * c->vocab_size * c->d_model;
@@ -1149,14 +1155,12 @@ static void count_pair(const pb_sweep *s, int pair, int *held, const uint64_t *l
 static void count_batch(const pb_sweep *s, int pair, const int *start, const int *p0, int n, int *held,
                         const uint64_t *layer_bytes, pb_wave_counts *out) {
     const pb_model_config *c = &s->model->cfg;
-    int T = s->spec.pairs[pair].base.T, first = 2 * c->n_layers, ignore[2] = {-1, -1};
+    int T = s->spec.pairs[pair].base.T, first = 2 * c->n_layers;
     for (int i = 0; i < n; i++) {
-        count_run(s, start[i], s->metric_step, p0[i], T, ignore, NULL, &out->flops_rows, out);
-        out->flops_rows += 2.0 * unembed_width(s, pair) * c->d_model;
+        out->flops_rows += run_flops(s, start[i], s->metric_step, p0[i], T) + 2.0 * unembed_width(s, pair) * c->d_model;
         first = start[i] < first ? start[i] : first;
     }
-    double unused = 0.0;
-    count_run(s, first, s->metric_step, 0, 0, held, layer_bytes, &unused, out);
+    read_layers(s, first, s->metric_step, held, layer_bytes, out);
     out->waves++;
     out->rows += n;
 }
