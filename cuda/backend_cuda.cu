@@ -39,6 +39,7 @@ static void pb_cuda_destroy(pb_backend *backend) {
         PB_CUDA_CHECK_VOID(cudaSetDevice(self->device));
     if (self->stream)
         PB_CUDA_CHECK_VOID(cudaStreamSynchronize(self->stream));
+    pb_cuda_lanes_destroy(self);
     if (self->round_scratch)
         PB_CUDA_CHECK_VOID(cudaFree(self->round_scratch));
     if (self->dequant_scratch)
@@ -209,6 +210,7 @@ static pb_status pb_cuda_copy(pb_backend *backend, void *dst_device, const void 
 static pb_status pb_cuda_synchronize(pb_backend *backend) {
     pb_cuda_backend *self = pb_cuda_self(backend);
     PB_TRY(pb_cuda_enter(self));
+    PB_CUDA_CHECK(cudaStreamSynchronize(self->copy_stream)); /* streamed weights read ahead */
     PB_CUDA_CHECK(cudaStreamSynchronize(self->stream));
     return PB_OK;
 }
@@ -637,6 +639,11 @@ static const pb_backend_ops pb_cuda_ops = {
     0, /* host_memory: device memory is not host memory */
     pb_cuda_op_copy_regions,
     pb_cuda_copy_rows,
+    pb_cuda_lane_release,
+    pb_cuda_lane_upload,
+    pb_cuda_lane_wait,
+    pb_cuda_pin,
+    pb_cuda_unpin,
 };
 
 static pb_status pb_cuda_init(pb_cuda_backend *self, int device) {
@@ -665,6 +672,7 @@ static pb_status pb_cuda_init(pb_cuda_backend *self, int device) {
     PB_CUBLAS_CHECK(cublasSetMathMode(self->cublas, CUBLAS_DEFAULT_MATH));
     for (int i = 0; i < PB_CUDA_STAGING_SLOTS; i++)
         PB_CUDA_CHECK(cudaEventCreateWithFlags(&self->staging_done[i], cudaEventDisableTiming));
+    PB_TRY(pb_cuda_lanes_init(self));
     void *pinned = NULL;
     if (cudaHostAlloc(&pinned, PB_CUDA_STAGING_SLOTS * PB_CUDA_STAGING_SLOT_BYTES, cudaHostAllocDefault) == cudaSuccess)
         self->staging = (unsigned char *)pinned;

@@ -71,6 +71,10 @@ typedef struct pb_cuda_backend {
     unsigned char *staging;
     cudaEvent_t staging_done[PB_CUDA_STAGING_SLOTS];
     int staging_next;
+    /* Streamed weights' copies (weight_lanes.cu): their stream, and per
+     * lane the events that order it against `stream`. */
+    cudaStream_t copy_stream;
+    cudaEvent_t lane_free[2], lane_done[2];
 } pb_cuda_backend;
 
 static inline pb_cuda_backend *pb_cuda_self(pb_backend *backend) { return (pb_cuda_backend *)backend->impl; }
@@ -149,6 +153,15 @@ static inline pb_status pb_cuda_launched(pb_cuda_backend *self, const char *kern
  * pb_cuda_launched); `launch` is the launcher call, or cudaSuccess after a
  * cuBLAS call that was checked already. */
 #define PB_CUDA_LAUNCHED(self, kernel, launch) PB_TRY(pb_cuda_launched((self), (kernel), (launch), __FILE__, __LINE__))
+
+/* The lanes and pinning of streamed weights (backend.h), in weight_lanes.cu. */
+pb_status pb_cuda_lanes_init(pb_cuda_backend *self);
+void pb_cuda_lanes_destroy(pb_cuda_backend *self);
+pb_status pb_cuda_lane_release(pb_backend *backend, int lane);
+pb_status pb_cuda_lane_upload(pb_backend *backend, int lane, void *dst_device, const void *src_host, size_t bytes);
+pb_status pb_cuda_lane_wait(pb_backend *backend, int lane);
+pb_status pb_cuda_pin(pb_backend *backend, const void *host, size_t bytes);
+void pb_cuda_unpin(pb_backend *backend, const void *host);
 
 /* metric_rows (backend.h), in metric.cu. */
 pb_status pb_cuda_metric_rows(pb_backend *backend, double *out, const float *logits, int rows, int n_out,

@@ -18,6 +18,7 @@
 #include "formats/dtype.h"
 #include "model/model.h"
 #include "model/model_random.h"
+#include "model/weight_source.h"
 #include "formats/npy.h"
 #include "patchbay.h"
 #include "test_util.h"
@@ -348,10 +349,51 @@ static void test_bad_names_refused(void **state) {
     expect_refused("tiny:", "''", "[1, 4]");
     expect_refused("tiny:2x", "'2x'", NULL);
     expect_refused("tiny:-1", "'-1'", NULL);
-    expect_refused("tiny:2:3", "'2:3'", NULL);
+    expect_refused("tiny:2x:bf16", "'2x'", NULL);
     pb_model *m = NULL;
     assert_int_equal(pb_model_random(&m, NULL, 1, NULL), PB_ERR_ARG);
     assert_int_equal(pb_model_random(NULL, "tiny", 1, NULL), PB_ERR_ARG);
+}
+
+/* NAME:LAYERS:TYPE stores the generator's values in that type: raw bytes
+ * equal to pb_random_fill's values narrowed here (bf16, f16) or quantised
+ * (q8_0) block by block, norms kept f32; read_f32 decodes them. */
+static void test_stored_types(void **state) {
+    (void)state;
+    const char *specs[3] = {"smollm2-135m:1:bf16", "smollm2-135m:1:f16", "smollm2-135m:1:q8_0"};
+    for (int i = 0; i < 3; i++) {
+        pb_weight_source *src = NULL;
+        CHECK_OK(pb_weight_source_open_random(&src, specs[i], 5));
+        assert_true(pb_weight_source_has_raw(src));
+        pb_tensor_info info, norm;
+        CHECK_OK(pb_weight_source_find(src, "blk.0.attn_k.weight", &info));
+        CHECK_OK(pb_weight_source_find(src, "blk.0.attn_norm.weight", &norm));
+        assert_int_equal(norm.type, PB_WEIGHT_TYPE_F32);
+        size_t n = (size_t)info.n_elements;
+        float *values = malloc(n * sizeof(float)), *decoded = malloc(n * sizeof(float));
+        uint8_t *want = malloc(n * 2);
+        assert_non_null(values && decoded && want);
+        pb_random_fill(values, n, 5, info.index, PB_RANDOM_MATRIX);
+        for (size_t j = 0; j < n; j++) {
+            uint16_t h = i == 0 ? pb_fp32_to_bf16(values[j]) : pb_fp32_to_fp16(values[j]);
+            want[2 * j] = (uint8_t)(h & 0xff);
+            want[2 * j + 1] = (uint8_t)(h >> 8);
+        }
+        if (i == 2)
+            pb_quantize_q8_0(want, values, n / 32);
+        const void *data;
+        uint64_t n_bytes;
+        CHECK_OK(pb_weight_source_raw(src, &info, &data, &n_bytes));
+        assert_int_equal(n_bytes, i == 2 ? n / 32 * 34 : n * 2);
+        assert_memory_equal(data, want, (size_t)n_bytes);
+        CHECK_OK(pb_weight_source_read_f32(src, &info, decoded));
+        CHECK_OK(pb_dequantize(values, data, info.type, n));
+        assert_memory_equal(decoded, values, n * sizeof(float));
+        free(values);
+        free(decoded);
+        free(want);
+        pb_weight_source_free(src);
+    }
 }
 
 /* No tokenizer: the text calls say so; token text is "<id>". */
@@ -815,6 +857,7 @@ int main(void) {
         cmocka_unit_test(test_tiny_matches_transformers),
         cmocka_unit_test(test_named_configs),
         cmocka_unit_test(test_bad_names_refused),
+        cmocka_unit_test(test_stored_types),
         cmocka_unit_test(test_no_tokenizer),
         cmocka_unit_test(test_determinism_and_backends),
         cmocka_unit_test(test_dtype_weights_rounded),

@@ -1,8 +1,8 @@
 /* Tests for host/formats/quant.c: every dequantiser against gguf-py's output stored
  * in tests/fixtures/quant/<type>.pbqf (random blocks and blocks of the real
  * SmolLM2 file; regenerate with scripts/make_quant_fixture.py), exact
- * fp16/bf16 conversion of every special case, the type table, and the
- * refusals of pb_dequantize. */
+ * fp16/bf16 conversion of every special case, the type table, the
+ * refusals of pb_dequantize, and the Q8_0 quantiser. */
 #define _POSIX_C_SOURCE 200809L
 
 #include <math.h>
@@ -335,6 +335,44 @@ static void test_dequantize_hand_blocks(void **state) {
         assert_true(out[i] == (i >= 240 ? 64.0f : -32.0f));
 }
 
+/* pb_quantize_q8_0 against the block format's definition computed here in
+ * double: d = max |x| / 127 stored as the nearest fp16, q = x / d rounded
+ * to nearest (a q whose quotient lies within 1e-4 of a half may round
+ * either way in fp32); an all-zero block has d = 0 and q = 0; and decoding
+ * returns every value within half a step (plus the fp16 rounding of d). */
+static void test_quantize_q8_0(void **state) {
+    (void)state;
+    float x[64];
+    for (int j = 0; j < 32; j++)
+        x[j] = (float)(j - 16) / 4.0f + (j % 3) * 0.01f;
+    memset(x + 32, 0, 32 * sizeof(float));
+    uint8_t q[68];
+    pb_quantize_q8_0(q, x, 2);
+    double amax = 0;
+    for (int j = 0; j < 32; j++)
+        amax = fabs(x[j]) > amax ? fabs(x[j]) : amax;
+    double d = amax / 127.0;
+    float stored = pb_fp16_to_fp32((uint16_t)(q[0] | q[1] << 8));
+    assert_true(fabs(stored - d) <= d * 0x1p-11); /* the nearest half: within half an fp16 ulp */
+    for (int j = 0; j < 32; j++) {
+        double quotient = x[j] / d, frac = fabs(quotient - trunc(quotient));
+        long want = lround(quotient);
+        int got = (int8_t)q[2 + j];
+        if (fabs(frac - 0.5) > 1e-4)
+            assert_int_equal(got, want);
+        else
+            assert_true(labs(got - want) <= 1);
+        assert_true(fabs((double)got * stored - x[j]) <= 0.5 * stored + 127 * fabs(stored - d) + 1e-6);
+    }
+    assert_int_equal(q[34] | q[35] << 8, 0);
+    for (int j = 0; j < 32; j++)
+        assert_int_equal(q[36 + j], 0);
+    float back[64];
+    assert_int_equal(pb_dequantize(back, q, PB_GGML_Q8_0, 64), PB_OK);
+    for (int j = 0; j < 64; j++)
+        assert_true(fabs((double)back[j] - x[j]) <= 0.5 * stored + 127 * fabs(stored - d) + 1e-6);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_dequantize_matches_gguf_py),
@@ -346,6 +384,7 @@ int main(void) {
         cmocka_unit_test(test_type_table),
         cmocka_unit_test(test_dequantize_refusals),
         cmocka_unit_test(test_dequantize_hand_blocks),
+        cmocka_unit_test(test_quantize_q8_0),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -3,7 +3,8 @@
  * the same file (the Q8_0 files kept quantised, and the f32 ones), on the
  * reference backend within 1e-6 and on the CPU backend within its bound;
  * the embedding and unembedding are read in place; each layer is read once
- * per executor run; auto picks by the cap; what cannot stream, or would not
+ * per executor run (the next one's read queued as a layer starts); a
+ * random model stored in a type streams from its own memory; auto picks by the cap; what cannot stream, or would not
  * fit the cap even streamed, is refused with the numbers. */
 #define _GNU_SOURCE
 #include <math.h>
@@ -134,9 +135,72 @@ static void test_in_place_and_reads(void **state) {
     pb_model_free(m);
 }
 
+/* logits (T, vocab) of m on ids. */
+static float *forward_logits(pb_model *m, const int32_t *ids, int T) {
+    float *logits = malloc(sizeof(float) * (size_t)T * (size_t)pb_model_get_config(m)->vocab_size);
+    assert_non_null(logits);
+    CHECK_OK(pb_forward(m, ids, T, logits, NULL));
+    return logits;
+}
+
+/* A random model stored in a type (NAME:LAYERS:TYPE) streams from the
+ * memory that holds it, kept in that type (--dtype bf16, f16, file): the
+ * same logits as resident (bit for bit on the reference backend, for
+ * 16-bit storage; within the CPU bound for Q8_0 at a shape whose rows are
+ * whole blocks); the embedding read where the source keeps it; and,
+ * decoded to f32 at load, near the same logits (Q8_0: the file-dtype
+ * bound; 16-bit: activations rounded as well). A shape whose rows are not
+ * whole blocks is refused. */
+static void test_random_stored(void **state) {
+    (void)state;
+    const char *specs[3] = {"tiny:3:bf16", "tiny:3:f16", "smollm2-135m:1:q8_0"};
+    pb_backend_kind backends[3] = {PB_BACKEND_REFERENCE, PB_BACKEND_REFERENCE, PB_BACKEND_CPU};
+    pb_dtype kept[3] = {PB_DTYPE_BF16, PB_DTYPE_F16, PB_DTYPE_FILE};
+    double same[3] = {0.0, 0.0, PB_TOL_INVARIANT_CPU};
+    const int32_t ids[7] = {5, 17, 3, 60, 2, 41, 9};
+    for (int i = 0; i < 3; i++) {
+        pb_model *m[3];
+        pb_weights_mode modes[3] = {PB_WEIGHTS_STREAM, PB_WEIGHTS_RESIDENT, PB_WEIGHTS_RESIDENT};
+        pb_dtype dtypes[3] = {kept[i], kept[i], PB_DTYPE_F32};
+        float *logits[3];
+        for (int k = 0; k < 3; k++) {
+            pb_load_options o = {.n_threads = 2, .backend = backends[i], .dtype = dtypes[k], .weights = modes[k]};
+            if (pb_model_random(&m[k], specs[i], 11, &o) != PB_OK)
+                fail_msg("%s: %s", specs[i], pb_last_error());
+            logits[k] = forward_logits(m[k], ids, 7);
+        }
+        assert_true(pb_model_streams_weights(m[0]));
+        const char *arena = m[0]->arena, *embd = m[0]->token_embd.data;
+        assert_true(embd < arena || embd >= arena + pb_model_weight_bytes(m[0]));
+        size_t n = 7 * (size_t)pb_model_get_config(m[0])->vocab_size;
+        double streamed = 0, decoded = 0;
+        for (size_t j = 0; j < n; j++) {
+            double a = fabs((double)logits[0][j] - logits[1][j]), b = fabs((double)logits[2][j] - logits[1][j]);
+            streamed = a > streamed ? a : streamed;
+            decoded = b > decoded ? b : decoded;
+        }
+        printf("[ MEASURE  ] %s: streamed vs resident max |d| %.2e; decoded at load: %.2e\n", specs[i], streamed,
+               decoded);
+        assert_true(streamed <= same[i]);
+        assert_true(decoded <= (kept[i] == PB_DTYPE_FILE ? PB_TOL_FILE_DTYPE_CPU : PB_TOL_16BIT_VS_F32_LOGITS_MAX_ABS));
+        for (int k = 0; k < 3; k++) {
+            free(logits[k]);
+            pb_model_free(m[k]);
+        }
+    }
+    pb_model *m = NULL;
+    pb_load_options o = {.n_threads = 2};
+    assert_int_equal(pb_model_random(&m, "tiny:3:q8_0", 11, &o), PB_ERR_ARG);
+    assert_non_null(strstr(pb_last_error(), "'blk.0.ffn_down.weight' has rows of 176 values, not whole Q8_0"));
+    assert_int_equal(pb_model_random(&m, "tiny:3:q4_k", 11, &o), PB_ERR_ARG);
+    assert_non_null(strstr(pb_last_error(), "weight type 'q4_k' is not one of f32, f16, bf16, q8_0"));
+    assert_null(m);
+}
+
 /* auto: resident under a cap that holds it, streamed under one that does
- * not; a cap below even the stream's needs, a safetensors folder and a
- * 16-bit storage are refused by name. */
+ * not; a cap below even the stream's needs and a safetensors folder are
+ * refused by name; an f32 file streamed into bf16 slots (narrowed on the
+ * host) gives the resident bf16 model's logits. */
 static void test_auto_and_refusals(void **state) {
     (void)state;
     char path[1024];
@@ -154,8 +218,16 @@ static void test_auto_and_refusals(void **state) {
     assert_int_equal(try_load(&m, path, PB_BACKEND_CPU, PB_DTYPE_FILE, PB_WEIGHTS_STREAM, 1024), PB_ERR_OOM);
     assert_non_null(strstr(pb_last_error(), "more than --weight-memory 0.0 MiB"));
     assert_non_null(strstr(pb_last_error(), "two layer slots of"));
-    assert_int_equal(try_load(&m, path, PB_BACKEND_CPU, PB_DTYPE_BF16, PB_WEIGHTS_STREAM, 0), PB_ERR_UNSUPPORTED);
-    assert_non_null(strstr(pb_last_error(), "not bf16"));
+    pb_model *narrowed = load(path, PB_BACKEND_CPU, PB_DTYPE_BF16, PB_WEIGHTS_STREAM);
+    pb_model *bf16 = load(path, PB_BACKEND_CPU, PB_DTYPE_BF16, PB_WEIGHTS_RESIDENT);
+    const int32_t ids[5] = {3, 40, 7, 19, 88};
+    float *a = forward_logits(narrowed, ids, 5), *b = forward_logits(bf16, ids, 5);
+    for (size_t j = 0; j < 5 * (size_t)pb_model_get_config(bf16)->vocab_size; j++)
+        assert_true(fabs((double)a[j] - b[j]) <= PB_TOL_INVARIANT_CPU);
+    free(a);
+    free(b);
+    pb_model_free(narrowed);
+    pb_model_free(bf16);
     char folder[1024];
     tu_fixture_file(folder, sizeof folder, "tiny_qwen3", NULL);
     assert_int_equal(try_load(&m, folder, PB_BACKEND_CPU, PB_DTYPE_F32, PB_WEIGHTS_STREAM, 0), PB_ERR_UNSUPPORTED);
@@ -170,7 +242,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_in_place_and_reads),        cmocka_unit_test(test_auto_and_refusals),
         cmocka_unit_test(test_oracle_cases_reference_q8), cmocka_unit_test(test_oracle_cases_cpu_q8),
-        cmocka_unit_test(test_oracle_cases_cpu_f32),
+        cmocka_unit_test(test_oracle_cases_cpu_f32),      cmocka_unit_test(test_random_stored),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

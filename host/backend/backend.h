@@ -165,6 +165,26 @@ typedef struct pb_backend_ops {
      * Optional: NULL means one `copy` per row. */
     pb_status (*copy_rows)(pb_backend *backend, float *dst, size_t dst_stride, const float *src, size_t src_stride,
                            size_t width, size_t rows);
+    /* Streamed weights (model/stream.c): copies into one of two lanes (a
+     * lane is a region of device memory, a layer's slot) on a queue of
+     * their own, so that the next layer's upload runs during this layer's
+     * compute. lane_release: the lane's next copies wait for the compute
+     * queued so far (which may still read the lane's old bytes).
+     * lane_upload: queues dst_device = src_host (bytes); src_host must stay
+     * unchanged until the copy is done (memory the caller keeps), and
+     * overlaps only where it is pinned (pin). lane_wait: the compute queued
+     * after it waits for the lane's copies. Optional, all three or none:
+     * NULL means upload, which runs in order with the compute. */
+    pb_status (*lane_release)(pb_backend *backend, int lane);
+    pb_status (*lane_upload)(pb_backend *backend, int lane, void *dst_device, const void *src_host, size_t bytes);
+    pb_status (*lane_wait)(pb_backend *backend, int lane);
+    /* Page-locks host memory the caller keeps (bytes from host) so that
+     * copies from it run asynchronously at the link's full rate, and
+     * unlocks it; unpin takes the same host pointer. Optional: NULL where
+     * it means nothing (the host backends). A failed pin is not an error
+     * for the caller: copies still work, slower. */
+    pb_status (*pin)(pb_backend *backend, const void *host, size_t bytes);
+    void (*unpin)(pb_backend *backend, const void *host);
 } pb_backend_ops;
 
 struct pb_backend {

@@ -22,9 +22,11 @@ void pb_cli_model_table(pb_cli_model *o, pb_cli_option table[PB_CLI_MODEL_OPTION
          .kind = PB_OPT_STRING,
          .target = &o->random_name,
          .shared = 1,
-         .value = "NAME[:LAYERS]",
+         .value = "NAME[:LAYERS[:TYPE]]",
          .help = "seeded random weights at a real shape instead of --model (tiny, smollm2-135m, llama3-8b, "
-                 "llama3-70b, qwen2-7b, gemma3-270m; :LAYERS keeps the first LAYERS layers); no tokenizer: give ids"},
+                 "llama3-70b, qwen2-7b, gemma3-270m; :LAYERS keeps the first LAYERS layers; :TYPE f16, bf16 or "
+                 "q8_0 stores the matrices in that type in host memory, which --weights stream streams from); no "
+                 "tokenizer: give ids"},
         {.flag = "--seed",
          .kind = PB_OPT_U64,
          .target = &o->seed,
@@ -73,7 +75,7 @@ void pb_cli_model_table(pb_cli_model *o, pb_cli_option table[PB_CLI_MODEL_OPTION
          .help = "where the layers' weights live (default resident): stream reads each layer from the GGUF "
                  "into one of two slots when the layer runs (every row of a batch passes a layer before the "
                  "next), so a model larger than memory can be swept; auto streams when resident weights would "
-                 "exceed --weight-memory (a GGUF; --dtype f32 or file)"},
+                 "exceed --weight-memory (a GGUF, or --random-model NAME:LAYERS:TYPE)"},
         {.flag = "--weight-memory",
          .kind = PB_OPT_SIZE,
          .target = &o->load.weight_memory,

@@ -6,7 +6,10 @@
  * within an expression (clang's default) cannot fuse them into an FMA. */
 #include <string.h>
 
+#include <math.h>
+
 #include "util/internal.h"
+#include "formats/dtype.h"
 #include "formats/quant.h"
 
 #define QK_K 256
@@ -185,6 +188,21 @@ static void pb_dequantize_q8_0(float *y, const uint8_t *x, uint64_t n_blocks) {
         float d = pb_half_at(x);
         for (int j = 0; j < 32; j++)
             y[j] = (float)(int8_t)x[2 + j] * d;
+    }
+}
+
+void pb_quantize_q8_0(void *out, const float *x, uint64_t n_blocks) {
+    uint8_t *y = out;
+    for (uint64_t i = 0; i < n_blocks; i++, x += 32, y += 34) {
+        float amax = 0.0f;
+        for (int j = 0; j < 32; j++)
+            amax = fabsf(x[j]) > amax ? fabsf(x[j]) : amax;
+        float d = amax / 127.0f, inv = d > 0.0f ? 1.0f / d : 0.0f;
+        uint16_t h = pb_fp32_to_fp16(d);
+        y[0] = (uint8_t)(h & 0xff);
+        y[1] = (uint8_t)(h >> 8);
+        for (int j = 0; j < 32; j++)
+            y[2 + j] = (uint8_t)(int8_t)roundf(x[j] * inv);
     }
 }
 

@@ -71,4 +71,11 @@ float pb_bf16_to_fp32(uint16_t h);
  * PB_ERR_UNSUPPORTED for a known type this file cannot decode. */
 pb_status pb_dequantize(float *out, const void *data, uint32_t type, uint64_t n_elements);
 
+/* out (n_blocks Q8_0 blocks) = x (32 * n_blocks floats, finite) quantised
+ * as ggml's reference quantize_row_q8_0 does: per block d = max |x| / 127
+ * (stored as fp16), q = x * (1 / d) rounded half away from zero (the fp32
+ * d, not the stored one). For random models kept quantised
+ * (model/random_source.c). */
+void pb_quantize_q8_0(void *out, const float *x, uint64_t n_blocks);
+
 #endif

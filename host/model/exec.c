@@ -588,7 +588,9 @@ pb_status pb_exec_run(pb_exec *e, const pb_exec_job *jobs, int n_jobs, int stop_
             PB_TRY(hook_point(e, jobs, n_active, step % 2 ? PB_HOOK_RESID_MID : PB_HOOK_RESID_PRE, L, e->x, fn, user));
             break;
         }
-        PB_TRY(pb_model_layer_acquire(m, L)); /* streamed weights: read before the layer's first step */
+        /* streamed weights: this layer's before its first step, and the
+         * next one's read ahead where this run goes on to it */
+        PB_TRY(pb_model_layer_acquire(m, L, 2 * (L + 1) < stop_step && L + 1 < c->n_layers ? L + 1 : -1));
         if (step % 2 == 0)
             PB_TRY(attention_block(e, &m->layers[L], jobs, n_active, rows, L, fn, user));
         else

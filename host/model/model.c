@@ -392,11 +392,11 @@ static layout measure(const wanted_tensor *list, int n) {
     return out;
 }
 
-/* 1 when the file's bytes of w are its storage as they lie in the mapping:
- * a GGUF tensor of the storage type, neither part of another nor with
- * rows to reorder. */
+/* 1 when the source's bytes of w are its storage as they lie (a GGUF
+ * mapping, a stored random model): of the storage type, neither part of
+ * another nor with rows to reorder. */
 static int usable_in_place(const pb_weight_source *src, const wanted_tensor *w) {
-    return src->gguf && !pb_tensor_is_view(&w->found) && !w->found.permuted_heads &&
+    return pb_weight_source_has_raw(src) && !pb_tensor_is_view(&w->found) && !w->found.permuted_heads &&
            pb_dtype_ggml(w->dtype) == w->found.type;
 }
 
@@ -674,22 +674,20 @@ static pb_status start_stream(pb_model *m, pb_weight_source **src, const wanted_
     void *slots[2] = {cursor, cursor + slot};
     pb_weight_source *taken = *src;
     *src = NULL;
-    pb_status status = pb_stream_create(&m->stream, taken, records, first, m->cfg.n_layers, slots, (size_t)slot);
+    pb_status status = pb_stream_create(&m->stream, m->backend, taken, records, first, m->cfg.n_layers, slots,
+                                        (size_t)slot);
     free(records);
     free(first);
     return status;
 }
 
 /* What streaming needs, refused by name where it cannot run. */
-static pb_status check_streamable(const pb_model *m, const pb_weight_source *src) {
-    if (!src->gguf)
-        return pb_fail(PB_ERR_UNSUPPORTED, "%s: --weights stream reads a GGUF file's mapping; this is not one",
-                       src->path);
-    if (m->wdtype != PB_DTYPE_F32 && m->wdtype != PB_DTYPE_FILE)
+static pb_status check_streamable(const pb_weight_source *src) {
+    if (!pb_weight_source_has_raw(src))
         return pb_fail(PB_ERR_UNSUPPORTED,
-                       "--weights stream keeps matrices as f32 or as the file stores them "
-                       "(--dtype f32 or file), not %s",
-                       pb_dtype_name(m->wdtype));
+                       "%s: --weights stream reads a GGUF file's mapping (or a random model stored in a type, "
+                       "NAME:LAYERS:TYPE); this is neither",
+                       src->path);
     return PB_OK;
 }
 
@@ -703,7 +701,7 @@ static pb_status measure_layouts(pb_model *m, const pb_weight_source *src, wante
     if (!out->layer_bytes)
         return pb_fail(PB_ERR_OOM, "out of memory for %d layers' sizes", c->n_layers);
     out->resident = measure(list, n).arena + rope;
-    if (check_streamable(m, src) != PB_OK) {
+    if (check_streamable(src) != PB_OK) {
         snprintf(out->no_stream, sizeof out->no_stream, "%s", pb_last_error());
         pb_error_clear();
     }
@@ -713,7 +711,7 @@ static pb_status measure_layouts(pb_model *m, const pb_weight_source *src, wante
     for (int i = 0; i < n; i++) {
         const wanted_tensor *w = &list[i];
         if (w->place == PLACE_SLOT) {
-            uint64_t bytes = pb_stream_staging_for(w->dtype, &w->found);
+            uint64_t bytes = pb_stream_staging_for(src, w->dtype, &w->found);
             staging = bytes > staging ? bytes : staging;
             out->layer_bytes[w->layer] += pb_dtype_bytes(w->dtype, wanted_elements(w));
         }
@@ -981,8 +979,8 @@ pb_status pb_model_weights_download(const pb_model *m, float *out, const void *s
 
 int pb_model_streams_weights(const pb_model *m) { return m->stream != NULL; }
 
-pb_status pb_model_layer_acquire(pb_model *m, int layer) {
-    return m->stream ? pb_stream_acquire(m->stream, m, layer) : PB_OK;
+pb_status pb_model_layer_acquire(pb_model *m, int layer, int next) {
+    return m->stream ? pb_stream_acquire(m->stream, m, layer, next) : PB_OK;
 }
 
 const char *pb_weights_mode_name(pb_weights_mode mode) {
@@ -1017,6 +1015,7 @@ void pb_model_free(pb_model *m) {
     if (!m)
         return;
     if (m->backend) {
+        pb_stream_unpin(m->stream);
         m->backend->ops->free(m->backend, m->arena);
         pb_backend_destroy(m->backend);
     }

@@ -147,9 +147,10 @@ void pb_model_fuse_views(pb_model *model);
 /* The same for layer l alone (a streamed layer when it arrives). */
 void pb_model_fuse_layer(pb_model *model, int layer);
 /* Makes layer l's matrices usable: with streamed weights, reads them into
- * their slot unless it holds them (model/stream.h); a no-op when resident.
- * The executor calls it before each layer runs. */
-pb_status pb_model_layer_acquire(pb_model *model, int layer);
+ * their slot unless it holds them, then starts reading layer `next`, the
+ * one the caller will acquire next (-1: none; model/stream.h); a no-op
+ * when resident. The executor calls it before each layer runs. */
+pb_status pb_model_layer_acquire(pb_model *model, int layer, int next);
 /* out (n floats) = n weight elements of dtype at backend memory src
  * (whole blocks of a quantised type), widened or decoded on the host. */
 pb_status pb_model_weights_download(const pb_model *model, float *out, const void *src, pb_dtype dtype, size_t n);

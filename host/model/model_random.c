@@ -85,9 +85,9 @@ pb_status pb_random_config(pb_model_config *out, const char *spec) {
         char *end = NULL;
         errno = 0;
         long layers = strtol(colon + 1, &end, 10);
-        if (errno || end == colon + 1 || *end || layers < 1 || layers > found->cfg.n_layers)
-            return pb_fail(PB_ERR_ARG, "random model '%s': layer count '%s' must be an integer in [1, %d]", spec,
-                           colon + 1, found->cfg.n_layers);
+        if (errno || end == colon + 1 || (*end && *end != ':') || layers < 1 || layers > found->cfg.n_layers)
+            return pb_fail(PB_ERR_ARG, "random model '%s': layer count '%.*s' must be an integer in [1, %d]", spec,
+                           (int)strcspn(colon + 1, ":"), colon + 1, found->cfg.n_layers);
         out->n_layers = (int)layers;
     }
     return PB_OK;
@@ -101,13 +101,17 @@ static uint64_t splitmix64(uint64_t x) {
 }
 
 void pb_random_fill(float *out, size_t n, uint64_t seed, int tensor, pb_random_kind kind) {
+    pb_random_fill_from(out, 0, n, seed, tensor, kind);
+}
+
+void pb_random_fill_from(float *out, uint64_t first, size_t n, uint64_t seed, int tensor, pb_random_kind kind) {
     /* uniform on [-a, a] has standard deviation a / sqrt(3) */
     const float half_width = kind == PB_RANDOM_NORM ? 0.1f : 0.02f * sqrtf(3.0f);
     const float center = kind == PB_RANDOM_NORM ? 1.0f : 0.0f;
     const uint64_t key = splitmix64(splitmix64(seed) ^ (uint64_t)(tensor + 1) * 0xd1b54a32d192ed03ull);
 #pragma omp parallel for schedule(static) if (n > 65536)
     for (size_t i = 0; i < n; i++) {
-        uint64_t bits = splitmix64(key + (uint64_t)i * 0x9e3779b97f4a7c15ull);
+        uint64_t bits = splitmix64(key + (first + (uint64_t)i) * 0x9e3779b97f4a7c15ull);
         float unit = (float)(bits >> 40) * (1.0f / 16777216.0f); /* [0, 1), 24 bits */
         out[i] = center + half_width * (2.0f * unit - 1.0f);
     }

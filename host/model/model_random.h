@@ -16,12 +16,16 @@ typedef enum pb_random_kind {
 } pb_random_kind;
 
 /* Parses "NAME" or "NAME:LAYERS" into the named shape's config, with
- * n_layers cut to LAYERS (1 .. the full count). PB_ERR_ARG names the
- * accepted names or the bad layer count. */
+ * n_layers cut to LAYERS (1 .. the full count); a third field after
+ * another colon (the weights' stored type) is the random source's to read
+ * (random_source.c). PB_ERR_ARG names the accepted names or the bad layer
+ * count. */
 pb_status pb_random_config(pb_model_config *out, const char *spec);
 
 /* out (n) = elements [0, n) of tensor number `tensor` of the model with this
  * seed; element i depends only on (seed, tensor, i). */
 void pb_random_fill(float *out, size_t n, uint64_t seed, int tensor, pb_random_kind kind);
+/* out (n) = elements [first, first + n) of the same tensor. */
+void pb_random_fill_from(float *out, uint64_t first, size_t n, uint64_t seed, int tensor, pb_random_kind kind);
 
 #endif

@@ -1,9 +1,15 @@
 /* Streamed layer weights (--weights stream): the weight source stays open,
- * each layer's matrices are read from it into one of two slots of the
- * model's arena when the executor reaches the layer (pb_model_layer_acquire),
- * and the kernel is asked to read the following layer's pages ahead
- * (madvise) and may drop the evicted one's. Slot s holds layers l with
- * l % 2 == s; a layer already in its slot is not read again. */
+ * and each layer's matrices are copied from it into one of two slots of the
+ * model's arena. When the executor reaches layer l (pb_model_layer_acquire)
+ * and says which layer it needs next, that one's copies are queued at once,
+ * on the backend's lanes (backend.h: a queue beside the compute, so they
+ * run while layer l computes) where it has them. Matrices whose bytes lie
+ * in the source as the slot stores them are copied from there (pinned
+ * first where the source owns them); the rest are read through host
+ * staging. The kernel is asked to read the layer after next ahead from a
+ * GGUF mapping (madvise) and may drop an evicted layer's pages. Slot s
+ * holds layers l with l % 2 == s; a layer already in its slot is not read
+ * again, so the layers read are those a run without read-ahead reads. */
 #ifndef PB_STREAM_H
 #define PB_STREAM_H
 
@@ -27,18 +33,23 @@ typedef struct pb_stream pb_stream;
  * tensors, grouped by layer: tensors[first[l] .. first[l + 1]) are layer
  * l's, first has n_layers + 1 entries. slots: two regions of slot_bytes in
  * the model's backend memory. */
-pb_status pb_stream_create(pb_stream **out, pb_weight_source *src, const pb_stream_tensor *tensors, const int *first,
-                           int n_layers, void *slots[2], size_t slot_bytes);
+pb_status pb_stream_create(pb_stream **out, pb_backend *backend, pb_weight_source *src, const pb_stream_tensor *tensors,
+                           const int *first, int n_layers, void *slots[2], size_t slot_bytes);
+/* Unpins what the stream pinned: before the backend goes. */
+void pb_stream_unpin(pb_stream *stream);
 void pb_stream_free(pb_stream *stream);
-/* Brings layer l's matrices into its slot (reading the file unless the slot
- * holds it already), points m->layers[l]'s fields at them and fuses its
- * views; clears the fields of the layer the slot held before. */
-pb_status pb_stream_acquire(pb_stream *stream, pb_model *m, int layer);
-/* Host staging bytes reading one matrix of storage dtype takes: its bytes
- * as stored where those are the storage, else as fp32 (a slot holds f32 or
- * the file's quantised blocks; model.c refuses the rest). Counted with the
- * weights' memory. */
-size_t pb_stream_staging_for(pb_dtype dtype, const pb_tensor_info *info);
+/* Makes layer l's matrices ready in its slot for the compute queued from
+ * now (queuing their copies unless the slot holds or is receiving them),
+ * with m->layers[l]'s fields pointing at them and its views fused; then
+ * queues the copies of layer `next` (-1: none) into the other slot. A
+ * slot's previous layer has its fields cleared. */
+pb_status pb_stream_acquire(pb_stream *stream, pb_model *m, int layer, int next);
+/* Host staging bytes reading one matrix of storage dtype from src takes: 0
+ * when it is copied from the source's bytes in place; its bytes as stored
+ * where those are the storage; else fp32 to decode it into, plus its bytes
+ * narrowed where the slot holds 16-bit values (a slot holds f32, bf16,
+ * f16 or the file's quantised blocks). Counted with the weights' memory. */
+size_t pb_stream_staging_for(const pb_weight_source *src, pb_dtype dtype, const pb_tensor_info *info);
 /* 1 when a streamed matrix is stored quantised. */
 int pb_stream_has_quantised(const pb_stream *stream);
 /* Layers read and bytes moved since creation. */

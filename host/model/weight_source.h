@@ -18,7 +18,8 @@ typedef struct pb_gguf pb_gguf;
 typedef struct pb_weight_source pb_weight_source;
 
 /* Storage types are ggml type ids (formats/quant.h): a GGUF tensor's own;
- * F32, F16 or BF16 for safetensors; F32 for the random generator. */
+ * F32, F16 or BF16 for safetensors; the random generator's F32, or the type
+ * its spec names for matrices (random_source.c). */
 typedef uint32_t pb_weight_type;
 #define PB_WEIGHT_TYPE_F32 0u /* == PB_GGML_F32 */
 
@@ -75,6 +76,9 @@ struct pb_weight_source {
      * GGUF file's metadata, or a Hugging Face folder; both NULL for random. */
     const pb_gguf *gguf;
     const char *folder;
+    /* 1 when raw hands out every tensor's bytes from this process's own
+     * memory (a random model stored in a type), which a backend may pin. */
+    int owns_raw;
 };
 
 /* path: a GGUF file, or a Hugging Face folder (config.json plus
@@ -94,6 +98,9 @@ void pb_weight_source_free(pb_weight_source *src);
 void *pb_weight_source_alloc(pb_weight_source **out, size_t size, const pb_weight_source_ops *ops, const char *path);
 void pb_weight_source_release(pb_weight_source *src);
 
+/* 1 when raw hands out every tensor's stored bytes, valid while the source
+ * is open: a GGUF file's mapping, or memory the source owns. */
+int pb_weight_source_has_raw(const pb_weight_source *src);
 /* Fills info; a tensor the source lacks is PB_ERR_FORMAT "PATH: missing
  * tensor 'FILE_NAME'". */
 pb_status pb_weight_source_find(const pb_weight_source *src, const char *name, pb_tensor_info *info);
