@@ -1,8 +1,8 @@
 /* Throughput of the batched patching engine beside its ceiling.
  *
- *   bench_sweep (MODEL | --random-model NAME[:LAYERS]) (SPEC.json | --default-sweep T)
+ *   bench_sweep (MODEL | --random-model NAME[:LAYERS[:TYPE]]) (SPEC.json | --default-sweep T)
  *               [--all-rows] [--backend cpu|cuda] [--dtype f32|bf16|f16|file] [--max-memory SIZE]
- *               [--weights resident|stream|auto] [--weight-memory SIZE]
+ *               [--weights resident|stream|auto] [--weight-memory SIZE] [--full-layers N]
  *
  * Runs the sweep once (after a warm-up forward) and prints rows/s, the
  * FLOPs the engine actually executed and their rate, the FLOPs one full
@@ -11,6 +11,16 @@
  * same run: OpenBLAS sgemm on the CPU, the CUDA backend's own cuBLAS call
  * (pb_cuda_gemm_ceiling) on the GPU. --all-rows also runs rows whose effect
  * is exactly zero by construction, to show what the skips save.
+ * With streamed weights it also prints the layers the sweep read and the
+ * bytes they moved, the rate that makes over the sweep's wall time, the
+ * host-to-device copy rate from pinned memory (pb_cuda_copy_ceiling, on
+ * the GPU), and an extrapolation to the whole model per layer
+ * (--full-layers N; a random model's named shape by default): the same
+ * rows through N layers at the measured seconds per layer, beside the time
+ * to stream that many layer reads at the copy rate. A random model stored in a type
+ * (llama3-70b:16:q8_0, :bf16) is held in host memory and pinned there:
+ * the slice of a model too large to hold whole, streamed as a host would
+ * stream the whole (scripts/gpu-check.sh runs it on a GPU).
  * --default-sweep T builds the project's default sweep on one pair of T
  * seeded random token ids differing at positions T/3 and T/2: resid_pre,
  * attn_out, mlp_out at every layer and position, z for every head at the
@@ -31,6 +41,9 @@
 #include "util/clock.h"
 #include "util/outdir.h"
 #include "cli/progress.h"
+#include "model/model.h"
+#include "model/model_random.h"
+#include "model/stream.h"
 #include "patching/sweep_access.h"
 #include "patching/sweep_spec.h"
 
@@ -118,7 +131,7 @@ static char *default_sweep(int T, int vocab) {
 typedef struct bench_args {
     pb_cli_model model;
     const char *spec_path;
-    int all_rows, default_T;
+    int all_rows, default_T, full_layers;
     size_t max_memory;
 } bench_args;
 
@@ -141,6 +154,9 @@ static int parse_args(int argc, char **argv, bench_args *b) {
         } else if (strcmp(a, "--default-sweep") == 0 && next) {
             b->default_T = atoi(next);
             i++;
+        } else if (strcmp(a, "--full-layers") == 0 && next) {
+            b->full_layers = atoi(next);
+            i++;
         } else if (strcmp(a, "--max-memory") == 0 && next) {
             if (pb_parse_size(next, &b->max_memory) != PB_OK) {
                 fprintf(stderr, "bench_sweep: --max-memory: %s\n", pb_last_error());
@@ -158,9 +174,9 @@ static int parse_args(int argc, char **argv, bench_args *b) {
     }
     if (!pb_cli_model_check(&b->model, "bench_sweep") || !!b->spec_path == (b->default_T > 0)) {
         fprintf(stderr,
-                "usage: bench_sweep (MODEL | --random-model NAME[:LAYERS]) (SPEC.json | --default-sweep T)\n"
+                "usage: bench_sweep (MODEL | --random-model NAME[:LAYERS[:TYPE]]) (SPEC.json | --default-sweep T)\n"
                 "                   [--all-rows] [--backend cpu|cuda] [--dtype f32|bf16|f16|file] [--max-memory SIZE]\n"
-                "                   [--weights resident|stream|auto] [--weight-memory SIZE]\n");
+                "                   [--weights resident|stream|auto] [--weight-memory SIZE] [--full-layers N]\n");
         return 0;
     }
     return 1;
@@ -182,7 +198,9 @@ static void print_results(const pb_model *m, const pb_sweep *s, const pb_load_op
     pb_sweep_summary sum;
     pb_sweep_get_summary(s, &sum);
     int avg_M = pb_sweep_batch_count(s) ? (int)(pb_sweep_tokens_packed(s) / pb_sweep_batch_count(s)) : 1;
-    double ceiling = gpu ? gpu_ceiling(pb_model_get_config(m), load->device, load->dtype, avg_M > 0 ? avg_M : 1) * 1e3
+    /* --dtype file: quantised matrices are decoded to fp32 for cublasSgemm */
+    pb_dtype gemm_dtype = load->dtype == PB_DTYPE_FILE ? PB_DTYPE_F32 : load->dtype;
+    double ceiling = gpu ? gpu_ceiling(pb_model_get_config(m), load->device, gemm_dtype, avg_M > 0 ? avg_M : 1) * 1e3
                          : sgemm_ceiling(pb_model_get_config(m), avg_M > 0 ? avg_M : 1);
     double gflops = sum.flops_executed / seconds * 1e-9;
     printf("model             %s on %s, %s weights, T = %d\n", pb_model_get_source(m), pb_backend_name(load->backend),
@@ -218,6 +236,57 @@ static void print_results(const pb_model *m, const pb_sweep *s, const pb_load_op
            sum.flops_executed > 0 ? sum.flops_naive / sum.flops_executed : 0.0);
 }
 
+/* The whole model's layer count: --full-layers, else a random model's
+ * named shape, else the model's own. */
+static int full_layer_count(const bench_args *b, const pb_model *m) {
+    pb_model_config full;
+    char name[64];
+    if (b->full_layers > 0)
+        return b->full_layers;
+    if (b->model.random_name) {
+        snprintf(name, sizeof name, "%.*s", (int)strcspn(b->model.random_name, ":"), b->model.random_name);
+        if (pb_random_config(&full, name) == PB_OK)
+            return full.n_layers;
+    }
+    return pb_model_get_config(m)->n_layers;
+}
+
+/* Streamed weights: what the sweep read (layers and bytes since `before`),
+ * the copy rate on the GPU, and the whole model extrapolated per layer:
+ * the same rows through `full` layers instead of the slice's. */
+static void print_stream(const pb_model *m, const bench_args *b, double seconds, long long layers_before,
+                         double bytes_before) {
+    long long layers;
+    double bytes;
+    pb_stream_counters(m->stream, &layers, &bytes);
+    layers -= layers_before;
+    bytes -= bytes_before;
+    double link = 0.0;
+    if (b->model.load.backend == PB_BACKEND_CUDA &&
+        pb_cuda_copy_ceiling(b->model.load.device, (size_t)256 << 20, 10, &link) != PB_OK)
+        fprintf(stderr, "bench_sweep: copy ceiling: %s\n", pb_last_error());
+    int n = pb_model_get_config(m)->n_layers, full = full_layer_count(b, m);
+    double scale = (double)full / n, per_layer = layers > 0 ? bytes / (double)layers : 0.0;
+    printf("streamed          %lld layer reads in the sweep%s, %.2f GiB (%.1f MiB a layer), %.2f GB/s over its wall "
+           "time\n",
+           layers, layers ? "" : " (every layer stayed in its slot)", bytes / (1u << 30), per_layer / (1 << 20),
+           bytes / seconds * 1e-9);
+    if (link > 0)
+        printf("link              %.2f GB/s host-to-device from pinned memory (measured); the sweep's reads alone: "
+               "%.3f s\n",
+               link * 1e-9, bytes / link);
+    printf("full model        the same rows through %d layers instead of %d: ~%.2f s (%.4f s a layer)", full, n,
+           seconds * scale, seconds / n);
+    if (link > 0)
+        printf(", of which streaming needs at least %.2f s", bytes * scale / link);
+    printf("\n");
+    printf("{\"bench\": \"stream\", \"layers\": %d, \"layers_read\": %lld, \"bytes_streamed\": %.0f, "
+           "\"stream_gbs\": %.4f, \"link_gbs\": %.4f, \"layer_bytes\": %.0f, \"seconds\": %.4f, "
+           "\"full_layers\": %d, \"full_seconds\": %.4f, \"full_link_seconds\": %.4f}\n",
+           n, layers, bytes, bytes / seconds * 1e-9, link * 1e-9, per_layer, seconds, full, seconds * scale,
+           link > 0 ? bytes * scale / link : 0.0);
+}
+
 int main(int argc, char **argv) {
     bench_args b;
     if (!parse_args(argc, argv, &b))
@@ -247,12 +316,19 @@ int main(int argc, char **argv) {
         fprintf(stderr, "bench_sweep: %s\n", pb_last_error());
         return 1;
     }
+    long long layers_before = 0;
+    double bytes_before = 0.0;
+    if (m->stream)
+        pb_stream_counters(m->stream, &layers_before, &bytes_before);
     double t0 = pb_now_seconds();
     if (pb_sweep_run(s) != PB_OK) {
         fprintf(stderr, "bench_sweep: %s\n", pb_last_error());
         return 1;
     }
-    print_results(m, s, &b.model.load, pb_now_seconds() - t0);
+    double seconds = pb_now_seconds() - t0;
+    print_results(m, s, &b.model.load, seconds);
+    if (m->stream)
+        print_stream(m, &b, seconds, layers_before, bytes_before);
     pb_sweep_free(s);
     pb_model_free(m);
     free(spec);

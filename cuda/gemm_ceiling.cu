@@ -190,3 +190,49 @@ extern "C" pb_status pb_cuda_gemm_ceiling(int device, pb_dtype dtype, const int 
     pb_ceiling_release(&state); /* its failures keep the run's message (PB_CUDA_CHECK_VOID) */
     return status;
 }
+
+/* Host-to-device copy rate, the link streamed weights cross: `bytes` copied
+ * `repeats` times (after one warm-up copy) from pinned host memory
+ * (cudaHostAlloc) into device memory on a stream of its own, timed with
+ * events. */
+extern "C" pb_status pb_cuda_copy_ceiling(int device, size_t bytes, int repeats, double *bytes_per_s) {
+    if (!bytes_per_s || bytes == 0 || repeats < 1)
+        return pb_fail(PB_ERR_ARG, "pb_cuda_copy_ceiling: bytes > 0, repeats >= 1 and an output are required");
+    *bytes_per_s = 0.0;
+    PB_TRY(pb_ceiling_check_device(device));
+    void *host = NULL, *dev = NULL;
+    cudaStream_t stream = NULL;
+    cudaEvent_t start = NULL, stop = NULL;
+    pb_status status = PB_OK;
+    float ms = 0.0f;
+    if (cudaHostAlloc(&host, bytes, cudaHostAllocDefault) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return pb_fail(PB_ERR_OOM, "copy ceiling: cannot pin %.2f GiB of host memory", (double)bytes / (1u << 30));
+    }
+    memset(host, 1, bytes); /* touched: no first-use faults in the timing */
+    status = pb_ceiling_malloc(&dev, bytes, "the copy's destination");
+    if (status == PB_OK && (cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking) != cudaSuccess ||
+                            cudaEventCreate(&start) != cudaSuccess || cudaEventCreate(&stop) != cudaSuccess))
+        status = pb_fail(PB_ERR_CUDA, "copy ceiling: %s", cudaGetErrorString(cudaGetLastError()));
+    for (int r = -1; status == PB_OK && r < repeats; r++) {
+        if (r == 0 && cudaEventRecord(start, stream) != cudaSuccess)
+            status = pb_fail(PB_ERR_CUDA, "copy ceiling: cudaEventRecord failed");
+        if (status == PB_OK && cudaMemcpyAsync(dev, host, bytes, cudaMemcpyHostToDevice, stream) != cudaSuccess)
+            status = pb_fail(PB_ERR_CUDA, "copy ceiling: %s", cudaGetErrorString(cudaGetLastError()));
+    }
+    if (status == PB_OK && (cudaEventRecord(stop, stream) != cudaSuccess || cudaEventSynchronize(stop) != cudaSuccess ||
+                            cudaEventElapsedTime(&ms, start, stop) != cudaSuccess))
+        status = pb_fail(PB_ERR_CUDA, "copy ceiling: timing failed: %s", cudaGetErrorString(cudaGetLastError()));
+    if (status == PB_OK && ms > 0.0f)
+        *bytes_per_s = (double)bytes * repeats / (ms * 1e-3);
+    if (start)
+        cudaEventDestroy(start);
+    if (stop)
+        cudaEventDestroy(stop);
+    if (stream)
+        cudaStreamDestroy(stream);
+    if (dev)
+        cudaFree(dev);
+    cudaFreeHost(host);
+    return status;
+}

@@ -16,9 +16,10 @@
 # 3. steps in order of value, each under its own cap inside an overall
 #    budget (PB_GPU_CHECK_BUDGET seconds, default 450): the gpu-labelled
 #    tests, the prefill benchmark and its PyTorch twin, the sweep benchmark
-#    and its PyTorch loop, compute-sanitizer (memcheck, racecheck) over the
-#    backend test, then the CPU suite if time is left. --steps
-#    (comma-separated: tests,prefill,sweep,sanitizer,cpu) runs a subset.
+#    and its PyTorch loop, the streamed 70B-slice sweeps (Q8_0, bf16),
+#    compute-sanitizer (memcheck, racecheck) over the backend test, then the
+#    CPU suite if time is left. --steps (comma-separated:
+#    tests,prefill,sweep,stream,sanitizer,cpu) runs a subset.
 #
 # Every log goes to $OUT (default ./gpu-out), and $OUT/summary.json (card,
 # CUDA versions, where each library came from, test counts, step timings,
@@ -33,12 +34,12 @@ set -u
 cd "$(dirname "$0")/.." || exit 1
 ROOT=$(pwd)
 NO_BUILD=0
-STEPS=tests,prefill,sweep,sanitizer,cpu
+STEPS=tests,prefill,sweep,stream,sanitizer,cpu
 while [ $# -gt 0 ]; do
     case $1 in
     --no-build) NO_BUILD=1 ;;
     --steps) STEPS=${2:?--steps needs a list}; shift ;;
-    -h | --help) sed -n '2,29p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,31p' "$0"; exit 0 ;;
     *) echo "gpu-check: unknown argument '$1' (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -214,6 +215,8 @@ benchmarks_json() {
         "$(json_number "$SWEEP_JSON" ratio_vs_ceiling)" "$(json_number "$SWEEP_JSON" naive_over_executed)"
     printf '      "patchbay": %s,\n' "${SWEEP_JSON:-null}"
     printf '      "pytorch": %s},\n' "${TORCH_SWEEP_JSON:-null}"
+    printf '    "stream": {"q8_0": {"sweep": %s, "stream": %s},\n' "${STREAM_Q8_SWEEP_JSON:-null}" "${STREAM_Q8_JSON:-null}"
+    printf '      "bf16": {"sweep": %s, "stream": %s}},\n' "${STREAM_BF16_SWEEP_JSON:-null}" "${STREAM_BF16_JSON:-null}"
     printf '    "attention": %s\n' "${ATTENTION_JSON:-null}"
     printf '  }'
 }
@@ -287,6 +290,7 @@ write_summary() {
 }
 
 ATTENTION_JSON="" PREFILL_JSON="" TORCH_JSON="" SWEEP_JSON="" TORCH_SWEEP_JSON=""
+STREAM_Q8_JSON="" STREAM_Q8_SWEEP_JSON="" STREAM_BF16_JSON="" STREAM_BF16_SWEEP_JSON=""
 PREFILL_MODEL=unset PREFILL_LAYERS=0 PREFILL_WHY="not run" PREFILL_SEQS=${PB_PREFILL_SEQS:-8} PREFILL_SEQ_LEN=${PB_PREFILL_SEQ_LEN:-1024}
 CARD=unknown DRIVER=unknown COMPUTE_CAP=unknown GPU_MEMORY=unknown DRIVER_CUDA=unknown GPU_COUNT=0
 NVCC_VERSION=unknown CMAKE_VERSION=unknown NCCL_LIB="" NCCL_INC="" NCCL_SOURCE=none DEPS_SOURCE=unknown
@@ -562,6 +566,31 @@ if want sweep; then
         skip_step bench_torch_sweep skipped
     fi
     TORCH_SWEEP_JSON=$(json_line "$OUT/bench_torch_sweep.log" torch_sweep)
+fi
+
+if want stream; then
+    # Issue 17's GPU benchmark: a Llama-3-70B-shape slice (16 of its 80
+    # layers; random weights generated in host memory as Q8_0 and as bf16,
+    # pinned there) swept with every layer streamed to the device as the
+    # sweep reaches it (the default sweep, T = 16, batches of up to 16 GiB).
+    # bench_sweep prints rows/s, TFLOP/s against the cuBLAS ceiling at the
+    # engine's shapes (fp32 for Q8_0, decoded on the device; bf16 tensor
+    # cores), the bytes streamed and their rate against the measured pinned
+    # host-to-device copy rate, and the whole 80-layer model extrapolated
+    # per layer read.
+    if [ -x "$BUILD/bench_sweep" ]; then
+        run_step bench_stream_q8_0 150 "$BUILD/bench_sweep" --random-model llama3-70b:16:q8_0 --backend cuda \
+            --dtype file --weights stream --weight-memory 16GiB --max-memory 16GiB --default-sweep 16
+        run_step bench_stream_bf16 150 "$BUILD/bench_sweep" --random-model llama3-70b:16:bf16 --backend cuda \
+            --dtype bf16 --weights stream --weight-memory 16GiB --max-memory 16GiB --default-sweep 16
+    else
+        skip_step bench_stream_q8_0 skipped_not_built
+        skip_step bench_stream_bf16 skipped_not_built
+    fi
+    STREAM_Q8_JSON=$(json_line "$OUT/bench_stream_q8_0.log" stream)
+    STREAM_Q8_SWEEP_JSON=$(json_line "$OUT/bench_stream_q8_0.log" gpu_sweep)
+    STREAM_BF16_JSON=$(json_line "$OUT/bench_stream_bf16.log" stream)
+    STREAM_BF16_SWEEP_JSON=$(json_line "$OUT/bench_stream_bf16.log" gpu_sweep)
 fi
 
 # ---- compute-sanitizer over the backend test: out-of-bounds accesses and races ----

@@ -68,6 +68,11 @@ pb_status pb_cuda_device_query(int device, pb_cuda_device_info *out);
  * needed and free. PB_ERR_UNSUPPORTED without CUDA or a device. */
 pb_status pb_cuda_gemm_ceiling(int device, pb_dtype dtype, const int *n, const int *k, const int *count, int n_shapes,
                                int m_rows, int repeats, double *seconds_per_pass);
+/* The host-to-device copy rate from pinned host memory: `bytes` copied
+ * `repeats` times, timed with CUDA events, in bytes per second. The link
+ * streamed weights cross (bench/sweep.c). PB_ERR_OOM when the pinned or
+ * device buffer cannot be had; PB_ERR_UNSUPPORTED without CUDA or a device. */
+pb_status pb_cuda_copy_ceiling(int device, size_t bytes, int repeats, double *bytes_per_s);
 
 #ifdef __cplusplus
 }

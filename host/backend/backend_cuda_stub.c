@@ -76,6 +76,15 @@ pb_status pb_cuda_gemm_ceiling(int device, pb_dtype dtype, const int *n, const i
     return pb_fail(PB_ERR_UNSUPPORTED, "this build has no CUDA backend (configure with -DPB_CUDA=ON)");
 }
 
+pb_status pb_cuda_copy_ceiling(int device, size_t bytes, int repeats, double *bytes_per_s) {
+    (void)device;
+    (void)bytes;
+    (void)repeats;
+    if (bytes_per_s)
+        *bytes_per_s = 0.0;
+    return pb_fail(PB_ERR_UNSUPPORTED, "this build has no CUDA backend (configure with -DPB_CUDA=ON)");
+}
+
 #else
 /* ISO C wants at least one declaration per translation unit. */
 typedef int pb_backend_cuda_stub_unused;
