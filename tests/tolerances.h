@@ -270,4 +270,15 @@
  * (PB_TOL_SMOLLM2_LOGITS_NMSE), here for every layer's residual. */
 #define PB_TOL_LENS_NMSE 1e-7
 
+/* The reference activation backward pass (attribution/grad_ref.c) vs
+ * PyTorch autograd on transformers' forward, fp32 both sides: NMSE of the
+ * metric's gradient at each hook point (issue 18's bound), and the
+ * metric's value relative to 1 + |value|. */
+#define PB_TOL_GRAD_NMSE 1e-10
+#define PB_TOL_GRAD_VALUE 1e-5
+/* A central finite difference (step 1e-2 along a random direction of unit
+ * entries) through the engine's forward vs the gradient's dot product:
+ * second-order terms of the step, and fp32 logits, bound the agreement. */
+#define PB_TOL_GRAD_FINITE_DIFF 1e-2
+
 #endif

@@ -1,0 +1,41 @@
+/* The reference activation backward pass (issue 18): the derivative of one
+ * metric at one position with respect to every hook point's activation,
+ * the total derivative through every later use, as PyTorch autograd gives
+ * it on transformers' forward (scripts/make_grad_reference.py). Host
+ * memory, sums in double, written from the forward's definitions op by op
+ * (docs/patching.md): the oracle the fast backward passes of the backends
+ * will be tested against, as the reference backend is for the forward.
+ * Activations come from one forward with a capture; what no hook holds
+ * (norm outputs, the MLP's pre-activations, the attention scores) is
+ * recomputed per layer. */
+#ifndef PB_GRAD_REF_H
+#define PB_GRAD_REF_H
+
+#include <stdint.h>
+
+#include "patchbay.h"
+
+/* The metric differentiated (docs/patching.md), on the logits at
+ * `position`: positive/negative token ids for logit_diff, positive the
+ * set for logprob and refusal_score; ref_logprobs (vocab_size) the
+ * reference distribution's log-probabilities for kl. */
+typedef struct pb_grad_metric {
+    pb_metric_kind kind;
+    int position;
+    const int32_t *positive;
+    int n_positive;
+    const int32_t *negative;
+    int n_negative;
+    const double *ref_logprobs;
+} pb_grad_metric;
+
+/* grads: a capture set of m (pb_capture_create); each of its hook points
+ * of kind resid_pre, resid_mid, resid_post, attn_out, mlp_out, z, q, k or
+ * v receives d metric / d activation over the T tokens of ids (rows after
+ * `position` are zero), shaped as the activation's capture. *value = the
+ * metric. A model on a device backend, with streamed weights, or a metric
+ * other than the four on logits is refused by name (PB_ERR_UNSUPPORTED). */
+pb_status pb_grad_reference(pb_model *m, const int32_t *ids, int T, const pb_grad_metric *metric, pb_capture *grads,
+                            double *value);
+
+#endif
