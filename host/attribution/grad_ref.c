@@ -12,6 +12,7 @@
 #include "attribution/grad_ref.h"
 #include "backend/backend.h"
 #include "model/capture.h"
+#include "model/forward.h"
 #include "model/model.h"
 #include "patching/metric.h"
 #include "util/internal.h"
@@ -524,16 +525,22 @@ static void ctx_free(grad_ctx *g) {
 }
 
 /* The forward: the activations of every layer and the logits. */
-static pb_status forward(grad_ctx *g, const int32_t *ids, float **logits) {
+static pb_status forward(grad_ctx *g, const int32_t *ids, const float *embed_delta, float **logits) {
     *logits = malloc(sizeof(float) * (size_t)g->T * (size_t)g->c->vocab_size);
     if (!*logits)
         return pb_fail(PB_ERR_OOM, "gradient: out of memory for %d tokens' logits", g->T);
     PB_TRY(pb_capture_create(&g->acts, g->m, "blocks.*"));
-    return pb_forward(g->m, ids, g->T, *logits, g->acts);
+    pb_forward_extras extras = {.embed_delta = embed_delta};
+    return pb_forward_ex(g->m, ids, g->T, &extras, *logits, g->acts);
 }
 
 pb_status pb_grad_reference(pb_model *m, const int32_t *ids, int T, const pb_grad_metric *metric, pb_capture *grads,
                             double *value) {
+    return pb_grad_reference_ex(m, ids, T, NULL, metric, grads, value);
+}
+
+pb_status pb_grad_reference_ex(pb_model *m, const int32_t *ids, int T, const float *embed_delta,
+                               const pb_grad_metric *metric, pb_capture *grads, double *value) {
     if (!m || !ids || !grads || !value)
         return pb_fail(PB_ERR_ARG, "pb_grad_reference: model, ids, grads and value are required");
     PB_TRY(check_supported(m, metric, T));
@@ -549,7 +556,7 @@ pb_status pb_grad_reference(pb_model *m, const int32_t *ids, int T, const pb_gra
                sizeof(float) * (size_t)T * (size_t)grads->entries[i].row_shape[0] *
                    (size_t)(grads->entries[i].n_dims == 3 ? grads->entries[i].row_shape[1] : 1));
     if (status == PB_OK)
-        status = forward(&g, ids, &logits);
+        status = forward(&g, ids, embed_delta, &logits);
     if (status == PB_OK)
         status = head_backward(&g, metric, logits, value);
     for (int L = m->cfg.n_layers - 1; status == PB_OK && L >= 0; L--)

@@ -1,7 +1,11 @@
 /* Seeded Gaussian noise: xoshiro256** + Box-Muller (cosine branch only). */
 #include <math.h>
 
+#include <stdlib.h>
+#include <string.h>
+
 #include "patching/noise.h"
+#include "util/internal.h"
 
 static uint64_t splitmix64(uint64_t *state) {
     uint64_t z = (*state += 0x9E3779B97F4A7C15ULL);
@@ -49,4 +53,17 @@ void pb_noise_fill(float *out, int n_positions, int d, double scale, double sigm
         double z = sqrt(-2.0 * log(1.0 - u1)) * cos(two_pi * u2);
         out[i] = (float)(scale * sigma * z);
     }
+}
+
+pb_status pb_noise_embed_delta(float *out, int T, int d, const int *positions, int n_positions, double scale,
+                               double sigma, uint64_t seed) {
+    float *rows = malloc(sizeof(float) * (size_t)(n_positions > 0 ? n_positions : 1) * (size_t)d);
+    if (!rows)
+        return pb_fail(PB_ERR_OOM, "out of memory for noise");
+    memset(out, 0, sizeof(float) * (size_t)T * (size_t)d);
+    pb_noise_fill(rows, n_positions, d, scale, sigma, seed);
+    for (int i = 0; i < n_positions; i++)
+        memcpy(out + (size_t)positions[i] * d, rows + (size_t)i * d, sizeof(float) * (size_t)d);
+    free(rows);
+    return PB_OK;
 }

@@ -6,6 +6,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "patchbay.h"
+
 /* Standard deviation of all n entries of x (population, two-pass, double). */
 double pb_noise_sigma(const float *x, size_t n);
 
@@ -15,5 +17,10 @@ double pb_noise_sigma(const float *x, size_t n);
  * sqrt(-2 ln(1 - u1)) * cos(2 pi u2), in double, rounded to float after
  * scaling. Rows follow the listed positions, columns the dimensions. */
 void pb_noise_fill(float *out, int n_positions, int d, double scale, double sigma, uint64_t seed);
+
+/* out (T, d) = the embedding offsets of a noise-corrupted prompt: row
+ * positions[i] = pb_noise_fill's row i, every other row 0 (host memory). */
+pb_status pb_noise_embed_delta(float *out, int T, int d, const int *positions, int n_positions, double scale,
+                               double sigma, uint64_t seed);
 
 #endif

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "attribution/atp.h"
 #include "formats/dtype.h"
 #include "model/components.h"
 #include "util/internal.h"
@@ -377,23 +378,18 @@ static pb_status cache_build(pb_sweep *s, pb_exec *exec, pb_run_cache *r, const 
     if (prompt->is_noise) {
         /* Noise rows at the listed positions, zeros elsewhere. */
         size_t d = (size_t)c->d_model;
-        float *host = calloc((size_t)prompt->T * d, sizeof(float));
-        float *rows = malloc(sizeof(float) * (size_t)prompt->n_noise_positions * d);
-        if (!host || !rows) {
-            free(host);
-            free(rows);
+        float *host = malloc(sizeof(float) * (size_t)prompt->T * d);
+        if (!host) {
             cache_free(s, r);
             return pb_fail(PB_ERR_OOM, "out of memory for noise");
         }
         /* sigma of the embedding table, computed at load (model.h) */
-        pb_noise_fill(rows, prompt->n_noise_positions, c->d_model, prompt->noise_scale, m->embed_sigma,
-                      prompt->noise_seed);
-        for (int i = 0; i < prompt->n_noise_positions; i++)
-            memcpy(host + (size_t)prompt->noise_positions[i] * d, rows + (size_t)i * d, sizeof(float) * d);
+        status = pb_noise_embed_delta(host, prompt->T, c->d_model, prompt->noise_positions, prompt->n_noise_positions,
+                                      prompt->noise_scale, m->embed_sigma, prompt->noise_seed);
         r->embed_delta = cursor;
-        status = b->ops->upload(b, r->embed_delta, host, sizeof(float) * (size_t)prompt->T * d);
+        if (status == PB_OK)
+            status = b->ops->upload(b, r->embed_delta, host, sizeof(float) * (size_t)prompt->T * d);
         free(host);
-        free(rows);
         if (status != PB_OK) {
             cache_free(s, r);
             return status;
@@ -1078,6 +1074,8 @@ static pb_status pending_rows(const pb_sweep *s, const int64_t *rows, int64_t n_
 pb_status pb_sweep_run_rows(pb_sweep *s, const int64_t *rows, int64_t n_rows) {
     if (!s || (n_rows > 0 && !rows))
         return pb_fail(PB_ERR_ARG, "pb_sweep_run_rows: sweep and rows are required");
+    if (s->spec.method == PB_METHOD_ATP)
+        return pb_atp_run_rows(s, rows, n_rows);
     int64_t *todo, n_todo;
     PB_TRY(pending_rows(s, rows, n_rows, &todo, &n_todo));
     int max_T = pb_sweep_max_T(s);
@@ -1657,6 +1655,11 @@ int64_t pb_sweep_row_count(const pb_sweep *s) { return s->n_rows; }
 int64_t pb_sweep_batch_count(const pb_sweep *s) { return s->n_batches; }
 int64_t pb_sweep_tokens_packed(const pb_sweep *s) { return s->tokens_packed; }
 int pb_sweep_metric_on_device(const pb_sweep *s) { return s->metric_on_device; }
+int pb_sweep_metric_is_callback(const pb_sweep *s) { return s->options.metric_fn != NULL; }
+
+int pb_sweep_site_positions(const pb_sweep *s, int64_t site, int pair, int *out) {
+    return resolve_positions(s, &s->sites[site], pair, out);
+}
 
 int pb_sweep_pair_ready(const pb_sweep *s, int pair) {
     return s && pair >= 0 && pair < s->spec.n_pairs && s->baseline_ready[pair];

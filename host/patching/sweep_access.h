@@ -3,7 +3,9 @@
  * spec and the position axis; checkpoints (checkpoint.c) and the ranks of a
  * distributed sweep (distribute.c) read and merge work counters (rows and
  * pair baselines go through the public pb_sweep_row_state / pb_sweep_set_row /
- * pb_sweep_pair_ready / pb_sweep_set_pair). Only sweep.c sees struct pb_sweep (sweep.h). */
+ * pb_sweep_pair_ready / pb_sweep_set_pair); attribution patching
+ * (attribution/atp.c) reads the sites' positions. Only sweep.c sees struct
+ * pb_sweep (sweep.h). */
 #ifndef PB_SWEEP_ACCESS_H
 #define PB_SWEEP_ACCESS_H
 
@@ -24,6 +26,12 @@ int64_t pb_sweep_batch_count(const pb_sweep *sweep);
 int64_t pb_sweep_tokens_packed(const pb_sweep *sweep);
 /* 1 when the metric is computed on the device (the backend's metric_rows). */
 int pb_sweep_metric_on_device(const pb_sweep *sweep);
+/* 1 when the sweep's metric is the caller's callback (options.metric_fn). */
+int pb_sweep_metric_is_callback(const pb_sweep *sweep);
+/* out (at most the pair's base T) = the base positions site patches in
+ * pair, ascending; returns their count. The source position of base
+ * position p is the pair's position_map[p]. */
+int pb_sweep_site_positions(const pb_sweep *sweep, int64_t site, int pair, int *out);
 
 /* Batches under an activation budget (bytes): what a run allocates, and
  * what the planner (plan.c) reports. */

@@ -1223,6 +1223,8 @@ const char *pb_sweep_metric_name(pb_metric_kind kind) {
     return "unknown";
 }
 
+const char *pb_sweep_method_name(pb_sweep_method method) { return method == PB_METHOD_ATP ? "atp" : "exact"; }
+
 /* A pair's token set: its own (pairs[i].<key>) or a copy of the metric's. */
 static pb_status pair_token_set(const spec_parser *sp, const json_t *pair, size_t index, const char *key,
                                 const int32_t *fallback, int n_fallback, int32_t **out, int *n, int *own) {
@@ -1302,34 +1304,17 @@ static pb_status parse_pair_tokens(const spec_parser *sp, const json_t *pairs) {
 
 /* ---- top level ------------------------------------------------------- */
 
-static pb_status parse_root(spec_parser *sp, const json_t *root) {
-    pb_sweep_spec *spec = sp->spec;
-    if (!json_is_object(root))
-        return pb_fail(PB_ERR_ARG, "spec: expected a JSON object at the top level, got %s", pb_json_type_name(root));
-    static const char *const keys[] = {"mode",         "pairs",       "sites", "metric", "significance_threshold",
-                                       "effect_floor", "description", "chat",  "bos",    NULL};
-    PB_TRY(check_keys(root, "", keys));
-    json_t *mode, *pairs, *sites, *metric, *item;
-    PB_TRY(get_required(root, "", "mode", &mode));
-    PB_TRY(get_required(root, "", "pairs", &pairs));
-    PB_TRY(get_required(root, "", "sites", &sites));
-    PB_TRY(get_required(root, "", "metric", &metric));
-
-    if (!json_is_string(mode))
-        return type_error("mode", "\"denoising\", \"noising\" or \"interchange\"", mode);
-    const char *m = json_string_value(mode);
-    if (strcmp(m, "denoising") == 0) {
-        spec->mode = PB_MODE_DENOISING;
-    } else if (strcmp(m, "noising") == 0) {
-        spec->mode = PB_MODE_NOISING;
-    } else if (strcmp(m, "interchange") == 0) {
-        spec->mode = PB_MODE_INTERCHANGE;
-    } else {
-        char text[96];
-        return pb_fail(PB_ERR_ARG,
-                       "spec: mode: %s is not a mode; expected \"denoising\", \"noising\" or \"interchange\"",
-                       pb_json_describe(mode, text, sizeof text));
-    }
+/* The top level's optional settings: method, description, chat, bos,
+ * significance_threshold, effect_floor. */
+static pb_status parse_settings(pb_sweep_spec *spec, const json_t *root) {
+    json_t *item;
+    spec->method = PB_METHOD_EXACT;
+    item = json_object_get(root, "method");
+    if (item && (!json_is_string(item) ||
+                 (strcmp(json_string_value(item), "exact") != 0 && strcmp(json_string_value(item), "atp") != 0)))
+        return type_error("method", "\"exact\" (a patched forward per row) or \"atp\" (attribution patching)", item);
+    if (item)
+        spec->method = strcmp(json_string_value(item), "atp") == 0 ? PB_METHOD_ATP : PB_METHOD_EXACT;
 
     item = json_object_get(root, "description");
     if (item && !json_is_string(item))
@@ -1364,6 +1349,40 @@ static pb_status parse_root(spec_parser *sp, const json_t *root) {
             return pb_fail(PB_ERR_ARG, "spec: effect_floor: %g must be > 0 (in the metric's units)",
                            spec->effect_floor);
     }
+    return PB_OK;
+}
+
+static pb_status parse_root(spec_parser *sp, const json_t *root) {
+    pb_sweep_spec *spec = sp->spec;
+    if (!json_is_object(root))
+        return pb_fail(PB_ERR_ARG, "spec: expected a JSON object at the top level, got %s", pb_json_type_name(root));
+    static const char *const keys[] = {
+        "mode", "pairs", "sites",  "metric", "significance_threshold", "effect_floor", "description",
+        "chat", "bos",   "method", NULL};
+    PB_TRY(check_keys(root, "", keys));
+    json_t *mode, *pairs, *sites, *metric;
+    PB_TRY(get_required(root, "", "mode", &mode));
+    PB_TRY(get_required(root, "", "pairs", &pairs));
+    PB_TRY(get_required(root, "", "sites", &sites));
+    PB_TRY(get_required(root, "", "metric", &metric));
+
+    if (!json_is_string(mode))
+        return type_error("mode", "\"denoising\", \"noising\" or \"interchange\"", mode);
+    const char *m = json_string_value(mode);
+    if (strcmp(m, "denoising") == 0) {
+        spec->mode = PB_MODE_DENOISING;
+    } else if (strcmp(m, "noising") == 0) {
+        spec->mode = PB_MODE_NOISING;
+    } else if (strcmp(m, "interchange") == 0) {
+        spec->mode = PB_MODE_INTERCHANGE;
+    } else {
+        char text[96];
+        return pb_fail(PB_ERR_ARG,
+                       "spec: mode: %s is not a mode; expected \"denoising\", \"noising\" or \"interchange\"",
+                       pb_json_describe(mode, text, sizeof text));
+    }
+
+    PB_TRY(parse_settings(spec, root));
 
     if (!json_is_array(pairs))
         return type_error("pairs", "a non-empty array of prompt pairs", pairs);

@@ -84,8 +84,14 @@ typedef struct pb_metric_spec {
     char *direction_path;
 } pb_metric_spec;
 
+/* How a sweep's rows get their patched metric: a patched forward each
+ * (exact), or attribution patching's first-order estimate from one
+ * gradient per pair (attribution/atp.h). */
+typedef enum pb_sweep_method { PB_METHOD_EXACT = 0, PB_METHOD_ATP } pb_sweep_method;
+
 typedef struct pb_sweep_spec {
     pb_patch_mode mode;
+    pb_sweep_method method; /* "method": "exact" (default) or "atp" */
     pb_pair_spec *pairs;
     int n_pairs;
     pb_site_spec *sites;
@@ -127,5 +133,7 @@ void pb_sweep_spec_free(pb_sweep_spec *spec);
 /* The spec name of a metric kind: "logit_diff", ..., "callback"; the
  * parser's messages and the writers of results both use it. */
 const char *pb_sweep_metric_name(pb_metric_kind kind);
+/* "exact", "atp". */
+const char *pb_sweep_method_name(pb_sweep_method method);
 
 #endif

@@ -587,6 +587,7 @@ static json_t *results_json(const pb_sweep_view *v, const component_grids *grids
         put(b, mc, "rope", longrope_json(b, cfg));
     put(b, root, "model_config", mc);
     put(b, root, "mode", jstr(b, pb_sweep_mode_name(sum->mode)));
+    put(b, root, "method", jstr(b, pb_sweep_method_name(v->spec->method)));
     put(b, root, "metric", metric_json(b, v));
     put(b, root, "significance_threshold", jnum(b, v->spec->significance_threshold));
     put(b, root, "effect_floor", jnum(b, v->spec->effect_floor));
