@@ -2,6 +2,7 @@
  * that a prototype changed in one place and not the other fails the build. */
 #include "patchbay_tool.h"
 
+#include "attribution/atp.h"
 #include "backend/backend_cuda.h"
 #include "distributed/rank_device.h"
 #include "formats/npy.h"

@@ -73,6 +73,12 @@ pb_status pb_cuda_device_count(int *count);
 /* `requested` when >= 0, else local_rank % device_count (0 when unknown). */
 int pb_rank_device_choose(int requested, int local_rank, int device_count);
 
+/* ---- attribution (attribution/atp.h) ---- */
+/* pb_atp_verify (an estimate checked by the exact engine, kept for
+ * results.json, when the spec asks), then one line into summary saying
+ * what it found ("" when nothing was asked). */
+pb_status pb_atp_verify_summary(pb_sweep *sweep, char *summary, size_t size);
+
 #ifdef __cplusplus
 }
 #endif

@@ -19,6 +19,7 @@
 
 #include <cmocka.h>
 
+#include "attribution/atp.h"
 #include "patching/sweep_access.h"
 #include "test_util.h"
 #include "tolerances.h"
@@ -137,6 +138,91 @@ static void test_against_pytorch_cpu(void **state) {
     assert_true(tu_visit_cases("atp", check_case, &setup) >= 9);
 }
 
+/* "verify": the checked sites are the estimate's top by |effect| and a
+ * control sample of others; each check's exact effect is the full exact
+ * sweep's for that site (bit for bit on the reference backend, the same
+ * rows run), its estimate the AtP sweep's; recall and the control's misses
+ * recomputed here from the checks agree; results.json carries them; an
+ * exact sweep cannot ask for it. */
+static void test_verify(void **state) {
+    (void)state;
+    pb_model *m = tu_load_model("tiny_gqa", "model.gguf", PB_BACKEND_REFERENCE);
+    char path[1400], *text;
+    snprintf(path, sizeof path, "%s/patching/tiny_gqa_denoise_logit_diff/spec.json", tu_fixtures());
+    assert_non_null(text = tu_read_file(path, NULL));
+    json_error_t err;
+    json_t *root = json_loads(text, 0, &err);
+    pb_sweep *exact = NULL, *atp = NULL;
+    CHECK_OK(pb_sweep_create(&exact, m, text, NULL, NULL));
+    CHECK_OK(pb_sweep_run(exact));
+    json_object_set_new(root, "method", json_string("atp"));
+    json_object_set_new(root, "verify", json_pack("{s:i, s:i, s:i}", "top", 6, "control", 12, "seed", 3));
+    char *spec = json_dumps(root, JSON_COMPACT);
+    CHECK_OK(pb_sweep_create(&atp, m, spec, NULL, NULL));
+    CHECK_OK(pb_sweep_run(atp));
+    const pb_atp_verification *v = pb_sweep_verification(atp);
+    assert_non_null(v);
+    assert_int_equal(v->n_checks, 18);
+    double smallest_top = INFINITY;
+    int hits = 0, misses = 0;
+    for (int i = 0; i < v->n_checks; i++) {
+        pb_site_result want, est;
+        CHECK_OK(pb_sweep_get_site(exact, v->checks[i].site, &want));
+        CHECK_OK(pb_sweep_get_site(atp, v->checks[i].site, &est));
+        assert_true(v->checks[i].exact == want.effect);
+        assert_true(v->checks[i].estimate == est.effect);
+        assert_int_equal(v->checks[i].control, i >= 6);
+        if (i < 6)
+            smallest_top = fmin(smallest_top, fabs(want.effect));
+        if (i > 0 && i < 6) /* the top, by |estimate|, descending */
+            assert_true(fabs(v->checks[i].estimate) <= fabs(v->checks[i - 1].estimate));
+    }
+    for (int i = 6; i < v->n_checks; i++) {
+        misses += fabs(v->checks[i].exact) > smallest_top;
+        /* no control site's |estimate| beats the top's */
+        assert_true(fabs(v->checks[i].estimate) <= fabs(v->checks[5].estimate));
+    }
+    /* recall: of the 6 largest |exact| among the checks, how many are top */
+    int order[18];
+    for (int i = 0; i < 18; i++)
+        order[i] = i;
+    for (int i = 1; i < 18; i++) /* insertion sort by |exact| descending */
+        for (int j = i; j > 0 && fabs(v->checks[order[j]].exact) > fabs(v->checks[order[j - 1]].exact); j--) {
+            int t = order[j];
+            order[j] = order[j - 1];
+            order[j - 1] = t;
+        }
+    for (int k = 0; k < 6; k++)
+        hits += !v->checks[order[k]].control;
+    printf("[ MEASURE  ] verify top 6 + 12 control on tiny_gqa: recall %.2f, Spearman %.3f, %d control misses\n",
+           v->recall, v->spearman, v->misses);
+    assert_true(fabs(v->recall - hits / 6.0) < 1e-12);
+    assert_int_equal(v->misses, misses);
+    assert_true(v->spearman >= -1.0 && v->spearman <= 1.0);
+    char dir[1024], file[1100];
+    assert_int_equal(tu_make_temp_dir(dir, sizeof dir, "pb_verify"), 0);
+    snprintf(file, sizeof file, "%s/out", dir);
+    CHECK_OK(pb_sweep_write(atp, file, 0));
+    snprintf(file, sizeof file, "%s/out/results.json", dir);
+    json_t *written = json_load_file(file, 0, &err), *ver = json_object_get(written, "verification");
+    assert_int_equal(json_array_size(json_object_get(ver, "sites")), 18);
+    assert_true(json_number_value(json_object_get(ver, "recall_at_top")) == v->recall);
+    json_decref(written);
+    tu_remove_tree(dir);
+    json_object_set_new(root, "method", json_string("exact"));
+    free(spec);
+    spec = json_dumps(root, JSON_COMPACT);
+    pb_sweep *refused = NULL;
+    assert_int_equal(pb_sweep_create(&refused, m, spec, NULL, NULL), PB_ERR_ARG);
+    assert_non_null(strstr(pb_last_error(), "verify: checks an estimate; it needs \"method\": \"atp\""));
+    free(spec);
+    free(text);
+    json_decref(root);
+    pb_sweep_free(atp);
+    pb_sweep_free(exact);
+    pb_model_free(m);
+}
+
 /* A metric on the residual is refused by name; a method the spec does not
  * know is a spec error. */
 static void test_refusals(void **state) {
@@ -173,6 +259,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_against_pytorch_reference),
         cmocka_unit_test(test_against_pytorch_cpu),
+        cmocka_unit_test(test_verify),
         cmocka_unit_test(test_refusals),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

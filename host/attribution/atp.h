@@ -24,4 +24,33 @@
  * device backend or streamed weights. */
 pb_status pb_atp_run_rows(pb_sweep *s, const int64_t *rows, int64_t n_rows);
 
+/* One verified site: its estimated and exact mean effects. */
+typedef struct pb_atp_check {
+    int64_t site;
+    double estimate, exact;
+    int control; /* 1: drawn at random, not among the estimate's top */
+} pb_atp_check;
+
+/* The exact engine's verdict on an estimate ("verify" in the spec). */
+typedef struct pb_atp_verification {
+    int top, n_control;
+    uint64_t seed;
+    int n_checks;
+    pb_atp_check *checks; /* top sites by |estimate|, descending, then the control sample */
+    double recall;        /* of the exact top `top` among the checked sites, the share in the estimate's top */
+    double spearman;      /* rank correlation of estimate and exact over the checked sites */
+    int worst_miss;       /* index into checks of the control site of largest |exact|, or -1 */
+    int misses;           /* control sites whose |exact| exceeds the smallest |exact| of the top */
+} pb_atp_verification;
+
+/* Runs the exact engine on the verified sites of s (every row of theirs,
+ * all pairs: a twin sweep of the same spec, method exact) once every row
+ * of s is estimated, and keeps the verdict in s for its writers
+ * (pb_sweep_verification). A no-op when the spec asks for none. */
+pb_status pb_atp_verify(pb_sweep *s);
+void pb_atp_verification_free(pb_atp_verification *v);
+/* pb_atp_verify, then one line into summary (size bytes) saying what it
+ * found: "" when the spec asks for no verification. */
+pb_status pb_atp_verify_summary(pb_sweep *s, char *summary, size_t size);
+
 #endif

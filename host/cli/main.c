@@ -736,6 +736,11 @@ static int sweep_verdict(sweep_job *j, pb_status job) {
     if (j->ranks->size > 1)
         print_rank_seconds(j->ranks, j->rank_seconds);
     test_stall_point("finish", j->ranks->rank);
+    char verdict[512];
+    if (job == PB_OK && (job = pb_atp_verify_summary(j->sweep, verdict, sizeof verdict)) != PB_OK)
+        fprintf(stderr, "patchbay: %s\n", pb_last_error());
+    else if (job == PB_OK && verdict[0])
+        fprintf(stderr, "patchbay: %s\n", verdict);
     return finish_sweep(j->o, j->sweep, job, j->checkpoint, &j->fingerprint);
 }
 

@@ -1335,6 +1335,15 @@ static pb_status spec_token_text(void *user, int id, char *buf, size_t size) {
     return pb_model_token_text(user, id, buf, size);
 }
 
+/* Copies of the spec's text and folder (an exact twin is made from them). */
+static pb_status keep_inputs(pb_sweep *s, const char *spec_json, const char *spec_dir) {
+    s->spec_json = strdup(spec_json);
+    s->spec_dir = spec_dir ? strdup(spec_dir) : NULL;
+    if (!s->spec_json || (spec_dir && !s->spec_dir))
+        return pb_fail(PB_ERR_OOM, "out of memory for the spec's text");
+    return PB_OK;
+}
+
 pb_status pb_sweep_create(pb_sweep **out, pb_model *model, const char *spec_json, const char *spec_dir,
                           const pb_sweep_options *options) {
     if (!out || !model || !spec_json)
@@ -1414,6 +1423,10 @@ pb_status pb_sweep_create(pb_sweep **out, pb_model *model, const char *spec_json
             return status;
         }
     }
+    if ((status = keep_inputs(s, spec_json, spec_dir)) != PB_OK) {
+        pb_sweep_free(s);
+        return status;
+    }
     /* FLOPs of the naive method: one full forward (logits at every
      * position) per row. */
     double d = c->d_model, qd = (double)c->n_heads * c->head_dim, kvd = (double)c->n_kv_heads * c->head_dim;
@@ -1450,8 +1463,27 @@ void pb_sweep_free(pb_sweep *s) {
     free(s->sites);
     free(s->site_positions);
     pb_sweep_spec_free(&s->spec);
+    free(s->spec_json);
+    free(s->spec_dir);
+    pb_atp_verification_free(s->verification);
+    free(s->verification);
     free(s);
 }
+
+pb_status pb_sweep_create_exact_twin(const pb_sweep *s, pb_sweep **out) {
+    PB_TRY(pb_sweep_create(out, s->model, s->spec_json, s->spec_dir, &s->options));
+    (*out)->spec.method = PB_METHOD_EXACT;
+    (*out)->spec.verify_top = 0;
+    return PB_OK;
+}
+
+void pb_sweep_set_verification(pb_sweep *s, struct pb_atp_verification *v) {
+    pb_atp_verification_free(s->verification);
+    free(s->verification);
+    s->verification = v;
+}
+
+const struct pb_atp_verification *pb_sweep_verification(const pb_sweep *s) { return s->verification; }
 
 int pb_sweep_pair_usable(const pb_sweep *s, int pair) {
     return s->baseline_ready[pair] && fabs(s->source_value[pair] - s->base_value[pair]) >= s->spec.effect_floor;
@@ -1476,6 +1508,8 @@ pb_status pb_sweep_run(pb_sweep *s) {
         all[r] = r;
     pb_status status = pb_sweep_run_rows(s, all, s->n_rows);
     free(all);
+    if (status == PB_OK)
+        status = pb_atp_verify(s);
     if (status != PB_OK)
         return status;
     int usable = 0;

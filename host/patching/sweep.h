@@ -94,6 +94,9 @@ struct pb_sweep {
     int64_t n_batches;
     size_t mirror_max_bytes; /* host mirror cap of a pair's caches (PB_MIRROR_MAX_BYTES; tests lower it) */
     int64_t tokens_packed;   /* over all batches: the GEMM row counts */
+    /* what made it, for an exact twin (pb_sweep_create_exact_twin) */
+    char *spec_json, *spec_dir;
+    struct pb_atp_verification *verification; /* owned; NULL until pb_atp_verify */
 };
 
 /* Per-pair normalised effect of a row: (patched - base) / (source - base),

@@ -32,6 +32,14 @@ int pb_sweep_metric_is_callback(const pb_sweep *sweep);
  * pair, ascending; returns their count. The source position of base
  * position p is the pair's position_map[p]. */
 int pb_sweep_site_positions(const pb_sweep *sweep, int64_t site, int pair, int *out);
+/* A new sweep of the same spec, model and options with "method": "exact"
+ * and no verification: the rows an estimate is checked against. */
+pb_status pb_sweep_create_exact_twin(const pb_sweep *sweep, pb_sweep **out);
+/* The estimate's verification (attribution/atp.h): taken over (freed with
+ * the sweep), and read back; NULL when none ran. */
+struct pb_atp_verification;
+void pb_sweep_set_verification(pb_sweep *sweep, struct pb_atp_verification *verification);
+const struct pb_atp_verification *pb_sweep_verification(const pb_sweep *sweep);
 
 /* Batches under an activation budget (bytes): what a run allocates, and
  * what the planner (plan.c) reports. */

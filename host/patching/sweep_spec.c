@@ -1304,8 +1304,39 @@ static pb_status parse_pair_tokens(const spec_parser *sp, const json_t *pairs) {
 
 /* ---- top level ------------------------------------------------------- */
 
-/* The top level's optional settings: method, description, chat, bos,
- * significance_threshold, effect_floor. */
+/* "verify": {"top": K, "control": N (default K), "seed": S (default 0)},
+ * only with "method": "atp". */
+static pb_status parse_verify(pb_sweep_spec *spec, const json_t *item) {
+    spec->verify_top = spec->verify_control = 0;
+    spec->verify_seed = 0;
+    if (!item)
+        return PB_OK;
+    if (spec->method != PB_METHOD_ATP)
+        return pb_fail(PB_ERR_ARG, "spec: verify: checks an estimate; it needs \"method\": \"atp\"");
+    if (!json_is_object(item))
+        return type_error("verify", "an object {\"top\": K, \"control\": N, \"seed\": S}", item);
+    static const char *const keys[] = {"top", "control", "seed", NULL};
+    PB_TRY(check_keys(item, "verify", keys));
+    const json_t *top = json_object_get(item, "top"), *control = json_object_get(item, "control");
+    const json_t *seed = json_object_get(item, "seed");
+    if (!json_is_integer(top) || json_integer_value(top) < 1 || json_integer_value(top) > 1000000)
+        return type_error("verify.top", "an integer in [1, 1000000]", top ? top : json_null());
+    spec->verify_top = (int)json_integer_value(top);
+    spec->verify_control = spec->verify_top;
+    if (control &&
+        (!json_is_integer(control) || json_integer_value(control) < 0 || json_integer_value(control) > 1000000))
+        return type_error("verify.control", "an integer in [0, 1000000]", control);
+    if (control)
+        spec->verify_control = (int)json_integer_value(control);
+    if (seed && (!json_is_integer(seed) || json_integer_value(seed) < 0))
+        return type_error("verify.seed", "a non-negative integer", seed);
+    if (seed)
+        spec->verify_seed = (uint64_t)json_integer_value(seed);
+    return PB_OK;
+}
+
+/* The top level's optional settings: method and verify, description,
+ * chat, bos, significance_threshold, effect_floor. */
 static pb_status parse_settings(pb_sweep_spec *spec, const json_t *root) {
     json_t *item;
     spec->method = PB_METHOD_EXACT;
@@ -1315,6 +1346,7 @@ static pb_status parse_settings(pb_sweep_spec *spec, const json_t *root) {
         return type_error("method", "\"exact\" (a patched forward per row) or \"atp\" (attribution patching)", item);
     if (item)
         spec->method = strcmp(json_string_value(item), "atp") == 0 ? PB_METHOD_ATP : PB_METHOD_EXACT;
+    PB_TRY(parse_verify(spec, json_object_get(root, "verify")));
 
     item = json_object_get(root, "description");
     if (item && !json_is_string(item))
@@ -1356,9 +1388,9 @@ static pb_status parse_root(spec_parser *sp, const json_t *root) {
     pb_sweep_spec *spec = sp->spec;
     if (!json_is_object(root))
         return pb_fail(PB_ERR_ARG, "spec: expected a JSON object at the top level, got %s", pb_json_type_name(root));
-    static const char *const keys[] = {
-        "mode", "pairs", "sites",  "metric", "significance_threshold", "effect_floor", "description",
-        "chat", "bos",   "method", NULL};
+    static const char *const keys[] = {"mode",         "pairs",       "sites", "metric", "significance_threshold",
+                                       "effect_floor", "description", "chat",  "bos",    "method",
+                                       "verify",       NULL};
     PB_TRY(check_keys(root, "", keys));
     json_t *mode, *pairs, *sites, *metric;
     PB_TRY(get_required(root, "", "mode", &mode));

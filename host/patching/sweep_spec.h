@@ -92,6 +92,11 @@ typedef enum pb_sweep_method { PB_METHOD_EXACT = 0, PB_METHOD_ATP } pb_sweep_met
 typedef struct pb_sweep_spec {
     pb_patch_mode mode;
     pb_sweep_method method; /* "method": "exact" (default) or "atp" */
+    /* "verify": {"top": K, "control": N, "seed": S} with "atp": the exact
+     * engine on the K sites the estimate ranks highest and N others drawn
+     * with the seed (attribution/atp.h); top 0: none. */
+    int verify_top, verify_control;
+    uint64_t verify_seed;
     pb_pair_spec *pairs;
     int n_pairs;
     pb_site_spec *sites;

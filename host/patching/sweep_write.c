@@ -32,6 +32,8 @@
 #include "model/model.h"
 #include "formats/npy.h"
 #include "util/outdir.h"
+#include "attribution/atp.h"
+#include "patching/sweep_access.h"
 #include "patching/sweep_view.h"
 #include "util/utf8.h"
 
@@ -568,6 +570,35 @@ static json_t *longrope_json(json_builder *b, const pb_model_config *cfg) {
     return r;
 }
 
+/* An estimate's check by the exact engine (attribution/atp.h), or null. */
+static json_t *verification_json(json_builder *b, const pb_sweep_view *v) {
+    const pb_atp_verification *ver = pb_sweep_verification(v->sweep);
+    if (!ver)
+        return json_null();
+    json_t *o = jobj(b), *checks = jarr(b);
+    put(b, o, "top", jint(b, ver->top));
+    put(b, o, "control", jint(b, ver->n_control));
+    put(b, o, "seed", jint(b, (long long)ver->seed));
+    put(b, o, "recall_at_top", jnum(b, ver->recall));
+    put(b, o, "spearman", jnum(b, ver->spearman));
+    put(b, o, "control_misses", jint(b, ver->misses));
+    put(b, o, "worst_control_miss", jint(b, ver->worst_miss));
+    for (int i = 0; i < ver->n_checks; i++) {
+        const pb_site_result *r = &v->sites[ver->checks[i].site].r;
+        json_t *e = jobj(b);
+        put(b, e, "component", jstr(b, pb_component_name(r->component)));
+        put(b, e, "layer", jint(b, r->layer));
+        put(b, e, "head", r->head >= 0 ? jint(b, r->head) : json_null());
+        put(b, e, "position", r->position != INT32_MIN ? jint(b, r->position) : json_null());
+        put(b, e, "estimate", jnum(b, ver->checks[i].estimate));
+        put(b, e, "exact", jnum(b, ver->checks[i].exact));
+        put(b, e, "control", json_boolean(ver->checks[i].control));
+        push(b, checks, e);
+    }
+    put(b, o, "sites", checks);
+    return o;
+}
+
 static json_t *results_json(const pb_sweep_view *v, const component_grids *grids, const pb_ranked *layers,
                             int n_layers_ranked, json_builder *b) {
     const pb_sweep_summary *sum = &v->summary;
@@ -630,6 +661,7 @@ static json_t *results_json(const pb_sweep_view *v, const component_grids *grids
     put(b, root, "npy_axes", npy_axes_json(b, v, grids));
 
     put(b, root, "sites", sites_json(b, v));
+    put(b, root, "verification", verification_json(b, v));
     return root;
 }
 
