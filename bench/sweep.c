@@ -2,7 +2,7 @@
  *
  *   bench_sweep (MODEL | --random-model NAME[:LAYERS[:TYPE]]) (SPEC.json | --default-sweep T)
  *               [--all-rows] [--backend cpu|cuda] [--dtype f32|bf16|f16|file] [--max-memory SIZE]
- *               [--weights resident|stream|auto] [--weight-memory SIZE] [--full-layers N]
+ *               [--weights resident|stream|auto] [--weight-memory SIZE] [--full-layers N] [--vs-atp]
  *
  * Runs the sweep once (after a warm-up forward) and prints rows/s, the
  * FLOPs the engine actually executed and their rate, the FLOPs one full
@@ -10,7 +10,10 @@
  * (the average packed batch height times each projection) measured in the
  * same run: OpenBLAS sgemm on the CPU, the CUDA backend's own cuBLAS call
  * (pb_cuda_gemm_ceiling) on the GPU. --all-rows also runs rows whose effect
- * is exactly zero by construction, to show what the skips save.
+ * is exactly zero by construction, to show what the skips save. --vs-atp
+ * then runs attribution patching ("method": "atp") on the same spec and
+ * prints its time beside the exact sweep's and the ratio (the issue's
+ * "every row forced" comparison takes --all-rows too).
  * With streamed weights it also prints the layers the sweep read and the
  * bytes they moved, the rate that makes over the sweep's wall time, the
  * host-to-device copy rate from pinned memory (pb_cuda_copy_ceiling, on
@@ -131,7 +134,7 @@ static char *default_sweep(int T, int vocab) {
 typedef struct bench_args {
     pb_cli_model model;
     const char *spec_path;
-    int all_rows, default_T, full_layers;
+    int all_rows, default_T, full_layers, vs_atp;
     size_t max_memory;
 } bench_args;
 
@@ -151,6 +154,8 @@ static int parse_args(int argc, char **argv, bench_args *b) {
             i++;
         } else if (strcmp(a, "--all-rows") == 0) {
             b->all_rows = 1;
+        } else if (strcmp(a, "--vs-atp") == 0) {
+            b->vs_atp = 1;
         } else if (strcmp(a, "--default-sweep") == 0 && next) {
             b->default_T = atoi(next);
             i++;
@@ -176,7 +181,8 @@ static int parse_args(int argc, char **argv, bench_args *b) {
         fprintf(stderr,
                 "usage: bench_sweep (MODEL | --random-model NAME[:LAYERS[:TYPE]]) (SPEC.json | --default-sweep T)\n"
                 "                   [--all-rows] [--backend cpu|cuda] [--dtype f32|bf16|f16|file] [--max-memory SIZE]\n"
-                "                   [--weights resident|stream|auto] [--weight-memory SIZE] [--full-layers N]\n");
+                "                   [--weights resident|stream|auto] [--weight-memory SIZE] [--full-layers N]\n"
+                "                   [--vs-atp]\n");
         return 0;
     }
     return 1;
@@ -287,6 +293,32 @@ static void print_stream(const pb_model *m, const bench_args *b, double seconds,
            link > 0 ? bytes * scale / link : 0.0);
 }
 
+/* The same spec estimated by attribution patching: its seconds beside the
+ * exact sweep's. */
+static int run_atp(pb_model *m, const char *spec, const pb_sweep_options *o, double exact_seconds) {
+    size_t n = strlen(spec);
+    char *atp = malloc(n + 32);
+    if (!atp || spec[0] != '{')
+        return 1;
+    snprintf(atp, n + 32, "{\"method\": \"atp\", %s", spec + 1);
+    pb_sweep *s;
+    double t0 = pb_now_seconds();
+    if (pb_sweep_create(&s, m, atp, NULL, o) != PB_OK || pb_sweep_run(s) != PB_OK) {
+        fprintf(stderr, "bench_sweep: atp: %s\n", pb_last_error());
+        free(atp);
+        return 1;
+    }
+    double seconds = pb_now_seconds() - t0;
+    printf("atp sweep         %lld rows estimated in %.3f s: exact / atp = %.1fx\n", (long long)pb_sweep_row_count(s),
+           seconds, exact_seconds / seconds);
+    printf("{\"bench\": \"atp\", \"rows\": %lld, \"atp_seconds\": %.4f, \"exact_seconds\": %.4f, "
+           "\"exact_over_atp\": %.2f}\n",
+           (long long)pb_sweep_row_count(s), seconds, exact_seconds, exact_seconds / seconds);
+    pb_sweep_free(s);
+    free(atp);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     bench_args b;
     if (!parse_args(argc, argv, &b))
@@ -329,6 +361,8 @@ int main(int argc, char **argv) {
     print_results(m, s, &b.model.load, seconds);
     if (m->stream)
         print_stream(m, &b, seconds, layers_before, bytes_before);
+    if (b.vs_atp && run_atp(m, spec, &o, seconds) != 0)
+        return 1;
     pb_sweep_free(s);
     pb_model_free(m);
     free(spec);

@@ -64,23 +64,28 @@ static pb_status vector(grad_ctx *g, int slot, const float *v, size_t n, const f
     return PB_OK;
 }
 
-/* dx (rows, k) = dy (rows, n) @ w (n, k), or += with accumulate. */
-static void matmul_dx(float *dx, const float *dy, const float *w, int rows, int n, int k, int accumulate) {
-    double *acc = calloc((size_t)k, sizeof(double));
-    for (int r = 0; acc && r < rows; r++) {
-        memset(acc, 0, sizeof(double) * (size_t)k);
+/* dx (rows, k) = dy (rows, n) @ w (n, k), or += with accumulate; sums in
+ * double, one row per thread (the same result on any thread count). */
+static pb_status matmul_dx(float *dx, const float *dy, const float *w, int rows, int n, int k, int accumulate) {
+    double *acc = calloc((size_t)rows * (size_t)k, sizeof(double));
+    if (!acc)
+        return pb_fail(PB_ERR_OOM, "gradient: out of memory for a (%d, %d) product", rows, k);
+#pragma omp parallel for schedule(static)
+    for (int r = 0; r < rows; r++) {
+        double *ar = acc + (size_t)r * k;
         for (int i = 0; i < n; i++) {
             double d = dy[(size_t)r * n + i];
             if (d == 0.0)
                 continue;
             const float *wr = w + (size_t)i * k;
             for (int j = 0; j < k; j++)
-                acc[j] += d * wr[j];
+                ar[j] += d * wr[j];
         }
         for (int j = 0; j < k; j++)
-            dx[(size_t)r * k + j] = (float)(accumulate ? dx[(size_t)r * k + j] + acc[j] : acc[j]);
+            dx[(size_t)r * k + j] = (float)(accumulate ? dx[(size_t)r * k + j] + ar[j] : ar[j]);
     }
     free(acc);
+    return PB_OK;
 }
 
 /* dx (rows, d) += the gradient through y = norm(x) * w (+ b) given dy:
@@ -216,11 +221,14 @@ static pb_status head_backward(grad_ctx *g, const pb_grad_metric *mt, const floa
         double t = row[v] / c->final_softcap;
         dl[v] *= 1.0 - t * t;
     }
-    for (int i = 0; status == PB_OK && i < d; i++) {
-        double acc = 0.0;
-        for (int v = 0; v < V; v++)
-            acc += dl[v] * g->w[(size_t)v * d + i];
-        dy[i] = (float)acc;
+    if (status == PB_OK) {
+#pragma omp parallel for schedule(static)
+        for (int i = 0; i < d; i++) {
+            double acc = 0.0;
+            for (int v = 0; v < V; v++)
+                acc += dl[v] * g->w[(size_t)v * d + i];
+            dy[i] = (float)acc;
+        }
     }
     const float *w = NULL, *final = act(g, PB_HOOK_RESID_POST, c->n_layers - 1);
     memset(g->dres[0], 0, sizeof(float) * (size_t)g->T * d);
@@ -289,19 +297,15 @@ static pb_status mlp_backward(grad_ctx *g, int L, const float *x, const float *d
     const pb_model_config *c = g->c;
     const pb_layer_weights *W = &g->m->layers[L];
     int T = g->T, d = c->d_model, f = c->d_mlp;
-    pb_backend *r = g->ref;
-    const float *bias;
     PB_TRY(post_norm_backward(g, dout, PB_HOOK_MLP_POST_IN, L, W->mlp_post_norm));
     PB_TRY(sublayer_input(g, x, W->mlp_norm, W->mlp_norm_b));
-    PB_TRY(matrix(g, &W->w_up, (size_t)f, (size_t)d));
-    PB_TRY(vector(g, 1, W->b_up, (size_t)f, &bias));
-    PB_TRY(r->ops->matmul(r, g->pre[1], g->xn, g->w, PB_DTYPE_F32, bias, T, f, d));
-    if (!c->plain_mlp) {
-        PB_TRY(matrix(g, &W->w_gate, (size_t)f, (size_t)d));
-        PB_TRY(r->ops->matmul(r, g->pre[0], g->xn, g->w, PB_DTYPE_F32, NULL, T, f, d));
-    }
+    /* the pre-activations by the model's own product (host memory) */
+    pb_backend *own = g->m->backend;
+    PB_TRY(own->ops->matmul(own, g->pre[1], g->xn, W->w_up.data, W->w_up.dtype, W->b_up, T, f, d));
+    if (!c->plain_mlp)
+        PB_TRY(own->ops->matmul(own, g->pre[0], g->xn, W->w_gate.data, W->w_gate.dtype, NULL, T, f, d));
     PB_TRY(matrix(g, &W->w_down, (size_t)d, (size_t)f));
-    matmul_dx(g->dh[0], g->dsub, g->w, T, d, f, 0); /* d of the activations */
+    PB_TRY(matmul_dx(g->dh[0], g->dsub, g->w, T, d, f, 0)); /* d of the activations */
     for (size_t i = 0; i < (size_t)T * f; i++) {
         double a, da = activation_grad(c->activation, c->plain_mlp ? g->pre[1][i] : g->pre[0][i], &a);
         if (c->plain_mlp) {
@@ -312,10 +316,10 @@ static pb_status mlp_backward(grad_ctx *g, int L, const float *x, const float *d
         }
     }
     PB_TRY(matrix(g, &W->w_up, (size_t)f, (size_t)d));
-    matmul_dx(g->dxn, g->dh[1], g->w, T, f, d, 0);
+    PB_TRY(matmul_dx(g->dxn, g->dh[1], g->w, T, f, d, 0));
     if (!c->plain_mlp) {
         PB_TRY(matrix(g, &W->w_gate, (size_t)f, (size_t)d));
-        matmul_dx(g->dxn, g->dh[0], g->w, T, f, d, 1);
+        PB_TRY(matmul_dx(g->dxn, g->dh[0], g->w, T, f, d, 1));
     }
     return pre_norm_backward(g, accum, x, W->mlp_norm);
 }
@@ -417,7 +421,7 @@ static pb_status attention_backward(grad_ctx *g, int L, const float *x, const fl
     PB_TRY(post_norm_backward(g, dout, PB_HOOK_ATTN_POST_IN, L, W->attn_post_norm));
     PB_TRY(matrix(g, &W->wo, (size_t)d, (size_t)qd));
     float *dz = g->dh[0];
-    matmul_dx(dz, g->dsub, g->w, T, d, qd, 0);
+    PB_TRY(matmul_dx(dz, g->dsub, g->w, T, d, qd, 0));
     store(g, PB_HOOK_Z, L, dz, (size_t)qd);
     softmax_attention_backward(g, L, dz);
     float *dq = g->dh[0], *dk = g->pre[0], *dv = g->pre[1]; /* dz is spent */
@@ -427,11 +431,11 @@ static pb_status attention_backward(grad_ctx *g, int L, const float *x, const fl
         dv[i] = (float)g->att[2][i];
     store(g, PB_HOOK_V, L, dv, (size_t)kvd);
     PB_TRY(matrix(g, &W->wq, (size_t)qd, (size_t)d));
-    matmul_dx(g->dxn, dq, g->w, T, qd, d, 0);
+    PB_TRY(matmul_dx(g->dxn, dq, g->w, T, qd, d, 0));
     PB_TRY(matrix(g, &W->wk, (size_t)kvd, (size_t)d));
-    matmul_dx(g->dxn, dk, g->w, T, kvd, d, 1);
+    PB_TRY(matmul_dx(g->dxn, dk, g->w, T, kvd, d, 1));
     PB_TRY(matrix(g, &W->wv, (size_t)kvd, (size_t)d));
-    matmul_dx(g->dxn, dv, g->w, T, kvd, d, 1);
+    PB_TRY(matmul_dx(g->dxn, dv, g->w, T, kvd, d, 1));
     return pre_norm_backward(g, accum, x, W->attn_norm);
 }
 

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "cli/cli_analysis.h"
+#include "cli/cli_attribute.h"
 #include "cli/cli_intervene.h"
 #include "cli/cli_model.h"
 #include "cli/cli_plan.h"
@@ -44,6 +45,8 @@ typedef struct options {
     int rank_timeout;       /* sweep, several ranks: seconds; 0 = the default */
     const char *gather;     /* sweep: "auto", "mpi" or "nccl" */
     int pieces;             /* tokenize */
+    int attribute;          /* attribute: the sweep's rows estimated ("method": "atp") */
+    const char *verify;     /* attribute: "top:K[,control:N][,seed:S]" */
 } options;
 
 static int fail(const char *what) {
@@ -53,29 +56,30 @@ static int fail(const char *what) {
 
 static const char *const gather_choices[] = {"auto", "mpi", "nccl", NULL};
 
-enum { MAIN_OPTIONS = 12 };
+enum { MAIN_OPTIONS = 13 };
 
 _Static_assert(MAIN_OPTIONS + 1 <= PB_CLI_COMMAND_ROWS, "main options fit pb_cli_tables");
 
 /* One table for forward, sweep, tokenize and info, each row naming the
  * commands that take it. */
 static void main_table(options *o, pb_cli_tables *t) {
-    pb_cli_common_table(&t->common, &o->model, &o->overwrite, "forward sweep", &o->no_progress, "sweep");
-    pb_cli_prompt_table(&o->prompt, "forward tokenize", "forward", "forward tokenize sweep", "forward tokenize sweep",
-                        t->prompt);
+    pb_cli_common_table(&t->common, &o->model, &o->overwrite, "forward sweep attribute", &o->no_progress,
+                        "sweep attribute");
+    pb_cli_prompt_table(&o->prompt, "forward tokenize", "forward", "forward tokenize sweep attribute",
+                        "forward tokenize sweep attribute", t->prompt);
     const pb_cli_option table[MAIN_OPTIONS + 1] = {
         {.flag = "--spec",
          .kind = PB_OPT_STRING,
          .target = &o->spec,
          .value = "SPEC.json",
          .help = "the sweep's prompts, components, positions and metric (docs/patching.md; required)",
-         .commands = "sweep"},
+         .commands = "sweep attribute"},
         {.flag = "--out",
          .kind = PB_OPT_STRING,
          .target = &o->out,
          .value = "DIR",
          .help = "output folder (required)",
-         .commands = "forward sweep"},
+         .commands = "forward sweep attribute"},
         {.flag = NULL, .kind = PB_OPT_TABLE, .target = t->prompt},
         {.flag = "--hooks",
          .kind = PB_OPT_STRING,
@@ -100,24 +104,24 @@ static void main_table(options *o, pb_cli_tables *t) {
          .target = &o->max_memory,
          .value = "SIZE",
          .help = "bound on the batch activations (default 1G): bytes, K/M/G/T (1024s, also KiB...) or KB/MB/GB/TB",
-         .commands = "sweep"},
+         .commands = "sweep attribute"},
         {.flag = "--checkpoint",
          .kind = PB_OPT_STRING,
          .target = &o->checkpoint,
          .value = "FILE",
          .help = "where an interrupted sweep saves its rows (default DIR.checkpoint, beside DIR)",
-         .commands = "sweep"},
+         .commands = "sweep attribute"},
         {.flag = "--resume",
          .kind = PB_OPT_FLAG,
          .target = &o->resume,
          .help = "continue from the checkpoint",
-         .commands = "sweep"},
+         .commands = "sweep attribute"},
         {.flag = "--rank-timeout",
          .kind = PB_OPT_COUNT,
          .target = &o->rank_timeout,
          .value = "SECONDS",
          .help = "several ranks: a rank silent this long ends the job (default: the library's)",
-         .commands = "sweep"},
+         .commands = "sweep attribute"},
         {.flag = "--gather",
          .kind = PB_OPT_CHOICE,
          .target = &o->gather,
@@ -125,7 +129,14 @@ static void main_table(options *o, pb_cli_tables *t) {
          .choices_text = "auto, mpi or nccl",
          .value = "auto|mpi|nccl",
          .help = "how ranks send rows to rank 0 (auto: NCCL for --backend cuda ranks, else MPI)",
-         .commands = "sweep"},
+         .commands = "sweep attribute"},
+        {.flag = "--verify",
+         .kind = PB_OPT_STRING,
+         .target = &o->verify,
+         .value = "top:K[,control:N][,seed:S]",
+         .help = "then run the exact engine on the K sites the estimate ranks highest and N others drawn with "
+                 "seed S (N = K, S = 0 by default): both effects, recall and the misses in results.json",
+         .commands = "attribute"},
         {.flag = NULL, .kind = PB_OPT_TABLE, .target = t->common.table},
         {0},
     };
@@ -605,6 +616,8 @@ static int sweep_inputs(sweep_job *j) {
         return 2;
     }
     pb_cli_spec_directory(o->spec, j->spec_dir, sizeof j->spec_dir);
+    if (o->attribute && pb_cli_spec_attribute(&j->spec_text, o->verify) != 0)
+        return 2;
     if (o->prompt.no_chat && pb_cli_spec_plain_text(&j->spec_text) != 0) {
         fprintf(stderr, "patchbay sweep: out of memory applying --no-chat\n");
         return 1;
@@ -873,6 +886,14 @@ static int run_sweep_command(int argc, char **argv) {
     return parse_options(argc, argv, &o) ? run_sweep(&o, &argc, &argv) : 2;
 }
 
+static int run_attribute_command(int argc, char **argv) {
+    options o;
+    if (!parse_options(argc, argv, &o))
+        return 2;
+    o.attribute = 1;
+    return run_sweep(&o, &argc, &argv);
+}
+
 /* ---- the command table and the help it generates ---------------------- */
 
 typedef struct command {
@@ -911,6 +932,17 @@ static const command commands[] = {
      "patchbay sweep --model tests/fixtures/tiny_gqa/model.gguf \\\n"
      "    --spec tests/fixtures/patching/tiny_gqa_denoise_logit_diff/spec.json --out /tmp/sweep",
      run_sweep_command, main_options_help},
+    {"attribute", "attribution patching (AtP): every site of a sweep spec estimated from one gradient per pair",
+     "--spec SPEC.json --out DIR [--verify top:K[,control:N][,seed:S]] [--no-chat]",
+     "patchbay sweep with the spec's \"method\" set to \"atp\" (docs/patching.md): each row's patched\n"
+     "metric is base + (source - base activation) . gradient at the base run, summed over the site's\n"
+     "positions, for two forwards and one backward per pair; the outputs are the sweep's, and results.json\n"
+     "says \"method\": \"atp\". --verify runs the exact engine on the estimate's top K sites and N control\n"
+     "sites and reports both effects, the recall of the exact top K and the control sites it missed.\n"
+     "CPU backends; metrics on the logits.\n",
+     "patchbay attribute --model tests/fixtures/tiny_gqa/model.gguf \\\n"
+     "    --spec tests/fixtures/patching/tiny_gqa_denoise_logit_diff/spec.json --verify top:5 --out /tmp/atp",
+     run_attribute_command, main_options_help},
     {"plan", "how a sweep would run: resident or streamed weights, waves, bytes moved, peak memory, time bound",
      "--spec SPEC.json [--device-memory SIZE] [--gpus N] [--weights auto|resident|stream] [--max-memory SIZE]",
      "Reads the model's hyperparameters, tokenizer and tensor table only (a 70B file plans in a moment),\n"
