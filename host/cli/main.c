@@ -780,8 +780,10 @@ static int sweep_end(sweep_job *j, int rc, int gathered) {
 static int cmd_sweep(const options *o, pb_ranks *ranks) {
     sweep_job j = {.o = o, .ranks = ranks, .show = !o->no_progress && ranks->rank == 0};
     int rc = sweep_inputs(&j);
-    if (rc)
+    if (rc) {
+        free(j.spec_text); /* read before a later input was refused */
         return rc;
+    }
     options local = *o; /* this rank's device; --overwrite when a killed run's outputs are replaced */
     local.overwrite |= j.replace_partial;
     j.o = &local;
