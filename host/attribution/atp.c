@@ -1,6 +1,6 @@
 /* Attribution patching of a sweep's rows (atp.h). Per pair: a forward of
- * the source run and the gradient pass of the base run (which runs the
- * base forward), both with every layer's hook points captured; then per
+ * each run with every layer's hook points captured, and the gradient pass
+ * of the base run from the base forward's captures; then per
  * row the dot product of the activation difference with the gradient
  * over the site's positions and slice. */
 #include <math.h>
@@ -77,63 +77,53 @@ static double metric_value(const pb_sweep_spec *spec, const pb_pair_spec *p, con
     }
 }
 
-/* A forward of prompt with every layer's hook points captured; logits
- * (T, V) into *logits (the caller frees). */
-static pb_status capture_run(pb_model *m, const pb_prompt_spec *prompt, pb_capture **out, float **logits) {
+/* A forward of prompt capturing the hook points `hooks`; logits (T, V)
+ * into *logits (the caller frees). */
+static pb_status capture_run(pb_model *m, const pb_prompt_spec *prompt, const char *hooks, pb_capture **out,
+                             float **logits) {
     *logits = malloc(sizeof(float) * (size_t)prompt->T * (size_t)m->cfg.vocab_size);
     if (!*logits)
         return pb_fail(PB_ERR_OOM, "atp: out of memory for %d tokens' logits", prompt->T);
     float *delta;
     PB_TRY(embed_delta(m, prompt, &delta));
     pb_forward_extras extras = {.embed_delta = delta};
-    pb_status status = pb_capture_create(out, m, ATP_HOOKS);
+    pb_status status = pb_capture_create(out, m, hooks);
     if (status == PB_OK)
         status = pb_forward_ex(m, prompt->ids, prompt->T, &extras, *logits, *out);
     free(delta);
     return status;
 }
 
-/* The base run's gradient (grads) and metric value. */
-static pb_status base_gradient(pb_model *m, const pb_prompt_spec *prompt, const pb_grad_metric *gm, atp_pair *a) {
-    float *delta;
-    PB_TRY(embed_delta(m, prompt, &delta));
-    pb_status status = pb_capture_create(&a->grads, m, ATP_HOOKS);
-    if (status == PB_OK)
-        status = pb_grad_reference_ex(m, prompt->ids, prompt->T, delta, gm, a->grads, &a->base_value);
-    free(delta);
-    return status;
-}
-
-static int metric_position(const pb_sweep_spec *spec, int T) {
-    return spec->metric.position < 0 ? T + spec->metric.position : spec->metric.position;
-}
-
-/* The pair's two runs, the base run's gradient, both metric values. */
+/* The pair's two runs, the base run's gradient from the base run's own
+ * forward (its captures hold what the backward reads), both metric values. */
 static pb_status pair_runs(pb_sweep *s, int pair, atp_pair *a) {
     pb_model *m = (pb_model *)(uintptr_t)pb_sweep_model(s);
     const pb_sweep_spec *spec = pb_sweep_spec_of(s);
     const pb_pair_spec *p = &spec->pairs[pair];
     int V = m->cfg.vocab_size;
     float *base_logits = NULL, *source_logits = NULL;
-    pb_status status = capture_run(m, &p->base, &a->base, &base_logits);
+    pb_status status = capture_run(m, &p->base, "blocks.*", &a->base, &base_logits);
     if (status == PB_OK)
-        status = capture_run(m, &p->source, &a->source, &source_logits);
+        status = capture_run(m, &p->source, ATP_HOOKS, &a->source, &source_logits);
     if (status == PB_OK && spec->metric.kind == PB_METRIC_KL) {
         const pb_prompt_spec *clean = p->clean_is_source ? &p->source : &p->base;
         const float *row = (p->clean_is_source ? source_logits : base_logits) +
-                           (size_t)metric_position(spec, clean->T) * V;
+                           (size_t)pb_sweep_metric_position(s, clean->T) * V;
         if (!(a->ref_logprobs = malloc(sizeof(double) * (size_t)V)))
             status = pb_fail(PB_ERR_OOM, "atp: out of memory for the reference distribution");
         else
             pb_log_softmax(row, V, a->ref_logprobs);
     }
     if (status == PB_OK) {
-        a->source_value = metric_value(spec, p, source_logits + (size_t)metric_position(spec, p->source.T) * V, V,
+        a->source_value = metric_value(spec, p, source_logits + (size_t)pb_sweep_metric_position(s, p->source.T) * V, V,
                                        a->ref_logprobs);
-        pb_grad_metric gm = {
-            spec->metric.kind, metric_position(spec, p->base.T), p->positive, p->n_positive, p->negative, p->n_negative,
-            a->ref_logprobs};
-        status = base_gradient(m, &p->base, &gm, a);
+        pb_grad_metric gm = {spec->metric.kind, pb_sweep_metric_position(s, p->base.T),
+                             p->positive,       p->n_positive,
+                             p->negative,       p->n_negative,
+                             a->ref_logprobs};
+        status = pb_capture_create(&a->grads, m, ATP_HOOKS);
+        if (status == PB_OK)
+            status = pb_grad_reference_from(m, p->base.T, a->base, base_logits, &gm, a->grads, &a->base_value);
     }
     if (status == PB_OK && !(a->positions = malloc(sizeof(int) * (size_t)p->base.T)))
         status = pb_fail(PB_ERR_OOM, "atp: out of memory for %d positions", p->base.T);

@@ -12,7 +12,6 @@
 #include "attribution/grad_ref.h"
 #include "backend/backend.h"
 #include "model/capture.h"
-#include "model/forward.h"
 #include "model/model.h"
 #include "patching/metric.h"
 #include "util/internal.h"
@@ -22,7 +21,7 @@ typedef struct grad_ctx {
     const pb_model_config *c;
     pb_backend *ref; /* naive ops on host memory: the recomputations */
     int T;
-    pb_capture *acts;  /* the forward's activations */
+    pb_capture *acts;  /* the forward's activations (the caller's) */
     pb_capture *grads; /* the caller's: what it asks for */
     float *w;          /* (largest matrix) one weight matrix as f32 */
     float *vec[2];     /* (widest vector) a norm's weight and bias */
@@ -524,32 +523,51 @@ static void ctx_free(grad_ctx *g) {
     free(g->dxn);
     free(g->probs);
     free(g->neg_pos);
-    pb_capture_free(g->acts);
     pb_backend_destroy(g->ref);
 }
 
-/* The forward: the activations of every layer and the logits. */
-static pb_status forward(grad_ctx *g, const int32_t *ids, const float *embed_delta, float **logits) {
-    *logits = malloc(sizeof(float) * (size_t)g->T * (size_t)g->c->vocab_size);
-    if (!*logits)
-        return pb_fail(PB_ERR_OOM, "gradient: out of memory for %d tokens' logits", g->T);
-    PB_TRY(pb_capture_create(&g->acts, g->m, "blocks.*"));
-    pb_forward_extras extras = {.embed_delta = embed_delta};
-    return pb_forward_ex(g->m, ids, g->T, &extras, *logits, g->acts);
+/* The kinds the backward reads at every layer of acts (grad_ref.h). */
+static pb_status check_acts(const pb_model_config *c, pb_capture *acts) {
+    static const pb_hook_kind kinds[] = {PB_HOOK_RESID_PRE,  PB_HOOK_Q,          PB_HOOK_K,
+                                         PB_HOOK_V,          PB_HOOK_ROT_Q,      PB_HOOK_ROT_K,
+                                         PB_HOOK_RESID_MID,  PB_HOOK_RESID_POST, PB_HOOK_ATTN_POST_IN,
+                                         PB_HOOK_MLP_POST_IN};
+    for (int L = 0; L < c->n_layers; L++)
+        for (size_t k = 0; k < sizeof kinds / sizeof kinds[0]; k++)
+            if (pb_hook_kind_exists(kinds[k], c) && !pb_capture_find(acts, kinds[k], L)) {
+                char name[96];
+                pb_hook_name(kinds[k], L, name, sizeof name);
+                return pb_fail(PB_ERR_ARG, "gradient: the forward's captures lack %s (capture \"blocks.*\")", name);
+            }
+    return PB_OK;
 }
 
 pb_status pb_grad_reference(pb_model *m, const int32_t *ids, int T, const pb_grad_metric *metric, pb_capture *grads,
                             double *value) {
-    return pb_grad_reference_ex(m, ids, T, NULL, metric, grads, value);
-}
-
-pb_status pb_grad_reference_ex(pb_model *m, const int32_t *ids, int T, const float *embed_delta,
-                               const pb_grad_metric *metric, pb_capture *grads, double *value) {
     if (!m || !ids || !grads || !value)
         return pb_fail(PB_ERR_ARG, "pb_grad_reference: model, ids, grads and value are required");
     PB_TRY(check_supported(m, metric, T));
-    grad_ctx g = {.m = m, .c = &m->cfg, .T = T, .grads = grads};
-    float *logits = NULL;
+    float *logits = malloc(sizeof(float) * (size_t)T * (size_t)m->cfg.vocab_size);
+    if (!logits)
+        return pb_fail(PB_ERR_OOM, "gradient: out of memory for %d tokens' logits", T);
+    pb_capture *acts = NULL;
+    pb_status status = pb_capture_create(&acts, m, "blocks.*");
+    if (status == PB_OK)
+        status = pb_forward(m, ids, T, logits, acts);
+    if (status == PB_OK)
+        status = pb_grad_reference_from(m, T, acts, logits, metric, grads, value);
+    pb_capture_free(acts);
+    free(logits);
+    return status;
+}
+
+pb_status pb_grad_reference_from(pb_model *m, int T, pb_capture *acts, const float *logits,
+                                 const pb_grad_metric *metric, pb_capture *grads, double *value) {
+    if (!m || !acts || !logits || !grads || !value)
+        return pb_fail(PB_ERR_ARG, "pb_grad_reference_from: model, acts, logits, grads and value are required");
+    PB_TRY(check_supported(m, metric, T));
+    PB_TRY(check_acts(&m->cfg, acts));
+    grad_ctx g = {.m = m, .c = &m->cfg, .T = T, .acts = acts, .grads = grads};
     pb_status status = pb_backend_ref_create(&g.ref);
     if (status == PB_OK)
         status = ctx_alloc(&g);
@@ -560,12 +578,9 @@ pb_status pb_grad_reference_ex(pb_model *m, const int32_t *ids, int T, const flo
                sizeof(float) * (size_t)T * (size_t)grads->entries[i].row_shape[0] *
                    (size_t)(grads->entries[i].n_dims == 3 ? grads->entries[i].row_shape[1] : 1));
     if (status == PB_OK)
-        status = forward(&g, ids, embed_delta, &logits);
-    if (status == PB_OK)
         status = head_backward(&g, metric, logits, value);
     for (int L = m->cfg.n_layers - 1; status == PB_OK && L >= 0; L--)
         status = layer_backward(&g, L);
-    free(logits);
     ctx_free(&g);
     return status;
 }

@@ -37,9 +37,11 @@ typedef struct pb_grad_metric {
  * other than the four on logits is refused by name (PB_ERR_UNSUPPORTED). */
 pb_status pb_grad_reference(pb_model *m, const int32_t *ids, int T, const pb_grad_metric *metric, pb_capture *grads,
                             double *value);
-/* The same with embed_delta (T, d_model; host memory, or NULL) added to the
- * token embeddings: a noise-corrupted run (patching/noise.h). */
-pb_status pb_grad_reference_ex(pb_model *m, const int32_t *ids, int T, const float *embed_delta,
-                               const pb_grad_metric *metric, pb_capture *grads, double *value);
+/* The same from a forward already run (a noise-corrupted one too): acts, a capture of m over T tokens
+ * holding every layer's hook points (pb_capture_create with "blocks.*";
+ * PB_ERR_ARG naming the first one it lacks), and that forward's logits
+ * (T, vocab_size). */
+pb_status pb_grad_reference_from(pb_model *m, int T, pb_capture *acts, const float *logits,
+                                 const pb_grad_metric *metric, pb_capture *grads, double *value);
 
 #endif

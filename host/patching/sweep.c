@@ -1690,6 +1690,7 @@ int64_t pb_sweep_batch_count(const pb_sweep *s) { return s->n_batches; }
 int64_t pb_sweep_tokens_packed(const pb_sweep *s) { return s->tokens_packed; }
 int pb_sweep_metric_on_device(const pb_sweep *s) { return s->metric_on_device; }
 int pb_sweep_metric_is_callback(const pb_sweep *s) { return s->options.metric_fn != NULL; }
+int pb_sweep_metric_position(const pb_sweep *s, int T) { return metric_position(s, T); }
 
 int pb_sweep_site_positions(const pb_sweep *s, int64_t site, int pair, int *out) {
     return resolve_positions(s, &s->sites[site], pair, out);

@@ -26,6 +26,9 @@ int64_t pb_sweep_batch_count(const pb_sweep *sweep);
 int64_t pb_sweep_tokens_packed(const pb_sweep *sweep);
 /* 1 when the metric is computed on the device (the backend's metric_rows). */
 int pb_sweep_metric_on_device(const pb_sweep *sweep);
+/* The metric's token position in a run of T tokens (the spec's, negative
+ * counting from the end). */
+int pb_sweep_metric_position(const pb_sweep *sweep, int T);
 /* 1 when the sweep's metric is the caller's callback (options.metric_fn). */
 int pb_sweep_metric_is_callback(const pb_sweep *sweep);
 /* out (at most the pair's base T) = the base positions site patches in
