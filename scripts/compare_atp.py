@@ -3,21 +3,34 @@
 per-site mean effects from two `patchbay sweep` (or `attribute`) output
 folders, compared over every site both have.
 
-    python3 scripts/compare_atp.py EXACT_DIR ATP_DIR
+    python3 scripts/compare_atp.py EXACT_DIR ATP_DIR [--per-pair]
 
 Prints, for all sites and per component: Spearman's rho of the signed
-effects (AtP's estimate is signed) and of their magnitudes; the recall of
+effects (read it for AtP, whose estimate is signed) and of their magnitudes
+(read rho|.| for AtP*: with GradDrop its estimate is a magnitude, given the
+sign of the total effect); the recall of
 the exact top-10 and top-50 (by |effect|) in the estimate's top-10 and
-top-50; and the worst false negative: the site of the exact top-50 that the
-estimate ranks lowest. Standard library only (no numpy)."""
+top-50 (also over the sites that are not 0 in both: a site where the two
+runs' activations are identical is exactly 0 in both, ties that inflate
+rho); and the worst false negative: the site of the exact top-50 that the
+estimate ranks lowest. --per-pair compares each pair's effects instead of
+the means, one line a pair and their mean: AtP*'s GradDrop estimates a
+pair's |effect|, and a mean of magnitudes is not the magnitude of a mean
+when pairs' effects differ in sign. Standard library only (no numpy)."""
 import json
 import sys
 
 
-def effects(folder):
+def key(s):
+    return (s["component"], s["layer"], s.get("head"), s.get("position"))
+
+
+def effects(folder, pair=None):
     r = json.load(open(f"{folder}/results.json"))
-    key = lambda s: (s["component"], s["layer"], s.get("head"), s.get("position"))
-    return {key(s): s["effect"] for s in r["sites"] if s["effect"] is not None}, r.get("method", "exact")
+    if pair is None:
+        return {key(s): s["effect"] for s in r["sites"] if s["effect"] is not None}, r.get("method", "exact")
+    return {key(s): s["per_pair_effect"][pair] for s in r["sites"]
+            if s.get("per_pair_effect") and s["per_pair_effect"][pair] is not None}, r.get("method", "exact")
 
 
 def ranks(values):
@@ -47,15 +60,38 @@ def top(values, k):
     return set(sorted(range(len(values)), key=lambda i: -abs(values[i]))[:k])
 
 
+def measures(e, a):
+    out = [spearman(a, e), spearman([abs(v) for v in a], [abs(v) for v in e])]
+    return out + [len(top(e, k) & top(a, k)) / k if len(e) >= k else float("nan") for k in (10, 50)]
+
+
+def line(name, n, m):
+    return (f"{name:10s} {n:5d} sites  rho {m[0]:+.3f}  rho|.| {m[1]:+.3f}"
+            f"  recall@10 {m[2]:.2f}  recall@50 {m[3]:.2f}")
+
+
 def report(name, keys, e, a):
-    line = f"{name:10s} {len(keys):5d} sites  rho {spearman(a, e):+.3f}  rho|.| {spearman([abs(v) for v in a], [abs(v) for v in e]):+.3f}"
-    for k in (10, 50):
-        if len(keys) >= k:
-            line += f"  recall@{k} {len(top(e, k) & top(a, k)) / k:.2f}"
-    print(line)
+    print(line(name, len(keys), measures(e, a)))
+
+
+def per_pair(exact_dir, atp_dir):
+    n = json.load(open(f"{exact_dir}/results.json"))["n_pairs"]
+    rows, counts = [], []
+    for i in range(n):
+        exact, _ = effects(exact_dir, i)
+        atp, _ = effects(atp_dir, i)
+        keys = sorted(k for k in exact if k in atp)
+        idx = [k for k in keys if exact[k] != 0 or atp[k] != 0]
+        rows.append(measures([exact[k] for k in idx], [atp[k] for k in idx]))
+        counts.append(len(idx))
+        print(line(f"pair {i}", len(idx), rows[-1]) + "  (sites not 0 in both)")
+    print(line("mean", round(sum(counts) / n), [sum(r[j] for r in rows) / len(rows) for j in range(4)]))
 
 
 def main():
+    if "--per-pair" in sys.argv[3:]:
+        per_pair(sys.argv[1], sys.argv[2])
+        return
     exact, m1 = effects(sys.argv[1])
     atp, m2 = effects(sys.argv[2])
     keys = sorted(k for k in exact if k in atp)
@@ -63,6 +99,10 @@ def main():
     e = [exact[k] for k in keys]
     a = [atp[k] for k in keys]
     report("all", keys, e, a)
+    # Sites where both runs' activations are identical are exactly 0 in both
+    # (ties that inflate rho); the rest, alone:
+    idx = [i for i in range(len(keys)) if e[i] != 0 or a[i] != 0]
+    report("nonzero", [keys[i] for i in idx], [e[i] for i in idx], [a[i] for i in idx])
     for comp in sorted({k[0] for k in keys}):
         idx = [i for i, k in enumerate(keys) if k[0] == comp]
         report(comp, [keys[i] for i in idx], [e[i] for i in idx], [a[i] for i in idx])

@@ -1,6 +1,7 @@
-"""Attribution patching (AtP; Nanda 2023, Syed et al. 2023) on a sweep spec,
-in PyTorch: the reference for patchbay's "method": "atp"
-(host/attribution/atp.c, tests/test_atp.c; issue 18).
+"""Attribution patching (AtP; Nanda 2023, Syed et al. 2023) and AtP*
+(Kramar et al. 2024) on a sweep spec, in PyTorch: the reference for
+patchbay's "method": "atp" and "atp*" (host/attribution/atp.c, qk_fix.c,
+tests/test_atp.c; issue 18).
 
 For every row of a spec (a site of a pair, expanded by the patching
 oracle, scripts/patching_oracle.py) the estimate of the patched metric is
@@ -13,13 +14,31 @@ taken from the oracle's base and source runs, the gradient by autograd at
 the base run (the hooks of scripts/make_grad_reference.py). Nothing here is
 shared with the C engine.
 
-Written to tests/fixtures/atp/<case>/: spec.json (the patching fixture's,
-tests/fixtures/patching/<case>/spec.json, with "method": "atp") and
-expected.json: per pair the base and source metrics, per row its site and
-the estimated patched value of each pair.
+AtP* changes two things, each switchable:
+
+  QK fix     for a q or k site the estimate is instead
+               sum over heads, query rows t and keys s of
+               (A'[t, s] - A[t, s]) * d metric / d A[t, s]
+             A the base run's attention probabilities at the site's layer
+             (the eager attention's weights, as they multiply the values),
+             A' the same from a forward of the base run with the site
+             patched (the oracle's patch hooks), the gradient by autograd
+             at A (retain_grad on the weights).
+  GradDrop   for every layer l, the whole backward again with layer l's
+             two writes into the residual (its attn_out and mlp_out
+             modules' outputs) passing no gradient (output.detach() + 0 *
+             output); the row's value is
+               sign(source - base) * (1 / (L - 1)) * sum over l of |estimate_l|
+             each estimate_l with the QK fix when that is on.
+
+Written to tests/fixtures/atp/<case>/ (AtP) or tests/fixtures/atp_star/
+<case>[_qk_fix|_grad_drop]/ (AtP*, both corrections or one): spec.json (the
+patching fixture's, tests/fixtures/patching/<case>/spec.json, with its
+method and "atp_star") and expected.json: per pair the base and source
+metrics, per row its site and the estimated patched value of each pair.
 Needs torch, transformers and numpy; CI reads the committed files only.
 
-  python scripts/make_atp_reference.py [--cases NAME,...]
+  python scripts/make_atp_reference.py [--cases NAME,...] [--star [--qk-fix-only|--grad-drop-only]]
 """
 
 from __future__ import annotations
@@ -38,6 +57,7 @@ from make_grad_reference import Taps  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
 OUT = FIXTURES / "atp"
+OUT_STAR = FIXTURES / "atp_star"
 CASES = ["tiny_gqa_denoise_logit_diff", "tiny_gqa_noise_logprob", "tiny_gqa_interchange", "tiny_bias_kl",
          "tiny_gqa_gaussian_noise",
          "tiny_qwen3_noising", "tiny_gemma2_denoising", "tiny_gpt_neox_denoising", "tiny_olmo2_denoising"]
@@ -64,16 +84,84 @@ def metric_torch(metric: po.Metric, logits: torch.Tensor, ref_logprobs) -> torch
     return (ref_logprobs.exp() * (ref_logprobs - torch.log_softmax(x, 0))).sum()
 
 
-def base_gradients(oracle: po.Oracle, metric: po.Metric, pair: po.Pair, ref_logprobs) -> dict[str, torch.Tensor]:
+class Patterns:
+    """Each layer's attention probabilities (the attention module's second
+    output: the eager weights that multiply the values), optionally kept with
+    retain_grad."""
+
+    def __init__(self, oracle: po.Oracle, grad: bool, layers=None):
+        self.handles, self.weights = [], {}
+        for i, mods in enumerate(oracle.modules):
+            if layers is not None and i not in layers:
+                continue
+
+            def hook(mod, args, output, i=i):
+                w = output[1]
+                assert isinstance(w, torch.Tensor) and w.dim() == 4, type(w)
+                if grad:
+                    w.retain_grad()
+                self.weights[i] = w
+            self.handles.append(mods["attn"].register_forward_hook(hook))
+
+    def close(self):
+        for h in self.handles:
+            h.remove()
+
+
+def drop_hooks(oracle: po.Oracle, layer: int | None) -> list:
+    """GradDrop at `layer`: its attn_out and mlp_out outputs pass no gradient."""
+    if layer is None:
+        return []
+    mods = oracle.modules[layer]
+
+    def hook(mod, args, output):
+        t = po._first_tensor(output)
+        return po._replace_first(output, t.detach() + 0.0 * t)
+    return [mods["attn_out"].register_forward_hook(hook), mods["mlp_out"].register_forward_hook(hook)]
+
+
+def base_gradients(oracle: po.Oracle, metric: po.Metric, pair: po.Pair, ref_logprobs,
+                   drop: int | None = None) -> tuple[dict[str, torch.Tensor], dict[int, torch.Tensor]]:
+    """The hook points' gradients and each layer's pattern gradient (H, T, T)."""
     model = oracle.model
     taps = Taps(model)
+    patterns = Patterns(oracle, grad=True)
+    drops = drop_hooks(oracle, drop)
     with torch.enable_grad():
         embeds = oracle.embeds(pair.base).detach().requires_grad_(True)
         logits = model(inputs_embeds=embeds).logits[0]
         metric_torch(metric, logits[metric.resolve_position(pair.base.T)], ref_logprobs).backward()
-    grads = {k: torch.from_numpy(v) for k, v in taps.grads().items()}
+    raw = taps.grads()
+    grads = {k: torch.from_numpy(v) for k, v in raw.items()}
+    dpattern = {i: (w.grad[0] if w.grad is not None else torch.zeros_like(w[0])).detach().to(torch.float64)
+                for i, w in patterns.weights.items()}
+    for h in drops:
+        h.remove()
+    patterns.close()
     taps.close()
-    return grads
+    return grads, dpattern
+
+
+def patched_pattern(oracle: po.Oracle, pair: po.Pair, runs: po.PairRuns, site: po.Site, i: int) -> torch.Tensor:
+    """(H, T, T) float64: the layer's attention probabilities with the site patched."""
+    src_pos = [pair.position_map[p] for p in site.positions[i]]
+    patch = po.Patch(site.component, site.layer, site.head, list(site.positions[i]),
+                     po.source_values(oracle, runs.source_acts, site.component, site.layer, site.head, src_pos))
+    patterns = Patterns(oracle, grad=False, layers={site.layer})
+    with torch.no_grad():
+        oracle.forward(pair.base, [patch])
+    w = patterns.weights[site.layer][0].detach().to(torch.float64)
+    patterns.close()
+    return w
+
+
+def base_patterns(oracle: po.Oracle, pair: po.Pair) -> dict[int, torch.Tensor]:
+    patterns = Patterns(oracle, grad=False)
+    with torch.no_grad():
+        oracle.forward(pair.base)
+    out = {i: w[0].detach().to(torch.float64) for i, w in patterns.weights.items()}
+    patterns.close()
+    return out
 
 
 def estimate(site: po.Site, i: int, pair: po.Pair, runs: po.PairRuns, grads: dict) -> float:
@@ -89,7 +177,34 @@ def estimate(site: po.Site, i: int, pair: po.Pair, runs: po.PairRuns, grads: dic
     return float(total)
 
 
-def reference(case: str) -> None:
+def star_rows(oracle, metric, pairs, runs, sites, qk_fix: bool, grad_drop: bool) -> list[list[float]]:
+    """Per site, per pair: the AtP* estimate of patched - base."""
+    L = oracle.n_layers
+    out = [[0.0] * len(pairs) for _ in sites]
+    for i, (pair, r) in enumerate(zip(pairs, runs)):
+        passes = [base_gradients(oracle, metric, pair, r.ref_logprobs)]
+        if grad_drop:
+            passes += [base_gradients(oracle, metric, pair, r.ref_logprobs, drop=l) for l in range(L)]
+        base_p = base_patterns(oracle, pair) if qk_fix else None
+        for k, site in enumerate(sites):
+            moved = None
+            if qk_fix and site.component in ("q", "k"):
+                moved = patched_pattern(oracle, pair, r, site, i) - base_p[site.layer]
+
+            def one(grads, dpattern):
+                if moved is not None:
+                    return float((moved * dpattern[site.layer]).sum())
+                return estimate(site, i, pair, r, grads)
+            if not grad_drop:
+                out[k][i] = one(*passes[0])
+            else:
+                total = sum(abs(one(*p)) for p in passes[1:])
+                sign = 1.0 if r.source_value >= r.base_value else -1.0
+                out[k][i] = sign * total / (L - 1)
+    return out
+
+
+def reference(case: str, star: tuple[bool, bool] | None = None) -> None:
     from transformers import AutoModelForCausalLM
 
     case_dir = FIXTURES / "patching" / case
@@ -103,14 +218,21 @@ def reference(case: str) -> None:
     sites = po.expand_sites(spec, pairs, oracle)
     with torch.no_grad():
         runs = po.baseline_runs(oracle, metric, pairs)
-    grads = [base_gradients(oracle, metric, pair, r.ref_logprobs) for pair, r in zip(pairs, runs)]
+    if star is None:
+        grads = [base_gradients(oracle, metric, pair, r.ref_logprobs)[0] for pair, r in zip(pairs, runs)]
+        est = [[estimate(site, i, pair, r, grads[i]) for i, (pair, r) in enumerate(zip(pairs, runs))]
+               for site in sites]
+        out, method, extra = OUT / case, "atp", {}
+    else:
+        est = star_rows(oracle, metric, pairs, runs, sites, *star)
+        suffix = "" if all(star) else "_qk_fix" if star[0] else "_grad_drop"
+        out, method = OUT_STAR / (case + suffix), "atp*"
+        extra = {"atp_star": {"qk_fix": star[0], "grad_drop": star[1]}}
     rows = []
-    for site in sites:
-        patched = [r.base_value + estimate(site, i, pair, r, grads[i])
-                   for i, (pair, r) in enumerate(zip(pairs, runs))]
+    for site, e in zip(sites, est):
+        patched = [r.base_value + x for r, x in zip(runs, e)]
         rows.append({"component": site.component, "layer": site.layer, "head": site.head,
                      "spec_position": site.spec_position, "positions": site.positions, "patched": patched})
-    out = OUT / case
     out.mkdir(parents=True, exist_ok=True)
     record = {
         "magic": "patchbay-fixture",
@@ -120,22 +242,29 @@ def reference(case: str) -> None:
         "transformers": __import__("transformers").__version__,
         "model": name,
         "spec_from": f"tests/fixtures/patching/{case}/spec.json",
-        "method": "atp",
+        "method": method,
+        **extra,
         "pairs": [{"base": r.base_value, "source": r.source_value} for r in runs],
         "rows": rows,
     }
     (out / "expected.json").write_text(json.dumps(record, indent=1) + "\n")
-    (out / "spec.json").write_text(json.dumps(dict(spec, method="atp"), indent=1) + "\n")
-    print(f"{case}: {len(rows)} rows x {len(pairs)} pairs")
+    (out / "spec.json").write_text(json.dumps(dict(spec, method=method, **extra), indent=1) + "\n")
+    print(f"{out.name}: {method} {extra}, {len(rows)} rows x {len(pairs)} pairs")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cases", default=",".join(CASES))
+    ap.add_argument("--star", action="store_true", help="AtP* (both corrections unless one is named)")
+    ap.add_argument("--qk-fix-only", action="store_true")
+    ap.add_argument("--grad-drop-only", action="store_true")
     args = ap.parse_args()
+    star = None
+    if args.star:
+        star = (not args.grad_drop_only, not args.qk_fix_only)
     torch.manual_seed(0)
     for case in args.cases.split(","):
-        reference(case)
+        reference(case, star)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
-/* Attribution patching ("method": "atp", attribution/atp.h) against an
- * independent PyTorch implementation of the same formula
- * (tests/fixtures/atp/<case>, from scripts/make_atp_reference.py: the
- * patching oracle's runs and sites, autograd's gradient at the base run):
+/* Attribution patching ("method": "atp" and "atp*", attribution/atp.h)
+ * against an independent PyTorch implementation of the same formulas
+ * (tests/fixtures/atp/<case> and atp_star/<case>[_qk_fix|_grad_drop], from
+ * scripts/make_atp_reference.py: the patching oracle's runs, sites and
+ * patched forwards, autograd's gradients at the base run, GradDrop's by
+ * detaching a layer's writes):
  * every row's estimated patched metric of every pair within
  * PB_TOL_ATP_ESTIMATE, on the patching fixtures' specs (modes, metrics and
  * families vary, noise corruption included), reference and CPU backends;
@@ -114,7 +116,8 @@ static int check_case(const tu_oracle_case *c, void *ctx) {
         json_error_t err;
         json_t *written = json_load_file(results, 0, &err);
         assert_non_null(written);
-        assert_string_equal(json_string_value(json_object_get(written, "method")), "atp");
+        assert_string_equal(json_string_value(json_object_get(written, "method")),
+                            json_string_value(json_object_get(want, "method")));
         json_decref(written);
         tu_remove_tree(dir);
     }
@@ -136,6 +139,21 @@ static void test_against_pytorch_cpu(void **state) {
     (void)state;
     atp_setup setup = {PB_BACKEND_CPU, 0};
     assert_true(tu_visit_cases("atp", check_case, &setup) >= 9);
+}
+
+/* AtP*: both corrections on the 9 specs, the QK fix alone on 4 (Qwen3's
+ * and OLMo-2's q/k norms, Gemma 2's soft-cap and window, GQA keys), and
+ * GradDrop alone on 2 (a parallel block among them). */
+static void test_star_reference(void **state) {
+    (void)state;
+    atp_setup setup = {PB_BACKEND_REFERENCE, 0};
+    assert_true(tu_visit_cases("atp_star", check_case, &setup) >= 15);
+}
+
+static void test_star_cpu(void **state) {
+    (void)state;
+    atp_setup setup = {PB_BACKEND_CPU, 0};
+    assert_true(tu_visit_cases("atp_star", check_case, &setup) >= 15);
 }
 
 /* "verify": the checked sites are the estimate's top by |effect| and a
@@ -242,7 +260,7 @@ static void test_refusals(void **state) {
     assert_int_equal(pb_sweep_run(s), PB_ERR_UNSUPPORTED);
     assert_non_null(strstr(pb_last_error(), "not projection"));
     pb_sweep_free(s);
-    json_object_set_new(root, "method", json_string("atp*"));
+    json_object_set_new(root, "method", json_string("atp**"));
     free(text);
     text = json_dumps(root, JSON_COMPACT);
     s = NULL;
@@ -259,6 +277,8 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_against_pytorch_reference),
         cmocka_unit_test(test_against_pytorch_cpu),
+        cmocka_unit_test(test_star_reference),
+        cmocka_unit_test(test_star_cpu),
         cmocka_unit_test(test_verify),
         cmocka_unit_test(test_refusals),
     };

@@ -271,12 +271,102 @@ static void test_from_forward(void **state) {
     pb_model_free(m);
 }
 
+/* Floats of a capture entry over T tokens. */
+static size_t entry_size(const pb_capture_entry *e, int T) {
+    if (e->kind == PB_HOOK_PATTERN) /* (n_heads, T, T) */
+        return (size_t)e->row_shape[0] * (size_t)T * (size_t)T;
+    return (size_t)e->row_shape[0] * (size_t)(e->n_dims == 3 ? e->row_shape[1] : 1) * (size_t)T;
+}
+
+static int all_zero(const pb_capture_entry *e, int T) {
+    for (size_t i = 0; i < entry_size(e, T); i++)
+        if (e->data[i] != 0.0f)
+            return 0;
+    return 1;
+}
+
+#define GRAD_HOOKS \
+    "blocks.*.hook_resid_*,blocks.*.hook_attn_out,blocks.*.hook_mlp_out,blocks.*.attn.hook_[zqkv],blocks.*.attn.hook_pattern"
+
+/* The attention pattern's gradient is the value-side identity
+ * dA[h, i, j] = dz[i, h] . v[j, group(h)] (z's gradient is checked against
+ * autograd above). GradDrop at layer l (AtP*): the gradients above l are
+ * the whole pass's, l's own points zero, its residual points all equal to
+ * the whole pass's resid_post there, and something below l moves; a pass
+ * resumed at l from that resid_post equals it bit for bit at l and below
+ * and leaves the layers above zero. */
+static void test_pattern_and_drop(void **state) {
+    (void)state;
+    pb_model *m = tu_load_model("tiny_gqa", "model.gguf", PB_BACKEND_REFERENCE);
+    const pb_model_config *c = pb_model_get_config(m);
+    grad_case gc;
+    read_case(&gc, "tiny_gqa", m);
+    int T = gc.T, L = c->n_layers, H = c->n_heads, hd = c->head_dim, group = c->n_heads / c->n_kv_heads, drop = L - 1;
+    pb_capture *acts = NULL, *full = NULL, *dropped = NULL, *resumed = NULL;
+    CHECK_OK(pb_capture_create(&acts, m, "blocks.*"));
+    CHECK_OK(pb_capture_create(&full, m, GRAD_HOOKS));
+    CHECK_OK(pb_capture_create(&dropped, m, GRAD_HOOKS));
+    CHECK_OK(pb_capture_create(&resumed, m, GRAD_HOOKS));
+    float *logits = malloc(sizeof(float) * (size_t)T * (size_t)c->vocab_size);
+    assert_non_null(logits);
+    CHECK_OK(pb_forward(m, gc.ids, T, logits, acts));
+    double v_full, v_drop;
+    CHECK_OK(pb_grad_reference_from(m, T, acts, logits, &gc.metric, full, &v_full));
+    double worst = 0.0;
+    for (int l = 0; l < L; l++) {
+        const float *dA = pb_capture_find(full, PB_HOOK_PATTERN, l)->data;
+        const float *dz = pb_capture_find(full, PB_HOOK_Z, l)->data, *v = pb_capture_find(acts, PB_HOOK_V, l)->data;
+        for (int h = 0; h < H; h++)
+            for (int i = 0; i < T; i++)
+                for (int j = 0; j <= i; j++) {
+                    double want = 0.0;
+                    for (int e = 0; e < hd; e++)
+                        want += (double)dz[(size_t)i * H * hd + (size_t)h * hd + e] *
+                                v[(size_t)j * c->n_kv_heads * hd + (size_t)(h / group) * hd + e];
+                    double got = dA[((size_t)h * T + i) * T + j];
+                    worst = fmax(worst, fabs(got - want) / (fabs(want) + 1e-6));
+                    assert_true(fabs(got - want) <= 1e-5 * (fabs(want) + 1e-6));
+                }
+    }
+    printf("[ MEASURE  ] pattern gradient vs dz . v: worst relative %.2e\n", worst);
+    pb_grad_drop d = {drop, NULL};
+    CHECK_OK(pb_grad_reference_drop(m, T, acts, logits, &gc.metric, &d, dropped, &v_drop));
+    assert_true(v_drop == v_full);
+    d.resid_post_grad = pb_capture_find(full, PB_HOOK_RESID_POST, drop)->data;
+    CHECK_OK(pb_grad_reference_drop(m, T, acts, NULL, &gc.metric, &d, resumed, NULL));
+    int moved = 0;
+    for (int k = 0; k < pb_capture_count(full); k++) {
+        pb_capture_entry *f = &full->entries[k], *e = &dropped->entries[k], *r = &resumed->entries[k];
+        size_t bytes = sizeof(float) * entry_size(f, T);
+        int residual = f->kind == PB_HOOK_RESID_PRE || f->kind == PB_HOOK_RESID_MID || f->kind == PB_HOOK_RESID_POST;
+        if (f->layer > drop) {
+            assert_memory_equal(e->data, f->data, bytes);
+            assert_true(all_zero(r, T));
+            continue;
+        }
+        assert_memory_equal(r->data, e->data, bytes);
+        if (f->layer == drop && residual)
+            assert_memory_equal(e->data, pb_capture_find(full, PB_HOOK_RESID_POST, drop)->data, bytes);
+        else if (f->layer == drop)
+            assert_true(all_zero(e, T));
+        else
+            moved += memcmp(e->data, f->data, bytes) != 0;
+    }
+    assert_true(moved > 0);
+    free(logits);
+    pb_capture_free(acts);
+    pb_capture_free(full);
+    pb_capture_free(dropped);
+    pb_capture_free(resumed);
+    free_case(&gc);
+    pb_model_free(m);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_against_autograd_reference),
-        cmocka_unit_test(test_against_autograd_cpu),
-        cmocka_unit_test(test_finite_difference),
-        cmocka_unit_test(test_from_forward),
+        cmocka_unit_test(test_against_autograd_reference), cmocka_unit_test(test_against_autograd_cpu),
+        cmocka_unit_test(test_finite_difference),          cmocka_unit_test(test_from_forward),
+        cmocka_unit_test(test_pattern_and_drop),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

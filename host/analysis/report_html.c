@@ -665,6 +665,28 @@ static void put_card(FILE *f, const char *key, const char *value) {
     fputs("</div></div>\n", f);
 }
 
+/* The warning naming the pairs left out of every mean (below the effect floor), if any. */
+static void put_pairs_below(FILE *f, const pb_sweep_view *v) {
+    int interchange = v->summary.mode == PB_MODE_INTERCHANGE;
+    int n_below = pb_sweep_view_pairs_below(v);
+    if (n_below) {
+        fprintf(f,
+                "<div class=\"warn\"><b>%d of %d pairs are below the effect floor</b> (|%s − %s| &lt; %g): their "
+                "normalised effects are undefined and they are left out of every mean.<ul>",
+                n_below, v->n_pairs, interchange ? "source" : "clean", interchange ? "base" : "corrupted",
+                v->spec->effect_floor);
+        for (int i = 0; i < v->n_pairs; i++) {
+            if (v->pair_usable[i])
+                continue;
+            double clean, corrupted;
+            pb_sweep_view_pair_values(v, i, &clean, &corrupted);
+            fprintf(f, "<li>pair %d: %s %.6f, %s %.6f</li>", i, interchange ? "source" : "clean", clean,
+                    interchange ? "base" : "corrupted", corrupted);
+        }
+        fputs("</ul></div>\n", f);
+    }
+}
+
 static void put_summary(FILE *f, const pb_sweep_view *v, const pb_report_extras *extras) {
     const pb_sweep_summary *sum = &v->summary;
     const pb_model_config *cfg = v->cfg;
@@ -709,6 +731,9 @@ static void put_summary(FILE *f, const pb_sweep_view *v, const pb_report_extras 
             sum->mode == PB_MODE_DENOISING ? "run corrupted, patch clean activations in: sufficiency"
             : sum->mode == PB_MODE_NOISING ? "run clean, patch corrupted activations in: necessity"
                                            : "run base, patch source activations in at mapped positions");
+    fputs("<tr><th>Method</th><td>", f);
+    put_text(f, pb_sweep_method_description(v->spec));
+    fputs("</td></tr>\n", f);
     fputs("<tr><th>Metric</th><td>", f);
     char *metric = NULL;
     size_t metric_size = 0;
@@ -747,23 +772,7 @@ static void put_summary(FILE *f, const pb_sweep_view *v, const pb_report_extras 
         fprintf(f,
                 "<p class=\"warn\">Only %lld of %lld rows are done: the effects of the rest are missing (grey).</p>\n",
                 (long long)sum->n_rows_done, (long long)sum->n_rows);
-    int n_below = pb_sweep_view_pairs_below(v);
-    if (n_below) {
-        fprintf(f,
-                "<div class=\"warn\"><b>%d of %d pairs are below the effect floor</b> (|%s − %s| &lt; %g): their "
-                "normalised effects are undefined and they are left out of every mean.<ul>",
-                n_below, v->n_pairs, interchange ? "source" : "clean", interchange ? "base" : "corrupted",
-                v->spec->effect_floor);
-        for (int i = 0; i < v->n_pairs; i++) {
-            if (v->pair_usable[i])
-                continue;
-            double clean, corrupted;
-            pb_sweep_view_pair_values(v, i, &clean, &corrupted);
-            fprintf(f, "<li>pair %d: %s %.6f, %s %.6f</li>", i, interchange ? "source" : "clean", clean,
-                    interchange ? "base" : "corrupted", corrupted);
-        }
-        fputs("</ul></div>\n", f);
-    }
+    put_pairs_below(f, v);
 }
 
 static void put_top_sites(FILE *f, const pb_sweep_view *v, const component_sites *cs, const labels *l,

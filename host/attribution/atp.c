@@ -10,6 +10,7 @@
 
 #include "attribution/atp.h"
 #include "attribution/grad_ref.h"
+#include "attribution/qk_fix.h"
 #include "model/capture.h"
 #include "model/components.h"
 #include "model/forward.h"
@@ -24,17 +25,25 @@
 
 typedef struct atp_pair {
     pb_capture *base, *source, *grads;
+    pb_capture *drop_grads; /* GradDrop: one pass's gradients */
+    pb_qk_fix *qk;          /* with the QK fix */
+    pb_grad_metric metric;  /* the base run's metric, for the gradient passes */
+    int T;                  /* the base run's tokens */
     double base_value, source_value;
-    double *ref_logprobs; /* kl: the clean run's, (vocab) */
-    int *positions;       /* (base T) */
+    double *ref_logprobs;  /* kl: the clean run's, (vocab) */
+    int *positions;        /* (base T) */
+    int *source_positions; /* (base T) */
 } atp_pair;
 
 static void pair_free(atp_pair *a) {
     pb_capture_free(a->base);
     pb_capture_free(a->source);
     pb_capture_free(a->grads);
+    pb_capture_free(a->drop_grads);
+    pb_qk_fix_free(a->qk);
     free(a->ref_logprobs);
     free(a->positions);
+    free(a->source_positions);
     memset(a, 0, sizeof *a);
 }
 
@@ -42,9 +51,38 @@ static pb_status check_supported(const pb_sweep *s) {
     const pb_sweep_spec *spec = pb_sweep_spec_of(s);
     if (pb_sweep_metric_is_callback(s) || spec->metric.kind == PB_METRIC_PROJECTION)
         return pb_fail(PB_ERR_UNSUPPORTED,
-                       "\"method\": \"atp\" estimates metrics on the logits (logit_diff, "
+                       "\"method\": \"%s\" estimates metrics on the logits (logit_diff, "
                        "logprob, refusal_score, kl), not %s",
+                       pb_sweep_method_name(spec->method),
                        pb_sweep_metric_is_callback(s) ? "a callback metric" : "projection");
+    if (spec->grad_drop && pb_sweep_model(s)->cfg.n_layers < 2)
+        return pb_fail(PB_ERR_UNSUPPORTED, "GradDrop averages over the other layers; this model has one");
+    return PB_OK;
+}
+
+/* The gradients' hook points: every component's, and with the QK fix the
+ * attention pattern of each layer holding a q or k site. *out malloc'd. */
+static pb_status gradient_hooks(const pb_sweep *s, char **out) {
+    const pb_sweep_spec *spec = pb_sweep_spec_of(s);
+    int L = pb_sweep_model(s)->cfg.n_layers;
+    char *text = malloc(sizeof ATP_HOOKS + (size_t)L * 40);
+    char *flags = calloc((size_t)L, 1);
+    if (!text || !flags) {
+        free(text);
+        free(flags);
+        return pb_fail(PB_ERR_OOM, "atp: out of memory");
+    }
+    size_t used = (size_t)sprintf(text, "%s", ATP_HOOKS);
+    for (int64_t i = 0, n = pb_sweep_site_count(s); spec->qk_fix && i < n; i++) {
+        pb_site_result r;
+        if (pb_sweep_get_site(s, i, &r) == PB_OK && (r.component == PB_COMPONENT_Q || r.component == PB_COMPONENT_K))
+            flags[r.layer] = 1;
+    }
+    for (int l = 0; l < L; l++)
+        if (flags[l])
+            used += (size_t)sprintf(text + used, ",blocks.%d.attn.hook_pattern", l);
+    free(flags);
+    *out = text;
     return PB_OK;
 }
 
@@ -96,7 +134,7 @@ static pb_status capture_run(pb_model *m, const pb_prompt_spec *prompt, const ch
 
 /* The pair's two runs, the base run's gradient from the base run's own
  * forward (its captures hold what the backward reads), both metric values. */
-static pb_status pair_runs(pb_sweep *s, int pair, atp_pair *a) {
+static pb_status pair_runs(pb_sweep *s, int pair, const char *grad_hooks, atp_pair *a) {
     pb_model *m = (pb_model *)(uintptr_t)pb_sweep_model(s);
     const pb_sweep_spec *spec = pb_sweep_spec_of(s);
     const pb_pair_spec *p = &spec->pairs[pair];
@@ -117,267 +155,185 @@ static pb_status pair_runs(pb_sweep *s, int pair, atp_pair *a) {
     if (status == PB_OK) {
         a->source_value = metric_value(spec, p, source_logits + (size_t)pb_sweep_metric_position(s, p->source.T) * V, V,
                                        a->ref_logprobs);
-        pb_grad_metric gm = {spec->metric.kind, pb_sweep_metric_position(s, p->base.T),
-                             p->positive,       p->n_positive,
-                             p->negative,       p->n_negative,
-                             a->ref_logprobs};
-        status = pb_capture_create(&a->grads, m, ATP_HOOKS);
+        a->metric = (pb_grad_metric){spec->metric.kind, pb_sweep_metric_position(s, p->base.T),
+                                     p->positive,       p->n_positive,
+                                     p->negative,       p->n_negative,
+                                     a->ref_logprobs};
+        a->T = p->base.T;
+        status = pb_capture_create(&a->grads, m, grad_hooks);
+        if (status == PB_OK && spec->grad_drop)
+            status = pb_capture_create(&a->drop_grads, m, grad_hooks);
         if (status == PB_OK)
-            status = pb_grad_reference_from(m, p->base.T, a->base, base_logits, &gm, a->grads, &a->base_value);
+            status = pb_grad_reference_from(m, p->base.T, a->base, base_logits, &a->metric, a->grads, &a->base_value);
     }
-    if (status == PB_OK && !(a->positions = malloc(sizeof(int) * (size_t)p->base.T)))
+    if (status == PB_OK && spec->qk_fix)
+        status = pb_qk_fix_create(&a->qk, m, p->base.T, a->base, a->source);
+    a->positions = malloc(sizeof(int) * (size_t)p->base.T);
+    a->source_positions = malloc(sizeof(int) * (size_t)p->base.T);
+    if (status == PB_OK && (!a->positions || !a->source_positions))
         status = pb_fail(PB_ERR_OOM, "atp: out of memory for %d positions", p->base.T);
     free(base_logits);
     free(source_logits);
     return status;
 }
 
-/* The row's estimate of patched - base. */
-static double row_estimate(const pb_sweep *s, int pair, int64_t site, atp_pair *a) {
+/* *estimate of the row's patched - base from the gradients in grads:
+ * the QK fix's for q and k sites when on, else the activation difference
+ * dotted with the gradient over the site's positions and slice. */
+static pb_status row_estimate(const pb_sweep *s, int pair, int64_t site, atp_pair *a, pb_capture *grads,
+                              double *estimate) {
     const pb_sweep_spec *spec = pb_sweep_spec_of(s);
     const pb_model_config *c = &pb_sweep_model(s)->cfg;
     pb_site_result r;
-    if (pb_sweep_get_site(s, site, &r) != PB_OK)
-        return 0.0;
+    *estimate = 0.0;
+    PB_TRY(pb_sweep_get_site(s, site, &r));
+    int n = pb_sweep_site_positions(s, site, pair, a->positions);
+    for (int i = 0; i < n; i++)
+        a->source_positions[i] = spec->pairs[pair].position_map[a->positions[i]];
+    if (a->qk && (r.component == PB_COMPONENT_Q || r.component == PB_COMPONENT_K)) {
+        pb_capture_entry *dp = pb_capture_find(grads, PB_HOOK_PATTERN, r.layer);
+        return pb_qk_fix_estimate(a->qk, r.component, r.layer, r.head, a->positions, a->source_positions, n,
+                                  dp ? dp->data : NULL, estimate);
+    }
     const pb_component_info *info = pb_component_info_of(r.component);
     pb_capture_entry *base = pb_capture_find(a->base, info->hook_kind, r.layer);
     pb_capture_entry *src = pb_capture_find(a->source, info->hook_kind, r.layer);
-    pb_capture_entry *grad = pb_capture_find(a->grads, info->hook_kind, r.layer);
+    pb_capture_entry *grad = pb_capture_find(grads, info->hook_kind, r.layer);
     size_t width = (size_t)base->row_shape[0] * (size_t)(base->n_dims == 3 ? base->row_shape[1] : 1);
     size_t first = r.head >= 0 ? (size_t)r.head * (size_t)c->head_dim : 0;
     size_t len = r.head >= 0 ? (size_t)c->head_dim : width;
-    int n = pb_sweep_site_positions(s, site, pair, a->positions);
     double total = 0.0;
     for (int i = 0; i < n; i++) {
-        int pb = a->positions[i], ps = spec->pairs[pair].position_map[pb];
-        const float *b = base->data + (size_t)pb * width + first, *x = src->data + (size_t)ps * width + first;
-        const float *g = grad->data + (size_t)pb * width + first;
+        const float *b = base->data + (size_t)a->positions[i] * width + first;
+        const float *x = src->data + (size_t)a->source_positions[i] * width + first;
+        const float *g = grad->data + (size_t)a->positions[i] * width + first;
         for (size_t e = 0; e < len; e++)
             total += ((double)x[e] - b[e]) * g[e];
     }
-    return total;
+    *estimate = total;
+    return PB_OK;
+}
+
+static int site_layer(const pb_sweep *s, int64_t site) {
+    pb_site_result r;
+    return pb_sweep_get_site(s, site, &r) == PB_OK ? r.layer : 0;
+}
+
+/* GradDrop: est (n) holds the rows' estimates from the whole gradient on
+ * entry and their AtP* values on return,
+ *
+ *   (1 / (L - 1)) sum over layers l of |estimate with layer l's writes
+ *   passing no gradient back|
+ *
+ * signed as source - base so that the normalised effect is its magnitude.
+ * A drop at l leaves every gradient above l as it was, so the pass for l
+ * starts at l's output and only sites at layers <= l are estimated again. */
+static pb_status grad_drop(pb_sweep *s, int pair, atp_pair *a, const int64_t *rows, int64_t n, double *est) {
+    pb_model *m = (pb_model *)(uintptr_t)pb_sweep_model(s);
+    int64_t n_sites = pb_sweep_site_count(s);
+    int L = m->cfg.n_layers, lowest = L;
+    double *acc = malloc(sizeof(double) * (size_t)(n > 0 ? n : 1));
+    if (!acc)
+        return pb_fail(PB_ERR_OOM, "GradDrop: out of memory for %lld rows", (long long)n);
+    for (int64_t i = 0; i < n; i++) {
+        int layer = site_layer(s, rows[i] % n_sites);
+        acc[i] = layer * fabs(est[i]); /* the drops below the site change nothing there */
+        lowest = layer < lowest ? layer : lowest;
+    }
+    pb_status status = PB_OK;
+    for (int l = lowest; status == PB_OK && l < L; l++) {
+        pb_grad_drop drop = {l, pb_capture_find(a->grads, PB_HOOK_RESID_POST, l)->data};
+        status = pb_grad_reference_drop(m, a->T, a->base, NULL, &a->metric, &drop, a->drop_grads, NULL);
+        for (int64_t i = 0; status == PB_OK && i < n; i++) {
+            double e;
+            if (site_layer(s, rows[i] % n_sites) > l)
+                continue;
+            status = row_estimate(s, pair, rows[i] % n_sites, a, a->drop_grads, &e);
+            acc[i] += fabs(e);
+        }
+    }
+    double sign = a->source_value >= a->base_value ? 1.0 : -1.0;
+    for (int64_t i = 0; status == PB_OK && i < n; i++)
+        est[i] = sign * acc[i] / (L - 1);
+    free(acc);
+    return status;
+}
+
+/* The rows of one pair (those not done yet): its runs, every row's
+ * estimate, GradDrop's when on. */
+static pb_status pair_rows(pb_sweep *s, int pair, const char *grad_hooks, const int64_t *rows, int64_t n) {
+    int64_t *todo = malloc(sizeof(int64_t) * (size_t)(n > 0 ? n : 1)), k = 0;
+    double *est = malloc(sizeof(double) * (size_t)(n > 0 ? n : 1));
+    atp_pair a = {0};
+    pb_status status = todo && est ? PB_OK : pb_fail(PB_ERR_OOM, "atp: out of memory for %lld rows", (long long)n);
+    for (int64_t i = 0; status == PB_OK && i < n; i++)
+        if (pb_sweep_row_state(s, rows[i]) != 1)
+            todo[k++] = rows[i];
+    if (status == PB_OK && k > 0) {
+        if ((status = pair_runs(s, pair, grad_hooks, &a)) == PB_OK)
+            status = pb_sweep_set_pair(s, pair, a.base_value, a.source_value);
+        int64_t n_sites = pb_sweep_site_count(s);
+        for (int64_t i = 0; status == PB_OK && i < k; i++)
+            status = row_estimate(s, pair, todo[i] % n_sites, &a, a.grads, &est[i]);
+        if (status == PB_OK && pb_sweep_spec_of(s)->grad_drop)
+            status = grad_drop(s, pair, &a, todo, k, est);
+        for (int64_t i = 0; status == PB_OK && i < k; i++)
+            status = pb_sweep_set_row(s, todo[i], a.base_value + est[i], 0, 0);
+    }
+    pair_free(&a);
+    free(todo);
+    free(est);
+    return status == PB_OK
+               ? PB_OK
+               : pb_fail_context(status, "%s: pair %d", pb_sweep_method_name(pb_sweep_spec_of(s)->method), pair);
+}
+
+/* *bytes of a capture of pattern over T tokens (pb_capture_prepare's sizes). */
+static pb_status capture_bytes(const pb_model *m, const char *pattern, int T, uint64_t *bytes) {
+    pb_capture *c = NULL;
+    PB_TRY(pb_capture_create(&c, m, pattern));
+    *bytes = 0;
+    for (int i = 0; i < c->count; i++) {
+        const pb_capture_entry *e = &c->entries[i];
+        uint64_t row = pb_hook_is_pattern(e->kind)
+                           ? (uint64_t)e->row_shape[0] * (uint64_t)T
+                           : (uint64_t)e->row_shape[0] * (uint64_t)(e->n_dims == 3 ? e->row_shape[1] : 1);
+        *bytes += sizeof(float) * row * (uint64_t)T;
+    }
+    pb_capture_free(c);
+    return PB_OK;
+}
+
+pb_status pb_atp_peak_bytes(const pb_sweep *s, int T, uint64_t *bytes) {
+    const pb_model *m = pb_sweep_model(s);
+    char *hooks = NULL;
+    uint64_t base, source, grads;
+    PB_TRY(gradient_hooks(s, &hooks));
+    pb_status status = capture_bytes(m, "blocks.*", T, &base);
+    if (status == PB_OK)
+        status = capture_bytes(m, ATP_HOOKS, T, &source);
+    if (status == PB_OK)
+        status = capture_bytes(m, hooks, T, &grads);
+    free(hooks);
+    PB_TRY(status);
+    uint64_t logits = 2 * sizeof(float) * (uint64_t)T * (uint64_t)m->cfg.vocab_size;
+    *bytes = base + source + grads * (pb_sweep_spec_of(s)->grad_drop ? 2 : 1) + logits +
+             pb_grad_reference_scratch_bytes(&m->cfg, T);
+    return PB_OK;
 }
 
 pb_status pb_atp_run_rows(pb_sweep *s, const int64_t *rows, int64_t n_rows) {
     PB_TRY(check_supported(s));
     int64_t n_sites = pb_sweep_site_count(s);
-    atp_pair a = {0};
-    int current = -1;
+    char *hooks = NULL;
+    PB_TRY(gradient_hooks(s, &hooks));
     pb_status status = PB_OK;
-    for (int64_t i = 0; status == PB_OK && i < n_rows; i++) {
+    for (int64_t i = 0, j; status == PB_OK && i < n_rows; i = j) {
         int pair = (int)(rows[i] / n_sites);
-        if (pb_sweep_row_state(s, rows[i]) == 1)
-            continue;
-        if (pair != current) {
-            pair_free(&a);
-            current = pair;
-            if ((status = pair_runs(s, pair, &a)) == PB_OK)
-                status = pb_sweep_set_pair(s, pair, a.base_value, a.source_value);
-            if (status != PB_OK)
-                status = pb_fail_context(status, "atp: pair %d", pair);
-        }
-        if (status == PB_OK)
-            status = pb_sweep_set_row(s, rows[i], a.base_value + row_estimate(s, pair, rows[i] % n_sites, &a), 0, 0);
+        for (j = i + 1; j < n_rows && rows[j] / n_sites == pair;)
+            j++;
+        status = pair_rows(s, pair, hooks, rows + i, j - i);
     }
-    pair_free(&a);
+    free(hooks);
     return status;
-}
-
-/* ---- verification --------------------------------------------------------- */
-
-void pb_atp_verification_free(pb_atp_verification *v) {
-    if (!v)
-        return;
-    free(v->checks);
-    v->checks = NULL;
-}
-
-typedef struct ranked_site {
-    double key; /* sorted descending; NaN last */
-    int64_t site;
-} ranked_site;
-
-static int by_key_descending(const void *pa, const void *pb) {
-    const ranked_site *a = pa, *b = pb;
-    int na = a->key != a->key, nb = b->key != b->key;
-    if (na || nb)
-        return na - nb;
-    return a->key < b->key ? 1 : a->key > b->key ? -1 : (a->site > b->site) - (a->site < b->site);
-}
-
-static uint64_t next_random(uint64_t *state) {
-    uint64_t x = (*state += 0x9e3779b97f4a7c15ull);
-    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-    return x ^ (x >> 31);
-}
-
-static double site_effect(const pb_sweep *s, int64_t site) {
-    pb_site_result r;
-    return pb_sweep_get_site(s, site, &r) == PB_OK ? r.effect : NAN;
-}
-
-/* v->checks: the top sites by |estimate|, then a control sample drawn
- * from the rest (a partial Fisher-Yates shuffle seeded by the spec). */
-static pb_status choose_checks(const pb_sweep *s, pb_atp_verification *v) {
-    int64_t n = pb_sweep_site_count(s);
-    ranked_site *order = malloc(sizeof *order * (size_t)n);
-    if (!order)
-        return pb_fail(PB_ERR_OOM, "verify: out of memory for %lld sites", (long long)n);
-    for (int64_t i = 0; i < n; i++)
-        order[i] = (ranked_site){fabs(site_effect(s, i)), i};
-    qsort(order, (size_t)n, sizeof *order, by_key_descending);
-    int top = v->top < n ? v->top : (int)n;
-    int64_t rest = n - top;
-    int control = v->n_control < rest ? v->n_control : (int)rest;
-    v->checks = calloc((size_t)(top + control > 0 ? top + control : 1), sizeof *v->checks);
-    if (!v->checks) {
-        free(order);
-        return pb_fail(PB_ERR_OOM, "verify: out of memory for %d checks", top + control);
-    }
-    uint64_t state = v->seed;
-    for (int i = 0; i < control; i++) {
-        int64_t j = top + i + (int64_t)(next_random(&state) % (uint64_t)(n - top - i));
-        ranked_site t = order[top + i];
-        order[top + i] = order[j];
-        order[j] = t;
-    }
-    for (int i = 0; i < top + control; i++)
-        v->checks[i] = (pb_atp_check){order[i].site, site_effect(s, order[i].site), NAN, i >= top};
-    v->n_checks = top + control;
-    v->top = top;
-    v->n_control = control;
-    free(order);
-    return PB_OK;
-}
-
-/* The exact mean effects of the checked sites, every pair, from a twin. */
-static pb_status run_exact(const pb_sweep *s, pb_atp_verification *v) {
-    int64_t n_sites = pb_sweep_site_count(s);
-    int n_pairs = pb_sweep_spec_of(s)->n_pairs;
-    pb_sweep *exact = NULL;
-    PB_TRY(pb_sweep_create_exact_twin(s, &exact));
-    int64_t *rows = malloc(sizeof(int64_t) * (size_t)v->n_checks * (size_t)n_pairs + 1);
-    pb_status status = rows ? PB_OK : pb_fail(PB_ERR_OOM, "verify: out of memory for its rows");
-    int64_t k = 0;
-    for (int p = 0; status == PB_OK && p < n_pairs; p++) /* pair-major: one pair's caches at a time */
-        for (int i = 0; i < v->n_checks; i++)
-            rows[k++] = (int64_t)p * n_sites + v->checks[i].site;
-    if (status == PB_OK)
-        status = pb_sweep_run_rows(exact, rows, k);
-    for (int i = 0; status == PB_OK && i < v->n_checks; i++)
-        v->checks[i].exact = site_effect(exact, v->checks[i].site);
-    free(rows);
-    pb_sweep_free(exact);
-    return status;
-}
-
-/* ranks (1-based, ties averaged) of x (n). */
-static void rank_values(const double *x, int n, double *out) {
-    for (int i = 0; i < n; i++) {
-        int below = 0, equal = 0;
-        for (int j = 0; j < n; j++) {
-            below += x[j] < x[i];
-            equal += x[j] == x[i];
-        }
-        out[i] = below + (equal + 1) / 2.0;
-    }
-}
-
-/* Spearman's rho over the checks with both effects defined. */
-static double spearman(const pb_atp_verification *v) {
-    int n = 0;
-    double *x = malloc(sizeof(double) * 4 * (size_t)(v->n_checks + 1)), *y = x + v->n_checks + 1;
-    if (!x)
-        return NAN;
-    for (int i = 0; i < v->n_checks; i++)
-        if (!isnan(v->checks[i].estimate) && !isnan(v->checks[i].exact)) {
-            x[n] = v->checks[i].estimate;
-            y[n++] = v->checks[i].exact;
-        }
-    double *rx = y + v->n_checks + 1, *ry = rx + v->n_checks + 1, sxy = 0, sxx = 0, syy = 0;
-    rank_values(x, n, rx);
-    rank_values(y, n, ry);
-    for (int i = 0; i < n; i++) {
-        double a = rx[i] - (n + 1) / 2.0, b = ry[i] - (n + 1) / 2.0;
-        sxy += a * b;
-        sxx += a * a;
-        syy += b * b;
-    }
-    free(x);
-    return n > 1 && sxx > 0 && syy > 0 ? sxy / sqrt(sxx * syy) : NAN;
-}
-
-/* recall of the exact top among the checks, and the control's misses. */
-static void summarise(pb_atp_verification *v) {
-    ranked_site *order = malloc(sizeof *order * (size_t)(v->n_checks + 1));
-    int hits = 0;
-    double floor = INFINITY;
-    for (int i = 0; order && i < v->n_checks; i++)
-        order[i] = (ranked_site){fabs(v->checks[i].exact), i};
-    if (order)
-        qsort(order, (size_t)v->n_checks, sizeof *order, by_key_descending);
-    for (int i = 0; order && i < v->top; i++)
-        hits += !v->checks[order[i].site].control;
-    v->recall = order && v->top > 0 ? (double)hits / v->top : NAN;
-    for (int i = 0; i < v->top; i++)
-        floor = fmin(floor, fabs(v->checks[i].exact));
-    v->worst_miss = -1;
-    v->misses = 0;
-    for (int i = v->top; i < v->n_checks; i++) {
-        double e = fabs(v->checks[i].exact);
-        v->misses += e > floor;
-        if (!isnan(e) && (v->worst_miss < 0 || e > fabs(v->checks[v->worst_miss].exact)))
-            v->worst_miss = i;
-    }
-    v->spearman = spearman(v);
-    free(order);
-}
-
-pb_status pb_atp_verify(pb_sweep *s) {
-    const pb_sweep_spec *spec = pb_sweep_spec_of(s);
-    if (spec->method != PB_METHOD_ATP || spec->verify_top <= 0)
-        return PB_OK;
-    pb_atp_verification *v = calloc(1, sizeof *v);
-    if (!v)
-        return pb_fail(PB_ERR_OOM, "verify: out of memory");
-    *v = (pb_atp_verification){.top = spec->verify_top, .n_control = spec->verify_control, .seed = spec->verify_seed};
-    pb_status status = choose_checks(s, v);
-    if (status == PB_OK)
-        status = run_exact(s, v);
-    if (status != PB_OK) {
-        pb_atp_verification_free(v);
-        free(v);
-        return pb_fail_context(status, "verifying the estimate");
-    }
-    summarise(v);
-    pb_sweep_set_verification(s, v);
-    return PB_OK;
-}
-
-pb_status pb_atp_verify_summary(pb_sweep *s, char *summary, size_t size) {
-    if (size)
-        summary[0] = 0;
-    if (!pb_sweep_verification(s))
-        PB_TRY(pb_atp_verify(s));
-    const pb_atp_verification *v = pb_sweep_verification(s);
-    if (!v || !size)
-        return PB_OK;
-    int n = snprintf(summary, size,
-                     "verify: the exact engine on the top %d sites by |estimate| and %d control sites: recall of "
-                     "the exact top %d %.2f, Spearman %.3f, %d control sites above the top's smallest |exact|",
-                     v->top, v->n_control, v->top, v->recall, v->spearman, v->misses);
-    if (v->worst_miss >= 0 && n > 0 && (size_t)n < size) {
-        pb_site_result r;
-        const pb_atp_check *c = &v->checks[v->worst_miss];
-        char head[32] = "";
-        if (pb_sweep_get_site(s, c->site, &r) == PB_OK) {
-            int used = r.head >= 0 ? snprintf(head, sizeof head, " head %d", r.head) : 0;
-            if (r.position != INT32_MIN && used >= 0 && (size_t)used < sizeof head)
-                snprintf(head + used, sizeof head - (size_t)used, " position %d", r.position);
-            snprintf(summary + n, size - (size_t)n, " (largest: %s layer %d%s, exact %.3f, estimate %.3f)",
-                     pb_component_name(r.component), r.layer, head, c->exact, c->estimate);
-        }
-    }
-    return PB_OK;
 }

@@ -24,6 +24,13 @@
  * device backend or streamed weights. */
 pb_status pb_atp_run_rows(pb_sweep *s, const int64_t *rows, int64_t n_rows);
 
+/* The estimate's memory at its peak for one pair of T-token runs of m
+ * (beside the weights): the base run's captures of every hook point, the
+ * source run's and the gradients' (twice with GradDrop) of the sites'
+ * hook points, both runs' logits and a gradient pass's scratch. s's spec
+ * says which corrections run and where q/k sites lie. */
+pb_status pb_atp_peak_bytes(const pb_sweep *s, int T, uint64_t *bytes);
+
 /* One verified site: its estimated and exact mean effects. */
 typedef struct pb_atp_check {
     int64_t site;
@@ -36,11 +43,12 @@ typedef struct pb_atp_verification {
     int top, n_control;
     uint64_t seed;
     int n_checks;
-    pb_atp_check *checks; /* top sites by |estimate|, descending, then the control sample */
-    double recall;        /* of the exact top `top` among the checked sites, the share in the estimate's top */
-    double spearman;      /* rank correlation of estimate and exact over the checked sites */
-    int worst_miss;       /* index into checks of the control site of largest |exact|, or -1 */
-    int misses;           /* control sites whose |exact| exceeds the smallest |exact| of the top */
+    pb_atp_check *checks;  /* top sites by |estimate|, descending, then the control sample */
+    double recall;         /* of the exact top `top` among the checked sites, the share in the estimate's top */
+    int unsigned_estimate; /* GradDrop's: ranked against |exact| */
+    double spearman;       /* rank correlation of estimate and exact (|exact| when unsigned) over the checked sites */
+    int worst_miss;        /* index into checks of the control site of largest |exact|, or -1 */
+    int misses;            /* control sites whose |exact| exceeds the smallest |exact| of the top */
 } pb_atp_verification;
 
 /* Runs the exact engine on the verified sites of s (every row of theirs,

@@ -21,6 +21,7 @@ typedef struct grad_ctx {
     const pb_model_config *c;
     pb_backend *ref; /* naive ops on host memory: the recomputations */
     int T;
+    int drop;          /* GradDrop's layer, or -1 */
     pb_capture *acts;  /* the forward's activations (the caller's) */
     pb_capture *grads; /* the caller's: what it asks for */
     float *w;          /* (largest matrix) one weight matrix as f32 */
@@ -331,6 +332,7 @@ static void softmax_attention_backward(grad_ctx *g, int L, const float *dz) {
     int T = g->T, H = c->n_heads, hd = c->head_dim, group = c->n_heads / c->n_kv_heads;
     size_t qd = (size_t)H * hd, kvd = (size_t)c->n_kv_heads * hd;
     const float *q = act(g, PB_HOOK_ROT_Q, L), *k = act(g, PB_HOOK_ROT_K, L), *v = act(g, PB_HOOK_V, L);
+    pb_capture_entry *dpattern = pb_capture_find(g->grads, PB_HOOK_PATTERN, L); /* (H, T, T), zeroed */
     pb_attention_params p = pb_model_attention_params(c, L);
     memset(g->att[0], 0, sizeof(double) * (size_t)T * qd);
     memset(g->att[1], 0, sizeof(double) * (size_t)T * kvd);
@@ -361,6 +363,8 @@ static void softmax_attention_backward(grad_ctx *g, int L, const float *dz) {
                 }
                 dot_sum += P[j] * dp;
                 P[j + T] = dp; /* P holds 2 T: probabilities, then their gradients */
+                if (dpattern)
+                    dpattern->data[((size_t)h * T + i) * T + j] = (float)dp;
             }
             for (int j = first; j <= i; j++) {
                 double ds = P[j] * (P[j + T] - dot_sum);
@@ -446,6 +450,12 @@ static pb_status layer_backward(grad_ctx *g, int L) {
     float *dpost = g->dres[0], *dnext = g->dres[1];
     const float *pre = act(g, PB_HOOK_RESID_PRE, L);
     store(g, PB_HOOK_RESID_POST, L, dpost, (size_t)c->d_model);
+    if (L == g->drop) {
+        /* GradDrop: only the skip path; the layer's own points stay zero */
+        store(g, PB_HOOK_RESID_MID, L, dpost, (size_t)c->d_model);
+        store(g, PB_HOOK_RESID_PRE, L, dpost, (size_t)c->d_model);
+        return PB_OK;
+    }
     store(g, PB_HOOK_MLP_OUT, L, dpost, (size_t)c->d_model);
     memcpy(dnext, dpost, sizeof(float) * n);
     if (c->parallel_block) {
@@ -479,25 +489,42 @@ static pb_status check_supported(const pb_model *m, const pb_grad_metric *mt, in
     return PB_OK;
 }
 
-static pb_status ctx_alloc(grad_ctx *g) {
-    const pb_model_config *c = g->c;
-    size_t T = (size_t)g->T, d = (size_t)c->d_model, f = (size_t)c->d_mlp;
+/* ctx_alloc's sizes, in floats or doubles as named. */
+typedef struct scratch_sizes {
+    size_t largest, vec, wide, heads;
+} scratch_sizes;
+
+static scratch_sizes scratch_of(const pb_model_config *c) {
+    size_t d = (size_t)c->d_model, f = (size_t)c->d_mlp;
     size_t qd = (size_t)c->n_heads * c->head_dim, wide = f > qd ? f : qd;
     size_t heads = (size_t)(c->n_heads > c->n_kv_heads ? c->n_heads : c->n_kv_heads) * c->head_dim;
     size_t largest = (size_t)c->vocab_size * d, qkv = (qd + 2 * (size_t)c->n_kv_heads * c->head_dim) * d;
     largest = largest > f * d ? largest : f * d;
     largest = largest > qkv ? largest : qkv;
-    size_t vec = wide > d ? wide : d;
-    g->w = malloc(sizeof(float) * largest);
+    return (scratch_sizes){largest, wide > d ? wide : d, wide, heads};
+}
+
+size_t pb_grad_reference_scratch_bytes(const pb_model_config *c, int T) {
+    scratch_sizes z = scratch_of(c);
+    size_t t = (size_t)T, d = (size_t)c->d_model;
+    /* ctx_alloc's buffers, matmul_dx's double sums, head_backward's logit gradient */
+    return sizeof(float) * (z.largest + 2 * z.vec + 4 * t * z.wide + 5 * t * d) +
+           sizeof(double) * (3 * t * z.heads + 2 * t + t * z.wide + (size_t)c->vocab_size) + sizeof(int32_t) * t;
+}
+
+static pb_status ctx_alloc(grad_ctx *g) {
+    scratch_sizes z = scratch_of(g->c);
+    size_t T = (size_t)g->T, d = (size_t)g->c->d_model;
+    g->w = malloc(sizeof(float) * z.largest);
     int ok = g->w != NULL;
     for (int i = 0; i < 2; i++) {
-        ok &= (g->vec[i] = malloc(sizeof(float) * vec)) != NULL;
-        ok &= (g->pre[i] = malloc(sizeof(float) * T * wide)) != NULL;
-        ok &= (g->dh[i] = malloc(sizeof(float) * T * wide)) != NULL;
+        ok &= (g->vec[i] = malloc(sizeof(float) * z.vec)) != NULL;
+        ok &= (g->pre[i] = malloc(sizeof(float) * T * z.wide)) != NULL;
+        ok &= (g->dh[i] = malloc(sizeof(float) * T * z.wide)) != NULL;
         ok &= (g->dres[i] = malloc(sizeof(float) * T * d)) != NULL;
     }
     for (int i = 0; i < 3; i++)
-        ok &= (g->att[i] = malloc(sizeof(double) * T * heads)) != NULL;
+        ok &= (g->att[i] = malloc(sizeof(double) * T * z.heads)) != NULL;
     ok &= (g->xn = malloc(sizeof(float) * T * d)) != NULL;
     ok &= (g->dsub = malloc(sizeof(float) * T * d)) != NULL;
     ok &= (g->dxn = malloc(sizeof(float) * T * d)) != NULL;
@@ -561,25 +588,43 @@ pb_status pb_grad_reference(pb_model *m, const int32_t *ids, int T, const pb_gra
     return status;
 }
 
+/* Floats in one capture entry of T tokens (pb_capture_prepare's sizes). */
+static size_t entry_floats(const pb_capture_entry *e, int T) {
+    size_t row = pb_hook_is_pattern(e->kind) ? (size_t)e->row_shape[0] * (size_t)T
+                                             : (size_t)e->row_shape[0] * (size_t)(e->n_dims == 3 ? e->row_shape[1] : 1);
+    return row * (size_t)T;
+}
+
 pb_status pb_grad_reference_from(pb_model *m, int T, pb_capture *acts, const float *logits,
                                  const pb_grad_metric *metric, pb_capture *grads, double *value) {
-    if (!m || !acts || !logits || !grads || !value)
-        return pb_fail(PB_ERR_ARG, "pb_grad_reference_from: model, acts, logits, grads and value are required");
+    return pb_grad_reference_drop(m, T, acts, logits, metric, NULL, grads, value);
+}
+
+pb_status pb_grad_reference_drop(pb_model *m, int T, pb_capture *acts, const float *logits,
+                                 const pb_grad_metric *metric, const pb_grad_drop *drop, pb_capture *grads,
+                                 double *value) {
+    int resume = drop && drop->resid_post_grad;
+    if (!m || !acts || !grads || (!resume && (!logits || !value)))
+        return pb_fail(PB_ERR_ARG, "gradient: model, acts, grads, and unless resumed logits and value, are required");
     PB_TRY(check_supported(m, metric, T));
     PB_TRY(check_acts(&m->cfg, acts));
-    grad_ctx g = {.m = m, .c = &m->cfg, .T = T, .acts = acts, .grads = grads};
+    if (drop && (drop->layer < 0 || drop->layer >= m->cfg.n_layers))
+        return pb_fail(PB_ERR_ARG, "gradient: drop layer %d outside the model's %d layers", drop->layer,
+                       m->cfg.n_layers);
+    grad_ctx g = {.m = m, .c = &m->cfg, .T = T, .drop = drop ? drop->layer : -1, .acts = acts, .grads = grads};
     pb_status status = pb_backend_ref_create(&g.ref);
     if (status == PB_OK)
         status = ctx_alloc(&g);
     if (status == PB_OK)
         status = pb_capture_prepare(grads, T);
     for (int i = 0; status == PB_OK && i < grads->count; i++)
-        memset(grads->entries[i].data, 0,
-               sizeof(float) * (size_t)T * (size_t)grads->entries[i].row_shape[0] *
-                   (size_t)(grads->entries[i].n_dims == 3 ? grads->entries[i].row_shape[1] : 1));
-    if (status == PB_OK)
+        memset(grads->entries[i].data, 0, sizeof(float) * entry_floats(&grads->entries[i], T));
+    int top = resume ? drop->layer : m->cfg.n_layers - 1;
+    if (status == PB_OK && resume)
+        memcpy(g.dres[0], drop->resid_post_grad, sizeof(float) * (size_t)T * (size_t)m->cfg.d_model);
+    else if (status == PB_OK)
         status = head_backward(&g, metric, logits, value);
-    for (int L = m->cfg.n_layers - 1; status == PB_OK && L >= 0; L--)
+    for (int L = top; status == PB_OK && L >= 0; L--)
         status = layer_backward(&g, L);
     ctx_free(&g);
     return status;

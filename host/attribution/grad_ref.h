@@ -30,9 +30,10 @@ typedef struct pb_grad_metric {
 } pb_grad_metric;
 
 /* grads: a capture set of m (pb_capture_create); each of its hook points
- * of kind resid_pre, resid_mid, resid_post, attn_out, mlp_out, z, q, k or
- * v receives d metric / d activation over the T tokens of ids (rows after
- * `position` are zero), shaped as the activation's capture. *value = the
+ * of kind resid_pre, resid_mid, resid_post, attn_out, mlp_out, z, q, k, v
+ * or pattern receives d metric / d activation over the T tokens of ids
+ * (rows after `position` are zero), shaped as the activation's capture
+ * (pattern: (n_heads, T, T), the attention probabilities'). *value = the
  * metric. A model on a device backend, with streamed weights, or a metric
  * other than the four on logits is refused by name (PB_ERR_UNSUPPORTED). */
 pb_status pb_grad_reference(pb_model *m, const int32_t *ids, int T, const pb_grad_metric *metric, pb_capture *grads,
@@ -43,5 +44,26 @@ pb_status pb_grad_reference(pb_model *m, const int32_t *ids, int T, const pb_gra
  * (T, vocab_size). */
 pb_status pb_grad_reference_from(pb_model *m, int T, pb_capture *acts, const float *logits,
                                  const pb_grad_metric *metric, pb_capture *grads, double *value);
+
+/* Bytes a pass allocates beside the captures for T tokens: one weight
+ * matrix as f32 (the largest: often the unembedding), per-token scratch. */
+size_t pb_grad_reference_scratch_bytes(const pb_model_config *c, int T);
+
+/* GradDrop (AtP*, attribution/atp.h): a pass in which one layer's two
+ * writes into the residual stream (attn_out and mlp_out) pass no gradient
+ * back. That layer's own hook points get zero; the residual's gradient
+ * goes by it unchanged (resid_pre = resid_mid = resid_post there). */
+typedef struct pb_grad_drop {
+    int layer;
+    /* NULL, or (T, d_model): d metric / d resid_post of `layer` from the
+     * whole pass (it is the same with or without the drop). The pass then
+     * starts there: hook points above the layer are left zero, and logits
+     * and value may be NULL (*value is not set). */
+    const float *resid_post_grad;
+} pb_grad_drop;
+/* pb_grad_reference_from with the drop (NULL: none). */
+pb_status pb_grad_reference_drop(pb_model *m, int T, pb_capture *acts, const float *logits,
+                                 const pb_grad_metric *metric, const pb_grad_drop *drop, pb_capture *grads,
+                                 double *value);
 
 #endif

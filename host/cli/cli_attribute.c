@@ -34,19 +34,49 @@ static json_t *parse_verify(const char *text) {
     return out;
 }
 
-int pb_cli_spec_attribute(char **spec_text, const char *verify) {
+/* The method the rewritten spec names: --method, else the spec's own
+ * estimate, else atp; NULL (after printing why) for an exact spec. */
+static const char *chosen_method(const json_t *root, const pb_cli_attribute *how) {
+    const json_t *method = json_object_get(root, "method");
+    const char *named = json_is_string(method) ? json_string_value(method) : NULL;
+    if (how->method)
+        return strcmp(how->method, "atp-star") == 0 ? "atp*" : how->method;
+    if (!method)
+        return "atp";
+    if (named && (strcmp(named, "atp") == 0 || strcmp(named, "atp*") == 0))
+        return named;
+    fprintf(stderr, "patchbay attribute: the spec's \"method\" is not \"atp\" or \"atp*\"; run it with patchbay "
+                    "sweep\n");
+    return NULL;
+}
+
+int pb_cli_spec_attribute(char **spec_text, const pb_cli_attribute *how) {
     json_t *root = json_loads(*spec_text, JSON_REJECT_DUPLICATES, NULL);
     if (!root || !json_is_object(root)) {
         json_decref(root);
         return 0; /* the sweep's own parse says what is wrong with it */
     }
-    const json_t *method = json_object_get(root, "method");
-    if (method && !(json_is_string(method) && strcmp(json_string_value(method), "atp") == 0)) {
-        fprintf(stderr, "patchbay attribute: the spec's \"method\" is not \"atp\"; run it with patchbay sweep\n");
+    const char *method = chosen_method(root, how);
+    if (method && strcmp(method, "atp*") != 0 && (how->no_qk_fix || how->no_grad_drop)) {
+        fprintf(stderr, "patchbay attribute: --no-qk-fix and --no-grad-drop switch AtP*'s corrections; add "
+                        "--method atp*\n");
+        method = NULL;
+    }
+    if (!method) {
         json_decref(root);
         return 2;
     }
-    json_object_set_new(root, "method", json_string("atp"));
+    json_object_set_new(root, "method", json_string(method));
+    if (how->no_qk_fix || how->no_grad_drop) {
+        json_t *star = json_object_get(root, "atp_star");
+        if (!json_is_object(star))
+            json_object_set_new(root, "atp_star", star = json_object());
+        if (how->no_qk_fix)
+            json_object_set_new(star, "qk_fix", json_false());
+        if (how->no_grad_drop)
+            json_object_set_new(star, "grad_drop", json_false());
+    }
+    const char *verify = how->verify;
     if (verify) {
         json_t *v = parse_verify(verify);
         if (!v) {

@@ -4,9 +4,18 @@
 #ifndef PB_CLI_ATTRIBUTE_H
 #define PB_CLI_ATTRIBUTE_H
 
-/* Rewrites the spec's JSON text: "method": "atp" unless it says so already
- * (a spec asking for "exact" is refused), and "verify" from the flag's
- * text when given. 0, or 2 after printing why (a usage error). */
-int pb_cli_spec_attribute(char **spec_text, const char *verify);
+/* The command's flags. */
+typedef struct pb_cli_attribute {
+    const char *method; /* "atp", "atp*", "atp-star" or NULL (the spec's, else atp) */
+    const char *verify; /* "top:K[,control:N][,seed:S]" or NULL */
+    int no_qk_fix, no_grad_drop;
+} pb_cli_attribute;
+
+/* Rewrites the spec's JSON text: its "method" from --method, else "atp"
+ * unless it names an estimate already (a spec asking for "exact" is
+ * refused); "atp_star" from --no-qk-fix / --no-grad-drop (refused without
+ * atp*); "verify" from the flag's text when given. 0, or 2 after printing
+ * why (a usage error). */
+int pb_cli_spec_attribute(char **spec_text, const pb_cli_attribute *how);
 
 #endif

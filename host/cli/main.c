@@ -47,6 +47,9 @@ typedef struct options {
     int pieces;             /* tokenize */
     int attribute;          /* attribute: the sweep's rows estimated ("method": "atp") */
     const char *verify;     /* attribute: "top:K[,control:N][,seed:S]" */
+    const char *method;     /* attribute: "atp", "atp*" or "atp-star" (NULL: the spec's, else atp) */
+    int no_qk_fix;          /* attribute, atp*: without the QK fix */
+    int no_grad_drop;       /* attribute, atp*: without GradDrop */
 } options;
 
 static int fail(const char *what) {
@@ -55,8 +58,9 @@ static int fail(const char *what) {
 }
 
 static const char *const gather_choices[] = {"auto", "mpi", "nccl", NULL};
+static const char *const method_choices[] = {"atp", "atp*", "atp-star", NULL};
 
-enum { MAIN_OPTIONS = 13 };
+enum { MAIN_OPTIONS = 16 };
 
 _Static_assert(MAIN_OPTIONS + 1 <= PB_CLI_COMMAND_ROWS, "main options fit pb_cli_tables");
 
@@ -136,6 +140,25 @@ static void main_table(options *o, pb_cli_tables *t) {
          .value = "top:K[,control:N][,seed:S]",
          .help = "then run the exact engine on the K sites the estimate ranks highest and N others drawn with "
                  "seed S (N = K, S = 0 by default): both effects, recall and the misses in results.json",
+         .commands = "attribute"},
+        {.flag = "--method",
+         .kind = PB_OPT_CHOICE,
+         .target = &o->method,
+         .choices = method_choices,
+         .choices_text = "atp, atp* or atp-star",
+         .value = "atp|atp*",
+         .help = "the estimate: AtP (default unless the spec names atp*), or AtP* with the QK fix and GradDrop "
+                 "(atp-star: the same, spelled for the shell)",
+         .commands = "attribute"},
+        {.flag = "--no-qk-fix",
+         .kind = PB_OPT_FLAG,
+         .target = &o->no_qk_fix,
+         .help = "AtP* without its QK fix (queries and keys linearised through the softmax)",
+         .commands = "attribute"},
+        {.flag = "--no-grad-drop",
+         .kind = PB_OPT_FLAG,
+         .target = &o->no_grad_drop,
+         .help = "AtP* without GradDrop (one backward per pair; the estimate stays signed)",
          .commands = "attribute"},
         {.flag = NULL, .kind = PB_OPT_TABLE, .target = t->common.table},
         {0},
@@ -616,7 +639,8 @@ static int sweep_inputs(sweep_job *j) {
         return 2;
     }
     pb_cli_spec_directory(o->spec, j->spec_dir, sizeof j->spec_dir);
-    if (o->attribute && pb_cli_spec_attribute(&j->spec_text, o->verify) != 0)
+    pb_cli_attribute how = {o->method, o->verify, o->no_qk_fix, o->no_grad_drop};
+    if (o->attribute && pb_cli_spec_attribute(&j->spec_text, &how) != 0)
         return 2;
     if (o->prompt.no_chat && pb_cli_spec_plain_text(&j->spec_text) != 0) {
         fprintf(stderr, "patchbay sweep: out of memory applying --no-chat\n");
@@ -934,14 +958,18 @@ static const command commands[] = {
      "patchbay sweep --model tests/fixtures/tiny_gqa/model.gguf \\\n"
      "    --spec tests/fixtures/patching/tiny_gqa_denoise_logit_diff/spec.json --out /tmp/sweep",
      run_sweep_command, main_options_help},
-    {"attribute", "attribution patching (AtP): every site of a sweep spec estimated from one gradient per pair",
-     "--spec SPEC.json --out DIR [--verify top:K[,control:N][,seed:S]] [--no-chat]",
+    {"attribute", "attribution patching (AtP, AtP*): every site of a sweep spec estimated from gradients",
+     "--spec SPEC.json --out DIR [--method atp|atp*] [--no-qk-fix] [--no-grad-drop]\n"
+     "    [--verify top:K[,control:N][,seed:S]] [--no-chat]",
      "patchbay sweep with the spec's \"method\" set to \"atp\" (docs/patching.md): each row's patched\n"
      "metric is base + (source - base activation) . gradient at the base run, summed over the site's\n"
      "positions, for two forwards and one backward per pair; the outputs are the sweep's, and results.json\n"
-     "says \"method\": \"atp\". --verify runs the exact engine on the estimate's top K sites and N control\n"
-     "sites and reports both effects, the recall of the exact top K and the control sites it missed.\n"
-     "CPU backends; metrics on the logits.\n",
+     "says which method. --method atp* (Kramar et al. 2024): q and k sites through the exact attention\n"
+     "softmax (QK fix), and every layer's backward again with that layer's writes passing no gradient\n"
+     "(GradDrop: unsigned effects, |effect| averaged over the layers; L/2 more backwards a pair).\n"
+     "--verify runs the exact engine on the estimate's top K sites and N control sites and reports both\n"
+     "effects, the recall of the exact top K and the control sites it missed. CPU backends; metrics on\n"
+     "the logits.\n",
      "patchbay attribute --model tests/fixtures/tiny_gqa/model.gguf \\\n"
      "    --spec tests/fixtures/patching/tiny_gqa_denoise_logit_diff/spec.json --verify top:5 --out /tmp/atp",
      run_attribute_command, main_options_help},

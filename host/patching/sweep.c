@@ -1074,7 +1074,7 @@ static pb_status pending_rows(const pb_sweep *s, const int64_t *rows, int64_t n_
 pb_status pb_sweep_run_rows(pb_sweep *s, const int64_t *rows, int64_t n_rows) {
     if (!s || (n_rows > 0 && !rows))
         return pb_fail(PB_ERR_ARG, "pb_sweep_run_rows: sweep and rows are required");
-    if (s->spec.method == PB_METHOD_ATP)
+    if (s->spec.method != PB_METHOD_EXACT)
         return pb_atp_run_rows(s, rows, n_rows);
     int64_t *todo, n_todo;
     PB_TRY(pending_rows(s, rows, n_rows, &todo, &n_todo));

@@ -1223,7 +1223,22 @@ const char *pb_sweep_metric_name(pb_metric_kind kind) {
     return "unknown";
 }
 
-const char *pb_sweep_method_name(pb_sweep_method method) { return method == PB_METHOD_ATP ? "atp" : "exact"; }
+const char *pb_sweep_method_description(const pb_sweep_spec *spec) {
+    if (spec->method == PB_METHOD_EXACT)
+        return "exact (a patched forward per row)";
+    if (spec->method == PB_METHOD_ATP)
+        return "atp (attribution patching: first-order estimates from one gradient per pair, no patched runs)";
+    if (spec->qk_fix && spec->grad_drop)
+        return "atp* (AtP* with the QK fix and GradDrop: |effect| signed as the total effect, no patched runs)";
+    if (spec->grad_drop)
+        return "atp* (AtP* with GradDrop: |effect| signed as the total effect, no patched runs)";
+    return spec->qk_fix ? "atp* (AtP* with the QK fix: signed estimates, no patched runs)"
+                        : "atp* (AtP* with neither correction: AtP's signed estimates, no patched runs)";
+}
+
+const char *pb_sweep_method_name(pb_sweep_method method) {
+    return method == PB_METHOD_ATP ? "atp" : method == PB_METHOD_ATP_STAR ? "atp*" : "exact";
+}
 
 /* A pair's token set: its own (pairs[i].<key>) or a copy of the metric's. */
 static pb_status pair_token_set(const spec_parser *sp, const json_t *pair, size_t index, const char *key,
@@ -1305,14 +1320,14 @@ static pb_status parse_pair_tokens(const spec_parser *sp, const json_t *pairs) {
 /* ---- top level ------------------------------------------------------- */
 
 /* "verify": {"top": K, "control": N (default K), "seed": S (default 0)},
- * only with "method": "atp". */
+ * only with "method": "atp" or "atp*". */
 static pb_status parse_verify(pb_sweep_spec *spec, const json_t *item) {
     spec->verify_top = spec->verify_control = 0;
     spec->verify_seed = 0;
     if (!item)
         return PB_OK;
-    if (spec->method != PB_METHOD_ATP)
-        return pb_fail(PB_ERR_ARG, "spec: verify: checks an estimate; it needs \"method\": \"atp\"");
+    if (spec->method == PB_METHOD_EXACT)
+        return pb_fail(PB_ERR_ARG, "spec: verify: checks an estimate; it needs \"method\": \"atp\" or \"atp*\"");
     if (!json_is_object(item))
         return type_error("verify", "an object {\"top\": K, \"control\": N, \"seed\": S}", item);
     static const char *const keys[] = {"top", "control", "seed", NULL};
@@ -1335,17 +1350,47 @@ static pb_status parse_verify(pb_sweep_spec *spec, const json_t *item) {
     return PB_OK;
 }
 
-/* The top level's optional settings: method and verify, description,
- * chat, bos, significance_threshold, effect_floor. */
+/* "atp_star": {"qk_fix": bool, "grad_drop": bool}, only with "atp*"
+ * (both default true). */
+static pb_status parse_atp_star(pb_sweep_spec *spec, const json_t *item) {
+    spec->qk_fix = spec->grad_drop = spec->method == PB_METHOD_ATP_STAR;
+    if (!item)
+        return PB_OK;
+    if (spec->method != PB_METHOD_ATP_STAR)
+        return pb_fail(PB_ERR_ARG, "spec: atp_star: switches AtP*'s corrections; it needs \"method\": \"atp*\"");
+    if (!json_is_object(item))
+        return type_error("atp_star", "an object {\"qk_fix\": true|false, \"grad_drop\": true|false}", item);
+    static const char *const keys[] = {"qk_fix", "grad_drop", NULL};
+    PB_TRY(check_keys(item, "atp_star", keys));
+    const json_t *qk = json_object_get(item, "qk_fix"), *gd = json_object_get(item, "grad_drop");
+    if (qk && !json_is_boolean(qk))
+        return type_error("atp_star.qk_fix", "true or false", qk);
+    if (gd && !json_is_boolean(gd))
+        return type_error("atp_star.grad_drop", "true or false", gd);
+    if (qk)
+        spec->qk_fix = json_is_true(qk);
+    if (gd)
+        spec->grad_drop = json_is_true(gd);
+    return PB_OK;
+}
+
+/* The top level's optional settings: method, atp_star and verify,
+ * description, chat, bos, significance_threshold, effect_floor. */
 static pb_status parse_settings(pb_sweep_spec *spec, const json_t *root) {
     json_t *item;
     spec->method = PB_METHOD_EXACT;
     item = json_object_get(root, "method");
-    if (item && (!json_is_string(item) ||
-                 (strcmp(json_string_value(item), "exact") != 0 && strcmp(json_string_value(item), "atp") != 0)))
-        return type_error("method", "\"exact\" (a patched forward per row) or \"atp\" (attribution patching)", item);
+    const char *name = json_is_string(item) ? json_string_value(item) : "";
+    if (item && strcmp(name, "exact") != 0 && strcmp(name, "atp") != 0 && strcmp(name, "atp*") != 0)
+        return type_error("method",
+                          "\"exact\" (a patched forward per row), \"atp\" (attribution patching) or \"atp*\" "
+                          "(AtP with the QK fix and GradDrop)",
+                          item);
     if (item)
-        spec->method = strcmp(json_string_value(item), "atp") == 0 ? PB_METHOD_ATP : PB_METHOD_EXACT;
+        spec->method = strcmp(name, "atp") == 0    ? PB_METHOD_ATP
+                       : strcmp(name, "atp*") == 0 ? PB_METHOD_ATP_STAR
+                                                   : PB_METHOD_EXACT;
+    PB_TRY(parse_atp_star(spec, json_object_get(root, "atp_star")));
     PB_TRY(parse_verify(spec, json_object_get(root, "verify")));
 
     item = json_object_get(root, "description");
@@ -1390,7 +1435,7 @@ static pb_status parse_root(spec_parser *sp, const json_t *root) {
         return pb_fail(PB_ERR_ARG, "spec: expected a JSON object at the top level, got %s", pb_json_type_name(root));
     static const char *const keys[] = {"mode",         "pairs",       "sites", "metric", "significance_threshold",
                                        "effect_floor", "description", "chat",  "bos",    "method",
-                                       "verify",       NULL};
+                                       "atp_star",     "verify",      NULL};
     PB_TRY(check_keys(root, "", keys));
     json_t *mode, *pairs, *sites, *metric;
     PB_TRY(get_required(root, "", "mode", &mode));

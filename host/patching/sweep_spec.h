@@ -85,14 +85,18 @@ typedef struct pb_metric_spec {
 } pb_metric_spec;
 
 /* How a sweep's rows get their patched metric: a patched forward each
- * (exact), or attribution patching's first-order estimate from one
- * gradient per pair (attribution/atp.h). */
-typedef enum pb_sweep_method { PB_METHOD_EXACT = 0, PB_METHOD_ATP } pb_sweep_method;
+ * (exact), attribution patching's first-order estimate from one gradient
+ * per pair, or AtP* (Kramar et al. 2024: the QK fix and GradDrop;
+ * attribution/atp.h). */
+typedef enum pb_sweep_method { PB_METHOD_EXACT = 0, PB_METHOD_ATP, PB_METHOD_ATP_STAR } pb_sweep_method;
 
 typedef struct pb_sweep_spec {
     pb_patch_mode mode;
-    pb_sweep_method method; /* "method": "exact" (default) or "atp" */
-    /* "verify": {"top": K, "control": N, "seed": S} with "atp": the exact
+    pb_sweep_method method; /* "method": "exact" (default), "atp" or "atp*" */
+    /* "atp_star": {"qk_fix": bool, "grad_drop": bool} with "atp*", both
+     * true by default: AtP*'s two corrections, each switchable. */
+    int qk_fix, grad_drop;
+    /* "verify": {"top": K, "control": N, "seed": S} with "atp" or "atp*": the exact
      * engine on the K sites the estimate ranks highest and N others drawn
      * with the seed (attribution/atp.h); top 0: none. */
     int verify_top, verify_control;
@@ -138,7 +142,10 @@ void pb_sweep_spec_free(pb_sweep_spec *spec);
 /* The spec name of a metric kind: "logit_diff", ..., "callback"; the
  * parser's messages and the writers of results both use it. */
 const char *pb_sweep_metric_name(pb_metric_kind kind);
-/* "exact", "atp". */
+/* "exact", "atp", "atp*". */
 const char *pb_sweep_method_name(pb_sweep_method method);
+/* What the spec's method makes of its effects, for reports: "exact (a
+ * patched forward per row)", or which estimate and whether it is signed. */
+const char *pb_sweep_method_description(const pb_sweep_spec *spec);
 
 #endif

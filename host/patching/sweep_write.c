@@ -581,6 +581,7 @@ static json_t *verification_json(json_builder *b, const pb_sweep_view *v) {
     put(b, o, "seed", jint(b, (long long)ver->seed));
     put(b, o, "recall_at_top", jnum(b, ver->recall));
     put(b, o, "spearman", jnum(b, ver->spearman));
+    put(b, o, "spearman_against", jstr(b, ver->unsigned_estimate ? "|exact|" : "exact"));
     put(b, o, "control_misses", jint(b, ver->misses));
     put(b, o, "worst_control_miss", jint(b, ver->worst_miss));
     for (int i = 0; i < ver->n_checks; i++) {
@@ -619,6 +620,13 @@ static json_t *results_json(const pb_sweep_view *v, const component_grids *grids
     put(b, root, "model_config", mc);
     put(b, root, "mode", jstr(b, pb_sweep_mode_name(sum->mode)));
     put(b, root, "method", jstr(b, pb_sweep_method_name(v->spec->method)));
+    if (v->spec->method == PB_METHOD_ATP_STAR) {
+        /* which corrections ran; with grad_drop the effects are unsigned */
+        json_t *star = jobj(b);
+        put(b, star, "qk_fix", json_boolean(v->spec->qk_fix));
+        put(b, star, "grad_drop", json_boolean(v->spec->grad_drop));
+        put(b, root, "atp_star", star);
+    }
     put(b, root, "metric", metric_json(b, v));
     put(b, root, "significance_threshold", jnum(b, v->spec->significance_threshold));
     put(b, root, "effect_floor", jnum(b, v->spec->effect_floor));
@@ -737,6 +745,7 @@ static pb_status report_text(const pb_sweep_view *v, const pb_ranked *layers, in
     fputs("patchbay activation patching report\n", f);
     fprintf(f, "Model: %s\n", v->model->path ? v->model->path : "(unknown)");
     fprintf(f, "Mode: %s\n", pb_sweep_mode_name(sum->mode));
+    fprintf(f, "Method: %s\n", pb_sweep_method_description(v->spec));
     fputs("Metric: ", f);
     pb_sweep_print_metric(f, v);
     fputc('\n', f);
