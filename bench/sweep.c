@@ -3,6 +3,7 @@
  *   bench_sweep (MODEL | --random-model NAME[:LAYERS[:TYPE]]) (SPEC.json | --default-sweep T)
  *               [--all-rows] [--backend cpu|cuda] [--dtype f32|bf16|f16|file] [--max-memory SIZE]
  *               [--weights resident|stream|auto] [--weight-memory SIZE] [--full-layers N] [--vs-atp]
+ *               [--flops-only]
  *
  * Runs the sweep once (after a warm-up forward) and prints rows/s, the
  * FLOPs the engine actually executed and their rate, the FLOPs one full
@@ -11,9 +12,13 @@
  * same run: OpenBLAS sgemm on the CPU, the CUDA backend's own cuBLAS call
  * (pb_cuda_gemm_ceiling) on the GPU. --all-rows also runs rows whose effect
  * is exactly zero by construction, to show what the skips save. --vs-atp
- * then runs attribution patching ("method": "atp") on the same spec and
- * prints its time beside the exact sweep's and the ratio (the issue's
- * "every row forced" comparison takes --all-rows too).
+ * then runs attribution patching ("method": "atp") and AtP* ("atp*", both
+ * corrections) on the same spec and prints their times beside the exact
+ * sweep's and the ratios (the issue's "every row forced" comparison takes
+ * --all-rows too), and the same ratios from FLOP counts: the exact sweep's
+ * as planned (pb_sweep_plan), the estimates' from a model of their passes
+ * (atp_flops below). --flops-only prints those counts and stops: the model
+ * is loaded shape-only, so a llama3-8b or 70B shape costs nothing to count.
  * With streamed weights it also prints the layers the sweep read and the
  * bytes they moved, the rate that makes over the sweep's wall time, the
  * host-to-device copy rate from pinned memory (pb_cuda_copy_ceiling, on
@@ -44,9 +49,11 @@
 #include "util/clock.h"
 #include "util/outdir.h"
 #include "cli/progress.h"
+#include "model/exec.h"
 #include "model/model.h"
 #include "model/model_random.h"
 #include "model/stream.h"
+#include "attribution/atp.h"
 #include "patching/sweep_access.h"
 #include "patching/sweep_spec.h"
 
@@ -134,7 +141,7 @@ static char *default_sweep(int T, int vocab) {
 typedef struct bench_args {
     pb_cli_model model;
     const char *spec_path;
-    int all_rows, default_T, full_layers, vs_atp;
+    int all_rows, default_T, full_layers, vs_atp, flops_only;
     size_t max_memory;
 } bench_args;
 
@@ -156,6 +163,9 @@ static int parse_args(int argc, char **argv, bench_args *b) {
             b->all_rows = 1;
         } else if (strcmp(a, "--vs-atp") == 0) {
             b->vs_atp = 1;
+        } else if (strcmp(a, "--flops-only") == 0) {
+            b->flops_only = b->vs_atp = 1;
+            b->model.load.shape_only = 1;
         } else if (strcmp(a, "--default-sweep") == 0 && next) {
             b->default_T = atoi(next);
             i++;
@@ -182,7 +192,7 @@ static int parse_args(int argc, char **argv, bench_args *b) {
                 "usage: bench_sweep (MODEL | --random-model NAME[:LAYERS[:TYPE]]) (SPEC.json | --default-sweep T)\n"
                 "                   [--all-rows] [--backend cpu|cuda] [--dtype f32|bf16|f16|file] [--max-memory SIZE]\n"
                 "                   [--weights resident|stream|auto] [--weight-memory SIZE] [--full-layers N]\n"
-                "                   [--vs-atp]\n");
+                "                   [--vs-atp] [--flops-only]\n");
         return 0;
     }
     return 1;
@@ -295,25 +305,101 @@ static void print_stream(const pb_model *m, const bench_args *b, double seconds,
 
 /* The same spec estimated by attribution patching: its seconds beside the
  * exact sweep's. */
-static int run_atp(pb_model *m, const char *spec, const pb_sweep_options *o, double exact_seconds) {
+/* FLOPs of one pair's estimate, a model of the passes atp.c runs: a
+ * forward of each run (logits at every position), and backward passes
+ * whose products are the forward's transposed (the same FLOPs, the
+ * attention's twice) plus the MLP's pre-activations recomputed and the
+ * unembedding at the metric's position; AtP* adds GradDrop's passes, the
+ * one for layer l running layers l..0. The QK fix's softmaxes are not
+ * counted (a row of T keys per touched query). */
+static double atp_flops(const pb_model_config *c, int T, int star) {
+    double d = c->d_model, V = c->vocab_size, forward = 2.0 * T * d * V,
+           *layer = calloc((size_t)c->n_layers, sizeof(double));
+    if (!layer)
+        return 0.0;
+    for (int l = 0; l < c->n_layers; l++) {
+        double attention = pb_exec_step_flops(c, 2 * l, 0, T), mlp = pb_exec_step_flops(c, 2 * l + 1, 0, T);
+        forward += attention + mlp;
+        layer[l] = attention + mlp + (c->plain_mlp ? 2.0 : 4.0) * T * d * c->d_mlp;
+    }
+    double backward = 2.0 * d * V, drops = 0.0, below = 0.0;
+    for (int l = 0; l < c->n_layers; l++) {
+        backward += layer[l];
+        below += layer[l];
+        drops += below; /* the pass for l: layers l..0 */
+    }
+    free(layer);
+    return 2.0 * forward + backward + (star ? drops : 0.0);
+}
+
+/* spec with "method": method first (the caller frees), or NULL. */
+static char *with_method(const char *spec, const char *method) {
     size_t n = strlen(spec);
-    char *atp = malloc(n + 32);
-    if (!atp || spec[0] != '{')
+    char *out = malloc(n + 32);
+    if (out && spec[0] == '{')
+        snprintf(out, n + 32, "{\"method\": \"%s\", %s", method, spec + 1);
+    else if (out)
+        out[0] = 0;
+    return out;
+}
+
+/* The FLOP-count ratios (the exact sweep as planned over each estimate)
+ * and each estimate's memory at its peak (pb_atp_peak_bytes). */
+static int print_flop_ratios(pb_sweep *s, pb_model *m, const char *spec, const pb_sweep_options *o) {
+    const pb_sweep_spec *parsed = pb_sweep_spec_of(s);
+    int T = parsed->pairs[0].base.T;
+    pb_plan plan;
+    pb_plan_options unbounded = {.device_memory = (size_t)1 << 50}; /* FLOPs only: any size counts */
+    if (pb_sweep_plan(s, &unbounded, &plan) != PB_OK) {
+        fprintf(stderr, "bench_sweep: plan: %s\n", pb_last_error());
         return 1;
-    snprintf(atp, n + 32, "{\"method\": \"atp\", %s", spec + 1);
+    }
+    double atp = parsed->n_pairs * atp_flops(&m->cfg, T, 0), star = parsed->n_pairs * atp_flops(&m->cfg, T, 1);
+    uint64_t peak[2] = {0, 0};
+    for (int i = 0; i < 2; i++) {
+        char *text = with_method(spec, i ? "atp*" : "atp");
+        pb_sweep *e = NULL;
+        if (!text || pb_sweep_create(&e, m, text, NULL, o) != PB_OK || pb_atp_peak_bytes(e, T, &peak[i]) != PB_OK) {
+            fprintf(stderr, "bench_sweep: estimate memory: %s\n", pb_last_error());
+            free(text);
+            return 1;
+        }
+        pb_sweep_free(e);
+        free(text);
+    }
+    printf("flop counts       exact %.3g (planned, %lld rows), atp %.3g, atp* %.3g: exact / atp = %.1fx, "
+           "exact / atp* = %.1fx\n",
+           plan.flops, (long long)plan.rows, atp, star, plan.flops / atp, plan.flops / star);
+    printf("estimate memory   atp %.1f MiB, atp* %.1f MiB at the peak beside the weights (T = %d)\n",
+           (double)peak[0] / (1 << 20), (double)peak[1] / (1 << 20), T);
+    printf("{\"bench\": \"atp_flops\", \"layers\": %d, \"T\": %d, \"exact_flops\": %.4g, \"atp_flops\": %.4g, "
+           "\"atp_star_flops\": %.4g, \"exact_over_atp\": %.2f, \"exact_over_atp_star\": %.2f, "
+           "\"atp_peak_bytes\": %llu, \"atp_star_peak_bytes\": %llu}\n",
+           m->cfg.n_layers, T, plan.flops, atp, star, plan.flops / atp, plan.flops / star, (unsigned long long)peak[0],
+           (unsigned long long)peak[1]);
+    return 0;
+}
+
+/* The spec run as method (atp, atp*) beside the exact sweep's seconds. */
+static int run_atp(pb_model *m, const char *spec, const pb_sweep_options *o, double exact_seconds, const char *method) {
+    char *atp = with_method(spec, method);
+    if (!atp || !atp[0]) {
+        free(atp);
+        return 1;
+    }
     pb_sweep *s;
     double t0 = pb_now_seconds();
     if (pb_sweep_create(&s, m, atp, NULL, o) != PB_OK || pb_sweep_run(s) != PB_OK) {
-        fprintf(stderr, "bench_sweep: atp: %s\n", pb_last_error());
+        fprintf(stderr, "bench_sweep: %s: %s\n", method, pb_last_error());
         free(atp);
         return 1;
     }
     double seconds = pb_now_seconds() - t0;
-    printf("atp sweep         %lld rows estimated in %.3f s: exact / atp = %.1fx\n", (long long)pb_sweep_row_count(s),
-           seconds, exact_seconds / seconds);
-    printf("{\"bench\": \"atp\", \"rows\": %lld, \"atp_seconds\": %.4f, \"exact_seconds\": %.4f, "
-           "\"exact_over_atp\": %.2f}\n",
-           (long long)pb_sweep_row_count(s), seconds, exact_seconds, exact_seconds / seconds);
+    printf("%-4s sweep         %lld rows estimated in %.3f s: exact / %s = %.1fx\n", method,
+           (long long)pb_sweep_row_count(s), seconds, method, exact_seconds / seconds);
+    printf("{\"bench\": \"%s\", \"rows\": %lld, \"seconds\": %.4f, \"exact_seconds\": %.4f, "
+           "\"exact_over_estimate\": %.2f}\n",
+           method, (long long)pb_sweep_row_count(s), seconds, exact_seconds, exact_seconds / seconds);
     pb_sweep_free(s);
     free(atp);
     return 0;
@@ -340,14 +426,22 @@ int main(int argc, char **argv) {
     }
     if (b.model.load.backend == PB_BACKEND_CUDA)
         print_device(m, &b.model.load);
-    int32_t warm[8] = {1, 2, 3, 4, 5, 6, 7, 8};
-    pb_forward(m, warm, 8, NULL, NULL);
     pb_sweep_options o = {.metric_fn_residual_layer = -1, .run_trivial_rows = b.all_rows, .max_memory = b.max_memory};
     pb_sweep *s;
     if (pb_sweep_create(&s, m, spec, NULL, &o) != PB_OK) {
         fprintf(stderr, "bench_sweep: %s\n", pb_last_error());
         return 1;
     }
+    if (b.vs_atp && print_flop_ratios(s, m, spec, &o) != 0)
+        return 1;
+    if (b.flops_only) {
+        pb_sweep_free(s);
+        pb_model_free(m);
+        free(spec);
+        return 0;
+    }
+    int32_t warm[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+    pb_forward(m, warm, 8, NULL, NULL);
     long long layers_before = 0;
     double bytes_before = 0.0;
     if (m->stream)
@@ -361,7 +455,7 @@ int main(int argc, char **argv) {
     print_results(m, s, &b.model.load, seconds);
     if (m->stream)
         print_stream(m, &b, seconds, layers_before, bytes_before);
-    if (b.vs_atp && run_atp(m, spec, &o, seconds) != 0)
+    if (b.vs_atp && (run_atp(m, spec, &o, seconds, "atp") != 0 || run_atp(m, spec, &o, seconds, "atp*") != 0))
         return 1;
     pb_sweep_free(s);
     pb_model_free(m);
