@@ -11,7 +11,8 @@ oracle, scripts/patching_oracle.py) the estimate of the patched metric is
 
 the activations a at the site's hook (the head's slice for z, q, k, v)
 taken from the oracle's base and source runs, the gradient by autograd at
-the base run (the hooks of scripts/make_grad_reference.py). Nothing here is
+the base run (the hooks of scripts/make_grad_reference.py); a projection
+metric is differentiated from the residual stream it reads. Nothing here is
 shared with the C engine.
 
 AtP* changes two things, each switchable:
@@ -45,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -59,7 +61,7 @@ FIXTURES = ROOT / "tests" / "fixtures"
 OUT = FIXTURES / "atp"
 OUT_STAR = FIXTURES / "atp_star"
 CASES = ["tiny_gqa_denoise_logit_diff", "tiny_gqa_noise_logprob", "tiny_gqa_interchange", "tiny_bias_kl",
-         "tiny_gqa_gaussian_noise",
+         "tiny_gqa_gaussian_noise", "tiny_bias_projection",
          "tiny_qwen3_noising", "tiny_gemma2_denoising", "tiny_gpt_neox_denoising", "tiny_olmo2_denoising"]
 
 
@@ -120,6 +122,20 @@ def drop_hooks(oracle: po.Oracle, layer: int | None) -> list:
     return [mods["attn_out"].register_forward_hook(hook), mods["mlp_out"].register_forward_hook(hook)]
 
 
+def residual_hook(oracle: po.Oracle, metric: po.Metric, kept: dict):
+    """projection: keeps the residual stream the metric reads, in the graph
+    (the slot resid_post L and resid_pre L + 1 share, as the oracle reads it)."""
+    layer, hook = metric.layer, metric.hook
+    if hook == "resid_post" and layer + 1 < oracle.n_layers:
+        layer, hook = layer + 1, "resid_pre"
+    module = oracle.layers[layer]
+    if hook == "resid_pre":
+        def pre(mod, args, kwargs):
+            kept["x"] = (args[0] if args else kwargs["hidden_states"])[0]
+        return module.register_forward_pre_hook(pre, with_kwargs=True)
+    return module.register_forward_hook(lambda mod, args, output: kept.__setitem__("x", po._first_tensor(output)[0]))
+
+
 def base_gradients(oracle: po.Oracle, metric: po.Metric, pair: po.Pair, ref_logprobs,
                    drop: int | None = None) -> tuple[dict[str, torch.Tensor], dict[int, torch.Tensor]]:
     """The hook points' gradients and each layer's pattern gradient (H, T, T)."""
@@ -127,10 +143,18 @@ def base_gradients(oracle: po.Oracle, metric: po.Metric, pair: po.Pair, ref_logp
     taps = Taps(model)
     patterns = Patterns(oracle, grad=True)
     drops = drop_hooks(oracle, drop)
+    kept = {}
+    if metric.kind == "projection":
+        drops.append(residual_hook(oracle, metric, kept))
     with torch.enable_grad():
         embeds = oracle.embeds(pair.base).detach().requires_grad_(True)
         logits = model(inputs_embeds=embeds).logits[0]
-        metric_torch(metric, logits[metric.resolve_position(pair.base.T)], ref_logprobs).backward()
+        p = metric.resolve_position(pair.base.T)
+        if metric.kind == "projection":
+            value = kept["x"][p].to(torch.float64) @ metric.u
+        else:
+            value = metric_torch(metric, logits[p], ref_logprobs)
+        value.backward()
     raw = taps.grads()
     grads = {k: torch.from_numpy(v) for k, v in raw.items()}
     dpattern = {i: (w.grad[0] if w.grad is not None else torch.zeros_like(w[0])).detach().to(torch.float64)
@@ -247,6 +271,8 @@ def reference(case: str, star: tuple[bool, bool] | None = None) -> None:
         "pairs": [{"base": r.base_value, "source": r.source_value} for r in runs],
         "rows": rows,
     }
+    if "direction" in spec["metric"]:  # the projection's file, beside the spec that names it
+        shutil.copyfile(case_dir / spec["metric"]["direction"], out / spec["metric"]["direction"])
     (out / "expected.json").write_text(json.dumps(record, indent=1) + "\n")
     (out / "spec.json").write_text(json.dumps(dict(spec, method=method, **extra), indent=1) + "\n")
     print(f"{out.name}: {method} {extra}, {len(rows)} rows x {len(pairs)} pairs")

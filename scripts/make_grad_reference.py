@@ -9,7 +9,9 @@ GPT-NeoX parallel blocks and partial rotary, Phi-3 fused projections,
 OLMo-2 post norms and whole-projection q/k norms) it runs the model's ids
 (tests/fixtures/<model>/ids.npy) through transformers in float32 with eager
 attention, computes one metric at one position (docs/patching.md: the kinds
-vary over the models so that each metric's derivative is covered) and
+vary over the models so that each metric's derivative is covered; two
+more cases project the residual stream on a seeded unit direction, kept in
+reference.json, at a middle slot and at the last layer's output) and
 backpropagates. Every hook point's tensor is taken where the engine's hook
 sees it (forward hooks on the HF modules, via refgen_common.layer_modules)
 and kept with retain_grad, so its .grad is the metric's total derivative
@@ -62,6 +64,10 @@ MODELS = {
     "tiny_gpt_neox": {"kind": "refusal_score", "positive": [6, 60]},
     "tiny_phi3": {"kind": "kl"},
     "tiny_olmo2": {"kind": "logit_diff", "positive": [13], "negative": [31]},
+    # projection on the residual stream (a seeded unit direction): the layers
+    # above the slot it reads get no gradient; "model" names the tiny model
+    "tiny_bias_projection": {"model": "tiny_bias", "kind": "projection", "layer": 1, "hook": "resid_pre"},
+    "tiny_gemma2_projection": {"model": "tiny_gemma2", "kind": "projection", "layer": 1, "hook": "resid_post"},
 }
 
 
@@ -134,8 +140,7 @@ class Taps:
         for name, t in self.tensors.items():
             if ".qkv_out." in name:
                 continue
-            g = t.grad
-            assert g is not None, name
+            g = t.grad if t.grad is not None else torch.zeros_like(t)  # not on the metric's path
             g = g[0] if g.dim() == 3 else g
             if name.endswith("hook_z"):
                 g = g.reshape(g.shape[0], H, hd)
@@ -145,6 +150,7 @@ class Taps:
                 key = next(k for k in self.tensors if k.startswith(f"blocks.{i}.attn.qkv_out.") and
                            c in k.rsplit(".", 1)[1].split("_"))
                 g = self.tensors[key].grad
+                g = g if g is not None else torch.zeros_like(self.tensors[key])
                 g = (g[0] if g.dim() == 3 else g)[:, index]
                 heads = H if c == "q" else Hkv
                 out[f"blocks.{i}.attn.hook_{c}"] = g.reshape(g.shape[0], heads, hd).detach().numpy()
@@ -155,10 +161,20 @@ class Taps:
             h.remove()
 
 
+def residual_tap(model: torch.nn.Module, metric: dict, kept: dict) -> object:
+    """A hook keeping the residual stream the projection metric reads."""
+    layer = model_parts(model)["layers"][metric["layer"]]
+    if metric["hook"] == "resid_pre":
+        def pre(mod, args, kwargs):
+            kept["x"] = args[0] if args else kwargs["hidden_states"]
+        return layer.register_forward_pre_hook(pre, with_kwargs=True)
+    return layer.register_forward_hook(lambda mod, args, output: kept.__setitem__("x", first_tensor(output)))
+
+
 def reference(name: str, metric: dict) -> None:
     from transformers import AutoModelForCausalLM
 
-    folder = FIXTURES / name
+    folder = FIXTURES / metric.get("model", name)
     model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32, attn_implementation="eager")
     model.eval()
     ids = torch.tensor(np.load(folder / "ids.npy").astype(np.int64)).reshape(1, -1)
@@ -173,9 +189,19 @@ def reference(name: str, metric: dict) -> None:
         with torch.no_grad():
             ref_logprobs = torch.log_softmax(model(input_ids=ref_ids).logits[0, pos].float(), dim=-1)
     taps = Taps(model)
+    kept, tap = {}, None
+    if metric["kind"] == "projection":
+        gen = torch.Generator().manual_seed(0)
+        u = torch.randn(model.config.hidden_size, generator=gen)
+        metric = dict(metric, direction=(u / u.norm()).tolist())
+        tap = residual_tap(model, metric, kept)
     embeds = model.get_input_embeddings()(ids).detach().requires_grad_(True)
     logits = model(inputs_embeds=embeds).logits[0]
-    value = metric_value(metric["kind"], metric, logits[pos], ref_logprobs)
+    if tap is not None:
+        value = kept["x"][0, pos] @ torch.tensor(metric["direction"], dtype=torch.float32)
+        tap.remove()
+    else:
+        value = metric_value(metric["kind"], metric, logits[pos], ref_logprobs)
     value.backward()
     grads = taps.grads()
     taps.close()
@@ -189,10 +215,10 @@ def reference(name: str, metric: dict) -> None:
         "generator": GENERATOR,
         "torch": torch.__version__,
         "transformers": __import__("transformers").__version__,
-        "model": name,
+        "model": metric.get("model", name),
         "ids": ids[0].tolist(),
         "position": pos,
-        "metric": {k: v for k, v in metric.items()},
+        "metric": {k: v for k, v in metric.items() if k != "model"},
         "ref_ids": ref_ids[0].tolist() if ref_ids is not None else None,
         "value": float(value.detach()),
         "hooks": sorted(grads),

@@ -241,8 +241,14 @@ static void test_verify(void **state) {
     pb_model_free(m);
 }
 
-/* A metric on the residual is refused by name; a method the spec does not
- * know is a spec error. */
+static float first_logit(const float *values, int n, void *user) {
+    (void)n;
+    (void)user;
+    return values[0];
+}
+
+/* A callback metric (no derivative to take) is refused by name; a method
+ * the spec does not know is a spec error. */
 static void test_refusals(void **state) {
     (void)state;
     pb_model *m = tu_load_model("tiny_bias", "model.gguf", PB_BACKEND_CPU);
@@ -256,9 +262,10 @@ static void test_refusals(void **state) {
     char *text = json_dumps(root, JSON_COMPACT);
     snprintf(c.dir, sizeof c.dir, "%s/patching/tiny_bias_projection", tu_fixtures());
     pb_sweep *s = NULL;
-    CHECK_OK(pb_sweep_create(&s, m, text, c.dir, NULL));
+    pb_sweep_options o = {.metric_fn = first_logit, .metric_fn_residual_layer = -1};
+    CHECK_OK(pb_sweep_create(&s, m, text, c.dir, &o));
     assert_int_equal(pb_sweep_run(s), PB_ERR_UNSUPPORTED);
-    assert_non_null(strstr(pb_last_error(), "not projection"));
+    assert_non_null(strstr(pb_last_error(), "not a callback metric"));
     pb_sweep_free(s);
     json_object_set_new(root, "method", json_string("atp**"));
     free(text);

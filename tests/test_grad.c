@@ -1,7 +1,8 @@
 /* The reference activation backward pass (attribution/grad_ref.h) against
  * PyTorch autograd on transformers' forward (tests/fixtures/grad/<model>,
  * from scripts/make_grad_reference.py): for one tiny model of each family
- * feature and every metric kind on logits, the metric's gradient at every
+ * feature and every metric kind (the four on logits, and the projection
+ * of the residual stream at a middle slot and at the top), the gradient at every
  * hook point (resid_pre/mid/post, attn_out, mlp_out, z, q, k, v of every
  * layer) within PB_TOL_GRAD_NMSE, and the metric's value; on the reference
  * and the CPU backends. A finite difference through the engine's own
@@ -26,8 +27,11 @@
 #include "test_util.h"
 #include "tolerances.h"
 
-static const char *models[] = {"tiny_gqa",    "tiny_bias", "tiny_qwen3",    "tiny_gemma", "tiny_gemma2",
-                               "tiny_gemma3", "tiny_gpt2", "tiny_gpt_neox", "tiny_phi3",  "tiny_olmo2"};
+/* Fixture folders under grad/; a projection case names its model in
+ * reference.json ("model"). */
+static const char *fixtures[] = {
+    "tiny_gqa",  "tiny_bias",     "tiny_qwen3", "tiny_gemma", "tiny_gemma2",          "tiny_gemma3",
+    "tiny_gpt2", "tiny_gpt_neox", "tiny_phi3",  "tiny_olmo2", "tiny_bias_projection", "tiny_gemma2_projection"};
 
 typedef struct grad_case {
     json_t *ref;
@@ -35,6 +39,7 @@ typedef struct grad_case {
     int T;
     pb_grad_metric metric;
     double *ref_logprobs;
+    float *direction; /* projection's, (d_model) */
 } grad_case;
 
 static int read_ints(json_t *array, int32_t *out, int max) {
@@ -55,19 +60,41 @@ static pb_metric_kind kind_of(const char *name) {
         return PB_METRIC_LOGPROB;
     if (strcmp(name, "refusal_score") == 0)
         return PB_METRIC_REFUSAL_SCORE;
+    if (strcmp(name, "projection") == 0)
+        return PB_METRIC_PROJECTION;
     assert_string_equal(name, "kl");
     return PB_METRIC_KL;
 }
 
+/* The fixture's reference.json (parsed; the caller frees). */
+static json_t *read_reference(const char *fixture) {
+    char path[1024];
+    snprintf(path, sizeof path, "%s/grad/%s/reference.json", tu_fixtures(), fixture);
+    json_error_t err;
+    json_t *ref = json_load_file(path, 0, &err);
+    if (!ref)
+        fail_msg("%s: %s (regenerate with scripts/make_grad_reference.py)", path, err.text);
+    return ref;
+}
+
+/* A projection's direction, layer and hook from the fixture's metric. */
+static void read_projection(grad_case *gc, json_t *metric, pb_model *m) {
+    int d = pb_model_get_config(m)->d_model;
+    json_t *direction = json_object_get(metric, "direction");
+    assert_int_equal(json_array_size(direction), (size_t)d);
+    gc->direction = malloc(sizeof(float) * (size_t)d);
+    assert_non_null(gc->direction);
+    for (int i = 0; i < d; i++)
+        gc->direction[i] = (float)json_number_value(json_array_get(direction, (size_t)i));
+    gc->metric.direction = gc->direction;
+    gc->metric.layer = (int)json_integer_value(json_object_get(metric, "layer"));
+    gc->metric.hook_post = strcmp(json_string_value(json_object_get(metric, "hook")), "resid_post") == 0;
+}
+
 /* The fixture's metric; for kl the reference distribution from the
  * engine's own forward of ref_ids (the script took transformers'). */
-static void read_case(grad_case *gc, const char *model, pb_model *m) {
-    char path[1024];
-    snprintf(path, sizeof path, "%s/grad/%s/reference.json", tu_fixtures(), model);
-    json_error_t err;
-    gc->ref = json_load_file(path, 0, &err);
-    if (!gc->ref)
-        fail_msg("%s: %s (regenerate with scripts/make_grad_reference.py)", path, err.text);
+static void read_case(grad_case *gc, const char *fixture, pb_model *m) {
+    gc->ref = read_reference(fixture);
     gc->T = read_ints(json_object_get(gc->ref, "ids"), gc->ids, 64);
     json_t *metric = json_object_get(gc->ref, "metric");
     gc->metric = (pb_grad_metric){.kind = kind_of(json_string_value(json_object_get(metric, "kind"))),
@@ -79,6 +106,9 @@ static void read_case(grad_case *gc, const char *model, pb_model *m) {
     if (json_object_get(metric, "negative"))
         gc->metric.n_negative = read_ints(json_object_get(metric, "negative"), gc->negative, 8);
     gc->ref_logprobs = NULL;
+    gc->direction = NULL;
+    if (gc->metric.kind == PB_METRIC_PROJECTION)
+        read_projection(gc, metric, m);
     if (gc->metric.kind == PB_METRIC_KL) {
         int n = read_ints(json_object_get(gc->ref, "ref_ids"), gc->ref_ids, 64);
         int V = pb_model_get_config(m)->vocab_size;
@@ -95,6 +125,7 @@ static void read_case(grad_case *gc, const char *model, pb_model *m) {
 static void free_case(grad_case *gc) {
     json_decref(gc->ref);
     free(gc->ref_logprobs);
+    free(gc->direction);
 }
 
 /* Every hook's gradient against the fixture: the worst NMSE. */
@@ -130,10 +161,13 @@ static double compare(const char *model, pb_capture *grads, json_t *hooks) {
     return worst;
 }
 
-static void check_model(const char *model, pb_backend_kind backend) {
-    pb_model *m = tu_load_model(model, "model.gguf", backend);
+static void check_model(const char *fixture, pb_backend_kind backend) {
+    json_t *ref = read_reference(fixture);
+    pb_model *m = tu_load_model(json_string_value(json_object_get(ref, "model")), "model.gguf", backend);
+    json_decref(ref);
+    const char *model = fixture;
     grad_case gc;
-    read_case(&gc, model, m);
+    read_case(&gc, fixture, m);
     pb_capture *grads = NULL;
     CHECK_OK(pb_capture_create(&grads, m,
                                "blocks.*.hook_resid_*,blocks.*.hook_attn_out,blocks.*.hook_mlp_out,"
@@ -143,7 +177,7 @@ static void check_model(const char *model, pb_backend_kind backend) {
         fail_msg("%s: %s", model, pb_last_error());
     double want = json_number_value(json_object_get(gc.ref, "value"));
     double worst = compare(model, grads, json_object_get(gc.ref, "hooks"));
-    printf("[ MEASURE  ] %-14s %-9s %-13s value %.6f (torch %.6f); worst hook NMSE %.2e\n", model,
+    printf("[ MEASURE  ] %-22s %-9s %-13s value %.6f (torch %.6f); worst hook NMSE %.2e\n", model,
            pb_backend_name(backend), json_string_value(json_object_get(json_object_get(gc.ref, "metric"), "kind")),
            value, want, worst);
     assert_true(fabs(value - want) <= PB_TOL_GRAD_VALUE * (1.0 + fabs(want)));
@@ -154,14 +188,14 @@ static void check_model(const char *model, pb_backend_kind backend) {
 
 static void test_against_autograd_reference(void **state) {
     (void)state;
-    for (size_t i = 0; i < sizeof models / sizeof models[0]; i++)
-        check_model(models[i], PB_BACKEND_REFERENCE);
+    for (size_t i = 0; i < sizeof fixtures / sizeof fixtures[0]; i++)
+        check_model(fixtures[i], PB_BACKEND_REFERENCE);
 }
 
 static void test_against_autograd_cpu(void **state) {
     (void)state;
-    for (size_t i = 0; i < sizeof models / sizeof models[0]; i++)
-        check_model(models[i], PB_BACKEND_CPU);
+    for (size_t i = 0; i < sizeof fixtures / sizeof fixtures[0]; i++)
+        check_model(fixtures[i], PB_BACKEND_CPU);
 }
 
 /* Adds eps * u to one hook point's activation (host memory backends). */

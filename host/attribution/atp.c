@@ -49,12 +49,11 @@ static void pair_free(atp_pair *a) {
 
 static pb_status check_supported(const pb_sweep *s) {
     const pb_sweep_spec *spec = pb_sweep_spec_of(s);
-    if (pb_sweep_metric_is_callback(s) || spec->metric.kind == PB_METRIC_PROJECTION)
+    if (pb_sweep_metric_is_callback(s))
         return pb_fail(PB_ERR_UNSUPPORTED,
-                       "\"method\": \"%s\" estimates metrics on the logits (logit_diff, "
-                       "logprob, refusal_score, kl), not %s",
-                       pb_sweep_method_name(spec->method),
-                       pb_sweep_metric_is_callback(s) ? "a callback metric" : "projection");
+                       "\"method\": \"%s\" differentiates the spec's metrics (logit_diff, logprob, "
+                       "refusal_score, kl, projection), not a callback metric",
+                       pb_sweep_method_name(spec->method));
     if (spec->grad_drop && pb_sweep_model(s)->cfg.n_layers < 2)
         return pb_fail(PB_ERR_UNSUPPORTED, "GradDrop averages over the other layers; this model has one");
     return PB_OK;
@@ -115,6 +114,12 @@ static double metric_value(const pb_sweep_spec *spec, const pb_pair_spec *p, con
     }
 }
 
+/* The projection metric of a run whose captures hold the residual stream. */
+static double projection_value(const pb_metric_spec *mt, pb_capture *run, int position, int d) {
+    const pb_capture_entry *e = pb_capture_find(run, mt->hook_post ? PB_HOOK_RESID_POST : PB_HOOK_RESID_PRE, mt->layer);
+    return pb_metric_projection(e->data + (size_t)position * d, mt->direction, d);
+}
+
 /* A forward of prompt capturing the hook points `hooks`; logits (T, V)
  * into *logits (the caller frees). */
 static pb_status capture_run(pb_model *m, const pb_prompt_spec *prompt, const char *hooks, pb_capture **out,
@@ -153,12 +158,20 @@ static pb_status pair_runs(pb_sweep *s, int pair, const char *grad_hooks, atp_pa
             pb_log_softmax(row, V, a->ref_logprobs);
     }
     if (status == PB_OK) {
-        a->source_value = metric_value(spec, p, source_logits + (size_t)pb_sweep_metric_position(s, p->source.T) * V, V,
-                                       a->ref_logprobs);
-        a->metric = (pb_grad_metric){spec->metric.kind, pb_sweep_metric_position(s, p->base.T),
-                                     p->positive,       p->n_positive,
-                                     p->negative,       p->n_negative,
-                                     a->ref_logprobs};
+        int source_position = pb_sweep_metric_position(s, p->source.T);
+        a->source_value = spec->metric.kind == PB_METRIC_PROJECTION
+                              ? projection_value(&spec->metric, a->source, source_position, m->cfg.d_model)
+                              : metric_value(spec, p, source_logits + (size_t)source_position * V, V, a->ref_logprobs);
+        a->metric = (pb_grad_metric){.kind = spec->metric.kind,
+                                     .position = pb_sweep_metric_position(s, p->base.T),
+                                     .positive = p->positive,
+                                     .n_positive = p->n_positive,
+                                     .negative = p->negative,
+                                     .n_negative = p->n_negative,
+                                     .ref_logprobs = a->ref_logprobs,
+                                     .direction = spec->metric.direction,
+                                     .layer = spec->metric.layer,
+                                     .hook_post = spec->metric.hook_post};
         a->T = p->base.T;
         status = pb_capture_create(&a->grads, m, grad_hooks);
         if (status == PB_OK && spec->grad_drop)
@@ -227,7 +240,8 @@ static int site_layer(const pb_sweep *s, int64_t site) {
  *
  * signed as source - base so that the normalised effect is its magnitude.
  * A drop at l leaves every gradient above l as it was, so the pass for l
- * starts at l's output and only sites at layers <= l are estimated again. */
+ * starts at l's output and only sites at layers <= l are estimated again;
+ * a drop above the layers the metric reads (projection) changes nothing. */
 static pb_status grad_drop(pb_sweep *s, int pair, atp_pair *a, const int64_t *rows, int64_t n, double *est) {
     pb_model *m = (pb_model *)(uintptr_t)pb_sweep_model(s);
     int64_t n_sites = pb_sweep_site_count(s);
@@ -241,7 +255,13 @@ static pb_status grad_drop(pb_sweep *s, int pair, atp_pair *a, const int64_t *ro
         lowest = layer < lowest ? layer : lowest;
     }
     pb_status status = PB_OK;
+    int top = pb_grad_metric_top_layer(&a->metric, L); /* a drop above it changes nothing */
     for (int l = lowest; status == PB_OK && l < L; l++) {
+        for (int64_t i = 0; l > top && i < n; i++)
+            if (site_layer(s, rows[i] % n_sites) <= l)
+                acc[i] += fabs(est[i]);
+        if (l > top)
+            continue;
         pb_grad_drop drop = {l, pb_capture_find(a->grads, PB_HOOK_RESID_POST, l)->data};
         status = pb_grad_reference_drop(m, a->T, a->base, NULL, &a->metric, &drop, a->drop_grads, NULL);
         for (int64_t i = 0; status == PB_OK && i < n; i++) {

@@ -240,6 +240,31 @@ static pb_status head_backward(grad_ctx *g, const pb_grad_metric *mt, const floa
     return status;
 }
 
+/* The projection metric's start: *value = <x, u> at the metric position,
+ * g->dres[0] = u there (the gradient of the slot it reads, which resid_pre
+ * of the layer above also names). */
+static void projection_start(grad_ctx *g, const pb_grad_metric *mt, double *value) {
+    const pb_model_config *c = g->c;
+    size_t d = (size_t)c->d_model, row = (size_t)mt->position * d;
+    int slot = mt->layer + (mt->hook_post ? 1 : 0);
+    const float *x = act(g, mt->hook_post ? PB_HOOK_RESID_POST : PB_HOOK_RESID_PRE, mt->layer) + row;
+    double acc = 0.0;
+    for (size_t i = 0; i < d; i++)
+        acc += (double)x[i] * mt->direction[i];
+    if (value)
+        *value = acc;
+    memset(g->dres[0], 0, sizeof(float) * (size_t)g->T * d);
+    memcpy(g->dres[0] + row, mt->direction, sizeof(float) * d);
+    if (slot < c->n_layers)
+        store(g, PB_HOOK_RESID_PRE, slot, g->dres[0], d);
+}
+
+int pb_grad_metric_top_layer(const pb_grad_metric *mt, int n_layers) {
+    if (mt->kind != PB_METRIC_PROJECTION)
+        return n_layers - 1;
+    return mt->layer + (mt->hook_post ? 1 : 0) - 1;
+}
+
 /* ---- sublayers ------------------------------------------------------------ */
 
 /* g->xn (T, d) = the sublayer's input: the norm of x, or x itself. */
@@ -486,6 +511,9 @@ static pb_status check_supported(const pb_model *m, const pb_grad_metric *mt, in
         return pb_fail(PB_ERR_UNSUPPORTED, "the gradient reference needs resident weights, not --weights stream");
     if (!mt || mt->position < 0 || mt->position >= T)
         return pb_fail(PB_ERR_ARG, "gradient: metric position %d outside the %d tokens", mt ? mt->position : -1, T);
+    if (mt->kind == PB_METRIC_PROJECTION && (!mt->direction || mt->layer < 0 || mt->layer >= m->cfg.n_layers))
+        return pb_fail(PB_ERR_ARG, "gradient metric projection: needs a direction and a layer in [0, %d), not %d",
+                       m->cfg.n_layers, mt->layer);
     return PB_OK;
 }
 
@@ -604,7 +632,8 @@ pb_status pb_grad_reference_drop(pb_model *m, int T, pb_capture *acts, const flo
                                  const pb_grad_metric *metric, const pb_grad_drop *drop, pb_capture *grads,
                                  double *value) {
     int resume = drop && drop->resid_post_grad;
-    if (!m || !acts || !grads || (!resume && (!logits || !value)))
+    int on_logits = !metric || metric->kind != PB_METRIC_PROJECTION;
+    if (!m || !acts || !grads || (!resume && ((on_logits && !logits) || !value)))
         return pb_fail(PB_ERR_ARG, "gradient: model, acts, grads, and unless resumed logits and value, are required");
     PB_TRY(check_supported(m, metric, T));
     PB_TRY(check_acts(&m->cfg, acts));
@@ -619,9 +648,11 @@ pb_status pb_grad_reference_drop(pb_model *m, int T, pb_capture *acts, const flo
         status = pb_capture_prepare(grads, T);
     for (int i = 0; status == PB_OK && i < grads->count; i++)
         memset(grads->entries[i].data, 0, sizeof(float) * entry_floats(&grads->entries[i], T));
-    int top = resume ? drop->layer : m->cfg.n_layers - 1;
+    int top = resume ? drop->layer : pb_grad_metric_top_layer(metric, m->cfg.n_layers);
     if (status == PB_OK && resume)
         memcpy(g.dres[0], drop->resid_post_grad, sizeof(float) * (size_t)T * (size_t)m->cfg.d_model);
+    else if (status == PB_OK && !on_logits)
+        projection_start(&g, metric, value);
     else if (status == PB_OK)
         status = head_backward(&g, metric, logits, value);
     for (int L = top; status == PB_OK && L >= 0; L--)
