@@ -5,6 +5,7 @@
  * the MLP and attention sublayers in reverse (post norm, projections, the
  * activation or the attention's softmax, RoPE, q/k norms, pre norm), each
  * adding its input's gradient into the residual's. */
+#include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -64,9 +65,17 @@ static pb_status vector(grad_ctx *g, int slot, const float *v, size_t n, const f
     return PB_OK;
 }
 
-/* dx (rows, k) = dy (rows, n) @ w (n, k), or += with accumulate; sums in
- * double, one row per thread (the same result on any thread count). */
-static pb_status matmul_dx(float *dx, const float *dy, const float *w, int rows, int n, int k, int accumulate) {
+/* dx (rows, k) = dy (rows, n) @ g->w (n, k), or += with accumulate. On
+ * the CPU backend an OpenBLAS sgemm (fp32 sums, as its forward); on the
+ * reference backend sums in double, one row per thread (the same result on
+ * any thread count). */
+static pb_status matmul_dx(grad_ctx *g, float *dx, const float *dy, int rows, int n, int k, int accumulate) {
+    const float *w = g->w;
+    if (g->m->backend_kind == PB_BACKEND_CPU) {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, k, n, 1.0f, dy, n, w, k, accumulate ? 1.0f : 0.0f,
+                    dx, k);
+        return PB_OK;
+    }
     double *acc = calloc((size_t)rows * (size_t)k, sizeof(double));
     if (!acc)
         return pb_fail(PB_ERR_OOM, "gradient: out of memory for a (%d, %d) product", rows, k);
@@ -330,7 +339,7 @@ static pb_status mlp_backward(grad_ctx *g, int L, const float *x, const float *d
     if (!c->plain_mlp)
         PB_TRY(own->ops->matmul(own, g->pre[0], g->xn, W->w_gate.data, W->w_gate.dtype, NULL, T, f, d));
     PB_TRY(matrix(g, &W->w_down, (size_t)d, (size_t)f));
-    PB_TRY(matmul_dx(g->dh[0], g->dsub, g->w, T, d, f, 0)); /* d of the activations */
+    PB_TRY(matmul_dx(g, g->dh[0], g->dsub, T, d, f, 0)); /* d of the activations */
     for (size_t i = 0; i < (size_t)T * f; i++) {
         double a, da = activation_grad(c->activation, c->plain_mlp ? g->pre[1][i] : g->pre[0][i], &a);
         if (c->plain_mlp) {
@@ -341,10 +350,10 @@ static pb_status mlp_backward(grad_ctx *g, int L, const float *x, const float *d
         }
     }
     PB_TRY(matrix(g, &W->w_up, (size_t)f, (size_t)d));
-    PB_TRY(matmul_dx(g->dxn, g->dh[1], g->w, T, f, d, 0));
+    PB_TRY(matmul_dx(g, g->dxn, g->dh[1], T, f, d, 0));
     if (!c->plain_mlp) {
         PB_TRY(matrix(g, &W->w_gate, (size_t)f, (size_t)d));
-        PB_TRY(matmul_dx(g->dxn, g->dh[0], g->w, T, f, d, 1));
+        PB_TRY(matmul_dx(g, g->dxn, g->dh[0], T, f, d, 1));
     }
     return pre_norm_backward(g, accum, x, W->mlp_norm);
 }
@@ -449,7 +458,7 @@ static pb_status attention_backward(grad_ctx *g, int L, const float *x, const fl
     PB_TRY(post_norm_backward(g, dout, PB_HOOK_ATTN_POST_IN, L, W->attn_post_norm));
     PB_TRY(matrix(g, &W->wo, (size_t)d, (size_t)qd));
     float *dz = g->dh[0];
-    PB_TRY(matmul_dx(dz, g->dsub, g->w, T, d, qd, 0));
+    PB_TRY(matmul_dx(g, dz, g->dsub, T, d, qd, 0));
     store(g, PB_HOOK_Z, L, dz, (size_t)qd);
     softmax_attention_backward(g, L, dz);
     float *dq = g->dh[0], *dk = g->pre[0], *dv = g->pre[1]; /* dz is spent */
@@ -459,11 +468,11 @@ static pb_status attention_backward(grad_ctx *g, int L, const float *x, const fl
         dv[i] = (float)g->att[2][i];
     store(g, PB_HOOK_V, L, dv, (size_t)kvd);
     PB_TRY(matrix(g, &W->wq, (size_t)qd, (size_t)d));
-    PB_TRY(matmul_dx(g->dxn, dq, g->w, T, qd, d, 0));
+    PB_TRY(matmul_dx(g, g->dxn, dq, T, qd, d, 0));
     PB_TRY(matrix(g, &W->wk, (size_t)kvd, (size_t)d));
-    PB_TRY(matmul_dx(g->dxn, dk, g->w, T, kvd, d, 1));
+    PB_TRY(matmul_dx(g, g->dxn, dk, T, kvd, d, 1));
     PB_TRY(matrix(g, &W->wv, (size_t)kvd, (size_t)d));
-    PB_TRY(matmul_dx(g->dxn, dv, g->w, T, kvd, d, 1));
+    PB_TRY(matmul_dx(g, g->dxn, dv, T, kvd, d, 1));
     return pre_norm_backward(g, accum, x, W->attn_norm);
 }
 

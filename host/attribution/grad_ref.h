@@ -2,8 +2,10 @@
  * metric at one position with respect to every hook point's activation,
  * the total derivative through every later use, as PyTorch autograd gives
  * it on transformers' forward (scripts/make_grad_reference.py). Host
- * memory, sums in double, written from the forward's definitions op by op
- * (docs/patching.md): the oracle the fast backward passes of the backends
+ * memory, written from the forward's definitions op by op
+ * (docs/patching.md), sums in double; on the CPU backend the weight
+ * products (most of the time) are OpenBLAS sgemm with fp32 sums, as its
+ * forward's are. On the reference backend, the oracle a device backward
  * will be tested against, as the reference backend is for the forward.
  * Activations come from one forward with a capture; what no hook holds
  * (norm outputs, the MLP's pre-activations, the attention scores) is
