@@ -43,4 +43,8 @@ rc=0
 "$cli" attribute --model "$model" --spec "$spec" --verify top5 --out "$tmp/y" 2>"$tmp/err3" >/dev/null || rc=$?
 [ $rc -eq 2 ] || fail "--verify top5: exit $rc, expected 2"
 grep -q 'expected top:K' "$tmp/err3" || { cat "$tmp/err3"; fail "no reason"; }
+rc=0
+"$cli" attribute --model "$model" --out "$tmp/z" 2>"$tmp/err4" >/dev/null || rc=$?
+[ $rc -eq 2 ] || fail "no --spec: exit $rc, expected 2"
+grep -q '^patchbay attribute: --spec' "$tmp/err4" || { cat "$tmp/err4"; fail "the usage error does not name attribute"; }
 echo "patchbay attribute: ok"

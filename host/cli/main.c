@@ -598,7 +598,8 @@ static int partial_sweep_outputs(const char *dir) {
 static int sweep_inputs(sweep_job *j) {
     const options *o = j->o;
     if (!o->spec || !o->out) {
-        fprintf(stderr, "patchbay sweep: --spec SPEC.json and --out DIR are required\n");
+        fprintf(stderr, "patchbay %s: --spec SPEC.json and --out DIR are required\n",
+                o->attribute ? "attribute" : "sweep");
         return 2;
     }
     checkpoint_path(o, j->checkpoint, sizeof j->checkpoint);
@@ -643,7 +644,7 @@ static int sweep_inputs(sweep_job *j) {
     if (o->attribute && pb_cli_spec_attribute(&j->spec_text, &how) != 0)
         return 2;
     if (o->prompt.no_chat && pb_cli_spec_plain_text(&j->spec_text) != 0) {
-        fprintf(stderr, "patchbay sweep: out of memory applying --no-chat\n");
+        fprintf(stderr, "patchbay %s: out of memory applying --no-chat\n", o->attribute ? "attribute" : "sweep");
         return 1;
     }
     return 0;
@@ -653,7 +654,7 @@ static int sweep_inputs(sweep_job *j) {
  * 0, or the exit status. */
 static int sweep_create(sweep_job *j) {
     const options *o = j->o;
-    pb_progress_init(&j->progress, j->show ? stderr : NULL, "sweep", -1);
+    pb_progress_init(&j->progress, j->show ? stderr : NULL, o->attribute ? "attribute" : "sweep", -1);
     pb_sweep_options so = {.max_memory = o->max_memory,
                            .metric_fn_residual_layer = -1,
                            .stop = &sweep_stop,
