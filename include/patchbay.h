@@ -198,6 +198,12 @@ typedef struct pb_load_options {
     int shape_only;       /* 1: the hyperparameters, tokenizer and checked tensor table only, no weights read and
                              no device opened: for planning (pb_sweep_plan) a model this machine cannot hold;
                              running it is refused */
+    /* LoRA adapters merged into the weights at load (PEFT folders:
+     * adapter_config.json + adapter_model.safetensors), each times its
+     * scale (adapter_scales NULL: 1); not with --weights stream. */
+    const char *const *adapters;
+    const float *adapter_scales;
+    int n_adapters;
 } pb_load_options;
 
 /* "cpu", "reference", "cuda" */
@@ -525,6 +531,11 @@ typedef struct pb_fingerprint_options {
     /* 1: do not hash the model at all (ranks other than rank 0 of a job,
      * whose rank 0 checks the model for everyone). */
     int skip_model;
+    /* LoRA adapters merged at load (pb_load_options): every file of each
+     * folder and its scale are hashed into the model's digest. */
+    const char *const *adapters;
+    const float *adapter_scales;
+    int n_adapters;
 } pb_fingerprint_options;
 
 /* model_path may be a pb_model_get_source() "random:..." name. Reads every

@@ -168,6 +168,9 @@ static void test_usage_errors(void **state) {
     const char *no_model[] = {"info", NULL};
     assert_int_equal(run_cli(no_model), 2);
     expect_in(err_text, "--model");
+    const char *bad_method[] = {"refusal-analysis", "--model", "x", "--out", "y", "--method", "atp**", NULL};
+    assert_int_equal(run_cli(bad_method), 2);
+    expect_in(err_text, "--method expects exact, atp, atp* or atp-star, got 'atp**'");
 }
 
 static void test_forward_argument_errors(void **state) {
@@ -215,6 +218,35 @@ static void expect_npy_close(const char *a, const char *b, double tol) {
         fail_msg("%s vs %s: max |diff| %.3g > %.3g", a, b, diff, tol);
     free(x);
     free(y);
+}
+
+/* --adapter merges a PEFT LoRA adapter: forward equals PEFT's logits; at
+ * scale 0 the base model's (transformers'); a folder without an adapter is
+ * an error naming its config. */
+static void test_adapter_option(void **state) {
+    char model[1024], out[128], adapter[1024], ids[1024], got[256], want[1200];
+    need_cli_in(model, sizeof model, out, sizeof out);
+    tu_fixture_file(adapter, sizeof adapter, "lora", "tiny_gqa");
+    tu_fixture_file(ids, sizeof ids, "tiny_gqa", "ids.npy");
+    const char *merged[] = {"forward", "--model", model, "--ids-file", ids, "--adapter", adapter, "--out", out, NULL};
+    if (run_cli(merged) != 0)
+        fail_msg("forward --adapter failed: %s", err_text);
+    snprintf(got, sizeof got, "%s/logits.npy", out);
+    snprintf(want, sizeof want, "%s/logits.npy", adapter);
+    expect_npy_close(got, want, PB_TOL_TINY_LOGITS_MAX_ABS);
+    char zero[1100], out0[160];
+    snprintf(zero, sizeof zero, "%s:0", adapter);
+    snprintf(out0, sizeof out0, "%s/zero", tmp_dir);
+    const char *scaled[] = {"forward", "--model", model, "--ids-file", ids, "--adapter", zero, "--out", out0, NULL};
+    if (run_cli(scaled) != 0)
+        fail_msg("forward --adapter PATH:0 failed: %s", err_text);
+    snprintf(got, sizeof got, "%s/logits.npy", out0);
+    tu_fixture_file(want, sizeof want, "tiny_gqa", "logits.npy");
+    expect_npy_close(got, want, PB_TOL_TINY_LOGITS_MAX_ABS);
+    snprintf(out0, sizeof out0, "%s/none", tmp_dir);
+    const char *missing[] = {"forward", "--model", model, "--ids", "1,2", "--adapter", tmp_dir, "--out", out0, NULL};
+    assert_int_equal(run_cli(missing), 1);
+    expect_in(err_text, "adapter_config.json");
 }
 
 static const char *const expected_files[] = {"logits.npy", "blocks.0.hook_resid_pre.npy", "blocks.1.hook_resid_pre.npy",
@@ -1375,6 +1407,7 @@ int main(void) {
         cmocka_unit_test_teardown(test_help_every_command, cleanup),
         cmocka_unit_test_teardown(test_tokenize_decode, cleanup),
         cmocka_unit_test_teardown(test_forward_text, cleanup),
+        cmocka_unit_test_teardown(test_adapter_option, cleanup),
         cmocka_unit_test_teardown(test_logit_lens_cli, cleanup),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -36,6 +36,7 @@ typedef struct analysis_options {
     const char *out;
     const char *chat_template;
     int sweep_pairs;
+    const char *method; /* the sweep's: "exact", "atp", "atp*" or "atp-star" */
     int max_new;
     int overwrite;
     int no_progress;
@@ -63,7 +64,9 @@ static int fail(const char *what) {
     return 1;
 }
 
-enum { ANALYSIS_OPTIONS = 6 };
+enum { ANALYSIS_OPTIONS = 7 };
+
+static const char *const method_choices[] = {"exact", "atp", "atp*", "atp-star", NULL};
 
 _Static_assert(ANALYSIS_OPTIONS + 1 <= PB_CLI_COMMAND_ROWS, "analysis options fit pb_cli_tables");
 
@@ -89,6 +92,14 @@ static void analysis_table(analysis_options *o, pb_cli_tables *t) {
          .target = &o->sweep_pairs,
          .value = "N",
          .help = "pairs the patching sweep averages over (default 8)"},
+        {.flag = "--method",
+         .kind = PB_OPT_CHOICE,
+         .target = &o->method,
+         .choices = method_choices,
+         .choices_text = "exact, atp, atp* or atp-star",
+         .value = "exact|atp|atp*",
+         .help = "how the patching sweep gets its effects: exact patched runs (default), or estimated by "
+                 "attribution patching, AtP or AtP* (atp-star: the same, spelled for the shell)"},
         {.flag = "--max-new-tokens",
          .kind = PB_OPT_POSITIVE,
          .target = &o->max_new,
@@ -108,7 +119,8 @@ void pb_cli_refusal_analysis_options(FILE *out, const char *cmd) {
 }
 
 static int parse_args(int argc, char **argv, analysis_options *o) {
-    *o = (analysis_options){.pairs_path = "data/refusal_pairs.json", .sweep_pairs = 8, .max_new = 32};
+    *o = (analysis_options){
+        .pairs_path = "data/refusal_pairs.json", .sweep_pairs = 8, .method = "exact", .max_new = 32};
     pb_cli_tables t;
     analysis_table(o, &t);
     const pb_cli_parser parser = {.prefix = "patchbay refusal-analysis",
@@ -225,10 +237,13 @@ static pb_status refusal_rate(analysis *an, int harmful, int max_new, const pb_i
 /* The default spec: denoising (clean = harmful, corrupted = harmless) over
  * the first n validation pairs; resid_pre, attn_out and mlp_out at every
  * layer and position, z of every head at the last position; logit
- * difference between the refusal and compliance token sets. */
-static char *default_spec(const analysis *an, int n) {
+ * difference between the refusal and compliance token sets; the method
+ * when not exact. */
+static char *default_spec(const analysis *an, int n, const char *method) {
     json_t *spec = json_object(), *pairs = json_array(), *sites = json_array(), *metric = json_object();
     json_object_set_new(spec, "mode", json_string("denoising"));
+    if (strcmp(method, "exact") != 0)
+        json_object_set_new(spec, "method", json_string(strcmp(method, "atp-star") == 0 ? "atp*" : method));
     for (int i = 0, used = 0; i < an->n_pairs && used < n; i++) {
         if (!an->pairs[i].validation)
             continue;
@@ -328,7 +343,7 @@ static int analysis_load(analysis *an, const analysis_options *o, findings *f) {
 
 /* Step 2: the default sweep over the first sweep_pairs validation pairs. */
 static pb_status run_default_sweep(analysis *an, const analysis_options *o, char **spec, pb_sweep **sweep) {
-    *spec = default_spec(an, o->sweep_pairs);
+    *spec = default_spec(an, o->sweep_pairs, o->method);
     pb_progress progress;
     pb_progress_init(&progress, stderr, "sweep", -1);
     pb_sweep_options so = {.metric_fn_residual_layer = -1,
@@ -490,7 +505,8 @@ static int analysis_steps(analysis *an, const analysis_options *o, findings *f, 
         return fail("baseline generation");
     fprintf(stderr, "patchbay:   refusal rate harmful %d/%d, harmless %d/%d\n", f->k_rates[0], f->n_rates[0],
             f->k_rates[1], f->n_rates[1]);
-    fprintf(stderr, "patchbay: [2/5] patching sweep over %d validation pairs\n", o->sweep_pairs);
+    fprintf(stderr, "patchbay: [2/5] patching sweep over %d validation pairs%s%s\n", o->sweep_pairs,
+            strcmp(o->method, "exact") != 0 ? ", estimated by " : "", strcmp(o->method, "exact") != 0 ? o->method : "");
     if (run_default_sweep(an, o, spec, sweep) != PB_OK)
         return fail("the patching sweep");
     fprintf(stderr, "patchbay: [3/5] refusal direction (difference in means, train split; scored on validation)\n");

@@ -1,14 +1,45 @@
 /* Parsing and loading of the shared model options (cli_model.h). */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "cli/cli_model.h"
+#include "patchbay_tool.h"
 
 /* The library's parsers as PB_OPT_PARSE functions. */
 static pb_status parse_backend(const char *value, void *target) { return pb_backend_parse(value, target); }
 static pb_status parse_dtype(const char *value, void *target) { return pb_dtype_parse(value, target); }
 static pb_status parse_weights(const char *value, void *target) { return pb_weights_mode_parse(value, target); }
+
+/* --adapter PATH[:SCALE]: a trailing ":number" is the scale (default 1). */
+static pb_status parse_adapter(const char *value, void *target) {
+    pb_cli_model *o = target;
+    int n = o->load.n_adapters;
+    if (n >= PB_CLI_MAX_ADAPTERS)
+        return pb_fail(PB_ERR_ARG, "at most %d adapters", PB_CLI_MAX_ADAPTERS);
+    size_t len = strlen(value);
+    float scale = 1.0f;
+    const char *colon = strrchr(value, ':');
+    char *end = NULL;
+    if (colon && colon[1]) {
+        double s = strtod(colon + 1, &end);
+        if (*end == 0 && isfinite(s)) {
+            scale = (float)s;
+            len = (size_t)(colon - value);
+        }
+    }
+    if (len == 0 || len >= sizeof o->adapter_paths[n])
+        return pb_fail(PB_ERR_ARG, "'%s' is not an adapter folder (PATH or PATH:SCALE)", value);
+    memcpy(o->adapter_paths[n], value, len);
+    o->adapter_paths[n][len] = 0;
+    o->adapter_names[n] = o->adapter_paths[n];
+    o->adapter_scales[n] = scale;
+    o->load.adapters = o->adapter_names;
+    o->load.adapter_scales = o->adapter_scales;
+    o->load.n_adapters = n + 1;
+    return PB_OK;
+}
 
 void pb_cli_model_table(pb_cli_model *o, pb_cli_option table[PB_CLI_MODEL_OPTIONS + 1]) {
     const pb_cli_option options[PB_CLI_MODEL_OPTIONS + 1] = {
@@ -83,6 +114,14 @@ void pb_cli_model_table(pb_cli_model *o, pb_cli_option table[PB_CLI_MODEL_OPTION
          .value = "SIZE",
          .help = "cap on the weights' memory for stream and auto (apart from --max-memory, which sizes "
                  "batches); a model that cannot run within it, even streamed, is refused with the numbers"},
+        {.flag = "--adapter",
+         .kind = PB_OPT_PARSE,
+         .parse = parse_adapter,
+         .target = o,
+         .shared = 1,
+         .value = "PATH[:SCALE]",
+         .help = "a PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors) merged into the "
+                 "weights at load, times SCALE (default 1); repeatable, up to 8; resident weights only"},
         {0},
     };
     memcpy(table, options, sizeof options);

@@ -1,8 +1,8 @@
 /* The model options every command shares: where the weights come from
  * (--model PATH or --random-model NAME[:LAYERS] [--seed N]), where they run
- * (--backend cpu|reference|cuda, --device N, --threads N) and how they are
+ * (--backend cpu|reference|cuda, --device N, --threads N), how they are
  * stored (--dtype f32|bf16|f16|file, --weights resident|stream|auto,
- * --weight-memory SIZE). */
+ * --weight-memory SIZE) and LoRA adapters merged into them (--adapter). */
 #ifndef PB_CLI_MODEL_H
 #define PB_CLI_MODEL_H
 
@@ -11,15 +11,21 @@
 #include "cli/options.h"
 #include "patchbay.h"
 
+enum { PB_CLI_MAX_ADAPTERS = 8 };
+
 typedef struct pb_cli_model {
     const char *path;        /* --model */
     const char *random_name; /* --random-model */
     uint64_t seed;           /* --seed, for --random-model */
     pb_load_options load;    /* --backend, --dtype, --device, --threads, --weights, --weight-memory */
     int device_given;        /* 1 when --device was on the command line: it beats the rank's own choice */
+    /* --adapter PATH[:SCALE], repeatable: load.adapters points here */
+    char adapter_paths[PB_CLI_MAX_ADAPTERS][1024];
+    const char *adapter_names[PB_CLI_MAX_ADAPTERS];
+    float adapter_scales[PB_CLI_MAX_ADAPTERS];
 } pb_cli_model;
 
-enum { PB_CLI_MODEL_OPTIONS = 9 };
+enum { PB_CLI_MODEL_OPTIONS = 10 };
 /* Fills table (PB_CLI_MODEL_OPTIONS entries plus the PB_OPT_END) with the
  * options above, writing into o; a command's own table reaches them
  * through a PB_OPT_TABLE entry (options.h). */

@@ -671,7 +671,11 @@ static int sweep_create(sweep_job *j) {
      * per model file: the hash is cached beside the checkpoint. */
     char cache[4300];
     hash_cache_path(j->checkpoint, cache, sizeof cache);
-    pb_fingerprint_options fo = {.hash_cache = cache, .skip_model = j->ranks->rank != 0};
+    pb_fingerprint_options fo = {.hash_cache = cache,
+                                 .skip_model = j->ranks->rank != 0,
+                                 .adapters = o->model.load.adapters,
+                                 .adapter_scales = o->model.load.adapter_scales,
+                                 .n_adapters = o->model.load.n_adapters};
     if (pb_sweep_fingerprint_compute_with(&j->fingerprint, pb_model_get_source(j->model), j->spec_text,
                                           o->model.load.backend, o->model.load.dtype, &fo) != PB_OK)
         return fail("fingerprinting the sweep's inputs");

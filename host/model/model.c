@@ -16,6 +16,7 @@
 
 #include "formats/dtype.h"
 #include "util/internal.h"
+#include "model/adapter.h"
 #include "model/model.h"
 #include "model/stream.h"
 #include "model/weight_source.h"
@@ -683,6 +684,11 @@ static pb_status start_stream(pb_model *m, pb_weight_source **src, const wanted_
 
 /* What streaming needs, refused by name where it cannot run. */
 static pb_status check_streamable(const pb_weight_source *src) {
+    if (src->no_raw)
+        return pb_fail(PB_ERR_UNSUPPORTED,
+                       "%s: --weights stream reads the file's own weights; a model with an adapter "
+                       "merged into them is held resident",
+                       src->path);
     if (!pb_weight_source_has_raw(src))
         return pb_fail(PB_ERR_UNSUPPORTED,
                        "%s: --weights stream reads a GGUF file's mapping (or a random model stored in a type, "
@@ -929,6 +935,8 @@ pb_status pb_model_load(pb_model **out, const char *path, const pb_load_options 
     PB_TRY(model_new(&m, path, options));
     pb_weight_source *src = NULL;
     pb_status status = pb_weight_source_open(&src, path);
+    if (status == PB_OK && options && options->n_adapters > 0)
+        status = pb_adapter_source_wrap(&src, options->adapters, options->adapter_scales, options->n_adapters);
     if (status == PB_OK)
         status = model_load(m, &src);
     pb_weight_source_free(src); /* NULL when the model streams from it */
@@ -944,6 +952,8 @@ pb_status pb_model_random(pb_model **out, const char *name, uint64_t seed, const
     if (!out || !name)
         return pb_fail(PB_ERR_ARG, "pb_model_random: out and name are required");
     *out = NULL;
+    if (options && options->n_adapters > 0)
+        return pb_fail(PB_ERR_ARG, "adapters are merged into a model's file weights (--model), not a random model");
     pb_weight_source *src = NULL;
     PB_TRY(pb_weight_source_open_random(&src, name, seed));
     pb_model *m = NULL;

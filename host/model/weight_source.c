@@ -448,7 +448,9 @@ static int64_t file_row(const pb_tensor_info *info, int64_t r) {
     return r;
 }
 
-int pb_weight_source_has_raw(const pb_weight_source *src) { return src->gguf != NULL || src->owns_raw; }
+int pb_weight_source_has_raw(const pb_weight_source *src) {
+    return !src->no_raw && (src->gguf != NULL || src->owns_raw);
+}
 
 pb_status pb_weight_source_read_rows(const pb_weight_source *src, const pb_tensor_info *info, int64_t first, int64_t n,
                                      void *out) {

@@ -79,6 +79,9 @@ struct pb_weight_source {
     /* 1 when raw hands out every tensor's bytes from this process's own
      * memory (a random model stored in a type), which a backend may pin. */
     int owns_raw;
+    /* 1 when raw does not hand out every tensor (an adapter merged into
+     * some: model/adapter.h): nothing is used in place or streamed. */
+    int no_raw;
 };
 
 /* path: a GGUF file, or a Hugging Face folder (config.json plus

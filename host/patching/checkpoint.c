@@ -199,7 +199,26 @@ static pb_status hash_folder(pb_hash64_state *h, const char *dir, const char *ca
 
 /* model_digest: "<bytes>:<16 hex digits>", the hash of every byte of the
  * model (file_hash.h); "random:" names are their own digest. */
-static pb_status model_digest(pb_sweep_fingerprint *fp, const char *model_path, const char *cache) {
+/* *hash = the hash of model_hash, then of every adapter folder's files
+ * and scale (unchanged without adapters); their bytes added to *total. */
+static pb_status adapters_digest(const pb_fingerprint_options *o, const char *cache, uint64_t model_hash,
+                                 uint64_t *hash, uint64_t *total) {
+    if (!o || o->n_adapters < 1)
+        return PB_OK;
+    pb_hash64_state h;
+    pb_hash64_init(&h);
+    pb_hash64_update(&h, &model_hash, sizeof model_hash);
+    for (int i = 0; i < o->n_adapters; i++) {
+        float scale = o->adapter_scales ? o->adapter_scales[i] : 1.0f;
+        PB_TRY(hash_folder(&h, o->adapters[i], cache, total));
+        pb_hash64_update(&h, &scale, sizeof scale);
+    }
+    *hash = pb_hash64_final(&h);
+    return PB_OK;
+}
+
+static pb_status model_digest(pb_sweep_fingerprint *fp, const char *model_path, const char *cache,
+                              const pb_fingerprint_options *options) {
     pb_hash64_state h;
     pb_hash64_init(&h);
     uint64_t total = 0, hash = 0;
@@ -219,6 +238,7 @@ static pb_status model_digest(pb_sweep_fingerprint *fp, const char *model_path, 
         if (status != PB_OK)
             return pb_fail_context(status, "fingerprint");
     }
+    PB_TRY(adapters_digest(options, cache, hash, &hash, &total));
     snprintf(fp->model_digest, sizeof fp->model_digest, "%llu:%016llx", (unsigned long long)total,
              (unsigned long long)hash);
     return PB_OK;
@@ -241,7 +261,7 @@ pb_status pb_sweep_fingerprint_compute_with(pb_sweep_fingerprint *fp, const char
     if (options && options->skip_model)
         fp->model_unchecked = 1;
     else
-        PB_TRY(model_digest(fp, model_path, options ? options->hash_cache : NULL));
+        PB_TRY(model_digest(fp, model_path, options ? options->hash_cache : NULL, options));
 
     /* Canonical spec: parsed, keys sorted, compact. Whitespace and key
      * order do not change it; any value does. */

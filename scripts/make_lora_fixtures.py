@@ -1,0 +1,117 @@
+"""LoRA adapters and their reference outputs, from PEFT on transformers: the
+fixtures of patchbay's adapter merge (host/model/adapter.c,
+tests/test_adapter.c; issue 19).
+
+For three tiny models of tests/fixtures, each with a different way of
+holding its projections, a PEFT LoRA adapter with random A and B
+(init_lora_weights=False, seeded) on every projection of every layer:
+
+  tiny_gqa    Llama: separate q/k/v/o and gate/up/down (r 4, alpha 8; its
+              GGUF stores Q/K rows permuted for RoPE)
+  tiny_phi3   Phi-3: fused qkv_proj and gate_up_proj (r 4, alpha 4, rsLoRA)
+  tiny_gpt2   GPT-2: Conv1D weights stored (in, out), fused c_attn
+              (fan_in_fan_out, r 2, alpha 3)
+
+The reference runs the PEFT model unmerged (the base weights plus the
+low-rank path, as PEFT computes it) in float32 on the model's ids.npy and
+keeps the logits and every layer's output (blocks.L.hook_resid_post, a
+forward hook on the decoder layer). Written to tests/fixtures/lora/<model>/:
+adapter_config.json and adapter_model.safetensors (PEFT's save_pretrained),
+logits.npy, blocks.L.hook_resid_post.npy and reference.json. Needs torch,
+transformers, peft and numpy; CI reads the committed files only.
+
+  python scripts/make_lora_fixtures.py [--models tiny_gqa,...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from refgen_common import model_parts  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "tests" / "fixtures"
+OUT = FIXTURES / "lora"
+
+MODELS = {
+    "tiny_gqa": dict(r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                         "up_proj", "down_proj"]),
+    "tiny_phi3": dict(r=4, lora_alpha=4, use_rslora=True,
+                      target_modules=["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]),
+    "tiny_gpt2": dict(r=2, lora_alpha=3, fan_in_fan_out=True, target_modules=["c_attn", "c_proj", "c_fc"]),
+}
+
+
+def first_tensor(x):
+    return x[0] if isinstance(x, tuple) else x
+
+
+def reference(name: str, settings: dict) -> None:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    folder = FIXTURES / name
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32, attn_implementation="eager")
+    model.eval()
+    torch.manual_seed(0)
+    config = LoraConfig(init_lora_weights=False, lora_dropout=0.0, bias="none", **settings)
+    peft_model = get_peft_model(model, config)
+    peft_model.eval()
+    out = OUT / name
+    out.mkdir(parents=True, exist_ok=True)
+    peft_model.save_pretrained(str(out))
+    (out / "README.md").unlink(missing_ok=True)  # PEFT's model-card template
+    cfg_path = out / "adapter_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["base_model_name_or_path"] = f"tests/fixtures/{name}"  # not this machine's path
+    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+
+    ids = torch.tensor(np.load(folder / "ids.npy").astype(np.int64)).reshape(1, -1)
+    kept, handles = {}, []
+    for i, layer in enumerate(model_parts(model)["layers"]):
+        handles.append(layer.register_forward_hook(
+            lambda mod, args, output, i=i: kept.__setitem__(i, first_tensor(output)[0].detach().clone())))
+    with torch.no_grad():
+        logits = peft_model(input_ids=ids).logits[0].float().numpy()
+    for h in handles:
+        h.remove()
+    np.save(out / "logits.npy", logits.astype(np.float32))
+    hooks = []
+    for i in sorted(kept):
+        hook = f"blocks.{i}.hook_resid_post"
+        np.save(out / f"{hook}.npy", kept[i].float().numpy().astype(np.float32))
+        hooks.append(hook)
+    record = {
+        "magic": "patchbay-fixture",
+        "version": 1,
+        "generator": "scripts/make_lora_fixtures.py",
+        "torch": torch.__version__,
+        "transformers": __import__("transformers").__version__,
+        "peft": __import__("peft").__version__,
+        "model": name,
+        "settings": settings,
+        "ids": ids[0].tolist(),
+        "hooks": hooks,
+    }
+    (out / "reference.json").write_text(json.dumps(record, indent=1) + "\n")
+    base = np.load(folder / "logits.npy")
+    print(f"{name}: adapter saved; logits moved by up to {np.abs(logits - base).max():.3f} from the base model's")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", default=",".join(MODELS))
+    args = ap.parse_args()
+    for name in args.models.split(","):
+        reference(name, MODELS[name])
+
+
+if __name__ == "__main__":
+    main()
