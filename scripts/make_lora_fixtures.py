@@ -2,8 +2,8 @@
 fixtures of patchbay's adapter merge (host/model/adapter.c,
 tests/test_adapter.c; issue 19).
 
-For three tiny models of tests/fixtures, each with a different way of
-holding its projections, a PEFT LoRA adapter with random A and B
+For tiny models of tests/fixtures, three with a different way of holding
+their projections, a PEFT LoRA adapter with random A and B
 (init_lora_weights=False, seeded) on every projection of every layer:
 
   tiny_gqa    Llama: separate q/k/v/o and gate/up/down (r 4, alpha 8; its
@@ -17,16 +17,23 @@ low-rank path, as PEFT computes it) in float32 on the model's ids.npy and
 keeps the logits and every layer's output (blocks.L.hook_resid_post, a
 forward hook on the decoder layer). Written to tests/fixtures/lora/<model>/:
 adapter_config.json and adapter_model.safetensors (PEFT's save_pretrained),
-logits.npy, blocks.L.hook_resid_post.npy and reference.json. Needs torch,
-transformers, peft and numpy; CI reads the committed files only.
+logits.npy, blocks.L.hook_resid_post.npy and reference.json. A fourth,
+tiny_qwen3 (r 3, alpha 5), and tiny_gqa are also converted to llama.cpp's
+GGUF LoRA (adapter.gguf, f32) by llama.cpp's own convert_lora_to_gguf.py
+(which interleaves tiny_gqa's Q/K rows of B as for its base), so both
+formats are checked against the same reference. Needs torch, transformers,
+peft and numpy (and llama.cpp's source for the GGUF files: the
+vendor/llama.cpp folder of the llama-cpp-python 0.3.36 sdist on PyPI); CI
+reads the committed files only.
 
-  python scripts/make_lora_fixtures.py [--models tiny_gqa,...]
+  python scripts/make_lora_fixtures.py [--models tiny_gqa,...] [--llama-cpp DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -46,7 +53,11 @@ MODELS = {
     "tiny_phi3": dict(r=4, lora_alpha=4, use_rslora=True,
                       target_modules=["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]),
     "tiny_gpt2": dict(r=2, lora_alpha=3, fan_in_fan_out=True, target_modules=["c_attn", "c_proj", "c_fc"]),
+    "tiny_qwen3": dict(r=3, lora_alpha=5, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                          "up_proj", "down_proj"]),
 }
+# converted to llama.cpp's GGUF LoRA by its own convert_lora_to_gguf.py (f32)
+GGUF = ["tiny_gqa", "tiny_qwen3"]
 
 
 def first_tensor(x):
@@ -105,12 +116,25 @@ def reference(name: str, settings: dict) -> None:
     print(f"{name}: adapter saved; logits moved by up to {np.abs(logits - base).max():.3f} from the base model's")
 
 
+def convert(name: str, llama_cpp: Path) -> None:
+    """adapter.gguf beside the PEFT files, by llama.cpp's converter."""
+    out = OUT / name / "adapter.gguf"
+    subprocess.run([sys.executable, str(llama_cpp / "convert_lora_to_gguf.py"), "--base", str(FIXTURES / name),
+                    "--outtype", "f32", "--outfile", str(out), str(OUT / name)], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    print(f"{name}: {out.relative_to(ROOT)} by llama.cpp's convert_lora_to_gguf.py")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--llama-cpp", type=Path, help="llama.cpp's source (convert_lora_to_gguf.py, gguf-py), e.g. "
+                    "the vendor/llama.cpp of the llama-cpp-python 0.3.36 sdist; without it no adapter.gguf")
     args = ap.parse_args()
     for name in args.models.split(","):
         reference(name, MODELS[name])
+        if args.llama_cpp and name in GGUF:
+            convert(name, args.llama_cpp)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,12 @@
 /* LoRA adapters merged at load (model/adapter.h) against PEFT on
  * transformers (tests/fixtures/lora/<model>, scripts/make_lora_fixtures.py):
- * three families that hold their projections differently (Llama's separate
- * ones, GGUF Q/K rows permuted; Phi-3's fused qkv and gate/up; GPT-2's
- * Conv1D, transposed and fused), each from its GGUF and from its Hugging
+ * families that hold their projections differently (Llama's separate ones,
+ * GGUF Q/K rows permuted; Phi-3's fused qkv and gate/up; GPT-2's Conv1D,
+ * transposed and fused; Qwen3), each from its GGUF and from its Hugging
  * Face folder, on the reference and CPU backends: logits and every layer's
- * output. Exact invariants: scale 0 changes no bit, two halves make the
- * whole. What the merge does not implement is refused by name. */
+ * output; the same adapters as llama.cpp's GGUF LoRA (Llama, Qwen3).
+ * Exact invariants: scale 0 changes no bit, two halves make the whole.
+ * What the merge does not implement is refused by name. */
 #define _POSIX_C_SOURCE 200809L
 #include <jansson.h>
 #include <math.h>
@@ -22,7 +23,9 @@
 #include "test_util.h"
 #include "tolerances.h"
 
-static const char *models[] = {"tiny_gqa", "tiny_phi3", "tiny_gpt2"};
+static const char *models[] = {"tiny_gqa", "tiny_phi3", "tiny_gpt2", "tiny_qwen3"};
+/* with llama.cpp's GGUF LoRA of the same adapter too (adapter.gguf) */
+static const char *gguf_models[] = {"tiny_gqa", "tiny_qwen3"};
 
 /* The fixture model `model` (file "model.gguf", or "" for its folder)
  * with adapters (paths, scales), or NULL with the status in *status. */
@@ -52,10 +55,13 @@ static float *run(pb_model *m, const char *model, int *T, pb_capture **acts) {
     return logits;
 }
 
-static void check_against_peft(const char *model, const char *file, pb_backend_kind backend) {
-    char dir[1024], path[1200];
+/* model (from file) with its adapter (the PEFT folder, or with gguf its
+ * adapter.gguf) against PEFT's outputs. */
+static void check_against_peft(const char *model, const char *file, pb_backend_kind backend, int gguf) {
+    char dir[1024], path[1200], adapter[1200];
     adapter_dir(dir, sizeof dir, model);
-    const char *paths[1] = {dir};
+    snprintf(adapter, sizeof adapter, "%s%s", dir, gguf ? "/adapter.gguf" : "");
+    const char *paths[1] = {adapter};
     pb_status status;
     pb_model *m = load_adapted(model, file, backend, paths, NULL, 1, &status);
     if (status != PB_OK)
@@ -78,8 +84,8 @@ static void check_against_peft(const char *model, const char *file, pb_backend_k
         worst_hook = e > worst_hook ? e : worst_hook;
         free(want);
     }
-    printf("[ MEASURE  ] %-9s %-10s %-9s logits max |d| %.2e, worst resid_post NMSE %.2e against PEFT\n", model,
-           file[0] ? file : "(folder)", pb_backend_name(backend), worst_logit, worst_hook);
+    printf("[ MEASURE  ] %-10s %-10s %-9s %-4s logits max |d| %.2e, worst resid_post NMSE %.2e against PEFT\n", model,
+           file[0] ? file : "(folder)", pb_backend_name(backend), gguf ? "GGUF" : "PEFT", worst_logit, worst_hook);
     assert_true(worst_logit <= PB_TOL_TINY_LOGITS_MAX_ABS);
     assert_true(worst_hook <= PB_TOL_TINY_HOOK_NMSE);
     pb_capture_free(acts);
@@ -94,7 +100,19 @@ static void test_against_peft(void **state) {
     for (size_t i = 0; i < sizeof models / sizeof models[0]; i++)
         for (int f = 0; f < 2; f++)
             for (int b = 0; b < 2; b++)
-                check_against_peft(models[i], files[f], backends[b]);
+                check_against_peft(models[i], files[f], backends[b], 0);
+}
+
+/* llama.cpp's GGUF LoRA (its converter's output, Q/K rows of B interleaved
+ * for Llama) gives PEFT's outputs too. */
+static void test_gguf_lora(void **state) {
+    (void)state;
+    static const char *files[] = {"model.gguf", ""};
+    for (size_t i = 0; i < sizeof gguf_models / sizeof gguf_models[0]; i++)
+        for (int f = 0; f < 2; f++) {
+            check_against_peft(gguf_models[i], files[f], PB_BACKEND_REFERENCE, 1);
+            check_against_peft(gguf_models[i], files[f], PB_BACKEND_CPU, 1);
+        }
 }
 
 /* Scale 0 merges nothing: the base model's logits, bit for bit; the
@@ -194,6 +212,12 @@ static void test_refusals(void **state) {
     /* a folder without an adapter */
     snprintf(dir, sizeof dir, "%s/missing", tmp);
     expect_refused("tiny_gqa", dir, PB_ERR_FORMAT, "adapter_config.json");
+    /* GGUF: another family's LoRA; a model file that is no adapter */
+    adapter_dir(dir, sizeof dir, "tiny_qwen3");
+    strcat(dir, "/adapter.gguf");
+    expect_refused("tiny_gqa", dir, PB_ERR_FORMAT, "written for a qwen3 model, this one is llama");
+    tu_fixture_file(dir, sizeof dir, "tiny_gqa", "model.gguf");
+    expect_refused("tiny_gqa", dir, PB_ERR_FORMAT, "no adapter.type: not a GGUF LoRA adapter");
 
     /* streamed weights read the file's own bytes */
     adapter_dir(dir, sizeof dir, "tiny_gqa");
@@ -234,10 +258,8 @@ static void test_fingerprint(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_against_peft),
-        cmocka_unit_test(test_scales),
-        cmocka_unit_test(test_refusals),
-        cmocka_unit_test(test_fingerprint),
+        cmocka_unit_test(test_against_peft), cmocka_unit_test(test_gguf_lora),   cmocka_unit_test(test_scales),
+        cmocka_unit_test(test_refusals),     cmocka_unit_test(test_fingerprint),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -120,8 +120,9 @@ void pb_cli_model_table(pb_cli_model *o, pb_cli_option table[PB_CLI_MODEL_OPTION
          .target = o,
          .shared = 1,
          .value = "PATH[:SCALE]",
-         .help = "a PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors) merged into the "
-                 "weights at load, times SCALE (default 1); repeatable, up to 8; resident weights only"},
+         .help = "a LoRA adapter merged into the weights at load, times SCALE (default 1): a PEFT folder "
+                 "(adapter_config.json + adapter_model.safetensors) or llama.cpp's GGUF LoRA file; repeatable, up "
+                 "to 8; resident weights only"},
         {0},
     };
     memcpy(table, options, sizeof options);

@@ -383,7 +383,7 @@ static pb_status config_from_gguf(pb_model_config *c, const pb_gguf *g, const ch
  * rotate-half order so hook_q/hook_k match transformers. GGUF row
  * h*hd + 2i + j holds Hugging Face row h*hd + j*hd/2 + i. data (n_heads *
  * head_dim, cols). */
-static pb_status unpermute_heads(float *data, int n_heads, int head_dim, int64_t cols) {
+pb_status pb_gguf_unpermute_heads(float *data, int n_heads, int head_dim, int64_t cols) {
     size_t head_floats = (size_t)head_dim * (size_t)cols;
     float *tmp = malloc(sizeof(float) * head_floats);
     if (!tmp)
@@ -507,8 +507,8 @@ static pb_status gguf_read_f32(const pb_weight_source *src, const pb_tensor_info
     if (status != PB_OK)
         return pb_fail_context(status, "%s: tensor '%s'", src->path, info->file_name);
     if (info->permuted_heads)
-        return unpermute_heads(out, info->permuted_heads, (int)(info->shape[0] / info->permuted_heads),
-                               info->n_dims == 2 ? info->shape[1] : 1);
+        return pb_gguf_unpermute_heads(out, info->permuted_heads, (int)(info->shape[0] / info->permuted_heads),
+                                       info->n_dims == 2 ? info->shape[1] : 1);
     return PB_OK;
 }
 
