@@ -14,10 +14,11 @@ their projections, a PEFT LoRA adapter with random A and B
 
 The reference runs the PEFT model unmerged (the base weights plus the
 low-rank path, as PEFT computes it) in float32 on the model's ids.npy and
-keeps the logits and every layer's output (blocks.L.hook_resid_post, a
-forward hook on the decoder layer). Written to tests/fixtures/lora/<model>/:
-adapter_config.json and adapter_model.safetensors (PEFT's save_pretrained),
-logits.npy, blocks.L.hook_resid_post.npy and reference.json. A fourth,
+keeps the logits and every hook point, captured as for the tiny models
+themselves (refgen_common.capture_hooks_arch / _classic). Written to
+tests/fixtures/lora/<model>/: adapter_config.json and
+adapter_model.safetensors (PEFT's save_pretrained), logits.npy, one .npy
+per hook point and reference.json. A fourth,
 tiny_qwen3 (r 3, alpha 5), and tiny_gqa are also converted to llama.cpp's
 GGUF LoRA (adapter.gguf, f32) by llama.cpp's own convert_lora_to_gguf.py
 (which interleaves tiny_gqa's Q/K rows of B as for its base), so both
@@ -41,7 +42,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from refgen_common import model_parts  # noqa: E402
+import refgen_common as rc  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -56,12 +57,9 @@ MODELS = {
     "tiny_qwen3": dict(r=3, lora_alpha=5, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
                                                           "up_proj", "down_proj"]),
 }
+CLASSIC = ["tiny_phi3", "tiny_gpt2"]  # refgen_common.capture_hooks_classic's families
 # converted to llama.cpp's GGUF LoRA by its own convert_lora_to_gguf.py (f32)
 GGUF = ["tiny_gqa", "tiny_qwen3"]
-
-
-def first_tensor(x):
-    return x[0] if isinstance(x, tuple) else x
 
 
 def reference(name: str, settings: dict) -> None:
@@ -82,23 +80,22 @@ def reference(name: str, settings: dict) -> None:
     cfg_path = out / "adapter_config.json"
     cfg = json.loads(cfg_path.read_text())
     cfg["base_model_name_or_path"] = f"tests/fixtures/{name}"  # not this machine's path
+    cfg["target_modules"] = sorted(cfg["target_modules"])  # PEFT writes a set's order
     cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
 
     ids = torch.tensor(np.load(folder / "ids.npy").astype(np.int64)).reshape(1, -1)
-    kept, handles = {}, []
-    for i, layer in enumerate(model_parts(model)["layers"]):
-        handles.append(layer.register_forward_hook(
-            lambda mod, args, output, i=i: kept.__setitem__(i, first_tensor(output)[0].detach().clone())))
+    # every hook point, by the tiny models' own capture (forward hooks on the
+    # modules, which PEFT has wrapped: the adapted outputs)
+    capture = rc.capture_hooks_classic if name in CLASSIC else rc.capture_hooks_arch
     with torch.no_grad():
-        logits = peft_model(input_ids=ids).logits[0].float().numpy()
-    for h in handles:
-        h.remove()
+        logits, acts = capture(peft_model.base_model.model, ids)
+        direct = peft_model(input_ids=ids).logits[0]
+    assert torch.equal(logits, direct), "the capture changed the forward"
+    logits = logits.float().numpy()
     np.save(out / "logits.npy", logits.astype(np.float32))
-    hooks = []
-    for i in sorted(kept):
-        hook = f"blocks.{i}.hook_resid_post"
-        np.save(out / f"{hook}.npy", kept[i].float().numpy().astype(np.float32))
-        hooks.append(hook)
+    hooks = sorted(acts)
+    for hook in hooks:
+        np.save(out / f"{hook}.npy", acts[hook].float().numpy().astype(np.float32))
     record = {
         "magic": "patchbay-fixture",
         "version": 1,
