@@ -287,7 +287,8 @@
  * differences and gradients, each ~1e-6 relative, and noise corruption
  * makes those differences large (estimates of 16 where the gap is 1).
  * Measured worst 9.4e-6 (tiny_gqa_noise_logprob, CPU backend, OpenBLAS's
- * SkylakeX kernels; 4.8e-6 with Haswell's, 6.2e-6 on the reference backend). */
+ * SkylakeX kernels; 3.5e-6 with Haswell's, 2.2e-6 with Prescott's, 6.2e-6
+ * on the reference backend). */
 #define PB_TOL_ATP_ESTIMATE 1e-5
 
 #endif
