@@ -3,14 +3,23 @@
 # the default refusal analysis on CPU with the shipped prompt pairs
 # (data/refusal_pairs.json): baseline behaviour and refusal rates, the
 # patching sweep, the refusal direction, refusal with it ablated and added.
-# Writes runs/refusal/{report.html, results.json, report.txt, *.npy,
-# direction.npy, direction.json}; extra arguments go to the command.
+# The model is SmolLM2 with the refusal adapter this project trained
+# (data/adapters/smollm2-refusal: the base model barely refuses); --base
+# runs the base model alone. Writes runs/refusal/{report.html,
+# results.json, report.txt, *.npy, direction.npy, direction.json}; other
+# arguments go to the command.
+#   bash scripts/main.sh [--base] [refusal-analysis options]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+adapter=(--adapter data/adapters/smollm2-refusal)
+if [ "${1:-}" = --base ]; then
+  adapter=()
+  shift
+fi
 bash scripts/install-deps.sh
 bash scripts/build.sh build
 bash scripts/fetch-model.sh
 mkdir -p runs
-./build/patchbay refusal-analysis --model models/SmolLM2-135M-Instruct.Q4_1.gguf \
+./build/patchbay refusal-analysis --model models/SmolLM2-135M-Instruct.Q4_1.gguf "${adapter[@]}" \
   --pairs data/refusal_pairs.json --out runs/refusal --overwrite "$@"
 echo "open runs/refusal/report.html in a browser"
