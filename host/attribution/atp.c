@@ -204,9 +204,8 @@ static pb_status row_estimate(const pb_sweep *s, int pair, int64_t site, atp_pai
     for (int i = 0; i < n; i++)
         a->source_positions[i] = spec->pairs[pair].position_map[a->positions[i]];
     if (a->qk && (r.component == PB_COMPONENT_Q || r.component == PB_COMPONENT_K)) {
-        pb_capture_entry *dp = pb_capture_find(grads, PB_HOOK_PATTERN, r.layer);
         return pb_qk_fix_estimate(a->qk, r.component, r.layer, r.head, a->positions, a->source_positions, n,
-                                  dp ? dp->data : NULL, estimate);
+                                  pb_capture_find_data(grads, PB_HOOK_PATTERN, r.layer), estimate);
     }
     const pb_component_info *info = pb_component_info_of(r.component);
     pb_capture_entry *base = pb_capture_find(a->base, info->hook_kind, r.layer);
@@ -313,13 +312,8 @@ static pb_status capture_bytes(const pb_model *m, const char *pattern, int T, ui
     pb_capture *c = NULL;
     PB_TRY(pb_capture_create(&c, m, pattern));
     *bytes = 0;
-    for (int i = 0; i < c->count; i++) {
-        const pb_capture_entry *e = &c->entries[i];
-        uint64_t row = pb_hook_is_pattern(e->kind)
-                           ? (uint64_t)e->row_shape[0] * (uint64_t)T
-                           : (uint64_t)e->row_shape[0] * (uint64_t)(e->n_dims == 3 ? e->row_shape[1] : 1);
-        *bytes += sizeof(float) * row * (uint64_t)T;
-    }
+    for (int i = 0; i < c->count; i++)
+        *bytes += sizeof(float) * (uint64_t)pb_capture_entry_floats(&c->entries[i], T);
     pb_capture_free(c);
     return PB_OK;
 }

@@ -41,8 +41,7 @@ typedef struct grad_ctx {
 /* ---- host helpers --------------------------------------------------------- */
 
 static const float *act(grad_ctx *g, pb_hook_kind kind, int layer) {
-    pb_capture_entry *e = pb_capture_find(g->acts, kind, layer);
-    return e ? e->data : NULL;
+    return pb_capture_find_data(g->acts, kind, layer);
 }
 
 static void store(grad_ctx *g, pb_hook_kind kind, int layer, const float *src, size_t width) {
@@ -625,13 +624,6 @@ pb_status pb_grad_reference(pb_model *m, const int32_t *ids, int T, const pb_gra
     return status;
 }
 
-/* Floats in one capture entry of T tokens (pb_capture_prepare's sizes). */
-static size_t entry_floats(const pb_capture_entry *e, int T) {
-    size_t row = pb_hook_is_pattern(e->kind) ? (size_t)e->row_shape[0] * (size_t)T
-                                             : (size_t)e->row_shape[0] * (size_t)(e->n_dims == 3 ? e->row_shape[1] : 1);
-    return row * (size_t)T;
-}
-
 pb_status pb_grad_reference_from(pb_model *m, int T, pb_capture *acts, const float *logits,
                                  const pb_grad_metric *metric, pb_capture *grads, double *value) {
     return pb_grad_reference_drop(m, T, acts, logits, metric, NULL, grads, value);
@@ -656,7 +648,7 @@ pb_status pb_grad_reference_drop(pb_model *m, int T, pb_capture *acts, const flo
     if (status == PB_OK)
         status = pb_capture_prepare(grads, T);
     for (int i = 0; status == PB_OK && i < grads->count; i++)
-        memset(grads->entries[i].data, 0, sizeof(float) * entry_floats(&grads->entries[i], T));
+        memset(grads->entries[i].data, 0, sizeof(float) * pb_capture_entry_floats(&grads->entries[i], T));
     int top = resume ? drop->layer : pb_grad_metric_top_layer(metric, m->cfg.n_layers);
     if (status == PB_OK && resume)
         memcpy(g.dres[0], drop->resid_post_grad, sizeof(float) * (size_t)T * (size_t)m->cfg.d_model);

@@ -61,12 +61,6 @@ pb_status pb_qk_fix_create(pb_qk_fix **out, pb_model *m, int base_T, pb_capture 
     return PB_OK;
 }
 
-/* The activation at hook `kind` of `layer` in capture c. */
-static const float *hook_data(pb_capture *c, pb_hook_kind kind, int layer) {
-    pb_capture_entry *e = pb_capture_find(c, kind, layer);
-    return e ? e->data : NULL;
-}
-
 /* f->rot (n, heads * head_dim): the base rows at the positions with one
  * head's slice from the source, through the norm and RoPE of the layer;
  * f->changed: which heads differ from the base's rotated rows. */
@@ -76,9 +70,9 @@ static pb_status patched_rows(pb_qk_fix *f, int is_q, int layer, int head, const
     const pb_model_config *c = &m->cfg;
     pb_backend *b = m->backend;
     int hd = c->head_dim, heads = is_q ? c->n_heads : c->n_kv_heads, width = heads * hd;
-    const float *pre = hook_data(f->base, is_q ? PB_HOOK_Q : PB_HOOK_K, layer);
-    const float *src = hook_data(f->source, is_q ? PB_HOOK_Q : PB_HOOK_K, layer);
-    const float *rot = hook_data(f->base, is_q ? PB_HOOK_ROT_Q : PB_HOOK_ROT_K, layer);
+    const float *pre = pb_capture_find_data(f->base, is_q ? PB_HOOK_Q : PB_HOOK_K, layer);
+    const float *src = pb_capture_find_data(f->source, is_q ? PB_HOOK_Q : PB_HOOK_K, layer);
+    const float *rot = pb_capture_find_data(f->base, is_q ? PB_HOOK_ROT_Q : PB_HOOK_ROT_K, layer);
     if (!pre || !src || !rot)
         return pb_fail(PB_ERR_ARG, "qk fix: the runs' captures lack layer %d's queries or keys", layer);
     for (int i = 0; i < n; i++) {
@@ -153,7 +147,8 @@ static double query_estimate(pb_qk_fix *f, int layer, int n, const float *dpatte
     const pb_model_config *c = &f->m->cfg;
     int T = f->T, hd = c->head_dim, H = c->n_heads, group = c->n_heads / c->n_kv_heads;
     size_t qd = (size_t)H * hd, kvd = (size_t)c->n_kv_heads * hd;
-    const float *q = hook_data(f->base, PB_HOOK_ROT_Q, layer), *k = hook_data(f->base, PB_HOOK_ROT_K, layer);
+    const float *q = pb_capture_find_data(f->base, PB_HOOK_ROT_Q, layer),
+                *k = pb_capture_find_data(f->base, PB_HOOK_ROT_K, layer);
     pb_attention_params p = pb_model_attention_params(c, layer);
     double total = 0.0;
     for (int i = 0; i < n; i++)
@@ -178,7 +173,8 @@ static double key_estimate(pb_qk_fix *f, int layer, int n, const float *dpattern
     const pb_model_config *c = &f->m->cfg;
     int T = f->T, hd = c->head_dim, H = c->n_heads, Hkv = c->n_kv_heads, group = c->n_heads / c->n_kv_heads;
     size_t qd = (size_t)H * hd, kvd = (size_t)Hkv * hd;
-    const float *q = hook_data(f->base, PB_HOOK_ROT_Q, layer), *k = hook_data(f->base, PB_HOOK_ROT_K, layer);
+    const float *q = pb_capture_find_data(f->base, PB_HOOK_ROT_Q, layer),
+                *k = pb_capture_find_data(f->base, PB_HOOK_ROT_K, layer);
     pb_attention_params p = pb_model_attention_params(c, layer);
     for (int t = 0; t < T; t++)
         f->row_of[t] = -1;

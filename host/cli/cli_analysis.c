@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "cli/cli_analysis.h"
+#include "cli/cli_attribute.h"
 #include "cli/cli_model.h"
 #include "cli/cli_text.h"
 #include "cli/options.h"
@@ -243,7 +244,7 @@ static char *default_spec(const analysis *an, int n, const char *method) {
     json_t *spec = json_object(), *pairs = json_array(), *sites = json_array(), *metric = json_object();
     json_object_set_new(spec, "mode", json_string("denoising"));
     if (strcmp(method, "exact") != 0)
-        json_object_set_new(spec, "method", json_string(strcmp(method, "atp-star") == 0 ? "atp*" : method));
+        json_object_set_new(spec, "method", json_string(pb_cli_method_name(method)));
     for (int i = 0, used = 0; i < an->n_pairs && used < n; i++) {
         if (!an->pairs[i].validation)
             continue;

@@ -34,13 +34,17 @@ static json_t *parse_verify(const char *text) {
     return out;
 }
 
+const char *pb_cli_method_name(const char *flag_value) {
+    return strcmp(flag_value, "atp-star") == 0 ? "atp*" : flag_value;
+}
+
 /* The method the rewritten spec names: --method, else the spec's own
  * estimate, else atp; NULL (after printing why) for an exact spec. */
 static const char *chosen_method(const json_t *root, const pb_cli_attribute *how) {
     const json_t *method = json_object_get(root, "method");
     const char *named = json_is_string(method) ? json_string_value(method) : NULL;
     if (how->method)
-        return strcmp(how->method, "atp-star") == 0 ? "atp*" : how->method;
+        return pb_cli_method_name(how->method);
     if (!method)
         return "atp";
     if (named && (strcmp(named, "atp") == 0 || strcmp(named, "atp*") == 0))

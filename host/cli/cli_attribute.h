@@ -11,6 +11,10 @@ typedef struct pb_cli_attribute {
     int no_qk_fix, no_grad_drop;
 } pb_cli_attribute;
 
+/* The spec's method for a --method value: "atp-star" (a spelling the
+ * shell leaves alone) is "atp*"; every other value is itself. */
+const char *pb_cli_method_name(const char *flag_value);
+
 /* Rewrites the spec's JSON text: its "method" from --method, else "atp"
  * unless it names an estimate already (a spec asking for "exact" is
  * refused); "atp_star" from --no-qk-fix / --no-grad-drop (refused without

@@ -32,6 +32,18 @@ static inline pb_capture_entry *pb_capture_find(pb_capture *c, pb_hook_kind kind
     int i = c->index[pb_capture_slot(c, kind, layer)];
     return i < 0 ? NULL : &c->entries[i];
 }
+/* The activation of hook `kind` at `layer`, or NULL when c lacks it. */
+static inline float *pb_capture_find_data(pb_capture *c, pb_hook_kind kind, int layer) {
+    pb_capture_entry *e = pb_capture_find(c, kind, layer);
+    return e ? e->data : NULL;
+}
+/* Floats an entry holds for T tokens: per position a row, or one
+ * (n_heads, T) slice of a pattern. */
+static inline size_t pb_capture_entry_floats(const pb_capture_entry *e, int T) {
+    size_t row = pb_hook_is_pattern(e->kind) ? (size_t)e->row_shape[0] * (size_t)T
+                                             : (size_t)e->row_shape[0] * (size_t)(e->n_dims == 3 ? e->row_shape[1] : 1);
+    return row * (size_t)T;
+}
 /* Sizes every entry's buffer for T tokens. */
 pb_status pb_capture_prepare(pb_capture *c, int T);
 

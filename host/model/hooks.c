@@ -206,13 +206,9 @@ const float *pb_capture_data(const pb_capture *c, int i, int *n_dims, int64_t sh
 pb_status pb_capture_prepare(pb_capture *c, int T) {
     for (int i = 0; i < c->count; i++) {
         pb_capture_entry *e = &c->entries[i];
-        /* Per position: a row, or one (n_heads, T) slice of a pattern. */
-        size_t row = pb_hook_is_pattern(e->kind)
-                         ? (size_t)e->row_shape[0] * (size_t)T
-                         : (size_t)e->row_shape[0] * (size_t)(e->n_dims == 3 ? e->row_shape[1] : 1);
         if (e->T != T || !e->data) {
             free(e->data);
-            e->data = malloc(sizeof(float) * row * (size_t)T);
+            e->data = malloc(sizeof(float) * pb_capture_entry_floats(e, T));
             e->T = e->data ? T : 0;
             if (!e->data)
                 return pb_fail(PB_ERR_OOM, "out of memory capturing %s for %d tokens", e->name, T);
