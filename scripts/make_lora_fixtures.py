@@ -97,11 +97,7 @@ def reference(name: str, settings: dict) -> None:
     for hook in hooks:
         np.save(out / f"{hook}.npy", acts[hook].float().numpy().astype(np.float32))
     record = {
-        "magic": "patchbay-fixture",
-        "version": 1,
-        "generator": "scripts/make_lora_fixtures.py",
-        "torch": torch.__version__,
-        "transformers": __import__("transformers").__version__,
+        **rc.manifest_header("scripts/make_lora_fixtures.py", 0),
         "peft": __import__("peft").__version__,
         "model": name,
         "settings": settings,
