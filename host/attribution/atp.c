@@ -246,28 +246,31 @@ static pb_status grad_drop(pb_sweep *s, int pair, atp_pair *a, const int64_t *ro
     int64_t n_sites = pb_sweep_site_count(s);
     int L = m->cfg.n_layers, lowest = L;
     double *acc = malloc(sizeof(double) * (size_t)(n > 0 ? n : 1));
-    if (!acc)
+    int *layer = malloc(sizeof(int) * (size_t)(n > 0 ? n : 1)); /* (n) each row's site layer */
+    if (!acc || !layer) {
+        free(acc);
+        free(layer);
         return pb_fail(PB_ERR_OOM, "GradDrop: out of memory for %lld rows", (long long)n);
+    }
     for (int64_t i = 0; i < n; i++) {
-        int layer = site_layer(s, rows[i] % n_sites);
-        acc[i] = layer * fabs(est[i]); /* the drops below the site change nothing there */
-        lowest = layer < lowest ? layer : lowest;
+        layer[i] = site_layer(s, rows[i] % n_sites);
+        acc[i] = layer[i] * fabs(est[i]); /* the drops below the site change nothing there */
+        lowest = layer[i] < lowest ? layer[i] : lowest;
     }
     pb_status status = PB_OK;
-    int top = pb_grad_metric_top_layer(&a->metric, L); /* a drop above it changes nothing */
+    int top = pb_grad_metric_top_layer(&a->metric, L);
     for (int l = lowest; status == PB_OK && l < L; l++) {
-        for (int64_t i = 0; l > top && i < n; i++)
-            if (site_layer(s, rows[i] % n_sites) <= l)
-                acc[i] += fabs(est[i]);
-        if (l > top)
-            continue;
-        pb_grad_drop drop = {l, pb_capture_find(a->grads, PB_HOOK_RESID_POST, l)->data};
-        status = pb_grad_reference_drop(m, a->T, a->base, NULL, &a->metric, &drop, a->drop_grads, NULL);
+        int dropped = l <= top; /* a drop above the top changes nothing: the whole estimate stands */
+        if (dropped) {
+            pb_grad_drop drop = {l, pb_capture_find_data(a->grads, PB_HOOK_RESID_POST, l)};
+            status = pb_grad_reference_drop(m, a->T, a->base, NULL, &a->metric, &drop, a->drop_grads, NULL);
+        }
         for (int64_t i = 0; status == PB_OK && i < n; i++) {
-            double e;
-            if (site_layer(s, rows[i] % n_sites) > l)
+            double e = est[i];
+            if (layer[i] > l)
                 continue;
-            status = row_estimate(s, pair, rows[i] % n_sites, a, a->drop_grads, &e);
+            if (dropped)
+                status = row_estimate(s, pair, rows[i] % n_sites, a, a->drop_grads, &e);
             acc[i] += fabs(e);
         }
     }
@@ -275,6 +278,7 @@ static pb_status grad_drop(pb_sweep *s, int pair, atp_pair *a, const int64_t *ro
     for (int64_t i = 0; status == PB_OK && i < n; i++)
         est[i] = sign * acc[i] / (L - 1);
     free(acc);
+    free(layer);
     return status;
 }
 
