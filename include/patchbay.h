@@ -313,6 +313,52 @@ pb_status pb_forward(pb_model *model, const int32_t *ids, int T, float *logits, 
  * number written. */
 pb_status pb_generate(pb_model *model, const int32_t *ids, int T, int max_new, int32_t *out_ids, int *n_out);
 
+/* How the next token is chosen: temperature, then top-k, top-p and min-p,
+ * in the order of transformers' generate. Zero-initialised: greedy. */
+typedef struct pb_sampling {
+    double temperature; /* 0: greedy (the first largest logit; the rest ignored); > 0: logits / temperature */
+    int top_k;          /* keep the k most likely tokens (and any tied with the k-th); 0: all */
+    double top_p;       /* keep the most likely tokens while the mass before each is below top_p; 0 or 1: all */
+    double min_p;       /* drop tokens less likely than min_p times the most likely; 0: none */
+    uint64_t seed;      /* draw of sample k of prompt i at step t: a hash of (seed, i, k, t) */
+} pb_sampling;
+
+struct pb_intervention;
+
+typedef struct pb_generate_options {
+    int max_new;                 /* tokens per continuation, at most; it also ends after eos */
+    int n_samples;               /* continuations per prompt; 0 means 1 */
+    const pb_sampling *sampling; /* NULL: greedy */
+    /* A continuation also ends with the token whose text completes one of
+     * these strings (its ids and text include the string, as
+     * transformers' stop_strings). Needs the model's tokenizer. */
+    const char *const *stop;
+    int n_stop;
+    /* NULL: none. Applied to every prompt alike: a PATCH's positions index
+     * each prompt (every prompt must be long enough). */
+    const struct pb_intervention *iv;
+    int max_batch; /* continuations decoded together (each holds a KV cache); 0: 64 */
+    /* Called after every decoding step with the continuations finished so
+     * far and their total; may be NULL. */
+    void (*progress)(int64_t done, int64_t total, void *user);
+    void *progress_user;
+} pb_generate_options;
+
+/* Many prompts at once, K continuations each, with batched KV caches:
+ * out_ids (n_prompts * n_samples, max_new) row-major, continuation
+ * s = prompt * n_samples + sample; n_out (n_prompts * n_samples) tokens
+ * in each. Greedy gives pb_generate's tokens for every prompt. A
+ * continuation's tokens depend only on the seed, its prompt's index and
+ * its sample's index (and the model), not on max_batch or on the other
+ * prompts (exactly so on the reference backend, whose rows never depend
+ * on their neighbours). */
+pb_status pb_generate_batch(pb_model *model, const int32_t *const *ids, const int *T, int n_prompts,
+                            const pb_generate_options *options, int32_t *out_ids, int *n_out);
+/* The options' values alone, before any model: max_new, n_samples and
+ * max_batch not negative, temperature finite and >= 0, top_k >= 0, top_p
+ * and min_p in [0, 1], no empty stop string. */
+pb_status pb_generate_options_check(const pb_generate_options *options);
+
 /* ---- activation-patching sweeps (semantics: docs/patching.md) -------- */
 
 typedef enum pb_patch_mode {
@@ -616,6 +662,26 @@ pb_status pb_generate_intervened(pb_model *model, const int32_t *ids, int T, int
  * whole words, case-insensitive) starts within the first 100 characters
  * after leading whitespace, else 0 (phrase list: host/patching/intervene.c). */
 int pb_text_is_refusal(const char *text);
+
+/* A refusal rate over prompts, K continuations each, with a 95% interval
+ * that treats prompts, not continuations, as the units: the K samples of
+ * one prompt are not independent. */
+typedef struct pb_rate {
+    int n_prompts, n_samples; /* samples per prompt */
+    int refused;              /* continuations judged refusals, of n_prompts * n_samples */
+    double rate;              /* mean over prompts of each prompt's refused fraction */
+    double low, high;         /* 95% interval */
+    double n_effective;       /* the sample size the interval is computed at */
+} pb_rate;
+
+/* refused (n_prompts): how many of prompt i's n_samples continuations were
+ * refusals. The interval is Wilson's score interval at the effective
+ * sample size p(1 - p) / var (Kish; Korn and Graubard 1998), var the
+ * variance of the mean of the prompts' fractions (between-prompt sample
+ * variance / n_prompts), kept within [1, n_prompts * n_samples]; with no
+ * variance (every prompt alike) at n_prompts. With one sample per prompt
+ * that is Wilson's interval at n_prompts - 1 .. n_prompts. */
+pb_status pb_rate_estimate(const int *refused, int n_prompts, int n_samples, pb_rate *out);
 /* A TransformerLens hook name that a patch can edit, "blocks.L.hook_resid_pre"
  * ... "blocks.L.attn.hook_v" with L < n_layers, as (component, layer).
  * PB_ERR_ARG for any other name (hook_embed and ln_final.hook_normalized

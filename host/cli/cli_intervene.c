@@ -16,6 +16,7 @@
 #include "cli/cli_text.h"
 #include "cli/ids.h"
 #include "cli/options.h"
+#include "cli/progress.h"
 #include "patchbay.h"
 #include "patchbay_tool.h"
 
@@ -26,6 +27,7 @@ typedef struct cli {
     const char *prompt, *system, *ids, *ids_file;
     int no_chat;
     int max_new;
+    pb_cli_sampling gen; /* generate, refusal-rate */
     /* interventions */
     const char *patch_site, *from_text, *from_ids;
     const char *ablate_file, *add_file;
@@ -74,7 +76,7 @@ static const pb_cli_option option_rows[] = {
      .kind = PB_OPT_INT,
      .min = 0,
      .value = "N",
-     .help = "greedy tokens to generate (default 32)",
+     .help = "tokens to generate per continuation (default 32)",
      .commands = GENERATE_RATE},
     {.flag = "--patch",
      .kind = PB_OPT_STRING,
@@ -176,7 +178,7 @@ static const pb_cli_option option_rows[] = {
      .commands = DIRECTION},
 };
 enum { N_OPTION_ROWS = sizeof option_rows / sizeof option_rows[0] };
-_Static_assert(N_OPTION_ROWS + 2 <= PB_CLI_COMMAND_ROWS, "intervene options fit pb_cli_tables");
+_Static_assert(N_OPTION_ROWS + 3 <= PB_CLI_COMMAND_ROWS, "intervene options fit pb_cli_tables");
 
 /* The rows' targets in o, in option_rows' order. */
 static void option_targets(cli *o, void *targets[N_OPTION_ROWS]) {
@@ -203,8 +205,10 @@ static void cli_table(cli *o, pb_cli_tables *t) {
         if (strcmp(table[i].flag, "--scale") == 0)
             table[i].given = &o->scale_given;
     }
-    table[N_OPTION_ROWS] = (pb_cli_option){.kind = PB_OPT_TABLE, .target = t->common.table};
-    table[N_OPTION_ROWS + 1] = (pb_cli_option){0};
+    pb_cli_sampling_table(&o->gen, GENERATE_RATE, t->sampling);
+    table[N_OPTION_ROWS] = (pb_cli_option){.kind = PB_OPT_TABLE, .target = t->sampling};
+    table[N_OPTION_ROWS + 1] = (pb_cli_option){.kind = PB_OPT_TABLE, .target = t->common.table};
+    table[N_OPTION_ROWS + 2] = (pb_cli_option){0};
 }
 
 void pb_cli_intervene_options(FILE *out, const char *cmd) {
@@ -232,7 +236,8 @@ static int parse_cli(int argc, char **argv, cli *o) {
                                   .missing_value = "%s: option needs a value: %s (see patchbay help)\n",
                                   .unknown = "%s: unknown option %s (see patchbay help)\n",
                                   .command = cmd};
-    if (!pb_cli_parse(&parser, t.table, argc, argv, 1) || !pb_cli_model_check(&o->model, cmd))
+    if (!pb_cli_parse(&parser, t.table, argc, argv, 1) || !pb_cli_model_check(&o->model, cmd) ||
+        !pb_cli_sampling_check(cmd, &o->gen))
         return 0;
     int n_iv = !!o->patch_site + !!o->ablate_file + !!o->add_file;
     if (n_iv > 1)
@@ -541,6 +546,9 @@ static int build_direction_iv(const char *cmd, pb_model *m, const cli *o, iv_bui
 
 /* ---- generate --------------------------------------------------------------------- */
 
+/* generate prints every continuation: a few. */
+#define PB_CLI_MAX_SAMPLES_SHOWN 64
+
 static void print_line(const char *label, const char *text) {
     printf("%s: ", label);
     fputs(text ? text : "(could not decode)", stdout);
@@ -554,6 +562,20 @@ static void print_ids(const char *label, const int32_t *ids, int n) {
     printf("\n");
 }
 
+/* Continuation k of K as text and ids; "continuation" alone when K is 1. */
+static void print_sample(pb_model *m, int k, int K, const char *what, const int32_t *ids, int n) {
+    char label[96], ids_label[128];
+    if (K > 1)
+        snprintf(label, sizeof label, "%s %d/%d", what, k + 1, K);
+    else
+        snprintf(label, sizeof label, "%s", what);
+    snprintf(ids_label, sizeof ids_label, "%s ids", label);
+    char *text = decode(m, ids, n);
+    print_line(label, text);
+    print_ids(ids_label, ids, n);
+    free(text);
+}
+
 int pb_cli_generate(int argc, char **argv) {
     const char *cmd = "generate";
     cli o;
@@ -561,6 +583,11 @@ int pb_cli_generate(int argc, char **argv) {
         return 2;
     if ((!!o.prompt + !!o.ids + !!o.ids_file) != 1) {
         fprintf(stderr, "patchbay generate: give exactly one of --prompt, --ids or --ids-file\n");
+        return 2;
+    }
+    if (o.gen.samples > PB_CLI_MAX_SAMPLES_SHOWN) {
+        fprintf(stderr, "patchbay generate: at most %d --samples (refusal-rate takes more)\n",
+                PB_CLI_MAX_SAMPLES_SHOWN);
         return 2;
     }
     int32_t *ids = NULL, *src = NULL;
@@ -582,7 +609,7 @@ int pb_cli_generate(int argc, char **argv) {
     iv_build b;
     memset(&b, 0, sizeof b);
     int32_t *out = NULL, *plain = NULL;
-    char *prompt_text = NULL, *text = NULL, *plain_text = NULL;
+    char *prompt_text = NULL;
     if (!m)
         goto done;
     if (o.prompt && !text_ids(cmd, m, &o, o.prompt, &ids, &T))
@@ -591,38 +618,42 @@ int pb_cli_generate(int argc, char **argv) {
         goto done;
     if (o.patch_site ? !build_patch(cmd, m, o.patch_site, src, T_src, T, &b) : !build_direction_iv(cmd, m, &o, &b))
         goto done;
-    int active = b.iv.kind != PB_INTERVENE_NONE, n = 0, n_plain = 0;
-    out = malloc(sizeof(int32_t) * (size_t)(o.max_new > 0 ? o.max_new : 1));
-    plain = malloc(sizeof(int32_t) * (size_t)(o.max_new > 0 ? o.max_new : 1));
+    int active = b.iv.kind != PB_INTERVENE_NONE, K = o.gen.samples, width = o.max_new > 0 ? o.max_new : 1;
+    int n[PB_CLI_MAX_SAMPLES_SHOWN], n_plain[PB_CLI_MAX_SAMPLES_SHOWN];
+    out = malloc(sizeof(int32_t) * (size_t)width * K);
+    plain = malloc(sizeof(int32_t) * (size_t)width * K);
     if (!out || !plain) {
         fprintf(stderr, "patchbay generate: out of memory\n");
         goto done;
     }
-    if (pb_generate_intervened(m, ids, T, o.max_new, active ? &b.iv : NULL, out, &n) != PB_OK) {
+    pb_generate_options go = pb_cli_sampling_options(&o.gen, o.max_new);
+    const int32_t *prompt_ids = ids;
+    go.iv = active ? &b.iv : NULL;
+    if (pb_generate_batch(m, &prompt_ids, &T, 1, &go, out, n) != PB_OK) {
         fail_msg(cmd, "generate failed");
         goto done;
     }
-    if (active && pb_generate(m, ids, T, o.max_new, plain, &n_plain) != PB_OK) {
+    go.iv = NULL;
+    if (active && pb_generate_batch(m, &prompt_ids, &T, 1, &go, plain, n_plain) != PB_OK) {
         fail_msg(cmd, "generate failed");
         goto done;
     }
     prompt_text = decode(m, ids, T);
-    text = decode(m, out, n);
     print_line("prompt", prompt_text);
+    if (K > 1 || o.gen.sampling.temperature > 0) {
+        char how[256];
+        pb_cli_sampling_describe(&o.gen, how, sizeof how);
+        printf("decoding: %s\n", how);
+    }
     if (active)
         printf("intervention: %s\n", b.description);
-    print_line("continuation", text);
-    print_ids("continuation ids", out, n);
-    if (active) {
-        plain_text = decode(m, plain, n_plain);
-        print_line("without intervention", plain_text);
-        print_ids("without intervention ids", plain, n_plain);
-    }
+    for (int k = 0; k < K; k++)
+        print_sample(m, k, K, "continuation", out + (size_t)k * width, n[k]);
+    for (int k = 0; active && k < K; k++)
+        print_sample(m, k, K, "without intervention", plain + (size_t)k * width, n_plain[k]);
     rc = 0;
 done:
     free(prompt_text);
-    free(text);
-    free(plain_text);
     free(out);
     free(plain);
     free(ids);
@@ -802,24 +833,95 @@ static int split_matches(const char *want, const char *split) {
 
 /* ---- refusal-rate ----------------------------------------------------------------------- */
 
-/* The counts of a refusal-rate run: [harmless, harmful]; unlabelled prompts count as harmful. */
-typedef struct rate_tally {
-    int count[2], refused[2];
-    int done;
-    json_t *items; /* one object per prompt run */
-} rate_tally;
+/* The prompts of one refusal-rate run, tokenized, and what became of them. */
+typedef struct rate_run_state {
+    int n, K, width;           /* prompts, samples per prompt, max_new (at least 1) */
+    const prompt_item **items; /* (n) borrowed */
+    int32_t **ids;             /* (n) */
+    int *T;                    /* (n) */
+    int32_t *out;              /* (n * K, width) */
+    int *n_out;                /* (n * K) */
+    int *refused;              /* (n) refusals of K */
+} rate_run_state;
+
+static void rate_state_free(rate_run_state *r) {
+    for (int i = 0; r->ids && i < r->n; i++)
+        free(r->ids[i]);
+    free(r->items);
+    free(r->ids);
+    free(r->T);
+    free(r->out);
+    free(r->n_out);
+    free(r->refused);
+    memset(r, 0, sizeof *r);
+}
 
 static const char *side_name(const prompt_item *it) {
     return it->harmful < 0 ? "prompt" : it->harmful ? "harmful" : "harmless";
 }
 
-/* Whether the run takes this prompt (its split, its side, --limit). */
-static int rate_wants(const cli *o, const char *split, const char *side, const rate_tally *t, const prompt_item *it) {
-    if (!split_matches(split, it->split))
-        return 0;
-    if (it->harmful >= 0 && strcmp(side, "both") && (it->harmful == 1) != (strcmp(side, "harmful") == 0))
-        return 0;
-    return !(o->limit && t->count[it->harmful != 0] >= o->limit);
+/* The prompts the run takes (split, side, --limit), tokenized: 1, or 0 after saying why. */
+static int rate_select(const char *cmd, pb_model *m, const cli *o, const prompt_file *f, const char *split,
+                       const char *side, rate_run_state *r) {
+    memset(r, 0, sizeof *r);
+    r->K = o->gen.samples;
+    r->width = o->max_new > 0 ? o->max_new : 1;
+    r->items = calloc((size_t)f->n, sizeof *r->items);
+    r->ids = calloc((size_t)f->n, sizeof *r->ids);
+    r->T = calloc((size_t)f->n, sizeof *r->T);
+    if (!r->items || !r->ids || !r->T)
+        return !fail_msg(cmd, "out of memory");
+    int count[2] = {0, 0};
+    for (int i = 0; i < f->n; i++) {
+        const prompt_item *it = &f->items[i];
+        int cls = it->harmful != 0;
+        if (!split_matches(split, it->split) ||
+            (it->harmful >= 0 && strcmp(side, "both") && (it->harmful == 1) != (strcmp(side, "harmful") == 0)) ||
+            (o->limit && count[cls] >= o->limit))
+            continue;
+        if (!text_ids(cmd, m, o, it->text, &r->ids[r->n], &r->T[r->n]))
+            return 0;
+        r->items[r->n++] = it;
+        count[cls]++;
+    }
+    size_t rows = (size_t)(r->n > 0 ? r->n : 1) * r->K;
+    r->out = malloc(sizeof(int32_t) * rows * r->width);
+    r->n_out = calloc(rows, sizeof(int));
+    r->refused = calloc((size_t)(r->n > 0 ? r->n : 1), sizeof(int));
+    if (!r->out || !r->n_out || !r->refused)
+        return !fail_msg(cmd, "out of memory");
+    return 1;
+}
+
+/* Every continuation: all prompts in one batched call, or (--patch, whose
+ * positions depend on each prompt's length) one call per prompt. */
+static int rate_generate(const char *cmd, pb_model *m, const cli *o, const int32_t *src, int T_src, iv_build *b,
+                         rate_run_state *r) {
+    pb_generate_options go = pb_cli_sampling_options(&o->gen, o->max_new);
+    pb_progress progress;
+    pb_progress_init(&progress, stderr, "generate", -1);
+    progress.unit = "continuations";
+    go.progress = pb_progress_callback;
+    go.progress_user = &progress;
+    pb_status st = PB_OK;
+    if (!o->patch_site) {
+        go.iv = b->iv.kind ? &b->iv : NULL;
+        st = pb_generate_batch(m, (const int32_t *const *)r->ids, r->T, r->n, &go, r->out, r->n_out);
+    }
+    for (int i = 0; o->patch_site && st == PB_OK && i < r->n; i++) {
+        iv_build_free(b);
+        if (!build_patch(cmd, m, o->patch_site, src, T_src, r->T[i], b))
+            return 0;
+        go.iv = &b->iv;
+        go.progress = NULL;
+        st = pb_generate_batch(m, (const int32_t *const *)&r->ids[i], &r->T[i], 1, &go,
+                               r->out + (size_t)i * r->K * r->width, r->n_out + (size_t)i * r->K);
+        pb_progress_update(&progress, i + 1, r->n);
+    }
+    if (st != PB_OK)
+        return !fail_msg(cmd, "generate failed");
+    pb_progress_finish(&progress);
+    return 1;
 }
 
 static void print_verbose_line(const prompt_item *it, int refused, const char *text) {
@@ -833,78 +935,89 @@ static void print_verbose_line(const prompt_item *it, int refused, const char *t
     free(flat);
 }
 
-/* One prompt's greedy continuation under the intervention (a patch is
- * rebuilt for each prompt's length), judged and recorded. */
-static int rate_prompt(const char *cmd, pb_model *m, const cli *o, const int32_t *src, int T_src, iv_build *b,
-                       int32_t *out, const prompt_item *it, rate_tally *t) {
-    int32_t *ids = NULL;
-    int T = 0, n = 0;
-    if (!text_ids(cmd, m, o, it->text, &ids, &T))
-        return 0;
-    if (o->patch_site) {
-        iv_build_free(b);
-        if (!build_patch(cmd, m, o->patch_site, src, T_src, T, b)) {
-            free(ids);
-            return 0;
+/* Judges every continuation; one JSON item per prompt into items. */
+static int rate_judge(const char *cmd, pb_model *m, const cli *o, rate_run_state *r, json_t *items) {
+    for (int i = 0; i < r->n; i++) {
+        json_t *texts = json_array(), *refusals = json_array();
+        for (int k = 0; k < r->K; k++) {
+            size_t s = (size_t)i * r->K + k;
+            char *text = decode(m, r->out + s * r->width, r->n_out[s]);
+            if (!text)
+                return !fail_msg(cmd, "decoding");
+            int refused = pb_text_is_refusal(text);
+            r->refused[i] += refused;
+            if (o->verbose)
+                print_verbose_line(r->items[i], refused, text);
+            json_array_append_new(texts, json_string(text));
+            json_array_append_new(refusals, json_boolean(refused));
+            free(text);
         }
+        json_t *e = json_object();
+        json_object_set_new(e, "id", json_string(r->items[i]->id));
+        json_object_set_new(e, "side", json_string(side_name(r->items[i])));
+        json_object_set_new(e, "prompt", json_string(r->items[i]->text));
+        json_object_set_new(e, "continuations", texts);
+        json_object_set_new(e, "refusals", refusals);
+        json_object_set_new(e, "refused", json_integer(r->refused[i]));
+        json_array_append_new(items, e);
     }
-    pb_status st = pb_generate_intervened(m, ids, T, o->max_new, b->iv.kind ? &b->iv : NULL, out, &n);
-    free(ids);
-    if (st != PB_OK)
-        return !fail_msg(cmd, "generate failed");
-    char *text = decode(m, out, n);
-    if (!text)
-        return !fail_msg(cmd, "decoding");
-    int r = pb_text_is_refusal(text), cls = it->harmful != 0;
-    t->count[cls]++;
-    t->refused[cls] += r;
-    t->done++;
-    if (o->verbose)
-        print_verbose_line(it, r, text);
-    json_t *e = json_object();
-    json_object_set_new(e, "id", json_string(it->id));
-    json_object_set_new(e, "side", json_string(side_name(it)));
-    json_object_set_new(e, "prompt", json_string(it->text));
-    json_object_set_new(e, "continuation", json_string(text));
-    json_object_set_new(e, "refused", json_boolean(r));
-    json_array_append_new(t->items, e);
-    free(text);
     return 1;
 }
 
+/* A rate on stdout: "harmful: 23/27 refused (85.2%; 95% CI 67.5-94.1%)". */
+static void print_rate(const char *name, const pb_rate *rate) {
+    printf("%s: %d/%d refused (%.1f%%; 95%% CI %.1f-%.1f%%", name, rate->refused, rate->n_prompts * rate->n_samples,
+           100 * rate->rate, 100 * rate->low, 100 * rate->high);
+    if (rate->n_samples > 1)
+        printf("; %d prompts x %d samples, effective n %.1f", rate->n_prompts, rate->n_samples, rate->n_effective);
+    printf(")\n");
+}
+
 /* The rates per side on stdout, and as JSON. */
-static json_t *rate_sides(const prompt_file *f, const rate_tally *t) {
+static json_t *rate_sides(const prompt_file *f, const rate_run_state *r) {
     json_t *sides = json_object();
-    for (int cls = 1; cls >= 0; cls--) {
-        if (t->count[cls] == 0)
+    int *counts = malloc(sizeof(int) * (size_t)(r->n > 0 ? r->n : 1));
+    for (int cls = 1; counts && cls >= 0; cls--) {
+        int n = 0;
+        for (int i = 0; i < r->n; i++)
+            if ((r->items[i]->harmful != 0) == cls)
+                counts[n++] = r->refused[i];
+        pb_rate rate;
+        if (n == 0 || pb_rate_estimate(counts, n, r->K, &rate) != PB_OK)
             continue;
         const char *name = cls ? (f->items[0].harmful < 0 ? "prompts" : "harmful") : "harmless";
-        printf("%s: %d/%d refused (%.1f%%)\n", name, t->refused[cls], t->count[cls],
-               100.0 * t->refused[cls] / t->count[cls]);
-        json_t *s = json_object();
-        json_object_set_new(s, "n", json_integer(t->count[cls]));
-        json_object_set_new(s, "refused", json_integer(t->refused[cls]));
-        json_object_set_new(s, "rate", json_real((double)t->refused[cls] / t->count[cls]));
-        json_object_set_new(sides, name, s);
+        print_rate(name, &rate);
+        json_object_set_new(sides, name,
+                            json_pack("{s:i,s:i,s:i,s:f,s:[f,f],s:f}", "prompts", rate.n_prompts, "samples",
+                                      rate.n_samples, "refused", rate.refused, "rate", rate.rate, "ci95", rate.low,
+                                      rate.high, "n_effective", rate.n_effective));
     }
+    free(counts);
     return sides;
 }
 
-/* --json OUT: schema patchbay.refusal_rate/1. Takes sides. */
+/* --json OUT: schema patchbay.refusal_rate/2. Takes sides. */
 static int write_rate_json(const char *cmd, const pb_model *m, const cli *o, const char *split, const iv_build *b,
-                           json_t *sides, const rate_tally *t) {
+                           json_t *sides, json_t *items) {
+    char how[256];
+    pb_cli_sampling_describe(&o->gen, how, sizeof how);
+    const pb_sampling *sp = &o->gen.sampling;
     json_t *report = json_object();
-    json_object_set_new(report, "schema", json_string("patchbay.refusal_rate/1"));
+    json_object_set_new(report, "schema", json_string("patchbay.refusal_rate/2"));
     json_object_set_new(report, "model", json_string(pb_model_get_source(m)));
     json_object_set_new(report, "prompts", json_string(o->prompts));
     json_object_set_new(report, "split", json_string(split));
     json_object_set_new(report, "max_new_tokens", json_integer(o->max_new));
+    json_object_set_new(report, "decoding",
+                        json_pack("{s:s,s:f,s:i,s:f,s:f,s:I,s:i}", "description", how, "temperature", sp->temperature,
+                                  "top_k", sp->top_k, "top_p", sp->top_p > 0 ? sp->top_p : 1.0, "min_p", sp->min_p,
+                                  "seed", (json_int_t)sp->seed, "samples", o->gen.samples));
     json_object_set_new(report, "intervention",
                         b->description[0] ? json_string(b->description)
                         : o->patch_site   ? json_string(o->patch_site)
                                           : json_null());
     json_object_set_new(report, "sides", sides);
-    json_object_set(report, "items", t->items);
+    json_object_set(report, "items", items);
     char *dump = json_dumps(report, JSON_INDENT(2));
     json_decref(report);
     if (!dump || pb_write_file_atomic(o->json_out, dump, strlen(dump)) != PB_OK) {
@@ -928,37 +1041,42 @@ static int rate_intervention(const char *cmd, pb_model *m, const cli *o, int32_t
         printf("intervention: %s\n", b->description);
     else if (!o->patch_site)
         printf("intervention: none\n");
+    char how[256];
+    pb_cli_sampling_describe(&o->gen, how, sizeof how);
+    printf("decoding: %s, at most %d new tokens\n", how, o->max_new);
     return 1;
 }
 
 /* Runs every wanted prompt and reports: the exit status. */
 static int rate_run(const char *cmd, pb_model *m, const cli *o, const prompt_file *f, const char *split,
-                    const char *side, iv_build *b, const int32_t *src, int T_src, int32_t *out) {
-    rate_tally t = {.items = json_array()};
+                    const char *side, iv_build *b, const int32_t *src, int T_src) {
+    rate_run_state r;
+    json_t *items = json_array();
     int rc = 1;
-    double t0 = (double)clock();
-    for (int i = 0; i < f->n; i++)
-        if (rate_wants(o, split, side, &t, &f->items[i]) &&
-            !rate_prompt(cmd, m, o, src, T_src, b, out, &f->items[i], &t))
-            goto done;
-    if (t.done == 0) {
+    double t0 = pb_now_seconds();
+    if (!rate_select(cmd, m, o, f, split, side, &r))
+        goto done;
+    if (r.n == 0) {
         fprintf(stderr, "patchbay refusal-rate: no prompt of %s matches --split %s --side %s\n", o->prompts, split,
                 side);
         rc = 2;
         goto done;
     }
-    json_t *sides = rate_sides(f, &t);
-    fprintf(stderr, "patchbay refusal-rate: %d prompts, %.1f s of CPU time\n", t.done,
-            ((double)clock() - t0) / CLOCKS_PER_SEC);
+    if (!rate_generate(cmd, m, o, src, T_src, b, &r) || !rate_judge(cmd, m, o, &r, items))
+        goto done;
+    json_t *sides = rate_sides(f, &r);
+    fprintf(stderr, "patchbay refusal-rate: %d prompts x %d sample%s in %.1f s\n", r.n, r.K, r.K == 1 ? "" : "s",
+            pb_now_seconds() - t0);
     if (o->json_out) {
-        if (!write_rate_json(cmd, m, o, split, b, sides, &t))
+        if (!write_rate_json(cmd, m, o, split, b, sides, items))
             goto done;
     } else {
         json_decref(sides);
     }
     rc = 0;
 done:
-    json_decref(t.items);
+    json_decref(items);
+    rate_state_free(&r);
     return rc;
 }
 
@@ -989,12 +1107,11 @@ int pb_cli_refusal_rate(int argc, char **argv) {
     int rc = 1;
     iv_build b;
     memset(&b, 0, sizeof b);
-    int32_t *src = NULL, *out = malloc(sizeof(int32_t) * (size_t)(o.max_new > 0 ? o.max_new : 1));
+    int32_t *src = NULL;
     int T_src = 0;
-    if (m && out && rate_intervention(cmd, m, &o, &src, &T_src, &b))
-        rc = rate_run(cmd, m, &o, &f, split, side, &b, src, T_src, out);
+    if (m && rate_intervention(cmd, m, &o, &src, &T_src, &b))
+        rc = rate_run(cmd, m, &o, &f, split, side, &b, src, T_src);
     free(src);
-    free(out);
     iv_build_free(&b);
     prompt_file_free(&f);
     pb_model_free(m);

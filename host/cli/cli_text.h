@@ -9,6 +9,7 @@
 #include <stdio.h>
 
 #include "cli/cli_model.h"
+#include "cli/cli_sampling.h"
 #include "cli/options.h"
 #include "patchbay.h"
 
@@ -30,13 +31,14 @@ void pb_cli_prompt_table(pb_cli_prompt *p, const char *text_commands, const char
 /* Where a command's option tables live while it parses argv or prints its
  * help (one layout for every command): the shared model options (common),
  * the prompt options for the commands that take a prompt (filled by
- * pb_cli_prompt_table, else unused) and the command's own rows, which
+ * pb_cli_prompt_table, else unused), the generation options (likewise) and the command's own rows, which
  * reach the shared ones through PB_OPT_TABLE entries and end with the
  * PB_OPT_END; at most PB_CLI_COMMAND_ROWS in all. t must outlive the parse. */
 enum { PB_CLI_COMMAND_ROWS = 32 };
 typedef struct pb_cli_tables {
     pb_cli_common common;
     pb_cli_option prompt[PB_CLI_PROMPT_OPTIONS + 1];
+    pb_cli_option sampling[PB_CLI_SAMPLING_OPTIONS + 1]; /* the commands that generate (pb_cli_sampling_table) */
     pb_cli_option table[PB_CLI_COMMAND_ROWS];
 } pb_cli_tables;
 

@@ -22,6 +22,7 @@ void pb_progress_init(pb_progress *p, FILE *out, const char *label, int tty) {
     memset(p, 0, sizeof *p);
     p->out = out;
     p->label = label ? label : "progress";
+    p->unit = "rows";
     p->tty = tty >= 0 ? tty != 0 : (out && isatty(fileno(out)));
     p->last_done = -1;
 }
@@ -47,7 +48,7 @@ static void format_duration(double seconds, char *buf, size_t size) {
         format_clock(seconds, buf, size);
 }
 
-/* label [#####.....] done/total rows  rate rows/s, without the tail. */
+/* label [#####.....] done/total unit  rate unit/s, without the tail. */
 static int format_head(const pb_progress *p, int64_t done, int64_t total, double elapsed, char *buf, size_t size) {
     char bar[PB_PROGRESS_BAR_WIDTH + 1];
     int filled = total > 0 ? (int)((double)done / (double)total * PB_PROGRESS_BAR_WIDTH) : 0;
@@ -60,10 +61,11 @@ static int format_head(const pb_progress *p, int64_t done, int64_t total, double
     bar[PB_PROGRESS_BAR_WIDTH] = 0;
     char rate[32];
     if (elapsed > 1e-3)
-        snprintf(rate, sizeof rate, "%.1f rows/s", (double)done / elapsed);
+        snprintf(rate, sizeof rate, "%.1f %s/s", (double)done / elapsed, p->unit);
     else
-        snprintf(rate, sizeof rate, "-- rows/s");
-    return snprintf(buf, size, "%s [%s] %lld/%lld rows  %s", p->label, bar, (long long)done, (long long)total, rate);
+        snprintf(rate, sizeof rate, "-- %s/s", p->unit);
+    return snprintf(buf, size, "%s [%s] %lld/%lld %s  %s", p->label, bar, (long long)done, (long long)total, p->unit,
+                    rate);
 }
 
 static void draw(pb_progress *p, int64_t done, int64_t total, double now) {

@@ -13,6 +13,7 @@
 typedef struct pb_progress {
     FILE *out;
     const char *label; /* "sweep" */
+    const char *unit;  /* what is counted: "rows" (pb_progress_init's), or set after init ("continuations") */
     int tty;           /* 1: redraw one line with '\r'; 0: append whole lines */
     double start;      /* seconds (monotonic) of the first update */
     double last_draw;  /* seconds of the last line drawn */

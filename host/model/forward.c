@@ -7,9 +7,10 @@
 
 #include "model/capture.h"
 #include "model/forward.h"
+#include "model/generate.h"
 #include "util/internal.h"
 
-static pb_status check_ids(const pb_model *m, const int32_t *ids, int T, int limit) {
+pb_status pb_ids_check(const pb_model *m, const int32_t *ids, int T, int limit) {
     if (!ids || T <= 0)
         return pb_fail(PB_ERR_ARG, "forward: need at least one token id (got T = %d)", T);
     if (T > limit)
@@ -21,7 +22,7 @@ static pb_status check_ids(const pb_model *m, const int32_t *ids, int T, int lim
     return PB_OK;
 }
 
-static pb_status check_finite(const float *logits, size_t n, const char *what) {
+pb_status pb_logits_check_finite(const float *logits, size_t n, const char *what) {
     for (size_t i = 0; i < n; i++)
         if (!isfinite(logits[i]))
             return pb_fail(PB_ERR_NUMERIC, "%s: non-finite logit %g at flat index %zu", what, (double)logits[i], i);
@@ -169,7 +170,7 @@ pb_status pb_forward_ex(pb_model *m, const int32_t *ids, int T, const pb_forward
                         pb_capture *cap) {
     if (!m)
         return pb_fail(PB_ERR_ARG, "pb_forward: model is NULL");
-    PB_TRY(check_ids(m, ids, T, m->cfg.context_length));
+    PB_TRY(pb_ids_check(m, ids, T, m->cfg.context_length));
     if (cap) {
         if (!same_shapes(&cap->cfg, &m->cfg))
             return pb_fail(PB_ERR_ARG, "pb_forward: the capture set was made for another model");
@@ -223,7 +224,7 @@ pb_status pb_forward_ex(pb_model *m, const int32_t *ids, int T, const pb_forward
             goto done;
         status = b->ops->download(b, logits, device_logits, sizeof(float) * (size_t)T * c->vocab_size);
         if (status == PB_OK)
-            status = check_finite(logits, (size_t)T * c->vocab_size, "forward");
+            status = pb_logits_check_finite(logits, (size_t)T * c->vocab_size, "forward");
     }
 done:
     pattern_work_free(m, &hooks.patterns);
@@ -238,74 +239,11 @@ pb_status pb_forward(pb_model *m, const int32_t *ids, int T, float *logits, pb_c
     return pb_forward_ex(m, ids, T, NULL, logits, cap);
 }
 
-static int argmax(const float *v, int n) {
-    int best = 0;
-    for (int i = 1; i < n; i++)
-        if (v[i] > v[best])
-            best = i;
-    return best;
-}
-
 pb_status pb_generate(pb_model *m, const int32_t *ids, int T, int max_new, int32_t *out_ids, int *n_out) {
-    return pb_generate_ex(m, ids, T, max_new, NULL, NULL, out_ids, n_out);
-}
-
-pb_status pb_generate_ex(pb_model *m, const int32_t *ids, int T, int max_new, pb_exec_hook_fn intervene, void *user,
-                         int32_t *out_ids, int *n_out) {
     if (!m || !n_out || (max_new > 0 && !out_ids))
         return pb_fail(PB_ERR_ARG, "pb_generate: model, out_ids and n_out are required");
     *n_out = 0;
-    if (max_new < 0)
-        return pb_fail(PB_ERR_ARG, "pb_generate: max_new = %d must not be negative", max_new);
-    PB_TRY(check_ids(m, ids, T, m->cfg.context_length));
-    if ((long long)T + max_new > m->cfg.context_length)
-        return pb_fail(PB_ERR_ARG, "generate: %d prompt + %d new tokens exceed the context length %d", T, max_new,
-                       m->cfg.context_length);
-    if (max_new == 0)
-        return PB_OK;
-    const pb_model_config *c = &m->cfg;
-    pb_backend *b = m->backend;
-    int capacity = T + max_new;
-    int32_t *seq = malloc(sizeof(int32_t) * (size_t)capacity);
-    float *logits = malloc(sizeof(float) * (size_t)c->vocab_size);
-    float *device_logits = NULL;
-    pb_exec *exec = NULL;
-    kv_cache kv = {0};
-    pb_status status = seq && logits ? PB_OK : pb_fail(PB_ERR_OOM, "generate: out of memory");
-    if (status == PB_OK)
-        status = pb_exec_create(&exec, m, T, capacity);
-    if (status == PB_OK)
-        status = kv_alloc(m, &kv, capacity);
-    if (status == PB_OK)
-        status = b->ops->alloc(b, (void **)&device_logits, sizeof(float) * (size_t)c->vocab_size);
-    if (status != PB_OK)
-        goto done;
-    memcpy(seq, ids, sizeof(int32_t) * (size_t)T);
-    /* Prefill once, then one token per step against the growing cache. */
-    for (int len = T, p0 = 0; status == PB_OK;) {
-        pb_exec_job job = {
-            .T = len, .p0 = p0, .start_step = 0, .ids = seq, .k_cache = kv.k, .v_cache = kv.v, .kv_capacity = capacity};
-        if ((status = pb_exec_run(exec, &job, 1, 2 * c->n_layers, intervene, user)) != PB_OK)
-            break;
-        const float *last = pb_exec_output(exec, 0) + (size_t)(len - p0 - 1) * c->d_model;
-        if ((status = pb_exec_unembed(exec, device_logits, last, 1, m->output.data, m->output.dtype, c->vocab_size)) !=
-                PB_OK ||
-            (status = b->ops->download(b, logits, device_logits, sizeof(float) * (size_t)c->vocab_size)) != PB_OK ||
-            (status = check_finite(logits, (size_t)c->vocab_size, "generate")) != PB_OK)
-            break;
-        int32_t next = argmax(logits, c->vocab_size);
-        out_ids[(*n_out)++] = next;
-        if (next == c->eos_id || *n_out == max_new)
-            break;
-        seq[len] = next;
-        p0 = len++;
-    }
-done:
-    if (device_logits)
-        b->ops->free(b, device_logits);
-    kv_free(m, &kv);
-    pb_exec_free(exec);
-    free(seq);
-    free(logits);
-    return status;
+    pb_generate_options o = {.max_new = max_new};
+    pb_generate_job job = {.ids = &ids, .T = &T, .n_prompts = 1, .options = &o};
+    return pb_generate_run(m, &job, out_ids, n_out);
 }

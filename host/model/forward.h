@@ -1,8 +1,7 @@
 /* Forward passes with extras the public pb_forward does not expose: an
  * embedding perturbation and an intervention called at every hook point.
  * pb_forward_ex serves interventions (patching/intervene.c) and the naive
- * patching reference of the tests; pb_generate_ex greedy decoding under an
- * intervention. Both run on the executor (exec.h). */
+ * patching reference of the tests. Generation is model/generate.h. */
 #ifndef PB_FORWARD_H
 #define PB_FORWARD_H
 
@@ -17,10 +16,9 @@ typedef struct pb_forward_extras {
 pb_status pb_forward_ex(pb_model *model, const int32_t *ids, int T, const pb_forward_extras *extras, float *logits,
                         pb_capture *capture);
 
-/* Greedy decoding with an intervention called at every hook point of the
- * prefill (rows 0 .. T) and of every decoding step (one row at its
- * position p0); intervene may be NULL. */
-pb_status pb_generate_ex(pb_model *model, const int32_t *ids, int T, int max_new, pb_exec_hook_fn intervene, void *user,
-                         int32_t *out_ids, int *n_out);
+/* ids[0..T) are token ids of the model's vocabulary, 1 <= T <= limit. */
+pb_status pb_ids_check(const pb_model *model, const int32_t *ids, int T, int limit);
+/* Every one of logits[0..n) is finite (PB_ERR_NUMERIC naming `what` and the index otherwise). */
+pb_status pb_logits_check_finite(const float *logits, size_t n, const char *what);
 
 #endif

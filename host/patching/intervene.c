@@ -14,6 +14,7 @@
 #include "analysis/direction.h"
 #include "model/components.h"
 #include "model/forward.h"
+#include "model/generate.h"
 #include "patching/intervene.h"
 #include "util/internal.h"
 #include "model/model.h"
@@ -193,19 +194,42 @@ pb_status pb_forward_intervened(pb_model *m, const int32_t *ids, int T, const pb
     return status;
 }
 
+pb_status pb_generate_batch(pb_model *m, const int32_t *const *ids, const int *T, int n_prompts,
+                            const pb_generate_options *o, int32_t *out_ids, int *n_out) {
+    if (!m || !o)
+        return pb_fail(PB_ERR_ARG, "pb_generate_batch: model and options are required");
+    if (n_prompts < 0 || (n_prompts > 0 && (!ids || !T)))
+        return pb_fail(PB_ERR_ARG, "pb_generate_batch: %d prompts without ids or lengths", n_prompts);
+    int shortest = n_prompts > 0 ? T[0] : 1;
+    for (int i = 1; i < n_prompts; i++)
+        shortest = T[i] < shortest ? T[i] : shortest;
+    const pb_intervention *iv = o->iv;
+    int active = iv && iv->kind != PB_INTERVENE_NONE;
+    pb_intervention_hook h;
+    /* A patch's positions must fit every prompt: checked against the shortest. */
+    PB_TRY(pb_intervention_hook_init(&h, m, iv, shortest > 0 ? shortest : 1));
+    pb_generate_job job = {.ids = ids,
+                           .T = T,
+                           .n_prompts = n_prompts,
+                           .options = o,
+                           .hook = active ? pb_intervention_hook_fn : NULL,
+                           .hook_user = active ? &h : NULL};
+    pb_status status = pb_generate_run(m, &job, out_ids, n_out);
+    pb_intervention_hook_release(&h);
+    return status;
+}
+
 pb_status pb_generate_intervened(pb_model *m, const int32_t *ids, int T, int max_new, const pb_intervention *iv,
                                  int32_t *out_ids, int *n_out) {
     if (!m)
         return pb_fail(PB_ERR_ARG, "pb_generate_intervened: model is NULL");
     if (T <= 0 || !ids)
         return pb_fail(PB_ERR_ARG, "pb_generate_intervened: need at least one token id (got T = %d)", T);
-    pb_intervention_hook h;
-    PB_TRY(pb_intervention_hook_init(&h, m, iv, T));
-    int active = iv && iv->kind != PB_INTERVENE_NONE;
-    pb_status status = pb_generate_ex(m, ids, T, max_new, active ? pb_intervention_hook_fn : NULL, active ? &h : NULL,
-                                      out_ids, n_out);
-    pb_intervention_hook_release(&h);
-    return status;
+    if (!n_out || (max_new > 0 && !out_ids))
+        return pb_fail(PB_ERR_ARG, "pb_generate_intervened: out_ids and n_out are required");
+    *n_out = 0;
+    pb_generate_options o = {.max_new = max_new, .iv = iv};
+    return pb_generate_batch(m, &ids, &T, 1, &o, out_ids, n_out);
 }
 
 /* ---- refusal phrases ---------------------------------------------------- */
