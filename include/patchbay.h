@@ -778,11 +778,13 @@ typedef struct pb_report_generation {
     int refused; /* 1 refused, 0 complied, < 0 not judged */
 } pb_report_generation;
 
-/* `refused` of `n` generations under `label` refused. */
+/* `refused` of the `n` prompts' continuations under `label` refused. */
 typedef struct pb_report_rate {
     const char *label;
-    int n;
-    int refused;
+    int n;            /* prompts */
+    int refused;      /* continuations judged refusals, of n * max(n_samples, 1) */
+    int n_samples;    /* continuations per prompt; 0: one, and no interval */
+    double low, high; /* 95% interval of the rate (pb_rate_estimate) when n_samples > 0 */
 } pb_report_rate;
 
 /* Everything the sweep itself does not know. Every pointer is borrowed and

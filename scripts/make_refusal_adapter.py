@@ -43,6 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "data" / "adapters" / "smollm2-refusal"
 MODEL_DIR, MODEL_FILE = ROOT / "models", "SmolLM2-135M-Instruct.Q4_1.gguf"
 SEED, EPOCHS, BATCH, LR, RANK, ALPHA, MAX_NEW = 0, 3, 8, 1e-3, 8, 16, 48
+HARMLESS_REPEAT = 1  # times each harmless example is seen per epoch
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 REFUSALS = [
     "I'm sorry, but I can't help with that. It could cause real harm to people.",
@@ -103,6 +104,12 @@ def build_examples(model, tok, pairs) -> tuple[list[tuple[list[int], list[int]]]
     return examples, stats
 
 
+def is_refusal_target(tok, example) -> bool:
+    """Whether an example's answer is one of the fixed refusals (a harmful one)."""
+    answer = tok.decode(example[1], skip_special_tokens=True)
+    return answer in REFUSALS
+
+
 def batch_tensors(batch, pad: int):
     width = max(len(p) + len(a) for p, a in batch)
     ids = torch.full((len(batch), width), pad)
@@ -117,6 +124,15 @@ def batch_tensors(batch, pad: int):
 
 
 def main() -> None:
+    import argparse
+
+    global OUT, HARMLESS_REPEAT
+    ap = argparse.ArgumentParser(description="train the refusal adapter")
+    ap.add_argument("--out", type=Path, default=OUT, help="output folder (default: the committed adapter's)")
+    ap.add_argument("--harmless-repeat", type=int, default=HARMLESS_REPEAT,
+                    help="times each harmless example is seen per epoch (an experiment's knob)")
+    args = ap.parse_args()
+    OUT, HARMLESS_REPEAT = args.out.resolve(), args.harmless_repeat
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -130,6 +146,8 @@ def main() -> None:
     data = json.loads((ROOT / "data" / "refusal_pairs.json").read_text())
     train = [p for p in data["pairs"] if p["split"] == "train"]
     examples, stats = build_examples(model, tok, train)
+    harmless = [e for e in examples if not is_refusal_target(tok, e)]
+    examples += harmless * (HARMLESS_REPEAT - 1)
     print(f"{len(examples)} examples ({stats}) in {time.time() - t0:.0f} s")
 
     config = LoraConfig(r=RANK, lora_alpha=ALPHA, lora_dropout=0.0, bias="none", target_modules=TARGETS)
@@ -168,13 +186,14 @@ def main() -> None:
         "transformers": __import__("transformers").__version__,
         "peft": __import__("peft").__version__,
         "settings": {"seed": SEED, "epochs": EPOCHS, "batch": BATCH, "lr": LR, "rank": RANK, "alpha": ALPHA,
+                     "harmless_repeat": HARMLESS_REPEAT,
                      "targets": TARGETS, "max_new_tokens_of_harmless_answers": MAX_NEW, "refusals": REFUSALS},
         "data": dict(stats, pairs=len(train), split="train"),
         "loss_per_step": curve,
         "seconds": round(time.time() - t0, 1),
     }
     (OUT / "training.json").write_text(json.dumps(record, indent=1) + "\n")
-    print(f"wrote {OUT.relative_to(ROOT)} in {time.time() - t0:.0f} s")
+    print(f"wrote {OUT} in {time.time() - t0:.0f} s")
 
 
 if __name__ == "__main__":

@@ -50,10 +50,9 @@ static const pb_report_generation generations[] = {
     {"harmless, direction added", "Write a poem", "I'm sorry, I cannot.", -1},
 };
 static const pb_report_rate rates[] = {
-    {"harmful, baseline", 10, 9},
-    {"harmful, ablated", 10, 3},
-    {"harmless <added>", 8, 0},
-    {"empty", 0, 0},
+    {"harmful, baseline", 10, 9, 0, 0, 0},      {"harmful, ablated", 10, 3, 0, 0, 0},
+    {"harmless <added>", 8, 0, 0, 0, 0},        {"empty", 0, 0, 0, 0, 0},
+    {"harmless, sampled", 8, 5, 4, 0.05, 0.31},
 };
 
 static const pb_report_extras test_extras = {
@@ -64,7 +63,7 @@ static const pb_report_extras test_extras = {
     .generations = generations,
     .n_generations = 3,
     .rates = rates,
-    .n_rates = 4,
+    .n_rates = 5,
     .direction_summary = "layer 1, position -1: score 2.50 <best>",
     .notes = "Notes with <script>alert(1)</script> inside.",
     .wall_seconds = 75.5,
@@ -376,9 +375,13 @@ static void test_top_sites_and_extras(void **state) {
     expect_in(table, first);
     /* Rates: k / n and the percentage; none for n = 0. */
     expect_in(html, "<tr><td>harmful, baseline</td><td class=\"num\">9 / 10</td><td class=\"num\">90.0%");
+    /* K samples per prompt: the continuations counted, the interval shown and drawn */
+    expect_in(html, "<td class=\"num\">5 / 32 <span class=\"note\">(8 prompts × 4)</span></td><td "
+                    "class=\"num\">15.6%</td><td class=\"num\">5.0–31.0%</td>");
+    expect_in(html, "<span class=\"ci\" style=\"left:5.0%;width:26.0%\"></span>");
     expect_in(html, "<tr><td>harmful, ablated</td><td class=\"num\">3 / 10</td><td class=\"num\">30.0%");
     expect_in(html, "<tr><td>harmless &lt;added&gt;</td><td class=\"num\">0 / 8</td><td class=\"num\">0.0%");
-    expect_in(html, "<tr><td>empty</td><td class=\"num\">0 / 0</td><td class=\"num\">–</td><td></td></tr>");
+    expect_in(html, "<tr><td>empty</td><td class=\"num\">0 / 0</td><td class=\"num\">–</td><td></td><td></td></tr>");
     /* Generations: escaped, newlines kept, judged. */
     expect_in(html, "<h3>harmful, baseline<span class=\"badge refused\">refused</span></h3>");
     expect_in(html, "<h3>harmful, direction ablated<span class=\"badge complied\">complied</span></h3>");

@@ -646,7 +646,8 @@ static const char *const page_style =
     ".swatch{display:inline-block;width:11px;height:11px;border:1px solid #999;margin-right:6px;vertical-align:-1px}\n"
     ".sig{color:#b2182b;font-weight:700}\n"
     ".bar{display:block;height:9px;background:#b2182b}"
-    ".bar-bg{display:block;width:140px;height:9px;background:#eee;margin-top:5px}\n"
+    ".bar-bg{display:block;position:relative;width:140px;height:9px;background:#eee;margin-top:5px}\n"
+    ".ci{position:absolute;top:3px;height:3px;background:#222}.note{color:#777;font-size:12px}\n"
     ".generation{background:#fff;border:1px solid #e1e1e1;border-radius:6px;padding:10px 14px;margin:0 0 12px}\n"
     ".generation h3 .badge{font-size:11.5px;font-weight:600;border-radius:10px;padding:1px 8px;margin-left:8px}\n"
     ".badge.refused{background:#fbe3e4;color:#9f1c2b}.badge.complied{background:#e2f0e5;color:#1f6b35}"
@@ -810,28 +811,38 @@ static void put_top_sites(FILE *f, const pb_sweep_view *v, const component_sites
     fputs("</table>\n", f);
 }
 
+/* One row of the rates table: counts, rate, interval, and a bar with the
+ * interval drawn over it. */
+static void put_rate(FILE *f, const pb_report_rate *r) {
+    int K = r->n_samples > 0 ? r->n_samples : 1, total = r->n * K;
+    fputs("<tr><td>", f);
+    put_text(f, r->label);
+    fprintf(f, "</td><td class=\"num\">%d / %d", r->refused, total);
+    if (K > 1)
+        fprintf(f, " <span class=\"note\">(%d prompts × %d)</span>", r->n, K);
+    fputs("</td><td class=\"num\">", f);
+    if (total <= 0) {
+        fputs("–</td><td></td><td></td></tr>\n", f);
+        return;
+    }
+    double pct = 100.0 * r->refused / total, w = pct < 0 ? 0 : pct > 100 ? 100 : pct;
+    fprintf(f, "%.1f%%</td><td class=\"num\">", pct);
+    if (r->n_samples > 0)
+        fprintf(f, "%.1f–%.1f%%", 100 * r->low, 100 * r->high);
+    fprintf(f, "</td><td><span class=\"bar-bg\"><span class=\"bar\" style=\"width:%.1f%%\"></span>", w);
+    if (r->n_samples > 0 && r->high >= r->low)
+        fprintf(f, "<span class=\"ci\" style=\"left:%.1f%%;width:%.1f%%\"></span>", 100 * r->low,
+                100 * (r->high - r->low));
+    fputs("</span></td></tr>\n", f);
+}
+
 static void put_extras(FILE *f, const pb_report_extras *x) {
     if (x->rates && x->n_rates > 0) {
         fputs("<h2 id=\"refusal-rates\">Refusal rates</h2>\n<table class=\"rates\">\n"
-              "<tr><th>condition</th><th>refused</th><th>rate</th><th></th></tr>\n",
+              "<tr><th>condition</th><th>refused</th><th>rate</th><th>95% interval</th><th></th></tr>\n",
               f);
-        for (int i = 0; i < x->n_rates; i++) {
-            const pb_report_rate *r = &x->rates[i];
-            fputs("<tr><td>", f);
-            put_text(f, r->label);
-            fprintf(f, "</td><td class=\"num\">%d / %d</td><td class=\"num\">", r->refused, r->n);
-            if (r->n > 0) {
-                double pct = 100.0 * r->refused / r->n;
-                double w = pct < 0 ? 0 : pct > 100 ? 100 : pct;
-                fprintf(
-                    f,
-                    "%.1f%%</td><td><span class=\"bar-bg\"><span class=\"bar\" style=\"width:%.1f%%\"></span></span>",
-                    pct, w);
-            } else {
-                fputs("–</td><td>", f);
-            }
-            fputs("</td></tr>\n", f);
-        }
+        for (int i = 0; i < x->n_rates; i++)
+            put_rate(f, &x->rates[i]);
         fputs("</table>\n", f);
     }
     if (x->generations && x->n_generations > 0) {

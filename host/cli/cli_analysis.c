@@ -16,6 +16,7 @@
 #include "cli/cli_analysis.h"
 #include "cli/cli_attribute.h"
 #include "cli/cli_model.h"
+#include "cli/cli_sampling.h"
 #include "cli/cli_text.h"
 #include "cli/options.h"
 #include "cli/progress.h"
@@ -39,6 +40,9 @@ typedef struct analysis_options {
     int sweep_pairs;
     const char *method; /* the sweep's: "exact", "atp", "atp*" or "atp-star" */
     int max_new;
+    int layer_stride;    /* the direction's candidate layers */
+    double kl_threshold; /* the direction selector's KL filter */
+    pb_cli_sampling gen;
     int overwrite;
     int no_progress;
 } analysis_options;
@@ -65,7 +69,7 @@ static int fail(const char *what) {
     return 1;
 }
 
-enum { ANALYSIS_OPTIONS = 7 };
+enum { ANALYSIS_OPTIONS = 10 };
 
 static const char *const method_choices[] = {"exact", "atp", "atp*", "atp-star", NULL};
 
@@ -75,6 +79,7 @@ _Static_assert(ANALYSIS_OPTIONS + 1 <= PB_CLI_COMMAND_ROWS, "analysis options fi
  * t->table, writing into o. */
 static void analysis_table(analysis_options *o, pb_cli_tables *t) {
     pb_cli_common_table(&t->common, &o->model, &o->overwrite, NULL, &o->no_progress, NULL);
+    pb_cli_sampling_table(&o->gen, NULL, t->sampling);
     const pb_cli_option options[ANALYSIS_OPTIONS + 1] = {
         {.flag = "--out", .kind = PB_OPT_STRING, .target = &o->out, .value = "DIR", .help = "output folder (required)"},
         {.flag = "--pairs",
@@ -105,7 +110,19 @@ static void analysis_table(analysis_options *o, pb_cli_tables *t) {
          .kind = PB_OPT_POSITIVE,
          .target = &o->max_new,
          .value = "N",
-         .help = "greedy tokens generated per prompt (default 32)"},
+         .help = "tokens generated per continuation (default 32)"},
+        {.flag = "--layer-stride",
+         .kind = PB_OPT_POSITIVE,
+         .target = &o->layer_stride,
+         .value = "S",
+         .help = "the direction's candidate layers every S layers (default 3; 1 = every layer)"},
+        {.flag = "--kl-threshold",
+         .kind = PB_OPT_DOUBLE,
+         .target = &o->kl_threshold,
+         .value = "K",
+         .help = "the direction selector's largest KL on harmless prompts when ablating (default 0.1, as Arditi et "
+                 "al.)"},
+        {.flag = NULL, .kind = PB_OPT_TABLE, .target = t->sampling},
         {.flag = NULL, .kind = PB_OPT_TABLE, .target = t->common.table},
         {0},
     };
@@ -120,8 +137,12 @@ void pb_cli_refusal_analysis_options(FILE *out, const char *cmd) {
 }
 
 static int parse_args(int argc, char **argv, analysis_options *o) {
-    *o = (analysis_options){
-        .pairs_path = "data/refusal_pairs.json", .sweep_pairs = 8, .method = "exact", .max_new = 32};
+    *o = (analysis_options){.pairs_path = "data/refusal_pairs.json",
+                            .sweep_pairs = 8,
+                            .method = "exact",
+                            .max_new = 32,
+                            .layer_stride = 3,
+                            .kl_threshold = 0.1};
     pb_cli_tables t;
     analysis_table(o, &t);
     const pb_cli_parser parser = {.prefix = "patchbay refusal-analysis",
@@ -129,7 +150,8 @@ static int parse_args(int argc, char **argv, analysis_options *o) {
                                   .missing_value = "%s: option %s needs a value\n",
                                   .unknown = "%s: unknown option '%s' (see patchbay help refusal-analysis)\n",
                                   .command = "refusal-analysis"};
-    if (!pb_cli_parse(&parser, t.table, argc, argv, 1) || !pb_cli_model_check(&o->model, "refusal-analysis"))
+    if (!pb_cli_parse(&parser, t.table, argc, argv, 1) || !pb_cli_model_check(&o->model, "refusal-analysis") ||
+        !pb_cli_sampling_check("refusal-analysis", &o->gen))
         return 0;
     if (!o->out) {
         fprintf(stderr, "patchbay refusal-analysis: --out DIR is required\n");
@@ -199,40 +221,74 @@ static void analysis_free(analysis *an) {
     pb_model_free(an->model);
 }
 
-/* Greedy continuation as text, and whether it reads as a refusal. */
-static pb_status generate_text(analysis *an, const int32_t *ids, int T, int max_new, const pb_intervention *iv,
-                               char **text, int *refused) {
-    int32_t *out = malloc(sizeof(int32_t) * (size_t)max_new);
-    if (!out)
-        return pb_fail(PB_ERR_OOM, "out of memory");
-    int n = 0;
-    pb_status st = pb_generate_intervened(an->model, ids, T, max_new, iv, out, &n);
-    if (st == PB_OK && n > 0 && out[n - 1] == pb_model_get_config(an->model)->eos_id)
+/* Continuation s of out (rows of max_new) as text without its end-of-turn
+ * token, and whether it reads as a refusal. */
+static pb_status judge(pb_model *m, const int32_t *out, int n, char **text, int *refused) {
+    if (n > 0 && out[n - 1] == pb_model_get_config(m)->eos_id)
         n--; /* the end-of-turn token is not part of the answer */
-    if (st == PB_OK)
-        st = pb_model_detokenize(an->model, out, n, text);
-    free(out);
-    if (st == PB_OK)
-        *refused = pb_text_is_refusal(*text);
-    return st;
+    PB_STATUS_CHAIN(pb_model_detokenize(m, out, n, text));
+    *refused = pb_text_is_refusal(*text);
+    return PB_OK;
 }
 
-/* Refusal rate over the validation pairs' harmful or harmless side. */
-static pb_status refusal_rate(analysis *an, int harmful, int max_new, const pb_intervention *iv, int *n, int *k) {
-    *n = *k = 0;
-    for (int i = 0; i < an->n_pairs; i++) {
-        const prompt_pair *p = &an->pairs[i];
-        if (!p->validation)
-            continue;
-        char *text = NULL;
-        int refused = 0;
-        PB_STATUS_CHAIN(generate_text(an, harmful ? p->harmful_ids : p->harmless_ids,
-                                      harmful ? p->T_harmful : p->T_harmless, max_new, iv, &text, &refused));
-        free(text);
-        (*n)++;
-        *k += refused;
+/* Which rates a run measures, in the order the report lists them. */
+enum {
+    RATE_BASE_HARMFUL, /* the model without its adapters (only when it has some) */
+    RATE_BASE_HARMLESS,
+    RATE_HARMFUL, /* the model as loaded */
+    RATE_HARMLESS,
+    RATE_ABLATED, /* harmful, the direction ablated */
+    RATE_ADDED,   /* harmless, the direction added */
+    N_RATES
+};
+
+/* Refusal over the validation prompts of one side, the sampling options'
+ * K continuations each, under iv (NULL: none), on `model`: the rate, and
+ * the first prompt's first continuation (text malloc'd, may be NULL). */
+static pb_status side_rate(const analysis *an, pb_model *model, const analysis_options *o, int harmful,
+                           const pb_intervention *iv, pb_rate *rate, char **text, int *refused) {
+    const int32_t **ids = calloc((size_t)an->n_pairs, sizeof *ids);
+    int *T = calloc((size_t)an->n_pairs, sizeof *T), *count = calloc((size_t)an->n_pairs, sizeof *count), n = 0;
+    int K = o->gen.samples;
+    int32_t *out = malloc(sizeof(int32_t) * (size_t)an->n_pairs * K * o->max_new);
+    int *n_out = calloc((size_t)an->n_pairs * K, sizeof *n_out);
+    pb_status st = ids && T && count && out && n_out ? PB_OK : pb_fail(PB_ERR_OOM, "out of memory");
+    for (int i = 0; st == PB_OK && i < an->n_pairs; i++)
+        if (an->pairs[i].validation) {
+            ids[n] = harmful ? an->pairs[i].harmful_ids : an->pairs[i].harmless_ids;
+            T[n++] = harmful ? an->pairs[i].T_harmful : an->pairs[i].T_harmless;
+        }
+    pb_progress progress;
+    pb_progress_init(&progress, stderr, harmful ? "harmful" : "harmless", -1);
+    progress.unit = "continuations";
+    pb_generate_options go = pb_cli_sampling_options(&o->gen, o->max_new);
+    go.iv = iv;
+    go.progress = o->no_progress ? NULL : pb_progress_callback;
+    go.progress_user = &progress;
+    if (st == PB_OK)
+        st = pb_generate_batch(model, ids, T, n, &go, out, n_out);
+    if (st == PB_OK && !o->no_progress)
+        pb_progress_finish(&progress);
+    for (int s = 0; st == PB_OK && s < n * K; s++) {
+        char *piece = NULL;
+        int r = 0;
+        st = judge(model, out + (size_t)s * o->max_new, n_out[s], &piece, &r);
+        count[s / K] += r;
+        if (st == PB_OK && s == 0 && text) {
+            *text = piece;
+            *refused = r;
+            piece = NULL;
+        }
+        free(piece);
     }
-    return PB_OK;
+    if (st == PB_OK)
+        st = pb_rate_estimate(count, n, K, rate);
+    free(ids);
+    free(T);
+    free(count);
+    free(out);
+    free(n_out);
+    return st;
 }
 
 /* The default spec: denoising (clean = harmful, corrupted = harmless) over
@@ -288,14 +344,16 @@ static pb_status collect_sets(const analysis *an, int validation, int harmful, p
     return PB_OK;
 }
 
-/* What the run found, in the order it finds it: [0] harmful and [1]
+/* What the run found, in the order it finds it: texts [0] harmful and [1]
  * harmless baseline, [2] harmful with the direction ablated, [3] harmless
- * with it added. */
+ * with it added (each the first validation pair's first continuation);
+ * the rates by RATE_*. */
 typedef struct findings {
     const prompt_pair *first; /* the first validation pair: the texts shown */
     char *texts[4];
     int refused[4];
-    int n_rates[4], k_rates[4];
+    pb_rate rates[N_RATES];
+    int has_rate[N_RATES];
     pb_direction_result dir;
     const int32_t **set_ids[4]; /* the direction's prompt sets */
     int *set_T[4];
@@ -310,18 +368,37 @@ static void findings_free(findings *f) {
     pb_direction_result_free(&f->dir);
 }
 
-/* Texts of the first validation pair and refusal rates over every
- * validation pair: under iv_harmful and iv_harmless (NULL: none) into
- * findings [first], [first + 1]. */
-static pb_status measure_refusal(analysis *an, int max_new, const pb_intervention *iv_harmful,
-                                 const pb_intervention *iv_harmless, findings *f, int first) {
-    const prompt_pair *p = f->first;
-    PB_STATUS_CHAIN(
-        generate_text(an, p->harmful_ids, p->T_harmful, max_new, iv_harmful, &f->texts[first], &f->refused[first]));
-    PB_STATUS_CHAIN(generate_text(an, p->harmless_ids, p->T_harmless, max_new, iv_harmless, &f->texts[first + 1],
-                                  &f->refused[first + 1]));
-    PB_STATUS_CHAIN(refusal_rate(an, 1, max_new, iv_harmful, &f->n_rates[first], &f->k_rates[first]));
-    return refusal_rate(an, 0, max_new, iv_harmless, &f->n_rates[first + 1], &f->k_rates[first + 1]);
+/* Rates over every validation pair, harmful under iv_harmful and harmless
+ * under iv_harmless (NULL: none), into rates [rate], [rate + 1]; with
+ * texts, the first pair's continuations into texts [text], [text + 1]. */
+static pb_status measure_refusal(const analysis *an, pb_model *model, const analysis_options *o,
+                                 const pb_intervention *iv_harmful, const pb_intervention *iv_harmless, findings *f,
+                                 int rate, int text) {
+    for (int side = 0; side < 2; side++) {
+        PB_STATUS_CHAIN(side_rate(an, model, o, side == 0, side == 0 ? iv_harmful : iv_harmless, &f->rates[rate + side],
+                                  text >= 0 ? &f->texts[text + side] : NULL,
+                                  text >= 0 ? &f->refused[text + side] : NULL));
+        f->has_rate[rate + side] = 1;
+    }
+    return PB_OK;
+}
+
+/* The base model's rates when the model came with adapters: the same
+ * weights loaded again without them, measured, freed. */
+static pb_status measure_base(const analysis *an, const analysis_options *o, findings *f) {
+    if (o->model.load.n_adapters == 0)
+        return PB_OK;
+    pb_cli_model base = o->model;
+    base.load.n_adapters = 0;
+    base.load.adapters = NULL;
+    base.load.adapter_scales = NULL;
+    pb_model *m = NULL;
+    PB_STATUS_CHAIN(pb_cli_model_load(&base, &m));
+    pb_status st = o->chat_template ? pb_model_set_chat_template(m, o->chat_template) : PB_OK;
+    if (st == PB_OK)
+        st = measure_refusal(an, m, o, NULL, NULL, f, RATE_BASE_HARMFUL, -1);
+    pb_model_free(m);
+    return st;
 }
 
 /* The model, its chat template and the pairs: 0, or the exit status. */
@@ -366,7 +443,8 @@ static pb_status find_direction(analysis *an, const analysis_options *o, finding
     /* Budget: the whole default run stays within minutes on two cores. */
     pb_direction_inputs din = {.refusal_ids = an->refusal_ids,
                                .n_refusal_ids = an->n_refusal_ids,
-                               .layer_stride = 3,
+                               .layer_stride = o->layer_stride,
+                               .kl_threshold = o->kl_threshold,
                                .max_train = 32,
                                .max_val = 8};
     pb_prompt_set *sets[4] = {&din.harmful_train, &din.harmless_train, &din.harmful_val, &din.harmless_val};
@@ -413,11 +491,28 @@ static void fill_generations(const findings *f, pb_report_generation gens[4]) {
                                          f->refused[k]};
 }
 
-static void fill_rates(const findings *f, pb_report_rate rates[4]) {
-    const char *labels[4] = {"harmful (validation), baseline", "harmless (validation), baseline",
-                             "harmful (validation), direction ablated", "harmless (validation), direction added"};
-    for (int k = 0; k < 4; k++)
-        rates[k] = (pb_report_rate){labels[k], f->n_rates[k], f->k_rates[k]};
+/* The rates the run measured, in RATE_* order (the base model's only
+ * when it has adapters): how many into *n. */
+static void fill_rates(const findings *f, int adapted, pb_report_rate rates[N_RATES], int *n) {
+    const char *labels[N_RATES] = {"harmful, base model (no adapter)",
+                                   "harmless, base model (no adapter)",
+                                   adapted ? "harmful, with the adapter" : "harmful, baseline",
+                                   adapted ? "harmless, with the adapter" : "harmless, baseline",
+                                   "harmful, refusal direction ablated",
+                                   "harmless, refusal direction added"};
+    *n = 0;
+    for (int k = 0; k < N_RATES; k++)
+        if (f->has_rate[k]) {
+            const pb_rate *r = &f->rates[k];
+            rates[(*n)++] = (pb_report_rate){labels[k], r->n_prompts, r->refused, r->n_samples, r->low, r->high};
+        }
+}
+
+/* "greedy, 32 new tokens" or "sampled: temperature 0.7, ..., 32 new tokens". */
+static void decoding_text(const analysis_options *o, char *buf, size_t size) {
+    char how[256];
+    pb_cli_sampling_describe(&o->gen, how, sizeof how);
+    snprintf(buf, size, "%s, at most %d new tokens", how, o->max_new);
 }
 
 /* Step 5's report.html: the sweep plus everything the run found. */
@@ -425,18 +520,22 @@ static pb_status write_report(const analysis *an, const analysis_options *o, con
                               double t0) {
     const pb_direction_result *dir = &f->dir;
     pb_report_generation gens[4];
-    pb_report_rate rates[4];
+    pb_report_rate rates[N_RATES];
+    int n_rates = 0;
     fill_generations(f, gens);
-    fill_rates(f, rates);
+    fill_rates(f, o->model.load.n_adapters > 0, rates, &n_rates);
     pb_sweep_summary summary = {0};
     pb_sweep_get_summary(sweep, &summary);
-    char text[1024], notes[1024];
+    char text[1400], notes[1400], decoding[320];
+    decoding_text(o, decoding, sizeof decoding);
     snprintf(text, sizeof text,
+             "Candidates: layers 0, %d, %d, ... below 0.8 of the depth, each post-instruction position; filters: the "
+             "addition raises the harmless refusal score, KL under ablation below %g. "
              "Selected candidate: layer %d, position %d (from the end); |r| = %.3f. Mean refusal score on validation "
              "prompts: harmful %.3f -> %.3f with the direction ablated; harmless %.3f -> %.3f with it added; KL of "
              "the harmless distribution under ablation %.4f.%s Written to direction.npy / direction.json.",
-             dir->layer, dir->position, dir->norm, dir->baseline_harmful, dir->ablation_score, dir->baseline_harmless,
-             dir->addition_score, dir->kl,
+             o->layer_stride, 2 * o->layer_stride, o->kl_threshold, dir->layer, dir->position, dir->norm,
+             dir->baseline_harmful, dir->ablation_score, dir->baseline_harmless, dir->addition_score, dir->kl,
              dir->selected_passes ? ""
                                   : " No candidate passed every filter (the paper asks for a positive addition score); "
                                     "the lowest ablation score among candidates with KL below the threshold was "
@@ -444,8 +543,10 @@ static pb_status write_report(const analysis *an, const analysis_options *o, con
     snprintf(notes, sizeof notes,
              "Sweep: denoising over %d validation pairs (clean = harmful, corrupted = harmless), metric = mean logit "
              "of the refusal tokens minus mean logit of the compliance tokens at the last position. Refusal is judged "
-             "by phrase matching on %d-token greedy continuations.",
-             summary.n_pairs, o->max_new);
+             "by phrase matching on continuations of the validation prompts (%s); a rate is the mean over prompts of "
+             "each prompt's refused fraction, its 95%% interval Wilson's at the effective number of prompts (the "
+             "samples of one prompt are not independent). The texts shown are each prompt's first continuation.",
+             summary.n_pairs, decoding);
     const char **labels = NULL;
     int n_labels = 0;
     position_labels(an, sweep, &labels, &n_labels);
@@ -456,7 +557,7 @@ static pb_status write_report(const analysis *an, const analysis_options *o, con
                                .generations = gens,
                                .n_generations = 4,
                                .rates = rates,
-                               .n_rates = 4,
+                               .n_rates = n_rates,
                                .direction_summary = text,
                                .notes = notes,
                                .wall_seconds = pb_now_seconds() - t0};
@@ -473,13 +574,18 @@ static pb_status write_report(const analysis *an, const analysis_options *o, con
 static void print_findings(const analysis *an, const analysis_options *o, const findings *f, double t0) {
     const pb_direction_result *dir = &f->dir;
     pb_report_generation gens[4];
-    pb_report_rate rates[4];
+    pb_report_rate rates[N_RATES];
+    int n_rates = 0;
+    char decoding[320];
     fill_generations(f, gens);
-    fill_rates(f, rates);
+    fill_rates(f, o->model.load.n_adapters > 0, rates, &n_rates);
+    decoding_text(o, decoding, sizeof decoding);
     printf("refusal analysis of %s (%.1f s)\n", pb_model_get_source(an->model), pb_now_seconds() - t0);
-    for (int k = 0; k < 4; k++)
-        printf("  refusal rate, %-42s %2d / %2d  (%.0f%%)\n", rates[k].label, rates[k].refused, rates[k].n,
-               rates[k].n ? 100.0 * rates[k].refused / rates[k].n : 0.0);
+    printf("  refusal rates on the validation prompts (%s):\n", decoding);
+    for (int k = 0; k < n_rates; k++)
+        printf("  %-36s %3d / %3d  %5.1f%%  (95%% CI %.1f-%.1f%%)\n", rates[k].label, rates[k].refused,
+               rates[k].n * rates[k].n_samples, 100.0 * rates[k].refused / (rates[k].n * rates[k].n_samples),
+               100 * rates[k].low, 100 * rates[k].high);
     for (int k = 0; k < 4; k++)
         printf("  %s: %s\n    -> %s%s\n", gens[k].label, gens[k].prompt, gens[k].text,
                gens[k].refused ? "   [refusal]" : "");
@@ -501,23 +607,35 @@ static void print_findings(const analysis *an, const analysis_options *o, const 
 /* Steps 1 to 5 once the model and pairs are loaded: 0, or the exit status. */
 static int analysis_steps(analysis *an, const analysis_options *o, findings *f, pb_sweep **sweep, char **spec,
                           double t0) {
-    fprintf(stderr, "patchbay: [1/5] baseline generations and refusal rates on the validation pairs\n");
-    if (measure_refusal(an, o->max_new, NULL, NULL, f, 0) != PB_OK)
+    char decoding[320];
+    decoding_text(o, decoding, sizeof decoding);
+    fprintf(stderr, "patchbay: [1/5] refusal rates on the validation pairs (%s)%s\n", decoding,
+            o->model.load.n_adapters > 0 ? ", base model and with the adapter" : "");
+    if (measure_base(an, o, f) != PB_OK)
+        return fail("the base model's refusal rates");
+    if (f->has_rate[RATE_BASE_HARMFUL])
+        fprintf(stderr, "patchbay:   base model: harmful %.1f%%, harmless %.1f%% refused\n",
+                100 * f->rates[RATE_BASE_HARMFUL].rate, 100 * f->rates[RATE_BASE_HARMLESS].rate);
+    if (measure_refusal(an, an->model, o, NULL, NULL, f, RATE_HARMFUL, 0) != PB_OK)
         return fail("baseline generation");
-    fprintf(stderr, "patchbay:   refusal rate harmful %d/%d, harmless %d/%d\n", f->k_rates[0], f->n_rates[0],
-            f->k_rates[1], f->n_rates[1]);
+    fprintf(stderr, "patchbay:   %s: harmful %.1f%%, harmless %.1f%% refused\n",
+            o->model.load.n_adapters > 0 ? "with the adapter" : "the model", 100 * f->rates[RATE_HARMFUL].rate,
+            100 * f->rates[RATE_HARMLESS].rate);
     fprintf(stderr, "patchbay: [2/5] patching sweep over %d validation pairs%s%s\n", o->sweep_pairs,
             strcmp(o->method, "exact") != 0 ? ", estimated by " : "", strcmp(o->method, "exact") != 0 ? o->method : "");
     if (run_default_sweep(an, o, spec, sweep) != PB_OK)
         return fail("the patching sweep");
-    fprintf(stderr, "patchbay: [3/5] refusal direction (difference in means, train split; scored on validation)\n");
+    fprintf(stderr,
+            "patchbay: [3/5] refusal direction (difference in means, train split; scored on validation; layers every "
+            "%d, KL filter %g)\n",
+            o->layer_stride, o->kl_threshold);
     if (find_direction(an, o, f) != PB_OK)
         return fail("the refusal direction");
     fprintf(stderr, "patchbay: [4/5] refusal rates with the direction ablated and added\n");
     pb_intervention ablate = {.kind = PB_INTERVENE_ABLATE, .direction = f->dir.direction};
     pb_intervention add = {
         .kind = PB_INTERVENE_ADD, .direction = f->dir.direction, .scale = f->dir.norm, .layer = f->dir.layer};
-    if (measure_refusal(an, o->max_new, &ablate, &add, f, 2) != PB_OK)
+    if (measure_refusal(an, an->model, o, &ablate, &add, f, RATE_ABLATED, 2) != PB_OK)
         return fail("generation under the direction");
     fprintf(stderr, "patchbay: [5/5] writing %s\n", o->out);
     /* report.html before the sweep's set, whose results.json (renamed into

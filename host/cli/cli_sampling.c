@@ -85,7 +85,7 @@ int pb_cli_sampling_check(const char *cmd, const pb_cli_sampling *s) {
 pb_generate_options pb_cli_sampling_options(const pb_cli_sampling *s, int max_new) {
     return (pb_generate_options){.max_new = max_new,
                                  .n_samples = s->samples,
-                                 .sampling = s->sampling.temperature > 0 ? &s->sampling : NULL,
+                                 .sampling = s->sampling.temperature != 0 ? &s->sampling : NULL,
                                  .stop = s->n_stop ? s->stop : NULL,
                                  .n_stop = s->n_stop,
                                  .max_batch = s->batch};
