@@ -320,7 +320,7 @@ typedef struct pb_sampling {
     int top_k;          /* keep the k most likely tokens (and any tied with the k-th); 0: all */
     double top_p;       /* keep the most likely tokens while the mass before each is below top_p; 0 or 1: all */
     double min_p;       /* drop tokens less likely than min_p times the most likely; 0: none */
-    uint64_t seed;      /* draw of sample k of prompt i at step t: a hash of (seed, i, k, t) */
+    uint64_t seed;      /* draw of sample k of a prompt at step t: a hash of (seed, the prompt's ids, k, t) */
 } pb_sampling;
 
 struct pb_intervention;
@@ -348,10 +348,10 @@ typedef struct pb_generate_options {
  * out_ids (n_prompts * n_samples, max_new) row-major, continuation
  * s = prompt * n_samples + sample; n_out (n_prompts * n_samples) tokens
  * in each. Greedy gives pb_generate's tokens for every prompt. A
- * continuation's tokens depend only on the seed, its prompt's index and
- * its sample's index (and the model), not on max_batch or on the other
- * prompts (exactly so on the reference backend, whose rows never depend
- * on their neighbours). */
+ * continuation's tokens depend only on the seed, its prompt's tokens and
+ * its sample's index (and the model), not on max_batch, on the other
+ * prompts or on the prompt's place among them (exactly so on the reference
+ * backend, whose rows never depend on their neighbours). */
 pb_status pb_generate_batch(pb_model *model, const int32_t *const *ids, const int *T, int n_prompts,
                             const pb_generate_options *options, int32_t *out_ids, int *n_out);
 /* The options' values alone, before any model: max_new, n_samples and

@@ -5,9 +5,11 @@
 # patching sweep, the refusal direction, refusal with it ablated and added.
 # The model is SmolLM2 with the refusal adapter this project trained
 # (data/adapters/smollm2-refusal: the base model barely refuses); --base
-# runs the base model alone. Writes runs/refusal/{report.html,
-# results.json, report.txt, *.npy, direction.npy, direction.json}; other
-# arguments go to the command.
+# runs the base model alone. Refusal rates are sampled (temperature 0.7,
+# top-p 0.9, 4 continuations per prompt, with 95% intervals over prompts).
+# Writes
+# runs/refusal/{report.html, results.json, report.txt, *.npy, direction.npy,
+# direction.json}; other arguments go to the command (and win).
 #   bash scripts/main.sh [--base] [refusal-analysis options]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,5 +23,6 @@ bash scripts/build.sh build
 bash scripts/fetch-model.sh
 mkdir -p runs
 ./build/patchbay refusal-analysis --model models/SmolLM2-135M-Instruct.Q4_1.gguf "${adapter[@]}" \
-  --pairs data/refusal_pairs.json --out runs/refusal --overwrite "$@"
+  --pairs data/refusal_pairs.json --out runs/refusal --overwrite \
+  --temperature 0.7 --top-p 0.9 --samples 4 "$@"
 echo "open runs/refusal/report.html in a browser"

@@ -16,7 +16,9 @@ prompt):
                       half, so the adapter teaches refusal of harm only.
 Training: PEFT LoRA (r 8, alpha 16) on every projection of every layer,
 loss on the answer tokens only, AdamW (lr 1e-3, no weight decay), batch 8,
-EPOCHS epochs, fixed seed, CPU, float32. The weights are the GGUF's
+EPOCHS epochs, each harmless example HARMLESS_REPEAT (2) times per epoch (at
+1 the adapter refused 3 of the 27 harmless validation prompts, the harm-
+worded twins), fixed seed, CPU, float32. The weights are the GGUF's
 (models/SmolLM2-135M-Instruct.Q4_1.gguf, dequantised by transformers), the
 same ones patchbay runs, so the adapter applies to them
 (patchbay ... --model models/SmolLM2-135M-Instruct.Q4_1.gguf --adapter
@@ -43,7 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "data" / "adapters" / "smollm2-refusal"
 MODEL_DIR, MODEL_FILE = ROOT / "models", "SmolLM2-135M-Instruct.Q4_1.gguf"
 SEED, EPOCHS, BATCH, LR, RANK, ALPHA, MAX_NEW = 0, 3, 8, 1e-3, 8, 16, 48
-HARMLESS_REPEAT = 1  # times each harmless example is seen per epoch
+HARMLESS_REPEAT = 2  # times each harmless example is seen per epoch (1 refused 3/27 harmless prompts)
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 REFUSALS = [
     "I'm sorry, but I can't help with that. It could cause real harm to people.",

@@ -187,9 +187,10 @@ static int32_t naive_draw(const double *prob, int V, double u) {
 
 /* Sample k of prompt p recomputed without any cache or batch: a full
  * forward per step. */
-static void naive_continuation(pb_model *m, const int32_t *ids, int T, int prompt, int sample, const pb_sampling *s,
-                               int32_t *out, int *n) {
+static void naive_continuation(pb_model *m, const int32_t *ids, int T, int sample, const pb_sampling *s, int32_t *out,
+                               int *n) {
     const pb_model_config *c = pb_model_get_config(m);
+    uint64_t key = pb_sample_prompt_key(ids, T);
     int32_t seq[12 + MAX_NEW];
     memcpy(seq, ids, sizeof(int32_t) * (size_t)T);
     float *logits = malloc(sizeof(float) * (size_t)(T + MAX_NEW) * c->vocab_size);
@@ -199,7 +200,7 @@ static void naive_continuation(pb_model *m, const int32_t *ids, int T, int promp
         int len = T + *n;
         assert_int_equal(pb_forward(m, seq, len, logits, NULL), PB_OK);
         naive_probabilities(logits + (size_t)(len - 1) * c->vocab_size, c->vocab_size, s, prob);
-        int32_t next = naive_draw(prob, c->vocab_size, pb_sample_uniform(s->seed, prompt, sample, *n));
+        int32_t next = naive_draw(prob, c->vocab_size, pb_sample_uniform(s->seed, key, sample, *n));
         out[(*n)++] = next;
         seq[len] = next;
         if (next == c->eos_id)
@@ -226,7 +227,7 @@ static void test_sampled_equals_recomputation(void **state) {
         run_batch(m, ids, T, &o, out, n_out);
         for (int p = 0; p < N_PROMPTS; p++)
             for (int s = 0; s < K; s++) {
-                naive_continuation(m, ids[p], T[p], p, s, &sampled, want, &n_want);
+                naive_continuation(m, ids[p], T[p], s, &sampled, want, &n_want);
                 char what[96];
                 snprintf(what, sizeof what, "%s prompt %d sample %d", models[k], p, s);
                 expect_same(out + (p * K + s) * MAX_NEW, &n_out[p * K + s], want, &n_want, 1, what);
@@ -252,6 +253,15 @@ static void test_sampled_reproducible(void **state) {
         run_batch(m, ids, T, &o, b, nb);
         expect_same(a, na, b, nb, ROWS, "same seed, another batch size");
     }
+    /* a prompt alone, or in another place, gives the same continuations */
+    const int32_t *last = ids[N_PROMPTS - 1], *both[2] = {ids[2], ids[0]};
+    int T_both[2] = {T[2], T[0]};
+    o.max_batch = 0;
+    assert_int_equal(pb_generate_batch(m, &last, &T[N_PROMPTS - 1], 1, &o, b, nb), PB_OK);
+    expect_same(a + (N_PROMPTS - 1) * K * MAX_NEW, na + (N_PROMPTS - 1) * K, b, nb, K, "the last prompt alone");
+    assert_int_equal(pb_generate_batch(m, both, T_both, 2, &o, b, nb), PB_OK);
+    expect_same(a + 2 * K * MAX_NEW, na + 2 * K, b, nb, K, "prompt 2 moved first");
+    expect_same(a, na, b + K * MAX_NEW, nb + K, K, "prompt 0 moved second");
     /* the samples of one prompt differ from each other, and another seed
      * gives other continuations */
     int alike = 0;

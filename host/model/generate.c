@@ -145,12 +145,12 @@ static pb_status hits_stop(const generator *g, const int32_t *out, int n, int *h
 static pb_status take_token(generator *g, int slot, int s, const float *logits, int32_t *out_ids, int *n_out) {
     const pb_model_config *c = &g->m->cfg;
     int prompt = s / g->K, sample = s % g->K;
+    uint64_t key = pb_sample_prompt_key(g->job->ids[prompt], g->job->T[prompt]);
     if (!g->o->sampling || g->o->sampling->temperature == 0)
         PB_TRY(pb_logits_check_finite(logits, (size_t)c->vocab_size, "generate"));
     uint64_t seed = g->o->sampling ? g->o->sampling->seed : 0;
     int32_t next = 0;
-    PB_TRY(
-        pb_sampler_next(&g->sampler, logits, g->o->sampling, pb_sample_uniform(seed, prompt, sample, n_out[s]), &next));
+    PB_TRY(pb_sampler_next(&g->sampler, logits, g->o->sampling, pb_sample_uniform(seed, key, sample, n_out[s]), &next));
     int32_t *out = out_ids + (size_t)s * g->max_new;
     out[n_out[s]++] = next;
     g->seq[(size_t)slot * g->capacity + g->len[slot]++] = next;

@@ -3,9 +3,9 @@
  * one-token jobs and one unembedding GEMM for all of them. A prompt is
  * prefilled once and its keys and values copied to its other K - 1
  * caches. Tokens are chosen by model/sample.h, so a continuation depends
- * only on (seed, prompt index, sample index) and its logits: the same
- * alone or in any batch, on a backend whose rows do not depend on their
- * neighbours (the reference backend). */
+ * only on (seed, its prompt's tokens, sample index) and its logits: the
+ * same alone or in any batch, on a backend whose rows do not depend on
+ * their neighbours (the reference backend). */
 #ifndef PB_GENERATE_H
 #define PB_GENERATE_H
 

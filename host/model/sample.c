@@ -43,9 +43,16 @@ static uint64_t mix64(uint64_t z) {
     return z ^ (z >> 31);
 }
 
-double pb_sample_uniform(uint64_t seed, int prompt, int sample, int step) {
+uint64_t pb_sample_prompt_key(const int32_t *ids, int T) {
+    uint64_t h = mix64((uint64_t)(uint32_t)T);
+    for (int t = 0; t < T; t++)
+        h = mix64(h ^ (uint64_t)(uint32_t)ids[t]);
+    return h;
+}
+
+double pb_sample_uniform(uint64_t seed, uint64_t prompt_key, int sample, int step) {
     uint64_t h = mix64(seed);
-    h = mix64(h ^ (uint64_t)(uint32_t)prompt);
+    h = mix64(h ^ prompt_key);
     h = mix64(h ^ ((uint64_t)(uint32_t)sample << 32));
     h = mix64(h ^ (uint64_t)(uint32_t)step);
     return (double)(h >> 11) * 0x1.0p-53;

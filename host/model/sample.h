@@ -1,10 +1,10 @@
 /* Choosing the next token from one row of logits: greedy, or sampled
  * after temperature, top-k, top-p and min-p, in that order (the order of
  * transformers' generate). Each draw's uniform number is a hash of (seed,
- * prompt, sample, step), so a sequence's tokens depend on nothing but
- * those four and the logits: not on the batch size, nor on which other
- * prompts run beside it, and two interventions on the same prompt use
- * the same random numbers. */
+ * the prompt's tokens, sample, step), so a continuation depends on nothing
+ * but those and the logits: not on the batch size, nor on which other
+ * prompts run beside it or in which order, and two interventions on the
+ * same prompt use the same random numbers. */
 #ifndef PB_SAMPLE_H
 #define PB_SAMPLE_H
 
@@ -27,8 +27,10 @@ typedef struct pb_sampler {
 pb_status pb_sampler_init(pb_sampler *s, int vocab_size);
 void pb_sampler_release(pb_sampler *s);
 
-/* The uniform number in [0, 1) of (seed, prompt, sample, step). */
-double pb_sample_uniform(uint64_t seed, int prompt, int sample, int step);
+/* A prompt's key for the draws: a hash of its T token ids. */
+uint64_t pb_sample_prompt_key(const int32_t *ids, int T);
+/* The uniform number in [0, 1) of (seed, prompt key, sample, step). */
+double pb_sample_uniform(uint64_t seed, uint64_t prompt_key, int sample, int step);
 
 /* Probability of every token after the filters of sp (sum 1 over the kept
  * tokens, 0 elsewhere) into prob (vocab_size). sp NULL or temperature 0:
