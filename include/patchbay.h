@@ -12,6 +12,14 @@
 extern "C" {
 #endif
 
+/* The library's interface: exported from the shared libpatchbay (built
+ * with hidden visibility, so only these are), plain in the static one. */
+#if defined(__GNUC__)
+#define PB_API __attribute__((visibility("default")))
+#else
+#define PB_API
+#endif
+
 typedef enum pb_status {
     PB_OK = 0,
     PB_ERR_IO,          /* a file could not be opened, read, mapped or written */
@@ -26,9 +34,9 @@ typedef enum pb_status {
 
 /* Message describing the most recent failure on this thread ("" if none).
  * Valid until the next failing patchbay call on the same thread. */
-const char *pb_last_error(void);
+PB_API const char *pb_last_error(void);
 /* "PB_ERR_FORMAT" etc. */
-const char *pb_status_name(pb_status status);
+PB_API const char *pb_status_name(pb_status status);
 
 /* ---- model ---------------------------------------------------------- */
 
@@ -128,7 +136,7 @@ static inline int pb_layer_is_sliding(const pb_model_config *cfg, int layer) {
  * (values GGUF does not store, Gemma's norm offset, the sliding pattern),
  * as one line of text for people to read; "" for the Llama baseline.
  * Borrowed static text. */
-const char *pb_arch_assumptions(const pb_model_config *cfg);
+PB_API const char *pb_arch_assumptions(const pb_model_config *cfg);
 
 typedef struct pb_model pb_model;
 
@@ -167,10 +175,10 @@ typedef enum pb_dtype {
 } pb_dtype;
 
 /* "f32", "bf16", "f16", "file", "q4_0" ... "q6_k" */
-const char *pb_dtype_name(pb_dtype dtype);
+PB_API const char *pb_dtype_name(pb_dtype dtype);
 /* Parses "f32"/"fp32"/"float32", "bf16"/"bfloat16", "f16"/"fp16"/"float16",
  * "file"/"native"; PB_ERR_ARG naming the accepted spellings otherwise. */
-pb_status pb_dtype_parse(const char *text, pb_dtype *out);
+PB_API pb_status pb_dtype_parse(const char *text, pb_dtype *out);
 
 /* Where the layers' weight matrices live. Resident: all in the backend's
  * memory from the load on. Stream: in the file (a GGUF), each layer's
@@ -184,8 +192,8 @@ pb_status pb_dtype_parse(const char *text, pb_dtype *out);
 typedef enum pb_weights_mode { PB_WEIGHTS_RESIDENT = 0, PB_WEIGHTS_STREAM, PB_WEIGHTS_AUTO } pb_weights_mode;
 
 /* "resident", "stream", "auto" */
-const char *pb_weights_mode_name(pb_weights_mode mode);
-pb_status pb_weights_mode_parse(const char *text, pb_weights_mode *out);
+PB_API const char *pb_weights_mode_name(pb_weights_mode mode);
+PB_API pb_status pb_weights_mode_parse(const char *text, pb_weights_mode *out);
 
 typedef struct pb_load_options {
     int n_threads; /* CPU threads; <= 0 means all cores */
@@ -207,14 +215,14 @@ typedef struct pb_load_options {
 } pb_load_options;
 
 /* "cpu", "reference", "cuda" */
-const char *pb_backend_name(pb_backend_kind kind);
+PB_API const char *pb_backend_name(pb_backend_kind kind);
 /* Parses "cpu", "reference" (or "ref"), "cuda" (or "gpu"). */
-pb_status pb_backend_parse(const char *text, pb_backend_kind *out);
+PB_API pb_status pb_backend_parse(const char *text, pb_backend_kind *out);
 
 /* Loads a .gguf file or a Hugging Face checkpoint folder (config.json plus
  * model.safetensors or a sharded index). Every tensor shape is checked
  * against the hyperparameters before anything is computed. */
-pb_status pb_model_load(pb_model **out, const char *path, const pb_load_options *options);
+PB_API pb_status pb_model_load(pb_model **out, const char *path, const pb_load_options *options);
 /* A model with seeded random weights at a named real shape, for benchmarks
  * and tests where real weights cannot be had. name is "smollm2-135m",
  * "llama3-8b", "llama3-70b", "qwen2-7b", "gemma3-270m" or "tiny", optionally followed by
@@ -223,42 +231,43 @@ pb_status pb_model_load(pb_model **out, const char *path, const pb_load_options 
  * norm weights uniform in [0.9, 1.1], biases uniform with standard deviation
  * 0.02; element i of tensor t is a pure function of (seed, t, i), so every
  * backend and dtype sees the same model. No tokenizer: token text is "<id>". */
-pb_status pb_model_random(pb_model **out, const char *name, uint64_t seed, const pb_load_options *options);
+PB_API pb_status pb_model_random(pb_model **out, const char *name, uint64_t seed, const pb_load_options *options);
 /* Names pb_model_random accepts, comma-separated. */
-const char *pb_model_random_names(void);
+PB_API const char *pb_model_random_names(void);
 /* "path/to/model.gguf" or "random:NAME:LAYERS:SEED" */
-const char *pb_model_get_source(const pb_model *model);
+PB_API const char *pb_model_get_source(const pb_model *model);
 /* Bytes of weights resident in the backend's memory. */
-size_t pb_model_weight_bytes(const pb_model *model);
+PB_API size_t pb_model_weight_bytes(const pb_model *model);
 /* 1 when some weight matrix is held in a quantised type (--dtype file). */
-int pb_model_has_quantised(const pb_model *model);
+PB_API int pb_model_has_quantised(const pb_model *model);
 /* 1 when the layers' weights stream from the file (pb_weights_mode). */
-int pb_model_streams_weights(const pb_model *model);
-void pb_model_free(pb_model *model);
+PB_API int pb_model_streams_weights(const pb_model *model);
+PB_API void pb_model_free(pb_model *model);
 /* Borrowed; valid until pb_model_free. */
-const pb_model_config *pb_model_get_config(const pb_model *model);
+PB_API const pb_model_config *pb_model_get_config(const pb_model *model);
 
 /* Text of one token id (byte-level tokens decoded to raw bytes), written to
  * buf NUL-terminated. Returns PB_ERR_ARG for an id outside the vocabulary. */
-pb_status pb_model_token_text(const pb_model *model, int id, char *buf, size_t buf_size);
+PB_API pb_status pb_model_token_text(const pb_model *model, int id, char *buf, size_t buf_size);
 
 /* ---- text ----------------------------------------------------------- */
 
 /* Tokenizes UTF-8 text with the model's tokenizer; no BOS is added.
  * parse_special: text spelling a special token becomes that token (as in
  * chat templates). *ids is malloc'd (release with free()). */
-pb_status pb_model_tokenize(const pb_model *model, const char *text, int parse_special, int32_t **ids, int *n_ids);
+PB_API pb_status pb_model_tokenize(const pb_model *model, const char *text, int parse_special, int32_t **ids,
+                                   int *n_ids);
 /* One user turn (after a system turn when given; system == NULL keeps the
  * template's default system behaviour) rendered with the model's chat
  * template plus the generation prompt, then tokenized, as transformers'
  * apply_chat_template(..., add_generation_prompt=True) does. */
-pb_status pb_model_chat_tokenize(const pb_model *model, const char *system, const char *user, int32_t **ids,
-                                 int *n_ids);
+PB_API pb_status pb_model_chat_tokenize(const pb_model *model, const char *system, const char *user, int32_t **ids,
+                                        int *n_ids);
 /* Decodes ids to text; *text is malloc'd. */
-pb_status pb_model_detokenize(const pb_model *model, const int32_t *ids, int n_ids, char **text);
+PB_API pb_status pb_model_detokenize(const pb_model *model, const int32_t *ids, int n_ids, char **text);
 /* Overrides the detected chat template: a name ("chatml", "qwen3",
  * "llama3", "llama2", "gemma", "gemma3") or a file holding a Jinja template. */
-pb_status pb_model_set_chat_template(pb_model *model, const char *name_or_file);
+PB_API pb_status pb_model_set_chat_template(pb_model *model, const char *name_or_file);
 
 /* ---- hook capture --------------------------------------------------- */
 
@@ -274,11 +283,11 @@ pb_status pb_model_set_chat_template(pb_model *model, const char *name_or_file);
  * A pattern that matches no hook point is refused (PB_ERR_ARG). */
 typedef struct pb_capture pb_capture;
 
-pb_status pb_capture_create(pb_capture **out, const pb_model *model, const char *pattern);
-void pb_capture_free(pb_capture *capture);
-int pb_capture_count(const pb_capture *capture);
+PB_API pb_status pb_capture_create(pb_capture **out, const pb_model *model, const char *pattern);
+PB_API void pb_capture_free(pb_capture *capture);
+PB_API int pb_capture_count(const pb_capture *capture);
 /* Borrowed; valid until pb_capture_free. */
-const char *pb_capture_name(const pb_capture *capture, int index);
+PB_API const char *pb_capture_name(const pb_capture *capture, int index);
 /* After a forward: the captured tensor, row-major, with its shape:
  * (T, d_model) for residual-width hooks, (T, n_heads, head_dim) for z and q,
  * (T, n_kv_heads, head_dim) for k and v, (n_heads, T, T) [head, query, key]
@@ -286,7 +295,7 @@ const char *pb_capture_name(const pb_capture *capture, int index);
  * the diagonal, as TransformerLens) and attn.hook_pattern (their softmax,
  * 0 above the diagonal). Borrowed; valid until the next
  * forward with this capture or pb_capture_free. */
-const float *pb_capture_data(const pb_capture *capture, int index, int *n_dims, int64_t shape[3]);
+PB_API const float *pb_capture_data(const pb_capture *capture, int index, int *n_dims, int64_t shape[3]);
 
 /* ---- logit lens ------------------------------------------------------ */
 
@@ -300,18 +309,19 @@ const float *pb_capture_data(const pb_capture *capture, int index, int *n_dims, 
  * positions (n_positions) index the prompt, negative ones from its end;
  * positions NULL means every position (n_positions is then ignored and
  * out holds T positions). One forward pass. */
-pb_status pb_logit_lens(pb_model *model, const int32_t *ids, int T, const int *positions, int n_positions, float *out);
+PB_API pb_status pb_logit_lens(pb_model *model, const int32_t *ids, int T, const int *positions, int n_positions,
+                               float *out);
 
 /* ---- forward and generation ----------------------------------------- */
 
 /* Runs the model on ids[0..T). logits (T, vocab_size) may be NULL; capture
  * may be NULL. */
-pb_status pb_forward(pb_model *model, const int32_t *ids, int T, float *logits, pb_capture *capture);
+PB_API pb_status pb_forward(pb_model *model, const int32_t *ids, int T, float *logits, pb_capture *capture);
 
 /* Greedy decoding with a KV cache: appends up to max_new tokens to
  * out_ids (capacity max_new), stopping after eos. *n_out receives the
  * number written. */
-pb_status pb_generate(pb_model *model, const int32_t *ids, int T, int max_new, int32_t *out_ids, int *n_out);
+PB_API pb_status pb_generate(pb_model *model, const int32_t *ids, int T, int max_new, int32_t *out_ids, int *n_out);
 
 /* How the next token is chosen: temperature, then top-k, top-p and min-p,
  * in the order of transformers' generate. Zero-initialised: greedy. */
@@ -352,12 +362,12 @@ typedef struct pb_generate_options {
  * its sample's index (and the model), not on max_batch, on the other
  * prompts or on the prompt's place among them (exactly so on the reference
  * backend, whose rows never depend on their neighbours). */
-pb_status pb_generate_batch(pb_model *model, const int32_t *const *ids, const int *T, int n_prompts,
-                            const pb_generate_options *options, int32_t *out_ids, int *n_out);
+PB_API pb_status pb_generate_batch(pb_model *model, const int32_t *const *ids, const int *T, int n_prompts,
+                                   const pb_generate_options *options, int32_t *out_ids, int *n_out);
 /* The options' values alone, before any model: max_new, n_samples and
  * max_batch not negative, temperature finite and >= 0, top_k >= 0, top_p
  * and min_p in [0, 1], no empty stop string. */
-pb_status pb_generate_options_check(const pb_generate_options *options);
+PB_API pb_status pb_generate_options_check(const pb_generate_options *options);
 
 /* ---- activation-patching sweeps (semantics: docs/patching.md) -------- */
 
@@ -381,9 +391,9 @@ typedef enum pb_component {
 } pb_component;
 
 /* "resid_pre", ..., "v"; NULL for an invalid value. */
-const char *pb_component_name(pb_component component);
+PB_API const char *pb_component_name(pb_component component);
 /* TransformerLens hook name suffix: "hook_resid_pre", ..., "attn.hook_v". */
-const char *pb_component_hook(pb_component component);
+PB_API const char *pb_component_hook(pb_component component);
 
 typedef enum pb_metric_kind {
     PB_METRIC_LOGIT_DIFF = 0,
@@ -426,14 +436,14 @@ typedef struct pb_sweep pb_sweep;
  * plans the rows. spec_dir resolves relative file paths in the spec (NULL:
  * the working directory). Bad specs return PB_ERR_ARG with a message naming
  * the key path and the allowed range. */
-pb_status pb_sweep_create(pb_sweep **out, pb_model *model, const char *spec_json, const char *spec_dir,
-                          const pb_sweep_options *options);
-void pb_sweep_free(pb_sweep *sweep);
+PB_API pb_status pb_sweep_create(pb_sweep **out, pb_model *model, const char *spec_json, const char *spec_dir,
+                                 const pb_sweep_options *options);
+PB_API void pb_sweep_free(pb_sweep *sweep);
 
 /* Runs every row not yet computed. */
-pb_status pb_sweep_run(pb_sweep *sweep);
+PB_API pb_status pb_sweep_run(pb_sweep *sweep);
 /* Runs the given rows only (a worker's share); rows already computed are skipped. */
-pb_status pb_sweep_run_rows(pb_sweep *sweep, const int64_t *rows, int64_t n_rows);
+PB_API pb_status pb_sweep_run_rows(pb_sweep *sweep, const int64_t *rows, int64_t n_rows);
 
 typedef struct pb_sweep_summary {
     pb_patch_mode mode;
@@ -471,31 +481,31 @@ typedef struct pb_site_result {
     int significant;
 } pb_site_result;
 
-pb_status pb_sweep_get_summary(const pb_sweep *sweep, pb_sweep_summary *summary);
-int64_t pb_sweep_site_count(const pb_sweep *sweep);
-pb_status pb_sweep_get_site(const pb_sweep *sweep, int64_t site, pb_site_result *result);
+PB_API pb_status pb_sweep_get_summary(const pb_sweep *sweep, pb_sweep_summary *summary);
+PB_API int64_t pb_sweep_site_count(const pb_sweep *sweep);
+PB_API pb_status pb_sweep_get_site(const pb_sweep *sweep, int64_t site, pb_site_result *result);
 /* Per-pair values: base and source metric, and patched metric and
  * normalised effect of one site (NaN where undefined). */
-pb_status pb_sweep_get_pair(const pb_sweep *sweep, int pair, double *base, double *source);
-pb_status pb_sweep_get_row(const pb_sweep *sweep, int pair, int64_t site, double *patched, double *effect);
+PB_API pb_status pb_sweep_get_pair(const pb_sweep *sweep, int pair, double *base, double *source);
+PB_API pb_status pb_sweep_get_row(const pb_sweep *sweep, int pair, int64_t site, double *patched, double *effect);
 
 /* Estimated cost of a row, for splitting rows over workers so they finish
  * together: layers recomputed x positions recomputed, (n_layers - patch
  * layer) * (T - first patched position), from the site alone (whether a row
  * is trivial is known only once its pair's caches exist). -1 for a row out
  * of range. */
-double pb_sweep_row_cost(const pb_sweep *sweep, int64_t row);
+PB_API double pb_sweep_row_cost(const pb_sweep *sweep, int64_t row);
 /* Done state of a row: 0 pending, 1 done (patched value known), 2 done and
  * trivial (patched == base by construction). -1 out of range. */
-int pb_sweep_row_state(const pb_sweep *sweep, int64_t row);
+PB_API int pb_sweep_row_state(const pb_sweep *sweep, int64_t row);
 /* Marks a row done with a value computed elsewhere (another worker);
  * trivial as above. executed: 1 when that worker ran it through the model
  * (it counts in n_rows_executed). */
-pb_status pb_sweep_set_row(pb_sweep *sweep, int64_t row, double patched, int trivial, int executed);
+PB_API pb_status pb_sweep_set_row(pb_sweep *sweep, int64_t row, double patched, int trivial, int executed);
 /* Records a pair's baselines computed elsewhere. */
-pb_status pb_sweep_set_pair(pb_sweep *sweep, int pair, double base, double source);
+PB_API pb_status pb_sweep_set_pair(pb_sweep *sweep, int pair, double base, double source);
 /* 1 when the pair's baselines are known. */
-int pb_sweep_pair_ready(const pb_sweep *sweep, int pair);
+PB_API int pb_sweep_pair_ready(const pb_sweep *sweep, int pair);
 
 /* ---- planning (docs/patching.md, "Planning") ------------------------- */
 
@@ -550,7 +560,7 @@ typedef struct pb_plan {
  * plan filled and why_not set) when even streamed weights, one pair's caches
  * and one row's activations exceed the memory; PB_ERR_UNSUPPORTED when the
  * model must stream and cannot. */
-pb_status pb_sweep_plan(const pb_sweep *sweep, const pb_plan_options *options, pb_plan *plan);
+PB_API pb_status pb_sweep_plan(const pb_sweep *sweep, const pb_plan_options *options, pb_plan *plan);
 
 /* ---- checkpoints (preemption: docs/patching.md, "Checkpoints") -------- */
 
@@ -587,32 +597,33 @@ typedef struct pb_fingerprint_options {
 /* model_path may be a pb_model_get_source() "random:..." name. Reads every
  * byte of the model (no cache): pb_sweep_fingerprint_compute_with with
  * options NULL. */
-pb_status pb_sweep_fingerprint_compute(pb_sweep_fingerprint *fingerprint, const char *model_path, const char *spec_json,
-                                       pb_backend_kind backend, pb_dtype dtype);
+PB_API pb_status pb_sweep_fingerprint_compute(pb_sweep_fingerprint *fingerprint, const char *model_path,
+                                              const char *spec_json, pb_backend_kind backend, pb_dtype dtype);
 /* The same with options (may be NULL). */
-pb_status pb_sweep_fingerprint_compute_with(pb_sweep_fingerprint *fingerprint, const char *model_path,
-                                            const char *spec_json, pb_backend_kind backend, pb_dtype dtype,
-                                            const pb_fingerprint_options *options);
+PB_API pb_status pb_sweep_fingerprint_compute_with(pb_sweep_fingerprint *fingerprint, const char *model_path,
+                                                   const char *spec_json, pb_backend_kind backend, pb_dtype dtype,
+                                                   const pb_fingerprint_options *options);
 /* Writes every done row (patched value, trivial flag) and every known pair
  * baseline to path (temporary file, fsync, rename). */
-pb_status pb_sweep_checkpoint_write(const pb_sweep *sweep, const char *path, const pb_sweep_fingerprint *fingerprint);
+PB_API pb_status pb_sweep_checkpoint_write(const pb_sweep *sweep, const char *path,
+                                           const pb_sweep_fingerprint *fingerprint);
 /* Loads a checkpoint into a fresh sweep of the same spec and model: its done
  * rows are not run again. A checkpoint written for another model file, spec
  * or backend is refused with PB_ERR_ARG naming the mismatch; a truncated or
  * corrupt file with PB_ERR_FORMAT. */
-pb_status pb_sweep_checkpoint_load(pb_sweep *sweep, const char *path, const pb_sweep_fingerprint *fingerprint);
+PB_API pb_status pb_sweep_checkpoint_load(pb_sweep *sweep, const char *path, const pb_sweep_fingerprint *fingerprint);
 
 /* Writes results.json, one .npy per component and report.txt into dir
  * (docs/patching.md). An existing non-empty dir is refused unless overwrite. */
-pb_status pb_sweep_write(const pb_sweep *sweep, const char *dir, int overwrite);
+PB_API pb_status pb_sweep_write(const pb_sweep *sweep, const char *dir, int overwrite);
 /* 1 when name (no folder) is one a sweep's outputs use: results.json,
  * report.txt, report.html or a component's .npy. */
-int pb_sweep_is_output_name(const char *name);
+PB_API int pb_sweep_is_output_name(const char *name);
 
 /* Token ids of a pair's prompts as the sweep planned them: source = 0 the
  * patched (base) run, 1 the run whose activations are patched in (clean in
  * denoising). Borrowed; valid until pb_sweep_free. */
-pb_status pb_sweep_get_pair_tokens(const pb_sweep *sweep, int pair, int source, const int32_t **ids, int *T);
+PB_API pb_status pb_sweep_get_pair_tokens(const pb_sweep *sweep, int pair, int source, const int32_t **ids, int *T);
 /* How a pair's prompt (source as above) became token ids. patchbay never
  * adds a BOS token; a chat template may begin with it (SmolLM2's does). */
 typedef struct pb_prompt_info {
@@ -624,7 +635,7 @@ typedef struct pb_prompt_info {
     int bos_added;       /* plain text: patchbay put the BOS first (the spec's "bos", else the tokenizer's
                             add_bos_token, as transformers' tokenizer does; Gemma) */
 } pb_prompt_info;
-pb_status pb_sweep_get_prompt_info(const pb_sweep *sweep, int pair, int source, pb_prompt_info *info);
+PB_API pb_status pb_sweep_get_prompt_info(const pb_sweep *sweep, int pair, int source, pb_prompt_info *info);
 
 /* ---- interventions during generation ------------------------------------ */
 
@@ -652,16 +663,16 @@ typedef struct pb_intervention {
 
 /* A forward over all positions with the intervention; logits (T, vocab)
  * host, may be NULL; capture may be NULL. */
-pb_status pb_forward_intervened(pb_model *model, const int32_t *ids, int T, const pb_intervention *iv, float *logits,
-                                pb_capture *capture);
+PB_API pb_status pb_forward_intervened(pb_model *model, const int32_t *ids, int T, const pb_intervention *iv,
+                                       float *logits, pb_capture *capture);
 /* Greedy decoding under the intervention (PATCH applies to the prompt's
  * positions only; ABLATE and ADD to every position, generated ones too). */
-pb_status pb_generate_intervened(pb_model *model, const int32_t *ids, int T, int max_new, const pb_intervention *iv,
-                                 int32_t *out_ids, int *n_out);
+PB_API pb_status pb_generate_intervened(pb_model *model, const int32_t *ids, int T, int max_new,
+                                        const pb_intervention *iv, int32_t *out_ids, int *n_out);
 /* 1 when a refusal phrase ("I'm sorry", "I cannot", "As an AI", ...;
  * whole words, case-insensitive) starts within the first 100 characters
  * after leading whitespace, else 0 (phrase list: host/patching/intervene.c). */
-int pb_text_is_refusal(const char *text);
+PB_API int pb_text_is_refusal(const char *text);
 
 /* A refusal rate over prompts, K continuations each, with a 95% interval
  * that treats prompts, not continuations, as the units: the K samples of
@@ -681,12 +692,12 @@ typedef struct pb_rate {
  * variance / n_prompts), kept within [1, n_prompts * n_samples]; with no
  * variance (every prompt alike) at n_prompts. With one sample per prompt
  * that is Wilson's interval at n_prompts - 1 .. n_prompts. */
-pb_status pb_rate_estimate(const int *refused, int n_prompts, int n_samples, pb_rate *out);
+PB_API pb_status pb_rate_estimate(const int *refused, int n_prompts, int n_samples, pb_rate *out);
 /* A TransformerLens hook name that a patch can edit, "blocks.L.hook_resid_pre"
  * ... "blocks.L.attn.hook_v" with L < n_layers, as (component, layer).
  * PB_ERR_ARG for any other name (hook_embed and ln_final.hook_normalized
  * included). */
-pb_status pb_hook_name_parse(const char *name, int n_layers, pb_component *component, int *layer);
+PB_API pb_status pb_hook_name_parse(const char *name, int n_layers, pb_component *component, int *layer);
 
 /* ---- the refusal direction (difference in means, Arditi et al. 2024) ----- */
 
@@ -749,9 +760,9 @@ typedef struct pb_direction_result {
  * and selects one by the paper's rule. On failure out is left empty (safe
  * to free). Errors: PB_ERR_ARG with a message for empty sets, prompts
  * shorter than n_post, out-of-vocabulary ids, bad limits. */
-pb_status pb_direction_compute(pb_model *model, const pb_direction_inputs *in, pb_direction_result *out);
+PB_API pb_status pb_direction_compute(pb_model *model, const pb_direction_inputs *in, pb_direction_result *out);
 /* Frees the arrays and empties r; r may already be empty. */
-void pb_direction_result_free(pb_direction_result *r);
+PB_API void pb_direction_result_free(pb_direction_result *r);
 
 /* Provenance written into direction.json; borrowed. */
 typedef struct pb_direction_provenance {
@@ -766,7 +777,7 @@ typedef struct pb_direction_provenance {
  * (a full disk) none of them, an earlier direction in dir left whole.
  * Creates dir (mkdir -p) when missing. Checking that dir may be written
  * (empty, or the caller allows overwriting) is the caller's. */
-pb_status pb_direction_write(const pb_direction_result *r, const char *dir, const pb_direction_provenance *prov);
+PB_API pb_status pb_direction_write(const pb_direction_result *r, const char *dir, const pb_direction_provenance *prov);
 
 /* ---- report.html ------------------------------------------------------- */
 
@@ -814,12 +825,12 @@ typedef struct pb_report_extras {
 /* Writes a finished sweep as one self-contained HTML5 page (inline CSS and
  * SVG) to path (a temporary name, then renamed). Reads the sweep only;
  * extras may be NULL. A missing directory is PB_ERR_IO and leaves no file. */
-pb_status pb_report_html_write(const pb_sweep *sweep, const char *path, const pb_report_extras *extras);
+PB_API pb_status pb_report_html_write(const pb_sweep *sweep, const char *path, const pb_report_extras *extras);
 
 /* ---- patterns.html: attention patterns as heatmaps -------------------- */
 
 /* How many of capture's hook points are blocks.L.attn.hook_pattern. */
-int pb_capture_pattern_count(const pb_capture *capture);
+PB_API int pb_capture_pattern_count(const pb_capture *capture);
 /* Writes the attention patterns capture holds after a pb_forward over
  * ids[0..T) as one self-contained HTML5 page (inline CSS and SVG) to path
  * (a temporary name, then renamed): the prompt's tokens, then for each
@@ -829,8 +840,8 @@ int pb_capture_pattern_count(const pb_capture *capture);
  * downloadable as SVG or PNG. PB_ERR_ARG when capture holds no
  * hook_pattern or none for this T; a missing directory is PB_ERR_IO and
  * leaves no file. */
-pb_status pb_patterns_html_write(const pb_model *model, const pb_capture *capture, const int32_t *ids, int T,
-                                 const char *path);
+PB_API pb_status pb_patterns_html_write(const pb_model *model, const pb_capture *capture, const int32_t *ids, int T,
+                                        const char *path);
 
 /* ---- .npy files (format 1.0, C order) ----------------------------------- */
 
@@ -838,10 +849,10 @@ typedef enum pb_npy_dtype { PB_NPY_F32 = 0, PB_NPY_I32 } pb_npy_dtype;
 
 /* Writes through a temporary file renamed into place, so a killed run
  * never leaves half a file under the final name. */
-pb_status pb_npy_write(const char *path, const void *data, pb_npy_dtype dtype, int n_dims, const int64_t *shape);
+PB_API pb_status pb_npy_write(const char *path, const void *data, pb_npy_dtype dtype, int n_dims, const int64_t *shape);
 /* Reads a whole file; *data is malloc'd (release with free()). shape has
  * room for 8 dims. float64 and int64 files are converted on read. */
-pb_status pb_npy_read(const char *path, void **data, pb_npy_dtype dtype, int *n_dims, int64_t shape[8]);
+PB_API pb_status pb_npy_read(const char *path, void **data, pb_npy_dtype dtype, int *n_dims, int64_t shape[8]);
 
 #ifdef __cplusplus
 }

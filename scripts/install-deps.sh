@@ -34,3 +34,14 @@ LIZARD_VERSION=1.24.3
 if [ "$(.venv/bin/lizard --version 2>/dev/null)" != "$LIZARD_VERSION" ]; then
   .venv/bin/pip install -q --disable-pip-version-check "lizard==$LIZARD_VERSION"
 fi
+# numpy and pytest for the Python package (python/) and its tests, and a
+# setuptools that builds wheels by itself (pip install ./python), pinned
+NUMPY_VERSION=2.4.6
+PYTEST_VERSION=9.2.0
+SETUPTOOLS_VERSION=84.2.1
+if ! .venv/bin/python -c "import numpy, pytest, setuptools, sys
+sys.exit(numpy.__version__ != '$NUMPY_VERSION' or pytest.__version__ != '$PYTEST_VERSION'
+         or setuptools.__version__ != '$SETUPTOOLS_VERSION')" 2>/dev/null; then
+  .venv/bin/pip install -q --disable-pip-version-check "numpy==$NUMPY_VERSION" "pytest==$PYTEST_VERSION" \
+    "setuptools==$SETUPTOOLS_VERSION"
+fi

@@ -3,7 +3,8 @@
 # compare against transformers' reference on it), builds the Release
 # configuration (with CUDA compiled and linked when nvcc is present; GPU
 # tests skip without a device) and an ASan+UBSan configuration, runs the
-# style checks (scripts/check-style.sh), CTest on both builds and a short
+# style checks (scripts/check-style.sh), CTest on both builds, the Python
+# package's tests (installed from python/ into .venv) and a short
 # run of every libFuzzer harness (scripts/fuzz.sh). Ends with
 # the seconds each stage took ("== stage seconds ==" lines), so a change can
 # say how much CI time it adds. Fails when any stage fails; the style check
@@ -48,6 +49,13 @@ stage "style check" bash scripts/check-style.sh || status=1
 echo "== tests: Release build ==" >&2
 release_suite() { (cd build && ctest --output-on-failure -j 1); }
 stage "ctest Release" release_suite || status=1
+echo "== tests: Python package (pip install ./python, pytest) ==" >&2
+python_suite() {
+  # the Release build's libpatchbay.so goes into the package; its patchbay tool is the reference
+  PB_BUILD_DIR=$PWD/build .venv/bin/pip install -q --disable-pip-version-check --no-build-isolation ./python &&
+    PB_BUILD_DIR=$PWD/build .venv/bin/python -m pytest -q -p no:cacheprovider python/tests
+}
+stage "python package" python_suite || status=1
 echo "== tests: ASan + UBSan build ==" >&2
 asan_suite() {
   (cd build-asan && ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \

@@ -3,7 +3,9 @@
 # (pb_cli_* symbols) and no test framework (cmocka) in it. Also lists, without
 # failing, the library's objects that still write to the terminal (stdout,
 # stderr, printf, puts ...), the remaining work of "the library does not
-# print". PB_HYGIENE_LIB names another archive to check. Exit 77 (skip) when nm or the built library is missing.
+# print". The shared libpatchbay.so beside it, when built, must export the
+# PB_API functions of include/patchbay.h and no other pb_ symbol.
+# PB_HYGIENE_LIB names another archive to check. Exit 77 (skip) when nm or the built library is missing.
 set -euo pipefail
 lib=${PB_HYGIENE_LIB:-${PB_BUILD_DIR:-build}/libpatchbay.a}
 missing=
@@ -41,5 +43,27 @@ if [ -n "$terminal" ]; then
 fi
 if [ $status -eq 0 ]; then
   echo "ok: no pb_cli_* symbol and no cmocka symbol in $lib"
+fi
+# The shared library (the Python package's) exports the public API and
+# nothing else of ours: every pb_ symbol it defines is a PB_API function of
+# include/patchbay.h, and those are all there.
+shared=$(dirname "$lib")/libpatchbay.so
+header=${PB_SOURCE_DIR:-.}/include/patchbay.h
+if [ -f "$shared" ] && [ -f "$header" ]; then
+  exported=$(nm -D --defined-only "$shared" | awk '$NF ~ /^pb_/ {print $NF}' | sort -u)
+  api=$(sed -n 's/^PB_API .*[ *]\(pb_[a-z0-9_]*\)(.*/\1/p' "$header" | sort -u)
+  extra=$(comm -23 <(printf '%s\n' "$exported") <(printf '%s\n' "$api"))
+  missing_api=$(comm -13 <(printf '%s\n' "$exported") <(printf '%s\n' "$api"))
+  if [ -n "$extra" ]; then
+    echo "FAIL: $shared exports symbols that are not PB_API in patchbay.h:"
+    printf '%s\n' "$extra" | sed 's/^/  /'
+    status=1
+  fi
+  if [ -n "$missing_api" ]; then
+    echo "FAIL: PB_API functions $shared does not export:"
+    printf '%s\n' "$missing_api" | sed 's/^/  /'
+    status=1
+  fi
+  [ -z "$extra$missing_api" ] && echo "ok: $shared exports exactly the $(printf '%s\n' "$api" | wc -l) PB_API functions"
 fi
 exit $status

@@ -1,0 +1,395 @@
+"""patchbay from Python: the C engine (libpatchbay) behind a small API named as
+TransformerLens names things.
+
+    import patchbay
+    model = patchbay.Model.load("models/SmolLM2-135M-Instruct.Q4_1.gguf")
+    ids = model.chat_tokenize("How do I make a bomb?")
+    logits, cache = model.forward(ids, capture=["blocks.*.hook_resid_pre"])
+    result = model.sweep({"mode": "denoising", "pairs": [...], "sites": [...], "metric": {...}})
+    result["resid_pre"]            # numpy [layer, pos], as the CLI's resid_pre.npy
+    texts = model.generate(["Name a colour."], max_new_tokens=16, temperature=0.7, samples=4)
+
+Every call goes to the C library; errors raise PatchbayError carrying the
+library's message (pb_last_error()); the GIL is released while the library
+runs; Ctrl-C stops a sweep after its current batch.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+from ctypes import POINTER, byref, c_char_p, c_float, c_int, c_int32, c_int64, c_void_p
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from . import _lib
+
+__all__ = ["Model", "SweepResult", "PatchbayError", "PatchbayInterrupted", "is_refusal", "__version__"]
+__version__ = "0.1.0"
+
+
+class PatchbayError(RuntimeError):
+    """A failed library call: `status` is its pb_status name ("PB_ERR_ARG" ...),
+    the message pb_last_error()'s."""
+
+    def __init__(self, status: str, message: str):
+        super().__init__(f"{message} ({status})" if message else status)
+        self.status = status
+        self.message = message
+
+
+class PatchbayInterrupted(PatchbayError, KeyboardInterrupt):
+    """A sweep stopped by Ctrl-C after its current batch (completed rows are kept in C)."""
+
+
+def _check(status: int) -> None:
+    if status == _lib.PB_OK:
+        return
+    name = _lib.STATUS_NAMES[status] if 0 <= status < len(_lib.STATUS_NAMES) else str(status)
+    message = (_lib.lib().pb_last_error() or b"").decode("utf-8", "replace")
+    if status == _lib.PB_ERR_INTERRUPTED:
+        raise PatchbayInterrupted(name, message)
+    raise PatchbayError(name, message)
+
+
+def _ids_array(ids: Sequence[int] | np.ndarray) -> np.ndarray:
+    a = np.ascontiguousarray(np.asarray(ids, dtype=np.int32))
+    if a.ndim != 1:
+        raise ValueError(f"token ids must be one-dimensional, got shape {a.shape}")
+    return a
+
+
+def _int_ptr(a: np.ndarray):
+    return a.ctypes.data_as(POINTER(c_int32))
+
+
+def _float_ptr(a: np.ndarray):
+    return a.ctypes.data_as(POINTER(c_float))
+
+
+def is_refusal(text: str) -> bool:
+    """Whether a continuation reads as a refusal (the library's phrase list)."""
+    return bool(_lib.lib().pb_text_is_refusal(text.encode()))
+
+
+class _Progress:
+    """A progress callback for the library: a tqdm bar when tqdm is installed,
+    else a line on stderr; and, while it runs, Ctrl-C sets the sweep's stop
+    flag (the Python handler runs when the callback does)."""
+
+    def __init__(self, label: str, unit: str, show: bool, stop: ctypes.c_int | None = None):
+        self.label, self.unit, self.show, self.stop = label, unit, show, stop
+        self.bar = None
+        self.printed = False
+        self.callback = _lib.PROGRESS(self._update)
+        self.previous_handler = None
+
+    def _update(self, done: int, total: int, _user) -> None:
+        if not self.show:
+            return
+        if self.bar is None:
+            try:
+                from tqdm.auto import tqdm
+
+                self.bar = tqdm(total=int(total), desc=self.label, unit=self.unit)
+            except ImportError:
+                self.bar = False
+        if self.bar:
+            self.bar.update(int(done) - self.bar.n)
+        else:
+            print(f"\r{self.label}: {done}/{total} {self.unit}", end="", file=sys.stderr, flush=True)
+            self.printed = True
+
+    def __enter__(self) -> "_Progress":
+        if self.stop is not None and threading.current_thread() is threading.main_thread():
+            def interrupt(_signum, _frame):
+                self.stop.value = 1
+            self.previous_handler = signal.signal(signal.SIGINT, interrupt)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.previous_handler is not None:
+            signal.signal(signal.SIGINT, self.previous_handler)
+        if self.bar:
+            self.bar.close()
+        elif self.printed:
+            print(file=sys.stderr)
+
+
+class Model:
+    """A loaded model (pb_model). Use as a context manager, or call close()."""
+
+    def __init__(self, handle: int):
+        self._handle = c_void_p(handle)
+        config = _lib.lib().pb_model_get_config(self._handle).contents
+        self.config: dict[str, Any] = {
+            name: (getattr(config, name).decode() if name == "arch" else getattr(config, name))
+            for name, _ in _lib.ModelConfig._fields_
+        }
+
+    # ---- loading -------------------------------------------------------------
+
+    @staticmethod
+    def _options(backend: str, dtype: str, threads: int, adapter: str | Sequence[str] | None):
+        if backend not in _lib.BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(_lib.BACKENDS)}, got {backend!r}")
+        if dtype not in _lib.DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(_lib.DTYPES)}, got {dtype!r}")
+        adapters = [adapter] if isinstance(adapter, (str, os.PathLike)) else list(adapter or [])
+        names = (c_char_p * max(1, len(adapters)))(*[os.fsencode(a) for a in adapters])
+        options = _lib.LoadOptions(n_threads=threads, backend=_lib.BACKENDS[backend], dtype=_lib.DTYPES[dtype],
+                                   adapters=names, n_adapters=len(adapters))
+        return options, names
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, backend: str = "cpu", dtype: str = "f32", adapter=None,
+             threads: int = 0) -> "Model":
+        """A .gguf file or a Hugging Face folder; adapter: a LoRA adapter path
+        (PEFT folder or GGUF LoRA) or a list of them, merged at load."""
+        options, _keep = cls._options(backend, dtype, threads, adapter)
+        handle = c_void_p()
+        _check(_lib.lib().pb_model_load(byref(handle), os.fsencode(path), byref(options)))
+        return cls(handle.value)
+
+    @classmethod
+    def random(cls, name: str, seed: int = 0, backend: str = "cpu", dtype: str = "f32", threads: int = 0) -> "Model":
+        """Seeded random weights at a real shape ("tiny", "smollm2-135m:2", ...); no tokenizer."""
+        options, _keep = cls._options(backend, dtype, threads, None)
+        handle = c_void_p()
+        _check(_lib.lib().pb_model_random(byref(handle), name.encode(), seed, byref(options)))
+        return cls(handle.value)
+
+    def close(self) -> None:
+        if self._handle:
+            _lib.lib().pb_model_free(self._handle)
+            self._handle = c_void_p()
+
+    def __enter__(self) -> "Model":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    @property
+    def source(self) -> str:
+        return _lib.lib().pb_model_get_source(self._handle).decode()
+
+    def _live(self) -> c_void_p:
+        if not self._handle:
+            raise PatchbayError("PB_ERR_ARG", "the model was closed")
+        return self._handle
+
+    # ---- text ----------------------------------------------------------------
+
+    def tokenize(self, text: str, parse_special: bool = False) -> np.ndarray:
+        """Token ids of text as written (no BOS added), int32."""
+        ids, n = POINTER(c_int32)(), c_int()
+        _check(_lib.lib().pb_model_tokenize(self._live(), text.encode(), int(parse_special), byref(ids), byref(n)))
+        try:
+            return np.ctypeslib.as_array(ids, shape=(n.value,)).copy() if n.value else np.zeros(0, np.int32)
+        finally:
+            _lib.free(ids)
+
+    def chat_tokenize(self, user: str, system: str | None = None) -> np.ndarray:
+        """One user turn in the model's chat template plus the generation prompt, as
+        transformers' apply_chat_template(..., add_generation_prompt=True)."""
+        ids, n = POINTER(c_int32)(), c_int()
+        _check(_lib.lib().pb_model_chat_tokenize(self._live(), system.encode() if system is not None else None,
+                                                 user.encode(), byref(ids), byref(n)))
+        try:
+            return np.ctypeslib.as_array(ids, shape=(n.value,)).copy() if n.value else np.zeros(0, np.int32)
+        finally:
+            _lib.free(ids)
+
+    def detokenize(self, ids: Sequence[int] | np.ndarray) -> str:
+        a = _ids_array(ids)
+        text = c_void_p()
+        _check(_lib.lib().pb_model_detokenize(self._live(), _int_ptr(a), len(a), byref(text)))
+        try:
+            return ctypes.string_at(text).decode("utf-8", "replace")
+        finally:
+            _lib.free(text)
+
+    def set_chat_template(self, name_or_file: str) -> None:
+        _check(_lib.lib().pb_model_set_chat_template(self._live(), os.fsencode(name_or_file)))
+
+    # ---- forward ---------------------------------------------------------------
+
+    def forward(self, ids: Sequence[int] | np.ndarray, capture: str | Iterable[str] | None = None
+                ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Logits (T, vocab) and the captured activations by TransformerLens hook
+        name (globs allowed: "blocks.*.hook_resid_pre"): (T, d_model), or
+        (T, n_heads, head_dim) for z/q and k/v, (n_heads, T, T) for patterns.
+        The logits are written by the library straight into the array; each
+        captured array is a view of the library's buffer (kept alive by it)."""
+        a = _ids_array(ids)
+        lib = _lib.lib()
+        cfg = self.config
+        logits = np.empty((len(a), cfg["vocab_size"]), dtype=np.float32)
+        handle = _Capture.create(self, capture) if capture else None
+        _check(lib.pb_forward(self._live(), _int_ptr(a), len(a), _float_ptr(logits),
+                              handle.pointer if handle else None))
+        return logits, (handle.arrays() if handle else {})
+
+    # ---- generation ----------------------------------------------------------
+
+    def generate(self, prompts: str | Sequence[int] | np.ndarray | Sequence[str | Sequence[int] | np.ndarray],
+                 max_new_tokens: int = 32, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+                 min_p: float = 0.0, seed: int = 0, samples: int = 1, stop: Sequence[str] = (), batch: int = 64,
+                 chat: bool = True, progress: bool = False, return_ids: bool = False) -> list:
+        """Continuations of one prompt or many (text, chat-templated unless chat=False,
+        or token ids), all decoded together: a list per prompt of `samples`
+        texts (token id arrays with return_ids=True). Greedy unless temperature > 0."""
+        single = (isinstance(prompts, str) or (isinstance(prompts, np.ndarray) and prompts.ndim == 1)
+                  or (len(prompts) > 0 and isinstance(prompts[0], (int, np.integer))))
+        items = [prompts] if single else list(prompts)
+        ids = [self._prompt_ids(p, chat) for p in items]
+        n, K = len(ids), samples
+        lengths = (c_int * max(1, n))(*[len(a) for a in ids])
+        pointers = (POINTER(c_int32) * max(1, n))(*[_int_ptr(a) for a in ids])
+        out = np.zeros((n * K, max(1, max_new_tokens)), dtype=np.int32)
+        n_out = np.zeros(n * K, dtype=np.int32)
+        sampling = _lib.Sampling(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed)
+        stops = (c_char_p * max(1, len(stop)))(*[s.encode() for s in stop])
+        with _Progress("generate", "continuations", progress) as bar:
+            options = _lib.GenerateOptions(max_new=max_new_tokens, n_samples=K,
+                                           sampling=ctypes.pointer(sampling) if temperature != 0 else None,
+                                           stop=stops if stop else None, n_stop=len(stop), max_batch=batch,
+                                           progress=bar.callback)
+            _check(_lib.lib().pb_generate_batch(self._live(), pointers, lengths, n, byref(options), _int_ptr(out),
+                                                n_out.ctypes.data_as(POINTER(c_int))))
+        rows = [out[s, :n_out[s]].copy() for s in range(n * K)]
+        if not return_ids:
+            rows = [self.detokenize(r) if len(r) else "" for r in rows]
+        grouped = [rows[i * K:(i + 1) * K] for i in range(n)]
+        return grouped[0] if single else grouped
+
+    def _prompt_ids(self, prompt, chat: bool) -> np.ndarray:
+        if isinstance(prompt, str):
+            return self.chat_tokenize(prompt) if chat else self.tokenize(prompt)
+        return _ids_array(prompt)
+
+    # ---- sweeps --------------------------------------------------------------
+
+    def sweep(self, spec: dict | str | os.PathLike, progress: bool = True, spec_dir: str | None = None,
+              max_memory: int = 0) -> "SweepResult":
+        """Runs a patching sweep (a spec as the CLI's --spec takes: a dict, a JSON
+        string or a file path) and returns its arrays and records."""
+        if isinstance(spec, dict):
+            text = json.dumps(spec)
+        elif isinstance(spec, os.PathLike) or (isinstance(spec, str) and not spec.lstrip().startswith("{")):
+            path = Path(spec)
+            text = path.read_text()
+            spec_dir = spec_dir or str(path.parent)
+        else:
+            text = spec
+        stop = c_int(0)
+        with _Progress("sweep", "rows", progress, stop) as bar:
+            options = _lib.SweepOptions(max_memory=max_memory, progress=bar.callback, metric_fn_residual_layer=-1,
+                                        stop=ctypes.pointer(stop))
+            handle = c_void_p()
+            _check(_lib.lib().pb_sweep_create(byref(handle), self._live(), text.encode(),
+                                              os.fsencode(spec_dir) if spec_dir else None, byref(options)))
+            result = SweepResult(handle, self)
+            _check(_lib.lib().pb_sweep_run(handle))
+        result._collect()
+        return result
+
+
+class _Capture:
+    """A pb_capture whose buffers back numpy views; freed when the last view goes."""
+
+    def __init__(self, pointer: c_void_p):
+        self.pointer = pointer
+
+    @classmethod
+    def create(cls, model: Model, capture: str | Iterable[str]) -> "_Capture":
+        pattern = capture if isinstance(capture, str) else ",".join(capture)
+        handle = c_void_p()
+        _check(_lib.lib().pb_capture_create(byref(handle), model._live(), pattern.encode()))
+        return cls(handle)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        lib = _lib.lib()
+        out = {}
+        for i in range(lib.pb_capture_count(self.pointer)):
+            n_dims, shape = c_int(), (c_int64 * 3)()
+            data = lib.pb_capture_data(self.pointer, i, byref(n_dims), shape)
+            dims = tuple(shape[k] for k in range(n_dims.value))
+            count = int(np.prod(dims))
+            buffer = (c_float * count).from_address(ctypes.addressof(data.contents))
+            buffer._owner = self  # the capture lives while any view of it does
+            out[lib.pb_capture_name(self.pointer, i).decode()] = np.frombuffer(buffer, dtype=np.float32).reshape(dims)
+        return out
+
+    def __del__(self) -> None:
+        if self.pointer:
+            _lib.lib().pb_capture_free(self.pointer)
+            self.pointer = c_void_p()
+
+
+class SweepResult:
+    """A finished sweep: result["resid_pre"] and the other components as numpy
+    arrays shaped like TransformerLens's patching helpers ([layer, pos], z and
+    the other head components [layer, head, pos]: the CLI's .npy files),
+    `summary` (results.json without its sites), to_records() one dict per
+    site for pandas, write(dir) the CLI's files."""
+
+    def __init__(self, handle: c_void_p, model: Model):
+        self._handle = handle
+        self._model = model  # the sweep reads the model until freed
+        self.arrays: dict[str, np.ndarray] = {}
+        self.summary: dict[str, Any] = {}
+        self._sites: list[dict[str, Any]] = []
+
+    def _collect(self) -> None:
+        folder = tempfile.mkdtemp(prefix="patchbay_sweep_")
+        try:
+            self.write(folder, overwrite=True)
+            results = json.loads((Path(folder) / "results.json").read_text())
+            self._sites = results.pop("sites")
+            self.summary = results
+            for npy in sorted(Path(folder).glob("*.npy")):
+                self.arrays[npy.stem] = np.load(npy)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def __getitem__(self, component: str) -> np.ndarray:
+        return self.arrays[component]
+
+    def keys(self):
+        return self.arrays.keys()
+
+    def to_records(self) -> list[dict[str, Any]]:
+        """One dict per site: component, hook, layer, head, position, effect,
+        stderr, significant, per-pair effects (pandas.DataFrame(result.to_records()))."""
+        return [dict(s) for s in self._sites]
+
+    def write(self, folder: str | os.PathLike, overwrite: bool = False) -> None:
+        """results.json, the .npy arrays and report.txt, as `patchbay sweep --out`."""
+        _check(_lib.lib().pb_sweep_write(self._handle, os.fsencode(folder), int(overwrite)))
+
+    def close(self) -> None:
+        if self._handle:
+            _lib.lib().pb_sweep_free(self._handle)
+            self._handle = c_void_p()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass

@@ -1,0 +1,215 @@
+"""The C library as ctypes sees it: where libpatchbay.so is, the structs the
+package passes (their leading fields, in include/patchbay.h's order) and the
+signature of every function it calls. Nothing here computes anything.
+
+ctypes releases the GIL for the duration of every call into a CDLL, so long
+calls (a sweep, a generation) leave other Python threads running.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from ctypes import (
+    POINTER,
+    c_char,
+    c_char_p,
+    c_double,
+    c_float,
+    c_int,
+    c_int32,
+    c_int64,
+    c_size_t,
+    c_uint64,
+    c_void_p,
+)
+from pathlib import Path
+
+PB_OK = 0
+STATUS_NAMES = [
+    "PB_OK",
+    "PB_ERR_IO",
+    "PB_ERR_FORMAT",
+    "PB_ERR_ARG",
+    "PB_ERR_OOM",
+    "PB_ERR_UNSUPPORTED",
+    "PB_ERR_CUDA",
+    "PB_ERR_NUMERIC",
+    "PB_ERR_INTERRUPTED",
+]
+PB_ERR_INTERRUPTED = 8
+
+BACKENDS = {"cpu": 0, "reference": 1, "cuda": 2}
+DTYPES = {"f32": 0, "bf16": 1, "f16": 2, "file": 3}
+INTERVENE_NONE, INTERVENE_PATCH, INTERVENE_ABLATE, INTERVENE_ADD = 0, 1, 2, 3
+
+
+def library_path() -> Path:
+    """$PATCHBAY_LIBRARY, else the libpatchbay.so installed beside this file."""
+    env = os.environ.get("PATCHBAY_LIBRARY")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parent / "libpatchbay.so"
+
+
+class ModelConfig(ctypes.Structure):
+    """The leading fields of pb_model_config (read through a pointer only)."""
+
+    _fields_ = [
+        ("arch", c_char * 32),
+        ("n_layers", c_int),
+        ("d_model", c_int),
+        ("n_heads", c_int),
+        ("n_kv_heads", c_int),
+        ("head_dim", c_int),
+        ("d_mlp", c_int),
+        ("vocab_size", c_int),
+        ("context_length", c_int),
+        ("rms_eps", c_float),
+        ("rope_theta", c_float),
+        ("rope_scaling", c_int),
+        ("rope_factor", c_float),
+        ("rope_low_freq_factor", c_float),
+        ("rope_high_freq_factor", c_float),
+        ("rope_original_context", c_int),
+        ("has_qkv_bias", c_int),
+        ("tied_embeddings", c_int),
+        ("bos_id", c_int),
+        ("eos_id", c_int),
+    ]
+
+
+class LoadOptions(ctypes.Structure):
+    _fields_ = [
+        ("n_threads", c_int),
+        ("backend", c_int),
+        ("dtype", c_int),
+        ("device", c_int),
+        ("weights", c_int),
+        ("weight_memory", c_size_t),
+        ("shape_only", c_int),
+        ("adapters", POINTER(c_char_p)),
+        ("adapter_scales", POINTER(c_float)),
+        ("n_adapters", c_int),
+    ]
+
+
+class Sampling(ctypes.Structure):
+    _fields_ = [
+        ("temperature", c_double),
+        ("top_k", c_int),
+        ("top_p", c_double),
+        ("min_p", c_double),
+        ("seed", c_uint64),
+    ]
+
+
+PROGRESS = ctypes.CFUNCTYPE(None, c_int64, c_int64, c_void_p)
+
+
+class Intervention(ctypes.Structure):
+    _fields_ = [
+        ("kind", c_int),
+        ("component", c_int),
+        ("layer", c_int),
+        ("head", c_int),
+        ("n_positions", c_int),
+        ("positions", POINTER(c_int)),
+        ("values", POINTER(c_float)),
+        ("direction", POINTER(c_float)),
+        ("scale", c_double),
+    ]
+
+
+class GenerateOptions(ctypes.Structure):
+    _fields_ = [
+        ("max_new", c_int),
+        ("n_samples", c_int),
+        ("sampling", POINTER(Sampling)),
+        ("stop", POINTER(c_char_p)),
+        ("n_stop", c_int),
+        ("iv", POINTER(Intervention)),
+        ("max_batch", c_int),
+        ("progress", PROGRESS),
+        ("progress_user", c_void_p),
+    ]
+
+
+class SweepOptions(ctypes.Structure):
+    _fields_ = [
+        ("max_memory", c_size_t),
+        ("max_batch_rows", c_int),
+        ("progress", PROGRESS),
+        ("progress_user", c_void_p),
+        ("metric_fn", c_void_p),
+        ("metric_user", c_void_p),
+        ("metric_fn_residual_layer", c_int),
+        ("run_trivial_rows", c_int),
+        ("stop", POINTER(c_int)),
+    ]
+
+
+def _declare(lib: ctypes.CDLL) -> None:
+    """Argument and result types of every function the package calls."""
+    status = c_int
+    sig = {
+        "pb_last_error": (c_char_p, []),
+        "pb_status_name": (c_char_p, [c_int]),
+        "pb_model_load": (status, [POINTER(c_void_p), c_char_p, POINTER(LoadOptions)]),
+        "pb_model_random": (status, [POINTER(c_void_p), c_char_p, c_uint64, POINTER(LoadOptions)]),
+        "pb_model_free": (None, [c_void_p]),
+        "pb_model_get_config": (POINTER(ModelConfig), [c_void_p]),
+        "pb_model_get_source": (c_char_p, [c_void_p]),
+        "pb_model_tokenize": (status, [c_void_p, c_char_p, c_int, POINTER(POINTER(c_int32)), POINTER(c_int)]),
+        "pb_model_chat_tokenize": (
+            status, [c_void_p, c_char_p, c_char_p, POINTER(POINTER(c_int32)), POINTER(c_int)]),
+        "pb_model_detokenize": (status, [c_void_p, POINTER(c_int32), c_int, POINTER(c_void_p)]),
+        "pb_model_set_chat_template": (status, [c_void_p, c_char_p]),
+        "pb_capture_create": (status, [POINTER(c_void_p), c_void_p, c_char_p]),
+        "pb_capture_free": (None, [c_void_p]),
+        "pb_capture_count": (c_int, [c_void_p]),
+        "pb_capture_name": (c_char_p, [c_void_p, c_int]),
+        "pb_capture_data": (POINTER(c_float), [c_void_p, c_int, POINTER(c_int), POINTER(c_int64)]),
+        "pb_forward": (status, [c_void_p, POINTER(c_int32), c_int, POINTER(c_float), c_void_p]),
+        "pb_forward_intervened": (
+            status, [c_void_p, POINTER(c_int32), c_int, POINTER(Intervention), POINTER(c_float), c_void_p]),
+        "pb_generate_batch": (
+            status,
+            [c_void_p, POINTER(POINTER(c_int32)), POINTER(c_int), c_int, POINTER(GenerateOptions),
+             POINTER(c_int32), POINTER(c_int)]),
+        "pb_generate_options_check": (status, [POINTER(GenerateOptions)]),
+        "pb_text_is_refusal": (c_int, [c_char_p]),
+        "pb_sweep_create": (status, [POINTER(c_void_p), c_void_p, c_char_p, c_char_p, POINTER(SweepOptions)]),
+        "pb_sweep_free": (None, [c_void_p]),
+        "pb_sweep_run": (status, [c_void_p]),
+        "pb_sweep_write": (status, [c_void_p, c_char_p, c_int]),
+    }
+    for name, (result, args) in sig.items():
+        fn = getattr(lib, name)
+        fn.restype = result
+        fn.argtypes = args
+
+
+_lib: ctypes.CDLL | None = None
+_libc = ctypes.CDLL(None)
+_libc.free.argtypes = [c_void_p]
+_libc.free.restype = None
+
+
+def lib() -> ctypes.CDLL:
+    """The loaded library (loaded on first use)."""
+    global _lib
+    if _lib is None:
+        path = library_path()
+        if not path.exists():
+            raise ImportError(f"patchbay: {path} is missing (pip install ./python builds it; "
+                              "PATCHBAY_LIBRARY names another)")
+        loaded = ctypes.CDLL(str(path))
+        _declare(loaded)
+        _lib = loaded
+    return _lib
+
+
+def free(pointer) -> None:
+    """Releases memory the library malloc'd and handed over."""
+    _libc.free(ctypes.cast(pointer, c_void_p))

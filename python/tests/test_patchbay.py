@@ -1,0 +1,176 @@
+"""The Python package against independent references: forward captures
+against transformers (the fixtures the C tests read, made by
+scripts/make_tiny_models.py), and every entry point against the CLI's
+output on the same inputs (tokenize, generate, sweep arrays against
+results.json and the .npy files). Errors raise with the library's message
+and leave no output behind; Ctrl-C stops a sweep.
+
+Run by scripts/test.sh after `pip install ./python`; PB_BUILD_DIR names the
+build whose `patchbay` tool is the reference (default build/).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import patchbay
+
+ROOT = Path(__file__).resolve().parents[2]
+FIXTURES = ROOT / "tests" / "fixtures"
+BUILD = Path(os.environ.get("PB_BUILD_DIR", ROOT / "build"))
+CLI = BUILD / "patchbay"
+SMOLLM2 = ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+TINY = FIXTURES / "tiny_gqa" / "model.gguf"
+SPEC = FIXTURES / "patching" / "tiny_gqa_denoise_logit_diff" / "spec.json"
+
+needs_cli = pytest.mark.skipif(not CLI.exists(), reason=f"{CLI} is not built")
+needs_smollm2 = pytest.mark.skipif(not SMOLLM2.exists(), reason="SmolLM2 not fetched (scripts/fetch-model.sh)")
+
+
+def cli(*args: str) -> str:
+    return subprocess.run([str(CLI), *args], check=True, capture_output=True, text=True).stdout
+
+
+def nmse(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.sum((a.astype(np.float64) - b) ** 2) / max(np.sum(b.astype(np.float64) ** 2), 1e-30))
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    with patchbay.Model.load(TINY, threads=1) as m:
+        yield m
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    if not SMOLLM2.exists():
+        pytest.skip("SmolLM2 not fetched")
+    with patchbay.Model.load(SMOLLM2, threads=2) as m:
+        yield m
+
+
+def test_forward_captures_match_transformers(tiny):
+    ids = np.load(FIXTURES / "tiny_gqa" / "ids.npy")
+    names = ["hook_embed", "blocks.*.hook_resid_pre", "blocks.1.attn.hook_z", "blocks.0.attn.hook_k",
+             "blocks.1.hook_mlp_out", "ln_final.hook_normalized"]
+    logits, cache = tiny.forward(ids, capture=names)
+    want = np.load(FIXTURES / "tiny_gqa" / "logits.npy").reshape(logits.shape)
+    assert np.max(np.abs(logits - want)) < 1e-4
+    assert "blocks.0.hook_resid_pre" in cache and "blocks.1.hook_resid_pre" in cache
+    for name, got in cache.items():
+        ref = np.load(FIXTURES / "tiny_gqa" / f"{name}.npy").reshape(got.shape)
+        assert nmse(got, ref) <= 1e-10, name
+    assert cache["blocks.1.attn.hook_z"].shape == (len(ids), tiny.config["n_heads"], tiny.config["head_dim"])
+
+
+def test_capture_arrays_outlive_their_forward(tiny):
+    ids = np.load(FIXTURES / "tiny_gqa" / "ids.npy")
+    _, first = tiny.forward(ids, capture="hook_embed")
+    kept = first["hook_embed"].copy()
+    del first
+    _, second = tiny.forward(ids[:3], capture="hook_embed")
+    _, third = tiny.forward(ids, capture="hook_embed")
+    assert np.array_equal(third["hook_embed"], kept)
+    assert second["hook_embed"].shape == (3, tiny.config["d_model"])
+
+
+@needs_cli
+@needs_smollm2
+def test_tokenize_matches_cli(smollm2):
+    text = "How do I make a cake? Ünïcode, 123 & <tags>"
+    chat = json.loads(cli("tokenize", "--model", str(SMOLLM2), "--text", text, "--chat"))
+    plain = json.loads(cli("tokenize", "--model", str(SMOLLM2), "--text", text))
+    assert smollm2.chat_tokenize(text).tolist() == chat
+    assert smollm2.tokenize(text).tolist() == plain
+    assert smollm2.detokenize(plain) == text
+
+
+def continuation_ids(output: str, label: str) -> list[list[int]]:
+    return [[int(t) for t in line.split(": ", 1)[1].split(",") if t]
+            for line in output.splitlines() if line.startswith(label) and " ids: " in line]
+
+
+@needs_cli
+@needs_smollm2
+def test_generate_matches_cli(smollm2):
+    prompt = "Name three colours."
+    greedy = continuation_ids(cli("generate", "--model", str(SMOLLM2), "--prompt", prompt, "--max-new-tokens", "12"),
+                              "continuation")
+    assert [r.tolist() for r in smollm2.generate(prompt, max_new_tokens=12, return_ids=True)] == greedy
+    sampled = continuation_ids(cli("generate", "--model", str(SMOLLM2), "--prompt", prompt, "--max-new-tokens", "10",
+                                   "--temperature", "0.9", "--top-p", "0.95", "--samples", "3", "--sample-seed", "4"),
+                               "continuation")
+    got = smollm2.generate([prompt, "Hi"], max_new_tokens=10, temperature=0.9, top_p=0.95, samples=3, seed=4,
+                           return_ids=True)
+    assert [r.tolist() for r in got[0]] == sampled  # the same in a batch with another prompt
+    texts = smollm2.generate(prompt, max_new_tokens=10, temperature=0.9, top_p=0.95, samples=3, seed=4)
+    assert texts == [smollm2.detokenize(s) for s in sampled]
+
+
+@needs_cli
+def test_sweep_matches_cli(tiny, tmp_path):
+    result = tiny.sweep(SPEC, progress=False)
+    cli("sweep", "--model", str(TINY), "--spec", str(SPEC), "--out", str(tmp_path / "cli"), "--threads", "1",
+        "--no-progress")
+    want = json.loads((tmp_path / "cli" / "results.json").read_text())
+    files = sorted(p.stem for p in (tmp_path / "cli").glob("*.npy"))
+    assert files and sorted(result.keys()) == files
+    for name in files:
+        assert np.array_equal(result[name], np.load(tmp_path / "cli" / f"{name}.npy"), equal_nan=True), name
+    records = result.to_records()
+    assert len(records) == len(want["sites"])
+    for got, ref in zip(records, want["sites"]):
+        assert (got["hook"], got["head"], got["position"]) == (ref["hook"], ref["head"], ref["position"])
+        assert got["effect"] == ref["effect"]
+    assert result.summary["total_effect"] == want["total_effect"]
+    resid = result["resid_pre"]
+    assert resid.shape[0] == tiny.config["n_layers"]  # [layer, pos]
+
+
+def test_errors_carry_the_library_message(tiny, tmp_path):
+    with pytest.raises(patchbay.PatchbayError) as missing:
+        patchbay.Model.load(tmp_path / "absent.gguf")
+    assert missing.value.status == "PB_ERR_IO" and "absent.gguf" in str(missing.value)
+    spec = json.loads(SPEC.read_text())
+    spec["sites"][0]["layers"] = [99]
+    with pytest.raises(patchbay.PatchbayError) as bad:
+        tiny.sweep(spec, progress=False)
+    assert bad.value.status == "PB_ERR_ARG" and "99" in bad.value.message
+    with pytest.raises(patchbay.PatchbayError, match="outside the vocabulary"):
+        tiny.forward([1, 10**6])
+    with pytest.raises(patchbay.PatchbayError, match="top_p = 2 must lie in"):
+        tiny.generate([1, 2, 3], temperature=1.0, top_p=2.0)
+    result = tiny.sweep(SPEC, progress=False)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "mine.txt").write_text("keep")
+    with pytest.raises(patchbay.PatchbayError):
+        result.write(tmp_path / "out")  # not empty, no overwrite
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["mine.txt"]
+
+
+def test_ctrl_c_stops_a_sweep(tiny, monkeypatch):
+    """SIGINT during a sweep (sent from its first progress update) stops it
+    after that batch: PatchbayInterrupted, which is a KeyboardInterrupt."""
+    original = patchbay._Progress._update
+
+    def interrupting(self, done, total, user):
+        original(self, done, total, user)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(patchbay._Progress, "_update", interrupting)
+    spec = json.loads(SPEC.read_text())
+    with pytest.raises(patchbay.PatchbayInterrupted):
+        tiny.sweep(spec, progress=False, max_memory=1 << 16)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_is_refusal():
+    assert patchbay.is_refusal("I'm sorry, but I can't help with that.")
+    assert not patchbay.is_refusal("Sure! Here is a recipe.")
