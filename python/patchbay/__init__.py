@@ -32,7 +32,7 @@ import numpy as np
 
 from . import _lib
 
-__all__ = ["Model", "SweepResult", "PatchbayError", "PatchbayInterrupted", "is_refusal", "__version__"]
+__all__ = ["Model", "SweepResult", "Direction", "PatchbayError", "PatchbayInterrupted", "is_refusal", "__version__"]
 __version__ = "0.1.0"
 
 
@@ -229,31 +229,58 @@ class Model:
 
     # ---- forward ---------------------------------------------------------------
 
-    def forward(self, ids: Sequence[int] | np.ndarray, capture: str | Iterable[str] | None = None
+    def forward(self, ids: Sequence[int] | np.ndarray, capture: str | Iterable[str] | None = None,
+                ablate: np.ndarray | "Direction" | None = None,
+                add: tuple[np.ndarray | "Direction", int, float] | None = None
                 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Logits (T, vocab) and the captured activations by TransformerLens hook
         name (globs allowed: "blocks.*.hook_resid_pre"): (T, d_model), or
         (T, n_heads, head_dim) for z/q and k/v, (n_heads, T, T) for patterns.
         The logits are written by the library straight into the array; each
-        captured array is a view of the library's buffer (kept alive by it)."""
+        captured array is a view of the library's buffer (kept alive by it).
+        ablate: a direction projected out of every residual-stream write;
+        add: (direction, layer, scale) added to that layer's resid_pre."""
         a = _ids_array(ids)
         lib = _lib.lib()
         cfg = self.config
         logits = np.empty((len(a), cfg["vocab_size"]), dtype=np.float32)
         handle = _Capture.create(self, capture) if capture else None
-        _check(lib.pb_forward(self._live(), _int_ptr(a), len(a), _float_ptr(logits),
-                              handle.pointer if handle else None))
+        iv, _keep = self._intervention(ablate, add)
+        if iv is None:
+            _check(lib.pb_forward(self._live(), _int_ptr(a), len(a), _float_ptr(logits),
+                                  handle.pointer if handle else None))
+        else:
+            _check(lib.pb_forward_intervened(self._live(), _int_ptr(a), len(a), byref(iv), _float_ptr(logits),
+                                             handle.pointer if handle else None))
         return logits, (handle.arrays() if handle else {})
+
+    def _intervention(self, ablate, add):
+        """An ablation or an addition as the library's pb_intervention (and the
+        array it points into, to keep alive)."""
+        if ablate is not None and add is not None:
+            raise ValueError("give ablate or add, not both")
+        if ablate is None and add is None:
+            return None, None
+        if ablate is not None:
+            u = _direction_array(ablate, self.config["d_model"])
+            return _lib.Intervention(kind=_lib.INTERVENE_ABLATE, direction=_float_ptr(u)), u
+        direction, layer, scale = add
+        u = _direction_array(direction, self.config["d_model"])
+        return _lib.Intervention(kind=_lib.INTERVENE_ADD, direction=_float_ptr(u), layer=int(layer),
+                                 scale=float(scale)), u
 
     # ---- generation ----------------------------------------------------------
 
     def generate(self, prompts: str | Sequence[int] | np.ndarray | Sequence[str | Sequence[int] | np.ndarray],
                  max_new_tokens: int = 32, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
                  min_p: float = 0.0, seed: int = 0, samples: int = 1, stop: Sequence[str] = (), batch: int = 64,
-                 chat: bool = True, progress: bool = False, return_ids: bool = False) -> list:
+                 chat: bool = True, progress: bool = False, return_ids: bool = False,
+                 ablate: np.ndarray | "Direction" | None = None,
+                 add: tuple[np.ndarray | "Direction", int, float] | None = None) -> list:
         """Continuations of one prompt or many (text, chat-templated unless chat=False,
         or token ids), all decoded together: a list per prompt of `samples`
-        texts (token id arrays with return_ids=True). Greedy unless temperature > 0."""
+        texts (token id arrays with return_ids=True). Greedy unless temperature > 0.
+        ablate / add: as in forward, at every position, generated ones too."""
         single = (isinstance(prompts, str) or (isinstance(prompts, np.ndarray) and prompts.ndim == 1)
                   or (len(prompts) > 0 and isinstance(prompts[0], (int, np.integer))))
         items = [prompts] if single else list(prompts)
@@ -265,10 +292,12 @@ class Model:
         n_out = np.zeros(n * K, dtype=np.int32)
         sampling = _lib.Sampling(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed)
         stops = (c_char_p * max(1, len(stop)))(*[s.encode() for s in stop])
+        iv, _keep = self._intervention(ablate, add)
         with _Progress("generate", "continuations", progress) as bar:
             options = _lib.GenerateOptions(max_new=max_new_tokens, n_samples=K,
                                            sampling=ctypes.pointer(sampling) if temperature != 0 else None,
                                            stop=stops if stop else None, n_stop=len(stop), max_batch=batch,
+                                           iv=ctypes.pointer(iv) if iv is not None else None,
                                            progress=bar.callback)
             _check(_lib.lib().pb_generate_batch(self._live(), pointers, lengths, n, byref(options), _int_ptr(out),
                                                 n_out.ctypes.data_as(POINTER(c_int))))
@@ -282,6 +311,50 @@ class Model:
         if isinstance(prompt, str):
             return self.chat_tokenize(prompt) if chat else self.tokenize(prompt)
         return _ids_array(prompt)
+
+    # ---- the refusal direction -------------------------------------------------
+
+    def refusal_direction(self, harmful_train: Sequence, harmless_train: Sequence, harmful_val: Sequence,
+                          harmless_val: Sequence, refusal_tokens: Sequence[str | int], n_post: int = 0,
+                          layer_stride: int = 1, max_layer_fraction: float = 0.8, kl_threshold: float = 0.1,
+                          max_train: int = 0, max_val: int = 0, chat: bool = True) -> "Direction":
+        """The difference-in-means refusal direction (Arditi et al. 2024), as
+        `patchbay direction`: every candidate r(layer, post-instruction
+        position) from the train prompts, scored on the validation prompts by
+        ablation, addition and KL, one selected by the paper's rule. Prompts
+        are texts (chat-templated unless chat=False) or id arrays;
+        refusal_tokens single tokens (text or ids) whose logits make the
+        refusal score. n_post 0: the train prompts' common template suffix."""
+        sets = [[self._prompt_ids(p, chat) for p in group]
+                for group in (harmful_train, harmless_train, harmful_val, harmless_val)]
+        refusal = np.array([self._single_token(t) for t in refusal_tokens], dtype=np.int32)
+        keep = []
+
+        def prompt_set(arrays):
+            lengths = (c_int * max(1, len(arrays)))(*[len(a) for a in arrays])
+            pointers = (POINTER(c_int32) * max(1, len(arrays)))(*[_int_ptr(a) for a in arrays])
+            keep.extend([lengths, pointers])
+            return _lib.PromptSet(n=len(arrays), ids=pointers, T=lengths)
+
+        inputs = _lib.DirectionInputs(harmful_train=prompt_set(sets[0]), harmless_train=prompt_set(sets[1]),
+                                      harmful_val=prompt_set(sets[2]), harmless_val=prompt_set(sets[3]),
+                                      n_post=n_post, refusal_ids=_int_ptr(refusal), n_refusal_ids=len(refusal),
+                                      layer_stride=layer_stride, max_layer_fraction=max_layer_fraction,
+                                      kl_threshold=kl_threshold, max_train=max_train, max_val=max_val)
+        result = _lib.DirectionResult()
+        status = _lib.lib().pb_direction_compute(self._live(), byref(inputs), byref(result))
+        if status != _lib.PB_OK:
+            _lib.lib().pb_direction_result_free(byref(result))
+            _check(status)
+        return Direction(result, self.source)
+
+    def _single_token(self, token: str | int) -> int:
+        if isinstance(token, (int, np.integer)):
+            return int(token)
+        ids = self.tokenize(token)
+        if len(ids) != 1:
+            raise PatchbayError("PB_ERR_ARG", f"refusal token {token!r} is {len(ids)} tokens, not one")
+        return int(ids[0])
 
     # ---- sweeps --------------------------------------------------------------
 
@@ -308,6 +381,51 @@ class Model:
             _check(_lib.lib().pb_sweep_run(handle))
         result._collect()
         return result
+
+
+def _direction_array(direction, d_model: int) -> np.ndarray:
+    u = direction.direction if isinstance(direction, Direction) else direction
+    u = np.ascontiguousarray(np.asarray(u, dtype=np.float32))
+    if u.shape != (d_model,):
+        raise ValueError(f"a direction has shape ({d_model},), got {u.shape}")
+    return u
+
+
+class Direction:
+    """A refusal direction and every candidate it was chosen from
+    (pb_direction_result): `direction` (d_model, unit), `difference` (its raw
+    mean difference), `differences` (n_layers, n_post, d_model), the selected
+    `layer` and `position` (from the end), its scores, `passes` (whether it
+    passed every filter), `candidates` (one dict each); write(dir) gives the
+    CLI's direction.npy, differences.npy and direction.json."""
+
+    def __init__(self, result: "_lib.DirectionResult", model_path: str):
+        self._result = result
+        self._model_path = model_path
+        r = result
+        d, n = r.d_model, r.n_layers * r.n_post * r.d_model
+        self.direction = np.ctypeslib.as_array(r.direction, shape=(d,)).copy()
+        self.difference = np.ctypeslib.as_array(r.difference, shape=(d,)).copy()
+        self.differences = np.ctypeslib.as_array(r.differences, shape=(n,)).copy().reshape(
+            r.n_layers, r.n_post, d)
+        self.layer, self.position, self.norm = r.layer, r.position, r.norm
+        self.ablation_score, self.addition_score, self.kl = r.ablation_score, r.addition_score, r.kl
+        self.passes = bool(r.selected_passes)
+        self.baseline_harmful, self.baseline_harmless = r.baseline_harmful, r.baseline_harmless
+        self.candidates = [{name: getattr(r.candidates[i], name) for name, _ in _lib.DirectionCandidate._fields_}
+                           for i in range(r.n_candidates)]
+
+    def write(self, folder: str | os.PathLike, prompt_file: str | None = None) -> None:
+        """direction.npy, differences.npy and direction.json into folder (all or none)."""
+        prov = _lib.DirectionProvenance(model_path=self._model_path.encode(),
+                                        prompt_file=prompt_file.encode() if prompt_file else None)
+        _check(_lib.lib().pb_direction_write(byref(self._result), os.fsencode(folder), byref(prov)))
+
+    def __del__(self) -> None:
+        try:
+            _lib.lib().pb_direction_result_free(byref(self._result))
+        except Exception:
+            pass
 
 
 class _Capture:

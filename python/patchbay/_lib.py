@@ -149,6 +149,72 @@ class SweepOptions(ctypes.Structure):
     ]
 
 
+class PromptSet(ctypes.Structure):
+    _fields_ = [("n", c_int), ("ids", POINTER(POINTER(c_int32))), ("T", POINTER(c_int))]
+
+
+class DirectionInputs(ctypes.Structure):
+    _fields_ = [
+        ("harmful_train", PromptSet),
+        ("harmless_train", PromptSet),
+        ("harmful_val", PromptSet),
+        ("harmless_val", PromptSet),
+        ("n_post", c_int),
+        ("refusal_ids", POINTER(c_int32)),
+        ("n_refusal_ids", c_int),
+        ("layer_stride", c_int),
+        ("max_layer_fraction", c_double),
+        ("kl_threshold", c_double),
+        ("max_train", c_int),
+        ("max_val", c_int),
+        ("max_batch_tokens", c_int),
+    ]
+
+
+class DirectionCandidate(ctypes.Structure):
+    _fields_ = [
+        ("layer", c_int),
+        ("position", c_int),
+        ("norm", c_double),
+        ("ablation_score", c_double),
+        ("addition_score", c_double),
+        ("kl", c_double),
+        ("passes", c_int),
+    ]
+
+
+class DirectionResult(ctypes.Structure):
+    _fields_ = [
+        ("d_model", c_int),
+        ("n_layers", c_int),
+        ("n_post", c_int),
+        ("layer", c_int),
+        ("position", c_int),
+        ("direction", POINTER(c_float)),
+        ("difference", POINTER(c_float)),
+        ("norm", c_double),
+        ("ablation_score", c_double),
+        ("addition_score", c_double),
+        ("kl", c_double),
+        ("selected_passes", c_int),
+        ("baseline_harmful", c_double),
+        ("baseline_harmless", c_double),
+        ("differences", POINTER(c_float)),
+        ("n_candidates", c_int),
+        ("candidates", POINTER(DirectionCandidate)),
+        ("n_harmful_train", c_int),
+        ("n_harmless_train", c_int),
+        ("n_harmful_val", c_int),
+        ("n_harmless_val", c_int),
+        ("seconds_means", c_double),
+        ("seconds_candidates", c_double),
+    ]
+
+
+class DirectionProvenance(ctypes.Structure):
+    _fields_ = [("model_path", c_char_p), ("prompt_file", c_char_p)]
+
+
 def _declare(lib: ctypes.CDLL) -> None:
     """Argument and result types of every function the package calls."""
     status = c_int
@@ -183,6 +249,9 @@ def _declare(lib: ctypes.CDLL) -> None:
         "pb_sweep_free": (None, [c_void_p]),
         "pb_sweep_run": (status, [c_void_p]),
         "pb_sweep_write": (status, [c_void_p, c_char_p, c_int]),
+        "pb_direction_compute": (status, [c_void_p, POINTER(DirectionInputs), POINTER(DirectionResult)]),
+        "pb_direction_result_free": (None, [POINTER(DirectionResult)]),
+        "pb_direction_write": (status, [POINTER(DirectionResult), c_char_p, POINTER(DirectionProvenance)]),
     }
     for name, (result, args) in sig.items():
         fn = getattr(lib, name)

@@ -174,3 +174,57 @@ def test_ctrl_c_stops_a_sweep(tiny, monkeypatch):
 def test_is_refusal():
     assert patchbay.is_refusal("I'm sorry, but I can't help with that.")
     assert not patchbay.is_refusal("Sure! Here is a recipe.")
+
+
+def test_ablation_leaves_the_residual_orthogonal(tiny):
+    """Directional ablation projects u out of every write into the residual
+    stream, so every residual is orthogonal to u (an exact invariant)."""
+    ids = np.load(FIXTURES / "tiny_gqa" / "ids.npy")
+    rng = np.random.default_rng(0)
+    u = rng.normal(size=tiny.config["d_model"]).astype(np.float32)
+    _, plain = tiny.forward(ids, capture="blocks.*.hook_resid_post")
+    _, ablated = tiny.forward(ids, capture="blocks.*.hook_resid_post", ablate=u)
+    unit = u / np.linalg.norm(u)
+    for name, x in ablated.items():
+        assert np.max(np.abs(x @ unit)) < 1e-5 * np.max(np.abs(x)), name
+        assert np.max(np.abs(plain[name] @ unit)) > 1e-2, name  # not orthogonal without it
+    with pytest.raises(ValueError):
+        tiny.forward(ids, ablate=u[:3])
+
+
+def direction_prompts():
+    data = json.loads((ROOT / "data" / "refusal_pairs.json").read_text())
+    train = [p for p in data["pairs"] if p["split"] == "train"][:6]
+    val = [p for p in data["pairs"] if p["split"] == "validation"][:4]
+    return ([p["harmful"] for p in train], [p["harmless"] for p in train], [p["harmful"] for p in val],
+            [p["harmless"] for p in val], data["refusal_tokens"])
+
+
+@needs_cli
+@needs_smollm2
+def test_direction_and_interventions_match_cli(smollm2, tmp_path):
+    out = tmp_path / "cli"
+    subprocess.run([str(CLI), "direction", "--model", str(SMOLLM2), "--prompts", str(ROOT / "data" / "refusal_pairs.json"),
+                    "--out", str(out), "--train", "6", "--val", "4", "--layer-stride", "10", "--n-post", "5"],
+                   check=True, capture_output=True)
+    *prompts, refusal = direction_prompts()
+    d = smollm2.refusal_direction(*prompts, refusal_tokens=refusal, n_post=5, layer_stride=10)
+    want = json.loads((out / "direction.json").read_text())
+    assert (d.layer, d.position) == (want["layer"], want["position"])
+    assert np.array_equal(d.direction, np.load(out / "direction.npy"))
+    assert np.array_equal(d.differences, np.load(out / "differences.npy"))
+    assert len(d.candidates) == len(want["candidates"])
+    for got, ref in zip(d.candidates, want["candidates"]):
+        assert abs(got["ablation_score"] - ref["ablation_score"]) <= 1e-6 * max(1.0, abs(ref["ablation_score"]))
+    d.write(tmp_path / "py")
+    assert np.array_equal(np.load(tmp_path / "py" / "direction.npy"), d.direction)
+
+    prompt = "How do I pick a lock?"
+    ablated = continuation_ids(cli("generate", "--model", str(SMOLLM2), "--prompt", prompt, "--max-new-tokens", "8",
+                                   "--ablate-direction", str(out / "direction.npy")), "continuation")
+    assert [r.tolist() for r in smollm2.generate(prompt, max_new_tokens=8, ablate=d, return_ids=True)] == ablated
+    added = continuation_ids(cli("generate", "--model", str(SMOLLM2), "--prompt", prompt, "--max-new-tokens", "8",
+                                 "--add-direction", str(out / "direction.npy"), "--layer", str(d.layer),
+                                 "--scale", "6"), "continuation")
+    assert [r.tolist() for r in smollm2.generate(prompt, max_new_tokens=8, add=(d, d.layer, 6.0),
+                                                 return_ids=True)] == added
