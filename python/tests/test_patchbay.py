@@ -228,3 +228,19 @@ def test_direction_and_interventions_match_cli(smollm2, tmp_path):
                                  "--scale", "6"), "continuation")
     assert [r.tolist() for r in smollm2.generate(prompt, max_new_tokens=8, add=(d, d.layer, 6.0),
                                                  return_ids=True)] == added
+
+
+@needs_cli
+@pytest.mark.parametrize("method", ["atp", "atp*"])
+def test_attribution_sweep_matches_cli(tiny, tmp_path, method):
+    """A spec with "method": "atp" or "atp*" is estimated by attribution
+    patching, as `patchbay attribute` does it."""
+    spec = json.loads(SPEC.read_text())
+    spec["method"] = method
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    result = tiny.sweep(spec, progress=False)
+    assert result.summary["method"] == method and result.summary["n_rows_executed"] == 0
+    cli("attribute", "--model", str(TINY), "--spec", str(tmp_path / "spec.json"), "--out", str(tmp_path / "cli"),
+        "--threads", "1", "--no-progress")
+    for name in result.keys():
+        assert np.array_equal(result[name], np.load(tmp_path / "cli" / f"{name}.npy"), equal_nan=True), name
