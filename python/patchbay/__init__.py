@@ -24,6 +24,7 @@ import signal
 import sys
 import tempfile
 import threading
+import weakref
 from ctypes import POINTER, byref, c_char_p, c_float, c_int, c_int32, c_int64, c_void_p
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -129,6 +130,8 @@ class Model:
 
     def __init__(self, handle: int):
         self._handle = c_void_p(handle)
+        # sweeps read the model until they are freed: closing the model frees them first
+        self._sweeps: "weakref.WeakSet[SweepResult]" = weakref.WeakSet()
         config = _lib.lib().pb_model_get_config(self._handle).contents
         self.config: dict[str, Any] = {
             name: (getattr(config, name).decode() if name == "arch" else getattr(config, name))
@@ -168,6 +171,10 @@ class Model:
         return cls(handle.value)
 
     def close(self) -> None:
+        """Frees the model, and first every sweep made on it (their arrays and
+        records stay; their write() is gone)."""
+        for sweep in list(self._sweeps):
+            sweep.close()
         if self._handle:
             _lib.lib().pb_model_free(self._handle)
             self._handle = c_void_p()
@@ -378,7 +385,11 @@ class Model:
             _check(_lib.lib().pb_sweep_create(byref(handle), self._live(), text.encode(),
                                               os.fsencode(spec_dir) if spec_dir else None, byref(options)))
             result = SweepResult(handle, self)
-            _check(_lib.lib().pb_sweep_run(handle))
+            try:
+                _check(_lib.lib().pb_sweep_run(handle))
+            except BaseException:
+                result.close()  # now, not whenever a traceback holding it goes
+                raise
         result._collect()
         return result
 
@@ -455,9 +466,12 @@ class _Capture:
         return out
 
     def __del__(self) -> None:
-        if self.pointer:
-            _lib.lib().pb_capture_free(self.pointer)
-            self.pointer = c_void_p()
+        try:
+            if self.pointer:
+                _lib.lib().pb_capture_free(self.pointer)
+                self.pointer = c_void_p()
+        except Exception:
+            pass
 
 
 class SweepResult:
@@ -470,6 +484,7 @@ class SweepResult:
     def __init__(self, handle: c_void_p, model: Model):
         self._handle = handle
         self._model = model  # the sweep reads the model until freed
+        model._sweeps.add(self)
         self.arrays: dict[str, np.ndarray] = {}
         self.summary: dict[str, Any] = {}
         self._sites: list[dict[str, Any]] = []
@@ -499,6 +514,8 @@ class SweepResult:
 
     def write(self, folder: str | os.PathLike, overwrite: bool = False) -> None:
         """results.json, the .npy arrays and report.txt, as `patchbay sweep --out`."""
+        if not self._handle:
+            raise PatchbayError("PB_ERR_ARG", "the sweep was closed (with its model)")
         _check(_lib.lib().pb_sweep_write(self._handle, os.fsencode(folder), int(overwrite)))
 
     def close(self) -> None:

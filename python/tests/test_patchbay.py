@@ -244,3 +244,17 @@ def test_attribution_sweep_matches_cli(tiny, tmp_path, method):
         "--threads", "1", "--no-progress")
     for name in result.keys():
         assert np.array_equal(result[name], np.load(tmp_path / "cli" / f"{name}.npy"), equal_nan=True), name
+
+
+def test_closing_the_model_closes_its_sweeps():
+    """A sweep reads its model until freed: closing the model frees its sweeps
+    first, whose arrays stay and whose write() then raises."""
+    model = patchbay.Model.load(TINY, threads=1)
+    result = model.sweep(SPEC, progress=False)
+    arrays = {k: v.copy() for k, v in result.arrays.items()}
+    model.close()
+    assert all(np.array_equal(result[k], v, equal_nan=True) for k, v in arrays.items())
+    with pytest.raises(patchbay.PatchbayError, match="closed"):
+        result.write("/tmp/never-written")
+    del result
+    model.close()  # twice is harmless
