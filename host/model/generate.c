@@ -30,6 +30,7 @@ typedef struct generator {
     float *logits;     /* host (batch, vocab) */
     int32_t *seq;      /* host (batch, capacity): each continuation's prompt and tokens so far */
     int *len;          /* (batch) tokens in seq */
+    uint64_t *key;     /* (batch) each continuation's prompt key for the draws (pb_sample_prompt_key) */
     int *live;         /* (batch) slots still generating */
     pb_exec_job *jobs; /* (batch) */
     pb_sampler sampler;
@@ -87,6 +88,7 @@ static void generator_free(generator *g) {
     free(g->logits);
     free(g->seq);
     free(g->len);
+    free(g->key);
     free(g->live);
     free(g->jobs);
     pb_sampler_release(&g->sampler);
@@ -117,9 +119,10 @@ static pb_status generator_init(generator *g, pb_model *m, const pb_generate_job
     g->logits = malloc(sizeof(float) * (size_t)g->batch * c->vocab_size);
     g->seq = malloc(sizeof(int32_t) * (size_t)g->batch * g->capacity);
     g->len = calloc((size_t)g->batch, sizeof(int));
+    g->key = calloc((size_t)g->batch, sizeof(uint64_t));
     g->live = calloc((size_t)g->batch, sizeof(int));
     g->jobs = calloc((size_t)g->batch, sizeof(pb_exec_job));
-    if (st == PB_OK && (!g->logits || !g->seq || !g->len || !g->live || !g->jobs))
+    if (st == PB_OK && (!g->logits || !g->seq || !g->len || !g->key || !g->live || !g->jobs))
         st = pb_fail(PB_ERR_OOM, "generate: out of memory for a batch of %d", g->batch);
     return st;
 }
@@ -144,13 +147,12 @@ static pb_status hits_stop(const generator *g, const int32_t *out, int n, int *h
  * and whether s goes on, in slot. */
 static pb_status take_token(generator *g, int slot, int s, const float *logits, int32_t *out_ids, int *n_out) {
     const pb_model_config *c = &g->m->cfg;
-    int prompt = s / g->K, sample = s % g->K;
-    uint64_t key = pb_sample_prompt_key(g->job->ids[prompt], g->job->T[prompt]);
     if (!g->o->sampling || g->o->sampling->temperature == 0)
         PB_TRY(pb_logits_check_finite(logits, (size_t)c->vocab_size, "generate"));
     uint64_t seed = g->o->sampling ? g->o->sampling->seed : 0;
     int32_t next = 0;
-    PB_TRY(pb_sampler_next(&g->sampler, logits, g->o->sampling, pb_sample_uniform(seed, key, sample, n_out[s]), &next));
+    PB_TRY(pb_sampler_next(&g->sampler, logits, g->o->sampling,
+                           pb_sample_uniform(seed, g->key[slot], s % g->K, n_out[s]), &next));
     int32_t *out = out_ids + (size_t)s * g->max_new;
     out[n_out[s]++] = next;
     g->seq[(size_t)slot * g->capacity + g->len[slot]++] = next;
@@ -181,6 +183,10 @@ static pb_status logits_of(generator *g, const float *rows, int n) {
     return b->ops->download(b, g->logits, g->dev_logits, sizeof(float) * (size_t)n * c->vocab_size);
 }
 
+/* The slot of prompt p's first continuation in the batch starting at s0
+ * (a batch may begin partway through a prompt's samples). */
+static int first_slot_of(const generator *g, int s0, int p) { return (p * g->K > s0 ? p * g->K : s0) - s0; }
+
 /* Prefills prompts [p_first, p_last] of the batch whose first continuation
  * is s0 (slot 0): one job per prompt into the slot of its sample 0, then
  * its keys and values copied to its other samples' slots, and each
@@ -190,7 +196,7 @@ static pb_status prefill(generator *g, int s0, int p_first, int p_last, int s_en
     pb_backend *b = g->m->backend;
     int n_jobs = 0;
     for (int p = p_first; p <= p_last; p++) {
-        int first = p * g->K > s0 ? p * g->K : s0, slot = first - s0;
+        int slot = first_slot_of(g, s0, p);
         g->jobs[n_jobs++] = (pb_exec_job){.T = g->job->T[p],
                                           .ids = g->job->ids[p],
                                           .k_cache = slot_k(g, slot),
@@ -204,13 +210,15 @@ static pb_status prefill(generator *g, int s0, int p_first, int p_last, int s_en
                             sizeof(float) * (size_t)c->d_model));
     PB_TRY(logits_of(g, g->rows, n_jobs));
     for (int p = p_first; p <= p_last; p++) {
-        int first = p * g->K > s0 ? p * g->K : s0, T = g->job->T[p];
+        int first = first_slot_of(g, s0, p) + s0, T = g->job->T[p];
+        uint64_t key = pb_sample_prompt_key(g->job->ids[p], T);
         for (int s = first; s < (p + 1) * g->K && s < s_end; s++) {
             int slot = s - s0;
             if (s > first)
                 PB_TRY(copy_prefix(g, first - s0, slot, T));
             memcpy(g->seq + (size_t)slot * g->capacity, g->job->ids[p], sizeof(int32_t) * (size_t)T);
             g->len[slot] = T;
+            g->key[slot] = key;
             PB_TRY(take_token(g, slot, s, g->logits + (size_t)(p - p_first) * c->vocab_size, out_ids, n_out));
         }
     }

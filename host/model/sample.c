@@ -185,14 +185,14 @@ pb_status pb_sampler_next(pb_sampler *s, const float *logits, const pb_sampling 
         return PB_OK;
     }
     PB_TRY(pb_sampler_probabilities(s, logits, sp, s->prob));
-    double target = u, cum = 0;
+    double cum = 0;
     int last = 0;
     for (int i = 0; i < s->vocab_size; i++) {
         if (s->prob[i] <= 0)
             continue;
         last = i;
         cum += s->prob[i];
-        if (cum > target) {
+        if (cum > u) {
             *token = i;
             return PB_OK;
         }

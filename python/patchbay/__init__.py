@@ -68,6 +68,17 @@ def _ids_array(ids: Sequence[int] | np.ndarray) -> np.ndarray:
     return a
 
 
+def _handed_ids(call) -> np.ndarray:
+    """The ids a library call malloc'd and handed over (call(ids_out, n_out)),
+    copied into numpy and freed, on failure too."""
+    ids, n = POINTER(c_int32)(), c_int()
+    try:
+        _check(call(byref(ids), byref(n)))
+        return np.ctypeslib.as_array(ids, shape=(n.value,)).copy() if n.value else np.zeros(0, np.int32)
+    finally:
+        _lib.free(ids)
+
+
 def _int_ptr(a: np.ndarray):
     return a.ctypes.data_as(POINTER(c_int32))
 
@@ -204,23 +215,14 @@ class Model:
 
     def tokenize(self, text: str, parse_special: bool = False) -> np.ndarray:
         """Token ids of text as written (no BOS added), int32."""
-        ids, n = POINTER(c_int32)(), c_int()
-        _check(_lib.lib().pb_model_tokenize(self._live(), text.encode(), int(parse_special), byref(ids), byref(n)))
-        try:
-            return np.ctypeslib.as_array(ids, shape=(n.value,)).copy() if n.value else np.zeros(0, np.int32)
-        finally:
-            _lib.free(ids)
+        return _handed_ids(lambda ids, n: _lib.lib().pb_model_tokenize(self._live(), text.encode(), int(parse_special),
+                                                                        ids, n))
 
     def chat_tokenize(self, user: str, system: str | None = None) -> np.ndarray:
         """One user turn in the model's chat template plus the generation prompt, as
         transformers' apply_chat_template(..., add_generation_prompt=True)."""
-        ids, n = POINTER(c_int32)(), c_int()
-        _check(_lib.lib().pb_model_chat_tokenize(self._live(), system.encode() if system is not None else None,
-                                                 user.encode(), byref(ids), byref(n)))
-        try:
-            return np.ctypeslib.as_array(ids, shape=(n.value,)).copy() if n.value else np.zeros(0, np.int32)
-        finally:
-            _lib.free(ids)
+        return _handed_ids(lambda ids, n: _lib.lib().pb_model_chat_tokenize(
+            self._live(), system.encode() if system is not None else None, user.encode(), ids, n))
 
     def detokenize(self, ids: Sequence[int] | np.ndarray) -> str:
         a = _ids_array(ids)
