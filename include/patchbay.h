@@ -642,7 +642,7 @@ PB_API pb_status pb_sweep_get_prompt_info(const pb_sweep *sweep, int pair, int s
 typedef enum pb_intervention_kind {
     PB_INTERVENE_NONE = 0,
     PB_INTERVENE_PATCH,  /* replace (component, layer, head) at prompt positions by a source run's values */
-    PB_INTERVENE_ABLATE, /* x -= (x . u) u on hook_embed, every attn_out and every mlp_out, all positions */
+    PB_INTERVENE_ABLATE, /* x -= (x . u) u on hook_embed, hook_pos_embed, every attn_out and mlp_out, all positions */
     PB_INTERVENE_ADD     /* resid_pre of `layer` += scale * u at every position */
 } pb_intervention_kind;
 
@@ -778,6 +778,62 @@ typedef struct pb_direction_provenance {
  * Creates dir (mkdir -p) when missing. Checking that dir may be written
  * (empty, or the caller allows overwriting) is the caller's. */
 PB_API pb_status pb_direction_write(const pb_direction_result *r, const char *dir, const pb_direction_provenance *prov);
+
+/* ---- export of the direction-ablated ("abliterated") model ------------ */
+
+/* The output's format; AUTO: the source's own (a GGUF file exports to
+ * GGUF, a Hugging Face folder to safetensors). */
+typedef enum pb_export_format { PB_EXPORT_AUTO = 0, PB_EXPORT_SAFETENSORS, PB_EXPORT_GGUF } pb_export_format;
+
+typedef struct pb_export_options {
+    pb_export_format format;
+    /* Storage of the exported tensors: F32 (the default, 0), BF16 or F16;
+     * GGUF also Q8_0 (matrices whose rows are whole blocks of 32; other
+     * matrices F16). GGUF vectors (norms, biases) stay F32. */
+    pb_dtype dtype;
+    int overwrite; /* replace an existing output */
+    /* Polled between tensors: once set, PB_ERR_INTERRUPTED and no output. */
+    const volatile int *stop;
+    /* Called after each tensor is written (done of total); may be NULL. */
+    void (*progress)(int64_t done, int64_t total, void *user); /* as pb_sweep_options.progress */
+    void *progress_user;
+    /* LoRA adapters merged into the exported weights first (as
+     * pb_load_options's); not where an adapted matrix is part of a fused
+     * tensor in the file (Phi-3, GPT-2, GPT-NeoX). */
+    const char *const *adapters;
+    const float *adapter_scales;
+    int n_adapters;
+} pb_export_options;
+
+/* What an export wrote. */
+typedef struct pb_export_summary {
+    int64_t n_tensors; /* written, the untied unembedding included */
+    int64_t n_edited;  /* of them, with the direction projected out */
+    int untied;        /* 1: the source tied the unembedding to the embedding; the export stores it apart */
+    uint64_t n_bytes;  /* of tensor data */
+} pb_export_summary;
+
+/* Writes the model at model_path (a GGUF file or a Hugging Face folder)
+ * with the unit direction u = direction / |direction| (d_model floats)
+ * projected out of everything that writes into the residual stream, as in
+ * Arditi et al. 2024: the embedding rows and any learned position table
+ * (E <- E - (E u) u^T), every attention-output and MLP-down matrix
+ * (W <- (I - u u^T) W) and their biases. Every other tensor is kept (only
+ * converted to the chosen storage). A tied unembedding is written apart,
+ * unedited, and the config says it is untied. The result computes what
+ * the source computes under run-time ablation (pb_intervention ABLATE).
+ * out_path: a folder for safetensors (model.safetensors, config.json and
+ * the source folder's tokenizer and other small files), a file for GGUF
+ * (every key of the source kept, general.file_type set). Everything is
+ * written under temporary names and renamed into place at the end: a
+ * failed or interrupted export leaves no output. Families with a norm
+ * between a block's output and the residual stream (gemma2, gemma3,
+ * olmo2) cannot be edited this way: PB_ERR_UNSUPPORTED names the family.
+ * PB_ERR_ARG: a direction of the wrong length, not finite or zero, a
+ * format the source cannot be exported to, an output that exists without
+ * overwrite. summary may be NULL. */
+PB_API pb_status pb_export_ablated(const char *model_path, const float *direction, int d_model,
+                                   const pb_export_options *options, const char *out_path, pb_export_summary *summary);
 
 /* ---- report.html ------------------------------------------------------- */
 

@@ -1068,8 +1068,8 @@ static void test_forward_html(void **state) {
 /* ---- help ------------------------------------------------------------------ */
 
 /* Every command, from the list: the top-level help must name each. */
-static const char *const all_commands[] = {"forward", "sweep",    "tokenize",     "decode",    "logit-lens",
-                                           "info",    "generate", "refusal-rate", "direction", "refusal-analysis"};
+static const char *const all_commands[] = {"forward",  "sweep",        "tokenize",  "decode", "logit-lens",      "info",
+                                           "generate", "refusal-rate", "direction", "export", "refusal-analysis"};
 enum { N_ALL_COMMANDS = sizeof all_commands / sizeof all_commands[0] };
 
 /* The flags a command's help lists (lines "  --flag ..." after "options:"),
@@ -1154,6 +1154,53 @@ static void test_help_every_command(void **state) {
     const char *unknown[] = {"help", "frobnicate", NULL};
     assert_int_equal(run_cli(unknown), 2);
     expect_in(err_text, "unknown command 'frobnicate'");
+}
+
+/* ---- export ------------------------------------------------------------------ */
+
+/* patchbay export: writes the GGUF and says what it wrote; usage errors
+ * exit 2 before anything is read, a refused family 1; no output then. */
+static void test_export_cli(void **state) {
+    (void)state;
+    char model[1024], out[256], direction[256], gemma2[1024];
+    need_cli_in(model, sizeof model, out, sizeof out);
+    tu_fixture_file(gemma2, sizeof gemma2, "tiny_gemma2", NULL);
+    snprintf(direction, sizeof direction, "%s/u.npy", tmp_dir);
+    snprintf(out, sizeof out, "%s/abliterated.gguf", tmp_dir);
+    float u[64];
+    tu_fill(u, 64, 5, 1.0f);
+    int64_t shape[1] = {64};
+    assert_int_equal(pb_npy_write(direction, u, PB_NPY_F32, 1, shape), PB_OK);
+    const char *ok[] = {"export", "--model",   model,  "--direction",   direction, "--out",
+                        out,      "--outtype", "q8_0", "--no-progress", NULL};
+    assert_int_equal(run_cli(ok), 0);
+    expect_in(out_text, "with the direction projected out");
+    expect_in(out_text, "the tied unembedding stored apart");
+    pb_model *m = NULL;
+    assert_int_equal(pb_model_load(&m, out, NULL), PB_OK);
+    assert_int_equal(pb_model_get_config(m)->tied_embeddings, 0);
+    pb_model_free(m);
+    assert_int_equal(run_cli(ok), 2); /* exists: --overwrite */
+    expect_in(err_text, "--overwrite");
+    const char *missing[] = {"export", "--model", model, "--out", out, NULL};
+    assert_int_equal(run_cli(missing), 2);
+    expect_in(err_text, "--direction FILE.npy and --out PATH are required");
+    const char *bad_type[] = {"export", "--model", model,       "--direction", direction,
+                              "--out",  out,       "--outtype", "q4_0",        NULL};
+    assert_int_equal(run_cli(bad_type), 2);
+    expect_in(err_text, "f32, bf16, f16 or q8_0");
+    const char *dtype[] = {"export", "--model", model, "--direction", direction, "--out", out, "--dtype", "bf16", NULL};
+    assert_int_equal(run_cli(dtype), 2);
+    expect_in(err_text, "is --outtype");
+    const char *random_model[] = {"export", "--random-model", "tiny", "--direction", direction, "--out", out, NULL};
+    assert_int_equal(run_cli(random_model), 2);
+    expect_in(err_text, "a random model has no files to export");
+    char refused_out[300];
+    snprintf(refused_out, sizeof refused_out, "%s/gemma2-out", tmp_dir);
+    const char *refused[] = {"export", "--model", gemma2, "--direction", direction, "--out", refused_out, NULL};
+    assert_int_equal(run_cli(refused), 1);
+    expect_in(err_text, "patchbay export: gemma2 normalises each block's output");
+    assert_int_equal(access(refused_out, F_OK), -1);
 }
 
 /* ---- text: tokenize, decode, forward --text, logit-lens ------------------- */
@@ -1405,6 +1452,7 @@ int main(void) {
         cmocka_unit_test_teardown(test_forward_all_or_nothing, cleanup),
         cmocka_unit_test_teardown(test_forward_html, cleanup),
         cmocka_unit_test_teardown(test_help_every_command, cleanup),
+        cmocka_unit_test_teardown(test_export_cli, cleanup),
         cmocka_unit_test_teardown(test_tokenize_decode, cleanup),
         cmocka_unit_test_teardown(test_forward_text, cleanup),
         cmocka_unit_test_teardown(test_adapter_option, cleanup),

@@ -16,6 +16,7 @@
 
 #include "cli/cli_analysis.h"
 #include "cli/cli_attribute.h"
+#include "cli/cli_export.h"
 #include "cli/cli_intervene.h"
 #include "cli/cli_model.h"
 #include "cli/cli_plan.h"
@@ -1033,6 +1034,19 @@ static const command commands[] = {
      "every candidate) and DIR/differences.npy, from chat-templated prompts.\n",
      "patchbay direction --model " SMOLLM2 " --prompts data/refusal_pairs.json --out /tmp/direction", pb_cli_direction,
      pb_cli_intervene_options},
+    {"export", "the model with the refusal direction projected out of its weights (abliterated)",
+     "--direction FILE.npy --out PATH [--outtype f32|bf16|f16|q8_0] [--format auto|safetensors|gguf]",
+     "Projects the unit direction u out of everything that writes into the residual stream (Arditi et al.\n"
+     "2024): the token embedding and any learned position table (E <- E - (E u) u^T), every attention-output\n"
+     "and MLP-down matrix (W <- (I - u u^T) W) and their biases; the model then computes what\n"
+     "--ablate-direction computes at run time, in any tool. A tied unembedding is stored apart, unedited.\n"
+     "A GGUF file exports to GGUF (every key kept: tokenizer, chat template, metadata; Q8_0 on request), a\n"
+     "Hugging Face folder to model.safetensors + config.json with its tokenizer files. gemma2, gemma3 and\n"
+     "olmo2 are refused: their norms after each block would undo the edit. --adapter merges LoRA adapters\n"
+     "into the weights first. Nothing is left on failure or Ctrl-C.\n",
+     "patchbay export --model " SMOLLM2 " --direction /tmp/direction/direction.npy \\\n"
+     "    --out /tmp/smollm2-abliterated.gguf --outtype q8_0",
+     pb_cli_export, pb_cli_export_options},
     {"refusal-analysis", "the main job: baseline refusal, patching sweep, refusal direction, report.html",
      "--out DIR [--pairs data/refusal_pairs.json] [--sweep-pairs N]",
      "Writes results.json, the .npy heatmaps, report.txt, direction.npy/json and report.html to DIR.\n",

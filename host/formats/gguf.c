@@ -44,6 +44,8 @@ typedef struct {
     uint64_t len;          /* string length or array count */
     uint32_t elem_type;    /* arrays only */
     uint64_t first_string; /* string arrays: first entry in pb_gguf.strings */
+    size_t record_start;   /* the whole record (key length .. value) in the file, for copying it */
+    size_t record_len;
 } pb_gguf_kv;
 
 /* Open-addressing hash of names to indices; slots hold index + 1, 0 = empty. */
@@ -388,16 +390,18 @@ static pb_status pb_gguf_parse_kvs(pb_gguf_parser *p, uint64_t n_kv) {
     char key[PB_GGUF_NAME_BUF];
     for (uint64_t i = 0; i < n_kv; i++) {
         const char *raw_key;
-        size_t key_len;
+        size_t key_len, start = p->pos;
         PB_TRY(pb_gguf_take_record(p, (void **)&g->kvs, &kv_cap, sizeof *g->kvs, i, "kv", "key", "empty key", &raw_key,
                                    &key_len, key));
         pb_gguf_kv *kv = &g->kvs[i];
+        kv->record_start = start;
         kv->key = raw_key;
         kv->key_len = key_len;
         PB_TRY(pb_gguf_need(p, 4, "kv %lld ('%s') value type", (long long)i, key));
         kv->type = pb_gguf_take_u32(p);
         g->n_kv = (int64_t)i + 1;
         PB_TRY(pb_gguf_parse_value(p, kv, (int64_t)i, key, &strings_cap));
+        kv->record_len = p->pos - start;
     }
     size_t first = 0, second = 0;
     pb_status status = pb_gguf_index_build(g, &g->kv_index, (size_t)g->n_kv, pb_gguf_kv_name, &first, &second);
@@ -760,6 +764,17 @@ pb_status pb_gguf_key_at(const pb_gguf *gguf, int64_t index, const char **key, s
     *key = gguf->kvs[index].key;
     *len = gguf->kvs[index].key_len;
     *type = (pb_gguf_value_type)gguf->kvs[index].type;
+    return PB_OK;
+}
+
+pb_status pb_gguf_key_record(const pb_gguf *gguf, int64_t index, const void **data, size_t *len) {
+    if (!gguf || !data || !len)
+        return pb_fail(PB_ERR_ARG, "gguf: key_record: NULL argument");
+    if (index < 0 || index >= gguf->n_kv)
+        return pb_fail(PB_ERR_ARG, "gguf: key index %lld is outside 0..%lld", (long long)index,
+                       (long long)gguf->n_kv - 1);
+    *data = gguf->base + gguf->kvs[index].record_start;
+    *len = gguf->kvs[index].record_len;
     return PB_OK;
 }
 

@@ -60,6 +60,10 @@ int pb_gguf_has_key(const pb_gguf *gguf, const char *key);
  * mapping), for listing a file's metadata. */
 int64_t pb_gguf_key_count(const pb_gguf *gguf);
 pb_status pb_gguf_key_at(const pb_gguf *gguf, int64_t index, const char **key, size_t *len, pb_gguf_value_type *type);
+/* The i-th key's whole record as stored (key length, key, value type,
+ * value), into the mapping: a writer copies it verbatim
+ * (formats/gguf_write.h). */
+pb_status pb_gguf_key_record(const pb_gguf *gguf, int64_t index, const void **data, size_t *len);
 /* "uint32", "string", ...; "unknown" otherwise. */
 const char *pb_gguf_value_type_name(uint32_t type);
 

@@ -383,22 +383,33 @@ static pb_status config_from_gguf(pb_model_config *c, const pb_gguf *g, const ch
  * rotate-half order so hook_q/hook_k match transformers. GGUF row
  * h*hd + 2i + j holds Hugging Face row h*hd + j*hd/2 + i. data (n_heads *
  * head_dim, cols). */
-pb_status pb_gguf_unpermute_heads(float *data, int n_heads, int head_dim, int64_t cols) {
+/* Moves each head's rows between llama.cpp's interleaved order and Hugging
+ * Face's: row r of a head in the file is row (r % 2) * head_dim / 2 + r / 2
+ * of Hugging Face's. */
+static pb_status reorder_heads(float *data, int n_heads, int head_dim, int64_t cols, int to_hf) {
     size_t head_floats = (size_t)head_dim * (size_t)cols;
     float *tmp = malloc(sizeof(float) * head_floats);
     if (!tmp)
-        return pb_fail(PB_ERR_OOM, "out of memory un-permuting Q/K heads");
+        return pb_fail(PB_ERR_OOM, "out of memory reordering Q/K heads");
     for (int h = 0; h < n_heads; h++) {
         float *head = data + (size_t)h * head_floats;
         memcpy(tmp, head, sizeof(float) * head_floats);
         for (int r = 0; r < head_dim; r++) {
-            int i = r / 2, j = r % 2;
-            int hf_row = j * (head_dim / 2) + i;
-            memcpy(head + (size_t)hf_row * (size_t)cols, tmp + (size_t)r * (size_t)cols, sizeof(float) * (size_t)cols);
+            size_t file_row = (size_t)r, hf_row = (size_t)((r % 2) * (head_dim / 2) + r / 2);
+            size_t to = to_hf ? hf_row : file_row, from = to_hf ? file_row : hf_row;
+            memcpy(head + to * (size_t)cols, tmp + from * (size_t)cols, sizeof(float) * (size_t)cols);
         }
     }
     free(tmp);
     return PB_OK;
+}
+
+pb_status pb_gguf_unpermute_heads(float *data, int n_heads, int head_dim, int64_t cols) {
+    return reorder_heads(data, n_heads, head_dim, cols, 1);
+}
+
+pb_status pb_gguf_permute_heads(float *data, int n_heads, int head_dim, int64_t cols) {
+    return reorder_heads(data, n_heads, head_dim, cols, 0);
 }
 
 /* ---- tensors ------------------------------------------------------------ */

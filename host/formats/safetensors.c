@@ -58,7 +58,7 @@ typedef struct pb_st_entry {
     uint64_t end;
 } pb_st_entry;
 
-static const char *dtype_name(pb_dtype dtype) {
+const char *pb_safetensors_dtype_name(pb_dtype dtype) {
     switch (dtype) {
     case PB_DTYPE_F32: return "F32";
     case PB_DTYPE_F16: return "F16";
@@ -223,7 +223,7 @@ static pb_status parse_entry(const char *path, const char *name, const json_t *v
     }
     if (overflow || !pb_mul_u64(n_elements, dtype_size(entry->dtype), &entry->n_bytes))
         return pb_fail(PB_ERR_FORMAT, "safetensors %s: tensor '%s': shape %s of %s overflows 64-bit byte size", path,
-                       name, shape_text, dtype_name(entry->dtype));
+                       name, shape_text, pb_safetensors_dtype_name(entry->dtype));
     entry->n_elements = n_elements;
 
     const json_t *offsets = json_object_get(value, "data_offsets");
@@ -240,9 +240,9 @@ static pb_status parse_entry(const char *path, const char *name, const json_t *v
         return pb_fail(PB_ERR_FORMAT,
                        "safetensors %s: tensor '%s': shape %s of %s needs %llu bytes but data_offsets [%llu, %llu] "
                        "span %llu",
-                       path, name, shape_text, dtype_name(entry->dtype), (unsigned long long)entry->n_bytes,
-                       (unsigned long long)entry->begin, (unsigned long long)entry->end,
-                       (unsigned long long)(entry->end - entry->begin));
+                       path, name, shape_text, pb_safetensors_dtype_name(entry->dtype),
+                       (unsigned long long)entry->n_bytes, (unsigned long long)entry->begin,
+                       (unsigned long long)entry->end, (unsigned long long)(entry->end - entry->begin));
     if (entry->end > data_size)
         return pb_fail(PB_ERR_FORMAT,
                        "safetensors %s: tensor '%s': data_offsets [%llu, %llu] run past the data section (%llu bytes)",

@@ -46,5 +46,7 @@ const pb_st_tensor *pb_safetensors_find(const pb_safetensors *st, const char *na
 /* fp32 copy of a tensor's elements: out (n_elements). Exact for all three
  * dtypes (every F16 and BF16 value is representable in F32). */
 void pb_st_tensor_to_f32(const pb_st_tensor *tensor, float *out);
+/* The header's name of a dtype: "F32", "F16", "BF16"; "?" for any other. */
+const char *pb_safetensors_dtype_name(pb_dtype dtype);
 
 #endif

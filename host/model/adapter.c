@@ -407,6 +407,10 @@ static void ad_free(pb_weight_source *src) {
 static const pb_weight_source_ops adapter_ops = {
     .find = ad_find, .read_f32 = ad_read_f32, .raw = ad_raw, .free = ad_free};
 
+int pb_adapter_source_targets(const pb_weight_source *src, const char *name) {
+    return src && src->ops == &adapter_ops && is_adapted((const adapter_source *)src, name);
+}
+
 pb_status pb_adapter_source_wrap(pb_weight_source **src, const char *const *paths, const float *scales, int n) {
     if (!src || !*src || n < 1 || !paths)
         return pb_fail(PB_ERR_ARG, "pb_adapter_source_wrap: a source and at least one adapter are required");

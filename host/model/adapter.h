@@ -30,5 +30,8 @@
  * paths (n) are adapter folders or GGUF files, scales (n) their user
  * scales (NULL: 1). */
 pb_status pb_adapter_source_wrap(pb_weight_source **src, const char *const *paths, const float *scales, int n);
+/* 1 when src is such a merged source and some adapter targets the
+ * canonical tensor `name`; else 0. */
+int pb_adapter_source_targets(const pb_weight_source *src, const char *name);
 
 #endif

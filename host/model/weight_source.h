@@ -96,6 +96,8 @@ pb_status pb_safetensors_source_open(pb_weight_source **out, const char *folder)
 /* Undoes llama.cpp's Q/K row interleave for RoPE: data (n_heads * head_dim,
  * cols) from GGUF row order to Hugging Face's. */
 pb_status pb_gguf_unpermute_heads(float *data, int n_heads, int head_dim, int64_t cols);
+/* The inverse: Hugging Face's row order to GGUF's (a writer of GGUF). */
+pb_status pb_gguf_permute_heads(float *data, int n_heads, int head_dim, int64_t cols);
 void pb_weight_source_free(pb_weight_source *src);
 /* For the constructors: a zeroed source of `size` bytes (a struct that
  * starts with pb_weight_source) with ops and a copy of path; *out = NULL

@@ -169,9 +169,9 @@ pb_status pb_intervention_hook_fn(void *user, int job, pb_hook_kind hook, int la
         return PB_OK;
     }
     case PB_INTERVENE_ABLATE:
-        /* Every write into the residual stream: the embedding and each
-         * block's output, before it is added. */
-        if (hook != PB_HOOK_EMBED && hook != PB_HOOK_ATTN_OUT && hook != PB_HOOK_MLP_OUT)
+        /* Every write into the residual stream: the embedding, a learned
+         * position table's row and each block's output, before it is added. */
+        if (hook != PB_HOOK_EMBED && hook != PB_HOOK_POS_EMBED && hook != PB_HOOK_ATTN_OUT && hook != PB_HOOK_MLP_OUT)
             return PB_OK;
         return edit_rows(h, data, n_rows, 1);
     case PB_INTERVENE_ADD:

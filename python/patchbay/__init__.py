@@ -8,6 +8,7 @@ TransformerLens names things.
     result = model.sweep({"mode": "denoising", "pairs": [...], "sites": [...], "metric": {...}})
     result["resid_pre"]            # numpy [layer, pos], as the CLI's resid_pre.npy
     texts = model.generate(["Name a colour."], max_new_tokens=16, temperature=0.7, samples=4)
+    model.export_ablated(u, "abliterated.gguf", outtype="q8_0")   # u: (d_model,), weights edited
 
 Every call goes to the C library; errors raise PatchbayError carrying the
 library's message (pb_last_error()); the GIL is released while the library
@@ -33,7 +34,8 @@ import numpy as np
 
 from . import _lib
 
-__all__ = ["Model", "SweepResult", "Direction", "PatchbayError", "PatchbayInterrupted", "is_refusal", "__version__"]
+__all__ = ["Model", "SweepResult", "Direction", "PatchbayError", "PatchbayInterrupted", "export_ablated", "is_refusal",
+           "__version__"]
 __version__ = "0.1.0"
 
 
@@ -141,6 +143,7 @@ class Model:
 
     def __init__(self, handle: int):
         self._handle = c_void_p(handle)
+        self._adapters: list = []  # LoRA adapters merged at load: an export merges them too
         # sweeps read the model until they are freed: closing the model frees them first
         self._sweeps: "weakref.WeakSet[SweepResult]" = weakref.WeakSet()
         config = _lib.lib().pb_model_get_config(self._handle).contents
@@ -171,7 +174,9 @@ class Model:
         options, _keep = cls._options(backend, dtype, threads, adapter)
         handle = c_void_p()
         _check(_lib.lib().pb_model_load(byref(handle), os.fsencode(path), byref(options)))
-        return cls(handle.value)
+        model = cls(handle.value)
+        model._adapters = [adapter] if isinstance(adapter, (str, os.PathLike)) else list(adapter or [])
+        return model
 
     @classmethod
     def random(cls, name: str, seed: int = 0, backend: str = "cpu", dtype: str = "f32", threads: int = 0) -> "Model":
@@ -365,6 +370,13 @@ class Model:
             raise PatchbayError("PB_ERR_ARG", f"refusal token {token!r} is {len(ids)} tokens, not one")
         return int(ids[0])
 
+    def export_ablated(self, direction, out: str | os.PathLike, **options) -> dict[str, Any]:
+        """export_ablated(self.source, direction, out, ...): this model's files,
+        the adapters it was loaded with merged, the direction projected out of
+        the weights."""
+        options.setdefault("adapter", self._adapters)
+        return export_ablated(self.source, direction, out, **options)
+
     # ---- sweeps --------------------------------------------------------------
 
     def sweep(self, spec: dict | str | os.PathLike, progress: bool = True, spec_dir: str | None = None,
@@ -394,6 +406,38 @@ class Model:
                 raise
         result._collect()
         return result
+
+
+def export_ablated(model_path: str | os.PathLike, direction, out: str | os.PathLike, outtype: str = "f32",
+                   format: str = "auto", overwrite: bool = False, progress: bool = True,
+                   adapter: str | os.PathLike | Sequence[str | os.PathLike] | None = None) -> dict[str, Any]:
+    """Writes the model at model_path (a GGUF file or a Hugging Face folder)
+    with the direction (a Direction or a (d_model,) array) projected out of
+    its weights, as `patchbay export` does: out is a .gguf file for a GGUF
+    source, a folder (model.safetensors, config.json, tokenizer files) for a
+    Hugging Face one. outtype: f32, bf16, f16 or (GGUF) q8_0. adapter: LoRA
+    adapters merged into the weights first. Ctrl-C stops it and leaves no
+    output. Returns what was written (tensors, edited, untied, bytes)."""
+    if outtype not in _lib.EXPORT_TYPES:
+        raise ValueError(f"outtype must be one of {sorted(_lib.EXPORT_TYPES)}, got {outtype!r}")
+    if format not in _lib.EXPORT_FORMATS:
+        raise ValueError(f"format must be one of {sorted(_lib.EXPORT_FORMATS)}, got {format!r}")
+    u = direction.direction if isinstance(direction, Direction) else direction
+    u = np.ascontiguousarray(np.asarray(u, dtype=np.float32))
+    if u.ndim != 1:
+        raise ValueError(f"a direction is one-dimensional (d_model,), got shape {u.shape}")
+    stop = c_int(0)
+    summary = _lib.ExportSummary()
+    with _Progress("export", "tensors", progress, stop) as bar:
+        adapters = [adapter] if isinstance(adapter, (str, os.PathLike)) else list(adapter or [])
+        names = (c_char_p * max(1, len(adapters)))(*[os.fsencode(a) for a in adapters])
+        options = _lib.ExportOptions(format=_lib.EXPORT_FORMATS[format], dtype=_lib.EXPORT_TYPES[outtype],
+                                     overwrite=int(overwrite), stop=ctypes.pointer(stop), progress=bar.callback,
+                                     adapters=names, n_adapters=len(adapters))
+        _check(_lib.lib().pb_export_ablated(os.fsencode(model_path), _float_ptr(u), int(u.shape[0]),
+                                            byref(options), os.fsencode(out), byref(summary)))
+    return {"tensors": summary.n_tensors, "edited": summary.n_edited, "untied": bool(summary.untied),
+            "bytes": summary.n_bytes}
 
 
 def _direction_array(direction, d_model: int) -> np.ndarray:

@@ -215,6 +215,28 @@ class DirectionProvenance(ctypes.Structure):
     _fields_ = [("model_path", c_char_p), ("prompt_file", c_char_p)]
 
 
+EXPORT_FORMATS = {"auto": 0, "safetensors": 1, "gguf": 2}
+EXPORT_TYPES = {"f32": 0, "bf16": 1, "f16": 2, "q8_0": 8}  # pb_dtype: PB_DTYPE_Q8_0 is 8
+
+
+class ExportOptions(ctypes.Structure):
+    _fields_ = [
+        ("format", c_int),
+        ("dtype", c_int),
+        ("overwrite", c_int),
+        ("stop", POINTER(c_int)),
+        ("progress", PROGRESS),
+        ("progress_user", c_void_p),
+        ("adapters", POINTER(c_char_p)),
+        ("adapter_scales", POINTER(c_float)),
+        ("n_adapters", c_int),
+    ]
+
+
+class ExportSummary(ctypes.Structure):
+    _fields_ = [("n_tensors", c_int64), ("n_edited", c_int64), ("untied", c_int), ("n_bytes", c_uint64)]
+
+
 def _declare(lib: ctypes.CDLL) -> None:
     """Argument and result types of every function the package calls."""
     status = c_int
@@ -252,6 +274,8 @@ def _declare(lib: ctypes.CDLL) -> None:
         "pb_direction_compute": (status, [c_void_p, POINTER(DirectionInputs), POINTER(DirectionResult)]),
         "pb_direction_result_free": (None, [POINTER(DirectionResult)]),
         "pb_direction_write": (status, [POINTER(DirectionResult), c_char_p, POINTER(DirectionProvenance)]),
+        "pb_export_ablated": (
+            status, [c_char_p, POINTER(c_float), c_int, POINTER(ExportOptions), c_char_p, POINTER(ExportSummary)]),
     }
     for name, (result, args) in sig.items():
         fn = getattr(lib, name)

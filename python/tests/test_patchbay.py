@@ -258,3 +258,54 @@ def test_closing_the_model_closes_its_sweeps():
         result.write("/tmp/never-written")
     del result
     model.close()  # twice is harmless
+
+
+@needs_cli
+@pytest.mark.parametrize("source", ["tiny_gpt2", "tiny_gqa/model.gguf"])
+def test_export_matches_cli_and_runtime_ablation(tmp_path, source):
+    """The Python export writes the CLI's bytes; the exported model computes
+    the source's run-time ablation."""
+    src = FIXTURES / source
+    gguf = source.endswith(".gguf")
+    with patchbay.Model.load(src, threads=1) as m:
+        u = np.random.default_rng(3).standard_normal(64).astype(np.float32)
+        direction = tmp_path / "u.npy"
+        np.save(direction, u)
+        ours, theirs = tmp_path / ("py.gguf" if gguf else "py"), tmp_path / ("cli.gguf" if gguf else "cli")
+        summary = m.export_ablated(u, ours, progress=False)
+        cli("export", "--model", str(src), "--direction", str(direction), "--out", str(theirs), "--no-progress")
+        files = [""] if gguf else ["model.safetensors", "config.json", "tokenizer.json"]
+        for name in files:
+            assert (ours / name if name else ours).read_bytes() == (theirs / name if name else theirs).read_bytes()
+        assert summary["untied"] and summary["edited"] > 0
+        ids = np.load(FIXTURES / source.split("/")[0] / "ids.npy")
+        want, _ = m.forward(ids, ablate=u)
+        with patchbay.Model.load(ours, threads=1) as exported:
+            got, _ = exported.forward(ids)
+        assert np.abs(got - want).max() <= 1e-5
+
+
+def test_export_refuses_with_the_library_message(tmp_path):
+    u = np.ones(72, dtype=np.float32)
+    with pytest.raises(patchbay.PatchbayError, match="gemma2 normalises") as err:
+        patchbay.export_ablated(FIXTURES / "tiny_gemma2", u, tmp_path / "out", progress=False)
+    assert err.value.status == "PB_ERR_UNSUPPORTED"
+    with pytest.raises(patchbay.PatchbayError, match="d_model is 64"):
+        patchbay.export_ablated(FIXTURES / "tiny_gqa", u, tmp_path / "out", progress=False)
+    with pytest.raises(ValueError, match="outtype"):
+        patchbay.export_ablated(FIXTURES / "tiny_gqa", u[:64], tmp_path / "out", outtype="q4_0")
+    assert not (tmp_path / "out").exists()
+
+
+
+def test_export_merges_the_models_adapter(tmp_path):
+    """A model loaded with a LoRA adapter exports with it merged: the export
+    computes the adapted model under run-time ablation."""
+    u = np.random.default_rng(4).standard_normal(64).astype(np.float32)
+    ids = np.load(FIXTURES / "tiny_gqa" / "ids.npy")
+    with patchbay.Model.load(TINY, threads=1, adapter=FIXTURES / "lora" / "tiny_gqa") as m:
+        m.export_ablated(u, tmp_path / "merged.gguf", progress=False)
+        want, _ = m.forward(ids, ablate=u)
+    with patchbay.Model.load(tmp_path / "merged.gguf", threads=1) as exported:
+        got, _ = exported.forward(ids)
+    assert np.abs(got - want).max() <= 1e-5

@@ -1,0 +1,174 @@
+/* patchbay export --model M --direction DIR/direction.npy --out OUT: reads
+ * the direction, hands the rest to pb_export_ablated with a progress bar
+ * and a Ctrl-C that leaves no output, and says what was written. */
+#define _POSIX_C_SOURCE 200809L
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli/cli_export.h"
+#include "cli/cli_model.h"
+#include "cli/cli_text.h"
+#include "cli/progress.h"
+#include "patchbay.h"
+
+typedef struct export_options {
+    pb_cli_model model;
+    const char *direction, *out, *format, *type;
+    int overwrite, no_progress;
+} export_options;
+
+static const char *const format_choices[] = {"auto", "safetensors", "gguf", NULL};
+static const char *const type_choices[] = {"f32", "bf16", "f16", "q8_0", NULL};
+
+static void export_table(export_options *o, pb_cli_tables *t) {
+    pb_cli_common_table(&t->common, &o->model, &o->overwrite, NULL, &o->no_progress, NULL);
+    pb_cli_option *table = t->table;
+    table[0] = (pb_cli_option){.flag = "--direction",
+                               .kind = PB_OPT_STRING,
+                               .target = &o->direction,
+                               .value = "FILE.npy",
+                               .help = "the direction to project out (patchbay direction's direction.npy; required)"};
+    table[1] = (pb_cli_option){.flag = "--out",
+                               .kind = PB_OPT_STRING,
+                               .target = &o->out,
+                               .value = "PATH",
+                               .help = "a folder (safetensors) or a .gguf file (required)"};
+    table[2] = (pb_cli_option){.flag = "--format",
+                               .kind = PB_OPT_CHOICE,
+                               .target = &o->format,
+                               .choices = format_choices,
+                               .choices_text = "auto, safetensors or gguf",
+                               .value = "FMT",
+                               .help = "auto (default): the source's own format"};
+    table[3] = (pb_cli_option){.flag = "--outtype",
+                               .kind = PB_OPT_CHOICE,
+                               .target = &o->type,
+                               .choices = type_choices,
+                               .choices_text = "f32, bf16, f16 or q8_0",
+                               .value = "TYPE",
+                               .help = "storage of the exported tensors: f32 (default), bf16, f16, q8_0 (GGUF)"};
+    table[4] = (pb_cli_option){.kind = PB_OPT_TABLE, .target = t->common.table};
+    table[5] = (pb_cli_option){0};
+}
+
+void pb_cli_export_options(FILE *out, const char *cmd) {
+    export_options o;
+    pb_cli_tables t;
+    export_table(&o, &t);
+    pb_cli_print_options(out, t.table, cmd);
+}
+
+static volatile int export_stop;
+
+static void on_stop(int sig) {
+    (void)sig;
+    export_stop = 1;
+}
+
+static void install_stop(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_stop;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    signal(SIGXFSZ, SIG_IGN); /* a file size limit fails the write instead of killing us */
+}
+
+/* The direction as d floats: 1, or 0 after saying why. */
+static int read_direction(const char *path, float **out, int *d) {
+    void *data = NULL;
+    int n_dims;
+    int64_t shape[8];
+    if (pb_npy_read(path, &data, PB_NPY_F32, &n_dims, shape) != PB_OK) {
+        fprintf(stderr, "patchbay export: --direction: %s\n", pb_last_error());
+        return 0;
+    }
+    if (n_dims != 1 || shape[0] < 1 || shape[0] > (1 << 24)) {
+        fprintf(stderr, "patchbay export: %s must hold a 1-d float array of d_model values\n", path);
+        free(data);
+        return 0;
+    }
+    *out = data;
+    *d = (int)shape[0];
+    return 1;
+}
+
+static int check_options(const export_options *o) {
+    if (!o->direction || !o->out) {
+        fprintf(stderr, "patchbay export: --direction FILE.npy and --out PATH are required\n");
+        return 0;
+    }
+    if (!o->model.path) {
+        fprintf(stderr, "patchbay export: --model PATH is required (a GGUF file or a Hugging Face folder)%s\n",
+                o->model.random_name ? "; a random model has no files to export" : "");
+        return 0;
+    }
+    if (o->model.load.dtype != PB_DTYPE_F32) {
+        fprintf(stderr, "patchbay export: --dtype sets how a model is held in memory; the exported tensors' storage "
+                        "is --outtype f32|bf16|f16|q8_0\n");
+        return 0;
+    }
+    return 1;
+}
+
+static pb_export_options library_options(const export_options *o, pb_progress *progress) {
+    pb_export_options e = {.overwrite = o->overwrite,
+                           .stop = &export_stop,
+                           .adapters = o->model.load.adapters,
+                           .adapter_scales = o->model.load.adapter_scales,
+                           .n_adapters = o->model.load.n_adapters};
+    if (o->format)
+        e.format = strcmp(o->format, "gguf") == 0          ? PB_EXPORT_GGUF
+                   : strcmp(o->format, "safetensors") == 0 ? PB_EXPORT_SAFETENSORS
+                                                           : PB_EXPORT_AUTO;
+    if (o->type)
+        e.dtype = strcmp(o->type, "bf16") == 0   ? PB_DTYPE_BF16
+                  : strcmp(o->type, "f16") == 0  ? PB_DTYPE_F16
+                  : strcmp(o->type, "q8_0") == 0 ? PB_DTYPE_Q8_0
+                                                 : PB_DTYPE_F32;
+    if (!o->no_progress) {
+        e.progress = pb_progress_callback;
+        e.progress_user = progress;
+    }
+    return e;
+}
+
+int pb_cli_export(int argc, char **argv) {
+    export_options o;
+    memset(&o, 0, sizeof o);
+    pb_cli_tables t;
+    export_table(&o, &t);
+    const pb_cli_parser parser = {.prefix = "patchbay export",
+                                  .command_prefix = "patchbay export",
+                                  .missing_value = "%s: option %s needs a value\n",
+                                  .unknown = "%s: unknown option '%s' (see patchbay help export)\n",
+                                  .command = "export"};
+    if (!pb_cli_parse(&parser, t.table, argc, argv, 1) || !pb_cli_model_check(&o.model, "export") || !check_options(&o))
+        return 2;
+    float *direction = NULL;
+    int d = 0;
+    if (!read_direction(o.direction, &direction, &d))
+        return 2;
+    install_stop();
+    pb_progress progress;
+    pb_progress_init(&progress, stderr, "export", -1);
+    progress.unit = "tensors";
+    pb_export_options eo = library_options(&o, &progress);
+    pb_export_summary sum;
+    pb_status status = pb_export_ablated(o.model.path, direction, d, &eo, o.out, &sum);
+    if (!o.no_progress)
+        pb_progress_finish(&progress);
+    free(direction);
+    if (status != PB_OK) {
+        const char *message = pb_last_error(); /* the library's own start with "export: " */
+        fprintf(stderr, "patchbay %s%s\n", strncmp(message, "export: ", 8) == 0 ? "" : "export: ", message);
+        return status == PB_ERR_ARG ? 2 : 1;
+    }
+    printf("wrote %s: %lld tensors (%lld with the direction projected out)%s, %.1f MiB of %s\n", o.out,
+           (long long)sum.n_tensors, (long long)sum.n_edited, sum.untied ? ", the tied unembedding stored apart" : "",
+           (double)sum.n_bytes / (1024.0 * 1024.0), o.type ? o.type : "f32");
+    return 0;
+}
