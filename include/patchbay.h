@@ -616,6 +616,27 @@ PB_API pb_status pb_sweep_checkpoint_load(pb_sweep *sweep, const char *path, con
 /* Writes results.json, one .npy per component and report.txt into dir
  * (docs/patching.md). An existing non-empty dir is refused unless overwrite. */
 PB_API pb_status pb_sweep_write(const pb_sweep *sweep, const char *dir, int overwrite);
+
+/* The same outputs in memory, built as pb_sweep_write builds them (which
+ * writes exactly these): every .npy array, results.json's and report.txt's
+ * text. The caller owns them: pb_sweep_outputs_free. */
+typedef struct pb_sweep_array {
+    char name[48];    /* the .npy file's name without ".npy": "resid_pre", "z", "z_all", "attn_out_groups" */
+    float *data;      /* (shape) row-major: [layer, pos], [layer, head, pos], ... */
+    int n_dims;       /* 2 or 3 */
+    int64_t shape[3]; /* unused dims 0 */
+} pb_sweep_array;
+
+typedef struct pb_sweep_outputs {
+    char *results_json; /* NUL-terminated */
+    char *report_text;  /* NUL-terminated */
+    pb_sweep_array *arrays;
+    int n_arrays;
+} pb_sweep_outputs;
+
+/* On failure out is left empty (safe to free). */
+PB_API pb_status pb_sweep_outputs_build(const pb_sweep *sweep, pb_sweep_outputs *out);
+PB_API void pb_sweep_outputs_free(pb_sweep_outputs *out);
 /* 1 when name (no folder) is one a sweep's outputs use: results.json,
  * report.txt, report.html or a component's .npy. */
 PB_API int pb_sweep_is_output_name(const char *name);

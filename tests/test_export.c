@@ -99,27 +99,7 @@ static void expect_writes_orthogonal(pb_model *m, const int32_t *ids, int T, con
         fail_msg("%s", pb_last_error());
     if (pb_forward(m, ids, T, NULL, cap) != PB_OK)
         fail_msg("%s", pb_last_error());
-    int d = pb_model_get_config(m)->d_model;
-    double norm_u = 0;
-    for (int i = 0; i < d; i++)
-        norm_u += (double)u[i] * u[i];
-    norm_u = sqrt(norm_u);
-    double worst = 0;
-    for (int k = 0; k < pb_capture_count(cap); k++) {
-        int n_dims;
-        int64_t shape[3];
-        const float *x = pb_capture_data(cap, k, &n_dims, shape);
-        for (int64_t t = 0; t < shape[0]; t++) {
-            double dot = 0, norm = 0;
-            for (int i = 0; i < d; i++) {
-                dot += (double)x[t * d + i] * u[i];
-                norm += (double)x[t * d + i] * x[t * d + i];
-            }
-            double rel = fabs(dot) / (sqrt(norm) * norm_u + 1e-30);
-            if (rel > worst)
-                worst = rel;
-        }
-    }
+    double worst = tu_worst_alignment(cap, u, pb_model_get_config(m)->d_model);
     printf("  %s: %d residual writes, worst |x.u| / (|x||u|) %.2e\n", what, pb_capture_count(cap), worst);
     assert_true(worst <= 1e-5);
     pb_capture_free(cap);

@@ -159,25 +159,6 @@ static void test_patch_all_heads(void **state) {
 static const char *residual_hooks =
     "hook_embed,blocks.*.hook_resid_pre,blocks.*.hook_resid_mid,blocks.*.hook_resid_post";
 
-/* Largest |x.u| / |x| over every row of every captured residual hook. */
-static double worst_alignment(const pb_capture *cap, const float *u, int d) {
-    double worst = 0;
-    for (int i = 0; i < pb_capture_count(cap); i++) {
-        int n_dims;
-        int64_t shape[3];
-        const float *x = pb_capture_data(cap, i, &n_dims, shape);
-        for (int64_t t = 0; t < shape[0]; t++) {
-            double dot = 0, n2 = 0;
-            for (int k = 0; k < d; k++) {
-                dot += (double)x[t * d + k] * u[k];
-                n2 += (double)x[t * d + k] * x[t * d + k];
-            }
-            worst = fmax(worst, fabs(dot) / sqrt(n2));
-        }
-    }
-    return worst;
-}
-
 /* After ablation every residual-stream activation is orthogonal to u. */
 static void test_ablation_invariant(void **state) {
     const char *models[2] = {"tiny_gqa", "tiny_bias"};
@@ -208,10 +189,10 @@ static void test_ablation_invariant(void **state) {
             n2 += (double)u[k] * u[k];
         for (int k = 0; k < d; k++)
             u[k] = (float)(u[k] / sqrt(n2));
-        double before = worst_alignment(cap, u, d);
+        double before = tu_worst_alignment(cap, u, d);
         pb_intervention iv = {.kind = PB_INTERVENE_ABLATE, .direction = u};
         assert_int_equal(pb_forward_intervened(m, clean_ids, 9, &iv, NULL, cap), PB_OK);
-        double after = worst_alignment(cap, u, d);
+        double after = tu_worst_alignment(cap, u, d);
         printf("[ MEASURE  ] %s ablation: max |x.u|/|x| %.3f before, %.2e after (%d hooks x 9 positions)\n", models[mi],
                before, after, pb_capture_count(cap));
         assert_true(before > 0.5);
@@ -219,7 +200,7 @@ static void test_ablation_invariant(void **state) {
         /* a random direction as well */
         unit_vector(u, d, 7 + mi);
         assert_int_equal(pb_forward_intervened(m, corrupted_ids, 9, &iv, NULL, cap), PB_OK);
-        assert_true(worst_alignment(cap, u, d) <= 1e-4);
+        assert_true(tu_worst_alignment(cap, u, d) <= 1e-4);
         pb_capture_free(cap);
         pb_model_free(m);
     }

@@ -281,6 +281,27 @@ pb_model *tu_load_model(const char *model, const char *file, pb_backend_kind bac
     return m;
 }
 
+double tu_worst_alignment(const pb_capture *cap, const float *u, int d) {
+    double norm_u = 0, worst = 0;
+    for (int k = 0; k < d; k++)
+        norm_u += (double)u[k] * u[k];
+    norm_u = sqrt(norm_u);
+    for (int i = 0; i < pb_capture_count(cap); i++) {
+        int n_dims;
+        int64_t shape[3];
+        const float *x = pb_capture_data(cap, i, &n_dims, shape);
+        for (int64_t t = 0; t < shape[0]; t++) {
+            double dot = 0, n2 = 0;
+            for (int k = 0; k < d; k++) {
+                dot += (double)x[t * d + k] * u[k];
+                n2 += (double)x[t * d + k] * x[t * d + k];
+            }
+            worst = fmax(worst, fabs(dot) / (sqrt(n2) * norm_u + 1e-30));
+        }
+    }
+    return worst;
+}
+
 int32_t *tu_read_ids(const char *path, int *T) {
     void *data = NULL;
     int n_dims = 0;

@@ -125,6 +125,10 @@ int tu_scratch_teardown(void **state);
 /* Loads <fixtures>/<model>[/<file>] with two threads on backend; fails the
  * test when it does not load. */
 pb_model *tu_load_model(const char *model, const char *file, pb_backend_kind backend);
+/* The largest |x . u| / (|x| |u|) over every row (d_model wide) of every
+ * hook a capture holds after a forward: 0 when every captured activation
+ * is orthogonal to u. */
+double tu_worst_alignment(const pb_capture *cap, const float *u, int d);
 /* Reads a 1-D int32 .npy (token ids); *T receives its length. Fails the test
  * on a read error or another shape. */
 int32_t *tu_read_ids(const char *path, int *T);

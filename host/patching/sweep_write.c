@@ -865,9 +865,10 @@ static int listed(const output_files *files, const char *name) {
     return 0;
 }
 
-/* Writes one file of the set under its temporary name. */
+/* Writes one file of the set under its temporary name: bytes, or an array
+ * as .npy. */
 static pb_status stage_one(const char *dir, const char *name, output_files *files, const void *data, size_t size,
-                           const grid *g) {
+                           const pb_sweep_array *g) {
     char path[4096];
     if (snprintf(path, sizeof path, "%s/%s", dir, name) >= (int)sizeof path)
         return pb_fail(PB_ERR_ARG, "sweep write: path too long: %s/%s", dir, name);
@@ -888,23 +889,17 @@ static void remove_file(const char *dir, const char *name) {
 
 /* Phase one: every file of the set under a temporary name, results.json
  * last in the list. */
-static pb_status stage_all(const char *dir, const component_grids *grids, const char *report, size_t report_size,
-                           char *json_text, output_files *files) {
-    static const char *const suffixes[] = {".npy", "_all.npy", "_groups.npy"};
+static pb_status stage_all(const char *dir, const pb_sweep_outputs *out, output_files *files) {
     pb_status st = PB_OK;
     char name[64];
-    for (int c = 0; st == PB_OK && c < PB_COMPONENT_COUNT; c++) {
-        const grid *each[3] = {&grids[c].each, &grids[c].all, &grids[c].groups};
-        for (int k = 0; st == PB_OK && k < 3; k++) {
-            if (!each[k]->used)
-                continue;
-            snprintf(name, sizeof name, "%s%s", pb_component_name((pb_component)c), suffixes[k]);
-            st = stage_one(dir, name, files, NULL, 0, each[k]);
-        }
+    for (int i = 0; st == PB_OK && i < out->n_arrays; i++) {
+        snprintf(name, sizeof name, "%s.npy", out->arrays[i].name);
+        st = stage_one(dir, name, files, NULL, 0, &out->arrays[i]);
     }
     if (st == PB_OK)
-        st = stage_one(dir, "report.txt", files, report, report_size, NULL);
+        st = stage_one(dir, "report.txt", files, out->report_text, strlen(out->report_text), NULL);
     if (st == PB_OK) {
+        char *json_text = out->results_json;
         size_t len = strlen(json_text);
         json_text[len] = '\n'; /* the NUL becomes a final newline; the size excludes the old NUL */
         st = stage_one(dir, "results.json", files, json_text, len + 1, NULL);
@@ -987,30 +982,78 @@ int pb_sweep_is_output_name(const char *name) {
     return 0;
 }
 
+/* Moves the grids in use into out->arrays (their data change hands). */
+static pb_status take_arrays(component_grids *grids, pb_sweep_outputs *out) {
+    static const char *const suffixes[] = {"", "_all", "_groups"};
+    out->arrays = calloc(3 * PB_COMPONENT_COUNT, sizeof *out->arrays);
+    if (!out->arrays)
+        return pb_fail(PB_ERR_OOM, "sweep outputs: out of memory");
+    for (int c = 0; c < PB_COMPONENT_COUNT; c++) {
+        grid *each[3] = {&grids[c].each, &grids[c].all, &grids[c].groups};
+        for (int k = 0; k < 3; k++) {
+            if (!each[k]->used)
+                continue;
+            pb_sweep_array *a = &out->arrays[out->n_arrays++];
+            snprintf(a->name, sizeof a->name, "%s%s", pb_component_name((pb_component)c), suffixes[k]);
+            a->data = each[k]->data;
+            a->n_dims = each[k]->n_dims;
+            memcpy(a->shape, each[k]->shape, sizeof a->shape);
+            each[k]->data = NULL;
+        }
+    }
+    return PB_OK;
+}
+
+pb_status pb_sweep_outputs_build(const pb_sweep *sweep, pb_sweep_outputs *out) {
+    if (!out)
+        return pb_fail(PB_ERR_ARG, "pb_sweep_outputs_build: out is required");
+    memset(out, 0, sizeof *out);
+    if (!sweep)
+        return pb_fail(PB_ERR_ARG, "pb_sweep_outputs_build: sweep is required");
+    pb_sweep_view v;
+    component_grids grids[PB_COMPONENT_COUNT];
+    memset(grids, 0, sizeof grids);
+    size_t report_size = 0;
+    pb_status st = pb_sweep_view_load(&v, sweep);
+    if (st == PB_OK)
+        st = build_outputs(&v, grids, &out->report_text, &report_size, &out->results_json);
+    pb_sweep_view_free(&v);
+    if (st == PB_OK)
+        st = take_arrays(grids, out);
+    grids_free(grids);
+    if (st != PB_OK)
+        pb_sweep_outputs_free(out);
+    return st;
+}
+
+void pb_sweep_outputs_free(pb_sweep_outputs *out) {
+    if (!out)
+        return;
+    for (int i = 0; i < out->n_arrays; i++)
+        free(out->arrays[i].data);
+    free(out->arrays);
+    free(out->results_json);
+    free(out->report_text);
+    memset(out, 0, sizeof *out);
+}
+
 pb_status pb_sweep_write(const pb_sweep *sweep, const char *dir, int overwrite) {
     if (!sweep || !dir || !*dir)
         return pb_fail(PB_ERR_ARG, "pb_sweep_write: sweep and dir are required");
     PB_TRY(pb_out_dir_check(dir, overwrite));
 
-    pb_sweep_view v;
-    component_grids grids[PB_COMPONENT_COUNT];
-    memset(grids, 0, sizeof grids);
-    char *json_text = NULL, *report = NULL;
-    size_t report_size = 0;
+    pb_sweep_outputs out;
     output_files *files = calloc(1, sizeof *files);
     char created[8][4096];
     int n_created = 0;
     if (!files)
         return pb_fail(PB_ERR_OOM, "sweep write: out of memory");
-    pb_status st = pb_sweep_view_load(&v, sweep);
-    if (st == PB_OK)
-        st = build_outputs(&v, grids, &report, &report_size, &json_text);
-    pb_sweep_view_free(&v);
+    pb_status st = pb_sweep_outputs_build(sweep, &out);
     /* Everything is in memory: now touch the directory. */
     if (st == PB_OK)
         st = make_dirs(dir, created, &n_created, 8);
     if (st == PB_OK)
-        st = stage_all(dir, grids, report, report_size, json_text, files);
+        st = stage_all(dir, &out, files);
     if (st == PB_OK)
         st = commit_all(dir, overwrite, files);
     remove_staged(files);
@@ -1018,8 +1061,6 @@ pb_status pb_sweep_write(const pb_sweep *sweep, const char *dir, int overwrite) 
         for (int i = n_created - 1; i >= 0; i--)
             rmdir(created[i]);
     free(files);
-    free(json_text);
-    free(report);
-    grids_free(grids);
+    pb_sweep_outputs_free(&out);
     return st;
 }

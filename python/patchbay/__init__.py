@@ -20,10 +20,8 @@ from __future__ import annotations
 import ctypes
 import json
 import os
-import shutil
 import signal
 import sys
-import tempfile
 import threading
 import weakref
 from ctypes import POINTER, byref, c_char_p, c_float, c_int, c_int32, c_int64, c_void_p
@@ -520,12 +518,41 @@ class _Capture:
             pass
 
 
+class _SweepOutputs:
+    """A finished sweep's outputs as the library builds them in memory
+    (pb_sweep_outputs): numpy arrays over its own buffers, not copied; freed
+    when the last array goes."""
+
+    def __init__(self, handle: c_void_p):
+        self.outputs = _lib.SweepOutputs()
+        _check(_lib.lib().pb_sweep_outputs_build(handle, byref(self.outputs)))
+        self.results_json = ctypes.string_at(self.outputs.results_json).decode()
+        self.report_text = ctypes.string_at(self.outputs.report_text).decode()
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        out = {}
+        for i in range(self.outputs.n_arrays):
+            a = self.outputs.arrays[i]
+            dims = tuple(a.shape[k] for k in range(a.n_dims))
+            buffer = (c_float * int(np.prod(dims))).from_address(ctypes.addressof(a.data.contents))
+            buffer._owner = self  # the outputs live while any array over them does
+            out[a.name.decode()] = np.frombuffer(buffer, dtype=np.float32).reshape(dims)
+        return out
+
+    def __del__(self) -> None:
+        try:
+            _lib.lib().pb_sweep_outputs_free(byref(self.outputs))
+        except Exception:
+            pass
+
+
 class SweepResult:
     """A finished sweep: result["resid_pre"] and the other components as numpy
     arrays shaped like TransformerLens's patching helpers ([layer, pos], z and
     the other head components [layer, head, pos]: the CLI's .npy files),
-    `summary` (results.json without its sites), to_records() one dict per
-    site for pandas, write(dir) the CLI's files."""
+    `summary` (results.json without its sites), `report` (report.txt's
+    text), to_records() one dict per site for pandas, write(dir) the CLI's
+    files. The arrays are views of the library's buffers, not copies."""
 
     def __init__(self, handle: c_void_p, model: Model):
         self._handle = handle
@@ -533,19 +560,16 @@ class SweepResult:
         model._sweeps.add(self)
         self.arrays: dict[str, np.ndarray] = {}
         self.summary: dict[str, Any] = {}
+        self.report = ""
         self._sites: list[dict[str, Any]] = []
 
     def _collect(self) -> None:
-        folder = tempfile.mkdtemp(prefix="patchbay_sweep_")
-        try:
-            self.write(folder, overwrite=True)
-            results = json.loads((Path(folder) / "results.json").read_text())
-            self._sites = results.pop("sites")
-            self.summary = results
-            for npy in sorted(Path(folder).glob("*.npy")):
-                self.arrays[npy.stem] = np.load(npy)
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
+        outputs = _SweepOutputs(self._handle)
+        results = json.loads(outputs.results_json)
+        self._sites = results.pop("sites")
+        self.summary = results
+        self.report = outputs.report_text
+        self.arrays = outputs.arrays()
 
     def __getitem__(self, component: str) -> np.ndarray:
         return self.arrays[component]

@@ -215,6 +215,15 @@ class DirectionProvenance(ctypes.Structure):
     _fields_ = [("model_path", c_char_p), ("prompt_file", c_char_p)]
 
 
+class SweepArray(ctypes.Structure):
+    _fields_ = [("name", c_char * 48), ("data", POINTER(c_float)), ("n_dims", c_int), ("shape", c_int64 * 3)]
+
+
+class SweepOutputs(ctypes.Structure):
+    _fields_ = [("results_json", c_void_p), ("report_text", c_void_p), ("arrays", POINTER(SweepArray)),
+                ("n_arrays", c_int)]
+
+
 EXPORT_FORMATS = {"auto": 0, "safetensors": 1, "gguf": 2}
 EXPORT_TYPES = {"f32": 0, "bf16": 1, "f16": 2, "q8_0": 8}  # pb_dtype: PB_DTYPE_Q8_0 is 8
 
@@ -271,6 +280,8 @@ def _declare(lib: ctypes.CDLL) -> None:
         "pb_sweep_free": (None, [c_void_p]),
         "pb_sweep_run": (status, [c_void_p]),
         "pb_sweep_write": (status, [c_void_p, c_char_p, c_int]),
+        "pb_sweep_outputs_build": (status, [c_void_p, POINTER(SweepOutputs)]),
+        "pb_sweep_outputs_free": (None, [POINTER(SweepOutputs)]),
         "pb_direction_compute": (status, [c_void_p, POINTER(DirectionInputs), POINTER(DirectionResult)]),
         "pb_direction_result_free": (None, [POINTER(DirectionResult)]),
         "pb_direction_write": (status, [POINTER(DirectionResult), c_char_p, POINTER(DirectionProvenance)]),

@@ -132,6 +132,15 @@ def test_sweep_matches_cli(tiny, tmp_path):
     assert result.summary["total_effect"] == want["total_effect"]
     resid = result["resid_pre"]
     assert resid.shape[0] == tiny.config["n_layers"]  # [layer, pos]
+    assert result.report == (tmp_path / "cli" / "report.txt").read_text()
+    # the arrays are the library's buffers, handed over, and outlive the result
+    assert not resid.flags.owndata
+    expected = resid.copy()
+    del result
+    import gc
+
+    gc.collect()
+    assert np.array_equal(resid, expected, equal_nan=True)
 
 
 def test_errors_carry_the_library_message(tiny, tmp_path):
