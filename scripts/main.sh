@@ -10,8 +10,8 @@
 # Writes
 # runs/refusal/{report.html, results.json, report.txt, *.npy, direction.npy,
 # direction.json}, and the abliterated model (the adapter merged, the
-# direction projected out of the weights; Q8_0 GGUF for llama.cpp or
-# Ollama) as runs/refusal/smollm2-abliterated.q8_0.gguf; other arguments go
+# direction projected out of the weights; an F16 GGUF for llama.cpp or
+# Ollama) as runs/refusal/smollm2-abliterated.f16.gguf; other arguments go
 # to refusal-analysis (and win).
 #   bash scripts/main.sh [--base] [refusal-analysis options]
 set -euo pipefail
@@ -29,6 +29,6 @@ mkdir -p runs
   --pairs data/refusal_pairs.json --out runs/refusal --overwrite \
   --temperature 0.7 --top-p 0.9 --samples 4 "$@"
 ./build/patchbay export --model models/SmolLM2-135M-Instruct.Q4_1.gguf "${adapter[@]}" \
-  --direction runs/refusal/direction.npy --out runs/refusal/smollm2-abliterated.q8_0.gguf --outtype q8_0 \
-  --overwrite --no-progress
+  --direction runs/refusal/direction.npy --out runs/refusal/smollm2-abliterated.f16.gguf --outtype f16 \
+  --overwrite --no-progress --verify
 echo "open runs/refusal/report.html in a browser"

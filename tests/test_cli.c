@@ -1171,10 +1171,11 @@ static void test_export_cli(void **state) {
     tu_fill(u, 64, 5, 1.0f);
     int64_t shape[1] = {64};
     assert_int_equal(pb_npy_write(direction, u, PB_NPY_F32, 1, shape), PB_OK);
-    const char *ok[] = {"export", "--model",   model,  "--direction",   direction, "--out",
-                        out,      "--outtype", "q8_0", "--no-progress", NULL};
+    const char *ok[] = {"export", "--model",   model,  "--direction",   direction,  "--out",
+                        out,      "--outtype", "q8_0", "--no-progress", "--verify", NULL};
     assert_int_equal(run_cli(ok), 0);
     expect_in(out_text, "with the direction projected out");
+    expect_in(out_text, "verify: the export's logits vs the source's under run-time ablation");
     expect_in(out_text, "the tied unembedding stored apart");
     pb_model *m = NULL;
     assert_int_equal(pb_model_load(&m, out, NULL), PB_OK);
