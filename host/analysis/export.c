@@ -305,6 +305,12 @@ static pb_status gguf_plan(exporter *e, const pb_gguf *g, pb_gguf_writer *w, con
     }
     *untied = NULL;
     if (!pb_gguf_find_tensor(g, "output.weight")) {
+        if (pb_arch_find(e->src->cfg.arch)->gguf_tied_always)
+            return pb_fail(PB_ERR_UNSUPPORTED,
+                           "export: llama.cpp's %s reads its unembedding from token_embd and refuses an "
+                           "output.weight, so a GGUF cannot keep the unembedding unedited while the embedding is "
+                           "projected; export the Hugging Face checkpoint (safetensors) instead",
+                           e->src->cfg.arch);
         *untied = pb_gguf_find_tensor(g, "token_embd.weight");
         if (!*untied)
             return pb_fail(PB_ERR_FORMAT, "export: %s has no token_embd.weight", e->src->path);

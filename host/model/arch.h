@@ -76,6 +76,8 @@ typedef struct pb_arch {
     int gguf_permuted_qk;                    /* llama.cpp's converter interleaved Q/K rows per head */
     int qkv_bias;                            /* Q/K/V projections always have biases */
     int tied_default;                        /* tie_word_embeddings when config.json omits it */
+    int gguf_tied_always;                    /* llama.cpp's graph reads the unembedding from token_embd and
+                                                refuses an output.weight (gemma, gemma2, gemma3) */
     pb_window_rule window;                   /* how sliding windows apply */
     int sliding_period;                      /* PB_WINDOW_PATTERN: layer L is global iff (L + 1) % period == 0 */
     int gguf_window_default;                 /* PB_WINDOW_PATTERN: window when the GGUF omits it (0: no window) */
