@@ -156,14 +156,13 @@ static pb_status close_pending(FILE *f, pb_status status) {
 }
 
 /* x (n floats) = canonical tensor `name` as the source hands it out (an
- * adapter's merge included), in Hugging Face row order. */
-static pb_status read_merged(const exporter *e, const char *name, float *x, uint64_t n) {
-    pb_tensor_info info;
-    PB_TRY(pb_weight_source_find(e->src, name, &info));
-    if (info.n_elements != n)
+ * adapter's merge included), in Hugging Face row order; its info to info. */
+static pb_status read_merged(const exporter *e, const char *name, float *x, uint64_t n, pb_tensor_info *info) {
+    PB_TRY(pb_weight_source_find(e->src, name, info));
+    if (info->n_elements != n)
         return pb_fail(PB_ERR_FORMAT, "export: %s holds %llu values, its file tensor %llu", name,
-                       (unsigned long long)info.n_elements, (unsigned long long)n);
-    return pb_weight_source_read_f32(e->src, &info, x);
+                       (unsigned long long)info->n_elements, (unsigned long long)n);
+    return pb_weight_source_read_f32(e->src, info, x);
 }
 
 /* ---- GGUF ------------------------------------------------------------------ */
@@ -228,8 +227,7 @@ static pb_status gguf_values(const exporter *e, const pb_gguf_tensor *t, int mer
     if (!merged)
         return pb_dequantize(x, t->data, t->type, t->n_elements);
     pb_tensor_info info;
-    PB_TRY(pb_weight_source_find(e->src, t->name, &info));
-    PB_TRY(read_merged(e, t->name, x, t->n_elements));
+    PB_TRY(read_merged(e, t->name, x, t->n_elements, &info));
     if (info.permuted_heads == 0)
         return PB_OK;
     int64_t rows = info.shape[0], cols = (int64_t)(t->n_elements / (uint64_t)rows);
@@ -342,12 +340,7 @@ static pb_status export_gguf(exporter *e, const char *out_path) {
     char dir[4096];
     const char *slash = strrchr(out_path, '/');
     const char *name = slash ? slash + 1 : out_path;
-    if (!slash)
-        snprintf(dir, sizeof dir, ".");
-    else if (slash == out_path)
-        snprintf(dir, sizeof dir, "/");
-    else
-        snprintf(dir, sizeof dir, "%.*s", (int)(slash - out_path), out_path);
+    pb_path_folder(out_path, dir, sizeof dir);
     if (!*name)
         return pb_fail(PB_ERR_ARG, "export: GGUF output '%s' names a folder; give a file", out_path);
     PB_TRY(pb_out_file_check(out_path, e->o->overwrite));
@@ -485,6 +478,7 @@ static pb_status st_tensor(exporter *e, pb_st_writer *w, FILE *f, const pb_st_te
     pb_dtype dtype = e->o->dtype;
     tensor_role role = entry ? entry->role : ROLE_KEEP;
     int merged = entry && entry->merged[0];
+    pb_tensor_info info;
     uint64_t n_bytes = t->n_elements * pb_dtype_size(dtype);
     if (role == ROLE_KEEP && !merged && t->dtype == dtype) {
         PB_TRY(pb_st_writer_tensor(w, f, t->data, n_bytes));
@@ -495,7 +489,7 @@ static pb_status st_tensor(exporter *e, pb_st_writer *w, FILE *f, const pb_st_te
     void *out = malloc(n_bytes ? n_bytes : 1);
     pb_status status = x && out ? PB_OK : pb_fail(PB_ERR_OOM, "export: out of memory for %s", t->name);
     if (status == PB_OK && merged)
-        status = read_merged(e, entry->merged, x, t->n_elements);
+        status = read_merged(e, entry->merged, x, t->n_elements, &info);
     else if (status == PB_OK)
         pb_st_tensor_to_f32(t, x);
     if (status == PB_OK) {

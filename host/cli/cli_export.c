@@ -3,15 +3,16 @@
  * and a Ctrl-C that leaves no output, and says what was written. */
 #define _POSIX_C_SOURCE 200809L
 #include <math.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "cli/cli_export.h"
+#include "cli/cli_intervene_shared.h"
 #include "cli/cli_model.h"
 #include "cli/cli_text.h"
 #include "cli/progress.h"
+#include "cli/stop_signal.h"
 #include "patchbay.h"
 
 typedef struct export_options {
@@ -66,42 +67,6 @@ void pb_cli_export_options(FILE *out, const char *cmd) {
     pb_cli_print_options(out, t.table, cmd);
 }
 
-static volatile int export_stop;
-
-static void on_stop(int sig) {
-    (void)sig;
-    export_stop = 1;
-}
-
-static void install_stop(void) {
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_stop;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
-    signal(SIGXFSZ, SIG_IGN); /* a file size limit fails the write instead of killing us */
-}
-
-/* The direction as d floats: 1, or 0 after saying why. */
-static int read_direction(const char *path, float **out, int *d) {
-    void *data = NULL;
-    int n_dims;
-    int64_t shape[8];
-    if (pb_npy_read(path, &data, PB_NPY_F32, &n_dims, shape) != PB_OK) {
-        fprintf(stderr, "patchbay export: --direction: %s\n", pb_last_error());
-        return 0;
-    }
-    if (n_dims != 1 || shape[0] < 1 || shape[0] > (1 << 24)) {
-        fprintf(stderr, "patchbay export: %s must hold a 1-d float array of d_model values\n", path);
-        free(data);
-        return 0;
-    }
-    *out = data;
-    *d = (int)shape[0];
-    return 1;
-}
-
 static int check_options(const export_options *o) {
     if (!o->direction || !o->out) {
         fprintf(stderr, "patchbay export: --direction FILE.npy and --out PATH are required\n");
@@ -122,7 +87,7 @@ static int check_options(const export_options *o) {
 
 static pb_export_options library_options(const export_options *o, pb_progress *progress) {
     pb_export_options e = {.overwrite = o->overwrite,
-                           .stop = &export_stop,
+                           .stop = &pb_cli_stop,
                            .adapters = o->model.load.adapters,
                            .adapter_scales = o->model.load.adapter_scales,
                            .n_adapters = o->model.load.n_adapters};
@@ -209,9 +174,9 @@ int pb_cli_export(int argc, char **argv) {
         return 2;
     float *direction = NULL;
     int d = 0;
-    if (!read_direction(o.direction, &direction, &d))
+    if (!pb_cli_direction_read("export", o.direction, 0, &direction, &d))
         return 2;
-    install_stop();
+    pb_cli_stop_install();
     pb_progress progress;
     pb_progress_init(&progress, stderr, "export", -1);
     progress.unit = "tensors";

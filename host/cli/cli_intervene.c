@@ -294,27 +294,31 @@ void pb_cli_iv_build_free(pb_cli_iv_build *b) {
     memset(b, 0, sizeof *b);
 }
 
-static int load_direction(const char *cmd, const pb_model_config *c, const char *path, float **out) {
+int pb_cli_direction_read(const char *cmd, const char *path, int d_model, float **out, int *d) {
     void *data;
     int n_dims;
     int64_t shape[8];
     if (pb_npy_read(path, &data, PB_NPY_F32, &n_dims, shape) != PB_OK)
         return !pb_cli_iv_fail(cmd, "reading the direction");
-    if (n_dims != 1 || shape[0] != c->d_model) {
-        fprintf(stderr, "patchbay %s: %s must hold a 1-d float array of d_model = %d values\n", cmd, path, c->d_model);
+    if (n_dims != 1 || shape[0] < 1 || shape[0] > (1 << 24) || (d_model > 0 && shape[0] != d_model)) {
+        if (d_model > 0)
+            fprintf(stderr, "patchbay %s: %s must hold a 1-d float array of d_model = %d values\n", cmd, path, d_model);
+        else
+            fprintf(stderr, "patchbay %s: %s must hold a 1-d float array of d_model values\n", cmd, path);
         free(data);
         return 0;
     }
     *out = data;
+    if (d)
+        *d = (int)shape[0];
     return 1;
 }
 
 /* difference_norm from direction.json in the directory of path; NaN if absent. */
 static double sibling_difference_norm(const char *path) {
-    char json_path[4096];
-    const char *slash = strrchr(path, '/');
-    int dir_len = slash ? (int)(slash - path) : 1;
-    snprintf(json_path, sizeof json_path, "%.*s/direction.json", dir_len, slash ? path : ".");
+    char dir[4096], json_path[4200];
+    pb_path_folder(path, dir, sizeof dir);
+    snprintf(json_path, sizeof json_path, "%s/direction.json", dir);
     json_t *j = json_load_file(json_path, 0, NULL);
     double v = NAN;
     if (j && json_is_number(json_object_get(j, "difference_norm")))
@@ -496,12 +500,12 @@ int pb_cli_iv_build_patch(const char *cmd, pb_model *m, const char *site, const 
 int pb_cli_iv_build_direction(const char *cmd, pb_model *m, const pb_cli_iv_options *o, pb_cli_iv_build *b) {
     const pb_model_config *c = pb_model_get_config(m);
     if (o->ablate_file) {
-        if (!load_direction(cmd, c, o->ablate_file, &b->direction))
+        if (!pb_cli_direction_read(cmd, o->ablate_file, c->d_model, &b->direction, NULL))
             return 0;
         b->iv = (pb_intervention){.kind = PB_INTERVENE_ABLATE, .direction = b->direction};
         snprintf(b->description, sizeof b->description, "ablate direction %s", o->ablate_file);
     } else if (o->add_file) {
-        if (!load_direction(cmd, c, o->add_file, &b->direction))
+        if (!pb_cli_direction_read(cmd, o->add_file, c->d_model, &b->direction, NULL))
             return 0;
         double scale = o->scale;
         if (!o->scale_given) {

@@ -1,5 +1,6 @@
 /* What generate, refusal-rate and direction share (private to
- * cli_intervene.c, cli_prompts.c, cli_rate.c and cli_direction.c): their one
+ * cli_intervene.c, cli_prompts.c, cli_rate.c and cli_direction.c; export,
+ * cli_export.c, reads its direction file here too): their one
  * option set and its parser, the model and text helpers, interventions
  * built from flags (--patch, --ablate-direction, --add-direction) and the
  * prompt files refusal-rate and direction read. Functions that can fail
@@ -74,6 +75,9 @@ void pb_cli_iv_build_free(pb_cli_iv_build *b);
 /* --patch SITE from the source run src_ids for a base prompt of T_base tokens. */
 int pb_cli_iv_build_patch(const char *cmd, pb_model *m, const char *site, const int32_t *src_ids, int T_src, int T_base,
                           pb_cli_iv_build *b);
+/* A direction file (.npy, 1-d float32) into *out (malloc'd) and its length
+ * into *d (may be NULL); d_model > 0: it must have that many values. */
+int pb_cli_direction_read(const char *cmd, const char *path, int d_model, float **out, int *d);
 /* --ablate-direction or --add-direction (none: b->iv.kind NONE). */
 int pb_cli_iv_build_direction(const char *cmd, pb_model *m, const pb_cli_iv_options *o, pb_cli_iv_build *b);
 

@@ -150,7 +150,7 @@ static int read_spec(const plan_options *o, char **text, char *dir, size_t dir_s
         fprintf(stderr, "patchbay plan: --spec: %s\n", pb_last_error());
         return 2;
     }
-    pb_cli_spec_directory(o->spec, dir, dir_size);
+    pb_path_folder(o->spec, dir, dir_size); /* a spec's relative paths start there */
     if (o->prompt.no_chat && pb_cli_spec_plain_text(text) != 0) {
         fprintf(stderr, "patchbay plan: out of memory applying --no-chat\n");
         return 1;

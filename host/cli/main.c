@@ -26,6 +26,7 @@
 #include "cli/options.h"
 #include "cli/progress.h"
 #include "cli/prompt_notice.h"
+#include "cli/stop_signal.h"
 #include "patchbay.h"
 #include "patchbay_tool.h"
 
@@ -324,31 +325,6 @@ static int cmd_forward(const options *o) {
     return rc;
 }
 
-/* Set by SIGTERM / SIGUSR1 / SIGINT; the sweep reads it between batches. */
-static volatile sig_atomic_t sweep_stop;
-
-static void on_stop_signal(int sig) {
-    (void)sig;
-    sweep_stop = 1;
-}
-
-/* The first stop signal asks for a checkpoint; later ones (a second Ctrl-C,
- * scancel's repeated SIGTERM) only set the flag again, so they cannot cut
- * that checkpoint short: the handler stays installed until the process
- * exits (SIGKILL still ends it at once). A file size limit (RLIMIT_FSIZE)
- * makes a write fail with EFBIG, reported like a full disk, instead of
- * killing the process with SIGXFSZ before it can keep its rows. */
-static void install_stop_handlers(void) {
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_stop_signal;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGUSR1, &sa, NULL);
-    sigaction(SIGINT, &sa, NULL);
-    signal(SIGXFSZ, SIG_IGN);
-}
-
 /* The rank watchdog found a rank silent (distribute.h): report it and end
  * the job. _exit when MPI_Abort cannot run: MPI_Init or MPI_Finalize is
  * waiting on the stuck rank, and only leaving the process ends that (the
@@ -413,7 +389,7 @@ static void progress_or_hold(int64_t done, int64_t total, void *user) {
     fprintf(stderr, "patchbay: rank %s holds in its share (PB_TEST_STALL=hold)\n", rank ? rank : "0");
     fflush(stderr);
     const struct timespec tick = {0, 10 * 1000 * 1000};
-    while (!sweep_stop)
+    while (!pb_cli_stop)
         nanosleep(&tick, NULL);
 }
 
@@ -631,7 +607,7 @@ static int sweep_inputs(sweep_job *j) {
     }
     /* A spec may be a pipe (--spec <(jq ...)): capped, and given up when a
      * stop signal comes while it is read. */
-    pb_status read = pb_read_input_file(o->spec, PB_INPUT_MAX_BYTES, &sweep_stop, &j->spec_text, NULL);
+    pb_status read = pb_read_input_file(o->spec, PB_INPUT_MAX_BYTES, &pb_cli_stop, &j->spec_text, NULL);
     if (read == PB_ERR_INTERRUPTED) {
         fprintf(stderr, "patchbay: --spec: %s; stopping before any work\n", pb_last_error());
         return 1;
@@ -640,7 +616,7 @@ static int sweep_inputs(sweep_job *j) {
         fail("--spec");
         return 2;
     }
-    pb_cli_spec_directory(o->spec, j->spec_dir, sizeof j->spec_dir);
+    pb_path_folder(o->spec, j->spec_dir, sizeof j->spec_dir); /* a spec's relative paths start there */
     pb_cli_attribute how = {o->method, o->verify, o->no_qk_fix, o->no_grad_drop};
     if (o->attribute && pb_cli_spec_attribute(&j->spec_text, &how) != 0)
         return 2;
@@ -658,7 +634,7 @@ static int sweep_create(sweep_job *j) {
     pb_progress_init(&j->progress, j->show ? stderr : NULL, o->attribute ? "attribute" : "sweep", -1);
     pb_sweep_options so = {.max_memory = o->max_memory,
                            .metric_fn_residual_layer = -1,
-                           .stop = &sweep_stop,
+                           .stop = &pb_cli_stop,
                            .progress = progress_or_hold,
                            .progress_user = &j->progress};
     pb_status st = pb_sweep_create(&j->sweep, j->model, j->spec_text, j->spec_dir, &so);
@@ -882,7 +858,7 @@ static int cmd_info(const options *o) {
  * time) must ask for a checkpoint, not kill the rank with the default
  * action. OpenMPI keeps handlers installed before MPI_Init. */
 static int run_sweep(const options *o, int *argc, char ***argv) {
-    install_stop_handlers();
+    pb_cli_stop_install();
     pb_ranks ranks;
     pb_ranks_options rank_options = {.timeout_s = o->rank_timeout, .on_stuck = on_rank_stuck, .user = &ranks};
     test_stall_point("start", -1);

@@ -114,14 +114,3 @@ int pb_cli_spec_plain_text(char **spec_text) {
     *spec_text = text;
     return 0;
 }
-
-void pb_cli_spec_directory(const char *spec, char *dir, size_t size) {
-    snprintf(dir, size, "%s", spec);
-    char *slash = strrchr(dir, '/');
-    if (!slash)
-        snprintf(dir, size, ".");
-    else if (slash == dir)
-        dir[1] = 0;
-    else
-        *slash = 0;
-}

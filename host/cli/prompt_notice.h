@@ -18,8 +18,4 @@ void pb_cli_prompt_notice(FILE *f, const pb_sweep *sweep, const pb_model *model)
  * object is left for the spec parser to refuse. 0, or 1 out of memory. */
 int pb_cli_spec_plain_text(char **spec_text);
 
-/* Relative paths in a spec (a projection's direction file) are relative to
- * the spec's own folder: dir (size bytes) = that folder, or ".". */
-void pb_cli_spec_directory(const char *spec, char *dir, size_t size);
-
 #endif

@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "util/internal.h"
+#include "util/outdir.h"
 #include "util/json.h"
 #include "formats/dtype.h"
 #include "formats/safetensors.h"
@@ -588,17 +589,12 @@ pb_status pb_safetensors_open(pb_safetensors **out, const char *path) {
                              path);
         }
     } else if (ends_with(path, ".index.json")) {
-        dir = copy_string(path);
+        size_t size = strlen(path) + 2; /* room for "." */
+        dir = malloc(size);
         if (!dir) {
             status = pb_fail(PB_ERR_OOM, "safetensors %s: out of memory", path);
         } else {
-            char *slash = strrchr(dir, '/');
-            if (!slash)
-                strcpy(dir, ".");
-            else if (slash == dir)
-                slash[1] = '\0';
-            else
-                *slash = '\0';
+            pb_path_folder(path, dir, size);
             status = open_sharded(st, path, dir);
         }
     } else {

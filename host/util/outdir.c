@@ -66,6 +66,17 @@ pb_status pb_out_dir_check(const char *dir, int overwrite) {
     return PB_OK;
 }
 
+void pb_path_folder(const char *path, char *folder, size_t size) {
+    snprintf(folder, size, "%s", path);
+    char *slash = strrchr(folder, '/');
+    if (!slash)
+        snprintf(folder, size, ".");
+    else if (slash == folder)
+        folder[1] = 0;
+    else
+        *slash = 0;
+}
+
 pb_status pb_out_file_check(const char *path, int overwrite) {
     if (!path || !*path)
         return pb_fail(PB_ERR_ARG, "output file: empty path");
@@ -79,12 +90,7 @@ pb_status pb_out_file_check(const char *path, int overwrite) {
             return pb_fail(PB_ERR_ARG, "output file %s exists; pass --overwrite to replace it", path);
     }
     char parent[4096];
-    snprintf(parent, sizeof parent, "%s", path);
-    char *slash = strrchr(parent, '/');
-    if (!slash)
-        snprintf(parent, sizeof parent, ".");
-    else
-        slash[slash == parent] = 0; /* "/f" -> "/" */
+    pb_path_folder(path, parent, sizeof parent);
     if (stat(parent, &st) != 0 || !S_ISDIR(st.st_mode) || access(parent, W_OK | X_OK) != 0)
         return pb_fail(PB_ERR_IO, "cannot write output file %s: %s is not a writable directory", path, parent);
     return PB_OK;
@@ -186,23 +192,11 @@ pb_status pb_read_input_file(const char *path, size_t max_bytes, const volatile 
     return PB_OK;
 }
 
-/* The folder part of a file path ("." when it has none). */
-static void folder_of(const char *path, char *folder, size_t size) {
-    snprintf(folder, size, "%s", path);
-    char *slash = strrchr(folder, '/');
-    if (!slash)
-        snprintf(folder, size, ".");
-    else if (slash == folder)
-        folder[1] = 0;
-    else
-        *slash = 0;
-}
-
 pb_status pb_file_probe_writable(const char *path) {
     if (!path || !*path || strlen(path) >= 4000)
         return pb_fail(PB_ERR_ARG, "bad file path '%s'", path ? path : "");
     char folder[4096], probe[4200];
-    folder_of(path, folder, sizeof folder);
+    pb_path_folder(path, folder, sizeof folder);
     struct stat st;
     if (stat(folder, &st) != 0)
         return pb_fail(PB_ERR_IO, "cannot write %s: folder %s: %s", path, folder, strerror(errno));

@@ -13,6 +13,8 @@
  * Creates nothing. PB_ERR_ARG / PB_ERR_IO with a message naming dir (and
  * --overwrite when that is the way out). */
 pb_status pb_out_dir_check(const char *dir, int overwrite);
+/* The folder part of a file path: "." when it has none, "/" for "/f". */
+void pb_path_folder(const char *path, char *folder, size_t size);
 /* The same rule for one output file, before any compute: path missing (or
  * overwrite, and not a directory) in an existing writable directory. */
 pb_status pb_out_file_check(const char *path, int overwrite);

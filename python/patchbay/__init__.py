@@ -79,6 +79,16 @@ def _handed_ids(call) -> np.ndarray:
         _lib.free(ids)
 
 
+def _adapter_list(adapter) -> list:
+    """An adapter path, a list of them, or None, as a list."""
+    return [adapter] if isinstance(adapter, (str, os.PathLike)) else list(adapter or [])
+
+
+def _c_paths(paths: Sequence) -> ctypes.Array:
+    """paths as a C array of char * (at least one slot); keep it alive while the library reads it."""
+    return (c_char_p * max(1, len(paths)))(*[os.fsencode(p) for p in paths])
+
+
 def _int_ptr(a: np.ndarray):
     return a.ctypes.data_as(POINTER(c_int32))
 
@@ -158,8 +168,8 @@ class Model:
             raise ValueError(f"backend must be one of {', '.join(_lib.BACKENDS)}, got {backend!r}")
         if dtype not in _lib.DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(_lib.DTYPES)}, got {dtype!r}")
-        adapters = [adapter] if isinstance(adapter, (str, os.PathLike)) else list(adapter or [])
-        names = (c_char_p * max(1, len(adapters)))(*[os.fsencode(a) for a in adapters])
+        adapters = _adapter_list(adapter)
+        names = _c_paths(adapters)
         options = _lib.LoadOptions(n_threads=threads, backend=_lib.BACKENDS[backend], dtype=_lib.DTYPES[dtype],
                                    adapters=names, n_adapters=len(adapters))
         return options, names
@@ -173,7 +183,7 @@ class Model:
         handle = c_void_p()
         _check(_lib.lib().pb_model_load(byref(handle), os.fsencode(path), byref(options)))
         model = cls(handle.value)
-        model._adapters = [adapter] if isinstance(adapter, (str, os.PathLike)) else list(adapter or [])
+        model._adapters = _adapter_list(adapter)
         return model
 
     @classmethod
@@ -427,8 +437,8 @@ def export_ablated(model_path: str | os.PathLike, direction, out: str | os.PathL
     stop = c_int(0)
     summary = _lib.ExportSummary()
     with _Progress("export", "tensors", progress, stop) as bar:
-        adapters = [adapter] if isinstance(adapter, (str, os.PathLike)) else list(adapter or [])
-        names = (c_char_p * max(1, len(adapters)))(*[os.fsencode(a) for a in adapters])
+        adapters = _adapter_list(adapter)
+        names = _c_paths(adapters)
         options = _lib.ExportOptions(format=_lib.EXPORT_FORMATS[format], dtype=_lib.EXPORT_TYPES[outtype],
                                      overwrite=int(overwrite), stop=ctypes.pointer(stop), progress=bar.callback,
                                      adapters=names, n_adapters=len(adapters))
