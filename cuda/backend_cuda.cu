@@ -44,6 +44,8 @@ static void pb_cuda_destroy(pb_backend *backend) {
         PB_CUDA_CHECK_VOID(cudaFree(self->round_scratch));
     if (self->dequant_scratch)
         PB_CUDA_CHECK_VOID(cudaFree(self->dequant_scratch));
+    if (self->backward_scratch)
+        PB_CUDA_CHECK_VOID(cudaFree(self->backward_scratch));
     for (int i = 0; i < PB_CUDA_STAGING_SLOTS; i++)
         if (self->staging_done[i])
             PB_CUDA_CHECK_VOID(cudaEventDestroy(self->staging_done[i]));
@@ -93,10 +95,7 @@ static pb_status pb_cuda_memory_info(pb_backend *backend, size_t *free_bytes, si
     return PB_OK;
 }
 
-/* *buffer of at least n elements of `size` bytes (*capacity of them now),
- * grown and kept. Growing waits for the stream, since queued GEMMs may
- * still read the old buffer. */
-static pb_status pb_cuda_scratch(pb_cuda_backend *self, void **buffer, size_t *capacity, size_t n, size_t size) {
+pb_status pb_cuda_scratch(pb_cuda_backend *self, void **buffer, size_t *capacity, size_t n, size_t size) {
     if (n <= *capacity)
         return PB_OK;
     PB_CUDA_CHECK(cudaStreamSynchronize(self->stream));
@@ -117,8 +116,7 @@ static pb_status pb_cuda_round_scratch(pb_cuda_backend *self, size_t n) {
     return status;
 }
 
-/* A quantised matrix's decoded rows, at least n floats. */
-static pb_status pb_cuda_dequant_scratch(pb_cuda_backend *self, size_t n) {
+pb_status pb_cuda_dequant_scratch(pb_cuda_backend *self, size_t n) {
     void *buffer = self->dequant_scratch;
     pb_status status = pb_cuda_scratch(self, &buffer, &self->dequant_scratch_elems, n, sizeof(float));
     self->dequant_scratch = (float *)buffer;
@@ -644,6 +642,10 @@ static const pb_backend_ops pb_cuda_ops = {
     pb_cuda_lane_wait,
     pb_cuda_pin,
     pb_cuda_unpin,
+    pb_cuda_matmul_dx,
+    pb_cuda_norm_backward,
+    pb_cuda_glu_backward,
+    pb_cuda_attention_backward,
 };
 
 static pb_status pb_cuda_init(pb_cuda_backend *self, int device) {

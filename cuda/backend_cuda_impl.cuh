@@ -41,6 +41,10 @@ typedef struct pb_cuda_backend {
      * file): grown up to PB_CUDA_DEQUANT_MAX_ELEMS, kept. */
     float *dequant_scratch;
     size_t dequant_scratch_elems;
+    /* The attention backward's probabilities and scores' gradients
+     * (backward_ops.cu): grown to the largest pass seen, kept. */
+    double *backward_scratch;
+    size_t backward_scratch_elems;
     /* attention_jobs' descriptors, built here and passed to the kernels by
      * value; grown to the largest batch seen, kept. */
     pb_cuda_attention_job *attention_jobs_host;
@@ -153,6 +157,24 @@ static inline pb_status pb_cuda_launched(pb_cuda_backend *self, const char *kern
  * pb_cuda_launched); `launch` is the launcher call, or cudaSuccess after a
  * cuBLAS call that was checked already. */
 #define PB_CUDA_LAUNCHED(self, kernel, launch) PB_TRY(pb_cuda_launched((self), (kernel), (launch), __FILE__, __LINE__))
+
+/* *buffer of at least n elements of `size` bytes (*capacity of them now),
+ * grown and kept. Growing waits for the stream, since queued GEMMs may
+ * still read the old buffer. */
+pb_status pb_cuda_scratch(pb_cuda_backend *self, void **buffer, size_t *capacity, size_t n, size_t size);
+/* A quantised matrix's decoded rows (self->dequant_scratch), at least n floats. */
+pb_status pb_cuda_dequant_scratch(pb_cuda_backend *self, size_t n);
+
+/* The backward ops (backend.h), in backward_ops.cu. */
+pb_status pb_cuda_matmul_dx(pb_backend *backend, float *dx, const float *dy, const void *w, pb_dtype w_dtype, int rows,
+                            int n, int k, int accumulate);
+pb_status pb_cuda_norm_backward(pb_backend *backend, float *dx, const float *x, const float *weight, const float *dy,
+                                int rows, int d, float eps, int centred, int accumulate);
+pb_status pb_cuda_glu_backward(pb_backend *backend, float *d_gate, float *d_up, const float *dh, const float *gate,
+                               const float *up, size_t n, pb_activation act);
+pb_status pb_cuda_attention_backward(pb_backend *backend, float *dq, float *dk, float *dv, float *dpattern,
+                                     const float *q, const float *k, const float *v, const float *dz, int T,
+                                     int n_heads, int n_kv_heads, int head_dim, const pb_attention_params *params);
 
 /* The lanes and pinning of streamed weights (backend.h), in weight_lanes.cu. */
 pb_status pb_cuda_lanes_init(pb_cuda_backend *self);

@@ -35,6 +35,39 @@ static __device__ __forceinline__ float pb_warp_sum(float value) {
     return value;
 }
 
+/* The sum (or with take_max the maximum) of `value` over the block in
+ * double, returned to every thread. partial (one per warp) and total are
+ * the caller's __shared__ storage: a header declares none, since the
+ * kernel emulator rewrites only .cu files. blockDim.x must be a multiple of
+ * the warp size. A second call may follow at once: every thread has read
+ * *total before it reaches the next call's first barrier, and warp 0 reads
+ * partial before this call's second one. */
+static __device__ __forceinline__ double pb_block_reduce_double(double value, int take_max, double *partial,
+                                                                double *total) {
+    const int lane = threadIdx.x % PB_CUDA_WARP;
+    const int warp = threadIdx.x / PB_CUDA_WARP;
+    const int n_warps = blockDim.x / PB_CUDA_WARP;
+
+    for (int offset = PB_CUDA_WARP / 2; offset > 0; offset /= 2) {
+        const double other = __shfl_xor_sync(0xffffffffu, value, offset);
+        value = take_max ? fmax(value, other) : value + other;
+    }
+    if (lane == 0)
+        partial[warp] = value;
+    __syncthreads();
+    if (warp == 0) {
+        double r = lane < n_warps ? partial[lane] : take_max ? -INFINITY : 0.0;
+        for (int offset = PB_CUDA_WARP / 2; offset > 0; offset /= 2) {
+            const double other = __shfl_xor_sync(0xffffffffu, r, offset);
+            r = take_max ? fmax(r, other) : r + other;
+        }
+        if (lane == 0)
+            *total = r;
+    }
+    __syncthreads();
+    return *total;
+}
+
 /* How one layer's attention turns q.k into a weight (backend.h's
  * pb_attention_params, which the backend copies field by field): score =
  * dot * scale, then softcap * tanh(score / softcap) when softcap > 0; a query at
@@ -294,5 +327,28 @@ cudaError_t pb_cuda_launch_dequant_rows(cudaStream_t stream, float *out, const v
  * table. cudaErrorInvalidValue as pb_cuda_launch_dequant_rows. */
 cudaError_t pb_cuda_launch_dequant_gather(cudaStream_t stream, float *out, const void *table, uint32_t ggml_type,
                                           const int32_t *ids, int T, int d, float scale);
+
+/* ---- the activation backward pass (backward.cu; backend.h's contracts) ---- */
+/* dx (rows, d) = (or += with accumulate) the gradient through
+ * norm(x) * weight given dy; RMSNorm, or LayerNorm when centred; weight
+ * (d) or NULL. One block per row, sums in double. */
+cudaError_t pb_cuda_launch_norm_backward(cudaStream_t stream, float *dx, const float *x, const float *weight,
+                                         const float *dy, int rows, int d, float eps, int centred, int accumulate);
+/* d_up (n), d_gate (n) from dh (n) through act(gate) * up, or with gate
+ * NULL through act(up) (d_gate unused); in double. d_gate may alias dh. */
+cudaError_t pb_cuda_launch_glu_backward(cudaStream_t stream, float *d_gate, float *d_up, const float *dh,
+                                        const float *gate, const float *up, size_t n, pb_cuda_activation act);
+/* Doubles of scratch pb_cuda_launch_attention_backward needs. */
+size_t pb_cuda_attention_backward_scratch(int T, int n_heads);
+/* The gradient through causal self-attention over T tokens (positions
+ * 0 .. T - 1): dq (T, n_heads * head_dim), dk, dv (T, n_kv_heads *
+ * head_dim) from dz (T, n_heads * head_dim); dpattern (n_heads, T, T) or
+ * NULL, written inside each query's window. scratch: the probabilities
+ * and the scores' gradients, pb_cuda_attention_backward_scratch doubles.
+ * Sums in double. */
+cudaError_t pb_cuda_launch_attention_backward(cudaStream_t stream, float *dq, float *dk, float *dv, float *dpattern,
+                                              const float *q, const float *k, const float *v, const float *dz,
+                                              double *scratch, int T, int n_heads, int n_kv_heads, int head_dim,
+                                              pb_cuda_attention_score score);
 
 #endif

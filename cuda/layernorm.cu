@@ -4,33 +4,6 @@
  * the optional weight and bias. In place as well (out == x). */
 #include "kernels.cuh"
 
-/* Sum of `value` over the block, returned to every thread; blockDim.x must
- * be a multiple of the warp size. A second call may follow at once: every
- * thread has read `total` before it reaches the next call's first barrier,
- * and warp 0 reads `partial` before this call's second one. */
-static __device__ double pb_layernorm_block_sum(double value) {
-    __shared__ double partial[PB_CUDA_BLOCK / PB_CUDA_WARP];
-    __shared__ double total;
-    const int lane = threadIdx.x % PB_CUDA_WARP;
-    const int warp = threadIdx.x / PB_CUDA_WARP;
-    const int n_warps = blockDim.x / PB_CUDA_WARP;
-
-    for (int offset = PB_CUDA_WARP / 2; offset > 0; offset /= 2)
-        value += __shfl_xor_sync(0xffffffffu, value, offset);
-    if (lane == 0)
-        partial[warp] = value;
-    __syncthreads();
-    if (warp == 0) {
-        double sum = lane < n_warps ? partial[lane] : 0.0;
-        for (int offset = PB_CUDA_WARP / 2; offset > 0; offset /= 2)
-            sum += __shfl_xor_sync(0xffffffffu, sum, offset);
-        if (lane == 0)
-            total = sum;
-    }
-    __syncthreads();
-    return total;
-}
-
 /* out (rows, d); x (rows, d); weight, bias (d) or NULL.
  * Double sums: with fp32 ones a row of mean 1e3 and spread 1 (a residual
  * stream with a large constant direction) loses ~1e-4 of its centred
@@ -48,17 +21,19 @@ static __global__ void pb_layernorm_kernel(float *out, const float *x, const flo
     const float *x_row = x + row * (size_t)d;  // (d)
     float *out_row = out + row * (size_t)d;    // (d)
 
+    __shared__ double partial[PB_CUDA_BLOCK / PB_CUDA_WARP];
+    __shared__ double total;
     double sum = 0.0;
     for (int i = threadIdx.x; i < d; i += blockDim.x)
         sum += (double)x_row[i];
-    const double mean = pb_layernorm_block_sum(sum) / d;
+    const double mean = pb_block_reduce_double(sum, 0, partial, &total) / d;
 
     double sum_squares = 0.0;
     for (int i = threadIdx.x; i < d; i += blockDim.x) {
         const double centred = (double)x_row[i] - mean;
         sum_squares += centred * centred;
     }
-    const double inv_std = 1.0 / sqrt(pb_layernorm_block_sum(sum_squares) / d + (double)eps);
+    const double inv_std = 1.0 / sqrt(pb_block_reduce_double(sum_squares, 0, partial, &total) / d + (double)eps);
 
     for (int i = threadIdx.x; i < d; i += blockDim.x) {
         const float y = (float)(((double)x_row[i] - mean) * inv_std);

@@ -17,9 +17,10 @@
 #    budget (PB_GPU_CHECK_BUDGET seconds, default 450): the gpu-labelled
 #    tests, the prefill benchmark and its PyTorch twin, the sweep benchmark
 #    and its PyTorch loop, the streamed 70B-slice sweeps (Q8_0, bf16),
-#    compute-sanitizer (memcheck, racecheck) over the backend test, then the
-#    CPU suite if time is left. --steps (comma-separated:
-#    tests,prefill,sweep,stream,sanitizer,cpu) runs a subset.
+#    attribution patching (AtP, AtP*) against the exact sweep with every
+#    row forced, compute-sanitizer (memcheck, racecheck) over the backend
+#    test, then the CPU suite if time is left. --steps (comma-separated:
+#    tests,prefill,sweep,stream,atp,sanitizer,cpu) runs a subset.
 #
 # Every log goes to $OUT (default ./gpu-out), and $OUT/summary.json (card,
 # CUDA versions, where each library came from, test counts, step timings,
@@ -34,7 +35,7 @@ set -u
 cd "$(dirname "$0")/.." || exit 1
 ROOT=$(pwd)
 NO_BUILD=0
-STEPS=tests,prefill,sweep,stream,sanitizer,cpu
+STEPS=tests,prefill,sweep,stream,atp,sanitizer,cpu
 while [ $# -gt 0 ]; do
     case $1 in
     --no-build) NO_BUILD=1 ;;
@@ -217,6 +218,8 @@ benchmarks_json() {
     printf '      "pytorch": %s},\n' "${TORCH_SWEEP_JSON:-null}"
     printf '    "stream": {"q8_0": {"sweep": %s, "stream": %s},\n' "${STREAM_Q8_SWEEP_JSON:-null}" "${STREAM_Q8_JSON:-null}"
     printf '      "bf16": {"sweep": %s, "stream": %s}},\n' "${STREAM_BF16_SWEEP_JSON:-null}" "${STREAM_BF16_JSON:-null}"
+    printf '    "atp": {"exact_all_rows": %s, "atp": %s,\n' "${ATP_SWEEP_JSON:-null}" "${ATP_JSON:-null}"
+    printf '      "atp_star": %s, "flops": %s},\n' "${ATP_STAR_JSON:-null}" "${ATP_FLOPS_JSON:-null}"
     printf '    "attention": %s\n' "${ATTENTION_JSON:-null}"
     printf '  }'
 }
@@ -290,6 +293,7 @@ write_summary() {
 }
 
 ATTENTION_JSON="" PREFILL_JSON="" TORCH_JSON="" SWEEP_JSON="" TORCH_SWEEP_JSON=""
+ATP_SWEEP_JSON="" ATP_JSON="" ATP_STAR_JSON="" ATP_FLOPS_JSON=""
 STREAM_Q8_JSON="" STREAM_Q8_SWEEP_JSON="" STREAM_BF16_JSON="" STREAM_BF16_SWEEP_JSON=""
 PREFILL_MODEL=unset PREFILL_LAYERS=0 PREFILL_WHY="not run" PREFILL_SEQS=${PB_PREFILL_SEQS:-8} PREFILL_SEQ_LEN=${PB_PREFILL_SEQ_LEN:-1024}
 CARD=unknown DRIVER=unknown COMPUTE_CAP=unknown GPU_MEMORY=unknown DRIVER_CUDA=unknown GPU_COUNT=0
@@ -406,8 +410,8 @@ CMAKE_ARGS=("${GENERATOR[@]}" -DPB_CUDA=ON -DCMAKE_BUILD_TYPE=Release -DCMAKE_CU
 [ -n "$NCCL_LIB" ] && CMAKE_ARGS+=(-DNCCL_LIBRARY="$NCCL_LIB")
 [ -n "$NCCL_INC" ] && CMAKE_ARGS+=(-DNCCL_INCLUDE_DIR="$NCCL_INC")
 # what the GPU steps run; the CPU suite builds the rest when it gets its turn
-GPU_TARGETS=(test_cuda_backend test_cuda_metric test_cuda_model test_cuda_sweep patchbay_cli bench_gpu_attention
-    bench_gpu_prefill bench_sweep)
+GPU_TARGETS=(test_cuda_backend test_cuda_metric test_cuda_model test_cuda_sweep test_cuda_grad patchbay_cli
+    bench_gpu_attention bench_gpu_prefill bench_sweep)
 CONFIGURE_OK=0
 BUILD_OK=0
 if [ $NO_BUILD -eq 1 ] && [ -f "$BUILD/CMakeCache.txt" ]; then
@@ -591,6 +595,26 @@ if want stream; then
     STREAM_Q8_SWEEP_JSON=$(json_line "$OUT/bench_stream_q8_0.log" gpu_sweep)
     STREAM_BF16_JSON=$(json_line "$OUT/bench_stream_bf16.log" stream)
     STREAM_BF16_SWEEP_JSON=$(json_line "$OUT/bench_stream_bf16.log" gpu_sweep)
+fi
+
+if want atp; then
+    # Issue 18's GPU benchmark: the default sweep (T = 64) at the llama3-8b
+    # shape in bf16, every row forced (--all-rows), then AtP and AtP* (both
+    # corrections) on the same spec: their seconds beside the exact sweep's,
+    # and the same ratios from FLOP counts. The backward runs on the device
+    # (cuda/backward.cu, cuBLAS for the weight products).
+    ATP_LAYERS=${SWEEP_LAYERS:-$PREFILL_LAYERS}
+    case $ATP_LAYERS in '' | 0 | *[!0-9]*) ATP_LAYERS=4 ;; esac
+    if [ -x "$BUILD/bench_sweep" ]; then
+        run_step bench_gpu_atp 120 "$BUILD/bench_sweep" --random-model "llama3-8b:$ATP_LAYERS" \
+            --backend cuda --dtype bf16 --default-sweep 64 --all-rows --vs-atp
+    else
+        skip_step bench_gpu_atp skipped_not_built
+    fi
+    ATP_SWEEP_JSON=$(json_line "$OUT/bench_gpu_atp.log" gpu_sweep)
+    ATP_JSON=$(json_line "$OUT/bench_gpu_atp.log" atp)
+    ATP_STAR_JSON=$(json_line "$OUT/bench_gpu_atp.log" 'atp\*')
+    ATP_FLOPS_JSON=$(json_line "$OUT/bench_gpu_atp.log" atp_flops)
 fi
 
 # ---- compute-sanitizer over the backend test: out-of-bounds accesses and races ----

@@ -1,6 +1,6 @@
 """Metric gradients at every hook point, by PyTorch autograd on transformers'
 own forward: the reference for patchbay's activation backward pass
-(host/attribution/grad_ref.c, tests/test_grad.c; issue 18).
+(host/attribution/grad.c, tests/test_grad.c; issue 18).
 
 For each tiny model of tests/fixtures (one per family feature: GQA and
 llama3 RoPE, qkv biases, Qwen3 q/k norms, Gemma 1/2/3 with sandwich norms,

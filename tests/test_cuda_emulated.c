@@ -1,6 +1,6 @@
 /* The CUDA backend's hand-written kernels (cuda/attention.cu,
  * attention_jobs.cu, convert.cu, dequant.cu, elementwise.cu, layernorm.cu,
- * rmsnorm.cu, rope.cu, metric.cu) executed on the CPU by the emulator in
+ * rmsnorm.cu, rope.cu, metric.cu, backward.cu) executed on the CPU by the emulator in
  * tests/cuda_emu, against the reference backend (ops_ref.c, metric.c) and
  * host/formats/quant.c on the same inputs. No GPU and
  * no CUDA toolkit: the unmodified .cu files are rewritten (launch syntax and
@@ -1405,6 +1405,125 @@ static void test_launch_error(void **state) {
     assert_int_not_equal(pb_emu_attention(dummy, dummy, dummy, dummy, 1, 0, 1, 1, hd, NULL), 0);
 }
 
+/* ---- the backward kernels (backward.cu) ------------------------------------ */
+
+static void run_norm_backward(int rows, int d, float mean, int centred, int with_weight, int accumulate,
+                              const char *what) {
+    const size_t n = (size_t)rows * d;
+    float *x = random_floats(n, (uint64_t)(rows * 31 + d), 3.0f);
+    for (size_t i = 0; i < n; i++)
+        x[i] += mean;
+    float *dy = random_floats(n, (uint64_t)(rows * 17 + d), 1.0f);
+    float *weight = with_weight ? random_floats((size_t)d, 41, 2.0f) : NULL;
+    float *start = random_floats(n, 43, 0.5f); /* what accumulate adds to */
+    float *want = copy_floats(start, n), *got = copy_floats(start, n), *reversed = copy_floats(start, n);
+    CHECK_OK(g_ref->ops->norm_backward(g_ref, want, x, weight, dy, rows, d, 1e-5f, centred, accumulate));
+    CHECK_LAUNCH(pb_emu_norm_backward(got, x, weight, dy, rows, d, 1e-5f, centred, accumulate));
+    pb_emu_set_reverse_order(1);
+    CHECK_LAUNCH(pb_emu_norm_backward(reversed, x, weight, dy, rows, d, 1e-5f, centred, accumulate));
+    pb_emu_set_reverse_order(0);
+    check_guard(got, n, what);
+    expect_close(got, want, n, PB_TOL_EMU_BACKWARD_NMSE, what);
+    expect_identical(reversed, got, n, what);
+    free(x);
+    free(dy);
+    free(weight);
+    free(start);
+    free(want);
+    free(got);
+    free(reversed);
+}
+
+static void test_norm_backward(void **state) {
+    (void)state;
+    run_norm_backward(5, 64, 0.0f, 0, 1, 0, "norm_backward rms 5x64 weight");
+    run_norm_backward(7, 1000, 0.0f, 0, 0, 1, "norm_backward rms 7x1000 no weight, accumulate");
+    run_norm_backward(36, 16, 0.0f, 0, 1, 0, "norm_backward rms per head 36x16 weight");
+    run_norm_backward(4, 768, 1e3f, 1, 1, 1, "norm_backward layer 4x768 mean 1e3 weight, accumulate");
+    run_norm_backward(3, 1, 0.0f, 1, 1, 0, "norm_backward layer 3x1 (gradient 0)");
+    run_norm_backward(2, 300, -5.0f, 1, 0, 0, "norm_backward layer 2x300 mean -5 no weight");
+}
+
+static void run_glu_backward(pb_activation act, int gated, const char *what) {
+    const size_t n = 3000;
+    float *gate = random_floats(n, 51, 6.0f), *up = random_floats(n, 52, 6.0f), *dh = random_floats(n, 53, 1.0f);
+    float *want_gate = copy_floats(dh, n), *want_up = filled_floats(n, NAN);
+    float *got_gate = copy_floats(dh, n), *got_up = filled_floats(n, NAN);
+    /* d_gate written over dh, as the gradient pass does */
+    CHECK_OK(g_ref->ops->glu_backward(g_ref, want_gate, want_up, want_gate, gated ? gate : NULL, up, n, act));
+    CHECK_LAUNCH(pb_emu_glu_backward(got_gate, got_up, got_gate, gated ? gate : NULL, up, n, act));
+    check_guard(got_gate, n, what);
+    check_guard(got_up, n, what);
+    expect_close(got_up, want_up, n, PB_TOL_EMU_BACKWARD_NMSE, what);
+    expect_close(got_gate, want_gate, n, PB_TOL_EMU_BACKWARD_NMSE, what);
+    free(gate);
+    free(up);
+    free(dh);
+    free(want_gate);
+    free(want_up);
+    free(got_gate);
+    free(got_up);
+}
+
+static void test_glu_backward(void **state) {
+    (void)state;
+    run_glu_backward(PB_ACTIVATION_SILU, 1, "glu_backward silu gated");
+    run_glu_backward(PB_ACTIVATION_GELU_TANH, 1, "glu_backward gelu_tanh gated");
+    run_glu_backward(PB_ACTIVATION_GELU, 1, "glu_backward gelu gated");
+    run_glu_backward(PB_ACTIVATION_GELU, 0, "glu_backward gelu plain");
+    run_glu_backward(PB_ACTIVATION_GELU_TANH, 0, "glu_backward gelu_tanh plain");
+}
+
+/* dq, dk, dv and the pattern's gradient; the pattern buffer starts at 7
+ * on both sides, and what lies outside the windows must stay 7. */
+static void run_attention_backward(int T, int n_heads, int n_kv_heads, int head_dim, const pb_attention_params *params,
+                                   const char *what) {
+    const size_t qn = (size_t)T * n_heads * head_dim, kvn = (size_t)T * n_kv_heads * head_dim;
+    const size_t pn = (size_t)n_heads * T * T;
+    float *q = random_floats(qn, (uint64_t)(T * 7 + head_dim), 2.0f), *k = random_floats(kvn, (uint64_t)T * 5, 2.0f);
+    float *v = random_floats(kvn, (uint64_t)T * 3, 1.0f), *dz = random_floats(qn, (uint64_t)T * 11, 1.0f);
+    float *want[4] = {filled_floats(qn, NAN), filled_floats(kvn, NAN), filled_floats(kvn, NAN),
+                      filled_floats(pn, 7.0f)};
+    float *got[4] = {filled_floats(qn, NAN), filled_floats(kvn, NAN), filled_floats(kvn, NAN), filled_floats(pn, 7.0f)};
+    float *rev[4] = {filled_floats(qn, NAN), filled_floats(kvn, NAN), filled_floats(kvn, NAN), filled_floats(pn, 7.0f)};
+    const size_t sizes[4] = {qn, kvn, kvn, pn};
+    static const char *names[4] = {"dq", "dk", "dv", "dpattern"};
+    CHECK_OK(g_ref->ops->attention_backward(g_ref, want[0], want[1], want[2], want[3], q, k, v, dz, T, n_heads,
+                                            n_kv_heads, head_dim, params));
+    CHECK_LAUNCH(pb_emu_attention_backward(got[0], got[1], got[2], got[3], q, k, v, dz, T, n_heads, n_kv_heads,
+                                           head_dim, params));
+    pb_emu_set_reverse_order(1);
+    CHECK_LAUNCH(pb_emu_attention_backward(rev[0], rev[1], rev[2], rev[3], q, k, v, dz, T, n_heads, n_kv_heads,
+                                           head_dim, params));
+    pb_emu_set_reverse_order(0);
+    for (int i = 0; i < 4; i++) {
+        char label[160];
+        snprintf(label, sizeof label, "%s: %s", what, names[i]);
+        check_guard(got[i], sizes[i], label);
+        expect_close(got[i], want[i], sizes[i], PB_TOL_EMU_BACKWARD_NMSE, label);
+        expect_identical(rev[i], got[i], sizes[i], label);
+        free(want[i]);
+        free(got[i]);
+        free(rev[i]);
+    }
+    free(q);
+    free(k);
+    free(v);
+    free(dz);
+}
+
+static void test_attention_backward(void **state) {
+    (void)state;
+    run_attention_backward(1, 2, 1, 8, NULL, "attention_backward T 1");
+    run_attention_backward(7, 4, 2, 16, NULL, "attention_backward 7 tokens GQA 4/2");
+    run_attention_backward(40, 9, 3, 64, NULL, "attention_backward 40 tokens 9/3 heads of 64 (SmolLM2's)");
+    run_attention_backward(300, 2, 1, 32, NULL, "attention_backward 300 tokens (more keys than threads)");
+    pb_attention_params capped = {0.0625f, 50.0f, 0}, window = {0.25f, 0.0f, 5}, both = {0.125f, 20.0f, 7};
+    run_attention_backward(33, 4, 4, 16, &capped, "attention_backward softcap 50, scale 1/16");
+    run_attention_backward(33, 4, 2, 16, &window, "attention_backward window 5");
+    run_attention_backward(20, 2, 1, 16, &both, "attention_backward softcap 20, window 7");
+}
+
 static int setup(void **state) {
     (void)state;
     return pb_backend_ref_create(&g_ref) == PB_OK ? 0 : -1;
@@ -1442,6 +1561,9 @@ int main(void) {
         cmocka_unit_test(test_dequant_gather),
         cmocka_unit_test(test_dequant_refused),
         cmocka_unit_test(test_metric),
+        cmocka_unit_test(test_norm_backward),
+        cmocka_unit_test(test_glu_backward),
+        cmocka_unit_test(test_attention_backward),
         cmocka_unit_test(test_sync_mode),
         cmocka_unit_test(test_schedule_order),
         cmocka_unit_test(test_emulator_barrier),

@@ -52,7 +52,7 @@ mkdir "$tmp/tree"
 
 rc=0
 OUT=$tmp/out PB_GPU_DEPS=$deps PB_GPU_CHECK_BUDGET=400 \
-  bash "$tmp/tree/scripts/gpu-check.sh" --steps tests,prefill,sweep,stream,sanitizer >"$tmp/check.log" 2>&1 || rc=$?
+  bash "$tmp/tree/scripts/gpu-check.sh" --steps tests,prefill,sweep,stream,atp,sanitizer >"$tmp/check.log" 2>&1 || rc=$?
 if [ $rc -ne 0 ]; then
   cat "$tmp/check.log"
   for log in "$tmp"/out/*.log; do echo "== $log"; tail -n 30 "$log"; done
@@ -72,7 +72,7 @@ t = s["tests_gpu"]
 if not t["ran"] or t["total"] == 0 or t["failed"] != 0 or t["skipped"] != t["total"]:
     fail.append(f"gpu tests: {t}")
 for name in ("bench_gpu_attention", "bench_gpu_prefill", "bench_torch_prefill", "bench_gpu_sweep", "bench_torch_sweep",
-             "bench_stream_q8_0", "bench_stream_bf16"):
+             "bench_stream_q8_0", "bench_stream_bf16", "bench_gpu_atp"):
     status = steps.get(name, {}).get("status")
     if status != "skipped":
         fail.append(f"{name}: status {status}, expected skipped")

@@ -262,6 +262,15 @@
  * by 1e-3 or more. (PB_TOL_CUDA_METRIC, same reason.) */
 #define PB_TOL_EMU_METRIC 1e-10
 
+/* The backward kernels (cuda/backward.cu) in the emulator against the
+ * reference backend's backward ops (backward_host.c): both sum in double
+ * and round each output to fp32 once, with the same libm; only the
+ * summation order differs (block trees vs serial loops), ~1e-16 relative
+ * before the final rounding, so outputs agree to an fp32 ulp or two:
+ * NMSE ~1e-15. 1e-12 leaves headroom; an indexing mistake (a wrong key,
+ * head or window edge) moves elements by 1e-2 or more. */
+#define PB_TOL_EMU_BACKWARD_NMSE 1e-12
+
 /* ---- quantisation (test_quant.c) ---------------------------------------- */
 
 /* Dequantised values vs gguf-py's, relative. ggml and gguf-py evaluate the
@@ -284,7 +293,7 @@
  * (PB_TOL_SMOLLM2_LOGITS_NMSE), here for every layer's residual. */
 #define PB_TOL_LENS_NMSE 1e-7
 
-/* The reference activation backward pass (attribution/grad_ref.c) vs
+/* The reference activation backward pass (attribution/grad.c) vs
  * PyTorch autograd on transformers' forward, fp32 both sides: NMSE of the
  * metric's gradient at each hook point (issue 18's bound), and the
  * metric's value relative to 1 + |value|. */

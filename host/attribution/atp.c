@@ -9,7 +9,7 @@
 #include <string.h>
 
 #include "attribution/atp.h"
-#include "attribution/grad_ref.h"
+#include "attribution/grad.h"
 #include "attribution/qk_fix.h"
 #include "model/capture.h"
 #include "model/components.h"
@@ -20,7 +20,7 @@
 #include "patching/sweep_access.h"
 #include "util/internal.h"
 
-/* Hook points whose gradients grad_ref.h gives: every component's. */
+/* Hook points whose gradients grad.h gives: every component's. */
 #define ATP_HOOKS "blocks.*.hook_resid_*,blocks.*.hook_attn_out,blocks.*.hook_mlp_out,blocks.*.attn.hook_[zqkv]"
 
 typedef struct atp_pair {
@@ -177,7 +177,7 @@ static pb_status pair_runs(pb_sweep *s, int pair, const char *grad_hooks, atp_pa
         if (status == PB_OK && spec->grad_drop)
             status = pb_capture_create(&a->drop_grads, m, grad_hooks);
         if (status == PB_OK)
-            status = pb_grad_reference_from(m, p->base.T, a->base, base_logits, &a->metric, a->grads, &a->base_value);
+            status = pb_grad_pass_from(m, p->base.T, a->base, base_logits, &a->metric, a->grads, &a->base_value);
     }
     if (status == PB_OK && spec->qk_fix)
         status = pb_qk_fix_create(&a->qk, m, p->base.T, a->base, a->source);
@@ -263,7 +263,7 @@ static pb_status grad_drop(pb_sweep *s, int pair, atp_pair *a, const int64_t *ro
         int dropped = l <= top; /* a drop above the top changes nothing: the whole estimate stands */
         if (dropped) {
             pb_grad_drop drop = {l, pb_capture_find_data(a->grads, PB_HOOK_RESID_POST, l)};
-            status = pb_grad_reference_drop(m, a->T, a->base, NULL, &a->metric, &drop, a->drop_grads, NULL);
+            status = pb_grad_pass_drop(m, a->T, a->base, NULL, &a->metric, &drop, a->drop_grads, NULL);
         }
         for (int64_t i = 0; status == PB_OK && i < n; i++) {
             double e = est[i];
@@ -336,7 +336,7 @@ pb_status pb_atp_peak_bytes(const pb_sweep *s, int T, uint64_t *bytes) {
     PB_TRY(status);
     uint64_t logits = 2 * sizeof(float) * (uint64_t)T * (uint64_t)m->cfg.vocab_size;
     *bytes = base + source + grads * (pb_sweep_spec_of(s)->grad_drop ? 2 : 1) + logits +
-             pb_grad_reference_scratch_bytes(&m->cfg, T);
+             pb_grad_scratch_bytes(&m->cfg, T, !m->backend->ops->host_memory);
     return PB_OK;
 }
 

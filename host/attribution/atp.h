@@ -7,7 +7,7 @@
  *              (a_source(map p) - a_base(p)) . d metric / d a (p)
  *
  * a the site's activation (a head's slice for z, q, k, v), the gradient by
- * the reference backward pass (grad_ref.h). The rows then go through the
+ * the reference backward pass (grad.h). The rows then go through the
  * sweep's statistics and writers as exact rows do; results.json records the
  * method. */
 #ifndef PB_ATP_H
@@ -19,9 +19,9 @@
 
 /* Estimates rows (indices pair * n_sites + site) of s and their pairs'
  * base and source metrics (pb_sweep_set_row / pb_sweep_set_pair): two
- * forwards and one backward per pair. PB_ERR_UNSUPPORTED naming what the
- * estimate does not cover yet: a metric on the residual or a callback, a
- * device backend or streamed weights. */
+ * forwards and one backward per pair, on the model's backend.
+ * PB_ERR_UNSUPPORTED naming what the estimate does not cover: a callback
+ * metric, streamed weights, a backend without the backward ops. */
 pb_status pb_atp_run_rows(pb_sweep *s, const int64_t *rows, int64_t n_rows);
 
 /* The estimate's memory at its peak for one pair of T-token runs of m

@@ -16,24 +16,32 @@ struct pb_qk_fix {
     int T;
     pb_capture *base, *source;
     float *rot;      /* (T, widest projection) the site's patched rows, rotated */
-    float *norm_w;   /* (widest projection) a q/k norm's weight */
     int32_t *pos;    /* (T) the site's base positions */
     char *changed;   /* (T, max heads) which heads of which patched row moved */
     int *row_of;     /* (T) base position -> patched row index, or -1 */
     double *base_p;  /* (T) one attention row's probabilities, base */
     double *patch_p; /* (T) the same row patched */
+    /* a device backend's copies of rot and pos (NULL on host memory): the
+     * norm and RoPE run there, by the kernels the forward ran, so that an
+     * unpatched head comes back with the forward's bits */
+    float *dev_rot;
+    int32_t *dev_pos;
 };
 
 void pb_qk_fix_free(pb_qk_fix *f) {
     if (!f)
         return;
     free(f->rot);
-    free(f->norm_w);
     free(f->pos);
     free(f->changed);
     free(f->row_of);
     free(f->base_p);
     free(f->patch_p);
+    pb_backend *b = f->m ? f->m->backend : NULL;
+    if (b) {
+        b->ops->free(b, f->dev_rot);
+        b->ops->free(b, f->dev_pos);
+    }
     free(f);
 }
 
@@ -47,18 +55,56 @@ pb_status pb_qk_fix_create(pb_qk_fix **out, pb_model *m, int base_T, pb_capture 
         return pb_fail(PB_ERR_OOM, "qk fix: out of memory");
     *f = (pb_qk_fix){.m = m, .T = base_T, .base = base, .source = source};
     f->rot = malloc(sizeof(float) * T * width);
-    f->norm_w = malloc(sizeof(float) * width);
     f->pos = malloc(sizeof(int32_t) * T);
     f->changed = malloc(T * heads);
     f->row_of = malloc(sizeof(int) * T);
     f->base_p = malloc(sizeof(double) * T);
     f->patch_p = malloc(sizeof(double) * T);
-    if (!f->rot || !f->norm_w || !f->pos || !f->changed || !f->row_of || !f->base_p || !f->patch_p) {
+    if (!f->rot || !f->pos || !f->changed || !f->row_of || !f->base_p || !f->patch_p) {
         pb_qk_fix_free(f);
         return pb_fail(PB_ERR_OOM, "qk fix: out of memory for %d tokens", base_T);
     }
+    pb_backend *b = m->backend;
+    pb_status status = PB_OK;
+    if (!b->ops->host_memory) {
+        status = b->ops->alloc(b, (void **)&f->dev_rot, sizeof(float) * T * width);
+        if (status == PB_OK)
+            status = b->ops->alloc(b, (void **)&f->dev_pos, sizeof(int32_t) * T);
+    }
+    if (status != PB_OK) {
+        pb_qk_fix_free(f);
+        return status;
+    }
     *out = f;
     return PB_OK;
+}
+
+/* f->rot (n, width) through the layer's q/k norm and RoPE, in place, by
+ * the model's backend (on a device: there and back). */
+static pb_status norm_and_rotate(pb_qk_fix *f, int is_q, int layer, int n, int heads) {
+    pb_model *m = f->m;
+    const pb_model_config *c = &m->cfg;
+    pb_backend *b = m->backend;
+    int hd = c->head_dim, width = heads * hd;
+    size_t bytes = sizeof(float) * (size_t)n * (size_t)width;
+    float *rot = f->dev_rot ? f->dev_rot : f->rot;
+    int32_t *pos = f->dev_pos ? f->dev_pos : f->pos;
+    if (f->dev_rot) {
+        PB_TRY(b->ops->upload(b, f->dev_rot, f->rot, bytes));
+        PB_TRY(b->ops->upload(b, f->dev_pos, f->pos, sizeof(int32_t) * (size_t)n));
+    }
+    if (c->qk_norm) {
+        const float *w = is_q ? m->layers[layer].q_norm : m->layers[layer].k_norm;
+        if (c->qk_norm_full)
+            PB_TRY(b->ops->rmsnorm(b, rot, rot, w, n, width, c->rms_eps));
+        else
+            PB_TRY(b->ops->rmsnorm(b, rot, rot, w, n * heads, hd, c->rms_eps));
+    }
+    if (c->position == PB_POSITION_ROPE) {
+        int dims = c->rotary_dims > 0 ? c->rotary_dims : hd;
+        PB_TRY(b->ops->rope(b, rot, pos, pb_model_inv_freq(m, layer, f->T), n, heads, hd, dims, pb_rope_scale(c)));
+    }
+    return f->dev_rot ? b->ops->download(b, f->rot, f->dev_rot, bytes) : PB_OK;
 }
 
 /* f->rot (n, heads * head_dim): the base rows at the positions with one
@@ -66,9 +112,7 @@ pb_status pb_qk_fix_create(pb_qk_fix **out, pb_model *m, int base_T, pb_capture 
  * f->changed: which heads differ from the base's rotated rows. */
 static pb_status patched_rows(pb_qk_fix *f, int is_q, int layer, int head, const int *positions,
                               const int *source_positions, int n) {
-    pb_model *m = f->m;
-    const pb_model_config *c = &m->cfg;
-    pb_backend *b = m->backend;
+    const pb_model_config *c = &f->m->cfg;
     int hd = c->head_dim, heads = is_q ? c->n_heads : c->n_kv_heads, width = heads * hd;
     const float *pre = pb_capture_find_data(f->base, is_q ? PB_HOOK_Q : PB_HOOK_K, layer);
     const float *src = pb_capture_find_data(f->source, is_q ? PB_HOOK_Q : PB_HOOK_K, layer);
@@ -82,20 +126,7 @@ static pb_status patched_rows(pb_qk_fix *f, int is_q, int layer, int head, const
                sizeof(float) * (size_t)hd);
         f->pos[i] = positions[i];
     }
-    if (c->qk_norm) {
-        const float *w = is_q ? m->layers[layer].q_norm : m->layers[layer].k_norm;
-        size_t nw = (size_t)(c->qk_norm_full ? width : hd);
-        PB_TRY(b->ops->download(b, f->norm_w, w, sizeof(float) * nw));
-        if (c->qk_norm_full)
-            PB_TRY(b->ops->rmsnorm(b, f->rot, f->rot, f->norm_w, n, width, c->rms_eps));
-        else
-            PB_TRY(b->ops->rmsnorm(b, f->rot, f->rot, f->norm_w, n * heads, hd, c->rms_eps));
-    }
-    if (c->position == PB_POSITION_ROPE) {
-        int dims = c->rotary_dims > 0 ? c->rotary_dims : hd;
-        PB_TRY(
-            b->ops->rope(b, f->rot, f->pos, pb_model_inv_freq(m, layer, f->T), n, heads, hd, dims, pb_rope_scale(c)));
-    }
+    PB_TRY(norm_and_rotate(f, is_q, layer, n, heads));
     for (int i = 0; i < n; i++)
         for (int h = 0; h < heads; h++)
             f->changed[(size_t)i * heads + h] = memcmp(f->rot + (size_t)i * width + (size_t)h * hd,

@@ -185,6 +185,42 @@ typedef struct pb_backend_ops {
      * for the caller: copies still work, slower. */
     pb_status (*pin)(pb_backend *backend, const void *host, size_t bytes);
     void (*unpin)(pb_backend *backend, const void *host);
+
+    /* ---- the activation backward pass (attribution/grad.c) ----------
+     * Optional, all four or none: NULL means the backend has no backward,
+     * and the pass refuses it by name. Derivatives only with respect to
+     * activations, never weights. */
+
+    /* dx (rows, k) = dy (rows, n) @ w (n, k), or dx += that with
+     * accumulate: the transpose of matmul's product. w is stored as w_dtype
+     * (any dtype matmul takes) and decoded to fp32 exactly; the products
+     * are summed in fp32 or wider. */
+    pb_status (*matmul_dx)(pb_backend *backend, float *dx, const float *dy, const void *w, pb_dtype w_dtype, int rows,
+                           int n, int k, int accumulate);
+    /* dx (rows, d) = (or += with accumulate) the gradient through
+     * y = norm(x) * weight (+ bias) given dy (rows, d): RMSNorm, or with
+     * centred LayerNorm (rmsnorm's and layernorm's definitions, eps as
+     * theirs). weight (d) may be NULL (ones); a bias does not enter. */
+    pb_status (*norm_backward)(pb_backend *backend, float *dx, const float *x, const float *weight, const float *dy,
+                               int rows, int d, float eps, int centred, int accumulate);
+    /* The MLP's activation, elementwise over n, given dh (n), the gradient
+     * of its output: with a gate, h = act(gate) * up, so d_up = dh *
+     * act(gate) and d_gate = dh * up * act'(gate); without (gate NULL,
+     * h = act(up)), d_up = dh * act'(up) and d_gate is not written. Sums
+     * in fp32 or wider; d_gate may alias dh; d_up may not alias gate. */
+    pb_status (*glu_backward)(pb_backend *backend, float *d_gate, float *d_up, const float *dh, const float *gate,
+                              const float *up, size_t n, pb_activation act);
+    /* The gradient through causal self-attention over T tokens (positions
+     * 0 .. T - 1, every key its own run's), given dz (T, n_heads *
+     * head_dim), the output's: dq (T, n_heads * head_dim) of the scaled
+     * scores' queries, dk and dv (T, n_kv_heads * head_dim), overwritten,
+     * with q, k (rotated) and v as attention reads them and its scores
+     * (params: scale, soft-cap, window; host memory). dpattern (n_heads,
+     * T, T) or NULL: d / d the probabilities, written inside each query's
+     * window, the rest left as it is. The probabilities are recomputed. */
+    pb_status (*attention_backward)(pb_backend *backend, float *dq, float *dk, float *dv, float *dpattern,
+                                    const float *q, const float *k, const float *v, const float *dz, int T, int n_heads,
+                                    int n_kv_heads, int head_dim, const pb_attention_params *params);
 } pb_backend_ops;
 
 struct pb_backend {

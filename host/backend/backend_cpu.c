@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "backend/backend.h"
+#include "backend/backward_host.h"
 #include "formats/dtype.h"
 #include "util/internal.h"
 
@@ -327,6 +328,47 @@ static pb_status cpu_copy_rows(pb_backend *backend, float *dst, size_t dst_strid
     return pb_copy_rows_host(dst, dst_stride, src, src_stride, width, rows);
 }
 
+/* dx (rows, k) (+)= dy (rows, n) @ w (n, k): sgemm with fp32 sums, as the
+ * forward's products; 16-bit and quantised weights decoded block by block
+ * (exact) and summed into dx block after block. */
+static pb_status cpu_matmul_dx(pb_backend *backend, float *dx, const float *dy, const void *w, pb_dtype w_dtype,
+                               int rows, int n, int k, int accumulate) {
+    float beta = accumulate ? 1.0f : 0.0f;
+    if (w_dtype == PB_DTYPE_F32) {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, k, n, 1.0f, dy, n, w, k, beta, dx, k);
+        return PB_OK;
+    }
+    float *wide = malloc(sizeof(float) * (size_t)CPU_WIDEN_ROWS * (size_t)k);
+    if (!wide)
+        return pb_fail(PB_ERR_OOM, "CPU gradient: out of memory widening a %d x %d %s weight", n, k,
+                       pb_dtype_name(w_dtype));
+    size_t row_bytes = pb_dtype_bytes(w_dtype, (uint64_t)k);
+    for (int i0 = 0; i0 < n; i0 += CPU_WIDEN_ROWS, beta = 1.0f) {
+        int block = n - i0 < CPU_WIDEN_ROWS ? n - i0 : CPU_WIDEN_ROWS;
+        widen_rows(backend, w_dtype, wide, (const char *)w + (size_t)i0 * row_bytes, row_bytes, block, k);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, k, block, 1.0f, dy + i0, n, wide, k, beta, dx, k);
+    }
+    free(wide);
+    return PB_OK;
+}
+
+/* The other backward ops: the reference's (backward_host.c), sums in double. */
+static pb_status cpu_norm_backward(pb_backend *backend, float *dx, const float *x, const float *weight, const float *dy,
+                                   int rows, int d, float eps, int centred, int accumulate) {
+    return pb_norm_backward_host(dx, x, weight, dy, rows, d, eps, centred, accumulate);
+}
+
+static pb_status cpu_glu_backward(pb_backend *backend, float *d_gate, float *d_up, const float *dh, const float *gate,
+                                  const float *up, size_t n, pb_activation act) {
+    return pb_glu_backward_host(d_gate, d_up, dh, gate, up, n, act);
+}
+
+static pb_status cpu_attention_backward(pb_backend *backend, float *dq, float *dk, float *dv, float *dpattern,
+                                        const float *q, const float *k, const float *v, const float *dz, int T,
+                                        int n_heads, int n_kv_heads, int head_dim, const pb_attention_params *params) {
+    return pb_attention_backward_host(dq, dk, dv, dpattern, q, k, v, dz, T, n_heads, n_kv_heads, head_dim, params);
+}
+
 static const pb_backend_ops cpu_ops = {
     .name = "cpu",
     .destroy = cpu_destroy,
@@ -351,6 +393,10 @@ static const pb_backend_ops cpu_ops = {
     .host_memory = 1,
     .copy_regions = cpu_copy_regions,
     .copy_rows = cpu_copy_rows,
+    .matmul_dx = cpu_matmul_dx,
+    .norm_backward = cpu_norm_backward,
+    .glu_backward = cpu_glu_backward,
+    .attention_backward = cpu_attention_backward,
 };
 
 pb_status pb_backend_cpu_create(pb_backend **out, int n_threads) {

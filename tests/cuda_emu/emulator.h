@@ -49,6 +49,10 @@
 #define pb_cuda_launch_dequant_rows pb_emu_cuda_launch_dequant_rows
 #define pb_cuda_launch_copy_regions pb_emu_cuda_launch_copy_regions
 #define pb_cuda_metric_rows pb_emu_cuda_metric_rows
+#define pb_cuda_launch_norm_backward pb_emu_cuda_launch_norm_backward
+#define pb_cuda_launch_glu_backward pb_emu_cuda_launch_glu_backward
+#define pb_cuda_attention_backward_scratch pb_emu_cuda_attention_backward_scratch
+#define pb_cuda_launch_attention_backward pb_emu_cuda_launch_attention_backward
 
 #define __global__
 #define __device__
@@ -80,6 +84,7 @@ typedef struct pb_emu_event *cudaEvent_t;
 enum cudaError_t {
     cudaSuccess = 0,
     cudaErrorInvalidValue = 1,
+    cudaErrorMemoryAllocation = 2,
     cudaErrorInvalidConfiguration = 9,
     cudaErrorIllegalAddress = 700,
 };

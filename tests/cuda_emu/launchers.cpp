@@ -136,3 +136,31 @@ pb_status pb_emu_metric_rows(double *out, const float *logits, int rows, int n_o
     return pb_cuda_metric_rows(&self.base, out, logits, rows, n_out, kind, positive, n_positive, negative, n_negative,
                                ref_logprobs, ref_row, n_ref);
 }
+
+int pb_emu_norm_backward(float *dx, const float *x, const float *weight, const float *dy, int rows, int d, float eps,
+                         int centred, int accumulate) {
+    return pb_cuda_launch_norm_backward(nullptr, dx, x, weight, dy, rows, d, eps, centred, accumulate);
+}
+
+int pb_emu_glu_backward(float *d_gate, float *d_up, const float *dh, const float *gate, const float *up, size_t n,
+                        pb_activation act) {
+    pb_cuda_activation kernel_act;
+    if (!pb_cuda_activation_of(act, &kernel_act))
+        return cudaErrorInvalidValue;
+    return pb_cuda_launch_glu_backward(nullptr, d_gate, d_up, dh, gate, up, n, kernel_act);
+}
+
+int pb_emu_attention_backward(float *dq, float *dk, float *dv, float *dpattern, const float *q, const float *k,
+                              const float *v, const float *dz, int T, int n_heads, int n_kv_heads, int head_dim,
+                              const pb_attention_params *params) {
+    double *scratch = (double *)malloc(sizeof(double) * pb_cuda_attention_backward_scratch(T, n_heads));
+    if (!scratch)
+        return cudaErrorMemoryAllocation;
+    /* poisoned: the kernels must read only what they wrote */
+    for (size_t i = 0, n = pb_cuda_attention_backward_scratch(T, n_heads); i < n; i++)
+        scratch[i] = NAN;
+    int status = pb_cuda_launch_attention_backward(nullptr, dq, dk, dv, dpattern, q, k, v, dz, scratch, T, n_heads,
+                                                   n_kv_heads, head_dim, pb_cuda_attention_score_of(params, head_dim));
+    free(scratch);
+    return status;
+}

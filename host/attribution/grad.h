@@ -1,17 +1,20 @@
-/* The reference activation backward pass (issue 18): the derivative of one
- * metric at one position with respect to every hook point's activation,
- * the total derivative through every later use, as PyTorch autograd gives
- * it on transformers' forward (scripts/make_grad_reference.py). Host
- * memory, written from the forward's definitions op by op
- * (docs/patching.md), sums in double; on the CPU backend the weight
- * products (most of the time) are OpenBLAS sgemm with fp32 sums, as its
- * forward's are. On the reference backend, the oracle a device backward
- * will be tested against, as the reference backend is for the forward.
- * Activations come from one forward with a capture; what no hook holds
+/* The activation backward pass (issue 18): the derivative of one metric
+ * at one position with respect to every hook point's activation, the total
+ * derivative through every later use, as PyTorch autograd gives it on
+ * transformers' forward (scripts/make_grad_reference.py). Written from the
+ * forward's definitions op by op (docs/patching.md) against the backend's
+ * ops, the four backward ones among them (backend.h): on the reference
+ * backend every sum in double (the oracle the others are tested against);
+ * on the CPU backend the weight products, most of the time, are OpenBLAS
+ * sgemm with fp32 sums, as its forward's; on CUDA cuBLAS sgemm and
+ * cuda/backward.cu's kernels, summing in double. Activations come from one
+ * forward with a capture (host memory: on a device each one a step reads
+ * is uploaded, each gradient asked for downloaded); what no hook holds
  * (norm outputs, the MLP's pre-activations, the attention scores) is
- * recomputed per layer. */
-#ifndef PB_GRAD_REF_H
-#define PB_GRAD_REF_H
+ * recomputed per layer. The metric's derivative on the logits is taken on
+ * the host, in double, from the forward's logits. */
+#ifndef PB_GRAD_H
+#define PB_GRAD_H
 
 #include <stdint.h>
 
@@ -46,20 +49,24 @@ int pb_grad_metric_top_layer(const pb_grad_metric *mt, int n_layers);
  * or pattern receives d metric / d activation over the T tokens of ids
  * (rows after `position` are zero), shaped as the activation's capture
  * (pattern: (n_heads, T, T), the attention probabilities'). *value = the
- * metric. A model on a device backend or with streamed weights is refused
+ * metric. A backend without the backward ops or streamed weights are refused
  * by name (PB_ERR_UNSUPPORTED). */
-pb_status pb_grad_reference(pb_model *m, const int32_t *ids, int T, const pb_grad_metric *metric, pb_capture *grads,
-                            double *value);
+pb_status pb_grad_pass(pb_model *m, const int32_t *ids, int T, const pb_grad_metric *metric, pb_capture *grads,
+                       double *value);
 /* The same from a forward already run (a noise-corrupted one too): acts, a capture of m over T tokens
  * holding every layer's hook points (pb_capture_create with "blocks.*";
  * PB_ERR_ARG naming the first one it lacks), and that forward's logits
  * (T, vocab_size; may be NULL for projection). */
-pb_status pb_grad_reference_from(pb_model *m, int T, pb_capture *acts, const float *logits,
-                                 const pb_grad_metric *metric, pb_capture *grads, double *value);
+pb_status pb_grad_pass_from(pb_model *m, int T, pb_capture *acts, const float *logits, const pb_grad_metric *metric,
+                            pb_capture *grads, double *value);
 
-/* Bytes a pass allocates beside the captures for T tokens: one weight
- * matrix as f32 (the largest: often the unembedding), per-token scratch. */
-size_t pb_grad_reference_scratch_bytes(const pb_model_config *c, int T);
+/* Bytes a pass allocates beside the captures for T tokens: per-token
+ * buffers, and on a device backend (device != 0) the uploaded activations,
+ * the pattern's gradient and the attention backward's scratch (the
+ * backend's, kept); a 16-bit or quantised weight's decoded tile (the
+ * backend's dequantisation scratch, shared with the forward) is not
+ * counted. */
+size_t pb_grad_scratch_bytes(const pb_model_config *c, int T, int device);
 
 /* GradDrop (AtP*, attribution/atp.h): a pass in which one layer's two
  * writes into the residual stream (attn_out and mlp_out) pass no gradient
@@ -73,9 +80,8 @@ typedef struct pb_grad_drop {
      * and value may be NULL (*value is not set). */
     const float *resid_post_grad;
 } pb_grad_drop;
-/* pb_grad_reference_from with the drop (NULL: none). */
-pb_status pb_grad_reference_drop(pb_model *m, int T, pb_capture *acts, const float *logits,
-                                 const pb_grad_metric *metric, const pb_grad_drop *drop, pb_capture *grads,
-                                 double *value);
+/* pb_grad_pass_from with the drop (NULL: none). */
+pb_status pb_grad_pass_drop(pb_model *m, int T, pb_capture *acts, const float *logits, const pb_grad_metric *metric,
+                            const pb_grad_drop *drop, pb_capture *grads, double *value);
 
 #endif

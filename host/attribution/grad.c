@@ -1,0 +1,550 @@
+/* The activation backward pass (grad.h). One forward with a capture of
+ * every per-layer hook point, then, from the metric down: the metric's
+ * derivative on the logits (host, double), the final soft-cap, the
+ * unembedding and the final norm at the metric's position, and per layer
+ * from the last the MLP and attention sublayers in reverse (post norm,
+ * projections, the activation or the attention's softmax, RoPE, q/k norms,
+ * pre norm), each adding its input's gradient into the residual's.
+ *
+ * Every tensor the pass computes with lives in the model backend's memory
+ * and goes through its ops (backend.h, the backward four among them); the
+ * captures are host memory, so on a device backend each activation a step
+ * reads is uploaded first and each gradient asked for is downloaded. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "attribution/grad.h"
+#include "backend/backend.h"
+#include "model/capture.h"
+#include "model/model.h"
+#include "patching/metric.h"
+#include "util/internal.h"
+
+/* Device copies of the activations a step reads: one slot per kind read
+ * at the same time (the two post-norm inputs are never). */
+enum { SLOT_PRE, SLOT_MID, SLOT_ROT_Q, SLOT_ROT_K, SLOT_V, SLOT_Q, SLOT_K, SLOT_POST_IN, N_SLOTS };
+
+typedef struct grad_ctx {
+    pb_model *m;
+    const pb_model_config *c;
+    pb_backend *b; /* the model's: every buffer below is its memory */
+    int T;
+    int drop;             /* GradDrop's layer, or -1 */
+    pb_capture *acts;     /* the forward's activations (the caller's, host) */
+    pb_capture *grads;    /* the caller's (host): what it asks for */
+    float *slot[N_SLOTS]; /* (T, widest) activations uploaded; NULL on host memory */
+    size_t slot_floats;
+    float *xn;        /* (T, d_model) a sublayer's input, recomputed */
+    float *pre[2];    /* (T, d_mlp) the MLP's gate and up pre-activations */
+    float *dh[2];     /* (T, max(d_mlp, n_heads * head_dim)) gradients inside a sublayer */
+    float *dsub;      /* (T, d_model) the sublayer output's gradient before its post norm */
+    float *dxn;       /* (T, d_model) the sublayer input's gradient */
+    float *dres[2];   /* (T, d_model) the residual's gradient: current, and the next one built */
+    float *att[3];    /* (T, heads * head_dim) attention gradients: rotated q, rotated k, v */
+    float *dpattern;  /* (n_heads, T, T) device backends, when a pattern is asked for */
+    float *dlogits;   /* (vocab_size) the metric's gradient on its position's logits */
+    int32_t *neg_pos; /* (T) -t: RoPE's inverse rotation */
+} grad_ctx;
+
+/* ---- moving data ---------------------------------------------------------- */
+
+/* *out = the forward's activation (kind, layer) in backend memory. */
+static pb_status act(grad_ctx *g, pb_hook_kind kind, int layer, int slot, const float **out) {
+    pb_capture_entry *e = pb_capture_find(g->acts, kind, layer);
+    if (g->b->ops->host_memory) {
+        *out = e->data;
+        return PB_OK;
+    }
+    size_t n = pb_capture_entry_floats(e, g->T);
+    if (n > g->slot_floats)
+        return pb_fail(PB_ERR_ARG, "gradient: activation of %zu floats, more than its %zu-float slot", n,
+                       g->slot_floats);
+    PB_TRY(g->b->ops->upload(g->b, g->slot[slot], e->data, sizeof(float) * n));
+    *out = g->slot[slot];
+    return PB_OK;
+}
+
+/* The gradient at (kind, layer), if asked for: T rows of width from src. */
+static pb_status store(grad_ctx *g, pb_hook_kind kind, int layer, const float *src, size_t width) {
+    pb_capture_entry *e = pb_capture_find(g->grads, kind, layer);
+    if (!e)
+        return PB_OK;
+    return g->b->ops->download(g->b, e->data, src, sizeof(float) * (size_t)g->T * width);
+}
+
+static pb_status copy(grad_ctx *g, float *dst, const float *src, size_t n) {
+    return g->b->ops->copy(g->b, dst, src, sizeof(float) * n);
+}
+
+/* dst (n, backend memory) = src (host). */
+static pb_status upload(grad_ctx *g, float *dst, const float *src, size_t n) {
+    return g->b->ops->upload(g->b, dst, src, sizeof(float) * n);
+}
+
+/* dst (T, d) = zero but row `row` = src (d, host); src NULL: all zero. */
+static pb_status upload_row(grad_ctx *g, float *dst, int row, const float *src) {
+    size_t d = (size_t)g->c->d_model;
+    float *host = calloc((size_t)g->T * d, sizeof(float));
+    if (!host)
+        return pb_fail(PB_ERR_OOM, "gradient: out of memory for %d tokens", g->T);
+    if (src)
+        memcpy(host + (size_t)row * d, src, sizeof(float) * d);
+    pb_status status = upload(g, dst, host, (size_t)g->T * d);
+    free(host);
+    return status;
+}
+
+/* ---- the metric ----------------------------------------------------------- */
+
+/* dl (V) = d metric / d logits (one position's, V of them); *value. */
+static pb_status metric_grad(const pb_grad_metric *mt, const float *logits, int V, double *dl, double *value) {
+    memset(dl, 0, sizeof(double) * (size_t)V);
+    for (int i = 0; i < mt->n_positive + mt->n_negative; i++) {
+        int32_t id = i < mt->n_positive ? mt->positive[i] : mt->negative[i - mt->n_positive];
+        if (id < 0 || id >= V)
+            return pb_fail(PB_ERR_ARG, "gradient metric: token %d outside the vocabulary of %d", id, V);
+    }
+    if (mt->kind == PB_METRIC_LOGIT_DIFF) {
+        if (mt->n_positive < 1 || mt->n_negative < 1)
+            return pb_fail(PB_ERR_ARG, "gradient metric logit_diff: needs positive and negative tokens");
+        double sp = 0.0, sn = 0.0;
+        for (int i = 0; i < mt->n_positive; i++) {
+            dl[mt->positive[i]] += 1.0 / mt->n_positive;
+            sp += logits[mt->positive[i]];
+        }
+        for (int i = 0; i < mt->n_negative; i++) {
+            dl[mt->negative[i]] -= 1.0 / mt->n_negative;
+            sn += logits[mt->negative[i]];
+        }
+        *value = sp / mt->n_positive - sn / mt->n_negative;
+        return PB_OK;
+    }
+    double *lsm = malloc(sizeof(double) * (size_t)V);
+    char *in = calloc((size_t)V, 1);
+    if (!lsm || !in) {
+        free(lsm);
+        free(in);
+        return pb_fail(PB_ERR_OOM, "gradient metric: out of memory for %d logits", V);
+    }
+    pb_log_softmax(logits, V, lsm);
+    for (int i = 0; i < mt->n_positive; i++)
+        in[mt->positive[i]] = 1;
+    double set = -INFINITY, rest = -INFINITY; /* log-probabilities of the set and of its complement */
+    for (int v = 0; v < V; v++) {
+        double *side = in[v] ? &set : &rest;
+        *side = *side > lsm[v] ? *side + log1p(exp(lsm[v] - *side)) : lsm[v] + log1p(exp(*side - lsm[v]));
+    }
+    pb_status status = PB_OK;
+    if (mt->kind == PB_METRIC_LOGPROB || mt->kind == PB_METRIC_REFUSAL_SCORE) {
+        /* logprob: log P(set); refusal: log P(set) - log P(rest) */
+        int refusal = mt->kind == PB_METRIC_REFUSAL_SCORE;
+        for (int v = 0; v < V; v++) {
+            double p = exp(lsm[v]);
+            dl[v] = in[v] ? exp(lsm[v] - set) - p : -p;
+            if (refusal)
+                dl[v] -= in[v] ? -p : exp(lsm[v] - rest) - p;
+        }
+        *value = refusal ? set - rest : set;
+    } else if (mt->kind == PB_METRIC_KL && mt->ref_logprobs) {
+        double mass = 0.0;
+        for (int v = 0; v < V; v++)
+            mass += exp(mt->ref_logprobs[v]);
+        for (int v = 0; v < V; v++)
+            dl[v] = mass * exp(lsm[v]) - exp(mt->ref_logprobs[v]);
+        *value = pb_metric_kl(mt->ref_logprobs, logits, V);
+    } else {
+        status = pb_fail(PB_ERR_UNSUPPORTED,
+                         "gradient metric: %s is not differentiated here (logit_diff, logprob, "
+                         "refusal_score, kl with its reference distribution)",
+                         mt->kind == PB_METRIC_KL ? "kl without ref_logprobs" : "this kind");
+    }
+    free(lsm);
+    free(in);
+    return status;
+}
+
+/* dres (T, d) = the residual's gradient after the last layer: the metric
+ * through the final soft-cap, the unembedding and the final norm, at the
+ * metric's position only. */
+static pb_status head_backward(grad_ctx *g, const pb_grad_metric *mt, const float *logits, double *value) {
+    const pb_model_config *c = g->c;
+    int V = c->vocab_size, d = c->d_model, pos = mt->position;
+    double *dl = malloc(sizeof(double) * (size_t)V);
+    float *dlf = malloc(sizeof(float) * (size_t)V);
+    pb_status status = dl && dlf ? PB_OK : pb_fail(PB_ERR_OOM, "gradient: out of memory for %d logits", V);
+    const float *row = logits + (size_t)pos * V;
+    if (status == PB_OK)
+        status = metric_grad(mt, row, V, dl, value);
+    for (int v = 0; status == PB_OK && v < V; v++) {
+        double t = c->final_softcap > 0.0f ? row[v] / c->final_softcap : 0.0;
+        dlf[v] = (float)(dl[v] * (1.0 - t * t));
+    }
+    if (status == PB_OK)
+        status = upload(g, g->dlogits, dlf, (size_t)V);
+    free(dl);
+    free(dlf);
+    PB_TRY(status);
+    pb_backend *b = g->b;
+    const float *final;
+    float *dy = g->dxn; /* (1, d) */
+    PB_TRY(b->ops->matmul_dx(b, dy, g->dlogits, g->m->output.data, g->m->output.dtype, 1, V, d, 0));
+    PB_TRY(act(g, PB_HOOK_RESID_POST, c->n_layers - 1, SLOT_PRE, &final));
+    PB_TRY(upload_row(g, g->dres[0], 0, NULL));
+    return b->ops->norm_backward(b, g->dres[0] + (size_t)pos * d, final + (size_t)pos * d, g->m->final_norm, dy, 1, d,
+                                 c->rms_eps, c->norm == PB_NORM_LAYER, 0);
+}
+
+/* The projection metric's start: *value = <x, u> at the metric position,
+ * g->dres[0] = u there (the gradient of the slot it reads, which resid_pre
+ * of the layer above also names). */
+static pb_status projection_start(grad_ctx *g, const pb_grad_metric *mt, double *value) {
+    const pb_model_config *c = g->c;
+    size_t d = (size_t)c->d_model, row = (size_t)mt->position * d;
+    int slot = mt->layer + (mt->hook_post ? 1 : 0);
+    const float *x = pb_capture_find_data(g->acts, mt->hook_post ? PB_HOOK_RESID_POST : PB_HOOK_RESID_PRE, mt->layer) +
+                     row;
+    double acc = 0.0;
+    for (size_t i = 0; i < d; i++)
+        acc += (double)x[i] * mt->direction[i];
+    if (value)
+        *value = acc;
+    PB_TRY(upload_row(g, g->dres[0], mt->position, mt->direction));
+    return slot < c->n_layers ? store(g, PB_HOOK_RESID_PRE, slot, g->dres[0], d) : PB_OK;
+}
+
+int pb_grad_metric_top_layer(const pb_grad_metric *mt, int n_layers) {
+    if (mt->kind != PB_METRIC_PROJECTION)
+        return n_layers - 1;
+    return mt->layer + (mt->hook_post ? 1 : 0) - 1;
+}
+
+/* ---- sublayers ------------------------------------------------------------ */
+
+/* g->xn (T, d) = the sublayer's input: the norm of x, or x itself, by the
+ * model's own op (as the forward computed it). */
+static pb_status sublayer_input(grad_ctx *g, const float *x, const float *w, const float *b) {
+    const pb_model_config *c = g->c;
+    pb_backend *be = g->b;
+    if (c->no_pre_norm)
+        return copy(g, g->xn, x, (size_t)g->T * c->d_model);
+    if (c->norm == PB_NORM_LAYER)
+        return be->ops->layernorm(be, g->xn, x, w, b, g->T, c->d_model, c->rms_eps);
+    return be->ops->rmsnorm(be, g->xn, x, w, g->T, c->d_model, c->rms_eps);
+}
+
+/* accum (T, d) += the gradient through the sublayer's pre norm of x, given
+ * g->dxn, the gradient of its output. */
+static pb_status pre_norm_backward(grad_ctx *g, float *accum, const float *x, const float *w) {
+    const pb_model_config *c = g->c;
+    pb_backend *b = g->b;
+    if (c->no_pre_norm)
+        return b->ops->add(b, accum, accum, g->dxn, (size_t)g->T * c->d_model);
+    return b->ops->norm_backward(b, accum, x, w, g->dxn, g->T, c->d_model, c->rms_eps, c->norm == PB_NORM_LAYER, 1);
+}
+
+/* g->dsub = the gradient of the sublayer's output before its post norm
+ * (sandwich norms), given dout, the gradient of what it adds. */
+static pb_status post_norm_backward(grad_ctx *g, const float *dout, pb_hook_kind post_in, int L, const float *w) {
+    const pb_model_config *c = g->c;
+    if (!c->sandwich_norm)
+        return copy(g, g->dsub, dout, (size_t)g->T * c->d_model);
+    const float *x;
+    PB_TRY(act(g, post_in, L, SLOT_POST_IN, &x));
+    return g->b->ops->norm_backward(g->b, g->dsub, x, w, dout, g->T, c->d_model, c->rms_eps, c->norm == PB_NORM_LAYER,
+                                    0);
+}
+
+/* accum += the gradient through layer L's MLP reading residual x, given
+ * dout, the gradient of what the MLP adds. */
+static pb_status mlp_backward(grad_ctx *g, int L, const float *x, const float *dout, float *accum) {
+    const pb_model_config *c = g->c;
+    const pb_layer_weights *W = &g->m->layers[L];
+    pb_backend *b = g->b;
+    int T = g->T, d = c->d_model, f = c->d_mlp;
+    PB_TRY(post_norm_backward(g, dout, PB_HOOK_MLP_POST_IN, L, W->mlp_post_norm));
+    PB_TRY(sublayer_input(g, x, W->mlp_norm, W->mlp_norm_b));
+    /* the pre-activations, recomputed by the model's own product */
+    PB_TRY(b->ops->matmul(b, g->pre[1], g->xn, W->w_up.data, W->w_up.dtype, W->b_up, T, f, d));
+    if (!c->plain_mlp)
+        PB_TRY(b->ops->matmul(b, g->pre[0], g->xn, W->w_gate.data, W->w_gate.dtype, NULL, T, f, d));
+    PB_TRY(b->ops->matmul_dx(b, g->dh[0], g->dsub, W->w_down.data, W->w_down.dtype, T, d, f, 0)); /* d activations */
+    PB_TRY(b->ops->glu_backward(b, g->dh[0], g->dh[1], g->dh[0], c->plain_mlp ? NULL : g->pre[0], g->pre[1],
+                                (size_t)T * f, c->activation));
+    PB_TRY(b->ops->matmul_dx(b, g->dxn, g->dh[1], W->w_up.data, W->w_up.dtype, T, f, d, 0));
+    if (!c->plain_mlp)
+        PB_TRY(b->ops->matmul_dx(b, g->dxn, g->dh[0], W->w_gate.data, W->w_gate.dtype, T, f, d, 1));
+    return pre_norm_backward(g, accum, x, W->mlp_norm);
+}
+
+/* *out = the gradient through RoPE and the q/k norms of d (T, heads *
+ * head_dim; of the rotated rows, rotated back in place) to the
+ * projection's output (the hook_q/k activations), in d itself or in
+ * `normed`; also stored at `hook`. */
+static pb_status rotary_norm_backward(grad_ctx *g, int L, float *d, int heads, const float *norm_w, pb_hook_kind hook,
+                                      float *normed, const float **out) {
+    const pb_model_config *c = g->c;
+    pb_backend *b = g->b;
+    int T = g->T, hd = c->head_dim, width = heads * hd;
+    if (c->position == PB_POSITION_ROPE) {
+        /* the rotation's transpose: the same rotation at the negated angles */
+        int dims = c->rotary_dims > 0 ? c->rotary_dims : hd;
+        const float *inv_freq = pb_model_inv_freq(g->m, L, T);
+        PB_TRY(b->ops->rope(b, d, g->neg_pos, inv_freq, T, heads, hd, dims, pb_rope_scale(c)));
+    }
+    *out = d;
+    if (c->qk_norm) {
+        const float *x;
+        int full = c->qk_norm_full;
+        PB_TRY(act(g, hook, L, hook == PB_HOOK_Q ? SLOT_Q : SLOT_K, &x));
+        PB_TRY(
+            b->ops->norm_backward(b, normed, x, norm_w, d, full ? T : T * heads, full ? width : hd, c->rms_eps, 0, 0));
+        *out = normed;
+    }
+    return store(g, hook, L, *out, (size_t)width);
+}
+
+/* The softmax attention's backward of layer L: g->att = d rotated q, d
+ * rotated k, d v, given dz; the pattern's gradient where asked for. */
+static pb_status softmax_backward(grad_ctx *g, int L, const float *dz) {
+    const pb_model_config *c = g->c;
+    pb_backend *b = g->b;
+    const float *q, *k, *v;
+    PB_TRY(act(g, PB_HOOK_ROT_Q, L, SLOT_ROT_Q, &q));
+    PB_TRY(act(g, PB_HOOK_ROT_K, L, SLOT_ROT_K, &k));
+    PB_TRY(act(g, PB_HOOK_V, L, SLOT_V, &v));
+    pb_capture_entry *pattern = pb_capture_find(g->grads, PB_HOOK_PATTERN, L); /* (H, T, T), zeroed */
+    float *dpattern = !pattern ? NULL : b->ops->host_memory ? pattern->data : g->dpattern;
+    pb_attention_params p = pb_model_attention_params(c, L);
+    PB_TRY(b->ops->attention_backward(b, g->att[0], g->att[1], g->att[2], dpattern, q, k, v, dz, g->T, c->n_heads,
+                                      c->n_kv_heads, c->head_dim, &p));
+    if (pattern && !b->ops->host_memory)
+        PB_TRY(b->ops->download(b, pattern->data, g->dpattern,
+                                sizeof(float) * (size_t)c->n_heads * (size_t)g->T * (size_t)g->T));
+    return PB_OK;
+}
+
+/* accum += the gradient through layer L's attention reading residual x,
+ * given dout, the gradient of what the attention adds. */
+static pb_status attention_backward(grad_ctx *g, int L, const float *x, const float *dout, float *accum) {
+    const pb_model_config *c = g->c;
+    const pb_layer_weights *W = &g->m->layers[L];
+    pb_backend *b = g->b;
+    int T = g->T, d = c->d_model, qd = c->n_heads * c->head_dim, kvd = c->n_kv_heads * c->head_dim;
+    PB_TRY(post_norm_backward(g, dout, PB_HOOK_ATTN_POST_IN, L, W->attn_post_norm));
+    float *dz = g->dh[0];
+    PB_TRY(b->ops->matmul_dx(b, dz, g->dsub, W->wo.data, W->wo.dtype, T, d, qd, 0));
+    PB_TRY(store(g, PB_HOOK_Z, L, dz, (size_t)qd));
+    PB_TRY(softmax_backward(g, L, dz));
+    const float *dq, *dk, *dv = g->att[2]; /* dz is spent: dh[0] may hold the normed dq */
+    PB_TRY(rotary_norm_backward(g, L, g->att[0], c->n_heads, W->q_norm, PB_HOOK_Q, g->dh[0], &dq));
+    PB_TRY(rotary_norm_backward(g, L, g->att[1], c->n_kv_heads, W->k_norm, PB_HOOK_K, g->dh[1], &dk));
+    PB_TRY(store(g, PB_HOOK_V, L, dv, (size_t)kvd));
+    PB_TRY(b->ops->matmul_dx(b, g->dxn, dq, W->wq.data, W->wq.dtype, T, qd, d, 0));
+    PB_TRY(b->ops->matmul_dx(b, g->dxn, dk, W->wk.data, W->wk.dtype, T, kvd, d, 1));
+    PB_TRY(b->ops->matmul_dx(b, g->dxn, dv, W->wv.data, W->wv.dtype, T, kvd, d, 1));
+    return pre_norm_backward(g, accum, x, W->attn_norm);
+}
+
+/* g->dres[0]: the gradient of layer L's output on entry, of its input on
+ * return (dres[1] is the scratch it is built in). */
+static pb_status layer_backward(grad_ctx *g, int L) {
+    const pb_model_config *c = g->c;
+    size_t n = (size_t)g->T * c->d_model, d = (size_t)c->d_model;
+    float *dpost = g->dres[0], *dnext = g->dres[1];
+    const float *pre;
+    PB_TRY(store(g, PB_HOOK_RESID_POST, L, dpost, d));
+    if (L == g->drop) {
+        /* GradDrop: only the skip path; the layer's own points stay zero */
+        PB_TRY(store(g, PB_HOOK_RESID_MID, L, dpost, d));
+        return store(g, PB_HOOK_RESID_PRE, L, dpost, d);
+    }
+    PB_TRY(act(g, PB_HOOK_RESID_PRE, L, SLOT_PRE, &pre));
+    PB_TRY(store(g, PB_HOOK_MLP_OUT, L, dpost, d));
+    PB_TRY(copy(g, dnext, dpost, n));
+    if (c->parallel_block) {
+        /* out = in + attn(in) + mlp(in): both sublayers see dpost */
+        PB_TRY(store(g, PB_HOOK_ATTN_OUT, L, dpost, d));
+        PB_TRY(mlp_backward(g, L, pre, dpost, dnext));
+        PB_TRY(attention_backward(g, L, pre, dpost, dnext));
+    } else {
+        const float *mid;
+        PB_TRY(act(g, PB_HOOK_RESID_MID, L, SLOT_MID, &mid));
+        PB_TRY(mlp_backward(g, L, mid, dpost, dnext));
+        PB_TRY(store(g, PB_HOOK_RESID_MID, L, dnext, d));
+        PB_TRY(store(g, PB_HOOK_ATTN_OUT, L, dnext, d));
+        PB_TRY(copy(g, dpost, dnext, n)); /* dpost now: the residual between the sublayers */
+        PB_TRY(attention_backward(g, L, pre, dpost, dnext));
+    }
+    g->dres[0] = dnext;
+    g->dres[1] = dpost;
+    return store(g, PB_HOOK_RESID_PRE, L, dnext, d);
+}
+
+/* ---- the pass ------------------------------------------------------------- */
+
+static pb_status check_supported(const pb_model *m, const pb_grad_metric *mt, int T) {
+    const pb_backend_ops *ops = m->backend->ops;
+    if (!ops->matmul_dx || !ops->norm_backward || !ops->glu_backward || !ops->attention_backward)
+        return pb_fail(PB_ERR_UNSUPPORTED, "the gradient pass has no backward ops on the %s backend", ops->name);
+    if (pb_model_streams_weights(m))
+        return pb_fail(PB_ERR_UNSUPPORTED, "the gradient pass needs resident weights, not --weights stream");
+    if (!mt || mt->position < 0 || mt->position >= T)
+        return pb_fail(PB_ERR_ARG, "gradient: metric position %d outside the %d tokens", mt ? mt->position : -1, T);
+    if (mt->kind == PB_METRIC_PROJECTION && (!mt->direction || mt->layer < 0 || mt->layer >= m->cfg.n_layers))
+        return pb_fail(PB_ERR_ARG, "gradient metric projection: needs a direction and a layer in [0, %d), not %d",
+                       m->cfg.n_layers, mt->layer);
+    return PB_OK;
+}
+
+/* ctx_alloc's sizes in floats: per token a sublayer's widest inner row,
+ * the attention's widest row, an uploaded activation's widest row. */
+typedef struct scratch_sizes {
+    size_t wide, heads, act;
+} scratch_sizes;
+
+static scratch_sizes scratch_of(const pb_model_config *c) {
+    size_t d = (size_t)c->d_model, f = (size_t)c->d_mlp;
+    size_t qd = (size_t)c->n_heads * c->head_dim, kvd = (size_t)c->n_kv_heads * c->head_dim;
+    size_t wide = f > qd ? f : qd, heads = qd > kvd ? qd : kvd;
+    return (scratch_sizes){wide, heads, heads > d ? heads : d};
+}
+
+size_t pb_grad_scratch_bytes(const pb_model_config *c, int T, int device) {
+    scratch_sizes z = scratch_of(c);
+    size_t t = (size_t)T, d = (size_t)c->d_model, V = (size_t)c->vocab_size, H = (size_t)c->n_heads;
+    /* ctx_alloc's buffers; on a device the activation slots; on the host
+     * the attention backward's double sums and matmul_dx's (the widest: T
+     * rows of the widest sublayer) */
+    size_t bytes = sizeof(float) * (4 * t * z.wide + 5 * t * d + 3 * t * z.heads + V) + sizeof(int32_t) * t;
+    if (device) /* the pattern's gradient, and the attention backward's probabilities and scores' gradients */
+        return bytes + sizeof(float) * (N_SLOTS * t * z.act + H * t * t) + sizeof(double) * 2 * H * t * t;
+    return bytes + sizeof(double) * (3 * t * z.heads + 2 * t + t * (z.wide > d ? z.wide : d));
+}
+
+static int asks_pattern(const pb_capture *grads) {
+    for (int i = 0; i < grads->count; i++)
+        if (grads->entries[i].kind == PB_HOOK_PATTERN)
+            return 1;
+    return 0;
+}
+
+static pb_status ctx_alloc(grad_ctx *g) {
+    scratch_sizes z = scratch_of(g->c);
+    size_t T = (size_t)g->T, d = (size_t)g->c->d_model, V = (size_t)g->c->vocab_size;
+    pb_backend *b = g->b;
+    float **bufs[] = {&g->pre[0],  &g->pre[1],  &g->dh[0],  &g->dh[1],  &g->xn,     &g->dsub,   &g->dxn,
+                      &g->dres[0], &g->dres[1], &g->att[0], &g->att[1], &g->att[2], &g->dlogits};
+    size_t sizes[] = {T * z.wide, T * z.wide, T * z.wide,  T * z.wide,  T * d,       T * d, T * d,
+                      T * d,      T * d,      T * z.heads, T * z.heads, T * z.heads, V};
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++)
+        PB_TRY(b->ops->alloc(b, (void **)bufs[i], sizeof(float) * sizes[i]));
+    for (int i = 0; !b->ops->host_memory && i < N_SLOTS; i++)
+        PB_TRY(b->ops->alloc(b, (void **)&g->slot[i], sizeof(float) * T * z.act));
+    g->slot_floats = T * z.act;
+    if (!b->ops->host_memory && asks_pattern(g->grads)) {
+        size_t n = (size_t)g->c->n_heads * T * T;
+        float *zeros = calloc(n, sizeof(float));
+        if (!zeros)
+            return pb_fail(PB_ERR_OOM, "gradient: out of memory for the pattern's gradient");
+        pb_status status = b->ops->alloc(b, (void **)&g->dpattern, sizeof(float) * n);
+        if (status == PB_OK)
+            status = upload(g, g->dpattern, zeros, n);
+        free(zeros);
+        PB_TRY(status);
+    }
+    int32_t *neg = malloc(sizeof(int32_t) * T);
+    if (!neg)
+        return pb_fail(PB_ERR_OOM, "gradient: out of memory for %zu tokens", T);
+    for (size_t t = 0; t < T; t++)
+        neg[t] = -(int32_t)t;
+    pb_status status = b->ops->alloc(b, (void **)&g->neg_pos, sizeof(int32_t) * T);
+    if (status == PB_OK)
+        status = b->ops->upload(b, g->neg_pos, neg, sizeof(int32_t) * T);
+    free(neg);
+    return status;
+}
+
+static void ctx_free(grad_ctx *g) {
+    pb_backend *b = g->b;
+    float *bufs[] = {g->pre[0],  g->pre[1],  g->dh[0],  g->dh[1],  g->xn,     g->dsub,    g->dxn,
+                     g->dres[0], g->dres[1], g->att[0], g->att[1], g->att[2], g->dlogits, g->dpattern};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+        b->ops->free(b, bufs[i]);
+    for (int i = 0; i < N_SLOTS; i++)
+        b->ops->free(b, g->slot[i]);
+    b->ops->free(b, g->neg_pos);
+}
+
+/* The kinds the backward reads at every layer of acts (grad.h). */
+static pb_status check_acts(const pb_model_config *c, pb_capture *acts) {
+    static const pb_hook_kind kinds[] = {PB_HOOK_RESID_PRE,  PB_HOOK_Q,          PB_HOOK_K,
+                                         PB_HOOK_V,          PB_HOOK_ROT_Q,      PB_HOOK_ROT_K,
+                                         PB_HOOK_RESID_MID,  PB_HOOK_RESID_POST, PB_HOOK_ATTN_POST_IN,
+                                         PB_HOOK_MLP_POST_IN};
+    for (int L = 0; L < c->n_layers; L++)
+        for (size_t k = 0; k < sizeof kinds / sizeof kinds[0]; k++)
+            if (pb_hook_kind_exists(kinds[k], c) && !pb_capture_find(acts, kinds[k], L)) {
+                char name[96];
+                pb_hook_name(kinds[k], L, name, sizeof name);
+                return pb_fail(PB_ERR_ARG, "gradient: the forward's captures lack %s (capture \"blocks.*\")", name);
+            }
+    return PB_OK;
+}
+
+pb_status pb_grad_pass(pb_model *m, const int32_t *ids, int T, const pb_grad_metric *metric, pb_capture *grads,
+                       double *value) {
+    if (!m || !ids || !grads || !value)
+        return pb_fail(PB_ERR_ARG, "pb_grad_pass: model, ids, grads and value are required");
+    PB_TRY(check_supported(m, metric, T));
+    float *logits = malloc(sizeof(float) * (size_t)T * (size_t)m->cfg.vocab_size);
+    if (!logits)
+        return pb_fail(PB_ERR_OOM, "gradient: out of memory for %d tokens' logits", T);
+    pb_capture *acts = NULL;
+    pb_status status = pb_capture_create(&acts, m, "blocks.*");
+    if (status == PB_OK)
+        status = pb_forward(m, ids, T, logits, acts);
+    if (status == PB_OK)
+        status = pb_grad_pass_from(m, T, acts, logits, metric, grads, value);
+    pb_capture_free(acts);
+    free(logits);
+    return status;
+}
+
+pb_status pb_grad_pass_from(pb_model *m, int T, pb_capture *acts, const float *logits, const pb_grad_metric *metric,
+                            pb_capture *grads, double *value) {
+    return pb_grad_pass_drop(m, T, acts, logits, metric, NULL, grads, value);
+}
+
+pb_status pb_grad_pass_drop(pb_model *m, int T, pb_capture *acts, const float *logits, const pb_grad_metric *metric,
+                            const pb_grad_drop *drop, pb_capture *grads, double *value) {
+    int resume = drop && drop->resid_post_grad;
+    int on_logits = !metric || metric->kind != PB_METRIC_PROJECTION;
+    if (!m || !acts || !grads || (!resume && ((on_logits && !logits) || !value)))
+        return pb_fail(PB_ERR_ARG, "gradient: model, acts, grads, and unless resumed logits and value, are required");
+    PB_TRY(check_supported(m, metric, T));
+    PB_TRY(check_acts(&m->cfg, acts));
+    if (drop && (drop->layer < 0 || drop->layer >= m->cfg.n_layers))
+        return pb_fail(PB_ERR_ARG, "gradient: drop layer %d outside the model's %d layers", drop->layer,
+                       m->cfg.n_layers);
+    grad_ctx g = {
+        .m = m, .c = &m->cfg, .b = m->backend, .T = T, .drop = drop ? drop->layer : -1, .acts = acts, .grads = grads};
+    pb_status status = pb_capture_prepare(grads, T);
+    if (status == PB_OK)
+        status = ctx_alloc(&g);
+    for (int i = 0; status == PB_OK && i < grads->count; i++)
+        memset(grads->entries[i].data, 0, sizeof(float) * pb_capture_entry_floats(&grads->entries[i], T));
+    int top = resume ? drop->layer : pb_grad_metric_top_layer(metric, m->cfg.n_layers);
+    if (status == PB_OK && resume)
+        status = upload(&g, g.dres[0], drop->resid_post_grad, (size_t)T * (size_t)m->cfg.d_model);
+    else if (status == PB_OK && !on_logits)
+        status = projection_start(&g, metric, value);
+    else if (status == PB_OK)
+        status = head_backward(&g, metric, logits, value);
+    for (int L = top; status == PB_OK && L >= 0; L--)
+        status = layer_backward(&g, L);
+    if (status == PB_OK)
+        status = m->backend->ops->synchronize(m->backend);
+    ctx_free(&g);
+    return status;
+}
