@@ -46,6 +46,7 @@ static int64_t find_site(const pb_sweep *s, json_t *row, int n_pairs) {
 typedef struct atp_setup {
     pb_backend_kind backend;
     int cases;
+    pb_weights_mode weights; /* resident (0) or streamed */
 } atp_setup;
 
 static int check_case(const tu_oracle_case *c, void *ctx) {
@@ -54,7 +55,7 @@ static int check_case(const tu_oracle_case *c, void *ctx) {
     const char *model = json_string_value(json_object_get(want, "model"));
     char path[1400];
     tu_fixture_file(path, sizeof path, model, "model.gguf");
-    pb_load_options o = {.n_threads = 2, .backend = setup->backend};
+    pb_load_options o = {.n_threads = 2, .backend = setup->backend, .weights = setup->weights};
     pb_model *m = NULL;
     CHECK_OK(pb_model_load(&m, path, &o));
     pb_sweep *s = NULL;
@@ -111,8 +112,8 @@ static int check_case(const tu_oracle_case *c, void *ctx) {
         json_decref(written);
         tu_remove_tree(dir);
     }
-    printf("[ MEASURE  ] %-28s %-9s %4lld rows: max |d| / max(1, |gap|, |estimate|) vs PyTorch %.2e\n", c->name,
-           pb_backend_name(setup->backend), (long long)sum.n_rows, worst);
+    printf("[ MEASURE  ] %-28s %-9s %-8s %4lld rows: max |d| / max(1, |gap|, |estimate|) vs PyTorch %.2e\n", c->name,
+           pb_backend_name(setup->backend), pb_weights_mode_name(setup->weights), (long long)sum.n_rows, worst);
     pb_sweep_free(s);
     pb_model_free(m);
     setup->cases++;

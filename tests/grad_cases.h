@@ -153,10 +153,17 @@ static double compare(const char *model, pb_capture *grads, json_t *hooks) {
     return worst;
 }
 
-static void check_model(const char *fixture, pb_backend_kind backend) {
+/* One fixture on one backend, its weights resident or streamed (each
+ * layer read again as the backward reaches it). */
+static void check_model(const char *fixture, pb_backend_kind backend, pb_weights_mode weights) {
     json_t *ref = read_reference(fixture);
-    pb_model *m = tu_load_model(json_string_value(json_object_get(ref, "model")), "model.gguf", backend);
+    char path[1024];
+    tu_fixture_file(path, sizeof path, json_string_value(json_object_get(ref, "model")), "model.gguf");
     json_decref(ref);
+    pb_model *m = NULL;
+    pb_load_options o = {.n_threads = 2, .backend = backend, .weights = weights};
+    if (pb_model_load(&m, path, &o) != PB_OK)
+        fail_msg("loading %s: %s", path, pb_last_error());
     const char *model = fixture;
     grad_case gc;
     read_case(&gc, fixture, m);
@@ -169,9 +176,9 @@ static void check_model(const char *fixture, pb_backend_kind backend) {
         fail_msg("%s: %s", model, pb_last_error());
     double want = json_number_value(json_object_get(gc.ref, "value"));
     double worst = compare(model, grads, json_object_get(gc.ref, "hooks"));
-    printf("[ MEASURE  ] %-22s %-9s %-13s value %.6f (torch %.6f); worst hook NMSE %.2e\n", model,
-           pb_backend_name(backend), json_string_value(json_object_get(json_object_get(gc.ref, "metric"), "kind")),
-           value, want, worst);
+    printf("[ MEASURE  ] %-22s %-9s %-8s %-13s value %.6f (torch %.6f); worst hook NMSE %.2e\n", model,
+           pb_backend_name(backend), pb_weights_mode_name(weights),
+           json_string_value(json_object_get(json_object_get(gc.ref, "metric"), "kind")), value, want, worst);
     assert_true(fabs(value - want) <= PB_TOL_GRAD_VALUE * (1.0 + fabs(want)));
     pb_capture_free(grads);
     free_case(&gc);

@@ -25,13 +25,13 @@
 
 static void test_against_pytorch_reference(void **state) {
     (void)state;
-    atp_setup setup = {PB_BACKEND_REFERENCE, 0};
+    atp_setup setup = {PB_BACKEND_REFERENCE, 0, PB_WEIGHTS_RESIDENT};
     assert_true(tu_visit_cases("atp", check_case, &setup) >= 9);
 }
 
 static void test_against_pytorch_cpu(void **state) {
     (void)state;
-    atp_setup setup = {PB_BACKEND_CPU, 0};
+    atp_setup setup = {PB_BACKEND_CPU, 0, PB_WEIGHTS_RESIDENT};
     assert_true(tu_visit_cases("atp", check_case, &setup) >= 9);
 }
 
@@ -40,13 +40,21 @@ static void test_against_pytorch_cpu(void **state) {
  * GradDrop alone on 2 (a parallel block among them). */
 static void test_star_reference(void **state) {
     (void)state;
-    atp_setup setup = {PB_BACKEND_REFERENCE, 0};
+    atp_setup setup = {PB_BACKEND_REFERENCE, 0, PB_WEIGHTS_RESIDENT};
     assert_true(tu_visit_cases("atp_star", check_case, &setup) >= 15);
 }
 
 static void test_star_cpu(void **state) {
     (void)state;
-    atp_setup setup = {PB_BACKEND_CPU, 0};
+    atp_setup setup = {PB_BACKEND_CPU, 0, PB_WEIGHTS_RESIDENT};
+    assert_true(tu_visit_cases("atp_star", check_case, &setup) >= 15);
+}
+
+/* --weights stream: the runs' forwards and every backward pass (GradDrop's
+ * too) read the layers as they reach them */
+static void test_star_streamed(void **state) {
+    (void)state;
+    atp_setup setup = {PB_BACKEND_CPU, 0, PB_WEIGHTS_STREAM};
     assert_true(tu_visit_cases("atp_star", check_case, &setup) >= 15);
 }
 
@@ -180,6 +188,7 @@ int main(void) {
         cmocka_unit_test(test_against_pytorch_cpu),
         cmocka_unit_test(test_star_reference),
         cmocka_unit_test(test_star_cpu),
+        cmocka_unit_test(test_star_streamed),
         cmocka_unit_test(test_verify),
         cmocka_unit_test(test_refusals),
     };

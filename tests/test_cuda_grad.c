@@ -28,18 +28,18 @@ static pb_backend_kind g_device = PB_BACKEND_CUDA;
 static void test_gradients(void **state) {
     (void)state;
     for (size_t i = 0; i < sizeof fixtures / sizeof fixtures[0]; i++)
-        check_model(fixtures[i], g_device);
+        check_model(fixtures[i], g_device, PB_WEIGHTS_RESIDENT);
 }
 
 static void test_atp(void **state) {
     (void)state;
-    atp_setup setup = {g_device, 0};
+    atp_setup setup = {g_device, 0, PB_WEIGHTS_RESIDENT};
     assert_true(tu_visit_cases("atp", check_case, &setup) >= 9);
 }
 
 static void test_atp_star(void **state) {
     (void)state;
-    atp_setup setup = {g_device, 0};
+    atp_setup setup = {g_device, 0, PB_WEIGHTS_RESIDENT};
     assert_true(tu_visit_cases("atp_star", check_case, &setup) >= 15);
 }
 

@@ -25,13 +25,20 @@
 static void test_against_autograd_reference(void **state) {
     (void)state;
     for (size_t i = 0; i < sizeof fixtures / sizeof fixtures[0]; i++)
-        check_model(fixtures[i], PB_BACKEND_REFERENCE);
+        check_model(fixtures[i], PB_BACKEND_REFERENCE, PB_WEIGHTS_RESIDENT);
 }
 
 static void test_against_autograd_cpu(void **state) {
     (void)state;
     for (size_t i = 0; i < sizeof fixtures / sizeof fixtures[0]; i++)
-        check_model(fixtures[i], PB_BACKEND_CPU);
+        check_model(fixtures[i], PB_BACKEND_CPU, PB_WEIGHTS_RESIDENT);
+}
+
+/* --weights stream: the backward reads each layer again, from the top */
+static void test_against_autograd_streamed(void **state) {
+    (void)state;
+    for (size_t i = 0; i < sizeof fixtures / sizeof fixtures[0]; i++)
+        check_model(fixtures[i], PB_BACKEND_CPU, PB_WEIGHTS_STREAM);
 }
 
 /* Adds eps * u to one hook point's activation (host memory backends). */
@@ -234,8 +241,11 @@ static void test_pattern_and_drop(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_against_autograd_reference), cmocka_unit_test(test_against_autograd_cpu),
-        cmocka_unit_test(test_finite_difference),          cmocka_unit_test(test_from_forward),
+        cmocka_unit_test(test_against_autograd_reference),
+        cmocka_unit_test(test_against_autograd_cpu),
+        cmocka_unit_test(test_against_autograd_streamed),
+        cmocka_unit_test(test_finite_difference),
+        cmocka_unit_test(test_from_forward),
         cmocka_unit_test(test_pattern_and_drop),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

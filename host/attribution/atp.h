@@ -21,7 +21,7 @@
  * base and source metrics (pb_sweep_set_row / pb_sweep_set_pair): two
  * forwards and one backward per pair, on the model's backend.
  * PB_ERR_UNSUPPORTED naming what the estimate does not cover: a callback
- * metric, streamed weights, a backend without the backward ops. */
+ * metric, a backend without the backward ops. */
 pb_status pb_atp_run_rows(pb_sweep *s, const int64_t *rows, int64_t n_rows);
 
 /* The estimate's memory at its peak for one pair of T-token runs of m

@@ -387,8 +387,6 @@ static pb_status check_supported(const pb_model *m, const pb_grad_metric *mt, in
     const pb_backend_ops *ops = m->backend->ops;
     if (!ops->matmul_dx || !ops->norm_backward || !ops->glu_backward || !ops->attention_backward)
         return pb_fail(PB_ERR_UNSUPPORTED, "the gradient pass has no backward ops on the %s backend", ops->name);
-    if (pb_model_streams_weights(m))
-        return pb_fail(PB_ERR_UNSUPPORTED, "the gradient pass needs resident weights, not --weights stream");
     if (!mt || mt->position < 0 || mt->position >= T)
         return pb_fail(PB_ERR_ARG, "gradient: metric position %d outside the %d tokens", mt ? mt->position : -1, T);
     if (mt->kind == PB_METRIC_PROJECTION && (!mt->direction || mt->layer < 0 || mt->layer >= m->cfg.n_layers))
@@ -541,8 +539,14 @@ pb_status pb_grad_pass_drop(pb_model *m, int T, pb_capture *acts, const float *l
         status = projection_start(&g, metric, value);
     else if (status == PB_OK)
         status = head_backward(&g, metric, logits, value);
-    for (int L = top; status == PB_OK && L >= 0; L--)
-        status = layer_backward(&g, L);
+    for (int L = top; status == PB_OK && L >= 0; L--) {
+        /* streamed weights: layer L in its slot, L - 1 read meanwhile (a
+         * dropped layer's matrices are not read: only its skip path runs) */
+        if (L != g.drop)
+            status = pb_model_layer_acquire(m, L, L > 0 ? L - 1 : -1);
+        if (status == PB_OK)
+            status = layer_backward(&g, L);
+    }
     if (status == PB_OK)
         status = m->backend->ops->synchronize(m->backend);
     ctx_free(&g);

@@ -49,8 +49,10 @@ int pb_grad_metric_top_layer(const pb_grad_metric *mt, int n_layers);
  * or pattern receives d metric / d activation over the T tokens of ids
  * (rows after `position` are zero), shaped as the activation's capture
  * (pattern: (n_heads, T, T), the attention probabilities'). *value = the
- * metric. A backend without the backward ops or streamed weights are refused
- * by name (PB_ERR_UNSUPPORTED). */
+ * metric. A backend without the backward ops is refused by name
+ * (PB_ERR_UNSUPPORTED). With streamed weights (--weights stream) the
+ * layers are read again from the top down, each one's successor read
+ * while it computes. */
 pb_status pb_grad_pass(pb_model *m, const int32_t *ids, int T, const pb_grad_metric *metric, pb_capture *grads,
                        double *value);
 /* The same from a forward already run (a noise-corrupted one too): acts, a capture of m over T tokens
