@@ -352,23 +352,6 @@ static pb_status cpu_matmul_dx(pb_backend *backend, float *dx, const float *dy, 
     return PB_OK;
 }
 
-/* The other backward ops: the reference's (backward_host.c), sums in double. */
-static pb_status cpu_norm_backward(pb_backend *backend, float *dx, const float *x, const float *weight, const float *dy,
-                                   int rows, int d, float eps, int centred, int accumulate) {
-    return pb_norm_backward_host(dx, x, weight, dy, rows, d, eps, centred, accumulate);
-}
-
-static pb_status cpu_glu_backward(pb_backend *backend, float *d_gate, float *d_up, const float *dh, const float *gate,
-                                  const float *up, size_t n, pb_activation act) {
-    return pb_glu_backward_host(d_gate, d_up, dh, gate, up, n, act);
-}
-
-static pb_status cpu_attention_backward(pb_backend *backend, float *dq, float *dk, float *dv, float *dpattern,
-                                        const float *q, const float *k, const float *v, const float *dz, int T,
-                                        int n_heads, int n_kv_heads, int head_dim, const pb_attention_params *params) {
-    return pb_attention_backward_host(dq, dk, dv, dpattern, q, k, v, dz, T, n_heads, n_kv_heads, head_dim, params);
-}
-
 static const pb_backend_ops cpu_ops = {
     .name = "cpu",
     .destroy = cpu_destroy,
@@ -394,9 +377,9 @@ static const pb_backend_ops cpu_ops = {
     .copy_regions = cpu_copy_regions,
     .copy_rows = cpu_copy_rows,
     .matmul_dx = cpu_matmul_dx,
-    .norm_backward = cpu_norm_backward,
-    .glu_backward = cpu_glu_backward,
-    .attention_backward = cpu_attention_backward,
+    .norm_backward = pb_norm_backward_host,
+    .glu_backward = pb_glu_backward_host,
+    .attention_backward = pb_attention_backward_host,
 };
 
 pb_status pb_backend_cpu_create(pb_backend **out, int n_threads) {

@@ -8,8 +8,8 @@
 #include "formats/dtype.h"
 #include "util/internal.h"
 
-pb_status pb_matmul_dx_host(float *dx, const float *dy, const void *w, pb_dtype w_dtype, int rows, int n, int k,
-                            int accumulate) {
+pb_status pb_matmul_dx_host(pb_backend *backend, float *dx, const float *dy, const void *w, pb_dtype w_dtype, int rows,
+                            int n, int k, int accumulate) {
     size_t nk = (size_t)n * (size_t)k;
     float *wide = w_dtype == PB_DTYPE_F32 ? NULL : malloc(sizeof(float) * (nk ? nk : 1));
     double *acc = calloc((size_t)rows * (size_t)k + 1, sizeof(double));
@@ -43,8 +43,8 @@ pb_status pb_matmul_dx_host(float *dx, const float *dy, const void *w, pb_dtype 
     return PB_OK;
 }
 
-pb_status pb_norm_backward_host(float *dx, const float *x, const float *weight, const float *dy, int rows, int d,
-                                float eps, int centred, int accumulate) {
+pb_status pb_norm_backward_host(pb_backend *backend, float *dx, const float *x, const float *weight, const float *dy,
+                                int rows, int d, float eps, int centred, int accumulate) {
     for (int r = 0; r < rows; r++) {
         const float *xr = x + (size_t)r * d, *gr = dy + (size_t)r * d;
         double mean = 0.0, ms = 0.0, gsum = 0.0, gx = 0.0;
@@ -85,8 +85,8 @@ static double activation_grad(pb_activation a, double x, double *value) {
     return s * (1.0 + x * (1.0 - s));
 }
 
-pb_status pb_glu_backward_host(float *d_gate, float *d_up, const float *dh, const float *gate, const float *up,
-                               size_t n, pb_activation act) {
+pb_status pb_glu_backward_host(pb_backend *backend, float *d_gate, float *d_up, const float *dh, const float *gate,
+                               const float *up, size_t n, pb_activation act) {
     for (size_t i = 0; i < n; i++) {
         double a, h = dh[i];
         if (!gate) {
@@ -151,9 +151,9 @@ static void attention_row_backward(double *aq, double *ak, double *av, float *dp
     }
 }
 
-pb_status pb_attention_backward_host(float *dq, float *dk, float *dv, float *dpattern, const float *q, const float *k,
-                                     const float *v, const float *dz, int T, int n_heads, int n_kv_heads, int head_dim,
-                                     const pb_attention_params *params) {
+pb_status pb_attention_backward_host(pb_backend *backend, float *dq, float *dk, float *dv, float *dpattern,
+                                     const float *q, const float *k, const float *v, const float *dz, int T,
+                                     int n_heads, int n_kv_heads, int head_dim, const pb_attention_params *params) {
     pb_attention_params p = pb_attention_params_or_default(params, head_dim);
     size_t qd = (size_t)n_heads * head_dim, kvd = (size_t)n_kv_heads * head_dim, t = (size_t)T;
     double *aq = calloc(t * qd + 2 * t * kvd + 2 * t + 1, sizeof(double));

@@ -300,28 +300,6 @@ static pb_status ref_copy_rows(pb_backend *backend, float *dst, size_t dst_strid
     return pb_copy_rows_host(dst, dst_stride, src, src_stride, width, rows);
 }
 
-/* The backward ops: backward_host.c's, every sum in double. */
-static pb_status ref_matmul_dx(pb_backend *backend, float *dx, const float *dy, const void *w, pb_dtype w_dtype,
-                               int rows, int n, int k, int accumulate) {
-    return pb_matmul_dx_host(dx, dy, w, w_dtype, rows, n, k, accumulate);
-}
-
-static pb_status ref_norm_backward(pb_backend *backend, float *dx, const float *x, const float *weight, const float *dy,
-                                   int rows, int d, float eps, int centred, int accumulate) {
-    return pb_norm_backward_host(dx, x, weight, dy, rows, d, eps, centred, accumulate);
-}
-
-static pb_status ref_glu_backward(pb_backend *backend, float *d_gate, float *d_up, const float *dh, const float *gate,
-                                  const float *up, size_t n, pb_activation act) {
-    return pb_glu_backward_host(d_gate, d_up, dh, gate, up, n, act);
-}
-
-static pb_status ref_attention_backward(pb_backend *backend, float *dq, float *dk, float *dv, float *dpattern,
-                                        const float *q, const float *k, const float *v, const float *dz, int T,
-                                        int n_heads, int n_kv_heads, int head_dim, const pb_attention_params *params) {
-    return pb_attention_backward_host(dq, dk, dv, dpattern, q, k, v, dz, T, n_heads, n_kv_heads, head_dim, params);
-}
-
 static const pb_backend_ops ref_ops = {
     .name = "reference",
     .destroy = ref_destroy,
@@ -345,10 +323,10 @@ static const pb_backend_ops ref_ops = {
     .host_memory = 1,
     .copy_regions = ref_copy_regions,
     .copy_rows = ref_copy_rows,
-    .matmul_dx = ref_matmul_dx,
-    .norm_backward = ref_norm_backward,
-    .glu_backward = ref_glu_backward,
-    .attention_backward = ref_attention_backward,
+    .matmul_dx = pb_matmul_dx_host,
+    .norm_backward = pb_norm_backward_host,
+    .glu_backward = pb_glu_backward_host,
+    .attention_backward = pb_attention_backward_host,
 };
 
 pb_status pb_backend_ref_create(pb_backend **out) {
