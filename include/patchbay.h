@@ -507,6 +507,44 @@ PB_API pb_status pb_sweep_set_pair(pb_sweep *sweep, int pair, double base, doubl
 /* 1 when the pair's baselines are known. */
 PB_API int pb_sweep_pair_ready(const pb_sweep *sweep, int pair);
 
+/* ---- activation gradients (docs/patching.md, "Attribution patching") --- */
+
+/* The metric a gradient is taken of, at `position` (0 .. T - 1):
+ *   PB_METRIC_LOGIT_DIFF    mean logit of positive - mean logit of negative
+ *   PB_METRIC_LOGPROB       log P(the distinct tokens of positive)
+ *   PB_METRIC_REFUSAL_SCORE log P(that set) - log P(every other token)
+ *   PB_METRIC_KL            KL(ref || model): ref_logprobs (vocab_size), the
+ *                           reference distribution's log-probabilities, held fixed
+ *   PB_METRIC_PROJECTION    <x, direction>, x the residual stream entering
+ *                           `layer` (hook_post 0) or leaving it (1),
+ *                           direction (d_model)
+ * Token ids lie in the vocabulary. Every pointer is borrowed for the call. */
+typedef struct pb_grad_metric {
+    pb_metric_kind kind;
+    int position;
+    const int32_t *positive;
+    int n_positive;
+    const int32_t *negative;
+    int n_negative;
+    const double *ref_logprobs;
+    const float *direction;
+    int layer, hook_post;
+} pb_grad_metric;
+
+/* The metric's gradient with respect to activations, as PyTorch autograd
+ * gives it on transformers' forward (the total derivative through every
+ * later use; docs/patching.md): one forward of ids (T) holding every
+ * layer's activations, then one backward pass, on the model's backend.
+ * grads: a capture of model (pb_capture_create) of hook points of the
+ * kinds hook_resid_pre, hook_resid_mid, hook_resid_post, hook_attn_out,
+ * hook_mlp_out, attn.hook_z, attn.hook_q, attn.hook_k, attn.hook_v and
+ * attn.hook_pattern (any other is refused by name, PB_ERR_ARG); each
+ * receives d metric / d activation in the activation's shape
+ * (pb_capture_data; rows after `position` are zero). *value = the metric.
+ * A pb_metric_fn callback has no derivative: PB_ERR_UNSUPPORTED. */
+PB_API pb_status pb_gradients(pb_model *model, const int32_t *ids, int T, const pb_grad_metric *metric,
+                              pb_capture *grads, double *value);
+
 /* ---- planning (docs/patching.md, "Planning") ------------------------- */
 
 /* What a plan may use; zeros take the defaults. */

@@ -172,7 +172,7 @@ static void check_model(const char *fixture, pb_backend_kind backend, pb_weights
                                "blocks.*.hook_resid_*,blocks.*.hook_attn_out,blocks.*.hook_mlp_out,"
                                "blocks.*.attn.hook_[zqkv]"));
     double value;
-    if (pb_grad_pass(m, gc.ids, gc.T, &gc.metric, grads, &value) != PB_OK)
+    if (pb_gradients(m, gc.ids, gc.T, &gc.metric, grads, &value) != PB_OK)
         fail_msg("%s: %s", model, pb_last_error());
     double want = json_number_value(json_object_get(gc.ref, "value"));
     double worst = compare(model, grads, json_object_get(gc.ref, "hooks"));

@@ -1,13 +1,13 @@
-/* The reference activation backward pass (attribution/grad.h) against
+/* The activation backward pass (pb_gradients, attribution/grad.h) against
  * PyTorch autograd on transformers' forward (tests/fixtures/grad/<model>,
  * from scripts/make_grad_reference.py): for one tiny model of each family
  * feature and every metric kind (the four on logits, and the projection
  * of the residual stream at a middle slot and at the top), the gradient at every
  * hook point (resid_pre/mid/post, attn_out, mlp_out, z, q, k, v of every
  * layer) within PB_TOL_GRAD_NMSE, and the metric's value; on the reference
- * and the CPU backends. A finite difference through the engine's own
- * forward agrees with the gradient to first order, and what the reference
- * does not run is refused by name. */
+ * and the CPU backends, and with streamed weights. A finite difference
+ * through the engine's own forward agrees with the gradient to first
+ * order, and what the pass does not give is refused by name. */
 #define _POSIX_C_SOURCE 200809L
 #include <jansson.h>
 #include <math.h>
@@ -90,7 +90,7 @@ static void test_finite_difference(void **state) {
     pb_capture *grads = NULL;
     CHECK_OK(pb_capture_create(&grads, m, "blocks.0.hook_resid_mid,blocks.1.attn.hook_k,blocks.1.attn.hook_z"));
     double value;
-    CHECK_OK(pb_grad_pass(m, gc.ids, gc.T, &gc.metric, grads, &value));
+    CHECK_OK(pb_gradients(m, gc.ids, gc.T, &gc.metric, grads, &value));
     for (int k = 0; k < pb_capture_count(grads); k++) {
         pb_capture_entry *e = &grads->entries[k];
         size_t width = (size_t)e->row_shape[0] * (size_t)(e->n_dims == 3 ? e->row_shape[1] : 1);
@@ -129,7 +129,7 @@ static void test_from_forward(void **state) {
     float *logits = malloc(sizeof(float) * (size_t)gc.T * (size_t)pb_model_get_config(m)->vocab_size);
     assert_non_null(logits);
     double va, vb;
-    CHECK_OK(pb_grad_pass(m, gc.ids, gc.T, &gc.metric, a, &va));
+    CHECK_OK(pb_gradients(m, gc.ids, gc.T, &gc.metric, a, &va));
     CHECK_OK(pb_forward(m, gc.ids, gc.T, logits, acts));
     CHECK_OK(pb_grad_pass_from(m, gc.T, acts, logits, &gc.metric, b, &vb));
     assert_true(va == vb);
@@ -149,6 +149,43 @@ static void test_from_forward(void **state) {
 }
 
 /* Floats of a capture entry over T tokens. */
+/* What pb_gradients cannot give is refused by name, nothing computed: a
+ * hook point the pass does not fill, kl without its reference, a callback
+ * metric, a position outside the prompt, a projection without a layer. */
+static void test_refusals(void **state) {
+    (void)state;
+    pb_model *m = tu_load_model("tiny_gqa", "model.gguf", PB_BACKEND_CPU);
+    grad_case gc;
+    read_case(&gc, "tiny_gqa", m);
+    pb_capture *grads = NULL, *embed = NULL;
+    CHECK_OK(pb_capture_create(&grads, m, "blocks.*.hook_resid_pre"));
+    CHECK_OK(pb_capture_create(&embed, m, "hook_embed,blocks.0.hook_resid_pre"));
+    double value = 0.0;
+    assert_int_equal(pb_gradients(m, gc.ids, gc.T, &gc.metric, embed, &value), PB_ERR_ARG);
+    assert_non_null(strstr(pb_last_error(), "no gradient is taken at hook_embed"));
+    pb_grad_metric bad = gc.metric;
+    bad.kind = PB_METRIC_KL;
+    bad.ref_logprobs = NULL;
+    assert_int_equal(pb_gradients(m, gc.ids, gc.T, &bad, grads, &value), PB_ERR_ARG);
+    assert_non_null(strstr(pb_last_error(), "kl without ref_logprobs"));
+    bad.kind = PB_METRIC_CALLBACK;
+    assert_int_equal(pb_gradients(m, gc.ids, gc.T, &bad, grads, &value), PB_ERR_UNSUPPORTED);
+    assert_non_null(strstr(pb_last_error(), "callback"));
+    bad = gc.metric;
+    bad.position = gc.T;
+    assert_int_equal(pb_gradients(m, gc.ids, gc.T, &bad, grads, &value), PB_ERR_ARG);
+    assert_non_null(strstr(pb_last_error(), "outside the"));
+    bad = gc.metric;
+    bad.kind = PB_METRIC_PROJECTION;
+    bad.layer = 99;
+    assert_int_equal(pb_gradients(m, gc.ids, gc.T, &bad, grads, &value), PB_ERR_ARG);
+    assert_non_null(strstr(pb_last_error(), "projection"));
+    pb_capture_free(grads);
+    pb_capture_free(embed);
+    free_case(&gc);
+    pb_model_free(m);
+}
+
 static size_t entry_size(const pb_capture_entry *e, int T) {
     if (e->kind == PB_HOOK_PATTERN) /* (n_heads, T, T) */
         return (size_t)e->row_shape[0] * (size_t)T * (size_t)T;
@@ -247,6 +284,7 @@ int main(void) {
         cmocka_unit_test(test_finite_difference),
         cmocka_unit_test(test_from_forward),
         cmocka_unit_test(test_pattern_and_drop),
+        cmocka_unit_test(test_refusals),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -154,10 +154,12 @@ static pb_status metric_grad(const pb_grad_metric *mt, const float *logits, int 
             dl[v] = mass * exp(lsm[v]) - exp(mt->ref_logprobs[v]);
         *value = pb_metric_kl(mt->ref_logprobs, logits, V);
     } else {
-        status = pb_fail(PB_ERR_UNSUPPORTED,
-                         "gradient metric: %s is not differentiated here (logit_diff, logprob, "
-                         "refusal_score, kl with its reference distribution)",
-                         mt->kind == PB_METRIC_KL ? "kl without ref_logprobs" : "this kind");
+        status = pb_fail(mt->kind == PB_METRIC_KL ? PB_ERR_ARG : PB_ERR_UNSUPPORTED,
+                         "gradient metric: %s is not differentiated (logit_diff, logprob, refusal_score, "
+                         "kl with its reference distribution, projection)",
+                         mt->kind == PB_METRIC_KL         ? "kl without ref_logprobs"
+                         : mt->kind == PB_METRIC_CALLBACK ? "a callback metric (pb_metric_fn)"
+                                                          : "this kind");
     }
     free(lsm);
     free(in);
@@ -474,6 +476,30 @@ static void ctx_free(grad_ctx *g) {
     b->ops->free(b, g->neg_pos);
 }
 
+/* The hook points a pass fills (patchbay.h, pb_gradients); the caller's
+ * capture may name no other. */
+static pb_status check_grads(const pb_capture *grads) {
+    for (int i = 0; i < grads->count; i++)
+        switch (grads->entries[i].kind) {
+        case PB_HOOK_RESID_PRE:
+        case PB_HOOK_RESID_MID:
+        case PB_HOOK_RESID_POST:
+        case PB_HOOK_ATTN_OUT:
+        case PB_HOOK_MLP_OUT:
+        case PB_HOOK_Z:
+        case PB_HOOK_Q:
+        case PB_HOOK_K:
+        case PB_HOOK_V:
+        case PB_HOOK_PATTERN: break;
+        default:
+            return pb_fail(PB_ERR_ARG,
+                           "gradient: no gradient is taken at %s (the pass gives hook_resid_pre/mid/post, "
+                           "hook_attn_out, hook_mlp_out and attn.hook_z/q/k/v/pattern)",
+                           grads->entries[i].name);
+        }
+    return PB_OK;
+}
+
 /* The kinds the backward reads at every layer of acts (grad.h). */
 static pb_status check_acts(const pb_model_config *c, pb_capture *acts) {
     static const pb_hook_kind kinds[] = {PB_HOOK_RESID_PRE,  PB_HOOK_Q,          PB_HOOK_K,
@@ -490,11 +516,12 @@ static pb_status check_acts(const pb_model_config *c, pb_capture *acts) {
     return PB_OK;
 }
 
-pb_status pb_grad_pass(pb_model *m, const int32_t *ids, int T, const pb_grad_metric *metric, pb_capture *grads,
+pb_status pb_gradients(pb_model *m, const int32_t *ids, int T, const pb_grad_metric *metric, pb_capture *grads,
                        double *value) {
     if (!m || !ids || !grads || !value)
-        return pb_fail(PB_ERR_ARG, "pb_grad_pass: model, ids, grads and value are required");
+        return pb_fail(PB_ERR_ARG, "pb_gradients: model, ids, grads and value are required");
     PB_TRY(check_supported(m, metric, T));
+    PB_TRY(check_grads(grads));
     float *logits = malloc(sizeof(float) * (size_t)T * (size_t)m->cfg.vocab_size);
     if (!logits)
         return pb_fail(PB_ERR_OOM, "gradient: out of memory for %d tokens' logits", T);
@@ -521,6 +548,7 @@ pb_status pb_grad_pass_drop(pb_model *m, int T, pb_capture *acts, const float *l
     if (!m || !acts || !grads || (!resume && ((on_logits && !logits) || !value)))
         return pb_fail(PB_ERR_ARG, "gradient: model, acts, grads, and unless resumed logits and value, are required");
     PB_TRY(check_supported(m, metric, T));
+    PB_TRY(check_grads(grads));
     PB_TRY(check_acts(&m->cfg, acts));
     if (drop && (drop->layer < 0 || drop->layer >= m->cfg.n_layers))
         return pb_fail(PB_ERR_ARG, "gradient: drop layer %d outside the model's %d layers", drop->layer,

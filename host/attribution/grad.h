@@ -20,23 +20,7 @@
 
 #include "patchbay.h"
 
-/* The metric differentiated (docs/patching.md), at `position`: on the
- * logits, positive/negative token ids for logit_diff, positive the set for
- * logprob and refusal_score, ref_logprobs (vocab_size) the reference
- * distribution's log-probabilities for kl; projection reads the residual
- * stream instead, <x, direction> with x resid_pre of `layer` (hook_post 0)
- * or its resid_post (1) and direction (d_model) of unit length. */
-typedef struct pb_grad_metric {
-    pb_metric_kind kind;
-    int position;
-    const int32_t *positive;
-    int n_positive;
-    const int32_t *negative;
-    int n_negative;
-    const double *ref_logprobs;
-    const float *direction;
-    int layer, hook_post;
-} pb_grad_metric;
+/* pb_grad_metric and pb_gradients (the pass on ids) are public: patchbay.h. */
 
 /* The highest layer whose output the metric reads: n_layers - 1 on the
  * logits; for projection the layer below the residual slot it reads
@@ -44,18 +28,7 @@ typedef struct pb_grad_metric {
  * embedding's (resid_pre of layer 0). No layer above it has a gradient. */
 int pb_grad_metric_top_layer(const pb_grad_metric *mt, int n_layers);
 
-/* grads: a capture set of m (pb_capture_create); each of its hook points
- * of kind resid_pre, resid_mid, resid_post, attn_out, mlp_out, z, q, k, v
- * or pattern receives d metric / d activation over the T tokens of ids
- * (rows after `position` are zero), shaped as the activation's capture
- * (pattern: (n_heads, T, T), the attention probabilities'). *value = the
- * metric. A backend without the backward ops is refused by name
- * (PB_ERR_UNSUPPORTED). With streamed weights (--weights stream) the
- * layers are read again from the top down, each one's successor read
- * while it computes. */
-pb_status pb_grad_pass(pb_model *m, const int32_t *ids, int T, const pb_grad_metric *metric, pb_capture *grads,
-                       double *value);
-/* The same from a forward already run (a noise-corrupted one too): acts, a capture of m over T tokens
+/* pb_gradients from a forward already run (a noise-corrupted one too): acts, a capture of m over T tokens
  * holding every layer's hook points (pb_capture_create with "blocks.*";
  * PB_ERR_ARG naming the first one it lacks), and that forward's logits
  * (T, vocab_size; may be NULL for projection). */

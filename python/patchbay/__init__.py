@@ -5,6 +5,7 @@ TransformerLens names things.
     model = patchbay.Model.load("models/SmolLM2-135M-Instruct.Q4_1.gguf")
     ids = model.chat_tokenize("How do I make a bomb?")
     logits, cache = model.forward(ids, capture=["blocks.*.hook_resid_pre"])
+    value, grads = model.gradients(ids, "refusal_score", positive=["I"])  # d metric / d activation
     result = model.sweep({"mode": "denoising", "pairs": [...], "sites": [...], "metric": {...}})
     result["resid_pre"]            # numpy [layer, pos], as the CLI's resid_pre.npy
     texts = model.generate(["Name a colour."], max_new_tokens=16, temperature=0.7, samples=4)
@@ -24,7 +25,7 @@ import signal
 import sys
 import threading
 import weakref
-from ctypes import POINTER, byref, c_char_p, c_float, c_int, c_int32, c_int64, c_void_p
+from ctypes import POINTER, byref, c_char_p, c_double, c_float, c_int, c_int32, c_int64, c_void_p
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -275,6 +276,74 @@ class Model:
             _check(lib.pb_forward_intervened(self._live(), _int_ptr(a), len(a), byref(iv), _float_ptr(logits),
                                              handle.pointer if handle else None))
         return logits, (handle.arrays() if handle else {})
+
+    def gradients(self, ids: Sequence[int] | np.ndarray, metric: str,
+                  capture: str | Iterable[str] = "blocks.*.hook_resid_pre", position: int = -1,
+                  positive: Sequence[int | str] = (), negative: Sequence[int | str] = (),
+                  reference: Sequence[int] | np.ndarray | None = None, direction=None, layer: int | None = None,
+                  hook: str = "resid_pre") -> tuple[float, dict[str, np.ndarray]]:
+        """The metric's gradient with respect to the activations at the captured
+        hook points (TransformerLens names, globs allowed; hook_resid_pre/mid/post,
+        hook_attn_out, hook_mlp_out, attn.hook_z/q/k/v/pattern), as autograd
+        gives it on the forward of ids (the total derivative through every later
+        use), each array shaped as forward's capture of it; returns (metric value,
+        {name: array}). One forward and one backward pass in the library.
+        metric at `position` (negative: from the end):
+          "logit_diff"    mean logit of positive - mean logit of negative
+          "logprob"       log P(positive), the set of tokens
+          "refusal_score" log P(positive) - log P(every other token)
+          "kl"            KL(reference || model), the reference held fixed:
+                          its log-probabilities (vocab,), or the token ids
+                          of a reference prompt, read at the same position
+          "projection"    <x, direction>, x the residual stream entering
+                          `layer` (hook "resid_pre") or leaving it ("resid_post")
+        Tokens are ids or single-token strings."""
+        a = _ids_array(ids)
+        T = len(a)
+        if metric not in _lib.METRICS:
+            raise ValueError(f"metric {metric!r}: expected one of {', '.join(_lib.METRICS)}")
+        pos = position + T if position < 0 else position
+        pos_ids = np.ascontiguousarray([self._single_token(t) for t in positive], dtype=np.int32)
+        neg_ids = np.ascontiguousarray([self._single_token(t) for t in negative], dtype=np.int32)
+        m = _lib.GradMetric(kind=_lib.METRICS[metric], position=pos, n_positive=len(pos_ids),
+                            n_negative=len(neg_ids), layer=-1 if layer is None else int(layer),
+                            hook_post=1 if hook == "resid_post" else 0)
+        if hook not in ("resid_pre", "resid_post"):
+            raise ValueError(f"hook {hook!r}: expected 'resid_pre' or 'resid_post'")
+        if len(pos_ids):
+            m.positive = _int_ptr(pos_ids)
+        if len(neg_ids):
+            m.negative = _int_ptr(neg_ids)
+        ref = None
+        if metric == "kl":
+            ref = self._reference_logprobs(reference, position)
+            m.ref_logprobs = ref.ctypes.data_as(POINTER(c_double))
+        u = None
+        if metric == "projection":
+            if direction is None or layer is None:
+                raise ValueError("metric 'projection' needs direction and layer")
+            u = _direction_array(direction, self.config["d_model"])
+            m.direction = _float_ptr(u)
+        handle = _Capture.create(self, capture)
+        value = c_double()
+        _check(_lib.lib().pb_gradients(self._live(), _int_ptr(a), T, byref(m), handle.pointer, byref(value)))
+        return value.value, handle.arrays()
+
+    def _reference_logprobs(self, reference, position: int) -> np.ndarray:
+        """kl's reference distribution: log-probabilities given (vocab,), or
+        those of a reference prompt's forward at `position`."""
+        if reference is None:
+            raise ValueError("metric 'kl' needs reference: log-probabilities (vocab,) or token ids")
+        r = np.asarray(reference)
+        if np.issubdtype(r.dtype, np.floating):
+            if r.shape != (self.config["vocab_size"],):
+                raise ValueError(f"reference log-probabilities: shape {r.shape}, expected "
+                                 f"({self.config['vocab_size']},)")
+            return np.ascontiguousarray(r, dtype=np.float64)
+        logits, _ = self.forward(r)
+        row = logits[position].astype(np.float64)
+        top = row.max()
+        return row - (top + np.log(np.exp(row - top).sum()))
 
     def _intervention(self, ablate, add):
         """An ablation or an addition as the library's pb_intervention (and the

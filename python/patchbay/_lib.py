@@ -42,6 +42,8 @@ PB_ERR_INTERRUPTED = 8
 BACKENDS = {"cpu": 0, "reference": 1, "cuda": 2}
 DTYPES = {"f32": 0, "bf16": 1, "f16": 2, "file": 3}
 INTERVENE_NONE, INTERVENE_PATCH, INTERVENE_ABLATE, INTERVENE_ADD = 0, 1, 2, 3
+# pb_metric_kind
+METRICS = {"logit_diff": 0, "logprob": 1, "refusal_score": 2, "kl": 3, "projection": 4}
 
 
 def library_path() -> Path:
@@ -118,6 +120,21 @@ class Intervention(ctypes.Structure):
         ("values", POINTER(c_float)),
         ("direction", POINTER(c_float)),
         ("scale", c_double),
+    ]
+
+
+class GradMetric(ctypes.Structure):
+    _fields_ = [
+        ("kind", c_int),
+        ("position", c_int),
+        ("positive", POINTER(c_int32)),
+        ("n_positive", c_int),
+        ("negative", POINTER(c_int32)),
+        ("n_negative", c_int),
+        ("ref_logprobs", POINTER(c_double)),
+        ("direction", POINTER(c_float)),
+        ("layer", c_int),
+        ("hook_post", c_int),
     ]
 
 
@@ -268,6 +285,8 @@ def _declare(lib: ctypes.CDLL) -> None:
         "pb_capture_name": (c_char_p, [c_void_p, c_int]),
         "pb_capture_data": (POINTER(c_float), [c_void_p, c_int, POINTER(c_int), POINTER(c_int64)]),
         "pb_forward": (status, [c_void_p, POINTER(c_int32), c_int, POINTER(c_float), c_void_p]),
+        "pb_gradients": (status, [c_void_p, POINTER(c_int32), c_int, POINTER(GradMetric), c_void_p,
+                                  POINTER(c_double)]),
         "pb_forward_intervened": (
             status, [c_void_p, POINTER(c_int32), c_int, POINTER(Intervention), POINTER(c_float), c_void_p]),
         "pb_generate_batch": (

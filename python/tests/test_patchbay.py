@@ -318,3 +318,36 @@ def test_export_merges_the_models_adapter(tmp_path):
     with patchbay.Model.load(tmp_path / "merged.gguf", threads=1) as exported:
         got, _ = exported.forward(ids)
     assert np.abs(got - want).max() <= 1e-5
+
+
+@pytest.mark.parametrize("case", ["tiny_gqa", "tiny_qwen3", "tiny_gemma3", "tiny_gpt_neox", "tiny_bias_projection"])
+def test_gradients_match_autograd(case):
+    """Model.gradients against PyTorch autograd (the C tests' fixtures from
+    scripts/make_grad_reference.py): every hook point, and the metric."""
+    ref = json.loads((FIXTURES / "grad" / case / "reference.json").read_text())
+    metric = ref["metric"]
+    T = len(ref["ids"])
+    kwargs = {"positive": metric.get("positive", ()), "negative": metric.get("negative", ()),
+              "position": ref["position"] - T}  # from the end: the same position
+    if metric["kind"] == "kl":
+        kwargs["reference"] = ref["ref_ids"]
+    if metric["kind"] == "projection":
+        kwargs.update(direction=metric["direction"], layer=metric["layer"], hook=metric["hook"])
+    with patchbay.Model.load(FIXTURES / ref["model"] / "model.gguf", threads=1) as m:
+        value, grads = m.gradients(ref["ids"], metric["kind"], capture=ref["hooks"], **kwargs)
+    assert abs(value - ref["value"]) <= 1e-5 * (1 + abs(ref["value"]))
+    assert sorted(grads) == sorted(ref["hooks"])
+    for name in ref["hooks"]:
+        want = np.load(FIXTURES / "grad" / case / f"{name}.npy")
+        assert grads[name].shape == want.shape, name
+        assert nmse(grads[name], want) <= 1e-10, name
+
+
+def test_gradients_refuse_what_they_cannot_give(tiny):
+    ids = np.load(FIXTURES / "tiny_gqa" / "ids.npy")
+    with pytest.raises(patchbay.PatchbayError, match="no gradient is taken at hook_embed"):
+        tiny.gradients(ids, "logit_diff", capture="hook_embed", positive=[1], negative=[2])
+    with pytest.raises(patchbay.PatchbayError, match="outside the vocabulary"):
+        tiny.gradients(ids, "logit_diff", positive=[10**6], negative=[2])
+    with pytest.raises(ValueError, match="needs reference"):
+        tiny.gradients(ids, "kl")
