@@ -1,5 +1,5 @@
 /* Parity of the CUDA backend with the reference backend (ops_ref.c): every op
- * of pb_backend_ops on seeded random inputs of odd sizes, compared by NMSE
+ * of pb_backend_ops (the backward ones too) on seeded random inputs of odd sizes, compared by NMSE
  * (sum (cuda - ref)^2 / sum ref^2) with NaN/Inf parity, and PB_GUARD sentinel
  * floats after every output that must survive the op untouched.
  * Without a CUDA device (or in a build without CUDA) it exits 77: skipped.
@@ -22,6 +22,7 @@
 #include "backend/backend_cuda.h"
 #include "test_util.h"
 #include "formats/dtype.h"
+#include "formats/quant.h"
 #include "tolerances.h"
 
 /* Floats appended to every output buffer, set to PB_SENTINEL. */
@@ -1080,6 +1081,133 @@ static void test_attention_jobs(void **state) {
     CHECK_OK(g_cuda->ops->synchronize(g_cuda));
 }
 
+/* ---- the backward ops (attribution's gradient pass) -------------------- */
+
+/* dx (+)= dy @ w with w stored as dtype (f32, bf16, f16 or Q8_0; decoded
+ * exactly on both sides): cuBLAS fp32 sums against the reference's double. */
+static void run_matmul_dx(pb_dtype dtype, int rows, int n, int k, int accumulate, const char *what) {
+    float *dy_host = host_random((size_t)rows * n, -1.0f, 1.0f);
+    float *w_host = host_random((size_t)n * k, -1.0f, 1.0f);
+    float *dx_host = host_random((size_t)rows * k, -1.0f, 1.0f);
+    size_t bytes = pb_dtype_bytes(dtype, (uint64_t)n * (uint64_t)k);
+    void *stored = malloc(bytes);
+    assert_non_null(stored);
+    if (dtype == PB_DTYPE_Q8_0)
+        pb_quantize_q8_0(stored, w_host, (uint64_t)n * (uint64_t)k / 32);
+    else
+        pb_dtype_from_f32(dtype, stored, w_host, (size_t)n * (size_t)k);
+    twin dy = twin_floats(dy_host, (size_t)rows * n), w = twin_bytes(stored, bytes);
+    twin dx = twin_floats(dx_host, (size_t)rows * k);
+    CHECK_OK(g_ref->ops->matmul_dx(g_ref, dx.ref, dy.ref, w.ref, dtype, rows, n, k, accumulate));
+    CHECK_OK(g_cuda->ops->matmul_dx(g_cuda, dx.cuda, dy.cuda, w.cuda, dtype, rows, n, k, accumulate));
+    twin_compare(&dx, PB_TOL_CUDA_OP_NMSE, what);
+    twin_free(&dy);
+    twin_free(&w);
+    twin_free(&dx);
+    free(dy_host);
+    free(w_host);
+    free(dx_host);
+    free(stored);
+}
+
+static void run_norm_backward(int rows, int d, float mean, int centred, int with_weight, int accumulate,
+                              const char *what) {
+    float *x_host = host_random((size_t)rows * d, mean - 3.0f, mean + 3.0f);
+    float *w_host = host_random((size_t)d, 0.5f, 1.5f);
+    float *dy_host = host_random((size_t)rows * d, -1.0f, 1.0f);
+    float *dx_host = host_random((size_t)rows * d, -1.0f, 1.0f);
+    twin x = twin_floats(x_host, (size_t)rows * d), w = twin_floats(w_host, (size_t)d);
+    twin dy = twin_floats(dy_host, (size_t)rows * d), dx = twin_floats(dx_host, (size_t)rows * d);
+    CHECK_OK(g_ref->ops->norm_backward(g_ref, dx.ref, x.ref, with_weight ? w.ref : NULL, dy.ref, rows, d, 1e-5f,
+                                       centred, accumulate));
+    CHECK_OK(g_cuda->ops->norm_backward(g_cuda, dx.cuda, x.cuda, with_weight ? w.cuda : NULL, dy.cuda, rows, d, 1e-5f,
+                                        centred, accumulate));
+    twin_compare(&dx, PB_TOL_CUDA_ELEMENTWISE_NMSE, what);
+    twin_free(&x);
+    twin_free(&w);
+    twin_free(&dy);
+    twin_free(&dx);
+    free(x_host);
+    free(w_host);
+    free(dy_host);
+    free(dx_host);
+}
+
+static void run_glu_backward(pb_activation act, int gated, const char *what) {
+    const size_t n = 4099;
+    float *gate_host = host_random(n, -6.0f, 6.0f), *up_host = host_random(n, -6.0f, 6.0f);
+    float *dh_host = host_random(n, -1.0f, 1.0f);
+    twin gate = twin_floats(gate_host, n), up = twin_floats(up_host, n), dh = twin_floats(dh_host, n);
+    twin d_up = twin_floats(NULL, n);
+    /* d_gate over dh, as the gradient pass writes it */
+    CHECK_OK(g_ref->ops->glu_backward(g_ref, dh.ref, d_up.ref, dh.ref, gated ? gate.ref : NULL, up.ref, n, act));
+    CHECK_OK(g_cuda->ops->glu_backward(g_cuda, dh.cuda, d_up.cuda, dh.cuda, gated ? gate.cuda : NULL, up.cuda, n, act));
+    twin_compare(&d_up, PB_TOL_CUDA_ELEMENTWISE_NMSE, what);
+    twin_compare(&dh, PB_TOL_CUDA_ELEMENTWISE_NMSE, what);
+    twin_free(&gate);
+    twin_free(&up);
+    twin_free(&dh);
+    twin_free(&d_up);
+    free(gate_host);
+    free(up_host);
+    free(dh_host);
+}
+
+/* dq, dk, dv and the pattern's gradient (its buffer starts as the guard
+ * value: outside each window it must stay that). */
+static void run_attention_backward(int T, int n_heads, int n_kv_heads, int head_dim, const pb_attention_params *p,
+                                   const char *what) {
+    const size_t qn = (size_t)T * n_heads * head_dim, kvn = (size_t)T * n_kv_heads * head_dim;
+    float *q_host = host_random(qn, -2.0f, 2.0f), *k_host = host_random(kvn, -2.0f, 2.0f);
+    float *v_host = host_random(kvn, -1.0f, 1.0f), *dz_host = host_random(qn, -1.0f, 1.0f);
+    twin q = twin_floats(q_host, qn), k = twin_floats(k_host, kvn), v = twin_floats(v_host, kvn);
+    twin dz = twin_floats(dz_host, qn);
+    twin dq = twin_floats(NULL, qn), dk = twin_floats(NULL, kvn), dv = twin_floats(NULL, kvn);
+    twin dp = twin_floats(NULL, (size_t)n_heads * T * T);
+    CHECK_OK(g_ref->ops->attention_backward(g_ref, dq.ref, dk.ref, dv.ref, dp.ref, q.ref, k.ref, v.ref, dz.ref, T,
+                                            n_heads, n_kv_heads, head_dim, p));
+    CHECK_OK(g_cuda->ops->attention_backward(g_cuda, dq.cuda, dk.cuda, dv.cuda, dp.cuda, q.cuda, k.cuda, v.cuda,
+                                             dz.cuda, T, n_heads, n_kv_heads, head_dim, p));
+    twin *outs[4] = {&dq, &dk, &dv, &dp};
+    static const char *names[4] = {"dq", "dk", "dv", "dpattern"};
+    for (int i = 0; i < 4; i++) {
+        char label[96];
+        snprintf(label, sizeof label, "%s %s", what, names[i]);
+        twin_compare(outs[i], PB_TOL_CUDA_ELEMENTWISE_NMSE, label);
+    }
+    twin *all[8] = {&q, &k, &v, &dz, &dq, &dk, &dv, &dp};
+    for (int i = 0; i < 8; i++)
+        twin_free(all[i]);
+    free(q_host);
+    free(k_host);
+    free(v_host);
+    free(dz_host);
+}
+
+static void test_backward(void **state) {
+    (void)state;
+    rng_seed(21);
+    run_matmul_dx(PB_DTYPE_F32, 7, 53, 67, 0, "matmul_dx f32 rows=7 n=53 k=67");
+    run_matmul_dx(PB_DTYPE_F32, 13, 301, 515, 1, "matmul_dx f32 rows=13 n=301 k=515 accumulate");
+    run_matmul_dx(PB_DTYPE_BF16, 9, 130, 96, 0, "matmul_dx bf16 rows=9 n=130 k=96");
+    run_matmul_dx(PB_DTYPE_F16, 9, 130, 96, 1, "matmul_dx f16 rows=9 n=130 k=96 accumulate");
+    run_matmul_dx(PB_DTYPE_Q8_0, 5, 77, 128, 0, "matmul_dx q8_0 rows=5 n=77 k=128");
+    run_matmul_dx(PB_DTYPE_F32, 1, 4099, 67, 0, "matmul_dx f32 one row n=4099 (the head)");
+    run_norm_backward(7, 67, 0.0f, 0, 1, 0, "norm_backward rms rows=7 d=67");
+    run_norm_backward(3, 4099, 0.0f, 0, 0, 1, "norm_backward rms rows=3 d=4099 accumulate");
+    run_norm_backward(4, 768, 1e3f, 1, 1, 1, "norm_backward layer rows=4 d=768 mean 1e3");
+    run_norm_backward(13 * 8, 128, 0.0f, 0, 1, 0, "norm_backward per head T=13 x 8 hd=128");
+    run_glu_backward(PB_ACTIVATION_SILU, 1, "glu_backward silu gated");
+    run_glu_backward(PB_ACTIVATION_GELU_TANH, 1, "glu_backward gelu_tanh gated");
+    run_glu_backward(PB_ACTIVATION_GELU, 0, "glu_backward gelu plain");
+    run_attention_backward(37, 8, 2, 64, NULL, "attention_backward T=37 8/2 hd=64");
+    run_attention_backward(300, 2, 1, 128, NULL, "attention_backward T=300 2/1 hd=128");
+    pb_attention_params capped = {0.0625f, 50.0f, 0}, window = {0.125f, 0.0f, 16}, both = {0.0625f, 50.0f, 100};
+    run_attention_backward(45, 4, 4, 96, &capped, "attention_backward softcap 50");
+    run_attention_backward(45, 4, 2, 64, &window, "attention_backward window 16");
+    run_attention_backward(130, 4, 2, 256, &both, "attention_backward softcap, window 100, hd=256");
+}
+
 static void test_memory_info(void **state) {
     (void)state;
     if (g_stand_in)
@@ -1261,6 +1389,7 @@ int main(void) {
         cmocka_unit_test(test_attention_jobs),
         cmocka_unit_test(test_attention_jobs_params),
         cmocka_unit_test(test_attention_jobs_kernels),
+        cmocka_unit_test(test_backward),
         cmocka_unit_test(test_memory_info),
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_nccl_linked),
