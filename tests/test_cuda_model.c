@@ -394,21 +394,9 @@ static void test_generate(void **state) {
 }
 
 int main(void) {
-    const char *stand_in = getenv("PB_CUDA_TEST_STAND_IN");
-    if (stand_in && *stand_in) {
-        if (pb_backend_parse(stand_in, &g_device) != PB_OK) {
-            fprintf(stderr, "PB_CUDA_TEST_STAND_IN: %s\n", pb_last_error());
-            return 1;
-        }
-        printf("note: PB_CUDA_TEST_STAND_IN: the %s backend stands in for CUDA; nothing here tests the GPU\n",
-               pb_backend_name(g_device));
-    } else {
-        pb_backend *probe = NULL;
-        int exit_code = tu_cuda_exit_code(pb_backend_cuda_create(&probe, 0));
-        if (exit_code != 0)
-            return exit_code;
-        pb_backend_destroy(probe);
-    }
+    int exit_code = tu_cuda_device(&g_device);
+    if (exit_code != 0)
+        return exit_code;
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_tiny_f32), cmocka_unit_test(test_tiny_16bit), cmocka_unit_test(test_random_smollm2),
         cmocka_unit_test(test_smollm2),  cmocka_unit_test(test_generate),

@@ -336,6 +336,25 @@ int tu_cuda_exit_code(pb_status status) {
     return 1;
 }
 
+int tu_cuda_device(pb_backend_kind *device) {
+    const char *stand_in = getenv("PB_CUDA_TEST_STAND_IN");
+    if (stand_in && *stand_in) {
+        if (pb_backend_parse(stand_in, device) != PB_OK) {
+            fprintf(stderr, "PB_CUDA_TEST_STAND_IN: %s\n", pb_last_error());
+            return 1;
+        }
+        printf("note: PB_CUDA_TEST_STAND_IN: the %s backend stands in for CUDA; nothing here tests the GPU\n",
+               pb_backend_name(*device));
+        return 0;
+    }
+    pb_backend *probe = NULL;
+    int exit_code = tu_cuda_exit_code(pb_backend_cuda_create(&probe, 0));
+    if (exit_code == 0)
+        pb_backend_destroy(probe);
+    *device = PB_BACKEND_CUDA;
+    return exit_code;
+}
+
 /* ---- sweeps ---------------------------------------------------------------- */
 
 int tu_free_sweep_fixture(void *fixture, pb_sweep *sweep, pb_model *model) {

@@ -159,6 +159,11 @@ int tu_free_sweep_fixture(void *fixture, pb_sweep *sweep, pb_model *model);
  * PB_OK (go on), 77 (skip, with a note) without a device, 1 (with the
  * message) on any other failure. */
 int tu_cuda_exit_code(pb_status status);
+/* The backend a CUDA test runs on: CUDA when a device answers, or the one
+ * PB_CUDA_TEST_STAND_IN names (cpu, reference; a note says that nothing
+ * then tests the GPU). Returns what main returns at once (77 without a
+ * device, 1 on a bad name or a failing device), or 0 to go on. */
+int tu_cuda_device(pb_backend_kind *device);
 
 /* ---- numbers --------------------------------------------------------------- */
 
