@@ -7,7 +7,8 @@
  * one block per (key, key-value head) that sums the key's and the value's
  * gradients over the queries that see the key. No atomics: each output
  * element is summed by one thread in a fixed order (heads, then queries,
- * as the host's loops), so reruns give the same bits. */
+ * as the host's loops), so reruns give the same bits. The scratch holds
+ * one chunk of key-value heads (with their query heads) at a time. */
 #include "kernels.cuh"
 
 #define PB_BACKWARD_WARPS (PB_CUDA_BLOCK / PB_CUDA_WARP)
@@ -118,17 +119,18 @@ static __device__ __forceinline__ double pb_raw_score(const float *q_row, const 
 static __global__ void pb_attention_backward_rows_kernel(float *dq, float *dpattern, const float *q, const float *k,
                                                          const float *v, const float *dz, double *probs,
                                                          double *dscores, int T, int n_heads, int group, int head_dim,
-                                                         pb_cuda_attention_score score) {
+                                                         int h0, pb_cuda_attention_score score) {
     __shared__ double partial[PB_BACKWARD_WARPS];
     __shared__ double total;
-    const int i = blockIdx.x, h = blockIdx.y;
+    const int i = blockIdx.x, h = h0 + (int)blockIdx.y;
     const size_t qd = (size_t)n_heads * head_dim, kvd = (size_t)(n_heads / group) * head_dim;
     const size_t kv0 = (size_t)(h / group) * head_dim;
     const float *q_row = q + (size_t)i * qd + (size_t)h * head_dim;    // (head_dim)
     const float *dz_row = dz + (size_t)i * qd + (size_t)h * head_dim;  // (head_dim)
-    const size_t row = ((size_t)h * T + i) * T;
-    double *P = probs + row;    // (T): keys first .. i
-    double *S = dscores + row;  // (T)
+    const size_t row = ((size_t)h * T + i) * T;                        /* in dpattern */
+    const size_t chunk_row = ((size_t)(h - h0) * T + i) * T;           /* in the chunk's scratch */
+    double *P = probs + chunk_row;                                     // (T): keys first .. i
+    double *S = dscores + chunk_row;                                   // (T)
     const int first = pb_attention_window_start(score.window, i);
 
     double local = -INFINITY;
@@ -177,8 +179,8 @@ static __global__ void pb_attention_backward_rows_kernel(float *dq, float *dpatt
  * see key j are i = j .. j + window - 1 (all i >= j without a window). */
 static __global__ void pb_attention_backward_keys_kernel(float *dk, float *dv, const float *q, const float *dz,
                                                          const double *probs, const double *dscores, int T, int n_heads,
-                                                         int group, int head_dim, int window) {
-    const int j = blockIdx.x, g = blockIdx.y;
+                                                         int group, int head_dim, int window, int g0) {
+    const int j = blockIdx.x, g = g0 + (int)blockIdx.y;
     const size_t qd = (size_t)n_heads * head_dim, kvd = (size_t)(n_heads / group) * head_dim;
     const long long reach = window > 0 ? (long long)j + window - 1 : (long long)T - 1;
     const int last = reach < T - 1 ? (int)reach : T - 1;
@@ -186,7 +188,7 @@ static __global__ void pb_attention_backward_keys_kernel(float *dk, float *dv, c
         double ak = 0.0, av = 0.0;
         for (int h = g * group; h < (g + 1) * group; h++)
             for (int i = j; i <= last; i++) {
-                const size_t at = ((size_t)h * T + i) * T + j;
+                const size_t at = ((size_t)(h - g0 * group) * T + i) * T + j; /* in the chunk */
                 const size_t qi = (size_t)i * qd + (size_t)h * head_dim + e;
                 ak += dscores[at] * q[qi];
                 av += probs[at] * dz[qi];
@@ -200,17 +202,22 @@ size_t pb_cuda_attention_backward_scratch(int T, int n_heads) { return 2 * (size
 
 cudaError_t pb_cuda_launch_attention_backward(cudaStream_t stream, float *dq, float *dk, float *dv, float *dpattern,
                                               const float *q, const float *k, const float *v, const float *dz,
-                                              double *scratch, int T, int n_heads, int n_kv_heads, int head_dim,
-                                              pb_cuda_attention_score score) {
-    double *probs = scratch, *dscores = scratch + (size_t)n_heads * T * T;
+                                              double *scratch, int chunk_kv_heads, int T, int n_heads, int n_kv_heads,
+                                              int head_dim, pb_cuda_attention_score score) {
     const int group = n_heads / n_kv_heads;
-    const dim3 rows((unsigned)T, (unsigned)n_heads), keys((unsigned)T, (unsigned)n_kv_heads);
-    pb_attention_backward_rows_kernel<<<rows, PB_CUDA_BLOCK, 0, stream>>>(dq, dpattern, q, k, v, dz, probs, dscores, T,
-                                                                          n_heads, group, head_dim, score);
-    cudaError_t error = cudaGetLastError();
-    if (error != cudaSuccess)
-        return error;
-    pb_attention_backward_keys_kernel<<<keys, PB_CUDA_BLOCK, 0, stream>>>(dk, dv, q, dz, probs, dscores, T, n_heads,
-                                                                          group, head_dim, score.window);
-    return cudaGetLastError();
+    for (int g0 = 0; g0 < n_kv_heads; g0 += chunk_kv_heads) {
+        const int kv = n_kv_heads - g0 < chunk_kv_heads ? n_kv_heads - g0 : chunk_kv_heads;
+        double *probs = scratch, *dscores = scratch + (size_t)kv * group * T * T;
+        const dim3 rows((unsigned)T, (unsigned)(kv * group)), keys((unsigned)T, (unsigned)kv);
+        pb_attention_backward_rows_kernel<<<rows, PB_CUDA_BLOCK, 0, stream>>>(
+            dq, dpattern, q, k, v, dz, probs, dscores, T, n_heads, group, head_dim, g0 * group, score);
+        cudaError_t error = cudaGetLastError();
+        if (error != cudaSuccess)
+            return error;
+        pb_attention_backward_keys_kernel<<<keys, PB_CUDA_BLOCK, 0, stream>>>(dk, dv, q, dz, probs, dscores, T, n_heads,
+                                                                              group, head_dim, score.window, g0);
+        if ((error = cudaGetLastError()) != cudaSuccess)
+            return error;
+    }
+    return cudaSuccess;
 }

@@ -113,15 +113,17 @@ pb_status pb_cuda_attention_backward(pb_backend *backend, float *dq, float *dk, 
                     "attention_backward");
     if (n_heads > 65535)
         return pb_fail(PB_ERR_UNSUPPORTED, "cuda attention_backward: n_heads %d exceeds the grid limit 65535", n_heads);
+    const int chunk = pb_attention_backward_chunk(T, n_heads, n_kv_heads);
     void *buffer = self->backward_scratch;
     pb_status status = pb_cuda_scratch(self, &buffer, &self->backward_scratch_elems,
-                                       pb_cuda_attention_backward_scratch(T, n_heads), sizeof(double));
+                                       pb_cuda_attention_backward_scratch(T, chunk * (n_heads / n_kv_heads)),
+                                       sizeof(double));
     self->backward_scratch = (double *)buffer;
     PB_TRY(status);
     PB_TRY(pb_cuda_enter(self));
     PB_CUDA_LAUNCHED(self, "attention_backward",
                      pb_cuda_launch_attention_backward(self->stream, dq, dk, dv, dpattern, q, k, v, dz,
-                                                       self->backward_scratch, T, n_heads, n_kv_heads, head_dim,
+                                                       self->backward_scratch, chunk, T, n_heads, n_kv_heads, head_dim,
                                                        pb_cuda_attention_score_of(params, head_dim)));
     return PB_OK;
 }

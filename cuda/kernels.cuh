@@ -338,17 +338,19 @@ cudaError_t pb_cuda_launch_norm_backward(cudaStream_t stream, float *dx, const f
  * NULL through act(up) (d_gate unused); in double. d_gate may alias dh. */
 cudaError_t pb_cuda_launch_glu_backward(cudaStream_t stream, float *d_gate, float *d_up, const float *dh,
                                         const float *gate, const float *up, size_t n, pb_cuda_activation act);
-/* Doubles of scratch pb_cuda_launch_attention_backward needs. */
+/* Doubles of scratch pb_cuda_launch_attention_backward needs for a chunk
+ * of n_heads query heads (chunk_kv_heads * n_heads / n_kv_heads). */
 size_t pb_cuda_attention_backward_scratch(int T, int n_heads);
 /* The gradient through causal self-attention over T tokens (positions
  * 0 .. T - 1): dq (T, n_heads * head_dim), dk, dv (T, n_kv_heads *
  * head_dim) from dz (T, n_heads * head_dim); dpattern (n_heads, T, T) or
  * NULL, written inside each query's window. scratch: the probabilities
- * and the scores' gradients, pb_cuda_attention_backward_scratch doubles.
- * Sums in double. */
+ * and the scores' gradients of chunk_kv_heads key-value heads' queries at
+ * a time (pb_cuda_attention_backward_scratch doubles for those query
+ * heads), two launches per chunk. Sums in double. */
 cudaError_t pb_cuda_launch_attention_backward(cudaStream_t stream, float *dq, float *dk, float *dv, float *dpattern,
                                               const float *q, const float *k, const float *v, const float *dz,
-                                              double *scratch, int T, int n_heads, int n_kv_heads, int head_dim,
-                                              pb_cuda_attention_score score);
+                                              double *scratch, int chunk_kv_heads, int T, int n_heads, int n_kv_heads,
+                                              int head_dim, pb_cuda_attention_score score);
 
 #endif

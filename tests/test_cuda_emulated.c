@@ -1490,11 +1490,14 @@ static void run_attention_backward(int T, int n_heads, int n_kv_heads, int head_
     static const char *names[4] = {"dq", "dk", "dv", "dpattern"};
     CHECK_OK(g_ref->ops->attention_backward(g_ref, want[0], want[1], want[2], want[3], q, k, v, dz, T, n_heads,
                                             n_kv_heads, head_dim, params));
+    /* all heads at once, forward order; in chunks of about half the
+     * key-value heads (as a capped scratch takes them; 9/3 heads: 2 then
+     * 1), threads reversed: the same bits */
     CHECK_LAUNCH(pb_emu_attention_backward(got[0], got[1], got[2], got[3], q, k, v, dz, T, n_heads, n_kv_heads,
-                                           head_dim, params));
+                                           head_dim, params, n_kv_heads));
     pb_emu_set_reverse_order(1);
     CHECK_LAUNCH(pb_emu_attention_backward(rev[0], rev[1], rev[2], rev[3], q, k, v, dz, T, n_heads, n_kv_heads,
-                                           head_dim, params));
+                                           head_dim, params, (n_kv_heads + 1) / 2));
     pb_emu_set_reverse_order(0);
     for (int i = 0; i < 4; i++) {
         char label[160];
@@ -1514,6 +1517,13 @@ static void run_attention_backward(int T, int n_heads, int n_kv_heads, int head_
 
 static void test_attention_backward(void **state) {
     (void)state;
+    /* the chunks a device takes under PB_ATTENTION_BACKWARD_SCRATCH (1 GiB):
+     * 70B's 8 groups of 8 heads at T = 40 at once; at T = 2048 two groups
+     * (512 MiB each); at T = 4096 one group alone needs 2 GiB: one */
+    assert_int_equal(pb_attention_backward_chunk(40, 64, 8), 8);
+    assert_int_equal(pb_attention_backward_chunk(2048, 64, 8), 2);
+    assert_int_equal(pb_attention_backward_chunk(4096, 64, 8), 1);
+    assert_int_equal(pb_attention_backward_chunk(0, 9, 3), 3);
     run_attention_backward(1, 2, 1, 8, NULL, "attention_backward T 1");
     run_attention_backward(7, 4, 2, 16, NULL, "attention_backward 7 tokens GQA 4/2");
     run_attention_backward(40, 9, 3, 64, NULL, "attention_backward 40 tokens 9/3 heads of 64 (SmolLM2's)");

@@ -417,8 +417,11 @@ size_t pb_grad_scratch_bytes(const pb_model_config *c, int T, int device) {
      * the attention backward's double sums and matmul_dx's (the widest: T
      * rows of the widest sublayer) */
     size_t bytes = sizeof(float) * (4 * t * z.wide + 5 * t * d + 3 * t * z.heads + V) + sizeof(int32_t) * t;
-    if (device) /* the pattern's gradient, and the attention backward's probabilities and scores' gradients */
-        return bytes + sizeof(float) * (N_SLOTS * t * z.act + H * t * t) + sizeof(double) * 2 * H * t * t;
+    if (device) { /* the pattern's gradient, and the attention backward's probabilities and scores' gradients */
+        size_t chunk_heads = (size_t)pb_attention_backward_chunk(T, c->n_heads, c->n_kv_heads) *
+                             (size_t)(c->n_heads / c->n_kv_heads);
+        return bytes + sizeof(float) * (N_SLOTS * t * z.act + H * t * t) + sizeof(double) * 2 * chunk_heads * t * t;
+    }
     return bytes + sizeof(double) * (3 * t * z.heads + 2 * t + t * (z.wide > d ? z.wide : d));
 }
 

@@ -56,6 +56,19 @@ typedef struct pb_copy_region {
     size_t n;
 } pb_copy_region;
 
+/* The most bytes a device backend's attention backward holds at once for
+ * the probabilities and the scores' gradients (2 * heads * T^2 doubles):
+ * the heads go through in chunks of key-value heads under it, or one
+ * key-value head's queries at a time where those alone need more. */
+#define PB_ATTENTION_BACKWARD_SCRATCH ((size_t)1 << 30)
+
+/* Key-value heads per chunk of the attention backward under that cap. */
+static inline int pb_attention_backward_chunk(int T, int n_heads, int n_kv_heads) {
+    size_t per_kv = 2 * sizeof(double) * (size_t)(n_heads / n_kv_heads) * (size_t)T * (size_t)T;
+    size_t chunk = per_kv ? PB_ATTENTION_BACKWARD_SCRATCH / per_kv : (size_t)n_kv_heads;
+    return chunk < 1 ? 1 : chunk > (size_t)n_kv_heads ? n_kv_heads : (int)chunk;
+}
+
 typedef struct pb_backend_ops {
     const char *name;
     void (*destroy)(pb_backend *backend);
@@ -217,7 +230,9 @@ typedef struct pb_backend_ops {
      * with q, k (rotated) and v as attention reads them and its scores
      * (params: scale, soft-cap, window; host memory). dpattern (n_heads,
      * T, T) or NULL: d / d the probabilities, written inside each query's
-     * window, the rest left as it is. The probabilities are recomputed. */
+     * window, the rest left as it is. The probabilities are recomputed; a
+     * device backend holds them for at most PB_ATTENTION_BACKWARD_SCRATCH
+     * bytes of heads at a time. */
     pb_status (*attention_backward)(pb_backend *backend, float *dq, float *dk, float *dv, float *dpattern,
                                     const float *q, const float *k, const float *v, const float *dz, int T, int n_heads,
                                     int n_kv_heads, int head_dim, const pb_attention_params *params);

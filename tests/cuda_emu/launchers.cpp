@@ -152,15 +152,17 @@ int pb_emu_glu_backward(float *d_gate, float *d_up, const float *dh, const float
 
 int pb_emu_attention_backward(float *dq, float *dk, float *dv, float *dpattern, const float *q, const float *k,
                               const float *v, const float *dz, int T, int n_heads, int n_kv_heads, int head_dim,
-                              const pb_attention_params *params) {
-    double *scratch = (double *)malloc(sizeof(double) * pb_cuda_attention_backward_scratch(T, n_heads));
+                              const pb_attention_params *params, int chunk_kv_heads) {
+    const size_t n = pb_cuda_attention_backward_scratch(T, chunk_kv_heads * (n_heads / n_kv_heads));
+    double *scratch = (double *)malloc(sizeof(double) * (n ? n : 1));
     if (!scratch)
         return cudaErrorMemoryAllocation;
     /* poisoned: the kernels must read only what they wrote */
-    for (size_t i = 0, n = pb_cuda_attention_backward_scratch(T, n_heads); i < n; i++)
+    for (size_t i = 0; i < n; i++)
         scratch[i] = NAN;
-    int status = pb_cuda_launch_attention_backward(nullptr, dq, dk, dv, dpattern, q, k, v, dz, scratch, T, n_heads,
-                                                   n_kv_heads, head_dim, pb_cuda_attention_score_of(params, head_dim));
+    int status = pb_cuda_launch_attention_backward(nullptr, dq, dk, dv, dpattern, q, k, v, dz, scratch, chunk_kv_heads,
+                                                   T, n_heads, n_kv_heads, head_dim,
+                                                   pb_cuda_attention_score_of(params, head_dim));
     free(scratch);
     return status;
 }

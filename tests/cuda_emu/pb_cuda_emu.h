@@ -69,16 +69,17 @@ void pb_emu_set_sync_launches(int sync);
 void pb_emu_set_stream_fault(int error);
 /* backend_cuda_impl.cuh's reading of PB_CUDA_SYNC. */
 pb_status pb_emu_sync_mode_parse(const char *value, int *sync_launches);
-/* The backward kernels (backward.cu); the attention's scratch is
- * allocated here, filled with NaN first. glu_backward refuses an
- * activation the kernels lack as glu does. */
+/* The backward kernels (backward.cu); the attention's scratch, for
+ * chunk_kv_heads key-value heads at a time, is allocated here, filled with
+ * NaN first. glu_backward refuses an activation the kernels lack as glu
+ * does. */
 int pb_emu_norm_backward(float *dx, const float *x, const float *weight, const float *dy, int rows, int d, float eps,
                          int centred, int accumulate);
 int pb_emu_glu_backward(float *d_gate, float *d_up, const float *dh, const float *gate, const float *up, size_t n,
                         pb_activation act);
 int pb_emu_attention_backward(float *dq, float *dk, float *dv, float *dpattern, const float *q, const float *k,
                               const float *v, const float *dz, int T, int n_heads, int n_kv_heads, int head_dim,
-                              const pb_attention_params *params);
+                              const pb_attention_params *params, int chunk_kv_heads);
 
 /* The emulator's own checks (selftest.cu). out, in (blocks * 64): out =
  * in rotated by one within each block of 64 threads, with or without the
