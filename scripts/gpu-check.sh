@@ -599,12 +599,14 @@ fi
 
 if want atp; then
     # Issue 18's GPU benchmark: the default sweep (T = 64) at the llama3-8b
-    # shape in bf16, every row forced (--all-rows), then AtP and AtP* (both
+    # shape (8 of its layers) in bf16, every row forced (--all-rows), then AtP and AtP* (both
     # corrections) on the same spec: their seconds beside the exact sweep's,
     # and the same ratios from FLOP counts. The backward runs on the device
     # (cuda/backward.cu, cuBLAS for the weight products).
-    ATP_LAYERS=${SWEEP_LAYERS:-$PREFILL_LAYERS}
-    case $ATP_LAYERS in '' | 0 | *[!0-9]*) ATP_LAYERS=4 ;; esac
+    # 8 layers (PB_ATP_LAYERS): the ratios hold per layer, and a random
+    # model's host-side generation stays short
+    ATP_LAYERS=${PB_ATP_LAYERS:-8}
+    case $ATP_LAYERS in '' | 0 | *[!0-9]*) ATP_LAYERS=8 ;; esac
     if [ -x "$BUILD/bench_sweep" ]; then
         run_step bench_gpu_atp 120 "$BUILD/bench_sweep" --random-model "llama3-8b:$ATP_LAYERS" \
             --backend cuda --dtype bf16 --default-sweep 64 --all-rows --vs-atp
