@@ -151,7 +151,8 @@ static void test_from_forward(void **state) {
 /* Floats of a capture entry over T tokens. */
 /* What pb_gradients cannot give is refused by name, nothing computed: a
  * hook point the pass does not fill, kl without its reference, a callback
- * metric, a position outside the prompt, a projection without a layer. */
+ * metric, a position outside the prompt, a projection without a layer, a
+ * capture set made for another model. */
 static void test_refusals(void **state) {
     (void)state;
     pb_model *m = tu_load_model("tiny_gqa", "model.gguf", PB_BACKEND_CPU);
@@ -180,6 +181,14 @@ static void test_refusals(void **state) {
     bad.layer = 99;
     assert_int_equal(pb_gradients(m, gc.ids, gc.T, &bad, grads, &value), PB_ERR_ARG);
     assert_non_null(strstr(pb_last_error(), "projection"));
+    /* a capture set of another model (other widths) */
+    pb_model *other = tu_load_model("tiny_bias", "model.gguf", PB_BACKEND_CPU);
+    pb_capture *foreign = NULL;
+    CHECK_OK(pb_capture_create(&foreign, other, "blocks.0.hook_resid_pre"));
+    assert_int_equal(pb_gradients(m, gc.ids, gc.T, &gc.metric, foreign, &value), PB_ERR_ARG);
+    assert_non_null(strstr(pb_last_error(), "made for another model"));
+    pb_capture_free(foreign);
+    pb_model_free(other);
     pb_capture_free(grads);
     pb_capture_free(embed);
     free_case(&gc);

@@ -480,8 +480,10 @@ static void ctx_free(grad_ctx *g) {
 }
 
 /* The hook points a pass fills (patchbay.h, pb_gradients); the caller's
- * capture may name no other. */
-static pb_status check_grads(const pb_capture *grads) {
+ * capture, made for this model, may name no other. */
+static pb_status check_grads(const pb_capture *grads, const pb_model_config *c) {
+    if (!pb_capture_fits(grads, c))
+        return pb_fail(PB_ERR_ARG, "gradient: the gradients' capture set was made for another model");
     for (int i = 0; i < grads->count; i++)
         switch (grads->entries[i].kind) {
         case PB_HOOK_RESID_PRE:
@@ -509,6 +511,8 @@ static pb_status check_acts(const pb_model_config *c, pb_capture *acts) {
                                          PB_HOOK_V,          PB_HOOK_ROT_Q,      PB_HOOK_ROT_K,
                                          PB_HOOK_RESID_MID,  PB_HOOK_RESID_POST, PB_HOOK_ATTN_POST_IN,
                                          PB_HOOK_MLP_POST_IN};
+    if (!pb_capture_fits(acts, c))
+        return pb_fail(PB_ERR_ARG, "gradient: the forward's capture set was made for another model");
     for (int L = 0; L < c->n_layers; L++)
         for (size_t k = 0; k < sizeof kinds / sizeof kinds[0]; k++)
             if (pb_hook_kind_exists(kinds[k], c) && !pb_capture_find(acts, kinds[k], L)) {
@@ -524,7 +528,7 @@ pb_status pb_gradients(pb_model *m, const int32_t *ids, int T, const pb_grad_met
     if (!m || !ids || !grads || !value)
         return pb_fail(PB_ERR_ARG, "pb_gradients: model, ids, grads and value are required");
     PB_TRY(check_supported(m, metric, T));
-    PB_TRY(check_grads(grads));
+    PB_TRY(check_grads(grads, &m->cfg));
     float *logits = malloc(sizeof(float) * (size_t)T * (size_t)m->cfg.vocab_size);
     if (!logits)
         return pb_fail(PB_ERR_OOM, "gradient: out of memory for %d tokens' logits", T);
@@ -551,7 +555,7 @@ pb_status pb_grad_pass_drop(pb_model *m, int T, pb_capture *acts, const float *l
     if (!m || !acts || !grads || (!resume && ((on_logits && !logits) || !value)))
         return pb_fail(PB_ERR_ARG, "gradient: model, acts, grads, and unless resumed logits and value, are required");
     PB_TRY(check_supported(m, metric, T));
-    PB_TRY(check_grads(grads));
+    PB_TRY(check_grads(grads, &m->cfg));
     PB_TRY(check_acts(&m->cfg, acts));
     if (drop && (drop->layer < 0 || drop->layer >= m->cfg.n_layers))
         return pb_fail(PB_ERR_ARG, "gradient: drop layer %d outside the model's %d layers", drop->layer,

@@ -44,6 +44,13 @@ static inline size_t pb_capture_entry_floats(const pb_capture_entry *e, int T) {
                                              : (size_t)e->row_shape[0] * (size_t)(e->n_dims == 3 ? e->row_shape[1] : 1);
     return row * (size_t)T;
 }
+/* Whether c was made for a model of cfg's shapes (layers, widths, heads):
+ * its buffers are sized by its own configuration. */
+static inline int pb_capture_fits(const pb_capture *c, const pb_model_config *cfg) {
+    const pb_model_config *a = &c->cfg;
+    return a->n_layers == cfg->n_layers && a->d_model == cfg->d_model && a->n_heads == cfg->n_heads &&
+           a->n_kv_heads == cfg->n_kv_heads && a->head_dim == cfg->head_dim;
+}
 /* Sizes every entry's buffer for T tokens. */
 pb_status pb_capture_prepare(pb_capture *c, int T);
 

@@ -161,18 +161,13 @@ static int wants_patterns(const pb_capture *cap) {
     return 0;
 }
 
-static int same_shapes(const pb_model_config *a, const pb_model_config *b) {
-    return a->n_layers == b->n_layers && a->d_model == b->d_model && a->n_heads == b->n_heads &&
-           a->n_kv_heads == b->n_kv_heads && a->head_dim == b->head_dim;
-}
-
 pb_status pb_forward_ex(pb_model *m, const int32_t *ids, int T, const pb_forward_extras *extras, float *logits,
                         pb_capture *cap) {
     if (!m)
         return pb_fail(PB_ERR_ARG, "pb_forward: model is NULL");
     PB_TRY(pb_ids_check(m, ids, T, m->cfg.context_length));
     if (cap) {
-        if (!same_shapes(&cap->cfg, &m->cfg))
+        if (!pb_capture_fits(cap, &m->cfg))
             return pb_fail(PB_ERR_ARG, "pb_forward: the capture set was made for another model");
         PB_TRY(pb_capture_prepare(cap, T));
     }
