@@ -541,7 +541,8 @@ typedef struct pb_grad_metric {
  * attn.hook_pattern (any other is refused by name, PB_ERR_ARG); each
  * receives d metric / d activation in the activation's shape
  * (pb_capture_data; rows after `position` are zero). *value = the metric.
- * A pb_metric_fn callback has no derivative: PB_ERR_UNSUPPORTED. */
+ * A non-finite logit at the position (or projection) is PB_ERR_NUMERIC,
+ * naming it; a pb_metric_fn callback has no derivative: PB_ERR_UNSUPPORTED. */
 PB_API pb_status pb_gradients(pb_model *model, const int32_t *ids, int T, const pb_grad_metric *metric,
                               pb_capture *grads, double *value);
 

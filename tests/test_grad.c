@@ -139,6 +139,11 @@ static void test_from_forward(void **state) {
     CHECK_OK(pb_forward(m, gc.ids, gc.T, logits, thin));
     assert_int_equal(pb_grad_pass_from(m, gc.T, thin, logits, &gc.metric, b, &vb), PB_ERR_ARG);
     assert_non_null(strstr(pb_last_error(), "lack blocks.0.attn.hook_q"));
+    /* a non-finite logit at the metric's position: named, no gradient */
+    CHECK_OK(pb_forward(m, gc.ids, gc.T, logits, acts));
+    logits[(size_t)gc.metric.position * (size_t)pb_model_get_config(m)->vocab_size + 7] = NAN;
+    assert_int_equal(pb_grad_pass_from(m, gc.T, acts, logits, &gc.metric, b, &vb), PB_ERR_NUMERIC);
+    assert_non_null(strstr(pb_last_error(), "logit of token 7"));
     free(logits);
     pb_capture_free(a);
     pb_capture_free(b);

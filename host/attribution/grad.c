@@ -176,6 +176,10 @@ static pb_status head_backward(grad_ctx *g, const pb_grad_metric *mt, const floa
     float *dlf = malloc(sizeof(float) * (size_t)V);
     pb_status status = dl && dlf ? PB_OK : pb_fail(PB_ERR_OOM, "gradient: out of memory for %d logits", V);
     const float *row = logits + (size_t)pos * V;
+    for (int v = 0; status == PB_OK && v < V; v++)
+        if (!isfinite(row[v]))
+            status = pb_fail(PB_ERR_NUMERIC, "gradient: the logit of token %d at position %d is %g", v, pos,
+                             (double)row[v]);
     if (status == PB_OK)
         status = metric_grad(mt, row, V, dl, value);
     for (int v = 0; status == PB_OK && v < V; v++) {
@@ -209,6 +213,10 @@ static pb_status projection_start(grad_ctx *g, const pb_grad_metric *mt, double 
     double acc = 0.0;
     for (size_t i = 0; i < d; i++)
         acc += (double)x[i] * mt->direction[i];
+    if (!isfinite(acc))
+        return pb_fail(PB_ERR_NUMERIC,
+                       "gradient: the projection at position %d is %g (a non-finite residual or direction)",
+                       mt->position, acc);
     if (value)
         *value = acc;
     PB_TRY(upload_row(g, g->dres[0], mt->position, mt->direction));
