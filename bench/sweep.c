@@ -17,7 +17,7 @@
  * sweep's and the ratios (the issue's "every row forced" comparison takes
  * --all-rows too), and the same ratios from FLOP counts: the exact sweep's
  * as planned (pb_sweep_plan), the estimates' from a model of their passes
- * (atp_flops below). --flops-only prints those counts and stops: the model
+ * (pb_atp_flops, atp.h). --flops-only prints those counts and stops: the model
  * is loaded shape-only, so a llama3-8b or 70B shape costs nothing to count.
  * With streamed weights it also prints the layers the sweep read and the
  * bytes they moved, the rate that makes over the sweep's wall time, the
@@ -305,32 +305,6 @@ static void print_stream(const pb_model *m, const bench_args *b, double seconds,
 
 /* The same spec estimated by attribution patching: its seconds beside the
  * exact sweep's. */
-/* FLOPs of one pair's estimate, a model of the passes atp.c runs: a
- * forward of each run (logits at every position), and backward passes
- * whose products are the forward's transposed (the same FLOPs, the
- * attention's twice) plus the MLP's pre-activations recomputed and the
- * unembedding at the metric's position; AtP* adds GradDrop's passes, the
- * one for layer l running layers l..0. The QK fix's softmaxes are not
- * counted (a row of T keys per touched query). */
-static double atp_flops(const pb_model_config *c, int T, int star) {
-    double d = c->d_model, V = c->vocab_size, forward = 2.0 * T * d * V,
-           *layer = calloc((size_t)c->n_layers, sizeof(double));
-    if (!layer)
-        return 0.0;
-    for (int l = 0; l < c->n_layers; l++) {
-        double attention = pb_exec_step_flops(c, 2 * l, 0, T), mlp = pb_exec_step_flops(c, 2 * l + 1, 0, T);
-        forward += attention + mlp;
-        layer[l] = attention + mlp + (c->plain_mlp ? 2.0 : 4.0) * T * d * c->d_mlp;
-    }
-    double backward = 2.0 * d * V, drops = 0.0, below = 0.0;
-    for (int l = 0; l < c->n_layers; l++) {
-        backward += layer[l];
-        below += layer[l];
-        drops += below; /* the pass for l: layers l..0 */
-    }
-    free(layer);
-    return 2.0 * forward + backward + (star ? drops : 0.0);
-}
 
 /* spec with "method": method first (the caller frees), or NULL. */
 static char *with_method(const char *spec, const char *method) {
@@ -354,7 +328,7 @@ static int print_flop_ratios(pb_sweep *s, pb_model *m, const char *spec, const p
         fprintf(stderr, "bench_sweep: plan: %s\n", pb_last_error());
         return 1;
     }
-    double atp = parsed->n_pairs * atp_flops(&m->cfg, T, 0), star = parsed->n_pairs * atp_flops(&m->cfg, T, 1);
+    double atp = parsed->n_pairs * pb_atp_flops(&m->cfg, T, 0), star = parsed->n_pairs * pb_atp_flops(&m->cfg, T, 1);
     uint64_t peak[2] = {0, 0};
     for (int i = 0; i < 2; i++) {
         char *text = with_method(spec, i ? "atp*" : "atp");

@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "attribution/atp.h"
 #include "distributed/distribute.h"
 #include "model/model.h"
 #include "model/stream.h"
@@ -120,6 +121,65 @@ static int check_case(const tu_oracle_case *c, void *ctx) {
 static void test_plans_equal_runs(void **state) {
     (void)state;
     assert_true(tu_visit_cases("patching", check_case, NULL) >= 20);
+}
+
+/* An estimate ("atp", "atp*") planned as it runs, against the run on
+ * streamed weights: no row executed, one set of passes per pair, the FLOPs
+ * of pb_atp_flops, and the layer bytes read at most the plan's (a layer
+ * still in its slot is not read again: the tiny models' two layers stay)
+ * and at least every layer once. */
+static int check_estimate(const tu_oracle_case *c, void *ctx) {
+    int *seen = ctx;
+    const char *model = json_string_value(json_object_get(c->expected, "model"));
+    char path[1400];
+    tu_fixture_file(path, sizeof path, model, "model.q8_0.gguf");
+    if (!tu_file_exists(path))
+        return 0;
+    pb_model *shape = load(path, PB_WEIGHTS_RESIDENT, 1), *streamed = load(path, PB_WEIGHTS_STREAM, 0);
+    pb_sweep *planned = create(shape, c, 0);
+    pb_plan_options po = {.device_memory = (size_t)1 << 30, .weights = PB_WEIGHTS_STREAM};
+    pb_plan plan;
+    if (pb_sweep_plan(planned, &po, &plan) != PB_OK)
+        fail_msg("%s: plan: %s", c->name, pb_last_error());
+    const pb_sweep_spec *spec = pb_sweep_spec_of(planned);
+    assert_int_equal(plan.estimate, 1);
+    assert_string_equal(plan.method, pb_sweep_method_name(spec->method));
+    assert_int_equal(plan.rows_run, 0);
+    assert_int_equal(plan.waves, spec->n_pairs);
+    pb_sweep *run = create(streamed, c, 0);
+    CHECK_OK(pb_sweep_run(run));
+    pb_sweep_summary sum;
+    CHECK_OK(pb_sweep_get_summary(run, &sum));
+    long long layers;
+    double bytes;
+    pb_stream_counters(streamed->stream, &layers, &bytes);
+    printf("[ MEASURE  ] %-36s %s%s plan: %.3f MiB streamed, %.4g FLOP; run: %.3f MiB (%lld layer reads)\n", c->name,
+           plan.method, spec->grad_drop ? " (GradDrop)" : "", plan.bytes_streamed / 1048576, plan.flops,
+           bytes / 1048576, layers);
+    double every_layer = 0.0;
+    for (int l = 0; l < shape->cfg.n_layers; l++)
+        every_layer += (double)streamed->layout.layer_bytes[l];
+    assert_int_equal(sum.n_rows_executed, 0);
+    assert_true(bytes <= plan.bytes_streamed);
+    assert_true(bytes >= every_layer);
+    double flops = 0.0;
+    for (int i = 0; i < spec->n_pairs; i++)
+        flops += pb_atp_flops(&shape->cfg, spec->pairs[i].base.T, spec->grad_drop);
+    assert_true(plan.flops == flops);
+    pb_sweep_free(run);
+    pb_sweep_free(planned);
+    pb_model_free(shape);
+    pb_model_free(streamed);
+    *seen += 1;
+    return 1;
+}
+
+static void test_estimates(void **state) {
+    (void)state;
+    int seen = 0;
+    tu_visit_cases("atp_star", check_estimate, &seen);
+    tu_visit_cases("atp", check_estimate, &seen);
+    assert_true(seen >= 10);
 }
 
 typedef struct found_case {
@@ -257,6 +317,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_plans_equal_runs),
         cmocka_unit_test(test_ranks_add_up),
+        cmocka_unit_test(test_estimates),
         cmocka_unit_test(test_choices_and_refusals),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

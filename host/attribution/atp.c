@@ -14,6 +14,7 @@
 #include "model/capture.h"
 #include "model/components.h"
 #include "model/forward.h"
+#include "model/exec.h"
 #include "model/model.h"
 #include "patching/metric.h"
 #include "patching/noise.h"
@@ -354,4 +355,31 @@ pb_status pb_atp_run_rows(pb_sweep *s, const int64_t *rows, int64_t n_rows) {
     }
     free(hooks);
     return status;
+}
+
+/* FLOPs of one pair's estimate, a model of the passes atp.c runs: a
+ * forward of each run (logits at every position), and backward passes
+ * whose products are the forward's transposed (the same FLOPs, the
+ * attention's twice) plus the MLP's pre-activations recomputed and the
+ * unembedding at the metric's position; GradDrop adds its passes, the
+ * one for layer l running layers l..0. The QK fix's softmaxes are not
+ * counted (a row of T keys per touched query). */
+double pb_atp_flops(const pb_model_config *c, int T, int grad_drop) {
+    double d = c->d_model, V = c->vocab_size, forward = 2.0 * T * d * V,
+           *layer = calloc((size_t)c->n_layers, sizeof(double));
+    if (!layer)
+        return 0.0;
+    for (int l = 0; l < c->n_layers; l++) {
+        double attention = pb_exec_step_flops(c, 2 * l, 0, T), mlp = pb_exec_step_flops(c, 2 * l + 1, 0, T);
+        forward += attention + mlp;
+        layer[l] = attention + mlp + (c->plain_mlp ? 2.0 : 4.0) * T * d * c->d_mlp;
+    }
+    double backward = 2.0 * d * V, drops = 0.0, below = 0.0;
+    for (int l = 0; l < c->n_layers; l++) {
+        backward += layer[l];
+        below += layer[l];
+        drops += below; /* the pass for l: layers l..0 */
+    }
+    free(layer);
+    return 2.0 * forward + backward + (grad_drop ? drops : 0.0);
 }

@@ -31,6 +31,11 @@ pb_status pb_atp_run_rows(pb_sweep *s, const int64_t *rows, int64_t n_rows);
  * says which corrections run and where q/k sites lie. */
 pb_status pb_atp_peak_bytes(const pb_sweep *s, int T, uint64_t *bytes);
 
+/* FLOPs of one pair's estimate over T tokens: a forward of each run and
+ * the backward pass, and with grad_drop GradDrop's passes (a model of the
+ * passes: the planner's and bench_sweep's count). */
+double pb_atp_flops(const pb_model_config *c, int T, int grad_drop);
+
 /* One verified site: its estimated and exact mean effects. */
 typedef struct pb_atp_check {
     int64_t site;

@@ -103,16 +103,30 @@ static void print_plan(const pb_plan *p, const pb_sweep_summary *sum, const char
     char a[32], b[32], c[32], d[32], e[32];
     int stream = p->weights == PB_WEIGHTS_STREAM;
     print_weights(p, pb_weights_mode_name(p->weights));
-    printf("rows              %lld sites x %d pairs = %lld pending; %lld reach the metric\n", (long long)sum->n_sites,
-           sum->n_pairs, (long long)p->rows, (long long)p->rows_run);
-    printf("waves             %lld (%d rows, %d tokens each at most; busiest rank %lld) on %d rank%s\n",
-           (long long)p->waves, p->rows_per_wave, p->tokens_per_wave, (long long)p->waves_max_rank, p->n_ranks,
-           p->n_ranks > 1 ? "s" : "");
-    printf("bytes moved       %s loaded, %s streamed (every layer once per wave and per base run)\n",
-           human(a, p->bytes_loaded), human(b, p->bytes_streamed));
-    printf("peak per rank     %s = weights %s + one pair's run caches %s + batch activations %s\n",
-           human(a, (double)p->peak_total), human(b, (double)p->peak_weights), human(c, (double)p->peak_caches),
-           human(d, (double)p->peak_activations));
+    if (p->estimate) {
+        printf("rows              %lld sites x %d pairs = %lld pending, estimated (%s): none runs\n",
+               (long long)sum->n_sites, sum->n_pairs, (long long)p->rows, p->method);
+        printf("passes            per pair a forward of each run and the backward%s, on each of %d rank%s\n",
+               strcmp(p->method, "atp*") == 0 ? " (and GradDrop's, where on)" : "", p->n_ranks,
+               p->n_ranks > 1 ? "s" : "");
+        printf("bytes moved       %s loaded, %s streamed (every layer per forward and backward pass, at most)\n",
+               human(a, p->bytes_loaded), human(b, p->bytes_streamed));
+        printf("peak per rank     %s = weights %s + the estimate's captures, logits and scratch %s + verification "
+               "batch %s\n",
+               human(a, (double)p->peak_total), human(b, (double)p->peak_weights), human(c, (double)p->peak_caches),
+               human(d, (double)p->peak_activations));
+    } else {
+        printf("rows              %lld sites x %d pairs = %lld pending; %lld reach the metric\n",
+               (long long)sum->n_sites, sum->n_pairs, (long long)p->rows, (long long)p->rows_run);
+        printf("waves             %lld (%d rows, %d tokens each at most; busiest rank %lld) on %d rank%s\n",
+               (long long)p->waves, p->rows_per_wave, p->tokens_per_wave, (long long)p->waves_max_rank, p->n_ranks,
+               p->n_ranks > 1 ? "s" : "");
+        printf("bytes moved       %s loaded, %s streamed (every layer once per wave and per base run)\n",
+               human(a, p->bytes_loaded), human(b, p->bytes_streamed));
+        printf("peak per rank     %s = weights %s + one pair's run caches %s + batch activations %s\n",
+               human(a, (double)p->peak_total), human(b, (double)p->peak_weights), human(c, (double)p->peak_caches),
+               human(d, (double)p->peak_activations));
+    }
     printf("time, at least    %.3g s: %.4g TFLOP at %.4g TFLOP/s = %.3g s; %s streamed at %.4g GB/s = %.3g s "
            "(busiest rank)\n",
            p->seconds_bound, p->seconds_compute * p->flops_per_s / 1e12, p->flops_per_s / 1e12, p->seconds_compute,

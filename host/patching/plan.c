@@ -3,13 +3,16 @@
  * memory at the peak and a lower bound on the time. Built from the model's
  * measured layout (model.h: the load's own rule decides), the sweep's own
  * batch sizing and a count of the batches its run would launch
- * (sweep_access.h), each rank's share split as a distributed run splits it. */
+ * (sweep_access.h), each rank's share split as a distributed run splits it.
+ * An estimate ("method": "atp", "atp*") is planned as it runs: per pair a
+ * forward of each run and the backward passes, on every rank. */
 #define _POSIX_C_SOURCE 200809L
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
+#include "attribution/atp.h"
 #include "backend/backend_cuda.h"
 #include "distributed/distribute.h"
 #include "model/model.h"
@@ -119,6 +122,33 @@ static pb_status refuse(pb_plan *p, uint64_t need_min) {
     return pb_fail(PB_ERR_OOM, "%s", p->why_not);
 }
 
+/* An estimate's passes, counted for each rank (each estimates its share
+ * of sites from every pair's runs): FLOPs (pb_atp_flops) and, streamed,
+ * the layers two forwards and the backward read, and GradDrop's pass for
+ * layer l the layers below it (at most: a layer still in its slot is not
+ * read again). */
+static void count_estimate(const pb_sweep *s, const uint64_t *layer_bytes, pb_plan *p) {
+    const pb_sweep_spec *spec = pb_sweep_spec_of(s);
+    const pb_model_config *c = &pb_sweep_model(s)->cfg;
+    double flops = 0.0, bytes = 0.0, all = 0.0, drops = 0.0, below = 0.0;
+    for (int l = 0; layer_bytes && l < c->n_layers; l++) {
+        drops += below;
+        below += (double)layer_bytes[l];
+        all += (double)layer_bytes[l];
+    }
+    for (int i = 0; i < spec->n_pairs; i++) {
+        flops += pb_atp_flops(c, spec->pairs[i].base.T, spec->grad_drop);
+        bytes += 3.0 * all + (spec->grad_drop ? drops : 0.0);
+    }
+    p->waves_max_rank = spec->n_pairs;
+    p->waves = (int64_t)spec->n_pairs * p->n_ranks;
+    p->flops = flops * p->n_ranks;
+    p->bytes_streamed = bytes * p->n_ranks;
+    p->seconds_compute = flops / p->flops_per_s;
+    p->seconds_link = bytes / p->link_bytes_per_s;
+    p->seconds_bound = p->seconds_compute > p->seconds_link ? p->seconds_compute : p->seconds_link;
+}
+
 pb_status pb_sweep_plan(const pb_sweep *s, const pb_plan_options *options, pb_plan *p) {
     if (!s || !p)
         return pb_fail(PB_ERR_ARG, "pb_sweep_plan: sweep and plan are required");
@@ -144,7 +174,13 @@ pb_status pb_sweep_plan(const pb_sweep *s, const pb_plan_options *options, pb_pl
     if (pb_sweep_batch_shape(s, 0, max_T, &shape) != PB_OK)
         pb_error_clear(); /* a zero budget: the need for one row is all this asks */
     uint64_t need_min = shape.need_min;
-    p->peak_caches = 2 * (uint64_t)pb_sweep_cache_bytes(s, max_T);
+    p->method = pb_sweep_method_name(spec->method);
+    p->estimate = spec->method != PB_METHOD_EXACT;
+    if (p->estimate) { /* the captures, logits and gradient scratch of one pair's passes */
+        PB_TRY(pb_atp_peak_bytes(s, max_T, &p->peak_caches));
+    } else {
+        p->peak_caches = 2 * (uint64_t)pb_sweep_cache_bytes(s, max_T);
+    }
     if (spec->metric.kind == PB_METRIC_KL) /* every pair's clean log-distribution */
         p->peak_caches += sizeof(double) * (uint64_t)spec->n_pairs * (uint64_t)m->cfg.vocab_size;
     pb_status status = choose_weights(l, &o, p->peak_caches + need_min, p);
@@ -160,9 +196,14 @@ pb_status pb_sweep_plan(const pb_sweep *s, const pb_plan_options *options, pb_pl
     PB_TRY(pb_sweep_batch_shape(s, p->max_memory, max_T, &shape));
     p->rows_per_wave = shape.max_rows;
     p->tokens_per_wave = shape.max_tokens;
-    p->peak_activations = shape.device_bytes + shape.host_bytes;
+    /* an estimate runs batches only to verify itself */
+    p->peak_activations = p->estimate && spec->verify_top == 0 ? 0 : shape.device_bytes + shape.host_bytes;
     p->peak_total = p->peak_weights + p->peak_caches + p->peak_activations;
     int stream = p->weights == PB_WEIGHTS_STREAM;
     p->bytes_loaded = (double)p->n_ranks * (double)(stream ? l->stream_arena - 2 * l->slot : l->resident);
+    if (p->estimate) {
+        count_estimate(s, stream ? l->layer_bytes : NULL, p);
+        return PB_OK;
+    }
     return count_ranks(s, &shape, stream ? l->layer_bytes : NULL, p);
 }
