@@ -148,12 +148,15 @@ void pb_cli_plan_line(FILE *f, const pb_sweep *sweep, const pb_model *model, con
     pb_plan p;
     if (pb_sweep_plan(sweep, &po, &p) != PB_OK)
         return; /* the sweep's own checks say what does not fit */
-    char a[32], b[32], c[32];
+    char a[32], b[32], c[32], passes[96];
     int stream = p.weights == PB_WEIGHTS_STREAM;
-    fprintf(f,
-            "patchbay: plan: %s weights (%s), at most %lld waves of up to %d rows, %s%speak %s per rank "
-            "(patchbay plan explains)\n",
-            pb_weights_mode_name(p.weights), human(a, (double)p.peak_weights), (long long)p.waves, p.rows_per_wave,
+    if (p.estimate)
+        snprintf(passes, sizeof passes, "%s: the passes of %lld pairs, no row run", p.method,
+                 (long long)p.waves_max_rank);
+    else
+        snprintf(passes, sizeof passes, "at most %lld waves of up to %d rows", (long long)p.waves, p.rows_per_wave);
+    fprintf(f, "patchbay: plan: %s weights (%s), %s, %s%speak %s per rank (patchbay plan explains)\n",
+            pb_weights_mode_name(p.weights), human(a, (double)p.peak_weights), passes,
             stream ? human(b, p.bytes_streamed) : "", stream ? " of layers streamed, " : "",
             human(c, (double)p.peak_total));
 }
