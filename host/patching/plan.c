@@ -5,7 +5,8 @@
  * batch sizing and a count of the batches its run would launch
  * (sweep_access.h), each rank's share split as a distributed run splits it.
  * An estimate ("method": "atp", "atp*") is planned as it runs: per pair a
- * forward of each run and the backward passes, on every rank. */
+ * forward of each run and the backward passes, on the ranks whose share
+ * holds the pair's rows. */
 #define _POSIX_C_SOURCE 200809L
 #include <stdio.h>
 #include <stdlib.h>
@@ -122,31 +123,56 @@ static pb_status refuse(pb_plan *p, uint64_t need_min) {
     return pb_fail(PB_ERR_OOM, "%s", p->why_not);
 }
 
-/* An estimate's passes, counted for each rank (each estimates its share
- * of sites from every pair's runs): FLOPs (pb_atp_flops) and, streamed,
- * the layers two forwards and the backward read, and GradDrop's pass for
+/* One pair's estimate passes: FLOPs (pb_atp_flops) and, streamed, the
+ * layer bytes two forwards and the backward read, and GradDrop's pass for
  * layer l the layers below it (at most: a layer still in its slot is not
  * read again). */
-static void count_estimate(const pb_sweep *s, const uint64_t *layer_bytes, pb_plan *p) {
+static void estimate_pair(const pb_sweep *s, int pair, const uint64_t *layer_bytes, double *flops, double *bytes) {
     const pb_sweep_spec *spec = pb_sweep_spec_of(s);
     const pb_model_config *c = &pb_sweep_model(s)->cfg;
-    double flops = 0.0, bytes = 0.0, all = 0.0, drops = 0.0, below = 0.0;
+    double all = 0.0, drops = 0.0, below = 0.0;
     for (int l = 0; layer_bytes && l < c->n_layers; l++) {
         drops += below;
         below += (double)layer_bytes[l];
         all += (double)layer_bytes[l];
     }
-    for (int i = 0; i < spec->n_pairs; i++) {
-        flops += pb_atp_flops(c, spec->pairs[i].base.T, spec->grad_drop);
-        bytes += 3.0 * all + (spec->grad_drop ? drops : 0.0);
+    *flops = pb_atp_flops(c, spec->pairs[pair].base.T, spec->grad_drop);
+    *bytes = 3.0 * all + (spec->grad_drop ? drops : 0.0);
+}
+
+/* An estimate's passes on each rank's share: a rank runs the passes of
+ * every pair with a pending row among its rows (a pair split between two
+ * ranks runs on both). Waves count those pairs' passes. */
+static pb_status count_estimate(const pb_sweep *s, const uint64_t *layer_bytes, pb_plan *p) {
+    int64_t n_sites = pb_sweep_site_count(s);
+    for (int rank = 0; rank < p->n_ranks; rank++) {
+        int64_t *rows = NULL, n_rows = 0, pairs = 0;
+        PB_TRY(pb_sweep_partition(s, rank, p->n_ranks, &rows, &n_rows, NULL));
+        double flops = 0.0, bytes = 0.0;
+        for (int64_t i = 0, last = -1; i < n_rows; i++) {
+            int64_t pair = rows[i] / n_sites;
+            if (pair == last || pb_sweep_row_state(s, rows[i]) != 0)
+                continue;
+            double f, b;
+            estimate_pair(s, (int)pair, layer_bytes, &f, &b);
+            flops += f;
+            bytes += b;
+            pairs++;
+            last = pair;
+        }
+        free(rows);
+        p->waves += pairs;
+        p->waves_max_rank = pairs > p->waves_max_rank ? pairs : p->waves_max_rank;
+        p->flops += flops;
+        p->bytes_streamed += bytes;
+        double compute = flops / p->flops_per_s, link = bytes / p->link_bytes_per_s;
+        if ((compute > link ? compute : link) > p->seconds_bound) {
+            p->seconds_compute = compute;
+            p->seconds_link = link;
+            p->seconds_bound = compute > link ? compute : link;
+        }
     }
-    p->waves_max_rank = spec->n_pairs;
-    p->waves = (int64_t)spec->n_pairs * p->n_ranks;
-    p->flops = flops * p->n_ranks;
-    p->bytes_streamed = bytes * p->n_ranks;
-    p->seconds_compute = flops / p->flops_per_s;
-    p->seconds_link = bytes / p->link_bytes_per_s;
-    p->seconds_bound = p->seconds_compute > p->seconds_link ? p->seconds_compute : p->seconds_link;
+    return PB_OK;
 }
 
 pb_status pb_sweep_plan(const pb_sweep *s, const pb_plan_options *options, pb_plan *p) {
@@ -201,9 +227,7 @@ pb_status pb_sweep_plan(const pb_sweep *s, const pb_plan_options *options, pb_pl
     p->peak_total = p->peak_weights + p->peak_caches + p->peak_activations;
     int stream = p->weights == PB_WEIGHTS_STREAM;
     p->bytes_loaded = (double)p->n_ranks * (double)(stream ? l->stream_arena - 2 * l->slot : l->resident);
-    if (p->estimate) {
-        count_estimate(s, stream ? l->layer_bytes : NULL, p);
-        return PB_OK;
-    }
+    if (p->estimate)
+        return count_estimate(s, stream ? l->layer_bytes : NULL, p);
     return count_ranks(s, &shape, stream ? l->layer_bytes : NULL, p);
 }
