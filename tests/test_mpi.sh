@@ -149,6 +149,21 @@ for n in 2 3; do
   compare "$tmp/one/results.json" "$tmp/np$n/results.json"
 done
 
+# Attribution patching (AtP*) over 3 ranks: each pair's passes run on one
+# rank (pb_sweep_partition cuts estimates at pairs); the estimates equal
+# one rank's.
+python3 - "$tmp/spec.json" "$tmp/atp.json" <<'PY'
+import json, sys
+spec = json.load(open(sys.argv[1])); spec["pairs"] = spec["pairs"][:5]
+json.dump(spec, open(sys.argv[2], "w"))
+PY
+atp=(attribute --method 'atp*' --model "$fixtures/tiny_gqa/model.gguf" --spec "$tmp/atp.json" --threads 1 --no-progress)
+"$cli" "${atp[@]}" --out "$tmp/atp1" >/dev/null 2>"$tmp/atp1.err"
+if ! timeout "$(limit 300)" "${mpi[@]}" -np 3 "$cli" "${atp[@]}" --out "$tmp/atp3" >/dev/null 2>"$tmp/atp3.err"; then
+  echo "FAIL: mpirun -np 3 attribute failed:"; cat "$tmp/atp3.err"; exit 1
+fi
+compare "$tmp/atp1/results.json" "$tmp/atp3/results.json"
+
 # A rank killed by SIGKILL mid-sweep: mpirun aborts the job. The ranks hold
 # in their shares, so the job cannot have ended before the kill.
 PB_TEST_STALL=hold "${mpi[@]}" -x PB_TEST_STALL -np 2 "$cli" "${watched[@]}" --rank-timeout $rank_timeout \

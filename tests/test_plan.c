@@ -166,15 +166,21 @@ static int check_estimate(const tu_oracle_case *c, void *ctx) {
     for (int i = 0; i < spec->n_pairs; i++)
         flops += pb_atp_flops(&shape->cfg, spec->pairs[i].base.T, spec->grad_drop);
     assert_true(plan.flops == flops);
-    /* on three ranks each pair runs where its rows went: every pair at
-     * least once, a split one twice, the busiest rank no more than all */
+    /* on three ranks each pair runs whole on one of them: the same passes
+     * and FLOPs, and the ranks' shares are whole pairs */
     pb_plan_options three = po;
     three.n_ranks = 3;
     pb_plan split;
     CHECK_OK(pb_sweep_plan(planned, &three, &split));
-    assert_true(split.waves >= spec->n_pairs && split.waves <= spec->n_pairs + 2);
-    assert_true(split.waves_max_rank <= spec->n_pairs);
-    assert_true(split.flops >= flops * (1 - 1e-12));
+    assert_int_equal(split.waves, spec->n_pairs);
+    assert_true(fabs(split.flops - flops) <= 1e-12 * flops);
+    for (int rank = 0; rank < 3; rank++) {
+        int64_t *share = NULL, n = 0;
+        CHECK_OK(pb_sweep_partition(planned, rank, 3, &share, &n, NULL));
+        assert_int_equal(n % pb_sweep_site_count(planned), 0);
+        assert_true(n == 0 || share[0] % pb_sweep_site_count(planned) == 0);
+        free(share);
+    }
     pb_sweep_free(run);
     pb_sweep_free(planned);
     pb_model_free(shape);

@@ -107,7 +107,7 @@ static void print_plan(const pb_plan *p, const pb_sweep_summary *sum, const char
         printf("rows              %lld sites x %d pairs = %lld pending, estimated (%s): none runs\n",
                (long long)sum->n_sites, sum->n_pairs, (long long)p->rows, p->method);
         printf("passes            per pair a forward of each run and the backward%s: %lld pairs' passes on %d "
-               "rank%s (busiest %lld; a pair split between two ranks runs on both)\n",
+               "rank%s (busiest %lld; each pair on one rank)\n",
                strcmp(p->method, "atp*") == 0 ? " (and GradDrop's, where on)" : "", (long long)p->waves, p->n_ranks,
                p->n_ranks > 1 ? "s" : "", (long long)p->waves_max_rank);
         printf("bytes moved       %s loaded, %s streamed (every layer per forward and backward pass, at most)\n",

@@ -950,8 +950,8 @@ static const command commands[] = {
      "softmax (QK fix), and every layer's backward again with that layer's writes passing no gradient\n"
      "(GradDrop: unsigned effects, |effect| averaged over the layers; L/2 more backwards a pair).\n"
      "--verify runs the exact engine on the estimate's top K sites and N control sites and reports both\n"
-     "effects, the recall of the exact top K and the control sites it missed. CPU backends; metrics on\n"
-     "the logits.\n",
+     "effects, the recall of the exact top K and the control sites it missed. Every backend, resident or\n"
+     "streamed weights; every spec metric (not a callback). Over MPI ranks each pair runs on one rank.\n",
      "patchbay attribute --model tests/fixtures/tiny_gqa/model.gguf \\\n"
      "    --spec tests/fixtures/patching/tiny_gqa_denoise_logit_diff/spec.json --verify top:5 --out /tmp/atp",
      run_attribute_command, main_options_help},

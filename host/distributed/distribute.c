@@ -18,6 +18,7 @@
 #include <mpi.h>
 #endif
 
+#include "attribution/atp.h"
 #include "backend/backend_cuda.h"
 #include "distributed/distribute.h"
 #include "util/internal.h"
@@ -199,17 +200,10 @@ static pb_status wait_request(pb_ranks *r, MPI_Request *req) {
 
 /* ---- shares ------------------------------------------------------------- */
 
-pb_status pb_sweep_partition(const pb_sweep *s, int rank, int size, int64_t **rows, int64_t *n_rows, double *costs) {
-    if (!s || !rows || !n_rows || size < 1 || rank < 0 || rank >= size)
-        return pb_fail(PB_ERR_ARG, "pb_sweep_partition: rank %d of %d", rank, size);
-    *rows = NULL;
-    *n_rows = 0;
-    int64_t n_all = pb_sweep_row_count(s), n_sites = pb_sweep_site_count(s);
-    double *cost = malloc(sizeof(double) * (size_t)(n_all ? n_all : 1));
-    if (!cost)
-        return pb_fail(PB_ERR_OOM, "out of memory partitioning %lld rows", (long long)n_all);
+/* cost (n_all) of each row for the exact engine: its own row cost, the
+ * first pending row of a pair also its two cache forwards; done rows 0. */
+static void exact_costs(const pb_sweep *s, double *cost, int64_t n_all, int64_t n_sites) {
     const pb_model_config *c = &pb_sweep_model(s)->cfg;
-    double total = 0.0;
     int last_pair = -1;
     for (int64_t i = 0; i < n_all; i++) {
         cost[i] = pb_sweep_row_state(s, i) != 0 ? 0.0 : pb_sweep_row_cost(s, i);
@@ -220,18 +214,59 @@ pb_status pb_sweep_partition(const pb_sweep *s, int rank, int size, int64_t **ro
             cost[i] += (double)c->n_layers * (p->base.T + p->source.T);
             last_pair = pair;
         }
-        total += cost[i];
     }
+}
+
+/* cost (n_all) of each row for an estimate ("atp", "atp*"): a pair's
+ * passes (pb_atp_flops) spread evenly over its sites when any is pending
+ * (the partition then gives the pair whole to one rank). */
+static void estimate_costs(const pb_sweep *s, double *cost, int64_t n_all, int64_t n_sites) {
+    const pb_sweep_spec *spec = pb_sweep_spec_of(s);
+    for (int64_t i = 0; i < n_all; i += n_sites) {
+        int pending = 0;
+        for (int64_t k = i; k < i + n_sites; k++)
+            pending |= pb_sweep_row_state(s, k) == 0;
+        double each = pending
+                          ? pb_atp_flops(&pb_sweep_model(s)->cfg, spec->pairs[i / n_sites].base.T, spec->grad_drop) /
+                                (double)n_sites
+                          : 0.0;
+        for (int64_t k = i; k < i + n_sites; k++)
+            cost[k] = each;
+    }
+}
+
+/* The rank whose slice of the cost line holds a midpoint. */
+static int owner_at(double mid, double total, int64_t i, int64_t n_all, int size) {
+    int owner = total > 0 ? (int)floor(mid / total * size) : (int)((double)i / (double)n_all * size);
+    return owner < 0 ? 0 : owner >= size ? size - 1 : owner;
+}
+
+pb_status pb_sweep_partition(const pb_sweep *s, int rank, int size, int64_t **rows, int64_t *n_rows, double *costs) {
+    if (!s || !rows || !n_rows || size < 1 || rank < 0 || rank >= size)
+        return pb_fail(PB_ERR_ARG, "pb_sweep_partition: rank %d of %d", rank, size);
+    *rows = NULL;
+    *n_rows = 0;
+    int64_t n_all = pb_sweep_row_count(s), n_sites = pb_sweep_site_count(s);
+    double *cost = malloc(sizeof(double) * (size_t)(n_all ? n_all : 1));
+    if (!cost)
+        return pb_fail(PB_ERR_OOM, "out of memory partitioning %lld rows", (long long)n_all);
+    int estimate = pb_sweep_spec_of(s)->method != PB_METHOD_EXACT;
+    (estimate ? estimate_costs : exact_costs)(s, cost, n_all, n_sites);
+    double total = 0.0;
+    for (int64_t i = 0; i < n_all; i++)
+        total += cost[i];
     if (costs)
         for (int k = 0; k < size; k++)
             costs[k] = 0.0;
     int64_t first = -1, last = -1;
     double before = 0.0;
     for (int64_t i = 0; i < n_all; i++) {
-        /* a row belongs to the rank whose slice of the cost line holds its midpoint */
-        int owner = total > 0 ? (int)floor((before + cost[i] / 2) / total * size)
-                              : (int)((double)i / (double)n_all * size);
-        owner = owner < 0 ? 0 : owner >= size ? size - 1 : owner;
+        /* a row belongs to the rank whose slice of the cost line holds its
+         * midpoint; an estimate's row, to the rank holding its pair's */
+        double mid = before + cost[i] / 2;
+        if (estimate)
+            mid = before - cost[i] * (double)(i % n_sites) + cost[i] * (double)n_sites / 2;
+        int owner = owner_at(mid, total, estimate ? i - i % n_sites : i, n_all, size);
         before += cost[i];
         if (costs)
             costs[owner] += cost[i];

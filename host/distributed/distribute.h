@@ -72,8 +72,9 @@ void pb_ranks_set_stage(pb_ranks *ranks, pb_rank_stage stage);
 /* Rows of rank `rank` of `size`: a contiguous run of row indices whose
  * estimated cost (pb_sweep_row_cost, plus two forwards per pair whose caches
  * the share builds; rows already done cost nothing) is about 1/size of the
- * total. *rows is malloc'd. costs (optional, size entries) receives every
- * rank's estimated cost. */
+ * total. An estimate ("atp", "atp*") is cut at pairs only: a pair's
+ * passes (pb_atp_flops) run on one rank. *rows is malloc'd. costs
+ * (optional, size entries) receives every rank's estimated cost. */
 pb_status pb_sweep_partition(const pb_sweep *sweep, int rank, int size, int64_t **rows, int64_t *n_rows, double *costs);
 
 /* After each rank ran its share (status: PB_OK, PB_ERR_INTERRUPTED or a

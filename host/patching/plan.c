@@ -5,8 +5,8 @@
  * batch sizing and a count of the batches its run would launch
  * (sweep_access.h), each rank's share split as a distributed run splits it.
  * An estimate ("method": "atp", "atp*") is planned as it runs: per pair a
- * forward of each run and the backward passes, on the ranks whose share
- * holds the pair's rows. */
+ * forward of each run and the backward passes, on the rank whose share
+ * holds the pair. */
 #define _POSIX_C_SOURCE 200809L
 #include <stdio.h>
 #include <stdlib.h>
@@ -141,8 +141,8 @@ static void estimate_pair(const pb_sweep *s, int pair, const uint64_t *layer_byt
 }
 
 /* An estimate's passes on each rank's share: a rank runs the passes of
- * every pair with a pending row among its rows (a pair split between two
- * ranks runs on both). Waves count those pairs' passes. */
+ * every pair with a pending row among its rows (pb_sweep_partition gives
+ * each pair whole to one rank). Waves count those pairs' passes. */
 static pb_status count_estimate(const pb_sweep *s, const uint64_t *layer_bytes, pb_plan *p) {
     int64_t n_sites = pb_sweep_site_count(s);
     for (int rank = 0; rank < p->n_ranks; rank++) {
