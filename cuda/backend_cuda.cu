@@ -116,11 +116,29 @@ static pb_status pb_cuda_round_scratch(pb_cuda_backend *self, size_t n) {
     return status;
 }
 
-pb_status pb_cuda_dequant_scratch(pb_cuda_backend *self, size_t n) {
+/* The decoded rows of a 16-bit or quantised matrix, at least n floats. */
+static pb_status pb_cuda_dequant_scratch(pb_cuda_backend *self, size_t n) {
     void *buffer = self->dequant_scratch;
     pb_status status = pb_cuda_scratch(self, &buffer, &self->dequant_scratch_elems, n, sizeof(float));
     self->dequant_scratch = (float *)buffer;
     return status;
+}
+
+pb_status pb_cuda_dequant_tile(pb_cuda_backend *self, int n, int k, int *rows) {
+    size_t tile = PB_CUDA_DEQUANT_MAX_ELEMS / (size_t)k;
+    tile = tile < 1 ? 1 : tile > (size_t)n ? (size_t)n : tile;
+    *rows = (int)tile;
+    return pb_cuda_dequant_scratch(self, tile * (size_t)k);
+}
+
+pb_status pb_cuda_dequant_rows_to_scratch(pb_cuda_backend *self, const void *w, pb_dtype w_dtype, int row0, int rows,
+                                          int k) {
+    const size_t row_bytes = pb_dtype_bytes(w_dtype, (uint64_t)k);
+    PB_CUDA_LAUNCHED(self, "dequant_rows",
+                     pb_cuda_launch_dequant_rows(self->stream, self->dequant_scratch,
+                                                 (const char *)w + (size_t)row0 * row_bytes, pb_dtype_ggml(w_dtype),
+                                                 row_bytes, rows, k));
+    return PB_OK;
 }
 
 static void pb_cuda_free(pb_backend *backend, void *ptr) {
@@ -288,17 +306,12 @@ static pb_status pb_cuda_gemm_chunk(pb_cuda_backend *self, float *out, const voi
  * (the f32 load's arithmetic: --dtype file equals it). */
 static pb_status pb_cuda_matmul_quantised(pb_cuda_backend *self, float *out, const float *x, const void *w,
                                           pb_dtype w_dtype, int rows, int n, int k) {
-    const size_t row_bytes = pb_dtype_bytes(w_dtype, (uint64_t)k);
-    size_t tile = PB_CUDA_DEQUANT_MAX_ELEMS / (size_t)k;
-    tile = tile < 1 ? 1 : tile > (size_t)n ? (size_t)n : tile;
-    PB_TRY(pb_cuda_dequant_scratch(self, tile * (size_t)k));
+    int tile = 0;
+    PB_TRY(pb_cuda_dequant_tile(self, n, k, &tile));
     const float alpha = 1.0f, beta = 0.0f;
-    for (int col0 = 0; col0 < n; col0 += (int)tile) {
-        const int cols = n - col0 < (int)tile ? n - col0 : (int)tile;
-        PB_CUDA_LAUNCHED(self, "dequant_rows",
-                         pb_cuda_launch_dequant_rows(self->stream, self->dequant_scratch,
-                                                     (const char *)w + (size_t)col0 * row_bytes, pb_dtype_ggml(w_dtype),
-                                                     row_bytes, cols, k));
+    for (int col0 = 0; col0 < n; col0 += tile) {
+        const int cols = n - col0 < tile ? n - col0 : tile;
+        PB_TRY(pb_cuda_dequant_rows_to_scratch(self, w, w_dtype, col0, cols, k));
         pb_gemm_split split;
         PB_TRY(pb_gemm_split_plan(&split, rows, cols, k, PB_GEMM_MAX_ELEMENTS));
         for (int i = 0; i < pb_gemm_split_count(&split); i++)

@@ -162,8 +162,14 @@ static inline pb_status pb_cuda_launched(pb_cuda_backend *self, const char *kern
  * grown and kept. Growing waits for the stream, since queued GEMMs may
  * still read the old buffer. */
 pb_status pb_cuda_scratch(pb_cuda_backend *self, void **buffer, size_t *capacity, size_t n, size_t size);
-/* A quantised matrix's decoded rows (self->dequant_scratch), at least n floats. */
-pb_status pb_cuda_dequant_scratch(pb_cuda_backend *self, size_t n);
+/* A 16-bit or quantised matrix of n rows of k decoded to fp32 a tile of
+ * rows at a time (at most PB_CUDA_DEQUANT_MAX_ELEMS floats): *rows per
+ * tile, with self->dequant_scratch grown to hold one. */
+pb_status pb_cuda_dequant_tile(pb_cuda_backend *self, int n, int k, int *rows);
+/* self->dequant_scratch (rows, k) = rows row0 .. row0 + rows of w (rows of
+ * k, stored as w_dtype) decoded (dequant.cu), queued on the stream. */
+pb_status pb_cuda_dequant_rows_to_scratch(pb_cuda_backend *self, const void *w, pb_dtype w_dtype, int row0, int rows,
+                                          int k);
 
 /* The backward ops (backend.h), in backward_ops.cu. */
 pb_status pb_cuda_matmul_dx(pb_backend *backend, float *dx, const float *dy, const void *w, pb_dtype w_dtype, int rows,

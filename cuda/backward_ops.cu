@@ -54,16 +54,11 @@ pb_status pb_cuda_matmul_dx(pb_backend *backend, float *dx, const float *dy, con
     }
     if (w_dtype == PB_DTYPE_F32)
         return pb_cuda_dx_gemm(self, dx, dy, (const float *)w, rows, n, 0, n, k, beta);
-    const size_t row_bytes = pb_dtype_bytes(w_dtype, (uint64_t)k);
-    size_t tile = PB_CUDA_DEQUANT_MAX_ELEMS / (size_t)k;
-    tile = tile < 1 ? 1 : tile > (size_t)n ? (size_t)n : tile;
-    PB_TRY(pb_cuda_dequant_scratch(self, tile * (size_t)k));
-    for (int col0 = 0; col0 < n; col0 += (int)tile, beta = 1.0f) {
-        const int cols = n - col0 < (int)tile ? n - col0 : (int)tile;
-        PB_CUDA_LAUNCHED(self, "dequant_rows",
-                         pb_cuda_launch_dequant_rows(self->stream, self->dequant_scratch,
-                                                     (const char *)w + (size_t)col0 * row_bytes, pb_dtype_ggml(w_dtype),
-                                                     row_bytes, cols, k));
+    int tile = 0;
+    PB_TRY(pb_cuda_dequant_tile(self, n, k, &tile));
+    for (int col0 = 0; col0 < n; col0 += tile, beta = 1.0f) {
+        const int cols = n - col0 < tile ? n - col0 : tile;
+        PB_TRY(pb_cuda_dequant_rows_to_scratch(self, w, w_dtype, col0, cols, k));
         PB_TRY(pb_cuda_dx_gemm(self, dx, dy, self->dequant_scratch, rows, n, col0, cols, k, beta));
     }
     return PB_OK;

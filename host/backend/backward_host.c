@@ -19,9 +19,8 @@ pb_status pb_matmul_dx_host(pb_backend *backend, float *dx, const float *dy, con
         return pb_fail(PB_ERR_OOM, "gradient: out of memory for a (%d, %d) product", rows, k);
     }
     const float *wf = wide ? wide : (const float *)w;
-    size_t row_bytes = pb_dtype_bytes(w_dtype, (uint64_t)k);
-    for (int i = 0; wide && i < n; i++)
-        pb_dtype_to_f32(w_dtype, wide + (size_t)i * k, (const char *)w + (size_t)i * row_bytes, (size_t)k);
+    if (wide) /* rows are whole blocks: the matrix decodes as one run */
+        pb_dtype_to_f32(w_dtype, wide, w, nk);
         /* one row per thread: the same sums on any thread count */
 #pragma omp parallel for schedule(static)
     for (int r = 0; r < rows; r++) {

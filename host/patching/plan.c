@@ -88,6 +88,21 @@ static size_t batch_budget(const pb_plan_options *o, const pb_plan *p, size_t le
     return budget < need_min && left >= need_min ? need_min : budget;
 }
 
+/* One rank's waves, FLOPs and streamed bytes added to the plan's; its time
+ * bound kept when it is the slowest rank's. */
+static void add_rank(pb_plan *p, int64_t waves, double flops, double bytes) {
+    p->waves += waves;
+    p->waves_max_rank = waves > p->waves_max_rank ? waves : p->waves_max_rank;
+    p->flops += flops;
+    p->bytes_streamed += bytes;
+    double compute = flops / p->flops_per_s, link = bytes / p->link_bytes_per_s;
+    if ((compute > link ? compute : link) > p->seconds_bound) {
+        p->seconds_compute = compute;
+        p->seconds_link = link;
+        p->seconds_bound = compute > link ? compute : link;
+    }
+}
+
 /* Waves, bytes and FLOPs of each rank's share; the slowest rank's time. */
 static pb_status count_ranks(const pb_sweep *s, const pb_batch_shape *shape, const uint64_t *layer_bytes, pb_plan *p) {
     for (int rank = 0; rank < p->n_ranks; rank++) {
@@ -97,18 +112,8 @@ static pb_status count_ranks(const pb_sweep *s, const pb_batch_shape *shape, con
         pb_status status = pb_sweep_count_waves(s, rows, n_rows, shape, layer_bytes, &w);
         free(rows);
         PB_TRY(status);
-        double flops = w.flops_rows + w.flops_base;
         p->rows_run += w.rows;
-        p->waves += w.waves;
-        p->waves_max_rank = w.waves > p->waves_max_rank ? w.waves : p->waves_max_rank;
-        p->bytes_streamed += w.bytes_read;
-        p->flops += flops;
-        double compute = flops / p->flops_per_s, link = w.bytes_read / p->link_bytes_per_s;
-        if ((compute > link ? compute : link) > p->seconds_bound) {
-            p->seconds_compute = compute;
-            p->seconds_link = link;
-            p->seconds_bound = compute > link ? compute : link;
-        }
+        add_rank(p, w.waves, w.flops_rows + w.flops_base, w.bytes_read);
     }
     return PB_OK;
 }
@@ -123,28 +128,28 @@ static pb_status refuse(pb_plan *p, uint64_t need_min) {
     return pb_fail(PB_ERR_OOM, "%s", p->why_not);
 }
 
-/* One pair's estimate passes: FLOPs (pb_atp_flops) and, streamed, the
- * layer bytes two forwards and the backward read, and GradDrop's pass for
- * layer l the layers below it (at most: a layer still in its slot is not
- * read again). */
-static void estimate_pair(const pb_sweep *s, int pair, const uint64_t *layer_bytes, double *flops, double *bytes) {
-    const pb_sweep_spec *spec = pb_sweep_spec_of(s);
-    const pb_model_config *c = &pb_sweep_model(s)->cfg;
+/* Layer bytes one pair's estimate reads, streamed: two forwards and the
+ * backward read every layer, and GradDrop's pass for layer l the layers
+ * below it (at most: a layer still in its slot is not read again). */
+static double estimate_pair_bytes(const pb_sweep *s, const uint64_t *layer_bytes) {
+    int n_layers = pb_sweep_model(s)->cfg.n_layers;
     double all = 0.0, drops = 0.0, below = 0.0;
-    for (int l = 0; layer_bytes && l < c->n_layers; l++) {
+    for (int l = 0; layer_bytes && l < n_layers; l++) {
         drops += below;
         below += (double)layer_bytes[l];
         all += (double)layer_bytes[l];
     }
-    *flops = pb_atp_flops(c, spec->pairs[pair].base.T, spec->grad_drop);
-    *bytes = 3.0 * all + (spec->grad_drop ? drops : 0.0);
+    return 3.0 * all + (pb_sweep_spec_of(s)->grad_drop ? drops : 0.0);
 }
 
 /* An estimate's passes on each rank's share: a rank runs the passes of
  * every pair with a pending row among its rows (pb_sweep_partition gives
- * each pair whole to one rank). Waves count those pairs' passes. */
+ * each pair whole to one rank), each pair's FLOPs from pb_atp_flops.
+ * Waves count those pairs' passes. */
 static pb_status count_estimate(const pb_sweep *s, const uint64_t *layer_bytes, pb_plan *p) {
+    const pb_sweep_spec *spec = pb_sweep_spec_of(s);
     int64_t n_sites = pb_sweep_site_count(s);
+    double pair_bytes = estimate_pair_bytes(s, layer_bytes);
     for (int rank = 0; rank < p->n_ranks; rank++) {
         int64_t *rows = NULL, n_rows = 0, pairs = 0;
         PB_TRY(pb_sweep_partition(s, rank, p->n_ranks, &rows, &n_rows, NULL));
@@ -153,24 +158,13 @@ static pb_status count_estimate(const pb_sweep *s, const uint64_t *layer_bytes, 
             int64_t pair = rows[i] / n_sites;
             if (pair == last || pb_sweep_row_state(s, rows[i]) != 0)
                 continue;
-            double f, b;
-            estimate_pair(s, (int)pair, layer_bytes, &f, &b);
-            flops += f;
-            bytes += b;
+            flops += pb_atp_flops(&pb_sweep_model(s)->cfg, spec->pairs[pair].base.T, spec->grad_drop);
+            bytes += pair_bytes;
             pairs++;
             last = pair;
         }
         free(rows);
-        p->waves += pairs;
-        p->waves_max_rank = pairs > p->waves_max_rank ? pairs : p->waves_max_rank;
-        p->flops += flops;
-        p->bytes_streamed += bytes;
-        double compute = flops / p->flops_per_s, link = bytes / p->link_bytes_per_s;
-        if ((compute > link ? compute : link) > p->seconds_bound) {
-            p->seconds_compute = compute;
-            p->seconds_link = link;
-            p->seconds_bound = compute > link ? compute : link;
-        }
+        add_rank(p, pairs, flops, bytes);
     }
     return PB_OK;
 }

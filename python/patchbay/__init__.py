@@ -302,14 +302,14 @@ class Model:
         T = len(a)
         if metric not in _lib.METRICS:
             raise ValueError(f"metric {metric!r}: expected one of {', '.join(_lib.METRICS)}")
+        if hook not in ("resid_pre", "resid_post"):
+            raise ValueError(f"hook {hook!r}: expected 'resid_pre' or 'resid_post'")
         pos = position + T if position < 0 else position
         pos_ids = np.ascontiguousarray([self._single_token(t) for t in positive], dtype=np.int32)
         neg_ids = np.ascontiguousarray([self._single_token(t) for t in negative], dtype=np.int32)
         m = _lib.GradMetric(kind=_lib.METRICS[metric], position=pos, n_positive=len(pos_ids),
                             n_negative=len(neg_ids), layer=-1 if layer is None else int(layer),
                             hook_post=1 if hook == "resid_post" else 0)
-        if hook not in ("resid_pre", "resid_post"):
-            raise ValueError(f"hook {hook!r}: expected 'resid_pre' or 'resid_post'")
         if len(pos_ids):
             m.positive = _int_ptr(pos_ids)
         if len(neg_ids):
