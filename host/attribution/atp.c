@@ -26,10 +26,9 @@
 
 typedef struct atp_pair {
     pb_capture *base, *source, *grads;
-    pb_capture *drop_grads; /* GradDrop: one pass's gradients */
-    pb_qk_fix *qk;          /* with the QK fix */
-    pb_grad_metric metric;  /* the base run's metric, for the gradient passes */
-    int T;                  /* the base run's tokens */
+    pb_qk_fix *qk;         /* with the QK fix */
+    pb_grad_metric metric; /* the base run's metric, for the gradient passes */
+    int T;                 /* the base run's tokens */
     double base_value, source_value;
     double *ref_logprobs;  /* kl: the clean run's, (vocab) */
     int *positions;        /* (base T) */
@@ -40,7 +39,6 @@ static void pair_free(atp_pair *a) {
     pb_capture_free(a->base);
     pb_capture_free(a->source);
     pb_capture_free(a->grads);
-    pb_capture_free(a->drop_grads);
     pb_qk_fix_free(a->qk);
     free(a->ref_logprobs);
     free(a->positions);
@@ -175,8 +173,6 @@ static pb_status pair_runs(pb_sweep *s, int pair, const char *grad_hooks, atp_pa
                                      .hook_post = spec->metric.hook_post};
         a->T = p->base.T;
         status = pb_capture_create(&a->grads, m, grad_hooks);
-        if (status == PB_OK && spec->grad_drop)
-            status = pb_capture_create(&a->drop_grads, m, grad_hooks);
         if (status == PB_OK)
             status = pb_grad_pass_from(m, p->base.T, a->base, base_logits, &a->metric, a->grads, &a->base_value);
     }
@@ -232,6 +228,32 @@ static int site_layer(const pb_sweep *s, int64_t site) {
     return pb_sweep_get_site(s, site, &r) == PB_OK ? r.layer : 0;
 }
 
+/* GradDrop's sums while its passes run: the rows of one pair. */
+typedef struct drop_sums {
+    pb_sweep *s;
+    atp_pair *a;
+    int pair;
+    const int64_t *rows;
+    const int *layer; /* (n) each row's site layer */
+    int64_t n;
+    double *acc; /* (n) sum over drops of |estimate| */
+} drop_sums;
+
+/* pb_grad_layer_fn: drop `drop`'s pass reached `layer`; its rows there. */
+static pb_status drop_layer(void *user, int layer, int drop, pb_capture *grads) {
+    (void)drop;
+    drop_sums *d = user;
+    int64_t n_sites = pb_sweep_site_count(d->s);
+    for (int64_t i = 0; i < d->n; i++) {
+        double e;
+        if (d->layer[i] != layer)
+            continue;
+        PB_TRY(row_estimate(d->s, d->pair, d->rows[i] % n_sites, d->a, grads, &e));
+        d->acc[i] += fabs(e);
+    }
+    return PB_OK;
+}
+
 /* GradDrop: est (n) holds the rows' estimates from the whole gradient on
  * entry and their AtP* values on return,
  *
@@ -239,15 +261,16 @@ static int site_layer(const pb_sweep *s, int64_t site) {
  *   passing no gradient back|
  *
  * signed as source - base so that the normalised effect is its magnitude.
- * A drop at l leaves every gradient above l as it was, so the pass for l
- * starts at l's output and only sites at layers <= l are estimated again;
- * a drop above the layers the metric reads (projection) changes nothing. */
+ * A drop at l leaves every gradient above l as it was, and a drop above
+ * the layers the metric reads (projection) changes nothing: those terms
+ * are the whole estimate's. The others come from pb_grad_drops, every
+ * drop's pass at once, down to the lowest site's layer. */
 static pb_status grad_drop(pb_sweep *s, int pair, atp_pair *a, const int64_t *rows, int64_t n, double *est) {
     pb_model *m = (pb_model *)(uintptr_t)pb_sweep_model(s);
     int64_t n_sites = pb_sweep_site_count(s);
-    int L = m->cfg.n_layers, lowest = L;
+    int L = m->cfg.n_layers, lowest = L, top = pb_grad_metric_top_layer(&a->metric, L);
     double *acc = malloc(sizeof(double) * (size_t)(n > 0 ? n : 1));
-    int *layer = malloc(sizeof(int) * (size_t)(n > 0 ? n : 1)); /* (n) each row's site layer */
+    int *layer = malloc(sizeof(int) * (size_t)(n > 0 ? n : 1));
     if (!acc || !layer) {
         free(acc);
         free(layer);
@@ -255,26 +278,14 @@ static pb_status grad_drop(pb_sweep *s, int pair, atp_pair *a, const int64_t *ro
     }
     for (int64_t i = 0; i < n; i++) {
         layer[i] = site_layer(s, rows[i] % n_sites);
-        acc[i] = layer[i] * fabs(est[i]); /* the drops below the site change nothing there */
+        int above = L - (layer[i] > top ? layer[i] : top + 1);
+        acc[i] = (layer[i] + above) * fabs(est[i]); /* drops below the site, and above the top */
         lowest = layer[i] < lowest ? layer[i] : lowest;
     }
-    pb_status status = PB_OK;
-    int top = pb_grad_metric_top_layer(&a->metric, L);
-    for (int l = lowest; status == PB_OK && l < L; l++) {
-        int dropped = l <= top; /* a drop above the top changes nothing: the whole estimate stands */
-        if (dropped) {
-            pb_grad_drop drop = {l, pb_capture_find_data(a->grads, PB_HOOK_RESID_POST, l)};
-            status = pb_grad_pass_drop(m, a->T, a->base, NULL, &a->metric, &drop, a->drop_grads, NULL);
-        }
-        for (int64_t i = 0; status == PB_OK && i < n; i++) {
-            double e = est[i];
-            if (layer[i] > l)
-                continue;
-            if (dropped)
-                status = row_estimate(s, pair, rows[i] % n_sites, a, a->drop_grads, &e);
-            acc[i] += fabs(e);
-        }
-    }
+    drop_sums sums = {s, a, pair, rows, layer, n, acc};
+    pb_status status = lowest <= top ? pb_grad_drops(m, a->T, a->base, &a->metric, a->grads, lowest, top, lowest, 0,
+                                                     drop_layer, &sums)
+                                     : PB_OK;
     double sign = a->source_value >= a->base_value ? 1.0 : -1.0;
     for (int64_t i = 0; status == PB_OK && i < n; i++)
         est[i] = sign * acc[i] / (L - 1);
@@ -312,32 +323,51 @@ static pb_status pair_rows(pb_sweep *s, int pair, const char *grad_hooks, const 
                : pb_fail_context(status, "%s: pair %d", pb_sweep_method_name(pb_sweep_spec_of(s)->method), pair);
 }
 
-/* *bytes of a capture of pattern over T tokens (pb_capture_prepare's sizes). */
-static pb_status capture_bytes(const pb_model *m, const char *pattern, int T, uint64_t *bytes) {
+/* *bytes of a capture of pattern over T tokens (pb_capture_prepare's
+ * sizes); *layer_max (may be NULL): the most any one layer's entries take. */
+static pb_status capture_bytes(const pb_model *m, const char *pattern, int T, uint64_t *bytes, uint64_t *layer_max) {
     pb_capture *c = NULL;
     PB_TRY(pb_capture_create(&c, m, pattern));
+    uint64_t *per_layer = calloc((size_t)m->cfg.n_layers + 1, sizeof(uint64_t));
+    if (!per_layer) {
+        pb_capture_free(c);
+        return pb_fail(PB_ERR_OOM, "atp: out of memory");
+    }
     *bytes = 0;
-    for (int i = 0; i < c->count; i++)
-        *bytes += sizeof(float) * (uint64_t)pb_capture_entry_floats(&c->entries[i], T);
+    for (int i = 0; i < c->count; i++) {
+        uint64_t b = sizeof(float) * (uint64_t)pb_capture_entry_floats(&c->entries[i], T);
+        *bytes += b;
+        per_layer[c->entries[i].layer < 0 ? m->cfg.n_layers : c->entries[i].layer] += b;
+    }
+    for (int l = 0; layer_max && l <= m->cfg.n_layers; l++)
+        *layer_max = l == 0 || per_layer[l] > *layer_max ? per_layer[l] : *layer_max;
+    free(per_layer);
     pb_capture_free(c);
     return PB_OK;
 }
 
 pb_status pb_atp_peak_bytes(const pb_sweep *s, int T, uint64_t *bytes) {
     const pb_model *m = pb_sweep_model(s);
+    int device = !m->backend->ops->host_memory;
     char *hooks = NULL;
-    uint64_t base, source, grads;
+    uint64_t base, source, grads, grads_layer;
     PB_TRY(gradient_hooks(s, &hooks));
-    pb_status status = capture_bytes(m, "blocks.*", T, &base);
+    pb_status status = capture_bytes(m, "blocks.*", T, &base, NULL);
     if (status == PB_OK)
-        status = capture_bytes(m, ATP_HOOKS, T, &source);
+        status = capture_bytes(m, ATP_HOOKS, T, &source, NULL);
     if (status == PB_OK)
-        status = capture_bytes(m, hooks, T, &grads);
+        status = capture_bytes(m, hooks, T, &grads, &grads_layer);
     free(hooks);
     PB_TRY(status);
     uint64_t logits = 2 * sizeof(float) * (uint64_t)T * (uint64_t)m->cfg.vocab_size;
-    *bytes = base + source + grads * (pb_sweep_spec_of(s)->grad_drop ? 2 : 1) + logits +
-             pb_grad_scratch_bytes(&m->cfg, T, !m->backend->ops->host_memory);
+    /* the whole pass, then GradDrop's batch with a layer's gradients per pass */
+    uint64_t scratch = pb_grad_scratch_bytes(&m->cfg, T, device, 1);
+    if (pb_sweep_spec_of(s)->grad_drop) {
+        int batch = pb_grad_drop_batch(&m->cfg, T, device);
+        uint64_t drops = pb_grad_scratch_bytes(&m->cfg, T, device, batch) + (uint64_t)batch * grads_layer;
+        scratch = drops > scratch ? drops : scratch;
+    }
+    *bytes = base + source + grads + logits + scratch;
     return PB_OK;
 }
 
@@ -382,4 +412,16 @@ double pb_atp_flops(const pb_model_config *c, int T, int grad_drop) {
     }
     free(layer);
     return 2.0 * forward + backward + (grad_drop ? drops : 0.0);
+}
+
+double pb_atp_stream_bytes(const pb_model_config *c, int T, int device, int grad_drop, const uint64_t *layer_bytes) {
+    double all = 0.0, drops = 0.0;
+    int batch = pb_grad_drop_batch(c, T, device);
+    for (int l = 0; l < c->n_layers; l++)
+        all += (double)layer_bytes[l];
+    /* the batch of drops top - batch + 1..top reads the layers below top */
+    for (int top = c->n_layers - 1; grad_drop && top >= 0; top -= batch)
+        for (int l = 0; l < top; l++)
+            drops += (double)layer_bytes[l];
+    return 3.0 * all + drops;
 }

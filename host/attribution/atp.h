@@ -36,6 +36,13 @@ pb_status pb_atp_peak_bytes(const pb_sweep *s, int T, uint64_t *bytes);
  * passes: the planner's and bench_sweep's count). */
 double pb_atp_flops(const pb_model_config *c, int T, int grad_drop);
 
+/* Bytes of streamed layers one pair's estimate over T tokens reads at
+ * most (a layer still in its slot is not read again): the two forwards
+ * and the backward read every layer, and each batch of GradDrop's passes
+ * (pb_grad_drops, drops of every layer) the layers below its highest.
+ * layer_bytes (n_layers): each layer's bytes. */
+double pb_atp_stream_bytes(const pb_model_config *c, int T, int device, int grad_drop, const uint64_t *layer_bytes);
+
 /* One verified site: its estimated and exact mean effects. */
 typedef struct pb_atp_check {
     int64_t site;

@@ -11,6 +11,7 @@
  * captures are host memory, so on a device backend each activation a step
  * reads is uploaded first and each gradient asked for is downloaded. */
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -25,27 +26,38 @@
  * at the same time (the two post-norm inputs are never). */
 enum { SLOT_PRE, SLOT_MID, SLOT_ROT_Q, SLOT_ROT_K, SLOT_V, SLOT_Q, SLOT_K, SLOT_POST_IN, N_SLOTS };
 
+/* Several passes can run together (GradDrop's, pb_grad_drops): S of them,
+ * each with its own gradients, over the same forward's activations. A
+ * per-pass buffer holds the passes' rows one after another, (S, T, width),
+ * so a weight product takes all S * T rows in one call; ops that also read
+ * an activation (norms, the activation function, attention, RoPE) run per
+ * pass on its T rows. */
 typedef struct grad_ctx {
     pb_model *m;
     const pb_model_config *c;
     pb_backend *b; /* the model's: every buffer below is its memory */
     int T;
-    int drop;             /* GradDrop's layer, or -1 */
+    int S;                /* the passes running now (a prefix of the `capacity` allocated) */
+    int capacity;         /* the passes the per-pass buffers hold */
+    int drop;             /* GradDrop's layer, or -1 (one pass) */
     pb_capture *acts;     /* the forward's activations (the caller's, host) */
-    pb_capture *grads;    /* the caller's (host): what it asks for */
+    pb_capture **grads;   /* (S) each pass's gradients asked for (host) */
     float *slot[N_SLOTS]; /* (T, widest) activations uploaded; NULL on host memory */
     size_t slot_floats;
     float *xn;        /* (T, d_model) a sublayer's input, recomputed */
     float *pre[2];    /* (T, d_mlp) the MLP's gate and up pre-activations */
-    float *dh[2];     /* (T, max(d_mlp, n_heads * head_dim)) gradients inside a sublayer */
-    float *dsub;      /* (T, d_model) the sublayer output's gradient before its post norm */
-    float *dxn;       /* (T, d_model) the sublayer input's gradient */
-    float *dres[2];   /* (T, d_model) the residual's gradient: current, and the next one built */
-    float *att[3];    /* (T, heads * head_dim) attention gradients: rotated q, rotated k, v */
+    float *dh[2];     /* (S, T, max(d_mlp, n_heads * head_dim)) gradients inside a sublayer */
+    float *dsub;      /* (S, T, d_model) the sublayer output's gradient before its post norm */
+    float *dxn;       /* (S, T, d_model) the sublayer input's gradient */
+    float *dres[2];   /* (S, T, d_model) the residual's gradient: current, and the next one built */
+    float *att[3];    /* (S, T, heads * head_dim) attention gradients: rotated q, rotated k, v */
     float *dpattern;  /* (n_heads, T, T) device backends, when a pattern is asked for */
     float *dlogits;   /* (vocab_size) the metric's gradient on its position's logits */
     int32_t *neg_pos; /* (T) -t: RoPE's inverse rotation */
 } grad_ctx;
+
+/* Where pass s's rows begin in a per-pass buffer of width floats per token. */
+static size_t pass_at(const grad_ctx *g, int s, size_t width) { return (size_t)s * (size_t)g->T * width; }
 
 /* ---- moving data ---------------------------------------------------------- */
 
@@ -65,12 +77,16 @@ static pb_status act(grad_ctx *g, pb_hook_kind kind, int layer, int slot, const 
     return PB_OK;
 }
 
-/* The gradient at (kind, layer), if asked for: T rows of width from src. */
+/* Each pass's gradient at (kind, layer), where asked for: its T rows of
+ * width in src (S, T, width). */
 static pb_status store(grad_ctx *g, pb_hook_kind kind, int layer, const float *src, size_t width) {
-    pb_capture_entry *e = pb_capture_find(g->grads, kind, layer);
-    if (!e)
-        return PB_OK;
-    return g->b->ops->download(g->b, e->data, src, sizeof(float) * (size_t)g->T * width);
+    for (int s = 0; s < g->S; s++) {
+        pb_capture_entry *e = pb_capture_find(g->grads[s], kind, layer);
+        if (e)
+            PB_TRY(
+                g->b->ops->download(g->b, e->data, src + pass_at(g, s, width), sizeof(float) * (size_t)g->T * width));
+    }
+    return PB_OK;
 }
 
 static pb_status copy(grad_ctx *g, float *dst, const float *src, size_t n) {
@@ -248,21 +264,28 @@ static pb_status sublayer_input(grad_ctx *g, const float *x, const float *w, con
 static pb_status pre_norm_backward(grad_ctx *g, float *accum, const float *x, const float *w) {
     const pb_model_config *c = g->c;
     pb_backend *b = g->b;
+    size_t d = (size_t)c->d_model;
     if (c->no_pre_norm)
-        return b->ops->add(b, accum, accum, g->dxn, (size_t)g->T * c->d_model);
-    return b->ops->norm_backward(b, accum, x, w, g->dxn, g->T, c->d_model, c->rms_eps, c->norm == PB_NORM_LAYER, 1);
+        return b->ops->add(b, accum, accum, g->dxn, (size_t)g->S * g->T * d);
+    for (int s = 0; s < g->S; s++)
+        PB_TRY(b->ops->norm_backward(b, accum + pass_at(g, s, d), x, w, g->dxn + pass_at(g, s, d), g->T, c->d_model,
+                                     c->rms_eps, c->norm == PB_NORM_LAYER, 1));
+    return PB_OK;
 }
 
 /* g->dsub = the gradient of the sublayer's output before its post norm
  * (sandwich norms), given dout, the gradient of what it adds. */
 static pb_status post_norm_backward(grad_ctx *g, const float *dout, pb_hook_kind post_in, int L, const float *w) {
     const pb_model_config *c = g->c;
+    size_t d = (size_t)c->d_model;
     if (!c->sandwich_norm)
-        return copy(g, g->dsub, dout, (size_t)g->T * c->d_model);
+        return copy(g, g->dsub, dout, (size_t)g->S * g->T * d);
     const float *x;
     PB_TRY(act(g, post_in, L, SLOT_POST_IN, &x));
-    return g->b->ops->norm_backward(g->b, g->dsub, x, w, dout, g->T, c->d_model, c->rms_eps, c->norm == PB_NORM_LAYER,
-                                    0);
+    for (int s = 0; s < g->S; s++)
+        PB_TRY(g->b->ops->norm_backward(g->b, g->dsub + pass_at(g, s, d), x, w, dout + pass_at(g, s, d), g->T,
+                                        c->d_model, c->rms_eps, c->norm == PB_NORM_LAYER, 0));
+    return PB_OK;
 }
 
 /* accum += the gradient through layer L's MLP reading residual x, given
@@ -271,19 +294,22 @@ static pb_status mlp_backward(grad_ctx *g, int L, const float *x, const float *d
     const pb_model_config *c = g->c;
     const pb_layer_weights *W = &g->m->layers[L];
     pb_backend *b = g->b;
-    int T = g->T, d = c->d_model, f = c->d_mlp;
+    int T = g->T, rows = g->S * T, d = c->d_model, f = c->d_mlp;
     PB_TRY(post_norm_backward(g, dout, PB_HOOK_MLP_POST_IN, L, W->mlp_post_norm));
     PB_TRY(sublayer_input(g, x, W->mlp_norm, W->mlp_norm_b));
-    /* the pre-activations, recomputed by the model's own product */
+    /* the pre-activations, recomputed by the model's own product (once for every pass) */
     PB_TRY(b->ops->matmul(b, g->pre[1], g->xn, W->w_up.data, W->w_up.dtype, W->b_up, T, f, d));
     if (!c->plain_mlp)
         PB_TRY(b->ops->matmul(b, g->pre[0], g->xn, W->w_gate.data, W->w_gate.dtype, NULL, T, f, d));
-    PB_TRY(b->ops->matmul_dx(b, g->dh[0], g->dsub, W->w_down.data, W->w_down.dtype, T, d, f, 0)); /* d activations */
-    PB_TRY(b->ops->glu_backward(b, g->dh[0], g->dh[1], g->dh[0], c->plain_mlp ? NULL : g->pre[0], g->pre[1],
-                                (size_t)T * f, c->activation));
-    PB_TRY(b->ops->matmul_dx(b, g->dxn, g->dh[1], W->w_up.data, W->w_up.dtype, T, f, d, 0));
+    PB_TRY(b->ops->matmul_dx(b, g->dh[0], g->dsub, W->w_down.data, W->w_down.dtype, rows, d, f, 0)); /* d activations */
+    for (int s = 0; s < g->S; s++) {
+        float *da = g->dh[0] + pass_at(g, s, (size_t)f);
+        PB_TRY(b->ops->glu_backward(b, da, g->dh[1] + pass_at(g, s, (size_t)f), da, c->plain_mlp ? NULL : g->pre[0],
+                                    g->pre[1], (size_t)T * f, c->activation));
+    }
+    PB_TRY(b->ops->matmul_dx(b, g->dxn, g->dh[1], W->w_up.data, W->w_up.dtype, rows, f, d, 0));
     if (!c->plain_mlp)
-        PB_TRY(b->ops->matmul_dx(b, g->dxn, g->dh[0], W->w_gate.data, W->w_gate.dtype, T, f, d, 1));
+        PB_TRY(b->ops->matmul_dx(b, g->dxn, g->dh[0], W->w_gate.data, W->w_gate.dtype, rows, f, d, 1));
     return pre_norm_backward(g, accum, x, W->mlp_norm);
 }
 
@@ -296,41 +322,49 @@ static pb_status rotary_norm_backward(grad_ctx *g, int L, float *d, int heads, c
     const pb_model_config *c = g->c;
     pb_backend *b = g->b;
     int T = g->T, hd = c->head_dim, width = heads * hd;
-    if (c->position == PB_POSITION_ROPE) {
+    for (int s = 0; c->position == PB_POSITION_ROPE && s < g->S; s++) {
         /* the rotation's transpose: the same rotation at the negated angles */
         int dims = c->rotary_dims > 0 ? c->rotary_dims : hd;
         const float *inv_freq = pb_model_inv_freq(g->m, L, T);
-        PB_TRY(b->ops->rope(b, d, g->neg_pos, inv_freq, T, heads, hd, dims, pb_rope_scale(c)));
+        PB_TRY(b->ops->rope(b, d + pass_at(g, s, (size_t)width), g->neg_pos, inv_freq, T, heads, hd, dims,
+                            pb_rope_scale(c)));
     }
     *out = d;
     if (c->qk_norm) {
         const float *x;
         int full = c->qk_norm_full;
         PB_TRY(act(g, hook, L, hook == PB_HOOK_Q ? SLOT_Q : SLOT_K, &x));
-        PB_TRY(
-            b->ops->norm_backward(b, normed, x, norm_w, d, full ? T : T * heads, full ? width : hd, c->rms_eps, 0, 0));
+        for (int s = 0; s < g->S; s++)
+            PB_TRY(b->ops->norm_backward(b, normed + pass_at(g, s, (size_t)width), x, norm_w,
+                                         d + pass_at(g, s, (size_t)width), full ? T : T * heads, full ? width : hd,
+                                         c->rms_eps, 0, 0));
         *out = normed;
     }
     return store(g, hook, L, *out, (size_t)width);
 }
 
 /* The softmax attention's backward of layer L: g->att = d rotated q, d
- * rotated k, d v, given dz; the pattern's gradient where asked for. */
+ * rotated k, d v, given dz (S, T, heads * head_dim); each pass's pattern
+ * gradient where asked for. */
 static pb_status softmax_backward(grad_ctx *g, int L, const float *dz) {
     const pb_model_config *c = g->c;
     pb_backend *b = g->b;
+    size_t qd = (size_t)c->n_heads * c->head_dim, kvd = (size_t)c->n_kv_heads * c->head_dim;
     const float *q, *k, *v;
     PB_TRY(act(g, PB_HOOK_ROT_Q, L, SLOT_ROT_Q, &q));
     PB_TRY(act(g, PB_HOOK_ROT_K, L, SLOT_ROT_K, &k));
     PB_TRY(act(g, PB_HOOK_V, L, SLOT_V, &v));
-    pb_capture_entry *pattern = pb_capture_find(g->grads, PB_HOOK_PATTERN, L); /* (H, T, T), zeroed */
-    float *dpattern = !pattern ? NULL : b->ops->host_memory ? pattern->data : g->dpattern;
     pb_attention_params p = pb_model_attention_params(c, L);
-    PB_TRY(b->ops->attention_backward(b, g->att[0], g->att[1], g->att[2], dpattern, q, k, v, dz, g->T, c->n_heads,
-                                      c->n_kv_heads, c->head_dim, &p));
-    if (pattern && !b->ops->host_memory)
-        PB_TRY(b->ops->download(b, pattern->data, g->dpattern,
-                                sizeof(float) * (size_t)c->n_heads * (size_t)g->T * (size_t)g->T));
+    for (int s = 0; s < g->S; s++) {
+        pb_capture_entry *pattern = pb_capture_find(g->grads[s], PB_HOOK_PATTERN, L); /* (H, T, T), zeroed */
+        float *dpattern = !pattern ? NULL : b->ops->host_memory ? pattern->data : g->dpattern;
+        PB_TRY(b->ops->attention_backward(b, g->att[0] + pass_at(g, s, qd), g->att[1] + pass_at(g, s, kvd),
+                                          g->att[2] + pass_at(g, s, kvd), dpattern, q, k, v, dz + pass_at(g, s, qd),
+                                          g->T, c->n_heads, c->n_kv_heads, c->head_dim, &p));
+        if (pattern && !b->ops->host_memory)
+            PB_TRY(b->ops->download(b, pattern->data, g->dpattern,
+                                    sizeof(float) * (size_t)c->n_heads * (size_t)g->T * (size_t)g->T));
+    }
     return PB_OK;
 }
 
@@ -340,7 +374,7 @@ static pb_status attention_backward(grad_ctx *g, int L, const float *x, const fl
     const pb_model_config *c = g->c;
     const pb_layer_weights *W = &g->m->layers[L];
     pb_backend *b = g->b;
-    int T = g->T, d = c->d_model, qd = c->n_heads * c->head_dim, kvd = c->n_kv_heads * c->head_dim;
+    int T = g->S * g->T, d = c->d_model, qd = c->n_heads * c->head_dim, kvd = c->n_kv_heads * c->head_dim;
     PB_TRY(post_norm_backward(g, dout, PB_HOOK_ATTN_POST_IN, L, W->attn_post_norm));
     float *dz = g->dh[0];
     PB_TRY(b->ops->matmul_dx(b, dz, g->dsub, W->wo.data, W->wo.dtype, T, d, qd, 0));
@@ -360,7 +394,7 @@ static pb_status attention_backward(grad_ctx *g, int L, const float *x, const fl
  * return (dres[1] is the scratch it is built in). */
 static pb_status layer_backward(grad_ctx *g, int L) {
     const pb_model_config *c = g->c;
-    size_t n = (size_t)g->T * c->d_model, d = (size_t)c->d_model;
+    size_t n = (size_t)g->S * g->T * c->d_model, d = (size_t)c->d_model;
     float *dpost = g->dres[0], *dnext = g->dres[1];
     const float *pre;
     PB_TRY(store(g, PB_HOOK_RESID_POST, L, dpost, d));
@@ -418,42 +452,59 @@ static scratch_sizes scratch_of(const pb_model_config *c) {
     return (scratch_sizes){wide, heads, heads > d ? heads : d};
 }
 
-size_t pb_grad_scratch_bytes(const pb_model_config *c, int T, int device) {
+/* Bytes of one more pass running beside the others: its rows of the
+ * per-pass buffers, and on the host matmul_dx's double sums over them
+ * (the widest: T rows of the widest sublayer). */
+static size_t per_pass_bytes(const pb_model_config *c, int T, int device) {
+    scratch_sizes z = scratch_of(c);
+    size_t t = (size_t)T, d = (size_t)c->d_model;
+    size_t bytes = sizeof(float) * (2 * t * z.wide + 4 * t * d + 3 * t * z.heads);
+    return device ? bytes : bytes + sizeof(double) * t * (z.wide > d ? z.wide : d);
+}
+
+size_t pb_grad_scratch_bytes(const pb_model_config *c, int T, int device, int passes) {
     scratch_sizes z = scratch_of(c);
     size_t t = (size_t)T, d = (size_t)c->d_model, V = (size_t)c->vocab_size, H = (size_t)c->n_heads;
-    /* ctx_alloc's buffers; on a device the activation slots; on the host
-     * the attention backward's double sums and matmul_dx's (the widest: T
-     * rows of the widest sublayer) */
-    size_t bytes = sizeof(float) * (4 * t * z.wide + 5 * t * d + 3 * t * z.heads + V) + sizeof(int32_t) * t;
+    /* ctx_alloc's shared buffers; on a device the activation slots; on
+     * the host the attention backward's double sums (one pass at a time) */
+    size_t bytes = sizeof(float) * (2 * t * z.wide + t * d + V) + sizeof(int32_t) * t +
+                   (size_t)(passes > 1 ? passes : 1) * per_pass_bytes(c, T, device);
     if (device) { /* the pattern's gradient, and the attention backward's probabilities and scores' gradients */
         size_t chunk_heads = (size_t)pb_attention_backward_chunk(T, c->n_heads, c->n_kv_heads) *
                              (size_t)(c->n_heads / c->n_kv_heads);
         return bytes + sizeof(float) * (N_SLOTS * t * z.act + H * t * t) + sizeof(double) * 2 * chunk_heads * t * t;
     }
-    return bytes + sizeof(double) * (3 * t * z.heads + 2 * t + t * (z.wide > d ? z.wide : d));
+    return bytes + sizeof(double) * (3 * t * z.heads + 2 * t);
+}
+
+int pb_grad_drop_batch(const pb_model_config *c, int T, int device) {
+    size_t each = per_pass_bytes(c, T, device), n = each ? PB_GRAD_DROP_SCRATCH / each : 1;
+    return n < 1 ? 1 : n > (size_t)c->n_layers ? c->n_layers : (int)n;
 }
 
 static int asks_pattern(const pb_capture *grads) {
-    for (int i = 0; i < grads->count; i++)
+    for (int i = 0; grads && i < grads->count; i++)
         if (grads->entries[i].kind == PB_HOOK_PATTERN)
             return 1;
     return 0;
 }
 
-static pb_status ctx_alloc(grad_ctx *g) {
+/* g's buffers for g->capacity passes; `pattern`: some pass asks for a
+ * pattern's gradient. */
+static pb_status ctx_alloc(grad_ctx *g, int pattern) {
     scratch_sizes z = scratch_of(g->c);
-    size_t T = (size_t)g->T, d = (size_t)g->c->d_model, V = (size_t)g->c->vocab_size;
+    size_t T = (size_t)g->T, d = (size_t)g->c->d_model, V = (size_t)g->c->vocab_size, P = (size_t)g->capacity;
     pb_backend *b = g->b;
     float **bufs[] = {&g->pre[0],  &g->pre[1],  &g->dh[0],  &g->dh[1],  &g->xn,     &g->dsub,   &g->dxn,
                       &g->dres[0], &g->dres[1], &g->att[0], &g->att[1], &g->att[2], &g->dlogits};
-    size_t sizes[] = {T * z.wide, T * z.wide, T * z.wide,  T * z.wide,  T * d,       T * d, T * d,
-                      T * d,      T * d,      T * z.heads, T * z.heads, T * z.heads, V};
+    size_t sizes[] = {T * z.wide, T * z.wide, P * T * z.wide,  P * T * z.wide,  T * d,           P * T * d, P * T * d,
+                      P * T * d,  P * T * d,  P * T * z.heads, P * T * z.heads, P * T * z.heads, V};
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++)
         PB_TRY(b->ops->alloc(b, (void **)bufs[i], sizeof(float) * sizes[i]));
     for (int i = 0; !b->ops->host_memory && i < N_SLOTS; i++)
         PB_TRY(b->ops->alloc(b, (void **)&g->slot[i], sizeof(float) * T * z.act));
     g->slot_floats = T * z.act;
-    if (!b->ops->host_memory && asks_pattern(g->grads)) {
+    if (!b->ops->host_memory && pattern) {
         size_t n = (size_t)g->c->n_heads * T * T;
         float *zeros = calloc(n, sizeof(float));
         if (!zeros)
@@ -568,11 +619,18 @@ pb_status pb_grad_pass_drop(pb_model *m, int T, pb_capture *acts, const float *l
     if (drop && (drop->layer < 0 || drop->layer >= m->cfg.n_layers))
         return pb_fail(PB_ERR_ARG, "gradient: drop layer %d outside the model's %d layers", drop->layer,
                        m->cfg.n_layers);
-    grad_ctx g = {
-        .m = m, .c = &m->cfg, .b = m->backend, .T = T, .drop = drop ? drop->layer : -1, .acts = acts, .grads = grads};
+    grad_ctx g = {.m = m,
+                  .c = &m->cfg,
+                  .b = m->backend,
+                  .T = T,
+                  .S = 1,
+                  .capacity = 1,
+                  .drop = drop ? drop->layer : -1,
+                  .acts = acts,
+                  .grads = &grads};
     pb_status status = pb_capture_prepare(grads, T);
     if (status == PB_OK)
-        status = ctx_alloc(&g);
+        status = ctx_alloc(&g, asks_pattern(grads));
     for (int i = 0; status == PB_OK && i < grads->count; i++)
         memset(grads->entries[i].data, 0, sizeof(float) * pb_capture_entry_floats(&grads->entries[i], T));
     int top = resume ? drop->layer : pb_grad_metric_top_layer(metric, m->cfg.n_layers);
@@ -593,5 +651,109 @@ pb_status pb_grad_pass_drop(pb_model *m, int T, pb_capture *acts, const float *l
     if (status == PB_OK)
         status = m->backend->ops->synchronize(m->backend);
     ctx_free(&g);
+    return status;
+}
+
+/* ---- GradDrop's passes together ------------------------------------------ */
+
+/* *out = a zeroed capture of the hook points whole holds at layer L (NULL
+ * when it holds none there), freeing the one *out held. */
+static pb_status layer_capture(pb_model *m, pb_capture *whole, int L, int T, pb_capture **out) {
+    pb_capture_free(*out);
+    *out = NULL;
+    size_t used = 0, size = 1;
+    for (int i = 0; i < whole->count; i++)
+        size += whole->entries[i].layer == L ? strlen(whole->entries[i].name) + 1 : 0;
+    if (size == 1)
+        return PB_OK;
+    char *names = malloc(size);
+    if (!names)
+        return pb_fail(PB_ERR_OOM, "GradDrop: out of memory for layer %d's hook names", L);
+    for (int i = 0; i < whole->count; i++)
+        if (whole->entries[i].layer == L)
+            used += (size_t)sprintf(names + used, "%s%s", used ? "," : "", whole->entries[i].name);
+    pb_status status = pb_capture_create(out, m, names);
+    free(names);
+    if (status == PB_OK)
+        status = pb_capture_prepare(*out, T);
+    for (int i = 0; status == PB_OK && i < (*out)->count; i++)
+        memset((*out)->entries[i].data, 0, sizeof(float) * pb_capture_entry_floats(&(*out)->entries[i], T));
+    return status;
+}
+
+/* Drop `L`'s pass starts at its layer as pb_grad_pass_drop's does: the
+ * residual's gradient goes by unchanged (pass i's rows), the layer's own
+ * hook points stay zero. */
+static pb_status drop_start(grad_ctx *g, pb_capture *whole, int L, int i, pb_capture *grads) {
+    size_t n = (size_t)g->T * (size_t)g->c->d_model;
+    const float *dpost = pb_capture_find_data(whole, PB_HOOK_RESID_POST, L);
+    PB_TRY(upload(g, g->dres[0] + pass_at(g, i, (size_t)g->c->d_model), dpost, n));
+    static const pb_hook_kind residual[] = {PB_HOOK_RESID_PRE, PB_HOOK_RESID_MID, PB_HOOK_RESID_POST};
+    for (size_t k = 0; k < sizeof residual / sizeof residual[0]; k++) {
+        float *e = pb_capture_find_data(grads, residual[k], L);
+        if (e)
+            memcpy(e, dpost, sizeof(float) * n);
+    }
+    return PB_OK;
+}
+
+/* The passes of drops first..top together: pass i is drop top - i's, so
+ * at layer L those above it, a prefix, run as one batch. */
+static pb_status drop_batch(grad_ctx *g, pb_capture *whole, int first, int top, int bottom, pb_grad_layer_fn fn,
+                            void *user) {
+    int n = top - first + 1;
+    pb_capture **caps = calloc((size_t)n, sizeof *caps);
+    if (!caps)
+        return pb_fail(PB_ERR_OOM, "GradDrop: out of memory for %d passes", n);
+    g->grads = caps;
+    g->capacity = n;
+    pb_status status = ctx_alloc(g, asks_pattern(whole));
+    for (int L = top; status == PB_OK && L >= bottom; L--) {
+        int running = top - L < n ? top - L : n, live = running + (L >= first);
+        for (int i = 0; status == PB_OK && i < live; i++)
+            status = layer_capture(g->m, whole, L, g->T, &caps[i]);
+        g->S = running;
+        if (status == PB_OK && running > 0) /* streamed weights: L in its slot, L - 1 read meanwhile */
+            status = pb_model_layer_acquire(g->m, L, L > bottom ? L - 1 : -1);
+        if (status == PB_OK && running > 0)
+            status = layer_backward(g, L);
+        if (status == PB_OK && L >= first)
+            status = drop_start(g, whole, L, running, caps[running]);
+        if (status == PB_OK)
+            status = g->b->ops->synchronize(g->b);
+        for (int i = 0; status == PB_OK && i < live; i++)
+            if (caps[i])
+                status = fn(user, L, top - i, caps[i]);
+    }
+    for (int i = 0; i < n; i++)
+        pb_capture_free(caps[i]);
+    free(caps);
+    ctx_free(g);
+    return status;
+}
+
+pb_status pb_grad_drops(pb_model *m, int T, pb_capture *acts, const pb_grad_metric *metric, pb_capture *whole, int lo,
+                        int hi, int bottom, int batch, pb_grad_layer_fn fn, void *user) {
+    if (!m || !acts || !whole || !fn)
+        return pb_fail(PB_ERR_ARG, "GradDrop: model, acts, the whole pass's gradients and a callback are required");
+    PB_TRY(check_supported(m, metric, T));
+    PB_TRY(check_grads(whole, &m->cfg));
+    PB_TRY(check_acts(&m->cfg, acts));
+    if (bottom < 0 || bottom > lo || lo > hi || hi >= m->cfg.n_layers)
+        return pb_fail(PB_ERR_ARG, "GradDrop: drops %d..%d down to layer %d, not 0 <= bottom <= lo <= hi < %d", lo, hi,
+                       bottom, m->cfg.n_layers);
+    for (int L = lo; L <= hi; L++) {
+        pb_capture_entry *e = pb_capture_find(whole, PB_HOOK_RESID_POST, L);
+        if (!e || e->T != T)
+            return pb_fail(PB_ERR_ARG,
+                           "GradDrop: the whole pass's gradients lack resid_post of layer %d over %d tokens", L, T);
+    }
+    if (batch <= 0)
+        batch = pb_grad_drop_batch(&m->cfg, T, !m->backend->ops->host_memory);
+    pb_status status = PB_OK;
+    for (int top = hi; status == PB_OK && top >= lo; top -= batch) {
+        grad_ctx g = {.m = m, .c = &m->cfg, .b = m->backend, .T = T, .drop = -1, .acts = acts};
+        status = drop_batch(&g, whole, top - batch + 1 > lo ? top - batch + 1 : lo, top, bottom, fn, user);
+    }
     return status;
 }

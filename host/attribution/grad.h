@@ -35,13 +35,14 @@ int pb_grad_metric_top_layer(const pb_grad_metric *mt, int n_layers);
 pb_status pb_grad_pass_from(pb_model *m, int T, pb_capture *acts, const float *logits, const pb_grad_metric *metric,
                             pb_capture *grads, double *value);
 
-/* Bytes a pass allocates beside the captures for T tokens: per-token
- * buffers, and on a device backend (device != 0) the uploaded activations,
- * the pattern's gradient and the attention backward's scratch (the
- * backend's, kept); a 16-bit or quantised weight's decoded tile (the
- * backend's dequantisation scratch, shared with the forward) is not
- * counted. */
-size_t pb_grad_scratch_bytes(const pb_model_config *c, int T, int device);
+/* Bytes `passes` passes running together (1: pb_grad_pass_drop's;
+ * pb_grad_drops runs a batch) allocate beside the captures for T tokens:
+ * per-token buffers, and on a device backend (device != 0) the uploaded
+ * activations, the pattern's gradient and the attention backward's
+ * scratch (the backend's, kept); a 16-bit or quantised weight's decoded
+ * tile (the backend's dequantisation scratch, shared with the forward) is
+ * not counted. */
+size_t pb_grad_scratch_bytes(const pb_model_config *c, int T, int device, int passes);
 
 /* GradDrop (AtP*, attribution/atp.h): a pass in which one layer's two
  * writes into the residual stream (attn_out and mlp_out) pass no gradient
@@ -58,5 +59,29 @@ typedef struct pb_grad_drop {
 /* pb_grad_pass_from with the drop (NULL: none). */
 pb_status pb_grad_pass_drop(pb_model *m, int T, pb_capture *acts, const float *logits, const pb_grad_metric *metric,
                             const pb_grad_drop *drop, pb_capture *grads, double *value);
+
+/* GradDrop's passes for the drops of layers lo..hi, run together and
+ * layer by layer: from layer hi down to `bottom`, each layer's weights are
+ * read once for every pass that has reached it, its products taken over
+ * all those passes' rows in one call. Drop l's pass is pb_grad_pass_drop's
+ * resumed from whole's resid_post of l (whole: the pass without a drop,
+ * pb_grad_pass_from's gradients; it holds every hook point asked for).
+ * After layer L, for every drop l >= L among lo..hi (l = hi first), fn
+ * gets that pass's gradients at layer L's hook points named in whole, in
+ * a capture of that layer only, valid during the call: at layers up to
+ * l they are what pb_grad_pass_drop gives (bit for bit where the
+ * backend's products sum each row alone, as the reference backend's do).
+ * At most `batch` passes run at once (0: pb_grad_drop_batch's), more take
+ * turns, each turn reading its layers again; memory beyond acts and whole:
+ * pb_grad_scratch_bytes for the batch and one layer's capture per pass. */
+typedef pb_status (*pb_grad_layer_fn)(void *user, int layer, int drop, pb_capture *grads);
+pb_status pb_grad_drops(pb_model *m, int T, pb_capture *acts, const pb_grad_metric *metric, pb_capture *whole, int lo,
+                        int hi, int bottom, int batch, pb_grad_layer_fn fn, void *user);
+
+/* GradDrop's passes pb_grad_drops runs at once for T tokens: as many as
+ * fit PB_GRAD_DROP_SCRATCH beside the shared buffers (at least one, at
+ * most the layers). */
+#define PB_GRAD_DROP_SCRATCH ((size_t)1 << 30)
+int pb_grad_drop_batch(const pb_model_config *c, int T, int device);
 
 #endif

@@ -948,7 +948,8 @@ static const command commands[] = {
      "positions, for two forwards and one backward per pair; the outputs are the sweep's, and results.json\n"
      "says which method. --method atp* (Kramar et al. 2024): q and k sites through the exact attention\n"
      "softmax (QK fix), and every layer's backward again with that layer's writes passing no gradient\n"
-     "(GradDrop: unsigned effects, |effect| averaged over the layers; L/2 more backwards a pair).\n"
+     "(GradDrop: unsigned effects, |effect| averaged over the layers; L/2 more backwards a pair, run\n"
+     "together layer by layer, so each layer's weights are read once for all of them).\n"
      "--verify runs the exact engine on the estimate's top K sites and N control sites and reports both\n"
      "effects, the recall of the exact top K and the control sites it missed. Every backend, resident or\n"
      "streamed weights; every spec metric (not a callback). Over MPI ranks each pair runs on one rank.\n",

@@ -128,20 +128,6 @@ static pb_status refuse(pb_plan *p, uint64_t need_min) {
     return pb_fail(PB_ERR_OOM, "%s", p->why_not);
 }
 
-/* Layer bytes one pair's estimate reads, streamed: two forwards and the
- * backward read every layer, and GradDrop's pass for layer l the layers
- * below it (at most: a layer still in its slot is not read again). */
-static double estimate_pair_bytes(const pb_sweep *s, const uint64_t *layer_bytes) {
-    int n_layers = pb_sweep_model(s)->cfg.n_layers;
-    double all = 0.0, drops = 0.0, below = 0.0;
-    for (int l = 0; layer_bytes && l < n_layers; l++) {
-        drops += below;
-        below += (double)layer_bytes[l];
-        all += (double)layer_bytes[l];
-    }
-    return 3.0 * all + (pb_sweep_spec_of(s)->grad_drop ? drops : 0.0);
-}
-
 /* An estimate's passes on each rank's share: a rank runs the passes of
  * every pair with a pending row among its rows (pb_sweep_partition gives
  * each pair whole to one rank), each pair's FLOPs from pb_atp_flops.
@@ -149,7 +135,7 @@ static double estimate_pair_bytes(const pb_sweep *s, const uint64_t *layer_bytes
 static pb_status count_estimate(const pb_sweep *s, const uint64_t *layer_bytes, pb_plan *p) {
     const pb_sweep_spec *spec = pb_sweep_spec_of(s);
     int64_t n_sites = pb_sweep_site_count(s);
-    double pair_bytes = estimate_pair_bytes(s, layer_bytes);
+    const pb_model *m = pb_sweep_model(s);
     for (int rank = 0; rank < p->n_ranks; rank++) {
         int64_t *rows = NULL, n_rows = 0, pairs = 0;
         PB_TRY(pb_sweep_partition(s, rank, p->n_ranks, &rows, &n_rows, NULL));
@@ -158,8 +144,11 @@ static pb_status count_estimate(const pb_sweep *s, const uint64_t *layer_bytes, 
             int64_t pair = rows[i] / n_sites;
             if (pair == last || pb_sweep_row_state(s, rows[i]) != 0)
                 continue;
-            flops += pb_atp_flops(&pb_sweep_model(s)->cfg, spec->pairs[pair].base.T, spec->grad_drop);
-            bytes += pair_bytes;
+            int T = spec->pairs[pair].base.T;
+            flops += pb_atp_flops(&m->cfg, T, spec->grad_drop);
+            bytes += layer_bytes
+                         ? pb_atp_stream_bytes(&m->cfg, T, !m->backend->ops->host_memory, spec->grad_drop, layer_bytes)
+                         : 0.0;
             pairs++;
             last = pair;
         }
