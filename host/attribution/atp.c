@@ -21,9 +21,6 @@
 #include "patching/sweep_access.h"
 #include "util/internal.h"
 
-/* Hook points whose gradients grad.h gives: every component's. */
-#define ATP_HOOKS "blocks.*.hook_resid_*,blocks.*.hook_attn_out,blocks.*.hook_mlp_out,blocks.*.attn.hook_[zqkv]"
-
 typedef struct atp_pair {
     pb_capture *base, *source, *grads;
     pb_qk_fix *qk;         /* with the QK fix */
@@ -58,41 +55,104 @@ static pb_status check_supported(const pb_sweep *s) {
     return PB_OK;
 }
 
-/* The gradients' hook points: every component's, and with the QK fix the
- * attention pattern of each layer holding a q or k site. *out malloc'd. */
-static pb_status gradient_hooks(const pb_sweep *s, char **out) {
+/* Which of a pair's captures a hook set is for. */
+typedef enum { HOOKS_BASE, HOOKS_SOURCE, HOOKS_GRADS } hooks_for;
+
+/* *out (malloc'd) = the hook points one of a pair's captures needs, no
+ * more: the sites' (their component's hook at their layers) in every
+ * one; the base run's also what the backward reads (PB_GRAD_ACT_HOOKS);
+ * the source run's the residual slot a projection metric reads; the
+ * gradients' the pattern at each layer holding a q or k site (QK fix)
+ * and resid_post at every layer (GradDrop's passes start there). */
+static pb_status estimate_hooks(const pb_sweep *s, hooks_for which, char **out) {
     const pb_sweep_spec *spec = pb_sweep_spec_of(s);
     int L = pb_sweep_model(s)->cfg.n_layers;
-    char *text = malloc(sizeof ATP_HOOKS + (size_t)L * 40);
-    char *flags = calloc((size_t)L, 1);
+    size_t kinds = PB_HOOK_KIND_COUNT, size = sizeof PB_GRAD_ACT_HOOKS + kinds * (size_t)L * 96;
+    char *text = malloc(size), *flags = calloc(kinds * (size_t)L, 1); /* [kind][layer] */
     if (!text || !flags) {
         free(text);
         free(flags);
         return pb_fail(PB_ERR_OOM, "atp: out of memory");
     }
-    size_t used = (size_t)sprintf(text, "%s", ATP_HOOKS);
-    for (int64_t i = 0, n = pb_sweep_site_count(s); spec->qk_fix && i < n; i++) {
+    for (int64_t i = 0, n = pb_sweep_site_count(s); i < n; i++) {
         pb_site_result r;
-        if (pb_sweep_get_site(s, i, &r) == PB_OK && (r.component == PB_COMPONENT_Q || r.component == PB_COMPONENT_K))
-            flags[r.layer] = 1;
+        if (pb_sweep_get_site(s, i, &r) != PB_OK)
+            continue;
+        flags[(size_t)pb_component_info_of(r.component)->hook_kind * L + r.layer] = 1;
+        if (which == HOOKS_GRADS && spec->qk_fix && (r.component == PB_COMPONENT_Q || r.component == PB_COMPONENT_K))
+            flags[(size_t)PB_HOOK_PATTERN * L + r.layer] = 1;
     }
-    for (int l = 0; l < L; l++)
-        if (flags[l])
-            used += (size_t)sprintf(text + used, ",blocks.%d.attn.hook_pattern", l);
+    if (which == HOOKS_SOURCE && spec->metric.kind == PB_METRIC_PROJECTION)
+        flags[(size_t)(spec->metric.hook_post ? PB_HOOK_RESID_POST : PB_HOOK_RESID_PRE) * L + spec->metric.layer] = 1;
+    for (int l = 0; which == HOOKS_GRADS && spec->grad_drop && l < L; l++)
+        flags[(size_t)PB_HOOK_RESID_POST * L + l] = 1;
+    size_t used = (size_t)sprintf(text, "%s", which == HOOKS_BASE ? PB_GRAD_ACT_HOOKS : "");
+    for (size_t k = 0; k < kinds; k++) {
+        int all = 1;
+        for (int l = 0; l < L; l++)
+            all &= flags[k * L + l];
+        for (int l = 0; l < L; l++) {
+            char name[96];
+            if (!flags[k * L + l] || (all && l > 0))
+                continue;
+            pb_hook_name((pb_hook_kind)k, l, name, sizeof name);
+            /* every layer: one glob, blocks.*.<hook> */
+            used += (size_t)sprintf(text + used, "%s%s%s", used ? "," : "", all ? "blocks.*." : "",
+                                    all ? strchr(name + strlen("blocks."), '.') + 1 : name);
+        }
+    }
     free(flags);
     *out = text;
     return PB_OK;
 }
 
-/* *out = the prompt's embedding offsets (noise corruption), or NULL. */
+/* The three hook sets of a pair's captures (estimate_hooks). */
+typedef struct hook_sets {
+    char *base, *source, *grads;
+} hook_sets;
+
+static void hook_sets_free(hook_sets *h) {
+    free(h->base);
+    free(h->source);
+    free(h->grads);
+}
+
+static pb_status hook_sets_make(const pb_sweep *s, hook_sets *h) {
+    *h = (hook_sets){0};
+    pb_status status = estimate_hooks(s, HOOKS_BASE, &h->base);
+    if (status == PB_OK)
+        status = estimate_hooks(s, HOOKS_SOURCE, &h->source);
+    if (status == PB_OK)
+        status = estimate_hooks(s, HOOKS_GRADS, &h->grads);
+    if (status != PB_OK)
+        hook_sets_free(h);
+    return status;
+}
+
+/* *out = the prompt's embedding offsets (noise corruption) in the model
+ * backend's memory, where the forward reads them, or NULL. */
 static pb_status embed_delta(const pb_model *m, const pb_prompt_spec *prompt, float **out) {
     *out = NULL;
     if (!prompt->is_noise)
         return PB_OK;
-    if (!(*out = malloc(sizeof(float) * (size_t)prompt->T * (size_t)m->cfg.d_model)))
+    size_t n = (size_t)prompt->T * (size_t)m->cfg.d_model;
+    pb_backend *b = m->backend;
+    float *host = malloc(sizeof(float) * n);
+    if (!host)
         return pb_fail(PB_ERR_OOM, "atp: out of memory for noise");
-    return pb_noise_embed_delta(*out, prompt->T, m->cfg.d_model, prompt->noise_positions, prompt->n_noise_positions,
-                                prompt->noise_scale, m->embed_sigma, prompt->noise_seed);
+    pb_status status = pb_noise_embed_delta(host, prompt->T, m->cfg.d_model, prompt->noise_positions,
+                                            prompt->n_noise_positions, prompt->noise_scale, m->embed_sigma,
+                                            prompt->noise_seed);
+    if (status == PB_OK)
+        status = b->ops->alloc(b, (void **)out, sizeof(float) * n);
+    if (status == PB_OK)
+        status = b->ops->upload(b, *out, host, sizeof(float) * n);
+    free(host);
+    if (status != PB_OK && *out) {
+        b->ops->free(b, *out);
+        *out = NULL;
+    }
+    return status;
 }
 
 /* The metric of one position's logits (metric.c), for the source run. */
@@ -132,21 +192,22 @@ static pb_status capture_run(pb_model *m, const pb_prompt_spec *prompt, const ch
     pb_status status = pb_capture_create(out, m, hooks);
     if (status == PB_OK)
         status = pb_forward_ex(m, prompt->ids, prompt->T, &extras, *logits, *out);
-    free(delta);
+    if (delta) /* the forward's results are downloaded: it has read the offsets */
+        m->backend->ops->free(m->backend, delta);
     return status;
 }
 
 /* The pair's two runs, the base run's gradient from the base run's own
  * forward (its captures hold what the backward reads), both metric values. */
-static pb_status pair_runs(pb_sweep *s, int pair, const char *grad_hooks, atp_pair *a) {
+static pb_status pair_runs(pb_sweep *s, int pair, const hook_sets *hooks, atp_pair *a) {
     pb_model *m = (pb_model *)(uintptr_t)pb_sweep_model(s);
     const pb_sweep_spec *spec = pb_sweep_spec_of(s);
     const pb_pair_spec *p = &spec->pairs[pair];
     int V = m->cfg.vocab_size;
     float *base_logits = NULL, *source_logits = NULL;
-    pb_status status = capture_run(m, &p->base, "blocks.*", &a->base, &base_logits);
+    pb_status status = capture_run(m, &p->base, hooks->base, &a->base, &base_logits);
     if (status == PB_OK)
-        status = capture_run(m, &p->source, ATP_HOOKS, &a->source, &source_logits);
+        status = capture_run(m, &p->source, hooks->source, &a->source, &source_logits);
     if (status == PB_OK && spec->metric.kind == PB_METRIC_KL) {
         const pb_prompt_spec *clean = p->clean_is_source ? &p->source : &p->base;
         const float *row = (p->clean_is_source ? source_logits : base_logits) +
@@ -172,7 +233,7 @@ static pb_status pair_runs(pb_sweep *s, int pair, const char *grad_hooks, atp_pa
                                      .layer = spec->metric.layer,
                                      .hook_post = spec->metric.hook_post};
         a->T = p->base.T;
-        status = pb_capture_create(&a->grads, m, grad_hooks);
+        status = pb_capture_create(&a->grads, m, hooks->grads);
         if (status == PB_OK)
             status = pb_grad_pass_from(m, p->base.T, a->base, base_logits, &a->metric, a->grads, &a->base_value);
     }
@@ -296,7 +357,7 @@ static pb_status grad_drop(pb_sweep *s, int pair, atp_pair *a, const int64_t *ro
 
 /* The rows of one pair (those not done yet): its runs, every row's
  * estimate, GradDrop's when on. */
-static pb_status pair_rows(pb_sweep *s, int pair, const char *grad_hooks, const int64_t *rows, int64_t n) {
+static pb_status pair_rows(pb_sweep *s, int pair, const hook_sets *hooks, const int64_t *rows, int64_t n) {
     int64_t *todo = malloc(sizeof(int64_t) * (size_t)(n > 0 ? n : 1)), k = 0;
     double *est = malloc(sizeof(double) * (size_t)(n > 0 ? n : 1));
     atp_pair a = {0};
@@ -305,7 +366,7 @@ static pb_status pair_rows(pb_sweep *s, int pair, const char *grad_hooks, const 
         if (pb_sweep_row_state(s, rows[i]) != 1)
             todo[k++] = rows[i];
     if (status == PB_OK && k > 0) {
-        if ((status = pair_runs(s, pair, grad_hooks, &a)) == PB_OK)
+        if ((status = pair_runs(s, pair, hooks, &a)) == PB_OK)
             status = pb_sweep_set_pair(s, pair, a.base_value, a.source_value);
         int64_t n_sites = pb_sweep_site_count(s);
         for (int64_t i = 0; status == PB_OK && i < k; i++)
@@ -349,15 +410,15 @@ static pb_status capture_bytes(const pb_model *m, const char *pattern, int T, ui
 pb_status pb_atp_peak_bytes(const pb_sweep *s, int T, uint64_t *bytes) {
     const pb_model *m = pb_sweep_model(s);
     int device = !m->backend->ops->host_memory;
-    char *hooks = NULL;
+    hook_sets hooks;
     uint64_t base, source, grads, grads_layer;
-    PB_TRY(gradient_hooks(s, &hooks));
-    pb_status status = capture_bytes(m, "blocks.*", T, &base, NULL);
+    PB_TRY(hook_sets_make(s, &hooks));
+    pb_status status = capture_bytes(m, hooks.base, T, &base, NULL);
     if (status == PB_OK)
-        status = capture_bytes(m, ATP_HOOKS, T, &source, NULL);
+        status = capture_bytes(m, hooks.source, T, &source, NULL);
     if (status == PB_OK)
-        status = capture_bytes(m, hooks, T, &grads, &grads_layer);
-    free(hooks);
+        status = capture_bytes(m, hooks.grads, T, &grads, &grads_layer);
+    hook_sets_free(&hooks);
     PB_TRY(status);
     uint64_t logits = 2 * sizeof(float) * (uint64_t)T * (uint64_t)m->cfg.vocab_size;
     /* the whole pass, then GradDrop's batch with a layer's gradients per pass */
@@ -374,16 +435,16 @@ pb_status pb_atp_peak_bytes(const pb_sweep *s, int T, uint64_t *bytes) {
 pb_status pb_atp_run_rows(pb_sweep *s, const int64_t *rows, int64_t n_rows) {
     PB_TRY(check_supported(s));
     int64_t n_sites = pb_sweep_site_count(s);
-    char *hooks = NULL;
-    PB_TRY(gradient_hooks(s, &hooks));
+    hook_sets hooks;
+    PB_TRY(hook_sets_make(s, &hooks));
     pb_status status = PB_OK;
     for (int64_t i = 0, j; status == PB_OK && i < n_rows; i = j) {
         int pair = (int)(rows[i] / n_sites);
         for (j = i + 1; j < n_rows && rows[j] / n_sites == pair;)
             j++;
-        status = pair_rows(s, pair, hooks, rows + i, j - i);
+        status = pair_rows(s, pair, &hooks, rows + i, j - i);
     }
-    free(hooks);
+    hook_sets_free(&hooks);
     return status;
 }
 

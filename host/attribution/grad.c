@@ -577,7 +577,8 @@ static pb_status check_acts(const pb_model_config *c, pb_capture *acts) {
             if (pb_hook_kind_exists(kinds[k], c) && !pb_capture_find(acts, kinds[k], L)) {
                 char name[96];
                 pb_hook_name(kinds[k], L, name, sizeof name);
-                return pb_fail(PB_ERR_ARG, "gradient: the forward's captures lack %s (capture \"blocks.*\")", name);
+                return pb_fail(PB_ERR_ARG, "gradient: the forward's captures lack %s (capture %s)", name,
+                               PB_GRAD_ACT_HOOKS);
             }
     return PB_OK;
 }
@@ -592,7 +593,7 @@ pb_status pb_gradients(pb_model *m, const int32_t *ids, int T, const pb_grad_met
     if (!logits)
         return pb_fail(PB_ERR_OOM, "gradient: out of memory for %d tokens' logits", T);
     pb_capture *acts = NULL;
-    pb_status status = pb_capture_create(&acts, m, "blocks.*");
+    pb_status status = pb_capture_create(&acts, m, PB_GRAD_ACT_HOOKS);
     if (status == PB_OK)
         status = pb_forward(m, ids, T, logits, acts);
     if (status == PB_OK)

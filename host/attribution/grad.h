@@ -28,9 +28,17 @@
  * embedding's (resid_pre of layer 0). No layer above it has a gradient. */
 int pb_grad_metric_top_layer(const pb_grad_metric *mt, int n_layers);
 
+/* The hook points of the forward's activations a pass reads (a capture
+ * pattern; those a model lacks match nothing): the residual stream, q, k
+ * and v before and after RoPE and the q/k norms, and the inputs of
+ * sandwich post norms. The rest (norm outputs, the MLP's
+ * pre-activations, the attention's scores) is recomputed per layer. */
+#define PB_GRAD_ACT_HOOKS \
+    "blocks.*.hook_resid_*,blocks.*.attn.hook_[qkv],blocks.*.attn.hook_rot_[qk],blocks.*.ln[12]_post.hook_in"
+
 /* pb_gradients from a forward already run (a noise-corrupted one too): acts, a capture of m over T tokens
- * holding every layer's hook points (pb_capture_create with "blocks.*";
- * PB_ERR_ARG naming the first one it lacks), and that forward's logits
+ * holding at every layer the hook points PB_GRAD_ACT_HOOKS names
+ * (PB_ERR_ARG naming the first one it lacks), and that forward's logits
  * (T, vocab_size; may be NULL for projection). */
 pb_status pb_grad_pass_from(pb_model *m, int T, pb_capture *acts, const float *logits, const pb_grad_metric *metric,
                             pb_capture *grads, double *value);

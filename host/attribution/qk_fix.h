@@ -23,9 +23,10 @@
 
 typedef struct pb_qk_fix pb_qk_fix;
 
-/* For one pair: base, a capture of the base run holding every layer's
- * hook points ("blocks.*"); source, one of the source run holding hook_q
- * and hook_k. Both stay the caller's. */
+/* For one pair: base, a capture of the base run holding hook_q, hook_k,
+ * hook_rot_q and hook_rot_k of every layer (PB_GRAD_ACT_HOOKS does);
+ * source, one of the source run holding hook_q and hook_k of the layers
+ * with q or k sites. Both stay the caller's. */
 pb_status pb_qk_fix_create(pb_qk_fix **out, pb_model *m, int base_T, pb_capture *base, pb_capture *source);
 void pb_qk_fix_free(pb_qk_fix *f);
 
