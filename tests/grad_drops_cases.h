@@ -136,7 +136,8 @@ static void drops_run(drops_case *k, int lo, int bottom, int batch) {
     k->bottom = bottom;
     k->calls = 0;
     memset(k->seen, 0, sizeof k->seen);
-    CHECK_OK(pb_grad_drops(k->m, k->T, k->acts, &k->metric, k->whole, lo, k->hi, bottom, batch, drops_compare, k));
+    pb_grad_drop_job job = {k->T, k->acts, &k->metric, k->whole, drops_compare, k};
+    CHECK_OK(pb_grad_drops(k->m, &job, 1, lo, k->hi, bottom, batch));
     int want = 0;
     for (int L = bottom; L <= k->hi; L++)
         want += k->hi - (L > lo ? L : lo) + 1;

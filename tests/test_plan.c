@@ -124,10 +124,11 @@ static void test_plans_equal_runs(void **state) {
 }
 
 /* An estimate ("atp", "atp*") planned as it runs, against the run on
- * streamed weights: no row executed, one set of passes per pair, the FLOPs
- * of pb_atp_flops, and the layer bytes read at most the plan's (a layer
- * still in its slot is not read again: the tiny models' two layers stay)
- * and at least every layer once. */
+ * streamed weights: no row executed, the pairs in groups (all of a tiny
+ * model's in one within the default 1 GiB; one each within a budget of a
+ * byte), the FLOPs of pb_atp_flops, and the layer bytes read at most the
+ * plan's (a layer still in its slot is not read again: the tiny models'
+ * two layers stay) and at least every layer once. */
 static int check_estimate(const tu_oracle_case *c, void *ctx) {
     int *seen = ctx;
     const char *model = json_string_value(json_object_get(c->expected, "model"));
@@ -145,7 +146,14 @@ static int check_estimate(const tu_oracle_case *c, void *ctx) {
     assert_int_equal(plan.estimate, 1);
     assert_string_equal(plan.method, pb_sweep_method_name(spec->method));
     assert_int_equal(plan.rows_run, 0);
-    assert_int_equal(plan.waves, spec->n_pairs);
+    assert_int_equal(plan.waves, 1);
+    pb_sweep *one_each = create(shape, c, 1);
+    pb_plan single;
+    CHECK_OK(pb_sweep_plan(one_each, &po, &single));
+    assert_int_equal(single.waves, spec->n_pairs);
+    assert_true(single.flops == plan.flops);
+    assert_true(single.bytes_streamed >= plan.bytes_streamed);
+    pb_sweep_free(one_each);
     pb_sweep *run = create(streamed, c, 0);
     CHECK_OK(pb_sweep_run(run));
     pb_sweep_summary sum;
@@ -167,20 +175,23 @@ static int check_estimate(const tu_oracle_case *c, void *ctx) {
         flops += pb_atp_flops(&shape->cfg, spec->pairs[i].base.T, spec->grad_drop);
     assert_true(plan.flops == flops);
     /* on three ranks each pair runs whole on one of them: the same passes
-     * and FLOPs, and the ranks' shares are whole pairs */
+     * and FLOPs, a group on each rank holding pairs, and the ranks' shares
+     * are whole pairs */
     pb_plan_options three = po;
     three.n_ranks = 3;
     pb_plan split;
     CHECK_OK(pb_sweep_plan(planned, &three, &split));
-    assert_int_equal(split.waves, spec->n_pairs);
+    int holding = 0;
     assert_true(fabs(split.flops - flops) <= 1e-12 * flops);
     for (int rank = 0; rank < 3; rank++) {
         int64_t *share = NULL, n = 0;
         CHECK_OK(pb_sweep_partition(planned, rank, 3, &share, &n, NULL));
         assert_int_equal(n % pb_sweep_site_count(planned), 0);
         assert_true(n == 0 || share[0] % pb_sweep_site_count(planned) == 0);
+        holding += n > 0;
         free(share);
     }
+    assert_int_equal(split.waves, holding);
     pb_sweep_free(run);
     pb_sweep_free(planned);
     pb_model_free(shape);

@@ -319,5 +319,10 @@
  * (bit-equal on the reference backend, which sums each row alone).
  * Measured worst 0 (the tiny random model, both metrics). */
 #define PB_TOL_GRAD_DROPS_NMSE 1e-12
+/* An estimate's pairs run as one group (their forwards packed into one run
+ * of the executor, their backward passes together) vs one at a time, CPU
+ * backend: the same ops over more rows per product; relative to the
+ * larger of 1, the pair's gap and the row's estimate. Measured worst 0. */
+#define PB_TOL_ATP_GROUPS 1e-9
 
 #endif

@@ -21,11 +21,21 @@
 #include "patching/sweep_access.h"
 #include "util/internal.h"
 
+/* One pair of a group (pairs run together: their forwards in one run of
+ * the executor, their backward passes layer by layer together). */
 typedef struct atp_pair {
+    pb_sweep *s;
+    int pair;
+    const int64_t *rows; /* (n) its rows not done yet */
+    int64_t n;
+    double *est; /* (n) each row's estimated patched - base */
+    int *layer;  /* (n) GradDrop: each row's site layer */
+    double *acc; /* (n) GradDrop: sum over drops of |estimate| */
     pb_capture *base, *source, *grads;
-    pb_qk_fix *qk;         /* with the QK fix */
-    pb_grad_metric metric; /* the base run's metric, for the gradient passes */
-    int T;                 /* the base run's tokens */
+    float *base_logits, *source_logits; /* (T, vocab) until the gradient pass */
+    pb_qk_fix *qk;                      /* with the QK fix */
+    pb_grad_metric metric;              /* the base run's metric, for the gradient passes */
+    int T;                              /* the base run's tokens */
     double base_value, source_value;
     double *ref_logprobs;  /* kl: the clean run's, (vocab) */
     int *positions;        /* (base T) */
@@ -37,6 +47,11 @@ static void pair_free(atp_pair *a) {
     pb_capture_free(a->source);
     pb_capture_free(a->grads);
     pb_qk_fix_free(a->qk);
+    free(a->base_logits);
+    free(a->source_logits);
+    free(a->est);
+    free(a->layer);
+    free(a->acc);
     free(a->ref_logprobs);
     free(a->positions);
     free(a->source_positions);
@@ -179,72 +194,98 @@ static double projection_value(const pb_metric_spec *mt, pb_capture *run, int po
     return pb_metric_projection(e->data + (size_t)position * d, mt->direction, d);
 }
 
-/* A forward of prompt capturing the hook points `hooks`; logits (T, V)
- * into *logits (the caller frees). */
-static pb_status capture_run(pb_model *m, const pb_prompt_spec *prompt, const char *hooks, pb_capture **out,
-                             float **logits) {
-    *logits = malloc(sizeof(float) * (size_t)prompt->T * (size_t)m->cfg.vocab_size);
-    if (!*logits)
-        return pb_fail(PB_ERR_OOM, "atp: out of memory for %d tokens' logits", prompt->T);
-    float *delta;
-    PB_TRY(embed_delta(m, prompt, &delta));
-    pb_forward_extras extras = {.embed_delta = delta};
-    pb_status status = pb_capture_create(out, m, hooks);
+/* The forwards of a group's pairs, both runs of each, in one run of the
+ * executor: the base runs capturing hooks->base, the source runs
+ * hooks->source, every run's logits. */
+static pb_status group_forwards(pb_sweep *s, atp_pair *a, int G, const hook_sets *hooks) {
+    pb_model *m = (pb_model *)(uintptr_t)pb_sweep_model(s);
+    const pb_sweep_spec *spec = pb_sweep_spec_of(s);
+    size_t V = (size_t)m->cfg.vocab_size;
+    pb_forward_prompt *runs = calloc(2 * (size_t)G, sizeof *runs);
+    float **delta = calloc(2 * (size_t)G, sizeof *delta);
+    pb_status status = runs && delta ? PB_OK : pb_fail(PB_ERR_OOM, "atp: out of memory for %d pairs", G);
+    for (int k = 0; status == PB_OK && k < 2 * G; k++) {
+        atp_pair *p = &a[k / 2];
+        int source = k % 2;
+        const pb_prompt_spec *prompt = source ? &spec->pairs[p->pair].source : &spec->pairs[p->pair].base;
+        float **logits = source ? &p->source_logits : &p->base_logits;
+        pb_capture **capture = source ? &p->source : &p->base;
+        if (!(*logits = malloc(sizeof(float) * (size_t)prompt->T * V)))
+            status = pb_fail(PB_ERR_OOM, "atp: out of memory for %d tokens' logits", prompt->T);
+        if (status == PB_OK)
+            status = embed_delta(m, prompt, &delta[k]);
+        if (status == PB_OK)
+            status = pb_capture_create(capture, m, source ? hooks->source : hooks->base);
+        runs[k] = (pb_forward_prompt){prompt->ids, prompt->T, delta[k], *logits, *capture};
+    }
     if (status == PB_OK)
-        status = pb_forward_ex(m, prompt->ids, prompt->T, &extras, *logits, *out);
-    if (delta) /* the forward's results are downloaded: it has read the offsets */
-        m->backend->ops->free(m->backend, delta);
+        status = pb_forward_batch(m, runs, 2 * G);
+    for (int k = 0; delta && k < 2 * G; k++) /* the results are downloaded: the run has read the offsets */
+        if (delta[k])
+            m->backend->ops->free(m->backend, delta[k]);
+    free(runs);
+    free(delta);
     return status;
 }
 
-/* The pair's two runs, the base run's gradient from the base run's own
- * forward (its captures hold what the backward reads), both metric values. */
-static pb_status pair_runs(pb_sweep *s, int pair, const hook_sets *hooks, atp_pair *a) {
+/* After the forwards: the pair's metric values (the source run's; KL's
+ * reference distribution), its gradient metric and gradients' capture. */
+static pb_status pair_metric(pb_sweep *s, atp_pair *a, const hook_sets *hooks) {
     pb_model *m = (pb_model *)(uintptr_t)pb_sweep_model(s);
     const pb_sweep_spec *spec = pb_sweep_spec_of(s);
-    const pb_pair_spec *p = &spec->pairs[pair];
+    const pb_pair_spec *p = &spec->pairs[a->pair];
     int V = m->cfg.vocab_size;
-    float *base_logits = NULL, *source_logits = NULL;
-    pb_status status = capture_run(m, &p->base, hooks->base, &a->base, &base_logits);
-    if (status == PB_OK)
-        status = capture_run(m, &p->source, hooks->source, &a->source, &source_logits);
-    if (status == PB_OK && spec->metric.kind == PB_METRIC_KL) {
+    if (spec->metric.kind == PB_METRIC_KL) {
         const pb_prompt_spec *clean = p->clean_is_source ? &p->source : &p->base;
-        const float *row = (p->clean_is_source ? source_logits : base_logits) +
+        const float *row = (p->clean_is_source ? a->source_logits : a->base_logits) +
                            (size_t)pb_sweep_metric_position(s, clean->T) * V;
         if (!(a->ref_logprobs = malloc(sizeof(double) * (size_t)V)))
-            status = pb_fail(PB_ERR_OOM, "atp: out of memory for the reference distribution");
-        else
-            pb_log_softmax(row, V, a->ref_logprobs);
+            return pb_fail(PB_ERR_OOM, "atp: out of memory for the reference distribution");
+        pb_log_softmax(row, V, a->ref_logprobs);
     }
-    if (status == PB_OK) {
-        int source_position = pb_sweep_metric_position(s, p->source.T);
-        a->source_value = spec->metric.kind == PB_METRIC_PROJECTION
-                              ? projection_value(&spec->metric, a->source, source_position, m->cfg.d_model)
-                              : metric_value(spec, p, source_logits + (size_t)source_position * V, V, a->ref_logprobs);
-        a->metric = (pb_grad_metric){.kind = spec->metric.kind,
-                                     .position = pb_sweep_metric_position(s, p->base.T),
-                                     .positive = p->positive,
-                                     .n_positive = p->n_positive,
-                                     .negative = p->negative,
-                                     .n_negative = p->n_negative,
-                                     .ref_logprobs = a->ref_logprobs,
-                                     .direction = spec->metric.direction,
-                                     .layer = spec->metric.layer,
-                                     .hook_post = spec->metric.hook_post};
-        a->T = p->base.T;
-        status = pb_capture_create(&a->grads, m, hooks->grads);
-        if (status == PB_OK)
-            status = pb_grad_pass_from(m, p->base.T, a->base, base_logits, &a->metric, a->grads, &a->base_value);
-    }
-    if (status == PB_OK && spec->qk_fix)
-        status = pb_qk_fix_create(&a->qk, m, p->base.T, a->base, a->source);
+    int source_position = pb_sweep_metric_position(s, p->source.T);
+    a->source_value = spec->metric.kind == PB_METRIC_PROJECTION
+                          ? projection_value(&spec->metric, a->source, source_position, m->cfg.d_model)
+                          : metric_value(spec, p, a->source_logits + (size_t)source_position * V, V, a->ref_logprobs);
+    a->metric = (pb_grad_metric){.kind = spec->metric.kind,
+                                 .position = pb_sweep_metric_position(s, p->base.T),
+                                 .positive = p->positive,
+                                 .n_positive = p->n_positive,
+                                 .negative = p->negative,
+                                 .n_negative = p->n_negative,
+                                 .ref_logprobs = a->ref_logprobs,
+                                 .direction = spec->metric.direction,
+                                 .layer = spec->metric.layer,
+                                 .hook_post = spec->metric.hook_post};
+    a->T = p->base.T;
     a->positions = malloc(sizeof(int) * (size_t)p->base.T);
     a->source_positions = malloc(sizeof(int) * (size_t)p->base.T);
-    if (status == PB_OK && (!a->positions || !a->source_positions))
-        status = pb_fail(PB_ERR_OOM, "atp: out of memory for %d positions", p->base.T);
-    free(base_logits);
-    free(source_logits);
+    if (!a->positions || !a->source_positions)
+        return pb_fail(PB_ERR_OOM, "atp: out of memory for %d positions", p->base.T);
+    return pb_capture_create(&a->grads, m, hooks->grads);
+}
+
+/* A group's runs: the forwards, then every base run's gradient from its
+ * own forward's captures, the passes together; both metric values. */
+static pb_status group_runs(pb_sweep *s, atp_pair *a, int G, const hook_sets *hooks) {
+    pb_model *m = (pb_model *)(uintptr_t)pb_sweep_model(s);
+    PB_TRY(group_forwards(s, a, G, hooks));
+    pb_grad_job *jobs = calloc((size_t)G, sizeof *jobs);
+    pb_status status = jobs ? PB_OK : pb_fail(PB_ERR_OOM, "atp: out of memory for %d pairs", G);
+    for (int g = 0; status == PB_OK && g < G; g++) {
+        status = pair_metric(s, &a[g], hooks);
+        jobs[g] = (pb_grad_job){a[g].T, a[g].base, a[g].base_logits, &a[g].metric, a[g].grads, &a[g].base_value};
+    }
+    if (status == PB_OK)
+        status = pb_grad_passes(m, jobs, G);
+    free(jobs);
+    for (int g = 0; g < G; g++) {
+        free(a[g].base_logits);
+        free(a[g].source_logits);
+        a[g].base_logits = a[g].source_logits = NULL;
+    }
+    for (int g = 0; status == PB_OK && pb_sweep_spec_of(s)->qk_fix && g < G; g++)
+        status = pb_qk_fix_create(&a[g].qk, m, a[g].T, a[g].base, a[g].source);
     return status;
 }
 
@@ -289,34 +330,24 @@ static int site_layer(const pb_sweep *s, int64_t site) {
     return pb_sweep_get_site(s, site, &r) == PB_OK ? r.layer : 0;
 }
 
-/* GradDrop's sums while its passes run: the rows of one pair. */
-typedef struct drop_sums {
-    pb_sweep *s;
-    atp_pair *a;
-    int pair;
-    const int64_t *rows;
-    const int *layer; /* (n) each row's site layer */
-    int64_t n;
-    double *acc; /* (n) sum over drops of |estimate| */
-} drop_sums;
-
-/* pb_grad_layer_fn: drop `drop`'s pass reached `layer`; its rows there. */
+/* pb_grad_layer_fn: drop `drop`'s pass of pair a reached `layer`; its
+ * rows there. */
 static pb_status drop_layer(void *user, int layer, int drop, pb_capture *grads) {
     (void)drop;
-    drop_sums *d = user;
-    int64_t n_sites = pb_sweep_site_count(d->s);
-    for (int64_t i = 0; i < d->n; i++) {
+    atp_pair *a = user;
+    int64_t n_sites = pb_sweep_site_count(a->s);
+    for (int64_t i = 0; i < a->n; i++) {
         double e;
-        if (d->layer[i] != layer)
+        if (a->layer[i] != layer)
             continue;
-        PB_TRY(row_estimate(d->s, d->pair, d->rows[i] % n_sites, d->a, grads, &e));
-        d->acc[i] += fabs(e);
+        PB_TRY(row_estimate(a->s, a->pair, a->rows[i] % n_sites, a, grads, &e));
+        a->acc[i] += fabs(e);
     }
     return PB_OK;
 }
 
-/* GradDrop: est (n) holds the rows' estimates from the whole gradient on
- * entry and their AtP* values on return,
+/* GradDrop: each pair's est holds its rows' estimates from the whole
+ * gradient on entry and their AtP* values on return,
  *
  *   (1 / (L - 1)) sum over layers l of |estimate with layer l's writes
  *   passing no gradient back|
@@ -325,63 +356,68 @@ static pb_status drop_layer(void *user, int layer, int drop, pb_capture *grads) 
  * A drop at l leaves every gradient above l as it was, and a drop above
  * the layers the metric reads (projection) changes nothing: those terms
  * are the whole estimate's. The others come from pb_grad_drops, every
- * drop's pass at once, down to the lowest site's layer. */
-static pb_status grad_drop(pb_sweep *s, int pair, atp_pair *a, const int64_t *rows, int64_t n, double *est) {
+ * drop's pass of every pair of the group at once, down to the lowest
+ * site's layer. */
+static pb_status grad_drop(pb_sweep *s, atp_pair *a, int G) {
     pb_model *m = (pb_model *)(uintptr_t)pb_sweep_model(s);
     int64_t n_sites = pb_sweep_site_count(s);
-    int L = m->cfg.n_layers, lowest = L, top = pb_grad_metric_top_layer(&a->metric, L);
-    double *acc = malloc(sizeof(double) * (size_t)(n > 0 ? n : 1));
-    int *layer = malloc(sizeof(int) * (size_t)(n > 0 ? n : 1));
-    if (!acc || !layer) {
-        free(acc);
-        free(layer);
-        return pb_fail(PB_ERR_OOM, "GradDrop: out of memory for %lld rows", (long long)n);
+    int L = m->cfg.n_layers, lowest = L, top = pb_grad_metric_top_layer(&a[0].metric, L);
+    pb_grad_drop_job *jobs = calloc((size_t)G, sizeof *jobs);
+    pb_status status = jobs ? PB_OK : pb_fail(PB_ERR_OOM, "GradDrop: out of memory for %d pairs", G);
+    for (int g = 0; status == PB_OK && g < G; g++) {
+        atp_pair *p = &a[g];
+        size_t n = (size_t)(p->n > 0 ? p->n : 1);
+        p->acc = malloc(sizeof(double) * n);
+        p->layer = malloc(sizeof(int) * n);
+        if (!p->acc || !p->layer) {
+            status = pb_fail(PB_ERR_OOM, "GradDrop: out of memory for %lld rows", (long long)p->n);
+            break;
+        }
+        for (int64_t i = 0; i < p->n; i++) {
+            p->layer[i] = site_layer(s, p->rows[i] % n_sites);
+            int above = L - (p->layer[i] > top ? p->layer[i] : top + 1);
+            p->acc[i] = (p->layer[i] + above) * fabs(p->est[i]); /* drops below the site, and above the top */
+            lowest = p->layer[i] < lowest ? p->layer[i] : lowest;
+        }
+        jobs[g] = (pb_grad_drop_job){p->T, p->base, &p->metric, p->grads, drop_layer, p};
     }
-    for (int64_t i = 0; i < n; i++) {
-        layer[i] = site_layer(s, rows[i] % n_sites);
-        int above = L - (layer[i] > top ? layer[i] : top + 1);
-        acc[i] = (layer[i] + above) * fabs(est[i]); /* drops below the site, and above the top */
-        lowest = layer[i] < lowest ? layer[i] : lowest;
+    if (status == PB_OK && lowest <= top)
+        status = pb_grad_drops(m, jobs, G, lowest, top, lowest, 0);
+    for (int g = 0; status == PB_OK && g < G; g++) {
+        double sign = a[g].source_value >= a[g].base_value ? 1.0 : -1.0;
+        for (int64_t i = 0; i < a[g].n; i++)
+            a[g].est[i] = sign * a[g].acc[i] / (L - 1);
     }
-    drop_sums sums = {s, a, pair, rows, layer, n, acc};
-    pb_status status = lowest <= top ? pb_grad_drops(m, a->T, a->base, &a->metric, a->grads, lowest, top, lowest, 0,
-                                                     drop_layer, &sums)
-                                     : PB_OK;
-    double sign = a->source_value >= a->base_value ? 1.0 : -1.0;
-    for (int64_t i = 0; status == PB_OK && i < n; i++)
-        est[i] = sign * acc[i] / (L - 1);
-    free(acc);
-    free(layer);
+    free(jobs);
     return status;
 }
 
-/* The rows of one pair (those not done yet): its runs, every row's
- * estimate, GradDrop's when on. */
-static pb_status pair_rows(pb_sweep *s, int pair, const hook_sets *hooks, const int64_t *rows, int64_t n) {
-    int64_t *todo = malloc(sizeof(int64_t) * (size_t)(n > 0 ? n : 1)), k = 0;
-    double *est = malloc(sizeof(double) * (size_t)(n > 0 ? n : 1));
-    atp_pair a = {0};
-    pb_status status = todo && est ? PB_OK : pb_fail(PB_ERR_OOM, "atp: out of memory for %lld rows", (long long)n);
-    for (int64_t i = 0; status == PB_OK && i < n; i++)
-        if (pb_sweep_row_state(s, rows[i]) != 1)
-            todo[k++] = rows[i];
-    if (status == PB_OK && k > 0) {
-        if ((status = pair_runs(s, pair, hooks, &a)) == PB_OK)
-            status = pb_sweep_set_pair(s, pair, a.base_value, a.source_value);
-        int64_t n_sites = pb_sweep_site_count(s);
-        for (int64_t i = 0; status == PB_OK && i < k; i++)
-            status = row_estimate(s, pair, todo[i] % n_sites, &a, a.grads, &est[i]);
-        if (status == PB_OK && pb_sweep_spec_of(s)->grad_drop)
-            status = grad_drop(s, pair, &a, todo, k, est);
-        for (int64_t i = 0; status == PB_OK && i < k; i++)
-            status = pb_sweep_set_row(s, todo[i], a.base_value + est[i], 0, 0);
+/* One group's rows (a[g].rows, each pair's not done yet): the runs,
+ * every row's estimate, GradDrop's when on. */
+static pb_status group_rows(pb_sweep *s, atp_pair *a, int G, const hook_sets *hooks) {
+    int64_t n_sites = pb_sweep_site_count(s);
+    pb_status status = PB_OK;
+    for (int g = 0; status == PB_OK && g < G; g++)
+        if (!(a[g].est = malloc(sizeof(double) * (size_t)(a[g].n > 0 ? a[g].n : 1))))
+            status = pb_fail(PB_ERR_OOM, "atp: out of memory for %lld rows", (long long)a[g].n);
+    if (status == PB_OK)
+        status = group_runs(s, a, G, hooks);
+    for (int g = 0; status == PB_OK && g < G; g++) {
+        status = pb_sweep_set_pair(s, a[g].pair, a[g].base_value, a[g].source_value);
+        for (int64_t i = 0; status == PB_OK && i < a[g].n; i++)
+            status = row_estimate(s, a[g].pair, a[g].rows[i] % n_sites, &a[g], a[g].grads, &a[g].est[i]);
     }
-    pair_free(&a);
-    free(todo);
-    free(est);
-    return status == PB_OK
-               ? PB_OK
-               : pb_fail_context(status, "%s: pair %d", pb_sweep_method_name(pb_sweep_spec_of(s)->method), pair);
+    if (status == PB_OK && pb_sweep_spec_of(s)->grad_drop)
+        status = grad_drop(s, a, G);
+    for (int g = 0; status == PB_OK && g < G; g++)
+        for (int64_t i = 0; status == PB_OK && i < a[g].n; i++)
+            status = pb_sweep_set_row(s, a[g].rows[i], a[g].base_value + a[g].est[i], 0, 0);
+    if (status != PB_OK)
+        status = G == 1 ? pb_fail_context(status, "%s: pair %d", pb_sweep_method_name(pb_sweep_spec_of(s)->method),
+                                          a[0].pair)
+                        : pb_fail_context(status, "%s: pairs %d..%d", pb_sweep_method_name(pb_sweep_spec_of(s)->method),
+                                          a[0].pair, a[G - 1].pair);
+    return status;
 }
 
 /* *bytes of a capture of pattern over T tokens (pb_capture_prepare's
@@ -424,7 +460,7 @@ pb_status pb_atp_peak_bytes(const pb_sweep *s, int T, uint64_t *bytes) {
     /* the whole pass, then GradDrop's batch with a layer's gradients per pass */
     uint64_t scratch = pb_grad_scratch_bytes(&m->cfg, T, device, 1);
     if (pb_sweep_spec_of(s)->grad_drop) {
-        int batch = pb_grad_drop_batch(&m->cfg, T, device);
+        int batch = pb_grad_drop_batch(&m->cfg, &T, 1, device);
         uint64_t drops = pb_grad_scratch_bytes(&m->cfg, T, device, batch) + (uint64_t)batch * grads_layer;
         scratch = drops > scratch ? drops : scratch;
     }
@@ -432,19 +468,56 @@ pb_status pb_atp_peak_bytes(const pb_sweep *s, int T, uint64_t *bytes) {
     return PB_OK;
 }
 
+/* The pairs of rows (sorted by pair) with a row not done yet, each
+ * pair's such rows in todo: a[k].pair, .rows, .n; *n_pairs of them. */
+static pb_status pending_pairs(pb_sweep *s, const int64_t *rows, int64_t n_rows, int64_t *todo, atp_pair *a,
+                               int *n_pairs) {
+    int64_t n_sites = pb_sweep_site_count(s), k = 0;
+    *n_pairs = 0;
+    for (int64_t i = 0, j; i < n_rows; i = j) {
+        int pair = (int)(rows[i] / n_sites);
+        atp_pair *p = &a[*n_pairs];
+        *p = (atp_pair){.s = s, .pair = pair, .rows = todo + k};
+        for (j = i; j < n_rows && rows[j] / n_sites == pair; j++)
+            if (pb_sweep_row_state(s, rows[j]) != 1)
+                todo[k++] = rows[j];
+        p->n = todo + k - p->rows;
+        *n_pairs += p->n > 0;
+    }
+    return PB_OK;
+}
+
 pb_status pb_atp_run_rows(pb_sweep *s, const int64_t *rows, int64_t n_rows) {
     PB_TRY(check_supported(s));
     int64_t n_sites = pb_sweep_site_count(s);
-    hook_sets hooks;
-    PB_TRY(hook_sets_make(s, &hooks));
-    pb_status status = PB_OK;
-    for (int64_t i = 0, j; status == PB_OK && i < n_rows; i = j) {
-        int pair = (int)(rows[i] / n_sites);
-        for (j = i + 1; j < n_rows && rows[j] / n_sites == pair;)
-            j++;
-        status = pair_rows(s, pair, &hooks, rows + i, j - i);
+    size_t n = (size_t)(n_rows > 0 ? n_rows : 1), runs = 1; /* runs of rows of one pair */
+    for (int64_t i = 1; i < n_rows; i++)
+        runs += rows[i] / n_sites != rows[i - 1] / n_sites;
+    int64_t *todo = malloc(sizeof(int64_t) * n);
+    atp_pair *a = calloc(runs, sizeof *a);
+    int *pairs = malloc(sizeof(int) * runs);
+    hook_sets hooks = {0};
+    int n_pairs = 0;
+    pb_status status = todo && a && pairs ? PB_OK
+                                          : pb_fail(PB_ERR_OOM, "atp: out of memory for %lld rows", (long long)n_rows);
+    if (status == PB_OK)
+        status = hook_sets_make(s, &hooks);
+    if (status == PB_OK)
+        status = pending_pairs(s, rows, n_rows, todo, a, &n_pairs);
+    for (int k = 0; k < n_pairs; k++)
+        pairs[k] = a[k].pair;
+    for (int k = 0, G; status == PB_OK && k < n_pairs; k += G) {
+        G = pb_atp_group(s, pairs + k, n_pairs - k, NULL);
+        status = group_rows(s, a + k, G, &hooks);
+        for (int g = 0; g < G; g++)
+            pair_free(&a[k + g]);
     }
+    for (int k = 0; a && k < n_pairs; k++)
+        pair_free(&a[k]);
     hook_sets_free(&hooks);
+    free(todo);
+    free(a);
+    free(pairs);
     return status;
 }
 
@@ -475,13 +548,51 @@ double pb_atp_flops(const pb_model_config *c, int T, int grad_drop) {
     return 2.0 * forward + backward + (grad_drop ? drops : 0.0);
 }
 
-double pb_atp_stream_bytes(const pb_model_config *c, int T, int device, int grad_drop, const uint64_t *layer_bytes) {
+int pb_atp_group(const pb_sweep *s, const int *pairs, int n, uint64_t *bytes) {
+    const pb_model *m = pb_sweep_model(s);
+    const pb_sweep_spec *spec = pb_sweep_spec_of(s);
+    size_t budget = pb_sweep_memory_budget(s);
+    uint64_t held = 0, with = 0, last_bytes = 0, group_bytes = 0;
+    int G = 0, tokens = 0, max_T = 0, last_T = -1;
+    for (; G < n; G++) {
+        const pb_pair_spec *p = &spec->pairs[pairs[G]];
+        if (p->base.T != last_T) { /* a pair's captures, logits and scratch depend on its tokens only */
+            if (pb_atp_peak_bytes(s, p->base.T, &last_bytes) != PB_OK) {
+                pb_error_clear();
+                break;
+            }
+            last_T = p->base.T;
+        }
+        int t = tokens + p->base.T + p->source.T, T = p->base.T > p->source.T ? p->base.T : p->source.T;
+        T = T > max_T ? T : max_T;
+        with = held + last_bytes + pb_exec_workspace_bytes(&m->cfg, t, T);
+        if (G > 0 && with > budget)
+            break;
+        held += last_bytes;
+        tokens = t;
+        max_T = T;
+        group_bytes = with;
+    }
+    if (bytes)
+        *bytes = group_bytes;
+    return G > 0 ? G : 1;
+}
+
+double pb_atp_stream_bytes(const pb_sweep *s, const int *pairs, int G, const uint64_t *layer_bytes) {
+    const pb_model *m = pb_sweep_model(s);
+    const pb_model_config *c = &m->cfg;
     double all = 0.0, drops = 0.0;
-    int batch = pb_grad_drop_batch(c, T, device);
+    int *T = malloc(sizeof(int) * (size_t)(G > 0 ? G : 1));
+    if (!T)
+        return 0.0;
+    for (int g = 0; g < G; g++)
+        T[g] = pb_sweep_spec_of(s)->pairs[pairs[g]].base.T;
+    int batch = pb_grad_drop_batch(c, T, G, !m->backend->ops->host_memory);
+    free(T);
     for (int l = 0; l < c->n_layers; l++)
         all += (double)layer_bytes[l];
-    /* the batch of drops top - batch + 1..top reads the layers below top */
-    for (int top = c->n_layers - 1; grad_drop && top >= 0; top -= batch)
+    /* each turn of drops top - batch + 1..top reads the layers below top */
+    for (int top = c->n_layers - 1; pb_sweep_spec_of(s)->grad_drop && top >= 0; top -= batch)
         for (int l = 0; l < top; l++)
             drops += (double)layer_bytes[l];
     return 3.0 * all + drops;

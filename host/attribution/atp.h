@@ -36,12 +36,21 @@ pb_status pb_atp_peak_bytes(const pb_sweep *s, int T, uint64_t *bytes);
  * passes: the planner's and bench_sweep's count). */
 double pb_atp_flops(const pb_model_config *c, int T, int grad_drop);
 
-/* Bytes of streamed layers one pair's estimate over T tokens reads at
- * most (a layer still in its slot is not read again): the two forwards
- * and the backward read every layer, and each batch of GradDrop's passes
- * (pb_grad_drops, drops of every layer) the layers below its highest.
- * layer_bytes (n_layers): each layer's bytes. */
-double pb_atp_stream_bytes(const pb_model_config *c, int T, int device, int grad_drop, const uint64_t *layer_bytes);
+/* Pairs run in groups: a group's forwards in one run of the executor,
+ * its backward passes (and GradDrop's) layer by layer together, so
+ * streamed weights are read once per group, not per pair. The next group
+ * of pairs[0..n) (an estimate's, in order): as many as fit the sweep's
+ * memory budget (pb_sweep_memory_budget) with each pair's
+ * pb_atp_peak_bytes and the executor's workspace for all their tokens,
+ * at least one; *bytes (may be NULL): that group's memory. */
+int pb_atp_group(const pb_sweep *s, const int *pairs, int n, uint64_t *bytes);
+
+/* Bytes of streamed layers a group of pairs reads at most (a layer still
+ * in its slot is not read again): its two runs of forwards and its
+ * backward passes read every layer once, and each turn of GradDrop's
+ * passes (pb_grad_drops, drops of every layer) the layers below its
+ * highest. layer_bytes (n_layers): each layer's bytes. */
+double pb_atp_stream_bytes(const pb_sweep *s, const int *pairs, int G, const uint64_t *layer_bytes);
 
 /* One verified site: its estimated and exact mean effects. */
 typedef struct pb_atp_check {

@@ -42,6 +42,7 @@ typedef struct grad_ctx {
     int drop;             /* GradDrop's layer, or -1 (one pass) */
     pb_capture *acts;     /* the forward's activations (the caller's, host) */
     pb_capture **grads;   /* (S) each pass's gradients asked for (host) */
+    pb_capture *one;      /* a single pass's: grads = &one */
     float *slot[N_SLOTS]; /* (T, widest) activations uploaded; NULL on host memory */
     size_t slot_floats;
     float *xn;        /* (T, d_model) a sublayer's input, recomputed */
@@ -477,9 +478,12 @@ size_t pb_grad_scratch_bytes(const pb_model_config *c, int T, int device, int pa
     return bytes + sizeof(double) * (3 * t * z.heads + 2 * t);
 }
 
-int pb_grad_drop_batch(const pb_model_config *c, int T, int device) {
-    size_t each = per_pass_bytes(c, T, device), n = each ? PB_GRAD_DROP_SCRATCH / each : 1;
-    return n < 1 ? 1 : n > (size_t)c->n_layers ? c->n_layers : (int)n;
+int pb_grad_drop_batch(const pb_model_config *c, const int *T, int n, int device) {
+    size_t each = 0; /* one pass of every prompt */
+    for (int i = 0; i < n; i++)
+        each += per_pass_bytes(c, T[i], device);
+    size_t passes = each ? PB_GRAD_DROP_SCRATCH / each : 1;
+    return passes < 1 ? 1 : passes > (size_t)c->n_layers ? c->n_layers : (int)passes;
 }
 
 static int asks_pattern(const pb_capture *grads) {
@@ -608,10 +612,15 @@ pb_status pb_grad_pass_from(pb_model *m, int T, pb_capture *acts, const float *l
     return pb_grad_pass_drop(m, T, acts, logits, metric, NULL, grads, value);
 }
 
-pb_status pb_grad_pass_drop(pb_model *m, int T, pb_capture *acts, const float *logits, const pb_grad_metric *metric,
-                            const pb_grad_drop *drop, pb_capture *grads, double *value) {
+/* g (in place) ready for one pass from its start: checked, its buffers
+ * allocated, grads zeroed, the gradient above *top (the layer it starts
+ * at) taken: from the metric, or the resumed drop's. */
+static pb_status pass_open(grad_ctx *g, pb_model *m, int T, pb_capture *acts, const float *logits,
+                           const pb_grad_metric *metric, const pb_grad_drop *drop, pb_capture *grads, double *value,
+                           int *top) {
     int resume = drop && drop->resid_post_grad;
     int on_logits = !metric || metric->kind != PB_METRIC_PROJECTION;
+    *g = (grad_ctx){.m = m, .b = m ? m->backend : NULL, .T = T, .S = 1, .capacity = 1, .drop = -1, .acts = acts};
     if (!m || !acts || !grads || (!resume && ((on_logits && !logits) || !value)))
         return pb_fail(PB_ERR_ARG, "gradient: model, acts, grads, and unless resumed logits and value, are required");
     PB_TRY(check_supported(m, metric, T));
@@ -620,27 +629,25 @@ pb_status pb_grad_pass_drop(pb_model *m, int T, pb_capture *acts, const float *l
     if (drop && (drop->layer < 0 || drop->layer >= m->cfg.n_layers))
         return pb_fail(PB_ERR_ARG, "gradient: drop layer %d outside the model's %d layers", drop->layer,
                        m->cfg.n_layers);
-    grad_ctx g = {.m = m,
-                  .c = &m->cfg,
-                  .b = m->backend,
-                  .T = T,
-                  .S = 1,
-                  .capacity = 1,
-                  .drop = drop ? drop->layer : -1,
-                  .acts = acts,
-                  .grads = &grads};
-    pb_status status = pb_capture_prepare(grads, T);
-    if (status == PB_OK)
-        status = ctx_alloc(&g, asks_pattern(grads));
-    for (int i = 0; status == PB_OK && i < grads->count; i++)
+    g->c = &m->cfg;
+    g->drop = drop ? drop->layer : -1;
+    g->one = grads;
+    g->grads = &g->one;
+    PB_TRY(pb_capture_prepare(grads, T));
+    PB_TRY(ctx_alloc(g, asks_pattern(grads)));
+    for (int i = 0; i < grads->count; i++)
         memset(grads->entries[i].data, 0, sizeof(float) * pb_capture_entry_floats(&grads->entries[i], T));
-    int top = resume ? drop->layer : pb_grad_metric_top_layer(metric, m->cfg.n_layers);
-    if (status == PB_OK && resume)
-        status = upload(&g, g.dres[0], drop->resid_post_grad, (size_t)T * (size_t)m->cfg.d_model);
-    else if (status == PB_OK && !on_logits)
-        status = projection_start(&g, metric, value);
-    else if (status == PB_OK)
-        status = head_backward(&g, metric, logits, value);
+    *top = resume ? drop->layer : pb_grad_metric_top_layer(metric, m->cfg.n_layers);
+    if (resume)
+        return upload(g, g->dres[0], drop->resid_post_grad, (size_t)T * (size_t)m->cfg.d_model);
+    return on_logits ? head_backward(g, metric, logits, value) : projection_start(g, metric, value);
+}
+
+pb_status pb_grad_pass_drop(pb_model *m, int T, pb_capture *acts, const float *logits, const pb_grad_metric *metric,
+                            const pb_grad_drop *drop, pb_capture *grads, double *value) {
+    grad_ctx g;
+    int top = -1;
+    pb_status status = pass_open(&g, m, T, acts, logits, metric, drop, grads, value, &top);
     for (int L = top; status == PB_OK && L >= 0; L--) {
         /* streamed weights: layer L in its slot, L - 1 read meanwhile (a
          * dropped layer's matrices are not read: only its skip path runs) */
@@ -651,7 +658,36 @@ pb_status pb_grad_pass_drop(pb_model *m, int T, pb_capture *acts, const float *l
     }
     if (status == PB_OK)
         status = m->backend->ops->synchronize(m->backend);
-    ctx_free(&g);
+    if (g.b)
+        ctx_free(&g);
+    return status;
+}
+
+pb_status pb_grad_passes(pb_model *m, const pb_grad_job *jobs, int n) {
+    if (!m || !jobs || n < 1)
+        return pb_fail(PB_ERR_ARG, "gradient: model and at least one pass are required");
+    grad_ctx *g = calloc((size_t)n, sizeof *g);
+    int *top = malloc(sizeof(int) * (size_t)n), highest = -1, opened = 0;
+    pb_status status = g && top ? PB_OK : pb_fail(PB_ERR_OOM, "gradient: out of memory for %d passes", n);
+    for (; status == PB_OK && opened < n; opened++) {
+        const pb_grad_job *j = &jobs[opened];
+        status = pass_open(&g[opened], m, j->T, j->acts, j->logits, j->metric, NULL, j->grads, j->value, &top[opened]);
+        highest = status == PB_OK && top[opened] > highest ? top[opened] : highest;
+    }
+    for (int L = highest; status == PB_OK && L >= 0; L--) {
+        /* streamed weights: layer L read once for every pass */
+        status = pb_model_layer_acquire(m, L, L > 0 ? L - 1 : -1);
+        for (int i = 0; status == PB_OK && i < n; i++)
+            if (top[i] >= L)
+                status = layer_backward(&g[i], L);
+    }
+    if (status == PB_OK)
+        status = m->backend->ops->synchronize(m->backend);
+    for (int i = 0; g && i < opened; i++)
+        if (g[i].b)
+            ctx_free(&g[i]);
+    free(g);
+    free(top);
     return status;
 }
 
@@ -698,63 +734,102 @@ static pb_status drop_start(grad_ctx *g, pb_capture *whole, int L, int i, pb_cap
     return PB_OK;
 }
 
-/* The passes of drops first..top together: pass i is drop top - i's, so
- * at layer L those above it, a prefix, run as one batch. */
-static pb_status drop_batch(grad_ctx *g, pb_capture *whole, int first, int top, int bottom, pb_grad_layer_fn fn,
-                            void *user) {
-    int n = top - first + 1;
-    pb_capture **caps = calloc((size_t)n, sizeof *caps);
-    if (!caps)
-        return pb_fail(PB_ERR_OOM, "GradDrop: out of memory for %d passes", n);
-    g->grads = caps;
-    g->capacity = n;
-    pb_status status = ctx_alloc(g, asks_pattern(whole));
+/* One job's passes of a turn (drops first..top): pass i is drop top -
+ * i's, so at layer L those above it, a prefix, run as one batch. */
+typedef struct drop_state {
+    grad_ctx g;
+    pb_capture **caps; /* (passes) each pass's gradients at the current layer */
+} drop_state;
+
+static pb_status drops_open(drop_state *d, pb_model *m, const pb_grad_drop_job *j, int passes) {
+    d->g = (grad_ctx){.m = m, .c = &m->cfg, .b = m->backend, .T = j->T, .drop = -1, .acts = j->acts};
+    if (!(d->caps = calloc((size_t)passes, sizeof *d->caps)))
+        return pb_fail(PB_ERR_OOM, "GradDrop: out of memory for %d passes", passes);
+    d->g.grads = d->caps;
+    d->g.capacity = passes;
+    return ctx_alloc(&d->g, asks_pattern(j->whole));
+}
+
+static void drops_close(drop_state *d) {
+    for (int i = 0; d->caps && i < d->g.capacity; i++)
+        pb_capture_free(d->caps[i]);
+    free(d->caps);
+    ctx_free(&d->g);
+}
+
+/* Layer L (its weights in place) for one job's passes first..top. */
+static pb_status drops_layer(drop_state *d, const pb_grad_drop_job *j, int first, int top, int L) {
+    grad_ctx *g = &d->g;
+    int n = top - first + 1, running = top - L < n ? top - L : n, live = running + (L >= first);
+    for (int i = 0; i < live; i++)
+        PB_TRY(layer_capture(g->m, j->whole, L, g->T, &d->caps[i]));
+    g->S = running;
+    if (running > 0)
+        PB_TRY(layer_backward(g, L));
+    if (L >= first)
+        PB_TRY(drop_start(g, j->whole, L, running, d->caps[running]));
+    PB_TRY(g->b->ops->synchronize(g->b));
+    for (int i = 0; i < live; i++)
+        if (d->caps[i])
+            PB_TRY(j->fn(j->user, L, top - i, d->caps[i]));
+    return PB_OK;
+}
+
+/* Every job's passes of drops first..top, from layer top down to
+ * bottom: each layer read once for all of them. */
+static pb_status drops_turn(pb_model *m, const pb_grad_drop_job *jobs, int n, int first, int top, int bottom) {
+    drop_state *d = calloc((size_t)n, sizeof *d);
+    if (!d)
+        return pb_fail(PB_ERR_OOM, "GradDrop: out of memory for %d prompts", n);
+    pb_status status = PB_OK;
+    int opened = 0;
+    for (; status == PB_OK && opened < n; opened++)
+        status = drops_open(&d[opened], m, &jobs[opened], top - first + 1);
     for (int L = top; status == PB_OK && L >= bottom; L--) {
-        int running = top - L < n ? top - L : n, live = running + (L >= first);
-        for (int i = 0; status == PB_OK && i < live; i++)
-            status = layer_capture(g->m, whole, L, g->T, &caps[i]);
-        g->S = running;
-        if (status == PB_OK && running > 0) /* streamed weights: L in its slot, L - 1 read meanwhile */
-            status = pb_model_layer_acquire(g->m, L, L > bottom ? L - 1 : -1);
-        if (status == PB_OK && running > 0)
-            status = layer_backward(g, L);
-        if (status == PB_OK && L >= first)
-            status = drop_start(g, whole, L, running, caps[running]);
-        if (status == PB_OK)
-            status = g->b->ops->synchronize(g->b);
-        for (int i = 0; status == PB_OK && i < live; i++)
-            if (caps[i])
-                status = fn(user, L, top - i, caps[i]);
+        if (L < top) /* streamed weights: L in its slot, L - 1 read meanwhile (top: the skip path only) */
+            status = pb_model_layer_acquire(m, L, L > bottom ? L - 1 : -1);
+        for (int i = 0; status == PB_OK && i < n; i++)
+            status = drops_layer(&d[i], &jobs[i], first, top, L);
     }
-    for (int i = 0; i < n; i++)
-        pb_capture_free(caps[i]);
-    free(caps);
-    ctx_free(g);
+    for (int i = 0; i < opened; i++)
+        drops_close(&d[i]);
+    free(d);
     return status;
 }
 
-pb_status pb_grad_drops(pb_model *m, int T, pb_capture *acts, const pb_grad_metric *metric, pb_capture *whole, int lo,
-                        int hi, int bottom, int batch, pb_grad_layer_fn fn, void *user) {
-    if (!m || !acts || !whole || !fn)
-        return pb_fail(PB_ERR_ARG, "GradDrop: model, acts, the whole pass's gradients and a callback are required");
-    PB_TRY(check_supported(m, metric, T));
-    PB_TRY(check_grads(whole, &m->cfg));
-    PB_TRY(check_acts(&m->cfg, acts));
+static pb_status drops_check(pb_model *m, const pb_grad_drop_job *j, int lo, int hi) {
+    if (!j->acts || !j->whole || !j->fn)
+        return pb_fail(PB_ERR_ARG, "GradDrop: acts, the whole pass's gradients and a callback are required");
+    PB_TRY(check_supported(m, j->metric, j->T));
+    PB_TRY(check_grads(j->whole, &m->cfg));
+    PB_TRY(check_acts(&m->cfg, j->acts));
+    for (int L = lo; L <= hi; L++) {
+        pb_capture_entry *e = pb_capture_find(j->whole, PB_HOOK_RESID_POST, L);
+        if (!e || e->T != j->T)
+            return pb_fail(PB_ERR_ARG,
+                           "GradDrop: the whole pass's gradients lack resid_post of layer %d over %d tokens", L, j->T);
+    }
+    return PB_OK;
+}
+
+pb_status pb_grad_drops(pb_model *m, const pb_grad_drop_job *jobs, int n, int lo, int hi, int bottom, int batch) {
+    if (!m || !jobs || n < 1)
+        return pb_fail(PB_ERR_ARG, "GradDrop: model and at least one prompt are required");
     if (bottom < 0 || bottom > lo || lo > hi || hi >= m->cfg.n_layers)
         return pb_fail(PB_ERR_ARG, "GradDrop: drops %d..%d down to layer %d, not 0 <= bottom <= lo <= hi < %d", lo, hi,
                        bottom, m->cfg.n_layers);
-    for (int L = lo; L <= hi; L++) {
-        pb_capture_entry *e = pb_capture_find(whole, PB_HOOK_RESID_POST, L);
-        if (!e || e->T != T)
-            return pb_fail(PB_ERR_ARG,
-                           "GradDrop: the whole pass's gradients lack resid_post of layer %d over %d tokens", L, T);
+    int *T = malloc(sizeof(int) * (size_t)n);
+    if (!T)
+        return pb_fail(PB_ERR_OOM, "GradDrop: out of memory for %d prompts", n);
+    pb_status status = PB_OK;
+    for (int i = 0; status == PB_OK && i < n; i++) {
+        status = drops_check(m, &jobs[i], lo, hi);
+        T[i] = jobs[i].T;
     }
     if (batch <= 0)
-        batch = pb_grad_drop_batch(&m->cfg, T, !m->backend->ops->host_memory);
-    pb_status status = PB_OK;
-    for (int top = hi; status == PB_OK && top >= lo; top -= batch) {
-        grad_ctx g = {.m = m, .c = &m->cfg, .b = m->backend, .T = T, .drop = -1, .acts = acts};
-        status = drop_batch(&g, whole, top - batch + 1 > lo ? top - batch + 1 : lo, top, bottom, fn, user);
-    }
+        batch = pb_grad_drop_batch(&m->cfg, T, n, !m->backend->ops->host_memory);
+    free(T);
+    for (int top = hi; status == PB_OK && top >= lo; top -= batch)
+        status = drops_turn(m, jobs, n, top - batch + 1 > lo ? top - batch + 1 : lo, top, bottom);
     return status;
 }

@@ -68,28 +68,51 @@ typedef struct pb_grad_drop {
 pb_status pb_grad_pass_drop(pb_model *m, int T, pb_capture *acts, const float *logits, const pb_grad_metric *metric,
                             const pb_grad_drop *drop, pb_capture *grads, double *value);
 
-/* GradDrop's passes for the drops of layers lo..hi, run together and
- * layer by layer: from layer hi down to `bottom`, each layer's weights are
- * read once for every pass that has reached it, its products taken over
- * all those passes' rows in one call. Drop l's pass is pb_grad_pass_drop's
- * resumed from whole's resid_post of l (whole: the pass without a drop,
- * pb_grad_pass_from's gradients; it holds every hook point asked for).
- * After layer L, for every drop l >= L among lo..hi (l = hi first), fn
- * gets that pass's gradients at layer L's hook points named in whole, in
- * a capture of that layer only, valid during the call: at layers up to
- * l they are what pb_grad_pass_drop gives (bit for bit where the
- * backend's products sum each row alone, as the reference backend's do).
- * At most `batch` passes run at once (0: pb_grad_drop_batch's), more take
- * turns, each turn reading its layers again; memory beyond acts and whole:
- * pb_grad_scratch_bytes for the batch and one layer's capture per pass. */
-typedef pb_status (*pb_grad_layer_fn)(void *user, int layer, int drop, pb_capture *grads);
-pb_status pb_grad_drops(pb_model *m, int T, pb_capture *acts, const pb_grad_metric *metric, pb_capture *whole, int lo,
-                        int hi, int bottom, int batch, pb_grad_layer_fn fn, void *user);
+/* pb_grad_pass_from for several prompts (one pair's base runs each, say),
+ * run together layer by layer from the top: each layer's weights are read
+ * once for all of them (streamed weights). Each job's gradients and value
+ * are what pb_grad_pass_from gives it. */
+typedef struct pb_grad_job {
+    int T;
+    pb_capture *acts;
+    const float *logits;
+    const pb_grad_metric *metric;
+    pb_capture *grads;
+    double *value;
+} pb_grad_job;
+pb_status pb_grad_passes(pb_model *m, const pb_grad_job *jobs, int n);
 
-/* GradDrop's passes pb_grad_drops runs at once for T tokens: as many as
- * fit PB_GRAD_DROP_SCRATCH beside the shared buffers (at least one, at
- * most the layers). */
+/* GradDrop's passes for the drops of layers lo..hi of each of n prompts,
+ * run together and layer by layer: from layer hi down to `bottom`, each
+ * layer's weights are read once for every pass that has reached it, its
+ * products taken over all of one prompt's passes' rows in one call. Drop
+ * l's pass is pb_grad_pass_drop's resumed from whole's resid_post of l
+ * (whole: the prompt's pass without a drop, pb_grad_pass_from's
+ * gradients; it holds every hook point asked for). After layer L, for
+ * every prompt and every drop l >= L among lo..hi (l = hi first), the
+ * prompt's fn gets that pass's gradients at layer L's hook points named in
+ * whole, in a capture of that layer only, valid during the call: at
+ * layers up to l they are what pb_grad_pass_drop gives (bit for bit where
+ * the backend's products sum each row alone, as the reference backend's
+ * do). At most `batch` drops run at once (0: pb_grad_drop_batch's), more
+ * take turns, each turn reading its layers again; memory beyond acts and
+ * whole: pb_grad_scratch_bytes for each prompt's batch and one layer's
+ * capture per pass. */
+typedef pb_status (*pb_grad_layer_fn)(void *user, int layer, int drop, pb_capture *grads);
+typedef struct pb_grad_drop_job {
+    int T;
+    pb_capture *acts;
+    const pb_grad_metric *metric;
+    pb_capture *whole;
+    pb_grad_layer_fn fn;
+    void *user;
+} pb_grad_drop_job;
+pb_status pb_grad_drops(pb_model *m, const pb_grad_drop_job *jobs, int n, int lo, int hi, int bottom, int batch);
+
+/* The drops pb_grad_drops runs at once for n prompts of T[i] tokens: as
+ * many as fit PB_GRAD_DROP_SCRATCH for all of them beside the shared
+ * buffers (at least one, at most the layers). */
 #define PB_GRAD_DROP_SCRATCH ((size_t)1 << 30)
-int pb_grad_drop_batch(const pb_model_config *c, int T, int device);
+int pb_grad_drop_batch(const pb_model_config *c, const int *T, int n, int device);
 
 #endif

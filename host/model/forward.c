@@ -161,73 +161,110 @@ static int wants_patterns(const pb_capture *cap) {
     return 0;
 }
 
-pb_status pb_forward_ex(pb_model *m, const int32_t *ids, int T, const pb_forward_extras *extras, float *logits,
-                        pb_capture *cap) {
-    if (!m)
-        return pb_fail(PB_ERR_ARG, "pb_forward: model is NULL");
-    PB_TRY(pb_ids_check(m, ids, T, m->cfg.context_length));
-    if (cap) {
-        if (!pb_capture_fits(cap, &m->cfg))
+/* The hooks of every prompt of a run, by job index. */
+static pb_status batch_hook(void *user, int job, pb_hook_kind hook, int layer, float *data, int n_rows, int p0) {
+    return forward_hook((forward_hooks *)user + job, job, hook, layer, data, n_rows, p0);
+}
+
+/* Prompt p's state: its checks, KV cache and hooks. */
+static pb_status prompt_open(pb_model *m, const pb_forward_prompt *p, const pb_forward_extras *extras, forward_hooks *h,
+                             kv_cache *kv) {
+    PB_TRY(pb_ids_check(m, p->ids, p->T, m->cfg.context_length));
+    if (p->capture) {
+        if (!pb_capture_fits(p->capture, &m->cfg))
             return pb_fail(PB_ERR_ARG, "pb_forward: the capture set was made for another model");
-        PB_TRY(pb_capture_prepare(cap, T));
+        PB_TRY(pb_capture_prepare(p->capture, p->T));
     }
+    PB_TRY(kv_alloc(m, kv, p->T));
+    *h = (forward_hooks){.model = m, .capture = p->capture, .extras = extras, .k_cache = kv->k};
+    return wants_patterns(p->capture) ? pattern_work_init(m, &h->patterns, p->T) : PB_OK;
+}
+
+/* After the run: prompt p's final normalised residual (where captured)
+ * and logits (where asked for, through the (T, vocab) scratch). */
+static pb_status prompt_finish(pb_model *m, pb_exec *exec, int j, const pb_forward_prompt *p, float *device_logits) {
     const pb_model_config *c = &m->cfg;
     pb_backend *b = m->backend;
-    pb_exec *exec = NULL;
-    kv_cache kv = {0};
-    float *device_logits = NULL;
-    forward_hooks hooks = {.model = m, .capture = cap, .extras = extras};
-    pb_status status = pb_exec_create(&exec, m, T, T);
-    if (status == PB_OK)
-        status = kv_alloc(m, &kv, T);
-    if (status == PB_OK && logits)
-        status = b->ops->alloc(b, (void **)&device_logits, sizeof(float) * (size_t)T * c->vocab_size);
-    if (status != PB_OK)
-        goto done;
-    pb_exec_job job = {.T = T,
-                       .p0 = 0,
-                       .start_step = 0,
-                       .ids = ids,
-                       .k_cache = kv.k,
-                       .v_cache = kv.v,
-                       .kv_capacity = T,
-                       .embed_delta = extras ? extras->embed_delta : NULL};
-    hooks.k_cache = kv.k;
-    if (wants_patterns(cap) && (status = pattern_work_init(m, &hooks.patterns, T)) != PB_OK)
-        goto done;
-    int want_hooks = cap || (extras && extras->intervene);
-    if ((status = pb_exec_run(exec, &job, 1, 2 * c->n_layers, want_hooks ? forward_hook : NULL, &hooks)) != PB_OK)
-        goto done;
-    float *final = pb_exec_output(exec, 0);
-    pb_capture_entry *ln = pb_capture_find(cap, PB_HOOK_LN_FINAL, -1);
+    int T = p->T;
+    float *final = pb_exec_output(exec, j);
+    pb_capture_entry *ln = pb_capture_find(p->capture, PB_HOOK_LN_FINAL, -1);
     if (ln) {
         /* x / rms(x), or (x - mean) / std for LayerNorm, before the weight
          * and bias (TransformerLens's hook_normalized). */
         float *scratch = NULL;
-        if ((status = b->ops->alloc(b, (void **)&scratch, sizeof(float) * (size_t)T * c->d_model)) != PB_OK)
-            goto done;
-        status = pb_model_norm(m, scratch, final, NULL, NULL, T, c->d_model);
+        PB_TRY(b->ops->alloc(b, (void **)&scratch, sizeof(float) * (size_t)T * c->d_model));
+        pb_status status = pb_model_norm(m, scratch, final, NULL, NULL, T, c->d_model);
         if (status == PB_OK)
             status = b->ops->download(b, ln->data, scratch, sizeof(float) * (size_t)T * c->d_model);
         b->ops->free(b, scratch);
-        if (status != PB_OK)
-            goto done;
+        PB_TRY(status);
     }
-    if (logits) {
-        if ((status = pb_exec_unembed(exec, device_logits, final, T, m->output.data, m->output.dtype, c->vocab_size)) !=
-            PB_OK)
-            goto done;
-        status = b->ops->download(b, logits, device_logits, sizeof(float) * (size_t)T * c->vocab_size);
-        if (status == PB_OK)
-            status = pb_logits_check_finite(logits, (size_t)T * c->vocab_size, "forward");
+    if (!p->logits)
+        return PB_OK;
+    PB_TRY(pb_exec_unembed(exec, device_logits, final, T, m->output.data, m->output.dtype, c->vocab_size));
+    PB_TRY(b->ops->download(b, p->logits, device_logits, sizeof(float) * (size_t)T * c->vocab_size));
+    return pb_logits_check_finite(p->logits, (size_t)T * c->vocab_size, "forward");
+}
+
+/* The prompts' forwards as one run of the executor; extras' intervention
+ * (if any) at every prompt's hook points. */
+static pb_status forward_prompts(pb_model *m, const pb_forward_prompt *prompts, int n,
+                                 const pb_forward_extras *extras) {
+    if (!m || !prompts || n < 1)
+        return pb_fail(PB_ERR_ARG, "pb_forward: model and at least one prompt are required");
+    pb_exec_job *jobs = calloc((size_t)n, sizeof *jobs);
+    forward_hooks *hooks = calloc((size_t)n, sizeof *hooks);
+    kv_cache *kv = calloc((size_t)n, sizeof *kv);
+    pb_exec *exec = NULL;
+    float *device_logits = NULL;
+    int tokens = 0, max_T = 0, logits = 0, want_hooks = extras && extras->intervene;
+    pb_status status = jobs && hooks && kv ? PB_OK : pb_fail(PB_ERR_OOM, "forward: out of memory for %d prompts", n);
+    for (int j = 0; status == PB_OK && j < n; j++) {
+        const pb_forward_prompt *p = &prompts[j];
+        status = prompt_open(m, p, extras, &hooks[j], &kv[j]);
+        jobs[j] = (pb_exec_job){.T = p->T,
+                                .ids = p->ids,
+                                .k_cache = kv[j].k,
+                                .v_cache = kv[j].v,
+                                .kv_capacity = p->T,
+                                .embed_delta = p->embed_delta};
+        tokens += p->T;
+        max_T = p->T > max_T ? p->T : max_T;
+        logits |= p->logits != NULL;
+        want_hooks |= p->capture != NULL;
     }
-done:
-    pattern_work_free(m, &hooks.patterns);
+    if (status == PB_OK)
+        status = pb_exec_create(&exec, m, tokens, max_T);
+    if (status == PB_OK && logits)
+        status = m->backend->ops->alloc(m->backend, (void **)&device_logits,
+                                        sizeof(float) * (size_t)max_T * m->cfg.vocab_size);
+    if (status == PB_OK)
+        status = pb_exec_run(exec, jobs, n, 2 * m->cfg.n_layers, want_hooks ? batch_hook : NULL, hooks);
+    for (int j = 0; status == PB_OK && j < n; j++)
+        status = prompt_finish(m, exec, j, &prompts[j], device_logits);
+    for (int j = 0; hooks && kv && j < n; j++) {
+        pattern_work_free(m, &hooks[j].patterns);
+        if (kv[j].arena)
+            kv_free(m, &kv[j]);
+    }
     if (device_logits)
-        b->ops->free(b, device_logits);
-    kv_free(m, &kv);
+        m->backend->ops->free(m->backend, device_logits);
     pb_exec_free(exec);
+    free(jobs);
+    free(hooks);
+    free(kv);
     return status;
+}
+
+pb_status pb_forward_batch(pb_model *m, const pb_forward_prompt *prompts, int n) {
+    return forward_prompts(m, prompts, n, NULL);
+}
+
+pb_status pb_forward_ex(pb_model *m, const int32_t *ids, int T, const pb_forward_extras *extras, float *logits,
+                        pb_capture *cap) {
+    pb_forward_prompt p = {
+        .ids = ids, .T = T, .embed_delta = extras ? extras->embed_delta : NULL, .logits = logits, .capture = cap};
+    return forward_prompts(m, &p, 1, extras);
 }
 
 pb_status pb_forward(pb_model *m, const int32_t *ids, int T, float *logits, pb_capture *cap) {

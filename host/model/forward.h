@@ -16,6 +16,21 @@ typedef struct pb_forward_extras {
 pb_status pb_forward_ex(pb_model *model, const int32_t *ids, int T, const pb_forward_extras *extras, float *logits,
                         pb_capture *capture);
 
+/* One prompt of pb_forward_batch. */
+typedef struct pb_forward_prompt {
+    const int32_t *ids; /* host (T) */
+    int T;
+    const float *embed_delta; /* backend memory (T, d_model), or NULL: added to the embeddings */
+    float *logits;            /* host (T, vocab_size), or NULL */
+    pb_capture *capture;      /* or NULL */
+} pb_forward_prompt;
+
+/* The n prompts' forwards (as pb_forward_ex without an intervention) in
+ * one run of the executor: every layer's weights go through all of them
+ * at once, so streamed weights are read once for the batch. The
+ * executor's workspace holds all their tokens. */
+pb_status pb_forward_batch(pb_model *model, const pb_forward_prompt *prompts, int n);
+
 /* ids[0..T) are token ids of the model's vocabulary, 1 <= T <= limit. */
 pb_status pb_ids_check(const pb_model *model, const int32_t *ids, int T, int limit);
 /* Every one of logits[0..n) is finite (PB_ERR_NUMERIC naming `what` and the index otherwise). */

@@ -128,32 +128,64 @@ static pb_status refuse(pb_plan *p, uint64_t need_min) {
     return pb_fail(PB_ERR_OOM, "%s", p->why_not);
 }
 
-/* An estimate's passes on each rank's share: a rank runs the passes of
- * every pair with a pending row among its rows (pb_sweep_partition gives
- * each pair whole to one rank), each pair's FLOPs from pb_atp_flops.
- * Waves count those pairs' passes. */
+/* *pairs (malloc'd), *n: the pairs a rank's share holds a pending row
+ * of (pb_sweep_partition gives each pair of an estimate whole to one
+ * rank), in order. */
+static pb_status rank_pairs(const pb_sweep *s, int rank, int n_ranks, int **pairs, int *n) {
+    int64_t *rows = NULL, n_rows = 0, n_sites = pb_sweep_site_count(s);
+    PB_TRY(pb_sweep_partition(s, rank, n_ranks, &rows, &n_rows, NULL));
+    *n = 0;
+    if (!(*pairs = malloc(sizeof(int) * (size_t)(n_rows > 0 ? n_rows : 1)))) {
+        free(rows);
+        return pb_fail(PB_ERR_OOM, "plan: out of memory for %lld rows", (long long)n_rows);
+    }
+    for (int64_t i = 0, last = -1; i < n_rows; i++) {
+        int64_t pair = rows[i] / n_sites;
+        if (pair == last || pb_sweep_row_state(s, rows[i]) != 0)
+            continue;
+        (*pairs)[(*n)++] = (int)pair;
+        last = pair;
+    }
+    free(rows);
+    return PB_OK;
+}
+
+/* *peak: the most memory one of the estimate's groups of pairs holds
+ * (pb_atp_group), over every rank's groups. */
+static pb_status estimate_peak(const pb_sweep *s, int n_ranks, uint64_t *peak) {
+    *peak = 0;
+    for (int rank = 0; rank < n_ranks; rank++) {
+        int *pairs, n;
+        PB_TRY(rank_pairs(s, rank, n_ranks, &pairs, &n));
+        for (int k = 0, G; k < n; k += G) {
+            uint64_t bytes;
+            G = pb_atp_group(s, pairs + k, n - k, &bytes);
+            *peak = bytes > *peak ? bytes : *peak;
+        }
+        free(pairs);
+    }
+    return PB_OK;
+}
+
+/* An estimate's passes on each rank's share: a rank runs its pairs in
+ * groups (pb_atp_group), as the run does; each pair's FLOPs from
+ * pb_atp_flops, each group's streamed bytes from pb_atp_stream_bytes.
+ * Waves count the groups. */
 static pb_status count_estimate(const pb_sweep *s, const uint64_t *layer_bytes, pb_plan *p) {
     const pb_sweep_spec *spec = pb_sweep_spec_of(s);
-    int64_t n_sites = pb_sweep_site_count(s);
     const pb_model *m = pb_sweep_model(s);
     for (int rank = 0; rank < p->n_ranks; rank++) {
-        int64_t *rows = NULL, n_rows = 0, pairs = 0;
-        PB_TRY(pb_sweep_partition(s, rank, p->n_ranks, &rows, &n_rows, NULL));
+        int *pairs, n, groups = 0;
+        PB_TRY(rank_pairs(s, rank, p->n_ranks, &pairs, &n));
         double flops = 0.0, bytes = 0.0;
-        for (int64_t i = 0, last = -1; i < n_rows; i++) {
-            int64_t pair = rows[i] / n_sites;
-            if (pair == last || pb_sweep_row_state(s, rows[i]) != 0)
-                continue;
-            int T = spec->pairs[pair].base.T;
-            flops += pb_atp_flops(&m->cfg, T, spec->grad_drop);
-            bytes += layer_bytes
-                         ? pb_atp_stream_bytes(&m->cfg, T, !m->backend->ops->host_memory, spec->grad_drop, layer_bytes)
-                         : 0.0;
-            pairs++;
-            last = pair;
+        for (int k = 0, G; k < n; k += G, groups++) {
+            G = pb_atp_group(s, pairs + k, n - k, NULL);
+            for (int g = 0; g < G; g++)
+                flops += pb_atp_flops(&m->cfg, spec->pairs[pairs[k + g]].base.T, spec->grad_drop);
+            bytes += layer_bytes ? pb_atp_stream_bytes(s, pairs + k, G, layer_bytes) : 0.0;
         }
-        free(rows);
-        add_rank(p, pairs, flops, bytes);
+        free(pairs);
+        add_rank(p, groups, flops, bytes);
     }
     return PB_OK;
 }
@@ -185,8 +217,8 @@ pb_status pb_sweep_plan(const pb_sweep *s, const pb_plan_options *options, pb_pl
     uint64_t need_min = shape.need_min;
     p->method = pb_sweep_method_name(spec->method);
     p->estimate = spec->method != PB_METHOD_EXACT;
-    if (p->estimate) { /* the captures, logits and gradient scratch of one pair's passes */
-        PB_TRY(pb_atp_peak_bytes(s, max_T, &p->peak_caches));
+    if (p->estimate) { /* the captures, logits and scratch of a group of pairs' passes */
+        PB_TRY(estimate_peak(s, p->n_ranks, &p->peak_caches));
     } else {
         p->peak_caches = 2 * (uint64_t)pb_sweep_cache_bytes(s, max_T);
     }

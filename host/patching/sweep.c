@@ -642,6 +642,10 @@ size_t pb_sweep_cache_bytes(const pb_sweep *s, int T) {
     return sizeof(float) * cache_floats(s, T, needed, parts);
 }
 
+size_t pb_sweep_memory_budget(const pb_sweep *s) {
+    return s->options.max_memory ? s->options.max_memory : ((size_t)1 << 30);
+}
+
 int pb_sweep_max_T(const pb_sweep *s) {
     int max_T = 1;
     for (int i = 0; i < s->spec.n_pairs; i++) {
@@ -662,7 +666,7 @@ int pb_sweep_max_T(const pb_sweep *s) {
 static pb_status batch_alloc(pb_sweep *s, batch_buffers *bb, int max_T) {
     const pb_model_config *c = &s->model->cfg;
     pb_backend *b = s->model->backend;
-    size_t budget = s->options.max_memory ? s->options.max_memory : ((size_t)1 << 30);
+    size_t budget = pb_sweep_memory_budget(s);
     size_t device_free = 0, caches = 0;
     int device_limited = 0;
     if (b->ops->memory_info) {

@@ -60,6 +60,10 @@ typedef struct pb_batch_shape {
 pb_status pb_sweep_batch_shape(const pb_sweep *sweep, size_t budget, int max_T, pb_batch_shape *out);
 /* Tokens of the longest prompt, base or source. */
 int pb_sweep_max_T(const pb_sweep *sweep);
+/* The sweep's memory budget for what it holds at once (--max-memory;
+ * 1 GiB when none was given): an exact sweep's batches, an estimate's
+ * groups of pairs. */
+size_t pb_sweep_memory_budget(const pb_sweep *sweep);
 /* Bytes of one run cache of T tokens (a pair holds two at a time). */
 size_t pb_sweep_cache_bytes(const pb_sweep *sweep, int T);
 
