@@ -443,29 +443,92 @@ static pb_status capture_bytes(const pb_model *m, const char *pattern, int T, ui
     return PB_OK;
 }
 
-pb_status pb_atp_peak_bytes(const pb_sweep *s, int T, uint64_t *bytes) {
+/* A pair's memory for T tokens (its base run's; the source run's is
+ * counted as long): what it holds through its group's passes (captures,
+ * logits), its whole pass's scratch, and one layer's gradients (a
+ * GradDrop pass's capture). */
+typedef struct pair_bytes {
+    uint64_t held, pass, layer;
+} pair_bytes;
+
+static pb_status pair_bytes_of(const pb_sweep *s, const hook_sets *hooks, int T, pair_bytes *out) {
+    const pb_model *m = pb_sweep_model(s);
+    uint64_t base, source, grads;
+    PB_TRY(capture_bytes(m, hooks->base, T, &base, NULL));
+    PB_TRY(capture_bytes(m, hooks->source, T, &source, NULL));
+    PB_TRY(capture_bytes(m, hooks->grads, T, &grads, &out->layer));
+    out->held = base + source + grads + 2 * sizeof(float) * (uint64_t)T * (uint64_t)m->cfg.vocab_size;
+    out->pass = pb_grad_scratch_bytes(&m->cfg, T, !m->backend->ops->host_memory, 1);
+    return PB_OK;
+}
+
+/* The memory of G pairs of T[g] tokens run as a group, beside the
+ * executor's: what they hold, and the larger of their whole passes'
+ * scratch and GradDrop's (a batch of passes per pair, a layer's gradients
+ * each). */
+static uint64_t group_bytes(const pb_sweep *s, const pair_bytes *b, const int *T, int G) {
     const pb_model *m = pb_sweep_model(s);
     int device = !m->backend->ops->host_memory;
+    uint64_t held = 0, passes = 0, drops = 0;
+    for (int g = 0; g < G; g++) {
+        held += b[g].held;
+        passes += b[g].pass;
+    }
+    if (pb_sweep_spec_of(s)->grad_drop) {
+        int batch = pb_grad_drop_batch(&m->cfg, T, G, device);
+        for (int g = 0; g < G; g++)
+            drops += pb_grad_scratch_bytes(&m->cfg, T[g], device, batch) + (uint64_t)batch * b[g].layer;
+    }
+    return held + (drops > passes ? drops : passes);
+}
+
+pb_status pb_atp_peak_bytes(const pb_sweep *s, int T, uint64_t *bytes) {
     hook_sets hooks;
-    uint64_t base, source, grads, grads_layer;
+    pair_bytes b;
     PB_TRY(hook_sets_make(s, &hooks));
-    pb_status status = capture_bytes(m, hooks.base, T, &base, NULL);
-    if (status == PB_OK)
-        status = capture_bytes(m, hooks.source, T, &source, NULL);
-    if (status == PB_OK)
-        status = capture_bytes(m, hooks.grads, T, &grads, &grads_layer);
+    pb_status status = pair_bytes_of(s, &hooks, T, &b);
     hook_sets_free(&hooks);
     PB_TRY(status);
-    uint64_t logits = 2 * sizeof(float) * (uint64_t)T * (uint64_t)m->cfg.vocab_size;
-    /* the whole pass, then GradDrop's batch with a layer's gradients per pass */
-    uint64_t scratch = pb_grad_scratch_bytes(&m->cfg, T, device, 1);
-    if (pb_sweep_spec_of(s)->grad_drop) {
-        int batch = pb_grad_drop_batch(&m->cfg, &T, 1, device);
-        uint64_t drops = pb_grad_scratch_bytes(&m->cfg, T, device, batch) + (uint64_t)batch * grads_layer;
-        scratch = drops > scratch ? drops : scratch;
-    }
-    *bytes = base + source + grads + logits + scratch;
+    *bytes = group_bytes(s, &b, &T, 1);
     return PB_OK;
+}
+
+int pb_atp_group(const pb_sweep *s, const int *pairs, int n, uint64_t *bytes) {
+    const pb_model *m = pb_sweep_model(s);
+    const pb_sweep_spec *spec = pb_sweep_spec_of(s);
+    size_t budget = pb_sweep_memory_budget(s);
+    pair_bytes *b = malloc(sizeof *b * (size_t)(n > 0 ? n : 1));
+    int *T = malloc(sizeof(int) * (size_t)(n > 0 ? n : 1));
+    hook_sets hooks = {0};
+    uint64_t held = 0;
+    int G = 0, tokens = 0, max_T = 0;
+    int failed = !b || !T || hook_sets_make(s, &hooks) != PB_OK;
+    if (!failed) {
+        for (; G < n; G++) {
+            const pb_pair_spec *p = &spec->pairs[pairs[G]];
+            if (G > 0 && p->base.T == T[G - 1]) /* a pair's bytes depend on its tokens only */
+                b[G] = b[G - 1];
+            else if ((failed = pair_bytes_of(s, &hooks, p->base.T, &b[G]) != PB_OK))
+                break;
+            T[G] = p->base.T;
+            int t = tokens + p->base.T + p->source.T, longest = p->base.T > p->source.T ? p->base.T : p->source.T;
+            longest = longest > max_T ? longest : max_T;
+            uint64_t with = group_bytes(s, b, T, G + 1) + pb_exec_workspace_bytes(&m->cfg, t, longest);
+            if (G > 0 && with > budget)
+                break;
+            held = with;
+            tokens = t;
+            max_T = longest;
+        }
+    }
+    if (failed) /* out of memory counting: the group as it stands, at least one pair */
+        pb_error_clear();
+    hook_sets_free(&hooks);
+    free(b);
+    free(T);
+    if (bytes)
+        *bytes = held;
+    return G > 0 ? G : 1;
 }
 
 /* The pairs of rows (sorted by pair) with a row not done yet, each
@@ -546,36 +609,6 @@ double pb_atp_flops(const pb_model_config *c, int T, int grad_drop) {
     }
     free(layer);
     return 2.0 * forward + backward + (grad_drop ? drops : 0.0);
-}
-
-int pb_atp_group(const pb_sweep *s, const int *pairs, int n, uint64_t *bytes) {
-    const pb_model *m = pb_sweep_model(s);
-    const pb_sweep_spec *spec = pb_sweep_spec_of(s);
-    size_t budget = pb_sweep_memory_budget(s);
-    uint64_t held = 0, with = 0, last_bytes = 0, group_bytes = 0;
-    int G = 0, tokens = 0, max_T = 0, last_T = -1;
-    for (; G < n; G++) {
-        const pb_pair_spec *p = &spec->pairs[pairs[G]];
-        if (p->base.T != last_T) { /* a pair's captures, logits and scratch depend on its tokens only */
-            if (pb_atp_peak_bytes(s, p->base.T, &last_bytes) != PB_OK) {
-                pb_error_clear();
-                break;
-            }
-            last_T = p->base.T;
-        }
-        int t = tokens + p->base.T + p->source.T, T = p->base.T > p->source.T ? p->base.T : p->source.T;
-        T = T > max_T ? T : max_T;
-        with = held + last_bytes + pb_exec_workspace_bytes(&m->cfg, t, T);
-        if (G > 0 && with > budget)
-            break;
-        held += last_bytes;
-        tokens = t;
-        max_T = T;
-        group_bytes = with;
-    }
-    if (bytes)
-        *bytes = group_bytes;
-    return G > 0 ? G : 1;
 }
 
 double pb_atp_stream_bytes(const pb_sweep *s, const int *pairs, int G, const uint64_t *layer_bytes) {
