@@ -952,7 +952,9 @@ static const command commands[] = {
      "together layer by layer, so each layer's weights are read once for all of them).\n"
      "--verify runs the exact engine on the estimate's top K sites and N control sites and reports both\n"
      "effects, the recall of the exact top K and the control sites it missed. Every backend, resident or\n"
-     "streamed weights; every spec metric (not a callback). Over MPI ranks each pair runs on one rank.\n",
+     "streamed weights; every spec metric (not a callback). Pairs run in groups as --max-memory allows,\n"
+     "their forwards as one batch and their backward passes together, each layer read once per group.\n"
+     "Over MPI ranks each pair runs on one rank.\n",
      "patchbay attribute --model tests/fixtures/tiny_gqa/model.gguf \\\n"
      "    --spec tests/fixtures/patching/tiny_gqa_denoise_logit_diff/spec.json --verify top:5 --out /tmp/atp",
      run_attribute_command, main_options_help},
