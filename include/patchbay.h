@@ -567,7 +567,8 @@ typedef struct pb_plan_options {
  * sweep sizes its batches (waves) the same way and streams the same bytes. */
 typedef struct pb_plan {
     const char *method;      /* the spec's: "exact", "atp" or "atp*" (a static string) */
-    int estimate;            /* 1: atp or atp*: rows estimated, no batches (but verification's); waves are pairs */
+    int estimate;            /* 1: atp or atp*: rows estimated, no batches (but verification's); waves are groups
+                                of pairs run together */
     pb_weights_mode weights; /* resident or stream */
     size_t weight_memory;    /* a cap that admits the plan's weights (the --weight-memory to pass) */
     size_t max_memory;       /* the batch budget (the --max-memory to pass) */
@@ -584,8 +585,8 @@ typedef struct pb_plan {
     uint64_t weights_resident; /* bytes the weights take held resident */
     uint64_t weights_streamed; /* and streamed (0 when the model cannot stream) */
     uint64_t peak_weights;     /* per rank at the plan's peak: the weights as planned */
-    uint64_t peak_caches;      /* one pair's two run caches and the metric's arrays (an estimate: its captures,
-                                  logits and gradient scratch) */
+    uint64_t peak_caches;      /* one pair's two run caches and the metric's arrays (an estimate: its largest
+                                  group's captures, logits and gradient scratch) */
     uint64_t peak_activations; /* the batch: executor workspace, patch values, logits, host scratch */
     uint64_t peak_total;
     double flops;       /* all ranks: base runs and batches */

@@ -106,11 +106,13 @@ static void print_plan(const pb_plan *p, const pb_sweep_summary *sum, const char
     if (p->estimate) {
         printf("rows              %lld sites x %d pairs = %lld pending, estimated (%s): none runs\n",
                (long long)sum->n_sites, sum->n_pairs, (long long)p->rows, p->method);
-        printf("passes            per pair a forward of each run and the backward%s: %lld pairs' passes on %d "
-               "rank%s (busiest %lld; each pair on one rank)\n",
-               strcmp(p->method, "atp*") == 0 ? " (and GradDrop's, where on)" : "", (long long)p->waves, p->n_ranks,
-               p->n_ranks > 1 ? "s" : "", (long long)p->waves_max_rank);
-        printf("bytes moved       %s loaded, %s streamed (every layer per forward and backward pass, at most)\n",
+        printf("passes            per pair a forward of each run and the backward%s, the pairs in %lld group%s "
+               "on %d rank%s (busiest %lld; each pair on one rank; a group's passes run together, as --max-memory "
+               "allows)\n",
+               strcmp(p->method, "atp*") == 0 ? " (and GradDrop's, where on)" : "", (long long)p->waves,
+               p->waves == 1 ? "" : "s", p->n_ranks, p->n_ranks > 1 ? "s" : "", (long long)p->waves_max_rank);
+        printf("bytes moved       %s loaded, %s streamed (every layer per group's forward and backward pass, at "
+               "most)\n",
                human(a, p->bytes_loaded), human(b, p->bytes_streamed));
         printf("peak per rank     %s = weights %s + the estimate's captures, logits and scratch %s + verification "
                "batch %s\n",
@@ -152,8 +154,8 @@ void pb_cli_plan_line(FILE *f, const pb_sweep *sweep, const pb_model *model, con
     char a[32], b[32], c[32], passes[96];
     int stream = p.weights == PB_WEIGHTS_STREAM;
     if (p.estimate)
-        snprintf(passes, sizeof passes, "%s: the passes of %lld pairs, no row run", p.method,
-                 (long long)p.waves_max_rank);
+        snprintf(passes, sizeof passes, "%s: %lld group%s of pairs' passes, no row run", p.method,
+                 (long long)p.waves_max_rank, p.waves_max_rank == 1 ? "" : "s");
     else
         snprintf(passes, sizeof passes, "at most %lld waves of up to %d rows", (long long)p.waves, p.rows_per_wave);
     fprintf(f, "patchbay: plan: %s weights (%s), %s, %s%speak %s per rank (patchbay plan explains)\n",
