@@ -19,16 +19,19 @@
 
 /* Estimates rows (indices pair * n_sites + site) of s and their pairs'
  * base and source metrics (pb_sweep_set_row / pb_sweep_set_pair): two
- * forwards and one backward per pair, on the model's backend.
+ * forwards and one backward per pair, on the model's backend, the pairs
+ * in groups (pb_atp_group).
  * PB_ERR_UNSUPPORTED naming what the estimate does not cover: a callback
  * metric, a backend without the backward ops. */
 pb_status pb_atp_run_rows(pb_sweep *s, const int64_t *rows, int64_t n_rows);
 
 /* The estimate's memory at its peak for one pair of T-token runs of m
- * (beside the weights): the base run's captures of every hook point, the
- * source run's and the gradients' (twice with GradDrop) of the sites'
- * hook points, both runs' logits and a gradient pass's scratch. s's spec
- * says which corrections run and where q/k sites lie. */
+ * (beside the weights and the executor's workspace): the base run's
+ * captures of what the backward reads and of the sites' hook points, the
+ * source run's and the gradients' of the sites' hook points, both runs'
+ * logits, and the larger of a gradient pass's scratch and GradDrop's (a
+ * batch of passes, a layer's gradients each). s's spec says which
+ * corrections run and where the sites lie. */
 pb_status pb_atp_peak_bytes(const pb_sweep *s, int T, uint64_t *bytes);
 
 /* FLOPs of one pair's estimate over T tokens: a forward of each run and
