@@ -147,6 +147,7 @@ static int check_estimate(const tu_oracle_case *c, void *ctx) {
     assert_string_equal(plan.method, pb_sweep_method_name(spec->method));
     assert_int_equal(plan.rows_run, 0);
     assert_int_equal(plan.waves, 1);
+    assert_true(plan.peak_caches <= (uint64_t)1 << 30); /* a group of several pairs stays within its budget */
     pb_sweep *one_each = create(shape, c, 1);
     pb_plan single;
     CHECK_OK(pb_sweep_plan(one_each, &po, &single));

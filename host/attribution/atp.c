@@ -358,7 +358,7 @@ static pb_status drop_layer(void *user, int layer, int drop, pb_capture *grads) 
  * are the whole estimate's. The others come from pb_grad_drops, every
  * drop's pass of every pair of the group at once, down to the lowest
  * site's layer. */
-static pb_status grad_drop(pb_sweep *s, atp_pair *a, int G) {
+static pb_status grad_drop(pb_sweep *s, atp_pair *a, int G, int batch) {
     pb_model *m = (pb_model *)(uintptr_t)pb_sweep_model(s);
     int64_t n_sites = pb_sweep_site_count(s);
     int L = m->cfg.n_layers, lowest = L, top = pb_grad_metric_top_layer(&a[0].metric, L);
@@ -382,7 +382,7 @@ static pb_status grad_drop(pb_sweep *s, atp_pair *a, int G) {
         jobs[g] = (pb_grad_drop_job){p->T, p->base, &p->metric, p->grads, drop_layer, p};
     }
     if (status == PB_OK && lowest <= top)
-        status = pb_grad_drops(m, jobs, G, lowest, top, lowest, 0);
+        status = pb_grad_drops(m, jobs, G, lowest, top, lowest, batch);
     for (int g = 0; status == PB_OK && g < G; g++) {
         double sign = a[g].source_value >= a[g].base_value ? 1.0 : -1.0;
         for (int64_t i = 0; i < a[g].n; i++)
@@ -393,8 +393,8 @@ static pb_status grad_drop(pb_sweep *s, atp_pair *a, int G) {
 }
 
 /* One group's rows (a[g].rows, each pair's not done yet): the runs,
- * every row's estimate, GradDrop's when on. */
-static pb_status group_rows(pb_sweep *s, atp_pair *a, int G, const hook_sets *hooks) {
+ * every row's estimate, GradDrop's when on (drop_batch passes at once). */
+static pb_status group_rows(pb_sweep *s, atp_pair *a, int G, int drop_batch, const hook_sets *hooks) {
     int64_t n_sites = pb_sweep_site_count(s);
     pb_status status = PB_OK;
     for (int g = 0; status == PB_OK && g < G; g++)
@@ -408,7 +408,7 @@ static pb_status group_rows(pb_sweep *s, atp_pair *a, int G, const hook_sets *ho
             status = row_estimate(s, a[g].pair, a[g].rows[i] % n_sites, &a[g], a[g].grads, &a[g].est[i]);
     }
     if (status == PB_OK && pb_sweep_spec_of(s)->grad_drop)
-        status = grad_drop(s, a, G);
+        status = grad_drop(s, a, G, drop_batch);
     for (int g = 0; status == PB_OK && g < G; g++)
         for (int64_t i = 0; status == PB_OK && i < a[g].n; i++)
             status = pb_sweep_set_row(s, a[g].rows[i], a[g].base_value + a[g].est[i], 0, 0);
@@ -464,9 +464,9 @@ static pb_status pair_bytes_of(const pb_sweep *s, const hook_sets *hooks, int T,
 
 /* The memory of G pairs of T[g] tokens run as a group, beside the
  * executor's: what they hold, and the larger of their whole passes'
- * scratch and GradDrop's (a batch of passes per pair, a layer's gradients
- * each). */
-static uint64_t group_bytes(const pb_sweep *s, const pair_bytes *b, const int *T, int G) {
+ * scratch and GradDrop's (`batch` passes per pair, 0: pb_grad_drop_batch's,
+ * a layer's gradients each). */
+static uint64_t group_bytes(const pb_sweep *s, const pair_bytes *b, const int *T, int G, int batch) {
     const pb_model *m = pb_sweep_model(s);
     int device = !m->backend->ops->host_memory;
     uint64_t held = 0, passes = 0, drops = 0;
@@ -475,7 +475,7 @@ static uint64_t group_bytes(const pb_sweep *s, const pair_bytes *b, const int *T
         passes += b[g].pass;
     }
     if (pb_sweep_spec_of(s)->grad_drop) {
-        int batch = pb_grad_drop_batch(&m->cfg, T, G, device);
+        batch = batch > 0 ? batch : pb_grad_drop_batch(&m->cfg, T, G, device);
         for (int g = 0; g < G; g++)
             drops += pb_grad_scratch_bytes(&m->cfg, T[g], device, batch) + (uint64_t)batch * b[g].layer;
     }
@@ -489,46 +489,64 @@ pb_status pb_atp_peak_bytes(const pb_sweep *s, int T, uint64_t *bytes) {
     pb_status status = pair_bytes_of(s, &hooks, T, &b);
     hook_sets_free(&hooks);
     PB_TRY(status);
-    *bytes = group_bytes(s, &b, &T, 1);
+    *bytes = group_bytes(s, &b, &T, 1, 0);
     return PB_OK;
 }
 
-int pb_atp_group(const pb_sweep *s, const int *pairs, int n, uint64_t *bytes) {
+/* GradDrop's passes per pair for a group of G pairs whose memory with
+ * the default batch is `bytes`: as many as the budget holds (all the
+ * layers at most), the default at least; *bytes updated. */
+static int widest_drop_batch(const pb_sweep *s, const pair_bytes *b, const int *T, int G, uint64_t exec,
+                             uint64_t *bytes) {
+    const pb_model *m = pb_sweep_model(s);
+    int least = pb_grad_drop_batch(&m->cfg, T, G, !m->backend->ops->host_memory);
+    for (int batch = m->cfg.n_layers; pb_sweep_spec_of(s)->grad_drop && batch > least; batch--) {
+        uint64_t with = group_bytes(s, b, T, G, batch) + exec;
+        if (with <= pb_sweep_memory_budget(s)) {
+            *bytes = with;
+            return batch;
+        }
+    }
+    return least;
+}
+
+pb_atp_group_shape pb_atp_group(const pb_sweep *s, const int *pairs, int n) {
     const pb_model *m = pb_sweep_model(s);
     const pb_sweep_spec *spec = pb_sweep_spec_of(s);
     size_t budget = pb_sweep_memory_budget(s);
     pair_bytes *b = malloc(sizeof *b * (size_t)(n > 0 ? n : 1));
     int *T = malloc(sizeof(int) * (size_t)(n > 0 ? n : 1));
     hook_sets hooks = {0};
-    uint64_t held = 0;
-    int G = 0, tokens = 0, max_T = 0;
-    int failed = !b || !T || hook_sets_make(s, &hooks) != PB_OK;
-    if (!failed) {
-        for (; G < n; G++) {
-            const pb_pair_spec *p = &spec->pairs[pairs[G]];
-            if (G > 0 && p->base.T == T[G - 1]) /* a pair's bytes depend on its tokens only */
-                b[G] = b[G - 1];
-            else if ((failed = pair_bytes_of(s, &hooks, p->base.T, &b[G]) != PB_OK))
-                break;
-            T[G] = p->base.T;
-            int t = tokens + p->base.T + p->source.T, longest = p->base.T > p->source.T ? p->base.T : p->source.T;
-            longest = longest > max_T ? longest : max_T;
-            uint64_t with = group_bytes(s, b, T, G + 1) + pb_exec_workspace_bytes(&m->cfg, t, longest);
-            if (G > 0 && with > budget)
-                break;
-            held = with;
-            tokens = t;
-            max_T = longest;
-        }
+    pb_atp_group_shape shape = {0};
+    uint64_t exec = 0;
+    int tokens = 0, max_T = 0, failed = !b || !T || hook_sets_make(s, &hooks) != PB_OK;
+    for (int G = 0; !failed && G < n; G++) {
+        const pb_pair_spec *p = &spec->pairs[pairs[G]];
+        if (G > 0 && p->base.T == T[G - 1]) /* a pair's bytes depend on its tokens only */
+            b[G] = b[G - 1];
+        else if ((failed = pair_bytes_of(s, &hooks, p->base.T, &b[G]) != PB_OK))
+            break;
+        T[G] = p->base.T;
+        int t = tokens + p->base.T + p->source.T, longest = p->base.T > p->source.T ? p->base.T : p->source.T;
+        longest = longest > max_T ? longest : max_T;
+        uint64_t e = pb_exec_workspace_bytes(&m->cfg, t, longest), with = group_bytes(s, b, T, G + 1, 0) + e;
+        if (G > 0 && with > budget)
+            break;
+        shape = (pb_atp_group_shape){G + 1, 0, with};
+        exec = e;
+        tokens = t;
+        max_T = longest;
     }
     if (failed) /* out of memory counting: the group as it stands, at least one pair */
         pb_error_clear();
+    if (shape.pairs == 0)
+        shape.pairs = 1;
+    else
+        shape.drop_batch = widest_drop_batch(s, b, T, shape.pairs, exec, &shape.bytes);
     hook_sets_free(&hooks);
     free(b);
     free(T);
-    if (bytes)
-        *bytes = held;
-    return G > 0 ? G : 1;
+    return shape;
 }
 
 /* The pairs of rows (sorted by pair) with a row not done yet, each
@@ -570,8 +588,9 @@ pb_status pb_atp_run_rows(pb_sweep *s, const int64_t *rows, int64_t n_rows) {
     for (int k = 0; k < n_pairs; k++)
         pairs[k] = a[k].pair;
     for (int k = 0, G; status == PB_OK && k < n_pairs; k += G) {
-        G = pb_atp_group(s, pairs + k, n_pairs - k, NULL);
-        status = group_rows(s, a + k, G, &hooks);
+        pb_atp_group_shape shape = pb_atp_group(s, pairs + k, n_pairs - k);
+        G = shape.pairs;
+        status = group_rows(s, a + k, G, shape.drop_batch, &hooks);
         for (int g = 0; g < G; g++)
             pair_free(&a[k + g]);
     }
@@ -611,17 +630,10 @@ double pb_atp_flops(const pb_model_config *c, int T, int grad_drop) {
     return 2.0 * forward + backward + (grad_drop ? drops : 0.0);
 }
 
-double pb_atp_stream_bytes(const pb_sweep *s, const int *pairs, int G, const uint64_t *layer_bytes) {
-    const pb_model *m = pb_sweep_model(s);
-    const pb_model_config *c = &m->cfg;
+double pb_atp_stream_bytes(const pb_sweep *s, int drop_batch, const uint64_t *layer_bytes) {
+    const pb_model_config *c = &pb_sweep_model(s)->cfg;
     double all = 0.0, drops = 0.0;
-    int *T = malloc(sizeof(int) * (size_t)(G > 0 ? G : 1));
-    if (!T)
-        return 0.0;
-    for (int g = 0; g < G; g++)
-        T[g] = pb_sweep_spec_of(s)->pairs[pairs[g]].base.T;
-    int batch = pb_grad_drop_batch(c, T, G, !m->backend->ops->host_memory);
-    free(T);
+    int batch = drop_batch > 0 ? drop_batch : 1;
     for (int l = 0; l < c->n_layers; l++)
         all += (double)layer_bytes[l];
     /* each turn of drops top - batch + 1..top reads the layers below top */

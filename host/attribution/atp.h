@@ -45,15 +45,21 @@ double pb_atp_flops(const pb_model_config *c, int T, int grad_drop);
  * of pairs[0..n) (an estimate's, in order): as many as fit the sweep's
  * memory budget (pb_sweep_memory_budget) with each pair's
  * pb_atp_peak_bytes and the executor's workspace for all their tokens,
- * at least one; *bytes (may be NULL): that group's memory. */
-int pb_atp_group(const pb_sweep *s, const int *pairs, int n, uint64_t *bytes);
+ * at least one; then GradDrop's passes at once per pair widened to what
+ * the budget still holds (fewer turns, fewer reads). */
+typedef struct pb_atp_group_shape {
+    int pairs;
+    int drop_batch; /* GradDrop's passes at once per pair (pb_grad_drops' batch; 0: its own) */
+    uint64_t bytes; /* the group's memory */
+} pb_atp_group_shape;
+pb_atp_group_shape pb_atp_group(const pb_sweep *s, const int *pairs, int n);
 
-/* Bytes of streamed layers a group of pairs reads at most (a layer still
- * in its slot is not read again): its two runs of forwards and its
- * backward passes read every layer once, and each turn of GradDrop's
- * passes (pb_grad_drops, drops of every layer) the layers below its
+/* Bytes of streamed layers a group reads at most (a layer still in its
+ * slot is not read again): its two runs of forwards and its backward
+ * passes read every layer once, and each turn of GradDrop's passes
+ * (drop_batch drops of every layer at once) the layers below its
  * highest. layer_bytes (n_layers): each layer's bytes. */
-double pb_atp_stream_bytes(const pb_sweep *s, const int *pairs, int G, const uint64_t *layer_bytes);
+double pb_atp_stream_bytes(const pb_sweep *s, int drop_batch, const uint64_t *layer_bytes);
 
 /* One verified site: its estimated and exact mean effects. */
 typedef struct pb_atp_check {

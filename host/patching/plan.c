@@ -158,9 +158,9 @@ static pb_status estimate_peak(const pb_sweep *s, int n_ranks, uint64_t *peak) {
         int *pairs, n;
         PB_TRY(rank_pairs(s, rank, n_ranks, &pairs, &n));
         for (int k = 0, G; k < n; k += G) {
-            uint64_t bytes;
-            G = pb_atp_group(s, pairs + k, n - k, &bytes);
-            *peak = bytes > *peak ? bytes : *peak;
+            pb_atp_group_shape shape = pb_atp_group(s, pairs + k, n - k);
+            G = shape.pairs;
+            *peak = shape.bytes > *peak ? shape.bytes : *peak;
         }
         free(pairs);
     }
@@ -179,10 +179,11 @@ static pb_status count_estimate(const pb_sweep *s, const uint64_t *layer_bytes, 
         PB_TRY(rank_pairs(s, rank, p->n_ranks, &pairs, &n));
         double flops = 0.0, bytes = 0.0;
         for (int k = 0, G; k < n; k += G, groups++) {
-            G = pb_atp_group(s, pairs + k, n - k, NULL);
+            pb_atp_group_shape shape = pb_atp_group(s, pairs + k, n - k);
+            G = shape.pairs;
             for (int g = 0; g < G; g++)
                 flops += pb_atp_flops(&m->cfg, spec->pairs[pairs[k + g]].base.T, spec->grad_drop);
-            bytes += layer_bytes ? pb_atp_stream_bytes(s, pairs + k, G, layer_bytes) : 0.0;
+            bytes += layer_bytes ? pb_atp_stream_bytes(s, shape.drop_batch, layer_bytes) : 0.0;
         }
         free(pairs);
         add_rank(p, groups, flops, bytes);
