@@ -11,7 +11,6 @@
  * captures are host memory, so on a device backend each activation a step
  * reads is uploaded first and each gradient asked for is downloaded. */
 #include <math.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -323,12 +322,13 @@ static pb_status rotary_norm_backward(grad_ctx *g, int L, float *d, int heads, c
     const pb_model_config *c = g->c;
     pb_backend *b = g->b;
     int T = g->T, hd = c->head_dim, width = heads * hd;
-    for (int s = 0; c->position == PB_POSITION_ROPE && s < g->S; s++) {
+    if (c->position == PB_POSITION_ROPE) {
         /* the rotation's transpose: the same rotation at the negated angles */
         int dims = c->rotary_dims > 0 ? c->rotary_dims : hd;
         const float *inv_freq = pb_model_inv_freq(g->m, L, T);
-        PB_TRY(b->ops->rope(b, d + pass_at(g, s, (size_t)width), g->neg_pos, inv_freq, T, heads, hd, dims,
-                            pb_rope_scale(c)));
+        for (int s = 0; s < g->S; s++)
+            PB_TRY(b->ops->rope(b, d + pass_at(g, s, (size_t)width), g->neg_pos, inv_freq, T, heads, hd, dims,
+                                pb_rope_scale(c)));
     }
     *out = d;
     if (c->qk_norm) {
@@ -695,27 +695,14 @@ pb_status pb_grad_passes(pb_model *m, const pb_grad_job *jobs, int n) {
 
 /* *out = a zeroed capture of the hook points whole holds at layer L (NULL
  * when it holds none there), freeing the one *out held. */
-static pb_status layer_capture(pb_model *m, pb_capture *whole, int L, int T, pb_capture **out) {
+static pb_status layer_capture(pb_capture *whole, int L, int T, pb_capture **out) {
     pb_capture_free(*out);
-    *out = NULL;
-    size_t used = 0, size = 1;
-    for (int i = 0; i < whole->count; i++)
-        size += whole->entries[i].layer == L ? strlen(whole->entries[i].name) + 1 : 0;
-    if (size == 1)
-        return PB_OK;
-    char *names = malloc(size);
-    if (!names)
-        return pb_fail(PB_ERR_OOM, "GradDrop: out of memory for layer %d's hook names", L);
-    for (int i = 0; i < whole->count; i++)
-        if (whole->entries[i].layer == L)
-            used += (size_t)sprintf(names + used, "%s%s", used ? "," : "", whole->entries[i].name);
-    pb_status status = pb_capture_create(out, m, names);
-    free(names);
-    if (status == PB_OK)
-        status = pb_capture_prepare(*out, T);
-    for (int i = 0; status == PB_OK && i < (*out)->count; i++)
+    PB_TRY(pb_capture_layer(whole, L, out));
+    if (*out)
+        PB_TRY(pb_capture_prepare(*out, T));
+    for (int i = 0; *out && i < (*out)->count; i++)
         memset((*out)->entries[i].data, 0, sizeof(float) * pb_capture_entry_floats(&(*out)->entries[i], T));
-    return status;
+    return PB_OK;
 }
 
 /* Drop `L`'s pass starts at its layer as pb_grad_pass_drop's does: the
@@ -762,7 +749,7 @@ static pb_status drops_layer(drop_state *d, const pb_grad_drop_job *j, int first
     grad_ctx *g = &d->g;
     int n = top - first + 1, running = top - L < n ? top - L : n, live = running + (L >= first);
     for (int i = 0; i < live; i++)
-        PB_TRY(layer_capture(g->m, j->whole, L, g->T, &d->caps[i]));
+        PB_TRY(layer_capture(j->whole, L, g->T, &d->caps[i]));
     g->S = running;
     if (running > 0)
         PB_TRY(layer_backward(g, L));

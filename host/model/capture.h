@@ -53,5 +53,9 @@ static inline int pb_capture_fits(const pb_capture *c, const pb_model_config *cf
 }
 /* Sizes every entry's buffer for T tokens. */
 pb_status pb_capture_prepare(pb_capture *c, int T);
+/* *out = a capture set of the hook points `from` holds at `layer` (the
+ * same names and shapes, for the same model; no buffers yet), or NULL
+ * when it holds none there: no pattern is matched again. */
+pb_status pb_capture_layer(const pb_capture *from, int layer, pb_capture **out);
 
 #endif

@@ -169,6 +169,39 @@ pb_status pb_capture_create(pb_capture **out, const pb_model *model, const char 
     return PB_OK;
 }
 
+pb_status pb_capture_layer(const pb_capture *from, int layer, pb_capture **out) {
+    *out = NULL;
+    int count = 0;
+    for (int i = 0; i < from->count; i++)
+        count += from->entries[i].layer == layer;
+    if (count == 0)
+        return PB_OK;
+    pb_capture *c = calloc(1, sizeof *c);
+    int slots = (from->cfg.n_layers + 1) * PB_HOOK_KIND_COUNT;
+    if (c) {
+        c->cfg = from->cfg;
+        c->index = malloc(sizeof(int) * (size_t)slots);
+        c->entries = calloc((size_t)count, sizeof *c->entries);
+    }
+    if (!c || !c->index || !c->entries) {
+        pb_capture_free(c);
+        return pb_fail(PB_ERR_OOM, "out of memory for a capture set");
+    }
+    for (int i = 0; i < slots; i++)
+        c->index[i] = -1;
+    for (int i = 0; i < from->count; i++) {
+        const pb_capture_entry *e = &from->entries[i];
+        if (e->layer != layer)
+            continue;
+        c->entries[c->count] = (pb_capture_entry){.kind = e->kind, .layer = e->layer, .n_dims = e->n_dims};
+        memcpy(c->entries[c->count].name, e->name, sizeof e->name);
+        memcpy(c->entries[c->count].row_shape, e->row_shape, sizeof e->row_shape);
+        c->index[pb_capture_slot(c, e->kind, e->layer)] = c->count++;
+    }
+    *out = c;
+    return PB_OK;
+}
+
 void pb_capture_free(pb_capture *c) {
     if (!c)
         return;
