@@ -144,7 +144,10 @@ typedef enum pb_backend_kind {
     PB_BACKEND_CPU = 0,   /* OpenBLAS + OpenMP (the default) */
     PB_BACKEND_REFERENCE, /* naive single-threaded loops with double accumulation: the oracle; a row's
                              result never depends on what else is in its batch */
-    PB_BACKEND_CUDA       /* GPU 0; PB_ERR_UNSUPPORTED without CUDA or a device */
+    PB_BACKEND_CUDA,      /* GPU 0; PB_ERR_UNSUPPORTED without CUDA or a device */
+    PB_BACKEND_CHECKED    /* the cpu backend's arithmetic behind a device's memory boundary, every op's
+                             buffers checked (host/backend/backend_checked.c): finds without a GPU what a
+                             GPU run would trip over; slower than cpu */
 } pb_backend_kind;
 
 /* Storage type of the weight matrices (projections, embedding, unembedding);
@@ -214,9 +217,9 @@ typedef struct pb_load_options {
     int n_adapters;
 } pb_load_options;
 
-/* "cpu", "reference", "cuda" */
+/* "cpu", "reference", "cuda", "checked" */
 PB_API const char *pb_backend_name(pb_backend_kind kind);
-/* Parses "cpu", "reference" (or "ref"), "cuda" (or "gpu"). */
+/* Parses "cpu", "reference" (or "ref"), "cuda" (or "gpu"), "checked". */
 PB_API pb_status pb_backend_parse(const char *text, pb_backend_kind *out);
 
 /* Loads a .gguf file or a Hugging Face checkpoint folder (config.json plus

@@ -5,7 +5,9 @@
  * Without a CUDA device (or in a build without CUDA) it exits 77: skipped.
  * PB_CUDA_TEST_STAND_IN=cpu runs the parity checks with the CPU backend in
  * place of CUDA (the CUDA-only checks skip): a check of this file's own
- * logic on a machine without a GPU. */
+ * logic on a machine without a GPU; =checked with the checked backend
+ * (backend_checked.c), which also checks that every buffer handed to an op
+ * is the backend's memory, whole, and that the host never touches it. */
 #define _POSIX_C_SOURCE 200809L
 #include <math.h>
 #include <setjmp.h>
@@ -1210,7 +1212,7 @@ static void test_backward(void **state) {
 
 static void test_memory_info(void **state) {
     (void)state;
-    if (g_stand_in)
+    if (g_stand_in && !g_cuda->ops->memory_info)
         skip();
     assert_non_null(g_cuda->ops->memory_info);
     size_t free_bytes = 0, total_bytes = 0;
@@ -1356,14 +1358,20 @@ static int group_teardown(void **state) {
 int main(void) {
     const char *stand_in = getenv("PB_CUDA_TEST_STAND_IN");
     g_stand_in = stand_in && *stand_in;
-    if (g_stand_in && strcmp(stand_in, "cpu") != 0) {
-        fprintf(stderr, "PB_CUDA_TEST_STAND_IN: only \"cpu\" is known, not \"%s\"\n", stand_in);
+    int checked = g_stand_in && strcmp(stand_in, "checked") == 0;
+    if (g_stand_in && !checked && strcmp(stand_in, "cpu") != 0) {
+        fprintf(stderr, "PB_CUDA_TEST_STAND_IN: \"cpu\" or \"checked\", not \"%s\"\n", stand_in);
         return 1;
     }
     if (g_stand_in)
-        printf("note: PB_CUDA_TEST_STAND_IN: the cpu backend stands in for CUDA; nothing here tests the GPU\n");
-    int exit_code = tu_cuda_exit_code(g_stand_in ? pb_backend_cpu_create(&g_cuda, 0)
-                                                 : pb_backend_cuda_create(&g_cuda, 0));
+        printf("note: PB_CUDA_TEST_STAND_IN: the %s backend stands in for CUDA; nothing here tests the GPU\n",
+               stand_in);
+    pb_status created = g_stand_in ? pb_backend_cpu_create(&g_cuda, 0) : pb_backend_cuda_create(&g_cuda, 0);
+    if (created == PB_OK && checked) {
+        pb_backend *inner = g_cuda;
+        created = pb_backend_checked_create(&g_cuda, inner);
+    }
+    int exit_code = tu_cuda_exit_code(created);
     if (exit_code != 0)
         return exit_code;
     const struct CMUnitTest tests[] = {

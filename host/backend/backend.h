@@ -258,6 +258,9 @@ pb_status pb_copy_rows_host(float *dst, size_t dst_stride, const float *src, siz
 pb_status pb_metric_rows_host(double *out, const float *logits, int rows, int n_out, pb_metric_kind kind,
                               const int32_t *positive, int n_positive, const int32_t *negative, int n_negative,
                               const double *ref_logprobs, const int32_t *ref_row, int n_ref, int n_threads);
+/* The checked backend (backend_checked.c) around inner, a host backend
+ * with every op (cpu), which it owns from here on, even on failure. */
+pb_status pb_backend_checked_create(pb_backend **out, pb_backend *inner);
 /* CUDA backend on device `device`; PB_ERR_UNSUPPORTED in builds without CUDA
  * or when no device is present (message says which). */
 pb_status pb_backend_cuda_create(pb_backend **out, int device);

@@ -85,8 +85,9 @@ void pb_cli_model_table(pb_cli_model *o, pb_cli_option table[PB_CLI_MODEL_OPTION
          .target = &o->load.backend,
          .parse = parse_backend,
          .shared = 1,
-         .value = "cpu|reference|cuda",
-         .help = "where to compute (default cpu; cuda needs a GPU build and device)"},
+         .value = "cpu|reference|cuda|checked",
+         .help = "where to compute (default cpu; cuda needs a GPU build and device; checked: cpu's arithmetic "
+                 "behind a device's memory boundary, every op's buffers checked, to find what a GPU would trip over)"},
         {.flag = "--dtype",
          .kind = PB_OPT_PARSE,
          .target = &o->load.dtype,

@@ -1,6 +1,6 @@
 /* The model options every command shares: where the weights come from
  * (--model PATH or --random-model NAME[:LAYERS] [--seed N]), where they run
- * (--backend cpu|reference|cuda, --device N, --threads N), how they are
+ * (--backend cpu|reference|cuda|checked, --device N, --threads N), how they are
  * stored (--dtype f32|bf16|f16|file, --weights resident|stream|auto,
  * --weight-memory SIZE) and LoRA adapters merged into them (--adapter). */
 #ifndef PB_CLI_MODEL_H

@@ -405,7 +405,8 @@ static int usable_in_place(const pb_weight_source *src, const wanted_tensor *w) 
  * ones in place where they can be (a host backend reading the file's
  * mapping; a device cannot), every other tensor in the arena. */
 static void place_streamed(const pb_model *m, const pb_weight_source *src, wanted_tensor *list, int n) {
-    int host = m->backend_kind != PB_BACKEND_CUDA;
+    /* by kind: a shape-only model plans for its kind on a host backend */
+    int host = m->backend_kind != PB_BACKEND_CUDA && m->backend_kind != PB_BACKEND_CHECKED;
     for (int i = 0; i < n; i++) {
         wanted_tensor *w = &list[i];
         w->place = !w->matrix_dst                    ? PLACE_ARENA
@@ -870,6 +871,7 @@ const char *pb_backend_name(pb_backend_kind kind) {
     case PB_BACKEND_CPU: return "cpu";
     case PB_BACKEND_REFERENCE: return "reference";
     case PB_BACKEND_CUDA: return "cuda";
+    case PB_BACKEND_CHECKED: return "checked";
     }
     return "unknown";
 }
@@ -881,8 +883,11 @@ pb_status pb_backend_parse(const char *text, pb_backend_kind *out) {
         *out = PB_BACKEND_REFERENCE;
     else if (text && (strcmp(text, "cuda") == 0 || strcmp(text, "gpu") == 0))
         *out = PB_BACKEND_CUDA;
+    else if (text && strcmp(text, "checked") == 0)
+        *out = PB_BACKEND_CHECKED;
     else
-        return pb_fail(PB_ERR_ARG, "unknown backend '%s' (expected cpu, reference or cuda)", text ? text : "(null)");
+        return pb_fail(PB_ERR_ARG, "unknown backend '%s' (expected cpu, reference, cuda or checked)",
+                       text ? text : "(null)");
     return PB_OK;
 }
 
@@ -910,7 +915,8 @@ static pb_status model_new(pb_model **out, const char *path, const pb_load_optio
                          pb_dtype_name(dtype));
     else if (m->weights != PB_WEIGHTS_RESIDENT && m->weights != PB_WEIGHTS_STREAM && m->weights != PB_WEIGHTS_AUTO)
         status = pb_fail(PB_ERR_ARG, "unknown weights mode %d", (int)m->weights);
-    else if (kind != PB_BACKEND_CPU && kind != PB_BACKEND_REFERENCE && kind != PB_BACKEND_CUDA)
+    else if (kind != PB_BACKEND_CPU && kind != PB_BACKEND_REFERENCE && kind != PB_BACKEND_CUDA &&
+             kind != PB_BACKEND_CHECKED)
         status = pb_fail(PB_ERR_ARG, "unknown backend %d", (int)kind);
     else if (m->shape_only || kind == PB_BACKEND_REFERENCE)
         /* shape-only: a host backend whatever the kind, so that every entry point cleans up after the executor
@@ -920,6 +926,11 @@ static pb_status model_new(pb_model **out, const char *path, const pb_load_optio
         status = pb_backend_cuda_create(&m->backend, options ? options->device : 0);
     else
         status = pb_backend_cpu_create(&m->backend, options ? options->n_threads : 0);
+    if (status == PB_OK && kind == PB_BACKEND_CHECKED && !m->shape_only) {
+        pb_backend *inner = m->backend;
+        m->backend = NULL;
+        status = pb_backend_checked_create(&m->backend, inner);
+    }
     if (status != PB_OK) {
         pb_model_free(m);
         return status;

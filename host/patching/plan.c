@@ -38,7 +38,8 @@ static void default_rates(const pb_model *m, double *flops, double *link) {
         *flops = 1e9;
         *link = 5e9;
         return;
-    case PB_BACKEND_CPU: break;
+    case PB_BACKEND_CPU:
+    case PB_BACKEND_CHECKED: break;
     }
     *flops = 100e9;
     *link = 5e9;

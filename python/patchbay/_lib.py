@@ -39,7 +39,7 @@ STATUS_NAMES = [
 ]
 PB_ERR_INTERRUPTED = 8
 
-BACKENDS = {"cpu": 0, "reference": 1, "cuda": 2}
+BACKENDS = {"cpu": 0, "reference": 1, "cuda": 2, "checked": 3}
 DTYPES = {"f32": 0, "bf16": 1, "f16": 2, "file": 3}
 INTERVENE_NONE, INTERVENE_PATCH, INTERVENE_ABLATE, INTERVENE_ADD = 0, 1, 2, 3
 # pb_metric_kind

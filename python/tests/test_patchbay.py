@@ -351,3 +351,25 @@ def test_gradients_refuse_what_they_cannot_give(tiny):
         tiny.gradients(ids, "logit_diff", positive=[10**6], negative=[2])
     with pytest.raises(ValueError, match="needs reference"):
         tiny.gradients(ids, "kl")
+
+
+def test_checked_backend_gives_the_cpu_numbers(tiny):
+    """backend="checked" (the CPU's arithmetic behind a device's memory
+    boundary) takes the paths a GPU takes: captures, gradients and decoding
+    come back through downloads, and equal the CPU's bit for bit."""
+    ids = np.load(FIXTURES / "tiny_gqa" / "ids.npy")
+    names = ["blocks.*.hook_resid_pre", "blocks.1.attn.hook_pattern", "blocks.0.attn.hook_z"]
+    with patchbay.Model.load(TINY, backend="checked", threads=1) as checked:
+        logits, cache = checked.forward(ids, capture=names)
+        value, grads = checked.gradients(ids, "logit_diff", positive=[1], negative=[2])
+        continuation = checked.generate([ids.tolist()], max_new_tokens=6, return_ids=True)[0][0]
+    want_logits, want_cache = tiny.forward(ids, capture=names)
+    want_value, want_grads = tiny.gradients(ids, "logit_diff", positive=[1], negative=[2])
+    assert np.array_equal(logits, want_logits)
+    assert sorted(cache) == sorted(want_cache) and all(np.array_equal(cache[k], want_cache[k]) for k in cache)
+    assert value == want_value
+    assert sorted(grads) == sorted(want_grads) and all(np.array_equal(grads[k], want_grads[k]) for k in grads)
+    assert np.array_equal(continuation, tiny.generate([ids.tolist()], max_new_tokens=6, return_ids=True)[0][0])
+    assert len(continuation) == 6
+    with pytest.raises(ValueError, match="backend must be one of cpu, reference, cuda, checked"):
+        patchbay.Model.load(TINY, backend="gpu0")
