@@ -12,7 +12,11 @@ build=${PB_BUILD_DIR:-build}
 fixtures=${PB_FIXTURES:-tests/fixtures}
 cli=$build/patchbay
 [ -x "$cli" ] || { echo "skipping: $cli is not built"; exit 77; }
-command -v python3 >/dev/null && python3 -c "import numpy" 2>/dev/null ||
+# the repository's venv (scripts/install-deps.sh puts numpy there), else python3
+src=${PB_SOURCE_DIR:-$(cd "$(dirname "$0")/.." && pwd)}
+py=python3
+[ -x "$src/.venv/bin/python" ] && py=$src/.venv/bin/python
+command -v "$py" >/dev/null && "$py" -c "import numpy" 2>/dev/null ||
   { echo "skipping: no python3 with numpy to compare results"; exit 77; }
 model=$fixtures/tiny_gqa/model.gguf
 under=${PB_TEST_CLI_BACKEND:-cuda}
@@ -34,7 +38,7 @@ for backend in cpu "$under"; do
   "$cli" forward --model "$model" --backend $backend --ids $ids --hooks 'blocks.*' --out "$tmp/fw_$backend" \
     >/dev/null
 done
-python3 - "$tmp/fw_cpu" "$tmp/fw_$under" <<'PY'
+"$py" - "$tmp/fw_cpu" "$tmp/fw_$under" <<'PY'
 import os, sys
 import numpy as np
 a_dir, b_dir = sys.argv[1:3]
@@ -64,7 +68,7 @@ fi
 if [ "$under" = cuda ] && ! grep -Eq "^patchbay: rank 0 \(node-local [0-9]+\) uses CUDA device [0-9]+ of [0-9]+$" "$tmp/sw_cuda.log"; then
   echo "FAIL: the sweep did not say which CUDA device it uses"; cat "$tmp/sw_cuda.log"; exit 1
 fi
-python3 - "$tmp/sw_cpu/results.json" "$tmp/sw_cuda/results.json" <<'PY'
+"$py" - "$tmp/sw_cpu/results.json" "$tmp/sw_cuda/results.json" <<'PY'
 import json, sys
 a, b = (json.load(open(p)) for p in sys.argv[1:3])
 assert a["n_rows"] == b["n_rows"] and a["n_rows_done"] == b["n_rows_done"], (a["n_rows"], b["n_rows"])
