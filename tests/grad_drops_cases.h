@@ -1,5 +1,7 @@
-/* GradDrop's passes run together (pb_grad_drops) against the same passes
- * one at a time (pb_grad_pass_drop), on seeded random models: shared by
+/* GradDrop's passes run together (pb_grad_drops; with the whole pass,
+ * pb_grad_whole_drops) against the same passes one at a time
+ * (pb_grad_pass_drop; the whole: pb_grad_pass_from), on seeded random
+ * models: shared by
  * test_grad_drops.c (host backends) and test_cuda_grad.c (CUDA). Include
  * after cmocka.h. */
 #ifndef PB_TEST_GRAD_DROPS_CASES_H
@@ -27,6 +29,8 @@ typedef struct drops_case {
     float direction[1024];
     pb_grad_metric metric;
     pb_capture *acts, *whole;
+    float *logits;      /* (vocab_size) the metric position's */
+    double value;       /* the whole pass's */
     pb_capture **alone; /* (hi + 1) drop l's pass by pb_grad_pass_drop; NULL below lo */
     /* what the callback saw */
     int calls;
@@ -81,8 +85,10 @@ static void drops_setup(drops_case *k, pb_model *m, int projection) {
     CHECK_OK(pb_capture_create(&k->acts, m, "blocks.*"));
     CHECK_OK(pb_capture_create(&k->whole, m, HOOKS));
     CHECK_OK(pb_forward(m, k->ids, k->T, logits, k->acts));
-    double value;
-    CHECK_OK(pb_grad_pass_from(m, k->T, k->acts, logits, &k->metric, k->whole, &value));
+    k->logits = malloc(sizeof(float) * (size_t)c->vocab_size);
+    assert_non_null(k->logits);
+    memcpy(k->logits, logits + (size_t)k->metric.position * c->vocab_size, sizeof(float) * (size_t)c->vocab_size);
+    CHECK_OK(pb_grad_pass_from(m, k->T, k->acts, k->logits, &k->metric, k->whole, &k->value));
     k->alone = calloc((size_t)k->hi + 1, sizeof *k->alone);
     assert_non_null(k->alone);
     for (int l = 0; l <= k->hi; l++) {
@@ -99,6 +105,18 @@ static void drops_teardown(drops_case *k) {
     free(k->alone);
     pb_capture_free(k->acts);
     pb_capture_free(k->whole);
+    free(k->logits);
+}
+
+/* got equals want: bit for bit, or within the case's NMSE bound. */
+static void entries_equal(drops_case *k, const pb_capture_entry *got, const pb_capture_entry *want) {
+    size_t len = pb_capture_entry_floats(got, k->T);
+    double nmse = tu_nmse(got->data, want->data, len);
+    k->worst = nmse > k->worst ? nmse : k->worst;
+    if (k->bitwise)
+        assert_memory_equal(got->data, want->data, sizeof(float) * len);
+    else
+        assert_true(nmse <= k->bound);
 }
 
 /* pb_grad_layer_fn: each drop lo..hi at each layer from it down to the
@@ -116,28 +134,49 @@ static pb_status drops_compare(void *user, int layer, int drop, pb_capture *grad
         pb_capture_entry *e = &grads->entries[i], *want = pb_capture_find(k->alone[drop], e->kind, e->layer);
         assert_int_equal(e->layer, layer);
         assert_non_null(want);
-        size_t len = pb_capture_entry_floats(e, k->T);
-        double nmse = tu_nmse(e->data, want->data, len);
-        k->worst = nmse > k->worst ? nmse : k->worst;
-        if (k->bitwise)
-            assert_memory_equal(e->data, want->data, sizeof(float) * len);
-        else
-            assert_true(nmse <= k->bound);
+        entries_equal(k, e, want);
         n++;
     }
     assert_int_equal(n, pb_capture_count(k->alone[drop]) / pb_model_get_config(k->m)->n_layers);
     return PB_OK;
 }
 
-/* pb_grad_drops over drops lo..hi down to bottom in batches of `batch`;
- * every expected call made. */
-static void drops_run(drops_case *k, int lo, int bottom, int batch) {
+/* pb_grad_whole_drops' whole pass against pb_grad_pass_from's: equal at
+ * layers from bottom up, zero below; the same value. */
+static void whole_compare(drops_case *k, pb_capture *got, double value) {
+    assert_true(value == k->value);
+    for (int i = 0; i < got->count; i++) {
+        pb_capture_entry *e = &got->entries[i], *want = pb_capture_find(k->whole, e->kind, e->layer);
+        size_t len = pb_capture_entry_floats(e, k->T);
+        if (e->layer < k->bottom) {
+            for (size_t x = 0; x < len; x++)
+                assert_true(e->data[x] == 0.0f);
+            continue;
+        }
+        entries_equal(k, e, want);
+    }
+}
+
+/* pb_grad_drops over drops lo..hi down to bottom in batches of `batch`
+ * (with_whole: pb_grad_whole_drops, its whole pass checked too); every
+ * expected call made. */
+static void drops_run(drops_case *k, int lo, int bottom, int batch, int with_whole) {
     k->lo = lo;
     k->bottom = bottom;
     k->calls = 0;
     memset(k->seen, 0, sizeof k->seen);
-    pb_grad_drop_job job = {k->T, k->acts, &k->metric, k->whole, drops_compare, k};
-    CHECK_OK(pb_grad_drops(k->m, &job, 1, lo, k->hi, bottom, batch));
+    pb_grad_drop_job job = {k->T, k->acts, &k->metric, k->whole, drops_compare, k, NULL, NULL};
+    if (with_whole) {
+        double value = NAN;
+        CHECK_OK(pb_capture_create(&job.whole, k->m, HOOKS));
+        job.logits = k->metric.kind == PB_METRIC_PROJECTION ? NULL : k->logits;
+        job.value = &value;
+        CHECK_OK(pb_grad_whole_drops(k->m, &job, 1, lo, k->hi, bottom, batch));
+        whole_compare(k, job.whole, value);
+        pb_capture_free(job.whole);
+    } else {
+        CHECK_OK(pb_grad_drops(k->m, &job, 1, lo, k->hi, bottom, batch));
+    }
     int want = 0;
     for (int L = bottom; L <= k->hi; L++)
         want += k->hi - (L > lo ? L : lo) + 1;
@@ -151,11 +190,13 @@ static void check_drops(const char *name, pb_backend_kind backend, int projectio
     drops_setup(&k, drops_model(name, backend, 0), projection);
     k.bitwise = backend == PB_BACKEND_REFERENCE;
     k.bound = backend == PB_BACKEND_CUDA ? PB_TOL_GRAD_NMSE : PB_TOL_GRAD_DROPS_NMSE;
-    drops_run(&k, 0, 0, 0);    /* every pass in one batch */
-    drops_run(&k, 0, 0, 2);    /* in turns */
-    drops_run(&k, 1, 1, 0);    /* the lowest site above layer 0 */
-    drops_run(&k, 1, 0, 1);    /* one at a time */
-    drops_run(&k, k.hi, 0, 0); /* the top drop alone */
+    for (int with_whole = 0; with_whole <= 1; with_whole++) {
+        drops_run(&k, 0, 0, 0, with_whole);    /* every pass in one batch */
+        drops_run(&k, 0, 0, 2, with_whole);    /* in turns */
+        drops_run(&k, 1, 1, 0, with_whole);    /* the lowest site above layer 0 */
+        drops_run(&k, 1, 0, 1, with_whole);    /* one at a time (the first turn: the whole pass and one drop) */
+        drops_run(&k, k.hi, 0, 0, with_whole); /* the top drop alone */
+    }
     printf("[ MEASURE  ] %-16s %-9s %-11s drops 0..%d together vs alone: worst NMSE %.2e\n", name,
            pb_backend_name(backend), projection ? "projection" : "logit_diff", k.hi, k.worst);
     drops_teardown(&k);

@@ -131,18 +131,25 @@ static void test_from_forward(void **state) {
     double va, vb;
     CHECK_OK(pb_gradients(m, gc.ids, gc.T, &gc.metric, a, &va));
     CHECK_OK(pb_forward(m, gc.ids, gc.T, logits, acts));
-    CHECK_OK(pb_grad_pass_from(m, gc.T, acts, logits, &gc.metric, b, &vb));
+    CHECK_OK(pb_grad_pass_from(m, gc.T, acts, logits + (size_t)gc.metric.position * pb_model_get_config(m)->vocab_size,
+                               &gc.metric, b, &vb));
     assert_true(va == vb);
     for (int k = 0; k < pb_capture_count(a); k++)
         assert_memory_equal(a->entries[k].data, b->entries[k].data,
                             sizeof(float) * (size_t)gc.T * (size_t)a->entries[k].row_shape[0]);
     CHECK_OK(pb_forward(m, gc.ids, gc.T, logits, thin));
-    assert_int_equal(pb_grad_pass_from(m, gc.T, thin, logits, &gc.metric, b, &vb), PB_ERR_ARG);
+    assert_int_equal(pb_grad_pass_from(m, gc.T, thin,
+                                       logits + (size_t)gc.metric.position * pb_model_get_config(m)->vocab_size,
+                                       &gc.metric, b, &vb),
+                     PB_ERR_ARG);
     assert_non_null(strstr(pb_last_error(), "lack blocks.0.attn.hook_q"));
     /* a non-finite logit at the metric's position: named, no gradient */
     CHECK_OK(pb_forward(m, gc.ids, gc.T, logits, acts));
     logits[(size_t)gc.metric.position * (size_t)pb_model_get_config(m)->vocab_size + 7] = NAN;
-    assert_int_equal(pb_grad_pass_from(m, gc.T, acts, logits, &gc.metric, b, &vb), PB_ERR_NUMERIC);
+    assert_int_equal(pb_grad_pass_from(m, gc.T, acts,
+                                       logits + (size_t)gc.metric.position * pb_model_get_config(m)->vocab_size,
+                                       &gc.metric, b, &vb),
+                     PB_ERR_NUMERIC);
     assert_non_null(strstr(pb_last_error(), "logit of token 7"));
     free(logits);
     pb_capture_free(a);
@@ -239,7 +246,8 @@ static void test_pattern_and_drop(void **state) {
     assert_non_null(logits);
     CHECK_OK(pb_forward(m, gc.ids, T, logits, acts));
     double v_full, v_drop;
-    CHECK_OK(pb_grad_pass_from(m, T, acts, logits, &gc.metric, full, &v_full));
+    CHECK_OK(
+        pb_grad_pass_from(m, T, acts, logits + (size_t)gc.metric.position * c->vocab_size, &gc.metric, full, &v_full));
     double worst = 0.0;
     for (int l = 0; l < L; l++) {
         const float *dA = pb_capture_find(full, PB_HOOK_PATTERN, l)->data;
@@ -258,7 +266,8 @@ static void test_pattern_and_drop(void **state) {
     }
     printf("[ MEASURE  ] pattern gradient vs dz . v: worst relative %.2e\n", worst);
     pb_grad_drop d = {drop, NULL};
-    CHECK_OK(pb_grad_pass_drop(m, T, acts, logits, &gc.metric, &d, dropped, &v_drop));
+    CHECK_OK(pb_grad_pass_drop(m, T, acts, logits + (size_t)gc.metric.position * c->vocab_size, &gc.metric, &d, dropped,
+                               &v_drop));
     assert_true(v_drop == v_full);
     d.resid_post_grad = pb_capture_find(full, PB_HOOK_RESID_POST, drop)->data;
     CHECK_OK(pb_grad_pass_drop(m, T, acts, NULL, &gc.metric, &d, resumed, NULL));

@@ -35,27 +35,43 @@ static void test_cpu(void **state) {
 /* Streamed weights (two layer slots: 247 MiB is the load's least for this
  * model): the passes together read the layers below the highest drop
  * once; one at a time each drop's pass reads those below it again, but
- * for the two still in their slots. */
+ * for the two still in their slots. With the whole pass in the same
+ * descent, the layers are read once for it and every drop, where the
+ * whole pass alone reads them all again. */
 static void test_streamed(void **state) {
     (void)state;
     pb_model *m = drops_model("smollm2-135m:8:bf16", PB_BACKEND_CPU, (size_t)247 << 20);
     drops_case k;
     drops_setup(&k, m, 0);
-    long long before, together, alone;
+    long long before, together, alone, whole, merged;
     double bytes;
     pb_stream_counters(m->stream, &before, &bytes);
-    drops_run(&k, 0, 0, 0);
+    drops_run(&k, 0, 0, 0, 0);
     pb_stream_counters(m->stream, &together, &bytes);
     together -= before;
     before += together;
-    drops_run(&k, 0, 0, 1);
+    drops_run(&k, 0, 0, 1, 0);
     pb_stream_counters(m->stream, &alone, &bytes);
     alone -= before;
-    printf(
-        "[ MEASURE  ] smollm2-135m:8 bf16 streamed: layer reads for drops 0..%d: %lld together, %lld one at a time\n",
-        k.hi, together, alone);
+    before += alone;
+    pb_capture *grads = NULL;
+    CHECK_OK(pb_capture_create(&grads, m, HOOKS));
+    double value;
+    CHECK_OK(pb_grad_pass_from(m, k.T, k.acts, k.logits, &k.metric, grads, &value));
+    pb_capture_free(grads);
+    pb_stream_counters(m->stream, &whole, &bytes);
+    whole -= before;
+    before += whole;
+    drops_run(&k, 0, 0, 0, 1);
+    pb_stream_counters(m->stream, &merged, &bytes);
+    merged -= before;
+    printf("[ MEASURE  ] smollm2-135m:8 bf16 streamed: layer reads for drops 0..%d: %lld together, %lld one at a "
+           "time; the whole pass %lld alone, %lld with the drops together\n",
+           k.hi, together, alone, whole, merged);
     assert_true(together <= k.hi);
     assert_true(alone > together);
+    assert_true(merged <= k.hi + 1);
+    assert_true(merged < whole + together);
     drops_teardown(&k);
     pb_model_free(m);
 }

@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "formats/npy.h"
+#include "model/forward.h"
 #include "model/hooks.h"
 #include "model/model.h"
 #include "patchbay.h"
@@ -367,6 +368,36 @@ static void test_generate_matches_full_forward(void **state) {
     }
 }
 
+/* Logits from a position on (pb_forward_prompt.logits_from) are the full
+ * forward's rows there, bit for bit on the reference backend, whose rows
+ * do not depend on what else is in the product; a position outside the
+ * prompt is refused. */
+static void test_logits_from(void **state) {
+    (void)state;
+    pb_model *m = tu_load_model("tiny_gqa", "model.gguf", PB_BACKEND_REFERENCE);
+    int V = pb_model_get_config(m)->vocab_size, T;
+    int32_t *ids = load_ids("tiny_gqa", &T);
+    float *full = malloc(sizeof(float) * (size_t)T * V), *last = malloc(sizeof(float) * V),
+          *tail = malloc(sizeof(float) * (size_t)(T - 3) * V);
+    assert_true(full && last && tail && T > 4);
+    CHECK_OK(pb_forward(m, ids, T, full, NULL));
+    pb_forward_prompt runs[2] = {{.ids = ids, .T = T, .logits = last, .logits_from = T - 1},
+                                 {.ids = ids, .T = T, .logits = tail, .logits_from = 3}};
+    CHECK_OK(pb_forward_batch(m, runs, 2));
+    assert_memory_equal(last, full + (size_t)(T - 1) * V, sizeof(float) * V);
+    assert_memory_equal(tail, full + (size_t)3 * V, sizeof(float) * (size_t)(T - 3) * V);
+    runs[0].logits_from = T;
+    assert_int_equal(pb_forward_batch(m, runs, 1), PB_ERR_ARG);
+    assert_non_null(strstr(pb_last_error(), "logits from position"));
+    runs[0].logits_from = -1;
+    assert_int_equal(pb_forward_batch(m, runs, 1), PB_ERR_ARG);
+    free(full);
+    free(last);
+    free(tail);
+    free(ids);
+    pb_model_free(m);
+}
+
 static void test_bad_ids_refused(void **state) {
     pb_model *m = tu_load_model("tiny_gqa", "model.gguf", PB_BACKEND_CPU);
     const pb_model_config *c = pb_model_get_config(m);
@@ -553,6 +584,7 @@ int main(void) {
         cmocka_unit_test(test_arch_config_values),
         cmocka_unit_test(test_query_scale_variant),
         cmocka_unit_test(test_generate_matches_full_forward),
+        cmocka_unit_test(test_logits_from),
         cmocka_unit_test(test_bad_ids_refused),
         cmocka_unit_test(test_gguf_header_refused),
         cmocka_unit_test(test_shape_mismatch_refused),

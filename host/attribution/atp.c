@@ -32,7 +32,8 @@ typedef struct atp_pair {
     int *layer;  /* (n) GradDrop: each row's site layer */
     double *acc; /* (n) GradDrop: sum over drops of |estimate| */
     pb_capture *base, *source, *grads;
-    float *base_logits, *source_logits; /* (T, vocab) until the gradient pass */
+    float *base_logits, *source_logits; /* the metric position's (vocab) until the gradient pass; NULL for
+                                           projection */
     pb_qk_fix *qk;                      /* with the QK fix */
     pb_grad_metric metric;              /* the base run's metric, for the gradient passes */
     int T;                              /* the base run's tokens */
@@ -196,7 +197,8 @@ static double projection_value(const pb_metric_spec *mt, pb_capture *run, int po
 
 /* The forwards of a group's pairs, both runs of each, in one run of the
  * executor: the base runs capturing hooks->base, the source runs
- * hooks->source, every run's logits. */
+ * hooks->source, every run's logits at the metric's position (none for
+ * projection, which reads the residual stream). */
 static pb_status group_forwards(pb_sweep *s, atp_pair *a, int G, const hook_sets *hooks) {
     pb_model *m = (pb_model *)(uintptr_t)pb_sweep_model(s);
     const pb_sweep_spec *spec = pb_sweep_spec_of(s);
@@ -210,13 +212,18 @@ static pb_status group_forwards(pb_sweep *s, atp_pair *a, int G, const hook_sets
         const pb_prompt_spec *prompt = source ? &spec->pairs[p->pair].source : &spec->pairs[p->pair].base;
         float **logits = source ? &p->source_logits : &p->base_logits;
         pb_capture **capture = source ? &p->source : &p->base;
-        if (!(*logits = malloc(sizeof(float) * (size_t)prompt->T * V)))
-            status = pb_fail(PB_ERR_OOM, "atp: out of memory for %d tokens' logits", prompt->T);
+        if (spec->metric.kind != PB_METRIC_PROJECTION && !(*logits = malloc(sizeof(float) * V)))
+            status = pb_fail(PB_ERR_OOM, "atp: out of memory for a position's logits");
         if (status == PB_OK)
             status = embed_delta(m, prompt, &delta[k]);
         if (status == PB_OK)
             status = pb_capture_create(capture, m, source ? hooks->source : hooks->base);
-        runs[k] = (pb_forward_prompt){prompt->ids, prompt->T, delta[k], *logits, *capture};
+        runs[k] = (pb_forward_prompt){.ids = prompt->ids,
+                                      .T = prompt->T,
+                                      .embed_delta = delta[k],
+                                      .logits = *logits,
+                                      .capture = *capture,
+                                      .logits_from = pb_sweep_metric_position(s, prompt->T)};
     }
     if (status == PB_OK)
         status = pb_forward_batch(m, runs, 2 * G);
@@ -236,9 +243,7 @@ static pb_status pair_metric(pb_sweep *s, atp_pair *a, const hook_sets *hooks) {
     const pb_pair_spec *p = &spec->pairs[a->pair];
     int V = m->cfg.vocab_size;
     if (spec->metric.kind == PB_METRIC_KL) {
-        const pb_prompt_spec *clean = p->clean_is_source ? &p->source : &p->base;
-        const float *row = (p->clean_is_source ? a->source_logits : a->base_logits) +
-                           (size_t)pb_sweep_metric_position(s, clean->T) * V;
+        const float *row = p->clean_is_source ? a->source_logits : a->base_logits;
         if (!(a->ref_logprobs = malloc(sizeof(double) * (size_t)V)))
             return pb_fail(PB_ERR_OOM, "atp: out of memory for the reference distribution");
         pb_log_softmax(row, V, a->ref_logprobs);
@@ -246,7 +251,7 @@ static pb_status pair_metric(pb_sweep *s, atp_pair *a, const hook_sets *hooks) {
     int source_position = pb_sweep_metric_position(s, p->source.T);
     a->source_value = spec->metric.kind == PB_METRIC_PROJECTION
                           ? projection_value(&spec->metric, a->source, source_position, m->cfg.d_model)
-                          : metric_value(spec, p, a->source_logits + (size_t)source_position * V, V, a->ref_logprobs);
+                          : metric_value(spec, p, a->source_logits, V, a->ref_logprobs);
     a->metric = (pb_grad_metric){.kind = spec->metric.kind,
                                  .position = pb_sweep_metric_position(s, p->base.T),
                                  .positive = p->positive,
@@ -265,28 +270,32 @@ static pb_status pair_metric(pb_sweep *s, atp_pair *a, const hook_sets *hooks) {
     return pb_capture_create(&a->grads, m, hooks->grads);
 }
 
-/* A group's runs: the forwards, then every base run's gradient from its
- * own forward's captures, the passes together; both metric values. */
+/* Every base run's whole gradient from its own forward's captures, the
+ * group's passes together: a[g].grads and base_value. */
+static pb_status whole_passes(pb_model *m, atp_pair *a, int G) {
+    pb_grad_job *jobs = calloc((size_t)G, sizeof *jobs);
+    if (!jobs)
+        return pb_fail(PB_ERR_OOM, "atp: out of memory for %d pairs", G);
+    for (int g = 0; g < G; g++)
+        jobs[g] = (pb_grad_job){a[g].T, a[g].base, a[g].base_logits, &a[g].metric, a[g].grads, &a[g].base_value};
+    pb_status status = pb_grad_passes(m, jobs, G);
+    free(jobs);
+    return status;
+}
+
+/* A group's runs: the forwards, the source runs' metric values, the QK
+ * fix's state; and unless GradDrop takes them into its descent
+ * (grad_drop), the whole gradients and base values (whole_passes). */
 static pb_status group_runs(pb_sweep *s, atp_pair *a, int G, const hook_sets *hooks) {
     pb_model *m = (pb_model *)(uintptr_t)pb_sweep_model(s);
     PB_TRY(group_forwards(s, a, G, hooks));
-    pb_grad_job *jobs = calloc((size_t)G, sizeof *jobs);
-    pb_status status = jobs ? PB_OK : pb_fail(PB_ERR_OOM, "atp: out of memory for %d pairs", G);
-    for (int g = 0; status == PB_OK && g < G; g++) {
-        status = pair_metric(s, &a[g], hooks);
-        jobs[g] = (pb_grad_job){a[g].T, a[g].base, a[g].base_logits, &a[g].metric, a[g].grads, &a[g].base_value};
-    }
-    if (status == PB_OK)
-        status = pb_grad_passes(m, jobs, G);
-    free(jobs);
-    for (int g = 0; g < G; g++) {
-        free(a[g].base_logits);
-        free(a[g].source_logits);
-        a[g].base_logits = a[g].source_logits = NULL;
-    }
-    for (int g = 0; status == PB_OK && pb_sweep_spec_of(s)->qk_fix && g < G; g++)
-        status = pb_qk_fix_create(&a[g].qk, m, a[g].T, a[g].base, a[g].source);
-    return status;
+    for (int g = 0; g < G; g++)
+        PB_TRY(pair_metric(s, &a[g], hooks));
+    if (!pb_sweep_spec_of(s)->grad_drop)
+        PB_TRY(whole_passes(m, a, G));
+    for (int g = 0; pb_sweep_spec_of(s)->qk_fix && g < G; g++)
+        PB_TRY(pb_qk_fix_create(&a[g].qk, m, a[g].T, a[g].base, a[g].source));
+    return PB_OK;
 }
 
 /* *estimate of the row's patched - base from the gradients in grads:
@@ -346,8 +355,7 @@ static pb_status drop_layer(void *user, int layer, int drop, pb_capture *grads) 
     return PB_OK;
 }
 
-/* GradDrop: each pair's est holds its rows' estimates from the whole
- * gradient on entry and their AtP* values on return,
+/* GradDrop: each row's AtP* value is
  *
  *   (1 / (L - 1)) sum over layers l of |estimate with layer l's writes
  *   passing no gradient back|
@@ -355,9 +363,10 @@ static pb_status drop_layer(void *user, int layer, int drop, pb_capture *grads) 
  * signed as source - base so that the normalised effect is its magnitude.
  * A drop at l leaves every gradient above l as it was, and a drop above
  * the layers the metric reads (projection) changes nothing: those terms
- * are the whole estimate's. The others come from pb_grad_drops, every
- * drop's pass of every pair of the group at once, down to the lowest
- * site's layer. */
+ * are the whole estimate's (grad_drop_finish adds them). The others come
+ * from pb_grad_whole_drops (into acc): the whole pass and every drop's
+ * pass of every pair of the group at once, down to the lowest site's
+ * layer; the whole pass fills grads and base_value as whole_passes does. */
 static pb_status grad_drop(pb_sweep *s, atp_pair *a, int G, int batch) {
     pb_model *m = (pb_model *)(uintptr_t)pb_sweep_model(s);
     int64_t n_sites = pb_sweep_site_count(s);
@@ -375,21 +384,36 @@ static pb_status grad_drop(pb_sweep *s, atp_pair *a, int G, int batch) {
         }
         for (int64_t i = 0; i < p->n; i++) {
             p->layer[i] = site_layer(s, p->rows[i] % n_sites);
-            int above = L - (p->layer[i] > top ? p->layer[i] : top + 1);
-            p->acc[i] = (p->layer[i] + above) * fabs(p->est[i]); /* drops below the site, and above the top */
+            p->acc[i] = 0.0;
             lowest = p->layer[i] < lowest ? p->layer[i] : lowest;
         }
-        jobs[g] = (pb_grad_drop_job){p->T, p->base, &p->metric, p->grads, drop_layer, p};
+        jobs[g] = (pb_grad_drop_job){.T = p->T,
+                                     .acts = p->base,
+                                     .metric = &p->metric,
+                                     .whole = p->grads,
+                                     .fn = drop_layer,
+                                     .user = p,
+                                     .logits = p->base_logits,
+                                     .value = &p->base_value};
     }
-    if (status == PB_OK && lowest <= top)
-        status = pb_grad_drops(m, jobs, G, lowest, top, lowest, batch);
-    for (int g = 0; status == PB_OK && g < G; g++) {
-        double sign = a[g].source_value >= a[g].base_value ? 1.0 : -1.0;
-        for (int64_t i = 0; i < a[g].n; i++)
-            a[g].est[i] = sign * a[g].acc[i] / (L - 1);
-    }
+    if (status == PB_OK)
+        status = lowest <= top ? pb_grad_whole_drops(m, jobs, G, lowest, top, lowest, batch) : whole_passes(m, a, G);
     free(jobs);
     return status;
+}
+
+/* GradDrop's sums completed: each row's est holds its whole estimate on
+ * entry, its AtP* value on return. */
+static void grad_drop_finish(const pb_sweep *s, atp_pair *a, int G) {
+    int L = pb_sweep_model(s)->cfg.n_layers, top = pb_grad_metric_top_layer(&a[0].metric, L);
+    for (int g = 0; g < G; g++) {
+        double sign = a[g].source_value >= a[g].base_value ? 1.0 : -1.0;
+        for (int64_t i = 0; i < a[g].n; i++) {
+            int layer = a[g].layer[i], above = L - (layer > top ? layer : top + 1);
+            double acc = a[g].acc[i] + (layer + above) * fabs(a[g].est[i]); /* drops below the site, above the top */
+            a[g].est[i] = sign * acc / (L - 1);
+        }
+    }
 }
 
 /* One group's rows (a[g].rows, each pair's not done yet): the runs,
@@ -400,15 +424,23 @@ static pb_status group_rows(pb_sweep *s, atp_pair *a, int G, int drop_batch, con
     for (int g = 0; status == PB_OK && g < G; g++)
         if (!(a[g].est = malloc(sizeof(double) * (size_t)(a[g].n > 0 ? a[g].n : 1))))
             status = pb_fail(PB_ERR_OOM, "atp: out of memory for %lld rows", (long long)a[g].n);
+    int drop = pb_sweep_spec_of(s)->grad_drop;
     if (status == PB_OK)
         status = group_runs(s, a, G, hooks);
+    if (status == PB_OK && drop)
+        status = grad_drop(s, a, G, drop_batch);
+    for (int g = 0; g < G; g++) {
+        free(a[g].base_logits);
+        free(a[g].source_logits);
+        a[g].base_logits = a[g].source_logits = NULL;
+    }
     for (int g = 0; status == PB_OK && g < G; g++) {
         status = pb_sweep_set_pair(s, a[g].pair, a[g].base_value, a[g].source_value);
         for (int64_t i = 0; status == PB_OK && i < a[g].n; i++)
             status = row_estimate(s, a[g].pair, a[g].rows[i] % n_sites, &a[g], a[g].grads, &a[g].est[i]);
     }
-    if (status == PB_OK && pb_sweep_spec_of(s)->grad_drop)
-        status = grad_drop(s, a, G, drop_batch);
+    if (status == PB_OK && drop)
+        grad_drop_finish(s, a, G);
     for (int g = 0; status == PB_OK && g < G; g++)
         for (int64_t i = 0; status == PB_OK && i < a[g].n; i++)
             status = pb_sweep_set_row(s, a[g].rows[i], a[g].base_value + a[g].est[i], 0, 0);
@@ -457,7 +489,7 @@ static pb_status pair_bytes_of(const pb_sweep *s, const hook_sets *hooks, int T,
     PB_TRY(capture_bytes(m, hooks->base, T, &base, NULL));
     PB_TRY(capture_bytes(m, hooks->source, T, &source, NULL));
     PB_TRY(capture_bytes(m, hooks->grads, T, &grads, &out->layer));
-    out->held = base + source + grads + 2 * sizeof(float) * (uint64_t)T * (uint64_t)m->cfg.vocab_size;
+    out->held = base + source + grads + 2 * sizeof(float) * (uint64_t)m->cfg.vocab_size; /* the metric row's logits */
     out->pass = pb_grad_scratch_bytes(&m->cfg, T, !m->backend->ops->host_memory, 1);
     return PB_OK;
 }
@@ -604,14 +636,14 @@ pb_status pb_atp_run_rows(pb_sweep *s, const int64_t *rows, int64_t n_rows) {
 }
 
 /* FLOPs of one pair's estimate, a model of the passes atp.c runs: a
- * forward of each run (logits at every position), and backward passes
+ * forward of each run (logits at the metric's position), and backward passes
  * whose products are the forward's transposed (the same FLOPs, the
  * attention's twice) plus the MLP's pre-activations recomputed and the
  * unembedding at the metric's position; GradDrop adds its passes, the
  * one for layer l running layers l..0. The QK fix's softmaxes are not
  * counted (a row of T keys per touched query). */
 double pb_atp_flops(const pb_model_config *c, int T, int grad_drop) {
-    double d = c->d_model, V = c->vocab_size, forward = 2.0 * T * d * V,
+    double d = c->d_model, V = c->vocab_size, forward = 2.0 * d * V,
            *layer = calloc((size_t)c->n_layers, sizeof(double));
     if (!layer)
         return 0.0;
@@ -636,8 +668,11 @@ double pb_atp_stream_bytes(const pb_sweep *s, int drop_batch, const uint64_t *la
     int batch = drop_batch > 0 ? drop_batch : 1;
     for (int l = 0; l < c->n_layers; l++)
         all += (double)layer_bytes[l];
-    /* each turn of drops top - batch + 1..top reads the layers below top */
-    for (int top = c->n_layers - 1; pb_sweep_spec_of(s)->grad_drop && top >= 0; top -= batch)
+    /* the first turn of drops carries the whole pass (pb_grad_whole_drops),
+     * whose read it is; each later turn of drops top - batch + 1..top
+     * reads the layers below top */
+    int first_turn = batch > 1 ? batch - 1 : 1;
+    for (int top = c->n_layers - 1 - first_turn; pb_sweep_spec_of(s)->grad_drop && top >= 0; top -= batch)
         for (int l = 0; l < top; l++)
             drops += (double)layer_bytes[l];
     return 3.0 * all + drops;

@@ -56,9 +56,10 @@ pb_atp_group_shape pb_atp_group(const pb_sweep *s, const int *pairs, int n);
 
 /* Bytes of streamed layers a group reads at most (a layer still in its
  * slot is not read again): its two runs of forwards and its backward
- * passes read every layer once, and each turn of GradDrop's passes
- * (drop_batch drops of every layer at once) the layers below its
- * highest. layer_bytes (n_layers): each layer's bytes. */
+ * passes read every layer once, GradDrop's first turn among them (the
+ * whole pass and drop_batch - 1 drops), and each later turn of GradDrop's
+ * passes (drop_batch drops at once) the layers below its highest.
+ * layer_bytes (n_layers): each layer's bytes. */
 double pb_atp_stream_bytes(const pb_sweep *s, int drop_batch, const uint64_t *layer_bytes);
 
 /* One verified site: its estimated and exact mean effects. */

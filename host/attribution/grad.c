@@ -17,6 +17,7 @@
 #include "attribution/grad.h"
 #include "backend/backend.h"
 #include "model/capture.h"
+#include "model/forward.h"
 #include "model/model.h"
 #include "patching/metric.h"
 #include "util/internal.h"
@@ -191,7 +192,7 @@ static pb_status head_backward(grad_ctx *g, const pb_grad_metric *mt, const floa
     double *dl = malloc(sizeof(double) * (size_t)V);
     float *dlf = malloc(sizeof(float) * (size_t)V);
     pb_status status = dl && dlf ? PB_OK : pb_fail(PB_ERR_OOM, "gradient: out of memory for %d logits", V);
-    const float *row = logits + (size_t)pos * V;
+    const float *row = logits; /* the metric position's */
     for (int v = 0; status == PB_OK && v < V; v++)
         if (!isfinite(row[v]))
             status = pb_fail(PB_ERR_NUMERIC, "gradient: the logit of token %d at position %d is %g", v, pos,
@@ -593,13 +594,14 @@ pb_status pb_gradients(pb_model *m, const int32_t *ids, int T, const pb_grad_met
         return pb_fail(PB_ERR_ARG, "pb_gradients: model, ids, grads and value are required");
     PB_TRY(check_supported(m, metric, T));
     PB_TRY(check_grads(grads, &m->cfg));
-    float *logits = malloc(sizeof(float) * (size_t)T * (size_t)m->cfg.vocab_size);
+    float *logits = malloc(sizeof(float) * (size_t)m->cfg.vocab_size); /* the metric position's */
     if (!logits)
-        return pb_fail(PB_ERR_OOM, "gradient: out of memory for %d tokens' logits", T);
+        return pb_fail(PB_ERR_OOM, "gradient: out of memory for a position's logits");
     pb_capture *acts = NULL;
     pb_status status = pb_capture_create(&acts, m, PB_GRAD_ACT_HOOKS);
+    pb_forward_prompt run = {.ids = ids, .T = T, .logits = logits, .capture = acts, .logits_from = metric->position};
     if (status == PB_OK)
-        status = pb_forward(m, ids, T, logits, acts);
+        status = pb_forward_batch(m, &run, 1);
     if (status == PB_OK)
         status = pb_grad_pass_from(m, T, acts, logits, metric, grads, value);
     pb_capture_free(acts);
@@ -721,59 +723,75 @@ static pb_status drop_start(grad_ctx *g, pb_capture *whole, int L, int i, pb_cap
     return PB_OK;
 }
 
-/* One job's passes of a turn (drops first..top): pass i is drop top -
- * i's, so at layer L those above it, a prefix, run as one batch. */
+/* One job's passes of a turn (drops first..top): pass w + i is drop top -
+ * i's, so at layer L those above it, a prefix, run as one batch; with the
+ * whole pass (w = 1) that is pass 0, before them all. */
 typedef struct drop_state {
     grad_ctx g;
-    pb_capture **caps; /* (passes) each pass's gradients at the current layer */
+    int w;             /* 1: pass 0 is the whole pass, its gradients the job's whole */
+    pb_capture **caps; /* (passes) each pass's gradients at the current layer (pass 0's: whole) */
 } drop_state;
 
-static pb_status drops_open(drop_state *d, pb_model *m, const pb_grad_drop_job *j, int passes) {
+static pb_status drops_open(drop_state *d, pb_model *m, const pb_grad_drop_job *j, int passes, int whole) {
     d->g = (grad_ctx){.m = m, .c = &m->cfg, .b = m->backend, .T = j->T, .drop = -1, .acts = j->acts};
+    d->w = whole;
     if (!(d->caps = calloc((size_t)passes, sizeof *d->caps)))
         return pb_fail(PB_ERR_OOM, "GradDrop: out of memory for %d passes", passes);
     d->g.grads = d->caps;
     d->g.capacity = passes;
-    return ctx_alloc(&d->g, asks_pattern(j->whole));
+    PB_TRY(ctx_alloc(&d->g, asks_pattern(j->whole)));
+    if (!whole)
+        return PB_OK;
+    /* the whole pass's start, as pass_open's */
+    d->caps[0] = j->whole;
+    d->g.S = 1;
+    int on_logits = j->metric->kind != PB_METRIC_PROJECTION;
+    return on_logits ? head_backward(&d->g, j->metric, j->logits, j->value)
+                     : projection_start(&d->g, j->metric, j->value);
 }
 
 static void drops_close(drop_state *d) {
-    for (int i = 0; d->caps && i < d->g.capacity; i++)
+    for (int i = d->w; d->caps && i < d->g.capacity; i++) /* pass 0's, whole, is the caller's */
         pb_capture_free(d->caps[i]);
     free(d->caps);
     ctx_free(&d->g);
 }
 
-/* Layer L (its weights in place) for one job's passes first..top. */
+/* Layer L (its weights in place) for one job's passes first..top, after
+ * the whole pass where it runs too. */
 static pb_status drops_layer(drop_state *d, const pb_grad_drop_job *j, int first, int top, int L) {
     grad_ctx *g = &d->g;
-    int n = top - first + 1, running = top - L < n ? top - L : n, live = running + (L >= first);
-    for (int i = 0; i < live; i++)
+    int w = d->w, n = top - first + 1, running = w + (top - L < n ? top - L : n), live = running + (L >= first);
+    for (int i = w; i < live; i++)
         PB_TRY(layer_capture(j->whole, L, g->T, &d->caps[i]));
     g->S = running;
     if (running > 0)
-        PB_TRY(layer_backward(g, L));
+        PB_TRY(layer_backward(g, L)); /* the whole pass's resid_post of L lands in whole first */
     if (L >= first)
         PB_TRY(drop_start(g, j->whole, L, running, d->caps[running]));
     PB_TRY(g->b->ops->synchronize(g->b));
-    for (int i = 0; i < live; i++)
+    for (int i = w; i < live; i++)
         if (d->caps[i])
-            PB_TRY(j->fn(j->user, L, top - i, d->caps[i]));
+            PB_TRY(j->fn(j->user, L, top - (i - w), d->caps[i]));
     return PB_OK;
 }
 
-/* Every job's passes of drops first..top, from layer top down to
- * bottom: each layer read once for all of them. */
-static pb_status drops_turn(pb_model *m, const pb_grad_drop_job *jobs, int n, int first, int top, int bottom) {
+/* Every job's passes of drops first..top (and the whole pass first, with
+ * whole), from layer top down to bottom: each layer read once for all of
+ * them. */
+static pb_status drops_turn(pb_model *m, const pb_grad_drop_job *jobs, int n, int first, int top, int bottom,
+                            int whole) {
     drop_state *d = calloc((size_t)n, sizeof *d);
     if (!d)
         return pb_fail(PB_ERR_OOM, "GradDrop: out of memory for %d prompts", n);
     pb_status status = PB_OK;
     int opened = 0;
     for (; status == PB_OK && opened < n; opened++)
-        status = drops_open(&d[opened], m, &jobs[opened], top - first + 1);
+        status = drops_open(&d[opened], m, &jobs[opened], top - first + 1 + whole, whole);
     for (int L = top; status == PB_OK && L >= bottom; L--) {
-        if (L < top) /* streamed weights: L in its slot, L - 1 read meanwhile (top: the skip path only) */
+        /* streamed weights: L in its slot, L - 1 read meanwhile (top: the
+         * skip path only, unless the whole pass runs it) */
+        if (L < top || whole)
             status = pb_model_layer_acquire(m, L, L > bottom ? L - 1 : -1);
         for (int i = 0; status == PB_OK && i < n; i++)
             status = drops_layer(&d[i], &jobs[i], first, top, L);
@@ -799,7 +817,26 @@ static pb_status drops_check(pb_model *m, const pb_grad_drop_job *j, int lo, int
     return PB_OK;
 }
 
-pb_status pb_grad_drops(pb_model *m, const pb_grad_drop_job *jobs, int n, int lo, int hi, int bottom, int batch) {
+/* Each job's whole capture ready to be filled: its shape, zeroed. */
+static pb_status whole_prepare(pb_model *m, const pb_grad_drop_job *j, int hi) {
+    int on_logits = j->metric && j->metric->kind != PB_METRIC_PROJECTION;
+    if (!j->whole || !j->value || (on_logits && !j->logits))
+        return pb_fail(PB_ERR_ARG, "gradient: the whole pass needs its capture, value and (but for projection) logits");
+    PB_TRY(check_supported(m, j->metric, j->T));
+    if (pb_grad_metric_top_layer(j->metric, m->cfg.n_layers) != hi)
+        return pb_fail(PB_ERR_ARG, "gradient: the whole pass starts at layer %d, not the drops' top %d",
+                       pb_grad_metric_top_layer(j->metric, m->cfg.n_layers), hi);
+    PB_TRY(check_grads(j->whole, &m->cfg));
+    PB_TRY(pb_capture_prepare(j->whole, j->T));
+    for (int i = 0; i < j->whole->count; i++)
+        memset(j->whole->entries[i].data, 0, sizeof(float) * pb_capture_entry_floats(&j->whole->entries[i], j->T));
+    return PB_OK;
+}
+
+/* The common start: the range, each job checked (with the whole pass,
+ * whole_prepare first), *batch chosen where it is <= 0. */
+static pb_status drops_begin(pb_model *m, const pb_grad_drop_job *jobs, int n, int lo, int hi, int bottom, int whole,
+                             int *batch) {
     if (!m || !jobs || n < 1)
         return pb_fail(PB_ERR_ARG, "GradDrop: model and at least one prompt are required");
     if (bottom < 0 || bottom > lo || lo > hi || hi >= m->cfg.n_layers)
@@ -810,13 +847,30 @@ pb_status pb_grad_drops(pb_model *m, const pb_grad_drop_job *jobs, int n, int lo
         return pb_fail(PB_ERR_OOM, "GradDrop: out of memory for %d prompts", n);
     pb_status status = PB_OK;
     for (int i = 0; status == PB_OK && i < n; i++) {
-        status = drops_check(m, &jobs[i], lo, hi);
+        status = whole ? whole_prepare(m, &jobs[i], hi) : PB_OK;
+        if (status == PB_OK)
+            status = drops_check(m, &jobs[i], lo, hi);
         T[i] = jobs[i].T;
     }
-    if (batch <= 0)
-        batch = pb_grad_drop_batch(&m->cfg, T, n, !m->backend->ops->host_memory);
+    if (status == PB_OK && *batch <= 0)
+        *batch = pb_grad_drop_batch(&m->cfg, T, n, !m->backend->ops->host_memory);
     free(T);
+    return status;
+}
+
+pb_status pb_grad_drops(pb_model *m, const pb_grad_drop_job *jobs, int n, int lo, int hi, int bottom, int batch) {
+    pb_status status = drops_begin(m, jobs, n, lo, hi, bottom, 0, &batch);
     for (int top = hi; status == PB_OK && top >= lo; top -= batch)
-        status = drops_turn(m, jobs, n, top - batch + 1 > lo ? top - batch + 1 : lo, top, bottom);
+        status = drops_turn(m, jobs, n, top - batch + 1 > lo ? top - batch + 1 : lo, top, bottom, 0);
+    return status;
+}
+
+pb_status pb_grad_whole_drops(pb_model *m, const pb_grad_drop_job *jobs, int n, int lo, int hi, int bottom, int batch) {
+    pb_status status = drops_begin(m, jobs, n, lo, hi, bottom, 1, &batch);
+    int first_turn = batch > 1 ? batch - 1 : 1; /* the whole pass takes a place */
+    if (status == PB_OK)
+        status = drops_turn(m, jobs, n, hi - first_turn + 1 > lo ? hi - first_turn + 1 : lo, hi, bottom, 1);
+    for (int top = hi - first_turn; status == PB_OK && top >= lo; top -= batch)
+        status = drops_turn(m, jobs, n, top - batch + 1 > lo ? top - batch + 1 : lo, top, bottom, 0);
     return status;
 }

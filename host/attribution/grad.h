@@ -39,7 +39,7 @@ int pb_grad_metric_top_layer(const pb_grad_metric *mt, int n_layers);
 /* pb_gradients from a forward already run (a noise-corrupted one too): acts, a capture of m over T tokens
  * holding at every layer the hook points PB_GRAD_ACT_HOOKS names
  * (PB_ERR_ARG naming the first one it lacks), and that forward's logits
- * (T, vocab_size; may be NULL for projection). */
+ * at the metric's position (vocab_size; may be NULL for projection). */
 pb_status pb_grad_pass_from(pb_model *m, int T, pb_capture *acts, const float *logits, const pb_grad_metric *metric,
                             pb_capture *grads, double *value);
 
@@ -75,7 +75,7 @@ pb_status pb_grad_pass_drop(pb_model *m, int T, pb_capture *acts, const float *l
 typedef struct pb_grad_job {
     int T;
     pb_capture *acts;
-    const float *logits;
+    const float *logits; /* the metric position's (vocab_size) */
     const pb_grad_metric *metric;
     pb_capture *grads;
     double *value;
@@ -106,8 +106,21 @@ typedef struct pb_grad_drop_job {
     pb_capture *whole;
     pb_grad_layer_fn fn;
     void *user;
+    const float *logits; /* pb_grad_whole_drops: the metric position's (vocab_size; NULL for projection) */
+    double *value;       /* pb_grad_whole_drops: the metric's value */
 } pb_grad_drop_job;
 pb_status pb_grad_drops(pb_model *m, const pb_grad_drop_job *jobs, int n, int lo, int hi, int bottom, int batch);
+
+/* pb_grad_pass_from and then pb_grad_drops in one descent: each prompt's
+ * whole pass (filling whole, zeroed first, from logits; *value) runs as
+ * one more pass of the first turn, from the metric's top layer hi (as
+ * pb_grad_metric_top_layer) down to bottom, and each drop's pass starts
+ * from it as it passes the drop's layer. So the layers are read once less
+ * than pb_grad_passes then pb_grad_drops read them. whole's hook points
+ * below bottom are left zero; every other gradient is what those two give
+ * (bit for bit where the backend's products sum each row alone). The
+ * first turn holds the whole pass and batch - 1 drops (at least one). */
+pb_status pb_grad_whole_drops(pb_model *m, const pb_grad_drop_job *jobs, int n, int lo, int hi, int bottom, int batch);
 
 /* The drops pb_grad_drops runs at once for n prompts of T[i] tokens: as
  * many as fit PB_GRAD_DROP_SCRATCH for all of them beside the shared

@@ -181,7 +181,8 @@ static pb_status prompt_open(pb_model *m, const pb_forward_prompt *p, const pb_f
 }
 
 /* After the run: prompt p's final normalised residual (where captured)
- * and logits (where asked for, through the (T, vocab) scratch). */
+ * and logits (where asked for, from position logits_from on, through the
+ * (T, vocab) scratch). */
 static pb_status prompt_finish(pb_model *m, pb_exec *exec, int j, const pb_forward_prompt *p, float *device_logits) {
     const pb_model_config *c = &m->cfg;
     pb_backend *b = m->backend;
@@ -201,9 +202,12 @@ static pb_status prompt_finish(pb_model *m, pb_exec *exec, int j, const pb_forwa
     }
     if (!p->logits)
         return PB_OK;
-    PB_TRY(pb_exec_unembed(exec, device_logits, final, T, m->output.data, m->output.dtype, c->vocab_size));
-    PB_TRY(b->ops->download(b, p->logits, device_logits, sizeof(float) * (size_t)T * c->vocab_size));
-    return pb_logits_check_finite(p->logits, (size_t)T * c->vocab_size, "forward");
+    int from = p->logits_from, rows = T - from;
+    size_t n = (size_t)rows * c->vocab_size;
+    PB_TRY(pb_exec_unembed(exec, device_logits, final + (size_t)from * c->d_model, rows, m->output.data,
+                           m->output.dtype, c->vocab_size));
+    PB_TRY(b->ops->download(b, p->logits, device_logits, sizeof(float) * n));
+    return pb_logits_check_finite(p->logits, n, "forward");
 }
 
 /* The prompts' forwards as one run of the executor; extras' intervention
@@ -217,11 +221,13 @@ static pb_status forward_prompts(pb_model *m, const pb_forward_prompt *prompts, 
     kv_cache *kv = calloc((size_t)n, sizeof *kv);
     pb_exec *exec = NULL;
     float *device_logits = NULL;
-    int tokens = 0, max_T = 0, logits = 0, want_hooks = extras && extras->intervene;
+    int tokens = 0, max_T = 0, logit_rows = 0, want_hooks = extras && extras->intervene;
     pb_status status = jobs && hooks && kv ? PB_OK : pb_fail(PB_ERR_OOM, "forward: out of memory for %d prompts", n);
     for (int j = 0; status == PB_OK && j < n; j++) {
         const pb_forward_prompt *p = &prompts[j];
         status = prompt_open(m, p, extras, &hooks[j], &kv[j]);
+        if (status == PB_OK && p->logits && (p->logits_from < 0 || p->logits_from >= p->T))
+            status = pb_fail(PB_ERR_ARG, "forward: logits from position %d of a %d-token prompt", p->logits_from, p->T);
         jobs[j] = (pb_exec_job){.T = p->T,
                                 .ids = p->ids,
                                 .k_cache = kv[j].k,
@@ -230,14 +236,15 @@ static pb_status forward_prompts(pb_model *m, const pb_forward_prompt *prompts, 
                                 .embed_delta = p->embed_delta};
         tokens += p->T;
         max_T = p->T > max_T ? p->T : max_T;
-        logits |= p->logits != NULL;
+        if (p->logits && p->T - p->logits_from > logit_rows)
+            logit_rows = p->T - p->logits_from;
         want_hooks |= p->capture != NULL;
     }
     if (status == PB_OK)
         status = pb_exec_create(&exec, m, tokens, max_T);
-    if (status == PB_OK && logits)
+    if (status == PB_OK && logit_rows)
         status = m->backend->ops->alloc(m->backend, (void **)&device_logits,
-                                        sizeof(float) * (size_t)max_T * m->cfg.vocab_size);
+                                        sizeof(float) * (size_t)logit_rows * m->cfg.vocab_size);
     if (status == PB_OK)
         status = pb_exec_run(exec, jobs, n, 2 * m->cfg.n_layers, want_hooks ? batch_hook : NULL, hooks);
     for (int j = 0; status == PB_OK && j < n; j++)

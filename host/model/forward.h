@@ -21,8 +21,9 @@ typedef struct pb_forward_prompt {
     const int32_t *ids; /* host (T) */
     int T;
     const float *embed_delta; /* backend memory (T, d_model), or NULL: added to the embeddings */
-    float *logits;            /* host (T, vocab_size), or NULL */
+    float *logits;            /* host (T - logits_from, vocab_size), or NULL */
     pb_capture *capture;      /* or NULL */
+    int logits_from;          /* the first position whose logits are computed (0: all; T - 1: the last) */
 } pb_forward_prompt;
 
 /* The n prompts' forwards (as pb_forward_ex without an intervention) in
