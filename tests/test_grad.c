@@ -128,28 +128,22 @@ static void test_from_forward(void **state) {
     CHECK_OK(pb_capture_create(&thin, m, "blocks.*.hook_resid_pre"));
     float *logits = malloc(sizeof(float) * (size_t)gc.T * (size_t)pb_model_get_config(m)->vocab_size);
     assert_non_null(logits);
+    float *row = logits + (size_t)gc.metric.position * pb_model_get_config(m)->vocab_size; /* the metric's */
     double va, vb;
     CHECK_OK(pb_gradients(m, gc.ids, gc.T, &gc.metric, a, &va));
     CHECK_OK(pb_forward(m, gc.ids, gc.T, logits, acts));
-    CHECK_OK(pb_grad_pass_from(m, gc.T, acts, logits + (size_t)gc.metric.position * pb_model_get_config(m)->vocab_size,
-                               &gc.metric, b, &vb));
+    CHECK_OK(pb_grad_pass_from(m, gc.T, acts, row, &gc.metric, b, &vb));
     assert_true(va == vb);
     for (int k = 0; k < pb_capture_count(a); k++)
         assert_memory_equal(a->entries[k].data, b->entries[k].data,
                             sizeof(float) * (size_t)gc.T * (size_t)a->entries[k].row_shape[0]);
     CHECK_OK(pb_forward(m, gc.ids, gc.T, logits, thin));
-    assert_int_equal(pb_grad_pass_from(m, gc.T, thin,
-                                       logits + (size_t)gc.metric.position * pb_model_get_config(m)->vocab_size,
-                                       &gc.metric, b, &vb),
-                     PB_ERR_ARG);
+    assert_int_equal(pb_grad_pass_from(m, gc.T, thin, row, &gc.metric, b, &vb), PB_ERR_ARG);
     assert_non_null(strstr(pb_last_error(), "lack blocks.0.attn.hook_q"));
     /* a non-finite logit at the metric's position: named, no gradient */
     CHECK_OK(pb_forward(m, gc.ids, gc.T, logits, acts));
-    logits[(size_t)gc.metric.position * (size_t)pb_model_get_config(m)->vocab_size + 7] = NAN;
-    assert_int_equal(pb_grad_pass_from(m, gc.T, acts,
-                                       logits + (size_t)gc.metric.position * pb_model_get_config(m)->vocab_size,
-                                       &gc.metric, b, &vb),
-                     PB_ERR_NUMERIC);
+    row[7] = NAN;
+    assert_int_equal(pb_grad_pass_from(m, gc.T, acts, row, &gc.metric, b, &vb), PB_ERR_NUMERIC);
     assert_non_null(strstr(pb_last_error(), "logit of token 7"));
     free(logits);
     pb_capture_free(a);

@@ -38,33 +38,34 @@ static void test_cpu(void **state) {
  * for the two still in their slots. With the whole pass in the same
  * descent, the layers are read once for it and every drop, where the
  * whole pass alone reads them all again. */
+static long long reads_since(pb_model *m, long long *before) {
+    long long now;
+    double bytes;
+    pb_stream_counters(m->stream, &now, &bytes);
+    long long reads = now - *before;
+    *before = now;
+    return reads;
+}
+
 static void test_streamed(void **state) {
     (void)state;
     pb_model *m = drops_model("smollm2-135m:8:bf16", PB_BACKEND_CPU, (size_t)247 << 20);
     drops_case k;
     drops_setup(&k, m, 0);
-    long long before, together, alone, whole, merged;
-    double bytes;
-    pb_stream_counters(m->stream, &before, &bytes);
+    long long before = 0;
+    reads_since(m, &before);
     drops_run(&k, 0, 0, 0, 0);
-    pb_stream_counters(m->stream, &together, &bytes);
-    together -= before;
-    before += together;
+    long long together = reads_since(m, &before);
     drops_run(&k, 0, 0, 1, 0);
-    pb_stream_counters(m->stream, &alone, &bytes);
-    alone -= before;
-    before += alone;
+    long long alone = reads_since(m, &before);
     pb_capture *grads = NULL;
     CHECK_OK(pb_capture_create(&grads, m, HOOKS));
     double value;
     CHECK_OK(pb_grad_pass_from(m, k.T, k.acts, k.logits, &k.metric, grads, &value));
     pb_capture_free(grads);
-    pb_stream_counters(m->stream, &whole, &bytes);
-    whole -= before;
-    before += whole;
+    long long whole = reads_since(m, &before);
     drops_run(&k, 0, 0, 0, 1);
-    pb_stream_counters(m->stream, &merged, &bytes);
-    merged -= before;
+    long long merged = reads_since(m, &before);
     printf("[ MEASURE  ] smollm2-135m:8 bf16 streamed: layer reads for drops 0..%d: %lld together, %lld one at a "
            "time; the whole pass %lld alone, %lld with the drops together\n",
            k.hi, together, alone, whole, merged);

@@ -671,7 +671,7 @@ double pb_atp_stream_bytes(const pb_sweep *s, int drop_batch, const uint64_t *la
     /* the first turn of drops carries the whole pass (pb_grad_whole_drops),
      * whose read it is; each later turn of drops top - batch + 1..top
      * reads the layers below top */
-    int first_turn = batch > 1 ? batch - 1 : 1;
+    int first_turn = pb_grad_whole_turn_drops(batch);
     for (int top = c->n_layers - 1 - first_turn; pb_sweep_spec_of(s)->grad_drop && top >= 0; top -= batch)
         for (int l = 0; l < top; l++)
             drops += (double)layer_bytes[l];

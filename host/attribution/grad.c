@@ -186,13 +186,12 @@ static pb_status metric_grad(const pb_grad_metric *mt, const float *logits, int 
 /* dres (T, d) = the residual's gradient after the last layer: the metric
  * through the final soft-cap, the unembedding and the final norm, at the
  * metric's position only. */
-static pb_status head_backward(grad_ctx *g, const pb_grad_metric *mt, const float *logits, double *value) {
+static pb_status head_backward(grad_ctx *g, const pb_grad_metric *mt, const float *row, double *value) {
     const pb_model_config *c = g->c;
     int V = c->vocab_size, d = c->d_model, pos = mt->position;
     double *dl = malloc(sizeof(double) * (size_t)V);
     float *dlf = malloc(sizeof(float) * (size_t)V);
     pb_status status = dl && dlf ? PB_OK : pb_fail(PB_ERR_OOM, "gradient: out of memory for %d logits", V);
-    const float *row = logits; /* the metric position's */
     for (int v = 0; status == PB_OK && v < V; v++)
         if (!isfinite(row[v]))
             status = pb_fail(PB_ERR_NUMERIC, "gradient: the logit of token %d at position %d is %g", v, pos,
@@ -238,6 +237,13 @@ static pb_status projection_start(grad_ctx *g, const pb_grad_metric *mt, double 
         *value = acc;
     PB_TRY(upload_row(g, g->dres[0], mt->position, mt->direction));
     return slot < c->n_layers ? store(g, PB_HOOK_RESID_PRE, slot, g->dres[0], d) : PB_OK;
+}
+
+/* A pass's start from the metric: *value and the residual's gradient
+ * where the metric reads it (row: the logits at the metric's position,
+ * unused for projection). */
+static pb_status metric_start(grad_ctx *g, const pb_grad_metric *mt, const float *row, double *value) {
+    return mt->kind == PB_METRIC_PROJECTION ? projection_start(g, mt, value) : head_backward(g, mt, row, value);
 }
 
 int pb_grad_metric_top_layer(const pb_grad_metric *mt, int n_layers) {
@@ -614,6 +620,15 @@ pb_status pb_grad_pass_from(pb_model *m, int T, pb_capture *acts, const float *l
     return pb_grad_pass_drop(m, T, acts, logits, metric, NULL, grads, value);
 }
 
+/* c shaped for T tokens, every entry zero: where a pass adds its
+ * gradients. */
+static pb_status capture_zeroed(pb_capture *c, int T) {
+    PB_TRY(pb_capture_prepare(c, T));
+    for (int i = 0; i < c->count; i++)
+        memset(c->entries[i].data, 0, sizeof(float) * pb_capture_entry_floats(&c->entries[i], T));
+    return PB_OK;
+}
+
 /* g (in place) ready for one pass from its start: checked, its buffers
  * allocated, grads zeroed, the gradient above *top (the layer it starts
  * at) taken: from the metric, or the resumed drop's. */
@@ -635,14 +650,12 @@ static pb_status pass_open(grad_ctx *g, pb_model *m, int T, pb_capture *acts, co
     g->drop = drop ? drop->layer : -1;
     g->one = grads;
     g->grads = &g->one;
-    PB_TRY(pb_capture_prepare(grads, T));
+    PB_TRY(capture_zeroed(grads, T));
     PB_TRY(ctx_alloc(g, asks_pattern(grads)));
-    for (int i = 0; i < grads->count; i++)
-        memset(grads->entries[i].data, 0, sizeof(float) * pb_capture_entry_floats(&grads->entries[i], T));
     *top = resume ? drop->layer : pb_grad_metric_top_layer(metric, m->cfg.n_layers);
     if (resume)
         return upload(g, g->dres[0], drop->resid_post_grad, (size_t)T * (size_t)m->cfg.d_model);
-    return on_logits ? head_backward(g, metric, logits, value) : projection_start(g, metric, value);
+    return metric_start(g, metric, logits, value);
 }
 
 pb_status pb_grad_pass_drop(pb_model *m, int T, pb_capture *acts, const float *logits, const pb_grad_metric *metric,
@@ -700,11 +713,7 @@ pb_status pb_grad_passes(pb_model *m, const pb_grad_job *jobs, int n) {
 static pb_status layer_capture(pb_capture *whole, int L, int T, pb_capture **out) {
     pb_capture_free(*out);
     PB_TRY(pb_capture_layer(whole, L, out));
-    if (*out)
-        PB_TRY(pb_capture_prepare(*out, T));
-    for (int i = 0; *out && i < (*out)->count; i++)
-        memset((*out)->entries[i].data, 0, sizeof(float) * pb_capture_entry_floats(&(*out)->entries[i], T));
-    return PB_OK;
+    return *out ? capture_zeroed(*out, T) : PB_OK;
 }
 
 /* Drop `L`'s pass starts at its layer as pb_grad_pass_drop's does: the
@@ -745,9 +754,7 @@ static pb_status drops_open(drop_state *d, pb_model *m, const pb_grad_drop_job *
     /* the whole pass's start, as pass_open's */
     d->caps[0] = j->whole;
     d->g.S = 1;
-    int on_logits = j->metric->kind != PB_METRIC_PROJECTION;
-    return on_logits ? head_backward(&d->g, j->metric, j->logits, j->value)
-                     : projection_start(&d->g, j->metric, j->value);
+    return metric_start(&d->g, j->metric, j->logits, j->value);
 }
 
 static void drops_close(drop_state *d) {
@@ -827,10 +834,7 @@ static pb_status whole_prepare(pb_model *m, const pb_grad_drop_job *j, int hi) {
         return pb_fail(PB_ERR_ARG, "gradient: the whole pass starts at layer %d, not the drops' top %d",
                        pb_grad_metric_top_layer(j->metric, m->cfg.n_layers), hi);
     PB_TRY(check_grads(j->whole, &m->cfg));
-    PB_TRY(pb_capture_prepare(j->whole, j->T));
-    for (int i = 0; i < j->whole->count; i++)
-        memset(j->whole->entries[i].data, 0, sizeof(float) * pb_capture_entry_floats(&j->whole->entries[i], j->T));
-    return PB_OK;
+    return capture_zeroed(j->whole, j->T);
 }
 
 /* The common start: the range, each job checked (with the whole pass,
@@ -865,9 +869,11 @@ pb_status pb_grad_drops(pb_model *m, const pb_grad_drop_job *jobs, int n, int lo
     return status;
 }
 
+int pb_grad_whole_turn_drops(int batch) { return batch > 1 ? batch - 1 : 1; }
+
 pb_status pb_grad_whole_drops(pb_model *m, const pb_grad_drop_job *jobs, int n, int lo, int hi, int bottom, int batch) {
     pb_status status = drops_begin(m, jobs, n, lo, hi, bottom, 1, &batch);
-    int first_turn = batch > 1 ? batch - 1 : 1; /* the whole pass takes a place */
+    int first_turn = pb_grad_whole_turn_drops(batch);
     if (status == PB_OK)
         status = drops_turn(m, jobs, n, hi - first_turn + 1 > lo ? hi - first_turn + 1 : lo, hi, bottom, 1);
     for (int top = hi - first_turn; status == PB_OK && top >= lo; top -= batch)

@@ -121,6 +121,9 @@ pb_status pb_grad_drops(pb_model *m, const pb_grad_drop_job *jobs, int n, int lo
  * (bit for bit where the backend's products sum each row alone). The
  * first turn holds the whole pass and batch - 1 drops (at least one). */
 pb_status pb_grad_whole_drops(pb_model *m, const pb_grad_drop_job *jobs, int n, int lo, int hi, int bottom, int batch);
+/* The drops of pb_grad_whole_drops' first turn when batch passes run at
+ * once: the whole pass takes a place (batch - 1, at least one). */
+int pb_grad_whole_turn_drops(int batch);
 
 /* The drops pb_grad_drops runs at once for n prompts of T[i] tokens: as
  * many as fit PB_GRAD_DROP_SCRATCH for all of them beside the shared
