@@ -1,5 +1,7 @@
 """Builds libpatchbay.so with the repository's CMake (the C library is the
-engine; nothing is reimplemented in Python) and puts it inside the package.
+engine; nothing is reimplemented in Python) and puts it inside the package,
+with the CUDA backend's module (libpatchbay_cuda.so) beside it when the
+build has one: the library loads it from there on first use of CUDA.
 
 PB_BUILD_DIR: use the libpatchbay.so an existing build folder holds (the
 test command's Release build) instead of configuring a new one.
@@ -21,9 +23,12 @@ class BuildWithLibrary(build_py):
     def run(self):
         library = self._library()
         super().run()
-        target = Path(self.build_lib) / "patchbay" / "libpatchbay.so"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(library, target)
+        target = Path(self.build_lib) / "patchbay"
+        target.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(library, target / "libpatchbay.so")
+        cuda_module = library.parent / "libpatchbay_cuda.so"
+        if cuda_module.exists():
+            shutil.copy2(cuda_module, target / cuda_module.name)
 
     def _library(self) -> Path:
         given = os.environ.get("PB_BUILD_DIR")

@@ -410,7 +410,7 @@ CMAKE_ARGS=("${GENERATOR[@]}" -DPB_CUDA=ON -DCMAKE_BUILD_TYPE=Release -DCMAKE_CU
 [ -n "$NCCL_LIB" ] && CMAKE_ARGS+=(-DNCCL_LIBRARY="$NCCL_LIB")
 [ -n "$NCCL_INC" ] && CMAKE_ARGS+=(-DNCCL_INCLUDE_DIR="$NCCL_INC")
 # what the GPU steps run; the CPU suite builds the rest when it gets its turn
-GPU_TARGETS=(test_cuda_backend test_cuda_metric test_cuda_model test_cuda_sweep test_cuda_grad patchbay_cli
+GPU_TARGETS=(test_cuda_module test_cuda_backend test_cuda_metric test_cuda_model test_cuda_sweep test_cuda_grad patchbay_cli
     bench_gpu_attention bench_gpu_prefill bench_sweep)
 CONFIGURE_OK=0
 BUILD_OK=0
@@ -427,14 +427,17 @@ else
         skip_step build skipped_configure_failed
     fi
 fi
-# where each outside library of the command line resolves: the prefix, or not
+# where each outside library of the command line and of the CUDA backend's
+# module (loaded on first use, host/backend/cuda_module.h) resolves: the
+# prefix, or not
 LIBRARIES=()
 if [ -x "$BUILD/patchbay" ]; then
     while read -r name _ path _; do
         case $name in libjansson* | libcmocka* | libpcre2* | libutf8proc* | libopenblas* | libgfortran* | libquadmath* | libnccl* | libcublas* | libcudart*)
             LIBRARIES+=("$name => $path") ;;
         esac
-    done < <(ldd "$BUILD/patchbay" 2>/dev/null)
+    done < <(ldd "$BUILD/patchbay" "$BUILD/libpatchbay_cuda.so" 2>/dev/null | sort -u)
+    [ -f "$BUILD/libpatchbay_cuda.so" ] || note "no libpatchbay_cuda.so in $BUILD: the CUDA backend cannot load"
     write_summary
 fi
 

@@ -297,15 +297,9 @@ int main(void) {
         printf("dry run: the backend under test is %s, not CUDA\n", pb_backend_name(g_under_test));
     } else {
         pb_backend *probe = NULL;
-        pb_status status = pb_backend_cuda_create(&probe, 0);
-        if (status == PB_ERR_UNSUPPORTED) {
-            printf("skipping: no CUDA backend here (%s)\n", pb_last_error());
-            return 77;
-        }
-        if (status != PB_OK) { /* a device that is there but fails is a failure, not a skip */
-            fprintf(stderr, "pb_backend_cuda_create: %s: %s\n", pb_status_name(status), pb_last_error());
-            return 1;
-        }
+        int exit_code = tu_cuda_exit_code(pb_backend_cuda_create(&probe, 0));
+        if (exit_code != 0) /* 77 without a device; a device that fails, or a module that does not load, fails */
+            return exit_code;
         pb_backend_destroy(probe);
     }
     const struct CMUnitTest tests[] = {

@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "backend/backend.h"
+#include "backend/backend_cuda.h"
 #include "formats/npy.h"
 #include "model/model.h"
 #include "patching/sweep.h"
@@ -328,11 +329,20 @@ float *tu_read_f32(const char *path, int n_dims, int64_t shape[8]) {
 int tu_cuda_exit_code(pb_status status) {
     if (status == PB_OK)
         return 0;
+    char message[1024];
+    snprintf(message, sizeof message, "%s", pb_last_error());
+#ifdef PB_HAVE_CUDA
+    /* a build with CUDA whose module does not load is broken, not deviceless */
+    if (pb_cuda_module_load() != PB_OK) {
+        fprintf(stderr, "the CUDA backend's module did not load: %s\n", pb_last_error());
+        return 1;
+    }
+#endif
     if (status == PB_ERR_UNSUPPORTED) {
-        printf("skipping: no CUDA device: %s\n", pb_last_error());
+        printf("skipping: no CUDA device: %s\n", message);
         return 77;
     }
-    fprintf(stderr, "pb_backend_cuda_create: %s: %s\n", pb_status_name(status), pb_last_error());
+    fprintf(stderr, "pb_backend_cuda_create: %s: %s\n", pb_status_name(status), message);
     return 1;
 }
 

@@ -157,7 +157,8 @@ int tu_free_sweep_fixture(void *fixture, pb_sweep *sweep, pb_model *model);
 
 /* What main returns after trying to create a CUDA backend: 0 when status is
  * PB_OK (go on), 77 (skip, with a note) without a device, 1 (with the
- * message) on any other failure. */
+ * message) on any other failure, a build with CUDA whose module
+ * (libpatchbay_cuda.so) does not load included. */
 int tu_cuda_exit_code(pb_status status);
 /* The backend a CUDA test runs on: CUDA when a device answers, or the one
  * PB_CUDA_TEST_STAND_IN names (cpu, reference; a note says that nothing

@@ -9,6 +9,14 @@
 extern "C" {
 #endif
 
+/* Loads the CUDA backend's module (libpatchbay_cuda.so, backend/cuda_module.h)
+ * if no call has yet; every entry point below, and pb_backend_cuda_create,
+ * does so itself. PB_ERR_UNSUPPORTED, naming the file and the loader's
+ * reason, when it cannot be loaded (no CUDA libraries on this machine) or
+ * the build has no CUDA; the outcome of the first try stands for the
+ * process. Needs no GPU. */
+pb_status pb_cuda_module_load(void);
+
 /* NCCL's version code (e.g. 22703 for 2.27.3) in *out. PB_ERR_UNSUPPORTED in
  * builds without CUDA. Needs no GPU. */
 pb_status pb_cuda_nccl_version(int *out);

@@ -15,6 +15,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -373,3 +374,29 @@ def test_checked_backend_gives_the_cpu_numbers(tiny):
     assert len(continuation) == 6
     with pytest.raises(ValueError, match="backend must be one of cpu, reference, cuda, checked"):
         patchbay.Model.load(TINY, backend="gpu0")
+
+
+CUDA_ON_FIRST_USE = """
+import sys, numpy as np, patchbay
+def mapped(name):
+    return any(name in line for line in open("/proc/self/maps"))
+with patchbay.Model.load(sys.argv[1], threads=1) as m:
+    m.forward(np.array([1, 2, 3]))
+assert not mapped("libcublas") and not mapped("libpatchbay_cuda"), "CPU work mapped CUDA"
+try:
+    patchbay.Model.load(sys.argv[1], backend="cuda", threads=1).close()
+except patchbay.PatchbayError as e:
+    assert "could not be loaded" not in str(e), str(e)
+assert mapped(sys.argv[2]) and mapped("libcublas"), "the module beside libpatchbay.so did not load"
+"""
+
+
+def test_cuda_module_loads_on_first_use_only():
+    """The package ships the CUDA backend's module beside libpatchbay.so: CPU
+    work maps no CUDA library; asking for CUDA loads that module, which then
+    runs or (no GPU) says why from inside, never that it is missing."""
+    if not (BUILD / "libpatchbay_cuda.so").exists():
+        pytest.skip(f"{BUILD} has no CUDA backend")
+    module = Path(patchbay.__file__).resolve().parent / "libpatchbay_cuda.so"
+    assert module.exists(), "the build has a CUDA module, the package does not ship it"
+    subprocess.run([sys.executable, "-c", CUDA_ON_FIRST_USE, str(TINY), str(module)], check=True)
