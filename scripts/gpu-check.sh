@@ -15,12 +15,12 @@
 #    earlier build in BUILD (an immediate rerun on the same machine).
 # 3. steps in order of value, each under its own cap inside an overall
 #    budget (PB_GPU_CHECK_BUDGET seconds, default 450): the gpu-labelled
-#    tests, the prefill benchmark and its PyTorch twin, the sweep benchmark
-#    and its PyTorch loop, the streamed 70B-slice sweeps (Q8_0, bf16),
-#    attribution patching (AtP, AtP*) against the exact sweep with every
-#    row forced, compute-sanitizer (memcheck, racecheck) over the backend
-#    test, then the CPU suite if time is left. --steps (comma-separated:
-#    tests,prefill,sweep,stream,atp,sanitizer,cpu) runs a subset.
+#    tests, the streamed 70B-slice sweeps (Q8_0, bf16), attribution
+#    patching (AtP, AtP*) against the exact sweep with every row forced,
+#    compute-sanitizer (memcheck, racecheck) over the backend test, the
+#    prefill benchmark and its PyTorch twin, the sweep benchmark and its
+#    PyTorch loop, then the CPU suite if time is left. --steps (comma-separated:
+#    tests,stream,atp,sanitizer,prefill,sweep,cpu) runs a subset.
 #
 # Every log goes to $OUT (default ./gpu-out), and $OUT/summary.json (card,
 # CUDA versions, where each library came from, test counts, step timings,
@@ -35,7 +35,7 @@ set -u
 cd "$(dirname "$0")/.." || exit 1
 ROOT=$(pwd)
 NO_BUILD=0
-STEPS=tests,prefill,sweep,stream,atp,sanitizer,cpu
+STEPS=tests,stream,atp,sanitizer,prefill,sweep,cpu
 while [ $# -gt 0 ]; do
     case $1 in
     --no-build) NO_BUILD=1 ;;
@@ -473,6 +473,76 @@ if want tests; then
     run_tests ctest_gpu 150 -L gpu -V
 fi
 
+# What the open issues still lack comes first: the streamed 70B slice (17),
+# attribution patching and the sanitizers over every kernel, the backward
+# ones included (18); the prefill and sweep benchmarks, measured on an H200
+# on 2026-12-04 (README), after them.
+if want stream; then
+    # Issue 17's GPU benchmark: a Llama-3-70B-shape slice (16 of its 80
+    # layers; random weights generated in host memory as Q8_0 and as bf16,
+    # pinned there) swept with every layer streamed to the device as the
+    # sweep reaches it (the default sweep, T = 16, batches of up to 16 GiB).
+    # bench_sweep prints rows/s, TFLOP/s against the cuBLAS ceiling at the
+    # engine's shapes (fp32 for Q8_0, decoded on the device; bf16 tensor
+    # cores), the bytes streamed and their rate against the measured pinned
+    # host-to-device copy rate, and the whole 80-layer model extrapolated
+    # per layer read.
+    if [ -x "$BUILD/bench_sweep" ]; then
+        run_step bench_stream_q8_0 150 "$BUILD/bench_sweep" --random-model llama3-70b:16:q8_0 --backend cuda \
+            --dtype file --weights stream --weight-memory 16GiB --max-memory 16GiB --default-sweep 16
+        run_step bench_stream_bf16 150 "$BUILD/bench_sweep" --random-model llama3-70b:16:bf16 --backend cuda \
+            --dtype bf16 --weights stream --weight-memory 16GiB --max-memory 16GiB --default-sweep 16
+    else
+        skip_step bench_stream_q8_0 skipped_not_built
+        skip_step bench_stream_bf16 skipped_not_built
+    fi
+    STREAM_Q8_JSON=$(json_line "$OUT/bench_stream_q8_0.log" stream)
+    STREAM_Q8_SWEEP_JSON=$(json_line "$OUT/bench_stream_q8_0.log" gpu_sweep)
+    STREAM_BF16_JSON=$(json_line "$OUT/bench_stream_bf16.log" stream)
+    STREAM_BF16_SWEEP_JSON=$(json_line "$OUT/bench_stream_bf16.log" gpu_sweep)
+fi
+
+if want atp; then
+    # Issue 18's GPU benchmark: the default sweep (T = 64) at the llama3-8b
+    # shape (8 of its layers) in bf16, every row forced (--all-rows), then AtP and AtP* (both
+    # corrections) on the same spec: their seconds beside the exact sweep's,
+    # and the same ratios from FLOP counts. The backward runs on the device
+    # (cuda/backward.cu, cuBLAS for the weight products).
+    # 8 layers (PB_ATP_LAYERS): the ratios hold per layer, and a random
+    # model's host-side generation stays short
+    ATP_LAYERS=${PB_ATP_LAYERS:-8}
+    case $ATP_LAYERS in '' | 0 | *[!0-9]*) ATP_LAYERS=8 ;; esac
+    if [ -x "$BUILD/bench_sweep" ]; then
+        run_step bench_gpu_atp 120 "$BUILD/bench_sweep" --random-model "llama3-8b:$ATP_LAYERS" \
+            --backend cuda --dtype bf16 --default-sweep 64 --all-rows --vs-atp
+    else
+        skip_step bench_gpu_atp skipped_not_built
+    fi
+    ATP_SWEEP_JSON=$(json_line "$OUT/bench_gpu_atp.log" gpu_sweep)
+    ATP_JSON=$(json_line "$OUT/bench_gpu_atp.log" atp)
+    ATP_STAR_JSON=$(json_line "$OUT/bench_gpu_atp.log" 'atp\*')
+    ATP_FLOPS_JSON=$(json_line "$OUT/bench_gpu_atp.log" atp_flops)
+fi
+
+# ---- compute-sanitizer over the backend test: out-of-bounds accesses and races ----
+if want sanitizer; then
+    SANITIZER=$(command -v compute-sanitizer || ls "$CUDA_ROOT"/bin/compute-sanitizer 2>/dev/null || true)
+    if [ -z "$SANITIZER" ] || [ ! -x "$BUILD/test_cuda_backend" ] || [ "$GPU_COUNT" -eq 0 ]; then
+        skip_step sanitizer_memcheck skipped_no_sanitizer_or_gpu
+    else
+        # the backend test's ops one by one (no whole models: memcheck slows kernels 10-100x)
+        run_step sanitizer_memcheck 120 "$SANITIZER" --tool memcheck --report-api-errors no --error-exitcode 3 \
+            "$BUILD/test_cuda_backend"
+        run_step sanitizer_racecheck 90 "$SANITIZER" --tool racecheck --error-exitcode 3 \
+            "$BUILD/test_cuda_backend"
+    fi
+    # the debug mode that synchronises after every launch must give the same results
+    if [ -x "$BUILD/test_cuda_sweep" ] && [ "$GPU_COUNT" -gt 0 ]; then
+        run_step debug_sync_sweep 60 env PB_CUDA_SYNC=1 PB_FIXTURES="$ROOT/tests/fixtures" PB_SOURCE_DIR="$ROOT" \
+            "$BUILD/test_cuda_sweep"
+    fi
+fi
+
 # Attention alone (both kernels forced, prefill and sweep shapes): seconds,
 # and it says where the prefill's non-GEMM time goes.
 if want prefill; then
@@ -573,72 +643,6 @@ if want sweep; then
         skip_step bench_torch_sweep skipped
     fi
     TORCH_SWEEP_JSON=$(json_line "$OUT/bench_torch_sweep.log" torch_sweep)
-fi
-
-if want stream; then
-    # Issue 17's GPU benchmark: a Llama-3-70B-shape slice (16 of its 80
-    # layers; random weights generated in host memory as Q8_0 and as bf16,
-    # pinned there) swept with every layer streamed to the device as the
-    # sweep reaches it (the default sweep, T = 16, batches of up to 16 GiB).
-    # bench_sweep prints rows/s, TFLOP/s against the cuBLAS ceiling at the
-    # engine's shapes (fp32 for Q8_0, decoded on the device; bf16 tensor
-    # cores), the bytes streamed and their rate against the measured pinned
-    # host-to-device copy rate, and the whole 80-layer model extrapolated
-    # per layer read.
-    if [ -x "$BUILD/bench_sweep" ]; then
-        run_step bench_stream_q8_0 150 "$BUILD/bench_sweep" --random-model llama3-70b:16:q8_0 --backend cuda \
-            --dtype file --weights stream --weight-memory 16GiB --max-memory 16GiB --default-sweep 16
-        run_step bench_stream_bf16 150 "$BUILD/bench_sweep" --random-model llama3-70b:16:bf16 --backend cuda \
-            --dtype bf16 --weights stream --weight-memory 16GiB --max-memory 16GiB --default-sweep 16
-    else
-        skip_step bench_stream_q8_0 skipped_not_built
-        skip_step bench_stream_bf16 skipped_not_built
-    fi
-    STREAM_Q8_JSON=$(json_line "$OUT/bench_stream_q8_0.log" stream)
-    STREAM_Q8_SWEEP_JSON=$(json_line "$OUT/bench_stream_q8_0.log" gpu_sweep)
-    STREAM_BF16_JSON=$(json_line "$OUT/bench_stream_bf16.log" stream)
-    STREAM_BF16_SWEEP_JSON=$(json_line "$OUT/bench_stream_bf16.log" gpu_sweep)
-fi
-
-if want atp; then
-    # Issue 18's GPU benchmark: the default sweep (T = 64) at the llama3-8b
-    # shape (8 of its layers) in bf16, every row forced (--all-rows), then AtP and AtP* (both
-    # corrections) on the same spec: their seconds beside the exact sweep's,
-    # and the same ratios from FLOP counts. The backward runs on the device
-    # (cuda/backward.cu, cuBLAS for the weight products).
-    # 8 layers (PB_ATP_LAYERS): the ratios hold per layer, and a random
-    # model's host-side generation stays short
-    ATP_LAYERS=${PB_ATP_LAYERS:-8}
-    case $ATP_LAYERS in '' | 0 | *[!0-9]*) ATP_LAYERS=8 ;; esac
-    if [ -x "$BUILD/bench_sweep" ]; then
-        run_step bench_gpu_atp 120 "$BUILD/bench_sweep" --random-model "llama3-8b:$ATP_LAYERS" \
-            --backend cuda --dtype bf16 --default-sweep 64 --all-rows --vs-atp
-    else
-        skip_step bench_gpu_atp skipped_not_built
-    fi
-    ATP_SWEEP_JSON=$(json_line "$OUT/bench_gpu_atp.log" gpu_sweep)
-    ATP_JSON=$(json_line "$OUT/bench_gpu_atp.log" atp)
-    ATP_STAR_JSON=$(json_line "$OUT/bench_gpu_atp.log" 'atp\*')
-    ATP_FLOPS_JSON=$(json_line "$OUT/bench_gpu_atp.log" atp_flops)
-fi
-
-# ---- compute-sanitizer over the backend test: out-of-bounds accesses and races ----
-if want sanitizer; then
-    SANITIZER=$(command -v compute-sanitizer || ls "$CUDA_ROOT"/bin/compute-sanitizer 2>/dev/null || true)
-    if [ -z "$SANITIZER" ] || [ ! -x "$BUILD/test_cuda_backend" ] || [ "$GPU_COUNT" -eq 0 ]; then
-        skip_step sanitizer_memcheck skipped_no_sanitizer_or_gpu
-    else
-        # the backend test's ops one by one (no whole models: memcheck slows kernels 10-100x)
-        run_step sanitizer_memcheck 120 "$SANITIZER" --tool memcheck --report-api-errors no --error-exitcode 3 \
-            "$BUILD/test_cuda_backend"
-        run_step sanitizer_racecheck 90 "$SANITIZER" --tool racecheck --error-exitcode 3 \
-            "$BUILD/test_cuda_backend"
-    fi
-    # the debug mode that synchronises after every launch must give the same results
-    if [ -x "$BUILD/test_cuda_sweep" ] && [ "$GPU_COUNT" -gt 0 ]; then
-        run_step debug_sync_sweep 60 env PB_CUDA_SYNC=1 PB_FIXTURES="$ROOT/tests/fixtures" PB_SOURCE_DIR="$ROOT" \
-            "$BUILD/test_cuda_sweep"
-    fi
 fi
 
 # ---- the rest of the suite (CPU tests; CI runs them too) ---------------------------
