@@ -151,6 +151,27 @@ static void expect_in(const char *text, const char *needle) {
         fail_msg("expected '%s' in: %s", needle, text);
 }
 
+/* --version: the version, then whether this build has the CUDA backend and
+ * MPI, as the build was configured (PB_HAVE_CUDA / PB_HAVE_MPI). */
+static void test_version(void **state) {
+    (void)state;
+    need_cli();
+    const char *args[] = {"--version", NULL};
+    assert_int_equal(run_cli(args), 0);
+    assert_int_equal(strncmp(out_text, "patchbay ", 9), 0);
+    assert_true(out_text[9] >= '0' && out_text[9] <= '9');
+#ifdef PB_HAVE_CUDA
+    expect_in(out_text, "\ncuda: built for sm_");
+#else
+    expect_in(out_text, "\ncuda: not built");
+#endif
+#ifdef PB_HAVE_MPI
+    expect_in(out_text, "\nmpi: built");
+#else
+    expect_in(out_text, "\nmpi: not built");
+#endif
+}
+
 static void test_usage_errors(void **state) {
     need_cli();
     const char *help[] = {"--help", NULL};
@@ -1432,6 +1453,7 @@ int main(void) {
         return 77;
     }
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test_teardown(test_version, cleanup),
         cmocka_unit_test_teardown(test_usage_errors, cleanup),
         cmocka_unit_test_teardown(test_forward_argument_errors, cleanup),
         cmocka_unit_test_teardown(test_forward_files, cleanup),

@@ -1091,13 +1091,29 @@ static int cmd_help(int argc, char **argv) {
     return 0;
 }
 
+/* The version and what this build can run on, without loading any of it:
+ * what a bug report wants. */
+static void print_version(void) {
+    printf("patchbay %s\n", PB_VERSION);
+#ifdef PB_HAVE_CUDA
+    printf("cuda: built for sm_%s (libpatchbay_cuda.so, loaded on first use of --backend cuda)\n", PB_CUDA_ARCHS);
+#else
+    printf("cuda: not built (configure with -DPB_CUDA=ON)\n");
+#endif
+#ifdef PB_HAVE_MPI
+    printf("mpi: built (mpirun or srun splits a sweep's rows over ranks)\n");
+#else
+    printf("mpi: not built (one process per sweep)\n");
+#endif
+}
+
 int main(int argc, char **argv) {
     if (argc < 2 || is_help_flag(argv[1])) {
         print_usage(argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;
     }
     if (strcmp(argv[1], "--version") == 0) {
-        printf("patchbay %s\n", PB_VERSION);
+        print_version();
         return 0;
     }
     if (strcmp(argv[1], "help") == 0)
