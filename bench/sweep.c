@@ -329,11 +329,12 @@ static int print_flop_ratios(pb_sweep *s, pb_model *m, const char *spec, const p
         return 1;
     }
     double atp = parsed->n_pairs * pb_atp_flops(&m->cfg, T, 0), star = parsed->n_pairs * pb_atp_flops(&m->cfg, T, 1);
-    uint64_t peak[2] = {0, 0};
+    uint64_t peak[2] = {0, 0}, host[2] = {0, 0};
     for (int i = 0; i < 2; i++) {
         char *text = with_method(spec, i ? "atp*" : "atp");
         pb_sweep *e = NULL;
-        if (!text || pb_sweep_create(&e, m, text, NULL, o) != PB_OK || pb_atp_peak_bytes(e, T, &peak[i]) != PB_OK) {
+        if (!text || pb_sweep_create(&e, m, text, NULL, o) != PB_OK ||
+            pb_atp_peak_bytes(e, T, &peak[i], &host[i]) != PB_OK) {
             fprintf(stderr, "bench_sweep: estimate memory: %s\n", pb_last_error());
             free(text);
             return 1;
@@ -344,13 +345,16 @@ static int print_flop_ratios(pb_sweep *s, pb_model *m, const char *spec, const p
     printf("flop counts       exact %.3g (planned, %lld rows), atp %.3g, atp* %.3g: exact / atp = %.1fx, "
            "exact / atp* = %.1fx\n",
            plan.flops, (long long)plan.rows, atp, star, plan.flops / atp, plan.flops / star);
-    printf("estimate memory   atp %.1f MiB, atp* %.1f MiB at the peak beside the weights (T = %d)\n",
-           (double)peak[0] / (1 << 20), (double)peak[1] / (1 << 20), T);
+    printf("estimate memory   atp %.1f MiB, atp* %.1f MiB at the peak beside the weights (T = %d, %s); of it the "
+           "captures and logits, host memory on a device: %.1f / %.1f MiB\n",
+           (double)peak[0] / (1 << 20), (double)peak[1] / (1 << 20), T, pb_backend_name(m->backend_kind),
+           (double)host[0] / (1 << 20), (double)host[1] / (1 << 20));
     printf("{\"bench\": \"atp_flops\", \"layers\": %d, \"T\": %d, \"exact_flops\": %.4g, \"atp_flops\": %.4g, "
            "\"atp_star_flops\": %.4g, \"exact_over_atp\": %.2f, \"exact_over_atp_star\": %.2f, "
-           "\"atp_peak_bytes\": %llu, \"atp_star_peak_bytes\": %llu}\n",
+           "\"atp_peak_bytes\": %llu, \"atp_star_peak_bytes\": %llu, \"atp_host_bytes\": %llu, "
+           "\"atp_star_host_bytes\": %llu}\n",
            m->cfg.n_layers, T, plan.flops, atp, star, plan.flops / atp, plan.flops / star, (unsigned long long)peak[0],
-           (unsigned long long)peak[1]);
+           (unsigned long long)peak[1], (unsigned long long)host[0], (unsigned long long)host[1]);
     return 0;
 }
 

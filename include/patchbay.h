@@ -589,11 +589,14 @@ typedef struct pb_plan {
     uint64_t weights_streamed; /* and streamed (0 when the model cannot stream) */
     uint64_t peak_weights;     /* per rank at the plan's peak: the weights as planned */
     uint64_t peak_caches;      /* one pair's two run caches and the metric's arrays (an estimate: its largest
-                                  group's captures, logits and gradient scratch) */
+                                  group's captures, logits and gradient scratch; on cuda or checked its scratch
+                                  alone, the captures and logits being host memory: peak_host) */
     uint64_t peak_activations; /* the batch: executor workspace, patch values, logits, host scratch */
-    uint64_t peak_total;
-    double flops;       /* all ranks: base runs and batches */
-    double flops_per_s; /* rates assumed */
+    uint64_t peak_total;       /* weights + caches + activations: what device_memory must hold */
+    uint64_t peak_host;        /* an estimate on cuda or checked: its largest group's captures and logits, held in
+                                  host memory beside the device's peak_total; else 0 */
+    double flops;              /* all ranks: base runs and batches */
+    double flops_per_s;        /* rates assumed */
     double link_bytes_per_s;
     double seconds_compute; /* the slowest rank's FLOPs at flops_per_s */
     double seconds_link;    /* its streamed bytes at link_bytes_per_s */

@@ -26,16 +26,23 @@
 #include "test_util.h"
 #include "util/internal.h"
 
-static pb_model *load(const char *path, pb_weights_mode weights, int shape_only) {
-    pb_load_options o = {.n_threads = 2,
-                         .backend = PB_BACKEND_CPU,
-                         .dtype = PB_DTYPE_FILE,
-                         .weights = weights,
-                         .shape_only = shape_only};
+static pb_model *load_on(const char *path, pb_backend_kind backend, pb_weights_mode weights, int shape_only) {
+    pb_load_options o = {
+        .n_threads = 2, .backend = backend, .dtype = PB_DTYPE_FILE, .weights = weights, .shape_only = shape_only};
     pb_model *m = NULL;
     if (pb_model_load(&m, path, &o) != PB_OK)
         fail_msg("loading %s: %s", path, pb_last_error());
     return m;
+}
+
+static pb_model *load(const char *path, pb_weights_mode weights, int shape_only) {
+    return load_on(path, PB_BACKEND_CPU, weights, shape_only);
+}
+
+/* The case's model as Q8_0 into path: 0 when the fixture is absent. */
+static int case_model(const tu_oracle_case *c, char *path, size_t size) {
+    tu_fixture_file(path, size, json_string_value(json_object_get(c->expected, "model")), "model.q8_0.gguf");
+    return tu_file_exists(path);
 }
 
 static pb_sweep *create(pb_model *m, const tu_oracle_case *c, size_t max_memory) {
@@ -64,10 +71,9 @@ static void all_rows(const pb_sweep *s, int64_t **rows, int64_t *n) {
 
 static int check_case(const tu_oracle_case *c, void *ctx) {
     (void)ctx;
-    const char *model = json_string_value(json_object_get(c->expected, "model"));
     char path[1400];
-    tu_fixture_file(path, sizeof path, model, "model.q8_0.gguf");
-    if (strcmp(model, "smollm2") == 0 || !tu_file_exists(path))
+    if (strcmp(json_string_value(json_object_get(c->expected, "model")), "smollm2") == 0 ||
+        !case_model(c, path, sizeof path))
         return 0;
     pb_model *shape = load(path, PB_WEIGHTS_RESIDENT, 1);
     pb_model *resident = load(path, PB_WEIGHTS_RESIDENT, 0), *streamed = load(path, PB_WEIGHTS_STREAM, 0);
@@ -131,10 +137,8 @@ static void test_plans_equal_runs(void **state) {
  * two layers stay) and at least every layer once. */
 static int check_estimate(const tu_oracle_case *c, void *ctx) {
     int *seen = ctx;
-    const char *model = json_string_value(json_object_get(c->expected, "model"));
     char path[1400];
-    tu_fixture_file(path, sizeof path, model, "model.q8_0.gguf");
-    if (!tu_file_exists(path))
+    if (!case_model(c, path, sizeof path))
         return 0;
     pb_model *shape = load(path, PB_WEIGHTS_RESIDENT, 1), *streamed = load(path, PB_WEIGHTS_STREAM, 0);
     pb_sweep *planned = create(shape, c, 0);
@@ -199,6 +203,59 @@ static int check_estimate(const tu_oracle_case *c, void *ctx) {
     pb_model_free(streamed);
     *seen += 1;
     return 1;
+}
+
+/* On a device (the checked backend stands in for cuda: its memory is not
+ * the host's) an estimate's captures and logits stay in host memory: the
+ * plan counts them apart (peak_host) and only the gradient scratch against
+ * the device, so a device that holds the scratch but not the captures is
+ * planned, where the same memory on the CPU, which holds both, is refused. */
+static int check_estimate_host(const tu_oracle_case *c, void *ctx) {
+    int *seen = ctx;
+    char path[1400];
+    if (!case_model(c, path, sizeof path))
+        return 0;
+    pb_model *cpu = load_on(path, PB_BACKEND_CPU, PB_WEIGHTS_RESIDENT, 1);
+    pb_model *device = load_on(path, PB_BACKEND_CHECKED, PB_WEIGHTS_RESIDENT, 1);
+    pb_sweep *on_cpu = create(cpu, c, 0), *on_device = create(device, c, 0);
+    pb_plan_options po = {.device_memory = (size_t)1 << 30, .weights = PB_WEIGHTS_RESIDENT};
+    pb_plan host_plan, device_plan;
+    CHECK_OK(pb_sweep_plan(on_cpu, &po, &host_plan));
+    CHECK_OK(pb_sweep_plan(on_device, &po, &device_plan));
+    int T = pb_sweep_spec_of(on_device)->pairs[0].base.T;
+    uint64_t bytes, host;
+    CHECK_OK(pb_atp_peak_bytes(on_device, T, &bytes, &host));
+    printf("[ MEASURE  ] %-36s cpu: peak %llu B (captures included); checked: device %llu B, host %llu B\n", c->name,
+           (unsigned long long)host_plan.peak_caches, (unsigned long long)device_plan.peak_caches,
+           (unsigned long long)device_plan.peak_host);
+    assert_int_equal(host_plan.peak_host, 0);
+    assert_true(device_plan.peak_host >= host && host > 0); /* one pair's captures, or a group's */
+    assert_true(device_plan.peak_total ==
+                device_plan.peak_weights + device_plan.peak_caches + device_plan.peak_activations);
+    assert_true(host_plan.peak_caches > device_plan.peak_host); /* the CPU's holds the captures and its scratch */
+    /* memory halfway between the two needs (weights, the caches, one row's
+     * activations): planned on the device, refused on the CPU */
+    size_t one_row = small_budget(on_device) / 3;
+    po.device_memory = (size_t)(device_plan.peak_weights + one_row +
+                                (host_plan.peak_caches + device_plan.peak_caches) / 2);
+    if (pb_sweep_plan(on_device, &po, &device_plan) != PB_OK)
+        fail_msg("%s: %s", c->name, pb_last_error());
+    pb_plan refused;
+    assert_int_equal(pb_sweep_plan(on_cpu, &po, &refused), PB_ERR_OOM);
+    pb_sweep_free(on_cpu);
+    pb_sweep_free(on_device);
+    pb_model_free(cpu);
+    pb_model_free(device);
+    *seen += 1;
+    return 1;
+}
+
+static void test_estimates_host_memory(void **state) {
+    (void)state;
+    int seen = 0;
+    tu_visit_cases("atp_star", check_estimate_host, &seen);
+    tu_visit_cases("atp", check_estimate_host, &seen);
+    assert_true(seen >= 10);
 }
 
 static void test_estimates(void **state) {
@@ -345,6 +402,7 @@ int main(void) {
         cmocka_unit_test(test_plans_equal_runs),
         cmocka_unit_test(test_ranks_add_up),
         cmocka_unit_test(test_estimates),
+        cmocka_unit_test(test_estimates_host_memory),
         cmocka_unit_test(test_choices_and_refusals),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

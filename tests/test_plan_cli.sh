@@ -38,6 +38,16 @@ a, b = (json.load(open(f"{sys.argv[1]}/{d}/results.json")) for d in ("streamed",
 assert a["sites"] == b["sites"], "sites differ"
 PY
 
+# an estimate on a device backend (checked stands in for cuda): its captures
+# and logits on a line of their own, host memory; on the CPU, no such line
+atp_spec=$fixtures/atp_star/tiny_gqa_denoise_logit_diff/spec.json
+"$cli" plan --model "$model" --backend checked --spec "$atp_spec" --device-memory 64MiB >"$tmp/device.txt" \
+  || fail "plan of an estimate on checked exited $?"
+grep -q '^peak per rank .* gradient scratch' "$tmp/device.txt" || { cat "$tmp/device.txt"; fail "device peak line"; }
+grep -q '^host memory .*captures and logits' "$tmp/device.txt" || { cat "$tmp/device.txt"; fail "no host line"; }
+"$cli" plan --model "$model" --spec "$atp_spec" --device-memory 64MiB >"$tmp/host.txt" || fail "plan on cpu exited $?"
+! grep -q '^host memory' "$tmp/host.txt" || fail "a host line on the CPU, whose memory is the host's"
+
 set +e
 "$cli" plan --model "$model" --spec "$spec" --device-memory 256KiB >"$tmp/out" 2>"$tmp/err"
 rc=$?

@@ -490,52 +490,61 @@ static pb_status pair_bytes_of(const pb_sweep *s, const hook_sets *hooks, int T,
     PB_TRY(capture_bytes(m, hooks->source, T, &source, NULL));
     PB_TRY(capture_bytes(m, hooks->grads, T, &grads, &out->layer));
     out->held = base + source + grads + 2 * sizeof(float) * (uint64_t)m->cfg.vocab_size; /* the metric row's logits */
-    out->pass = pb_grad_scratch_bytes(&m->cfg, T, !m->backend->ops->host_memory, 1);
+    out->pass = pb_grad_scratch_bytes(&m->cfg, T, pb_model_on_device(m), 1);
     return PB_OK;
 }
 
 /* The memory of G pairs of T[g] tokens run as a group, beside the
  * executor's: what they hold, and the larger of their whole passes'
  * scratch and GradDrop's (`batch` passes per pair, 0: pb_grad_drop_batch's,
- * a layer's gradients each). */
-static uint64_t group_bytes(const pb_sweep *s, const pair_bytes *b, const int *T, int G, int batch) {
+ * a layer's gradients each). *host: of that, the captures and logits,
+ * host memory on every backend. */
+static uint64_t group_bytes(const pb_sweep *s, const pair_bytes *b, const int *T, int G, int batch, uint64_t *host) {
     const pb_model *m = pb_sweep_model(s);
-    int device = !m->backend->ops->host_memory;
-    uint64_t held = 0, passes = 0, drops = 0;
+    int device = pb_model_on_device(m);
+    uint64_t held = 0, passes = 0, drops = 0, drop_captures = 0;
     for (int g = 0; g < G; g++) {
         held += b[g].held;
         passes += b[g].pass;
     }
     if (pb_sweep_spec_of(s)->grad_drop) {
         batch = batch > 0 ? batch : pb_grad_drop_batch(&m->cfg, T, G, device);
-        for (int g = 0; g < G; g++)
-            drops += pb_grad_scratch_bytes(&m->cfg, T[g], device, batch) + (uint64_t)batch * b[g].layer;
+        for (int g = 0; g < G; g++) {
+            drops += pb_grad_scratch_bytes(&m->cfg, T[g], device, batch);
+            drop_captures += (uint64_t)batch * b[g].layer;
+        }
     }
-    return held + (drops > passes ? drops : passes);
+    int drops_larger = drops + drop_captures > passes;
+    *host = held + (drops_larger ? drop_captures : 0);
+    return held + (drops_larger ? drops + drop_captures : passes);
 }
 
-pb_status pb_atp_peak_bytes(const pb_sweep *s, int T, uint64_t *bytes) {
+pb_status pb_atp_peak_bytes(const pb_sweep *s, int T, uint64_t *bytes, uint64_t *host_bytes) {
     hook_sets hooks;
     pair_bytes b;
     PB_TRY(hook_sets_make(s, &hooks));
     pb_status status = pair_bytes_of(s, &hooks, T, &b);
     hook_sets_free(&hooks);
     PB_TRY(status);
-    *bytes = group_bytes(s, &b, &T, 1, 0);
+    uint64_t host;
+    *bytes = group_bytes(s, &b, &T, 1, 0, &host);
+    if (host_bytes)
+        *host_bytes = host;
     return PB_OK;
 }
 
 /* GradDrop's passes per pair for a group of G pairs whose memory with
- * the default batch is `bytes`: as many as the budget holds (all the
- * layers at most), the default at least; *bytes updated. */
+ * the default batch is shape's: as many as the budget holds (all the
+ * layers at most), the default at least; shape's bytes updated. */
 static int widest_drop_batch(const pb_sweep *s, const pair_bytes *b, const int *T, int G, uint64_t exec,
-                             uint64_t *bytes) {
+                             pb_atp_group_shape *shape) {
     const pb_model *m = pb_sweep_model(s);
-    int least = pb_grad_drop_batch(&m->cfg, T, G, !m->backend->ops->host_memory);
+    int least = pb_grad_drop_batch(&m->cfg, T, G, pb_model_on_device(m));
     for (int batch = m->cfg.n_layers; pb_sweep_spec_of(s)->grad_drop && batch > least; batch--) {
-        uint64_t with = group_bytes(s, b, T, G, batch) + exec;
+        uint64_t host, with = group_bytes(s, b, T, G, batch, &host) + exec;
         if (with <= pb_sweep_memory_budget(s)) {
-            *bytes = with;
+            shape->bytes = with;
+            shape->host_bytes = host;
             return batch;
         }
     }
@@ -561,10 +570,11 @@ pb_atp_group_shape pb_atp_group(const pb_sweep *s, const int *pairs, int n) {
         T[G] = p->base.T;
         int t = tokens + p->base.T + p->source.T, longest = p->base.T > p->source.T ? p->base.T : p->source.T;
         longest = longest > max_T ? longest : max_T;
-        uint64_t e = pb_exec_workspace_bytes(&m->cfg, t, longest), with = group_bytes(s, b, T, G + 1, 0) + e;
+        uint64_t host, e = pb_exec_workspace_bytes(&m->cfg, t, longest),
+                       with = group_bytes(s, b, T, G + 1, 0, &host) + e;
         if (G > 0 && with > budget)
             break;
-        shape = (pb_atp_group_shape){G + 1, 0, with};
+        shape = (pb_atp_group_shape){G + 1, 0, with, host};
         exec = e;
         tokens = t;
         max_T = longest;
@@ -574,7 +584,7 @@ pb_atp_group_shape pb_atp_group(const pb_sweep *s, const int *pairs, int n) {
     if (shape.pairs == 0)
         shape.pairs = 1;
     else
-        shape.drop_batch = widest_drop_batch(s, b, T, shape.pairs, exec, &shape.bytes);
+        shape.drop_batch = widest_drop_batch(s, b, T, shape.pairs, exec, &shape);
     hook_sets_free(&hooks);
     free(b);
     free(T);

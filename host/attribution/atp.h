@@ -31,8 +31,10 @@ pb_status pb_atp_run_rows(pb_sweep *s, const int64_t *rows, int64_t n_rows);
  * source run's and the gradients' of the sites' hook points, both runs'
  * logits, and the larger of a gradient pass's scratch and GradDrop's (a
  * batch of passes, a layer's gradients each). s's spec says which
- * corrections run and where the sites lie. */
-pb_status pb_atp_peak_bytes(const pb_sweep *s, int T, uint64_t *bytes);
+ * corrections run and where the sites lie. *host_bytes (may be NULL): of
+ * *bytes, the captures and logits, which are host memory on every backend;
+ * on a device's (cuda, checked) only the rest is the device's. */
+pb_status pb_atp_peak_bytes(const pb_sweep *s, int T, uint64_t *bytes, uint64_t *host_bytes);
 
 /* FLOPs of one pair's estimate over T tokens: a forward of each run and
  * the backward pass, and with grad_drop GradDrop's passes (a model of the
@@ -49,8 +51,9 @@ double pb_atp_flops(const pb_model_config *c, int T, int grad_drop);
  * the budget still holds (fewer turns, fewer reads). */
 typedef struct pb_atp_group_shape {
     int pairs;
-    int drop_batch; /* GradDrop's passes at once per pair (pb_grad_drops' batch; 0: its own) */
-    uint64_t bytes; /* the group's memory */
+    int drop_batch;      /* GradDrop's passes at once per pair (pb_grad_drops' batch; 0: its own) */
+    uint64_t bytes;      /* the group's memory (what the budget bounds) */
+    uint64_t host_bytes; /* of bytes, the captures and logits: host memory on every backend */
 } pb_atp_group_shape;
 pb_atp_group_shape pb_atp_group(const pb_sweep *s, const int *pairs, int n);
 

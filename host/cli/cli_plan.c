@@ -114,10 +114,13 @@ static void print_plan(const pb_plan *p, const pb_sweep_summary *sum, const char
         printf("bytes moved       %s loaded, %s streamed (every layer per group's forward and backward pass, at "
                "most)\n",
                human(a, p->bytes_loaded), human(b, p->bytes_streamed));
-        printf("peak per rank     %s = weights %s + the estimate's captures, logits and scratch %s + verification "
-               "batch %s\n",
-               human(a, (double)p->peak_total), human(b, (double)p->peak_weights), human(c, (double)p->peak_caches),
+        printf("peak per rank     %s = weights %s + the estimate's %s %s + verification batch %s\n",
+               human(a, (double)p->peak_total), human(b, (double)p->peak_weights),
+               p->peak_host ? "gradient scratch" : "captures, logits and scratch", human(c, (double)p->peak_caches),
                human(d, (double)p->peak_activations));
+        if (p->peak_host)
+            printf("host memory       %s beside it: the estimate's captures and logits, which stay on the host\n",
+                   human(a, (double)p->peak_host));
     } else {
         printf("rows              %lld sites x %d pairs = %lld pending; %lld reach the metric\n",
                (long long)sum->n_sites, sum->n_pairs, (long long)p->rows, (long long)p->rows_run);
@@ -158,10 +161,13 @@ void pb_cli_plan_line(FILE *f, const pb_sweep *sweep, const pb_model *model, con
                  (long long)p.waves_max_rank, p.waves_max_rank == 1 ? "" : "s");
     else
         snprintf(passes, sizeof passes, "at most %lld waves of up to %d rows", (long long)p.waves, p.rows_per_wave);
-    fprintf(f, "patchbay: plan: %s weights (%s), %s, %s%speak %s per rank (patchbay plan explains)\n",
-            pb_weights_mode_name(p.weights), human(a, (double)p.peak_weights), passes,
-            stream ? human(b, p.bytes_streamed) : "", stream ? " of layers streamed, " : "",
-            human(c, (double)p.peak_total));
+    char host[64] = "";
+    if (p.peak_host)
+        snprintf(host, sizeof host, " and %s of host memory", human(a, (double)p.peak_host));
+    fprintf(f, "patchbay: plan: %s weights (%s), %s, %s%speak %s%s per rank (patchbay plan explains)\n",
+            pb_weights_mode_name(p.weights), human(b, (double)p.peak_weights), passes,
+            stream ? human(c, p.bytes_streamed) : "", stream ? " of layers streamed, " : "",
+            human(a, (double)p.peak_total), host);
 }
 
 /* The spec read, relative paths against its folder, plain text with --no-chat. */

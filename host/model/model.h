@@ -118,6 +118,13 @@ struct pb_model {
     char chat_error[512];
 };
 
+/* 1 when the model's backend keeps its memory apart from the host's (cuda,
+ * checked). By kind, so that a shape-only model (a plan, which runs on a
+ * host stand-in) is sized as the backend it plans for. */
+static inline int pb_model_on_device(const pb_model *m) {
+    return m->backend_kind == PB_BACKEND_CUDA || m->backend_kind == PB_BACKEND_CHECKED;
+}
+
 /* Checks hyperparameters for consistency (positive sizes, divisibility,
  * limits the kernels rely on). */
 pb_status pb_model_config_validate(const pb_model_config *cfg);

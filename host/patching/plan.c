@@ -151,17 +151,22 @@ static pb_status rank_pairs(const pb_sweep *s, int rank, int n_ranks, int **pair
     return PB_OK;
 }
 
-/* *peak: the most memory one of the estimate's groups of pairs holds
- * (pb_atp_group), over every rank's groups. */
-static pb_status estimate_peak(const pb_sweep *s, int n_ranks, uint64_t *peak) {
-    *peak = 0;
-    for (int rank = 0; rank < n_ranks; rank++) {
+/* The most memory one of the estimate's groups of pairs holds
+ * (pb_atp_group), over every rank's groups: on a device backend its
+ * captures and logits in p->peak_host and the rest in p->peak_caches,
+ * else all of it in p->peak_caches. */
+static pb_status estimate_peak(const pb_sweep *s, pb_plan *p) {
+    int device = pb_model_on_device(pb_sweep_model(s));
+    p->peak_caches = p->peak_host = 0;
+    for (int rank = 0; rank < p->n_ranks; rank++) {
         int *pairs, n;
-        PB_TRY(rank_pairs(s, rank, n_ranks, &pairs, &n));
+        PB_TRY(rank_pairs(s, rank, p->n_ranks, &pairs, &n));
         for (int k = 0, G; k < n; k += G) {
             pb_atp_group_shape shape = pb_atp_group(s, pairs + k, n - k);
             G = shape.pairs;
-            *peak = shape.bytes > *peak ? shape.bytes : *peak;
+            uint64_t host = device ? shape.host_bytes : 0, own = shape.bytes - host;
+            p->peak_caches = own > p->peak_caches ? own : p->peak_caches;
+            p->peak_host = host > p->peak_host ? host : p->peak_host;
         }
         free(pairs);
     }
@@ -220,7 +225,7 @@ pb_status pb_sweep_plan(const pb_sweep *s, const pb_plan_options *options, pb_pl
     p->method = pb_sweep_method_name(spec->method);
     p->estimate = spec->method != PB_METHOD_EXACT;
     if (p->estimate) { /* the captures, logits and scratch of a group of pairs' passes */
-        PB_TRY(estimate_peak(s, p->n_ranks, &p->peak_caches));
+        PB_TRY(estimate_peak(s, p));
     } else {
         p->peak_caches = 2 * (uint64_t)pb_sweep_cache_bytes(s, max_T);
     }
