@@ -131,10 +131,24 @@ static void test_plans_equal_runs(void **state) {
 
 /* An estimate ("atp", "atp*") planned as it runs, against the run on
  * streamed weights: no row executed, the pairs in groups (all of a tiny
- * model's in one within the default 1 GiB; one each within a budget of a
- * byte), the FLOPs of pb_atp_flops, and the layer bytes read at most the
+ * model's in one within the budget the plan gives; one each within a budget
+ * of a byte), as a run with the plan's --max-memory forms them, the FLOPs
+ * of pb_atp_flops, and the layer bytes read at most the
  * plan's (a layer still in its slot is not read again: the tiny models'
  * two layers stay) and at least every layer once. */
+/* The groups pb_atp_run_rows forms over every row of s: its own budget. */
+static int64_t groups_of(const pb_sweep *s) {
+    int n = pb_sweep_spec_of(s)->n_pairs, groups = 0;
+    int *pairs = malloc(sizeof(int) * (size_t)n);
+    assert_non_null(pairs);
+    for (int i = 0; i < n; i++)
+        pairs[i] = i;
+    for (int k = 0; k < n; groups++)
+        k += pb_atp_group(s, pairs + k, n - k, pb_sweep_memory_budget(s)).pairs;
+    free(pairs);
+    return groups;
+}
+
 static int check_estimate(const tu_oracle_case *c, void *ctx) {
     int *seen = ctx;
     char path[1400];
@@ -151,15 +165,20 @@ static int check_estimate(const tu_oracle_case *c, void *ctx) {
     assert_string_equal(plan.method, pb_sweep_method_name(spec->method));
     assert_int_equal(plan.rows_run, 0);
     assert_int_equal(plan.waves, 1);
-    assert_true(plan.peak_caches <= (uint64_t)1 << 30); /* a group of several pairs stays within its budget */
-    pb_sweep *one_each = create(shape, c, 1);
+    assert_true(plan.peak_caches <= plan.max_memory); /* a group of several pairs stays within its budget */
+    pb_plan_options byte = po;
+    byte.max_memory = 1;
     pb_plan single;
-    CHECK_OK(pb_sweep_plan(one_each, &po, &single));
+    CHECK_OK(pb_sweep_plan(planned, &byte, &single));
     assert_int_equal(single.waves, spec->n_pairs);
     assert_true(single.flops == plan.flops);
     assert_true(single.bytes_streamed >= plan.bytes_streamed);
-    pb_sweep_free(one_each);
-    pb_sweep *run = create(streamed, c, 0);
+    /* the groups a run with the plan's --max-memory forms are the plan's */
+    pb_sweep *run = create(streamed, c, plan.max_memory);
+    assert_int_equal(groups_of(run), plan.waves);
+    pb_sweep *run_single = create(streamed, c, single.max_memory);
+    assert_int_equal(groups_of(run_single), single.waves);
+    pb_sweep_free(run_single);
     CHECK_OK(pb_sweep_run(run));
     pb_sweep_summary sum;
     CHECK_OK(pb_sweep_get_summary(run, &sum));
@@ -218,7 +237,8 @@ static int check_estimate_host(const tu_oracle_case *c, void *ctx) {
     pb_model *cpu = load_on(path, PB_BACKEND_CPU, PB_WEIGHTS_RESIDENT, 1);
     pb_model *device = load_on(path, PB_BACKEND_CHECKED, PB_WEIGHTS_RESIDENT, 1);
     pb_sweep *on_cpu = create(cpu, c, 0), *on_device = create(device, c, 0);
-    pb_plan_options po = {.device_memory = (size_t)1 << 30, .weights = PB_WEIGHTS_RESIDENT};
+    /* a byte's budget: a pair at a time, the least the estimate needs */
+    pb_plan_options po = {.device_memory = (size_t)1 << 30, .weights = PB_WEIGHTS_RESIDENT, .max_memory = 1};
     pb_plan host_plan, device_plan;
     CHECK_OK(pb_sweep_plan(on_cpu, &po, &host_plan));
     CHECK_OK(pb_sweep_plan(on_device, &po, &device_plan));
@@ -229,7 +249,7 @@ static int check_estimate_host(const tu_oracle_case *c, void *ctx) {
            (unsigned long long)host_plan.peak_caches, (unsigned long long)device_plan.peak_caches,
            (unsigned long long)device_plan.peak_host);
     assert_int_equal(host_plan.peak_host, 0);
-    assert_true(device_plan.peak_host >= host && host > 0); /* one pair's captures, or a group's */
+    assert_true(device_plan.peak_host >= host && host > 0); /* the largest pair's captures */
     assert_true(device_plan.peak_total ==
                 device_plan.peak_weights + device_plan.peak_caches + device_plan.peak_activations);
     assert_true(host_plan.peak_caches > device_plan.peak_host); /* the CPU's holds the captures and its scratch */

@@ -536,13 +536,13 @@ pb_status pb_atp_peak_bytes(const pb_sweep *s, int T, uint64_t *bytes, uint64_t 
 /* GradDrop's passes per pair for a group of G pairs whose memory with
  * the default batch is shape's: as many as the budget holds (all the
  * layers at most), the default at least; shape's bytes updated. */
-static int widest_drop_batch(const pb_sweep *s, const pair_bytes *b, const int *T, int G, uint64_t exec,
+static int widest_drop_batch(const pb_sweep *s, const pair_bytes *b, const int *T, int G, uint64_t exec, size_t budget,
                              pb_atp_group_shape *shape) {
     const pb_model *m = pb_sweep_model(s);
     int least = pb_grad_drop_batch(&m->cfg, T, G, pb_model_on_device(m));
     for (int batch = m->cfg.n_layers; pb_sweep_spec_of(s)->grad_drop && batch > least; batch--) {
         uint64_t host, with = group_bytes(s, b, T, G, batch, &host) + exec;
-        if (with <= pb_sweep_memory_budget(s)) {
+        if (with <= budget) {
             shape->bytes = with;
             shape->host_bytes = host;
             return batch;
@@ -551,10 +551,9 @@ static int widest_drop_batch(const pb_sweep *s, const pair_bytes *b, const int *
     return least;
 }
 
-pb_atp_group_shape pb_atp_group(const pb_sweep *s, const int *pairs, int n) {
+pb_atp_group_shape pb_atp_group(const pb_sweep *s, const int *pairs, int n, size_t budget) {
     const pb_model *m = pb_sweep_model(s);
     const pb_sweep_spec *spec = pb_sweep_spec_of(s);
-    size_t budget = pb_sweep_memory_budget(s);
     pair_bytes *b = malloc(sizeof *b * (size_t)(n > 0 ? n : 1));
     int *T = malloc(sizeof(int) * (size_t)(n > 0 ? n : 1));
     hook_sets hooks = {0};
@@ -584,7 +583,7 @@ pb_atp_group_shape pb_atp_group(const pb_sweep *s, const int *pairs, int n) {
     if (shape.pairs == 0)
         shape.pairs = 1;
     else
-        shape.drop_batch = widest_drop_batch(s, b, T, shape.pairs, exec, &shape);
+        shape.drop_batch = widest_drop_batch(s, b, T, shape.pairs, exec, budget, &shape);
     hook_sets_free(&hooks);
     free(b);
     free(T);
@@ -630,7 +629,7 @@ pb_status pb_atp_run_rows(pb_sweep *s, const int64_t *rows, int64_t n_rows) {
     for (int k = 0; k < n_pairs; k++)
         pairs[k] = a[k].pair;
     for (int k = 0, G; status == PB_OK && k < n_pairs; k += G) {
-        pb_atp_group_shape shape = pb_atp_group(s, pairs + k, n_pairs - k);
+        pb_atp_group_shape shape = pb_atp_group(s, pairs + k, n_pairs - k, pb_sweep_memory_budget(s));
         G = shape.pairs;
         status = group_rows(s, a + k, G, shape.drop_batch, &hooks);
         for (int g = 0; g < G; g++)

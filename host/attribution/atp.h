@@ -44,18 +44,19 @@ double pb_atp_flops(const pb_model_config *c, int T, int grad_drop);
 /* Pairs run in groups: a group's forwards in one run of the executor,
  * its backward passes (and GradDrop's) layer by layer together, so
  * streamed weights are read once per group, not per pair. The next group
- * of pairs[0..n) (an estimate's, in order): as many as fit the sweep's
- * memory budget (pb_sweep_memory_budget) with each pair's
- * pb_atp_peak_bytes and the executor's workspace for all their tokens,
- * at least one; then GradDrop's passes at once per pair widened to what
- * the budget still holds (fewer turns, fewer reads). */
+ * of pairs[0..n) (an estimate's, in order): as many as fit budget (a run's
+ * is its sweep's, pb_sweep_memory_budget; a plan's the --max-memory it
+ * recommends) with each pair's pb_atp_peak_bytes and the executor's
+ * workspace for all their tokens, at least one; then GradDrop's passes at
+ * once per pair widened to what the budget still holds (fewer turns,
+ * fewer reads). A budget of 0: one pair, the fewest passes at once. */
 typedef struct pb_atp_group_shape {
     int pairs;
     int drop_batch;      /* GradDrop's passes at once per pair (pb_grad_drops' batch; 0: its own) */
     uint64_t bytes;      /* the group's memory (what the budget bounds) */
     uint64_t host_bytes; /* of bytes, the captures and logits: host memory on every backend */
 } pb_atp_group_shape;
-pb_atp_group_shape pb_atp_group(const pb_sweep *s, const int *pairs, int n);
+pb_atp_group_shape pb_atp_group(const pb_sweep *s, const int *pairs, int n, size_t budget);
 
 /* Bytes of streamed layers a group reads at most (a layer still in its
  * slot is not read again): its two runs of forwards and its backward

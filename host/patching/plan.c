@@ -151,48 +151,34 @@ static pb_status rank_pairs(const pb_sweep *s, int rank, int n_ranks, int **pair
     return PB_OK;
 }
 
-/* The most memory one of the estimate's groups of pairs holds
- * (pb_atp_group), over every rank's groups: on a device backend its
- * captures and logits in p->peak_host and the rest in p->peak_caches,
- * else all of it in p->peak_caches. */
-static pb_status estimate_peak(const pb_sweep *s, pb_plan *p) {
-    int device = pb_model_on_device(pb_sweep_model(s));
-    p->peak_caches = p->peak_host = 0;
-    for (int rank = 0; rank < p->n_ranks; rank++) {
-        int *pairs, n;
-        PB_TRY(rank_pairs(s, rank, p->n_ranks, &pairs, &n));
-        for (int k = 0, G; k < n; k += G) {
-            pb_atp_group_shape shape = pb_atp_group(s, pairs + k, n - k);
-            G = shape.pairs;
-            uint64_t host = device ? shape.host_bytes : 0, own = shape.bytes - host;
-            p->peak_caches = own > p->peak_caches ? own : p->peak_caches;
-            p->peak_host = host > p->peak_host ? host : p->peak_host;
-        }
-        free(pairs);
-    }
-    return PB_OK;
-}
-
-/* An estimate's passes on each rank's share: a rank runs its pairs in
- * groups (pb_atp_group), as the run does; each pair's FLOPs from
- * pb_atp_flops, each group's streamed bytes from pb_atp_stream_bytes.
- * Waves count the groups. */
-static pb_status count_estimate(const pb_sweep *s, const uint64_t *layer_bytes, pb_plan *p) {
+/* An estimate's groups (pb_atp_group) on each rank's share, formed with
+ * budget as a run with that --max-memory forms them: the largest group's
+ * memory (on a device backend its captures and logits in peak_host, the
+ * rest in peak_caches; else all of it in peak_caches) and, when counting,
+ * each rank's groups (waves), FLOPs (pb_atp_flops) and streamed bytes
+ * (pb_atp_stream_bytes). */
+static pb_status estimate_groups(const pb_sweep *s, size_t budget, const uint64_t *layer_bytes, int count, pb_plan *p) {
     const pb_sweep_spec *spec = pb_sweep_spec_of(s);
     const pb_model *m = pb_sweep_model(s);
+    int device = pb_model_on_device(m);
+    p->peak_caches = p->peak_host = 0;
     for (int rank = 0; rank < p->n_ranks; rank++) {
         int *pairs, n, groups = 0;
         PB_TRY(rank_pairs(s, rank, p->n_ranks, &pairs, &n));
         double flops = 0.0, bytes = 0.0;
         for (int k = 0, G; k < n; k += G, groups++) {
-            pb_atp_group_shape shape = pb_atp_group(s, pairs + k, n - k);
+            pb_atp_group_shape shape = pb_atp_group(s, pairs + k, n - k, budget);
             G = shape.pairs;
+            uint64_t host = device ? shape.host_bytes : 0, own = shape.bytes - host;
+            p->peak_caches = own > p->peak_caches ? own : p->peak_caches;
+            p->peak_host = host > p->peak_host ? host : p->peak_host;
             for (int g = 0; g < G; g++)
                 flops += pb_atp_flops(&m->cfg, spec->pairs[pairs[k + g]].base.T, spec->grad_drop);
             bytes += layer_bytes ? pb_atp_stream_bytes(s, shape.drop_batch, layer_bytes) : 0.0;
         }
         free(pairs);
-        add_rank(p, groups, flops, bytes);
+        if (count)
+            add_rank(p, groups, flops, bytes);
     }
     return PB_OK;
 }
@@ -224,13 +210,13 @@ pb_status pb_sweep_plan(const pb_sweep *s, const pb_plan_options *options, pb_pl
     uint64_t need_min = shape.need_min;
     p->method = pb_sweep_method_name(spec->method);
     p->estimate = spec->method != PB_METHOD_EXACT;
-    if (p->estimate) { /* the captures, logits and scratch of a group of pairs' passes */
-        PB_TRY(estimate_peak(s, p));
-    } else {
+    if (p->estimate) /* one pair at a time: the least its groups need */
+        PB_TRY(estimate_groups(s, 0, NULL, 0, p));
+    else
         p->peak_caches = 2 * (uint64_t)pb_sweep_cache_bytes(s, max_T);
-    }
-    if (spec->metric.kind == PB_METRIC_KL) /* every pair's clean log-distribution */
-        p->peak_caches += sizeof(double) * (uint64_t)spec->n_pairs * (uint64_t)m->cfg.vocab_size;
+    uint64_t kl = spec->metric.kind != PB_METRIC_KL ? 0 /* every pair's clean log-distribution */
+                                                    : sizeof(double) * (uint64_t)spec->n_pairs * m->cfg.vocab_size;
+    p->peak_caches += kl;
     pb_status status = choose_weights(l, &o, p->peak_caches + need_min, p);
     if (status != PB_OK) {
         snprintf(p->why_not, sizeof p->why_not, "%s", pb_last_error());
@@ -246,10 +232,12 @@ pb_status pb_sweep_plan(const pb_sweep *s, const pb_plan_options *options, pb_pl
     p->tokens_per_wave = shape.max_tokens;
     /* an estimate runs batches only to verify itself */
     p->peak_activations = p->estimate && spec->verify_top == 0 ? 0 : shape.device_bytes + shape.host_bytes;
-    p->peak_total = p->peak_weights + p->peak_caches + p->peak_activations;
     int stream = p->weights == PB_WEIGHTS_STREAM;
     p->bytes_loaded = (double)p->n_ranks * (double)(stream ? l->stream_arena - 2 * l->slot : l->resident);
-    if (p->estimate)
-        return count_estimate(s, stream ? l->layer_bytes : NULL, p);
-    return count_ranks(s, &shape, stream ? l->layer_bytes : NULL, p);
+    if (p->estimate) { /* the groups within that budget, as the run forms them */
+        PB_TRY(estimate_groups(s, p->max_memory, stream ? l->layer_bytes : NULL, 1, p));
+        p->peak_caches += kl;
+    }
+    p->peak_total = p->peak_weights + p->peak_caches + p->peak_activations;
+    return p->estimate ? PB_OK : count_ranks(s, &shape, stream ? l->layer_bytes : NULL, p);
 }
