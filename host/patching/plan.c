@@ -172,9 +172,9 @@ static pb_status estimate_groups(const pb_sweep *s, size_t budget, const uint64_
             uint64_t host = device ? shape.host_bytes : 0, own = shape.bytes - host;
             p->peak_caches = own > p->peak_caches ? own : p->peak_caches;
             p->peak_host = host > p->peak_host ? host : p->peak_host;
-            for (int g = 0; g < G; g++)
+            for (int g = 0; count && g < G; g++)
                 flops += pb_atp_flops(&m->cfg, spec->pairs[pairs[k + g]].base.T, spec->grad_drop);
-            bytes += layer_bytes ? pb_atp_stream_bytes(s, shape.drop_batch, layer_bytes) : 0.0;
+            bytes += count && layer_bytes ? pb_atp_stream_bytes(s, shape.drop_batch, layer_bytes) : 0.0;
         }
         free(pairs);
         if (count)
