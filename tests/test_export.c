@@ -6,7 +6,8 @@
  *   Hugging Face folder and from the GGUF file (but tied Gemma, whose
  *   GGUF llama.cpp reads only tied: refused), the fp32 export's logits
  *   equal the source's under run-time ablation (pb_forward_intervened
- *   ABLATE) within 1e-5, and differ from the source's plain logits;
+ *   ABLATE) within 1e-5 on the reference backend, and differ from the
+ *   source's plain logits;
  * - transformers' logits (fixture tests/fixtures/export) of the exported
  *   safetensors and of the source under ablation hooks equal the engine's
  *   on its exports from the folder and from the GGUF;
@@ -115,11 +116,11 @@ static void check_family_source(const family *f, const char *file, const char *d
     snprintf(out, sizeof out, "%s/%s%s", dir, f->name, file ? ".gguf" : "");
     int T;
     int32_t *ids = tu_read_ids(ids_path, &T);
-    pb_model *source = load_path(src);
+    pb_model *source = load_on(src, PB_BACKEND_REFERENCE);
     int d = pb_model_get_config(source)->d_model;
     float *u = random_direction(d, 0xab1e + (uint64_t)d);
     export_or_fail(src, u, d, PB_DTYPE_F32, out);
-    pb_model *exported = load_path(out);
+    pb_model *exported = load_on(out, PB_BACKEND_REFERENCE);
     assert_int_equal(pb_model_get_config(exported)->tied_embeddings, 0);
     pb_intervention ablate = {.kind = PB_INTERVENE_ABLATE, .direction = u};
     float *want = logits_of(source, ids, T, &ablate);
@@ -179,7 +180,7 @@ static void test_adapters(void **state) {
             snprintf(out, sizeof out, "%s/%s-lora%s", s->dir, models[k], g ? ".gguf" : "");
             snprintf(plain_out, sizeof plain_out, "%s/%s-plain%s", s->dir, models[k], g ? ".gguf" : "");
             pb_model *source = NULL;
-            pb_load_options lo = {.n_threads = 2, .adapters = adapters, .n_adapters = 1};
+            pb_load_options lo = {.backend = PB_BACKEND_REFERENCE, .adapters = adapters, .n_adapters = 1};
             if (pb_model_load(&source, src, &lo) != PB_OK)
                 fail_msg("%s", pb_last_error());
             int d = pb_model_get_config(source)->d_model;
@@ -190,7 +191,7 @@ static void test_adapters(void **state) {
             export_or_fail(src, u, d, PB_DTYPE_F32, plain_out);
             pb_intervention ablate = {.kind = PB_INTERVENE_ABLATE, .direction = u};
             float *want = logits_of(source, ids, T, &ablate);
-            pb_model *merged = load_path(out), *plain = load_path(plain_out);
+            pb_model *merged = load_on(out, PB_BACKEND_REFERENCE), *plain = load_on(plain_out, PB_BACKEND_REFERENCE);
             float *got = logits_of(merged, ids, T, NULL), *without = logits_of(plain, ids, T, NULL);
             size_t n = (size_t)T * (size_t)pb_model_get_config(source)->vocab_size;
             double diff = tu_max_abs_diff(got, want, n), adapter_moves = tu_max_abs_diff(without, want, n);
