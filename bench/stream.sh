@@ -13,8 +13,10 @@
 # models/bench/llama3-8b-8l-q8_0.gguf), and the project's default sweep on
 # T = 16 seeded random token ids (bench_sweep --default-sweep: resid_pre,
 # attn_out, mlp_out at every layer and position, z of every head at the last
-# position). Both runs use --dtype file and the default --max-memory (1 GiB
-# of batch activations); the streamed one --weight-memory 1GiB. The same sweep
+# position). Both runs use --dtype file and --max-memory 1GiB of batch
+# activations (the resident default; a streamed sweep's own default is what
+# its plan leaves, so it is pinned for like batches); the streamed one
+# --weight-memory 1GiB. The same sweep
 # is then written out as a spec and run by `patchbay sweep` both ways, and the
 # heatmaps compared (max |d|, expected 0). Needs build/ (scripts/build.sh) and
 # .venv with numpy and gguf (BUILD=DIR for another build folder). Run it on a
@@ -57,10 +59,10 @@ sampled() {
 }
 
 declare -A rate
-stream=(--weights stream --weight-memory 1GiB)
+stream=(--weights stream --weight-memory 1GiB --max-memory 1GiB)
 for mode in resident stream; do
   echo "== --weights $mode"
-  opts=(--weights resident)
+  opts=(--weights resident --max-memory 1GiB)
   [ "$mode" = stream ] && opts=("${stream[@]}")
   sampled "$build/bench_sweep" "$model" --default-sweep "$T" --dtype file "${opts[@]}"
   grep -E '^(weights|engine (sweep|rows/s|batches))|RESULT' "$tmp/out"
@@ -91,7 +93,7 @@ print(json.dumps({"mode": "denoising", "pairs": [{"clean": {"ids": clean}, "corr
                   "metric": {"kind": "logit_diff", "positive": [pos], "negative": [neg]}}))
 PY
 for mode in resident stream; do
-  opts=(--weights resident)
+  opts=(--weights resident --max-memory 1GiB)
   [ "$mode" = stream ] && opts=("${stream[@]}")
   sampled "$build/patchbay" sweep --model "$model" --spec "$tmp/spec.json" --out "$tmp/$mode" --dtype file \
     "${opts[@]}" --no-progress

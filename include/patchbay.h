@@ -413,8 +413,10 @@ typedef enum pb_metric_kind {
 typedef float (*pb_metric_fn)(const float *values, int n, void *user);
 
 typedef struct pb_sweep_options {
-    size_t max_memory;  /* bytes for batch activations; 0 = 1 GiB */
-    int max_batch_rows; /* 0 = as many as max_memory allows */
+    size_t max_memory;  /* bytes for batch activations; 0: 1 GiB, or on streamed weights the plan's budget
+                           (pb_sweep_plan: three quarters of what the weights and caches leave) */
+    int max_batch_rows; /* 0: 256 at most, or with streamed weights on a device all of a pair's rows, each
+                           batch as many as max_memory allows */
     /* Called after each batch from the thread running the sweep. */
     void (*progress)(int64_t rows_done, int64_t rows_total, void *user);
     void *progress_user;
@@ -553,8 +555,8 @@ PB_API pb_status pb_gradients(pb_model *model, const int32_t *ids, int T, const 
 
 /* What a plan may use; zeros take the defaults. */
 typedef struct pb_plan_options {
-    size_t device_memory;    /* bytes one rank may hold; 0: this machine's physical memory (cpu, reference),
-                                the device's total (cuda, when present) */
+    size_t device_memory;    /* bytes one rank may hold; 0: this machine's physical memory or its cgroup's limit,
+                                if lower (cpu, reference, checked), the device's total (cuda, when present) */
     int n_ranks;             /* ranks (GPUs) splitting the rows; 0: one */
     pb_weights_mode weights; /* as the load's: auto holds the weights resident when they fit beside the caches
                                 and one row's activations, else streams them */

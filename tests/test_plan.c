@@ -24,6 +24,7 @@
 #include "patching/sweep.h"
 #include "patching/sweep_access.h"
 #include "test_util.h"
+#include "tolerances.h"
 #include "util/internal.h"
 
 static pb_model *load_on(const char *path, pb_backend_kind backend, pb_weights_mode weights, int shape_only) {
@@ -56,7 +57,7 @@ static pb_sweep *create(pb_model *m, const tu_oracle_case *c, size_t max_memory)
 /* A batch budget of three rows of the longest prompt: several waves. */
 static size_t small_budget(const pb_sweep *s) {
     pb_batch_shape shape;
-    if (pb_sweep_batch_shape(s, 0, pb_sweep_max_T(s), &shape) != PB_OK)
+    if (pb_sweep_batch_shape(s, 0, pb_sweep_max_T(s), 0, &shape) != PB_OK)
         pb_error_clear();
     return 3 * shape.need_min;
 }
@@ -93,7 +94,7 @@ static int check_case(const tu_oracle_case *c, void *ctx) {
     int64_t *rows, n_rows;
     all_rows(run, &rows, &n_rows);
     pb_batch_shape shape_run;
-    CHECK_OK(pb_sweep_batch_shape(run, plan.max_memory, pb_sweep_max_T(run), &shape_run));
+    CHECK_OK(pb_sweep_batch_shape(run, plan.max_memory, pb_sweep_max_T(run), 1, &shape_run));
     assert_int_equal(shape_run.max_rows, plan.rows_per_wave);
     assert_int_equal(shape_run.max_tokens, plan.tokens_per_wave);
     pb_wave_counts counted;
@@ -140,11 +141,13 @@ static void test_plans_equal_runs(void **state) {
 static int64_t groups_of(const pb_sweep *s) {
     int n = pb_sweep_spec_of(s)->n_pairs, groups = 0;
     int *pairs = malloc(sizeof(int) * (size_t)n);
+    size_t budget;
     assert_non_null(pairs);
+    CHECK_OK(pb_sweep_memory_budget(s, &budget));
     for (int i = 0; i < n; i++)
         pairs[i] = i;
     for (int k = 0; k < n; groups++)
-        k += pb_atp_group(s, pairs + k, n - k, pb_sweep_memory_budget(s)).pairs;
+        k += pb_atp_group(s, pairs + k, n - k, budget).pairs;
     free(pairs);
     return groups;
 }
@@ -348,6 +351,105 @@ static void test_ranks_add_up(void **state) {
     free(f.spec);
 }
 
+/* A sweep of the case in subdir given no --max-memory: streamed, its
+ * budget is the plan's (all that is left, more than the resident 1 GiB)
+ * and its run the plan's batches or groups; resident, 1 GiB both. */
+static void check_default_budget(const char *subdir) {
+    found_case f = {.name = "tiny_gqa_denoise_logit_diff"};
+    assert_int_equal(tu_visit_cases(subdir, find_case, &f), 1);
+    tu_oracle_case c = {.name = f.name, .spec = f.spec};
+    snprintf(c.dir, sizeof c.dir, "%s", f.dir);
+    char path[1400];
+    tu_fixture_file(path, sizeof path, "tiny_gqa", "model.q8_0.gguf");
+    pb_model *streamed = load(path, PB_WEIGHTS_STREAM, 0), *resident = load(path, PB_WEIGHTS_RESIDENT, 0);
+    pb_sweep *run = create(streamed, &c, 0);
+    pb_plan_options po = {.weights = PB_WEIGHTS_STREAM};
+    pb_plan plan;
+    CHECK_OK(pb_sweep_plan(run, &po, &plan));
+    size_t budget;
+    CHECK_OK(pb_sweep_memory_budget(run, &budget));
+    printf("[ MEASURE  ] %s %s streamed, no --max-memory: budget %.1f MiB of %.1f MiB (plan %.1f MiB)\n", subdir,
+           c.name, (double)budget / 1048576, (double)plan.device_memory / 1048576, (double)plan.max_memory / 1048576);
+    assert_int_equal(budget, plan.max_memory);
+    assert_true(budget > PB_SWEEP_DEFAULT_MEMORY);
+    if (plan.estimate) {
+        assert_int_equal(groups_of(run), plan.waves);
+    } else {
+        CHECK_OK(pb_sweep_run(run));
+        assert_int_equal(pb_sweep_batch_count(run), plan.waves);
+    }
+    pb_sweep *held = create(resident, &c, 0);
+    po.weights = PB_WEIGHTS_RESIDENT;
+    CHECK_OK(pb_sweep_plan(held, &po, &plan));
+    CHECK_OK(pb_sweep_memory_budget(held, &budget));
+    assert_int_equal(budget, PB_SWEEP_DEFAULT_MEMORY);
+    assert_int_equal(plan.max_memory, PB_SWEEP_DEFAULT_MEMORY);
+    pb_sweep_free(held);
+    pb_sweep_free(run);
+    pb_model_free(streamed);
+    pb_model_free(resident);
+    free(f.spec);
+}
+
+static void test_default_budget(void **state) {
+    (void)state;
+    check_default_budget("patching");
+    check_default_budget("atp");
+}
+
+/* Streamed on a device (checked stands in for cuda) a wave holds every
+ * row of a pair, as many as the memory allows, where the CPU's hold 256:
+ * the plan says so, the run launches one batch per pair, and its effects
+ * are the resident CPU run's. A case of more than 256 sites per pair. */
+static void test_device_waves(void **state) {
+    (void)state;
+    found_case f = {.name = "tiny_gqa_denoise_logit_diff"};
+    assert_int_equal(tu_visit_cases("patching", find_case, &f), 1);
+    tu_oracle_case c = {.name = f.name, .spec = f.spec};
+    snprintf(c.dir, sizeof c.dir, "%s", f.dir);
+    char path[1400];
+    tu_fixture_file(path, sizeof path, "tiny_gqa", "model.q8_0.gguf");
+    pb_model *shape = load_on(path, PB_BACKEND_CHECKED, PB_WEIGHTS_RESIDENT, 1);
+    pb_model *cpu_shape = load(path, PB_WEIGHTS_RESIDENT, 1);
+    pb_sweep *planned = create(shape, &c, 0), *cpu_planned = create(cpu_shape, &c, 0);
+    int64_t n_sites = pb_sweep_site_count(planned);
+    int n_pairs = pb_sweep_spec_of(planned)->n_pairs;
+    assert_true(n_sites > 256);
+    pb_plan_options po = {.device_memory = (size_t)1 << 30, .weights = PB_WEIGHTS_STREAM};
+    pb_plan plan, cpu_plan;
+    CHECK_OK(pb_sweep_plan(planned, &po, &plan));
+    CHECK_OK(pb_sweep_plan(cpu_planned, &po, &cpu_plan));
+    assert_int_equal(plan.rows_per_wave, n_sites);
+    assert_int_equal(plan.waves, n_pairs);
+    assert_int_equal(cpu_plan.rows_per_wave, 256);
+    assert_true(cpu_plan.waves > n_pairs);
+    /* resident on the device: 256 */
+    po.weights = PB_WEIGHTS_RESIDENT;
+    CHECK_OK(pb_sweep_plan(planned, &po, &plan));
+    assert_int_equal(plan.rows_per_wave, 256);
+    pb_model *device = load_on(path, PB_BACKEND_CHECKED, PB_WEIGHTS_STREAM, 0);
+    pb_model *resident = load(path, PB_WEIGHTS_RESIDENT, 0);
+    pb_sweep *wide = create(device, &c, 0), *narrow = create(resident, &c, 0);
+    CHECK_OK(pb_sweep_run(wide));
+    CHECK_OK(pb_sweep_run(narrow));
+    double diff = tu_sweep_difference(wide, narrow);
+    printf("[ MEASURE  ] %s: %lld sites x %d pairs; checked streamed %lld batches, cpu resident %lld; max |d| %.2e\n",
+           c.name, (long long)n_sites, n_pairs, (long long)pb_sweep_batch_count(wide),
+           (long long)pb_sweep_batch_count(narrow), diff);
+    assert_int_equal(pb_sweep_batch_count(wide), n_pairs);
+    assert_true(pb_sweep_batch_count(narrow) > n_pairs);
+    assert_true(diff <= PB_TOL_INVARIANT_CPU);
+    pb_sweep_free(wide);
+    pb_sweep_free(narrow);
+    pb_sweep_free(planned);
+    pb_sweep_free(cpu_planned);
+    pb_model_free(device);
+    pb_model_free(resident);
+    pb_model_free(shape);
+    pb_model_free(cpu_shape);
+    free(f.spec);
+}
+
 /* Auto holds the weights resident when they fit, streams when only that
  * fits, and refuses with the numbers when neither does; a streamed CUDA
  * plan of bf16 slots streams more bytes than one
@@ -371,7 +473,7 @@ static void test_choices_and_refusals(void **state) {
     assert_true(plan.bytes_streamed == 0.0);
     /* room for the streamed weights, one pair's caches and one row, not for the resident weights */
     pb_batch_shape one;
-    if (pb_sweep_batch_shape(s, 0, pb_sweep_max_T(s), &one) != PB_OK)
+    if (pb_sweep_batch_shape(s, 0, pb_sweep_max_T(s), 0, &one) != PB_OK)
         pb_error_clear();
     uint64_t streamed = l->stream_arena + l->stream_host, others = plan.peak_caches + one.need_min;
     po.device_memory = (size_t)(streamed + others + (l->resident - streamed) / 2);
@@ -421,6 +523,8 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_plans_equal_runs),
         cmocka_unit_test(test_ranks_add_up),
+        cmocka_unit_test(test_default_budget),
+        cmocka_unit_test(test_device_waves),
         cmocka_unit_test(test_estimates),
         cmocka_unit_test(test_estimates_host_memory),
         cmocka_unit_test(test_choices_and_refusals),

@@ -628,8 +628,11 @@ pb_status pb_atp_run_rows(pb_sweep *s, const int64_t *rows, int64_t n_rows) {
         status = pending_pairs(s, rows, n_rows, todo, a, &n_pairs);
     for (int k = 0; k < n_pairs; k++)
         pairs[k] = a[k].pair;
+    size_t budget = 0;
+    if (status == PB_OK)
+        status = pb_sweep_memory_budget(s, &budget);
     for (int k = 0, G; status == PB_OK && k < n_pairs; k += G) {
-        pb_atp_group_shape shape = pb_atp_group(s, pairs + k, n_pairs - k, pb_sweep_memory_budget(s));
+        pb_atp_group_shape shape = pb_atp_group(s, pairs + k, n_pairs - k, budget);
         G = shape.pairs;
         status = group_rows(s, a + k, G, shape.drop_batch, &hooks);
         for (int g = 0; g < G; g++)

@@ -16,11 +16,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "backend/backend.h"
 #include "backend/guarded_memory.h"
 #include "formats/dtype.h"
+#include "util/host_memory.h"
 #include "util/internal.h"
 
 enum { USE_WRITE = 1, USE_OPTIONAL = 2 };
@@ -307,8 +307,9 @@ static pb_status checked_synchronize(pb_backend *backend) {
 
 static pb_status checked_memory_info(pb_backend *backend, size_t *free_bytes, size_t *total_bytes) {
     checked_backend *c = self_of(backend);
-    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
-    size_t total = pages > 0 && page > 0 ? (size_t)pages * (size_t)page : 0;
+    size_t total = 0;
+    if (pb_host_memory(&total) != PB_OK)
+        pb_error_clear(); /* no total: nothing free */
     *total_bytes = total;
     *free_bytes = total > c->memory.live_bytes ? total - c->memory.live_bytes : 0;
     return PB_OK;

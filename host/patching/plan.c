@@ -11,13 +11,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "attribution/atp.h"
 #include "backend/backend_cuda.h"
 #include "distributed/distribute.h"
 #include "model/model.h"
 #include "patching/sweep_access.h"
+#include "util/host_memory.h"
 #include "util/internal.h"
 
 #define MIB(x) ((double)(x) / (1 << 20))
@@ -45,9 +45,14 @@ static void default_rates(const pb_model *m, double *flops, double *link) {
     *link = 5e9;
 }
 
-/* One rank's memory when none is given: the device's (cuda) or this
- * machine's physical memory. */
+/* One rank's memory when none is given: the device's (cuda: the model's
+ * own device, or device 0 for a shape-only plan) or this machine's
+ * (pb_host_memory: physical, or a job's cgroup limit). */
 static pb_status default_device_memory(const pb_model *m, size_t *out) {
+    if (m->backend_kind == PB_BACKEND_CUDA && !m->shape_only && m->backend->ops->memory_info) {
+        size_t free_bytes;
+        return m->backend->ops->memory_info(m->backend, &free_bytes, out);
+    }
     if (m->backend_kind == PB_BACKEND_CUDA) {
         pb_cuda_device_info info;
         if (pb_cuda_device_query(0, &info) != PB_OK) {
@@ -58,10 +63,8 @@ static pb_status default_device_memory(const pb_model *m, size_t *out) {
         *out = info.total_bytes;
         return PB_OK;
     }
-    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
-    if (pages <= 0 || page <= 0)
+    if (pb_host_memory(out) != PB_OK)
         return pb_fail(PB_ERR_ARG, "cannot read this machine's memory: give --device-memory");
-    *out = (size_t)pages * (size_t)page;
     return PB_OK;
 }
 
@@ -82,7 +85,7 @@ static pb_status choose_weights(const pb_weight_layout *l, const pb_plan_options
 static size_t batch_budget(const pb_plan_options *o, const pb_plan *p, size_t left, size_t need_min) {
     const size_t mib = (size_t)1 << 20;
     size_t usable = left / 4 * 3;
-    size_t budget = o->max_memory ? o->max_memory : p->weights == PB_WEIGHTS_STREAM ? usable : (size_t)1 << 30;
+    size_t budget = o->max_memory ? o->max_memory : p->weights == PB_WEIGHTS_STREAM ? usable : PB_SWEEP_DEFAULT_MEMORY;
     budget = budget < usable ? budget : usable;
     if (!o->max_memory && budget / mib * mib >= need_min)
         budget = budget / mib * mib;
@@ -205,7 +208,7 @@ pb_status pb_sweep_plan(const pb_sweep *s, const pb_plan_options *options, pb_pl
 
     int max_T = pb_sweep_max_T(s);
     pb_batch_shape shape;
-    if (pb_sweep_batch_shape(s, 0, max_T, &shape) != PB_OK)
+    if (pb_sweep_batch_shape(s, 0, max_T, 0, &shape) != PB_OK)
         pb_error_clear(); /* a zero budget: the need for one row is all this asks */
     uint64_t need_min = shape.need_min;
     p->method = pb_sweep_method_name(spec->method);
@@ -227,12 +230,12 @@ pb_status pb_sweep_plan(const pb_sweep *s, const pb_plan_options *options, pb_pl
         return refuse(p, need_min);
     p->weight_memory = p->weights == PB_WEIGHTS_STREAM ? (size_t)p->peak_weights : o.weight_memory;
     p->max_memory = batch_budget(&o, p, p->device_memory - p->peak_weights - p->peak_caches, need_min);
-    PB_TRY(pb_sweep_batch_shape(s, p->max_memory, max_T, &shape));
+    int stream = p->weights == PB_WEIGHTS_STREAM;
+    PB_TRY(pb_sweep_batch_shape(s, p->max_memory, max_T, stream, &shape));
     p->rows_per_wave = shape.max_rows;
     p->tokens_per_wave = shape.max_tokens;
     /* an estimate runs batches only to verify itself */
     p->peak_activations = p->estimate && spec->verify_top == 0 ? 0 : shape.device_bytes + shape.host_bytes;
-    int stream = p->weights == PB_WEIGHTS_STREAM;
     p->bytes_loaded = (double)p->n_ranks * (double)(stream ? l->stream_arena - 2 * l->slot : l->resident);
     if (p->estimate) { /* the groups within that budget, as the run forms them */
         PB_TRY(estimate_groups(s, p->max_memory, stream ? l->layer_bytes : NULL, 1, p));

@@ -599,13 +599,26 @@ static void needed_components(const pb_sweep *s, int needed[PB_COMPONENT_COUNT])
             needed[s->sites[i].component] = 1;
 }
 
-pb_status pb_sweep_batch_shape(const pb_sweep *s, size_t budget, int max_T, pb_batch_shape *out) {
+/* Rows a batch may hold before the budget has its say: as asked, else 256
+ * (more only take memory where the weights stay put, and on the CPU, whose
+ * batches are compute-bound); with streamed weights on a device, every row
+ * of a pair (a batch holds one pair's), as each wave reads every layer
+ * over the link once. */
+static int rows_cap(const pb_sweep *s, int streamed) {
+    if (s->options.max_batch_rows > 0)
+        return s->options.max_batch_rows;
+    if (!streamed || !pb_model_on_device(s->model))
+        return 256;
+    return s->n_sites < INT_MAX / 2 ? (int)s->n_sites : INT_MAX / 2;
+}
+
+pb_status pb_sweep_batch_shape(const pb_sweep *s, size_t budget, int max_T, int streamed, pb_batch_shape *out) {
     const pb_model_config *c = &s->model->cfg;
     size_t per_token = pb_exec_workspace_bytes(c, 1, 0) + sizeof(float) * (size_t)c->d_model + sizeof(int);
     size_t n_out = (size_t)unembed_width(s, -1);
     size_t per_row = sizeof(float) * (n_out + (size_t)c->d_model) * 2 + 256;
     size_t fixed = pb_exec_workspace_bytes(c, 0, max_T);
-    int max_rows = s->options.max_batch_rows > 0 ? s->options.max_batch_rows : 256;
+    int max_rows = rows_cap(s, streamed);
     while (max_rows > 1 && (size_t)max_rows * per_row > budget / 4)
         max_rows /= 2;
     memset(out, 0, sizeof *out);
@@ -642,8 +655,16 @@ size_t pb_sweep_cache_bytes(const pb_sweep *s, int T) {
     return sizeof(float) * cache_floats(s, T, needed, parts);
 }
 
-size_t pb_sweep_memory_budget(const pb_sweep *s) {
-    return s->options.max_memory ? s->options.max_memory : ((size_t)1 << 30);
+pb_status pb_sweep_memory_budget(const pb_sweep *s, size_t *budget) {
+    *budget = s->options.max_memory ? s->options.max_memory : PB_SWEEP_DEFAULT_MEMORY;
+    if (s->options.max_memory || !pb_model_streams_weights(s->model))
+        return PB_OK;
+    /* streamed: the plan's budget, all that is left, as a wave reads every layer once */
+    pb_plan_options o = {.weights = PB_WEIGHTS_STREAM, .weight_memory = s->model->weight_memory};
+    pb_plan plan;
+    PB_TRY(pb_sweep_plan(s, &o, &plan));
+    *budget = plan.max_memory;
+    return PB_OK;
 }
 
 int pb_sweep_max_T(const pb_sweep *s) {
@@ -658,7 +679,7 @@ int pb_sweep_max_T(const pb_sweep *s) {
 }
 
 /* Allocates batches of the shape the memory budget allows
- * (pb_sweep_batch_shape). The budget is --max-memory (default 1 GiB),
+ * (pb_sweep_batch_shape). The budget is pb_sweep_memory_budget's,
  * capped, when the backend can tell, by free device memory: what is left
  * once one pair's two run caches (allocated after the batch) are set
  * aside, of which a quarter stays free for library workspaces (cuBLAS, the
@@ -666,8 +687,8 @@ int pb_sweep_max_T(const pb_sweep *s) {
 static pb_status batch_alloc(pb_sweep *s, batch_buffers *bb, int max_T) {
     const pb_model_config *c = &s->model->cfg;
     pb_backend *b = s->model->backend;
-    size_t budget = pb_sweep_memory_budget(s);
-    size_t device_free = 0, caches = 0;
+    size_t budget, device_free = 0, caches = 0;
+    PB_TRY(pb_sweep_memory_budget(s, &budget));
     int device_limited = 0;
     if (b->ops->memory_info) {
         size_t total_bytes = 0;
@@ -680,7 +701,7 @@ static pb_status batch_alloc(pb_sweep *s, batch_buffers *bb, int max_T) {
         }
     }
     pb_batch_shape shape;
-    pb_status fits = pb_sweep_batch_shape(s, budget, max_T, &shape);
+    pb_status fits = pb_sweep_batch_shape(s, budget, max_T, pb_model_streams_weights(s->model), &shape);
     if (fits != PB_OK && device_limited)
         return pb_fail(PB_ERR_OOM,
                        "free device memory %.1f MiB leaves %.1f MiB for batches after one pair's run caches "

@@ -56,14 +56,21 @@ typedef struct pb_batch_shape {
     size_t host_bytes;   /* the batch's host scratch */
 } pb_batch_shape;
 
-/* PB_ERR_OOM (numbers in the message) when budget < need_min. */
-pb_status pb_sweep_batch_shape(const pb_sweep *sweep, size_t budget, int max_T, pb_batch_shape *out);
+/* PB_ERR_OOM (numbers in the message) when budget < need_min. streamed:
+ * the weights stream (a run: as loaded; a plan: as planned); on a device a
+ * batch then holds as many of a pair's rows as budget allows, else 256 at
+ * most (pb_sweep_options.max_batch_rows overrides both). */
+pb_status pb_sweep_batch_shape(const pb_sweep *sweep, size_t budget, int max_T, int streamed, pb_batch_shape *out);
 /* Tokens of the longest prompt, base or source. */
 int pb_sweep_max_T(const pb_sweep *sweep);
-/* The sweep's memory budget for what it holds at once (--max-memory;
- * 1 GiB when none was given): an exact sweep's batches, an estimate's
- * groups of pairs. */
-size_t pb_sweep_memory_budget(const pb_sweep *sweep);
+/* The batch budget of a sweep given no --max-memory, weights resident. */
+#define PB_SWEEP_DEFAULT_MEMORY ((size_t)1 << 30)
+/* *budget: the sweep's memory for what it holds at once (an exact sweep's
+ * batches, an estimate's groups of pairs): --max-memory; when none was
+ * given, PB_SWEEP_DEFAULT_MEMORY, or on streamed weights the plan's
+ * budget (pb_sweep_plan: all that the weights and caches leave). The
+ * plan's refusal when that leaves too little. */
+pb_status pb_sweep_memory_budget(const pb_sweep *sweep, size_t *budget);
 /* Bytes of one run cache of T tokens (a pair holds two at a time). */
 size_t pb_sweep_cache_bytes(const pb_sweep *sweep, int T);
 
