@@ -304,16 +304,23 @@ static int find_case(const tu_oracle_case *c, void *ctx) {
     return 1;
 }
 
+/* tiny_gqa_denoise_logit_diff of subdir as a case (its spec to free) and
+ * its model's Q8_0 file in path. */
+static tu_oracle_case gqa_case(const char *subdir, char *path, size_t size) {
+    found_case f = {.name = "tiny_gqa_denoise_logit_diff"};
+    assert_int_equal(tu_visit_cases(subdir, find_case, &f), 1);
+    tu_oracle_case c = {.name = f.name, .spec = f.spec};
+    snprintf(c.dir, sizeof c.dir, "%s", f.dir);
+    tu_fixture_file(path, size, "tiny_gqa", "model.q8_0.gguf");
+    return c;
+}
+
 /* Split over three ranks as a distributed sweep splits it: each share run
  * on its own streamed model, the batches and bytes add up to the plan. */
 static void test_ranks_add_up(void **state) {
     (void)state;
-    found_case f = {.name = "tiny_gqa_denoise_logit_diff"};
-    assert_int_equal(tu_visit_cases("patching", find_case, &f), 1);
-    tu_oracle_case c = {.name = f.name, .spec = f.spec};
-    snprintf(c.dir, sizeof c.dir, "%s", f.dir);
     char path[1400];
-    tu_fixture_file(path, sizeof path, "tiny_gqa", "model.q8_0.gguf");
+    tu_oracle_case c = gqa_case("patching", path, sizeof path);
     pb_model *shape = load(path, PB_WEIGHTS_RESIDENT, 1);
     pb_sweep *planned = create(shape, &c, 0);
     pb_plan_options po = {.device_memory = (size_t)1 << 30,
@@ -348,19 +355,15 @@ static void test_ranks_add_up(void **state) {
     assert_true(plan.bytes_streamed == bytes_all);
     pb_sweep_free(planned);
     pb_model_free(shape);
-    free(f.spec);
+    free(c.spec);
 }
 
 /* A sweep of the case in subdir given no --max-memory: streamed, its
  * budget is the plan's (all that is left, more than the resident 1 GiB)
  * and its run the plan's batches or groups; resident, 1 GiB both. */
 static void check_default_budget(const char *subdir) {
-    found_case f = {.name = "tiny_gqa_denoise_logit_diff"};
-    assert_int_equal(tu_visit_cases(subdir, find_case, &f), 1);
-    tu_oracle_case c = {.name = f.name, .spec = f.spec};
-    snprintf(c.dir, sizeof c.dir, "%s", f.dir);
     char path[1400];
-    tu_fixture_file(path, sizeof path, "tiny_gqa", "model.q8_0.gguf");
+    tu_oracle_case c = gqa_case(subdir, path, sizeof path);
     pb_model *streamed = load(path, PB_WEIGHTS_STREAM, 0), *resident = load(path, PB_WEIGHTS_RESIDENT, 0);
     pb_sweep *run = create(streamed, &c, 0);
     pb_plan_options po = {.weights = PB_WEIGHTS_STREAM};
@@ -388,7 +391,7 @@ static void check_default_budget(const char *subdir) {
     pb_sweep_free(run);
     pb_model_free(streamed);
     pb_model_free(resident);
-    free(f.spec);
+    free(c.spec);
 }
 
 static void test_default_budget(void **state) {
@@ -403,12 +406,8 @@ static void test_default_budget(void **state) {
  * are the resident CPU run's. A case of more than 256 sites per pair. */
 static void test_device_waves(void **state) {
     (void)state;
-    found_case f = {.name = "tiny_gqa_denoise_logit_diff"};
-    assert_int_equal(tu_visit_cases("patching", find_case, &f), 1);
-    tu_oracle_case c = {.name = f.name, .spec = f.spec};
-    snprintf(c.dir, sizeof c.dir, "%s", f.dir);
     char path[1400];
-    tu_fixture_file(path, sizeof path, "tiny_gqa", "model.q8_0.gguf");
+    tu_oracle_case c = gqa_case("patching", path, sizeof path);
     pb_model *shape = load_on(path, PB_BACKEND_CHECKED, PB_WEIGHTS_RESIDENT, 1);
     pb_model *cpu_shape = load(path, PB_WEIGHTS_RESIDENT, 1);
     pb_sweep *planned = create(shape, &c, 0), *cpu_planned = create(cpu_shape, &c, 0);
@@ -447,7 +446,7 @@ static void test_device_waves(void **state) {
     pb_model_free(resident);
     pb_model_free(shape);
     pb_model_free(cpu_shape);
-    free(f.spec);
+    free(c.spec);
 }
 
 /* Auto holds the weights resident when they fit, streams when only that
@@ -457,10 +456,8 @@ static void test_device_waves(void **state) {
  * shape-only model does not run. */
 static void test_choices_and_refusals(void **state) {
     (void)state;
-    found_case f = {.name = "tiny_gqa_denoise_logit_diff"};
-    assert_int_equal(tu_visit_cases("patching", find_case, &f), 1);
     char path[1400];
-    tu_fixture_file(path, sizeof path, "tiny_gqa", "model.q8_0.gguf");
+    tu_oracle_case f = gqa_case("patching", path, sizeof path);
     pb_model *shape = load(path, PB_WEIGHTS_RESIDENT, 1);
     pb_sweep *s = NULL;
     CHECK_OK(pb_sweep_create(&s, shape, f.spec, f.dir, NULL));
