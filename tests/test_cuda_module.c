@@ -1,7 +1,7 @@
 /* The CUDA backend as a module loaded on first use (backend/cuda_module.h):
  * CPU work maps no CUDA library; a module that is missing, not a library,
- * not ours or built apart is refused by name, and the refusal stands for
- * the process; the real one loads beside the program, answers (NCCL's
+ * not ours or built apart is refused by name (one built apart is let go:
+ * unmapped), and the refusal stands for the process; the real one loads beside the program, answers (NCCL's
  * version), and its errors reach pb_last_error(). Needs no GPU: on a
  * machine with one, the same checks hold. The refusals run in children
  * forked before this process loads the module. */
@@ -54,7 +54,7 @@ static void test_cpu_work_maps_no_cuda(void **state) {
 /* In a child with PB_CUDA_MODULE=module: the backend is refused with
  * PB_ERR_UNSUPPORTED and a message holding `expect`, twice (the outcome of
  * the one load stands), leaving *out NULL. Exit 0 when all of it held. */
-static void expect_refused(const char *module, const char *expect) {
+static void expect_refused(const char *module, const char *expect, const char *let_go) {
     pid_t child = fork();
     assert_true(child >= 0);
     if (child == 0) {
@@ -74,6 +74,10 @@ static void expect_refused(const char *module, const char *expect) {
         int version = 1;
         if (pb_cuda_nccl_version(&version) != PB_ERR_UNSUPPORTED || version != 0)
             ok = 0;
+        if (let_go && mapped(let_go)) {
+            fprintf(stderr, "%s: refused but still mapped\n", module);
+            ok = 0;
+        }
         _exit(ok ? 0 : 1);
     }
     int status = 0;
@@ -89,17 +93,17 @@ static void test_bad_modules_refused(void **state) {
     skip();
 #else
     assert_false(mapped("libpatchbay_cuda")); /* the children must start unloaded */
-    expect_refused("/nonexistent/libpatchbay_cuda.so", "could not be loaded");
+    expect_refused("/nonexistent/libpatchbay_cuda.so", "could not be loaded", NULL);
     char path[4096];
     assert_true(tu_fixture_path(path, sizeof path, "tiny_gqa/model.gguf"));
-    expect_refused(path, "could not be loaded"); /* not a shared object */
+    expect_refused(path, "could not be loaded", NULL); /* not a shared object */
     Dl_info libc;
     assert_true(dladdr((void *)printf, &libc) && libc.dli_fname);
-    expect_refused(libc.dli_fname, "is not patchbay's CUDA backend");
+    expect_refused(libc.dli_fname, "is not patchbay's CUDA backend", NULL);
     const char *build = getenv("PB_BUILD_DIR");
     assert_non_null(build);
     tu_path(path, sizeof path, build, "libpb_cuda_module_foreign.so");
-    expect_refused(path, "built apart");
+    expect_refused(path, "built apart", "libpb_cuda_module_foreign.so"); /* and let go */
 #endif
 }
 
@@ -109,7 +113,7 @@ static void test_module_loads_and_answers(void **state) {
     assert_int_equal(pb_cuda_module_load(), PB_ERR_UNSUPPORTED);
     assert_non_null(strstr(pb_last_error(), "no CUDA backend"));
 #else
-    unsetenv("PB_CUDA_MODULE"); /* the one beside this program */
+    unsetenv("PB_CUDA_MODULE");                                          /* the one beside this program */
     if (pb_cuda_module_load() != PB_OK)
         fail_msg("%s", pb_last_error());
     assert_true(mapped("libpatchbay_cuda.so"));

@@ -82,8 +82,10 @@ static pb_status module_load(void) {
     if (!module)
         return pb_fail(PB_ERR_UNSUPPORTED, "the CUDA backend could not be loaded from %s: %s", tried, dlerror());
     pb_cuda_module_open_fn open = (pb_cuda_module_open_fn)dlsym(module, PB_CUDA_MODULE_OPEN);
-    if (!open)
+    if (!open) {
+        dlclose(module);
         return pb_fail(PB_ERR_UNSUPPORTED, "%s is not patchbay's CUDA backend: no %s", tried, PB_CUDA_MODULE_OPEN);
+    }
     pb_error_clear();
     pb_status status = open(&pb_cuda_host_table, &pb_cuda);
     if (status == PB_OK && pb_cuda.abi != PB_CUDA_MODULE_ABI)
@@ -91,7 +93,11 @@ static pb_status module_load(void) {
     if (status != PB_OK && !pb_last_error()[0])
         pb_fail(status, "%s was built apart from this library (the seam's ABI %d, or its tables, differ): rebuild both",
                 tried, PB_CUDA_MODULE_ABI);
-    return status; /* the module stays loaded for the process's life */
+    if (status != PB_OK) { /* refused: nothing of it is called, and it is let go */
+        memset(&pb_cuda, 0, sizeof pb_cuda);
+        dlclose(module);
+    }
+    return status; /* a module taken stays loaded for the process's life */
 }
 #else
 static pb_status module_load(void) {
