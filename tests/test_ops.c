@@ -357,13 +357,48 @@ static void test_cpu_attention_jobs(void **state) {
     free(want);
 }
 
+/* OpenBLAS's thread count is the process's: a CPU backend's products run
+ * with its own count even after another backend (a second model loaded
+ * with other threads) set a different one. The shapes are the tiny
+ * model's batch products, where OpenBLAS's 1- and 2-thread sums differ
+ * on some machines (an AMD EPYC: up to 6e-7 in a sweep's effects). */
+static void test_cpu_threads_are_the_backends(void **state) {
+    (void)state;
+    const int shapes[3][3] = {{2560, 96, 64}, {2560, 64, 96}, {512, 128, 64}};
+    pb_backend *one = NULL, *two = NULL;
+    CHECK_OK(pb_backend_cpu_create(&one, 1));
+    int differ = 0;
+    for (int s = 0; s < 3; s++) {
+        int rows = shapes[s][0], n = shapes[s][1], k = shapes[s][2];
+        float *x = malloc(sizeof(float) * (size_t)rows * k), *w = malloc(sizeof(float) * (size_t)n * k);
+        float *before = malloc(sizeof(float) * (size_t)rows * n), *after = malloc(sizeof(float) * (size_t)rows * n);
+        float *other = malloc(sizeof(float) * (size_t)rows * n);
+        assert_true(x && w && before && after && other);
+        tu_fill(x, (size_t)rows * k, 11 + (uint64_t)s, 1.0f);
+        tu_fill(w, (size_t)n * k, 12 + (uint64_t)s, 0.3f);
+        CHECK_OK(one->ops->matmul(one, before, x, w, PB_DTYPE_F32, NULL, rows, n, k));
+        if (!two)
+            CHECK_OK(pb_backend_cpu_create(&two, 2));
+        CHECK_OK(two->ops->matmul(two, other, x, w, PB_DTYPE_F32, NULL, rows, n, k));
+        CHECK_OK(one->ops->matmul(one, after, x, w, PB_DTYPE_F32, NULL, rows, n, k));
+        differ += memcmp(before, other, sizeof(float) * (size_t)rows * n) != 0;
+        assert_memory_equal(before, after, sizeof(float) * (size_t)rows * n);
+        free(x);
+        free(w);
+        free(before);
+        free(after);
+        free(other);
+    }
+    printf("  %d of 3 shapes sum differently on 2 threads than on 1 here\n", differ);
+    pb_backend_destroy(one);
+    pb_backend_destroy(two);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_ref_exact_cases),
-        cmocka_unit_test(test_cpu_matches_reference),
-        cmocka_unit_test(test_layernorm_activations_partial_rope),
-        cmocka_unit_test(test_cpu_rope_attention_embed),
-        cmocka_unit_test(test_cpu_attention_jobs),
+        cmocka_unit_test(test_cpu_threads_are_the_backends), cmocka_unit_test(test_ref_exact_cases),
+        cmocka_unit_test(test_cpu_matches_reference),        cmocka_unit_test(test_layernorm_activations_partial_rope),
+        cmocka_unit_test(test_cpu_rope_attention_embed),     cmocka_unit_test(test_cpu_attention_jobs),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -3,6 +3,7 @@
 #include <cblas.h>
 #include <math.h>
 #include <omp.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -20,6 +21,16 @@ typedef struct cpu_backend {
 } cpu_backend;
 
 static int cpu_threads(pb_backend *backend) { return ((cpu_backend *)backend)->n_threads; }
+
+/* OpenBLAS's thread count is the process's, and its sums depend on it:
+ * set to this backend's before its products, as a backend made since (a
+ * model loaded with other threads) may have changed it. */
+static atomic_int blas_threads;
+static void blas_use(pb_backend *backend) {
+    int n = cpu_threads(backend);
+    if (atomic_exchange(&blas_threads, n) != n)
+        openblas_set_num_threads(n);
+}
 
 static void cpu_destroy(pb_backend *backend) { free(backend); }
 
@@ -89,6 +100,7 @@ static void widen_rows(pb_backend *backend, pb_dtype w_dtype, float *out, const 
 static pb_status cpu_matmul(pb_backend *backend, float *out, const float *x, const void *w, pb_dtype w_dtype,
                             const float *bias, int rows, int n, int k) {
     float beta = 0.0f;
+    blas_use(backend);
     if (bias) {
         for (int r = 0; r < rows; r++)
             memcpy(out + (size_t)r * n, bias, sizeof(float) * (size_t)n);
@@ -334,6 +346,7 @@ static pb_status cpu_copy_rows(pb_backend *backend, float *dst, size_t dst_strid
 static pb_status cpu_matmul_dx(pb_backend *backend, float *dx, const float *dy, const void *w, pb_dtype w_dtype,
                                int rows, int n, int k, int accumulate) {
     float beta = accumulate ? 1.0f : 0.0f;
+    blas_use(backend);
     if (w_dtype == PB_DTYPE_F32) {
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, k, n, 1.0f, dy, n, w, k, beta, dx, k);
         return PB_OK;
@@ -389,7 +402,7 @@ pb_status pb_backend_cpu_create(pb_backend **out, int n_threads) {
         return pb_fail(PB_ERR_OOM, "CPU backend: out of memory");
     backend->base.ops = &cpu_ops;
     backend->n_threads = n_threads > 0 ? n_threads : omp_get_num_procs();
-    openblas_set_num_threads(backend->n_threads);
+    blas_use(&backend->base);
     *out = &backend->base;
     return PB_OK;
 }
