@@ -21,6 +21,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import re
 import signal
 import sys
 import threading
@@ -83,6 +84,35 @@ def _handed_ids(call) -> np.ndarray:
 def _adapter_list(adapter) -> list:
     """An adapter path, a list of them, or None, as a list."""
     return [adapter] if isinstance(adapter, (str, os.PathLike)) else list(adapter or [])
+
+
+_SIZE = re.compile(r"(\d+\.?\d*|\.\d+)([kmgt](?:ib|b)?|b)?", re.IGNORECASE)
+
+
+def _size(value: int | str | None, what: str) -> int:
+    """Bytes from an int or a size as the CLI's options take it: K, M, G, T (or KiB...) are 1024s,
+    KB, MB, GB, TB 1000s ("16GiB", "2G", "500MB"). None or 0: the library's default."""
+    if value is None:
+        return 0
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    match = _SIZE.fullmatch(value.strip()) if isinstance(value, str) else None
+    if not match:
+        raise ValueError(f"{what} must be a byte count or a size like '16GiB', got {value!r}")
+    unit = (match.group(2) or "b").lower()
+    scale = 1 if unit == "b" else (1024 if unit[1:] in ("", "ib") else 1000) ** ("kmgt".index(unit[0]) + 1)
+    return int(float(match.group(1)) * scale)
+
+
+def _spec_text(spec: dict | str | os.PathLike, spec_dir: str | None) -> tuple[str, str | None]:
+    """A spec as the CLI's --spec takes it (a dict, JSON text or a file path): its text and the folder its
+    relative paths start from."""
+    if isinstance(spec, dict):
+        return json.dumps(spec), spec_dir
+    if isinstance(spec, os.PathLike) or (isinstance(spec, str) and not spec.lstrip().startswith("{")):
+        path = Path(spec)
+        return path.read_text(), spec_dir or str(path.parent)
+    return spec, spec_dir
 
 
 def _c_paths(paths: Sequence) -> ctypes.Array:
@@ -153,6 +183,8 @@ class Model:
     def __init__(self, handle: int):
         self._handle = c_void_p(handle)
         self._adapters: list = []  # LoRA adapters merged at load: an export merges them too
+        self._weights = "resident"  # as loaded: what plan() assumes unless told
+        self._weight_memory = 0
         # sweeps read the model until they are freed: closing the model frees them first
         self._sweeps: "weakref.WeakSet[SweepResult]" = weakref.WeakSet()
         config = _lib.lib().pb_model_get_config(self._handle).contents
@@ -164,27 +196,39 @@ class Model:
     # ---- loading -------------------------------------------------------------
 
     @staticmethod
-    def _options(backend: str, dtype: str, threads: int, adapter: str | Sequence[str] | None):
-        if backend not in _lib.BACKENDS:
-            raise ValueError(f"backend must be one of {', '.join(_lib.BACKENDS)}, got {backend!r}")
-        if dtype not in _lib.DTYPES:
-            raise ValueError(f"dtype must be one of {', '.join(_lib.DTYPES)}, got {dtype!r}")
+    def _options(backend: str, dtype: str, threads: int, adapter: str | Sequence[str] | None, device: int = 0,
+                 weights: str = "resident", weight_memory: int | str | None = None, shape_only: bool = False):
+        for name, value, allowed in (("backend", backend, _lib.BACKENDS), ("dtype", dtype, _lib.DTYPES),
+                                     ("weights", weights, _lib.WEIGHTS)):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
         adapters = _adapter_list(adapter)
         names = _c_paths(adapters)
         options = _lib.LoadOptions(n_threads=threads, backend=_lib.BACKENDS[backend], dtype=_lib.DTYPES[dtype],
+                                   device=device, weights=_lib.WEIGHTS[weights],
+                                   weight_memory=_size(weight_memory, "weight_memory"), shape_only=int(shape_only),
                                    adapters=names, n_adapters=len(adapters))
         return options, names
 
     @classmethod
     def load(cls, path: str | os.PathLike, backend: str = "cpu", dtype: str = "f32", adapter=None,
-             threads: int = 0) -> "Model":
+             threads: int = 0, device: int = 0, weights: str = "resident", weight_memory: int | str | None = None,
+             shape_only: bool = False) -> "Model":
         """A .gguf file or a Hugging Face folder; adapter: a LoRA adapter path
-        (PEFT folder or GGUF LoRA) or a list of them, merged at load."""
-        options, _keep = cls._options(backend, dtype, threads, adapter)
+        (PEFT folder or GGUF LoRA) or a list of them, merged at load.
+        weights: "resident", "stream" (each layer read from the GGUF as a
+        sweep's wave reaches it) or "auto"; weight_memory caps their bytes
+        (an int or "16GiB"). shape_only: the shape and tokenizer alone, for
+        plan() on a model this machine cannot hold; it does not run."""
+        options, _keep = cls._options(backend, dtype, threads, adapter, device, weights, weight_memory, shape_only)
         handle = c_void_p()
         _check(_lib.lib().pb_model_load(byref(handle), os.fsencode(path), byref(options)))
         model = cls(handle.value)
         model._adapters = _adapter_list(adapter)
+        model._weights = "stream" if _lib.lib().pb_model_streams_weights(model._handle) else "resident"
+        model._weight_memory = options.weight_memory
+        if shape_only:
+            model._weights = weights
         return model
 
     @classmethod
@@ -456,22 +500,63 @@ class Model:
 
     # ---- sweeps --------------------------------------------------------------
 
+    @property
+    def streams_weights(self) -> bool:
+        """True when the layers' weights stream from the file (load(weights="stream"))."""
+        return bool(_lib.lib().pb_model_streams_weights(self._live()))
+
+    @property
+    def weight_bytes(self) -> int:
+        """Bytes the weights hold in the backend's memory (streamed: the slots and what stays)."""
+        return int(_lib.lib().pb_model_weight_bytes(self._live()))
+
+    def plan(self, spec: dict | str | os.PathLike, spec_dir: str | None = None,
+             device_memory: int | str | None = None, gpus: int = 1, weights: str | None = None,
+             weight_memory: int | str | None = None, max_memory: int | str | None = None,
+             tflops: float | None = None, link_gbs: float | None = None) -> dict[str, Any]:
+        """How a sweep of spec would run, as `patchbay plan` prints it (pb_sweep_plan):
+        resident or streamed weights, rows per wave, waves, bytes streamed, the
+        peak memory per rank and a lower bound on the time, as a dict whose
+        weights, weight_memory and max_memory are what to run it with.
+        device_memory: one rank's (default the device's, or this machine's);
+        weights: as the model was loaded unless given (load it with
+        shape_only=True to plan a model this machine cannot hold). Raises
+        PatchbayError, with the numbers, when even streamed it cannot fit."""
+        text, spec_dir = _spec_text(spec, spec_dir)
+        weights = weights or self._weights
+        if weights not in _lib.WEIGHTS:
+            raise ValueError(f"weights must be one of {', '.join(_lib.WEIGHTS)}, got {weights!r}")
+        options = _lib.PlanOptions(
+            device_memory=_size(device_memory, "device_memory"), n_ranks=gpus, weights=_lib.WEIGHTS[weights],
+            weight_memory=_size(weight_memory, "weight_memory") or self._weight_memory,
+            max_memory=_size(max_memory, "max_memory"), flops_per_s=(tflops or 0.0) * 1e12,
+            link_bytes_per_s=(link_gbs or 0.0) * 1e9)
+        handle = c_void_p()
+        sweep_options = _lib.SweepOptions(max_memory=options.max_memory, metric_fn_residual_layer=-1)
+        _check(_lib.lib().pb_sweep_create(byref(handle), self._live(), text.encode(),
+                                          os.fsencode(spec_dir) if spec_dir else None, byref(sweep_options)))
+        try:
+            plan = _lib.Plan()
+            _check(_lib.lib().pb_sweep_plan(handle, byref(options), byref(plan)))
+        finally:
+            _lib.lib().pb_sweep_free(handle)
+        out = {name: getattr(plan, name) for name, _ in _lib.Plan._fields_ if name != "why_not"}
+        out["method"] = plan.method.decode()
+        out["estimate"] = bool(plan.estimate)
+        out["weights"] = next(k for k, v in _lib.WEIGHTS.items() if v == plan.weights)
+        return out
+
     def sweep(self, spec: dict | str | os.PathLike, progress: bool = True, spec_dir: str | None = None,
-              max_memory: int = 0) -> "SweepResult":
+              max_memory: int | str | None = None) -> "SweepResult":
         """Runs a patching sweep (a spec as the CLI's --spec takes: a dict, a JSON
-        string or a file path) and returns its arrays and records."""
-        if isinstance(spec, dict):
-            text = json.dumps(spec)
-        elif isinstance(spec, os.PathLike) or (isinstance(spec, str) and not spec.lstrip().startswith("{")):
-            path = Path(spec)
-            text = path.read_text()
-            spec_dir = spec_dir or str(path.parent)
-        else:
-            text = spec
+        string or a file path) and returns its arrays and records. max_memory:
+        the batches' bytes (an int or "16GiB"; default 1 GiB, or with streamed
+        weights what the plan leaves)."""
+        text, spec_dir = _spec_text(spec, spec_dir)
         stop = c_int(0)
         with _Progress("sweep", "rows", progress, stop) as bar:
-            options = _lib.SweepOptions(max_memory=max_memory, progress=bar.callback, metric_fn_residual_layer=-1,
-                                        stop=ctypes.pointer(stop))
+            options = _lib.SweepOptions(max_memory=_size(max_memory, "max_memory"), progress=bar.callback,
+                                        metric_fn_residual_layer=-1, stop=ctypes.pointer(stop))
             handle = c_void_p()
             _check(_lib.lib().pb_sweep_create(byref(handle), self._live(), text.encode(),
                                               os.fsencode(spec_dir) if spec_dir else None, byref(options)))

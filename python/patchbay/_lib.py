@@ -41,6 +41,7 @@ PB_ERR_INTERRUPTED = 8
 
 BACKENDS = {"cpu": 0, "reference": 1, "cuda": 2, "checked": 3}
 DTYPES = {"f32": 0, "bf16": 1, "f16": 2, "file": 3}
+WEIGHTS = {"resident": 0, "stream": 1, "auto": 2}
 INTERVENE_NONE, INTERVENE_PATCH, INTERVENE_ABLATE, INTERVENE_ADD = 0, 1, 2, 3
 # pb_metric_kind
 METRICS = {"logit_diff": 0, "logprob": 1, "refusal_score": 2, "kl": 3, "projection": 4}
@@ -163,6 +164,52 @@ class SweepOptions(ctypes.Structure):
         ("metric_fn_residual_layer", c_int),
         ("run_trivial_rows", c_int),
         ("stop", POINTER(c_int)),
+    ]
+
+
+class PlanOptions(ctypes.Structure):
+    _fields_ = [
+        ("device_memory", c_size_t),
+        ("n_ranks", c_int),
+        ("weights", c_int),
+        ("weight_memory", c_size_t),
+        ("max_memory", c_size_t),
+        ("flops_per_s", c_double),
+        ("link_bytes_per_s", c_double),
+    ]
+
+
+class Plan(ctypes.Structure):
+    _fields_ = [
+        ("method", c_char_p),
+        ("estimate", c_int),
+        ("weights", c_int),
+        ("weight_memory", c_size_t),
+        ("max_memory", c_size_t),
+        ("device_memory", c_size_t),
+        ("n_ranks", c_int),
+        ("rows_per_wave", c_int),
+        ("tokens_per_wave", c_int),
+        ("rows", c_int64),
+        ("rows_run", c_int64),
+        ("waves", c_int64),
+        ("waves_max_rank", c_int64),
+        ("bytes_streamed", c_double),
+        ("bytes_loaded", c_double),
+        ("weights_resident", c_uint64),
+        ("weights_streamed", c_uint64),
+        ("peak_weights", c_uint64),
+        ("peak_caches", c_uint64),
+        ("peak_activations", c_uint64),
+        ("peak_total", c_uint64),
+        ("peak_host", c_uint64),
+        ("flops", c_double),
+        ("flops_per_s", c_double),
+        ("link_bytes_per_s", c_double),
+        ("seconds_compute", c_double),
+        ("seconds_link", c_double),
+        ("seconds_bound", c_double),
+        ("why_not", ctypes.c_char * 512),
     ]
 
 
@@ -298,6 +345,9 @@ def _declare(lib: ctypes.CDLL) -> None:
         "pb_sweep_create": (status, [POINTER(c_void_p), c_void_p, c_char_p, c_char_p, POINTER(SweepOptions)]),
         "pb_sweep_free": (None, [c_void_p]),
         "pb_sweep_run": (status, [c_void_p]),
+        "pb_sweep_plan": (status, [c_void_p, POINTER(PlanOptions), POINTER(Plan)]),
+        "pb_model_streams_weights": (c_int, [c_void_p]),
+        "pb_model_weight_bytes": (c_size_t, [c_void_p]),
         "pb_sweep_write": (status, [c_void_p, c_char_p, c_int]),
         "pb_sweep_outputs_build": (status, [c_void_p, POINTER(SweepOutputs)]),
         "pb_sweep_outputs_free": (None, [POINTER(SweepOutputs)]),

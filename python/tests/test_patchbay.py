@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -254,6 +255,54 @@ def test_attribution_sweep_matches_cli(tiny, tmp_path, method):
         "--threads", "1", "--no-progress")
     for name in result.keys():
         assert np.array_equal(result[name], np.load(tmp_path / "cli" / f"{name}.npy"), equal_nan=True), name
+
+
+TINY_Q8 = FIXTURES / "tiny_gqa" / "model.q8_0.gguf"
+
+
+@needs_cli
+def test_streamed_sweep_matches_cli(tmp_path):
+    """weights="stream" reads each layer from the GGUF as a wave reaches it:
+    the same arrays as `patchbay sweep --weights stream`, and the resident
+    sweep's within PB_TOL_INVARIANT_CPU (tests/tolerances.h)."""
+    with patchbay.Model.load(TINY_Q8, dtype="file", weights="stream", weight_memory="1MiB", threads=1) as model:
+        assert model.streams_weights and model.weight_bytes < 1 << 20
+        result = model.sweep(SPEC, progress=False)
+        arrays = {k: result[k].copy() for k in result.keys()}
+    cli("sweep", "--model", str(TINY_Q8), "--dtype", "file", "--weights", "stream", "--weight-memory", "1MiB",
+        "--spec", str(SPEC), "--out", str(tmp_path / "cli"), "--threads", "1", "--no-progress")
+    for name, got in arrays.items():
+        assert np.array_equal(got, np.load(tmp_path / "cli" / f"{name}.npy"), equal_nan=True), name
+    with patchbay.Model.load(TINY_Q8, dtype="file", threads=1) as resident:
+        assert not resident.streams_weights
+        held = resident.sweep(SPEC, progress=False, max_memory="1GiB")
+        for name, got in arrays.items():
+            assert np.allclose(got, held[name], rtol=0, atol=1e-5, equal_nan=True), name
+    with pytest.raises(ValueError, match="max_memory"):
+        patchbay.Model.load(TINY_Q8, threads=1).sweep(SPEC, max_memory="lots")
+
+
+@needs_cli
+def test_plan_matches_cli():
+    """plan() on a shape-only load is `patchbay plan`: streamed or not, the
+    waves and rows per wave, the --max-memory to run it with; a memory that
+    cannot hold it raises with the numbers."""
+    with patchbay.Model.load(TINY_Q8, dtype="file", weights="stream", shape_only=True) as model:
+        plan = model.plan(SPEC, device_memory="64MiB")
+        with pytest.raises(patchbay.PatchbayError, match="MiB of memory per rank"):
+            model.plan(SPEC, device_memory="64KiB")
+        with pytest.raises(patchbay.PatchbayError, match="shape-only"):
+            model.sweep(SPEC, progress=False)
+    text = cli("plan", "--model", str(TINY_Q8), "--dtype", "file", "--spec", str(SPEC), "--weights", "stream",
+               "--device-memory", "64MiB")
+    waves = re.search(r"^waves +(\d+) \((\d+) rows, (\d+) tokens", text, re.M)
+    run_with = re.search(r"--max-memory (\d+)MiB", text)
+    assert waves and run_with, text
+    assert plan["weights"] == "stream" and plan["method"] == "exact" and not plan["estimate"]
+    assert (plan["waves"], plan["rows_per_wave"], plan["tokens_per_wave"]) == tuple(map(int, waves.groups()))
+    assert plan["max_memory"] == int(run_with.group(1)) << 20
+    assert plan["rows"] == 716 and plan["device_memory"] == 64 << 20
+    assert plan["peak_total"] == plan["peak_weights"] + plan["peak_caches"] + plan["peak_activations"]
 
 
 def test_closing_the_model_closes_its_sweeps():
