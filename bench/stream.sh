@@ -14,11 +14,10 @@
 # T = 16 seeded random token ids (bench_sweep --default-sweep: resid_pre,
 # attn_out, mlp_out at every layer and position, z of every head at the last
 # position). Both runs use --dtype file and --max-memory 1GiB of batch
-# activations (the resident default; a streamed sweep's own default is what
-# its plan leaves, so it is pinned for like batches); the streamed one
-# --weight-memory 1GiB. The same sweep
-# is then written out as a spec and run by `patchbay sweep` both ways, and the
-# heatmaps compared (max |d|, expected 0). Needs build/ (scripts/build.sh) and
+# activations (the CPU's default, pinned: on a GPU a streamed sweep's
+# default is what its plan leaves); the streamed one --weight-memory 1GiB.
+# The same sweep is then written out as a spec and run by `patchbay sweep`
+# both ways, and the heatmaps compared (max |d|, expected 0). Needs build/ (scripts/build.sh) and
 # .venv with numpy and gguf (BUILD=DIR for another build folder). Run it on a
 # quiet machine: OpenMP threads spin.
 set -euo pipefail

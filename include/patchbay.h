@@ -413,8 +413,8 @@ typedef enum pb_metric_kind {
 typedef float (*pb_metric_fn)(const float *values, int n, void *user);
 
 typedef struct pb_sweep_options {
-    size_t max_memory;  /* bytes for batch activations; 0: 1 GiB, or on streamed weights the plan's budget
-                           (pb_sweep_plan: three quarters of what the weights and caches leave) */
+    size_t max_memory;  /* bytes for batch activations; 0: 1 GiB, or with weights streamed the plan's budget
+                           (pb_sweep_plan: on a device three quarters of what the weights and caches leave) */
     int max_batch_rows; /* 0: 256 at most, or with streamed weights on a device all of a pair's rows, each
                            batch as many as max_memory allows */
     /* Called after each batch from the thread running the sweep. */
@@ -561,8 +561,8 @@ typedef struct pb_plan_options {
     pb_weights_mode weights; /* as the load's: auto holds the weights resident when they fit beside the caches
                                 and one row's activations, else streams them */
     size_t weight_memory;    /* the load's cap (0: none) */
-    size_t max_memory;       /* the sweep's batch budget (0: its default, 1 GiB, resident; streamed, all that is
-                                left, as waves read every layer once) */
+    size_t max_memory;       /* the sweep's batch budget (0: its default, 1 GiB; streamed on a device, all that
+                                is left, as waves read every layer once) */
     double flops_per_s;      /* compute rate for the time bound (0: the backend's assumed rate) */
     double link_bytes_per_s; /* rate streamed layers arrive at (0: the backend's assumed rate) */
 } pb_plan_options;

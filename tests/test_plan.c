@@ -358,23 +358,29 @@ static void test_ranks_add_up(void **state) {
     free(c.spec);
 }
 
-/* A sweep of the case in subdir given no --max-memory: streamed, its
- * budget is the plan's (all that is left, more than the resident 1 GiB)
- * and its run the plan's batches or groups; resident, 1 GiB both. */
-static void check_default_budget(const char *subdir) {
+/* A sweep of the case in subdir on backend given no --max-memory:
+ * streamed, its budget is the plan's (on a device all that is left, more
+ * than 1 GiB; on the CPU 1 GiB) and its run the plan's batches or groups;
+ * resident, 1 GiB both. */
+static void check_default_budget(const char *subdir, pb_backend_kind backend) {
     char path[1400];
     tu_oracle_case c = gqa_case(subdir, path, sizeof path);
-    pb_model *streamed = load(path, PB_WEIGHTS_STREAM, 0), *resident = load(path, PB_WEIGHTS_RESIDENT, 0);
+    pb_model *streamed = load_on(path, backend, PB_WEIGHTS_STREAM, 0);
+    pb_model *resident = load_on(path, backend, PB_WEIGHTS_RESIDENT, 0);
     pb_sweep *run = create(streamed, &c, 0);
     pb_plan_options po = {.weights = PB_WEIGHTS_STREAM};
     pb_plan plan;
     CHECK_OK(pb_sweep_plan(run, &po, &plan));
     size_t budget;
     CHECK_OK(pb_sweep_memory_budget(run, &budget));
-    printf("[ MEASURE  ] %s %s streamed, no --max-memory: budget %.1f MiB of %.1f MiB (plan %.1f MiB)\n", subdir,
-           c.name, (double)budget / 1048576, (double)plan.device_memory / 1048576, (double)plan.max_memory / 1048576);
+    printf("[ MEASURE  ] %s %s on %s streamed, no --max-memory: budget %.1f MiB of %.1f MiB (plan %.1f MiB)\n", subdir,
+           c.name, pb_backend_name(backend), (double)budget / 1048576, (double)plan.device_memory / 1048576,
+           (double)plan.max_memory / 1048576);
     assert_int_equal(budget, plan.max_memory);
-    assert_true(budget > PB_SWEEP_DEFAULT_MEMORY);
+    if (backend == PB_BACKEND_CPU)
+        assert_int_equal(budget, PB_SWEEP_DEFAULT_MEMORY);
+    else
+        assert_true(budget > PB_SWEEP_DEFAULT_MEMORY);
     if (plan.estimate) {
         assert_int_equal(groups_of(run), plan.waves);
     } else {
@@ -396,8 +402,11 @@ static void check_default_budget(const char *subdir) {
 
 static void test_default_budget(void **state) {
     (void)state;
-    check_default_budget("patching");
-    check_default_budget("atp");
+    for (int device = 0; device < 2; device++) {
+        pb_backend_kind backend = device ? PB_BACKEND_CHECKED : PB_BACKEND_CPU;
+        check_default_budget("patching", backend);
+        check_default_budget("atp", backend);
+    }
 }
 
 /* Streamed on a device (checked stands in for cuda) a wave holds every

@@ -109,7 +109,7 @@ static void main_table(options *o, pb_cli_tables *t) {
          .kind = PB_OPT_SIZE,
          .target = &o->max_memory,
          .value = "SIZE",
-         .help = "bound on the batch activations (default 1G; streamed weights: what the plan leaves): bytes, K/M/G/T "
+         .help = "bound on the batch activations (default 1G; streamed on a GPU: what the plan leaves): bytes, K/M/G/T "
                  "(1024s, also KiB...) or KB/MB/GB/TB",
          .commands = "sweep attribute"},
         {.flag = "--checkpoint",

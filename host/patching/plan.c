@@ -78,14 +78,20 @@ static pb_status choose_weights(const pb_weight_layout *l, const pb_plan_options
     return pb_weights_decide(l, mode, o->weight_memory, &p->weights);
 }
 
-/* The batch budget: as asked (or the sweep's default resident, everything
- * streamed), within three quarters of what the weights and caches leave,
- * as a device sweep keeps a quarter free; one not asked for in whole MiB,
- * as --max-memory prints it, so that the sweep sizes the same batches. */
-static size_t batch_budget(const pb_plan_options *o, const pb_plan *p, size_t left, size_t need_min) {
+/* The batch budget: as asked, else the sweep's default: everything, when
+ * weights stream on a device (a wave reads every layer over the link, so
+ * the wider the better), else 1 GiB (on the CPU the waves are
+ * compute-bound, and the page cache the layers stream through needs the
+ * memory more); within three quarters of what the weights and caches
+ * leave, as a device sweep keeps a quarter free; one not asked for in
+ * whole MiB, as --max-memory prints it, so that the sweep sizes the same
+ * batches. */
+static size_t batch_budget(const pb_plan_options *o, const pb_plan *p, const pb_model *m, size_t left,
+                           size_t need_min) {
     const size_t mib = (size_t)1 << 20;
     size_t usable = left / 4 * 3;
-    size_t budget = o->max_memory ? o->max_memory : p->weights == PB_WEIGHTS_STREAM ? usable : PB_SWEEP_DEFAULT_MEMORY;
+    int everything = p->weights == PB_WEIGHTS_STREAM && pb_model_on_device(m);
+    size_t budget = o->max_memory ? o->max_memory : everything ? usable : PB_SWEEP_DEFAULT_MEMORY;
     budget = budget < usable ? budget : usable;
     if (!o->max_memory && budget / mib * mib >= need_min)
         budget = budget / mib * mib;
@@ -229,7 +235,7 @@ pb_status pb_sweep_plan(const pb_sweep *s, const pb_plan_options *options, pb_pl
     if (p->peak_weights + p->peak_caches + need_min > p->device_memory)
         return refuse(p, need_min);
     p->weight_memory = p->weights == PB_WEIGHTS_STREAM ? (size_t)p->peak_weights : o.weight_memory;
-    p->max_memory = batch_budget(&o, p, p->device_memory - p->peak_weights - p->peak_caches, need_min);
+    p->max_memory = batch_budget(&o, p, m, p->device_memory - p->peak_weights - p->peak_caches, need_min);
     int stream = p->weights == PB_WEIGHTS_STREAM;
     PB_TRY(pb_sweep_batch_shape(s, p->max_memory, max_T, stream, &shape));
     p->rows_per_wave = shape.max_rows;

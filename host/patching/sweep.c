@@ -659,7 +659,7 @@ pb_status pb_sweep_memory_budget(const pb_sweep *s, size_t *budget) {
     *budget = s->options.max_memory ? s->options.max_memory : PB_SWEEP_DEFAULT_MEMORY;
     if (s->options.max_memory || !pb_model_streams_weights(s->model))
         return PB_OK;
-    /* streamed: the plan's budget, all that is left, as a wave reads every layer once */
+    /* streamed: the plan's (on a device all that is left, as a wave reads every layer once) */
     pb_plan_options o = {.weights = PB_WEIGHTS_STREAM, .weight_memory = s->model->weight_memory};
     pb_plan plan;
     PB_TRY(pb_sweep_plan(s, &o, &plan));

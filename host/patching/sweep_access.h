@@ -67,9 +67,10 @@ int pb_sweep_max_T(const pb_sweep *sweep);
 #define PB_SWEEP_DEFAULT_MEMORY ((size_t)1 << 30)
 /* *budget: the sweep's memory for what it holds at once (an exact sweep's
  * batches, an estimate's groups of pairs): --max-memory; when none was
- * given, PB_SWEEP_DEFAULT_MEMORY, or on streamed weights the plan's
- * budget (pb_sweep_plan: all that the weights and caches leave). The
- * plan's refusal when that leaves too little. */
+ * given, on streamed weights the plan's budget (pb_sweep_plan: on a device
+ * all that the weights and caches leave, on the CPU 1 GiB within them),
+ * else PB_SWEEP_DEFAULT_MEMORY. The plan's refusal when the memory cannot
+ * hold one row. */
 pb_status pb_sweep_memory_budget(const pb_sweep *sweep, size_t *budget);
 /* Bytes of one run cache of T tokens (a pair holds two at a time). */
 size_t pb_sweep_cache_bytes(const pb_sweep *sweep, int T);

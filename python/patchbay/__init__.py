@@ -551,7 +551,7 @@ class Model:
         """Runs a patching sweep (a spec as the CLI's --spec takes: a dict, a JSON
         string or a file path) and returns its arrays and records. max_memory:
         the batches' bytes (an int or "16GiB"; default 1 GiB, or with streamed
-        weights what the plan leaves)."""
+        weights on a GPU what the plan leaves)."""
         text, spec_dir = _spec_text(spec, spec_dir)
         stop = c_int(0)
         with _Progress("sweep", "rows", progress, stop) as bar:
