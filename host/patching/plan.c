@@ -192,26 +192,17 @@ static pb_status estimate_groups(const pb_sweep *s, size_t budget, const uint64_
     return PB_OK;
 }
 
-pb_status pb_sweep_plan(const pb_sweep *s, const pb_plan_options *options, pb_plan *p) {
-    if (!s || !p)
-        return pb_fail(PB_ERR_ARG, "pb_sweep_plan: sweep and plan are required");
-    pb_plan_options o = options ? *options : (pb_plan_options){0};
+/* The plan's memory, up to its batch budget: the device's memory, the
+ * method, the caches (one pair's, or an estimate's least group), the
+ * weights as decided, the budget; *kl the metric's clean distributions,
+ * counted in the caches. The refusals with the numbers. */
+static pb_status plan_memory(const pb_sweep *s, const pb_plan_options *o, pb_plan *p, uint64_t *kl) {
     const pb_model *m = pb_sweep_model(s);
     const pb_weight_layout *l = &m->layout;
     const pb_sweep_spec *spec = pb_sweep_spec_of(s);
-    memset(p, 0, sizeof *p);
-    p->n_ranks = o.n_ranks > 0 ? o.n_ranks : 1;
-    p->device_memory = o.device_memory;
+    p->device_memory = o->device_memory;
     if (!p->device_memory)
         PB_TRY(default_device_memory(m, &p->device_memory));
-    default_rates(m, &p->flops_per_s, &p->link_bytes_per_s);
-    p->flops_per_s = o.flops_per_s > 0 ? o.flops_per_s : p->flops_per_s;
-    p->link_bytes_per_s = o.link_bytes_per_s > 0 ? o.link_bytes_per_s : p->link_bytes_per_s;
-    p->weights_resident = l->resident;
-    p->weights_streamed = l->no_stream[0] ? 0 : pb_weights_bytes(l, PB_WEIGHTS_STREAM);
-    for (int64_t r = 0; r < pb_sweep_row_count(s); r++)
-        p->rows += pb_sweep_row_state(s, r) == 0;
-
     int max_T = pb_sweep_max_T(s);
     pb_batch_shape shape;
     if (pb_sweep_batch_shape(s, 0, max_T, 0, &shape) != PB_OK)
@@ -223,10 +214,10 @@ pb_status pb_sweep_plan(const pb_sweep *s, const pb_plan_options *options, pb_pl
         PB_TRY(estimate_groups(s, 0, NULL, 0, p));
     else
         p->peak_caches = 2 * (uint64_t)pb_sweep_cache_bytes(s, max_T);
-    uint64_t kl = spec->metric.kind != PB_METRIC_KL ? 0 /* every pair's clean log-distribution */
-                                                    : sizeof(double) * (uint64_t)spec->n_pairs * m->cfg.vocab_size;
-    p->peak_caches += kl;
-    pb_status status = choose_weights(l, &o, p->peak_caches + need_min, p);
+    *kl = spec->metric.kind != PB_METRIC_KL ? 0 /* every pair's clean log-distribution */
+                                            : sizeof(double) * (uint64_t)spec->n_pairs * m->cfg.vocab_size;
+    p->peak_caches += *kl;
+    pb_status status = choose_weights(l, o, p->peak_caches + need_min, p);
     if (status != PB_OK) {
         snprintf(p->why_not, sizeof p->why_not, "%s", pb_last_error());
         return status;
@@ -234,10 +225,43 @@ pb_status pb_sweep_plan(const pb_sweep *s, const pb_plan_options *options, pb_pl
     p->peak_weights = pb_weights_bytes(l, p->weights);
     if (p->peak_weights + p->peak_caches + need_min > p->device_memory)
         return refuse(p, need_min);
-    p->weight_memory = p->weights == PB_WEIGHTS_STREAM ? (size_t)p->peak_weights : o.weight_memory;
-    p->max_memory = batch_budget(&o, p, m, p->device_memory - p->peak_weights - p->peak_caches, need_min);
+    p->weight_memory = p->weights == PB_WEIGHTS_STREAM ? (size_t)p->peak_weights : o->weight_memory;
+    p->max_memory = batch_budget(o, p, m, p->device_memory - p->peak_weights - p->peak_caches, need_min);
+    return PB_OK;
+}
+
+pb_status pb_sweep_plan_budget(const pb_sweep *s, const pb_plan_options *options, size_t *budget) {
+    pb_plan p;
+    memset(&p, 0, sizeof p);
+    p.n_ranks = 1;
+    uint64_t kl;
+    PB_TRY(plan_memory(s, options, &p, &kl));
+    *budget = p.max_memory;
+    return PB_OK;
+}
+
+pb_status pb_sweep_plan(const pb_sweep *s, const pb_plan_options *options, pb_plan *p) {
+    if (!s || !p)
+        return pb_fail(PB_ERR_ARG, "pb_sweep_plan: sweep and plan are required");
+    pb_plan_options o = options ? *options : (pb_plan_options){0};
+    const pb_model *m = pb_sweep_model(s);
+    const pb_weight_layout *l = &m->layout;
+    const pb_sweep_spec *spec = pb_sweep_spec_of(s);
+    memset(p, 0, sizeof *p);
+    p->n_ranks = o.n_ranks > 0 ? o.n_ranks : 1;
+    default_rates(m, &p->flops_per_s, &p->link_bytes_per_s);
+    p->flops_per_s = o.flops_per_s > 0 ? o.flops_per_s : p->flops_per_s;
+    p->link_bytes_per_s = o.link_bytes_per_s > 0 ? o.link_bytes_per_s : p->link_bytes_per_s;
+    p->weights_resident = l->resident;
+    p->weights_streamed = l->no_stream[0] ? 0 : pb_weights_bytes(l, PB_WEIGHTS_STREAM);
+    for (int64_t r = 0; r < pb_sweep_row_count(s); r++)
+        p->rows += pb_sweep_row_state(s, r) == 0;
+    uint64_t kl;
+    PB_TRY(plan_memory(s, &o, p, &kl));
+
+    pb_batch_shape shape;
     int stream = p->weights == PB_WEIGHTS_STREAM;
-    PB_TRY(pb_sweep_batch_shape(s, p->max_memory, max_T, stream, &shape));
+    PB_TRY(pb_sweep_batch_shape(s, p->max_memory, pb_sweep_max_T(s), stream, &shape));
     p->rows_per_wave = shape.max_rows;
     p->tokens_per_wave = shape.max_tokens;
     /* an estimate runs batches only to verify itself */

@@ -661,10 +661,7 @@ pb_status pb_sweep_memory_budget(const pb_sweep *s, size_t *budget) {
         return PB_OK;
     /* streamed: the plan's (on a device all that is left, as a wave reads every layer once) */
     pb_plan_options o = {.weights = PB_WEIGHTS_STREAM, .weight_memory = s->model->weight_memory};
-    pb_plan plan;
-    PB_TRY(pb_sweep_plan(s, &o, &plan));
-    *budget = plan.max_memory;
-    return PB_OK;
+    return pb_sweep_plan_budget(s, &o, budget);
 }
 
 int pb_sweep_max_T(const pb_sweep *s) {

@@ -72,6 +72,9 @@ int pb_sweep_max_T(const pb_sweep *sweep);
  * else PB_SWEEP_DEFAULT_MEMORY. The plan's refusal when the memory cannot
  * hold one row. */
 pb_status pb_sweep_memory_budget(const pb_sweep *sweep, size_t *budget);
+/* (plan.c) The batch budget pb_sweep_plan gives for options, found
+ * without counting the waves. */
+pb_status pb_sweep_plan_budget(const pb_sweep *sweep, const pb_plan_options *options, size_t *budget);
 /* Bytes of one run cache of T tokens (a pair holds two at a time). */
 size_t pb_sweep_cache_bytes(const pb_sweep *sweep, int T);
 
