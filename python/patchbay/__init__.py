@@ -225,10 +225,10 @@ class Model:
         _check(_lib.lib().pb_model_load(byref(handle), os.fsencode(path), byref(options)))
         model = cls(handle.value)
         model._adapters = _adapter_list(adapter)
-        model._weights = "stream" if _lib.lib().pb_model_streams_weights(model._handle) else "resident"
+        # what plan() assumes: as asked of a shape-only load, else as the load decided
+        streams = _lib.lib().pb_model_streams_weights(model._handle)
+        model._weights = weights if shape_only else "stream" if streams else "resident"
         model._weight_memory = options.weight_memory
-        if shape_only:
-            model._weights = weights
         return model
 
     @classmethod
