@@ -581,16 +581,21 @@ typedef struct pb_plan {
     int n_ranks;
     int rows_per_wave;         /* a batch's rows at most */
     int tokens_per_wave;       /* and tokens */
+    int pairs_per_group;       /* exact: pairs whose run caches are built together (streamed, one read of the
+                                  layers for the group's base prompts and one for its source prompts); 0 for an
+                                  estimate */
     int64_t rows;              /* pending rows, all ranks */
     int64_t rows_run;          /* of those, rows that reach the metric (an upper bound on the rows run) */
     int64_t waves;             /* batches, all ranks */
     int64_t waves_max_rank;    /* on the busiest rank */
+    int64_t base_runs;         /* exact: executor runs building run caches, all ranks (two per group) */
     double bytes_streamed;     /* layer bytes read per sweep, all ranks (0 resident) */
     double bytes_loaded;       /* weights read once at load, all ranks */
     uint64_t weights_resident; /* bytes the weights take held resident */
     uint64_t weights_streamed; /* and streamed (0 when the model cannot stream) */
     uint64_t peak_weights;     /* per rank at the plan's peak: the weights as planned */
-    uint64_t peak_caches;      /* one pair's two run caches and the metric's arrays (an estimate: its largest
+    uint64_t peak_caches;      /* a group's run caches (pairs_per_group pairs, two each; those beyond one pair's
+                                  within max_memory) and the metric's arrays (an estimate: its largest
                                   group's captures, logits and gradient scratch; on cuda or checked its scratch
                                   alone, the captures and logits being host memory: peak_host) */
     uint64_t peak_activations; /* the batch: executor workspace, patch values, logits, host scratch */

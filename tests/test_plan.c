@@ -1,9 +1,11 @@
 /* The planner (pb_sweep_plan, patchbay plan) against the runs it plans:
  * on every oracle case, a shape-only load measures the same weight bytes as
- * the real loads, and the plan's waves, rows and streamed bytes equal what
- * the streamed sweep then does (its batch count, rows executed and the
- * stream's own read counter), the FLOPs counted without running equal the
- * executor's; split over ranks, the shares' runs add up to the plan; a
+ * the real loads, and the plan's waves, rows, base runs and streamed bytes
+ * equal what the streamed sweep then does (its batch count, rows executed
+ * and the stream's own read counter), with a budget of a few rows and with
+ * the plan's own, where most build the caches of several pairs together
+ * and read fewer bytes than a pair at a time would; the FLOPs counted
+ * without running equal the executor's; split over ranks, the shares' runs add up to the plan; a
  * sweep that cannot fit is refused with the numbers; a shape-only model
  * refuses to run. */
 #define _GNU_SOURCE
@@ -70,8 +72,75 @@ static void all_rows(const pb_sweep *s, int64_t **rows, int64_t *n) {
         (*rows)[i] = i;
 }
 
+/* What check_budget saw over the cases. */
+typedef struct plans_seen {
+    int cases;
+    int grouped; /* planned with the caches of several pairs built together */
+} plans_seen;
+
+/* The case planned for streamed weights within budget (0: the plan's own)
+ * against its run on the model at path, freshly loaded streamed (its slots
+ * empty). */
+static void check_budget(const tu_oracle_case *c, pb_model *shape, const char *path, size_t budget, plans_seen *seen) {
+    pb_model *streamed = load(path, PB_WEIGHTS_STREAM, 0);
+    pb_sweep *planned = create(shape, c, 0);
+    pb_plan_options po = {.device_memory = (size_t)1 << 30, .weights = PB_WEIGHTS_STREAM, .max_memory = budget};
+    pb_plan plan;
+    if (pb_sweep_plan(planned, &po, &plan) != PB_OK)
+        fail_msg("%s: plan: %s", c->name, pb_last_error());
+    assert_int_equal(plan.weights, PB_WEIGHTS_STREAM);
+    if (budget)
+        assert_int_equal(plan.max_memory, budget);
+    /* the FLOPs counted for the batches, before the run */
+    pb_sweep *run = create(streamed, c, plan.max_memory);
+    int64_t *rows, n_rows;
+    all_rows(run, &rows, &n_rows);
+    pb_batch_shape shape_run;
+    CHECK_OK(pb_sweep_run_shape(run, plan.max_memory, pb_sweep_max_T(run), streamed->layout.layer_bytes, &shape_run));
+    assert_int_equal(shape_run.max_rows, plan.rows_per_wave);
+    assert_int_equal(shape_run.max_tokens, plan.tokens_per_wave);
+    assert_int_equal(shape_run.group_pairs, plan.pairs_per_group);
+    pb_wave_counts counted;
+    CHECK_OK(pb_sweep_count_waves(run, rows, n_rows, &shape_run, streamed->layout.layer_bytes, &counted));
+    /* the same batches with a pair's caches built at a time: never fewer bytes */
+    pb_batch_shape single;
+    CHECK_OK(pb_sweep_batch_shape(run, plan.max_memory, pb_sweep_max_T(run), 1, &single));
+    pb_wave_counts one_by_one;
+    CHECK_OK(pb_sweep_count_waves(run, rows, n_rows, &single, streamed->layout.layer_bytes, &one_by_one));
+    assert_int_equal(one_by_one.base_runs, 2 * pb_sweep_spec_of(run)->n_pairs);
+    assert_true(counted.bytes_read <= one_by_one.bytes_read);
+    assert_true(plan.pairs_per_group == 1 || counted.bytes_read < one_by_one.bytes_read);
+    CHECK_OK(pb_sweep_run(run));
+    pb_sweep_summary sum;
+    CHECK_OK(pb_sweep_get_summary(run, &sum));
+    long long layers;
+    double bytes;
+    pb_stream_counters(streamed->stream, &layers, &bytes);
+    printf("[ MEASURE  ] %-30s plan: %lld waves of <= %d rows, %lld rows, %lld base runs (%d pairs a group), %.3f MiB "
+           "streamed (%.3f MiB a pair at a time); run: %lld batches, %lld rows, %.3f MiB (%lld layer reads); FLOPs "
+           "%.6g counted, %.6g executed\n",
+           c->name, (long long)plan.waves, plan.rows_per_wave, (long long)plan.rows_run, (long long)plan.base_runs,
+           plan.pairs_per_group, plan.bytes_streamed / 1048576, one_by_one.bytes_read / 1048576,
+           (long long)pb_sweep_batch_count(run), (long long)sum.n_rows_executed, bytes / 1048576, layers,
+           counted.flops_rows, sum.flops_executed);
+    assert_int_equal(plan.waves, pb_sweep_batch_count(run));
+    assert_int_equal(plan.rows_run, sum.n_rows_executed);
+    assert_int_equal(plan.base_runs, counted.base_runs);
+    assert_int_equal(counted.layers_read, layers);
+    assert_true(plan.bytes_streamed == bytes);
+    assert_true(fabs(counted.flops_rows - sum.flops_executed) <= 1e-12 * sum.flops_executed);
+    assert_true(plan.peak_total == plan.peak_weights + plan.peak_caches + plan.peak_activations);
+    assert_true(plan.peak_caches >=
+                (uint64_t)plan.pairs_per_group * 2 * pb_sweep_cache_bytes(run, pb_sweep_max_T(run)));
+    seen->cases++;
+    seen->grouped += plan.pairs_per_group > 1;
+    free(rows);
+    pb_sweep_free(run);
+    pb_sweep_free(planned);
+    pb_model_free(streamed);
+}
+
 static int check_case(const tu_oracle_case *c, void *ctx) {
-    (void)ctx;
     char path[1400];
     if (strcmp(json_string_value(json_object_get(c->expected, "model")), "smollm2") == 0 ||
         !case_model(c, path, sizeof path))
@@ -81,44 +150,12 @@ static int check_case(const tu_oracle_case *c, void *ctx) {
     /* the layout a shape-only load measures is what the loads hold */
     assert_int_equal(shape->layout.resident, pb_model_weight_bytes(resident));
     assert_int_equal(shape->layout.stream_arena, pb_model_weight_bytes(streamed));
-    pb_sweep *planned = create(shape, c, 0);
-    size_t budget = small_budget(planned);
-    pb_plan_options po = {.device_memory = (size_t)1 << 30, .weights = PB_WEIGHTS_STREAM, .max_memory = budget};
-    pb_plan plan;
-    if (pb_sweep_plan(planned, &po, &plan) != PB_OK)
-        fail_msg("%s: plan: %s", c->name, pb_last_error());
-    assert_int_equal(plan.weights, PB_WEIGHTS_STREAM);
-    assert_int_equal(plan.max_memory, budget);
-    /* the FLOPs counted for the batches, before the run */
-    pb_sweep *run = create(streamed, c, plan.max_memory);
-    int64_t *rows, n_rows;
-    all_rows(run, &rows, &n_rows);
-    pb_batch_shape shape_run;
-    CHECK_OK(pb_sweep_batch_shape(run, plan.max_memory, pb_sweep_max_T(run), 1, &shape_run));
-    assert_int_equal(shape_run.max_rows, plan.rows_per_wave);
-    assert_int_equal(shape_run.max_tokens, plan.tokens_per_wave);
-    pb_wave_counts counted;
-    CHECK_OK(pb_sweep_count_waves(run, rows, n_rows, &shape_run, streamed->layout.layer_bytes, &counted));
-    CHECK_OK(pb_sweep_run(run));
-    pb_sweep_summary sum;
-    CHECK_OK(pb_sweep_get_summary(run, &sum));
-    long long layers;
-    double bytes;
-    pb_stream_counters(streamed->stream, &layers, &bytes);
-    printf("[ MEASURE  ] %-30s plan: %lld waves of <= %d rows, %lld rows, %.3f MiB streamed; run: %lld batches, "
-           "%lld rows, %.3f MiB (%lld layer reads); FLOPs %.6g counted, %.6g executed\n",
-           c->name, (long long)plan.waves, plan.rows_per_wave, (long long)plan.rows_run, plan.bytes_streamed / 1048576,
-           (long long)pb_sweep_batch_count(run), (long long)sum.n_rows_executed, bytes / 1048576, layers,
-           counted.flops_rows, sum.flops_executed);
-    assert_int_equal(plan.waves, pb_sweep_batch_count(run));
-    assert_int_equal(plan.rows_run, sum.n_rows_executed);
-    assert_int_equal(counted.layers_read, layers);
-    assert_true(plan.bytes_streamed == bytes);
-    assert_true(fabs(counted.flops_rows - sum.flops_executed) <= 1e-12 * sum.flops_executed);
-    assert_true(plan.peak_total == plan.peak_weights + plan.peak_caches + plan.peak_activations);
-    free(rows);
-    pb_sweep_free(run);
-    pb_sweep_free(planned);
+    /* several waves a pair; and the plan's own budget, roomy for these models */
+    pb_sweep *s = create(shape, c, 0);
+    size_t budget = small_budget(s);
+    pb_sweep_free(s);
+    check_budget(c, shape, path, budget, ctx);
+    check_budget(c, shape, path, 0, ctx);
     pb_model_free(shape);
     pb_model_free(resident);
     pb_model_free(streamed);
@@ -127,7 +164,10 @@ static int check_case(const tu_oracle_case *c, void *ctx) {
 
 static void test_plans_equal_runs(void **state) {
     (void)state;
-    assert_true(tu_visit_cases("patching", check_case, NULL) >= 20);
+    plans_seen seen = {0};
+    assert_true(tu_visit_cases("patching", check_case, &seen) >= 20);
+    printf("[ MEASURE  ] %d plans, %d of them with pairs' caches built together\n", seen.cases, seen.grouped);
+    assert_true(seen.grouped >= 10);
 }
 
 /* An estimate ("atp", "atp*") planned as it runs, against the run on

@@ -127,10 +127,14 @@ static void print_plan(const pb_plan *p, const pb_sweep_summary *sum, const char
         printf("waves             %lld (%d rows, %d tokens each at most; busiest rank %lld) on %d rank%s\n",
                (long long)p->waves, p->rows_per_wave, p->tokens_per_wave, (long long)p->waves_max_rank, p->n_ranks,
                p->n_ranks > 1 ? "s" : "");
+        printf("base runs         %lld (the base prompts of up to %d pair%s in one run, their source prompts in "
+               "another)\n",
+               (long long)p->base_runs, p->pairs_per_group, p->pairs_per_group == 1 ? "" : "s");
         printf("bytes moved       %s loaded, %s streamed (every layer once per wave and per base run)\n",
                human(a, p->bytes_loaded), human(b, p->bytes_streamed));
-        printf("peak per rank     %s = weights %s + one pair's run caches %s + batch activations %s\n",
-               human(a, (double)p->peak_total), human(b, (double)p->peak_weights), human(c, (double)p->peak_caches),
+        printf("peak per rank     %s = weights %s + run caches of %d pair%s %s + batch activations %s\n",
+               human(a, (double)p->peak_total), human(b, (double)p->peak_weights), p->pairs_per_group,
+               p->pairs_per_group == 1 ? "" : "s", human(c, (double)p->peak_caches),
                human(d, (double)p->peak_activations));
     }
     printf("time, at least    %.3g s: %.4g TFLOP at %.4g TFLOP/s = %.3g s; %s streamed at %.4g GB/s = %.3g s "

@@ -123,6 +123,7 @@ static pb_status count_ranks(const pb_sweep *s, const pb_batch_shape *shape, con
         free(rows);
         PB_TRY(status);
         p->rows_run += w.rows;
+        p->base_runs += w.base_runs;
         add_rank(p, w.waves, w.flops_rows + w.flops_base, w.bytes_read);
     }
     return PB_OK;
@@ -260,10 +261,16 @@ pb_status pb_sweep_plan(const pb_sweep *s, const pb_plan_options *options, pb_pl
     PB_TRY(plan_memory(s, &o, p, &kl));
 
     pb_batch_shape shape;
-    int stream = p->weights == PB_WEIGHTS_STREAM;
-    PB_TRY(pb_sweep_batch_shape(s, p->max_memory, pb_sweep_max_T(s), stream, &shape));
+    int stream = p->weights == PB_WEIGHTS_STREAM, max_T = pb_sweep_max_T(s);
+    if (p->estimate)
+        PB_TRY(pb_sweep_batch_shape(s, p->max_memory, max_T, stream, &shape));
+    else /* as the run shapes it: streamed, the pairs whose caches are built together */
+        PB_TRY(pb_sweep_run_shape(s, p->max_memory, max_T, stream ? l->layer_bytes : NULL, &shape));
     p->rows_per_wave = shape.max_rows;
     p->tokens_per_wave = shape.max_tokens;
+    p->pairs_per_group = p->estimate ? 0 : shape.group_pairs;
+    if (!p->estimate) /* the group's caches beyond one pair's, which the budget holds */
+        p->peak_caches += (uint64_t)(shape.group_pairs - 1) * 2 * pb_sweep_cache_bytes(s, max_T);
     /* an estimate runs batches only to verify itself */
     p->peak_activations = p->estimate && spec->verify_top == 0 ? 0 : shape.device_bytes + shape.host_bytes;
     p->bytes_loaded = (double)p->n_ranks * (double)(stream ? l->stream_arena - 2 * l->slot : l->resident);

@@ -322,14 +322,14 @@ static size_t cache_floats(const pb_sweep *s, int T, const int *needed, size_t p
 
 typedef struct record_ctx {
     pb_sweep *sweep;
-    pb_run_cache *run;
+    pb_run_cache **runs; /* (jobs) the cache each job of the run fills */
 } record_ctx;
 
 /* Executor hook of a cache run: keeps every activation the sweep reads. */
 static pb_status record_hook(void *user, int job, pb_hook_kind hook, int layer, float *data, int n_rows, int p0) {
     record_ctx *ctx = user;
     pb_sweep *s = ctx->sweep;
-    pb_run_cache *r = ctx->run;
+    pb_run_cache *r = ctx->runs[job];
     pb_backend *b = s->model->backend;
     const pb_model_config *c = &s->model->cfg;
     float *dst = NULL;
@@ -346,13 +346,12 @@ static pb_status record_hook(void *user, int job, pb_hook_kind hook, int layer, 
         width = (size_t)pb_component_row_width(comp, c);
         dst = r->hooks[comp] + (size_t)layer * r->T * width;
     }
-    (void)job;
     return b->ops->copy(b, dst + (size_t)p0 * width, data, sizeof(float) * width * (size_t)n_rows);
 }
 
-/* Builds one run's cache with a single executor job over the whole prompt. */
-static pb_status cache_build(pb_sweep *s, pb_exec *exec, pb_run_cache *r, const pb_prompt_spec *prompt,
-                             const int *needed) {
+/* Allocates one run's cache for prompt (and uploads its noise); the
+ * activations come from cache_runs. */
+static pb_status cache_alloc(pb_sweep *s, pb_run_cache *r, const pb_prompt_spec *prompt, const int *needed) {
     pb_model *m = s->model;
     pb_backend *b = m->backend;
     const pb_model_config *c = &m->cfg;
@@ -375,39 +374,42 @@ static pb_status cache_build(pb_sweep *s, pb_exec *exec, pb_run_cache *r, const 
         r->hooks[k] = parts[4 + k] ? cursor : NULL;
         cursor += (parts[4 + k] + 15) / 16 * 16;
     }
-    if (prompt->is_noise) {
-        /* Noise rows at the listed positions, zeros elsewhere. */
-        size_t d = (size_t)c->d_model;
-        float *host = malloc(sizeof(float) * (size_t)prompt->T * d);
-        if (!host) {
-            cache_free(s, r);
-            return pb_fail(PB_ERR_OOM, "out of memory for noise");
-        }
-        /* sigma of the embedding table, computed at load (model.h) */
-        status = pb_noise_embed_delta(host, prompt->T, c->d_model, prompt->noise_positions, prompt->n_noise_positions,
-                                      prompt->noise_scale, m->embed_sigma, prompt->noise_seed);
-        r->embed_delta = cursor;
-        if (status == PB_OK)
-            status = b->ops->upload(b, r->embed_delta, host, sizeof(float) * (size_t)prompt->T * d);
-        free(host);
-        if (status != PB_OK) {
-            cache_free(s, r);
-            return status;
-        }
+    if (!prompt->is_noise)
+        return PB_OK;
+    /* Noise rows at the listed positions, zeros elsewhere. */
+    size_t d = (size_t)c->d_model;
+    float *host = malloc(sizeof(float) * (size_t)prompt->T * d);
+    if (!host) {
+        cache_free(s, r);
+        return pb_fail(PB_ERR_OOM, "out of memory for noise");
     }
-    pb_exec_job job = {.T = prompt->T,
-                       .p0 = 0,
-                       .start_step = 0,
-                       .ids = prompt->ids,
-                       .embed_delta = r->embed_delta,
-                       .k_cache = r->k,
-                       .v_cache = r->v,
-                       .kv_capacity = prompt->T};
-    record_ctx ctx = {s, r};
-    status = pb_exec_run(exec, &job, 1, 2 * c->n_layers, record_hook, &ctx);
+    /* sigma of the embedding table, computed at load (model.h) */
+    status = pb_noise_embed_delta(host, prompt->T, c->d_model, prompt->noise_positions, prompt->n_noise_positions,
+                                  prompt->noise_scale, m->embed_sigma, prompt->noise_seed);
+    r->embed_delta = cursor;
+    if (status == PB_OK)
+        status = b->ops->upload(b, r->embed_delta, host, sizeof(float) * (size_t)prompt->T * d);
+    free(host);
     if (status != PB_OK)
         cache_free(s, r);
     return status;
+}
+
+/* Fills the allocated caches runs[0 .. n) of prompts[0 .. n) in one
+ * executor run, a job each, packed in that order. */
+static pb_status cache_runs(pb_sweep *s, pb_exec *exec, pb_run_cache **runs, const pb_prompt_spec *const *prompts,
+                            int n, pb_exec_job *jobs) {
+    for (int i = 0; i < n; i++)
+        jobs[i] = (pb_exec_job){.T = prompts[i]->T,
+                                .p0 = 0,
+                                .start_step = 0,
+                                .ids = prompts[i]->ids,
+                                .embed_delta = runs[i]->embed_delta,
+                                .k_cache = runs[i]->k,
+                                .v_cache = runs[i]->v,
+                                .kv_capacity = prompts[i]->T};
+    record_ctx ctx = {s, runs};
+    return pb_exec_run(exec, jobs, n, 2 * s->model->cfg.n_layers, record_hook, &ctx);
 }
 
 /* ---- metrics ---------------------------------------------------------- */
@@ -556,6 +558,7 @@ typedef struct batch_buffers {
     pb_exec *exec;
     int max_tokens;
     int max_rows;
+    int group_pairs; /* pairs whose caches are built together (pb_batch_shape) */
     float *values;   /* device (max_tokens, d_model): patch values of a batch */
     float *gathered; /* device (max_rows, d_model): metric-position residuals */
     float *logits;   /* device (max_rows, n_out) */
@@ -698,7 +701,8 @@ static pb_status batch_alloc(pb_sweep *s, batch_buffers *bb, int max_T) {
         }
     }
     pb_batch_shape shape;
-    pb_status fits = pb_sweep_batch_shape(s, budget, max_T, pb_model_streams_weights(s->model), &shape);
+    const uint64_t *layer_bytes = pb_model_streams_weights(s->model) ? s->model->layout.layer_bytes : NULL;
+    pb_status fits = pb_sweep_run_shape(s, budget, max_T, layer_bytes, &shape);
     if (fits != PB_OK && device_limited)
         return pb_fail(PB_ERR_OOM,
                        "free device memory %.1f MiB leaves %.1f MiB for batches after one pair's run caches "
@@ -710,6 +714,7 @@ static pb_status batch_alloc(pb_sweep *s, batch_buffers *bb, int max_T) {
                        (double)budget / (1 << 20), max_T, (double)shape.need_min / (1 << 20));
     bb->max_tokens = shape.max_tokens;
     bb->max_rows = shape.max_rows;
+    bb->group_pairs = shape.group_pairs;
     PB_TRY(pb_exec_create(&bb->exec, s->model, bb->max_tokens, max_T));
     size_t d = (size_t)c->d_model;
     pb_status status = b->ops->alloc(b, &bb->arena, shape.arena_floats * sizeof(float));
@@ -774,29 +779,85 @@ static pb_status clean_logprobs(pb_sweep *s, batch_buffers *bb, const pb_run_cac
     return PB_OK;
 }
 
-static pb_status pair_caches(pb_sweep *s, batch_buffers *bb, int pair) {
-    if (s->cache_ready[pair])
-        return PB_OK;
-    int needed[PB_COMPONENT_COUNT];
+/* A built pair's baselines: KL's clean distribution, both runs' metrics. */
+static pb_status pair_baselines(pb_sweep *s, batch_buffers *bb, int pair) {
+    const pb_pair_spec *p = &s->spec.pairs[pair];
+    if (s->clean_logprobs_host)
+        PB_TRY(clean_logprobs(s, bb, p->clean_is_source ? &s->source[pair] : &s->base[pair], pair));
+    PB_TRY(run_metric(s, bb, &s->base[pair], pair, &s->base_value[pair]));
+    return run_metric(s, bb, &s->source[pair], pair, &s->source_value[pair]);
+}
+
+/* Frees a pair's caches; its baselines stay, known once they were built
+ * (also when its rows were interrupted or failed: a checkpoint keeps them). */
+static void pair_release(pb_sweep *s, int pair) {
+    cache_free(s, &s->base[pair]);
+    cache_free(s, &s->source[pair]);
+    s->baseline_ready[pair] |= s->cache_ready[pair];
+    s->cache_ready[pair] = 0;
+}
+
+/* One past the last pair of the group of base runs that starts at pair
+ * first: up to G pairs in a row whose base and source prompts are equally
+ * long and fit max_tokens together; a pair whose prompts differ in length
+ * is a group of its own. The groups partition all pairs from pair 0, so
+ * every run and rank forms the same ones. */
+static int group_end(const pb_sweep *s, int first, int G, int max_tokens) {
+    const pb_pair_spec *pairs = s->spec.pairs;
+    int end = first + 1, tokens = pairs[first].base.T;
+    if (pairs[first].base.T != pairs[first].source.T)
+        return end;
+    while (end < s->spec.n_pairs && end - first < G && pairs[end].base.T == pairs[end].source.T &&
+           tokens + pairs[end].base.T <= max_tokens)
+        tokens += pairs[end++].base.T;
+    return end;
+}
+
+/* Both caches of every pair of the group [first, end) (group_end) in two
+ * executor runs, one of the base prompts and one of the source prompts,
+ * each pair at the same offset in both. As the pairs' prompts are equally
+ * long, the two runs are products of the same shapes, and a pair's rows
+ * sit in the same slots of them: where its prompts agree, its activations
+ * are bit-identical, as row_is_trivial needs (a GEMM row's sums depend on
+ * its slot and the shape). A streamed model reads its layers twice per
+ * group instead of twice per pair. Pairs with no pending row (wanted[k]
+ * 0) still run, so the groups stay the same, and are freed at once; the
+ * others' baselines are computed. On failure nothing stays allocated. */
+static pb_status group_caches(pb_sweep *s, batch_buffers *bb, int first, int end, const unsigned char *wanted) {
+    int n = end - first, needed[PB_COMPONENT_COUNT];
     needed_components(s, needed);
-    pb_pair_spec *p = &s->spec.pairs[pair];
-    PB_TRY(cache_build(s, bb->exec, &s->base[pair], &p->base, needed));
-    pb_status status = cache_build(s, bb->exec, &s->source[pair], &p->source, needed);
-    if (status == PB_OK && s->clean_logprobs_host)
-        status = clean_logprobs(s, bb, p->clean_is_source ? &s->source[pair] : &s->base[pair], pair);
-    if (status == PB_OK)
-        status = run_metric(s, bb, &s->base[pair], pair, &s->base_value[pair]);
-    if (status == PB_OK)
-        status = run_metric(s, bb, &s->source[pair], pair, &s->source_value[pair]);
-    if (status == PB_OK)
-        status = mirror_caches(s, &s->base[pair], &s->source[pair]);
-    if (status != PB_OK) {
-        cache_free(s, &s->base[pair]);
-        cache_free(s, &s->source[pair]);
-        return pb_fail_context(status, "pair %d", pair);
+    pb_run_cache **runs = malloc(sizeof *runs * (size_t)n);
+    const pb_prompt_spec **prompts = malloc(sizeof *prompts * (size_t)n);
+    pb_exec_job *jobs = malloc(sizeof *jobs * (size_t)n);
+    pb_status status = runs && prompts && jobs ? PB_OK : pb_fail(PB_ERR_OOM, "out of memory for %d pairs", n);
+    for (int role = 0; status == PB_OK && role < 2; role++) {
+        for (int k = 0; status == PB_OK && k < n; k++) {
+            const pb_pair_spec *p = &s->spec.pairs[first + k];
+            runs[k] = role ? &s->source[first + k] : &s->base[first + k];
+            prompts[k] = role ? &p->source : &p->base;
+            status = cache_alloc(s, runs[k], prompts[k], needed);
+        }
+        if (status == PB_OK)
+            status = cache_runs(s, bb->exec, runs, prompts, n, jobs);
     }
-    s->cache_ready[pair] = 1;
-    return PB_OK;
+    for (int k = 0; k < n; k++) {
+        int pair = first + k;
+        if (status == PB_OK && wanted[k])
+            status = pair_baselines(s, bb, pair);
+        s->cache_ready[pair] = status == PB_OK && wanted[k];
+        if (!s->cache_ready[pair]) {
+            cache_free(s, &s->base[pair]);
+            cache_free(s, &s->source[pair]);
+        }
+    }
+    for (int k = 0; status != PB_OK && k < n; k++)
+        pair_release(s, first + k);
+    free(runs);
+    free(prompts);
+    free(jobs);
+    if (status != PB_OK && n == 1)
+        return pb_fail_context(status, "pair %d", first);
+    return status == PB_OK ? PB_OK : pb_fail_context(status, "pairs %d to %d", first, end - 1);
 }
 
 /* 1 when a row patching from position `first` cannot reach the metric: the
@@ -993,16 +1054,15 @@ typedef struct row_scratch {
     int *positions;         /* (max_T + 1) */
 } row_scratch;
 
-/* One pair's pending rows (rows, ascending): its caches, then its rows in
- * batches. A batch is launched, the next one planned while the device runs
- * it, and only then is it finished (its values waited for and recorded). A
- * stop request is honoured after each finished batch; a batch in flight is
- * always finished first, so no computed row is lost. */
+/* One pair's pending rows (rows, ascending), its caches built
+ * (group_caches), in batches. A batch is launched, the next one planned
+ * while the device runs it, and only then is it finished (its values
+ * waited for and recorded). A stop request is honoured after each finished
+ * batch; a batch in flight is always finished first, so no computed row is
+ * lost. The pair's caches are freed on every path. */
 static pb_status run_pair_rows(pb_sweep *s, batch_buffers *bb, int pair, const int64_t *rows, int64_t n,
                                const row_scratch *sc) {
-    pb_status status = pair_caches(s, bb, pair);
-    if (status != PB_OK)
-        return status;
+    pb_status status = mirror_caches(s, &s->base[pair], &s->source[pair]);
     int in_flight = 0; /* rows of the launched, unfinished batch */
     int n_batch = 0, tokens = 0;
     for (int64_t r = 0; status == PB_OK && r < n; r++) {
@@ -1063,13 +1123,7 @@ static pb_status run_pair_rows(pb_sweep *s, batch_buffers *bb, int pair, const i
     }
     if (status == PB_OK)
         report_progress(s);
-    /* Release this pair's activations; its baselines stay. */
-    cache_free(s, &s->base[pair]);
-    cache_free(s, &s->source[pair]);
-    /* The baselines are known once the caches were built, also when
-     * the pair was interrupted (a checkpoint keeps them). */
-    s->baseline_ready[pair] = status == PB_OK || (status == PB_ERR_INTERRUPTED && s->cache_ready[pair]);
-    s->cache_ready[pair] = 0;
+    pair_release(s, pair);
     return status;
 }
 
@@ -1109,19 +1163,36 @@ pb_status pb_sweep_run_rows(pb_sweep *s, const int64_t *rows, int64_t n_rows) {
                       malloc(sizeof(int) * (size_t)(max_T + 1))};
     if (status == PB_OK && (!sc.host_a || !sc.host_b || !sc.positions))
         status = pb_fail(PB_ERR_OOM, "out of memory planning rows");
-    /* One pair at a time; a stop request is also honoured before a pair's caches. */
+    /* One pair at a time, its group's caches built with its first; a stop
+     * request is also honoured before a pair's rows. */
+    int first = 0, end = 0; /* the group of the pair being run */
+    unsigned char *wanted = calloc((size_t)s->spec.n_pairs, 1);
+    if (status == PB_OK && !wanted)
+        status = pb_fail(PB_ERR_OOM, "out of memory planning rows");
+    for (int64_t i = 0; status == PB_OK && i < n_todo; i++)
+        wanted[todo[i] / s->n_sites] = 1;
     for (int64_t i = 0; status == PB_OK && i < n_todo;) {
         int pair = (int)(todo[i] / s->n_sites);
-        int64_t end = i;
-        while (end < n_todo && todo[end] / s->n_sites == pair)
-            end++;
+        int64_t next = i; /* the next pair's first row */
+        while (next < n_todo && todo[next] / s->n_sites == pair)
+            next++;
         if (stop_requested(s)) {
             status = interrupted(s);
             break;
         }
-        status = run_pair_rows(s, &bb, pair, todo + i, end - i, &sc);
-        i = end;
+        while (end <= pair) {
+            first = end;
+            end = group_end(s, first, bb.group_pairs, bb.max_tokens);
+        }
+        if (!s->cache_ready[pair] && (status = group_caches(s, &bb, first, end, wanted + first)) != PB_OK)
+            break;
+        status = run_pair_rows(s, &bb, pair, todo + i, next - i, &sc);
+        i = next;
     }
+    for (int pair = first; pair < end; pair++) /* a group left by a stop or a failure */
+        if (s->cache_ready[pair])
+            pair_release(s, pair);
+    free(wanted);
     batch_free(s, &bb);
     free(sc.host_a);
     free(sc.host_b);
@@ -1156,15 +1227,22 @@ static void read_layers(const pb_sweep *s, int start, int stop, int *held, const
     }
 }
 
-/* A pair's base runs: both caches, the baselines' unembedding (and KL's
- * clean distribution). */
-static void count_pair(const pb_sweep *s, int pair, int *held, const uint64_t *layer_bytes, pb_wave_counts *out) {
+/* A group's base runs (group_end): both runs over every pair's prompts. */
+static void count_group(const pb_sweep *s, int first, int end, int *held, const uint64_t *layer_bytes,
+                        pb_wave_counts *out) {
+    int steps = 2 * s->model->cfg.n_layers;
+    for (int pair = first; pair < end; pair++) {
+        const pb_pair_spec *p = &s->spec.pairs[pair];
+        out->flops_base += run_flops(s, 0, steps, 0, p->base.T) + run_flops(s, 0, steps, 0, p->source.T);
+    }
+    read_layers(s, 0, steps, held, layer_bytes, out);
+    read_layers(s, 0, steps, held, layer_bytes, out);
+    out->base_runs += 2;
+}
+
+/* A pair's baselines: both runs' unembedding (and KL's clean distribution). */
+static void count_pair(const pb_sweep *s, int pair, pb_wave_counts *out) {
     const pb_model_config *c = &s->model->cfg;
-    const pb_pair_spec *p = &s->spec.pairs[pair];
-    int end = 2 * c->n_layers;
-    out->flops_base += run_flops(s, 0, end, 0, p->base.T) + run_flops(s, 0, end, 0, p->source.T);
-    read_layers(s, 0, end, held, layer_bytes, out);
-    read_layers(s, 0, end, held, layer_bytes, out);
     out->flops_base += 2.0 * 2 * unembed_width(s, pair) * c->d_model;
     if (s->clean_logprobs_host)
         out->flops_base += 2.0 * c->vocab_size * c->d_model;
@@ -1185,21 +1263,20 @@ static void count_batch(const pb_sweep *s, int pair, const int *start, const int
     out->rows += n;
 }
 
-pb_status pb_sweep_count_waves(const pb_sweep *s, const int64_t *rows, int64_t n_rows, const pb_batch_shape *shape,
-                               const uint64_t *layer_bytes, pb_wave_counts *out) {
+/* pb_sweep_count_waves over todo (n_todo rows, ascending, all pending). */
+static pb_status count_rows(const pb_sweep *s, const int64_t *todo, int64_t n_todo, const pb_batch_shape *shape,
+                            const uint64_t *layer_bytes, pb_wave_counts *out) {
     memset(out, 0, sizeof *out);
-    int64_t *todo, n_todo;
-    PB_TRY(pending_rows(s, rows, n_rows, &todo, &n_todo));
     int *positions = malloc(sizeof(int) * (size_t)(shape->max_T + 1));
     int *start = malloc(sizeof(int) * (size_t)shape->max_rows), *p0 = malloc(sizeof(int) * (size_t)shape->max_rows);
     if (!positions || !start || !p0) {
-        free(todo);
         free(positions);
         free(start);
         free(p0);
         return pb_fail(PB_ERR_OOM, "out of memory counting batches");
     }
-    int held[2] = {-1, -1}, n = 0, tokens = 0, pair = -1;
+    int held[2] = {-1, -1}, n = 0, tokens = 0, pair = -1, end = 0;
+    int G = shape->group_pairs > 0 ? shape->group_pairs : 1;
     for (int64_t r = 0; r < n_todo; r++) {
         int row_pair = (int)(todo[r] / s->n_sites);
         if (row_pair != pair) {
@@ -1207,7 +1284,13 @@ pb_status pb_sweep_count_waves(const pb_sweep *s, const int64_t *rows, int64_t n
                 count_batch(s, pair, start, p0, n, held, layer_bytes, out);
             n = tokens = 0;
             pair = row_pair;
-            count_pair(s, pair, held, layer_bytes, out);
+            if (pair >= end) {
+                int first = end;
+                while ((end = group_end(s, first, G, shape->max_tokens)) <= pair)
+                    first = end;
+                count_group(s, first, end, held, layer_bytes, out);
+            }
+            count_pair(s, pair, out);
         }
         const pb_site *site = &s->sites[todo[r] % s->n_sites];
         resolve_positions(s, site, pair, positions);
@@ -1226,11 +1309,65 @@ pb_status pb_sweep_count_waves(const pb_sweep *s, const int64_t *rows, int64_t n
     }
     if (n > 0)
         count_batch(s, pair, start, p0, n, held, layer_bytes, out);
-    free(todo);
     free(positions);
     free(start);
     free(p0);
     return PB_OK;
+}
+
+pb_status pb_sweep_count_waves(const pb_sweep *s, const int64_t *rows, int64_t n_rows, const pb_batch_shape *shape,
+                               const uint64_t *layer_bytes, pb_wave_counts *out) {
+    int64_t *todo, n_todo;
+    PB_TRY(pending_rows(s, rows, n_rows, &todo, &n_todo));
+    pb_status status = count_rows(s, todo, n_todo, shape, layer_bytes, out);
+    free(todo);
+    return status;
+}
+
+/* Bytes of the layers a sweep of every row (done or not) reads with shape. */
+static pb_status reads_of(const pb_sweep *s, const int64_t *all, const pb_batch_shape *shape,
+                          const uint64_t *layer_bytes, double *bytes) {
+    pb_wave_counts w;
+    PB_TRY(count_rows(s, all, s->n_rows, shape, layer_bytes, &w));
+    *bytes = w.bytes_read;
+    return PB_OK;
+}
+
+pb_status pb_sweep_run_shape(const pb_sweep *s, size_t budget, int max_T, const uint64_t *layer_bytes,
+                             pb_batch_shape *out) {
+    PB_TRY(pb_sweep_batch_shape(s, budget, max_T, layer_bytes != NULL, out));
+    out->group_pairs = 1;
+    if (!layer_bytes || s->spec.n_pairs < 2)
+        return PB_OK;
+    int64_t *all = malloc(sizeof(int64_t) * (size_t)s->n_rows);
+    if (!all)
+        return pb_fail(PB_ERR_OOM, "out of memory for %lld rows", (long long)s->n_rows);
+    for (int64_t r = 0; r < s->n_rows; r++)
+        all[r] = r;
+    double best;
+    pb_status status = reads_of(s, all, out, layer_bytes, &best);
+    size_t pair_caches = 2 * pb_sweep_cache_bytes(s, max_T);
+    for (int G = 2; status == PB_OK && G <= 2 * s->spec.n_pairs; G *= 2) {
+        int g = G < s->spec.n_pairs ? G : s->spec.n_pairs;
+        size_t more = (size_t)(g - 1) * pair_caches;
+        pb_batch_shape shape;
+        if (more >= budget)
+            break;
+        if (pb_sweep_batch_shape(s, budget - more, max_T, 1, &shape) != PB_OK) {
+            pb_error_clear(); /* no room for a row beside these caches */
+            break;
+        }
+        shape.group_pairs = g;
+        double bytes;
+        if ((status = reads_of(s, all, &shape, layer_bytes, &bytes)) == PB_OK && bytes < best) {
+            best = bytes;
+            *out = shape;
+        }
+        if (g == s->spec.n_pairs)
+            break;
+    }
+    free(all);
+    return status;
 }
 
 /* ---- creation, results --------------------------------------------------- */

@@ -54,6 +54,8 @@ typedef struct pb_batch_shape {
     size_t arena_floats; /* the batch's patch values, gathered residuals and logits */
     size_t device_bytes; /* executor workspace, that arena and the metric's arrays */
     size_t host_bytes;   /* the batch's host scratch */
+    int group_pairs;     /* pairs whose run caches are built together, the base prompts in one executor run and
+                            the source prompts in another (pb_sweep_run_shape; 1 from pb_sweep_batch_shape) */
 } pb_batch_shape;
 
 /* PB_ERR_OOM (numbers in the message) when budget < need_min. streamed:
@@ -61,6 +63,15 @@ typedef struct pb_batch_shape {
  * batch then holds as many of a pair's rows as budget allows, else 256 at
  * most (pb_sweep_options.max_batch_rows overrides both). */
 pb_status pb_sweep_batch_shape(const pb_sweep *sweep, size_t budget, int max_T, int streamed, pb_batch_shape *out);
+/* The shape a run of an exact sweep uses: resident weights (layer_bytes
+ * NULL) pb_sweep_batch_shape's, a pair's caches built at a time; streamed,
+ * as each executor run reads every layer, the group of pairs (2, 4, ...,
+ * every pair) whose caches built together read the fewest layer bytes over
+ * every row, done or not (so that every run and rank forms the same
+ * groups), with batches in what the group's caches beyond one pair's
+ * (pb_sweep_cache_bytes of the longest prompt) leave of budget. */
+pb_status pb_sweep_run_shape(const pb_sweep *sweep, size_t budget, int max_T, const uint64_t *layer_bytes,
+                             pb_batch_shape *out);
 /* Tokens of the longest prompt, base or source. */
 int pb_sweep_max_T(const pb_sweep *sweep);
 /* The batch budget of a sweep given no --max-memory, weights resident. */
@@ -84,7 +95,8 @@ typedef struct pb_wave_counts {
     int64_t waves;       /* executor batches */
     int64_t rows;        /* rows in them: an upper bound, as rows found bit-identical at run time are skipped
                           (exact with run_trivial_rows) */
-    int64_t pairs;       /* pairs whose base runs are made */
+    int64_t pairs;       /* pairs whose baselines are computed */
+    int64_t base_runs;   /* executor runs building caches: two per group of pairs (pb_batch_shape.group_pairs) */
     double flops_rows;   /* the batches' executor FLOPs with their unembedding (pb_sweep_summary.flops_executed) */
     double flops_base;   /* the base runs' FLOPs, with the baselines' unembedding */
     int64_t layers_read; /* streamed: layers read into a slot, simulated slot by slot */

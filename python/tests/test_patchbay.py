@@ -285,7 +285,7 @@ def test_streamed_sweep_matches_cli(tmp_path):
 @needs_cli
 def test_plan_matches_cli():
     """plan() on a shape-only load is `patchbay plan`: streamed or not, the
-    waves and rows per wave, the --max-memory to run it with; a memory that
+    waves and rows per wave, the base runs and pairs a group, the --max-memory to run it with; a memory that
     cannot hold it raises with the numbers."""
     with patchbay.Model.load(TINY_Q8, dtype="file", weights="stream", shape_only=True) as model:
         plan = model.plan(SPEC, device_memory="64MiB")
@@ -301,6 +301,9 @@ def test_plan_matches_cli():
     assert plan["weights"] == "stream" and plan["method"] == "exact" and not plan["estimate"]
     assert (plan["waves"], plan["rows_per_wave"], plan["tokens_per_wave"]) == tuple(map(int, waves.groups()))
     assert plan["max_memory"] == int(run_with.group(1)) << 20
+    base = re.search(r"^base runs +(\d+) \(the base prompts of up to (\d+) pair", text, re.M)
+    assert base, text
+    assert (plan["base_runs"], plan["pairs_per_group"]) == tuple(map(int, base.groups()))
     assert plan["rows"] == 716 and plan["device_memory"] == 64 << 20
     assert plan["peak_total"] == plan["peak_weights"] + plan["peak_caches"] + plan["peak_activations"]
 
