@@ -329,28 +329,10 @@ static void test_estimates(void **state) {
     assert_true(seen >= 10);
 }
 
-typedef struct found_case {
-    const char *name;
-    char *spec;
-    char dir[1400];
-} found_case;
-
-static int find_case(const tu_oracle_case *c, void *ctx) {
-    found_case *f = ctx;
-    if (strcmp(c->name, f->name) != 0)
-        return 0;
-    f->spec = strdup(c->spec);
-    snprintf(f->dir, sizeof f->dir, "%s", c->dir);
-    return 1;
-}
-
 /* tiny_gqa_denoise_logit_diff of subdir as a case (its spec to free) and
  * its model's Q8_0 file in path. */
 static tu_oracle_case gqa_case(const char *subdir, char *path, size_t size) {
-    found_case f = {.name = "tiny_gqa_denoise_logit_diff"};
-    assert_int_equal(tu_visit_cases(subdir, find_case, &f), 1);
-    tu_oracle_case c = {.name = f.name, .spec = f.spec};
-    snprintf(c.dir, sizeof c.dir, "%s", f.dir);
+    tu_oracle_case c = tu_case_named(subdir, "tiny_gqa_denoise_logit_diff");
     tu_fixture_file(path, size, "tiny_gqa", "model.q8_0.gguf");
     return c;
 }

@@ -243,21 +243,6 @@ static void test_auto_and_refusals(void **state) {
 
 /* ---- the caches of several pairs built together ------------------------ */
 
-typedef struct named_case {
-    const char *name;
-    char *spec;
-    char dir[1400];
-} named_case;
-
-static int find_named(const tu_oracle_case *c, void *ctx) {
-    named_case *f = ctx;
-    if (strcmp(c->name, f->name) != 0)
-        return 0;
-    f->spec = strdup(c->spec);
-    snprintf(f->dir, sizeof f->dir, "%s", c->dir);
-    return 1;
-}
-
 /* Sets the stop flag once the first pair's rows are done. */
 static void stop_after_pair(int64_t done, int64_t total, void *user) {
     (void)total;
@@ -266,7 +251,7 @@ static void stop_after_pair(int64_t done, int64_t total, void *user) {
         *s->options.stop = 1;
 }
 
-static pb_sweep *grouped_sweep(pb_model *m, const named_case *f, volatile int *stop, pb_sweep **self) {
+static pb_sweep *grouped_sweep(pb_model *m, const tu_oracle_case *f, volatile int *stop, pb_sweep **self) {
     pb_sweep_options o = {.metric_fn_residual_layer = -1, .stop = stop, .progress_user = self};
     if (stop)
         o.progress = stop_after_pair;
@@ -289,8 +274,7 @@ static pb_sweep *grouped_sweep(pb_model *m, const named_case *f, volatile int *s
  * the sweep that ran through. */
 static void test_grouped_caches(void **state) {
     (void)state;
-    named_case f = {.name = "tiny_gemma3_denoising"};
-    assert_int_equal(tu_visit_cases("patching", find_named, &f), 1);
+    tu_oracle_case f = tu_case_named("patching", "tiny_gemma3_denoising");
     char path[1024];
     tu_fixture_file(path, sizeof path, "tiny_gemma3", "model.q8_0.gguf");
     pb_model *streamed = load(path, PB_BACKEND_CPU, PB_DTYPE_FILE, PB_WEIGHTS_STREAM);

@@ -252,6 +252,22 @@ int tu_visit_cases(const char *subdir, int (*visit)(const tu_oracle_case *c, voi
     return n_counted;
 }
 
+static int copy_named(const tu_oracle_case *c, void *ctx) {
+    tu_oracle_case *out = ctx;
+    if (strcmp(c->name, out->name) != 0)
+        return 0;
+    out->spec = strdup(c->spec);
+    snprintf(out->dir, sizeof out->dir, "%s", c->dir);
+    return out->spec != NULL;
+}
+
+tu_oracle_case tu_case_named(const char *subdir, const char *name) {
+    tu_oracle_case c = {.name = name};
+    if (tu_visit_cases(subdir, copy_named, &c) != 1)
+        fail_msg("no case %s in %s", name, subdir);
+    return c;
+}
+
 int tu_scratch_setup(void **state) {
     tu_scratch *scratch = calloc(1, sizeof *scratch);
     if (!scratch || tu_make_temp_dir(scratch->dir, sizeof scratch->dir, "pb_st_test_") != 0) {

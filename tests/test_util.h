@@ -111,6 +111,9 @@ typedef struct tu_oracle_case {
  * either cannot be read), and frees both after visit. Returns how many
  * visits returned nonzero (a visit returns 0 for a case it skipped). */
 int tu_visit_cases(const char *subdir, int (*visit)(const tu_oracle_case *c, void *ctx), void *ctx);
+/* The case `name` under <fixtures>/<subdir>: its name (name itself), dir
+ * and spec (free it), no expected; fails the test when there is none. */
+tu_oracle_case tu_case_named(const char *subdir, const char *name);
 
 /* A scratch directory per test: tu_scratch_setup / tu_scratch_teardown are
  * cmocka setup and teardown functions whose state is a tu_scratch. */
