@@ -415,8 +415,9 @@ typedef float (*pb_metric_fn)(const float *values, int n, void *user);
 typedef struct pb_sweep_options {
     size_t max_memory;  /* bytes for batch activations; 0: 1 GiB, or with weights streamed the plan's budget
                            (pb_sweep_plan: on a device three quarters of what the weights and caches leave) */
-    int max_batch_rows; /* 0: 256 at most, or with streamed weights on a device all of a pair's rows, each
-                           batch as many as max_memory allows */
+    int max_batch_rows; /* 0: 256 at most, or with streamed weights on a device every row of a group of pairs
+                           whose caches are built together (pb_plan.pairs_per_group), each batch as many as
+                           max_memory allows */
     /* Called after each batch from the thread running the sweep. */
     void (*progress)(int64_t rows_done, int64_t rows_total, void *user);
     void *progress_user;

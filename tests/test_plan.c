@@ -480,6 +480,54 @@ static void test_device_waves(void **state) {
     free(c.spec);
 }
 
+/* Streamed on a device, the pairs whose caches are built together share
+ * waves: tiny_gemma3_denoising (6 layers, two pairs of equal length, the
+ * same metric tokens) plans one group and one wave of all its rows, the
+ * checked backend runs them so, with the stream reading what the plan
+ * counts, and the effects are the resident CPU run's. */
+static void test_device_group_wave(void **state) {
+    (void)state;
+    char path[1400];
+    tu_oracle_case c = tu_case_named("patching", "tiny_gemma3_denoising");
+    tu_fixture_file(path, sizeof path, "tiny_gemma3", "model.q8_0.gguf");
+    pb_model *shape = load_on(path, PB_BACKEND_CHECKED, PB_WEIGHTS_RESIDENT, 1);
+    pb_sweep *planned = create(shape, &c, 0);
+    pb_plan_options po = {.device_memory = (size_t)1 << 30, .weights = PB_WEIGHTS_STREAM};
+    pb_plan plan;
+    CHECK_OK(pb_sweep_plan(planned, &po, &plan));
+    int n_pairs = pb_sweep_spec_of(planned)->n_pairs;
+    assert_int_equal(n_pairs, 2);
+    assert_int_equal(plan.pairs_per_group, n_pairs);
+    assert_int_equal(plan.base_runs, 2);
+    assert_int_equal(plan.waves, 1);
+    assert_true(plan.rows_per_wave >= plan.rows_run);
+    pb_model *device = load_on(path, PB_BACKEND_CHECKED, PB_WEIGHTS_STREAM, 0);
+    pb_model *resident = load(path, PB_WEIGHTS_RESIDENT, 0);
+    pb_sweep *wide = create(device, &c, plan.max_memory), *narrow = create(resident, &c, 0);
+    CHECK_OK(pb_sweep_run(wide));
+    CHECK_OK(pb_sweep_run(narrow));
+    long long layers;
+    double bytes;
+    pb_stream_counters(device->stream, &layers, &bytes);
+    double diff = tu_sweep_difference(wide, narrow);
+    printf("[ MEASURE  ] %s on checked, streamed: %d pairs a group, %lld base runs, %lld wave(s) of %lld rows, "
+           "%.3f MiB streamed (plan %.3f MiB); cpu resident %lld batches; max |d| %.2e\n",
+           c.name, plan.pairs_per_group, (long long)plan.base_runs, (long long)pb_sweep_batch_count(wide),
+           (long long)plan.rows_run, bytes / 1048576, plan.bytes_streamed / 1048576,
+           (long long)pb_sweep_batch_count(narrow), diff);
+    assert_int_equal(pb_sweep_batch_count(wide), 1);
+    assert_true(plan.bytes_streamed == bytes);
+    assert_true(pb_sweep_batch_count(narrow) >= n_pairs);
+    assert_true(diff <= PB_TOL_INVARIANT_CPU);
+    pb_sweep_free(wide);
+    pb_sweep_free(narrow);
+    pb_sweep_free(planned);
+    pb_model_free(device);
+    pb_model_free(resident);
+    pb_model_free(shape);
+    free(c.spec);
+}
+
 /* Auto holds the weights resident when they fit, streams when only that
  * fits, and refuses with the numbers when neither does; a streamed CUDA
  * plan of bf16 slots streams more bytes than one
@@ -549,13 +597,10 @@ static void test_choices_and_refusals(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_plans_equal_runs),
-        cmocka_unit_test(test_ranks_add_up),
-        cmocka_unit_test(test_default_budget),
-        cmocka_unit_test(test_device_waves),
-        cmocka_unit_test(test_estimates),
-        cmocka_unit_test(test_estimates_host_memory),
-        cmocka_unit_test(test_choices_and_refusals),
+        cmocka_unit_test(test_plans_equal_runs),      cmocka_unit_test(test_ranks_add_up),
+        cmocka_unit_test(test_default_budget),        cmocka_unit_test(test_device_waves),
+        cmocka_unit_test(test_device_group_wave),     cmocka_unit_test(test_estimates),
+        cmocka_unit_test(test_estimates_host_memory), cmocka_unit_test(test_choices_and_refusals),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

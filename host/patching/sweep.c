@@ -426,6 +426,19 @@ static int metric_on_residual(const pb_sweep *s) {
     return s->spec.metric.kind == PB_METRIC_PROJECTION;
 }
 
+/* 1 when rows of pairs a and b can share a metric batch: the metric reads
+ * no pair's tokens (a residual, a callback, KL with its per-row reference),
+ * or both pairs read the same ones. */
+static int pairs_share_metric(const pb_sweep *s, int a, int b) {
+    pb_metric_kind k = s->options.metric_fn ? PB_METRIC_CALLBACK : s->spec.metric.kind;
+    if (a == b || metric_on_residual(s) || k == PB_METRIC_CALLBACK || k == PB_METRIC_KL)
+        return 1;
+    const pb_pair_spec *p = &s->spec.pairs[a], *q = &s->spec.pairs[b];
+    return p->n_positive == q->n_positive && p->n_negative == q->n_negative &&
+           memcmp(p->positive, q->positive, sizeof(int32_t) * (size_t)p->n_positive) == 0 &&
+           (p->n_negative == 0 || memcmp(p->negative, q->negative, sizeof(int32_t) * (size_t)p->n_negative) == 0);
+}
+
 static int metric_position(const pb_sweep *s, int T) {
     int p = s->spec.metric.position;
     return p < 0 ? T + p : p;
@@ -506,8 +519,8 @@ static pb_status metric_rows(pb_sweep *s, pb_exec *exec, const float *rows, int 
     pb_backend *b = m->backend;
     const pb_model_config *c = &m->cfg;
     const pb_metric_spec *ms = &s->spec.metric;
-    for (int i = 1; i < n; i++) /* one pair's tokens per call: batches hold one pair's rows */
-        if (pairs[i] != pairs[0] && !metric_on_residual(s) && ms->kind != PB_METRIC_KL)
+    for (int i = 1; i < n; i++) /* one set of tokens per call: a batch's pairs share them */
+        if (!pairs_share_metric(s, pairs[0], pairs[i]))
             return pb_fail(PB_ERR_ARG, "internal: a metric batch mixes pairs %d and %d", pairs[0], pairs[i]);
     if (metric_on_residual(s)) {
         PB_TRY(b->ops->download(b, host_scratch, rows, sizeof(float) * (size_t)n * c->d_model));
@@ -605,23 +618,25 @@ static void needed_components(const pb_sweep *s, int needed[PB_COMPONENT_COUNT])
 /* Rows a batch may hold before the budget has its say: as asked, else 256
  * (more only take memory where the weights stay put, and on the CPU, whose
  * batches are compute-bound); with streamed weights on a device, every row
- * of a pair (a batch holds one pair's), as each wave reads every layer
- * over the link once. */
-static int rows_cap(const pb_sweep *s, int streamed) {
+ * of the group of `pairs` pairs whose caches are held together (a batch
+ * takes rows of one group), as each wave reads every layer over the link
+ * once. */
+static int rows_cap(const pb_sweep *s, int streamed, int pairs) {
     if (s->options.max_batch_rows > 0)
         return s->options.max_batch_rows;
     if (!streamed || !pb_model_on_device(s->model))
         return 256;
-    return s->n_sites < INT_MAX / 2 ? (int)s->n_sites : INT_MAX / 2;
+    return s->n_sites < INT_MAX / 2 / pairs ? (int)s->n_sites * pairs : INT_MAX / 2;
 }
 
-pb_status pb_sweep_batch_shape(const pb_sweep *s, size_t budget, int max_T, int streamed, pb_batch_shape *out) {
+/* pb_sweep_batch_shape for batches of up to cap rows. */
+static pb_status batch_shape(const pb_sweep *s, size_t budget, int max_T, int cap, pb_batch_shape *out) {
     const pb_model_config *c = &s->model->cfg;
     size_t per_token = pb_exec_workspace_bytes(c, 1, 0) + sizeof(float) * (size_t)c->d_model + sizeof(int);
     size_t n_out = (size_t)unembed_width(s, -1);
     size_t per_row = sizeof(float) * (n_out + (size_t)c->d_model) * 2 + 256;
     size_t fixed = pb_exec_workspace_bytes(c, 0, max_T);
-    int max_rows = rows_cap(s, streamed);
+    int max_rows = cap;
     while (max_rows > 1 && (size_t)max_rows * per_row > budget / 4)
         max_rows /= 2;
     memset(out, 0, sizeof *out);
@@ -648,7 +663,12 @@ pb_status pb_sweep_batch_shape(const pb_sweep *s, size_t budget, int max_T, int 
     out->device_bytes = pb_exec_workspace_bytes(c, out->max_tokens, max_T) + out->arena_floats * sizeof(float) +
                         (s->metric_on_device ? (sizeof(double) + sizeof(int32_t)) * (size_t)out->max_rows : 0);
     out->host_bytes = sizeof(float) * (size_t)out->max_rows * (n_out > d ? n_out : d);
+    out->group_pairs = 1;
     return PB_OK;
+}
+
+pb_status pb_sweep_batch_shape(const pb_sweep *s, size_t budget, int max_T, int streamed, pb_batch_shape *out) {
+    return batch_shape(s, budget, max_T, rows_cap(s, streamed, 1), out);
 }
 
 size_t pb_sweep_cache_bytes(const pb_sweep *s, int T) {
@@ -1054,18 +1074,33 @@ typedef struct row_scratch {
     int *positions;         /* (max_T + 1) */
 } row_scratch;
 
-/* One pair's pending rows (rows, ascending), its caches built
- * (group_caches), in batches. A batch is launched, the next one planned
- * while the device runs it, and only then is it finished (its values
- * waited for and recorded). A stop request is honoured after each finished
- * batch; a batch in flight is always finished first, so no computed row is
- * lost. The pair's caches are freed on every path. */
-static pb_status run_pair_rows(pb_sweep *s, batch_buffers *bb, int pair, const int64_t *rows, int64_t n,
-                               const row_scratch *sc) {
-    pb_status status = mirror_caches(s, &s->base[pair], &s->source[pair]);
-    int in_flight = 0; /* rows of the launched, unfinished batch */
+/* Drops a pair's host mirrors (mirror_caches), its rows planned. */
+static void mirror_drop(pb_run_cache *a, pb_run_cache *b) {
+    free(a->mirror);
+    free(b->mirror);
+    a->mirror = b->mirror = NULL;
+}
+
+/* The pending rows (rows, ascending) of a group of pairs whose caches are
+ * built (group_caches), in batches; a batch holds rows of pairs that share
+ * their metric's tokens (pairs_share_metric). A batch is launched, the
+ * next one planned while the device runs it, and only then is it finished
+ * (its values waited for and recorded). A stop request is honoured after
+ * each finished batch; a batch in flight is always finished first, so no
+ * computed row is lost. The caller frees the caches. */
+static pb_status run_group_rows(pb_sweep *s, batch_buffers *bb, const int64_t *rows, int64_t n, const row_scratch *sc) {
+    pb_status status = PB_OK;
+    int pair = -1, batch_pair = -1; /* the row's pair; the planned batch's first row's */
+    int in_flight = 0;              /* rows of the launched, unfinished batch */
     int n_batch = 0, tokens = 0;
     for (int64_t r = 0; status == PB_OK && r < n; r++) {
+        if (rows[r] / s->n_sites != pair) {
+            if (pair >= 0)
+                mirror_drop(&s->base[pair], &s->source[pair]);
+            pair = (int)(rows[r] / s->n_sites);
+            if ((status = mirror_caches(s, &s->base[pair], &s->source[pair])) != PB_OK)
+                break;
+        }
         const pb_site *site = &s->sites[rows[r] % s->n_sites];
         int n_pos = resolve_positions(s, site, pair, sc->positions);
         int trivial;
@@ -1080,7 +1115,8 @@ static pb_status run_pair_rows(pb_sweep *s, batch_buffers *bb, int pair, const i
             continue;
         }
         int need = s->spec.pairs[pair].base.T - sc->positions[0];
-        if (batch_full(n_batch, tokens, need, bb->max_rows, bb->max_tokens)) {
+        if (batch_full(n_batch, tokens, need, bb->max_rows, bb->max_tokens) ||
+            (n_batch > 0 && !pairs_share_metric(s, batch_pair, pair))) {
             /* this batch is planned: finish the one in flight, then launch it */
             if (in_flight) {
                 status = finish_batch(s, bb, in_flight);
@@ -1098,6 +1134,7 @@ static pb_status run_pair_rows(pb_sweep *s, batch_buffers *bb, int pair, const i
             in_flight = n_batch;
             n_batch = tokens = 0;
         }
+        batch_pair = n_batch ? batch_pair : pair;
         bb->rows[n_batch++] = rows[r];
         tokens += need;
     }
@@ -1123,7 +1160,6 @@ static pb_status run_pair_rows(pb_sweep *s, batch_buffers *bb, int pair, const i
     }
     if (status == PB_OK)
         report_progress(s);
-    pair_release(s, pair);
     return status;
 }
 
@@ -1163,35 +1199,33 @@ pb_status pb_sweep_run_rows(pb_sweep *s, const int64_t *rows, int64_t n_rows) {
                       malloc(sizeof(int) * (size_t)(max_T + 1))};
     if (status == PB_OK && (!sc.host_a || !sc.host_b || !sc.positions))
         status = pb_fail(PB_ERR_OOM, "out of memory planning rows");
-    /* One pair at a time, its group's caches built with its first; a stop
-     * request is also honoured before a pair's rows. */
-    int first = 0, end = 0; /* the group of the pair being run */
+    /* One group of pairs at a time (group_end): its caches, its rows; a
+     * stop request is also honoured before a group's caches. */
     unsigned char *wanted = calloc((size_t)s->spec.n_pairs, 1);
     if (status == PB_OK && !wanted)
         status = pb_fail(PB_ERR_OOM, "out of memory planning rows");
     for (int64_t i = 0; status == PB_OK && i < n_todo; i++)
         wanted[todo[i] / s->n_sites] = 1;
-    for (int64_t i = 0; status == PB_OK && i < n_todo;) {
-        int pair = (int)(todo[i] / s->n_sites);
-        int64_t next = i; /* the next pair's first row */
-        while (next < n_todo && todo[next] / s->n_sites == pair)
+    for (int64_t i = 0, first = 0, end = 0; status == PB_OK && i < n_todo;) {
+        while (end <= todo[i] / s->n_sites) {
+            first = end;
+            end = group_end(s, (int)first, bb.group_pairs, bb.max_tokens);
+        }
+        int64_t next = i; /* the next group's first row */
+        while (next < n_todo && todo[next] / s->n_sites < end)
             next++;
         if (stop_requested(s)) {
             status = interrupted(s);
             break;
         }
-        while (end <= pair) {
-            first = end;
-            end = group_end(s, first, bb.group_pairs, bb.max_tokens);
-        }
-        if (!s->cache_ready[pair] && (status = group_caches(s, &bb, first, end, wanted + first)) != PB_OK)
-            break;
-        status = run_pair_rows(s, &bb, pair, todo + i, next - i, &sc);
+        status = group_caches(s, &bb, (int)first, (int)end, wanted + first);
+        if (status == PB_OK)
+            status = run_group_rows(s, &bb, todo + i, next - i, &sc);
+        for (int64_t pair = first; pair < end; pair++)
+            if (s->cache_ready[pair])
+                pair_release(s, (int)pair);
         i = next;
     }
-    for (int pair = first; pair < end; pair++) /* a group left by a stop or a failure */
-        if (s->cache_ready[pair])
-            pair_release(s, pair);
     free(wanted);
     batch_free(s, &bb);
     free(sc.host_a);
@@ -1249,13 +1283,14 @@ static void count_pair(const pb_sweep *s, int pair, pb_wave_counts *out) {
     out->pairs++;
 }
 
-/* One batch of n rows (their start steps and first positions). */
-static void count_batch(const pb_sweep *s, int pair, const int *start, const int *p0, int n, int *held,
+/* One batch of n rows (their pairs, start steps and first positions). */
+static void count_batch(const pb_sweep *s, const int *pairs, const int *start, const int *p0, int n, int *held,
                         const uint64_t *layer_bytes, pb_wave_counts *out) {
     const pb_model_config *c = &s->model->cfg;
-    int T = s->spec.pairs[pair].base.T, first = 2 * c->n_layers;
+    int first = 2 * c->n_layers;
+    double unembed = 2.0 * unembed_width(s, pairs[0]) * c->d_model; /* the batch's pairs share it */
     for (int i = 0; i < n; i++) {
-        out->flops_rows += run_flops(s, start[i], s->metric_step, p0[i], T) + 2.0 * unembed_width(s, pair) * c->d_model;
+        out->flops_rows += run_flops(s, start[i], s->metric_step, p0[i], s->spec.pairs[pairs[i]].base.T) + unembed;
         first = start[i] < first ? start[i] : first;
     }
     read_layers(s, first, s->metric_step, held, layer_bytes, out);
@@ -1263,55 +1298,68 @@ static void count_batch(const pb_sweep *s, int pair, const int *start, const int
     out->rows += n;
 }
 
-/* pb_sweep_count_waves over todo (n_todo rows, ascending, all pending). */
+/* Scratch of count_rows: a batch's rows (max_rows), a row's positions. */
+typedef struct count_scratch {
+    int *pairs, *start, *p0;
+    int *positions; /* (max_T + 1) */
+} count_scratch;
+
+static void count_scratch_free(count_scratch *c) {
+    free(c->pairs);
+    free(c->start);
+    free(c->p0);
+    free(c->positions);
+}
+
+/* pb_sweep_count_waves over todo (n_todo rows, ascending, all pending),
+ * walking them as pb_sweep_run_rows runs them: group by group, the group's
+ * base runs, then its rows in batches. */
 static pb_status count_rows(const pb_sweep *s, const int64_t *todo, int64_t n_todo, const pb_batch_shape *shape,
                             const uint64_t *layer_bytes, pb_wave_counts *out) {
     memset(out, 0, sizeof *out);
-    int *positions = malloc(sizeof(int) * (size_t)(shape->max_T + 1));
-    int *start = malloc(sizeof(int) * (size_t)shape->max_rows), *p0 = malloc(sizeof(int) * (size_t)shape->max_rows);
-    if (!positions || !start || !p0) {
-        free(positions);
-        free(start);
-        free(p0);
+    size_t rows = (size_t)shape->max_rows;
+    count_scratch c = {malloc(sizeof(int) * rows), malloc(sizeof(int) * rows), malloc(sizeof(int) * rows),
+                       malloc(sizeof(int) * (size_t)(shape->max_T + 1))};
+    if (!c.pairs || !c.start || !c.p0 || !c.positions) {
+        count_scratch_free(&c);
         return pb_fail(PB_ERR_OOM, "out of memory counting batches");
     }
     int held[2] = {-1, -1}, n = 0, tokens = 0, pair = -1, end = 0;
     int G = shape->group_pairs > 0 ? shape->group_pairs : 1;
     for (int64_t r = 0; r < n_todo; r++) {
         int row_pair = (int)(todo[r] / s->n_sites);
-        if (row_pair != pair) {
+        if (row_pair >= end) { /* a new group: the last one's rows are done */
             if (n > 0)
-                count_batch(s, pair, start, p0, n, held, layer_bytes, out);
+                count_batch(s, c.pairs, c.start, c.p0, n, held, layer_bytes, out);
             n = tokens = 0;
-            pair = row_pair;
-            if (pair >= end) {
-                int first = end;
-                while ((end = group_end(s, first, G, shape->max_tokens)) <= pair)
-                    first = end;
-                count_group(s, first, end, held, layer_bytes, out);
-            }
-            count_pair(s, pair, out);
+            int first = end;
+            while ((end = group_end(s, first, G, shape->max_tokens)) <= row_pair)
+                first = end;
+            count_group(s, first, end, held, layer_bytes, out);
         }
+        if (row_pair != pair)
+            count_pair(s, row_pair, out);
+        pair = row_pair;
         const pb_site *site = &s->sites[todo[r] % s->n_sites];
-        resolve_positions(s, site, pair, positions);
-        if (row_unreachable(s, pair, site, positions[0]))
+        resolve_positions(s, site, pair, c.positions);
+        if (row_unreachable(s, pair, site, c.positions[0]))
             continue;
-        int need = s->spec.pairs[pair].base.T - positions[0];
-        if (batch_full(n, tokens, need, shape->max_rows, shape->max_tokens)) {
-            count_batch(s, pair, start, p0, n, held, layer_bytes, out);
+        int need = s->spec.pairs[pair].base.T - c.positions[0];
+        if (batch_full(n, tokens, need, shape->max_rows, shape->max_tokens) ||
+            (n > 0 && !pairs_share_metric(s, c.pairs[0], pair))) {
+            count_batch(s, c.pairs, c.start, c.p0, n, held, layer_bytes, out);
             n = tokens = 0;
         }
         pb_hook_kind hook;
         int hook_layer;
-        patch_point(&s->model->cfg, site->component, site->layer, &hook, &hook_layer, &start[n]);
-        p0[n++] = positions[0];
+        patch_point(&s->model->cfg, site->component, site->layer, &hook, &hook_layer, &c.start[n]);
+        c.pairs[n] = pair;
+        c.p0[n++] = c.positions[0];
         tokens += need;
     }
     if (n > 0)
-        count_batch(s, pair, start, p0, n, held, layer_bytes, out);
-    free(positions);
-    free(start);
-    free(p0);
+        count_batch(s, c.pairs, c.start, c.p0, n, held, layer_bytes, out);
+    count_scratch_free(&c);
     return PB_OK;
 }
 
@@ -1353,12 +1401,12 @@ pb_status pb_sweep_run_shape(const pb_sweep *s, size_t budget, int max_T, const 
         pb_batch_shape shape;
         if (more >= budget)
             break;
-        if (pb_sweep_batch_shape(s, budget - more, max_T, 1, &shape) != PB_OK) {
+        if (batch_shape(s, budget - more, max_T, rows_cap(s, 1, g), &shape) != PB_OK) {
             pb_error_clear(); /* no room for a row beside these caches */
             break;
         }
         shape.group_pairs = g;
-        double bytes;
+        double bytes = 0.0;
         if ((status = reads_of(s, all, &shape, layer_bytes, &bytes)) == PB_OK && bytes < best) {
             best = bytes;
             *out = shape;

@@ -61,7 +61,8 @@ typedef struct pb_batch_shape {
 /* PB_ERR_OOM (numbers in the message) when budget < need_min. streamed:
  * the weights stream (a run: as loaded; a plan: as planned); on a device a
  * batch then holds as many of a pair's rows as budget allows, else 256 at
- * most (pb_sweep_options.max_batch_rows overrides both). */
+ * most (pb_sweep_options.max_batch_rows overrides both); a pair's caches
+ * built at a time (group_pairs 1). */
 pb_status pb_sweep_batch_shape(const pb_sweep *sweep, size_t budget, int max_T, int streamed, pb_batch_shape *out);
 /* The shape a run of an exact sweep uses: resident weights (layer_bytes
  * NULL) pb_sweep_batch_shape's, a pair's caches built at a time; streamed,
@@ -69,7 +70,9 @@ pb_status pb_sweep_batch_shape(const pb_sweep *sweep, size_t budget, int max_T, 
  * every pair) whose caches built together read the fewest layer bytes over
  * every row, done or not (so that every run and rank forms the same
  * groups), with batches in what the group's caches beyond one pair's
- * (pb_sweep_cache_bytes of the longest prompt) leave of budget. */
+ * (pb_sweep_cache_bytes of the longest prompt) leave of budget, which on a
+ * device may hold every row of the group (the rows of pairs that share the
+ * metric's tokens share batches). */
 pb_status pb_sweep_run_shape(const pb_sweep *sweep, size_t budget, int max_T, const uint64_t *layer_bytes,
                              pb_batch_shape *out);
 /* Tokens of the longest prompt, base or source. */
