@@ -1,6 +1,6 @@
 /* Throughput of the batched patching engine beside its ceiling.
  *
- *   bench_sweep (MODEL | --random-model NAME[:LAYERS[:TYPE]]) (SPEC.json | --default-sweep T)
+ *   bench_sweep (MODEL | --random-model NAME[:LAYERS[:TYPE]]) (SPEC.json | --default-sweep T [--pairs N])
  *               [--all-rows] [--backend cpu|cuda] [--dtype f32|bf16|f16|file] [--max-memory SIZE]
  *               [--weights resident|stream|auto] [--weight-memory SIZE] [--full-layers N] [--vs-atp]
  *               [--flops-only]
@@ -29,8 +29,9 @@
  * (llama3-70b:16:q8_0, :bf16) is held in host memory and pinned there:
  * the slice of a model too large to hold whole, streamed as a host would
  * stream the whole (scripts/gpu-check.sh runs it on a GPU).
- * --default-sweep T builds the project's default sweep on one pair of T
- * seeded random token ids differing at positions T/3 and T/2: resid_pre,
+ * --default-sweep T builds the project's default sweep on one pair (--pairs
+ * N: N pairs) of T seeded random token ids differing at positions T/3 and
+ * T/2: resid_pre,
  * attn_out, mlp_out at every layer and position, z for every head at the
  * last position, logit difference of two tokens at the last position.
  * bench/sweep.sh runs this beside the PyTorch one-forward-per-site loop on
@@ -108,27 +109,39 @@ static uint64_t splitmix(uint64_t *state) {
     return x ^ (x >> 31);
 }
 
-/* The default sweep on one pair of T random ids (see the header). */
-static char *default_sweep(int T, int vocab) {
-    size_t cap = (size_t)T * 32 + 1024;
-    char *spec = malloc(cap);
-    if (!spec)
-        return NULL;
-    uint64_t rng = 2024;
-    int *ids = malloc(sizeof(int) * (size_t)T);
+/* Appends pair (T ids, and the same with positions T/3 and T/2 changed) to spec at *n. */
+static void append_pair(char *spec, size_t cap, size_t *n, const int *ids, int T, int vocab, int first) {
+    *n += (size_t)snprintf(spec + *n, cap - *n, "%s{\"clean\": {\"ids\": [", first ? "" : ", ");
     for (int t = 0; t < T; t++)
-        ids[t] = (int)(splitmix(&rng) % (uint64_t)vocab);
-    size_t n = (size_t)snprintf(spec, cap, "{\"mode\": \"denoising\", \"pairs\": [{\"clean\": {\"ids\": [");
-    for (int t = 0; t < T; t++)
-        n += (size_t)snprintf(spec + n, cap - n, "%s%d", t ? ", " : "", ids[t]);
-    n += (size_t)snprintf(spec + n, cap - n, "]}, \"corrupted\": {\"ids\": [");
+        *n += (size_t)snprintf(spec + *n, cap - *n, "%s%d", t ? ", " : "", ids[t]);
+    *n += (size_t)snprintf(spec + *n, cap - *n, "]}, \"corrupted\": {\"ids\": [");
     for (int t = 0; t < T; t++) {
         int id = t == T / 3 || t == T / 2 ? (ids[t] + 101) % vocab : ids[t];
-        n += (size_t)snprintf(spec + n, cap - n, "%s%d", t ? ", " : "", id);
+        *n += (size_t)snprintf(spec + *n, cap - *n, "%s%d", t ? ", " : "", id);
+    }
+    *n += (size_t)snprintf(spec + *n, cap - *n, "]}}");
+}
+
+/* The default sweep on n_pairs pairs of T random ids (see the header). */
+static char *default_sweep(int T, int n_pairs, int vocab) {
+    size_t cap = (size_t)n_pairs * ((size_t)T * 32 + 64) + 1024;
+    char *spec = malloc(cap);
+    int *ids = malloc(sizeof(int) * (size_t)T);
+    if (!spec || !ids) {
+        free(spec);
+        free(ids);
+        return NULL;
+    }
+    uint64_t rng = 2024;
+    size_t n = (size_t)snprintf(spec, cap, "{\"mode\": \"denoising\", \"pairs\": [");
+    for (int p = 0; p < n_pairs; p++) {
+        for (int t = 0; t < T; t++)
+            ids[t] = (int)(splitmix(&rng) % (uint64_t)vocab);
+        append_pair(spec, cap, &n, ids, T, vocab, p == 0);
     }
     int pos = (int)(splitmix(&rng) % (uint64_t)vocab), neg = (int)(splitmix(&rng) % (uint64_t)vocab);
     snprintf(spec + n, cap - n,
-             "]}}], \"sites\": [{\"component\": \"resid_pre\", \"layers\": \"all\", \"positions\": \"each\"},"
+             "], \"sites\": [{\"component\": \"resid_pre\", \"layers\": \"all\", \"positions\": \"each\"},"
              " {\"component\": \"attn_out\", \"layers\": \"all\", \"positions\": \"each\"},"
              " {\"component\": \"mlp_out\", \"layers\": \"all\", \"positions\": \"each\"},"
              " {\"component\": \"z\", \"layers\": \"all\", \"heads\": \"all\", \"positions\": \"last\"}],"
@@ -141,7 +154,7 @@ static char *default_sweep(int T, int vocab) {
 typedef struct bench_args {
     pb_cli_model model;
     const char *spec_path;
-    int all_rows, default_T, full_layers, vs_atp, flops_only;
+    int all_rows, default_T, default_pairs, full_layers, vs_atp, flops_only;
     size_t max_memory;
 } bench_args;
 
@@ -169,6 +182,9 @@ static int parse_args(int argc, char **argv, bench_args *b) {
         } else if (strcmp(a, "--default-sweep") == 0 && next) {
             b->default_T = atoi(next);
             i++;
+        } else if (strcmp(a, "--pairs") == 0 && next) {
+            b->default_pairs = atoi(next);
+            i++;
         } else if (strcmp(a, "--full-layers") == 0 && next) {
             b->full_layers = atoi(next);
             i++;
@@ -187,12 +203,14 @@ static int parse_args(int argc, char **argv, bench_args *b) {
             return 0;
         }
     }
-    if (!pb_cli_model_check(&b->model, "bench_sweep") || !!b->spec_path == (b->default_T > 0)) {
-        fprintf(stderr,
-                "usage: bench_sweep (MODEL | --random-model NAME[:LAYERS[:TYPE]]) (SPEC.json | --default-sweep T)\n"
-                "                   [--all-rows] [--backend cpu|cuda] [--dtype f32|bf16|f16|file] [--max-memory SIZE]\n"
-                "                   [--weights resident|stream|auto] [--weight-memory SIZE] [--full-layers N]\n"
-                "                   [--vs-atp] [--flops-only]\n");
+    if (!pb_cli_model_check(&b->model, "bench_sweep") || !!b->spec_path == (b->default_T > 0) || b->default_pairs < 0 ||
+        (b->default_pairs > 0 && b->default_T <= 0)) {
+        fprintf(
+            stderr,
+            "usage: bench_sweep (MODEL | --random-model NAME[:LAYERS[:TYPE]]) (SPEC.json | --default-sweep T [--pairs N])\n"
+            "                   [--all-rows] [--backend cpu|cuda] [--dtype f32|bf16|f16|file] [--max-memory SIZE]\n"
+            "                   [--weights resident|stream|auto] [--weight-memory SIZE] [--full-layers N]\n"
+            "                   [--vs-atp] [--flops-only]\n");
         return 0;
     }
     return 1;
@@ -219,8 +237,9 @@ static void print_results(const pb_model *m, const pb_sweep *s, const pb_load_op
     double ceiling = gpu ? gpu_ceiling(pb_model_get_config(m), load->device, gemm_dtype, avg_M > 0 ? avg_M : 1) * 1e3
                          : sgemm_ceiling(pb_model_get_config(m), avg_M > 0 ? avg_M : 1);
     double gflops = sum.flops_executed / seconds * 1e-9;
-    printf("model             %s on %s, %s weights, T = %d\n", pb_model_get_source(m), pb_backend_name(load->backend),
-           pb_dtype_name(load->dtype), pb_sweep_spec_of(s)->pairs[0].base.T);
+    printf("model             %s on %s, %s weights, T = %d, %d pair%s\n", pb_model_get_source(m),
+           pb_backend_name(load->backend), pb_dtype_name(load->dtype), pb_sweep_spec_of(s)->pairs[0].base.T,
+           pb_sweep_spec_of(s)->n_pairs, pb_sweep_spec_of(s)->n_pairs == 1 ? "" : "s");
     printf("weights           %.1f MiB in memory (%s)\n", (double)pb_model_weight_bytes(m) / (1 << 20),
            pb_dtype_name(load->dtype));
     printf("engine sweep      %lld rows (%lld executed, %lld exactly zero by construction) in %.3f s\n",
@@ -238,14 +257,14 @@ static void print_results(const pb_model *m, const pb_sweep *s, const pb_load_op
     printf("ratio             engine / %s = %.2f\n", gpu ? "cuBLAS GEMM" : "sgemm",
            ceiling > 0 ? gflops / ceiling : 0.0);
     printf("{\"bench\": \"%s\", \"model\": \"%s\", \"backend\": \"%s\", \"dtype\": \"%s\", \"T\": %d, "
-           "\"rows\": %lld, \"rows_executed\": %lld, \"seconds\": %.4f, \"rows_per_s\": %.3f, "
+           "\"pairs\": %d, \"rows\": %lld, \"rows_executed\": %lld, \"seconds\": %.4f, \"rows_per_s\": %.3f, "
            "\"tflops_executed\": %.6f, \"engine_tflops\": %.4f, \"ceiling_tflops\": %.4f, \"ratio_vs_ceiling\": %.4f, "
            "\"tflops_naive\": %.6f, \"naive_over_executed\": %.2f, \"avg_batch_tokens\": %d}\n",
            gpu ? "gpu_sweep" : "sweep", pb_model_get_source(m), pb_backend_name(load->backend),
-           pb_dtype_name(load->dtype), pb_sweep_spec_of(s)->pairs[0].base.T, (long long)sum.n_rows,
-           (long long)sum.n_rows_executed, seconds, sum.n_rows / seconds, sum.flops_executed * 1e-12, gflops * 1e-3,
-           ceiling * 1e-3, ceiling > 0 ? gflops / ceiling : 0.0, sum.flops_naive * 1e-12,
-           sum.flops_executed > 0 ? sum.flops_naive / sum.flops_executed : 0.0, avg_M);
+           pb_dtype_name(load->dtype), pb_sweep_spec_of(s)->pairs[0].base.T, pb_sweep_spec_of(s)->n_pairs,
+           (long long)sum.n_rows, (long long)sum.n_rows_executed, seconds, sum.n_rows / seconds,
+           sum.flops_executed * 1e-12, gflops * 1e-3, ceiling * 1e-3, ceiling > 0 ? gflops / ceiling : 0.0,
+           sum.flops_naive * 1e-12, sum.flops_executed > 0 ? sum.flops_naive / sum.flops_executed : 0.0, avg_M);
     printf("RESULT engine_rows_per_s=%.3f engine_seconds=%.4f rows=%lld engine_tflops=%.4f ceiling_tflops=%.4f "
            "naive_over_executed=%.2f\n",
            sum.n_rows / seconds, seconds, (long long)sum.n_rows, gflops * 1e-3, ceiling * 1e-3,
@@ -397,7 +416,8 @@ int main(int argc, char **argv) {
     }
     char *spec = NULL;
     if (b.default_T > 0) {
-        spec = default_sweep(b.default_T, pb_model_get_config(m)->vocab_size);
+        spec = default_sweep(b.default_T, b.default_pairs > 0 ? b.default_pairs : 1,
+                             pb_model_get_config(m)->vocab_size);
     } else if (pb_read_text_file(b.spec_path, &spec, NULL) != PB_OK) {
         fprintf(stderr, "bench_sweep: %s\n", pb_last_error());
         return 1;

@@ -481,7 +481,9 @@ if want stream; then
     # Issue 17's GPU benchmark: a Llama-3-70B-shape slice (16 of its 80
     # layers; random weights generated in host memory as Q8_0 and as bf16,
     # pinned there) swept with every layer streamed to the device as the
-    # sweep reaches it (the default sweep, T = 16, batches of up to 16 GiB).
+    # sweep reaches it (the default sweep on 4 pairs, T = 16, batches of up
+    # to 16 GiB: the pairs' caches built together, two reads of the layers
+    # for all four, and their rows sharing waves).
     # bench_sweep prints rows/s, TFLOP/s against the cuBLAS ceiling at the
     # engine's shapes (fp32 for Q8_0, decoded on the device; bf16 tensor
     # cores), the bytes streamed and their rate against the measured pinned
@@ -489,9 +491,9 @@ if want stream; then
     # per layer read.
     if [ -x "$BUILD/bench_sweep" ]; then
         run_step bench_stream_q8_0 150 "$BUILD/bench_sweep" --random-model llama3-70b:16:q8_0 --backend cuda \
-            --dtype file --weights stream --weight-memory 16GiB --max-memory 16GiB --default-sweep 16
+            --dtype file --weights stream --weight-memory 16GiB --max-memory 16GiB --default-sweep 16 --pairs 4
         run_step bench_stream_bf16 150 "$BUILD/bench_sweep" --random-model llama3-70b:16:bf16 --backend cuda \
-            --dtype bf16 --weights stream --weight-memory 16GiB --max-memory 16GiB --default-sweep 16
+            --dtype bf16 --weights stream --weight-memory 16GiB --max-memory 16GiB --default-sweep 16 --pairs 4
     else
         skip_step bench_stream_q8_0 skipped_not_built
         skip_step bench_stream_bf16 skipped_not_built
