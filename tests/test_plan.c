@@ -100,6 +100,8 @@ static void check_budget(const tu_oracle_case *c, pb_model *shape, const char *p
     assert_int_equal(shape_run.max_rows, plan.rows_per_wave);
     assert_int_equal(shape_run.max_tokens, plan.tokens_per_wave);
     assert_int_equal(shape_run.group_pairs, plan.pairs_per_group);
+    /* the batch's memory as planned shape-only is the loaded run's (its metric reduced by the backend or not) */
+    assert_true(plan.peak_activations == shape_run.device_bytes + shape_run.host_bytes);
     pb_wave_counts counted;
     CHECK_OK(pb_sweep_count_waves(run, rows, n_rows, &shape_run, streamed->layout.layer_bytes, &counted));
     /* the same batches with a pair's caches built at a time: never fewer bytes */

@@ -426,6 +426,21 @@ static int metric_on_residual(const pb_sweep *s) {
     return s->spec.metric.kind == PB_METRIC_PROJECTION;
 }
 
+/* 1 when the spec's metric is one the backends' metric_rows op reduces. */
+static int metric_reducible(const pb_sweep *s) {
+    pb_metric_kind k = s->spec.metric.kind;
+    return !s->options.metric_fn &&
+           (k == PB_METRIC_LOGIT_DIFF || k == PB_METRIC_LOGPROB || k == PB_METRIC_REFUSAL_SCORE || k == PB_METRIC_KL);
+}
+
+/* 1 when the backend's metric_rows reduces the batch's logits (the
+ * sweep's metric_on_device), or would on a model loaded for it: a shape-only
+ * plan's sweep sets nothing up. The host then reads one row of logits at
+ * most (a non-finite value's, KL's clean distribution). */
+static int metric_reduced_by_backend(const pb_sweep *s) {
+    return s->metric_on_device || (s->model->shape_only && metric_reducible(s));
+}
+
 /* 1 when rows of pairs a and b can share a metric batch: the metric reads
  * no pair's tokens (a residual, a callback, KL with its per-row reference),
  * or both pairs read the same ones. */
@@ -661,8 +676,10 @@ static pb_status batch_shape(const pb_sweep *s, size_t budget, int max_T, int ca
     out->arena_floats = (size_t)out->max_tokens * d + (size_t)out->max_rows * d +
                         (size_t)out->max_rows * (n_out ? n_out : 1);
     out->device_bytes = pb_exec_workspace_bytes(c, out->max_tokens, max_T) + out->arena_floats * sizeof(float) +
-                        (s->metric_on_device ? (sizeof(double) + sizeof(int32_t)) * (size_t)out->max_rows : 0);
-    out->host_bytes = sizeof(float) * (size_t)out->max_rows * (n_out > d ? n_out : d);
+                        (metric_reduced_by_backend(s) ? (sizeof(double) + sizeof(int32_t)) * (size_t)out->max_rows : 0);
+    /* a metric the backend reduces reads one row's logits on the host at most */
+    size_t host_rows = metric_reduced_by_backend(s) ? 1 : (size_t)out->max_rows;
+    out->host_bytes = sizeof(float) * host_rows * (n_out > d ? n_out : d);
     out->group_pairs = 1;
     return PB_OK;
 }
@@ -1621,10 +1638,7 @@ pb_status pb_sweep_create(pb_sweep **out, pb_model *model, const char *spec_json
         pb_sweep_free(s);
         return status;
     }
-    pb_metric_kind kind = s->spec.metric.kind;
-    if (!s->options.metric_fn && !model->shape_only && model->backend->ops->metric_rows &&
-        (kind == PB_METRIC_LOGIT_DIFF || kind == PB_METRIC_LOGPROB || kind == PB_METRIC_REFUSAL_SCORE ||
-         kind == PB_METRIC_KL)) {
+    if (metric_reducible(s) && !model->shape_only && model->backend->ops->metric_rows) {
         if ((status = metric_device_setup(s)) != PB_OK) {
             pb_sweep_free(s);
             return status;
