@@ -1,13 +1,14 @@
 /* The planner (pb_sweep_plan, patchbay plan) against the runs it plans:
  * on every oracle case, a shape-only load measures the same weight bytes as
- * the real loads, and the plan's waves, rows, base runs and streamed bytes
- * equal what the streamed sweep then does (its batch count, rows executed
- * and the stream's own read counter), with a budget of a few rows and with
- * the plan's own, where most build the caches of several pairs together
- * and read fewer bytes than a pair at a time would; the FLOPs counted
- * without running equal the executor's; split over ranks, the shares' runs add up to the plan; a
- * sweep that cannot fit is refused with the numbers; a shape-only model
- * refuses to run. */
+ * the real loads, and the plan's waves, rows, base runs, batch memory and
+ * streamed bytes equal what the streamed sweep then does (its batch count,
+ * rows executed and the stream's own read counter), with a budget of a few
+ * rows and with the plan's own, where the models of more than two layers
+ * build the caches of both pairs together and read fewer bytes than a pair
+ * at a time would; the FLOPs counted without running equal the executor's;
+ * split over ranks, the shares' runs add up to the plan, with baselines
+ * bit-equal to the whole run's; a sweep that cannot fit is refused with the
+ * numbers; a shape-only model refuses to run. */
 #define _GNU_SOURCE
 #include <math.h>
 #include <setjmp.h>
@@ -339,25 +340,28 @@ static tu_oracle_case gqa_case(const char *subdir, char *path, size_t size) {
     return c;
 }
 
-/* Split over three ranks as a distributed sweep splits it: each share run
- * on its own streamed model, the batches and bytes add up to the plan. */
-static void test_ranks_add_up(void **state) {
-    (void)state;
-    char path[1400];
-    tu_oracle_case c = gqa_case("patching", path, sizeof path);
+/* Split over three ranks as a distributed sweep splits it, within budget
+ * (0: the plan's own), each share run on its own streamed model: the
+ * batches and bytes add up to the plan; every rank's baselines are those
+ * of the sweep run whole, bit for bit (the pairs' caches built in the same
+ * groups everywhere), and the rows the whole sweep's within the CPU's
+ * bound (batched otherwise). */
+static void check_ranks(const tu_oracle_case *c, const char *path, size_t budget) {
     pb_model *shape = load(path, PB_WEIGHTS_RESIDENT, 1);
-    pb_sweep *planned = create(shape, &c, 0);
-    pb_plan_options po = {.device_memory = (size_t)1 << 30,
-                          .n_ranks = 3,
-                          .weights = PB_WEIGHTS_STREAM,
-                          .max_memory = small_budget(planned)};
+    pb_sweep *planned = create(shape, c, 0);
+    pb_plan_options po = {
+        .device_memory = (size_t)1 << 30, .n_ranks = 3, .weights = PB_WEIGHTS_STREAM, .max_memory = budget};
     pb_plan plan;
     CHECK_OK(pb_sweep_plan(planned, &po, &plan));
+    pb_model *whole_model = load(path, PB_WEIGHTS_STREAM, 0);
+    pb_sweep *whole = create(whole_model, c, plan.max_memory);
+    CHECK_OK(pb_sweep_run(whole));
     int64_t waves = 0, busiest = 0;
-    double bytes_all = 0.0;
+    double bytes_all = 0.0, worst = 0.0;
+    int baselines_differ = 0;
     for (int rank = 0; rank < 3; rank++) {
         pb_model *m = load(path, PB_WEIGHTS_STREAM, 0);
-        pb_sweep *s = create(m, &c, plan.max_memory);
+        pb_sweep *s = create(m, c, plan.max_memory);
         int64_t *share, n_share;
         CHECK_OK(pb_sweep_partition(s, rank, 3, &share, &n_share, NULL));
         CHECK_OK(pb_sweep_run_rows(s, share, n_share));
@@ -367,18 +371,57 @@ static void test_ranks_add_up(void **state) {
         waves += pb_sweep_batch_count(s);
         busiest = pb_sweep_batch_count(s) > busiest ? pb_sweep_batch_count(s) : busiest;
         bytes_all += bytes;
+        for (int pair = 0; pair < pb_sweep_spec_of(s)->n_pairs; pair++) {
+            double base, source, want_base, want_source;
+            if (!pb_sweep_pair_ready(s, pair))
+                continue;
+            CHECK_OK(pb_sweep_get_pair(s, pair, &base, &source));
+            CHECK_OK(pb_sweep_get_pair(whole, pair, &want_base, &want_source));
+            baselines_differ += base != want_base || source != want_source;
+        }
+        for (int64_t i = 0; i < n_share; i++) {
+            double patched, want;
+            CHECK_OK(pb_sweep_get_row(s, (int)(share[i] / pb_sweep_site_count(s)), share[i] % pb_sweep_site_count(s),
+                                      &patched, NULL));
+            CHECK_OK(pb_sweep_get_row(whole, (int)(share[i] / pb_sweep_site_count(s)),
+                                      share[i] % pb_sweep_site_count(s), &want, NULL));
+            worst = fmax(worst, fabs(patched - want) / fmax(1.0, fabs(want)));
+        }
         free(share);
         pb_sweep_free(s);
         pb_model_free(m);
     }
-    printf("[ MEASURE  ] 3 ranks: plan %lld waves (busiest %lld), %.3f MiB; runs %lld (busiest %lld), %.3f MiB\n",
-           (long long)plan.waves, (long long)plan.waves_max_rank, plan.bytes_streamed / 1048576, (long long)waves,
-           (long long)busiest, bytes_all / 1048576);
+    printf("[ MEASURE  ] %s on 3 ranks, %d pairs a group: plan %lld waves (busiest %lld), %.3f MiB; runs %lld "
+           "(busiest %lld), %.3f MiB; baselines differing from the whole run's: %d; rows max |d| %.2e\n",
+           c->name, plan.pairs_per_group, (long long)plan.waves, (long long)plan.waves_max_rank,
+           plan.bytes_streamed / 1048576, (long long)waves, (long long)busiest, bytes_all / 1048576, baselines_differ,
+           worst);
     assert_int_equal(plan.waves, waves);
     assert_int_equal(plan.waves_max_rank, busiest);
     assert_true(plan.bytes_streamed == bytes_all);
+    assert_int_equal(baselines_differ, 0);
+    assert_true(worst <= PB_TOL_INVARIANT_CPU);
+    pb_sweep_free(whole);
+    pb_model_free(whole_model);
     pb_sweep_free(planned);
     pb_model_free(shape);
+}
+
+static void test_ranks_add_up(void **state) {
+    (void)state;
+    char path[1400];
+    tu_oracle_case c = gqa_case("patching", path, sizeof path);
+    pb_model *shape = load(path, PB_WEIGHTS_RESIDENT, 1);
+    pb_sweep *planned = create(shape, &c, 0);
+    size_t budget = small_budget(planned);
+    pb_sweep_free(planned);
+    pb_model_free(shape);
+    check_ranks(&c, path, budget);
+    free(c.spec);
+    /* pairs whose caches are built together, their rows sharing batches */
+    c = tu_case_named("patching", "tiny_gemma3_denoising");
+    tu_fixture_file(path, sizeof path, "tiny_gemma3", "model.q8_0.gguf");
+    check_ranks(&c, path, 0);
     free(c.spec);
 }
 
