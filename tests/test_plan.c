@@ -526,15 +526,14 @@ static void test_device_waves(void **state) {
 }
 
 /* Streamed on a device, the pairs whose caches are built together share
- * waves: tiny_gemma3_denoising (6 layers, two pairs of equal length, the
- * same metric tokens) plans one group and one wave of all its rows, the
- * checked backend runs them so, with the stream reading what the plan
- * counts, and the effects are the resident CPU run's. */
-static void test_device_group_wave(void **state) {
-    (void)state;
+ * waves: case `name` of `model` (more than two layers, two pairs of equal
+ * length) plans one group and one wave of all its rows, the checked backend
+ * runs them so, with the stream reading what the plan counts, and the
+ * effects are the resident CPU run's. */
+static void check_group_wave(const char *name, const char *model) {
     char path[1400];
-    tu_oracle_case c = tu_case_named("patching", "tiny_gemma3_denoising");
-    tu_fixture_file(path, sizeof path, "tiny_gemma3", "model.q8_0.gguf");
+    tu_oracle_case c = tu_case_named("patching", name);
+    tu_fixture_file(path, sizeof path, model, "model.q8_0.gguf");
     pb_model *shape = load_on(path, PB_BACKEND_CHECKED, PB_WEIGHTS_RESIDENT, 1);
     pb_sweep *planned = create(shape, &c, 0);
     pb_plan_options po = {.device_memory = (size_t)1 << 30, .weights = PB_WEIGHTS_STREAM};
@@ -571,6 +570,16 @@ static void test_device_group_wave(void **state) {
     pb_model_free(resident);
     pb_model_free(shape);
     free(c.spec);
+}
+
+/* logit_diff (the pairs' shared token columns), refusal_score (their
+ * shared token ids) and KL (each row's own pair's clean distribution on
+ * the device). */
+static void test_device_group_wave(void **state) {
+    (void)state;
+    check_group_wave("tiny_gemma3_denoising", "tiny_gemma3");
+    check_group_wave("tiny_bias_denoise_refusal", "tiny_bias");
+    check_group_wave("tiny_bias_kl", "tiny_bias");
 }
 
 /* Auto holds the weights resident when they fit, streams when only that
