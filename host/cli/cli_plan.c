@@ -158,13 +158,14 @@ void pb_cli_plan_line(FILE *f, const pb_sweep *sweep, const pb_model *model, con
     pb_plan p;
     if (pb_sweep_plan(sweep, &po, &p) != PB_OK)
         return; /* the sweep's own checks say what does not fit */
-    char a[32], b[32], c[32], passes[96];
+    char a[32], b[32], c[32], passes[128];
     int stream = p.weights == PB_WEIGHTS_STREAM;
     if (p.estimate)
         snprintf(passes, sizeof passes, "%s: %lld group%s of pairs' passes, no row run", p.method,
                  (long long)p.waves_max_rank, p.waves_max_rank == 1 ? "" : "s");
     else
-        snprintf(passes, sizeof passes, "at most %lld waves of up to %d rows", (long long)p.waves, p.rows_per_wave);
+        snprintf(passes, sizeof passes, "at most %lld waves of up to %d rows after %lld base runs", (long long)p.waves,
+                 p.rows_per_wave, (long long)p.base_runs);
     char host[64] = "";
     if (p.peak_host)
         snprintf(host, sizeof host, " and %s of host memory", human(a, (double)p.peak_host));
