@@ -441,17 +441,20 @@ static int metric_reduced_by_backend(const pb_sweep *s) {
     return s->metric_on_device || (s->model->shape_only && metric_reducible(s));
 }
 
+/* 1 when two pairs read the same metric tokens. */
+static int same_tokens(const pb_pair_spec *a, const pb_pair_spec *b) {
+    return a->n_positive == b->n_positive && a->n_negative == b->n_negative &&
+           memcmp(a->positive, b->positive, sizeof(int32_t) * (size_t)a->n_positive) == 0 &&
+           (a->n_negative == 0 || memcmp(a->negative, b->negative, sizeof(int32_t) * (size_t)a->n_negative) == 0);
+}
+
 /* 1 when rows of pairs a and b can share a metric batch: the metric reads
  * no pair's tokens (a residual, a callback, KL with its per-row reference),
  * or both pairs read the same ones. */
 static int pairs_share_metric(const pb_sweep *s, int a, int b) {
     pb_metric_kind k = s->options.metric_fn ? PB_METRIC_CALLBACK : s->spec.metric.kind;
-    if (a == b || metric_on_residual(s) || k == PB_METRIC_CALLBACK || k == PB_METRIC_KL)
-        return 1;
-    const pb_pair_spec *p = &s->spec.pairs[a], *q = &s->spec.pairs[b];
-    return p->n_positive == q->n_positive && p->n_negative == q->n_negative &&
-           memcmp(p->positive, q->positive, sizeof(int32_t) * (size_t)p->n_positive) == 0 &&
-           (p->n_negative == 0 || memcmp(p->negative, q->negative, sizeof(int32_t) * (size_t)p->n_negative) == 0);
+    return a == b || metric_on_residual(s) || k == PB_METRIC_CALLBACK || k == PB_METRIC_KL ||
+           same_tokens(&s->spec.pairs[a], &s->spec.pairs[b]);
 }
 
 static int metric_position(const pb_sweep *s, int T) {
@@ -1443,12 +1446,7 @@ pb_status pb_sweep_run_shape(const pb_sweep *s, size_t budget, int max_T, const 
  * token ids) and, for KL, every pair's clean log-distribution. */
 /* 1 when pair i reads the same metric tokens as pair i - 1. */
 static int same_tokens_as_previous(const pb_sweep_spec *spec, int i) {
-    if (i == 0)
-        return 0;
-    const pb_pair_spec *a = &spec->pairs[i - 1], *b = &spec->pairs[i];
-    return a->n_positive == b->n_positive && a->n_negative == b->n_negative &&
-           memcmp(a->positive, b->positive, sizeof(int32_t) * (size_t)a->n_positive) == 0 &&
-           (a->n_negative == 0 || memcmp(a->negative, b->negative, sizeof(int32_t) * (size_t)a->n_negative) == 0);
+    return i > 0 && same_tokens(&spec->pairs[i - 1], &spec->pairs[i]);
 }
 
 /* Where each pair's tokens start in a per-pair table (its rows of the
