@@ -881,17 +881,13 @@ static pb_status group_caches(pb_sweep *s, batch_buffers *bb, int first, int end
             status = cache_runs(s, bb->exec, runs, prompts, n, jobs);
     }
     for (int k = 0; k < n; k++) {
-        int pair = first + k;
         if (status == PB_OK && wanted[k])
-            status = pair_baselines(s, bb, pair);
-        s->cache_ready[pair] = status == PB_OK && wanted[k];
-        if (!s->cache_ready[pair]) {
-            cache_free(s, &s->base[pair]);
-            cache_free(s, &s->source[pair]);
-        }
+            status = pair_baselines(s, bb, first + k);
+        s->cache_ready[first + k] = status == PB_OK && wanted[k];
     }
-    for (int k = 0; status != PB_OK && k < n; k++)
-        pair_release(s, first + k);
+    for (int k = 0; k < n; k++) /* pairs with no pending row; every pair on failure */
+        if (status != PB_OK || !s->cache_ready[first + k])
+            pair_release(s, first + k);
     free(runs);
     free(prompts);
     free(jobs);
@@ -1404,7 +1400,6 @@ static pb_status reads_of(const pb_sweep *s, const int64_t *all, const pb_batch_
 pb_status pb_sweep_run_shape(const pb_sweep *s, size_t budget, int max_T, const uint64_t *layer_bytes,
                              pb_batch_shape *out) {
     PB_TRY(pb_sweep_batch_shape(s, budget, max_T, layer_bytes != NULL, out));
-    out->group_pairs = 1;
     if (!layer_bytes || s->spec.n_pairs < 2)
         return PB_OK;
     int64_t *all = malloc(sizeof(int64_t) * (size_t)s->n_rows);
