@@ -269,8 +269,7 @@ pb_status pb_sweep_plan(const pb_sweep *s, const pb_plan_options *options, pb_pl
     p->rows_per_wave = shape.max_rows;
     p->tokens_per_wave = shape.max_tokens;
     p->pairs_per_group = p->estimate ? 0 : shape.group_pairs;
-    if (!p->estimate) /* the group's caches beyond one pair's, which the budget holds */
-        p->peak_caches += (uint64_t)(shape.group_pairs - 1) * 2 * pb_sweep_cache_bytes(s, max_T);
+    p->peak_caches += shape.group_caches; /* the group's beyond one pair's, which the budget holds */
     /* an estimate runs batches only to verify itself */
     p->peak_activations = p->estimate && spec->verify_top == 0 ? 0 : shape.device_bytes + shape.host_bytes;
     p->bytes_loaded = (double)p->n_ranks * (double)(stream ? l->stream_arena - 2 * l->slot : l->resident);

@@ -1421,6 +1421,7 @@ pb_status pb_sweep_run_shape(const pb_sweep *s, size_t budget, int max_T, const 
             break;
         }
         shape.group_pairs = g;
+        shape.group_caches = more;
         double bytes = 0.0;
         if ((status = reads_of(s, all, &shape, layer_bytes, &bytes)) == PB_OK && bytes < best) {
             best = bytes;

@@ -56,6 +56,7 @@ typedef struct pb_batch_shape {
     size_t host_bytes;   /* the batch's host scratch */
     int group_pairs;     /* pairs whose run caches are built together, the base prompts in one executor run and
                             the source prompts in another (pb_sweep_run_shape; 1 from pb_sweep_batch_shape) */
+    size_t group_caches; /* bytes of those caches beyond one pair's, set aside from the budget (0 for one pair) */
 } pb_batch_shape;
 
 /* PB_ERR_OOM (numbers in the message) when budget < need_min. streamed:
