@@ -1179,6 +1179,16 @@ static pb_status run_group_rows(pb_sweep *s, batch_buffers *bb, const int64_t *r
     return status;
 }
 
+/* *out (free it): every row of the sweep, 0 .. n_rows - 1. */
+static pb_status every_row(const pb_sweep *s, int64_t **out) {
+    *out = malloc(sizeof(int64_t) * (size_t)(s->n_rows > 0 ? s->n_rows : 1));
+    if (!*out)
+        return pb_fail(PB_ERR_OOM, "out of memory for %lld rows", (long long)s->n_rows);
+    for (int64_t r = 0; r < s->n_rows; r++)
+        (*out)[r] = r;
+    return PB_OK;
+}
+
 /* The requested rows still pending, ascending (pair-major): *out (free it). */
 static pb_status pending_rows(const pb_sweep *s, const int64_t *rows, int64_t n_rows, int64_t **out, int64_t *n_out) {
     int64_t *todo = malloc(sizeof(int64_t) * (size_t)(n_rows > 0 ? n_rows : 1));
@@ -1402,11 +1412,8 @@ pb_status pb_sweep_run_shape(const pb_sweep *s, size_t budget, int max_T, const 
     PB_TRY(pb_sweep_batch_shape(s, budget, max_T, layer_bytes != NULL, out));
     if (!layer_bytes || s->spec.n_pairs < 2)
         return PB_OK;
-    int64_t *all = malloc(sizeof(int64_t) * (size_t)s->n_rows);
-    if (!all)
-        return pb_fail(PB_ERR_OOM, "out of memory for %lld rows", (long long)s->n_rows);
-    for (int64_t r = 0; r < s->n_rows; r++)
-        all[r] = r;
+    int64_t *all;
+    PB_TRY(every_row(s, &all));
     double best;
     pb_status status = reads_of(s, all, out, layer_bytes, &best);
     size_t pair_caches = 2 * pb_sweep_cache_bytes(s, max_T);
@@ -1716,11 +1723,8 @@ double pb_sweep_row_effect(const pb_sweep *s, int pair, int64_t site) {
 pb_status pb_sweep_run(pb_sweep *s) {
     if (!s)
         return pb_fail(PB_ERR_ARG, "pb_sweep_run: sweep is NULL");
-    int64_t *all = malloc(sizeof(int64_t) * (size_t)s->n_rows);
-    if (!all)
-        return pb_fail(PB_ERR_OOM, "out of memory for %lld rows", (long long)s->n_rows);
-    for (int64_t r = 0; r < s->n_rows; r++)
-        all[r] = r;
+    int64_t *all;
+    PB_TRY(every_row(s, &all));
     pb_status status = pb_sweep_run_rows(s, all, s->n_rows);
     free(all);
     if (status == PB_OK)
