@@ -31,9 +31,9 @@
  * stream the whole (scripts/gpu-check.sh runs it on a GPU).
  * --default-sweep T builds the project's default sweep on one pair (--pairs
  * N: N pairs) of T seeded random token ids differing at positions T/3 and
- * T/2: resid_pre,
- * attn_out, mlp_out at every layer and position, z for every head at the
- * last position, logit difference of two tokens at the last position.
+ * T/2: resid_pre, attn_out, mlp_out at every layer and position, z for
+ * every head at the last position, logit difference of two tokens at the
+ * last position.
  * bench/sweep.sh runs this beside the PyTorch one-forward-per-site loop on
  * the CPU; scripts/gpu-check.sh on a GPU. Exit 77 when --backend cuda has
  * no device. */
