@@ -50,7 +50,8 @@ static int check_case(const tu_oracle_case *c, void *ctx) {
     const case_setup *setup = ctx;
     const char *model = json_string_value(json_object_get(c->expected, "model"));
     char path[1400];
-    if (strcmp(model, "smollm2") == 0) {
+    int real = strcmp(model, "smollm2") == 0;
+    if (real) {
         /* the real model: the CPU backend only (the naive one would take minutes) */
         if (setup->backend != PB_BACKEND_CPU || setup->dtype != PB_DTYPE_FILE || !tu_model_path(path, sizeof path))
             return 0;
@@ -73,7 +74,7 @@ static int check_case(const tu_oracle_case *c, void *ctx) {
            c->name, pb_backend_name(setup->backend), pb_dtype_name(setup->dtype), model,
            (double)pb_model_weight_bytes(streamed) / (1 << 20), (double)pb_model_weight_bytes(resident) / (1 << 20),
            layers, bytes / (1 << 20), diff);
-    assert_true(diff <= setup->tol);
+    assert_true(diff <= (real ? PB_TOL_SMOLLM2_SWEEP_CPU : setup->tol));
     assert_true(layers >= pb_model_get_config(streamed)->n_layers);
     pb_sweep_free(a);
     pb_sweep_free(b);
