@@ -258,13 +258,6 @@ static void test_round16(void **state) {
  * for it (6 bytes an element, 100 MB here). */
 static void test_grid_stride(void **state) {
     (void)state;
-#if defined(__SANITIZE_ADDRESS__)
-    /* 16.8M emulated threads cost ~10 s under AddressSanitizer (every fiber
-     * switch goes through its longjmp interceptor); the Release run's guard
-     * checks cover this indexing. */
-    printf("skipping: the grid-stride pass is checked in builds without AddressSanitizer\n");
-    skip();
-#endif
     const size_t n = (size_t)65535 * 256 + 4099;
     float *x = checked_malloc(sizeof(float) * n);
     uint16_t *got = checked_malloc(sizeof(uint16_t) * (n + PB_GUARD));
