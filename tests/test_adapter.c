@@ -321,7 +321,8 @@ static int refusal_first(pb_model *m, json_t *data, int harmful, int *n) {
  * scripts/make_refusal_adapter.py) on SmolLM2, when it is here: on the
  * held-out validation pairs it turns harmful requests toward a refusal at
  * the first answer token and leaves harmless ones as the base model has
- * them. A guard on the committed file, not on the engine. */
+ * them. A guard on the committed file, not on the engine: in a sanitizer
+ * build only the merge runs (tu_sanitized). */
 static void test_refusal_adapter(void **state) {
     (void)state;
     char model[1024], adapter[1200], pairs[1200];
@@ -339,6 +340,13 @@ static void test_refusal_adapter(void **state) {
     pb_model *base = NULL, *tuned = NULL;
     CHECK_OK(pb_model_load(&base, model, &plain));
     CHECK_OK(pb_model_load(&tuned, model, &adapted));
+    if (tu_sanitized()) { /* the merge above on the real model; the file's effect is the Release suite's to check */
+        printf("[ SKIPPED  ] the adapter's effect on the validation pairs (checked in builds without sanitizers)\n");
+        pb_model_free(base);
+        pb_model_free(tuned);
+        json_decref(data);
+        return;
+    }
     int n, base_harmful = refusal_first(base, data, 1, &n), base_harmless = refusal_first(base, data, 0, &n);
     int harmful = refusal_first(tuned, data, 1, &n), harmless = refusal_first(tuned, data, 0, &n);
     printf("[ MEASURE  ] refusal first on %d validation pairs: base harmful %d, harmless %d; adapted harmful %d, "

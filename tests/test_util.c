@@ -56,6 +56,17 @@ int tu_file_exists(const char *path) {
     return 1;
 }
 
+int tu_sanitized(void) {
+#if defined(__SANITIZE_ADDRESS__)
+    return 1;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+    return 1;
+#endif
+#endif
+    return 0;
+}
+
 const char *tu_model_path(char *buf, size_t size) {
     const char *model = getenv("PB_MODEL");
     if (model && *model) {

@@ -47,6 +47,11 @@ void tu_fixture_file(char *buf, size_t size, const char *model, const char *file
  * NULL when neither names a readable file (tests then skip and say why). */
 const char *tu_model_path(char *buf, size_t size);
 int tu_file_exists(const char *path);
+/* 1 in a build with AddressSanitizer (PB_SANITIZE). Checks of committed
+ * data or of the tool's static tables, which the Release suite runs in
+ * full, run a smaller share there: the sanitizers look for memory errors,
+ * which their paths show at any size. */
+int tu_sanitized(void);
 /* dir/name into out; returns out. */
 const char *tu_path(char *out, size_t size, const char *dir, const char *name);
 
