@@ -48,9 +48,9 @@ void tu_fixture_file(char *buf, size_t size, const char *model, const char *file
 const char *tu_model_path(char *buf, size_t size);
 int tu_file_exists(const char *path);
 /* 1 in a build with AddressSanitizer (PB_SANITIZE). Checks of committed
- * data or of the tool's static tables, which the Release suite runs in
- * full, run a smaller share there: the sanitizers look for memory errors,
- * which their paths show at any size. */
+ * data, of the tool's static tables, or of one path over many cases, which
+ * the Release suite runs in full, run a smaller share there: the
+ * sanitizers look for memory errors, which a path shows on any case. */
 int tu_sanitized(void);
 /* dir/name into out; returns out. */
 const char *tu_path(char *out, size_t size, const char *dir, const char *name);
