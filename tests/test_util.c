@@ -3,6 +3,7 @@
  * once into the pb_test_util library that every test links. */
 #define _POSIX_C_SOURCE 200809L
 
+#include <limits.h>
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -261,6 +262,26 @@ int tu_visit_cases(const char *subdir, int (*visit)(const tu_oracle_case *c, voi
     }
     closedir(d);
     return n_counted;
+}
+
+/* The visit tu_visit_path_cases runs: the caller's while fewer than `cap` ran. */
+typedef struct capped_visit {
+    int (*visit)(const tu_oracle_case *c, void *ctx);
+    void *ctx;
+    int ran, cap;
+} capped_visit;
+
+static int visit_capped(const tu_oracle_case *c, void *ctx) {
+    capped_visit *v = ctx;
+    if (v->ran >= v->cap || !v->visit(c, v->ctx))
+        return 0;
+    v->ran++;
+    return 1;
+}
+
+int tu_visit_path_cases(const char *subdir, int (*visit)(const tu_oracle_case *c, void *ctx), void *ctx, int want) {
+    capped_visit v = {visit, ctx, 0, tu_sanitized() ? TU_SANITIZED_CASES : INT_MAX};
+    return tu_visit_cases(subdir, visit_capped, &v) >= (tu_sanitized() ? TU_SANITIZED_CASES : want);
 }
 
 static int copy_named(const tu_oracle_case *c, void *ctx) {

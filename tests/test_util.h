@@ -116,6 +116,12 @@ typedef struct tu_oracle_case {
  * either cannot be read), and frees both after visit. Returns how many
  * visits returned nonzero (a visit returns 0 for a case it skipped). */
 int tu_visit_cases(const char *subdir, int (*visit)(const tu_oracle_case *c, void *ctx), void *ctx);
+/* tu_visit_cases for a check of one path over many cases: in a sanitizer
+ * build (tu_sanitized) the visits after the first TU_SANITIZED_CASES that
+ * ran are skipped. Returns whether `want` visits ran (there,
+ * TU_SANITIZED_CASES). */
+#define TU_SANITIZED_CASES 3
+int tu_visit_path_cases(const char *subdir, int (*visit)(const tu_oracle_case *c, void *ctx), void *ctx, int want);
 /* The case `name` under <fixtures>/<subdir>: its name (name itself), dir
  * and spec (free it), no expected; fails the test when there is none. */
 tu_oracle_case tu_case_named(const char *subdir, const char *name);
