@@ -401,7 +401,9 @@ static void test_storage_types(void **state) {
 
 /* llama.cpp's greedy continuations of the same export
  * (tests/fixtures/export/llama_cpp_smollm2.json,
- * scripts/make_llama_cpp_export_fixture.py) equal the engine's. */
+ * scripts/make_llama_cpp_export_fixture.py) equal the engine's: every
+ * case; in a sanitizer build the last, the shortest (one path, the Release
+ * suite checks all). */
 static void expect_llama_cpp_continuations(const char *exported_path) {
     char path[1024];
     tu_fixture_file(path, sizeof path, "export", "llama_cpp_smollm2.json");
@@ -412,7 +414,10 @@ static void expect_llama_cpp_continuations(const char *exported_path) {
     pb_model *m = load_path(exported_path);
     size_t k;
     json_t *c;
-    json_array_foreach(json_object_get(ref, "cases"), k, c) {
+    json_t *cases = json_object_get(ref, "cases");
+    json_array_foreach(cases, k, c) {
+        if (tu_sanitized() && k + 1 < json_array_size(cases))
+            continue;
         json_t *prompt = json_object_get(c, "prompt_ids"), *want = json_object_get(c, "export_ids");
         int T = (int)json_array_size(prompt), n_want = (int)json_array_size(want), n_out = 0;
         int32_t ids[256], out[64];
@@ -434,7 +439,8 @@ static void expect_llama_cpp_continuations(const char *exported_path) {
 }
 
 /* SmolLM2 (Q4_1 GGUF, 30 layers; skipped when absent): the fp32 export of
- * the dequantised weights vs run-time ablation on the Q4_1 file. */
+ * the dequantised weights vs run-time ablation on the Q4_1 file, over 10
+ * positions (4 in a sanitizer build). */
 static void test_smollm2(void **state) {
     const tu_scratch *s = *state;
     char src[1024], out[1400];
@@ -451,7 +457,7 @@ static void test_smollm2(void **state) {
     export_or_fail(src, u, c->d_model, PB_DTYPE_F32, out);
     pb_model *exported = load_on(out, PB_BACKEND_REFERENCE);
     const int32_t ids[] = {1, 504, 3458, 282, 4763, 314, 260, 2379, 30, 2};
-    int T = (int)(sizeof ids / sizeof *ids);
+    int T = tu_sanitized() ? 4 : (int)(sizeof ids / sizeof *ids); /* the same path over fewer positions */
     pb_intervention ablate = {.kind = PB_INTERVENE_ABLATE, .direction = u};
     float *want = logits_of(source, ids, T, &ablate);
     float *plain = logits_of(source, ids, T, NULL);

@@ -19,11 +19,13 @@
 #include "grad_drops_cases.h"
 #include "model/stream.h"
 
+/* At Gemma 3 270M's shape (its 262,144-token vocabulary), five layers; in
+ * a sanitizer build three (the same path, a third of the passes). */
 static void test_reference(void **state) {
     (void)state;
     check_drops("tiny", PB_BACKEND_REFERENCE, 0);
     check_drops("tiny", PB_BACKEND_REFERENCE, 1);
-    check_drops("gemma3-270m:5", PB_BACKEND_REFERENCE, 0);
+    check_drops(tu_sanitized() ? "gemma3-270m:3" : "gemma3-270m:5", PB_BACKEND_REFERENCE, 0);
 }
 
 static void test_cpu(void **state) {
