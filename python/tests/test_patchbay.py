@@ -205,8 +205,8 @@ def test_ablation_leaves_the_residual_orthogonal(tiny):
 
 def direction_prompts():
     data = json.loads((ROOT / "data" / "refusal_pairs.json").read_text())
-    train = [p for p in data["pairs"] if p["split"] == "train"][:6]
-    val = [p for p in data["pairs"] if p["split"] == "validation"][:4]
+    train = [p for p in data["pairs"] if p["split"] == "train"][:4]
+    val = [p for p in data["pairs"] if p["split"] == "validation"][:2]
     return ([p["harmful"] for p in train], [p["harmless"] for p in train], [p["harmful"] for p in val],
             [p["harmless"] for p in val], data["refusal_tokens"])
 
@@ -216,10 +216,10 @@ def direction_prompts():
 def test_direction_and_interventions_match_cli(smollm2, tmp_path):
     out = tmp_path / "cli"
     subprocess.run([str(CLI), "direction", "--model", str(SMOLLM2), "--prompts", str(ROOT / "data" / "refusal_pairs.json"),
-                    "--out", str(out), "--train", "6", "--val", "4", "--layer-stride", "10", "--n-post", "5"],
+                    "--out", str(out), "--train", "4", "--val", "2", "--layer-stride", "15", "--n-post", "3"],
                    check=True, capture_output=True)
     *prompts, refusal = direction_prompts()
-    d = smollm2.refusal_direction(*prompts, refusal_tokens=refusal, n_post=5, layer_stride=10)
+    d = smollm2.refusal_direction(*prompts, refusal_tokens=refusal, n_post=3, layer_stride=15)
     want = json.loads((out / "direction.json").read_text())
     assert (d.layer, d.position) == (want["layer"], want["position"])
     assert np.array_equal(d.direction, np.load(out / "direction.npy"))
