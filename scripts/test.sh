@@ -5,7 +5,11 @@
 # tests skip without a device) and an ASan+UBSan configuration, runs the
 # style checks (scripts/check-style.sh), CTest on both builds, the Python
 # package's tests (installed from python/ into .venv) and a short
-# run of every libFuzzer harness (scripts/fuzz.sh). Ends with
+# run of every libFuzzer harness (scripts/fuzz.sh). Each CTest suite runs
+# PB_TEST_JOBS tests at once (default: the number of cores; the shell tests
+# that drive jobs mostly wait, and overlap the others), with OpenMP threads
+# that sleep instead of spinning when they wait (OMP_WAIT_POLICY=passive,
+# unless set), since two tests share the cores. Ends with
 # the seconds each stage took ("== stage seconds ==" lines), so a change can
 # say how much CI time it adds. Fails when any stage fails; the style check
 # and the suites all run even when an earlier one of them failed.
@@ -43,11 +47,13 @@ stage "fetch vocabularies" bash scripts/fetch-model.sh vocab
 stage "configure+build Release" bash scripts/build.sh build
 stage "configure+build ASan" bash scripts/build.sh build-asan -DCMAKE_BUILD_TYPE=Debug -DPB_SANITIZE=ON -DPB_CUDA=OFF
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)}
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
+jobs=${PB_TEST_JOBS:-$(nproc)}
 status=0
 echo "== style check ==" >&2
 stage "style check" bash scripts/check-style.sh || status=1
 echo "== tests: Release build ==" >&2
-release_suite() { (cd build && ctest --output-on-failure -j 1); }
+release_suite() { (cd build && ctest --output-on-failure -j "$jobs"); }
 stage "ctest Release" release_suite || status=1
 echo "== tests: Python package (pip install ./python, pytest) ==" >&2
 python_suite() {
@@ -59,7 +65,7 @@ stage "python package" python_suite || status=1
 echo "== tests: ASan + UBSan build ==" >&2
 asan_suite() {
   (cd build-asan && ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
-    ctest --output-on-failure -j 1)
+    ctest --output-on-failure -j "$jobs")
 }
 stage "ctest ASan + UBSan" asan_suite || status=1
 echo "== fuzz smoke (libFuzzer, 2 s per harness) ==" >&2
