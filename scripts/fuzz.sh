@@ -11,7 +11,8 @@
 #   scripts/fuzz.sh [HARNESS[:SECONDS]...]   e.g. scripts/fuzz.sh gguf npy:30
 # Environment: PB_FUZZ_SECONDS (per harness), PB_FUZZ_ARGS (more libFuzzer
 # flags, e.g. "-runs=1000000" for a long run), PB_FUZZ_CC (default clang),
-# PB_FUZZ_NO_BUILD=1 (reuse build-fuzz/ as it is).
+# PB_FUZZ_NO_BUILD=1 (reuse build-fuzz/ as it is), PB_FUZZ_JOBS (harnesses
+# fuzzed at once, one process each; default the number of cores).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -64,15 +65,16 @@ fi
 fuzz_start=$(date +%s%N)
 export PB_FIXTURES=$PWD/tests/fixtures OMP_NUM_THREADS=1
 rm -rf "$work/seeds"
+rm -f "$work"/logs/*.row
 mkdir -p "$work/seeds" "$work/corpus" "$work/artifacts" "$work/logs" "$work/dict"
 python3 tests/fuzz/make_seeds.py tests/fixtures "$work/seeds"
 mkdir -p "$work/seeds/checkpoint"
 PB_FUZZ_WRITE_SEED="$work/seeds/checkpoint/seed" "$dir/tests/fuzz/fuzz_checkpoint" >/dev/null 2>&1
 
-failed=()
-total=0
-printf '%-18s %10s %9s %6s %7s %7s  %s\n' harness executions exec/s cov ft corpus result >&2
-for spec in "${harnesses[@]}"; do
+# fuzz_one SPEC: replays HARNESS's regressions, then fuzzes it; leaves its
+# table row in $work/logs/HARNESS.row (and its status, 0 or not, first).
+fuzz_one() {
+  local spec=$1 h secs bin log dict names inputs rc=0 regressions execs rate cov ft result corpus
   h=${spec%%:*}
   secs=$seconds
   [[ $spec == *:* ]] && secs=${spec#*:}
@@ -83,7 +85,6 @@ for spec in "${harnesses[@]}"; do
   (for d in $names; do cat "tests/fuzz/dict/$d.dict"; done) >"$dict"
   mkdir -p "$work/corpus/$h"
   inputs=("$work/corpus/$h" "$work/seeds/$h")
-  rc=0
   # Every input that once crashed a harness runs first, on its own.
   regressions=(tests/fuzz/regressions/"$h"/*)
   if [ -e "${regressions[0]}" ]; then
@@ -102,15 +103,38 @@ for spec in "${harnesses[@]}"; do
   cov=$(sed -n 's/.*cov: \([0-9]*\) .*/\1/p' "$log" | tail -1)
   ft=$(sed -n 's/.* ft: \([0-9]*\) .*/\1/p' "$log" | tail -1)
   result=ok
-  if [ $rc -ne 0 ]; then
-    result="FAILED ($rc): $log"
-    failed+=("$h")
-    grep -E 'ERROR|SUMMARY|Test unit written|runtime error|ParseDictionaryFile' "$log" | head -5 >&2 || true
-  fi
-  total=$((total + ${execs:-0}))
+  [ $rc -eq 0 ] || result="FAILED ($rc): $log"
   corpus=$(find "$work/corpus/$h" -type f | wc -l)
-  printf '%-18s %10s %9s %6s %7s %7s  %s\n' "$h" "${execs:-?}" "${rate:-?}" "${cov:-?}" "${ft:-?}" "$corpus" \
-    "$result" >&2
+  {
+    echo "$rc ${execs:-0}"
+    printf '%-18s %10s %9s %6s %7s %7s  %s\n' "$h" "${execs:-?}" "${rate:-?}" "${cov:-?}" "${ft:-?}" "$corpus" "$result"
+    [ $rc -eq 0 ] || grep -E 'ERROR|SUMMARY|Test unit written|runtime error|ParseDictionaryFile' "$log" | head -5 || true
+  } >"$work/logs/$h.row"
+}
+
+# PB_FUZZ_JOBS harnesses at a time (default: the number of cores; each
+# fuzzes on one), the table in the harnesses' order.
+jobs=${PB_FUZZ_JOBS:-$(nproc)}
+for spec in "${harnesses[@]}"; do
+  while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do wait -n || true; done
+  fuzz_one "$spec" &
+done
+wait
+failed=()
+total=0
+printf '%-18s %10s %9s %6s %7s %7s  %s\n' harness executions exec/s cov ft corpus result >&2
+for spec in "${harnesses[@]}"; do
+  h=${spec%%:*}
+  row=$work/logs/$h.row
+  if [ ! -f "$row" ]; then
+    echo "$h: no result (the harness's run ended before writing one)" >&2
+    failed+=("$h")
+    continue
+  fi
+  read -r rc execs <"$row"
+  tail -n +2 "$row" >&2
+  [ "$rc" -eq 0 ] || failed+=("$h")
+  total=$((total + execs))
 done
 printf '%-18s %10s\n' total "$total" >&2
 fuzz_end=$(date +%s%N)
