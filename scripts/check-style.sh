@@ -13,6 +13,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PB_STYLE_FORMAT=${PB_STYLE_FORMAT:-enforce}
+# the cores (nproc alone stops at OMP_NUM_THREADS where it is set)
+cores=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)
 status=0
 
 # ---- (a) clang-format ------------------------------------------------------
@@ -44,7 +46,7 @@ else
                        grep -v '^tests/fixtures/')
   # the files it would change, sorted; checked a few at a time on every core
   mapfile -t unformatted < <(printf '%s\0' "${files[@]}" |
-    xargs -0 -n 8 -P "$(nproc)" sh -c 'for f; do "$0" --style=file --dry-run -Werror "$f" >/dev/null 2>&1 || echo "$f"; done' \
+    xargs -0 -n 8 -P "$cores" sh -c 'for f; do "$0" --style=file --dry-run -Werror "$f" >/dev/null 2>&1 || echo "$f"; done' \
       "$cf" | sort)
   if [ ${#unformatted[@]} -eq 0 ]; then
     echo "check-style: clang-format: ${#files[@]} files formatted"
@@ -77,7 +79,7 @@ done
 unrename() { sed -e "s#$scratch/##g" -e 's#\.\(cuh\?\)\.cpp\b#.\1#g'; }
 # every function with its length (lizard's "length" column: lines from the
 # signature to the closing brace)
-lizard_out=$("$lizard" -t "$(nproc)" host cuda "$scratch/cuda" | unrename || true)
+lizard_out=$("$lizard" -t "$cores" host cuda "$scratch/cuda" | unrename || true)
 # "LENGTH  FILE:LINE NAME" of every function, longest first
 lengths=$(printf '%s\n' "$lizard_out" |
   awk '$6 ~ /@[0-9]+-[0-9]+@/ { split($6, at, "@"); split(at[2], lines, "-"); printf "%5d  %s:%s %s\n", $5, at[3], lines[1], at[1] }' |

@@ -20,6 +20,8 @@ harnesses=(gguf gguf_vocab model_gguf safetensors safetensors_index model_hf hf_
            chat_template sweep_spec checkpoint)
 [ $# -gt 0 ] && harnesses=("$@")
 seconds=${PB_FUZZ_SECONDS:-2}
+# the cores (nproc alone would stop at OMP_NUM_THREADS, set to 1 below)
+cores=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)
 cc=${PB_FUZZ_CC:-clang}
 dir=build-fuzz
 work=$dir/fuzz
@@ -56,7 +58,7 @@ if [ "${PB_FUZZ_NO_BUILD:-0}" != 1 ]; then
   cmake -S . -B "$dir" -DCMAKE_C_COMPILER="$cc" -DPB_FUZZ=ON -DPB_CUDA=OFF -DPB_MPI=OFF -DPB_WERROR=ON \
     -DCMAKE_BUILD_TYPE=Debug -DCMAKE_C_FLAGS_DEBUG="-O1 -g" >"$dir.configure.log" 2>&1 ||
     { cat "$dir.configure.log" >&2; exit 1; }
-  cmake --build "$dir" --target fuzz_all -j "$(nproc)" >"$dir.build.log" 2>&1 ||
+  cmake --build "$dir" --target fuzz_all -j "$cores" >"$dir.build.log" 2>&1 ||
     { tail -50 "$dir.build.log" >&2; exit 1; }
   end=$(date +%s%N)
   echo "fuzz.sh: build $(awk -v ns=$((end - start)) 'BEGIN { printf "%.1f", ns / 1e9 }') s" >&2
@@ -114,7 +116,7 @@ fuzz_one() {
 
 # PB_FUZZ_JOBS harnesses at a time (default: the number of cores; each
 # fuzzes on one), the table in the harnesses' order.
-jobs=${PB_FUZZ_JOBS:-$(nproc)}
+jobs=${PB_FUZZ_JOBS:-$cores}
 for spec in "${harnesses[@]}"; do
   while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do wait -n || true; done
   fuzz_one "$spec" &
