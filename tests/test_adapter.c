@@ -338,15 +338,14 @@ static void test_refusal_adapter(void **state) {
     const char *paths[1] = {adapter};
     pb_load_options plain = {.n_threads = 2}, adapted = {.n_threads = 2, .adapters = paths, .n_adapters = 1};
     pb_model *base = NULL, *tuned = NULL;
-    CHECK_OK(pb_model_load(&base, model, &plain));
     CHECK_OK(pb_model_load(&tuned, model, &adapted));
     if (tu_sanitized()) { /* the merge above on the real model; the file's effect is the Release suite's to check */
         printf("[ SKIPPED  ] the adapter's effect on the validation pairs (checked in builds without sanitizers)\n");
-        pb_model_free(base);
         pb_model_free(tuned);
         json_decref(data);
         return;
     }
+    CHECK_OK(pb_model_load(&base, model, &plain));
     int n, base_harmful = refusal_first(base, data, 1, &n), base_harmless = refusal_first(base, data, 0, &n);
     int harmful = refusal_first(tuned, data, 1, &n), harmless = refusal_first(tuned, data, 0, &n);
     printf("[ MEASURE  ] refusal first on %d validation pairs: base harmful %d, harmless %d; adapted harmful %d, "
