@@ -8,4 +8,4 @@ dir=${1:-build}
 shift || true
 cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE=Release -DPB_WERROR=ON "$@" >"$dir.configure.log" 2>&1 ||
   { cat "$dir.configure.log" >&2; exit 1; }
-cmake --build "$dir" -j "$(nproc)"
+cmake --build "$dir" -j "$(bash scripts/cores.sh)"

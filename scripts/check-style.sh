@@ -13,8 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PB_STYLE_FORMAT=${PB_STYLE_FORMAT:-enforce}
-# the cores (nproc alone stops at OMP_NUM_THREADS where it is set)
-cores=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)
+cores=$(bash scripts/cores.sh)
 status=0
 
 # ---- (a) clang-format ------------------------------------------------------

@@ -20,8 +20,7 @@ harnesses=(gguf gguf_vocab model_gguf safetensors safetensors_index model_hf hf_
            chat_template sweep_spec checkpoint)
 [ $# -gt 0 ] && harnesses=("$@")
 seconds=${PB_FUZZ_SECONDS:-2}
-# the cores (nproc alone would stop at OMP_NUM_THREADS, set to 1 below)
-cores=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)
+cores=$(bash scripts/cores.sh)
 cc=${PB_FUZZ_CC:-clang}
 dir=build-fuzz
 work=$dir/fuzz
@@ -116,9 +115,9 @@ fuzz_one() {
 
 # PB_FUZZ_JOBS harnesses at a time (default: the number of cores; each
 # fuzzes on one), the table in the harnesses' order.
-jobs=${PB_FUZZ_JOBS:-$cores}
+at_once=${PB_FUZZ_JOBS:-$cores}
 for spec in "${harnesses[@]}"; do
-  while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do wait -n || true; done
+  while [ "$(jobs -rp | wc -l)" -ge "$at_once" ]; do wait -n || true; done
   fuzz_one "$spec" &
 done
 wait

@@ -52,7 +52,7 @@ OUT=$(cd "$OUT" && pwd)
 BUILD=${PB_GPU_BUILD_DIR:-$ROOT/build-gpu}
 DEPS=${PB_GPU_DEPS:-$ROOT/.gpu-deps}
 BUDGET=${PB_GPU_CHECK_BUDGET:-450}
-JOBS=$(nproc 2>/dev/null || echo 4)
+JOBS=$(bash scripts/cores.sh 2>/dev/null || echo 4)
 START=$(date +%s)
 # Nothing here should touch the network; make sure Python tools called by
 # tests do not try either.

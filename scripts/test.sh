@@ -46,8 +46,7 @@ stage "fetch Gemma 3 270M" bash scripts/fetch-model.sh gemma3-270m
 stage "fetch vocabularies" bash scripts/fetch-model.sh vocab
 stage "configure+build Release" bash scripts/build.sh build
 stage "configure+build ASan" bash scripts/build.sh build-asan -DCMAKE_BUILD_TYPE=Debug -DPB_SANITIZE=ON -DPB_CUDA=OFF
-# the cores (nproc alone stops at OMP_NUM_THREADS where it is set)
-cores=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)
+cores=$(bash scripts/cores.sh)
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$cores}
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
 jobs=${PB_TEST_JOBS:-$cores}
