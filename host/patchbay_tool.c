@@ -8,6 +8,7 @@
 #include "formats/npy.h"
 #include "model/model_random.h"
 #include "text/model_text.h"
+#include "util/array.h"
 #include "util/clock.h"
 #include "util/internal.h"
 #include "util/outdir.h"

@@ -37,6 +37,12 @@ pb_status pb_fail(pb_status status, const char *fmt, ...)
 #endif
     ;
 
+/* ---- arrays (util/array.h) ---- */
+/* Makes the array at *items (a T **, passed as void *: *capacity elements of
+ * `size` bytes) hold at least `need` elements, doubling; PB_ERR_OOM naming
+ * `what` on overflow or a failed allocation, *items and *capacity kept. */
+pb_status pb_array_reserve(void *items, size_t *capacity, size_t need, size_t size, const char *what);
+
 /* ---- text (util/utf8.h) ---- */
 /* Length of the well-formed UTF-8 sequence at s (n bytes left), 0 when it
  * is ill-formed or cut short. */

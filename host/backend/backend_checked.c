@@ -21,6 +21,7 @@
 #include "backend/guarded_memory.h"
 #include "formats/dtype.h"
 #include "util/host_memory.h"
+#include "util/array.h"
 #include "util/internal.h"
 
 enum { USE_WRITE = 1, USE_OPTIONAL = 2 };
@@ -45,7 +46,8 @@ typedef struct lane_copy {
 
 typedef struct lane {
     lane_copy *copies;
-    int n, cap;
+    int n;
+    size_t cap;
     int released; /* lane_release since the last lane_wait: uploads may go */
 } lane;
 
@@ -55,7 +57,8 @@ typedef struct checked_backend {
     pb_guarded_memory memory;
     lane lanes[2];
     const void **pinned;
-    int n_pinned, cap_pinned;
+    int n_pinned;
+    size_t cap_pinned;
     pb_status sticky;
     char sticky_message[PB_ERROR_CAPACITY];
 } checked_backend;
@@ -348,14 +351,7 @@ static pb_status checked_lane_upload(pb_backend *backend, int lane_index, void *
     use uses[] = {{"dst_device", dst_device, bytes, USE_WRITE, 0}};
     PB_TRY(enter(c, "lane_upload", uses, COUNT(uses)));
     pb_guarded_close_all(&c->memory); /* the copy runs later */
-    if (l->n == l->cap) {
-        int cap = l->cap ? 2 * l->cap : 16;
-        lane_copy *grown = realloc(l->copies, sizeof *grown * (size_t)cap);
-        if (!grown)
-            return pb_fail(PB_ERR_OOM, "checked backend: out of memory");
-        l->copies = grown;
-        l->cap = cap;
-    }
+    PB_TRY(pb_array_reserve(&l->copies, &l->cap, (size_t)l->n + 1, sizeof *l->copies, "queued uploads"));
     l->copies[l->n++] = (lane_copy){dst_device, src_host, bytes, hash_bytes(src_host, bytes)};
     return PB_OK;
 }
@@ -372,14 +368,8 @@ static pb_status checked_pin(pb_backend *backend, const void *host, size_t bytes
     if (!host || !bytes)
         return pb_fail(PB_ERR_ARG, "checked backend: pin: %s", host ? "0 bytes" : "host is NULL");
     PB_TRY(check_host(c, "pin", "host", host));
-    if (c->n_pinned == c->cap_pinned) {
-        int cap = c->cap_pinned ? 2 * c->cap_pinned : 16;
-        const void **grown = realloc(c->pinned, sizeof *grown * (size_t)cap);
-        if (!grown)
-            return pb_fail(PB_ERR_OOM, "checked backend: out of memory");
-        c->pinned = grown;
-        c->cap_pinned = cap;
-    }
+    PB_TRY(pb_array_reserve(&c->pinned, &c->cap_pinned, (size_t)c->n_pinned + 1, sizeof *c->pinned,
+                            "pinned host buffers"));
     c->pinned[c->n_pinned++] = host;
     return PB_OK;
 }

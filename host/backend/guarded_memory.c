@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "backend/guarded_memory.h"
+#include "util/array.h"
 #include "util/internal.h"
 
 /* Freed blocks remembered before they are all forgotten at once. */
@@ -77,14 +78,7 @@ static void forget_overlapped(pb_guarded_memory *g, const char *map, size_t byte
 }
 
 static pb_status insert(pb_guarded_memory *g, const pb_guarded_block *b) {
-    if (g->n == g->cap) {
-        int cap = g->cap ? 2 * g->cap : 64;
-        pb_guarded_block *grown = realloc(g->blocks, sizeof *grown * (size_t)cap);
-        if (!grown)
-            return pb_fail(PB_ERR_OOM, "checked backend: out of memory for its block registry");
-        g->blocks = grown;
-        g->cap = cap;
-    }
+    PB_TRY(pb_array_reserve(&g->blocks, &g->cap, (size_t)g->n + 1, sizeof *g->blocks, "checked-backend blocks"));
     int at = upper_bound(g, b->base);
     memmove(&g->blocks[at + 1], &g->blocks[at], sizeof *g->blocks * (size_t)(g->n - at));
     g->blocks[at] = *b;
@@ -165,14 +159,8 @@ int pb_guarded_free(pb_guarded_memory *g, void *ptr) {
 pb_status pb_guarded_open(pb_guarded_memory *g, pb_guarded_block *b) {
     if (b->open)
         return PB_OK;
-    if (g->n_opened == g->cap_opened) {
-        int cap = g->cap_opened ? 2 * g->cap_opened : 16;
-        pb_guarded_block **grown = realloc(g->opened, sizeof *grown * (size_t)cap);
-        if (!grown)
-            return pb_fail(PB_ERR_OOM, "checked backend: out of memory");
-        g->opened = grown;
-        g->cap_opened = cap;
-    }
+    PB_TRY(pb_array_reserve(&g->opened, &g->cap_opened, (size_t)g->n_opened + 1, sizeof *g->opened,
+                            "open checked-backend blocks"));
     if (mprotect(b->map + g->page, b->body, PROT_READ | PROT_WRITE) != 0)
         return pb_fail(PB_ERR_OOM, "checked backend: cannot open a block of %zu bytes", b->bytes);
     b->open = 1;

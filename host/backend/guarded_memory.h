@@ -24,9 +24,11 @@ typedef struct pb_guarded_block {
 
 typedef struct pb_guarded_memory {
     pb_guarded_block *blocks; /* sorted by base */
-    int n, cap, n_freed;
+    int n, n_freed;
+    size_t cap;
     pb_guarded_block **opened; /* the blocks open now (no block moves while any is) */
-    int n_opened, cap_opened;
+    int n_opened;
+    size_t cap_opened;
     size_t live_bytes;
     size_t page;
 } pb_guarded_memory;

@@ -54,7 +54,8 @@ typedef struct pb_cli_prompt_item {
 
 typedef struct pb_cli_prompt_file {
     pb_cli_prompt_item *items;
-    int n, cap;
+    int n;
+    size_t cap;
     char **refusal_tokens;
     int n_refusal_tokens;
 } pb_cli_prompt_file;

@@ -26,14 +26,8 @@ void pb_cli_prompt_file_free(pb_cli_prompt_file *f) {
 }
 
 static int add_item(pb_cli_prompt_file *f, const char *id, const char *text, int harmful, const char *split) {
-    if (f->n == f->cap) {
-        int cap = f->cap ? 2 * f->cap : 64;
-        pb_cli_prompt_item *grown = realloc(f->items, sizeof *grown * (size_t)cap);
-        if (!grown)
-            return 0;
-        f->items = grown;
-        f->cap = cap;
-    }
+    if (pb_array_reserve(&f->items, &f->cap, (size_t)f->n + 1, sizeof *f->items, "prompts") != PB_OK)
+        return 0;
     pb_cli_prompt_item *it = &f->items[f->n];
     it->id = strdup(id);
     it->text = strdup(text);

@@ -10,10 +10,8 @@
 pb_status pb_ids_parse(const char *text, const char *where, int32_t **ids, int *n_ids) {
     *ids = NULL;
     *n_ids = 0;
-    size_t cap = 64, n = 0;
-    int32_t *v = malloc(cap * sizeof *v);
-    if (!v)
-        return pb_fail(PB_ERR_OOM, "out of memory reading ids");
+    size_t cap = 0, n = 0;
+    int32_t *v = NULL;
     for (const char *p = text; *p;) {
         if (*p == '#') {
             while (*p && *p != '\n')
@@ -31,13 +29,10 @@ pb_status pb_ids_parse(const char *text, const char *where, int32_t **ids, int *
             free(v);
             return pb_fail(PB_ERR_ARG, "%s: '%.20s' is not a token id", where, p);
         }
-        if (n == cap) {
-            int32_t *grown = realloc(v, (cap *= 2) * sizeof *v);
-            if (!grown) {
-                free(v);
-                return pb_fail(PB_ERR_OOM, "out of memory reading ids");
-            }
-            v = grown;
+        pb_status grown = pb_array_reserve(&v, &cap, n + 1, sizeof *v, "token ids");
+        if (grown != PB_OK) {
+            free(v);
+            return grown;
         }
         v[n++] = (int32_t)x;
         p = end;

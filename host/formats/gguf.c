@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "formats/gguf.h"
+#include "util/array.h"
 #include "util/internal.h"
 #include "formats/quant.h"
 
@@ -185,24 +186,6 @@ static uint64_t pb_gguf_take_u64(pb_gguf_parser *p) {
     return v;
 }
 
-/* Grows *items to hold at least `need` elements of `size` bytes. */
-static pb_status pb_gguf_reserve(void **items, size_t *capacity, size_t need, size_t size) {
-    if (need <= *capacity)
-        return PB_OK;
-    size_t cap = *capacity ? *capacity : 16;
-    while (cap < need)
-        cap = cap > SIZE_MAX / 2 ? need : cap * 2;
-    uint64_t bytes;
-    if (!pb_mul_u64(cap, size, &bytes) || bytes > SIZE_MAX)
-        return pb_fail(PB_ERR_OOM, "gguf: %zu entries of %zu bytes overflow", cap, size);
-    void *grown = realloc(*items, (size_t)bytes);
-    if (!grown)
-        return pb_fail(PB_ERR_OOM, "gguf: out of memory for %zu entries of %zu bytes", cap, size);
-    *items = grown;
-    *capacity = cap;
-    return PB_OK;
-}
-
 /* ---- name index --------------------------------------------------------- */
 
 static uint64_t pb_gguf_hash(const char *s, size_t len) {
@@ -346,7 +329,8 @@ static pb_status pb_gguf_parse_value(pb_gguf_parser *p, pb_gguf_kv *kv, int64_t 
         p->pos += (size_t)len;
     }
     kv->first_string = g->n_strings;
-    PB_TRY(pb_gguf_reserve((void **)&g->strings, strings_cap, (size_t)(g->n_strings + kv->len), sizeof *g->strings));
+    PB_TRY(pb_array_reserve(&g->strings, strings_cap, (size_t)(g->n_strings + kv->len), sizeof *g->strings,
+                            "gguf array strings"));
     for (size_t pos = start, j = 0; j < kv->len; j++) {
         uint64_t len = pb_gguf_le64(p->base + pos);
         g->strings[g->n_strings++] = (pb_gguf_string){(const char *)p->base + pos + 8, len};
@@ -379,7 +363,7 @@ static pb_status pb_gguf_take_name(pb_gguf_parser *p, const char *owner, long lo
 static pb_status pb_gguf_take_record(pb_gguf_parser *p, void **items, size_t *capacity, size_t size, uint64_t i,
                                      const char *owner, const char *field, const char *empty, const char **raw,
                                      size_t *len, char printable[PB_GGUF_NAME_BUF]) {
-    PB_TRY(pb_gguf_reserve(items, capacity, (size_t)i + 1, size));
+    PB_TRY(pb_array_reserve(items, capacity, (size_t)i + 1, size, "gguf records"));
     memset((char *)*items + (size_t)i * size, 0, size);
     return pb_gguf_take_name(p, owner, (long long)i, field, empty, raw, len, printable);
 }
@@ -418,7 +402,7 @@ static pb_status pb_gguf_parse_tensor_infos(pb_gguf_parser *p, uint64_t n_tensor
     size_t cap = 0, extra_cap = 0;
     char name[PB_GGUF_NAME_BUF];
     for (uint64_t i = 0; i < n_tensors; i++) {
-        PB_TRY(pb_gguf_reserve((void **)extra, &extra_cap, (size_t)i + 1, sizeof **extra));
+        PB_TRY(pb_array_reserve(extra, &extra_cap, (size_t)i + 1, sizeof **extra, "gguf tensor infos"));
         const char *raw_name;
         size_t name_len;
         PB_TRY(pb_gguf_take_record(p, (void **)&g->tensors, &cap, sizeof *g->tensors, i, "tensor", "name",

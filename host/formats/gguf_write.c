@@ -5,6 +5,7 @@
 
 #include "formats/gguf_write.h"
 #include "formats/quant.h"
+#include "util/array.h"
 #include "util/internal.h"
 
 #define PB_GGUF_WRITE_VERSION 3u
@@ -25,7 +26,8 @@ struct pb_gguf_writer {
     char **key_names; /* (n_keys) for refusing duplicates */
     int64_t n_keys;
     pb_gguf_out_tensor *tensors; /* (n_tensors) */
-    int64_t n_tensors, tensors_cap;
+    int64_t n_tensors;
+    size_t tensors_cap;
     uint64_t data_len; /* the data section so far, padded */
     int64_t n_written; /* tensors whose data went out */
 };
@@ -55,31 +57,8 @@ void pb_gguf_writer_free(pb_gguf_writer *w) {
     free(w);
 }
 
-static pb_status reserve(void **items, int64_t *cap, int64_t need, size_t size) {
-    if (need <= *cap)
-        return PB_OK;
-    int64_t n = *cap ? *cap * 2 : 16;
-    while (n < need)
-        n *= 2;
-    void *grown = realloc(*items, (size_t)n * size);
-    if (!grown)
-        return pb_fail(PB_ERR_OOM, "gguf writer: out of memory");
-    *items = grown;
-    *cap = n;
-    return PB_OK;
-}
-
 static pb_status append(pb_gguf_writer *w, const void *data, size_t n) {
-    if (w->keys_len + n > w->keys_cap) {
-        size_t cap = w->keys_cap ? w->keys_cap : 4096;
-        while (cap < w->keys_len + n)
-            cap *= 2;
-        uint8_t *grown = realloc(w->keys, cap);
-        if (!grown)
-            return pb_fail(PB_ERR_OOM, "gguf writer: out of memory");
-        w->keys = grown;
-        w->keys_cap = cap;
-    }
+    PB_TRY(pb_array_reserve(&w->keys, &w->keys_cap, w->keys_len + n, 1, "bytes of gguf key records"));
     memcpy(w->keys + w->keys_len, data, n);
     w->keys_len += n;
     return PB_OK;
@@ -162,7 +141,8 @@ pb_status pb_gguf_writer_add_tensor(pb_gguf_writer *w, const char *name, int n_d
     for (int i = 0; i < n_dims; i++)
         if (ne[i] < 1 || !pb_mul_u64(n, (uint64_t)ne[i], &n))
             return pb_fail(PB_ERR_ARG, "gguf writer: tensor '%s': bad shape", name);
-    PB_TRY(reserve((void **)&w->tensors, &w->tensors_cap, w->n_tensors + 1, sizeof *w->tensors));
+    PB_TRY(pb_array_reserve(&w->tensors, &w->tensors_cap, (size_t)w->n_tensors + 1, sizeof *w->tensors,
+                            "tensors to write"));
     pb_gguf_out_tensor *t = &w->tensors[w->n_tensors];
     memset(t, 0, sizeof *t);
     size_t len = strlen(name);

@@ -19,6 +19,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "util/array.h"
 #include "util/internal.h"
 #include "util/outdir.h"
 #include "util/json.h"
@@ -43,7 +44,7 @@ struct pb_safetensors {
     pb_st_tensor *tensors; /* (n_tensors) */
     int *tensor_file;      /* (n_tensors) index into files, for messages */
     int64_t n_tensors;
-    int64_t capacity;
+    size_t capacity;              /* of tensors and tensor_file alike */
     const pb_st_tensor **by_name; /* (n_tensors) sorted by strcmp(name) */
 };
 
@@ -279,18 +280,11 @@ static pb_status check_metadata(const char *path, const json_t *metadata) {
 
 static pb_status append_tensor(pb_safetensors *st, const pb_st_entry *entry, const uint8_t *data_section,
                                int file_index) {
-    if (st->n_tensors == st->capacity) {
-        int64_t capacity = st->capacity ? st->capacity * 2 : 64;
-        pb_st_tensor *tensors = realloc(st->tensors, (size_t)capacity * sizeof *tensors);
-        if (!tensors)
-            return pb_fail(PB_ERR_OOM, "safetensors: out of memory for %lld tensors", (long long)capacity);
-        st->tensors = tensors;
-        int *owners = realloc(st->tensor_file, (size_t)capacity * sizeof *owners);
-        if (!owners)
-            return pb_fail(PB_ERR_OOM, "safetensors: out of memory for %lld tensors", (long long)capacity);
-        st->tensor_file = owners;
-        st->capacity = capacity;
-    }
+    /* the two arrays grow alike from the same capacity, so one count serves both */
+    size_t need = (size_t)st->n_tensors + 1, tensors_cap = st->capacity, owners_cap = st->capacity;
+    PB_TRY(pb_array_reserve(&st->tensors, &tensors_cap, need, sizeof *st->tensors, "safetensors tensors"));
+    PB_TRY(pb_array_reserve(&st->tensor_file, &owners_cap, need, sizeof *st->tensor_file, "safetensors tensors"));
+    st->capacity = owners_cap;
     char *name = copy_string(entry->name);
     if (!name)
         return pb_fail(PB_ERR_OOM, "safetensors: out of memory for tensor name '%s'", entry->name);

@@ -7,12 +7,14 @@
 #include "formats/dtype.h"
 #include "formats/safetensors.h"
 #include "formats/safetensors_write.h"
+#include "util/array.h"
 #include "util/internal.h"
 
 struct pb_st_writer {
     json_t *header;    /* name -> {dtype, shape, data_offsets} */
     uint64_t *n_bytes; /* (n) each tensor's size, in order */
-    int64_t n, cap;
+    int64_t n;
+    size_t cap;
     int64_t n_written;
     uint64_t data_len;
 };
@@ -47,14 +49,7 @@ pb_status pb_st_writer_add(pb_st_writer *w, const char *name, pb_dtype dtype, in
         return pb_fail(PB_ERR_ARG, "safetensors writer: tensor '%s' has %d dimensions (0..4)", name, n_dims);
     if (json_object_get(w->header, name))
         return pb_fail(PB_ERR_ARG, "safetensors writer: tensor '%s' added twice", name);
-    if (w->n == w->cap) {
-        int64_t cap = w->cap ? 2 * w->cap : 64;
-        uint64_t *grown = realloc(w->n_bytes, (size_t)cap * sizeof *grown);
-        if (!grown)
-            return pb_fail(PB_ERR_OOM, "safetensors writer: out of memory");
-        w->n_bytes = grown;
-        w->cap = cap;
-    }
+    PB_TRY(pb_array_reserve(&w->n_bytes, &w->cap, (size_t)w->n + 1, sizeof *w->n_bytes, "tensors to write"));
     uint64_t n = 1;
     json_t *dims = json_array();
     for (int i = 0; i < n_dims; i++) {

@@ -8,6 +8,7 @@
 
 #include "model/components.h"
 #include "model/exec.h"
+#include "util/array.h"
 #include "util/internal.h"
 
 struct pb_exec {
@@ -37,7 +38,7 @@ struct pb_exec {
     pb_attention_job *attn_jobs; /* (n_jobs) */
     int capacity_jobs;
     pb_copy_region *regions; /* patch writes of one hook point, grown as needed */
-    int capacity_regions;
+    size_t capacity_regions;
     double flops;
 };
 
@@ -197,13 +198,7 @@ static pb_status hook_point(pb_exec *e, const pb_exec_job *jobs, int n_active, p
         if (p && p->hook == hook && p->layer == layer)
             n_regions += p->n_positions;
     }
-    if (n_regions > e->capacity_regions) {
-        pb_copy_region *grown = realloc(e->regions, sizeof *grown * (size_t)n_regions);
-        if (!grown)
-            return pb_fail(PB_ERR_OOM, "executor: out of memory for %d patch writes", n_regions);
-        e->regions = grown;
-        e->capacity_regions = n_regions;
-    }
+    PB_TRY(pb_array_reserve(&e->regions, &e->capacity_regions, (size_t)n_regions, sizeof *e->regions, "patch writes"));
     n_regions = 0;
     for (int a = 0; a < n_active; a++) {
         int j = e->order[a];

@@ -26,6 +26,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "util/array.h"
 #include "util/internal.h"
 #include "formats/npy.h"
 #include "patching/sweep_access.h"
@@ -152,15 +153,8 @@ static pb_status list_folder(const char *dir, char ***names, size_t *n) {
     for (struct dirent *e; status == PB_OK && (e = readdir(d));) {
         if (e->d_name[0] == '.')
             continue;
-        if (*n == cap) {
-            cap = cap ? 2 * cap : 16;
-            char **grown = realloc(*names, cap * sizeof **names);
-            if (!grown) {
-                status = pb_fail(PB_ERR_OOM, "fingerprint: out of memory");
-                break;
-            }
-            *names = grown;
-        }
+        if ((status = pb_array_reserve(names, &cap, *n + 1, sizeof **names, "file names")) != PB_OK)
+            break;
         if (!((*names)[*n] = strdup(e->d_name)))
             status = pb_fail(PB_ERR_OOM, "fingerprint: out of memory");
         else
@@ -296,17 +290,9 @@ typedef struct byte_buf {
 static void put_bytes(byte_buf *b, const void *p, size_t n) {
     if (b->failed)
         return;
-    if (b->size + n > b->cap) {
-        size_t cap = b->cap ? b->cap : 4096;
-        while (cap < b->size + n)
-            cap *= 2;
-        unsigned char *grown = realloc(b->data, cap);
-        if (!grown) {
-            b->failed = 1;
-            return;
-        }
-        b->data = grown;
-        b->cap = cap;
+    if (pb_array_reserve(&b->data, &b->cap, b->size + n, 1, "bytes of a checkpoint") != PB_OK) {
+        b->failed = 1;
+        return;
     }
     memcpy(b->data + b->size, p, n);
     b->size += n;

@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "util/array.h"
 #include "util/internal.h"
 
 #define PB_CHAT_TEMPLATE_MAX_FILE (4u << 20) /* real templates are < 20 KiB */
@@ -36,17 +37,9 @@ typedef struct strbuf {
 static void sb_append_n(strbuf *b, const char *s, size_t n) {
     if (b->failed)
         return;
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap < b->len + n + 1)
-            cap *= 2;
-        char *p = realloc(b->data, cap);
-        if (!p) {
-            b->failed = 1;
-            return;
-        }
-        b->data = p;
-        b->cap = cap;
+    if (pb_array_reserve(&b->data, &b->cap, b->len + n + 1, 1, "bytes of a chat template's text") != PB_OK) {
+        b->failed = 1;
+        return;
     }
     memcpy(b->data + b->len, s, n);
     b->len += n;

@@ -25,6 +25,7 @@
 #include <string.h>
 
 #include "formats/gguf.h"
+#include "util/array.h"
 #include "util/internal.h"
 #include "text/tokenizer.h"
 #include "text/vocab.h"
@@ -284,14 +285,8 @@ typedef struct id_buf {
 } id_buf;
 
 static int id_push(id_buf *b, int32_t id) {
-    if (b->n == b->cap) {
-        size_t cap = b->cap ? 2 * b->cap : 256;
-        int32_t *grown = realloc(b->ids, cap * sizeof *grown);
-        if (!grown)
-            return 0;
-        b->ids = grown;
-        b->cap = cap;
-    }
+    if (pb_array_reserve(&b->ids, &b->cap, b->n + 1, sizeof *b->ids, "token ids") != PB_OK)
+        return 0;
     b->ids[b->n++] = id;
     return 1;
 }
@@ -1087,14 +1082,8 @@ static int heap_before(const heap *h, const candidate *a, const candidate *b) {
 }
 
 static int heap_push(heap *h, candidate c) {
-    if (h->n == h->cap) {
-        size_t cap = h->cap ? 2 * h->cap : 64;
-        candidate *grown = realloc(h->items, cap * sizeof *grown);
-        if (!grown)
-            return 0;
-        h->items = grown;
-        h->cap = cap;
-    }
+    if (pb_array_reserve(&h->items, &h->cap, h->n + 1, sizeof *h->items, "merge candidates") != PB_OK)
+        return 0;
     size_t i = h->n++;
     h->items[i] = c;
     while (i > 0) {
@@ -1136,17 +1125,7 @@ typedef struct work {
 } work;
 
 static int work_reserve(work *w, size_t n) {
-    if (n <= w->cap)
-        return 1;
-    size_t cap = w->cap ? w->cap : 64;
-    while (cap < n)
-        cap *= 2;
-    symbol *grown = realloc(w->symbols, cap * sizeof *grown);
-    if (!grown)
-        return 0;
-    w->symbols = grown;
-    w->cap = cap;
-    return 1;
+    return pb_array_reserve(&w->symbols, &w->cap, n, sizeof *w->symbols, "symbols") == PB_OK;
 }
 
 static int byte_level_push_pair(const pb_tokenizer *tok, work *w, int left) {

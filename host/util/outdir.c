@@ -13,6 +13,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "util/array.h"
 #include "util/internal.h"
 #include "util/outdir.h"
 
@@ -292,14 +293,7 @@ pb_status pb_file_set_begin(pb_file_set *set, const char *dir) {
 }
 
 pb_status pb_file_set_pending(pb_file_set *set, const char *name, char *path, size_t size) {
-    if (set->n == set->cap) {
-        int cap = set->cap ? set->cap * 2 : 16;
-        char(*grown)[PB_FILE_SET_NAME] = realloc(set->names, (size_t)cap * sizeof *grown);
-        if (!grown)
-            return pb_fail(PB_ERR_OOM, "out of memory for the names of %d output files", cap);
-        set->names = grown;
-        set->cap = cap;
-    }
+    PB_TRY(pb_array_reserve(&set->names, &set->cap, (size_t)set->n + 1, sizeof *set->names, "output file names"));
     if (strlen(name) >= PB_FILE_SET_NAME || strchr(name, '/') ||
         snprintf(path, size, "%s/%s.tmp.%ld", set->dir, name, (long)getpid()) >= (int)size)
         return pb_fail(PB_ERR_ARG, "output file name too long: %s/%s", set->dir, name);

@@ -54,7 +54,8 @@ pb_status pb_read_input_file(const char *path, size_t max_bytes, const volatile 
 typedef struct pb_file_set {
     char dir[4096];
     char (*names)[PB_FILE_SET_NAME]; /* (cap) final names, n used */
-    int n, cap;
+    int n;
+    size_t cap;
     int created[PB_FILE_SET_MAX_CREATED]; /* folders mkdir made: lengths of dir's prefixes */
     int n_created;
 } pb_file_set;
