@@ -152,7 +152,8 @@ static void expect_in(const char *text, const char *needle) {
 }
 
 /* --version: the version, then whether this build has the CUDA backend and
- * MPI, as the build was configured (PB_HAVE_CUDA / PB_HAVE_MPI). */
+ * MPI, as the build was configured (PB_HAVE_CUDA / PB_HAVE_MPI), and whether
+ * it is a sanitizer build (the shell tests ask this line). */
 static void test_version(void **state) {
     (void)state;
     need_cli();
@@ -170,6 +171,7 @@ static void test_version(void **state) {
 #else
     expect_in(out_text, "\nmpi: not built");
 #endif
+    expect_in(out_text, tu_sanitized() ? "\nsanitizers: on" : "\nsanitizers: off");
 }
 
 static void test_usage_errors(void **state) {

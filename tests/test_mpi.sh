@@ -28,7 +28,7 @@ ldd "$cli" | grep libmpi >/dev/null || { echo "skipping: $cli was built without 
 # the other five: each waits out the rank timeout for the same code, which
 # the Release build's run checks in full.
 sanitized=0
-grep -qs '^PB_SANITIZE:BOOL=ON' "$build/CMakeCache.txt" && sanitized=1
+"$cli" --version | grep -q '^sanitizers: on' && sanitized=1
 export OMP_NUM_THREADS=1
 # OpenMPI's own allocations at MPI_Init (many from plugins it has unloaded by
 # exit, so no suppression can name them) are not ours to report: leak checks

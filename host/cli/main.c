@@ -1106,6 +1106,11 @@ static void print_version(void) {
 #else
     printf("mpi: not built (one process per sweep)\n");
 #endif
+#if defined(__SANITIZE_ADDRESS__)
+    printf("sanitizers: on (AddressSanitizer + UndefinedBehaviorSanitizer; a checking build, several times slower)\n");
+#else
+    printf("sanitizers: off\n");
+#endif
 }
 
 int main(int argc, char **argv) {
