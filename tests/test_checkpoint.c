@@ -263,10 +263,12 @@ static pb_sweep *interrupted_sweep(pb_model *m, const char *path, pb_sweep_finge
     return s;
 }
 
-static void expect_refused(pb_model *m, const char *path, const pb_sweep_fingerprint *fp, pb_status want,
-                           const char *needle) {
+/* A sweep of spec refuses the checkpoint at path with want, the message
+ * naming needle, and takes nothing from it. */
+static void expect_refused_spec(pb_model *m, const char *spec, const char *path, const pb_sweep_fingerprint *fp,
+                                pb_status want, const char *needle) {
     pb_sweep_options o = {.max_batch_rows = 4, .metric_fn_residual_layer = -1};
-    pb_sweep *s = create(m, spec_text, &o);
+    pb_sweep *s = create(m, spec, &o);
     pb_status st = pb_sweep_checkpoint_load(s, path, fp);
     if (st != want || !strstr(pb_last_error(), needle))
         fail_msg("expected %s naming '%s', got %s: %s", pb_status_name(want), needle, pb_status_name(st),
@@ -275,6 +277,11 @@ static void expect_refused(pb_model *m, const char *path, const pb_sweep_fingerp
     pb_sweep_get_summary(s, &sum);
     assert_int_equal(sum.n_rows_done, 0); /* nothing taken from a refused file */
     pb_sweep_free(s);
+}
+
+static void expect_refused(pb_model *m, const char *path, const pb_sweep_fingerprint *fp, pb_status want,
+                           const char *needle) {
+    expect_refused_spec(m, spec_text, path, fp, want, needle);
 }
 
 static void test_mismatch_refused(void **state) {
@@ -311,6 +318,18 @@ static void test_mismatch_refused(void **state) {
     assert_int_equal(pb_sweep_fingerprint_compute(&bf16, model_file, spec_text, PB_BACKEND_REFERENCE, PB_DTYPE_BF16),
                      PB_OK);
     expect_refused(m, path, &bf16, PB_ERR_ARG, "backend/dtype reference/f32, this run uses reference/bf16");
+    /* The same spec text resolved to other inputs: --chat-template changes a
+     * text prompt's ids and a direction file the metric's direction, not the
+     * text. Sweeps of other ids and of another metric token, each checked
+     * with the original spec's fingerprint, are refused, naming which. */
+    char *other_ids = strdup(spec_text);
+    memcpy(strstr(other_ids, "[5, 17, 33"), "[6", 2);
+    expect_refused_spec(m, other_ids, path, &fp, PB_ERR_ARG, "written for other prompts");
+    free(other_ids);
+    char *other_token = strdup(spec_text);
+    strstr(other_token, "[53]")[2] = '4';
+    expect_refused_spec(m, other_token, path, &fp, PB_ERR_ARG, "written for another metric");
+    free(other_token);
     /* a synthetic model: its name is its identity */
     pb_sweep_fingerprint r1, r2;
     assert_int_equal(pb_sweep_fingerprint_compute(&r1, "random:tiny:4:1", spec_text, PB_BACKEND_CPU, PB_DTYPE_F32),
@@ -349,8 +368,9 @@ static void model_fingerprint(pb_sweep_fingerprint *fp, const char *model) {
  * file) must not pass for the one a checkpoint was written for. The model
  * digest covers every byte: a 3 MiB file with one byte changed at 1.5 MiB
  * (first, middle and last byte too), and a folder whose second shard
- * changed in its middle, are refused, naming the checkpoint and both model
- * paths; restored, the same digest as before. */
+ * changed in its middle, are refused, naming the checkpoint and the model
+ * path (the same file: "other weights"); restored, the same digest as
+ * before. */
 static void test_fingerprint_every_byte(void **state) {
     pb_model *m = load(PB_BACKEND_REFERENCE);
     char ckpt[256], file[256], folder[256], shard[300];
@@ -374,7 +394,7 @@ static void test_fingerprint_every_byte(void **state) {
         if (strcmp(changed.model_digest, fp.model_digest) == 0)
             fail_msg("byte %ld changed, same digest %s", at[k], fp.model_digest);
         if (k == 0) { /* the first (middle) change: the load refuses it by name */
-            expect_refused(m, ckpt, &changed, PB_ERR_ARG, "another model");
+            expect_refused(m, ckpt, &changed, PB_ERR_ARG, "written for other weights");
             expect_refused(m, ckpt, &changed, PB_ERR_ARG, ckpt);
             expect_refused(m, ckpt, &changed, PB_ERR_ARG, "weights.bin");
         }
@@ -462,6 +482,9 @@ static void test_corrupt_refused(void **state) {
     data[8] = 9;
     write_bytes(bad, data, n);
     expect_refused(m, bad, &fp, PB_ERR_FORMAT, "version 9");
+    data[8] = 2; /* before the prompts' ids were recorded */
+    write_bytes(bad, data, n);
+    expect_refused(m, bad, &fp, PB_ERR_FORMAT, "did not record the prompts' token ids");
     free(data);
     /* missing */
     snprintf(bad, sizeof bad, "%s/missing.checkpoint", tmp_dir);

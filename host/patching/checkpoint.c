@@ -7,9 +7,12 @@
  * File layout (version 2), every integer little-endian, doubles as their
  * IEEE-754 bits in a little-endian u64:
  *   8   magic "PBCKPT\r\n"
- *   u32 version (2; version 1's model digest hashed only the model's first
- *       and last MiB, so a version-1 file is refused, not trusted)
- *   4 x (u32 length, bytes): model path, model digest, spec digest, backend
+ *   u32 version (3; version 1's model digest hashed only the model's first
+ *       and last MiB, and version 2 had no record of what the spec resolved
+ *       to, so older files are refused, not trusted)
+ *   6 x (u32 length, bytes): model path, model digest, spec digest, backend,
+ *       prompts digest, metric digest (inputs_digest: what the spec's JSON
+ *       resolved to on this run)
  *   i64 n_pairs, n_sites, n_rows, n_rows_executed
  *   f64 flops_executed
  *   n_pairs x (u8 ready, f64 base, f64 source)
@@ -279,6 +282,69 @@ pb_status pb_sweep_fingerprint_compute_with(pb_sweep_fingerprint *fp, const char
     return PB_OK;
 }
 
+/* ---- what the spec resolved to ------------------------------------------------ */
+
+/* The spec digest covers the JSON text; the same text can resolve to other
+ * inputs: a prompt's text goes through the chat template, the BOS choice and
+ * the tokenizer (--chat-template changes the ids and not the spec), and a
+ * projection metric reads its direction from a file. These digests cover
+ * what the rows were computed on, taken from the sweep itself. */
+
+static void sha_u64(sha256_ctx *c, uint64_t v) {
+    unsigned char le[8];
+    for (int i = 0; i < 8; i++)
+        le[i] = (unsigned char)(v >> (8 * i));
+    sha256_update(c, le, 8);
+}
+
+static void sha_ints(sha256_ctx *c, const int32_t *v, int n) {
+    sha_u64(c, (uint64_t)(n > 0 ? n : 0));
+    for (int i = 0; i < n; i++)
+        sha_u64(c, (uint64_t)(int64_t)v[i]);
+}
+
+static void sha_prompt(sha256_ctx *c, const pb_prompt_spec *p) {
+    sha_ints(c, p->ids, p->T);
+    sha_u64(c, (uint64_t)p->is_noise);
+    if (!p->is_noise)
+        return;
+    uint64_t scale;
+    memcpy(&scale, &p->noise_scale, sizeof scale);
+    sha_u64(c, scale);
+    sha_u64(c, p->noise_seed);
+    sha_u64(c, (uint64_t)p->n_noise_positions);
+    for (int i = 0; i < p->n_noise_positions; i++)
+        sha_u64(c, (uint64_t)(int64_t)p->noise_positions[i]);
+}
+
+/* which 0: every pair's prompts (ids, noise) and position map; 1: the
+ * metric's tokens (each pair's) and its direction. out: 64 hex digits. */
+static void inputs_digest(const pb_sweep *s, int which, char out[65]) {
+    const pb_sweep_spec *spec = pb_sweep_spec_of(s);
+    sha256_ctx c;
+    sha256_init(&c);
+    for (int p = 0; p < spec->n_pairs; p++) {
+        const pb_pair_spec *pair = &spec->pairs[p];
+        if (which == 0) {
+            sha_prompt(&c, &pair->base);
+            sha_prompt(&c, &pair->source);
+            sha_u64(&c, pair->position_map ? 1 : 0);
+            for (int t = 0; pair->position_map && t < pair->base.T; t++)
+                sha_u64(&c, (uint64_t)(int64_t)pair->position_map[t]);
+        } else {
+            sha_ints(&c, pair->positive, pair->n_positive);
+            sha_ints(&c, pair->negative, pair->n_negative);
+        }
+    }
+    if (which == 1 && spec->metric.direction) {
+        int d = pb_model_get_config(pb_sweep_model(s))->d_model;
+        sha256_update(&c, spec->metric.direction, sizeof(float) * (size_t)d);
+    }
+    unsigned char digest[32];
+    sha256_final(&c, digest);
+    hex(digest, 32, out);
+}
+
 /* ---- writing ---------------------------------------------------------------- */
 
 typedef struct byte_buf {
@@ -318,7 +384,7 @@ static void put_string(byte_buf *b, const char *s) {
 }
 
 static const unsigned char checkpoint_magic[8] = {'P', 'B', 'C', 'K', 'P', 'T', '\r', '\n'};
-enum { CHECKPOINT_VERSION = 2 };
+enum { CHECKPOINT_VERSION = 3 };
 
 pb_status pb_sweep_checkpoint_write(const pb_sweep *s, const char *path, const pb_sweep_fingerprint *fp) {
     if (!s || !path || !fp)
@@ -333,6 +399,11 @@ pb_status pb_sweep_checkpoint_write(const pb_sweep *s, const char *path, const p
     put_string(&b, fp->model_digest);
     put_string(&b, fp->spec_digest);
     put_string(&b, fp->backend);
+    char prompts[65], metric[65];
+    inputs_digest(s, 0, prompts);
+    inputs_digest(s, 1, metric);
+    put_string(&b, prompts);
+    put_string(&b, metric);
     pb_sweep_summary sum;
     PB_TRY(pb_sweep_get_summary(s, &sum));
     put_u64(&b, (uint64_t)sum.n_pairs, 8);
@@ -445,6 +516,12 @@ static pb_status check_integrity(const char *path, const unsigned char *data, si
                        size);
     *r = (reader){data + sizeof checkpoint_magic, size - sizeof checkpoint_magic - 32, 0};
     uint64_t version = get_u64(r, 4);
+    if (version == 2)
+        return pb_fail(PB_ERR_FORMAT,
+                       "checkpoint %s: version 2, written by an earlier patchbay that did not record the prompts' "
+                       "token ids, so a resume cannot check that its rows were computed on this run's prompts; "
+                       "delete it to start over",
+                       path);
     if (version != CHECKPOINT_VERSION)
         return pb_fail(PB_ERR_FORMAT, "checkpoint %s: version %llu, this build reads version %d", path,
                        (unsigned long long)version, CHECKPOINT_VERSION);
@@ -463,29 +540,43 @@ static pb_status check_integrity(const char *path, const unsigned char *data, si
 
 typedef struct checkpoint_header {
     pb_sweep_fingerprint have;
+    char prompts[72], metric[72]; /* inputs_digest */
     int64_t n_pairs, n_sites, n_rows, n_executed;
     double flops;
 } checkpoint_header;
 
-/* Reads the header and checks it was written for this model, spec, backend
- * and sweep shape (the model file's contents, not its path: a copy
- * elsewhere is the same model). */
-static pb_status read_header(const char *path, const pb_sweep *s, const pb_sweep_fingerprint *fp, reader *r,
-                             checkpoint_header *h) {
-    memset(h, 0, sizeof *h);
-    get_string(r, h->have.model_path, sizeof h->have.model_path);
-    get_string(r, h->have.model_digest, sizeof h->have.model_digest);
-    get_string(r, h->have.spec_digest, sizeof h->have.spec_digest);
-    get_string(r, h->have.backend, sizeof h->have.backend);
-    h->n_pairs = (int64_t)get_u64(r, 8);
-    h->n_sites = (int64_t)get_u64(r, 8);
-    h->n_rows = (int64_t)get_u64(r, 8);
-    h->n_executed = (int64_t)get_u64(r, 8);
-    h->flops = get_f64(r);
-    if (r->short_read)
-        return pb_fail(PB_ERR_FORMAT, "checkpoint %s: header ends early", path);
-    int n_pairs = pb_sweep_spec_of(s)->n_pairs;
-    int64_t n_sites = pb_sweep_site_count(s), n_rows = pb_sweep_row_count(s);
+/* The same spec text, resolved to the same inputs (inputs_digest). */
+static pb_status check_inputs(const char *path, const pb_sweep *s, const checkpoint_header *h) {
+    char prompts[65], metric[65];
+    inputs_digest(s, 0, prompts);
+    inputs_digest(s, 1, metric);
+    if (strcmp(h->prompts, prompts) != 0)
+        return pb_fail(PB_ERR_ARG,
+                       "checkpoint %s was written for other prompts: the spec is the same, but its prompts give "
+                       "other token ids in this run (another --chat-template, chat or BOS setting, or tokenizer?); "
+                       "the checkpoint is kept: resume with the settings it was written with, or delete it to "
+                       "start over",
+                       path);
+    if (strcmp(h->metric, metric) != 0)
+        return pb_fail(PB_ERR_ARG,
+                       "checkpoint %s was written for another metric: the spec is the same, but its metric's tokens "
+                       "or direction differ in this run (a changed direction file?); the checkpoint is kept: resume "
+                       "with the inputs it was written for, or delete it to start over",
+                       path);
+    return PB_OK;
+}
+
+/* Written for this model (its contents with any adapters, not its path: a
+ * copy elsewhere is the same model), spec text and backend. */
+static pb_status check_fingerprint(const char *path, const checkpoint_header *h, const pb_sweep_fingerprint *fp) {
+    if (!fp->model_unchecked && strcmp(h->have.model_digest, fp->model_digest) != 0 &&
+        strcmp(h->have.model_path, fp->model_path) == 0)
+        return pb_fail(PB_ERR_ARG,
+                       "checkpoint %s was written for other weights: %s, with the adapters merged at load, had "
+                       "digest %s then and has %s now (the file changed or was re-downloaded, or another "
+                       "--adapter or scale?); the checkpoint is kept: resume with the weights it was written for, "
+                       "or delete it to start over",
+                       path, fp->model_path, h->have.model_digest, fp->model_digest);
     if (!fp->model_unchecked && strcmp(h->have.model_digest, fp->model_digest) != 0)
         return pb_fail(PB_ERR_ARG,
                        "checkpoint %s was written for another model: %s (bytes:hash of every byte %s), but this "
@@ -500,6 +591,31 @@ static pb_status read_header(const char *path, const pb_sweep *s, const pb_sweep
     if (strcmp(h->have.backend, fp->backend) != 0)
         return pb_fail(PB_ERR_ARG, "checkpoint %s was written with backend/dtype %s, this run uses %s", path,
                        h->have.backend, fp->backend);
+    return PB_OK;
+}
+
+/* Reads the header and checks it was written for this model, spec, backend
+ * and sweep shape (check_fingerprint), and the inputs they resolved to
+ * (check_inputs). */
+static pb_status read_header(const char *path, const pb_sweep *s, const pb_sweep_fingerprint *fp, reader *r,
+                             checkpoint_header *h) {
+    memset(h, 0, sizeof *h);
+    get_string(r, h->have.model_path, sizeof h->have.model_path);
+    get_string(r, h->have.model_digest, sizeof h->have.model_digest);
+    get_string(r, h->have.spec_digest, sizeof h->have.spec_digest);
+    get_string(r, h->have.backend, sizeof h->have.backend);
+    get_string(r, h->prompts, sizeof h->prompts);
+    get_string(r, h->metric, sizeof h->metric);
+    h->n_pairs = (int64_t)get_u64(r, 8);
+    h->n_sites = (int64_t)get_u64(r, 8);
+    h->n_rows = (int64_t)get_u64(r, 8);
+    h->n_executed = (int64_t)get_u64(r, 8);
+    h->flops = get_f64(r);
+    if (r->short_read)
+        return pb_fail(PB_ERR_FORMAT, "checkpoint %s: header ends early", path);
+    int n_pairs = pb_sweep_spec_of(s)->n_pairs;
+    int64_t n_sites = pb_sweep_site_count(s), n_rows = pb_sweep_row_count(s);
+    PB_TRY(check_fingerprint(path, h, fp));
     if (h->n_pairs != n_pairs || h->n_sites != n_sites || h->n_rows != n_rows)
         return pb_fail(PB_ERR_ARG, "checkpoint %s has %lld pairs x %lld sites = %lld rows, this sweep %d x %lld = %lld",
                        path, (long long)h->n_pairs, (long long)h->n_sites, (long long)h->n_rows, n_pairs,
@@ -507,7 +623,7 @@ static pb_status read_header(const char *path, const pb_sweep *s, const pb_sweep
     if (r->left != (size_t)h->n_pairs * 17 + (size_t)h->n_rows * 9)
         return pb_fail(PB_ERR_FORMAT, "checkpoint %s: %zu bytes of pairs and rows, expected %zu", path, r->left,
                        (size_t)h->n_pairs * 17 + (size_t)h->n_rows * 9);
-    return PB_OK;
+    return check_inputs(path, s, h);
 }
 
 /* Validates every pair and row record (a copy of the reader) before the sweep changes. */
