@@ -255,11 +255,20 @@ PB_API pb_status pb_model_token_text(const pb_model *model, int id, char *buf, s
 
 /* ---- text ----------------------------------------------------------- */
 
-/* Tokenizes UTF-8 text with the model's tokenizer; no BOS is added.
+/* Tokenizes UTF-8 text with the model's tokenizer, nothing added (no BOS:
+ * pb_model_tokenize_plain is the prompt rule).
  * parse_special: text spelling a special token becomes that token (as in
  * chat templates). *ids is malloc'd (release with free()). */
 PB_API pb_status pb_model_tokenize(const pb_model *model, const char *text, int parse_special, int32_t **ids,
                                    int *n_ids);
+/* A plain-text prompt (no chat template) as every command and a sweep's
+ * "bos" take it: tokenized (pb_model_tokenize), then the model's BOS put
+ * first when bos = 1, never when bos = 0, and when bos = -1 as the model's
+ * tokenizer does (its add_bos_token: Gemma yes, SmolLM2 and Llama-3 no), as
+ * transformers' tokenizer(text) does. *bos_added (may be NULL): whether a
+ * BOS was put. PB_ERR_ARG when bos = 1 and the model names no BOS token. */
+PB_API pb_status pb_model_tokenize_plain(const pb_model *model, const char *text, int parse_special, int bos,
+                                         int32_t **ids, int *n_ids, int *bos_added);
 /* One user turn (after a system turn when given; system == NULL keeps the
  * template's default system behaviour) rendered with the model's chat
  * template plus the generation prompt, then tokenized, as transformers'
@@ -702,8 +711,9 @@ PB_API int pb_sweep_is_output_name(const char *name);
  * patched (base) run, 1 the run whose activations are patched in (clean in
  * denoising). Borrowed; valid until pb_sweep_free. */
 PB_API pb_status pb_sweep_get_pair_tokens(const pb_sweep *sweep, int pair, int source, const int32_t **ids, int *T);
-/* How a pair's prompt (source as above) became token ids. patchbay never
- * adds a BOS token; a chat template may begin with it (SmolLM2's does). */
+/* How a pair's prompt (source as above) became token ids. Plain text gets a
+ * BOS as pb_model_tokenize_plain puts one; a chat template may begin with it
+ * (SmolLM2's does). */
 typedef struct pb_prompt_info {
     const char *text;    /* the text given, or NULL (token ids, or noise) */
     int chat;            /* 1: rendered with the model's chat template */

@@ -266,9 +266,10 @@ static void test_hf_folder(void **state) {
     tu_remove_tree(dir);
 }
 
-/* The real Gemma 3 GGUF (whose architecture the engine does not run yet):
- * tokenize and a Gemma-3 chat prompt through the tool, against
- * transformers' ids (gemma3_corpus.json "extra"). */
+/* The real Gemma 3 GGUF, its text side alone: tokenize (with --no-bos the
+ * tokenizer's own ids, by default Gemma's <bos> first) and a Gemma-3 chat
+ * prompt through the tool, against transformers' ids (gemma3_corpus.json
+ * "extra"). */
 static void test_gemma3_tool(void **state) {
     (void)state;
     char path[1024];
@@ -294,7 +295,7 @@ static void test_gemma3_tool(void **state) {
     assert_non_null(plain);
     assert_non_null(chat);
     char out[4096], args[1400];
-    snprintf(args, sizeof args, "tokenize --model '%s' --text 'a  b'", path);
+    snprintf(args, sizeof args, "tokenize --model '%s' --text 'a  b' --no-bos", path);
     double t0 = pb_now_seconds();
     int rc = run_tool(args, out, sizeof out);
     double seconds = pb_now_seconds() - t0;
@@ -304,8 +305,17 @@ static void test_gemma3_tool(void **state) {
         skip();
     }
     assert_int_equal(rc, 0);
-    assert_true(printed_ids_equal(out, json_object_get(plain, "special"), "gemma3 tokenize"));
+    assert_true(printed_ids_equal(out, json_object_get(plain, "special"), "gemma3 tokenize --no-bos"));
     printf("MEASURE tokenize gemma3 (vocabulary only, 262,144 tokens): %.3f s\n", seconds);
+    /* by default plain text gets Gemma's <bos> (id 2) first, as its
+     * tokenizer's add_bos_token has transformers' tokenizer(text) do */
+    snprintf(args, sizeof args, "tokenize --model '%s' --text 'a  b'", path);
+    assert_int_equal(run_tool(args, out, sizeof out), 0);
+    json_t *with_bos = json_array();
+    json_array_append_new(with_bos, json_integer(2));
+    json_array_extend(with_bos, json_object_get(plain, "special"));
+    assert_true(printed_ids_equal(out, with_bos, "gemma3 tokenize"));
+    json_decref(with_bos);
     snprintf(args, sizeof args,
              "tokenize --model '%s' --chat --chat-template gemma3 --system 'You are terse.' --text 'Hi'", path);
     assert_int_equal(run_tool(args, out, sizeof out), 0);

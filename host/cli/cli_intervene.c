@@ -40,7 +40,8 @@ static const pb_cli_option option_rows[] = {
      .commands = TEXT_COMMANDS},
     {.flag = "--no-chat",
      .kind = PB_OPT_FLAG,
-     .help = "tokenize the text as it is, without the chat template (no BOS is added either)",
+     .help = "tokenize the text plainly, without the chat template (a BOS first where the model's tokenizer "
+             "puts one: Gemma)",
      .commands = GENERATE_RATE},
     {.flag = "--ids",
      .kind = PB_OPT_STRING,
@@ -250,10 +251,11 @@ pb_model *pb_cli_iv_load_model(const char *cmd, const pb_cli_iv_options *o) {
 
 /* ---- ids and text ----------------------------------------------------------- */
 
-/* A user message as ids: chat-templated unless no_chat. */
+/* A user message as ids: chat-templated unless no_chat (then plain, with a
+ * BOS where the model's tokenizer puts one). */
 int pb_cli_iv_text_ids(const char *cmd, pb_model *m, const pb_cli_iv_options *o, const char *text, int32_t **ids,
                        int *T) {
-    pb_status st = o->no_chat ? pb_model_tokenize(m, text, 0, ids, T)
+    pb_status st = o->no_chat ? pb_model_tokenize_plain(m, text, 0, -1, ids, T, NULL)
                               : pb_model_chat_tokenize(m, o->system, text, ids, T);
     if (st != PB_OK)
         return !pb_cli_iv_fail(cmd, o->no_chat ? "tokenizing" : "applying the chat template");

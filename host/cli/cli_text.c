@@ -18,7 +18,8 @@ void pb_cli_prompt_table(pb_cli_prompt *p, const char *text_commands, const char
          .kind = PB_OPT_STRING,
          .target = &p->text,
          .value = "TEXT",
-         .help = "the prompt as text, tokenized plainly (no template, no BOS) unless --chat or --bos",
+         .help = "the prompt as text, tokenized plainly unless --chat: no template, a BOS first where the model's "
+                 "tokenizer puts one (Gemma: yes; SmolLM2: no), as transformers' tokenizer(text) and sweeps do",
          .commands = text_commands},
         {.flag = "--chat",
          .kind = PB_OPT_FLAG,
@@ -40,7 +41,13 @@ void pb_cli_prompt_table(pb_cli_prompt *p, const char *text_commands, const char
         {.flag = "--bos",
          .kind = PB_OPT_FLAG,
          .target = &p->bos,
-         .help = "prepend the model's BOS token to plain --text (TransformerLens's prepend_bos)",
+         .help = "put the model's BOS token before plain --text, also where its tokenizer does not "
+                 "(TransformerLens's prepend_bos=True)",
+         .commands = text_commands},
+        {.flag = "--no-bos",
+         .kind = PB_OPT_FLAG,
+         .target = &p->no_bos,
+         .help = "no BOS token before plain --text, also where the model's tokenizer puts one (Gemma)",
          .commands = text_commands},
         {.flag = "--ids",
          .kind = PB_OPT_STRING,
@@ -76,16 +83,21 @@ int pb_cli_prompt_check(const char *cmd, const pb_cli_prompt *p, int need_text_o
         fprintf(stderr, "patchbay %s: --chat and --no-chat contradict each other\n", cmd);
         return 2;
     }
-    if (!p->text && (p->chat || p->no_chat || p->system || p->bos)) {
-        fprintf(stderr, "patchbay %s: --chat, --no-chat, --system and --bos go with --text\n", cmd);
+    if (!p->text && (p->chat || p->no_chat || p->system || p->bos || p->no_bos)) {
+        fprintf(stderr, "patchbay %s: --chat, --no-chat, --system, --bos and --no-bos go with --text\n", cmd);
+        return 2;
+    }
+    if (p->bos && p->no_bos) {
+        fprintf(stderr, "patchbay %s: --bos and --no-bos contradict each other\n", cmd);
         return 2;
     }
     if (p->system && !p->chat) {
         fprintf(stderr, "patchbay %s: --system needs --chat\n", cmd);
         return 2;
     }
-    if (p->bos && p->chat) {
-        fprintf(stderr, "patchbay %s: --bos goes with plain text; with --chat the template decides the BOS\n", cmd);
+    if ((p->bos || p->no_bos) && p->chat) {
+        fprintf(stderr, "patchbay %s: %s goes with plain text; with --chat the template decides the BOS\n", cmd,
+                p->bos ? "--bos" : "--no-bos");
         return 2;
     }
     return 0;
@@ -98,35 +110,22 @@ int pb_cli_prompt_template(const char *cmd, pb_model *m, const pb_cli_prompt *p)
     return 0;
 }
 
-/* Prepends the model's BOS to *ids: 0, or 2 without one. */
-static int prepend_bos(const char *cmd, pb_model *m, int32_t **ids, int *T) {
-    int bos = pb_model_get_config(m)->bos_id;
-    if (bos < 0) {
-        fprintf(stderr, "patchbay %s: --bos: the model names no BOS token\n", cmd);
-        return 2;
-    }
-    int32_t *grown = realloc(*ids, sizeof(int32_t) * (size_t)(*T + 1));
-    if (!grown) {
-        fprintf(stderr, "patchbay %s: out of memory\n", cmd);
-        return 1;
-    }
-    memmove(grown + 1, grown, sizeof(int32_t) * (size_t)*T);
-    grown[0] = bos;
-    *ids = grown;
-    (*T)++;
-    return 0;
-}
-
 /* Says how the text became ids: no silent template or BOS. */
-static void text_notice(const char *cmd, const pb_model *m, const pb_cli_prompt *p, const int32_t *ids, int T) {
+static void text_notice(const char *cmd, const pb_model *m, const pb_cli_prompt *p, const int32_t *ids, int T,
+                        int bos_added) {
     int bos = pb_model_get_config(m)->bos_id;
     int starts_bos = T > 0 && bos >= 0 && ids[0] == bos;
+    const char *plain_bos = p->bos      ? "prepended (--bos)"
+                            : bos_added ? "prepended (the tokenizer's add_bos_token, as transformers does; --no-bos "
+                                          "drops it)"
+                            : p->no_bos ? "not prepended (--no-bos)"
+                                        : "not prepended (the tokenizer adds none; --bos prepends it)";
     fprintf(stderr, "patchbay %s: --text: %d tokens; chat template %s; BOS %s\n", cmd, T,
             p->chat ? (p->system ? "applied (with --system)" : "applied (with the template's default system prompt)")
                     : "not applied (--chat applies it)",
-            p->bos       ? "prepended (--bos)"
+            !p->chat     ? plain_bos
             : starts_bos ? "present (the template's)"
-                         : (p->chat ? "not present" : "not prepended (--bos prepends it)"));
+                         : "not present");
 }
 
 int pb_cli_prompt_ids(const char *cmd, pb_model *m, const pb_cli_prompt *p, int32_t **ids, int *T) {
@@ -140,23 +139,25 @@ int pb_cli_prompt_ids(const char *cmd, pb_model *m, const pb_cli_prompt *p, int3
         fprintf(stderr, "patchbay %s: reading token ids: %s\n", cmd, pb_last_error());
         return 2;
     }
-    st = p->chat ? pb_model_chat_tokenize(m, p->system, p->text, ids, T) : pb_model_tokenize(m, p->text, 0, ids, T);
+    int bos_added = 0;
+    st = p->chat ? pb_model_chat_tokenize(m, p->system, p->text, ids, T)
+                 : pb_model_tokenize_plain(m, p->text, 0,
+                                           p->bos      ? 1
+                                           : p->no_bos ? 0
+                                                       : -1,
+                                           ids, T, &bos_added);
     if (st != PB_OK) {
         fprintf(stderr, "patchbay %s: %s: %s\n", cmd, p->chat ? "applying the chat template" : "tokenizing",
                 pb_last_error());
-        return 1;
+        return st == PB_ERR_ARG ? 2 : 1;
     }
-    int rc = p->bos ? prepend_bos(cmd, m, ids, T) : 0;
-    if (!rc && *T <= 0) {
+    if (*T <= 0) {
         fprintf(stderr, "patchbay %s: --text tokenizes to nothing\n", cmd);
-        rc = 2;
-    }
-    if (rc) {
         free(*ids);
         *ids = NULL;
-        return rc;
+        return 2;
     }
-    text_notice(cmd, m, p, *ids, *T);
+    text_notice(cmd, m, p, *ids, *T, bos_added);
     return 0;
 }
 

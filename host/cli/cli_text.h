@@ -1,6 +1,6 @@
 /* Text in and out of the command line: the prompt options that forward,
  * tokenize and logit-lens share (--text or --ids/--ids-file, --chat or
- * --no-chat, --system, --chat-template, --bos) with the notice of what was
+ * --no-chat, --system, --chat-template, --bos or --no-bos) with the notice of what was
  * applied, token pieces as printable strings, and the decode command. */
 #ifndef PB_CLI_TEXT_H
 #define PB_CLI_TEXT_H
@@ -15,10 +15,10 @@
 
 typedef struct pb_cli_prompt {
     const char *text, *ids, *ids_file, *system, *chat_template;
-    int chat, no_chat, bos;
+    int chat, no_chat, bos, no_bos;
 } pb_cli_prompt;
 
-enum { PB_CLI_PROMPT_OPTIONS = 8 };
+enum { PB_CLI_PROMPT_OPTIONS = 9 };
 /* Fills table (PB_CLI_PROMPT_OPTIONS entries plus the end) with the prompt
  * options, writing into p. text_commands take --text and its switches,
  * ids_commands --ids and --ids-file, template_commands --chat-template,
@@ -46,7 +46,8 @@ typedef struct pb_cli_tables {
 int pb_cli_prompt_template(const char *cmd, pb_model *m, const pb_cli_prompt *p);
 
 /* The prompt's ids: --ids / --ids-file as given, or --text through the chat
- * template (--chat) or plain (default), BOS prepended with --bos. Says on
+ * template (--chat) or plain (default; a BOS first as the model's tokenizer
+ * puts one, pb_model_tokenize_plain, or as --bos / --no-bos say). Says on
  * stderr what was applied when the text was tokenized. Returns 0, or the
  * exit status (2 bad usage, 1 failure) after saying why; *ids malloc'd. */
 int pb_cli_prompt_ids(const char *cmd, pb_model *m, const pb_cli_prompt *p, int32_t **ids, int *T);

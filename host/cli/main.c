@@ -923,7 +923,7 @@ static const command commands[] = {
      "Writes DIR/logits.npy (T x vocab, float32) and one HOOK.npy per captured hook point: (T, d_model)\n"
      "for residual-width hooks, (T, heads, head_dim) for attn.hook_q/k/v/z, (n_heads, T, T) for\n"
      "attn.hook_attn_scores (scaled, causal mask -inf) and attn.hook_pattern (softmax). --text is\n"
-     "tokenized as it is unless --chat; stderr says whether a chat template and BOS were applied.\n"
+     "tokenized plainly unless --chat (a BOS first where the tokenizer puts one); stderr says which.\n"
      "--html adds DIR/patterns.html: every captured attn.hook_pattern as one heatmap per head.\n",
      "patchbay forward --model " SMOLLM2 " --text 'The Eiffel Tower is in the city of' \\\n"
      "    --hooks 'blocks.*.hook_resid_post,blocks.3.attn.hook_pattern' --html --out /tmp/fwd",

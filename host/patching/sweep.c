@@ -1535,25 +1535,8 @@ static pb_status spec_tokenize(void *user, const char *text, int chat, int bos, 
     const pb_model *model = user;
     if (chat)
         return pb_model_chat_tokenize(model, system, text, ids, n);
-    PB_TRY(pb_model_tokenize(model, text, 0, ids, n));
-    if (!(bos > 0 || (bos < 0 && model->add_bos)))
-        return PB_OK;
-    if (model->cfg.bos_id < 0) {
-        free(*ids);
-        *ids = NULL;
-        return pb_fail(PB_ERR_ARG, "\"bos\": the model names no BOS token");
-    }
-    int32_t *grown = realloc(*ids, sizeof(int32_t) * (size_t)(*n + 1));
-    if (!grown) {
-        free(*ids);
-        *ids = NULL;
-        return pb_fail(PB_ERR_OOM, "out of memory for a prompt's BOS");
-    }
-    memmove(grown + 1, grown, sizeof(int32_t) * (size_t)*n);
-    grown[0] = model->cfg.bos_id;
-    *ids = grown;
-    (*n)++;
-    return PB_OK;
+    pb_status status = pb_model_tokenize_plain(model, text, 0, bos, ids, n, NULL);
+    return status == PB_ERR_ARG && bos > 0 ? pb_fail_context(status, "\"bos\": true") : status;
 }
 
 static pb_status spec_token_text(void *user, int id, char *buf, size_t size) {

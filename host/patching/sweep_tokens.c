@@ -22,7 +22,8 @@ pb_status pb_sweep_get_pair_tokens(const pb_sweep *sweep, int pair, int source, 
 }
 
 int pb_prompt_bos_added(const pb_prompt_spec *prompt, const pb_model *model) {
-    return prompt->text && !prompt->chat && (prompt->bos > 0 || (prompt->bos < 0 && model->add_bos));
+    return prompt->text && !prompt->chat &&
+           (prompt->bos > 0 || (prompt->bos < 0 && model->add_bos && model->cfg.bos_id >= 0));
 }
 
 pb_status pb_sweep_get_prompt_info(const pb_sweep *sweep, int pair, int source, pb_prompt_info *info) {

@@ -216,6 +216,31 @@ pb_status pb_model_tokenize(const pb_model *m, const char *text, int parse_speci
     return pb_tokenizer_encode(m->tokenizer, text, strlen(text), parse_special, ids, n_ids);
 }
 
+pb_status pb_model_tokenize_plain(const pb_model *m, const char *text, int parse_special, int bos, int32_t **ids,
+                                  int *n_ids, int *bos_added) {
+    if (bos_added)
+        *bos_added = 0;
+    if (bos > 0 && m && m->cfg.bos_id < 0)
+        return pb_fail(PB_ERR_ARG, "a BOS token was asked for, and the model names none");
+    PB_TRY(pb_model_tokenize(m, text, parse_special, ids, n_ids));
+    if (!(bos > 0 || (bos < 0 && m->add_bos && m->cfg.bos_id >= 0)))
+        return PB_OK;
+    int32_t *grown = realloc(*ids, sizeof(int32_t) * ((size_t)*n_ids + 1));
+    if (!grown) {
+        free(*ids);
+        *ids = NULL;
+        *n_ids = 0;
+        return pb_fail(PB_ERR_OOM, "out of memory for a prompt's BOS");
+    }
+    memmove(grown + 1, grown, sizeof(int32_t) * (size_t)*n_ids);
+    grown[0] = m->cfg.bos_id;
+    *ids = grown;
+    (*n_ids)++;
+    if (bos_added)
+        *bos_added = 1;
+    return PB_OK;
+}
+
 pb_status pb_model_chat_tokenize(const pb_model *m, const char *system, const char *user, int32_t **ids, int *n_ids) {
     if (!m || !user || !ids || !n_ids)
         return pb_fail(PB_ERR_ARG, "pb_model_chat_tokenize: model, user text, ids and n_ids are required");

@@ -55,7 +55,10 @@ pb_status pb_out_dir_check(const char *dir, int overwrite) {
             empty = strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0;
         closedir(d);
         if (!empty && !overwrite)
-            return pb_fail(PB_ERR_ARG, "output directory %s is not empty; pass --overwrite to replace its files", dir);
+            return pb_fail(
+                PB_ERR_ARG,
+                "output directory %s is not empty; pass --overwrite to replace its files (Python: overwrite=True)",
+                dir);
         if (access(dir, W_OK | X_OK) != 0)
             return pb_fail(PB_ERR_IO, "cannot write into output directory %s: %s", dir, strerror(errno));
         return PB_OK;
@@ -88,7 +91,8 @@ pb_status pb_out_file_check(const char *path, int overwrite) {
         if (S_ISDIR(st.st_mode))
             return pb_fail(PB_ERR_ARG, "output file %s is a directory", path);
         if (!overwrite)
-            return pb_fail(PB_ERR_ARG, "output file %s exists; pass --overwrite to replace it", path);
+            return pb_fail(PB_ERR_ARG, "output file %s exists; pass --overwrite to replace it (Python: overwrite=True)",
+                           path);
     }
     char parent[4096];
     pb_path_folder(path, parent, sizeof parent);

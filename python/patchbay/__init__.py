@@ -64,10 +64,19 @@ def _check(status: int) -> None:
 
 
 def _ids_array(ids: Sequence[int] | np.ndarray) -> np.ndarray:
-    a = np.ascontiguousarray(np.asarray(ids, dtype=np.int32))
+    """ids as a contiguous int32 array, refused (not cast) when they are not
+    integers or do not fit: a cast would run other tokens than asked for."""
+    if isinstance(ids, (str, bytes)):
+        raise TypeError("token ids expected, got text: Model.tokenize or Model.chat_tokenize turns text into ids")
+    a = np.asarray(ids)
     if a.ndim != 1:
         raise ValueError(f"token ids must be one-dimensional, got shape {a.shape}")
-    return a
+    if a.size and a.dtype.kind not in "iu":
+        raise TypeError(f"token ids must be integers, got {a.dtype} values")
+    if a.size and (int(a.min()) < 0 or int(a.max()) > np.iinfo(np.int32).max):
+        bad = int(a.min()) if int(a.min()) < 0 else int(a.max())
+        raise ValueError(f"token id {bad} is outside [0, 2**31)")
+    return np.ascontiguousarray(a, dtype=np.int32)
 
 
 def _handed_ids(call) -> np.ndarray:
@@ -271,10 +280,17 @@ class Model:
 
     # ---- text ----------------------------------------------------------------
 
-    def tokenize(self, text: str, parse_special: bool = False) -> np.ndarray:
-        """Token ids of text as written (no BOS added), int32."""
-        return _handed_ids(lambda ids, n: _lib.lib().pb_model_tokenize(self._live(), text.encode(), int(parse_special),
-                                                                        ids, n))
+    def tokenize(self, text: str, parse_special: bool = False, bos: bool | None = None) -> np.ndarray:
+        """Token ids of plain text (no chat template), int32. bos: None puts the
+        model's BOS first where its tokenizer does (add_bos_token: Gemma yes,
+        SmolLM2 no), as transformers' tokenizer(text), sweeps and the CLI do;
+        True always (TransformerLens's prepend_bos=True); False never.
+        parse_special: text spelling a special token becomes that token."""
+        if not isinstance(text, str):
+            raise TypeError(f"tokenize takes text (str), got {type(text).__name__}")
+        policy = -1 if bos is None else int(bool(bos))
+        return _handed_ids(lambda ids, n: _lib.lib().pb_model_tokenize_plain(
+            self._live(), text.encode(), int(parse_special), policy, ids, n, None))
 
     def chat_tokenize(self, user: str, system: str | None = None) -> np.ndarray:
         """One user turn in the model's chat template plus the generation prompt, as

@@ -324,6 +324,8 @@ def _declare(lib: ctypes.CDLL) -> None:
         "pb_model_get_config": (POINTER(ModelConfig), [c_void_p]),
         "pb_model_get_source": (c_char_p, [c_void_p]),
         "pb_model_tokenize": (status, [c_void_p, c_char_p, c_int, POINTER(POINTER(c_int32)), POINTER(c_int)]),
+        "pb_model_tokenize_plain": (
+            status, [c_void_p, c_char_p, c_int, c_int, POINTER(POINTER(c_int32)), POINTER(c_int), POINTER(c_int)]),
         "pb_model_chat_tokenize": (
             status, [c_void_p, c_char_p, c_char_p, POINTER(POINTER(c_int32)), POINTER(c_int)]),
         "pb_model_detokenize": (status, [c_void_p, POINTER(c_int32), c_int, POINTER(c_void_p)]),

@@ -90,8 +90,12 @@ def test_tokenize_matches_cli(smollm2):
     chat = json.loads(cli("tokenize", "--model", str(SMOLLM2), "--text", text, "--chat"))
     plain = json.loads(cli("tokenize", "--model", str(SMOLLM2), "--text", text))
     assert smollm2.chat_tokenize(text).tolist() == chat
-    assert smollm2.tokenize(text).tolist() == plain
+    assert smollm2.tokenize(text).tolist() == plain  # SmolLM2's tokenizer adds no BOS
     assert smollm2.detokenize(plain) == text
+    with_bos = json.loads(cli("tokenize", "--model", str(SMOLLM2), "--text", text, "--bos"))
+    assert with_bos == [smollm2.config["bos_id"]] + plain
+    assert smollm2.tokenize(text, bos=True).tolist() == with_bos
+    assert smollm2.tokenize(text, bos=False).tolist() == plain
 
 
 def continuation_ids(output: str, label: str) -> list[list[int]]:
@@ -156,12 +160,21 @@ def test_errors_carry_the_library_message(tiny, tmp_path):
     assert bad.value.status == "PB_ERR_ARG" and "99" in bad.value.message
     with pytest.raises(patchbay.PatchbayError, match="outside the vocabulary"):
         tiny.forward([1, 10**6])
+    # ids are refused, not cast: 2**33 + 1 as int32 would run id 1
+    with pytest.raises(ValueError, match=r"token id 8589934593 is outside \[0, 2\*\*31\)"):
+        tiny.forward(np.array([2**33 + 1, 2, 3], dtype=np.int64))
+    with pytest.raises(ValueError, match="token id -1"):
+        tiny.forward([1, -1])
+    with pytest.raises(TypeError, match="must be integers, got float64"):
+        tiny.forward(np.array([1.0, 2.5]))
+    with pytest.raises(TypeError, match="tokenize"):
+        tiny.forward("hello")
     with pytest.raises(patchbay.PatchbayError, match="top_p = 2 must lie in"):
         tiny.generate([1, 2, 3], temperature=1.0, top_p=2.0)
     result = tiny.sweep(SPEC, progress=False)
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "mine.txt").write_text("keep")
-    with pytest.raises(patchbay.PatchbayError):
+    with pytest.raises(patchbay.PatchbayError, match="overwrite=True"):
         result.write(tmp_path / "out")  # not empty, no overwrite
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["mine.txt"]
 
