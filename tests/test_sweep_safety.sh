@@ -109,6 +109,18 @@ expect_rc 2 readonly
 expect_err readonly "cannot create a file in $ro"
 [ ! -e "$tmp/o3" ] || fail "case 3 created the output directory"
 grep -q "rows executed" "$tmp/missing.err" "$tmp/readonly.err" && fail "case 3 ran rows"
+# an --out that cannot be made is refused before any row too (a write probe:
+# root passes access() on /proc), and a run that fails leaves neither a
+# checkpoint nor its model-hash cache
+run outro "${sweep[@]}" --out "$ro/out" --checkpoint "$tmp/o3b.checkpoint"
+expect_rc 1 outro
+expect_err outro "cannot create output directory $ro/out"
+grep -q "rows executed" "$tmp/outro.err" && fail "an --out that cannot be made ran rows"
+run tiny "${sweep[@]}" --out "$tmp/o3c" --max-memory 1K
+expect_rc 1 tiny
+expect_err tiny "sweep failed"
+[ ! -e "$tmp/o3c" ] && [ ! -e "$tmp/o3c.checkpoint" ] && [ ! -e "$tmp/o3c.checkpoint.model-hash" ] ||
+  fail "a failed run left files: $(ls "$tmp")"
 
 # ---- 6: two SIGTERMs in a row ------------------------------------------------
 # The job holds in its share until the first SIGTERM, then stops itself just
@@ -229,7 +241,7 @@ printf "\\$(printf '%03o' $((byte ^ 1)))" | dd of="$tmp/m.gguf" bs=1 seek=$((siz
 [ "$(od -An -tu1 -j $((size / 2)) -N1 "$tmp/m.gguf" | tr -d ' ')" = $((byte ^ 1)) ] || fail "o2: the model byte did not change"
 run changed "${small[@]}" --out "$tmp/o2" --resume
 expect_rc 1 changed
-expect_err changed "checkpoint $tmp/o2.checkpoint was written for another model: $tmp/m.gguf"
+expect_err changed "checkpoint $tmp/o2.checkpoint was written for other weights: $tmp/m.gguf, with the adapters"
 expect_err changed "the checkpoint is kept"
 cmp "$tmp/o2.checkpoint" "$tmp/o2.kept" || fail "o2: the checkpoint changed"
 [ ! -e "$tmp/o2" ] || fail "o2: a refused resume wrote results"

@@ -471,13 +471,10 @@ static int finish_sweep(const options *o, pb_sweep *sweep, pb_status job, const 
     }
     if (write_outputs(o, sweep) != 0)
         return keep_rows(o, checkpoint, sweep, fp);
-    /* The results hold everything the checkpoint did. */
-    char cache[4300];
-    hash_cache_path(checkpoint, cache, sizeof cache);
+    /* The results hold everything the checkpoint did (sweep_end removes its hash cache). */
     if (unlink(checkpoint) != 0 && errno != ENOENT)
         fprintf(stderr, "patchbay: WARNING: cannot remove the finished checkpoint %s: %s\n", checkpoint,
                 strerror(errno));
-    unlink(cache);
     fprintf(stderr, "patchbay: wrote results.json, report.txt, report.html and the .npy heatmaps to %s\n", o->out);
     return 0;
 }
@@ -775,6 +772,13 @@ static int sweep_end(sweep_job *j, int rc, int gathered) {
         abort_job(j->ranks, 1, "the job's end failed (see above)");
         rc = 1;
     }
+    /* The model-hash cache serves a resume of the checkpoint beside it: a
+     * run that leaves no checkpoint (done, or failed before writing one)
+     * leaves no cache either. */
+    char cache[4300];
+    hash_cache_path(j->checkpoint, cache, sizeof cache);
+    if (j->ranks->rank == 0 && access(j->checkpoint, F_OK) != 0)
+        unlink(cache);
     free(j->share);
     free(j->rank_seconds);
     free(j->rank_costs);

@@ -38,6 +38,24 @@ static void nearest_ancestor(const char *dir, char *parent, size_t size) {
     }
 }
 
+/* Creates, writes one byte to and removes folder/.patchbay-probe.<pid>: 0,
+ * or the errno of the step that failed (*created: whether the file was
+ * made). A real write, where access() would say yes to root on a read-only
+ * or pseudo file system (/sys, /proc). */
+static int probe_folder(const char *folder, int *created) {
+    char probe[4200];
+    snprintf(probe, sizeof probe, "%s/.patchbay-probe.%ld", folder, (long)getpid());
+    int fd = open(probe, O_WRONLY | O_CREAT | O_EXCL, 0600);
+    *created = fd >= 0;
+    if (fd < 0)
+        return errno;
+    int failed = write(fd, "x", 1) != 1 ? errno : 0;
+    if (close(fd) != 0 && !failed)
+        failed = errno;
+    unlink(probe);
+    return failed;
+}
+
 pb_status pb_out_dir_check(const char *dir, int overwrite) {
     if (!dir || !*dir)
         return pb_fail(PB_ERR_ARG, "output directory: empty path");
@@ -59,14 +77,19 @@ pb_status pb_out_dir_check(const char *dir, int overwrite) {
                 PB_ERR_ARG,
                 "output directory %s is not empty; pass --overwrite to replace its files (Python: overwrite=True)",
                 dir);
-        if (access(dir, W_OK | X_OK) != 0)
-            return pb_fail(PB_ERR_IO, "cannot write into output directory %s: %s", dir, strerror(errno));
+        int created, failed = probe_folder(dir, &created);
+        if (failed)
+            return pb_fail(PB_ERR_IO, "cannot write into output directory %s: %s", dir, strerror(failed));
         return PB_OK;
     }
     char parent[4096];
     nearest_ancestor(dir, parent, sizeof parent);
-    if (stat(parent, &st) != 0 || !S_ISDIR(st.st_mode) || access(parent, W_OK | X_OK) != 0)
-        return pb_fail(PB_ERR_IO, "cannot create output directory %s: %s is not a writable directory", dir, parent);
+    int created, failed = stat(parent, &st) != 0 ? errno
+                          : !S_ISDIR(st.st_mode) ? ENOTDIR
+                                                 : probe_folder(parent, &created);
+    if (failed)
+        return pb_fail(PB_ERR_IO, "cannot create output directory %s: %s is not a writable directory (%s)", dir, parent,
+                       strerror(failed));
     return PB_OK;
 }
 
@@ -200,7 +223,7 @@ pb_status pb_read_input_file(const char *path, size_t max_bytes, const volatile 
 pb_status pb_file_probe_writable(const char *path) {
     if (!path || !*path || strlen(path) >= 4000)
         return pb_fail(PB_ERR_ARG, "bad file path '%s'", path ? path : "");
-    char folder[4096], probe[4200];
+    char folder[4096];
     pb_path_folder(path, folder, sizeof folder);
     struct stat st;
     if (stat(folder, &st) != 0)
@@ -209,14 +232,9 @@ pb_status pb_file_probe_writable(const char *path) {
         return pb_fail(PB_ERR_IO, "cannot write %s: %s is not a folder", path, folder);
     if (stat(path, &st) == 0 && S_ISDIR(st.st_mode))
         return pb_fail(PB_ERR_IO, "cannot write %s: it is a folder", path);
-    snprintf(probe, sizeof probe, "%s/.patchbay-probe.%ld", folder, (long)getpid());
-    int fd = open(probe, O_WRONLY | O_CREAT | O_EXCL, 0600);
-    if (fd < 0)
-        return pb_fail(PB_ERR_IO, "cannot write %s: cannot create a file in %s: %s", path, folder, strerror(errno));
-    int failed = write(fd, "x", 1) != 1 ? errno : 0;
-    if (close(fd) != 0 && !failed)
-        failed = errno;
-    unlink(probe);
+    int created = 0, failed = probe_folder(folder, &created);
+    if (failed && !created)
+        return pb_fail(PB_ERR_IO, "cannot write %s: cannot create a file in %s: %s", path, folder, strerror(failed));
     if (failed)
         return pb_fail(PB_ERR_IO, "cannot write %s: writing in %s failed: %s", path, folder, strerror(failed));
     return PB_OK;
