@@ -4,7 +4,8 @@
 # --sample-seed and not from another; greedy --samples refused; refusal-rate
 # runs its prompts batched and writes patchbay.refusal_rate/2, whose counts,
 # rates and intervals agree with its own items (the interval recomputed
-# here from the formula); bad sampling values are usage errors (exit 2).
+# here from the formula); bad sampling values, and sampling options without
+# --temperature, are usage errors (exit 2).
 # The numerics are checked in test_generate.c.
 set -euo pipefail
 build=${PB_BUILD_DIR:-build}
@@ -39,6 +40,10 @@ usage() {
 }
 usage "needs --temperature" generate --model "$model" --prompt Hi --samples 2
 usage "top_p = 2 must lie in \[0, 1\]" generate --model "$model" --prompt Hi --temperature 1 --top-p 2
+# checked when greedy too, and refused there: greedy decoding would ignore them
+usage "top_p = 1.5 must lie in \[0, 1\]" generate --model "$model" --prompt Hi --top-p 1.5
+usage "need --temperature" generate --model "$model" --prompt Hi --top-p 0.5
+usage "need --temperature" generate --model "$model" --prompt Hi --top-k 4
 usage "temperature -1 must be finite" refusal-rate --model "$model" --prompts x --temperature -1
 usage "empty stop string" generate --model "$model" --prompt Hi --stop ""
 

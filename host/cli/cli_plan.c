@@ -93,10 +93,11 @@ static void size_option(char *buf, size_t n, size_t bytes, int round_up) {
 
 static void print_weights(const pb_plan *p, const char *mode) {
     char a[32], b[32], c[32];
-    printf("weights           %s: %s held resident, %s streamed; %s per rank\n", mode,
-           human(a, (double)p->weights_resident),
-           p->weights_streamed ? human(b, (double)p->weights_streamed) : "cannot be",
-           human(c, (double)p->device_memory));
+    char streamed[64] = "they cannot stream";
+    if (p->weights_streamed)
+        snprintf(streamed, sizeof streamed, "%s at most streamed", human(b, (double)p->weights_streamed));
+    printf("weights           %s: %s held whole, %s; %s of memory per rank\n", mode,
+           human(a, (double)p->weights_resident), streamed, human(c, (double)p->device_memory));
 }
 
 static void print_plan(const pb_plan *p, const pb_sweep_summary *sum, const char *backend) {

@@ -70,8 +70,17 @@ void pb_cli_sampling_table(pb_cli_sampling *s, const char *commands, pb_cli_opti
 
 int pb_cli_sampling_check(const char *cmd, const pb_cli_sampling *s) {
     pb_generate_options o = pb_cli_sampling_options(s, 1);
+    o.sampling = &s->sampling; /* the values given, whether they are used or not */
     if (pb_generate_options_check(&o) != PB_OK) {
         fprintf(stderr, "patchbay %s: %s\n", cmd, pb_last_error());
+        return 0;
+    }
+    const pb_sampling *p = &s->sampling;
+    if (p->temperature == 0 && (p->top_k != 0 || (p->top_p != 0 && p->top_p != 1) || p->min_p != 0)) {
+        fprintf(stderr,
+                "patchbay %s: --top-k, --top-p and --min-p shape sampling and need --temperature: without it the "
+                "decoding is greedy and would ignore them\n",
+                cmd);
         return 0;
     }
     if (s->samples > 1 && s->sampling.temperature == 0) {

@@ -994,7 +994,8 @@ static const command commands[] = {
      "last layer's output (TransformerLens's accumulated_resid with apply_ln: row 0 is the embedding,\n"
      "row L+1 is blocks.L.hook_resid_post; the last row gives the model's logits). Prints per layer and\n"
      "position the top tokens and, with --positive/--negative, mean(positive) - mean(negative) lens\n"
-     "logits. --out DIR writes lens.json and lens_logits.npy (see docs/ARCHITECTURE.md).\n",
+     "logits. --out DIR writes lens.json, top_ids.npy and top_logits.npy (rows x positions x top-k) and,\n"
+     "with --positive/--negative, metric_logits.npy (rows x positions x those tokens).\n",
      "patchbay logit-lens --model " SMOLLM2 " --text 'The Eiffel Tower is in the city of' \\\n"
      "    --positive ' Paris' --negative ' Rome' --top-k 3",
      pb_cli_logit_lens, pb_cli_logit_lens_options},

@@ -751,8 +751,12 @@ static pb_status report_text(const pb_sweep_view *v, const pb_ranked *layers, in
     fputc('\n', f);
     print_layers(f, v);
     fprintf(f, "Pairs: %d (%d used)\n", sum->n_pairs, sum->n_pairs_used);
-    fprintf(f, "Sites patched: %lld (rows executed: %lld of %lld)\n", (long long)sum->n_sites,
-            (long long)sum->n_rows_executed, (long long)sum->n_rows);
+    if (v->spec->method == PB_METHOD_EXACT)
+        fprintf(f, "Sites patched: %lld (rows executed: %lld of %lld)\n", (long long)sum->n_sites,
+                (long long)sum->n_rows_executed, (long long)sum->n_rows);
+    else /* no patched forward per row; the exact check, if any, ran its own */
+        fprintf(f, "Sites estimated: %lld (rows: %lld, no patched forward each)\n", (long long)sum->n_sites,
+                (long long)sum->n_rows);
     if (sum->n_rows_done < sum->n_rows)
         fprintf(f, "Rows done: %lld of %lld (effects of the rest are missing)\n", (long long)sum->n_rows_done,
                 (long long)sum->n_rows);

@@ -365,8 +365,8 @@ class Model:
         if hook not in ("resid_pre", "resid_post"):
             raise ValueError(f"hook {hook!r}: expected 'resid_pre' or 'resid_post'")
         pos = position + T if position < 0 else position
-        pos_ids = np.ascontiguousarray([self._single_token(t) for t in positive], dtype=np.int32)
-        neg_ids = np.ascontiguousarray([self._single_token(t) for t in negative], dtype=np.int32)
+        pos_ids = np.ascontiguousarray([self._single_token(t, "positive") for t in positive], dtype=np.int32)
+        neg_ids = np.ascontiguousarray([self._single_token(t, "negative") for t in negative], dtype=np.int32)
         m = _lib.GradMetric(kind=_lib.METRICS[metric], position=pos, n_positive=len(pos_ids),
                             n_negative=len(neg_ids), layer=-1 if layer is None else int(layer),
                             hook_post=1 if hook == "resid_post" else 0)
@@ -432,6 +432,11 @@ class Model:
         or token ids), all decoded together: a list per prompt of `samples`
         texts (token id arrays with return_ids=True). Greedy unless temperature > 0.
         ablate / add: as in forward, at every position, generated ones too."""
+        if samples < 1:
+            raise ValueError(f"samples = {samples}: at least 1 continuation per prompt")
+        if temperature == 0 and (samples > 1 or top_k != 0 or top_p not in (0.0, 1.0) or min_p != 0):
+            raise ValueError("samples > 1, top_k, top_p and min_p are for sampling: give temperature > 0 "
+                             "(temperature 0 decodes greedily, every continuation alike, and would ignore them)")
         single = (isinstance(prompts, str) or (isinstance(prompts, np.ndarray) and prompts.ndim == 1)
                   or (len(prompts) > 0 and isinstance(prompts[0], (int, np.integer))))
         items = [prompts] if single else list(prompts)
@@ -478,7 +483,7 @@ class Model:
         refusal score. n_post 0: the train prompts' common template suffix."""
         sets = [[self._prompt_ids(p, chat) for p in group]
                 for group in (harmful_train, harmless_train, harmful_val, harmless_val)]
-        refusal = np.array([self._single_token(t) for t in refusal_tokens], dtype=np.int32)
+        refusal = np.array([self._single_token(t, "refusal") for t in refusal_tokens], dtype=np.int32)
         keep = []
 
         def prompt_set(arrays):
@@ -499,12 +504,13 @@ class Model:
             _check(status)
         return Direction(result, self.source)
 
-    def _single_token(self, token: str | int) -> int:
+    def _single_token(self, token: str | int, role: str) -> int:
+        """A metric's token: an id, or text that is one token as written (no BOS)."""
         if isinstance(token, (int, np.integer)):
             return int(token)
-        ids = self.tokenize(token)
+        ids = self.tokenize(token, bos=False)
         if len(ids) != 1:
-            raise PatchbayError("PB_ERR_ARG", f"refusal token {token!r} is {len(ids)} tokens, not one")
+            raise PatchbayError("PB_ERR_ARG", f"{role} token {token!r} is {len(ids)} tokens, not one")
         return int(ids[0])
 
     def export_ablated(self, direction, out: str | os.PathLike, **options) -> dict[str, Any]:

@@ -171,6 +171,11 @@ def test_errors_carry_the_library_message(tiny, tmp_path):
         tiny.forward("hello")
     with pytest.raises(patchbay.PatchbayError, match="top_p = 2 must lie in"):
         tiny.generate([1, 2, 3], temperature=1.0, top_p=2.0)
+    for greedy_but in ({"top_p": 1.5}, {"min_p": 3.0}, {"top_k": -4}, {"samples": 2}):
+        with pytest.raises(ValueError, match="give temperature > 0"):
+            tiny.generate([1, 2, 3], **greedy_but)
+    with pytest.raises(ValueError, match="samples = 0"):
+        tiny.generate([1, 2, 3], samples=0)
     result = tiny.sweep(SPEC, progress=False)
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "mine.txt").write_text("keep")
