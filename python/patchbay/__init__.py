@@ -192,6 +192,7 @@ class Model:
     def __init__(self, handle: int):
         self._handle = c_void_p(handle)
         self._adapters: list = []  # LoRA adapters merged at load: an export merges them too
+        self._backend, self._dtype = "cpu", "f32"  # as loaded: a sweep's checkpoint records them
         self._weights = "resident"  # as loaded: what plan() assumes unless told
         self._weight_memory = 0
         # sweeps read the model until they are freed: closing the model frees them first
@@ -234,6 +235,7 @@ class Model:
         _check(_lib.lib().pb_model_load(byref(handle), os.fsencode(path), byref(options)))
         model = cls(handle.value)
         model._adapters = _adapter_list(adapter)
+        model._backend, model._dtype = backend, dtype
         # what plan() assumes: as asked of a shape-only load, else as the load decided
         streams = _lib.lib().pb_model_streams_weights(model._handle)
         model._weights = weights if shape_only else "stream" if streams else "resident"
@@ -246,7 +248,9 @@ class Model:
         options, _keep = cls._options(backend, dtype, threads, None)
         handle = c_void_p()
         _check(_lib.lib().pb_model_random(byref(handle), name.encode(), seed, byref(options)))
-        return cls(handle.value)
+        model = cls(handle.value)
+        model._backend, model._dtype = backend, dtype
+        return model
 
     def close(self) -> None:
         """Frees the model, and first every sweep made on it (their arrays and
@@ -568,13 +572,34 @@ class Model:
         out["weights"] = next(k for k, v in _lib.WEIGHTS.items() if v == plan.weights)
         return out
 
+    def _fingerprint(self, spec_text: str, checkpoint: str) -> "_lib.SweepFingerprint":
+        """What a checkpoint of a sweep of spec_text on this model must match:
+        the model's bytes with its adapters (the hash cached beside the
+        checkpoint, as the CLI caches it), the spec, the backend and dtype."""
+        fingerprint = _lib.SweepFingerprint()
+        names = _c_paths(self._adapters)
+        options = _lib.FingerprintOptions(hash_cache=os.fsencode(checkpoint + ".model-hash"), adapters=names,
+                                          n_adapters=len(self._adapters))
+        _check(_lib.lib().pb_sweep_fingerprint_compute_with(
+            byref(fingerprint), self.source.encode(), spec_text.encode(), _lib.BACKENDS[self._backend],
+            _lib.DTYPES[self._dtype], byref(options)))
+        return fingerprint
+
     def sweep(self, spec: dict | str | os.PathLike, progress: bool = True, spec_dir: str | None = None,
-              max_memory: int | str | None = None) -> "SweepResult":
+              max_memory: int | str | None = None, checkpoint: str | os.PathLike | None = None) -> "SweepResult":
         """Runs a patching sweep (a spec as the CLI's --spec takes: a dict, a JSON
         string or a file path) and returns its arrays and records. max_memory:
         the batches' bytes (an int or "16GiB"; default 1 GiB, or with streamed
-        weights on a GPU what the plan leaves)."""
+        weights on a GPU what the plan leaves). checkpoint: a file where an
+        interrupted sweep (Ctrl-C) keeps its finished rows, and from which the
+        same call resumes them (refused, naming what differs, when it was
+        written for another model, adapter, spec, backend or prompts); removed
+        once the sweep completes. The CLI's --checkpoint with --resume."""
         text, spec_dir = _spec_text(spec, spec_dir)
+        checkpoint = os.fspath(checkpoint) if checkpoint is not None else None
+        folder = os.path.dirname(os.path.abspath(checkpoint)) if checkpoint else None
+        if folder and not (os.path.isdir(folder) and os.access(folder, os.W_OK)):
+            raise ValueError(f"checkpoint {checkpoint}: {folder} is not a writable folder")
         stop = c_int(0)
         with _Progress("sweep", "rows", progress, stop) as bar:
             options = _lib.SweepOptions(max_memory=_size(max_memory, "max_memory"), progress=bar.callback,
@@ -584,12 +609,34 @@ class Model:
                                               os.fsencode(spec_dir) if spec_dir else None, byref(options)))
             result = SweepResult(handle, self)
             try:
+                fingerprint = self._fingerprint(text, checkpoint) if checkpoint else None
+                if checkpoint and os.path.exists(checkpoint):
+                    _check(_lib.lib().pb_sweep_checkpoint_load(handle, os.fsencode(checkpoint), byref(fingerprint)))
                 _check(_lib.lib().pb_sweep_run(handle))
+            except PatchbayInterrupted as stopped:
+                kept = self._keep_rows(handle, checkpoint, fingerprint) if checkpoint else None
+                result.close()
+                if kept:
+                    raise PatchbayInterrupted(stopped.status, f"{stopped.message}; {kept}") from None
+                raise
             except BaseException:
                 result.close()  # now, not whenever a traceback holding it goes
                 raise
         result._collect()
+        if checkpoint:  # the results hold everything it did
+            for done in (checkpoint, checkpoint + ".model-hash"):
+                if os.path.exists(done):
+                    os.remove(done)
         return result
+
+    @staticmethod
+    def _keep_rows(handle: c_void_p, checkpoint: str, fingerprint: "_lib.SweepFingerprint") -> str:
+        """Writes the interrupted sweep's checkpoint; says so, or why it could not."""
+        status = _lib.lib().pb_sweep_checkpoint_write(handle, os.fsencode(checkpoint), byref(fingerprint))
+        if status != _lib.PB_OK:
+            why = (_lib.lib().pb_last_error() or b"").decode("utf-8", "replace")
+            return f"the finished rows could not be kept: {why}"
+        return f"the finished rows are kept in {checkpoint}: the same sweep(..., checkpoint=) call resumes them"
 
 
 def export_ablated(model_path: str | os.PathLike, direction, out: str | os.PathLike, outtype: str = "f32",

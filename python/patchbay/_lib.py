@@ -153,6 +153,26 @@ class GenerateOptions(ctypes.Structure):
     ]
 
 
+class SweepFingerprint(ctypes.Structure):
+    _fields_ = [
+        ("model_path", ctypes.c_char * 1024),
+        ("model_digest", ctypes.c_char * 96),
+        ("spec_digest", ctypes.c_char * 72),
+        ("backend", ctypes.c_char * 32),
+        ("model_unchecked", c_int),
+    ]
+
+
+class FingerprintOptions(ctypes.Structure):
+    _fields_ = [
+        ("hash_cache", c_char_p),
+        ("skip_model", c_int),
+        ("adapters", POINTER(c_char_p)),
+        ("adapter_scales", POINTER(c_float)),
+        ("n_adapters", c_int),
+    ]
+
+
 class SweepOptions(ctypes.Structure):
     _fields_ = [
         ("max_memory", c_size_t),
@@ -349,6 +369,10 @@ def _declare(lib: ctypes.CDLL) -> None:
         "pb_sweep_create": (status, [POINTER(c_void_p), c_void_p, c_char_p, c_char_p, POINTER(SweepOptions)]),
         "pb_sweep_free": (None, [c_void_p]),
         "pb_sweep_run": (status, [c_void_p]),
+        "pb_sweep_fingerprint_compute_with": (
+            status, [POINTER(SweepFingerprint), c_char_p, c_char_p, c_int, c_int, POINTER(FingerprintOptions)]),
+        "pb_sweep_checkpoint_write": (status, [c_void_p, c_char_p, POINTER(SweepFingerprint)]),
+        "pb_sweep_checkpoint_load": (status, [c_void_p, c_char_p, POINTER(SweepFingerprint)]),
         "pb_sweep_plan": (status, [c_void_p, POINTER(PlanOptions), POINTER(Plan)]),
         "pb_model_streams_weights": (c_int, [c_void_p]),
         "pb_model_weight_bytes": (c_size_t, [c_void_p]),

@@ -200,6 +200,50 @@ def test_ctrl_c_stops_a_sweep(tiny, monkeypatch):
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+def test_interrupted_sweep_resumes_from_its_checkpoint(monkeypatch, tmp_path):
+    """Ctrl-C with checkpoint=: the finished rows are kept in the file; the
+    same call resumes them (its progress starts past them), giving what an
+    uninterrupted sweep gives (the reference backend: a row does not depend
+    on its batch), and removes it. A checkpoint of another spec is refused,
+    naming it, and kept."""
+    spec = json.loads(SPEC.read_text())
+    checkpoint = tmp_path / "sweep.checkpoint"
+    cache = Path(f"{checkpoint}.model-hash")
+    original = patchbay._Progress._update
+    seen, stop_at = [], [0]
+
+    def watching(self, done, total, user):
+        original(self, done, total, user)
+        seen.append(done)
+        if len(seen) == stop_at[0]:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(patchbay._Progress, "_update", watching)
+    with patchbay.Model.load(TINY, backend="reference", threads=1) as model:
+        whole = model.sweep(spec, progress=False, max_memory=1 << 16)
+        first_batch = seen[0]
+        seen.clear()
+        stop_at[0] = 2
+        with pytest.raises(patchbay.PatchbayInterrupted, match="finished rows are kept in"):
+            model.sweep(spec, progress=False, max_memory=1 << 16, checkpoint=checkpoint)
+        kept_rows = seen[-1]
+        assert checkpoint.exists() and cache.exists()
+        stop_at[0] = 0
+        other = json.loads(SPEC.read_text())
+        other["significance_threshold"] = 0.25
+        with pytest.raises(patchbay.PatchbayError, match="another spec"):
+            model.sweep(other, progress=False, checkpoint=checkpoint)
+        assert checkpoint.exists()
+        seen.clear()
+        resumed = model.sweep(spec, progress=False, max_memory=1 << 16, checkpoint=checkpoint)
+        assert seen[0] > kept_rows >= first_batch  # started past the kept rows
+        for name in whole.keys():
+            assert np.array_equal(resumed[name], whole[name], equal_nan=True), name
+        assert not checkpoint.exists() and not cache.exists()
+        with pytest.raises(ValueError, match="not a writable folder"):
+            model.sweep(spec, progress=False, checkpoint=tmp_path / "missing" / "ck")
+
+
 def test_is_refusal():
     assert patchbay.is_refusal("I'm sorry, but I can't help with that.")
     assert not patchbay.is_refusal("Sure! Here is a recipe.")
