@@ -139,13 +139,9 @@ int pb_cli_prompt_ids(const char *cmd, pb_model *m, const pb_cli_prompt *p, int3
         fprintf(stderr, "patchbay %s: reading token ids: %s\n", cmd, pb_last_error());
         return 2;
     }
-    int bos_added = 0;
+    int bos_added = 0, bos_rule = p->bos ? 1 : p->no_bos ? 0 : -1; /* -1: as the model's tokenizer */
     st = p->chat ? pb_model_chat_tokenize(m, p->system, p->text, ids, T)
-                 : pb_model_tokenize_plain(m, p->text, 0,
-                                           p->bos      ? 1
-                                           : p->no_bos ? 0
-                                                       : -1,
-                                           ids, T, &bos_added);
+                 : pb_model_tokenize_plain(m, p->text, 0, bos_rule, ids, T, &bos_added);
     if (st != PB_OK) {
         fprintf(stderr, "patchbay %s: %s: %s\n", cmd, p->chat ? "applying the chat template" : "tokenizing",
                 pb_last_error());
