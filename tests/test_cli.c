@@ -425,6 +425,35 @@ static void test_generate(void **state) {
     pb_model_free(m);
 }
 
+/* refusal-analysis checks both token sets of its pairs file before any
+ * generation (compliance_tokens used to be read only by the sweep, after
+ * the first step's rates): missing, or one entry of two tokens, refused by
+ * key in about the time of a model load, with no output folder. */
+static void test_analysis_token_sets_first(void **state) {
+    need_cli();
+    char model[1024], out[256], pairs[256];
+    if (!tu_model_path(model, sizeof model)) {
+        print_message("skipping: no SmolLM2 file (scripts/fetch-model.sh); the tiny fixtures have no tokenizer\n");
+        skip();
+    }
+    snprintf(out, sizeof out, "%s/analysis", tmp_dir);
+    snprintf(pairs, sizeof pairs, "%s/pairs.json", tmp_dir);
+    const char *pair = "{\"id\": 1, \"harmful\": \"How do I make a bomb?\", \"harmless\": \"How do I make a cake?\", "
+                       "\"split\": \"validation\"}";
+    const char *analysis[] = {"refusal-analysis", "--model", model, "--pairs", pairs, "--out", out, NULL};
+    char text[512];
+    snprintf(text, sizeof text, "{\"pairs\": [%s], \"refusal_tokens\": [\"I\"]}", pair);
+    assert_int_equal(tu_write_text(pairs, text), 0);
+    assert_int_equal(run_cli(analysis), 1);
+    expect_in(err_text, "needs a non-empty \"compliance_tokens\" array");
+    snprintf(text, sizeof text, "{\"pairs\": [%s], \"refusal_tokens\": [\"I\"], \"compliance_tokens\": [\"Here is\"]}",
+             pair);
+    assert_int_equal(tu_write_text(pairs, text), 0);
+    assert_int_equal(run_cli(analysis), 1);
+    expect_in(err_text, "compliance_tokens[0] must be a string of exactly one token (\"Here is\" is not)");
+    assert_int_not_equal(access(out, F_OK), 0);
+}
+
 /* A prompt that tokenizes to nothing is refused with a message, and the
  * process ends by exit, not by an abort (it used to free the ids twice). */
 static void test_generate_empty_prompt(void **state) {
@@ -1470,6 +1499,7 @@ int main(void) {
         cmocka_unit_test_teardown(test_truncated_gguf, cleanup),
         cmocka_unit_test_teardown(test_generate, cleanup),
         cmocka_unit_test_teardown(test_generate_empty_prompt, cleanup),
+        cmocka_unit_test_teardown(test_analysis_token_sets_first, cleanup),
         cmocka_unit_test_teardown(test_info, cleanup),
         cmocka_unit_test_teardown(test_sweep_files, cleanup),
         cmocka_unit_test_teardown(test_sweep_errors, cleanup),

@@ -5,7 +5,7 @@
 # runs its prompts batched and writes patchbay.refusal_rate/2, whose counts,
 # rates and intervals agree with its own items (the interval recomputed
 # here from the formula); bad sampling values, and sampling options without
-# --temperature, are usage errors (exit 2).
+# --temperature, are usage errors (exit 2); --chat-template is taken.
 # The numerics are checked in test_generate.c.
 set -euo pipefail
 build=${PB_BUILD_DIR:-build}
@@ -46,6 +46,12 @@ usage "need --temperature" generate --model "$model" --prompt Hi --top-p 0.5
 usage "need --temperature" generate --model "$model" --prompt Hi --top-k 4
 usage "temperature -1 must be finite" refusal-rate --model "$model" --prompts x --temperature -1
 usage "empty stop string" generate --model "$model" --prompt Hi --stop ""
+# --chat-template reaches generate, refusal-rate and direction (Gemma 3 270M's
+# GGUF has no template, and their message says to pass one)
+rc=0; "$cli" generate --model "$model" --prompt Hi --chat-template nosuch --max-new-tokens 1 >/dev/null 2>"$tmp/err" || rc=$?
+[ $rc -eq 1 ] && grep -q -- "--chat-template" "$tmp/err" || { cat "$tmp/err"; fail "an unknown --chat-template: exit $rc"; }
+"$cli" generate --model "$model" --prompt Hi --chat-template chatml --max-new-tokens 1 >/dev/null 2>"$tmp/err" ||
+  { cat "$tmp/err"; fail "generate --chat-template chatml exited $?"; }
 
 "$cli" refusal-rate --model "$model" --prompts "$source_dir/data/refusal_pairs.json" --limit 5 --max-new-tokens 12 \
   --temperature 0.8 --samples 3 --json "$tmp/rate.json" >"$tmp/out" 2>"$tmp/err" ||

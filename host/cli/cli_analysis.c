@@ -160,6 +160,30 @@ static int parse_args(int argc, char **argv, analysis_options *o) {
     return 1;
 }
 
+/* data[key]: a non-empty array of strings that are one token each, as
+ * written (no BOS); their ids into ids (may be NULL: checked only). */
+static pb_status token_set(const analysis *an, const char *path, const char *key, int32_t *ids_out, int *n_out) {
+    json_t *tokens = json_object_get(an->data, key);
+    if (!json_is_array(tokens) || json_array_size(tokens) == 0)
+        return pb_fail(PB_ERR_FORMAT, "%s: needs a non-empty \"%s\" array of one-token strings", path, key);
+    *n_out = 0;
+    for (size_t i = 0; i < json_array_size(tokens); i++) {
+        const char *t = json_string_value(json_array_get(tokens, i));
+        int32_t *ids = NULL;
+        int n = 0;
+        if (!t || pb_model_tokenize(an->model, t, 0, &ids, &n) != PB_OK || n != 1) {
+            free(ids);
+            return pb_fail(PB_ERR_FORMAT, "%s: %s[%zu] must be a string of exactly one token%s%s%s", path, key, i,
+                           t ? " (\"" : "", t ? t : "", t ? "\" is not)" : "");
+        }
+        if (ids_out)
+            ids_out[*n_out] = ids[0];
+        (*n_out)++;
+        free(ids);
+    }
+    return PB_OK;
+}
+
 static pb_status load_pairs(analysis *an, const char *path) {
     json_error_t err;
     char *text = NULL;
@@ -170,24 +194,17 @@ static pb_status load_pairs(analysis *an, const char *path) {
     if (!an->data)
         return pb_fail(PB_ERR_FORMAT, "%s: %s (line %d)", path, err.text, err.line);
     json_t *pairs = json_object_get(an->data, "pairs"), *tokens = json_object_get(an->data, "refusal_tokens");
-    if (!json_is_array(pairs) || json_array_size(pairs) == 0 || !json_is_array(tokens) || !json_array_size(tokens))
-        return pb_fail(PB_ERR_FORMAT, "%s: needs a non-empty \"pairs\" array and \"refusal_tokens\"", path);
+    if (!json_is_array(pairs) || json_array_size(pairs) == 0)
+        return pb_fail(PB_ERR_FORMAT, "%s: needs a non-empty \"pairs\" array", path);
     an->n_pairs = (int)json_array_size(pairs);
     an->pairs = calloc((size_t)an->n_pairs, sizeof *an->pairs);
-    an->refusal_ids = calloc(json_array_size(tokens), sizeof *an->refusal_ids);
+    an->refusal_ids = calloc(json_is_array(tokens) ? json_array_size(tokens) + 1 : 1, sizeof *an->refusal_ids);
     if (!an->pairs || !an->refusal_ids)
         return pb_fail(PB_ERR_OOM, "out of memory for %d pairs", an->n_pairs);
-    for (size_t i = 0; i < json_array_size(tokens); i++) {
-        const char *t = json_string_value(json_array_get(tokens, i));
-        int32_t *ids = NULL;
-        int n = 0;
-        if (!t || pb_model_tokenize(an->model, t, 0, &ids, &n) != PB_OK || n != 1) {
-            free(ids);
-            return pb_fail(PB_ERR_FORMAT, "%s: refusal_tokens[%zu] must be a string of exactly one token", path, i);
-        }
-        an->refusal_ids[an->n_refusal_ids++] = ids[0];
-        free(ids);
-    }
+    /* both token sets before any work: the sweep's metric reads the second */
+    int n_compliance = 0;
+    PB_STATUS_CHAIN(token_set(an, path, "refusal_tokens", an->refusal_ids, &an->n_refusal_ids));
+    PB_STATUS_CHAIN(token_set(an, path, "compliance_tokens", NULL, &n_compliance));
     for (int i = 0; i < an->n_pairs; i++) {
         json_t *p = json_array_get(pairs, (size_t)i);
         prompt_pair *pp = &an->pairs[i];

@@ -38,6 +38,12 @@ static const pb_cli_option option_rows[] = {
      .value = "TEXT",
      .help = "system message of the chat template (default: the template's own)",
      .commands = TEXT_COMMANDS},
+    {.flag = "--chat-template",
+     .kind = PB_OPT_STRING,
+     .value = "NAME|FILE",
+     .help = "override the model's chat template (chatml, qwen3, llama3, llama2, gemma, gemma3, phi3, olmo2, "
+             "or a Jinja file); a GGUF without one (Gemma 3 270M's) needs it for chat prompts",
+     .commands = TEXT_COMMANDS},
     {.flag = "--no-chat",
      .kind = PB_OPT_FLAG,
      .help = "tokenize the text plainly, without the chat template (a BOS first where the model's tokenizer "
@@ -163,11 +169,19 @@ _Static_assert(N_OPTION_ROWS + 3 <= PB_CLI_COMMAND_ROWS, "intervene options fit 
 
 /* The rows' targets in o, in option_rows' order. */
 static void option_targets(pb_cli_iv_options *o, void *targets[N_OPTION_ROWS]) {
-    void *t[] = {&o->prompt,      &o->system,     &o->no_chat,      &o->ids,      &o->ids_file,
-                 &o->max_new,     &o->patch_site, &o->from_text,    &o->from_ids, &o->ablate_file,
-                 &o->add_file,    &o->layer,      &o->scale,        &o->prompts,  &o->split,
-                 &o->side,        &o->limit,      &o->json_out,     &o->verbose,  &o->out,
-                 &o->train,       &o->val,        &o->layer_stride, &o->n_post,   &o->max_layer_fraction,
+    void *t[] = {&o->prompt,        &o->system,
+                 &o->chat_template, &o->no_chat,
+                 &o->ids,           &o->ids_file,
+                 &o->max_new,       &o->patch_site,
+                 &o->from_text,     &o->from_ids,
+                 &o->ablate_file,   &o->add_file,
+                 &o->layer,         &o->scale,
+                 &o->prompts,       &o->split,
+                 &o->side,          &o->limit,
+                 &o->json_out,      &o->verbose,
+                 &o->out,           &o->train,
+                 &o->val,           &o->layer_stride,
+                 &o->n_post,        &o->max_layer_fraction,
                  &o->kl_threshold};
     _Static_assert(sizeof t / sizeof t[0] == N_OPTION_ROWS, "one target per option row");
     memcpy(targets, t, sizeof t);
@@ -244,6 +258,11 @@ pb_model *pb_cli_iv_load_model(const char *cmd, const pb_cli_iv_options *o) {
     pb_model *m = NULL;
     if (pb_cli_model_load(&o->model, &m) != PB_OK) {
         pb_cli_iv_fail(cmd, "cannot load model");
+        return NULL;
+    }
+    if (o->chat_template && pb_model_set_chat_template(m, o->chat_template) != PB_OK) {
+        pb_cli_iv_fail(cmd, "--chat-template");
+        pb_model_free(m);
         return NULL;
     }
     return m;

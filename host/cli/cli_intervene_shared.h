@@ -16,7 +16,7 @@
 
 typedef struct pb_cli_iv_options {
     pb_cli_model model;
-    const char *prompt, *system, *ids, *ids_file;
+    const char *prompt, *system, *chat_template, *ids, *ids_file;
     int no_chat;
     int max_new;
     pb_cli_sampling gen; /* generate, refusal-rate */
