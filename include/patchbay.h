@@ -964,6 +964,10 @@ typedef struct pb_report_extras {
     const char *direction_summary; /* free text (selected layer/position and scores) */
     const char *notes;             /* free text */
     double wall_seconds;           /* total run time; <= 0 to omit */
+    /* The file beside the report that holds the numbers above (rates,
+     * scores, texts), named in the page's footer; NULL: they are on this
+     * page only, and the footer says so. */
+    const char *extras_file;
 } pb_report_extras;
 
 /* Writes a finished sweep as one self-contained HTML5 page (inline CSS and

@@ -454,6 +454,112 @@ static void test_analysis_token_sets_first(void **state) {
     assert_int_not_equal(access(out, F_OK), 0);
 }
 
+/* The main job end to end, small (2 train and 2 validation pairs of the
+ * shipped data, a 1-pair sweep, 4 new tokens, layers every 10): every output
+ * it promises, and analysis.json consistent with them and with itself: each
+ * rate its refused count over its continuations inside its interval, the
+ * direction's layer and position those of direction.json, the texts those
+ * of the first validation pair, the sweep's pairs 1. About 20 s on 2 cores;
+ * the Release build alone (the steps' numerics have their own tests). */
+static void test_refusal_analysis_small(void **state) {
+    need_cli();
+    char model[1024], out[256], pairs[256], path[512];
+    if (!tu_model_path(model, sizeof model) || tu_sanitized()) {
+        print_message("skipping: no SmolLM2 file, or a sanitizer build (the Release build runs it)\n");
+        skip();
+    }
+    snprintf(out, sizeof out, "%s/analysis", tmp_dir);
+    snprintf(pairs, sizeof pairs, "%s/pairs.json", tmp_dir);
+    snprintf(path, sizeof path, "%s/data/refusal_pairs.json", tu_source_dir());
+    json_t *data = json_load_file(path, 0, NULL), *kept = json_array(), *first_val = NULL;
+    assert_non_null(data);
+    for (int want = 0, n_train = 0, n_val = 0; want < 2; want++) {
+        size_t i;
+        json_t *p;
+        json_array_foreach(json_object_get(data, "pairs"), i, p) {
+            int val = strcmp(json_string_value(json_object_get(p, "split")), "validation") == 0;
+            if (val == want && (val ? n_val++ : n_train++) < 2) {
+                json_array_append(kept, p);
+                if (val && !first_val)
+                    first_val = p;
+            }
+        }
+    }
+    json_object_set_new(data, "pairs", kept);
+    assert_int_equal(json_dump_file(data, pairs, 0), 0);
+    const char *args[] = {"refusal-analysis",
+                          "--model",
+                          model,
+                          "--pairs",
+                          pairs,
+                          "--out",
+                          out,
+                          "--sweep-pairs",
+                          "1",
+                          "--max-new-tokens",
+                          "4",
+                          "--layer-stride",
+                          "10",
+                          "--no-progress",
+                          NULL};
+    if (run_cli(args) != 0)
+        fail_msg("refusal-analysis failed: %s", err_text);
+    static const char *const files[] = {"analysis.json", "report.html",    "results.json",  "report.txt",
+                                        "direction.npy", "direction.json", "resid_pre.npy", "z.npy"};
+    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+        snprintf(path, sizeof path, "%s/%s", out, files[i]);
+        if (access(path, R_OK) != 0)
+            fail_msg("no %s", files[i]);
+    }
+    snprintf(path, sizeof path, "%s/analysis.json", out);
+    json_t *a = json_load_file(path, 0, NULL);
+    snprintf(path, sizeof path, "%s/direction.json", out);
+    json_t *d = json_load_file(path, 0, NULL);
+    snprintf(path, sizeof path, "%s/results.json", out);
+    json_t *r = json_load_file(path, 0, NULL);
+    assert_true(a && d && r);
+    assert_string_equal(json_string_value(json_object_get(a, "schema")), "patchbay.refusal_analysis/1");
+    json_t *rates = json_object_get(a, "rates"), *rate;
+    size_t i;
+    assert_int_equal(json_array_size(rates), 4); /* no adapter: baseline, ablated, added; both sides */
+    json_array_foreach(rates, i, rate) {
+        double refused = (double)json_integer_value(json_object_get(rate, "refused"));
+        double n = (double)(json_integer_value(json_object_get(rate, "prompts")) *
+                            json_integer_value(json_object_get(rate, "samples")));
+        double value = json_real_value(json_object_get(rate, "rate"));
+        json_t *ci = json_object_get(rate, "interval_95");
+        assert_int_equal(json_integer_value(json_object_get(rate, "prompts")), 2);
+        assert_true(fabs(value - refused / n) < 1e-12);
+        assert_true(json_real_value(json_array_get(ci, 0)) <= value && value <= json_real_value(json_array_get(ci, 1)));
+        /* the same line on stdout */
+        char line[160];
+        snprintf(line, sizeof line, "%s %*d / %3d", json_string_value(json_object_get(rate, "label")),
+                 39 - (int)strlen(json_string_value(json_object_get(rate, "label"))), (int)refused, (int)n);
+        expect_in(out_text, line);
+    }
+    json_t *dir = json_object_get(a, "direction");
+    assert_int_equal(json_integer_value(json_object_get(dir, "layer")),
+                     json_integer_value(json_object_get(d, "layer")));
+    assert_int_equal(json_integer_value(json_object_get(dir, "position")),
+                     json_integer_value(json_object_get(d, "position")));
+    json_t *texts = json_object_get(a, "texts");
+    assert_int_equal(json_array_size(texts), 4);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(texts, 0), "prompt")),
+                        json_string_value(json_object_get(first_val, "harmful")));
+    assert_string_equal(json_string_value(json_object_get(json_array_get(texts, 1), "prompt")),
+                        json_string_value(json_object_get(first_val, "harmless")));
+    assert_int_equal(json_integer_value(json_object_get(r, "n_pairs")), 1);
+    snprintf(path, sizeof path, "%s/report.html", out);
+    char *html = tu_read_file(path, NULL);
+    assert_non_null(html);
+    expect_in(html, "the rates, scores and texts of this page's last sections, in analysis.json");
+    free(html);
+    json_decref(a);
+    json_decref(d);
+    json_decref(r);
+    json_decref(data);
+}
+
 /* A prompt that tokenizes to nothing is refused with a message, and the
  * process ends by exit, not by an abort (it used to free the ids twice). */
 static void test_generate_empty_prompt(void **state) {
@@ -1500,6 +1606,7 @@ int main(void) {
         cmocka_unit_test_teardown(test_generate, cleanup),
         cmocka_unit_test_teardown(test_generate_empty_prompt, cleanup),
         cmocka_unit_test_teardown(test_analysis_token_sets_first, cleanup),
+        cmocka_unit_test_teardown(test_refusal_analysis_small, cleanup),
         cmocka_unit_test_teardown(test_info, cleanup),
         cmocka_unit_test_teardown(test_sweep_files, cleanup),
         cmocka_unit_test_teardown(test_sweep_errors, cleanup),

@@ -1053,9 +1053,15 @@ static void put_page(FILE *f, const pb_sweep_view *v, const component_sites *cs,
         put_extras(f, extras);
         fputs("</section>\n", f);
     }
-    fputs("<footer>Written by patchbay. Every number here is also in results.json (docs/patching.md defines "
-          "them).</footer>\n</main>\n",
+    fputs("<footer>Written by patchbay. Every number of the sweep is also in results.json (docs/patching.md defines "
+          "them)",
           f);
+    if (extras && extras->extras_file) {
+        fputs("; the rates, scores and texts of this page's last sections, in ", f);
+        put_text(f, extras->extras_file);
+    } else if (extras)
+        fputs("; this page's last sections (rates, scores, texts) are on this page only", f);
+    fputs(".</footer>\n</main>\n", f);
     fprintf(f, "<script>\n%s</script>\n</body>\n</html>\n", pb_svg_page_script);
 }
 

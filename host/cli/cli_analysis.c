@@ -532,6 +532,56 @@ static void decoding_text(const analysis_options *o, char *buf, size_t size) {
     snprintf(buf, size, "%s, at most %d new tokens", how, o->max_new);
 }
 
+/* DIR/analysis.json: what the run found beside the sweep (whose numbers are
+ * results.json's), for scripts: every rate with its interval, the
+ * direction's choice and scores, the texts shown. */
+static pb_status write_analysis_json(const analysis *an, const analysis_options *o, const findings *f) {
+    pb_report_generation gens[4];
+    pb_report_rate rates[N_RATES];
+    int n_rates = 0;
+    fill_generations(f, gens);
+    fill_rates(f, o->model.load.n_adapters > 0, rates, &n_rates);
+    char decoding[320];
+    decoding_text(o, decoding, sizeof decoding);
+    json_t *root = json_object(), *list = json_array(), *texts = json_array(), *adapters = json_array();
+    for (int k = 0; k < n_rates; k++) {
+        int n = rates[k].n * (rates[k].n_samples > 0 ? rates[k].n_samples : 1);
+        json_array_append_new(list, json_pack("{s:s, s:i, s:i, s:i, s:f, s:[f, f]}", "label", rates[k].label, "prompts",
+                                              rates[k].n, "samples", rates[k].n_samples, "refused", rates[k].refused,
+                                              "rate", n ? (double)rates[k].refused / n : 0.0, "interval_95",
+                                              rates[k].low, rates[k].high));
+    }
+    for (int k = 0; k < 4; k++)
+        json_array_append_new(texts,
+                              json_pack("{s:s, s:s, s:s?, s:b}", "label", gens[k].label, "prompt", gens[k].prompt,
+                                        "continuation", gens[k].text, "refused", gens[k].refused > 0));
+    for (int k = 0; k < o->model.load.n_adapters; k++)
+        json_array_append_new(adapters, json_string(o->model.load.adapters[k]));
+    const pb_direction_result *d = &f->dir;
+    json_object_set_new(root, "schema", json_string("patchbay.refusal_analysis/1"));
+    json_object_set_new(root, "model", json_string(pb_model_get_source(an->model)));
+    json_object_set_new(root, "adapters", adapters);
+    json_object_set_new(root, "decoding", json_string(decoding));
+    json_object_set_new(root, "rates", list);
+    json_object_set_new(root, "direction",
+                        json_pack("{s:s, s:i, s:i, s:f, s:b, s:{s:f, s:f}, s:{s:f, s:f}, s:f}", "file", "direction.npy",
+                                  "layer", d->layer, "position", d->position, "norm", d->norm, "passes_filters",
+                                  d->selected_passes, "harmful_refusal_score", "baseline", d->baseline_harmful,
+                                  "ablated", d->ablation_score, "harmless_refusal_score", "baseline",
+                                  d->baseline_harmless, "added", d->addition_score, "kl_harmless_ablated", d->kl));
+    json_object_set_new(root, "texts", texts);
+    json_object_set_new(root, "sweep", json_string("results.json"));
+    char *dump = json_dumps(root, JSON_INDENT(2) | JSON_REAL_PRECISION(17));
+    json_decref(root);
+    if (!dump)
+        return pb_fail(PB_ERR_OOM, "out of memory for analysis.json");
+    char path[4200];
+    snprintf(path, sizeof path, "%s/analysis.json", o->out);
+    pb_status st = pb_write_file_atomic(path, dump, strlen(dump));
+    free(dump);
+    return st;
+}
+
 /* Step 5's report.html: the sweep plus everything the run found. */
 static pb_status write_report(const analysis *an, const analysis_options *o, const pb_sweep *sweep, const findings *f,
                               double t0) {
@@ -577,6 +627,7 @@ static pb_status write_report(const analysis *an, const analysis_options *o, con
                                .n_rates = n_rates,
                                .direction_summary = text,
                                .notes = notes,
+                               .extras_file = "analysis.json",
                                .wall_seconds = pb_now_seconds() - t0};
     char path[4200];
     snprintf(path, sizeof path, "%s/report.html", o->out);
@@ -618,7 +669,9 @@ static void print_findings(const analysis *an, const analysis_options *o, const 
         fputs(line, stdout);
     if (file)
         fclose(file);
-    printf("wrote results.json, report.txt, report.html, the .npy heatmaps and direction.npy/json to %s\n", o->out);
+    printf("wrote results.json, report.txt, report.html, the .npy heatmaps, analysis.json and direction.npy/json to "
+           "%s\n",
+           o->out);
 }
 
 /* Steps 1 to 5 once the model and pairs are loaded: 0, or the exit status. */
@@ -657,6 +710,8 @@ static int analysis_steps(analysis *an, const analysis_options *o, findings *f, 
     fprintf(stderr, "patchbay: [5/5] writing %s\n", o->out);
     /* report.html before the sweep's set, whose results.json (renamed into
      * place last) marks the folder complete. */
+    if (write_analysis_json(an, o, f) != PB_OK)
+        return fail("writing analysis.json");
     if (write_report(an, o, *sweep, f, t0) != PB_OK)
         return fail("writing report.html");
     if (pb_sweep_write(*sweep, o->out, 1) != PB_OK)
