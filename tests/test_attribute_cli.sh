@@ -2,7 +2,8 @@
 # patchbay attribute from the command line: a sweep spec estimated by
 # attribution patching writes the sweep's outputs with "method": "atp",
 # --verify top:K,control:N adds the exact engine's verdict (K + N sites,
-# both effects; a line on stderr); a spec that asks for "exact" and a
+# both effects; a line on stderr, report.txt and report.html, which say the
+# sites were estimated); a spec that asks for "exact" and a
 # malformed --verify are usage errors (exit 2). The estimates themselves
 # are checked in test_atp.c.
 set -euo pipefail
@@ -32,6 +33,11 @@ assert all(s["exact"] is not None and s["estimate"] is not None for s in v["site
 assert 0 <= v["recall_at_top"] <= 1 and -1 <= v["spearman"] <= 1
 PY
 [ -f "$tmp/atp/resid_pre.npy" ] || fail "no heatmap"
+# the reports say estimated, not "0 executed, the rest exactly 0 by construction", and carry the verdict
+grep -q '^Sites estimated: ' "$tmp/atp/report.txt" || { cat "$tmp/atp/report.txt"; fail "report.txt: no estimated sites"; }
+grep -q '^Verification: the exact engine on the top 5 sites' "$tmp/atp/report.txt" || fail "report.txt: no verdict"
+grep -q '<th>Verification</th>' "$tmp/atp/report.html" || fail "report.html: no verdict"
+! grep -q 'exactly 0 by construction' "$tmp/atp/report.html" || fail "report.html: an estimate's rows called exact zeros"
 
 python3 -c "import json,sys; s=json.load(open(sys.argv[1])); s['method']='exact'; json.dump(s, open(sys.argv[2],'w'))" \
   "$spec" "$tmp/exact.json"

@@ -27,6 +27,7 @@
 #include <string.h>
 
 #include "analysis/svg_heatmap.h"
+#include "attribution/atp.h"
 #include "util/internal.h"
 #include "model/model.h"
 #include "formats/npy.h"
@@ -666,6 +667,28 @@ static void put_card(FILE *f, const char *key, const char *value) {
     fputs("</div></div>\n", f);
 }
 
+/* The summary table's rows line (and an estimate's verification). */
+static void put_rows(FILE *f, const pb_sweep_view *v, int estimate) {
+    const pb_sweep_summary *sum = &v->summary;
+    if (estimate) {
+        fprintf(f, "<tr><th>Rows</th><td>%lld sites × %d pairs = %lld rows, each estimated", (long long)sum->n_sites,
+                sum->n_pairs, (long long)sum->n_rows);
+        fputs(" <span class=\"label\">(no patched forward per row)</span></td></tr>\n", f);
+    } else {
+        fprintf(f, "<tr><th>Rows</th><td>%lld sites × %d pairs = %lld rows; %lld executed, %lld done",
+                (long long)sum->n_sites, sum->n_pairs, (long long)sum->n_rows, (long long)sum->n_rows_executed,
+                (long long)sum->n_rows_done);
+        fputs(" <span class=\"label\">(the rest are exactly 0 by construction)</span></td></tr>\n", f);
+    }
+    char verdict[512];
+    pb_atp_verification_describe(v->sweep, verdict, sizeof verdict);
+    if (verdict[0]) {
+        fputs("<tr><th>Verification</th><td>", f);
+        put_text(f, verdict);
+        fputs("</td></tr>\n", f);
+    }
+}
+
 /* The warning naming the pairs left out of every mean (below the effect floor), if any. */
 static void put_pairs_below(FILE *f, const pb_sweep_view *v) {
     int interchange = v->summary.mode == PB_MODE_INTERCHANGE;
@@ -703,9 +726,11 @@ static void put_summary(FILE *f, const pb_sweep_view *v, const pb_report_extras 
              format_number(sum->total_effect, num, sizeof num));
     snprintf(buf, sizeof buf, "%lld of %lld", (long long)sum->n_significant, (long long)sum->n_sites);
     put_card(f, "significant sites", buf);
-    snprintf(buf, sizeof buf, "%lld of %lld", (long long)sum->n_rows_executed, (long long)sum->n_rows);
-    put_card(f, "rows executed", buf);
-    if (sum->flops_naive > 0) {
+    int estimate = v->spec->method != PB_METHOD_EXACT;
+    snprintf(buf, sizeof buf, "%lld of %lld", (long long)(estimate ? sum->n_rows : sum->n_rows_executed),
+             (long long)sum->n_rows);
+    put_card(f, estimate ? "rows estimated" : "rows executed", buf);
+    if (sum->flops_naive > 0 && !estimate) {
         snprintf(buf, sizeof buf, "%.1f%%", 100.0 * (1.0 - sum->flops_executed / sum->flops_naive));
         put_card(f, "FLOPs saved", buf);
     }
@@ -751,11 +776,8 @@ static void put_summary(FILE *f, const pb_sweep_view *v, const pb_report_extras 
             "<tr><th>Effect</th><td>(patched − base) / (source − base), mean ± standard error over used pairs; "
             "significant when |effect| ≥ %g (circuit fraction %.3f)</td></tr>\n",
             v->spec->significance_threshold, sum->circuit_fraction);
-    fprintf(f, "<tr><th>Rows</th><td>%lld sites × %d pairs = %lld rows; %lld executed, %lld done",
-            (long long)sum->n_sites, sum->n_pairs, (long long)sum->n_rows, (long long)sum->n_rows_executed,
-            (long long)sum->n_rows_done);
-    fputs(" <span class=\"label\">(the rest are exactly 0 by construction)</span></td></tr>\n", f);
-    if (sum->flops_naive > 0) {
+    put_rows(f, v, estimate);
+    if (sum->flops_naive > 0 && !estimate) {
         fprintf(f, "<tr><th>Compute</th><td>%.3g FLOPs executed, %.3g for one forward per row", sum->flops_executed,
                 sum->flops_naive);
         if (sum->flops_executed > 0)

@@ -95,5 +95,9 @@ void pb_atp_verification_free(pb_atp_verification *v);
 /* pb_atp_verify, then one line into summary (size bytes) saying what it
  * found: "" when the spec asks for no verification. */
 pb_status pb_atp_verify_summary(pb_sweep *s, char *summary, size_t size);
+/* The verdict of a verification that ran, as one line into summary ("the
+ * exact engine on the top K sites ...: recall ..., Spearman ..."): "" when
+ * none ran. For the writers of results, which read the sweep only. */
+void pb_atp_verification_describe(const pb_sweep *s, char *summary, size_t size);
 
 #endif

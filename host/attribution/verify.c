@@ -183,16 +183,14 @@ pb_status pb_atp_verify(pb_sweep *s) {
     return PB_OK;
 }
 
-pb_status pb_atp_verify_summary(pb_sweep *s, char *summary, size_t size) {
+void pb_atp_verification_describe(const pb_sweep *s, char *summary, size_t size) {
     if (size)
         summary[0] = 0;
-    if (!pb_sweep_verification(s))
-        PB_TRY(pb_atp_verify(s));
     const pb_atp_verification *v = pb_sweep_verification(s);
     if (!v || !size)
-        return PB_OK;
+        return;
     int n = snprintf(summary, size,
-                     "verify: the exact engine on the top %d sites by |estimate| and %d control sites: recall of "
+                     "the exact engine on the top %d sites by |estimate| and %d control sites: recall of "
                      "the exact top %d %.2f, Spearman %.3f, %d control sites above the top's smallest |exact|",
                      v->top, v->n_control, v->top, v->recall, v->spearman, v->misses);
     if (v->worst_miss >= 0 && n > 0 && (size_t)n < size) {
@@ -207,5 +205,13 @@ pb_status pb_atp_verify_summary(pb_sweep *s, char *summary, size_t size) {
                      pb_component_name(r.component), r.layer, head, c->exact, c->estimate);
         }
     }
+}
+
+pb_status pb_atp_verify_summary(pb_sweep *s, char *summary, size_t size) {
+    if (size)
+        summary[0] = 0;
+    if (!pb_sweep_verification(s))
+        PB_TRY(pb_atp_verify(s));
+    pb_atp_verification_describe(s, summary, size);
     return PB_OK;
 }

@@ -757,7 +757,7 @@ static int sweep_verdict(sweep_job *j, pb_status job) {
     if (job == PB_OK && (job = pb_atp_verify_summary(j->sweep, verdict, sizeof verdict)) != PB_OK)
         fprintf(stderr, "patchbay: %s\n", pb_last_error());
     else if (job == PB_OK && verdict[0])
-        fprintf(stderr, "patchbay: %s\n", verdict);
+        fprintf(stderr, "patchbay: verify: %s\n", verdict);
     return finish_sweep(j->o, j->sweep, job, j->checkpoint, &j->fingerprint);
 }
 

@@ -757,6 +757,10 @@ static pb_status report_text(const pb_sweep_view *v, const pb_ranked *layers, in
     else /* no patched forward per row; the exact check, if any, ran its own */
         fprintf(f, "Sites estimated: %lld (rows: %lld, no patched forward each)\n", (long long)sum->n_sites,
                 (long long)sum->n_rows);
+    char verdict[512];
+    pb_atp_verification_describe(v->sweep, verdict, sizeof verdict);
+    if (verdict[0])
+        fprintf(f, "Verification: %s\n", verdict);
     if (sum->n_rows_done < sum->n_rows)
         fprintf(f, "Rows done: %lld of %lld (effects of the rest are missing)\n", (long long)sum->n_rows_done,
                 (long long)sum->n_rows);
