@@ -521,6 +521,17 @@ static void test_refusals(void **state) {
     expect_refused(src, bad, 64, &o, out, PB_ERR_ARG, "zero");
     pb_export_options to_gguf = {.format = PB_EXPORT_GGUF};
     expect_refused(src, u, 64, &to_gguf, out, PB_ERR_UNSUPPORTED, "exports to safetensors only");
+    expect_refused(src, u, 64, &to_gguf, out, PB_ERR_UNSUPPORTED, "convert_hf_to_gguf.py turns the result into a GGUF");
+    pb_export_options to_st = {.format = PB_EXPORT_SAFETENSORS};
+    expect_refused(gguf, u, 64, &to_st, out, PB_ERR_UNSUPPORTED, "from_pretrained(gguf_file=...)");
+    /* an output named for the other format: a GGUF export to x.safetensors, a folder export to x.gguf */
+    char misnamed[1500];
+    snprintf(misnamed, sizeof misnamed, "%s/ablated.safetensors", s->dir);
+    expect_refused(gguf, u, 64, &o, misnamed, PB_ERR_ARG, "names a safetensors file, but the export is a GGUF file");
+    assert_false(exists(misnamed));
+    snprintf(misnamed, sizeof misnamed, "%s/ablated.gguf", s->dir);
+    expect_refused(src, u, 64, &o, misnamed, PB_ERR_ARG, "names a GGUF file, but the export is a safetensors folder");
+    assert_false(exists(misnamed));
     pb_export_options q8 = {.dtype = PB_DTYPE_Q8_0};
     expect_refused(src, u, 64, &q8, out, PB_ERR_ARG, "Q8_0 is for GGUF");
     assert_false(exists(out));

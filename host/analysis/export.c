@@ -678,10 +678,21 @@ static pb_status export_source(exporter *e, const char *out_path) {
     if (format != source)
         return pb_fail(PB_ERR_UNSUPPORTED,
                        "export: %s is a %s model and exports to %s only (the tensors and tokenizer are carried over "
-                       "in their own format; convert the result with llama.cpp's convert_hf_to_gguf.py or "
-                       "transformers)",
+                       "in their own format; %s)",
                        e->src->path, source == PB_EXPORT_GGUF ? "GGUF" : "Hugging Face (safetensors)",
-                       source == PB_EXPORT_GGUF ? "GGUF" : "safetensors");
+                       source == PB_EXPORT_GGUF ? "GGUF" : "safetensors",
+                       source == PB_EXPORT_GGUF ? "transformers' from_pretrained(gguf_file=...) then save_pretrained "
+                                                  "turns the result into safetensors"
+                                                : "llama.cpp's convert_hf_to_gguf.py turns the result into a GGUF");
+    /* a name that says the other format would hide what the file is */
+    size_t n = strlen(out_path);
+    int says_gguf = n >= 5 && strcmp(out_path + n - 5, ".gguf") == 0;
+    int says_st = n >= 12 && strcmp(out_path + n - 12, ".safetensors") == 0;
+    if ((format == PB_EXPORT_GGUF && says_st) || (format == PB_EXPORT_SAFETENSORS && says_gguf))
+        return pb_fail(PB_ERR_ARG, "export: %s names a %s file, but the export is %s (%s)", out_path,
+                       says_gguf ? "GGUF" : "safetensors",
+                       format == PB_EXPORT_GGUF ? "a GGUF file" : "a safetensors folder",
+                       format == PB_EXPORT_GGUF ? "name it .gguf" : "name a folder");
     pb_dtype d = e->o->dtype;
     if (d != PB_DTYPE_F32 && d != PB_DTYPE_BF16 && d != PB_DTYPE_F16 && d != PB_DTYPE_Q8_0)
         return pb_fail(PB_ERR_ARG, "export: dtype %s (f32, bf16, f16, or q8_0 for GGUF)", pb_dtype_name(d));
