@@ -779,7 +779,7 @@ typedef struct pb_rate {
  * variance of the mean of the prompts' fractions (between-prompt sample
  * variance / n_prompts), kept within [1, n_prompts * n_samples]; with no
  * variance (every prompt alike) at n_prompts. With one sample per prompt
- * that is Wilson's interval at n_prompts - 1 .. n_prompts. */
+ * (greedy), binomial data: Wilson's interval at n_prompts. */
 PB_API pb_status pb_rate_estimate(const int *refused, int n_prompts, int n_samples, pb_rate *out);
 /* A TransformerLens hook name that a patch can edit, "blocks.L.hook_resid_pre"
  * ... "blocks.L.attn.hook_v" with L < n_layers, as (component, layer).

@@ -32,7 +32,7 @@ pb_status pb_rate_estimate(const int *refused, int n_prompts, int n_samples, pb_
     }
     double var = n_prompts > 1 ? ss / (n_prompts - 1) / n_prompts : 0; /* of the mean */
     double n = n_prompts, n_max = (double)n_prompts * n_samples;
-    if (var > 0)
+    if (var > 0 && n_samples > 1) /* one sample per prompt is plain binomial data: Wilson's interval at n */
         n = fmin(n_max, fmax(1.0, p * (1 - p) / var));
     double z2 = PB_Z95 * PB_Z95, denom = 1 + z2 / n;
     double center = (p + z2 / (2 * n)) / denom;
