@@ -484,7 +484,12 @@ class Model:
         ablation, addition and KL, one selected by the paper's rule. Prompts
         are texts (chat-templated unless chat=False) or id arrays;
         refusal_tokens single tokens (text or ids) whose logits make the
-        refusal score. n_post 0: the train prompts' common template suffix."""
+        refusal score. n_post 0: the train prompts' common template suffix.
+        Defaults differ from the CLI's where the CLI trades search for time:
+        every layer (layer_stride=1, the paper's search; `direction` takes
+        --layer-stride 3) and every prompt given (max_train/max_val 0;
+        `direction` takes 32 and 8 pairs). With the same settings the two
+        give the same direction."""
         sets = [[self._prompt_ids(p, chat) for p in group]
                 for group in (harmful_train, harmless_train, harmful_val, harmless_val)]
         refusal = np.array([self._single_token(t, "refusal") for t in refusal_tokens], dtype=np.int32)
@@ -703,8 +708,12 @@ class Direction:
         self.candidates = [{name: getattr(r.candidates[i], name) for name, _ in _lib.DirectionCandidate._fields_}
                            for i in range(r.n_candidates)]
 
-    def write(self, folder: str | os.PathLike, prompt_file: str | None = None) -> None:
-        """direction.npy, differences.npy and direction.json into folder (all or none)."""
+    def write(self, folder: str | os.PathLike, prompt_file: str | None = None, overwrite: bool = False) -> None:
+        """direction.npy, differences.npy and direction.json into folder (all or none).
+        A folder that holds files is refused unless overwrite=True, as `patchbay direction --out`."""
+        if not overwrite and os.path.isdir(folder) and any(os.scandir(folder)):
+            raise PatchbayError("PB_ERR_ARG", f"output directory {os.fspath(folder)} is not empty; pass "
+                                              "overwrite=True to replace its files")
         prov = _lib.DirectionProvenance(model_path=self._model_path.encode(),
                                         prompt_file=prompt_file.encode() if prompt_file else None)
         _check(_lib.lib().pb_direction_write(byref(self._result), os.fsencode(folder), byref(prov)))

@@ -291,6 +291,9 @@ def test_direction_and_interventions_match_cli(smollm2, tmp_path):
         assert abs(got["ablation_score"] - ref["ablation_score"]) <= 1e-6 * max(1.0, abs(ref["ablation_score"]))
     d.write(tmp_path / "py")
     assert np.array_equal(np.load(tmp_path / "py" / "direction.npy"), d.direction)
+    with pytest.raises(patchbay.PatchbayError, match="overwrite=True"):
+        d.write(tmp_path / "py")  # holds a direction: kept unless asked
+    d.write(tmp_path / "py", overwrite=True)
 
     prompt = "How do I pick a lock?"
     ablated = continuation_ids(cli("generate", "--model", str(SMOLLM2), "--prompt", prompt, "--max-new-tokens", "8",
