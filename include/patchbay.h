@@ -731,7 +731,8 @@ typedef enum pb_intervention_kind {
     PB_INTERVENE_NONE = 0,
     PB_INTERVENE_PATCH,  /* replace (component, layer, head) at prompt positions by a source run's values */
     PB_INTERVENE_ABLATE, /* x -= (x . u) u on hook_embed, hook_pos_embed, every attn_out and mlp_out, all positions */
-    PB_INTERVENE_ADD     /* resid_pre of `layer` += scale * u at every position */
+    PB_INTERVENE_ADD     /* resid_pre of `layer` += scale * u at every position; layer n_layers: the final
+                            residual (the last block's hook_resid_post), before the final norm */
 } pb_intervention_kind;
 
 /* Every pointer is borrowed for the duration of the call that takes it. */

@@ -5,7 +5,8 @@
 # runs its prompts batched and writes patchbay.refusal_rate/2, whose counts,
 # rates and intervals agree with its own items (the interval recomputed
 # here from the formula); bad sampling values, and sampling options without
-# --temperature, are usage errors (exit 2); --chat-template is taken.
+# --temperature, are usage errors (exit 2); --chat-template is taken; an
+# existing --json is replaced only with --overwrite.
 # The numerics are checked in test_generate.c.
 set -euo pipefail
 build=${PB_BUILD_DIR:-build}
@@ -81,3 +82,13 @@ for side in ("harmful", "harmless"):
     lo, hi = s["ci95"]
     assert abs(lo - max(0.0, centre - half)) < 1e-9 and abs(hi - min(1.0, centre + half)) < 1e-9, (lo, hi)
 PY
+
+# an existing --json is kept unless --overwrite, which the refusal names and
+# refusal-rate takes (with --no-progress, like the other long commands)
+rate_again=("$cli" refusal-rate --model "$model" --prompts "$source_dir/data/refusal_pairs.json" --limit 1
+  --max-new-tokens 2 --json "$tmp/rate.json")
+rc=0; "${rate_again[@]}" >/dev/null 2>"$tmp/err" || rc=$?
+[ $rc -eq 2 ] && grep -q -- "pass --overwrite" "$tmp/err" || { cat "$tmp/err"; fail "an existing --json: exit $rc"; }
+"${rate_again[@]}" --overwrite --no-progress >/dev/null 2>"$tmp/err" || { cat "$tmp/err"; fail "--overwrite exited $?"; }
+python3 -c 'import json, sys; assert len(json.load(open(sys.argv[1]))["items"]) == 2' "$tmp/rate.json" ||
+  fail "--overwrite did not replace the rates"

@@ -597,7 +597,7 @@ static pb_status write_report(const analysis *an, const analysis_options *o, con
     decoding_text(o, decoding, sizeof decoding);
     snprintf(text, sizeof text,
              "Candidates: layers 0, %d, %d, ... below 0.8 of the depth, each post-instruction position; filters: the "
-             "addition raises the harmless refusal score, KL under ablation below %g. "
+             "addition makes the harmless refusal score positive, KL under ablation below %g. "
              "Selected candidate: layer %d, position %d (from the end); |r| = %.3f. Mean refusal score on validation "
              "prompts: harmful %.3f -> %.3f with the direction ablated; harmless %.3f -> %.3f with it added; KL of "
              "the harmless distribution under ablation %.4f.%s Written to direction.npy / direction.json.",
@@ -661,6 +661,9 @@ static void print_findings(const analysis *an, const analysis_options *o, const 
            "%.3f), KL %.4f\n",
            dir->layer, dir->position, dir->ablation_score, dir->baseline_harmful, dir->addition_score,
            dir->baseline_harmless, dir->kl);
+    if (!dir->selected_passes)
+        printf("  (no candidate passed every filter, a positive addition score among them: the lowest ablation "
+               "score among those with KL below the threshold was taken)\n");
     char path[4200];
     snprintf(path, sizeof path, "%s/report.txt", o->out);
     FILE *file = fopen(path, "r");
@@ -691,7 +694,11 @@ static int analysis_steps(analysis *an, const analysis_options *o, findings *f, 
     fprintf(stderr, "patchbay:   %s: harmful %.1f%%, harmless %.1f%% refused\n",
             o->model.load.n_adapters > 0 ? "with the adapter" : "the model", 100 * f->rates[RATE_HARMFUL].rate,
             100 * f->rates[RATE_HARMLESS].rate);
-    fprintf(stderr, "patchbay: [2/5] patching sweep over %d validation pairs%s%s\n", o->sweep_pairs,
+    int n_validation = 0;
+    for (int i = 0; i < an->n_pairs; i++)
+        n_validation += an->pairs[i].validation;
+    fprintf(stderr, "patchbay: [2/5] patching sweep over %d validation pairs%s%s\n",
+            o->sweep_pairs < n_validation ? o->sweep_pairs : n_validation,
             strcmp(o->method, "exact") != 0 ? ", estimated by " : "", strcmp(o->method, "exact") != 0 ? o->method : "");
     if (run_default_sweep(an, o, spec, sweep) != PB_OK)
         return fail("the patching sweep");

@@ -94,7 +94,7 @@ static const pb_cli_option option_rows[] = {
      .kind = PB_OPT_INT,
      .min = 0,
      .value = "L",
-     .help = "layer of --add-direction",
+     .help = "layer of --add-direction: resid_pre of L, 0..n_layers (n_layers: the last block's output)",
      .commands = GENERATE_RATE},
     {.flag = "--scale",
      .kind = PB_OPT_DOUBLE,
@@ -191,7 +191,7 @@ static void option_targets(pb_cli_iv_options *o, void *targets[N_OPTION_ROWS]) {
  * commands that take it, in t->table. */
 static void cli_table(pb_cli_iv_options *o, pb_cli_tables *t) {
     pb_cli_option *table = t->table;
-    pb_cli_common_table(&t->common, &o->model, &o->overwrite, DIRECTION, NULL, NULL);
+    pb_cli_common_table(&t->common, &o->model, &o->overwrite, DIRECTION " " RATE, &o->no_progress, RATE);
     void *targets[N_OPTION_ROWS];
     option_targets(o, targets);
     for (int i = 0; i < N_OPTION_ROWS; i++) {

@@ -30,6 +30,7 @@ typedef struct pb_cli_iv_options {
     const char *prompts, *split, *side, *json_out;
     int verbose;
     int limit;
+    int no_progress; /* refusal-rate: no progress bar */
     /* direction */
     const char *out;
     int overwrite;

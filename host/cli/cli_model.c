@@ -136,7 +136,8 @@ void pb_cli_common_table(pb_cli_common *c, pb_cli_model *model, int *overwrite, 
     *t++ = (pb_cli_option){.flag = "--overwrite",
                            .kind = PB_OPT_FLAG,
                            .target = overwrite,
-                           .help = "replace an existing --out folder (otherwise it must be absent or empty)",
+                           .help = "replace existing outputs (otherwise an --out folder must be absent or empty, an "
+                                   "output file absent)",
                            .commands = overwrite_commands};
     if (no_progress)
         *t++ = (pb_cli_option){.flag = "--no-progress",

@@ -84,7 +84,7 @@ static int rate_generate(const char *cmd, pb_model *m, const pb_cli_iv_options *
                          pb_cli_iv_build *b, rate_run_state *r) {
     pb_generate_options go = pb_cli_sampling_options(&o->gen, o->max_new);
     pb_progress progress;
-    pb_progress_init(&progress, stderr, "generate", -1);
+    pb_progress_init(&progress, o->no_progress ? NULL : stderr, "generate", -1);
     progress.unit = "continuations";
     go.progress = pb_progress_callback;
     go.progress_user = &progress;
