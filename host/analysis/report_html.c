@@ -437,7 +437,8 @@ static void put_cell_title(FILE *f, const pb_sweep_view *v, const labels *l, con
     else if (isnan(cv->effect))
         fputs("n/a (no usable pair, or not run)", f);
     else if (cv->n_sites == 1)
-        fprintf(f, "%s ± %s", format_number(cv->effect, e, sizeof e), format_number(cv->stderr_, se, sizeof se));
+        fprintf(f, "%s ± %s", format_number(cv->effect, e, sizeof e),
+                v->summary.n_pairs_used > 1 ? format_number(cv->stderr_, se, sizeof se) : "n/a (one pair)");
     else
         fprintf(f, "%s (min %s, max %s over %d)", format_number(cv->effect, e, sizeof e),
                 format_number(cv->min, lo, sizeof lo), format_number(cv->max, hi, sizeof hi), cv->n_finite);
@@ -827,7 +828,8 @@ static void put_top_sites(FILE *f, const pb_sweep_view *v, const component_sites
         if (r->position != INT32_MIN)
             pb_html_put_escaped(f, label_at(l, r->position), PB_HTML_LABEL, 24);
         fprintf(f, "</code></td><td class=\"num\"><span class=\"swatch\" style=\"background:%s\"></span>%s ± %s</td>",
-                colour, format_number(r->effect, e, sizeof e), format_number(r->standard_error, se, sizeof se));
+                colour, format_number(r->effect, e, sizeof e),
+                v->summary.n_pairs_used > 1 ? format_number(r->standard_error, se, sizeof se) : "n/a");
         fprintf(f, "<td>%s</td></tr>\n", r->significant ? "<span class=\"sig\">✓ significant</span>" : "");
     }
     fputs("</table>\n", f);

@@ -809,8 +809,11 @@ static pb_status report_text(const pb_sweep_view *v, const pb_ranked *layers, in
         pb_sweep_format_position(site, position, sizeof position);
         char head[16];
         snprintf(head, sizeof head, r->head >= 0 ? "%d" : "-", r->head);
-        fprintf(f, "%4lld  %-*s  %4s  %8s  %9.4f ± %.4f%s\n", (long long)(i + 1), hook_width, hook, head, position,
-                r->effect, r->standard_error, r->significant ? "  *" : "");
+        char se[16] = "   n/a"; /* one used pair: no standard error */
+        if (v->summary.n_pairs_used > 1)
+            snprintf(se, sizeof se, "%.4f", r->standard_error);
+        fprintf(f, "%4lld  %-*s  %4s  %8s  %9.4f ± %s%s\n", (long long)(i + 1), hook_width, hook, head, position,
+                r->effect, se, r->significant ? "  *" : "");
     }
     if (n_shown == 0)
         fputs("  (no site has an effect)\n", f);
