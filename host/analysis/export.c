@@ -685,9 +685,8 @@ static pb_status export_source(exporter *e, const char *out_path) {
                                                   "turns the result into safetensors"
                                                 : "llama.cpp's convert_hf_to_gguf.py turns the result into a GGUF");
     /* a name that says the other format would hide what the file is */
-    size_t n = strlen(out_path);
-    int says_gguf = n >= 5 && strcmp(out_path + n - 5, ".gguf") == 0;
-    int says_st = n >= 12 && strcmp(out_path + n - 12, ".safetensors") == 0;
+    int says_gguf = pb_path_has_suffix(out_path, ".gguf");
+    int says_st = pb_path_has_suffix(out_path, ".safetensors");
     if ((format == PB_EXPORT_GGUF && says_st) || (format == PB_EXPORT_SAFETENSORS && says_gguf))
         return pb_fail(PB_ERR_ARG, "export: %s names a %s file, but the export is %s (%s)", out_path,
                        says_gguf ? "GGUF" : "safetensors",

@@ -260,8 +260,7 @@ pb_model *pb_cli_iv_load_model(const char *cmd, const pb_cli_iv_options *o) {
         pb_cli_iv_fail(cmd, "cannot load model");
         return NULL;
     }
-    if (o->chat_template && pb_model_set_chat_template(m, o->chat_template) != PB_OK) {
-        pb_cli_iv_fail(cmd, "--chat-template");
+    if (!pb_cli_prompt_template(cmd, m, o->chat_template)) {
         pb_model_free(m);
         return NULL;
     }

@@ -390,7 +390,7 @@ int pb_cli_logit_lens(int argc, char **argv) {
     rc = 1;
     if (pb_cli_model_load(&j.o.model, &j.model) != PB_OK)
         fprintf(stderr, "patchbay logit-lens: cannot load model: %s\n", pb_last_error());
-    else if (pb_cli_prompt_template("logit-lens", j.model, &j.o.prompt))
+    else if (pb_cli_prompt_template("logit-lens", j.model, j.o.prompt.chat_template))
         rc = pb_cli_prompt_ids("logit-lens", j.model, &j.o.prompt, &j.ids, &j.T);
     if (!rc)
         rc = lens_compute(&j);

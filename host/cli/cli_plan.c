@@ -205,7 +205,7 @@ static int plan_run(plan_options *o) {
         return 1;
     }
     pb_sweep_options so = {.max_memory = o->max_memory, .metric_fn_residual_layer = -1};
-    if (!pb_cli_prompt_template("plan", m, &o->prompt)) {
+    if (!pb_cli_prompt_template("plan", m, o->prompt.chat_template)) {
         rc = 2;
     } else if (pb_sweep_create(&s, m, spec, dir, &so) != PB_OK) {
         fprintf(stderr, "patchbay plan: %s: %s\n", o->spec, pb_last_error());

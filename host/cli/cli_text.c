@@ -103,8 +103,8 @@ int pb_cli_prompt_check(const char *cmd, const pb_cli_prompt *p, int need_text_o
     return 0;
 }
 
-int pb_cli_prompt_template(const char *cmd, pb_model *m, const pb_cli_prompt *p) {
-    if (!p->chat_template || pb_model_set_chat_template(m, p->chat_template) == PB_OK)
+int pb_cli_prompt_template(const char *cmd, pb_model *m, const char *chat_template) {
+    if (!chat_template || pb_model_set_chat_template(m, chat_template) == PB_OK)
         return 1;
     fprintf(stderr, "patchbay %s: --chat-template: %s\n", cmd, pb_last_error());
     return 0;

@@ -43,7 +43,7 @@ typedef struct pb_cli_tables {
 } pb_cli_tables;
 
 /* Applies --chat-template to a loaded model: 1, or 0 after saying why. */
-int pb_cli_prompt_template(const char *cmd, pb_model *m, const pb_cli_prompt *p);
+int pb_cli_prompt_template(const char *cmd, pb_model *m, const char *chat_template);
 
 /* The prompt's ids: --ids / --ids-file as given, or --text through the chat
  * template (--chat) or plain (default; a BOS first as the model's tokenizer

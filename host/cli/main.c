@@ -199,7 +199,7 @@ static pb_model *load_model(const options *o, const char *cmd, int text_only) {
         fail("cannot load model");
         return NULL;
     }
-    if (!pb_cli_prompt_template(cmd, m, &o->prompt)) {
+    if (!pb_cli_prompt_template(cmd, m, o->prompt.chat_template)) {
         pb_model_free(m);
         return NULL;
     }

@@ -542,11 +542,6 @@ done:
     return status;
 }
 
-static int ends_with(const char *s, const char *suffix) {
-    size_t a = strlen(s), b = strlen(suffix);
-    return a >= b && strcmp(s + a - b, suffix) == 0;
-}
-
 static int is_regular_file(const char *path) {
     struct stat info;
     return stat(path, &info) == 0 && S_ISREG(info.st_mode);
@@ -582,7 +577,7 @@ pb_status pb_safetensors_open(pb_safetensors **out, const char *path) {
                              "model.safetensors.index.json",
                              path);
         }
-    } else if (ends_with(path, ".index.json")) {
+    } else if (pb_path_has_suffix(path, ".index.json")) {
         size_t size = strlen(path) + 2; /* room for "." */
         dir = malloc(size);
         if (!dir) {

@@ -4,7 +4,7 @@
  * fingerprint of those inputs (the model's bytes through file_hash.h, the
  * spec through SHA-256) and the SHA-256 the file's integrity check uses.
  *
- * File layout (version 2), every integer little-endian, doubles as their
+ * File layout (version 3), every integer little-endian, doubles as their
  * IEEE-754 bits in a little-endian u64:
  *   8   magic "PBCKPT\r\n"
  *   u32 version (3; version 1's model digest hashed only the model's first
@@ -569,15 +569,15 @@ static pb_status check_inputs(const char *path, const pb_sweep *s, const checkpo
 /* Written for this model (its contents with any adapters, not its path: a
  * copy elsewhere is the same model), spec text and backend. */
 static pb_status check_fingerprint(const char *path, const checkpoint_header *h, const pb_sweep_fingerprint *fp) {
-    if (!fp->model_unchecked && strcmp(h->have.model_digest, fp->model_digest) != 0 &&
-        strcmp(h->have.model_path, fp->model_path) == 0)
+    int other_weights = !fp->model_unchecked && strcmp(h->have.model_digest, fp->model_digest) != 0;
+    if (other_weights && strcmp(h->have.model_path, fp->model_path) == 0)
         return pb_fail(PB_ERR_ARG,
                        "checkpoint %s was written for other weights: %s, with the adapters merged at load, had "
                        "digest %s then and has %s now (the file changed or was re-downloaded, or another "
                        "--adapter or scale?); the checkpoint is kept: resume with the weights it was written for, "
                        "or delete it to start over",
                        path, fp->model_path, h->have.model_digest, fp->model_digest);
-    if (!fp->model_unchecked && strcmp(h->have.model_digest, fp->model_digest) != 0)
+    if (other_weights)
         return pb_fail(PB_ERR_ARG,
                        "checkpoint %s was written for another model: %s (bytes:hash of every byte %s), but this "
                        "run's model %s has %s (changed or re-downloaded since?); the checkpoint is kept: resume "

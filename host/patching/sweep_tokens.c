@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "patching/sweep.h"
+#include "text/model_text.h"
 #include "util/internal.h"
 
 static pb_status pair_prompt(const pb_sweep *sweep, int pair, int source, const pb_prompt_spec **prompt) {
@@ -22,8 +23,7 @@ pb_status pb_sweep_get_pair_tokens(const pb_sweep *sweep, int pair, int source, 
 }
 
 int pb_prompt_bos_added(const pb_prompt_spec *prompt, const pb_model *model) {
-    return prompt->text && !prompt->chat &&
-           (prompt->bos > 0 || (prompt->bos < 0 && model->add_bos && model->cfg.bos_id >= 0));
+    return prompt->text && !prompt->chat && pb_model_plain_bos(model, prompt->bos);
 }
 
 pb_status pb_sweep_get_prompt_info(const pb_sweep *sweep, int pair, int source, pb_prompt_info *info) {

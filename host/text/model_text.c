@@ -216,6 +216,8 @@ pb_status pb_model_tokenize(const pb_model *m, const char *text, int parse_speci
     return pb_tokenizer_encode(m->tokenizer, text, strlen(text), parse_special, ids, n_ids);
 }
 
+int pb_model_plain_bos(const pb_model *m, int bos) { return bos > 0 || (bos < 0 && m->add_bos && m->cfg.bos_id >= 0); }
+
 pb_status pb_model_tokenize_plain(const pb_model *m, const char *text, int parse_special, int bos, int32_t **ids,
                                   int *n_ids, int *bos_added) {
     if (bos_added)
@@ -223,7 +225,7 @@ pb_status pb_model_tokenize_plain(const pb_model *m, const char *text, int parse
     if (bos > 0 && m && m->cfg.bos_id < 0)
         return pb_fail(PB_ERR_ARG, "a BOS token was asked for, and the model names none");
     PB_TRY(pb_model_tokenize(m, text, parse_special, ids, n_ids));
-    if (!(bos > 0 || (bos < 0 && m->add_bos && m->cfg.bos_id >= 0)))
+    if (!pb_model_plain_bos(m, bos))
         return PB_OK;
     int32_t *grown = realloc(*ids, sizeof(int32_t) * ((size_t)*n_ids + 1));
     if (!grown) {

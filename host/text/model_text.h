@@ -16,6 +16,11 @@ pb_status pb_model_text_vocab(pb_model *model, const pb_weight_source *source);
 void pb_model_text_load(pb_model *model, const pb_weight_source *source);
 void pb_model_text_free(pb_model *model);
 
+/* 1 when a plain-text prompt gets the model's BOS first under bos (1 always,
+ * 0 never, -1 as its tokenizer's add_bos_token): the rule of
+ * pb_model_tokenize_plain, for those that record what it did. */
+int pb_model_plain_bos(const pb_model *model, int bos);
+
 /* A model with its text side only (vocabulary, tokenizer, chat template,
  * BOS/EOS ids and vocab_size in its config), read from a .gguf's metadata
  * or a folder's tokenizer.json / tokenizer_config.json / config.json

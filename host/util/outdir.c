@@ -56,6 +56,18 @@ static int probe_folder(const char *folder, int *created) {
     return failed;
 }
 
+/* 0 when folder is a directory that takes a new file (probe_folder), else
+ * the errno that says why not. */
+static int folder_writable(const char *folder) {
+    struct stat st;
+    if (stat(folder, &st) != 0)
+        return errno;
+    if (!S_ISDIR(st.st_mode))
+        return ENOTDIR;
+    int created;
+    return probe_folder(folder, &created);
+}
+
 pb_status pb_out_dir_check(const char *dir, int overwrite) {
     if (!dir || !*dir)
         return pb_fail(PB_ERR_ARG, "output directory: empty path");
@@ -84,13 +96,16 @@ pb_status pb_out_dir_check(const char *dir, int overwrite) {
     }
     char parent[4096];
     nearest_ancestor(dir, parent, sizeof parent);
-    int created, failed = stat(parent, &st) != 0 ? errno
-                          : !S_ISDIR(st.st_mode) ? ENOTDIR
-                                                 : probe_folder(parent, &created);
+    int failed = folder_writable(parent);
     if (failed)
         return pb_fail(PB_ERR_IO, "cannot create output directory %s: %s is not a writable directory (%s)", dir, parent,
                        strerror(failed));
     return PB_OK;
+}
+
+int pb_path_has_suffix(const char *path, const char *suffix) {
+    size_t a = strlen(path), b = strlen(suffix);
+    return a >= b && strcmp(path + a - b, suffix) == 0;
 }
 
 void pb_path_folder(const char *path, char *folder, size_t size) {
@@ -119,8 +134,10 @@ pb_status pb_out_file_check(const char *path, int overwrite) {
     }
     char parent[4096];
     pb_path_folder(path, parent, sizeof parent);
-    if (stat(parent, &st) != 0 || !S_ISDIR(st.st_mode) || access(parent, W_OK | X_OK) != 0)
-        return pb_fail(PB_ERR_IO, "cannot write output file %s: %s is not a writable directory", path, parent);
+    int failed = folder_writable(parent);
+    if (failed)
+        return pb_fail(PB_ERR_IO, "cannot write output file %s: %s is not a writable directory (%s)", path, parent,
+                       strerror(failed));
     return PB_OK;
 }
 

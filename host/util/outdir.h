@@ -15,6 +15,8 @@
 pb_status pb_out_dir_check(const char *dir, int overwrite);
 /* The folder part of a file path: "." when it has none, "/" for "/f". */
 void pb_path_folder(const char *path, char *folder, size_t size);
+/* 1 when path ends with suffix (".gguf", ".index.json"). */
+int pb_path_has_suffix(const char *path, const char *suffix);
 /* The same rule for one output file, before any compute: path missing (or
  * overwrite, and not a directory) in an existing writable directory. */
 pb_status pb_out_file_check(const char *path, int overwrite);
